@@ -1,0 +1,126 @@
+"""The one exception tree of sshcluster.
+
+Every error raised on purpose is a :class:`SshclusterError`; its ``str()`` is a
+message a user can act on (what was wrong, where, what to do), so the CLI can
+print it as it is, without a traceback. Subclasses carry the data behind the
+message (the file and line, the host, the check, the AWS error code) so that
+code using the API can branch on it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SshclusterError(Exception):
+    """Root of every error sshcluster raises on purpose.
+
+    ``hint`` is an optional sentence on what to do about it.
+    """
+
+    #: Exit status the CLI uses for this kind of error.
+    exit_code: int = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}\nhint: {self.hint}"
+        return self.message
+
+
+class InventoryError(SshclusterError):
+    """The inventory file is missing, is not YAML, or has a wrong value.
+
+    ``path`` is the file, ``line`` the 1-based line (None when not known, e.g. for
+    a missing file) and ``field`` the dotted field name such as ``hosts[2].ncore``.
+    """
+
+    exit_code = 2
+
+    def __init__(
+        self,
+        problem: str,
+        *,
+        path: str | None = None,
+        line: int | None = None,
+        field: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.path = path
+        self.line = line
+        self.field = field
+        self.problem = problem
+        where = path or "<inventory>"
+        if line is not None:
+            where += f" line {line}"
+        message = f"{where}: {field}: {problem}" if field else f"{where}: {problem}"
+        super().__init__(message, hint=hint)
+
+
+class RenderError(SshclusterError):
+    """The inventory is valid but cannot be turned into an R bootstrap as asked."""
+
+    exit_code = 2
+
+
+class QuotingError(SshclusterError, ValueError):
+    """A string cannot be represented safely (for example it contains a NUL byte)."""
+
+    exit_code = 2
+
+
+class TestbedError(SshclusterError):
+    """The local SSH test hosts cannot be built or torn down."""
+
+    __test__ = False  # not a pytest test class, despite the name
+
+
+class HostError(SshclusterError):
+    """Something went wrong with one host; ``host`` names it, ``check`` the step."""
+
+    def __init__(
+        self, message: str, *, host: str, check: str | None = None, hint: str | None = None
+    ) -> None:
+        self.host = host
+        self.check = check
+        super().__init__(message, hint=hint)
+
+
+class CheckFailed(SshclusterError):
+    """A preflight check found at least one failed host; ``report`` has every host's outcome."""
+
+    def __init__(self, message: str, *, report: Any, hint: str | None = None) -> None:
+        self.report = report
+        super().__init__(message, hint=hint)
+
+
+class EC2Error(SshclusterError):
+    """AWS refused or failed a request; ``code`` is AWS's error code when there is one."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        operation: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.code = code
+        self.operation = operation
+        super().__init__(message, hint=hint)
+
+
+__all__ = [
+    "CheckFailed",
+    "EC2Error",
+    "HostError",
+    "InventoryError",
+    "QuotingError",
+    "RenderError",
+    "SshclusterError",
+    "TestbedError",
+]
