@@ -1,0 +1,56 @@
+"""The ``sshcluster`` command: a thin click layer over the Python API.
+
+Each command parses its arguments, calls one library function, renders the result and
+turns :class:`~sshcluster.errors.SshclusterError` into a message and an exit status:
+0 success, 1 a host or a cloud request failed, 2 the inventory or the command line is
+wrong. No traceback for a user's mistake.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from sshcluster import __version__
+from sshcluster.errors import SshclusterError
+
+
+class _Group(click.Group):
+    """A click group that turns library errors into a message and an exit status."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SshclusterError as e:
+            click.secho(f"error: {e.message}", fg="red", err=True)
+            if e.hint:
+                click.echo(f"hint: {e.hint}", err=True)
+            ctx.exit(e.exit_code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sshcluster")
+def cli() -> None:
+    """Turn a list of machines into a working R cluster.
+
+    \b
+    Typical use:
+      sshcluster check hosts.yaml            # is every host ready? (one verdict per host)
+      sshcluster render hosts.yaml -o cluster.R
+      Rscript -e 'source("cluster.R"); print(parallelCluster)'
+
+    The inventory format is documented in hosts.example.yaml. Exit status: 0 success,
+    1 a host or a cloud request failed, 2 the inventory or the command line is wrong.
+    """
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``sshcluster`` console script."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name="sshcluster")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])

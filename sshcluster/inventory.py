@@ -1,0 +1,460 @@
+"""The inventory: which hosts, which users, how many cores, and how the workers reach the primary.
+
+This is the edge of the program: :func:`load_inventory` reads a YAML file, checks every
+field once and returns frozen dataclasses; everything past it trusts its types. Every
+mistake raises :class:`~sshcluster.errors.InventoryError` naming the file, the line and
+the field. ``hosts.example.yaml`` documents the format.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sshcluster.errors import InventoryError
+
+#: ``ncore: auto`` — the core count is detected by ``sshcluster check``.
+AUTO = "auto"
+
+_HOSTNAME = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
+_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\$?$")
+_R_PACKAGE = re.compile(r"^[A-Za-z][A-Za-z0-9.]*$")
+_SAFE_PATH = re.compile(r"^[^\x00-\x1f\x7f]+$")
+
+
+@dataclass(frozen=True)
+class Host:
+    """One worker machine: ``ncore`` R workers are started on it.
+
+    ``ncore`` is None for ``ncore: auto`` (detected by the preflight check).
+    ``line`` is where the host was written in the inventory (for messages only).
+    """
+
+    host: str
+    user: str | None = None
+    ncore: int | None = 1
+    ssh_port: int | None = None
+    identity_file: str | None = None
+    rscript: str | None = None
+    line: int | None = field(default=None, compare=False)
+
+    @property
+    def label(self) -> str:
+        """How the host is named in messages and reports: ``host`` or ``host:port``."""
+        if self.ssh_port and self.ssh_port != 22:
+            return f"[{self.host}]:{self.ssh_port}" if ":" in self.host else (
+                f"{self.host}:{self.ssh_port}"
+            )
+        return self.host
+
+
+@dataclass(frozen=True)
+class Primary:
+    """The machine R runs on, as the workers see it.
+
+    ``host`` is the address the workers connect back to (``"auto"``: detected by the
+    preflight check); ``user`` and ``ssh_port`` are for worker-to-primary ssh checks.
+    """
+
+    host: str
+    user: str | None = None
+    ssh_port: int | None = None
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """A validated inventory.
+
+    ``port`` is the TCP port the R workers connect back to (None: R picks one at random
+    in 11000-11999). ``known_hosts`` is an extra known_hosts file to verify host keys
+    with. ``r_packages`` are R packages every worker must have. ``path`` is the file
+    it was read from, if any.
+    """
+
+    primary: Primary
+    hosts: tuple[Host, ...]
+    port: int | None = None
+    known_hosts: str | None = None
+    r_packages: tuple[str, ...] = ()
+    path: str | None = field(default=None, compare=False)
+
+    @property
+    def workers(self) -> int:
+        """Total number of R workers (sum of ``ncore``); ``auto`` hosts count as 0."""
+        return sum(h.ncore or 0 for h in self.hosts)
+
+
+# --------------------------------------------------------------------------- YAML with lines
+
+
+class _Map(dict[Any, Any]):
+    line: int = 0
+    key_lines: dict[Any, int]
+
+
+class _Seq(list[Any]):
+    line: int = 0
+    item_lines: list[int]
+
+
+class _Loader(yaml.SafeLoader):
+    """A SafeLoader that remembers the line of every mapping key and sequence item."""
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> _Map:
+    loader.flatten_mapping(node)
+    result = _Map()
+    result.line = node.start_mark.line + 1
+    result.key_lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        try:
+            duplicate = key in result
+        except TypeError:  # unhashable key such as a list
+            raise yaml.constructor.ConstructorError(
+                None, None, "a key must be a plain word", key_node.start_mark
+            ) from None
+        if duplicate:
+            raise _DuplicateKey(str(key), line)
+        result[key] = loader.construct_object(value_node, deep=True)
+        result.key_lines[key] = line
+    return result
+
+
+def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> _Seq:
+    result = _Seq(loader.construct_object(child, deep=True) for child in node.value)
+    result.line = node.start_mark.line + 1
+    result.item_lines = [child.start_mark.line + 1 for child in node.value]
+    return result
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str, line: int) -> None:
+        self.key = key
+        self.line = line
+
+
+# --------------------------------------------------------------------------- validation
+
+
+class _Reader:
+    """Validates one document, raising InventoryError with file, line and field."""
+
+    def __init__(self, path: str | None, base_dir: Path) -> None:
+        self.path = path
+        self.base_dir = base_dir
+
+    def fail(self, problem: str, *, line: int | None, field: str | None = None,
+             hint: str | None = None) -> InventoryError:
+        return InventoryError(problem, path=self.path, line=line, field=field, hint=hint)
+
+    def mapping(self, value: Any, where: str, line: int | None, allowed: tuple[str, ...],
+                required: tuple[str, ...] = ()) -> _Map:
+        if not isinstance(value, _Map):
+            raise self.fail(f"expected a mapping of {', '.join(allowed)}, got {_describe(value)}",
+                            line=line, field=where)
+        for key in value:
+            if key not in allowed:
+                close = _closest(str(key), allowed)
+                hint = f"did you mean '{close}'?" if close else (
+                    f"allowed here: {', '.join(allowed)}")
+                raise self.fail(f"unknown key '{key}'", line=value.key_lines[key],
+                                field=_join(where, str(key)), hint=hint)
+        for key in required:
+            if key not in value:
+                raise self.fail(f"'{key}' is required", line=value.line, field=where)
+        return value
+
+    def line_of(self, m: _Map, key: str) -> int:
+        return m.key_lines.get(key, m.line)
+
+    def hostname(self, value: Any, where: str, line: int, *, allow_auto: bool = False) -> str:
+        if isinstance(value, bool) or value is None or isinstance(value, (_Map, _Seq)):
+            raise self.fail(f"expected a host name or address, got {_describe(value)}",
+                            line=line, field=where)
+        text = str(value)
+        if allow_auto and text == AUTO:
+            return text
+        if text.startswith("[") and text.endswith("]"):
+            text = text[1:-1]
+        try:
+            return str(ipaddress.ip_address(text))
+        except ValueError:
+            pass
+        if not _HOSTNAME.match(text) or len(text) > 253:
+            raise self.fail(
+                f"{text!r} is not a valid host name, IP address or ssh alias",
+                line=line, field=where,
+                hint="use letters, digits, '.', '-' and '_' only; no spaces, quotes or shell "
+                     "characters, and no leading '-'",
+            )
+        return text
+
+    def user(self, value: Any, where: str, line: int) -> str:
+        if not isinstance(value, str) or not _USER.match(value) or len(value) > 64:
+            raise self.fail(
+                f"{value!r} is not a valid user name", line=line, field=where,
+                hint="use letters, digits, '.', '-' and '_'; no spaces, quotes or shell "
+                     "characters, and no leading '-'",
+            )
+        return value
+
+    def integer(self, value: Any, where: str, line: int, *, low: int, high: int,
+                what: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self.fail(f"expected {what}, got {_describe(value)}", line=line, field=where)
+        return value
+
+    def ncore(self, value: Any, where: str, line: int) -> int | None:
+        if value == AUTO:
+            return None
+        return self.integer(value, where, line, low=1, high=4096,
+                            what="a positive whole number (or 'auto')")
+
+    def port(self, value: Any, where: str, line: int) -> int:
+        return self.integer(value, where, line, low=1, high=65535,
+                            what="a TCP port number (1-65535)")
+
+    def path_value(self, value: Any, where: str, line: int) -> str:
+        if not isinstance(value, str) or not value or not _SAFE_PATH.match(value):
+            raise self.fail(f"expected a file path, got {_describe(value)}", line=line,
+                            field=where)
+        expanded = Path(os.path.expanduser(value))
+        if not expanded.is_absolute():
+            expanded = self.base_dir / expanded
+        return str(expanded)
+
+    def rscript(self, value: Any, where: str, line: int) -> str:
+        if not isinstance(value, str) or not value or not _SAFE_PATH.match(value):
+            raise self.fail(f"expected the path of Rscript on that host, got {_describe(value)}",
+                            line=line, field=where)
+        return value
+
+
+_HOST_KEYS = ("host", "user", "ncore", "ssh_port", "identity_file", "rscript")
+_DEFAULT_KEYS = ("user", "ncore", "ssh_port", "identity_file", "rscript")
+_PRIMARY_KEYS = ("host", "user", "ssh_port")
+_TOP_KEYS = ("primary", "port", "defaults", "hosts", "known_hosts", "r_packages")
+
+
+def _host_fields(reader: _Reader, m: _Map, where: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in m.items():
+        line = reader.line_of(m, key)
+        name = _join(where, key)
+        if key == "host":
+            out[key] = reader.hostname(value, name, line)
+        elif key == "user":
+            out[key] = reader.user(value, name, line)
+        elif key == "ncore":
+            out[key] = reader.ncore(value, name, line)
+        elif key == "ssh_port":
+            out[key] = reader.port(value, name, line)
+        elif key == "identity_file":
+            out[key] = reader.path_value(value, name, line)
+        elif key == "rscript":
+            out[key] = reader.rscript(value, name, line)
+    return out
+
+
+def _read(doc: Any, reader: _Reader) -> Inventory:
+    if doc is None:
+        raise reader.fail("the file is empty", line=None,
+                          hint="see hosts.example.yaml for the format")
+    top = reader.mapping(doc, "", 1, _TOP_KEYS, required=("primary", "hosts"))
+
+    # primary: a plain address, or a mapping
+    raw_primary = top["primary"]
+    pline = reader.line_of(top, "primary")
+    if isinstance(raw_primary, _Map):
+        pm = reader.mapping(raw_primary, "primary", pline, _PRIMARY_KEYS, required=("host",))
+        primary = Primary(
+            host=reader.hostname(pm["host"], "primary.host", reader.line_of(pm, "host"),
+                                 allow_auto=True),
+            user=reader.user(pm["user"], "primary.user", reader.line_of(pm, "user"))
+            if "user" in pm else None,
+            ssh_port=reader.port(pm["ssh_port"], "primary.ssh_port",
+                                 reader.line_of(pm, "ssh_port")) if "ssh_port" in pm else None,
+        )
+    else:
+        primary = Primary(host=reader.hostname(raw_primary, "primary", pline, allow_auto=True))
+
+    port = reader.port(top["port"], "port", reader.line_of(top, "port")) if "port" in top \
+        else None
+    known_hosts = reader.path_value(top["known_hosts"], "known_hosts",
+                                    reader.line_of(top, "known_hosts")) \
+        if "known_hosts" in top else None
+
+    r_packages: tuple[str, ...] = ()
+    if "r_packages" in top:
+        raw = top["r_packages"]
+        rline = reader.line_of(top, "r_packages")
+        if not isinstance(raw, _Seq):
+            raise reader.fail(f"expected a list of R package names, got {_describe(raw)}",
+                              line=rline, field="r_packages")
+        for i, pkg in enumerate(raw):
+            if not isinstance(pkg, str) or not _R_PACKAGE.match(pkg):
+                raise reader.fail(f"{pkg!r} is not an R package name", line=raw.item_lines[i],
+                                  field=f"r_packages[{i}]")
+        r_packages = tuple(raw)
+
+    defaults: dict[str, Any] = {}
+    if "defaults" in top and top["defaults"] is not None:
+        dm = reader.mapping(top["defaults"], "defaults", reader.line_of(top, "defaults"),
+                            _DEFAULT_KEYS)
+        defaults = _host_fields(reader, dm, "defaults")
+
+    raw_hosts = top["hosts"]
+    hline = reader.line_of(top, "hosts")
+    if raw_hosts is None or (isinstance(raw_hosts, _Seq) and not raw_hosts):
+        raise reader.fail("the list is empty", line=hline, field="hosts",
+                          hint="list at least one host, e.g. '- host: 192.168.1.11'")
+    if not isinstance(raw_hosts, _Seq):
+        raise reader.fail(f"expected a list of hosts, got {_describe(raw_hosts)}", line=hline,
+                          field="hosts")
+
+    hosts: list[Host] = []
+    seen: dict[tuple[str, int], int] = {}
+    for i, item in enumerate(raw_hosts):
+        where = f"hosts[{i}]"
+        line = raw_hosts.item_lines[i]
+        if isinstance(item, _Map):
+            hm = reader.mapping(item, where, line, _HOST_KEYS, required=("host",))
+            fields = {**defaults, **_host_fields(reader, hm, where)}
+        else:
+            fields = {**defaults, "host": reader.hostname(item, where, line)}
+        host = Host(line=line, **fields)
+        key = (host.host, host.ssh_port or 22)
+        if key in seen:
+            raise reader.fail(
+                f"{host.label} is listed twice (first at line {seen[key]})", line=line,
+                field=where, hint="list each host once and give it the total ncore",
+            )
+        seen[key] = line
+        hosts.append(host)
+
+    return Inventory(primary=primary, hosts=tuple(hosts), port=port, known_hosts=known_hosts,
+                     r_packages=r_packages, path=reader.path)
+
+
+def parse_inventory(text: str, path: str | None = None) -> Inventory:
+    """Parse and validate inventory YAML ``text``; ``path`` is used in messages and to
+    resolve relative file paths. Raises :class:`InventoryError`."""
+    base_dir = Path(path).resolve().parent if path else Path.cwd()
+    reader = _Reader(path, base_dir)
+    try:
+        doc = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except _DuplicateKey as e:
+        raise reader.fail(f"key '{e.key}' appears twice", line=e.line) from None
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark else None
+        problem = e.problem or str(e)
+        raise reader.fail(f"not valid YAML: {problem}", line=line,
+                          hint="check the indentation and quoting near that line") from None
+    except yaml.YAMLError as e:
+        raise reader.fail(f"not valid YAML: {e}", line=None) from None
+    return _read(doc, reader)
+
+
+def load_inventory(path: str | os.PathLike[str]) -> Inventory:
+    """Read and validate the inventory file at ``path``. Raises :class:`InventoryError`."""
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InventoryError("no such file", path=name,
+                             hint="copy hosts.example.yaml and edit it") from None
+    except IsADirectoryError:
+        raise InventoryError("is a directory, not an inventory file", path=name) from None
+    except UnicodeDecodeError:
+        raise InventoryError("is not a UTF-8 text file", path=name) from None
+    except OSError as e:
+        raise InventoryError(f"cannot be read: {e.strerror}", path=name) from None
+    return parse_inventory(text, name)
+
+
+def inventory_to_dict(inv: Inventory) -> dict[str, Any]:
+    """Return a plain dict that :func:`parse_inventory` reads back as ``inv`` (fields that
+    are at their default are left out)."""
+    primary: dict[str, Any] = {"host": inv.primary.host}
+    if inv.primary.user:
+        primary["user"] = inv.primary.user
+    if inv.primary.ssh_port:
+        primary["ssh_port"] = inv.primary.ssh_port
+    out: dict[str, Any] = {"primary": primary}
+    if inv.port is not None:
+        out["port"] = inv.port
+    if inv.known_hosts:
+        out["known_hosts"] = inv.known_hosts
+    if inv.r_packages:
+        out["r_packages"] = list(inv.r_packages)
+    hosts = []
+    for h in inv.hosts:
+        item: dict[str, Any] = {"host": h.host}
+        for name in ("user", "ssh_port", "identity_file", "rscript"):
+            if getattr(h, name) is not None:
+                item[name] = getattr(h, name)
+        item["ncore"] = AUTO if h.ncore is None else h.ncore
+        hosts.append(item)
+    out["hosts"] = hosts
+    return out
+
+
+def dump_inventory(inv: Inventory, *, header: str | None = None) -> str:
+    """Return inventory YAML for ``inv``, optionally behind a ``# header`` comment."""
+    text = yaml.safe_dump(inventory_to_dict(inv), sort_keys=False, default_flow_style=False)
+    if header:
+        comment = "".join(f"# {line}\n" for line in header.splitlines())
+        text = comment + text
+    return text
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a yes/no value)"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+def _closest(word: str, choices: tuple[str, ...]) -> str | None:
+    import difflib
+
+    matches = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+__all__ = [
+    "AUTO",
+    "Host",
+    "Inventory",
+    "Primary",
+    "dump_inventory",
+    "inventory_to_dict",
+    "load_inventory",
+    "parse_inventory",
+]

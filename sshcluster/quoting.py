@@ -1,0 +1,82 @@
+"""The two quoting functions: every string that reaches R or a shell goes through one of them.
+
+``r_string`` makes an R string literal; ``shell_quote`` makes one POSIX shell word.
+Both are total over the strings they accept and refuse (with :class:`QuotingError`)
+the few they cannot represent, rather than producing something that means
+another thing.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Iterable
+
+from sshcluster.errors import QuotingError
+
+_R_ESCAPES = {
+    "\\": "\\\\",
+    '"': '\\"',
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "\a": "\\a",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\v": "\\v",
+}
+
+
+def r_string(value: str) -> str:
+    """Return an R string literal (double-quoted, ASCII only) whose value is ``value``.
+
+    Non-ASCII characters are written as ``\\u{XXXX}`` / ``\\U{XXXXXX}`` escapes so the
+    generated file means the same thing whatever encoding R reads it in. NUL and
+    lone surrogates cannot exist in an R string and raise :class:`QuotingError`.
+
+    >>> r_string('a "quoted" $(word)')
+    '"a \\\\"quoted\\\\" $(word)"'
+    """
+    out = ['"']
+    for ch in value:
+        code = ord(ch)
+        if ch in _R_ESCAPES:
+            out.append(_R_ESCAPES[ch])
+        elif code == 0:
+            raise QuotingError("cannot put a NUL character into an R string")
+        elif 0xD800 <= code <= 0xDFFF:
+            raise QuotingError(f"cannot put the lone surrogate U+{code:04X} into an R string")
+        elif code < 0x20 or code == 0x7F:
+            # \u rather than \x: R refuses a literal that mixes \x and \u escapes.
+            out.append(f"\\u{{{code:04x}}}")
+        elif code < 0x80:
+            out.append(ch)
+        elif code <= 0xFFFF:
+            out.append(f"\\u{{{code:04x}}}")
+        else:
+            out.append(f"\\U{{{code:06x}}}")
+    out.append('"')
+    return "".join(out)
+
+
+def r_vector(values: Iterable[str]) -> str:
+    """Return an R character vector ``c("a", "b")`` of the given strings (``character(0)`` if none)."""
+    items = [r_string(v) for v in values]
+    return f"c({', '.join(items)})" if items else "character(0)"
+
+
+def shell_quote(value: str) -> str:
+    """Return ``value`` as one POSIX shell word (single-quoted where needed).
+
+    NUL cannot be passed in an argument vector and raises :class:`QuotingError`.
+    """
+    if "\x00" in value:
+        raise QuotingError("cannot put a NUL character into a shell word")
+    return shlex.quote(value)
+
+
+def shell_join(words: Iterable[str]) -> str:
+    """Return a shell command line made of ``words``, each quoted by :func:`shell_quote`."""
+    return " ".join(shell_quote(w) for w in words)
+
+
+__all__ = ["r_string", "r_vector", "shell_join", "shell_quote"]
