@@ -1,0 +1,261 @@
+"""The preflight report: one verdict per host and step, as JSON or as a table.
+
+A :class:`CheckReport` holds one :class:`HostReport` per inventory host; each host has
+a :class:`StepResult` for every step in :data:`STEPS`, in that order. The model is plain
+frozen data, so it can be built in tests without any host, and rendered twice (a rich
+table for people, :meth:`CheckReport.to_json` for programs).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from sshcluster.inventory import Host
+
+#: The steps of the check, in the order they run on each host.
+STEPS: tuple[str, ...] = (
+    "resolve",
+    "connect",
+    "hostkey",
+    "auth",
+    "rscript",
+    "packages",
+    "cores",
+    "load",
+    "reverse_ssh",
+    "callback",
+)
+
+Status = Literal["ok", "failed", "skipped", "warning"]
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """The outcome of one step on one host.
+
+    ``detail`` says what was found (or what went wrong), ``hint`` what to do about it,
+    ``seconds`` how long the step took (0 for a skipped step).
+    """
+
+    status: Status
+    detail: str = ""
+    seconds: float = 0.0
+    hint: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The step as it appears in the JSON document (the hint is folded into detail)."""
+        detail = self.detail
+        if self.hint:
+            detail = f"{detail}\nhint: {self.hint}" if detail else f"hint: {self.hint}"
+        return {"status": self.status, "detail": detail, "seconds": round(self.seconds, 3)}
+
+
+SKIPPED = StepResult("skipped", "an earlier step failed")
+
+
+@dataclass(frozen=True)
+class HostReport:
+    """Every step's outcome on one host, and what was found there.
+
+    ``ncore`` is the detected core count (None when the check did not get that far),
+    ``rscript`` the Rscript path found, ``r_version`` its R version, ``seen_primary``
+    the primary's address as this host sees it (the client address of ``SSH_CONNECTION``).
+    """
+
+    host: Host
+    checks: Mapping[str, StepResult]
+    ncore: int | None = None
+    rscript: str | None = None
+    r_version: str | None = None
+    address: str | None = None
+    seen_primary: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The host as named in the inventory (``host`` or ``host:port``)."""
+        return self.host.label
+
+    @property
+    def failed(self) -> list[str]:
+        """Names of the failed steps, in order (empty when the host is ready)."""
+        return [s for s in STEPS if self.checks[s].status == "failed"]
+
+    @property
+    def warnings(self) -> list[str]:
+        """Names of the steps that passed with a warning."""
+        return [s for s in STEPS if self.checks[s].status == "warning"]
+
+    @property
+    def ok(self) -> bool:
+        """True when no step failed (warnings allowed)."""
+        return not self.failed
+
+    @property
+    def workers(self) -> int:
+        """How many R workers this host gets: the declared ``ncore``, else the detected one
+        (0 when neither is known)."""
+        return self.host.ncore or self.ncore or 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The host as it appears in the JSON document."""
+        return {
+            "host": self.label,
+            "ok": self.ok,
+            "failed": self.failed,
+            "checks": {s: self.checks[s].to_dict() for s in STEPS},
+            "ncore": self.workers,
+            "rscript": self.rscript or "",
+            "r_version": self.r_version or "",
+        }
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """The outcome of ``sshcluster check``: one :class:`HostReport` per inventory host.
+
+    ``primary`` is the address the workers were told to call back to (the detected one
+    for ``primary.host: auto``), ``port`` the callback port that was tested, ``notes``
+    remarks about the run as a whole (such as workers that disagree on the primary's
+    address), ``seconds`` the run's duration.
+    """
+
+    primary: str
+    port: int
+    hosts: tuple[HostReport, ...]
+    primary_r_version: str | None = None
+    primary_rscript: str | None = None
+    notes: tuple[str, ...] = ()
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when every host passed every step (warnings allowed)."""
+        return all(h.ok for h in self.hosts)
+
+    @property
+    def failed(self) -> tuple[HostReport, ...]:
+        """The hosts with at least one failed step."""
+        return tuple(h for h in self.hosts if not h.ok)
+
+    @property
+    def succeeded(self) -> tuple[HostReport, ...]:
+        """The hosts that passed."""
+        return tuple(h for h in self.hosts if h.ok)
+
+    def __getitem__(self, label: str) -> HostReport:
+        for h in self.hosts:
+            if label in (h.label, h.host.host):
+                return h
+        raise KeyError(label)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document of issue 3 as plain Python values."""
+        return {
+            "ok": self.ok,
+            "primary": self.primary,
+            "port": self.port,
+            "hosts": [h.to_dict() for h in self.hosts],
+        }
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        """The report as the JSON document that ``sshcluster check --json`` prints."""
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def summary(self) -> str:
+        """One line: how many hosts are ready, how many workers, how long it took."""
+        n = len(self.hosts)
+        good = len(self.succeeded)
+        warned = sum(1 for h in self.succeeded if h.warnings)
+        workers = sum(h.workers for h in self.succeeded)
+        parts = [f"{good} of {n} host{'s' if n != 1 else ''} ready ({workers} R workers)"]
+        if warned:
+            parts.append(f"{warned} with warnings")
+        if self.failed:
+            by_step: dict[str, list[str]] = {}
+            for h in self.failed:
+                by_step.setdefault(h.failed[0], []).append(h.label)
+            failed = "; ".join(f"{step}: {', '.join(labels)}" for step, labels in by_step.items())
+            parts.append(f"{len(self.failed)} failed ({failed})")
+        parts.append(f"primary {self.primary}:{self.port}")
+        parts.append(f"{self.seconds:.1f} s")
+        return ", ".join(parts)
+
+
+# --------------------------------------------------------------------------- rendering
+
+_STYLE: dict[str, tuple[str, str]] = {
+    "ok": ("ok", "green"),
+    "failed": ("FAILED", "bold red"),
+    "skipped": ("-", "dim"),
+    "warning": ("warn", "yellow"),
+}
+
+
+def report_table(report: CheckReport) -> Table:
+    """A rich table: one row per host, one column per step."""
+    table = Table(show_edge=False, pad_edge=False, header_style="bold")
+    table.add_column("host", no_wrap=True)
+    for step in STEPS:
+        table.add_column(step.replace("_", " "), justify="center", no_wrap=True)
+    for h in report.hosts:
+        cells = []
+        for step in STEPS:
+            word, style = _STYLE[h.checks[step].status]
+            cells.append(Text(word, style=style))
+        table.add_row(Text(h.label, style="" if h.ok else "red"), *cells)
+    return table
+
+
+def report_details(report: CheckReport) -> list[Text]:
+    """The failing and warning steps of every host, with detail and hint, as lines."""
+    lines: list[Text] = []
+    for h in report.hosts:
+        for step in STEPS:
+            r = h.checks[step]
+            if r.status not in ("failed", "warning"):
+                continue
+            style = "red" if r.status == "failed" else "yellow"
+            line = Text()
+            line.append(f"{h.label}", style="bold")
+            line.append(f" {step} ", style=style)
+            line.append("failed" if r.status == "failed" else "warning", style=style)
+            line.append(f": {r.detail}")
+            lines.append(line)
+            if r.hint:
+                lines.append(Text(f"    hint: {r.hint}", style="cyan"))
+    for note in report.notes:
+        lines.append(Text(f"note: {note}", style="yellow"))
+    return lines
+
+
+def print_report(report: CheckReport, console: Console) -> None:
+    """Print the table, the details of what failed or warned, and the summary line."""
+    console.print(report_table(report))
+    details = report_details(report)
+    if details:
+        console.print()
+        for line in details:
+            console.print(line, soft_wrap=True)
+    console.print()
+    style = "bold green" if report.ok else "bold red"
+    console.print(Text(report.summary(), style=style), soft_wrap=True)
+
+
+__all__ = [
+    "SKIPPED",
+    "STEPS",
+    "CheckReport",
+    "HostReport",
+    "Status",
+    "StepResult",
+    "print_report",
+    "report_details",
+    "report_table",
+]
