@@ -135,6 +135,7 @@ class _HostRun:
         self.started = ctx.loop.time()
         self.facts = Facts()
         self.remote_started = False
+        self.callback_timeout = 0.0
         self.address: str | None = None
         self.hostkey: tuple[str, str, str | None] | None = None  # status, detail, hint
         self.key_host = host.host
@@ -159,7 +160,7 @@ class _HostRun:
             outcome = remote_steps(
                 self.host, self.facts, complete=complete,
                 primary_r_version=self.ctx.primary_r_version,
-                callback_timeout=self.ctx.callback_timeout,
+                callback_timeout=self.callback_timeout,
                 callback_error=self.ctx.listen_error,
                 port=self.ctx.port,
             )
@@ -354,7 +355,7 @@ async def _check_host(run: _HostRun) -> None:
             primary_user=ctx.primary_user, primary_ssh_port=ctx.inventory.primary.ssh_port,
             port=0 if ctx.listen_error else ctx.port, token=run.token, budget=budget,
         )
-        ctx.callback_timeout = max(1, int(budget) - 1)
+        run.callback_timeout = max(1, int(budget) - 1)
         proc = await conn.create_process("sh -s", encoding="utf-8", errors="replace",
                                          stderr=asyncssh.STDOUT)
         proc.stdin.write(script)
@@ -394,7 +395,6 @@ class _Run:
         self.primary_r_version: str | None = None
         self.port = 0
         self.listen_error: str | None = None
-        self.callback_timeout = 0.0
         self.tokens: dict[str, str] = {}  # token -> host label
         self.called_back: set[str] = set()
         self._keys: dict[str, Any] = {}

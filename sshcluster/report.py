@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -198,12 +199,27 @@ _STYLE: dict[str, tuple[str, str]] = {
 }
 
 
-def report_table(report: CheckReport) -> Table:
-    """A rich table: one row per host, one column per step."""
-    table = Table(show_edge=False, pad_edge=False, header_style="bold")
+#: Column headers for narrow terminals.
+SHORT_NAMES = {
+    "resolve": "dns", "connect": "tcp", "hostkey": "key", "auth": "auth", "rscript": "R",
+    "packages": "pkgs", "cores": "cpu", "load": "load", "reverse_ssh": "back",
+    "callback": "call",
+}
+
+
+def report_table(report: CheckReport, width: int | None = None) -> Table:
+    """A rich table: one row per host, one column per step.
+
+    When ``width`` (the terminal's) is too small for the step names, the columns get
+    short names (:data:`SHORT_NAMES`); :func:`print_report` then prints a legend.
+    """
+    short = width is not None and width < _full_width(report)
+    table = Table(show_edge=False, pad_edge=False, header_style="bold",
+                  box=box.SIMPLE_HEAD, padding=(0, 1))
     table.add_column("host", no_wrap=True)
     for step in STEPS:
-        table.add_column(step.replace("_", " "), justify="center", no_wrap=True)
+        name = SHORT_NAMES[step] if short else step.replace("_", " ")
+        table.add_column(name, justify="center", no_wrap=True)
     for h in report.hosts:
         cells = []
         for step in STEPS:
@@ -211,6 +227,11 @@ def report_table(report: CheckReport) -> Table:
             cells.append(Text(word, style=style))
         table.add_row(Text(h.label, style="" if h.ok else "red"), *cells)
     return table
+
+
+def _full_width(report: CheckReport) -> int:
+    host = max([4, *(len(h.label) for h in report.hosts)])
+    return host + sum(max(len(s), 6) + 2 for s in STEPS)
 
 
 def report_details(report: CheckReport) -> list[Text]:
@@ -237,7 +258,11 @@ def report_details(report: CheckReport) -> list[Text]:
 
 def print_report(report: CheckReport, console: Console) -> None:
     """Print the table, the details of what failed or warned, and the summary line."""
-    console.print(report_table(report))
+    table = report_table(report, console.width)
+    console.print(table)
+    if console.width < _full_width(report):
+        legend = ", ".join(f"{v}={k}" for k, v in SHORT_NAMES.items())
+        console.print(Text(legend, style="dim"), soft_wrap=True)
     details = report_details(report)
     if details:
         console.print()

@@ -1,0 +1,218 @@
+"""The remote probe script, run here under a real sh with real R, and its verdicts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sshcluster.inventory import Host
+from sshcluster.probe import Facts, parse_facts, remote_script, remote_steps
+
+HAVE_R = shutil.which("Rscript") is not None
+HOSTILE = "a'b\"c $(touch /tmp/pwned) `x` ; \\ \n"
+
+
+class Listener:
+    """A one-shot callback listener on 127.0.0.1 that answers ok to ``token``."""
+
+    def __init__(self, token: str) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(5)
+        self.port = self.sock.getsockname()[1]
+        self.token = token
+        self.got: list[str] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.sock.accept()
+        with conn:
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = conn.recv(1024)
+                if not chunk:
+                    break
+                data += chunk
+            line = data.decode().rstrip("\n")
+            self.got.append(line)
+            conn.sendall(b"ok\n" if line == self.token else b"no\n")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def listener() -> Iterator[Listener]:
+    lst = Listener("tok123")
+    yield lst
+    lst.close()
+
+
+def run_script(script: str, tmp_path: Path) -> Facts:
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path),
+           "SSH_CONNECTION": "127.0.0.1 40000 127.0.0.1 22"}
+    out = subprocess.run(["sh", "-s"], input=script, capture_output=True, text=True,
+                         env=env, timeout=30, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    return parse_facts(out.stdout.splitlines())
+
+
+@pytest.mark.skipif(not HAVE_R, reason="needs Rscript")
+def test_script_reports_everything_and_calls_back(listener: Listener, tmp_path: Path) -> None:
+    script = remote_script(rscript=None, r_packages=["parallel", "surelynotapkg"],
+                           primary=None, primary_user="nobody", primary_ssh_port=1,
+                           port=listener.port, token="tok123", budget=5)
+    facts = run_script(script, tmp_path)
+    assert facts.get("DONE") == "1"
+    assert facts.get("PRIMARY") == "127.0.0.1"  # from SSH_CONNECTION
+    assert facts.get("RSCRIPT") == shutil.which("Rscript")
+    assert facts.get("R_MISSING") == "surelynotapkg"
+    assert facts.get("CALLBACK") == "ok"
+    assert listener.got == ["tok123"]
+    assert int(facts.get("NPROC") or 0) >= 1
+    assert (facts.get("REVERSE") or "").split()[0] == "255"  # nothing listens on port 1
+    outcome = remote_steps(Host("h", ncore=None), facts, complete=True, port=listener.port)
+    assert outcome.steps["rscript"].status == "ok"
+    assert outcome.steps["packages"].status == "failed"
+    assert "surelynotapkg" in outcome.steps["packages"].detail
+    assert outcome.steps["callback"].status == "ok"
+    assert outcome.steps["reverse_ssh"].status == "failed"
+    assert outcome.steps["cores"].status == "ok" and outcome.ncore == int(facts.get("NPROC"))
+    assert outcome.seen_primary == "127.0.0.1"
+
+
+@pytest.mark.skipif(not HAVE_R, reason="needs Rscript")
+def test_hostile_strings_stay_data(listener: Listener, tmp_path: Path) -> None:
+    listener.token = HOSTILE.replace("\n", "")  # a line-based protocol: no newline inside
+    script = remote_script(rscript=HOSTILE, r_packages=[], primary="127.0.0.1",
+                           primary_user="nobody", primary_ssh_port=1, port=listener.port,
+                           token=listener.token, budget=5)
+    facts = run_script(script, tmp_path)
+    assert not Path("/tmp/pwned").exists()
+    assert not (tmp_path / "x").exists()
+    assert "RSCRIPT_ERR" in facts  # no such Rscript, and nothing ran
+    assert facts.get("DONE") == "1"
+
+
+@pytest.mark.skipif(not HAVE_R, reason="needs Rscript")
+def test_token_with_quotes_reaches_the_primary_intact(tmp_path: Path) -> None:
+    token = "x'\"$y`z\\"
+    lst = Listener(token)
+    try:
+        script = remote_script(rscript=None, r_packages=[], primary="127.0.0.1",
+                               primary_user="nobody", primary_ssh_port=1, port=lst.port,
+                               token=token, budget=5)
+        facts = run_script(script, tmp_path)
+    finally:
+        lst.close()
+    assert lst.got == [token]
+    assert facts.get("CALLBACK") == "ok"
+
+
+def test_nothing_listening_fails_callback_fast(tmp_path: Path) -> None:
+    if not HAVE_R:
+        pytest.skip("needs Rscript")
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # now nothing listens there
+    script = remote_script(rscript=None, r_packages=[], primary="127.0.0.1",
+                           primary_user="nobody", primary_ssh_port=1, port=port,
+                           token="t", budget=5)
+    facts = run_script(script, tmp_path)
+    outcome = remote_steps(Host("h"), facts, complete=True, callback_timeout=4, port=port)
+    cb = outcome.steps["callback"]
+    assert cb.status == "failed" and "refused" in cb.detail
+    assert cb.hint and "--tunnel reverse" in cb.hint
+
+
+# --------------------------------------------------------------------------- verdicts only
+
+
+def facts_of(**values: str) -> Facts:
+    return parse_facts(f"{k}={v}" for k, v in values.items())
+
+
+BASE = {
+    "SSH_CONNECTION": "10.0.0.1 5000 10.0.0.2 22", "PRIMARY": "10.0.0.1", "NPROC": "4",
+    "LOADAVG": "0.5 0.4 0.3", "MEM_TOTAL_KB": "8000000", "MEM_AVAIL_KB": "6000000",
+    "T_LOCAL": "1.00 1.00", "RSCRIPT": "/usr/bin/Rscript", "T_LOOKUP": "1.00 1.01",
+    "R_VERSION": "4.2.2", "T_RSTART": "0.02", "R_MISSING": "", "T_PACKAGES": "0.001",
+    "CALLBACK": "ok", "T_CALLBACK": "0.01", "R_EXIT": "0", "REVERSE": "0 1.00 1.10",
+    "DONE": "1",
+}
+
+
+def test_all_good() -> None:
+    out = remote_steps(Host("h", ncore=2), facts_of(**BASE), complete=True,
+                       primary_r_version="4.2.2")
+    assert {s: r.status for s, r in out.steps.items()} == dict.fromkeys(
+        ("rscript", "packages", "cores", "load", "reverse_ssh", "callback"), "ok")
+    assert (out.ncore, out.rscript, out.r_version, out.seen_primary) == (
+        4, "/usr/bin/Rscript", "4.2.2", "10.0.0.1")
+    assert out.steps["reverse_ssh"].seconds == pytest.approx(0.1)
+
+
+def test_warnings() -> None:
+    f = facts_of(**{**BASE, "LOADAVG": "4.5 1 1", "MEM_AVAIL_KB": "100000"})
+    out = remote_steps(Host("h", ncore=8), f, complete=True, primary_r_version="4.3.1")
+    assert out.steps["rscript"].status == "warning" and "4.3.1" in out.steps["rscript"].detail
+    assert out.steps["cores"].status == "warning" and "8 declared" in out.steps["cores"].detail
+    load = out.steps["load"]
+    assert load.status == "warning" and "busy" in load.detail and "low memory" in load.detail
+
+
+def test_missing_rscript_skips_what_needs_r() -> None:
+    f = {k: v for k, v in BASE.items() if not k.startswith(("R_", "T_P", "CALLBACK", "T_C"))}
+    f.update(RSCRIPT="", RSCRIPT_ERR="no executable file /opt/R/bin/Rscript")
+    out = remote_steps(Host("h"), facts_of(**f), complete=True)
+    assert out.steps["rscript"].status == "failed"
+    assert out.steps["packages"].status == "skipped"
+    assert out.steps["callback"].status == "skipped"
+    assert out.steps["cores"].status == "ok" and out.steps["reverse_ssh"].status == "ok"
+
+
+def test_cut_off_by_the_deadline() -> None:
+    f = {k: v for k, v in BASE.items() if k not in ("CALLBACK", "T_CALLBACK", "R_EXIT",
+                                                     "REVERSE", "DONE")}
+    out = remote_steps(Host("h"), facts_of(**f), complete=False)
+    assert out.steps["callback"].status == "failed"
+    assert "deadline" in out.steps["callback"].detail
+    assert out.steps["reverse_ssh"].status == "failed"
+    assert out.steps["packages"].status == "ok"
+
+
+def test_reverse_ssh_hints() -> None:
+    f = {**BASE, "REVERSE": "255 1 2"}
+    facts = facts_of(**f)
+    facts.add("REVERSE_ERR=root@10.0.0.1: Permission denied (publickey).")
+    out = remote_steps(Host("h"), facts, complete=True)
+    r = out.steps["reverse_ssh"]
+    assert r.status == "failed" and "Permission denied" in r.detail
+    assert r.hint and "authorized_keys" in r.hint
+
+
+def test_dropped_callback_is_told_apart_from_refused() -> None:
+    dropped = facts_of(**{**BASE, "CALLBACK": "10.0.0.1:11000 cannot be opened",
+                          "T_CALLBACK": "4.0"})
+    out = remote_steps(Host("h"), dropped, complete=True, callback_timeout=4, port=11000)
+    assert "no answer from 10.0.0.1:11000 within 4 s" in out.steps["callback"].detail
+    refused = facts_of(**{**BASE, "CALLBACK": "10.0.0.1:11000 cannot be opened",
+                          "T_CALLBACK": "0.01"})
+    out = remote_steps(Host("h"), refused, complete=True, callback_timeout=4, port=11000)
+    assert "refused" in out.steps["callback"].detail
+
+
+def test_facts_parsing() -> None:
+    f = parse_facts(["A=1", "A=2", "junk line", "", "B=x=y\r\n"])
+    assert f.get("A") == "2" and f.all("A") == ["1", "2"] and f.get("B") == "x=y"
+    assert f.other == ["junk line"]
+    assert f.number("A") == 2.0 and f.number("B") is None and f.get("C") is None
