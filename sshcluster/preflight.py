@@ -259,7 +259,9 @@ async def _check_host(run: _HostRun) -> None:
         run.begin("connect")
         sock = None
     else:
-        alias = f" (alias for {target})" if target != host.host else ""
+        # "node1 is 10.0.0.5", "node1 is n1.example.org (HostName in the ssh config)"
+        named = (f"{host.host} is {target} (HostName in the ssh config)"
+                 if target != host.host else target)
         try:
             ipaddress.ip_address(target)
             infos: list[tuple[int, tuple[Any, ...]]] = [
@@ -268,14 +270,14 @@ async def _check_host(run: _HostRun) -> None:
             try:
                 raw = await loop.getaddrinfo(target, port, type=socket.SOCK_STREAM)
             except OSError as e:
-                run.fail(f"cannot resolve {target}{alias}: {e.strerror or e}",
+                run.fail(f"cannot resolve {named}: {e.strerror or e}",
                          hint="check the name (DNS, /etc/hosts, or a Host alias in "
                               "~/.ssh/config)")
                 return
             infos = [(fam, addr[:2]) for fam, _, _, _, addr in raw]
         run.address = str(infos[0][1][0])
-        run.done("ok", f"{target}{alias} is {run.address}" if alias or target != run.address
-                 else run.address)
+        run.done("ok", named if named.startswith(f"{host.host} is {run.address}") else
+                 run.address if target == run.address else f"{named}: {run.address}")
 
         # connect: TCP to the ssh port, each address in turn
         run.begin("connect")
@@ -288,7 +290,8 @@ async def _check_host(run: _HostRun) -> None:
                 await loop.sock_connect(s, addr)
             except OSError as e:
                 s.close()
-                errors.append(f"{addr[0]} port {addr[1]}: {e.strerror or e}")
+                why = os.strerror(e.errno) if e.errno else str(e)
+                errors.append(f"{addr[0]} port {addr[1]}: {why}")
                 continue
             except BaseException:
                 s.close()
