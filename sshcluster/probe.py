@@ -70,20 +70,26 @@ primary={primary}
 [ -n "$primary" ] || primary=${{1:-}}
 say "PRIMARY=$primary"
 (
-  tick; a=$_t; n=0; rc=
+  tick; a=$_t; n=0; rc=; kex="-o KexAlgorithms=^curve25519-sha256"
   if [ -z "$primary" ]; then
     err="no SSH_CONNECTION on this host, so the primary's address is unknown"; rc=skip
   else
     while :; do
-      err=$($to ssh -o BatchMode=yes -o ConnectTimeout={connect_timeout} {ssh_args} \
--- "$primary" true 2>&1 </dev/null)
+      # A subsystem nobody has: sshd refuses it right after the login succeeded, so
+      # this proves host key, non-interactive auth and a session channel without
+      # starting the primary user's shell (and its rc files) at all.
+      err=$($to ssh -o BatchMode=yes -o ConnectTimeout={connect_timeout} $kex {ssh_args} \
+-s -- "$primary" sshcluster-check 2>&1 </dev/null)
       rc=$?
-      # sshd drops connections beyond MaxStartups while many workers log in at once
       case "$rc:$err" in
+        255:*"subsystem request failed"*) rc=0; err=;;
+        # sshd drops connections beyond MaxStartups while many workers log in at once
         255:*kex_exchange_identification*|255:*"closed by remote host"*|\
 255:*"reset by peer"*)
           n=$((n+1))
           if [ $n -lt 4 ]; then sleep 0.$((n*2)) 2>/dev/null || sleep 1; continue; fi;;
+        # an ssh too old for "^" in KexAlgorithms: its own defaults then
+        255:*KexAlgorithms*) if [ -n "$kex" ]; then kex=; continue; fi;;
       esac
       break
     done
@@ -124,8 +130,10 @@ fi
 say "RSCRIPT=$rs"
 tick; say "T_LOOKUP=$a $_t"
 if [ -n "$rs" ]; then
-  $to "$rs" --default-packages=NULL -e {r_code} "$primary" {port} {callback_timeout} 2>&1
-  say "R_EXIT=$?"
+  # Through a line reader: the background ssh above writes to the same stdout, and
+  # only whole-line writes keep the two from mixing inside a line.
+  {{ $to "$rs" --default-packages=NULL -e {r_code} "$primary" {port} {callback_timeout} 2>&1
+    say "R_EXIT=$?"; }} | while IFS= read -r l; do say "$l"; done
 fi
 wait
 say "DONE=1"

@@ -216,3 +216,30 @@ def test_facts_parsing() -> None:
     assert f.get("A") == "2" and f.all("A") == ["1", "2"] and f.get("B") == "x=y"
     assert f.other == ["junk line"]
     assert f.number("A") == 2.0 and f.number("B") is None and f.get("C") is None
+
+
+@pytest.mark.parametrize(("says", "status"), [
+    ("subsystem request failed on channel 0", "ok"),
+    ("root@10.0.0.1: Permission denied (publickey).", "failed"),
+])
+def test_reverse_ssh_login_without_a_remote_shell(says: str, status: str,
+                                                   tmp_path: Path) -> None:
+    # An ssh stand-in that answers like OpenSSH does after the login (the subsystem does
+    # not exist) or before it (refused key), and records its arguments.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "ssh"
+    fake.write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/args\necho "{says}" >&2\nexit 255\n')
+    fake.chmod(0o755)
+    script = remote_script(rscript="/nonexistent", r_packages=[], primary="10.0.0.1",
+                           primary_user="alice", primary_ssh_port=2222, port=0, token="t",
+                           budget=5)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SSH_CONNECTION": "10.0.0.1 1 10.0.0.2 22"}
+    out = subprocess.run(["sh", "-s"], input=script, capture_output=True, text=True, env=env,
+                         timeout=30)
+    facts = parse_facts(out.stdout.splitlines())
+    step = remote_steps(Host("h"), facts, complete=True).steps["reverse_ssh"]
+    assert step.status == status, step
+    args = (tmp_path / "args").read_text().split()
+    assert args[-4:] == ["-s", "--", "10.0.0.1", "sshcluster-check"]
+    assert {"BatchMode=yes", "alice", "2222"} <= set(args)
