@@ -87,7 +87,7 @@ def methods(tb: Testbed, inv: Path, home: Path, ansible: str | None
         env = {**os.environ, "HOME": str(home)}  # not this machine's own ~/.ssh
         out = subprocess.run(
             [sys.executable, "-m", "sshcluster", "check", str(inv), "--json",
-             "--timeout", "120", "--concurrency", str(n)],
+             "--timeout", "120"],  # default --concurrency
             capture_output=True, text=True, env=env)
         try:
             doc = json.loads(out.stdout)

@@ -50,8 +50,11 @@ from sshcluster.report import SKIPPED, STEPS, CheckReport, HostReport, StepResul
 
 #: Default per-run deadline in seconds.
 DEFAULT_TIMEOUT = 10.0
-#: Default bound on hosts checked at the same time.
-DEFAULT_CONCURRENCY = 128
+#: Default bound on hosts checked at the same time. Each host takes about a second, so 32
+#: at a time check hundreds of hosts within the default timeout; more at once mostly makes
+#: the workers' logins to the primary collide with its sshd's MaxStartups (10:30:100 by
+#: default), and on hosts that share a machine it thrashes.
+DEFAULT_CONCURRENCY = 32
 #: The range R itself picks its PSOCK port from; used when the inventory has no ``port``.
 PORT_RANGE = (11000, 11999)
 

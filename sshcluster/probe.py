@@ -86,8 +86,11 @@ say "PRIMARY=$primary"
         # sshd drops connections beyond MaxStartups while many workers log in at once
         255:*kex_exchange_identification*|255:*"closed by remote host"*|\
 255:*"reset by peer"*)
+          # (default MaxStartups 10:30:100): back off a little, with jitter, and retry
           n=$((n+1))
-          if [ $n -lt 4 ]; then sleep 0.$((n*2)) 2>/dev/null || sleep 1; continue; fi;;
+          if [ $n -lt 6 ]; then
+            sleep "0.$(( ($$ + n * 7) % 9 + 1 ))" 2>/dev/null || sleep 1; continue
+          fi;;
         # an ssh too old for "^" in KexAlgorithms: its own defaults then
         255:*KexAlgorithms*) if [ -n "$kex" ]; then kex=; continue; fi;;
       esac
