@@ -14,8 +14,9 @@ from typing import Any
 
 import click
 
-from sshcluster import __version__
+from sshcluster import __version__, bootstrap
 from sshcluster.errors import SshclusterError
+from sshcluster.inventory import load_inventory
 
 
 class _Group(click.Group):
@@ -45,6 +46,35 @@ def cli() -> None:
     The inventory format is documented in hosts.example.yaml. Exit status: 0 success,
     1 a host or a cloud request failed, 2 the inventory or the command line is wrong.
     """
+
+
+@cli.command()
+@click.argument("inventory", type=click.Path(dir_okay=False, path_type=str))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, path_type=str),
+              help="Write the R file here (default: print it on stdout).")
+def render(inventory: str, output: str | None) -> None:
+    """Write the R bootstrap for INVENTORY.
+
+    In an R session on the primary, source() the file to get `parallelCluster`,
+    ready for parLapply, foreach/doParallel and future:
+
+    \b
+      sshcluster render hosts.yaml -o cluster.R
+      R> source("cluster.R"); parSapply(parallelCluster, 1:8, sqrt)
+      R> sshcluster_stop()
+
+    The file is deterministic (same inventory, same bytes) and holds no secret.
+    """
+    inv = load_inventory(inventory)
+    if output is None:
+        click.echo(bootstrap.render(inv), nl=False)
+        return
+    bootstrap.write_bootstrap(inv, output)
+    click.echo(
+        f"wrote {output}: {len(inv.hosts)} hosts, {inv.workers} R workers "
+        f"(in R: source({output!r}))",
+        err=True,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

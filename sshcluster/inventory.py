@@ -355,7 +355,7 @@ def parse_inventory(text: str, path: str | None = None) -> Inventory:
     base_dir = Path(path).resolve().parent if path else Path.cwd()
     reader = _Reader(path, base_dir)
     try:
-        doc = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        doc = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader subclass
     except _DuplicateKey as e:
         raise reader.fail(f"key '{e.key}' appears twice", line=e.line) from None
     except yaml.MarkedYAMLError as e:
