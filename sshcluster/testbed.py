@@ -332,7 +332,7 @@ class _SubnetLock:
             self._fd = None
 
 
-def _lock_subnet(subnet: str | None, n: int) -> _SubnetLock:
+def _lock_subnet(subnet: str | None) -> _SubnetLock:
     """Lock the asked subnet, or the first free 10.213.X.0/24 if none was asked."""
     if subnet is not None:
         net = ipaddress.IPv4Network(subnet, strict=False)
@@ -762,7 +762,7 @@ class Testbed:
         for d, mode in ((Path("/run/sshd"), 0o755), (Path("/root/.ssh"), 0o700)):
             if not d.exists():  # sshd's privilege separation dir; our bind mount point
                 d.mkdir(mode=mode, parents=True)
-        self._lock = _lock_subnet(self._subnet_arg, self.n)
+        self._lock = _lock_subnet(self._subnet_arg)
         net = self._lock.net
         addrs = list(net.hosts())
         if len(addrs) < self.n + 1:

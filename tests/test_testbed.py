@@ -214,6 +214,29 @@ def test_processes_are_found_per_host(testbed: Testbed) -> None:
     assert wait_for(lambda: testbed.processes(h1, "sleep") == [])
 
 
+PSOCK = """
+args <- commandArgs(trailingOnly = TRUE)
+cl <- parallel::makePSOCKcluster(
+    strsplit(args[[1]], ",")[[1]], master = args[[2]], port = as.integer(args[[3]]),
+    user = "root", rshcmd = args[[4]], setup_timeout = 60, timeout = 60
+)
+cat(unlist(parallel::clusterEvalQ(cl, Sys.info()[["nodename"]])), "\\n")
+parallel::stopCluster(cl)
+"""
+
+
+def test_r_psock_workers_run_on_the_hosts_and_connect_back(testbed: Testbed) -> None:
+    hosts = testbed.hosts[:2]
+    rshcmd = " ".join(["ssh", *testbed.ssh_options()])  # R pastes it unquoted
+    argv = ["Rscript", "-e", PSOCK, ",".join(h.address for h in hosts),
+            testbed.primary_address, str(free_port()), rshcmd]  # fmt: skip
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["node1", "node2"]
+    # stopCluster ended the workers: no orphan R left behind on any host.
+    assert wait_for(lambda: all(testbed.processes(h) == [] for h in hosts))
+
+
 def test_down_all_leaves_a_live_testbed_alone(testbed: Testbed) -> None:
     assert down_all(testbed.name) == []
     assert ok(ssh(testbed, testbed.hosts[0], "true")) == ""
