@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import random
 import secrets
 import select
 import signal
@@ -407,7 +408,8 @@ def pick_free_subnet() -> ipaddress.IPv4Network:
         for link in links
         for a in link.get("addr_info", [])
     ]
-    for third in range(200, 255):
+    # Random, so that two test runs at once are unlikely to pick the same one.
+    for third in random.sample(range(128, 255), 127):
         net = ipaddress.IPv4Network(f"10.213.{third}.0/24")
         if not any(net.overlaps(u) for u in used):
             return net
