@@ -39,8 +39,11 @@ def _require() -> None:
 
 
 @pytest.fixture(scope="session")
-def _clean_leftovers() -> None:
-    """Remove test testbeds left by killed earlier runs (only those whose owner is gone)."""
+def testbed_env() -> None:
+    """This machine can build testbeds (else skip, or fail in CI).
+
+    Also removes test testbeds left by killed earlier runs (only those whose owner is gone).
+    """
     _require()
     try:
         down_all(TEST_PREFIX)
@@ -57,13 +60,13 @@ def _build(request: pytest.FixtureRequest, n: int, **kwargs: Any) -> Testbed:
 
 
 @pytest.fixture(scope="session")
-def testbed(request: pytest.FixtureRequest, _clean_leftovers: None) -> Iterator[Testbed]:
+def testbed(request: pytest.FixtureRequest, testbed_env: None) -> Iterator[Testbed]:
     """Four SSH hosts, shared by the whole session; tests must leave them as they found them."""
     yield _build(request, 4)
 
 
 @pytest.fixture
-def make_testbed(request: pytest.FixtureRequest, _clean_leftovers: None) -> MakeTestbed:
+def make_testbed(request: pytest.FixtureRequest, testbed_env: None) -> MakeTestbed:
     """Factory for a testbed of any size, torn down at the end of the test.
 
     ``make_testbed(n, **kwargs)`` takes the arguments of :class:`Testbed`.

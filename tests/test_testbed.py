@@ -300,6 +300,7 @@ def test_subnet_in_use_is_refused(testbed: Testbed) -> None:
         Testbed(1, subnet=testbed.subnet, name=TEST_PREFIX + secrets.token_hex(2)).up()
 
 
+@pytest.mark.usefixtures("testbed_env")
 def test_failed_up_removes_what_it_made() -> None:
     # Occupy the primary's sshd port before the address exists (IP_FREEBIND), so the
     # primary sshd cannot bind and up() fails half-way, after the network was built.
@@ -360,6 +361,7 @@ CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.usefixtures("testbed_env")
 def test_down_all_cleans_up_after_a_killed_owner() -> None:
     name = TEST_PREFIX + secrets.token_hex(2)
     child = subprocess.Popen([sys.executable, "-c", CHILD, name], stdout=subprocess.PIPE, text=True)
