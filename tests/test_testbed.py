@@ -363,7 +363,8 @@ CHILD = textwrap.dedent(
 
 @pytest.mark.usefixtures("testbed_env")
 def test_down_all_cleans_up_after_a_killed_owner() -> None:
-    name = TEST_PREFIX + secrets.token_hex(2)
+    # Not TEST_PREFIX: another test session starting now would clean this one up itself.
+    name = "sck" + secrets.token_hex(2)
     child = subprocess.Popen([sys.executable, "-c", CHILD, name], stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None
