@@ -807,7 +807,8 @@ class Testbed:
             t = time.monotonic()
             self._make_network(bridge, veths, net.prefixlen, pool)
             self.timings["network"] = time.monotonic() - t
-            keys.result()
+            public_keys, host_keys = keys.result()
+        self._write_ssh_files(public_keys, host_keys)
         self.timings["keys+network"] = time.monotonic() - t0
 
         t = time.monotonic()
@@ -831,8 +832,8 @@ class Testbed:
             "testbed %s up: %d hosts on %s in %.2f s", self.name, self.n, net, self.timings["up"]
         )
 
-    def _make_keys(self, pool: ThreadPoolExecutor) -> None:
-        """Generate all keys (concurrently) and write every ssh file of the testbed."""
+    def _make_keys(self, pool: ThreadPoolExecutor) -> tuple[dict[str, str], dict[int, str]]:
+        """Generate all keys concurrently; return the public keys (by role, by host)."""
         wd = self.workdir
         (wd / "primary").mkdir(exist_ok=True)
         (wd / "hostkey").mkdir(exist_ok=True)
@@ -853,9 +854,14 @@ class Testbed:
             )
             for h in self._hosts
         }
-        client, worker, primary = (jobs[k].result() for k in ("client", "worker", "primary"))
-        host_keys = {i: f.result() for i, f in host_jobs.items()}
+        keys = {role: f.result() for role, f in jobs.items()}
+        return keys, {i: f.result() for i, f in host_jobs.items()}
 
+    def _write_ssh_files(self, keys: Mapping[str, str], host_keys: Mapping[int, str]) -> None:
+        """Write the sshd configs, authorized_keys, known_hosts and ssh configs."""
+        wd = self.workdir
+        client, worker, primary = keys["client"], keys["worker"], keys["primary"]
+        # Only now: probing the port needs the bridge address to exist.
         port = self._choose_primary_port()
         _write(wd / "primary" / "authorized_keys", worker + "\n")
         _write(
