@@ -79,7 +79,7 @@ def run_demo(hosts: int = 4, ncore: int = 2, tasks: int = 1000,
         started = time.monotonic()
         say(f"building {hosts} SSH test hosts (network namespaces, one sshd each)...")
         with testbed.Testbed(hosts, workdir=base / "testbed") as tb:
-            say(f"hosts up in {time.monotonic() - started:.1f} s: "
+            say(f"testbed {tb.name} up in {time.monotonic() - started:.1f} s: "
                 + ", ".join(f"{h.hostname}={h.address}" for h in tb.hosts))
             inventory_path = base / "hosts.yaml"
             tb.write_inventory(inventory_path, ncore=ncore)
