@@ -14,6 +14,7 @@ base64 blob really encodes a key of the declared type.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import os
@@ -122,5 +123,23 @@ def write_known_hosts(path: str | os.PathLike[str],
         raise
 
 
+def scan_host_key(host: str, port: int, timeout: float) -> HostKey | None:
+    """The host key ``host:port`` shows on first contact, or None. This is trust on first
+    use, so only for callers that asked for it in so many words (``accept_new``)."""
+    import asyncssh
+
+    async def scan() -> asyncssh.SSHKey | None:
+        return await asyncssh.get_server_host_key(host, port)
+
+    try:
+        key = asyncio.run(asyncio.wait_for(scan(), timeout))
+    except (OSError, asyncssh.Error, asyncio.TimeoutError):
+        return None
+    if key is None:
+        return None
+    kind, blob = key.export_public_key("openssh").decode().split()[:2]
+    return HostKey(kind, blob)
+
+
 __all__ = ["BEGIN", "END", "KEY_TYPES", "HostKey", "parse_console_host_keys",
-           "write_known_hosts"]
+           "scan_host_key", "write_known_hosts"]

@@ -362,7 +362,7 @@ def _load_yaml(text: str, reader: _Reader) -> Any:
     duplicate keys become InventoryError naming ``reader.path`` and the line. Shared with
     the EC2 cluster spec, which is read the same way."""
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
     except _DuplicateKey as e:
         raise reader.fail(f"key '{e.key}' appears twice", line=e.line) from None
     except yaml.MarkedYAMLError as e:
