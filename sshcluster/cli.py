@@ -76,35 +76,40 @@ _region_option = click.option(
                      "or your AWS config).")
 
 
-def _progress_printer(console: Any) -> Any:
-    """A Step callback: a rich progress bar on a terminal, plain lines otherwise."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+class _ProgressPrinter:
+    """A :class:`~sshcluster.ec2.Step` callback: a rich progress bar on a terminal, plain
+    lines otherwise. Keeps the note of an aborted ``up`` for the Ctrl-C message."""
 
-    from sshcluster.ec2 import Step
+    def __init__(self, console: Any) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   console=console, transient=True) if console.is_terminal else None
-    tasks: dict[str, Any] = {}
-    last: dict[str, tuple[int, int]] = {}
+        self.console = console
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                            MofNCompleteColumn(), console=console,
+                            transient=True) if console.is_terminal else None
+        self.tasks: dict[str, Any] = {}
+        self.last: dict[str, tuple[int, int]] = {}
+        self.aborted: str | None = None
 
-    def show(step: Step) -> None:
+    def __call__(self, step: Any) -> None:
         if step.stage in ("done", "aborted"):
-            if bar is not None:
-                bar.stop()
-            console.print(step.message, style="red" if step.stage == "aborted" else None)
+            if self.bar is not None:
+                self.bar.stop()
+            if step.stage == "aborted":
+                self.aborted = step.message  # the error message says it too
+            else:
+                self.console.print(step.message)
             return
-        if bar is None:
-            if last.get(step.stage) != (step.done, step.total):
-                console.print(f"{step.stage}: {step.done}/{step.total} {step.message}")
-                last[step.stage] = (step.done, step.total)
+        if self.bar is None:
+            if self.last.get(step.stage) != (step.done, step.total):
+                self.console.print(f"{step.stage}: {step.done}/{step.total} {step.message}")
+                self.last[step.stage] = (step.done, step.total)
             return
-        bar.start()
-        if step.stage not in tasks:
-            tasks[step.stage] = bar.add_task(step.message or step.stage, total=step.total)
-        bar.update(tasks[step.stage], completed=step.done, total=step.total,
-                   description=step.message or step.stage)
-
-    return show
+        self.bar.start()
+        if step.stage not in self.tasks:
+            self.tasks[step.stage] = self.bar.add_task(step.message, total=step.total)
+        self.bar.update(self.tasks[step.stage], completed=step.done, total=step.total,
+                        description=step.message or step.stage)
 
 
 @ec2_group.command("up")
@@ -139,9 +144,13 @@ def ec2_up(spec_file: str, output: str, accept_new: bool, timeout: float,
             click.echo(f"ok: {line}")
         click.echo("dry run: nothing was started")
         return
-    console = Console(stderr=True)
-    cluster = ec2.up(spec, client=client, output=output, accept_new=accept_new,
-                     timeout=timeout, progress=_progress_printer(console))
+    printer = _ProgressPrinter(Console(stderr=True))
+    try:
+        cluster = ec2.up(spec, client=client, output=output, accept_new=accept_new,
+                         timeout=timeout, progress=printer)
+    except KeyboardInterrupt:
+        click.secho(f"error: {printer.aborted or 'interrupted'}", fg="red", err=True)
+        raise SystemExit(130) from None
     click.echo(f"cluster {cluster.name}: {len(cluster.instances)} instances, expires "
                f"{ec2.format_time(cluster.expires)}; inventory {cluster.inventory_path}")
     click.echo(f"end it with: sshcluster ec2 down {cluster.name}")

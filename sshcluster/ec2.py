@@ -308,7 +308,7 @@ def default_address(spec: EC2Spec) -> AddressOf:
 
 
 def _launch(client: EC2Client, spec: EC2Spec, *, run_id: str, owner: str, expires: datetime,
-            groups: list[str], key_name: str, batch_size: int, started: _Started,
+            groups: list[str], key_name: str | None, batch_size: int, started: _Started,
             report: Progress, dry_run: bool = False) -> None:
     """Start the instances in all-or-nothing batches (MinCount = MaxCount), each with its
     own ClientToken; batches already there (a retried ``up``) are not started again."""
@@ -326,13 +326,15 @@ def _launch(client: EC2Client, spec: EC2Spec, *, run_id: str, owner: str, expire
             types += ("spot-instances-request",)
         args: dict[str, Any] = {
             "ImageId": spec.image, "InstanceType": spec.instance_type, "MinCount": n,
-            "MaxCount": n, "KeyName": key_name, "UserData": data,
+            "MaxCount": n, "UserData": data,
             "ClientToken": client_token(spec.name, run_id, batch),
             "InstanceInitiatedShutdownBehavior": "terminate",
             "TagSpecifications": tag_specifications(spec, owner, expires, run_id, *types,
                                        extra={TAG_BATCH: str(batch)}),
             "DryRun": dry_run,
         }
+        if key_name:
+            args["KeyName"] = key_name
         if groups:
             args["SecurityGroupIds"] = groups
         if spec.subnet_id:
@@ -388,9 +390,11 @@ def dry_run(spec: EC2Spec, *, client: EC2Client) -> tuple[str, ...]:
             DryRun=True, TagSpecifications=tag_specifications(spec, owner, expires, run_id,
                                                  "security-group")), "CreateSecurityGroup")
         passed.append("may create a security group")
+    # Without KeyName when up would create the key pair: it does not exist yet, and AWS
+    # checks parameters in a dry run too.
     _launch(client, spec, run_id=run_id, owner=owner, expires=expires, groups=groups,
-            key_name=spec.key_name or f"sshcluster-{spec.name}",
-            batch_size=spec.count, started=_Started(), report=lambda s: None, dry_run=True)
+            key_name=spec.key_name, batch_size=spec.count, started=_Started(),
+            report=lambda s: None, dry_run=True)
     passed.append(f"may run {spec.count} x {spec.instance_type}"
                   + (" (spot)" if spec.spot else ""))
     return tuple(passed)
@@ -415,7 +419,8 @@ def up(spec: EC2Spec, *, client: EC2Client, output: str | os.PathLike[str],
     A retried ``up`` of a cluster whose record and instances are still there continues
     that run (same ClientTokens) instead of starting a second fleet. On any failure or
     interrupt everything this run started is terminated and deleted before the error
-    (an :class:`EC2Error` saying what was removed) or the KeyboardInterrupt propagates.
+    (an :class:`EC2Error` saying what was removed) or the KeyboardInterrupt propagates;
+    only a cluster that an earlier ``up`` finished is left as it is (``down`` ends it).
     """
     deadline = time.monotonic() + timeout
     report: Progress = progress or (lambda step: None)
@@ -424,20 +429,25 @@ def up(spec: EC2Spec, *, client: EC2Client, output: str | os.PathLike[str],
     output = Path(output)
     vcpus = _preflight(client, spec)
 
-    record = find_record(records, spec.region, spec.name)
+    earlier = find_record(records, spec.region, spec.name)
     existing = cluster_instances(client, spec.name)
+    key_file = output.parent / f"{spec.name}.pem" if spec.key_name is None else None
+    finished = False  # the run being continued was finished by an earlier up
     if existing:
         runs = {i.run_id for i in existing}
-        if record is None or runs != {record.run_id} or run_id not in (None, record.run_id):
+        if earlier is None or runs != {earlier.run_id} or run_id not in (None,
+                                                                          earlier.run_id):
             raise EC2Error(
                 f"cluster {spec.name} already has {len(existing)} instance(s) in "
                 f"{spec.region} from another run", hint=f"run 'sshcluster ec2 down "
                 f"{spec.name}' first, or give this cluster another name")
-        run_id, expires = record.run_id, record.expires
+        run_id, expires = earlier.run_id, earlier.expires
+        finished = earlier.status == "up"
+        if earlier.key_file and key_file:
+            key_file = Path(earlier.key_file)  # the key the running instances were given
     else:
         run_id = run_id or secrets.token_hex(6)
         expires = utcnow() + spec.max_lifetime
-    key_file = output.parent / f"{spec.name}.pem" if spec.key_name is None else None
     known_hosts = output.parent / f"{spec.name}.known_hosts"
     record = Record(spec.name, spec.region, run_id, owner, expires, "starting",
                     key_file=str(key_file) if key_file else None,
@@ -454,8 +464,15 @@ def up(spec: EC2Spec, *, client: EC2Client, output: str | os.PathLike[str],
                       console_text=console_text or _console_reader(client),
                       report=report, batch_size=batch_size, started=started)
     except BaseException as exc:
-        undone = _undo(client, spec.name, run_id, started)
-        record_path(records, spec.region, spec.name).unlink(missing_ok=True)
+        if finished:
+            save_record(records, replace(record, status="up"))
+            undone = (f"the cluster an earlier up started is left as it was; 'sshcluster "
+                      f"ec2 down {spec.name}' ends it")
+        else:
+            if key_file:
+                started.files.append(key_file)  # its key pair goes with the run
+            undone = _undo(client, spec.name, run_id, started)
+            record_path(records, spec.region, spec.name).unlink(missing_ok=True)
         what = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         note = f"up {spec.name} {what}; {undone}"
         report(Step("aborted", 0, spec.count, note))
@@ -546,7 +563,6 @@ def _up(spec: EC2Spec, *, client: EC2Client, record: Record, vcpus: int, deadlin
                       deadline=deadline, poll=poll, report=report)
     write_known_hosts(known_hosts, [(endpoints[i].host, endpoints[i].port, k)
                                     for i, ks in keys.items() for k in ks])
-    started.files.append(known_hosts)
 
     primary = spec.primary
     if primary == "first":
@@ -719,7 +735,10 @@ def list_clusters(*, client: EC2Client, records: Path | None = None) -> tuple[Cl
         by_name.setdefault(inst.cluster or "?", []).append(inst)
     out = []
     for name, instances in sorted(by_name.items()):
-        expiries = [i.expires for i in instances if i.expires]
+        # Terminated instances of an earlier run of the same name stay listed for a
+        # while; their expiry is not this cluster's.
+        current = [i for i in instances if i.live] or instances
+        expiries = [i.expires for i in current if i.expires]
         out.append(ClusterStatus(name, instances[0].owner, min(expiries) if expiries else None,
                                  tuple(instances), name in known))
     return tuple(out)
