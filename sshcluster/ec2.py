@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import ipaddress
 import math
 import os
 import secrets
@@ -275,8 +276,6 @@ def _ingress(spec: EC2Spec, group_id: str) -> list[IpPermissionTypeDef]:
 
 
 def _is_ip(text: str) -> bool:
-    import ipaddress
-
     try:
         ipaddress.ip_address(text)
     except ValueError:
@@ -430,7 +429,8 @@ def up(spec: EC2Spec, *, client: EC2Client, output: str | os.PathLike[str],
     vcpus = _preflight(client, spec)
 
     earlier = find_record(records, spec.region, spec.name)
-    existing = cluster_instances(client, spec.name)
+    # Instances already shutting down (a down just before) are on their way out.
+    existing = [i for i in cluster_instances(client, spec.name) if i.state != "shutting-down"]
     key_file = output.parent / f"{spec.name}.pem" if spec.key_name is None else None
     finished = False  # the run being continued was finished by an earlier up
     if existing:
