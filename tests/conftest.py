@@ -76,3 +76,38 @@ def make_testbed(request: pytest.FixtureRequest, testbed_env: None) -> MakeTestb
         return _build(request, n, **kwargs)
 
     return make
+
+
+# --------------------------------------------------------------------------- EC2 stand-in
+
+#: The region the EC2 tests use against moto.
+REGION = "us-east-1"
+
+
+@pytest.fixture(scope="session")
+def moto_url() -> Iterator[str]:
+    """moto's EC2 server over HTTP on 127.0.0.1; boto3 is pointed at it through the
+    environment (fake credentials, ``AWS_ENDPOINT_URL``), never at real AWS."""
+    from moto.server import ThreadedMotoServer
+
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": REGION,
+           "AWS_ENDPOINT_URL": url, "AWS_CONFIG_FILE": os.devnull,
+           "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
+    saved = {k: os.environ.get(k) for k in [*env, "AWS_PROFILE"]}
+    os.environ.update(env)
+    os.environ.pop("AWS_PROFILE", None)
+    try:
+        yield url
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import http.server
 import json
-import os
 import stat
 import threading
 import urllib.parse
@@ -32,6 +31,7 @@ import boto3
 import pytest
 import yaml
 from click.testing import CliRunner
+from conftest import REGION
 
 from sshcluster import ec2
 from sshcluster.cli import cli
@@ -39,35 +39,7 @@ from sshcluster.ec2spec import EC2Spec, parse_spec, user_data
 from sshcluster.errors import EC2Error, InventoryError
 from sshcluster.inventory import load_inventory
 
-REGION = "us-east-1"
-
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="session")
-def moto_url() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": REGION,
-           "AWS_ENDPOINT_URL": url, "AWS_CONFIG_FILE": os.devnull,
-           "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
-    saved = {k: os.environ.get(k) for k in [*env, "AWS_PROFILE"]}
-    os.environ.update(env)
-    os.environ.pop("AWS_PROFILE", None)
-    try:
-        yield url
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        server.stop()
 
 
 @pytest.fixture
