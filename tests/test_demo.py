@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from sshcluster.cli import cli
@@ -55,3 +56,19 @@ def test_testbed_down_needs_a_target() -> None:
     result = CliRunner().invoke(cli, ["testbed", "down"])
     assert result.exit_code == 2
     assert "give --name NAME or --all" in result.output
+
+
+def test_demo_without_root_falls_back_to_a_local_cluster_and_says_so() -> None:
+    # A new user namespace: the same files, but no root and no network namespaces.
+    if subprocess.run(["unshare", "--user", "true"], check=False).returncode != 0:
+        pytest.skip("user namespaces are not available here")
+    proc = subprocess.run(
+        ["unshare", "--user", sys.executable, "-m", "sshcluster", "demo", "--hosts", "2",
+         "--ncore", "1", "--tasks", "40"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "cannot build SSH test hosts here" in proc.stderr
+    assert "running on a local cluster of 2 R workers instead" in proc.stderr
+    assert re.search(r"^40 simulated closing prices after 365 days on 2 R workers", proc.stdout,
+                     re.M)
