@@ -306,6 +306,11 @@ def save_state(state: Mapping[str, Any]) -> None:
     tmp.replace(path)
 
 
+def _ip_force_batch(lines: Sequence[str]) -> None:
+    """Run ``ip`` commands in one batch, going on past (and ignoring) any that fail."""
+    run_command(["ip", "-force", "-batch", "-"], input="\n".join(lines) + "\n", check=False)
+
+
 def teardown(state: Mapping[str, Any], popens: Iterable[subprocess.Popen[bytes]] = ()) -> list[str]:
     """Remove everything a state file lists; return what could not be removed."""
     netns: list[str] = list(state.get("netns", []))
@@ -328,7 +333,7 @@ def teardown(state: Mapping[str, Any], popens: Iterable[subprocess.Popen[bytes]]
     existing_ns = netns_names()
     lines = [f"netns del {ns}" for ns in netns if ns in existing_ns]
     if lines:
-        run_command(["ip", "-force", "-batch", "-"], input="\n".join(lines) + "\n", check=False)
+        _ip_force_batch(lines)
     veths = set(state.get("veths", []))
     deadline = time.monotonic() + 3.0
     while (links := link_names()) & veths and time.monotonic() < deadline:
@@ -338,7 +343,7 @@ def teardown(state: Mapping[str, Any], popens: Iterable[subprocess.Popen[bytes]]
     if bridge and bridge in links:
         lines.append(f"link del {bridge}")
     if lines:
-        run_command(["ip", "-force", "-batch", "-"], input="\n".join(lines) + "\n", check=False)
+        _ip_force_batch(lines)
 
     links = link_names()
     existing_ns = netns_names()

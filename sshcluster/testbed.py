@@ -192,6 +192,25 @@ Subsystem sftp internal-sftp
 """
 
 
+def _sshd_argv(d: Path) -> list[str]:
+    """sshd in the foreground with the config and the log in directory ``d``."""
+    return [SSHD, "-D", "-f", str(d / "sshd_config"), "-E", str(d / "sshd.log")]
+
+
+def _popen_sshd(d: Path, argv: Sequence[str]) -> subprocess.Popen[bytes]:
+    """Start ``argv`` (an sshd of directory ``d``) with a fresh log; its own output goes
+    to ``d/start.err``."""
+    (d / "sshd.log").unlink(missing_ok=True)
+    with open(d / "start.err", "wb") as err:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=err,
+            stderr=err,
+            start_new_session=True,  # Ctrl-C in the terminal is for us, not sshd
+        )
+
+
 def _tail(path: Path, lines: int = 5) -> str:
     try:
         text = path.read_text(errors="replace").strip().splitlines()
@@ -706,15 +725,7 @@ class Testbed:
 
     def _start_primary(self) -> None:
         d = self.workdir / "primary"
-        (d / "sshd.log").unlink(missing_ok=True)
-        with open(d / "start.err", "wb") as err:
-            self._primary_proc = subprocess.Popen(
-                [SSHD, "-D", "-f", str(d / "sshd_config"), "-E", str(d / "sshd.log")],
-                stdin=subprocess.DEVNULL,
-                stdout=err,
-                stderr=err,
-                start_new_session=True,  # Ctrl-C in the terminal is for us, not sshd
-            )
+        self._primary_proc = _popen_sshd(d, _sshd_argv(d))
         assert self._state is not None
         self._state["primary_pids"].append(self._primary_proc.pid)
         save_state(self._state)
@@ -723,16 +734,7 @@ class Testbed:
         # sshd -D stays in the foreground as our child, so its pid is the Popen's pid
         # (ip netns exec, unshare and sh all exec), and nothing depends on daemonizing.
         d = self._dir(host)
-        (d / "sshd.log").unlink(missing_ok=True)
-        argv = [SSHD, "-D", "-f", str(d / "sshd_config"), "-E", str(d / "sshd.log")]
-        with open(d / "start.err", "wb") as err:
-            self._sshd[host.index] = subprocess.Popen(
-                self._enter_argv(host, argv),
-                stdin=subprocess.DEVNULL,
-                stdout=err,
-                stderr=err,
-                start_new_session=True,
-            )
+        self._sshd[host.index] = _popen_sshd(d, self._enter_argv(host, _sshd_argv(d)))
 
     def _wait_sshd(self, host: TestHost, deadline: float) -> None:
         d = self._dir(host)
