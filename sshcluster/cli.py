@@ -23,7 +23,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from sshcluster import __version__
+from sshcluster import __version__, bootstrap
 from sshcluster.errors import SshclusterError
 from sshcluster.inventory import load_inventory
 from sshcluster.preflight import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT
@@ -104,6 +104,289 @@ def check_command(ctx: click.Context, inventory: str, timeout: float, concurrenc
     else:
         print_report(report, Console())
     ctx.exit(0 if report.ok else 1)
+@cli.command()
+@click.argument("inventory", type=click.Path(dir_okay=False, path_type=str))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, path_type=str),
+              help="Write the R file here (default: print it on stdout).")
+def render(inventory: str, output: str | None) -> None:
+    """Write the R bootstrap for INVENTORY.
+
+    In an R session on the primary, source() the file to get `parallelCluster`,
+    ready for parLapply, foreach/doParallel and future:
+
+    \b
+      sshcluster render hosts.yaml -o cluster.R
+      R> source("cluster.R"); parSapply(parallelCluster, 1:8, sqrt)
+      R> sshcluster_stop()
+
+    The file is deterministic (same inventory, same bytes) and holds no secret.
+    """
+    inv = load_inventory(inventory)
+    if output is None:
+        click.echo(bootstrap.render(inv), nl=False)
+        return
+    bootstrap.write_bootstrap(inv, output)
+    click.echo(
+        f"wrote {output}: {len(inv.hosts)} hosts, {inv.workers} R workers "
+        f"(in R: source({output!r}))",
+        err=True,
+    )
+
+
+@cli.command()
+@click.option("--hosts", "n_hosts", default=4, show_default=True, type=click.IntRange(1, 64),
+              help="How many local SSH test hosts to build.")
+@click.option("--ncore", default=2, show_default=True, type=click.IntRange(1, 16),
+              help="R workers per host.")
+@click.option("--tasks", default=1000, show_default=True, type=click.IntRange(1, 10**6),
+              help="Monte Carlo runs to spread over the cluster.")
+def demo(n_hosts: int, ncore: int, tasks: int) -> None:
+    """Run an R computation on local SSH test hosts, end to end.
+
+    Builds the hosts (network namespaces, one sshd each; needs root), writes an
+    inventory and the R bootstrap, runs a Monte Carlo stock-price simulation with
+    parLapply, prints a summary and the tasks per host, and tears the hosts down.
+    Without root it runs the same computation on a local cluster and says so.
+    """
+    from sshcluster.demo import run_demo
+
+    status = run_demo(hosts=n_hosts, ncore=ncore, tasks=tasks)
+    if status != 0:
+        raise click.exceptions.Exit(1)
+
+
+@cli.group()
+def testbed() -> None:
+    """Local SSH test hosts on this Linux machine (root, network namespaces).
+
+    \b
+      sshcluster testbed up 4 --dir /tmp/tb    # hosts + /tmp/tb/hosts.yaml
+      sshcluster render /tmp/tb/hosts.yaml -o /tmp/tb/cluster.R
+      sshcluster testbed down --all
+
+    Each host is a network namespace with its own address, hostname, host key and
+    sshd; the primary is this machine on the testbed's bridge.
+    """
+
+
+@testbed.command("up")
+@click.argument("count", type=click.IntRange(1, 250))
+@click.option("--dir", "workdir", required=True, type=click.Path(file_okay=False, path_type=str),
+              help="Directory for keys, known_hosts, logs and hosts.yaml.")
+@click.option("--subnet", default=None, help="IPv4 /24 to use (default: a free 10.213.X.0/24).")
+@click.option("--ncore", default=2, show_default=True, type=click.IntRange(1, 256),
+              help="ncore written into hosts.yaml.")
+@click.option("--port", default=None, type=click.IntRange(1, 65535),
+              help="R port written into hosts.yaml.")
+def testbed_up(count: int, workdir: str, subnet: str | None, ncore: int,
+               port: int | None) -> None:
+    """Build COUNT SSH test hosts and write DIR/hosts.yaml for them.
+
+    They stay up after this command ends; remove them with `sshcluster testbed down`.
+    """
+    from sshcluster.testbed import Testbed
+
+    tb = Testbed(count, workdir=workdir, subnet=subnet).up()
+    inventory = tb.write_inventory(f"{workdir}/hosts.yaml", ncore=ncore, port=port)
+    for h in tb.hosts:
+        click.echo(f"{h.hostname}\t{h.address}")
+    click.echo(f"testbed {tb.name}: {count} hosts on {tb.subnet}, primary {tb.primary_address};"
+               f" inventory {inventory}", err=True)
+    click.echo(f"remove with: sshcluster testbed down --name {tb.name}", err=True)
+
+
+@testbed.command("down")
+@click.option("--name", default=None, help="The testbed to remove (as printed by `up`).")
+@click.option("--all", "everything", is_flag=True,
+              help="Remove every testbed whose owner has exited.")
+def testbed_down(name: str | None, everything: bool) -> None:
+    """Remove test hosts: their processes, namespaces, links and bridge."""
+    from sshcluster.testbed import down_all
+
+    if not name and not everything:
+        raise click.UsageError("give --name NAME or --all")
+    removed = down_all(name or "sc", include_live=bool(name))
+    click.echo(f"removed {len(removed)} testbed{'s' if len(removed) != 1 else ''}"
+               + (f": {', '.join(removed)}" if removed else ""), err=True)
+
+
+# --------------------------------------------------------------------------- ec2
+
+
+@cli.group("ec2")
+def ec2_group() -> None:
+    """Transient EC2 workers that end themselves.
+
+    \b
+    sshcluster ec2 up ec2.yaml -o hosts.yaml   # start, wait for SSH, write an inventory
+    sshcluster ec2 ls                          # what sshcluster started, age, time left
+    sshcluster ec2 down NAME                   # terminate it all (safe to repeat)
+    sshcluster ec2 gc                          # end expired or orphaned clusters
+
+    The spec format is documented in ec2.example.yaml. Credentials and the endpoint come
+    from the usual AWS settings (AWS_PROFILE, AWS_ENDPOINT_URL, ...).
+    """
+
+
+def _client(region: str | None, name: str | None = None) -> Any:
+    from sshcluster import ec2
+
+    return ec2.make_client(ec2.resolve_region(region, name))
+
+
+_region_option = click.option(
+    "--region", help="AWS region (default: the cluster's record, then AWS_DEFAULT_REGION "
+                     "or your AWS config).")
+
+
+class _ProgressPrinter:
+    """A :class:`~sshcluster.ec2.Step` callback: a rich progress bar on a terminal, plain
+    lines otherwise. Keeps the note of an aborted ``up`` for the Ctrl-C message."""
+
+    def __init__(self, console: Any) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        self.console = console
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                            MofNCompleteColumn(), console=console,
+                            transient=True) if console.is_terminal else None
+        self.tasks: dict[str, Any] = {}
+        self.last: dict[str, tuple[int, int]] = {}
+        self.aborted: str | None = None
+
+    def __call__(self, step: Any) -> None:
+        if step.stage in ("done", "aborted"):
+            if self.bar is not None:
+                self.bar.stop()
+            if step.stage == "aborted":
+                self.aborted = step.message  # the error message says it too
+            else:
+                self.console.print(step.message)
+            return
+        if self.bar is None:
+            if self.last.get(step.stage) != (step.done, step.total):
+                self.console.print(f"{step.stage}: {step.done}/{step.total} {step.message}")
+                self.last[step.stage] = (step.done, step.total)
+            return
+        self.bar.start()
+        if step.stage not in self.tasks:
+            self.tasks[step.stage] = self.bar.add_task(step.message, total=step.total)
+        self.bar.update(self.tasks[step.stage], completed=step.done, total=step.total,
+                        description=step.message or step.stage)
+
+
+@ec2_group.command("up")
+@click.argument("spec_file", metavar="SPEC", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", default="hosts.yaml", show_default=True,
+              type=click.Path(dir_okay=False), help="Inventory to write.")
+@click.option("--accept-new", is_flag=True,
+              help="If an instance's host keys are not in its console output, record the key "
+                   "it shows on first connection (trust on first use).")
+@click.option("--timeout", default=900.0, show_default=True, type=click.FloatRange(min=1),
+              help="Seconds to wait, in all, for the instances to run and answer on SSH.")
+@click.option("--dry-run", is_flag=True,
+              help="Ask EC2 whether it would work (DryRun=True); start nothing.")
+def ec2_up(spec_file: str, output: str, accept_new: bool, timeout: float,
+           dry_run: bool) -> None:
+    """Start the cluster in SPEC and write an inventory for it.
+
+    Waits until every instance runs and answers on SSH (one overall deadline), records
+    the host keys cloud-init prints on the console, and writes OUTPUT, which 'sshcluster
+    check' and 'render' take as it is. On any failure or Ctrl-C, everything this command
+    started is terminated.
+    """
+    from rich.console import Console
+
+    from sshcluster import ec2
+    from sshcluster.ec2spec import load_spec
+
+    spec = load_spec(spec_file)
+    client = ec2.make_client(spec.region)
+    if dry_run:
+        for line in ec2.dry_run(spec, client=client):
+            click.echo(f"ok: {line}")
+        click.echo("dry run: nothing was started")
+        return
+    printer = _ProgressPrinter(Console(stderr=True))
+    try:
+        cluster = ec2.up(spec, client=client, output=output, accept_new=accept_new,
+                         timeout=timeout, progress=printer)
+    except KeyboardInterrupt:
+        click.secho(f"error: {printer.aborted or 'interrupted'}", fg="red", err=True)
+        raise SystemExit(130) from None
+    click.echo(f"cluster {cluster.name}: {len(cluster.instances)} instances, expires "
+               f"{ec2.format_time(cluster.expires)}; inventory {cluster.inventory_path}")
+    click.echo(f"end it with: sshcluster ec2 down {cluster.name}")
+
+
+@ec2_group.command("ls")
+@_region_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def ec2_ls(region: str | None, as_json: bool) -> None:
+    """List the clusters and instances sshcluster started, in every state."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from sshcluster import ec2
+
+    now = ec2.utcnow()
+    clusters = ec2.list_clusters(client=_client(region))
+    if as_json:
+        click.echo(json.dumps([c.to_dict(now) for c in clusters], indent=2))
+        return
+    if not clusters:
+        click.echo("no clusters")
+        return
+    table = Table("cluster", "instance", "state", "type", "address", "age", "time left",
+                  box=None)
+    for c in clusters:
+        left = ec2.format_duration(c.expires - now) if c.expires else "?"
+        for i in c.instances:
+            age = ec2.format_duration(now - i.launch_time) if i.launch_time else "?"
+            table.add_row(c.name + ("" if c.known else " (no record)"), i.id, i.state,
+                          i.instance_type + (" spot" if i.spot else ""),
+                          i.public_ip or i.private_ip or "-", age,
+                          left if i.live else "-")
+    Console(width=200).print(table)
+
+
+@ec2_group.command("down")
+@click.argument("name")
+@_region_option
+def ec2_down(name: str, region: str | None) -> None:
+    """Terminate every instance of cluster NAME and delete what 'up' created for it.
+
+    Instances in any state (pending, running, stopping, stopped) are terminated, spot
+    requests cancelled, the security group and key pair made for it deleted. Running it
+    again is harmless.
+    """
+    from sshcluster import ec2
+
+    report = ec2.down(name, client=_client(region, name))
+    click.echo(f"{name}: {report.summary()}")
+
+
+@ec2_group.command("gc")
+@_region_option
+@click.option("--yes", is_flag=True, help="Do not ask before terminating.")
+def ec2_gc(region: str | None, yes: bool) -> None:
+    """Terminate clusters past their expiry, or orphaned (started here, no record left)."""
+    from sshcluster import ec2
+
+    client = _client(region)
+    garbage = ec2.find_garbage(client=client)
+    if not garbage:
+        click.echo("nothing to collect")
+        return
+    for g in garbage:
+        click.echo(f"{g.name}: {g.reason}: {', '.join(g.instance_ids)}")
+    if not yes and not click.confirm("Terminate these?", default=False):
+        click.echo("nothing terminated")
+        return
+    for report in ec2.collect_garbage(garbage, client=client):
+        click.echo(f"{report.name}: {report.summary()}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -354,8 +354,15 @@ def parse_inventory(text: str, path: str | None = None) -> Inventory:
     resolve relative file paths. Raises :class:`InventoryError`."""
     base_dir = Path(path).resolve().parent if path else Path.cwd()
     reader = _Reader(path, base_dir)
+    return _read(_load_yaml(text, reader), reader)
+
+
+def _load_yaml(text: str, reader: _Reader) -> Any:
+    """Load YAML with line numbers (:class:`_Map`, :class:`_Seq`); syntax errors and
+    duplicate keys become InventoryError naming ``reader.path`` and the line. Shared with
+    the EC2 cluster spec, which is read the same way."""
     try:
-        doc = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
     except _DuplicateKey as e:
         raise reader.fail(f"key '{e.key}' appears twice", line=e.line) from None
     except yaml.MarkedYAMLError as e:
@@ -366,24 +373,29 @@ def parse_inventory(text: str, path: str | None = None) -> Inventory:
                           hint="check the indentation and quoting near that line") from None
     except yaml.YAMLError as e:
         raise reader.fail(f"not valid YAML: {e}", line=None) from None
-    return _read(doc, reader)
 
 
 def load_inventory(path: str | os.PathLike[str]) -> Inventory:
     """Read and validate the inventory file at ``path``. Raises :class:`InventoryError`."""
+    return parse_inventory(_read_text(path, example="hosts.example.yaml"), str(path))
+
+
+def _read_text(path: str | os.PathLike[str], *, example: str,
+               what: str = "an inventory file") -> str:
+    """Read a UTF-8 text file; a missing or unreadable file is an InventoryError whose
+    hint points at ``example``."""
     name = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InventoryError("no such file", path=name,
-                             hint="copy hosts.example.yaml and edit it") from None
+                             hint=f"copy {example} and edit it") from None
     except IsADirectoryError:
-        raise InventoryError("is a directory, not an inventory file", path=name) from None
+        raise InventoryError(f"is a directory, not {what}", path=name) from None
     except UnicodeDecodeError:
         raise InventoryError("is not a UTF-8 text file", path=name) from None
     except OSError as e:
         raise InventoryError(f"cannot be read: {e.strerror}", path=name) from None
-    return parse_inventory(text, name)
 
 
 def inventory_to_dict(inv: Inventory) -> dict[str, Any]:

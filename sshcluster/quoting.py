@@ -59,7 +59,7 @@ def r_string(value: str) -> str:
 
 
 def r_vector(values: Iterable[str]) -> str:
-    """Return an R character vector ``c("a", "b")`` of the given strings (``character(0)`` if none)."""
+    """Return an R character vector ``c("a", "b")`` (``character(0)`` when empty)."""
     items = [r_string(v) for v in values]
     return f"c({', '.join(items)})" if items else "character(0)"
 

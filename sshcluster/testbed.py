@@ -31,12 +31,13 @@ leftovers of a run that was killed.
 
 Network rule: a testbed only ever sends traffic to its own subnet, which is checked not
 to overlap any address or route of this machine; the hosts have no default route.
+
+The namespaces, links, processes, subnet locks and state files underneath are handled by
+:mod:`sshcluster.netns`; this module builds hosts out of them and runs their sshd.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import ipaddress
 import json
 import logging
@@ -44,12 +45,11 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +59,20 @@ from typing import Any, Literal
 import yaml
 
 from sshcluster.errors import TestbedError
+from sshcluster.netns import (
+    STATE_DIR,
+    SubnetLock,
+    link_names,
+    lock_subnet,
+    netns_names,
+    pids_in_netns,
+    proc_start_time,
+    process_name,
+    run_command,
+    save_state,
+    state_path,
+    teardown,
+)
 
 __all__ = [
     "TestHost",
@@ -69,14 +83,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Where state files and subnet locks live; /run is a tmpfs, so nothing outlives a reboot
-#: (and neither do the namespaces and links it describes).
-RUN_DIR = Path("/run/sshcluster")
-STATE_DIR = RUN_DIR / "testbeds"
-LOCK_DIR = RUN_DIR / "subnets"
-
 SSHD = "/usr/sbin/sshd"
-DEFAULT_POOL = ipaddress.IPv4Network("10.213.0.0/16")
 MAX_HOSTS = 253
 
 _NAME_RE = re.compile(r"[a-z][a-z0-9]{0,9}")  # + "-v253" must fit IFNAMSIZ (15)
@@ -84,6 +91,9 @@ _HOSTNAME_PREFIX_RE = re.compile(r"[a-z]([a-z0-9-]{0,50}[a-z0-9])?")
 
 # Runs inside `ip netns exec NS unshare --uts --mount`: give the host its hostname and its
 # own /root/.ssh, then become the command. Arguments: hostname, ssh dir, argv...
+# The mount namespace is a *slave* (not private) of the root one, so when a testbed
+# deletes a netns (an unmount of /run/netns/NAME) the copy here goes too, instead of
+# keeping that namespace and its veth alive for as long as this host runs.
 _ENTER = 'hostname "$1" && mount --bind "$2" /root/.ssh && shift 2 && exec "$@"'
 
 
@@ -108,37 +118,6 @@ class TestHost:
 # --------------------------------------------------------------------------- helpers
 
 
-def _run(
-    argv: Sequence[str],
-    *,
-    input: str | None = None,
-    timeout: float = 30,
-    check: bool = True,
-    what: str | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """Run a command; on failure raise a TestbedError that shows its stderr."""
-    try:
-        proc = subprocess.run(
-            list(argv),
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=None if input is not None else subprocess.DEVNULL,
-        )
-    except FileNotFoundError as e:
-        raise TestbedError(f"{what or argv[0]}: {argv[0]} not found") from e
-    except subprocess.TimeoutExpired as e:
-        raise TestbedError(f"{what or ' '.join(argv)}: no answer within {timeout:g} s") from e
-    if check and proc.returncode != 0:
-        detail = (proc.stderr or proc.stdout).strip()
-        raise TestbedError(
-            f"{what or ' '.join(argv)} failed (exit {proc.returncode})"
-            + (f": {detail}" if detail else "")
-        )
-    return proc
-
-
 def require_root_and_netns() -> None:
     """Raise :class:`TestbedError` unless this process can build a testbed.
 
@@ -157,8 +136,8 @@ def require_root_and_netns() -> None:
                 hint="on Debian: apt-get install iproute2 util-linux hostname openssh-server",
             )
     try:
-        _run(["ip", "netns", "list"], what="ip netns list", timeout=10)
-        _run(["unshare", "--net", "--uts", "--mount", "true"], what="unshare", timeout=10)
+        run_command(["ip", "netns", "list"], what="ip netns list", timeout=10)
+        run_command(["unshare", "--net", "--uts", "--mount", "true"], what="unshare", timeout=10)
     except TestbedError as e:
         raise TestbedError(
             f"network namespaces are not available here: {e.message}",
@@ -166,203 +145,11 @@ def require_root_and_netns() -> None:
         ) from e
 
 
-def _proc_start_time(pid: int) -> int | None:
-    """The start time of a process in clock ticks since boot, or None if it is gone.
-
-    A pid together with its start time names a process even after the pid is reused.
-    """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # comm (field 2) may contain spaces and parentheses: split after its closing paren.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] == "Z":
-        return None
-    return int(fields[19])
-
-
-def _alive(pid: int) -> bool:
-    return _proc_start_time(pid) is not None
-
-
-def _netns_ids(names: Iterable[str]) -> dict[tuple[int, int], str]:
-    ids: dict[tuple[int, int], str] = {}
-    for name in names:
-        try:
-            st = os.stat(f"/run/netns/{name}")
-        except OSError:
-            continue
-        ids[(st.st_dev, st.st_ino)] = name
-    return ids
-
-
-def _pids_in_netns(names: Iterable[str]) -> dict[str, list[int]]:
-    """Every live process in each named network namespace (one pass over /proc).
-
-    Same test as ``ip netns pids``, done once for all namespaces instead of once each.
-    """
-    ids = _netns_ids(names)
-    found: dict[str, list[int]] = {name: [] for name in ids.values()}
-    if not ids:
-        return found
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            st = os.stat(f"/proc/{entry.name}/ns/net")
-        except OSError:
-            continue  # gone, a zombie, or a kernel thread
-        name = ids.get((st.st_dev, st.st_ino))
-        if name is not None:
-            found[name].append(int(entry.name))
-    return found
-
-
-def _comm(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().rstrip("\n")
-    except OSError:
-        return None
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return (
-            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        )
-    except OSError:
-        return ""
-
-
-def _kill(pids: Iterable[int], *, grace: float = 2.0) -> list[int]:
-    """SIGTERM the processes, SIGKILL what is left after ``grace`` seconds.
-
-    Returns the pids still alive at the end (normally none).
-    """
-    pending = {p for p in pids if p != os.getpid()}
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
-        for pid in pending:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + wait
-        while pending and time.monotonic() < deadline:
-            pending = {p for p in pending if _alive(p)}
-            if pending:
-                time.sleep(0.01)
-        if not pending:
-            break
-    return sorted(pending)
-
-
-def _links() -> set[str]:
-    out = _run(["ip", "-j", "link", "show"], what="ip link show").stdout
-    return {link["ifname"] for link in json.loads(out or "[]")}
-
-
-def _netns_names() -> set[str]:
-    try:
-        return set(os.listdir("/run/netns"))
-    except FileNotFoundError:
-        return set()
-
-
-def _used_networks() -> tuple[list[ipaddress.IPv4Network], list[ipaddress.IPv4Network]]:
-    """(networks of this machine's IPv4 addresses, destinations of its IPv4 routes)."""
-    addrs = json.loads(_run(["ip", "-j", "-4", "addr", "show"], what="ip addr").stdout or "[]")
-    nets = [
-        ipaddress.IPv4Interface(f"{a['local']}/{a['prefixlen']}").network
-        for link in addrs
-        for a in link.get("addr_info", [])
-    ]
-    routes = json.loads(
-        _run(["ip", "-j", "-4", "route", "show", "table", "all"], what="ip route").stdout or "[]"
-    )
-    dsts = []
-    for r in routes:
-        dst = r.get("dst", "default")
-        if dst != "default":
-            dsts.append(ipaddress.IPv4Network(dst, strict=False))
-    return nets, dsts
-
-
-def _conflict(net: ipaddress.IPv4Network) -> str | None:
-    """Why ``net`` cannot be a testbed subnet on this machine, or None if it can.
-
-    It may not overlap any address of this machine (that would route a test host's
-    traffic somewhere real) nor any route at least as specific as itself; a wider route
-    (say 10.0.0.0/8 via a VPN) is fine, as the bridge's /24 takes precedence.
-    """
-    nets, dsts = _used_networks()
-    for other in nets:
-        if net.overlaps(other):
-            return f"overlaps {other}, which is on an interface of this machine"
-    for other in dsts:
-        if net.overlaps(other) and other.prefixlen >= net.prefixlen:
-            return f"overlaps the route to {other}"
-    return None
-
-
-class _SubnetLock:
-    """An exclusive flock on one subnet, held as long as a testbed uses it.
-
-    flock (not fcntl/lockf) because flock locks belong to the open file, so two testbeds
-    in one process exclude each other too. A crashed owner's lock is released by the
-    kernel; its bridge still holds the address, which :func:`_conflict` sees.
-    """
-
-    def __init__(self, net: ipaddress.IPv4Network) -> None:
-        self.net = net
-        LOCK_DIR.mkdir(parents=True, exist_ok=True)
-        path = LOCK_DIR / f"{net.network_address}_{net.prefixlen}.lock"
-        self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
-            self._fd = None
-            raise
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
-def _lock_subnet(subnet: str | None, n: int) -> _SubnetLock:
-    """Lock the asked subnet, or the first free 10.213.X.0/24 if none was asked."""
-    if subnet is not None:
-        net = ipaddress.IPv4Network(subnet, strict=False)
-        try:
-            lock = _SubnetLock(net)
-        except BlockingIOError:
-            raise TestbedError(
-                f"subnet {net} is in use by another testbed", hint="pick another subnet="
-            ) from None
-        why = _conflict(net)
-        if why:
-            lock.release()
-            raise TestbedError(f"subnet {net} cannot be used: it {why}")
-        return lock
-    for net in DEFAULT_POOL.subnets(new_prefix=24):
-        try:
-            lock = _SubnetLock(net)
-        except BlockingIOError:
-            continue
-        if _conflict(net) is None:
-            return lock
-        lock.release()
-    raise TestbedError(
-        f"no free /24 left in {DEFAULT_POOL} for a testbed",
-        hint="remove old testbeds with sshcluster.testbed.down_all(), or pass subnet=",
-    )
-
-
 def _keygen(path: Path, comment: str) -> str:
     """Make an ed25519 key pair at ``path`` with ssh-keygen; return the public key line."""
     for p in (path, path.with_name(path.name + ".pub")):
         p.unlink(missing_ok=True)  # ssh-keygen asks before overwriting; nobody would answer
-    _run(
+    run_command(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
         what=f"ssh-keygen for {path}",
     )
@@ -405,6 +192,25 @@ Subsystem sftp internal-sftp
 """
 
 
+def _sshd_argv(d: Path) -> list[str]:
+    """sshd in the foreground with the config and the log in directory ``d``."""
+    return [SSHD, "-D", "-f", str(d / "sshd_config"), "-E", str(d / "sshd.log")]
+
+
+def _popen_sshd(d: Path, argv: Sequence[str]) -> subprocess.Popen[bytes]:
+    """Start ``argv`` (an sshd of directory ``d``) with a fresh log; its own output goes
+    to ``d/start.err``."""
+    (d / "sshd.log").unlink(missing_ok=True)
+    with open(d / "start.err", "wb") as err:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=err,
+            stderr=err,
+            start_new_session=True,  # Ctrl-C in the terminal is for us, not sshd
+        )
+
+
 def _tail(path: Path, lines: int = 5) -> str:
     try:
         text = path.read_text(errors="replace").strip().splitlines()
@@ -428,7 +234,7 @@ def _wait_banner(
         if remaining <= 0:
             raise TestbedError(f"sshd on {address}:{port} did not answer in time")
         try:
-            with socket.create_connection((address, port), timeout=min(remaining, 2.0)) as s:
+            with socket.create_connection((address, port), timeout=min(remaining, 0.5)) as s:
                 if s.recv(64).startswith(b"SSH-"):
                     return
         except OSError:
@@ -453,62 +259,7 @@ def _free_port(address: str) -> int:
         return port
 
 
-# ------------------------------------------------------------------------------ state
-
-
-def _state_path(name: str) -> Path:
-    return STATE_DIR / f"{name}.json"
-
-
-def _save_state(state: Mapping[str, Any]) -> None:
-    """Write the state file atomically, so a crash never leaves half of it."""
-    STATE_DIR.mkdir(parents=True, exist_ok=True)
-    path = _state_path(str(state["name"]))
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=1))
-    tmp.replace(path)
-
-
-def _teardown(
-    state: Mapping[str, Any], popens: Iterable[subprocess.Popen[bytes]] = ()
-) -> list[str]:
-    """Remove everything a state file lists; return what could not be removed."""
-    netns: list[str] = list(state.get("netns", []))
-    pids = [p for ps in _pids_in_netns(netns).values() for p in ps]
-    # The primary sshd lives in the root namespace; kill it only if that pid is still
-    # the sshd we started (its config path is on its command line), as pids get reused.
-    primary_cfg = state.get("primary_config")
-    for pid in state.get("primary_pids", []):
-        if primary_cfg and primary_cfg in _cmdline(pid):
-            pids.append(pid)
-    left = _kill(pids)
-    for proc in popens:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=2)  # reap our own children
-
-    # Deleting a veth deletes its peer in the namespace at once, which `ip netns del`
-    # alone leaves to the kernel's asynchronous namespace cleanup.
-    links = _links()
-    existing_ns = _netns_names()
-    lines = [f"link del {v}" for v in state.get("veths", []) if v in links]
-    lines += [f"netns del {ns}" for ns in netns if ns in existing_ns]
-    bridge = state.get("bridge")
-    if bridge and bridge in links:
-        lines.append(f"link del {bridge}")
-    if lines:
-        _run(["ip", "-force", "-batch", "-"], input="\n".join(lines) + "\n", check=False)
-
-    links = _links()
-    existing_ns = _netns_names()
-    leftovers = [f"process {p}" for p in left]
-    leftovers += [f"netns {ns}" for ns in netns if ns in existing_ns]
-    leftovers += [f"link {v}" for v in [*state.get("veths", []), bridge] if v and v in links]
-    if not leftovers:
-        workdir = state.get("workdir")
-        if workdir and state.get("workdir_owned"):
-            shutil.rmtree(workdir, ignore_errors=True)
-        _state_path(str(state["name"])).unlink(missing_ok=True)
-    return leftovers
+# -------------------------------------------------------------------------- leftovers
 
 
 def down_all(prefix: str = "sc", *, include_live: bool = False) -> list[str]:
@@ -536,9 +287,9 @@ def down_all(prefix: str = "sc", *, include_live: bool = False) -> list[str]:
             failed.append(f"{path}: unreadable ({e})")
             continue
         owner, started = state.get("owner_pid"), state.get("owner_start")
-        if not include_live and owner is not None and _proc_start_time(owner) == started:
+        if not include_live and owner is not None and proc_start_time(owner) == started:
             continue
-        leftovers = _teardown(state)
+        leftovers = teardown(state)
         if leftovers:
             failed.append(f"{name}: {', '.join(leftovers)}")
         else:
@@ -622,7 +373,7 @@ class Testbed:
 
     def _reset(self) -> None:
         self._up = False
-        self._lock: _SubnetLock | None = None
+        self._lock: SubnetLock | None = None
         self._state: dict[str, Any] | None = None
         self._hosts: tuple[TestHost, ...] = ()
         self._primary_address = ""
@@ -744,7 +495,7 @@ class Testbed:
 
     def _build(self) -> None:
         t0 = time.monotonic()
-        if _state_path(self.name).exists() or f"{self.name}-br" in _links():
+        if state_path(self.name).exists() or f"{self.name}-br" in link_names():
             raise TestbedError(
                 f"a testbed named {self.name} already exists",
                 hint=f"remove it with sshcluster.testbed.down_all({self.name!r})",
@@ -752,7 +503,7 @@ class Testbed:
         for d, mode in ((Path("/run/sshd"), 0o755), (Path("/root/.ssh"), 0o700)):
             if not d.exists():  # sshd's privilege separation dir; our bind mount point
                 d.mkdir(mode=mode, parents=True)
-        self._lock = _lock_subnet(self._subnet_arg, self.n)
+        self._lock = lock_subnet(self._subnet_arg)
         net = self._lock.net
         addrs = list(net.hosts())
         if len(addrs) < self.n + 1:
@@ -779,7 +530,7 @@ class Testbed:
         self._state = {
             "name": self.name,
             "owner_pid": os.getpid(),
-            "owner_start": _proc_start_time(os.getpid()),
+            "owner_start": proc_start_time(os.getpid()),
             "subnet": str(net),
             "bridge": bridge,
             "netns": [h.netns for h in self._hosts],
@@ -789,7 +540,7 @@ class Testbed:
             "primary_config": str(self._workdir / "primary" / "sshd_config"),
             "primary_pids": [],
         }
-        _save_state(self._state)
+        save_state(self._state)
         self._up = True  # from here on the properties work; down() undoes the rest
 
         with ThreadPoolExecutor(max_workers=8) as pool:
@@ -797,7 +548,8 @@ class Testbed:
             t = time.monotonic()
             self._make_network(bridge, veths, net.prefixlen, pool)
             self.timings["network"] = time.monotonic() - t
-            keys.result()
+            public_keys, host_keys = keys.result()
+        self._write_ssh_files(public_keys, host_keys)
         self.timings["keys+network"] = time.monotonic() - t0
 
         t = time.monotonic()
@@ -821,8 +573,8 @@ class Testbed:
             "testbed %s up: %d hosts on %s in %.2f s", self.name, self.n, net, self.timings["up"]
         )
 
-    def _make_keys(self, pool: ThreadPoolExecutor) -> None:
-        """Generate all keys (concurrently) and write every ssh file of the testbed."""
+    def _make_keys(self, pool: ThreadPoolExecutor) -> tuple[dict[str, str], dict[int, str]]:
+        """Generate all keys concurrently; return the public keys (by role, by host)."""
         wd = self.workdir
         (wd / "primary").mkdir(exist_ok=True)
         (wd / "hostkey").mkdir(exist_ok=True)
@@ -843,9 +595,14 @@ class Testbed:
             )
             for h in self._hosts
         }
-        client, worker, primary = (jobs[k].result() for k in ("client", "worker", "primary"))
-        host_keys = {i: f.result() for i, f in host_jobs.items()}
+        keys = {role: f.result() for role, f in jobs.items()}
+        return keys, {i: f.result() for i, f in host_jobs.items()}
 
+    def _write_ssh_files(self, keys: Mapping[str, str], host_keys: Mapping[int, str]) -> None:
+        """Write the sshd configs, authorized_keys, known_hosts and ssh configs."""
+        wd = self.workdir
+        client, worker, primary = keys["client"], keys["worker"], keys["primary"]
+        # Only now: probing the port needs the bridge address to exist.
         port = self._choose_primary_port()
         _write(wd / "primary" / "authorized_keys", worker + "\n")
         _write(
@@ -940,10 +697,12 @@ class Testbed:
                 f"link set {veth} master {bridge}",
                 f"link set {veth} up",
             ]
-        _run(["ip", "-batch", "-"], input="\n".join(lines) + "\n", what="creating the network")
+        run_command(
+            ["ip", "-batch", "-"], input="\n".join(lines) + "\n", what="creating the network"
+        )
 
         def inside(h: TestHost) -> None:
-            _run(
+            run_command(
                 ["ip", "-n", h.netns, "-batch", "-"],
                 input=(
                     "link set lo up\n"
@@ -960,39 +719,22 @@ class Testbed:
         """argv run in the host's network namespace with its hostname and /root/.ssh."""
         return [
             "ip", "netns", "exec", host.netns,
-            "unshare", "--uts", "--mount", "--propagation", "private",
+            "unshare", "--uts", "--mount", "--propagation", "slave",
             "sh", "-c", _ENTER, "sh", host.hostname, str(self._dir(host) / "ssh"), *argv,
         ]  # fmt: skip
 
     def _start_primary(self) -> None:
         d = self.workdir / "primary"
-        (d / "sshd.log").unlink(missing_ok=True)
-        with open(d / "start.err", "wb") as err:
-            self._primary_proc = subprocess.Popen(
-                [SSHD, "-D", "-f", str(d / "sshd_config"), "-E", str(d / "sshd.log")],
-                stdin=subprocess.DEVNULL,
-                stdout=err,
-                stderr=err,
-                start_new_session=True,  # Ctrl-C in the terminal is for us, not sshd
-            )
+        self._primary_proc = _popen_sshd(d, _sshd_argv(d))
         assert self._state is not None
         self._state["primary_pids"].append(self._primary_proc.pid)
-        _save_state(self._state)
+        save_state(self._state)
 
     def _spawn_sshd(self, host: TestHost) -> None:
         # sshd -D stays in the foreground as our child, so its pid is the Popen's pid
         # (ip netns exec, unshare and sh all exec), and nothing depends on daemonizing.
         d = self._dir(host)
-        (d / "sshd.log").unlink(missing_ok=True)
-        argv = [SSHD, "-D", "-f", str(d / "sshd_config"), "-E", str(d / "sshd.log")]
-        with open(d / "start.err", "wb") as err:
-            self._sshd[host.index] = subprocess.Popen(
-                self._enter_argv(host, argv),
-                stdin=subprocess.DEVNULL,
-                stdout=err,
-                stderr=err,
-                start_new_session=True,
-            )
+        self._sshd[host.index] = _popen_sshd(d, self._enter_argv(host, _sshd_argv(d)))
 
     def _wait_sshd(self, host: TestHost, deadline: float) -> None:
         d = self._dir(host)
@@ -1021,7 +763,7 @@ class Testbed:
         popens = [*self._sshd.values()]
         if self._primary_proc is not None:
             popens.append(self._primary_proc)
-        leftovers = _teardown(self._state, popens)
+        leftovers = teardown(self._state, popens)
         if self._lock is not None:
             self._lock.release()
         self._reset()
@@ -1049,7 +791,7 @@ class Testbed:
         exits non-zero, or if it runs longer than ``timeout`` seconds.
         """
         self._need_up()
-        return _run(
+        return run_command(
             self._enter_argv(host, argv),
             timeout=timeout,
             check=check,
@@ -1058,7 +800,7 @@ class Testbed:
 
     def _iptables(self, host: TestHost, args: Sequence[str], *, check: bool = True) -> int:
         argv = ["ip", "netns", "exec", host.netns, "iptables", "-w", "5", *args]
-        return _run(argv, check=check, what=f"iptables on {host.hostname}").returncode
+        return run_command(argv, check=check, what=f"iptables on {host.hostname}").returncode
 
     def _rule(self, port: int, action: str) -> list[str]:
         spec = ["-p", "tcp", "-d", f"{self.primary_address}/32", "--dport", str(port)]
@@ -1126,8 +868,8 @@ class Testbed:
         """
         self._need_up()
         regex = re.compile(pattern)
-        pids = _pids_in_netns([host.netns]).get(host.netns, [])
-        return sorted(p for p in pids if (c := _comm(p)) is not None and regex.fullmatch(c))
+        pids = pids_in_netns([host.netns]).get(host.netns, [])
+        return sorted(p for p in pids if (c := process_name(p)) is not None and regex.fullmatch(c))
 
     def write_inventory(
         self,
@@ -1177,9 +919,9 @@ class Testbed:
 
 def _new_name() -> str:
     """A testbed name not used by any state file, namespace or link on this machine."""
-    taken_ns = _netns_names()
+    taken_ns = netns_names()
     for _ in range(100):
         name = "sc" + secrets.token_hex(2)
-        if not _state_path(name).exists() and f"{name}-h1" not in taken_ns:
+        if not state_path(name).exists() and f"{name}-h1" not in taken_ns:
             return name
     raise TestbedError("could not find an unused testbed name", hint="pass name=")

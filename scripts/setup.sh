@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Install everything sshcluster, its demo and its tests need, on Debian 12 as root:
+# the system packages (R, OpenSSH, iptables, iproute2) when missing, and a Python
+# virtual environment in .venv with sshcluster and its test tools. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  r-base-core r-cran-parallelly r-cran-future r-cran-doparallel r-cran-foreach
+  openssh-server openssh-client iptables iproute2 procps util-linux python3-venv
+)
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) != 0 ]]; then
+    echo "setup: need root to install: ${missing[*]}" >&2
+    echo "setup: run as root, or: sudo apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "setup: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 \
+  | grep -v -e '^WARNING: Location' -e '^\s*$' >&2 || true
+.venv/bin/python -c 'import sshcluster, asyncssh, boto3, moto, pytest' \
+  || { echo "setup: the Python environment is incomplete" >&2; exit 1; }
+echo "setup: ready (.venv, $(Rscript --version 2>&1 | head -n1), $(ssh -V 2>&1))" >&2

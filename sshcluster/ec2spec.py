@@ -1,0 +1,289 @@
+"""The EC2 cluster spec: what ``sshcluster ec2 up`` starts, read and checked once.
+
+A spec is a YAML file with one ``ec2:`` mapping (``ec2.example.yaml`` documents every
+field). It is read like the inventory, with the same line-aware loader, so every mistake
+is an :class:`~sshcluster.errors.InventoryError` naming the file, the line and the field
+(exit status 2 in the CLI). Past :func:`load_spec` the code trusts :class:`EC2Spec`.
+
+This module also renders the instances' user data: the dead man's switch that powers an
+instance off at its expiry time, then the user's setup script.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sshcluster.inventory import _describe, _load_yaml, _Map, _read_text, _Reader, _Seq
+
+_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
+_REGION = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-\d{1,2}$")
+_AMI = re.compile(r"^ami-[0-9a-f]{8,17}$")
+_INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9-]+$")
+_SUBNET = re.compile(r"^subnet-[0-9a-f]{8,17}$")
+_SECURITY_GROUP = re.compile(r"^sg-[0-9a-f]{8,17}$")
+_KEY_NAME = re.compile(r"^[\x20-\x7e]{1,255}$")
+_DURATION = re.compile(r"^(?:(?P<d>\d+)d)?(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m(?:in)?)?$")
+
+#: Shortest and longest ``max_lifetime``: shorter would power instances off before ``up``
+#: is done; longer is what "transient" rules out (start a new cluster instead).
+MIN_LIFETIME = timedelta(minutes=10)
+MAX_LIFETIME = timedelta(days=7)
+
+#: EC2 refuses user data over 16 KB (before base64).
+MAX_USER_DATA = 16 * 1024
+
+#: R's PSOCK picks a port in this range when the inventory does not name one.
+R_PORT_RANGE = (11000, 11999)
+
+_KEYS = ("name", "region", "image", "instance_type", "count", "user", "max_lifetime",
+         "key_name", "identity_file", "subnet_id", "security_group_id", "spot", "setup",
+         "ssh_cidr", "allow_ssh_from_anywhere", "port", "address", "primary")
+_REQUIRED = ("name", "region", "image", "instance_type", "count", "user", "max_lifetime")
+
+
+@dataclass(frozen=True)
+class EC2Spec:
+    """A validated cluster spec.
+
+    ``key_name`` / ``security_group_id`` None: ``up`` creates them for this cluster (and
+    ``down`` deletes them). ``ssh_cidr`` are the address ranges SSH is allowed from when
+    the security group is created. ``port`` is the R port (None: R's 11000-11999).
+    ``address`` is how this machine reaches the instances (``public`` or ``private`` IP);
+    ``primary`` is the R primary as the workers see it: ``auto`` (detected by
+    ``sshcluster check``), ``first`` (the first instance's private IP) or an address.
+    """
+
+    name: str
+    region: str
+    image: str
+    instance_type: str
+    count: int
+    user: str
+    max_lifetime: timedelta
+    key_name: str | None = None
+    identity_file: str | None = None
+    subnet_id: str | None = None
+    security_group_id: str | None = None
+    spot: bool = False
+    setup: str | None = None
+    ssh_cidr: tuple[str, ...] = ()
+    allow_ssh_from_anywhere: bool = False
+    port: int | None = None
+    address: str = "public"
+    primary: str = "auto"
+    path: str | None = field(default=None, compare=False)
+
+    @property
+    def r_ports(self) -> tuple[int, int]:
+        """The R port range the security group opens between members."""
+        return (self.port, self.port) if self.port else R_PORT_RANGE
+
+
+def parse_duration(text: str) -> timedelta | None:
+    """``"2h"``, ``"90m"``, ``"1h30m"``, ``"1d"`` as a timedelta; None if not a duration."""
+    match = _DURATION.match(text.strip())
+    if not match or not any(match.groupdict().values()):
+        return None
+    d, h, m = (int(match[g] or 0) for g in ("d", "h", "m"))
+    return timedelta(days=d, hours=h, minutes=m)
+
+
+def _text(reader: _Reader, m: _Map, key: str, pattern: re.Pattern[str], what: str,
+          hint: str | None = None) -> str:
+    value, line = m[key], reader.line_of(m, key)
+    if not isinstance(value, str) or not pattern.match(value):
+        raise reader.fail(f"expected {what}, got {_describe(value)}", line=line,
+                          field=f"ec2.{key}", hint=hint)
+    return value
+
+
+def _flag(reader: _Reader, m: _Map, key: str) -> bool:
+    value = m[key]
+    if not isinstance(value, bool):
+        raise reader.fail(f"expected true or false, got {_describe(value)}",
+                          line=reader.line_of(m, key), field=f"ec2.{key}")
+    return value
+
+
+def _cidrs(reader: _Reader, m: _Map, anywhere_ok: bool) -> tuple[str, ...]:
+    raw, line = m["ssh_cidr"], reader.line_of(m, "ssh_cidr")
+    items = list(raw) if isinstance(raw, _Seq) else [raw]
+    lines = raw.item_lines if isinstance(raw, _Seq) else [line]
+    out = []
+    for i, (item, item_line) in enumerate(zip(items, lines, strict=True)):
+        where = f"ec2.ssh_cidr[{i}]" if isinstance(raw, _Seq) else "ec2.ssh_cidr"
+        try:
+            net = ipaddress.ip_network(str(item), strict=False)
+        except ValueError:
+            raise reader.fail(f"expected an address range such as 203.0.113.7/32, got "
+                              f"{_describe(item)}", line=item_line, field=where) from None
+        if isinstance(item, bool) or "/" not in str(item):
+            raise reader.fail(f"{item!r} has no prefix length", line=item_line, field=where,
+                              hint=f"write {item}/32 for one IPv4 address")
+        if net.prefixlen == 0 and not anywhere_ok:
+            raise reader.fail(
+                f"{net} lets the whole internet try to log in", line=item_line, field=where,
+                hint="give your own address range (e.g. your public IP with /32), or set "
+                     "'allow_ssh_from_anywhere: true' if you really mean it")
+        out.append(str(net))
+    if not out:
+        raise reader.fail("the list is empty", line=line, field="ec2.ssh_cidr")
+    return tuple(out)
+
+
+def _read_spec(doc: Any, reader: _Reader) -> EC2Spec:
+    if doc is None:
+        raise reader.fail("the file is empty", line=None, hint="see ec2.example.yaml")
+    top = reader.mapping(doc, "", 1, ("ec2",), required=("ec2",))
+    m = reader.mapping(top["ec2"], "ec2", reader.line_of(top, "ec2"), _KEYS,
+                       required=_REQUIRED)
+
+    def line(key: str) -> int:
+        return reader.line_of(m, key)
+
+    lifetime_raw = m["max_lifetime"]
+    lifetime = parse_duration(lifetime_raw) if isinstance(lifetime_raw, str) else None
+    if lifetime is None:
+        raise reader.fail(f"expected a duration such as 2h, 90m or 1h30m, got "
+                          f"{_describe(lifetime_raw)}", line=line("max_lifetime"),
+                          field="ec2.max_lifetime")
+    if not MIN_LIFETIME <= lifetime <= MAX_LIFETIME:
+        raise reader.fail(f"{lifetime_raw} is outside {MIN_LIFETIME} to {MAX_LIFETIME.days} "
+                          "days", line=line("max_lifetime"), field="ec2.max_lifetime")
+
+    anywhere = _flag(reader, m, "allow_ssh_from_anywhere") if "allow_ssh_from_anywhere" in m \
+        else False
+    spec: dict[str, Any] = {
+        "name": _text(reader, m, "name", _NAME, "a cluster name of lower-case letters, "
+                      "digits and '-' (at most 32)"),
+        "region": _text(reader, m, "region", _REGION, "an AWS region such as us-east-1"),
+        "image": _text(reader, m, "image", _AMI, "an AMI id such as ami-0123456789abcdef0",
+                       hint="AMI ids differ between regions; look the image up in yours"),
+        "instance_type": _text(reader, m, "instance_type", _INSTANCE_TYPE,
+                               "an instance type such as c7i.large"),
+        "count": reader.integer(m["count"], "ec2.count", line("count"), low=1, high=1000,
+                                what="a number of instances (1-1000)"),
+        "user": reader.user(m["user"], "ec2.user", line("user")),
+        "max_lifetime": lifetime,
+        "allow_ssh_from_anywhere": anywhere,
+        "path": reader.path,
+    }
+    if "key_name" in m:
+        spec["key_name"] = _text(reader, m, "key_name", _KEY_NAME, "the name of a key pair")
+    if "identity_file" in m:
+        spec["identity_file"] = reader.path_value(m["identity_file"], "ec2.identity_file",
+                                                  line("identity_file"))
+    if "subnet_id" in m:
+        spec["subnet_id"] = _text(reader, m, "subnet_id", _SUBNET, "a subnet id (subnet-...)")
+    if "security_group_id" in m:
+        spec["security_group_id"] = _text(reader, m, "security_group_id", _SECURITY_GROUP,
+                                          "a security group id (sg-...)")
+    if "spot" in m:
+        spec["spot"] = _flag(reader, m, "spot")
+    if "port" in m:
+        spec["port"] = reader.port(m["port"], "ec2.port", line("port"))
+    if "address" in m:
+        if m["address"] not in ("public", "private"):
+            raise reader.fail(f"expected public or private, got {_describe(m['address'])}",
+                              line=line("address"), field="ec2.address")
+        spec["address"] = m["address"]
+    if "primary" in m:
+        spec["primary"] = "first" if m["primary"] == "first" else reader.hostname(
+            m["primary"], "ec2.primary", line("primary"), allow_auto=True)
+    if "setup" in m:
+        if not isinstance(m["setup"], str) or "\x00" in m["setup"]:
+            raise reader.fail(f"expected a shell script, got {_describe(m['setup'])}",
+                              line=line("setup"), field="ec2.setup",
+                              hint="write it as a YAML block: 'setup: |' then the script")
+        spec["setup"] = m["setup"]
+    if "ssh_cidr" in m:
+        spec["ssh_cidr"] = _cidrs(reader, m, anywhere)
+    elif "security_group_id" not in m:
+        raise reader.fail(
+            "'ssh_cidr' is required when sshcluster creates the security group",
+            line=m.line, field="ec2",
+            hint="give the address range you connect from, e.g. 'ssh_cidr: 203.0.113.7/32'")
+    result = EC2Spec(**spec)
+    size = len(user_data(result, datetime(2000, 1, 1).astimezone()).encode())
+    if size > MAX_USER_DATA:
+        raise reader.fail(f"the setup script makes the user data {size} bytes; EC2 takes "
+                          f"at most {MAX_USER_DATA}", line=line("setup"), field="ec2.setup",
+                          hint="download a longer script from the setup script instead")
+    return result
+
+
+def parse_spec(text: str, path: str | None = None) -> EC2Spec:
+    """Parse and validate spec YAML ``text`` (``path`` is used in messages and to resolve
+    ``identity_file``). Raises :class:`~sshcluster.errors.InventoryError`."""
+    reader = _Reader(path or "<ec2 spec>",
+                     Path(path).resolve().parent if path else Path.cwd())
+    return _read_spec(_load_yaml(text, reader), reader)
+
+
+def load_spec(path: str | os.PathLike[str]) -> EC2Spec:
+    """Read and validate the spec file at ``path``. Raises InventoryError."""
+    return parse_spec(_read_text(path, example="ec2.example.yaml", what="a spec file"),
+                      str(path))
+
+
+# --------------------------------------------------------------------------- user data
+
+_EXPIRY_SCRIPT = "/var/lib/cloud/scripts/per-boot/sshcluster-expiry.sh"
+
+
+def user_data(spec: EC2Spec, expires: datetime) -> str:
+    """The instances' user data: arm the dead man's switch, then run ``spec.setup``.
+
+    The switch comes first so that a setup script that fails or hangs cannot keep an
+    instance alive: ``shutdown -h`` at ``expires`` powers it off, and as the instance is
+    started with shutdown behaviour ``terminate``, powering off ends it and its bill. The
+    switch is also installed as a cloud-init per-boot script, because a reboot forgets a
+    scheduled shutdown. The time left is computed on the instance from the absolute
+    expiry, so a slow boot does not stretch the lifetime.
+    """
+    epoch = int(expires.timestamp())
+    parts = [
+        "#!/bin/sh",
+        f"# Written by sshcluster for cluster {spec.name}; expires "
+        f"{expires.astimezone().isoformat(timespec='seconds')}.",
+        "PATH=/usr/sbin:/usr/bin:/sbin:/bin; export PATH",
+        f"mkdir -p {os.path.dirname(_EXPIRY_SCRIPT)}",
+        f"cat > {_EXPIRY_SCRIPT} <<'SSHCLUSTER_EXPIRY'",
+        "#!/bin/sh",
+        "# sshcluster dead man's switch: power off at the cluster's expiry, also after a reboot.",
+        "PATH=/usr/sbin:/usr/bin:/sbin:/bin; export PATH",
+        f"expires={epoch}",
+        'left=$(( (expires - $(date +%s) + 59) / 60 ))',
+        'if [ "$left" -lt 1 ]; then shutdown -h now',
+        'else shutdown -h "+$left" "sshcluster: max_lifetime reached"; fi',
+        "SSHCLUSTER_EXPIRY",
+        f"chmod 755 {_EXPIRY_SCRIPT}",
+        _EXPIRY_SCRIPT,
+    ]
+    if spec.setup:
+        script = spec.setup if spec.setup.endswith("\n") else spec.setup + "\n"
+        # A quoted here-document passes the script through untouched; its end marker is
+        # derived from the script so no line of the script can end it early.
+        marker = "SSHCLUSTER_SETUP_" + hashlib.sha256(script.encode()).hexdigest()[:16]
+        run = "/var/lib/sshcluster/setup" if script.startswith("#!") else \
+            "/bin/sh -e /var/lib/sshcluster/setup"
+        parts += [
+            "mkdir -p /var/lib/sshcluster",
+            f"cat > /var/lib/sshcluster/setup <<'{marker}'",
+            script.rstrip("\n"),
+            marker,
+            "chmod 700 /var/lib/sshcluster/setup",
+            f"{run} > /var/log/sshcluster-setup.log 2>&1",
+        ]
+    return "\n".join(parts) + "\n"
+
+
+__all__ = ["MAX_LIFETIME", "MIN_LIFETIME", "EC2Spec", "load_spec", "parse_duration",
+           "parse_spec", "user_data"]

@@ -1,0 +1,100 @@
+"""The whole EC2 path once, end to end: instances that ``ec2 up`` starts on the EC2
+stand-in (moto's HTTP server) are mapped onto local SSH test hosts, then the inventory
+``up`` wrote is rendered, an R computation runs across them, and ``down`` ends it all.
+
+Only the mapping from an instance to the address that reaches it, and the console text
+holding its host key, are seams (moto's instances have no network or console of their
+own); the SSH, the host-key verification and the R cluster are real.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import urllib.request
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import REGION
+
+from sshcluster import ec2
+from sshcluster.bootstrap import write_bootstrap
+from sshcluster.ec2spec import EC2Spec
+from sshcluster.inventory import load_inventory
+from sshcluster.quoting import r_string
+
+
+def _host_keys(known_hosts: Path) -> dict[str, str]:
+    """address -> "type base64" from a known_hosts file of plain (unhashed) names."""
+    keys: dict[str, str] = {}
+    for line in known_hosts.read_text().splitlines():
+        name, kind, blob = line.split()[:3]
+        keys[name] = f"{kind} {blob}"
+    return keys
+
+
+def test_ec2_up_render_compute_down(moto_url: str, testbed: Any, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    urllib.request.urlopen(urllib.request.Request(f"{moto_url}/moto-api/reset",
+                                                  method="POST")).read()
+    monkeypatch.setenv("SSHCLUSTER_STATE_DIR", str(tmp_path / "state"))
+    client = ec2.make_client(REGION)
+    image = client.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    # The test hosts trust the testbed's client key: register it as the cluster's key pair.
+    public = Path(f"{testbed.identity_file}.pub").read_text()
+    client.import_key_pair(KeyName="testbed", PublicKeyMaterial=public.encode())
+
+    hosts = list(testbed.hosts)
+    keys = _host_keys(testbed.known_hosts)
+    assigned: dict[str, Any] = {}
+
+    def address_of(inst: ec2.Instance) -> ec2.Endpoint:
+        host = assigned.setdefault(inst.id, hosts[len(assigned)])
+        return ec2.Endpoint(host.address, 22)
+
+    def console_text(instance_id: str) -> str:
+        host = assigned[instance_id]
+        return ("[   12.1] cloud-init[601]: Generating public/private ed25519 key pair.\r\n"
+                "-----BEGIN SSH HOST KEY KEYS-----\r\n"
+                f"{keys[host.address]} root@{host.hostname}\r\n"
+                "-----END SSH HOST KEY KEYS-----\r\n"
+                "[   12.4] cloud-init[601]: Cloud-init v. 23.1 finished\r\n")
+
+    spec = EC2Spec(name="e2e", region=REGION, image=image, instance_type="t3.medium",
+                   count=len(hosts), user="root", max_lifetime=timedelta(hours=1),
+                   key_name="testbed", identity_file=str(testbed.identity_file),
+                   ssh_cidr=(f"{testbed.primary_address}/32",), port=11420,
+                   primary=testbed.primary_address)
+    inventory_path = tmp_path / "hosts.yaml"
+    with ec2.cluster(spec, client=client, output=inventory_path, address_of=address_of,
+                     console_text=console_text, timeout=60, poll=0.1) as cluster:
+        assert len(cluster.instances) == len(hosts)
+        inventory = load_inventory(inventory_path)
+        assert [h.host for h in inventory.hosts] == [h.address for h in hosts]
+        assert {h.ncore for h in inventory.hosts} == {2}  # t3.medium: 2 vCPUs
+        cluster_r = tmp_path / "cluster.R"
+        write_bootstrap(inventory, cluster_r)
+        script = tmp_path / "run.R"
+        script.write_text(
+            f"source({r_string(str(cluster_r))})\n"
+            "nodes <- unlist(parallel::clusterEvalQ(parallelCluster, Sys.info()[['nodename']]))\n"
+            "cat(sort(unique(nodes)), '\\n')\n"
+            "cat(sum(parallel::parSapply(parallelCluster, 1:50, function(i) i)), '\\n')\n"
+            "sshcluster_stop()\n")
+        proc = subprocess.run(["Rscript", str(script)], capture_output=True, text=True,
+                              timeout=180, check=False)
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stdout.splitlines()
+        assert lines[0].split() == sorted(h.hostname for h in hosts)
+        assert lines[1].strip() == "1275"
+        # the known_hosts that up wrote is what the bootstrap verified the hosts with
+        assert inventory.known_hosts is not None
+        assert set(_host_keys(Path(inventory.known_hosts)).values()) == set(keys.values())
+
+    # the context manager ended every instance it started
+    live = client.describe_instances(Filters=[
+        {"Name": "tag:sshcluster:cluster", "Values": ["e2e"]},
+        {"Name": "instance-state-name",
+         "Values": ["pending", "running", "stopping", "stopped", "shutting-down"]}])
+    assert [i for r in live["Reservations"] for i in r["Instances"]] == []

@@ -1,0 +1,157 @@
+"""The inventory: the format of hosts.example.yaml and one clear error per mistake."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sshcluster import InventoryError
+from sshcluster.inventory import (
+    Host,
+    Inventory,
+    Primary,
+    dump_inventory,
+    load_inventory,
+    parse_inventory,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_example_file_reads_as_documented() -> None:
+    inv = load_inventory(ROOT / "hosts.example.yaml")
+    assert inv.primary == Primary(host="192.168.1.10", user="johnmount")
+    assert inv.port == 11234
+    assert inv.hosts == (
+        Host(host="192.168.1.10", user="johnmount", ncore=4),
+        Host(host="192.168.1.11", user="johnmount", ncore=4, ssh_port=2222),
+    )
+    assert inv.workers == 8
+
+
+def test_primary_as_plain_string_and_defaults_apply() -> None:
+    inv = parse_inventory(
+        "primary: 10.0.0.1\n"
+        "defaults: {user: bob, ncore: 3}\n"
+        "hosts:\n"
+        "  - host: a\n"
+        "  - host: b\n"
+        "    user: carol\n"
+        "    ncore: 1\n"
+        "  - c.example.org\n"
+    )
+    assert inv.primary == Primary(host="10.0.0.1")
+    assert [(h.host, h.user, h.ncore) for h in inv.hosts] == [
+        ("a", "bob", 3), ("b", "carol", 1), ("c.example.org", "bob", 3)]
+
+
+def test_ipv6_and_auto() -> None:
+    inv = parse_inventory(
+        "primary: {host: auto}\nhosts:\n  - host: '[fe80::1]'\n    ncore: auto\n  - host: ::1\n")
+    assert inv.primary.host == "auto"
+    assert inv.hosts[0].host == "fe80::1"
+    assert inv.hosts[0].ncore is None
+    assert inv.hosts[1].host == "::1"
+
+
+def test_relative_paths_resolve_against_the_inventory_directory(tmp_path: Path) -> None:
+    f = tmp_path / "hosts.yaml"
+    f.write_text("primary: p\nknown_hosts: kh\nhosts:\n  - host: a\n    identity_file: keys/id\n")
+    inv = load_inventory(f)
+    assert inv.known_hosts == str(tmp_path / "kh")
+    assert inv.hosts[0].identity_file == str(tmp_path / "keys" / "id")
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "field", "words"),
+    [
+        ("primary: p\nhosts:\n  - host: a\n    nocre: 2\n", 4, "hosts[0].nocre",
+         "unknown key 'nocre'"),
+        ("primary: p\nhostz:\n  - a\n", 2, "hostz", "unknown key 'hostz'"),
+        ("primary: p\nhosts:\n  - user: bob\n", 3, "hosts[0]", "'host' is required"),
+        ("primary: p\nhosts:\n  - host: a\n    ncore: 0\n", 4, "hosts[0].ncore",
+         "positive whole number"),
+        ("primary: p\nhosts:\n  - host: a\n    ncore: four\n", 4, "hosts[0].ncore",
+         "got 'four'"),
+        ("primary: p\nhosts:\n  - host: a\n    ncore: 2.5\n", 4, "hosts[0].ncore", "2.5"),
+        ("primary: p\nhosts:\n  - host: a\n    ncore: true\n", 4, "hosts[0].ncore", "yes/no"),
+        ("primary: p\nhosts:\n  - host: 'a b'\n", 3, "hosts[0].host", "not a valid host"),
+        ("primary: p\nhosts:\n  - host: \"a'b\"\n", 3, "hosts[0].host", "not a valid host"),
+        ("primary: p\nhosts:\n  - host: a;rm -rf ~\n", 3, "hosts[0].host", "not a valid host"),
+        ("primary: p\nhosts:\n  - host: $(reboot)\n", 3, "hosts[0].host", "not a valid host"),
+        ("primary: p\nhosts:\n  - host: -oProxyCommand=evil\n", 3, "hosts[0].host",
+         "not a valid host"),
+        ("primary: p\nhosts:\n  - host: a\n    user: 'x y'\n", 4, "hosts[0].user",
+         "not a valid user"),
+        ("primary: p\nhosts:\n  - host: a\n  - host: b\n  - host: a\n", 5, "hosts[2]",
+         "listed twice (first at line 3)"),
+        ("primary: p\nhosts: []\n", 2, "hosts", "the list is empty"),
+        ("primary: p\nhosts:\n", 2, "hosts", "the list is empty"),
+        ("hosts:\n  - a\n", 1, "", "'primary' is required"),
+        ("primary: p\nhosts:\n  - host: a\n    ssh_port: 70000\n", 4, "hosts[0].ssh_port",
+         "TCP port"),
+        ("primary: p\nport: http\nhosts: [a]\n", 2, "port", "TCP port"),
+        ("primary: p\nr_packages: [data.table, 'not a pkg']\nhosts: [a]\n", 2,
+         "r_packages[1]", "not an R package"),
+        ("primary: 'bad host'\nhosts: [a]\n", 1, "primary", "not a valid host"),
+        ("primary: p\nprimary: q\nhosts: [a]\n", 2, None, "key 'primary' appears twice"),
+        ("- just\n- a list\n", 1, "", "expected a mapping"),
+    ],
+)
+def test_every_mistake_names_file_line_and_field(
+    text: str, line: int, field: str | None, words: str
+) -> None:
+    with pytest.raises(InventoryError) as info:
+        parse_inventory(text, "hosts.yaml")
+    err = info.value
+    assert err.path == "hosts.yaml"
+    assert err.line == line
+    assert (err.field or None) == (field or None)
+    assert words in str(err)
+    assert str(err).startswith(f"hosts.yaml line {line}: ")
+
+
+def test_typo_gets_a_did_you_mean_hint() -> None:
+    with pytest.raises(InventoryError) as info:
+        parse_inventory("primary: p\nhosts:\n  - host: a\n    ssh_prot: 22\n", "h.yaml")
+    assert info.value.hint == "did you mean 'ssh_port'?"
+
+
+def test_not_yaml() -> None:
+    with pytest.raises(InventoryError) as info:
+        parse_inventory("primary: [p\nhosts: a\n", "h.yaml")
+    assert "not valid YAML" in str(info.value)
+    assert info.value.line is not None
+
+
+def test_empty_file() -> None:
+    with pytest.raises(InventoryError, match="the file is empty"):
+        parse_inventory("", "h.yaml")
+
+
+def test_missing_file_and_directory(tmp_path: Path) -> None:
+    with pytest.raises(InventoryError, match="no such file"):
+        load_inventory(tmp_path / "nope.yaml")
+    with pytest.raises(InventoryError, match="is a directory"):
+        load_inventory(tmp_path)
+
+
+def test_binary_file(tmp_path: Path) -> None:
+    f = tmp_path / "h.yaml"
+    f.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(InventoryError, match="UTF-8"):
+        load_inventory(f)
+
+
+def test_dump_round_trips() -> None:
+    inv = Inventory(
+        primary=Primary(host="10.0.0.1", user="me", ssh_port=2200),
+        hosts=(Host(host="a", user="u", ncore=2, ssh_port=2222, identity_file="/k",
+                    rscript="/opt/R/bin/Rscript"),
+               Host(host="b", ncore=None)),
+        port=11000, known_hosts="/kh", r_packages=("stats",),
+    )
+    text = dump_inventory(inv, header="made by a test\nsecond line")
+    assert text.startswith("# made by a test\n# second line\n")
+    assert parse_inventory(text) == inv
