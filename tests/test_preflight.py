@@ -205,6 +205,19 @@ def test_callback_blocked(action: str, tb: Testbed, known_hosts: Path,
     assert cb.hint and "--tunnel reverse" in cb.hint
 
 
+def test_callback_port_taken_on_the_primary(tb: Testbed, known_hosts: Path,
+                                            tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        report = run_check(write_inventory(tb, tmp_path / "i.yaml", known_hosts, port=port))
+    for h in report.hosts:
+        assert h.failed == ["callback"]
+        cb = h.checks["callback"]
+        assert f"cannot listen on port {port}" in cb.detail and cb.hint
+
+
 def test_ssh_back_to_primary_refused(tb: Testbed, known_hosts: Path, tmp_path: Path) -> None:
     host = tb.hosts[2]
     tb.reject(host, tb.primary_ssh_port)
