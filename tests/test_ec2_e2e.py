@@ -1,6 +1,6 @@
 """The whole EC2 path once, end to end: instances that ``ec2 up`` starts on the EC2
 stand-in (moto's HTTP server) are mapped onto local SSH test hosts, then the inventory
-``up`` wrote is rendered, an R computation runs across them, and ``down`` ends it all.
+``up`` wrote is checked and rendered, an R computation runs across them, and ``down`` ends it all.
 
 Only the mapping from an instance to the address that reaches it, and the console text
 holding its host key, are seams (moto's instances have no network or console of their
@@ -22,6 +22,7 @@ from sshcluster import ec2
 from sshcluster.bootstrap import write_bootstrap
 from sshcluster.ec2spec import EC2Spec
 from sshcluster.inventory import load_inventory
+from sshcluster.preflight import check, verified_inventory
 from sshcluster.quoting import r_string
 
 
@@ -73,8 +74,12 @@ def test_ec2_up_render_compute_down(moto_url: str, testbed: Any, tmp_path: Path,
         inventory = load_inventory(inventory_path)
         assert [h.host for h in inventory.hosts] == [h.address for h in hosts]
         assert {h.ncore for h in inventory.hosts} == {2}  # t3.medium: 2 vCPUs
+        # the preflight check passes on every instance, with the keys up recorded
+        report = check(inventory, timeout=30)
+        assert report.ok, report.summary()
+        assert [h.ncore for h in report.hosts] == [2] * len(hosts)
         cluster_r = tmp_path / "cluster.R"
-        write_bootstrap(inventory, cluster_r)
+        write_bootstrap(verified_inventory(report, inventory), cluster_r)
         script = tmp_path / "run.R"
         script.write_text(
             f"source({r_string(str(cluster_r))})\n"
