@@ -1,0 +1,1185 @@
+"""Local SSH test hosts: real sshd servers in network namespaces on this Linux machine.
+
+A :class:`Testbed` turns one Linux machine (as root) into a small network of SSH hosts
+so that the rest of sshcluster can be tested against real things: real ``sshd`` with
+host key checking on, real ``ssh``, real R workers that connect back to the primary.
+
+Each host is
+
+* a network namespace (``<name>-h<i>``) with a veth pair on a per-testbed bridge and
+  its own IPv4 address on the testbed's subnet (default: a free ``10.213.X.0/24``);
+* its own UTS namespace (hostname ``node<i>``) and mount namespace in which
+  ``/root/.ssh`` is a bind mount of the host's own directory in the workdir;
+* its own ed25519 host key and its own ``sshd`` on port 22 of its address.
+
+The *primary* is the root namespace: the bridge has the subnet's first address, and a
+primary ``sshd`` listens there so that a worker can ssh back to the primary.
+
+Example::
+
+    from sshcluster.testbed import Testbed
+
+    with Testbed(4) as tb:
+        host = tb.hosts[0]
+        out = subprocess.run(tb.ssh_argv(host, "hostname"), capture_output=True, text=True)
+        assert out.stdout.strip() == "node1"
+        tb.write_inventory(tb.workdir / "inventory.yaml")
+
+Everything a testbed creates is recorded in a JSON state file under
+``/run/sshcluster/testbeds/`` *before* it is created, so :func:`down_all` can remove the
+leftovers of a run that was killed.
+
+Network rule: a testbed only ever sends traffic to its own subnet, which is checked not
+to overlap any address or route of this machine; the hosts have no default route.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import ipaddress
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import yaml
+
+from sshcluster.errors import TestbedError
+
+__all__ = [
+    "TestHost",
+    "Testbed",
+    "down_all",
+    "require_root_and_netns",
+]
+
+log = logging.getLogger(__name__)
+
+#: Where state files and subnet locks live; /run is a tmpfs, so nothing outlives a reboot
+#: (and neither do the namespaces and links it describes).
+RUN_DIR = Path("/run/sshcluster")
+STATE_DIR = RUN_DIR / "testbeds"
+LOCK_DIR = RUN_DIR / "subnets"
+
+SSHD = "/usr/sbin/sshd"
+DEFAULT_POOL = ipaddress.IPv4Network("10.213.0.0/16")
+MAX_HOSTS = 253
+
+_NAME_RE = re.compile(r"[a-z][a-z0-9]{0,9}")  # + "-v253" must fit IFNAMSIZ (15)
+_HOSTNAME_PREFIX_RE = re.compile(r"[a-z]([a-z0-9-]{0,50}[a-z0-9])?")
+
+# Runs inside `ip netns exec NS unshare --uts --mount`: give the host its hostname and its
+# own /root/.ssh, then become the command. Arguments: hostname, ssh dir, argv...
+_ENTER = 'hostname "$1" && mount --bind "$2" /root/.ssh && shift 2 && exec "$@"'
+
+
+@dataclass(frozen=True)
+class TestHost:
+    """One SSH host of a :class:`Testbed`.
+
+    ``index`` is 1-based; ``hostname`` is what ``uname -n`` (and R's
+    ``Sys.info()[["nodename"]]``) shows on it; ``address`` is its IPv4 address;
+    ``netns`` the name of its network namespace (``ip netns exec NETNS ...``).
+    """
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    index: int
+    hostname: str
+    address: str
+    netns: str
+    ssh_port: int = 22
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _run(
+    argv: Sequence[str],
+    *,
+    input: str | None = None,
+    timeout: float = 30,
+    check: bool = True,
+    what: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run a command; on failure raise a TestbedError that shows its stderr."""
+    try:
+        proc = subprocess.run(
+            list(argv),
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
+    except FileNotFoundError as e:
+        raise TestbedError(f"{what or argv[0]}: {argv[0]} not found") from e
+    except subprocess.TimeoutExpired as e:
+        raise TestbedError(f"{what or ' '.join(argv)}: no answer within {timeout:g} s") from e
+    if check and proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip()
+        raise TestbedError(
+            f"{what or ' '.join(argv)} failed (exit {proc.returncode})"
+            + (f": {detail}" if detail else "")
+        )
+    return proc
+
+
+def require_root_and_netns() -> None:
+    """Raise :class:`TestbedError` unless this process can build a testbed.
+
+    A testbed needs root, the ``ip``, ``unshare``, ``sshd`` and ``ssh-keygen`` programs,
+    and a kernel (or container) that lets it create network, UTS and mount namespaces.
+    """
+    if os.geteuid() != 0:
+        raise TestbedError(
+            "the SSH testbed needs root (it creates network namespaces and a bridge)",
+            hint="run as root, e.g. in a disposable VM or container with CAP_SYS_ADMIN",
+        )
+    for prog in ("ip", "unshare", "hostname", "mount", "ssh-keygen", "ssh", SSHD):
+        if shutil.which(prog) is None:
+            raise TestbedError(
+                f"the SSH testbed needs {prog!r}, which is not installed",
+                hint="on Debian: apt-get install iproute2 util-linux hostname openssh-server",
+            )
+    try:
+        _run(["ip", "netns", "list"], what="ip netns list", timeout=10)
+        _run(["unshare", "--net", "--uts", "--mount", "true"], what="unshare", timeout=10)
+    except TestbedError as e:
+        raise TestbedError(
+            f"network namespaces are not available here: {e.message}",
+            hint="a container needs --privileged (or CAP_SYS_ADMIN and CAP_NET_ADMIN)",
+        ) from e
+
+
+def _proc_start_time(pid: int) -> int | None:
+    """The start time of a process in clock ticks since boot, or None if it is gone.
+
+    A pid together with its start time names a process even after the pid is reused.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # comm (field 2) may contain spaces and parentheses: split after its closing paren.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] == "Z":
+        return None
+    return int(fields[19])
+
+
+def _alive(pid: int) -> bool:
+    return _proc_start_time(pid) is not None
+
+
+def _netns_ids(names: Iterable[str]) -> dict[tuple[int, int], str]:
+    ids: dict[tuple[int, int], str] = {}
+    for name in names:
+        try:
+            st = os.stat(f"/run/netns/{name}")
+        except OSError:
+            continue
+        ids[(st.st_dev, st.st_ino)] = name
+    return ids
+
+
+def _pids_in_netns(names: Iterable[str]) -> dict[str, list[int]]:
+    """Every live process in each named network namespace (one pass over /proc).
+
+    Same test as ``ip netns pids``, done once for all namespaces instead of once each.
+    """
+    ids = _netns_ids(names)
+    found: dict[str, list[int]] = {name: [] for name in ids.values()}
+    if not ids:
+        return found
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            st = os.stat(f"/proc/{entry.name}/ns/net")
+        except OSError:
+            continue  # gone, a zombie, or a kernel thread
+        name = ids.get((st.st_dev, st.st_ino))
+        if name is not None:
+            found[name].append(int(entry.name))
+    return found
+
+
+def _comm(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().rstrip("\n")
+    except OSError:
+        return None
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
+    except OSError:
+        return ""
+
+
+def _kill(pids: Iterable[int], *, grace: float = 2.0) -> list[int]:
+    """SIGTERM the processes, SIGKILL what is left after ``grace`` seconds.
+
+    Returns the pids still alive at the end (normally none).
+    """
+    pending = {p for p in pids if p != os.getpid()}
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
+        for pid in pending:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while pending and time.monotonic() < deadline:
+            pending = {p for p in pending if _alive(p)}
+            if pending:
+                time.sleep(0.01)
+        if not pending:
+            break
+    return sorted(pending)
+
+
+def _links() -> set[str]:
+    out = _run(["ip", "-j", "link", "show"], what="ip link show").stdout
+    return {link["ifname"] for link in json.loads(out or "[]")}
+
+
+def _netns_names() -> set[str]:
+    try:
+        return set(os.listdir("/run/netns"))
+    except FileNotFoundError:
+        return set()
+
+
+def _used_networks() -> tuple[list[ipaddress.IPv4Network], list[ipaddress.IPv4Network]]:
+    """(networks of this machine's IPv4 addresses, destinations of its IPv4 routes)."""
+    addrs = json.loads(_run(["ip", "-j", "-4", "addr", "show"], what="ip addr").stdout or "[]")
+    nets = [
+        ipaddress.IPv4Interface(f"{a['local']}/{a['prefixlen']}").network
+        for link in addrs
+        for a in link.get("addr_info", [])
+    ]
+    routes = json.loads(
+        _run(["ip", "-j", "-4", "route", "show", "table", "all"], what="ip route").stdout or "[]"
+    )
+    dsts = []
+    for r in routes:
+        dst = r.get("dst", "default")
+        if dst != "default":
+            dsts.append(ipaddress.IPv4Network(dst, strict=False))
+    return nets, dsts
+
+
+def _conflict(net: ipaddress.IPv4Network) -> str | None:
+    """Why ``net`` cannot be a testbed subnet on this machine, or None if it can.
+
+    It may not overlap any address of this machine (that would route a test host's
+    traffic somewhere real) nor any route at least as specific as itself; a wider route
+    (say 10.0.0.0/8 via a VPN) is fine, as the bridge's /24 takes precedence.
+    """
+    nets, dsts = _used_networks()
+    for other in nets:
+        if net.overlaps(other):
+            return f"overlaps {other}, which is on an interface of this machine"
+    for other in dsts:
+        if net.overlaps(other) and other.prefixlen >= net.prefixlen:
+            return f"overlaps the route to {other}"
+    return None
+
+
+class _SubnetLock:
+    """An exclusive flock on one subnet, held as long as a testbed uses it.
+
+    flock (not fcntl/lockf) because flock locks belong to the open file, so two testbeds
+    in one process exclude each other too. A crashed owner's lock is released by the
+    kernel; its bridge still holds the address, which :func:`_conflict` sees.
+    """
+
+    def __init__(self, net: ipaddress.IPv4Network) -> None:
+        self.net = net
+        LOCK_DIR.mkdir(parents=True, exist_ok=True)
+        path = LOCK_DIR / f"{net.network_address}_{net.prefixlen}.lock"
+        self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            self._fd = None
+            raise
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _lock_subnet(subnet: str | None, n: int) -> _SubnetLock:
+    """Lock the asked subnet, or the first free 10.213.X.0/24 if none was asked."""
+    if subnet is not None:
+        net = ipaddress.IPv4Network(subnet, strict=False)
+        try:
+            lock = _SubnetLock(net)
+        except BlockingIOError:
+            raise TestbedError(
+                f"subnet {net} is in use by another testbed", hint="pick another subnet="
+            ) from None
+        why = _conflict(net)
+        if why:
+            lock.release()
+            raise TestbedError(f"subnet {net} cannot be used: it {why}")
+        return lock
+    for net in DEFAULT_POOL.subnets(new_prefix=24):
+        try:
+            lock = _SubnetLock(net)
+        except BlockingIOError:
+            continue
+        if _conflict(net) is None:
+            return lock
+        lock.release()
+    raise TestbedError(
+        f"no free /24 left in {DEFAULT_POOL} for a testbed",
+        hint="remove old testbeds with sshcluster.testbed.down_all(), or pass subnet=",
+    )
+
+
+def _keygen(path: Path, comment: str) -> str:
+    """Make an ed25519 key pair at ``path`` with ssh-keygen; return the public key line."""
+    for p in (path, path.with_name(path.name + ".pub")):
+        p.unlink(missing_ok=True)  # ssh-keygen asks before overwriting; nobody would answer
+    _run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+        what=f"ssh-keygen for {path}",
+    )
+    return " ".join(path.with_name(path.name + ".pub").read_text().split()[:2])
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.write_text(text)
+    path.chmod(mode)
+
+
+def _known_hosts_name(address: str, port: int) -> str:
+    return address if port == 22 else f"[{address}]:{port}"
+
+
+def _sshd_config(
+    *, listen: str, port: int, key: Path, pidfile: Path, authorized_keys: str, title: str
+) -> str:
+    # MaxStartups/MaxSessions: R opens one ssh session per worker, many at once.
+    return f"""\
+# written by sshcluster testbed: {title}
+ListenAddress {listen}:{port}
+AddressFamily inet
+HostKey {key}
+PidFile {pidfile}
+AuthorizedKeysFile {authorized_keys}
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+UseDNS no
+PrintMotd no
+PrintLastLog no
+LogLevel INFO
+MaxStartups 100:30:200
+MaxSessions 100
+Subsystem sftp internal-sftp
+"""
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(text[-lines:])
+
+
+def _wait_banner(
+    address: str, port: int, deadline: float, proc: subprocess.Popen[bytes], logs: Sequence[Path]
+) -> None:
+    """Wait until an SSH server answers with its banner on address:port, or fail."""
+    while True:
+        if proc.poll() is not None:
+            detail = " | ".join(t for t in (_tail(p) for p in logs) if t)
+            raise TestbedError(
+                f"sshd for {address}:{port} exited with status {proc.returncode}"
+                + (f": {detail}" if detail else "")
+            )
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TestbedError(f"sshd on {address}:{port} did not answer in time")
+        try:
+            with socket.create_connection((address, port), timeout=min(remaining, 2.0)) as s:
+                if s.recv(64).startswith(b"SSH-"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.02)
+
+
+def _port_free(address: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as sshd does
+        try:
+            s.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port(address: str) -> int:
+    with socket.socket() as s:
+        s.bind((address, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# ------------------------------------------------------------------------------ state
+
+
+def _state_path(name: str) -> Path:
+    return STATE_DIR / f"{name}.json"
+
+
+def _save_state(state: Mapping[str, Any]) -> None:
+    """Write the state file atomically, so a crash never leaves half of it."""
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    path = _state_path(str(state["name"]))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=1))
+    tmp.replace(path)
+
+
+def _teardown(
+    state: Mapping[str, Any], popens: Iterable[subprocess.Popen[bytes]] = ()
+) -> list[str]:
+    """Remove everything a state file lists; return what could not be removed."""
+    netns: list[str] = list(state.get("netns", []))
+    pids = [p for ps in _pids_in_netns(netns).values() for p in ps]
+    # The primary sshd lives in the root namespace; kill it only if that pid is still
+    # the sshd we started (its config path is on its command line), as pids get reused.
+    primary_cfg = state.get("primary_config")
+    for pid in state.get("primary_pids", []):
+        if primary_cfg and primary_cfg in _cmdline(pid):
+            pids.append(pid)
+    left = _kill(pids)
+    for proc in popens:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=2)  # reap our own children
+
+    # Deleting a veth deletes its peer in the namespace at once, which `ip netns del`
+    # alone leaves to the kernel's asynchronous namespace cleanup.
+    links = _links()
+    existing_ns = _netns_names()
+    lines = [f"link del {v}" for v in state.get("veths", []) if v in links]
+    lines += [f"netns del {ns}" for ns in netns if ns in existing_ns]
+    bridge = state.get("bridge")
+    if bridge and bridge in links:
+        lines.append(f"link del {bridge}")
+    if lines:
+        _run(["ip", "-force", "-batch", "-"], input="\n".join(lines) + "\n", check=False)
+
+    links = _links()
+    existing_ns = _netns_names()
+    leftovers = [f"process {p}" for p in left]
+    leftovers += [f"netns {ns}" for ns in netns if ns in existing_ns]
+    leftovers += [f"link {v}" for v in [*state.get("veths", []), bridge] if v and v in links]
+    if not leftovers:
+        workdir = state.get("workdir")
+        if workdir and state.get("workdir_owned"):
+            shutil.rmtree(workdir, ignore_errors=True)
+        _state_path(str(state["name"])).unlink(missing_ok=True)
+    return leftovers
+
+
+def down_all(prefix: str = "sc", *, include_live: bool = False) -> list[str]:
+    """Remove the testbeds whose name starts with ``prefix`` and whose owner is gone.
+
+    Reads the state files in ``/run/sshcluster/testbeds/``: for each testbed whose
+    creating process has exited (crashed, killed, or a CLI that left it up on purpose),
+    kills every process in its namespaces and its primary sshd, and deletes its
+    namespaces, veths, bridge and (if the testbed made it) workdir. Testbeds whose owner
+    is still running are left alone, so concurrent test runs do not break each other,
+    unless ``include_live`` is true. Returns the names of the testbeds removed; raises
+    :class:`TestbedError` naming what could not be removed.
+    """
+    removed: list[str] = []
+    failed: list[str] = []
+    if not STATE_DIR.is_dir():
+        return removed
+    for path in sorted(STATE_DIR.glob("*.json")):
+        name = path.stem
+        if not name.startswith(prefix):
+            continue
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            failed.append(f"{path}: unreadable ({e})")
+            continue
+        owner, started = state.get("owner_pid"), state.get("owner_start")
+        if not include_live and owner is not None and _proc_start_time(owner) == started:
+            continue
+        leftovers = _teardown(state)
+        if leftovers:
+            failed.append(f"{name}: {', '.join(leftovers)}")
+        else:
+            removed.append(name)
+    if failed:
+        raise TestbedError(
+            "could not remove every leftover testbed: " + "; ".join(failed),
+            hint="see `ip netns list`, `ip link` and the files in " + str(STATE_DIR),
+        )
+    return removed
+
+
+# ---------------------------------------------------------------------------- Testbed
+
+
+class Testbed:
+    """N SSH hosts in network namespaces on this machine, plus the primary's sshd.
+
+    ``n`` hosts (1..253) get the addresses ``.2`` .. ``.n+1`` of ``subnet`` (a CIDR
+    string; default: the first ``10.213.X.0/24`` that no interface, route or other
+    testbed uses) and the hostnames ``<hostname_prefix>1`` ... The bridge (the primary,
+    as the hosts see it) gets ``.1``. ``name`` (lowercase letters and digits, at most 10,
+    default ``sc`` + 4 random hex digits) prefixes every namespace and link made.
+    ``workdir`` holds keys, configs and logs; by default a new temporary directory that
+    :meth:`down` removes (a given workdir is left in place, with its logs).
+    ``primary_ssh_port`` is the port of the primary's sshd on the bridge address; by
+    default 22, or a free port if 22 is taken there. ``timeout`` bounds the wait for
+    all sshd servers to answer.
+
+    Nothing is created until :meth:`up` (or ``with Testbed(...) as tb:``).
+    """
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    user: str = "root"
+
+    def __init__(
+        self,
+        n: int,
+        *,
+        workdir: Path | str | None = None,
+        subnet: str | None = None,
+        name: str | None = None,
+        hostname_prefix: str = "node",
+        primary_ssh_port: int | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        if not 1 <= n <= MAX_HOSTS:
+            raise TestbedError(f"a testbed has 1 to {MAX_HOSTS} hosts, not {n}")
+        if name is not None and not _NAME_RE.fullmatch(name):
+            raise TestbedError(
+                f"testbed name {name!r} must be 1-10 lowercase letters or digits, "
+                "starting with a letter (it prefixes interface names, at most 15 chars)"
+            )
+        if not _HOSTNAME_PREFIX_RE.fullmatch(hostname_prefix):
+            raise TestbedError(
+                f"hostname prefix {hostname_prefix!r} must be lowercase letters, digits "
+                "and '-', starting with a letter"
+            )
+        if primary_ssh_port is not None and not 1 <= primary_ssh_port <= 65535:
+            raise TestbedError(f"primary_ssh_port {primary_ssh_port} is not a TCP port")
+        if subnet is not None:
+            try:
+                net = ipaddress.IPv4Network(subnet, strict=False)
+            except ValueError as e:
+                raise TestbedError(f"subnet {subnet!r} is not an IPv4 network: {e}") from e
+            if net.num_addresses - 2 < n + 1:
+                raise TestbedError(
+                    f"subnet {net} has room for {max(net.num_addresses - 3, 0)} hosts, not {n}"
+                )
+        self.n = n
+        self.name = name or _new_name()
+        self._subnet_arg = subnet
+        self.hostname_prefix = hostname_prefix
+        self._port_arg = primary_ssh_port
+        self._workdir_arg = Path(workdir).resolve() if workdir is not None else None
+        self.timeout = timeout
+        #: Seconds spent in each phase of the last :meth:`up` / :meth:`down`.
+        self.timings: dict[str, float] = {}
+        self._reset()
+
+    def _reset(self) -> None:
+        self._up = False
+        self._lock: _SubnetLock | None = None
+        self._state: dict[str, Any] | None = None
+        self._hosts: tuple[TestHost, ...] = ()
+        self._primary_address = ""
+        self._primary_port = 0
+        self._workdir: Path | None = None
+        self._sshd: dict[int, subprocess.Popen[bytes]] = {}
+        self._primary_proc: subprocess.Popen[bytes] | None = None
+
+    # ---------------------------------------------------------------- properties
+
+    def _need_up(self) -> None:
+        if not self._up:
+            raise TestbedError(f"testbed {self.name} is not up", hint="call up() first")
+
+    @property
+    def hosts(self) -> tuple[TestHost, ...]:
+        """The hosts, in index order."""
+        self._need_up()
+        return self._hosts
+
+    @property
+    def primary_address(self) -> str:
+        """The bridge address: the primary's address as the hosts see it."""
+        self._need_up()
+        return self._primary_address
+
+    @property
+    def primary_ssh_port(self) -> int:
+        """The port of the primary's sshd on :attr:`primary_address`."""
+        self._need_up()
+        return self._primary_port
+
+    @property
+    def subnet(self) -> str:
+        """The testbed's subnet, e.g. ``10.213.7.0/24``."""
+        self._need_up()
+        assert self._lock is not None
+        return str(self._lock.net)
+
+    @property
+    def workdir(self) -> Path:
+        """The directory with keys, sshd configs and logs (``h<i>/sshd.log``)."""
+        self._need_up()
+        assert self._workdir is not None
+        return self._workdir
+
+    @property
+    def identity_file(self) -> Path:
+        """The primary user's client key, accepted by every host."""
+        return self.workdir / "id_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        """known_hosts with every host's real host key, keyed by its address (not hashed)."""
+        return self.workdir / "known_hosts"
+
+    @property
+    def ssh_config(self) -> Path:
+        """An ssh_config with a ``Host`` alias per hostname (use with ``ssh -F``)."""
+        return self.workdir / "ssh_config"
+
+    def ssh_options(self) -> list[str]:
+        """ssh options that reach the hosts with host key checking on and no prompts."""
+        return [
+            "-F", "none",  # the machine's own ~/.ssh/config must not change what we test
+            "-i", str(self.identity_file),
+            "-o", "IdentitiesOnly=yes",
+            "-o", f"UserKnownHostsFile={self.known_hosts}",
+            "-o", "GlobalKnownHostsFile=/dev/null",
+            "-o", "StrictHostKeyChecking=yes",
+            "-o", "BatchMode=yes",
+            "-o", "ConnectTimeout=10",
+        ]  # fmt: skip
+
+    def ssh_argv(self, host: TestHost, *command: str) -> list[str]:
+        """The ``ssh`` command line that runs ``command`` on ``host`` as root."""
+        return [
+            "ssh", *self.ssh_options(), "-p", str(host.ssh_port),
+            f"{self.user}@{host.address}", *command,
+        ]  # fmt: skip
+
+    def _dir(self, host: TestHost | int) -> Path:
+        index = host if isinstance(host, int) else host.index
+        return self.workdir / f"h{index}"
+
+    # ----------------------------------------------------------------------- up
+
+    def __enter__(self) -> Testbed:
+        return self.up()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.down()
+
+    def up(self) -> Testbed:
+        """Build the testbed; return self.
+
+        On any failure everything made so far is torn down and :class:`TestbedError`
+        is raised (a KeyboardInterrupt is re-raised as it is, after the teardown).
+        """
+        if self._up or self._state is not None:
+            raise TestbedError(f"testbed {self.name} is already up")
+        require_root_and_netns()
+        try:
+            self._build()
+        except BaseException as e:
+            try:
+                self.down()
+            except TestbedError as down_error:
+                log.error("teardown after a failed up() was incomplete: %s", down_error)
+            if isinstance(e, TestbedError | KeyboardInterrupt):
+                raise
+            raise TestbedError(f"could not build testbed {self.name}: {e}") from e
+        return self
+
+    def _build(self) -> None:
+        t0 = time.monotonic()
+        if _state_path(self.name).exists() or f"{self.name}-br" in _links():
+            raise TestbedError(
+                f"a testbed named {self.name} already exists",
+                hint=f"remove it with sshcluster.testbed.down_all({self.name!r})",
+            )
+        for d, mode in ((Path("/run/sshd"), 0o755), (Path("/root/.ssh"), 0o700)):
+            if not d.exists():  # sshd's privilege separation dir; our bind mount point
+                d.mkdir(mode=mode, parents=True)
+        self._lock = _lock_subnet(self._subnet_arg, self.n)
+        net = self._lock.net
+        addrs = list(net.hosts())
+        if len(addrs) < self.n + 1:
+            raise TestbedError(f"subnet {net} has no room for {self.n} hosts")
+        owned = self._workdir_arg is None
+        if self._workdir_arg is None:
+            self._workdir = Path(tempfile.mkdtemp(prefix=f"sshcluster-{self.name}-"))
+        else:
+            self._workdir = self._workdir_arg
+            self._workdir.mkdir(parents=True, exist_ok=True)
+        self._primary_address = str(addrs[0])
+        self._hosts = tuple(
+            TestHost(
+                index=i,
+                hostname=f"{self.hostname_prefix}{i}",
+                address=str(addrs[i]),
+                netns=f"{self.name}-h{i}",
+            )
+            for i in range(1, self.n + 1)
+        )
+        bridge = f"{self.name}-br"
+        veths = [f"{self.name}-v{h.index}" for h in self._hosts]
+        # Record everything before creating any of it, so down_all() finds it all.
+        self._state = {
+            "name": self.name,
+            "owner_pid": os.getpid(),
+            "owner_start": _proc_start_time(os.getpid()),
+            "subnet": str(net),
+            "bridge": bridge,
+            "netns": [h.netns for h in self._hosts],
+            "veths": veths,
+            "workdir": str(self._workdir),
+            "workdir_owned": owned,
+            "primary_config": str(self._workdir / "primary" / "sshd_config"),
+            "primary_pids": [],
+        }
+        _save_state(self._state)
+        self._up = True  # from here on the properties work; down() undoes the rest
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            keys = pool.submit(self._make_keys, pool)
+            t = time.monotonic()
+            self._make_network(bridge, veths, net.prefixlen, pool)
+            self.timings["network"] = time.monotonic() - t
+            keys.result()
+        self.timings["keys+network"] = time.monotonic() - t0
+
+        t = time.monotonic()
+        self._start_primary()
+        for host in self._hosts:
+            self._spawn_sshd(host)
+        deadline = time.monotonic() + self.timeout
+        assert self._primary_proc is not None
+        _wait_banner(
+            self._primary_address,
+            self._primary_port,
+            deadline,
+            self._primary_proc,
+            [self.workdir / "primary" / "sshd.log"],
+        )
+        for host in self._hosts:
+            self._wait_sshd(host, deadline)
+        self.timings["sshd"] = time.monotonic() - t
+        self.timings["up"] = time.monotonic() - t0
+        log.info(
+            "testbed %s up: %d hosts on %s in %.2f s", self.name, self.n, net, self.timings["up"]
+        )
+
+    def _make_keys(self, pool: ThreadPoolExecutor) -> None:
+        """Generate all keys (concurrently) and write every ssh file of the testbed."""
+        wd = self.workdir
+        (wd / "primary").mkdir(exist_ok=True)
+        (wd / "hostkey").mkdir(exist_ok=True)
+        for h in self._hosts:
+            (self._dir(h) / "ssh").mkdir(parents=True, exist_ok=True, mode=0o700)
+        jobs = {
+            "client": pool.submit(_keygen, wd / "id_ed25519", f"sshcluster-{self.name}-client"),
+            "worker": pool.submit(
+                _keygen, wd / "hostkey" / "id_ed25519", f"sshcluster-{self.name}-hosts"
+            ),
+            "primary": pool.submit(
+                _keygen, wd / "primary" / "ssh_host_ed25519_key", f"{self.name}-primary"
+            ),
+        }
+        host_jobs = {
+            h.index: pool.submit(
+                _keygen, self._dir(h) / "ssh_host_ed25519_key", f"{self.name}-{h.hostname}"
+            )
+            for h in self._hosts
+        }
+        client, worker, primary = (jobs[k].result() for k in ("client", "worker", "primary"))
+        host_keys = {i: f.result() for i, f in host_jobs.items()}
+
+        port = self._choose_primary_port()
+        _write(wd / "primary" / "authorized_keys", worker + "\n")
+        _write(
+            wd / "primary" / "sshd_config",
+            _sshd_config(
+                listen=self._primary_address,
+                port=port,
+                key=wd / "primary" / "ssh_host_ed25519_key",
+                pidfile=wd / "primary" / "sshd.pid",
+                authorized_keys=str(wd / "primary" / "authorized_keys"),
+                title=f"primary of {self.name}",
+            ),
+        )
+        _write(
+            wd / "known_hosts",
+            "".join(
+                f"{_known_hosts_name(h.address, h.ssh_port)} {host_keys[h.index]}\n"
+                for h in self._hosts
+            ),
+        )
+        worker_priv = (wd / "hostkey" / "id_ed25519").read_text()
+        primary_entry = f"{_known_hosts_name(self._primary_address, port)} {primary}\n"
+        ssh_client_config = (
+            "# the primary of this testbed, as `ssh primary` or by its address\n"
+            f"Host primary {self._primary_address}\n"
+            f"  HostName {self._primary_address}\n  Port {port}\n  User root\n"
+        )
+        for h in self._hosts:
+            d = self._dir(h)
+            _write(
+                d / "sshd_config",
+                _sshd_config(
+                    listen=h.address,
+                    port=h.ssh_port,
+                    key=d / "ssh_host_ed25519_key",
+                    pidfile=d / "sshd.pid",
+                    authorized_keys=".ssh/authorized_keys",  # the bind-mounted /root/.ssh
+                    title=f"{h.hostname} of {self.name}",
+                ),
+            )
+            s = d / "ssh"
+            _write(s / "authorized_keys", client + "\n", 0o600)
+            _write(s / "id_ed25519", worker_priv, 0o600)
+            _write(s / "id_ed25519.pub", worker + "\n")
+            _write(s / "known_hosts", primary_entry)
+            _write(s / "config", ssh_client_config)
+        _write(wd / "ssh_config", self._ssh_config_text())
+
+    def _ssh_config_text(self) -> str:
+        blocks = ["# written by sshcluster testbed: use with ssh -F THIS_FILE HOSTNAME\n"]
+        for h in self._hosts:
+            blocks.append(
+                f"Host {h.hostname}\n"
+                f"  HostName {h.address}\n"
+                f"  Port {h.ssh_port}\n"
+                f"  User {self.user}\n"
+                f"  IdentityFile {self.identity_file}\n"
+                f"  IdentitiesOnly yes\n"
+                f"  UserKnownHostsFile {self.known_hosts}\n"
+                f"  StrictHostKeyChecking yes\n"
+            )
+        return "\n".join(blocks)
+
+    def _choose_primary_port(self) -> int:
+        if self._port_arg is not None:
+            port = self._port_arg
+        else:
+            # The bridge address is new, but a wildcard listener (0.0.0.0:22) blocks it.
+            port = (
+                22 if _port_free(self._primary_address, 22) else _free_port(self._primary_address)
+            )
+        self._primary_port = port
+        return port
+
+    def _make_network(
+        self, bridge: str, veths: list[str], prefixlen: int, pool: ThreadPoolExecutor
+    ) -> None:
+        # One `ip -batch` for everything in the root namespace; the peer end of each veth
+        # is created directly inside its namespace as eth0. addrgenmode none: no IPv6
+        # link-local chatter on the bridge, the testbed is IPv4 only.
+        lines = [
+            f"link add {bridge} type bridge",
+            f"link set {bridge} addrgenmode none",
+            f"addr add {self._primary_address}/{prefixlen} dev {bridge}",
+            f"link set {bridge} up",
+        ]
+        for h, veth in zip(self._hosts, veths, strict=True):
+            lines += [
+                f"netns add {h.netns}",
+                f"link add {veth} type veth peer name eth0 netns {h.netns}",
+                f"link set {veth} addrgenmode none",
+                f"link set {veth} master {bridge}",
+                f"link set {veth} up",
+            ]
+        _run(["ip", "-batch", "-"], input="\n".join(lines) + "\n", what="creating the network")
+
+        def inside(h: TestHost) -> None:
+            _run(
+                ["ip", "-n", h.netns, "-batch", "-"],
+                input=(
+                    "link set lo up\n"
+                    "link set eth0 addrgenmode none\n"
+                    f"addr add {h.address}/{prefixlen} dev eth0\n"
+                    "link set eth0 up\n"
+                ),
+                what=f"configuring {h.netns}",
+            )
+
+        list(pool.map(inside, self._hosts))
+
+    def _enter_argv(self, host: TestHost, argv: Sequence[str]) -> list[str]:
+        """argv run in the host's network namespace with its hostname and /root/.ssh."""
+        return [
+            "ip", "netns", "exec", host.netns,
+            "unshare", "--uts", "--mount", "--propagation", "private",
+            "sh", "-c", _ENTER, "sh", host.hostname, str(self._dir(host) / "ssh"), *argv,
+        ]  # fmt: skip
+
+    def _start_primary(self) -> None:
+        d = self.workdir / "primary"
+        (d / "sshd.log").unlink(missing_ok=True)
+        with open(d / "start.err", "wb") as err:
+            self._primary_proc = subprocess.Popen(
+                [SSHD, "-D", "-f", str(d / "sshd_config"), "-E", str(d / "sshd.log")],
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=err,
+                start_new_session=True,  # Ctrl-C in the terminal is for us, not sshd
+            )
+        assert self._state is not None
+        self._state["primary_pids"].append(self._primary_proc.pid)
+        _save_state(self._state)
+
+    def _spawn_sshd(self, host: TestHost) -> None:
+        # sshd -D stays in the foreground as our child, so its pid is the Popen's pid
+        # (ip netns exec, unshare and sh all exec), and nothing depends on daemonizing.
+        d = self._dir(host)
+        (d / "sshd.log").unlink(missing_ok=True)
+        argv = [SSHD, "-D", "-f", str(d / "sshd_config"), "-E", str(d / "sshd.log")]
+        with open(d / "start.err", "wb") as err:
+            self._sshd[host.index] = subprocess.Popen(
+                self._enter_argv(host, argv),
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=err,
+                start_new_session=True,
+            )
+
+    def _wait_sshd(self, host: TestHost, deadline: float) -> None:
+        d = self._dir(host)
+        _wait_banner(
+            host.address, host.ssh_port, deadline, self._sshd[host.index],
+            [d / "start.err", d / "sshd.log"],
+        )  # fmt: skip
+
+    # --------------------------------------------------------------------- down
+
+    def down(self) -> None:
+        """Tear everything down; safe to call more than once.
+
+        Kills every process in the hosts' network namespaces (sshd, sessions, R
+        workers) and the primary sshd, deletes the namespaces, veths and bridge, removes
+        the workdir if the testbed created it, and releases the subnet. Raises
+        :class:`TestbedError` naming anything that could not be removed (its state file
+        is then kept, so :func:`down_all` can try again).
+        """
+        if self._state is None:
+            if self._lock is not None:
+                self._lock.release()
+            self._reset()
+            return
+        t = time.monotonic()
+        popens = [*self._sshd.values()]
+        if self._primary_proc is not None:
+            popens.append(self._primary_proc)
+        leftovers = _teardown(self._state, popens)
+        if self._lock is not None:
+            self._lock.release()
+        self._reset()
+        self.timings["down"] = time.monotonic() - t
+        if leftovers:
+            raise TestbedError(
+                f"testbed {self.name} was not removed completely: {', '.join(leftovers)}",
+                hint=f"try sshcluster.testbed.down_all({self.name!r})",
+            )
+
+    # ------------------------------------------------------------ operations
+
+    def run(
+        self,
+        host: TestHost,
+        argv: Sequence[str],
+        *,
+        timeout: float = 30,
+        check: bool = True,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` on ``host`` directly (not over ssh) and return its result.
+
+        The command runs in the host's network namespace, with the host's hostname and
+        its ``/root/.ssh``, as root. Raises :class:`TestbedError` if ``check`` and it
+        exits non-zero, or if it runs longer than ``timeout`` seconds.
+        """
+        self._need_up()
+        return _run(
+            self._enter_argv(host, argv),
+            timeout=timeout,
+            check=check,
+            what=f"{' '.join(argv)} on {host.hostname}",
+        )
+
+    def _iptables(self, host: TestHost, args: Sequence[str], *, check: bool = True) -> int:
+        argv = ["ip", "netns", "exec", host.netns, "iptables", "-w", "5", *args]
+        return _run(argv, check=check, what=f"iptables on {host.hostname}").returncode
+
+    def _rule(self, port: int, action: str) -> list[str]:
+        spec = ["-p", "tcp", "-d", f"{self.primary_address}/32", "--dport", str(port)]
+        if action == "REJECT":
+            return [*spec, "-j", "REJECT", "--reject-with", "tcp-reset"]
+        return [*spec, "-j", "DROP"]
+
+    def reject(
+        self, host: TestHost, port: int, *, action: Literal["REJECT", "DROP"] = "REJECT"
+    ) -> None:
+        """Block TCP from ``host`` to the primary's ``port``.
+
+        ``REJECT`` answers with a reset, so a connect fails at once with "connection
+        refused"; ``DROP`` discards the packets, so a connect hangs until it times out.
+        """
+        if action not in ("REJECT", "DROP"):
+            raise TestbedError(f"action must be REJECT or DROP, not {action!r}")
+        self._iptables(host, ["-I", "OUTPUT", "1", *self._rule(port, action)])
+
+    def allow(self, host: TestHost, port: int) -> None:
+        """Remove every :meth:`reject` rule for ``port`` on ``host``."""
+        for action in ("REJECT", "DROP"):
+            for _ in range(100):  # bounded: one rule per reject() call
+                if self._iptables(host, ["-D", "OUTPUT", *self._rule(port, action)], check=False):
+                    break
+
+    def stop_sshd(self, host: TestHost) -> None:
+        """Stop the host's sshd listener (sessions already open keep running)."""
+        self._need_up()
+        proc = self._sshd.get(host.index)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+    def start_sshd(self, host: TestHost) -> None:
+        """Start the host's sshd again (no-op if it runs) and wait until it answers."""
+        self._need_up()
+        proc = self._sshd.get(host.index)
+        if proc is not None and proc.poll() is None:
+            return
+        self._spawn_sshd(host)
+        self._wait_sshd(host, time.monotonic() + self.timeout)
+
+    def replace_host_key(self, host: TestHost) -> None:
+        """Give ``host`` a new host key and restart its sshd; known_hosts keeps the old.
+
+        Afterwards ssh to the host fails host key verification, as it should after a
+        machine was reinstalled.
+        """
+        self._need_up()
+        self.stop_sshd(host)
+        _keygen(self._dir(host) / "ssh_host_ed25519_key", f"{self.name}-{host.hostname}-new")
+        self.start_sshd(host)
+
+    def processes(self, host: TestHost, pattern: str = "R") -> list[int]:
+        """Pids of processes in ``host``'s namespace whose name fully matches ``pattern``.
+
+        ``pattern`` is a regular expression matched against the process name (``comm``,
+        as ``pgrep -x`` does): ``"R"`` finds R sessions and PSOCK workers.
+        """
+        self._need_up()
+        regex = re.compile(pattern)
+        pids = _pids_in_netns([host.netns]).get(host.netns, [])
+        return sorted(p for p in pids if (c := _comm(p)) is not None and regex.fullmatch(c))
+
+    def write_inventory(
+        self,
+        path: Path | str,
+        ncore: int = 2,
+        port: int | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> Path:
+        """Write an sshcluster inventory (YAML) for this testbed to ``path``; return it.
+
+        ``port`` is the PSOCK port of the primary (written only if given); ``extra``
+        adds or replaces top-level keys.
+        """
+        self._need_up()
+        primary: dict[str, Any] = {"host": self.primary_address, "user": self.user}
+        if self.primary_ssh_port != 22:
+            primary["ssh_port"] = self.primary_ssh_port
+        hosts: list[dict[str, Any]] = []
+        for h in self.hosts:
+            entry: dict[str, Any] = {"host": h.address}
+            if h.ssh_port != 22:
+                entry["ssh_port"] = h.ssh_port
+            hosts.append(entry)
+        data: dict[str, Any] = {
+            "primary": primary,
+            "known_hosts": str(self.known_hosts),
+            "defaults": {
+                "user": self.user,
+                "identity_file": str(self.identity_file),
+                "ncore": ncore,
+            },
+            "hosts": hosts,
+        }
+        if port is not None:
+            data["port"] = port
+        if extra:
+            data.update(extra)
+        out = Path(path)
+        text = "# written by sshcluster testbed\n" + yaml.safe_dump(data, sort_keys=False)
+        out.write_text(text)
+        return out
+
+    def __repr__(self) -> str:
+        state = f"up on {self.subnet}" if self._up else "down"
+        return f"<Testbed {self.name}: {self.n} hosts, {state}>"
+
+
+def _new_name() -> str:
+    """A testbed name not used by any state file, namespace or link on this machine."""
+    taken_ns = _netns_names()
+    for _ in range(100):
+        name = "sc" + secrets.token_hex(2)
+        if not _state_path(name).exists() and f"{name}-h1" not in taken_ns:
+            return name
+    raise TestbedError("could not find an unused testbed name", hint="pass name=")
