@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from sshcluster import RenderError
-from sshcluster.bootstrap import render, spec_entries, ssh_command
+from sshcluster.bootstrap import RenderOptions, render, spec_entries, ssh_command
 from sshcluster.inventory import Host, Inventory, Primary, parse_inventory
 
 ROOT = Path(__file__).resolve().parent.parent
+CLASSIC = RenderOptions(launch="classic")
 
 MISSION = """
 primary:
@@ -67,7 +68,7 @@ def _eval_generated_spec(text: str, tmp_path: Path, extra: str) -> str:
 def test_spec_is_the_hand_written_spec(tmp_path: Path) -> None:
     inv = parse_inventory(MISSION)
     out = _eval_generated_spec(
-        render(inv), tmp_path,
+        render(inv, CLASSIC), tmp_path,
         HAND_WRITTEN
         + "strip <- function(s) lapply(s, function(e) list(host = e$host, user = e$user))\n"
         "cat(identical(strip(spec), hand), length(spec), '\\n')\n"
@@ -112,9 +113,11 @@ def test_ssh_command_is_non_interactive_and_verifies_host_keys() -> None:
     assert "BatchMode=yes" in words
     assert "StrictHostKeyChecking=yes" in words
     assert any(w.startswith("ConnectTimeout=") for w in words)
-    text = render(inv)
-    assert "StrictHostKeyChecking=no" not in text
-    assert "/dev/null" not in text
+    for options in (CLASSIC, RenderOptions(launch="fast"), RenderOptions(tunnel="reverse")):
+        text = render(inv, options)
+        assert "StrictHostKeyChecking=no" not in text
+        assert "StrictHostKeyChecking=accept-new" not in text
+        assert "KnownHostsFile=/dev/null" not in text
 
 
 HOSTILE_PATH = "/tmp/we'ird $(touch pwned) `x` %d é\\dir/id_key"
@@ -128,7 +131,7 @@ def test_hostile_paths_reach_ssh_and_r_intact(tmp_path: Path) -> None:
         known_hosts="/tmp/known hosts/kh'$(y)",
     )
     out = _eval_generated_spec(
-        render(inv), tmp_path,
+        render(inv, CLASSIC), tmp_path,
         "cat(spec[[1]]$rshcmd, '\\n', sep = '')\ncat(spec[[1]]$rscript, '\\n', sep = '')\n",
     )
     rshcmd, rscript = out.splitlines()
