@@ -27,15 +27,16 @@ sshcluster_remote_script <- paste(c(
   # Behind a reverse tunnel, wait until the master has seen "ready": ssh has
   # then processed the forward's answer, so the tunnel is ours (no hijack).
   "if [ \"$8\" = tunnel ]; then echo ready; read go || exit 0; fi",
-  "exec 3<&0 </dev/null; pids=''; watch=''",
-  "trap \"kill \\$pids \\$watch 2>/dev/null; wait\" EXIT; trap 'exit 143' HUP INT TERM",
+  "exec 3<&0 </dev/null; pids=''; probe=''; watch=''",
+  "trap \"kill \\$pids \\$probe \\$watch 2>/dev/null; wait\" EXIT; trap 'exit 143' HUP INT TERM",
   "i=1; while [ $i -le $n ]; do SSHCLUSTER_WORKER=\"$token $id $i\" \"$r\" --default-packages=datasets,utils,grDevices,graphics,stats,methods -e 'tryCatch(parallel:::.workRSOCK,error=function(e)parallel:::.slaveRSOCK)()' MASTER=\"$master\" PORT=\"$port\" OUT=/dev/null SETUPTIMEOUT=\"$setup\" TIMEOUT=2592000 XDR=TRUE SETUPSTRATEGY=parallel >/dev/null & pids=\"$pids $!\"; i=$((i + 1)); done",
   "\"$r\" --vanilla --default-packages=NULL -e 'a <- commandArgs(TRUE); t0 <- Sys.time(); tryCatch(close(socketConnection(a[1], as.integer(a[2]), timeout = 5)), error = function(e) quit(status = if (Sys.time() - t0 > 4) 4 else 3))' \"$master\" \"$port\" >/dev/null 2>&1 & probe=$!",
   # The watcher: a shell loop (no child process to leave behind) that reads
   # stdin until EOF, then stops this script, whose exit trap stops the workers.
   "(while read -r _ <&3; do :; done; kill -TERM $$) >/dev/null 2>&1 & watch=$!; exec 3<&-",
-  "wait $probe || { s=$?; [ $s = 4 ] && why='timed out after 5 s' || why='was refused'; echo \"sshcluster: R on $(uname -n) cannot connect to the primary at $master port $port: the connection $why (firewall or NAT? try tunnel: reverse)\" >&2; exit 3; }",
-  "for p in $pids; do wait $p; done"
+  "wait $probe || { s=$?; [ $s = 4 ] && why='timed out after 5 s' || why='was refused'; echo \"sshcluster: R on $(uname -n) cannot connect to the primary at $master port $port: the connection $why (firewall or NAT? try tunnel: reverse)\" >&2; exit 3; }; probe=''",
+  # Reaped pids are forgotten, so that the exit trap cannot hit a reused pid.
+  "for p in $pids; do wait $p; done; pids=''"
 ), collapse = "\n")
 
 # Starts the workers of 'machines' (each a list(host, user, ncore), optionally
@@ -71,7 +72,7 @@ sshcluster_launch <- function(machines, primary, ssh, port = NA, tunnel = FALSE,
     # ssh runs in the background of a small sh so that its pid and exit status
     # land in files the loop below can watch; fd 3 carries the pipe to ssh.
     destination <- paste(if (!is.null(m$user)) paste("-l", shQuote(m$user)), shQuote(m$host))
-    cmd <- paste0("exec 3<&0; ", paste(if (is.null(m$ssh)) ssh else m$ssh, forward,
+    cmd <- paste0("exec 3<&0 2>/dev/null; ", paste(if (is.null(m$ssh)) ssh else m$ssh, forward,
                                        destination, shQuote(remote)),
                   " <&3 >", f(".out"), " 2>", f(".err"), " & echo $! >", f(".pid"),
                   "; wait $!; echo $? >", f(".tmp"), "; mv ", f(".tmp"), " ", f(".status"))
@@ -169,7 +170,8 @@ sshcluster_send_go <- function(state) {
 }
 
 # Stops everything the launch started, then signals an error naming each
-# failed machine with ssh's own message, and the machines still missing workers.
+# failed machine with ssh's own message (or, on timeout, each machine still
+# missing workers). The condition's 'hosts' lists those machines.
 sshcluster_fail <- function(state, failed, got, n, what) {
   lines <- character()
   for (h in seq_along(n)) {
@@ -180,16 +182,18 @@ sshcluster_fail <- function(state, failed, got, n, what) {
       status <- sshcluster_read(paste0(s$file, ".status"))
       lines <- c(lines, sprintf("  %s: ssh exited with status %s%s", s$host, status,
                                 if (nzchar(err)) paste0(": ", err) else ""))
-    } else if (!length(failed)) {
-      lines <- c(lines, sprintf("  %s: %d of %d workers connected%s", s$host, got[h], n[h],
+    } else {
+      lines <- c(lines, sprintf("  %s: %d of %d workers connected when the launch stopped%s",
+                                s$host, got[h], n[h],
                                 if (nzchar(err)) paste0("; ssh says: ", err) else ""))
     }
   }
+  hosts <- vapply(state$ssh[if (length(failed)) failed else which(got < n)], `[[`, "", "host")
   sshcluster_close(state, grace = 0)
   msg <- sprintf("sshcluster: %s (%d of %d workers connected, all stopped):\n%s",
                  what, sum(got), sum(n), paste(lines, collapse = "\n"))
   stop(structure(class = c("sshcluster_error", "error", "condition"),
-                 list(message = msg, call = NULL, hosts = vapply(state$ssh[failed], `[[`, "", "host"))))
+                 list(message = msg, call = NULL, hosts = hosts)))
 }
 
 sshcluster_read <- function(path) {
