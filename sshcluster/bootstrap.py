@@ -186,7 +186,8 @@ def _fast(inventory: Inventory, opts: RenderOptions, plan: _Plan) -> list[str]:
         "  assign(\"sshcluster_state\", new.env(), envir = globalenv())",
     ]
     lines += _restart_check("inherits(get0(\"parallelCluster\", envir = globalenv()), "
-                            "\"cluster\") ||\n    length(sshcluster_state$ssh)")
+                            "\"cluster\") ||\n    length(sshcluster_state$ssh) || "
+                            "!is.null(sshcluster_state$listener)")
     primary = "127.0.0.1" if plan.tunnel == "reverse" else inventory.primary.host
     lines += [
         "",

@@ -44,8 +44,10 @@ sshcluster_remote_script <- paste(c(
 # order. 'ssh' is the ssh command (with its options) for machines without one.
 sshcluster_launch <- function(machines, primary, ssh, port = NA, tunnel = FALSE,
                               setup_timeout = 120, state = sshcluster_state) {
+  # The listener stays open while the cluster runs (sshcluster_close() closes
+  # it): a host's one-off reachability check may come after the last worker.
   listener <- sshcluster_listen(port)
-  on.exit(close(listener$socket), add = TRUE)
+  state$listener <- listener$socket
   port <- listener$port
   token <- gsub("[^0-9]", "", paste0(Sys.getpid(), format(Sys.time(), "%H%M%OS6")))
   dir <- tempfile("sshcluster-")
@@ -205,7 +207,7 @@ sshcluster_read <- function(path) {
 # its connection closes. 'grace' seconds are left for ssh to end by itself
 # (after stopCluster() the workers exit and so does ssh); the rest is killed.
 sshcluster_close <- function(state, grace = 1) {
-  if (is.null(state$ssh)) return(invisible())
+  if (is.null(state$ssh) && is.null(state$listener)) return(invisible())
   deadline <- Sys.time() + grace
   running <- function() Filter(function(s) !file.exists(paste0(s$file, ".status")), state$ssh)
   while (length(running()) && Sys.time() < deadline) Sys.sleep(0.05)
@@ -216,7 +218,9 @@ sshcluster_close <- function(state, grace = 1) {
     if (length(pid) == 1L && !is.na(pid)) tools::pskill(pid, tools::SIGTERM)
   }
   for (s in state$ssh) try(close(s$pipe), silent = TRUE)
+  if (!is.null(state$listener)) try(close(state$listener), silent = TRUE)
   state$ssh <- NULL
+  state$listener <- NULL
   unlink(state$dir, recursive = TRUE)
   invisible()
 }

@@ -32,14 +32,18 @@ R_TIMEOUT = 90
 def _bootstrap(testbed: Testbed, tmp_path: Path, name: str = "cluster.R",
                options: RenderOptions | None = None, **inventory: Any) -> Path:
     """Write an inventory for ``testbed`` (``inventory`` adds top-level keys; ``ncore``,
-    ``hosts`` and ``host_fields`` are handled here) and its bootstrap; return the R file."""
+    ``hosts``, ``host_fields`` and ``defaults_rscript`` are handled here) and its
+    bootstrap; return the R file."""
     ncore = inventory.pop("ncore", 2)
     hosts: list[TestHost] = list(inventory.pop("hosts", testbed.hosts))
     host_fields: dict[str, dict[str, Any]] = inventory.pop("host_fields", {})
+    rscript: str | None = inventory.pop("defaults_rscript", None)
     path = testbed.write_inventory(tmp_path / f"{name}.yaml", ncore=ncore, extra=inventory)
     # Per-host fields are edited as data, then read back through the real loader.
     data = yaml.safe_load(path.read_text())
     data["hosts"] = [{"host": h.address, **host_fields.get(h.address, {})} for h in hosts]
+    if rscript:
+        data["defaults"]["rscript"] = rscript
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     out = tmp_path / name
     write_bootstrap(load_inventory(path), out, options)
@@ -202,6 +206,24 @@ def test_master_killed_leaves_no_worker(clean: Testbed, tmp_path: Path) -> None:
         finally:
             proc.kill()
     assert _leftovers(clean) == {}
+
+
+def test_a_late_reachability_check_does_not_stop_a_ready_host(clean: Testbed, tmp_path: Path
+                                                              ) -> None:
+    """Each host checks once that it can reach the primary's port; when that check runs
+    after the host's workers have connected (a slow host), it must still pass."""
+    slow = tmp_path / "slow-Rscript"
+    slow.write_text('#!/bin/sh\ncase "$*" in *--vanilla*) sleep 3 ;; esac\nexec Rscript "$@"\n')
+    slow.chmod(0o755)
+    f = _bootstrap(clean, tmp_path, defaults_rscript=str(slow))
+    out = _run_r(f"""
+        source({str(f)!r})
+        Sys.sleep(5)
+        cat(length(unlist(parallel::clusterEvalQ(parallelCluster, Sys.getpid()))), "\\n")
+        sshcluster_stop()
+    """, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["8"]
 
 
 # --------------------------------------------------------------------------- fail fast
