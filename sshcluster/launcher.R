@@ -16,28 +16,59 @@ sshcluster_internals <- list(
   recvResult = get("recvResult", envir = asNamespace("parallel"))
 )
 
-# Runs on each machine under sh, with arguments: Rscript, number of workers,
-# machine number, master address, port, session token, setup timeout, mode.
-# It checks Rscript, starts the workers in the background, checks once that
-# this machine can reach the master's port, then waits for the workers. When
-# its stdin reaches EOF (ssh ended) it stops every worker it started.
-sshcluster_remote_script <- paste(c(
-  "r=\"$1\"; n=\"$2\"; id=\"$3\"; master=\"$4\"; port=\"$5\"; token=\"$6\"; setup=\"$7\"",
-  "command -v \"$r\" >/dev/null 2>&1 || { echo \"sshcluster: $r not found on $(uname -n) (PATH=$PATH); set rscript: in the inventory\" >&2; exit 127; }",
-  # Behind a reverse tunnel, wait until the master has seen "ready": ssh has
-  # then processed the forward's answer, so the tunnel is ours (no hijack).
-  "if [ \"$8\" = tunnel ]; then echo ready; read go || exit 0; fi",
-  "exec 3<&0 </dev/null; pids=''; probe=''; watch=''",
-  "trap \"kill \\$pids \\$probe \\$watch 2>/dev/null; wait\" EXIT; trap 'exit 143' HUP INT TERM",
-  "i=1; while [ $i -le $n ]; do SSHCLUSTER_WORKER=\"$token $id $i\" \"$r\" --default-packages=datasets,utils,grDevices,graphics,stats,methods -e 'tryCatch(parallel:::.workRSOCK,error=function(e)parallel:::.slaveRSOCK)()' MASTER=\"$master\" PORT=\"$port\" OUT=/dev/null SETUPTIMEOUT=\"$setup\" TIMEOUT=2592000 XDR=TRUE SETUPSTRATEGY=parallel >/dev/null & pids=\"$pids $!\"; i=$((i + 1)); done",
-  "\"$r\" --vanilla --default-packages=NULL -e 'a <- commandArgs(TRUE); t0 <- Sys.time(); tryCatch(close(socketConnection(a[1], as.integer(a[2]), timeout = 5)), error = function(e) quit(status = if (Sys.time() - t0 > 4) 4 else 3))' \"$master\" \"$port\" >/dev/null 2>&1 & probe=$!",
-  # The watcher: a shell loop (no child process to leave behind) that reads
-  # stdin until EOF, then stops this script, whose exit trap stops the workers.
-  "(while read -r _ <&3; do :; done; kill -TERM $$) >/dev/null 2>&1 & watch=$!; exec 3<&-",
-  "wait $probe || { s=$?; [ $s = 4 ] && why='timed out after 5 s' || why='was refused'; echo \"sshcluster: R on $(uname -n) cannot connect to the primary at $master port $port: the connection $why (firewall or NAT? try tunnel: reverse)\" >&2; exit 3; }; probe=''",
-  # Reaped pids are forgotten, so that the exit trap cannot hit a reused pid.
-  "for p in $pids; do wait $p; done; pids=''"
-), collapse = "\n")
+# The script each machine runs under sh (R >= 4.0 raw string), with arguments:
+# Rscript, number of workers, machine number, master address, port, session
+# token, setup timeout, "tunnel" or "direct".
+sshcluster_remote_script <- r"--(
+r="$1"; n="$2"; id="$3"; master="$4"; port="$5"; token="$6"; setup="$7"
+command -v "$r" >/dev/null 2>&1 || {
+  echo "sshcluster: $r not found on $(uname -n) (PATH=$PATH); set rscript: in the inventory" >&2
+  exit 127
+}
+# Behind a reverse tunnel, start only once the master has seen "ready": ssh
+# has then processed the answer to its -R request, so the port is ours.
+if [ "$8" = tunnel ]; then echo ready; read go || exit 0; fi
+# Whatever ends this script stops everything it started.
+exec 3<&0 </dev/null; pids=''; probe=''; watch=''
+trap 'kill $pids $probe $watch 2>/dev/null; wait' EXIT
+trap 'exit 143' HUP INT TERM
+# All workers at once. SSHCLUSTER_WORKER tells the master who connected.
+i=1
+while [ $i -le $n ]; do
+  SSHCLUSTER_WORKER="$token $id $i" "$r" \
+    --default-packages=datasets,utils,grDevices,graphics,stats,methods \
+    -e 'tryCatch(parallel:::.workRSOCK,error=function(e)parallel:::.slaveRSOCK)()' \
+    MASTER="$master" PORT="$port" OUT=/dev/null SETUPTIMEOUT="$setup" \
+    TIMEOUT=2592000 XDR=TRUE SETUPSTRATEGY=parallel >/dev/null &
+  pids="$pids $!"; i=$((i + 1))
+done
+# One quick check that this machine reaches the master's port, so that a
+# firewall is reported in a second rather than after the setup timeout; with
+# bash's /dev/tcp where there is bash (a few ms), else with R (tens of ms).
+if command -v bash >/dev/null 2>&1 && command -v timeout >/dev/null 2>&1; then
+  timeout 5 bash --norc --noprofile -c 'exec 3<>"/dev/tcp/$0/$1"' "$master" "$port" \
+    >/dev/null 2>&1 &
+else
+  "$r" --vanilla --default-packages=NULL -e 'a <- commandArgs(TRUE); t0 <- Sys.time()
+    tryCatch(close(socketConnection(a[1], as.integer(a[2]), timeout = 5)),
+             error = function(e) quit(status = if (Sys.time() - t0 > 4) 124 else 1))' \
+    "$master" "$port" >/dev/null 2>&1 &
+fi
+probe=$!
+# The dead man's switch: a shell loop (no child process to leave behind)
+# reads stdin until EOF (ssh ended), then stops this script.
+(while read -r _ <&3; do :; done; kill -TERM $$) >/dev/null 2>&1 &
+watch=$!; exec 3<&-
+wait $probe || {
+  [ $? = 124 ] && why='timed out after 5 s' || why='was refused'
+  echo "sshcluster: R on $(uname -n) cannot connect to the primary at $master port $port:" \
+    "the connection $why (firewall or NAT? try tunnel: reverse)" >&2
+  exit 3
+}
+probe=''
+# Reaped pids are forgotten, so that the exit trap cannot hit a reused pid.
+for p in $pids; do wait $p; done; pids=''
+)--"
 
 # Starts the workers of 'machines' (each a list(host, user, ncore), optionally
 # with its own ssh command and rscript) and returns a SOCKcluster, in machine

@@ -327,6 +327,47 @@ def test_blocked_port_fails_fast_and_the_reverse_tunnel_works(clean: Testbed, tm
     assert out.stdout.split() == [h.hostname for h in clean.hosts for _ in range(2)]
 
 
+def test_dropped_packets_fail_within_seconds(clean: Testbed, tmp_path: Path) -> None:
+    """A black hole (DROP) to the primary's port: the reachability check times out."""
+    bad = clean.hosts[0]
+    port = _free_port()
+    f = _bootstrap(clean, tmp_path, port=port)
+    clean.reject(bad, port, action="DROP")
+    try:
+        err = _launch_fails(clean, f, tmp_path, within=20)
+    finally:
+        clean.allow(bad, port)
+    assert "the connection timed out after 5 s" in _line_for(err, bad)
+
+
+def test_reachability_check_without_bash_uses_r(tmp_path: Path) -> None:
+    """Where there is no bash, the remote script checks the port with R instead."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool in ("Rscript", "uname", "timeout"):
+        (tools / tool).symlink_to(subprocess.run(["sh", "-c", f"command -v {tool}"],
+                                                 capture_output=True, text=True,
+                                                 check=True).stdout.strip())
+    script = subprocess.run(["Rscript", "-e", "source('sshcluster/launcher.R');"
+                             "cat(sshcluster_remote_script)"], capture_output=True, text=True,
+                            check=True, timeout=60, cwd=Path(__file__).parent.parent).stdout
+    port = _free_port()  # nothing listens there
+    # stdin stays open: its EOF would be the dead man's switch.
+    with subprocess.Popen(["/bin/sh", "-c", script, "sshcluster", "Rscript", "1", "1",
+                           "127.0.0.1", str(port), "tok", "5", "direct"],
+                          env={"PATH": str(tools)}, stdin=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            status = proc.wait(timeout=60)
+        finally:
+            proc.kill()
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+    assert status == 3, err
+    assert f"cannot connect to the primary at 127.0.0.1 port {port}: the connection was " \
+        "refused" in err
+
+
 def test_taken_tunnel_port_is_an_error_not_a_hijack(clean: Testbed, tmp_path: Path) -> None:
     """Someone listens on 127.0.0.1:PORT on a host: the forward fails and ssh says so."""
     bad = clean.hosts[2]
