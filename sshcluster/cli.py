@@ -25,7 +25,7 @@ from rich.progress import (
 
 from sshcluster import __version__, bootstrap
 from sshcluster.errors import SshclusterError
-from sshcluster.inventory import load_inventory
+from sshcluster.inventory import LAUNCHES, TUNNELS, Register, load_inventory
 from sshcluster.preflight import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT
 from sshcluster.report import print_report
 
@@ -108,7 +108,19 @@ def check_command(ctx: click.Context, inventory: str, timeout: float, concurrenc
 @click.argument("inventory", type=click.Path(dir_okay=False, path_type=str))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, path_type=str),
               help="Write the R file here (default: print it on stdout).")
-def render(inventory: str, output: str | None) -> None:
+@click.option("--launch", type=click.Choice(LAUNCHES),
+              help="fast: one ssh per host starts all its workers at once, fails fast "
+                   "(default); classic: parallel::makeCluster, one worker at a time. "
+                   "Overrides the inventory's 'launch'.")
+@click.option("--tunnel", type=click.Choice(TUNNELS),
+              help="reverse: workers reach the primary through an ssh reverse tunnel "
+                   "(for a primary behind NAT or a firewall). Overrides 'tunnel'.")
+@click.option("--future", "use_future", is_flag=True,
+              help="Also run future::plan(future::cluster, workers = parallelCluster).")
+@click.option("--doparallel", "use_doparallel", is_flag=True,
+              help="Also run doParallel::registerDoParallel(parallelCluster).")
+def render(inventory: str, output: str | None, launch: str | None, tunnel: str | None,
+           use_future: bool, use_doparallel: bool) -> None:
     """Write the R bootstrap for INVENTORY.
 
     In an R session on the primary, source() the file to get `parallelCluster`,
@@ -122,10 +134,20 @@ def render(inventory: str, output: str | None) -> None:
     The file is deterministic (same inventory, same bytes) and holds no secret.
     """
     inv = load_inventory(inventory)
+    register: list[Register] = []
+    if use_future:
+        register.append("future")
+    if use_doparallel:
+        register.append("doparallel")
+    options = bootstrap.RenderOptions(
+        launch="classic" if launch == "classic" else "fast" if launch else None,
+        tunnel="reverse" if tunnel == "reverse" else "none" if tunnel else None,
+        register=tuple(register),
+    )
     if output is None:
-        click.echo(bootstrap.render(inv), nl=False)
+        click.echo(bootstrap.render(inv, options), nl=False)
         return
-    bootstrap.write_bootstrap(inv, output)
+    bootstrap.write_bootstrap(inv, output, options)
     click.echo(
         f"wrote {output}: {len(inv.hosts)} hosts, {inv.workers} R workers "
         f"(in R: source({output!r}))",

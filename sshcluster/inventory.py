@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -22,6 +22,20 @@ from sshcluster.errors import InventoryError
 
 #: ``ncore: auto`` — the core count is detected by ``sshcluster check``.
 AUTO = "auto"
+
+#: How the bootstrap starts the workers: ``fast`` (one ssh per host, all of its workers
+#: at once) or ``classic`` (``parallel::makeCluster``, one ssh and one wait per worker).
+Launch = Literal["fast", "classic"]
+LAUNCHES: tuple[Launch, ...] = ("fast", "classic")
+#: How the workers reach the primary: ``none`` (directly, at ``primary.host``) or
+#: ``reverse`` (through an ssh reverse tunnel to 127.0.0.1 on their own host).
+Tunnel = Literal["none", "reverse"]
+TUNNELS: tuple[Tunnel, ...] = ("none", "reverse")
+#: What the bootstrap registers the cluster with, besides ``parallelCluster``.
+Register = Literal["future", "doparallel"]
+REGISTERS: tuple[Register, ...] = ("future", "doparallel")
+#: Default seconds for all workers to connect (R's own default setup_timeout).
+SETUP_TIMEOUT = 120
 
 _HOSTNAME = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
 _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\$?$")
@@ -74,8 +88,10 @@ class Inventory:
 
     ``port`` is the TCP port the R workers connect back to (None: R picks one at random
     in 11000-11999). ``known_hosts`` is an extra known_hosts file to verify host keys
-    with. ``r_packages`` are R packages every worker must have. ``path`` is the file
-    it was read from, if any.
+    with. ``r_packages`` are R packages every worker must have. ``launch``, ``tunnel``,
+    ``register`` and ``setup_timeout`` say how the bootstrap starts the cluster (see
+    :data:`Launch`, :data:`Tunnel`, :data:`Register`). ``path`` is the file it was read
+    from, if any.
     """
 
     primary: Primary
@@ -83,6 +99,10 @@ class Inventory:
     port: int | None = None
     known_hosts: str | None = None
     r_packages: tuple[str, ...] = ()
+    launch: Launch = "fast"
+    tunnel: Tunnel = "none"
+    register: tuple[Register, ...] = ()
+    setup_timeout: int = SETUP_TIMEOUT
     path: str | None = field(default=None, compare=False)
 
     @property
@@ -236,6 +256,14 @@ class _Reader:
             expanded = self.base_dir / expanded
         return str(expanded)
 
+    def choice(self, value: Any, where: str, line: int, choices: tuple[str, ...]) -> str:
+        if not isinstance(value, str) or value not in choices:
+            close = _closest(str(value), choices) if isinstance(value, str) else None
+            hint = f"did you mean '{close}'?" if close else None
+            raise self.fail(f"expected one of {', '.join(choices)}, got {_describe(value)}",
+                            line=line, field=where, hint=hint)
+        return value
+
     def rscript(self, value: Any, where: str, line: int) -> str:
         if not isinstance(value, str) or not value or not _SAFE_PATH.match(value):
             raise self.fail(f"expected the path of Rscript on that host, got {_describe(value)}",
@@ -246,7 +274,8 @@ class _Reader:
 _HOST_KEYS = ("host", "user", "ncore", "ssh_port", "identity_file", "rscript")
 _DEFAULT_KEYS = ("user", "ncore", "ssh_port", "identity_file", "rscript")
 _PRIMARY_KEYS = ("host", "user", "ssh_port")
-_TOP_KEYS = ("primary", "port", "defaults", "hosts", "known_hosts", "r_packages")
+_TOP_KEYS = ("primary", "port", "defaults", "hosts", "known_hosts", "r_packages", "launch",
+             "tunnel", "register", "setup_timeout")
 
 
 def _host_fields(reader: _Reader, m: _Map, where: str) -> dict[str, Any]:
@@ -310,6 +339,28 @@ def _read(doc: Any, reader: _Reader) -> Inventory:
                                   field=f"r_packages[{i}]")
         r_packages = tuple(raw)
 
+    how: dict[str, Any] = {}
+    for name, choices in (("launch", LAUNCHES), ("tunnel", TUNNELS)):
+        if name in top:
+            how[name] = reader.choice(top[name], name, reader.line_of(top, name), choices)
+    if "setup_timeout" in top:
+        how["setup_timeout"] = reader.integer(
+            top["setup_timeout"], "setup_timeout", reader.line_of(top, "setup_timeout"),
+            low=1, high=86400, what="a number of seconds (1-86400)")
+    if "register" in top:
+        raw = top["register"]
+        rline = reader.line_of(top, "register")
+        if not isinstance(raw, _Seq):
+            raise reader.fail(f"expected a list such as [future, doparallel], got "
+                              f"{_describe(raw)}", line=rline, field="register")
+        how["register"] = tuple(dict.fromkeys(
+            reader.choice(item, f"register[{i}]", raw.item_lines[i], REGISTERS)
+            for i, item in enumerate(raw)))
+    if how.get("launch") == "classic" and how.get("tunnel") == "reverse":
+        raise reader.fail("the classic launch cannot use a reverse tunnel", field="tunnel",
+                          line=reader.line_of(top, "tunnel"),
+                          hint="use 'launch: fast' (the default) with 'tunnel: reverse'")
+
     defaults: dict[str, Any] = {}
     if "defaults" in top and top["defaults"] is not None:
         dm = reader.mapping(top["defaults"], "defaults", reader.line_of(top, "defaults"),
@@ -346,7 +397,7 @@ def _read(doc: Any, reader: _Reader) -> Inventory:
         hosts.append(host)
 
     return Inventory(primary=primary, hosts=tuple(hosts), port=port, known_hosts=known_hosts,
-                     r_packages=r_packages, path=reader.path)
+                     r_packages=r_packages, path=reader.path, **how)
 
 
 def parse_inventory(text: str, path: str | None = None) -> Inventory:
@@ -413,6 +464,14 @@ def inventory_to_dict(inv: Inventory) -> dict[str, Any]:
         out["known_hosts"] = inv.known_hosts
     if inv.r_packages:
         out["r_packages"] = list(inv.r_packages)
+    if inv.launch != "fast":
+        out["launch"] = inv.launch
+    if inv.tunnel != "none":
+        out["tunnel"] = inv.tunnel
+    if inv.register:
+        out["register"] = list(inv.register)
+    if inv.setup_timeout != SETUP_TIMEOUT:
+        out["setup_timeout"] = inv.setup_timeout
     hosts = []
     for h in inv.hosts:
         item: dict[str, Any] = {"host": h.host}
@@ -462,9 +521,16 @@ def _closest(word: str, choices: tuple[str, ...]) -> str | None:
 
 __all__ = [
     "AUTO",
+    "LAUNCHES",
+    "REGISTERS",
+    "SETUP_TIMEOUT",
+    "TUNNELS",
     "Host",
     "Inventory",
+    "Launch",
     "Primary",
+    "Register",
+    "Tunnel",
     "dump_inventory",
     "inventory_to_dict",
     "load_inventory",

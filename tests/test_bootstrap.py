@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from sshcluster import RenderError
-from sshcluster.bootstrap import render, spec_entries, ssh_command
+from sshcluster.bootstrap import RenderOptions, render, spec_entries, ssh_command
 from sshcluster.inventory import Host, Inventory, Primary, parse_inventory
 
 ROOT = Path(__file__).resolve().parent.parent
+CLASSIC = RenderOptions(launch="classic")
 
 MISSION = """
 primary:
@@ -67,7 +68,7 @@ def _eval_generated_spec(text: str, tmp_path: Path, extra: str) -> str:
 def test_spec_is_the_hand_written_spec(tmp_path: Path) -> None:
     inv = parse_inventory(MISSION)
     out = _eval_generated_spec(
-        render(inv), tmp_path,
+        render(inv, CLASSIC), tmp_path,
         HAND_WRITTEN
         + "strip <- function(s) lapply(s, function(e) list(host = e$host, user = e$user))\n"
         "cat(identical(strip(spec), hand), length(spec), '\\n')\n"
@@ -112,9 +113,11 @@ def test_ssh_command_is_non_interactive_and_verifies_host_keys() -> None:
     assert "BatchMode=yes" in words
     assert "StrictHostKeyChecking=yes" in words
     assert any(w.startswith("ConnectTimeout=") for w in words)
-    text = render(inv)
-    assert "StrictHostKeyChecking=no" not in text
-    assert "/dev/null" not in text
+    for options in (CLASSIC, RenderOptions(launch="fast"), RenderOptions(tunnel="reverse")):
+        text = render(inv, options)
+        assert "StrictHostKeyChecking=no" not in text
+        assert "StrictHostKeyChecking=accept-new" not in text
+        assert "KnownHostsFile=/dev/null" not in text
 
 
 HOSTILE_PATH = "/tmp/we'ird $(touch pwned) `x` %d é\\dir/id_key"
@@ -128,7 +131,7 @@ def test_hostile_paths_reach_ssh_and_r_intact(tmp_path: Path) -> None:
         known_hosts="/tmp/known hosts/kh'$(y)",
     )
     out = _eval_generated_spec(
-        render(inv), tmp_path,
+        render(inv, CLASSIC), tmp_path,
         "cat(spec[[1]]$rshcmd, '\\n', sep = '')\ncat(spec[[1]]$rscript, '\\n', sep = '')\n",
     )
     rshcmd, rscript = out.splitlines()
@@ -153,3 +156,69 @@ def test_auto_values_must_be_checked_first() -> None:
         render(parse_inventory("primary: p\nhosts:\n  - host: a\n    ncore: auto\n"))
     with pytest.raises(RenderError, match=r"primary\.host is 'auto'"):
         render(parse_inventory("primary: auto\nhosts: [a]\n"))
+
+
+def test_fast_is_the_default_and_options_override_the_inventory() -> None:
+    inv = parse_inventory(MISSION)
+    fast = render(inv)
+    assert "sshcluster_launch(" in fast and "parallel::makeCluster(" not in fast
+    assert "tunnel = FALSE, setup_timeout = 120" in fast
+    assert 'primary <- "192.168.1.235"' in fast
+    assert "port = 11234L" in fast
+    assert "registerDoParallel" not in fast and "future::plan" not in fast
+    tunnelled = render(inv, RenderOptions(tunnel="reverse", register=("doparallel", "future")))
+    assert "tunnel = TRUE" in tunnelled and 'primary <- "127.0.0.1"' in tunnelled
+    assert tunnelled.rstrip().endswith(
+        "doParallel::registerDoParallel(parallelCluster)\n"
+        "# future(), future_lapply() etc. run on the cluster.\n"
+        "future::plan(future::cluster, workers = parallelCluster)")
+    classic = parse_inventory(MISSION.replace("port: 11234", "port: 11234\nlaunch: classic"))
+    assert "parallel::makeCluster(" in render(classic)
+    assert "sshcluster_launch(" in render(classic, RenderOptions(launch="fast"))
+    with pytest.raises(RenderError, match="classic launch cannot use a reverse tunnel"):
+        render(classic, RenderOptions(tunnel="reverse"))
+
+
+def test_reverse_tunnel_does_not_need_the_primary_address() -> None:
+    inv = parse_inventory("primary: auto\ntunnel: reverse\nhosts: [a]\n")
+    assert 'primary <- "127.0.0.1"' in render(inv)
+
+
+def test_fast_machine_entries_are_what_users_write(tmp_path: Path) -> None:
+    """The same machineAddresses as by hand; per-host ssh and rscript only where needed."""
+    inv = Inventory(
+        primary=Primary(host="10.0.0.1"),
+        hosts=(Host(host="a", user="u", ncore=2), Host(host="b", user="u", ncore=3),
+               Host(host="c", ncore=1, ssh_port=2222, rscript=HOSTILE_PATH)),
+    )
+    text = render(inv)
+    f = tmp_path / "cluster.R"
+    f.write_text(text, encoding="ascii")
+    script = (
+        f"src <- readLines({json.dumps(str(f))})\n"
+        "eval(parse(text = src[seq_len(grep('^parallelCluster <- ', src) - 1)]))\n"
+        "for (m in machineAddresses) cat(m$host, m$ncore, is.null(m$ssh), m$rscript, '\\n')\n"
+    )
+    out = subprocess.run(["Rscript", "-e", script], capture_output=True, text=True, timeout=60,
+                         check=True).stdout.splitlines()
+    assert out == ["a 2 TRUE ", "b 3 TRUE ", f"c 1 FALSE {HOSTILE_PATH} "]
+
+
+def test_cli_render_flags(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from sshcluster.cli import cli
+
+    inv = tmp_path / "hosts.yaml"
+    inv.write_text(MISSION)
+    runner = CliRunner()
+    res = runner.invoke(cli, ["render", str(inv), "--tunnel", "reverse", "--future",
+                              "--doparallel"])
+    assert res.exit_code == 0, res.output
+    assert "tunnel = TRUE" in res.output and "future::plan(" in res.output
+    assert "registerDoParallel(" in res.output
+    res = runner.invoke(cli, ["render", str(inv), "--launch", "classic"])
+    assert res.exit_code == 0 and "parallel::makeCluster(" in res.output
+    res = runner.invoke(cli, ["render", str(inv), "--launch", "classic", "--tunnel", "reverse"])
+    assert res.exit_code == 2
+    assert "error: the classic launch cannot use a reverse tunnel" in res.output

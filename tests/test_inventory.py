@@ -97,6 +97,16 @@ def test_relative_paths_resolve_against_the_inventory_directory(tmp_path: Path) 
         ("primary: 'bad host'\nhosts: [a]\n", 1, "primary", "not a valid host"),
         ("primary: p\nprimary: q\nhosts: [a]\n", 2, None, "key 'primary' appears twice"),
         ("- just\n- a list\n", 1, "", "expected a mapping"),
+        ("primary: p\nlaunch: quick\nhosts: [a]\n", 2, "launch",
+         "expected one of fast, classic, got 'quick'"),
+        ("primary: p\ntunnel: yes\nhosts: [a]\n", 2, "tunnel", "got true (a yes/no value)"),
+        ("primary: p\nhosts: [a]\nregister: future\n", 3, "register",
+         "expected a list such as [future, doparallel]"),
+        ("primary: p\nregister:\n  - future\n  - foreach\nhosts: [a]\n", 4, "register[1]",
+         "expected one of future, doparallel, got 'foreach'"),
+        ("primary: p\nsetup_timeout: 0\nhosts: [a]\n", 2, "setup_timeout", "seconds"),
+        ("primary: p\nlaunch: classic\ntunnel: reverse\nhosts: [a]\n", 3, "tunnel",
+         "the classic launch cannot use a reverse tunnel"),
     ],
 )
 def test_every_mistake_names_file_line_and_field(
@@ -150,8 +160,24 @@ def test_dump_round_trips() -> None:
         hosts=(Host(host="a", user="u", ncore=2, ssh_port=2222, identity_file="/k",
                     rscript="/opt/R/bin/Rscript"),
                Host(host="b", ncore=None)),
-        port=11000, known_hosts="/kh", r_packages=("stats",),
+        port=11000, known_hosts="/kh", r_packages=("stats",), launch="fast",
+        tunnel="reverse", register=("doparallel", "future"), setup_timeout=30,
     )
     text = dump_inventory(inv, header="made by a test\nsecond line")
     assert text.startswith("# made by a test\n# second line\n")
     assert parse_inventory(text) == inv
+
+
+def test_launch_settings_and_their_defaults() -> None:
+    inv = parse_inventory("primary: p\nhosts: [a]\n")
+    assert (inv.launch, inv.tunnel, inv.register, inv.setup_timeout) == ("fast", "none", (), 120)
+    inv = parse_inventory("primary: p\nlaunch: classic\nregister: [future, future, doparallel]"
+                          "\nsetup_timeout: 30\nhosts: [a]\n")
+    assert (inv.launch, inv.register, inv.setup_timeout) == (
+        "classic", ("future", "doparallel"), 30)
+
+
+def test_launch_typo_gets_a_hint() -> None:
+    with pytest.raises(InventoryError) as info:
+        parse_inventory("primary: p\ntunnel: revers\nhosts: [a]\n", "h.yaml")
+    assert info.value.hint == "did you mean 'reverse'?"

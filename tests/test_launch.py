@@ -1,0 +1,418 @@
+"""The generated bootstrap, sourced in real R against real sshd test hosts.
+
+Fast launch: a standard SOCKcluster that parallel, foreach/doParallel and future use as
+they are; failures stop within seconds, name the host, show ssh's own words and leave no
+R process on any host; the reverse tunnel works where the primary's port is blocked.
+The classic launch still works. Every R run is bounded by a subprocess timeout.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from sshcluster.bootstrap import RenderOptions, write_bootstrap
+from sshcluster.inventory import load_inventory
+from sshcluster.testbed import Testbed, TestHost
+
+pytestmark = pytest.mark.testbed
+
+#: Seconds an R run may take before the test fails (a hung launch must not hang the suite).
+R_TIMEOUT = 90
+
+
+def _bootstrap(testbed: Testbed, tmp_path: Path, name: str = "cluster.R",
+               options: RenderOptions | None = None, **inventory: Any) -> Path:
+    """Write an inventory for ``testbed`` (``inventory`` adds top-level keys; ``ncore``,
+    ``hosts``, ``host_fields`` and ``defaults_rscript`` are handled here) and its
+    bootstrap; return the R file."""
+    ncore = inventory.pop("ncore", 2)
+    hosts: list[TestHost] = list(inventory.pop("hosts", testbed.hosts))
+    host_fields: dict[str, dict[str, Any]] = inventory.pop("host_fields", {})
+    rscript: str | None = inventory.pop("defaults_rscript", None)
+    path = testbed.write_inventory(tmp_path / f"{name}.yaml", ncore=ncore, extra=inventory)
+    # Per-host fields are edited as data, then read back through the real loader.
+    data = yaml.safe_load(path.read_text())
+    data["hosts"] = [{"host": h.address, **host_fields.get(h.address, {})} for h in hosts]
+    if rscript:
+        data["defaults"]["rscript"] = rscript
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    out = tmp_path / name
+    write_bootstrap(load_inventory(path), out, options)
+    return out
+
+
+def _run_r(code: str, tmp_path: Path,
+           timeout: float = R_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / f"run-{time.monotonic_ns()}.R"
+    script.write_text(code)
+    return subprocess.run(["Rscript", str(script)], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def _leftovers(testbed: Testbed, pattern: str = "R|sh|sleep", wait: float = 5.0
+               ) -> dict[str, list[int]]:
+    """Processes matching ``pattern`` left on any host, after up to ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        left = {h.hostname: testbed.processes(h, pattern) for h in testbed.hosts}
+        left = {k: v for k, v in left.items() if v}
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def clean(testbed: Testbed) -> Iterator[Testbed]:
+    """The session's test hosts, checked to be free of R before and after the test."""
+    assert _leftovers(testbed, wait=10) == {}, "an earlier test left processes behind"
+    yield testbed
+    assert _leftovers(testbed) == {}
+
+
+# --------------------------------------------------------------------------- it works
+
+
+def test_fast_launch_is_a_standard_cluster(clean: Testbed, tmp_path: Path) -> None:
+    """parallel's API, foreach/doParallel and future all work on parallelCluster."""
+    tb = clean
+    f = _bootstrap(tb, tmp_path, options=RenderOptions(register=("future", "doparallel")))
+    out = _run_r(f"""
+        source({str(f)!r})
+        cl <- parallelCluster
+        cat("class", class(cl), "\\n")
+        cat("n", length(cl), "\\n")
+        cat("hosts", vapply(cl, `[[`, "", "host"), "\\n")
+        cat("nodes", unlist(parallel::clusterEvalQ(cl, Sys.info()[["nodename"]])), "\\n")
+        cat("sapply", parallel::parSapply(cl, 1:16, function(i) i^2), "\\n")
+        big <- 7
+        parallel::clusterExport(cl, "big")
+        cat("export", unlist(parallel::parLapply(cl, 1:8, function(i) i + big)), "\\n")
+        parallel::clusterSetRNGStream(cl, 42)
+        a <- parallel::parSapply(cl, 1:8, function(i) runif(1))
+        parallel::clusterSetRNGStream(cl, 42)
+        b <- parallel::parSapply(cl, 1:8, function(i) runif(1))
+        cat("rng", identical(a, b), length(unique(a)), "\\n")
+        cat("lb", unlist(parallel::parLapplyLB(cl, 1:10, function(i) i * 2)), "\\n")
+        suppressPackageStartupMessages(library(foreach))
+        cat("foreach", foreach(i = 1:6, .combine = c) %dopar% Sys.info()[["nodename"]], "\\n")
+        cat("future", future::value(future::future(Sys.info()[["nodename"]])), "\\n")
+        sshcluster_stop()
+        cat("stopped", exists("parallelCluster"), "\\n")
+    """, tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
+    names = [h.hostname for h in tb.hosts]
+    assert lines["class"].split() == ["SOCKcluster", "cluster"]
+    assert lines["n"].strip() == str(2 * len(tb.hosts))
+    assert lines["hosts"].split() == [h.address for h in tb.hosts for _ in range(2)]
+    # In spec order: each host's two workers next to each other, hosts in inventory order.
+    assert lines["nodes"].split() == [n for n in names for _ in range(2)]
+    assert lines["sapply"].split() == [str(i * i) for i in range(1, 17)]
+    assert lines["export"].split() == [str(i + 7) for i in range(1, 9)]
+    assert lines["rng"].split() == ["TRUE", "8"]
+    assert lines["lb"].split() == [str(2 * i) for i in range(1, 11)]
+    assert set(lines["foreach"].split()) <= set(names)
+    assert lines["future"].strip() in names
+    assert lines["stopped"].strip() == "FALSE"
+
+
+def test_stop_cluster_alone_leaves_no_process_on_the_hosts(clean: Testbed, tmp_path: Path
+                                                          ) -> None:
+    """stopCluster() ends the workers, and with them each host's ssh session, while the
+    R session goes on; then sshcluster_stop() is a no-op."""
+    f = _bootstrap(clean, tmp_path)
+    script = tmp_path / "stop.R"
+    script.write_text(f"""
+        source({str(f)!r})
+        cat("workers", length(parallelCluster), "\\n")
+        parallel::stopCluster(parallelCluster)
+        cat("STOPPED\\n")
+        invisible(readLines(file("stdin"), n = 1))
+        sshcluster_stop()
+        sshcluster_stop()
+        cat("DONE\\n")
+    """)
+    with subprocess.Popen(["Rscript", str(script)], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None and proc.stdin is not None
+            lines = [proc.stdout.readline(), proc.stdout.readline()]
+            assert lines == ["workers 8 \n", "STOPPED\n"], proc.stderr
+            assert _leftovers(clean) == {}
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            out, err = proc.communicate(timeout=R_TIMEOUT)
+            assert proc.returncode == 0, err
+            assert out == "DONE\n"
+        finally:
+            proc.kill()
+
+
+def test_sourcing_twice_stops_the_first_cluster(clean: Testbed, tmp_path: Path) -> None:
+    """The second source() stops the first cluster: only the second one's workers run."""
+    f = _bootstrap(clean, tmp_path)
+    script = tmp_path / "twice.R"
+    script.write_text(f"""
+        pids <- function() unlist(parallel::clusterEvalQ(parallelCluster, Sys.getpid()))
+        source({str(f)!r}); cat("first", pids(), "\\n")
+        source({str(f)!r}); cat("second", pids(), "\\n")
+        invisible(readLines(file("stdin"), n = 1))
+        sshcluster_stop()
+    """)
+    with subprocess.Popen(["Rscript", str(script)], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None and proc.stdin is not None
+            first = {int(p) for p in proc.stdout.readline().split()[1:]}
+            second = {int(p) for p in proc.stdout.readline().split()[1:]}
+            assert len(first) == len(second) == 8 and not first & second
+            running = {p for h in clean.hosts for p in clean.processes(h, "R")}
+            assert running == second
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            _, err = proc.communicate(timeout=R_TIMEOUT)
+            assert proc.returncode == 0, err
+            assert "stopping the cluster that an earlier source() started" in err
+        finally:
+            proc.kill()
+
+
+def test_master_killed_leaves_no_worker(clean: Testbed, tmp_path: Path) -> None:
+    """The ssh connections are a dead man's switch: kill -9 the R session, the workers go."""
+    f = _bootstrap(clean, tmp_path)
+    script = tmp_path / "killed.R"
+    script.write_text(f'source({str(f)!r}); cat("READY\\n"); Sys.sleep(120)\n')
+    with subprocess.Popen(["Rscript", str(script)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline() == "READY\n"
+            assert all(clean.processes(h, "R") for h in clean.hosts)
+        finally:
+            proc.kill()
+    assert _leftovers(clean) == {}
+
+
+def test_a_late_reachability_check_does_not_stop_a_ready_host(clean: Testbed, tmp_path: Path
+                                                              ) -> None:
+    """Each host checks once that it can reach the primary's port; when that check runs
+    after the host's workers have connected (a slow host), it must still pass."""
+    slow = tmp_path / "slow-Rscript"
+    slow.write_text('#!/bin/sh\ncase "$*" in *--vanilla*) sleep 3 ;; esac\nexec Rscript "$@"\n')
+    slow.chmod(0o755)
+    f = _bootstrap(clean, tmp_path, defaults_rscript=str(slow))
+    out = _run_r(f"""
+        source({str(f)!r})
+        Sys.sleep(5)
+        cat(length(unlist(parallel::clusterEvalQ(parallelCluster, Sys.getpid()))), "\\n")
+        sshcluster_stop()
+    """, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["8"]
+
+
+# --------------------------------------------------------------------------- fail fast
+
+
+def _launch_fails(testbed: Testbed, f: Path, tmp_path: Path, within: float = 15.0) -> str:
+    t0 = time.monotonic()
+    out = _run_r(f'source({str(f)!r})\ncat("UNEXPECTED\\n")\n', tmp_path)
+    elapsed = time.monotonic() - t0
+    assert out.returncode != 0 and "UNEXPECTED" not in out.stdout, out.stdout
+    assert elapsed < within, f"the launch took {elapsed:.1f} s to fail:\n{out.stderr}"
+    assert _leftovers(testbed) == {}, out.stderr
+    return out.stderr
+
+
+def _line_for(stderr: str, host: TestHost) -> str:
+    lines = [ln for ln in stderr.splitlines() if ln.strip().startswith(f"{host.address}:")]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def test_refused_ssh_fails_fast_and_names_the_host(clean: Testbed, tmp_path: Path) -> None:
+    bad = clean.hosts[1]
+    f = _bootstrap(clean, tmp_path)
+    clean.stop_sshd(bad)
+    try:
+        err = _launch_fails(clean, f, tmp_path)
+    finally:
+        clean.start_sshd(bad)
+    assert "sshcluster: could not start the cluster" in err
+    line = _line_for(err, bad)
+    assert "ssh exited with status 255" in line and "Connection refused" in line
+
+
+def test_unknown_host_key_fails_fast(clean: Testbed, tmp_path: Path) -> None:
+    bad = clean.hosts[2]
+    known = tmp_path / "known_hosts"
+    lines = clean.known_hosts.read_text().splitlines()
+    known.write_text("".join(f"{ln}\n" for ln in lines if not ln.startswith(bad.address + " ")))
+    f = _bootstrap(clean, tmp_path, known_hosts=str(known))
+    err = _launch_fails(clean, f, tmp_path)
+    assert "Host key verification failed" in _line_for(err, bad)
+
+
+def test_wrong_key_fails_fast(clean: Testbed, tmp_path: Path) -> None:
+    bad = clean.hosts[0]
+    key = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True,
+                   timeout=30)
+    f = _bootstrap(clean, tmp_path, host_fields={bad.address: {"identity_file": str(key)}})
+    err = _launch_fails(clean, f, tmp_path)
+    assert "Permission denied" in _line_for(err, bad)
+
+
+def test_missing_rscript_fails_fast(clean: Testbed, tmp_path: Path) -> None:
+    bad = clean.hosts[3]
+    f = _bootstrap(clean, tmp_path, host_fields={bad.address: {"rscript": "/opt/no R/Rscript"}})
+    err = _launch_fails(clean, f, tmp_path)
+    line = _line_for(err, bad)
+    assert "status 127" in line and "/opt/no R/Rscript not found on node4" in line
+
+
+def test_workers_that_never_connect_hit_the_setup_timeout(clean: Testbed, tmp_path: Path
+                                                         ) -> None:
+    """An Rscript that starts but never connects: the setup deadline names the host."""
+    bad = clean.hosts[0]
+    fake = tmp_path / "fake-Rscript"
+    fake.write_text("#!/bin/sh\nexec sleep 300\n")
+    fake.chmod(0o755)
+    f = _bootstrap(clean, tmp_path, setup_timeout=3,
+                   host_fields={bad.address: {"rscript": str(fake)}})
+    err = _launch_fails(clean, f, tmp_path)
+    assert "workers did not connect within 3 s" in err
+    assert "0 of 2 workers connected when the launch stopped" in _line_for(err, bad)
+    assert all(h.address + ":" not in err for h in clean.hosts[1:])
+
+
+# --------------------------------------------------------------------------- NAT
+
+
+def test_blocked_port_fails_fast_and_the_reverse_tunnel_works(clean: Testbed, tmp_path: Path
+                                                             ) -> None:
+    bad = clean.hosts[1]
+    port = _free_port()
+    plain = _bootstrap(clean, tmp_path, "plain.R", port=port)
+    tunnel = _bootstrap(clean, tmp_path, "tunnel.R", port=port, tunnel="reverse")
+    clean.reject(bad, port)
+    try:
+        err = _launch_fails(clean, plain, tmp_path)
+        line = _line_for(err, bad)
+        assert f"cannot connect to the primary at {clean.primary_address} port {port}" in line
+        assert "refused" in line and "tunnel: reverse" in line
+        out = _run_r(f"""
+            source({str(tunnel)!r})
+            cat(unlist(parallel::clusterEvalQ(parallelCluster, Sys.info()[["nodename"]])), "\\n")
+            sshcluster_stop()
+        """, tmp_path)
+    finally:
+        clean.allow(bad, port)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [h.hostname for h in clean.hosts for _ in range(2)]
+
+
+def test_dropped_packets_fail_within_seconds(clean: Testbed, tmp_path: Path) -> None:
+    """A black hole (DROP) to the primary's port: the reachability check times out."""
+    bad = clean.hosts[0]
+    port = _free_port()
+    f = _bootstrap(clean, tmp_path, port=port)
+    clean.reject(bad, port, action="DROP")
+    try:
+        err = _launch_fails(clean, f, tmp_path, within=20)
+    finally:
+        clean.allow(bad, port)
+    assert "the connection timed out after 5 s" in _line_for(err, bad)
+
+
+def test_reachability_check_without_bash_uses_r(tmp_path: Path) -> None:
+    """Where there is no bash, the remote script checks the port with R instead."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool in ("Rscript", "uname", "timeout"):
+        (tools / tool).symlink_to(subprocess.run(["sh", "-c", f"command -v {tool}"],
+                                                 capture_output=True, text=True,
+                                                 check=True).stdout.strip())
+    script = subprocess.run(["Rscript", "-e", "source('sshcluster/launcher.R');"
+                             "cat(sshcluster_remote_script)"], capture_output=True, text=True,
+                            check=True, timeout=60, cwd=Path(__file__).parent.parent).stdout
+    port = _free_port()  # nothing listens there
+    # stdin stays open: its EOF would be the dead man's switch.
+    with subprocess.Popen(["/bin/sh", "-c", script, "sshcluster", "Rscript", "1", "1",
+                           "127.0.0.1", str(port), "tok", "5", "direct"],
+                          env={"PATH": str(tools)}, stdin=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            status = proc.wait(timeout=60)
+        finally:
+            proc.kill()
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+    assert status == 3, err
+    assert f"cannot connect to the primary at 127.0.0.1 port {port}: the connection was " \
+        "refused" in err
+
+
+def test_taken_tunnel_port_is_an_error_not_a_hijack(clean: Testbed, tmp_path: Path) -> None:
+    """Someone listens on 127.0.0.1:PORT on a host: the forward fails and ssh says so."""
+    bad = clean.hosts[2]
+    port = _free_port()
+    f = _bootstrap(clean, tmp_path, port=port, tunnel="reverse")
+    squatter = subprocess.Popen(
+        ["ip", "netns", "exec", bad.netns, "python3", "-c",
+         "import socket, sys, time\n"
+         "s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen()\n"
+         "print('up', flush=True); s.settimeout(60); c, _ = s.accept(); print('HIJACKED')\n",
+         str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert squatter.stdout is not None and squatter.stdout.readline() == "up\n"
+        err = _launch_fails(clean, f, tmp_path)
+    finally:
+        squatter.kill()
+        out, _ = squatter.communicate(timeout=10)
+    assert "HIJACKED" not in out
+    assert f"remote port forwarding failed for listen port {port}" in _line_for(err, bad)
+
+
+# --------------------------------------------------------------------------- classic
+
+
+def test_classic_launch_still_works(clean: Testbed, tmp_path: Path) -> None:
+    f = _bootstrap(clean, tmp_path, hosts=clean.hosts[:2],
+                   options=RenderOptions(launch="classic"))
+    assert "parallel::makeCluster(" in f.read_text()
+    out = _run_r(f"""
+        source({str(f)!r})
+        cat(unlist(parallel::clusterEvalQ(parallelCluster, Sys.info()[["nodename"]])), "\\n")
+        sshcluster_stop()
+    """, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [h.hostname for h in clean.hosts[:2] for _ in range(2)]
+
+
+def test_error_is_a_classed_condition(clean: Testbed, tmp_path: Path) -> None:
+    """Code can catch the launch error by class and see which hosts failed."""
+    bad = clean.hosts[3]
+    f = _bootstrap(clean, tmp_path, host_fields={bad.address: {"rscript": "/nope/Rscript"}})
+    out = _run_r(f"""
+        e <- tryCatch(source({str(f)!r}), sshcluster_error = function(e) e)
+        cat(class(e)[1], e$hosts, "\\n")
+    """, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert re.fullmatch(rf"sshcluster_error {re.escape(bad.address)} \n", out.stdout)
+    assert _leftovers(clean) == {}
