@@ -25,9 +25,9 @@ from rich.progress import (
 
 from sshcluster import __version__, bootstrap
 from sshcluster.errors import SshclusterError
-from sshcluster.inventory import LAUNCHES, TUNNELS, Register, load_inventory
+from sshcluster.inventory import LAUNCHES, TUNNELS, Inventory, Register, load_inventory
 from sshcluster.preflight import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT
-from sshcluster.report import print_report
+from sshcluster.report import CheckReport, print_report
 
 
 class _Group(click.Group):
@@ -59,6 +59,24 @@ def cli() -> None:
     """
 
 
+def _run_check(inv: Inventory, *, timeout: float, concurrency: int, accept_new: bool,
+               ssh_config: tuple[str, ...], show_progress: bool) -> CheckReport:
+    """Run the preflight check, with a progress bar on stderr when it is a terminal."""
+    from sshcluster.preflight import check
+
+    console = Console(stderr=True)
+    kwargs: dict[str, Any] = {"timeout": timeout, "concurrency": concurrency,
+                              "accept_new": accept_new,
+                              "ssh_config": list(ssh_config) if ssh_config else None}
+    if console.is_terminal and show_progress:
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                      MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                      transient=True) as bar:
+            task = bar.add_task("checking hosts", total=len(inv.hosts))
+            return check(inv, progress=lambda _: bar.advance(task), **kwargs)
+    return check(inv, **kwargs)
+
+
 @cli.command("check")
 @click.argument("inventory", type=click.Path(dir_okay=False))
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
@@ -84,21 +102,9 @@ def check_command(ctx: click.Context, inventory: str, timeout: float, concurrenc
     Exit status: 0 every host ready, 1 some host failed, 2 a wrong inventory or
     command line.
     """
-    from sshcluster.preflight import check
-
     inv = load_inventory(inventory)
-    console = Console(stderr=True)
-    kwargs: dict[str, Any] = {"timeout": timeout, "concurrency": concurrency,
-                              "accept_new": accept_new,
-                              "ssh_config": list(ssh_config) if ssh_config else None}
-    if console.is_terminal and not as_json:
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                      MofNCompleteColumn(), TimeElapsedColumn(), console=console,
-                      transient=True) as bar:
-            task = bar.add_task("checking hosts", total=len(inv.hosts))
-            report = check(inv, progress=lambda _: bar.advance(task), **kwargs)
-    else:
-        report = check(inv, **kwargs)
+    report = _run_check(inv, timeout=timeout, concurrency=concurrency, accept_new=accept_new,
+                        ssh_config=ssh_config, show_progress=not as_json)
     if as_json:
         click.echo(report.to_json())
     else:
@@ -119,8 +125,19 @@ def check_command(ctx: click.Context, inventory: str, timeout: float, concurrenc
               help="Also run future::plan(future::cluster, workers = parallelCluster).")
 @click.option("--doparallel", "use_doparallel", is_flag=True,
               help="Also run doParallel::registerDoParallel(parallelCluster).")
+@click.option("--check", "run_check", is_flag=True,
+              help="Run `sshcluster check` first and render what it verified: ncore: auto "
+                   "and primary: auto filled in, a host's own rscript where paths differ. "
+                   "A failed host stops the render (exit 1) with the report.")
+@click.option("--allow-partial", is_flag=True,
+              help="With --check: leave failed hosts out (the file's header says which) "
+                   "instead of stopping.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
+              default=DEFAULT_TIMEOUT, show_default=True, help="With --check: as for check.")
+@click.option("--accept-new", is_flag=True, help="With --check: as for check.")
 def render(inventory: str, output: str | None, launch: str | None, tunnel: str | None,
-           use_future: bool, use_doparallel: bool) -> None:
+           use_future: bool, use_doparallel: bool, run_check: bool, allow_partial: bool,
+           timeout: float, accept_new: bool) -> None:
     """Write the R bootstrap for INVENTORY.
 
     In an R session on the primary, source() the file to get `parallelCluster`,
@@ -134,6 +151,12 @@ def render(inventory: str, output: str | None, launch: str | None, tunnel: str |
     The file is deterministic (same inventory, same bytes) and holds no secret.
     """
     inv = load_inventory(inventory)
+    note = None
+    if allow_partial and not run_check:
+        raise click.UsageError("--allow-partial goes with --check")
+    if run_check:
+        inv, note = _checked(inv, timeout=timeout, accept_new=accept_new,
+                             allow_partial=allow_partial)
     register: list[Register] = []
     if use_future:
         register.append("future")
@@ -143,6 +166,7 @@ def render(inventory: str, output: str | None, launch: str | None, tunnel: str |
         launch="classic" if launch == "classic" else "fast" if launch else None,
         tunnel="reverse" if tunnel == "reverse" else "none" if tunnel else None,
         register=tuple(register),
+        note=note,
     )
     if output is None:
         click.echo(bootstrap.render(inv, options), nl=False)
@@ -153,6 +177,29 @@ def render(inventory: str, output: str | None, launch: str | None, tunnel: str |
         f"(in R: source({output!r}))",
         err=True,
     )
+
+
+def _checked(inv: Inventory, *, timeout: float, accept_new: bool,
+             allow_partial: bool) -> tuple[Inventory, str]:
+    """Check ``inv`` and return the verified inventory and a note for the file's header;
+    a failed host without ``allow_partial`` prints the report and exits 1."""
+    from sshcluster.preflight import verified_inventory
+
+    report = _run_check(inv, timeout=timeout, concurrency=DEFAULT_CONCURRENCY,
+                        accept_new=accept_new, ssh_config=(), show_progress=True)
+    if report.failed and not allow_partial:
+        print_report(report, Console(stderr=True))
+        raise SshclusterError(
+            f"not rendered: {len(report.failed)} of {len(report.hosts)} hosts failed the check",
+            hint="fix them, or pass --allow-partial to leave them out")
+    verified = verified_inventory(report, inv, allow_partial=allow_partial)
+    note = f"Checked by 'sshcluster check': {len(report.succeeded)} of {len(report.hosts)} " \
+           "hosts ready."
+    for host in report.failed:
+        note += f"\nLeft out (--allow-partial): {host.label}: failed {', '.join(host.failed)}"
+    for host in report.failed:
+        click.echo(f"left out {host.label}: failed {', '.join(host.failed)}", err=True)
+    return verified, note
 
 
 @cli.command()

@@ -1,0 +1,76 @@
+"""``sshcluster render --check``: render what the preflight check verified."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+from click.testing import CliRunner
+
+from sshcluster.cli import cli
+from sshcluster.inventory import load_inventory
+from sshcluster.quoting import r_string
+
+
+def _auto_inventory(testbed: Any, path: Path) -> Path:
+    testbed.write_inventory(path, port=11460)
+    data = yaml.safe_load(path.read_text())
+    data["primary"]["host"] = "auto"
+    data["defaults"]["ncore"] = "auto"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_check_fills_in_auto_values_and_the_file_works(testbed: Any, tmp_path: Path) -> None:
+    inv_path = _auto_inventory(testbed, tmp_path / "hosts.yaml")
+    out = tmp_path / "cluster.R"
+    result = CliRunner().invoke(cli, ["render", str(inv_path), "--check", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    text = out.read_text()
+    cores = os.cpu_count()
+    assert f'primary <- "{testbed.primary_address}"' in text
+    assert text.count(f"ncore = {cores}L") == len(testbed.hosts)
+    assert f"Checked by 'sshcluster check': {len(testbed.hosts)} of {len(testbed.hosts)}" in text
+    proc = subprocess.run(
+        ["Rscript", "-e", f"source({r_string(str(out))}); cat(length(parallelCluster));"
+                          " sshcluster_stop()"],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == str(cores * len(testbed.hosts))
+
+
+def test_a_failed_host_stops_the_render_unless_allow_partial(testbed: Any,
+                                                             tmp_path: Path) -> None:
+    inv_path = testbed.write_inventory(tmp_path / "hosts.yaml", ncore=1, port=11461)
+    down = testbed.hosts[1]
+    out = tmp_path / "cluster.R"
+    testbed.stop_sshd(down)
+    try:
+        result = CliRunner().invoke(cli, ["render", str(inv_path), "--check", "-o", str(out),
+                                          "--timeout", "5"])
+        assert result.exit_code == 1
+        assert f"not rendered: 1 of {len(testbed.hosts)} hosts failed the check" in result.stderr
+        assert down.address in result.stderr  # the report names the host
+        assert not out.exists()
+
+        result = CliRunner().invoke(cli, ["render", str(inv_path), "--check", "-o", str(out),
+                                          "--timeout", "5", "--allow-partial"])
+        assert result.exit_code == 0, result.output
+        assert f"left out {down.address}: failed connect" in result.stderr
+    finally:
+        testbed.start_sshd(down)
+    text = out.read_text()
+    assert f"# Left out (--allow-partial): {down.address}: failed connect" in text
+    assert f'host = "{down.address}"' not in text
+    assert load_inventory(inv_path).hosts[1].host == down.address  # the inventory is kept
+
+
+def test_allow_partial_needs_check(tmp_path: Path) -> None:
+    inv = tmp_path / "h.yaml"
+    inv.write_text("primary: p\nhosts: [a]\n")
+    result = CliRunner().invoke(cli, ["render", str(inv), "--allow-partial"])
+    assert result.exit_code == 2
+    assert "--allow-partial goes with --check" in result.output
