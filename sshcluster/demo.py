@@ -1,7 +1,7 @@
 """The demo: a real R computation spread over local SSH test hosts.
 
-It builds the test hosts (:mod:`sshcluster.testbed`), writes an inventory and the R
-bootstrap for them, runs a Monte Carlo stock-price simulation across the cluster with
+It builds the test hosts (:mod:`sshcluster.testbed`), writes an inventory for them, checks
+them (:mod:`sshcluster.preflight`), writes the R bootstrap, runs a Monte Carlo stock-price simulation across the cluster with
 ``parLapply``, prints a summary and how many tasks each host ran, and tears the hosts
 down. Without root (no network namespaces) it runs the same computation on a local
 cluster and says so.
@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sshcluster import bootstrap, testbed
+from sshcluster import bootstrap, preflight, testbed
 from sshcluster.errors import SshclusterError, TestbedError
 from sshcluster.inventory import load_inventory
 from sshcluster.quoting import r_string
@@ -84,6 +84,11 @@ def run_demo(hosts: int = 4, ncore: int = 2, tasks: int = 1000,
             inventory_path = base / "hosts.yaml"
             tb.write_inventory(inventory_path, ncore=ncore)
             inventory = load_inventory(inventory_path)
+            report = preflight.check(inventory, timeout=30)
+            say(f"sshcluster check: {report.summary()}")
+            if not report.ok:
+                raise SshclusterError("the test hosts failed the preflight check:\n"
+                                      + report.to_json())
             cluster_r = base / "cluster.R"
             bootstrap.write_bootstrap(inventory, cluster_r)
             say(f"wrote {inventory_path} and {cluster_r} "

@@ -31,6 +31,7 @@ def test_demo_runs_across_hosts_and_cleans_up(testbed_env: None) -> None:
                            check=True).stdout
     assert f"{name.group(1)}-" not in netns
     assert "tearing the test hosts down" in proc.stderr
+    assert "sshcluster check: 2 of 2 hosts ready (4 R workers)" in proc.stderr
 
 
 def test_testbed_up_and_down_from_the_cli(testbed_env: None, tmp_path: Path) -> None:
