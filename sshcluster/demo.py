@@ -1,10 +1,10 @@
 """The demo: a real R computation spread over local SSH test hosts.
 
 It builds the test hosts (:mod:`sshcluster.testbed`), writes an inventory for them, checks
-them (:mod:`sshcluster.preflight`), writes the R bootstrap, runs a Monte Carlo stock-price simulation across the cluster with
-``parLapply``, prints a summary and how many tasks each host ran, and tears the hosts
-down. Without root (no network namespaces) it runs the same computation on a local
-cluster and says so.
+them (:mod:`sshcluster.preflight`), writes the R bootstrap, runs a Monte Carlo
+stock-price simulation across the cluster with ``parLapply``, prints a summary and how
+many tasks each host ran, and tears the hosts down. Without root (no network namespaces)
+it runs the same computation on a local cluster and says so.
 """
 
 from __future__ import annotations

@@ -89,12 +89,24 @@ MAX_HOSTS = 253
 _NAME_RE = re.compile(r"[a-z][a-z0-9]{0,9}")  # + "-v253" must fit IFNAMSIZ (15)
 _HOSTNAME_PREFIX_RE = re.compile(r"[a-z]([a-z0-9-]{0,50}[a-z0-9])?")
 
-# Runs inside `ip netns exec NS unshare --uts --mount`: give the host its hostname and its
-# own /root/.ssh, then become the command. Arguments: hostname, ssh dir, argv...
+# Runs inside `ip netns exec NS unshare --uts --mount`: give the host its hostname, its
+# own /root/.ssh and, like a freshly installed machine, Debian's default root ~/.bashrc
+# (this machine's own may run slow tools such as `pyenv init` in every ssh session), then
+# become the command. Arguments: hostname, ssh dir, bashrc, argv...
 # The mount namespace is a *slave* (not private) of the root one, so when a testbed
 # deletes a netns (an unmount of /run/netns/NAME) the copy here goes too, instead of
 # keeping that namespace and its veth alive for as long as this host runs.
-_ENTER = 'hostname "$1" && mount --bind "$2" /root/.ssh && shift 2 && exec "$@"'
+_ENTER = (
+    'hostname "$1" && mount --bind "$2" /root/.ssh'
+    ' && { [ ! -e /root/.bashrc ] || mount --bind "$3" /root/.bashrc; }'
+    ' && shift 3 && exec "$@"'
+)
+
+#: A fresh Debian root ~/.bashrc, for non-interactive shells: nothing runs.
+_FRESH_BASHRC = (
+    "# ~/.bashrc of a test host, as on a fresh machine: nothing for non-interactive shells\n"
+    "case $- in *i*) ;; *) return ;; esac\n"
+)
 
 
 @dataclass(frozen=True)
@@ -643,6 +655,7 @@ class Testbed:
                     title=f"{h.hostname} of {self.name}",
                 ),
             )
+            _write(d / "bashrc", _FRESH_BASHRC)
             s = d / "ssh"
             _write(s / "authorized_keys", client + "\n", 0o600)
             _write(s / "id_ed25519", worker_priv, 0o600)
@@ -720,7 +733,8 @@ class Testbed:
         return [
             "ip", "netns", "exec", host.netns,
             "unshare", "--uts", "--mount", "--propagation", "slave",
-            "sh", "-c", _ENTER, "sh", host.hostname, str(self._dir(host) / "ssh"), *argv,
+            "sh", "-c", _ENTER, "sh", host.hostname, str(self._dir(host) / "ssh"),
+            str(self._dir(host) / "bashrc"), *argv,
         ]  # fmt: skip
 
     def _start_primary(self) -> None:
