@@ -1,7 +1,21 @@
-"""sshcluster: turn a list of machines into a working R cluster."""
+"""sshcluster: turn a list of machines into a working R cluster.
+
+    import sshcluster
+
+    inv = sshcluster.load_inventory("hosts.yaml")      # sshcluster.InventoryError if wrong
+    report = sshcluster.check(inv)                     # every host, all steps, one deadline
+    ready = sshcluster.verified_inventory(report, inv)
+    sshcluster.write_bootstrap(ready, "cluster.R")     # in R: source("cluster.R")
+
+EC2 lives in :mod:`sshcluster.ec2`, the local test hosts in :mod:`sshcluster.testbed`.
+"""
 
 from __future__ import annotations
 
+__version__ = "0.1.0"
+
+# After __version__: bootstrap reads it.
+from sshcluster.bootstrap import RenderOptions, render, write_bootstrap
 from sshcluster.errors import (
     CheckFailed,
     EC2Error,
@@ -12,17 +26,40 @@ from sshcluster.errors import (
     SshclusterError,
     TestbedError,
 )
-
-__version__ = "0.1.0"
+from sshcluster.inventory import (
+    Host,
+    Inventory,
+    Primary,
+    dump_inventory,
+    load_inventory,
+    parse_inventory,
+)
+from sshcluster.preflight import check, check_async, verified_inventory
+from sshcluster.report import CheckReport, HostReport, StepResult
 
 __all__ = [
     "CheckFailed",
+    "CheckReport",
     "EC2Error",
+    "Host",
     "HostError",
+    "HostReport",
+    "Inventory",
     "InventoryError",
+    "Primary",
     "QuotingError",
     "RenderError",
+    "RenderOptions",
     "SshclusterError",
+    "StepResult",
     "TestbedError",
     "__version__",
+    "check",
+    "check_async",
+    "dump_inventory",
+    "load_inventory",
+    "parse_inventory",
+    "render",
+    "verified_inventory",
+    "write_bootstrap",
 ]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import socket
 import subprocess
@@ -22,13 +21,14 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner
+from conftest import fresh_name
 
 from sshcluster.cli import cli
-from sshcluster.errors import CheckFailed, TestbedError
+from sshcluster.errors import CheckFailed
 from sshcluster.inventory import Inventory, load_inventory
 from sshcluster.preflight import check, verified_inventory
 from sshcluster.report import STEPS, CheckReport
-from sshcluster.testbed import Testbed, TestHost, require_root_and_netns
+from sshcluster.testbed import Testbed, TestHost
 
 pytestmark = pytest.mark.testbed
 
@@ -37,15 +37,9 @@ MARGIN = 5.0
 
 
 @pytest.fixture(scope="module")
-def tb(request: pytest.FixtureRequest) -> Iterator[Testbed]:
+def tb(request: pytest.FixtureRequest, testbed_env: None) -> Iterator[Testbed]:
     """Four SSH hosts for this module (its own: some tests change host keys)."""
-    try:
-        require_root_and_netns()
-    except TestbedError as e:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI must run the testbed tests, but: {e}")
-        pytest.skip(str(e))
-    bed = Testbed(4, name="sct" + secrets.token_hex(2))
+    bed = Testbed(4, name=fresh_name())
     request.addfinalizer(bed.down)
     yield bed.up()
 
