@@ -23,6 +23,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -166,6 +167,8 @@ def bench(n: int, rounds: int, ansible: str | None) -> None:
 
 
 def main() -> None:
+    # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so the test hosts are torn down.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--hosts", type=int, nargs="+", default=[32])
     ap.add_argument("--rounds", type=int, default=3)
