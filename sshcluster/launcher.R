@@ -195,7 +195,9 @@ sshcluster_ssh_failures <- function(state, which) {
 sshcluster_send_go <- function(state) {
   for (h in seq_along(state$ssh)) {
     s <- state$ssh[[h]]
-    if (!s$go && length(readLines(paste0(s$file, ".out"), n = 1L, warn = FALSE))) {
+    out <- paste0(s$file, ".out")
+    # The shell that starts ssh creates the file; it may not have run yet.
+    if (!s$go && file.exists(out) && length(readLines(out, n = 1L, warn = FALSE))) {
       try({ writeLines("go", s$pipe); flush(s$pipe) }, silent = TRUE)
       state$ssh[[h]]$go <- TRUE
     }
