@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
+from conftest import skip_or_fail
 
 from sshcluster.cli import cli
 
@@ -62,7 +62,7 @@ def test_testbed_down_needs_a_target() -> None:
 def test_demo_without_root_falls_back_to_a_local_cluster_and_says_so() -> None:
     # A new user namespace: the same files, but no root and no network namespaces.
     if subprocess.run(["unshare", "--user", "true"], check=False).returncode != 0:
-        pytest.skip("user namespaces are not available here")
+        skip_or_fail("user namespaces are not available here")
     proc = subprocess.run(
         ["unshare", "--user", sys.executable, "-m", "sshcluster", "demo", "--hosts", "2",
          "--ncore", "1", "--tasks", "40"],

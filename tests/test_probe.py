@@ -11,11 +11,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import skip_or_fail
 
 from sshcluster.inventory import Host
 from sshcluster.probe import Facts, parse_facts, remote_script, remote_steps
 
 HAVE_R = shutil.which("Rscript") is not None
+
+
+def need_r() -> None:
+    if not HAVE_R:
+        skip_or_fail("needs Rscript")
 HOSTILE = "a'b\"c $(touch /tmp/pwned) `x` ; \\ \n"
 
 
@@ -65,8 +71,8 @@ def run_script(script: str, tmp_path: Path) -> Facts:
     return parse_facts(out.stdout.splitlines())
 
 
-@pytest.mark.skipif(not HAVE_R, reason="needs Rscript")
 def test_script_reports_everything_and_calls_back(listener: Listener, tmp_path: Path) -> None:
+    need_r()
     script = remote_script(rscript=None, r_packages=["parallel", "surelynotapkg"],
                            primary=None, primary_user="nobody", primary_ssh_port=1,
                            port=listener.port, token="tok123", budget=5)
@@ -89,8 +95,8 @@ def test_script_reports_everything_and_calls_back(listener: Listener, tmp_path: 
     assert outcome.seen_primary == "127.0.0.1"
 
 
-@pytest.mark.skipif(not HAVE_R, reason="needs Rscript")
 def test_hostile_strings_stay_data(listener: Listener, tmp_path: Path) -> None:
+    need_r()
     listener.token = HOSTILE.replace("\n", "")  # a line-based protocol: no newline inside
     script = remote_script(rscript=HOSTILE, r_packages=[], primary="127.0.0.1",
                            primary_user="nobody", primary_ssh_port=1, port=listener.port,
@@ -102,8 +108,8 @@ def test_hostile_strings_stay_data(listener: Listener, tmp_path: Path) -> None:
     assert facts.get("DONE") == "1"
 
 
-@pytest.mark.skipif(not HAVE_R, reason="needs Rscript")
 def test_token_with_quotes_reaches_the_primary_intact(tmp_path: Path) -> None:
+    need_r()
     token = "x'\"$y`z\\"
     lst = Listener(token)
     try:
@@ -118,8 +124,7 @@ def test_token_with_quotes_reaches_the_primary_intact(tmp_path: Path) -> None:
 
 
 def test_nothing_listening_fails_callback_fast(tmp_path: Path) -> None:
-    if not HAVE_R:
-        pytest.skip("needs Rscript")
+    need_r()
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]

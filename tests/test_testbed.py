@@ -24,13 +24,13 @@ from typing import TypeVar
 
 import pytest
 import yaml
+from conftest import TEST_PREFIX, skip_or_fail
 
 from sshcluster.errors import TestbedError
 from sshcluster.testbed import STATE_DIR, Testbed, TestHost, down_all
 
 pytestmark = pytest.mark.testbed
 
-TEST_PREFIX = "sct"  # as in conftest.py: names of the suite's own testbeds
 MakeTestbed = Callable[..., Testbed]
 T = TypeVar("T")
 
@@ -416,7 +416,7 @@ def pick_free_subnet() -> ipaddress.IPv4Network:
         net = ipaddress.IPv4Network(f"10.213.{third}.0/24")
         if not any(net.overlaps(u) for u in used):
             return net
-    pytest.skip("no free test subnet")
+    skip_or_fail("no free test subnet")
 
 
 def alive(pid: int) -> bool:
