@@ -26,7 +26,7 @@ from rich.progress import (
 from sshcluster import __version__, bootstrap
 from sshcluster.errors import SshclusterError
 from sshcluster.inventory import LAUNCHES, TUNNELS, Inventory, Register, load_inventory
-from sshcluster.preflight import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT
+from sshcluster.preflight import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT, check, verified_inventory
 from sshcluster.report import CheckReport, print_report
 
 
@@ -62,8 +62,6 @@ def cli() -> None:
 def _run_check(inv: Inventory, *, timeout: float, concurrency: int, accept_new: bool,
                ssh_config: tuple[str, ...], show_progress: bool) -> CheckReport:
     """Run the preflight check, with a progress bar on stderr when it is a terminal."""
-    from sshcluster.preflight import check
-
     console = Console(stderr=True)
     kwargs: dict[str, Any] = {"timeout": timeout, "concurrency": concurrency,
                               "accept_new": accept_new,
@@ -183,7 +181,6 @@ def _checked(inv: Inventory, *, timeout: float, accept_new: bool,
              allow_partial: bool) -> tuple[Inventory, str]:
     """Check ``inv`` and return the verified inventory and a note for the file's header;
     a failed host without ``allow_partial`` prints the report and exits 1."""
-    from sshcluster.preflight import verified_inventory
 
     report = _run_check(inv, timeout=timeout, concurrency=DEFAULT_CONCURRENCY,
                         accept_new=accept_new, ssh_config=(), show_progress=True)
