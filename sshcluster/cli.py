@@ -119,6 +119,10 @@ def check_command(ctx: click.Context, inventory: str, timeout: float, concurrenc
 @click.option("--tunnel", type=click.Choice(TUNNELS),
               help="reverse: workers reach the primary through an ssh reverse tunnel "
                    "(for a primary behind NAT or a firewall). Overrides 'tunnel'.")
+@click.option("--fork/--no-fork", default=None,
+              help="Fast launch: start one R per host and fork its workers from it "
+                   "(default; one R start-up per host), or start every worker as a fresh "
+                   "Rscript. Overrides the inventory's 'fork'.")
 @click.option("--future", "use_future", is_flag=True,
               help="Also run future::plan(future::cluster, workers = parallelCluster).")
 @click.option("--doparallel", "use_doparallel", is_flag=True,
@@ -134,8 +138,8 @@ def check_command(ctx: click.Context, inventory: str, timeout: float, concurrenc
               default=DEFAULT_TIMEOUT, show_default=True, help="With --check: as for check.")
 @click.option("--accept-new", is_flag=True, help="With --check: as for check.")
 def render(inventory: str, output: str | None, launch: str | None, tunnel: str | None,
-           use_future: bool, use_doparallel: bool, run_check: bool, allow_partial: bool,
-           timeout: float, accept_new: bool) -> None:
+           fork: bool | None, use_future: bool, use_doparallel: bool, run_check: bool,
+           allow_partial: bool, timeout: float, accept_new: bool) -> None:
     """Write the R bootstrap for INVENTORY.
 
     In an R session on the primary, source() the file to get `parallelCluster`,
@@ -163,6 +167,7 @@ def render(inventory: str, output: str | None, launch: str | None, tunnel: str |
     options = bootstrap.RenderOptions(
         launch="classic" if launch == "classic" else "fast" if launch else None,
         tunnel="reverse" if tunnel == "reverse" else "none" if tunnel else None,
+        fork=fork,
         register=tuple(register),
         note=note,
     )

@@ -89,9 +89,10 @@ class Inventory:
     ``port`` is the TCP port the R workers connect back to (None: R picks one at random
     in 11000-11999). ``known_hosts`` is an extra known_hosts file to verify host keys
     with. ``r_packages`` are R packages every worker must have. ``launch``, ``tunnel``,
-    ``register`` and ``setup_timeout`` say how the bootstrap starts the cluster (see
-    :data:`Launch`, :data:`Tunnel`, :data:`Register`). ``path`` is the file it was read
-    from, if any.
+    ``fork``, ``register`` and ``setup_timeout`` say how the bootstrap starts the cluster
+    (see :data:`Launch`, :data:`Tunnel`, :data:`Register`; ``fork``: the fast launch
+    starts one R per host and forks that host's workers from it, instead of one Rscript
+    per worker). ``path`` is the file it was read from, if any.
     """
 
     primary: Primary
@@ -101,6 +102,7 @@ class Inventory:
     r_packages: tuple[str, ...] = ()
     launch: Launch = "fast"
     tunnel: Tunnel = "none"
+    fork: bool = True
     register: tuple[Register, ...] = ()
     setup_timeout: int = SETUP_TIMEOUT
     path: str | None = field(default=None, compare=False)
@@ -264,6 +266,12 @@ class _Reader:
                             line=line, field=where, hint=hint)
         return value
 
+    def boolean(self, value: Any, where: str, line: int) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(f"expected true or false, got {_describe(value)}", line=line,
+                            field=where)
+        return value
+
     def rscript(self, value: Any, where: str, line: int) -> str:
         if not isinstance(value, str) or not value or not _SAFE_PATH.match(value):
             raise self.fail(f"expected the path of Rscript on that host, got {_describe(value)}",
@@ -275,7 +283,7 @@ _HOST_KEYS = ("host", "user", "ncore", "ssh_port", "identity_file", "rscript")
 _DEFAULT_KEYS = ("user", "ncore", "ssh_port", "identity_file", "rscript")
 _PRIMARY_KEYS = ("host", "user", "ssh_port")
 _TOP_KEYS = ("primary", "port", "defaults", "hosts", "known_hosts", "r_packages", "launch",
-             "tunnel", "register", "setup_timeout")
+             "tunnel", "fork", "register", "setup_timeout")
 
 
 def _host_fields(reader: _Reader, m: _Map, where: str) -> dict[str, Any]:
@@ -343,6 +351,8 @@ def _read(doc: Any, reader: _Reader) -> Inventory:
     for name, choices in (("launch", LAUNCHES), ("tunnel", TUNNELS)):
         if name in top:
             how[name] = reader.choice(top[name], name, reader.line_of(top, name), choices)
+    if "fork" in top:
+        how["fork"] = reader.boolean(top["fork"], "fork", reader.line_of(top, "fork"))
     if "setup_timeout" in top:
         how["setup_timeout"] = reader.integer(
             top["setup_timeout"], "setup_timeout", reader.line_of(top, "setup_timeout"),
@@ -468,6 +478,8 @@ def inventory_to_dict(inv: Inventory) -> dict[str, Any]:
         out["launch"] = inv.launch
     if inv.tunnel != "none":
         out["tunnel"] = inv.tunnel
+    if not inv.fork:
+        out["fork"] = False
     if inv.register:
         out["register"] = list(inv.register)
     if inv.setup_timeout != SETUP_TIMEOUT:

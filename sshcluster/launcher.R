@@ -18,9 +18,9 @@ sshcluster_internals <- list(
 
 # The script each machine runs under sh (R >= 4.0 raw string), with arguments:
 # Rscript, number of workers, machine number, master address, port, session
-# token, setup timeout, "tunnel" or "direct".
+# token, setup timeout, "tunnel" or "direct", "fork" or "fresh".
 sshcluster_remote_script <- r"--(
-r="$1"; n="$2"; id="$3"; master="$4"; port="$5"; token="$6"; setup="$7"
+r="$1"; n="$2"; id="$3"; master="$4"; port="$5"; token="$6"; setup="$7"; start="$9"
 command -v "$r" >/dev/null 2>&1 || {
   echo "sshcluster: $r not found on $(uname -n) (PATH=$PATH); set rscript: in the inventory" >&2
   exit 127
@@ -28,20 +28,46 @@ command -v "$r" >/dev/null 2>&1 || {
 # Behind a reverse tunnel, start only once the master has seen "ready": ssh
 # has then processed the answer to its -R request, so the port is ours.
 if [ "$8" = tunnel ]; then echo ready; read go || exit 0; fi
-# Whatever ends this script stops everything it started.
+# Whatever ends this script stops everything it started: each process it
+# knows of and, where it leads a process group (sshd makes every session its
+# own), the whole group, which includes forked workers.
+group=''; kill -s 0 -- "-$$" 2>/dev/null && group=yes
 exec 3<&0 </dev/null; pids=''; probe=''; watch=''
-trap 'kill $pids $probe $watch 2>/dev/null; wait' EXIT
+trap 'trap "" TERM; kill $pids $probe $watch 2>/dev/null
+  [ "$group" ] && kill -s TERM -- "-$$" 2>/dev/null; wait' EXIT
 trap 'exit 143' HUP INT TERM
-# All workers at once. SSHCLUSTER_WORKER tells the master who connected.
-i=1
-while [ $i -le $n ]; do
-  SSHCLUSTER_WORKER="$token $id $i" "$r" \
-    --default-packages=datasets,utils,grDevices,graphics,stats,methods \
-    -e 'tryCatch(parallel:::.workRSOCK,error=function(e)parallel:::.slaveRSOCK)()' \
+# A worker is parallel's own worker loop. SSHCLUSTER_WORKER tells the master
+# who connected: "token machine slot".
+worker='tryCatch(parallel:::.workRSOCK, error = function(e) parallel:::.slaveRSOCK)()'
+start_r() {
+  SSHCLUSTER_WORKER="$1" SSHCLUSTER_FORK="$2" "$r" \
+    --default-packages=datasets,utils,grDevices,graphics,stats,methods -e "$3" \
     MASTER="$master" PORT="$port" OUT=/dev/null SETUPTIMEOUT="$setup" \
     TIMEOUT=2592000 XDR=TRUE SETUPSTRATEGY=parallel >/dev/null &
-  pids="$pids $!"; i=$((i + 1))
-done
+  pids="$pids $!"
+}
+if [ "$start" = fork ] && [ "$group" ]; then
+  # One R starts, then forks the workers: one R start-up per machine instead
+  # of one per worker. Each worker gets an empty global environment and its
+  # own tempdir(), as a fresh R would; the group kill above reaches the forks.
+  start_r "$token $id" "$n" 'local({
+    w <- Sys.getenv("SSHCLUSTER_WORKER")
+    unlink(tempdir(), recursive = TRUE)
+    child <- function(i) {
+      Sys.setenv(SSHCLUSTER_WORKER = paste(w, i), SSHCLUSTER_FORK = "")
+      tempdir(check = TRUE)
+      on.exit(unlink(tempdir(), recursive = TRUE))
+      '"$worker"'
+    }
+    n <- as.integer(Sys.getenv("SSHCLUSTER_FORK"))
+    jobs <- lapply(seq_len(n), function(i) parallel::mcparallel(child(i), silent = TRUE))
+    invisible(parallel::mccollect(jobs))
+  })'
+else
+  # One fresh R per worker, all at once.
+  i=1
+  while [ $i -le $n ]; do start_r "$token $id $i" "" "$worker"; i=$((i + 1)); done
+fi
 # One quick check that this machine reaches the master's port, so that a
 # firewall is reported in a second rather than after the setup timeout; with
 # bash's /dev/tcp where there is bash (a few ms), else with R (tens of ms).
@@ -73,8 +99,11 @@ for p in $pids; do wait $p; done; pids=''
 # Starts the workers of 'machines' (each a list(host, user, ncore), optionally
 # with its own ssh command and rscript) and returns a SOCKcluster, in machine
 # order. 'ssh' is the ssh command (with its options) for machines without one.
+# fork = TRUE starts one R per machine and forks its workers from it; FALSE
+# starts every worker as a fresh Rscript.
 sshcluster_launch <- function(machines, primary, ssh, port = NA, tunnel = FALSE,
-                              setup_timeout = 120, state = sshcluster_state) {
+                              fork = TRUE, setup_timeout = 120,
+                              state = sshcluster_state) {
   # The listener stays open while the cluster runs (sshcluster_close() closes
   # it): a host's one-off reachability check may come after the last worker.
   listener <- sshcluster_listen(port)
@@ -99,7 +128,8 @@ sshcluster_launch <- function(machines, primary, ssh, port = NA, tunnel = FALSE,
     rscript <- if (is.null(m$rscript)) "Rscript" else m$rscript
     remote <- paste("exec sh -c", shQuote(sshcluster_remote_script), "sshcluster",
                     shQuote(rscript), n[h], h, shQuote(if (tunnel) "127.0.0.1" else primary),
-                    port, token, setup_timeout, if (tunnel) "tunnel" else "direct")
+                    port, token, setup_timeout, if (tunnel) "tunnel" else "direct",
+                    if (fork) "fork" else "fresh")
     forward <- if (tunnel) sprintf("-o ExitOnForwardFailure=yes -R 127.0.0.1:%d:127.0.0.1:%d",
                                    port, port)
     # ssh runs in the background of a small sh so that its pid and exit status

@@ -162,7 +162,14 @@ def test_fast_is_the_default_and_options_override_the_inventory() -> None:
     inv = parse_inventory(MISSION)
     fast = render(inv)
     assert "sshcluster_launch(" in fast and "parallel::makeCluster(" not in fast
-    assert "tunnel = FALSE, setup_timeout = 120" in fast
+    assert "tunnel = FALSE, fork = TRUE, setup_timeout = 120" in fast
+    assert "# fast launch: one ssh per host, workers forked from one R per host." in fast
+    fresh = render(inv, RenderOptions(fork=False))
+    assert "fork = FALSE" in fresh and "# fast launch: one ssh per host, one Rscript per " \
+        "worker." in fresh
+    no_fork = parse_inventory(MISSION.replace("port: 11234", "port: 11234\nfork: false"))
+    assert "fork = FALSE" in render(no_fork)
+    assert "fork = TRUE" in render(no_fork, RenderOptions(fork=True))
     assert 'primary <- "192.168.1.235"' in fast
     assert "port = 11234L" in fast
     assert "registerDoParallel" not in fast and "future::plan" not in fast
@@ -217,6 +224,9 @@ def test_cli_render_flags(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert "tunnel = TRUE" in res.output and "future::plan(" in res.output
     assert "registerDoParallel(" in res.output
+    assert "fork = TRUE" in res.output
+    res = runner.invoke(cli, ["render", str(inv), "--no-fork"])
+    assert res.exit_code == 0 and "fork = FALSE" in res.output
     res = runner.invoke(cli, ["render", str(inv), "--launch", "classic"])
     assert res.exit_code == 0 and "parallel::makeCluster(" in res.output
     res = runner.invoke(cli, ["render", str(inv), "--launch", "classic", "--tunnel", "reverse"])

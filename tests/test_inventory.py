@@ -105,6 +105,7 @@ def test_relative_paths_resolve_against_the_inventory_directory(tmp_path: Path) 
         ("primary: p\nregister:\n  - future\n  - foreach\nhosts: [a]\n", 4, "register[1]",
          "expected one of future, doparallel, got 'foreach'"),
         ("primary: p\nsetup_timeout: 0\nhosts: [a]\n", 2, "setup_timeout", "seconds"),
+        ("primary: p\nhosts: [a]\nfork: 'no'\n", 3, "fork", "expected true or false, got 'no'"),
         ("primary: p\nlaunch: classic\ntunnel: reverse\nhosts: [a]\n", 3, "tunnel",
          "the classic launch cannot use a reverse tunnel"),
     ],
@@ -161,7 +162,7 @@ def test_dump_round_trips() -> None:
                     rscript="/opt/R/bin/Rscript"),
                Host(host="b", ncore=None)),
         port=11000, known_hosts="/kh", r_packages=("stats",), launch="fast",
-        tunnel="reverse", register=("doparallel", "future"), setup_timeout=30,
+        tunnel="reverse", fork=False, register=("doparallel", "future"), setup_timeout=30,
     )
     text = dump_inventory(inv, header="made by a test\nsecond line")
     assert text.startswith("# made by a test\n# second line\n")
@@ -170,11 +171,12 @@ def test_dump_round_trips() -> None:
 
 def test_launch_settings_and_their_defaults() -> None:
     inv = parse_inventory("primary: p\nhosts: [a]\n")
-    assert (inv.launch, inv.tunnel, inv.register, inv.setup_timeout) == ("fast", "none", (), 120)
+    assert (inv.launch, inv.tunnel, inv.fork, inv.register, inv.setup_timeout) == (
+        "fast", "none", True, (), 120)
     inv = parse_inventory("primary: p\nlaunch: classic\nregister: [future, future, doparallel]"
-                          "\nsetup_timeout: 30\nhosts: [a]\n")
-    assert (inv.launch, inv.register, inv.setup_timeout) == (
-        "classic", ("future", "doparallel"), 30)
+                          "\nsetup_timeout: 30\nfork: false\nhosts: [a]\n")
+    assert (inv.launch, inv.fork, inv.register, inv.setup_timeout) == (
+        "classic", False, ("future", "doparallel"), 30)
 
 
 def test_launch_typo_gets_a_hint() -> None:

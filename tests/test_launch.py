@@ -8,6 +8,7 @@ The classic launch still works. Every R run is bounded by a subprocess timeout.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import subprocess
@@ -21,6 +22,7 @@ import yaml
 
 from sshcluster.bootstrap import RenderOptions, write_bootstrap
 from sshcluster.inventory import load_inventory
+from sshcluster.netns import process_name
 from sshcluster.testbed import Testbed, TestHost
 
 pytestmark = pytest.mark.testbed
@@ -68,6 +70,27 @@ def _leftovers(testbed: Testbed, pattern: str = "R|sh|sleep", wait: float = 5.0
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.1)
+
+
+def _parent(pid: int) -> int:
+    """The parent pid of ``pid`` (the comm field may hold spaces; it ends at the last ')')."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2:].split()[1])
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            with contextlib.suppress(OSError, ValueError):  # gone meanwhile
+                children.setdefault(_parent(int(d.name)), []).append(int(d.name))
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.add(c)
+            todo.append(c)
+    return out
 
 
 def _free_port() -> int:
@@ -131,6 +154,44 @@ def test_fast_launch_is_a_standard_cluster(clean: Testbed, tmp_path: Path) -> No
     assert lines["stopped"].strip() == "FALSE"
 
 
+@pytest.mark.parametrize("fork", [True, False], ids=["fork", "fresh"])
+def test_workers_are_separate_fresh_sessions(clean: Testbed, tmp_path: Path, fork: bool
+                                             ) -> None:
+    """Forked or not, each worker has its own pid, its own tempdir() (removed when it
+    stops), its own random stream without any seeding, and a fresh R's search path."""
+    f = _bootstrap(clean, tmp_path, options=RenderOptions(fork=fork))
+    out = _run_r(f"""
+        source({str(f)!r})
+        x <- parallel::clusterEvalQ(parallelCluster, local({{
+          ppid <- strsplit(sub(".*[)] ", "", readLines("/proc/self/stat")), " ")[[1]][2]
+          list(pid = Sys.getpid(), tmp = tempdir(), session = Sys.getenv("R_SESSION_TMPDIR"),
+               objects = ls(globalenv(), all.names = TRUE), r = runif(1), search = search(),
+               parent = readLines(sprintf("/proc/%s/comm", ppid)))
+        }}))
+        tmp <- vapply(x, `[[`, "", "tmp")
+        cat("pids", length(unique(vapply(x, `[[`, 1L, "pid"))), "\n")
+        cat("tmp", length(unique(tmp)), all(dir.exists(tmp)),
+            identical(tmp, vapply(x, `[[`, "", "session")), "\n")
+        cat("runif", length(unique(vapply(x, `[[`, 1, "r"))), "\n")
+        cat("search", all(vapply(x, function(w) identical(w$search, search()), TRUE)), "\n")
+        cat("globalenv", length(unlist(lapply(x, `[[`, "objects"))), "\n")
+        cat("parents", unique(vapply(x, `[[`, "", "parent")), "\n")
+        sshcluster_stop()
+        cat("after", any(dir.exists(tmp)), "\n")
+    """, tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
+    n = 2 * len(clean.hosts)
+    assert lines["pids"].split() == [str(n)]
+    assert lines["tmp"].split() == [str(n), "TRUE", "TRUE"]
+    assert lines["runif"].split() == [str(n)]
+    assert lines["search"].split() == ["TRUE"]
+    assert lines["globalenv"].split() == ["0"]
+    # Forked workers are children of their host's one R; fresh ones of the shell.
+    assert lines["parents"].split() == (["R"] if fork else ["sh"])
+    assert lines["after"].split() == ["FALSE"]
+
+
 def test_stop_cluster_alone_leaves_no_process_on_the_hosts(clean: Testbed, tmp_path: Path
                                                           ) -> None:
     """stopCluster() ends the workers, and with them each host's ssh session, while the
@@ -182,7 +243,11 @@ def test_sourcing_twice_stops_the_first_cluster(clean: Testbed, tmp_path: Path) 
             second = {int(p) for p in proc.stdout.readline().split()[1:]}
             assert len(first) == len(second) == 8 and not first & second
             running = {p for h in clean.hosts for p in clean.processes(h, "R")}
-            assert running == second
+            # With fork (the default), each host's workers come from one R of their own.
+            parents = {_parent(p) for p in second}
+            assert {process_name(p) for p in parents} == {"R"}
+            assert len(parents) == len(clean.hosts)
+            assert running == second | parents
             proc.stdin.write("go\n")
             proc.stdin.flush()
             _, err = proc.communicate(timeout=R_TIMEOUT)
@@ -192,9 +257,10 @@ def test_sourcing_twice_stops_the_first_cluster(clean: Testbed, tmp_path: Path) 
             proc.kill()
 
 
-def test_master_killed_leaves_no_worker(clean: Testbed, tmp_path: Path) -> None:
+@pytest.mark.parametrize("fork", [True, False], ids=["fork", "fresh"])
+def test_master_killed_leaves_no_worker(clean: Testbed, tmp_path: Path, fork: bool) -> None:
     """The ssh connections are a dead man's switch: kill -9 the R session, the workers go."""
-    f = _bootstrap(clean, tmp_path)
+    f = _bootstrap(clean, tmp_path, options=RenderOptions(fork=fork))
     script = tmp_path / "killed.R"
     script.write_text(f'source({str(f)!r}); cat("READY\\n"); Sys.sleep(120)\n')
     with subprocess.Popen(["Rscript", str(script)], stdout=subprocess.PIPE,
@@ -245,9 +311,12 @@ def _line_for(stderr: str, host: TestHost) -> str:
     return lines[0]
 
 
-def test_refused_ssh_fails_fast_and_names_the_host(clean: Testbed, tmp_path: Path) -> None:
+@pytest.mark.parametrize("fork", [True, False], ids=["fork", "fresh"])
+def test_refused_ssh_fails_fast_and_names_the_host(clean: Testbed, tmp_path: Path, fork: bool
+                                                   ) -> None:
+    """One host refuses; the workers the other hosts started are all stopped."""
     bad = clean.hosts[1]
-    f = _bootstrap(clean, tmp_path)
+    f = _bootstrap(clean, tmp_path, options=RenderOptions(fork=fork))
     clean.stop_sshd(bad)
     try:
         err = _launch_fails(clean, f, tmp_path)
@@ -348,9 +417,7 @@ def test_reachability_check_without_bash_uses_r(tmp_path: Path) -> None:
         (tools / tool).symlink_to(subprocess.run(["sh", "-c", f"command -v {tool}"],
                                                  capture_output=True, text=True,
                                                  check=True).stdout.strip())
-    script = subprocess.run(["Rscript", "-e", "source('sshcluster/launcher.R');"
-                             "cat(sshcluster_remote_script)"], capture_output=True, text=True,
-                            check=True, timeout=60, cwd=Path(__file__).parent.parent).stdout
+    script = _remote_script()
     port = _free_port()  # nothing listens there
     # stdin stays open: its EOF would be the dead man's switch.
     with subprocess.Popen(["/bin/sh", "-c", script, "sshcluster", "Rscript", "1", "1",
@@ -366,6 +433,51 @@ def test_reachability_check_without_bash_uses_r(tmp_path: Path) -> None:
     assert status == 3, err
     assert f"cannot connect to the primary at 127.0.0.1 port {port}: the connection was " \
         "refused" in err
+
+
+def _remote_script() -> str:
+    return subprocess.run(["Rscript", "-e", "source('sshcluster/launcher.R');"
+                           "cat(sshcluster_remote_script)"], capture_output=True, text=True,
+                          check=True, timeout=60, cwd=Path(__file__).parent.parent).stdout
+
+
+@pytest.mark.parametrize("leader", [True, False], ids=["group-leader", "not-leader"])
+def test_remote_script_forks_only_where_it_can_stop_the_forks(tmp_path: Path, leader: bool
+                                                              ) -> None:
+    """Run the per-host script directly. As the leader of its process group (what sshd
+    gives it) it forks the workers from one R; otherwise it starts one Rscript per worker,
+    since only a group kill reaches forks it does not know. Either way, the EOF of its
+    stdin (the dead man's switch) stops every process it started."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        with subprocess.Popen(["/bin/sh", "-c", _remote_script(), "sshcluster", "Rscript",
+                               "3", "1", "127.0.0.1", str(port), "tok", "30", "direct",
+                               "fork"], stdin=subprocess.PIPE, stderr=subprocess.PIPE,
+                              start_new_session=leader) as proc:
+            try:
+                # Workers connect and then wait for work; hold their connections.
+                server.settimeout(30)
+                held = [server.accept()[0] for _ in range(4)]  # 3 workers + the port check
+                tree = _descendants(proc.pid)
+                r = {p for p in tree if process_name(p) == "R"}
+                parents = {_parent(p) for p in r}
+                if leader:  # one R, and three forks of it
+                    assert len(r) == 4 and parents == {proc.pid} | (r & parents)
+                    assert len(r & parents) == 1
+                else:  # three Rscripts, children of the script's shell
+                    assert len(r) == 3 and parents == {proc.pid}
+                assert proc.stdin is not None
+                proc.stdin.close()  # ssh ended
+                proc.wait(timeout=30)
+                deadline = time.monotonic() + 10
+                while {p for p in tree if Path(f"/proc/{p}").exists()} and \
+                        time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert {p for p in tree if Path(f"/proc/{p}").exists()} == set()
+                for c in held:
+                    c.close()
+            finally:
+                proc.kill()
 
 
 def test_taken_tunnel_port_is_an_error_not_a_hijack(clean: Testbed, tmp_path: Path) -> None:
