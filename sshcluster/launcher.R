@@ -92,8 +92,11 @@ wait $probe || {
   exit 3
 }
 probe=''
-# Reaped pids are forgotten, so that the exit trap cannot hit a reused pid.
-for p in $pids; do wait $p; done; pids=''
+# Reaped pids are forgotten, so that the exit trap cannot hit a reused pid. An R
+# that failed (to start, say) makes this script fail with its status.
+rc=0
+for p in $pids; do wait $p || rc=$?; done; pids=''
+exit $rc
 )--"
 
 # Starts the workers of 'machines' (each a list(host, user, ncore), optionally
@@ -263,7 +266,7 @@ sshcluster_fail <- function(state, failed, got, n, what) {
 
 sshcluster_read <- function(path) {
   text <- if (file.exists(path)) readLines(path, warn = FALSE) else character()
-  paste(trimws(text[nzchar(trimws(text))]), collapse = " / ")
+  paste(unique(trimws(text[nzchar(trimws(text))])), collapse = " / ")
 }
 
 # Closes every ssh connection of 'state'. Each machine stops its workers when

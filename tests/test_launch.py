@@ -355,6 +355,22 @@ def test_missing_rscript_fails_fast(clean: Testbed, tmp_path: Path) -> None:
     assert "status 127" in line and "/opt/no R/Rscript not found on node4" in line
 
 
+@pytest.mark.parametrize("fork", [True, False], ids=["fork", "fresh"])
+def test_r_that_cannot_start_fails_fast(clean: Testbed, tmp_path: Path, fork: bool) -> None:
+    """An R that exits at once (a broken install): the host's script fails with R's
+    status, and the error shows R's message once, not once per worker."""
+    bad = clean.hosts[2]
+    broken = tmp_path / "broken-Rscript"
+    broken.write_text("#!/bin/sh\necho 'Error: libR.so: cannot open shared object' >&2\n"
+                      "exit 2\n")
+    broken.chmod(0o755)
+    f = _bootstrap(clean, tmp_path, options=RenderOptions(fork=fork),
+                   host_fields={bad.address: {"rscript": str(broken)}})
+    err = _launch_fails(clean, f, tmp_path)
+    assert _line_for(err, bad).endswith(
+        "ssh exited with status 2: Error: libR.so: cannot open shared object")
+
+
 def test_workers_that_never_connect_hit_the_setup_timeout(clean: Testbed, tmp_path: Path
                                                          ) -> None:
     """An Rscript that starts but never connects: the setup deadline names the host."""
