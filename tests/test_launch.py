@@ -110,10 +110,13 @@ def clean(testbed: Testbed) -> Iterator[Testbed]:
 # --------------------------------------------------------------------------- it works
 
 
-def test_fast_launch_is_a_standard_cluster(clean: Testbed, tmp_path: Path) -> None:
+@pytest.mark.parametrize("fork", [True, False], ids=["fork", "fresh"])
+def test_fast_launch_is_a_standard_cluster(clean: Testbed, tmp_path: Path, fork: bool
+                                           ) -> None:
     """parallel's API, foreach/doParallel and future all work on parallelCluster."""
     tb = clean
-    f = _bootstrap(tb, tmp_path, options=RenderOptions(register=("future", "doparallel")))
+    f = _bootstrap(tb, tmp_path, options=RenderOptions(register=("future", "doparallel"),
+                                                       fork=fork))
     out = _run_r(f"""
         source({str(f)!r})
         cl <- parallelCluster
