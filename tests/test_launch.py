@@ -227,6 +227,23 @@ def test_stop_cluster_alone_leaves_no_process_on_the_hosts(clean: Testbed, tmp_p
             proc.kill()
 
 
+def test_stopping_also_stops_what_the_workers_started(clean: Testbed, tmp_path: Path
+                                                     ) -> None:
+    """A process a worker leaves in the background belongs to the host's session: it stops
+    with the cluster."""
+    f = _bootstrap(clean, tmp_path)
+    out = _run_r(f"""
+        source({str(f)!r})
+        invisible(parallel::clusterEvalQ(parallelCluster, system("sleep 300", wait = FALSE)))
+        Sys.sleep(0.5)
+        cat("sleeping", length(system("pgrep -x sleep", intern = TRUE)), "\n")
+        sshcluster_stop()
+    """, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.split()[1]) >= 2 * len(clean.hosts)
+    assert _leftovers(clean, "sleep") == {}
+
+
 def test_sourcing_twice_stops_the_first_cluster(clean: Testbed, tmp_path: Path) -> None:
     """The second source() stops the first cluster: only the second one's workers run."""
     f = _bootstrap(clean, tmp_path)
