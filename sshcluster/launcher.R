@@ -46,7 +46,9 @@ start_r() {
     TIMEOUT=2592000 XDR=TRUE SETUPSTRATEGY=parallel >/dev/null &
   pids="$pids $!"
 }
-if [ "$start" = fork ] && [ "$group" ]; then
+# (R tracks its forks with select(), which stops at file descriptor 1024: two
+# per fork, so a machine with more than 256 workers gets fresh ones.)
+if [ "$start" = fork ] && [ "$group" ] && [ "$n" -le 256 ]; then
   # One R starts, then forks the workers: one R start-up per machine instead
   # of one per worker. Each worker gets an empty global environment and its
   # own tempdir(), as a fresh R would; the group kill above reaches the forks.

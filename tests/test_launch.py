@@ -516,6 +516,38 @@ def test_remote_script_forks_only_where_it_can_stop_the_forks(tmp_path: Path, le
                 proc.kill()
 
 
+@pytest.mark.parametrize(("workers", "started"), [(256, 1), (257, 257)])
+def test_more_than_256_workers_on_a_machine_are_not_forked(tmp_path: Path, workers: int,
+                                                           started: int) -> None:
+    """R tracks forks with select(), limited to descriptor 1024: a machine with more than
+    256 workers starts them fresh. (A stand-in Rscript that only sleeps counts the starts.)"""
+    fake = tmp_path / "Rscript"
+    fake.write_text("#!/bin/sh\nexec sleep 60\n")
+    fake.chmod(0o755)
+    with socket.create_server(("127.0.0.1", 0)) as server:  # for the port check
+        port = server.getsockname()[1]
+        with subprocess.Popen(["/bin/sh", "-c", _remote_script(), "sshcluster", str(fake),
+                               str(workers), "1", "127.0.0.1", str(port), "tok", "30",
+                               "direct", "fork"], stdin=subprocess.PIPE,
+                              start_new_session=True) as proc:
+            try:
+                deadline = time.monotonic() + 30
+                while True:
+                    sleeping = {p for p in _descendants(proc.pid) if process_name(p) == "sleep"}
+                    if len(sleeping) >= started or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.1)
+                time.sleep(0.3)  # no more than that
+                sleeping = {p for p in _descendants(proc.pid) if process_name(p) == "sleep"}
+                assert len(sleeping) == started
+                assert proc.stdin is not None
+                proc.stdin.close()
+                proc.wait(timeout=30)
+                assert not [p for p in sleeping if Path(f"/proc/{p}").exists()]
+            finally:
+                proc.kill()
+
+
 def test_taken_tunnel_port_is_an_error_not_a_hijack(clean: Testbed, tmp_path: Path) -> None:
     """Someone listens on 127.0.0.1:PORT on a host: the forward fails and ssh says so."""
     bad = clean.hosts[2]
