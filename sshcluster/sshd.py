@@ -8,10 +8,10 @@ waiting until it answers with its banner, or failing with the tail of its logs; 
 a free port; the known_hosts names ssh looks up; and the fresh ``~/.bashrc`` a test host
 gets, so that an ssh session does not run this machine's shell setup.
 
-One sshd's files live in one directory ``d``: ``d/sshd_config``, its log ``d/sshd.log``
-and ``d/start.err`` for what it prints before it logs. Nothing here knows about
-namespaces: to run sshd inside one, wrap :func:`sshd_argv` and pass the result to
-:func:`popen_sshd`.
+One sshd's files live in one directory ``d``: its host key ``d/ssh_host_ed25519_key``,
+``d/sshd_config``, ``d/sshd.pid``, its log ``d/sshd.log`` and ``d/start.err`` for what it
+prints before it logs. Nothing here knows about namespaces: to run sshd inside one, wrap
+:func:`sshd_argv` and pass the result to :func:`popen_sshd`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from sshcluster.errors import TestbedError
@@ -27,20 +27,29 @@ from sshcluster.netns import run_command
 
 __all__ = [
     "FRESH_BASHRC",
+    "HOST_KEY",
     "SSHD",
+    "choose_port",
     "free_port",
     "keygen",
     "known_hosts_name",
+    "make_host_key",
     "popen_sshd",
     "port_free",
+    "ssh_config_text",
     "sshd_argv",
     "sshd_config",
+    "stop_sshd",
     "wait_banner",
     "write_file",
+    "write_sshd_config",
 ]
 
 #: The OpenSSH server (Debian's openssh-server).
 SSHD = "/usr/sbin/sshd"
+
+#: The name of an sshd's host key (private half) in its directory.
+HOST_KEY = "ssh_host_ed25519_key"
 
 #: A fresh Debian root ~/.bashrc, for non-interactive shells: nothing runs.
 FRESH_BASHRC = (
@@ -58,6 +67,11 @@ def keygen(path: Path, comment: str) -> str:
         what=f"ssh-keygen for {path}",
     )
     return " ".join(path.with_name(path.name + ".pub").read_text().split()[:2])
+
+
+def make_host_key(d: Path, comment: str) -> str:
+    """Make (or replace) the host key of the sshd of directory ``d``; return its public key."""
+    return keygen(d / HOST_KEY, comment)
 
 
 def write_file(path: Path, text: str, mode: int = 0o644) -> None:
@@ -99,6 +113,23 @@ Subsystem sftp internal-sftp
 """
 
 
+def write_sshd_config(
+    d: Path, *, listen: str, port: int, authorized_keys: str, title: str
+) -> None:
+    """Write ``d/sshd_config``, with the host key and pid file of directory ``d``."""
+    write_file(
+        d / "sshd_config",
+        sshd_config(
+            listen=listen,
+            port=port,
+            key=d / HOST_KEY,
+            pidfile=d / "sshd.pid",
+            authorized_keys=authorized_keys,
+            title=title,
+        ),
+    )
+
+
 def sshd_argv(d: Path) -> list[str]:
     """sshd in the foreground with the config and the log in directory ``d``."""
     return [SSHD, "-D", "-f", str(d / "sshd_config"), "-E", str(d / "sshd.log")]
@@ -116,6 +147,19 @@ def popen_sshd(d: Path, argv: Sequence[str]) -> subprocess.Popen[bytes]:
             stderr=err,
             start_new_session=True,  # Ctrl-C in the terminal is for us, not sshd
         )
+
+
+def stop_sshd(proc: subprocess.Popen[bytes]) -> None:
+    """Stop an sshd started by :func:`popen_sshd`, if it runs: its listener goes, the
+    sessions it forked keep running."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
 
 
 def _tail(path: Path, lines: int = 5) -> str:
@@ -167,3 +211,32 @@ def free_port(address: str) -> int:
         port: int = s.getsockname()[1]
         return port
 
+
+
+def choose_port(address: str, port: int | None = None) -> int:
+    """``port`` if given; else 22 if sshd could listen on ``address:22``, else a free port."""
+    if port is not None:
+        return port
+    # A new address is free, but a wildcard listener (0.0.0.0:22) blocks its port 22 too.
+    return 22 if port_free(address, 22) else free_port(address)
+
+
+def ssh_config_text(
+    hosts: Iterable[tuple[str, str, int]], *, user: str, identity_file: Path, known_hosts: Path
+) -> str:
+    """An ssh_config (for ``ssh -F``) with one ``Host`` block per ``(alias, address, port)``:
+    ``user`` logs in with ``identity_file`` only, with host key checking on against
+    ``known_hosts``."""
+    blocks = ["# written by sshcluster testbed: use with ssh -F THIS_FILE HOSTNAME\n"]
+    for alias, address, port in hosts:
+        blocks.append(
+            f"Host {alias}\n"
+            f"  HostName {address}\n"
+            f"  Port {port}\n"
+            f"  User {user}\n"
+            f"  IdentityFile {identity_file}\n"
+            f"  IdentitiesOnly yes\n"
+            f"  UserKnownHostsFile {known_hosts}\n"
+            f"  StrictHostKeyChecking yes\n"
+        )
+    return "\n".join(blocks)

@@ -76,15 +76,17 @@ from sshcluster.netns import (
 from sshcluster.sshd import (
     FRESH_BASHRC,
     SSHD,
-    free_port,
+    choose_port,
     keygen,
     known_hosts_name,
+    make_host_key,
     popen_sshd,
-    port_free,
+    ssh_config_text,
     sshd_argv,
-    sshd_config,
+    stop_sshd,
     wait_banner,
     write_file,
+    write_sshd_config,
 )
 
 __all__ = [
@@ -489,14 +491,10 @@ class Testbed:
             "worker": pool.submit(
                 keygen, wd / "hostkey" / "id_ed25519", f"sshcluster-{self.name}-hosts"
             ),
-            "primary": pool.submit(
-                keygen, wd / "primary" / "ssh_host_ed25519_key", f"{self.name}-primary"
-            ),
+            "primary": pool.submit(make_host_key, wd / "primary", f"{self.name}-primary"),
         }
         host_jobs = {
-            h.index: pool.submit(
-                keygen, self._dir(h) / "ssh_host_ed25519_key", f"{self.name}-{h.hostname}"
-            )
+            h.index: pool.submit(make_host_key, self._dir(h), f"{self.name}-{h.hostname}")
             for h in self._hosts
         }
         keys = {role: f.result() for role, f in jobs.items()}
@@ -509,16 +507,12 @@ class Testbed:
         # Only now: probing the port needs the bridge address to exist.
         port = self._choose_primary_port()
         write_file(wd / "primary" / "authorized_keys", worker + "\n")
-        write_file(
-            wd / "primary" / "sshd_config",
-            sshd_config(
-                listen=self._primary_address,
-                port=port,
-                key=wd / "primary" / "ssh_host_ed25519_key",
-                pidfile=wd / "primary" / "sshd.pid",
-                authorized_keys=str(wd / "primary" / "authorized_keys"),
-                title=f"primary of {self.name}",
-            ),
+        write_sshd_config(
+            wd / "primary",
+            listen=self._primary_address,
+            port=port,
+            authorized_keys=str(wd / "primary" / "authorized_keys"),
+            title=f"primary of {self.name}",
         )
         write_file(
             wd / "known_hosts",
@@ -536,16 +530,12 @@ class Testbed:
         )
         for h in self._hosts:
             d = self._dir(h)
-            write_file(
-                d / "sshd_config",
-                sshd_config(
-                    listen=h.address,
-                    port=h.ssh_port,
-                    key=d / "ssh_host_ed25519_key",
-                    pidfile=d / "sshd.pid",
-                    authorized_keys=".ssh/authorized_keys",  # the bind-mounted /root/.ssh
-                    title=f"{h.hostname} of {self.name}",
-                ),
+            write_sshd_config(
+                d,
+                listen=h.address,
+                port=h.ssh_port,
+                authorized_keys=".ssh/authorized_keys",  # the bind-mounted /root/.ssh
+                title=f"{h.hostname} of {self.name}",
             )
             write_file(d / "bashrc", FRESH_BASHRC)
             s = d / "ssh"
@@ -557,30 +547,16 @@ class Testbed:
         write_file(wd / "ssh_config", self._ssh_config_text())
 
     def _ssh_config_text(self) -> str:
-        blocks = ["# written by sshcluster testbed: use with ssh -F THIS_FILE HOSTNAME\n"]
-        for h in self._hosts:
-            blocks.append(
-                f"Host {h.hostname}\n"
-                f"  HostName {h.address}\n"
-                f"  Port {h.ssh_port}\n"
-                f"  User {self.user}\n"
-                f"  IdentityFile {self.identity_file}\n"
-                f"  IdentitiesOnly yes\n"
-                f"  UserKnownHostsFile {self.known_hosts}\n"
-                f"  StrictHostKeyChecking yes\n"
-            )
-        return "\n".join(blocks)
+        return ssh_config_text(
+            ((h.hostname, h.address, h.ssh_port) for h in self._hosts),
+            user=self.user,
+            identity_file=self.identity_file,
+            known_hosts=self.known_hosts,
+        )
 
     def _choose_primary_port(self) -> int:
-        if self._port_arg is not None:
-            port = self._port_arg
-        else:
-            # The bridge address is new, but a wildcard listener (0.0.0.0:22) blocks it.
-            port = (
-                22 if port_free(self._primary_address, 22) else free_port(self._primary_address)
-            )
-        self._primary_port = port
-        return port
+        self._primary_port = choose_port(self._primary_address, self._port_arg)
+        return self._primary_port
 
     def _make_network(
         self, bridge: str, veths: list[str], prefixlen: int, pool: ThreadPoolExecutor
@@ -737,14 +713,8 @@ class Testbed:
         """Stop the host's sshd listener (sessions already open keep running)."""
         self._need_up()
         proc = self._sshd.get(host.index)
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        if proc is not None:
+            stop_sshd(proc)
 
     def start_sshd(self, host: TestHost) -> None:
         """Start the host's sshd again (no-op if it runs) and wait until it answers."""
@@ -763,7 +733,7 @@ class Testbed:
         """
         self._need_up()
         self.stop_sshd(host)
-        keygen(self._dir(host) / "ssh_host_ed25519_key", f"{self.name}-{host.hostname}-new")
+        make_host_key(self._dir(host), f"{self.name}-{host.hostname}-new")
         self.start_sshd(host)
 
     def processes(self, host: TestHost, pattern: str = "R") -> list[int]:
