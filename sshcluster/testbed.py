@@ -33,7 +33,8 @@ Network rule: a testbed only ever sends traffic to its own subnet, which is chec
 to overlap any address or route of this machine; the hosts have no default route.
 
 The namespaces, links, processes, subnet locks and state files underneath are handled by
-:mod:`sshcluster.netns`; this module builds hosts out of them and runs their sshd.
+:mod:`sshcluster.netns`, the keys, sshd configs and sshd processes by :mod:`sshcluster.sshd`;
+this module builds hosts out of them.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -73,6 +73,21 @@ from sshcluster.netns import (
     state_path,
     teardown,
 )
+from sshcluster.sshd import (
+    FRESH_BASHRC,
+    SSHD,
+    choose_port,
+    keygen,
+    known_hosts_name,
+    make_host_key,
+    popen_sshd,
+    ssh_config_text,
+    sshd_argv,
+    stop_sshd,
+    wait_banner,
+    write_file,
+    write_sshd_config,
+)
 
 __all__ = [
     "TestHost",
@@ -83,7 +98,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SSHD = "/usr/sbin/sshd"
 MAX_HOSTS = 253
 
 _NAME_RE = re.compile(r"[a-z][a-z0-9]{0,9}")  # + "-v253" must fit IFNAMSIZ (15)
@@ -100,12 +114,6 @@ _ENTER = (
     'hostname "$1" && mount --bind "$2" /root/.ssh'
     ' && { [ ! -e /root/.bashrc ] || mount --bind "$3" /root/.bashrc; }'
     ' && shift 3 && exec "$@"'
-)
-
-#: A fresh Debian root ~/.bashrc, for non-interactive shells: nothing runs.
-_FRESH_BASHRC = (
-    "# ~/.bashrc of a test host, as on a fresh machine: nothing for non-interactive shells\n"
-    "case $- in *i*) ;; *) return ;; esac\n"
 )
 
 
@@ -155,120 +163,6 @@ def require_root_and_netns() -> None:
             f"network namespaces are not available here: {e.message}",
             hint="a container needs --privileged (or CAP_SYS_ADMIN and CAP_NET_ADMIN)",
         ) from e
-
-
-def _keygen(path: Path, comment: str) -> str:
-    """Make an ed25519 key pair at ``path`` with ssh-keygen; return the public key line."""
-    for p in (path, path.with_name(path.name + ".pub")):
-        p.unlink(missing_ok=True)  # ssh-keygen asks before overwriting; nobody would answer
-    run_command(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
-        what=f"ssh-keygen for {path}",
-    )
-    return " ".join(path.with_name(path.name + ".pub").read_text().split()[:2])
-
-
-def _write(path: Path, text: str, mode: int = 0o644) -> None:
-    path.write_text(text)
-    path.chmod(mode)
-
-
-def _known_hosts_name(address: str, port: int) -> str:
-    return address if port == 22 else f"[{address}]:{port}"
-
-
-def _sshd_config(
-    *, listen: str, port: int, key: Path, pidfile: Path, authorized_keys: str, title: str
-) -> str:
-    # MaxStartups/MaxSessions: R opens one ssh session per worker, many at once.
-    return f"""\
-# written by sshcluster testbed: {title}
-ListenAddress {listen}:{port}
-AddressFamily inet
-HostKey {key}
-PidFile {pidfile}
-AuthorizedKeysFile {authorized_keys}
-PermitRootLogin prohibit-password
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-UseDNS no
-PrintMotd no
-PrintLastLog no
-LogLevel INFO
-MaxStartups 100:30:200
-MaxSessions 100
-Subsystem sftp internal-sftp
-"""
-
-
-def _sshd_argv(d: Path) -> list[str]:
-    """sshd in the foreground with the config and the log in directory ``d``."""
-    return [SSHD, "-D", "-f", str(d / "sshd_config"), "-E", str(d / "sshd.log")]
-
-
-def _popen_sshd(d: Path, argv: Sequence[str]) -> subprocess.Popen[bytes]:
-    """Start ``argv`` (an sshd of directory ``d``) with a fresh log; its own output goes
-    to ``d/start.err``."""
-    (d / "sshd.log").unlink(missing_ok=True)
-    with open(d / "start.err", "wb") as err:
-        return subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=err,
-            stderr=err,
-            start_new_session=True,  # Ctrl-C in the terminal is for us, not sshd
-        )
-
-
-def _tail(path: Path, lines: int = 5) -> str:
-    try:
-        text = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    return " | ".join(text[-lines:])
-
-
-def _wait_banner(
-    address: str, port: int, deadline: float, proc: subprocess.Popen[bytes], logs: Sequence[Path]
-) -> None:
-    """Wait until an SSH server answers with its banner on address:port, or fail."""
-    while True:
-        if proc.poll() is not None:
-            detail = " | ".join(t for t in (_tail(p) for p in logs) if t)
-            raise TestbedError(
-                f"sshd for {address}:{port} exited with status {proc.returncode}"
-                + (f": {detail}" if detail else "")
-            )
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TestbedError(f"sshd on {address}:{port} did not answer in time")
-        try:
-            with socket.create_connection((address, port), timeout=min(remaining, 0.5)) as s:
-                if s.recv(64).startswith(b"SSH-"):
-                    return
-        except OSError:
-            pass
-        time.sleep(0.02)
-
-
-def _port_free(address: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as sshd does
-        try:
-            s.bind((address, port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_port(address: str) -> int:
-    with socket.socket() as s:
-        s.bind((address, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 # -------------------------------------------------------------------------- leftovers
@@ -570,7 +464,7 @@ class Testbed:
             self._spawn_sshd(host)
         deadline = time.monotonic() + self.timeout
         assert self._primary_proc is not None
-        _wait_banner(
+        wait_banner(
             self._primary_address,
             self._primary_port,
             deadline,
@@ -593,18 +487,14 @@ class Testbed:
         for h in self._hosts:
             (self._dir(h) / "ssh").mkdir(parents=True, exist_ok=True, mode=0o700)
         jobs = {
-            "client": pool.submit(_keygen, wd / "id_ed25519", f"sshcluster-{self.name}-client"),
+            "client": pool.submit(keygen, wd / "id_ed25519", f"sshcluster-{self.name}-client"),
             "worker": pool.submit(
-                _keygen, wd / "hostkey" / "id_ed25519", f"sshcluster-{self.name}-hosts"
+                keygen, wd / "hostkey" / "id_ed25519", f"sshcluster-{self.name}-hosts"
             ),
-            "primary": pool.submit(
-                _keygen, wd / "primary" / "ssh_host_ed25519_key", f"{self.name}-primary"
-            ),
+            "primary": pool.submit(make_host_key, wd / "primary", f"{self.name}-primary"),
         }
         host_jobs = {
-            h.index: pool.submit(
-                _keygen, self._dir(h) / "ssh_host_ed25519_key", f"{self.name}-{h.hostname}"
-            )
+            h.index: pool.submit(make_host_key, self._dir(h), f"{self.name}-{h.hostname}")
             for h in self._hosts
         }
         keys = {role: f.result() for role, f in jobs.items()}
@@ -616,27 +506,23 @@ class Testbed:
         client, worker, primary = keys["client"], keys["worker"], keys["primary"]
         # Only now: probing the port needs the bridge address to exist.
         port = self._choose_primary_port()
-        _write(wd / "primary" / "authorized_keys", worker + "\n")
-        _write(
-            wd / "primary" / "sshd_config",
-            _sshd_config(
-                listen=self._primary_address,
-                port=port,
-                key=wd / "primary" / "ssh_host_ed25519_key",
-                pidfile=wd / "primary" / "sshd.pid",
-                authorized_keys=str(wd / "primary" / "authorized_keys"),
-                title=f"primary of {self.name}",
-            ),
+        write_file(wd / "primary" / "authorized_keys", worker + "\n")
+        write_sshd_config(
+            wd / "primary",
+            listen=self._primary_address,
+            port=port,
+            authorized_keys=str(wd / "primary" / "authorized_keys"),
+            title=f"primary of {self.name}",
         )
-        _write(
+        write_file(
             wd / "known_hosts",
             "".join(
-                f"{_known_hosts_name(h.address, h.ssh_port)} {host_keys[h.index]}\n"
+                f"{known_hosts_name(h.address, h.ssh_port)} {host_keys[h.index]}\n"
                 for h in self._hosts
             ),
         )
         worker_priv = (wd / "hostkey" / "id_ed25519").read_text()
-        primary_entry = f"{_known_hosts_name(self._primary_address, port)} {primary}\n"
+        primary_entry = f"{known_hosts_name(self._primary_address, port)} {primary}\n"
         ssh_client_config = (
             "# the primary of this testbed, as `ssh primary` or by its address\n"
             f"Host primary {self._primary_address}\n"
@@ -644,51 +530,33 @@ class Testbed:
         )
         for h in self._hosts:
             d = self._dir(h)
-            _write(
-                d / "sshd_config",
-                _sshd_config(
-                    listen=h.address,
-                    port=h.ssh_port,
-                    key=d / "ssh_host_ed25519_key",
-                    pidfile=d / "sshd.pid",
-                    authorized_keys=".ssh/authorized_keys",  # the bind-mounted /root/.ssh
-                    title=f"{h.hostname} of {self.name}",
-                ),
+            write_sshd_config(
+                d,
+                listen=h.address,
+                port=h.ssh_port,
+                authorized_keys=".ssh/authorized_keys",  # the bind-mounted /root/.ssh
+                title=f"{h.hostname} of {self.name}",
             )
-            _write(d / "bashrc", _FRESH_BASHRC)
+            write_file(d / "bashrc", FRESH_BASHRC)
             s = d / "ssh"
-            _write(s / "authorized_keys", client + "\n", 0o600)
-            _write(s / "id_ed25519", worker_priv, 0o600)
-            _write(s / "id_ed25519.pub", worker + "\n")
-            _write(s / "known_hosts", primary_entry)
-            _write(s / "config", ssh_client_config)
-        _write(wd / "ssh_config", self._ssh_config_text())
+            write_file(s / "authorized_keys", client + "\n", 0o600)
+            write_file(s / "id_ed25519", worker_priv, 0o600)
+            write_file(s / "id_ed25519.pub", worker + "\n")
+            write_file(s / "known_hosts", primary_entry)
+            write_file(s / "config", ssh_client_config)
+        write_file(wd / "ssh_config", self._ssh_config_text())
 
     def _ssh_config_text(self) -> str:
-        blocks = ["# written by sshcluster testbed: use with ssh -F THIS_FILE HOSTNAME\n"]
-        for h in self._hosts:
-            blocks.append(
-                f"Host {h.hostname}\n"
-                f"  HostName {h.address}\n"
-                f"  Port {h.ssh_port}\n"
-                f"  User {self.user}\n"
-                f"  IdentityFile {self.identity_file}\n"
-                f"  IdentitiesOnly yes\n"
-                f"  UserKnownHostsFile {self.known_hosts}\n"
-                f"  StrictHostKeyChecking yes\n"
-            )
-        return "\n".join(blocks)
+        return ssh_config_text(
+            ((h.hostname, h.address, h.ssh_port) for h in self._hosts),
+            user=self.user,
+            identity_file=self.identity_file,
+            known_hosts=self.known_hosts,
+        )
 
     def _choose_primary_port(self) -> int:
-        if self._port_arg is not None:
-            port = self._port_arg
-        else:
-            # The bridge address is new, but a wildcard listener (0.0.0.0:22) blocks it.
-            port = (
-                22 if _port_free(self._primary_address, 22) else _free_port(self._primary_address)
-            )
-        self._primary_port = port
-        return port
+        self._primary_port = choose_port(self._primary_address, self._port_arg)
+        return self._primary_port
 
     def _make_network(
         self, bridge: str, veths: list[str], prefixlen: int, pool: ThreadPoolExecutor
@@ -739,7 +607,7 @@ class Testbed:
 
     def _start_primary(self) -> None:
         d = self.workdir / "primary"
-        self._primary_proc = _popen_sshd(d, _sshd_argv(d))
+        self._primary_proc = popen_sshd(d, sshd_argv(d))
         assert self._state is not None
         self._state["primary_pids"].append(self._primary_proc.pid)
         save_state(self._state)
@@ -748,11 +616,11 @@ class Testbed:
         # sshd -D stays in the foreground as our child, so its pid is the Popen's pid
         # (ip netns exec, unshare and sh all exec), and nothing depends on daemonizing.
         d = self._dir(host)
-        self._sshd[host.index] = _popen_sshd(d, self._enter_argv(host, _sshd_argv(d)))
+        self._sshd[host.index] = popen_sshd(d, self._enter_argv(host, sshd_argv(d)))
 
     def _wait_sshd(self, host: TestHost, deadline: float) -> None:
         d = self._dir(host)
-        _wait_banner(
+        wait_banner(
             host.address, host.ssh_port, deadline, self._sshd[host.index],
             [d / "start.err", d / "sshd.log"],
         )  # fmt: skip
@@ -845,14 +713,8 @@ class Testbed:
         """Stop the host's sshd listener (sessions already open keep running)."""
         self._need_up()
         proc = self._sshd.get(host.index)
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        if proc is not None:
+            stop_sshd(proc)
 
     def start_sshd(self, host: TestHost) -> None:
         """Start the host's sshd again (no-op if it runs) and wait until it answers."""
@@ -871,7 +733,7 @@ class Testbed:
         """
         self._need_up()
         self.stop_sshd(host)
-        _keygen(self._dir(host) / "ssh_host_ed25519_key", f"{self.name}-{host.hostname}-new")
+        make_host_key(self._dir(host), f"{self.name}-{host.hostname}-new")
         self.start_sshd(host)
 
     def processes(self, host: TestHost, pattern: str = "R") -> list[int]:
