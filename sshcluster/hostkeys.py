@@ -1,4 +1,8 @@
-"""SSH host keys of new cloud instances: read from the console output, written to known_hosts.
+"""SSH host keys: the known_hosts files every check verifies against, and the keys of new
+cloud instances, read from the console output and written to known_hosts.
+
+:class:`KnownHosts` loads the known_hosts files once per check run, matches a host's keys
+and, only with ``accept_new``, records a first-seen key as OpenSSH's accept-new does.
 
 At first boot cloud-init prints the instance's public host keys to the serial console
 between ``-----BEGIN SSH HOST KEY KEYS-----`` and ``-----END SSH HOST KEY KEYS-----``.
@@ -21,9 +25,13 @@ import os
 import re
 import struct
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import asyncssh
+
+from sshcluster.errors import SshclusterError
 
 BEGIN = "-----BEGIN SSH HOST KEY KEYS-----"
 END = "-----END SSH HOST KEY KEYS-----"
@@ -141,5 +149,67 @@ def scan_host_key(host: str, port: int, timeout: float) -> HostKey | None:
     return HostKey(kind, blob)
 
 
-__all__ = ["BEGIN", "END", "KEY_TYPES", "HostKey", "parse_console_host_keys",
-           "scan_host_key", "write_known_hosts"]
+# --------------------------------------------------------------------------- known_hosts
+
+
+class KnownHosts:
+    """The known_hosts files host keys are verified against, loaded once per run.
+
+    ``files`` are read in order (missing ones are skipped); new keys accepted with
+    ``accept_new`` are appended to ``record_to``.
+    """
+
+    def __init__(self, files: Sequence[str], *, record_to: str | None,
+                 accept_new: bool) -> None:
+        self.files = [f for f in files if os.path.isfile(f)]
+        self.record_to = record_to
+        self.accept_new = accept_new
+        self.trusted = asyncssh.SSHKnownHosts()
+        for f in self.files:
+            try:
+                self.trusted.load(Path(f).read_text(encoding="utf-8", errors="replace"))
+            except (OSError, ValueError) as e:
+                raise SshclusterError(f"cannot read known_hosts file {f}: {e}") from None
+
+    def known_keys(self, host: str, addr: str, port: int | None) -> list[asyncssh.SSHKey]:
+        """Keys that known_hosts lists for ``host`` (or its address) on ``port``."""
+        port = None if port in (None, 22) else port
+        return list(asyncssh.match_known_hosts(self.trusted, host, addr, port)[0])
+
+    def files_naming(self, host: str, addr: str, port: int | None) -> list[str]:
+        """The known_hosts files that have a key for the host (for the ``-R`` hint)."""
+        port = None if port in (None, 22) else port
+        out = []
+        for f in self.files:
+            try:
+                one = asyncssh.read_known_hosts(f)
+            except (OSError, ValueError):
+                continue
+            if asyncssh.match_known_hosts(one, host, addr, port)[0]:
+                out.append(f)
+        return out
+
+    def record(self, host: str, port: int | None, key: asyncssh.SSHKey) -> str:
+        """Append ``key`` for ``host`` like OpenSSH's accept-new; return the file."""
+        if not self.record_to:
+            raise SshclusterError("no known_hosts file to record the new key in")
+        name = host if port in (None, 22) else f"[{host}]:{port}"
+        line = key.export_public_key("openssh").decode("ascii").split()
+        path = Path(self.record_to)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "a", encoding="ascii") as f:
+            f.write(f"{name} {line[0]} {line[1]}\n")
+        self.trusted.load(f"{name} {line[0]} {line[1]}\n")
+        if path.name not in self.files and str(path) not in self.files:
+            self.files.append(str(path))
+        return str(path)
+
+
+def fingerprint(key: asyncssh.SSHKey) -> str:
+    """``ssh-ed25519 SHA256:...``, as OpenSSH shows a key."""
+    return f"{key.get_algorithm()} {key.get_fingerprint()}"
+
+
+__all__ = ["BEGIN", "END", "KEY_TYPES", "HostKey", "KnownHosts", "fingerprint",
+           "parse_console_host_keys", "scan_host_key", "write_known_hosts"]

@@ -38,12 +38,12 @@ import shutil
 import socket
 from collections import Counter
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import asyncssh
 
 from sshcluster.errors import CheckFailed, SshclusterError
+from sshcluster.hostkeys import KnownHosts, fingerprint
 from sshcluster.inventory import AUTO, Host, Inventory
 from sshcluster.probe import REMOTE_STEPS, Facts, remote_script, remote_steps
 from sshcluster.report import SKIPPED, STEPS, CheckReport, HostReport, StepResult
@@ -60,67 +60,6 @@ PORT_RANGE = (11000, 11999)
 
 #: Called with each host's report as soon as that host is done (for progress displays).
 ProgressCallback = Callable[[HostReport], None]
-
-
-# --------------------------------------------------------------------------- known_hosts
-
-
-class KnownHosts:
-    """The known_hosts files host keys are verified against, loaded once per run.
-
-    ``files`` are read in order (missing ones are skipped); new keys accepted with
-    ``accept_new`` are appended to ``record_to``.
-    """
-
-    def __init__(self, files: Sequence[str], *, record_to: str | None,
-                 accept_new: bool) -> None:
-        self.files = [f for f in files if os.path.isfile(f)]
-        self.record_to = record_to
-        self.accept_new = accept_new
-        self.trusted = asyncssh.SSHKnownHosts()
-        for f in self.files:
-            try:
-                self.trusted.load(Path(f).read_text(encoding="utf-8", errors="replace"))
-            except (OSError, ValueError) as e:
-                raise SshclusterError(f"cannot read known_hosts file {f}: {e}") from None
-
-    def known_keys(self, host: str, addr: str, port: int | None) -> list[asyncssh.SSHKey]:
-        """Keys that known_hosts lists for ``host`` (or its address) on ``port``."""
-        port = None if port in (None, 22) else port
-        return list(asyncssh.match_known_hosts(self.trusted, host, addr, port)[0])
-
-    def files_naming(self, host: str, addr: str, port: int | None) -> list[str]:
-        """The known_hosts files that have a key for the host (for the ``-R`` hint)."""
-        port = None if port in (None, 22) else port
-        out = []
-        for f in self.files:
-            try:
-                one = asyncssh.read_known_hosts(f)
-            except (OSError, ValueError):
-                continue
-            if asyncssh.match_known_hosts(one, host, addr, port)[0]:
-                out.append(f)
-        return out
-
-    def record(self, host: str, port: int | None, key: asyncssh.SSHKey) -> str:
-        """Append ``key`` for ``host`` like OpenSSH's accept-new; return the file."""
-        if not self.record_to:
-            raise SshclusterError("no known_hosts file to record the new key in")
-        name = host if port in (None, 22) else f"[{host}]:{port}"
-        line = key.export_public_key("openssh").decode("ascii").split()
-        path = Path(self.record_to)
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        with os.fdopen(fd, "a", encoding="ascii") as f:
-            f.write(f"{name} {line[0]} {line[1]}\n")
-        self.trusted.load(f"{name} {line[0]} {line[1]}\n")
-        if path.name not in self.files and str(path) not in self.files:
-            self.files.append(str(path))
-        return str(path)
-
-
-def _fingerprint(key: asyncssh.SSHKey) -> str:
-    return f"{key.get_algorithm()} {key.get_fingerprint()}"
 
 
 # --------------------------------------------------------------------------- one host
@@ -209,10 +148,10 @@ class _Client(asyncssh.SSHClient):
         old = known.known_keys(host, addr, port)
         if old:
             files = known.files_naming(host, addr, port) or known.files
-            olds = ", ".join(_fingerprint(k) for k in old)
+            olds = ", ".join(fingerprint(k) for k in old)
             run.hostkey = (
                 "failed",
-                f"HOST KEY CHANGED for {shown}: the server offers {_fingerprint(key)}, "
+                f"HOST KEY CHANGED for {shown}: the server offers {fingerprint(key)}, "
                 f"known_hosts has {olds}. Someone may be intercepting the connection, "
                 "or the host was reinstalled.",
                 "only if you know why the key changed: "
@@ -222,12 +161,12 @@ class _Client(asyncssh.SSHClient):
             return False
         if known.accept_new and known.record_to:
             where = known.record(host, port, key)
-            run.hostkey = ("ok", f"new key {_fingerprint(key)} recorded in {where} "
+            run.hostkey = ("ok", f"new key {fingerprint(key)} recorded in {where} "
                                  "(accept-new)", None)
             return True
         run.hostkey = (
             "failed",
-            f"{shown} is not in known_hosts (it offers {_fingerprint(key)})",
+            f"{shown} is not in known_hosts (it offers {fingerprint(key)})",
             f"check that fingerprint with the host's owner, then run 'ssh {shown}' once, or "
             "pass --accept-new to record it",
         )
@@ -657,7 +596,6 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "PORT_RANGE",
     "REMOTE_STEPS",
-    "KnownHosts",
     "ProgressCallback",
     "check",
     "check_async",
