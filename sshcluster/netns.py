@@ -145,6 +145,16 @@ def process_name(pid: int) -> str | None:
         return None
 
 
+def sshd_pids_using(directory: str) -> list[int]:
+    """Pids of sshd processes whose command line names a file under ``directory``."""
+    out = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and process_name(int(entry.name)) == "sshd" \
+                and f"-f {directory}" in _cmdline(int(entry.name)):
+            out.append(int(entry.name))
+    return out
+
+
 def _cmdline(pid: int) -> str:
     try:
         return (
@@ -321,7 +331,12 @@ def teardown(state: Mapping[str, Any], popens: Iterable[subprocess.Popen[bytes]]
     for pid in state.get("primary_pids", []):
         if primary_cfg and primary_cfg in _cmdline(pid):
             pids.append(pid)
-    left = _kill(pids)
+    # A safety net: any sshd still running from this testbed's files, wherever it is (one
+    # that got into its namespace after the scan above would outlive the namespace).
+    workdir = state.get("workdir")
+    if workdir:
+        pids += sshd_pids_using(f"{workdir}/")
+    left = _kill(set(pids))
     for proc in popens:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=2)  # reap our own children

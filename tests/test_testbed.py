@@ -349,6 +349,31 @@ def test_up_32_hosts(make_testbed: MakeTestbed) -> None:
     assert names == ["node1", "node16", "node32"]
 
 
+def test_down_stops_an_sshd_of_the_testbed_outside_its_namespaces(
+    make_testbed: MakeTestbed,
+) -> None:
+    """The teardown's safety net: an sshd running from the testbed's files is stopped even
+    where the namespace scan cannot see it (here: in the root namespace, on 127.0.0.1)."""
+    tb = make_testbed(1)
+    d = tb.workdir / "h1"
+    port = free_port()
+    stray = subprocess.Popen(["/usr/sbin/sshd", "-D", "-f", str(d / "sshd_config"), "-o",
+                              f"ListenAddress=127.0.0.1:{port}", "-o", f"PidFile={d}/stray.pid",
+                              "-E", str(d / "stray.log")])
+    try:
+        assert wait_for(lambda: _listening(port)), (d / "stray.log").read_text()
+        tb.down()
+        assert stray.wait(timeout=10) is not None
+    finally:
+        stray.kill()
+        stray.wait()
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 CHILD = textwrap.dedent(
     """
     import json, sys, time
