@@ -297,12 +297,31 @@ def _register(plan: _Plan) -> list[str]:
 
 def write_bootstrap(inventory: Inventory, path: str | os.PathLike[str],
                     options: RenderOptions | None = None) -> str:
-    """Render the bootstrap for ``inventory`` and write it to ``path``; return the text."""
+    """Render the bootstrap for ``inventory`` and write it to ``path``; return the text.
+
+    A regular file is replaced whole (written next to it, then renamed, so a reader never
+    sees half a file); a symlink's target is what gets replaced, and anything else that
+    exists (``/dev/stdout``, a pipe) is written to as it is. Raises :class:`RenderError`
+    when the file cannot be written.
+    """
     text = render(inventory, options)
-    tmp = f"{os.fspath(path)}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    target = os.path.realpath(path)
+    try:
+        if os.path.exists(target) and not os.path.isfile(target):
+            with open(target, "w", encoding="utf-8") as f:
+                f.write(text)
+            return text
+        tmp = f"{target}.tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as e:
+        raise RenderError(f"cannot write {os.fspath(path)}: {e.strerror or e}",
+                          hint="check that the directory exists and is writable") from None
     return text
 
 
@@ -338,7 +357,7 @@ def _header(inventory: Inventory, opts: RenderOptions, plan: _Plan) -> list[str]
         lines += [f"# {_comment(line)}" for line in opts.note.splitlines()]
     lines += [
         "#",
-        "# Use:  source(\"this-file.R\")   then parLapply(parallelCluster, ...) etc.",
+        "# Use:  source(\"this-file.R\")   then parallel::parLapply(parallelCluster, ...) etc.",
         "# Stop: sshcluster_stop()   (or parallel::stopCluster(parallelCluster))",
     ]
     return lines

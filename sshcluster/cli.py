@@ -88,7 +88,7 @@ def _run_check(inv: Inventory, *, timeout: float, concurrency: int, accept_new: 
 @click.option("--json", "as_json", is_flag=True,
               help="Print only the JSON report on stdout.")
 @click.option("-F", "--ssh-config", "ssh_config", multiple=True,
-              type=click.Path(dir_okay=False),
+              type=click.Path(dir_okay=False, exists=True),
               help="OpenSSH client config file (default: ~/.ssh/config). Repeatable.")
 @click.pass_context
 def check_command(ctx: click.Context, inventory: str, timeout: float, concurrency: int,
@@ -111,7 +111,7 @@ def check_command(ctx: click.Context, inventory: str, timeout: float, concurrenc
 @cli.command()
 @click.argument("inventory", type=click.Path(dir_okay=False, path_type=str))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, path_type=str),
-              help="Write the R file here (default: print it on stdout).")
+              help="Write the R file here (default, or '-': print it on stdout).")
 @click.option("--launch", type=click.Choice(LAUNCHES),
               help="fast: one ssh per host starts all its workers at once, fails fast "
                    "(default); classic: parallel::makeCluster, one worker at a time. "
@@ -137,9 +137,11 @@ def check_command(ctx: click.Context, inventory: str, timeout: float, concurrenc
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
               default=DEFAULT_TIMEOUT, show_default=True, help="With --check: as for check.")
 @click.option("--accept-new", is_flag=True, help="With --check: as for check.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=DEFAULT_CONCURRENCY,
+              show_default=True, help="With --check: as for check.")
 def render(inventory: str, output: str | None, launch: str | None, tunnel: str | None,
            fork: bool | None, use_future: bool, use_doparallel: bool, run_check: bool,
-           allow_partial: bool, timeout: float, accept_new: bool) -> None:
+           allow_partial: bool, timeout: float, accept_new: bool, concurrency: int) -> None:
     """Write the R bootstrap for INVENTORY.
 
     In an R session on the primary, source() the file to get `parallelCluster`,
@@ -147,7 +149,7 @@ def render(inventory: str, output: str | None, launch: str | None, tunnel: str |
 
     \b
       sshcluster render hosts.yaml -o cluster.R
-      R> source("cluster.R"); parSapply(parallelCluster, 1:8, sqrt)
+      R> source("cluster.R"); parallel::parSapply(parallelCluster, 1:8, sqrt)
       R> sshcluster_stop()
 
     The file is deterministic (same inventory, same bytes) and holds no secret.
@@ -158,7 +160,7 @@ def render(inventory: str, output: str | None, launch: str | None, tunnel: str |
         raise click.UsageError("--allow-partial goes with --check")
     if run_check:
         inv, note = _checked(inv, timeout=timeout, accept_new=accept_new,
-                             allow_partial=allow_partial)
+                             allow_partial=allow_partial, concurrency=concurrency)
     register: list[Register] = []
     if use_future:
         register.append("future")
@@ -171,7 +173,7 @@ def render(inventory: str, output: str | None, launch: str | None, tunnel: str |
         register=tuple(register),
         note=note,
     )
-    if output is None:
+    if output is None or output == "-":
         click.echo(bootstrap.render(inv, options), nl=False)
         return
     bootstrap.write_bootstrap(inv, output, options)
@@ -182,12 +184,16 @@ def render(inventory: str, output: str | None, launch: str | None, tunnel: str |
     )
 
 
-def _checked(inv: Inventory, *, timeout: float, accept_new: bool,
-             allow_partial: bool) -> tuple[Inventory, str]:
+def _checked(inv: Inventory, *, timeout: float, accept_new: bool, allow_partial: bool,
+             concurrency: int) -> tuple[Inventory, str]:
     """Check ``inv`` and return the verified inventory and a note for the file's header;
-    a failed host without ``allow_partial`` prints the report and exits 1."""
+    a failed host without ``allow_partial`` prints the report and exits 1.
 
-    report = _run_check(inv, timeout=timeout, concurrency=DEFAULT_CONCURRENCY,
+    The check reads the default ssh config (~/.ssh/config), as the generated file's ssh
+    does: a host that only another config file names would pass the check and then fail
+    the launch, so render has no -F."""
+
+    report = _run_check(inv, timeout=timeout, concurrency=concurrency,
                         accept_new=accept_new, ssh_config=(), show_progress=True)
     if report.failed and not allow_partial:
         print_report(report, Console(stderr=True))

@@ -57,6 +57,39 @@ def test_render_to_file(tmp_path: Path) -> None:
     assert result.stderr == f"wrote {out}: 2 hosts, 8 R workers (in R: source('{out}'))\n"
 
 
+def test_render_output_paths(tmp_path: Path) -> None:
+    """'-' is stdout; a symlink's target is replaced and the link stays; a path that cannot
+    be written is a message and exit 2, with nothing left behind."""
+    example = str(ROOT / "hosts.example.yaml")
+    expected = render(load_inventory(ROOT / "hosts.example.yaml"))
+    result = CliRunner().invoke(cli, ["render", example, "-o", "-"])
+    assert result.exit_code == 0 and result.stdout == expected
+    assert not Path("-").exists()
+
+    target = tmp_path / "real.R"
+    target.write_text("old\n")
+    link = tmp_path / "link.R"
+    link.symlink_to(target)
+    result = CliRunner().invoke(cli, ["render", example, "-o", str(link)])
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink() and target.read_text() == expected
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.R", "real.R"]
+
+    missing = tmp_path / "no such dir" / "c.R"
+    result = CliRunner().invoke(cli, ["render", example, "-o", str(missing)])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: cannot write {missing}: No such file or directory")
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.R", "real.R"]
+
+
+def test_ssh_config_that_does_not_exist_is_exit_2(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["check", str(ROOT / "hosts.example.yaml"), "-F",
+                                      str(tmp_path / "nope")])
+    assert result.exit_code == 2
+    assert "does not exist" in result.stderr
+
+
 def test_inventory_error_is_a_message_and_exit_2(tmp_path: Path) -> None:
     bad = tmp_path / "hosts.yaml"
     bad.write_text("primary: p\nhosts:\n  - host: a\n    ncore: 0\n")
