@@ -138,7 +138,8 @@ def render(inventory: Inventory, options: RenderOptions | None = None) -> str:
     _require_known_ncore(inventory)
     if inventory.primary.host == AUTO and plan.tunnel != "reverse":
         raise RenderError(
-            "primary.host is 'auto'; the bootstrap needs the address the workers connect to",
+            f"{_where(inventory)}primary.host is 'auto'; the bootstrap needs the address the "
+            "workers connect to",
             hint="run 'sshcluster render --check' to detect it, or write the address",
         )
     lines = _header(inventory, opts, plan)
@@ -328,11 +329,16 @@ def write_bootstrap(inventory: Inventory, path: str | os.PathLike[str],
 # --------------------------------------------------------------------------- pieces
 
 
+def _where(inventory: Inventory) -> str:
+    return f"{inventory.path}: " if inventory.path else ""
+
+
 def _require_known_ncore(inventory: Inventory) -> None:
     auto = [h.label for h in inventory.hosts if h.ncore is None]
     if auto:
         raise RenderError(
-            f"ncore is 'auto' for {', '.join(auto)}; the bootstrap needs a number of workers",
+            f"{_where(inventory)}ncore is 'auto' for {', '.join(auto)}; the bootstrap needs "
+            "a number of workers",
             hint="run 'sshcluster render --check' to detect the core counts, or write them",
         )
 

@@ -83,6 +83,15 @@ def test_render_output_paths(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.R", "real.R"]
 
 
+def test_render_of_unchecked_auto_values_names_the_file(tmp_path: Path) -> None:
+    inv = tmp_path / "hosts.yaml"
+    inv.write_text("primary: p\nhosts:\n  - host: a\n    ncore: auto\n")
+    result = CliRunner().invoke(cli, ["render", str(inv)])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: {inv}: ncore is 'auto' for a;")
+    assert "hint: run 'sshcluster render --check'" in result.stderr
+
+
 def test_ssh_config_that_does_not_exist_is_exit_2(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["check", str(ROOT / "hosts.example.yaml"), "-F",
                                       str(tmp_path / "nope")])
