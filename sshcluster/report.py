@@ -211,12 +211,13 @@ def report_table(report: CheckReport, width: int | None = None) -> Table:
     """A rich table: one row per host, one column per step.
 
     When ``width`` (the terminal's) is too small for the step names, the columns get
-    short names (:data:`SHORT_NAMES`); :func:`print_report` then prints a legend.
+    short names (:data:`SHORT_NAMES`) and ``FAIL`` for ``FAILED``; :func:`print_report`
+    then prints a legend. Host labels are never cut.
     """
     short = width is not None and width < _full_width(report)
     table = Table(show_edge=False, pad_edge=False, header_style="bold",
                   box=box.SIMPLE_HEAD, padding=(0, 1))
-    table.add_column("host", no_wrap=True)
+    table.add_column("host", no_wrap=True, min_width=_label_width(report))
     for step in STEPS:
         name = SHORT_NAMES[step] if short else step.replace("_", " ")
         table.add_column(name, justify="center", no_wrap=True)
@@ -224,14 +225,37 @@ def report_table(report: CheckReport, width: int | None = None) -> Table:
         cells = []
         for step in STEPS:
             word, style = _STYLE[h.checks[step].status]
-            cells.append(Text(word, style=style))
+            cells.append(Text("FAIL" if short and word == "FAILED" else word, style=style))
         table.add_row(Text(h.label, style="" if h.ok else "red"), *cells)
     return table
 
 
+def report_lines(report: CheckReport) -> list[Text]:
+    """One line per host, for terminals too narrow even for the short table."""
+    width = _label_width(report)
+    lines = []
+    for h in report.hosts:
+        line = Text(h.label.ljust(width + 2), style="" if h.ok else "red")
+        if not h.ok:
+            line.append(f"FAILED at {h.failed[0]}", style="bold red")
+        elif h.warnings:
+            line.append(f"ready, warnings: {', '.join(h.warnings)}", style="yellow")
+        else:
+            line.append("ready", style="green")
+        lines.append(line)
+    return lines
+
+
+def _label_width(report: CheckReport) -> int:
+    return max([4, *(len(h.label) for h in report.hosts)])
+
+
 def _full_width(report: CheckReport) -> int:
-    host = max([4, *(len(h.label) for h in report.hosts)])
-    return host + sum(max(len(s), 6) + 2 for s in STEPS)
+    return _label_width(report) + sum(max(len(s), 6) + 2 for s in STEPS)
+
+
+def _short_width(report: CheckReport) -> int:
+    return _label_width(report) + 1 + sum(max(len(SHORT_NAMES[s]), 4) + 2 for s in STEPS)
 
 
 def report_details(report: CheckReport) -> list[Text]:
@@ -258,11 +282,14 @@ def report_details(report: CheckReport) -> list[Text]:
 
 def print_report(report: CheckReport, console: Console) -> None:
     """Print the table, the details of what failed or warned, and the summary line."""
-    table = report_table(report, console.width)
-    console.print(table)
-    if console.width < _full_width(report):
-        legend = ", ".join(f"{v}={k}" for k, v in SHORT_NAMES.items())
-        console.print(Text(legend, style="dim"), soft_wrap=True)
+    if console.width < _short_width(report):
+        for line in report_lines(report):
+            console.print(line, soft_wrap=True)
+    else:
+        console.print(report_table(report, console.width))
+        if console.width < _full_width(report):
+            legend = ", ".join(f"{v}={k}" for k, v in SHORT_NAMES.items())
+            console.print(Text(legend, style="dim"), soft_wrap=True)
     details = report_details(report)
     if details:
         console.print()
@@ -282,5 +309,6 @@ __all__ = [
     "StepResult",
     "print_report",
     "report_details",
+    "report_lines",
     "report_table",
 ]

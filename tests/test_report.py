@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from rich.console import Console
@@ -117,3 +118,33 @@ def test_narrow_terminal_gets_short_headers_and_a_legend() -> None:
     assert all(len(line) <= 80 for line in text.splitlines()[:3])
     assert "back=reverse_ssh" in text
     assert report_table(report, 200).columns[9].header == "reverse ssh"
+
+
+def test_no_width_cuts_a_host_label_or_a_verdict() -> None:
+    """At 80 columns (a pipe, a log) the short table fits, failures show as FAIL and the
+    labels whole; narrower still, one line per host."""
+    report = CheckReport(primary="p", port=11000, hosts=(
+        host_report("10.213.2.3:2222", warn="load"),
+        host_report("10.213.2.3", failed_at="auth"),
+        host_report("build-server.lab")))
+    console = Console(width=80, record=True, color_system=None)
+    print_report(report, console)
+    text = console.export_text()
+    assert "…" not in text
+    rows = {line.split()[0]: line.split()[1:] for line in text.splitlines()[2:5]}
+    assert rows["10.213.2.3"] == ["ok", "ok", "ok", "FAIL", "-", "-", "-", "-", "-", "-"]
+    assert rows["10.213.2.3:2222"][7] == "warn"
+    assert "build-server.lab" in rows
+    assert all(len(line) <= 80 for line in text.splitlines()[:5])
+
+    report = dataclasses.replace(report, hosts=(
+        *report.hosts[:2], host_report("build-server.lab.example.org")))
+    console = Console(width=80, record=True, color_system=None)
+    print_report(report, console)
+    lines = console.export_text().splitlines()
+    assert "…" not in "\n".join(lines)
+    assert lines[:3] == [
+        "10.213.2.3:2222               ready, warnings: load",
+        "10.213.2.3                    FAILED at auth",
+        "build-server.lab.example.org  ready",
+    ]
