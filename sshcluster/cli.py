@@ -60,11 +60,12 @@ def cli() -> None:
 
 
 def _run_check(inv: Inventory, *, timeout: float, concurrency: int, accept_new: bool,
-               ssh_config: tuple[str, ...], show_progress: bool) -> CheckReport:
+               ssh_config: tuple[str, ...], show_progress: bool,
+               tunnel: bool | None = None) -> CheckReport:
     """Run the preflight check, with a progress bar on stderr when it is a terminal."""
     console = Console(stderr=True)
     kwargs: dict[str, Any] = {"timeout": timeout, "concurrency": concurrency,
-                              "accept_new": accept_new,
+                              "accept_new": accept_new, "tunnel": tunnel,
                               "ssh_config": list(ssh_config) if ssh_config else None}
     if console.is_terminal and show_progress:
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
@@ -160,7 +161,8 @@ def render(inventory: str, output: str | None, launch: str | None, tunnel: str |
         raise click.UsageError("--allow-partial goes with --check")
     if run_check:
         inv, note = _checked(inv, timeout=timeout, accept_new=accept_new,
-                             allow_partial=allow_partial, concurrency=concurrency)
+                             allow_partial=allow_partial, concurrency=concurrency,
+                             tunnel=None if tunnel is None else tunnel == "reverse")
     register: list[Register] = []
     if use_future:
         register.append("future")
@@ -185,7 +187,7 @@ def render(inventory: str, output: str | None, launch: str | None, tunnel: str |
 
 
 def _checked(inv: Inventory, *, timeout: float, accept_new: bool, allow_partial: bool,
-             concurrency: int) -> tuple[Inventory, str]:
+             concurrency: int, tunnel: bool | None) -> tuple[Inventory, str]:
     """Check ``inv`` and return the verified inventory and a note for the file's header;
     a failed host without ``allow_partial`` prints the report and exits 1.
 
@@ -194,7 +196,8 @@ def _checked(inv: Inventory, *, timeout: float, accept_new: bool, allow_partial:
     the launch, so render has no -F."""
 
     report = _run_check(inv, timeout=timeout, concurrency=concurrency,
-                        accept_new=accept_new, ssh_config=(), show_progress=True)
+                        accept_new=accept_new, ssh_config=(), show_progress=True,
+                        tunnel=tunnel)
     if report.failed and not allow_partial:
         print_report(report, Console(stderr=True))
         raise SshclusterError(

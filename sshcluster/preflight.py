@@ -82,6 +82,7 @@ class _HostRun:
         self.hostkey: tuple[str, str, str | None] | None = None  # status, detail, hint
         self.key_host = host.host
         self.key_port: int | None = None
+        self.tunnel_error: str | None = None
 
     def begin(self, step: str) -> None:
         self.current = step
@@ -103,8 +104,8 @@ class _HostRun:
                 self.host, self.facts, complete=complete,
                 primary_r_version=self.ctx.primary_r_version,
                 callback_timeout=self.callback_timeout,
-                callback_error=self.ctx.listen_error,
-                port=self.ctx.port,
+                callback_error=self.ctx.listen_error or self.tunnel_error,
+                port=self.ctx.port, tunnel=self.ctx.tunnel,
             )
         for step in STEPS:
             if step in self.results:
@@ -290,6 +291,16 @@ async def _check_host(run: _HostRun) -> None:
             run.begin("auth")
         run.done("ok", f"logged in as {options.username}")
 
+        # With tunnel: reverse, the workers reach the primary's port through this very
+        # session, as the launch's ssh -R 127.0.0.1:P:127.0.0.1:P does.
+        if ctx.tunnel and not ctx.listen_error:
+            try:
+                await conn.forward_remote_port("127.0.0.1", ctx.port, "127.0.0.1", ctx.port)
+            except (asyncssh.Error, asyncssh.ChannelListenError, OSError) as e:
+                run.tunnel_error = (
+                    f"the reverse tunnel cannot listen on 127.0.0.1:{ctx.port} on "
+                    f"{host.label}: {getattr(e, 'reason', '') or e}")
+
         # steps 5-10: one remote command
         run.begin("rscript")
         run.remote_started = True
@@ -297,8 +308,10 @@ async def _check_host(run: _HostRun) -> None:
         script = remote_script(
             rscript=host.rscript, r_packages=ctx.inventory.r_packages,
             primary=None if ctx.inventory.primary.host == AUTO else ctx.inventory.primary.host,
+            callback_host="127.0.0.1" if ctx.tunnel else None,
             primary_user=ctx.primary_user, primary_ssh_port=ctx.inventory.primary.ssh_port,
-            port=0 if ctx.listen_error else ctx.port, token=run.token, budget=budget,
+            port=0 if ctx.listen_error or run.tunnel_error else ctx.port, token=run.token,
+            budget=budget,
         )
         run.callback_timeout = max(1, int(budget) - 1)
         proc = await conn.create_process("sh -s", encoding="utf-8", errors="replace",
@@ -340,6 +353,7 @@ class _Run:
         self.primary_r_version: str | None = None
         self.port = 0
         self.listen_error: str | None = None
+        self.tunnel = False
         self.tokens: dict[str, str] = {}  # token -> host label
         self.called_back: set[str] = set()
         self._keys: dict[str, Any] = {}
@@ -437,6 +451,7 @@ async def check_async(
     ssh_config: Sequence[str] | None = None,
     user_known_hosts: str | None = "~/.ssh/known_hosts",
     progress: ProgressCallback | None = None,
+    tunnel: bool | None = None,
 ) -> CheckReport:
     """Check every host of ``inventory`` at once; return the :class:`CheckReport`.
 
@@ -446,7 +461,10 @@ async def check_async(
     ``known_hosts:``; ``accept_new`` records unknown keys (in the inventory's file if it
     has one, else the user's), never changed ones. ``ssh_config`` lists OpenSSH client
     config files (default: ``~/.ssh/config`` if it exists). ``progress`` is called with
-    each host's report as it completes. Never raises for a host's failure.
+    each host's report as it completes. ``tunnel`` (default: the inventory's ``tunnel:
+    reverse``) checks the callback as the tunnelled launch makes it: through an ssh
+    reverse forward of the port, bound to 127.0.0.1 on each host. Never raises for a
+    host's failure.
     """
     if timeout <= 0:
         raise SshclusterError(f"timeout must be positive, not {timeout}")
@@ -457,6 +475,7 @@ async def check_async(
     known = os.path.expanduser(user_known_hosts) if user_known_hosts else None
     ctx = _Run(inventory, timeout=timeout, accept_new=accept_new, ssh_config=ssh_config,
                user_known_hosts=known)
+    ctx.tunnel = inventory.tunnel == "reverse" if tunnel is None else tunnel
     server, _ = await asyncio.gather(ctx.listen(), ctx.primary_r())
     slots = asyncio.Semaphore(concurrency)
     runs = []

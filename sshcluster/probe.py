@@ -135,7 +135,7 @@ tick; say "T_LOOKUP=$a $_t"
 if [ -n "$rs" ]; then
   # Through a line reader: the background ssh above writes to the same stdout, and
   # only whole-line writes keep the two from mixing inside a line.
-  {{ $to "$rs" --default-packages=NULL -e {r_code} "$primary" {port} {callback_timeout} 2>&1
+  {{ $to "$rs" --default-packages=NULL -e {r_code} {callback_host} {port} {callback_timeout} 2>&1
     say "R_EXIT=$?"; }} | while IFS= read -r l; do say "$l"; done
 fi
 wait
@@ -154,12 +154,15 @@ def remote_script(
     port: int,
     token: str,
     budget: float,
+    callback_host: str | None = None,
 ) -> str:
     """Return the script that ``sh -s`` runs on a worker (sent on its stdin).
 
     ``primary`` is the address to call back (None: the client address of the worker's
     ``SSH_CONNECTION``); ``port`` the callback port (0: do not call back); ``token`` the
-    nonce to send; ``budget`` how many seconds the remote commands may take.
+    nonce to send; ``budget`` how many seconds the remote commands may take;
+    ``callback_host`` where R calls back when that is not the primary's address (the
+    host's own 127.0.0.1, at the end of a reverse tunnel).
     """
     whole = max(1, int(budget))
     r_code = _R_CODE.format(packages=r_vector(r_packages), token=r_string(token))
@@ -175,6 +178,7 @@ def remote_script(
         r_code=shell_quote(r_code),
         port=int(port),
         callback_timeout=max(1, whole - 1),
+        callback_host=shell_quote(callback_host) if callback_host else '"$primary"',
     )
 
 
@@ -264,12 +268,14 @@ def remote_steps(
     callback_error: str | None = None,
     primary_label: str = "the primary",
     port: int = 0,
+    tunnel: bool = False,
 ) -> RemoteOutcome:
     """Turn the remote script's facts into verdicts for steps 5-10.
 
     ``complete`` is False when the deadline cut the script off: a step with no answer
     then failed by timing out. ``callback_error`` is set when the primary could not
-    listen on the callback port at all.
+    listen on the callback port at all (or, with ``tunnel``, the host could not listen on
+    the reverse-forwarded port).
     """
     late = "no answer before the deadline"
     steps: dict[str, StepResult] = {}
@@ -354,10 +360,14 @@ def remote_steps(
     steps["reverse_ssh"] = _reverse_step(facts, host, late, complete)
 
     # callback
-    target = f"{primary_addr}:{port}"
+    target = f"127.0.0.1:{port} (the reverse tunnel)" if tunnel else f"{primary_addr}:{port}"
     if callback_error:
-        steps["callback"] = StepResult("failed", callback_error,
-                                       hint="choose another 'port:' in the inventory")
+        steps["callback"] = StepResult(
+            "failed", callback_error,
+            hint=("choose another 'port:' in the inventory" if not tunnel else
+                  "choose another 'port:' in the inventory (a port taken on a host cannot "
+                  "be forwarded), and check that sshd there allows it "
+                  "(AllowTcpForwarding yes)"))
     elif not r_ok:
         steps["callback"] = SKIPPED
     elif "CALLBACK" in facts:
@@ -379,7 +389,9 @@ def remote_steps(
                 hint=("ssh works, so launching with '--tunnel reverse' carries R's "
                       "connection through the ssh session; or open the port on the "
                       "primary's firewall, or set primary.host to an address the workers "
-                      "can reach"),
+                      "can reach") if not tunnel else
+                     "the forward is up but R's connection through it failed: see sshd's "
+                     "log on the host",
             )
     else:
         steps["callback"] = StepResult("failed", late if not complete else _r_died(facts))

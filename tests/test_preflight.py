@@ -199,6 +199,39 @@ def test_callback_blocked(action: str, tb: Testbed, known_hosts: Path,
     assert cb.hint and "--tunnel reverse" in cb.hint
 
 
+def test_callback_through_the_reverse_tunnel(tb: Testbed, known_hosts: Path,
+                                            tmp_path: Path) -> None:
+    """With tunnel: reverse the check calls back as the launch will: through an ssh
+    reverse forward. A host whose direct path is blocked passes; a host where someone
+    already listens on 127.0.0.1:PORT fails, naming the tunnel, and is never hijacked."""
+    port = free_port()
+    blocked, squatted = tb.hosts[1], tb.hosts[2]
+    squatter = subprocess.Popen(
+        ["ip", "netns", "exec", squatted.netns, "python3", "-c",
+         "import socket, sys\n"
+         "s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen()\n"
+         "print('up', flush=True); s.settimeout(30); c, _ = s.accept(); print('HIJACKED')\n",
+         str(port)], stdout=subprocess.PIPE, text=True)
+    tb.reject(blocked, port)
+    try:
+        assert squatter.stdout is not None and squatter.stdout.readline() == "up\n"
+        inv = write_inventory(tb, tmp_path / "i.yaml", known_hosts, port=port, tunnel="reverse")
+        report = run_check(inv, timeout=6)
+        direct = run_check(inv, timeout=6, tunnel=False)
+    finally:
+        tb.allow(blocked, port)
+        squatter.kill()
+        out, _ = squatter.communicate(timeout=10)
+    assert "HIJACKED" not in out
+    assert_only(report, 2, "callback")
+    assert "through the reverse tunnel" not in report.hosts[2].checks["callback"].detail
+    assert report.hosts[2].checks["callback"].detail.startswith(
+        f"the reverse tunnel cannot listen on 127.0.0.1:{port} on {squatted.address}")
+    assert "(the reverse tunnel)" in report.hosts[1].checks["callback"].detail
+    # The same inventory checked without the tunnel: the blocked host fails, as it would.
+    assert [h.host.host for h in direct.failed] == [blocked.address]
+
+
 def test_callback_port_taken_on_the_primary(tb: Testbed, known_hosts: Path,
                                             tmp_path: Path) -> None:
     with socket.socket() as busy:

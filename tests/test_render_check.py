@@ -74,3 +74,24 @@ def test_allow_partial_needs_check(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["render", str(inv), "--allow-partial"])
     assert result.exit_code == 2
     assert "--allow-partial goes with --check" in result.output
+
+
+def test_render_check_with_the_tunnel_checks_through_it(testbed: Any, tmp_path: Path) -> None:
+    """A host that cannot reach the primary's port fails `render --check`, unless the
+    file is rendered with --tunnel reverse: then the check calls back through ssh too."""
+    port = 11463
+    inv_path = testbed.write_inventory(tmp_path / "hosts.yaml", ncore=1, port=port)
+    blocked = testbed.hosts[0]
+    out = tmp_path / "cluster.R"
+    testbed.reject(blocked, port)
+    try:
+        plain = CliRunner().invoke(cli, ["render", str(inv_path), "--check", "-o", str(out),
+                                         "--timeout", "5"])
+        tunnelled = CliRunner().invoke(cli, ["render", str(inv_path), "--check", "-o",
+                                             str(out), "--timeout", "5", "--tunnel", "reverse"])
+    finally:
+        testbed.allow(blocked, port)
+    assert plain.exit_code == 1
+    assert f"1 failed (callback: {blocked.address})" in plain.stderr
+    assert tunnelled.exit_code == 0, tunnelled.output
+    assert "tunnel = TRUE" in out.read_text()
