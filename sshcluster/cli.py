@@ -233,7 +233,7 @@ def testbed() -> None:
     \b
       sshcluster testbed up 4 --dir /tmp/tb    # hosts + /tmp/tb/hosts.yaml
       sshcluster render /tmp/tb/hosts.yaml -o /tmp/tb/cluster.R
-      sshcluster testbed down --all
+      sshcluster testbed down --dir /tmp/tb    # or --name NAME, as printed by `up`
 
     Each host is a network namespace with its own address, hostname, host key and
     sshd; the primary is this machine on the testbed's bridge.
@@ -242,7 +242,8 @@ def testbed() -> None:
 
 @testbed.command("up")
 @click.argument("count", type=click.IntRange(1, 250))
-@click.option("--dir", "workdir", required=True, type=click.Path(file_okay=False, path_type=str),
+@click.option("--dir", "workdir", required=True, metavar="DIR",
+              type=click.Path(file_okay=False, path_type=str),
               help="Directory for keys, known_hosts, logs and hosts.yaml.")
 @click.option("--subnet", default=None, help="IPv4 /24 to use (default: a free 10.213.X.0/24).")
 @click.option("--ncore", default=2, show_default=True, type=click.IntRange(1, 256),
@@ -253,7 +254,8 @@ def testbed_up(count: int, workdir: str, subnet: str | None, ncore: int,
                port: int | None) -> None:
     """Build COUNT SSH test hosts and write DIR/hosts.yaml for them.
 
-    They stay up after this command ends; remove them with `sshcluster testbed down`.
+    They stay up after this command ends; remove them with
+    `sshcluster testbed down --dir DIR` (or --name NAME).
     """
     from sshcluster.testbed import Testbed
 
@@ -263,20 +265,36 @@ def testbed_up(count: int, workdir: str, subnet: str | None, ncore: int,
         click.echo(f"{h.hostname}\t{h.address}")
     click.echo(f"testbed {tb.name}: {count} hosts on {tb.subnet}, primary {tb.primary_address};"
                f" inventory {inventory}", err=True)
-    click.echo(f"remove with: sshcluster testbed down --name {tb.name}", err=True)
+    click.echo(f"remove with: sshcluster testbed down --name {tb.name}"
+               f" (or --dir {tb.workdir})", err=True)
 
 
 @testbed.command("down")
-@click.option("--name", default=None, help="The testbed to remove (as printed by `up`).")
+@click.option("--name", default=None, metavar="NAME",
+              help="Remove the testbed with exactly this name (as printed by `up`).")
+@click.option("--dir", "workdir", default=None, metavar="DIR",
+              type=click.Path(file_okay=False, path_type=str),
+              help="Remove the testbed whose directory is DIR (as given to `up --dir`); "
+                   "DIR itself stays.")
 @click.option("--all", "everything", is_flag=True,
-              help="Remove every testbed whose owner has exited.")
-def testbed_down(name: str | None, everything: bool) -> None:
-    """Remove test hosts: their processes, namespaces, links and bridge."""
-    from sshcluster.testbed import down_all
+              help="Remove every testbed on this machine whose owner process has exited: "
+                   "that is every testbed made by `sshcluster testbed up`, anyone's, and "
+                   "the leftovers of crashed runs. A testbed whose owner still runs (a "
+                   "test run, the demo, a Python program) is never removed.")
+def testbed_down(name: str | None, workdir: str | None, everything: bool) -> None:
+    """Remove test hosts: their processes, namespaces, links and bridge.
 
-    if not name and not everything:
-        raise click.UsageError("give --name NAME or --all")
-    removed = down_all(name or "sc", include_live=bool(name))
+    Give exactly one of --name, --dir and --all. --name and --dir remove one testbed,
+    or fail (exit 1) if there is none by that name or directory.
+    """
+    from sshcluster.testbed import down_all, remove_testbed
+
+    given = [opt for opt, value in (("--name", name), ("--dir", workdir),
+                                    ("--all", everything)) if value]
+    if len(given) != 1:
+        raise click.UsageError("give one of --name NAME, --dir DIR or --all"
+                               + (f", not {' and '.join(given)}" if given else ""))
+    removed = down_all() if everything else [remove_testbed(name, workdir=workdir)]
     click.echo(f"removed {len(removed)} testbed{'s' if len(removed) != 1 else ''}"
                + (f": {', '.join(removed)}" if removed else ""), err=True)
 

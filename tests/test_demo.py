@@ -53,12 +53,6 @@ def test_testbed_up_and_down_from_the_cli(testbed_env: None, tmp_path: Path) -> 
     assert f"{name.group(1)}-" not in netns
 
 
-def test_testbed_down_needs_a_target() -> None:
-    result = CliRunner().invoke(cli, ["testbed", "down"])
-    assert result.exit_code == 2
-    assert "give --name NAME or --all" in result.output
-
-
 def test_demo_without_root_falls_back_to_a_local_cluster_and_says_so() -> None:
     # A new user namespace: the same files, but no root and no network namespaces.
     if subprocess.run(["unshare", "--user", "true"], check=False).returncode != 0:
