@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from collections.abc import Callable
@@ -55,6 +56,31 @@ def test_every_command_has_help_and_is_in_the_readme(name: str, cmd: click.Comma
     assert "Usage:" in result.output
     readme = (ROOT / "README.md").read_text()
     assert f"sshcluster {name}" in readme, f"README does not show 'sshcluster {name}'"
+
+
+def _readme_command_lines() -> list[str]:
+    """Every `sshcluster ...` command the README shows, in code blocks and inline."""
+    text = (ROOT / "README.md").read_text()
+    found = re.findall(r"`(sshcluster [^`]+)`", text)
+    for line in text.splitlines():
+        line = line.strip().removeprefix("$ ").split("#")[0]
+        found += [part.strip() for part in line.split("&&") if part.strip().startswith(
+            "sshcluster ")]
+    return sorted(set(found))
+
+
+def test_every_option_the_readme_shows_exists() -> None:
+    lines = _readme_command_lines()
+    assert "sshcluster testbed down --dir /tmp/tb" in lines
+    for line in lines:
+        cmd: click.Command = cli
+        for word in shlex.split(line)[1:]:
+            if isinstance(cmd, click.Group) and word in cmd.commands:
+                cmd = cmd.commands[word]
+            elif word.startswith("-") and word != "-":
+                names = {n for p in cmd.params for n in [*p.opts, *p.secondary_opts]}
+                assert word.split("=")[0] in names | {"--help", "-h"}, \
+                    f"README: `{line}`: {word} is not an option of that command"
 
 
 def test_render_to_stdout_is_the_library_output() -> None:
