@@ -244,7 +244,8 @@ def testbed() -> None:
 @click.argument("count", type=click.IntRange(1, 250))
 @click.option("--dir", "workdir", required=True, metavar="DIR",
               type=click.Path(file_okay=False, path_type=str),
-              help="Directory for keys, known_hosts, logs and hosts.yaml.")
+              help="Directory for keys, known_hosts, logs and hosts.yaml (refused while a "
+                   "testbed that is up uses it).")
 @click.option("--subnet", default=None, help="IPv4 /24 to use (default: a free 10.213.X.0/24).")
 @click.option("--ncore", default=2, show_default=True, type=click.IntRange(1, 256),
               help="ncore written into hosts.yaml.")

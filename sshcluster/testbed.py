@@ -337,7 +337,8 @@ class Testbed:
     as the hosts see it) gets ``.1``. ``name`` (lowercase letters and digits, at most 10,
     default ``sc`` + 4 random hex digits) prefixes every namespace and link made.
     ``workdir`` holds keys, configs and logs; by default a new temporary directory that
-    :meth:`down` removes (a given workdir is left in place, with its logs).
+    :meth:`down` removes (a given workdir is left in place, with its logs; one that a
+    testbed which is still up uses is refused).
     ``primary_ssh_port`` is the port of the primary's sshd on the bridge address; by
     default 22, or a free port if 22 is taken there. ``timeout`` bounds the wait for
     all sshd servers to answer.
@@ -523,6 +524,17 @@ class Testbed:
                 f"a testbed named {self.name} already exists",
                 hint=f"remove it with `sshcluster testbed down --name {self.name}`",
             )
+        if self._workdir_arg is not None:
+            # Building here would overwrite the keys and known_hosts of a testbed that is
+            # still up, and the inventories written for it would fail host key checks.
+            for other in list_testbeds():
+                if other.workdir == self._workdir_arg:
+                    raise TestbedError(
+                        f"the directory {self._workdir_arg} belongs to testbed {other.name}, "
+                        "which is still up",
+                        hint=f"remove it first with `sshcluster testbed down --dir "
+                        f"{self._workdir_arg}`, or choose another directory",
+                    )
         for d, mode in ((Path("/run/sshd"), 0o755), (Path("/root/.ssh"), 0o700)):
             if not d.exists():  # sshd's privilege separation dir; our bind mount point
                 d.mkdir(mode=mode, parents=True)

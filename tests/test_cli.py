@@ -145,6 +145,15 @@ def _cli_up(workdir: Path, *args: str, env: dict[str, str] | None = None
     return proc, name.group(1) if name else None
 
 
+def _ssh_with_inventory_files(workdir: Path, address: str) -> subprocess.CompletedProcess[str]:
+    """ssh to a host with the key and known_hosts that `testbed up` wrote into workdir."""
+    argv = ["ssh", "-F", "none", "-i", str(workdir / "id_ed25519"), "-o", "IdentitiesOnly=yes",
+            "-o", f"UserKnownHostsFile={workdir / 'known_hosts'}", "-o",
+            "GlobalKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=yes", "-o",
+            "BatchMode=yes", f"root@{address}", "hostname"]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+
 def _netns() -> str:
     return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
                           check=True).stdout
@@ -193,6 +202,29 @@ def test_testbed_down_dir_removes_the_testbed_built_there(
     again = CliRunner().invoke(cli, ["testbed", "down", "--dir", str(workdir)])
     assert again.exit_code == 1
     assert again.stderr.startswith(f"error: there is no testbed with the directory {workdir}")
+
+
+def test_testbed_up_refuses_a_dir_that_a_testbed_uses(testbed_env: None, tmp_path: Path) -> None:
+    workdir = tmp_path / "tb"
+    first, name = _cli_up(workdir)
+    assert first.returncode == 0 and name, first.stderr
+    try:
+        address = first.stdout.split()[1]
+        known_hosts = (workdir / "known_hosts").read_text()
+        again, again_name = _cli_up(workdir)
+        if again_name:  # built after all: remove it (the directory then has both names)
+            remove_testbed(again_name)
+        assert again.returncode == 1, again.stderr
+        assert again.stderr == (
+            f"error: the directory {workdir} belongs to testbed {name}, which is still up\n"
+            f"hint: remove it first with `sshcluster testbed down --dir {workdir}`, "
+            "or choose another directory\n")
+        # The first testbed's files are untouched: its inventory still passes host key checks.
+        assert (workdir / "known_hosts").read_text() == known_hosts
+        proc = _ssh_with_inventory_files(workdir, address)
+        assert (proc.returncode, proc.stdout.strip()) == (0, "node1"), proc.stderr
+    finally:
+        remove_testbed(name)
 
 
 def test_testbed_down_all_removes_only_testbeds_whose_owner_exited(

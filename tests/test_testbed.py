@@ -349,6 +349,16 @@ def test_remove_testbed_by_workdir_keeps_the_directory(
     assert (tmp_path / "tb" / "h1" / "sshd.log").exists()
 
 
+def test_a_workdir_in_use_is_refused(make_testbed: MakeTestbed, tmp_path: Path) -> None:
+    first = make_testbed(1, workdir=tmp_path / "tb")
+    files = {p: p.read_bytes() for p in (first.known_hosts, first.identity_file)}
+    with pytest.raises(TestbedError, match=f"belongs to testbed {first.name}, which is still up"):
+        make_testbed(1, workdir=tmp_path / "tb")
+    # Nothing of the first testbed was replaced: ssh with its own files still works.
+    assert {p: p.read_bytes() for p in files} == files
+    assert ok(ssh(first, first.hosts[0], "hostname")) == "node1"
+
+
 def test_subnet_in_use_is_refused(testbed: Testbed) -> None:
     with pytest.raises(TestbedError, match="in use by another testbed"):
         Testbed(1, subnet=testbed.subnet, name=TEST_PREFIX + secrets.token_hex(2)).up()
