@@ -240,13 +240,26 @@ def testbed() -> None:
     """
 
 
+def _subnet_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from sshcluster.testbed import parse_subnet
+
+    if value is None:
+        return None
+    try:
+        return str(parse_subnet(value))
+    except SshclusterError as e:
+        raise click.BadParameter(e.message) from e
+
+
 @testbed.command("up")
 @click.argument("count", type=click.IntRange(1, 250))
 @click.option("--dir", "workdir", required=True, metavar="DIR",
               type=click.Path(file_okay=False, path_type=str),
               help="Directory for keys, known_hosts, logs and hosts.yaml (refused while a "
                    "testbed that is up uses it).")
-@click.option("--subnet", default=None, help="IPv4 /24 to use (default: a free 10.213.X.0/24).")
+@click.option("--subnet", default=None, metavar="NETWORK", callback=_subnet_option,
+              help="IPv4 network for the hosts, e.g. 10.213.5.0/24 (default: a free "
+                   "10.213.X.0/24); must not overlap this machine's addresses or routes.")
 @click.option("--ncore", default=2, show_default=True, type=click.IntRange(1, 256),
               help="ncore written into hosts.yaml.")
 @click.option("--port", default=None, type=click.IntRange(1, 65535),
@@ -258,9 +271,14 @@ def testbed_up(count: int, workdir: str, subnet: str | None, ncore: int,
     They stay up after this command ends; remove them with
     `sshcluster testbed down --dir DIR` (or --name NAME).
     """
+    from sshcluster.errors import TestbedError
     from sshcluster.testbed import Testbed
 
-    tb = Testbed(count, workdir=workdir, subnet=subnet).up()
+    try:
+        tb = Testbed(count, workdir=workdir, subnet=subnet)
+    except TestbedError as e:  # the constructor only checks its arguments
+        raise click.UsageError(e.message) from e
+    tb.up()
     inventory = tb.write_inventory(f"{workdir}/hosts.yaml", ncore=ncore, port=port)
     for h in tb.hosts:
         click.echo(f"{h.hostname}\t{h.address}")

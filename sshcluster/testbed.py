@@ -102,6 +102,7 @@ __all__ = [
     "TestbedRecord",
     "down_all",
     "list_testbeds",
+    "parse_subnet",
     "remove_testbed",
     "require_root_and_netns",
 ]
@@ -325,6 +326,17 @@ def down_all(prefix: str = "") -> list[str]:
     return removed
 
 
+def parse_subnet(subnet: str) -> ipaddress.IPv4Network:
+    """The IPv4 network ``subnet`` names (host bits allowed: ``10.213.5.9/24`` is
+    ``10.213.5.0/24``); raises :class:`TestbedError` if it names none."""
+    try:
+        return ipaddress.IPv4Network(subnet, strict=False)
+    except ValueError as e:
+        raise TestbedError(
+            f"subnet {subnet!r} is not an IPv4 network such as 10.213.5.0/24: {e}"
+        ) from e
+
+
 # ---------------------------------------------------------------------------- Testbed
 
 
@@ -376,10 +388,7 @@ class Testbed:
         if primary_ssh_port is not None and not 1 <= primary_ssh_port <= 65535:
             raise TestbedError(f"primary_ssh_port {primary_ssh_port} is not a TCP port")
         if subnet is not None:
-            try:
-                net = ipaddress.IPv4Network(subnet, strict=False)
-            except ValueError as e:
-                raise TestbedError(f"subnet {subnet!r} is not an IPv4 network: {e}") from e
+            net = parse_subnet(subnet)
             if net.num_addresses - 2 < n + 1:
                 raise TestbedError(
                     f"subnet {net} has room for {max(net.num_addresses - 3, 0)} hosts, not {n}"

@@ -273,3 +273,25 @@ def test_testbed_down_needs_exactly_one_target(args: list[str]) -> None:
     assert result.exit_code == 2
     assert "give one of --name NAME, --dir DIR or --all" in result.output
 
+
+@pytest.mark.parametrize(("count", "subnet", "words"), [
+    ("1", "foo", "'foo' is not an IPv4 network such as 10.213.5.0/24"),
+    ("1", "fd00::/64", "is not an IPv4 network"),
+    ("1", "10.213.5.0/33", "is not an IPv4 network"),
+    ("6", "10.213.5.0/29", "subnet 10.213.5.0/29 has room for 5 hosts, not 6"),
+])
+def test_testbed_up_malformed_subnet_is_exit_2(tmp_path: Path, count: str, subnet: str,
+                                               words: str) -> None:
+    result = CliRunner().invoke(cli, ["testbed", "up", count, "--dir", str(tmp_path / "tb"),
+                                      "--subnet", subnet])
+    assert result.exit_code == 2, result.output
+    assert words in " ".join(result.output.split())
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "tb").exists()
+
+
+def test_testbed_up_subnet_in_use_is_exit_1(testbed: Testbed, tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["testbed", "up", "1", "--dir", str(tmp_path / "tb"),
+                                      "--subnet", testbed.subnet])
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: subnet {testbed.subnet} is in use by another testbed")
