@@ -211,17 +211,25 @@ def _checked(inv: Inventory, *, timeout: float, accept_new: bool,
               help="R workers per host.")
 @click.option("--tasks", default=1000, show_default=True, type=click.IntRange(1, 10**6),
               help="Monte Carlo runs to spread over the cluster.")
-def demo(n_hosts: int, ncore: int, tasks: int) -> None:
+@click.option("--keep", "keep", default=None, metavar="DIR",
+              type=click.Path(file_okay=False, path_type=str),
+              help="Write the inventory, cluster.R and the testbed's keys and logs to DIR and "
+                   "keep them (default: a temporary directory, removed at the end).")
+def demo(n_hosts: int, ncore: int, tasks: int, keep: str | None) -> None:
     """Run an R computation on local SSH test hosts, end to end.
 
     Builds the hosts (network namespaces, one sshd each; needs root), writes an
-    inventory and the R bootstrap, runs a Monte Carlo stock-price simulation with
-    parLapply, prints a summary and the tasks per host, and tears the hosts down.
-    Without root it runs the same computation on a local cluster and says so.
+    inventory and the R bootstrap, checks the hosts (naming any warnings), runs a Monte
+    Carlo stock-price simulation with parLapply, prints a summary and the tasks per
+    host, and tears the hosts down. Without root it runs the same computation on a
+    local cluster and says so.
     """
+    from pathlib import Path
+
     from sshcluster.demo import run_demo
 
-    status = run_demo(hosts=n_hosts, ncore=ncore, tasks=tasks)
+    status = run_demo(hosts=n_hosts, ncore=ncore, tasks=tasks,
+                      workdir=Path(keep) if keep else None)
     if status != 0:
         raise click.exceptions.Exit(1)
 
