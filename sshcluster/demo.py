@@ -1,10 +1,12 @@
 """The demo: a real R computation spread over local SSH test hosts.
 
 It builds the test hosts (:mod:`sshcluster.testbed`), writes an inventory for them, checks
-them (:mod:`sshcluster.preflight`), writes the R bootstrap, runs a Monte Carlo
-stock-price simulation across the cluster with ``parLapply``, prints a summary and how
-many tasks each host ran, and tears the hosts down. Without root (no network namespaces)
-it runs the same computation on a local cluster and says so.
+them (:mod:`sshcluster.preflight`) and says what the check warned about, writes the R
+bootstrap, runs a Monte Carlo stock-price simulation across the cluster with
+``parLapply``, prints a summary and how many tasks each host ran, and tears the hosts
+down. Its files go to a temporary directory, removed at the end, unless a ``workdir`` is
+given. Without root (no network namespaces) it runs the same computation on a local
+cluster and says so.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from sshcluster import bootstrap, preflight, testbed
 from sshcluster.errors import SshclusterError, TestbedError
 from sshcluster.inventory import load_inventory
 from sshcluster.quoting import r_string
+from sshcluster.report import STEPS, CheckReport
 
 #: The computation, after the bootstrap has made ``parallelCluster``.
 DEMO_R = r"""
@@ -60,12 +63,33 @@ def _say(message: str) -> None:
     print(f"demo: {message}", file=sys.stderr, flush=True)
 
 
+def warning_lines(report: CheckReport, names: dict[str, str] | None = None) -> list[str]:
+    """The check's warnings, one line per step and detail with the hosts that gave it.
+
+    ``names`` maps a host's label to what to call it (the demo uses hostnames).
+    """
+    hosts_by_warning: dict[tuple[str, str], list[str]] = {}
+    for h in report.succeeded:
+        for step in h.warnings:
+            key = (step, h.checks[step].detail)
+            hosts_by_warning.setdefault(key, []).append((names or {}).get(h.label, h.label))
+    ordered = sorted(hosts_by_warning.items(), key=lambda item: STEPS.index(item[0][0]))
+    return [f"warning: {step} on {', '.join(hosts)}: {detail}"
+            for (step, detail), hosts in ordered]
+
+
 def run_demo(hosts: int = 4, ncore: int = 2, tasks: int = 1000,
              workdir: Path | None = None,
              say: Callable[[str], None] = _say) -> int:
-    """Run the demo; returns the exit status of the R computation (0 on success)."""
+    """Run the demo; returns the exit status of the R computation (0 on success).
+
+    Its files (the inventory ``hosts.yaml``, the bootstrap ``cluster.R``, the R script,
+    the testbed's keys and sshd logs) go to ``workdir``, which is kept, or else to a
+    temporary directory that is removed at the end.
+    """
     with tempfile.TemporaryDirectory(prefix="sshcluster-demo-") as tmp:
-        base = workdir or Path(tmp)
+        base = workdir.resolve() if workdir else Path(tmp)
+        base.mkdir(parents=True, exist_ok=True)
         try:
             testbed.require_root_and_netns()
         except TestbedError as e:
@@ -86,18 +110,26 @@ def run_demo(hosts: int = 4, ncore: int = 2, tasks: int = 1000,
             inventory = load_inventory(inventory_path)
             report = preflight.check(inventory, timeout=30)
             say(f"sshcluster check: {report.summary()}")
+            for line in warning_lines(report, {h.address: h.hostname for h in tb.hosts}):
+                say(f"  {line}")
             if not report.ok:
                 raise SshclusterError("the test hosts failed the preflight check:\n"
                                       + report.to_json())
             cluster_r = base / "cluster.R"
             bootstrap.write_bootstrap(inventory, cluster_r)
+            where = ("kept after the demo" if workdir else
+                     "temporary, removed at the end; `sshcluster demo --keep DIR` keeps them")
             say(f"wrote {inventory_path} and {cluster_r} "
-                f"({len(inventory.hosts)} hosts x {ncore} = {inventory.workers} R workers)")
+                f"({len(inventory.hosts)} hosts x {ncore} = {inventory.workers} R workers; "
+                f"{where})")
             script = base / "demo.R"
             script.write_text(f"source({r_string(str(cluster_r))})\n"
                               + DEMO_R.replace("TASKS", f"{tasks}L"))
             status = _run_r(script)
             say("tearing the test hosts down")
+        if workdir:
+            say(f"kept {base}: hosts.yaml, cluster.R, demo.R and testbed/ (keys, sshd logs);"
+                " the test hosts they name are gone")
         return status
 
 
@@ -111,4 +143,4 @@ def _run_r(script: Path) -> int:
         raise SshclusterError("the R computation did not finish within 10 minutes") from None
 
 
-__all__ = ["DEMO_R", "run_demo"]
+__all__ = ["DEMO_R", "run_demo", "warning_lines"]

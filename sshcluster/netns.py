@@ -26,8 +26,13 @@ from sshcluster.errors import TestbedError
 #: Where state files and subnet locks live; /run is a tmpfs, so nothing outlives a reboot
 #: (and neither do the namespaces and links it describes).
 RUN_DIR = Path("/run/sshcluster")
+#: The default directory of the state files (see :func:`state_dir`).
 STATE_DIR = RUN_DIR / "testbeds"
 LOCK_DIR = RUN_DIR / "subnets"
+#: Names another directory for the state files, so that a test can make and remove
+#: testbeds (``down_all``, ``sshcluster testbed down --all``) without ever seeing the
+#: other testbeds of this machine. The subnet locks stay shared.
+STATE_DIR_ENV = "SSHCLUSTER_TESTBED_STATE_DIR"
 
 DEFAULT_POOL = ipaddress.IPv4Network("10.213.0.0/16")
 
@@ -36,6 +41,7 @@ __all__ = [
     "LOCK_DIR",
     "RUN_DIR",
     "STATE_DIR",
+    "STATE_DIR_ENV",
     "SubnetLock",
     "link_names",
     "lock_subnet",
@@ -45,6 +51,7 @@ __all__ = [
     "process_name",
     "run_command",
     "save_state",
+    "state_dir",
     "state_path",
     "teardown",
 ]
@@ -295,21 +302,28 @@ def lock_subnet(subnet: str | None) -> SubnetLock:
         lock.release()
     raise TestbedError(
         f"no free /24 left in {DEFAULT_POOL} for a testbed",
-        hint="remove old testbeds with sshcluster.testbed.down_all(), or pass subnet=",
+        hint="remove testbeds you no longer need (sshcluster testbed down --name NAME), "
+        "or pass subnet=",
     )
 
 
 # ------------------------------------------------------------------------------ state
 
 
+def state_dir() -> Path:
+    """The directory of the state files: ``$SSHCLUSTER_TESTBED_STATE_DIR``, else
+    :data:`STATE_DIR` (read at each call, so a test can change it)."""
+    return Path(os.environ.get(STATE_DIR_ENV) or STATE_DIR)
+
+
 def state_path(name: str) -> Path:
     """The state file of the testbed ``name``."""
-    return STATE_DIR / f"{name}.json"
+    return state_dir() / f"{name}.json"
 
 
 def save_state(state: Mapping[str, Any]) -> None:
     """Write the state file atomically, so a crash never leaves half of it."""
-    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    state_dir().mkdir(parents=True, exist_ok=True)
     path = state_path(str(state["name"]))
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(state, indent=1))

@@ -26,8 +26,11 @@ Example::
         tb.write_inventory(tb.workdir / "inventory.yaml")
 
 Everything a testbed creates is recorded in a JSON state file under
-``/run/sshcluster/testbeds/`` *before* it is created, so :func:`down_all` can remove the
-leftovers of a run that was killed.
+``/run/sshcluster/testbeds/`` (or ``$SSHCLUSTER_TESTBED_STATE_DIR``) *before* it is
+created, so that it can be removed by another process: one testbed by its exact name or
+workdir with :func:`remove_testbed`, the leftovers of runs that were killed (or of
+``sshcluster testbed up``, which leaves its testbed up) with :func:`down_all`, which never
+touches a testbed whose owner process is still running.
 
 Network rule: a testbed only ever sends traffic to its own subnet, which is checked not
 to overlap any address or route of this machine; the hosts have no default route.
@@ -61,6 +64,7 @@ import yaml
 from sshcluster.errors import TestbedError
 from sshcluster.netns import (
     STATE_DIR,
+    STATE_DIR_ENV,
     SubnetLock,
     link_names,
     lock_subnet,
@@ -70,6 +74,7 @@ from sshcluster.netns import (
     process_name,
     run_command,
     save_state,
+    state_dir,
     state_path,
     teardown,
 )
@@ -90,9 +95,15 @@ from sshcluster.sshd import (
 )
 
 __all__ = [
+    "STATE_DIR",
+    "STATE_DIR_ENV",
     "TestHost",
     "Testbed",
+    "TestbedRecord",
     "down_all",
+    "list_testbeds",
+    "parse_subnet",
+    "remove_testbed",
     "require_root_and_netns",
 ]
 
@@ -165,35 +176,142 @@ def require_root_and_netns() -> None:
         ) from e
 
 
-# -------------------------------------------------------------------------- leftovers
+# ---------------------------------------------------------------- testbeds on this machine
 
 
-def down_all(prefix: str = "sc", *, include_live: bool = False) -> list[str]:
-    """Remove the testbeds whose name starts with ``prefix`` and whose owner is gone.
+@dataclass(frozen=True)
+class TestbedRecord:
+    """A testbed that is up on this machine, as its state file describes it.
 
-    Reads the state files in ``/run/sshcluster/testbeds/``: for each testbed whose
-    creating process has exited (crashed, killed, or a CLI that left it up on purpose),
-    kills every process in its namespaces and its primary sshd, and deletes its
-    namespaces, veths, bridge and (if the testbed made it) workdir. Testbeds whose owner
-    is still running are left alone, so concurrent test runs do not break each other,
-    unless ``include_live`` is true. Returns the names of the testbeds removed; raises
-    :class:`TestbedError` naming what could not be removed.
+    ``owner_pid`` is the process that built it; ``owner_alive`` is true while that very
+    process (not a later one with the same pid) still runs. The owner of a testbed made
+    by ``sshcluster testbed up`` has always exited: that command leaves it up on purpose.
     """
-    removed: list[str] = []
-    failed: list[str] = []
-    if not STATE_DIR.is_dir():
-        return removed
-    for path in sorted(STATE_DIR.glob("*.json")):
-        name = path.stem
-        if not name.startswith(prefix):
-            continue
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    name: str
+    workdir: Path | None
+    subnet: str | None
+    owner_pid: int | None
+    owner_alive: bool
+
+
+def _read_states() -> tuple[list[dict[str, Any]], list[str]]:
+    """(the content of every readable state file, a problem for each unreadable one)."""
+    states: list[dict[str, Any]] = []
+    problems: list[str] = []
+    directory = state_dir()
+    if not directory.is_dir():
+        return states, problems
+    for path in sorted(directory.glob("*.json")):
         try:
             state = json.loads(path.read_text())
         except (OSError, ValueError) as e:
-            failed.append(f"{path}: unreadable ({e})")
+            problems.append(f"{path}: unreadable ({e})")
             continue
-        owner, started = state.get("owner_pid"), state.get("owner_start")
-        if not include_live and owner is not None and proc_start_time(owner) == started:
+        if not isinstance(state, dict) or state.get("name") != path.stem:
+            problems.append(f"{path}: not a testbed state file")
+            continue
+        states.append(state)
+    return states, problems
+
+
+def _record(state: Mapping[str, Any]) -> TestbedRecord:
+    owner, started = state.get("owner_pid"), state.get("owner_start")
+    alive = isinstance(owner, int) and started is not None and proc_start_time(owner) == started
+    workdir = state.get("workdir")
+    return TestbedRecord(
+        name=str(state["name"]),
+        workdir=Path(workdir) if workdir else None,
+        subnet=state.get("subnet"),
+        owner_pid=owner if isinstance(owner, int) else None,
+        owner_alive=alive,
+    )
+
+
+def list_testbeds() -> list[TestbedRecord]:
+    """Every testbed that is up on this machine (with a readable state file), by name."""
+    return [_record(s) for s in _read_states()[0]]
+
+
+def _describe(records: Sequence[TestbedRecord]) -> str:
+    if not records:
+        return "there are no testbeds on this machine"
+    return "testbeds on this machine: " + ", ".join(
+        f"{r.name} ({r.workdir})" if r.workdir else r.name for r in records
+    )
+
+
+def remove_testbed(name: str | None = None, *, workdir: Path | str | None = None) -> str:
+    """Remove the one testbed named exactly ``name``, or the one whose workdir is ``workdir``.
+
+    ``workdir`` is the directory given to ``Testbed(workdir=...)`` (``sshcluster testbed
+    up --dir DIR``); the directory itself is left in place. The testbed goes even if its
+    owner is still running, as it was named explicitly. Returns its name; raises
+    :class:`TestbedError` if no testbed (or more than one) matches, or naming what could
+    not be removed.
+
+    Example::
+
+        remove_testbed("sc1a2b")            # as printed by `sshcluster testbed up`
+        remove_testbed(workdir="/tmp/tb")
+    """
+    states, _ = _read_states()
+    if name is not None and workdir is None:
+        matches = [s for s in states if s["name"] == name]
+        what = f"named {name!r}"
+    elif workdir is not None and name is None:
+        wd = Path(workdir).resolve()
+        matches = [s for s in states if s.get("workdir") and Path(s["workdir"]) == wd]
+        what = f"with the directory {wd}"
+    else:
+        raise TypeError("remove_testbed() takes a name or a workdir (exactly one)")
+    if not matches:
+        raise TestbedError(
+            f"there is no testbed {what}", hint=_describe([_record(s) for s in states])
+        )
+    if len(matches) > 1:
+        names = ", ".join(s["name"] for s in matches)
+        raise TestbedError(
+            f"more than one testbed {what}: {names}", hint="remove them one by one by name"
+        )
+    state = matches[0]
+    leftovers = teardown(state)
+    if leftovers:
+        raise TestbedError(
+            f"testbed {state['name']} was not removed completely: {', '.join(leftovers)}",
+            hint="see `ip netns list`, `ip link` and " + str(state_path(state["name"])),
+        )
+    return str(state["name"])
+
+
+def down_all(prefix: str = "") -> list[str]:
+    """Remove the leftover testbeds: those whose owner process has exited.
+
+    Only testbeds whose name starts with ``prefix`` (every one for ``""``) are looked
+    at; a testbed whose owner is still running is never removed, so concurrent test runs
+    and programs do not break each other. A leftover is one whose creating process
+    crashed, was killed, or left it up on purpose, as ``sshcluster testbed up`` does: so
+    ``down_all()`` also removes every testbed made by that command, anyone's. To remove
+    one testbed, use :func:`remove_testbed`, which matches its name exactly.
+
+    For each leftover, kills every process in its namespaces and its primary sshd, and
+    deletes its namespaces, veths, bridge and (if the testbed made it) workdir. Returns
+    the names of the testbeds removed; raises :class:`TestbedError` naming what could
+    not be removed.
+    """
+    removed: list[str] = []
+    states, failed = _read_states()
+    for state in states:
+        name = str(state["name"])
+        if not name.startswith(prefix):
+            continue
+        record = _record(state)
+        if record.owner_alive:
+            continue
+        if record.owner_pid is None:  # cannot tell whether its owner runs: leave it
+            failed.append(f"{name}: no owner recorded (remove it by name)")
             continue
         leftovers = teardown(state)
         if leftovers:
@@ -203,9 +321,20 @@ def down_all(prefix: str = "sc", *, include_live: bool = False) -> list[str]:
     if failed:
         raise TestbedError(
             "could not remove every leftover testbed: " + "; ".join(failed),
-            hint="see `ip netns list`, `ip link` and the files in " + str(STATE_DIR),
+            hint="see `ip netns list`, `ip link` and the files in " + str(state_dir()),
         )
     return removed
+
+
+def parse_subnet(subnet: str) -> ipaddress.IPv4Network:
+    """The IPv4 network ``subnet`` names (host bits allowed: ``10.213.5.9/24`` is
+    ``10.213.5.0/24``); raises :class:`TestbedError` if it names none."""
+    try:
+        return ipaddress.IPv4Network(subnet, strict=False)
+    except ValueError as e:
+        raise TestbedError(
+            f"subnet {subnet!r} is not an IPv4 network such as 10.213.5.0/24: {e}"
+        ) from e
 
 
 # ---------------------------------------------------------------------------- Testbed
@@ -220,7 +349,8 @@ class Testbed:
     as the hosts see it) gets ``.1``. ``name`` (lowercase letters and digits, at most 10,
     default ``sc`` + 4 random hex digits) prefixes every namespace and link made.
     ``workdir`` holds keys, configs and logs; by default a new temporary directory that
-    :meth:`down` removes (a given workdir is left in place, with its logs).
+    :meth:`down` removes (a given workdir is left in place, with its logs; one that a
+    testbed which is still up uses is refused).
     ``primary_ssh_port`` is the port of the primary's sshd on the bridge address; by
     default 22, or a free port if 22 is taken there. ``timeout`` bounds the wait for
     all sshd servers to answer.
@@ -258,10 +388,7 @@ class Testbed:
         if primary_ssh_port is not None and not 1 <= primary_ssh_port <= 65535:
             raise TestbedError(f"primary_ssh_port {primary_ssh_port} is not a TCP port")
         if subnet is not None:
-            try:
-                net = ipaddress.IPv4Network(subnet, strict=False)
-            except ValueError as e:
-                raise TestbedError(f"subnet {subnet!r} is not an IPv4 network: {e}") from e
+            net = parse_subnet(subnet)
             if net.num_addresses - 2 < n + 1:
                 raise TestbedError(
                     f"subnet {net} has room for {max(net.num_addresses - 3, 0)} hosts, not {n}"
@@ -404,8 +531,19 @@ class Testbed:
         if state_path(self.name).exists() or f"{self.name}-br" in link_names():
             raise TestbedError(
                 f"a testbed named {self.name} already exists",
-                hint=f"remove it with sshcluster.testbed.down_all({self.name!r})",
+                hint=f"remove it with `sshcluster testbed down --name {self.name}`",
             )
+        if self._workdir_arg is not None:
+            # Building here would overwrite the keys and known_hosts of a testbed that is
+            # still up, and the inventories written for it would fail host key checks.
+            for other in list_testbeds():
+                if other.workdir == self._workdir_arg:
+                    raise TestbedError(
+                        f"the directory {self._workdir_arg} belongs to testbed {other.name}, "
+                        "which is still up",
+                        hint=f"remove it first with `sshcluster testbed down --dir "
+                        f"{self._workdir_arg}`, or choose another directory",
+                    )
         for d, mode in ((Path("/run/sshd"), 0o755), (Path("/root/.ssh"), 0o700)):
             if not d.exists():  # sshd's privilege separation dir; our bind mount point
                 d.mkdir(mode=mode, parents=True)
@@ -432,7 +570,7 @@ class Testbed:
         )
         bridge = f"{self.name}-br"
         veths = [f"{self.name}-v{h.index}" for h in self._hosts]
-        # Record everything before creating any of it, so down_all() finds it all.
+        # Record everything before creating any of it, so another process can remove it.
         self._state = {
             "name": self.name,
             "owner_pid": os.getpid(),
@@ -634,7 +772,7 @@ class Testbed:
         workers) and the primary sshd, deletes the namespaces, veths and bridge, removes
         the workdir if the testbed created it, and releases the subnet. Raises
         :class:`TestbedError` naming anything that could not be removed (its state file
-        is then kept, so :func:`down_all` can try again).
+        is then kept, so :func:`remove_testbed` can try again).
         """
         if self._state is None:
             if self._lock is not None:
@@ -653,7 +791,7 @@ class Testbed:
         if leftovers:
             raise TestbedError(
                 f"testbed {self.name} was not removed completely: {', '.join(leftovers)}",
-                hint=f"try sshcluster.testbed.down_all({self.name!r})",
+                hint=f"try again with `sshcluster testbed down --name {self.name}`",
             )
 
     # ------------------------------------------------------------ operations

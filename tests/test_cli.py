@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+import os
+import re
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 import pytest
 from click.testing import CliRunner
+from conftest import fresh_name
 
 from sshcluster.bootstrap import render
 from sshcluster.cli import cli
 from sshcluster.inventory import load_inventory
+from sshcluster.testbed import (
+    STATE_DIR,
+    STATE_DIR_ENV,
+    Testbed,
+    list_testbeds,
+    remove_testbed,
+)
+
+MakeTestbed = Callable[..., Testbed]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,6 +56,31 @@ def test_every_command_has_help_and_is_in_the_readme(name: str, cmd: click.Comma
     assert "Usage:" in result.output
     readme = (ROOT / "README.md").read_text()
     assert f"sshcluster {name}" in readme, f"README does not show 'sshcluster {name}'"
+
+
+def _readme_command_lines() -> list[str]:
+    """Every `sshcluster ...` command the README shows, in code blocks and inline."""
+    text = (ROOT / "README.md").read_text()
+    found = re.findall(r"`(sshcluster [^`]+)`", text)
+    for line in text.splitlines():
+        line = line.strip().removeprefix("$ ").split("#")[0]
+        found += [part.strip() for part in line.split("&&") if part.strip().startswith(
+            "sshcluster ")]
+    return sorted(set(found))
+
+
+def test_every_option_the_readme_shows_exists() -> None:
+    lines = _readme_command_lines()
+    assert "sshcluster testbed down --dir /tmp/tb" in lines
+    for line in lines:
+        cmd: click.Command = cli
+        for word in shlex.split(line)[1:]:
+            if isinstance(cmd, click.Group) and word in cmd.commands:
+                cmd = cmd.commands[word]
+            elif word.startswith("-") and word != "-":
+                names = {n for p in cmd.params for n in [*p.opts, *p.secondary_opts]}
+                assert word.split("=")[0] in names | {"--help", "-h"}, \
+                    f"README: `{line}`: {word} is not an option of that command"
 
 
 def test_render_to_stdout_is_the_library_output() -> None:
@@ -128,3 +169,171 @@ def test_version() -> None:
     result = CliRunner().invoke(cli, ["--version"])
     assert result.exit_code == 0
     assert result.output.startswith("sshcluster, version ")
+
+
+# --------------------------------------------------------------------------- testbed
+
+
+def _cli_up(workdir: Path, *args: str, env: dict[str, str] | None = None
+            ) -> tuple[subprocess.CompletedProcess[str], str | None]:
+    """`sshcluster testbed up 1 --dir WORKDIR` as a user runs it: in a process of its own,
+    which exits and leaves the testbed up. Returns the result and the testbed's name."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "sshcluster", "testbed", "up", "1", "--dir", str(workdir), *args],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, **(env or {})},
+    )
+    name = re.search(r"down --name (\S+)", proc.stderr)
+    return proc, name.group(1) if name else None
+
+
+def _ssh_with_inventory_files(workdir: Path, address: str) -> subprocess.CompletedProcess[str]:
+    """ssh to a host with the key and known_hosts that `testbed up` wrote into workdir."""
+    argv = ["ssh", "-F", "none", "-i", str(workdir / "id_ed25519"), "-o", "IdentitiesOnly=yes",
+            "-o", f"UserKnownHostsFile={workdir / 'known_hosts'}", "-o",
+            "GlobalKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=yes", "-o",
+            "BatchMode=yes", f"root@{address}", "hostname"]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+
+def _netns() -> str:
+    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def test_testbed_down_name_matches_exactly_one_testbed(make_testbed: MakeTestbed) -> None:
+    name = fresh_name()
+    make_testbed(1, name=name)
+    longer = make_testbed(1, name=name + "1")  # `name` is a prefix of its name
+    result = CliRunner().invoke(cli, ["testbed", "down", "--name", name])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == f"removed 1 testbed: {name}\n"
+    assert f"{name}-h1 " not in _netns()
+    host = longer.hosts[0]
+    proc = subprocess.run(longer.ssh_argv(host, "hostname"), capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert (proc.returncode, proc.stdout.strip()) == (0, "node1"), proc.stderr
+
+
+def test_testbed_down_name_that_matches_nothing_is_exit_1(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["testbed", "down", "--name", "nosuch" + os.urandom(2).hex()])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: there is no testbed named 'nosuch")
+    assert "removed" not in result.output
+    result = CliRunner().invoke(cli, ["testbed", "down", "--dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: there is no testbed with the directory {tmp_path}")
+
+
+def test_testbed_down_dir_removes_the_testbed_built_there(
+    testbed_env: None, tmp_path: Path
+) -> None:
+    workdir = tmp_path / "tb"
+    made, name = _cli_up(workdir)
+    assert made.returncode == 0 and name, made.stderr
+    try:
+        down = CliRunner().invoke(cli, ["testbed", "down", "--dir", str(tmp_path / "." / "tb")])
+        assert down.exit_code == 0, down.output
+        assert down.stderr == f"removed 1 testbed: {name}\n"
+        assert f"{name}-" not in _netns()
+        assert (workdir / "hosts.yaml").exists()  # the directory itself stays
+        name = None
+    finally:
+        if name:
+            remove_testbed(name)
+    again = CliRunner().invoke(cli, ["testbed", "down", "--dir", str(workdir)])
+    assert again.exit_code == 1
+    assert again.stderr.startswith(f"error: there is no testbed with the directory {workdir}")
+
+
+def test_testbed_up_refuses_a_dir_that_a_testbed_uses(testbed_env: None, tmp_path: Path) -> None:
+    workdir = tmp_path / "tb"
+    first, name = _cli_up(workdir)
+    assert first.returncode == 0 and name, first.stderr
+    try:
+        address = first.stdout.split()[1]
+        known_hosts = (workdir / "known_hosts").read_text()
+        again, again_name = _cli_up(workdir)
+        if again_name:  # built after all: remove it (the directory then has both names)
+            remove_testbed(again_name)
+        assert again.returncode == 1, again.stderr
+        assert again.stderr == (
+            f"error: the directory {workdir} belongs to testbed {name}, which is still up\n"
+            f"hint: remove it first with `sshcluster testbed down --dir {workdir}`, "
+            "or choose another directory\n")
+        # The first testbed's files are untouched: its inventory still passes host key checks.
+        assert (workdir / "known_hosts").read_text() == known_hosts
+        proc = _ssh_with_inventory_files(workdir, address)
+        assert (proc.returncode, proc.stdout.strip()) == (0, "node1"), proc.stderr
+    finally:
+        remove_testbed(name)
+
+
+def test_testbed_down_all_removes_only_testbeds_whose_owner_exited(
+    testbed_env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Testbeds of their own: a state directory that no other testbed of this machine is in.
+    others = {r.name for r in list_testbeds() if not r.owner_alive}
+    env = {STATE_DIR_ENV: str(tmp_path / "state")}
+    monkeypatch.setenv(STATE_DIR_ENV, env[STATE_DIR_ENV])
+    made, cli_name = _cli_up(tmp_path / "cli", env=env)  # its owner has exited
+    assert made.returncode == 0 and cli_name, made.stderr
+    try:
+        with Testbed(1, name=fresh_name()) as live:  # its owner, this process, runs
+            result = CliRunner().invoke(cli, ["testbed", "down", "--all"])
+            assert result.exit_code == 0, result.output
+            assert result.stderr == f"removed 1 testbed: {cli_name}\n"
+            assert f"{cli_name}-" not in _netns()
+            assert [r.name for r in list_testbeds()] == [live.name]
+            proc = subprocess.run(live.ssh_argv(live.hosts[0], "true"), timeout=60,
+                                  check=False)
+            assert proc.returncode == 0
+            again = CliRunner().invoke(cli, ["testbed", "down", "--all"])
+            assert again.stderr == "removed 0 testbeds\n"
+        cli_name = None
+    finally:
+        if cli_name:
+            remove_testbed(cli_name)
+    # Nothing outside its own state directory was touched.
+    assert all((STATE_DIR / f"{name}.json").exists() for name in others
+               if not name.startswith(("sct", "sck")))  # other test runs remove theirs
+
+
+def test_testbed_down_help_says_what_all_removes() -> None:
+    text = " ".join(CliRunner().invoke(cli, ["testbed", "down", "--help"]).output.split())
+    assert ("Remove every testbed on this machine whose owner process has exited: that is "
+            "every testbed made by `sshcluster testbed up`, anyone's, and the leftovers of "
+            "crashed runs. A testbed whose owner still runs (a test run, the demo, a Python "
+            "program) is never removed.") in text
+    assert "--dir DIR Remove the testbed whose directory is DIR" in text
+
+
+@pytest.mark.parametrize("args", [[], ["--name", "sc1", "--all"], ["--dir", "/tmp/x", "--name",
+                                                                     "sc1"]])
+def test_testbed_down_needs_exactly_one_target(args: list[str]) -> None:
+    result = CliRunner().invoke(cli, ["testbed", "down", *args])
+    assert result.exit_code == 2
+    assert "give one of --name NAME, --dir DIR or --all" in result.output
+
+
+@pytest.mark.parametrize(("count", "subnet", "words"), [
+    ("1", "foo", "'foo' is not an IPv4 network such as 10.213.5.0/24"),
+    ("1", "fd00::/64", "is not an IPv4 network"),
+    ("1", "10.213.5.0/33", "is not an IPv4 network"),
+    ("6", "10.213.5.0/29", "subnet 10.213.5.0/29 has room for 5 hosts, not 6"),
+])
+def test_testbed_up_malformed_subnet_is_exit_2(tmp_path: Path, count: str, subnet: str,
+                                               words: str) -> None:
+    result = CliRunner().invoke(cli, ["testbed", "up", count, "--dir", str(tmp_path / "tb"),
+                                      "--subnet", subnet])
+    assert result.exit_code == 2, result.output
+    assert words in " ".join(result.output.split())
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "tb").exists()
+
+
+def test_testbed_up_subnet_in_use_is_exit_1(testbed: Testbed, tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["testbed", "up", "1", "--dir", str(tmp_path / "tb"),
+                                      "--subnet", testbed.subnet])
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: subnet {testbed.subnet} is in use by another testbed")

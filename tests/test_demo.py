@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from conftest import skip_or_fail
 
 from sshcluster.cli import cli
+from sshcluster.demo import warning_lines
+from sshcluster.inventory import Host
+from sshcluster.report import STEPS, CheckReport, HostReport, StepResult
 
 
 def test_demo_runs_across_hosts_and_cleans_up(testbed_env: None) -> None:
@@ -32,6 +37,64 @@ def test_demo_runs_across_hosts_and_cleans_up(testbed_env: None) -> None:
     assert f"{name.group(1)}-" not in netns
     assert "tearing the test hosts down" in proc.stderr
     assert "sshcluster check: 2 of 2 hosts ready (4 R workers)" in proc.stderr
+    # It says that its files are temporary, and they are.
+    wrote = re.search(r"^demo: wrote (\S+)/hosts\.yaml and \1/cluster\.R \(2 hosts x 2 = 4 R "
+                      r"workers; temporary, removed at the end; `sshcluster demo --keep DIR` "
+                      r"keeps them\)$", proc.stderr, re.M)
+    assert wrote, proc.stderr
+    assert not Path(wrote.group(1)).exists()
+
+
+def test_demo_keep_keeps_its_files_and_names_the_warnings(
+    testbed_env: None, tmp_path: Path
+) -> None:
+    # More R workers than cores: the check warns, and the demo must say about what.
+    cores = len(os.sched_getaffinity(0))
+    if cores + 1 > 16:
+        pytest.skip("--ncore goes up to 16, this machine has more cores")
+    keep = tmp_path / "keep"
+    proc = subprocess.run(
+        [sys.executable, "-m", "sshcluster", "demo", "--hosts", "2", "--ncore", str(cores + 1),
+         "--tasks", "20", "--keep", str(keep)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(r"^demo: sshcluster check: 2 of 2 hosts ready .*, 2 with warnings",
+                     proc.stderr, re.M), proc.stderr
+    assert re.search(rf"^demo:   warning: cores on node1, node2: ncore: {cores + 1} declared, "
+                     r"but the host has \d+ cores$", proc.stderr, re.M), proc.stderr
+    assert f"wrote {keep}/hosts.yaml and {keep}/cluster.R" in proc.stderr
+    assert "kept after the demo" in proc.stderr
+    assert (f"demo: kept {keep}: hosts.yaml, cluster.R, demo.R and testbed/ (keys, sshd logs); "
+            "the test hosts they name are gone") in proc.stderr
+    for name in ("hosts.yaml", "cluster.R", "demo.R", "testbed/known_hosts"):
+        assert (keep / name).is_file(), name
+    assert "parallelCluster" in (keep / "cluster.R").read_text()
+    name = re.search(r"testbed (\S+) up in", proc.stderr)
+    assert name, proc.stderr
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                           check=True).stdout
+    assert f"{name.group(1)}-" not in netns
+
+
+def _host(label: str, warnings: dict[str, str]) -> HostReport:
+    checks = {s: StepResult("warning", warnings[s]) if s in warnings else StepResult("ok", "fine")
+              for s in STEPS}
+    return HostReport(host=Host(label, ncore=4), checks=checks, ncore=2)
+
+
+def test_warning_lines_say_what_each_warning_is_and_where() -> None:
+    cores = "ncore: 4 declared, but the host has 2 cores"
+    report = CheckReport(primary="10.0.0.1", port=11000, hosts=(
+        _host("10.0.0.2", {"load": "busy: load average 2.5 on 2 cores", "cores": cores}),
+        _host("10.0.0.3", {"cores": cores}),
+        _host("10.0.0.4", {}),
+    ))
+    assert warning_lines(report, {"10.0.0.2": "node1", "10.0.0.3": "node2"}) == [
+        f"warning: cores on node1, node2: {cores}",
+        "warning: load on node1: busy: load average 2.5 on 2 cores",
+    ]
+    assert warning_lines(report)[0] == f"warning: cores on 10.0.0.2, 10.0.0.3: {cores}"
 
 
 def test_testbed_up_and_down_from_the_cli(testbed_env: None, tmp_path: Path) -> None:
@@ -51,12 +114,6 @@ def test_testbed_up_and_down_from_the_cli(testbed_env: None, tmp_path: Path) -> 
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
                            check=True).stdout
     assert f"{name.group(1)}-" not in netns
-
-
-def test_testbed_down_needs_a_target() -> None:
-    result = CliRunner().invoke(cli, ["testbed", "down"])
-    assert result.exit_code == 2
-    assert "give --name NAME or --all" in result.output
 
 
 def test_demo_without_root_falls_back_to_a_local_cluster_and_says_so() -> None:

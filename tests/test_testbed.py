@@ -24,10 +24,18 @@ from typing import TypeVar
 
 import pytest
 import yaml
-from conftest import TEST_PREFIX, skip_or_fail
+from conftest import TEST_PREFIX, fresh_name, skip_or_fail
 
 from sshcluster.errors import TestbedError
-from sshcluster.testbed import STATE_DIR, Testbed, TestHost, down_all
+from sshcluster.testbed import (
+    STATE_DIR,
+    STATE_DIR_ENV,
+    Testbed,
+    TestHost,
+    down_all,
+    list_testbeds,
+    remove_testbed,
+)
 
 pytestmark = pytest.mark.testbed
 
@@ -67,6 +75,21 @@ def ok(proc: subprocess.CompletedProcess[str]) -> str:
 def test_bad_arguments_are_refused(args: tuple[int], kwargs: dict[str, object], words: str) -> None:
     with pytest.raises(TestbedError, match=words):
         Testbed(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def test_remove_testbed_names_what_is_there(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(STATE_DIR_ENV, str(tmp_path / "state"))  # no testbeds at all
+    with pytest.raises(TestbedError, match="no testbed named 'sc1'") as e:
+        remove_testbed("sc1")
+    assert e.value.hint == "there are no testbeds on this machine"
+    with pytest.raises(TestbedError, match="no testbed with the directory"):
+        remove_testbed(workdir=tmp_path)
+    with pytest.raises(TypeError):
+        remove_testbed()
+    with pytest.raises(TypeError):
+        remove_testbed("sc1", workdir=tmp_path)
 
 
 def test_properties_need_up() -> None:
@@ -243,6 +266,12 @@ def test_down_all_leaves_a_live_testbed_alone(testbed: Testbed) -> None:
     assert ok(ssh(testbed, testbed.hosts[0], "true")) == ""
 
 
+def test_list_testbeds_sees_the_testbed_and_its_live_owner(testbed: Testbed) -> None:
+    record = next(r for r in list_testbeds() if r.name == testbed.name)
+    assert (record.workdir, record.subnet) == (testbed.workdir, testbed.subnet)
+    assert (record.owner_pid, record.owner_alive) == (os.getpid(), True)
+
+
 def test_write_inventory(testbed: Testbed, tmp_path: Path) -> None:
     path = testbed.write_inventory(tmp_path / "inv.yaml", ncore=3, port=11234,
                                    extra={"rscript": "/usr/bin/Rscript"})  # fmt: skip
@@ -293,6 +322,41 @@ def test_primary_on_another_port_and_replaced_host_key(
     proc = ssh(tb, host, "true")
     assert proc.returncode == 255
     assert "REMOTE HOST IDENTIFICATION HAS CHANGED" in proc.stderr
+
+
+def test_remove_testbed_matches_the_exact_name_only(make_testbed: MakeTestbed) -> None:
+    # Names where one is a prefix of the other: removing the shorter keeps the longer.
+    name = fresh_name()
+    short, long_ = make_testbed(1, name=name), make_testbed(1, name=name + "1")
+    netns = [h.netns for h in short.hosts]
+    assert remove_testbed(name) == name
+    assert_gone(name, netns)
+    assert not (STATE_DIR / f"{name}.json").exists()
+    assert ok(ssh(long_, long_.hosts[0], "hostname")) == "node1"
+    assert (STATE_DIR / f"{name}1.json").exists()
+    with pytest.raises(TestbedError, match=f"no testbed named '{name}'") as e:
+        remove_testbed(name)
+    assert e.value.hint is not None and f"{name}1 ({long_.workdir})" in e.value.hint
+
+
+def test_remove_testbed_by_workdir_keeps_the_directory(
+    make_testbed: MakeTestbed, tmp_path: Path
+) -> None:
+    tb = make_testbed(1, workdir=tmp_path / "tb")
+    name, netns = tb.name, [h.netns for h in tb.hosts]
+    assert remove_testbed(workdir=tmp_path / "." / "tb") == name  # any spelling of the path
+    assert_gone(name, netns, workdir=tmp_path / "tb")
+    assert (tmp_path / "tb" / "h1" / "sshd.log").exists()
+
+
+def test_a_workdir_in_use_is_refused(make_testbed: MakeTestbed, tmp_path: Path) -> None:
+    first = make_testbed(1, workdir=tmp_path / "tb")
+    files = {p: p.read_bytes() for p in (first.known_hosts, first.identity_file)}
+    with pytest.raises(TestbedError, match=f"belongs to testbed {first.name}, which is still up"):
+        make_testbed(1, workdir=tmp_path / "tb")
+    # Nothing of the first testbed was replaced: ssh with its own files still works.
+    assert {p: p.read_bytes() for p in files} == files
+    assert ok(ssh(first, first.hosts[0], "hostname")) == "node1"
 
 
 def test_subnet_in_use_is_refused(testbed: Testbed) -> None:
