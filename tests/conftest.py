@@ -7,15 +7,17 @@ fixtures fail instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import subprocess
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 import pytest
 
 from sshcluster.errors import TestbedError
-from sshcluster.testbed import Testbed, down_all, require_root_and_netns
+from sshcluster.testbed import Testbed, TestHost, down_all, require_root_and_netns
 
 #: Every testbed made by the test suite has a name with this prefix, so a test session
 #: can clean up after an earlier one that was killed without touching anyone else's.
@@ -117,3 +119,22 @@ def moto_url() -> Iterator[str]:
             else:
                 os.environ[k] = v
         server.stop()
+
+
+@contextlib.contextmanager
+def squatter(host: TestHost, port: int) -> Iterator[None]:
+    """Someone else listens on 127.0.0.1:``port`` on ``host`` for the duration; the test
+    fails if anything connects to it (a reverse tunnel must never be hijacked)."""
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", host.netns, "python3", "-c",
+         "import socket, sys\n"
+         "s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen()\n"
+         "print('up', flush=True); s.settimeout(60); c, _ = s.accept(); print('HIJACKED')\n",
+         str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "up\n"
+        yield
+    finally:
+        proc.kill()
+        out, _ = proc.communicate(timeout=10)
+    assert "HIJACKED" not in out

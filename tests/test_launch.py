@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import squatter
 
 from sshcluster.bootstrap import RenderOptions, write_bootstrap
 from sshcluster.inventory import load_inventory
@@ -553,19 +554,8 @@ def test_taken_tunnel_port_is_an_error_not_a_hijack(clean: Testbed, tmp_path: Pa
     bad = clean.hosts[2]
     port = _free_port()
     f = _bootstrap(clean, tmp_path, port=port, tunnel="reverse")
-    squatter = subprocess.Popen(
-        ["ip", "netns", "exec", bad.netns, "python3", "-c",
-         "import socket, sys, time\n"
-         "s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen()\n"
-         "print('up', flush=True); s.settimeout(60); c, _ = s.accept(); print('HIJACKED')\n",
-         str(port)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert squatter.stdout is not None and squatter.stdout.readline() == "up\n"
+    with squatter(bad, port):
         err = _launch_fails(clean, f, tmp_path)
-    finally:
-        squatter.kill()
-        out, _ = squatter.communicate(timeout=10)
-    assert "HIJACKED" not in out
     assert f"remote port forwarding failed for listen port {port}" in _line_for(err, bad)
 
 
