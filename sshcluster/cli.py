@@ -362,9 +362,16 @@ def ec2_up(spec_file: str, output: str, accept_new: bool, timeout: float,
     """Start the cluster in SPEC and write an inventory for it.
 
     Waits until every instance runs and answers on SSH (one overall deadline), records
-    the host keys cloud-init prints on the console, and writes OUTPUT, which 'sshcluster
-    check' and 'render' take as it is. On any failure or Ctrl-C, everything this command
-    started is terminated.
+    the host keys cloud-init prints on the console, writes the inventory OUTPUT and
+    prints the next commands. With the default 'primary: auto' they are:
+
+    \b
+      sshcluster render hosts.yaml --check -o cluster.R
+      Rscript -e 'source("cluster.R"); print(parallelCluster)'
+
+    --check is needed: it fills in the primary's address as the instances see it, and
+    tells whether the setup script has installed R yet. On any failure or Ctrl-C,
+    everything this command started is terminated.
     """
     from rich.console import Console
 
@@ -387,6 +394,9 @@ def ec2_up(spec_file: str, output: str, accept_new: bool, timeout: float,
         raise SystemExit(130) from None
     click.echo(f"cluster {cluster.name}: {len(cluster.instances)} instances, expires "
                f"{ec2.format_time(cluster.expires)}; inventory {cluster.inventory_path}")
+    click.echo("next:")
+    for line in cluster.next_steps:
+        click.echo(f"  {line}")
     click.echo(f"end it with: sshcluster ec2 down {cluster.name}")
 
 

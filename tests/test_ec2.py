@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import http.server
 import json
+import shlex
 import stat
 import threading
 import urllib.parse
@@ -130,6 +131,23 @@ def live(client: Any, **tags: str) -> list[dict[str, Any]]:
     filters += [{"Name": f"tag:{k}", "Values": [v]} for k, v in tags.items()]
     pages = client.get_paginator("describe_instances").paginate(Filters=filters)
     return [i for p in pages for r in p["Reservations"] for i in r["Instances"]]
+
+
+def use_seams_in_cli(hosts: SshHosts, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point ``sshcluster ec2 up`` at the local SSH servers: the CLI takes up's default
+    seams, so they are replaced where up looks them up (never moto's made-up IPs)."""
+    address_of, console_text = hosts.seams()
+    monkeypatch.setattr(ec2, "default_address", lambda spec: address_of)
+    monkeypatch.setattr(ec2, "_console_reader", lambda client: console_text)
+
+
+def spec_text(ami: str, **fields: Any) -> str:
+    """A spec file for moto: the image ``ami``, t3.medium, and ``fields`` over SPEC's."""
+    text = SPEC.replace("ami-0123456789abcdef0", ami).replace("c7i.large", "t3.medium")
+    for key, value in fields.items():
+        lines = [x for x in text.splitlines(keepends=True) if not x.startswith(f"  {key}:")]
+        text = "".join(lines) + f"  {key}: {value}\n"
+    return text
 
 
 def do_up(spec: EC2Spec, client: Any, hosts: SshHosts, tmp_path: Path,
@@ -682,3 +700,68 @@ def test_up_output_is_plain_yaml(client: Any, ami: str, hosts: SshHosts,
     data = yaml.safe_load(text)
     assert data["port"] == 11234
     assert data["primary"]["host"].startswith("10.")  # the first instance's private IP
+
+
+@pytest.mark.parametrize(("primary", "user"), [("auto", None), ("203.0.113.9", None),
+                                               ("first", "ubuntu")])
+def test_primary_user_only_when_the_primary_is_an_instance(
+        client: Any, ami: str, hosts: SshHosts, tmp_path: Path, primary: str,
+        user: str | None) -> None:
+    # primary.user is who the workers ssh back to on the primary: the image's login user
+    # is right only when the primary is one of the instances ('first'); 'auto' or an
+    # address is a machine outside the cluster, usually this one.
+    c = do_up(make_spec(ami, count=1, primary=primary), client, hosts, tmp_path)
+    data = yaml.safe_load((tmp_path / "hosts.yaml").read_text())
+    assert data["primary"].get("user") == user
+    assert c.inventory.primary.user == user
+    assert data["hosts"][0]["user"] == "ubuntu"
+
+
+def test_next_steps_are_the_commands_that_work(tmp_path: Path) -> None:
+    assert ec2.next_steps("hosts.yaml") == (
+        "sshcluster render hosts.yaml --check -o cluster.R",
+        "Rscript -e 'source(\"cluster.R\"); print(parallelCluster)'")
+    odd = tmp_path / "it's here" / "h.yaml"
+    render, rscript = ec2.next_steps(odd)
+    assert shlex.split(render) == ["sshcluster", "render", str(odd), "--check", "-o",
+                                   str(odd.parent / "cluster.R")]
+    assert shlex.split(rscript)[2] == (
+        f'source("{odd.parent}/cluster.R"); print(parallelCluster)')
+    # primary: first: the inventory is complete, no check from here, R runs there
+    render, note = ec2.next_steps("hosts.yaml", primary_instance="10.0.0.5")
+    assert render == "sshcluster render hosts.yaml -o cluster.R"
+    assert note.startswith("# ") and "10.0.0.5" in note
+
+
+def test_cli_up_prints_the_next_commands(client: Any, ami: str, hosts: SshHosts,
+                                         tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    use_seams_in_cli(hosts, monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    Path("ec2.yaml").write_text(spec_text(ami, count=2))
+    result = run("ec2", "up", "ec2.yaml", "--timeout", "20")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[1:] == [
+        "next:",
+        "  sshcluster render hosts.yaml --check -o cluster.R",
+        "  Rscript -e 'source(\"cluster.R\"); print(parallelCluster)'",
+        "end it with: sshcluster ec2 down rwork"]
+    text = Path("hosts.yaml").read_text()
+    assert "#   sshcluster render hosts.yaml --check -o cluster.R\n" in text
+    assert yaml.safe_load(text)["primary"] == {"host": "auto"}
+    # plain render refuses primary: auto; that is why the commands say --check
+    plain = CliRunner().invoke(cli, ["render", "hosts.yaml", "-o", "cluster.R"])
+    assert plain.exit_code == 2 and "primary.host is 'auto'" in plain.output
+
+
+def test_the_docs_show_the_commands_that_work() -> None:
+    root = Path(__file__).parent.parent
+    readme = (root / "README.md").read_text()
+    example = (root / "ec2.example.yaml").read_text()
+    help_text = run("ec2", "up", "--help").output
+    render, rscript = ec2.next_steps("hosts.yaml")
+    for text in (readme, example, help_text):
+        assert render in text
+        assert "sshcluster check hosts.yaml && sshcluster render hosts.yaml -o" not in text
+        assert "take it as it is" not in text and "take as it is" not in text
+    assert rscript in readme and rscript in help_text
