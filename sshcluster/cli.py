@@ -9,8 +9,8 @@ wrong. No traceback for a user's mistake.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console
@@ -290,7 +290,8 @@ def ec2_group() -> None:
 
     \b
     sshcluster ec2 up ec2.yaml -o hosts.yaml   # start, wait for SSH, write an inventory
-    sshcluster ec2 ls                          # what sshcluster started, age, time left
+    sshcluster ec2 ls                          # what sshcluster started, in every region
+                                               # with a record here: age, time left
     sshcluster ec2 down NAME                   # terminate it all (safe to repeat)
     sshcluster ec2 gc                          # end expired or orphaned clusters
 
@@ -308,6 +309,58 @@ def _client(region: str | None, name: str | None = None) -> Any:
 _region_option = click.option(
     "--region", help="AWS region (default: the cluster's record, then AWS_DEFAULT_REGION "
                      "or your AWS config).")
+_regions_option = click.option(
+    "--region", help="Look in this AWS region only (default: every region of this "
+                     "machine's cluster records, and AWS_DEFAULT_REGION or your AWS config).")
+
+T = TypeVar("T")
+
+
+def _print_error(e: SshclusterError, where: str) -> None:
+    click.secho(f"error: {where}: {e.message}", fg="red", err=True)
+    if e.hint:
+        click.echo(f"hint: {e.hint}", err=True)
+
+
+def _each_region(region: str | None, call: Callable[[Any], Sequence[T]]
+                 ) -> tuple[list[T], list[str], bool]:
+    """``call(client)`` in each region ``ls`` and ``gc`` look in (``ec2.search_regions``).
+    Returns what they found, the regions that answered, and whether any failed: an AWS
+    failure in one region is printed, and the other regions are still looked in."""
+    from sshcluster import ec2
+
+    found: list[T] = []
+    answered: list[str] = []
+    failed = False
+    for name in ec2.search_regions(region):
+        try:
+            found.extend(call(ec2.make_client(name)))
+        except SshclusterError as e:
+            failed = True
+            _print_error(e, name)
+            continue
+        answered.append(name)
+    return found, answered, failed
+
+
+def _print_clusters(clusters: Sequence[Any], now: Any) -> None:
+    """The table of ``ec2 ls``: one row per instance."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from sshcluster import ec2
+
+    table = Table("cluster", "region", "instance", "state", "type", "address", "age",
+                  "time left", box=None)
+    for c in clusters:
+        left = ec2.format_duration(c.expires - now) if c.expires else "?"
+        for i in c.instances:
+            age = ec2.format_duration(now - i.launch_time) if i.launch_time else "?"
+            table.add_row(c.name + ("" if c.known else " (no record)"), c.region, i.id,
+                          i.state, i.instance_type + (" spot" if i.spot else ""),
+                          i.public_ip or i.private_ip or "-", age,
+                          left if i.live else "-")
+    Console(width=200).print(table)
 
 
 class _ProgressPrinter:
@@ -401,36 +454,28 @@ def ec2_up(spec_file: str, output: str, accept_new: bool, timeout: float,
 
 
 @ec2_group.command("ls")
-@_region_option
+@_regions_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def ec2_ls(region: str | None, as_json: bool) -> None:
-    """List the clusters and instances sshcluster started, in every state."""
-    import json
+    """List the clusters and instances sshcluster started, in every state.
 
-    from rich.console import Console
-    from rich.table import Table
+    Without --region it looks in every region this machine has a cluster record in,
+    and in your default region.
+    """
+    import json
 
     from sshcluster import ec2
 
     now = ec2.utcnow()
-    clusters = ec2.list_clusters(client=_client(region))
+    clusters, looked, failed = _each_region(region, lambda c: ec2.list_clusters(client=c))
     if as_json:
         click.echo(json.dumps([c.to_dict(now) for c in clusters], indent=2))
-        return
-    if not clusters:
-        click.echo("no clusters")
-        return
-    table = Table("cluster", "instance", "state", "type", "address", "age", "time left",
-                  box=None)
-    for c in clusters:
-        left = ec2.format_duration(c.expires - now) if c.expires else "?"
-        for i in c.instances:
-            age = ec2.format_duration(now - i.launch_time) if i.launch_time else "?"
-            table.add_row(c.name + ("" if c.known else " (no record)"), i.id, i.state,
-                          i.instance_type + (" spot" if i.spot else ""),
-                          i.public_ip or i.private_ip or "-", age,
-                          left if i.live else "-")
-    Console(width=200).print(table)
+    elif clusters:
+        _print_clusters(clusters, now)
+    else:
+        click.echo(f"no clusters in {', '.join(looked) or 'any region'}")
+    if failed:
+        raise click.exceptions.Exit(1)
 
 
 @ec2_group.command("down")
@@ -450,24 +495,38 @@ def ec2_down(name: str, region: str | None) -> None:
 
 
 @ec2_group.command("gc")
-@_region_option
+@_regions_option
 @click.option("--yes", is_flag=True, help="Do not ask before terminating.")
 def ec2_gc(region: str | None, yes: bool) -> None:
-    """Terminate clusters past their expiry, or orphaned (started here, no record left)."""
+    """Terminate clusters past their expiry, or orphaned (started here, no record left).
+
+    Without --region it looks where 'ec2 ls' looks: every region this machine has a
+    cluster record in, and your default region.
+    """
     from sshcluster import ec2
 
-    client = _client(region)
-    garbage = ec2.find_garbage(client=client)
-    if not garbage:
-        click.echo("nothing to collect")
+    found, looked, failed = _each_region(
+        region, lambda c: [(c, g) for g in ec2.find_garbage(client=c)])
+    if not found:
+        click.echo(f"nothing to collect in {', '.join(looked) or 'any region'}")
+        if failed:
+            raise click.exceptions.Exit(1)
         return
-    for g in garbage:
-        click.echo(f"{g.name}: {g.reason}: {', '.join(g.instance_ids)}")
+    for _, g in found:
+        click.echo(f"{g.name} ({g.region}): {g.reason}: {', '.join(g.instance_ids)}")
     if not yes and not click.confirm("Terminate these?", default=False):
         click.echo("nothing terminated")
-        return
-    for report in ec2.collect_garbage(garbage, client=client):
-        click.echo(f"{report.name}: {report.summary()}")
+        raise click.exceptions.Exit(1 if failed else 0)
+    for client, g in found:
+        try:
+            (report,) = ec2.collect_garbage([g], client=client)
+        except SshclusterError as e:
+            failed = True
+            _print_error(e, f"{g.name} ({g.region})")
+            continue
+        click.echo(f"{report.name} ({g.region}): {report.summary()}")
+    if failed:
+        raise click.exceptions.Exit(1)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

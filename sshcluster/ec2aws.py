@@ -24,7 +24,7 @@ import boto3
 import botocore.exceptions
 from botocore.exceptions import ClientError
 
-from sshcluster.ec2spec import EC2Spec
+from sshcluster.ec2spec import EC2Spec, is_region
 from sshcluster.errors import EC2Error
 
 if TYPE_CHECKING:
@@ -284,10 +284,33 @@ def resolve_region(region: str | None, name: str | None = None,
         regions = {r.region for r in load_records(records) if r.name == name}
         if len(regions) == 1:
             return regions.pop()
-    default = boto3.session.Session().region_name
+    default = default_region()
     if default:
         return default
     raise EC2Error("no AWS region given", hint="pass --region, or set AWS_DEFAULT_REGION")
+
+
+def default_region() -> str | None:
+    """boto3's default region (AWS_REGION, AWS_DEFAULT_REGION, the AWS config), if any."""
+    with aws_errors("reading the AWS configuration"):
+        return boto3.session.Session().region_name
+
+
+def search_regions(region: str | None = None, records: Path | None = None
+                   ) -> tuple[str, ...]:
+    """The regions to look for clusters in: ``region`` alone when given; else every
+    region this machine has a record in, and boto3's default region. A cluster whose
+    spec names another region than the default is then not missed."""
+    if region:
+        return (region,)
+    regions = set(record_regions(records))
+    default = default_region()
+    if default:
+        regions.add(default)
+    if not regions:
+        raise EC2Error("no AWS region given, and no cluster records on this machine",
+                       hint="pass --region, or set AWS_DEFAULT_REGION")
+    return tuple(sorted(regions))
 
 
 def default_owner() -> str:
@@ -340,6 +363,15 @@ def load_records(directory: Path | None = None) -> list[Record]:
     return out
 
 
+def record_regions(directory: Path | None = None) -> tuple[str, ...]:
+    """The regions of this machine's records, from their file names (so that a record
+    that cannot be read still counts)."""
+    directory = directory or state_dir()
+    paths = directory.glob("*--*.json") if directory.is_dir() else ()
+    return tuple(sorted({region for p in paths
+                         if is_region(region := p.name.split("--", 1)[0])}))
+
+
 def find_record(directory: Path, region: str, name: str) -> Record | None:
     return next((r for r in load_records(directory) if r.region == region and r.name == name),
                 None)
@@ -361,6 +393,7 @@ __all__ = [
     "client_token",
     "cluster_instances",
     "default_owner",
+    "default_region",
     "describe_instances",
     "find_record",
     "format_duration",
@@ -371,8 +404,10 @@ __all__ = [
     "make_filters",
     "parse_time",
     "record_path",
+    "record_regions",
     "resolve_region",
     "save_record",
+    "search_regions",
     "state_dir",
     "tag_specifications",
     "utcnow",

@@ -31,6 +31,7 @@ from sshcluster.ec2aws import (
     state_dir,
     utcnow,
 )
+from sshcluster.errors import EC2Error
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2.client import EC2Client
@@ -70,6 +71,7 @@ class ClusterStatus:
     expires: datetime | None
     instances: tuple[Instance, ...]
     known: bool  # a record of it exists on this machine
+    region: str
 
     @property
     def live(self) -> tuple[Instance, ...]:
@@ -80,6 +82,7 @@ class ClusterStatus:
         """A JSON-ready view with ages and time left in seconds at ``now``."""
         return {
             "name": self.name,
+            "region": self.region,
             "owner": self.owner,
             "expires": format_time(self.expires) if self.expires else None,
             "time_left_seconds": int((self.expires - now).total_seconds())
@@ -101,6 +104,7 @@ class Garbage:
     name: str
     reason: str
     instance_ids: tuple[str, ...]
+    region: str
 
 
 # --------------------------------------------------------------------------- down, ls, gc
@@ -167,8 +171,8 @@ def down(name: str, *, client: EC2Client, records: Path | None = None) -> DownRe
 def list_clusters(*, client: EC2Client, records: Path | None = None) -> tuple[ClusterStatus, ...]:
     """Every cluster sshcluster started in the client's region, with every instance in
     any state (terminated ones while EC2 still lists them)."""
-    known = {r.name for r in load_records(records or state_dir())
-             if r.region == client.meta.region_name}
+    region = client.meta.region_name
+    known = {r.name for r in load_records(records or state_dir()) if r.region == region}
     by_name: dict[str, list[Instance]] = {}
     for inst in describe_instances(client, make_filters(**{"tag-key": TAG_CLUSTER})):
         by_name.setdefault(inst.cluster or "?", []).append(inst)
@@ -179,7 +183,7 @@ def list_clusters(*, client: EC2Client, records: Path | None = None) -> tuple[Cl
         current = [i for i in instances if i.live] or instances
         expiries = [i.expires for i in current if i.expires]
         out.append(ClusterStatus(name, instances[0].owner, min(expiries) if expiries else None,
-                                 tuple(instances), name in known))
+                                 tuple(instances), name in known, region))
     return tuple(out)
 
 
@@ -202,13 +206,20 @@ def find_garbage(*, client: EC2Client, records: Path | None = None, owner: str |
         elif not status.known and status.owner == owner:
             reason = "started from this machine, but no record of it is left here"
         if reason:
-            out.append(Garbage(status.name, reason, tuple(i.id for i in live)))
+            out.append(Garbage(status.name, reason, tuple(i.id for i in live), status.region))
     return tuple(out)
 
 
 def collect_garbage(garbage: Iterable[Garbage], *, client: EC2Client,
                     records: Path | None = None) -> tuple[DownReport, ...]:
-    """``down`` every cluster in ``garbage``."""
+    """``down`` every cluster in ``garbage`` (found with a client for the same region)."""
+    garbage = tuple(garbage)
+    region = client.meta.region_name
+    elsewhere = sorted({g.region for g in garbage} - {region})
+    if elsewhere:
+        raise EC2Error(f"garbage found in {', '.join(elsewhere)} cannot be collected with "
+                       f"a client for {region}", hint="collect each region's garbage with "
+                       "a client for that region")
     return tuple(down(g.name, client=client, records=records) for g in garbage)
 
 

@@ -674,7 +674,7 @@ def test_cli_dry_run_ls_json_down_gc(client: Any, ami: str, hosts: SshHosts,
     assert "1h59m" in table or "2h00m" in table  # time left, to the minute
 
     result = run("ec2", "gc")
-    assert result.output.strip() == "nothing to collect"
+    assert result.output.strip() == "nothing to collect in us-east-1"
 
     result = run("ec2", "down", "rwork")
     assert result.exit_code == 0 and "terminated" in result.output
@@ -689,7 +689,7 @@ def test_cli_gc_asks_first(client: Any, ami: str, hosts: SshHosts, tmp_path: Pat
     assert "no record of it is left here" in result.output
     assert "nothing terminated" in result.output and len(live(client)) == 1
     result = run("ec2", "gc", "--yes")
-    assert "rwork: terminated" in result.output and live(client) == []
+    assert "rwork (us-east-1): terminated" in result.output and live(client) == []
 
 
 def test_up_output_is_plain_yaml(client: Any, ami: str, hosts: SshHosts,
@@ -765,3 +765,60 @@ def test_the_docs_show_the_commands_that_work() -> None:
         assert "sshcluster check hosts.yaml && sshcluster render hosts.yaml -o" not in text
         assert "take it as it is" not in text and "take as it is" not in text
     assert rscript in readme and rscript in help_text
+
+
+# --------------------------------------------------------------------------- regions
+
+
+def test_search_regions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    records = tmp_path / "state"
+    records.mkdir()
+    for name in ("us-west-2--west.json", "eu-central-1--a--b.json", "us-west-2--other.json",
+                 "not a region--x.json", "us-west-2--x.tmp"):
+        (records / name).write_text("not even JSON")  # unreadable records count too
+    assert ec2.search_regions(records=records) == ("eu-central-1", "us-east-1", "us-west-2")
+    assert ec2.search_regions("ap-south-1", records=records) == ("ap-south-1",)
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    assert ec2.search_regions(records=records) == ("eu-central-1", "us-west-2")
+    with pytest.raises(EC2Error, match="no AWS region given"):
+        ec2.search_regions(records=tmp_path / "none")
+
+
+def test_cli_ls_and_gc_look_in_every_region_with_a_record(
+        client: Any, ami: str, hosts: SshHosts, tmp_path: Path) -> None:
+    # moto serves every region on one endpoint; the default region here is us-east-1.
+    west = ec2.make_client("us-west-2")
+    do_up(make_spec(ami, count=1, region="us-west-2", name="west"), west, hosts,
+          tmp_path / "w")
+    do_up(make_spec(ami, count=1), client, hosts, tmp_path / "e")
+
+    found = json.loads(run("ec2", "ls", "--json").output)
+    assert sorted((c["name"], c["region"]) for c in found) == [
+        ("rwork", "us-east-1"), ("west", "us-west-2")]
+    table = run("ec2", "ls").output
+    assert "west" in table and "us-west-2" in table and "rwork" in table
+    only = json.loads(run("ec2", "ls", "--region", "us-west-2", "--json").output)
+    assert [(c["name"], c["region"]) for c in only] == [("west", "us-west-2")]
+
+    # the cluster in us-west-2 is past its expiry: gc finds it there and ends it there
+    (inst,) = live(west)
+    west.create_tags(Resources=[inst["InstanceId"]],
+                     Tags=[{"Key": "sshcluster:expires", "Value": "2020-01-01T00:00:00Z"}])
+    result = run("ec2", "gc", "--yes")
+    assert result.exit_code == 0, result.output
+    assert f"west (us-west-2): expired at 2020-01-01T00:00:00Z: {inst['InstanceId']}" \
+        in result.output
+    assert f"west (us-west-2): terminated: {inst['InstanceId']}" in result.output
+    assert live(west) == [] and len(live(client)) == 1
+    assert [r.name for r in ec2.load_records()] == ["rwork"]
+    assert run("ec2", "gc").output.strip() == "nothing to collect in us-east-1"
+
+
+def test_garbage_is_collected_with_a_client_for_its_region(client: Any) -> None:
+    garbage = ec2.Garbage("west", "expired", ("i-0123456789abcdef0",), "us-west-2")
+    with pytest.raises(EC2Error, match="found in us-west-2 cannot be collected with a "
+                                       "client for us-east-1"):
+        ec2.collect_garbage([garbage], client=client)
