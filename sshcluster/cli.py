@@ -410,8 +410,11 @@ class _ProgressPrinter:
               help="Seconds to wait, in all, for the instances to run and answer on SSH.")
 @click.option("--dry-run", is_flag=True,
               help="Ask EC2 whether it would work (DryRun=True); start nothing.")
+@click.option("--force", is_flag=True,
+              help="Replace OUTPUT even if it is not an inventory 'ec2 up' wrote for this "
+                   "cluster (by default such a file is left alone and nothing starts).")
 def ec2_up(spec_file: str, output: str, accept_new: bool, timeout: float,
-           dry_run: bool) -> None:
+           dry_run: bool, force: bool) -> None:
     """Start the cluster in SPEC and write an inventory for it.
 
     Waits until every instance runs and answers on SSH (one overall deadline), records
@@ -425,6 +428,9 @@ def ec2_up(spec_file: str, output: str, accept_new: bool, timeout: float,
     --check is needed: it fills in the primary's address as the instances see it, and
     tells whether the setup script has installed R yet. On any failure or Ctrl-C,
     everything this command started is terminated.
+
+    An existing OUTPUT is replaced only if 'ec2 up' wrote it for this cluster (or with
+    --force); otherwise nothing starts.
     """
     from rich.console import Console
 
@@ -441,7 +447,7 @@ def ec2_up(spec_file: str, output: str, accept_new: bool, timeout: float,
     printer = _ProgressPrinter(Console(stderr=True))
     try:
         cluster = ec2.up(spec, client=client, output=output, accept_new=accept_new,
-                         timeout=timeout, progress=printer)
+                         timeout=timeout, progress=printer, overwrite=force)
     except KeyboardInterrupt:
         click.secho(f"error: {printer.aborted or 'interrupted'}", fg="red", err=True)
         raise SystemExit(130) from None

@@ -89,7 +89,7 @@ from sshcluster.ec2clusters import (
     remove_resources,
 )
 from sshcluster.ec2spec import EC2Spec, user_data
-from sshcluster.errors import EC2Error, SshclusterError
+from sshcluster.errors import EC2Error, OutputExistsError, SshclusterError
 from sshcluster.hostkeys import HostKey, parse_console_host_keys, scan_host_key, write_known_hosts
 from sshcluster.inventory import Host, Inventory, Primary, dump_inventory
 from sshcluster.quoting import r_string, shell_join
@@ -357,7 +357,7 @@ def up(spec: EC2Spec, *, client: EC2Client, output: str | os.PathLike[str],
        address_of: AddressOf | None = None, console_text: ConsoleText | None = None,
        progress: Progress | None = None, owner: str | None = None,
        records: Path | None = None, batch_size: int = 10,
-       run_id: str | None = None) -> Cluster:
+       run_id: str | None = None, overwrite: bool = False) -> Cluster:
     """Start the cluster, wait until every instance runs and answers on SSH, record its
     host keys and write an inventory to ``output``.
 
@@ -367,6 +367,10 @@ def up(spec: EC2Spec, *, client: EC2Client, output: str | os.PathLike[str],
     Host keys come from that console output; if they cannot be read before the deadline,
     ``up`` fails, unless ``accept_new`` records the key each instance shows on its first
     connection. ``progress`` is called with a :class:`Step` as the wait goes on.
+
+    ``output`` is not overwritten unless it is an inventory ``up`` wrote for this
+    cluster (its header says so), or ``overwrite``: else :class:`OutputExistsError` is
+    raised before anything starts.
 
     A retried ``up`` of a cluster whose record and instances are still there continues
     that run (same ClientTokens) instead of starting a second fleet. On any failure or
@@ -379,6 +383,8 @@ def up(spec: EC2Spec, *, client: EC2Client, output: str | os.PathLike[str],
     owner = owner or default_owner()
     records = records or state_dir()
     output = Path(output)
+    if not overwrite:
+        _refuse_foreign_output(output, spec)
     vcpus = _preflight(client, spec)
 
     earlier = find_record(records, spec.region, spec.name)
@@ -439,6 +445,30 @@ def up(spec: EC2Spec, *, client: EC2Client, output: str | os.PathLike[str],
         raise EC2Error(f"{type(exc).__name__}: {exc}\n{note}") from exc
     save_record(records, replace(record, status="up"))
     return cluster
+
+
+def _header(spec: EC2Spec) -> str:
+    """The first line of the inventory ``up`` writes for ``spec``'s cluster."""
+    return f"Written by 'sshcluster ec2 up' for cluster {spec.name} in {spec.region} "
+
+
+def _refuse_foreign_output(output: Path, spec: EC2Spec) -> None:
+    """Raise OutputExistsError if ``output`` exists and is not an inventory ``up`` wrote
+    for this cluster (a hand-written inventory, another cluster's)."""
+    try:
+        with output.open(encoding="utf-8", errors="replace") as f:
+            first = f.readline(4096)
+    except FileNotFoundError:
+        return
+    except OSError:
+        first = ""
+    if first.startswith(f"# {_header(spec)}"):
+        return  # a retried or repeated up of the same cluster: its own file
+    raise OutputExistsError(
+        f"{output} exists and is not an inventory 'sshcluster ec2 up' wrote for cluster "
+        f"{spec.name} in {spec.region}; not overwritten, nothing started",
+        path=str(output), hint=f"write the inventory elsewhere (-o other.yaml), or pass "
+                               f"--force to replace {output}")
 
 
 def _console_reader(client: EC2Client) -> ConsoleText:
@@ -535,8 +565,7 @@ def _up(spec: EC2Spec, *, client: EC2Client, record: Record, vcpus: int, deadlin
                     for i in instances),
         port=spec.port, known_hosts=str(known_hosts), path=str(output))
     steps = next_steps(output, primary_instance=first)
-    header = (f"Written by 'sshcluster ec2 up' for cluster {spec.name} in {spec.region} "
-              f"(run {run_id}).\nIts instances power off at {format_time(expires)}; "
+    header = (f"{_header(spec)}(run {run_id}).\nIts instances power off at {format_time(expires)}; "
               f"'sshcluster ec2 down {spec.name}' ends them now. Next:\n"
               + "\n".join(f"  {step}" for step in steps))
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,7 @@ from conftest import REGION
 from sshcluster import ec2
 from sshcluster.cli import cli
 from sshcluster.ec2spec import EC2Spec, parse_spec, user_data
-from sshcluster.errors import EC2Error, InventoryError
+from sshcluster.errors import EC2Error, InventoryError, OutputExistsError
 from sshcluster.inventory import load_inventory
 
 # --------------------------------------------------------------------------- fixtures
@@ -822,3 +822,64 @@ def test_garbage_is_collected_with_a_client_for_its_region(client: Any) -> None:
     with pytest.raises(EC2Error, match="found in us-west-2 cannot be collected with a "
                                        "client for us-east-1"):
         ec2.collect_garbage([garbage], client=client)
+
+
+# --------------------------------------------------------------------------- the output file
+
+HAND_WRITTEN = "# my lab machines\nprimary: auto\nhosts: [node1, node2]\n"
+
+
+@pytest.mark.parametrize("existing", [
+    HAND_WRITTEN,
+    "# Written by 'sshcluster ec2 up' for cluster other in us-east-1 (run 0123).\nhosts: []\n",
+    "# Written by 'sshcluster ec2 up' for cluster rwork in us-west-2 (run 0123).\nhosts: []\n",
+], ids=["hand-written", "another-cluster", "same-name-another-region"])
+def test_up_leaves_a_file_it_did_not_write_for_this_cluster_alone(
+        client: Any, ami: str, hosts: SshHosts, tmp_path: Path, existing: str) -> None:
+    output = tmp_path / "hosts.yaml"
+    output.write_text(existing)
+    with pytest.raises(OutputExistsError) as e:
+        do_up(make_spec(ami, count=1), client, hosts, tmp_path)
+    assert e.value.path == str(output) and e.value.exit_code == 2
+    assert "not overwritten, nothing started" in str(e.value)
+    assert output.read_text() == existing
+    assert live(client) == [] and client.describe_key_pairs()["KeyPairs"] == []
+    assert not (tmp_path / "state").exists() and not (tmp_path / "rwork.pem").exists()
+
+    c = do_up(make_spec(ami, count=1), client, hosts, tmp_path, overwrite=True)
+    assert load_inventory(output).hosts[0].ssh_port == c.endpoints[0].port
+
+
+def test_up_rewrites_its_own_inventory_of_the_same_cluster(
+        client: Any, ami: str, hosts: SshHosts, tmp_path: Path) -> None:
+    first = do_up(make_spec(ami, count=1), client, hosts, tmp_path)
+    retried = do_up(make_spec(ami, count=1), client, hosts, tmp_path)  # continues the run
+    assert retried.run_id == first.run_id
+    ec2.down("rwork", client=client)
+    again = do_up(make_spec(ami, count=1), client, hosts, tmp_path)  # a new run
+    assert again.run_id != first.run_id
+    assert f"(run {again.run_id})" in (tmp_path / "hosts.yaml").read_text()
+
+
+def test_cli_up_refuses_to_overwrite_unless_forced(
+        client: Any, ami: str, hosts: SshHosts, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    use_seams_in_cli(hosts, monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    Path("ec2.yaml").write_text(spec_text(ami, count=1))
+    Path("hosts.yaml").write_text(HAND_WRITTEN)
+    result = CliRunner().invoke(cli, ["ec2", "up", "ec2.yaml"])
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "error: hosts.yaml exists and is not an inventory 'sshcluster ec2 up' wrote for "
+        "cluster rwork in us-east-1; not overwritten, nothing started\n"
+        "hint: write the inventory elsewhere (-o other.yaml), or pass --force to replace "
+        "hosts.yaml\n")
+    assert Path("hosts.yaml").read_text() == HAND_WRITTEN and live(client) == []
+
+    result = CliRunner().invoke(cli, ["ec2", "up", "ec2.yaml", "--force", "--timeout", "20"])
+    assert result.exit_code == 0, result.output
+    assert Path("hosts.yaml").read_text().startswith(
+        "# Written by 'sshcluster ec2 up' for cluster rwork in us-east-1")
+    assert run("ec2", "up", "ec2.yaml", "--timeout", "20").exit_code == 0  # its own file
+    assert len(live(client)) == 1
