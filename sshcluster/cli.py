@@ -343,7 +343,7 @@ def _each_region(region: str | None, call: Callable[[Any], Sequence[T]]
     return found, answered, failed
 
 
-def _print_clusters(clusters: Sequence[Any], now: Any) -> None:
+def _print_clusters(clusters: Sequence[Any], now: Any, *, stderr: bool = False) -> None:
     """The table of ``ec2 ls``: one row per instance."""
     from rich.console import Console
     from rich.table import Table
@@ -360,7 +360,7 @@ def _print_clusters(clusters: Sequence[Any], now: Any) -> None:
                           i.state, i.instance_type + (" spot" if i.spot else ""),
                           i.public_ip or i.private_ip or "-", age,
                           left if i.live else "-")
-    Console(width=200).print(table)
+    Console(width=200, stderr=stderr).print(table)
 
 
 class _ProgressPrinter:
@@ -484,20 +484,46 @@ def ec2_ls(region: str | None, as_json: bool) -> None:
         raise click.exceptions.Exit(1)
 
 
+def _cluster_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from sshcluster.ec2spec import NAME_RULE, is_cluster_name
+
+    if not is_cluster_name(value):
+        raise click.BadParameter(f"expected {NAME_RULE}, got {value!r}")
+    return value
+
+
 @ec2_group.command("down")
-@click.argument("name")
+@click.argument("name", callback=_cluster_name)
 @_region_option
 def ec2_down(name: str, region: str | None) -> None:
     """Terminate every instance of cluster NAME and delete what 'up' created for it.
 
     Instances in any state (pending, running, stopping, stopped) are terminated, spot
     requests cancelled, the security group and key pair made for it deleted. Running it
-    again is harmless.
+    again is harmless. A NAME that is no cluster here (no record on this machine,
+    nothing tagged with it in the region) is an error (exit status 1), and the clusters
+    that exist are listed.
     """
     from sshcluster import ec2
 
-    report = ec2.down(name, client=_client(region, name))
-    click.echo(f"{name}: {report.summary()}")
+    client = _client(region, name)
+    report = ec2.down(name, client=client)
+    if report.found:
+        click.echo(f"{name}: {report.summary()}")
+        return
+    where = client.meta.region_name
+    click.secho(f"error: no cluster {name} in {where}: no record of it on this machine, "
+                f"and nothing in {where} is tagged with it", fg="red", err=True)
+    clusters, looked, _ = _each_region(region, lambda c: ec2.list_clusters(client=c))
+    if clusters:
+        click.echo("the clusters sshcluster started, as 'sshcluster ec2 ls' lists them:",
+                   err=True)
+        _print_clusters(clusters, ec2.utcnow(), stderr=True)
+    else:
+        click.echo(f"there are no clusters in {', '.join(looked) or 'any region'}", err=True)
+    click.echo("hint: check the name; for a cluster in another region pass --region",
+               err=True)
+    raise click.exceptions.Exit(1)
 
 
 @ec2_group.command("gc")

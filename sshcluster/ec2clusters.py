@@ -42,7 +42,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class DownReport:
-    """What :func:`down` removed; all empty when there was nothing left."""
+    """What :func:`down` removed; all empty when there was nothing left.
+
+    ``found`` is False when there was no such cluster at all: no record of it on this
+    machine and nothing tagged with its name in the region, not even instances that
+    ended (a name mistyped, or a cluster in another region).
+    """
 
     name: str
     terminated: tuple[str, ...] = ()
@@ -50,6 +55,14 @@ class DownReport:
     deleted_security_groups: tuple[str, ...] = ()
     deleted_key_pairs: tuple[str, ...] = ()
     removed_files: tuple[str, ...] = ()
+    found: bool = True
+
+    @property
+    def removed_anything(self) -> bool:
+        """True if down terminated, cancelled or deleted anything."""
+        return bool(self.terminated or self.cancelled_spot_requests
+                    or self.deleted_security_groups or self.deleted_key_pairs
+                    or self.removed_files)
 
     def summary(self) -> str:
         """One line for people."""
@@ -154,7 +167,8 @@ def remove_resources(client: EC2Client, name: str, *, run_id: str | None = None,
 def down(name: str, *, client: EC2Client, records: Path | None = None) -> DownReport:
     """Terminate every instance of cluster ``name`` in any state, cancel its spot requests,
     delete the security group and key pair ``up`` created for it, and the private key
-    file. Running it again finds nothing to do and returns an empty report."""
+    file. Running it again finds nothing to do and returns an empty report; a name that
+    never was a cluster here returns one with ``found`` False."""
     records = records or state_dir()
     report = remove_resources(client, name)
     region = client.meta.region_name
@@ -165,7 +179,12 @@ def down(name: str, *, client: EC2Client, records: Path | None = None) -> DownRe
             Path(record.key_file).unlink()
             removed.append(record.key_file)
         record_path(records, region, name).unlink(missing_ok=True)
-    return replace(report, removed_files=tuple(removed))
+    report = replace(report, removed_files=tuple(removed))
+    if record is None and not report.removed_anything:
+        # Ended instances stay listed for a while: a second down of a cluster that was
+        # there is not a mistyped name.
+        report = replace(report, found=bool(cluster_instances(client, name, live=False)))
+    return report
 
 
 def list_clusters(*, client: EC2Client, records: Path | None = None) -> tuple[ClusterStatus, ...]:

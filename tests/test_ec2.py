@@ -260,7 +260,8 @@ def test_ls_down_and_down_again(client: Any, ami: str, hosts: SshHosts,
     assert not status.live and not status.known
 
     again = ec2.down("rwork", client=client)
-    assert again.summary() == "nothing left to remove"
+    assert again.summary() == "nothing left to remove" and again.found
+    assert not ec2.down("rwrok", client=client).found  # never was a cluster
 
 
 def test_existing_key_pair_and_security_group_are_used_and_kept(
@@ -883,3 +884,45 @@ def test_cli_up_refuses_to_overwrite_unless_forced(
         "# Written by 'sshcluster ec2 up' for cluster rwork in us-east-1")
     assert run("ec2", "up", "ec2.yaml", "--timeout", "20").exit_code == 0  # its own file
     assert len(live(client)) == 1
+
+
+# --------------------------------------------------------------------------- down NAME
+
+
+def test_cli_down_of_no_such_cluster_says_so_and_lists_the_clusters(
+        client: Any, ami: str, hosts: SshHosts, tmp_path: Path) -> None:
+    c = do_up(make_spec(ami, count=1), client, hosts, tmp_path)
+    result = CliRunner().invoke(cli, ["ec2", "down", "rwrok"])
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert lines[0] == ("error: no cluster rwrok in us-east-1: no record of it on this "
+                        "machine, and nothing in us-east-1 is tagged with it")
+    assert lines[1] == "the clusters sshcluster started, as 'sshcluster ec2 ls' lists them:"
+    assert lines[2].split()[:3] == ["cluster", "region", "instance"]
+    assert lines[3].split()[:4] == ["rwork", "us-east-1", c.instances[0].id, "running"]
+    assert lines[-1].startswith("hint: check the name")
+    assert len(live(client)) == 1  # and nothing was removed
+
+    # a cluster that existed: down, and down again, both succeed
+    assert run("ec2", "down", "rwork").exit_code == 0
+    again = run("ec2", "down", "rwork")
+    assert again.exit_code == 0 and again.output == "rwork: nothing left to remove\n"
+
+    result = CliRunner().invoke(cli, ["ec2", "down", "rwrok"])
+    assert result.exit_code == 1 and "the clusters sshcluster started" in result.stderr
+
+
+def test_cli_down_with_no_cluster_anywhere(client: Any) -> None:
+    result = CliRunner().invoke(cli, ["ec2", "down", "nosuch"])
+    assert result.exit_code == 1
+    assert "error: no cluster nosuch in us-east-1" in result.stderr
+    assert "there are no clusters in us-east-1" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["Bad Name", "-x", "rwork-", "a" * 33, "UPPER"])
+def test_cli_down_refuses_an_invalid_name(client: Any, name: str) -> None:
+    result = CliRunner().invoke(cli, ["ec2", "down", "--", name])
+    assert result.exit_code == 2
+    assert "Invalid value for 'NAME': expected a cluster name of lower-case letters" \
+        in result.stderr
+    assert "Traceback" not in result.output
