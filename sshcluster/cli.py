@@ -306,12 +306,23 @@ def _client(region: str | None, name: str | None = None) -> Any:
     return ec2.make_client(ec2.resolve_region(region, name))
 
 
+def _region(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Check --region as the spec's 'region' is checked: a malformed name is exit 2."""
+    from sshcluster.ec2spec import REGION_RULE, is_region
+
+    if value is not None and not is_region(value):
+        raise click.BadParameter(f"expected {REGION_RULE}, got {value!r}")
+    return value
+
+
 _region_option = click.option(
-    "--region", help="AWS region (default: the cluster's record, then AWS_DEFAULT_REGION "
-                     "or your AWS config).")
+    "--region", callback=_region,
+    help="AWS region (default: the cluster's record, then AWS_DEFAULT_REGION or your AWS "
+         "config).")
 _regions_option = click.option(
-    "--region", help="Look in this AWS region only (default: every region of this "
-                     "machine's cluster records, and AWS_DEFAULT_REGION or your AWS config).")
+    "--region", callback=_region,
+    help="Look in this AWS region only (default: every region of this machine's cluster "
+         "records, and AWS_DEFAULT_REGION or your AWS config).")
 
 T = TypeVar("T")
 
@@ -478,8 +489,8 @@ def ec2_ls(region: str | None, as_json: bool) -> None:
         click.echo(json.dumps([c.to_dict(now) for c in clusters], indent=2))
     elif clusters:
         _print_clusters(clusters, now)
-    else:
-        click.echo(f"no clusters in {', '.join(looked) or 'any region'}")
+    elif looked:
+        click.echo(f"no clusters in {', '.join(looked)}")
     if failed:
         raise click.exceptions.Exit(1)
 
@@ -519,8 +530,8 @@ def ec2_down(name: str, region: str | None) -> None:
         click.echo("the clusters sshcluster started, as 'sshcluster ec2 ls' lists them:",
                    err=True)
         _print_clusters(clusters, ec2.utcnow(), stderr=True)
-    else:
-        click.echo(f"there are no clusters in {', '.join(looked) or 'any region'}", err=True)
+    elif looked:
+        click.echo(f"there are no clusters in {', '.join(looked)}", err=True)
     click.echo("hint: check the name; for a cluster in another region pass --region",
                err=True)
     raise click.exceptions.Exit(1)
@@ -540,7 +551,8 @@ def ec2_gc(region: str | None, yes: bool) -> None:
     found, looked, failed = _each_region(
         region, lambda c: [(c, g) for g in ec2.find_garbage(client=c)])
     if not found:
-        click.echo(f"nothing to collect in {', '.join(looked) or 'any region'}")
+        if looked:
+            click.echo(f"nothing to collect in {', '.join(looked)}")
         if failed:
             raise click.exceptions.Exit(1)
         return

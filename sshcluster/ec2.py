@@ -44,10 +44,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-import botocore.exceptions
 from botocore.exceptions import ClientError
 
 from sshcluster.ec2aws import (
+    BOTO_ERRORS,
     HINTS,
     LIVE_STATES,
     TAG_BATCH,
@@ -314,7 +314,7 @@ def _dry(call: Callable[[], object], operation: str) -> None:
         if e.response.get("Error", {}).get("Code") == "DryRunOperation":
             return
         raise aws_error(e, operation) from e
-    except botocore.exceptions.BotoCoreError as e:
+    except BOTO_ERRORS as e:
         raise aws_error(e, operation) from e
     raise EC2Error(f"{operation}: the dry run was not refused nor confirmed",
                    operation=operation)

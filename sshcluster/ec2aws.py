@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import boto3
 import botocore.exceptions
 from botocore.exceptions import ClientError
+from botocore.parsers import ResponseParserError
 
 from sshcluster.ec2spec import EC2Spec, is_region
 from sshcluster.errors import EC2Error
@@ -114,7 +115,8 @@ class Record:
 
 def make_client(region: str, *, endpoint_url: str | None = None) -> EC2Client:
     """An EC2 client for ``region``. boto3 also honours ``AWS_ENDPOINT_URL(_EC2)``."""
-    return boto3.client("ec2", region_name=region, endpoint_url=endpoint_url)
+    with aws_errors("creating the EC2 client"):  # a region botocore refuses, no profile
+        return boto3.client("ec2", region_name=region, endpoint_url=endpoint_url)
 
 
 HINTS: dict[str, str] = {
@@ -186,7 +188,19 @@ def aws_error(exc: BaseException, operation: str) -> EC2Error:
         return EC2Error(f"{operation}: cannot reach the EC2 endpoint: {exc}",
                         operation=operation,
                         hint="check the network and the region (and AWS_ENDPOINT_URL)")
+    if isinstance(exc, ResponseParserError):
+        # Not from EC2: e.g. the HTML error page of a proxy, or of an endpoint that does
+        # not know the region (the page itself, in the exception, says no more).
+        return EC2Error(f"{operation}: the endpoint's answer is not an EC2 answer (not "
+                        "valid XML; an HTML error page?)", operation=operation,
+                        hint="check the region (does it exist, is it enabled for this "
+                             "account?) and AWS_ENDPOINT_URL")
     return EC2Error(f"{operation}: {exc}", operation=operation)
+
+
+#: What botocore raises: AWS's error answers, its own errors, and an answer it cannot
+#: parse (ResponseParserError is not a BotoCoreError).
+BOTO_ERRORS = (ClientError, botocore.exceptions.BotoCoreError, ResponseParserError)
 
 
 @contextmanager
@@ -194,7 +208,7 @@ def aws_errors(operation: str) -> Iterator[None]:
     """Turn botocore failures inside the block into EC2Error."""
     try:
         yield
-    except (ClientError, botocore.exceptions.BotoCoreError) as e:
+    except BOTO_ERRORS as e:
         raise aws_error(e, operation) from e
 
 
@@ -378,6 +392,7 @@ def find_record(directory: Path, region: str, name: str) -> Record | None:
 
 
 __all__ = [
+    "BOTO_ERRORS",
     "HINTS",
     "LIVE_STATES",
     "TAG_BATCH",

@@ -29,8 +29,10 @@ from typing import Any
 
 import asyncssh
 import boto3
+import botocore.exceptions
 import pytest
 import yaml
+from botocore.parsers import ResponseParserError
 from click.testing import CliRunner
 from conftest import REGION
 
@@ -926,3 +928,47 @@ def test_cli_down_refuses_an_invalid_name(client: Any, name: str) -> None:
     assert "Invalid value for 'NAME': expected a cluster name of lower-case letters" \
         in result.stderr
     assert "Traceback" not in result.output
+
+
+# --------------------------------------------------------------------------- --region
+
+
+@pytest.mark.parametrize("command", [["ls"], ["gc"], ["down", "rwork"]])
+@pytest.mark.parametrize("region", ["nowhere-1", "US-EAST-1", "us-east-1\n", "us east 1"])
+def test_cli_malformed_region_exits_2(client: Any, command: list[str], region: str) -> None:
+    result = CliRunner().invoke(cli, ["ec2", *command, "--region", region])
+    assert result.exit_code == 2
+    assert (f"Invalid value for '--region': expected an AWS region such as us-east-1, "
+            f"got {region!r}") in result.stderr
+
+
+@pytest.mark.parametrize("command", [["ls"], ["ls", "--json"], ["gc"], ["down", "rwork"]])
+def test_cli_an_unknown_region_is_an_error_not_a_traceback(client: Any,
+                                                           command: list[str]) -> None:
+    # Well-formed but unknown: moto answers with an HTML error page (real AWS: no such
+    # endpoint). catch_exceptions=False: an exception that escapes fails the test.
+    result = run("ec2", *command, "--region", "xx-nowhere-9")
+    assert result.exit_code == 1
+    assert "DescribeInstances: the endpoint's answer is not an EC2 answer" in result.stderr
+    assert "hint: check the region" in result.stderr
+
+
+def test_cli_ls_goes_on_past_a_region_that_fails(client: Any, ami: str, hosts: SshHosts,
+                                                 tmp_path: Path) -> None:
+    do_up(make_spec(ami, count=1), client, hosts, tmp_path)
+    (tmp_path / "state" / "xx-nowhere-9--ghost.json").write_text("{}")
+    result = run("ec2", "ls", "--json")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: xx-nowhere-9: DescribeInstances: ")
+    assert [c["name"] for c in json.loads(result.stdout)] == ["rwork"]
+    result = run("ec2", "gc")
+    assert result.exit_code == 1 and "nothing to collect in us-east-1" in result.stdout
+
+
+def test_botocore_errors_become_ec2_errors() -> None:
+    with pytest.raises(EC2Error, match="creating the EC2 client") as e:
+        ec2.make_client("not a region!")  # botocore's own check: InvalidRegionError
+    assert isinstance(e.value.__cause__, botocore.exceptions.BotoCoreError)
+    err = ec2.aws_error(ResponseParserError("Unable to parse response: b'<html>'"),
+                        "DescribeInstances")
+    assert err.operation == "DescribeInstances" and "region" in (err.hint or "")
