@@ -9,7 +9,7 @@ The Python API behind ``sshcluster ec2 up | ls | down | gc``::
     spec = load_spec("ec2.yaml")
     client = ec2.make_client(spec.region)
     with ec2.cluster(spec, client=client, output="hosts.yaml") as c:
-        ...  # hosts.yaml is an inventory: sshcluster check / render take it as it is
+        print(c.next_steps)  # sshcluster render hosts.yaml --check -o cluster.R, then R
     # every instance, spot request, security group and key pair it made is gone here
 
 Safe by default: every resource is tagged (``sshcluster:cluster``, ``sshcluster:owner``,
@@ -44,10 +44,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-import botocore.exceptions
 from botocore.exceptions import ClientError
 
 from sshcluster.ec2aws import (
+    BOTO_ERRORS,
     HINTS,
     LIVE_STATES,
     TAG_BATCH,
@@ -73,6 +73,7 @@ from sshcluster.ec2aws import (
     record_path,
     resolve_region,
     save_record,
+    search_regions,
     state_dir,
     tag_specifications,
     utcnow,
@@ -88,9 +89,10 @@ from sshcluster.ec2clusters import (
     remove_resources,
 )
 from sshcluster.ec2spec import EC2Spec, user_data
-from sshcluster.errors import EC2Error, SshclusterError
+from sshcluster.errors import EC2Error, OutputExistsError, SshclusterError
 from sshcluster.hostkeys import HostKey, parse_console_host_keys, scan_host_key, write_known_hosts
 from sshcluster.inventory import Host, Inventory, Primary, dump_inventory
+from sshcluster.quoting import r_string, shell_join
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2.client import EC2Client
@@ -126,6 +128,9 @@ class Cluster:
     inventory_path: Path
     known_hosts: Path
     key_file: Path | None
+    #: The shell commands that take the inventory to a running R cluster (see
+    #: :func:`next_steps`); ``sshcluster ec2 up`` prints them.
+    next_steps: tuple[str, ...] = ()
 
 
 AddressOf = Callable[[Instance], Endpoint]
@@ -309,7 +314,7 @@ def _dry(call: Callable[[], object], operation: str) -> None:
         if e.response.get("Error", {}).get("Code") == "DryRunOperation":
             return
         raise aws_error(e, operation) from e
-    except botocore.exceptions.BotoCoreError as e:
+    except BOTO_ERRORS as e:
         raise aws_error(e, operation) from e
     raise EC2Error(f"{operation}: the dry run was not refused nor confirmed",
                    operation=operation)
@@ -352,7 +357,7 @@ def up(spec: EC2Spec, *, client: EC2Client, output: str | os.PathLike[str],
        address_of: AddressOf | None = None, console_text: ConsoleText | None = None,
        progress: Progress | None = None, owner: str | None = None,
        records: Path | None = None, batch_size: int = 10,
-       run_id: str | None = None) -> Cluster:
+       run_id: str | None = None, overwrite: bool = False) -> Cluster:
     """Start the cluster, wait until every instance runs and answers on SSH, record its
     host keys and write an inventory to ``output``.
 
@@ -362,6 +367,10 @@ def up(spec: EC2Spec, *, client: EC2Client, output: str | os.PathLike[str],
     Host keys come from that console output; if they cannot be read before the deadline,
     ``up`` fails, unless ``accept_new`` records the key each instance shows on its first
     connection. ``progress`` is called with a :class:`Step` as the wait goes on.
+
+    ``output`` is not overwritten unless it is an inventory ``up`` wrote for this
+    cluster (its header says so), or ``overwrite``: else :class:`OutputExistsError` is
+    raised before anything starts.
 
     A retried ``up`` of a cluster whose record and instances are still there continues
     that run (same ClientTokens) instead of starting a second fleet. On any failure or
@@ -374,6 +383,8 @@ def up(spec: EC2Spec, *, client: EC2Client, output: str | os.PathLike[str],
     owner = owner or default_owner()
     records = records or state_dir()
     output = Path(output)
+    if not overwrite:
+        _refuse_foreign_output(output, spec)
     vcpus = _preflight(client, spec)
 
     earlier = find_record(records, spec.region, spec.name)
@@ -434,6 +445,30 @@ def up(spec: EC2Spec, *, client: EC2Client, output: str | os.PathLike[str],
         raise EC2Error(f"{type(exc).__name__}: {exc}\n{note}") from exc
     save_record(records, replace(record, status="up"))
     return cluster
+
+
+def _header(spec: EC2Spec) -> str:
+    """The first line of the inventory ``up`` writes for ``spec``'s cluster."""
+    return f"Written by 'sshcluster ec2 up' for cluster {spec.name} in {spec.region} "
+
+
+def _refuse_foreign_output(output: Path, spec: EC2Spec) -> None:
+    """Raise OutputExistsError if ``output`` exists and is not an inventory ``up`` wrote
+    for this cluster (a hand-written inventory, another cluster's)."""
+    try:
+        with output.open(encoding="utf-8", errors="replace") as f:
+            first = f.readline(4096)
+    except FileNotFoundError:
+        return
+    except OSError:
+        first = ""
+    if first.startswith(f"# {_header(spec)}"):
+        return  # a retried or repeated up of the same cluster: its own file
+    raise OutputExistsError(
+        f"{output} exists and is not an inventory 'sshcluster ec2 up' wrote for cluster "
+        f"{spec.name} in {spec.region}; not overwritten, nothing started",
+        path=str(output), hint=f"write the inventory elsewhere (-o other.yaml), or pass "
+                               f"--force to replace {output}")
 
 
 def _console_reader(client: EC2Client) -> ConsoleText:
@@ -512,27 +547,55 @@ def _up(spec: EC2Spec, *, client: EC2Client, record: Record, vcpus: int, deadlin
     write_known_hosts(known_hosts, [(endpoints[i].host, endpoints[i].port, k)
                                     for i, ks in keys.items() for k in ks])
 
-    primary = spec.primary
-    if primary == "first":
-        primary = instances[0].private_ip or "auto"
+    # primary.user is who the workers ssh to on the primary (the reverse_ssh check). Only
+    # when the primary is one of the instances is that the image's login user; 'auto' or
+    # an address is a machine outside the cluster (usually this one), whose user the
+    # check takes to be the one running it when the inventory names none.
+    first = instances[0].private_ip if spec.primary == "first" else None
+    if first:
+        primary, primary_user = first, spec.user
+    else:
+        primary, primary_user = "auto" if spec.primary == "first" else spec.primary, None
     inventory = Inventory(
-        primary=Primary(host=primary, user=spec.user),
+        primary=Primary(host=primary, user=primary_user),
         hosts=tuple(Host(host=endpoints[i.id].host, user=spec.user, ncore=vcpus,
                          ssh_port=endpoints[i.id].port if endpoints[i.id].port != 22
                          else None,
                          identity_file=str(key_file) if key_file else spec.identity_file)
                     for i in instances),
         port=spec.port, known_hosts=str(known_hosts), path=str(output))
-    header = (f"Written by 'sshcluster ec2 up' for cluster {spec.name} in {spec.region} "
-              f"(run {run_id}).\nIts instances power off at {format_time(expires)}; "
-              f"'sshcluster ec2 down {spec.name}' ends them now.\nThe setup script may "
-              "still be running: 'sshcluster check' tells when R is there.")
+    steps = next_steps(output, primary_instance=first)
+    header = (f"{_header(spec)}(run {run_id}).\nIts instances power off at {format_time(expires)}; "
+              f"'sshcluster ec2 down {spec.name}' ends them now. Next:\n"
+              + "\n".join(f"  {step}" for step in steps))
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(dump_inventory(inventory, header=header), encoding="utf-8")
     report(Step("done", len(ids), len(ids), f"wrote {output}"))
     return Cluster(spec.name, spec.region, run_id, expires, tuple(instances),
                    tuple(endpoints[i.id] for i in instances), inventory, output,
-                   known_hosts, key_file)
+                   known_hosts, key_file, steps)
+
+
+def next_steps(inventory: str | os.PathLike[str], *,
+               primary_instance: str | None = None) -> tuple[str, ...]:
+    """The shell commands from an inventory ``up`` wrote to R on the cluster.
+
+    ``render --check`` is needed, not only advised: it fills in ``primary: auto`` (the
+    address the workers see this machine at) and says whether the setup script has
+    installed R yet. ``primary_instance`` is the first instance's address when it is the
+    primary (``primary: first``): the check cannot run from here then (its callback
+    listens on this machine), the inventory is complete as it is, and R runs there.
+    """
+    inventory = Path(inventory)
+    cluster_r = str(inventory.parent / "cluster.R")
+    if primary_instance:
+        return (shell_join(["sshcluster", "render", str(inventory), "-o", cluster_r]),
+                f"# then source({r_string(cluster_r)}) in R on the primary, the first "
+                f"instance ({primary_instance}), with the key and known_hosts files at the "
+                "same paths as here")
+    return (shell_join(["sshcluster", "render", str(inventory), "--check", "-o", cluster_r]),
+            shell_join(["Rscript", "-e",
+                        f"source({r_string(cluster_r)}); print(parallelCluster)"]))
 
 
 def _wait_ssh(endpoints: dict[str, Endpoint], *, deadline: float, poll: float,
@@ -656,7 +719,9 @@ __all__ = [
     "list_clusters",
     "load_records",
     "make_client",
+    "next_steps",
     "resolve_region",
+    "search_regions",
     "state_dir",
     "up",
     "utcnow",

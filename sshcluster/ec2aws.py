@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING
 import boto3
 import botocore.exceptions
 from botocore.exceptions import ClientError
+from botocore.parsers import ResponseParserError
 
-from sshcluster.ec2spec import EC2Spec
+from sshcluster.ec2spec import EC2Spec, is_region
 from sshcluster.errors import EC2Error
 
 if TYPE_CHECKING:
@@ -114,7 +115,8 @@ class Record:
 
 def make_client(region: str, *, endpoint_url: str | None = None) -> EC2Client:
     """An EC2 client for ``region``. boto3 also honours ``AWS_ENDPOINT_URL(_EC2)``."""
-    return boto3.client("ec2", region_name=region, endpoint_url=endpoint_url)
+    with aws_errors("creating the EC2 client"):  # a region botocore refuses, no profile
+        return boto3.client("ec2", region_name=region, endpoint_url=endpoint_url)
 
 
 HINTS: dict[str, str] = {
@@ -186,7 +188,19 @@ def aws_error(exc: BaseException, operation: str) -> EC2Error:
         return EC2Error(f"{operation}: cannot reach the EC2 endpoint: {exc}",
                         operation=operation,
                         hint="check the network and the region (and AWS_ENDPOINT_URL)")
+    if isinstance(exc, ResponseParserError):
+        # Not from EC2: e.g. the HTML error page of a proxy, or of an endpoint that does
+        # not know the region (the page itself, in the exception, says no more).
+        return EC2Error(f"{operation}: the endpoint's answer is not an EC2 answer (not "
+                        "valid XML; an HTML error page?)", operation=operation,
+                        hint="check the region (does it exist, is it enabled for this "
+                             "account?) and AWS_ENDPOINT_URL")
     return EC2Error(f"{operation}: {exc}", operation=operation)
+
+
+#: What botocore raises: AWS's error answers, its own errors, and an answer it cannot
+#: parse (ResponseParserError is not a BotoCoreError).
+BOTO_ERRORS = (ClientError, botocore.exceptions.BotoCoreError, ResponseParserError)
 
 
 @contextmanager
@@ -194,7 +208,7 @@ def aws_errors(operation: str) -> Iterator[None]:
     """Turn botocore failures inside the block into EC2Error."""
     try:
         yield
-    except (ClientError, botocore.exceptions.BotoCoreError) as e:
+    except BOTO_ERRORS as e:
         raise aws_error(e, operation) from e
 
 
@@ -284,10 +298,33 @@ def resolve_region(region: str | None, name: str | None = None,
         regions = {r.region for r in load_records(records) if r.name == name}
         if len(regions) == 1:
             return regions.pop()
-    default = boto3.session.Session().region_name
+    default = default_region()
     if default:
         return default
     raise EC2Error("no AWS region given", hint="pass --region, or set AWS_DEFAULT_REGION")
+
+
+def default_region() -> str | None:
+    """boto3's default region (AWS_REGION, AWS_DEFAULT_REGION, the AWS config), if any."""
+    with aws_errors("reading the AWS configuration"):
+        return boto3.session.Session().region_name
+
+
+def search_regions(region: str | None = None, records: Path | None = None
+                   ) -> tuple[str, ...]:
+    """The regions to look for clusters in: ``region`` alone when given; else every
+    region this machine has a record in, and boto3's default region. A cluster whose
+    spec names another region than the default is then not missed."""
+    if region:
+        return (region,)
+    regions = set(record_regions(records))
+    default = default_region()
+    if default:
+        regions.add(default)
+    if not regions:
+        raise EC2Error("no AWS region given, and no cluster records on this machine",
+                       hint="pass --region, or set AWS_DEFAULT_REGION")
+    return tuple(sorted(regions))
 
 
 def default_owner() -> str:
@@ -340,12 +377,22 @@ def load_records(directory: Path | None = None) -> list[Record]:
     return out
 
 
+def record_regions(directory: Path | None = None) -> tuple[str, ...]:
+    """The regions of this machine's records, from their file names (so that a record
+    that cannot be read still counts)."""
+    directory = directory or state_dir()
+    paths = directory.glob("*--*.json") if directory.is_dir() else ()
+    return tuple(sorted({region for p in paths
+                         if is_region(region := p.name.split("--", 1)[0])}))
+
+
 def find_record(directory: Path, region: str, name: str) -> Record | None:
     return next((r for r in load_records(directory) if r.region == region and r.name == name),
                 None)
 
 
 __all__ = [
+    "BOTO_ERRORS",
     "HINTS",
     "LIVE_STATES",
     "TAG_BATCH",
@@ -361,6 +408,7 @@ __all__ = [
     "client_token",
     "cluster_instances",
     "default_owner",
+    "default_region",
     "describe_instances",
     "find_record",
     "format_duration",
@@ -371,8 +419,10 @@ __all__ = [
     "make_filters",
     "parse_time",
     "record_path",
+    "record_regions",
     "resolve_region",
     "save_record",
+    "search_regions",
     "state_dir",
     "tag_specifications",
     "utcnow",

@@ -31,6 +31,7 @@ from sshcluster.ec2aws import (
     state_dir,
     utcnow,
 )
+from sshcluster.errors import EC2Error
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2.client import EC2Client
@@ -41,7 +42,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class DownReport:
-    """What :func:`down` removed; all empty when there was nothing left."""
+    """What :func:`down` removed; all empty when there was nothing left.
+
+    ``found`` is False when there was no such cluster at all: no record of it on this
+    machine and nothing tagged with its name in the region, not even instances that
+    ended (a name mistyped, or a cluster in another region).
+    """
 
     name: str
     terminated: tuple[str, ...] = ()
@@ -49,6 +55,14 @@ class DownReport:
     deleted_security_groups: tuple[str, ...] = ()
     deleted_key_pairs: tuple[str, ...] = ()
     removed_files: tuple[str, ...] = ()
+    found: bool = True
+
+    @property
+    def removed_anything(self) -> bool:
+        """True if down terminated, cancelled or deleted anything."""
+        return bool(self.terminated or self.cancelled_spot_requests
+                    or self.deleted_security_groups or self.deleted_key_pairs
+                    or self.removed_files)
 
     def summary(self) -> str:
         """One line for people."""
@@ -70,6 +84,7 @@ class ClusterStatus:
     expires: datetime | None
     instances: tuple[Instance, ...]
     known: bool  # a record of it exists on this machine
+    region: str
 
     @property
     def live(self) -> tuple[Instance, ...]:
@@ -80,6 +95,7 @@ class ClusterStatus:
         """A JSON-ready view with ages and time left in seconds at ``now``."""
         return {
             "name": self.name,
+            "region": self.region,
             "owner": self.owner,
             "expires": format_time(self.expires) if self.expires else None,
             "time_left_seconds": int((self.expires - now).total_seconds())
@@ -101,6 +117,7 @@ class Garbage:
     name: str
     reason: str
     instance_ids: tuple[str, ...]
+    region: str
 
 
 # --------------------------------------------------------------------------- down, ls, gc
@@ -150,7 +167,8 @@ def remove_resources(client: EC2Client, name: str, *, run_id: str | None = None,
 def down(name: str, *, client: EC2Client, records: Path | None = None) -> DownReport:
     """Terminate every instance of cluster ``name`` in any state, cancel its spot requests,
     delete the security group and key pair ``up`` created for it, and the private key
-    file. Running it again finds nothing to do and returns an empty report."""
+    file. Running it again finds nothing to do and returns an empty report; a name that
+    never was a cluster here returns one with ``found`` False."""
     records = records or state_dir()
     report = remove_resources(client, name)
     region = client.meta.region_name
@@ -161,14 +179,19 @@ def down(name: str, *, client: EC2Client, records: Path | None = None) -> DownRe
             Path(record.key_file).unlink()
             removed.append(record.key_file)
         record_path(records, region, name).unlink(missing_ok=True)
-    return replace(report, removed_files=tuple(removed))
+    report = replace(report, removed_files=tuple(removed))
+    if record is None and not report.removed_anything:
+        # Ended instances stay listed for a while: a second down of a cluster that was
+        # there is not a mistyped name.
+        report = replace(report, found=bool(cluster_instances(client, name, live=False)))
+    return report
 
 
 def list_clusters(*, client: EC2Client, records: Path | None = None) -> tuple[ClusterStatus, ...]:
     """Every cluster sshcluster started in the client's region, with every instance in
     any state (terminated ones while EC2 still lists them)."""
-    known = {r.name for r in load_records(records or state_dir())
-             if r.region == client.meta.region_name}
+    region = client.meta.region_name
+    known = {r.name for r in load_records(records or state_dir()) if r.region == region}
     by_name: dict[str, list[Instance]] = {}
     for inst in describe_instances(client, make_filters(**{"tag-key": TAG_CLUSTER})):
         by_name.setdefault(inst.cluster or "?", []).append(inst)
@@ -179,7 +202,7 @@ def list_clusters(*, client: EC2Client, records: Path | None = None) -> tuple[Cl
         current = [i for i in instances if i.live] or instances
         expiries = [i.expires for i in current if i.expires]
         out.append(ClusterStatus(name, instances[0].owner, min(expiries) if expiries else None,
-                                 tuple(instances), name in known))
+                                 tuple(instances), name in known, region))
     return tuple(out)
 
 
@@ -202,13 +225,20 @@ def find_garbage(*, client: EC2Client, records: Path | None = None, owner: str |
         elif not status.known and status.owner == owner:
             reason = "started from this machine, but no record of it is left here"
         if reason:
-            out.append(Garbage(status.name, reason, tuple(i.id for i in live)))
+            out.append(Garbage(status.name, reason, tuple(i.id for i in live), status.region))
     return tuple(out)
 
 
 def collect_garbage(garbage: Iterable[Garbage], *, client: EC2Client,
                     records: Path | None = None) -> tuple[DownReport, ...]:
-    """``down`` every cluster in ``garbage``."""
+    """``down`` every cluster in ``garbage`` (found with a client for the same region)."""
+    garbage = tuple(garbage)
+    region = client.meta.region_name
+    elsewhere = sorted({g.region for g in garbage} - {region})
+    if elsewhere:
+        raise EC2Error(f"garbage found in {', '.join(elsewhere)} cannot be collected with "
+                       f"a client for {region}", hint="collect each region's garbage with "
+                       "a client for that region")
     return tuple(down(g.name, client=client, records=records) for g in garbage)
 
 

@@ -31,6 +31,11 @@ _SECURITY_GROUP = re.compile(r"^sg-[0-9a-f]{8,17}$")
 _KEY_NAME = re.compile(r"^[\x20-\x7e]{1,255}$")
 _DURATION = re.compile(r"^(?:(?P<d>\d+)d)?(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m(?:in)?)?$")
 
+#: What a cluster name and a region look like, as messages say it.
+NAME_RULE = ("a cluster name of lower-case letters, digits and '-' (at most 32, starting "
+             "and ending with a letter or digit)")
+REGION_RULE = "an AWS region such as us-east-1"
+
 #: Shortest and longest ``max_lifetime``: shorter would power instances off before ``up``
 #: is done; longer is what "transient" rules out (start a new cluster instead).
 MIN_LIFETIME = timedelta(minutes=10)
@@ -86,6 +91,17 @@ class EC2Spec:
         return (self.port, self.port) if self.port else R_PORT_RANGE
 
 
+def is_cluster_name(text: str) -> bool:
+    """True if ``text`` is a valid cluster name (:data:`NAME_RULE`)."""
+    return _NAME.fullmatch(text) is not None
+
+
+def is_region(text: str) -> bool:
+    """True if ``text`` has the form of an AWS region name (:data:`REGION_RULE`); whether
+    the region exists only AWS can say."""
+    return _REGION.fullmatch(text) is not None
+
+
 def parse_duration(text: str) -> timedelta | None:
     """``"2h"``, ``"90m"``, ``"1h30m"``, ``"1d"`` as a timedelta; None if not a duration."""
     match = _DURATION.match(text.strip())
@@ -98,7 +114,7 @@ def parse_duration(text: str) -> timedelta | None:
 def _text(reader: _Reader, m: _Map, key: str, pattern: re.Pattern[str], what: str,
           hint: str | None = None) -> str:
     value, line = m[key], reader.line_of(m, key)
-    if not isinstance(value, str) or not pattern.match(value):
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         raise reader.fail(f"expected {what}, got {_describe(value)}", line=line,
                           field=f"ec2.{key}", hint=hint)
     return value
@@ -161,9 +177,8 @@ def _read_spec(doc: Any, reader: _Reader) -> EC2Spec:
     anywhere = _flag(reader, m, "allow_ssh_from_anywhere") if "allow_ssh_from_anywhere" in m \
         else False
     spec: dict[str, Any] = {
-        "name": _text(reader, m, "name", _NAME, "a cluster name of lower-case letters, "
-                      "digits and '-' (at most 32)"),
-        "region": _text(reader, m, "region", _REGION, "an AWS region such as us-east-1"),
+        "name": _text(reader, m, "name", _NAME, NAME_RULE),
+        "region": _text(reader, m, "region", _REGION, REGION_RULE),
         "image": _text(reader, m, "image", _AMI, "an AMI id such as ami-0123456789abcdef0",
                        hint="AMI ids differ between regions; look the image up in yours"),
         "instance_type": _text(reader, m, "instance_type", _INSTANCE_TYPE,
@@ -285,5 +300,6 @@ def user_data(spec: EC2Spec, expires: datetime) -> str:
     return "\n".join(parts) + "\n"
 
 
-__all__ = ["MAX_LIFETIME", "MIN_LIFETIME", "EC2Spec", "load_spec", "parse_duration",
-           "parse_spec", "user_data"]
+__all__ = ["MAX_LIFETIME", "MIN_LIFETIME", "NAME_RULE", "REGION_RULE", "EC2Spec",
+           "is_cluster_name", "is_region", "load_spec", "parse_duration", "parse_spec",
+           "user_data"]

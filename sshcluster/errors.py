@@ -98,6 +98,16 @@ class CheckFailed(SshclusterError):
         super().__init__(message, hint=hint)
 
 
+class OutputExistsError(SshclusterError):
+    """A command would replace a file that is not its own; ``path`` is the file."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, path: str, hint: str | None = None) -> None:
+        self.path = path
+        super().__init__(message, hint=hint)
+
+
 class EC2Error(SshclusterError):
     """AWS refused or failed a request; ``code`` is AWS's error code when there is one."""
 
@@ -119,6 +129,7 @@ __all__ = [
     "EC2Error",
     "HostError",
     "InventoryError",
+    "OutputExistsError",
     "QuotingError",
     "RenderError",
     "SshclusterError",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import http.server
 import json
+import shlex
 import stat
 import threading
 import urllib.parse
@@ -28,15 +29,17 @@ from typing import Any
 
 import asyncssh
 import boto3
+import botocore.exceptions
 import pytest
 import yaml
+from botocore.parsers import ResponseParserError
 from click.testing import CliRunner
 from conftest import REGION
 
 from sshcluster import ec2
 from sshcluster.cli import cli
 from sshcluster.ec2spec import EC2Spec, parse_spec, user_data
-from sshcluster.errors import EC2Error, InventoryError
+from sshcluster.errors import EC2Error, InventoryError, OutputExistsError
 from sshcluster.inventory import load_inventory
 
 # --------------------------------------------------------------------------- fixtures
@@ -130,6 +133,23 @@ def live(client: Any, **tags: str) -> list[dict[str, Any]]:
     filters += [{"Name": f"tag:{k}", "Values": [v]} for k, v in tags.items()]
     pages = client.get_paginator("describe_instances").paginate(Filters=filters)
     return [i for p in pages for r in p["Reservations"] for i in r["Instances"]]
+
+
+def use_seams_in_cli(hosts: SshHosts, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point ``sshcluster ec2 up`` at the local SSH servers: the CLI takes up's default
+    seams, so they are replaced where up looks them up (never moto's made-up IPs)."""
+    address_of, console_text = hosts.seams()
+    monkeypatch.setattr(ec2, "default_address", lambda spec: address_of)
+    monkeypatch.setattr(ec2, "_console_reader", lambda client: console_text)
+
+
+def spec_text(ami: str, **fields: Any) -> str:
+    """A spec file for moto: the image ``ami``, t3.medium, and ``fields`` over SPEC's."""
+    text = SPEC.replace("ami-0123456789abcdef0", ami).replace("c7i.large", "t3.medium")
+    for key, value in fields.items():
+        lines = [x for x in text.splitlines(keepends=True) if not x.startswith(f"  {key}:")]
+        text = "".join(lines) + f"  {key}: {value}\n"
+    return text
 
 
 def do_up(spec: EC2Spec, client: Any, hosts: SshHosts, tmp_path: Path,
@@ -242,7 +262,8 @@ def test_ls_down_and_down_again(client: Any, ami: str, hosts: SshHosts,
     assert not status.live and not status.known
 
     again = ec2.down("rwork", client=client)
-    assert again.summary() == "nothing left to remove"
+    assert again.summary() == "nothing left to remove" and again.found
+    assert not ec2.down("rwrok", client=client).found  # never was a cluster
 
 
 def test_existing_key_pair_and_security_group_are_used_and_kept(
@@ -656,7 +677,7 @@ def test_cli_dry_run_ls_json_down_gc(client: Any, ami: str, hosts: SshHosts,
     assert "1h59m" in table or "2h00m" in table  # time left, to the minute
 
     result = run("ec2", "gc")
-    assert result.output.strip() == "nothing to collect"
+    assert result.output.strip() == "nothing to collect in us-east-1"
 
     result = run("ec2", "down", "rwork")
     assert result.exit_code == 0 and "terminated" in result.output
@@ -671,7 +692,7 @@ def test_cli_gc_asks_first(client: Any, ami: str, hosts: SshHosts, tmp_path: Pat
     assert "no record of it is left here" in result.output
     assert "nothing terminated" in result.output and len(live(client)) == 1
     result = run("ec2", "gc", "--yes")
-    assert "rwork: terminated" in result.output and live(client) == []
+    assert "rwork (us-east-1): terminated" in result.output and live(client) == []
 
 
 def test_up_output_is_plain_yaml(client: Any, ami: str, hosts: SshHosts,
@@ -682,3 +703,272 @@ def test_up_output_is_plain_yaml(client: Any, ami: str, hosts: SshHosts,
     data = yaml.safe_load(text)
     assert data["port"] == 11234
     assert data["primary"]["host"].startswith("10.")  # the first instance's private IP
+
+
+@pytest.mark.parametrize(("primary", "user"), [("auto", None), ("203.0.113.9", None),
+                                               ("first", "ubuntu")])
+def test_primary_user_only_when_the_primary_is_an_instance(
+        client: Any, ami: str, hosts: SshHosts, tmp_path: Path, primary: str,
+        user: str | None) -> None:
+    # primary.user is who the workers ssh back to on the primary: the image's login user
+    # is right only when the primary is one of the instances ('first'); 'auto' or an
+    # address is a machine outside the cluster, usually this one.
+    c = do_up(make_spec(ami, count=1, primary=primary), client, hosts, tmp_path)
+    data = yaml.safe_load((tmp_path / "hosts.yaml").read_text())
+    assert data["primary"].get("user") == user
+    assert c.inventory.primary.user == user
+    assert data["hosts"][0]["user"] == "ubuntu"
+
+
+def test_next_steps_are_the_commands_that_work(tmp_path: Path) -> None:
+    assert ec2.next_steps("hosts.yaml") == (
+        "sshcluster render hosts.yaml --check -o cluster.R",
+        "Rscript -e 'source(\"cluster.R\"); print(parallelCluster)'")
+    odd = tmp_path / "it's here" / "h.yaml"
+    render, rscript = ec2.next_steps(odd)
+    assert shlex.split(render) == ["sshcluster", "render", str(odd), "--check", "-o",
+                                   str(odd.parent / "cluster.R")]
+    assert shlex.split(rscript)[2] == (
+        f'source("{odd.parent}/cluster.R"); print(parallelCluster)')
+    # primary: first: the inventory is complete, no check from here, R runs there
+    render, note = ec2.next_steps("hosts.yaml", primary_instance="10.0.0.5")
+    assert render == "sshcluster render hosts.yaml -o cluster.R"
+    assert note.startswith("# ") and "10.0.0.5" in note
+
+
+def test_cli_up_prints_the_next_commands(client: Any, ami: str, hosts: SshHosts,
+                                         tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    use_seams_in_cli(hosts, monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    Path("ec2.yaml").write_text(spec_text(ami, count=2))
+    result = run("ec2", "up", "ec2.yaml", "--timeout", "20")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[1:] == [
+        "next:",
+        "  sshcluster render hosts.yaml --check -o cluster.R",
+        "  Rscript -e 'source(\"cluster.R\"); print(parallelCluster)'",
+        "end it with: sshcluster ec2 down rwork"]
+    text = Path("hosts.yaml").read_text()
+    assert "#   sshcluster render hosts.yaml --check -o cluster.R\n" in text
+    assert yaml.safe_load(text)["primary"] == {"host": "auto"}
+    # plain render refuses primary: auto; that is why the commands say --check
+    plain = CliRunner().invoke(cli, ["render", "hosts.yaml", "-o", "cluster.R"])
+    assert plain.exit_code == 2 and "primary.host is 'auto'" in plain.output
+
+
+def test_the_docs_show_the_commands_that_work() -> None:
+    root = Path(__file__).parent.parent
+    readme = (root / "README.md").read_text()
+    example = (root / "ec2.example.yaml").read_text()
+    help_text = run("ec2", "up", "--help").output
+    render, rscript = ec2.next_steps("hosts.yaml")
+    for text in (readme, example, help_text):
+        assert render in text
+        assert "sshcluster check hosts.yaml && sshcluster render hosts.yaml -o" not in text
+        assert "take it as it is" not in text and "take as it is" not in text
+    assert rscript in readme and rscript in help_text
+
+
+# --------------------------------------------------------------------------- regions
+
+
+def test_search_regions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    records = tmp_path / "state"
+    records.mkdir()
+    for name in ("us-west-2--west.json", "eu-central-1--a--b.json", "us-west-2--other.json",
+                 "not a region--x.json", "us-west-2--x.tmp"):
+        (records / name).write_text("not even JSON")  # unreadable records count too
+    assert ec2.search_regions(records=records) == ("eu-central-1", "us-east-1", "us-west-2")
+    assert ec2.search_regions("ap-south-1", records=records) == ("ap-south-1",)
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    assert ec2.search_regions(records=records) == ("eu-central-1", "us-west-2")
+    with pytest.raises(EC2Error, match="no AWS region given"):
+        ec2.search_regions(records=tmp_path / "none")
+
+
+def test_cli_ls_and_gc_look_in_every_region_with_a_record(
+        client: Any, ami: str, hosts: SshHosts, tmp_path: Path) -> None:
+    # moto serves every region on one endpoint; the default region here is us-east-1.
+    west = ec2.make_client("us-west-2")
+    do_up(make_spec(ami, count=1, region="us-west-2", name="west"), west, hosts,
+          tmp_path / "w")
+    do_up(make_spec(ami, count=1), client, hosts, tmp_path / "e")
+
+    found = json.loads(run("ec2", "ls", "--json").output)
+    assert sorted((c["name"], c["region"]) for c in found) == [
+        ("rwork", "us-east-1"), ("west", "us-west-2")]
+    table = run("ec2", "ls").output
+    assert "west" in table and "us-west-2" in table and "rwork" in table
+    only = json.loads(run("ec2", "ls", "--region", "us-west-2", "--json").output)
+    assert [(c["name"], c["region"]) for c in only] == [("west", "us-west-2")]
+
+    # the cluster in us-west-2 is past its expiry: gc finds it there and ends it there
+    (inst,) = live(west)
+    west.create_tags(Resources=[inst["InstanceId"]],
+                     Tags=[{"Key": "sshcluster:expires", "Value": "2020-01-01T00:00:00Z"}])
+    result = run("ec2", "gc", "--yes")
+    assert result.exit_code == 0, result.output
+    assert f"west (us-west-2): expired at 2020-01-01T00:00:00Z: {inst['InstanceId']}" \
+        in result.output
+    assert f"west (us-west-2): terminated: {inst['InstanceId']}" in result.output
+    assert live(west) == [] and len(live(client)) == 1
+    assert [r.name for r in ec2.load_records()] == ["rwork"]
+    assert run("ec2", "gc").output.strip() == "nothing to collect in us-east-1"
+
+
+def test_garbage_is_collected_with_a_client_for_its_region(client: Any) -> None:
+    garbage = ec2.Garbage("west", "expired", ("i-0123456789abcdef0",), "us-west-2")
+    with pytest.raises(EC2Error, match="found in us-west-2 cannot be collected with a "
+                                       "client for us-east-1"):
+        ec2.collect_garbage([garbage], client=client)
+
+
+# --------------------------------------------------------------------------- the output file
+
+HAND_WRITTEN = "# my lab machines\nprimary: auto\nhosts: [node1, node2]\n"
+
+
+@pytest.mark.parametrize("existing", [
+    HAND_WRITTEN,
+    "# Written by 'sshcluster ec2 up' for cluster other in us-east-1 (run 0123).\nhosts: []\n",
+    "# Written by 'sshcluster ec2 up' for cluster rwork in us-west-2 (run 0123).\nhosts: []\n",
+], ids=["hand-written", "another-cluster", "same-name-another-region"])
+def test_up_leaves_a_file_it_did_not_write_for_this_cluster_alone(
+        client: Any, ami: str, hosts: SshHosts, tmp_path: Path, existing: str) -> None:
+    output = tmp_path / "hosts.yaml"
+    output.write_text(existing)
+    with pytest.raises(OutputExistsError) as e:
+        do_up(make_spec(ami, count=1), client, hosts, tmp_path)
+    assert e.value.path == str(output) and e.value.exit_code == 2
+    assert "not overwritten, nothing started" in str(e.value)
+    assert output.read_text() == existing
+    assert live(client) == [] and client.describe_key_pairs()["KeyPairs"] == []
+    assert not (tmp_path / "state").exists() and not (tmp_path / "rwork.pem").exists()
+
+    c = do_up(make_spec(ami, count=1), client, hosts, tmp_path, overwrite=True)
+    assert load_inventory(output).hosts[0].ssh_port == c.endpoints[0].port
+
+
+def test_up_rewrites_its_own_inventory_of_the_same_cluster(
+        client: Any, ami: str, hosts: SshHosts, tmp_path: Path) -> None:
+    first = do_up(make_spec(ami, count=1), client, hosts, tmp_path)
+    retried = do_up(make_spec(ami, count=1), client, hosts, tmp_path)  # continues the run
+    assert retried.run_id == first.run_id
+    ec2.down("rwork", client=client)
+    again = do_up(make_spec(ami, count=1), client, hosts, tmp_path)  # a new run
+    assert again.run_id != first.run_id
+    assert f"(run {again.run_id})" in (tmp_path / "hosts.yaml").read_text()
+
+
+def test_cli_up_refuses_to_overwrite_unless_forced(
+        client: Any, ami: str, hosts: SshHosts, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    use_seams_in_cli(hosts, monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    Path("ec2.yaml").write_text(spec_text(ami, count=1))
+    Path("hosts.yaml").write_text(HAND_WRITTEN)
+    result = CliRunner().invoke(cli, ["ec2", "up", "ec2.yaml"])
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "error: hosts.yaml exists and is not an inventory 'sshcluster ec2 up' wrote for "
+        "cluster rwork in us-east-1; not overwritten, nothing started\n"
+        "hint: write the inventory elsewhere (-o other.yaml), or pass --force to replace "
+        "hosts.yaml\n")
+    assert Path("hosts.yaml").read_text() == HAND_WRITTEN and live(client) == []
+
+    result = CliRunner().invoke(cli, ["ec2", "up", "ec2.yaml", "--force", "--timeout", "20"])
+    assert result.exit_code == 0, result.output
+    assert Path("hosts.yaml").read_text().startswith(
+        "# Written by 'sshcluster ec2 up' for cluster rwork in us-east-1")
+    assert run("ec2", "up", "ec2.yaml", "--timeout", "20").exit_code == 0  # its own file
+    assert len(live(client)) == 1
+
+
+# --------------------------------------------------------------------------- down NAME
+
+
+def test_cli_down_of_no_such_cluster_says_so_and_lists_the_clusters(
+        client: Any, ami: str, hosts: SshHosts, tmp_path: Path) -> None:
+    c = do_up(make_spec(ami, count=1), client, hosts, tmp_path)
+    result = CliRunner().invoke(cli, ["ec2", "down", "rwrok"])
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert lines[0] == ("error: no cluster rwrok in us-east-1: no record of it on this "
+                        "machine, and nothing in us-east-1 is tagged with it")
+    assert lines[1] == "the clusters sshcluster started, as 'sshcluster ec2 ls' lists them:"
+    assert lines[2].split()[:3] == ["cluster", "region", "instance"]
+    assert lines[3].split()[:4] == ["rwork", "us-east-1", c.instances[0].id, "running"]
+    assert lines[-1].startswith("hint: check the name")
+    assert len(live(client)) == 1  # and nothing was removed
+
+    # a cluster that existed: down, and down again, both succeed
+    assert run("ec2", "down", "rwork").exit_code == 0
+    again = run("ec2", "down", "rwork")
+    assert again.exit_code == 0 and again.output == "rwork: nothing left to remove\n"
+
+    result = CliRunner().invoke(cli, ["ec2", "down", "rwrok"])
+    assert result.exit_code == 1 and "the clusters sshcluster started" in result.stderr
+
+
+def test_cli_down_with_no_cluster_anywhere(client: Any) -> None:
+    result = CliRunner().invoke(cli, ["ec2", "down", "nosuch"])
+    assert result.exit_code == 1
+    assert "error: no cluster nosuch in us-east-1" in result.stderr
+    assert "there are no clusters in us-east-1" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["Bad Name", "-x", "rwork-", "a" * 33, "UPPER"])
+def test_cli_down_refuses_an_invalid_name(client: Any, name: str) -> None:
+    result = CliRunner().invoke(cli, ["ec2", "down", "--", name])
+    assert result.exit_code == 2
+    assert "Invalid value for 'NAME': expected a cluster name of lower-case letters" \
+        in result.stderr
+    assert "Traceback" not in result.output
+
+
+# --------------------------------------------------------------------------- --region
+
+
+@pytest.mark.parametrize("command", [["ls"], ["gc"], ["down", "rwork"]])
+@pytest.mark.parametrize("region", ["nowhere-1", "US-EAST-1", "us-east-1\n", "us east 1"])
+def test_cli_malformed_region_exits_2(client: Any, command: list[str], region: str) -> None:
+    result = CliRunner().invoke(cli, ["ec2", *command, "--region", region])
+    assert result.exit_code == 2
+    assert (f"Invalid value for '--region': expected an AWS region such as us-east-1, "
+            f"got {region!r}") in result.stderr
+
+
+@pytest.mark.parametrize("command", [["ls"], ["ls", "--json"], ["gc"], ["down", "rwork"]])
+def test_cli_an_unknown_region_is_an_error_not_a_traceback(client: Any,
+                                                           command: list[str]) -> None:
+    # Well-formed but unknown: moto answers with an HTML error page (real AWS: no such
+    # endpoint). catch_exceptions=False: an exception that escapes fails the test.
+    result = run("ec2", *command, "--region", "xx-nowhere-9")
+    assert result.exit_code == 1
+    assert "DescribeInstances: the endpoint's answer is not an EC2 answer" in result.stderr
+    assert "hint: check the region" in result.stderr
+
+
+def test_cli_ls_goes_on_past_a_region_that_fails(client: Any, ami: str, hosts: SshHosts,
+                                                 tmp_path: Path) -> None:
+    do_up(make_spec(ami, count=1), client, hosts, tmp_path)
+    (tmp_path / "state" / "xx-nowhere-9--ghost.json").write_text("{}")
+    result = run("ec2", "ls", "--json")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: xx-nowhere-9: DescribeInstances: ")
+    assert [c["name"] for c in json.loads(result.stdout)] == ["rwork"]
+    result = run("ec2", "gc")
+    assert result.exit_code == 1 and "nothing to collect in us-east-1" in result.stdout
+
+
+def test_botocore_errors_become_ec2_errors() -> None:
+    with pytest.raises(EC2Error, match="creating the EC2 client") as e:
+        ec2.make_client("not a region!")  # botocore's own check: InvalidRegionError
+    assert isinstance(e.value.__cause__, botocore.exceptions.BotoCoreError)
+    err = ec2.aws_error(ResponseParserError("Unable to parse response: b'<html>'"),
+                        "DescribeInstances")
+    assert err.operation == "DescribeInstances" and "region" in (err.hint or "")

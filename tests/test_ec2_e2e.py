@@ -9,6 +9,7 @@ own); the SSH, the host-key verification and the R cluster are real.
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import urllib.request
 from datetime import timedelta
@@ -16,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from conftest import REGION
 
 from sshcluster import ec2
 from sshcluster.bootstrap import write_bootstrap
+from sshcluster.cli import cli
 from sshcluster.ec2spec import EC2Spec
 from sshcluster.inventory import load_inventory
 from sshcluster.preflight import check, verified_inventory
@@ -35,17 +38,20 @@ def _host_keys(known_hosts: Path) -> dict[str, str]:
     return keys
 
 
-def test_ec2_up_render_compute_down(moto_url: str, testbed: Any, tmp_path: Path,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def _moto_with_testbed_key(moto_url: str, testbed: Any) -> tuple[Any, str]:
+    """A fresh moto, an EC2 client for it and an image id; the testbed's client key (the
+    test hosts trust it) is registered as key pair ``testbed``."""
     urllib.request.urlopen(urllib.request.Request(f"{moto_url}/moto-api/reset",
                                                   method="POST")).read()
-    monkeypatch.setenv("SSHCLUSTER_STATE_DIR", str(tmp_path / "state"))
     client = ec2.make_client(REGION)
     image = client.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-    # The test hosts trust the testbed's client key: register it as the cluster's key pair.
     public = Path(f"{testbed.identity_file}.pub").read_text()
     client.import_key_pair(KeyName="testbed", PublicKeyMaterial=public.encode())
+    return client, image
 
+
+def _seams(testbed: Any) -> tuple[ec2.AddressOf, ec2.ConsoleText]:
+    """Instances onto the test hosts in order, and a cloud-init console with their keys."""
     hosts = list(testbed.hosts)
     keys = _host_keys(testbed.known_hosts)
     assigned: dict[str, Any] = {}
@@ -62,6 +68,16 @@ def test_ec2_up_render_compute_down(moto_url: str, testbed: Any, tmp_path: Path,
                 "-----END SSH HOST KEY KEYS-----\r\n"
                 "[   12.4] cloud-init[601]: Cloud-init v. 23.1 finished\r\n")
 
+    return address_of, console_text
+
+
+def test_ec2_up_render_compute_down(moto_url: str, testbed: Any, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSHCLUSTER_STATE_DIR", str(tmp_path / "state"))
+    client, image = _moto_with_testbed_key(moto_url, testbed)
+    hosts = list(testbed.hosts)
+    keys = _host_keys(testbed.known_hosts)
+    address_of, console_text = _seams(testbed)
     spec = EC2Spec(name="e2e", region=REGION, image=image, instance_type="t3.medium",
                    count=len(hosts), user="root", max_lifetime=timedelta(hours=1),
                    key_name="testbed", identity_file=str(testbed.identity_file),
@@ -103,3 +119,44 @@ def test_ec2_up_render_compute_down(moto_url: str, testbed: Any, tmp_path: Path,
         {"Name": "instance-state-name",
          "Values": ["pending", "running", "stopping", "stopped", "shutting-down"]}])
     assert [i for r in live["Reservations"] for i in r["Instances"]] == []
+
+
+def test_the_commands_ec2_up_prints_take_its_inventory_to_r(
+        moto_url: str, testbed: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The workflow as a user follows it: 'sshcluster ec2 up' with the default
+    # 'primary: auto', then exactly the commands it prints, then 'ec2 down'. The CLI takes
+    # up's default seams, so they are replaced where up looks them up.
+    monkeypatch.setenv("SSHCLUSTER_STATE_DIR", str(tmp_path / "state"))
+    client, image = _moto_with_testbed_key(moto_url, testbed)
+    address_of, console_text = _seams(testbed)
+    monkeypatch.setattr(ec2, "default_address", lambda spec: address_of)
+    monkeypatch.setattr(ec2, "_console_reader", lambda client: console_text)
+    monkeypatch.chdir(tmp_path)
+    n = len(testbed.hosts)
+    Path("ec2.yaml").write_text(
+        "ec2:\n  name: e2ecli\n  region: us-east-1\n"
+        f"  image: {image}\n  instance_type: t3.medium\n  count: {n}\n  user: root\n"
+        f"  max_lifetime: 1h\n  key_name: testbed\n  identity_file: {testbed.identity_file}\n"
+        f"  ssh_cidr: {testbed.primary_address}/32\n  port: 11421\n")
+    try:
+        up = CliRunner().invoke(cli, ["ec2", "up", "ec2.yaml", "--timeout", "60"])
+        assert up.exit_code == 0, up.output
+        lines = up.stdout.splitlines()
+        start = lines.index("next:") + 1
+        commands = [line[2:] for line in lines[start:] if line.startswith("  ")]
+        assert commands == ["sshcluster render hosts.yaml --check -o cluster.R",
+                            "Rscript -e 'source(\"cluster.R\"); print(parallelCluster)'"]
+
+        render = CliRunner().invoke(cli, shlex.split(commands[0])[1:])
+        assert render.exit_code == 0, render.output
+        assert f'primary <- "{testbed.primary_address}"' in Path("cluster.R").read_text()
+        proc = subprocess.run(shlex.split(commands[1]), capture_output=True, text=True,
+                              timeout=180, check=False)
+        assert proc.returncode == 0, proc.stderr
+        assert f"socket cluster with {2 * n} nodes" in proc.stdout  # t3.medium: 2 vCPUs
+    finally:
+        down = CliRunner().invoke(cli, ["ec2", "down", "e2ecli"])
+    assert down.exit_code == 0 and "terminated" in down.output
+    assert [i for r in client.describe_instances(Filters=[
+        {"Name": "instance-state-name", "Values": list(ec2.LIVE_STATES)}])["Reservations"]
+        for i in r["Instances"]] == []
