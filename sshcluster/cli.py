@@ -258,7 +258,7 @@ def testbed() -> None:
 
 
 def _subnet_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    from sshcluster.testbed import parse_subnet
+    from sshcluster.testbeds import parse_subnet
 
     if value is None:
         return None
@@ -323,7 +323,7 @@ def testbed_down(name: str | None, workdir: str | None, everything: bool) -> Non
     Give exactly one of --name, --dir and --all. --name and --dir remove one testbed,
     or fail (exit 1) if there is none by that name or directory.
     """
-    from sshcluster.testbed import down_all, remove_testbed
+    from sshcluster.testbeds import down_all, remove_testbed
 
     given = [opt for opt, value in (("--name", name), ("--dir", workdir),
                                     ("--all", everything)) if value]

@@ -17,7 +17,8 @@ from typing import Any, NoReturn
 import pytest
 
 from sshcluster.errors import TestbedError
-from sshcluster.testbed import Testbed, TestHost, down_all, require_root_and_netns
+from sshcluster.testbed import Testbed, TestHost, require_root_and_netns
+from sshcluster.testbeds import down_all
 
 #: Every testbed made by the test suite has a name with this prefix, so a test session
 #: can clean up after an earlier one that was killed without touching anyone else's.

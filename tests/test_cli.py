@@ -18,13 +18,8 @@ from conftest import fresh_name
 from sshcluster.bootstrap import render
 from sshcluster.cli import cli
 from sshcluster.inventory import load_inventory
-from sshcluster.testbed import (
-    STATE_DIR,
-    STATE_DIR_ENV,
-    Testbed,
-    list_testbeds,
-    remove_testbed,
-)
+from sshcluster.testbed import STATE_DIR, STATE_DIR_ENV, Testbed
+from sshcluster.testbeds import list_testbeds, remove_testbed
 
 MakeTestbed = Callable[..., Testbed]
 

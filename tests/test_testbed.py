@@ -27,15 +27,8 @@ import yaml
 from conftest import TEST_PREFIX, fresh_name, skip_or_fail
 
 from sshcluster.errors import TestbedError
-from sshcluster.testbed import (
-    STATE_DIR,
-    STATE_DIR_ENV,
-    Testbed,
-    TestHost,
-    down_all,
-    list_testbeds,
-    remove_testbed,
-)
+from sshcluster.testbed import STATE_DIR, STATE_DIR_ENV, Testbed, TestHost
+from sshcluster.testbeds import down_all, list_testbeds, remove_testbed
 
 pytestmark = pytest.mark.testbed
 
