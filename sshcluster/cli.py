@@ -37,10 +37,15 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except SshclusterError as e:
-            click.secho(f"error: {e.message}", fg="red", err=True)
-            if e.hint:
-                click.echo(f"hint: {e.hint}", err=True)
+            _print_error(e)
             ctx.exit(e.exit_code)
+
+
+def _print_error(e: SshclusterError, where: str | None = None) -> None:
+    """``error: [WHERE: ]MESSAGE`` and its hint, on stderr."""
+    click.secho(f"error: {where + ': ' if where else ''}{e.message}", fg="red", err=True)
+    if e.hint:
+        click.echo(f"hint: {e.hint}", err=True)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -379,12 +384,6 @@ _regions_option = click.option(
          "records, and AWS_DEFAULT_REGION or your AWS config).")
 
 T = TypeVar("T")
-
-
-def _print_error(e: SshclusterError, where: str) -> None:
-    click.secho(f"error: {where}: {e.message}", fg="red", err=True)
-    if e.hint:
-        click.echo(f"hint: {e.hint}", err=True)
 
 
 def _each_region(region: str | None, call: Callable[[Any], Sequence[T]]
