@@ -12,6 +12,7 @@ import contextlib
 import re
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,8 +58,33 @@ def _run_r(code: str, tmp_path: Path,
            timeout: float = R_TIMEOUT) -> subprocess.CompletedProcess[str]:
     script = tmp_path / f"run-{time.monotonic_ns()}.R"
     script.write_text(code)
-    return subprocess.run(["Rscript", str(script)], capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    started = time.time()
+    with subprocess.Popen(["Rscript", str(script)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # A launch that hangs is a failure; say what was running and what the
+            # launcher's files said, so that the hang can be understood.
+            where = _launcher_files(started)
+            ps = subprocess.run(["ps", "-eo", "pid,ppid,pgid,stat,etimes,args", "--forest"],
+                                capture_output=True, text=True, check=False).stdout
+            proc.kill()
+            out, err = proc.communicate()
+            pytest.fail(f"R did not finish within {timeout:g} s\nstdout: {out}\nstderr: {err}"
+                        f"\nlauncher files:\n{where}\nprocesses:\n{ps}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _launcher_files(since: float) -> str:
+    """The per-host files (.pid, .status, .out, .err) of launches started since ``since``."""
+    lines = []
+    for d in Path(tempfile.gettempdir()).glob("Rtmp*/sshcluster-*"):
+        for f in sorted(d.iterdir()):
+            with contextlib.suppress(OSError):
+                if f.stat().st_mtime >= since:
+                    lines.append(f"{f}: {f.read_text(errors='replace').strip()!r}")
+    return "\n".join(lines)
 
 
 def _leftovers(testbed: Testbed, pattern: str = "R|sh|sleep", wait: float = 5.0
