@@ -30,10 +30,12 @@ command -v "$r" >/dev/null 2>&1 || {
 if [ "$8" = tunnel ]; then echo ready; read go || exit 0; fi
 # Whatever ends this script stops everything it started: each process it
 # knows of and, where it leads a process group (sshd makes every session its
-# own), the whole group, which includes forked workers.
+# own), the whole group, which includes forked workers. The watcher below gets
+# SIGKILL: just after its fork it still has this shell's TERM trap, which would
+# swallow a TERM, and the wait here would then never end.
 group=''; kill -s 0 -- "-$$" 2>/dev/null && group=yes
 exec 3<&0 </dev/null; pids=''; probe=''; watch=''
-trap 'trap "" TERM; kill $pids $probe $watch 2>/dev/null
+trap 'trap "" TERM; kill -s KILL $watch 2>/dev/null; kill $pids $probe 2>/dev/null
   [ "$group" ] && kill -s TERM -- "-$$" 2>/dev/null; wait' EXIT
 trap 'exit 143' HUP INT TERM
 # A worker is parallel's own worker loop. SSHCLUSTER_WORKER tells the master
