@@ -30,14 +30,15 @@ command -v "$r" >/dev/null 2>&1 || {
 if [ "$8" = tunnel ]; then echo ready; read go || exit 0; fi
 # Whatever ends this script stops everything it started: each process it
 # knows of and, where it leads a process group (sshd makes every session its
-# own), the whole group, which includes forked workers. The watcher below gets
-# SIGKILL: just after its fork it still has this shell's TERM trap, which would
-# swallow a TERM, and the wait here would then never end.
+# own), the whole group, which includes forked workers.
+# A child forked while this shell traps TERM has that trap until it execs, and
+# a TERM that reaches it then is swallowed: so TERM is trapped only once R and
+# the port check are started, and the watcher, forked after that, gets SIGKILL.
+# Else the wait here could wait for a process that never got its TERM.
 group=''; kill -s 0 -- "-$$" 2>/dev/null && group=yes
 exec 3<&0 </dev/null; pids=''; probe=''; watch=''
 trap 'trap "" TERM; kill -s KILL $watch 2>/dev/null; kill $pids $probe 2>/dev/null
   [ "$group" ] && kill -s TERM -- "-$$" 2>/dev/null; wait' EXIT
-trap 'exit 143' HUP INT TERM
 # A worker is parallel's own worker loop. SSHCLUSTER_WORKER tells the master
 # who connected: "token machine slot".
 worker='tryCatch(parallel:::.workRSOCK, error = function(e) parallel:::.slaveRSOCK)()'
@@ -87,6 +88,7 @@ fi
 probe=$!
 # The dead man's switch: a shell loop (no child process to leave behind)
 # reads stdin until EOF (ssh ended), then stops this script.
+trap 'exit 143' HUP INT TERM
 (while read -r _ <&3; do :; done; kill -TERM $$) >/dev/null 2>&1 &
 watch=$!; exec 3<&-
 wait $probe || {
