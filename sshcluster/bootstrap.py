@@ -35,6 +35,7 @@ from importlib import resources
 
 from sshcluster import __version__
 from sshcluster.errors import RenderError
+from sshcluster.files import atomic_write
 from sshcluster.inventory import AUTO, Host, Inventory, Launch, Register, Tunnel
 from sshcluster.quoting import r_string, shell_join
 
@@ -300,26 +301,15 @@ def write_bootstrap(inventory: Inventory, path: str | os.PathLike[str],
                     options: RenderOptions | None = None) -> str:
     """Render the bootstrap for ``inventory`` and write it to ``path``; return the text.
 
-    A regular file is replaced whole (written next to it, then renamed, so a reader never
-    sees half a file); a symlink's target is what gets replaced, and anything else that
-    exists (``/dev/stdout``, a pipe) is written to as it is. Raises :class:`RenderError`
-    when the file cannot be written.
+    Written by :func:`~sshcluster.files.atomic_write`: a regular file is replaced whole
+    (a reader never sees half a file); a symlink of the caller's is followed, one that
+    another user planted is refused (:class:`~sshcluster.errors.UnsafePathError`), and
+    anything else that exists (``/dev/stdout``, a pipe) is written to as it is. Raises
+    :class:`RenderError` when the file cannot be written.
     """
     text = render(inventory, options)
-    target = os.path.realpath(path)
     try:
-        if os.path.exists(target) and not os.path.isfile(target):
-            with open(target, "w", encoding="utf-8") as f:
-                f.write(text)
-            return text
-        tmp = f"{target}.tmp"
-        try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write(path, text)
     except OSError as e:
         raise RenderError(f"cannot write {os.fspath(path)}: {e.strerror or e}",
                           hint="check that the directory exists and is writable") from None

@@ -90,6 +90,7 @@ from sshcluster.ec2clusters import (
 )
 from sshcluster.ec2spec import EC2Spec, user_data
 from sshcluster.errors import EC2Error, OutputExistsError, SshclusterError
+from sshcluster.files import atomic_write
 from sshcluster.hostkeys import HostKey, parse_console_host_keys, scan_host_key, write_known_hosts
 from sshcluster.inventory import Host, Inventory, Primary, dump_inventory
 from sshcluster.quoting import r_string, shell_join
@@ -238,10 +239,7 @@ def _is_ip(text: str) -> bool:
 
 def _write_private_key(path: Path, material: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        os.fchmod(f.fileno(), 0o600)  # O_CREAT's mode does not apply to an existing file
-        f.write(material if material.endswith("\n") else material + "\n")
+    atomic_write(path, material if material.endswith("\n") else material + "\n", mode=0o600)
 
 
 def default_address(spec: EC2Spec) -> AddressOf:
@@ -569,7 +567,7 @@ def _up(spec: EC2Spec, *, client: EC2Client, record: Record, vcpus: int, deadlin
               f"'sshcluster ec2 down {spec.name}' ends them now. Next:\n"
               + "\n".join(f"  {step}" for step in steps))
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(dump_inventory(inventory, header=header), encoding="utf-8")
+    atomic_write(output, dump_inventory(inventory, header=header))
     report(Step("done", len(ids), len(ids), f"wrote {output}"))
     return Cluster(spec.name, spec.region, run_id, expires, tuple(instances),
                    tuple(endpoints[i.id] for i in instances), inventory, output,

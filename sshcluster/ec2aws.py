@@ -27,6 +27,7 @@ from botocore.parsers import ResponseParserError
 
 from sshcluster.ec2spec import EC2Spec, is_region
 from sshcluster.errors import EC2Error
+from sshcluster.files import atomic_write
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2.client import EC2Client
@@ -355,10 +356,8 @@ def record_path(directory: Path, region: str, name: str) -> Path:
 def save_record(directory: Path, record: Record) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     data = {**record.__dict__, "expires": format_time(record.expires)}
-    path = record_path(directory, record.region, record.name)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(record_path(directory, record.region, record.name),
+                 json.dumps(data, indent=2) + "\n", mode=0o600)
 
 
 def load_records(directory: Path | None = None) -> list[Record]:

@@ -20,7 +20,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sshcluster.inventory import _describe, _load_yaml, _Map, _read_text, _Reader, _Seq
+from sshcluster.net import R_PORT_RANGE
+from sshcluster.yamlfile import Map, Reader, Seq, describe, load_yaml, read_text
 
 _NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
 _REGION = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-\d{1,2}$")
@@ -44,8 +45,6 @@ MAX_LIFETIME = timedelta(days=7)
 #: EC2 refuses user data over 16 KB (before base64).
 MAX_USER_DATA = 16 * 1024
 
-#: R's PSOCK picks a port in this range when the inventory does not name one.
-R_PORT_RANGE = (11000, 11999)
 
 _KEYS = ("name", "region", "image", "instance_type", "count", "user", "max_lifetime",
          "key_name", "identity_file", "subnet_id", "security_group_id", "spot", "setup",
@@ -107,41 +106,46 @@ def parse_duration(text: str) -> timedelta | None:
     match = _DURATION.match(text.strip())
     if not match or not any(match.groupdict().values()):
         return None
+    if len(text) > 40:  # thousands of digits: no lifetime, and slow to convert
+        return None
     d, h, m = (int(match[g] or 0) for g in ("d", "h", "m"))
-    return timedelta(days=d, hours=h, minutes=m)
+    try:
+        return timedelta(days=d, hours=h, minutes=m)
+    except OverflowError:  # more days than a timedelta holds: no lifetime either
+        return None
 
 
-def _text(reader: _Reader, m: _Map, key: str, pattern: re.Pattern[str], what: str,
+def _text(reader: Reader, m: Map, key: str, pattern: re.Pattern[str], what: str,
           hint: str | None = None) -> str:
     value, line = m[key], reader.line_of(m, key)
     if not isinstance(value, str) or not pattern.fullmatch(value):
-        raise reader.fail(f"expected {what}, got {_describe(value)}", line=line,
+        raise reader.fail(f"expected {what}, got {describe(value)}", line=line,
                           field=f"ec2.{key}", hint=hint)
     return value
 
 
-def _flag(reader: _Reader, m: _Map, key: str) -> bool:
+def _flag(reader: Reader, m: Map, key: str) -> bool:
     value = m[key]
     if not isinstance(value, bool):
-        raise reader.fail(f"expected true or false, got {_describe(value)}",
+        raise reader.fail(f"expected true or false, got {describe(value)}",
                           line=reader.line_of(m, key), field=f"ec2.{key}")
     return value
 
 
-def _cidrs(reader: _Reader, m: _Map, anywhere_ok: bool) -> tuple[str, ...]:
+def _cidrs(reader: Reader, m: Map, anywhere_ok: bool) -> tuple[str, ...]:
     raw, line = m["ssh_cidr"], reader.line_of(m, "ssh_cidr")
-    items = list(raw) if isinstance(raw, _Seq) else [raw]
-    lines = raw.item_lines if isinstance(raw, _Seq) else [line]
+    items = list(raw) if isinstance(raw, Seq) else [raw]
+    lines = raw.item_lines if isinstance(raw, Seq) else [line]
     out = []
     for i, (item, item_line) in enumerate(zip(items, lines, strict=True)):
-        where = f"ec2.ssh_cidr[{i}]" if isinstance(raw, _Seq) else "ec2.ssh_cidr"
+        where = f"ec2.ssh_cidr[{i}]" if isinstance(raw, Seq) else "ec2.ssh_cidr"
         try:
             net = ipaddress.ip_network(str(item), strict=False)
         except ValueError:
             raise reader.fail(f"expected an address range such as 203.0.113.7/32, got "
-                              f"{_describe(item)}", line=item_line, field=where) from None
+                              f"{describe(item)}", line=item_line, field=where) from None
         if isinstance(item, bool) or "/" not in str(item):
-            raise reader.fail(f"{item!r} has no prefix length", line=item_line, field=where,
+            raise reader.fail(f"{describe(item)} has no prefix length", line=item_line, field=where,
                               hint=f"write {item}/32 for one IPv4 address")
         if net.prefixlen == 0 and not anywhere_ok:
             raise reader.fail(
@@ -154,7 +158,7 @@ def _cidrs(reader: _Reader, m: _Map, anywhere_ok: bool) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _read_spec(doc: Any, reader: _Reader) -> EC2Spec:
+def _read_spec(doc: Any, reader: Reader) -> EC2Spec:
     if doc is None:
         raise reader.fail("the file is empty", line=None, hint="see ec2.example.yaml")
     top = reader.mapping(doc, "", 1, ("ec2",), required=("ec2",))
@@ -168,7 +172,7 @@ def _read_spec(doc: Any, reader: _Reader) -> EC2Spec:
     lifetime = parse_duration(lifetime_raw) if isinstance(lifetime_raw, str) else None
     if lifetime is None:
         raise reader.fail(f"expected a duration such as 2h, 90m or 1h30m, got "
-                          f"{_describe(lifetime_raw)}", line=line("max_lifetime"),
+                          f"{describe(lifetime_raw)}", line=line("max_lifetime"),
                           field="ec2.max_lifetime")
     if not MIN_LIFETIME <= lifetime <= MAX_LIFETIME:
         raise reader.fail(f"{lifetime_raw} is outside {MIN_LIFETIME} to {MAX_LIFETIME.days} "
@@ -206,7 +210,7 @@ def _read_spec(doc: Any, reader: _Reader) -> EC2Spec:
         spec["port"] = reader.port(m["port"], "ec2.port", line("port"))
     if "address" in m:
         if m["address"] not in ("public", "private"):
-            raise reader.fail(f"expected public or private, got {_describe(m['address'])}",
+            raise reader.fail(f"expected public or private, got {describe(m['address'])}",
                               line=line("address"), field="ec2.address")
         spec["address"] = m["address"]
     if "primary" in m:
@@ -214,7 +218,7 @@ def _read_spec(doc: Any, reader: _Reader) -> EC2Spec:
             m["primary"], "ec2.primary", line("primary"), allow_auto=True)
     if "setup" in m:
         if not isinstance(m["setup"], str) or "\x00" in m["setup"]:
-            raise reader.fail(f"expected a shell script, got {_describe(m['setup'])}",
+            raise reader.fail(f"expected a shell script, got {describe(m['setup'])}",
                               line=line("setup"), field="ec2.setup",
                               hint="write it as a YAML block: 'setup: |' then the script")
         spec["setup"] = m["setup"]
@@ -237,14 +241,14 @@ def _read_spec(doc: Any, reader: _Reader) -> EC2Spec:
 def parse_spec(text: str, path: str | None = None) -> EC2Spec:
     """Parse and validate spec YAML ``text`` (``path`` is used in messages and to resolve
     ``identity_file``). Raises :class:`~sshcluster.errors.InventoryError`."""
-    reader = _Reader(path or "<ec2 spec>",
+    reader = Reader(path or "<ec2 spec>",
                      Path(path).resolve().parent if path else Path.cwd())
-    return _read_spec(_load_yaml(text, reader), reader)
+    return _read_spec(load_yaml(text, reader), reader)
 
 
 def load_spec(path: str | os.PathLike[str]) -> EC2Spec:
     """Read and validate the spec file at ``path``. Raises InventoryError."""
-    return parse_spec(_read_text(path, example="ec2.example.yaml", what="a spec file"),
+    return parse_spec(read_text(path, example="ec2.example.yaml", what="a spec file"),
                       str(path))
 
 

@@ -108,6 +108,12 @@ class OutputExistsError(SshclusterError):
         super().__init__(message, hint=hint)
 
 
+class UnsafePathError(SshclusterError):
+    """A file cannot be written safely: a symlink another user planted, a symlink loop."""
+
+    exit_code = 2
+
+
 class EC2Error(SshclusterError):
     """AWS refused or failed a request; ``code`` is AWS's error code when there is one."""
 
@@ -134,4 +140,5 @@ __all__ = [
     "RenderError",
     "SshclusterError",
     "TestbedError",
+    "UnsafePathError",
 ]

@@ -24,7 +24,6 @@ import binascii
 import os
 import re
 import struct
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,8 @@ from pathlib import Path
 import asyncssh
 
 from sshcluster.errors import SshclusterError
+from sshcluster.files import append_line, atomic_write
+from sshcluster.net import known_hosts_name
 
 BEGIN = "-----BEGIN SSH HOST KEY KEYS-----"
 END = "-----END SSH HOST KEY KEYS-----"
@@ -62,8 +63,7 @@ class HostKey:
 
     def known_hosts_line(self, host: str, port: int = 22) -> str:
         """The known_hosts line for this key at ``host`` (``[host]:port`` when not 22)."""
-        name = host if port == 22 else f"[{host}]:{port}"
-        return f"{name} {self.type} {self.blob}"
+        return f"{known_hosts_name(host, port)} {self.type} {self.blob}"
 
 
 def _blob_type(blob: str) -> str | None:
@@ -117,18 +117,9 @@ def write_known_hosts(path: str | os.PathLike[str],
 
     Written to a temporary file and renamed, so ssh never reads half a file.
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     text = "".join(key.known_hosts_line(host, port) + "\n" for host, port, key in entries)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, text)
 
 
 def scan_host_key(host: str, port: int, timeout: float) -> HostKey | None:
@@ -193,13 +184,11 @@ class KnownHosts:
         """Append ``key`` for ``host`` like OpenSSH's accept-new; return the file."""
         if not self.record_to:
             raise SshclusterError("no known_hosts file to record the new key in")
-        name = host if port in (None, 22) else f"[{host}]:{port}"
+        name = known_hosts_name(host, port)
         line = key.export_public_key("openssh").decode("ascii").split()
         path = Path(self.record_to)
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        with os.fdopen(fd, "a", encoding="ascii") as f:
-            f.write(f"{name} {line[0]} {line[1]}\n")
+        append_line(path, f"{name} {line[0]} {line[1]}", mode=0o600)
         self.trusted.load(f"{name} {line[0]} {line[1]}\n")
         if path.name not in self.files and str(path) not in self.files:
             self.files.append(str(path))

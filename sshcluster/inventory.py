@@ -8,17 +8,15 @@ the field. ``hosts.example.yaml`` documents the format.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from sshcluster.errors import InventoryError
+from sshcluster.yamlfile import Map, Reader, Seq, describe, join_field, load_yaml, read_text
 
 #: ``ncore: auto`` — the core count is detected by ``sshcluster check``.
 AUTO = "auto"
@@ -37,10 +35,8 @@ REGISTERS: tuple[Register, ...] = ("future", "doparallel")
 #: Default seconds for all workers to connect (R's own default setup_timeout).
 SETUP_TIMEOUT = 120
 
-_HOSTNAME = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
-_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\$?$")
 _R_PACKAGE = re.compile(r"^[A-Za-z][A-Za-z0-9.]*$")
-_SAFE_PATH = re.compile(r"^[^\x00-\x1f\x7f]+$")
+_SAFE_PATH = re.compile(r"^[^\x00-\x1f\x7f]+$")  # no control characters
 
 
 @dataclass(frozen=True)
@@ -113,131 +109,11 @@ class Inventory:
         return sum(h.ncore or 0 for h in self.hosts)
 
 
-# --------------------------------------------------------------------------- YAML with lines
-
-
-class _Map(dict[Any, Any]):
-    line: int = 0
-    key_lines: dict[Any, int]
-
-
-class _Seq(list[Any]):
-    line: int = 0
-    item_lines: list[int]
-
-
-class _Loader(yaml.SafeLoader):
-    """A SafeLoader that remembers the line of every mapping key and sequence item."""
-
-
-def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> _Map:
-    loader.flatten_mapping(node)
-    result = _Map()
-    result.line = node.start_mark.line + 1
-    result.key_lines = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        line = key_node.start_mark.line + 1
-        try:
-            duplicate = key in result
-        except TypeError:  # unhashable key such as a list
-            raise yaml.constructor.ConstructorError(
-                None, None, "a key must be a plain word", key_node.start_mark
-            ) from None
-        if duplicate:
-            raise _DuplicateKey(str(key), line)
-        result[key] = loader.construct_object(value_node, deep=True)
-        result.key_lines[key] = line
-    return result
-
-
-def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> _Seq:
-    result = _Seq(loader.construct_object(child, deep=True) for child in node.value)
-    result.line = node.start_mark.line + 1
-    result.item_lines = [child.start_mark.line + 1 for child in node.value]
-    return result
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
-
-
-class _DuplicateKey(Exception):
-    def __init__(self, key: str, line: int) -> None:
-        self.key = key
-        self.line = line
-
-
 # --------------------------------------------------------------------------- validation
 
 
-class _Reader:
-    """Validates one document, raising InventoryError with file, line and field."""
-
-    def __init__(self, path: str | None, base_dir: Path) -> None:
-        self.path = path
-        self.base_dir = base_dir
-
-    def fail(self, problem: str, *, line: int | None, field: str | None = None,
-             hint: str | None = None) -> InventoryError:
-        return InventoryError(problem, path=self.path, line=line, field=field, hint=hint)
-
-    def mapping(self, value: Any, where: str, line: int | None, allowed: tuple[str, ...],
-                required: tuple[str, ...] = ()) -> _Map:
-        if not isinstance(value, _Map):
-            raise self.fail(f"expected a mapping of {', '.join(allowed)}, got {_describe(value)}",
-                            line=line, field=where)
-        for key in value:
-            if key not in allowed:
-                close = _closest(str(key), allowed)
-                hint = f"did you mean '{close}'?" if close else (
-                    f"allowed here: {', '.join(allowed)}")
-                raise self.fail(f"unknown key '{key}'", line=value.key_lines[key],
-                                field=_join(where, str(key)), hint=hint)
-        for key in required:
-            if key not in value:
-                raise self.fail(f"'{key}' is required", line=value.line, field=where)
-        return value
-
-    def line_of(self, m: _Map, key: str) -> int:
-        return m.key_lines.get(key, m.line)
-
-    def hostname(self, value: Any, where: str, line: int, *, allow_auto: bool = False) -> str:
-        if isinstance(value, bool) or value is None or isinstance(value, (_Map, _Seq)):
-            raise self.fail(f"expected a host name or address, got {_describe(value)}",
-                            line=line, field=where)
-        text = str(value)
-        if allow_auto and text == AUTO:
-            return text
-        if text.startswith("[") and text.endswith("]"):
-            text = text[1:-1]
-        try:
-            return str(ipaddress.ip_address(text))
-        except ValueError:
-            pass
-        if not _HOSTNAME.match(text) or len(text) > 253:
-            raise self.fail(
-                f"{text!r} is not a valid host name, IP address or ssh alias",
-                line=line, field=where,
-                hint="use letters, digits, '.', '-' and '_' only; no spaces, quotes or shell "
-                     "characters, and no leading '-'",
-            )
-        return text
-
-    def user(self, value: Any, where: str, line: int) -> str:
-        if not isinstance(value, str) or not _USER.match(value) or len(value) > 64:
-            raise self.fail(
-                f"{value!r} is not a valid user name", line=line, field=where,
-                hint="use letters, digits, '.', '-' and '_'; no spaces, quotes or shell "
-                     "characters, and no leading '-'",
-            )
-        return value
-
-    def integer(self, value: Any, where: str, line: int, *, low: int, high: int,
-                what: str) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise self.fail(f"expected {what}, got {_describe(value)}", line=line, field=where)
-        return value
+class _Reader(Reader):
+    """The inventory's own fields: core counts and Rscript paths."""
 
     def ncore(self, value: Any, where: str, line: int) -> int | None:
         if value == AUTO:
@@ -245,36 +121,9 @@ class _Reader:
         return self.integer(value, where, line, low=1, high=4096,
                             what="a positive whole number (or 'auto')")
 
-    def port(self, value: Any, where: str, line: int) -> int:
-        return self.integer(value, where, line, low=1, high=65535,
-                            what="a TCP port number (1-65535)")
-
-    def path_value(self, value: Any, where: str, line: int) -> str:
-        if not isinstance(value, str) or not value or not _SAFE_PATH.match(value):
-            raise self.fail(f"expected a file path, got {_describe(value)}", line=line,
-                            field=where)
-        expanded = Path(os.path.expanduser(value))
-        if not expanded.is_absolute():
-            expanded = self.base_dir / expanded
-        return str(expanded)
-
-    def choice(self, value: Any, where: str, line: int, choices: tuple[str, ...]) -> str:
-        if not isinstance(value, str) or value not in choices:
-            close = _closest(str(value), choices) if isinstance(value, str) else None
-            hint = f"did you mean '{close}'?" if close else None
-            raise self.fail(f"expected one of {', '.join(choices)}, got {_describe(value)}",
-                            line=line, field=where, hint=hint)
-        return value
-
-    def boolean(self, value: Any, where: str, line: int) -> bool:
-        if not isinstance(value, bool):
-            raise self.fail(f"expected true or false, got {_describe(value)}", line=line,
-                            field=where)
-        return value
-
     def rscript(self, value: Any, where: str, line: int) -> str:
         if not isinstance(value, str) or not value or not _SAFE_PATH.match(value):
-            raise self.fail(f"expected the path of Rscript on that host, got {_describe(value)}",
+            raise self.fail(f"expected the path of Rscript on that host, got {describe(value)}",
                             line=line, field=where)
         return value
 
@@ -286,11 +135,11 @@ _TOP_KEYS = ("primary", "port", "defaults", "hosts", "known_hosts", "r_packages"
              "tunnel", "fork", "register", "setup_timeout")
 
 
-def _host_fields(reader: _Reader, m: _Map, where: str) -> dict[str, Any]:
+def _host_fields(reader: _Reader, m: Map, where: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in m.items():
         line = reader.line_of(m, key)
-        name = _join(where, key)
+        name = join_field(where, key)
         if key == "host":
             out[key] = reader.hostname(value, name, line)
         elif key == "user":
@@ -315,7 +164,7 @@ def _read(doc: Any, reader: _Reader) -> Inventory:
     # primary: a plain address, or a mapping
     raw_primary = top["primary"]
     pline = reader.line_of(top, "primary")
-    if isinstance(raw_primary, _Map):
+    if isinstance(raw_primary, Map):
         pm = reader.mapping(raw_primary, "primary", pline, _PRIMARY_KEYS, required=("host",))
         primary = Primary(
             host=reader.hostname(pm["host"], "primary.host", reader.line_of(pm, "host"),
@@ -338,13 +187,13 @@ def _read(doc: Any, reader: _Reader) -> Inventory:
     if "r_packages" in top:
         raw = top["r_packages"]
         rline = reader.line_of(top, "r_packages")
-        if not isinstance(raw, _Seq):
-            raise reader.fail(f"expected a list of R package names, got {_describe(raw)}",
+        if not isinstance(raw, Seq):
+            raise reader.fail(f"expected a list of R package names, got {describe(raw)}",
                               line=rline, field="r_packages")
         for i, pkg in enumerate(raw):
             if not isinstance(pkg, str) or not _R_PACKAGE.match(pkg):
-                raise reader.fail(f"{pkg!r} is not an R package name", line=raw.item_lines[i],
-                                  field=f"r_packages[{i}]")
+                raise reader.fail(f"{describe(pkg)} is not an R package name",
+                                  line=raw.item_lines[i], field=f"r_packages[{i}]")
         r_packages = tuple(raw)
 
     how: dict[str, Any] = {}
@@ -360,9 +209,9 @@ def _read(doc: Any, reader: _Reader) -> Inventory:
     if "register" in top:
         raw = top["register"]
         rline = reader.line_of(top, "register")
-        if not isinstance(raw, _Seq):
+        if not isinstance(raw, Seq):
             raise reader.fail(f"expected a list such as [future, doparallel], got "
-                              f"{_describe(raw)}", line=rline, field="register")
+                              f"{describe(raw)}", line=rline, field="register")
         how["register"] = tuple(dict.fromkeys(
             reader.choice(item, f"register[{i}]", raw.item_lines[i], REGISTERS)
             for i, item in enumerate(raw)))
@@ -379,11 +228,11 @@ def _read(doc: Any, reader: _Reader) -> Inventory:
 
     raw_hosts = top["hosts"]
     hline = reader.line_of(top, "hosts")
-    if raw_hosts is None or (isinstance(raw_hosts, _Seq) and not raw_hosts):
+    if raw_hosts is None or (isinstance(raw_hosts, Seq) and not raw_hosts):
         raise reader.fail("the list is empty", line=hline, field="hosts",
                           hint="list at least one host, e.g. '- host: 192.168.1.11'")
-    if not isinstance(raw_hosts, _Seq):
-        raise reader.fail(f"expected a list of hosts, got {_describe(raw_hosts)}", line=hline,
+    if not isinstance(raw_hosts, Seq):
+        raise reader.fail(f"expected a list of hosts, got {describe(raw_hosts)}", line=hline,
                           field="hosts")
 
     hosts: list[Host] = []
@@ -391,7 +240,7 @@ def _read(doc: Any, reader: _Reader) -> Inventory:
     for i, item in enumerate(raw_hosts):
         where = f"hosts[{i}]"
         line = raw_hosts.item_lines[i]
-        if isinstance(item, _Map):
+        if isinstance(item, Map):
             hm = reader.mapping(item, where, line, _HOST_KEYS, required=("host",))
             fields = {**defaults, **_host_fields(reader, hm, where)}
         else:
@@ -415,48 +264,12 @@ def parse_inventory(text: str, path: str | None = None) -> Inventory:
     resolve relative file paths. Raises :class:`InventoryError`."""
     base_dir = Path(path).resolve().parent if path else Path.cwd()
     reader = _Reader(path, base_dir)
-    return _read(_load_yaml(text, reader), reader)
-
-
-def _load_yaml(text: str, reader: _Reader) -> Any:
-    """Load YAML with line numbers (:class:`_Map`, :class:`_Seq`); syntax errors and
-    duplicate keys become InventoryError naming ``reader.path`` and the line. Shared with
-    the EC2 cluster spec, which is read the same way."""
-    try:
-        return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
-    except _DuplicateKey as e:
-        raise reader.fail(f"key '{e.key}' appears twice", line=e.line) from None
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        line = mark.line + 1 if mark else None
-        problem = e.problem or str(e)
-        raise reader.fail(f"not valid YAML: {problem}", line=line,
-                          hint="check the indentation and quoting near that line") from None
-    except yaml.YAMLError as e:
-        raise reader.fail(f"not valid YAML: {e}", line=None) from None
+    return _read(load_yaml(text, reader), reader)
 
 
 def load_inventory(path: str | os.PathLike[str]) -> Inventory:
     """Read and validate the inventory file at ``path``. Raises :class:`InventoryError`."""
-    return parse_inventory(_read_text(path, example="hosts.example.yaml"), str(path))
-
-
-def _read_text(path: str | os.PathLike[str], *, example: str,
-               what: str = "an inventory file") -> str:
-    """Read a UTF-8 text file; a missing or unreadable file is an InventoryError whose
-    hint points at ``example``."""
-    name = str(path)
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InventoryError("no such file", path=name,
-                             hint=f"copy {example} and edit it") from None
-    except IsADirectoryError:
-        raise InventoryError(f"is a directory, not {what}", path=name) from None
-    except UnicodeDecodeError:
-        raise InventoryError("is not a UTF-8 text file", path=name) from None
-    except OSError as e:
-        raise InventoryError(f"cannot be read: {e.strerror}", path=name) from None
+    return parse_inventory(read_text(path, example="hosts.example.yaml"), str(path))
 
 
 def inventory_to_dict(inv: Inventory) -> dict[str, Any]:
@@ -503,32 +316,6 @@ def dump_inventory(inv: Inventory, *, header: str | None = None) -> str:
         comment = "".join(f"# {line}\n" for line in header.splitlines())
         text = comment + text
     return text
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
-
-
-def _describe(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    if isinstance(value, bool):
-        return f"{str(value).lower()} (a yes/no value)"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return repr(value)
-
-
-def _closest(word: str, choices: tuple[str, ...]) -> str | None:
-    import difflib
-
-    matches = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return matches[0] if matches else None
 
 
 __all__ = [

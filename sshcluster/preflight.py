@@ -45,6 +45,7 @@ import asyncssh
 from sshcluster.errors import CheckFailed, SshclusterError
 from sshcluster.hostkeys import KnownHosts, fingerprint
 from sshcluster.inventory import AUTO, Host, Inventory
+from sshcluster.net import R_PORT_RANGE, known_hosts_name
 from sshcluster.probe import REMOTE_STEPS, Facts, remote_script, remote_steps
 from sshcluster.report import SKIPPED, STEPS, CheckReport, HostReport, StepResult
 
@@ -56,7 +57,7 @@ DEFAULT_TIMEOUT = 10.0
 #: default), and on hosts that share a machine it thrashes.
 DEFAULT_CONCURRENCY = 32
 #: The range R itself picks its PSOCK port from; used when the inventory has no ``port``.
-PORT_RANGE = (11000, 11999)
+PORT_RANGE = R_PORT_RANGE
 
 #: Called with each host's report as soon as that host is done (for progress displays).
 ProgressCallback = Callable[[HostReport], None]
@@ -145,7 +146,7 @@ class _Client(asyncssh.SSHClient):
     def validate_host_public_key(self, host: str, addr: str, port: int,
                                  key: asyncssh.SSHKey) -> bool:
         run, known = self.run, self.run.ctx.known_hosts
-        shown = host if port in (None, 22) else f"[{host}]:{port}"
+        shown = known_hosts_name(host, port)
         old = known.known_keys(host, addr, port)
         if old:
             files = known.files_naming(host, addr, port) or known.files
@@ -404,7 +405,8 @@ class _Run:
             self.port = port
             return server
         self.port = wanted or 0
-        self.listen_error = (f"the primary cannot listen on port {wanted or 'in 11000-11999'}: "
+        self.listen_error = (f"the primary cannot listen on port "
+                             f"{wanted or 'in {}-{}'.format(*PORT_RANGE)}: "
                              f"{last.strerror if last else 'no free port'}")
         return None
 

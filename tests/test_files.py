@@ -1,0 +1,161 @@
+"""Safe file writes: one helper for every file sshcluster writes, safe in shared directories.
+
+The attacker is a real other user (``nobody``) planting symlinks in a world-writable,
+sticky directory, as in ``/tmp``; the victim is this test's user (root here, which is
+the worst case: root can write anywhere the link points).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sshcluster.errors import UnsafePathError
+from sshcluster.files import append_line, atomic_write
+
+NOBODY = 65534
+
+
+def _as_nobody(*argv: str) -> None:
+    subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                    *argv], check=True)
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory like /tmp: everyone may create files in it (0777 and sticky)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act as another user")
+    top = Path(tempfile.mkdtemp(prefix="sshcluster-shared-"))
+    top.chmod(0o755)  # the other user must reach the shared directory
+    d = top / "shared"
+    d.mkdir()
+    d.chmod(0o1777)
+    yield d
+    shutil.rmtree(top)
+
+
+def test_replaces_whole_file_with_mode(tmp_path: Path) -> None:
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    atomic_write(target, "new text\n")
+    assert target.read_text() == "new text\n"
+    assert not [p for p in tmp_path.iterdir() if p.name != "out.txt"]  # no temporary left
+
+
+def test_secret_is_private_from_its_first_byte(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The temporary file already has mode 0600 when the secret is in it, before the
+    rename, whatever the umask allows."""
+    seen: list[int] = []
+    real_replace = os.replace
+
+    def spy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        seen.append(stat.S_IMODE(os.stat(src).st_mode))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    old = os.umask(0)
+    try:
+        atomic_write(tmp_path / "k.pem", "SECRET", mode=0o600)
+    finally:
+        os.umask(old)
+    assert seen == [0o600]
+    assert stat.S_IMODE((tmp_path / "k.pem").stat().st_mode) == 0o600
+
+
+def test_own_symlink_is_followed(tmp_path: Path) -> None:
+    real = tmp_path / "real.R"
+    real.write_text("old")
+    link = tmp_path / "link.R"
+    link.symlink_to(real)
+    assert atomic_write(link, "new") == real
+    assert link.is_symlink() and real.read_text() == "new"
+
+
+def test_planted_symlink_is_refused(shared_dir: Path, tmp_path: Path) -> None:
+    """Another user links cluster.R in a shared directory to the victim's file: writing
+    cluster.R must not touch that file."""
+    victim_file = tmp_path / "victim_bashrc"
+    victim_file.write_text("precious\n")
+    link = shared_dir / "cluster.R"
+    _as_nobody("ln", "-s", str(victim_file), str(link))
+    assert link.lstat().st_uid == NOBODY
+    with pytest.raises(UnsafePathError, match="belongs to another user"):
+        atomic_write(link, "evil")
+    with pytest.raises(UnsafePathError):
+        append_line(link, "evil")
+    assert victim_file.read_text() == "precious\n"
+    assert os.readlink(link) == str(victim_file)
+
+
+def test_planted_symlink_through_the_cli(shared_dir: Path, tmp_path: Path) -> None:
+    """`sshcluster render -o` into a shared directory with a planted link: exit 2, a
+    message, no traceback, the link's target untouched."""
+    inv = tmp_path / "hosts.yaml"
+    inv.write_text("primary: 10.0.0.1\nhosts:\n  - host: 10.0.0.2\n    ncore: 2\n")
+    victim_file = tmp_path / "victim.txt"
+    victim_file.write_text("precious\n")
+    link = shared_dir / "cluster.R"
+    _as_nobody("ln", "-s", str(victim_file), str(link))
+    out = subprocess.run([sys.executable, "-m", "sshcluster", "render", str(inv), "-o",
+                          str(link)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert "belongs to another user" in out.stderr and "Traceback" not in out.stderr
+    assert victim_file.read_text() == "precious\n"
+
+
+def test_a_file_another_user_planted_is_not_written_into(shared_dir: Path) -> None:
+    """A world-writable file of the attacker's at the target path: the new text goes into
+    a new file of the caller's (the attacker keeps no handle on it); the attacker's file
+    is never written into, so a reader the attacker left open sees nothing of it."""
+    target = shared_dir / "cluster.R"
+    _as_nobody("sh", "-c", f"echo mine > {target}; chmod 666 {target}")
+    with open(target) as attackers:  # what the attacker's open file descriptor would see
+        atomic_write(target, "secret stuff\n", mode=0o600)
+        assert attackers.read() == "mine\n"
+    st = target.stat()
+    assert st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) == 0o600
+    assert target.read_text() == "secret stuff\n"
+    assert [p.name for p in shared_dir.iterdir()] == ["cluster.R"]  # no temporary left
+
+
+def test_attacker_cannot_read_the_temporary(shared_dir: Path) -> None:
+    """A key written into a shared directory is never readable by the other user."""
+    target = shared_dir / "rwork.pem"
+    atomic_write(target, "SECRET KEY\n", mode=0o600)
+    probe = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
+                            "--clear-groups", "cat", str(target)], capture_output=True)
+    assert probe.returncode != 0 and b"SECRET" not in probe.stdout
+
+
+def test_append_line_keeps_mode_and_content(tmp_path: Path) -> None:
+    kh = tmp_path / "known_hosts"
+    kh.write_text("a ssh-ed25519 AAAA")  # no final newline
+    kh.chmod(0o640)
+    append_line(kh, "b ssh-ed25519 BBBB")
+    assert kh.read_text() == "a ssh-ed25519 AAAA\nb ssh-ed25519 BBBB\n"
+    assert stat.S_IMODE(kh.stat().st_mode) == 0o640
+    fresh = tmp_path / "new_known_hosts"
+    append_line(fresh, "c ssh-ed25519 CCCC", mode=0o600)
+    assert fresh.read_text() == "c ssh-ed25519 CCCC\n"
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o600
+
+
+def test_non_regular_target_is_written_in_place(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE)
+    atomic_write(fifo, "through the pipe\n")
+    out, _ = reader.communicate(timeout=10)
+    assert out == b"through the pipe\n"
+    with pytest.raises(IsADirectoryError):
+        atomic_write(tmp_path, "x")
