@@ -7,7 +7,7 @@
     ready = sshcluster.verified_inventory(report, inv)
     sshcluster.write_bootstrap(ready, "cluster.R")     # in R: source("cluster.R")
 
-EC2 lives in :mod:`sshcluster.ec2`, the local test hosts in :mod:`sshcluster.testbed`.
+EC2 lives in :mod:`sshcluster.ec2`, the local test hosts in :mod:`sshcluster.testing`.
 """
 
 from __future__ import annotations

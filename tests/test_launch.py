@@ -8,11 +8,9 @@ The classic launch still works. Every R run is bounded by a subprocess timeout.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,17 +18,17 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import squatter
 
 from sshcluster.bootstrap import RenderOptions, write_bootstrap
 from sshcluster.inventory import load_inventory
-from sshcluster.netns import process_name
-from sshcluster.testbed import Testbed, TestHost
+from sshcluster.testing import Testbed, TestHost, free_port
+from sshcluster.testing.fixtures import R_TIMEOUT, run_r_in_test, squatter
+from sshcluster.testing.netns import descendants, parent_pid, process_name
 
 pytestmark = pytest.mark.testbed
 
-#: Seconds an R run may take before the test fails (a hung launch must not hang the suite).
-R_TIMEOUT = 90
+#: What a launch may leave on a host: R, its shells, what workers started (a sleep).
+LEFTOVER = "R|sh|sleep"
 
 
 def _bootstrap(testbed: Testbed, tmp_path: Path, name: str = "cluster.R",
@@ -54,84 +52,12 @@ def _bootstrap(testbed: Testbed, tmp_path: Path, name: str = "cluster.R",
     return out
 
 
-def _run_r(code: str, tmp_path: Path,
-           timeout: float = R_TIMEOUT) -> subprocess.CompletedProcess[str]:
-    script = tmp_path / f"run-{time.monotonic_ns()}.R"
-    script.write_text(code)
-    started = time.time()
-    with subprocess.Popen(["Rscript", str(script)], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True) as proc:
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            # A launch that hangs is a failure; say what was running and what the
-            # launcher's files said, so that the hang can be understood.
-            where = _launcher_files(started)
-            ps = subprocess.run(["ps", "-eo", "pid,ppid,pgid,stat,etimes,args", "--forest"],
-                                capture_output=True, text=True, check=False).stdout
-            proc.kill()
-            out, err = proc.communicate()
-            pytest.fail(f"R did not finish within {timeout:g} s\nstdout: {out}\nstderr: {err}"
-                        f"\nlauncher files:\n{where}\nprocesses:\n{ps}")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
-def _launcher_files(since: float) -> str:
-    """The per-host files (.pid, .status, .out, .err) of launches started since ``since``."""
-    lines = []
-    for d in Path(tempfile.gettempdir()).glob("Rtmp*/sshcluster-*"):
-        for f in sorted(d.iterdir()):
-            with contextlib.suppress(OSError):
-                if f.stat().st_mtime >= since:
-                    lines.append(f"{f}: {f.read_text(errors='replace').strip()!r}")
-    return "\n".join(lines)
-
-
-def _leftovers(testbed: Testbed, pattern: str = "R|sh|sleep", wait: float = 5.0
-               ) -> dict[str, list[int]]:
-    """Processes matching ``pattern`` left on any host, after up to ``wait`` seconds."""
-    deadline = time.monotonic() + wait
-    while True:
-        left = {h.hostname: testbed.processes(h, pattern) for h in testbed.hosts}
-        left = {k: v for k, v in left.items() if v}
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.1)
-
-
-def _parent(pid: int) -> int:
-    """The parent pid of ``pid`` (the comm field may hold spaces; it ends at the last ')')."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat[stat.rindex(")") + 2:].split()[1])
-
-
-def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            with contextlib.suppress(OSError, ValueError):  # gone meanwhile
-                children.setdefault(_parent(int(d.name)), []).append(int(d.name))
-    out: set[int] = set()
-    todo = [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.add(c)
-            todo.append(c)
-    return out
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def clean(testbed: Testbed) -> Iterator[Testbed]:
     """The session's test hosts, checked to be free of R before and after the test."""
-    assert _leftovers(testbed, wait=10) == {}, "an earlier test left processes behind"
+    assert testbed.leftovers(LEFTOVER, wait=10) == {}, "an earlier test left processes behind"
     yield testbed
-    assert _leftovers(testbed) == {}
+    assert testbed.leftovers(LEFTOVER, wait=5) == {}
 
 
 # --------------------------------------------------------------------------- it works
@@ -144,7 +70,7 @@ def test_fast_launch_is_a_standard_cluster(clean: Testbed, tmp_path: Path, fork:
     tb = clean
     f = _bootstrap(tb, tmp_path, options=RenderOptions(register=("future", "doparallel"),
                                                        fork=fork))
-    out = _run_r(f"""
+    out = run_r_in_test(f"""
         source({str(f)!r})
         cl <- parallelCluster
         cat("class", class(cl), "\\n")
@@ -190,7 +116,7 @@ def test_workers_are_separate_fresh_sessions(clean: Testbed, tmp_path: Path, for
     """Forked or not, each worker has its own pid, its own tempdir() (removed when it
     stops), its own random stream without any seeding, and a fresh R's search path."""
     f = _bootstrap(clean, tmp_path, options=RenderOptions(fork=fork))
-    out = _run_r(f"""
+    out = run_r_in_test(f"""
         source({str(f)!r})
         x <- parallel::clusterEvalQ(parallelCluster, local({{
           ppid <- strsplit(sub(".*[)] ", "", readLines("/proc/self/stat")), " ")[[1]][2]
@@ -244,7 +170,7 @@ def test_stop_cluster_alone_leaves_no_process_on_the_hosts(clean: Testbed, tmp_p
             assert proc.stdout is not None and proc.stdin is not None
             lines = [proc.stdout.readline(), proc.stdout.readline()]
             assert lines == ["workers 8 \n", "STOPPED\n"], proc.stderr
-            assert _leftovers(clean) == {}
+            assert clean.leftovers(LEFTOVER, wait=5) == {}
             proc.stdin.write("go\n")
             proc.stdin.flush()
             out, err = proc.communicate(timeout=R_TIMEOUT)
@@ -259,7 +185,7 @@ def test_stopping_also_stops_what_the_workers_started(clean: Testbed, tmp_path: 
     """A process a worker leaves in the background belongs to the host's session: it stops
     with the cluster."""
     f = _bootstrap(clean, tmp_path)
-    out = _run_r(f"""
+    out = run_r_in_test(f"""
         source({str(f)!r})
         invisible(parallel::clusterEvalQ(parallelCluster, system("sleep 300", wait = FALSE)))
         Sys.sleep(0.5)
@@ -268,7 +194,7 @@ def test_stopping_also_stops_what_the_workers_started(clean: Testbed, tmp_path: 
     """, tmp_path)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout.split()[1]) >= 2 * len(clean.hosts)
-    assert _leftovers(clean, "sleep") == {}
+    assert clean.leftovers("sleep", wait=5) == {}
 
 
 def test_sourcing_twice_stops_the_first_cluster(clean: Testbed, tmp_path: Path) -> None:
@@ -291,7 +217,7 @@ def test_sourcing_twice_stops_the_first_cluster(clean: Testbed, tmp_path: Path) 
             assert len(first) == len(second) == 8 and not first & second
             running = {p for h in clean.hosts for p in clean.processes(h, "R")}
             # With fork (the default), each host's workers come from one R of their own.
-            parents = {_parent(p) for p in second}
+            parents = {parent_pid(p) for p in second}
             assert {process_name(p) for p in parents} == {"R"}
             assert len(parents) == len(clean.hosts)
             assert running == second | parents
@@ -318,7 +244,7 @@ def test_master_killed_leaves_no_worker(clean: Testbed, tmp_path: Path, fork: bo
             assert all(clean.processes(h, "R") for h in clean.hosts)
         finally:
             proc.kill()
-    assert _leftovers(clean) == {}
+    assert clean.leftovers(LEFTOVER, wait=5) == {}
 
 
 def test_a_late_reachability_check_does_not_stop_a_ready_host(clean: Testbed, tmp_path: Path
@@ -329,7 +255,7 @@ def test_a_late_reachability_check_does_not_stop_a_ready_host(clean: Testbed, tm
     slow.write_text('#!/bin/sh\ncase "$*" in *--vanilla*) sleep 3 ;; esac\nexec Rscript "$@"\n')
     slow.chmod(0o755)
     f = _bootstrap(clean, tmp_path, defaults_rscript=str(slow))
-    out = _run_r(f"""
+    out = run_r_in_test(f"""
         source({str(f)!r})
         Sys.sleep(5)
         cat(length(unlist(parallel::clusterEvalQ(parallelCluster, Sys.getpid()))), "\\n")
@@ -344,11 +270,11 @@ def test_a_late_reachability_check_does_not_stop_a_ready_host(clean: Testbed, tm
 
 def _launch_fails(testbed: Testbed, f: Path, tmp_path: Path, within: float = 15.0) -> str:
     t0 = time.monotonic()
-    out = _run_r(f'source({str(f)!r})\ncat("UNEXPECTED\\n")\n', tmp_path)
+    out = run_r_in_test(f'source({str(f)!r})\ncat("UNEXPECTED\\n")\n', tmp_path)
     elapsed = time.monotonic() - t0
     assert out.returncode != 0 and "UNEXPECTED" not in out.stdout, out.stdout
     assert elapsed < within, f"the launch took {elapsed:.1f} s to fail:\n{out.stderr}"
-    assert _leftovers(testbed) == {}, out.stderr
+    assert testbed.leftovers(LEFTOVER, wait=5) == {}, out.stderr
     return out.stderr
 
 
@@ -439,7 +365,7 @@ def test_workers_that_never_connect_hit_the_setup_timeout(clean: Testbed, tmp_pa
 def test_blocked_port_fails_fast_and_the_reverse_tunnel_works(clean: Testbed, tmp_path: Path
                                                              ) -> None:
     bad = clean.hosts[1]
-    port = _free_port()
+    port = free_port()
     plain = _bootstrap(clean, tmp_path, "plain.R", port=port)
     tunnel = _bootstrap(clean, tmp_path, "tunnel.R", port=port, tunnel="reverse")
     clean.reject(bad, port)
@@ -448,7 +374,7 @@ def test_blocked_port_fails_fast_and_the_reverse_tunnel_works(clean: Testbed, tm
         line = _line_for(err, bad)
         assert f"cannot connect to the primary at {clean.primary_address} port {port}" in line
         assert "refused" in line and "tunnel: reverse" in line
-        out = _run_r(f"""
+        out = run_r_in_test(f"""
             source({str(tunnel)!r})
             cat(unlist(parallel::clusterEvalQ(parallelCluster, Sys.info()[["nodename"]])), "\\n")
             sshcluster_stop()
@@ -462,7 +388,7 @@ def test_blocked_port_fails_fast_and_the_reverse_tunnel_works(clean: Testbed, tm
 def test_dropped_packets_fail_within_seconds(clean: Testbed, tmp_path: Path) -> None:
     """A black hole (DROP) to the primary's port: the reachability check times out."""
     bad = clean.hosts[0]
-    port = _free_port()
+    port = free_port()
     f = _bootstrap(clean, tmp_path, port=port)
     clean.reject(bad, port, action="DROP")
     try:
@@ -481,7 +407,7 @@ def test_reachability_check_without_bash_uses_r(tmp_path: Path) -> None:
                                                  capture_output=True, text=True,
                                                  check=True).stdout.strip())
     script = _remote_script()
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     # stdin stays open: its EOF would be the dead man's switch.
     with subprocess.Popen(["/bin/sh", "-c", script, "sshcluster", "Rscript", "1", "1",
                            "127.0.0.1", str(port), "tok", "5", "direct"],
@@ -521,9 +447,9 @@ def test_remote_script_forks_only_where_it_can_stop_the_forks(tmp_path: Path, le
                 # Workers connect and then wait for work; hold their connections.
                 server.settimeout(30)
                 held = [server.accept()[0] for _ in range(4)]  # 3 workers + the port check
-                tree = _descendants(proc.pid)
+                tree = descendants(proc.pid)
                 r = {p for p in tree if process_name(p) == "R"}
-                parents = {_parent(p) for p in r}
+                parents = {parent_pid(p) for p in r}
                 if leader:  # one R, and three forks of it
                     assert len(r) == 4 and parents == {proc.pid} | (r & parents)
                     assert len(r & parents) == 1
@@ -560,12 +486,12 @@ def test_more_than_256_workers_on_a_machine_are_not_forked(tmp_path: Path, worke
             try:
                 deadline = time.monotonic() + 30
                 while True:
-                    sleeping = {p for p in _descendants(proc.pid) if process_name(p) == "sleep"}
+                    sleeping = {p for p in descendants(proc.pid) if process_name(p) == "sleep"}
                     if len(sleeping) >= started or time.monotonic() > deadline:
                         break
                     time.sleep(0.1)
                 time.sleep(0.3)  # no more than that
-                sleeping = {p for p in _descendants(proc.pid) if process_name(p) == "sleep"}
+                sleeping = {p for p in descendants(proc.pid) if process_name(p) == "sleep"}
                 assert len(sleeping) == started
                 assert proc.stdin is not None
                 proc.stdin.close()
@@ -578,7 +504,7 @@ def test_more_than_256_workers_on_a_machine_are_not_forked(tmp_path: Path, worke
 def test_taken_tunnel_port_is_an_error_not_a_hijack(clean: Testbed, tmp_path: Path) -> None:
     """Someone listens on 127.0.0.1:PORT on a host: the forward fails and ssh says so."""
     bad = clean.hosts[2]
-    port = _free_port()
+    port = free_port()
     f = _bootstrap(clean, tmp_path, port=port, tunnel="reverse")
     with squatter(bad, port):
         err = _launch_fails(clean, f, tmp_path)
@@ -592,7 +518,7 @@ def test_classic_launch_still_works(clean: Testbed, tmp_path: Path) -> None:
     f = _bootstrap(clean, tmp_path, hosts=clean.hosts[:2],
                    options=RenderOptions(launch="classic"))
     assert "parallel::makeCluster(" in f.read_text()
-    out = _run_r(f"""
+    out = run_r_in_test(f"""
         source({str(f)!r})
         cat(unlist(parallel::clusterEvalQ(parallelCluster, Sys.info()[["nodename"]])), "\\n")
         sshcluster_stop()
@@ -605,10 +531,10 @@ def test_error_is_a_classed_condition(clean: Testbed, tmp_path: Path) -> None:
     """Code can catch the launch error by class and see which hosts failed."""
     bad = clean.hosts[3]
     f = _bootstrap(clean, tmp_path, host_fields={bad.address: {"rscript": "/nope/Rscript"}})
-    out = _run_r(f"""
+    out = run_r_in_test(f"""
         e <- tryCatch(source({str(f)!r}), sshcluster_error = function(e) e)
         cat(class(e)[1], e$hosts, "\\n")
     """, tmp_path)
     assert out.returncode == 0, out.stderr
     assert re.fullmatch(rf"sshcluster_error {re.escape(bad.address)} \n", out.stdout)
-    assert _leftovers(clean) == {}
+    assert clean.leftovers(LEFTOVER, wait=5) == {}

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import skip_or_fail
 
 from sshcluster.inventory import Host
 from sshcluster.probe import Facts, parse_facts, remote_script, remote_steps
+from sshcluster.testing.fixtures import skip_or_fail
 
 HAVE_R = shutil.which("Rscript") is not None
 

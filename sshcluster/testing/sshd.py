@@ -1,6 +1,7 @@
 """One test host's OpenSSH server, and the ssh files that reach it.
 
-The OpenSSH half of :mod:`sshcluster.testbed` (the namespaces are :mod:`sshcluster.netns`):
+The OpenSSH half of a :class:`~sshcluster.testing.Testbed` (the namespaces are
+:mod:`sshcluster.testing.netns`):
 ed25519 key pairs made with ``ssh-keygen``; the ``sshd_config`` of a test sshd (public
 key logins only, root included; no PAM, no DNS lookups, room for the many sessions R
 opens at once); starting ``sshd -D`` in the foreground, so that its pid is the pid of our child;
@@ -23,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from sshcluster.errors import TestbedError
-from sshcluster.netns import run_command
+from sshcluster.testing.netns import run_command
 
 __all__ = [
     "FRESH_BASHRC",
@@ -204,13 +205,13 @@ def port_free(address: str, port: int) -> bool:
     return True
 
 
-def free_port(address: str) -> int:
-    """A TCP port on ``address`` that nothing listens on now."""
+def free_port(address: str = "0.0.0.0") -> int:
+    """A TCP port on ``address`` that nothing listens on now (by default: on no address;
+    bound for a moment, no traffic)."""
     with socket.socket() as s:
         s.bind((address, 0))
         port: int = s.getsockname()[1]
         return port
-
 
 
 def choose_port(address: str, port: int | None = None) -> int:
