@@ -20,11 +20,11 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
+from sshcluster.net import known_hosts_name
 from sshcluster.testing.hosts import TestHost, host_dir
 from sshcluster.testing.sshd import (
     FRESH_BASHRC,
     keygen,
-    known_hosts_name,
     make_host_key,
     ssh_config_text,
     write_file,

@@ -24,6 +24,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from sshcluster.errors import TestbedError
+from sshcluster.files import atomic_write
+from sshcluster.net import ssh_banner
 from sshcluster.testing.netns import run_command
 
 __all__ = [
@@ -33,7 +35,6 @@ __all__ = [
     "choose_port",
     "free_port",
     "keygen",
-    "known_hosts_name",
     "make_host_key",
     "popen_sshd",
     "port_free",
@@ -76,14 +77,9 @@ def make_host_key(d: Path, comment: str) -> str:
 
 
 def write_file(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write ``text`` to ``path`` and give it ``mode`` (sshd and ssh check key modes)."""
-    path.write_text(text)
-    path.chmod(mode)
-
-
-def known_hosts_name(address: str, port: int) -> str:
-    """The name ssh looks up in known_hosts for ``address:port``."""
-    return address if port == 22 else f"[{address}]:{port}"
+    """Write ``text`` to ``path`` with exactly ``mode`` (sshd and ssh check key modes)."""
+    atomic_write(path, text, mode=mode)
+    path.chmod(mode)  # whatever the umask took away
 
 
 def sshd_config(
@@ -185,12 +181,8 @@ def wait_banner(
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TestbedError(f"sshd on {address}:{port} did not answer in time")
-        try:
-            with socket.create_connection((address, port), timeout=min(remaining, 0.5)) as s:
-                if s.recv(64).startswith(b"SSH-"):
-                    return
-        except OSError:
-            pass
+        if ssh_banner(address, port, timeout=min(remaining, 0.5)):
+            return
         time.sleep(0.02)
 
 
