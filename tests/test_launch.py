@@ -9,6 +9,8 @@ The classic launch still works. Every R run is bounded by a subprocess timeout.
 from __future__ import annotations
 
 import re
+import shlex
+import shutil
 import socket
 import subprocess
 import time
@@ -19,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+import sshcluster
 from sshcluster.bootstrap import RenderOptions, write_bootstrap
 from sshcluster.inventory import load_inventory
 from sshcluster.testing import Testbed, TestHost, free_port
@@ -96,7 +99,7 @@ def test_fast_launch_is_a_standard_cluster(clean: Testbed, tmp_path: Path, fork:
     assert out.returncode == 0, out.stderr
     lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
     names = [h.hostname for h in tb.hosts]
-    assert lines["class"].split() == ["SOCKcluster", "cluster"]
+    assert lines["class"].split() == ["sshcluster", "SOCKcluster", "cluster"]
     assert lines["n"].strip() == str(2 * len(tb.hosts))
     assert lines["hosts"].split() == [h.address for h in tb.hosts for _ in range(2)]
     # In spec order: each host's two workers next to each other, hosts in inventory order.
@@ -247,24 +250,6 @@ def test_master_killed_leaves_no_worker(clean: Testbed, tmp_path: Path, fork: bo
     assert clean.leftovers(LEFTOVER, wait=5) == {}
 
 
-def test_a_late_reachability_check_does_not_stop_a_ready_host(clean: Testbed, tmp_path: Path
-                                                              ) -> None:
-    """Each host checks once that it can reach the primary's port; when that check runs
-    after the host's workers have connected (a slow host), it must still pass."""
-    slow = tmp_path / "slow-Rscript"
-    slow.write_text('#!/bin/sh\ncase "$*" in *--vanilla*) sleep 3 ;; esac\nexec Rscript "$@"\n')
-    slow.chmod(0o755)
-    f = _bootstrap(clean, tmp_path, defaults_rscript=str(slow))
-    out = run_r_in_test(f"""
-        source({str(f)!r})
-        Sys.sleep(5)
-        cat(length(unlist(parallel::clusterEvalQ(parallelCluster, Sys.getpid()))), "\\n")
-        sshcluster_stop()
-    """, tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["8"]
-
-
 # --------------------------------------------------------------------------- fail fast
 
 
@@ -398,36 +383,18 @@ def test_dropped_packets_fail_within_seconds(clean: Testbed, tmp_path: Path) -> 
     assert "the connection timed out after 5 s" in _line_for(err, bad)
 
 
-def test_reachability_check_without_bash_uses_r(tmp_path: Path) -> None:
-    """Where there is no bash, the remote script checks the port with R instead."""
-    tools = tmp_path / "bin"
-    tools.mkdir()
-    for tool in ("Rscript", "uname", "timeout"):
-        (tools / tool).symlink_to(subprocess.run(["sh", "-c", f"command -v {tool}"],
-                                                 capture_output=True, text=True,
-                                                 check=True).stdout.strip())
-    script = _remote_script()
-    port = free_port()  # nothing listens there
-    # stdin stays open: its EOF would be the dead man's switch.
-    with subprocess.Popen(["/bin/sh", "-c", script, "sshcluster", "Rscript", "1", "1",
-                           "127.0.0.1", str(port), "tok", "5", "direct"],
-                          env={"PATH": str(tools)}, stdin=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True) as proc:
-        try:
-            status = proc.wait(timeout=60)
-        finally:
-            proc.kill()
-        assert proc.stderr is not None
-        err = proc.stderr.read()
-    assert status == 3, err
-    assert f"cannot connect to the primary at 127.0.0.1 port {port}: the connection was " \
-        "refused" in err
+def _remote_argv(rscript: str, port: int, start: str = "fork", silence: int = 40
+                 ) -> list[str]:
+    """``sh -c SCRIPT ...`` as ssh runs the per-host script (see sshcluster/R/remote.sh)."""
+    r_dir = Path(sshcluster.__file__).parent / "R"
+    script = "code=" + shlex.quote((r_dir / "worker.R").read_text()) + "\n" + \
+        (r_dir / "remote.sh").read_text()
+    return ["/bin/sh", "-c", script, "sshcluster", rscript, "127.0.0.1", str(port), "1", "30",
+            "direct", start, str(silence)]
 
 
-def _remote_script() -> str:
-    return subprocess.run(["Rscript", "-e", "source('sshcluster/launcher.R');"
-                           "cat(sshcluster_remote_script)"], capture_output=True, text=True,
-                          check=True, timeout=60, cwd=Path(__file__).parent.parent).stdout
+def _tokens(n: int) -> bytes:
+    return (",".join(f"{i}:{'0' * 32}:{'1' * 32}" for i in range(1, n + 1)) + "\n").encode()
 
 
 @pytest.mark.parametrize("leader", [True, False], ids=["group-leader", "not-leader"])
@@ -439,14 +406,17 @@ def test_remote_script_forks_only_where_it_can_stop_the_forks(tmp_path: Path, le
     stdin (the dead man's switch) stops every process it started."""
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]
-        with subprocess.Popen(["/bin/sh", "-c", _remote_script(), "sshcluster", "Rscript",
-                               "3", "1", "127.0.0.1", str(port), "tok", "30", "direct",
-                               "fork"], stdin=subprocess.PIPE, stderr=subprocess.PIPE,
-                              start_new_session=leader) as proc:
+        with subprocess.Popen(_remote_argv("Rscript", port), stdin=subprocess.PIPE,
+                              stderr=subprocess.PIPE, start_new_session=leader) as proc:
             try:
-                # Workers connect and then wait for work; hold their connections.
+                assert proc.stdin is not None
+                proc.stdin.write(_tokens(3))
+                proc.stdin.flush()
+                # Workers connect, say hello and wait for the primary's answer.
                 server.settimeout(30)
-                held = [server.accept()[0] for _ in range(4)]  # 3 workers + the port check
+                held = [server.accept()[0] for _ in range(3)]
+                hellos = [c.recv(32) for c in held]
+                assert all(h.startswith(b"SCW1") and len(h) == 32 for h in hellos)
                 tree = descendants(proc.pid)
                 r = {p for p in tree if process_name(p) == "R"}
                 parents = {parent_pid(p) for p in r}
@@ -455,7 +425,6 @@ def test_remote_script_forks_only_where_it_can_stop_the_forks(tmp_path: Path, le
                     assert len(r & parents) == 1
                 else:  # three Rscripts, children of the script's shell
                     assert len(r) == 3 and parents == {proc.pid}
-                assert proc.stdin is not None
                 proc.stdin.close()  # ssh ended
                 proc.wait(timeout=30)
                 deadline = time.monotonic() + 10
@@ -463,6 +432,39 @@ def test_remote_script_forks_only_where_it_can_stop_the_forks(tmp_path: Path, le
                         time.monotonic() < deadline:
                     time.sleep(0.05)
                 assert {p for p in tree if Path(f"/proc/{p}").exists()} == set()
+                for c in held:
+                    c.close()
+            finally:
+                proc.kill()
+
+
+def test_a_silent_primary_stops_the_workers(tmp_path: Path) -> None:
+    """The dead man's switch fires on silence too, not only on EOF: a host cut off from
+    the primary (its stdin neither ends nor says anything) stops its workers by itself.
+    Without bash the watchdog times its reads with timeout(1)."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool in ("Rscript", "uname", "timeout", "sleep", "cat", "sh"):
+        (tools / tool).symlink_to(shutil.which(tool) or tool)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        with subprocess.Popen(_remote_argv("Rscript", port, silence=3),
+                              stdin=subprocess.PIPE, start_new_session=True,
+                              env={"PATH": str(tools)}) as proc:
+            try:
+                assert proc.stdin is not None
+                proc.stdin.write(_tokens(2))
+                proc.stdin.flush()  # ... and then nothing, but no EOF either
+                server.settimeout(30)
+                held = [server.accept()[0] for _ in range(2)]
+                tree = descendants(proc.pid)
+                assert len([p for p in tree if process_name(p) == "R"]) == 3
+                proc.wait(timeout=30)
+                deadline = time.monotonic() + 10
+                while [p for p in tree if Path(f"/proc/{p}").exists()] and \
+                        time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert [p for p in tree if Path(f"/proc/{p}").exists()] == []
                 for c in held:
                     c.close()
             finally:
@@ -477,28 +479,26 @@ def test_more_than_256_workers_on_a_machine_are_not_forked(tmp_path: Path, worke
     fake = tmp_path / "Rscript"
     fake.write_text("#!/bin/sh\nexec sleep 60\n")
     fake.chmod(0o755)
-    with socket.create_server(("127.0.0.1", 0)) as server:  # for the port check
-        port = server.getsockname()[1]
-        with subprocess.Popen(["/bin/sh", "-c", _remote_script(), "sshcluster", str(fake),
-                               str(workers), "1", "127.0.0.1", str(port), "tok", "30",
-                               "direct", "fork"], stdin=subprocess.PIPE,
-                              start_new_session=True) as proc:
-            try:
-                deadline = time.monotonic() + 30
-                while True:
-                    sleeping = {p for p in descendants(proc.pid) if process_name(p) == "sleep"}
-                    if len(sleeping) >= started or time.monotonic() > deadline:
-                        break
-                    time.sleep(0.1)
-                time.sleep(0.3)  # no more than that
+    with subprocess.Popen(_remote_argv(str(fake), free_port()), stdin=subprocess.PIPE,
+                          start_new_session=True) as proc:
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(_tokens(workers))
+            proc.stdin.flush()
+            deadline = time.monotonic() + 30
+            while True:
                 sleeping = {p for p in descendants(proc.pid) if process_name(p) == "sleep"}
-                assert len(sleeping) == started
-                assert proc.stdin is not None
-                proc.stdin.close()
-                proc.wait(timeout=30)
-                assert not [p for p in sleeping if Path(f"/proc/{p}").exists()]
-            finally:
-                proc.kill()
+                if len(sleeping) >= started or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            time.sleep(0.3)  # no more than that
+            sleeping = {p for p in descendants(proc.pid) if process_name(p) == "sleep"}
+            assert len(sleeping) == started
+            proc.stdin.close()
+            proc.wait(timeout=30)
+            assert not [p for p in sleeping if Path(f"/proc/{p}").exists()]
+        finally:
+            proc.kill()
 
 
 def test_taken_tunnel_port_is_an_error_not_a_hijack(clean: Testbed, tmp_path: Path) -> None:
