@@ -187,7 +187,7 @@ MIN_R_VERSION = "4.1.0"
 
 #: The launcher's R code and the scripts it runs, pasted as they are into the file.
 _R_SOURCES = {
-    name: resources.files("sshcluster").joinpath("R", name).read_text(encoding="utf-8")
+    name: resources.files("sshcluster").joinpath("R").joinpath(name).read_text(encoding="utf-8")
     for name in ("common.R", "launch.R", "classic.R", "worker.R", "remote.sh",
                  "supervisor.sh")
 }

@@ -30,7 +30,8 @@ internals <- list(
 HELLO_SIZE <- 32L          # "SCW1", machine, slot, pid (4 bytes each), token (16)
 TOKEN_SIZE <- 16L
 HANDSHAKE_SECONDS <- 2     # a connection that has not proved itself by then is closed
-MAX_PENDING <- 16L         # connections proving themselves at one time
+MAX_PENDING <- 32L         # connections proving themselves at one time
+ACCEPT_BURST <- 256L       # connections taken from the kernel's queue at one go
 STALL_SECONDS <- 60        # a message that makes no progress for this long has failed
 HEARTBEAT_SECONDS <- 10    # the supervisor's heartbeat to every host
 SILENCE_SECONDS <- 40      # a host stops its workers after this long without one
@@ -260,6 +261,27 @@ launch <- function(S, wanted, deadline, fail_fast) {
   pending <- list()
   on.exit(for (p in pending) close(p$con), add = TRUE)
   lost <- character()
+  # One connection's turn: reads what it sent, admits or refuses it once its hello
+  # is whole, refuses it after HANDSHAKE_SECONDS. NULL: done with it.
+  step <- function(p) {
+    p$hello <- read_available(p$con, p$hello)
+    if (length(p$hello) == HELLO_SIZE) {
+      node <- admit(S, p, expected)
+      if (is.null(node)) {
+        refuse(S, p$con)
+      } else {
+        expected[[sprintf("%d.%d", node$h, node$slot)]] <<- NULL
+        nodes[[length(nodes) + 1L]] <<- node
+      }
+      return(NULL)
+    }
+    if (!is.null(attr(p$hello, "eof")) ||
+        difftime(Sys.time(), p$since, units = "secs") > HANDSHAKE_SECONDS) {
+      refuse(S, p$con)
+      return(NULL)
+    }
+    p
+  }
   repeat {
     open_ids <- setdiff(unique(vapply(expected, `[[`, "", "id")), lost)
     if (!length(open_ids)) break
@@ -281,39 +303,26 @@ launch <- function(S, wanted, deadline, fail_fast) {
       next
     }
     ready <- socketSelect(c(list(S$listener), lapply(pending, `[[`, "con")), timeout = 0.1)
-    if (ready[1] && length(pending) < MAX_PENDING &&
-        S$limit - length(getAllConnections()) >= 1L) {
+    # Take every connection waiting, so that a flood cannot fill the kernel's queue
+    # and keep genuine workers out. A new connection's hello is usually there
+    # already and is checked at once; beyond MAX_PENDING (or R's free
+    # connections) the oldest connection still proving itself makes room.
+    pending <- Filter(Negate(is.null), lapply(pending, step))
+    taken <- 0L
+    while (ready[1] && taken < ACCEPT_BURST) {
+      if (length(pending) >= MAX_PENDING || S$limit - length(getAllConnections()) < 1L) {
+        if (!length(pending)) break
+        refuse(S, pending[[1]]$con)
+        pending <- pending[-1]
+      }
       con <- socketAccept(S$listener, blocking = TRUE, open = "a+b",
                           timeout = STALL_SECONDS, options = "no-delay")
-      pending[[length(pending) + 1L]] <- list(con = con, hello = raw(0),
-                                              since = Sys.time())
+      p <- step(list(con = con, hello = raw(0), since = Sys.time()))
+      if (!is.null(p)) pending[[length(pending) + 1L]] <- p
+      taken <- taken + 1L
+      ready[1] <- socketSelect(list(S$listener), timeout = 0)
     }
-    keep <- rep(TRUE, length(pending))
-    for (i in which(ready[-1])) {
-      p <- pending[[i]]
-      p$hello <- read_available(p$con, p$hello)
-      pending[[i]] <- p
-      if (length(p$hello) < HELLO_SIZE && !is.null(attr(p$hello, "eof"))) {
-        keep[i] <- FALSE
-      } else if (length(p$hello) == HELLO_SIZE) {
-        keep[i] <- FALSE
-        node <- admit(S, p, expected)
-        if (!is.null(node)) {
-          key <- sprintf("%d.%d", node$h, node$slot)
-          expected[[key]] <- NULL
-          nodes[[length(nodes) + 1L]] <- node
-          next
-        }
-      }
-      if (!keep[i]) refuse(S, p$con)
-    }
-    for (i in seq_along(pending)) if (keep[i] && difftime(Sys.time(), pending[[i]]$since,
-                                                          units = "secs") > HANDSHAKE_SECONDS) {
-      keep[i] <- FALSE
-      refuse(S, pending[[i]]$con)
-    }
-    pending <- pending[keep]
-    # a session whose workers are all in: its host is done
+    # slots of lost sessions are no longer expected
     expected <- expected[!vapply(expected, function(e) e$id %in% lost, NA)]
     if (!length(expected)) break
   }

@@ -39,19 +39,23 @@ local({
                    Sys.info()[["nodename"]], master, port)
 
   # The primary listens before any host is started, so a refusal is final at
-  # once (a firewall, a wrong address); a few quick retries cover a full backlog.
+  # once (a firewall, a wrong address); quick retries cover a passing hiccup.
+  # Unanswered attempts are tried three times (a flood of strangers can fill
+  # the primary's queue for a moment) before they count as a firewall.
   connect <- function() {
     t0 <- Sys.time()
+    silent <- 0L
     repeat {
       t1 <- Sys.time()
       con <- tryCatch(suppressWarnings(socketConnection(
         master, port, blocking = TRUE, open = "a+b", timeout = 5,
         options = "no-delay")), error = identity)
       if (inherits(con, "connection")) return(con)
-      if (as.numeric(Sys.time() - t1, units = "secs") >= 4.5)
-        fail(where, ": the connection timed out after 5 s (packets dropped by a firewall?",
-             " try tunnel: reverse)")
-      if (as.numeric(Sys.time() - t0, units = "secs") > 2)
+      if (as.numeric(Sys.time() - t1, units = "secs") >= 4.5) silent <- silent + 1L
+      if (silent >= 3L)
+        fail(where, ": the connection timed out after 5 s, three times (packets dropped by a",
+             " firewall? try tunnel: reverse)")
+      if (!silent && as.numeric(Sys.time() - t0, units = "secs") > 2)
         fail(where, ": the connection was refused (firewall or NAT? try tunnel: reverse)")
       Sys.sleep(0.2)
     }

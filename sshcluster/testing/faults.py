@@ -1,7 +1,10 @@
 """Network faults between a test host and the primary, made for real with iptables.
 
 A rule goes into the ``OUTPUT`` chain of the host's own network namespace, so it affects
-that host only, and only traffic to the primary's address and the given TCP port. The
+that host only, and only traffic to the primary's address and the given TCP port; or,
+for :func:`cut_off`, every packet in and out of the host but its own loopback (a pulled
+cable, a reclaimed spot instance); or, for :func:`slow_ssh`, the SYNs that open a
+connection to its sshd (a host slow to answer). The
 faults of a host's sshd (stopped, restarted, a new host key) are
 :class:`~sshcluster.testing.servers.Servers`'.
 """
@@ -15,7 +18,7 @@ from sshcluster.errors import TestbedError
 from sshcluster.testing.hosts import TestHost
 from sshcluster.testing.netns import run_command
 
-__all__ = ["Action", "allow", "reject"]
+__all__ = ["Action", "allow", "cut_off", "reconnect", "reject", "slow_ssh"]
 
 #: ``REJECT`` answers with a reset: a connect fails at once ("connection refused").
 #: ``DROP`` discards the packets: a connect hangs until it times out.
@@ -52,3 +55,35 @@ def allow(host: TestHost, primary_address: str, port: int) -> None:
         for _ in range(_MAX_RULES):  # bounded: one rule per reject() call
             if _iptables(host, ["-D", "OUTPUT", *rule], check=False):
                 break
+
+
+#: The chains a :func:`cut_off` host drops everything in (loopback aside).
+_CUT = (("INPUT", "-i"), ("OUTPUT", "-o"))
+
+
+def cut_off(host: TestHost) -> None:
+    """Drop every packet in and out of ``host`` (not its loopback): nothing answers,
+    nothing is refused, as when a machine vanishes from the network."""
+    for chain, flag in _CUT:
+        _iptables(host, ["-I", chain, "1", "!", flag, "lo", "-j", "DROP"])
+
+
+def reconnect(host: TestHost) -> None:
+    """Undo :func:`cut_off` and :func:`slow_ssh`."""
+    for chain, flag in _CUT:
+        for _ in range(_MAX_RULES):
+            if _iptables(host, ["-D", chain, "!", flag, "lo", "-j", "DROP"], check=False):
+                break
+    for _ in range(_MAX_RULES):
+        if _iptables(host, ["-D", "INPUT", *_SYN], check=False):
+            break
+
+
+_SYN = ["-p", "tcp", "--dport", "22", "--syn", "-j", "DROP"]
+
+
+def slow_ssh(host: TestHost) -> None:
+    """Drop the SYNs that open a connection to ``host``'s sshd on port 22: ssh retries
+    them (after 1 s, then 2 s more, ...), so the host answers only once
+    :func:`reconnect` removes the rule."""
+    _iptables(host, ["-I", "INPUT", "1", *_SYN])

@@ -357,6 +357,21 @@ class Testbed:
         """Remove every :meth:`reject` rule for ``port`` on ``host``."""
         faults.allow(host, self.primary_address, port)
 
+    def cut_off(self, host: TestHost) -> None:
+        """Drop every packet in and out of ``host`` (loopback aside), as when a machine
+        vanishes from the network; :meth:`reconnect` undoes it."""
+        self._need_up()
+        faults.cut_off(host)
+
+    def slow_ssh(self, host: TestHost) -> None:
+        """Drop the SYNs of new connections to ``host``'s sshd until :meth:`reconnect`."""
+        self._need_up()
+        faults.slow_ssh(host)
+
+    def reconnect(self, host: TestHost) -> None:
+        """Undo :meth:`cut_off` and :meth:`slow_ssh`."""
+        faults.reconnect(host)
+
     def stop_sshd(self, host: TestHost) -> None:
         """Stop the host's sshd listener (sessions already open keep running)."""
         self._need_up().stop(host)
