@@ -594,7 +594,7 @@ repair <- function(S) {
                                                             function(m) m$ncore, 1L))) {
     S$calls[] <- 0L
     message(sprintf("sshcluster_repair: all %d workers are healthy%s; nothing else to do",
-                    length(nodes), if (sum(stale)) sprintf(" (%d results of an interrupted call discarded)", sum(stale)) else ""))
+                    length(nodes), if (sum(stale)) sprintf(" (%d results of an unfinished call discarded)", sum(stale)) else ""))
     return(invisible(S$cluster))
   }
   # 3. sessions with a busy worker end whole (their workers cannot be stopped
@@ -628,7 +628,7 @@ repair <- function(S) {
       sprintf("%d of %d workers running", length(mine(all)), machines[[h]]$ncore),
       if (dead) sprintf("%d lost (%s)", dead, paste(unique(why[names(before)][state[names(before)] == "dead"]), collapse = "; ")),
       if (busy) sprintf("%d still busy with an interrupted call, so its session was restarted", busy),
-      if (sum(stale[names(before)])) sprintf("%d results of an interrupted call discarded", sum(stale[names(before)])),
+      if (sum(stale[names(before)])) sprintf("%d results of an unfinished call discarded", sum(stale[names(before)])),
       if (back) sprintf("%d started again", back),
       if (length(missing[[h]]) > back) sprintf("%d could not be started (%s)", length(missing[[h]]) - back,
                                           last_reason(S, h))
