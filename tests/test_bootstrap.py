@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -251,3 +252,21 @@ def test_cli_render_flags(tmp_path: Path) -> None:
     res = runner.invoke(cli, ["render", str(inv), "--launch", "classic", "--tunnel", "reverse"])
     assert res.exit_code == 2
     assert "error: the classic launch cannot use a reverse tunnel" in res.output
+
+
+@pytest.mark.parametrize("options", [CLASSIC, RenderOptions()], ids=["classic", "fast"])
+def test_old_r_stops_at_once_with_a_clear_message(tmp_path: Path, options: RenderOptions
+                                                  ) -> None:
+    """R 3.x must be able to parse the file, so that the version check can run first: no
+    raw strings, no \\(x) lambdas, no |> pipes anywhere. Then nothing else runs."""
+    text = render(parse_inventory(MISSION), options)
+    assert not re.search(r'\br"[-(\[{]|\\\(|\|>', text)
+    f = tmp_path / "cluster.R"
+    f.write_text(text)
+    out = subprocess.run(["Rscript", "-e", "getRversion <- function() package_version('3.6.3')\n"
+                          f"r <- tryCatch(source({json.dumps(str(f))}), error = conditionMessage)\n"
+                          "cat(r, '\\n'); cat(sort(ls(all.names = TRUE)), '\\n')"],
+                         capture_output=True, text=True, timeout=60)
+    lines = out.stdout.splitlines()
+    assert lines[0] == "sshcluster: this file needs R 4.1.0 or later; this is R 3.6.3 "
+    assert lines[1].split() == ["getRversion", "r"]

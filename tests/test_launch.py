@@ -8,6 +8,7 @@ The classic launch still works. Every R run is bounded by a subprocess timeout.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -540,3 +541,71 @@ def test_error_is_a_classed_condition(clean: Testbed, tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert re.fullmatch(rf"sshcluster_error {re.escape(bad.address)} \n", out.stdout)
     assert clean.leftovers(LEFTOVER, wait=5) == {}
+
+
+# --------------------------------------------------------------------------- contract
+
+
+@pytest.mark.parametrize("launch", ["fast", "classic"])
+def test_source_defines_only_the_documented_names(clean: Testbed, tmp_path: Path, launch: str
+                                                  ) -> None:
+    """The file runs in local(): the user's global environment gets the seed's names and
+    the documented functions, nothing else; the user's own variables, options and random
+    seed are left alone."""
+    f = _bootstrap(clean, tmp_path, hosts=clean.hosts[:2],
+                   options=RenderOptions(launch="classic" if launch == "classic" else "fast"))
+    out = run_r_in_test(f"""
+        start <- launch <- rshcmd <- config <- S <- listen <- register <- "mine"
+        set.seed(7); seed <- .Random.seed
+        opts <- getOption("socketOptions")
+        before <- c(ls(all.names = TRUE), "before")
+        source({str(f)!r})
+        cat("new", sort(setdiff(ls(all.names = TRUE), before)), "\\n")
+        cat("kept", start, launch, rshcmd, config, S, listen, register, "\\n")
+        cat("options", identical(opts, getOption("socketOptions")), "\\n")
+        cat("seed", identical(seed, .Random.seed), "\\n")
+        sshcluster_stop()
+        cat("after", sort(setdiff(ls(all.names = TRUE), before)), "\\n")
+    """, tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
+    seed_names = ["machineAddresses", "parallelCluster", "primary", "spec"]
+    functions = ["sshcluster_repair", "sshcluster_stop"] if launch == "fast" else \
+        ["sshcluster_stop"]
+    assert lines["new"].split() == sorted(seed_names + functions)
+    assert lines["kept"].split() == ["mine"] * 7
+    assert lines["options"].split() == ["TRUE"]
+    if launch == "fast":  # the secrets come from /dev/urandom, not R's generator
+        assert lines["seed"].split() == ["TRUE"]
+    assert "parallelCluster" not in lines["after"].split()
+
+
+@pytest.mark.parametrize("fork", [True, False], ids=["fork", "fresh"])
+def test_workers_read_end_of_file_and_get_the_primary_locale(clean: Testbed, tmp_path: Path,
+                                                            fork: bool) -> None:
+    """A worker's stdin is at its end, forked or not (system("cat") returns); workers run
+    in the primary's locale, or the inventory's."""
+    own = _bootstrap(clean, tmp_path, "own.R", hosts=clean.hosts[:2],
+                     options=RenderOptions(fork=fork))
+    named = _bootstrap(clean, tmp_path, "named.R", hosts=clean.hosts[:2],
+                       options=RenderOptions(fork=fork), locale="C")
+    code = f"""
+        for (f in c({str(own)!r}, {str(named)!r})) {{
+          source(f)
+          x <- parallel::clusterEvalQ(parallelCluster, c(
+            length(system("cat", intern = TRUE)), Sys.getenv("LANG"),
+            Sys.getlocale("LC_CTYPE")))
+          cat(basename(f), unique(unlist(x)), "\\n")
+          sshcluster_stop()
+        }}
+    """
+    script = tmp_path / "locale.R"
+    script.write_text(code)
+    env = {**os.environ, "LANG": "C.UTF-8"}
+    env.pop("LC_ALL", None)
+    out = subprocess.run(["Rscript", str(script)], capture_output=True, text=True, env=env,
+                         timeout=R_TIMEOUT)
+    assert out.returncode == 0, out.stderr
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
+    assert lines["own.R"].split() == ["0", "C.UTF-8"]
+    assert lines["named.R"].split() == ["0", "C"]
