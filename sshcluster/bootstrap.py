@@ -34,6 +34,7 @@ Example::
 from __future__ import annotations
 
 import os
+import textwrap
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,6 +49,40 @@ from sshcluster.quoting import r_string, shell_join
 
 #: Seconds ssh waits for the TCP connection before giving up (OpenSSH ConnectTimeout).
 CONNECT_TIMEOUT = 10
+
+#: R's connections: 128 in all before R 4.4 (stdin, stdout and stderr take three); R 4.4
+#: takes ``--max-connections=N``, up to 4096.
+R_CONNECTIONS = 128
+R_MAX_CONNECTIONS = 4096
+#: What a launch holds besides one socket per worker (the listening socket and the pipe to
+#: the supervisor of its ssh sessions), and what it leaves free for the user's own files.
+LAUNCH_CONNECTIONS = 2
+USER_CONNECTIONS = 2
+
+
+def connections_needed(workers: int) -> int:
+    """The R connections a session needs to run ``workers`` workers from one primary: the
+    standard three, one per worker, the launch's own, and a few left for the user."""
+    return 3 + workers + LAUNCH_CONNECTIONS + USER_CONNECTIONS
+
+
+def connection_note(inventory: Inventory) -> str | None:
+    """What to know when ``inventory`` needs more R connections than R allows by default
+    (None when it fits). Raises :class:`RenderError` when no R can hold it."""
+    needed = connections_needed(inventory.workers)
+    if needed <= R_CONNECTIONS:
+        return None
+    most = R_MAX_CONNECTIONS - connections_needed(0)
+    if needed > R_MAX_CONNECTIONS:
+        raise RenderError(
+            f"{_where(inventory)}{inventory.workers:,} workers need {needed:,} R connections "
+            f"on the primary; no R allows more than {R_MAX_CONNECTIONS:,}",
+            hint=f"give one primary at most {most:,} workers (split the hosts over several "
+                 "inventories and R sessions)")
+    return (f"{inventory.workers} workers need {needed} R connections on the primary: more "
+            f"than R before 4.4 allows ({R_CONNECTIONS}). Run R >= 4.4 with "
+            f"--max-connections={needed}, or give this primary at most "
+            f"{R_CONNECTIONS - connections_needed(0)} workers.")
 
 
 @dataclass(frozen=True)
@@ -151,6 +186,9 @@ def render(inventory: Inventory, options: RenderOptions | None = None) -> str:
             hint="run 'sshcluster render --check' to detect it, or write the address",
         )
     lines = _header(inventory, opts, plan)
+    note = connection_note(inventory)
+    if note:
+        lines += ["#", *(f"# {line}" for line in textwrap.wrap(note, 86))]
     lines += [
         "",
         "# Everything below needs R 4.1 (TCP no-delay sockets); nothing below runs before this.",
@@ -369,5 +407,6 @@ def _comment(text: str) -> str:
     return "".join(ch if 0x20 <= ord(ch) < 0x7F else "?" for ch in text)
 
 
-__all__ = ["CONNECT_TIMEOUT", "RenderOptions", "render", "spec_entries", "ssh_command",
+__all__ = ["CONNECT_TIMEOUT", "R_CONNECTIONS", "R_MAX_CONNECTIONS", "RenderOptions",
+           "connection_note", "connections_needed", "render", "spec_entries", "ssh_command",
            "write_bootstrap"]

@@ -181,6 +181,9 @@ def render(inventory: str, output: str | None, launch: str | None, tunnel: str |
         register=tuple(register),
         note=note,
     )
+    note = bootstrap.connection_note(inv)
+    if note:
+        click.secho(f"warning: {note}", fg="yellow", err=True)
     if output is None or output == "-":
         click.echo(bootstrap.render(inv, options), nl=False)
         return

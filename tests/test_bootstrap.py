@@ -270,3 +270,28 @@ def test_old_r_stops_at_once_with_a_clear_message(tmp_path: Path, options: Rende
     lines = out.stdout.splitlines()
     assert lines[0] == "sshcluster: this file needs R 4.1.0 or later; this is R 3.6.3 "
     assert lines[1].split() == ["getRversion", "r"]
+
+
+def test_connection_limits_are_known_at_render(tmp_path: Path) -> None:
+    """An inventory beyond any R's connections is refused; one beyond R < 4.4's says how."""
+    from click.testing import CliRunner
+
+    from sshcluster.cli import cli
+
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("primary: 10.0.0.1\nhosts:\n" + "".join(
+        f"  - host: 10.0.{i // 250}.{i % 250 + 1}\n    ncore: 4096\n" for i in range(320)))
+    res = CliRunner().invoke(cli, ["render", str(huge)])
+    assert res.exit_code == 2
+    assert "1,310,720 workers need 1,310,727 R connections" in res.output
+    assert "Traceback" not in res.output
+    big = tmp_path / "big.yaml"
+    big.write_text("primary: 10.0.0.1\nhosts:\n  - host: a\n    ncore: 100\n"
+                   "  - host: b\n    ncore: 100\n")
+    res = CliRunner().invoke(cli, ["render", str(big), "-o", str(tmp_path / "c.R")])
+    assert res.exit_code == 0
+    assert "warning: 200 workers need 207 R connections" in res.output
+    assert "--max-connections=207" in res.output
+    assert "--max-connections=207" in (tmp_path / "c.R").read_text()
+    fits = parse_inventory("primary: p\nhosts:\n  - host: a\n    ncore: 121\n")
+    assert "--max-connections=" not in render(fits).split("\n\n")[0]

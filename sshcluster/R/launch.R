@@ -46,6 +46,8 @@ RESERVED_CONNECTIONS <- 2L # left free for the user's own files
 start <- function(config) {
   stop_previous()
   S <- new.env()
+  S$id <- random_hex(8L)
+  assign(S$id, S, envir = registry)
   S$config <- config
   S$limit <- connection_limit()
   check_connections(S, sum(vapply(config$machines, function(m) as.integer(m$ncore), 1L)))
@@ -361,7 +363,7 @@ admit <- function(S, p, expected) {
   writeBin(hex_bytes(e$primary), p$con)
   flush(p$con)
   structure(list(con = p$con, host = S$config$machines[[h]]$host, rank = S$first[h] + slot,
-                 h = h, slot = slot, pid = num(13L), session = e$id, state = S),
+                 h = h, slot = slot, pid = num(13L), session = e$id, launch = S$id),
             class = c("sshcluster_node", "SOCKnode"))
 }
 
@@ -400,6 +402,30 @@ launch_failed <- function(S, nodes, expected, ended, what) {
 # ---------------------------------------------------------------------------
 # The running cluster: parallel's generics for our nodes
 
+# A node holds only values that do not change (its connection, host, slot, pid,
+# session and launch ids): code that hashes or copies a cluster object, as future
+# does to tell clusters apart, sees the same cluster for as long as it runs. The
+# state of a launch lives here, by id, for every cluster file this R session has
+# sourced (each registers its own copy of the methods below).
+launches <- function() {
+  registry <- getOption("sshcluster.launches")
+  if (!is.environment(registry)) {
+    registry <- new.env()
+    options(sshcluster.launches = registry)
+  }
+  registry
+}
+
+registry <- launches()
+
+state_of <- function(node) {
+  S <- get0(node$launch, envir = registry, inherits = FALSE)
+  if (is.null(S))
+    stop(sprintf("sshcluster: the cluster of worker %d on %s was stopped", node$slot,
+                 node$host), call. = FALSE)
+  S
+}
+
 # Waits until one of the nodes has something to read; every second, checks
 # that their hosts, and the hosts of every worker with a call outstanding, are
 # still there (a call that sent work to a lost worker can never complete,
@@ -409,7 +435,7 @@ wait_readable <- function(nodes) {
   repeat {
     ready <- socketSelect(cons, timeout = 1)
     if (any(ready)) return(which.max(ready))
-    S <- nodes[[1]]$state
+    S <- state_of(nodes[[1]])
     busy <- Filter(function(n) !is.null(n) && S$calls[[n$rank]] > 0L, S$cluster)
     check_hosts(c(nodes, busy))
   }
@@ -418,13 +444,13 @@ wait_readable <- function(nodes) {
 # Signals an error for the first node whose host's ssh session has ended.
 check_hosts <- function(nodes) {
   for (node in nodes) {
-    S <- node$state
+    S <- state_of(node)
     if (session_ended(S, node$session)) host_lost(node)
   }
 }
 
 host_lost <- function(node) {
-  S <- node$state
+  S <- state_of(node)
   same <- Filter(function(n) identical(n$session, node$session), S$cluster)
   fail_node(node, sprintf(
     "sshcluster: lost %s: %s. Its %d worker%s stopped; parallelCluster <- sshcluster_repair() goes on without %s.",
@@ -434,7 +460,7 @@ host_lost <- function(node) {
 
 # A worker's connection failed: say which worker, on which host, and why.
 worker_lost <- function(node, e) {
-  S <- node$state
+  S <- state_of(node)
   # Behind a tunnel, the end of the ssh session closes the worker's connection:
   # give ssh a moment to say why.
   for (i in 1:20) {
@@ -447,23 +473,26 @@ worker_lost <- function(node, e) {
 }
 
 fail_node <- function(node, message) {
-  node$state$lost[[as.character(node$rank)]] <- message
+  S <- state_of(node)
+  S$lost[[as.character(node$rank)]] <- message
   stop(structure(class = c("sshcluster_error", "error", "condition"),
                  list(message = message, call = NULL, hosts = node$host, rank = node$rank)))
 }
 
-# Reads one message; a worker's answer to a call ends that call's wait.
+# Reads one message; a worker's answer to a call ends that call's wait. (These
+# methods run for every task: they keep to a few cheap steps.)
 read_value <- function(node) {
   value <- tryCatch(unserialize(node$con), error = function(e) worker_lost(node, e))
   if (identical(value$type, "VALUE")) {
-    S <- node$state
-    S$calls[[node$rank]] <- max(0L, S$calls[[node$rank]] - 1L)
+    S <- state_of(node)
+    r <- node$rank
+    if (S$calls[r] > 0L) S$calls[r] <- S$calls[r] - 1L
   }
   value
 }
 
 recvData.sshcluster_node <- function(node) {
-  wait_readable(list(node))
+  if (!socketSelect(list(node$con), timeout = 1)) wait_readable(list(node))
   read_value(node)
 }
 
@@ -472,18 +501,21 @@ recvOneData.sshcluster <- function(cl) {
   list(node = i, value = read_value(cl[[i]]))
 }
 
+# (A lost host is noticed by the wait for the answer: checking here too would cost
+# every task a look at the disk.)
 sendData.sshcluster_node <- function(node, data) {
-  check_hosts(list(node))
-  if (identical(data$type, "EXEC") && node$state$calls[[node$rank]] > 0L)
-    fail_node(node, sprintf(paste(
+  if (identical(data$type, "EXEC")) {
+    S <- state_of(node)
+    r <- node$rank
+    if (S$calls[r] > 0L) fail_node(node, sprintf(paste(
       "sshcluster: worker %d on %s has not answered an earlier call (an interrupted one?),",
       "so this call would get that call's results. parallelCluster <- sshcluster_repair()",
       "brings the cluster back in step."), node$slot, node$host))
-  tryCatch(serialize(data, node$con), error = function(e) worker_lost(node, e))
-  if (identical(data$type, "EXEC")) {
-    S <- node$state
-    S$calls[[node$rank]] <- S$calls[[node$rank]] + 1L
+    S$calls[r] <- 1L
   }
+  # A worker that is gone usually still takes the bytes (they wait in the kernel):
+  # the wait for its answer is what names it.
+  serialize(data, node$con)
   invisible(NULL)
 }
 
@@ -524,6 +556,8 @@ shutdown <- function(S, grace = 1) {
     file.copy(S$dir, Sys.getenv("SSHCLUSTER_KEEP_DIR"), recursive = TRUE)
   if (!is.null(S$dir)) unlink(S$dir, recursive = TRUE)
   S$dir <- NULL
+  if (!is.null(S$id) && exists(S$id, envir = registry, inherits = FALSE))
+    rm(list = S$id, envir = registry)
   invisible()
 }
 
