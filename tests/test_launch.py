@@ -94,6 +94,10 @@ def test_fast_launch_is_a_standard_cluster(clean: Testbed, tmp_path: Path, fork:
         suppressPackageStartupMessages(library(foreach))
         cat("foreach", foreach(i = 1:6, .combine = c) %dopar% Sys.info()[["nodename"]], "\\n")
         cat("future", future::value(future::future(Sys.info()[["nodename"]])), "\\n")
+        # many futures at once: future must see one cluster, whose nodes it can tell apart
+        cat("futures", unlist(future.apply::future_lapply(1:20, function(i) i * 3)), "\\n")
+        cat("spread", length(unique(unlist(future.apply::future_lapply(1:16,
+          function(i) {{ Sys.sleep(0.2); Sys.getpid() }})))), "\\n")
         sshcluster_stop()
         cat("stopped", exists("parallelCluster"), "\\n")
     """, tmp_path)
@@ -111,6 +115,8 @@ def test_fast_launch_is_a_standard_cluster(clean: Testbed, tmp_path: Path, fork:
     assert lines["lb"].split() == [str(2 * i) for i in range(1, 11)]
     assert set(lines["foreach"].split()) <= set(names)
     assert lines["future"].strip() in names
+    assert lines["futures"].split() == [str(3 * i) for i in range(1, 21)]
+    assert int(lines["spread"]) > 1
     assert lines["stopped"].strip() == "FALSE"
 
 
