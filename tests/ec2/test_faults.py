@@ -1,0 +1,170 @@
+"""Faults: AWS refusing a request, an interrupt, a deadline, missing credentials. Each
+leaves nothing running and says what to do.
+
+A small HTTP proxy on 127.0.0.1 in front of moto refuses the Nth RunInstances with the
+error answer real EC2 would give.
+"""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.exceptions
+import pytest
+from botocore.parsers import ResponseParserError
+
+from sshcluster import ec2
+from sshcluster.errors import EC2Error
+
+from .helpers import REGION, SshHosts, do_up, live, make_spec
+
+
+class RefusingProxy:
+    """An HTTP proxy on 127.0.0.1 in front of moto that refuses the Nth RunInstances
+    with an EC2 error answer (and passes everything else through)."""
+
+    def __init__(self, upstream: str, refuse: int, code: str = "InsufficientInstanceCapacity"):
+        self.calls = 0
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if urllib.parse.parse_qs(body.decode()).get("Action") == ["RunInstances"]:
+                    proxy.calls += 1
+                    if proxy.calls == refuse:
+                        self._answer(400, (
+                            f"<Response><Errors><Error><Code>{code}</Code><Message>We "
+                            "currently do not have sufficient capacity in the Availability "
+                            "Zone you requested.</Message></Error></Errors>"
+                            "<RequestID>proxy</RequestID></Response>").encode())
+                        return
+                request = urllib.request.Request(
+                    upstream + self.path, data=body, method="POST",
+                    headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
+                try:
+                    with urllib.request.urlopen(request) as answer:
+                        self._answer(answer.status, answer.read())
+                except urllib.error.HTTPError as err:
+                    self._answer(err.code, err.read())
+
+            def _answer(self, status: int, data: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "text/xml")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_second_run_instances_refused_leaves_nothing_running(
+        client: Any, moto_url: str, ami: str, hosts: SshHosts, tmp_path: Path) -> None:
+    proxy = RefusingProxy(moto_url, refuse=2)
+    try:
+        via_proxy = ec2.make_client(REGION, endpoint_url=proxy.url)
+        with pytest.raises(EC2Error) as e:
+            do_up(make_spec(ami, count=3), via_proxy, hosts, tmp_path, batch_size=2)
+    finally:
+        proxy.close()
+    assert proxy.calls == 2
+    assert e.value.code == "InsufficientInstanceCapacity"
+    assert "try another type" in str(e.value)
+    message = str(e.value)
+    assert "failed; cleaned up: terminated: i-" in message
+    assert "deleted security groups" in message and "deleted key pairs" in message
+    assert live(client) == []  # the first batch's 2 instances were terminated
+    assert client.describe_key_pairs()["KeyPairs"] == []
+    assert list((tmp_path / "state").iterdir()) == []
+
+
+def test_interrupt_while_waiting_leaves_nothing_running(client: Any, ami: str,
+                                                        hosts: SshHosts,
+                                                        tmp_path: Path) -> None:
+    seen: list[ec2.Step] = []
+
+    def progress(step: ec2.Step) -> None:
+        seen.append(step)
+        if step.stage == "ssh":
+            raise KeyboardInterrupt  # Ctrl-C while waiting for SSH
+
+    with pytest.raises(KeyboardInterrupt):
+        do_up(make_spec(ami), client, hosts, tmp_path, progress=progress)
+    assert live(client) == []
+    assert seen[-1].stage == "aborted"
+    assert "interrupted; cleaned up: terminated: i-" in seen[-1].message
+    assert not (tmp_path / "rwork.pem").exists()
+
+
+def test_ssh_deadline_fails_and_cleans_up(client: Any, ami: str, tmp_path: Path) -> None:
+    # port 9 on 127.0.0.1: nothing listens, the instance never answers
+    with pytest.raises(EC2Error, match="did not answer on SSH before the deadline"):
+        ec2.up(make_spec(ami, count=1), client=client, output=tmp_path / "h.yaml",
+               address_of=lambda i: ec2.Endpoint("127.0.0.1", 9), timeout=1, poll=0.1)
+    assert live(client) == []
+
+
+@pytest.mark.parametrize(("code", "hint"), [
+    ("UnauthorizedOperation", "permission"),
+    ("VcpuLimitExceeded", "Service Quotas"),
+    ("InstanceLimitExceeded", "quota"),
+    ("InvalidAMIID.NotFound", "per region"),
+    ("AuthFailure", "credentials"),
+])
+def test_aws_errors_come_with_a_hint(client: Any, moto_url: str, ami: str, hosts: SshHosts,
+                                     tmp_path: Path, code: str, hint: str) -> None:
+    proxy = RefusingProxy(moto_url, refuse=1, code=code)
+    try:
+        with pytest.raises(EC2Error) as e:
+            do_up(make_spec(ami, count=1), ec2.make_client(REGION, endpoint_url=proxy.url),
+                  hosts, tmp_path)
+    finally:
+        proxy.close()
+    assert e.value.code == code and e.value.operation == "RunInstances"
+    assert hint in (e.value.hint or "")
+    assert live(client) == []
+
+
+def test_unknown_image_is_refused_before_anything_starts(client: Any, tmp_path: Path,
+                                                         hosts: SshHosts) -> None:
+    with pytest.raises(EC2Error) as e:
+        do_up(make_spec("ami-00000000deadbeef0"), client, hosts, tmp_path)
+    assert e.value.code == "InvalidAMIID.NotFound" and "per region" in str(e.value)
+    assert live(client) == [] and client.describe_key_pairs()["KeyPairs"] == []
+
+
+def test_no_credentials(moto_url: str, monkeypatch: pytest.MonkeyPatch, ami: str) -> None:
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(var)
+    for var in ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                "AWS_WEB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never ask 169.254.169.254
+    # a fresh session: boto3's default one has cached the test credentials
+    with pytest.raises(EC2Error) as e:
+        ec2.list_clusters(client=boto3.session.Session().client("ec2", region_name=REGION))
+    assert e.value.code == "NoCredentials" and "aws configure" in str(e.value)
+
+
+def test_botocore_errors_become_ec2_errors() -> None:
+    with pytest.raises(EC2Error, match="creating the EC2 client") as e:
+        ec2.make_client("not a region!")  # botocore's own check: InvalidRegionError
+    assert isinstance(e.value.__cause__, botocore.exceptions.BotoCoreError)
+    err = ec2.aws_error(ResponseParserError("Unable to parse response: b'<html>'"),
+                        "DescribeInstances")
+    assert err.operation == "DescribeInstances" and "region" in (err.hint or "")
