@@ -143,9 +143,22 @@ class NoSuchCluster(EC2Error):
         super().__init__(message, hint=hint)
 
 
+class ForeignCluster(EC2Error):
+    """Cluster ``name`` in ``region`` belongs to someone else (its ``sshcluster:owner``
+    tag names ``owners``); ``down`` and ``gc`` leave it alone unless told otherwise."""
+
+    def __init__(self, message: str, *, name: str, region: str, owners: tuple[str, ...],
+                 hint: str | None = None) -> None:
+        self.name = name
+        self.region = region
+        self.owners = owners
+        super().__init__(message, hint=hint)
+
+
 __all__ = [
     "CheckFailed",
     "EC2Error",
+    "ForeignCluster",
     "HostError",
     "InventoryError",
     "NoSuchCluster",

@@ -27,26 +27,29 @@ The modules: :mod:`~sshcluster.ec2.spec` (the spec file), :mod:`~sshcluster.ec2.
 (this machine's records), :mod:`~sshcluster.ec2.regions` (which regions, results per
 region), :mod:`~sshcluster.ec2.launch` (creating resources, the dry run),
 :mod:`~sshcluster.ec2.wait` (waiting for SSH and host keys), :mod:`~sshcluster.ec2.startup`
-(starting a cluster), :mod:`~sshcluster.ec2.cleanup` (removing one),
-:mod:`~sshcluster.ec2.clusters` (ls, down, gc) and :mod:`~sshcluster.ec2.cli` (the
-``sshcluster ec2`` commands).
+(starting a cluster), :mod:`~sshcluster.ec2.signals` (SIGTERM, SIGHUP and
+Ctrl-C during ``up``), :mod:`~sshcluster.ec2.cleanup` (removing one),
+:mod:`~sshcluster.ec2.clusters` (ls, down), :mod:`~sshcluster.ec2.garbage` (gc) and
+:mod:`~sshcluster.ec2.cli` (the ``sshcluster ec2`` commands).
 """
 
 from __future__ import annotations
 
 from sshcluster.ec2.aws import aws_error, make_client
-from sshcluster.ec2.cleanup import DownReport, remove_resources
+from sshcluster.ec2.cleanup import CleanupIncomplete, DownReport, remove_resources
 from sshcluster.ec2.clusters import (
     ClusterStatus,
-    Garbage,
-    collect_all_garbage,
-    collect_garbage,
     down,
-    find_all_garbage,
-    find_garbage,
     format_clusters,
     list_all_clusters,
     list_clusters,
+)
+from sshcluster.ec2.garbage import (
+    Garbage,
+    collect_all_garbage,
+    collect_garbage,
+    find_all_garbage,
+    find_garbage,
 )
 from sshcluster.ec2.instances import (
     LIVE_STATES,
@@ -70,6 +73,7 @@ from sshcluster.ec2.regions import (
     resolve_region,
     search_regions,
 )
+from sshcluster.ec2.signals import Interrupted
 from sshcluster.ec2.spec import (
     MAX_LIFETIME,
     MIN_LIFETIME,
@@ -85,7 +89,7 @@ from sshcluster.ec2.spec import (
 from sshcluster.ec2.startup import Cluster, Seams, cluster, default_address, next_steps, up
 from sshcluster.ec2.userdata import user_data
 from sshcluster.ec2.wait import AddressOf, ConsoleText, Progress, Step
-from sshcluster.errors import EC2Error, NoSuchCluster
+from sshcluster.errors import EC2Error, ForeignCluster, NoSuchCluster
 
 __all__ = [
     "LIVE_STATES",
@@ -98,6 +102,7 @@ __all__ = [
     "TAG_OWNER",
     "TAG_RUN",
     "AddressOf",
+    "CleanupIncomplete",
     "Cluster",
     "ClusterStatus",
     "ConsoleText",
@@ -105,8 +110,10 @@ __all__ = [
     "EC2Error",
     "EC2Spec",
     "Endpoint",
+    "ForeignCluster",
     "Garbage",
     "Instance",
+    "Interrupted",
     "NoSuchCluster",
     "Progress",
     "Record",

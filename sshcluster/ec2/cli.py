@@ -7,11 +7,13 @@ imported when a command runs, so ``sshcluster --help`` stays fast.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import click
 
 from sshcluster import ec2
+from sshcluster.ec2.signals import exit_status
 from sshcluster.ec2.spec import NAME_RULE, REGION_RULE, is_cluster_name, is_region
 from sshcluster.errors import SshclusterError
 
@@ -55,6 +57,10 @@ _region_option = click.option(
     "--region", callback=_region,
     help="AWS region (default: the cluster's record, then AWS_DEFAULT_REGION or your AWS "
          "config).")
+_any_owner_option = click.option(
+    "--any-owner", is_flag=True,
+    help="Also clusters other people started (by default only yours: the sshcluster:owner "
+         "tag is you@this-host).")
 _regions_option = click.option(
     "--region", callback=_region,
     help="Look in this AWS region only (default: every region of this machine's cluster "
@@ -77,6 +83,15 @@ class _ProgressPrinter:
         self.aborted: str | None = None
 
     def __call__(self, step: ec2.Step) -> None:
+        # After SIGHUP the terminal may be gone: a line that cannot be shown must not
+        # stop the cleanup that is running.
+        with contextlib.suppress(OSError):
+            self._show(step)
+
+    def _show(self, step: ec2.Step) -> None:
+        if step.stage == "note":
+            self.console.print(step.message)
+            return
         if step.stage in ("done", "aborted"):
             if self.bar is not None:
                 self.bar.stop()
@@ -145,9 +160,10 @@ def ec2_up(ctx: click.Context, spec_file: str, output: str, accept_new: bool,
         cluster = ec2.up(spec, output=output, accept_new=accept_new, timeout=timeout,
                          progress=printer, overwrite=force, address_of=seams.address_of,
                          console_text=seams.console_text)
-    except KeyboardInterrupt:
-        click.secho(f"error: {printer.aborted or 'interrupted'}", fg="red", err=True)
-        raise SystemExit(130) from None
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP: cleaned up by now
+        with contextlib.suppress(OSError):
+            click.secho(f"error: {printer.aborted or 'interrupted'}", fg="red", err=True)
+        raise SystemExit(exit_status(e)) from None
     click.echo(f"cluster {cluster.name}: {len(cluster.instances)} instances, expires "
                f"{ec2.format_time(cluster.expires)}; inventory {cluster.inventory_path}")
     click.echo("next:")
@@ -158,17 +174,19 @@ def ec2_up(ctx: click.Context, spec_file: str, output: str, accept_new: bool,
 
 @ec2_group.command("ls")
 @_regions_option
+@_any_owner_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def ec2_ls(region: str | None, as_json: bool) -> None:
-    """List the clusters and instances sshcluster started, in every state.
+def ec2_ls(region: str | None, any_owner: bool, as_json: bool) -> None:
+    """List your clusters and their instances, in every state.
 
     Without --region it looks in every region this machine has a cluster record in,
-    and in your default region.
+    and in your default region. A cluster whose 'up' was killed is shown as orphaned,
+    with the command that ends it.
     """
     import json
 
     now = ec2.utcnow()
-    found = ec2.list_all_clusters(region=region)
+    found = ec2.list_all_clusters(region=region, any_owner=any_owner)
     for where, error in found.failed.items():
         _print_error(error, where)
     clusters = [c for listed in found.succeeded.values() for c in listed]
@@ -185,29 +203,35 @@ def ec2_ls(region: str | None, as_json: bool) -> None:
 @ec2_group.command("down")
 @click.argument("name", callback=_cluster_name)
 @_region_option
-def ec2_down(name: str, region: str | None) -> None:
-    """Terminate every instance of cluster NAME and delete what 'up' created for it.
+@_any_owner_option
+def ec2_down(name: str, region: str | None, any_owner: bool) -> None:
+    """Terminate every instance of your cluster NAME and delete what 'up' created for it.
 
     Instances in any state (pending, running, stopping, stopped) are terminated, spot
     requests cancelled, the security group and key pair made for it deleted. Running it
     again is harmless. A NAME that is no cluster here (no record on this machine,
     nothing tagged with it in the region) is an error (exit status 1), and the clusters
-    that exist are listed.
+    that exist are listed; so is a NAME that only someone else has (unless --any-owner).
+    If AWS has not released the security group by the deadline, the rest is removed,
+    and what is left is named (exit status 1): run the same command again later.
     """
-    report = ec2.down(name, region=region)
+    report = ec2.down(name, region=region, any_owner=any_owner)
     click.echo(f"{name}: {report.summary()}")
 
 
 @ec2_group.command("gc")
 @_regions_option
+@_any_owner_option
 @click.option("--yes", is_flag=True, help="Do not ask before terminating.")
-def ec2_gc(region: str | None, yes: bool) -> None:
-    """Terminate clusters past their expiry, or orphaned (started here, no record left).
+def ec2_gc(region: str | None, any_owner: bool, yes: bool) -> None:
+    """End your clusters that should not be there any more.
 
-    Without --region it looks where 'ec2 ls' looks: every region this machine has a
+    That is: past their expiry; orphaned (started here, no record left, or their 'up'
+    was killed); or with their instances gone but a security group, key pair or record
+    left. Without --region it looks where 'ec2 ls' looks: every region this machine has a
     cluster record in, and your default region.
     """
-    found = ec2.find_all_garbage(region=region)
+    found = ec2.find_all_garbage(region=region, any_owner=any_owner)
     for where, error in found.failed.items():
         _print_error(error, where)
     garbage = [g for listed in found.succeeded.values() for g in listed]
@@ -217,7 +241,7 @@ def ec2_gc(region: str | None, yes: bool) -> None:
             click.echo(f"nothing to collect in {', '.join(found.succeeded)}")
         raise click.exceptions.Exit(1 if failed else 0)
     for g in garbage:
-        click.echo(f"{g.name} ({g.region}): {g.reason}: {', '.join(g.instance_ids)}")
+        click.echo(f"{g.name} ({g.region}): {g.reason}: {g.what}")
     if not yes and not click.confirm("Terminate these?", default=False):
         click.echo("nothing terminated")
         raise click.exceptions.Exit(1 if failed else 0)

@@ -1,10 +1,14 @@
-"""The clusters sshcluster started that EC2 has now: list them, end them, collect garbage.
+"""The clusters sshcluster started that EC2 has now: list them and end them.
 
-The Python API behind ``sshcluster ec2 ls | down | gc``. A cluster is found by its tags
-(``sshcluster:cluster``, ``sshcluster:run``), not by what this machine remembers, so
-``down`` also ends what an ``up`` that died left behind; the records in
-:func:`~sshcluster.ec2.records.state_dir` tell ``ls`` which clusters this machine knows
-and ``gc`` which of its owner's are orphans.
+The Python API behind ``sshcluster ec2 ls | down`` (``gc`` is in
+:mod:`sshcluster.ec2.garbage`). A cluster is found by its tags (``sshcluster:cluster``,
+``sshcluster:run``), not by what this machine remembers, so ``down`` also ends what an
+``up`` that died left behind; the records in :func:`~sshcluster.ec2.records.state_dir`
+tell ``ls`` which clusters this machine knows and which are orphans.
+
+Both act on the caller's own clusters (the ``sshcluster:owner`` tag, ``user@host``):
+colleagues who share an AWS account and both call their cluster ``rwork`` do not end or
+list each other's. ``any_owner=True`` lifts that.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sshcluster.ec2.aws import make_client, region_of
-from sshcluster.ec2.cleanup import DownReport, remove_resources
+from sshcluster.ec2.cleanup import CLEANUP_TIMEOUT, CleanupIncomplete, DownReport, remove_resources
 from sshcluster.ec2.instances import (
     Instance,
     cluster_filters,
@@ -27,6 +31,7 @@ from sshcluster.ec2.instances import (
     utcnow,
 )
 from sshcluster.ec2.records import (
+    Record,
     default_owner,
     find_record,
     load_records,
@@ -34,15 +39,22 @@ from sshcluster.ec2.records import (
     state_dir,
 )
 from sshcluster.ec2.regions import Results, each_region, resolve_region
-from sshcluster.errors import EC2Error, NoSuchCluster, SshclusterError
+from sshcluster.errors import ForeignCluster, NoSuchCluster, SshclusterError
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2.client import EC2Client
 
+#: What to run for a cluster whose ``up`` died.
+GC_COMMAND = "sshcluster ec2 gc"
+
 
 @dataclass(frozen=True)
 class ClusterStatus:
-    """One cluster as :func:`list_clusters` finds it: every instance, in any state."""
+    """One cluster as :func:`list_clusters` finds it: every instance, in any state.
+
+    ``orphaned``: this machine's record of it says ``starting``, but the ``up`` that
+    wrote the record is gone (killed); ``sshcluster ec2 gc`` ends it.
+    """
 
     name: str
     owner: str | None
@@ -50,6 +62,7 @@ class ClusterStatus:
     instances: tuple[Instance, ...]
     known: bool  # a record of it exists on this machine
     region: str
+    orphaned: bool = False
 
     @property
     def live(self) -> tuple[Instance, ...]:
@@ -66,6 +79,7 @@ class ClusterStatus:
             "time_left_seconds": int((self.expires - now).total_seconds())
             if self.expires else None,
             "known": self.known,
+            "orphaned": self.orphaned,
             "instances": [{
                 "id": i.id, "state": i.state, "type": i.instance_type, "spot": i.spot,
                 "public_ip": i.public_ip, "private_ip": i.private_ip, "run_id": i.run_id,
@@ -75,90 +89,131 @@ class ClusterStatus:
         }
 
 
-@dataclass(frozen=True)
-class Garbage:
-    """A cluster :func:`find_garbage` proposes to remove, and why."""
-
-    name: str
-    reason: str
-    instance_ids: tuple[str, ...]
-    region: str
-
-
 def format_clusters(clusters: Iterable[ClusterStatus], now: datetime | None = None) -> str:
-    """The table ``sshcluster ec2 ls`` prints: one row per instance."""
+    """The table ``sshcluster ec2 ls`` prints: one row per instance, then a line for each
+    orphaned cluster with the command that ends it."""
     now = now or utcnow()
+    clusters = tuple(clusters)
     rows = [("cluster", "region", "instance", "state", "type", "address", "age",
              "time left")]
     for c in clusters:
         left = format_duration(c.expires - now) if c.expires else "?"
+        name = c.name + (" (orphaned)" if c.orphaned else "" if c.known else " (no record)")
+        if not c.instances:
+            rows.append((name, c.region, "-", "-", "-", "-", "-", left))
         for i in c.instances:
-            rows.append((c.name + ("" if c.known else " (no record)"), c.region, i.id,
-                         i.state, i.instance_type + (" spot" if i.spot else ""),
+            rows.append((name, c.region, i.id, i.state,
+                         i.instance_type + (" spot" if i.spot else ""),
                          i.public_ip or i.private_ip or "-",
                          format_duration(now - i.launch_time) if i.launch_time else "?",
                          left if i.live else "-"))
     widths = [max(len(row[col]) for row in rows) for col in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
-                     .rstrip() for row in rows)
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+             for row in rows]
+    lines += [f"{c.name} ({c.region}) is orphaned: the 'sshcluster ec2 up' that started it is "
+              f"gone; end it with: {GC_COMMAND}" for c in clusters if c.orphaned]
+    return "\n".join(lines)
 
 
-def list_clusters(*, client: EC2Client, records: Path | None = None) -> tuple[ClusterStatus, ...]:
-    """Every cluster sshcluster started in the client's region, with every instance in
-    any state (terminated ones while EC2 still lists them)."""
+def list_clusters(*, client: EC2Client, records: Path | None = None, owner: str | None = None,
+                  any_owner: bool = False) -> tuple[ClusterStatus, ...]:
+    """The caller's clusters (``owner``, default :func:`default_owner`; everyone's with
+    ``any_owner``) in the client's region, with every instance in any state (terminated
+    ones while EC2 still lists them), and the orphaned ones this machine has a record of
+    even before they have instances."""
     region = region_of(client)
-    known = {r.name for r in load_records(records or state_dir()) if r.region == region}
-    by_name: dict[str, list[Instance]] = {}
-    for inst in describe_instances(client, cluster_filters()):
-        by_name.setdefault(inst.cluster or "?", []).append(inst)
+    owner = None if any_owner else owner or default_owner()
+    here = {r.name: r for r in load_records(records or state_dir())
+            if r.region == region and (owner is None or r.owner == owner)}
+    # Two owners may each have a cluster of the same name (with any_owner, both show).
+    by_name: dict[tuple[str, str | None], list[Instance]] = {}
+    for inst in describe_instances(client, cluster_filters(owner=owner)):
+        by_name.setdefault((inst.cluster or "?", inst.owner), []).append(inst)
+    for name, record in here.items():
+        if (name, record.owner) not in by_name and record.owner_gone():
+            by_name[(name, record.owner)] = []
     out = []
-    for name, instances in sorted(by_name.items()):
+    for (name, who), instances in sorted(by_name.items(), key=lambda kv: (kv[0][0],
+                                                                         kv[0][1] or "")):
         # Terminated instances of an earlier run of the same name stay listed for a
         # while; their expiry is not this cluster's.
         current = [i for i in instances if i.live] or instances
         expiries = [i.expires for i in current if i.expires]
-        out.append(ClusterStatus(name, instances[0].owner, min(expiries) if expiries else None,
-                                 tuple(instances), name in known, region))
+        known = here.get(name) if here.get(name) and here[name].owner == who else None
+        expires = min(expiries) if expiries else known.expires if known else None
+        out.append(ClusterStatus(name, who, expires, tuple(instances), known is not None,
+                                 region, orphaned=known is not None and known.owner_gone()))
     return tuple(out)
 
 
-def list_all_clusters(*, region: str | None = None, records: Path | None = None
+def list_all_clusters(*, region: str | None = None, records: Path | None = None,
+                      owner: str | None = None, any_owner: bool = False
                       ) -> Results[str, tuple[ClusterStatus, ...]]:
     """:func:`list_clusters` in every region ``ls`` looks in (one region if ``region``)."""
-    return each_region(lambda c: list_clusters(client=c, records=records), region=region,
-                       records=records)
+    return each_region(lambda c: list_clusters(client=c, records=records, owner=owner,
+                                               any_owner=any_owner),
+                       region=region, records=records)
 
 
 def down(name: str, *, client: EC2Client | None = None, region: str | None = None,
-         records: Path | None = None) -> DownReport:
-    """Terminate every instance of cluster ``name`` in any state, cancel its spot requests,
-    delete the security group and key pair ``up`` created for it, and the private key
-    file. Running it again finds nothing to do and returns an empty report.
+         records: Path | None = None, owner: str | None = None, any_owner: bool = False,
+         timeout: float = CLEANUP_TIMEOUT, poll: float = 5.0) -> DownReport:
+    """Terminate every instance of the caller's cluster ``name`` in any state, cancel its
+    spot requests, delete the security group and key pair ``up`` created for it, its
+    private key file and its record. Running it again finds nothing to do and returns an
+    empty report.
 
     Without ``client``, one is made for ``region``, else for the region of this
-    machine's record of ``name``, else for the default region. A name that never was a
-    cluster there raises :class:`~sshcluster.errors.NoSuchCluster`, which names the
-    clusters that do exist.
+    machine's record of ``name``, else for the default region. ``owner`` (default
+    :func:`default_owner`) is whose cluster to end; a cluster of that name that only
+    someone else has raises :class:`~sshcluster.errors.ForeignCluster`, unless
+    ``any_owner``. A name that never was a cluster there raises
+    :class:`~sshcluster.errors.NoSuchCluster`, which names the clusters that do exist.
+
+    The cleanup is bounded by ``timeout``; the key pair, the key file and the record go
+    even when the security group is still in use then, and
+    :class:`~sshcluster.ec2.cleanup.CleanupIncomplete` says what is left.
     """
     records = records or state_dir()
+    owner = owner or default_owner()
     if client is None:
         client = make_client(resolve_region(region, name, records))
-    report = remove_resources(client, name)
     where = region_of(client)
     record = find_record(records, where, name)
-    removed: list[str] = []
-    if record is not None:
-        if record.key_file and Path(record.key_file).exists():
-            Path(record.key_file).unlink()
-            removed.append(record.key_file)
-        remove_record(records, where, name)
-    report = replace(report, removed_files=tuple(removed))
-    # Ended instances stay listed for a while: a second down of a cluster that was there
-    # is not a mistyped name.
-    if record is None and not report.removed_anything and not cluster_instances(
-            client, name, live=False):
+    if record is not None and not any_owner and record.owner != owner:
+        record = None  # another owner's record on this machine: not the caller's cluster
+    everyone = cluster_instances(client, name, live=False)
+    mine = [i for i in everyone if any_owner or i.owner == owner]
+    others = tuple(sorted({i.owner or "someone" for i in everyone
+                           if i.live and i.owner != owner}))
+    if others and not any_owner and record is None and not any(i.live for i in mine):
+        raise ForeignCluster(
+            f"cluster {name} in {where} belongs to {', '.join(others)}, not to {owner}; "
+            "nothing was touched", name=name, region=where, owners=others,
+            hint=f"ask {others[0]} to end it, or pass --any-owner to end it anyway")
+    report = remove_resources(
+        client, name, owner=None if any_owner else owner, timeout=timeout, poll=poll,
+        instance_ids=record.instance_ids if record else (),
+        security_groups=(record.security_group,) if record else (),
+        key_pairs=(record.key_pair,) if record else ())
+    report = replace(report, removed_files=forget(records, record))
+    if record is None and not report.removed_anything and not mine:
         raise _no_such_cluster(name, where, region, records)
+    if not report.complete:
+        raise CleanupIncomplete(report)
     return report
+
+
+def forget(records: Path, record: Record | None) -> tuple[str, ...]:
+    """Remove ``record`` and the private key file it names; the files removed."""
+    if record is None:
+        return ()
+    removed = []
+    if record.key_file and Path(record.key_file).exists():
+        Path(record.key_file).unlink()
+        removed.append(record.key_file)
+    remove_record(records, record.region, record.name)
+    return tuple(removed)
 
 
 def _no_such_cluster(name: str, where: str, region: str | None,
@@ -183,73 +238,11 @@ def _no_such_cluster(name: str, where: str, region: str | None,
                          hint="check the name; for a cluster in another region pass --region")
 
 
-def find_garbage(*, client: EC2Client, records: Path | None = None, owner: str | None = None,
-                 now: datetime | None = None) -> tuple[Garbage, ...]:
-    """Clusters with live instances that are past their expiry (anyone's) or that belong
-    to ``owner`` (this machine) but have no record here (an ``up`` that died)."""
-    now = now or utcnow()
-    owner = owner or default_owner()
-    out = []
-    for status in list_clusters(client=client, records=records):
-        live = status.live
-        if not live:
-            continue
-        reason = None
-        if status.expires is None:
-            reason = "no valid expiry tag"
-        elif status.expires <= now:
-            reason = f"expired at {format_time(status.expires)}"
-        elif not status.known and status.owner == owner:
-            reason = "started from this machine, but no record of it is left here"
-        if reason:
-            out.append(Garbage(status.name, reason, tuple(i.id for i in live), status.region))
-    return tuple(out)
-
-
-def find_all_garbage(*, region: str | None = None, records: Path | None = None,
-                     owner: str | None = None) -> Results[str, tuple[Garbage, ...]]:
-    """:func:`find_garbage` in every region ``gc`` looks in (one region if ``region``)."""
-    return each_region(lambda c: find_garbage(client=c, records=records, owner=owner),
-                       region=region, records=records)
-
-
-def collect_garbage(garbage: Iterable[Garbage], *, client: EC2Client,
-                    records: Path | None = None) -> tuple[DownReport, ...]:
-    """``down`` every cluster in ``garbage`` (found with a client for the same region)."""
-    garbage = tuple(garbage)
-    region = region_of(client)
-    elsewhere = sorted({g.region for g in garbage} - {region})
-    if elsewhere:
-        raise EC2Error(f"garbage found in {', '.join(elsewhere)} cannot be collected with "
-                       f"a client for {region}", hint="collect each region's garbage with "
-                       "a client for that region")
-    return tuple(down(g.name, client=client, records=records) for g in garbage)
-
-
-def collect_all_garbage(garbage: Iterable[Garbage], *, records: Path | None = None
-                        ) -> Results[Garbage, DownReport]:
-    """``down`` every cluster in ``garbage``, each with a client for its region; one
-    cluster's failure is kept with the others' reports."""
-    results: Results[Garbage, DownReport] = Results()
-    clients: dict[str, EC2Client] = {}
-    for g in garbage:
-        try:
-            if g.region not in clients:
-                clients[g.region] = make_client(g.region)
-            results.succeeded[g] = down(g.name, client=clients[g.region], records=records)
-        except SshclusterError as e:
-            results.failed[g] = e
-    return results
-
-
 __all__ = [
+    "GC_COMMAND",
     "ClusterStatus",
-    "Garbage",
-    "collect_all_garbage",
-    "collect_garbage",
     "down",
-    "find_all_garbage",
-    "find_garbage",
+    "forget",
     "format_clusters",
     "list_all_clusters",
     "list_clusters",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import math
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -48,12 +49,16 @@ class Run:
 
 @dataclass
 class Started:
-    """What one ``up`` has made so far: the ids its cleanup removes."""
+    """What one ``up`` has made so far: the ids its cleanup removes. ``changed`` is called
+    after each addition (``up`` writes the ids into its record there)."""
 
     instance_ids: list[str] = field(default_factory=list)
     security_group: str | None = None
     key_pair: str | None = None
     files: list[Path] = field(default_factory=list)
+    changed: Callable[[], None] = lambda: None
+    #: A context manager for a creating call and the noting of its id (a signal waits).
+    critical: Callable[[], AbstractContextManager[None]] = nullcontext
 
 
 def check_image_and_type(client: EC2Client, spec: EC2Spec) -> int:
@@ -193,12 +198,14 @@ def launch(client: EC2Client, spec: EC2Spec, run: Run, *, groups: list[str],
     for batch, n in batches:
         if batch in have:
             continue
-        answer = call(client.run_instances, "RunInstances", dry_run=dry_run,
-                      **run_instances_params(spec, run, batch=batch, count=n,
-                                             groups=groups, key_name=key_name))
-        if answer is None:
-            return
-        started.instance_ids += [i["InstanceId"] for i in answer["Instances"]]
+        with started.critical():
+            answer = call(client.run_instances, "RunInstances", dry_run=dry_run,
+                          **run_instances_params(spec, run, batch=batch, count=n,
+                                                 groups=groups, key_name=key_name))
+            if answer is None:
+                return
+            started.instance_ids += [i["InstanceId"] for i in answer["Instances"]]
+            started.changed()
         done += n
         report(done)
 

@@ -9,6 +9,7 @@ propagates.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sshcluster.ec2.aws import aws_errors, make_client
-from sshcluster.ec2.cleanup import remove_resources
+from sshcluster.ec2.cleanup import CLEANUP_TIMEOUT, remove_resources
 from sshcluster.ec2.clusters import down
 from sshcluster.ec2.instances import Endpoint, Instance, cluster_instances, format_time, utcnow
 from sshcluster.ec2.launch import (
@@ -40,7 +41,9 @@ from sshcluster.ec2.records import (
     remove_record,
     save_record,
     state_dir,
+    this_process,
 )
+from sshcluster.ec2.signals import Interrupted, SignalGuard, signal_guard, signal_name
 from sshcluster.ec2.wait import (
     AddressOf,
     ConsoleText,
@@ -113,7 +116,8 @@ def up(spec: EC2Spec, *, client: EC2Client | None = None, output: str | os.PathL
        address_of: AddressOf | None = None, console_text: ConsoleText | None = None,
        progress: Progress | None = None, owner: str | None = None,
        records: Path | None = None, batch_size: int = 10,
-       run_id: str | None = None, overwrite: bool = False) -> Cluster:
+       run_id: str | None = None, overwrite: bool = False,
+       cleanup_timeout: float = CLEANUP_TIMEOUT) -> Cluster:
     """Start the cluster, wait until every instance runs and answers on SSH, record its
     host keys and write an inventory to ``output``.
 
@@ -130,24 +134,47 @@ def up(spec: EC2Spec, *, client: EC2Client | None = None, output: str | os.PathL
     raised before anything starts.
 
     A retried ``up`` of a cluster whose record and instances are still there continues
-    that run (same ClientTokens) instead of starting a second fleet. On any failure or
-    interrupt everything this run started is terminated and deleted before the error
-    (an :class:`EC2Error` saying what was removed) or the KeyboardInterrupt propagates;
-    only a cluster that an earlier ``up`` finished is left as it is (``down`` ends it).
+    that run (same ClientTokens) instead of starting a second fleet. On any failure,
+    Ctrl-C, SIGTERM or SIGHUP (in the main thread; see :mod:`sshcluster.ec2.signals`)
+    everything this run started is terminated and deleted, within ``cleanup_timeout``
+    seconds and without obeying a further signal half-way, before the error (an
+    :class:`EC2Error` saying what was removed) or the KeyboardInterrupt
+    (:class:`~sshcluster.ec2.signals.Interrupted` for a signal, with its ``signum``)
+    propagates; only a cluster that an earlier ``up`` finished is left as it is.
     """
-    deadline = time.monotonic() + timeout
-    client = client or make_client(spec.region)
     report: Progress = progress or (lambda step: None)
-    owner = owner or default_owner()
-    records = records or state_dir()
+
+    def note(signum: int) -> None:
+        report(Step("note", 0, 0, f"{signal_name(signum)} received: finishing the cleanup "
+                                  f"first (at most {cleanup_timeout:.0f} s)"))
+
+    with signal_guard(note) as guard:
+        return _guarded_up(spec, client=client or make_client(spec.region), output=output,
+                           accept_new=accept_new, deadline=time.monotonic() + timeout,
+                           poll=poll, address_of=address_of, console_text=console_text,
+                           report=report, owner=owner or default_owner(),
+                           records=records or state_dir(), batch_size=batch_size,
+                           run_id=run_id, overwrite=overwrite,
+                           cleanup_timeout=cleanup_timeout, guard=guard)
+
+
+def _guarded_up(spec: EC2Spec, *, client: EC2Client, output: str | os.PathLike[str],
+                accept_new: bool, deadline: float, poll: float,
+                address_of: AddressOf | None, console_text: ConsoleText | None,
+                report: Progress, owner: str, records: Path, batch_size: int,
+                run_id: str | None, overwrite: bool, cleanup_timeout: float,
+                guard: SignalGuard) -> Cluster:
     output = Path(output)
     if not overwrite:
         _refuse_foreign_output(output, spec)
     vcpus = check_image_and_type(client, spec)
 
     earlier = find_record(records, spec.region, spec.name)
-    # Instances already shutting down (a down just before) are on their way out.
-    existing = [i for i in cluster_instances(client, spec.name) if i.state != "shutting-down"]
+    # Only the caller's own instances of this name count: a colleague's cluster of the
+    # same name in a shared account is theirs. Instances already shutting down (a down
+    # just before) are on their way out.
+    existing = [i for i in cluster_instances(client, spec.name, owner=owner)
+                if i.state != "shutting-down"]
     key_file = output.parent / f"{spec.name}.pem" if spec.key_name is None else None
     finished = False  # the run being continued was finished by an earlier up
     if existing:
@@ -167,41 +194,62 @@ def up(spec: EC2Spec, *, client: EC2Client | None = None, output: str | os.PathL
         expires = utcnow() + spec.max_lifetime
     known_hosts = output.parent / f"{spec.name}.known_hosts"
     record = Record(spec.name, spec.region, run_id, owner, expires, "starting",
-                    key_file=str(key_file) if key_file else None,
-                    known_hosts=str(known_hosts), inventory=str(output))
+                    key_file=str(key_file.absolute()) if key_file else None,
+                    known_hosts=str(known_hosts.absolute()),
+                    inventory=str(output.absolute()),
+                    instance_ids=earlier.instance_ids if existing and earlier else (),
+                    process=this_process())
+    started = Started(instance_ids=list(record.instance_ids), critical=guard.critical)
+
+    def remember() -> None:
+        """Write the ids created so far into the record: a killed up leaves them for gc."""
+        save_record(records, replace(record, instance_ids=tuple(started.instance_ids),
+                                     security_group=started.security_group,
+                                     key_pair=started.key_pair))
+
+    started.changed = remember
     # Written before anything exists, so that gc on this machine never mistakes a
     # cluster that is still starting for an orphan.
     save_record(records, record)
-
-    started = Started()
     try:
-        cluster = _up(spec, client=client, record=record, vcpus=vcpus, deadline=deadline,
+        cluster = _up(spec, client=client, record=record, output=output,
+                      known_hosts=known_hosts, key_file=key_file, vcpus=vcpus,
+                      deadline=deadline,
                       poll=poll, accept_new=accept_new,
                       address_of=address_of or default_address(spec),
                       console_text=console_text or console_reader(client),
                       report=report, batch_size=batch_size, started=started)
     except BaseException as exc:
-        if finished:
-            save_record(records, replace(record, status="up"))
-            undone = (f"the cluster an earlier up started is left as it was; 'sshcluster "
-                      f"ec2 down {spec.name}' ends it")
-        else:
-            if key_file:
-                started.files.append(key_file)  # its key pair goes with the run
-            undone = _undo(client, spec.name, run_id, started)
-            remove_record(records, spec.region, spec.name)
-        what = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        note = f"up {spec.name} {what}; {undone}"
-        report(Step("aborted", 0, spec.count, note))
+        with guard.cleanup():  # first: a signal from here on is only noted
+            if finished:
+                save_record(records, replace(record, status="up"))
+                undone = (f"the cluster an earlier up started is left as it was; "
+                          f"'sshcluster ec2 down {spec.name}' ends it")
+            else:
+                if key_file:
+                    started.files.append(key_file)  # its key pair goes with the run
+                undone = _undo(client, spec.name, run_id, owner, started,
+                               timeout=cleanup_timeout, poll=poll)
+                remove_record(records, spec.region, spec.name)
+            if isinstance(exc, Interrupted):
+                what = f"interrupted by {signal_name(exc.signum)}"
+            else:
+                what = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            note = f"up {spec.name} {what}; {undone}"
+            with contextlib.suppress(Exception):  # a terminal that is gone cannot be told
+                report(Step("aborted", 0, spec.count, note))
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
+        guard.raise_noted()  # a signal during the cleanup of a failure: its exit status
         if isinstance(exc, EC2Error):
             raise EC2Error(f"{exc.message}\n{note}", code=exc.code, operation=exc.operation,
                            hint=exc.hint) from exc
         if isinstance(exc, SshclusterError):
             raise EC2Error(f"{exc.message}\n{note}", hint=exc.hint) from exc
         raise EC2Error(f"{type(exc).__name__}: {exc}\n{note}") from exc
-    save_record(records, replace(record, status="up"))
+    save_record(records, replace(record, status="up", instance_ids=tuple(started.instance_ids),
+                                 security_group=started.security_group,
+                                 key_pair=started.key_pair))
     return cluster
 
 
@@ -229,13 +277,11 @@ def _refuse_foreign_output(output: Path, spec: EC2Spec) -> None:
                                f"--force to replace {output}")
 
 
-def _up(spec: EC2Spec, *, client: EC2Client, record: Record, vcpus: int, deadline: float,
+def _up(spec: EC2Spec, *, client: EC2Client, record: Record, output: Path,
+        known_hosts: Path, key_file: Path | None, vcpus: int, deadline: float,
         poll: float, accept_new: bool, address_of: AddressOf, console_text: ConsoleText,
         report: Progress, batch_size: int, started: Started) -> Cluster:
     run = Run(record.run_id, record.owner, record.expires)
-    key_file = Path(record.key_file) if record.key_file else None
-    known_hosts = Path(record.known_hosts or "")
-    output = Path(record.inventory or "")
     filters = run_filters(spec, run)
 
     key_name = spec.key_name
@@ -246,14 +292,16 @@ def _up(spec: EC2Spec, *, client: EC2Client, record: Record, vcpus: int, deadlin
         if pairs and key_file.exists():
             key_name = pairs[0]["KeyName"]  # a retried up: the key of the first attempt
         else:
-            made = create_key_pair(client, spec, run)
-            assert made is not None
-            key_name, material = made
-            started.key_pair = key_name
-            key_file.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(key_file, material if material.endswith("\n") else material + "\n",
-                         mode=0o600)
-            started.files.append(key_file)
+            with started.critical():
+                made = create_key_pair(client, spec, run)
+                assert made is not None
+                key_name, material = made
+                started.key_pair = key_name
+                started.changed()
+                key_file.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(key_file, material if material.endswith("\n")
+                             else material + "\n", mode=0o600)
+                started.files.append(key_file)
 
     groups = [spec.security_group_id] if spec.security_group_id else []
     if spec.security_group_id is None:
@@ -262,17 +310,20 @@ def _up(spec: EC2Spec, *, client: EC2Client, record: Record, vcpus: int, deadlin
         if found:
             groups = [found[0]["GroupId"]]
         else:
-            group = create_security_group(client, spec, run)
-            assert group is not None
-            started.security_group = group
+            with started.critical():
+                group = create_security_group(client, spec, run)
+                assert group is not None
+                started.security_group = group
+                started.changed()
             groups = [group]
             allow_ingress(client, spec, group)
 
     launch(client, spec, run, groups=groups, key_name=key_name, batch_size=batch_size,
            started=started, report=lambda n: report(Step("launch", n, spec.count,
                                                          f"started {n} of {spec.count}")))
-    instances = cluster_instances(client, spec.name, run_id=run.run_id)
+    instances = cluster_instances(client, spec.name, run_id=run.run_id, owner=run.owner)
     started.instance_ids = sorted({*started.instance_ids, *(i.id for i in instances)})
+    started.changed()
     ids = [i.id for i in instances]
 
     report(Step("running", 0, len(ids), "waiting for the instances to run"))
@@ -281,7 +332,7 @@ def _up(spec: EC2Spec, *, client: EC2Client, record: Record, vcpus: int, deadlin
         client.get_waiter("instance_running").wait(
             InstanceIds=ids, WaiterConfig={
                 "Delay": delay, "MaxAttempts": max(1, int(remaining(deadline) // delay))})
-    instances = cluster_instances(client, spec.name, run_id=run.run_id)
+    instances = cluster_instances(client, spec.name, run_id=run.run_id, owner=run.owner)
     report(Step("running", len(ids), len(ids), "all instances running"))
 
     endpoints = {i.id: address_of(i) for i in instances}
@@ -342,16 +393,24 @@ def next_steps(inventory: str | os.PathLike[str], *,
                         f"source({r_string(cluster_r)}); print(parallelCluster)"]))
 
 
-def _undo(client: EC2Client, name: str, run_id: str, started: Started) -> str:
-    """Remove everything of run ``run_id``: what ``started`` knows, plus anything tagged
-    with the run (a RunInstances whose answer was lost still tagged its instances)."""
+def _undo(client: EC2Client, name: str, run_id: str, owner: str, started: Started, *,
+          timeout: float, poll: float) -> str:
+    """Remove everything of run ``run_id``: the ids ``started`` recorded, plus anything
+    tagged with the run (a RunInstances whose answer was lost still tagged its
+    instances). Returns what to tell the user."""
     try:
-        report = remove_resources(client, name, run_id=run_id, known_ids=started.instance_ids)
+        report = remove_resources(client, name, run_id=run_id, owner=owner,
+                                  instance_ids=started.instance_ids,
+                                  security_groups=(started.security_group,),
+                                  key_pairs=(started.key_pair,), timeout=timeout, poll=poll)
     except SshclusterError as e:
         return (f"cleanup failed ({e.message}); run 'sshcluster ec2 down {name}' to remove "
                 "what is left")
     for path in started.files:
         path.unlink(missing_ok=True)
+    if not report.complete:
+        return (f"cleaned up in part: {report.summary()}; run '{report.next_command}' in a "
+                "minute to remove the rest")
     return f"cleaned up: {report.summary()}"
 
 
@@ -359,16 +418,28 @@ def _undo(client: EC2Client, name: str, run_id: str, started: Started) -> str:
 def cluster(spec: EC2Spec, *, client: EC2Client | None = None,
             output: str | os.PathLike[str], records: Path | None = None,
             **options: Any) -> Iterator[Cluster]:
-    """``up`` on entry, ``down`` on exit: also on an exception or Ctrl-C in the block.
+    """``up`` on entry, ``down`` on exit: also on an exception, Ctrl-C, SIGTERM or SIGHUP
+    in the block (in the main thread), and a further signal during ``down`` is noted, not
+    obeyed half-way; it is raised once ``down`` is done.
 
     ``options`` are passed to :func:`up` (``accept_new``, ``timeout``, ``address_of``...).
     """
     client = client or make_client(spec.region)
-    started = up(spec, client=client, output=output, records=records, **options)
-    try:
-        yield started
-    finally:
-        down(spec.name, client=client, records=records)
+    report: Progress = options.get("progress") or (lambda step: None)
+
+    def note(signum: int) -> None:
+        report(Step("note", 0, 0, f"{signal_name(signum)} received: ending the cluster "
+                                  "first"))
+
+    with signal_guard(note) as guard:
+        started = up(spec, client=client, output=output, records=records, **options)
+        try:
+            yield started
+        finally:
+            with guard.cleanup():
+                down(spec.name, client=client, records=records, owner=options.get("owner"),
+                     timeout=options.get("cleanup_timeout", CLEANUP_TIMEOUT))
+        guard.raise_noted()
 
 
 __all__ = ["Cluster", "Seams", "cluster", "default_address", "next_steps", "up"]

@@ -11,6 +11,7 @@ import pytest
 
 from sshcluster import ec2
 
+from .faults import FaultProxy
 from .helpers import REGION, SshHosts
 
 
@@ -41,3 +42,12 @@ def hosts() -> Iterator[SshHosts]:
     h = SshHosts(4)
     yield h
     h.close()
+
+
+@pytest.fixture
+def proxy(moto_url: str, client: Any) -> Iterator[FaultProxy]:
+    """The fault proxy in front of this test's moto (``ec2.make_client(REGION,
+    endpoint_url=proxy.url)``)."""
+    p = FaultProxy(moto_url)
+    yield p
+    p.close()

@@ -1,16 +1,12 @@
 """Faults: AWS refusing a request, an interrupt, a deadline, missing credentials. Each
 leaves nothing running and says what to do.
 
-A small HTTP proxy on 127.0.0.1 in front of moto refuses the Nth RunInstances with the
+The fault proxy (``faults.py``) in front of moto refuses the Nth RunInstances with the
 error answer real EC2 would give.
 """
 
 from __future__ import annotations
 
-import http.server
-import threading
-import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -22,67 +18,20 @@ from botocore.parsers import ResponseParserError
 from sshcluster import ec2
 from sshcluster.errors import EC2Error
 
+from .faults import FaultProxy
 from .helpers import REGION, SshHosts, do_up, live, make_spec
 
-
-class RefusingProxy:
-    """An HTTP proxy on 127.0.0.1 in front of moto that refuses the Nth RunInstances
-    with an EC2 error answer (and passes everything else through)."""
-
-    def __init__(self, upstream: str, refuse: int, code: str = "InsufficientInstanceCapacity"):
-        self.calls = 0
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                if urllib.parse.parse_qs(body.decode()).get("Action") == ["RunInstances"]:
-                    proxy.calls += 1
-                    if proxy.calls == refuse:
-                        self._answer(400, (
-                            f"<Response><Errors><Error><Code>{code}</Code><Message>We "
-                            "currently do not have sufficient capacity in the Availability "
-                            "Zone you requested.</Message></Error></Errors>"
-                            "<RequestID>proxy</RequestID></Response>").encode())
-                        return
-                request = urllib.request.Request(
-                    upstream + self.path, data=body, method="POST",
-                    headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
-                try:
-                    with urllib.request.urlopen(request) as answer:
-                        self._answer(answer.status, answer.read())
-                except urllib.error.HTTPError as err:
-                    self._answer(err.code, err.read())
-
-            def _answer(self, status: int, data: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "text/xml")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+CAPACITY = ("We currently do not have sufficient capacity in the Availability Zone you "
+            "requested.")
 
 
 def test_second_run_instances_refused_leaves_nothing_running(
-        client: Any, moto_url: str, ami: str, hosts: SshHosts, tmp_path: Path) -> None:
-    proxy = RefusingProxy(moto_url, refuse=2)
-    try:
-        via_proxy = ec2.make_client(REGION, endpoint_url=proxy.url)
-        with pytest.raises(EC2Error) as e:
-            do_up(make_spec(ami, count=3), via_proxy, hosts, tmp_path, batch_size=2)
-    finally:
-        proxy.close()
-    assert proxy.calls == 2
+        client: Any, proxy: FaultProxy, ami: str, hosts: SshHosts, tmp_path: Path) -> None:
+    rule = proxy.refuse("RunInstances", "InsufficientInstanceCapacity", CAPACITY, nth=2)
+    via_proxy = ec2.make_client(REGION, endpoint_url=proxy.url)
+    with pytest.raises(EC2Error) as e:
+        do_up(make_spec(ami, count=3), via_proxy, hosts, tmp_path, batch_size=2)
+    assert rule.count == 2
     assert e.value.code == "InsufficientInstanceCapacity"
     assert "try another type" in str(e.value)
     message = str(e.value)
@@ -126,15 +75,13 @@ def test_ssh_deadline_fails_and_cleans_up(client: Any, ami: str, tmp_path: Path)
     ("InvalidAMIID.NotFound", "per region"),
     ("AuthFailure", "credentials"),
 ])
-def test_aws_errors_come_with_a_hint(client: Any, moto_url: str, ami: str, hosts: SshHosts,
-                                     tmp_path: Path, code: str, hint: str) -> None:
-    proxy = RefusingProxy(moto_url, refuse=1, code=code)
-    try:
-        with pytest.raises(EC2Error) as e:
-            do_up(make_spec(ami, count=1), ec2.make_client(REGION, endpoint_url=proxy.url),
-                  hosts, tmp_path)
-    finally:
-        proxy.close()
+def test_aws_errors_come_with_a_hint(client: Any, proxy: FaultProxy, ami: str,
+                                     hosts: SshHosts, tmp_path: Path, code: str,
+                                     hint: str) -> None:
+    proxy.refuse("RunInstances", code, CAPACITY)
+    with pytest.raises(EC2Error) as e:
+        do_up(make_spec(ami, count=1), ec2.make_client(REGION, endpoint_url=proxy.url),
+              hosts, tmp_path)
     assert e.value.code == code and e.value.operation == "RunInstances"
     assert hint in (e.value.hint or "")
     assert live(client) == []

@@ -107,7 +107,8 @@ def test_spot_instances_and_their_requests(client: Any, ami: str, hosts: SshHost
     # RequestSpotInstances, tagged as the cluster's, to check that down cancels it.
     c = do_up(make_spec(ami, count=2, spot=True), client, hosts, tmp_path)
     assert all(i.spot for i in c.instances)
-    tags = [{"Key": "sshcluster:cluster", "Value": "rwork"}]
+    tags = [{"Key": "sshcluster:cluster", "Value": "rwork"},
+            {"Key": "sshcluster:owner", "Value": ec2.default_owner()}]
     request = client.request_spot_instances(
         InstanceCount=1, Type="persistent",
         LaunchSpecification={"ImageId": ami, "InstanceType": "t3.medium"},
