@@ -25,8 +25,11 @@ The modules: :mod:`~sshcluster.ec2.spec` (the spec file), :mod:`~sshcluster.ec2.
 (what an instance runs at boot), :mod:`~sshcluster.ec2.aws` (clients, calls, errors),
 :mod:`~sshcluster.ec2.instances` (instances and tags), :mod:`~sshcluster.ec2.records`
 (this machine's records), :mod:`~sshcluster.ec2.regions` (which regions, results per
-region), :mod:`~sshcluster.ec2.launch` (creating resources, the dry run),
-:mod:`~sshcluster.ec2.wait` (waiting for SSH and host keys), :mod:`~sshcluster.ec2.startup`
+region), :mod:`~sshcluster.ec2.images` (images by name), :mod:`~sshcluster.ec2.plan`
+(the checks before a launch), :mod:`~sshcluster.ec2.launch` (creating resources, the dry
+run), :mod:`~sshcluster.ec2.wait` (waiting for the instances, SSH and host keys),
+:mod:`~sshcluster.ec2.ready` (waiting for the setup), :mod:`~sshcluster.ec2.output` (the
+inventory ``up`` writes), :mod:`~sshcluster.ec2.startup`
 (starting a cluster), :mod:`~sshcluster.ec2.signals` (SIGTERM, SIGHUP and
 Ctrl-C during ``up``), :mod:`~sshcluster.ec2.cleanup` (removing one),
 :mod:`~sshcluster.ec2.clusters` (ls, down), :mod:`~sshcluster.ec2.garbage` (gc) and
@@ -51,6 +54,7 @@ from sshcluster.ec2.garbage import (
     find_all_garbage,
     find_garbage,
 )
+from sshcluster.ec2.images import IMAGE_NAMES
 from sshcluster.ec2.instances import (
     LIVE_STATES,
     TAG_CLUSTER,
@@ -65,6 +69,8 @@ from sshcluster.ec2.instances import (
     utcnow,
 )
 from sshcluster.ec2.launch import dry_run
+from sshcluster.ec2.plan import LaunchCheckFailed, LaunchPlan, plan_launch
+from sshcluster.ec2.ready import SetupFailed, SetupStatus
 from sshcluster.ec2.records import Record, default_owner, load_records, state_dir
 from sshcluster.ec2.regions import (
     RegionResults,
@@ -86,17 +92,27 @@ from sshcluster.ec2.spec import (
     parse_duration,
     parse_spec,
 )
-from sshcluster.ec2.startup import Cluster, Seams, cluster, default_address, next_steps, up
+from sshcluster.ec2.startup import (
+    SETUP_TIMEOUT,
+    Cluster,
+    Seams,
+    cluster,
+    default_address,
+    next_steps,
+    up,
+)
 from sshcluster.ec2.userdata import user_data
 from sshcluster.ec2.wait import AddressOf, ConsoleText, Progress, Step
 from sshcluster.errors import EC2Error, ForeignCluster, NoSuchCluster
 
 __all__ = [
+    "IMAGE_NAMES",
     "LIVE_STATES",
     "MAX_LIFETIME",
     "MIN_LIFETIME",
     "NAME_RULE",
     "REGION_RULE",
+    "SETUP_TIMEOUT",
     "TAG_CLUSTER",
     "TAG_EXPIRES",
     "TAG_OWNER",
@@ -114,12 +130,16 @@ __all__ = [
     "Garbage",
     "Instance",
     "Interrupted",
+    "LaunchCheckFailed",
+    "LaunchPlan",
     "NoSuchCluster",
     "Progress",
     "Record",
     "RegionResults",
     "Results",
     "Seams",
+    "SetupFailed",
+    "SetupStatus",
     "Step",
     "aws_error",
     "client_token",
@@ -146,6 +166,7 @@ __all__ = [
     "next_steps",
     "parse_duration",
     "parse_spec",
+    "plan_launch",
     "remove_resources",
     "resolve_region",
     "search_regions",

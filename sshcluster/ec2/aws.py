@@ -13,9 +13,10 @@ boto3 and the heavier parts of botocore are imported where they are used, so tha
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 import botocore.exceptions
 
@@ -28,12 +29,30 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+#: botocore's retries: the "standard" mode (exponential backoff with jitter, and it also
+#: retries throttling and transient errors the "legacy" default does not) with about 10
+#: attempts, so that a longer spell of RequestLimitExceeded does not end ``up``.
+RETRY_MODE: Final = "standard"
+RETRY_ATTEMPTS: Final = 10
+
+
 def make_client(region: str, *, endpoint_url: str | None = None) -> EC2Client:
     """An EC2 client for ``region``. boto3 also honours ``AWS_ENDPOINT_URL(_EC2)``."""
-    import boto3
+    return cast("EC2Client", make_service_client("ec2", region, endpoint_url=endpoint_url))
 
-    with aws_errors("creating the EC2 client"):  # a region botocore refuses, no profile
-        return boto3.client("ec2", region_name=region, endpoint_url=endpoint_url)
+
+def make_service_client(service: str, region: str, *, endpoint_url: str | None = None) -> Any:
+    """A boto3 client of ``service`` (``ec2``, ``ssm``, ``service-quotas``) for
+    ``region``, with botocore's retries as :data:`RETRY_MODE` says."""
+    import boto3
+    from botocore.config import Config
+
+    factory: Callable[..., Any] = boto3.client  # one service named at run time
+    name = "EC2" if service == "ec2" else service
+    with aws_errors(f"creating the {name} client"):  # a region botocore refuses
+        return factory(service, region_name=region, endpoint_url=endpoint_url,
+                       config=Config(retries={"mode": RETRY_MODE,
+                                              "max_attempts": RETRY_ATTEMPTS}))
 
 
 HINTS: dict[str, str] = {
@@ -68,6 +87,39 @@ HINTS: dict[str, str] = {
     "DependencyViolation": "something still uses it (instances may still be shutting "
                            "down); run 'sshcluster ec2 down' again in a minute",
     "VPCIdNotSpecified": "this region has no default VPC; set subnet_id in the spec",
+    "Unsupported": "the instance type is not offered in that availability zone; sshcluster "
+                   "tries the other subnets it may use, so set subnet_id to subnets in zones "
+                   "where the type is offered (aws ec2 describe-instance-type-offerings "
+                   "--location-type availability-zone --filters Name=instance-type,"
+                   "Values=TYPE) or choose another type",
+    "PendingVerification": "AWS is still verifying this account for the region (new accounts "
+                           "can take up to 4 hours); try again later, or ask AWS Support",
+    "AuthFailure.ServiceLinkedRoleCreationNotPermitted":
+        "the first spot launch of an account creates the service-linked role "
+        "AWSServiceRoleForEC2Spot, which your identity may not do; ask an administrator to "
+        "run 'aws iam create-service-linked-role --aws-service-name spot.amazonaws.com' "
+        "once, or use 'spot: false'",
+    "ParameterNotFound": "AWS has no public parameter for this image name in this region "
+                         "or for the instance type's architecture; use an AMI id of the "
+                         "region as 'image'",
+    "SSOToken": "your AWS SSO session has expired or was never started: run 'aws sso login' "
+                "(with --profile if you use AWS_PROFILE), then try again",
+}
+
+#: Why an instance went from pending to terminated (its ``StateReason`` code), and what to
+#: do about it.
+STATE_REASON_HINTS: dict[str, str] = {
+    "Client.InternalError": "often an EBS encryption key (KMS) the caller may not use: "
+                            "check the account's default EBS encryption key and that you "
+                            "may use it (kms:CreateGrant, kms:Decrypt), or the image's "
+                            "snapshot key",
+    "Client.VolumeLimitExceeded": "the EBS volume quota of the account is reached; ask for "
+                                  "more in Service Quotas or use a smaller disk_gb",
+    "Client.InvalidSnapshot.NotFound": "the image's snapshot is gone; choose another image",
+    "Server.InsufficientInstanceCapacity": HINTS["InsufficientInstanceCapacity"],
+    "Server.InternalError": "an AWS-side failure at launch; try again, or another zone",
+    "Server.SpotInstanceTermination": "AWS took the spot capacity back; try again, or use "
+                                      "'spot: false'",
 }
 
 
@@ -108,6 +160,12 @@ def aws_error(exc: BaseException, operation: str) -> EC2Error:
         message = err.get("Message", str(exc))
         return EC2Error(f"{operation}: {code}: {message}", code=code, operation=operation,
                         hint=hint_for(code))
+    if isinstance(exc, (botocore.exceptions.SSOTokenLoadError,
+                        botocore.exceptions.UnauthorizedSSOTokenError,
+                        botocore.exceptions.TokenRetrievalError,
+                        botocore.exceptions.SSOError)):
+        return EC2Error(f"{operation}: {exc}", code="SSOToken", operation=operation,
+                        hint=HINTS["SSOToken"])
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return EC2Error(f"{operation}: no AWS credentials found", code="NoCredentials",
                         operation=operation,
@@ -171,6 +229,23 @@ def call(method: Callable[..., T], operation: str, /, *, dry_run: bool = False,
     return answer
 
 
+def retry(call: Callable[[], T], operation: str, *, codes: tuple[str, ...],
+          deadline: float, poll: float, max_pause: float = 15.0) -> T:
+    """``call()``, again with backoff while AWS answers one of ``codes`` (a NotFound
+    right after creation, a DependencyViolation while interfaces are released), until
+    ``deadline`` (``time.monotonic()``); then the last answer is raised as EC2Error."""
+    pause = max(0.05, poll)
+    while True:
+        try:
+            with aws_errors(operation):
+                return call()
+        except EC2Error as e:
+            if e.code not in codes or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, max_pause)
+
+
 def make_filters(**tags: str | Sequence[str]) -> list[FilterTypeDef]:
     """EC2 ``Filters`` from keyword arguments (a value or a list of values each)."""
     out: list[FilterTypeDef] = []
@@ -187,6 +262,9 @@ def region_of(client: EC2Client) -> str:
 
 __all__ = [
     "HINTS",
+    "RETRY_ATTEMPTS",
+    "RETRY_MODE",
+    "STATE_REASON_HINTS",
     "aws_error",
     "aws_errors",
     "call",
@@ -195,5 +273,7 @@ __all__ = [
     "is_boto_error",
     "make_client",
     "make_filters",
+    "make_service_client",
     "region_of",
+    "retry",
 ]

@@ -20,11 +20,11 @@ Real AWS is slower than its stand-ins, and the removal is written for it:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from sshcluster.ec2.aws import aws_errors, make_filters
+from sshcluster.ec2.aws import aws_errors, make_filters, retry
 from sshcluster.ec2.instances import cluster_filters, cluster_instances, describe_instances
 from sshcluster.errors import EC2Error
 
@@ -95,22 +95,6 @@ class CleanupIncomplete(EC2Error):
                               " again (it is safe to repeat)")
 
 
-def _retry(call: Callable[[], Any], operation: str, *, retry_codes: tuple[str, ...],
-           deadline: float, poll: float) -> Any:
-    """``call()`` again with backoff while AWS answers one of ``retry_codes``, until the
-    deadline; then the last answer's error is raised as EC2Error."""
-    pause = max(0.05, poll)
-    while True:
-        try:
-            with aws_errors(operation):
-                return call()
-        except EC2Error as e:
-            if e.code not in retry_codes or time.monotonic() + pause > deadline:
-                raise
-        time.sleep(pause)
-        pause = min(pause * 2, MAX_BACKOFF)
-
-
 def wait_terminated(client: EC2Client, ids: list[str], *, deadline: float,
                     poll: float) -> list[str]:
     """Wait until every instance of ``ids`` reads ``terminated``; the ids that do not by
@@ -140,8 +124,9 @@ def wait_terminated(client: EC2Client, ids: list[str], *, deadline: float,
 def _terminate(client: EC2Client, ids: list[str], *, deadline: float, poll: float) -> None:
     # Ids straight from RunInstances may not be known to TerminateInstances for a moment.
     nf_deadline = min(deadline, time.monotonic() + 30)
-    _retry(lambda: client.terminate_instances(InstanceIds=ids), "TerminateInstances",
-           retry_codes=("InvalidInstanceID.NotFound",), deadline=nf_deadline, poll=poll)
+    retry(lambda: client.terminate_instances(InstanceIds=ids), "TerminateInstances",
+          codes=("InvalidInstanceID.NotFound",), deadline=nf_deadline, poll=poll,
+          max_pause=MAX_BACKOFF)
 
 
 def remove_resources(client: EC2Client, name: str, *, run_id: str | None = None,
@@ -214,8 +199,9 @@ def _delete_group(client: EC2Client, group: str, *, deadline: float,
     """Delete security group ``group``, retrying while it is in use; None when deleted,
     ``""`` when it was gone already, else why it is still there."""
     try:
-        _retry(lambda: client.delete_security_group(GroupId=group), "DeleteSecurityGroup",
-               retry_codes=("DependencyViolation",), deadline=deadline, poll=poll)
+        retry(lambda: client.delete_security_group(GroupId=group), "DeleteSecurityGroup",
+              codes=("DependencyViolation",), deadline=deadline, poll=poll,
+              max_pause=MAX_BACKOFF)
     except EC2Error as e:
         if e.code == "InvalidGroup.NotFound":
             return ""

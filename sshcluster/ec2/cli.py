@@ -120,7 +120,17 @@ class _ProgressPrinter:
               help="If an instance's host keys are not in its console output, record the key "
                    "it shows on first connection (trust on first use).")
 @click.option("--timeout", default=900.0, show_default=True, type=click.FloatRange(min=1),
-              help="Seconds to wait, in all, for the instances to run and answer on SSH.")
+              help="Seconds to wait, in all, for the instances to run, answer on SSH and "
+                   "show their host keys.")
+@click.option("--setup-timeout", default=ec2.SETUP_TIMEOUT, show_default=True,
+              type=click.FloatRange(min=1),
+              help="Seconds to wait for every instance's setup (R and r_packages).")
+@click.option("--no-wait", is_flag=True,
+              help="Do not wait for the setup: return once SSH answers (check later with "
+                   "'sshcluster render --check').")
+@click.option("--keep-on-failure", is_flag=True,
+              help="If the setup fails on an instance, keep the cluster to look at it "
+                   "(default: end it). 'sshcluster ec2 down NAME' ends it.")
 @click.option("--dry-run", is_flag=True,
               help="Ask EC2 whether it would work (DryRun=True); start nothing.")
 @click.option("--force", is_flag=True,
@@ -128,20 +138,24 @@ class _ProgressPrinter:
                    "cluster (by default such a file is left alone and nothing starts).")
 @click.pass_context
 def ec2_up(ctx: click.Context, spec_file: str, output: str, accept_new: bool,
-           timeout: float, dry_run: bool, force: bool) -> None:
+           timeout: float, setup_timeout: float, no_wait: bool, keep_on_failure: bool,
+           dry_run: bool, force: bool) -> None:
     """Start the cluster in SPEC and write an inventory for it.
 
-    Waits until every instance runs and answers on SSH (one overall deadline), records
-    the host keys cloud-init prints on the console, writes the inventory OUTPUT and
-    prints the next commands. With the default 'primary: auto' they are:
+    First checks what it can before starting anything (image, architecture, subnets,
+    zones, vCPU quota). Then waits until every instance runs and answers on SSH (one
+    deadline), records the host keys the instances print on the console, writes the
+    inventory OUTPUT, waits until every instance's setup has R and the spec's r_packages
+    loading (its own deadline; a failed setup shows the end of its log and ends the
+    cluster), and prints the next commands. With the default 'primary: auto' they are:
 
     \b
       sshcluster render hosts.yaml --check -o cluster.R
       Rscript -e 'source("cluster.R"); print(parallelCluster)'
 
-    --check is needed: it fills in the primary's address as the instances see it, and
-    tells whether the setup script has installed R yet. On any failure or Ctrl-C,
-    everything this command started is terminated.
+    The inventory says 'tunnel: reverse': the workers reach this machine through ssh
+    reverse tunnels, so it need not be reachable from AWS. On any failure, Ctrl-C,
+    SIGTERM or SIGHUP, everything this command started is terminated.
 
     An existing OUTPUT is replaced only if 'ec2 up' wrote it for this cluster (or with
     --force); otherwise nothing starts.
@@ -158,13 +172,16 @@ def ec2_up(ctx: click.Context, spec_file: str, output: str, accept_new: bool,
     printer = _ProgressPrinter(Console(stderr=True))
     try:
         cluster = ec2.up(spec, output=output, accept_new=accept_new, timeout=timeout,
-                         progress=printer, overwrite=force, address_of=seams.address_of,
-                         console_text=seams.console_text)
+                         setup_timeout=setup_timeout, wait=not no_wait,
+                         keep_on_failure=keep_on_failure, progress=printer, overwrite=force,
+                         address_of=seams.address_of, console_text=seams.console_text,
+                         read_status=seams.read_status)
     except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP: cleaned up by now
         with contextlib.suppress(OSError):
             click.secho(f"error: {printer.aborted or 'interrupted'}", fg="red", err=True)
         raise SystemExit(exit_status(e)) from None
-    click.echo(f"cluster {cluster.name}: {len(cluster.instances)} instances, expires "
+    click.echo(f"cluster {cluster.name}: {len(cluster.instances)} instances of {cluster.image}"
+               f"{', ready' if cluster.ready else ''}, expires "
                f"{ec2.format_time(cluster.expires)}; inventory {cluster.inventory_path}")
     click.echo("next:")
     for line in cluster.next_steps:

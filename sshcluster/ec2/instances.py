@@ -119,11 +119,13 @@ def cluster_instances(client: EC2Client, name: str, *, live: bool = True,
     return describe_instances(client, filters)
 
 
-def client_token(name: str, run_id: str, batch: int) -> str:
+def client_token(name: str, run_id: str, batch: int, attempt: int = 0) -> str:
     """The ``ClientToken`` of batch ``batch`` of run ``run_id``: EC2 answers a repeated
     RunInstances with this token with the instances of the first, so a retried request
-    (botocore's own retries included) never starts a second fleet."""
-    return hashlib.sha256(f"sshcluster\0{name}\0{run_id}\0{batch}".encode()).hexdigest()[:64]
+    (botocore's own retries included) never starts a second fleet. ``attempt`` counts
+    the subnets tried for the batch (another subnet is another request)."""
+    text = f"sshcluster\0{name}\0{run_id}\0{batch}" + (f"\0{attempt}" if attempt else "")
+    return hashlib.sha256(text.encode()).hexdigest()[:64]
 
 
 def tag_specifications(spec: EC2Spec, owner: str, expires: datetime, run_id: str,

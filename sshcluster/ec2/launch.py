@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from sshcluster.ec2.aws import aws_errors, call, hint_for, make_client, make_filters
+from sshcluster.ec2.aws import call, make_client, make_filters, retry
 from sshcluster.ec2.instances import (
     TAG_BATCH,
     TAG_CLUSTER,
@@ -26,13 +27,14 @@ from sshcluster.ec2.instances import (
     tag_specifications,
     utcnow,
 )
+from sshcluster.ec2.plan import LaunchPlan, Subnet, plan_launch
 from sshcluster.ec2.records import default_owner
 from sshcluster.ec2.userdata import user_data
 from sshcluster.errors import EC2Error
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2.client import EC2Client
-    from mypy_boto3_ec2.literals import InstanceTypeType, ResourceTypeType
+    from mypy_boto3_ec2.literals import ResourceTypeType
     from mypy_boto3_ec2.type_defs import FilterTypeDef, IpPermissionTypeDef
 
     from sshcluster.ec2.spec import EC2Spec
@@ -61,37 +63,6 @@ class Started:
     critical: Callable[[], AbstractContextManager[None]] = nullcontext
 
 
-def check_image_and_type(client: EC2Client, spec: EC2Spec) -> int:
-    """Check the image and instance type exist here; return the type's vCPU count."""
-    if client.meta.region_name != spec.region:
-        raise EC2Error(f"the EC2 client is for {client.meta.region_name}, the spec for "
-                       f"{spec.region}", hint="make the client with make_client(spec.region)")
-    with aws_errors("DescribeImages"):
-        images = client.describe_images(ImageIds=[spec.image])["Images"]
-    if not images:
-        raise EC2Error(f"DescribeImages: image {spec.image} not found in {spec.region}",
-                       code="InvalidAMIID.NotFound", operation="DescribeImages",
-                       hint=hint_for("InvalidAMIID"))
-    with aws_errors("DescribeInstanceTypes"):
-        types = client.describe_instance_types(
-            InstanceTypes=[cast("InstanceTypeType", spec.instance_type)])
-    return int(types["InstanceTypes"][0].get("VCpuInfo", {}).get("DefaultVCpus", 1))
-
-
-def vpc_of(client: EC2Client, spec: EC2Spec) -> str:
-    """The VPC the instances start in: the subnet's, else the region's default VPC."""
-    if spec.subnet_id:
-        with aws_errors("DescribeSubnets"):
-            subnets = client.describe_subnets(SubnetIds=[spec.subnet_id])["Subnets"]
-        return subnets[0]["VpcId"]
-    with aws_errors("DescribeVpcs"):
-        vpcs = client.describe_vpcs(Filters=make_filters(**{"is-default": "true"}))["Vpcs"]
-    if not vpcs:
-        raise EC2Error(f"region {spec.region} has no default VPC", code="VPCIdNotSpecified",
-                       hint=hint_for("VPCIdNotSpecified"))
-    return vpcs[0]["VpcId"]
-
-
 def ingress_rules(spec: EC2Spec, group_id: str) -> list[IpPermissionTypeDef]:
     """SSH from the caller's ranges and from members; the R port only between members
     (and from the primary when it is an address outside the group)."""
@@ -112,6 +83,12 @@ def ingress_rules(spec: EC2Spec, group_id: str) -> list[IpPermissionTypeDef]:
         suffix = "/128" if ":" in spec.primary else "/32"
         rules[1][key] = [{cidr: spec.primary + suffix, "Description": "sshcluster: primary"}]
     return cast("list[IpPermissionTypeDef]", rules)
+
+
+#: AWS's answers for "not here, try another zone".
+CAPACITY_CODES = ("InsufficientInstanceCapacity", "InsufficientCapacity", "Unsupported")
+#: Seconds a NotFound right after creating something is retried (eventual consistency).
+NOT_FOUND_WAIT = 30.0
 
 
 def _is_ip(text: str) -> bool:
@@ -137,10 +114,10 @@ def create_key_pair(client: EC2Client, spec: EC2Spec, run: Run, *,
     return None if made is None else (name, made["KeyMaterial"])
 
 
-def create_security_group(client: EC2Client, spec: EC2Spec, run: Run, *,
+def create_security_group(client: EC2Client, spec: EC2Spec, run: Run, vpc: str, *,
                           dry_run: bool = False) -> str | None:
-    """Create the run's security group (without rules yet); its id (None: dry run)."""
-    vpc = vpc_of(client, spec)
+    """Create the run's security group in ``vpc`` (without rules yet); its id (None: dry
+    run)."""
     group = call(client.create_security_group, "CreateSecurityGroup", dry_run=dry_run,
                  GroupName=f"sshcluster-{spec.name}-{run.run_id}", VpcId=vpc,
                  Description=f"sshcluster cluster {spec.name}",
@@ -149,32 +126,42 @@ def create_security_group(client: EC2Client, spec: EC2Spec, run: Run, *,
     return None if group is None else group["GroupId"]
 
 
-def allow_ingress(client: EC2Client, spec: EC2Spec, group_id: str) -> None:
-    """Open the security group ``group_id`` as :func:`ingress_rules` says."""
-    call(client.authorize_security_group_ingress, "AuthorizeSecurityGroupIngress",
-         GroupId=group_id, IpPermissions=ingress_rules(spec, group_id))
+def allow_ingress(client: EC2Client, spec: EC2Spec, group_id: str, *, poll: float = 1.0) -> None:
+    """Open the security group ``group_id`` as :func:`ingress_rules` says (retrying for a
+    short while if AWS does not know the group it just created yet)."""
+    retry(lambda: call(client.authorize_security_group_ingress,
+                       "AuthorizeSecurityGroupIngress", GroupId=group_id,
+                       IpPermissions=ingress_rules(spec, group_id)),
+          "AuthorizeSecurityGroupIngress", codes=("InvalidGroup.NotFound",),
+          deadline=time.monotonic() + NOT_FOUND_WAIT, poll=poll)
 
 
-def run_instances_params(spec: EC2Spec, run: Run, *, batch: int, count: int,
-                         groups: list[str], key_name: str | None) -> dict[str, Any]:
-    """The RunInstances request of one batch."""
-    types: tuple[ResourceTypeType, ...] = ("instance", "volume")
+def run_instances_params(spec: EC2Spec, run: Run, plan: LaunchPlan, subnet: Subnet | None, *,
+                         batch: int, count: int, groups: list[str], key_name: str | None,
+                         attempt: int = 0) -> dict[str, Any]:
+    """The RunInstances request of one batch, in ``subnet`` (the ``attempt``-th tried)."""
+    types: tuple[ResourceTypeType, ...] = ("instance", "volume", "network-interface")
     if spec.spot:
         types += ("spot-instances-request",)
     params: dict[str, Any] = {
-        "ImageId": spec.image, "InstanceType": spec.instance_type, "MinCount": count,
+        "ImageId": plan.image.id, "InstanceType": spec.instance_type, "MinCount": count,
         "MaxCount": count, "UserData": user_data(spec, run.expires),
-        "ClientToken": client_token(spec.name, run.run_id, batch),
+        "ClientToken": client_token(spec.name, run.run_id, batch, attempt),
         "InstanceInitiatedShutdownBehavior": "terminate",
+        # IMDSv2 only: many organisations refuse RunInstances without it.
+        "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
         "TagSpecifications": tag_specifications(spec, run.owner, run.expires, run.run_id,
                                                 *types, extra={TAG_BATCH: str(batch)}),
     }
+    if plan.image.root_device:
+        params["BlockDeviceMappings"] = [{"DeviceName": plan.image.root_device, "Ebs": {
+            "VolumeSize": spec.disk_gb, "VolumeType": "gp3", "DeleteOnTermination": True}}]
     if key_name:
         params["KeyName"] = key_name
     if groups:
         params["SecurityGroupIds"] = groups
-    if spec.subnet_id:
-        params["SubnetId"] = spec.subnet_id
+    if subnet is not None:
+        params["SubnetId"] = subnet.id
     if spec.spot:
         # One-time and terminate: a persistent request would start new instances after
         # we terminate the old ones.
@@ -183,64 +170,94 @@ def run_instances_params(spec: EC2Spec, run: Run, *, batch: int, count: int,
     return params
 
 
-def launch(client: EC2Client, spec: EC2Spec, run: Run, *, groups: list[str],
-           key_name: str | None, batch_size: int, started: Started,
-           report: Callable[[int], None], dry_run: bool = False) -> None:
+def launch(client: EC2Client, spec: EC2Spec, run: Run, plan: LaunchPlan, *,
+           groups: list[str], key_name: str | None, batch_size: int, started: Started,
+           report: Callable[[int], None], note: Callable[[str], None] = lambda m: None,
+           deadline: float | None = None, poll: float = 1.0, dry_run: bool = False) -> None:
     """Start the instances in all-or-nothing batches (MinCount = MaxCount), each with its
     own ClientToken; batches already there (a retried ``up``) are not started again.
-    ``report`` is called with the number started so far. A dry run asks for the first
-    batch only."""
+    ``report`` is called with the number started so far.
+
+    When AWS has no capacity for the type in a subnet's zone (or does not offer it
+    there), the batch is tried in the plan's next subnet, and later batches start where
+    the last one did, until every subnet was tried or ``deadline`` passed; ``note`` says
+    so. A dry run asks for the first batch only."""
+    deadline = deadline or time.monotonic() + 600
     have = set() if dry_run else {
         i.batch for i in cluster_instances(client, spec.name, run_id=run.run_id)}
     batches = [(b, min(batch_size, spec.count - b * batch_size))
                for b in range(math.ceil(spec.count / batch_size))]
     done = sum(n for b, n in batches if b in have)
+    subnets: list[Subnet | None] = list(plan.subnets) or [None]
+    current = 0
     for batch, n in batches:
         if batch in have:
             continue
-        with started.critical():
-            answer = call(client.run_instances, "RunInstances", dry_run=dry_run,
-                          **run_instances_params(spec, run, batch=batch, count=n,
-                                                 groups=groups, key_name=key_name))
-            if answer is None:
-                return
-            started.instance_ids += [i["InstanceId"] for i in answer["Instances"]]
-            started.changed()
+        tried: list[str] = []
+        while True:
+            subnet = subnets[current]
+            params = run_instances_params(spec, run, plan, subnet, batch=batch, count=n,
+                                          groups=groups, key_name=key_name,
+                                          attempt=len(tried))
+            try:
+                with started.critical():
+                    answer = retry(lambda p=params: call(  # type: ignore[misc]
+                        client.run_instances, "RunInstances", dry_run=dry_run, **p),
+                        "RunInstances", codes=("InvalidGroup.NotFound",),
+                        deadline=min(deadline, time.monotonic() + NOT_FOUND_WAIT), poll=poll)
+                    if answer is None:
+                        return
+                    started.instance_ids += [i["InstanceId"] for i in answer["Instances"]]
+                    started.changed()
+                break
+            except EC2Error as e:
+                if dry_run or e.code not in CAPACITY_CODES or subnet is None:
+                    raise
+                tried.append(f"{subnet.id} ({subnet.zone}): {e.code}")
+                current = (current + 1) % len(subnets)
+                if len(tried) >= len(subnets) or time.monotonic() >= deadline:
+                    raise EC2Error(
+                        f"RunInstances: no capacity for {n} x {spec.instance_type} in "
+                        f"any subnet tried: {'; '.join(tried)}", code=e.code,
+                        operation="RunInstances", hint=e.hint) from e
+                note(f"{e.code} in {subnet.zone}; trying {subnets[current].zone} "  # type: ignore[union-attr]
+                     f"({subnets[current].id})")  # type: ignore[union-attr]
         done += n
         report(done)
 
 
 def dry_run(spec: EC2Spec, *, client: EC2Client | None = None) -> tuple[str, ...]:
-    """Ask EC2 whether ``up`` would be allowed (``DryRun=True``: permissions and
-    parameters; AWS checks no quota or capacity in a dry run) without starting or
-    creating anything. Returns the checks that passed; raises EC2Error on the first that
-    did not. ``client`` defaults to one for ``spec.region``."""
+    """Run the checks ``up`` makes before it starts anything (image, architecture,
+    subnets, offerings, vCPU quota: :func:`~sshcluster.ec2.plan.plan_launch`), then ask
+    EC2 whether each creating call would be allowed (``DryRun=True``: AWS checks
+    permissions and parameters, not quota or capacity), without starting or creating
+    anything. Returns the checks that passed (and those that could not be made); raises
+    EC2Error on the first that failed. ``client`` defaults to one for ``spec.region``."""
     client = client or make_client(spec.region)
-    passed = []
-    check_image_and_type(client, spec)
-    passed.append(f"image {spec.image} and type {spec.instance_type} exist in {spec.region}")
+    plan = plan_launch(client, spec)
+    passed = [*plan.passed, *(f"not checked: {n}" for n in plan.notes)]
     run = Run("dryrun", default_owner(), utcnow() + spec.max_lifetime)
     if spec.key_name is None:
         create_key_pair(client, spec, run, dry_run=True)
         passed.append("may create a key pair")
     groups = [spec.security_group_id] if spec.security_group_id else []
     if spec.security_group_id is None:
-        create_security_group(client, spec, run, dry_run=True)
+        create_security_group(client, spec, run, plan.vpc, dry_run=True)
         passed.append("may create a security group")
     # Without KeyName when up would create the key pair: it does not exist yet, and AWS
     # checks parameters in a dry run too.
-    launch(client, spec, run, groups=groups, key_name=spec.key_name, batch_size=spec.count,
-           started=Started(), report=lambda n: None, dry_run=True)
+    launch(client, spec, run, plan, groups=groups, key_name=spec.key_name,
+           batch_size=spec.count, started=Started(), report=lambda n: None, dry_run=True)
     passed.append(f"may run {spec.count} x {spec.instance_type}"
                   + (" (spot)" if spec.spot else ""))
     return tuple(passed)
 
 
 __all__ = [
+    "CAPACITY_CODES",
     "Run",
     "Started",
     "allow_ingress",
-    "check_image_and_type",
     "create_key_pair",
     "create_security_group",
     "dry_run",
@@ -248,5 +265,4 @@ __all__ = [
     "launch",
     "run_filters",
     "run_instances_params",
-    "vpc_of",
 ]

@@ -1,10 +1,12 @@
 """Starting a cluster: :func:`up`, and the :func:`cluster` context manager around it.
 
-``up`` writes this machine's record of the cluster before it starts anything, creates the
-key pair and security group, launches the instances, waits until they run and answer on
-SSH, reads their host keys from the console and writes an inventory. Anything that goes
-wrong on the way, Ctrl-C included, terminates what that ``up`` started before the error
-propagates.
+``up`` checks everything it can before it starts anything (:mod:`sshcluster.ec2.plan`),
+writes this machine's record of the cluster, creates the key pair and security group,
+launches the instances (trying other subnets when a zone has no capacity), waits until
+they run and answer on SSH, reads their host keys from the console, writes an inventory,
+and waits until every instance's setup has R and the packages ready. Anything that goes
+wrong on the way, Ctrl-C, SIGTERM and SIGHUP included, terminates what that ``up``
+started before the error propagates.
 """
 
 from __future__ import annotations
@@ -23,17 +25,19 @@ from typing import TYPE_CHECKING, Any
 from sshcluster.ec2.aws import aws_errors, make_client
 from sshcluster.ec2.cleanup import CLEANUP_TIMEOUT, remove_resources
 from sshcluster.ec2.clusters import down
-from sshcluster.ec2.instances import Endpoint, Instance, cluster_instances, format_time, utcnow
+from sshcluster.ec2.instances import Endpoint, Instance, cluster_instances, utcnow
 from sshcluster.ec2.launch import (
     Run,
     Started,
     allow_ingress,
-    check_image_and_type,
     create_key_pair,
     create_security_group,
     launch,
     run_filters,
 )
+from sshcluster.ec2.output import next_steps, refuse_foreign_output, write_output
+from sshcluster.ec2.plan import LaunchPlan, plan_launch
+from sshcluster.ec2.ready import ReadStatus, SetupFailed, ssh_status_reader, wait_ready
 from sshcluster.ec2.records import (
     Record,
     default_owner,
@@ -51,19 +55,20 @@ from sshcluster.ec2.wait import (
     Step,
     console_reader,
     host_keys,
-    remaining,
+    wait_running,
     wait_ssh,
 )
-from sshcluster.errors import EC2Error, OutputExistsError, SshclusterError
+from sshcluster.errors import EC2Error, SshclusterError
 from sshcluster.files import atomic_write
-from sshcluster.hostkeys import write_known_hosts
-from sshcluster.inventory import Host, Inventory, Primary, dump_inventory
-from sshcluster.quoting import r_string, shell_join
+from sshcluster.inventory import Inventory
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2.client import EC2Client
 
     from sshcluster.ec2.spec import EC2Spec
+
+#: Seconds ``up`` waits, by default, for the setup (R and the packages) on every instance.
+SETUP_TIMEOUT = 30 * 60.0
 
 
 @dataclass(frozen=True)
@@ -81,19 +86,42 @@ class Cluster:
     known_hosts: Path
     key_file: Path | None
     #: The shell commands that take the inventory to a running R cluster (see
-    #: :func:`next_steps`); ``sshcluster ec2 up`` prints them.
+    #: :func:`~sshcluster.ec2.output.next_steps`); ``sshcluster ec2 up`` prints them.
     next_steps: tuple[str, ...] = ()
+    #: The AMI the instances run (an image name resolved).
+    image: str = ""
+    #: True when ``up`` waited until every instance's setup said ready.
+    ready: bool = False
 
 
 @dataclass(frozen=True)
 class Seams:
-    """Where :func:`up` reaches the instances and reads their console, when not EC2's own
-    way: a program that drives ``sshcluster ec2 up`` through click passes one as the
-    context object (``cli.main(args, obj=Seams(...))``), as the tests do to send the SSH
-    waits to local test servers."""
+    """Where :func:`up` reaches the instances, reads their console and their setup's
+    status, when not EC2's own way: a program that drives ``sshcluster ec2 up`` through
+    click passes one as the context object (``cli.main(args, obj=Seams(...))``), as the
+    tests do to send the SSH waits to local test servers."""
 
     address_of: AddressOf | None = None
     console_text: ConsoleText | None = None
+    read_status: ReadStatus | None = None
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One ``up``'s settings, past its argument list."""
+
+    deadline: float
+    poll: float
+    accept_new: bool
+    address_of: AddressOf | None
+    console_text: ConsoleText | None
+    read_status: ReadStatus | None
+    report: Progress
+    batch_size: int
+    wait: bool
+    setup_timeout: float
+    keep_on_failure: bool
+    cleanup_timeout: float
 
 
 def default_address(spec: EC2Spec) -> AddressOf:
@@ -114,20 +142,26 @@ def default_address(spec: EC2Spec) -> AddressOf:
 def up(spec: EC2Spec, *, client: EC2Client | None = None, output: str | os.PathLike[str],
        accept_new: bool = False, timeout: float = 900.0, poll: float = 5.0,
        address_of: AddressOf | None = None, console_text: ConsoleText | None = None,
-       progress: Progress | None = None, owner: str | None = None,
-       records: Path | None = None, batch_size: int = 10,
-       run_id: str | None = None, overwrite: bool = False,
-       cleanup_timeout: float = CLEANUP_TIMEOUT) -> Cluster:
+       read_status: ReadStatus | None = None, progress: Progress | None = None,
+       owner: str | None = None, records: Path | None = None, batch_size: int = 10,
+       run_id: str | None = None, overwrite: bool = False, wait: bool = True,
+       setup_timeout: float = SETUP_TIMEOUT, keep_on_failure: bool = False,
+       cleanup_timeout: float = CLEANUP_TIMEOUT, quotas: Any = None,
+       ssm: Any = None) -> Cluster:
     """Start the cluster, wait until every instance runs and answers on SSH, record its
-    host keys and write an inventory to ``output``.
+    host keys, write an inventory to ``output``, and wait until every instance's setup
+    has R and the spec's ``r_packages`` ready.
 
-    ``client`` defaults to one for ``spec.region``. ``timeout`` is one deadline for the
-    whole wait (seconds). ``address_of`` maps an instance to where this machine reaches
-    its sshd (default :func:`default_address`); ``console_text`` returns an instance's
-    console output (default GetConsoleOutput). Host keys come from that console output;
-    if they cannot be read before the deadline, ``up`` fails, unless ``accept_new``
-    records the key each instance shows on its first connection. ``progress`` is called
-    with a :class:`Step` as the wait goes on.
+    ``client`` defaults to one for ``spec.region`` (``quotas``, ``ssm``: Service Quotas
+    and SSM clients for the checks before the launch). ``timeout`` is one deadline for
+    the launch, SSH and the host keys (seconds); ``setup_timeout`` is the setup's own,
+    and ``wait=False`` does not wait for the setup at all. ``address_of`` maps an
+    instance to where this machine reaches its sshd (default :func:`default_address`);
+    ``console_text`` returns an instance's console output (default GetConsoleOutput);
+    ``read_status`` reads its setup's status (default: over SSH). Host keys come from the
+    console output; if they cannot be read before the deadline, ``up`` fails, unless
+    ``accept_new`` records the key each instance shows on its first connection.
+    ``progress`` is called with a :class:`~sshcluster.ec2.wait.Step` as ``up`` goes on.
 
     ``output`` is not overwritten unless it is an inventory ``up`` wrote for this
     cluster (its header says so), or ``overwrite``: else :class:`OutputExistsError` is
@@ -137,10 +171,11 @@ def up(spec: EC2Spec, *, client: EC2Client | None = None, output: str | os.PathL
     that run (same ClientTokens) instead of starting a second fleet. On any failure,
     Ctrl-C, SIGTERM or SIGHUP (in the main thread; see :mod:`sshcluster.ec2.signals`)
     everything this run started is terminated and deleted, within ``cleanup_timeout``
-    seconds and without obeying a further signal half-way, before the error (an
-    :class:`EC2Error` saying what was removed) or the KeyboardInterrupt
-    (:class:`~sshcluster.ec2.signals.Interrupted` for a signal, with its ``signum``)
-    propagates; only a cluster that an earlier ``up`` finished is left as it is.
+    seconds and without obeying a further signal half-way, before the error (saying what
+    was removed) or the KeyboardInterrupt (:class:`~sshcluster.ec2.signals.Interrupted`
+    for a signal, with its ``signum``) propagates; only a cluster that an earlier ``up``
+    finished is left as it is, and, with ``keep_on_failure``, one whose setup failed
+    (:class:`~sshcluster.ec2.ready.SetupFailed`).
     """
     report: Progress = progress or (lambda step: None)
 
@@ -148,27 +183,22 @@ def up(spec: EC2Spec, *, client: EC2Client | None = None, output: str | os.PathL
         report(Step("note", 0, 0, f"{signal_name(signum)} received: finishing the cleanup "
                                   f"first (at most {cleanup_timeout:.0f} s)"))
 
+    job = _Job(time.monotonic() + timeout, poll, accept_new, address_of, console_text,
+               read_status, report, batch_size, wait, setup_timeout, keep_on_failure,
+               cleanup_timeout)
     with signal_guard(note) as guard:
-        return _guarded_up(spec, client=client or make_client(spec.region), output=output,
-                           accept_new=accept_new, deadline=time.monotonic() + timeout,
-                           poll=poll, address_of=address_of, console_text=console_text,
-                           report=report, owner=owner or default_owner(),
-                           records=records or state_dir(), batch_size=batch_size,
-                           run_id=run_id, overwrite=overwrite,
-                           cleanup_timeout=cleanup_timeout, guard=guard)
+        client = client or make_client(spec.region)
+        output = Path(output)
+        if not overwrite:
+            refuse_foreign_output(output, spec)
+        return _guarded_up(spec, client=client, output=output, owner=owner or default_owner(),
+                           records=records or state_dir(), run_id=run_id, job=job,
+                           guard=guard, quotas=quotas, ssm=ssm)
 
 
-def _guarded_up(spec: EC2Spec, *, client: EC2Client, output: str | os.PathLike[str],
-                accept_new: bool, deadline: float, poll: float,
-                address_of: AddressOf | None, console_text: ConsoleText | None,
-                report: Progress, owner: str, records: Path, batch_size: int,
-                run_id: str | None, overwrite: bool, cleanup_timeout: float,
-                guard: SignalGuard) -> Cluster:
-    output = Path(output)
-    if not overwrite:
-        _refuse_foreign_output(output, spec)
-    vcpus = check_image_and_type(client, spec)
-
+def _guarded_up(spec: EC2Spec, *, client: EC2Client, output: Path, owner: str,
+                records: Path, run_id: str | None, job: _Job, guard: SignalGuard,
+                quotas: Any, ssm: Any) -> Cluster:
     earlier = find_record(records, spec.region, spec.name)
     # Only the caller's own instances of this name count: a colleague's cluster of the
     # same name in a shared account is theirs. Instances already shutting down (a down
@@ -192,18 +222,22 @@ def _guarded_up(spec: EC2Spec, *, client: EC2Client, output: str | os.PathLike[s
     else:
         run_id = run_id or secrets.token_hex(6)
         expires = utcnow() + spec.max_lifetime
+    plan = plan_launch(client, spec, quotas=quotas, ssm=ssm, running_here=len(existing))
+    for text in plan.notes:
+        job.report(Step("note", 0, 0, f"not checked: {text}"))
     known_hosts = output.parent / f"{spec.name}.known_hosts"
     record = Record(spec.name, spec.region, run_id, owner, expires, "starting",
                     key_file=str(key_file.absolute()) if key_file else None,
                     known_hosts=str(known_hosts.absolute()),
                     inventory=str(output.absolute()),
-                    instance_ids=earlier.instance_ids if existing and earlier else (),
+                    instance_ids=tuple(i.id for i in existing), image=plan.image.id,
                     process=this_process())
     started = Started(instance_ids=list(record.instance_ids), critical=guard.critical)
 
-    def remember() -> None:
+    def remember(status: str = "starting") -> None:
         """Write the ids created so far into the record: a killed up leaves them for gc."""
-        save_record(records, replace(record, instance_ids=tuple(started.instance_ids),
+        save_record(records, replace(record, status=status,
+                                     instance_ids=tuple(started.instance_ids),
                                      security_group=started.security_group,
                                      key_pair=started.key_pair))
 
@@ -212,24 +246,22 @@ def _guarded_up(spec: EC2Spec, *, client: EC2Client, output: str | os.PathLike[s
     # cluster that is still starting for an orphan.
     save_record(records, record)
     try:
-        cluster = _up(spec, client=client, record=record, output=output,
-                      known_hosts=known_hosts, key_file=key_file, vcpus=vcpus,
-                      deadline=deadline,
-                      poll=poll, accept_new=accept_new,
-                      address_of=address_of or default_address(spec),
-                      console_text=console_text or console_reader(client),
-                      report=report, batch_size=batch_size, started=started)
+        cluster = _up(spec, client=client, run=Run(run_id, owner, expires), plan=plan,
+                      output=output, known_hosts=known_hosts, key_file=key_file,
+                      started=started, job=job)
     except BaseException as exc:
         with guard.cleanup():  # first: a signal from here on is only noted
-            if finished:
-                save_record(records, replace(record, status="up"))
-                undone = (f"the cluster an earlier up started is left as it was; "
-                          f"'sshcluster ec2 down {spec.name}' ends it")
+            keep = job.keep_on_failure and isinstance(exc, SetupFailed)
+            if finished or keep:
+                remember("up")
+                kept = ("kept (--keep-on-failure) to look at" if keep else
+                        "the cluster an earlier up started is left as it was")
+                undone = f"{kept}; 'sshcluster ec2 down {spec.name}' ends it"
             else:
                 if key_file:
                     started.files.append(key_file)  # its key pair goes with the run
                 undone = _undo(client, spec.name, run_id, owner, started,
-                               timeout=cleanup_timeout, poll=poll)
+                               timeout=job.cleanup_timeout, poll=job.poll)
                 remove_record(records, spec.region, spec.name)
             if isinstance(exc, Interrupted):
                 what = f"interrupted by {signal_name(exc.signum)}"
@@ -237,53 +269,23 @@ def _guarded_up(spec: EC2Spec, *, client: EC2Client, output: str | os.PathLike[s
                 what = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             note = f"up {spec.name} {what}; {undone}"
             with contextlib.suppress(Exception):  # a terminal that is gone cannot be told
-                report(Step("aborted", 0, spec.count, note))
+                job.report(Step("aborted", 0, spec.count, note))
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
         guard.raise_noted()  # a signal during the cleanup of a failure: its exit status
-        if isinstance(exc, EC2Error):
-            raise EC2Error(f"{exc.message}\n{note}", code=exc.code, operation=exc.operation,
-                           hint=exc.hint) from exc
         if isinstance(exc, SshclusterError):
-            raise EC2Error(f"{exc.message}\n{note}", hint=exc.hint) from exc
+            # The same error, with what became of the cluster: its type and data stay.
+            exc.message = f"{exc.message}\n{note}"
+            exc.args = (exc.message,)
+            raise
         raise EC2Error(f"{type(exc).__name__}: {exc}\n{note}") from exc
-    save_record(records, replace(record, status="up", instance_ids=tuple(started.instance_ids),
-                                 security_group=started.security_group,
-                                 key_pair=started.key_pair))
+    remember("up")
     return cluster
 
 
-def _header(spec: EC2Spec) -> str:
-    """The first line of the inventory ``up`` writes for ``spec``'s cluster."""
-    return f"Written by 'sshcluster ec2 up' for cluster {spec.name} in {spec.region} "
-
-
-def _refuse_foreign_output(output: Path, spec: EC2Spec) -> None:
-    """Raise OutputExistsError if ``output`` exists and is not an inventory ``up`` wrote
-    for this cluster (a hand-written inventory, another cluster's)."""
-    try:
-        with output.open(encoding="utf-8", errors="replace") as f:
-            first = f.readline(4096)
-    except FileNotFoundError:
-        return
-    except OSError:
-        first = ""
-    if first.startswith(f"# {_header(spec)}"):
-        return  # a retried or repeated up of the same cluster: its own file
-    raise OutputExistsError(
-        f"{output} exists and is not an inventory 'sshcluster ec2 up' wrote for cluster "
-        f"{spec.name} in {spec.region}; not overwritten, nothing started",
-        path=str(output), hint=f"write the inventory elsewhere (-o other.yaml), or pass "
-                               f"--force to replace {output}")
-
-
-def _up(spec: EC2Spec, *, client: EC2Client, record: Record, output: Path,
-        known_hosts: Path, key_file: Path | None, vcpus: int, deadline: float,
-        poll: float, accept_new: bool, address_of: AddressOf, console_text: ConsoleText,
-        report: Progress, batch_size: int, started: Started) -> Cluster:
-    run = Run(record.run_id, record.owner, record.expires)
+def _up(spec: EC2Spec, *, client: EC2Client, run: Run, plan: LaunchPlan, output: Path,
+        known_hosts: Path, key_file: Path | None, started: Started, job: _Job) -> Cluster:
     filters = run_filters(spec, run)
-
     key_name = spec.key_name
     if key_name is None:
         assert key_file is not None
@@ -311,86 +313,46 @@ def _up(spec: EC2Spec, *, client: EC2Client, record: Record, output: Path,
             groups = [found[0]["GroupId"]]
         else:
             with started.critical():
-                group = create_security_group(client, spec, run)
+                group = create_security_group(client, spec, run, plan.vpc)
                 assert group is not None
                 started.security_group = group
                 started.changed()
             groups = [group]
-            allow_ingress(client, spec, group)
+            allow_ingress(client, spec, group, poll=min(job.poll, 1.0))
 
-    launch(client, spec, run, groups=groups, key_name=key_name, batch_size=batch_size,
-           started=started, report=lambda n: report(Step("launch", n, spec.count,
-                                                         f"started {n} of {spec.count}")))
-    instances = cluster_instances(client, spec.name, run_id=run.run_id, owner=run.owner)
-    started.instance_ids = sorted({*started.instance_ids, *(i.id for i in instances)})
-    started.changed()
-    ids = [i.id for i in instances]
-
+    report = job.report
+    launch(client, spec, run, plan, groups=groups, key_name=key_name,
+           batch_size=job.batch_size, started=started, deadline=job.deadline,
+           poll=min(job.poll, 1.0),
+           report=lambda n: report(Step("launch", n, spec.count, f"started {n} of {spec.count}")),
+           note=lambda text: report(Step("note", 0, 0, text)))
+    ids = sorted(started.instance_ids)  # as RunInstances answered (and a retried run's)
     report(Step("running", 0, len(ids), "waiting for the instances to run"))
-    delay = max(1, round(poll))
-    with aws_errors("waiting for instance_running"):
-        client.get_waiter("instance_running").wait(
-            InstanceIds=ids, WaiterConfig={
-                "Delay": delay, "MaxAttempts": max(1, int(remaining(deadline) // delay))})
-    instances = cluster_instances(client, spec.name, run_id=run.run_id, owner=run.owner)
+    instances = wait_running(client, ids, deadline=job.deadline, poll=job.poll)
     report(Step("running", len(ids), len(ids), "all instances running"))
 
+    address_of = job.address_of or default_address(spec)
     endpoints = {i.id: address_of(i) for i in instances}
-    wait_ssh(endpoints, deadline=deadline, poll=poll, report=report)
-    keys = host_keys(instances, endpoints, console_text=console_text, accept_new=accept_new,
-                     deadline=deadline, poll=poll, report=report)
-    write_known_hosts(known_hosts, [(endpoints[i].host, endpoints[i].port, k)
-                                    for i, ks in keys.items() for k in ks])
-
-    # primary.user is who the workers ssh to on the primary (the reverse_ssh check). Only
-    # when the primary is one of the instances is that the image's login user; 'auto' or
-    # an address is a machine outside the cluster (usually this one), whose user the
-    # check takes to be the one running it when the inventory names none.
-    first = instances[0].private_ip if spec.primary == "first" else None
-    if first:
-        primary, primary_user = first, spec.user
-    else:
-        primary, primary_user = "auto" if spec.primary == "first" else spec.primary, None
-    inventory = Inventory(
-        primary=Primary(host=primary, user=primary_user),
-        hosts=tuple(Host(host=endpoints[i.id].host, user=spec.user, ncore=vcpus,
-                         ssh_port=endpoints[i.id].port if endpoints[i.id].port != 22
-                         else None,
-                         identity_file=str(key_file) if key_file else spec.identity_file)
-                    for i in instances),
-        port=spec.port, known_hosts=str(known_hosts), path=str(output))
-    steps = next_steps(output, primary_instance=first)
-    header = (f"{_header(spec)}(run {run.run_id}).\nIts instances power off at "
-              f"{format_time(run.expires)}; 'sshcluster ec2 down {spec.name}' ends them "
-              "now. Next:\n" + "\n".join(f"  {step}" for step in steps))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(output, dump_inventory(inventory, header=header))
+    wait_ssh(endpoints, deadline=job.deadline, poll=job.poll, report=report)
+    keys = host_keys(instances, endpoints, console_text=job.console_text or
+                     console_reader(client), accept_new=job.accept_new,
+                     deadline=job.deadline, poll=job.poll, report=report)
+    inventory, steps = write_output(
+        spec, run_id=run.run_id, expires=run.expires, output=output, known_hosts=known_hosts,
+        key_file=key_file, ncore=plan.ncore(spec), instances=instances, endpoints=endpoints,
+        keys=keys)
+    started.files += [output, known_hosts]  # they describe this run only
+    if job.wait:
+        read_status = job.read_status or ssh_status_reader(
+            spec.user, known_hosts=known_hosts,
+            identity_file=str(key_file) if key_file else spec.identity_file)
+        wait_ready(instances, endpoints, read_status=read_status,
+                   deadline=time.monotonic() + job.setup_timeout, poll=job.poll,
+                   report=report, packages=spec.r_packages)
     report(Step("done", len(ids), len(ids), f"wrote {output}"))
     return Cluster(spec.name, spec.region, run.run_id, run.expires, tuple(instances),
                    tuple(endpoints[i.id] for i in instances), inventory, output,
-                   known_hosts, key_file, steps)
-
-
-def next_steps(inventory: str | os.PathLike[str], *,
-               primary_instance: str | None = None) -> tuple[str, ...]:
-    """The shell commands from an inventory ``up`` wrote to R on the cluster.
-
-    ``render --check`` is needed, not only advised: it fills in ``primary: auto`` (the
-    address the workers see this machine at) and says whether the setup script has
-    installed R yet. ``primary_instance`` is the first instance's address when it is the
-    primary (``primary: first``): the check cannot run from here then (its callback
-    listens on this machine), the inventory is complete as it is, and R runs there.
-    """
-    inventory = Path(inventory)
-    cluster_r = str(inventory.parent / "cluster.R")
-    if primary_instance:
-        return (shell_join(["sshcluster", "render", str(inventory), "-o", cluster_r]),
-                f"# then source({r_string(cluster_r)}) in R on the primary, the first "
-                f"instance ({primary_instance}), with the key and known_hosts files at the "
-                "same paths as here")
-    return (shell_join(["sshcluster", "render", str(inventory), "--check", "-o", cluster_r]),
-            shell_join(["Rscript", "-e",
-                        f"source({r_string(cluster_r)}); print(parallelCluster)"]))
+                   known_hosts, key_file, steps, image=plan.image.id, ready=job.wait)
 
 
 def _undo(client: EC2Client, name: str, run_id: str, owner: str, started: Started, *,
@@ -442,4 +404,5 @@ def cluster(spec: EC2Spec, *, client: EC2Client | None = None,
         guard.raise_noted()
 
 
-__all__ = ["Cluster", "Seams", "cluster", "default_address", "next_steps", "up"]
+__all__ = ["SETUP_TIMEOUT", "Cluster", "Seams", "cluster", "default_address", "next_steps",
+           "up"]

@@ -1,65 +1,61 @@
-"""The user data an instance runs at first boot: the dead man's switch, then the setup.
+"""The user data an instance runs at first boot (``userdata.sh``, filled in with data).
 
-The switch comes first so that a setup script that fails or hangs cannot keep an instance
-alive: ``shutdown -h`` at the expiry powers it off, and as the instance is started with
-shutdown behaviour ``terminate``, powering off ends it and its bill.
+In this order: the dead man's switch, so that a setup that fails or hangs cannot keep an
+instance alive (``shutdown -h`` at the expiry powers it off, and as the instance is
+started with shutdown behaviour ``terminate``, powering off ends it and its bill); the
+host keys on the console, before anything slow; then the setup, detached and logging to
+:data:`SETUP_LOG`: the spec's ``setup`` script, R and the ``r_packages``, and a check that
+they load, whose outcome ``up`` reads from :data:`STATUS_FILE` over SSH.
+
+The shell lives in ``userdata.sh``; Python only supplies the data (the expiry, the
+package names, the CRAN mirror, the setup script as a quoted here-document).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from datetime import datetime
+from importlib import resources
 from typing import TYPE_CHECKING
+
+from sshcluster.quoting import shell_quote
 
 if TYPE_CHECKING:
     from sshcluster.ec2.spec import EC2Spec
 
-_EXPIRY_SCRIPT = "/var/lib/cloud/scripts/per-boot/sshcluster-expiry.sh"
+#: Where the setup's outcome is: ``running``, ``ready <R version>`` or ``failed: <what>``.
+STATUS_FILE = "/var/lib/sshcluster/status"
+#: The setup's log on the instance (readable by the login user).
+SETUP_LOG = "/var/log/sshcluster-setup.log"
+
+_TEMPLATE = "userdata.sh"
+_SETUP_HERE = "#@setup@\n"
+
+
+def _template() -> str:
+    return resources.files("sshcluster.ec2").joinpath(_TEMPLATE).read_text(encoding="utf-8")
 
 
 def user_data(spec: EC2Spec, expires: datetime) -> str:
-    """The instances' user data: arm the dead man's switch, then run ``spec.setup``.
-
-    The switch is also installed as a cloud-init per-boot script, because a reboot
-    forgets a scheduled shutdown. The time left is computed on the instance from the
-    absolute expiry, so a slow boot does not stretch the lifetime.
-    """
-    epoch = int(expires.timestamp())
-    parts = [
+    """The instances' user data for ``spec``'s cluster, which ends at ``expires``."""
+    header = [
         "#!/bin/sh",
         f"# Written by sshcluster for cluster {spec.name}; expires "
         f"{expires.astimezone().isoformat(timespec='seconds')}.",
-        "PATH=/usr/sbin:/usr/bin:/sbin:/bin; export PATH",
-        f"mkdir -p {os.path.dirname(_EXPIRY_SCRIPT)}",
-        f"cat > {_EXPIRY_SCRIPT} <<'SSHCLUSTER_EXPIRY'",
-        "#!/bin/sh",
-        "# sshcluster dead man's switch: power off at the cluster's expiry, also after a reboot.",
-        "PATH=/usr/sbin:/usr/bin:/sbin:/bin; export PATH",
-        f"expires={epoch}",
-        'left=$(( (expires - $(date +%s) + 59) / 60 ))',
-        'if [ "$left" -lt 1 ]; then shutdown -h now',
-        'else shutdown -h "+$left" "sshcluster: max_lifetime reached"; fi',
-        "SSHCLUSTER_EXPIRY",
-        f"chmod 755 {_EXPIRY_SCRIPT}",
-        _EXPIRY_SCRIPT,
+        f"expires={int(expires.timestamp())}",
+        f"r_packages={shell_quote(' '.join(spec.r_packages))}",
+        f"cran={shell_quote(spec.cran)}",
     ]
+    setup = ""
     if spec.setup:
         script = spec.setup if spec.setup.endswith("\n") else spec.setup + "\n"
         # A quoted here-document passes the script through untouched; its end marker is
         # derived from the script so no line of the script can end it early.
         marker = "SSHCLUSTER_SETUP_" + hashlib.sha256(script.encode()).hexdigest()[:16]
-        run = "/var/lib/sshcluster/setup" if script.startswith("#!") else \
-            "/bin/sh -e /var/lib/sshcluster/setup"
-        parts += [
-            "mkdir -p /var/lib/sshcluster",
-            f"cat > /var/lib/sshcluster/setup <<'{marker}'",
-            script.rstrip("\n"),
-            marker,
-            "chmod 700 /var/lib/sshcluster/setup",
-            f"{run} > /var/log/sshcluster-setup.log 2>&1",
-        ]
-    return "\n".join(parts) + "\n"
+        setup = (f"cat > \"$state/setup\" <<'{marker}'\n{script}{marker}\n"
+                 "chmod 700 \"$state/setup\"\n")
+    before, _, after = _template().partition(_SETUP_HERE)
+    return "\n".join(header) + "\n" + before + setup + after
 
 
-__all__ = ["user_data"]
+__all__ = ["SETUP_LOG", "STATUS_FILE", "user_data"]

@@ -12,7 +12,7 @@ import pytest
 from sshcluster import ec2
 
 from .faults import FaultProxy
-from .helpers import REGION, SshHosts
+from .helpers import REGION, SshHosts, internet_gateway
 
 
 @pytest.fixture
@@ -21,7 +21,9 @@ def client(moto_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> An
     urllib.request.urlopen(urllib.request.Request(f"{moto_url}/moto-api/reset",
                                                   method="POST")).read()
     monkeypatch.setenv("SSHCLUSTER_STATE_DIR", str(tmp_path / "state"))
-    return ec2.make_client(REGION)
+    client = ec2.make_client(REGION)
+    internet_gateway(client)
+    return client
 
 
 @pytest.fixture(scope="session")

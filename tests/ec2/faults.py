@@ -150,3 +150,11 @@ class FaultProxy:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def batch_of(params: Params) -> str | None:
+    """The ``sshcluster:batch`` tag of a RunInstances request."""
+    for key, value in params.items():
+        if key.endswith(".Key") and value == "sshcluster:batch":
+            return params.get(key[:-len("Key")] + "Value")
+    return None

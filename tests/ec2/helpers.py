@@ -63,20 +63,46 @@ def spec_text(ami: str, **fields: Any) -> str:
     return text
 
 
+READY = "ready R version 4.2.2 (2022-10-31)"
+
+
+class _AnyKey(asyncssh.SSHServer):
+    """Lets in any client key: these servers stand in for instances whose key pair only
+    ``up`` knows (moto made it)."""
+
+    def begin_auth(self, username: str) -> bool:
+        return True
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        return True
+
+
 class SshHosts:
-    """asyncssh servers on 127.0.0.1, one per instance: SSH banner and a real host key."""
+    """asyncssh servers on 127.0.0.1, one per instance: SSH banner and a real host key;
+    any command run there prints ``status[i]``, as the setup's status file would (by
+    default: ready)."""
 
     def __init__(self, n: int) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.keys = [asyncssh.generate_private_key("ssh-ed25519") for _ in range(n)]
-        self.servers = [self._run(self._listen(k)) for k in self.keys]
+        self.status = [READY] * n
+        self.commands: list[str] = []
+        self.servers = [self._run(self._listen(i, k)) for i, k in enumerate(self.keys)]
         self.ports = [s.sockets[0].getsockname()[1] for s in self.servers]
 
-    @staticmethod
-    async def _listen(key: asyncssh.SSHKey) -> asyncssh.SSHAcceptor:
-        return await asyncssh.listen("127.0.0.1", 0, server_host_keys=[key])
+    async def _listen(self, index: int, key: asyncssh.SSHKey) -> asyncssh.SSHAcceptor:
+        def answer(process: asyncssh.SSHServerProcess[str]) -> None:
+            self.commands.append(process.command or "")
+            process.stdout.write(self.status[index] + "\n")
+            process.exit(0)
+
+        return await asyncssh.listen("127.0.0.1", 0, server_host_keys=[key],
+                                     server_factory=_AnyKey, process_factory=answer)
 
     def _run(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
@@ -129,10 +155,24 @@ def do_up(spec: ec2.EC2Spec, client: Any, hosts: SshHosts, tmp_path: Path,
           **kwargs: Any) -> ec2.Cluster:
     address_of, console_text = hosts.seams()
     options: dict[str, Any] = {"address_of": address_of, "console_text": console_text,
-                               "timeout": 20, "poll": 0.1, **kwargs}
+                               "timeout": 20, "setup_timeout": 20, "poll": 0.1, **kwargs}
     return ec2.up(spec, client=client, output=tmp_path / "hosts.yaml", **options)
 
 
 def run(*args: str, input: str | None = None, obj: Any = None) -> Result:
     """``sshcluster ARGS`` in this process; an exception that escapes fails the test."""
     return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False, obj=obj)
+
+
+def internet_gateway(client: Any) -> str:
+    """Give moto's default VPC what a real account's default VPC has and moto's lacks: an
+    internet gateway, and a route 0.0.0.0/0 to it in the main route table. Its id."""
+    vpc = client.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"][0]
+    gateway = client.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
+    client.attach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc["VpcId"])
+    (main,) = client.describe_route_tables(Filters=[
+        {"Name": "vpc-id", "Values": [vpc["VpcId"]]},
+        {"Name": "association.main", "Values": ["true"]}])["RouteTables"]
+    client.create_route(RouteTableId=main["RouteTableId"], DestinationCidrBlock="0.0.0.0/0",
+                        GatewayId=gateway)
+    return str(gateway)

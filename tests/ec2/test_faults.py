@@ -18,7 +18,7 @@ from botocore.parsers import ResponseParserError
 from sshcluster import ec2
 from sshcluster.errors import EC2Error
 
-from .faults import FaultProxy
+from .faults import FaultProxy, batch_of
 from .helpers import REGION, SshHosts, do_up, live, make_spec
 
 CAPACITY = ("We currently do not have sufficient capacity in the Availability Zone you "
@@ -27,11 +27,14 @@ CAPACITY = ("We currently do not have sufficient capacity in the Availability Zo
 
 def test_second_run_instances_refused_leaves_nothing_running(
         client: Any, proxy: FaultProxy, ami: str, hosts: SshHosts, tmp_path: Path) -> None:
-    rule = proxy.refuse("RunInstances", "InsufficientInstanceCapacity", CAPACITY, nth=2)
+    # The second batch finds no capacity in any zone (the first is tried in each subnet).
+    rule = proxy.refuse("RunInstances", "InsufficientInstanceCapacity", CAPACITY,
+                        when=lambda p: batch_of(p) == "1")
     via_proxy = ec2.make_client(REGION, endpoint_url=proxy.url)
     with pytest.raises(EC2Error) as e:
         do_up(make_spec(ami, count=3), via_proxy, hosts, tmp_path, batch_size=2)
-    assert rule.count == 2
+    assert rule.count == rule.refused == 5  # the zones of us-east-1 that offer t3.medium
+    assert len(proxy.params("RunInstances")) == 1 + 5
     assert e.value.code == "InsufficientInstanceCapacity"
     assert "try another type" in str(e.value)
     message = str(e.value)

@@ -40,7 +40,7 @@ def test_spec_fields() -> None:
     ("  max_lifetime: 2 hours\n", "ec2.max_lifetime: expected a duration"),
     ("  max_lifetime: 30d\n", "ec2.max_lifetime: 30d is outside"),
     ("  spot: maybe\n", "ec2.spot: expected true or false"),
-    ("  image: ubuntu-22.04\n", "ec2.image: expected an AMI id"),
+    ("  image: ubuntu-99.04\n", "ec2.image: expected an AMI id"),
     ("  ssh_cidr: 0.0.0.0/0\n", "lets the whole internet"),
     ("  ssh_cidr: 203.0.113.7\n", "has no prefix length"),
     ("  instance_typo: x\n", "unknown key 'instance_typo'"),
