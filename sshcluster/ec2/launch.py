@@ -35,7 +35,11 @@ from sshcluster.errors import EC2Error
 if TYPE_CHECKING:
     from mypy_boto3_ec2.client import EC2Client
     from mypy_boto3_ec2.literals import ResourceTypeType
-    from mypy_boto3_ec2.type_defs import FilterTypeDef, IpPermissionTypeDef
+    from mypy_boto3_ec2.type_defs import (
+        FilterTypeDef,
+        IpPermissionTypeDef,
+        ReservationResponseTypeDef,
+    )
 
     from sshcluster.ec2.spec import EC2Spec
 
@@ -201,10 +205,9 @@ def launch(client: EC2Client, spec: EC2Spec, run: Run, plan: LaunchPlan, *,
                                           attempt=len(tried))
             try:
                 with started.critical():
-                    answer = retry(lambda p=params: call(  # type: ignore[misc]
-                        client.run_instances, "RunInstances", dry_run=dry_run, **p),
-                        "RunInstances", codes=("InvalidGroup.NotFound",),
-                        deadline=min(deadline, time.monotonic() + NOT_FOUND_WAIT), poll=poll)
+                    answer = _run_instances(client, params, dry_run=dry_run, poll=poll,
+                                            deadline=min(deadline, time.monotonic()
+                                                         + NOT_FOUND_WAIT))
                     if answer is None:
                         return
                     started.instance_ids += [i["InstanceId"] for i in answer["Instances"]]
@@ -220,10 +223,22 @@ def launch(client: EC2Client, spec: EC2Spec, run: Run, plan: LaunchPlan, *,
                         f"RunInstances: no capacity for {n} x {spec.instance_type} in "
                         f"any subnet tried: {'; '.join(tried)}", code=e.code,
                         operation="RunInstances", hint=e.hint) from e
-                note(f"{e.code} in {subnet.zone}; trying {subnets[current].zone} "  # type: ignore[union-attr]
-                     f"({subnets[current].id})")  # type: ignore[union-attr]
+                following = subnets[current]
+                if following is not None:
+                    note(f"{e.code} in {subnet.zone}; trying {following.zone} "
+                         f"({following.id})")
         done += n
         report(done)
+
+
+def _run_instances(client: EC2Client, params: dict[str, Any], *, dry_run: bool,
+                   deadline: float, poll: float) -> ReservationResponseTypeDef | None:
+    """RunInstances, retried while AWS does not know the just-created group yet."""
+    def run() -> ReservationResponseTypeDef | None:
+        return call(client.run_instances, "RunInstances", dry_run=dry_run, **params)
+
+    return retry(run, "RunInstances", codes=("InvalidGroup.NotFound",), deadline=deadline,
+                 poll=poll)
 
 
 def dry_run(spec: EC2Spec, *, client: EC2Client | None = None) -> tuple[str, ...]:

@@ -250,3 +250,35 @@ def test_cli_ls_goes_on_past_a_region_that_fails(client: Any, ami: str, hosts: S
     assert [c["name"] for c in json.loads(result.stdout)] == ["rwork"]
     result = run("ec2", "gc")
     assert result.exit_code == 1 and "nothing to collect in us-east-1" in result.stdout
+
+
+def test_cli_up_waits_for_the_setup_unless_told_not_to(
+        client: Any, ami: str, hosts: SshHosts, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("ec2.yaml").write_text(spec_text(ami, count=1))
+    dry = run("ec2", "up", "ec2.yaml", "--dry-run")
+    assert dry.exit_code == 0
+    assert dry.stdout.splitlines()[0].startswith(f"ok: image {ami} (x86_64), type t3.medium")
+    assert "ok: not checked: the vCPU quota L-1216C47A" in dry.stdout
+
+    result = run("ec2", "up", "ec2.yaml", "--no-wait", obj=hosts.cli_seams())
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"cluster rwork: 1 instances of {ami}, expires ")
+    assert "setup:" not in result.stderr
+    assert run("ec2", "down", "rwork").exit_code == 0
+
+    hosts.status[0] = "failed: installing r-cran-foreach\nE: Unable to fetch archives"
+    try:
+        result = CliRunner().invoke(cli, ["ec2", "up", "ec2.yaml", "--keep-on-failure"],
+                                    obj=hosts.cli_seams())
+    finally:
+        hosts.status[0] = hosts.status[1]
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "error: the setup failed on 1 of 1 instances:" in result.stderr
+    assert "  | E: Unable to fetch archives" in result.stderr
+    assert "kept (--keep-on-failure) to look at; 'sshcluster ec2 down rwork' ends it" \
+        in result.stderr
+    assert len(live(client)) == 1
+    result = run("ec2", "up", "ec2.yaml", obj=hosts.cli_seams())  # the kept one, now ready
+    assert result.exit_code == 0 and ", ready, expires" in result.stdout

@@ -77,6 +77,9 @@ def test_ssh_deadline_fails_and_cleans_up(client: Any, ami: str, tmp_path: Path)
     ("InstanceLimitExceeded", "quota"),
     ("InvalidAMIID.NotFound", "per region"),
     ("AuthFailure", "credentials"),
+    ("AuthFailure.ServiceLinkedRoleCreationNotPermitted",
+     "aws iam create-service-linked-role --aws-service-name spot.amazonaws.com"),
+    ("PendingVerification", "up to 4 hours"),
 ])
 def test_aws_errors_come_with_a_hint(client: Any, proxy: FaultProxy, ami: str,
                                      hosts: SshHosts, tmp_path: Path, code: str,
@@ -118,3 +121,42 @@ def test_botocore_errors_become_ec2_errors() -> None:
     err = ec2.aws_error(ResponseParserError("Unable to parse response: b'<html>'"),
                         "DescribeInstances")
     assert err.operation == "DescribeInstances" and "region" in (err.hint or "")
+
+
+SSO_CONFIG = """\
+[profile work]
+sso_session = corp
+sso_account_id = 123456789012
+sso_role_name = Admin
+region = us-east-1
+[sso-session corp]
+sso_start_url = https://example.awsapps.com/start
+sso_region = us-east-1
+"""
+
+
+def test_an_expired_sso_session_says_aws_sso_login(tmp_path: Path) -> None:
+    # An SSO profile without a cached token, as after the session expired. It runs in a
+    # process of its own, in an empty network namespace: nothing can leave this machine
+    # even if botocore tried to reach AWS's SSO endpoints.
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare for an empty network namespace")
+    (tmp_path / "config").write_text(SSO_CONFIG)
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "AWS_PROFILE": "work",
+           "AWS_CONFIG_FILE": str(tmp_path / "config"),
+           "AWS_SHARED_CREDENTIALS_FILE": os.devnull, "AWS_EC2_METADATA_DISABLED": "true"}
+    code = ("from sshcluster import ec2\n"
+            "try:\n    ec2.list_clusters(client=ec2.make_client('us-east-1'))\n"
+            "except ec2.EC2Error as e:\n    print(e.code)\n    print(e.hint)\n")
+    out = subprocess.run(["unshare", "--net", sys.executable, "-c", code], env=env,
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    code_line, hint = out.stdout.splitlines()[:2]
+    assert code_line == "SSOToken"
+    assert hint.startswith("your AWS SSO session has expired or was never started: run "
+                           "'aws sso login'")
