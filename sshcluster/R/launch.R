@@ -46,11 +46,11 @@ RESERVED_CONNECTIONS <- 2L # left free for the user's own files
 start <- function(config) {
   stop_previous()
   S <- new.env()
-  S$id <- random_hex(8L)
-  assign(S$id, S, envir = registry)
   S$config <- config
   S$limit <- connection_limit()
   check_connections(S, sum(vapply(config$machines, function(m) as.integer(m$ncore), 1L)))
+  S$id <- random_hex(8L)
+  assign(S$id, S, envir = registry)
   S$refused <- 0L
   S$next_id <- 0L
   S$sessions <- list()
@@ -107,10 +107,9 @@ check_connections <- function(S, workers) {
       "sshcluster: %d workers need %d R connections (one each, plus the listening socket ",
       "and the ssh supervisor), and %d more should stay free for your own files, but this ",
       "R session has %d free (%d in all, %d in use). Nothing was started.\n",
-      "  Use at most %d workers from this primary, or run R >= 4.4 with ",
-      "--max-connections=%d (R --max-connections=%d, Rscript --max-connections=%d)."),
+      "  Use at most %d workers from this primary, or run R >= 4.4 started with ",
+      "--max-connections=%d."),
       workers, needed, RESERVED_CONNECTIONS, free, S$limit, used, most,
-      used + needed + RESERVED_CONNECTIONS, used + needed + RESERVED_CONNECTIONS,
       used + needed + RESERVED_CONNECTIONS),
     call = NULL, hosts = character())))
 }
