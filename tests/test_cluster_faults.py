@@ -68,10 +68,12 @@ def test_faults_are_named_and_repaired(testbed: Testbed, tmp_path: Path, mode: s
         try_msg <- function(expr) tryCatch(expr, error = conditionMessage,
                                            interrupt = function(e) "INTERRUPTED")
         source({str(f)!r})
-        # 1. a worker killed on a live host
+        later <- function(what) system(sprintf("sh -c 'sleep 1; %s'", what), wait = FALSE)
+        # 1. a worker killed on a live host, while R waits for another (busy) worker
         pids <- unlist(parallel::clusterEvalQ(parallelCluster, Sys.getpid()))
-        tools::pskill(pids[3], tools::SIGKILL)
-        say("kill9", try_msg(parallel::parSapply(parallelCluster, 1:8, function(i) i)))
+        later(sprintf("kill -9 %d", pids[3]))
+        say("kill9", try_msg(parallel::parLapply(parallelCluster, 1:8, function(i) {{
+          Sys.sleep(300); i }})))
         parallelCluster <- sshcluster_repair()
         say("after-kill9", parallel::parSapply(parallelCluster, 1:8, function(i) i * 3))
         # 2. the host's sshd session killed
@@ -80,7 +82,6 @@ def test_faults_are_named_and_repaired(testbed: Testbed, tmp_path: Path, mode: s
         parallelCluster <- sshcluster_repair()
         say("after-sshd", parallel::parSapply(parallelCluster, 1:8, function(i) i * 4))
         # 3. an interrupted call; then Ctrl-C to the whole process group
-        later <- function(what) system(sprintf("sh -c 'sleep 1; %s'", what), wait = FALSE)
         later(sprintf("kill -INT %d", Sys.getpid()))
         say("interrupt", try_msg(parallel::parLapply(parallelCluster, 1:8, function(i) {{
           Sys.sleep(30); i }})))

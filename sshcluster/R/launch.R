@@ -52,6 +52,8 @@ start <- function(config) {
   S$id <- random_hex(8L)
   assign(S$id, S, envir = registry)
   S$refused <- 0L
+  S$report_sizes <- list()
+  S$gone <- list()
   S$next_id <- 0L
   S$sessions <- list()
   S$lost <- list()
@@ -440,12 +442,35 @@ wait_readable <- function(nodes) {
   }
 }
 
-# Signals an error for the first node whose host's ssh session has ended.
+# Signals an error for the first node whose host's ssh session has ended, or
+# whose worker its host has reported gone.
 check_hosts <- function(nodes) {
   for (node in nodes) {
     S <- state_of(node)
     if (session_ended(S, node$session)) host_lost(node)
+    status <- gone(S, node)
+    if (!is.na(status))
+      worker_lost(node, simpleError(sprintf("its host says the process ended (status %s)",
+                                            status)))
   }
+}
+
+# The exit status a host reported for a node's worker ("gone SLOT STATUS" on its
+# session's stdout), or NA. Each session's reports are read when they grow.
+gone <- function(S, node) {
+  f <- paste0(S$sessions[[node$session]]$file, ".out")
+  size <- file.size(f)
+  seen <- S$report_sizes[[node$session]]
+  if (!is.na(size) && !identical(size, seen)) {
+    S$report_sizes[[node$session]] <- size
+    for (line in readLines(f, warn = FALSE)) {
+      words <- strsplit(line, " ", fixed = TRUE)[[1]]
+      if (length(words) == 3L && words[1] == "gone")
+        S$gone[[paste(node$session, words[2])]] <- words[3]
+    }
+  }
+  status <- S$gone[[paste(node$session, node$slot)]]
+  if (is.null(status)) NA_character_ else status
 }
 
 host_lost <- function(node) {

@@ -72,6 +72,7 @@ else
   trap 'exit 143' TERM
 fi
 rargs="--default-packages=datasets,utils,grDevices,graphics,stats,methods"
+exec 4>&1  # the session's stdout, for the "gone" reports; R's own stdout goes nowhere
 n=0
 old=$IFS; IFS=,
 for t in $tokens; do n=$((n + 1)); done
@@ -85,8 +86,20 @@ if [ "$start" = fork ] && [ "$leader" ] && [ "$n" -le 256 ]; then
 else
   for t in $tokens; do
     IFS=$old
-    printf '%s\n' "$t" |
-      "$r" "$rargs" -e "$code" "$master" "$port" "$machine" "$timeout" fresh >/dev/null &
+    if [ "$leader" ]; then
+      # a subshell waits for the worker and reports its end (the group kill
+      # reaches both)
+      (
+        printf '%s\n' "$t" |
+          "$r" "$rargs" -e "$code" "$master" "$port" "$machine" "$timeout" fresh >/dev/null
+        rc=$?
+        echo "gone ${t%%:*} $rc" >&4
+        exit $rc
+      ) &
+    else
+      printf '%s\n' "$t" |
+        "$r" "$rargs" -e "$code" "$master" "$port" "$machine" "$timeout" fresh >/dev/null &
+    fi
     pids="$pids $!"
   done
   IFS=$old

@@ -7,7 +7,6 @@
 # fixed-size exchange of raw bytes, checks that the primary knows the slot's
 # other token, and only then runs parallel's own worker loop. Nothing is
 # unserialized from a peer that has not proved itself.
-# (No single quote may appear in this file: remote.sh carries it in one.)
 local({
   args <- commandArgs(TRUE)
   master <- args[1]
@@ -95,7 +94,24 @@ local({
       work(item)
     }
     jobs <- lapply(items, function(item) parallel::mcparallel(child(item), silent = TRUE))
-    done <- parallel::mccollect(jobs)
-    if (!all(vapply(done, isTRUE, NA))) quit(save = "no", status = 3L)
+    # Report each worker that ends, at once, on the ssh session's stdout (the
+    # script's descriptor 4): "gone SLOT STATUS".
+    slots <- setNames(vapply(items, function(item) strsplit(item, ":", fixed = TRUE)[[1]][1],
+                             ""), vapply(jobs, function(j) as.character(j$pid), ""))
+    report <- tryCatch(file("/dev/fd/4", "w"), error = function(e) NULL)
+    failed <- FALSE
+    while (length(jobs)) {
+      done <- suppressWarnings(parallel::mccollect(jobs, wait = FALSE, timeout = 1))
+      for (pid in names(done)) {
+        ok <- isTRUE(done[[pid]])
+        failed <- failed || !ok
+        if (!is.null(report)) {
+          cat("gone", slots[[pid]], if (ok) 0L else 3L, "\n", file = report)
+          flush(report)
+        }
+      }
+      jobs <- Filter(function(j) !(as.character(j$pid) %in% names(done)), jobs)
+    }
+    if (failed) quit(save = "no", status = 3L)
   }
 })
