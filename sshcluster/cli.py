@@ -24,7 +24,7 @@ from rich.progress import (
 )
 
 from sshcluster import __version__, bootstrap
-from sshcluster.errors import SshclusterError
+from sshcluster.errors import CheckFailed, SshclusterError
 from sshcluster.inventory import LAUNCHES, TUNNELS, Inventory, Register, load_inventory
 from sshcluster.preflight import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT, check, verified_inventory
 from sshcluster.report import CheckReport, print_report
@@ -37,6 +37,8 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except SshclusterError as e:
+            if isinstance(e, CheckFailed):
+                print_report(e.report, Console(stderr=True))
             _print_error(e)
             ctx.exit(e.exit_code)
 
@@ -165,9 +167,13 @@ def render(inventory: str, output: str | None, launch: str | None, tunnel: str |
     if allow_partial and not run_check:
         raise click.UsageError("--allow-partial goes with --check")
     if run_check:
-        inv, note = _checked(inv, timeout=timeout, accept_new=accept_new,
-                             allow_partial=allow_partial, concurrency=concurrency,
-                             tunnel=None if tunnel is None else tunnel == "reverse")
+        try:
+            inv, note = _checked(inv, timeout=timeout, accept_new=accept_new,
+                                 allow_partial=allow_partial, concurrency=concurrency,
+                                 tunnel=None if tunnel is None else tunnel == "reverse")
+        except CheckFailed as e:
+            raise CheckFailed(f"not rendered: {e.message}", report=e.report,
+                              hint=e.hint) from None
     register: list[Register] = []
     if use_future:
         register.append("future")
@@ -193,29 +199,18 @@ def render(inventory: str, output: str | None, launch: str | None, tunnel: str |
 
 def _checked(inv: Inventory, *, timeout: float, accept_new: bool, allow_partial: bool,
              concurrency: int, tunnel: bool | None) -> tuple[Inventory, str]:
-    """Check ``inv`` and return the verified inventory and a note for the file's header;
-    a failed host without ``allow_partial`` prints the report and exits 1.
+    """Check ``inv``; return the verified inventory and a note for the file's header.
 
     The check reads the default ssh config (~/.ssh/config), as the generated file's ssh
     does: a host that only another config file names would pass the check and then fail
     the launch, so render has no -F."""
-
     report = _run_check(inv, timeout=timeout, concurrency=concurrency,
                         accept_new=accept_new, ssh_config=(), show_progress=True,
                         tunnel=tunnel)
-    if report.failed and not allow_partial:
-        print_report(report, Console(stderr=True))
-        raise SshclusterError(
-            f"not rendered: {len(report.failed)} of {len(report.hosts)} hosts failed the check",
-            hint="fix them, or pass --allow-partial to leave them out")
     verified = verified_inventory(report, inv, allow_partial=allow_partial)
-    note = f"Checked by 'sshcluster check': {len(report.succeeded)} of {len(report.hosts)} " \
-           "hosts ready."
-    for host in report.failed:
-        note += f"\nLeft out (--allow-partial): {host.label}: failed {', '.join(host.failed)}"
     for host in report.failed:
         click.echo(f"left out {host.label}: failed {', '.join(host.failed)}", err=True)
-    return verified, note
+    return verified, report.header_note()
 
 
 @cli.command()
