@@ -94,6 +94,7 @@ class CallbackListener:
         self._confirmed: set[str] = set()
         self._busy: Counter[str] = Counter()
         self._turned_away: Counter[str] = Counter()
+        self._open: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
 
     async def __aenter__(self) -> CallbackListener:
         await self.start()
@@ -125,10 +126,13 @@ class CallbackListener:
                       f"{last.strerror if last else 'no free port'}")
 
     async def close(self) -> None:
-        """Stop listening (idempotent)."""
+        """Stop listening and drop the connections still open (idempotent)."""
         if self._server is not None:
             self._server.close()
             self._server = None
+        for writer in self._open.values():
+            writer.transport.abort()  # their handlers see the end and return
+        await asyncio.gather(*self._open, return_exceptions=True)
 
     def expect(self, nonce: str, label: str) -> None:
         """Accept ``nonce`` once, as the callback of host ``label``."""
@@ -169,11 +173,15 @@ class CallbackListener:
                          writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         source = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        task = asyncio.current_task()
+        assert task is not None
+        self._open[task] = writer
         try:
             await self._guarded(source, reader.read, writer.write, writer.close)
-        finally:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
+        finally:
+            del self._open[task]
 
     async def _guarded(self, source: str, read: _Read, write: Callable[[bytes], Any],
                        close: Callable[[], Any]) -> None:

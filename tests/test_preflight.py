@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -222,6 +224,82 @@ def test_callback_through_the_reverse_tunnel(tb: Testbed, known_hosts: Path,
     assert "(the reverse tunnel)" in report.hosts[1].checks["callback"].detail
     # The same inventory checked without the tunnel: the blocked host fails, as it would.
     assert [h.host.host for h in direct.failed] == [blocked.address]
+
+
+#: A stranger on the network: floods the check's callback port with long lines, many
+#: lines, garbage and connections that stall, from several threads, for a while.
+ATTACKER = r"""
+import os, socket, sys, threading, time
+host, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+end = time.monotonic() + seconds
+made = [0]
+held = []
+def flood(kind):
+    while time.monotonic() < end:
+        try:
+            s = socket.create_connection((host, port), timeout=1)
+        except OSError:
+            time.sleep(0.01)
+            continue
+        made[0] += 1
+        try:
+            if kind == "long":
+                s.sendall(b"A" * (1 << 18))
+            elif kind == "lines":
+                s.sendall((b"B" * 1000 + b"\n") * 100)
+            elif kind == "garbage":
+                s.sendall(os.urandom(4096))
+            else:
+                s.sendall(b"ab")  # and nothing more
+                held.append(s)
+                continue
+        except OSError:
+            pass
+        s.close()
+threads = [threading.Thread(target=flood, args=(kind,), daemon=True)
+           for kind in ("long", "lines", "garbage", "stall") for _ in range(2)]
+for t in threads:
+    t.start()
+print("up", flush=True)
+for t in threads:
+    t.join()
+print(made[0], flush=True)
+"""
+
+
+def test_a_stranger_flooding_the_callback_port(tb: Testbed, known_hosts: Path,
+                                               tmp_path: Path) -> None:
+    """A real attacker process on another test host floods the port the workers call back
+    to, for the whole check: the genuine hosts pass, nothing prints a traceback, the run
+    keeps its deadline, and the report counts what was turned away."""
+    port = free_port()
+    attacker_host = tb.hosts[3]
+    path = tmp_path / "i.yaml"
+    write_inventory(tb, path, known_hosts, port=port)
+    doc = yaml.safe_load(path.read_text())
+    doc["hosts"] = doc["hosts"][:3]  # the attacker's host is not checked
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    attacker = subprocess.Popen(
+        ["ip", "netns", "exec", attacker_host.netns, "python3", "-c", ATTACKER,
+         tb.primary_address, str(port), "30"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert attacker.stdout is not None and attacker.stdout.readline() == "up\n"
+        t0 = time.monotonic()
+        # It floods a closed port until the check listens: the flood meets it from the start.
+        proc = subprocess.run(
+            [sys.executable, "-m", "sshcluster", "check", str(path), "--timeout", "10"],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+        took = time.monotonic() - t0
+    finally:
+        attacker.kill()
+        attacker.communicate(timeout=10)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "3 of 3 hosts ready" in proc.stdout
+    for word in ("Traceback", "Exception", "exception", "Task was destroyed"):
+        assert word not in proc.stdout + proc.stderr
+    assert took < 10 + MARGIN
+    assert re.search(rf"turned away \d+ connections without a valid nonce \("
+                     rf"{re.escape(attacker_host.address)}: \d+\)", proc.stdout)
 
 
 def test_callback_port_taken_on_the_primary(tb: Testbed, known_hosts: Path,
