@@ -136,8 +136,8 @@ def scan_host_key(host: str, port: int, timeout: float) -> HostKey | None:
     return HostKey(kind, blob)
 
 
-# The check's known_hosts lives in sshcluster.knownhosts; these names stay importable here.
-from sshcluster.knownhosts import KnownHosts, fingerprint  # noqa: E402
+# How the check reads known_hosts is sshcluster.knownhosts; fingerprint stays importable.
+from sshcluster.knownhosts import fingerprint  # noqa: E402
 
-__all__ = ["BEGIN", "END", "KEY_TYPES", "HostKey", "KnownHosts", "fingerprint",
+__all__ = ["BEGIN", "END", "KEY_TYPES", "HostKey", "fingerprint",
            "parse_console_host_keys", "scan_host_key", "write_known_hosts"]

@@ -29,6 +29,10 @@ LAUNCHES: tuple[Launch, ...] = ("fast", "classic")
 #: ``reverse`` (through an ssh reverse tunnel to 127.0.0.1 on their own host).
 Tunnel = Literal["none", "reverse"]
 TUNNELS: tuple[Tunnel, ...] = ("none", "reverse")
+#: Whether a worker must be able to log in to the primary with ssh: ``optional`` (the
+#: default: no launch needs it, so the check only warns) or ``required``.
+ReverseSsh = Literal["optional", "required"]
+REVERSE_SSH: tuple[ReverseSsh, ...] = ("optional", "required")
 #: What the bootstrap registers the cluster with, besides ``parallelCluster``.
 Register = Literal["future", "doparallel"]
 REGISTERS: tuple[Register, ...] = ("future", "doparallel")
@@ -88,7 +92,9 @@ class Inventory:
     ``fork``, ``register`` and ``setup_timeout`` say how the bootstrap starts the cluster
     (see :data:`Launch`, :data:`Tunnel`, :data:`Register`; ``fork``: the fast launch
     starts one R per host and forks that host's workers from it, instead of one Rscript
-    per worker). ``path`` is the file it was read from, if any.
+    per worker). ``reverse_ssh`` says whether the check fails a host whose worker
+    cannot ssh back to the primary (``required``) or only warns (``optional``).
+    ``path`` is the file it was read from, if any.
     """
 
     primary: Primary
@@ -101,6 +107,7 @@ class Inventory:
     fork: bool = True
     register: tuple[Register, ...] = ()
     setup_timeout: int = SETUP_TIMEOUT
+    reverse_ssh: ReverseSsh = "optional"
     path: str | None = field(default=None, compare=False)
 
     @property
@@ -132,7 +139,7 @@ _HOST_KEYS = ("host", "user", "ncore", "ssh_port", "identity_file", "rscript")
 _DEFAULT_KEYS = ("user", "ncore", "ssh_port", "identity_file", "rscript")
 _PRIMARY_KEYS = ("host", "user", "ssh_port")
 _TOP_KEYS = ("primary", "port", "defaults", "hosts", "known_hosts", "r_packages", "launch",
-             "tunnel", "fork", "register", "setup_timeout")
+             "tunnel", "fork", "register", "setup_timeout", "reverse_ssh")
 
 
 def _host_fields(reader: _Reader, m: Map, where: str) -> dict[str, Any]:
@@ -197,7 +204,8 @@ def _read(doc: Any, reader: _Reader) -> Inventory:
         r_packages = tuple(raw)
 
     how: dict[str, Any] = {}
-    for name, choices in (("launch", LAUNCHES), ("tunnel", TUNNELS)):
+    for name, choices in (("launch", LAUNCHES), ("tunnel", TUNNELS),
+                          ("reverse_ssh", REVERSE_SSH)):
         if name in top:
             how[name] = reader.choice(top[name], name, reader.line_of(top, name), choices)
     if "fork" in top:
@@ -297,6 +305,8 @@ def inventory_to_dict(inv: Inventory) -> dict[str, Any]:
         out["register"] = list(inv.register)
     if inv.setup_timeout != SETUP_TIMEOUT:
         out["setup_timeout"] = inv.setup_timeout
+    if inv.reverse_ssh != "optional":
+        out["reverse_ssh"] = inv.reverse_ssh
     hosts = []
     for h in inv.hosts:
         item: dict[str, Any] = {"host": h.host}
@@ -322,6 +332,7 @@ __all__ = [
     "AUTO",
     "LAUNCHES",
     "REGISTERS",
+    "REVERSE_SSH",
     "SETUP_TIMEOUT",
     "TUNNELS",
     "Host",
@@ -329,6 +340,7 @@ __all__ = [
     "Launch",
     "Primary",
     "Register",
+    "ReverseSsh",
     "Tunnel",
     "dump_inventory",
     "inventory_to_dict",

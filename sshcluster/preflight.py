@@ -13,8 +13,10 @@
         print(host.label, host.failed)
     ready = verified_inventory(report, inv, allow_partial=True)   # ncore: auto filled in
 
-Per host, in order: ``resolve`` (through ``~/.ssh/config`` aliases), ``connect`` (TCP),
-``hostkey`` (always verified against known_hosts), ``auth`` (non-interactive), then one
+Per host, in order: ``resolve`` (what OpenSSH's ``ssh -G`` says the launch's ssh will
+do, see :mod:`sshcluster.sshconfig`), ``connect`` (TCP, or ProxyJump / ProxyCommand),
+``hostkey`` (checked as ssh checks it, see :mod:`sshcluster.knownhosts`), ``auth``
+(non-interactive, with the keys ssh would offer), then one
 remote command (see :mod:`sshcluster.probe`) answers ``rscript``, ``packages``,
 ``cores``, ``load``, ``reverse_ssh`` and ``callback``. All hosts run at once (at most
 ``concurrency`` connections), and the whole run ends by ``timeout`` seconds, whatever
@@ -26,23 +28,27 @@ the callback listener in :mod:`sshcluster.callback`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import getpass
-import os
 import re
 import secrets
 import shutil
+import tempfile
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from sshcluster.callback import CallbackListener
 from sshcluster.errors import CheckFailed, SshclusterError
 from sshcluster.inventory import AUTO, Host, Inventory
-from sshcluster.knownhosts import KnownHosts
+from sshcluster.knownhosts import KnownHostsFiles
 from sshcluster.net import R_PORT_RANGE
 from sshcluster.probe import REMOTE_STEPS
 from sshcluster.report import CheckReport, HostReport
+from sshcluster.sshconfig import SshConfigError, client_settings
+from sshcluster.sshconnect import Connector
 from sshcluster.steps import CheckContext, HostCheck, run_host
 
 #: Default per-run deadline in seconds.
@@ -66,7 +72,6 @@ async def check_async(
     concurrency: int = DEFAULT_CONCURRENCY,
     accept_new: bool = False,
     ssh_config: Sequence[str] | None = None,
-    user_known_hosts: str | None = "~/.ssh/known_hosts",
     progress: ProgressCallback | None = None,
     tunnel: bool | None = None,
 ) -> CheckReport:
@@ -74,10 +79,13 @@ async def check_async(
 
     ``timeout`` bounds the whole run in seconds (a host not done by then fails at the
     step it was in); ``concurrency`` bounds the hosts checked at the same time.
-    Host keys are verified against ``user_known_hosts`` plus the inventory's
-    ``known_hosts:``; ``accept_new`` records unknown keys (in the inventory's file if it
-    has one, else the user's), never changed ones. ``ssh_config`` lists OpenSSH client
-    config files (default: ``~/.ssh/config`` if it exists). ``progress`` is called with
+    Each host is checked with the settings OpenSSH's ``ssh -G`` gives for it with the
+    launch's options: its HostName, Port, User, identities, agent, proxies and the
+    known_hosts files it reads, to which the inventory's ``known_hosts:`` is added.
+    ``accept_new`` records unknown keys (in the inventory's file if it has one, else in
+    ssh's first UserKnownHostsFile), never changed ones. ``ssh_config`` lists OpenSSH
+    client config files to use instead of ssh's own (``ssh -F``; ``[]``: none at all;
+    default: the files ssh reads, as the launch does). ``progress`` is called with
     each host's report as it completes. ``tunnel`` (default: the inventory's ``tunnel:
     reverse``) checks the callback as the tunnelled launch makes it: through an ssh
     reverse forward of the port, bound to 127.0.0.1 on each host. Never raises for a
@@ -90,37 +98,59 @@ async def check_async(
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     tunnel = inventory.tunnel == "reverse" if tunnel is None else tunnel
-    known = os.path.expanduser(user_known_hosts) if user_known_hosts else None
-    files = [known] if known else []
-    if inventory.known_hosts:
-        files.append(inventory.known_hosts)
-    if ssh_config is None:
-        default = os.path.expanduser("~/.ssh/config")
-        ssh_config = [default] if os.path.isfile(default) else []
-    async with CallbackListener(port=inventory.port, loopback_only=tunnel,
-                                hosts=len(inventory.hosts)) as listener:
-        ctx = CheckContext(
-            inventory=inventory, timeout=timeout, deadline=t0 + timeout,
-            known_hosts=KnownHosts(files, record_to=inventory.known_hosts or known,
-                                   accept_new=accept_new),
-            listener=listener, ssh_config=[str(c) for c in ssh_config],
-            primary_user=inventory.primary.user or getpass.getuser(),
-            slots=asyncio.Semaphore(concurrency), concurrency=concurrency, tunnel=tunnel,
-            primary_r_version=await _primary_r_version())
+    with _config_file(ssh_config) as config:
+        connector = Connector(config, KnownHostsFiles(), accept_new)
+        try:
+            async with CallbackListener(port=inventory.port, loopback_only=tunnel,
+                                        hosts=len(inventory.hosts)) as listener:
+                r_version, connector.default_host_key_algs = await asyncio.gather(
+                    _primary_r_version(), _default_host_key_algorithms())
+                ctx = CheckContext(
+                    inventory=inventory, timeout=timeout, deadline=t0 + timeout,
+                    listener=listener, connector=connector,
+                    primary_user=inventory.primary.user or getpass.getuser(),
+                    slots=asyncio.Semaphore(concurrency), concurrency=concurrency,
+                    tunnel=tunnel, primary_r_version=r_version)
 
-        async def one(host: Host) -> HostReport:
-            report = await run_host(HostCheck(ctx, host, secrets.token_hex(16)))
-            if progress is not None:
-                progress(report)
-            return report
+                async def one(host: Host) -> HostReport:
+                    report = await run_host(HostCheck(ctx, host, secrets.token_hex(16)))
+                    if progress is not None:
+                        progress(report)
+                    return report
 
-        reports = await asyncio.gather(*(one(h) for h in inventory.hosts))
+                reports = await asyncio.gather(*(one(h) for h in inventory.hosts))
+        finally:
+            await connector.close()
     primary, note = _primary_address(inventory, reports)
     return CheckReport(
         primary=primary, port=listener.port, hosts=tuple(reports),
         primary_r_version=ctx.primary_r_version, primary_rscript=shutil.which("Rscript"),
         notes=(*([note] if note else []), *listener.notes()), seconds=loop.time() - t0,
     )
+
+
+@contextlib.contextmanager
+def _config_file(files: Sequence[str] | None) -> Iterator[str | None]:
+    """The ``ssh -F`` argument for ``files``: none (ssh's own files), ``none`` (no file),
+    the file, or a temporary file that includes them all in order."""
+    if files is None or len(files) == 1:
+        yield files[0] if files else None
+        return
+    if not files:
+        yield "none"
+        return
+    with tempfile.TemporaryDirectory(prefix="sshcluster-") as tmp:
+        path = Path(tmp) / "config"
+        path.write_text("".join(f'Include "{Path(f).resolve()}"\n' for f in files))
+        yield str(path)
+
+
+async def _default_host_key_algorithms() -> tuple[str, ...]:
+    """OpenSSH's own HostKeyAlgorithms list (``ssh -G`` with no config at all)."""
+    with contextlib.suppress(SshConfigError):
+        settings = await client_settings("localhost", config="none")
+        return settings.host_key_algorithms
+    return ()
 
 
 async def _primary_r_version() -> str | None:

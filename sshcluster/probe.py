@@ -175,11 +175,13 @@ LATE = "no answer before the deadline"
 
 @dataclass(frozen=True)
 class RemoteContext:
-    """What the remote verdicts need besides the facts: the inventory's ``host`` and the
-    primary's own R version (None: no R on the primary)."""
+    """What the remote verdicts need besides the facts: the inventory's ``host``, the
+    primary's own R version (None: no R on the primary), and whether the inventory
+    says ``reverse_ssh: required``."""
 
     host: Host
     primary_r_version: str | None = None
+    reverse_ssh_required: bool = False
 
 
 @dataclass(frozen=True)
@@ -300,38 +302,48 @@ def load_step(facts: Facts, ctx: RemoteContext, complete: bool) -> StepResult:
 
 
 def reverse_ssh_step(facts: Facts, ctx: RemoteContext, complete: bool) -> StepResult:
-    """``reverse_ssh``: the worker logs in to the primary with ``ssh -o BatchMode=yes``."""
+    """``reverse_ssh``: the worker logs in to the primary with ``ssh -o BatchMode=yes``.
+
+    No launch needs that login (the workers reach the primary over TCP, or through the
+    primary's own ssh -R), so a failure is a warning unless the inventory says
+    ``reverse_ssh: required``; the detail says which."""
     v = facts.get("REVERSE")
     if v is None:
-        return StepResult("failed", LATE if not complete else "no answer")
+        return StepResult("failed" if ctx.reverse_ssh_required else "warning",
+                          LATE if not complete else "no answer")
     rc = v.split()[0] if v.split() else ""
     secs = facts.span("REVERSE")
     target = facts.get("PRIMARY") or "the primary"
-    errors = [e for e in facts.all("REVERSE_ERR") if e]
+    need = ("required by the inventory (reverse_ssh: required)" if ctx.reverse_ssh_required
+            else "the launch does not need it")
     if rc == "0":
-        return StepResult("ok", f"ssh back to {target} works", secs)
+        return StepResult("ok", f"ssh back to {target} works ({need})", secs)
+    errors = [e for e in facts.all("REVERSE_ERR") if e]
     said = "; ".join(errors[-2:]) or f"ssh exit status {rc}"
-    text = " ".join(errors).lower()
-    label = ctx.host.label
-    if "permission denied" in text:
-        hint = (f"add a public key of {label}'s user to ~/.ssh/authorized_keys of the "
-                "primary's user (primary.user in the inventory)")
-    elif "host key verification failed" in text:
-        hint = (f"on {label}, run 'ssh {target} true' once to record the primary's host "
-                "key (or add it to that host's known_hosts)")
-    elif "refused" in text or "timed out" in text or "no route" in text:
-        hint = ("is sshd running on the primary and reachable from the worker? "
-                "(primary.ssh_port sets a port other than 22)")
-    elif "could not resolve" in text or "name or service" in text:
-        hint = "set primary.host to an address the workers can resolve"
-    elif rc == "124":
+    if rc == "124":
         said = "ssh back to the primary did not finish before the deadline"
-        hint = "a firewall may drop the worker's ssh to the primary"
-    elif rc == "127" or "not found" in text:
-        hint = "install an ssh client on the worker"
-    else:
-        hint = f"try it by hand on {label}: ssh -o BatchMode=yes {target} true"
-    return StepResult("failed", f"ssh back to {target}: {said}", secs, hint=hint)
+    return StepResult("failed" if ctx.reverse_ssh_required else "warning",
+                      f"ssh back to {target}: {said} ({need})", secs,
+                      hint=_reverse_hint(rc, " ".join(errors).lower(), ctx.host.label, target))
+
+
+def _reverse_hint(rc: str, text: str, label: str, target: str) -> str:
+    if "permission denied" in text:
+        return (f"add a public key of {label}'s user to ~/.ssh/authorized_keys of the "
+                "primary's user (primary.user in the inventory)")
+    if "host key verification failed" in text:
+        return (f"on {label}, run 'ssh {target} true' once to record the primary's host key "
+                "(or add it to that host's known_hosts)")
+    if "refused" in text or "timed out" in text or "no route" in text:
+        return ("is sshd running on the primary and reachable from the worker? "
+                "(primary.ssh_port sets a port other than 22)")
+    if "could not resolve" in text or "name or service" in text:
+        return "set primary.host to an address the workers can resolve"
+    if rc == "124":
+        return "a firewall may drop the worker's ssh to the primary"
+    if rc == "127" or "not found" in text:
+        return "install an ssh client on the worker"
+    return f"try it by hand on {label}: ssh -o BatchMode=yes {target} true"
 
 
 #: The remote steps that the script's facts alone decide (``callback`` also needs the

@@ -18,14 +18,14 @@ import ipaddress
 import os
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import asyncssh
 
+from sshcluster.bootstrap import ssh_command
 from sshcluster.callback import CallbackListener, callback_verdict
 from sshcluster.inventory import AUTO, Host, Inventory
-from sshcluster.knownhosts import HostKeyVerdict, KnownHosts
 from sshcluster.probe import (
     VERDICTS,
     Facts,
@@ -35,6 +35,8 @@ from sshcluster.probe import (
     remote_script,
 )
 from sshcluster.report import SKIPPED, HostReport, StepResult
+from sshcluster.sshconfig import ClientSettings, SshConfigError, client_settings
+from sshcluster.sshconnect import Connector, HostKeyDecision, host_decision
 
 #: Hints for a step still running at the deadline.
 TIMEOUT_HINTS = {
@@ -47,33 +49,23 @@ TIMEOUT_HINTS = {
 @dataclass
 class CheckContext:
     """What every host's check shares: the inventory, the deadline (event-loop time),
-    the known_hosts files, the callback listener and the primary's facts."""
+    the callback listener, the connector (ssh config, known_hosts, keys) and the
+    primary's facts."""
 
     inventory: Inventory
     timeout: float
     deadline: float
-    known_hosts: KnownHosts
     listener: CallbackListener
-    ssh_config: list[str]
+    connector: Connector
     primary_user: str
     slots: asyncio.Semaphore
     concurrency: int
     tunnel: bool = False
     primary_r_version: str | None = None
-    _keys: dict[str, Any] = field(default_factory=dict)
 
     def remaining(self) -> float:
         """Seconds left until the deadline."""
         return max(0.0, self.deadline - asyncio.get_running_loop().time())
-
-    def load_keys(self, path: str) -> Any:
-        """The key pairs in ``path``, loaded once per run."""
-        if path not in self._keys:
-            try:
-                self._keys[path] = asyncssh.load_keypairs([path])
-            except (OSError, asyncssh.KeyImportError) as e:
-                raise ValueError(f"cannot load identity_file {path}: {e}") from None
-        return self._keys[path]
 
 
 class HostCheck:
@@ -83,44 +75,25 @@ class HostCheck:
         self.ctx = ctx
         self.host = host
         self.nonce = nonce
-        self.options: asyncssh.SSHClientConnectionOptions | None = None
-        self.port = 22
+        self.settings: ClientSettings | None = None
+        self.decision: HostKeyDecision | None = None
+        self.key_problem: str | None = None
+        self.connect_by = 0.0  # when ssh's ConnectTimeout would give up
         self.candidates: list[tuple[int, tuple[Any, ...]]] = []
         self.address: str | None = None
         self.sock: socket.socket | None = None
+        self.route: dict[str, Any] = {}  # tunnel or proxy_command for asyncssh
         self.handshake: asyncio.Task[asyncssh.SSHClientConnection] | None = None
-        self.kex_done = asyncio.Event()
-        self.hostkey_verdict: HostKeyVerdict | None = None
         self.conn: asyncssh.SSHClientConnection | None = None
         self.tunnel_error: str | None = None
         self.facts = Facts()
         self.remote: asyncio.Task[None] | None = None
         self.callback_timeout = 0
 
-    def connect_kwargs(self) -> dict[str, Any]:
-        """asyncssh's connect options for this host (its config, keys and known_hosts)."""
-        host, ctx = self.host, self.ctx
-        kw: dict[str, Any] = {
-            "host": host.host,
-            "config": ctx.ssh_config,
-            # Never None: that would switch verification off.
-            "known_hosts": ctx.known_hosts.trusted,
-            "client_factory": lambda: _Client(self),
-            "password_auth": False,
-            "kbdint_auth": False,
-            "connect_timeout": None,
-        }
-        if host.ssh_port:
-            kw["port"] = host.ssh_port
-        if host.user:
-            kw["username"] = host.user
-        if host.identity_file:
-            kw["client_keys"] = ctx.load_keys(host.identity_file)
-        return kw
-
     def remote_context(self) -> RemoteContext:
         """What the remote verdicts need besides the facts."""
-        return RemoteContext(self.host, self.ctx.primary_r_version)
+        return RemoteContext(self.host, self.ctx.primary_r_version,
+                             reverse_ssh_required=self.ctx.inventory.reverse_ssh == "required")
 
     async def close(self) -> None:
         """Close whatever the steps opened (idempotent)."""
@@ -136,49 +109,43 @@ class HostCheck:
             self.sock.close()
 
 
-class _Client(asyncssh.SSHClient):
-    """Decides about keys known_hosts does not trust, and marks the end of the key
-    exchange (the ``hostkey`` step) and the start of ``auth``."""
-
-    def __init__(self, hc: HostCheck) -> None:
-        self.hc = hc
-
-    def validate_host_public_key(self, host: str, addr: str, port: int,
-                                 key: asyncssh.SSHKey) -> bool:
-        self.hc.hostkey_verdict = self.hc.ctx.known_hosts.verdict(host, addr, port, key)
-        return self.hc.hostkey_verdict.trusted
-
-    def begin_auth(self, username: str) -> None:
-        self.hc.kex_done.set()
-
-
 # --------------------------------------------------------------------------- the steps
 
 
 async def resolve(hc: HostCheck) -> StepResult:
-    """``resolve``: the host's name (through ssh config aliases) to its addresses."""
-    host = hc.host
+    """``resolve``: what ssh makes of the host (``ssh -G`` with the launch's options,
+    the host's user and port), and the addresses of the name it connects to."""
+    host, ctx = hc.host, hc.ctx
+    args = ssh_command(ctx.inventory, host)[1:] + (["-l", host.user] if host.user else [])
     try:
-        hc.options = asyncssh.SSHClientConnectionOptions(**hc.connect_kwargs())
-    except (OSError, ValueError, asyncssh.Error) as e:
-        return StepResult("failed", f"bad ssh options for {host.label}: {e}",
-                          hint="check identity_file and ~/.ssh/config for this host")
-    options = hc.options
-    target = options.host or host.host
-    hc.port = int(options.port or 22)
-    if options.proxy_command or options.tunnel:
-        return StepResult("ok", f"{host.host} is reached through a proxy")
-    # "node1 is 10.0.0.5", "node1 is n1.example.org (HostName in the ssh config)"
-    named = (f"{host.host} is {target} (HostName in the ssh config)"
-             if target != host.host else target)
+        s = hc.settings = await client_settings(host.host, args,
+                                                config=ctx.connector.config)
+    except SshConfigError as e:
+        return StepResult("failed", e.message, hint=e.hint)
+    if s.unsupported():
+        return StepResult("failed", f"ssh would use {'; '.join(s.unsupported())} for "
+                                    f"{host.label}, which the check cannot do as ssh does",
+                          hint="see 'What the check cannot mirror' in the README")
+    hc.decision, hc.key_problem = host_decision(s, args, ctx.inventory.known_hosts,
+                                                ctx.connector.files, ctx.connector.accept_new)
+    named = host.host if s.hostname == host.host else f"{host.host} is {s.hostname}"
+    config = [f"port {s.port}"] if s.port != (host.ssh_port or 22) else []
+    config += [f"user {s.user}"] if s.user != host.user and host.user else []
+    via = f" ({', '.join(config)} in the ssh config)" if config else ""
+    if s.proxy_jump:
+        return StepResult("ok", f"{named}{via}, reached through ProxyJump {s.proxy_jump}")
+    if s.proxy_command:
+        return StepResult("ok", f"{named}{via}, reached through ProxyCommand "
+                                f"{s.proxy_command}")
+    family = {"inet": socket.AF_INET, "inet6": socket.AF_INET6}.get(s.address_family, 0)
     try:
-        ipaddress.ip_address(target)
-        hc.candidates = [(socket.AF_INET6 if ":" in target else socket.AF_INET,
-                          (target, hc.port))]
+        ipaddress.ip_address(s.hostname)
+        hc.candidates = [(socket.AF_INET6 if ":" in s.hostname else socket.AF_INET,
+                          (s.hostname, s.port))]
     except ValueError:
         try:
-            raw = await asyncio.get_running_loop().getaddrinfo(target, hc.port,
-                                                               type=socket.SOCK_STREAM)
+            raw = await asyncio.get_running_loop().getaddrinfo(
+                s.hostname, s.port, family=family, type=socket.SOCK_STREAM)
         except (OSError, UnicodeError) as e:  # UnicodeError: not a valid DNS name
             return StepResult("failed", f"cannot resolve {named}: "
                                         f"{getattr(e, 'strerror', None) or e}",
@@ -187,81 +154,119 @@ async def resolve(hc: HostCheck) -> StepResult:
         hc.candidates = [(fam, addr[:2]) for fam, _, _, _, addr in raw]
     address = str(hc.candidates[0][1][0])
     hc.address = address
-    return StepResult("ok", named if named.startswith(f"{host.host} is {address}") else
-                      address if target == address else f"{named}: {address}")
+    return StepResult("ok", f"{named}{via}" if address == s.hostname else
+                      f"{named}{via}: {address}")
 
 
 async def connect(hc: HostCheck) -> StepResult:
-    """``connect``: TCP to the ssh port, each address in turn (a proxy: asyncssh
-    connects through it in the next step)."""
-    if not hc.candidates:
-        return StepResult("ok", "through the proxy")
+    """``connect``: TCP to the ssh port, each address in turn, within ssh's
+    ConnectTimeout; or the way to the host through ProxyJump or ProxyCommand."""
+    s, ctx = hc.settings, hc.ctx
+    assert s is not None
     loop = asyncio.get_running_loop()
+    hc.connect_by = min(ctx.deadline, loop.time() + (s.connect_timeout or ctx.timeout))
+    if s.proxy_jump:
+        tunnel, how = await ctx.connector.jump(s.proxy_jump, hc.connect_by)
+        if tunnel is None:
+            return StepResult("failed", f"through ProxyJump {s.proxy_jump}: {how}",
+                              hint="check that 'ssh -o BatchMode=yes' reaches the jump host")
+        hc.route = {"tunnel": tunnel}
+        return StepResult("ok", f"through {how}")
+    if s.proxy_command:
+        hc.route = {"proxy_command": s.proxy_argv()}
+        return StepResult("ok", "through the ProxyCommand (started with the handshake)")
     errors: list[str] = []
     for fam, addr in hc.candidates:
-        s = socket.socket(fam, socket.SOCK_STREAM)
-        s.setblocking(False)
+        sock = socket.socket(fam, socket.SOCK_STREAM)
+        sock.setblocking(False)
         try:
-            await loop.sock_connect(s, addr)
+            if s.bind_address:
+                sock.bind((s.bind_address, 0))
+            await asyncio.wait_for(loop.sock_connect(sock, addr),
+                                   max(0.0, hc.connect_by - loop.time()))
+        except asyncio.TimeoutError:
+            sock.close()
+            errors.append(f"{addr[0]} port {addr[1]}: no answer within ConnectTimeout "
+                          f"({s.connect_timeout:g} s), when ssh gives up"
+                          if s.connect_timeout else f"{addr[0]} port {addr[1]}: timed out")
+            continue
         except OSError as e:
-            s.close()
-            errors.append(f"{addr[0]} port {addr[1]}: {os.strerror(e.errno) if e.errno else e}")
+            sock.close()
+            errors.append(f"{addr[0]} port {addr[1]}: "
+                          f"{os.strerror(e.errno) if e.errno else e}")
             continue
         except BaseException:
-            s.close()
+            sock.close()
             raise
-        hc.sock, hc.address = s, str(addr[0])
-        return StepResult("ok", f"{hc.address} port {hc.port}")
+        hc.sock, hc.address = sock, str(addr[0])
+        return StepResult("ok", f"{hc.address} port {s.port}")
     refused = any("refused" in e.lower() for e in errors)
     return StepResult(
         "failed", "; ".join(errors),
         hint=("sshd is not running there, or listens on another port (ssh_port: in the "
-              "inventory)" if refused else "the host is down, or unreachable from here"))
+              "inventory, or Port in the ssh config)" if refused else
+              "the host is down, or unreachable from here"))
 
 
 async def hostkey(hc: HostCheck) -> StepResult:
-    """``hostkey``: the key exchange, with the server's key verified; it ends where
-    authentication begins, in the same handshake that ``auth`` finishes."""
-    assert hc.options is not None
+    """``hostkey``: the key exchange, with the server's key checked as ssh checks it;
+    it ends where authentication begins, in the handshake that ``auth`` finishes."""
+    s, decision = hc.settings, hc.decision
+    assert s is not None and decision is not None
+    if hc.key_problem:
+        return StepResult("failed", hc.key_problem,
+                          hint="see 'What the check cannot mirror' in the README")
+    kw = await hc.ctx.connector.options(s, decision)
     sock, hc.sock = hc.sock, None  # the connection owns it now
-    hc.handshake = asyncio.ensure_future(
-        asyncssh.connect(sock=sock, options=hc.options, **hc.connect_kwargs()))
-    kex = asyncio.ensure_future(hc.kex_done.wait())
+    hc.handshake = asyncio.ensure_future(asyncssh.connect(sock=sock, **hc.route, **kw))
+    kex = asyncio.ensure_future(decision.kex_done.wait())
+    loop = asyncio.get_running_loop()
     try:
-        await asyncio.wait({hc.handshake, kex}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({hc.handshake, kex}, timeout=max(0.0, hc.connect_by - loop.time()),
+                           return_when=asyncio.FIRST_COMPLETED)
     finally:
         kex.cancel()
-    verdict = hc.hostkey_verdict
-    if hc.kex_done.is_set() or (hc.handshake.done() and not hc.handshake.exception()):
-        return StepResult("ok", verdict.detail if verdict else "matches known_hosts")
+    verdict = decision.verdict
+    if decision.kex_done.is_set() or (hc.handshake.done() and not hc.handshake.exception()):
+        return StepResult("ok", verdict.detail if verdict else "(no host key asked)")
+    if not hc.handshake.done():
+        return StepResult("failed", f"no key exchange within ConnectTimeout "
+                                    f"({s.connect_timeout:g} s), when ssh gives up",
+                          hint=TIMEOUT_HINTS["hostkey"])
     error = hc.handshake.exception()
-    if isinstance(error, asyncssh.HostKeyNotVerifiable):
-        if verdict is not None:
-            return verdict.result()
-        return StepResult("failed", f"host key not verified: {error.reason}",
-                          hint="see the known_hosts entries for this host")
+    if isinstance(error, asyncssh.HostKeyNotVerifiable) and verdict is not None:
+        result: StepResult = verdict.result()
+        return result
     if isinstance(error, asyncssh.KeyExchangeFailed):
         return StepResult("failed", f"no common key exchange or host key algorithm: "
                                     f"{error.reason}",
-                          hint="the host key type in known_hosts may not be one the server has")
+                          hint="compare HostKeyAlgorithms and KexAlgorithms in the ssh "
+                               "config with what the server offers")
     return _connection_failed(error)
 
 
 async def auth(hc: HostCheck) -> StepResult:
-    """``auth``: non-interactive login as the host's user."""
-    assert hc.handshake is not None and hc.options is not None
-    user = hc.options.username
+    """``auth``: non-interactive login as ssh's user, with the keys ssh would offer."""
+    assert hc.handshake is not None and hc.settings is not None
+    s = hc.settings
     try:
         hc.conn = await hc.handshake
     except asyncssh.PermissionDenied as e:
-        keys = hc.host.identity_file or "the default keys and the ssh agent"
+        skipped = hc.ctx.connector.skipped
+        tried = [f"{f} ({skipped[f]})" if f in skipped else f
+                 for f in (*s.identity_files, *s.certificate_files)]
+        agent = "" if s.identities_only or not s.identity_agent else "the ssh agent, "
+        why = "" if e.reason.lower().startswith("permission denied") else f"{e.reason}; "
         return StepResult(
-            "failed", f"permission denied for {user}@{hc.host.label} ({e.reason}; tried {keys})",
-            hint=f"put the public key in ~{user}/.ssh/authorized_keys on {hc.host.label}, or "
-                 "set identity_file in the inventory; test with ssh -o BatchMode=yes")
+            "failed", f"permission denied for {s.user}@{s.hostname} ({why}tried "
+                      f"{agent}{', '.join(tried) or 'no identity file'})",
+            hint=f"put the public key in ~{s.user}/.ssh/authorized_keys on {hc.host.label}, "
+                 "or name the key with IdentityFile in the ssh config or identity_file in "
+                 "the inventory; a key with a passphrase must be in the agent; test with "
+                 f"ssh -o BatchMode=yes {hc.host.host} true")
     except (asyncssh.Error, OSError) as e:
         return _connection_failed(e)
-    return StepResult("ok", f"logged in as {user}")
+    return StepResult("ok", f"logged in as {s.user}")
 
 
 def _connection_failed(error: BaseException | None) -> StepResult:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -46,11 +47,14 @@ def keys() -> Keys:
 
 
 class LocalServer:
-    """An asyncssh server on 127.0.0.1 (a free port) with ``host_key``, that lets in
-    ``client_key`` and runs sessions with ``sh -c``."""
+    """An asyncssh server on 127.0.0.1 (a free port) with ``host_key`` (or several, and
+    host certificates), that lets in ``client_key`` and runs sessions with ``sh -c``."""
 
-    def __init__(self, host_key: asyncssh.SSHKey, client_key: asyncssh.SSHKey) -> None:
-        self.host_key = host_key
+    def __init__(self, host_key: asyncssh.SSHKey | Sequence[asyncssh.SSHKey],
+                 client_key: asyncssh.SSHKey,
+                 certificates: Sequence[asyncssh.SSHCertificate] = ()) -> None:
+        self.host_keys = [host_key] if isinstance(host_key, asyncssh.SSHKey) else list(host_key)
+        self.certificates = list(certificates)
         self.client_key = client_key
         self.port = 0
         self._server: asyncssh.SSHAcceptor | None = None
@@ -59,7 +63,8 @@ class LocalServer:
         authorized = asyncssh.import_authorized_keys(
             self.client_key.export_public_key().decode())
         self._server = await asyncssh.listen(
-            "127.0.0.1", 0, server_host_keys=[self.host_key], authorized_client_keys=authorized,
+            "127.0.0.1", 0, server_host_keys=self.host_keys,
+            server_host_certs=self.certificates or (), authorized_client_keys=authorized,
             process_factory=_run_session, encoding=None, allow_scp=False)
         self.port = self._server.sockets[0].getsockname()[1]
         return self

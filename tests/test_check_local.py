@@ -46,6 +46,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def config_for(user_known_hosts: Path) -> str:
+    """An ssh config of this test's own: its known_hosts, no agent, no system files."""
+    path = user_known_hosts.with_name("ssh_config")
+    path.write_text(f"Host *\n  UserKnownHostsFile {user_known_hosts}\n"
+                    "  GlobalKnownHostsFile /dev/null\n  IdentityAgent none\n"
+                    "  HashKnownHosts no\n")
+    return str(path)
+
+
 def run(coro: Any) -> CheckReport:
     report: CheckReport = asyncio.run(coro)
     return report
@@ -63,8 +72,8 @@ async def check_server(host_key: asyncssh.SSHKey, identity: Path, user_known_hos
         inv = inventory(server.port, identity, inventory_known_hosts)
         user_known_hosts.write_text(
             key_line(server.port, known) if isinstance(known, asyncssh.SSHKey) else "")
-        return await check_async(inv, timeout=8, ssh_config=[],
-                                 user_known_hosts=str(user_known_hosts), **kwargs)
+        return await check_async(inv, timeout=8, ssh_config=[config_for(user_known_hosts)],
+                                 **kwargs)
 
 
 def statuses(report: CheckReport, steps: tuple[str, ...] = CONNECTION_STEPS) -> list[str]:
@@ -75,7 +84,7 @@ def test_every_connection_step_passes(client_key: Path, tmp_path: Path) -> None:
     report = run(check_server(keys().host_key, client_key, tmp_path / "known_hosts"))
     host = report.hosts[0]
     assert statuses(report) == ["ok"] * 4, host.checks
-    assert host.checks["hostkey"].detail == "matches known_hosts"
+    assert host.checks["hostkey"].detail.endswith(f"matches {tmp_path}/known_hosts line 1")
     assert host.checks["auth"].detail == f"logged in as {getpass.getuser()}"
     # the remote script ran for real on this machine
     assert host.checks["cores"].status == "ok" and host.ncore
@@ -91,6 +100,7 @@ def test_unknown_key_fails_and_accept_new_records_it(client_key: Path,
     hk = report.hosts[0].checks["hostkey"]
     assert statuses(report) == ["ok", "ok", "failed", "skipped"]
     assert "is not in known_hosts" in hk.detail and hk.hint and "--accept-new" in hk.hint
+    assert f"looked in {user_file}, /dev/null" in hk.detail
     assert not recorded.exists()
 
     report = run(check_server(keys().host_key, client_key, user_file, known=None,
@@ -127,16 +137,16 @@ def test_wrong_client_key_fails_auth(tmp_path: Path) -> None:
 
 def test_refused_port_fails_connect(client_key: Path, tmp_path: Path) -> None:
     inv = inventory(free_port(), client_key)
-    report = run(check_async(inv, timeout=5, ssh_config=[], user_known_hosts=None))
+    report = run(check_async(inv, timeout=5, ssh_config=[config_for(tmp_path / "kh")]))
     connect = report.hosts[0].checks["connect"]
     assert statuses(report) == ["ok", "failed", "skipped", "skipped"]
     assert "refused" in connect.detail.lower() and connect.hint
 
 
-def test_unresolvable_name_fails_resolve(client_key: Path) -> None:
+def test_unresolvable_name_fails_resolve(client_key: Path, tmp_path: Path) -> None:
     # A label longer than 63 characters: refused before any name server is asked.
     inv = inventory(22, client_key, host="x" * 64 + ".example")
-    report = run(check_async(inv, timeout=5, ssh_config=[], user_known_hosts=None))
+    report = run(check_async(inv, timeout=5, ssh_config=[config_for(tmp_path / "kh")]))
     assert statuses(report) == ["failed", "skipped", "skipped", "skipped"]
     assert "cannot resolve" in report.hosts[0].checks["resolve"].detail
 
@@ -151,9 +161,9 @@ def silent_server() -> Iterator[int]:
 
 
 def test_server_that_never_speaks_fails_hostkey_at_the_deadline(
-        silent_server: int, client_key: Path) -> None:
+        silent_server: int, client_key: Path, tmp_path: Path) -> None:
     inv = inventory(silent_server, client_key)
-    report = run(check_async(inv, timeout=2, ssh_config=[], user_known_hosts=None))
+    report = run(check_async(inv, timeout=2, ssh_config=[config_for(tmp_path / "kh")]))
     hk = report.hosts[0].checks["hostkey"]
     assert statuses(report) == ["ok", "ok", "failed", "skipped"]
     assert "deadline" in hk.detail and hk.hint and report.seconds < 4

@@ -121,7 +121,7 @@ def test_script_reports_everything_and_calls_back(listener: Listener, tmp_path: 
     assert steps["packages"].status == "failed"
     assert "surelynotapkg" in steps["packages"].detail
     assert steps["callback"].status == "ok"
-    assert steps["reverse_ssh"].status == "failed"
+    assert steps["reverse_ssh"].status == "warning"  # no launch needs it
     assert steps["cores"].status == "ok"
     what = found(facts)
     assert what.ncore == int(facts.get("NPROC") or 0) and what.seen_primary == "127.0.0.1"
@@ -235,7 +235,7 @@ def test_cut_off_by_the_deadline() -> None:
     out = verdicts(Host("h"), facts_of(**f), complete=False)
     assert out["callback"].status == "failed"
     assert "deadline" in out["callback"].detail
-    assert out["reverse_ssh"].status == "failed"
+    assert out["reverse_ssh"].status == "warning"
     assert out["packages"].status == "ok"
 
 
@@ -250,8 +250,12 @@ def test_reverse_ssh_hints() -> None:
     facts = facts_of(**f)
     facts.add("REVERSE_ERR=root@10.0.0.1: Permission denied (publickey).")
     r = verdicts(Host("h"), facts)["reverse_ssh"]
-    assert r.status == "failed" and "Permission denied" in r.detail
+    assert r.status == "warning" and "Permission denied" in r.detail
+    assert "the launch does not need it" in r.detail
     assert r.hint and "authorized_keys" in r.hint
+    required = RemoteContext(Host("h"), reverse_ssh_required=True)
+    r = VERDICTS["reverse_ssh"](facts, required, True)
+    assert r.status == "failed" and "required by the inventory" in r.detail
 
 
 def test_dropped_callback_is_told_apart_from_refused() -> None:
@@ -274,7 +278,7 @@ def test_facts_parsing() -> None:
 
 @pytest.mark.parametrize(("says", "status"), [
     ("subsystem request failed on channel 0", "ok"),
-    ("root@10.0.0.1: Permission denied (publickey).", "failed"),
+    ("root@10.0.0.1: Permission denied (publickey).", "warning"),
 ])
 def test_reverse_ssh_login_without_a_remote_shell(says: str, status: str,
                                                    tmp_path: Path) -> None:
