@@ -97,7 +97,8 @@ def _run_check(inv: Inventory, *, timeout: float, concurrency: int, accept_new: 
               help="Print only the JSON report on stdout.")
 @click.option("-F", "--ssh-config", "ssh_config", multiple=True,
               type=click.Path(dir_okay=False, exists=True),
-              help="OpenSSH client config file (default: ~/.ssh/config). Repeatable.")
+              help="Use this OpenSSH client config file instead of ssh's own (~/.ssh/config "
+                   "and /etc/ssh/ssh_config), as 'ssh -F' does; repeatable (read in order).")
 @click.pass_context
 def check_command(ctx: click.Context, inventory: str, timeout: float, concurrency: int,
                   accept_new: bool, as_json: bool, ssh_config: tuple[str, ...]) -> None:

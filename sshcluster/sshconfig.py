@@ -215,7 +215,12 @@ async def client_settings(destination: str, args: Sequence[str] = (), *,
         raise SshConfigError(f"ssh cannot use its config for {destination}: "
                              f"{said or f'exit status {proc.returncode}'}",
                              host=destination, hint="fix the ssh config line it names")
-    return settings_from(parse_ssh_g(out.decode(errors="replace")), destination)
+    try:
+        return settings_from(parse_ssh_g(out.decode(errors="replace")), destination)
+    except (ValueError, KeyError) as e:  # a token or ~user ssh would refuse too
+        raise SshConfigError(f"ssh would refuse a path in its config for {destination}: {e}",
+                             host=destination, hint="fix that IdentityFile or "
+                                                    "CertificateFile") from None
 
 
 # --------------------------------------------------------------------------- tokens

@@ -52,8 +52,10 @@ class LocalServer:
 
     def __init__(self, host_key: asyncssh.SSHKey | Sequence[asyncssh.SSHKey],
                  client_key: asyncssh.SSHKey,
-                 certificates: Sequence[asyncssh.SSHCertificate] = ()) -> None:
+                 certificates: Sequence[asyncssh.SSHCertificate] = (), *,
+                 jump_host: bool = False) -> None:
         self.host_keys = [host_key] if isinstance(host_key, asyncssh.SSHKey) else list(host_key)
+        self.jump_host = jump_host
         self.certificates = list(certificates)
         self.client_key = client_key
         self.port = 0
@@ -65,7 +67,8 @@ class LocalServer:
         self._server = await asyncssh.listen(
             "127.0.0.1", 0, server_host_keys=self.host_keys,
             server_host_certs=self.certificates or (), authorized_client_keys=authorized,
-            process_factory=_run_session, encoding=None, allow_scp=False)
+            process_factory=_run_session, encoding=None, allow_scp=False,
+            server_factory=_JumpHost if self.jump_host else asyncssh.SSHServer)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -74,6 +77,14 @@ class LocalServer:
         assert self._server is not None
         self._server.close()
         await self._server.wait_closed()
+
+
+class _JumpHost(asyncssh.SSHServer):
+    """Forwards connections to 127.0.0.1 (ssh -W, ProxyJump), and nowhere else."""
+
+    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
+                             orig_port: int) -> bool:
+        return dest_host == "127.0.0.1"
 
 
 async def _run_session(process: asyncssh.SSHServerProcess[bytes]) -> None:

@@ -350,3 +350,60 @@ def test_accept_new_records_where_ssh_then_finds_it(where: str, material: Materi
     line = target.read_text()
     assert line.startswith("|1|") and line.count("\n") == 1  # hashed, one line
     assert (tmp_path / "user2").read_text() == ""
+
+
+@pytest.mark.parametrize("case", ["both known", "jump host unknown", "target key wrong",
+                                  "ProxyCommand"])
+def test_behind_a_jump_host_same_verdict_as_openssh(case: str, material: Material,
+                                                   tmp_path: Path) -> None:
+    """ProxyJump, hop by hop: the jump host's key is checked with its own settings, the
+    target's through it; the check and ssh agree, and the check says which failed."""
+
+    async def run() -> tuple[bool, CheckReport]:
+        async with LocalServer(keys().other_host_key, keys().client_key,
+                               jump_host=True) as jump, \
+                LocalServer(material.host_key, keys().client_key) as target:
+            known = {
+                "jump": keys().other_host_key if case != "jump host unknown" else None,
+                "target": material.host_key if case != "target key wrong"
+                else keys().other_host_key,
+            }
+            lines = "".join(f"[127.0.0.1]:{port} {k.export_public_key().decode()}"
+                            for port, k in ((jump.port, known["jump"]),
+                                            (target.port, known["target"])) if k)
+            (tmp_path / "user").write_text(lines)
+            config = tmp_path / "config"
+            proxy = (f"ProxyCommand ssh -F {config} -p {jump.port} -W %h:%p 127.0.0.1"
+                     if case == "ProxyCommand" else f"ProxyJump 127.0.0.1:{jump.port}")
+            config.write_text(
+                f"Host target\n  HostName 127.0.0.1\n  Port {target.port}\n  {proxy}\n"
+                f"Host *\n  UserKnownHostsFile {tmp_path}/user\n"
+                "  GlobalKnownHostsFile /dev/null\n"
+                f"  IdentityFile {material.client}\n  IdentitiesOnly yes\n"
+                "  IdentityAgent none\n")
+            inv = Inventory(primary=Primary("127.0.0.1", ssh_port=1),
+                            hosts=(Host("target", ncore=1),))
+            ssh = await asyncio.create_subprocess_exec(
+                "ssh", "-F", str(tmp_path / "config"), *ssh_command(inv, inv.hosts[0])[1:],
+                "target", "true", stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            ssh_ok = await asyncio.wait_for(ssh.wait(), 30) == 0
+            report = await check_async(inv, timeout=10,
+                                       ssh_config=[str(tmp_path / "config")])
+            return ssh_ok, report
+
+    ssh_ok, report = asyncio.run(run())
+    checks = report.hosts[0].checks
+    assert ssh_ok == (case in ("both known", "ProxyCommand"))
+    assert (checks["auth"].status == "ok") == ssh_ok
+    assert f"reached through {'ProxyCommand' if case == 'ProxyCommand' else 'ProxyJump'}" \
+        in checks["resolve"].detail
+    if case == "jump host unknown":
+        assert checks["connect"].status == "failed"
+        assert "jump host 127.0.0.1" in checks["connect"].detail
+        assert "is not in known_hosts" in checks["connect"].detail
+    elif case == "target key wrong":
+        assert checks["connect"].status == "ok"
+        assert "HOST KEY CHANGED" in checks["hostkey"].detail
+    elif case == "both known":
+        assert checks["connect"].detail.startswith("through jump host 127.0.0.1")
