@@ -188,7 +188,9 @@ async def connect(hc: HostCheck) -> StepResult:
             sock.close()
             errors.append(f"{addr[0]} port {addr[1]}: no answer within ConnectTimeout "
                           f"({s.connect_timeout:g} s), when ssh gives up"
-                          if s.connect_timeout else f"{addr[0]} port {addr[1]}: timed out")
+                          if s.connect_timeout and hc.connect_by < ctx.deadline
+                          else f"{addr[0]} port {addr[1]}: no answer within the deadline "
+                               f"({ctx.timeout:g} s)")
             continue
         except OSError as e:
             sock.close()
@@ -230,8 +232,10 @@ async def hostkey(hc: HostCheck) -> StepResult:
     if decision.kex_done.is_set() or (hc.handshake.done() and not hc.handshake.exception()):
         return StepResult("ok", verdict.detail if verdict else "(no host key asked)")
     if not hc.handshake.done():
-        return StepResult("failed", f"no key exchange within ConnectTimeout "
-                                    f"({s.connect_timeout:g} s), when ssh gives up",
+        within = (f"within ConnectTimeout ({s.connect_timeout:g} s), when ssh gives up"
+                  if s.connect_timeout and hc.connect_by < hc.ctx.deadline
+                  else f"within the deadline ({hc.ctx.timeout:g} s)")
+        return StepResult("failed", f"no key exchange {within}",
                           hint=TIMEOUT_HINTS["hostkey"])
     error = hc.handshake.exception()
     if isinstance(error, asyncssh.HostKeyNotVerifiable) and verdict is not None:
