@@ -1,6 +1,6 @@
 """Benchmark ``sshcluster check`` against the usual ways of doing the same work.
 
-Builds N local SSH test hosts (``sshcluster.testbed``; needs root) and times, side by
+Builds N local SSH test hosts (``sshcluster.testing``; needs root) and times, side by
 side in one run, interleaved over a few rounds (the median is reported):
 
 * ``sshcluster check`` (the CLI, all ten steps, ``--json``);
@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sshcluster.quoting import shell_join
-from sshcluster.testbed import Testbed
+from sshcluster.testing import Testbed
 
 HERE = Path(__file__).resolve().parent
 R_PACKAGES = ["parallel"]

@@ -1,6 +1,6 @@
 """How long from source() to a ready cluster: ours (fast, classic) vs what R users do today.
 
-Run as root on a machine that can build SSH test hosts (see sshcluster.testbed)::
+Run as root on a machine that can build SSH test hosts (see sshcluster.testing)::
 
     .venv/bin/python bench/bench_launch.py            # 8/4, 32/8, 64/16 workers/hosts
     .venv/bin/python bench/bench_launch.py --reps 3 --sizes 8/4 32/8
@@ -30,16 +30,14 @@ import argparse
 import json
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from sshcluster.bootstrap import RenderOptions, ssh_command, write_bootstrap
 from sshcluster.inventory import load_inventory
 from sshcluster.quoting import r_string, r_vector, shell_join, shell_quote
-from sshcluster.testbed import Testbed
+from sshcluster.testing import Testbed, run_r
 
 METHODS = ("hand", "parallelly", "fast", "fresh", "classic", "floor")
 #: Seconds one launch may take; R's own launches never give up on a failed worker.
@@ -99,18 +97,14 @@ def _r_program(method: str, tb: Testbed, inventory: Path, workdir: Path, n_hosts
 
 
 def _wait_empty(tb: Testbed, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while any(tb.processes(h, "R") for h in tb.hosts):
-        if time.monotonic() > deadline:
-            raise RuntimeError("R workers still running on the test hosts after a launch")
-        time.sleep(0.1)
+    if tb.leftovers("R", wait=timeout):
+        raise RuntimeError("R workers still running on the test hosts after a launch")
 
 
 def _run(program: str, workdir: Path) -> float:
     script = workdir / "run.R"
     script.write_text(program)
-    out = subprocess.run(["Rscript", str(script)], capture_output=True, text=True,
-                         timeout=R_TIMEOUT, check=False)
+    out = run_r(script, timeout=R_TIMEOUT)
     for line in out.stdout.splitlines():
         if line.startswith("ELAPSED "):
             return float(line.split()[1])

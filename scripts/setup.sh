@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
-  r-base-core r-cran-parallelly r-cran-future r-cran-doparallel r-cran-foreach
+  r-base-core r-cran-parallelly r-cran-future r-cran-future.apply r-cran-doparallel
+  r-cran-foreach
   openssh-server openssh-client iptables iproute2 procps util-linux python3-venv
 )
 

@@ -7,7 +7,7 @@
     ready = sshcluster.verified_inventory(report, inv)
     sshcluster.write_bootstrap(ready, "cluster.R")     # in R: source("cluster.R")
 
-EC2 lives in :mod:`sshcluster.ec2`, the local test hosts in :mod:`sshcluster.testbed`.
+EC2 lives in :mod:`sshcluster.ec2`, the local test hosts in :mod:`sshcluster.testing`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from sshcluster.errors import (
     EC2Error,
     HostError,
     InventoryError,
+    NoSuchCluster,
     OutputExistsError,
     QuotingError,
     RenderError,
@@ -47,6 +48,7 @@ __all__ = [
     "HostReport",
     "Inventory",
     "InventoryError",
+    "NoSuchCluster",
     "OutputExistsError",
     "Primary",
     "QuotingError",

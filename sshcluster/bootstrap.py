@@ -4,17 +4,23 @@
 the same bytes. Every value reaches R through :func:`~sshcluster.quoting.r_string` and
 the ssh command through :func:`~sshcluster.quoting.shell_quote`.
 
+The file is R source: a version check, the names R users know from the hand-written
+snippet (``primary``, ``machineAddresses``, ``spec``), then, inside ``local()``, the
+launcher's R code (``sshcluster/R/*.R``, pasted as it is) and one call with the data
+Python supplies. Only ``parallelCluster``, ``sshcluster_stop`` and (fast launch)
+``sshcluster_repair`` reach the user's global environment besides those three.
+
 Two launches:
 
-* ``fast`` (the default) embeds ``launcher.R``: one ssh connection per host starts all of
-  that host's workers at once, the primary accepts them in any order, a failed host stops
-  the launch within seconds with ssh's own message, and every ssh connection is a dead
-  man's switch for its host's workers. By default (``fork``) each host starts one R and
-  forks its workers from it, so a host pays for one R start-up, not one per worker.
-  Values only known when the file is sourced (the port, temporary file names) are
-  quoted there by R's ``shQuote``.
-* ``classic``: ``parallel::makeCluster(type = "PSOCK", spec = ...)``, the call R users
-  write by hand (one ssh, and one wait, per worker).
+* ``fast`` (the default, ``R/launch.R``): one ssh connection per host starts all of that
+  host's workers at once, every connection to the R port proves it holds a per-worker
+  secret before anything it sends is read, a failed or lost host is an error naming it
+  with ssh's own message, and every ssh connection is a dead man's switch for its
+  host's workers. By default (``fork``) each host starts one R and forks its workers
+  from it. Values only known when the file is sourced (the port, temporary file names)
+  are quoted there by R's ``shQuote``.
+* ``classic`` (``R/classic.R``): ``parallel::makeCluster(type = "PSOCK", spec = ...)``,
+  the call R users write by hand (one ssh, and one wait, per worker).
 
 Example::
 
@@ -28,6 +34,7 @@ Example::
 from __future__ import annotations
 
 import os
+import textwrap
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,10 +44,45 @@ from sshcluster import __version__
 from sshcluster.errors import RenderError
 from sshcluster.files import atomic_write
 from sshcluster.inventory import AUTO, Host, Inventory, Launch, Register, Tunnel
+from sshcluster.net import R_PORT_RANGE
 from sshcluster.quoting import r_string, shell_join
 
 #: Seconds ssh waits for the TCP connection before giving up (OpenSSH ConnectTimeout).
 CONNECT_TIMEOUT = 10
+
+#: R's connections: 128 in all before R 4.4 (stdin, stdout and stderr take three); R 4.4
+#: takes ``--max-connections=N``, up to 4096.
+R_CONNECTIONS = 128
+R_MAX_CONNECTIONS = 4096
+#: What a launch holds besides one socket per worker (the listening socket and the pipe to
+#: the supervisor of its ssh sessions), and what it leaves free for the user's own files.
+LAUNCH_CONNECTIONS = 2
+USER_CONNECTIONS = 2
+
+
+def connections_needed(workers: int) -> int:
+    """The R connections a session needs to run ``workers`` workers from one primary: the
+    standard three, one per worker, the launch's own, and a few left for the user."""
+    return 3 + workers + LAUNCH_CONNECTIONS + USER_CONNECTIONS
+
+
+def connection_note(inventory: Inventory) -> str | None:
+    """What to know when ``inventory`` needs more R connections than R allows by default
+    (None when it fits). Raises :class:`RenderError` when no R can hold it."""
+    needed = connections_needed(inventory.workers)
+    if needed <= R_CONNECTIONS:
+        return None
+    most = R_MAX_CONNECTIONS - connections_needed(0)
+    if needed > R_MAX_CONNECTIONS:
+        raise RenderError(
+            f"{_where(inventory)}{inventory.workers:,} workers need {needed:,} R connections "
+            f"on the primary; no R allows more than {R_MAX_CONNECTIONS:,}",
+            hint=f"give one primary at most {most:,} workers (split the hosts over several "
+                 "inventories and R sessions)")
+    return (f"{inventory.workers} workers need {needed} R connections on the primary: more "
+            f"than R before 4.4 allows ({R_CONNECTIONS}). Run R >= 4.4 with "
+            f"--max-connections={needed}, or give this primary at most "
+            f"{R_CONNECTIONS - connections_needed(0)} workers.")
 
 
 @dataclass(frozen=True)
@@ -153,117 +195,23 @@ def render(inventory: Inventory, options: RenderOptions | None = None) -> str:
             hint="run 'sshcluster render --check' to detect it, or write the address",
         )
     lines = _header(inventory, opts, plan)
-    if plan.launch == "fast":
-        lines += _fast(inventory, opts, plan)
-    else:
-        lines += _classic(inventory, opts)
-    lines += _register(plan)
-    return "\n".join(lines)
-
-
-def _stop_and_restart(extra: Sequence[str]) -> list[str]:
-    return [
-        "",
-        "# Stops the cluster started by this file (safe to call twice).",
-        "sshcluster_stop <- function() {",
-        "  cl <- get0(\"parallelCluster\", envir = globalenv())",
-        "  # Node by node, so that one dead worker does not keep the others running.",
-        "  if (inherits(cl, \"cluster\"))",
-        "    for (i in seq_along(cl)) try(parallel::stopCluster(cl[i]), silent = TRUE)",
-        *extra,
-        "  if (exists(\"parallelCluster\", envir = globalenv(), inherits = FALSE))",
-        "    rm(\"parallelCluster\", envir = globalenv())",
-        "  invisible(NULL)",
-        "}",
-    ]
-
-
-def _restart_check(condition: str) -> list[str]:
-    return [
-        f"if ({condition}) {{",
-        "  message(\"sshcluster: stopping the cluster that an earlier source() started\")",
-        "  sshcluster_stop()",
-        "}",
-    ]
-
-
-def _fast(inventory: Inventory, opts: RenderOptions, plan: _Plan) -> list[str]:
-    per_host = [shell_join(ssh_command(inventory, h, opts)) for h in inventory.hosts]
-    common = Counter(per_host).most_common(1)[0][0]
-    lines = _stop_and_restart([
-        "  # Closing the ssh connections stops whatever is left on the hosts.",
-        "  if (is.environment(get0(\"sshcluster_state\", envir = globalenv())))",
-        "    sshcluster_close(get(\"sshcluster_state\", envir = globalenv()))",
-    ])
-    lines += ["", LAUNCHER.rstrip("\n"), ""]
+    note = connection_note(inventory)
+    if note:
+        lines += ["#", *(f"# {line}" for line in textwrap.wrap(note, 86))]
     lines += [
-        "# What this session started: its ssh connections (kept across source()).",
-        "if (!is.environment(get0(\"sshcluster_state\", envir = globalenv())))",
-        "  assign(\"sshcluster_state\", new.env(), envir = globalenv())",
+        "",
+        "# Everything below needs R 4.1 (TCP no-delay sockets); nothing below runs before this.",
+        f"if (getRversion() < {r_string(MIN_R_VERSION)})",
+        f"  stop({r_string(f'sshcluster: this file needs R {MIN_R_VERSION} or later; this is R ')}"
+        ", as.character(getRversion()), call. = FALSE)",
     ]
-    lines += _restart_check("inherits(get0(\"parallelCluster\", envir = globalenv()), "
-                            "\"cluster\") ||\n    length(sshcluster_state$ssh) || "
-                            "!is.null(sshcluster_state$listener)")
     primary = "127.0.0.1" if plan.tunnel == "reverse" else inventory.primary.host
     lines += [
         "",
         "# The primary as the workers see it, and the machines with their R workers.",
         f"primary <- {r_string(primary)}",
         "machineAddresses <- list(",
-    ]
-    entries = [_fast_entry(h, own, common)
-               for h, own in zip(inventory.hosts, per_host, strict=True)]
-    lines += [f"  {e}{',' if i < len(entries) - 1 else ''}" for i, e in enumerate(entries)]
-    lines += [
-        ")",
-        "",
-        "# ssh never prompts, gives up on a dead host, and always verifies host keys.",
-        f"rshcmd <- {r_string(common)}",
-        "",
-    ]
-    if plan.tunnel == "reverse":
-        lines += [
-            "# Workers connect to 127.0.0.1 on their own host; ssh carries that port back",
-            "# here (-R bound to 127.0.0.1, ExitOnForwardFailure: a taken port is an error).",
-        ]
-    port = f"{inventory.port}L" if inventory.port is not None else "NA"
-    lines += [
-        "parallelCluster <- sshcluster_launch(",
-        f"  machineAddresses, primary, rshcmd, port = {port},",
-        f"  tunnel = {'TRUE' if plan.tunnel == 'reverse' else 'FALSE'}, "
-        f"fork = {'TRUE' if plan.fork else 'FALSE'}, setup_timeout = {inventory.setup_timeout},",
-        "  state = sshcluster_state",
-        ")",
-    ]
-    return lines
-
-
-def _fast_entry(host: Host, own_ssh: str, common_ssh: str) -> str:
-    fields = [f"host = {r_string(host.host)}"]
-    if host.user:
-        fields.append(f"user = {r_string(host.user)}")
-    fields.append(f"ncore = {host.ncore}L")
-    if own_ssh != common_ssh:
-        fields.append(f"ssh = {r_string(own_ssh)}")
-    if host.rscript:
-        fields.append(f"rscript = {r_string(host.rscript)}")
-    return f"list({', '.join(fields)})"
-
-
-def _classic(inventory: Inventory, opts: RenderOptions) -> list[str]:
-    default_ssh = ssh_command(inventory, None, opts)
-    lines = _stop_and_restart([])
-    lines += _restart_check("inherits(get0(\"parallelCluster\", envir = globalenv()), "
-                            "\"cluster\")")
-    lines += [
-        "",
-        "# The primary as the workers see it, and the machines with their R workers.",
-        f"primary <- {r_string(inventory.primary.host)}",
-        "machineAddresses <- list(",
-    ]
-    entries = [_machine_entry(inventory, host, default_ssh, opts) for host in inventory.hosts]
-    lines += [f"  {e}{',' if i < len(entries) - 1 else ''}" for i, e in enumerate(entries)]
-    lines += [
+        *_r_items([_machine(inventory, h, opts, plan) for h in inventory.hosts]),
         ")",
         "",
         "# One spec entry per R worker: each machine repeated ncore times, as by hand.",
@@ -272,38 +220,109 @@ def _classic(inventory: Inventory, opts: RenderOptions) -> list[str]:
         "})",
         "spec <- unlist(spec, recursive = FALSE)",
         "",
+        "local({",
+        _R_SOURCES["common.R"],
+    ]
+    lines += _fast(inventory, opts, plan) if plan.launch == "fast" else _classic(
+        inventory, opts, plan)
+    lines += ["})", ""]
+    return "\n".join(lines)
+
+
+#: The oldest R the generated file runs on.
+MIN_R_VERSION = "4.1.0"
+
+#: The launcher's R code and the scripts it runs, pasted as they are into the file.
+_R_SOURCES = {
+    name: resources.files("sshcluster").joinpath("R").joinpath(name).read_text(encoding="utf-8")
+    for name in ("common.R", "launch.R", "classic.R", "worker.R", "remote.sh",
+                 "supervisor.sh")
+}
+
+
+def _r_items(items: Sequence[str], indent: str = "  ") -> list[str]:
+    """R list items, one per line, commas between them."""
+    return [f"{indent}{item}{',' if i < len(items) - 1 else ''}" for i, item in enumerate(items)]
+
+
+def _machine(inventory: Inventory, host: Host, opts: RenderOptions, plan: _Plan) -> str:
+    """One machineAddresses entry: ``list(host=, user=, ncore=)`` as users write it (plus the
+    host's ``rscript``, and for the classic launch the fields makeCluster needs)."""
+    fields = [f"host = {r_string(host.host)}"]
+    if host.user:
+        fields.append(f"user = {r_string(host.user)}")
+    fields.append(f"ncore = {host.ncore}L")
+    if plan.launch == "classic":
+        own_ssh = ssh_command(inventory, host, opts)
+        if own_ssh != ssh_command(inventory, None, opts):
+            fields.append(f"rshcmd = {r_string(shell_join(own_ssh))}")
+        if host.rscript:
+            # R uses a node's own rscript only when the node is "homogeneous".
+            fields += [f"rscript = {r_string(host.rscript)}", "homogeneous = TRUE"]
+    elif host.rscript:
+        fields.append(f"rscript = {r_string(host.rscript)}")
+    return f"list({', '.join(fields)})"
+
+
+def _r_value(value: str | int | bool | Sequence[str] | None) -> str:
+    """An R value for a config field."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int):
+        return f"{value}L"
+    if isinstance(value, str):
+        return r_string(value)
+    return f"c({', '.join(r_string(v) for v in value)})" if value else "character(0)"
+
+
+def _call(function: str, config: Sequence[tuple[str, str]]) -> list[str]:
+    return [f"{function}(list(", *_r_items([f"{k} = {v}" for k, v in config]), "))"]
+
+
+def _fast(inventory: Inventory, opts: RenderOptions, plan: _Plan) -> list[str]:
+    per_host = [shell_join(ssh_command(inventory, h, opts)) for h in inventory.hosts]
+    common = Counter(per_host).most_common(1)[0][0]
+    own = [_r_value(ssh if ssh != common else None) for ssh in per_host]
+    port = "NA_integer_" if inventory.port is None else f"{inventory.port}L"
+    return [
+        _R_SOURCES["launch.R"],
         "# ssh never prompts, gives up on a dead host, and always verifies host keys.",
-        f"rshcmd <- {r_string(shell_join(default_ssh))}",
-        "",
+        *_call("start", [
+            ("machines", "machineAddresses"),
+            ("workers_reach", "primary"),
+            ("ssh", r_string(common)),
+            ("host_ssh", f"list({', '.join(own)})"),
+            ("port", port),
+            ("port_range", f"c({R_PORT_RANGE[0]}L, {R_PORT_RANGE[1]}L)"),
+            ("tunnel", _r_value(plan.tunnel == "reverse")),
+            ("fork", _r_value(plan.fork)),
+            ("setup_timeout", _r_value(inventory.setup_timeout)),
+            ("locale", _r_value(inventory.locale)),
+            ("register", _r_value(plan.register)),
+            ("remote_script", r_string(_R_SOURCES["remote.sh"])),
+            ("supervisor_script", r_string(_R_SOURCES["supervisor.sh"])),
+            ("worker_code", r_string(_R_SOURCES["worker.R"])),
+        ]),
+    ]
+
+
+def _classic(inventory: Inventory, opts: RenderOptions, plan: _Plan) -> list[str]:
+    port = "NA_integer_" if inventory.port is None else f"{inventory.port}L"
+    return [
+        _R_SOURCES["classic.R"],
+        "# ssh never prompts, gives up on a dead host, and always verifies host keys.",
         "# homogeneous = FALSE: each worker runs the Rscript on its own PATH (or the",
         "# per-host rscript above), not the primary's R path.",
-        "parallelCluster <- parallel::makeCluster(",
-        "  type = \"PSOCK\", master = primary, spec = spec,",
+        *_call("start_classic", [
+            ("master", "primary"),
+            ("spec", "spec"),
+            ("rshcmd", r_string(shell_join(ssh_command(inventory, None, opts)))),
+            ("port", port),
+            ("register", _r_value(plan.register)),
+        ]),
     ]
-    if inventory.port is not None:
-        lines.append(f"  port = {inventory.port}L,")
-    lines += [
-        "  rshcmd = rshcmd, homogeneous = FALSE",
-        ")",
-    ]
-    return lines
-
-
-def _register(plan: _Plan) -> list[str]:
-    lines = [""]
-    if "doparallel" in plan.register:
-        lines += [
-            "# foreach(...) %dopar% runs on the cluster.",
-            "doParallel::registerDoParallel(parallelCluster)",
-        ]
-    if "future" in plan.register:
-        lines += [
-            "# future(), future_lapply() etc. run on the cluster.",
-            "future::plan(future::cluster, workers = parallelCluster)",
-        ]
-    if len(lines) > 1:
-        lines.append("")
-    return lines
 
 
 def write_bootstrap(inventory: Inventory, path: str | os.PathLike[str],
@@ -365,26 +384,23 @@ def _header(inventory: Inventory, opts: RenderOptions, plan: _Plan) -> list[str]
         "# Use:  source(\"this-file.R\")   then parallel::parLapply(parallelCluster, ...) etc.",
         "# Stop: sshcluster_stop()   (or parallel::stopCluster(parallelCluster))",
     ]
+    if plan.launch == "fast":
+        lines += [
+            "# After a lost host or an interrupted call: parallelCluster <- sshcluster_repair()",
+            "# Defines: parallelCluster, primary, machineAddresses, spec, sshcluster_stop,",
+            "# sshcluster_repair. Only workers that prove they hold this launch's secrets",
+            "# are admitted; with a direct connection R's traffic is not encrypted (the",
+            "# reverse tunnel is).",
+        ]
+    else:
+        lines += [
+            "# Defines: parallelCluster, primary, machineAddresses, spec, sshcluster_stop.",
+            "# WARNING: the classic launch is R's own makeCluster(), which cannot keep",
+            "# strangers out: while it waits for its workers, anything that reaches the R",
+            "# port can run code in this R session. Use it only where nobody else can reach",
+            "# that port, or use the fast launch.",
+        ]
     return lines
-
-
-def _machine_entry(inventory: Inventory, host: Host, default_ssh: Sequence[str],
-                   opts: RenderOptions) -> str:
-    fields = [f"host = {r_string(host.host)}"]
-    if host.user:
-        fields.append(f"user = {r_string(host.user)}")
-    fields.append(f"ncore = {host.ncore}L")
-    own_ssh = ssh_command(inventory, host, opts)
-    if list(own_ssh) != list(default_ssh):
-        fields.append(f"rshcmd = {r_string(shell_join(own_ssh))}")
-    if host.rscript:
-        # R uses a node's own rscript only when the node is "homogeneous".
-        fields += [f"rscript = {r_string(host.rscript)}", "homogeneous = TRUE"]
-    return f"list({', '.join(fields)})"
-
-
-#: The fast launcher's R code, embedded verbatim in every fast bootstrap.
-LAUNCHER = resources.files("sshcluster").joinpath("launcher.R").read_text(encoding="utf-8")
 
 
 def _ssh_path(path: str) -> str:
@@ -400,5 +416,6 @@ def _comment(text: str) -> str:
     return "".join(ch if 0x20 <= ord(ch) < 0x7F else "?" for ch in text)
 
 
-__all__ = ["CONNECT_TIMEOUT", "RenderOptions", "render", "spec_entries", "ssh_command",
+__all__ = ["CONNECT_TIMEOUT", "R_CONNECTIONS", "R_MAX_CONNECTIONS", "RenderOptions",
+           "connection_note", "connections_needed", "render", "spec_entries", "ssh_command",
            "write_bootstrap"]

@@ -9,8 +9,8 @@ wrong. No traceback for a user's mistake.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import click
 from rich.console import Console
@@ -24,10 +24,12 @@ from rich.progress import (
 )
 
 from sshcluster import __version__, bootstrap
+from sshcluster.ec2.cli import ec2_group
 from sshcluster.errors import CheckFailed, SshclusterError
 from sshcluster.inventory import LAUNCHES, TUNNELS, Inventory, Register, load_inventory
 from sshcluster.preflight import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT, check, verified_inventory
 from sshcluster.report import CheckReport, print_report
+from sshcluster.testing.cli import testbed_group
 
 
 class _Group(click.Group):
@@ -39,11 +41,11 @@ class _Group(click.Group):
         except SshclusterError as e:
             if isinstance(e, CheckFailed):
                 print_report(e.report, Console(stderr=True))
-            _print_error(e)
+            print_error(e)
             ctx.exit(e.exit_code)
 
 
-def _print_error(e: SshclusterError, where: str | None = None) -> None:
+def print_error(e: SshclusterError, where: str | None = None) -> None:
     """``error: [WHERE: ]MESSAGE`` and its hint, on stderr."""
     click.secho(f"error: {where + ': ' if where else ''}{e.message}", fg="red", err=True)
     if e.hint:
@@ -187,6 +189,9 @@ def render(inventory: str, output: str | None, launch: str | None, tunnel: str |
         register=tuple(register),
         note=note,
     )
+    note = bootstrap.connection_note(inv)
+    if note:
+        click.secho(f"warning: {note}", fg="yellow", err=True)
     if output is None or output == "-":
         click.echo(bootstrap.render(inv, options), nl=False)
         return
@@ -244,382 +249,12 @@ def demo(n_hosts: int, ncore: int, tasks: int, keep: str | None) -> None:
         raise click.exceptions.Exit(1)
 
 
-@cli.group()
-def testbed() -> None:
-    """Local SSH test hosts on this Linux machine (root, network namespaces).
+# ----------------------------------------------------------------------- testbed
 
-    \b
-      sshcluster testbed up 4 --dir /tmp/tb    # hosts + /tmp/tb/hosts.yaml
-      sshcluster render /tmp/tb/hosts.yaml -o /tmp/tb/cluster.R
-      sshcluster testbed down --dir /tmp/tb    # or --name NAME, as printed by `up`
+cli.add_command(testbed_group)
 
-    Each host is a network namespace with its own address, hostname, host key and
-    sshd; the primary is this machine on the testbed's bridge.
-    """
 
-
-def _subnet_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    from sshcluster.testbeds import parse_subnet
-
-    if value is None:
-        return None
-    try:
-        return str(parse_subnet(value))
-    except SshclusterError as e:
-        raise click.BadParameter(e.message) from e
-
-
-@testbed.command("up")
-@click.argument("count", type=click.IntRange(1, 250))
-@click.option("--dir", "workdir", required=True, metavar="DIR",
-              type=click.Path(file_okay=False, path_type=str),
-              help="Directory for keys, known_hosts, logs and hosts.yaml (refused while a "
-                   "testbed that is up uses it).")
-@click.option("--subnet", default=None, metavar="NETWORK", callback=_subnet_option,
-              help="IPv4 network for the hosts, e.g. 10.213.5.0/24 (default: a free "
-                   "10.213.X.0/24); must not overlap this machine's addresses or routes.")
-@click.option("--ncore", default=2, show_default=True, type=click.IntRange(1, 256),
-              help="ncore written into hosts.yaml.")
-@click.option("--port", default=None, type=click.IntRange(1, 65535),
-              help="R port written into hosts.yaml.")
-def testbed_up(count: int, workdir: str, subnet: str | None, ncore: int,
-               port: int | None) -> None:
-    """Build COUNT SSH test hosts and write DIR/hosts.yaml for them.
-
-    They stay up after this command ends; remove them with
-    `sshcluster testbed down --dir DIR` (or --name NAME).
-    """
-    from sshcluster.errors import TestbedError
-    from sshcluster.testbed import Testbed
-
-    try:
-        tb = Testbed(count, workdir=workdir, subnet=subnet)
-    except TestbedError as e:  # the constructor only checks its arguments
-        raise click.UsageError(e.message) from e
-    tb.up()
-    inventory = tb.write_inventory(f"{workdir}/hosts.yaml", ncore=ncore, port=port)
-    for h in tb.hosts:
-        click.echo(f"{h.hostname}\t{h.address}")
-    click.echo(f"testbed {tb.name}: {count} hosts on {tb.subnet}, primary {tb.primary_address};"
-               f" inventory {inventory}", err=True)
-    click.echo(f"remove with: sshcluster testbed down --name {tb.name}"
-               f" (or --dir {tb.workdir})", err=True)
-
-
-@testbed.command("down")
-@click.option("--name", default=None, metavar="NAME",
-              help="Remove the testbed with exactly this name (as printed by `up`).")
-@click.option("--dir", "workdir", default=None, metavar="DIR",
-              type=click.Path(file_okay=False, path_type=str),
-              help="Remove the testbed whose directory is DIR (as given to `up --dir`); "
-                   "DIR itself stays.")
-@click.option("--all", "everything", is_flag=True,
-              help="Remove every testbed on this machine whose owner process has exited: "
-                   "that is every testbed made by `sshcluster testbed up`, anyone's, and "
-                   "the leftovers of crashed runs. A testbed whose owner still runs (a "
-                   "test run, the demo, a Python program) is never removed.")
-def testbed_down(name: str | None, workdir: str | None, everything: bool) -> None:
-    """Remove test hosts: their processes, namespaces, links and bridge.
-
-    Give exactly one of --name, --dir and --all. --name and --dir remove one testbed,
-    or fail (exit 1) if there is none by that name or directory.
-    """
-    from sshcluster.testbeds import down_all, remove_testbed
-
-    given = [opt for opt, value in (("--name", name), ("--dir", workdir),
-                                    ("--all", everything)) if value]
-    if len(given) != 1:
-        raise click.UsageError("give one of --name NAME, --dir DIR or --all"
-                               + (f", not {' and '.join(given)}" if given else ""))
-    removed = down_all() if everything else [remove_testbed(name, workdir=workdir)]
-    click.echo(f"removed {len(removed)} testbed{'s' if len(removed) != 1 else ''}"
-               + (f": {', '.join(removed)}" if removed else ""), err=True)
-
-
-# --------------------------------------------------------------------------- ec2
-
-
-@cli.group("ec2")
-def ec2_group() -> None:
-    """Transient EC2 workers that end themselves.
-
-    \b
-    sshcluster ec2 up ec2.yaml -o hosts.yaml   # start, wait for SSH, write an inventory
-    sshcluster ec2 ls                          # what sshcluster started, in every region
-                                               # with a record here: age, time left
-    sshcluster ec2 down NAME                   # terminate it all (safe to repeat)
-    sshcluster ec2 gc                          # end expired or orphaned clusters
-
-    The spec format is documented in ec2.example.yaml. Credentials and the endpoint come
-    from the usual AWS settings (AWS_PROFILE, AWS_ENDPOINT_URL, ...).
-    """
-
-
-def _client(region: str | None, name: str | None = None) -> Any:
-    from sshcluster import ec2
-
-    return ec2.make_client(ec2.resolve_region(region, name))
-
-
-def _region(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Check --region as the spec's 'region' is checked: a malformed name is exit 2."""
-    from sshcluster.ec2spec import REGION_RULE, is_region
-
-    if value is not None and not is_region(value):
-        raise click.BadParameter(f"expected {REGION_RULE}, got {value!r}")
-    return value
-
-
-_region_option = click.option(
-    "--region", callback=_region,
-    help="AWS region (default: the cluster's record, then AWS_DEFAULT_REGION or your AWS "
-         "config).")
-_regions_option = click.option(
-    "--region", callback=_region,
-    help="Look in this AWS region only (default: every region of this machine's cluster "
-         "records, and AWS_DEFAULT_REGION or your AWS config).")
-
-T = TypeVar("T")
-
-
-def _each_region(region: str | None, call: Callable[[Any], Sequence[T]]
-                 ) -> tuple[list[T], list[str], bool]:
-    """``call(client)`` in each region ``ls`` and ``gc`` look in (``ec2.search_regions``).
-    Returns what they found, the regions that answered, and whether any failed: an AWS
-    failure in one region is printed, and the other regions are still looked in."""
-    from sshcluster import ec2
-
-    found: list[T] = []
-    answered: list[str] = []
-    failed = False
-    for name in ec2.search_regions(region):
-        try:
-            found.extend(call(ec2.make_client(name)))
-        except SshclusterError as e:
-            failed = True
-            _print_error(e, name)
-            continue
-        answered.append(name)
-    return found, answered, failed
-
-
-def _print_clusters(clusters: Sequence[Any], now: Any, *, stderr: bool = False) -> None:
-    """The table of ``ec2 ls``: one row per instance."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from sshcluster import ec2
-
-    table = Table("cluster", "region", "instance", "state", "type", "address", "age",
-                  "time left", box=None)
-    for c in clusters:
-        left = ec2.format_duration(c.expires - now) if c.expires else "?"
-        for i in c.instances:
-            age = ec2.format_duration(now - i.launch_time) if i.launch_time else "?"
-            table.add_row(c.name + ("" if c.known else " (no record)"), c.region, i.id,
-                          i.state, i.instance_type + (" spot" if i.spot else ""),
-                          i.public_ip or i.private_ip or "-", age,
-                          left if i.live else "-")
-    Console(width=200, stderr=stderr).print(table)
-
-
-class _ProgressPrinter:
-    """A :class:`~sshcluster.ec2.Step` callback: a rich progress bar on a terminal, plain
-    lines otherwise. Keeps the note of an aborted ``up`` for the Ctrl-C message."""
-
-    def __init__(self, console: Any) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-        self.console = console
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
-                            MofNCompleteColumn(), console=console,
-                            transient=True) if console.is_terminal else None
-        self.tasks: dict[str, Any] = {}
-        self.last: dict[str, tuple[int, int]] = {}
-        self.aborted: str | None = None
-
-    def __call__(self, step: Any) -> None:
-        if step.stage in ("done", "aborted"):
-            if self.bar is not None:
-                self.bar.stop()
-            if step.stage == "aborted":
-                self.aborted = step.message  # the error message says it too
-            else:
-                self.console.print(step.message)
-            return
-        if self.bar is None:
-            if self.last.get(step.stage) != (step.done, step.total):
-                self.console.print(f"{step.stage}: {step.done}/{step.total} {step.message}")
-                self.last[step.stage] = (step.done, step.total)
-            return
-        self.bar.start()
-        if step.stage not in self.tasks:
-            self.tasks[step.stage] = self.bar.add_task(step.message, total=step.total)
-        self.bar.update(self.tasks[step.stage], completed=step.done, total=step.total,
-                        description=step.message or step.stage)
-
-
-@ec2_group.command("up")
-@click.argument("spec_file", metavar="SPEC", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", default="hosts.yaml", show_default=True,
-              type=click.Path(dir_okay=False), help="Inventory to write.")
-@click.option("--accept-new", is_flag=True,
-              help="If an instance's host keys are not in its console output, record the key "
-                   "it shows on first connection (trust on first use).")
-@click.option("--timeout", default=900.0, show_default=True, type=click.FloatRange(min=1),
-              help="Seconds to wait, in all, for the instances to run and answer on SSH.")
-@click.option("--dry-run", is_flag=True,
-              help="Ask EC2 whether it would work (DryRun=True); start nothing.")
-@click.option("--force", is_flag=True,
-              help="Replace OUTPUT even if it is not an inventory 'ec2 up' wrote for this "
-                   "cluster (by default such a file is left alone and nothing starts).")
-def ec2_up(spec_file: str, output: str, accept_new: bool, timeout: float,
-           dry_run: bool, force: bool) -> None:
-    """Start the cluster in SPEC and write an inventory for it.
-
-    Waits until every instance runs and answers on SSH (one overall deadline), records
-    the host keys cloud-init prints on the console, writes the inventory OUTPUT and
-    prints the next commands. With the default 'primary: auto' they are:
-
-    \b
-      sshcluster render hosts.yaml --check -o cluster.R
-      Rscript -e 'source("cluster.R"); print(parallelCluster)'
-
-    --check is needed: it fills in the primary's address as the instances see it, and
-    tells whether the setup script has installed R yet. On any failure or Ctrl-C,
-    everything this command started is terminated.
-
-    An existing OUTPUT is replaced only if 'ec2 up' wrote it for this cluster (or with
-    --force); otherwise nothing starts.
-    """
-    from rich.console import Console
-
-    from sshcluster import ec2
-    from sshcluster.ec2spec import load_spec
-
-    spec = load_spec(spec_file)
-    client = ec2.make_client(spec.region)
-    if dry_run:
-        for line in ec2.dry_run(spec, client=client):
-            click.echo(f"ok: {line}")
-        click.echo("dry run: nothing was started")
-        return
-    printer = _ProgressPrinter(Console(stderr=True))
-    try:
-        cluster = ec2.up(spec, client=client, output=output, accept_new=accept_new,
-                         timeout=timeout, progress=printer, overwrite=force)
-    except KeyboardInterrupt:
-        click.secho(f"error: {printer.aborted or 'interrupted'}", fg="red", err=True)
-        raise SystemExit(130) from None
-    click.echo(f"cluster {cluster.name}: {len(cluster.instances)} instances, expires "
-               f"{ec2.format_time(cluster.expires)}; inventory {cluster.inventory_path}")
-    click.echo("next:")
-    for line in cluster.next_steps:
-        click.echo(f"  {line}")
-    click.echo(f"end it with: sshcluster ec2 down {cluster.name}")
-
-
-@ec2_group.command("ls")
-@_regions_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def ec2_ls(region: str | None, as_json: bool) -> None:
-    """List the clusters and instances sshcluster started, in every state.
-
-    Without --region it looks in every region this machine has a cluster record in,
-    and in your default region.
-    """
-    import json
-
-    from sshcluster import ec2
-
-    now = ec2.utcnow()
-    clusters, looked, failed = _each_region(region, lambda c: ec2.list_clusters(client=c))
-    if as_json:
-        click.echo(json.dumps([c.to_dict(now) for c in clusters], indent=2))
-    elif clusters:
-        _print_clusters(clusters, now)
-    elif looked:
-        click.echo(f"no clusters in {', '.join(looked)}")
-    if failed:
-        raise click.exceptions.Exit(1)
-
-
-def _cluster_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    from sshcluster.ec2spec import NAME_RULE, is_cluster_name
-
-    if not is_cluster_name(value):
-        raise click.BadParameter(f"expected {NAME_RULE}, got {value!r}")
-    return value
-
-
-@ec2_group.command("down")
-@click.argument("name", callback=_cluster_name)
-@_region_option
-def ec2_down(name: str, region: str | None) -> None:
-    """Terminate every instance of cluster NAME and delete what 'up' created for it.
-
-    Instances in any state (pending, running, stopping, stopped) are terminated, spot
-    requests cancelled, the security group and key pair made for it deleted. Running it
-    again is harmless. A NAME that is no cluster here (no record on this machine,
-    nothing tagged with it in the region) is an error (exit status 1), and the clusters
-    that exist are listed.
-    """
-    from sshcluster import ec2
-
-    client = _client(region, name)
-    report = ec2.down(name, client=client)
-    if report.found:
-        click.echo(f"{name}: {report.summary()}")
-        return
-    where = client.meta.region_name
-    click.secho(f"error: no cluster {name} in {where}: no record of it on this machine, "
-                f"and nothing in {where} is tagged with it", fg="red", err=True)
-    clusters, looked, _ = _each_region(region, lambda c: ec2.list_clusters(client=c))
-    if clusters:
-        click.echo("the clusters sshcluster started, as 'sshcluster ec2 ls' lists them:",
-                   err=True)
-        _print_clusters(clusters, ec2.utcnow(), stderr=True)
-    elif looked:
-        click.echo(f"there are no clusters in {', '.join(looked)}", err=True)
-    click.echo("hint: check the name; for a cluster in another region pass --region",
-               err=True)
-    raise click.exceptions.Exit(1)
-
-
-@ec2_group.command("gc")
-@_regions_option
-@click.option("--yes", is_flag=True, help="Do not ask before terminating.")
-def ec2_gc(region: str | None, yes: bool) -> None:
-    """Terminate clusters past their expiry, or orphaned (started here, no record left).
-
-    Without --region it looks where 'ec2 ls' looks: every region this machine has a
-    cluster record in, and your default region.
-    """
-    from sshcluster import ec2
-
-    found, looked, failed = _each_region(
-        region, lambda c: [(c, g) for g in ec2.find_garbage(client=c)])
-    if not found:
-        if looked:
-            click.echo(f"nothing to collect in {', '.join(looked)}")
-        if failed:
-            raise click.exceptions.Exit(1)
-        return
-    for _, g in found:
-        click.echo(f"{g.name} ({g.region}): {g.reason}: {', '.join(g.instance_ids)}")
-    if not yes and not click.confirm("Terminate these?", default=False):
-        click.echo("nothing terminated")
-        raise click.exceptions.Exit(1 if failed else 0)
-    for client, g in found:
-        try:
-            (report,) = ec2.collect_garbage([g], client=client)
-        except SshclusterError as e:
-            failed = True
-            _print_error(e, f"{g.name} ({g.region})")
-            continue
-        click.echo(f"{report.name} ({g.region}): {report.summary()}")
-    if failed:
-        raise click.exceptions.Exit(1)
+cli.add_command(ec2_group)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

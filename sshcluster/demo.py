@@ -1,6 +1,6 @@
 """The demo: a real R computation spread over local SSH test hosts.
 
-It builds the test hosts (:mod:`sshcluster.testbed`), writes an inventory for them, checks
+It builds the test hosts (:mod:`sshcluster.testing`), writes an inventory for them, checks
 them (:mod:`sshcluster.preflight`) and says what the check warned about, writes the R
 bootstrap, runs a Monte Carlo stock-price simulation across the cluster with
 ``parLapply``, prints a summary and how many tasks each host ran, and tears the hosts
@@ -11,18 +11,18 @@ cluster and says so.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sshcluster import bootstrap, preflight, testbed
+from sshcluster import bootstrap, preflight
 from sshcluster.errors import SshclusterError, TestbedError
 from sshcluster.inventory import load_inventory
 from sshcluster.quoting import r_string
 from sshcluster.report import STEPS, CheckReport
+from sshcluster.testing import RTimeout, Testbed, require_root_and_netns, run_r
 
 #: The computation, after the bootstrap has made ``parallelCluster``.
 DEMO_R = r"""
@@ -91,7 +91,7 @@ def run_demo(hosts: int = 4, ncore: int = 2, tasks: int = 1000,
         base = workdir.resolve() if workdir else Path(tmp)
         base.mkdir(parents=True, exist_ok=True)
         try:
-            testbed.require_root_and_netns()
+            require_root_and_netns()
         except TestbedError as e:
             say(f"cannot build SSH test hosts here ({e.message}); "
                 f"running on a local cluster of {hosts * ncore} R workers instead")
@@ -102,7 +102,7 @@ def run_demo(hosts: int = 4, ncore: int = 2, tasks: int = 1000,
 
         started = time.monotonic()
         say(f"building {hosts} SSH test hosts (network namespaces, one sshd each)...")
-        with testbed.Testbed(hosts, workdir=base / "testbed") as tb:
+        with Testbed(hosts, workdir=base / "testbed") as tb:
             say(f"testbed {tb.name} up in {time.monotonic() - started:.1f} s: "
                 + ", ".join(f"{h.hostname}={h.address}" for h in tb.hosts))
             inventory_path = base / "hosts.yaml"
@@ -134,12 +134,10 @@ def run_demo(hosts: int = 4, ncore: int = 2, tasks: int = 1000,
 
 
 def _run_r(script: Path) -> int:
+    """Run the script, its output straight to the terminal; return R's exit status."""
     try:
-        return subprocess.run(["Rscript", str(script)], timeout=600, check=False).returncode
-    except FileNotFoundError:
-        raise SshclusterError("Rscript is not installed",
-                              hint="run scripts/setup.sh (installs r-base-core)") from None
-    except subprocess.TimeoutExpired:
+        return run_r(script, timeout=10 * 60, capture=False).returncode
+    except RTimeout:
         raise SshclusterError("the R computation did not finish within 10 minutes") from None
 
 

@@ -130,11 +130,38 @@ class EC2Error(SshclusterError):
         super().__init__(message, hint=hint)
 
 
+class NoSuchCluster(EC2Error):
+    """A cluster name that is no cluster in ``region``: no record of it on this machine and
+    nothing there tagged with it. ``existing`` are the names of the clusters there are
+    (in the regions looked in), so a mistyped name can be told from an empty account."""
+
+    def __init__(self, message: str, *, name: str, region: str,
+                 existing: tuple[str, ...] = (), hint: str | None = None) -> None:
+        self.name = name
+        self.region = region
+        self.existing = existing
+        super().__init__(message, hint=hint)
+
+
+class ForeignCluster(EC2Error):
+    """Cluster ``name`` in ``region`` belongs to someone else (its ``sshcluster:owner``
+    tag names ``owners``); ``down`` and ``gc`` leave it alone unless told otherwise."""
+
+    def __init__(self, message: str, *, name: str, region: str, owners: tuple[str, ...],
+                 hint: str | None = None) -> None:
+        self.name = name
+        self.region = region
+        self.owners = owners
+        super().__init__(message, hint=hint)
+
+
 __all__ = [
     "CheckFailed",
     "EC2Error",
+    "ForeignCluster",
     "HostError",
     "InventoryError",
+    "NoSuchCluster",
     "OutputExistsError",
     "QuotingError",
     "RenderError",

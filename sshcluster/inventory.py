@@ -40,6 +40,7 @@ REGISTERS: tuple[Register, ...] = ("future", "doparallel")
 SETUP_TIMEOUT = 120
 
 _R_PACKAGE = re.compile(r"^[A-Za-z][A-Za-z0-9.]*$")
+_LOCALE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 _SAFE_PATH = re.compile(r"^[^\x00-\x1f\x7f]+$")  # no control characters
 
 
@@ -92,7 +93,8 @@ class Inventory:
     ``fork``, ``register`` and ``setup_timeout`` say how the bootstrap starts the cluster
     (see :data:`Launch`, :data:`Tunnel`, :data:`Register`; ``fork``: the fast launch
     starts one R per host and forks that host's workers from it, instead of one Rscript
-    per worker). ``reverse_ssh`` says whether the check fails a host whose worker
+    per worker). ``locale`` is the locale the workers run in (None: the primary's own
+    ``LANG``/``LC_*``). ``reverse_ssh`` says whether the check fails a host whose worker
     cannot ssh back to the primary (``required``) or only warns (``optional``).
     ``path`` is the file it was read from, if any.
     """
@@ -107,6 +109,7 @@ class Inventory:
     fork: bool = True
     register: tuple[Register, ...] = ()
     setup_timeout: int = SETUP_TIMEOUT
+    locale: str | None = None
     reverse_ssh: ReverseSsh = "optional"
     path: str | None = field(default=None, compare=False)
 
@@ -139,7 +142,7 @@ _HOST_KEYS = ("host", "user", "ncore", "ssh_port", "identity_file", "rscript")
 _DEFAULT_KEYS = ("user", "ncore", "ssh_port", "identity_file", "rscript")
 _PRIMARY_KEYS = ("host", "user", "ssh_port")
 _TOP_KEYS = ("primary", "port", "defaults", "hosts", "known_hosts", "r_packages", "launch",
-             "tunnel", "fork", "register", "setup_timeout", "reverse_ssh")
+             "tunnel", "fork", "register", "setup_timeout", "locale", "reverse_ssh")
 
 
 def _host_fields(reader: _Reader, m: Map, where: str) -> dict[str, Any]:
@@ -214,6 +217,13 @@ def _read(doc: Any, reader: _Reader) -> Inventory:
         how["setup_timeout"] = reader.integer(
             top["setup_timeout"], "setup_timeout", reader.line_of(top, "setup_timeout"),
             low=1, high=86400, what="a number of seconds (1-86400)")
+    if "locale" in top:
+        value = top["locale"]
+        if not isinstance(value, str) or not _LOCALE.match(value):
+            raise reader.fail(f"expected a locale name such as C.UTF-8 or en_US.UTF-8, got "
+                              f"{describe(value)}", line=reader.line_of(top, "locale"),
+                              field="locale")
+        how["locale"] = value
     if "register" in top:
         raw = top["register"]
         rline = reader.line_of(top, "register")
@@ -305,6 +315,8 @@ def inventory_to_dict(inv: Inventory) -> dict[str, Any]:
         out["register"] = list(inv.register)
     if inv.setup_timeout != SETUP_TIMEOUT:
         out["setup_timeout"] = inv.setup_timeout
+    if inv.locale is not None:
+        out["locale"] = inv.locale
     if inv.reverse_ssh != "optional":
         out["reverse_ssh"] = inv.reverse_ssh
     hosts = []

@@ -1,91 +1,19 @@
-"""Shared fixtures: local SSH test hosts (see sshcluster.testbed).
+"""Shared fixtures: the local SSH test hosts come from sshcluster.testing.fixtures (as a
+user's own tests would get them); the EC2 stand-in is here.
 
-Tests that need them skip when this machine cannot build them (not root, no network
+Tests that need test hosts skip when this machine cannot build them (not root, no network
 namespaces), except in CI (``CI=true``), where the multi-host tests must run: there the
 fixtures fail instead.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
-import subprocess
-from collections.abc import Callable, Iterator
-from typing import Any, NoReturn
+from collections.abc import Iterator
 
 import pytest
 
-from sshcluster.errors import TestbedError
-from sshcluster.testbed import Testbed, TestHost, require_root_and_netns
-from sshcluster.testbeds import down_all
-
-#: Every testbed made by the test suite has a name with this prefix, so a test session
-#: can clean up after an earlier one that was killed without touching anyone else's.
-TEST_PREFIX = "sct"
-
-MakeTestbed = Callable[..., Testbed]
-
-
-def fresh_name() -> str:
-    """A fresh testbed name for a test (``sct`` + 4 hex digits)."""
-    return TEST_PREFIX + secrets.token_hex(2)
-
-
-def skip_or_fail(reason: str) -> NoReturn:
-    """Skip a test that this machine cannot run; in CI (``CI=true``) fail it instead,
-    because CI installs everything the suite needs and must run every test."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI must run this test, but: {reason}")
-    pytest.skip(reason)
-
-
-def _require() -> None:
-    try:
-        require_root_and_netns()
-    except TestbedError as e:
-        skip_or_fail(str(e))
-
-
-@pytest.fixture(scope="session")
-def testbed_env() -> None:
-    """This machine can build testbeds (else skip, or fail in CI).
-
-    Also removes test testbeds left by killed earlier runs (only those whose owner is gone).
-    """
-    _require()
-    try:
-        down_all(TEST_PREFIX)
-    except TestbedError as e:  # leftovers we cannot remove do not stop this run
-        print(f"warning: {e}")
-
-
-def _build(request: pytest.FixtureRequest, n: int, **kwargs: Any) -> Testbed:
-    kwargs.setdefault("name", fresh_name())
-    tb = Testbed(n, **kwargs)
-    # Registered before up(), so the testbed goes even if the session is interrupted.
-    request.addfinalizer(tb.down)
-    return tb.up()
-
-
-@pytest.fixture(scope="session")
-def testbed(request: pytest.FixtureRequest, testbed_env: None) -> Iterator[Testbed]:
-    """Four SSH hosts, shared by the whole session; tests must leave them as they found them."""
-    yield _build(request, 4)
-
-
-@pytest.fixture
-def make_testbed(request: pytest.FixtureRequest, testbed_env: None) -> MakeTestbed:
-    """Factory for a testbed of any size, torn down at the end of the test.
-
-    ``make_testbed(n, **kwargs)`` takes the arguments of :class:`Testbed`.
-    """
-
-    def make(n: int, **kwargs: Any) -> Testbed:
-        return _build(request, n, **kwargs)
-
-    return make
-
+pytest_plugins = ["sshcluster.testing.fixtures"]
 
 # --------------------------------------------------------------------------- EC2 stand-in
 
@@ -120,22 +48,3 @@ def moto_url() -> Iterator[str]:
             else:
                 os.environ[k] = v
         server.stop()
-
-
-@contextlib.contextmanager
-def squatter(host: TestHost, port: int) -> Iterator[None]:
-    """Someone else listens on 127.0.0.1:``port`` on ``host`` for the duration; the test
-    fails if anything connects to it (a reverse tunnel must never be hijacked)."""
-    proc = subprocess.Popen(
-        ["ip", "netns", "exec", host.netns, "python3", "-c",
-         "import socket, sys\n"
-         "s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen()\n"
-         "print('up', flush=True); s.settimeout(60); c, _ = s.accept(); print('HIJACKED')\n",
-         str(port)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None and proc.stdout.readline() == "up\n"
-        yield
-    finally:
-        proc.kill()
-        out, _ = proc.communicate(timeout=10)
-    assert "HIJACKED" not in out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -47,38 +48,67 @@ hand <- unlist(hand, recursive=FALSE)
 """
 
 
-def _eval_generated_spec(text: str, tmp_path: Path, extra: str) -> str:
-    """Source the generated file with makeCluster replaced by a recorder, then run ``extra``."""
+#: R: evaluate a generated file's top level (primary, machineAddresses, spec), and the
+#: data its local() block passes to start() or start_classic() as `config`, without
+#: starting anything.
+EVAL_DATA = """
+eval_data <- function(path) {
+  env <- new.env()
+  for (e in parse(path)) {
+    if (is.call(e) && identical(e[[1]], as.name("local"))) {
+      block <- e[[2]]
+      call <- block[[length(block)]]
+      env$entry <- as.character(call[[1]])
+      env$config <- eval(call[[2]], env)
+    } else eval(e, env)
+  }
+  env
+}
+"""
+
+
+def _eval_generated(text: str, tmp_path: Path, extra: str) -> str:
+    """Evaluate the generated file's data (see EVAL_DATA) into ``d``, then run ``extra``."""
     gen = tmp_path / "cluster.R"
     gen.write_text(text, encoding="ascii")
     script = tmp_path / "run.R"
-    script.write_text(
-        # Record what would be passed to makeCluster instead of starting workers.
-        "calls <- list()\n"
-        "makeCluster <- function(...) { calls[[length(calls) + 1]] <<- list(...);"
-        " structure(list(), class = 'fake') }\n"
-        f"src <- readLines({json.dumps(str(gen))})\n"
-        "src <- sub('parallel::makeCluster(', 'makeCluster(', src, fixed = TRUE)\n"
-        "eval(parse(text = src))\n" + extra
-    )
+    script.write_text(EVAL_DATA + f"d <- eval_data({json.dumps(str(gen))})\n" + extra)
     return subprocess.run(["Rscript", str(script)], capture_output=True, text=True,
                           timeout=60, check=True).stdout
 
 
-def test_spec_is_the_hand_written_spec(tmp_path: Path) -> None:
+def _config(text: str, tmp_path: Path) -> dict[str, str]:
+    """The scalar and character fields of the generated file's start() data, as text."""
+    out = _eval_generated(text, tmp_path, (
+        "cat('entry=', d$entry, '\\n', sep = '')\n"
+        "for (k in names(d$config)) { v <- d$config[[k]]\n"
+        "  if (is.atomic(v) && length(v) <= 2 && !any(grepl('\\n', v)))\n"
+        "    cat(k, '=', paste(v, collapse = ' '), '\\n', sep = '') }\n"))
+    return dict(line.split("=", 1) for line in out.splitlines())
+
+
+@pytest.mark.parametrize("options", [CLASSIC, RenderOptions()], ids=["classic", "fast"])
+def test_spec_is_the_hand_written_spec(tmp_path: Path, options: RenderOptions) -> None:
+    """Both launches define primary, machineAddresses and spec as R users write them."""
     inv = parse_inventory(MISSION)
-    out = _eval_generated_spec(
-        render(inv, CLASSIC), tmp_path,
+    out = _eval_generated(
+        render(inv, options), tmp_path,
         HAND_WRITTEN
         + "strip <- function(s) lapply(s, function(e) list(host = e$host, user = e$user))\n"
-        "cat(identical(strip(spec), hand), length(spec), '\\n')\n"
-        "cat(calls[[1]]$type, calls[[1]]$master, calls[[1]]$port, calls[[1]]$homogeneous, '\\n')\n"
-        "cat(identical(calls[[1]]$spec, spec), '\\n')\n",
+        "cat(identical(strip(d$spec), hand), identical(d$spec, hand), length(d$spec), '\\n')\n"
+        "cat(d$primary, '\\n')\n",
     )
     lines = out.splitlines()
-    assert lines[0] == "TRUE 10 "
-    assert lines[1] == "PSOCK 192.168.1.235 11234 FALSE "
-    assert lines[2] == "TRUE "
+    assert lines[0] == "TRUE TRUE 10 "
+    assert lines[1] == "192.168.1.235 "
+
+
+def test_classic_passes_spec_to_make_cluster(tmp_path: Path) -> None:
+    out = _eval_generated(
+        render(parse_inventory(MISSION), CLASSIC), tmp_path,
+        "cat(d$entry, d$config$master, d$config$port, identical(d$config$spec, d$spec), "
+        "'\\n')\n")
+    assert out == "start_classic 192.168.1.235 11234 TRUE \n"
 
 
 def test_spec_entries_repeat_hosts_in_order() -> None:
@@ -154,9 +184,9 @@ def test_hostile_paths_reach_ssh_and_r_intact(tmp_path: Path) -> None:
                     rscript="/opt/R's/bin/Rscript $(x)"),),
         known_hosts="/tmp/known hosts/kh'$(y)",
     )
-    out = _eval_generated_spec(
+    out = _eval_generated(
         render(inv, CLASSIC), tmp_path,
-        "cat(spec[[1]]$rshcmd, '\\n', sep = '')\ncat(spec[[1]]$rscript, '\\n', sep = '')\n",
+        "cat(d$spec[[1]]$rshcmd, '\\n', sep = '')\ncat(d$spec[[1]]$rscript, '\\n', sep = '')\n",
     )
     rshcmd, rscript = out.splitlines()
     words = shlex.split(rshcmd)
@@ -183,30 +213,27 @@ def test_auto_values_must_be_checked_first() -> None:
         render(parse_inventory("primary: auto\nhosts: [a]\n"))
 
 
-def test_fast_is_the_default_and_options_override_the_inventory() -> None:
+def test_fast_is_the_default_and_options_override_the_inventory(tmp_path: Path) -> None:
     inv = parse_inventory(MISSION)
     fast = render(inv)
-    assert "sshcluster_launch(" in fast and "parallel::makeCluster(" not in fast
-    assert "tunnel = FALSE, fork = TRUE, setup_timeout = 120" in fast
     assert "# fast launch: one ssh per host, workers forked from one R per host." in fast
+    c = _config(fast, tmp_path)
+    assert (c["entry"], c["tunnel"], c["fork"], c["setup_timeout"], c["port"]) == \
+        ("start", "FALSE", "TRUE", "120", "11234")
+    assert (c["workers_reach"], c["register"]) == ("192.168.1.235", "")
     fresh = render(inv, RenderOptions(fork=False))
-    assert "fork = FALSE" in fresh and "# fast launch: one ssh per host, one Rscript per " \
-        "worker." in fresh
+    assert "# fast launch: one ssh per host, one Rscript per worker." in fresh
+    assert _config(fresh, tmp_path)["fork"] == "FALSE"
     no_fork = parse_inventory(MISSION.replace("port: 11234", "port: 11234\nfork: false"))
-    assert "fork = FALSE" in render(no_fork)
-    assert "fork = TRUE" in render(no_fork, RenderOptions(fork=True))
-    assert 'primary <- "192.168.1.235"' in fast
-    assert "port = 11234L" in fast
-    assert "registerDoParallel" not in fast and "future::plan" not in fast
-    tunnelled = render(inv, RenderOptions(tunnel="reverse", register=("doparallel", "future")))
-    assert "tunnel = TRUE" in tunnelled and 'primary <- "127.0.0.1"' in tunnelled
-    assert tunnelled.rstrip().endswith(
-        "doParallel::registerDoParallel(parallelCluster)\n"
-        "# future(), future_lapply() etc. run on the cluster.\n"
-        "future::plan(future::cluster, workers = parallelCluster)")
+    assert _config(render(no_fork), tmp_path)["fork"] == "FALSE"
+    assert _config(render(no_fork, RenderOptions(fork=True)), tmp_path)["fork"] == "TRUE"
+    tunnelled = _config(render(inv, RenderOptions(tunnel="reverse",
+                                                  register=("doparallel", "future"))), tmp_path)
+    assert (tunnelled["tunnel"], tunnelled["workers_reach"]) == ("TRUE", "127.0.0.1")
+    assert tunnelled["register"] == "doparallel future"
     classic = parse_inventory(MISSION.replace("port: 11234", "port: 11234\nlaunch: classic"))
-    assert "parallel::makeCluster(" in render(classic)
-    assert "sshcluster_launch(" in render(classic, RenderOptions(launch="fast"))
+    assert _config(render(classic), tmp_path)["entry"] == "start_classic"
+    assert _config(render(classic, RenderOptions(launch="fast")), tmp_path)["entry"] == "start"
     with pytest.raises(RenderError, match="classic launch cannot use a reverse tunnel"):
         render(classic, RenderOptions(tunnel="reverse"))
 
@@ -223,16 +250,10 @@ def test_fast_machine_entries_are_what_users_write(tmp_path: Path) -> None:
         hosts=(Host(host="a", user="u", ncore=2), Host(host="b", user="u", ncore=3),
                Host(host="c", ncore=1, ssh_port=2222, rscript=HOSTILE_PATH)),
     )
-    text = render(inv)
-    f = tmp_path / "cluster.R"
-    f.write_text(text, encoding="ascii")
-    script = (
-        f"src <- readLines({json.dumps(str(f))})\n"
-        "eval(parse(text = src[seq_len(grep('^parallelCluster <- ', src) - 1)]))\n"
-        "for (m in machineAddresses) cat(m$host, m$ncore, is.null(m$ssh), m$rscript, '\\n')\n"
-    )
-    out = subprocess.run(["Rscript", "-e", script], capture_output=True, text=True, timeout=60,
-                         check=True).stdout.splitlines()
+    out = _eval_generated(render(inv), tmp_path, (
+        "for (i in seq_along(d$machineAddresses)) { m <- d$machineAddresses[[i]]\n"
+        "  cat(m$host, m$ncore, is.null(d$config$host_ssh[[i]]), m$rscript, '\\n') }\n"
+    )).splitlines()
     assert out == ["a 2 TRUE ", "b 3 TRUE ", f"c 1 FALSE {HOSTILE_PATH} "]
 
 
@@ -247,13 +268,55 @@ def test_cli_render_flags(tmp_path: Path) -> None:
     res = runner.invoke(cli, ["render", str(inv), "--tunnel", "reverse", "--future",
                               "--doparallel"])
     assert res.exit_code == 0, res.output
-    assert "tunnel = TRUE" in res.output and "future::plan(" in res.output
-    assert "registerDoParallel(" in res.output
-    assert "fork = TRUE" in res.output
+    c = _config(res.output, tmp_path)
+    assert (c["tunnel"], c["fork"], c["register"]) == ("TRUE", "TRUE", "future doparallel")
     res = runner.invoke(cli, ["render", str(inv), "--no-fork"])
-    assert res.exit_code == 0 and "fork = FALSE" in res.output
+    assert res.exit_code == 0 and _config(res.output, tmp_path)["fork"] == "FALSE"
     res = runner.invoke(cli, ["render", str(inv), "--launch", "classic"])
-    assert res.exit_code == 0 and "parallel::makeCluster(" in res.output
+    assert res.exit_code == 0 and _config(res.output, tmp_path)["entry"] == "start_classic"
     res = runner.invoke(cli, ["render", str(inv), "--launch", "classic", "--tunnel", "reverse"])
     assert res.exit_code == 2
     assert "error: the classic launch cannot use a reverse tunnel" in res.output
+
+
+@pytest.mark.parametrize("options", [CLASSIC, RenderOptions()], ids=["classic", "fast"])
+def test_old_r_stops_at_once_with_a_clear_message(tmp_path: Path, options: RenderOptions
+                                                  ) -> None:
+    """R 3.x must be able to parse the file, so that the version check can run first: no
+    raw strings, no \\(x) lambdas, no |> pipes anywhere. Then nothing else runs."""
+    text = render(parse_inventory(MISSION), options)
+    assert not re.search(r'\br"[-(\[{]|\\\(|\|>', text)
+    f = tmp_path / "cluster.R"
+    f.write_text(text)
+    out = subprocess.run(["Rscript", "-e", "getRversion <- function() package_version('3.6.3')\n"
+                          f"r <- tryCatch(source({json.dumps(str(f))}), error = conditionMessage)\n"
+                          "cat(r, '\\n'); cat(sort(ls(all.names = TRUE)), '\\n')"],
+                         capture_output=True, text=True, timeout=60)
+    lines = out.stdout.splitlines()
+    assert lines[0] == "sshcluster: this file needs R 4.1.0 or later; this is R 3.6.3 "
+    assert lines[1].split() == ["getRversion", "r"]
+
+
+def test_connection_limits_are_known_at_render(tmp_path: Path) -> None:
+    """An inventory beyond any R's connections is refused; one beyond R < 4.4's says how."""
+    from click.testing import CliRunner
+
+    from sshcluster.cli import cli
+
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("primary: 10.0.0.1\nhosts:\n" + "".join(
+        f"  - host: 10.0.{i // 250}.{i % 250 + 1}\n    ncore: 4096\n" for i in range(320)))
+    res = CliRunner().invoke(cli, ["render", str(huge)])
+    assert res.exit_code == 2
+    assert "1,310,720 workers need 1,310,727 R connections" in res.output
+    assert "Traceback" not in res.output
+    big = tmp_path / "big.yaml"
+    big.write_text("primary: 10.0.0.1\nhosts:\n  - host: a\n    ncore: 100\n"
+                   "  - host: b\n    ncore: 100\n")
+    res = CliRunner().invoke(cli, ["render", str(big), "-o", str(tmp_path / "c.R")])
+    assert res.exit_code == 0
+    assert "warning: 200 workers need 207 R connections" in res.output
+    assert "--max-connections=207" in res.output
+    assert "--max-connections=207" in (tmp_path / "c.R").read_text()
+    fits = parse_inventory("primary: p\nhosts:\n  - host: a\n    ncore: 121\n")
+    assert "--max-connections=" not in render(fits).split("\n\n")[0]

@@ -7,21 +7,17 @@ import re
 import shlex
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import click
 import pytest
 from click.testing import CliRunner
-from conftest import fresh_name
 
 from sshcluster.bootstrap import render
 from sshcluster.cli import cli
 from sshcluster.inventory import load_inventory
-from sshcluster.testbed import STATE_DIR, STATE_DIR_ENV, Testbed
-from sshcluster.testbeds import list_testbeds, remove_testbed
-
-MakeTestbed = Callable[..., Testbed]
+from sshcluster.testing import STATE_DIR, STATE_DIR_ENV, Testbed, list_testbeds, remove_testbed
+from sshcluster.testing.fixtures import MakeTestbed, fresh_name
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -2,32 +2,23 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
-from typing import Any
 
 from sshcluster.bootstrap import write_bootstrap
 from sshcluster.inventory import load_inventory
 from sshcluster.quoting import r_string
+from sshcluster.testing import Testbed
+from sshcluster.testing.fixtures import run_r_in_test
 
 
-def _run_r(code: str, tmp_path: Path, timeout: float = 180) -> str:
-    script = tmp_path / "run.R"
-    script.write_text(code)
-    proc = subprocess.run(["Rscript", str(script)], capture_output=True, text=True,
-                          timeout=timeout, check=False)
-    assert proc.returncode == 0, f"R failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
-
-
-def test_classic_bootstrap_runs_r_across_hosts(testbed: Any, tmp_path: Path) -> None:
+def test_classic_bootstrap_runs_r_across_hosts(testbed: Testbed, tmp_path: Path) -> None:
     inv_path = tmp_path / "hosts.yaml"
     testbed.write_inventory(inv_path, ncore=2, port=11311)
     inventory = load_inventory(inv_path)
     cluster_r = tmp_path / "cluster.R"
     write_bootstrap(inventory, cluster_r)
 
-    out = _run_r(
+    proc = run_r_in_test(
         f"source({r_string(str(cluster_r))})\n"
         "cat('workers', length(parallelCluster), '\\n')\n"
         "nodes <- unlist(parallel::clusterEvalQ(parallelCluster, Sys.info()[['nodename']]))\n"
@@ -39,8 +30,10 @@ def test_classic_bootstrap_runs_r_across_hosts(testbed: Any, tmp_path: Path) -> 
         "sshcluster_stop()\n"
         "cat('stopped', exists('parallelCluster'), '\\n')\n",
         tmp_path,
+        timeout=180,
     )
-    lines = out.splitlines()
+    assert proc.returncode == 0, f"R failed:\n{proc.stdout}\n{proc.stderr}"
+    lines = proc.stdout.splitlines()
     n = len(testbed.hosts)
     assert lines[0] == f"workers {2 * n} "
     assert lines[1 : 1 + n] == [f"node {h.hostname} 2 " for h in
@@ -49,16 +42,4 @@ def test_classic_bootstrap_runs_r_across_hosts(testbed: Any, tmp_path: Path) -> 
     assert f"distinct {2 * n} " in lines
     assert lines[-1] == "stopped FALSE "
     # stopCluster leaves no R worker behind on any host (give them a moment to exit).
-    for host in testbed.hosts:
-        assert _wait_no_r(testbed, host), f"R worker left running on {host.hostname}"
-
-
-def _wait_no_r(testbed: Any, host: Any, seconds: float = 10.0) -> bool:
-    import time
-
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if not testbed.processes(host, "R"):
-            return True
-        time.sleep(0.2)
-    return False
+    assert testbed.leftovers("R", wait=10) == {}, "R workers left running"

@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 
 from click.testing import CliRunner
-from conftest import skip_or_fail
 
 from sshcluster.cli import cli
 from sshcluster.demo import warning_lines
 from sshcluster.inventory import Host
 from sshcluster.report import STEPS, CheckReport, HostReport, StepResult
+from sshcluster.testing.fixtures import skip_or_fail
 
 
 def test_demo_runs_across_hosts_and_cleans_up(testbed_env: None) -> None:

@@ -8,11 +8,12 @@ The classic launch still works. Every R run is bounded by a subprocess timeout.
 
 from __future__ import annotations
 
-import contextlib
+import os
 import re
+import shlex
+import shutil
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,17 +21,18 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import squatter
 
+import sshcluster
 from sshcluster.bootstrap import RenderOptions, write_bootstrap
 from sshcluster.inventory import load_inventory
-from sshcluster.netns import process_name
-from sshcluster.testbed import Testbed, TestHost
+from sshcluster.testing import Testbed, TestHost, free_port
+from sshcluster.testing.fixtures import R_TIMEOUT, run_r_in_test, squatter
+from sshcluster.testing.netns import descendants, parent_pid, process_name
 
 pytestmark = pytest.mark.testbed
 
-#: Seconds an R run may take before the test fails (a hung launch must not hang the suite).
-R_TIMEOUT = 90
+#: What a launch may leave on a host: R, its shells, what workers started (a sleep).
+LEFTOVER = "R|sh|sleep"
 
 
 def _bootstrap(testbed: Testbed, tmp_path: Path, name: str = "cluster.R",
@@ -54,84 +56,12 @@ def _bootstrap(testbed: Testbed, tmp_path: Path, name: str = "cluster.R",
     return out
 
 
-def _run_r(code: str, tmp_path: Path,
-           timeout: float = R_TIMEOUT) -> subprocess.CompletedProcess[str]:
-    script = tmp_path / f"run-{time.monotonic_ns()}.R"
-    script.write_text(code)
-    started = time.time()
-    with subprocess.Popen(["Rscript", str(script)], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True) as proc:
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            # A launch that hangs is a failure; say what was running and what the
-            # launcher's files said, so that the hang can be understood.
-            where = _launcher_files(started)
-            ps = subprocess.run(["ps", "-eo", "pid,ppid,pgid,stat,etimes,args", "--forest"],
-                                capture_output=True, text=True, check=False).stdout
-            proc.kill()
-            out, err = proc.communicate()
-            pytest.fail(f"R did not finish within {timeout:g} s\nstdout: {out}\nstderr: {err}"
-                        f"\nlauncher files:\n{where}\nprocesses:\n{ps}")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
-def _launcher_files(since: float) -> str:
-    """The per-host files (.pid, .status, .out, .err) of launches started since ``since``."""
-    lines = []
-    for d in Path(tempfile.gettempdir()).glob("Rtmp*/sshcluster-*"):
-        for f in sorted(d.iterdir()):
-            with contextlib.suppress(OSError):
-                if f.stat().st_mtime >= since:
-                    lines.append(f"{f}: {f.read_text(errors='replace').strip()!r}")
-    return "\n".join(lines)
-
-
-def _leftovers(testbed: Testbed, pattern: str = "R|sh|sleep", wait: float = 5.0
-               ) -> dict[str, list[int]]:
-    """Processes matching ``pattern`` left on any host, after up to ``wait`` seconds."""
-    deadline = time.monotonic() + wait
-    while True:
-        left = {h.hostname: testbed.processes(h, pattern) for h in testbed.hosts}
-        left = {k: v for k, v in left.items() if v}
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.1)
-
-
-def _parent(pid: int) -> int:
-    """The parent pid of ``pid`` (the comm field may hold spaces; it ends at the last ')')."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat[stat.rindex(")") + 2:].split()[1])
-
-
-def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            with contextlib.suppress(OSError, ValueError):  # gone meanwhile
-                children.setdefault(_parent(int(d.name)), []).append(int(d.name))
-    out: set[int] = set()
-    todo = [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.add(c)
-            todo.append(c)
-    return out
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def clean(testbed: Testbed) -> Iterator[Testbed]:
     """The session's test hosts, checked to be free of R before and after the test."""
-    assert _leftovers(testbed, wait=10) == {}, "an earlier test left processes behind"
+    assert testbed.leftovers(LEFTOVER, wait=10) == {}, "an earlier test left processes behind"
     yield testbed
-    assert _leftovers(testbed) == {}
+    assert testbed.leftovers(LEFTOVER, wait=5) == {}
 
 
 # --------------------------------------------------------------------------- it works
@@ -144,7 +74,7 @@ def test_fast_launch_is_a_standard_cluster(clean: Testbed, tmp_path: Path, fork:
     tb = clean
     f = _bootstrap(tb, tmp_path, options=RenderOptions(register=("future", "doparallel"),
                                                        fork=fork))
-    out = _run_r(f"""
+    out = run_r_in_test(f"""
         source({str(f)!r})
         cl <- parallelCluster
         cat("class", class(cl), "\\n")
@@ -164,13 +94,17 @@ def test_fast_launch_is_a_standard_cluster(clean: Testbed, tmp_path: Path, fork:
         suppressPackageStartupMessages(library(foreach))
         cat("foreach", foreach(i = 1:6, .combine = c) %dopar% Sys.info()[["nodename"]], "\\n")
         cat("future", future::value(future::future(Sys.info()[["nodename"]])), "\\n")
+        # many futures at once: future must see one cluster, whose nodes it can tell apart
+        cat("futures", unlist(future.apply::future_lapply(1:20, function(i) i * 3)), "\\n")
+        cat("spread", length(unique(unlist(future.apply::future_lapply(1:16,
+          function(i) {{ Sys.sleep(0.2); Sys.getpid() }})))), "\\n")
         sshcluster_stop()
         cat("stopped", exists("parallelCluster"), "\\n")
     """, tmp_path)
     assert out.returncode == 0, out.stderr
     lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
     names = [h.hostname for h in tb.hosts]
-    assert lines["class"].split() == ["SOCKcluster", "cluster"]
+    assert lines["class"].split() == ["sshcluster", "SOCKcluster", "cluster"]
     assert lines["n"].strip() == str(2 * len(tb.hosts))
     assert lines["hosts"].split() == [h.address for h in tb.hosts for _ in range(2)]
     # In spec order: each host's two workers next to each other, hosts in inventory order.
@@ -181,6 +115,8 @@ def test_fast_launch_is_a_standard_cluster(clean: Testbed, tmp_path: Path, fork:
     assert lines["lb"].split() == [str(2 * i) for i in range(1, 11)]
     assert set(lines["foreach"].split()) <= set(names)
     assert lines["future"].strip() in names
+    assert lines["futures"].split() == [str(3 * i) for i in range(1, 21)]
+    assert int(lines["spread"]) > 1
     assert lines["stopped"].strip() == "FALSE"
 
 
@@ -190,7 +126,7 @@ def test_workers_are_separate_fresh_sessions(clean: Testbed, tmp_path: Path, for
     """Forked or not, each worker has its own pid, its own tempdir() (removed when it
     stops), its own random stream without any seeding, and a fresh R's search path."""
     f = _bootstrap(clean, tmp_path, options=RenderOptions(fork=fork))
-    out = _run_r(f"""
+    out = run_r_in_test(f"""
         source({str(f)!r})
         x <- parallel::clusterEvalQ(parallelCluster, local({{
           ppid <- strsplit(sub(".*[)] ", "", readLines("/proc/self/stat")), " ")[[1]][2]
@@ -244,7 +180,7 @@ def test_stop_cluster_alone_leaves_no_process_on_the_hosts(clean: Testbed, tmp_p
             assert proc.stdout is not None and proc.stdin is not None
             lines = [proc.stdout.readline(), proc.stdout.readline()]
             assert lines == ["workers 8 \n", "STOPPED\n"], proc.stderr
-            assert _leftovers(clean) == {}
+            assert clean.leftovers(LEFTOVER, wait=5) == {}
             proc.stdin.write("go\n")
             proc.stdin.flush()
             out, err = proc.communicate(timeout=R_TIMEOUT)
@@ -259,7 +195,7 @@ def test_stopping_also_stops_what_the_workers_started(clean: Testbed, tmp_path: 
     """A process a worker leaves in the background belongs to the host's session: it stops
     with the cluster."""
     f = _bootstrap(clean, tmp_path)
-    out = _run_r(f"""
+    out = run_r_in_test(f"""
         source({str(f)!r})
         invisible(parallel::clusterEvalQ(parallelCluster, system("sleep 300", wait = FALSE)))
         Sys.sleep(0.5)
@@ -268,7 +204,7 @@ def test_stopping_also_stops_what_the_workers_started(clean: Testbed, tmp_path: 
     """, tmp_path)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout.split()[1]) >= 2 * len(clean.hosts)
-    assert _leftovers(clean, "sleep") == {}
+    assert clean.leftovers("sleep", wait=5) == {}
 
 
 def test_sourcing_twice_stops_the_first_cluster(clean: Testbed, tmp_path: Path) -> None:
@@ -291,7 +227,7 @@ def test_sourcing_twice_stops_the_first_cluster(clean: Testbed, tmp_path: Path) 
             assert len(first) == len(second) == 8 and not first & second
             running = {p for h in clean.hosts for p in clean.processes(h, "R")}
             # With fork (the default), each host's workers come from one R of their own.
-            parents = {_parent(p) for p in second}
+            parents = {parent_pid(p) for p in second}
             assert {process_name(p) for p in parents} == {"R"}
             assert len(parents) == len(clean.hosts)
             assert running == second | parents
@@ -318,25 +254,7 @@ def test_master_killed_leaves_no_worker(clean: Testbed, tmp_path: Path, fork: bo
             assert all(clean.processes(h, "R") for h in clean.hosts)
         finally:
             proc.kill()
-    assert _leftovers(clean) == {}
-
-
-def test_a_late_reachability_check_does_not_stop_a_ready_host(clean: Testbed, tmp_path: Path
-                                                              ) -> None:
-    """Each host checks once that it can reach the primary's port; when that check runs
-    after the host's workers have connected (a slow host), it must still pass."""
-    slow = tmp_path / "slow-Rscript"
-    slow.write_text('#!/bin/sh\ncase "$*" in *--vanilla*) sleep 3 ;; esac\nexec Rscript "$@"\n')
-    slow.chmod(0o755)
-    f = _bootstrap(clean, tmp_path, defaults_rscript=str(slow))
-    out = _run_r(f"""
-        source({str(f)!r})
-        Sys.sleep(5)
-        cat(length(unlist(parallel::clusterEvalQ(parallelCluster, Sys.getpid()))), "\\n")
-        sshcluster_stop()
-    """, tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["8"]
+    assert clean.leftovers(LEFTOVER, wait=5) == {}
 
 
 # --------------------------------------------------------------------------- fail fast
@@ -344,11 +262,11 @@ def test_a_late_reachability_check_does_not_stop_a_ready_host(clean: Testbed, tm
 
 def _launch_fails(testbed: Testbed, f: Path, tmp_path: Path, within: float = 15.0) -> str:
     t0 = time.monotonic()
-    out = _run_r(f'source({str(f)!r})\ncat("UNEXPECTED\\n")\n', tmp_path)
+    out = run_r_in_test(f'source({str(f)!r})\ncat("UNEXPECTED\\n")\n', tmp_path)
     elapsed = time.monotonic() - t0
     assert out.returncode != 0 and "UNEXPECTED" not in out.stdout, out.stdout
     assert elapsed < within, f"the launch took {elapsed:.1f} s to fail:\n{out.stderr}"
-    assert _leftovers(testbed) == {}, out.stderr
+    assert testbed.leftovers(LEFTOVER, wait=5) == {}, out.stderr
     return out.stderr
 
 
@@ -439,7 +357,7 @@ def test_workers_that_never_connect_hit_the_setup_timeout(clean: Testbed, tmp_pa
 def test_blocked_port_fails_fast_and_the_reverse_tunnel_works(clean: Testbed, tmp_path: Path
                                                              ) -> None:
     bad = clean.hosts[1]
-    port = _free_port()
+    port = free_port()
     plain = _bootstrap(clean, tmp_path, "plain.R", port=port)
     tunnel = _bootstrap(clean, tmp_path, "tunnel.R", port=port, tunnel="reverse")
     clean.reject(bad, port)
@@ -448,7 +366,7 @@ def test_blocked_port_fails_fast_and_the_reverse_tunnel_works(clean: Testbed, tm
         line = _line_for(err, bad)
         assert f"cannot connect to the primary at {clean.primary_address} port {port}" in line
         assert "refused" in line and "tunnel: reverse" in line
-        out = _run_r(f"""
+        out = run_r_in_test(f"""
             source({str(tunnel)!r})
             cat(unlist(parallel::clusterEvalQ(parallelCluster, Sys.info()[["nodename"]])), "\\n")
             sshcluster_stop()
@@ -462,46 +380,38 @@ def test_blocked_port_fails_fast_and_the_reverse_tunnel_works(clean: Testbed, tm
 def test_dropped_packets_fail_within_seconds(clean: Testbed, tmp_path: Path) -> None:
     """A black hole (DROP) to the primary's port: the reachability check times out."""
     bad = clean.hosts[0]
-    port = _free_port()
+    port = free_port()
     f = _bootstrap(clean, tmp_path, port=port)
     clean.reject(bad, port, action="DROP")
     try:
         err = _launch_fails(clean, f, tmp_path, within=20)
     finally:
         clean.allow(bad, port)
-    assert "the connection timed out after 5 s" in _line_for(err, bad)
+    assert "the connection timed out after 5 s, three times" in _line_for(err, bad)
 
 
-def test_reachability_check_without_bash_uses_r(tmp_path: Path) -> None:
-    """Where there is no bash, the remote script checks the port with R instead."""
-    tools = tmp_path / "bin"
-    tools.mkdir()
-    for tool in ("Rscript", "uname", "timeout"):
-        (tools / tool).symlink_to(subprocess.run(["sh", "-c", f"command -v {tool}"],
-                                                 capture_output=True, text=True,
-                                                 check=True).stdout.strip())
-    script = _remote_script()
-    port = _free_port()  # nothing listens there
-    # stdin stays open: its EOF would be the dead man's switch.
-    with subprocess.Popen(["/bin/sh", "-c", script, "sshcluster", "Rscript", "1", "1",
-                           "127.0.0.1", str(port), "tok", "5", "direct"],
-                          env={"PATH": str(tools)}, stdin=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True) as proc:
-        try:
-            status = proc.wait(timeout=60)
-        finally:
-            proc.kill()
-        assert proc.stderr is not None
-        err = proc.stderr.read()
-    assert status == 3, err
-    assert f"cannot connect to the primary at 127.0.0.1 port {port}: the connection was " \
-        "refused" in err
+def _remote_argv(rscript: str, port: int, start: str = "fork", silence: int = 40
+                 ) -> list[str]:
+    """``sh -c SCRIPT ...`` as ssh runs the per-host script (see sshcluster/R/remote.sh)."""
+    r_dir = Path(sshcluster.__file__).parent / "R"
+    script = "code=" + shlex.quote((r_dir / "worker.R").read_text()) + "\n" + \
+        (r_dir / "remote.sh").read_text()
+    return ["/bin/sh", "-c", script, "sshcluster", rscript, "127.0.0.1", str(port), "1", "30",
+            "direct", start, str(silence)]
 
 
-def _remote_script() -> str:
-    return subprocess.run(["Rscript", "-e", "source('sshcluster/launcher.R');"
-                           "cat(sshcluster_remote_script)"], capture_output=True, text=True,
-                          check=True, timeout=60, cwd=Path(__file__).parent.parent).stdout
+def _gone(pids: set[int], within: float = 10) -> bool:
+    """Whether every process of ``pids`` has ended (killed processes take a moment)."""
+    deadline = time.monotonic() + within
+    while any(Path(f"/proc/{p}").exists() for p in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _tokens(n: int) -> bytes:
+    return (",".join(f"{i}:{'0' * 32}:{'1' * 32}" for i in range(1, n + 1)) + "\n").encode()
 
 
 @pytest.mark.parametrize("leader", [True, False], ids=["group-leader", "not-leader"])
@@ -513,30 +423,57 @@ def test_remote_script_forks_only_where_it_can_stop_the_forks(tmp_path: Path, le
     stdin (the dead man's switch) stops every process it started."""
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]
-        with subprocess.Popen(["/bin/sh", "-c", _remote_script(), "sshcluster", "Rscript",
-                               "3", "1", "127.0.0.1", str(port), "tok", "30", "direct",
-                               "fork"], stdin=subprocess.PIPE, stderr=subprocess.PIPE,
-                              start_new_session=leader) as proc:
+        with subprocess.Popen(_remote_argv("Rscript", port), stdin=subprocess.PIPE,
+                              stderr=subprocess.PIPE, start_new_session=leader) as proc:
             try:
-                # Workers connect and then wait for work; hold their connections.
+                assert proc.stdin is not None
+                proc.stdin.write(_tokens(3))
+                proc.stdin.flush()
+                # Workers connect, say hello and wait for the primary's answer.
                 server.settimeout(30)
-                held = [server.accept()[0] for _ in range(4)]  # 3 workers + the port check
-                tree = _descendants(proc.pid)
+                held = [server.accept()[0] for _ in range(3)]
+                hellos = [c.recv(32) for c in held]
+                assert all(h.startswith(b"SCW1") and len(h) == 32 for h in hellos)
+                tree = descendants(proc.pid)
                 r = {p for p in tree if process_name(p) == "R"}
-                parents = {_parent(p) for p in r}
+                parents = {parent_pid(p) for p in r}
                 if leader:  # one R, and three forks of it
                     assert len(r) == 4 and parents == {proc.pid} | (r & parents)
                     assert len(r & parents) == 1
                 else:  # three Rscripts, children of the script's shell
                     assert len(r) == 3 and parents == {proc.pid}
-                assert proc.stdin is not None
                 proc.stdin.close()  # ssh ended
                 proc.wait(timeout=30)
-                deadline = time.monotonic() + 10
-                while {p for p in tree if Path(f"/proc/{p}").exists()} and \
-                        time.monotonic() < deadline:
-                    time.sleep(0.05)
-                assert {p for p in tree if Path(f"/proc/{p}").exists()} == set()
+                assert _gone(tree)
+                for c in held:
+                    c.close()
+            finally:
+                proc.kill()
+
+
+def test_a_silent_primary_stops_the_workers(tmp_path: Path) -> None:
+    """The dead man's switch fires on silence too, not only on EOF: a host cut off from
+    the primary (its stdin neither ends nor says anything) stops its workers by itself.
+    Without bash the watchdog times its reads with timeout(1)."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool in ("Rscript", "uname", "timeout", "sleep", "cat", "sh"):
+        (tools / tool).symlink_to(shutil.which(tool) or tool)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        with subprocess.Popen(_remote_argv("Rscript", port, silence=3),
+                              stdin=subprocess.PIPE, start_new_session=True,
+                              env={"PATH": str(tools)}) as proc:
+            try:
+                assert proc.stdin is not None
+                proc.stdin.write(_tokens(2))
+                proc.stdin.flush()  # ... and then nothing, but no EOF either
+                server.settimeout(30)
+                held = [server.accept()[0] for _ in range(2)]
+                tree = descendants(proc.pid)
+                assert len([p for p in tree if process_name(p) == "R"]) == 3
+                proc.wait(timeout=30)
+                assert _gone(tree)
                 for c in held:
                     c.close()
             finally:
@@ -551,34 +488,32 @@ def test_more_than_256_workers_on_a_machine_are_not_forked(tmp_path: Path, worke
     fake = tmp_path / "Rscript"
     fake.write_text("#!/bin/sh\nexec sleep 60\n")
     fake.chmod(0o755)
-    with socket.create_server(("127.0.0.1", 0)) as server:  # for the port check
-        port = server.getsockname()[1]
-        with subprocess.Popen(["/bin/sh", "-c", _remote_script(), "sshcluster", str(fake),
-                               str(workers), "1", "127.0.0.1", str(port), "tok", "30",
-                               "direct", "fork"], stdin=subprocess.PIPE,
-                              start_new_session=True) as proc:
-            try:
-                deadline = time.monotonic() + 30
-                while True:
-                    sleeping = {p for p in _descendants(proc.pid) if process_name(p) == "sleep"}
-                    if len(sleeping) >= started or time.monotonic() > deadline:
-                        break
-                    time.sleep(0.1)
-                time.sleep(0.3)  # no more than that
-                sleeping = {p for p in _descendants(proc.pid) if process_name(p) == "sleep"}
-                assert len(sleeping) == started
-                assert proc.stdin is not None
-                proc.stdin.close()
-                proc.wait(timeout=30)
-                assert not [p for p in sleeping if Path(f"/proc/{p}").exists()]
-            finally:
-                proc.kill()
+    with subprocess.Popen(_remote_argv(str(fake), free_port()), stdin=subprocess.PIPE,
+                          start_new_session=True) as proc:
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(_tokens(workers))
+            proc.stdin.flush()
+            deadline = time.monotonic() + 30
+            while True:
+                sleeping = {p for p in descendants(proc.pid) if process_name(p) == "sleep"}
+                if len(sleeping) >= started or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            time.sleep(0.3)  # no more than that
+            sleeping = {p for p in descendants(proc.pid) if process_name(p) == "sleep"}
+            assert len(sleeping) == started
+            proc.stdin.close()
+            proc.wait(timeout=30)
+            assert _gone(sleeping)
+        finally:
+            proc.kill()
 
 
 def test_taken_tunnel_port_is_an_error_not_a_hijack(clean: Testbed, tmp_path: Path) -> None:
     """Someone listens on 127.0.0.1:PORT on a host: the forward fails and ssh says so."""
     bad = clean.hosts[2]
-    port = _free_port()
+    port = free_port()
     f = _bootstrap(clean, tmp_path, port=port, tunnel="reverse")
     with squatter(bad, port):
         err = _launch_fails(clean, f, tmp_path)
@@ -592,7 +527,7 @@ def test_classic_launch_still_works(clean: Testbed, tmp_path: Path) -> None:
     f = _bootstrap(clean, tmp_path, hosts=clean.hosts[:2],
                    options=RenderOptions(launch="classic"))
     assert "parallel::makeCluster(" in f.read_text()
-    out = _run_r(f"""
+    out = run_r_in_test(f"""
         source({str(f)!r})
         cat(unlist(parallel::clusterEvalQ(parallelCluster, Sys.info()[["nodename"]])), "\\n")
         sshcluster_stop()
@@ -605,10 +540,78 @@ def test_error_is_a_classed_condition(clean: Testbed, tmp_path: Path) -> None:
     """Code can catch the launch error by class and see which hosts failed."""
     bad = clean.hosts[3]
     f = _bootstrap(clean, tmp_path, host_fields={bad.address: {"rscript": "/nope/Rscript"}})
-    out = _run_r(f"""
+    out = run_r_in_test(f"""
         e <- tryCatch(source({str(f)!r}), sshcluster_error = function(e) e)
         cat(class(e)[1], e$hosts, "\\n")
     """, tmp_path)
     assert out.returncode == 0, out.stderr
     assert re.fullmatch(rf"sshcluster_error {re.escape(bad.address)} \n", out.stdout)
-    assert _leftovers(clean) == {}
+    assert clean.leftovers(LEFTOVER, wait=5) == {}
+
+
+# --------------------------------------------------------------------------- contract
+
+
+@pytest.mark.parametrize("launch", ["fast", "classic"])
+def test_source_defines_only_the_documented_names(clean: Testbed, tmp_path: Path, launch: str
+                                                  ) -> None:
+    """The file runs in local(): the user's global environment gets the seed's names and
+    the documented functions, nothing else; the user's own variables, options and random
+    seed are left alone."""
+    f = _bootstrap(clean, tmp_path, hosts=clean.hosts[:2],
+                   options=RenderOptions(launch="classic" if launch == "classic" else "fast"))
+    out = run_r_in_test(f"""
+        start <- launch <- rshcmd <- config <- S <- listen <- register <- "mine"
+        set.seed(7); seed <- .Random.seed
+        opts <- getOption("socketOptions")
+        before <- c(ls(all.names = TRUE), "before")
+        source({str(f)!r})
+        cat("new", sort(setdiff(ls(all.names = TRUE), before)), "\\n")
+        cat("kept", start, launch, rshcmd, config, S, listen, register, "\\n")
+        cat("options", identical(opts, getOption("socketOptions")), "\\n")
+        cat("seed", identical(seed, .Random.seed), "\\n")
+        sshcluster_stop()
+        cat("after", sort(setdiff(ls(all.names = TRUE), before)), "\\n")
+    """, tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
+    seed_names = ["machineAddresses", "parallelCluster", "primary", "spec"]
+    functions = ["sshcluster_repair", "sshcluster_stop"] if launch == "fast" else \
+        ["sshcluster_stop"]
+    assert lines["new"].split() == sorted(seed_names + functions)
+    assert lines["kept"].split() == ["mine"] * 7
+    assert lines["options"].split() == ["TRUE"]
+    if launch == "fast":  # the secrets come from /dev/urandom, not R's generator
+        assert lines["seed"].split() == ["TRUE"]
+    assert "parallelCluster" not in lines["after"].split()
+
+
+@pytest.mark.parametrize("fork", [True, False], ids=["fork", "fresh"])
+def test_workers_read_end_of_file_and_get_the_primary_locale(clean: Testbed, tmp_path: Path,
+                                                            fork: bool) -> None:
+    """A worker's stdin is at its end, forked or not (system("cat") returns); workers run
+    in the primary's locale, or the inventory's."""
+    own = _bootstrap(clean, tmp_path, "own.R", hosts=clean.hosts[:2],
+                     options=RenderOptions(fork=fork))
+    named = _bootstrap(clean, tmp_path, "named.R", hosts=clean.hosts[:2],
+                       options=RenderOptions(fork=fork), locale="C")
+    code = f"""
+        for (f in c({str(own)!r}, {str(named)!r})) {{
+          source(f)
+          x <- parallel::clusterEvalQ(parallelCluster, c(
+            length(system("cat", intern = TRUE)), Sys.getenv("LANG"),
+            Sys.getlocale("LC_CTYPE")))
+          cat(basename(f), unique(unlist(x)), "\\n")
+          sshcluster_stop()
+        }}
+    """
+    script = tmp_path / "locale.R"
+    script.write_text(code)
+    env = {**os.environ, "LANG": "C.UTF-8"}
+    env.pop("LC_ALL", None)
+    out = subprocess.run(["Rscript", str(script)], capture_output=True, text=True, env=env,
+                         timeout=R_TIMEOUT)
+    assert out.returncode == 0, out.stderr
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
+    assert lines["own.R"].split() == ["0", "C.UTF-8"]
+    assert lines["named.R"].split() == ["0", "C"]

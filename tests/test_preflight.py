@@ -23,14 +23,14 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import fresh_name, squatter
 
 from sshcluster.cli import cli
 from sshcluster.errors import CheckFailed
 from sshcluster.inventory import Inventory, load_inventory
 from sshcluster.preflight import check, verified_inventory
 from sshcluster.report import STEPS, CheckReport
-from sshcluster.testbed import Testbed, TestHost
+from sshcluster.testing import Testbed, TestHost, free_port
+from sshcluster.testing.fixtures import build_testbed, squatter
 
 pytestmark = pytest.mark.testbed
 
@@ -41,9 +41,7 @@ MARGIN = 5.0
 @pytest.fixture(scope="module")
 def tb(request: pytest.FixtureRequest, testbed_env: None) -> Iterator[Testbed]:
     """Four SSH hosts for this module (its own: some tests change host keys)."""
-    bed = Testbed(4, name=fresh_name())
-    request.addfinalizer(bed.down)
-    yield bed.up()
+    yield build_testbed(request, 4)
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +50,6 @@ def known_hosts(tb: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("kh") / "known_hosts"
     shutil.copy(tb.known_hosts, path)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return int(s.getsockname()[1])
 
 
 def ssh_config_of(inventory: Path | str) -> Path:

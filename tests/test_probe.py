@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import skip_or_fail
 
 from sshcluster.callback import callback_verdict
 from sshcluster.inventory import Host
@@ -26,6 +25,7 @@ from sshcluster.probe import (
 )
 from sshcluster.report import StepResult
 from sshcluster.steps import STEPS
+from sshcluster.testing.fixtures import skip_or_fail
 
 HAVE_R = shutil.which("Rscript") is not None
 

@@ -24,15 +24,23 @@ from typing import TypeVar
 
 import pytest
 import yaml
-from conftest import TEST_PREFIX, fresh_name, skip_or_fail
 
 from sshcluster.errors import TestbedError
-from sshcluster.testbed import STATE_DIR, STATE_DIR_ENV, Testbed, TestHost
-from sshcluster.testbeds import down_all, list_testbeds, remove_testbed
+from sshcluster.testing import (
+    STATE_DIR,
+    STATE_DIR_ENV,
+    Testbed,
+    TestHost,
+    down_all,
+    free_port,
+    list_testbeds,
+    remove_testbed,
+)
+from sshcluster.testing.fixtures import TEST_PREFIX, MakeTestbed, fresh_name, skip_or_fail
+from sshcluster.testing.netns import alive
 
 pytestmark = pytest.mark.testbed
 
-MakeTestbed = Callable[..., Testbed]
 T = TypeVar("T")
 
 
@@ -251,7 +259,7 @@ def test_r_psock_workers_run_on_the_hosts_and_connect_back(testbed: Testbed) -> 
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["node1", "node2"]
     # stopCluster ended the workers: no orphan R left behind on any host.
-    assert wait_for(lambda: all(testbed.processes(h) == [] for h in hosts))
+    assert testbed.leftovers("R", wait=20) == {}
 
 
 def test_down_all_leaves_a_live_testbed_alone(testbed: Testbed) -> None:
@@ -285,14 +293,6 @@ def test_write_inventory(testbed: Testbed, tmp_path: Path) -> None:
 
 
 # --- testbeds of their own ---------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A port no one listens on at any address (bound only, no traffic)."""
-    with socket.socket() as s:
-        s.bind(("0.0.0.0", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def test_primary_on_another_port_and_replaced_host_key(
@@ -434,7 +434,7 @@ def _listening(port: int) -> bool:
 CHILD = textwrap.dedent(
     """
     import json, sys, time
-    from sshcluster.testbed import Testbed
+    from sshcluster.testing import Testbed
     tb = Testbed(2, name=sys.argv[1]).up()
     print(json.dumps({"workdir": str(tb.workdir), "netns": [h.netns for h in tb.hosts]}),
           flush=True)
@@ -499,15 +499,6 @@ def pick_free_subnet() -> ipaddress.IPv4Network:
         if not any(net.overlaps(u) for u in used):
             return net
     skip_or_fail("no free test subnet")
-
-
-def alive(pid: int) -> bool:
-    """True if the process exists and is not a zombie (PID 1 here may not reap them)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
 
 
 def assert_gone(

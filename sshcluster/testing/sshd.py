@@ -1,6 +1,7 @@
 """One test host's OpenSSH server, and the ssh files that reach it.
 
-The OpenSSH half of :mod:`sshcluster.testbed` (the namespaces are :mod:`sshcluster.netns`):
+The OpenSSH half of a :class:`~sshcluster.testing.Testbed` (the namespaces are
+:mod:`sshcluster.testing.netns`):
 ed25519 key pairs made with ``ssh-keygen``; the ``sshd_config`` of a test sshd (public
 key logins only, root included; no PAM, no DNS lookups, room for the many sessions R
 opens at once); starting ``sshd -D`` in the foreground, so that its pid is the pid of our child;
@@ -23,7 +24,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from sshcluster.errors import TestbedError
-from sshcluster.netns import run_command
+from sshcluster.files import atomic_write
+from sshcluster.net import ssh_banner
+from sshcluster.testing.netns import run_command
 
 __all__ = [
     "FRESH_BASHRC",
@@ -32,7 +35,6 @@ __all__ = [
     "choose_port",
     "free_port",
     "keygen",
-    "known_hosts_name",
     "make_host_key",
     "popen_sshd",
     "port_free",
@@ -75,14 +77,9 @@ def make_host_key(d: Path, comment: str) -> str:
 
 
 def write_file(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write ``text`` to ``path`` and give it ``mode`` (sshd and ssh check key modes)."""
-    path.write_text(text)
-    path.chmod(mode)
-
-
-def known_hosts_name(address: str, port: int) -> str:
-    """The name ssh looks up in known_hosts for ``address:port``."""
-    return address if port == 22 else f"[{address}]:{port}"
+    """Write ``text`` to ``path`` with exactly ``mode`` (sshd and ssh check key modes)."""
+    atomic_write(path, text, mode=mode)
+    path.chmod(mode)  # whatever the umask took away
 
 
 def sshd_config(
@@ -184,12 +181,8 @@ def wait_banner(
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TestbedError(f"sshd on {address}:{port} did not answer in time")
-        try:
-            with socket.create_connection((address, port), timeout=min(remaining, 0.5)) as s:
-                if s.recv(64).startswith(b"SSH-"):
-                    return
-        except OSError:
-            pass
+        if ssh_banner(address, port, timeout=min(remaining, 0.5)):
+            return
         time.sleep(0.02)
 
 
@@ -204,13 +197,13 @@ def port_free(address: str, port: int) -> bool:
     return True
 
 
-def free_port(address: str) -> int:
-    """A TCP port on ``address`` that nothing listens on now."""
+def free_port(address: str = "0.0.0.0") -> int:
+    """A TCP port on ``address`` that nothing listens on now (by default: on no address;
+    bound for a moment, no traffic)."""
     with socket.socket() as s:
         s.bind((address, 0))
         port: int = s.getsockname()[1]
         return port
-
 
 
 def choose_port(address: str, port: int | None = None) -> int:

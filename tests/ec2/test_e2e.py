@@ -18,15 +18,15 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import REGION
 
 from sshcluster import ec2
 from sshcluster.bootstrap import write_bootstrap
 from sshcluster.cli import cli
-from sshcluster.ec2spec import EC2Spec
 from sshcluster.inventory import load_inventory
 from sshcluster.preflight import check, verified_inventory
 from sshcluster.quoting import r_string
+
+from .helpers import REGION, internet_gateway
 
 
 def _host_keys(known_hosts: Path) -> dict[str, str]:
@@ -44,6 +44,7 @@ def _moto_with_testbed_key(moto_url: str, testbed: Any) -> tuple[Any, str]:
     urllib.request.urlopen(urllib.request.Request(f"{moto_url}/moto-api/reset",
                                                   method="POST")).read()
     client = ec2.make_client(REGION)
+    internet_gateway(client)
     image = client.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     public = Path(f"{testbed.identity_file}.pub").read_text()
     client.import_key_pair(KeyName="testbed", PublicKeyMaterial=public.encode())
@@ -78,14 +79,15 @@ def test_ec2_up_render_compute_down(moto_url: str, testbed: Any, tmp_path: Path,
     hosts = list(testbed.hosts)
     keys = _host_keys(testbed.known_hosts)
     address_of, console_text = _seams(testbed)
-    spec = EC2Spec(name="e2e", region=REGION, image=image, instance_type="t3.medium",
+    spec = ec2.EC2Spec(name="e2e", region=REGION, image=image, instance_type="t3.medium",
                    count=len(hosts), user="root", max_lifetime=timedelta(hours=1),
                    key_name="testbed", identity_file=str(testbed.identity_file),
                    ssh_cidr=(f"{testbed.primary_address}/32",), port=11420,
-                   primary=testbed.primary_address)
+                   primary=testbed.primary_address, ncore="vcpus")
     inventory_path = tmp_path / "hosts.yaml"
     with ec2.cluster(spec, client=client, output=inventory_path, address_of=address_of,
-                     console_text=console_text, timeout=60, poll=0.1) as cluster:
+                     console_text=console_text, timeout=60, poll=0.1,
+                     wait=False) as cluster:  # R is this machine's: no setup to wait for
         assert len(cluster.instances) == len(hosts)
         inventory = load_inventory(inventory_path)
         assert [h.host for h in inventory.hosts] == [h.address for h in hosts]
@@ -124,22 +126,22 @@ def test_ec2_up_render_compute_down(moto_url: str, testbed: Any, tmp_path: Path,
 def test_the_commands_ec2_up_prints_take_its_inventory_to_r(
         moto_url: str, testbed: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The workflow as a user follows it: 'sshcluster ec2 up' with the default
-    # 'primary: auto', then exactly the commands it prints, then 'ec2 down'. The CLI takes
-    # up's default seams, so they are replaced where up looks them up.
+    # 'primary: auto', then exactly the commands it prints, then 'ec2 down'. The click
+    # context object carries the seams (never moto's made-up addresses).
     monkeypatch.setenv("SSHCLUSTER_STATE_DIR", str(tmp_path / "state"))
     client, image = _moto_with_testbed_key(moto_url, testbed)
     address_of, console_text = _seams(testbed)
-    monkeypatch.setattr(ec2, "default_address", lambda spec: address_of)
-    monkeypatch.setattr(ec2, "_console_reader", lambda client: console_text)
+    seams = ec2.Seams(address_of=address_of, console_text=console_text)
     monkeypatch.chdir(tmp_path)
     n = len(testbed.hosts)
     Path("ec2.yaml").write_text(
         "ec2:\n  name: e2ecli\n  region: us-east-1\n"
         f"  image: {image}\n  instance_type: t3.medium\n  count: {n}\n  user: root\n"
         f"  max_lifetime: 1h\n  key_name: testbed\n  identity_file: {testbed.identity_file}\n"
-        f"  ssh_cidr: {testbed.primary_address}/32\n  port: 11421\n")
+        f"  ssh_cidr: {testbed.primary_address}/32\n  port: 11421\n  ncore: vcpus\n")
     try:
-        up = CliRunner().invoke(cli, ["ec2", "up", "ec2.yaml", "--timeout", "60"])
+        up = CliRunner().invoke(cli, ["ec2", "up", "ec2.yaml", "--timeout", "60", "--no-wait"],
+                                obj=seams)
         assert up.exit_code == 0, up.output
         lines = up.stdout.splitlines()
         start = lines.index("next:") + 1
@@ -149,7 +151,10 @@ def test_the_commands_ec2_up_prints_take_its_inventory_to_r(
 
         render = CliRunner().invoke(cli, shlex.split(commands[0])[1:])
         assert render.exit_code == 0, render.output
-        assert f'primary <- "{testbed.primary_address}"' in Path("cluster.R").read_text()
+        # the workers come back to this machine through reverse tunnels (ec2 up wrote
+        # 'tunnel: reverse'): no address of this machine needs to be reachable from AWS
+        text = Path("cluster.R").read_text()
+        assert 'primary <- "127.0.0.1"' in text and "tunnel = TRUE" in text
         proc = subprocess.run(shlex.split(commands[1]), capture_output=True, text=True,
                               timeout=180, check=False)
         assert proc.returncode == 0, proc.stderr

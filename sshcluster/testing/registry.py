@@ -1,15 +1,16 @@
-"""The testbeds on this machine: list them, remove one, clean up the leftovers.
+"""The testbeds on this machine: their state files; list them, remove one, clean up.
 
-Every :class:`~sshcluster.testbed.Testbed` records what it creates in a JSON state file
-(:func:`sshcluster.netns.state_dir`) before creating it, so another process can find and
-remove it: :func:`remove_testbed` removes exactly one testbed, by name or workdir;
+Every :class:`~sshcluster.testing.Testbed` records what it creates in a JSON state file
+(:func:`state_dir`) before creating it, so another process can find and remove it:
+:func:`teardown` removes what one state file lists (also for an owner that is gone),
+:func:`remove_testbed` removes exactly one testbed, by name or workdir, and
 :func:`down_all` removes the leftovers, testbeds whose owner process has exited (a killed
 run, or ``sshcluster testbed up``, which leaves its testbed up on purpose), and never one
 whose owner still runs.
 
 Example::
 
-    from sshcluster.testbeds import list_testbeds, remove_testbed
+    from sshcluster.testing import list_testbeds, remove_testbed
 
     for record in list_testbeds():
         print(record.name, record.workdir, "owner running" if record.owner_alive else "")
@@ -18,17 +19,141 @@ Example::
 
 from __future__ import annotations
 
-import ipaddress
+import contextlib
 import json
-from collections.abc import Mapping, Sequence
+import os
+import shutil
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sshcluster.errors import TestbedError
-from sshcluster.netns import proc_start_time, state_dir, state_path, teardown
+from sshcluster.testing.netns import (
+    cmdline,
+    delete_network,
+    kill_processes,
+    link_names,
+    pids_in_netns,
+    proc_start_time,
+    sshd_pids_using,
+)
 
-__all__ = ["TestbedRecord", "down_all", "list_testbeds", "parse_subnet", "remove_testbed"]
+__all__ = [
+    "RUN_DIR",
+    "STATE_DIR",
+    "STATE_DIR_ENV",
+    "TestbedRecord",
+    "down_all",
+    "list_testbeds",
+    "new_state",
+    "refuse_taken",
+    "remove_testbed",
+    "save_state",
+    "state_dir",
+    "state_path",
+    "teardown",
+]
+
+#: Where state files and subnet locks live; /run is a tmpfs, so nothing outlives a reboot
+#: (and neither do the namespaces and links it describes).
+RUN_DIR = Path("/run/sshcluster")
+#: The default directory of the state files (see :func:`state_dir`).
+STATE_DIR = RUN_DIR / "testbeds"
+#: Names another directory for the state files, so that a test can make and remove
+#: testbeds (``down_all``, ``sshcluster testbed down --all``) without ever seeing the
+#: other testbeds of this machine. The subnet locks stay shared.
+STATE_DIR_ENV = "SSHCLUSTER_TESTBED_STATE_DIR"
+
+
+# ------------------------------------------------------------------------ state files
+
+
+def state_dir() -> Path:
+    """The directory of the state files: ``$SSHCLUSTER_TESTBED_STATE_DIR``, else
+    :data:`STATE_DIR` (read at each call, so a test can change it)."""
+    return Path(os.environ.get(STATE_DIR_ENV) or STATE_DIR)
+
+
+def state_path(name: str) -> Path:
+    """The state file of the testbed ``name``."""
+    return state_dir() / f"{name}.json"
+
+
+def new_state(
+    name: str,
+    *,
+    subnet: str,
+    bridge: str,
+    netns: Sequence[str],
+    veths: Sequence[str],
+    workdir: Path,
+    workdir_owned: bool,
+    primary_config: Path,
+) -> dict[str, Any]:
+    """The state of a testbed this process is about to build (no primary sshd yet).
+
+    Save it (:func:`save_state`) before creating anything it names, and again after
+    adding a primary sshd's pid to ``primary_pids``.
+    """
+    return {
+        "name": name,
+        "owner_pid": os.getpid(),
+        "owner_start": proc_start_time(os.getpid()),
+        "subnet": subnet,
+        "bridge": bridge,
+        "netns": list(netns),
+        "veths": list(veths),
+        "workdir": str(workdir),
+        "workdir_owned": workdir_owned,
+        "primary_config": str(primary_config),
+        "primary_pids": [],
+    }
+
+
+def save_state(state: Mapping[str, Any]) -> None:
+    """Write the state file atomically, so a crash never leaves half of it."""
+    state_dir().mkdir(parents=True, exist_ok=True)
+    path = state_path(str(state["name"]))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=1))
+    tmp.replace(path)
+
+
+def teardown(state: Mapping[str, Any], popens: Iterable[subprocess.Popen[bytes]] = ()) -> list[str]:
+    """Remove everything a state file lists; return what could not be removed.
+
+    ``popens`` are the sshd processes this process started, reaped once they are killed.
+    """
+    netns: list[str] = list(state.get("netns", []))
+    pids = [p for ps in pids_in_netns(netns).values() for p in ps]
+    # The primary sshd lives in the root namespace; kill it only if that pid is still
+    # the sshd we started (its config path is on its command line), as pids get reused.
+    primary_cfg = state.get("primary_config")
+    for pid in state.get("primary_pids", []):
+        if primary_cfg and primary_cfg in cmdline(pid):
+            pids.append(pid)
+    # A safety net: any sshd still running from this testbed's files, wherever it is (one
+    # that got into its namespace after the scan above would outlive the namespace).
+    workdir = state.get("workdir")
+    if workdir:
+        pids += sshd_pids_using(f"{workdir}/")
+    left = kill_processes(set(pids))
+    for proc in popens:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=2)  # reap our own children
+
+    leftovers = [f"process {p}" for p in left]
+    leftovers += delete_network(netns, list(state.get("veths", [])), state.get("bridge"))
+    if not leftovers:
+        if workdir and state.get("workdir_owned"):
+            shutil.rmtree(workdir, ignore_errors=True)
+        state_path(str(state["name"])).unlink(missing_ok=True)
+    return leftovers
+
+
+# -------------------------------------------------------------------------- testbeds
 
 
 @dataclass(frozen=True)
@@ -93,6 +218,26 @@ def _describe(records: Sequence[TestbedRecord]) -> str:
     return "testbeds on this machine: " + ", ".join(
         f"{r.name} ({r.workdir})" if r.workdir else r.name for r in records
     )
+
+
+def refuse_taken(name: str, workdir: Path | None) -> None:
+    """Raise :class:`TestbedError` if a testbed named ``name`` exists, or one that is up
+    uses the directory ``workdir``."""
+    if state_path(name).exists() or f"{name}-br" in link_names():
+        raise TestbedError(
+            f"a testbed named {name} already exists",
+            hint=f"remove it with `sshcluster testbed down --name {name}`",
+        )
+    if workdir is not None:
+        # Building there would overwrite the keys and known_hosts of a testbed that is
+        # still up, and the inventories written for it would fail host key checks.
+        for other in list_testbeds():
+            if other.workdir == workdir:
+                raise TestbedError(
+                    f"the directory {workdir} belongs to testbed {other.name}, which is still up",
+                    hint=f"remove it first with `sshcluster testbed down --dir {workdir}`, "
+                    "or choose another directory",
+                )
 
 
 def remove_testbed(name: str | None = None, *, workdir: Path | str | None = None) -> str:
@@ -177,13 +322,3 @@ def down_all(prefix: str = "") -> list[str]:
         )
     return removed
 
-
-def parse_subnet(subnet: str) -> ipaddress.IPv4Network:
-    """The IPv4 network ``subnet`` names (host bits allowed: ``10.213.5.9/24`` is
-    ``10.213.5.0/24``); raises :class:`TestbedError` if it names none."""
-    try:
-        return ipaddress.IPv4Network(subnet, strict=False)
-    except ValueError as e:
-        raise TestbedError(
-            f"subnet {subnet!r} is not an IPv4 network such as 10.213.5.0/24: {e}"
-        ) from e

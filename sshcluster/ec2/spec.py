@@ -5,13 +5,11 @@ field). It is read like the inventory, with the same line-aware loader, so every
 is an :class:`~sshcluster.errors.InventoryError` naming the file, the line and the field
 (exit status 2 in the CLI). Past :func:`load_spec` the code trusts :class:`EC2Spec`.
 
-This module also renders the instances' user data: the dead man's switch that powers an
-instance off at its expiry time, then the user's setup script.
+The instances' user data is rendered by :mod:`sshcluster.ec2.userdata`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import os
 import re
@@ -20,6 +18,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from sshcluster.ec2.images import IMAGE_NAMES
+from sshcluster.ec2.userdata import user_data
 from sshcluster.net import R_PORT_RANGE
 from sshcluster.yamlfile import Map, Reader, Seq, describe, load_yaml, read_text
 
@@ -46,10 +46,22 @@ MAX_LIFETIME = timedelta(days=7)
 MAX_USER_DATA = 16 * 1024
 
 
+_R_PACKAGE = re.compile(r"^[A-Za-z][A-Za-z0-9.]*$")
+_URL = re.compile(r"^https?://[A-Za-z0-9._~:/%+-]+$")
+
+#: The CRAN mirror for packages Debian and Ubuntu do not package (``cran:``).
+DEFAULT_CRAN = "https://cloud.r-project.org"
+#: The root volume's size in GiB (``disk_gb:``): room for R and packages built from source
+#: (an image's own 8 GiB fill up quickly).
+DEFAULT_DISK_GB = 30
+#: What ``ncore`` the inventory gets: physical cores, or every vCPU (hyperthreads).
+NCORES = ("cores", "vcpus")
+
 _KEYS = ("name", "region", "image", "instance_type", "count", "user", "max_lifetime",
          "key_name", "identity_file", "subnet_id", "security_group_id", "spot", "setup",
-         "ssh_cidr", "allow_ssh_from_anywhere", "port", "address", "primary")
-_REQUIRED = ("name", "region", "image", "instance_type", "count", "user", "max_lifetime")
+         "ssh_cidr", "allow_ssh_from_anywhere", "port", "address", "primary", "r_packages",
+         "cran", "disk_gb", "ncore")
+_REQUIRED = ("name", "region", "image", "instance_type", "count", "max_lifetime")
 
 
 @dataclass(frozen=True)
@@ -62,6 +74,13 @@ class EC2Spec:
     ``address`` is how this machine reaches the instances (``public`` or ``private`` IP);
     ``primary`` is the R primary as the workers see it: ``auto`` (detected by
     ``sshcluster check``), ``first`` (the first instance's private IP) or an address.
+
+    ``image`` is an AMI id or a name of :data:`~sshcluster.ec2.images.IMAGE_NAMES`;
+    ``user`` defaults to such an image's login user. ``subnet_ids`` are the subnets to
+    start in, tried in turn when AWS has no capacity in one (default: the default VPC's).
+    ``r_packages`` are installed at first boot (Debian's/Ubuntu's ``r-cran-*`` where they
+    exist, else from ``cran``) and ``up`` waits until they load. ``disk_gb`` is the root
+    volume's size. ``ncore`` is ``cores`` (physical cores per instance) or ``vcpus``.
     """
 
     name: str
@@ -73,7 +92,7 @@ class EC2Spec:
     max_lifetime: timedelta
     key_name: str | None = None
     identity_file: str | None = None
-    subnet_id: str | None = None
+    subnet_ids: tuple[str, ...] = ()
     security_group_id: str | None = None
     spot: bool = False
     setup: str | None = None
@@ -82,6 +101,10 @@ class EC2Spec:
     port: int | None = None
     address: str = "public"
     primary: str = "auto"
+    r_packages: tuple[str, ...] = ()
+    cran: str = DEFAULT_CRAN
+    disk_gb: int = DEFAULT_DISK_GB
+    ncore: str = "cores"
     path: str | None = field(default=None, compare=False)
 
     @property
@@ -122,6 +145,52 @@ def _text(reader: Reader, m: Map, key: str, pattern: re.Pattern[str], what: str,
         raise reader.fail(f"expected {what}, got {describe(value)}", line=line,
                           field=f"ec2.{key}", hint=hint)
     return value
+
+
+def _image(reader: Reader, m: Map) -> str:
+    value = m["image"]
+    if isinstance(value, str) and (value in IMAGE_NAMES or _AMI.fullmatch(value)):
+        return value
+    raise reader.fail(f"expected an AMI id such as ami-0123456789abcdef0 or one of "
+                      f"{', '.join(IMAGE_NAMES)}, got {describe(value)}",
+                      line=reader.line_of(m, "image"), field="ec2.image",
+                      hint="AMI ids differ between regions; a name is looked up in yours")
+
+
+def _login_user(reader: Reader, m: Map) -> str:
+    if "user" in m:
+        return reader.user(m["user"], "ec2.user", reader.line_of(m, "user"))
+    image = m["image"]
+    if isinstance(image, str) and image in IMAGE_NAMES:
+        return IMAGE_NAMES[image].user
+    raise reader.fail("'user' is required with an AMI id", line=m.line, field="ec2",
+                      hint="the image's login user: ubuntu (Ubuntu), admin (Debian), "
+                           "ec2-user (Amazon Linux)")
+
+
+def _names(reader: Reader, m: Map, key: str, pattern: re.Pattern[str],
+           what: str) -> tuple[str, ...]:
+    """A list of names (or one name) that each match ``pattern``."""
+    raw, line = m[key], reader.line_of(m, key)
+    items = list(raw) if isinstance(raw, Seq) else [raw]
+    lines = raw.item_lines if isinstance(raw, Seq) else [line]
+    out = []
+    for i, (item, item_line) in enumerate(zip(items, lines, strict=True)):
+        if not isinstance(item, str) or not pattern.fullmatch(item):
+            where = f"ec2.{key}[{i}]" if isinstance(raw, Seq) else f"ec2.{key}"
+            raise reader.fail(f"expected {what}, got {describe(item)}", line=item_line,
+                              field=where)
+        if item not in out:
+            out.append(item)
+    return tuple(out)
+
+
+def _subnets(reader: Reader, m: Map) -> tuple[str, ...]:
+    subnets = _names(reader, m, "subnet_id", _SUBNET, "a subnet id (subnet-...)")
+    if not subnets:
+        raise reader.fail("the list is empty", line=reader.line_of(m, "subnet_id"),
+                          field="ec2.subnet_id")
+    return subnets
 
 
 def _flag(reader: Reader, m: Map, key: str) -> bool:
@@ -183,13 +252,12 @@ def _read_spec(doc: Any, reader: Reader) -> EC2Spec:
     spec: dict[str, Any] = {
         "name": _text(reader, m, "name", _NAME, NAME_RULE),
         "region": _text(reader, m, "region", _REGION, REGION_RULE),
-        "image": _text(reader, m, "image", _AMI, "an AMI id such as ami-0123456789abcdef0",
-                       hint="AMI ids differ between regions; look the image up in yours"),
+        "image": _image(reader, m),
         "instance_type": _text(reader, m, "instance_type", _INSTANCE_TYPE,
                                "an instance type such as c7i.large"),
         "count": reader.integer(m["count"], "ec2.count", line("count"), low=1, high=1000,
                                 what="a number of instances (1-1000)"),
-        "user": reader.user(m["user"], "ec2.user", line("user")),
+        "user": _login_user(reader, m),
         "max_lifetime": lifetime,
         "allow_ssh_from_anywhere": anywhere,
         "path": reader.path,
@@ -200,7 +268,22 @@ def _read_spec(doc: Any, reader: Reader) -> EC2Spec:
         spec["identity_file"] = reader.path_value(m["identity_file"], "ec2.identity_file",
                                                   line("identity_file"))
     if "subnet_id" in m:
-        spec["subnet_id"] = _text(reader, m, "subnet_id", _SUBNET, "a subnet id (subnet-...)")
+        spec["subnet_ids"] = _subnets(reader, m)
+    if "r_packages" in m:
+        spec["r_packages"] = _names(reader, m, "r_packages", _R_PACKAGE, "an R package name")
+    if "cran" in m:
+        spec["cran"] = _text(reader, m, "cran", _URL, "the URL of a CRAN mirror",
+                             hint=f"for example {DEFAULT_CRAN}")
+    if "disk_gb" in m:
+        spec["disk_gb"] = reader.integer(m["disk_gb"], "ec2.disk_gb", line("disk_gb"), low=8,
+                                         high=16384, what="a root volume size in GiB (8-16384)")
+    if "ncore" in m:
+        if m["ncore"] not in NCORES:
+            raise reader.fail(f"expected cores or vcpus, got {describe(m['ncore'])}",
+                              line=line("ncore"), field="ec2.ncore",
+                              hint="cores: one R worker per physical core (the default); "
+                                   "vcpus: one per vCPU, hyperthreads included")
+        spec["ncore"] = m["ncore"]
     if "security_group_id" in m:
         spec["security_group_id"] = _text(reader, m, "security_group_id", _SECURITY_GROUP,
                                           "a security group id (sg-...)")
@@ -252,58 +335,6 @@ def load_spec(path: str | os.PathLike[str]) -> EC2Spec:
                       str(path))
 
 
-# --------------------------------------------------------------------------- user data
-
-_EXPIRY_SCRIPT = "/var/lib/cloud/scripts/per-boot/sshcluster-expiry.sh"
-
-
-def user_data(spec: EC2Spec, expires: datetime) -> str:
-    """The instances' user data: arm the dead man's switch, then run ``spec.setup``.
-
-    The switch comes first so that a setup script that fails or hangs cannot keep an
-    instance alive: ``shutdown -h`` at ``expires`` powers it off, and as the instance is
-    started with shutdown behaviour ``terminate``, powering off ends it and its bill. The
-    switch is also installed as a cloud-init per-boot script, because a reboot forgets a
-    scheduled shutdown. The time left is computed on the instance from the absolute
-    expiry, so a slow boot does not stretch the lifetime.
-    """
-    epoch = int(expires.timestamp())
-    parts = [
-        "#!/bin/sh",
-        f"# Written by sshcluster for cluster {spec.name}; expires "
-        f"{expires.astimezone().isoformat(timespec='seconds')}.",
-        "PATH=/usr/sbin:/usr/bin:/sbin:/bin; export PATH",
-        f"mkdir -p {os.path.dirname(_EXPIRY_SCRIPT)}",
-        f"cat > {_EXPIRY_SCRIPT} <<'SSHCLUSTER_EXPIRY'",
-        "#!/bin/sh",
-        "# sshcluster dead man's switch: power off at the cluster's expiry, also after a reboot.",
-        "PATH=/usr/sbin:/usr/bin:/sbin:/bin; export PATH",
-        f"expires={epoch}",
-        'left=$(( (expires - $(date +%s) + 59) / 60 ))',
-        'if [ "$left" -lt 1 ]; then shutdown -h now',
-        'else shutdown -h "+$left" "sshcluster: max_lifetime reached"; fi',
-        "SSHCLUSTER_EXPIRY",
-        f"chmod 755 {_EXPIRY_SCRIPT}",
-        _EXPIRY_SCRIPT,
-    ]
-    if spec.setup:
-        script = spec.setup if spec.setup.endswith("\n") else spec.setup + "\n"
-        # A quoted here-document passes the script through untouched; its end marker is
-        # derived from the script so no line of the script can end it early.
-        marker = "SSHCLUSTER_SETUP_" + hashlib.sha256(script.encode()).hexdigest()[:16]
-        run = "/var/lib/sshcluster/setup" if script.startswith("#!") else \
-            "/bin/sh -e /var/lib/sshcluster/setup"
-        parts += [
-            "mkdir -p /var/lib/sshcluster",
-            f"cat > /var/lib/sshcluster/setup <<'{marker}'",
-            script.rstrip("\n"),
-            marker,
-            "chmod 700 /var/lib/sshcluster/setup",
-            f"{run} > /var/log/sshcluster-setup.log 2>&1",
-        ]
-    return "\n".join(parts) + "\n"
-
-
-__all__ = ["MAX_LIFETIME", "MIN_LIFETIME", "NAME_RULE", "REGION_RULE", "EC2Spec",
-           "is_cluster_name", "is_region", "load_spec", "parse_duration", "parse_spec",
-           "user_data"]
+__all__ = ["DEFAULT_CRAN", "DEFAULT_DISK_GB", "MAX_LIFETIME", "MIN_LIFETIME", "NAME_RULE",
+           "NCORES", "REGION_RULE", "EC2Spec",
+           "is_cluster_name", "is_region", "load_spec", "parse_duration", "parse_spec"]

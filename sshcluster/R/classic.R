@@ -1,0 +1,28 @@
+# ---------------------------------------------------------------------------
+# sshcluster's classic launch: R's own parallel::makeCluster(), one ssh and one
+# wait per worker, exactly as R users write it by hand.
+#
+# It cannot be protected as the fast launch is: makeCluster() reads, from
+# anything that connects to its port while it waits for its workers, a
+# serialized R object, which can run code on this machine. Use it only where
+# nobody else can reach the primary's port (or use the fast launch).
+# ---------------------------------------------------------------------------
+
+start_classic <- function(config) {
+  stop_previous()
+  args <- list(type = "PSOCK", master = config$master, spec = config$spec,
+               rshcmd = config$rshcmd, homogeneous = FALSE)
+  if (!is.na(config$port)) args$port <- config$port
+  cl <- do.call(parallel::makeCluster, args)
+  stop_fn <- function() {
+    # Node by node, so that one dead worker does not keep the others running.
+    for (i in seq_along(cl)) try(parallel::stopCluster(cl[i]), silent = TRUE)
+    if (identical(get0("parallelCluster", envir = globalenv(), inherits = FALSE), cl))
+      rm("parallelCluster", envir = globalenv())
+    invisible(NULL)
+  }
+  assign("parallelCluster", cl, envir = globalenv())
+  assign("sshcluster_stop", ours(stop_fn), envir = globalenv())
+  register(config$register, cl)
+  invisible(cl)
+}

@@ -1,0 +1,683 @@
+# ---------------------------------------------------------------------------
+# sshcluster's fast launch and its running cluster, on the primary.
+#
+# The generated cluster.R runs this file inside local(), then calls
+# start(config): only the names start() assigns (parallelCluster,
+# sshcluster_stop, sshcluster_repair) reach the global environment.
+#
+# * One supervisor process (supervisor.sh) holds one ssh session per host; the
+#   R session holds one pipe to it, so a cluster costs R the listening socket,
+#   that pipe and one socket per worker, as makeCluster() does. Each session's
+#   stdin carries the host's worker tokens, then a heartbeat: a host whose
+#   session ends or falls silent stops its workers (remote.sh).
+# * Every connection to the R port proves it holds a worker token in a fixed-
+#   size exchange of raw bytes before anything it sends is unserialized; the
+#   tokens are random bytes from the OS, one pair per worker slot.
+# * The cluster's nodes have methods for parallel's recvData, recvOneData and
+#   sendData that wait in socketSelect() and look, every second, at whether
+#   the ssh session of each host is still there: a lost host is an error that
+#   names it, with ssh's own words, instead of a wait without end.
+# ---------------------------------------------------------------------------
+
+# parallel's internals, named in one place: the generics a SOCKcluster's nodes
+# dispatch on, and how a call and the end of a worker are sent.
+parallel_ns <- asNamespace("parallel")
+internals <- list(
+  sendCall = get("sendCall", envir = parallel_ns),
+  postNode = get("postNode", envir = parallel_ns)
+)
+
+HELLO_SIZE <- 32L          # "SCW1", machine, slot, pid (4 bytes each), token (16)
+TOKEN_SIZE <- 16L
+HANDSHAKE_SECONDS <- 2     # a connection that has not proved itself by then is closed
+MAX_PENDING <- 32L         # connections proving themselves at one time
+ACCEPT_BURST <- 256L       # connections taken from the kernel's queue at one go
+STALL_SECONDS <- 60        # a message that makes no progress for this long has failed
+HEARTBEAT_SECONDS <- 10    # the supervisor's heartbeat to every host
+SILENCE_SECONDS <- 40      # a host stops its workers after this long without one
+KEEPALIVE <- c("-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3")
+LOCALE_VARS <- c("LANG", "LC_ALL", "LC_CTYPE", "LC_COLLATE", "LC_TIME", "LC_MONETARY",
+                 "LC_MESSAGES", "LC_PAPER", "LC_MEASUREMENT")
+RESERVED_CONNECTIONS <- 2L # left free for the user's own files
+
+# ---------------------------------------------------------------------------
+# Starting
+
+start <- function(config) {
+  stop_previous()
+  S <- new.env()
+  S$config <- config
+  S$limit <- connection_limit()
+  check_connections(S, sum(vapply(config$machines, function(m) as.integer(m$ncore), 1L)))
+  S$id <- random_hex(8L)
+  assign(S$id, S, envir = registry)
+  S$refused <- 0L
+  S$next_id <- 0L
+  S$sessions <- list()
+  S$lost <- list()
+  ok <- FALSE
+  on.exit(if (!ok) shutdown(S, grace = 0), add = TRUE)
+  open_supervisor(S)
+  n <- vapply(config$machines, function(m) as.integer(m$ncore), 1L)
+  S$first <- cumsum(c(0L, n))[seq_along(n)]  # spec position before each machine
+  S$cluster <- structure(vector("list", sum(n)), class = c("sshcluster", "SOCKcluster",
+                                                           "cluster"))
+  S$calls <- integer(sum(n))  # per worker: calls sent and not yet answered
+  wanted <- lapply(seq_along(n), function(h) seq_len(n[h]))
+  got <- launch(S, wanted, deadline = Sys.time() + config$setup_timeout, fail_fast = TRUE)
+  for (node in got) S$cluster[[node$rank]] <- node
+  ok <- TRUE
+  if (S$refused > 0L)
+    message(sprintf("sshcluster: refused %d connection%s to port %d that did not prove %s a worker",
+                    S$refused, if (S$refused == 1L) "" else "s", S$port,
+                    if (S$refused == 1L) "itself" else "themselves"))
+  publish(S)
+  invisible(S$cluster)
+}
+
+# What the global environment gets: the cluster and the two functions.
+publish <- function(S) {
+  assign("parallelCluster", S$cluster, envir = globalenv())
+  assign("sshcluster_stop", ours(function() invisible(stop_cluster(S))), envir = globalenv())
+  assign("sshcluster_repair", ours(function() repair(S)), envir = globalenv())
+  register(S$config$register, S$cluster)
+}
+
+# How many connections this R allows in all: as parallelly's availableConnections()
+# finds it, by opening connections until R refuses (128 before R 4.4, which
+# takes --max-connections).
+connection_limit <- function() {
+  cons <- list()
+  on.exit(for (con in cons) close(con))
+  tryCatch({
+    for (i in seq_len(16384L)) cons[[i]] <- rawConnection(raw(0L))
+    Inf
+  }, error = function(e) length(getAllConnections()))
+}
+
+# Stops before anything is started when the workers would not fit.
+check_connections <- function(S, workers) {
+  used <- length(getAllConnections())
+  free <- S$limit - used
+  needed <- workers + 2L  # the listening socket and the supervisor's pipe
+  if (needed + RESERVED_CONNECTIONS <= free) return(invisible())
+  most <- max(0L, free - 2L - RESERVED_CONNECTIONS)
+  stop(structure(class = c("sshcluster_error", "error", "condition"), list(
+    message = sprintf(paste0(
+      "sshcluster: %d workers need %d R connections (one each, plus the listening socket ",
+      "and the ssh supervisor), and %d more should stay free for your own files, but this ",
+      "R session has %d free (%d in all, %d in use). Nothing was started.\n",
+      "  Use at most %d workers from this primary, or run R >= 4.4 started with ",
+      "--max-connections=%d."),
+      workers, needed, RESERVED_CONNECTIONS, free, S$limit, used, most,
+      used + needed + RESERVED_CONNECTIONS),
+    call = NULL, hosts = character())))
+}
+
+# The launch directory (only this user can read it), the listening socket and
+# the supervisor.
+open_supervisor <- function(S) {
+  S$dir <- tempfile("sshcluster-")
+  dir.create(S$dir, mode = "0700")
+  listen(S)
+  script <- file.path(S$dir, "supervisor.sh")
+  writeLines(S$config$supervisor_script, script)
+  S$supervisor <- pipe(paste("exec sh", sq(script), sq(S$dir), HEARTBEAT_SECONDS),
+                       open = "w")
+}
+
+# A listening socket on the inventory's port, or on a free one in R's range.
+listen <- function(S) {
+  port <- S$config$port
+  if (!is.na(port)) {
+    S$listener <- tryCatch(serverSocket(port), error = function(e) stop(sprintf(
+      "sshcluster: cannot listen on port %d (taken?): %s", port, conditionMessage(e)),
+      call. = FALSE))
+    S$port <- port
+    return(invisible())
+  }
+  range <- S$config$port_range
+  size <- range[2] - range[1] + 1L
+  start <- (Sys.getpid() * 7919 + as.integer(Sys.time())) %% size
+  for (k in seq_len(size) - 1L) {
+    port <- range[1] + as.integer((start + k) %% size)
+    socket <- tryCatch(suppressWarnings(serverSocket(port)), error = function(e) NULL)
+    if (!is.null(socket)) {
+      S$listener <- socket
+      S$port <- port
+      return(invisible())
+    }
+  }
+  stop(sprintf("sshcluster: no free port in %d-%d on this machine", range[1], range[2]),
+       call. = FALSE)
+}
+
+# ---------------------------------------------------------------------------
+# One host's session: its tokens and its ssh command
+
+# Random bytes from the OS, as hex; R's own generator (and the user's
+# .Random.seed) are not touched.
+random_hex <- function(n) {
+  con <- file("/dev/urandom", "rb", raw = TRUE)
+  on.exit(close(con))
+  paste(as.character(readBin(con, "raw", n)), collapse = "")
+}
+
+hex_bytes <- function(hex) {
+  at <- seq(1L, nchar(hex), by = 2L)
+  as.raw(strtoi(substring(hex, at, at + 1L), 16L))
+}
+
+# Starts a session on machine h for the given worker slots; returns its id.
+start_host <- function(S, h, slots) {
+  S$next_id <- S$next_id + 1L
+  id <- sprintf("%d.%d", h, S$next_id)
+  tokens <- lapply(slots, function(slot) list(
+    slot = slot, worker = random_hex(TOKEN_SIZE), primary = random_hex(TOKEN_SIZE)))
+  S$sessions[[id]] <- list(id = id, h = h, slots = slots, tokens = tokens,
+                           file = file.path(S$dir, id))
+  writeLines(host_command(S, h, id), paste0(file.path(S$dir, id), ".sh"))
+  line <- paste(vapply(tokens, function(t) paste(t$slot, t$worker, t$primary, sep = ":"),
+                       ""), collapse = ",")
+  supervise(S, paste("start", id, line, if (S$config$tunnel) "tunnel" else "direct"))
+  id
+}
+
+# One POSIX shell word: single quotes, a single quote written as '\''. (R's own
+# shQuote() switches to double quotes when the text has a single quote.)
+sq <- function(x) paste0("'", gsub("'", "'\\''", x, fixed = TRUE), "'")
+
+supervise <- function(S, command) {
+  writeLines(command, S$supervisor)
+  flush(S$supervisor)
+}
+
+# The shell script that runs machine h's ssh for session id, and records its
+# pid and exit status. (Kept apart from the accept loop below, as parallelly
+# keeps makeNodePSOCK() apart from makeClusterPSOCK().)
+host_command <- function(S, h, id) {
+  cfg <- S$config
+  m <- cfg$machines[[h]]
+  f <- function(ext) sq(paste0(file.path(S$dir, id), ext))
+  rscript <- if (is.null(m$rscript)) "Rscript" else m$rscript
+  master <- if (cfg$tunnel) "127.0.0.1" else cfg$workers_reach
+  locale <- locale_assignments(cfg$locale)
+  remote <- paste(
+    "exec sh -c", sq(paste0("code=", sq(cfg$worker_code), "\n", cfg$remote_script)),
+    "sshcluster", sq(rscript), sq(master), S$port, h, cfg$setup_timeout,
+    if (cfg$tunnel) "tunnel" else "direct", if (cfg$fork) "fork" else "fresh",
+    SILENCE_SECONDS, paste(sq(locale), collapse = " "))
+  forward <- if (cfg$tunnel)
+    sprintf("-o ExitOnForwardFailure=yes -R 127.0.0.1:%d:127.0.0.1:%d", S$port, S$port)
+  ssh <- if (is.null(cfg$host_ssh[[h]])) cfg$ssh else cfg$host_ssh[[h]]
+  destination <- paste(if (!is.null(m$user)) paste("-l", sq(m$user)), sq(m$host))
+  c("exec 3<&0",
+    paste(ssh, paste(KEEPALIVE, collapse = " "), forward, destination, sq(remote),
+          "<&3 >", f(".out"), "2>", f(".err"), "&"),
+    paste("echo $! >", f(".pid")),
+    "wait $!",
+    paste("echo $? >", f(".tmp"), "&& mv", f(".tmp"), f(".status")))
+}
+
+# NAME=VALUE for the workers' locale: the primary's own, unless the inventory
+# names one.
+locale_assignments <- function(locale) {
+  if (!is.null(locale)) return(c(paste0("LANG=", locale), "LC_ALL="))
+  values <- Sys.getenv(LOCALE_VARS)
+  values <- values[nzchar(values)]
+  if (length(values)) paste0(names(values), "=", values) else character()
+}
+
+session_ended <- function(S, id) file.exists(paste0(S$sessions[[id]]$file, ".status"))
+
+# What ssh said when session id ended: its status and its last words.
+session_reason <- function(S, id) {
+  f <- S$sessions[[id]]$file
+  status <- read_text(paste0(f, ".status"))
+  err <- read_text(paste0(f, ".err"))
+  sprintf("ssh exited with status %s%s", if (nzchar(status)) status else "?",
+          if (nzchar(err)) paste0(": ", err) else "")
+}
+
+read_text <- function(path) {
+  text <- if (file.exists(path)) readLines(path, warn = FALSE) else character()
+  paste(unique(trimws(text[nzchar(trimws(text))])), collapse = " / ")
+}
+
+# ---------------------------------------------------------------------------
+# Accepting workers
+
+# Starts sessions for the wanted slots (a list: machine -> slots) and accepts
+# their workers until all are there or the deadline passes. With fail_fast, a
+# host whose session ends first stops everything with an error naming each
+# failed host; without, such hosts are left out. Returns the new nodes.
+launch <- function(S, wanted, deadline, fail_fast) {
+  ids <- character()
+  for (h in seq_along(wanted))
+    if (length(wanted[[h]])) ids <- c(ids, start_host(S, h, wanted[[h]]))
+  expected <- list()
+  for (id in ids) for (t in S$sessions[[id]]$tokens)
+    expected[[sprintf("%d.%d", S$sessions[[id]]$h, t$slot)]] <- c(t, id = id)
+  nodes <- list()
+  pending <- list()
+  on.exit(for (p in pending) close(p$con), add = TRUE)
+  lost <- character()
+  # One connection's turn: reads what it sent, admits or refuses it once its hello
+  # is whole, refuses it after HANDSHAKE_SECONDS. NULL: done with it.
+  step <- function(p) {
+    p$hello <- read_available(p$con, p$hello)
+    if (length(p$hello) == HELLO_SIZE) {
+      node <- admit(S, p, expected)
+      if (is.null(node)) {
+        refuse(S, p$con)
+      } else {
+        expected[[sprintf("%d.%d", node$h, node$slot)]] <<- NULL
+        nodes[[length(nodes) + 1L]] <<- node
+      }
+      return(NULL)
+    }
+    if (!is.null(attr(p$hello, "eof")) ||
+        difftime(Sys.time(), p$since, units = "secs") > HANDSHAKE_SECONDS) {
+      refuse(S, p$con)
+      return(NULL)
+    }
+    p
+  }
+  repeat {
+    open_ids <- setdiff(unique(vapply(expected, `[[`, "", "id")), lost)
+    if (!length(open_ids)) break
+    ended <- open_ids[vapply(open_ids, function(id) session_ended(S, id), NA)]
+    if (length(ended)) {
+      if (fail_fast) {
+        Sys.sleep(0.5)  # so that one error reports every host that fails at once
+        ended <- open_ids[vapply(open_ids, function(id) session_ended(S, id), NA)]
+        launch_failed(S, nodes, expected, ended, "could not start the cluster")
+      }
+      lost <- c(lost, ended)
+      next
+    }
+    if (Sys.time() > deadline) {
+      if (fail_fast) launch_failed(S, nodes, expected, character(), sprintf(
+        "workers did not connect within %d s (setup_timeout)",
+        as.integer(S$config$setup_timeout)))
+      lost <- c(lost, open_ids)
+      next
+    }
+    ready <- socketSelect(c(list(S$listener), lapply(pending, `[[`, "con")), timeout = 0.1)
+    # Take every connection waiting, so that a flood cannot fill the kernel's queue
+    # and keep genuine workers out. A new connection's hello is usually there
+    # already and is checked at once; beyond MAX_PENDING (or R's free
+    # connections) the oldest connection still proving itself makes room.
+    pending <- Filter(Negate(is.null), lapply(pending, step))
+    taken <- 0L
+    while (ready[1] && taken < ACCEPT_BURST) {
+      if (length(pending) >= MAX_PENDING || S$limit - length(getAllConnections()) < 1L) {
+        if (!length(pending)) break
+        refuse(S, pending[[1]]$con)
+        pending <- pending[-1]
+      }
+      con <- socketAccept(S$listener, blocking = TRUE, open = "a+b",
+                          timeout = STALL_SECONDS, options = "no-delay")
+      p <- step(list(con = con, hello = raw(0), since = Sys.time()))
+      if (!is.null(p)) pending[[length(pending) + 1L]] <- p
+      taken <- taken + 1L
+      ready[1] <- socketSelect(list(S$listener), timeout = 0)
+    }
+    # slots of lost sessions are no longer expected
+    expected <- expected[!vapply(expected, function(e) e$id %in% lost, NA)]
+    if (!length(expected)) break
+  }
+  nodes
+}
+
+# Reads what has arrived of a hello, without ever waiting for more: one byte at
+# a time while socketSelect() says there is one (a whole hello usually arrives
+# at once and is then in R's buffer).
+read_available <- function(con, have) {
+  while (length(have) < HELLO_SIZE && socketSelect(list(con), timeout = 0)) {
+    b <- readBin(con, "raw", 1L)
+    if (!length(b)) return(structure(have, eof = TRUE))
+    have <- c(have, b)
+  }
+  have
+}
+
+refuse <- function(S, con) {
+  S$refused <- S$refused + 1L
+  close(con)
+}
+
+# A whole hello: admit it as a node if its token is the one its slot expects
+# (compared in constant time), else NULL.
+admit <- function(S, p, expected) {
+  hello <- p$hello
+  num <- function(at) readBin(hello[at:(at + 3L)], "integer", size = 4L, endian = "big")
+  if (!identical(hello[1:4], charToRaw("SCW1"))) return(NULL)
+  h <- num(5L)
+  slot <- num(9L)
+  e <- expected[[sprintf("%d.%d", h, slot)]]
+  if (is.null(e)) return(NULL)
+  token <- hex_bytes(e$worker)
+  if (sum(bitwXor(as.integer(hello[17:32]), as.integer(token))) != 0L) return(NULL)
+  writeBin(hex_bytes(e$primary), p$con)
+  flush(p$con)
+  structure(list(con = p$con, host = S$config$machines[[h]]$host, rank = S$first[h] + slot,
+                 h = h, slot = slot, pid = num(13L), session = e$id, launch = S$id),
+            class = c("sshcluster_node", "SOCKnode"))
+}
+
+# Stops everything started and signals an error naming each failed machine
+# with ssh's own message (or, on a timeout, each machine still missing
+# workers). The condition's 'hosts' lists those machines.
+launch_failed <- function(S, nodes, expected, ended, what) {
+  missing <- table(factor(vapply(expected, function(e) S$sessions[[e$id]]$h, 1L),
+                          levels = seq_along(S$config$machines)))
+  n <- vapply(S$config$machines, function(m) as.integer(m$ncore), 1L)
+  failed_h <- vapply(ended, function(id) S$sessions[[id]]$h, 1L)
+  lines <- character()
+  for (h in seq_along(n)) {
+    if (missing[h] == 0L) next
+    host <- S$config$machines[[h]]$host
+    id <- names(S$sessions)[vapply(S$sessions, function(s) s$h == h, NA)][1]
+    if (h %in% failed_h) {
+      lines <- c(lines, sprintf("  %s: %s", host, session_reason(S, id)))
+    } else {
+      err <- read_text(paste0(S$sessions[[id]]$file, ".err"))
+      lines <- c(lines, sprintf("  %s: %d of %d workers connected when the launch stopped%s",
+                                host, n[h] - missing[h], n[h],
+                                if (nzchar(err)) paste0("; ssh says: ", err) else ""))
+    }
+  }
+  hosts <- vapply(if (length(failed_h)) failed_h else which(missing > 0L),
+                  function(h) S$config$machines[[h]]$host, "")
+  for (node in nodes) try(close(node$con), silent = TRUE)
+  shutdown(S, grace = 0)
+  msg <- sprintf("sshcluster: %s (%d of %d workers connected, all stopped):\n%s",
+                 what, length(nodes), sum(n), paste(lines, collapse = "\n"))
+  stop(structure(class = c("sshcluster_error", "error", "condition"),
+                 list(message = msg, call = NULL, hosts = unname(hosts))))
+}
+
+# ---------------------------------------------------------------------------
+# The running cluster: parallel's generics for our nodes
+
+# A node holds only values that do not change (its connection, host, slot, pid,
+# session and launch ids): code that hashes or copies a cluster object, as future
+# does to tell clusters apart, sees the same cluster for as long as it runs. The
+# state of a launch lives here, by id, for every cluster file this R session has
+# sourced (each registers its own copy of the methods below).
+launches <- function() {
+  registry <- getOption("sshcluster.launches")
+  if (!is.environment(registry)) {
+    registry <- new.env()
+    options(sshcluster.launches = registry)
+  }
+  registry
+}
+
+registry <- launches()
+
+state_of <- function(node) {
+  S <- get0(node$launch, envir = registry, inherits = FALSE)
+  if (is.null(S))
+    stop(sprintf("sshcluster: the cluster of worker %d on %s was stopped", node$slot,
+                 node$host), call. = FALSE)
+  S
+}
+
+# Waits until one of the nodes has something to read; every second, checks
+# that their hosts, and the hosts of every worker with a call outstanding, are
+# still there (a call that sent work to a lost worker can never complete,
+# whichever worker it waits for first). Returns the index of a readable node.
+wait_readable <- function(nodes) {
+  cons <- lapply(nodes, `[[`, "con")
+  repeat {
+    ready <- socketSelect(cons, timeout = 1)
+    if (any(ready)) return(which.max(ready))
+    S <- state_of(nodes[[1]])
+    busy <- Filter(function(n) !is.null(n) && S$calls[[n$rank]] > 0L, S$cluster)
+    check_hosts(c(nodes, busy))
+  }
+}
+
+# Signals an error for the first node whose host's ssh session has ended.
+check_hosts <- function(nodes) {
+  for (node in nodes) {
+    S <- state_of(node)
+    if (session_ended(S, node$session)) host_lost(node)
+  }
+}
+
+host_lost <- function(node) {
+  S <- state_of(node)
+  same <- Filter(function(n) identical(n$session, node$session), S$cluster)
+  fail_node(node, sprintf(
+    "sshcluster: lost %s: %s. Its %d worker%s stopped; parallelCluster <- sshcluster_repair() goes on without %s.",
+    node$host, sub("[.]+$", "", session_reason(S, node$session)), length(same),
+    if (length(same) == 1L) " is" else "s are", if (length(same) == 1L) "it" else "them"))
+}
+
+# A worker's connection failed: say which worker, on which host, and why.
+worker_lost <- function(node, e) {
+  S <- state_of(node)
+  # Behind a tunnel, the end of the ssh session closes the worker's connection:
+  # give ssh a moment to say why.
+  for (i in 1:20) {
+    if (session_ended(S, node$session)) host_lost(node)
+    Sys.sleep(0.1)
+  }
+  fail_node(node, sprintf(
+    "sshcluster: worker %d on %s (pid %d) stopped: %s. parallelCluster <- sshcluster_repair() replaces it.",
+    node$slot, node$host, node$pid, conditionMessage(e)))
+}
+
+fail_node <- function(node, message) {
+  S <- state_of(node)
+  S$lost[[as.character(node$rank)]] <- message
+  stop(structure(class = c("sshcluster_error", "error", "condition"),
+                 list(message = message, call = NULL, hosts = node$host, rank = node$rank)))
+}
+
+# Reads one message; a worker's answer to a call ends that call's wait. (These
+# methods run for every task: they keep to a few cheap steps.)
+read_value <- function(node) {
+  value <- tryCatch(unserialize(node$con), error = function(e) worker_lost(node, e))
+  if (identical(value$type, "VALUE")) {
+    S <- state_of(node)
+    r <- node$rank
+    if (S$calls[r] > 0L) S$calls[r] <- S$calls[r] - 1L
+  }
+  value
+}
+
+recvData.sshcluster_node <- function(node) {
+  if (!socketSelect(list(node$con), timeout = 1)) wait_readable(list(node))
+  read_value(node)
+}
+
+recvOneData.sshcluster <- function(cl) {
+  i <- wait_readable(cl)
+  list(node = i, value = read_value(cl[[i]]))
+}
+
+# (A lost host is noticed by the wait for the answer: checking here too would cost
+# every task a look at the disk.)
+sendData.sshcluster_node <- function(node, data) {
+  if (identical(data$type, "EXEC")) {
+    S <- state_of(node)
+    r <- node$rank
+    if (S$calls[r] > 0L) fail_node(node, sprintf(paste(
+      "sshcluster: worker %d on %s has not answered an earlier call (an interrupted one?),",
+      "so this call would get that call's results. parallelCluster <- sshcluster_repair()",
+      "brings the cluster back in step."), node$slot, node$host))
+    S$calls[r] <- 1L
+  }
+  # A worker that is gone usually still takes the bytes (they wait in the kernel):
+  # the wait for its answer is what names it.
+  serialize(data, node$con)
+  invisible(NULL)
+}
+
+for (method in c("recvData.sshcluster_node", "recvOneData.sshcluster",
+                 "sendData.sshcluster_node"))
+  registerS3method(sub("[.].*", "", method), sub("^[^.]*[.]", "", method), get(method),
+                   envir = parallel_ns)
+
+# ---------------------------------------------------------------------------
+# Stopping
+
+# Tells every worker to stop, closes its connection, then ends the sessions.
+stop_cluster <- function(S) {
+  for (node in S$cluster) if (!is.null(node)) {
+    try(internals$postNode(node, "DONE"), silent = TRUE)
+    try(close(node$con), silent = TRUE)
+  }
+  S$cluster <- NULL
+  shutdown(S, grace = 2)
+  cl <- get0("parallelCluster", envir = globalenv(), inherits = FALSE)
+  if (inherits(cl, "sshcluster")) rm("parallelCluster", envir = globalenv())
+}
+
+# Ends the supervisor (and with it every session; each host then stops what is
+# left of its workers), the listening socket and the launch directory.
+# 'grace' seconds are left for the sessions to end by themselves.
+shutdown <- function(S, grace = 1) {
+  if (!is.null(S$supervisor)) {
+    try(supervise(S, paste("stop", grace)), silent = TRUE)
+    try(close(S$supervisor), silent = TRUE)  # waits for the supervisor to end
+    S$supervisor <- NULL
+  }
+  if (!is.null(S$listener)) {
+    try(close(S$listener), silent = TRUE)
+    S$listener <- NULL
+  }
+  if (nzchar(Sys.getenv("SSHCLUSTER_KEEP_DIR")))
+    file.copy(S$dir, Sys.getenv("SSHCLUSTER_KEEP_DIR"), recursive = TRUE)
+  if (!is.null(S$dir)) unlink(S$dir, recursive = TRUE)
+  S$dir <- NULL
+  if (!is.null(S$id) && exists(S$id, envir = registry, inherits = FALSE))
+    rm(list = S$id, envir = registry)
+  invisible()
+}
+
+# ---------------------------------------------------------------------------
+# Repairing: going on without lost hosts, and in step after an interrupted call
+
+DRAIN_SECONDS <- 5  # how long a worker may take to answer the repair's no-op call
+
+# Looks at every worker: drops the dead ones, discards results an interrupted
+# call left behind, restarts workers still busy with such a call, relaunches
+# workers on hosts that answer ssh again; reports what it did per host and
+# returns the cluster (also as parallelCluster). A healthy cluster is left as
+# it is. It never runs a task of yours again: that is for you to decide.
+repair <- function(S) {
+  if (is.null(S$cluster))
+    stop("sshcluster: this cluster was stopped; source() the file again", call. = FALSE)
+  nodes <- Filter(Negate(is.null), unclass(S$cluster))
+  ranks <- vapply(nodes, `[[`, 1L, "rank")
+  names(nodes) <- ranks
+  state <- setNames(rep("ok", length(nodes)), ranks)
+  why <- setNames(rep("", length(nodes)), ranks)
+  stale <- setNames(integer(length(nodes)), ranks)
+  drop <- function(r, reason) {
+    state[[r]] <<- "dead"
+    why[[r]] <<- reason
+  }
+  # 1. dead sessions, dead connections, results nobody read
+  for (r in names(nodes)) {
+    node <- nodes[[r]]
+    if (session_ended(S, node$session)) {
+      drop(r, session_reason(S, node$session))
+      next
+    }
+    while (state[[r]] == "ok" && socketSelect(list(node$con), timeout = 0)) {
+      v <- tryCatch(unserialize(node$con), error = identity)
+      if (inherits(v, "error")) drop(r, conditionMessage(v)) else stale[[r]] <- stale[[r]] + 1L
+    }
+  }
+  # 2. a no-op call to every live worker: it answers at once unless it is still
+  # busy with a call that was interrupted
+  marker <- random_hex(8L)
+  S$calls[] <- 0L  # the marker, not the count, tells who is in step now
+  for (r in names(nodes)[state == "ok"]) {
+    sent <- tryCatch({
+      internals$sendCall(nodes[[r]], identity, list(marker))
+      TRUE
+    }, error = function(e) conditionMessage(e))
+    if (!isTRUE(sent)) drop(r, sent)
+  }
+  waiting <- names(nodes)[state == "ok"]
+  deadline <- Sys.time() + DRAIN_SECONDS
+  while (length(waiting) && Sys.time() < deadline) {
+    ready <- socketSelect(lapply(nodes[waiting], `[[`, "con"), timeout = 0.2)
+    for (r in waiting[ready]) {
+      v <- tryCatch(unserialize(nodes[[r]]$con), error = identity)
+      if (inherits(v, "error")) {
+        drop(r, conditionMessage(v))
+      } else if (identical(v$value, marker)) {
+        state[[r]] <- "synced"
+      } else {
+        stale[[r]] <- stale[[r]] + 1L
+      }
+    }
+    waiting <- names(nodes)[state == "ok"]
+  }
+  state[waiting] <- "busy"
+  if (all(state == "synced") && length(nodes) == sum(vapply(S$config$machines,
+                                                            function(m) m$ncore, 1L))) {
+    S$calls[] <- 0L
+    message(sprintf("sshcluster_repair: all %d workers are healthy%s; nothing else to do",
+                    length(nodes), if (sum(stale)) sprintf(" (%d results of an unfinished call discarded)", sum(stale)) else ""))
+    return(invisible(S$cluster))
+  }
+  # 3. sessions with a busy worker end whole (their workers cannot be stopped
+  # one by one); their workers start again with the dead ones
+  restart_sessions <- unique(vapply(nodes[state == "busy"], `[[`, "", "session"))
+  for (id in restart_sessions) supervise(S, paste("kill", id))
+  again <- names(nodes)[state == "dead" | vapply(nodes, function(n) n$session %in%
+                                                    restart_sessions, NA)]
+  for (r in again) try(close(nodes[[r]]$con), silent = TRUE)
+  kept <- nodes[setdiff(names(nodes), again)]
+  # 4. relaunch every slot that has no worker, host by host
+  machines <- S$config$machines
+  missing <- lapply(seq_along(machines), function(h) {
+    have <- vapply(Filter(function(n) n$h == h, kept), `[[`, 1L, "slot")
+    setdiff(seq_len(machines[[h]]$ncore), have)
+  })
+  S$lost <- list()
+  new <- launch(S, missing, deadline = Sys.time() + S$config$setup_timeout, fail_fast = FALSE)
+  all <- c(unname(kept), new)
+  all <- all[order(vapply(all, `[[`, 1L, "rank"))]
+  S$cluster <- structure(all, class = c("sshcluster", "SOCKcluster", "cluster"))
+  # 5. what happened, per host
+  lines <- character()
+  for (h in seq_along(machines)) {
+    mine <- function(list) Filter(function(n) n$h == h, list)
+    before <- nodes[vapply(nodes, function(n) n$h == h, NA)]
+    dead <- sum(state[names(before)] == "dead")
+    busy <- sum(state[names(before)] == "busy")
+    back <- length(mine(new))
+    lines <- c(lines, sprintf("  %s: %s", machines[[h]]$host, paste(c(
+      sprintf("%d of %d workers running", length(mine(all)), machines[[h]]$ncore),
+      if (dead) sprintf("%d lost (%s)", dead, paste(unique(why[names(before)][state[names(before)] == "dead"]), collapse = "; ")),
+      if (busy) sprintf("%d still busy with an interrupted call, so its session was restarted", busy),
+      if (sum(stale[names(before)])) sprintf("%d results of an unfinished call discarded", sum(stale[names(before)])),
+      if (back) sprintf("%d started again", back),
+      if (length(missing[[h]]) > back) sprintf("%d could not be started (%s)", length(missing[[h]]) - back,
+                                          last_reason(S, h))
+    ), collapse = "; ")))
+  }
+  message(sprintf("sshcluster_repair: %d of %d workers running:\n%s", length(all),
+                  sum(vapply(machines, function(m) m$ncore, 1L)), paste(lines, collapse = "\n")))
+  S$calls[] <- 0L
+  assign("parallelCluster", S$cluster, envir = globalenv())
+  register(S$config$register, S$cluster)
+  invisible(S$cluster)
+}
+
+# Why machine h's newest session ended.
+last_reason <- function(S, h) {
+  ids <- names(S$sessions)[vapply(S$sessions, function(s) s$h == h, NA)]
+  id <- ids[length(ids)]
+  if (session_ended(S, id)) session_reason(S, id) else "its workers did not connect in time"
+}

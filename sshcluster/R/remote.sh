@@ -1,0 +1,99 @@
+# sshcluster's script on each worker host: ssh runs it as
+#   sh -c SCRIPT sshcluster RSCRIPT MASTER PORT MACHINE TIMEOUT MODE START SILENCE [NAME=VALUE...]
+# MODE is "tunnel" or "direct", START "fork" or "fresh"; NAME=VALUE pairs (the
+# primary's locale) are exported to R. Its stdin is the ssh session's: first one
+# line of worker tokens (never on a command line, where other users could read
+# it), then, behind a reverse tunnel, "go", then a heartbeat line every few
+# seconds for as long as the primary's R session lives.
+#
+# Nothing this script starts may outlive the session. A watchdog, started before
+# anything else, reads the heartbeat; when the session's stdin ends (ssh ended,
+# the primary is gone) or falls silent for SILENCE seconds (the primary is cut
+# off), it stops the session's whole process group: the R workers, their forks,
+# and whatever they started in the background. sshd makes each session its own
+# process group. TERM is never trapped here: a shell that traps TERM passes the
+# trap to each child it forks until that child execs, and a TERM arriving in
+# between would be swallowed.
+r="$1"; master="$2"; port="$3"; machine="$4"; timeout="$5"; mode="$6"; start="$7"
+silence="$8"
+shift 8
+# sshd may hang the session up; the watchdog decides when to stop, not a HUP.
+trap '' HUP
+for kv in "$@"; do export "$kv"; done
+IFS= read -r tokens || exit 0
+command -v "$r" >/dev/null 2>&1 || {
+  echo "sshcluster: $r not found on $(uname -n) (PATH=$PATH); set rscript: in the inventory" >&2
+  exit 127
+}
+# Behind a reverse tunnel, start only once the primary has seen "ready": ssh has
+# then processed sshd's answer to its -R request, so the port is ours.
+if [ "$mode" = tunnel ]; then
+  echo ready
+  IFS= read -r go || exit 0
+fi
+me=$$
+leader=''
+kill -s 0 -- "-$me" 2>/dev/null && leader=yes
+
+watchdog() {
+  # Immune to the group TERM below, so that it lives to send the group KILL.
+  trap '' TERM INT
+  if command -v bash >/dev/null 2>&1; then
+    bash --norc --noprofile -c \
+      'while IFS= read -r -t "$1" _; do kill -s 0 "$2" 2>/dev/null || exit 0; done' \
+      sshcluster "$silence" "$me"
+  elif command -v timeout >/dev/null 2>&1; then
+    while timeout "$silence" sh -c 'IFS= read -r _' && kill -s 0 "$me" 2>/dev/null; do :; done
+  else
+    while IFS= read -r _ && kill -s 0 "$me" 2>/dev/null; do :; done
+  fi
+  if [ "$leader" ]; then
+    kill -s TERM -- "-$me" 2>/dev/null
+    sleep 2
+    kill -s KILL -- "-$me" 2>/dev/null
+  else
+    kill -s TERM "$me" 2>/dev/null
+  fi
+}
+# (A background job's stdin is /dev/null unless it is redirected by name.)
+exec 3<&0
+watchdog <&3 &
+watch=$!
+exec 0</dev/null 3<&-
+pids=''
+# On the way out, stop what is left: the watchdog and, as the group leader,
+# everything the workers left behind; else each worker this script started.
+if [ "$leader" ]; then
+  trap 'trap "" TERM; kill -s KILL $watch 2>/dev/null; kill -s TERM -- "-$me" 2>/dev/null' EXIT
+else
+  # Not under sshd (run by hand): only what this script knows of can be stopped,
+  # so no forks, and TERM (the watchdog's) stops the workers too.
+  trap 'kill -s KILL $watch 2>/dev/null; kill -s TERM $pids 2>/dev/null' EXIT
+  trap 'exit 143' TERM
+fi
+rargs="--default-packages=datasets,utils,grDevices,graphics,stats,methods"
+n=0
+old=$IFS; IFS=,
+for t in $tokens; do n=$((n + 1)); done
+# (R tracks its forks with select(), which stops at file descriptor 1024: two
+# per fork, so a host with more than 256 workers gets fresh ones.)
+if [ "$start" = fork ] && [ "$leader" ] && [ "$n" -le 256 ]; then
+  IFS=$old
+  printf '%s\n' "$tokens" |
+    "$r" "$rargs" -e "$code" "$master" "$port" "$machine" "$timeout" fork >/dev/null &
+  pids=$!
+else
+  for t in $tokens; do
+    IFS=$old
+    printf '%s\n' "$t" |
+      "$r" "$rargs" -e "$code" "$master" "$port" "$machine" "$timeout" fresh >/dev/null &
+    pids="$pids $!"
+  done
+  IFS=$old
+fi
+# Reaped pids are forgotten, so that the exit trap cannot hit a reused pid. An R
+# that failed (to start, say) makes this script fail with its status.
+rc=0
+for p in $pids; do wait "$p" || rc=$?; done
+pids=''
+exit $rc

@@ -1,0 +1,69 @@
+# sshcluster's supervisor: the one process on the primary that holds every ssh
+# session of a cluster, so that the R session itself needs a single connection
+# for all of them (a pipe to this script's stdin), whatever the number of hosts.
+#   sh supervisor.sh DIR HEARTBEAT
+# It reads commands from the R session, one per line:
+#   start ID TOKENS MODE  run DIR/ID.sh (an ssh command) with, on its stdin, the
+#                         TOKENS line, then (MODE "tunnel") "go" once the host said
+#                         "ready", then a heartbeat every HEARTBEAT seconds
+#   kill ID               end that ssh session
+#   stop GRACE            let the sessions end by themselves for GRACE seconds,
+#                         then end them, and exit
+# DIR/ID.sh writes DIR/ID.pid, .out, .err and, when ssh has ended, .status: that
+# is how the R session learns that a host is gone, and ssh's own words for why.
+# When the R session ends, in any way, this script's stdin ends: it then ends
+# every session at once, and each host stops its workers (see remote.sh).
+dir=$1
+beat=$2
+me=$$
+exec >>"$dir/supervisor.log" 2>&1
+# Ctrl-C or Ctrl-Z in the R session's terminal reach its whole process group:
+# they are for R, not for the cluster. ssh keeps ignoring what it inherits ignored.
+trap '' INT QUIT TSTP HUP
+
+feed() {  # ID TOKENS MODE: what the host's session reads on its stdin
+  printf '%s\n' "$2"
+  if [ "$3" = tunnel ]; then
+    until [ -s "$dir/$1.out" ] && read -r said <"$dir/$1.out" && [ "$said" = ready ]; do
+      [ -e "$dir/$1.status" ] && return
+      sleep 0.05 2>/dev/null || sleep 1
+    done
+    echo go
+  fi
+  while kill -s 0 "$me" 2>/dev/null; do
+    echo . || return
+    sleep "$beat"
+  done
+}
+
+ids=''
+while IFS=' ' read -r cmd id tokens mode; do
+  case $cmd in
+    start)
+      feed "$id" "$tokens" "$mode" | sh "$dir/$id.sh" &
+      ids="$ids $id" ;;
+    kill)
+      pid=$(cat "$dir/$id.pid" 2>/dev/null) && kill -s TERM "$pid" 2>/dev/null ;;
+    stop)
+      grace=$id
+      break ;;
+  esac
+done
+
+# Ending: give the sessions GRACE seconds (the workers were told to stop), then
+# TERM each ssh still running, then KILL it.
+running() {
+  left=''
+  for id in $ids; do [ -e "$dir/$id.status" ] || left="$left $id"; done
+  [ -n "$left" ]
+}
+ticks=$(( ${grace:-0} * 20 ))
+while running && [ "$ticks" -gt 0 ]; do sleep 0.05 2>/dev/null || sleep 1; ticks=$((ticks - 1)); done
+for signal in TERM KILL; do
+  running || break
+  for id in $left; do
+    pid=$(cat "$dir/$id.pid" 2>/dev/null) && kill -s "$signal" "$pid" 2>/dev/null
+  done
+  ticks=40
+  while running && [ "$ticks" -gt 0 ]; do sleep 0.05 2>/dev/null || sleep 1; ticks=$((ticks - 1)); done
+done

@@ -1,0 +1,101 @@
+# sshcluster's R worker, run on each host by remote.sh:
+#   Rscript -e CODE MASTER PORT MACHINE TIMEOUT fork|fresh
+# Its stdin holds one line: the worker tokens, "slot:worker-token:primary-token"
+# separated by ",". A fresh worker gets one; the one R of a forking host gets all
+# of its host's and forks one worker per token.
+# Each worker connects to the primary, proves it holds its slot's token in a
+# fixed-size exchange of raw bytes, checks that the primary knows the slot's
+# other token, and only then runs parallel's own worker loop. Nothing is
+# unserialized from a peer that has not proved itself.
+# (No single quote may appear in this file: remote.sh carries it in one.)
+local({
+  args <- commandArgs(TRUE)
+  master <- args[1]
+  port <- as.integer(args[2])
+  machine <- as.integer(args[3])
+  timeout <- as.numeric(args[4])
+  fork <- identical(args[5], "fork")
+  input <- file("stdin")
+  items <- strsplit(readLines(input, n = 1L, warn = FALSE), ",", fixed = TRUE)[[1]]
+  close(input)
+
+  # parallel internals, named in one place: its worker loop and output sink, and
+  # closing a file descriptor in a forked child.
+  workLoop <- get("workLoop", envir = asNamespace("parallel"))
+  sinkWorkerOutput <- get("sinkWorkerOutput", envir = asNamespace("parallel"))
+  closeFD <- get("closeFD", envir = asNamespace("parallel"))
+
+  say <- function(...) cat("sshcluster: ", ..., "\n", sep = "", file = stderr())
+  fail <- function(...) {
+    say(...)
+    quit(save = "no", status = 3L)
+  }
+  bytes <- function(hex) {
+    at <- seq(1L, nchar(hex), by = 2L)
+    as.raw(strtoi(substring(hex, at, at + 1L), 16L))
+  }
+  int4 <- function(i) writeBin(as.integer(i), raw(), size = 4L, endian = "big")
+  where <- sprintf("R on %s cannot connect to the primary at %s port %d",
+                   Sys.info()[["nodename"]], master, port)
+
+  # The primary listens before any host is started, so a refusal is final at
+  # once (a firewall, a wrong address); quick retries cover a passing hiccup.
+  # Unanswered attempts are tried three times (a flood of strangers can fill
+  # the primary's queue for a moment) before they count as a firewall.
+  connect <- function() {
+    t0 <- Sys.time()
+    silent <- 0L
+    repeat {
+      t1 <- Sys.time()
+      con <- tryCatch(suppressWarnings(socketConnection(
+        master, port, blocking = TRUE, open = "a+b", timeout = 5,
+        options = "no-delay")), error = identity)
+      if (inherits(con, "connection")) return(con)
+      if (as.numeric(Sys.time() - t1, units = "secs") >= 4.5) silent <- silent + 1L
+      if (silent >= 3L)
+        fail(where, ": the connection timed out after 5 s, three times (packets dropped by a",
+             " firewall? try tunnel: reverse)")
+      if (!silent && as.numeric(Sys.time() - t0, units = "secs") > 2)
+        fail(where, ": the connection was refused (firewall or NAT? try tunnel: reverse)")
+      Sys.sleep(0.2)
+    }
+  }
+
+  work <- function(item) {
+    token <- strsplit(item, ":", fixed = TRUE)[[1]]
+    con <- connect()
+    writeBin(c(charToRaw("SCW1"), int4(machine), int4(as.integer(token[1])),
+               int4(Sys.getpid()), bytes(token[2])), con)
+    flush(con)
+    socketTimeout(con, min(timeout, 60))
+    answer <- tryCatch(readBin(con, "raw", 16L), error = function(e) raw(0))
+    if (!identical(answer, bytes(token[3])))
+      fail("the primary at ", master, " port ", port, " did not accept this worker ",
+           "(a launch that has already ended?)")
+    socketTimeout(con, 2592000)  # parallel's own worker timeout
+    sinkWorkerOutput("/dev/null")
+    workLoop(structure(list(con = con), class = "SOCKnode"))
+    TRUE
+  }
+
+  if (!fork) {
+    work(items[1])
+  } else {
+    # One R start-up for the whole host. Each fork gets its own tempdir() and an
+    # empty global environment (this code runs in local()), as a fresh R would.
+    unlink(tempdir(), recursive = TRUE)
+    child <- function(item) {
+      tempdir(check = TRUE)
+      on.exit(unlink(tempdir(), recursive = TRUE))
+      # mcparallel() gives a child a pipe from its parent as stdin, never closed:
+      # a worker reads end-of-file there, as a fresh one does (system("cat")).
+      closeFD(0L)
+      stdin_null <- file("/dev/null", "r")
+      on.exit(close(stdin_null), add = TRUE)
+      work(item)
+    }
+    jobs <- lapply(items, function(item) parallel::mcparallel(child(item), silent = TRUE))
+    done <- parallel::mccollect(jobs)
+    if (!all(vapply(done, isTRUE, NA))) quit(save = "no", status = 3L)
+  }
+})

@@ -1,0 +1,61 @@
+"""The user data an instance runs at first boot (``userdata.sh``, filled in with data).
+
+In this order: the dead man's switch, so that a setup that fails or hangs cannot keep an
+instance alive (``shutdown -h`` at the expiry powers it off, and as the instance is
+started with shutdown behaviour ``terminate``, powering off ends it and its bill); the
+host keys on the console, before anything slow; then the setup, detached and logging to
+:data:`SETUP_LOG`: the spec's ``setup`` script, R and the ``r_packages``, and a check that
+they load, whose outcome ``up`` reads from :data:`STATUS_FILE` over SSH.
+
+The shell lives in ``userdata.sh``; Python only supplies the data (the expiry, the
+package names, the CRAN mirror, the setup script as a quoted here-document).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from importlib import resources
+from typing import TYPE_CHECKING
+
+from sshcluster.quoting import shell_quote
+
+if TYPE_CHECKING:
+    from sshcluster.ec2.spec import EC2Spec
+
+#: Where the setup's outcome is: ``running``, ``ready <R version>`` or ``failed: <what>``.
+STATUS_FILE = "/var/lib/sshcluster/status"
+#: The setup's log on the instance (readable by the login user).
+SETUP_LOG = "/var/log/sshcluster-setup.log"
+
+_TEMPLATE = "userdata.sh"
+_SETUP_HERE = "#@setup@\n"
+
+
+def _template() -> str:
+    return resources.files("sshcluster.ec2").joinpath(_TEMPLATE).read_text(encoding="utf-8")
+
+
+def user_data(spec: EC2Spec, expires: datetime) -> str:
+    """The instances' user data for ``spec``'s cluster, which ends at ``expires``."""
+    header = [
+        "#!/bin/sh",
+        f"# Written by sshcluster for cluster {spec.name}; expires "
+        f"{expires.astimezone().isoformat(timespec='seconds')}.",
+        f"expires={int(expires.timestamp())}",
+        f"r_packages={shell_quote(' '.join(spec.r_packages))}",
+        f"cran={shell_quote(spec.cran)}",
+    ]
+    setup = ""
+    if spec.setup:
+        script = spec.setup if spec.setup.endswith("\n") else spec.setup + "\n"
+        # A quoted here-document passes the script through untouched; its end marker is
+        # derived from the script so no line of the script can end it early.
+        marker = "SSHCLUSTER_SETUP_" + hashlib.sha256(script.encode()).hexdigest()[:16]
+        setup = (f"cat > \"$state/setup\" <<'{marker}'\n{script}{marker}\n"
+                 "chmod 700 \"$state/setup\"\n")
+    before, _, after = _template().partition(_SETUP_HERE)
+    return "\n".join(header) + "\n" + before + setup + after
+
+
+__all__ = ["SETUP_LOG", "STATUS_FILE", "user_data"]

@@ -1,0 +1,91 @@
+# ---- sshcluster user data. The lines above set this cluster's data: expires (the
+# ---- expiry, seconds since 1970), r_packages, cran. Runs as root at first boot.
+umask 022
+PATH=/usr/sbin:/usr/bin:/sbin:/bin; export PATH
+state=/var/lib/sshcluster
+log=/var/log/sshcluster-setup.log
+mkdir -p "$state"
+
+# 1. The dead man's switch, first, so that nothing below can keep the instance alive:
+#    power off at the expiry (shutdown behaviour 'terminate' ends the instance and its
+#    bill). A reboot forgets a scheduled shutdown, so it is a per-boot script as well, and
+#    the time left is computed on the instance from the absolute expiry.
+switch=/var/lib/cloud/scripts/per-boot/sshcluster-expiry.sh
+mkdir -p "${switch%/*}"
+cat > "$switch" <<SSHCLUSTER_EXPIRY
+#!/bin/sh
+# sshcluster dead man's switch: power off at the cluster's expiry, also after a reboot.
+PATH=/usr/sbin:/usr/bin:/sbin:/bin; export PATH
+expires=$expires
+left=\$(( (expires - \$(date +%s) + 59) / 60 ))
+if [ "\$left" -lt 1 ]; then shutdown -h now
+else shutdown -h "+\$left" "sshcluster: max_lifetime reached"; fi
+SSHCLUSTER_EXPIRY
+chmod 755 "$switch"
+"$switch"
+
+# 2. The host keys, on the console, before anything slow: 'sshcluster ec2 up' reads them
+#    from the console output (cloud-init prints them only after all user scripts ended).
+keys() {
+  echo "-----BEGIN SSH HOST KEY KEYS-----"
+  cat /etc/ssh/ssh_host_*_key.pub 2>/dev/null
+  echo "-----END SSH HOST KEY KEYS-----"
+}
+{ keys > /dev/console; } 2>/dev/null || keys
+
+# 3. The setup, detached (a long package build must not hold up cloud-init or the keys),
+#    logging to $log. Its outcome goes to $state/status, which 'up' reads over SSH:
+#    running, then "ready <R version>" or "failed: <what>".
+#@setup@
+cat > "$state/run-setup" <<'SSHCLUSTER_RUN'
+#!/bin/sh
+# sshcluster setup: the spec's setup script, then R and the R packages (Debian's or
+# Ubuntu's r-cran-* where they exist, else from the CRAN mirror), then a check that R
+# starts and every package loads.
+PATH=/usr/sbin:/usr/bin:/sbin:/bin; export PATH
+umask 022
+state=/var/lib/sshcluster
+status() { printf '%s\n' "$*" > "$state/status.new" && mv "$state/status.new" "$state/status"; }
+fail() { echo "sshcluster setup: failed: $*"; status "failed: $*"; exit 1; }
+export DEBIAN_FRONTEND=noninteractive
+apt_get() { apt-get -q -y -o DPkg::Lock::Timeout=600 "$@"; }
+updated=
+apt_update() { [ -n "$updated" ] || { apt_get update && updated=1; }; }
+echo "sshcluster setup: started $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+if [ -f "$state/setup" ]; then
+  if [ "$(head -c 2 "$state/setup")" = "#!" ]; then "$state/setup"; else sh -e "$state/setup"; fi \
+    || fail "the setup script exited with status $?"
+fi
+if ! command -v Rscript > /dev/null 2>&1; then
+  apt_update || fail "apt-get update"
+  apt_get install --no-install-recommends r-base-core || fail "installing R (r-base-core)"
+fi
+debs= ; from_cran=
+for p in $r_packages; do
+  Rscript -e "quit(status = !requireNamespace('$p', quietly = TRUE))" > /dev/null 2>&1 && continue
+  deb=r-cran-$(printf '%s' "$p" | tr 'A-Z' 'a-z')
+  apt_update || fail "apt-get update"
+  if apt-cache show "$deb" > /dev/null 2>&1; then debs="$debs $deb"; else from_cran="$from_cran $p"; fi
+done
+if [ -n "$debs" ]; then
+  apt_get install --no-install-recommends $debs || fail "installing$debs"
+fi
+if [ -n "$from_cran" ]; then
+  apt_update || fail "apt-get update"
+  apt_get install --no-install-recommends r-base-dev || fail "installing r-base-dev (to build$from_cran)"
+  SSHCLUSTER_PKGS="$from_cran" SSHCLUSTER_CRAN="$cran" Rscript -e '
+    pkgs <- strsplit(trimws(Sys.getenv("SSHCLUSTER_PKGS")), " +")[[1]]
+    install.packages(pkgs, repos = Sys.getenv("SSHCLUSTER_CRAN"), Ncpus = parallel::detectCores())'
+fi
+version=$(SSHCLUSTER_PKGS="$r_packages" Rscript -e '
+  pkgs <- strsplit(trimws(Sys.getenv("SSHCLUSTER_PKGS")), " +")[[1]]
+  for (p in pkgs) library(p, character.only = TRUE)
+  cat(R.version.string)') || fail "R does not start, or an R package does not load:$r_packages"
+echo "sshcluster setup: ready: $version"
+status "ready $version"
+SSHCLUSTER_RUN
+chmod 755 "$state/run-setup"
+echo running > "$state/status"
+touch "$log"
+chmod 644 "$log" "$state/status"
+r_packages="$r_packages" cran="$cran" nohup setsid "$state/run-setup" >> "$log" 2>&1 < /dev/null &

@@ -1,0 +1,89 @@
+"""Network faults between a test host and the primary, made for real with iptables.
+
+A rule goes into the ``OUTPUT`` chain of the host's own network namespace, so it affects
+that host only, and only traffic to the primary's address and the given TCP port; or,
+for :func:`cut_off`, every packet in and out of the host but its own loopback (a pulled
+cable, a reclaimed spot instance); or, for :func:`slow_ssh`, the SYNs that open a
+connection to its sshd (a host slow to answer). The
+faults of a host's sshd (stopped, restarted, a new host key) are
+:class:`~sshcluster.testing.servers.Servers`'.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+from sshcluster.errors import TestbedError
+from sshcluster.testing.hosts import TestHost
+from sshcluster.testing.netns import run_command
+
+__all__ = ["Action", "allow", "cut_off", "reconnect", "reject", "slow_ssh"]
+
+#: ``REJECT`` answers with a reset: a connect fails at once ("connection refused").
+#: ``DROP`` discards the packets: a connect hangs until it times out.
+Action = Literal["REJECT", "DROP"]
+
+#: At most this many rules of one kind are removed by :func:`allow` (one per reject()).
+_MAX_RULES = 100
+
+
+def _iptables(host: TestHost, args: Sequence[str], *, check: bool = True) -> int:
+    argv = ["ip", "netns", "exec", host.netns, "iptables", "-w", "5", *args]
+    return run_command(argv, check=check, what=f"iptables on {host.hostname}").returncode
+
+
+def _rule(primary_address: str, port: int, action: Action) -> list[str]:
+    spec = ["-p", "tcp", "-d", f"{primary_address}/32", "--dport", str(port)]
+    if action == "REJECT":
+        return [*spec, "-j", "REJECT", "--reject-with", "tcp-reset"]
+    return [*spec, "-j", "DROP"]
+
+
+def reject(host: TestHost, primary_address: str, port: int, action: Action = "REJECT") -> None:
+    """Block TCP from ``host`` to ``primary_address:port`` (see :data:`Action`)."""
+    if action not in ("REJECT", "DROP"):
+        raise TestbedError(f"action must be REJECT or DROP, not {action!r}")
+    _iptables(host, ["-I", "OUTPUT", "1", *_rule(primary_address, port, action)])
+
+
+def allow(host: TestHost, primary_address: str, port: int) -> None:
+    """Remove every :func:`reject` rule for ``primary_address:port`` on ``host``."""
+    actions: tuple[Action, ...] = ("REJECT", "DROP")
+    for action in actions:
+        rule = _rule(primary_address, port, action)
+        for _ in range(_MAX_RULES):  # bounded: one rule per reject() call
+            if _iptables(host, ["-D", "OUTPUT", *rule], check=False):
+                break
+
+
+#: The chains a :func:`cut_off` host drops everything in (loopback aside).
+_CUT = (("INPUT", "-i"), ("OUTPUT", "-o"))
+
+
+def cut_off(host: TestHost) -> None:
+    """Drop every packet in and out of ``host`` (not its loopback): nothing answers,
+    nothing is refused, as when a machine vanishes from the network."""
+    for chain, flag in _CUT:
+        _iptables(host, ["-I", chain, "1", "!", flag, "lo", "-j", "DROP"])
+
+
+def reconnect(host: TestHost) -> None:
+    """Undo :func:`cut_off` and :func:`slow_ssh`."""
+    for chain, flag in _CUT:
+        for _ in range(_MAX_RULES):
+            if _iptables(host, ["-D", chain, "!", flag, "lo", "-j", "DROP"], check=False):
+                break
+    for _ in range(_MAX_RULES):
+        if _iptables(host, ["-D", "INPUT", *_SYN], check=False):
+            break
+
+
+_SYN = ["-p", "tcp", "--dport", "22", "--syn", "-j", "DROP"]
+
+
+def slow_ssh(host: TestHost) -> None:
+    """Drop the SYNs that open a connection to ``host``'s sshd on port 22: ssh retries
+    them (after 1 s, then 2 s more, ...), so the host answers only once
+    :func:`reconnect` removes the rule."""
+    _iptables(host, ["-I", "INPUT", "1", *_SYN])

@@ -1,0 +1,62 @@
+"""One test host: what it is called, where its files are, and how a command runs on it.
+
+A :class:`TestHost` is a value; the files of host ``i`` live in ``WORKDIR/h<i>`` (its
+sshd's key, config and logs, its ``~/.bashrc`` and, in ``ssh/``, its ``/root/.ssh``).
+:func:`enter_argv` wraps a command so that it runs *on* the host: in its network
+namespace, with its hostname and its own ``/root/.ssh``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["TestHost", "enter_argv", "host_dir"]
+
+# Runs inside `ip netns exec NS unshare --uts --mount`: give the host its hostname, its
+# own /root/.ssh and, like a freshly installed machine, Debian's default root ~/.bashrc
+# (this machine's own may run slow tools such as `pyenv init` in every ssh session), then
+# become the command. Arguments: hostname, ssh dir, bashrc, argv...
+# The mount namespace is a *slave* (not private) of the root one, so when a testbed
+# deletes a netns (an unmount of /run/netns/NAME) the copy here goes too, instead of
+# keeping that namespace and its veth alive for as long as this host runs.
+_ENTER = (
+    'hostname "$1" && mount --bind "$2" /root/.ssh'
+    ' && { [ ! -e /root/.bashrc ] || mount --bind "$3" /root/.bashrc; }'
+    ' && shift 3 && exec "$@"'
+)
+
+
+@dataclass(frozen=True)
+class TestHost:
+    """One SSH host of a :class:`~sshcluster.testing.Testbed`.
+
+    ``index`` is 1-based; ``hostname`` is what ``uname -n`` (and R's
+    ``Sys.info()[["nodename"]]``) shows on it; ``address`` is its IPv4 address;
+    ``netns`` the name of its network namespace (``ip netns exec NETNS ...``).
+    """
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    index: int
+    hostname: str
+    address: str
+    netns: str
+    ssh_port: int = 22
+
+
+def host_dir(workdir: Path, host: TestHost | int) -> Path:
+    """The directory of ``host`` (or of the host with that index) in ``workdir``."""
+    index = host if isinstance(host, int) else host.index
+    return workdir / f"h{index}"
+
+
+def enter_argv(workdir: Path, host: TestHost, argv: Sequence[str]) -> list[str]:
+    """``argv`` run in the host's network namespace with its hostname and /root/.ssh."""
+    d = host_dir(workdir, host)
+    return [
+        "ip", "netns", "exec", host.netns,
+        "unshare", "--uts", "--mount", "--propagation", "slave",
+        "sh", "-c", _ENTER, "sh", host.hostname, str(d / "ssh"), str(d / "bashrc"), *argv,
+    ]  # fmt: skip

@@ -1,0 +1,119 @@
+"""``ls``, ``down`` and ``gc`` in the library: finding clusters by their tags, ending them,
+and collecting expired and orphaned ones, in every region with a record."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sshcluster import ec2
+from sshcluster.errors import EC2Error, NoSuchCluster
+
+from .helpers import REGION, SshHosts, do_up, live, make_spec
+
+
+def test_ls_down_and_down_again(client: Any, ami: str, hosts: SshHosts,
+                                tmp_path: Path) -> None:
+    c = do_up(make_spec(ami, count=2), client, hosts, tmp_path)
+    ids = sorted(i.id for i in c.instances)
+    client.stop_instances(InstanceIds=[ids[0]])  # a stopped instance must not escape
+
+    (status,) = ec2.list_clusters(client=client)
+    assert status.name == "rwork" and status.known
+    assert sorted(i.id for i in status.live) == ids
+    assert {i.state for i in status.instances} == {"running", "stopped"}
+    data = status.to_dict(ec2.utcnow())
+    assert 0 < data["time_left_seconds"] <= 7200
+    assert all(i["age_seconds"] >= 0 for i in data["instances"])
+
+    report = ec2.down("rwork", client=client)
+    assert sorted(report.terminated) == ids
+    assert len(report.deleted_security_groups) == 1
+    assert len(report.deleted_key_pairs) == 1
+    assert report.removed_files == (str(tmp_path / "rwork.pem"),)
+    assert live(client) == []
+    tag_filter = [{"Name": "tag:sshcluster:cluster", "Values": ["rwork"]}]
+    assert client.describe_security_groups(Filters=tag_filter)["SecurityGroups"] == []
+    assert client.describe_key_pairs(Filters=tag_filter)["KeyPairs"] == []
+    (status,) = ec2.list_clusters(client=client)  # terminated instances are still listed
+    assert not status.live and not status.known
+
+    again = ec2.down("rwork", client=client)
+    assert again.summary() == "nothing left to remove"
+    with pytest.raises(NoSuchCluster) as e:  # never was a cluster
+        ec2.down("rwrok", client=client)
+    assert e.value.name == "rwrok" and e.value.existing == ("rwork",)
+
+
+def test_gc_finds_expired_and_orphaned_clusters(client: Any, ami: str, hosts: SshHosts,
+                                                tmp_path: Path) -> None:
+    mine = do_up(make_spec(ami, count=1), client, hosts, tmp_path / "a", owner="me@here")
+    do_up(make_spec(ami, name="other", count=1), client, hosts, tmp_path / "b",
+          owner="me@here")
+    assert ec2.find_garbage(client=client, owner="me@here") == ()
+
+    later = mine.expires + timedelta(minutes=1)
+    expired = ec2.find_garbage(client=client, owner="me@here", now=later)
+    assert {g.name for g in expired} == {"rwork", "other"}
+    assert all(g.reason.startswith("expired at") for g in expired)
+
+    (tmp_path / "state" / f"{REGION}--other.json").unlink()  # its up died, say
+    (orphan,) = ec2.find_garbage(client=client, owner="me@here")
+    assert orphan.name == "other" and "no record" in orphan.reason
+    # someone else's unexpired cluster without a record here is theirs, not garbage
+    assert ec2.find_garbage(client=client, owner="you@there") == ()
+
+    reports = ec2.collect_garbage([orphan], client=client)
+    assert reports[0].terminated == orphan.instance_ids
+    assert [i["InstanceId"] for i in live(client)] == [mine.instances[0].id]
+
+
+def test_gc_judges_a_cluster_by_its_live_run(client: Any, ami: str, hosts: SshHosts,
+                                            tmp_path: Path) -> None:
+    short = do_up(make_spec(ami, count=1, max_lifetime=timedelta(minutes=10)), client, hosts,
+                  tmp_path)
+    ec2.down("rwork", client=client)
+    do_up(make_spec(ami, count=1), client, hosts, tmp_path)  # same name, a new run
+    # the first run's terminated instance is still listed, with its earlier expiry
+    assert ec2.find_garbage(client=client, now=short.expires + timedelta(minutes=1)) == ()
+
+
+def test_search_regions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    records = tmp_path / "state"
+    records.mkdir()
+    for name in ("us-west-2--west.json", "eu-central-1--a--b.json", "us-west-2--other.json",
+                 "not a region--x.json", "us-west-2--x.tmp"):
+        (records / name).write_text("not even JSON")  # unreadable records count too
+    assert ec2.search_regions(records=records) == ("eu-central-1", "us-east-1", "us-west-2")
+    assert ec2.search_regions("ap-south-1", records=records) == ("ap-south-1",)
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    assert ec2.search_regions(records=records) == ("eu-central-1", "us-west-2")
+    with pytest.raises(EC2Error, match="no AWS region given"):
+        ec2.search_regions(records=tmp_path / "none")
+
+
+def test_garbage_is_collected_with_a_client_for_its_region(client: Any) -> None:
+    garbage = ec2.Garbage("west", "expired", ("i-0123456789abcdef0",), "us-west-2")
+    with pytest.raises(EC2Error, match="found in us-west-2 cannot be collected with a "
+                                       "client for us-east-1"):
+        ec2.collect_garbage([garbage], client=client)
+
+
+def test_every_region_is_asked_and_every_outcome_kept(client: Any, ami: str, hosts: SshHosts,
+                                                      tmp_path: Path) -> None:
+    # like fabric's GroupResult: a region that fails does not hide the others' answers
+    do_up(make_spec(ami, count=1), client, hosts, tmp_path)
+    (tmp_path / "state" / "xx-nowhere-9--ghost.json").write_text("{}")
+    found = ec2.list_all_clusters()
+    assert not found.ok
+    assert [c.name for c in found.succeeded[REGION]] == ["rwork"]
+    assert set(found.failed) == {"xx-nowhere-9"}
+    assert found.failed["xx-nowhere-9"].operation == "DescribeInstances"  # type: ignore[attr-defined]
+    garbage = ec2.find_all_garbage(region=REGION)
+    assert garbage.ok and garbage.succeeded == {REGION: ()}

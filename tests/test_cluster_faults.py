@@ -1,0 +1,152 @@
+"""A running cluster meets real faults: each is named, nothing is left behind, and
+``sshcluster_repair()`` goes on without what was lost.
+
+In every launch mode (forked workers, fresh workers, the reverse tunnel), one R session
+meets in turn:
+
+* a worker killed with SIGKILL on a live host;
+* the host's sshd session killed;
+* a call interrupted by SIGINT (the next call must not return that call's results), and
+  a Ctrl-C sent to the whole process group, as a terminal sends it;
+* a host cut off from the network (all its packets dropped) during a long parLapply.
+
+The tasks sleep far longer than the test lets R run, so an answer can only come from the
+fault being noticed. After the cut, sshcluster_stop() must return, the other hosts must
+be empty, and the cut-off host must stop its own workers while it is still cut off.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sshcluster.bootstrap import RenderOptions, write_bootstrap
+from sshcluster.inventory import load_inventory
+from sshcluster.testing import Testbed, TestHost
+from sshcluster.testing.fixtures import run_r_in_test
+
+pytestmark = pytest.mark.testbed
+
+LEFTOVER = "R|sh|sleep|bash"
+MODES = {"fork": RenderOptions(fork=True), "fresh": RenderOptions(fork=False),
+         "tunnel": RenderOptions(tunnel="reverse")}
+
+
+def _cluster_r(tb: Testbed, tmp_path: Path, options: RenderOptions) -> Path:
+    inv = tb.write_inventory(tmp_path / "hosts.yaml", ncore=2)
+    out = tmp_path / "cluster.R"
+    write_bootstrap(load_inventory(inv), out, options)
+    return out
+
+
+def _kill_session_script(tmp_path: Path, host: TestHost) -> Path:
+    """A script that kills the sshd processes serving sessions on ``host`` (not its
+    listener): the primary's ssh to that host then ends."""
+    script = tmp_path / f"kill-sshd-{host.hostname}.sh"
+    script.write_text(
+        f'for p in $(ip netns pids {host.netns}); do\n'
+        '  case "$(tr "\\0" " " < /proc/$p/cmdline 2>/dev/null)" in\n'
+        '    "sshd: root@notty"*|"sshd: root [priv]"*) kill -9 "$p";;\n'
+        '  esac\n'
+        'done\n')
+    return script
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_faults_are_named_and_repaired(testbed: Testbed, tmp_path: Path, mode: str) -> None:
+    tb = testbed
+    assert tb.leftovers(LEFTOVER, wait=10) == {}
+    f = _cluster_r(tb, tmp_path, MODES[mode])
+    h2, h3, h4 = tb.hosts[1], tb.hosts[2], tb.hosts[3]
+    cut = tmp_path / "cut.sh"
+    cut.write_text(f"sleep 2\nip netns exec {h4.netns} iptables -w 5 -I INPUT 1 ! -i lo -j DROP\n"
+                   f"ip netns exec {h4.netns} iptables -w 5 -I OUTPUT 1 ! -o lo -j DROP\n")
+    code = f"""
+        say <- function(key, ...) cat(key, ..., "\\n", sep = "|")
+        try_msg <- function(expr) tryCatch(expr, error = conditionMessage,
+                                           interrupt = function(e) "INTERRUPTED")
+        source({str(f)!r})
+        # 1. a worker killed on a live host
+        pids <- unlist(parallel::clusterEvalQ(parallelCluster, Sys.getpid()))
+        tools::pskill(pids[3], tools::SIGKILL)
+        say("kill9", try_msg(parallel::parSapply(parallelCluster, 1:8, function(i) i)))
+        parallelCluster <- sshcluster_repair()
+        say("after-kill9", parallel::parSapply(parallelCluster, 1:8, function(i) i * 3))
+        # 2. the host's sshd session killed
+        system({f"sh {_kill_session_script(tmp_path, h3)}"!r})
+        say("sshd", try_msg(parallel::parSapply(parallelCluster, 1:8, function(i) i)))
+        parallelCluster <- sshcluster_repair()
+        say("after-sshd", parallel::parSapply(parallelCluster, 1:8, function(i) i * 4))
+        # 3. an interrupted call; then Ctrl-C to the whole process group
+        later <- function(what) system(sprintf("sh -c 'sleep 1; %s'", what), wait = FALSE)
+        later(sprintf("kill -INT %d", Sys.getpid()))
+        say("interrupt", try_msg(parallel::parLapply(parallelCluster, 1:8, function(i) {{
+          Sys.sleep(30); i }})))
+        say("next", try_msg(parallel::parSapply(parallelCluster, 1:8, function(i) -i)))
+        parallelCluster <- sshcluster_repair()
+        say("after-interrupt", parallel::parSapply(parallelCluster, 1:8, function(i) i * 5))
+        later(sprintf("kill -s INT -- -%d", Sys.getpid()))
+        say("ctrl-c", try_msg(parallel::parLapply(parallelCluster, 1:8, function(i) {{
+          Sys.sleep(3); i }})))
+        parallelCluster <- sshcluster_repair()
+        say("after-ctrl-c", parallel::parSapply(parallelCluster, 1:8, function(i) i * 6))
+        # 4. a host cut off in the middle of a long call
+        system({f"sh {cut}"!r}, wait = FALSE)
+        t0 <- Sys.time()
+        say("cut", try_msg(parallel::parLapply(parallelCluster, 1:8, function(i) {{
+          Sys.sleep(300); i }})))
+        say("noticed-after", as.numeric(Sys.time() - t0, units = "secs"))
+        t0 <- Sys.time()
+        sshcluster_stop()
+        say("stop-took", as.numeric(Sys.time() - t0, units = "secs"))
+    """
+    try:
+        out = subprocess.run(["setsid", "-w", "Rscript", "-e", code], capture_output=True,
+                             text=True, timeout=150)
+        lines = {ln.split("|")[0]: ln.split("|")[1:-1] for ln in out.stdout.splitlines()}
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert {k: v for k, v in tb.leftovers(LEFTOVER, wait=10).items()
+                if k != h4.hostname} == {}, "workers left on hosts that were not cut off"
+        # The cut-off host stops its own workers, while it is still cut off.
+        left = tb.leftovers(LEFTOVER, wait=90)
+        assert h4.hostname not in left, f"{h4.hostname} kept {left} while cut off"
+    finally:
+        tb.reconnect(h4)
+    # 1. named, then replaced
+    assert f"worker 1 on {h2.address}" in lines["kill9"][0] and "stopped" in lines["kill9"][0]
+    assert lines["after-kill9"] == [str(3 * i) for i in range(1, 9)]
+    # 2. named with ssh's words, then relaunched
+    assert f"lost {h3.address}: ssh exited with status 255" in lines["sshd"][0]
+    assert lines["after-sshd"] == [str(4 * i) for i in range(1, 9)]
+    # 3. the next call is refused instead of returning the interrupted call's results
+    assert lines["interrupt"] == ["INTERRUPTED"]
+    assert "has not answered an earlier call" in lines["next"][0]
+    assert lines["after-interrupt"] == [str(5 * i) for i in range(1, 9)]
+    assert lines["after-ctrl-c"] == [str(6 * i) for i in range(1, 9)]
+    # 4. the lost host is named with ssh's reason (the tasks would sleep for 300 s)
+    assert f"lost {h4.address}: ssh exited with status 255" in lines["cut"][0]
+    assert "not responding" in lines["cut"][0] or "closed" in lines["cut"][0]
+    assert float(lines["noticed-after"][0]) < 45
+    assert float(lines["stop-took"][0]) < 10
+
+
+@pytest.mark.parametrize(("mode", "times"), [("fork", 20), ("fresh", 5), ("tunnel", 5)])
+def test_a_failed_launch_leaves_nothing_every_time(testbed: Testbed, tmp_path: Path,
+                                                   mode: str, times: int) -> None:
+    """One host refuses ssh: the launch fails fast, and a few seconds after each try no R
+    (nor its shell) is left in any host's namespace: whatever ends a host's script, at
+    whatever moment, nothing it started survives."""
+    tb = testbed
+    bad = tb.hosts[2]
+    f = _cluster_r(tb, tmp_path, MODES[mode])
+    tb.stop_sshd(bad)
+    try:
+        for attempt in range(times):
+            out = run_r_in_test(f"source({str(f)!r})\ncat('UNEXPECTED')\n", tmp_path)
+            assert out.returncode != 0 and "UNEXPECTED" not in out.stdout
+            assert f"{bad.address}: ssh exited with status 255" in out.stderr
+            assert tb.leftovers(LEFTOVER, wait=5) == {}, f"attempt {attempt + 1}"
+    finally:
+        tb.start_sshd(bad)

@@ -1,0 +1,231 @@
+"""Only our own workers get in: real attackers against a real launch.
+
+Each attacker is a real process in a test host's network namespace, racing a launch that
+one slow host (its sshd's SYNs dropped for a few seconds) keeps open:
+
+* a stranger on the network who sends the primary's R port a serialized R object holding
+  a promise (code that would write a marker file on the primary if it were ever
+  unserialized and forced), again and again;
+* a stranger who opens many connections, sends two bytes and then nothing;
+* a local user (``nobody``) on a worker host who reads every process's command line and
+  environment it can, and offers every secret-looking string it finds as a worker's token
+  for every slot, to the primary's port (or, behind the tunnel, to the forwarded port on
+  its own host).
+
+In the default (direct) and the tunnel mode the launch must end within its setup timeout
+with exactly the genuine workers, no attacker code may run, the worker tokens must appear
+on no command line, and no process may be left on any host.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sshcluster.bootstrap import write_bootstrap
+from sshcluster.inventory import load_inventory
+from sshcluster.testing import Testbed, free_port
+from sshcluster.testing.fixtures import run_r_in_test
+
+pytestmark = pytest.mark.testbed
+
+NOBODY = "65534"
+
+ATTACKER = r"""
+import os, re, socket, struct, sys, time
+mode, host, port, seconds, log_path = sys.argv[1:6]
+port, deadline = int(port), time.monotonic() + float(seconds)
+payload = open(sys.argv[6], "rb").read() if len(sys.argv) > 6 else b""
+log = open(log_path, "a", buffering=1)
+tried = 0
+
+def connect():
+    return socket.create_connection((host, port), timeout=1)
+
+if mode == "promise":
+    while time.monotonic() < deadline:
+        try:
+            s = connect()
+            s.settimeout(0.5)
+            s.sendall(payload)
+            try:
+                s.recv(100)
+            except OSError:
+                pass
+            s.close()
+            tried += 1
+        except OSError:
+            time.sleep(0.05)
+elif mode == "stall":
+    import select
+    held = []  # always 64 connections that said two bytes and then nothing
+    while time.monotonic() < deadline:
+        while len(held) < 64:
+            try:
+                s = connect()
+                s.sendall(b"X\n")
+                held.append(s)
+                tried += 1
+            except OSError:
+                time.sleep(0.05)
+                break
+        closed, _, _ = select.select(held, [], [], 0.2)  # the primary gave up on these
+        for s in closed:
+            held.remove(s)
+            s.close()
+elif mode == "snoop":
+    found = set()
+    while time.monotonic() < deadline:
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                for name in ("cmdline", "environ"):
+                    try:
+                        data = open(f"/proc/{pid}/{name}", "rb").read()
+                    except OSError:
+                        continue
+                    found.update(m.decode() for m in re.findall(rb"[0-9a-f]{32}", data))
+        for token in sorted(found)[:50]:
+            for machine in (1, 2, 3):
+                for slot in (1, 2):
+                    try:
+                        s = connect()
+                        s.settimeout(1)
+                        s.sendall(b"SCW1" + struct.pack(">iii", machine, slot, os.getpid())
+                                  + bytes.fromhex(token[:32]))
+                        answer = s.recv(16)
+                        log.write(f"answer {len(answer)}\n")
+                        s.close()
+                        tried += 1
+                    except OSError:
+                        pass
+        time.sleep(0.05)
+    log.write("found " + " ".join(sorted(found)) + "\n")
+log.write(f"tried {tried}\n")
+"""
+
+#: R: a reply that runs code wherever it is unserialized and looked at.
+PAYLOAD_R = """
+e <- new.env()
+delayedAssign("value", writeLines("attacker code ran", MARKER), assign.env = e)
+delayedAssign("type", writeLines("attacker code ran", MARKER), assign.env = e)
+bytes <- serialize(list(type = "VALUE", value = e, success = TRUE, tag = e), NULL)
+writeBin(bytes, OUT)
+"""
+
+
+def _payload(tmp_path: Path, marker: Path) -> Path:
+    out = tmp_path / "payload.rds"
+    code = PAYLOAD_R.replace("MARKER", repr(str(marker))).replace("OUT", repr(str(out)))
+    subprocess.run(["Rscript", "-e", code], check=True, timeout=60)
+    return out
+
+
+def _attack(netns: str, mode: str, host: str, port: int, seconds: float, log: Path,
+            *extra: str, user: str | None = None) -> subprocess.Popen[bytes]:
+    argv = ["ip", "netns", "exec", netns]
+    if user:
+        argv += ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"]
+    return subprocess.Popen([*argv, "/usr/bin/python3", "-c", ATTACKER, mode, host, str(port),
+                             str(seconds), str(log), *extra])
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A directory the attacker running as ``nobody`` can read and write its log in."""
+    d = Path(tempfile.mkdtemp(prefix="sshcluster-attack-"))
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d)
+
+
+@pytest.mark.parametrize("tunnel", [False, True], ids=["direct", "tunnel"])
+def test_only_genuine_workers_get_in(testbed: Testbed, shared_tmp: Path, tunnel: bool
+                                     ) -> None:
+    tb = testbed
+    tmp_path = shared_tmp
+    assert tb.leftovers("R|sh|sleep", wait=10) == {}
+    workers, stranger = tb.hosts[:3], tb.hosts[3]
+    slow, local = workers[1], workers[0]
+    port = free_port()
+    marker = tmp_path / "pwned"
+    payload = _payload(tmp_path, marker)
+    inv = tb.write_inventory(tmp_path / "hosts.yaml", ncore=2, port=port,
+                             extra={"setup_timeout": 30,
+                                    "hosts": [{"host": h.address} for h in workers],
+                                    **({"tunnel": "reverse"} if tunnel else {})})
+    cluster_r = tmp_path / "cluster.R"
+    write_bootstrap(load_inventory(inv), cluster_r)
+    logs = {name: tmp_path / f"{name}.log" for name in ("promise", "stall", "snoop",
+                                                         "local-promise")}
+    for log in logs.values():
+        log.touch()
+        log.chmod(0o666)
+    # What the local attacker on a worker host reaches: the primary's port, or behind
+    # the tunnel the forwarded port on its own host.
+    local_target = "127.0.0.1" if tunnel else tb.primary_address
+    attackers = [
+        _attack(stranger.netns, "promise", tb.primary_address, port, 14, logs["promise"],
+                str(payload)),
+        _attack(stranger.netns, "stall", tb.primary_address, port, 14, logs["stall"]),
+        _attack(local.netns, "snoop", local_target, port, 14, logs["snoop"], user=NOBODY),
+        _attack(local.netns, "promise", local_target, port, 14, logs["local-promise"],
+                str(payload), user=NOBODY),
+    ]
+    tb.slow_ssh(slow)
+    timer = threading.Timer(5, tb.reconnect, args=(slow,))
+    timer.start()
+    try:
+        out = run_r_in_test(f"""
+            t0 <- Sys.time()
+            source({str(cluster_r)!r})
+            cat("launch", as.numeric(Sys.time() - t0, units = "secs"), "\\n")
+            cl <- parallelCluster
+            w <- parallel::clusterEvalQ(cl, list(node = Sys.info()[["nodename"]],
+                                                 pid = Sys.getpid()))
+            cat("nodes", vapply(w, `[[`, "", "node"), "\\n")
+            pids <- vapply(w, `[[`, 1L, "pid")
+            cat("pids", pids, "\\n")
+            # each answering process really runs in its host's network namespace
+            cat("netns", vapply(pids, function(p)
+              system(paste("ip netns identify", p), intern = TRUE), ""), "\\n")
+            cat("sum", sum(parallel::parSapply(cl, 1:100, function(i) i * 2)), "\\n")
+            S <- get("S", environment(sshcluster_stop))
+            cat("tokens", unlist(lapply(S$sessions, function(s)
+              unlist(lapply(s$tokens, function(t) c(t$worker, t$primary))))), "\\n")
+            sshcluster_stop()
+        """, tmp_path, timeout=120)
+    finally:
+        timer.cancel()
+        tb.reconnect(slow)
+        for a in attackers:
+            a.wait(timeout=60)
+    assert out.returncode == 0, out.stderr
+    for name, log in logs.items():  # shown with pytest -s: how hard each attacker tried
+        print(name, log.read_text().splitlines()[-1])
+    print(out.stderr.strip())
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
+    # The launch ended within its setup timeout, with exactly the genuine workers.
+    assert float(lines["launch"]) < 30
+    assert lines["nodes"].split() == [h.hostname for h in workers for _ in range(2)]
+    assert lines["sum"].split() == [str(2 * 5050)]
+    assert len(set(lines["pids"].split())) == 6
+    assert lines["netns"].split() == [h.netns for h in workers for _ in range(2)]
+    # No attacker code ran, and the attackers really were there.
+    assert not marker.exists()
+    assert "tried 0" not in logs["promise"].read_text()
+    assert "tried 0" not in logs["stall"].read_text()
+    assert "refused" in out.stderr and "did not prove" in out.stderr
+    # The local user found no worker token anywhere, and no answer to a guess.
+    tokens = set(lines["tokens"].split())
+    assert len(tokens) == 12
+    snoop = logs["snoop"].read_text()
+    found = set(next(ln for ln in snoop.splitlines() if ln.startswith("found")).split()[1:])
+    assert not tokens & found
+    assert "answer 16" not in snoop
+    assert tb.leftovers("R|sh|sleep", wait=10) == {}
