@@ -8,6 +8,7 @@ wrong. No traceback for a user's mistake.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -85,6 +86,17 @@ def _run_check(inv: Inventory, *, timeout: float, concurrency: int, accept_new: 
     return check(inv, **kwargs)
 
 
+def _config_files(ctx: click.Context, param: click.Parameter,
+                  files: tuple[str, ...]) -> tuple[str, ...]:
+    """``-F``: existing files, or ``none`` alone, as ssh takes them."""
+    for f in files:
+        if f == "none" and len(files) > 1:
+            raise click.BadParameter("'none' means no config file, so it comes alone")
+        if f != "none" and not os.path.isfile(f):
+            raise click.BadParameter(f"no such file: {f}")
+    return files
+
+
 @cli.command("check")
 @click.argument("inventory", type=click.Path(dir_okay=False))
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
@@ -97,10 +109,10 @@ def _run_check(inv: Inventory, *, timeout: float, concurrency: int, accept_new: 
                    "OpenSSH's StrictHostKeyChecking=accept-new). A changed key still fails.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print only the JSON report on stdout.")
-@click.option("-F", "--ssh-config", "ssh_config", multiple=True,
-              type=click.Path(dir_okay=False, exists=True),
+@click.option("-F", "--ssh-config", "ssh_config", multiple=True, callback=_config_files,
               help="Use this OpenSSH client config file instead of ssh's own (~/.ssh/config "
-                   "and /etc/ssh/ssh_config), as 'ssh -F' does; repeatable (read in order).")
+                   "and /etc/ssh/ssh_config), as 'ssh -F' does ('none': no file at all); "
+                   "repeatable (read in order).")
 @click.pass_context
 def check_command(ctx: click.Context, inventory: str, timeout: float, concurrency: int,
                   accept_new: bool, as_json: bool, ssh_config: tuple[str, ...]) -> None:

@@ -167,3 +167,20 @@ def test_server_that_never_speaks_fails_hostkey_at_the_deadline(
     hk = report.hosts[0].checks["hostkey"]
     assert statuses(report) == ["ok", "ok", "failed", "skipped"]
     assert "deadline" in hk.detail and hk.hint and report.seconds < 4
+
+
+def test_cli_ssh_config_files(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from sshcluster.cli import cli
+
+    inv = tmp_path / "hosts.yaml"
+    inv.write_text(f"primary: 127.0.0.1\nhosts:\n  - host: 127.0.0.1\n"
+                   f"    ssh_port: {free_port()}\n")
+    runner = CliRunner()
+    result = runner.invoke(cli, ["check", str(inv), "-F", "none", "--json", "--timeout", "5"])
+    assert result.exit_code == 1, result.output
+    assert "Connection refused" in result.stdout
+    for bad in (["-F", str(tmp_path / "missing")], ["-F", "none", "-F", str(inv)]):
+        result = runner.invoke(cli, ["check", str(inv), *bad])
+        assert result.exit_code == 2 and "-F" in result.output
