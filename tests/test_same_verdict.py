@@ -29,8 +29,10 @@ from sshcluster.testing.fixtures import build_testbed
 
 pytestmark = pytest.mark.testbed
 
-#: Run argv with $1 on /root/.ssh and $2 on /etc/ssh, in a mount namespace of its own.
-_ENTER = 'mount --bind "$1" /root/.ssh && mount --bind "$2" /etc/ssh && shift 2 && exec "$@"'
+#: Run argv with $1 on /root/.ssh, $2 on /etc/ssh and $3 on /etc/hosts, in a mount
+#: namespace of its own.
+_ENTER = ('mount --bind "$1" /root/.ssh && mount --bind "$2" /etc/ssh'
+          ' && mount --bind "$3" /etc/hosts && shift 3 && exec "$@"')
 
 R_LAUNCH = """\
 source({file})
@@ -42,17 +44,20 @@ sshcluster_stop()
 @dataclass
 class Client:
     """A user's ssh setup: ``home`` becomes /root/.ssh, ``etc`` /etc/ssh (a copy of this
-    machine's client config, and what a setup adds)."""
+    machine's client config, and what a setup adds), ``hosts`` /etc/hosts (a copy)."""
 
     root: Path
     home: Path = field(init=False)
     etc: Path = field(init=False)
+    hosts: Path = field(init=False)
 
     def __post_init__(self) -> None:
         self.home = self.root / "dot_ssh"
         self.etc = self.root / "etc_ssh"
+        self.hosts = self.root / "hosts"
         self.home.mkdir(mode=0o700, parents=True)
         self.etc.mkdir()
+        shutil.copy("/etc/hosts", self.hosts)
         for name in ("ssh_config", "ssh_config.d"):
             src = Path("/etc/ssh") / name
             if src.is_dir():
@@ -63,7 +68,7 @@ class Client:
     def run(self, *argv: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c", _ENTER, "sh",
-             str(self.home), str(self.etc), *argv],
+             str(self.home), str(self.etc), str(self.hosts), *argv],
             capture_output=True, text=True, timeout=timeout, check=False, cwd=self.root)
 
 
@@ -192,6 +197,19 @@ def setup(name: str, tb: Testbed, keys: Keys, client: Client) -> tuple[str, bool
         (home / "cluster_known_hosts").write_text(f"{h1.address} {key(h2)}\n")
         (home / "known_hosts").write_text(f"{h1.address} {key(h1)}\n")  # ssh never reads it
         return h1.address, False
+    if name == "CheckHostIP, and another key known for the address":
+        with client.hosts.open("a") as f:
+            f.write(f"{h1.address} node1.cluster.test\n")
+        (home / "config").write_text(f"Host *\n  CheckHostIP yes\n{identity}")
+        (home / "known_hosts").write_text(f"node1.cluster.test {key(h1)}\n"
+                                          f"{h1.address} {key(h2)}\n")
+        return "node1.cluster.test", False
+    if name == "CheckHostIP, the address unknown":
+        with client.hosts.open("a") as f:
+            f.write(f"{h1.address} node1.cluster.test\n")
+        (home / "config").write_text(f"Host *\n  CheckHostIP yes\n{identity}")
+        (home / "known_hosts").write_text(f"node1.cluster.test {key(h1)}\n")
+        return "node1.cluster.test", True
     if name == "an identity given only in the config":
         (home / "config").write_text(f"Host {h1.address}\n  IdentityFile ~/.ssh/id_cluster\n")
         (home / "known_hosts").write_text(f"{h1.address} {key(h1)}\n")
@@ -211,6 +229,8 @@ CASES = [
     "the same host without its ProxyJump",
     "a wrong key in the config's file",
     "an identity given only in the config",
+    "CheckHostIP, and another key known for the address",
+    "CheckHostIP, the address unknown",
 ]
 
 
