@@ -93,7 +93,7 @@ def _config_files(ctx: click.Context, param: click.Parameter,
         if f == "none" and len(files) > 1:
             raise click.BadParameter("'none' means no config file, so it comes alone")
         if f != "none" and not os.path.isfile(f):
-            raise click.BadParameter(f"no such file: {f}")
+            raise click.BadParameter(f"file {f!r} does not exist")
     return files
 
 
