@@ -85,10 +85,10 @@ def methods(tb: Testbed, inv: Path, home: Path, ansible: str | None
                 for h in tb.hosts]
 
     def check() -> bool:
-        env = {**os.environ, "HOME": str(home)}  # not this machine's own ~/.ssh
-        out = subprocess.run(
+        env = {**os.environ, "HOME": str(home)}
+        out = subprocess.run(  # -F none: no ssh config, as the OpenSSH methods below
             [sys.executable, "-m", "sshcluster", "check", str(inv), "--json",
-             "--timeout", "120"],  # default --concurrency
+             "--timeout", "120", "-F", "none"],  # default --concurrency
             capture_output=True, text=True, env=env)
         try:
             doc = json.loads(out.stdout)

@@ -129,8 +129,11 @@ def ssh_command(inventory: Inventory, host: Host | None = None,
     """Return the ssh command (as argv words, without the destination) used to reach ``host``.
 
     It never prompts (``BatchMode=yes``), gives up after ``connect_timeout`` seconds and
-    keeps host key checking on (``StrictHostKeyChecking=yes``); the inventory's
-    ``known_hosts`` file is used next to the user's own.
+    keeps host key checking on (``StrictHostKeyChecking=yes``). The inventory's
+    ``known_hosts`` file is added to the files the user's ssh config names, never put in
+    their place: ssh reads every ``UserKnownHostsFile`` and ``GlobalKnownHostsFile`` and
+    then the keys ``KnownHostsCommand`` prints, here that file (nothing if it is missing,
+    as for a missing UserKnownHostsFile).
     """
     opts = options or RenderOptions()
     words = [
@@ -140,9 +143,15 @@ def ssh_command(inventory: Inventory, host: Host | None = None,
         "-o", "StrictHostKeyChecking=yes",
     ]
     if inventory.known_hosts:
-        # Both files: the user's own keys stay valid, the inventory's file adds to them.
-        files = f'"~/.ssh/known_hosts" "{_ssh_path(inventory.known_hosts)}"'
-        words += ["-o", f"UserKnownHostsFile={files}"]
+        # KnownHostsCommand's arguments are split like a shell's words ("..." with \" and
+        # \\ escapes), then %-tokens and ${VAR} are expanded in each.
+        path = _ssh_path(inventory.known_hosts)
+        if "${" in path:
+            raise RenderError(f"the known_hosts path {path!r} contains '${{', which ssh "
+                              "would expand", hint="rename or link the file")
+        quoted = path.replace("\\", "\\\\")
+        words += ["-o", "KnownHostsCommand=/bin/sh -c 'cat -- \"$0\" 2>/dev/null; exit 0' "
+                        f'"{quoted}"']
     for extra in opts.extra_ssh_options:
         words += ["-o", extra]
     if host is not None:

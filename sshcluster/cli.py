@@ -8,6 +8,7 @@ wrong. No traceback for a user's mistake.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -25,7 +26,7 @@ from rich.progress import (
 
 from sshcluster import __version__, bootstrap
 from sshcluster.ec2.cli import ec2_group
-from sshcluster.errors import SshclusterError
+from sshcluster.errors import CheckFailed, SshclusterError
 from sshcluster.inventory import LAUNCHES, TUNNELS, Inventory, Register, load_inventory
 from sshcluster.preflight import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT, check, verified_inventory
 from sshcluster.report import CheckReport, print_report
@@ -39,6 +40,8 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except SshclusterError as e:
+            if isinstance(e, CheckFailed):
+                print_report(e.report, Console(stderr=True))
             print_error(e)
             ctx.exit(e.exit_code)
 
@@ -83,6 +86,17 @@ def _run_check(inv: Inventory, *, timeout: float, concurrency: int, accept_new: 
     return check(inv, **kwargs)
 
 
+def _config_files(ctx: click.Context, param: click.Parameter,
+                  files: tuple[str, ...]) -> tuple[str, ...]:
+    """``-F``: existing files, or ``none`` alone, as ssh takes them."""
+    for f in files:
+        if f == "none" and len(files) > 1:
+            raise click.BadParameter("'none' means no config file, so it comes alone")
+        if f != "none" and not os.path.isfile(f):
+            raise click.BadParameter(f"file {f!r} does not exist")
+    return files
+
+
 @cli.command("check")
 @click.argument("inventory", type=click.Path(dir_okay=False))
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
@@ -95,9 +109,10 @@ def _run_check(inv: Inventory, *, timeout: float, concurrency: int, accept_new: 
                    "OpenSSH's StrictHostKeyChecking=accept-new). A changed key still fails.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print only the JSON report on stdout.")
-@click.option("-F", "--ssh-config", "ssh_config", multiple=True,
-              type=click.Path(dir_okay=False, exists=True),
-              help="OpenSSH client config file (default: ~/.ssh/config). Repeatable.")
+@click.option("-F", "--ssh-config", "ssh_config", multiple=True, callback=_config_files,
+              help="Use this OpenSSH client config file instead of ssh's own (~/.ssh/config "
+                   "and /etc/ssh/ssh_config), as 'ssh -F' does ('none': no file at all); "
+                   "repeatable (read in order).")
 @click.pass_context
 def check_command(ctx: click.Context, inventory: str, timeout: float, concurrency: int,
                   accept_new: bool, as_json: bool, ssh_config: tuple[str, ...]) -> None:
@@ -167,9 +182,13 @@ def render(inventory: str, output: str | None, launch: str | None, tunnel: str |
     if allow_partial and not run_check:
         raise click.UsageError("--allow-partial goes with --check")
     if run_check:
-        inv, note = _checked(inv, timeout=timeout, accept_new=accept_new,
-                             allow_partial=allow_partial, concurrency=concurrency,
-                             tunnel=None if tunnel is None else tunnel == "reverse")
+        try:
+            inv, note = _checked(inv, timeout=timeout, accept_new=accept_new,
+                                 allow_partial=allow_partial, concurrency=concurrency,
+                                 tunnel=None if tunnel is None else tunnel == "reverse")
+        except CheckFailed as e:
+            raise CheckFailed(f"not rendered: {e.message}", report=e.report,
+                              hint=e.hint) from None
     register: list[Register] = []
     if use_future:
         register.append("future")
@@ -198,29 +217,18 @@ def render(inventory: str, output: str | None, launch: str | None, tunnel: str |
 
 def _checked(inv: Inventory, *, timeout: float, accept_new: bool, allow_partial: bool,
              concurrency: int, tunnel: bool | None) -> tuple[Inventory, str]:
-    """Check ``inv`` and return the verified inventory and a note for the file's header;
-    a failed host without ``allow_partial`` prints the report and exits 1.
+    """Check ``inv``; return the verified inventory and a note for the file's header.
 
     The check reads the default ssh config (~/.ssh/config), as the generated file's ssh
     does: a host that only another config file names would pass the check and then fail
     the launch, so render has no -F."""
-
     report = _run_check(inv, timeout=timeout, concurrency=concurrency,
                         accept_new=accept_new, ssh_config=(), show_progress=True,
                         tunnel=tunnel)
-    if report.failed and not allow_partial:
-        print_report(report, Console(stderr=True))
-        raise SshclusterError(
-            f"not rendered: {len(report.failed)} of {len(report.hosts)} hosts failed the check",
-            hint="fix them, or pass --allow-partial to leave them out")
     verified = verified_inventory(report, inv, allow_partial=allow_partial)
-    note = f"Checked by 'sshcluster check': {len(report.succeeded)} of {len(report.hosts)} " \
-           "hosts ready."
-    for host in report.failed:
-        note += f"\nLeft out (--allow-partial): {host.label}: failed {', '.join(host.failed)}"
     for host in report.failed:
         click.echo(f"left out {host.label}: failed {', '.join(host.failed)}", err=True)
-    return verified, note
+    return verified, report.header_note()
 
 
 @cli.command()

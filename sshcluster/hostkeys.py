@@ -1,8 +1,5 @@
-"""SSH host keys: the known_hosts files every check verifies against, and the keys of new
-cloud instances, read from the console output and written to known_hosts.
-
-:class:`KnownHosts` loads the known_hosts files once per check run, matches a host's keys
-and, only with ``accept_new``, records a first-seen key as OpenSSH's accept-new does.
+"""SSH host keys of new cloud instances, read from the console output and written to
+known_hosts (the check's own reading of known_hosts is :mod:`sshcluster.knownhosts`).
 
 At first boot cloud-init prints the instance's public host keys to the serial console
 between ``-----BEGIN SSH HOST KEY KEYS-----`` and ``-----END SSH HOST KEY KEYS-----``.
@@ -24,14 +21,13 @@ import binascii
 import os
 import re
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh
 
-from sshcluster.errors import SshclusterError
-from sshcluster.files import append_line, atomic_write
+from sshcluster.files import atomic_write
 from sshcluster.net import known_hosts_name
 
 BEGIN = "-----BEGIN SSH HOST KEY KEYS-----"
@@ -140,65 +136,8 @@ def scan_host_key(host: str, port: int, timeout: float) -> HostKey | None:
     return HostKey(kind, blob)
 
 
-# --------------------------------------------------------------------------- known_hosts
+# How the check reads known_hosts is sshcluster.knownhosts; fingerprint stays importable.
+from sshcluster.knownhosts import fingerprint  # noqa: E402
 
-
-class KnownHosts:
-    """The known_hosts files host keys are verified against, loaded once per run.
-
-    ``files`` are read in order (missing ones are skipped); new keys accepted with
-    ``accept_new`` are appended to ``record_to``.
-    """
-
-    def __init__(self, files: Sequence[str], *, record_to: str | None,
-                 accept_new: bool) -> None:
-        self.files = [f for f in files if os.path.isfile(f)]
-        self.record_to = record_to
-        self.accept_new = accept_new
-        self.trusted = asyncssh.SSHKnownHosts()
-        for f in self.files:
-            try:
-                self.trusted.load(Path(f).read_text(encoding="utf-8", errors="replace"))
-            except (OSError, ValueError) as e:
-                raise SshclusterError(f"cannot read known_hosts file {f}: {e}") from None
-
-    def known_keys(self, host: str, addr: str, port: int | None) -> list[asyncssh.SSHKey]:
-        """Keys that known_hosts lists for ``host`` (or its address) on ``port``."""
-        port = None if port in (None, 22) else port
-        return list(asyncssh.match_known_hosts(self.trusted, host, addr, port)[0])
-
-    def files_naming(self, host: str, addr: str, port: int | None) -> list[str]:
-        """The known_hosts files that have a key for the host (for the ``-R`` hint)."""
-        port = None if port in (None, 22) else port
-        out = []
-        for f in self.files:
-            try:
-                one = asyncssh.read_known_hosts(f)
-            except (OSError, ValueError):
-                continue
-            if asyncssh.match_known_hosts(one, host, addr, port)[0]:
-                out.append(f)
-        return out
-
-    def record(self, host: str, port: int | None, key: asyncssh.SSHKey) -> str:
-        """Append ``key`` for ``host`` like OpenSSH's accept-new; return the file."""
-        if not self.record_to:
-            raise SshclusterError("no known_hosts file to record the new key in")
-        name = known_hosts_name(host, port)
-        line = key.export_public_key("openssh").decode("ascii").split()
-        path = Path(self.record_to)
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        append_line(path, f"{name} {line[0]} {line[1]}", mode=0o600)
-        self.trusted.load(f"{name} {line[0]} {line[1]}\n")
-        if path.name not in self.files and str(path) not in self.files:
-            self.files.append(str(path))
-        return str(path)
-
-
-def fingerprint(key: asyncssh.SSHKey) -> str:
-    """``ssh-ed25519 SHA256:...``, as OpenSSH shows a key."""
-    return f"{key.get_algorithm()} {key.get_fingerprint()}"
-
-
-__all__ = ["BEGIN", "END", "KEY_TYPES", "HostKey", "KnownHosts", "fingerprint",
+__all__ = ["BEGIN", "END", "KEY_TYPES", "HostKey", "fingerprint",
            "parse_console_host_keys", "scan_host_key", "write_known_hosts"]

@@ -29,6 +29,10 @@ LAUNCHES: tuple[Launch, ...] = ("fast", "classic")
 #: ``reverse`` (through an ssh reverse tunnel to 127.0.0.1 on their own host).
 Tunnel = Literal["none", "reverse"]
 TUNNELS: tuple[Tunnel, ...] = ("none", "reverse")
+#: Whether a worker must be able to log in to the primary with ssh: ``optional`` (the
+#: default: no launch needs it, so the check only warns) or ``required``.
+ReverseSsh = Literal["optional", "required"]
+REVERSE_SSH: tuple[ReverseSsh, ...] = ("optional", "required")
 #: What the bootstrap registers the cluster with, besides ``parallelCluster``.
 Register = Literal["future", "doparallel"]
 REGISTERS: tuple[Register, ...] = ("future", "doparallel")
@@ -90,7 +94,9 @@ class Inventory:
     (see :data:`Launch`, :data:`Tunnel`, :data:`Register`; ``fork``: the fast launch
     starts one R per host and forks that host's workers from it, instead of one Rscript
     per worker). ``locale`` is the locale the workers run in (None: the primary's own
-    ``LANG``/``LC_*``). ``path`` is the file it was read from, if any.
+    ``LANG``/``LC_*``). ``reverse_ssh`` says whether the check fails a host whose worker
+    cannot ssh back to the primary (``required``) or only warns (``optional``).
+    ``path`` is the file it was read from, if any.
     """
 
     primary: Primary
@@ -104,6 +110,7 @@ class Inventory:
     register: tuple[Register, ...] = ()
     setup_timeout: int = SETUP_TIMEOUT
     locale: str | None = None
+    reverse_ssh: ReverseSsh = "optional"
     path: str | None = field(default=None, compare=False)
 
     @property
@@ -135,7 +142,7 @@ _HOST_KEYS = ("host", "user", "ncore", "ssh_port", "identity_file", "rscript")
 _DEFAULT_KEYS = ("user", "ncore", "ssh_port", "identity_file", "rscript")
 _PRIMARY_KEYS = ("host", "user", "ssh_port")
 _TOP_KEYS = ("primary", "port", "defaults", "hosts", "known_hosts", "r_packages", "launch",
-             "tunnel", "fork", "register", "setup_timeout", "locale")
+             "tunnel", "fork", "register", "setup_timeout", "locale", "reverse_ssh")
 
 
 def _host_fields(reader: _Reader, m: Map, where: str) -> dict[str, Any]:
@@ -200,7 +207,8 @@ def _read(doc: Any, reader: _Reader) -> Inventory:
         r_packages = tuple(raw)
 
     how: dict[str, Any] = {}
-    for name, choices in (("launch", LAUNCHES), ("tunnel", TUNNELS)):
+    for name, choices in (("launch", LAUNCHES), ("tunnel", TUNNELS),
+                          ("reverse_ssh", REVERSE_SSH)):
         if name in top:
             how[name] = reader.choice(top[name], name, reader.line_of(top, name), choices)
     if "fork" in top:
@@ -309,6 +317,8 @@ def inventory_to_dict(inv: Inventory) -> dict[str, Any]:
         out["setup_timeout"] = inv.setup_timeout
     if inv.locale is not None:
         out["locale"] = inv.locale
+    if inv.reverse_ssh != "optional":
+        out["reverse_ssh"] = inv.reverse_ssh
     hosts = []
     for h in inv.hosts:
         item: dict[str, Any] = {"host": h.host}
@@ -334,6 +344,7 @@ __all__ = [
     "AUTO",
     "LAUNCHES",
     "REGISTERS",
+    "REVERSE_SSH",
     "SETUP_TIMEOUT",
     "TUNNELS",
     "Host",
@@ -341,6 +352,7 @@ __all__ = [
     "Launch",
     "Primary",
     "Register",
+    "ReverseSsh",
     "Tunnel",
     "dump_inventory",
     "inventory_to_dict",

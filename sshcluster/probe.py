@@ -4,21 +4,25 @@ The check runs ONE remote command per host: a POSIX ``sh`` script (:func:`remote
 that finds Rscript, starts it once (base package only, so R starts in a few
 milliseconds) to report the R version, look for the R packages and make the callback
 to the primary with R's own ``socketConnection``, while it also reads the core count,
-load and memory and, in the background, ssh-es back to the primary. Every result comes
-back as one ``KEY=value`` line; :func:`parse_facts` collects them and
-:func:`remote_steps` turns them into step verdicts. Both are pure functions, tested
+load and memory and, in the background, ssh-es back to the primary. The script
+(``probe.sh``) and its R part have one function per step; every result comes back as one
+``KEY=value`` line. :func:`parse_facts` collects them and one verdict function per step
+(:data:`VERDICTS`; the ``callback`` verdict is in :mod:`sshcluster.callback`) turns
+them into a :class:`~sshcluster.report.StepResult`. All are pure functions, tested
 without any host.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 
+from sshcluster.callback import R_CALLBACK
 from sshcluster.inventory import Host
-from sshcluster.quoting import r_string, r_vector, shell_quote
-from sshcluster.report import SKIPPED, StepResult
+from sshcluster.quoting import r_vector, shell_quote
+from sshcluster.report import StepResult
 
 #: Steps answered by the remote script, in report order.
 REMOTE_STEPS = ("rscript", "packages", "cores", "load", "reverse_ssh", "callback")
@@ -27,121 +31,32 @@ REMOTE_STEPS = ("rscript", "packages", "cores", "load", "reverse_ssh", "callback
 #: total) gets a warning.
 LOW_MEMORY_MIB = 256
 
-# The R part. Arguments: primary address, callback port (0: do not call back), connect
-# timeout in seconds. Every value that is not an argument is put in with r_string.
+# The R part: one function per step, one R start for all of them. Arguments: the address
+# to call back, the callback port (0: do not call back), the connect timeout in seconds;
+# the nonce comes in the environment. Every value that is not an argument is put in with
+# r_string.
 _R_CODE = """\
 a <- commandArgs(TRUE)
-cat("R_VERSION=", as.character(getRversion()), "\\nT_RSTART=", proc.time()[["elapsed"]],
-    "\\n", sep = "")
-t0 <- Sys.time()
-pk <- {packages}
-found <- basename(find.package(pk, quiet = TRUE))
-cat("R_MISSING=", paste(setdiff(pk, found), collapse = ","), "\\nT_PACKAGES=",
-    as.numeric(Sys.time() - t0, units = "secs"), "\\n", sep = "")
-if (a[2] != "0") {{
+step_rscript <- function() {{
+  cat("R_VERSION=", as.character(getRversion()), "\\nT_RSTART=",
+      proc.time()[["elapsed"]], "\\n", sep = "")
+}}
+step_packages <- function(pk) {{
   t0 <- Sys.time()
-  r <- tryCatch({{
-    con <- socketConnection(a[1], as.integer(a[2]), open = "a+b", blocking = TRUE,
-                            timeout = as.numeric(a[3]))
-    writeLines({token}, con)
-    flush(con)
-    x <- readLines(con, n = 1L)
-    close(con)
-    if (identical(x, "ok")) "ok" else paste("the primary answered:",
-                                           if (length(x)) x else "nothing")
-  }}, error = function(e) conditionMessage(e), warning = function(w) conditionMessage(w))
-  cat("CALLBACK=", gsub("[\\r\\n]+", " ", r), "\\nT_CALLBACK=",
+  found <- basename(find.package(pk, quiet = TRUE))
+  cat("R_MISSING=", paste(setdiff(pk, found), collapse = ","), "\\nT_PACKAGES=",
       as.numeric(Sys.time() - t0, units = "secs"), "\\n", sep = "")
 }}
+{callback}
+step_rscript()
+step_packages({packages})
+if (a[2] != "0") step_callback(a[1], as.integer(a[2]), as.numeric(a[3]),
+                               Sys.getenv("SSHCLUSTER_NONCE"))
 """
 
-# The shell part. Wrapped in { ... } </dev/null so that sh reads it whole from stdin
-# before anything runs: nothing started by it can eat the rest of the script.
-_SH = """\
-{{
-tick() {{ _t=0; read -r _t _x </proc/uptime 2>/dev/null; }}
-say() {{ printf '%s\\n' "$1"; }}
-budget={budget}
-to=
-command -v timeout >/dev/null 2>&1 && to="timeout $budget"
-say "SSH_CONNECTION=$SSH_CONNECTION"
-set -- $SSH_CONNECTION
-primary={primary}
-[ -n "$primary" ] || primary=${{1:-}}
-say "PRIMARY=$primary"
-(
-  tick; a=$_t; n=0; rc=; kex="-o KexAlgorithms=^curve25519-sha256"
-  if [ -z "$primary" ]; then
-    err="no SSH_CONNECTION on this host, so the primary's address is unknown"; rc=skip
-  else
-    while :; do
-      # A subsystem nobody has: sshd refuses it right after the login succeeded, so
-      # this proves host key, non-interactive auth and a session channel without
-      # starting the primary user's shell (and its rc files) at all.
-      err=$($to ssh -o BatchMode=yes -o ConnectTimeout={connect_timeout} $kex {ssh_args} \
--s -- "$primary" sshcluster-check 2>&1 </dev/null)
-      rc=$?
-      case "$rc:$err" in
-        255:*"subsystem request failed"*) rc=0; err=;;
-        # sshd drops connections beyond MaxStartups while many workers log in at once
-        255:*kex_exchange_identification*|255:*"closed by remote host"*|\
-255:*"reset by peer"*)
-          # (default MaxStartups 10:30:100): back off a little, with jitter, and retry
-          n=$((n+1))
-          if [ $n -lt 6 ]; then
-            sleep "0.$(( ($$ + n * 7) % 9 + 1 ))" 2>/dev/null || sleep 1; continue
-          fi;;
-        # an ssh too old for "^" in KexAlgorithms: its own defaults then
-        255:*KexAlgorithms*) if [ -n "$kex" ]; then kex=; continue; fi;;
-      esac
-      break
-    done
-  fi
-  tick
-  printf '%s\\n' "$err" | while IFS= read -r l; do [ -n "$l" ] && say "REVERSE_ERR=$l"; done
-  say "REVERSE=$rc $a $_t"
-) &
-tick; a=$_t
-n=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null)
-say "NPROC=$n"
-if [ -r /proc/loadavg ]; then
-  read -r l1 l5 l15 _x </proc/loadavg; say "LOADAVG=$l1 $l5 $l15"
-else
-  say "UPTIME=$(uptime 2>/dev/null)"
-fi
-if [ -r /proc/meminfo ]; then
-  while read -r k v _x; do
-    case $k in MemTotal:) say "MEM_TOTAL_KB=$v";; MemAvailable:) say "MEM_AVAIL_KB=$v";; esac
-  done </proc/meminfo
-fi
-tick; say "T_LOCAL=$a $_t"
-a=$_t
-rs={rscript}
-if [ -n "$rs" ]; then
-  case $rs in
-    /*) if [ ! -f "$rs" ] || [ ! -x "$rs" ]; then
-          say "RSCRIPT_ERR=no executable file $rs"; rs=
-        fi;;
-    *) r2=$(command -v -- "$rs" 2>/dev/null) || r2=
-       [ -n "$r2" ] || say "RSCRIPT_ERR=$rs is not on the PATH of a non-interactive shell: $PATH"
-       rs=$r2;;
-  esac
-else
-  rs=$(command -v Rscript 2>/dev/null) || rs=
-  [ -n "$rs" ] || say "RSCRIPT_ERR=Rscript is not on the PATH of a non-interactive shell: $PATH"
-fi
-say "RSCRIPT=$rs"
-tick; say "T_LOOKUP=$a $_t"
-if [ -n "$rs" ]; then
-  # Through a line reader: the background ssh above writes to the same stdout, and
-  # only whole-line writes keep the two from mixing inside a line.
-  {{ $to "$rs" --default-packages=NULL -e {r_code} {callback_host} {port} {callback_timeout} 2>&1
-    say "R_EXIT=$?"; }} | while IFS= read -r l; do say "$l"; done
-fi
-wait
-say "DONE=1"
-}} </dev/null
-"""
+#: The shell part (``probe.sh``): one function per step. Python only prepends the data,
+#: as shell variables.
+_SH = resources.files("sshcluster").joinpath("probe.sh").read_text(encoding="utf-8")
 
 
 def remote_script(
@@ -165,21 +80,29 @@ def remote_script(
     host's own 127.0.0.1, at the end of a reverse tunnel).
     """
     whole = max(1, int(budget))
-    r_code = _R_CODE.format(packages=r_vector(r_packages), token=r_string(token))
-    ssh_args = ["-l", primary_user]
-    if primary_ssh_port:
-        ssh_args += ["-p", str(primary_ssh_port)]
-    return _SH.format(
-        budget=whole,
-        primary=shell_quote(primary or ""),
-        connect_timeout=max(1, whole - 1),
-        ssh_args=" ".join(shell_quote(a) for a in ssh_args),
-        rscript=shell_quote(rscript or ""),
-        r_code=shell_quote(r_code),
-        port=int(port),
-        callback_timeout=max(1, whole - 1),
-        callback_host=shell_quote(callback_host) if callback_host else '"$primary"',
-    )
+    r_code = _R_CODE.format(packages=r_vector(r_packages), callback=R_CALLBACK.rstrip())
+    data = {
+        "budget": str(whole),
+        "primary": primary or "",
+        "primary_user": primary_user,
+        "primary_ssh_port": str(primary_ssh_port or ""),
+        "connect_timeout": str(max(1, whole - 1)),
+        "rscript": rscript or "",
+        "r_code": r_code,
+        "nonce": token,
+        "port": str(int(port)),
+        "callback_host": callback_host or "",
+        "callback_timeout": str(callback_timeout(budget)),
+    }
+    # Wrapped in { ... } </dev/null so that sh reads it whole from stdin before anything
+    # runs: nothing started by it can eat the rest of the script.
+    assignments = "".join(f"{name}={shell_quote(value)}\n" for name, value in data.items())
+    return "{\n" + assignments + _SH + "} </dev/null\n"
+
+
+def callback_timeout(budget: float) -> int:
+    """Seconds R waits for the primary to accept its callback, out of ``budget``."""
+    return max(1, int(budget) - 1)
 
 
 # --------------------------------------------------------------------------- facts
@@ -246,171 +169,105 @@ def parse_facts(lines: Iterable[str]) -> Facts:
 
 # --------------------------------------------------------------------------- verdicts
 
+#: What a step says when the deadline cut the script off before it answered.
+LATE = "no answer before the deadline"
+
 
 @dataclass(frozen=True)
-class RemoteOutcome:
-    """The verdicts of the remote steps plus what was found on the host."""
+class RemoteContext:
+    """What the remote verdicts need besides the facts: the inventory's ``host``, the
+    primary's own R version (None: no R on the primary), and whether the inventory
+    says ``reverse_ssh: required``."""
 
-    steps: dict[str, StepResult]
+    host: Host
+    primary_r_version: str | None = None
+    reverse_ssh_required: bool = False
+
+
+@dataclass(frozen=True)
+class Found:
+    """What the script found on the host: the core count, Rscript and its R version,
+    and the primary's address as the host sees it."""
+
     ncore: int | None = None
     rscript: str | None = None
     r_version: str | None = None
     seen_primary: str | None = None
 
 
-def remote_steps(
-    host: Host,
-    facts: Facts,
-    *,
-    complete: bool,
-    primary_r_version: str | None = None,
-    callback_timeout: float = 0.0,
-    callback_error: str | None = None,
-    primary_label: str = "the primary",
-    port: int = 0,
-    tunnel: bool = False,
-) -> RemoteOutcome:
-    """Turn the remote script's facts into verdicts for steps 5-10.
-
-    ``complete`` is False when the deadline cut the script off: a step with no answer
-    then failed by timing out. ``callback_error`` is set when the primary could not
-    listen on the callback port at all (or, with ``tunnel``, the host could not listen on
-    the reverse-forwarded port).
-    """
-    late = "no answer before the deadline"
-    steps: dict[str, StepResult] = {}
+def found(facts: Facts) -> Found:
+    """What the facts say about the host (None for what they do not say)."""
     seen = (facts.get("SSH_CONNECTION") or "").split()
-    seen_primary = seen[0] if seen else None
-    primary_addr = facts.get("PRIMARY") or primary_label
+    return Found(ncore=_ncore(facts), rscript=facts.get("RSCRIPT") or None,
+                 r_version=facts.get("R_VERSION") or None,
+                 seen_primary=seen[0] if seen else None)
 
-    # rscript
+
+def rscript_step(facts: Facts, ctx: RemoteContext, complete: bool) -> StepResult:
+    """``rscript``: found, started, and its R version (a warning when it is not the
+    primary's). ``complete`` is False when the deadline cut the script off."""
     rscript = facts.get("RSCRIPT") or None
     r_version = facts.get("R_VERSION") or None
     lookup = facts.span("T_LOOKUP")
-    rstart = facts.number("T_RSTART") or 0.0
-    r_ok = False
     if facts.get("RSCRIPT_ERR"):
-        steps["rscript"] = StepResult(
+        return StepResult(
             "failed", facts.get("RSCRIPT_ERR") or "", lookup,
             hint=("set the host's 'rscript:' in the inventory to the full path of Rscript "
                   "there (run 'command -v Rscript' in a login shell on the host to find it)"),
         )
-    elif r_version:
-        r_ok = True
+    if r_version:
+        secs = lookup + (facts.number("T_RSTART") or 0.0)
         detail = f"{rscript} (R {r_version})"
-        if primary_r_version and primary_r_version != r_version:
-            steps["rscript"] = StepResult(
-                "warning", f"{detail}; the primary has R {primary_r_version}",
-                lookup + rstart,
+        if ctx.primary_r_version and ctx.primary_r_version != r_version:
+            return StepResult(
+                "warning", f"{detail}; the primary has R {ctx.primary_r_version}", secs,
                 hint="use the same R version everywhere: objects and packages built by one "
                      "R may not work in another",
             )
-        else:
-            steps["rscript"] = StepResult("ok", detail, lookup + rstart)
-    elif rscript and "R_EXIT" in facts:
+        return StepResult("ok", detail, secs)
+    if rscript and "R_EXIT" in facts:
         said = "; ".join(facts.other[-3:]) or f"exit status {facts.get('R_EXIT')}"
-        steps["rscript"] = StepResult("failed", f"{rscript} did not run: {said}", lookup)
-    else:
-        steps["rscript"] = StepResult("failed", late if not complete else (
-            "the check script gave no answer: " + ("; ".join(facts.other[-3:]) or "nothing")))
+        return StepResult("failed", f"{rscript} did not run: {said}", lookup)
+    return StepResult("failed", LATE if not complete else (
+        "the check script gave no answer: " + ("; ".join(facts.other[-3:]) or "nothing")))
 
-    # packages
-    if not r_ok:
-        steps["packages"] = SKIPPED
-    elif "R_MISSING" in facts:
-        missing = [p for p in (facts.get("R_MISSING") or "").split(",") if p]
-        secs = facts.number("T_PACKAGES") or 0.0
-        if missing:
-            steps["packages"] = StepResult(
-                "failed", f"not installed: {', '.join(missing)}", secs,
-                hint=f"install them on {host.host} (install.packages({_r_list(missing)}), "
-                     "or the distribution's r-cran-* packages)",
-            )
-        else:
-            steps["packages"] = StepResult("ok", "all present" if facts.get("R_MISSING") == ""
-                                           else "", secs)
-    else:
-        steps["packages"] = StepResult("failed", late if not complete else _r_died(facts))
 
-    # cores
-    ncore: int | None = None
+def packages_step(facts: Facts, ctx: RemoteContext, complete: bool) -> StepResult:
+    """``packages``: every ``r_packages:`` package is installed."""
+    if "R_MISSING" not in facts:
+        return StepResult("failed", LATE if not complete else r_died(facts))
+    missing = [p for p in (facts.get("R_MISSING") or "").split(",") if p]
+    secs = facts.number("T_PACKAGES") or 0.0
+    if missing:
+        return StepResult(
+            "failed", f"not installed: {', '.join(missing)}", secs,
+            hint=f"install them on {ctx.host.host} (install.packages({r_vector(missing)}), "
+                 "or the distribution's r-cran-* packages)",
+        )
+    return StepResult("ok", "all present" if facts.get("R_MISSING") == "" else "", secs)
+
+
+def cores_step(facts: Facts, ctx: RemoteContext, complete: bool) -> StepResult:
+    """``cores``: the core count; a warning when the inventory declares more."""
     local = facts.span("T_LOCAL")
-    try:
-        ncore = int(facts.get("NPROC") or "")
-    except ValueError:
-        ncore = None
-    if ncore is not None and ncore > 0:
+    ncore = _ncore(facts)
+    if ncore is not None:
+        host = ctx.host
         if host.ncore is not None and host.ncore > ncore:
-            steps["cores"] = StepResult(
+            return StepResult(
                 "warning", f"ncore: {host.ncore} declared, but the host has {ncore} cores",
                 local, hint=f"set 'ncore: {ncore}' or 'ncore: auto' for {host.label}")
-        else:
-            steps["cores"] = StepResult("ok", f"{ncore} cores", local)
-    elif "NPROC" in facts:
-        steps["cores"] = StepResult("failed", "cannot count the cores (no nproc, getconf or "
-                                    "sysctl on the host)", local)
-    else:
-        steps["cores"] = StepResult("failed", late if not complete else "no answer")
-        ncore = None
-
-    # load
-    steps["load"] = _load_step(facts, ncore, local, late, complete)
-
-    # reverse_ssh
-    steps["reverse_ssh"] = _reverse_step(facts, host, late, complete)
-
-    # callback
-    target = f"127.0.0.1:{port} (the reverse tunnel)" if tunnel else f"{primary_addr}:{port}"
-    if callback_error:
-        steps["callback"] = StepResult(
-            "failed", callback_error,
-            hint=("choose another 'port:' in the inventory" if not tunnel else
-                  "choose another 'port:' in the inventory (a port taken on a host cannot "
-                  "be forwarded), and check that sshd there allows it "
-                  "(AllowTcpForwarding yes)"))
-    elif not r_ok:
-        steps["callback"] = SKIPPED
-    elif "CALLBACK" in facts:
-        answer = facts.get("CALLBACK") or ""
-        secs = facts.number("T_CALLBACK") or 0.0
-        if answer == "ok":
-            steps["callback"] = StepResult("ok", f"R reached {target}, nonce checked", secs)
-        else:
-            if callback_timeout and secs >= callback_timeout - 0.5:
-                why = (f"no answer from {target} within {secs:.0f} s (packets dropped by a "
-                       "firewall, or a wrong primary address)")
-            elif "cannot be opened" in answer and secs < 1.0:
-                why = (f"connection to {target} refused or unreachable ({answer}): a "
-                       "firewall rejects it, or the address is not the primary's")
-            else:
-                why = f"R could not talk to {target}: {answer}"
-            steps["callback"] = StepResult(
-                "failed", why, secs,
-                hint=("ssh works, so launching with '--tunnel reverse' carries R's "
-                      "connection through the ssh session; or open the port on the "
-                      "primary's firewall, or set primary.host to an address the workers "
-                      "can reach") if not tunnel else
-                     "the forward is up but R's connection through it failed: see sshd's "
-                     "log on the host",
-            )
-    else:
-        steps["callback"] = StepResult("failed", late if not complete else _r_died(facts))
-
-    return RemoteOutcome(steps=steps, ncore=ncore, rscript=rscript, r_version=r_version,
-                         seen_primary=seen_primary)
+        return StepResult("ok", f"{ncore} cores", local)
+    if "NPROC" in facts:
+        return StepResult("failed", "cannot count the cores (no nproc, getconf or sysctl on "
+                                    "the host)", local)
+    return StepResult("failed", LATE if not complete else "no answer")
 
 
-def _r_list(names: Sequence[str]) -> str:
-    return r_vector(names)
-
-
-def _r_died(facts: Facts) -> str:
-    said = "; ".join(facts.other[-3:])
-    return f"R stopped early (exit status {facts.get('R_EXIT')}){': ' + said if said else ''}"
-
-
-def _load_step(facts: Facts, ncore: int | None, secs: float, late: str,
-               complete: bool) -> StepResult:
+def load_step(facts: Facts, ctx: RemoteContext, complete: bool) -> StepResult:
+    """``load``: load average and free memory; a warning when the host is busy."""
+    secs = facts.span("T_LOCAL")
+    ncore = _ncore(facts)
     load1: float | None = None
     la = facts.get("LOADAVG")
     if la:
@@ -426,7 +283,7 @@ def _load_step(facts: Facts, ncore: int | None, secs: float, late: str,
     if load1 is None and avail is None:
         if "T_LOCAL" in facts:
             return StepResult("ok", "load and memory unknown on this system", secs)
-        return StepResult("failed", late if not complete else "no answer")
+        return StepResult("failed", LATE if not complete else "no answer")
     parts: list[str] = []
     warn: list[str] = []
     if load1 is not None:
@@ -444,49 +301,95 @@ def _load_step(facts: Facts, ncore: int | None, secs: float, late: str,
     return StepResult("ok", ", ".join(parts), secs)
 
 
+def reverse_ssh_step(facts: Facts, ctx: RemoteContext, complete: bool) -> StepResult:
+    """``reverse_ssh``: the worker logs in to the primary with ``ssh -o BatchMode=yes``.
+
+    No launch needs that login (the workers reach the primary over TCP, or through the
+    primary's own ssh -R), so a failure is a warning unless the inventory says
+    ``reverse_ssh: required``; the detail says which."""
+    v = facts.get("REVERSE")
+    if v is None:
+        return StepResult("failed" if ctx.reverse_ssh_required else "warning",
+                          LATE if not complete else "no answer")
+    rc = v.split()[0] if v.split() else ""
+    secs = facts.span("REVERSE")
+    target = facts.get("PRIMARY") or "the primary"
+    need = ("required by the inventory (reverse_ssh: required)" if ctx.reverse_ssh_required
+            else "the launch does not need it")
+    if rc == "0":
+        return StepResult("ok", f"ssh back to {target} works ({need})", secs)
+    errors = [e for e in facts.all("REVERSE_ERR") if e]
+    said = "; ".join(errors[-2:]) or f"ssh exit status {rc}"
+    if rc == "124":
+        said = "ssh back to the primary did not finish before the deadline"
+    return StepResult("failed" if ctx.reverse_ssh_required else "warning",
+                      f"ssh back to {target}: {said} ({need})", secs,
+                      hint=_reverse_hint(rc, " ".join(errors).lower(), ctx.host.label, target))
+
+
+def _reverse_hint(rc: str, text: str, label: str, target: str) -> str:
+    if "permission denied" in text:
+        return (f"add a public key of {label}'s user to ~/.ssh/authorized_keys of the "
+                "primary's user (primary.user in the inventory)")
+    if "host key verification failed" in text:
+        return (f"on {label}, run 'ssh {target} true' once to record the primary's host key "
+                "(or add it to that host's known_hosts)")
+    if "refused" in text or "timed out" in text or "no route" in text:
+        return ("is sshd running on the primary and reachable from the worker? "
+                "(primary.ssh_port sets a port other than 22)")
+    if "could not resolve" in text or "name or service" in text:
+        return "set primary.host to an address the workers can resolve"
+    if rc == "124":
+        return "a firewall may drop the worker's ssh to the primary"
+    if rc == "127" or "not found" in text:
+        return "install an ssh client on the worker"
+    return f"try it by hand on {label}: ssh -o BatchMode=yes {target} true"
+
+
+#: The remote steps that the script's facts alone decide (``callback`` also needs the
+#: primary's side: see :mod:`sshcluster.callback`).
+VERDICTS: dict[str, Callable[[Facts, RemoteContext, bool], StepResult]] = {
+    "rscript": rscript_step,
+    "packages": packages_step,
+    "cores": cores_step,
+    "load": load_step,
+    "reverse_ssh": reverse_ssh_step,
+}
+
+
+def r_died(facts: Facts) -> str:
+    """Why R gave no answer: its exit status and last words."""
+    said = "; ".join(facts.other[-3:])
+    return f"R stopped early (exit status {facts.get('R_EXIT')}){': ' + said if said else ''}"
+
+
+def _ncore(facts: Facts) -> int | None:
+    try:
+        n = int(facts.get("NPROC") or "")
+    except ValueError:
+        return None
+    return n if n > 0 else None
+
+
 def _mib(mib: float) -> str:
     return f"{mib / 1024:.1f} GiB" if mib >= 1024 else f"{mib:.0f} MiB"
 
 
-def _reverse_step(facts: Facts, host: Host, late: str, complete: bool) -> StepResult:
-    v = facts.get("REVERSE")
-    if v is None:
-        return StepResult("failed", late if not complete else "no answer")
-    rc = v.split()[0] if v.split() else ""
-    secs = facts.span("REVERSE")
-    target = facts.get("PRIMARY") or "the primary"
-    errors = [e for e in facts.all("REVERSE_ERR") if e]
-    if rc == "0":
-        return StepResult("ok", f"ssh back to {target} works", secs)
-    said = "; ".join(errors[-2:]) or f"ssh exit status {rc}"
-    text = " ".join(errors).lower()
-    if "permission denied" in text:
-        hint = (f"add a public key of {host.label}'s user to ~/.ssh/authorized_keys of the "
-                "primary's user (primary.user in the inventory)")
-    elif "host key verification failed" in text:
-        hint = (f"on {host.label}, run 'ssh {target} true' once to record the primary's host "
-                "key (or add it to that host's known_hosts)")
-    elif "refused" in text or "timed out" in text or "no route" in text:
-        hint = ("is sshd running on the primary and reachable from the worker? "
-                "(primary.ssh_port sets a port other than 22)")
-    elif "could not resolve" in text or "name or service" in text:
-        hint = "set primary.host to an address the workers can resolve"
-    elif rc == "124":
-        said = "ssh back to the primary did not finish before the deadline"
-        hint = "a firewall may drop the worker's ssh to the primary"
-    elif rc == "127" or "not found" in text:
-        hint = "install an ssh client on the worker"
-    else:
-        hint = f"try it by hand on {host.label}: ssh -o BatchMode=yes {target} true"
-    return StepResult("failed", f"ssh back to {target}: {said}", secs, hint=hint)
-
-
 __all__ = [
+    "LATE",
     "LOW_MEMORY_MIB",
     "REMOTE_STEPS",
+    "VERDICTS",
     "Facts",
-    "RemoteOutcome",
+    "Found",
+    "RemoteContext",
+    "callback_timeout",
+    "cores_step",
+    "found",
+    "load_step",
+    "packages_step",
     "parse_facts",
     "remote_script",
-    "remote_steps",
+    "reverse_ssh_step",
+    "rscript_step",
 ]

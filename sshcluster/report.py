@@ -189,6 +189,16 @@ class CheckReport:
         return ", ".join(parts)
 
 
+    def header_note(self) -> str:
+        """What a file rendered from this check says about it in its header: how many
+        hosts were ready, and which were left out (``allow_partial``) and why."""
+        note = f"Checked by 'sshcluster check': {len(self.succeeded)} of {len(self.hosts)} " \
+               "hosts ready."
+        for host in self.failed:
+            note += f"\nLeft out (--allow-partial): {host.label}: failed {', '.join(host.failed)}"
+        return note
+
+
 # --------------------------------------------------------------------------- rendering
 
 _STYLE: dict[str, tuple[str, str]] = {

@@ -150,6 +150,30 @@ def test_ssh_command_is_non_interactive_and_verifies_host_keys() -> None:
         assert "KnownHostsFile=/dev/null" not in text
 
 
+def test_the_inventory_known_hosts_is_added_to_the_users_files(tmp_path: Path) -> None:
+    """ssh itself, asked what it would do (ssh -G), keeps the files the user's config
+    names and adds the inventory's through KnownHostsCommand."""
+    config = tmp_path / "config"
+    config.write_text("Host *\n  UserKnownHostsFile /u/one /u/two\n"
+                      "  GlobalKnownHostsFile /g/global\n")
+    weird = str(tmp_path / 'kh 100% "x" \\ y')
+    inv = Inventory(primary=Primary(host="p"), hosts=(Host(host="a"),),
+                    known_hosts=weird.replace('"', ""))
+    words = ssh_command(inv, inv.hosts[0])
+    out = subprocess.run(["ssh", "-G", "-F", str(config), *words[1:], "a"],
+                         capture_output=True, text=True, check=True).stdout
+    settings = dict(line.split(" ", 1) for line in out.splitlines())
+    assert settings["userknownhostsfile"] == "/u/one /u/two"
+    assert settings["globalknownhostsfile"] == "/g/global"
+    quoted = weird.replace('"', "").replace("%", "%%").replace("\\", "\\\\")
+    assert settings["knownhostscommand"] == (
+        f"/bin/sh -c 'cat -- \"$0\" 2>/dev/null; exit 0' \"{quoted}\"")
+    assert settings["stricthostkeychecking"] == "true"
+    with pytest.raises(RenderError, match="would expand"):
+        ssh_command(Inventory(primary=Primary(host="p"), hosts=(Host(host="a"),),
+                              known_hosts="/tmp/${HOME}/kh"))
+
+
 HOSTILE_PATH = "/tmp/we'ird $(touch pwned) `x` %d é\\dir/id_key"
 
 
@@ -168,7 +192,8 @@ def test_hostile_paths_reach_ssh_and_r_intact(tmp_path: Path) -> None:
     words = shlex.split(rshcmd)
     assert words[words.index("-i") + 1] == HOSTILE_PATH.replace("%", "%%")
     assert words[words.index("-p") + 1] == "2222"
-    assert 'UserKnownHostsFile="~/.ssh/known_hosts" "/tmp/known hosts/kh\'$(y)"' in words
+    assert ("KnownHostsCommand=/bin/sh -c 'cat -- \"$0\" 2>/dev/null; exit 0' "
+            '"/tmp/known hosts/kh\'$(y)"') in words
     assert rscript == "/opt/R's/bin/Rscript $(x)"
     assert not (tmp_path / "pwned").exists()
 

@@ -183,3 +183,14 @@ def test_launch_typo_gets_a_hint() -> None:
     with pytest.raises(InventoryError) as info:
         parse_inventory("primary: p\ntunnel: revers\nhosts: [a]\n", "h.yaml")
     assert info.value.hint == "did you mean 'reverse'?"
+
+
+def test_reverse_ssh_is_optional_unless_required() -> None:
+    base = "primary: p\nhosts: [a]\n"
+    assert parse_inventory(base).reverse_ssh == "optional"
+    inv = parse_inventory(base + "reverse_ssh: required\n")
+    assert inv.reverse_ssh == "required"
+    assert parse_inventory(dump_inventory(inv)).reverse_ssh == "required"
+    with pytest.raises(InventoryError, match="line 3: reverse_ssh: expected one of") as e:
+        parse_inventory(base + "reverse_ssh: requird\n")
+    assert e.value.hint == "did you mean 'required'?"

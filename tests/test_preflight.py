@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,24 +52,40 @@ def known_hosts(tb: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def ssh_config_of(inventory: Path | str) -> Path:
+    """The ssh config written next to an inventory by :func:`write_inventory`."""
+    return Path(inventory).with_suffix(".ssh_config")
+
+
 def write_inventory(tb: Testbed, path: Path, known_hosts: Path, *, ncore: Any = 2,
                     port: int | None = None, hosts: dict[int, dict[str, Any]] | None = None,
-                    **extra: Any) -> Inventory:
-    """Write an inventory for ``tb`` (per-host overrides in ``hosts``) and load it."""
+                    identity_in_config: bool = True, **extra: Any) -> Inventory:
+    """Write an inventory for ``tb`` (per-host overrides in ``hosts``) and load it.
+
+    As a user keeps them: the host keys (``known_hosts``) and the identity in an ssh
+    config of this test's own (next to the inventory, for ``check -F``), not in the
+    inventory; with ``identity_in_config=False`` the inventory names the identity."""
     tb.write_inventory(path, ncore=2, port=port)
     doc = yaml.safe_load(path.read_text())
-    doc["known_hosts"] = str(known_hosts)
+    del doc["known_hosts"]
+    if identity_in_config:
+        del doc["defaults"]["identity_file"]
     doc["defaults"]["ncore"] = ncore
     for i, fields in (hosts or {}).items():
         doc["hosts"][i].update(fields)
     doc.update(extra)
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    identity = f"  IdentityFile {tb.identity_file}\n" if identity_in_config else ""
+    ssh_config_of(path).write_text(
+        f"Host *\n  UserKnownHostsFile {known_hosts}\n  GlobalKnownHostsFile /dev/null\n"
+        f"{identity}  IdentitiesOnly yes\n  IdentityAgent none\n  HashKnownHosts no\n")
     return load_inventory(path)
 
 
 def run_check(inv: Inventory, timeout: float = 8.0, **kwargs: Any) -> CheckReport:
     t0 = time.monotonic()
-    report = check(inv, timeout=timeout, user_known_hosts=None, ssh_config=[], **kwargs)
+    assert inv.path is not None
+    report = check(inv, timeout=timeout, ssh_config=[str(ssh_config_of(inv.path))], **kwargs)
     elapsed = time.monotonic() - t0
     assert elapsed < timeout + MARGIN, f"the check took {elapsed:.1f} s, deadline {timeout} s"
     return report
@@ -138,7 +156,7 @@ def test_stopped_sshd_is_refused(tb: Testbed, known_hosts: Path, tmp_path: Path)
 def test_wrong_client_key_fails_auth(tb: Testbed, known_hosts: Path, tmp_path: Path) -> None:
     key = tmp_path / "wrong_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    inv = write_inventory(tb, tmp_path / "i.yaml", known_hosts,
+    inv = write_inventory(tb, tmp_path / "i.yaml", known_hosts, identity_in_config=False,
                           hosts={2: {"identity_file": str(key)}})
     report = run_check(inv)
     assert_only(report, 2, "auth")
@@ -216,6 +234,83 @@ def test_callback_through_the_reverse_tunnel(tb: Testbed, known_hosts: Path,
     assert [h.host.host for h in direct.failed] == [blocked.address]
 
 
+#: A stranger on the network: floods the check's callback port with long lines, many
+#: lines, garbage and connections that stall, from several threads, for a while.
+ATTACKER = r"""
+import os, socket, sys, threading, time
+host, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+end = time.monotonic() + seconds
+made = [0]
+held = []
+def flood(kind):
+    while time.monotonic() < end:
+        try:
+            s = socket.create_connection((host, port), timeout=1)
+        except OSError:
+            time.sleep(0.01)
+            continue
+        made[0] += 1
+        try:
+            if kind == "long":
+                s.sendall(b"A" * (1 << 18))
+            elif kind == "lines":
+                s.sendall((b"B" * 1000 + b"\n") * 100)
+            elif kind == "garbage":
+                s.sendall(os.urandom(4096))
+            else:
+                s.sendall(b"ab")  # and nothing more
+                held.append(s)
+                continue
+        except OSError:
+            pass
+        s.close()
+threads = [threading.Thread(target=flood, args=(kind,), daemon=True)
+           for kind in ("long", "lines", "garbage", "stall") for _ in range(2)]
+for t in threads:
+    t.start()
+print("up", flush=True)
+for t in threads:
+    t.join()
+print(made[0], flush=True)
+"""
+
+
+def test_a_stranger_flooding_the_callback_port(tb: Testbed, known_hosts: Path,
+                                               tmp_path: Path) -> None:
+    """A real attacker process on another test host floods the port the workers call back
+    to, for the whole check: the genuine hosts pass, nothing prints a traceback, the run
+    keeps its deadline, and the report counts what was turned away."""
+    port = free_port()
+    attacker_host = tb.hosts[3]
+    path = tmp_path / "i.yaml"
+    write_inventory(tb, path, known_hosts, port=port)
+    doc = yaml.safe_load(path.read_text())
+    doc["hosts"] = doc["hosts"][:3]  # the attacker's host is not checked
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    attacker = subprocess.Popen(
+        ["ip", "netns", "exec", attacker_host.netns, "python3", "-c", ATTACKER,
+         tb.primary_address, str(port), "30"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert attacker.stdout is not None and attacker.stdout.readline() == "up\n"
+        t0 = time.monotonic()
+        # It floods a closed port until the check listens: the flood meets it from the start.
+        proc = subprocess.run(
+            [sys.executable, "-m", "sshcluster", "check", str(path), "--timeout", "10",
+             "-F", str(ssh_config_of(path))],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+        took = time.monotonic() - t0
+    finally:
+        attacker.kill()
+        attacker.communicate(timeout=10)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "3 of 3 hosts ready" in proc.stdout
+    for word in ("Traceback", "Exception", "exception", "Task was destroyed"):
+        assert word not in proc.stdout + proc.stderr
+    assert took < 10 + MARGIN
+    assert re.search(rf"turned away \d+ connections without a valid nonce \("
+                     rf"{re.escape(attacker_host.address)}: \d+\)", proc.stdout)
+
+
 def test_callback_port_taken_on_the_primary(tb: Testbed, known_hosts: Path,
                                             tmp_path: Path) -> None:
     with socket.socket() as busy:
@@ -230,14 +325,24 @@ def test_callback_port_taken_on_the_primary(tb: Testbed, known_hosts: Path,
 
 
 def test_ssh_back_to_primary_refused(tb: Testbed, known_hosts: Path, tmp_path: Path) -> None:
+    """No launch logs in from a worker to the primary: a refused reverse ssh is a
+    warning with its hint, unless the inventory says reverse_ssh: required."""
     host = tb.hosts[2]
     tb.reject(host, tb.primary_ssh_port)
     try:
-        report = run_check(write_inventory(tb, tmp_path / "i.yaml", known_hosts))
+        optional = run_check(write_inventory(tb, tmp_path / "i.yaml", known_hosts))
+        required = run_check(write_inventory(tb, tmp_path / "r.yaml", known_hosts,
+                                             reverse_ssh="required"))
     finally:
         tb.allow(host, tb.primary_ssh_port)
-    assert_only(report, 2, "reverse_ssh")
-    assert "refused" in report.hosts[2].checks["reverse_ssh"].detail
+    assert optional.ok, optional.summary()
+    warned = optional.hosts[2].checks["reverse_ssh"]
+    assert warned.status == "warning" and "refused" in warned.detail and warned.hint
+    assert "the launch does not need it" in warned.detail
+    assert "ssh back to" in optional.hosts[0].checks["reverse_ssh"].detail
+    assert "the launch does not need it" in optional.hosts[0].checks["reverse_ssh"].detail
+    assert_only(required, 2, "reverse_ssh")
+    assert "required by the inventory" in required.hosts[2].checks["reverse_ssh"].detail
 
 
 def test_unknown_host_key_fails_unless_accept_new(tb: Testbed, known_hosts: Path,
@@ -318,11 +423,14 @@ def test_primary_auto_is_detected(tb: Testbed, known_hosts: Path, tmp_path: Path
 def test_ssh_config_alias(tb: Testbed, known_hosts: Path, tmp_path: Path) -> None:
     inv = write_inventory(tb, tmp_path / "i.yaml", known_hosts)
     doc = yaml.safe_load((tmp_path / "i.yaml").read_text())
-    doc["hosts"] = [h.hostname for h in tb.hosts]
-    del doc["defaults"]["identity_file"]  # the config's IdentityFile is used
+    doc["hosts"] = [h.hostname for h in tb.hosts]  # the config's IdentityFile is used
     (tmp_path / "i.yaml").write_text(yaml.safe_dump(doc))
     inv = load_inventory(tmp_path / "i.yaml")
-    report = check(inv, timeout=8, user_known_hosts=None, ssh_config=[str(tb.ssh_config)])
+    # The testbed's aliases, with this module's known_hosts first (some tests replace keys).
+    config = tmp_path / "config"
+    config.write_text(f"Host *\n  UserKnownHostsFile {known_hosts}\n"
+                      f"Include {tb.ssh_config}\n")
+    report = check(inv, timeout=8, ssh_config=[str(config)])
     assert report.ok, report.summary()
     first = report.hosts[0].checks["resolve"].detail
     assert tb.hosts[0].hostname in first and tb.hosts[0].address in first
@@ -365,22 +473,24 @@ def test_cli_exit_statuses_and_json(tb: Testbed, known_hosts: Path, tmp_path: Pa
     env = {"HOME": str(tmp_path)}  # not the machine's own ~/.ssh
     good = tmp_path / "good.yaml"
     write_inventory(tb, good, known_hosts)
-    result = runner.invoke(cli, ["check", str(good)], env=env)
+    config = ["-F", str(ssh_config_of(good))]
+    result = runner.invoke(cli, ["check", str(good), *config], env=env)
     assert result.exit_code == 0, result.output
     assert "4 of 4 hosts ready" in result.output
 
-    result = runner.invoke(cli, ["check", str(good), "--json"], env=env)
+    result = runner.invoke(cli, ["check", str(good), "--json", *config], env=env)
     assert result.exit_code == 0
     doc = json.loads(result.stdout)  # nothing but the document
     assert doc["ok"] is True and len(doc["hosts"]) == 4
 
     bad = tmp_path / "bad.yaml"
     write_inventory(tb, bad, known_hosts, hosts={0: {"rscript": "/nonexistent/Rscript"}})
-    result = runner.invoke(cli, ["check", str(bad), "--json", "--timeout", "8"], env=env)
+    result = runner.invoke(cli, ["check", str(bad), "--json", "--timeout", "8", *config],
+                           env=env)
     assert result.exit_code == 1
     doc = json.loads(result.stdout)
     assert doc["ok"] is False and doc["hosts"][0]["failed"] == ["rscript"]
-    result = runner.invoke(cli, ["check", str(bad)], env=env)
+    result = runner.invoke(cli, ["check", str(bad), *config], env=env)
     assert result.exit_code == 1
     assert "rscript failed: no executable file /nonexistent/Rscript" in result.output
 

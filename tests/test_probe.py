@@ -13,8 +13,18 @@ from pathlib import Path
 
 import pytest
 
+from sshcluster.callback import callback_verdict
 from sshcluster.inventory import Host
-from sshcluster.probe import Facts, parse_facts, remote_script, remote_steps
+from sshcluster.probe import (
+    VERDICTS,
+    Facts,
+    RemoteContext,
+    found,
+    parse_facts,
+    remote_script,
+)
+from sshcluster.report import StepResult
+from sshcluster.steps import STEPS
 from sshcluster.testing.fixtures import skip_or_fail
 
 HAVE_R = shutil.which("Rscript") is not None
@@ -23,6 +33,20 @@ HAVE_R = shutil.which("Rscript") is not None
 def need_r() -> None:
     if not HAVE_R:
         skip_or_fail("needs Rscript")
+
+
+def verdicts(host: Host, facts: Facts, *, complete: bool = True,
+             primary_r_version: str | None = None, callback_timeout: float = 0,
+             port: int = 11000, confirmed: bool = True) -> dict[str, StepResult]:
+    """Every remote step's verdict on ``facts`` (the runner's skipping aside)."""
+    ctx = RemoteContext(host, primary_r_version)
+    out = {name: verdict(facts, ctx, complete) for name, verdict in VERDICTS.items()}
+    out["callback"] = callback_verdict(
+        facts, complete=complete, target=f"{facts.get('PRIMARY')}:{port}", listen_error=None,
+        tunnel=False, timeout=callback_timeout, confirmed=confirmed)
+    return out
+
+
 HOSTILE = "a'b\"c $(touch /tmp/pwned) `x` ; \\ \n"
 
 
@@ -92,14 +116,26 @@ def test_script_reports_everything_and_calls_back(listener: Listener, tmp_path: 
     assert listener.got == ["tok123"]
     assert int(facts.get("NPROC") or 0) >= 1
     assert (facts.get("REVERSE") or "").split()[0] == "255"  # nothing listens on port 1
-    outcome = remote_steps(Host("h", ncore=None), facts, complete=True, port=listener.port)
-    assert outcome.steps["rscript"].status == "ok"
-    assert outcome.steps["packages"].status == "failed"
-    assert "surelynotapkg" in outcome.steps["packages"].detail
-    assert outcome.steps["callback"].status == "ok"
-    assert outcome.steps["reverse_ssh"].status == "failed"
-    assert outcome.steps["cores"].status == "ok" and outcome.ncore == int(facts.get("NPROC"))
-    assert outcome.seen_primary == "127.0.0.1"
+    steps = verdicts(Host("h", ncore=None), facts, port=listener.port)
+    assert steps["rscript"].status == "ok"
+    assert steps["packages"].status == "failed"
+    assert "surelynotapkg" in steps["packages"].detail
+    assert steps["callback"].status == "ok"
+    assert steps["reverse_ssh"].status == "warning"  # no launch needs it
+    assert steps["cores"].status == "ok"
+    what = found(facts)
+    assert what.ncore == int(facts.get("NPROC") or 0) and what.seen_primary == "127.0.0.1"
+
+
+def test_the_nonce_is_on_no_command_line(tmp_path: Path) -> None:
+    # What any user of the host could read with ps: the script comes on stdin, and the
+    # nonce reaches R in its environment.
+    script = remote_script(rscript=None, r_packages=[], primary="127.0.0.1",
+                           primary_user="nobody", primary_ssh_port=1, port=1,
+                           token="secretnonce42", budget=5)
+    argv_words = [line for line in script.splitlines() if "secretnonce42" in line]
+    assert argv_words == ["nonce=secretnonce42"]  # a shell variable, set from stdin
+    assert "SSHCLUSTER_NONCE=$nonce" in script
 
 
 def test_hostile_strings_stay_data(listener: Listener, tmp_path: Path) -> None:
@@ -140,8 +176,7 @@ def test_nothing_listening_fails_callback_fast(tmp_path: Path) -> None:
                            primary_user="nobody", primary_ssh_port=1, port=port,
                            token="t", budget=5)
     facts = run_script(script, tmp_path)
-    outcome = remote_steps(Host("h"), facts, complete=True, callback_timeout=4, port=port)
-    cb = outcome.steps["callback"]
+    cb = verdicts(Host("h"), facts, callback_timeout=4, port=port)["callback"]
     assert cb.status == "failed" and "refused" in cb.detail
     assert cb.hint and "--tunnel reverse" in cb.hint
 
@@ -164,63 +199,74 @@ BASE = {
 
 
 def test_all_good() -> None:
-    out = remote_steps(Host("h", ncore=2), facts_of(**BASE), complete=True,
-                       primary_r_version="4.2.2")
-    assert {s: r.status for s, r in out.steps.items()} == dict.fromkeys(
+    facts = facts_of(**BASE)
+    out = verdicts(Host("h", ncore=2), facts, primary_r_version="4.2.2")
+    assert {s: r.status for s, r in out.items()} == dict.fromkeys(
         ("rscript", "packages", "cores", "load", "reverse_ssh", "callback"), "ok")
-    assert (out.ncore, out.rscript, out.r_version, out.seen_primary) == (
+    what = found(facts)
+    assert (what.ncore, what.rscript, what.r_version, what.seen_primary) == (
         4, "/usr/bin/Rscript", "4.2.2", "10.0.0.1")
-    assert out.steps["reverse_ssh"].seconds == pytest.approx(0.1)
+    assert out["reverse_ssh"].seconds == pytest.approx(0.1)
 
 
 def test_warnings() -> None:
     f = facts_of(**{**BASE, "LOADAVG": "4.5 1 1", "MEM_AVAIL_KB": "100000"})
-    out = remote_steps(Host("h", ncore=8), f, complete=True, primary_r_version="4.3.1")
-    assert out.steps["rscript"].status == "warning" and "4.3.1" in out.steps["rscript"].detail
-    assert out.steps["cores"].status == "warning" and "8 declared" in out.steps["cores"].detail
-    load = out.steps["load"]
+    out = verdicts(Host("h", ncore=8), f, primary_r_version="4.3.1")
+    assert out["rscript"].status == "warning" and "4.3.1" in out["rscript"].detail
+    assert out["cores"].status == "warning" and "8 declared" in out["cores"].detail
+    load = out["load"]
     assert load.status == "warning" and "busy" in load.detail and "low memory" in load.detail
 
 
-def test_missing_rscript_skips_what_needs_r() -> None:
+def test_what_needs_r_is_skipped_without_it() -> None:
+    needs = {s.name: s.needs for s in STEPS}
+    assert needs["packages"] == ("rscript",) and needs["callback"] == ("rscript",)
+    assert {needs[s] for s in ("cores", "load", "reverse_ssh", "rscript")} == {("auth",)}
     f = {k: v for k, v in BASE.items() if not k.startswith(("R_", "T_P", "CALLBACK", "T_C"))}
     f.update(RSCRIPT="", RSCRIPT_ERR="no executable file /opt/R/bin/Rscript")
-    out = remote_steps(Host("h"), facts_of(**f), complete=True)
-    assert out.steps["rscript"].status == "failed"
-    assert out.steps["packages"].status == "skipped"
-    assert out.steps["callback"].status == "skipped"
-    assert out.steps["cores"].status == "ok" and out.steps["reverse_ssh"].status == "ok"
+    out = verdicts(Host("h"), facts_of(**f))
+    assert out["rscript"].status == "failed"
+    assert out["cores"].status == "ok" and out["reverse_ssh"].status == "ok"
 
 
 def test_cut_off_by_the_deadline() -> None:
     f = {k: v for k, v in BASE.items() if k not in ("CALLBACK", "T_CALLBACK", "R_EXIT",
                                                      "REVERSE", "DONE")}
-    out = remote_steps(Host("h"), facts_of(**f), complete=False)
-    assert out.steps["callback"].status == "failed"
-    assert "deadline" in out.steps["callback"].detail
-    assert out.steps["reverse_ssh"].status == "failed"
-    assert out.steps["packages"].status == "ok"
+    out = verdicts(Host("h"), facts_of(**f), complete=False)
+    assert out["callback"].status == "failed"
+    assert "deadline" in out["callback"].detail
+    assert out["reverse_ssh"].status == "warning"
+    assert out["packages"].status == "ok"
+
+
+def test_a_callback_the_listener_did_not_see_fails() -> None:
+    out = verdicts(Host("h"), facts_of(**BASE), confirmed=False)
+    assert out["callback"].status == "failed"
+    assert "did not see its nonce" in out["callback"].detail
 
 
 def test_reverse_ssh_hints() -> None:
     f = {**BASE, "REVERSE": "255 1 2"}
     facts = facts_of(**f)
     facts.add("REVERSE_ERR=root@10.0.0.1: Permission denied (publickey).")
-    out = remote_steps(Host("h"), facts, complete=True)
-    r = out.steps["reverse_ssh"]
-    assert r.status == "failed" and "Permission denied" in r.detail
+    r = verdicts(Host("h"), facts)["reverse_ssh"]
+    assert r.status == "warning" and "Permission denied" in r.detail
+    assert "the launch does not need it" in r.detail
     assert r.hint and "authorized_keys" in r.hint
+    required = RemoteContext(Host("h"), reverse_ssh_required=True)
+    r = VERDICTS["reverse_ssh"](facts, required, True)
+    assert r.status == "failed" and "required by the inventory" in r.detail
 
 
 def test_dropped_callback_is_told_apart_from_refused() -> None:
     dropped = facts_of(**{**BASE, "CALLBACK": "10.0.0.1:11000 cannot be opened",
                           "T_CALLBACK": "4.0"})
-    out = remote_steps(Host("h"), dropped, complete=True, callback_timeout=4, port=11000)
-    assert "no answer from 10.0.0.1:11000 within 4 s" in out.steps["callback"].detail
+    out = verdicts(Host("h"), dropped, callback_timeout=4, port=11000)
+    assert "no answer from 10.0.0.1:11000 within 4 s" in out["callback"].detail
     refused = facts_of(**{**BASE, "CALLBACK": "10.0.0.1:11000 cannot be opened",
                           "T_CALLBACK": "0.01"})
-    out = remote_steps(Host("h"), refused, complete=True, callback_timeout=4, port=11000)
-    assert "refused" in out.steps["callback"].detail
+    out = verdicts(Host("h"), refused, callback_timeout=4, port=11000)
+    assert "refused" in out["callback"].detail
 
 
 def test_facts_parsing() -> None:
@@ -232,7 +278,7 @@ def test_facts_parsing() -> None:
 
 @pytest.mark.parametrize(("says", "status"), [
     ("subsystem request failed on channel 0", "ok"),
-    ("root@10.0.0.1: Permission denied (publickey).", "failed"),
+    ("root@10.0.0.1: Permission denied (publickey).", "warning"),
 ])
 def test_reverse_ssh_login_without_a_remote_shell(says: str, status: str,
                                                    tmp_path: Path) -> None:
@@ -250,7 +296,7 @@ def test_reverse_ssh_login_without_a_remote_shell(says: str, status: str,
     out = subprocess.run(["sh", "-s"], input=script, capture_output=True, text=True, env=env,
                          timeout=30)
     facts = parse_facts(out.stdout.splitlines())
-    step = remote_steps(Host("h"), facts, complete=True).steps["reverse_ssh"]
+    step = verdicts(Host("h"), facts)["reverse_ssh"]
     assert step.status == status, step
     args = (tmp_path / "args").read_text().split()
     assert args[-4:] == ["-s", "--", "10.0.0.1", "sshcluster-check"]

@@ -18,7 +18,7 @@ from sshcluster.errors import TestbedError
 from sshcluster.testing.hosts import TestHost
 from sshcluster.testing.netns import run_command
 
-__all__ = ["Action", "allow", "cut_off", "reconnect", "reject", "slow_ssh"]
+__all__ = ["Action", "allow", "cut_off", "hide_ssh", "reconnect", "reject", "slow_ssh"]
 
 #: ``REJECT`` answers with a reset: a connect fails at once ("connection refused").
 #: ``DROP`` discards the packets: a connect hangs until it times out.
@@ -68,15 +68,30 @@ def cut_off(host: TestHost) -> None:
         _iptables(host, ["-I", chain, "1", "!", flag, "lo", "-j", "DROP"])
 
 
-def reconnect(host: TestHost) -> None:
-    """Undo :func:`cut_off` and :func:`slow_ssh`."""
+def reconnect(host: TestHost, primary_address: str | None = None) -> None:
+    """Undo :func:`cut_off`, :func:`slow_ssh` and (given the primary's address)
+    :func:`hide_ssh`."""
     for chain, flag in _CUT:
         for _ in range(_MAX_RULES):
             if _iptables(host, ["-D", chain, "!", flag, "lo", "-j", "DROP"], check=False):
                 break
-    for _ in range(_MAX_RULES):
-        if _iptables(host, ["-D", "INPUT", *_SYN], check=False):
-            break
+    rules = [_SYN] + ([_hidden(host, primary_address)] if primary_address else [])
+    for rule in rules:
+        for _ in range(_MAX_RULES):
+            if _iptables(host, ["-D", "INPUT", *rule], check=False):
+                break
+
+
+def _hidden(host: TestHost, primary_address: str) -> list[str]:
+    return ["-s", f"{primary_address}/32", "-p", "tcp", "--dport", str(host.ssh_port),
+            "-j", "REJECT", "--reject-with", "tcp-reset"]
+
+
+def hide_ssh(host: TestHost, primary_address: str) -> None:
+    """Refuse connections from the primary to ``host``'s sshd, and only those: the other
+    hosts still reach it, so the primary reaches it only through one of them (a host
+    behind a jump host). Everything else, R's connections back included, still flows."""
+    _iptables(host, ["-I", "INPUT", "1", *_hidden(host, primary_address)])
 
 
 _SYN = ["-p", "tcp", "--dport", "22", "--syn", "-j", "DROP"]

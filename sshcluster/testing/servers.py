@@ -15,7 +15,16 @@ import time
 from pathlib import Path
 
 from sshcluster.testing.hosts import TestHost, enter_argv, host_dir
-from sshcluster.testing.sshd import make_host_key, popen_sshd, sshd_argv, stop_sshd, wait_banner
+from sshcluster.testing.netns import run_command
+from sshcluster.testing.sshd import (
+    HOST_KEY,
+    make_host_key,
+    popen_sshd,
+    sshd_argv,
+    stop_sshd,
+    wait_banner,
+    write_file,
+)
 
 __all__ = ["Servers"]
 
@@ -74,6 +83,23 @@ class Servers:
             return
         self.spawn(host)
         self.wait(host, time.monotonic() + self.timeout)
+
+    def certify(self, host: TestHost, ca: Path, principals: str, validity: str) -> Path:
+        """Sign ``host``'s key with the CA key ``ca`` (ssh-keygen -s: ``principals``
+        comma-separated, ``validity`` as -V takes it), make its sshd offer the
+        certificate, restart it; return the certificate's path."""
+        d = host_dir(self.workdir, host)
+        run_command(["ssh-keygen", "-q", "-s", str(ca), "-I", host.hostname, "-h",
+                     "-n", principals, "-V", validity, str(d / f"{HOST_KEY}.pub")],
+                    what=f"ssh-keygen -s for {host.hostname}")
+        cert = d / f"{HOST_KEY}-cert.pub"
+        config = d / "sshd_config"
+        lines = [ln for ln in config.read_text().splitlines()
+                 if not ln.startswith("HostCertificate ")]
+        write_file(config, "\n".join([*lines, f"HostCertificate {cert}"]) + "\n")
+        self.stop(host)
+        self.start(host)
+        return cert
 
     def replace_host_key(self, host: TestHost, comment: str) -> None:
         """Give ``host`` a new host key and restart its sshd."""

@@ -368,9 +368,13 @@ class Testbed:
         self._need_up()
         faults.slow_ssh(host)
 
+    def hide_ssh(self, host: TestHost) -> None:
+        """Refuse the primary's connections to ``host``'s sshd, until :meth:`reconnect`."""
+        faults.hide_ssh(host, self.primary_address)
+
     def reconnect(self, host: TestHost) -> None:
-        """Undo :meth:`cut_off` and :meth:`slow_ssh`."""
-        faults.reconnect(host)
+        """Undo :meth:`cut_off`, :meth:`slow_ssh` and :meth:`hide_ssh`."""
+        faults.reconnect(host, self.primary_address if self._up else None)
 
     def stop_sshd(self, host: TestHost) -> None:
         """Stop the host's sshd listener (sessions already open keep running)."""
@@ -379,6 +383,13 @@ class Testbed:
     def start_sshd(self, host: TestHost) -> None:
         """Start the host's sshd again (no-op if it runs) and wait until it answers."""
         self._need_up().start(host)
+
+    def certify_host_key(self, host: TestHost, ca: Path | str, validity: str = "-5m:+1h"
+                         ) -> Path:
+        """Have ``host``'s sshd offer a certificate for its address and hostname, signed
+        by the CA private key ``ca``; return the certificate's path."""
+        names = f"{host.address},{host.hostname}"
+        return self._need_up().certify(host, Path(ca), names, validity)
 
     def replace_host_key(self, host: TestHost) -> None:
         """Give ``host`` a new host key and restart its sshd; known_hosts keeps the old.
@@ -416,11 +427,14 @@ class Testbed:
         ncore: int = 2,
         port: int | None = None,
         extra: Mapping[str, Any] | None = None,
+        *,
+        keys: bool = True,
     ) -> Path:
         """Write an sshcluster inventory (YAML) for this testbed to ``path``; return it.
 
         ``port`` is the PSOCK port of the primary (written only if given); ``extra``
-        adds or replaces top-level keys.
+        adds or replaces top-level keys; ``keys=False`` leaves out the known_hosts and
+        client key (for a client whose ``~/.ssh`` has them).
         """
         self._need_up()
         primary: dict[str, Any] = {"host": self.primary_address, "user": self.user}
@@ -442,6 +456,8 @@ class Testbed:
             },
             "hosts": hosts,
         }
+        if not keys:
+            del data["known_hosts"], data["defaults"]["identity_file"]
         if port is not None:
             data["port"] = port
         if extra:

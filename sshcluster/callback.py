@@ -1,0 +1,286 @@
+"""The ``callback`` step in one place: a worker's R reaches the primary and proves who it is.
+
+The launch's workers connect back to the primary's port, so the check does the same:
+
+* :class:`CallbackListener` listens where the launch will: on the inventory's ``port``
+  (or a free one in R's range) on every address, or with ``tunnel: reverse`` on
+  127.0.0.1 only. It is the one owner of that socket (an async context manager).
+* With ``tunnel: reverse``, :meth:`CallbackListener.forward` asks each host's sshd to
+  listen on the host's 127.0.0.1:PORT, as the launch's ``ssh -R`` does, and hands what
+  arrives there to the same handshake, attributed to that host.
+* On the worker, :data:`R_CALLBACK` (part of the probe script, see
+  :mod:`sshcluster.probe`) connects with R's own ``socketConnection`` and writes the
+  host's nonce, which reached it on the ssh session's stdin (never in argv, where other
+  users of the host could read it).
+* The listener accepts exactly the nonces it handed out, each once: it reads at most
+  :data:`NONCE_LIMIT` bytes within :data:`HANDSHAKE_TIMEOUT` seconds, then answers
+  ``ok`` or closes. At most :data:`PER_SOURCE_EXTRA` connections more than there are
+  hosts are served at a time from one address, so a stranger flooding it (long lines,
+  garbage, connections that stall) is turned away without a traceback and without
+  delaying the genuine hosts; the report's notes count what was turned away.
+* :func:`callback_verdict` turns the worker's answer and the listener's own record into
+  the step's result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hmac
+import random
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import asyncssh
+
+from sshcluster.net import R_PORT_RANGE
+from sshcluster.report import StepResult
+
+if TYPE_CHECKING:  # probe embeds R_CALLBACK, so it imports this module
+    from sshcluster.probe import Facts
+
+#: The longest line a worker sends: a nonce is 32 hex digits and a newline.
+NONCE_LIMIT = 64
+#: Seconds a connection has to present its nonce.
+HANDSHAKE_TIMEOUT = 3.0
+#: Connections served at once from one address, beyond one per host.
+PER_SOURCE_EXTRA = 16
+#: Random ports tried in R's range when the inventory names none.
+PORT_TRIES = 50
+
+#: The worker's side, an R function of the probe script: connect, send the nonce, read
+#: the answer, report it as ``CALLBACK=`` and ``T_CALLBACK=`` lines.
+R_CALLBACK = """\
+step_callback <- function(host, port, timeout, nonce) {
+  t0 <- Sys.time()
+  r <- tryCatch({
+    con <- socketConnection(host, port, open = "a+b", blocking = TRUE, timeout = timeout)
+    writeLines(nonce, con)
+    flush(con)
+    x <- readLines(con, n = 1L)
+    close(con)
+    if (identical(x, "ok")) "ok" else paste("the primary answered:",
+                                           if (length(x)) x else "nothing")
+  }, error = function(e) conditionMessage(e), warning = function(w) conditionMessage(w))
+  cat("CALLBACK=", gsub("[\\r\\n]+", " ", r), "\\nT_CALLBACK=",
+      as.numeric(Sys.time() - t0, units = "secs"), "\\n", sep = "")
+}
+"""
+
+_Read = Callable[[int], Awaitable[bytes]]
+
+
+class CallbackListener:
+    """The primary's end of the callback: listens, checks nonces, counts strangers.
+
+    ``port`` is the inventory's (None: a free one in R's range); ``loopback_only``
+    listens on 127.0.0.1 (the reverse tunnel's end) instead of every address;
+    ``hosts`` sizes the per-address limit. After :meth:`start` (or ``async with``),
+    ``port`` is the port and ``error`` says why listening failed, if it did.
+    """
+
+    def __init__(self, *, port: int | None, loopback_only: bool = False,
+                 hosts: int = 1) -> None:
+        self.wanted = port
+        self.port = port or 0
+        self.loopback_only = loopback_only
+        self.error: str | None = None
+        self._per_source = hosts + PER_SOURCE_EXTRA
+        self._server: asyncio.AbstractServer | None = None
+        self._nonces: dict[str, str] = {}  # nonce -> host label
+        self._confirmed: set[str] = set()
+        self._busy: Counter[str] = Counter()
+        self._turned_away: Counter[str] = Counter()
+        self._open: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+
+    async def __aenter__(self) -> CallbackListener:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Listen; on failure set ``error`` (the hosts' callback steps then say it)."""
+        candidates = [self.wanted] if self.wanted else random.sample(
+            range(R_PORT_RANGE[0], R_PORT_RANGE[1] + 1), PORT_TRIES)
+        last: OSError | None = None
+        for port in candidates:
+            try:
+                self._server = await asyncio.start_server(
+                    self._serve_tcp, host="127.0.0.1" if self.loopback_only else None,
+                    port=port, reuse_address=True, limit=NONCE_LIMIT)
+            except OSError as e:
+                last = e
+                if e.errno == errno.EADDRINUSE and not self.wanted:
+                    continue
+                break
+            self.port = port
+            return
+        where = self.wanted or "in {}-{}".format(*R_PORT_RANGE)
+        self.error = (f"the primary cannot listen on port {where}: "
+                      f"{last.strerror if last else 'no free port'}")
+
+    async def close(self) -> None:
+        """Stop listening and drop the connections still open (idempotent)."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in self._open.values():
+            writer.transport.abort()  # their handlers see the end and return
+        await asyncio.gather(*self._open, return_exceptions=True)
+
+    def expect(self, nonce: str, label: str) -> None:
+        """Accept ``nonce`` once, as the callback of host ``label``."""
+        self._nonces[nonce] = label
+
+    def confirmed(self, label: str) -> bool:
+        """Whether host ``label``'s nonce arrived."""
+        return label in self._confirmed
+
+    def notes(self) -> list[str]:
+        """One line about the connections turned away, if there were any."""
+        if not self._turned_away:
+            return []
+        total = sum(self._turned_away.values())
+        who = ", ".join(f"{src}: {n}" for src, n in self._turned_away.most_common(5))
+        return [f"the callback listener on port {self.port} turned away {total} "
+                f"connection{'s' if total != 1 else ''} without a valid nonce ({who})"]
+
+    async def forward(self, conn: asyncssh.SSHClientConnection, label: str) -> str | None:
+        """Listen on 127.0.0.1:PORT of ``conn``'s host and bring what arrives here, as the
+        launch's ``ssh -R`` will; None, or why the host refused."""
+        source = f"{label} (tunnel)"
+
+        def handler(_host: str, _port: int) -> Callable[..., Awaitable[None]]:
+            async def serve(reader: asyncssh.SSHReader[bytes],
+                            writer: asyncssh.SSHWriter[bytes]) -> None:
+                await self._guarded(source, reader.read, writer.write, writer.close)
+            return serve
+
+        try:
+            await conn.start_server(handler, "127.0.0.1", self.port)
+        except (asyncssh.Error, asyncssh.ChannelListenError, OSError) as e:
+            return (f"the reverse tunnel cannot listen on 127.0.0.1:{self.port} on {label}: "
+                    f"{getattr(e, 'reason', '') or e}")
+        return None
+
+    async def _serve_tcp(self, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        source = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        task = asyncio.current_task()
+        assert task is not None
+        self._open[task] = writer
+        try:
+            await self._guarded(source, reader.read, writer.write, writer.close)
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        finally:
+            del self._open[task]
+
+    async def _guarded(self, source: str, read: _Read, write: Callable[[bytes], Any],
+                       close: Callable[[], Any]) -> None:
+        """One connection: never raises, whatever the peer sends or does not send."""
+        try:
+            if self._busy[source] >= self._per_source:
+                self._turned_away[source] += 1
+                return
+            self._busy[source] += 1
+            try:
+                nonce = await asyncio.wait_for(_read_line(read), HANDSHAKE_TIMEOUT)
+            finally:
+                self._busy[source] -= 1
+            label = self._claim(nonce)
+            if label is None:
+                self._turned_away[source] += 1
+                write(b"no\n")
+            else:
+                write(b"ok\n")
+        except (OSError, EOFError, ValueError, asyncio.TimeoutError, asyncssh.Error):
+            self._turned_away[source] += 1
+        finally:
+            with contextlib.suppress(OSError, asyncssh.Error):
+                close()
+
+    def _claim(self, line: bytes | None) -> str | None:
+        if line is None:
+            return None
+        for nonce, label in self._nonces.items():
+            if hmac.compare_digest(nonce.encode("utf-8"), line):
+                if label in self._confirmed:
+                    return None  # each nonce once
+                self._confirmed.add(label)
+                return label
+        return None
+
+
+async def _read_line(read: _Read) -> bytes | None:
+    """Up to :data:`NONCE_LIMIT` bytes ending in a newline; None for anything else."""
+    data = b""
+    while len(data) < NONCE_LIMIT:
+        chunk = await read(NONCE_LIMIT - len(data))
+        if not chunk:
+            return None
+        data += chunk
+        if b"\n" in data:
+            line, _, rest = data.partition(b"\n")
+            return line if not rest else None
+    return None
+
+
+def callback_verdict(facts: Facts, *, complete: bool, target: str, listen_error: str | None,
+                     tunnel: bool, timeout: float, confirmed: bool) -> StepResult:
+    """The ``callback`` step: what the worker's R said, checked against what the
+    listener saw (``confirmed``). ``target`` names where R connected; ``timeout`` is the
+    connect timeout R was given (to tell a drop from a refusal)."""
+    if listen_error:
+        return StepResult(
+            "failed", listen_error,
+            hint=("choose another 'port:' in the inventory" if not tunnel else
+                  "choose another 'port:' in the inventory (a port taken on a host cannot "
+                  "be forwarded), and check that sshd there allows it "
+                  "(AllowTcpForwarding yes)"))
+    if "CALLBACK" not in facts:
+        if not complete:
+            return StepResult("failed", "no answer before the deadline")
+        said = "; ".join(facts.other[-3:])
+        return StepResult("failed", f"R stopped early (exit status {facts.get('R_EXIT')})"
+                                    f"{': ' + said if said else ''}")
+    answer = facts.get("CALLBACK") or ""
+    secs = facts.number("T_CALLBACK") or 0.0
+    if answer == "ok":
+        if not confirmed:
+            return StepResult("failed", "the worker says it called back, but the primary did "
+                                        "not see its nonce", secs)
+        return StepResult("ok", f"R reached {target}, nonce checked", secs)
+    if timeout and secs >= timeout - 0.5:
+        why = (f"no answer from {target} within {secs:.0f} s (packets dropped by a firewall, "
+               "or a wrong primary address)")
+    elif "cannot be opened" in answer and secs < 1.0:
+        why = (f"connection to {target} refused or unreachable ({answer}): a firewall "
+               "rejects it, or the address is not the primary's")
+    else:
+        why = f"R could not talk to {target}: {answer}"
+    return StepResult(
+        "failed", why, secs,
+        hint=("ssh works, so launching with '--tunnel reverse' carries R's connection "
+              "through the ssh session; or open the port on the primary's firewall, or set "
+              "primary.host to an address the workers can reach") if not tunnel else
+             "the forward is up but R's connection through it failed: see sshd's log on "
+             "the host",
+    )
+
+
+__all__ = [
+    "HANDSHAKE_TIMEOUT",
+    "NONCE_LIMIT",
+    "PER_SOURCE_EXTRA",
+    "R_CALLBACK",
+    "CallbackListener",
+    "callback_verdict",
+]

@@ -1,0 +1,229 @@
+"""known_hosts as OpenSSH reads it: the files, the names in them, and the policy a host's
+ssh settings make of them.
+
+:func:`parse_known_hosts` reads a file as ssh does (markers ``@cert-authority`` and
+``@revoked``, hashed names, comma-separated patterns with ``*``, ``?`` and ``!``; lines
+ssh would skip are skipped), :func:`host_matches` matches a name as ssh does, and
+:class:`KnownHostsFiles` reads each file once per check run. A :class:`TrustPolicy` is
+what one host's effective settings say about host keys: the name its keys are filed
+under (``HostKeyAlias``, else ``[host]:port`` for a port other than 22), every
+``UserKnownHostsFile`` and ``GlobalKnownHostsFile``, and the inventory's ``known_hosts:``
+that the launch adds with ``KnownHostsCommand``. :func:`order_host_key_algorithms` asks
+the server for the key types known for the host first, as ssh does. The decision itself
+is :func:`sshcluster.keycheck.verify`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import fnmatch
+import hashlib
+import hmac
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncssh
+
+from sshcluster.net import known_hosts_name
+
+CA_MARKER = "@cert-authority"
+REVOKED_MARKER = "@revoked"
+CERT_SUFFIX = "-cert-v01@openssh.com"
+
+
+def fingerprint(key: asyncssh.SSHKey) -> str:
+    """``ssh-ed25519 SHA256:...``, as OpenSSH shows a key."""
+    return f"{plain_type(key.get_algorithm())} {key.get_fingerprint()}"
+
+
+def plain_type(algorithm: str) -> str:
+    """The key type behind a host key algorithm: ``rsa-sha2-512`` and
+    ``ssh-rsa-cert-v01@openssh.com`` are ``ssh-rsa`` keys."""
+    if algorithm.endswith(CERT_SUFFIX):
+        algorithm = algorithm[: -len(CERT_SUFFIX)]
+    return "ssh-rsa" if algorithm.startswith("rsa-sha2-") else algorithm
+
+
+# --------------------------------------------------------------------------- the files
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One valid known_hosts line: its marker (``""``, ``@cert-authority`` or
+    ``@revoked``), its host field as written (patterns or a hashed name), its key, and
+    where it is."""
+
+    marker: str
+    hosts: str
+    key: asyncssh.SSHKey
+    file: str
+    line: int
+
+    @property
+    def where(self) -> str:
+        return f"{self.file} line {self.line}"
+
+
+def parse_known_hosts(text: str, path: str) -> list[Entry]:
+    """The valid entries of a known_hosts file; lines OpenSSH would skip are skipped."""
+    entries = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        words = raw.split()
+        if not words or words[0].startswith("#"):
+            continue
+        marker = ""
+        if words[0].startswith("@"):
+            if words[0] not in (CA_MARKER, REVOKED_MARKER):
+                continue
+            marker, words = words[0], words[1:]
+        if len(words) < 3:
+            continue
+        try:
+            key = asyncssh.import_public_key(f"{words[1]} {words[2]}")
+        except (asyncssh.KeyImportError, ValueError):
+            continue
+        entries.append(Entry(marker, words[0], key, path, number))
+    return entries
+
+
+def host_matches(name: str, hosts: str) -> bool:
+    """Whether ``name`` is one of ``hosts``: a hashed name (``|1|salt|hash``) or a
+    comma-separated pattern list with ``*``, ``?`` and ``!`` negation, case-insensitive."""
+    if hosts.startswith("|1|"):
+        parts = hosts.split("|")
+        try:
+            salt = base64.b64decode(parts[2], validate=True)
+            want = base64.b64decode(parts[3], validate=True)
+        except (IndexError, binascii.Error, ValueError):
+            return False
+        if len(salt) != 20:
+            return False
+        return hmac.compare_digest(hmac.new(salt, name.encode(), hashlib.sha1).digest(), want)
+    name = name.lower()
+    positive = False
+    for pattern in hosts.lower().split(","):
+        negated = pattern.startswith("!")
+        if fnmatch.fnmatchcase(name, _glob(pattern[1:] if negated else pattern)):
+            if negated:
+                return False
+            positive = True
+    return positive
+
+
+def _glob(pattern: str) -> str:
+    # OpenSSH patterns know only * and ?; fnmatch's [...] must stay literal ([host]:port).
+    return pattern.replace("[", "[[]")
+
+
+def hashed_name(name: str, salt: bytes | None = None) -> str:
+    """``name`` hashed as ``HashKnownHosts yes`` writes it."""
+    salt = salt if salt is not None else os.urandom(20)
+    digest = hmac.new(salt, name.encode(), hashlib.sha1).digest()
+    return f"|1|{base64.b64encode(salt).decode()}|{base64.b64encode(digest).decode()}"
+
+
+class KnownHostsFiles:
+    """known_hosts files, each read once per check run (and again after a record)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, list[Entry] | None] = {}
+
+    def entries(self, path: str) -> list[Entry] | None:
+        """The file's entries; None when it does not exist (or cannot be read)."""
+        if path not in self._cache:
+            try:
+                text = Path(path).read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                self._cache[path] = None
+            else:
+                self._cache[path] = parse_known_hosts(text, path)
+        return self._cache[path]
+
+    def matching(self, paths: Sequence[str], name: str) -> list[Entry]:
+        """The entries of ``paths`` whose host field matches ``name``, in file order."""
+        return [e for p in paths for e in (self.entries(p) or []) if host_matches(name, e.hosts)]
+
+    def forget(self, path: str) -> None:
+        self._cache.pop(path, None)
+
+
+# --------------------------------------------------------------------------- the policy
+
+
+@dataclass(frozen=True)
+class TrustPolicy:
+    """What ssh's effective settings say about host keys for one host.
+
+    ``hostname`` is the ``HostName`` ssh connects to, ``port`` its port, ``alias`` the
+    ``HostKeyAlias``; ``user_files``, ``global_files`` and ``command_files`` (the
+    inventory's file, added by ``KnownHostsCommand``) are read in that order.
+    ``strict`` is ``StrictHostKeyChecking`` (yes, ask, accept-new, no); ``record_to``
+    where a key accepted as new is recorded (None: nowhere).
+    """
+
+    hostname: str
+    port: int
+    alias: str | None = None
+    user_files: tuple[str, ...] = ()
+    global_files: tuple[str, ...] = ()
+    command_files: tuple[str, ...] = ()
+    strict: str = "yes"
+    check_host_ip: bool = False
+    proxied: bool = False
+    hash_known_hosts: bool = False
+    ca_sign_algorithms: tuple[str, ...] = ()
+    revoked_keys_file: str | None = None
+    no_host_auth_localhost: bool = False
+    record_to: str | None = None
+    files: KnownHostsFiles = field(default_factory=KnownHostsFiles, compare=False)
+
+    @property
+    def consulted(self) -> tuple[str, ...]:
+        """Every file looked in, in order."""
+        return (*self.user_files, *self.global_files, *self.command_files)
+
+    def name(self, port: int | None = None) -> str:
+        """The name the host's keys are filed under (``port`` 0: without the port)."""
+        if self.alias:
+            return self.alias
+        return known_hosts_name(self.hostname, self.port if port is None else port or 22)
+
+    def entries(self, name: str, *, with_command: bool = True) -> list[Entry]:
+        paths = self.user_files + self.global_files
+        if with_command:
+            paths += self.command_files
+        return self.files.matching(paths, name)
+
+
+def order_host_key_algorithms(policy: TrustPolicy, algorithms: Sequence[str]) -> list[str]:
+    """``algorithms`` in the order OpenSSH's order_hostkeyalgs asks the server for them:
+    as they are when a key of the first one's type is known, else the types known for
+    the host first (certificate types first when it has a ``@cert-authority``)."""
+    entries = (policy.files.matching(policy.user_files + policy.global_files, policy.name())
+               + policy.files.matching(policy.command_files, policy.hostname))
+    known = {plain_type(e.key.get_algorithm()) for e in entries if e.marker == ""}
+    if not algorithms or plain_type(algorithms[0]) in known:
+        return list(algorithms)
+    has_ca = any(e.marker == CA_MARKER for e in entries)
+    first = [a for a in algorithms
+             if (a.endswith(CERT_SUFFIX) and has_ca) or plain_type(a) in known]
+    return first + [a for a in algorithms if a not in first]
+
+
+__all__ = [
+    "CA_MARKER",
+    "CERT_SUFFIX",
+    "REVOKED_MARKER",
+    "Entry",
+    "KnownHostsFiles",
+    "TrustPolicy",
+    "fingerprint",
+    "hashed_name",
+    "host_matches",
+    "order_host_key_algorithms",
+    "parse_known_hosts",
+    "plain_type",
+]

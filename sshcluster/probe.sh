@@ -1,0 +1,113 @@
+# The preflight check's remote script: one function per step, every answer one
+# KEY=value line. sshcluster.probe prepends the data as shell variables: budget,
+# primary, primary_user, primary_ssh_port, connect_timeout, rscript, r_code, nonce,
+# port, callback_host, callback_timeout. The nonce goes to R in its environment only:
+# the script comes on stdin, so it is never on a command line that `ps` shows.
+
+tick() { _t=0; read -r _t _x </proc/uptime 2>/dev/null; }
+say() { printf '%s\n' "$1"; }
+to=
+command -v timeout >/dev/null 2>&1 && to="timeout $budget"
+
+# Where the primary is, as this host sees it (the client end of SSH_CONNECTION).
+step_primary() {
+  say "SSH_CONNECTION=$SSH_CONNECTION"
+  set -- $SSH_CONNECTION
+  [ -n "$primary" ] || primary=${1:-}
+  say "PRIMARY=$primary"
+}
+
+# reverse_ssh: log in to the primary, non-interactively.
+step_reverse_ssh() {
+  tick; a=$_t; n=0; rc=; kex="-o KexAlgorithms=^curve25519-sha256"
+  if [ -z "$primary" ]; then
+    err="no SSH_CONNECTION on this host, so the primary's address is unknown"; rc=skip
+  else
+    while :; do
+      # A subsystem nobody has: sshd refuses it right after the login succeeded, so
+      # this proves host key, non-interactive auth and a session channel without
+      # starting the primary user's shell (and its rc files) at all.
+      err=$($to ssh -o BatchMode=yes -o ConnectTimeout="$connect_timeout" $kex \
+-l "$primary_user" ${primary_ssh_port:+-p "$primary_ssh_port"} \
+-s -- "$primary" sshcluster-check 2>&1 </dev/null)
+      rc=$?
+      case "$rc:$err" in
+        255:*"subsystem request failed"*) rc=0; err=;;
+        # sshd drops connections beyond MaxStartups while many workers log in at once
+        255:*kex_exchange_identification*|255:*"closed by remote host"*|\
+255:*"reset by peer"*)
+          # (default MaxStartups 10:30:100): back off a little, with jitter, and retry
+          n=$((n+1))
+          if [ $n -lt 6 ]; then
+            sleep "0.$(( ($$ + n * 7) % 9 + 1 ))" 2>/dev/null || sleep 1; continue
+          fi;;
+        # an ssh too old for "^" in KexAlgorithms: its own defaults then
+        255:*KexAlgorithms*) if [ -n "$kex" ]; then kex=; continue; fi;;
+      esac
+      break
+    done
+  fi
+  tick
+  printf '%s\n' "$err" | while IFS= read -r l; do [ -n "$l" ] && say "REVERSE_ERR=$l"; done
+  say "REVERSE=$rc $a $_t"
+}
+
+# cores and load: shell builtins and /proc only.
+step_cores() {
+  n=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null)
+  say "NPROC=$n"
+}
+
+step_load() {
+  if [ -r /proc/loadavg ]; then
+    read -r l1 l5 l15 _x </proc/loadavg; say "LOADAVG=$l1 $l5 $l15"
+  else
+    say "UPTIME=$(uptime 2>/dev/null)"
+  fi
+  if [ -r /proc/meminfo ]; then
+    while read -r k v _x; do
+      case $k in MemTotal:) say "MEM_TOTAL_KB=$v";; MemAvailable:) say "MEM_AVAIL_KB=$v";; esac
+    done </proc/meminfo
+  fi
+}
+
+# rscript: the inventory's path, or the one on the non-interactive PATH.
+step_rscript() {
+  rs=$rscript
+  if [ -n "$rs" ]; then
+    case $rs in
+      /*) if [ ! -f "$rs" ] || [ ! -x "$rs" ]; then
+            say "RSCRIPT_ERR=no executable file $rs"; rs=
+          fi;;
+      *) r2=$(command -v -- "$rs" 2>/dev/null) || r2=
+         [ -n "$r2" ] || say "RSCRIPT_ERR=$rs is not on the PATH of a non-interactive shell: $PATH"
+         rs=$r2;;
+    esac
+  else
+    rs=$(command -v Rscript 2>/dev/null) || rs=
+    [ -n "$rs" ] || say "RSCRIPT_ERR=Rscript is not on the PATH of a non-interactive shell: $PATH"
+  fi
+  say "RSCRIPT=$rs"
+}
+
+# rscript (its version), packages and callback: one R start answers all three.
+step_r() {
+  # Through a line reader: the background ssh above writes to the same stdout, and
+  # only whole-line writes keep the two from mixing inside a line.
+  { SSHCLUSTER_NONCE=$nonce $to "$rs" --default-packages=NULL -e "$r_code" \
+"${callback_host:-$primary}" "$port" "$callback_timeout" 2>&1
+    say "R_EXIT=$?"; } | while IFS= read -r l; do say "$l"; done
+}
+
+step_primary
+step_reverse_ssh &
+tick; a=$_t
+step_cores
+step_load
+tick; say "T_LOCAL=$a $_t"
+a=$_t
+step_rscript
+tick; say "T_LOOKUP=$a $_t"
+[ -z "$rs" ] || step_r
+wait
+say "DONE=1"

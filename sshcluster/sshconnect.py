@@ -1,0 +1,307 @@
+"""Connecting as OpenSSH would: asyncssh given exactly what ``ssh -G`` says for a host.
+
+:func:`trust_policy` turns a host's :class:`~sshcluster.sshconfig.ClientSettings` into
+the :class:`~sshcluster.knownhosts.TrustPolicy` its host keys are checked with;
+:class:`Connector` builds asyncssh's connect options from the same settings (the host
+name, port and user ssh uses, its identity files, certificates and agent, and the host
+key algorithms in ssh's order) and opens ``ProxyJump`` hops as ssh does (each hop
+checked with its own settings, as the ``ssh -W`` that ssh starts for it would).
+
+asyncssh offers no hook that sees a host certificate whole, so :class:`HostKeyClient`
+takes over the connection's ``validate_server_host_key`` and decides with
+:func:`~sshcluster.knownhosts.verify`; asyncssh's own known_hosts is given nothing to
+trust, so that anything slipping past the hook is refused, never accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+from asyncssh.encryption import get_encryption_algs
+from asyncssh.kex import get_kex_algs
+from asyncssh.mac import get_mac_algs
+from asyncssh.public_key import get_certificate_algs, get_public_key_algs
+
+from sshcluster.keycheck import HostKeyVerdict, verify
+from sshcluster.knownhosts import KnownHostsFiles, TrustPolicy, order_host_key_algorithms
+from sshcluster.sshconfig import ClientSettings, SshConfigError, client_settings
+
+#: The host key algorithms asyncssh can take, in any order.
+SUPPORTED_HOST_KEY_ALGS = frozenset(a.decode() for a in (*get_certificate_algs(),
+                                                        *get_public_key_algs()))
+_ALGORITHMS = {
+    "kexalgorithms": ("kex_algs", frozenset(a.decode() for a in get_kex_algs())),
+    "ciphers": ("encryption_algs", frozenset(a.decode() for a in get_encryption_algs())),
+    "macs": ("mac_algs", frozenset(a.decode() for a in get_mac_algs())),
+}
+_KNOWN_HOSTS_COMMAND = re.compile(
+    r"""^/bin/sh -c 'cat -- "\$0" 2>/dev/null; exit 0' "((?:[^"\\]|\\.)*)"$""")
+
+
+def command_file(command: str | None) -> str | None:
+    """The file of the launch's own KnownHostsCommand (see
+    :func:`~sshcluster.bootstrap.ssh_command`); None for any other command."""
+    m = _KNOWN_HOSTS_COMMAND.match(command or "")
+    if not m:
+        return None
+    return re.sub(r"\\(.)", r"\1", m.group(1)).replace("%%", "%")
+
+
+def trust_policy(settings: ClientSettings, files: KnownHostsFiles, *,
+                 record_to: str | None, command_files: Sequence[str] = ()) -> TrustPolicy:
+    """How ssh with ``settings`` checks host keys; ``command_files`` are what its
+    ``KnownHostsCommand`` prints, ``record_to`` where ``--accept-new`` records."""
+    return TrustPolicy(
+        hostname=settings.hostname, port=settings.port, alias=settings.host_key_alias,
+        user_files=settings.user_known_hosts, global_files=settings.global_known_hosts,
+        command_files=tuple(command_files), strict=settings.strict_host_key_checking,
+        check_host_ip=settings.check_host_ip, proxied=settings.proxied,
+        hash_known_hosts=settings.hash_known_hosts,
+        ca_sign_algorithms=settings.ca_signature_algorithms,
+        revoked_keys_file=settings.revoked_host_keys,
+        no_host_auth_localhost=settings.no_host_auth_localhost, record_to=record_to,
+        files=files)
+
+
+def host_decision(settings: ClientSettings, launch_args: Sequence[str],
+                  inventory_file: str | None, files: KnownHostsFiles,
+                  accept_new: bool) -> tuple[HostKeyDecision, str | None]:
+    """How the launch's ssh (``ssh LAUNCH_ARGS host``, with ``settings``) checks the
+    host's keys: the files ssh reads, the inventory's file when its KnownHostsCommand is
+    the launch's own, and where ``--accept-new`` records. Also why the check cannot
+    decide as ssh would, if it cannot (then it must fail the host)."""
+    ours = next((w.partition("=")[2] for w in launch_args
+                 if w.startswith("KnownHostsCommand=")), None)
+    command_files: tuple[str, ...] = ()
+    problem = None
+    if settings.known_hosts_command and settings.known_hosts_command == ours \
+            and inventory_file:
+        command_files = (command_file(ours) or inventory_file,)
+    elif settings.known_hosts_command:
+        problem = (f"the ssh config sets KnownHostsCommand {settings.known_hosts_command}, "
+                   "which the check does not run")
+    users = settings.user_known_hosts
+    record_to = inventory_file or (users[0] if users else None)
+    policy = trust_policy(settings, files, record_to=record_to, command_files=command_files)
+    return HostKeyDecision(policy, accept_new), problem
+
+
+@dataclass
+class HostKeyDecision:
+    """Where :class:`HostKeyClient` leaves its verdict, and marks the end of the key
+    exchange (authentication begins)."""
+
+    policy: TrustPolicy
+    accept_new: bool
+    verdict: HostKeyVerdict | None = None
+    kex_done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class HostKeyClient(asyncssh.SSHClient):
+    """Decides about the server's host key with OpenSSH's rules (see the module)."""
+
+    def __init__(self, decision: HostKeyDecision) -> None:
+        self.decision = decision
+
+    def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+        peer = conn.get_extra_info("peername")
+        address = None if self.decision.policy.proxied or not peer else str(peer[0])
+
+        def validate(key_data: bytes) -> asyncssh.SSHKey:
+            verdict, key = verify(self.decision.policy, key_data, address,
+                                  accept_new=self.decision.accept_new)
+            self.decision.verdict = verdict
+            if key is None:
+                raise asyncssh.HostKeyNotVerifiable(verdict.detail)
+            trusted: asyncssh.SSHKey = key
+            return trusted
+
+        conn.validate_server_host_key = validate  # type: ignore[method-assign]
+
+    def begin_auth(self, username: str) -> None:
+        self.decision.kex_done.set()
+
+
+@dataclass
+class Connector:
+    """What the connections of one check run share: the ``-F`` config (None: ssh's
+    defaults), the known_hosts files, ``accept_new``, ssh's default host key algorithms,
+    the keys loaded so far, and everything opened that must be closed."""
+
+    config: str | None
+    files: KnownHostsFiles
+    accept_new: bool
+    default_host_key_algs: tuple[str, ...] = ()
+    _keys: dict[str, list[asyncssh.SSHKeyPair]] = field(default_factory=dict)
+    #: Identity files ssh would skip too, and why (a passphrase, unreadable).
+    skipped: dict[str, str] = field(default_factory=dict)
+    _opened: list[Any] = field(default_factory=list)  # agents and jump connections
+
+    async def close(self) -> None:
+        """Close the agent and jump host connections opened so far."""
+        for opened in reversed(self._opened):
+            opened.close()
+            with contextlib.suppress(Exception):
+                await opened.wait_closed()
+        self._opened.clear()
+
+    async def options(self, settings: ClientSettings, decision: HostKeyDecision,
+                      ) -> dict[str, Any]:
+        """asyncssh connect options for ssh's ``settings`` (without sock/tunnel/proxy)."""
+        order = settings.host_key_algorithms
+        if _ssh_reorders(order, self.default_host_key_algs):
+            order = tuple(order_host_key_algorithms(decision.policy, order))
+        kw: dict[str, Any] = {
+            "host": settings.hostname, "port": settings.port, "username": settings.user,
+            "config": [],  # everything comes from ssh -G, nothing from asyncssh's reading
+            "known_hosts": ([], [], []),  # the hook decides; asyncssh trusts nothing
+            "server_host_key_algs": [a for a in order if a in SUPPORTED_HOST_KEY_ALGS],
+            "client_factory": lambda: HostKeyClient(decision),
+            "client_keys": await self.client_keys(settings),
+            "agent_path": None if settings.identities_only else settings.identity_agent,
+            "public_key_auth": settings.get("pubkeyauthentication", "true") != "false",
+            "password_auth": False, "kbdint_auth": False, "gss_auth": False,
+            "host_based_auth": False, "connect_timeout": None,
+        }
+        for key, (name, supported) in _ALGORITHMS.items():
+            wanted = [a for a in settings.get(key).split(",") if a in supported]
+            if wanted:
+                kw[name] = wanted
+        return kw
+
+    async def client_keys(self, settings: ClientSettings) -> list[asyncssh.SSHKeyPair]:
+        """The keys ssh offers: the identity files it can read without a passphrase
+        (with their certificates), and with IdentitiesOnly the agent's copies of them."""
+        certificates = [c for c in settings.certificate_files if Path(c).is_file()]
+        keys: list[asyncssh.SSHKeyPair] = []
+        for path in settings.identity_files:
+            cache = f"{path}\0{':'.join(certificates)}"
+            if cache not in self._keys:
+                self._keys[cache] = self._load(path, certificates)
+            keys += self._keys[cache]
+        if settings.identities_only and settings.identity_agent:
+            keys += await self._agent_copies(settings)
+        return keys
+
+    def _load(self, path: str, certificates: list[str]) -> list[asyncssh.SSHKeyPair]:
+        if not Path(path).exists():
+            return []  # ssh passes over missing identity files (the defaults) silently
+        try:
+            pairs = list(asyncssh.load_keypairs([path], certlist=certificates,
+                                                ignore_encrypted=True))
+        except (OSError, ValueError, asyncssh.KeyImportError) as e:
+            said = str(e)
+            self.skipped[path] = ("has a passphrase, which BatchMode cannot ask for"
+                                  if "assphrase" in said or "bcrypt" in said or
+                                  "ncrypt" in said else f"cannot be read: {said}")
+            return []
+        if not pairs:
+            self.skipped[path] = "has a passphrase, which BatchMode cannot ask for"
+        return pairs
+
+    async def _agent_copies(self, settings: ClientSettings) -> list[asyncssh.SSHKeyPair]:
+        wanted = set()
+        for path in settings.identity_files:
+            with contextlib.suppress(OSError, ValueError, asyncssh.KeyImportError):
+                wanted.add(asyncssh.read_public_key(path + ".pub").public_data)
+        if not wanted:
+            return []
+        try:
+            agent = await asyncssh.connect_agent(settings.identity_agent or "")
+        except (OSError, asyncssh.Error):
+            return []
+        if agent is None:
+            return []
+        self._opened.append(agent)
+        try:
+            pairs = await agent.get_keys()
+        except (OSError, asyncssh.Error):
+            return []
+        return [k for k in pairs if k.public_data in wanted]
+
+    async def jump(self, spec: str, deadline: float
+                   ) -> tuple[asyncssh.SSHClientConnection | None, str]:
+        """Open the ProxyJump ``spec`` (``[user@]host[:port]``, comma-separated hops)
+        as ssh does; the connection to the last hop, or None and why not."""
+        rest, _, last = spec.rpartition(",")
+        user, host, port = _split_hop(last)
+        args = [*(["-l", user] if user else []), *(["-p", str(port)] if port else []),
+                *(["-J", rest] if rest else [])]
+        try:
+            settings = await client_settings(host, args, config=self.config)
+        except SshConfigError as e:
+            return None, e.message
+        files = settings.user_known_hosts
+        decision = HostKeyDecision(
+            trust_policy(settings, self.files, record_to=files[0] if files else None),
+            self.accept_new)
+        kw = await self.options(settings, decision)
+        tunnel: asyncssh.SSHClientConnection | None = None
+        if settings.proxy_jump:
+            tunnel, why = await self.jump(settings.proxy_jump, deadline)
+            if tunnel is None:
+                return None, why
+            kw["tunnel"] = tunnel  # (in _opened already)
+        elif settings.proxy_command:
+            kw["proxy_command"] = settings.proxy_argv()
+        name = f"jump host {host}"
+        try:
+            conn = await asyncio.wait_for(asyncssh.connect(**kw), max(
+                0.1, min(deadline, _now() + (settings.connect_timeout or deadline)) - _now()))
+        except asyncio.TimeoutError:
+            return None, f"{name}: no answer in time"
+        except asyncssh.HostKeyNotVerifiable as e:
+            return None, f"{name}: " + (decision.verdict.detail if decision.verdict
+                                        else e.reason)
+        except asyncssh.PermissionDenied as e:
+            return None, f"{name}: permission denied for {settings.user} ({e.reason})"
+        except (asyncssh.Error, OSError) as e:
+            return None, f"{name}: {getattr(e, 'reason', '') or e}"
+        self._opened.append(conn)  # closed with the run (the hops before it already are)
+        return conn, f"{name} ({settings.hostname} port {settings.port})"
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+def _split_hop(hop: str) -> tuple[str | None, str, int | None]:
+    """``[user@]host[:port]`` or ``ssh://[user@]host[:port]`` of a ProxyJump hop."""
+    hop = hop.removeprefix("ssh://")
+    user, _, hostport = hop.rpartition("@")
+    m = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?|([^:]+)(?::(\d+))?", hostport)
+    if not m:
+        return user or None, hostport, None
+    host = m.group(1) or m.group(3)
+    port = m.group(2) or m.group(4)
+    return user or None, host, int(port) if port else None
+
+
+def _ssh_reorders(algorithms: Sequence[str], default: Sequence[str]) -> bool:
+    """Whether ssh puts the host's known key types first: when HostKeyAlgorithms is its
+    default list, or that list with algorithms left out or added at the end (ssh -G
+    shows only the result, so a list written out in the default's order counts too)."""
+    if not default:
+        return True
+    common = [a for a in algorithms if a in default]
+    return (common == [d for d in default if d in common]
+            and list(algorithms[:len(common)]) == common)
+
+
+__all__ = [
+    "SUPPORTED_HOST_KEY_ALGS",
+    "Connector",
+    "HostKeyClient",
+    "HostKeyDecision",
+    "command_file",
+    "host_decision",
+    "trust_policy",
+]
+

@@ -1,0 +1,446 @@
+"""The check of one host: one function per step, and the one place that runs them.
+
+:data:`STEPS` lists every step with the steps it needs; :func:`run_host` runs them in
+that order within the run's deadline and skips a step when one it needs failed (or was
+skipped). On the primary's side, ``resolve``, ``connect``, ``hostkey`` and ``auth`` each
+have their function here; the remote steps are answered by one script per host (see
+:mod:`sshcluster.probe`) whose facts each step's verdict reads, and ``callback`` also
+asks the listener of :mod:`sshcluster.callback` what it saw.
+
+A :class:`HostCheck` holds what the steps of one host found and what they opened (the
+socket, the ssh connection); :func:`run_host` closes those whatever happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import asyncssh
+
+from sshcluster.bootstrap import ssh_command
+from sshcluster.callback import CallbackListener, callback_verdict
+from sshcluster.inventory import AUTO, Host, Inventory
+from sshcluster.probe import (
+    VERDICTS,
+    Facts,
+    RemoteContext,
+    callback_timeout,
+    found,
+    remote_script,
+)
+from sshcluster.report import SKIPPED, HostReport, StepResult
+from sshcluster.sshconfig import ClientSettings, SshConfigError, client_settings
+from sshcluster.sshconnect import Connector, HostKeyDecision, host_decision
+
+#: Hints for a step still running at the deadline.
+TIMEOUT_HINTS = {
+    "connect": "the host is down, or a firewall drops packets to its ssh port",
+    "hostkey": "sshd accepted the connection but did not finish the handshake",
+    "auth": "sshd is slow to authenticate (DNS lookups by sshd? set UseDNS no)",
+}
+
+
+@dataclass
+class CheckContext:
+    """What every host's check shares: the inventory, the deadline (event-loop time),
+    the callback listener, the connector (ssh config, known_hosts, keys) and the
+    primary's facts."""
+
+    inventory: Inventory
+    timeout: float
+    deadline: float
+    listener: CallbackListener
+    connector: Connector
+    primary_user: str
+    slots: asyncio.Semaphore
+    concurrency: int
+    tunnel: bool = False
+    primary_r_version: str | None = None
+
+    def remaining(self) -> float:
+        """Seconds left until the deadline."""
+        return max(0.0, self.deadline - asyncio.get_running_loop().time())
+
+
+class HostCheck:
+    """One host's check in progress: what its steps found and what they opened."""
+
+    def __init__(self, ctx: CheckContext, host: Host, nonce: str) -> None:
+        self.ctx = ctx
+        self.host = host
+        self.nonce = nonce
+        self.settings: ClientSettings | None = None
+        self.decision: HostKeyDecision | None = None
+        self.key_problem: str | None = None
+        self.connect_by = 0.0  # when ssh's ConnectTimeout would give up
+        self.candidates: list[tuple[int, tuple[Any, ...]]] = []
+        self.address: str | None = None
+        self.sock: socket.socket | None = None
+        self.route: dict[str, Any] = {}  # tunnel or proxy_command for asyncssh
+        self.handshake: asyncio.Task[asyncssh.SSHClientConnection] | None = None
+        self.conn: asyncssh.SSHClientConnection | None = None
+        self.tunnel_error: str | None = None
+        self.facts = Facts()
+        self.remote: asyncio.Task[None] | None = None
+        self.callback_timeout = 0
+
+    def remote_context(self) -> RemoteContext:
+        """What the remote verdicts need besides the facts."""
+        return RemoteContext(self.host, self.ctx.primary_r_version,
+                             reverse_ssh_required=self.ctx.inventory.reverse_ssh == "required")
+
+    async def close(self) -> None:
+        """Close whatever the steps opened (idempotent)."""
+        tasks = [t for t in (self.remote, self.handshake) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(outcome, asyncssh.SSHClientConnection):  # not handed to auth
+                outcome.abort()
+        if self.conn is not None:
+            self.conn.abort()
+        if self.sock is not None:
+            self.sock.close()
+
+
+# --------------------------------------------------------------------------- the steps
+
+
+async def resolve(hc: HostCheck) -> StepResult:
+    """``resolve``: what ssh makes of the host (``ssh -G`` with the launch's options,
+    the host's user and port), and the addresses of the name it connects to."""
+    host, ctx = hc.host, hc.ctx
+    args = ssh_command(ctx.inventory, host)[1:] + (["-l", host.user] if host.user else [])
+    try:
+        s = hc.settings = await client_settings(host.host, args,
+                                                config=ctx.connector.config)
+    except SshConfigError as e:
+        return StepResult("failed", e.message, hint=e.hint)
+    if s.unsupported():
+        return StepResult("failed", f"ssh would use {'; '.join(s.unsupported())} for "
+                                    f"{host.label}, which the check cannot do as ssh does",
+                          hint="see 'What the check cannot mirror' in the README")
+    hc.decision, hc.key_problem = host_decision(s, args, ctx.inventory.known_hosts,
+                                                ctx.connector.files, ctx.connector.accept_new)
+    named = host.host if s.hostname == host.host else f"{host.host} is {s.hostname}"
+    config = [f"port {s.port}"] if s.port != (host.ssh_port or 22) else []
+    config += [f"user {s.user}"] if s.user != host.user and host.user else []
+    via = f" ({', '.join(config)} in the ssh config)" if config else ""
+    if s.proxy_jump:
+        return StepResult("ok", f"{named}{via}, reached through ProxyJump {s.proxy_jump}")
+    if s.proxy_command:
+        return StepResult("ok", f"{named}{via}, reached through ProxyCommand "
+                                f"{s.proxy_command}")
+    family = {"inet": socket.AF_INET, "inet6": socket.AF_INET6}.get(s.address_family, 0)
+    try:
+        ipaddress.ip_address(s.hostname)
+        hc.candidates = [(socket.AF_INET6 if ":" in s.hostname else socket.AF_INET,
+                          (s.hostname, s.port))]
+    except ValueError:
+        try:
+            raw = await asyncio.get_running_loop().getaddrinfo(
+                s.hostname, s.port, family=family, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as e:  # UnicodeError: not a valid DNS name
+            return StepResult("failed", f"cannot resolve {named}: "
+                                        f"{getattr(e, 'strerror', None) or e}",
+                              hint="check the name (DNS, /etc/hosts, or a Host alias in "
+                                   "~/.ssh/config)")
+        hc.candidates = [(fam, addr[:2]) for fam, _, _, _, addr in raw]
+    address = str(hc.candidates[0][1][0])
+    hc.address = address
+    return StepResult("ok", f"{named}{via}" if address == s.hostname else
+                      f"{named}{via}: {address}")
+
+
+async def connect(hc: HostCheck) -> StepResult:
+    """``connect``: TCP to the ssh port, each address in turn, within ssh's
+    ConnectTimeout; or the way to the host through ProxyJump or ProxyCommand."""
+    s, ctx = hc.settings, hc.ctx
+    assert s is not None
+    loop = asyncio.get_running_loop()
+    hc.connect_by = min(ctx.deadline, loop.time() + (s.connect_timeout or ctx.timeout))
+    if s.proxy_jump:
+        tunnel, how = await ctx.connector.jump(s.proxy_jump, hc.connect_by)
+        if tunnel is None:
+            return StepResult("failed", f"through ProxyJump {s.proxy_jump}: {how}",
+                              hint="check that 'ssh -o BatchMode=yes' reaches the jump host")
+        hc.route = {"tunnel": tunnel}
+        return StepResult("ok", f"through {how}")
+    if s.proxy_command:
+        hc.route = {"proxy_command": s.proxy_argv()}
+        return StepResult("ok", "through the ProxyCommand (started with the handshake)")
+    errors: list[str] = []
+    for fam, addr in hc.candidates:
+        sock = socket.socket(fam, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            if s.bind_address:
+                sock.bind((s.bind_address, 0))
+            await asyncio.wait_for(loop.sock_connect(sock, addr),
+                                   max(0.0, hc.connect_by - loop.time()))
+        except asyncio.TimeoutError:
+            sock.close()
+            errors.append(f"{addr[0]} port {addr[1]}: no answer within ConnectTimeout "
+                          f"({s.connect_timeout:g} s), when ssh gives up"
+                          if s.connect_timeout and hc.connect_by < ctx.deadline
+                          else f"{addr[0]} port {addr[1]}: no answer within the deadline "
+                               f"({ctx.timeout:g} s)")
+            continue
+        except OSError as e:
+            sock.close()
+            errors.append(f"{addr[0]} port {addr[1]}: "
+                          f"{os.strerror(e.errno) if e.errno else e}")
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        hc.sock, hc.address = sock, str(addr[0])
+        return StepResult("ok", f"{hc.address} port {s.port}")
+    refused = any("refused" in e.lower() for e in errors)
+    return StepResult(
+        "failed", "; ".join(errors),
+        hint=("sshd is not running there, or listens on another port (ssh_port: in the "
+              "inventory, or Port in the ssh config)" if refused else
+              "the host is down, or unreachable from here"))
+
+
+async def hostkey(hc: HostCheck) -> StepResult:
+    """``hostkey``: the key exchange, with the server's key checked as ssh checks it;
+    it ends where authentication begins, in the handshake that ``auth`` finishes."""
+    s, decision = hc.settings, hc.decision
+    assert s is not None and decision is not None
+    if hc.key_problem:
+        return StepResult("failed", hc.key_problem,
+                          hint="see 'What the check cannot mirror' in the README")
+    kw = await hc.ctx.connector.options(s, decision)
+    sock, hc.sock = hc.sock, None  # the connection owns it now
+    hc.handshake = asyncio.ensure_future(asyncssh.connect(sock=sock, **hc.route, **kw))
+    kex = asyncio.ensure_future(decision.kex_done.wait())
+    loop = asyncio.get_running_loop()
+    try:
+        await asyncio.wait({hc.handshake, kex}, timeout=max(0.0, hc.connect_by - loop.time()),
+                           return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        kex.cancel()
+    verdict = decision.verdict
+    if decision.kex_done.is_set() or (hc.handshake.done() and not hc.handshake.exception()):
+        return StepResult("ok", verdict.detail if verdict else "(no host key asked)")
+    if not hc.handshake.done():
+        within = (f"within ConnectTimeout ({s.connect_timeout:g} s), when ssh gives up"
+                  if s.connect_timeout and hc.connect_by < hc.ctx.deadline
+                  else f"within the deadline ({hc.ctx.timeout:g} s)")
+        return StepResult("failed", f"no key exchange {within}",
+                          hint=TIMEOUT_HINTS["hostkey"])
+    error = hc.handshake.exception()
+    if isinstance(error, asyncssh.HostKeyNotVerifiable) and verdict is not None:
+        result: StepResult = verdict.result()
+        return result
+    if isinstance(error, asyncssh.KeyExchangeFailed):
+        return StepResult("failed", f"no common key exchange or host key algorithm: "
+                                    f"{error.reason}",
+                          hint="compare HostKeyAlgorithms and KexAlgorithms in the ssh "
+                               "config with what the server offers")
+    return _connection_failed(error)
+
+
+async def auth(hc: HostCheck) -> StepResult:
+    """``auth``: non-interactive login as ssh's user, with the keys ssh would offer."""
+    assert hc.handshake is not None and hc.settings is not None
+    s = hc.settings
+    try:
+        hc.conn = await hc.handshake
+    except asyncssh.PermissionDenied as e:
+        skipped = hc.ctx.connector.skipped
+        tried = [f"{f} ({skipped[f]})" if f in skipped else f
+                 for f in (*s.identity_files, *s.certificate_files)]
+        agent = "" if s.identities_only or not s.identity_agent else "the ssh agent, "
+        why = "" if e.reason.lower().startswith("permission denied") else f"{e.reason}; "
+        return StepResult(
+            "failed", f"permission denied for {s.user}@{s.hostname} ({why}tried "
+                      f"{agent}{', '.join(tried) or 'no identity file'})",
+            hint=f"put the public key in ~{s.user}/.ssh/authorized_keys on {hc.host.label}, "
+                 "or name the key with IdentityFile in the ssh config or identity_file in "
+                 "the inventory; a key with a passphrase must be in the agent; test with "
+                 f"ssh -o BatchMode=yes {hc.host.host} true")
+    except (asyncssh.Error, OSError) as e:
+        return _connection_failed(e)
+    return StepResult("ok", f"logged in as {s.user}")
+
+
+def _connection_failed(error: BaseException | None) -> StepResult:
+    reason = getattr(error, "reason", None) or str(error) or type(error).__name__
+    return StepResult("failed", f"ssh connection failed: {reason}",
+                      hint="see sshd's log on the host (MaxStartups? a TCP wrapper?)")
+
+
+async def _run_remote(hc: HostCheck) -> None:
+    """Run the probe script once on the host, collecting its facts as they come."""
+    assert hc.conn is not None
+    ctx = hc.ctx
+    listener = ctx.listener
+    if ctx.tunnel and not listener.error:
+        # Through this very session, as the launch's ssh -R 127.0.0.1:P:127.0.0.1:P does.
+        hc.tunnel_error = await listener.forward(hc.conn, hc.host.label)
+    listener.expect(hc.nonce, hc.host.label)
+    budget = max(1.0, ctx.remaining() - 1.0)
+    hc.callback_timeout = callback_timeout(budget)
+    inv = ctx.inventory
+    script = remote_script(
+        rscript=hc.host.rscript, r_packages=inv.r_packages,
+        primary=None if inv.primary.host == AUTO else inv.primary.host,
+        callback_host="127.0.0.1" if ctx.tunnel else None,
+        primary_user=ctx.primary_user, primary_ssh_port=inv.primary.ssh_port,
+        port=0 if listener.error or hc.tunnel_error else listener.port, token=hc.nonce,
+        budget=budget)
+    try:
+        proc = await hc.conn.create_process("sh -s", encoding="utf-8", errors="replace",
+                                            stderr=asyncssh.STDOUT)
+        proc.stdin.write(script)
+        proc.stdin.write_eof()
+        async for line in proc.stdout:
+            hc.facts.add(line)
+        await proc.wait()
+    except (asyncssh.Error, OSError) as e:  # the verdicts say what is missing
+        hc.facts.other.append(f"the ssh session failed: {getattr(e, 'reason', '') or e}")
+
+
+def _remote(name: str) -> Callable[[HostCheck], Awaitable[StepResult]]:
+    """The step ``name``, answered by the probe script's facts."""
+    verdict = VERDICTS[name]
+
+    async def step(hc: HostCheck) -> StepResult:
+        if hc.remote is None:
+            hc.remote = asyncio.ensure_future(_run_remote(hc))
+        await asyncio.shield(hc.remote)
+        return verdict(hc.facts, hc.remote_context(), True)
+
+    step.__name__ = name
+    return step
+
+
+def _late_remote(name: str) -> Callable[[HostCheck, bool], StepResult]:
+    verdict = VERDICTS[name]
+    return lambda hc, complete: verdict(hc.facts, hc.remote_context(), complete)
+
+
+def _callback_result(hc: HostCheck, complete: bool) -> StepResult:
+    ctx = hc.ctx
+    port = ctx.listener.port
+    target = (f"127.0.0.1:{port} (the reverse tunnel)" if ctx.tunnel else
+              f"{hc.facts.get('PRIMARY') or 'the primary'}:{port}")
+    return callback_verdict(
+        hc.facts, complete=complete, target=target,
+        listen_error=ctx.listener.error or hc.tunnel_error, tunnel=ctx.tunnel,
+        timeout=hc.callback_timeout, confirmed=ctx.listener.confirmed(hc.host.label))
+
+
+async def callback(hc: HostCheck) -> StepResult:
+    """``callback``: R on the worker reached the primary's port and its nonce arrived."""
+    if hc.remote is not None:
+        await asyncio.shield(hc.remote)
+    return _callback_result(hc, True)
+
+
+# --------------------------------------------------------------------------- the runner
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step: its name, the steps it needs, how it runs and, for a remote step, how
+    it answers from what the script said when the run was cut short (``late``)."""
+
+    name: str
+    needs: tuple[str, ...]
+    run: Callable[[HostCheck], Awaitable[StepResult]]
+    late: Callable[[HostCheck, bool], StepResult] | None = None
+
+
+#: Every step, in the order they run and are reported.
+STEPS: tuple[Step, ...] = (
+    Step("resolve", (), resolve),
+    Step("connect", ("resolve",), connect),
+    Step("hostkey", ("connect",), hostkey),
+    Step("auth", ("hostkey",), auth),
+    Step("rscript", ("auth",), _remote("rscript"), _late_remote("rscript")),
+    Step("packages", ("rscript",), _remote("packages"), _late_remote("packages")),
+    Step("cores", ("auth",), _remote("cores"), _late_remote("cores")),
+    Step("load", ("auth",), _remote("load"), _late_remote("load")),
+    Step("reverse_ssh", ("auth",), _remote("reverse_ssh"), _late_remote("reverse_ssh")),
+    Step("callback", ("rscript",), callback, _callback_result),
+)
+
+
+async def run_host(hc: HostCheck) -> HostReport:
+    """Run every step of ``hc`` in order, within the run's deadline, and report.
+
+    A step runs only when every step it needs passed (a warning passes); otherwise it is
+    skipped. A step cut off by the deadline fails with "no answer within the deadline";
+    the remote steps then answer from what the script said so far.
+    """
+    ctx = hc.ctx
+    loop = asyncio.get_running_loop()
+    results: dict[str, StepResult] = {}
+    current = STEPS[0]
+    started = loop.time()
+
+    async def run_steps() -> None:
+        nonlocal current, started
+        for step in STEPS:
+            if not _ready(step, results):
+                results[step.name] = SKIPPED
+                continue
+            current, started = step, loop.time()
+            result = await step.run(hc)
+            if step.late is None:  # timed here; the remote steps time themselves
+                result = replace(result, seconds=loop.time() - started)
+            results[step.name] = result
+
+    try:
+        await asyncio.wait_for(ctx.slots.acquire(), timeout=ctx.remaining())
+    except asyncio.TimeoutError:
+        results["resolve"] = StepResult(
+            "failed", f"not started: all {ctx.concurrency} connection slots were busy "
+                      "until the deadline", hint="raise --concurrency or --timeout")
+        return _report(hc, results, complete=True)
+    complete = True
+    try:
+        await asyncio.wait_for(run_steps(), timeout=ctx.remaining())
+    except asyncio.TimeoutError:
+        complete = False
+        if current.late is None:
+            results[current.name] = StepResult(
+                "failed", f"no answer within the deadline ({ctx.timeout:g} s)",
+                loop.time() - started, hint=TIMEOUT_HINTS.get(current.name))
+    except Exception as e:  # a bug or an unexpected error: report it, go on
+        results[current.name] = StepResult(
+            "failed", f"unexpected error: {type(e).__name__}: {e}")
+    finally:
+        ctx.slots.release()
+        await hc.close()
+    return _report(hc, results, complete=complete)
+
+
+def _ready(step: Step, results: dict[str, StepResult]) -> bool:
+    return all(results.get(n, SKIPPED).status in ("ok", "warning") for n in step.needs)
+
+
+def _report(hc: HostCheck, results: dict[str, StepResult], *, complete: bool) -> HostReport:
+    """Every step's result: a step the run did not get to is skipped, or, for a remote
+    step whose needs passed, answered from what the script said."""
+    for step in STEPS:
+        if step.name not in results:
+            results[step.name] = (step.late(hc, complete) if step.late and _ready(step, results)
+                                  else SKIPPED)
+    what = found(hc.facts)
+    return HostReport(host=hc.host, checks={s.name: results[s.name] for s in STEPS},
+                      ncore=what.ncore, rscript=what.rscript, r_version=what.r_version,
+                      address=hc.address, seen_primary=what.seen_primary)
+
+
+__all__ = ["STEPS", "TIMEOUT_HINTS", "CheckContext", "HostCheck", "Step", "run_host"]

@@ -1,0 +1,186 @@
+"""The check's connection steps against a real SSH server in this process, on 127.0.0.1:0
+(see tests/sshserver.py): resolve, connect, hostkey, auth, accept-new and a changed key,
+without root or network namespaces."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import pytest
+from sshserver import LocalServer, keys
+
+from sshcluster.inventory import Host, Inventory, Primary
+from sshcluster.preflight import check_async
+from sshcluster.report import CheckReport
+
+CONNECTION_STEPS = ("resolve", "connect", "hostkey", "auth")
+
+
+def key_line(port: int, key: asyncssh.SSHKey) -> str:
+    return f"[127.0.0.1]:{port} {key.export_public_key().decode().strip()}\n"
+
+
+@pytest.fixture
+def client_key(tmp_path: Path) -> Path:
+    return keys().write_client_key(tmp_path / "id_ed25519")
+
+
+def inventory(port: int, identity: Path, known_hosts: Path | None = None,
+              host: str = "127.0.0.1") -> Inventory:
+    return Inventory(
+        primary=Primary("127.0.0.1", ssh_port=free_port()),  # nobody there: reverse_ssh fails
+        hosts=(Host(host, user=getpass.getuser(), ncore=1, ssh_port=port,
+                    identity_file=str(identity)),),
+        known_hosts=str(known_hosts) if known_hosts else None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def config_for(user_known_hosts: Path) -> str:
+    """An ssh config of this test's own: its known_hosts, no agent, no system files."""
+    path = user_known_hosts.with_name("ssh_config")
+    path.write_text(f"Host *\n  UserKnownHostsFile {user_known_hosts}\n"
+                    "  GlobalKnownHostsFile /dev/null\n  IdentityAgent none\n"
+                    "  HashKnownHosts no\n")
+    return str(path)
+
+
+def run(coro: Any) -> CheckReport:
+    report: CheckReport = asyncio.run(coro)
+    return report
+
+
+async def check_server(host_key: asyncssh.SSHKey, identity: Path, user_known_hosts: Path,
+                       *, known: asyncssh.SSHKey | bool | None = True,
+                       inventory_known_hosts: Path | None = None,
+                       **kwargs: Any) -> CheckReport:
+    """Check a fresh server with ``host_key``; the user's known_hosts lists ``known`` for
+    it (True: the session's host key; None: nothing)."""
+    if known is True:
+        known = keys().host_key
+    async with LocalServer(host_key, keys().client_key) as server:
+        inv = inventory(server.port, identity, inventory_known_hosts)
+        user_known_hosts.write_text(
+            key_line(server.port, known) if isinstance(known, asyncssh.SSHKey) else "")
+        return await check_async(inv, timeout=8, ssh_config=[config_for(user_known_hosts)],
+                                 **kwargs)
+
+
+def statuses(report: CheckReport, steps: tuple[str, ...] = CONNECTION_STEPS) -> list[str]:
+    return [report.hosts[0].checks[s].status for s in steps]
+
+
+def test_every_connection_step_passes(client_key: Path, tmp_path: Path) -> None:
+    report = run(check_server(keys().host_key, client_key, tmp_path / "known_hosts"))
+    host = report.hosts[0]
+    assert statuses(report) == ["ok"] * 4, host.checks
+    assert host.checks["hostkey"].detail.endswith(f"matches {tmp_path}/known_hosts line 1")
+    assert host.checks["auth"].detail == f"logged in as {getpass.getuser()}"
+    # the remote script ran for real on this machine
+    assert host.checks["cores"].status == "ok" and host.ncore
+    assert host.seen_primary == "127.0.0.1"
+
+
+def test_unknown_key_fails_and_accept_new_records_it(client_key: Path,
+                                                     tmp_path: Path) -> None:
+    user_file = tmp_path / "known_hosts"
+    recorded = tmp_path / "inventory_known_hosts"
+    report = run(check_server(keys().host_key, client_key, user_file, known=None,
+                              inventory_known_hosts=recorded))
+    hk = report.hosts[0].checks["hostkey"]
+    assert statuses(report) == ["ok", "ok", "failed", "skipped"]
+    assert "is not in known_hosts" in hk.detail and hk.hint and "--accept-new" in hk.hint
+    assert f"looked in {user_file}, /dev/null" in hk.detail
+    assert not recorded.exists()
+
+    report = run(check_server(keys().host_key, client_key, user_file, known=None,
+                              inventory_known_hosts=recorded, accept_new=True))
+    assert statuses(report) == ["ok"] * 4
+    assert f"recorded in {recorded}" in report.hosts[0].checks["hostkey"].detail
+    line = recorded.read_text()
+    assert line.startswith("[127.0.0.1]:") and keys().host_key.export_public_key().decode(
+        ).split()[1] in line
+    assert user_file.read_text() == ""  # the user's own file is left alone
+
+
+def test_changed_key_fails_even_with_accept_new(client_key: Path, tmp_path: Path) -> None:
+    user_file = tmp_path / "known_hosts"
+    for accept_new in (False, True):
+        report = run(check_server(keys().other_host_key, client_key, user_file,
+                                  accept_new=accept_new))
+        hk = report.hosts[0].checks["hostkey"]
+        assert statuses(report) == ["ok", "ok", "failed", "skipped"]
+        assert "HOST KEY CHANGED" in hk.detail and hk.hint and "ssh-keygen -R" in hk.hint
+    assert user_file.read_text().count("\n") == 1  # nothing recorded
+
+
+def test_wrong_client_key_fails_auth(tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong"
+    asyncssh.generate_private_key("ssh-ed25519").write_private_key(str(wrong))
+    wrong.chmod(0o600)
+    report = run(check_server(keys().host_key, wrong, tmp_path / "known_hosts"))
+    assert statuses(report) == ["ok", "ok", "ok", "failed"]
+    auth = report.hosts[0].checks["auth"]
+    assert "permission denied" in auth.detail.lower() and auth.hint
+    assert all(report.hosts[0].checks[s].status == "skipped" for s in ("rscript", "cores"))
+
+
+def test_refused_port_fails_connect(client_key: Path, tmp_path: Path) -> None:
+    inv = inventory(free_port(), client_key)
+    report = run(check_async(inv, timeout=5, ssh_config=[config_for(tmp_path / "kh")]))
+    connect = report.hosts[0].checks["connect"]
+    assert statuses(report) == ["ok", "failed", "skipped", "skipped"]
+    assert "refused" in connect.detail.lower() and connect.hint
+
+
+def test_unresolvable_name_fails_resolve(client_key: Path, tmp_path: Path) -> None:
+    # A label longer than 63 characters: refused before any name server is asked.
+    inv = inventory(22, client_key, host="x" * 64 + ".example")
+    report = run(check_async(inv, timeout=5, ssh_config=[config_for(tmp_path / "kh")]))
+    assert statuses(report) == ["failed", "skipped", "skipped", "skipped"]
+    assert "cannot resolve" in report.hosts[0].checks["resolve"].detail
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A TCP port that accepts connections and never says a word."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+def test_server_that_never_speaks_fails_hostkey_at_the_deadline(
+        silent_server: int, client_key: Path, tmp_path: Path) -> None:
+    inv = inventory(silent_server, client_key)
+    report = run(check_async(inv, timeout=2, ssh_config=[config_for(tmp_path / "kh")]))
+    hk = report.hosts[0].checks["hostkey"]
+    assert statuses(report) == ["ok", "ok", "failed", "skipped"]
+    assert "deadline" in hk.detail and hk.hint and report.seconds < 4
+
+
+def test_cli_ssh_config_files(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from sshcluster.cli import cli
+
+    inv = tmp_path / "hosts.yaml"
+    inv.write_text(f"primary: 127.0.0.1\nhosts:\n  - host: 127.0.0.1\n"
+                   f"    ssh_port: {free_port()}\n")
+    runner = CliRunner()
+    result = runner.invoke(cli, ["check", str(inv), "-F", "none", "--json", "--timeout", "5"])
+    assert result.exit_code == 1, result.output
+    assert "Connection refused" in result.stdout
+    for bad in (["-F", str(tmp_path / "missing")], ["-F", "none", "-F", str(inv)]):
+        result = runner.invoke(cli, ["check", str(inv), *bad])
+        assert result.exit_code == 2 and "-F" in result.output

@@ -1,0 +1,274 @@
+"""The check, the launch and a plain ``ssh`` reach the same verdict, on real test hosts.
+
+Each client setup below is a user's own: files at the real paths (``/root/.ssh/config``,
+``/root/.ssh/known_hosts``, ``/etc/ssh/ssh_known_hosts``, ...), which OpenSSH finds
+through the passwd database, not ``$HOME``. So that this machine's own files stay as they
+are, every command of a setup runs in a private mount namespace where ``/root/.ssh`` and
+``/etc/ssh`` are the test's directories. In it, ``sshcluster check``, the rendered R file
+(sourced by Rscript) and ``ssh -o BatchMode=yes HOST true`` must all accept the host, or
+all refuse it. The inventories name no known_hosts and no key, as a user's would not.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from sshcluster.quoting import r_string
+from sshcluster.testing import Testbed, TestHost
+from sshcluster.testing.fixtures import build_testbed
+
+pytestmark = pytest.mark.testbed
+
+#: Run argv with $1 on /root/.ssh, $2 on /etc/ssh and $3 on /etc/hosts, in a mount
+#: namespace of its own.
+_ENTER = ('mount --bind "$1" /root/.ssh && mount --bind "$2" /etc/ssh'
+          ' && mount --bind "$3" /etc/hosts && shift 3 && exec "$@"')
+
+R_LAUNCH = """\
+source({file})
+cat(unique(unlist(parallel::clusterEvalQ(parallelCluster, Sys.info()[["nodename"]]))), "\\n")
+sshcluster_stop()
+"""
+
+
+@dataclass
+class Client:
+    """A user's ssh setup: ``home`` becomes /root/.ssh, ``etc`` /etc/ssh (a copy of this
+    machine's client config, and what a setup adds), ``hosts`` /etc/hosts (a copy)."""
+
+    root: Path
+    home: Path = field(init=False)
+    etc: Path = field(init=False)
+    hosts: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.home = self.root / "dot_ssh"
+        self.etc = self.root / "etc_ssh"
+        self.hosts = self.root / "hosts"
+        self.home.mkdir(mode=0o700, parents=True)
+        self.etc.mkdir()
+        shutil.copy("/etc/hosts", self.hosts)
+        for name in ("ssh_config", "ssh_config.d"):
+            src = Path("/etc/ssh") / name
+            if src.is_dir():
+                shutil.copytree(src, self.etc / name)
+            elif src.exists():
+                shutil.copy(src, self.etc / name)
+
+    def run(self, *argv: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", _ENTER, "sh",
+             str(self.home), str(self.etc), str(self.hosts), *argv],
+            capture_output=True, text=True, timeout=timeout, check=False, cwd=self.root)
+
+
+@dataclass(frozen=True)
+class Verdicts:
+    check: bool
+    launch: bool
+    ssh: bool
+    said: str
+
+
+def verdicts(tb: Testbed, client: Client, host: str) -> Verdicts:
+    """The check's, the launch's and plain ssh's verdict on ``host`` (as the inventory
+    names it) with ``client``'s setup."""
+    inventory = client.root / "hosts.yaml"
+    tb.write_inventory(inventory, ncore=1, keys=False)
+    doc = yaml.safe_load(inventory.read_text())
+    doc["hosts"] = [{"host": host}]
+    inventory.write_text(yaml.safe_dump(doc, sort_keys=False))
+    sshcluster = [sys.executable, "-m", "sshcluster"]
+    check = client.run(*sshcluster, "check", str(inventory), "--json", "--timeout", "20")
+    report = json.loads(check.stdout)
+    cluster = client.root / "cluster.R"
+    rendered = client.run(*sshcluster, "render", str(inventory), "-o", str(cluster))
+    assert rendered.returncode == 0, rendered.stderr
+    launch = client.run("Rscript", "-e", R_LAUNCH.format(file=r_string(str(cluster))))
+    ssh = client.run("ssh", "-o", "BatchMode=yes", host, "true", timeout=60)
+    failed = {h["host"]: {s: c["detail"] for s, c in h["checks"].items()
+                          if c["status"] == "failed"} for h in report["hosts"]}
+    return Verdicts(check=check.returncode == 0, launch=launch.returncode == 0,
+                    ssh=ssh.returncode == 0,
+                    said=f"check: {failed}\nlaunch: {launch.stdout}{launch.stderr[-2000:]}\n"
+                         f"ssh: {ssh.stderr}")
+
+
+@pytest.fixture(scope="module")
+def tb(request: pytest.FixtureRequest, testbed_env: None) -> Iterator[Testbed]:
+    """Three hosts of this module's own: node2 offers a host certificate, node3 is
+    reachable from the primary only through node1."""
+    yield build_testbed(request, 3)
+
+
+@dataclass(frozen=True)
+class Keys:
+    host: dict[str, str]  # address -> "type base64"
+    client: Path
+    ca: Path
+
+
+@pytest.fixture(scope="module")
+def keys(tb: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Keys:
+    d = tmp_path_factory.mktemp("keys")
+    ca = d / "ca"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ca", "-f", str(ca)],
+                   check=True)
+    tb.certify_host_key(tb.hosts[1], ca)
+    tb.hide_ssh(tb.hosts[2])
+    host = {}
+    for line in tb.known_hosts.read_text().splitlines():
+        name, kind, blob = line.split()[:3]
+        host[name] = f"{kind} {blob}"
+    return Keys(host=host, client=tb.identity_file, ca=ca)
+
+
+def setup(name: str, tb: Testbed, keys: Keys, client: Client) -> tuple[str, bool]:
+    """Write the client setup ``name``; return the inventory's host and whether ssh
+    should accept it."""
+    h1, h2, h3 = tb.hosts
+    home, etc = client.home, client.etc
+    shutil.copy(keys.client, home / "id_cluster")
+    (home / "id_cluster").chmod(0o600)
+    identity = "Host *\n  IdentityFile ~/.ssh/id_cluster\n  IdentitiesOnly yes\n"
+
+    def key(h: TestHost) -> str:
+        return keys.host[h.address]
+
+    if name == "keys in a UserKnownHostsFile the config names through Include":
+        (home / "conf.d").mkdir()
+        (home / "conf.d" / "cluster.conf").write_text(
+            f"Host {h1.address}\n  UserKnownHostsFile ~/.ssh/cluster_known_hosts\n")
+        (home / "config").write_text(f"Include ~/.ssh/conf.d/*.conf\n{identity}")
+        (home / "cluster_known_hosts").write_text(f"{h1.address} {key(h1)}\n")
+        return h1.address, True
+    if name == "keys only in the global file":
+        (home / "config").write_text(identity)
+        (etc / "ssh_known_hosts").write_text(f"{h1.address} {key(h1)}\n")
+        return h1.address, True
+    if name == "hashed keys":
+        (home / "config").write_text(identity)
+        (home / "known_hosts").write_text(f"{h1.address} {key(h1)}\n")
+        subprocess.run(["ssh-keygen", "-H", "-f", str(home / "known_hosts")], check=True,
+                       capture_output=True)
+        return h1.address, True
+    if name == "a host certificate signed by an @cert-authority":
+        (home / "config").write_text(identity)
+        ca = " ".join(Path(f"{keys.ca}.pub").read_text().split()[:2])
+        (home / "known_hosts").write_text(f"@cert-authority 10.* {ca}\n")
+        return h2.address, True
+    if name == "a @revoked key":
+        (home / "config").write_text(identity)
+        (home / "known_hosts").write_text(f"{h1.address} {key(h1)}\n@revoked * {key(h1)}\n")
+        return h1.address, False
+    if name == "HostKeyAlias":
+        (home / "config").write_text(
+            f"Host {h1.address}\n  HostKeyAlias cluster-node\n{identity}")
+        (home / "known_hosts").write_text(f"cluster-node {key(h1)}\n")
+        return h1.address, True
+    if name == "an alias with HostName, Port and User":
+        (home / "config").write_text(
+            f"Host db1\n  HostName {h1.address}\n  Port {h1.ssh_port}\n  User {tb.user}\n"
+            f"{identity}")
+        (home / "known_hosts").write_text(f"{h1.address} {key(h1)}\n")
+        return "db1", True
+    if name == "a host behind ProxyJump":
+        (home / "config").write_text(
+            f"Host {h3.address}\n  ProxyJump {tb.user}@{h1.address}\n{identity}")
+        (home / "known_hosts").write_text(f"{h1.address} {key(h1)}\n{h3.address} {key(h3)}\n")
+        return h3.address, True
+    if name == "the same host without its ProxyJump":
+        (home / "config").write_text(identity)
+        (home / "known_hosts").write_text(f"{h3.address} {key(h3)}\n")
+        return h3.address, False
+    if name == "a wrong key in the config's file":
+        (home / "config").write_text(
+            f"Host *\n  UserKnownHostsFile ~/.ssh/cluster_known_hosts\n{identity}")
+        (home / "cluster_known_hosts").write_text(f"{h1.address} {key(h2)}\n")
+        (home / "known_hosts").write_text(f"{h1.address} {key(h1)}\n")  # ssh never reads it
+        return h1.address, False
+    if name == "CheckHostIP, and another key known for the address":
+        with client.hosts.open("a") as f:
+            f.write(f"{h1.address} node1.cluster.test\n")
+        (home / "config").write_text(f"Host *\n  CheckHostIP yes\n{identity}")
+        (home / "known_hosts").write_text(f"node1.cluster.test {key(h1)}\n"
+                                          f"{h1.address} {key(h2)}\n")
+        return "node1.cluster.test", False
+    if name == "CheckHostIP, the address unknown":
+        with client.hosts.open("a") as f:
+            f.write(f"{h1.address} node1.cluster.test\n")
+        (home / "config").write_text(f"Host *\n  CheckHostIP yes\n{identity}")
+        (home / "known_hosts").write_text(f"node1.cluster.test {key(h1)}\n")
+        return "node1.cluster.test", True
+    if name == "an identity given only in the config":
+        (home / "config").write_text(f"Host {h1.address}\n  IdentityFile ~/.ssh/id_cluster\n")
+        (home / "known_hosts").write_text(f"{h1.address} {key(h1)}\n")
+        return h1.address, True
+    raise AssertionError(name)
+
+
+CASES = [
+    "keys in a UserKnownHostsFile the config names through Include",
+    "keys only in the global file",
+    "hashed keys",
+    "a host certificate signed by an @cert-authority",
+    "a @revoked key",
+    "HostKeyAlias",
+    "an alias with HostName, Port and User",
+    "a host behind ProxyJump",
+    "the same host without its ProxyJump",
+    "a wrong key in the config's file",
+    "an identity given only in the config",
+    "CheckHostIP, and another key known for the address",
+    "CheckHostIP, the address unknown",
+]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_check_launch_and_ssh_agree(name: str, tb: Testbed, keys: Keys,
+                                    tmp_path: Path) -> None:
+    client = Client(tmp_path)
+    host, accepted = setup(name, tb, keys, client)
+    v = verdicts(tb, client, host)
+    assert v.ssh == accepted, v.said
+    assert v.check == accepted, v.said
+    assert v.launch == accepted, v.said
+
+
+def test_the_inventory_known_hosts_adds_to_the_configs_file(tb: Testbed, keys: Keys,
+                                                            tmp_path: Path) -> None:
+    """One host's key in the file the user's config names, the other's in the inventory's
+    known_hosts: the check and the launch accept both (the launch used to replace the
+    config's file with ~/.ssh/known_hosts and the inventory's)."""
+    h1, h2, _ = tb.hosts
+    client = Client(tmp_path)
+    shutil.copy(keys.client, client.home / "id_cluster")
+    (client.home / "config").write_text(
+        "Host *\n  UserKnownHostsFile ~/.ssh/cluster_known_hosts\n"
+        "  IdentityFile ~/.ssh/id_cluster\n")
+    (client.home / "cluster_known_hosts").write_text(f"{h1.address} {keys.host[h1.address]}\n")
+    extra = tmp_path / "inventory_known_hosts"
+    extra.write_text(f"{h2.address} {keys.host[h2.address]}\n")
+    inventory = tmp_path / "hosts.yaml"
+    tb.write_inventory(inventory, ncore=1, keys=False, extra={"known_hosts": str(extra)})
+    doc: dict[str, Any] = yaml.safe_load(inventory.read_text())
+    doc["hosts"] = [{"host": h1.address}, {"host": h2.address}]
+    inventory.write_text(yaml.safe_dump(doc, sort_keys=False))
+    sshcluster = [sys.executable, "-m", "sshcluster"]
+    check = client.run(*sshcluster, "check", str(inventory), "--json", "--timeout", "20")
+    assert check.returncode == 0, check.stdout
+    cluster = tmp_path / "cluster.R"
+    assert client.run(*sshcluster, "render", str(inventory), "-o", str(cluster)).returncode == 0
+    launch = client.run("Rscript", "-e", R_LAUNCH.format(file=r_string(str(cluster))))
+    assert launch.returncode == 0, launch.stderr
+    assert sorted(launch.stdout.split()) == [h1.hostname, h2.hostname]

@@ -1,0 +1,118 @@
+"""Effective ssh settings from OpenSSH itself (``ssh -G``) with real config files."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import socket
+from pathlib import Path
+
+import pytest
+
+from sshcluster.bootstrap import ssh_command
+from sshcluster.inventory import Host, Inventory, Primary
+from sshcluster.sshconfig import (
+    ClientSettings,
+    SshConfigError,
+    client_settings,
+    expand_tokens,
+)
+from sshcluster.sshconnect import _split_hop, _ssh_reorders
+
+HOME = pwd.getpwuid(os.getuid()).pw_dir
+
+
+def settings(config: Path, host: str, *args: str) -> ClientSettings:
+    return asyncio.run(client_settings(host, args, config=str(config)))
+
+
+def test_include_match_and_tokens(tmp_path: Path) -> None:
+    (tmp_path / "extra.conf").write_text(
+        "Host alias1\n  HostName 10.9.9.9\n  Port 2200\n  User zed\n"
+        "  UserKnownHostsFile ~/kh/%h_%p \"/tmp/with space/kh\" %d/x_%r_%n\n"
+        "  IdentityFile ~/.ssh/id_%h_%r\n  CertificateFile %d/cert-%p\n"
+        "  IdentityAgent none\n  HostKeyAlias MyAlias\n")
+    (tmp_path / "config").write_text(
+        f"Include {tmp_path}/extra.conf\n"
+        "Match host 10.9.9.9\n  IdentitiesOnly yes\n  CheckHostIP yes\n"
+        "  GlobalKnownHostsFile none\n  StrictHostKeyChecking accept-new\n")
+    s = settings(tmp_path / "config", "alias1")
+    assert (s.hostname, s.port, s.user) == ("10.9.9.9", 2200, "zed")
+    assert s.user_known_hosts == (f"{HOME}/kh/10.9.9.9_2200", "/tmp/with space/kh",
+                                  f"{HOME}/x_zed_alias1")
+    assert s.global_known_hosts == ()
+    assert s.identity_files == (f"{HOME}/.ssh/id_10.9.9.9_zed",)
+    assert s.certificate_files == (f"{HOME}/cert-2200",)
+    assert s.identities_only and s.check_host_ip and s.identity_agent is None
+    assert s.host_key_alias == "myalias"
+    assert s.strict_host_key_checking == "accept-new"
+    assert not s.proxied and s.unsupported() == []
+
+
+def test_the_launch_options_win_over_the_config(tmp_path: Path) -> None:
+    (tmp_path / "config").write_text(
+        "Host *\n  StrictHostKeyChecking no\n  BatchMode no\n  ConnectTimeout 3\n"
+        "  UserKnownHostsFile /u/kh\n  IdentityFile /keys/config\n")
+    key = tmp_path / "inventory_key"  # ssh drops a -i file that does not exist
+    key.write_text("")
+    inv = Inventory(primary=Primary("p"), known_hosts="/inv/kh",
+                    hosts=(Host("h", ssh_port=2222, identity_file=str(key)),))
+    args = [*ssh_command(inv, inv.hosts[0])[1:], "-l", "bob"]
+    s = settings(tmp_path / "config", "h", *args)
+    assert s.strict_host_key_checking == "yes" and s.get("batchmode") == "yes"
+    assert s.connect_timeout == 10 and (s.port, s.user) == (2222, "bob")
+    assert s.identity_files == (str(key), "/keys/config")  # -i first, then the config's
+    assert s.user_known_hosts == ("/u/kh",)  # left as the config says
+    assert s.known_hosts_command and "/inv/kh" in s.known_hosts_command
+
+
+def test_defaults_proxies_and_what_cannot_be_mirrored(tmp_path: Path) -> None:
+    (tmp_path / "config").write_text(
+        "Host j\n  ProxyJump bob@hop1:2022,hop2\nHost c\n  ProxyCommand nc %h %p\n"
+        "Host r\n  RemoteCommand tmux attach\nHost f\n  ProxyCommand nc %h %p\n"
+        "  ProxyUseFdpass yes\n")
+    plain = settings(tmp_path / "config", "plainhost")
+    assert plain.identity_files and all(p.startswith(f"{HOME}/.ssh/id_")
+                                        for p in plain.identity_files)
+    assert plain.user_known_hosts == (f"{HOME}/.ssh/known_hosts", f"{HOME}/.ssh/known_hosts2")
+    assert plain.strict_host_key_checking == "ask" and plain.port == 22
+    jump = settings(tmp_path / "config", "j")
+    assert jump.proxy_jump == "bob@hop1:2022,hop2" and jump.proxied
+    command = settings(tmp_path / "config", "c")
+    shell = os.environ.get("SHELL") or "/bin/sh"
+    assert command.proxy_argv() == [shell, "-c", "exec nc c 22"]
+    assert "RemoteCommand" in settings(tmp_path / "config", "r").unsupported()[0]
+    assert settings(tmp_path / "config", "f").unsupported() == ["ProxyUseFdpass yes"]
+
+
+def test_a_broken_config_names_its_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "config").write_text("Host *\n  Bogus yes\n")
+    with pytest.raises(SshConfigError, match=rf"{tmp_path}/config: line 2: Bad configuration"):
+        settings(tmp_path / "config", "h")
+    (tmp_path / "config").write_text("Host *\n  IdentityFile /k/%Z\n")
+    with pytest.raises(SshConfigError, match="unknown token %Z"):
+        settings(tmp_path / "config", "h")
+    with pytest.raises(SshConfigError, match="no /nonexistent/ssh on this machine"):
+        asyncio.run(client_settings("h", ssh="/nonexistent/ssh"))
+
+
+def test_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SC_TEST", "v%h")
+    assert expand_tokens("a%%b-%h-${SC_TEST}", {"h": "H"}) == "a%b-H-v%h"
+    with pytest.raises(ValueError, match="unknown token"):
+        expand_tokens("%q", {})
+    with pytest.raises(ValueError, match="not a set environment variable"):
+        expand_tokens("${SC_NOT_SET_ANYWHERE}", {})
+    assert socket.gethostname()  # %l and %L come from it
+
+
+def test_jump_hops_and_host_key_algorithm_lists() -> None:
+    assert _split_hop("bob@hop1:2022") == ("bob", "hop1", 2022)
+    assert _split_hop("hop2") == (None, "hop2", None)
+    assert _split_hop("ssh://al@[::1]:22") == ("al", "::1", 22)
+    default = ["a-cert", "b-cert", "a", "b", "c"]
+    assert _ssh_reorders(default, default)
+    assert _ssh_reorders(["a-cert", "a", "c", "extra"], default)  # -b..., +extra
+    assert not _ssh_reorders(["c", "a"], default)  # written out: as it is
+    assert not _ssh_reorders(["extra", "a"], default)  # ^extra
