@@ -33,7 +33,10 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import os
+import re
+import subprocess
 import textwrap
 from collections import Counter
 from collections.abc import Sequence
@@ -70,19 +73,33 @@ def connection_note(inventory: Inventory) -> str | None:
     """What to know when ``inventory`` needs more R connections than R allows by default
     (None when it fits). Raises :class:`RenderError` when no R can hold it."""
     needed = connections_needed(inventory.workers)
-    if needed <= R_CONNECTIONS:
-        return None
-    most = R_MAX_CONNECTIONS - connections_needed(0)
     if needed > R_MAX_CONNECTIONS:
         raise RenderError(
             f"{_where(inventory)}{inventory.workers:,} workers need {needed:,} R connections "
             f"on the primary; no R allows more than {R_MAX_CONNECTIONS:,}",
-            hint=f"give one primary at most {most:,} workers (split the hosts over several "
-                 "inventories and R sessions)")
-    return (f"{inventory.workers} workers need {needed} R connections on the primary: more "
-            f"than R before 4.4 allows ({R_CONNECTIONS}). Run R >= 4.4 with "
-            f"--max-connections={needed}, or give this primary at most "
-            f"{R_CONNECTIONS - connections_needed(0)} workers.")
+            hint=f"give one primary at most {R_MAX_CONNECTIONS - connections_needed(0):,} "
+                 "workers (split the hosts over several inventories and R sessions)")
+    return workers_note(inventory.workers)
+
+
+def workers_note(workers: int, r_version: str | None = None) -> str | None:
+    """What to know when ``workers`` workers on one primary need more R connections than
+    R allows by default, or than the primary's R (``r_version``) can have at all (None
+    when they fit)."""
+    needed = connections_needed(workers)
+    if needed <= R_CONNECTIONS:
+        return None
+    most = R_CONNECTIONS - connections_needed(0)
+    if needed > R_MAX_CONNECTIONS:
+        return (f"{workers:,} workers need {needed:,} R connections on the primary; no R "
+                f"allows more than {R_MAX_CONNECTIONS:,}: split the hosts over several "
+                "primaries")
+    old = r_version is not None and tuple(int(p) for p in r_version.split(".")[:2]) < (4, 4)
+    return (f"{workers} workers need {needed} R connections on the primary: more than R "
+            f"before 4.4 allows ({R_CONNECTIONS})" + (
+                f", and this primary has R {r_version}" if old else "") +
+            f". Run R >= 4.4 with --max-connections={needed}, or give this primary at most "
+            f"{most} workers.")
 
 
 @dataclass(frozen=True)
@@ -142,7 +159,12 @@ def ssh_command(inventory: Inventory, host: Host | None = None,
         "-o", f"ConnectTimeout={opts.connect_timeout}",
         "-o", "StrictHostKeyChecking=yes",
     ]
-    if inventory.known_hosts:
+    if inventory.known_hosts and openssh_version() < (8, 5):
+        # No KnownHostsCommand before OpenSSH 8.5: the file joins the global files
+        # (OpenSSH's defaults) instead, which still leaves the user's own files alone.
+        words += ["-o", "GlobalKnownHostsFile=/etc/ssh/ssh_known_hosts "
+                        f'/etc/ssh/ssh_known_hosts2 "{_ssh_path(inventory.known_hosts)}"']
+    elif inventory.known_hosts:
         # KnownHostsCommand's arguments are split like a shell's words ("..." with \" and
         # \\ escapes), then %-tokens and ${VAR} are expanded in each.
         path = _ssh_path(inventory.known_hosts)
@@ -160,6 +182,18 @@ def ssh_command(inventory: Inventory, host: Host | None = None,
         if host.ssh_port and host.ssh_port != 22:
             words += ["-p", str(host.ssh_port)]
     return words
+
+
+@functools.lru_cache(maxsize=1)
+def openssh_version() -> tuple[int, int]:
+    """The version of this machine's OpenSSH client (``ssh -V``), as (major, minor);
+    a recent one when it cannot be told."""
+    try:
+        out = subprocess.run(["ssh", "-V"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return (99, 0)
+    m = re.search(r"OpenSSH_(\d+)\.(\d+)", out.stderr + out.stdout)
+    return (int(m.group(1)), int(m.group(2))) if m else (99, 0)
 
 
 def spec_entries(inventory: Inventory) -> list[dict[str, str]]:
@@ -416,6 +450,16 @@ def _comment(text: str) -> str:
     return "".join(ch if 0x20 <= ord(ch) < 0x7F else "?" for ch in text)
 
 
-__all__ = ["CONNECT_TIMEOUT", "R_CONNECTIONS", "R_MAX_CONNECTIONS", "RenderOptions",
-           "connection_note", "connections_needed", "render", "spec_entries", "ssh_command",
-           "write_bootstrap"]
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "R_CONNECTIONS",
+    "R_MAX_CONNECTIONS",
+    "RenderOptions",
+    "connection_note",
+    "connections_needed",
+    "render",
+    "spec_entries",
+    "ssh_command",
+    "workers_note",
+    "write_bootstrap",
+]

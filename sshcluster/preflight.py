@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from sshcluster.bootstrap import workers_note
 from sshcluster.callback import CallbackListener
 from sshcluster.errors import CheckFailed, SshclusterError
 from sshcluster.inventory import AUTO, Host, Inventory
@@ -122,10 +123,12 @@ async def check_async(
         finally:
             await connector.close()
     primary, note = _primary_address(inventory, reports)
+    connections = workers_note(sum(r.workers for r in reports), ctx.primary_r_version)
     return CheckReport(
         primary=primary, port=listener.port, hosts=tuple(reports),
         primary_r_version=ctx.primary_r_version, primary_rscript=shutil.which("Rscript"),
-        notes=(*([note] if note else []), *listener.notes()), seconds=loop.time() - t0,
+        notes=(*([note] if note else []), *([connections] if connections else []),
+               *listener.notes()), seconds=loop.time() - t0,
     )
 
 

@@ -184,3 +184,24 @@ def test_cli_ssh_config_files(tmp_path: Path) -> None:
     for bad in (["-F", str(tmp_path / "missing")], ["-F", "none", "-F", str(inv)]):
         result = runner.invoke(cli, ["check", str(inv), *bad])
         assert result.exit_code == 2 and "-F" in result.output
+
+
+def test_more_workers_than_r_connections_is_a_note(client_key: Path, tmp_path: Path) -> None:
+    """The check says when the inventory needs more R connections than the primary's R
+    allows (R before 4.4: 128 in all), with the numbers and what to do."""
+    async def main() -> CheckReport:
+        async with LocalServer(keys().host_key, keys().client_key) as server:
+            inv = inventory(server.port, client_key)
+            inv = Inventory(primary=inv.primary, hosts=tuple(
+                Host(h.host, user=h.user, ncore=200, ssh_port=h.ssh_port,
+                     identity_file=h.identity_file) for h in inv.hosts))
+            known = tmp_path / "known_hosts"
+            known.write_text(key_line(server.port, keys().host_key))
+            return await check_async(inv, timeout=8, ssh_config=[config_for(known)])
+
+    report = run(main())
+    note = next(n for n in report.notes if "R connections" in n)
+    assert note.startswith("200 workers need 207 R connections on the primary")
+    assert "--max-connections=207" in note and "at most 121 workers" in note
+    if report.primary_r_version and report.primary_r_version < "4.4":
+        assert f"this primary has R {report.primary_r_version}" in note

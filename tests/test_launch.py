@@ -615,3 +615,23 @@ def test_workers_read_end_of_file_and_get_the_primary_locale(clean: Testbed, tmp
     lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
     assert lines["own.R"].split() == ["0", "C.UTF-8"]
     assert lines["named.R"].split() == ["0", "C"]
+
+
+def test_an_openssh_before_8_5_gets_the_known_hosts_file_another_way(
+        clean: Testbed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """KnownHostsCommand came with OpenSSH 8.5; for an older client (Debian 11, Ubuntu
+    20.04, RHEL 8) the inventory's known_hosts joins the global files instead, and the
+    launch still verifies every host key."""
+    import sshcluster.bootstrap as bootstrap
+
+    monkeypatch.setattr(bootstrap, "openssh_version", lambda: (8, 4))
+    f = _bootstrap(clean, tmp_path, hosts=clean.hosts[:2])
+    text = f.read_text()
+    assert "KnownHostsCommand" not in text and "GlobalKnownHostsFile=" in text
+    out = run_r_in_test(f"""
+        source({str(f)!r})
+        cat(unlist(parallel::clusterEvalQ(parallelCluster, Sys.info()[["nodename"]])), "\\n")
+        sshcluster_stop()
+    """, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [h.hostname for h in clean.hosts[:2] for _ in range(2)]

@@ -486,9 +486,11 @@ host_lost <- function(node) {
 worker_lost <- function(node, e) {
   S <- state_of(node)
   # Behind a tunnel, the end of the ssh session closes the worker's connection:
-  # give ssh a moment to say why.
+  # give ssh a moment to say why, unless the host has already said the worker
+  # itself ended.
   for (i in 1:20) {
     if (session_ended(S, node$session)) host_lost(node)
+    if (!is.na(gone(S, node))) break
     Sys.sleep(0.1)
   }
   fail_node(node, sprintf(
