@@ -25,7 +25,7 @@ import pytest
 from sshcluster.bootstrap import RenderOptions, write_bootstrap
 from sshcluster.inventory import load_inventory
 from sshcluster.testing import Testbed, TestHost
-from sshcluster.testing.fixtures import run_r_in_test
+from sshcluster.testing.fixtures import MakeTestbed, run_r_in_test
 
 pytestmark = pytest.mark.testbed
 
@@ -54,12 +54,11 @@ def _kill_session_script(tmp_path: Path, host: TestHost) -> Path:
     return script
 
 
-@pytest.mark.parametrize("mode", sorted(MODES))
-def test_faults_are_named_and_repaired(testbed: Testbed, tmp_path: Path, mode: str) -> None:
-    tb = testbed
-    assert tb.leftovers(LEFTOVER, wait=10) == {}
+def _start_scenario(tb: Testbed, tmp_path: Path, mode: str) -> subprocess.Popen[str]:
+    """Start, in its own process group, an R session that meets every fault in turn on
+    ``tb`` (see the module's docstring); it prints ``key|value|...`` lines."""
     f = _cluster_r(tb, tmp_path, MODES[mode])
-    h2, h3, h4 = tb.hosts[1], tb.hosts[2], tb.hosts[3]
+    h3, h4 = tb.hosts[2], tb.hosts[3]
     cut = tmp_path / "cut.sh"
     cut.write_text(f"sleep 2\nip netns exec {h4.netns} iptables -w 5 -I INPUT 1 ! -i lo -j DROP\n"
                    f"ip netns exec {h4.netns} iptables -w 5 -I OUTPUT 1 ! -o lo -j DROP\n")
@@ -103,18 +102,45 @@ def test_faults_are_named_and_repaired(testbed: Testbed, tmp_path: Path, mode: s
         sshcluster_stop()
         say("stop-took", as.numeric(Sys.time() - t0, units = "secs"))
     """
+    return subprocess.Popen(["setsid", "-w", "Rscript", "-e", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_faults_are_named_and_repaired(make_testbed: MakeTestbed, tmp_path: Path) -> None:
+    """Every launch mode at once, each on test hosts of its own (the faults are slow to
+    play out, so the modes wait side by side)."""
+    beds = {mode: make_testbed(4) for mode in sorted(MODES)}
+    procs = {}
+    for mode, tb in beds.items():
+        (tmp_path / mode).mkdir()
+        procs[mode] = _start_scenario(tb, tmp_path / mode, mode)
+    results = {}
     try:
-        out = subprocess.run(["setsid", "-w", "Rscript", "-e", code], capture_output=True,
-                             text=True, timeout=150)
-        lines = {ln.split("|")[0]: ln.split("|")[1:-1] for ln in out.stdout.splitlines()}
-        assert out.returncode == 0, out.stdout + out.stderr
-        assert {k: v for k, v in tb.leftovers(LEFTOVER, wait=10).items()
-                if k != h4.hostname} == {}, "workers left on hosts that were not cut off"
-        # The cut-off host stops its own workers, while it is still cut off.
-        left = tb.leftovers(LEFTOVER, wait=90)
-        assert h4.hostname not in left, f"{h4.hostname} kept {left} while cut off"
+        for mode, proc in procs.items():
+            out, err = proc.communicate(timeout=200)
+            results[mode] = (proc.returncode, out, err)
+        for mode, tb in beds.items():
+            h4 = tb.hosts[3]
+            assert {k: v for k, v in tb.leftovers(LEFTOVER, wait=10).items()
+                    if k != h4.hostname} == {}, f"{mode}: workers left on hosts not cut off"
+        for mode, tb in beds.items():
+            # The cut-off host stops its own workers, while it is still cut off.
+            h4 = tb.hosts[3]
+            left = tb.leftovers(LEFTOVER, wait=90)
+            assert h4.hostname not in left, f"{mode}: {h4.hostname} kept {left} while cut off"
     finally:
-        tb.reconnect(h4)
+        for proc in procs.values():
+            proc.kill()
+        for tb in beds.values():
+            tb.reconnect(tb.hosts[3])
+    for mode, (status, out, err) in results.items():
+        assert status == 0, f"{mode}:\n{out}\n{err}"
+        _check_lines(beds[mode], {ln.split("|")[0]: ln.split("|")[1:-1]
+                                  for ln in out.splitlines()})
+
+
+def _check_lines(tb: Testbed, lines: dict[str, list[str]]) -> None:
+    h2, h3, h4 = tb.hosts[1], tb.hosts[2], tb.hosts[3]
     # 1. named, then replaced
     assert f"worker 1 on {h2.address}" in lines["kill9"][0] and "stopped" in lines["kill9"][0]
     assert lines["after-kill9"] == [str(3 * i) for i in range(1, 9)]
