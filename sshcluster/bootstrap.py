@@ -142,15 +142,15 @@ def _plan(inventory: Inventory, opts: RenderOptions) -> _Plan:
 
 
 def ssh_command(inventory: Inventory, host: Host | None = None,
-                options: RenderOptions | None = None) -> list[str]:
+                options: RenderOptions | None = None, *, known_hosts: bool = True,
+                before_8_5: bool | None = None) -> list[str]:
     """Return the ssh command (as argv words, without the destination) used to reach ``host``.
 
     It never prompts (``BatchMode=yes``), gives up after ``connect_timeout`` seconds and
     keeps host key checking on (``StrictHostKeyChecking=yes``). The inventory's
     ``known_hosts`` file is added to the files the user's ssh config names, never put in
-    their place: ssh reads every ``UserKnownHostsFile`` and ``GlobalKnownHostsFile`` and
-    then the keys ``KnownHostsCommand`` prints, here that file (nothing if it is missing,
-    as for a missing UserKnownHostsFile).
+    their place (see :func:`known_hosts_option`; ``known_hosts=False`` leaves it out,
+    ``before_8_5`` picks its form, by default for this machine's ssh).
     """
     opts = options or RenderOptions()
     words = [
@@ -159,21 +159,9 @@ def ssh_command(inventory: Inventory, host: Host | None = None,
         "-o", f"ConnectTimeout={opts.connect_timeout}",
         "-o", "StrictHostKeyChecking=yes",
     ]
-    if inventory.known_hosts and openssh_version() < (8, 5):
-        # No KnownHostsCommand before OpenSSH 8.5: the file joins the global files
-        # (OpenSSH's defaults) instead, which still leaves the user's own files alone.
-        words += ["-o", "GlobalKnownHostsFile=/etc/ssh/ssh_known_hosts "
-                        f'/etc/ssh/ssh_known_hosts2 "{_ssh_path(inventory.known_hosts)}"']
-    elif inventory.known_hosts:
-        # KnownHostsCommand's arguments are split like a shell's words ("..." with \" and
-        # \\ escapes), then %-tokens and ${VAR} are expanded in each.
-        path = _ssh_path(inventory.known_hosts)
-        if "${" in path:
-            raise RenderError(f"the known_hosts path {path!r} contains '${{', which ssh "
-                              "would expand", hint="rename or link the file")
-        quoted = path.replace("\\", "\\\\")
-        words += ["-o", "KnownHostsCommand=/bin/sh -c 'cat -- \"$0\" 2>/dev/null; exit 0' "
-                        f'"{quoted}"']
+    if known_hosts:
+        old = openssh_version() < (8, 5) if before_8_5 is None else before_8_5
+        words += known_hosts_option(inventory, before_8_5=old)
     for extra in opts.extra_ssh_options:
         words += ["-o", extra]
     if host is not None:
@@ -182,6 +170,42 @@ def ssh_command(inventory: Inventory, host: Host | None = None,
         if host.ssh_port and host.ssh_port != 22:
             words += ["-p", str(host.ssh_port)]
     return words
+
+
+def known_hosts_option(inventory: Inventory, *, before_8_5: bool) -> list[str]:
+    """The ssh option that adds the inventory's ``known_hosts`` file to the user's own
+    (nothing without one).
+
+    ssh reads every ``UserKnownHostsFile`` and ``GlobalKnownHostsFile`` and then the keys
+    ``KnownHostsCommand`` prints: here that file (nothing if it is missing, as for a
+    missing UserKnownHostsFile). OpenSSH before 8.5 has no KnownHostsCommand: there the
+    file joins OpenSSH's default global files instead, which still leaves the user's
+    own files alone.
+    """
+    if not inventory.known_hosts:
+        return []
+    path = _ssh_path(inventory.known_hosts)
+    if before_8_5:
+        return ["-o", f'GlobalKnownHostsFile=/etc/ssh/ssh_known_hosts '
+                      f'/etc/ssh/ssh_known_hosts2 "{path}"']
+    # KnownHostsCommand's arguments are split like a shell's words ("..." with \" and
+    # \\ escapes), then %-tokens and ${VAR} are expanded in each.
+    if "${" in path:
+        raise RenderError(f"the known_hosts path {path!r} contains '${{', which ssh "
+                          "would expand", hint="rename or link the file")
+    quoted = path.replace("\\", "\\\\")
+    return ["-o", "KnownHostsCommand=/bin/sh -c 'cat -- \"$0\" 2>/dev/null; exit 0' "
+                  f'"{quoted}"']
+
+
+def _known_hosts_forms(inventory: Inventory) -> str:
+    """Both forms of :func:`known_hosts_option` as an R value; the file picks one when it
+    is sourced, for the ssh it finds there."""
+    if not inventory.known_hosts:
+        return "NULL"
+    current = shell_join(known_hosts_option(inventory, before_8_5=False))
+    legacy = shell_join(known_hosts_option(inventory, before_8_5=True))
+    return f"c(current = {r_string(current)}, before_8_5 = {r_string(legacy)})"
 
 
 @functools.lru_cache(maxsize=1)
@@ -287,8 +311,8 @@ def _machine(inventory: Inventory, host: Host, opts: RenderOptions, plan: _Plan)
         fields.append(f"user = {r_string(host.user)}")
     fields.append(f"ncore = {host.ncore}L")
     if plan.launch == "classic":
-        own_ssh = ssh_command(inventory, host, opts)
-        if own_ssh != ssh_command(inventory, None, opts):
+        own_ssh = ssh_command(inventory, host, opts, before_8_5=False)
+        if own_ssh != ssh_command(inventory, None, opts, before_8_5=False):
             fields.append(f"rshcmd = {r_string(shell_join(own_ssh))}")
         if host.rscript:
             # R uses a node's own rscript only when the node is "homogeneous".
@@ -316,7 +340,8 @@ def _call(function: str, config: Sequence[tuple[str, str]]) -> list[str]:
 
 
 def _fast(inventory: Inventory, opts: RenderOptions, plan: _Plan) -> list[str]:
-    per_host = [shell_join(ssh_command(inventory, h, opts)) for h in inventory.hosts]
+    per_host = [shell_join(ssh_command(inventory, h, opts, known_hosts=False))
+                for h in inventory.hosts]
     common = Counter(per_host).most_common(1)[0][0]
     own = [_r_value(ssh if ssh != common else None) for ssh in per_host]
     port = "NA_integer_" if inventory.port is None else f"{inventory.port}L"
@@ -328,6 +353,7 @@ def _fast(inventory: Inventory, opts: RenderOptions, plan: _Plan) -> list[str]:
             ("workers_reach", "primary"),
             ("ssh", r_string(common)),
             ("host_ssh", f"list({', '.join(own)})"),
+            ("known_hosts", _known_hosts_forms(inventory)),
             ("port", port),
             ("port_range", f"c({R_PORT_RANGE[0]}L, {R_PORT_RANGE[1]}L)"),
             ("tunnel", _r_value(plan.tunnel == "reverse")),
@@ -352,7 +378,9 @@ def _classic(inventory: Inventory, opts: RenderOptions, plan: _Plan) -> list[str
         *_call("start_classic", [
             ("master", "primary"),
             ("spec", "spec"),
-            ("rshcmd", r_string(shell_join(ssh_command(inventory, None, opts)))),
+            ("rshcmd", r_string(shell_join(ssh_command(inventory, None, opts,
+                                                       before_8_5=False)))),
+            ("known_hosts", _known_hosts_forms(inventory)),
             ("port", port),
             ("register", _r_value(plan.register)),
         ]),

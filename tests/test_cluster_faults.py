@@ -177,3 +177,33 @@ def test_a_failed_launch_leaves_nothing_every_time(testbed: Testbed, tmp_path: P
             assert tb.leftovers(LEFTOVER, wait=5) == {}, f"attempt {attempt + 1}"
     finally:
         tb.start_sshd(bad)
+
+
+def test_a_big_send_to_a_cut_off_host_names_it(make_testbed: MakeTestbed, tmp_path: Path
+                                               ) -> None:
+    """clusterExport() of 50 MB right after a host vanished: the write into the full send
+    buffer gives up and names the host (not a bare 'error writing to connection'), and
+    sshcluster_stop() does not wait for that buffer."""
+    tb = make_testbed(2)
+    f = _cluster_r(tb, tmp_path, MODES["fork"])
+    h2 = tb.hosts[1]
+    out = run_r_in_test(f"""
+        source({str(f)!r})
+        big <- as.raw(seq_len(50e6) %% 256)
+        system(paste("ip netns exec {h2.netns} iptables -w 5 -I INPUT 1 ! -i lo -j DROP;",
+                     "ip netns exec {h2.netns} iptables -w 5 -I OUTPUT 1 ! -o lo -j DROP"))
+        t0 <- Sys.time()
+        r <- tryCatch(parallel::clusterExport(parallelCluster, "big"), error = conditionMessage)
+        cat("export|", r, "\\n", sep = "")
+        cat("after|", as.numeric(Sys.time() - t0, units = "secs"), "\\n", sep = "")
+        t0 <- Sys.time(); sshcluster_stop()
+        cat("stop|", as.numeric(Sys.time() - t0, units = "secs"), "\\n", sep = "")
+    """, tmp_path, timeout=120)
+    try:
+        assert out.returncode == 0, out.stderr
+        lines = dict(ln.split("|", 1) for ln in out.stdout.splitlines())
+        assert f"lost {h2.address}: ssh exited with status 255" in lines["export"]
+        assert float(lines["after"]) < 45 and float(lines["stop"]) < 10
+        assert tb.leftovers(LEFTOVER, wait=10).keys() <= {h2.hostname}
+    finally:
+        tb.reconnect(h2)

@@ -8,6 +8,7 @@ The classic launch still works. Every R run is bounded by a subprocess timeout.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -27,6 +28,7 @@ from sshcluster.bootstrap import RenderOptions, write_bootstrap
 from sshcluster.inventory import load_inventory
 from sshcluster.testing import Testbed, TestHost, free_port
 from sshcluster.testing.fixtures import R_TIMEOUT, run_r_in_test, squatter
+from sshcluster.testing.hosts import host_dir
 from sshcluster.testing.netns import descendants, parent_pid, process_name
 
 pytestmark = pytest.mark.testbed
@@ -257,6 +259,76 @@ def test_master_killed_leaves_no_worker(clean: Testbed, tmp_path: Path, fork: bo
     assert clean.leftovers(LEFTOVER, wait=5) == {}
 
 
+def test_master_killed_while_its_child_lives_leaves_no_worker(clean: Testbed, tmp_path: Path
+                                                              ) -> None:
+    """A process the R session started keeps a copy of its pipe to the supervisor (and of
+    the workers' sockets) after R is killed: the supervisor watches R itself, so the
+    workers still go, and so does everything on the primary but that child."""
+    f = _bootstrap(clean, tmp_path)
+    script = tmp_path / "killed.R"
+    script.write_text(f'source({str(f)!r}); system("sleep 121", wait = FALSE)\n'
+                      'cat("READY", Sys.getpid(), "\\n"); Sys.sleep(120)\n')
+    with subprocess.Popen(["Rscript", str(script)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            ready, r_pid = proc.stdout.readline().split()
+            assert ready == "READY"
+            time.sleep(0.5)
+            child = [p for p in _all_pids() if _cmdline(p) == b"sleep\x00121\x00"]
+            supervisor = [p for p in descendants(int(r_pid)) if b"supervisor.sh" in _cmdline(p)]
+            assert child and supervisor
+        finally:
+            proc.kill()
+    try:
+        assert clean.leftovers(LEFTOVER, wait=20) == {}
+        assert _gone(set(supervisor))
+    finally:
+        for p in child:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, 9)
+
+
+def test_stop_after_stop_cluster_leaves_the_users_files_alone(clean: Testbed, tmp_path: Path
+                                                              ) -> None:
+    """After parallel::stopCluster(), R gives the workers' connection numbers to the next
+    connections opened; sshcluster_stop(), a repair or a new source() must not write to
+    or close those."""
+    f = _bootstrap(clean, tmp_path, hosts=clean.hosts[:2])
+    data = tmp_path / "mine.txt"
+    out = run_r_in_test(f"""
+        source({str(f)!r})
+        parallel::stopCluster(parallelCluster)
+        files <- lapply(1:6, function(i) file({str(data)!r}, "w"))
+        cat("repair", tryCatch(sshcluster_repair(), error = conditionMessage), "\\n")
+        sshcluster_stop()
+        writeLines("still mine", files[[1]])
+        for (con in files) close(con)
+        cat("file", readLines({str(data)!r}), "\\n")
+    """, tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
+    assert lines["file"].strip() == "still mine"
+    assert clean.leftovers(LEFTOVER, wait=5) == {}
+
+
+def test_a_cluster_whose_names_were_removed_is_stopped_by_the_next_source(
+        clean: Testbed, tmp_path: Path) -> None:
+    """rm(list = ls()) loses the handles, not the cluster: the next source() stops it."""
+    f = _bootstrap(clean, tmp_path, hosts=clean.hosts[:2])
+    out = run_r_in_test(f"""
+        source({str(f)!r})
+        rm(list = ls())
+        source({str(f)!r})
+        cat("workers", length(parallelCluster), "\\n")
+        cat("running", length(system("pgrep -x R", intern = TRUE)), "\\n")
+        sshcluster_stop()
+    """, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "stopping the cluster that an earlier source() started" in out.stderr
+    assert clean.leftovers(LEFTOVER, wait=5) == {}
+
+
 # --------------------------------------------------------------------------- fail fast
 
 
@@ -400,6 +472,17 @@ def _remote_argv(rscript: str, port: int, start: str = "fork", silence: int = 40
             "direct", start, str(silence)]
 
 
+def _all_pids() -> list[int]:
+    return [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit()]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def _gone(pids: set[int], within: float = 10) -> bool:
     """Whether every process of ``pids`` has ended (killed processes take a moment)."""
     deadline = time.monotonic() + within
@@ -510,6 +593,26 @@ def test_more_than_256_workers_on_a_machine_are_not_forked(tmp_path: Path, worke
             proc.kill()
 
 
+def test_tunnel_with_a_login_shell_that_talks(clean: Testbed, tmp_path: Path) -> None:
+    """A host whose shell start-up files print something (a banner, a greeting) before
+    the script's "ready": the tunnelled launch still starts there."""
+    host = clean.hosts[0]
+    bashrc = host_dir(clean.workdir, host) / "bashrc"
+    saved = bashrc.read_text()
+    bashrc.write_text("echo 'Welcome to node1'\n" + saved)
+    try:
+        f = _bootstrap(clean, tmp_path, hosts=clean.hosts[:2], tunnel="reverse")
+        out = run_r_in_test(f"""
+            source({str(f)!r})
+            cat(unlist(parallel::clusterEvalQ(parallelCluster, Sys.info()[["nodename"]])), "\\n")
+            sshcluster_stop()
+        """, tmp_path, timeout=60)
+    finally:
+        bashrc.write_text(saved)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [h.hostname for h in clean.hosts[:2] for _ in range(2)]
+
+
 def test_taken_tunnel_port_is_an_error_not_a_hijack(clean: Testbed, tmp_path: Path) -> None:
     """Someone listens on 127.0.0.1:PORT on a host: the forward fails and ssh says so."""
     bad = clean.hosts[2]
@@ -617,21 +720,33 @@ def test_workers_read_end_of_file_and_get_the_primary_locale(clean: Testbed, tmp
     assert lines["named.R"].split() == ["0", "C"]
 
 
+@pytest.mark.parametrize("launch", ["fast", "classic"])
 def test_an_openssh_before_8_5_gets_the_known_hosts_file_another_way(
-        clean: Testbed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """KnownHostsCommand came with OpenSSH 8.5; for an older client (Debian 11, Ubuntu
-    20.04, RHEL 8) the inventory's known_hosts joins the global files instead, and the
+        clean: Testbed, tmp_path: Path, launch: str) -> None:
+    """KnownHostsCommand came with OpenSSH 8.5. On a primary whose ssh is older (Debian
+    11, Ubuntu 20.04, RHEL 8; here a stand-in that says 8.4 and refuses that option as
+    8.4 does) the file adds the inventory's known_hosts as a global file instead, and the
     launch still verifies every host key."""
-    import sshcluster.bootstrap as bootstrap
-
-    monkeypatch.setattr(bootstrap, "openssh_version", lambda: (8, 4))
-    f = _bootstrap(clean, tmp_path, hosts=clean.hosts[:2])
-    text = f.read_text()
-    assert "KnownHostsCommand" not in text and "GlobalKnownHostsFile=" in text
-    out = run_r_in_test(f"""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    old_ssh = bin_dir / "ssh"
+    old_ssh.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in -V) echo "OpenSSH_8.4p1 Debian-5+deb11u1, OpenSSL 1.1.1n" >&2; exit 0;;\n'
+        '  *KnownHostsCommand*) echo "command-line line 0: Bad configuration option: '
+        'knownhostscommand" >&2; exit 255;; esac\n'
+        f'exec {shutil.which("ssh")} "$@"\n')
+    old_ssh.chmod(0o755)
+    f = _bootstrap(clean, tmp_path, hosts=clean.hosts[:2],
+                   options=RenderOptions(launch="classic" if launch == "classic" else "fast"))
+    script = tmp_path / "old.R"
+    script.write_text(f"""
         source({str(f)!r})
         cat(unlist(parallel::clusterEvalQ(parallelCluster, Sys.info()[["nodename"]])), "\\n")
         sshcluster_stop()
-    """, tmp_path)
+    """)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    out = subprocess.run(["Rscript", str(script)], capture_output=True, text=True, env=env,
+                         timeout=R_TIMEOUT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [h.hostname for h in clean.hosts[:2] for _ in range(2)]

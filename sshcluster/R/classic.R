@@ -10,8 +10,17 @@
 
 start_classic <- function(config) {
   stop_previous()
-  args <- list(type = "PSOCK", master = config$master, spec = config$spec,
-               rshcmd = config$rshcmd, homogeneous = FALSE)
+  # The ssh commands carry the known_hosts option for OpenSSH >= 8.5; an older
+  # ssh here gets the other form.
+  words <- known_hosts_words(config$known_hosts)
+  fix <- function(cmd) if (is.null(cmd) || identical(words, config$known_hosts[["current"]]))
+    cmd else sub(config$known_hosts[["current"]], words, cmd, fixed = TRUE)
+  spec <- lapply(config$spec, function(entry) {
+    entry$rshcmd <- fix(entry$rshcmd)
+    entry
+  })
+  args <- list(type = "PSOCK", master = config$master, spec = spec,
+               rshcmd = fix(config$rshcmd), homogeneous = FALSE)
   if (!is.na(config$port)) args$port <- config$port
   cl <- do.call(parallel::makeCluster, args)
   stop_fn <- function() {

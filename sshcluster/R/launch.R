@@ -28,14 +28,20 @@ internals <- list(
 )
 
 HELLO_SIZE <- 32L          # "SCW1", machine, slot, pid (4 bytes each), token (16)
+MAGIC <- charToRaw("SCW1")
 TOKEN_SIZE <- 16L
 HANDSHAKE_SECONDS <- 2     # a connection that has not proved itself by then is closed
 MAX_PENDING <- 32L         # connections proving themselves at one time
 ACCEPT_BURST <- 256L       # connections taken from the kernel's queue at one go
-STALL_SECONDS <- 60        # a message that makes no progress for this long has failed
+STALL_SECONDS <- 15        # a message that makes no progress for this long (R waits
+                           # it out twice when writing) has failed
 HEARTBEAT_SECONDS <- 10    # the supervisor's heartbeat to every host
 SILENCE_SECONDS <- 40      # a host stops its workers after this long without one
-KEEPALIVE <- c("-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3")
+# Our own ssh options: keepalive (a silent host ends the session), no terminal, and no
+# connection shared with a master from the user's config (its keepalive and lifetime
+# would not be the cluster's).
+OUR_SSH <- c("-T", "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3",
+             "-o", "ControlMaster=no", "-o", "ControlPath=none")
 LOCALE_VARS <- c("LANG", "LC_ALL", "LC_CTYPE", "LC_COLLATE", "LC_TIME", "LC_MONETARY",
                  "LC_MESSAGES", "LC_PAPER", "LC_MEASUREMENT")
 RESERVED_CONNECTIONS <- 2L # left free for the user's own files
@@ -47,13 +53,16 @@ start <- function(config) {
   stop_previous()
   S <- new.env()
   S$config <- config
+  S$known_hosts <- known_hosts_words(config$known_hosts)
   S$limit <- connection_limit()
   check_connections(S, sum(vapply(config$machines, function(m) as.integer(m$ncore), 1L)))
   S$id <- random_hex(8L)
+  S$stop <- function() stop_cluster(S)
   assign(S$id, S, envir = registry)
   S$refused <- 0L
   S$report_sizes <- list()
   S$gone <- list()
+  S$ended <- list()
   S$next_id <- 0L
   S$sessions <- list()
   S$lost <- list()
@@ -124,8 +133,8 @@ open_supervisor <- function(S) {
   listen(S)
   script <- file.path(S$dir, "supervisor.sh")
   writeLines(S$config$supervisor_script, script)
-  S$supervisor <- pipe(paste("exec sh", sq(script), sq(S$dir), HEARTBEAT_SECONDS),
-                       open = "w")
+  S$supervisor <- pipe(paste("exec sh", sq(script), sq(S$dir), HEARTBEAT_SECONDS,
+                             Sys.getpid()), open = "w")
 }
 
 # A listening socket on the inventory's port, or on a free one in R's range.
@@ -211,10 +220,11 @@ host_command <- function(S, h, id) {
     SILENCE_SECONDS, paste(sq(locale), collapse = " "))
   forward <- if (cfg$tunnel)
     sprintf("-o ExitOnForwardFailure=yes -R 127.0.0.1:%d:127.0.0.1:%d", S$port, S$port)
-  ssh <- if (is.null(cfg$host_ssh[[h]])) cfg$ssh else cfg$host_ssh[[h]]
+  ssh <- paste(if (is.null(cfg$host_ssh[[h]])) cfg$ssh else cfg$host_ssh[[h]],
+               S$known_hosts)
   destination <- paste(if (!is.null(m$user)) paste("-l", sq(m$user)), sq(m$host))
   c("exec 3<&0",
-    paste(ssh, paste(KEEPALIVE, collapse = " "), forward, destination, sq(remote),
+    paste(ssh, paste(OUR_SSH, collapse = " "), forward, destination, sq(remote),
           "<&3 >", f(".out"), "2>", f(".err"), "&"),
     paste("echo $! >", f(".pid")),
     "wait $!",
@@ -241,9 +251,13 @@ session_reason <- function(S, id) {
           if (nzchar(err)) paste0(": ", err) else "")
 }
 
-read_text <- function(path) {
+# A file's last lines, each once, as one line. (ssh's stderr holds its own words
+# and sshcluster's, but may also hold whatever the workers' programs printed: the
+# end is what explains how the session ended.)
+read_text <- function(path, last = 4L) {
   text <- if (file.exists(path)) readLines(path, warn = FALSE) else character()
-  paste(unique(trimws(text[nzchar(trimws(text))])), collapse = " / ")
+  text <- unique(trimws(text[nzchar(trimws(text))]))
+  paste(utils::tail(text, last), collapse = " / ")
 }
 
 # ---------------------------------------------------------------------------
@@ -262,12 +276,21 @@ launch <- function(S, wanted, deadline, fail_fast) {
     expected[[sprintf("%d.%d", S$sessions[[id]]$h, t$slot)]] <- c(t, id = id)
   nodes <- list()
   pending <- list()
-  on.exit(for (p in pending) close(p$con), add = TRUE)
+  done <- FALSE
+  on.exit({
+    for (p in pending) try(close(p$con), silent = TRUE)
+    if (!done) for (node in nodes) try(close(node$con), silent = TRUE)
+  }, add = TRUE)
   lost <- character()
   # One connection's turn: reads what it sent, admits or refuses it once its hello
   # is whole, refuses it after HANDSHAKE_SECONDS. NULL: done with it.
   step <- function(p) {
     p$hello <- read_available(p$con, p$hello)
+    start <- seq_len(min(4L, length(p$hello)))
+    if (!identical(p$hello[start], MAGIC[start])) {  # not a worker's hello: no more time
+      refuse(S, p$con)
+      return(NULL)
+    }
     if (length(p$hello) == HELLO_SIZE) {
       node <- admit(S, p, expected)
       if (is.null(node)) {
@@ -315,7 +338,8 @@ launch <- function(S, wanted, deadline, fail_fast) {
     while (ready[1] && taken < ACCEPT_BURST) {
       if (length(pending) >= MAX_PENDING || S$limit - length(getAllConnections()) < 1L) {
         if (!length(pending)) break
-        refuse(S, pending[[1]]$con)
+        # the oldest makes room, after a last look at what it sent
+        if (!is.null(step(pending[[1]]))) refuse(S, pending[[1]]$con)
         pending <- pending[-1]
       }
       con <- socketAccept(S$listener, blocking = TRUE, open = "a+b",
@@ -329,6 +353,10 @@ launch <- function(S, wanted, deadline, fail_fast) {
     expected <- expected[!vapply(expected, function(e) e$id %in% lost, NA)]
     if (!length(expected)) break
   }
+  # A session given up on (too slow) ends now, and so do the workers it did admit.
+  for (id in lost) if (!session_ended(S, id)) supervise(S, paste("kill", id))
+  nodes <- Filter(function(node) !(node$session %in% lost), nodes)
+  done <- TRUE
   nodes
 }
 
@@ -354,7 +382,7 @@ refuse <- function(S, con) {
 admit <- function(S, p, expected) {
   hello <- p$hello
   num <- function(at) readBin(hello[at:(at + 3L)], "integer", size = 4L, endian = "big")
-  if (!identical(hello[1:4], charToRaw("SCW1"))) return(NULL)
+  if (!identical(hello[1:4], MAGIC)) return(NULL)
   h <- num(5L)
   slot <- num(9L)
   e <- expected[[sprintf("%d.%d", h, slot)]]
@@ -406,17 +434,7 @@ launch_failed <- function(S, nodes, expected, ended, what) {
 # A node holds only values that do not change (its connection, host, slot, pid,
 # session and launch ids): code that hashes or copies a cluster object, as future
 # does to tell clusters apart, sees the same cluster for as long as it runs. The
-# state of a launch lives here, by id, for every cluster file this R session has
-# sourced (each registers its own copy of the methods below).
-launches <- function() {
-  registry <- getOption("sshcluster.launches")
-  if (!is.environment(registry)) {
-    registry <- new.env()
-    options(sshcluster.launches = registry)
-  }
-  registry
-}
-
+# state of a launch lives in the registry of launches (common.R), by id.
 registry <- launches()
 
 state_of <- function(node) {
@@ -437,9 +455,20 @@ wait_readable <- function(nodes) {
     ready <- socketSelect(cons, timeout = 1)
     if (any(ready)) return(which.max(ready))
     S <- state_of(nodes[[1]])
-    busy <- Filter(function(n) !is.null(n) && S$calls[[n$rank]] > 0L, S$cluster)
+    busy <- if (in_parallel_call())
+      Filter(function(n) !is.null(n) && S$calls[[n$rank]] > 0L, S$cluster)
     check_hosts(c(nodes, busy))
   }
+}
+
+# Whether this wait is part of one of parallel's own calls over the cluster (all of
+# parLapply, clusterEvalQ, clusterExport, parLapplyLB, ... go through these): then
+# the call needs every worker it sent work to, and a lost one dooms it. (Others,
+# future for one, wait for one worker at a time, unrelated to the rest.)
+in_parallel_call <- function() {
+  heads <- vapply(sys.calls(), function(call)
+    if (is.name(call[[1]])) as.character(call[[1]]) else "", "")
+  any(heads %in% c("staticClusterApply", "dynamicClusterApply", "clusterCall"))
 }
 
 # Signals an error for the first node whose host's ssh session has ended, or
@@ -475,6 +504,7 @@ gone <- function(S, node) {
 
 host_lost <- function(node) {
   S <- state_of(node)
+  S$ended[[node$session]] <- TRUE  # (remembered: a later send fails at once)
   same <- Filter(function(n) identical(n$session, node$session), S$cluster)
   fail_node(node, sprintf(
     "sshcluster: lost %s: %s. Its %d worker%s stopped; parallelCluster <- sshcluster_repair() goes on without %s.",
@@ -505,6 +535,21 @@ fail_node <- function(node, message) {
                  list(message = message, call = NULL, hosts = node$host, rank = node$rank)))
 }
 
+# Whether a node's connection is still the one it was: after parallel::stopCluster()
+# R gives its number to the next connection opened, a file of the user's, say.
+con_ok <- function(con) {
+  isTRUE(tryCatch(identical(attr(getConnection(as.integer(con)), "conn_id"),
+                            attr(con, "conn_id")), error = function(e) FALSE))
+}
+
+stale <- function(node) {
+  stop(structure(class = c("sshcluster_error", "error", "condition"), list(
+    message = sprintf(paste(
+      "sshcluster: the connection to worker %d on %s was closed (parallel::stopCluster()?);",
+      "source() the file again for a new cluster"), node$slot, node$host),
+    call = NULL, hosts = node$host)))
+}
+
 # Reads one message; a worker's answer to a call ends that call's wait. (These
 # methods run for every task: they keep to a few cheap steps.)
 read_value <- function(node) {
@@ -518,6 +563,7 @@ read_value <- function(node) {
 }
 
 recvData.sshcluster_node <- function(node) {
+  if (!con_ok(node$con)) stale(node)
   if (!socketSelect(list(node$con), timeout = 1)) wait_readable(list(node))
   read_value(node)
 }
@@ -530,8 +576,10 @@ recvOneData.sshcluster <- function(cl) {
 # (A lost host is noticed by the wait for the answer: checking here too would cost
 # every task a look at the disk.)
 sendData.sshcluster_node <- function(node, data) {
+  if (!con_ok(node$con)) stale(node)
   if (identical(data$type, "EXEC")) {
     S <- state_of(node)
+    if (isTRUE(S$ended[[node$session]])) host_lost(node)
     r <- node$rank
     if (S$calls[r] > 0L) fail_node(node, sprintf(paste(
       "sshcluster: worker %d on %s has not answered an earlier call (an interrupted one?),",
@@ -540,8 +588,9 @@ sendData.sshcluster_node <- function(node, data) {
     S$calls[r] <- 1L
   }
   # A worker that is gone usually still takes the bytes (they wait in the kernel):
-  # the wait for its answer is what names it.
-  serialize(data, node$con)
+  # the wait for its answer is what names it. A big message to a host that is gone
+  # fails after STALL_SECONDS without progress, and then names it too.
+  tryCatch(serialize(data, node$con), error = function(e) worker_lost(node, e))
   invisible(NULL)
 }
 
@@ -555,8 +604,11 @@ for (method in c("recvData.sshcluster_node", "recvOneData.sshcluster",
 
 # Tells every worker to stop, closes its connection, then ends the sessions.
 stop_cluster <- function(S) {
-  for (node in S$cluster) if (!is.null(node)) {
-    try(internals$postNode(node, "DONE"), silent = TRUE)
+  for (node in S$cluster) if (!is.null(node) && con_ok(node$con)) {
+    # (not to a host that is gone, nor into a full buffer: that could block)
+    if (!session_ended(S, node$session) &&
+        isTRUE(socketSelect(list(node$con), write = TRUE, timeout = 0)))
+      try(internals$postNode(node, "DONE"), silent = TRUE)
     try(close(node$con), silent = TRUE)
   }
   S$cluster <- NULL

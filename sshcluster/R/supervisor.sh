@@ -1,7 +1,7 @@
 # sshcluster's supervisor: the one process on the primary that holds every ssh
 # session of a cluster, so that the R session itself needs a single connection
 # for all of them (a pipe to this script's stdin), whatever the number of hosts.
-#   sh supervisor.sh DIR HEARTBEAT
+#   sh supervisor.sh DIR HEARTBEAT RPID
 # It reads commands from the R session, one per line:
 #   start ID TOKENS MODE  run DIR/ID.sh (an ssh command) with, on its stdin, the
 #                         TOKENS line, then (MODE "tunnel") "go" once the host said
@@ -12,25 +12,58 @@
 # DIR/ID.sh writes DIR/ID.pid, .out, .err and, when ssh has ended, .status: that
 # is how the R session learns that a host is gone, and ssh's own words for why.
 # When the R session ends, in any way, this script's stdin ends: it then ends
-# every session at once, and each host stops its workers (see remote.sh).
+# every session at once, and each host stops its workers (see remote.sh). Not
+# quite in any way: a process the R session started (system(..., wait = FALSE),
+# a local cluster) keeps a copy of that pipe after R is gone. So the R session's
+# own process (RPID) is watched too, and its death counts as the end.
 dir=$1
 beat=$2
+rpid=$3
 me=$$
 exec >>"$dir/supervisor.log" 2>&1
 # Ctrl-C or Ctrl-Z in the R session's terminal reach its whole process group:
 # they are for R, not for the cluster. ssh keeps ignoring what it inherits ignored.
 trap '' INT QUIT TSTP HUP
 
+# When a process started (Linux: field 22 of /proc/PID/stat), so that a new
+# process that gets the R session's pid is not taken for it.
+started() {
+  [ -r "/proc/$1/stat" ] || return 0
+  read -r stat <"/proc/$1/stat" || return 0
+  set -- ${stat##*) }
+  shift 19
+  echo "$1"
+}
+rstart=$(started "$rpid")
+r_alive() { kill -s 0 "$rpid" 2>/dev/null && [ "$(started "$rpid")" = "$rstart" ]; }
+
+# The R session gone while its pipe lives on (see above): end every ssh session,
+# then this script.
+(
+  while r_alive && kill -s 0 "$me" 2>/dev/null; do sleep 2; done
+  kill -s 0 "$me" 2>/dev/null || exit 0
+  for f in "$dir"/*.pid; do
+    [ -e "$f" ] && kill -s TERM "$(cat "$f")" 2>/dev/null
+  done
+  kill -s KILL "$me" 2>/dev/null
+) &
+
+said_ready() {
+  while IFS= read -r said; do [ "$said" = ready ] && return 0; done <"$1"
+  return 1
+}
+
 feed() {  # ID TOKENS MODE: what the host's session reads on its stdin
   printf '%s\n' "$2"
   if [ "$3" = tunnel ]; then
-    until [ -s "$dir/$1.out" ] && read -r said <"$dir/$1.out" && [ "$said" = ready ]; do
+    # (any line: the user's login shell may print something first)
+    until [ -s "$dir/$1.out" ] && said_ready "$dir/$1.out"; do
       [ -e "$dir/$1.status" ] && return
       sleep 0.05 2>/dev/null || sleep 1
     done
     echo go
   fi
-  while kill -s 0 "$me" 2>/dev/null; do
+  while kill -s 0 "$me" 2>/dev/null && r_alive; do
     echo . || return
     sleep "$beat"
   done

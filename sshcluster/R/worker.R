@@ -8,6 +8,11 @@
 # other token, and only then runs parallel's own worker loop. Nothing is
 # unserialized from a peer that has not proved itself.
 local({
+  if (getRversion() < "4.1.0") {
+    cat("sshcluster: R on ", Sys.info()[["nodename"]], " is ", as.character(getRversion()),
+        "; the workers need R 4.1 or later\n", sep = "", file = stderr())
+    quit(save = "no", status = 3L)
+  }
   args <- commandArgs(TRUE)
   master <- args[1]
   port <- as.integer(args[2])
@@ -60,17 +65,29 @@ local({
     }
   }
 
+  # Connects and proves the slot's token; a primary that closed the connection
+  # before answering (a flood of strangers made it drop the oldest waiting ones)
+  # is tried again until the setup deadline.
+  handshake <- function(token) {
+    deadline <- Sys.time() + timeout
+    repeat {
+      con <- connect()
+      writeBin(c(charToRaw("SCW1"), int4(machine), int4(as.integer(token[1])),
+                 int4(Sys.getpid()), bytes(token[2])), con)
+      flush(con)
+      socketTimeout(con, min(timeout, 60))
+      answer <- tryCatch(readBin(con, "raw", 16L), error = function(e) raw(0))
+      if (identical(answer, bytes(token[3]))) return(con)
+      close(con)
+      if (length(answer) || Sys.time() > deadline)
+        fail("the primary at ", master, " port ", port, " did not accept this worker ",
+             "(a launch that has already ended?)")
+      Sys.sleep(0.2)
+    }
+  }
+
   work <- function(item) {
-    token <- strsplit(item, ":", fixed = TRUE)[[1]]
-    con <- connect()
-    writeBin(c(charToRaw("SCW1"), int4(machine), int4(as.integer(token[1])),
-               int4(Sys.getpid()), bytes(token[2])), con)
-    flush(con)
-    socketTimeout(con, min(timeout, 60))
-    answer <- tryCatch(readBin(con, "raw", 16L), error = function(e) raw(0))
-    if (!identical(answer, bytes(token[3])))
-      fail("the primary at ", master, " port ", port, " did not accept this worker ",
-           "(a launch that has already ended?)")
+    con <- handshake(strsplit(item, ":", fixed = TRUE)[[1]])
     socketTimeout(con, 2592000)  # parallel's own worker timeout
     sinkWorkerOutput("/dev/null")
     workLoop(structure(list(con = con), class = "SOCKnode"))
