@@ -538,8 +538,9 @@ fail_node <- function(node, message) {
 # Whether a node's connection is still the one it was: after parallel::stopCluster()
 # R gives its number to the next connection opened, a file of the user's, say.
 con_ok <- function(con) {
-  isTRUE(tryCatch(identical(attr(getConnection(as.integer(con)), "conn_id"),
-                            attr(con, "conn_id")), error = function(e) FALSE))
+  i <- as.integer(con)
+  i %in% getAllConnections() &&
+    identical(attr(getConnection(i), "conn_id"), attr(con, "conn_id"))
 }
 
 stale <- function(node) {
@@ -562,14 +563,39 @@ read_value <- function(node) {
   value
 }
 
+# A short call's answer comes back in well under a millisecond: looking for it a
+# few hundred times without sleeping answers sooner than going to sleep in the
+# kernel and being woken (the sleep costs more than the look). Longer waits sleep.
+SPIN <- 300L
+
 recvData.sshcluster_node <- function(node) {
-  if (!con_ok(node$con)) stale(node)
-  if (!socketSelect(list(node$con), timeout = 1)) wait_readable(list(node))
+  con <- list(node$con)
+  k <- 0L
+  while (!socketSelect(con, timeout = 0)) {
+    k <- k + 1L
+    if (k > SPIN) {
+      wait_readable(list(node))
+      break
+    }
+  }
   read_value(node)
 }
 
 recvOneData.sshcluster <- function(cl) {
-  i <- wait_readable(cl)
+  cons <- lapply(cl, `[[`, "con")
+  k <- 0L
+  repeat {
+    ready <- socketSelect(cons, timeout = 0)
+    if (any(ready)) {
+      i <- which.max(ready)
+      break
+    }
+    k <- k + 1L
+    if (k > SPIN) {
+      i <- wait_readable(cl)
+      break
+    }
+  }
   list(node = i, value = read_value(cl[[i]]))
 }
 
