@@ -8,9 +8,9 @@ Run as root on a machine that can build SSH test hosts (see sshcluster.testing):
 Side by side in one run, interleaved, each cluster in a fresh Rscript, on the same test
 hosts (for ``local*``: on this machine):
 
-* ``ours``: the default file ``sshcluster render`` writes (direct connections, forked
-  workers); ``tunnel``: the same with ``--tunnel reverse`` (R's traffic through ssh);
-  ``classic``: ``--launch classic`` (R's own makeCluster);
+* ``tunnel``: the default file ``sshcluster render`` writes (R's traffic through ssh,
+  forked workers); ``direct``: the same with ``--tunnel none`` (straight to the
+  primary's port); ``classic``: ``--launch classic`` (R's own makeCluster);
 * ``parallelly``: ``parallelly::makeClusterPSOCK()`` on the same workers (it sets TCP
   no-delay on both ends);
 * ``local``: ``parallel::makeCluster(n)`` on this machine, R's defaults;
@@ -41,7 +41,7 @@ from sshcluster.inventory import load_inventory
 from sshcluster.quoting import r_string, r_vector, shell_quote
 from sshcluster.testing import Testbed, run_r
 
-METHODS = ("ours", "tunnel", "classic", "parallelly", "local", "local-nodelay")
+METHODS = ("direct", "tunnel", "classic", "parallelly", "local", "local-nodelay")
 MEASURES = {  # name: (label, unit)
     "tiny": ("tiny clusterCall round trip", "ms"),
     "16k": ("16 KB argument round trip", "ms"),
@@ -84,11 +84,11 @@ say("export", seconds(parallel::clusterExport(cl, "big")))
 def _program(method: str, tb: Testbed, inventory: Path, workdir: Path) -> str:
     inv = load_inventory(inventory)
     n = inv.workers
-    if method in ("ours", "tunnel", "classic"):
+    if method in ("direct", "tunnel", "classic"):
         f = workdir / f"{method}.R"
         write_bootstrap(inv, f, RenderOptions(
             launch="classic" if method == "classic" else "fast",
-            tunnel="reverse" if method == "tunnel" else None))
+            tunnel="none" if method == "direct" else None))
         start, stop = f"source({r_string(str(f))})\ncl <- parallelCluster", "sshcluster_stop()"
     elif method == "parallelly":
         opts = [shell_quote(w) for w in ssh_command(inv, inv.hosts[0])[1:]]

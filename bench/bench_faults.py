@@ -5,9 +5,10 @@ Run as root on a machine that can build SSH test hosts (see sshcluster.testing):
     .venv/bin/python bench/bench_faults.py              # 3 runs of each fault and mode
     .venv/bin/python bench/bench_faults.py --reps 5 --modes fork tunnel
 
-For each launch mode (``fork``: the default; ``fresh``: ``--no-fork``; ``tunnel``:
-``--tunnel reverse``), each fault is made for real during a ``parLapply`` whose tasks
-sleep for 10 minutes, in a fresh R session on 4 test hosts x 2 workers:
+For each launch mode (``fork``: direct connections, forked workers; ``fresh``: direct,
+``--no-fork``; ``tunnel``: the default, through ssh, forked), each fault is made for real
+during a ``parLapply`` whose tasks sleep for 10 minutes, in a fresh R session on 4 test
+hosts x 2 workers:
 
 * ``cut``: every packet of one host dropped (its namespace's iptables), as when a
   machine vanishes: seconds until the error names the host; then seconds until
@@ -34,7 +35,8 @@ from sshcluster.bootstrap import RenderOptions, write_bootstrap
 from sshcluster.inventory import load_inventory
 from sshcluster.testing import Testbed
 
-MODES = {"fork": RenderOptions(fork=True), "fresh": RenderOptions(fork=False),
+MODES = {"fork": RenderOptions(fork=True, tunnel="none"),
+         "fresh": RenderOptions(fork=False, tunnel="none"),
          "tunnel": RenderOptions(tunnel="reverse")}
 FAULTS = ("cut", "kill -9", "sshd")
 

@@ -12,9 +12,10 @@ just before the launch call to the moment the cluster object exists:
   primary, spec = spec, rshcmd = rshcmd)``, with our ssh options so ssh can log in;
 * ``parallelly``: ``parallelly::makeClusterPSOCK(workers, master = primary, user = ...,
   rshopts = ..., revtunnel = FALSE)`` on the same workers;
-* ``fast``, ``fresh`` and ``classic``: ``source()`` of the file ``sshcluster render``
-  writes; ``fast`` is the default (one R per host, its workers forked from it),
-  ``fresh`` is the fast launch with ``--no-fork`` (one Rscript per worker);
+* ``fast``, ``direct``, ``fresh`` and ``classic``: ``source()`` of the file ``sshcluster
+  render`` writes; ``fast`` is the default (through ssh reverse tunnels, one R per host,
+  its workers forked from it), ``direct`` the same with ``--tunnel none``, ``fresh`` the
+  default with ``--no-fork`` (one Rscript per worker);
 * ``floor``: ``parallel::makeCluster(n)``, the same number of R workers on this machine
   with no ssh at all.
 
@@ -39,7 +40,7 @@ from sshcluster.inventory import load_inventory
 from sshcluster.quoting import r_string, r_vector, shell_join, shell_quote
 from sshcluster.testing import Testbed, run_r
 
-METHODS = ("hand", "parallelly", "fast", "fresh", "classic", "floor")
+METHODS = ("hand", "parallelly", "fast", "direct", "fresh", "classic", "floor")
 #: Seconds one launch may take; R's own launches never give up on a failed worker.
 R_TIMEOUT = 300
 
@@ -50,10 +51,11 @@ def _r_program(method: str, tb: Testbed, inventory: Path, workdir: Path, n_hosts
     inv = load_inventory(inventory)
     hosts = [h.host for h in inv.hosts]
     primary = r_string(tb.primary_address)
-    if method in ("fast", "fresh", "classic"):
+    if method in ("fast", "direct", "fresh", "classic"):
         f = workdir / f"{method}-{n_hosts}.R"
         write_bootstrap(inv, f, RenderOptions(launch="classic" if method == "classic" else "fast",
-                                              fork=method != "fresh"))
+                                              fork=method != "fresh",
+                                              tunnel="none" if method == "direct" else None))
         launch = f"source({r_string(str(f))})\ncl <- parallelCluster"
         stop = "sshcluster_stop()"
     elif method == "hand":

@@ -132,8 +132,9 @@ class _Plan:
 
 def _plan(inventory: Inventory, opts: RenderOptions) -> _Plan:
     launch = opts.launch or inventory.launch
-    tunnel = opts.tunnel or inventory.tunnel
-    if launch == "classic" and tunnel == "reverse":
+    asked = opts.tunnel or inventory.tunnel
+    tunnel = asked or ("none" if launch == "classic" else "reverse")
+    if launch == "classic" and asked == "reverse":
         raise RenderError("the classic launch cannot use a reverse tunnel",
                           hint="use the fast launch (the default) with the reverse tunnel")
     register = tuple(dict.fromkeys((*inventory.register, *opts.register)))
@@ -263,7 +264,9 @@ def render(inventory: Inventory, options: RenderOptions | None = None) -> str:
         f"  stop({r_string(f'sshcluster: this file needs R {MIN_R_VERSION} or later; this is R ')}"
         ", as.character(getRversion()), call. = FALSE)",
     ]
-    primary = "127.0.0.1" if plan.tunnel == "reverse" else inventory.primary.host
+    # (through the tunnel the workers reach 127.0.0.1 on their own host; the primary's
+    # own address, where the inventory knows it, is still what users mean by it)
+    primary = inventory.primary.host if inventory.primary.host != AUTO else "127.0.0.1"
     lines += [
         "",
         "# The primary as the workers see it, and the machines with their R workers.",
@@ -350,7 +353,7 @@ def _fast(inventory: Inventory, opts: RenderOptions, plan: _Plan) -> list[str]:
         "# ssh never prompts, gives up on a dead host, and always verifies host keys.",
         *_call("start", [
             ("machines", "machineAddresses"),
-            ("workers_reach", "primary"),
+            ("workers_reach", r_string("127.0.0.1") if plan.tunnel == "reverse" else "primary"),
             ("ssh", r_string(common)),
             ("host_ssh", f"list({', '.join(own)})"),
             ("known_hosts", _known_hosts_forms(inventory)),

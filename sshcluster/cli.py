@@ -140,8 +140,10 @@ def check_command(ctx: click.Context, inventory: str, timeout: float, concurrenc
                    "(default); classic: parallel::makeCluster, one worker at a time. "
                    "Overrides the inventory's 'launch'.")
 @click.option("--tunnel", type=click.Choice(TUNNELS),
-              help="reverse: workers reach the primary through an ssh reverse tunnel "
-                   "(for a primary behind NAT or a firewall). Overrides 'tunnel'.")
+              help="reverse (the fast launch's default): workers reach the primary "
+                   "through ssh (authenticated and encrypted; works behind NAT); none: "
+                   "they connect to primary.host directly (cleartext, a little faster per "
+                   "call; the classic launch's only way). Overrides 'tunnel'.")
 @click.option("--fork/--no-fork", default=None,
               help="Fast launch: start one R per host and fork its workers from it "
                    "(default; one R start-up per host), or start every worker as a fresh "

@@ -25,8 +25,9 @@ AUTO = "auto"
 #: at once) or ``classic`` (``parallel::makeCluster``, one ssh and one wait per worker).
 Launch = Literal["fast", "classic"]
 LAUNCHES: tuple[Launch, ...] = ("fast", "classic")
-#: How the workers reach the primary: ``none`` (directly, at ``primary.host``) or
-#: ``reverse`` (through an ssh reverse tunnel to 127.0.0.1 on their own host).
+#: How the workers reach the primary: ``reverse`` (through an ssh reverse tunnel to
+#: 127.0.0.1 on their own host: authenticated and encrypted by ssh; the fast launch's
+#: default) or ``none`` (directly, at ``primary.host``: cleartext; the classic launch's).
 Tunnel = Literal["none", "reverse"]
 TUNNELS: tuple[Tunnel, ...] = ("none", "reverse")
 #: Whether a worker must be able to log in to the primary with ssh: ``optional`` (the
@@ -105,7 +106,7 @@ class Inventory:
     known_hosts: str | None = None
     r_packages: tuple[str, ...] = ()
     launch: Launch = "fast"
-    tunnel: Tunnel = "none"
+    tunnel: Tunnel | None = None
     fork: bool = True
     register: tuple[Register, ...] = ()
     setup_timeout: int = SETUP_TIMEOUT
@@ -117,6 +118,12 @@ class Inventory:
     def workers(self) -> int:
         """Total number of R workers (sum of ``ncore``); ``auto`` hosts count as 0."""
         return sum(h.ncore or 0 for h in self.hosts)
+
+    @property
+    def effective_tunnel(self) -> Tunnel:
+        """``tunnel`` as written, else the launch's default: the reverse tunnel for the
+        fast launch, direct connections for the classic one (R's makeCluster)."""
+        return self.tunnel or ("none" if self.launch == "classic" else "reverse")
 
 
 # --------------------------------------------------------------------------- validation
@@ -307,7 +314,7 @@ def inventory_to_dict(inv: Inventory) -> dict[str, Any]:
         out["r_packages"] = list(inv.r_packages)
     if inv.launch != "fast":
         out["launch"] = inv.launch
-    if inv.tunnel != "none":
+    if inv.tunnel is not None:
         out["tunnel"] = inv.tunnel
     if not inv.fork:
         out["fork"] = False

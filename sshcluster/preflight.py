@@ -87,9 +87,10 @@ async def check_async(
     ssh's first UserKnownHostsFile), never changed ones. ``ssh_config`` lists OpenSSH
     client config files to use instead of ssh's own (``ssh -F``; ``[]``: none at all;
     default: the files ssh reads, as the launch does). ``progress`` is called with
-    each host's report as it completes. ``tunnel`` (default: the inventory's ``tunnel:
-    reverse``) checks the callback as the tunnelled launch makes it: through an ssh
-    reverse forward of the port, bound to 127.0.0.1 on each host. Never raises for a
+    each host's report as it completes. ``tunnel`` (default: the inventory's, which for
+    the fast launch is the reverse tunnel) checks the callback as the tunnelled launch
+    makes it: through an ssh reverse forward of the port, bound to 127.0.0.1 on each
+    host. Never raises for a
     host's failure.
     """
     if timeout <= 0:
@@ -98,7 +99,7 @@ async def check_async(
         raise SshclusterError(f"concurrency must be at least 1, not {concurrency}")
     loop = asyncio.get_running_loop()
     t0 = loop.time()
-    tunnel = inventory.tunnel == "reverse" if tunnel is None else tunnel
+    tunnel = inventory.effective_tunnel == "reverse" if tunnel is None else tunnel
     with _config_file(ssh_config) as config:
         connector = Connector(config, KnownHostsFiles(), accept_new)
         try:

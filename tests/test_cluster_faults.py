@@ -30,7 +30,9 @@ from sshcluster.testing.fixtures import MakeTestbed, run_r_in_test
 pytestmark = pytest.mark.testbed
 
 LEFTOVER = "R|sh|sleep|bash"
-MODES = {"fork": RenderOptions(fork=True), "fresh": RenderOptions(fork=False),
+#: direct connections with forked or fresh workers, and the default: the tunnel (forked).
+MODES = {"fork": RenderOptions(fork=True, tunnel="none"),
+         "fresh": RenderOptions(fork=False, tunnel="none"),
          "tunnel": RenderOptions(tunnel="reverse")}
 
 

@@ -62,7 +62,8 @@ def _cluster(tb: Testbed, tmp_path: Path, ncore: int, options: RenderOptions | N
     return out
 
 
-@pytest.mark.parametrize("options", [RenderOptions(fork=True), RenderOptions(fork=False),
+@pytest.mark.parametrize("options", [RenderOptions(fork=True, tunnel="none"),
+                                     RenderOptions(fork=False, tunnel="none"),
                                      RenderOptions(tunnel="reverse")],
                          ids=["fork", "fresh", "tunnel"])
 def test_every_r_socket_of_the_cluster_has_no_delay(testbed: Testbed, tmp_path: Path,

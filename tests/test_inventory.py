@@ -172,11 +172,14 @@ def test_dump_round_trips() -> None:
 def test_launch_settings_and_their_defaults() -> None:
     inv = parse_inventory("primary: p\nhosts: [a]\n")
     assert (inv.launch, inv.tunnel, inv.fork, inv.register, inv.setup_timeout) == (
-        "fast", "none", True, (), 120)
+        "fast", None, True, (), 120)
+    assert inv.effective_tunnel == "reverse"  # the fast launch's default: through ssh
     inv = parse_inventory("primary: p\nlaunch: classic\nregister: [future, future, doparallel]"
                           "\nsetup_timeout: 30\nfork: false\nhosts: [a]\n")
     assert (inv.launch, inv.fork, inv.register, inv.setup_timeout) == (
         "classic", False, ("future", "doparallel"), 30)
+    assert inv.effective_tunnel == "none"  # R's makeCluster: direct only
+    assert parse_inventory("primary: p\ntunnel: none\nhosts: [a]\n").effective_tunnel == "none"
 
 
 def test_launch_typo_gets_a_hint() -> None:

@@ -430,8 +430,8 @@ def test_blocked_port_fails_fast_and_the_reverse_tunnel_works(clean: Testbed, tm
                                                              ) -> None:
     bad = clean.hosts[1]
     port = free_port()
-    plain = _bootstrap(clean, tmp_path, "plain.R", port=port)
-    tunnel = _bootstrap(clean, tmp_path, "tunnel.R", port=port, tunnel="reverse")
+    plain = _bootstrap(clean, tmp_path, "plain.R", port=port, tunnel="none")
+    tunnel = _bootstrap(clean, tmp_path, "tunnel.R", port=port)  # the default
     clean.reject(bad, port)
     try:
         err = _launch_fails(clean, plain, tmp_path)
@@ -453,7 +453,7 @@ def test_dropped_packets_fail_within_seconds(clean: Testbed, tmp_path: Path) -> 
     """A black hole (DROP) to the primary's port: the reachability check times out."""
     bad = clean.hosts[0]
     port = free_port()
-    f = _bootstrap(clean, tmp_path, port=port)
+    f = _bootstrap(clean, tmp_path, port=port, tunnel="none")
     clean.reject(bad, port, action="DROP")
     try:
         err = _launch_fails(clean, f, tmp_path, within=20)

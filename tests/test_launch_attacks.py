@@ -158,7 +158,7 @@ def test_only_genuine_workers_get_in(testbed: Testbed, shared_tmp: Path, tunnel:
     inv = tb.write_inventory(tmp_path / "hosts.yaml", ncore=2, port=port,
                              extra={"setup_timeout": 30,
                                     "hosts": [{"host": h.address} for h in workers],
-                                    **({"tunnel": "reverse"} if tunnel else {})})
+                                    "tunnel": "reverse" if tunnel else "none"})
     cluster_r = tmp_path / "cluster.R"
     write_bootstrap(load_inventory(inv), cluster_r)
     logs = {name: tmp_path / f"{name}.log" for name in ("promise", "stall", "snoop",

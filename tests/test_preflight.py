@@ -64,7 +64,9 @@ def write_inventory(tb: Testbed, path: Path, known_hosts: Path, *, ncore: Any = 
 
     As a user keeps them: the host keys (``known_hosts``) and the identity in an ssh
     config of this test's own (next to the inventory, for ``check -F``), not in the
-    inventory; with ``identity_in_config=False`` the inventory names the identity."""
+    inventory; with ``identity_in_config=False`` the inventory names the identity. The
+    workers call back directly (``tunnel: none``) unless ``extra`` says otherwise: these
+    tests are about what the network between them and the primary does."""
     tb.write_inventory(path, ncore=2, port=port)
     doc = yaml.safe_load(path.read_text())
     del doc["known_hosts"]
@@ -73,6 +75,7 @@ def write_inventory(tb: Testbed, path: Path, known_hosts: Path, *, ncore: Any = 
     doc["defaults"]["ncore"] = ncore
     for i, fields in (hosts or {}).items():
         doc["hosts"][i].update(fields)
+    doc["tunnel"] = "none"
     doc.update(extra)
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     identity = f"  IdentityFile {tb.identity_file}\n" if identity_in_config else ""

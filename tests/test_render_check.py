@@ -77,8 +77,8 @@ def test_allow_partial_needs_check(tmp_path: Path) -> None:
 
 
 def test_render_check_with_the_tunnel_checks_through_it(testbed: Any, tmp_path: Path) -> None:
-    """A host that cannot reach the primary's port fails `render --check`, unless the
-    file is rendered with --tunnel reverse: then the check calls back through ssh too."""
+    """A host that cannot reach the primary's port fails `render --check --tunnel none`;
+    through the tunnel (the default) the check calls back through ssh too."""
     port = 11463
     inv_path = testbed.write_inventory(tmp_path / "hosts.yaml", ncore=1, port=port)
     blocked = testbed.hosts[0]
@@ -86,7 +86,7 @@ def test_render_check_with_the_tunnel_checks_through_it(testbed: Any, tmp_path: 
     testbed.reject(blocked, port)
     try:
         plain = CliRunner().invoke(cli, ["render", str(inv_path), "--check", "-o", str(out),
-                                         "--timeout", "5"])
+                                         "--timeout", "5", "--tunnel", "none"])
         tunnelled = CliRunner().invoke(cli, ["render", str(inv_path), "--check", "-o",
                                              str(out), "--timeout", "5", "--tunnel", "reverse"])
     finally:

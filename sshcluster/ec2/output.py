@@ -108,7 +108,7 @@ def write_output(spec: EC2Spec, *, run_id: str, expires: datetime, output: Path,
                          identity_file=str(key_file) if key_file else spec.identity_file)
                     for i in instances),
         port=spec.port, known_hosts=str(known_hosts), r_packages=spec.r_packages,
-        tunnel="none" if first else "reverse", path=str(output))
+        tunnel=None if first else "reverse", path=str(output))
     steps = next_steps(output, primary_instance=first)
     text = (f"{header(spec)}(run {run_id}).\nIts instances power off at "
             f"{format_time(expires)}; "

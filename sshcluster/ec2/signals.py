@@ -68,6 +68,8 @@ class SignalGuard:
         self.noted: list[int] = []
         self._holding = 0
         self._raised = False
+        #: The signal this guard raised :class:`Interrupted` for, if any.
+        self.raised_signal: int | None = None
         self._saved: dict[int, Any] = {}
 
     def install(self) -> bool:
@@ -93,7 +95,16 @@ class SignalGuard:
                     self.on_note(signum)
             return
         self._raised = True
+        self.raised_signal = signum
         raise Interrupted(signum)
+
+    def as_interrupt(self, exc: BaseException) -> BaseException:
+        """``exc``, or the :class:`Interrupted` it stands for: an exception raised from a
+        signal handler lands wherever the program was, and code it cuts short (a lock's
+        release inside a wait, say) may turn it into an error of its own."""
+        if self.raised_signal is not None and not isinstance(exc, KeyboardInterrupt):
+            return Interrupted(self.raised_signal)
+        return exc
 
     @contextmanager
     def critical(self) -> Iterator[None]:

@@ -249,7 +249,8 @@ def _guarded_up(spec: EC2Spec, *, client: EC2Client, output: Path, owner: str,
         cluster = _up(spec, client=client, run=Run(run_id, owner, expires), plan=plan,
                       output=output, known_hosts=known_hosts, key_file=key_file,
                       started=started, job=job)
-    except BaseException as exc:
+    except BaseException as caught:
+        exc = guard.as_interrupt(caught)
         with guard.cleanup():  # first: a signal from here on is only noted
             keep = job.keep_on_failure and isinstance(exc, SetupFailed)
             if finished or keep:
@@ -271,7 +272,9 @@ def _guarded_up(spec: EC2Spec, *, client: EC2Client, output: Path, owner: str,
             with contextlib.suppress(Exception):  # a terminal that is gone cannot be told
                 job.report(Step("aborted", 0, spec.count, note))
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            raise
+            if exc is caught:
+                raise
+            raise exc from None
         guard.raise_noted()  # a signal during the cleanup of a failure: its exit status
         if isinstance(exc, SshclusterError):
             # The same error, with what became of the cluster: its type and data stay.

@@ -154,7 +154,7 @@ def test_the_commands_ec2_up_prints_take_its_inventory_to_r(
         # the workers come back to this machine through reverse tunnels (ec2 up wrote
         # 'tunnel: reverse'): no address of this machine needs to be reachable from AWS
         text = Path("cluster.R").read_text()
-        assert 'primary <- "127.0.0.1"' in text and "tunnel = TRUE" in text
+        assert 'workers_reach = "127.0.0.1"' in text and "tunnel = TRUE" in text
         proc = subprocess.run(shlex.split(commands[1]), capture_output=True, text=True,
                               timeout=180, check=False)
         assert proc.returncode == 0, proc.stderr

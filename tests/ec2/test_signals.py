@@ -174,3 +174,23 @@ def test_a_killed_up_is_collected_by_gc_at_once(
     assert "rwork (us-east-1): the 'sshcluster ec2 up' that started it is gone" in result.output
     assert "Traceback" not in result.output
     nothing_left(client, tmp_path)
+
+
+def test_an_interrupt_turned_into_another_error_is_still_the_interrupt() -> None:
+    """A signal's exception lands wherever the program was; code it cuts short (here a
+    lock's wait, as in concurrent.futures) may raise an error of its own instead. The guard
+    knows which signal it raised, so `up` still ends as that signal asks (exit 143)."""
+    from sshcluster.ec2.signals import Interrupted, exit_status, signal_guard
+
+    caught: BaseException | None = None
+    with signal_guard() as guard:
+        try:
+            cond = threading.Condition()
+            with cond:
+                threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
+                cond.wait(5)
+        except BaseException as exc:  # whatever the interrupted code made of it
+            caught = guard.as_interrupt(exc)
+        assert guard.as_interrupt(RuntimeError("release unlocked lock")).__class__ is \
+            Interrupted
+    assert isinstance(caught, Interrupted) and exit_status(caught) == 143
