@@ -209,3 +209,35 @@ def test_a_big_send_to_a_cut_off_host_names_it(make_testbed: MakeTestbed, tmp_pa
         assert tb.leftovers(LEFTOVER, wait=10).keys() <= {h2.hostname}
     finally:
         tb.reconnect(h2)
+
+
+def test_future_sees_a_lost_host_through_the_tunnel(make_testbed: MakeTestbed, tmp_path: Path
+                                                    ) -> None:
+    """future waits on the workers' sockets itself, not through the cluster's methods:
+    through the tunnel (the default) the end of a lost host's ssh session closes its
+    workers' connections, so future_lapply() fails naming the host instead of waiting for
+    tasks that would sleep for five minutes."""
+    tb = make_testbed(2)
+    f = _cluster_r(tb, tmp_path, RenderOptions())
+    h2 = tb.hosts[1]
+    cut = tmp_path / "cut.sh"
+    cut.write_text(f"sleep 3\nip netns exec {h2.netns} iptables -w 5 -I INPUT 1 ! -i lo -j DROP\n"
+                   f"ip netns exec {h2.netns} iptables -w 5 -I OUTPUT 1 ! -o lo -j DROP\n")
+    out = run_r_in_test(f"""
+        source({str(f)!r})
+        future::plan(future::cluster, workers = parallelCluster)
+        system({f"sh {cut}"!r}, wait = FALSE)
+        t0 <- Sys.time()
+        r <- tryCatch(future.apply::future_lapply(1:4, function(i) {{ Sys.sleep(300); i }}),
+                      error = conditionMessage)
+        cat("future|", gsub("\\n", " ", r), "\\n", sep = "")
+        cat("after|", as.numeric(Sys.time() - t0, units = "secs"), "\\n", sep = "")
+        sshcluster_stop()
+    """, tmp_path, timeout=120)
+    try:
+        assert out.returncode == 0, out.stderr
+        lines = dict(ln.split("|", 1) for ln in out.stdout.splitlines())
+        assert f"lost {h2.address}" in lines["future"]
+        assert float(lines["after"]) < 45
+    finally:
+        tb.reconnect(h2)
