@@ -27,6 +27,7 @@ from sshcluster.errors import (
     RenderError,
     SshclusterError,
     TestbedError,
+    UnsafePathError,
 )
 from sshcluster.inventory import (
     Host,
@@ -57,6 +58,7 @@ __all__ = [
     "SshclusterError",
     "StepResult",
     "TestbedError",
+    "UnsafePathError",
     "__version__",
     "check",
     "check_async",
