@@ -44,6 +44,13 @@ from dataclasses import dataclass
 from importlib import resources
 
 from sshcluster import __version__
+from sshcluster.connections import (
+    R_CONNECTIONS,
+    R_MAX_CONNECTIONS,
+    connection_note,
+    connections_needed,
+    workers_note,
+)
 from sshcluster.errors import RenderError
 from sshcluster.files import atomic_write
 from sshcluster.inventory import AUTO, Host, Inventory, Launch, Register, Tunnel
@@ -52,55 +59,6 @@ from sshcluster.quoting import r_string, shell_join
 
 #: Seconds ssh waits for the TCP connection before giving up (OpenSSH ConnectTimeout).
 CONNECT_TIMEOUT = 10
-
-#: R's connections: 128 in all before R 4.4 (stdin, stdout and stderr take three); R 4.4
-#: takes ``--max-connections=N``, up to 4096.
-R_CONNECTIONS = 128
-R_MAX_CONNECTIONS = 4096
-#: What a launch holds besides one socket per worker (the listening socket and the pipe to
-#: the supervisor of its ssh sessions), and what it leaves free for the user's own files.
-LAUNCH_CONNECTIONS = 2
-USER_CONNECTIONS = 2
-
-
-def connections_needed(workers: int) -> int:
-    """The R connections a session needs to run ``workers`` workers from one primary: the
-    standard three, one per worker, the launch's own, and a few left for the user."""
-    return 3 + workers + LAUNCH_CONNECTIONS + USER_CONNECTIONS
-
-
-def connection_note(inventory: Inventory) -> str | None:
-    """What to know when ``inventory`` needs more R connections than R allows by default
-    (None when it fits). Raises :class:`RenderError` when no R can hold it."""
-    needed = connections_needed(inventory.workers)
-    if needed > R_MAX_CONNECTIONS:
-        raise RenderError(
-            f"{_where(inventory)}{inventory.workers:,} workers need {needed:,} R connections "
-            f"on the primary; no R allows more than {R_MAX_CONNECTIONS:,}",
-            hint=f"give one primary at most {R_MAX_CONNECTIONS - connections_needed(0):,} "
-                 "workers (split the hosts over several inventories and R sessions)")
-    return workers_note(inventory.workers)
-
-
-def workers_note(workers: int, r_version: str | None = None) -> str | None:
-    """What to know when ``workers`` workers on one primary need more R connections than
-    R allows by default, or than the primary's R (``r_version``) can have at all (None
-    when they fit)."""
-    needed = connections_needed(workers)
-    if needed <= R_CONNECTIONS:
-        return None
-    most = R_CONNECTIONS - connections_needed(0)
-    if needed > R_MAX_CONNECTIONS:
-        return (f"{workers:,} workers need {needed:,} R connections on the primary; no R "
-                f"allows more than {R_MAX_CONNECTIONS:,}: split the hosts over several "
-                "primaries")
-    old = r_version is not None and tuple(int(p) for p in r_version.split(".")[:2]) < (4, 4)
-    return (f"{workers} workers need {needed} R connections on the primary: more than R "
-            f"before 4.4 allows ({R_CONNECTIONS})" + (
-                f", and this primary has R {r_version}" if old else "") +
-            f". Run R >= 4.4 with --max-connections={needed}, or give this primary at most "
-            f"{most} workers.")
-
 
 @dataclass(frozen=True)
 class RenderOptions:

@@ -40,8 +40,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from sshcluster.bootstrap import workers_note
 from sshcluster.callback import CallbackListener
+from sshcluster.connections import workers_note
 from sshcluster.errors import CheckFailed, SshclusterError
 from sshcluster.inventory import AUTO, Host, Inventory
 from sshcluster.knownhosts import KnownHostsFiles

@@ -12,7 +12,7 @@ one slow host (its sshd's SYNs dropped for a few seconds) keeps open:
   for every slot, to the primary's port (or, behind the tunnel, to the forwarded port on
   its own host).
 
-In the default (direct) and the tunnel mode the launch must end within its setup timeout
+In the direct mode and the tunnel (the default) the launch must end within its setup timeout
 with exactly the genuine workers, no attacker code may run, the worker tokens must appear
 on no command line, and no process may be left on any host.
 """
