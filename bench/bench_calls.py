@@ -67,7 +67,7 @@ time_calls <- function(batches, size, arg) {
     for (i in seq_len(size)) parallel::clusterCall(node, identity, arg)) / size, 0))
 }
 say <- function(key, value) cat(sprintf("RESULT %s %.6f\\n", key, value))
-say("tiny", time_calls(15, 40, NULL))
+say("tiny", time_calls(15, 400, NULL))
 say("16k", time_calls(15, 20, as.raw(seq_len(16384) %% 256)))
 say("1m", time_calls(10, 4, as.raw(seq_len(2^20) %% 256)))
 suppressPackageStartupMessages({library(foreach); library(doParallel)})

@@ -9,6 +9,7 @@ APT_PACKAGES=(
   r-base-core r-cran-parallelly r-cran-future r-cran-future.apply r-cran-doparallel
   r-cran-foreach
   openssh-server openssh-client iptables iproute2 procps util-linux python3-venv
+  tcsh fish
 )
 
 missing=()

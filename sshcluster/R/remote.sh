@@ -1,8 +1,10 @@
-# sshcluster's script on each worker host: ssh runs it as
+# sshcluster's script on each worker host, run as
 #   sh -c SCRIPT sshcluster RSCRIPT MASTER PORT MACHINE TIMEOUT MODE START SILENCE [NAME=VALUE...]
+# (ssh's command line reads it, with $code, the workers' R code, from the session's
+# stdin first, then evaluates it with those arguments; see host_command in launch.R).
 # MODE is "tunnel" or "direct", START "fork" or "fresh"; NAME=VALUE pairs (the
-# primary's locale) are exported to R. Its stdin is the ssh session's: first one
-# line of worker tokens (never on a command line, where other users could read
+# primary's locale) are exported to R. Its stdin is the ssh session's: after the
+# script itself, one line of worker tokens (never on a command line, where other users could read
 # it), then, behind a reverse tunnel, "go", then a heartbeat line every few
 # seconds for as long as the primary's R session lives.
 #

@@ -4,7 +4,7 @@
 #   sh supervisor.sh DIR HEARTBEAT RPID
 # It reads commands from the R session, one per line:
 #   start ID TOKENS MODE  run DIR/ID.sh (an ssh command) with, on its stdin, the
-#                         TOKENS line, then (MODE "tunnel") "go" once the host said
+#                         host's script (DIR/remote.txt), the TOKENS line, then (MODE "tunnel") "go" once the host said
 #                         "ready", then a heartbeat every HEARTBEAT seconds
 #   kill ID               end that ssh session
 #   stop GRACE            let the sessions end by themselves for GRACE seconds,
@@ -54,6 +54,7 @@ said_ready() {
 }
 
 feed() {  # ID TOKENS MODE: what the host's session reads on its stdin
+  cat "$dir/remote.txt" || return
   printf '%s\n' "$2"
   if [ "$3" = tunnel ]; then
     # (any line: the user's login shell may print something first)
