@@ -11,10 +11,12 @@ hosts (for ``local*``: on this machine):
 * ``tunnel``: the default file ``sshcluster render`` writes (R's traffic through ssh,
   forked workers); ``direct``: the same with ``--tunnel none`` (straight to the
   primary's port); ``classic``: ``--launch classic`` (R's own makeCluster);
-* ``parallelly``: ``parallelly::makeClusterPSOCK()`` on the same workers (it sets TCP
-  no-delay on both ends);
+* ``parallelly``: ``parallelly::makeClusterPSOCK()`` on the same workers (the workers set
+  TCP no-delay; parallelly 1.34, as Debian ships it, accepts them on the primary with
+  the session's ``socketOptions``, R's default without no-delay);
 * ``local``: ``parallel::makeCluster(n)`` on this machine, R's defaults;
-  ``local-nodelay``: ``parallelly::makeClusterPSOCK(n)`` on this machine.
+  ``local-nodelay``: ``parallelly::makeClusterPSOCK(n)`` on this machine (no-delay on
+  the workers' end).
 
 Measured in each (median of many calls, then the median over the runs):
 
