@@ -255,8 +255,14 @@ MIN_R_VERSION = "4.1.0"
 _R_SOURCES = {
     name: resources.files("sshcluster").joinpath("R").joinpath(name).read_text(encoding="utf-8")
     for name in ("common.R", "launch.R", "classic.R", "worker.R", "remote.sh",
-                 "supervisor.sh")
+                 "supervisor.sh", "read_script.sh")
 }
+
+#: The command line ssh runs on each worker host (the last line of ``R/read_script.sh``):
+#: it reads the host's script from the session's stdin up to :data:`END_OF_SCRIPT`, and
+#: runs it only if it arrived whole, whatever the account's login shell.
+READ_SCRIPT = _R_SOURCES["read_script.sh"].rstrip("\n").rsplit("\n", 1)[-1]
+END_OF_SCRIPT = "# sshcluster: end of script"
 
 
 def _r_items(items: Sequence[str], indent: str = "  ") -> list[str]:
@@ -325,6 +331,8 @@ def _fast(inventory: Inventory, opts: RenderOptions, plan: _Plan) -> list[str]:
             ("remote_script", r_string(_R_SOURCES["remote.sh"])),
             ("supervisor_script", r_string(_R_SOURCES["supervisor.sh"])),
             ("worker_code", r_string(_R_SOURCES["worker.R"])),
+            ("read_script", r_string(READ_SCRIPT)),
+            ("end_of_script", r_string(END_OF_SCRIPT)),
         ]),
     ]
 

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 import sshcluster
-from sshcluster.bootstrap import RenderOptions, write_bootstrap
+from sshcluster.bootstrap import END_OF_SCRIPT, READ_SCRIPT, RenderOptions, write_bootstrap
 from sshcluster.inventory import load_inventory
 from sshcluster.testing import Testbed, TestHost, free_port
 from sshcluster.testing.fixtures import R_TIMEOUT, run_r_in_test, squatter
@@ -464,12 +464,18 @@ def test_dropped_packets_fail_within_seconds(clean: Testbed, tmp_path: Path) -> 
 
 def _remote_argv(rscript: str, port: int, start: str = "fork", silence: int = 40
                  ) -> list[str]:
-    """``sh -c SCRIPT ...`` as ssh runs the per-host script (see sshcluster/R/remote.sh)."""
+    """The command ssh runs on each host (``sh -c READ_SCRIPT ...``): it reads the host's
+    script from stdin (:func:`_stdin`) and runs it with these arguments."""
+    return ["/bin/sh", "-c", READ_SCRIPT, "sshcluster", rscript, "127.0.0.1", str(port), "1",
+            "30", "direct", start, str(silence)]
+
+
+def _script() -> bytes:
+    """What the supervisor sends a host first: its script (the workers' R code in $code,
+    then remote.sh) and the end-of-script line, as the R file writes it."""
     r_dir = Path(sshcluster.__file__).parent / "R"
-    script = "code=" + shlex.quote((r_dir / "worker.R").read_text()) + "\n" + \
-        (r_dir / "remote.sh").read_text()
-    return ["/bin/sh", "-c", script, "sshcluster", rscript, "127.0.0.1", str(port), "1", "30",
-            "direct", start, str(silence)]
+    return ("code=" + shlex.quote((r_dir / "worker.R").read_text()) + "\n" +
+            (r_dir / "remote.sh").read_text() + END_OF_SCRIPT + "\n").encode()
 
 
 def _all_pids() -> list[int]:
@@ -494,7 +500,32 @@ def _gone(pids: set[int], within: float = 10) -> bool:
 
 
 def _tokens(n: int) -> bytes:
-    return (",".join(f"{i}:{'0' * 32}:{'1' * 32}" for i in range(1, n + 1)) + "\n").encode()
+    """The host's script, then its line of worker tokens: a session's stdin."""
+    line = ",".join(f"{i}:{'0' * 32}:{'1' * 32}" for i in range(1, n + 1)) + "\n"
+    return _script() + line.encode()
+
+
+def test_the_script_markers_stay_out_of_the_script() -> None:
+    """The end-of-script line never occurs inside what it ends."""
+    r_dir = Path(sshcluster.__file__).parent / "R"
+    for name in ("worker.R", "remote.sh"):
+        assert END_OF_SCRIPT not in (r_dir / name).read_text().splitlines()
+    assert END_OF_SCRIPT in READ_SCRIPT and "\n" not in READ_SCRIPT
+
+
+@pytest.mark.parametrize("cut", [0, 100, 3000, -1], ids=["none", "100", "3000", "no-marker"])
+def test_a_script_that_did_not_arrive_whole_runs_nothing(tmp_path: Path, cut: int) -> None:
+    """ssh ending part-way through the script (or before its last line): nothing of it
+    runs, and the host says why."""
+    marker = tmp_path / "ran"
+    script = _script().replace(b"\nr=\"$1\";", f"\ntouch {marker}\nr=\"$1\";".encode(), 1)
+    assert str(marker).encode() in script
+    sent = script[:cut] if cut >= 0 else script[:-len(END_OF_SCRIPT) - 1]
+    out = subprocess.run(_remote_argv("Rscript", free_port()), input=sent,
+                         capture_output=True, timeout=30)
+    assert out.returncode == 1
+    assert b"did not arrive whole" in out.stderr
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize("leader", [True, False], ids=["group-leader", "not-leader"])

@@ -41,18 +41,24 @@ def shell_user(request: pytest.FixtureRequest) -> Iterator[str]:
         skip_or_fail(f"{request.param} is not installed (scripts/setup.sh installs it)")
     name = f"sc{request.param[:4]}{secrets.token_hex(2)}"
     home = Path(tempfile.mkdtemp(prefix=f"sshcluster-{name}-"))
-    subprocess.run(["useradd", "--no-create-home", "--home-dir", str(home), "--shell",
-                    shell, "--no-user-group", "--gid", "nogroup",
-                    # no password, but not locked: sshd refuses a locked account ("!")
-                    "--password", "*", name],
-                   check=True, capture_output=True)
     try:
-        shutil.chown(home, user=name)
-        home.chmod(0o755)
-        yield name
+        subprocess.run(["useradd", "--no-create-home", "--home-dir", str(home), "--shell",
+                        shell, "--user-group",
+                        # no password, but not locked: sshd refuses a locked account ("!")
+                        "--password", "*", name],
+                       check=True, capture_output=True)
+        try:
+            shutil.chown(home, user=name)
+            home.chmod(0o755)
+            yield name
+        finally:
+            # (userdel refuses while a process of the account runs)
+            deadline = time.monotonic() + 15
+            while _processes_of(name) and time.monotonic() < deadline:
+                subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
+                time.sleep(0.1)
+            subprocess.run(["userdel", name], check=True, capture_output=True)
     finally:
-        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
-        subprocess.run(["userdel", name], capture_output=True)
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -78,7 +84,7 @@ def test_the_check_and_the_launch_agree_on_a_non_posix_login_shell(
     inv_path = tb.write_inventory(tmp_path / "hosts.yaml", ncore=2, extra={
         "defaults": {"user": shell_user, "identity_file": str(tb.identity_file),
                      "ncore": 2},
-        "hosts": [{"host": h.address} for h in hosts]})
+        "hosts": [{"host": h.address, "ssh_port": h.ssh_port} for h in hosts]})
     ssh_config = tmp_path / "ssh_config"
     ssh_config.write_text("Host *\n  GlobalKnownHostsFile /dev/null\n"
                           "  IdentitiesOnly yes\n  IdentityAgent none\n")

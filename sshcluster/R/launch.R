@@ -133,9 +133,6 @@ open_supervisor <- function(S) {
   listen(S)
   script <- file.path(S$dir, "supervisor.sh")
   writeLines(S$config$supervisor_script, script)
-  # What every host's session reads first on its stdin: its script (see host_command).
-  writeLines(c(paste0("code=", sq(S$config$worker_code)), S$config$remote_script,
-               END_OF_SCRIPT), file.path(S$dir, "remote.txt"))
   S$supervisor <- pipe(paste("exec sh", sq(script), sq(S$dir), HEARTBEAT_SECONDS,
                              Sys.getpid()), open = "w")
 }
@@ -190,6 +187,7 @@ start_host <- function(S, h, slots) {
     slot = slot, worker = random_hex(TOKEN_SIZE), primary = random_hex(TOKEN_SIZE)))
   S$sessions[[id]] <- list(id = id, h = h, slots = slots, tokens = tokens,
                            file = file.path(S$dir, id))
+  write_remote_script(S)
   writeLines(host_command(S, h, id), paste0(file.path(S$dir, id), ".sh"))
   line <- paste(vapply(tokens, function(t) paste(t$slot, t$worker, t$primary, sep = ":"),
                        ""), collapse = ",")
@@ -206,16 +204,17 @@ supervise <- function(S, command) {
   flush(S$supervisor)
 }
 
-# The host's script travels on its ssh session's stdin, ahead of the tokens, and
-# the command line only reads and runs it: ssh hands that command line to the
-# user's login shell, whatever it is, and one line of single-quoted text means the
-# same to sh, bash, zsh, csh, tcsh and fish as long as it holds no \\ and no \'
-# (a script on the command line would not: csh refuses a quoted newline, fish reads
-# \\ in quotes as \). The script runs only if it arrived whole, to its last line.
-END_OF_SCRIPT <- "# sshcluster: end of script"
-READ_SCRIPT <- paste0(
-  "S=$(while IFS= read -r l; do [ \"$l\" = \"", END_OF_SCRIPT, "\" ] && exit 0; ",
-  "printf \"%s\\n\" \"$l\"; done; exit 1) && eval \"$S\"")
+# What every host's session reads first on its stdin (the supervisor sends it):
+# the host's script, with the workers' R code in $code, then the end-of-script
+# line. The command line ssh runs (cfg$read_script, see read_script.sh) only reads
+# and runs it, so that any login shell runs it alike. (Written again if a cleaner
+# of temporary files took it, for a repair's relaunch.)
+write_remote_script <- function(S) {
+  f <- file.path(S$dir, "remote.txt")
+  if (!file.exists(f))
+    writeLines(c(paste0("code=", sq(S$config$worker_code)), S$config$remote_script,
+                 S$config$end_of_script), f)
+}
 
 # The shell script that runs machine h's ssh for session id, and records its
 # pid and exit status. (Kept apart from the accept loop below, as parallelly
@@ -228,7 +227,7 @@ host_command <- function(S, h, id) {
   master <- if (cfg$tunnel) "127.0.0.1" else cfg$workers_reach
   locale <- locale_assignments(cfg$locale)
   remote <- paste(
-    "exec sh -c", sq(READ_SCRIPT),
+    "exec sh -c", sq(cfg$read_script),
     "sshcluster", sq(rscript), sq(master), S$port, h, cfg$setup_timeout,
     if (cfg$tunnel) "tunnel" else "direct", if (cfg$fork) "fork" else "fresh",
     SILENCE_SECONDS, paste(sq(locale), collapse = " "))
