@@ -463,7 +463,7 @@ state_of <- function(node) {
 # still there (a call that sent work to a lost worker can never complete,
 # whichever worker it waits for first). Returns the index of a readable node.
 wait_readable <- function(nodes) {
-  cons <- lapply(nodes, `[[`, "con")
+  cons <- lapply(nodes, .subset2, "con")
   repeat {
     ready <- socketSelect(cons, timeout = 1)
     if (any(ready)) return(which.max(ready))
@@ -599,7 +599,7 @@ recvData.sshcluster_node <- function(node) {
 }
 
 recvOneData.sshcluster <- function(cl) {
-  cons <- lapply(cl, `[[`, "con")
+  cons <- lapply(cl, .subset2, "con")  # (.subset2: no method lookup, once per task)
   k <- 0L
   repeat {
     ready <- socketSelect(cons, timeout = 0)
