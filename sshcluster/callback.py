@@ -233,6 +233,12 @@ async def _read_line(read: _Read) -> bytes | None:
     return None
 
 
+def r_died(facts: Facts) -> str:
+    """Why R gave no answer: its exit status and last words."""
+    said = "; ".join(facts.other[-3:])
+    return f"R stopped early (exit status {facts.get('R_EXIT')}){': ' + said if said else ''}"
+
+
 def callback_verdict(facts: Facts, *, complete: bool, target: str, listen_error: str | None,
                      tunnel: bool, timeout: float, confirmed: bool) -> StepResult:
     """The ``callback`` step: what the worker's R said, checked against what the
@@ -248,9 +254,7 @@ def callback_verdict(facts: Facts, *, complete: bool, target: str, listen_error:
     if "CALLBACK" not in facts:
         if not complete:
             return StepResult("failed", "no answer before the deadline")
-        said = "; ".join(facts.other[-3:])
-        return StepResult("failed", f"R stopped early (exit status {facts.get('R_EXIT')})"
-                                    f"{': ' + said if said else ''}")
+        return StepResult("failed", r_died(facts))
     answer = facts.get("CALLBACK") or ""
     secs = facts.number("T_CALLBACK") or 0.0
     if answer == "ok":

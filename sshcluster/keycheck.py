@@ -321,11 +321,11 @@ class _Checker:
         names = [name] + ([ip] if ip else [])
         path = Path(p.record_to)
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if p.hash_known_hosts:
-            for n in names:
-                append_line(path, f"{hashed_name(n)} {kind} {blob}", mode=0o600)
+        if p.hash_known_hosts:  # one line per name, in one rewrite of the file
+            line = "\n".join(f"{hashed_name(n)} {kind} {blob}" for n in names)
         else:
-            append_line(path, f"{','.join(names)} {kind} {blob}", mode=0o600)
+            line = f"{','.join(names)} {kind} {blob}"
+        append_line(path, line, mode=0o600)
         p.files.forget(str(path))
         return str(path)
 

@@ -166,9 +166,16 @@ async def _primary_r_version() -> str | None:
         proc = await asyncio.create_subprocess_exec(
             rscript, "--version", stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL)
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout=5)
-    except (OSError, asyncio.TimeoutError):
+    except OSError:
         return None
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout=5)
+    except asyncio.TimeoutError:
+        return None
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await asyncio.shield(proc.wait())
     m = re.search(r"version (\d+\.\d+\.\d+)", out.decode(errors="replace"))
     return m.group(1) if m else None
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 
-from sshcluster.callback import R_CALLBACK
+from sshcluster.callback import R_CALLBACK, r_died
 from sshcluster.inventory import Host
 from sshcluster.quoting import r_vector, shell_quote
 from sshcluster.report import StepResult
@@ -355,12 +355,6 @@ VERDICTS: dict[str, Callable[[Facts, RemoteContext, bool], StepResult]] = {
     "load": load_step,
     "reverse_ssh": reverse_ssh_step,
 }
-
-
-def r_died(facts: Facts) -> str:
-    """Why R gave no answer: its exit status and last words."""
-    said = "; ".join(facts.other[-3:])
-    return f"R stopped early (exit status {facts.get('R_EXIT')}){': ' + said if said else ''}"
 
 
 def _ncore(facts: Facts) -> int | None:

@@ -204,11 +204,13 @@ async def client_settings(destination: str, args: Sequence[str] = (), *,
     try:
         out, err = await asyncio.wait_for(proc.communicate(), SSH_G_TIMEOUT)
     except asyncio.TimeoutError:
-        proc.kill()
-        await proc.wait()
         raise SshConfigError(f"'ssh -G {destination}' did not answer within "
                              f"{SSH_G_TIMEOUT:g} s", host=destination,
                              hint="a Match exec command in the ssh config may hang") from None
+    finally:  # (also when the run's own deadline cancels this step)
+        if proc.returncode is None:
+            proc.kill()
+            await asyncio.shield(proc.wait())
     if proc.returncode != 0:
         said = "; ".join(line for line in err.decode(errors="replace").splitlines()
                          if line and "Pseudo-terminal" not in line)

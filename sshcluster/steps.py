@@ -25,6 +25,7 @@ import asyncssh
 
 from sshcluster.bootstrap import ssh_command
 from sshcluster.callback import CallbackListener, callback_verdict
+from sshcluster.errors import SshclusterError
 from sshcluster.inventory import AUTO, Host, Inventory
 from sshcluster.probe import (
     VERDICTS,
@@ -35,7 +36,7 @@ from sshcluster.probe import (
     remote_script,
 )
 from sshcluster.report import SKIPPED, HostReport, StepResult
-from sshcluster.sshconfig import ClientSettings, SshConfigError, client_settings
+from sshcluster.sshconfig import ClientSettings, client_settings
 from sshcluster.sshconnect import Connector, HostKeyDecision, host_decision
 
 #: Hints for a step still running at the deadline.
@@ -116,11 +117,11 @@ async def resolve(hc: HostCheck) -> StepResult:
     """``resolve``: what ssh makes of the host (``ssh -G`` with the launch's options,
     the host's user and port), and the addresses of the name it connects to."""
     host, ctx = hc.host, hc.ctx
-    args = ssh_command(ctx.inventory, host)[1:] + (["-l", host.user] if host.user else [])
-    try:
+    try:  # (a path the launch's ssh command cannot carry is a RenderError)
+        args = ssh_command(ctx.inventory, host)[1:] + (["-l", host.user] if host.user else [])
         s = hc.settings = await client_settings(host.host, args,
                                                 config=ctx.connector.config)
-    except SshConfigError as e:
+    except SshclusterError as e:
         return StepResult("failed", e.message, hint=e.hint)
     if s.unsupported():
         return StepResult("failed", f"ssh would use {'; '.join(s.unsupported())} for "

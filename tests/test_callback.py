@@ -63,9 +63,14 @@ def test_only_the_expected_nonce_once(caplog: pytest.LogCaptureFixture) -> None:
             assert await call_back(lst.port, NONCE.encode() + b"\n") == b"no\n"  # used up
             assert await call_back(lst.port, NONCE.upper().encode() + b"\n") == b"no\n"
             # a nonce followed by more, or without its newline, is not a nonce
-            assert await call_back(lst.port, NONCE.encode() + b"\nmore") in (b"", b"no\n")
+            more, bare = "fedcba9876543210" * 2, "0f1e2d3c4b5a6978" * 2
+            lst.expect(more, "node2")
+            lst.expect(bare, "node3")
+            assert await call_back(lst.port, more.encode() + b"\nmore") in (b"", b"no\n")
+            assert await call_back(lst.port, bare.encode()) in (b"", b"no\n")
+            assert not lst.confirmed("node2") and not lst.confirmed("node3")
             notes = lst.notes()
-        assert len(notes) == 1 and "turned away 4 connections" in notes[0]
+        assert len(notes) == 1 and "turned away 5 connections" in notes[0]
         assert GENUINE in notes[0]
 
     run_quietly(main, caplog)

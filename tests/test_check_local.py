@@ -18,6 +18,7 @@ from sshserver import LocalServer, keys
 from sshcluster.inventory import Host, Inventory, Primary
 from sshcluster.preflight import check_async
 from sshcluster.report import CheckReport
+from sshcluster.testing import free_port
 
 CONNECTION_STEPS = ("resolve", "connect", "hostkey", "auth")
 
@@ -34,16 +35,11 @@ def client_key(tmp_path: Path) -> Path:
 def inventory(port: int, identity: Path, known_hosts: Path | None = None,
               host: str = "127.0.0.1") -> Inventory:
     return Inventory(
-        primary=Primary("127.0.0.1", ssh_port=free_port()),  # nobody there: reverse_ssh fails
+        # nobody there: reverse_ssh fails
+        primary=Primary("127.0.0.1", ssh_port=free_port("127.0.0.1")),
         hosts=(Host(host, user=getpass.getuser(), ncore=1, ssh_port=port,
                     identity_file=str(identity)),),
         known_hosts=str(known_hosts) if known_hosts else None)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def config_for(user_known_hosts: Path) -> str:
@@ -136,7 +132,7 @@ def test_wrong_client_key_fails_auth(tmp_path: Path) -> None:
 
 
 def test_refused_port_fails_connect(client_key: Path, tmp_path: Path) -> None:
-    inv = inventory(free_port(), client_key)
+    inv = inventory(free_port("127.0.0.1"), client_key)
     report = run(check_async(inv, timeout=5, ssh_config=[config_for(tmp_path / "kh")]))
     connect = report.hosts[0].checks["connect"]
     assert statuses(report) == ["ok", "failed", "skipped", "skipped"]
@@ -176,7 +172,7 @@ def test_cli_ssh_config_files(tmp_path: Path) -> None:
 
     inv = tmp_path / "hosts.yaml"
     inv.write_text(f"primary: 127.0.0.1\nhosts:\n  - host: 127.0.0.1\n"
-                   f"    ssh_port: {free_port()}\n")
+                   f"    ssh_port: {free_port('127.0.0.1')}\n")
     runner = CliRunner()
     result = runner.invoke(cli, ["check", str(inv), "-F", "none", "--json", "--timeout", "5"])
     assert result.exit_code == 1, result.output
@@ -205,3 +201,14 @@ def test_more_workers_than_r_connections_is_a_note(client_key: Path, tmp_path: P
     assert "--max-connections=207" in note and "at most 121 workers" in note
     if report.primary_r_version and report.primary_r_version < "4.4":
         assert f"this primary has R {report.primary_r_version}" in note
+
+
+def test_a_path_the_launch_cannot_carry_fails_resolve(tmp_path: Path) -> None:
+    """An identity file whose path ssh's command line cannot carry (a double quote) is
+    the host's failed resolve step, with the reason, not an unexpected error."""
+    odd = tmp_path / 'id"key'
+    inv = inventory(free_port("127.0.0.1"), odd)
+    report = run(check_async(inv, timeout=8, ssh_config=[config_for(tmp_path / "kh")]))
+    resolve = report.hosts[0].checks["resolve"]
+    assert resolve.status == "failed"
+    assert "unexpected" not in resolve.detail and '"' in resolve.detail, resolve.detail

@@ -341,7 +341,8 @@ def test_accept_new_records_where_ssh_then_finds_it(where: str, material: Materi
                 stderr=asyncio.subprocess.DEVNULL)
             return (before.ok is False and before.hosts[0].failed[0] == "hostkey",
                     recorded.hosts[0].checks["hostkey"].status == "ok", recorded,
-                    after.hosts[0].checks["hostkey"].status == "ok", await ssh.wait() == 0)
+                    after.hosts[0].checks["hostkey"].status == "ok",
+                    await asyncio.wait_for(ssh.wait(), 30) == 0)
 
     refused_before, accepted, recorded, accepted_after, ssh_ok = asyncio.run(run())
     assert refused_before and accepted and accepted_after and ssh_ok

@@ -78,6 +78,8 @@ class Verdicts:
     launch: bool
     ssh: bool
     said: str
+    #: the steps the check failed, on any host
+    check_failed: frozenset[str] = frozenset()
 
 
 def verdicts(tb: Testbed, client: Client, host: str) -> Verdicts:
@@ -101,7 +103,8 @@ def verdicts(tb: Testbed, client: Client, host: str) -> Verdicts:
     return Verdicts(check=check.returncode == 0, launch=launch.returncode == 0,
                     ssh=ssh.returncode == 0,
                     said=f"check: {failed}\nlaunch: {launch.stdout}{launch.stderr[-2000:]}\n"
-                         f"ssh: {ssh.stderr}")
+                         f"ssh: {ssh.stderr}",
+                    check_failed=frozenset(s for steps in failed.values() for s in steps))
 
 
 @pytest.fixture(scope="module")
@@ -243,6 +246,8 @@ def test_check_launch_and_ssh_agree(name: str, tb: Testbed, keys: Keys,
     assert v.ssh == accepted, v.said
     assert v.check == accepted, v.said
     assert v.launch == accepted, v.said
+    if not accepted:  # refused for the host key, or (no ProxyJump) for want of a route
+        assert v.check_failed & {"hostkey", "connect"}, v.said
 
 
 def test_the_inventory_known_hosts_adds_to_the_configs_file(tb: Testbed, keys: Keys,

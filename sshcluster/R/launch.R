@@ -462,8 +462,7 @@ state_of <- function(node) {
 # that their hosts, and the hosts of every worker with a call outstanding, are
 # still there (a call that sent work to a lost worker can never complete,
 # whichever worker it waits for first). Returns the index of a readable node.
-wait_readable <- function(nodes) {
-  cons <- lapply(nodes, .subset2, "con")
+wait_readable <- function(nodes, cons = lapply(nodes, .subset2, "con")) {
   repeat {
     ready <- socketSelect(cons, timeout = 1)
     if (any(ready)) return(which.max(ready))
@@ -585,34 +584,24 @@ read_value <- function(node) {
 # kernel and being woken (the sleep costs more than the look). Longer waits sleep.
 SPIN <- 300L
 
-recvData.sshcluster_node <- function(node) {
-  con <- list(node$con)
-  k <- 0L
-  while (!socketSelect(con, timeout = 0)) {
-    k <- k + 1L
-    if (k > SPIN) {
-      wait_readable(list(node))
-      break
-    }
+# The index of a node that has something to read: looked for SPIN times, then
+# waited for (wait_readable).
+readable <- function(nodes, cons) {
+  for (k in seq_len(SPIN)) {
+    ready <- socketSelect(cons, timeout = 0)
+    if (any(ready)) return(which.max(ready))
   }
+  wait_readable(nodes, cons)
+}
+
+recvData.sshcluster_node <- function(node) {
+  readable(list(node), list(node$con))
   read_value(node)
 }
 
 recvOneData.sshcluster <- function(cl) {
-  cons <- lapply(cl, .subset2, "con")  # (.subset2: no method lookup, once per task)
-  k <- 0L
-  repeat {
-    ready <- socketSelect(cons, timeout = 0)
-    if (any(ready)) {
-      i <- which.max(ready)
-      break
-    }
-    k <- k + 1L
-    if (k > SPIN) {
-      i <- wait_readable(cl)
-      break
-    }
-  }
+  # (.subset2: no method lookup, once per task)
+  i <- readable(cl, lapply(cl, .subset2, "con"))
   list(node = i, value = read_value(cl[[i]]))
 }
 

@@ -1,12 +1,12 @@
 # sshcluster's script on each worker host, run as
 #   sh -c SCRIPT sshcluster RSCRIPT MASTER PORT MACHINE TIMEOUT MODE START SILENCE [NAME=VALUE...]
-# (ssh's command line reads it, with $code, the workers' R code, from the session's
-# stdin first, then evaluates it with those arguments; see host_command in launch.R).
+# (ssh's command line, read_script.sh, reads it with $code, the workers' R code,
+# from the session's stdin first, then evaluates it with those arguments).
 # MODE is "tunnel" or "direct", START "fork" or "fresh"; NAME=VALUE pairs (the
 # primary's locale) are exported to R. Its stdin is the ssh session's: after the
-# script itself, one line of worker tokens (never on a command line, where other users could read
-# it), then, behind a reverse tunnel, "go", then a heartbeat line every few
-# seconds for as long as the primary's R session lives.
+# script itself, one line of worker tokens (never on a command line, where other
+# users could read it), then, behind a reverse tunnel, "go", then a heartbeat line
+# every few seconds for as long as the primary's R session lives.
 #
 # Nothing this script starts may outlive the session. A watchdog, started before
 # anything else, reads the heartbeat; when the session's stdin ends (ssh ended,

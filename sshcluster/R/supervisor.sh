@@ -4,8 +4,9 @@
 #   sh supervisor.sh DIR HEARTBEAT RPID
 # It reads commands from the R session, one per line:
 #   start ID TOKENS MODE  run DIR/ID.sh (an ssh command) with, on its stdin, the
-#                         host's script (DIR/remote.txt), the TOKENS line, then (MODE "tunnel") "go" once the host said
-#                         "ready", then a heartbeat every HEARTBEAT seconds
+#                         host's script (DIR/remote.txt), the TOKENS line, then
+#                         (MODE "tunnel") "go" once the host said "ready", then a
+#                         heartbeat every HEARTBEAT seconds
 #   kill ID               end that ssh session
 #   stop GRACE            let the sessions end by themselves for GRACE seconds,
 #                         then end them, and exit
