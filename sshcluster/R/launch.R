@@ -451,7 +451,7 @@ launch_failed <- function(S, nodes, expected, ended, what) {
 registry <- launches()
 
 state_of <- function(node) {
-  S <- get0(node$launch, envir = registry, inherits = FALSE)
+  S <- registry[[.subset2(node, "launch")]]
   if (is.null(S))
     stop(sprintf("sshcluster: the cluster of worker %d on %s was stopped", node$slot,
                  node$host), call. = FALSE)
@@ -550,9 +550,8 @@ fail_node <- function(node, message) {
 # Whether a node's connection is still the one it was: after parallel::stopCluster()
 # R gives its number to the next connection opened, a file of the user's, say.
 con_ok <- function(con) {
-  i <- as.integer(con)
-  i %in% getAllConnections() &&
-    identical(attr(getConnection(i), "conn_id"), attr(con, "conn_id"))
+  i <- unclass(con)[1L]
+  any(getAllConnections() == i) && identical(getConnection(i), con)
 }
 
 stale <- function(node) {
@@ -569,12 +568,12 @@ stale <- function(node) {
 # costs a third of what tryCatch() does: worker_lost() signals the new error from
 # within the handler, so the original one never reaches the user.)
 read_value <- function(node) {
-  value <- withCallingHandlers(unserialize(node$con),
+  value <- withCallingHandlers(unserialize(.subset2(node, "con")),
                                error = function(e) worker_lost(node, e))
-  if (identical(value$type, "VALUE")) {
+  if (.subset2(value, "type") == "VALUE") {
     S <- state_of(node)
-    r <- node$rank
-    if (S$calls[r] > 0L) S$calls[r] <- S$calls[r] - 1L
+    r <- .subset2(node, "rank")
+    if (S$calls[r] > 0L) S$calls[r] <- 0L
   }
   value
 }
@@ -608,11 +607,12 @@ recvOneData.sshcluster <- function(cl) {
 # (A lost host is noticed by the wait for the answer: checking here too would cost
 # every task a look at the disk.)
 sendData.sshcluster_node <- function(node, data) {
-  if (!con_ok(node$con)) stale(node)
-  if (identical(data$type, "EXEC")) {
+  con <- .subset2(node, "con")
+  if (!con_ok(con)) stale(node)
+  if (.subset2(data, "type") == "EXEC") {
     S <- state_of(node)
-    if (isTRUE(S$ended[[node$session]])) host_lost(node)
-    r <- node$rank
+    if (!is.null(S$ended[[.subset2(node, "session")]])) host_lost(node)
+    r <- .subset2(node, "rank")
     if (S$calls[r] > 0L) fail_node(node, sprintf(paste(
       "sshcluster: worker %d on %s has not answered an earlier call (an interrupted one?),",
       "so this call would get that call's results. parallelCluster <- sshcluster_repair()",
@@ -622,7 +622,7 @@ sendData.sshcluster_node <- function(node, data) {
   # A worker that is gone usually still takes the bytes (they wait in the kernel):
   # the wait for its answer is what names it. A big message to a host that is gone
   # fails after STALL_SECONDS without progress, and then names it too.
-  withCallingHandlers(serialize(data, node$con), error = function(e) worker_lost(node, e))
+  withCallingHandlers(serialize(data, con), error = function(e) worker_lost(node, e))
   invisible(NULL)
 }
 
