@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from sshcluster.callback import CallbackListener
+from sshcluster.commands import run_command
 from sshcluster.connections import workers_note
 from sshcluster.errors import CheckFailed, SshclusterError
 from sshcluster.inventory import AUTO, Host, Inventory
@@ -163,20 +164,11 @@ async def _primary_r_version() -> str | None:
     if not rscript:
         return None
     try:
-        proc = await asyncio.create_subprocess_exec(
-            rscript, "--version", stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL)
-    except OSError:
+        done = await run_command([rscript, "--version"], timeout=5)
+    except (OSError, asyncio.TimeoutError):
         return None
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout=5)
-    except asyncio.TimeoutError:
-        return None
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await asyncio.shield(proc.wait())
-    m = re.search(r"version (\d+\.\d+\.\d+)", out.decode(errors="replace"))
+    said = (done.stdout + done.stderr).decode(errors="replace")
+    m = re.search(r"version (\d+\.\d+\.\d+)", said)
     return m.group(1) if m else None
 
 

@@ -23,6 +23,7 @@ import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from sshcluster.commands import run_command
 from sshcluster.errors import SshclusterError
 
 #: Seconds ``ssh -G`` may take (it reads files and may run ``Match exec`` commands).
@@ -194,31 +195,23 @@ async def client_settings(destination: str, args: Sequence[str] = (), *,
     :class:`SshConfigError` with ssh's own message if it cannot say."""
     argv = [ssh, "-G", *(["-F", config] if config else []), *args, "--", destination]
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE)
+        done = await run_command(argv, SSH_G_TIMEOUT)
     except FileNotFoundError:
         raise SshConfigError(f"no {ssh} on this machine: the launch runs OpenSSH's ssh",
                              host=destination,
                              hint="install the OpenSSH client (openssh-client)") from None
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), SSH_G_TIMEOUT)
     except asyncio.TimeoutError:
         raise SshConfigError(f"'ssh -G {destination}' did not answer within "
                              f"{SSH_G_TIMEOUT:g} s", host=destination,
                              hint="a Match exec command in the ssh config may hang") from None
-    finally:  # (also when the run's own deadline cancels this step)
-        if proc.returncode is None:
-            proc.kill()
-            await asyncio.shield(proc.wait())
-    if proc.returncode != 0:
-        said = "; ".join(line for line in err.decode(errors="replace").splitlines()
+    if done.returncode != 0:
+        said = "; ".join(line for line in done.stderr.decode(errors="replace").splitlines()
                          if line and "Pseudo-terminal" not in line)
         raise SshConfigError(f"ssh cannot use its config for {destination}: "
-                             f"{said or f'exit status {proc.returncode}'}",
+                             f"{said or f'exit status {done.returncode}'}",
                              host=destination, hint="fix the ssh config line it names")
     try:
-        return settings_from(parse_ssh_g(out.decode(errors="replace")), destination)
+        return settings_from(parse_ssh_g(done.stdout.decode(errors="replace")), destination)
     except (ValueError, KeyError) as e:  # a token or ~user ssh would refuse too
         raise SshConfigError(f"ssh would refuse a path in its config for {destination}: {e}",
                              host=destination, hint="fix that IdentityFile or "

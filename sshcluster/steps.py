@@ -41,6 +41,7 @@ from sshcluster.sshconnect import Connector, HostKeyDecision, host_decision
 
 #: Hints for a step still running at the deadline.
 TIMEOUT_HINTS = {
+    "resolve": "ssh -G did not finish: a Match exec command in the ssh config may hang",
     "connect": "the host is down, or a firewall drops packets to its ssh port",
     "hostkey": "sshd accepted the connection but did not finish the handshake",
     "auth": "sshd is slow to authenticate (DNS lookups by sshd? set UseDNS no)",

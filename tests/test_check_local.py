@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import secrets
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -163,6 +165,24 @@ def test_server_that_never_speaks_fails_hostkey_at_the_deadline(
     hk = report.hosts[0].checks["hostkey"]
     assert statuses(report) == ["ok", "ok", "failed", "skipped"]
     assert "deadline" in hk.detail and hk.hint and report.seconds < 4
+
+
+def test_a_hanging_match_exec_fails_resolve_at_the_deadline(client_key: Path,
+                                                            tmp_path: Path) -> None:
+    """An ssh config whose Match exec never returns: the run's deadline cuts ssh -G off,
+    resolve fails with the reason and where to look, and no ssh -G is left running."""
+    seconds = f"600.{secrets.randbelow(10**9):09d}"  # names this test's sleep
+    config = tmp_path / "ssh_config"
+    config.write_text(f'Match exec "sleep {seconds}; true"\n  Port 2222\n')
+    inv = inventory(22, client_key)
+    report = run(check_async(inv, timeout=2, ssh_config=[str(config)]))
+    resolve = report.hosts[0].checks["resolve"]
+    assert statuses(report) == ["failed", "skipped", "skipped", "skipped"]
+    assert "deadline" in resolve.detail and "Match exec" in (resolve.hint or "")
+    assert report.seconds < 5
+    # The shell ssh -G ran for Match exec, and its sleep, ended with it.
+    left = subprocess.run(["pgrep", "-f", f"sleep {seconds}"], capture_output=True)
+    assert left.returncode == 1, left.stdout
 
 
 def test_cli_ssh_config_files(tmp_path: Path) -> None:
