@@ -46,6 +46,8 @@ TIMEOUT_HINTS = {
     "hostkey": "sshd accepted the connection but did not finish the handshake",
     "auth": "sshd is slow to authenticate (DNS lookups by sshd? set UseDNS no)",
 }
+#: The hint for ``resolve`` cut off after ssh -G answered: in the name lookup.
+DNS_HINT = "the name server did not answer (check /etc/resolv.conf, or use the address)"
 
 
 @dataclass
@@ -418,7 +420,9 @@ async def run_host(hc: HostCheck) -> HostReport:
         if current.late is None:
             results[current.name] = StepResult(
                 "failed", f"no answer within the deadline ({ctx.timeout:g} s)",
-                loop.time() - started, hint=TIMEOUT_HINTS.get(current.name))
+                loop.time() - started,
+                hint=DNS_HINT if current.name == "resolve" and hc.settings
+                else TIMEOUT_HINTS.get(current.name))
     except Exception as e:  # a bug or an unexpected error: report it, go on
         results[current.name] = StepResult(
             "failed", f"unexpected error: {type(e).__name__}: {e}")
