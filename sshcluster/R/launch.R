@@ -570,7 +570,8 @@ stale <- function(node) {
 read_value <- function(node) {
   value <- withCallingHandlers(unserialize(.subset2(node, "con")),
                                error = function(e) worker_lost(node, e))
-  if (.subset2(value, "type") == "VALUE") {
+  type <- .subset2(value, "type")
+  if (length(type) == 1L && type == "VALUE") {
     S <- state_of(node)
     r <- .subset2(node, "rank")
     if (S$calls[r] > 0L) S$calls[r] <- 0L
@@ -598,9 +599,12 @@ recvData.sshcluster_node <- function(node) {
   read_value(node)
 }
 
+# A wait for whichever worker answers first (parLapplyLB, foreach, ...) does not spin:
+# with many workers answering in turn an answer is usually there already, and a spin
+# would take a core that the workers on this machine, or its ssh processes, could use.
 recvOneData.sshcluster <- function(cl) {
   # (.subset2: no method lookup, once per task)
-  i <- readable(cl, lapply(cl, .subset2, "con"))
+  i <- wait_readable(cl, lapply(cl, .subset2, "con"))
   list(node = i, value = read_value(cl[[i]]))
 }
 
@@ -609,7 +613,8 @@ recvOneData.sshcluster <- function(cl) {
 sendData.sshcluster_node <- function(node, data) {
   con <- .subset2(node, "con")
   if (!con_ok(con)) stale(node)
-  if (.subset2(data, "type") == "EXEC") {
+  type <- .subset2(data, "type")
+  if (length(type) == 1L && type == "EXEC") {
     S <- state_of(node)
     if (!is.null(S$ended[[.subset2(node, "session")]])) host_lost(node)
     r <- .subset2(node, "rank")
