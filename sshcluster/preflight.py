@@ -103,27 +103,24 @@ async def check_async(
     tunnel = inventory.effective_tunnel == "reverse" if tunnel is None else tunnel
     with _config_file(ssh_config) as config:
         connector = Connector(config, KnownHostsFiles(), accept_new)
-        try:
-            async with CallbackListener(port=inventory.port, loopback_only=tunnel,
-                                        hosts=len(inventory.hosts)) as listener:
-                r_version, connector.default_host_key_algs = await asyncio.gather(
-                    _primary_r_version(), _default_host_key_algorithms())
-                ctx = CheckContext(
-                    inventory=inventory, timeout=timeout, deadline=t0 + timeout,
-                    listener=listener, connector=connector,
-                    primary_user=inventory.primary.user or getpass.getuser(),
-                    slots=asyncio.Semaphore(concurrency), concurrency=concurrency,
-                    tunnel=tunnel, primary_r_version=r_version)
+        async with CallbackListener(port=inventory.port, loopback_only=tunnel,
+                                    hosts=len(inventory.hosts)) as listener:
+            r_version, connector.default_host_key_algs = await asyncio.gather(
+                _primary_r_version(), _default_host_key_algorithms())
+            ctx = CheckContext(
+                inventory=inventory, timeout=timeout, deadline=t0 + timeout,
+                listener=listener, connector=connector,
+                primary_user=inventory.primary.user or getpass.getuser(),
+                slots=asyncio.Semaphore(concurrency), concurrency=concurrency,
+                tunnel=tunnel, primary_r_version=r_version)
 
-                async def one(host: Host) -> HostReport:
-                    report = await run_host(HostCheck(ctx, host, secrets.token_hex(16)))
-                    if progress is not None:
-                        progress(report)
-                    return report
+            async def one(host: Host) -> HostReport:
+                report = await run_host(HostCheck(ctx, host, secrets.token_hex(16)))
+                if progress is not None:
+                    progress(report)
+                return report
 
-                reports = await asyncio.gather(*(one(h) for h in inventory.hosts))
-        finally:
-            await connector.close()
+            reports = await asyncio.gather(*(one(h) for h in inventory.hosts))
     primary, note = _primary_address(inventory, reports)
     connections = workers_note(sum(r.workers for r in reports), ctx.primary_r_version)
     return CheckReport(

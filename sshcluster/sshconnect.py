@@ -133,7 +133,7 @@ class HostKeyClient(asyncssh.SSHClient):
 class Connector:
     """What the connections of one check run share: the ``-F`` config (None: ssh's
     defaults), the known_hosts files, ``accept_new``, ssh's default host key algorithms,
-    the keys loaded so far, and everything opened that must be closed."""
+    and the keys loaded so far (what a host opens, each host check closes)."""
 
     config: str | None
     files: KnownHostsFiles
@@ -142,19 +142,11 @@ class Connector:
     _keys: dict[str, list[asyncssh.SSHKeyPair]] = field(default_factory=dict)
     #: Identity files ssh would skip too, and why (a passphrase, unreadable).
     skipped: dict[str, str] = field(default_factory=dict)
-    _opened: list[Any] = field(default_factory=list)  # agents and jump connections
-
-    async def close(self) -> None:
-        """Close the agent and jump host connections opened so far."""
-        for opened in reversed(self._opened):
-            opened.close()
-            with contextlib.suppress(Exception):
-                await opened.wait_closed()
-        self._opened.clear()
-
     async def options(self, settings: ClientSettings, decision: HostKeyDecision,
-                      ) -> dict[str, Any]:
-        """asyncssh connect options for ssh's ``settings`` (without sock/tunnel/proxy)."""
+                      opened: list[Any]) -> dict[str, Any]:
+        """asyncssh connect options for ssh's ``settings`` (without sock/tunnel/proxy).
+        An agent connection it opens is added to ``opened``, for its owner to close
+        (:func:`close_all`)."""
         order = settings.host_key_algorithms
         if _ssh_reorders(order, self.default_host_key_algs):
             order = tuple(order_host_key_algorithms(decision.policy, order))
@@ -164,7 +156,7 @@ class Connector:
             "known_hosts": ([], [], []),  # the hook decides; asyncssh trusts nothing
             "server_host_key_algs": [a for a in order if a in SUPPORTED_HOST_KEY_ALGS],
             "client_factory": lambda: HostKeyClient(decision),
-            "client_keys": await self.client_keys(settings),
+            "client_keys": await self.client_keys(settings, opened),
             "agent_path": None if settings.identities_only else settings.identity_agent,
             "public_key_auth": settings.get("pubkeyauthentication", "true") != "false",
             "password_auth": False, "kbdint_auth": False, "gss_auth": False,
@@ -176,7 +168,8 @@ class Connector:
                 kw[name] = wanted
         return kw
 
-    async def client_keys(self, settings: ClientSettings) -> list[asyncssh.SSHKeyPair]:
+    async def client_keys(self, settings: ClientSettings, opened: list[Any],
+                          ) -> list[asyncssh.SSHKeyPair]:
         """The keys ssh offers: the identity files it can read without a passphrase
         (with their certificates), and with IdentitiesOnly the agent's copies of them."""
         certificates = [c for c in settings.certificate_files if Path(c).is_file()]
@@ -187,7 +180,7 @@ class Connector:
                 self._keys[cache] = self._load(path, certificates)
             keys += self._keys[cache]
         if settings.identities_only and settings.identity_agent:
-            keys += await self._agent_copies(settings)
+            keys += await self._agent_copies(settings, opened)
         return keys
 
     def _load(self, path: str, certificates: list[str]) -> list[asyncssh.SSHKeyPair]:
@@ -206,7 +199,8 @@ class Connector:
             self.skipped[path] = "has a passphrase, which BatchMode cannot ask for"
         return pairs
 
-    async def _agent_copies(self, settings: ClientSettings) -> list[asyncssh.SSHKeyPair]:
+    async def _agent_copies(self, settings: ClientSettings, opened: list[Any],
+                            ) -> list[asyncssh.SSHKeyPair]:
         wanted = set()
         for path in settings.identity_files:
             with contextlib.suppress(OSError, ValueError, asyncssh.KeyImportError):
@@ -219,17 +213,18 @@ class Connector:
             return []
         if agent is None:
             return []
-        self._opened.append(agent)
+        opened.append(agent)
         try:
             pairs = await agent.get_keys()
         except (OSError, asyncssh.Error):
             return []
         return [k for k in pairs if k.public_data in wanted]
 
-    async def jump(self, spec: str, deadline: float
+    async def jump(self, spec: str, deadline: float, opened: list[Any],
                    ) -> tuple[asyncssh.SSHClientConnection | None, str]:
         """Open the ProxyJump ``spec`` (``[user@]host[:port]``, comma-separated hops)
-        as ssh does; the connection to the last hop, or None and why not."""
+        as ssh does; the connection to the last hop, or None and why not. Each hop's
+        connection (and agent) is added to ``opened``, for its owner to close."""
         rest, _, last = spec.rpartition(",")
         user, host, port = _split_hop(last)
         args = [*(["-l", user] if user else []), *(["-p", str(port)] if port else []),
@@ -242,13 +237,13 @@ class Connector:
         decision = HostKeyDecision(
             trust_policy(settings, self.files, record_to=files[0] if files else None),
             self.accept_new)
-        kw = await self.options(settings, decision)
+        kw = await self.options(settings, decision, opened)
         tunnel: asyncssh.SSHClientConnection | None = None
         if settings.proxy_jump:
-            tunnel, why = await self.jump(settings.proxy_jump, deadline)
+            tunnel, why = await self.jump(settings.proxy_jump, deadline, opened)
             if tunnel is None:
                 return None, why
-            kw["tunnel"] = tunnel  # (in _opened already)
+            kw["tunnel"] = tunnel  # (in opened already)
         elif settings.proxy_command:
             kw["proxy_command"] = settings.proxy_argv()
         name = f"jump host {host}"
@@ -264,8 +259,17 @@ class Connector:
             return None, f"{name}: permission denied for {settings.user} ({e.reason})"
         except (asyncssh.Error, OSError) as e:
             return None, f"{name}: {getattr(e, 'reason', '') or e}"
-        self._opened.append(conn)  # closed with the run (the hops before it already are)
+        opened.append(conn)  # (the hops before it already are)
         return conn, f"{name} ({settings.hostname} port {settings.port})"
+
+
+async def close_all(opened: list[Any]) -> None:
+    """Close the agent and jump host connections in ``opened``, newest first."""
+    while opened:
+        one = opened.pop()
+        one.close()
+        with contextlib.suppress(Exception):
+            await one.wait_closed()
 
 
 def _now() -> float:

@@ -37,7 +37,7 @@ from sshcluster.probe import (
 )
 from sshcluster.report import SKIPPED, HostReport, StepResult
 from sshcluster.sshconfig import ClientSettings, client_settings
-from sshcluster.sshconnect import Connector, HostKeyDecision, host_decision
+from sshcluster.sshconnect import Connector, HostKeyDecision, close_all, host_decision
 
 #: Hints for a step still running at the deadline.
 TIMEOUT_HINTS = {
@@ -93,6 +93,7 @@ class HostCheck:
         self.facts = Facts()
         self.remote: asyncio.Task[None] | None = None
         self.callback_timeout = 0
+        self.opened: list[Any] = []  # its jump host and agent connections
 
     def remote_context(self) -> RemoteContext:
         """What the remote verdicts need besides the facts."""
@@ -111,6 +112,7 @@ class HostCheck:
             self.conn.abort()
         if self.sock is not None:
             self.sock.close()
+        await close_all(self.opened)  # (after the connection that ran through them)
 
 
 # --------------------------------------------------------------------------- the steps
@@ -170,7 +172,7 @@ async def connect(hc: HostCheck) -> StepResult:
     loop = asyncio.get_running_loop()
     hc.connect_by = min(ctx.deadline, loop.time() + (s.connect_timeout or ctx.timeout))
     if s.proxy_jump:
-        tunnel, how = await ctx.connector.jump(s.proxy_jump, hc.connect_by)
+        tunnel, how = await ctx.connector.jump(s.proxy_jump, hc.connect_by, hc.opened)
         if tunnel is None:
             return StepResult("failed", f"through ProxyJump {s.proxy_jump}: {how}",
                               hint="check that 'ssh -o BatchMode=yes' reaches the jump host")
@@ -222,7 +224,7 @@ async def hostkey(hc: HostCheck) -> StepResult:
     if hc.key_problem:
         return StepResult("failed", hc.key_problem,
                           hint="see 'What the check cannot mirror' in the README")
-    kw = await hc.ctx.connector.options(s, decision)
+    kw = await hc.ctx.connector.options(s, decision, hc.opened)
     sock, hc.sock = hc.sock, None  # the connection owns it now
     hc.handshake = asyncio.ensure_future(asyncssh.connect(sock=sock, **hc.route, **kw))
     kex = asyncio.ensure_future(decision.kex_done.wait())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import getpass
+import socket
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from sshcluster.knownhosts import (
     parse_known_hosts,
 )
 from sshcluster.preflight import check_async
-from sshcluster.report import CheckReport
+from sshcluster.report import CheckReport, HostReport
 
 
 def keygen(*args: str) -> subprocess.CompletedProcess[str]:
@@ -408,3 +409,48 @@ def test_behind_a_jump_host_same_verdict_as_openssh(case: str, material: Materia
         assert "HOST KEY CHANGED" in checks["hostkey"].detail
     elif case == "both known":
         assert checks["connect"].detail.startswith("through jump host 127.0.0.1")
+
+
+def test_a_jump_connection_is_closed_when_its_host_is_done(material: Material,
+                                                           tmp_path: Path) -> None:
+    """A host's jump host connection is its own: closed as soon as that host's check
+    ends, while the rest of the run (here a host that never answers) goes on."""
+    seen: dict[str, int] = {}
+
+    def established(port: int) -> int:
+        out = subprocess.run(["ss", "-Htn", "state", "established", f"( dport = :{port} )"],
+                             capture_output=True, text=True, check=True).stdout
+        return len(out.splitlines())
+
+    async def run() -> CheckReport:
+        with socket.socket() as silent:
+            silent.bind(("127.0.0.1", 0))
+            silent.listen()
+            async with LocalServer(keys().other_host_key, keys().client_key,
+                                   jump_host=True) as jump, \
+                    LocalServer(material.host_key, keys().client_key) as target:
+                (tmp_path / "user").write_text("".join(
+                    f"[127.0.0.1]:{port} {k.export_public_key().decode()}"
+                    for port, k in ((jump.port, keys().other_host_key),
+                                    (target.port, material.host_key))))
+                (tmp_path / "config").write_text(
+                    f"Host target\n  HostName 127.0.0.1\n  Port {target.port}\n"
+                    f"  ProxyJump 127.0.0.1:{jump.port}\n"
+                    f"Host slow\n  HostName 127.0.0.1\n  Port {silent.getsockname()[1]}\n"
+                    f"Host *\n  UserKnownHostsFile {tmp_path}/user\n"
+                    "  GlobalKnownHostsFile /dev/null\n"
+                    f"  IdentityFile {material.client}\n  IdentitiesOnly yes\n"
+                    "  IdentityAgent none\n")
+                inv = Inventory(primary=Primary("127.0.0.1", ssh_port=1),
+                                hosts=(Host("target", ncore=1), Host("slow", ncore=1)))
+
+                def progress(report: HostReport) -> None:
+                    seen[report.label] = established(jump.port)
+
+                return await check_async(inv, timeout=6, progress=progress,
+                                         ssh_config=[str(tmp_path / "config")])
+
+    report = asyncio.run(run())
+    assert report.hosts[0].checks["auth"].status == "ok"  # it went through the jump host
+    assert report.hosts[1].checks["hostkey"].status == "failed"  # the run went on
+    assert seen == {"target": 0, "slow": 0}, seen
