@@ -171,7 +171,8 @@ def test_server_that_never_speaks_fails_hostkey_at_the_deadline(
 def test_a_hanging_match_exec_fails_resolve_at_the_deadline(client_key: Path,
                                                             tmp_path: Path) -> None:
     """An ssh config whose Match exec never returns: the run's deadline cuts ssh -G off,
-    resolve fails with the reason and where to look, and no ssh -G is left running."""
+    resolve fails with the reason and where to look, and what ssh -G started for the
+    Match exec is ended with it."""
     seconds = f"30.{secrets.randbelow(10**9):09d}"  # names this test's sleep
     config = tmp_path / "ssh_config"
     config.write_text(f'Match exec "sleep {seconds}; true"\n  Port 2222\n')

@@ -584,18 +584,11 @@ read_value <- function(node) {
 # kernel and being woken (the sleep costs more than the look). Longer waits sleep.
 SPIN <- 300L
 
-# The index of a node that has something to read: looked for SPIN times, then
-# waited for (wait_readable).
-readable <- function(nodes, cons) {
-  for (k in seq_len(SPIN)) {
-    ready <- socketSelect(cons, timeout = 0)
-    if (any(ready)) return(which.max(ready))
-  }
-  wait_readable(nodes, cons)
-}
-
+# One worker's answer: looked for SPIN times, then waited for (wait_readable).
 recvData.sshcluster_node <- function(node) {
-  readable(list(node), list(node$con))
+  cons <- list(.subset2(node, "con"))
+  for (k in seq_len(SPIN)) if (socketSelect(cons, timeout = 0)) return(read_value(node))
+  wait_readable(list(node), cons)
   read_value(node)
 }
 
