@@ -192,6 +192,19 @@ def test_stop_cluster_alone_leaves_no_process_on_the_hosts(clean: Testbed, tmp_p
             proc.kill()
 
 
+def _supervisors(wait: float) -> list[str]:
+    """The supervisor processes on this machine (``sh .../supervisor.sh`` and the
+    subshells that feed each host's session), once they are gone or ``wait`` seconds
+    have passed."""
+    deadline = time.monotonic() + wait
+    while True:
+        found = subprocess.run(["pgrep", "-fa", "sshcluster-[0-9a-f]+/supervisor[.]sh"],
+                               capture_output=True, text=True).stdout.splitlines()
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
 def test_stopping_also_stops_what_the_workers_started(clean: Testbed, tmp_path: Path
                                                      ) -> None:
     """A process a worker leaves in the background belongs to the host's session: it stops
@@ -207,6 +220,9 @@ def test_stopping_also_stops_what_the_workers_started(clean: Testbed, tmp_path: 
     assert out.returncode == 0, out.stderr
     assert int(out.stdout.split()[1]) >= 2 * len(clean.hosts)
     assert clean.leftovers("sleep", wait=5) == {}
+    # Nor is anything of the cluster left on this machine: the supervisor, and what
+    # feeds each session its heartbeat, end with the stop (within a second or two).
+    assert _supervisors(wait=3) == []
 
 
 def test_sourcing_twice_stops_the_first_cluster(clean: Testbed, tmp_path: Path) -> None:

@@ -67,7 +67,9 @@ feed() {  # ID TOKENS MODE: what the host's session reads on its stdin
   fi
   while kill -s 0 "$me" 2>/dev/null && r_alive; do
     echo . || return
-    sleep "$beat"
+    # (a second at a time: a feeder ends within one when this script does)
+    n=$beat
+    while [ "$n" -gt 0 ] && kill -s 0 "$me" 2>/dev/null; do sleep 1; n=$((n - 1)); done
   done
 }
 
