@@ -7,6 +7,9 @@ error answer real EC2 would give.
 
 from __future__ import annotations
 
+import socket
+import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +163,22 @@ def test_an_expired_sso_session_says_aws_sso_login(tmp_path: Path) -> None:
     assert code_line == "SSOToken"
     assert hint.startswith("your AWS SSO session has expired or was never started: run "
                            "'aws sso login'")
+
+
+def test_the_proxy_is_quiet_when_a_client_leaves_before_its_answer(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """A client killed while its answer is delayed: the proxy's thread finds it gone
+    later, and must not print a traceback into whatever test runs by then."""
+    proxy = FaultProxy("http://127.0.0.1:1")  # (never forwarded to)
+    rule = proxy.add("DescribeInstances", delay=0.3,
+                     answer=lambda params: (200, b"x" * (4 << 20)))
+    port = int(proxy.url.rsplit(":", 1)[1])
+    body = b"Action=DescribeInstances"
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                  % (len(body), body))
+        assert rule.seen.wait(5)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST
+    time.sleep(1.5)
+    proxy.server.shutdown()
+    assert "Traceback" not in capfd.readouterr().err
