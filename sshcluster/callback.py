@@ -180,6 +180,11 @@ class CallbackListener:
             await self._guarded(source, reader.read, writer.write, writer.close)
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
+        except asyncio.CancelledError:
+            # Ended by the listener's close (or the run's end). Python 3.11's
+            # start_server reports a handler that ends cancelled as an unhandled
+            # exception, with a traceback: this one ends quietly instead.
+            writer.close()
         finally:
             del self._open[task]
 
