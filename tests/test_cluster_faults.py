@@ -77,9 +77,11 @@ def _start_scenario(tb: Testbed, tmp_path: Path, mode: str) -> subprocess.Popen[
           Sys.sleep(300); i }})))
         parallelCluster <- sshcluster_repair()
         say("after-kill9", parallel::parSapply(parallelCluster, 1:8, function(i) i * 3))
-        # 2. the host's sshd session killed
+        # 2. the host's sshd session killed (in a long call: with direct connections its
+        # workers could otherwise answer a short one before anything noticed the kill)
         system({f"sh {_kill_session_script(tmp_path, h3)}"!r})
-        say("sshd", try_msg(parallel::parSapply(parallelCluster, 1:8, function(i) i)))
+        say("sshd", try_msg(parallel::parSapply(parallelCluster, 1:8, function(i) {{
+          Sys.sleep(300); i }})))
         parallelCluster <- sshcluster_repair()
         say("after-sshd", parallel::parSapply(parallelCluster, 1:8, function(i) i * 4))
         # 3. an interrupted call; then Ctrl-C to the whole process group
