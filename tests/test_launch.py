@@ -454,6 +454,9 @@ def test_blocked_port_fails_fast_and_the_reverse_tunnel_works(clean: Testbed, tm
         line = _line_for(err, bad)
         assert f"cannot connect to the primary at {clean.primary_address} port {port}" in line
         assert "refused" in line and "tunnel: reverse" in line
+        # the host's last words are the workers' own (R's warnings at its exit would push
+        # them out of the line)
+        assert "Warning" not in line and line.count("sshcluster:") == 1, line
         out = run_r_in_test(f"""
             source({str(tunnel)!r})
             cat(unlist(parallel::clusterEvalQ(parallelCluster, Sys.info()[["nodename"]])), "\\n")

@@ -29,7 +29,9 @@ local({
   sinkWorkerOutput <- get("sinkWorkerOutput", envir = asNamespace("parallel"))
   closeFD <- get("closeFD", envir = asNamespace("parallel"))
 
-  say <- function(...) cat("sshcluster: ", ..., "\n", sep = "", file = stderr())
+  # (one string, so one write: the forks of a host may fail at the same moment, and
+  # their lines must not interleave)
+  say <- function(...) cat(paste0("sshcluster: ", ..., "\n"), file = stderr())
   fail <- function(...) {
     say(...)
     quit(save = "no", status = 3L)
@@ -115,7 +117,9 @@ local({
     # script's descriptor 4): "gone SLOT STATUS".
     slots <- setNames(vapply(items, function(item) strsplit(item, ":", fixed = TRUE)[[1]][1],
                              ""), vapply(jobs, function(j) as.character(j$pid), ""))
-    report <- tryCatch(file("/dev/fd/4", "w"), error = function(e) NULL)
+    # (raw: R would otherwise warn, at its exit, that this is a pipe, and that warning
+    # would end up in the last words that name why a host failed)
+    report <- tryCatch(file("/dev/fd/4", "w", raw = TRUE), error = function(e) NULL)
     failed <- FALSE
     while (length(jobs)) {
       done <- suppressWarnings(parallel::mccollect(jobs, wait = FALSE, timeout = 1))
