@@ -13,7 +13,10 @@ start_classic <- function(config) {
   # The ssh commands carry the known_hosts option for OpenSSH >= 8.5; an older
   # ssh here gets the other form.
   words <- known_hosts_words(config$known_hosts)
-  fix <- function(cmd) if (is.null(cmd) || identical(words, config$known_hosts[["current"]]))
+  # Without known_hosts: in the inventory there is nothing to swap: the keys come
+  # from the user's own ssh setup.
+  fix <- function(cmd) if (is.null(cmd) || is.null(config$known_hosts) ||
+                           identical(words, config$known_hosts[["current"]]))
     cmd else sub(config$known_hosts[["current"]], words, cmd, fixed = TRUE)
   spec <- lapply(config$spec, function(entry) {
     entry$rshcmd <- fix(entry$rshcmd)
