@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything sshcluster, its demo and its tests need, on Debian 12 as root:
 # the system packages (R, OpenSSH, iptables, iproute2) when missing, and a Python
-# virtual environment in .venv with sshcluster and its test tools. Safe to run again.
+# virtual environment in .venv with sshcluster and its test tools, at the versions of
+# requirements.lock. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,17 +25,35 @@ if ((${#missing[@]})); then
   fi
   echo "setup: installing ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt_log=$(mktemp)
+  trap 'rm -f "$apt_log"' EXIT
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>"$apt_log" \
+    || { cat "$apt_log" >&2; exit 1; }
 fi
 
 PYTHON=${PYTHON:-python3}
 if [[ ! -x .venv/bin/python ]]; then
   "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 \
-  | grep -v -e '^WARNING: Location' -e '^\s*$' >&2 || true
+# Runs a command quietly: its output is shown only if it fails (then setup fails too), so
+# a working setup prints only its own lines.
+quietly() {
+  local out
+  if ! out=$("$@" 2>&1); then
+    printf '%s\n' "$out" | grep -v -e '^WARNING: Location' >&2
+    echo "setup: failed: $*" >&2
+    exit 1
+  fi
+}
+
+# Exact, hashed versions of every Python package (requirements.lock, made by
+# scripts/lock.sh), then sshcluster itself with nothing resolved afresh: what passed the
+# suite is what installs, today and next month.
+quietly .venv/bin/python -m pip install --disable-pip-version-check --require-hashes \
+  -r requirements.lock
+quietly .venv/bin/python -m pip install --disable-pip-version-check --no-deps \
+  --no-build-isolation -e .
 .venv/bin/python -c 'import sshcluster, asyncssh, boto3, moto, pytest' \
   || { echo "setup: the Python environment is incomplete" >&2; exit 1; }
 echo "setup: ready (.venv, $(Rscript --version 2>&1 | head -n1), $(ssh -V 2>&1))" >&2

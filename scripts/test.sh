@@ -1,10 +1,41 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh) and run the whole test suite: lint, types, then pytest.
-# The multi-host tests build SSH test hosts in network namespaces and need root;
-# with CI=true they must run (a testbed that cannot be built fails the run).
+# Set up (scripts/setup.sh), then lint, types and the tests.
+#
+#   bash scripts/test.sh            # the whole suite (the multi-host tests need root)
+#   bash scripts/test.sh --fast     # only what needs no root, namespaces or sshd: a minute
+#   bash scripts/test.sh tests/test_inventory.py -k ncore   # pytest's own arguments
+#
+# The whole suite runs in two parts: the tests that need nothing of this machine, four at
+# a time (pytest-xdist), then those that build SSH test hosts or are slow, one at a time
+# (they time launches and faults on a 2-core machine). Each part prints its 25 slowest
+# tests. With CI=true the multi-host tests must run: if the test hosts cannot be built,
+# the run fails instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+fast=0
+if [[ ${1:-} == --fast ]]; then
+  fast=1
+  shift
+fi
+
 bash scripts/setup.sh
 .venv/bin/ruff check sshcluster tests bench
 .venv/bin/mypy
-exec .venv/bin/python -m pytest "$@"
+
+pytest=(.venv/bin/python -m pytest)
+#: What needs no root, network namespaces or sshd (the testbed mark is set from the
+#: fixtures a test uses) and is not a fault, scale or soak test.
+quick=(-m "not testbed and not slow" -n 4)
+
+if ((fast)); then
+  exec "${pytest[@]}" "${quick[@]}" --durations=10 "$@"
+fi
+if (($#)); then
+  exec "${pytest[@]}" --durations=25 "$@"
+fi
+
+rc=0
+"${pytest[@]}" "${quick[@]}" --durations=25 || rc=$?
+"${pytest[@]}" -m "testbed or slow" --durations=25 || rc=$?
+exit "$rc"

@@ -15,24 +15,8 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 
-def _quiet_third_party_imports() -> None:
-    """asyncssh's imports touch cryptography's deprecated DSA names, and each touch warns
-    (10 lines, with cryptography >= 48) before any command of ours has said a word. A
-    user can do nothing about it, so that one category is ignored when it comes from
-    asyncssh's modules, and every other warning still shows."""
-    import warnings
-
-    try:
-        from cryptography.utils import CryptographyDeprecationWarning
-    except ImportError:  # pragma: no cover - cryptography comes with asyncssh
-        return
-    warnings.filterwarnings("ignore", category=CryptographyDeprecationWarning,
-                            module=r"asyncssh(\.|$)")
-
-
-_quiet_third_party_imports()
-
-# After __version__: bootstrap reads it.
+# First, before anything imports asyncssh; after __version__: bootstrap reads it.
+from sshcluster import quiet as _quiet  # noqa: F401
 from sshcluster.bootstrap import RenderOptions, render, write_bootstrap
 from sshcluster.errors import (
     CheckFailed,

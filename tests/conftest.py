@@ -48,3 +48,20 @@ def moto_url() -> Iterator[str]:
             else:
                 os.environ[k] = v
         server.stop()
+
+
+# --------------------------------------------------------------------------- tiers
+
+#: A test that uses this fixture, directly or through another fixture, needs this
+#: machine's privileges (root, network namespaces) and mostly local SSH test hosts:
+#: every testbed fixture depends on it.
+TESTBED_FIXTURE = "root"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``testbed`` from the fixtures each test uses, never by hand, so that
+    ``-m "not testbed"`` (scripts/test.sh --fast) leaves out exactly the tests that need
+    root, network namespaces or sshd."""
+    for item in items:
+        if TESTBED_FIXTURE in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.testbed)

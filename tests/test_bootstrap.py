@@ -218,6 +218,7 @@ def test_auto_values_must_be_checked_first() -> None:
     assert "primary <- \"127.0.0.1\"" in render(parse_inventory("primary: auto\nhosts: [a]\n"))
 
 
+@pytest.mark.slow
 def test_fast_is_the_default_and_options_override_the_inventory(tmp_path: Path) -> None:
     inv = parse_inventory(MISSION)
     fast = render(inv)

@@ -27,7 +27,7 @@ from sshcluster.inventory import load_inventory
 from sshcluster.testing import Testbed, TestHost
 from sshcluster.testing.fixtures import MakeTestbed, run_r_in_test
 
-pytestmark = pytest.mark.testbed
+pytestmark = pytest.mark.slow  # faults
 
 LEFTOVER = "R|sh|sleep|bash"
 #: direct connections with forked or fresh workers, and the default: the tunnel (forked).

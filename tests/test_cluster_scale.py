@@ -22,7 +22,7 @@ from sshcluster.testing import Testbed
 from sshcluster.testing.fixtures import R_TIMEOUT, run_r_in_test
 from sshcluster.testing.hosts import host_dir
 
-pytestmark = pytest.mark.testbed
+pytestmark = pytest.mark.slow  # scale
 
 _SYS_PIDFD_GETFD = 438  # the same number on every architecture (the unified table)
 _libc = ctypes.CDLL(None, use_errno=True)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from sshcluster.cli import cli
@@ -117,6 +118,7 @@ def test_testbed_up_and_down_from_the_cli(testbed_env: None, tmp_path: Path) -> 
     assert f"{name.group(1)}-" not in netns
 
 
+@pytest.mark.slow
 def test_demo_without_root_falls_back_to_a_local_cluster_and_says_so() -> None:
     # A new user namespace: the same files, but no root and no network namespaces.
     if subprocess.run(["unshare", "--user", "true"], check=False).returncode != 0:

@@ -30,10 +30,9 @@ def _as_nobody(*argv: str) -> None:
 
 
 @pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A directory like /tmp: everyone may create files in it (0777 and sticky)."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to act as another user")
+def shared_dir(root: None) -> Iterator[Path]:
+    """A directory like /tmp: everyone may create files in it (0777 and sticky); acting as
+    another user needs root."""
     top = Path(tempfile.mkdtemp(prefix="sshcluster-shared-"))
     top.chmod(0o755)  # the other user must reach the shared directory
     d = top / "shared"

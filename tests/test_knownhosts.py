@@ -411,6 +411,7 @@ def test_behind_a_jump_host_same_verdict_as_openssh(case: str, material: Materia
         assert checks["connect"].detail.startswith("through jump host 127.0.0.1")
 
 
+@pytest.mark.slow
 def test_a_jump_connection_is_closed_when_its_host_is_done(material: Material,
                                                            tmp_path: Path) -> None:
     """A host's jump host connection is its own: closed as soon as that host's check

@@ -31,8 +31,6 @@ from sshcluster.testing.fixtures import R_TIMEOUT, run_r_in_test, squatter
 from sshcluster.testing.hosts import host_dir
 from sshcluster.testing.netns import descendants, parent_pid, process_name
 
-pytestmark = pytest.mark.testbed
-
 #: What a launch may leave on a host: R, its shells, what workers started (a sleep).
 LEFTOVER = "R|sh|sleep"
 
@@ -584,6 +582,7 @@ def test_remote_script_forks_only_where_it_can_stop_the_forks(tmp_path: Path, le
                 proc.kill()
 
 
+@pytest.mark.slow
 def test_a_silent_primary_stops_the_workers(tmp_path: Path) -> None:
     """The dead man's switch fires on silence too, not only on EOF: a host cut off from
     the primary (its stdin neither ends nor says anything) stops its workers by itself.

@@ -33,8 +33,6 @@ from sshcluster.inventory import load_inventory
 from sshcluster.testing import Testbed, free_port
 from sshcluster.testing.fixtures import run_r_in_test
 
-pytestmark = pytest.mark.testbed
-
 NOBODY = "65534"
 
 ATTACKER = r"""

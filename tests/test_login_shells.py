@@ -27,8 +27,6 @@ from sshcluster.preflight import check
 from sshcluster.testing import Testbed
 from sshcluster.testing.fixtures import run_r_in_test, skip_or_fail
 
-pytestmark = pytest.mark.testbed
-
 SHELLS = ["tcsh", "fish"]
 
 

@@ -32,8 +32,6 @@ from sshcluster.report import STEPS, CheckReport
 from sshcluster.testing import Testbed, TestHost, free_port
 from sshcluster.testing.fixtures import build_testbed, squatter
 
-pytestmark = pytest.mark.testbed
-
 #: A deadline check, not a speed test: the run must end within its timeout plus this.
 MARGIN = 5.0
 

@@ -56,6 +56,7 @@ def test_hostile_strings_survive_r(tmp_path: Path) -> None:
     assert _r_round_trip(HOSTILE, tmp_path) == HOSTILE
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None)
 @given(st.lists(r_text, min_size=1, max_size=20))
 def test_any_string_survives_r(tmp_path_factory: pytest.TempPathFactory,

@@ -27,8 +27,6 @@ from sshcluster.quoting import r_string
 from sshcluster.testing import Testbed, TestHost
 from sshcluster.testing.fixtures import build_testbed
 
-pytestmark = pytest.mark.testbed
-
 #: Run argv with $1 on /root/.ssh, $2 on /etc/ssh and $3 on /etc/hosts, in a mount
 #: namespace of its own.
 _ENTER = ('mount --bind "$1" /root/.ssh && mount --bind "$2" /etc/ssh'

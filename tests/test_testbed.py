@@ -39,8 +39,6 @@ from sshcluster.testing import (
 from sshcluster.testing.fixtures import TEST_PREFIX, MakeTestbed, fresh_name, skip_or_fail
 from sshcluster.testing.netns import alive
 
-pytestmark = pytest.mark.testbed
-
 T = TypeVar("T")
 
 

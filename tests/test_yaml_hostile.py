@@ -50,6 +50,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=120, preexec_fn=_limited)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(BOMBS))
 def test_inventory_bomb_is_a_clear_error(name: str, tmp_path: Path) -> None:
     text, expected = BOMBS[name]

@@ -48,6 +48,7 @@ __all__ = [
     "build_testbed",
     "fresh_name",
     "make_testbed",
+    "root",
     "run_r_in_test",
     "skip_or_fail",
     "squatter",
@@ -80,15 +81,23 @@ def skip_or_fail(reason: str) -> NoReturn:
 
 
 @pytest.fixture(scope="session")
-def testbed_env() -> None:
-    """This machine can build testbeds (else skip, or fail in CI).
-
-    Also removes test testbeds left by killed earlier runs (only those whose owner is gone).
-    """
+def root() -> None:
+    """This process is root, and can create namespaces (else skip, or fail in CI): for
+    tests that act as another user or cut themselves off the network without a testbed.
+    Tests that use it are marked ``testbed`` with the rest that need this machine's
+    privileges."""
     try:
         require_root_and_netns()
     except TestbedError as e:
         skip_or_fail(str(e))
+
+
+@pytest.fixture(scope="session")
+def testbed_env(root: None) -> None:
+    """This machine can build testbeds (else skip, or fail in CI).
+
+    Also removes test testbeds left by killed earlier runs (only those whose owner is gone).
+    """
     try:
         down_all(TEST_PREFIX)
     except TestbedError as e:  # leftovers we cannot remove do not stop this run

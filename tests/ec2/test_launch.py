@@ -327,15 +327,19 @@ def test_every_console_is_polled_in_one_round(client: Any, ami: str, hosts: SshH
 def test_up_waits_for_the_setup_of_every_instance(client: Any, ami: str, hosts: SshHosts,
                                                   tmp_path: Path) -> None:
     hosts.status[:3] = ["running"] * 3
-    flip = threading.Timer(0.5, lambda: hosts.status.__setitem__(slice(0, 3), [
-        "ready R version 4.2.2 (2022-10-31)"] * 3))
-    flip.start()
     steps: list[ec2.Step] = []
+
+    def progress(step: ec2.Step) -> None:
+        # The setups finish only once up has reported that it waits for them (a timer
+        # raced a slow up on a busy machine).
+        steps.append(step)
+        if step.stage == "setup":
+            hosts.status[:3] = ["ready R version 4.2.2 (2022-10-31)"] * 3
+
     try:
         c = do_up(make_spec(ami, r_packages=("foreach",)), client, hosts, tmp_path,
-                  progress=steps.append)
+                  progress=progress)
     finally:
-        flip.cancel()
         hosts.status[:] = ["ready R version 4.2.2 (2022-10-31)"] * len(hosts.status)
     setup = [s for s in steps if s.stage == "setup"]
     assert setup[0].done == 0 and setup[-1].done == setup[-1].total == 3

@@ -28,6 +28,8 @@ import pytest
 from .faults import FaultProxy
 from .helpers import SshHosts, live, run, spec_text
 
+pytestmark = pytest.mark.slow  # signals and killed processes
+
 CLI = Path(__file__).with_name("cli_with_seams.py")
 
 

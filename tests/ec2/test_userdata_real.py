@@ -33,8 +33,6 @@ from sshcluster.hostkeys import parse_console_host_keys
 
 from .helpers import REGION, internet_gateway, live
 
-pytestmark = pytest.mark.testbed
-
 
 class FakeInstance:
     """A test host dressed as a fresh cloud instance, for its sshd's mount namespace."""
