@@ -27,7 +27,14 @@ from rich.progress import (
 from sshcluster import __version__, bootstrap
 from sshcluster.ec2.cli import ec2_group
 from sshcluster.errors import CheckFailed, SshclusterError
-from sshcluster.inventory import LAUNCHES, TUNNELS, Inventory, Register, load_inventory
+from sshcluster.inventory import (
+    LAUNCHES,
+    TUNNELS,
+    Inventory,
+    Register,
+    example_inventory,
+    load_inventory,
+)
 from sshcluster.preflight import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT, check, verified_inventory
 from sshcluster.report import CheckReport, print_report
 from sshcluster.testing.cli import testbed_group
@@ -64,7 +71,8 @@ def cli() -> None:
       sshcluster render hosts.yaml -o cluster.R
       Rscript -e 'source("cluster.R"); print(parallelCluster)'
 
-    The inventory format is documented in hosts.example.yaml. Exit status: 0 success,
+    'sshcluster example' prints an inventory with every field documented;
+    'sshcluster init' writes one for your hosts. Exit status: 0 success,
     1 a host or a cloud request failed, 2 the inventory or the command line is wrong.
     """
 
@@ -261,6 +269,16 @@ def demo(n_hosts: int, ncore: int, tasks: int, keep: str | None) -> None:
                       workdir=Path(keep) if keep else None)
     if status != 0:
         raise click.exceptions.Exit(1)
+
+
+@cli.command()
+def example() -> None:
+    """Print the documented example inventory: every field, with comments.
+
+    \b
+      sshcluster example > hosts.yaml     # then edit the hosts
+    """
+    click.echo(example_inventory(), nl=False)
 
 
 # ----------------------------------------------------------------------- testbed

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -175,7 +176,7 @@ def _host_fields(reader: _Reader, m: Map, where: str) -> dict[str, Any]:
 def _read(doc: Any, reader: _Reader) -> Inventory:
     if doc is None:
         raise reader.fail("the file is empty", line=None,
-                          hint="see hosts.example.yaml for the format")
+                          hint="'sshcluster example' prints an inventory with every field")
     top = reader.mapping(doc, "", 1, _TOP_KEYS, required=("primary", "hosts"))
 
     # primary: a plain address, or a mapping
@@ -294,7 +295,19 @@ def parse_inventory(text: str, path: str | None = None) -> Inventory:
 
 def load_inventory(path: str | os.PathLike[str]) -> Inventory:
     """Read and validate the inventory file at ``path``. Raises :class:`InventoryError`."""
-    return parse_inventory(read_text(path, example="hosts.example.yaml"), str(path))
+    return parse_inventory(read_text(path, example=MISSING_HINT), str(path))
+
+
+#: The hint for an inventory file that does not exist.
+MISSING_HINT = ("write one with 'sshcluster init --hosts a,b' or start from "
+                "'sshcluster example > hosts.yaml'")
+
+
+def example_inventory() -> str:
+    """The documented example inventory (every field, with comments), as shipped in the
+    package: what ``sshcluster example`` prints."""
+    return resources.files("sshcluster").joinpath("examples").joinpath(
+        "hosts.example.yaml").read_text(encoding="utf-8")
 
 
 def inventory_to_dict(inv: Inventory) -> dict[str, Any]:
@@ -362,6 +375,7 @@ __all__ = [
     "ReverseSsh",
     "Tunnel",
     "dump_inventory",
+    "example_inventory",
     "inventory_to_dict",
     "load_inventory",
     "parse_inventory",

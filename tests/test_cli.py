@@ -148,7 +148,9 @@ def test_missing_file_exit_2_with_hint(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["render", str(tmp_path / "nope.yaml")])
     assert result.exit_code == 2
     assert "no such file" in result.stderr
-    assert "hint: copy hosts.example.yaml" in result.stderr
+    assert "hint: write one with 'sshcluster init" in result.stderr
+    assert "sshcluster example" in result.stderr
+    assert "hosts.example.yaml" not in result.stderr  # not in an installed package
 
 
 def test_unknown_option_is_exit_2() -> None:
