@@ -51,7 +51,8 @@ class Host:
     """One worker machine: ``ncore`` R workers are started on it.
 
     ``ncore`` is None for ``ncore: auto`` (detected by the preflight check).
-    ``line`` is where the host was written in the inventory (for messages only).
+    ``line`` is where the host was written in the inventory and ``field_lines`` where
+    each of its fields was (``defaults:`` included), for messages only.
     """
 
     host: str
@@ -61,6 +62,12 @@ class Host:
     identity_file: str | None = None
     rscript: str | None = None
     line: int | None = field(default=None, compare=False)
+    field_lines: tuple[tuple[str, int], ...] = field(default=(), compare=False)
+
+    def line_of(self, name: str) -> int | None:
+        """The inventory line that sets field ``name`` of this host (maybe in
+        ``defaults:``), or None when the inventory does not set it."""
+        return dict(self.field_lines).get(name)
 
     @property
     def label(self) -> str:
@@ -153,10 +160,12 @@ _TOP_KEYS = ("primary", "port", "defaults", "hosts", "known_hosts", "r_packages"
              "tunnel", "fork", "register", "setup_timeout", "locale", "reverse_ssh")
 
 
-def _host_fields(reader: _Reader, m: Map, where: str) -> dict[str, Any]:
+def _host_fields(reader: _Reader, m: Map, where: str,
+                 lines: dict[str, int]) -> dict[str, Any]:
+    """The host fields of ``m``, validated; each field's line goes into ``lines``."""
     out: dict[str, Any] = {}
     for key, value in m.items():
-        line = reader.line_of(m, key)
+        line = lines[key] = reader.line_of(m, key)
         name = join_field(where, key)
         if key == "host":
             out[key] = reader.hostname(value, name, line)
@@ -247,10 +256,11 @@ def _read(doc: Any, reader: _Reader) -> Inventory:
                           hint="use 'launch: fast' (the default) with 'tunnel: reverse'")
 
     defaults: dict[str, Any] = {}
+    default_lines: dict[str, int] = {}
     if "defaults" in top and top["defaults"] is not None:
         dm = reader.mapping(top["defaults"], "defaults", reader.line_of(top, "defaults"),
                             _DEFAULT_KEYS)
-        defaults = _host_fields(reader, dm, "defaults")
+        defaults = _host_fields(reader, dm, "defaults", default_lines)
 
     raw_hosts = top["hosts"]
     hline = reader.line_of(top, "hosts")
@@ -266,12 +276,14 @@ def _read(doc: Any, reader: _Reader) -> Inventory:
     for i, item in enumerate(raw_hosts):
         where = f"hosts[{i}]"
         line = raw_hosts.item_lines[i]
+        lines = dict(default_lines)
         if isinstance(item, Map):
             hm = reader.mapping(item, where, line, _HOST_KEYS, required=("host",))
-            fields = {**defaults, **_host_fields(reader, hm, where)}
+            fields = {**defaults, **_host_fields(reader, hm, where, lines)}
         else:
             fields = {**defaults, "host": reader.hostname(item, where, line)}
-        host = Host(line=line, **fields)
+            lines["host"] = line
+        host = Host(line=line, field_lines=tuple(sorted(lines.items())), **fields)
         key = (host.host, host.ssh_port or 22)
         if key in seen:
             raise reader.fail(

@@ -42,13 +42,16 @@ class StepResult:
     """The outcome of one step on one host.
 
     ``detail`` says what was found (or what went wrong), ``hint`` what to do about it,
-    ``seconds`` how long the step took (0 for a skipped step).
+    ``seconds`` how long the step took (0 for a skipped step). ``line`` and ``field``
+    name the inventory line to change for a failed step, when one is to blame.
     """
 
     status: Status
     detail: str = ""
     seconds: float = 0.0
     hint: str | None = None
+    line: int | None = None
+    field: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The step as it appears in the JSON document (the hint is folded into detail)."""
@@ -285,6 +288,8 @@ def report_details(report: CheckReport) -> list[Text]:
             lines.append(line)
             if r.hint:
                 lines.append(Text(f"    hint: {r.hint}", style="cyan"))
+            if r.line is not None:
+                lines.append(Text(f"    inventory: line {r.line} ({r.field}:)", style="cyan"))
     for note in report.notes:
         lines.append(Text(f"note: {note}", style="yellow"))
     return lines

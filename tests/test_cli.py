@@ -120,7 +120,7 @@ def test_render_of_unchecked_auto_values_names_the_file(tmp_path: Path) -> None:
     inv.write_text("primary: p\nhosts:\n  - host: a\n    ncore: auto\n")
     result = CliRunner().invoke(cli, ["render", str(inv)])
     assert result.exit_code == 2
-    assert result.stderr.startswith(f"error: {inv}: ncore is 'auto' for a;")
+    assert result.stderr.startswith(f"error: {inv} line 4: ncore is 'auto' for a;")
     assert "hint: run 'sshcluster render --check'" in result.stderr
 
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+import asyncssh
 from click.testing import CliRunner
+from sshserver import LocalServer, keys
 
 from sshcluster.cli import cli
-from sshcluster.inventory import example_inventory, parse_inventory
+from sshcluster.inventory import example_inventory, load_inventory, parse_inventory
+from sshcluster.preflight import check_async
+from sshcluster.report import CheckReport, report_details
+from sshcluster.testing import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,3 +78,81 @@ def test_an_empty_file_points_at_example(tmp_path: Path) -> None:
     _, err, code = _render(tmp_path, "")
     assert code == 2
     assert "the file is empty" in err and "sshcluster example" in err
+
+
+def test_render_of_auto_names_the_ncore_lines_also_in_defaults(tmp_path: Path) -> None:
+    inv, err, code = _render(tmp_path, "primary: p\ndefaults:\n  ncore: auto\nhosts:\n"
+                                       "  - host: a\n  - host: b\n    ncore: 2\n"
+                                       "  - host: c\n    ncore: auto\n")
+    assert code == 2
+    assert err.startswith(f"error: {inv} lines 3, 9: ncore is 'auto' for a, c;")
+    assert "hint: run 'sshcluster render --check'" in err
+
+
+def test_a_host_knows_the_lines_of_its_fields() -> None:
+    inv = parse_inventory("primary: p\ndefaults:\n  user: u\nhosts:\n  - host: a\n"
+                          "    user: v\n    ssh_port: 2222\n  - b\n", "h.yaml")
+    a, b = inv.hosts
+    assert (a.line_of("user"), a.line_of("ssh_port"), a.line_of("host")) == (6, 7, 5)
+    assert (b.line_of("user"), b.line_of("host"), b.line_of("ncore")) == (3, 8, None)
+
+
+# --------------------------------------------------------------- failed steps name the line
+
+
+def _check_yaml(tmp_path: Path, text: str) -> CheckReport:
+    """Check the inventory ``text`` (``{port}``, ``{key}``: the local server's) against a
+    real SSH server in this process that lets in only the session's client key."""
+    async def run() -> CheckReport:
+        async with LocalServer(keys().host_key, keys().client_key) as server:
+            path = tmp_path / "hosts.yaml"
+            path.write_text(text.format(port=server.port, key=wrong_key))
+            kh = tmp_path / "known_hosts"
+            kh.write_text(f"[127.0.0.1]:{server.port} "
+                          f"{keys().host_key.export_public_key().decode().strip()}\n")
+            config = tmp_path / "ssh_config"
+            config.write_text(f"Host *\n  UserKnownHostsFile {kh}\n  GlobalKnownHostsFile "
+                              "/dev/null\n  IdentityAgent none\n")
+            return await check_async(load_inventory(path), timeout=8,
+                                     ssh_config=[str(config)])
+
+    wrong_key = tmp_path / "wrong"
+    asyncssh.generate_private_key("ssh-ed25519").write_private_key(str(wrong_key))
+    wrong_key.chmod(0o600)
+    report: CheckReport = asyncio.run(run())
+    return report
+
+
+def test_a_refused_login_names_the_user_line_and_the_exact_ssh_command(
+        tmp_path: Path) -> None:
+    report = _check_yaml(tmp_path, "primary: 127.0.0.1\nhosts:\n  - host: 127.0.0.1\n"
+                                   "    ssh_port: {port}\n    user: wronguser\n"
+                                   "    identity_file: {key}\n")
+    auth = report.hosts[0].checks["auth"]
+    assert auth.status == "failed"
+    assert (auth.line, auth.field) == (5, "user")
+    port = report.hosts[0].host.ssh_port
+    assert auth.hint is not None
+    assert f"fix 'user: wronguser' on line 5 of {tmp_path}/hosts.yaml" in auth.hint
+    assert "'identity_file:' on line 6" in auth.hint
+    assert auth.hint.endswith(
+        f"test with ssh -o BatchMode=yes -l wronguser -i {tmp_path}/wrong "
+        f"-o IdentitiesOnly=yes -p {port} 127.0.0.1 true")
+    text = "\n".join(str(t) for t in report_details(report))
+    assert "inventory: line 5 (user:)" in text
+
+
+def test_a_user_from_defaults_is_blamed_on_the_defaults_line(tmp_path: Path) -> None:
+    report = _check_yaml(tmp_path, "primary: 127.0.0.1\ndefaults:\n  user: wronguser\n"
+                                   "  identity_file: {key}\nhosts:\n  - host: 127.0.0.1\n"
+                                   "    ssh_port: {port}\n")
+    auth = report.hosts[0].checks["auth"]
+    assert (auth.status, auth.line, auth.field) == ("failed", 3, "user")
+
+
+def test_a_refused_port_is_blamed_on_the_ssh_port_line(tmp_path: Path) -> None:
+    report = _check_yaml(tmp_path, "primary: 127.0.0.1\nhosts:\n  - host: 127.0.0.1\n"
+                                   f"    ssh_port: {free_port('127.0.0.1')}\n")
+    connect = report.hosts[0].checks["connect"]
+    assert (connect.status, connect.line, connect.field) == ("failed", 4, "ssh_port")
+    assert report.hosts[0].checks["auth"].line is None  # skipped: nothing to blame
