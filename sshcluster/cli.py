@@ -80,7 +80,8 @@ def cli() -> None:
 def _run_check(inv: Inventory, *, timeout: float, concurrency: int, accept_new: bool,
                ssh_config: tuple[str, ...], show_progress: bool,
                tunnel: bool | None = None) -> CheckReport:
-    """Run the preflight check, with a progress bar on stderr when it is a terminal."""
+    """Run the preflight check, with a progress bar on stderr when it is a terminal; say
+    how many host keys --accept-new recorded, and where."""
     console = Console(stderr=True)
     kwargs: dict[str, Any] = {"timeout": timeout, "concurrency": concurrency,
                               "accept_new": accept_new, "tunnel": tunnel,
@@ -90,8 +91,17 @@ def _run_check(inv: Inventory, *, timeout: float, concurrency: int, accept_new: 
                       MofNCompleteColumn(), TimeElapsedColumn(), console=console,
                       transient=True) as bar:
             task = bar.add_task("checking hosts", total=len(inv.hosts))
-            return check(inv, progress=lambda _: bar.advance(task), **kwargs)
-    return check(inv, **kwargs)
+            report = check(inv, progress=lambda _: bar.advance(task), **kwargs)
+    else:
+        report = check(inv, **kwargs)
+    if accept_new:
+        recorded = report.recorded_keys()
+        for path, n in recorded.items():
+            click.echo(f"accept-new: recorded {n} new host key{'s' if n != 1 else ''} in "
+                       f"{path}", err=True)
+        if not recorded:
+            click.echo("accept-new: recorded no host key (none was new)", err=True)
+    return report
 
 
 def _config_files(ctx: click.Context, param: click.Parameter,
@@ -219,8 +229,9 @@ def render(inventory: str, output: str | None, launch: str | None, tunnel: str |
         return
     bootstrap.write_bootstrap(inv, output, options)
     click.echo(
-        f"wrote {output}: {len(inv.hosts)} hosts, {inv.workers} R workers "
-        f"(in R: source({output!r}))",
+        f"wrote {output}: {len(inv.hosts)} host{'s' if len(inv.hosts) != 1 else ''}, "
+        f"{inv.workers} R workers "
+        f"{'(checked)' if run_check else '(not checked)'} (in R: source({output!r}))",
         err=True,
     )
 

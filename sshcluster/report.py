@@ -70,7 +70,8 @@ class HostReport:
 
     ``ncore`` is the detected core count (None when the check did not get that far),
     ``rscript`` the Rscript path found, ``r_version`` its R version, ``seen_primary``
-    the primary's address as this host sees it (the client address of ``SSH_CONNECTION``).
+    the primary's address as this host sees it (the client address of ``SSH_CONNECTION``),
+    ``recorded_key`` the known_hosts file its key was recorded in (``accept_new``).
     """
 
     host: Host
@@ -80,6 +81,7 @@ class HostReport:
     r_version: str | None = None
     address: str | None = None
     seen_primary: str | None = None
+    recorded_key: str | None = None
 
     @property
     def label(self) -> str:
@@ -191,6 +193,14 @@ class CheckReport:
         parts.append(f"{self.seconds:.1f} s")
         return ", ".join(parts)
 
+
+    def recorded_keys(self) -> dict[str, int]:
+        """How many host keys the check recorded (accept-new), per known_hosts file."""
+        counts: dict[str, int] = {}
+        for h in self.hosts:
+            if h.recorded_key:
+                counts[h.recorded_key] = counts.get(h.recorded_key, 0) + 1
+        return counts
 
     def header_note(self) -> str:
         """What a file rendered from this check says about it in its header: how many

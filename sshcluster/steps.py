@@ -447,7 +447,9 @@ def _report(hc: HostCheck, results: dict[str, StepResult], *, complete: bool) ->
     return HostReport(host=hc.host, checks={s.name: blame(s.name, hc.host, results[s.name])
                                             for s in STEPS},
                       ncore=what.ncore, rscript=what.rscript, r_version=what.r_version,
-                      address=hc.address, seen_primary=what.seen_primary)
+                      address=hc.address, seen_primary=what.seen_primary,
+                      recorded_key=hc.decision.verdict.recorded
+                      if hc.decision and hc.decision.verdict else None)
 
 
 __all__ = ["STEPS", "TIMEOUT_HINTS", "CheckContext", "HostCheck", "Step", "run_host"]

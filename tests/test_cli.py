@@ -86,7 +86,8 @@ def test_render_to_file(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["render", str(ROOT / "hosts.example.yaml"), "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert out.read_text() == render(load_inventory(ROOT / "hosts.example.yaml"))
-    assert result.stderr == f"wrote {out}: 2 hosts, 8 R workers (in R: source('{out}'))\n"
+    assert result.stderr == (f"wrote {out}: 2 hosts, 8 R workers (not checked) "
+                             f"(in R: source('{out}'))\n")
 
 
 def test_render_output_paths(tmp_path: Path) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import asyncssh
@@ -156,3 +159,47 @@ def test_a_refused_port_is_blamed_on_the_ssh_port_line(tmp_path: Path) -> None:
     connect = report.hosts[0].checks["connect"]
     assert (connect.status, connect.line, connect.field) == ("failed", 4, "ssh_port")
     assert report.hosts[0].checks["auth"].line is None  # skipped: nothing to blame
+
+
+@contextmanager
+def server_in_thread() -> Iterator[LocalServer]:
+    """A :class:`LocalServer` on an event loop of its own, for commands that run theirs."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = LocalServer(keys().host_key, keys().client_key)
+    try:
+        asyncio.run_coroutine_threadsafe(server.__aenter__(), loop).result(10)
+        yield server
+        asyncio.run_coroutine_threadsafe(server.__aexit__(None, None, None), loop).result(10)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def test_accept_new_says_how_many_keys_it_recorded_and_where(tmp_path: Path) -> None:
+    key = keys().write_client_key(tmp_path / "id_ed25519")
+    recorded = tmp_path / "cluster_known_hosts"
+    config = tmp_path / "ssh_config"
+    config.write_text("Host *\n  UserKnownHostsFile /dev/null\n  GlobalKnownHostsFile "
+                      "/dev/null\n  IdentityAgent none\n")
+    with server_in_thread() as server:
+        inv = tmp_path / "hosts.yaml"
+        inv.write_text(f"primary: 127.0.0.1\nknown_hosts: {recorded}\nhosts:\n"
+                       f"  - host: 127.0.0.1\n    ssh_port: {server.port}\n"
+                       f"    identity_file: {key}\n")
+        args = ["check", str(inv), "-F", str(config), "--timeout", "8", "--accept-new"]
+        first = CliRunner().invoke(cli, args)
+        again = CliRunner().invoke(cli, args)
+    assert f"accept-new: recorded 1 new host key in {recorded}\n" in first.stderr
+    assert recorded.read_text().count("\n") == 1
+    assert "accept-new: recorded no host key (none was new)" in again.stderr
+
+
+def test_render_without_check_says_not_checked(tmp_path: Path) -> None:
+    inv = tmp_path / "hosts.yaml"
+    inv.write_text("primary: p\nhosts:\n  - host: a\n    ncore: 3\n")
+    result = CliRunner().invoke(cli, ["render", str(inv), "-o", str(tmp_path / "c.R")])
+    assert result.exit_code == 0
+    assert result.stderr.startswith(f"wrote {tmp_path}/c.R: 1 host, 3 R workers (not checked)")
