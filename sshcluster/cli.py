@@ -27,6 +27,7 @@ from rich.progress import (
 from sshcluster import __version__, bootstrap
 from sshcluster.ec2.cli import ec2_group
 from sshcluster.errors import CheckFailed, SshclusterError
+from sshcluster.helpformat import use_help_formatter
 from sshcluster.inventory import (
     LAUNCHES,
     TUNNELS,
@@ -298,6 +299,7 @@ cli.add_command(testbed_group)
 
 
 cli.add_command(ec2_group)
+use_help_formatter(cli)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
