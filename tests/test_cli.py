@@ -331,3 +331,14 @@ def test_testbed_up_subnet_in_use_is_exit_1(testbed: Testbed, tmp_path: Path) ->
                                       "--subnet", testbed.subnet])
     assert result.exit_code == 1
     assert result.stderr.startswith(f"error: subnet {testbed.subnet} is in use by another testbed")
+
+
+def test_testbed_up_has_a_default_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert "[default: sshcluster-testbed]" in CliRunner().invoke(
+        cli, ["testbed", "up", "--help"]).output
+    monkeypatch.chdir(tmp_path)
+    # No --dir: the arguments are checked (a malformed subnet, exit 2) and no
+    # "Missing option" stops it first.
+    result = CliRunner().invoke(cli, ["testbed", "up", "1", "--subnet", "foo"])
+    assert result.exit_code == 2 and "is not an IPv4 network" in result.output
+    assert "Missing option" not in result.output
