@@ -8,6 +8,7 @@ wrong. No traceback for a user's mistake.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -37,7 +38,7 @@ from sshcluster.inventory import (
     load_inventory,
 )
 from sshcluster.preflight import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT, check, verified_inventory
-from sshcluster.report import CheckReport, print_report
+from sshcluster.report import CheckReport, error_document, print_report
 from sshcluster.testing.cli import testbed_group
 
 
@@ -127,7 +128,9 @@ def _config_files(ctx: click.Context, param: click.Parameter,
               help="Record the host key of a host known_hosts does not list yet (like "
                    "OpenSSH's StrictHostKeyChecking=accept-new). A changed key still fails.")
 @click.option("--json", "as_json", is_flag=True,
-              help="Print only the JSON report on stdout.")
+              help="Print only the JSON report on stdout (its JSON Schema: "
+                   "sshcluster/schema/check.schema.json); a wrong inventory is a JSON "
+                   "error document too (exit 2).")
 @click.option("-F", "--ssh-config", "ssh_config", multiple=True, callback=_config_files,
               help="Use this OpenSSH client config file instead of ssh's own (~/.ssh/config "
                    "and /etc/ssh/ssh_config), as 'ssh -F' does ('none': no file at all); "
@@ -142,9 +145,16 @@ def check_command(ctx: click.Context, inventory: str, timeout: float, concurrenc
     Exit status: 0 every host ready, 1 some host failed, 2 a wrong inventory or
     command line.
     """
-    inv = load_inventory(inventory)
-    report = _run_check(inv, timeout=timeout, concurrency=concurrency, accept_new=accept_new,
-                        ssh_config=ssh_config, show_progress=not as_json)
+    try:
+        inv = load_inventory(inventory)
+        report = _run_check(inv, timeout=timeout, concurrency=concurrency,
+                            accept_new=accept_new, ssh_config=ssh_config,
+                            show_progress=not as_json)
+    except SshclusterError as e:
+        if not as_json:
+            raise
+        click.echo(json.dumps(error_document(e), indent=2))  # scripts never parse text
+        ctx.exit(e.exit_code)
     if as_json:
         click.echo(report.to_json())
     else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any, Literal
 
 from rich import box
@@ -18,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from sshcluster.errors import InventoryError, SshclusterError
 from sshcluster.inventory import Host
 
 #: The steps of the check, in the order they run on each host.
@@ -34,7 +36,16 @@ STEPS: tuple[str, ...] = (
     "callback",
 )
 
+#: A step's outcome: ``ok``; ``warning`` (passed, but something is worth knowing; the
+#: host is still ready); ``failed`` (the host is not ready); ``skipped`` (not run,
+#: because a step it needs failed or was skipped).
 Status = Literal["ok", "failed", "skipped", "warning"]
+STATUSES: tuple[Status, ...] = ("ok", "warning", "failed", "skipped")
+
+#: The version of the ``check --json`` document, written down as a JSON Schema in
+#: ``sshcluster/schema/check.schema.json``. It changes when a field is removed or
+#: changes its meaning; new fields may appear without a change.
+SCHEMA_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -54,11 +65,9 @@ class StepResult:
     field: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The step as it appears in the JSON document (the hint is folded into detail)."""
-        detail = self.detail
-        if self.hint:
-            detail = f"{detail}\nhint: {self.hint}" if detail else f"hint: {self.hint}"
-        return {"status": self.status, "detail": detail, "seconds": round(self.seconds, 3)}
+        """The step as it appears in the JSON document (see :data:`SCHEMA_VERSION`)."""
+        return {"status": self.status, "detail": self.detail, "hint": self.hint,
+                "seconds": round(self.seconds, 3), "line": self.line, "field": self.field}
 
 
 SKIPPED = StepResult("skipped", "an earlier step failed")
@@ -113,8 +122,10 @@ class HostReport:
         """The host as it appears in the JSON document."""
         return {
             "host": self.label,
+            "line": self.host.line,
             "ok": self.ok,
             "failed": self.failed,
+            "warnings": self.warnings,
             "checks": {s: self.checks[s].to_dict() for s in STEPS},
             "ncore": self.workers,
             "rscript": self.rscript or "",
@@ -162,11 +173,22 @@ class CheckReport:
         raise KeyError(label)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON document of issue 3 as plain Python values."""
+        """The document ``check --json`` prints, as plain Python values: ``schema`` (its
+        version), ``ok``, the counts, ``primary`` and ``port``, ``notes`` and ``hosts``."""
         return {
+            "schema": SCHEMA_VERSION,
             "ok": self.ok,
+            "counts": {
+                "hosts": len(self.hosts),
+                "ready": len(self.succeeded),
+                "failed": len(self.failed),
+                "warnings": sum(1 for h in self.succeeded if h.warnings),
+                "workers": sum(h.workers for h in self.succeeded),
+            },
             "primary": self.primary,
             "port": self.port,
+            "seconds": round(self.seconds, 3),
+            "notes": list(self.notes),
             "hosts": [h.to_dict() for h in self.hosts],
         }
 
@@ -210,6 +232,27 @@ class CheckReport:
         for host in self.failed:
             note += f"\nLeft out (--allow-partial): {host.label}: failed {', '.join(host.failed)}"
         return note
+
+
+def check_schema() -> dict[str, Any]:
+    """The JSON Schema of the ``check --json`` document, as shipped in the package."""
+    text = resources.files("sshcluster").joinpath("schema").joinpath(
+        "check.schema.json").read_text(encoding="utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+def error_document(e: SshclusterError) -> dict[str, Any]:
+    """What ``check --json`` prints instead of a report when there is none to print (a
+    wrong inventory): ``ok`` false and the ``error`` with its file, line and field."""
+    error: dict[str, Any] = {
+        "kind": "inventory" if isinstance(e, InventoryError) else "error",
+        "message": e.message, "hint": e.hint,
+        "path": None, "line": None, "field": None,
+    }
+    if isinstance(e, InventoryError):
+        error.update(path=e.path, line=e.line, field=e.field, problem=e.problem)
+    return {"schema": SCHEMA_VERSION, "ok": False, "error": error}
 
 
 # --------------------------------------------------------------------------- rendering
@@ -326,12 +369,16 @@ def print_report(report: CheckReport, console: Console) -> None:
 
 
 __all__ = [
+    "SCHEMA_VERSION",
     "SKIPPED",
+    "STATUSES",
     "STEPS",
     "CheckReport",
     "HostReport",
     "Status",
     "StepResult",
+    "check_schema",
+    "error_document",
     "print_report",
     "report_details",
     "report_lines",

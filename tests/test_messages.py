@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import asyncssh
 from click.testing import CliRunner
-from sshserver import LocalServer, keys
+from sshserver import LocalServer, keys, server_in_thread
 
 from sshcluster.cli import cli
 from sshcluster.inventory import example_inventory, load_inventory, parse_inventory
@@ -159,23 +156,6 @@ def test_a_refused_port_is_blamed_on_the_ssh_port_line(tmp_path: Path) -> None:
     connect = report.hosts[0].checks["connect"]
     assert (connect.status, connect.line, connect.field) == ("failed", 4, "ssh_port")
     assert report.hosts[0].checks["auth"].line is None  # skipped: nothing to blame
-
-
-@contextmanager
-def server_in_thread() -> Iterator[LocalServer]:
-    """A :class:`LocalServer` on an event loop of its own, for commands that run theirs."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    server = LocalServer(keys().host_key, keys().client_key)
-    try:
-        asyncio.run_coroutine_threadsafe(server.__aenter__(), loop).result(10)
-        yield server
-        asyncio.run_coroutine_threadsafe(server.__aexit__(None, None, None), loop).result(10)
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
 
 
 def test_accept_new_says_how_many_keys_it_recorded_and_where(tmp_path: Path) -> None:
