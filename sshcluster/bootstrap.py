@@ -413,8 +413,9 @@ def _header(inventory: Inventory, opts: RenderOptions, plan: _Plan) -> list[str]
         f"{'s' if inventory.workers != 1 else ''}; workers connect back {where}.",
         f"# {how}.",
     ]
-    if opts.note:
-        lines += [f"# {_comment(line)}" for line in opts.note.splitlines()]
+    note = opts.note or inventory.check_note
+    if note:
+        lines += [f"# {_comment(line)}" for line in note.splitlines()]
     lines += [
         "#",
         "# Use:  source(\"this-file.R\")   then parallel::parLapply(parallelCluster, ...) etc.",

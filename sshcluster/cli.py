@@ -209,12 +209,11 @@ def render(inventory: str, output: str | None, launch: str | None, tunnel: str |
     The file is deterministic (same inventory, same bytes) and holds no secret.
     """
     inv = load_inventory(inventory)
-    note = None
     if allow_partial and not run_check:
         raise click.UsageError("--allow-partial goes with --check")
     if run_check:
         try:
-            inv, note = _checked(inv, timeout=timeout, accept_new=accept_new,
+            inv = _checked(inv, timeout=timeout, accept_new=accept_new,
                                  allow_partial=allow_partial, concurrency=concurrency,
                                  tunnel=None if tunnel is None else tunnel == "reverse")
         except CheckFailed as e:
@@ -230,7 +229,6 @@ def render(inventory: str, output: str | None, launch: str | None, tunnel: str |
         tunnel="reverse" if tunnel == "reverse" else "none" if tunnel else None,
         fork=fork,
         register=tuple(register),
-        note=note,
     )
     note = bootstrap.connection_note(inv)
     if note:
@@ -248,8 +246,9 @@ def render(inventory: str, output: str | None, launch: str | None, tunnel: str |
 
 
 def _checked(inv: Inventory, *, timeout: float, accept_new: bool, allow_partial: bool,
-             concurrency: int, tunnel: bool | None) -> tuple[Inventory, str]:
-    """Check ``inv``; return the verified inventory and a note for the file's header.
+             concurrency: int, tunnel: bool | None) -> Inventory:
+    """Check ``inv``; return the verified inventory (its ``check_note`` goes into the
+    file's header).
 
     The check reads the default ssh config (~/.ssh/config), as the generated file's ssh
     does: a host that only another config file names would pass the check and then fail
@@ -260,7 +259,7 @@ def _checked(inv: Inventory, *, timeout: float, accept_new: bool, allow_partial:
     verified = verified_inventory(report, inv, allow_partial=allow_partial)
     for host in report.failed:
         click.echo(f"left out {host.label}: failed {', '.join(host.failed)}", err=True)
-    return verified, report.header_note()
+    return verified
 
 
 @cli.command()

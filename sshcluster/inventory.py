@@ -105,7 +105,9 @@ class Inventory:
     per worker). ``locale`` is the locale the workers run in (None: the primary's own
     ``LANG``/``LC_*``). ``reverse_ssh`` says whether the check fails a host whose worker
     cannot ssh back to the primary (``required``) or only warns (``optional``).
-    ``path`` is the file it was read from, if any.
+    ``path`` is the file it was read from, if any. ``check_note`` is what
+    :func:`~sshcluster.preflight.verified_inventory` says about the check it came
+    from (how many hosts were ready, which were left out), for the bootstrap's header.
     """
 
     primary: Primary
@@ -121,6 +123,7 @@ class Inventory:
     locale: str | None = None
     reverse_ssh: ReverseSsh = "optional"
     path: str | None = field(default=None, compare=False)
+    check_note: str | None = None
 
     @property
     def workers(self) -> int:
