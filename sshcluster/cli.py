@@ -302,6 +302,49 @@ def example() -> None:
     click.echo(example_inventory(), nl=False)
 
 
+@cli.command()
+@click.option("-o", "--output", default="hosts.yaml", show_default=True,
+              type=click.Path(dir_okay=False, path_type=str),
+              help="The inventory to write ('-': print it); an existing file is never "
+                   "replaced.")
+@click.option("--hosts", "hosts_spec", metavar="LIST",
+              help="Host names or addresses, comma-separated, with ranges: "
+                   "a,b,node[01-16].")
+@click.option("--from-ssh-config", is_flag=True,
+              help="Also every Host alias of ~/.ssh/config (and what it Includes) without "
+                   "wildcards.")
+@click.option("-F", "--ssh-config", type=click.Path(dir_okay=False, exists=True),
+              help="Read this ssh config file instead of ~/.ssh/config.")
+@click.option("--match", metavar="GLOB",
+              help="With --from-ssh-config: only the aliases that match, e.g. 'node*'.")
+@click.option("--user", help="The login name on every host (defaults.user).")
+@click.option("--identity-file", metavar="KEY",
+              help="The private key for every host (defaults.identity_file).")
+def init(output: str, hosts_spec: str | None, from_ssh_config: bool, ssh_config: str | None,
+         match: str | None, user: str | None, identity_file: str | None) -> None:
+    """Write a first inventory: your hosts, ncore: auto, primary: auto.
+
+    \b
+      sshcluster init --hosts 'node[01-04]' --user alice
+      sshcluster init --from-ssh-config --match 'node*'
+      sshcluster check hosts.yaml
+
+    The check then detects each host's cores and the primary's address;
+    'render --check' writes them into the R bootstrap.
+    """
+    from sshcluster.init import expand_hosts, write_inventory
+
+    written = write_inventory(output, expand_hosts(hosts_spec) if hosts_spec else (),
+                              from_ssh_config=from_ssh_config, ssh_config=ssh_config,
+                              match=match, user=user, identity_file=identity_file)
+    if output == "-":
+        click.echo(written.text, nl=False)
+        return
+    n = len(written.inventory.hosts)
+    click.echo(f"wrote {output}: {n} host{'s' if n != 1 else ''}, ncore: auto "
+               f"(next: sshcluster check {output})", err=True)
+
+
 # ----------------------------------------------------------------------- testbed
 
 cli.add_command(testbed_group)
