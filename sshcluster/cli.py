@@ -62,9 +62,26 @@ def print_error(e: SshclusterError, where: str | None = None) -> None:
         click.echo(f"hint: {e.hint}", err=True)
 
 
+def quiet() -> bool:
+    """Whether ``--quiet`` was given (to the ``sshcluster`` command itself)."""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and ctx.find_root().params.get("quiet"))
+
+
+def note(message: str) -> None:
+    """An informational line on stderr (what was written, what was recorded), which
+    ``--quiet`` leaves out; errors and warnings are never left out."""
+    if not quiet():
+        click.echo(message, err=True)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="sshcluster")
-def cli() -> None:
+@click.option("-q", "--quiet", is_flag=True,
+              help="Print only results, warnings and errors: no progress, no notes on what "
+                   "was written; check prints what failed and the summary, not the table.")
+@click.pass_context
+def cli(ctx: click.Context, quiet: bool) -> None:
     """Turn a list of machines into a working R cluster.
 
     \b
@@ -76,7 +93,11 @@ def cli() -> None:
     'sshcluster example' prints an inventory with every field documented;
     'sshcluster init' writes one for your hosts. Exit status: 0 success,
     1 a host or a cloud request failed, 2 the inventory or the command line is wrong.
+    NO_COLOR (set, not empty) turns colours off. Shell completion (bash):
+    eval "$(_SSHCLUSTER_COMPLETE=bash_source sshcluster)"
     """
+    if os.environ.get("NO_COLOR"):  # https://no-color.org; rich reads it itself
+        ctx.color = False
 
 
 def _run_check(inv: Inventory, *, timeout: float, concurrency: int, accept_new: bool,
@@ -88,7 +109,7 @@ def _run_check(inv: Inventory, *, timeout: float, concurrency: int, accept_new: 
     kwargs: dict[str, Any] = {"timeout": timeout, "concurrency": concurrency,
                               "accept_new": accept_new, "tunnel": tunnel,
                               "ssh_config": list(ssh_config) if ssh_config else None}
-    if console.is_terminal and show_progress:
+    if console.is_terminal and show_progress and not quiet():
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                       MofNCompleteColumn(), TimeElapsedColumn(), console=console,
                       transient=True) as bar:
@@ -99,10 +120,9 @@ def _run_check(inv: Inventory, *, timeout: float, concurrency: int, accept_new: 
     if accept_new:
         recorded = report.recorded_keys()
         for path, n in recorded.items():
-            click.echo(f"accept-new: recorded {n} new host key{'s' if n != 1 else ''} in "
-                       f"{path}", err=True)
+            note(f"accept-new: recorded {n} new host key{'s' if n != 1 else ''} in {path}")
         if not recorded:
-            click.echo("accept-new: recorded no host key (none was new)", err=True)
+            note("accept-new: recorded no host key (none was new)")
     return report
 
 
@@ -158,7 +178,7 @@ def check_command(ctx: click.Context, inventory: str, timeout: float, concurrenc
     if as_json:
         click.echo(report.to_json())
     else:
-        print_report(report, Console())
+        print_report(report, Console(), table=not quiet())
     ctx.exit(0 if report.ok else 1)
 @cli.command()
 @click.argument("inventory", type=click.Path(dir_okay=False, path_type=str))
@@ -230,19 +250,16 @@ def render(inventory: str, output: str | None, launch: str | None, tunnel: str |
         fork=fork,
         register=tuple(register),
     )
-    note = bootstrap.connection_note(inv)
-    if note:
-        click.secho(f"warning: {note}", fg="yellow", err=True)
+    warning = bootstrap.connection_note(inv)
+    if warning:
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
     if output is None or output == "-":
         click.echo(bootstrap.render(inv, options), nl=False)
         return
     bootstrap.write_bootstrap(inv, output, options)
-    click.echo(
-        f"wrote {output}: {len(inv.hosts)} host{'s' if len(inv.hosts) != 1 else ''}, "
-        f"{inv.workers} R workers "
-        f"{'(checked)' if run_check else '(not checked)'} (in R: source({output!r}))",
-        err=True,
-    )
+    note(f"wrote {output}: {len(inv.hosts)} host{'s' if len(inv.hosts) != 1 else ''}, "
+         f"{inv.workers} R workers "
+         f"{'(checked)' if run_check else '(not checked)'} (in R: source({output!r}))")
 
 
 def _checked(inv: Inventory, *, timeout: float, accept_new: bool, allow_partial: bool,
@@ -258,7 +275,7 @@ def _checked(inv: Inventory, *, timeout: float, accept_new: bool, allow_partial:
                         tunnel=tunnel)
     verified = verified_inventory(report, inv, allow_partial=allow_partial)
     for host in report.failed:
-        click.echo(f"left out {host.label}: failed {', '.join(host.failed)}", err=True)
+        note(f"left out {host.label}: failed {', '.join(host.failed)}")
     return verified
 
 
@@ -341,8 +358,8 @@ def init(output: str, hosts_spec: str | None, from_ssh_config: bool, ssh_config:
         click.echo(written.text, nl=False)
         return
     n = len(written.inventory.hosts)
-    click.echo(f"wrote {output}: {n} host{'s' if n != 1 else ''}, ncore: auto "
-               f"(next: sshcluster check {output})", err=True)
+    note(f"wrote {output}: {n} host{'s' if n != 1 else ''}, ncore: auto "
+         f"(next: sshcluster check {output})")
 
 
 # ----------------------------------------------------------------------- testbed

@@ -348,22 +348,25 @@ def report_details(report: CheckReport) -> list[Text]:
     return lines
 
 
-def print_report(report: CheckReport, console: Console) -> None:
-    """Print the table, the details of what failed or warned, and the summary line."""
-    if console.width < _short_width(report):
+def print_report(report: CheckReport, console: Console, *, table: bool = True) -> None:
+    """Print the table (unless not ``table``), the details of what failed or warned, and
+    the summary line."""
+    if table and console.width < _short_width(report):
         for line in report_lines(report):
             console.print(line, soft_wrap=True)
-    else:
+    elif table:
         console.print(report_table(report, console.width))
         if console.width < _full_width(report):
             legend = ", ".join(f"{v}={k}" for k, v in SHORT_NAMES.items())
             console.print(Text(legend, style="dim"), soft_wrap=True)
     details = report_details(report)
     if details:
-        console.print()
+        if table:
+            console.print()
         for line in details:
             console.print(line, soft_wrap=True)
-    console.print()
+    if table or details:
+        console.print()
     style = "bold green" if report.ok else "bold red"
     console.print(Text(report.summary(), style=style), soft_wrap=True)
 

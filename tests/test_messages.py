@@ -183,3 +183,52 @@ def test_render_without_check_says_not_checked(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["render", str(inv), "-o", str(tmp_path / "c.R")])
     assert result.exit_code == 0
     assert result.stderr.startswith(f"wrote {tmp_path}/c.R: 1 host, 3 R workers (not checked)")
+
+
+# --------------------------------------------------------------- --quiet, NO_COLOR, completion
+
+
+def test_quiet_leaves_out_notes_but_not_errors(tmp_path: Path) -> None:
+    inv = tmp_path / "hosts.yaml"
+    inv.write_text("primary: p\nhosts:\n  - host: a\n    ncore: 3\n")
+    out = tmp_path / "c.R"
+    result = CliRunner().invoke(cli, ["--quiet", "render", str(inv), "-o", str(out)])
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert out.exists()
+    result = CliRunner().invoke(cli, ["-q", "init", "-o", str(tmp_path / "h.yaml"),
+                                      "--hosts", "a"])
+    assert (result.exit_code, result.stderr) == (0, "")
+    bad = CliRunner().invoke(cli, ["-q", "render", str(tmp_path / "none.yaml")])
+    assert bad.exit_code == 2 and "error:" in bad.stderr and "hint:" in bad.stderr
+
+
+def test_quiet_check_prints_what_failed_and_the_summary_not_the_table(tmp_path: Path) -> None:
+    inv = tmp_path / "hosts.yaml"
+    port = free_port("127.0.0.1")
+    inv.write_text(f"primary: 127.0.0.1\nhosts:\n  - host: 127.0.0.1\n    ssh_port: {port}\n")
+    loud = CliRunner().invoke(cli, ["check", str(inv), "-F", "none", "--timeout", "5"])
+    quiet = CliRunner().invoke(cli, ["-q", "check", str(inv), "-F", "none", "--timeout", "5"])
+    assert loud.exit_code == quiet.exit_code == 1
+    assert "resolve" in loud.stdout  # the table's header
+    lines = quiet.stdout.splitlines()
+    assert lines[0].startswith(f"127.0.0.1:{port} connect failed: ")
+    assert "inventory: line 4 (ssh_port:)" in quiet.stdout
+    assert lines[-1].startswith("0 of 1 host ready") and "resolve " not in quiet.stdout
+
+
+def test_no_color_turns_colours_off(tmp_path: Path) -> None:
+    missing = str(tmp_path / "none.yaml")
+    coloured = CliRunner().invoke(cli, ["render", missing], color=True)
+    plain = CliRunner().invoke(cli, ["render", missing], color=True, env={"NO_COLOR": "1"})
+    assert "\x1b[" in coloured.stderr
+    assert plain.exit_code == 2 and "\x1b[" not in plain.stderr
+    assert plain.stderr.startswith(f"error: {missing}: no such file")
+
+
+def test_shell_completion_completes_commands() -> None:
+    result = CliRunner().invoke(cli, [], prog_name="sshcluster", env={
+        "_SSHCLUSTER_COMPLETE": "bash_complete", "COMP_WORDS": "sshcluster ren",
+        "COMP_CWORD": "1"})
+    assert result.exit_code == 0
+    assert "plain,render" in result.output.splitlines()
+    assert "_SSHCLUSTER_COMPLETE=bash_source sshcluster" in (ROOT / "README.md").read_text()
