@@ -1,5 +1,5 @@
-"""What a failed step tells the user to change: the inventory line to blame, and the ssh
-command that repeats what the check did.
+"""What a failed step tells the user: the inventory line to blame, the ssh command that
+repeats what the check did, what to look at when a step ran out of time.
 
 A failed step names the inventory field behind it where one is to blame (a wrong
 ``user:`` makes ``auth`` fail, a wrong ``ssh_port:`` makes ``connect`` fail) and the line
@@ -15,6 +15,16 @@ from sshcluster.inventory import Host
 from sshcluster.quoting import shell_join
 from sshcluster.report import StepResult
 from sshcluster.sshconfig import ClientSettings
+
+#: Hints for a step still running at the deadline.
+TIMEOUT_HINTS = {
+    "resolve": "ssh -G did not finish: a Match exec command in the ssh config may hang",
+    "connect": "the host is down, or a firewall drops packets to its ssh port",
+    "hostkey": "sshd accepted the connection but did not finish the handshake",
+    "auth": "sshd is slow to authenticate (DNS lookups by sshd? set UseDNS no)",
+}
+#: The hint for ``resolve`` cut off after ssh -G answered: in the name lookup.
+DNS_HINT = "the name server did not answer (check /etc/resolv.conf, or use the address)"
 
 #: The inventory fields a failed step may be due to, the first one set being blamed.
 BLAME: dict[str, tuple[str, ...]] = {
@@ -69,4 +79,4 @@ def auth_hint(host: Host, settings: ClientSettings, path: str | None) -> str:
             f"{ssh_test_command(host, settings)}")
 
 
-__all__ = ["BLAME", "auth_hint", "blame", "ssh_test_command"]
+__all__ = ["BLAME", "DNS_HINT", "TIMEOUT_HINTS", "auth_hint", "blame", "ssh_test_command"]

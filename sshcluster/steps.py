@@ -26,7 +26,7 @@ import asyncssh
 from sshcluster.bootstrap import ssh_command
 from sshcluster.callback import CallbackListener, callback_verdict
 from sshcluster.errors import SshclusterError
-from sshcluster.hints import auth_hint, blame
+from sshcluster.hints import DNS_HINT, TIMEOUT_HINTS, auth_hint, blame
 from sshcluster.inventory import AUTO, Host, Inventory
 from sshcluster.probe import (
     VERDICTS,
@@ -39,16 +39,6 @@ from sshcluster.probe import (
 from sshcluster.report import SKIPPED, HostReport, StepResult
 from sshcluster.sshconfig import ClientSettings, client_settings
 from sshcluster.sshconnect import Connector, HostKeyDecision, close_all, host_decision
-
-#: Hints for a step still running at the deadline.
-TIMEOUT_HINTS = {
-    "resolve": "ssh -G did not finish: a Match exec command in the ssh config may hang",
-    "connect": "the host is down, or a firewall drops packets to its ssh port",
-    "hostkey": "sshd accepted the connection but did not finish the handshake",
-    "auth": "sshd is slow to authenticate (DNS lookups by sshd? set UseDNS no)",
-}
-#: The hint for ``resolve`` cut off after ssh -G answered: in the name lookup.
-DNS_HINT = "the name server did not answer (check /etc/resolv.conf, or use the address)"
 
 
 @dataclass
