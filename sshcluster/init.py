@@ -210,7 +210,11 @@ def write_inventory(path: str | os.PathLike[str], hosts: Sequence[str] = (), *,
         raise InventoryError("no hosts to write", path=str(path),
                              hint="give --hosts a,b,'node[01-16]' or --from-ssh-config")
     text = inventory_text(names, user=user, identity_file=identity_file, comments=comments)
-    written = Written(text, parse_inventory(text, None if str(path) == "-" else str(path)))
+    try:
+        written = Written(text, parse_inventory(text, None if str(path) == "-" else str(path)))
+    except InventoryError as e:  # a --user or --identity-file no inventory can hold
+        raise InventoryError(e.problem, path="sshcluster init", field=e.field,
+                             hint=e.hint) from None
     if str(path) == "-":
         return written
     try:

@@ -96,3 +96,12 @@ def test_init_from_the_ssh_config(tmp_path: Path) -> None:
                                        "--from-ssh-config", "-F", str(config),
                                        "--match", "db*"])
     assert nothing.exit_code == 2 and "no Host alias matching 'db*'" in nothing.stderr
+
+
+def test_a_user_no_inventory_can_hold_is_named_as_an_option(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["init", "-o", str(tmp_path / "h.yaml"), "--hosts", "a",
+                                      "--user", "a b"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: sshcluster init: defaults.user: 'a b' is not a "
+                                    "valid user name")
+    assert not (tmp_path / "h.yaml").exists()
