@@ -189,7 +189,10 @@ def _read(doc: Any, reader: _Reader) -> Inventory:
     if doc is None:
         raise reader.fail("the file is empty", line=None,
                           hint="'sshcluster example' prints an inventory with every field")
-    top = reader.mapping(doc, "", 1, _TOP_KEYS, required=("primary", "hosts"))
+    top = reader.mapping(doc, "", 1, _TOP_KEYS, required=("primary", "hosts"), hints={
+        "primary": "primary is this machine as the workers see it; 'primary: auto' lets "
+                   "the check detect it",
+        "hosts": "list the machines, e.g. 'hosts: [node1, node2]'"})
 
     # primary: a plain address, or a mapping
     raw_primary = top["primary"]

@@ -251,8 +251,10 @@ class Reader:
         return InventoryError(problem, path=self.path, line=line, field=field, hint=hint)
 
     def mapping(self, value: Any, where: str, line: int | None, allowed: tuple[str, ...],
-                required: tuple[str, ...] = ()) -> Map:
-        """``value`` as a mapping whose keys are all ``allowed`` and include ``required``."""
+                required: tuple[str, ...] = (), hints: Mapping[str, str] | None = None
+                ) -> Map:
+        """``value`` as a mapping whose keys are all ``allowed`` and include ``required``
+        (``hints``: what to say about a missing one)."""
         if not isinstance(value, Map):
             raise self.fail(f"expected a mapping of {', '.join(allowed)}, got {describe(value)}",
                             line=line, field=where)
@@ -266,7 +268,8 @@ class Reader:
                                 hint=hint)
         for key in required:
             if key not in value:
-                raise self.fail(f"'{key}' is required", line=value.line, field=where)
+                raise self.fail(f"'{key}' is required", line=value.line, field=where,
+                                hint=(hints or {}).get(key))
         return value
 
     def line_of(self, m: Map, key: str) -> int:

@@ -74,6 +74,13 @@ def test_example_prints_the_shipped_example_which_is_the_repository_file() -> No
     assert [h.host for h in inv.hosts] == ["192.168.1.10", "192.168.1.11"]
 
 
+def test_a_missing_primary_says_what_it_is_for(tmp_path: Path) -> None:
+    inv, err, code = _render(tmp_path, "hosts:\n  - a\n")
+    assert code == 2
+    assert err.startswith(f"error: {inv} line 1: 'primary' is required\n")
+    assert "hint: primary is this machine as the workers see it; 'primary: auto'" in err
+
+
 def test_an_empty_file_points_at_example(tmp_path: Path) -> None:
     _, err, code = _render(tmp_path, "")
     assert code == 2
