@@ -3,7 +3,7 @@
 This is the edge of the program: :func:`load_inventory` reads a YAML file, checks every
 field once and returns frozen dataclasses; everything past it trusts its types. Every
 mistake raises :class:`~sshcluster.errors.InventoryError` naming the file, the line and
-the field. ``hosts.example.yaml`` documents the format.
+the field. ``sshcluster example`` prints the documented format (``hosts.example.yaml``).
 """
 
 from __future__ import annotations
