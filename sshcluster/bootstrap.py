@@ -383,12 +383,17 @@ def _where(inventory: Inventory) -> str:
 
 
 def _require_known_ncore(inventory: Inventory) -> None:
-    auto = [h.label for h in inventory.hosts if h.ncore is None]
+    auto = [h for h in inventory.hosts if h.ncore is None]
     if auto:
+        lines = sorted({n for h in auto if (n := h.line_of("ncore") or h.line) is not None})
+        where = inventory.path or "<inventory>"
+        if lines:
+            where += f" line{'s' if len(lines) > 1 else ''} {', '.join(map(str, lines))}"
         raise RenderError(
-            f"{_where(inventory)}ncore is 'auto' for {', '.join(auto)}; the bootstrap needs "
-            "a number of workers",
-            hint="run 'sshcluster render --check' to detect the core counts, or write them",
+            f"{where}: ncore is 'auto' for {', '.join(h.label for h in auto)}; the "
+            "bootstrap needs a number of workers",
+            hint="run 'sshcluster render --check' to detect the core counts, or write them "
+                 "on those lines",
         )
 
 
@@ -408,8 +413,9 @@ def _header(inventory: Inventory, opts: RenderOptions, plan: _Plan) -> list[str]
         f"{'s' if inventory.workers != 1 else ''}; workers connect back {where}.",
         f"# {how}.",
     ]
-    if opts.note:
-        lines += [f"# {_comment(line)}" for line in opts.note.splitlines()]
+    note = opts.note or inventory.check_note
+    if note:
+        lines += [f"# {_comment(line)}" for line in note.splitlines()]
     lines += [
         "#",
         "# Use:  source(\"this-file.R\")   then parallel::parLapply(parallelCluster, ...) etc.",

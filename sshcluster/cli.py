@@ -8,6 +8,7 @@ wrong. No traceback for a user's mistake.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -27,9 +28,17 @@ from rich.progress import (
 from sshcluster import __version__, bootstrap
 from sshcluster.ec2.cli import ec2_group
 from sshcluster.errors import CheckFailed, SshclusterError
-from sshcluster.inventory import LAUNCHES, TUNNELS, Inventory, Register, load_inventory
+from sshcluster.helpformat import use_help_formatter
+from sshcluster.inventory import (
+    LAUNCHES,
+    TUNNELS,
+    Inventory,
+    Register,
+    example_inventory,
+    load_inventory,
+)
 from sshcluster.preflight import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT, check, verified_inventory
-from sshcluster.report import CheckReport, print_report
+from sshcluster.report import CheckReport, error_document, print_report
 from sshcluster.testing.cli import testbed_group
 
 
@@ -53,9 +62,26 @@ def print_error(e: SshclusterError, where: str | None = None) -> None:
         click.echo(f"hint: {e.hint}", err=True)
 
 
+def quiet() -> bool:
+    """Whether ``--quiet`` was given (to the ``sshcluster`` command itself)."""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and ctx.find_root().params.get("quiet"))
+
+
+def note(message: str) -> None:
+    """An informational line on stderr (what was written, what was recorded), which
+    ``--quiet`` leaves out; errors and warnings are never left out."""
+    if not quiet():
+        click.echo(message, err=True)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="sshcluster")
-def cli() -> None:
+@click.option("-q", "--quiet", is_flag=True,
+              help="Print only results, warnings and errors: no progress, no notes on what "
+                   "was written; check prints what failed and the summary, not the table.")
+@click.pass_context
+def cli(ctx: click.Context, quiet: bool) -> None:
     """Turn a list of machines into a working R cluster.
 
     \b
@@ -64,26 +90,40 @@ def cli() -> None:
       sshcluster render hosts.yaml -o cluster.R
       Rscript -e 'source("cluster.R"); print(parallelCluster)'
 
-    The inventory format is documented in hosts.example.yaml. Exit status: 0 success,
+    'sshcluster example' prints an inventory with every field documented;
+    'sshcluster init' writes one for your hosts. Exit status: 0 success,
     1 a host or a cloud request failed, 2 the inventory or the command line is wrong.
+    NO_COLOR (set, not empty) turns colours off. Shell completion (bash):
+    eval "$(_SSHCLUSTER_COMPLETE=bash_source sshcluster)"
     """
+    if os.environ.get("NO_COLOR"):  # https://no-color.org; rich reads it itself
+        ctx.color = False
 
 
 def _run_check(inv: Inventory, *, timeout: float, concurrency: int, accept_new: bool,
                ssh_config: tuple[str, ...], show_progress: bool,
                tunnel: bool | None = None) -> CheckReport:
-    """Run the preflight check, with a progress bar on stderr when it is a terminal."""
+    """Run the preflight check, with a progress bar on stderr when it is a terminal; say
+    how many host keys --accept-new recorded, and where."""
     console = Console(stderr=True)
     kwargs: dict[str, Any] = {"timeout": timeout, "concurrency": concurrency,
                               "accept_new": accept_new, "tunnel": tunnel,
                               "ssh_config": list(ssh_config) if ssh_config else None}
-    if console.is_terminal and show_progress:
+    if console.is_terminal and show_progress and not quiet():
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                       MofNCompleteColumn(), TimeElapsedColumn(), console=console,
                       transient=True) as bar:
             task = bar.add_task("checking hosts", total=len(inv.hosts))
-            return check(inv, progress=lambda _: bar.advance(task), **kwargs)
-    return check(inv, **kwargs)
+            report = check(inv, progress=lambda _: bar.advance(task), **kwargs)
+    else:
+        report = check(inv, **kwargs)
+    if accept_new:
+        recorded = report.recorded_keys()
+        for path, n in recorded.items():
+            note(f"accept-new: recorded {n} new host key{'s' if n != 1 else ''} in {path}")
+        if not recorded:
+            note("accept-new: recorded no host key (none was new)")
+    return report
 
 
 def _config_files(ctx: click.Context, param: click.Parameter,
@@ -108,7 +148,9 @@ def _config_files(ctx: click.Context, param: click.Parameter,
               help="Record the host key of a host known_hosts does not list yet (like "
                    "OpenSSH's StrictHostKeyChecking=accept-new). A changed key still fails.")
 @click.option("--json", "as_json", is_flag=True,
-              help="Print only the JSON report on stdout.")
+              help="Print only the JSON report on stdout (its JSON Schema: "
+                   "sshcluster/schema/check.schema.json); a wrong inventory is a JSON "
+                   "error document too (exit 2).")
 @click.option("-F", "--ssh-config", "ssh_config", multiple=True, callback=_config_files,
               help="Use this OpenSSH client config file instead of ssh's own (~/.ssh/config "
                    "and /etc/ssh/ssh_config), as 'ssh -F' does ('none': no file at all); "
@@ -123,13 +165,20 @@ def check_command(ctx: click.Context, inventory: str, timeout: float, concurrenc
     Exit status: 0 every host ready, 1 some host failed, 2 a wrong inventory or
     command line.
     """
-    inv = load_inventory(inventory)
-    report = _run_check(inv, timeout=timeout, concurrency=concurrency, accept_new=accept_new,
-                        ssh_config=ssh_config, show_progress=not as_json)
+    try:
+        inv = load_inventory(inventory)
+        report = _run_check(inv, timeout=timeout, concurrency=concurrency,
+                            accept_new=accept_new, ssh_config=ssh_config,
+                            show_progress=not as_json)
+    except SshclusterError as e:
+        if not as_json:
+            raise
+        click.echo(json.dumps(error_document(e), indent=2))  # scripts never parse text
+        ctx.exit(e.exit_code)
     if as_json:
         click.echo(report.to_json())
     else:
-        print_report(report, Console())
+        print_report(report, Console(), table=not quiet())
     ctx.exit(0 if report.ok else 1)
 @cli.command()
 @click.argument("inventory", type=click.Path(dir_okay=False, path_type=str))
@@ -180,12 +229,11 @@ def render(inventory: str, output: str | None, launch: str | None, tunnel: str |
     The file is deterministic (same inventory, same bytes) and holds no secret.
     """
     inv = load_inventory(inventory)
-    note = None
     if allow_partial and not run_check:
         raise click.UsageError("--allow-partial goes with --check")
     if run_check:
         try:
-            inv, note = _checked(inv, timeout=timeout, accept_new=accept_new,
+            inv = _checked(inv, timeout=timeout, accept_new=accept_new,
                                  allow_partial=allow_partial, concurrency=concurrency,
                                  tunnel=None if tunnel is None else tunnel == "reverse")
         except CheckFailed as e:
@@ -201,25 +249,23 @@ def render(inventory: str, output: str | None, launch: str | None, tunnel: str |
         tunnel="reverse" if tunnel == "reverse" else "none" if tunnel else None,
         fork=fork,
         register=tuple(register),
-        note=note,
     )
-    note = bootstrap.connection_note(inv)
-    if note:
-        click.secho(f"warning: {note}", fg="yellow", err=True)
+    warning = bootstrap.connection_note(inv)
+    if warning:
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
     if output is None or output == "-":
         click.echo(bootstrap.render(inv, options), nl=False)
         return
     bootstrap.write_bootstrap(inv, output, options)
-    click.echo(
-        f"wrote {output}: {len(inv.hosts)} hosts, {inv.workers} R workers "
-        f"(in R: source({output!r}))",
-        err=True,
-    )
+    note(f"wrote {output}: {len(inv.hosts)} host{'s' if len(inv.hosts) != 1 else ''}, "
+         f"{inv.workers} R workers "
+         f"{'(checked)' if run_check else '(not checked)'} (in R: source({output!r}))")
 
 
 def _checked(inv: Inventory, *, timeout: float, accept_new: bool, allow_partial: bool,
-             concurrency: int, tunnel: bool | None) -> tuple[Inventory, str]:
-    """Check ``inv``; return the verified inventory and a note for the file's header.
+             concurrency: int, tunnel: bool | None) -> Inventory:
+    """Check ``inv``; return the verified inventory (its ``check_note`` goes into the
+    file's header).
 
     The check reads the default ssh config (~/.ssh/config), as the generated file's ssh
     does: a host that only another config file names would pass the check and then fail
@@ -229,8 +275,8 @@ def _checked(inv: Inventory, *, timeout: float, accept_new: bool, allow_partial:
                         tunnel=tunnel)
     verified = verified_inventory(report, inv, allow_partial=allow_partial)
     for host in report.failed:
-        click.echo(f"left out {host.label}: failed {', '.join(host.failed)}", err=True)
-    return verified, report.header_note()
+        note(f"left out {host.label}: failed {', '.join(host.failed)}")
+    return verified
 
 
 @cli.command()
@@ -263,12 +309,66 @@ def demo(n_hosts: int, ncore: int, tasks: int, keep: str | None) -> None:
         raise click.exceptions.Exit(1)
 
 
+@cli.command()
+def example() -> None:
+    """Print the documented example inventory: every field, with comments.
+
+    \b
+      sshcluster example > hosts.yaml     # then edit the hosts
+    """
+    click.echo(example_inventory(), nl=False)
+
+
+@cli.command()
+@click.option("-o", "--output", default="hosts.yaml", show_default=True,
+              type=click.Path(dir_okay=False, path_type=str),
+              help="The inventory to write ('-': print it); an existing file is never "
+                   "replaced.")
+@click.option("--hosts", "hosts_spec", metavar="LIST",
+              help="Host names or addresses, comma-separated, with ranges: "
+                   "a,b,node[01-16].")
+@click.option("--from-ssh-config", is_flag=True,
+              help="Also every Host alias of ~/.ssh/config (and what it Includes) without "
+                   "wildcards.")
+@click.option("-F", "--ssh-config", type=click.Path(dir_okay=False, exists=True),
+              help="Read this ssh config file instead of ~/.ssh/config.")
+@click.option("--match", metavar="GLOB",
+              help="With --from-ssh-config: only the aliases that match, e.g. 'node*'.")
+@click.option("--user", help="The login name on every host (defaults.user).")
+@click.option("--identity-file", metavar="KEY",
+              help="The private key for every host (defaults.identity_file).")
+def init(output: str, hosts_spec: str | None, from_ssh_config: bool, ssh_config: str | None,
+         match: str | None, user: str | None, identity_file: str | None) -> None:
+    """Write a first inventory: your hosts, ncore: auto, primary: auto.
+
+    \b
+      sshcluster init --hosts 'node[01-04]' --user alice
+      sshcluster init --from-ssh-config --match 'node*'
+      sshcluster check hosts.yaml
+
+    The check then detects each host's cores and the primary's address;
+    'render --check' writes them into the R bootstrap.
+    """
+    from sshcluster.init import expand_hosts, write_inventory
+
+    written = write_inventory(output, expand_hosts(hosts_spec) if hosts_spec else (),
+                              from_ssh_config=from_ssh_config, ssh_config=ssh_config,
+                              match=match, user=user, identity_file=identity_file)
+    if output == "-":
+        click.echo(written.text, nl=False)
+        return
+    n = len(written.inventory.hosts)
+    note(f"wrote {output}: {n} host{'s' if n != 1 else ''}, ncore: auto "
+         f"(next: sshcluster check {output})")
+
+
 # ----------------------------------------------------------------------- testbed
 
 cli.add_command(testbed_group)
 
 
 cli.add_command(ec2_group)
+use_help_formatter(cli)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -130,6 +130,11 @@ class EC2Error(SshclusterError):
         super().__init__(message, hint=hint)
 
 
+class NoRegion(EC2Error):
+    """No AWS region to look in: none given, no default one, and no cluster records on
+    this machine (so, as far as this machine knows, no clusters)."""
+
+
 class NoSuchCluster(EC2Error):
     """A cluster name that is no cluster in ``region``: no record of it on this machine and
     nothing there tagged with it. ``existing`` are the names of the clusters there are
@@ -161,6 +166,7 @@ __all__ = [
     "ForeignCluster",
     "HostError",
     "InventoryError",
+    "NoRegion",
     "NoSuchCluster",
     "OutputExistsError",
     "QuotingError",

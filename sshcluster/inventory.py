@@ -3,7 +3,7 @@
 This is the edge of the program: :func:`load_inventory` reads a YAML file, checks every
 field once and returns frozen dataclasses; everything past it trusts its types. Every
 mistake raises :class:`~sshcluster.errors.InventoryError` naming the file, the line and
-the field. ``hosts.example.yaml`` documents the format.
+the field. ``sshcluster example`` prints the documented format (``hosts.example.yaml``).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,7 +51,8 @@ class Host:
     """One worker machine: ``ncore`` R workers are started on it.
 
     ``ncore`` is None for ``ncore: auto`` (detected by the preflight check).
-    ``line`` is where the host was written in the inventory (for messages only).
+    ``line`` is where the host was written in the inventory and ``field_lines`` where
+    each of its fields was (``defaults:`` included), for messages only.
     """
 
     host: str
@@ -60,6 +62,12 @@ class Host:
     identity_file: str | None = None
     rscript: str | None = None
     line: int | None = field(default=None, compare=False)
+    field_lines: tuple[tuple[str, int], ...] = field(default=(), compare=False)
+
+    def line_of(self, name: str) -> int | None:
+        """The inventory line that sets field ``name`` of this host (maybe in
+        ``defaults:``), or None when the inventory does not set it."""
+        return dict(self.field_lines).get(name)
 
     @property
     def label(self) -> str:
@@ -97,7 +105,9 @@ class Inventory:
     per worker). ``locale`` is the locale the workers run in (None: the primary's own
     ``LANG``/``LC_*``). ``reverse_ssh`` says whether the check fails a host whose worker
     cannot ssh back to the primary (``required``) or only warns (``optional``).
-    ``path`` is the file it was read from, if any.
+    ``path`` is the file it was read from, if any. ``check_note`` is what
+    :func:`~sshcluster.preflight.verified_inventory` says about the check it came
+    from (how many hosts were ready, which were left out), for the bootstrap's header.
     """
 
     primary: Primary
@@ -113,6 +123,7 @@ class Inventory:
     locale: str | None = None
     reverse_ssh: ReverseSsh = "optional"
     path: str | None = field(default=None, compare=False)
+    check_note: str | None = None
 
     @property
     def workers(self) -> int:
@@ -152,10 +163,12 @@ _TOP_KEYS = ("primary", "port", "defaults", "hosts", "known_hosts", "r_packages"
              "tunnel", "fork", "register", "setup_timeout", "locale", "reverse_ssh")
 
 
-def _host_fields(reader: _Reader, m: Map, where: str) -> dict[str, Any]:
+def _host_fields(reader: _Reader, m: Map, where: str,
+                 lines: dict[str, int]) -> dict[str, Any]:
+    """The host fields of ``m``, validated; each field's line goes into ``lines``."""
     out: dict[str, Any] = {}
     for key, value in m.items():
-        line = reader.line_of(m, key)
+        line = lines[key] = reader.line_of(m, key)
         name = join_field(where, key)
         if key == "host":
             out[key] = reader.hostname(value, name, line)
@@ -175,8 +188,11 @@ def _host_fields(reader: _Reader, m: Map, where: str) -> dict[str, Any]:
 def _read(doc: Any, reader: _Reader) -> Inventory:
     if doc is None:
         raise reader.fail("the file is empty", line=None,
-                          hint="see hosts.example.yaml for the format")
-    top = reader.mapping(doc, "", 1, _TOP_KEYS, required=("primary", "hosts"))
+                          hint="'sshcluster example' prints an inventory with every field")
+    top = reader.mapping(doc, "", 1, _TOP_KEYS, required=("primary", "hosts"), hints={
+        "primary": "primary is this machine as the workers see it; 'primary: auto' lets "
+                   "the check detect it",
+        "hosts": "list the machines, e.g. 'hosts: [node1, node2]'"})
 
     # primary: a plain address, or a mapping
     raw_primary = top["primary"]
@@ -246,10 +262,11 @@ def _read(doc: Any, reader: _Reader) -> Inventory:
                           hint="use 'launch: fast' (the default) with 'tunnel: reverse'")
 
     defaults: dict[str, Any] = {}
+    default_lines: dict[str, int] = {}
     if "defaults" in top and top["defaults"] is not None:
         dm = reader.mapping(top["defaults"], "defaults", reader.line_of(top, "defaults"),
                             _DEFAULT_KEYS)
-        defaults = _host_fields(reader, dm, "defaults")
+        defaults = _host_fields(reader, dm, "defaults", default_lines)
 
     raw_hosts = top["hosts"]
     hline = reader.line_of(top, "hosts")
@@ -265,12 +282,14 @@ def _read(doc: Any, reader: _Reader) -> Inventory:
     for i, item in enumerate(raw_hosts):
         where = f"hosts[{i}]"
         line = raw_hosts.item_lines[i]
+        lines = dict(default_lines)
         if isinstance(item, Map):
             hm = reader.mapping(item, where, line, _HOST_KEYS, required=("host",))
-            fields = {**defaults, **_host_fields(reader, hm, where)}
+            fields = {**defaults, **_host_fields(reader, hm, where, lines)}
         else:
             fields = {**defaults, "host": reader.hostname(item, where, line)}
-        host = Host(line=line, **fields)
+            lines["host"] = line
+        host = Host(line=line, field_lines=tuple(sorted(lines.items())), **fields)
         key = (host.host, host.ssh_port or 22)
         if key in seen:
             raise reader.fail(
@@ -294,7 +313,19 @@ def parse_inventory(text: str, path: str | None = None) -> Inventory:
 
 def load_inventory(path: str | os.PathLike[str]) -> Inventory:
     """Read and validate the inventory file at ``path``. Raises :class:`InventoryError`."""
-    return parse_inventory(read_text(path, example="hosts.example.yaml"), str(path))
+    return parse_inventory(read_text(path, example=MISSING_HINT), str(path))
+
+
+#: The hint for an inventory file that does not exist.
+MISSING_HINT = ("write one with 'sshcluster init --hosts a,b' or start from "
+                "'sshcluster example > hosts.yaml'")
+
+
+def example_inventory() -> str:
+    """The documented example inventory (every field, with comments), as shipped in the
+    package: what ``sshcluster example`` prints."""
+    return resources.files("sshcluster").joinpath("examples").joinpath(
+        "hosts.example.yaml").read_text(encoding="utf-8")
 
 
 def inventory_to_dict(inv: Inventory) -> dict[str, Any]:
@@ -362,6 +393,7 @@ __all__ = [
     "ReverseSsh",
     "Tunnel",
     "dump_inventory",
+    "example_inventory",
     "inventory_to_dict",
     "load_inventory",
     "parse_inventory",

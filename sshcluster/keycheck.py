@@ -48,11 +48,13 @@ _HOST_CERT = 2  # SSH2_CERT_TYPE_HOST
 @dataclass(frozen=True)
 class HostKeyVerdict:
     """The check's decision about one server's host key: ``trusted`` or not, what was
-    found (``detail``) and what to do about it (``hint``)."""
+    found (``detail``) and what to do about it (``hint``); ``recorded`` is the file a key
+    accepted as new (accept-new) was written to."""
 
     trusted: bool
     detail: str
     hint: str | None = None
+    recorded: str | None = None
 
     def result(self) -> StepResult:
         """The ``hostkey`` step's result."""
@@ -390,7 +392,7 @@ def _explain(policy: TrustPolicy, o: _Outcome, key: asyncssh.SSHKey,
     if o.trusted:
         if o.recorded:
             return HostKeyVerdict(True, f"new key {offered} for {o.name} recorded in "
-                                        f"{o.recorded} (accept-new)")
+                                        f"{o.recorded} (accept-new)", recorded=o.recorded)
         if o.found is not None and o.found.marker == CA_MARKER and cert and not o.cert_problem:
             return HostKeyVerdict(True, f"certificate for {o.name} signed by the "
                                         f"{CA_MARKER} in {o.found.where}")

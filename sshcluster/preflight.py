@@ -217,7 +217,9 @@ def verified_inventory(report: CheckReport, inventory: Inventory, *,
     ``ncore: auto`` becomes the detected core count; a host whose Rscript is not where
     the primary's is gets its own ``rscript``; ``primary.host: auto`` becomes the detected
     address. A failed host raises :class:`CheckFailed` (with the report), unless
-    ``allow_partial``, which drops it (``report.failed`` says which).
+    ``allow_partial``, which drops it (``report.failed`` says which). Its ``check_note``
+    says so, and :func:`~sshcluster.bootstrap.write_bootstrap` writes that into the
+    file's header, as ``sshcluster render --check`` does.
     """
     by_label = {r.label: r for r in report.hosts}
     if report.failed and not allow_partial:
@@ -246,7 +248,8 @@ def verified_inventory(report: CheckReport, inventory: Inventory, *,
         if address is None:
             raise CheckFailed(note, report=report, hint="set primary.host in the inventory")
         primary = dataclasses.replace(primary, host=address)
-    return dataclasses.replace(inventory, primary=primary, hosts=tuple(hosts))
+    return dataclasses.replace(inventory, primary=primary, hosts=tuple(hosts),
+                               check_note=report.header_note())
 
 
 __all__ = [

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any, Literal
 
 from rich import box
@@ -18,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from sshcluster.errors import InventoryError, SshclusterError
 from sshcluster.inventory import Host
 
 #: The steps of the check, in the order they run on each host.
@@ -34,7 +36,16 @@ STEPS: tuple[str, ...] = (
     "callback",
 )
 
+#: A step's outcome: ``ok``; ``warning`` (passed, but something is worth knowing; the
+#: host is still ready); ``failed`` (the host is not ready); ``skipped`` (not run,
+#: because a step it needs failed or was skipped).
 Status = Literal["ok", "failed", "skipped", "warning"]
+STATUSES: tuple[Status, ...] = ("ok", "warning", "failed", "skipped")
+
+#: The version of the ``check --json`` document, written down as a JSON Schema in
+#: ``sshcluster/schema/check.schema.json``. It changes when a field is removed or
+#: changes its meaning; new fields may appear without a change.
+SCHEMA_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -42,20 +53,21 @@ class StepResult:
     """The outcome of one step on one host.
 
     ``detail`` says what was found (or what went wrong), ``hint`` what to do about it,
-    ``seconds`` how long the step took (0 for a skipped step).
+    ``seconds`` how long the step took (0 for a skipped step). ``line`` and ``field``
+    name the inventory line to change for a failed step, when one is to blame.
     """
 
     status: Status
     detail: str = ""
     seconds: float = 0.0
     hint: str | None = None
+    line: int | None = None
+    field: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The step as it appears in the JSON document (the hint is folded into detail)."""
-        detail = self.detail
-        if self.hint:
-            detail = f"{detail}\nhint: {self.hint}" if detail else f"hint: {self.hint}"
-        return {"status": self.status, "detail": detail, "seconds": round(self.seconds, 3)}
+        """The step as it appears in the JSON document (see :data:`SCHEMA_VERSION`)."""
+        return {"status": self.status, "detail": self.detail, "hint": self.hint,
+                "seconds": round(self.seconds, 3), "line": self.line, "field": self.field}
 
 
 SKIPPED = StepResult("skipped", "an earlier step failed")
@@ -67,7 +79,8 @@ class HostReport:
 
     ``ncore`` is the detected core count (None when the check did not get that far),
     ``rscript`` the Rscript path found, ``r_version`` its R version, ``seen_primary``
-    the primary's address as this host sees it (the client address of ``SSH_CONNECTION``).
+    the primary's address as this host sees it (the client address of ``SSH_CONNECTION``),
+    ``recorded_key`` the known_hosts file its key was recorded in (``accept_new``).
     """
 
     host: Host
@@ -77,6 +90,7 @@ class HostReport:
     r_version: str | None = None
     address: str | None = None
     seen_primary: str | None = None
+    recorded_key: str | None = None
 
     @property
     def label(self) -> str:
@@ -108,8 +122,10 @@ class HostReport:
         """The host as it appears in the JSON document."""
         return {
             "host": self.label,
+            "line": self.host.line,
             "ok": self.ok,
             "failed": self.failed,
+            "warnings": self.warnings,
             "checks": {s: self.checks[s].to_dict() for s in STEPS},
             "ncore": self.workers,
             "rscript": self.rscript or "",
@@ -157,11 +173,22 @@ class CheckReport:
         raise KeyError(label)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON document of issue 3 as plain Python values."""
+        """The document ``check --json`` prints, as plain Python values: ``schema`` (its
+        version), ``ok``, the counts, ``primary`` and ``port``, ``notes`` and ``hosts``."""
         return {
+            "schema": SCHEMA_VERSION,
             "ok": self.ok,
+            "counts": {
+                "hosts": len(self.hosts),
+                "ready": len(self.succeeded),
+                "failed": len(self.failed),
+                "warnings": sum(1 for h in self.succeeded if h.warnings),
+                "workers": sum(h.workers for h in self.succeeded),
+            },
             "primary": self.primary,
             "port": self.port,
+            "seconds": round(self.seconds, 3),
+            "notes": list(self.notes),
             "hosts": [h.to_dict() for h in self.hosts],
         }
 
@@ -189,6 +216,14 @@ class CheckReport:
         return ", ".join(parts)
 
 
+    def recorded_keys(self) -> dict[str, int]:
+        """How many host keys the check recorded (accept-new), per known_hosts file."""
+        counts: dict[str, int] = {}
+        for h in self.hosts:
+            if h.recorded_key:
+                counts[h.recorded_key] = counts.get(h.recorded_key, 0) + 1
+        return counts
+
     def header_note(self) -> str:
         """What a file rendered from this check says about it in its header: how many
         hosts were ready, and which were left out (``allow_partial``) and why."""
@@ -197,6 +232,27 @@ class CheckReport:
         for host in self.failed:
             note += f"\nLeft out (--allow-partial): {host.label}: failed {', '.join(host.failed)}"
         return note
+
+
+def check_schema() -> dict[str, Any]:
+    """The JSON Schema of the ``check --json`` document, as shipped in the package."""
+    text = resources.files("sshcluster").joinpath("schema").joinpath(
+        "check.schema.json").read_text(encoding="utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+def error_document(e: SshclusterError) -> dict[str, Any]:
+    """What ``check --json`` prints instead of a report when there is none to print (a
+    wrong inventory): ``ok`` false and the ``error`` with its file, line and field."""
+    error: dict[str, Any] = {
+        "kind": "inventory" if isinstance(e, InventoryError) else "error",
+        "message": e.message, "hint": e.hint,
+        "path": None, "line": None, "field": None,
+    }
+    if isinstance(e, InventoryError):
+        error.update(path=e.path, line=e.line, field=e.field, problem=e.problem)
+    return {"schema": SCHEMA_VERSION, "ok": False, "error": error}
 
 
 # --------------------------------------------------------------------------- rendering
@@ -285,38 +341,47 @@ def report_details(report: CheckReport) -> list[Text]:
             lines.append(line)
             if r.hint:
                 lines.append(Text(f"    hint: {r.hint}", style="cyan"))
+            if r.line is not None:
+                lines.append(Text(f"    inventory: line {r.line} ({r.field}:)", style="cyan"))
     for note in report.notes:
         lines.append(Text(f"note: {note}", style="yellow"))
     return lines
 
 
-def print_report(report: CheckReport, console: Console) -> None:
-    """Print the table, the details of what failed or warned, and the summary line."""
-    if console.width < _short_width(report):
+def print_report(report: CheckReport, console: Console, *, table: bool = True) -> None:
+    """Print the table (unless not ``table``), the details of what failed or warned, and
+    the summary line."""
+    if table and console.width < _short_width(report):
         for line in report_lines(report):
             console.print(line, soft_wrap=True)
-    else:
+    elif table:
         console.print(report_table(report, console.width))
         if console.width < _full_width(report):
             legend = ", ".join(f"{v}={k}" for k, v in SHORT_NAMES.items())
             console.print(Text(legend, style="dim"), soft_wrap=True)
     details = report_details(report)
     if details:
-        console.print()
+        if table:
+            console.print()
         for line in details:
             console.print(line, soft_wrap=True)
-    console.print()
+    if table or details:
+        console.print()
     style = "bold green" if report.ok else "bold red"
     console.print(Text(report.summary(), style=style), soft_wrap=True)
 
 
 __all__ = [
+    "SCHEMA_VERSION",
     "SKIPPED",
+    "STATUSES",
     "STEPS",
     "CheckReport",
     "HostReport",
     "Status",
     "StepResult",
+    "check_schema",
+    "error_document",
     "print_report",
     "report_details",
     "report_lines",

@@ -26,6 +26,7 @@ import asyncssh
 from sshcluster.bootstrap import ssh_command
 from sshcluster.callback import CallbackListener, callback_verdict
 from sshcluster.errors import SshclusterError
+from sshcluster.hints import DNS_HINT, TIMEOUT_HINTS, auth_hint, blame
 from sshcluster.inventory import AUTO, Host, Inventory
 from sshcluster.probe import (
     VERDICTS,
@@ -38,16 +39,6 @@ from sshcluster.probe import (
 from sshcluster.report import SKIPPED, HostReport, StepResult
 from sshcluster.sshconfig import ClientSettings, client_settings
 from sshcluster.sshconnect import Connector, HostKeyDecision, close_all, host_decision
-
-#: Hints for a step still running at the deadline.
-TIMEOUT_HINTS = {
-    "resolve": "ssh -G did not finish: a Match exec command in the ssh config may hang",
-    "connect": "the host is down, or a firewall drops packets to its ssh port",
-    "hostkey": "sshd accepted the connection but did not finish the handshake",
-    "auth": "sshd is slow to authenticate (DNS lookups by sshd? set UseDNS no)",
-}
-#: The hint for ``resolve`` cut off after ssh -G answered: in the name lookup.
-DNS_HINT = "the name server did not answer (check /etc/resolv.conf, or use the address)"
 
 
 @dataclass
@@ -270,10 +261,7 @@ async def auth(hc: HostCheck) -> StepResult:
         return StepResult(
             "failed", f"permission denied for {s.user}@{s.hostname} ({why}tried "
                       f"{agent}{', '.join(tried) or 'no identity file'})",
-            hint=f"put the public key in ~{s.user}/.ssh/authorized_keys on {hc.host.label}, "
-                 "or name the key with IdentityFile in the ssh config or identity_file in "
-                 "the inventory; a key with a passphrase must be in the agent; test with "
-                 f"ssh -o BatchMode=yes {hc.host.host} true")
+            hint=auth_hint(hc.host, s, hc.ctx.inventory.path))
     except (asyncssh.Error, OSError) as e:
         return _connection_failed(e)
     return StepResult("ok", f"logged in as {s.user}")
@@ -446,9 +434,12 @@ def _report(hc: HostCheck, results: dict[str, StepResult], *, complete: bool) ->
             results[step.name] = (step.late(hc, complete) if step.late and _ready(step, results)
                                   else SKIPPED)
     what = found(hc.facts)
-    return HostReport(host=hc.host, checks={s.name: results[s.name] for s in STEPS},
+    return HostReport(host=hc.host, checks={s.name: blame(s.name, hc.host, results[s.name])
+                                            for s in STEPS},
                       ncore=what.ncore, rscript=what.rscript, r_version=what.r_version,
-                      address=hc.address, seen_primary=what.seen_primary)
+                      address=hc.address, seen_primary=what.seen_primary,
+                      recorded_key=hc.decision.verdict.recorded
+                      if hc.decision and hc.decision.verdict else None)
 
 
 __all__ = ["STEPS", "TIMEOUT_HINTS", "CheckContext", "HostCheck", "Step", "run_host"]

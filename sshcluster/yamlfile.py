@@ -45,6 +45,7 @@ MAX_NUMBER_CHARS = 40
 
 _SAFE_PATH = re.compile(r"^[^\x00-\x1f\x7f]+$")
 _HOSTNAME = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
+_NUMBER = re.compile(r"^\s*[+-]?[0-9]+\s*$")
 _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\$?$")
 
 
@@ -184,6 +185,12 @@ def load_yaml(text: str, reader: Reader) -> Any:
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else None
+        tab = _tab_line(text, line)
+        if tab is not None:
+            raise reader.fail("YAML does not allow tabs for indentation (a tab on this "
+                              "line)", line=tab,
+                              hint="indent with spaces only; most editors can convert "
+                                   "tabs to spaces") from None
         problem = describe(e.problem or str(e), limit=200, quote=False)
         raise reader.fail(f"not valid YAML: {problem}", line=line,
                           hint="check the indentation and quoting near that line") from None
@@ -194,17 +201,30 @@ def load_yaml(text: str, reader: Reader) -> Any:
         loader.dispose()
 
 
+def _tab_line(text: str, line: int | None) -> int | None:
+    """The line YAML's parser stopped at (or the one before), if a tab is in its indent
+    or stands where YAML expected a value; None when no tab is to blame."""
+    lines = text.splitlines()
+    for n in (line, line - 1 if line else None):
+        if n is not None and 0 < n <= len(lines):
+            body = lines[n - 1]
+            indent = body[: len(body) - len(body.lstrip(" \t"))]
+            if "\t" in indent or re.search(r"[:-]\s*\t", body):
+                return n
+    return None
+
+
 def read_text(path: str | os.PathLike[str], *, example: str,
               what: str = "an inventory file") -> str:
     """Read a UTF-8 text file of at most :data:`MAX_BYTES`; a missing, unreadable or huge
-    file is an :class:`~sshcluster.errors.InventoryError` whose hint points at ``example``."""
+    file is an :class:`~sshcluster.errors.InventoryError`; ``example`` is the hint for a
+    missing file (how to get a first one)."""
     name = str(path)
     try:
         with open(path, "rb") as f:
             raw = f.read(MAX_BYTES + 1)
     except FileNotFoundError:
-        raise InventoryError("no such file", path=name,
-                             hint=f"copy {example} and edit it") from None
+        raise InventoryError("no such file", path=name, hint=example) from None
     except IsADirectoryError:
         raise InventoryError(f"is a directory, not {what}", path=name) from None
     except OSError as e:
@@ -231,8 +251,10 @@ class Reader:
         return InventoryError(problem, path=self.path, line=line, field=field, hint=hint)
 
     def mapping(self, value: Any, where: str, line: int | None, allowed: tuple[str, ...],
-                required: tuple[str, ...] = ()) -> Map:
-        """``value`` as a mapping whose keys are all ``allowed`` and include ``required``."""
+                required: tuple[str, ...] = (), hints: Mapping[str, str] | None = None
+                ) -> Map:
+        """``value`` as a mapping whose keys are all ``allowed`` and include ``required``
+        (``hints``: what to say about a missing one)."""
         if not isinstance(value, Map):
             raise self.fail(f"expected a mapping of {', '.join(allowed)}, got {describe(value)}",
                             line=line, field=where)
@@ -246,7 +268,8 @@ class Reader:
                                 hint=hint)
         for key in required:
             if key not in value:
-                raise self.fail(f"'{key}' is required", line=value.line, field=where)
+                raise self.fail(f"'{key}' is required", line=value.line, field=where,
+                                hint=(hints or {}).get(key))
         return value
 
     def line_of(self, m: Map, key: str) -> int:
@@ -257,6 +280,10 @@ class Reader:
                 what: str) -> int:
         """``value`` as a whole number in ``low..high``."""
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            if isinstance(value, str) and _NUMBER.match(value):
+                raise self.fail(f"expected {what}, got {describe(value)}, which is quoted "
+                                "text (a string), not a number", line=line, field=where,
+                                hint=f"write it without quotes: {value.strip()}")
             raise self.fail(f"expected {what}, got {describe(value)}", line=line, field=where)
         return value
 

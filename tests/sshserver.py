@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -105,3 +106,20 @@ async def _run_session(process: asyncssh.SSHServerProcess[bytes]) -> None:
     finally:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
+
+
+@contextlib.contextmanager
+def server_in_thread() -> Iterator[LocalServer]:
+    """A :class:`LocalServer` on an event loop of its own, for commands that run theirs."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = LocalServer(keys().host_key, keys().client_key)
+    try:
+        asyncio.run_coroutine_threadsafe(server.__aenter__(), loop).result(10)
+        yield server
+        asyncio.run_coroutine_threadsafe(server.__aexit__(None, None, None), loop).result(10)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

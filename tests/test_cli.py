@@ -86,7 +86,8 @@ def test_render_to_file(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["render", str(ROOT / "hosts.example.yaml"), "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert out.read_text() == render(load_inventory(ROOT / "hosts.example.yaml"))
-    assert result.stderr == f"wrote {out}: 2 hosts, 8 R workers (in R: source('{out}'))\n"
+    assert result.stderr == (f"wrote {out}: 2 hosts, 8 R workers (not checked) "
+                             f"(in R: source('{out}'))\n")
 
 
 def test_render_output_paths(tmp_path: Path) -> None:
@@ -120,7 +121,7 @@ def test_render_of_unchecked_auto_values_names_the_file(tmp_path: Path) -> None:
     inv.write_text("primary: p\nhosts:\n  - host: a\n    ncore: auto\n")
     result = CliRunner().invoke(cli, ["render", str(inv)])
     assert result.exit_code == 2
-    assert result.stderr.startswith(f"error: {inv}: ncore is 'auto' for a;")
+    assert result.stderr.startswith(f"error: {inv} line 4: ncore is 'auto' for a;")
     assert "hint: run 'sshcluster render --check'" in result.stderr
 
 
@@ -148,7 +149,9 @@ def test_missing_file_exit_2_with_hint(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["render", str(tmp_path / "nope.yaml")])
     assert result.exit_code == 2
     assert "no such file" in result.stderr
-    assert "hint: copy hosts.example.yaml" in result.stderr
+    assert "hint: write one with 'sshcluster init" in result.stderr
+    assert "sshcluster example" in result.stderr
+    assert "hosts.example.yaml" not in result.stderr  # not in an installed package
 
 
 def test_unknown_option_is_exit_2() -> None:
@@ -328,3 +331,14 @@ def test_testbed_up_subnet_in_use_is_exit_1(testbed: Testbed, tmp_path: Path) ->
                                       "--subnet", testbed.subnet])
     assert result.exit_code == 1
     assert result.stderr.startswith(f"error: subnet {testbed.subnet} is in use by another testbed")
+
+
+def test_testbed_up_has_a_default_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert "[default: sshcluster-testbed]" in CliRunner().invoke(
+        cli, ["testbed", "up", "--help"]).output
+    monkeypatch.chdir(tmp_path)
+    # No --dir: the arguments are checked (a malformed subnet, exit 2) and no
+    # "Missing option" stops it first.
+    result = CliRunner().invoke(cli, ["testbed", "up", "1", "--subnet", "foo"])
+    assert result.exit_code == 2 and "is not an IPv4 network" in result.output
+    assert "Missing option" not in result.output

@@ -60,13 +60,17 @@ def test_json_document_has_exactly_the_issues_shape() -> None:
     report = CheckReport(primary="10.0.0.1", port=11234,
                          hosts=(host_report("a"), host_report("b", failed_at="callback")))
     doc = json.loads(report.to_json())
-    assert set(doc) == {"ok", "primary", "port", "hosts"}
+    assert set(doc) == {"schema", "ok", "counts", "primary", "port", "seconds", "notes",
+                        "hosts"}
     assert doc["ok"] is False and doc["primary"] == "10.0.0.1" and doc["port"] == 11234
+    assert doc["counts"] == {"hosts": 2, "ready": 1, "failed": 1, "warnings": 0,
+                             "workers": 2}
     for h in doc["hosts"]:
-        assert set(h) == {"host", "ok", "failed", "checks", "ncore", "rscript", "r_version"}
+        assert set(h) == {"host", "line", "ok", "failed", "warnings", "checks", "ncore",
+                          "rscript", "r_version"}
         assert list(h["checks"]) == list(STEPS)
         for c in h["checks"].values():
-            assert set(c) == {"status", "detail", "seconds"}
+            assert set(c) == {"status", "detail", "hint", "seconds", "line", "field"}
             assert c["status"] in ("ok", "failed", "skipped", "warning")
             assert isinstance(c["detail"], str) and isinstance(c["seconds"], float)
         assert isinstance(h["ncore"], int) and isinstance(h["rscript"], str)
@@ -75,7 +79,8 @@ def test_json_document_has_exactly_the_issues_shape() -> None:
     assert a == {**a, "host": "a", "ok": True, "failed": [], "ncore": 2,
                  "rscript": "/usr/bin/Rscript", "r_version": "4.2.2"}
     assert b["failed"] == ["callback"]
-    assert b["checks"]["callback"]["detail"] == "callback broke\nhint: fix it"
+    assert b["checks"]["callback"]["detail"] == "callback broke"
+    assert b["checks"]["callback"]["hint"] == "fix it"
     assert b["rscript"] == "" and b["r_version"] == ""
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 
+from sshcluster.bootstrap import RenderOptions, render, write_bootstrap
 from sshcluster.errors import CheckFailed
 from sshcluster.inventory import Host, Inventory, Primary
 from sshcluster.preflight import verified_inventory
@@ -71,3 +75,18 @@ def test_no_host_left() -> None:
     rep = report(found(A, failed="auth"), found(B, failed="auth"), found(C, failed="auth"))
     with pytest.raises(CheckFailed, match="no host"):
         verified_inventory(rep, INV, allow_partial=True)
+
+
+def test_the_python_api_writes_the_same_left_out_header_as_the_cli(tmp_path: Path) -> None:
+    """verified_inventory(..., allow_partial=True) then write_bootstrap: the file says
+    which hosts were checked and left out, as `render --check --allow-partial` writes."""
+    rep = report(found(A), found(B, failed="auth"), found(C))
+    ready = verified_inventory(rep, INV, allow_partial=True)
+    assert ready.check_note == rep.header_note()
+    text = write_bootstrap(ready, tmp_path / "cluster.R")
+    assert "# Checked by 'sshcluster check': 2 of 3 hosts ready.\n" in text
+    assert "# Left out (--allow-partial): b: failed auth\n" in text
+    assert 'host = "b"' not in text
+    # The same file as the CLI's way of passing the note; none without a check.
+    assert text == render(ready, RenderOptions(note=rep.header_note()))
+    assert "Checked by" not in render(dataclasses.replace(ready, check_note=None))

@@ -15,7 +15,7 @@ import click
 from sshcluster import ec2
 from sshcluster.ec2.signals import exit_status
 from sshcluster.ec2.spec import NAME_RULE, REGION_RULE, is_cluster_name, is_region
-from sshcluster.errors import SshclusterError
+from sshcluster.errors import NoRegion, SshclusterError
 
 
 @click.group("ec2")
@@ -203,7 +203,12 @@ def ec2_ls(region: str | None, any_owner: bool, as_json: bool) -> None:
     import json
 
     now = ec2.utcnow()
-    found = ec2.list_all_clusters(region=region, any_owner=any_owner)
+    try:
+        found = ec2.list_all_clusters(region=region, any_owner=any_owner)
+    except NoRegion:  # nothing started from here, nowhere to look: an empty list
+        click.echo("[]" if as_json else "no clusters (no cluster records on this machine, "
+                   "and no default AWS region; pass --region to look in one)")
+        return
     for where, error in found.failed.items():
         _print_error(error, where)
     clusters = [c for listed in found.succeeded.values() for c in listed]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 from sshcluster.ec2.aws import aws_errors, make_client
 from sshcluster.ec2.records import load_records, record_regions
-from sshcluster.errors import EC2Error, SshclusterError
+from sshcluster.errors import EC2Error, NoRegion, SshclusterError
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2.client import EC2Client
@@ -85,7 +85,7 @@ def search_regions(region: str | None = None, records: Path | None = None
     if default:
         regions.add(default)
     if not regions:
-        raise EC2Error("no AWS region given, and no cluster records on this machine",
+        raise NoRegion("no AWS region given, and no cluster records on this machine",
                        hint="pass --region, or set AWS_DEFAULT_REGION")
     return tuple(sorted(regions))
 

@@ -331,7 +331,9 @@ def parse_spec(text: str, path: str | None = None) -> EC2Spec:
 
 def load_spec(path: str | os.PathLike[str]) -> EC2Spec:
     """Read and validate the spec file at ``path``. Raises InventoryError."""
-    return parse_spec(read_text(path, example="ec2.example.yaml", what="a spec file"),
+    return parse_spec(read_text(path, what="a spec file",
+                                example="copy ec2.example.yaml (in sshcluster's "
+                                        "repository) and edit it"),
                       str(path))
 
 

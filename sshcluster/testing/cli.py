@@ -15,7 +15,10 @@ from sshcluster.testing.registry import down_all, remove_testbed
 from sshcluster.testing.subnets import parse_subnet
 from sshcluster.testing.testbed import Testbed
 
-__all__ = ["testbed_group"]
+__all__ = ["DEFAULT_DIR", "testbed_group"]
+
+#: Where ``testbed up`` writes its keys, logs and hosts.yaml without ``--dir``.
+DEFAULT_DIR = "sshcluster-testbed"
 
 
 @click.group("testbed")
@@ -24,6 +27,7 @@ def testbed_group() -> None:
 
     \b
       sshcluster testbed up 4 --dir /tmp/tb    # hosts + /tmp/tb/hosts.yaml
+      sshcluster testbed up 2                  # in ./sshcluster-testbed
       sshcluster render /tmp/tb/hosts.yaml -o /tmp/tb/cluster.R
       sshcluster testbed down --dir /tmp/tb    # or --name NAME, as printed by `up`
 
@@ -43,7 +47,7 @@ def _subnet_option(ctx: click.Context, param: click.Parameter, value: str | None
 
 @testbed_group.command("up")
 @click.argument("count", type=click.IntRange(1, 250))
-@click.option("--dir", "workdir", required=True, metavar="DIR",
+@click.option("--dir", "workdir", default=DEFAULT_DIR, show_default=True, metavar="DIR",
               type=click.Path(file_okay=False, path_type=str),
               help="Directory for keys, known_hosts, logs and hosts.yaml (refused while a "
                    "testbed that is up uses it).")

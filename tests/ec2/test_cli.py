@@ -282,3 +282,18 @@ def test_cli_up_waits_for_the_setup_unless_told_not_to(
     assert len(live(client)) == 1
     result = run("ec2", "up", "ec2.yaml", obj=hosts.cli_seams())  # the kept one, now ready
     assert result.exit_code == 0 and ", ready, expires" in result.stdout
+
+
+@pytest.mark.parametrize(("args", "out"), [
+    ([], "no clusters (no cluster records on this machine, and no default AWS region; "
+         "pass --region to look in one)\n"),
+    (["--json"], "[]\n")])
+def test_cli_ls_with_no_region_and_no_records_says_no_clusters(
+        args: list[str], out: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    monkeypatch.setenv("SSHCLUSTER_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # never AWS, in any case
+    result = run("ec2", "ls", *args)
+    assert (result.exit_code, result.stdout, result.stderr) == (0, out, "")
