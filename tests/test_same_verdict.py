@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,51 +25,16 @@ import yaml
 
 from sshcluster.quoting import r_string
 from sshcluster.testing import Testbed, TestHost
+from sshcluster.testing.client import Client
 from sshcluster.testing.fixtures import build_testbed
 
 pytestmark = pytest.mark.testbed
-
-#: Run argv with $1 on /root/.ssh, $2 on /etc/ssh and $3 on /etc/hosts, in a mount
-#: namespace of its own.
-_ENTER = ('mount --bind "$1" /root/.ssh && mount --bind "$2" /etc/ssh'
-          ' && mount --bind "$3" /etc/hosts && shift 3 && exec "$@"')
 
 R_LAUNCH = """\
 source({file})
 cat(unique(unlist(parallel::clusterEvalQ(parallelCluster, Sys.info()[["nodename"]]))), "\\n")
 sshcluster_stop()
 """
-
-
-@dataclass
-class Client:
-    """A user's ssh setup: ``home`` becomes /root/.ssh, ``etc`` /etc/ssh (a copy of this
-    machine's client config, and what a setup adds), ``hosts`` /etc/hosts (a copy)."""
-
-    root: Path
-    home: Path = field(init=False)
-    etc: Path = field(init=False)
-    hosts: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.home = self.root / "dot_ssh"
-        self.etc = self.root / "etc_ssh"
-        self.hosts = self.root / "hosts"
-        self.home.mkdir(mode=0o700, parents=True)
-        self.etc.mkdir()
-        shutil.copy("/etc/hosts", self.hosts)
-        for name in ("ssh_config", "ssh_config.d"):
-            src = Path("/etc/ssh") / name
-            if src.is_dir():
-                shutil.copytree(src, self.etc / name)
-            elif src.exists():
-                shutil.copy(src, self.etc / name)
-
-    def run(self, *argv: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c", _ENTER, "sh",
-             str(self.home), str(self.etc), str(self.hosts), *argv],
-            capture_output=True, text=True, timeout=timeout, check=False, cwd=self.root)
 
 
 @dataclass(frozen=True)
