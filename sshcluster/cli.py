@@ -8,6 +8,7 @@ wrong. No traceback for a user's mistake.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -180,17 +181,8 @@ def render(inventory: str, output: str | None, launch: str | None, tunnel: str |
     The file is deterministic (same inventory, same bytes) and holds no secret.
     """
     inv = load_inventory(inventory)
-    note = None
     if allow_partial and not run_check:
         raise click.UsageError("--allow-partial goes with --check")
-    if run_check:
-        try:
-            inv, note = _checked(inv, timeout=timeout, accept_new=accept_new,
-                                 allow_partial=allow_partial, concurrency=concurrency,
-                                 tunnel=None if tunnel is None else tunnel == "reverse")
-        except CheckFailed as e:
-            raise CheckFailed(f"not rendered: {e.message}", report=e.report,
-                              hint=e.hint) from None
     register: list[Register] = []
     if use_future:
         register.append("future")
@@ -201,11 +193,22 @@ def render(inventory: str, output: str | None, launch: str | None, tunnel: str |
         tunnel="reverse" if tunnel == "reverse" else "none" if tunnel else None,
         fork=fork,
         register=tuple(register),
-        note=note,
     )
-    note = bootstrap.connection_note(inv)
-    if note:
-        click.secho(f"warning: {note}", fg="yellow", err=True)
+    if run_check:
+        # The callback is checked on the route of the launch that will run: the
+        # options', else the inventory's, else the default's.
+        route = bootstrap.launch_tunnel(inv, options) == "reverse"
+        try:
+            inv, note = _checked(inv, timeout=timeout, accept_new=accept_new,
+                                 allow_partial=allow_partial, concurrency=concurrency,
+                                 tunnel=route)
+        except CheckFailed as e:
+            raise CheckFailed(f"not rendered: {e.message}", report=e.report,
+                              hint=e.hint) from None
+        options = dataclasses.replace(options, note=note)
+    warning = bootstrap.connection_note(inv)
+    if warning:
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
     if output is None or output == "-":
         click.echo(bootstrap.render(inv, options), nl=False)
         return
