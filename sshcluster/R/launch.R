@@ -676,8 +676,6 @@ shutdown <- function(S, grace = 1) {
     try(close(S$listener), silent = TRUE)
     S$listener <- NULL
   }
-  if (nzchar(Sys.getenv("SSHCLUSTER_KEEP_DIR")))
-    file.copy(S$dir, Sys.getenv("SSHCLUSTER_KEEP_DIR"), recursive = TRUE)
   if (!is.null(S$dir)) unlink(S$dir, recursive = TRUE)
   S$dir <- NULL
   if (!is.null(S$id) && exists(S$id, envir = registry, inherits = FALSE))
