@@ -131,7 +131,10 @@ def run_r_in_test(
     if it runs longer than ``timeout`` seconds, fail the test with what R printed, the
     launcher's per-host files and the process tree at the deadline."""
     try:
-        return run_r_code(code, directory, timeout=timeout, env=env)
+        # (R's TMPDIR in the test's directory: what its launch starts on this machine
+        # can be told apart, see nothing_left())
+        return run_r_code(code, directory, timeout=timeout,
+                          env={"TMPDIR": str(directory), **(env or {})})
     except RTimeout as e:
         pytest.fail(f"{e.message}\n{e.diagnostics()}")
 

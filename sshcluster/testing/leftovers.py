@@ -25,7 +25,7 @@ from sshcluster.testing.netns import pids_in_netns, process_name
 if TYPE_CHECKING:
     from sshcluster.testing.testbed import Testbed
 
-__all__ = ["HOST_PROCESSES", "nothing_left"]
+__all__ = ["HOST_PROCESSES", "launch_env", "nothing_left"]
 
 #: The process names a launch may leave on a host (``comm``, matched whole).
 HOST_PROCESSES = re.compile("R|sh|bash|sleep|timeout")
@@ -74,6 +74,12 @@ def _on_primary(tb: Testbed, marker: str | None) -> list[str]:
                 marker and name != "pytest" and any(marker in a for a in argv)):
             left.append(_describe(pid, name))
     return left
+
+
+def launch_env(directory: Path) -> dict[str, str]:
+    """This process's environment with ``TMPDIR`` in ``directory``: an R started with it
+    keeps its launch's files (and so the command lines of what it starts) below it."""
+    return {**os.environ, "TMPDIR": str(directory)}
 
 
 def nothing_left(tb: Testbed, *, marker: str | Path | None = None, wait: float = 10.0

@@ -58,11 +58,12 @@ class RTimeout(SshclusterError):
         )
 
 
-def launcher_files(since: float) -> str:
+def launcher_files(since: float, tmpdir: Path | str | None = None) -> str:
     """The per-host files (``.pid``, ``.status``, ``.out``, ``.err``) that fast launches of
-    this machine's R sessions wrote since ``since`` (a :func:`time.time`), one a line."""
+    this machine's R sessions (with their ``TMPDIR`` in ``tmpdir``, by default this
+    process's) wrote since ``since`` (a :func:`time.time`), one a line."""
     lines = []
-    for d in Path(tempfile.gettempdir()).glob("Rtmp*/sshcluster-*"):
+    for d in Path(tmpdir or tempfile.gettempdir()).glob("Rtmp*/sshcluster-*"):
         with contextlib.suppress(OSError):  # its session ended meanwhile
             for f in sorted(d.iterdir()):
                 with contextlib.suppress(OSError):
@@ -104,7 +105,8 @@ def run_r(
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             # Looked at before the kill: what was running is what explains the hang.
-            where, ps = launcher_files(started), process_tree()
+            where = launcher_files(started, (env or {}).get("TMPDIR"))
+            ps = process_tree()
             proc.kill()
             out, err = proc.communicate()
             raise RTimeout(
