@@ -20,6 +20,7 @@ import pytest
 
 from sshcluster.errors import UnsafePathError
 from sshcluster.files import append_line, atomic_write
+from sshcluster.testing.fixtures import skip_or_fail
 
 NOBODY = 65534
 
@@ -33,7 +34,7 @@ def _as_nobody(*argv: str) -> None:
 def shared_dir() -> Iterator[Path]:
     """A directory like /tmp: everyone may create files in it (0777 and sticky)."""
     if os.geteuid() != 0:
-        pytest.skip("needs root to act as another user")
+        skip_or_fail("needs root to act as another user")
     top = Path(tempfile.mkdtemp(prefix="sshcluster-shared-"))
     top.chmod(0o755)  # the other user must reach the shared directory
     d = top / "shared"

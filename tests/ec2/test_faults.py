@@ -20,6 +20,7 @@ from botocore.parsers import ResponseParserError
 
 from sshcluster import ec2
 from sshcluster.errors import EC2Error
+from sshcluster.testing.fixtures import skip_or_fail
 
 from .faults import FaultProxy, batch_of
 from .helpers import REGION, SshHosts, do_up, live, make_spec
@@ -148,7 +149,7 @@ def test_an_expired_sso_session_says_aws_sso_login(tmp_path: Path) -> None:
     import sys
 
     if os.geteuid() != 0 or shutil.which("unshare") is None:
-        pytest.skip("needs root and unshare for an empty network namespace")
+        skip_or_fail("needs root and unshare for an empty network namespace")
     (tmp_path / "config").write_text(SSO_CONFIG)
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "AWS_PROFILE": "work",
            "AWS_CONFIG_FILE": str(tmp_path / "config"),
