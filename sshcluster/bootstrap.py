@@ -100,6 +100,13 @@ def _plan(inventory: Inventory, opts: RenderOptions) -> _Plan:
     return _Plan(launch=launch, tunnel=tunnel, fork=fork, register=register)
 
 
+def launch_tunnel(inventory: Inventory, options: RenderOptions | None = None) -> Tunnel:
+    """The tunnel the rendered file's launch will use, whatever sets it: an option, the
+    inventory, or the default (the reverse tunnel for the fast launch, none for the
+    classic one). The check takes its callback's route from it."""
+    return _plan(inventory, options or RenderOptions()).tunnel
+
+
 def ssh_command(inventory: Inventory, host: Host | None = None,
                 options: RenderOptions | None = None, *, known_hosts: bool = True,
                 before_8_5: bool | None = None) -> list[str]:

@@ -231,14 +231,6 @@ def render(inventory: str, output: str | None, launch: str | None, tunnel: str |
     inv = load_inventory(inventory)
     if allow_partial and not run_check:
         raise click.UsageError("--allow-partial goes with --check")
-    if run_check:
-        try:
-            inv = _checked(inv, timeout=timeout, accept_new=accept_new,
-                                 allow_partial=allow_partial, concurrency=concurrency,
-                                 tunnel=None if tunnel is None else tunnel == "reverse")
-        except CheckFailed as e:
-            raise CheckFailed(f"not rendered: {e.message}", report=e.report,
-                              hint=e.hint) from None
     register: list[Register] = []
     if use_future:
         register.append("future")
@@ -250,6 +242,17 @@ def render(inventory: str, output: str | None, launch: str | None, tunnel: str |
         fork=fork,
         register=tuple(register),
     )
+    if run_check:
+        # The callback is checked on the route of the launch that will run: the
+        # options', else the inventory's, else the default's.
+        route = bootstrap.launch_tunnel(inv, options) == "reverse"
+        try:
+            inv = _checked(inv, timeout=timeout, accept_new=accept_new,
+                           allow_partial=allow_partial, concurrency=concurrency,
+                           tunnel=route)
+        except CheckFailed as e:
+            raise CheckFailed(f"not rendered: {e.message}", report=e.report,
+                              hint=e.hint) from None
     warning = bootstrap.connection_note(inv)
     if warning:
         click.secho(f"warning: {warning}", fg="yellow", err=True)

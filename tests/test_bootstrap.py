@@ -209,6 +209,18 @@ def test_secret_material_is_not_written(tmp_path: Path) -> None:
     assert "PRIVATE KEY" not in text and "b3BlbnNzaC1rZXktdjEAAAA" not in text
 
 
+@pytest.mark.parametrize("options", [RenderOptions(), CLASSIC], ids=["fast", "classic"])
+def test_no_environment_variable_changes_the_launch(options: RenderOptions) -> None:
+    """The only variables the generated file reads are the locale's, passed to the
+    workers: no undocumented switch (a SSHCLUSTER_KEEP_DIR once copied the launch
+    directory, with the ssh commands and the hosts' logs, wherever it named) changes
+    where the launch's files go."""
+    text = render(parse_inventory(MISSION), options)
+    reads = re.findall(r"Sys\.getenv\(([^)]*)\)", text)
+    assert reads in ([], ["LOCALE_VARS"])
+    assert "SSHCLUSTER_" not in text
+
+
 def test_auto_values_must_be_checked_first() -> None:
     with pytest.raises(RenderError, match="ncore is 'auto' for a"):
         render(parse_inventory("primary: p\nhosts:\n  - host: a\n    ncore: auto\n"))

@@ -164,7 +164,7 @@ def test_server_that_never_speaks_fails_hostkey_at_the_deadline(
     report = run(check_async(inv, timeout=2, ssh_config=[config_for(tmp_path / "kh")]))
     hk = report.hosts[0].checks["hostkey"]
     assert statuses(report) == ["ok", "ok", "failed", "skipped"]
-    assert "deadline" in hk.detail and hk.hint and report.seconds < 4
+    assert "deadline" in hk.detail and hk.hint and report.seconds < 3 * 2  # (a hang guard)
 
 
 @pytest.mark.timeout(25)
@@ -181,7 +181,7 @@ def test_a_hanging_match_exec_fails_resolve_at_the_deadline(client_key: Path,
     resolve = report.hosts[0].checks["resolve"]
     assert statuses(report) == ["failed", "skipped", "skipped", "skipped"]
     assert "deadline" in resolve.detail and "Match exec" in (resolve.hint or "")
-    assert report.seconds < 5
+    assert report.seconds < 3 * 2  # (a hang guard)
     # The shell ssh -G ran for Match exec, and its sleep, ended with it.
     left = subprocess.run(["pgrep", "-f", f"sleep {seconds}"], capture_output=True)
     assert left.returncode == 1, left.stdout

@@ -29,10 +29,8 @@ from sshcluster.inventory import load_inventory
 from sshcluster.testing import Testbed, TestHost, free_port
 from sshcluster.testing.fixtures import R_TIMEOUT, run_r_in_test, squatter
 from sshcluster.testing.hosts import host_dir
+from sshcluster.testing.leftovers import launch_env, nothing_left
 from sshcluster.testing.netns import descendants, parent_pid, process_name
-
-#: What a launch may leave on a host: R, its shells, what workers started (a sleep).
-LEFTOVER = "R|sh|sleep"
 
 
 def _bootstrap(testbed: Testbed, tmp_path: Path, name: str = "cluster.R",
@@ -57,11 +55,13 @@ def _bootstrap(testbed: Testbed, tmp_path: Path, name: str = "cluster.R",
 
 
 @pytest.fixture
-def clean(testbed: Testbed) -> Iterator[Testbed]:
-    """The session's test hosts, checked to be free of R before and after the test."""
-    assert testbed.leftovers(LEFTOVER, wait=10) == {}, "an earlier test left processes behind"
+def clean(testbed: Testbed, tmp_path: Path) -> Iterator[Testbed]:
+    """The session's test hosts, checked to have nothing of a launch running before and
+    after the test (on the hosts, and on the primary: R runs with its TMPDIR in the
+    test's directory, see :func:`nothing_left`)."""
+    assert nothing_left(testbed, wait=10) == {}, "an earlier test left processes behind"
     yield testbed
-    assert testbed.leftovers(LEFTOVER, wait=5) == {}
+    assert nothing_left(testbed, marker=tmp_path, wait=5) == {}
 
 
 # --------------------------------------------------------------------------- it works
@@ -174,13 +174,15 @@ def test_stop_cluster_alone_leaves_no_process_on_the_hosts(clean: Testbed, tmp_p
         sshcluster_stop()
         cat("DONE\\n")
     """)
-    with subprocess.Popen(["Rscript", str(script)], stdin=subprocess.PIPE,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+    with subprocess.Popen(["Rscript", str(script)], env=launch_env(tmp_path),
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as proc:
         try:
             assert proc.stdout is not None and proc.stdin is not None
             lines = [proc.stdout.readline(), proc.stdout.readline()]
             assert lines == ["workers 8 \n", "STOPPED\n"], proc.stderr
-            assert clean.leftovers(LEFTOVER, wait=5) == {}
+            # (on the primary the supervisor lives on with R, until sshcluster_stop())
+            assert nothing_left(clean, wait=5) == {}
             proc.stdin.write("go\n")
             proc.stdin.flush()
             out, err = proc.communicate(timeout=R_TIMEOUT)
@@ -188,19 +190,6 @@ def test_stop_cluster_alone_leaves_no_process_on_the_hosts(clean: Testbed, tmp_p
             assert out == "DONE\n"
         finally:
             proc.kill()
-
-
-def _supervisors(wait: float) -> list[str]:
-    """The supervisor processes on this machine (``sh .../supervisor.sh`` and the
-    subshells that feed each host's session), once they are gone or ``wait`` seconds
-    have passed."""
-    deadline = time.monotonic() + wait
-    while True:
-        found = subprocess.run(["pgrep", "-fa", "sshcluster-[0-9a-f]+/supervisor[.]sh"],
-                               capture_output=True, text=True).stdout.splitlines()
-        if not found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.1)
 
 
 def test_stopping_also_stops_what_the_workers_started(clean: Testbed, tmp_path: Path
@@ -217,10 +206,9 @@ def test_stopping_also_stops_what_the_workers_started(clean: Testbed, tmp_path: 
     """, tmp_path)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout.split()[1]) >= 2 * len(clean.hosts)
-    assert clean.leftovers("sleep", wait=5) == {}
     # Nor is anything of the cluster left on this machine: the supervisor, and what
     # feeds each session its heartbeat, end with the stop (within a second or two).
-    assert _supervisors(wait=3) == []
+    assert nothing_left(clean, marker=tmp_path, wait=5) == {}
 
 
 def test_sourcing_twice_stops_the_first_cluster(clean: Testbed, tmp_path: Path) -> None:
@@ -234,8 +222,9 @@ def test_sourcing_twice_stops_the_first_cluster(clean: Testbed, tmp_path: Path) 
         invisible(readLines(file("stdin"), n = 1))
         sshcluster_stop()
     """)
-    with subprocess.Popen(["Rscript", str(script)], stdin=subprocess.PIPE,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+    with subprocess.Popen(["Rscript", str(script)], env=launch_env(tmp_path),
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as proc:
         try:
             assert proc.stdout is not None and proc.stdin is not None
             first = {int(p) for p in proc.stdout.readline().split()[1:]}
@@ -262,15 +251,15 @@ def test_master_killed_leaves_no_worker(clean: Testbed, tmp_path: Path, fork: bo
     f = _bootstrap(clean, tmp_path, options=RenderOptions(fork=fork))
     script = tmp_path / "killed.R"
     script.write_text(f'source({str(f)!r}); cat("READY\\n"); Sys.sleep(120)\n')
-    with subprocess.Popen(["Rscript", str(script)], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True) as proc:
+    with subprocess.Popen(["Rscript", str(script)], env=launch_env(tmp_path),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         try:
             assert proc.stdout is not None
             assert proc.stdout.readline() == "READY\n"
             assert all(clean.processes(h, "R") for h in clean.hosts)
         finally:
             proc.kill()
-    assert clean.leftovers(LEFTOVER, wait=5) == {}
+    assert nothing_left(clean, marker=tmp_path, wait=5) == {}
 
 
 def test_master_killed_while_its_child_lives_leaves_no_worker(clean: Testbed, tmp_path: Path
@@ -282,8 +271,8 @@ def test_master_killed_while_its_child_lives_leaves_no_worker(clean: Testbed, tm
     script = tmp_path / "killed.R"
     script.write_text(f'source({str(f)!r}); system("sleep 121", wait = FALSE)\n'
                       'cat("READY", Sys.getpid(), "\\n"); Sys.sleep(120)\n')
-    with subprocess.Popen(["Rscript", str(script)], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True) as proc:
+    with subprocess.Popen(["Rscript", str(script)], env=launch_env(tmp_path),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         try:
             assert proc.stdout is not None
             ready, r_pid = proc.stdout.readline().split()
@@ -295,7 +284,7 @@ def test_master_killed_while_its_child_lives_leaves_no_worker(clean: Testbed, tm
         finally:
             proc.kill()
     try:
-        assert clean.leftovers(LEFTOVER, wait=20) == {}
+        assert nothing_left(clean, marker=tmp_path, wait=20) == {}
         assert _gone(set(supervisor))
     finally:
         for p in child:
@@ -323,7 +312,7 @@ def test_stop_after_stop_cluster_leaves_the_users_files_alone(clean: Testbed, tm
     assert out.returncode == 0, out.stderr
     lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
     assert lines["file"].strip() == "still mine"
-    assert clean.leftovers(LEFTOVER, wait=5) == {}
+    assert nothing_left(clean, marker=tmp_path, wait=5) == {}
 
 
 def test_a_cluster_whose_names_were_removed_is_stopped_by_the_next_source(
@@ -340,7 +329,7 @@ def test_a_cluster_whose_names_were_removed_is_stopped_by_the_next_source(
     """, tmp_path)
     assert out.returncode == 0, out.stderr
     assert "stopping the cluster that an earlier source() started" in out.stderr
-    assert clean.leftovers(LEFTOVER, wait=5) == {}
+    assert nothing_left(clean, marker=tmp_path, wait=5) == {}
 
 
 # --------------------------------------------------------------------------- fail fast
@@ -352,7 +341,7 @@ def _launch_fails(testbed: Testbed, f: Path, tmp_path: Path, within: float = 15.
     elapsed = time.monotonic() - t0
     assert out.returncode != 0 and "UNEXPECTED" not in out.stdout, out.stdout
     assert elapsed < within, f"the launch took {elapsed:.1f} s to fail:\n{out.stderr}"
-    assert testbed.leftovers(LEFTOVER, wait=5) == {}, out.stderr
+    assert nothing_left(testbed, marker=tmp_path, wait=5) == {}, out.stderr
     return out.stderr
 
 
@@ -698,7 +687,7 @@ def test_error_is_a_classed_condition(clean: Testbed, tmp_path: Path) -> None:
     """, tmp_path)
     assert out.returncode == 0, out.stderr
     assert re.fullmatch(rf"sshcluster_error {re.escape(bad.address)} \n", out.stdout)
-    assert clean.leftovers(LEFTOVER, wait=5) == {}
+    assert nothing_left(clean, marker=tmp_path, wait=5) == {}
 
 
 # --------------------------------------------------------------------------- contract

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -95,3 +96,29 @@ def test_render_check_with_the_tunnel_checks_through_it(testbed: Any, tmp_path: 
     assert f"1 failed (callback: {blocked.address})" in plain.stderr
     assert tunnelled.exit_code == 0, tunnelled.output
     assert "tunnel = TRUE" in out.read_text()
+
+
+@pytest.mark.parametrize("source", ["option", "inventory launch", "inventory tunnel"])
+def test_render_check_takes_the_route_of_the_launch_that_will_run(
+        testbed: Any, tmp_path: Path, source: str) -> None:
+    """A launch that connects straight to the primary (the classic launch, or the fast
+    one without the tunnel), whatever setting says so, is checked straight too: a host
+    that cannot reach the primary's port fails the check, and no file is written. (The
+    check of `--launch classic` used to go through the tunnel, and pass.)"""
+    port = 11464
+    extra = {"option": {}, "inventory launch": {"launch": "classic"},
+             "inventory tunnel": {"tunnel": "none"}}[source]
+    inv_path = testbed.write_inventory(tmp_path / "hosts.yaml", ncore=1, port=port,
+                                       extra=extra)
+    blocked = testbed.hosts[0]
+    out = tmp_path / "cluster.R"
+    args = ["--launch", "classic"] if source == "option" else []
+    testbed.reject(blocked, port)
+    try:
+        result = CliRunner().invoke(cli, ["render", str(inv_path), "--check", "-o", str(out),
+                                          "--timeout", "5", *args])
+    finally:
+        testbed.allow(blocked, port)
+    assert result.exit_code == 1, result.output
+    assert f"1 failed (callback: {blocked.address})" in result.stderr
+    assert not out.exists()

@@ -25,12 +25,8 @@ import yaml
 
 from sshcluster.quoting import r_string
 from sshcluster.testing import Testbed, TestHost
+from sshcluster.testing.client import Client
 from sshcluster.testing.fixtures import build_testbed
-
-#: Run argv with $1 on /root/.ssh, $2 on /etc/ssh and $3 on /etc/hosts, in a mount
-#: namespace of its own.
-_ENTER = ('mount --bind "$1" /root/.ssh && mount --bind "$2" /etc/ssh'
-          ' && mount --bind "$3" /etc/hosts && shift 3 && exec "$@"')
 
 R_LAUNCH = """\
 source({file})
@@ -39,49 +35,28 @@ sshcluster_stop()
 """
 
 
-@dataclass
-class Client:
-    """A user's ssh setup: ``home`` becomes /root/.ssh, ``etc`` /etc/ssh (a copy of this
-    machine's client config, and what a setup adds), ``hosts`` /etc/hosts (a copy)."""
-
-    root: Path
-    home: Path = field(init=False)
-    etc: Path = field(init=False)
-    hosts: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.home = self.root / "dot_ssh"
-        self.etc = self.root / "etc_ssh"
-        self.hosts = self.root / "hosts"
-        self.home.mkdir(mode=0o700, parents=True)
-        self.etc.mkdir()
-        shutil.copy("/etc/hosts", self.hosts)
-        for name in ("ssh_config", "ssh_config.d"):
-            src = Path("/etc/ssh") / name
-            if src.is_dir():
-                shutil.copytree(src, self.etc / name)
-            elif src.exists():
-                shutil.copy(src, self.etc / name)
-
-    def run(self, *argv: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c", _ENTER, "sh",
-             str(self.home), str(self.etc), str(self.hosts), *argv],
-            capture_output=True, text=True, timeout=timeout, check=False, cwd=self.root)
+#: The fast launch's two routes, each with its own way of starting workers, as `render`
+#: options: the reverse tunnel with forked workers (the default), and straight to the
+#: primary with fresh ones. (The classic launch is left out: R's makeCluster() waits for
+#: a refused worker until its timeout.)
+LAUNCHES = {"tunnel-fork": (), "direct-fresh": ("--tunnel", "none", "--no-fork")}
 
 
 @dataclass(frozen=True)
 class Verdicts:
     check: bool
-    launch: bool
+    #: each launch's verdict, by the names of LAUNCHES
+    launch: dict[str, bool]
     ssh: bool
     said: str
     #: the steps the check failed, on any host
     check_failed: frozenset[str] = frozenset()
+    #: each launch's stderr
+    launch_said: dict[str, str] = field(default_factory=dict)
 
 
 def verdicts(tb: Testbed, client: Client, host: str) -> Verdicts:
-    """The check's, the launch's and plain ssh's verdict on ``host`` (as the inventory
+    """The check's, each launch's and plain ssh's verdict on ``host`` (as the inventory
     names it) with ``client``'s setup."""
     inventory = client.root / "hosts.yaml"
     tb.write_inventory(inventory, ncore=1, keys=False)
@@ -91,18 +66,24 @@ def verdicts(tb: Testbed, client: Client, host: str) -> Verdicts:
     sshcluster = [sys.executable, "-m", "sshcluster"]
     check = client.run(*sshcluster, "check", str(inventory), "--json", "--timeout", "20")
     report = json.loads(check.stdout)
-    cluster = client.root / "cluster.R"
-    rendered = client.run(*sshcluster, "render", str(inventory), "-o", str(cluster))
-    assert rendered.returncode == 0, rendered.stderr
-    launch = client.run("Rscript", "-e", R_LAUNCH.format(file=r_string(str(cluster))))
+    launches = {}
+    for name, options in LAUNCHES.items():
+        cluster = client.root / f"{name}.R"
+        rendered = client.run(*sshcluster, "render", str(inventory), "-o", str(cluster),
+                              *options)
+        assert rendered.returncode == 0, rendered.stderr
+        launches[name] = client.run("Rscript", "-e", R_LAUNCH.format(file=r_string(str(cluster))))
     ssh = client.run("ssh", "-o", "BatchMode=yes", host, "true", timeout=60)
     failed = {h["host"]: {s: c["detail"] for s, c in h["checks"].items()
                           if c["status"] == "failed"} for h in report["hosts"]}
-    return Verdicts(check=check.returncode == 0, launch=launch.returncode == 0,
+    said = "".join(f"launch {name}: {out.stdout}{out.stderr[-2000:]}\n"
+                   for name, out in launches.items())
+    return Verdicts(check=check.returncode == 0,
+                    launch={name: out.returncode == 0 for name, out in launches.items()},
                     ssh=ssh.returncode == 0,
-                    said=f"check: {failed}\nlaunch: {launch.stdout}{launch.stderr[-2000:]}\n"
-                         f"ssh: {ssh.stderr}",
-                    check_failed=frozenset(s for steps in failed.values() for s in steps))
+                    said=f"check: {failed}\n{said}ssh: {ssh.stderr}",
+                    check_failed=frozenset(s for steps in failed.values() for s in steps),
+                    launch_said={name: out.stderr for name, out in launches.items()})
 
 
 @pytest.fixture(scope="module")
@@ -243,9 +224,16 @@ def test_check_launch_and_ssh_agree(name: str, tb: Testbed, keys: Keys,
     v = verdicts(tb, client, host)
     assert v.ssh == accepted, v.said
     assert v.check == accepted, v.said
-    assert v.launch == accepted, v.said
-    if not accepted:  # refused for the host key, or (no ProxyJump) for want of a route
+    assert v.launch == dict.fromkeys(LAUNCHES, accepted), v.said
+    if not accepted:
+        # Refused for the same reason: the host key, or (no ProxyJump) for want of a
+        # route; each launch names the host with ssh's own words, as ssh says them.
+        why = "Host key verification failed" if "hostkey" in v.check_failed else None
         assert v.check_failed & {"hostkey", "connect"}, v.said
+        for name, err in v.launch_said.items():
+            assert f"{host}: ssh exited with status 255" in err, f"{name}: {v.said}"
+            if why:
+                assert why in err and why in v.said.rsplit("ssh: ", 1)[1], f"{name}: {v.said}"
 
 
 def test_the_inventory_known_hosts_adds_to_the_configs_file(tb: Testbed, keys: Keys,

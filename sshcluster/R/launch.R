@@ -186,13 +186,28 @@ start_host <- function(S, h, slots) {
   tokens <- lapply(slots, function(slot) list(
     slot = slot, worker = random_hex(TOKEN_SIZE), primary = random_hex(TOKEN_SIZE)))
   S$sessions[[id]] <- list(id = id, h = h, slots = slots, tokens = tokens,
-                           file = file.path(S$dir, id))
+                           file = file.path(S$dir, id), port = session_port(S, h))
   write_remote_script(S)
   writeLines(host_command(S, h, id), paste0(file.path(S$dir, id), ".sh"))
   line <- paste(vapply(tokens, function(t) paste(t$slot, t$worker, t$primary, sep = ":"),
                        ""), collapse = ",")
   supervise(S, paste("start", id, line, if (S$config$tunnel) "tunnel" else "direct"))
   id
+}
+
+# The port a session's workers connect to on their host. Direct: the primary's
+# own. Behind a reverse tunnel each session asks its host's sshd to listen on a
+# port of its own: a host's first session on the primary's port, any later one
+# (a repair's) on a port that no earlier session to that host used, since a
+# sibling session may still hold its port, and so may the host's sshd for the
+# session of a host that was cut off, until it notices the cut.
+session_port <- function(S, h) {
+  if (!S$config$tunnel) return(S$port)
+  used <- c(S$port, unlist(lapply(Filter(function(s) s$h == h, S$sessions), `[[`, "port")))
+  if (length(used) == 1L) return(S$port)
+  range <- S$config$port_range
+  free <- setdiff(seq(range[1], range[2]), used)
+  free[strtoi(random_hex(3L), 16L) %% length(free) + 1L]
 }
 
 # One POSIX shell word: single quotes, a single quote written as '\''. (R's own
@@ -226,13 +241,14 @@ host_command <- function(S, h, id) {
   rscript <- if (is.null(m$rscript)) "Rscript" else m$rscript
   master <- if (cfg$tunnel) "127.0.0.1" else cfg$workers_reach
   locale <- locale_assignments(cfg$locale)
+  port <- S$sessions[[id]]$port
   remote <- paste(
     "exec sh -c", sq(cfg$read_script),
-    "sshcluster", sq(rscript), sq(master), S$port, h, cfg$setup_timeout,
+    "sshcluster", sq(rscript), sq(master), port, h, cfg$setup_timeout,
     if (cfg$tunnel) "tunnel" else "direct", if (cfg$fork) "fork" else "fresh",
-    SILENCE_SECONDS, paste(sq(locale), collapse = " "))
+    SILENCE_SECONDS, if (length(locale)) paste(sq(locale), collapse = " "))
   forward <- if (cfg$tunnel)
-    sprintf("-o ExitOnForwardFailure=yes -R 127.0.0.1:%d:127.0.0.1:%d", S$port, S$port)
+    sprintf("-o ExitOnForwardFailure=yes -R 127.0.0.1:%d:127.0.0.1:%d", port, S$port)
   ssh <- paste(if (is.null(cfg$host_ssh[[h]])) cfg$ssh else cfg$host_ssh[[h]],
                S$known_hosts)
   destination <- paste(if (!is.null(m$user)) paste("-l", sq(m$user)), sq(m$host))
@@ -660,8 +676,6 @@ shutdown <- function(S, grace = 1) {
     try(close(S$listener), silent = TRUE)
     S$listener <- NULL
   }
-  if (nzchar(Sys.getenv("SSHCLUSTER_KEEP_DIR")))
-    file.copy(S$dir, Sys.getenv("SSHCLUSTER_KEEP_DIR"), recursive = TRUE)
   if (!is.null(S$dir)) unlink(S$dir, recursive = TRUE)
   S$dir <- NULL
   if (!is.null(S$id) && exists(S$id, envir = registry, inherits = FALSE))

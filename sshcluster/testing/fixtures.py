@@ -28,7 +28,7 @@ import contextlib
 import os
 import secrets
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -134,13 +134,16 @@ def make_testbed(request: pytest.FixtureRequest, testbed_env: None) -> MakeTestb
 
 
 def run_r_in_test(
-    code: str, directory: Path, timeout: float = R_TIMEOUT
+    code: str, directory: Path, timeout: float = R_TIMEOUT, env: Mapping[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run the R ``code`` (written to a new file in ``directory``) and return its result;
     if it runs longer than ``timeout`` seconds, fail the test with what R printed, the
     launcher's per-host files and the process tree at the deadline."""
     try:
-        return run_r_code(code, directory, timeout=timeout)
+        # (R's TMPDIR in the test's directory: what its launch starts on this machine
+        # can be told apart, see nothing_left())
+        return run_r_code(code, directory, timeout=timeout,
+                          env={"TMPDIR": str(directory), **(env or {})})
     except RTimeout as e:
         pytest.fail(f"{e.message}\n{e.diagnostics()}")
 

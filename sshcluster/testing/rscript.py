@@ -18,9 +18,11 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from sshcluster.errors import SshclusterError
@@ -56,11 +58,12 @@ class RTimeout(SshclusterError):
         )
 
 
-def launcher_files(since: float) -> str:
+def launcher_files(since: float, tmpdir: Path | str | None = None) -> str:
     """The per-host files (``.pid``, ``.status``, ``.out``, ``.err``) that fast launches of
-    this machine's R sessions wrote since ``since`` (a :func:`time.time`), one a line."""
+    this machine's R sessions (with their ``TMPDIR`` in ``tmpdir``, by default this
+    process's) wrote since ``since`` (a :func:`time.time`), one a line."""
     lines = []
-    for d in Path(tempfile.gettempdir()).glob("Rtmp*/sshcluster-*"):
+    for d in Path(tmpdir or tempfile.gettempdir()).glob("Rtmp*/sshcluster-*"):
         with contextlib.suppress(OSError):  # its session ended meanwhile
             for f in sorted(d.iterdir()):
                 with contextlib.suppress(OSError):
@@ -79,10 +82,12 @@ def process_tree() -> str:
 
 
 def run_r(
-    script: Path | str, *, timeout: float, capture: bool = True
+    script: Path | str, *, timeout: float, capture: bool = True,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``Rscript script`` and return its result (``capture``: its output as text, else
-    it goes to this process's stdout and stderr).
+    it goes to this process's stdout and stderr). ``env`` adds to this process's
+    environment (``TMPDIR``, say).
 
     Raises :class:`RTimeout` if R runs longer than ``timeout`` seconds (R is killed), and
     :class:`~sshcluster.errors.SshclusterError` if Rscript is not installed.
@@ -90,7 +95,8 @@ def run_r(
     started = time.time()
     pipe = subprocess.PIPE if capture else None
     try:
-        proc = subprocess.Popen(["Rscript", str(script)], stdout=pipe, stderr=pipe, text=True)
+        proc = subprocess.Popen(["Rscript", str(script)], stdout=pipe, stderr=pipe, text=True,
+                                env=None if env is None else {**os.environ, **env})
     except FileNotFoundError:
         raise SshclusterError("Rscript is not installed",
                               hint="run scripts/setup.sh (installs r-base-core)") from None
@@ -99,7 +105,8 @@ def run_r(
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             # Looked at before the kill: what was running is what explains the hang.
-            where, ps = launcher_files(started), process_tree()
+            where = launcher_files(started, (env or {}).get("TMPDIR"))
+            ps = process_tree()
             proc.kill()
             out, err = proc.communicate()
             raise RTimeout(
@@ -110,8 +117,9 @@ def run_r(
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def run_r_code(code: str, directory: Path, *, timeout: float) -> subprocess.CompletedProcess[str]:
+def run_r_code(code: str, directory: Path, *, timeout: float,
+               env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Write ``code`` to a new ``run-*.R`` in ``directory`` and :func:`run_r` it."""
     script = directory / f"run-{time.monotonic_ns()}.R"
     script.write_text(code)
-    return run_r(script, timeout=timeout)
+    return run_r(script, timeout=timeout, env=env)

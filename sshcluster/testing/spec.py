@@ -15,6 +15,7 @@ import os
 import re
 import secrets
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,9 +88,12 @@ class TestbedSpec:
     primary_ssh_port: int | None = None
     workdir: Path | None = None
     timeout: float = 60.0
+    #: (host index, port) for each host whose sshd listens elsewhere than on 22.
+    host_ssh_ports: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         _check(self.n, self.name, self.hostname_prefix, self.primary_ssh_port, self.subnet)
+        _check_ports(self.n, dict(self.host_ssh_ports))
 
     @classmethod
     def make(
@@ -102,10 +106,12 @@ class TestbedSpec:
         hostname_prefix: str = "node",
         primary_ssh_port: int | None = None,
         timeout: float = 60.0,
+        host_ssh_ports: Mapping[int, int] | None = None,
     ) -> TestbedSpec:
         """The spec of ``Testbed(n, ...)``: the arguments checked first, then a fresh name
         picked (which looks at this machine) if none was given."""
         _check(n, name, hostname_prefix, primary_ssh_port, subnet)
+        _check_ports(n, host_ssh_ports or {})
         return cls(
             n=n,
             name=name or _new_name(),
@@ -114,6 +120,7 @@ class TestbedSpec:
             primary_ssh_port=primary_ssh_port,
             workdir=Path(workdir).resolve() if workdir is not None else None,
             timeout=timeout,
+            host_ssh_ports=tuple(sorted((host_ssh_ports or {}).items())),
         )
 
     def hosts_on(self, net: ipaddress.IPv4Network) -> tuple[str, tuple[TestHost, ...]]:
@@ -121,12 +128,14 @@ class TestbedSpec:
         addrs = list(net.hosts())
         if len(addrs) < self.n + 1:
             raise TestbedError(f"subnet {net} has no room for {self.n} hosts")
+        ports = dict(self.host_ssh_ports)
         hosts = tuple(
             TestHost(
                 index=i,
                 hostname=f"{self.hostname_prefix}{i}",
                 address=str(addrs[i]),
                 netns=f"{self.name}-h{i}",
+                ssh_port=ports.get(i, 22),
             )
             for i in range(1, self.n + 1)
         )
@@ -157,3 +166,11 @@ def _check(
             raise TestbedError(
                 f"subnet {net} has room for {max(net.num_addresses - 3, 0)} hosts, not {n}"
             )
+
+
+def _check_ports(n: int, ports: Mapping[int, int]) -> None:
+    for index, port in ports.items():
+        if not 1 <= index <= n:
+            raise TestbedError(f"host_ssh_ports names host {index}, not one of 1..{n}")
+        if not 1 <= port <= 65535:
+            raise TestbedError(f"host_ssh_ports: {port} is not a TCP port")

@@ -84,8 +84,10 @@ class Testbed:
     :meth:`down` removes (a given workdir is left in place, with its logs; one that a
     testbed which is still up uses is refused).
     ``primary_ssh_port`` is the port of the primary's sshd on the bridge address; by
-    default 22, or a free port if 22 is taken there. ``timeout`` bounds the wait for
-    all sshd servers to answer.
+    default 22, or a free port if 22 is taken there. ``host_ssh_ports`` maps a host's
+    index to the port its sshd listens on instead of 22 (``{2: 2222}``: a host with its
+    own ssh port, as an inventory's ``ssh_port:`` names it). ``timeout`` bounds the wait
+    for all sshd servers to answer.
 
     Nothing is created until :meth:`up` (or ``with Testbed(...) as tb:``).
     """
@@ -104,11 +106,12 @@ class Testbed:
         hostname_prefix: str = "node",
         primary_ssh_port: int | None = None,
         timeout: float = 60.0,
+        host_ssh_ports: Mapping[int, int] | None = None,
     ) -> None:
         #: The arguments, checked (a fresh name picked if none was given).
         self.spec = TestbedSpec.make(
             n, workdir=workdir, subnet=subnet, name=name, hostname_prefix=hostname_prefix,
-            primary_ssh_port=primary_ssh_port, timeout=timeout,
+            primary_ssh_port=primary_ssh_port, timeout=timeout, host_ssh_ports=host_ssh_ports,
         )  # fmt: skip
         self.n = n
         self.name = self.spec.name

@@ -151,6 +151,22 @@ def live(client: Any, **tags: str) -> list[dict[str, Any]]:
     return [i for p in pages for r in p["Reservations"] for i in r["Instances"]]
 
 
+def nothing_left(client: Any) -> dict[str, list[str]]:
+    """What is left of sshcluster's clusters in moto and on this machine, by kind: live
+    instances, sshcluster's security groups and key pairs, open or active spot requests,
+    and cluster records (in this test's state directory). ``{}``: nothing."""
+    groups = [g["GroupName"] for g in client.describe_security_groups()["SecurityGroups"]
+              if g["GroupName"].startswith("sshcluster-")]
+    keys = [k["KeyName"] for k in client.describe_key_pairs()["KeyPairs"]
+            if k["KeyName"].startswith("sshcluster-")]
+    spot = [r["SpotInstanceRequestId"] for r in client.describe_spot_instance_requests(
+        Filters=[{"Name": "state", "Values": ["open", "active"]}])["SpotInstanceRequests"]]
+    left = {"instances": [i["InstanceId"] for i in live(client)], "security groups": groups,
+            "key pairs": keys, "spot requests": spot,
+            "records": [r.name for r in ec2.load_records()]}
+    return {kind: names for kind, names in left.items() if names}
+
+
 def do_up(spec: ec2.EC2Spec, client: Any, hosts: SshHosts, tmp_path: Path,
           **kwargs: Any) -> ec2.Cluster:
     address_of, console_text = hosts.seams()

@@ -27,7 +27,7 @@ from sshcluster.ec2.signals import SignalGuard
 from sshcluster.errors import ForeignCluster
 
 from .faults import FaultProxy, batch_of
-from .helpers import REGION, SshHosts, do_up, live, make_spec, run
+from .helpers import REGION, SshHosts, do_up, live, make_spec, nothing_left, run
 
 
 def key_pairs(client: Any) -> list[str]:
@@ -38,8 +38,8 @@ def groups(client: Any) -> list[str]:
     return sorted(g["GroupName"] for g in client.describe_security_groups()["SecurityGroups"])
 
 
-def nothing_left(client: Any, state: Path) -> None:
-    assert live(client) == []
+def assert_nothing_left(client: Any, state: Path) -> None:
+    assert nothing_left(client) == {}
     assert key_pairs(client) == []
     assert groups(client) == ["default"]
     assert not state.exists() or list(state.iterdir()) == []
@@ -71,7 +71,7 @@ def test_a_security_group_in_use_is_retried_until_released(
     report = ec2.down("rwork", client=via_proxy, poll=0.05)
     assert rule.refused == 3 and rule.count == 4  # three refusals, then deleted
     assert report.complete and len(report.deleted_security_groups) == 1
-    nothing_left(client, tmp_path / "state")
+    assert_nothing_left(client, tmp_path / "state")
 
 
 def test_a_group_still_in_use_at_the_deadline_is_reported_and_the_rest_removed(
@@ -89,13 +89,13 @@ def test_a_group_still_in_use_at_the_deadline_is_reported_and_the_rest_removed(
                            "the deadline)",)
     assert sorted(report.terminated) == sorted(i.id for i in c.instances)
     assert "sshcluster ec2 down rwork" in str(e.value)
-    # the key pair, the key file and the record went anyway
-    assert key_pairs(client) == [] and live(client) == []
+    # the key pair, the instances, the key file and the record went anyway
+    assert set(nothing_left(client)) == {"security groups"}
     assert not (tmp_path / "rwork.pem").exists() and ec2.load_records() == []
     # and the command it names finishes the job, without a record
     again = ec2.down("rwork", client=client)
     assert again.deleted_security_groups == (group,) and again.complete
-    nothing_left(client, tmp_path / "state")
+    assert_nothing_left(client, tmp_path / "state")
 
 
 def pending_after_terminate(terminated: FaultProxy, answers: int) -> Any:
@@ -132,7 +132,7 @@ def test_termination_is_waited_for_through_transitional_states(
     described = proxy.params("DescribeInstances")
     # boto3's waiter saw one 'pending', sshcluster's three more and then 'terminated'
     assert sum(1 for p in described if p.get("InstanceId.1") in ids) >= 5
-    nothing_left(client, tmp_path / "state")
+    assert_nothing_left(client, tmp_path / "state")
 
 
 def test_a_failed_up_ends_what_it_recorded_even_if_tags_are_not_visible_yet(
@@ -149,7 +149,7 @@ def test_a_failed_up_ends_what_it_recorded_even_if_tags_are_not_visible_yet(
         do_up(make_spec(ami, count=3), via_proxy, hosts, tmp_path, batch_size=2)
     terminated = proxy.params("TerminateInstances")
     assert len(terminated) == 1 and terminated[0].get("InstanceId.2")  # batch 1's two ids
-    nothing_left(client, tmp_path / "state")
+    assert_nothing_left(client, tmp_path / "state")
 
 
 # --------------------------------------------------------------------------- gc
@@ -171,7 +171,7 @@ def test_a_killed_up_is_collected_at_once(client: Any, ami: str, hosts: SshHosts
     assert "gone (killed)" in garbage.reason
     assert sorted(garbage.instance_ids) == sorted(i.id for i in c.instances)
     ec2.collect_garbage([garbage], client=client)
-    nothing_left(client, tmp_path / "state")
+    assert_nothing_left(client, tmp_path / "state")
     assert not (tmp_path / "rwork.pem").exists()
 
 
@@ -208,7 +208,7 @@ def test_an_up_killed_before_its_instances_leaves_nothing_after_gc(
     assert garbage.key_pairs == (made[0],) and garbage.record
     assert garbage.what == f"{group}, key pair {made[0]}, its record here"
     ec2.collect_garbage([garbage], client=client)
-    nothing_left(client, tmp_path / "state")
+    assert_nothing_left(client, tmp_path / "state")
 
 
 def test_gc_removes_what_is_left_of_clusters_that_ended_on_their_own(
@@ -218,7 +218,7 @@ def test_gc_removes_what_is_left_of_clusters_that_ended_on_their_own(
     (garbage,) = ec2.find_garbage(client=client)
     assert "instances are gone" in garbage.reason and len(garbage.security_groups) == 1
     ec2.collect_garbage([garbage], client=client)
-    nothing_left(client, tmp_path / "state")
+    assert_nothing_left(client, tmp_path / "state")
 
 
 def test_a_running_up_is_not_garbage(client: Any, ami: str, tmp_path: Path) -> None:
@@ -271,7 +271,7 @@ def test_two_owners_with_the_same_cluster_name(client: Any, ami: str, hosts: Ssh
     assert "bob@box" not in run("ec2", "ls").output
     assert bob.instances[0].id in run("ec2", "ls", "--any-owner").output
     assert run("ec2", "down", "rwork", "--any-owner").exit_code == 0
-    assert live(client) == []
+    assert nothing_left(client) == {}
 
 
 # --------------------------------------------------------------------------- signals
@@ -287,7 +287,7 @@ def test_sigterm_in_the_cluster_block_ends_the_cluster(
         assert len(live(client)) == 2
         os.kill(os.getpid(), signal.SIGTERM)
     assert e.value.signum == signal.SIGTERM and e.value.exit_status == 143
-    nothing_left(client, tmp_path / "state")
+    assert_nothing_left(client, tmp_path / "state")
     assert signal.getsignal(signal.SIGTERM) == before  # the handlers are put back
 
 
@@ -314,7 +314,7 @@ def test_a_second_signal_during_the_cleanup_is_noted_not_obeyed(
     assert steps[-1].stage == "aborted"
     assert steps[-1].message.startswith("up rwork interrupted by SIGTERM; cleaned up: "
                                         "terminated: i-")
-    nothing_left(client, tmp_path / "state")
+    assert_nothing_left(client, tmp_path / "state")
 
 
 def test_signals_outside_the_main_thread_are_left_alone() -> None:

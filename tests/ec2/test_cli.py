@@ -23,6 +23,7 @@ from .helpers import (
     internet_gateway,
     live,
     make_spec,
+    nothing_left,
     run,
     spec_text,
 )
@@ -60,7 +61,7 @@ def test_cli_dry_run_ls_json_down_gc(client: Any, ami: str, hosts: SshHosts,
                                                                        "t3.medium"))
     result = run("ec2", "up", str(spec), "--dry-run")
     assert result.exit_code == 0 and "nothing was started" in result.output
-    assert live(client) == []
+    assert nothing_left(client) == {}
 
     do_up(make_spec(ami, count=2), client, hosts, tmp_path)
     result = run("ec2", "ls", "--json")
@@ -88,7 +89,7 @@ def test_cli_gc_asks_first(client: Any, ami: str, hosts: SshHosts, tmp_path: Pat
     assert "no record of it is left here" in result.output
     assert "nothing terminated" in result.output and len(live(client)) == 1
     result = run("ec2", "gc", "--yes")
-    assert "rwork (us-east-1): terminated" in result.output and live(client) == []
+    assert "rwork (us-east-1): terminated" in result.output and nothing_left(client) == {}
 
 
 def test_cli_up_prints_the_next_commands(client: Any, ami: str, hosts: SshHosts,
@@ -169,7 +170,7 @@ def test_cli_up_refuses_to_overwrite_unless_forced(
         "cluster rwork in us-east-1; not overwritten, nothing started\n"
         "hint: write the inventory elsewhere (-o other.yaml), or pass --force to replace "
         "hosts.yaml\n")
-    assert Path("hosts.yaml").read_text() == HAND_WRITTEN and live(client) == []
+    assert Path("hosts.yaml").read_text() == HAND_WRITTEN and nothing_left(client) == {}
 
     result = CliRunner().invoke(cli, ["ec2", "up", "ec2.yaml", "--force", "--timeout", "20"],
                                 obj=seams)

@@ -12,7 +12,7 @@ import pytest
 from sshcluster import ec2
 from sshcluster.errors import EC2Error, NoSuchCluster
 
-from .helpers import REGION, SshHosts, do_up, live, make_spec
+from .helpers import REGION, SshHosts, do_up, live, make_spec, nothing_left
 
 
 def test_ls_down_and_down_again(client: Any, ami: str, hosts: SshHosts,
@@ -34,7 +34,7 @@ def test_ls_down_and_down_again(client: Any, ami: str, hosts: SshHosts,
     assert len(report.deleted_security_groups) == 1
     assert len(report.deleted_key_pairs) == 1
     assert report.removed_files == (str(tmp_path / "rwork.pem"),)
-    assert live(client) == []
+    assert nothing_left(client) == {}
     tag_filter = [{"Name": "tag:sshcluster:cluster", "Values": ["rwork"]}]
     assert client.describe_security_groups(Filters=tag_filter)["SecurityGroups"] == []
     assert client.describe_key_pairs(Filters=tag_filter)["KeyPairs"] == []

@@ -22,7 +22,7 @@ from sshcluster import ec2
 from sshcluster.errors import EC2Error
 
 from .faults import FaultProxy, batch_of
-from .helpers import REGION, SshHosts, do_up, live, make_spec
+from .helpers import REGION, SshHosts, do_up, make_spec, nothing_left
 
 CAPACITY = ("We currently do not have sufficient capacity in the Availability Zone you "
             "requested.")
@@ -43,7 +43,7 @@ def test_second_run_instances_refused_leaves_nothing_running(
     message = str(e.value)
     assert "failed; cleaned up: terminated: i-" in message
     assert "deleted security groups" in message and "deleted key pairs" in message
-    assert live(client) == []  # the first batch's 2 instances were terminated
+    assert nothing_left(client) == {}  # the first batch's 2 instances were terminated
     assert client.describe_key_pairs()["KeyPairs"] == []
     assert list((tmp_path / "state").iterdir()) == []
 
@@ -60,7 +60,7 @@ def test_interrupt_while_waiting_leaves_nothing_running(client: Any, ami: str,
 
     with pytest.raises(KeyboardInterrupt):
         do_up(make_spec(ami), client, hosts, tmp_path, progress=progress)
-    assert live(client) == []
+    assert nothing_left(client) == {}
     assert seen[-1].stage == "aborted"
     assert "interrupted; cleaned up: terminated: i-" in seen[-1].message
     assert not (tmp_path / "rwork.pem").exists()
@@ -71,7 +71,7 @@ def test_ssh_deadline_fails_and_cleans_up(client: Any, ami: str, tmp_path: Path)
     with pytest.raises(EC2Error, match="did not answer on SSH before the deadline"):
         ec2.up(make_spec(ami, count=1), client=client, output=tmp_path / "h.yaml",
                address_of=lambda i: ec2.Endpoint("127.0.0.1", 9), timeout=1, poll=0.1)
-    assert live(client) == []
+    assert nothing_left(client) == {}
 
 
 @pytest.mark.parametrize(("code", "hint"), [
@@ -93,7 +93,7 @@ def test_aws_errors_come_with_a_hint(client: Any, proxy: FaultProxy, ami: str,
               hosts, tmp_path)
     assert e.value.code == code and e.value.operation == "RunInstances"
     assert hint in (e.value.hint or "")
-    assert live(client) == []
+    assert nothing_left(client) == {}
 
 
 def test_unknown_image_is_refused_before_anything_starts(client: Any, tmp_path: Path,
@@ -101,7 +101,7 @@ def test_unknown_image_is_refused_before_anything_starts(client: Any, tmp_path: 
     with pytest.raises(EC2Error) as e:
         do_up(make_spec("ami-00000000deadbeef0"), client, hosts, tmp_path)
     assert e.value.code == "InvalidAMIID.NotFound" and "per region" in str(e.value)
-    assert live(client) == [] and client.describe_key_pairs()["KeyPairs"] == []
+    assert nothing_left(client) == {}
 
 
 def test_no_credentials(moto_url: str, monkeypatch: pytest.MonkeyPatch, ami: str) -> None:

@@ -27,7 +27,7 @@ from sshcluster.ec2.plan import LaunchCheckFailed
 from sshcluster.ec2.wait import console_reader
 
 from .faults import FaultProxy
-from .helpers import REGION, SshHosts, do_up, live, make_spec, spec_text
+from .helpers import REGION, SshHosts, do_up, live, make_spec, nothing_left, spec_text
 
 ARM_TYPE = "c7g.large"  # arm64: 2 vCPUs, 2 cores
 
@@ -146,7 +146,7 @@ def test_image_and_type_must_share_an_architecture(client: Any, ami: str, arm_am
     assert e.value.failures == (
         f"the image image {ami} is for x86_64, the instance type {ARM_TYPE} runs arm64: "
         f"choose a x86_64 instance type or an image for arm64",)
-    assert live(client) == [] and not (tmp_path / "state").exists()  # nothing started
+    assert nothing_left(client) == {} and not (tmp_path / "state").exists()  # nothing started
 
 
 def test_the_type_must_be_offered_in_the_subnets_zone(client: Any, ami: str,
@@ -159,7 +159,7 @@ def test_the_type_must_be_offered_in_the_subnets_zone(client: Any, ami: str,
     assert line.startswith("the instance type t3.medium is not offered in us-east-1e (the "
                            "zones of the subnets); it is offered in us-east-1a, us-east-1b,")
     assert line.endswith("set subnet_id to a subnet there, or choose another type")
-    assert live(client) == []
+    assert nothing_left(client) == {}
     # by default the default subnets of the zones that offer it are used, never 1e
     plan = ec2.plan_launch(client, make_spec(ami))
     assert [s.zone for s in plan.subnets] == ["us-east-1a", "us-east-1b", "us-east-1c",
@@ -263,7 +263,7 @@ def test_no_capacity_anywhere_names_every_zone_tried_and_cleans_up(
     assert text.count(": Unsupported") == 5
     assert "describe-instance-type-offerings" in (e.value.hint or "")
     assert "cleaned up: deleted security groups" in text
-    assert live(client) == [] and client.describe_key_pairs()["KeyPairs"] == []
+    assert nothing_left(client) == {}
 
 
 # --------------------------------------------------------------------------- instances, console
@@ -288,7 +288,7 @@ def test_an_instance_that_ends_instead_of_running_says_why(
     assert "ended instead of running (2 of 2): Client.InternalError: Client error on launch" \
         in str(e.value)
     assert "KMS" in (e.value.hint or "")
-    assert live(client) == []
+    assert nothing_left(client) == {}
 
 
 def test_the_console_is_read_latest_first_and_buffered_where_refused(
@@ -369,7 +369,7 @@ def test_a_failed_setup_shows_its_log_and_ends_the_cluster(
         assert (tmp_path / "hosts.yaml").exists()
     else:
         assert "up rwork failed; cleaned up: terminated: i-" in text
-        assert live(client) == [] and not (tmp_path / "hosts.yaml").exists()
+        assert nothing_left(client) == {} and not (tmp_path / "hosts.yaml").exists()
 
 
 def test_no_wait_returns_without_asking_the_setup(client: Any, ami: str, hosts: SshHosts,

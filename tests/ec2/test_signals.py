@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from .faults import FaultProxy
-from .helpers import SshHosts, live, run, spec_text
+from .helpers import SshHosts, live, nothing_left, run, spec_text
 
 pytestmark = pytest.mark.slow  # signals and killed processes
 
@@ -89,8 +89,8 @@ def start_up(tmp_path: Path, ami: str, endpoint: str, ports: list[int]) -> Up:
     return Up(proc, lines, [])
 
 
-def nothing_left(client: Any, tmp_path: Path) -> None:
-    assert live(client) == []
+def assert_nothing_left(client: Any, tmp_path: Path) -> None:
+    assert nothing_left(client) == {}
     assert client.describe_key_pairs()["KeyPairs"] == []
     assert [g["GroupName"] for g in client.describe_security_groups()["SecurityGroups"]] \
         == ["default"]
@@ -130,7 +130,7 @@ def test_a_signal_during_up_cleans_up_like_ctrl_c(
     assert last.startswith(f"error: up rwork interrupted by {name}; cleaned up: "), err
     if moment != "CreateSecurityGroup":
         assert "terminated: i-" in last
-    nothing_left(client, tmp_path)
+    assert_nothing_left(client, tmp_path)
 
 
 @pytest.mark.parametrize(("first", "second"), [("SIGINT", "SIGINT"), ("SIGHUP", "SIGTERM")])
@@ -148,7 +148,7 @@ def test_a_second_signal_during_the_cleanup_does_not_cut_it_short(
     assert "Traceback" not in err
     assert f"{second} received: finishing the cleanup first" in err
     assert f"error: up rwork interrupted by {first}; cleaned up: terminated: i-" in err
-    nothing_left(client, tmp_path)
+    assert_nothing_left(client, tmp_path)
 
 
 @pytest.mark.parametrize("moment", ["ssh", "RunInstances", "AuthorizeSecurityGroupIngress"])
@@ -175,7 +175,7 @@ def test_a_killed_up_is_collected_by_gc_at_once(
     assert result.exit_code == 0, result.output
     assert "rwork (us-east-1): the 'sshcluster ec2 up' that started it is gone" in result.output
     assert "Traceback" not in result.output
-    nothing_left(client, tmp_path)
+    assert_nothing_left(client, tmp_path)
 
 
 def test_an_interrupt_turned_into_another_error_is_still_the_interrupt() -> None:

@@ -16,7 +16,7 @@ from sshcluster import ec2
 from sshcluster.errors import EC2Error, OutputExistsError
 from sshcluster.inventory import load_inventory
 
-from .helpers import HAND_WRITTEN, SshHosts, do_up, live, make_spec
+from .helpers import HAND_WRITTEN, SshHosts, do_up, live, make_spec, nothing_left
 
 
 def test_up_writes_an_inventory_check_can_read(client: Any, ami: str, hosts: SshHosts,
@@ -165,7 +165,7 @@ def test_a_cluster_of_another_run_is_not_adopted(client: Any, ami: str, hosts: S
 def test_dry_run_starts_nothing(client: Any, ami: str) -> None:
     passed = ec2.dry_run(make_spec(ami, spot=True), client=client)
     assert any("may run 3" in p for p in passed)
-    assert live(client) == []
+    assert nothing_left(client) == {}
     assert client.describe_key_pairs()["KeyPairs"] == []
     names = [g["GroupName"] for g in client.describe_security_groups()["SecurityGroups"]]
     assert names == ["default"]
@@ -179,7 +179,7 @@ def test_the_context_manager_ends_everything_on_an_exception(
             address_of=address_of, console_text=console_text, timeout=20, poll=0.1) as c:
         assert len(live(client)) == 2 == len(c.instances)
         1 / 0  # noqa: B018 - the failure inside the block
-    assert live(client) == []
+    assert nothing_left(client) == {}
     assert client.describe_key_pairs()["KeyPairs"] == []
 
 
@@ -193,7 +193,7 @@ def test_unreadable_host_keys_fail_with_a_hint_and_clean_up(
     assert "could not be read from their console output" in str(e.value)
     assert "--accept-new" in str(e.value)
     assert "cleaned up: terminated" in str(e.value)
-    assert live(client) == []
+    assert nothing_left(client) == {}
     assert not (tmp_path / "hosts.yaml").exists() and not (tmp_path / "rwork.pem").exists()
 
 
@@ -262,7 +262,7 @@ def test_up_leaves_a_file_it_did_not_write_for_this_cluster_alone(
     assert e.value.path == str(output) and e.value.exit_code == 2
     assert "not overwritten, nothing started" in str(e.value)
     assert output.read_text() == existing
-    assert live(client) == [] and client.describe_key_pairs()["KeyPairs"] == []
+    assert nothing_left(client) == {}
     assert not (tmp_path / "state").exists() and not (tmp_path / "rwork.pem").exists()
 
     c = do_up(make_spec(ami, count=1), client, hosts, tmp_path, overwrite=True)

@@ -31,7 +31,7 @@ import pytest
 from sshcluster import ec2
 from sshcluster.hostkeys import parse_console_host_keys
 
-from .helpers import REGION, internet_gateway, live
+from .helpers import REGION, internet_gateway, nothing_left
 
 
 class FakeInstance:
@@ -183,7 +183,7 @@ def test_up_is_ready_when_every_setup_is_and_shows_a_failed_ones_log(
     text = str(e.value)
     assert f"{failed}: the setup script exited with status 3\n  | " in text
     assert "up real failed; cleaned up: terminated: i-" in text
-    assert live(client) == []  # the cluster was ended
+    assert nothing_left(client) == {}  # the cluster was ended
     # the keys came from the console the user data wrote, and the good host got ready
     assert any(s.stage == "hostkeys" and s.done == 2 for s in steps)
     ready = next(m for m in machines if m.host.hostname == "node1")
@@ -211,4 +211,4 @@ def test_up_returns_when_every_setup_is_ready(
     for m in machines:
         assert m.read("/var/lib/sshcluster/status").startswith("ready R version 4.")
     ec2.down("real", client=client)
-    assert live(client) == []
+    assert nothing_left(client) == {}
