@@ -468,8 +468,10 @@ wait_readable <- function(nodes, cons = lapply(nodes, .subset2, "con")) {
     if (any(ready)) return(which.max(ready))
     S <- state_of(nodes[[1]])
     busy <- if (in_parallel_call())
-      Filter(function(n) !is.null(n) && S$calls[[n$rank]] > 0L, S$cluster)
-    check_hosts(c(nodes, busy))
+      Filter(function(n) !is.null(n) && S$calls[[n$rank]] > 0L, unclass(S$cluster))
+    # (plain lists: c() of a cluster object would be parallelly's c.cluster(), which
+    # warns about the nodes the two have in common, every second of the wait)
+    check_hosts(c(unclass(nodes), busy))
   }
 }
 

@@ -1,0 +1,97 @@
+"""R users' everyday tools on the fast launch's cluster, on real test hosts.
+
+What parallel, foreach, future, parallelly and progressr do when a user just uses
+them: no warnings from the cluster's own waits (also under ``options(warn = 2)``),
+progress updates through futures, registrations that follow a repair, two clusters
+in one session, and the workers' output where the user asked for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from sshcluster.bootstrap import RenderOptions, write_bootstrap
+from sshcluster.inventory import load_inventory
+from sshcluster.testing import Testbed, TestHost
+from sshcluster.testing.fixtures import run_r_in_test
+
+pytestmark = pytest.mark.testbed
+
+#: What a launch may leave on a host: R, its shells, what workers started (a sleep).
+LEFTOVER = "R|sh|sleep"
+
+#: The launch modes whose workers run parallel's worker loop in a different way.
+MODES = {
+    "tunnel": RenderOptions(tunnel="reverse"),
+    "direct": RenderOptions(tunnel="none"),
+    "fresh": RenderOptions(fork=False),
+}
+
+
+def _bootstrap(tb: Testbed, tmp_path: Path, name: str = "cluster.R",
+               options: RenderOptions | None = None, hosts: list[TestHost] | None = None,
+               **inventory: Any) -> Path:
+    """An inventory for ``hosts`` of ``tb`` (all by default; ``inventory`` adds
+    top-level keys) and its bootstrap, through the real loader; returns the R file."""
+    path = tb.write_inventory(tmp_path / f"{name}.yaml", ncore=inventory.pop("ncore", 2),
+                              extra=inventory)
+    if hosts is not None:
+        data = yaml.safe_load(path.read_text())
+        keep = {h.address for h in hosts}
+        data["hosts"] = [h for h in data["hosts"] if h["host"] in keep]
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+    out = tmp_path / name
+    write_bootstrap(load_inventory(path), out, options)
+    return out
+
+
+def _lines(stdout: str) -> dict[str, str]:
+    """``key value...`` lines of R's output, by key."""
+    return dict((line + " ").split(" ", 1) for line in stdout.splitlines() if line)
+
+
+@pytest.fixture
+def clean(testbed: Testbed) -> Iterator[Testbed]:
+    """The session's test hosts, checked to be free of R before and after the test."""
+    assert testbed.leftovers(LEFTOVER, wait=10) == {}, "an earlier test left processes behind"
+    yield testbed
+    assert testbed.leftovers(LEFTOVER, wait=5) == {}
+
+
+def test_waits_warn_nothing_with_parallelly_loaded(clean: Testbed, tmp_path: Path) -> None:
+    """Waits of several seconds in foreach, parLapplyLB and clusterApplyLB, with
+    parallelly loaded and ``options(warn = 2)``: no warning, every result, and the
+    cluster in step for the next call."""
+    f = _bootstrap(clean, tmp_path, options=RenderOptions(register=("doparallel",)))
+    out = run_r_in_test(f"""
+        source({str(f)!r})
+        suppressPackageStartupMessages({{ library(parallelly); library(foreach) }})
+        options(warn = 2)
+        warned <- 0L
+        count <- function(expr) withCallingHandlers(expr, warning = function(w) {{
+          warned <<- warned + 1L
+          cat("warning", conditionMessage(w), "\\n")
+        }})
+        slow <- function(i) {{ Sys.sleep(if (i %% 8 == 0) 5 else 0.1); i }}
+        cl <- parallelCluster
+        cat("foreach", count(foreach(i = 1:16, .combine = c) %dopar% slow(i)), "\\n")
+        cat("lb", unlist(count(parallel::parLapplyLB(cl, 1:16, slow))), "\\n")
+        cat("apply", unlist(count(parallel::clusterApplyLB(cl, 1:16, slow))), "\\n")
+        cat("after", unlist(parallel::clusterEvalQ(cl, 1L)), "\\n")
+        cat("warned", warned, "\\n")
+        sshcluster_stop()
+    """, tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = _lines(out.stdout)
+    assert "warning" not in lines, out.stdout
+    assert lines["warned"].split() == ["0"]
+    every = [str(i) for i in range(1, 17)]
+    for key in ("foreach", "lb", "apply"):
+        assert lines[key].split() == every, key
+    assert lines["after"].split() == ["1"] * 8
+
