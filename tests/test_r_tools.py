@@ -95,3 +95,45 @@ def test_waits_warn_nothing_with_parallelly_loaded(clean: Testbed, tmp_path: Pat
         assert lines[key].split() == every, key
     assert lines["after"].split() == ["1"] * 8
 
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_progressr_gets_every_update_through_futures(clean: Testbed, tmp_path: Path,
+                                                     mode: str) -> None:
+    """progressr's updates are immediate conditions that future relays from the
+    worker as they happen: a handler that counts them gets all 20, as on a local
+    cluster; and an immediate condition of the user's own arrives too."""
+    f = _bootstrap(clean, tmp_path, options=MODES[mode])
+    out = run_r_in_test(f"""
+        source({str(f)!r})
+        suppressPackageStartupMessages(library(progressr))
+        options(progressr.enable = TRUE)  # (off where R is not interactive)
+        count <- function(cl) {{
+          future::plan(future::cluster, workers = cl)
+          n <- 0L
+          h <- make_progression_handler("count", reporter = list(
+            update = function(config, state, progression, ...) n <<- n + 1L))
+          with_progress({{
+            p <- progressor(20)
+            future.apply::future_lapply(1:20, function(i) {{ p(); i }})
+          }}, handlers = h)
+          n
+        }}
+        local_cl <- parallel::makeCluster(2)
+        cat("local", count(local_cl), "\\n")
+        parallel::stopCluster(local_cl)
+        cat("ours", count(parallelCluster), "\\n")
+        mine <- 0L
+        withCallingHandlers(future::value(future::future({{
+          signalCondition(structure(class = c("immediateCondition", "condition"),
+                                    list(message = "now", call = NULL)))
+          1L
+        }})), immediateCondition = function(c) mine <<- mine + 1L)
+        cat("immediate", mine, "\\n")
+        future::plan(future::sequential)
+        sshcluster_stop()
+    """, tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = _lines(out.stdout)
+    assert lines["local"].split() == ["20"]
+    assert lines["ours"].split() == ["20"]
+    assert lines["immediate"].split() == ["1"]

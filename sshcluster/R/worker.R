@@ -7,7 +7,12 @@
 # fixed-size exchange of raw bytes, checks that the primary knows the slot's
 # other token, and only then runs parallel's own worker loop. Nothing is
 # unserialized from a peer that has not proved itself.
-local({
+#
+# The code runs in a function, not in local(): local() evaluates in a frame that is
+# the global environment, and code that looks for parallel's 'master' node by
+# walking sys.frames() up to the global environment (future's relay of immediate
+# conditions, which progressr's updates are) would stop there, below workLoop().
+(function() {
   if (getRversion() < "4.1.0") {
     cat("sshcluster: R on ", Sys.info()[["nodename"]], " is ", as.character(getRversion()),
         "; the workers need R 4.1 or later\n", sep = "", file = stderr())
@@ -100,7 +105,7 @@ local({
     work(items[1])
   } else {
     # One R start-up for the whole host. Each fork gets its own tempdir() and an
-    # empty global environment (this code runs in local()), as a fresh R would.
+    # empty global environment (this code runs in a function), as a fresh R would.
     unlink(tempdir(), recursive = TRUE)
     child <- function(item) {
       tempdir(check = TRUE)
@@ -135,4 +140,4 @@ local({
     }
     if (failed) quit(save = "no", status = 3L)
   }
-})
+})()
