@@ -253,7 +253,7 @@ def test_sourcing_twice_stops_the_first_cluster(clean: Testbed, tmp_path: Path) 
             proc.stdin.flush()
             _, err = proc.communicate(timeout=R_TIMEOUT)
             assert proc.returncode == 0, err
-            assert "stopping the cluster that an earlier source() started" in err
+            assert "stopping the cluster that an earlier source() of this file started" in err
         finally:
             proc.kill()
 
@@ -341,7 +341,7 @@ def test_a_cluster_whose_names_were_removed_is_stopped_by_the_next_source(
         sshcluster_stop()
     """, tmp_path)
     assert out.returncode == 0, out.stderr
-    assert "stopping the cluster that an earlier source() started" in out.stderr
+    assert "stopping the cluster that an earlier source() of this file started" in out.stderr
     assert clean.leftovers(LEFTOVER, wait=5) == {}
 
 

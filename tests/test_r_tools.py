@@ -137,3 +137,91 @@ def test_progressr_gets_every_update_through_futures(clean: Testbed, tmp_path: P
     assert lines["local"].split() == ["20"]
     assert lines["ours"].split() == ["20"]
     assert lines["immediate"].split() == ["1"]
+
+
+def test_registrations_follow_a_repair_and_a_new_source(clean: Testbed, tmp_path: Path
+                                                        ) -> None:
+    """foreach (doParallel) and future registered by the user with parallelCluster go
+    on working after a repair replaced a worker, and after the file is sourced again;
+    a cluster object kept from before the repair says to register again. (Direct: through
+    the tunnel, a worker relaunched on a host whose session lives on cannot forward
+    the port again, and the repair goes on without it.)"""
+    f = _bootstrap(clean, tmp_path, options=RenderOptions(tunnel="none"))
+    out = run_r_in_test(f"""
+        source({str(f)!r})
+        suppressPackageStartupMessages({{ library(foreach); library(doParallel) }})
+        registerDoParallel(parallelCluster)
+        future::plan(future::cluster, workers = parallelCluster)
+        old <- parallelCluster
+        cat("before", foreach(i = 1:8, .combine = c) %dopar% i, "\\n")
+        try(parallel::clusterCall(parallelCluster[1], function() tools::pskill(Sys.getpid(), 9L)),
+            silent = TRUE)
+        parallelCluster <- sshcluster_repair()
+        cat("replaced", !identical(old[[1]]$con, parallelCluster[[1]]$con), "\\n")
+        cat("foreach", foreach(i = 1:16, .combine = c) %dopar% i, "\\n")
+        cat("future", unlist(future.apply::future_lapply(1:16, function(i) i)), "\\n")
+        e <- tryCatch(parallel::clusterEvalQ(old, 1), error = conditionMessage)
+        cat("old", grepl("sshcluster_repair", e), grepl("register it again", e), "\\n")
+        source({str(f)!r})
+        cat("foreach2", foreach(i = 1:16, .combine = c) %dopar% i, "\\n")
+        cat("future2", unlist(future.apply::future_lapply(1:16, function(i) i)), "\\n")
+        future::plan(future::sequential)
+        sshcluster_stop()
+        e <- tryCatch(parallel::clusterEvalQ(old, 1), error = conditionMessage)
+        cat("stopped", grepl("source[(][)] the file again", e), grepl("register", e), "\\n")
+    """, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "sshcluster_repair: 8 of 8 workers running" in out.stderr
+    lines = _lines(out.stdout)
+    every = [str(i) for i in range(1, 17)]
+    assert lines["before"].split() == every[:8]
+    assert lines["replaced"].split() == ["TRUE"]
+    for key in ("foreach", "future", "foreach2", "future2"):
+        assert lines[key].split() == every, key
+    assert lines["old"].split() == ["TRUE", "TRUE"]
+    assert lines["stopped"].split() == ["TRUE", "TRUE"]
+
+
+def test_two_files_two_clusters(clean: Testbed, tmp_path: Path) -> None:
+    """Two files with different hosts in one session: both clusters compute; each stop
+    stops only its own; sourcing one file again replaces only its own cluster; and
+    nothing says it stops an earlier cluster when that one was stopped already."""
+    a = _bootstrap(clean, tmp_path, "a.R", hosts=clean.hosts[:2])
+    b = _bootstrap(clean, tmp_path, "b.R", hosts=clean.hosts[2:])
+    names = {h.hostname for h in clean.hosts}
+    out = run_r_in_test(f"""
+        node <- function(cl) unique(unlist(parallel::clusterEvalQ(cl, Sys.info()[["nodename"]])))
+        works <- function(cl) !inherits(try(parallel::clusterEvalQ(cl, 1), silent = TRUE),
+                                        "try-error")
+        message("STEP source-a")
+        source({str(a)!r}); A <- parallelCluster; stop_a <- sshcluster_stop
+        message("STEP source-b")
+        source({str(b)!r}); B <- parallelCluster; stop_b <- sshcluster_stop
+        cat("a", sort(node(A)), "\\n")
+        cat("b", sort(node(B)), "\\n")
+        stop_a()
+        cat("after_stop_a", works(A), works(B), exists("parallelCluster"), "\\n")
+        message("STEP source-a-again")
+        source({str(a)!r}); A <- parallelCluster; stop_a <- sshcluster_stop
+        message("STEP source-b-again")
+        source({str(b)!r})
+        cat("after_b_again", works(A), works(B), works(parallelCluster), "\\n")
+        sshcluster_stop()
+        cat("after_stop_b", works(A), exists("parallelCluster"), "\\n")
+        stop_a()
+        cat("after_all", works(A), "\\n")
+    """, tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = _lines(out.stdout)
+    assert set(lines["a"].split()) | set(lines["b"].split()) == names
+    assert not set(lines["a"].split()) & set(lines["b"].split())
+    assert lines["after_stop_a"].split() == ["FALSE", "TRUE", "TRUE"]
+    assert lines["after_b_again"].split() == ["TRUE", "FALSE", "TRUE"]
+    assert lines["after_stop_b"].split() == ["TRUE", "FALSE"]
+    assert lines["after_all"].split() == ["FALSE"]
+    # Only sourcing b again stops a cluster (b's own, still running).
+    said = [line for line in out.stderr.splitlines() if "STEP" in line or "stopping" in line]
+    assert said == ["STEP source-a", "STEP source-b", "STEP source-a-again",
+                    "STEP source-b-again",
+                    "sshcluster: stopping the cluster that an earlier source() of this "
+                    "file started"], out.stderr

@@ -50,8 +50,9 @@ RESERVED_CONNECTIONS <- 2L # left free for the user's own files
 # Starting
 
 start <- function(config) {
-  stop_previous()
   S <- new.env()
+  S$key <- sourced_file()
+  again <- stop_previous(S$key)
   S$config <- config
   S$known_hosts <- known_hosts_words(config$known_hosts)
   S$limit <- connection_limit()
@@ -82,16 +83,19 @@ start <- function(config) {
     message(sprintf("sshcluster: refused %d connection%s to port %d that did not prove %s a worker",
                     S$refused, if (S$refused == 1L) "" else "s", S$port,
                     if (S$refused == 1L) "itself" else "themselves"))
-  publish(S)
+  publish(S, again)
   invisible(S$cluster)
 }
 
-# What the global environment gets: the cluster and the two functions.
-publish <- function(S) {
+# What the global environment gets: the cluster and the two functions (a later
+# source() of another file replaces these names, not the cluster: keep them under
+# names of your own to use both). The inventory's registrations, and those that
+# followed the cluster this one replaces, are made.
+publish <- function(S, again) {
   assign("parallelCluster", S$cluster, envir = globalenv())
-  assign("sshcluster_stop", ours(function() invisible(stop_cluster(S))), envir = globalenv())
-  assign("sshcluster_repair", ours(function() repair(S)), envir = globalenv())
-  register(S$config$register, S$cluster)
+  assign("sshcluster_stop", function() invisible(stop_cluster(S)), envir = globalenv())
+  assign("sshcluster_repair", function() repair(S), envir = globalenv())
+  register(union(S$config$register, again), S$cluster)
 }
 
 # How many connections this R allows in all: as parallelly's availableConnections()
@@ -453,8 +457,11 @@ registry <- launches()
 state_of <- function(node) {
   S <- registry[[.subset2(node, "launch")]]
   if (is.null(S))
-    stop(sprintf("sshcluster: the cluster of worker %d on %s was stopped", node$slot,
-                 node$host), call. = FALSE)
+    stop(sprintf(paste(
+      "sshcluster: the cluster of worker %d on %s was stopped; source() the file again",
+      "for a new one, then register the new parallelCluster again where you registered",
+      "this one (doParallel::registerDoParallel(), future::plan())"), node$slot,
+      node$host), call. = FALSE)
   S
 }
 
@@ -556,11 +563,21 @@ con_ok <- function(con) {
   any(getAllConnections() == i) && identical(getConnection(i), con)
 }
 
+# A cluster object whose worker's connection is closed: one from before a repair
+# (which replaced that worker), or one that parallel::stopCluster() stopped.
 stale <- function(node) {
+  S <- registry[[.subset2(node, "launch")]]
+  now <- if (!is.null(S)) Filter(function(n) identical(n$rank, node$rank), unclass(S$cluster))
+  replaced <- !is.null(S) && !is.null(S$cluster) &&
+    !(length(now) && identical(now[[1]]$con, node$con))
   stop(structure(class = c("sshcluster_error", "error", "condition"), list(
-    message = sprintf(paste(
-      "sshcluster: the connection to worker %d on %s was closed (parallel::stopCluster()?);",
-      "source() the file again for a new cluster"), node$slot, node$host),
+    message = sprintf(paste0(
+      "sshcluster: the connection to worker %d on %s was closed (%s); ", if (replaced)
+        "use the cluster sshcluster_repair() returned (parallelCluster) and register it again where you registered this one: " else
+        "source() the file again for a new cluster, then register it again where you registered this one: ",
+      "doParallel::registerDoParallel(parallelCluster), future::plan(future::cluster, workers = parallelCluster)"),
+      node$slot, node$host, if (replaced) "this cluster object is from before sshcluster_repair(), which replaced it"
+      else "parallel::stopCluster()?"),
     call = NULL, hosts = node$host)))
 }
 
@@ -645,8 +662,8 @@ stop_cluster <- function(S) {
   }
   S$cluster <- NULL
   shutdown(S, grace = 2)
-  cl <- get0("parallelCluster", envir = globalenv(), inherits = FALSE)
-  if (inherits(cl, "sshcluster")) rm("parallelCluster", envir = globalenv())
+  if (belongs(get0("parallelCluster", envir = globalenv(), inherits = FALSE), S))
+    rm("parallelCluster", envir = globalenv())
 }
 
 # Ends the supervisor (and with it every session; each host then stops what is
@@ -684,6 +701,7 @@ DRAIN_SECONDS <- 5  # how long a worker may take to answer the repair's no-op ca
 repair <- function(S) {
   if (is.null(S$cluster))
     stop("sshcluster: this cluster was stopped; source() the file again", call. = FALSE)
+  follow <- registered(S)  # registrations of the cluster object as it was before
   nodes <- Filter(Negate(is.null), unclass(S$cluster))
   ranks <- vapply(nodes, `[[`, 1L, "rank")
   names(nodes) <- ranks
@@ -781,8 +799,11 @@ repair <- function(S) {
   message(sprintf("sshcluster_repair: %d of %d workers running:\n%s", length(all),
                   sum(vapply(machines, function(m) m$ncore, 1L)), paste(lines, collapse = "\n")))
   S$calls[] <- 0L
-  assign("parallelCluster", S$cluster, envir = globalenv())
-  register(S$config$register, S$cluster)
+  # (the global name only if it held this cluster: it may be another file's now)
+  current <- get0("parallelCluster", envir = globalenv(), inherits = FALSE)
+  if (is.null(current) || belongs(current, S))
+    assign("parallelCluster", S$cluster, envir = globalenv())
+  register(follow, S$cluster)
   invisible(S$cluster)
 }
 
