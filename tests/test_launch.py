@@ -24,7 +24,13 @@ import pytest
 import yaml
 
 import sshcluster
-from sshcluster.bootstrap import END_OF_SCRIPT, READ_SCRIPT, RenderOptions, write_bootstrap
+from sshcluster.bootstrap import (
+    END_OF_SCRIPT,
+    READ_SCRIPT,
+    RenderOptions,
+    worker_code,
+    write_bootstrap,
+)
 from sshcluster.inventory import load_inventory
 from sshcluster.testing import Testbed, TestHost, free_port
 from sshcluster.testing.fixtures import R_TIMEOUT, run_r_in_test, squatter
@@ -493,7 +499,7 @@ def _script() -> bytes:
     """What the supervisor sends a host first: its script (the workers' R code in $code,
     then remote.sh) and the end-of-script line, as the R file writes it."""
     r_dir = Path(sshcluster.__file__).parent / "R"
-    return ("code=" + shlex.quote((r_dir / "worker.R").read_text()) + "\n" +
+    return ("code=" + shlex.quote(worker_code()) + "\n" +
             (r_dir / "remote.sh").read_text() + END_OF_SCRIPT + "\n").encode()
 
 

@@ -225,3 +225,53 @@ def test_two_files_two_clusters(clean: Testbed, tmp_path: Path) -> None:
                     "STEP source-b-again",
                     "sshcluster: stopping the cluster that an earlier source() of this "
                     "file started"], out.stderr
+
+
+def test_worker_output_reaches_the_console_after_its_host(clean: Testbed, tmp_path: Path
+                                                          ) -> None:
+    """worker_output: console prints what the workers print (output, messages) on the
+    primary's stdout, each line after its host; a task's error in parallel's own call
+    names the worker and its host, and keeps its class."""
+    f = _bootstrap(clean, tmp_path, options=RenderOptions(worker_output="console"))
+    out = run_r_in_test(f"""
+        source({str(f)!r})
+        cl <- parallelCluster
+        invisible(parallel::clusterEvalQ(cl, {{
+          cat(sprintf("said %s\\n", Sys.info()[["nodename"]]))
+          message("noted ", Sys.info()[["nodename"]])
+        }}))
+        e <- tryCatch(parallel::parLapply(cl, 1:8, function(i) if (i == 3) stop("boom") else i),
+                      error = identity)
+        cat("CLASS", class(e), "\\n")
+        cat("MESSAGE", conditionMessage(e), "\\n")
+        sshcluster_stop()
+    """, tmp_path)
+    assert out.returncode == 0, out.stderr
+    for h in clean.hosts:
+        assert out.stdout.count(f"[{h.address}] said {h.hostname}\n") == 2, out.stdout
+        assert out.stdout.count(f"[{h.address}] noted {h.hostname}\n") == 2, out.stdout
+    lines = _lines(out.stdout)
+    assert lines["CLASS"].split() == ["simpleError", "error", "condition"]
+    assert f"boom [worker 1 on {clean.hosts[1].address}]" in lines["MESSAGE"]
+
+
+def test_worker_output_to_a_file_per_host(clean: Testbed, tmp_path: Path) -> None:
+    """worker_output: DIR writes each host's workers' output to DIR/NODENAME.log on
+    that host (the test hosts share this machine's files)."""
+    where = tmp_path / "out"
+    f = _bootstrap(clean, tmp_path, worker_output=str(where),
+                   options=RenderOptions(fork=False))
+    out = run_r_in_test(f"""
+        source({str(f)!r})
+        invisible(parallel::clusterEvalQ(parallelCluster, {{
+          cat(sprintf("said %s\\n", Sys.info()[["nodename"]]))
+          message("noted")
+        }}))
+        sshcluster_stop()
+    """, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "said" not in out.stdout
+    for h in clean.hosts:
+        text = (where / f"{h.hostname}.log").read_text()
+        assert text.count(f"said {h.hostname}\n") == 2, text
+        assert text.count("noted\n") == 2, text

@@ -54,6 +54,7 @@ start <- function(config) {
   S$key <- sourced_file()
   again <- stop_previous(S$key)
   S$config <- config
+  S$console <- identical(config$worker_output, "console")
   S$known_hosts <- known_hosts_words(config$known_hosts)
   S$limit <- connection_limit()
   check_connections(S, sum(vapply(config$machines, function(m) as.integer(m$ncore), 1L)))
@@ -229,7 +230,7 @@ host_command <- function(S, h, id) {
   f <- function(ext) sq(paste0(file.path(S$dir, id), ext))
   rscript <- if (is.null(m$rscript)) "Rscript" else m$rscript
   master <- if (cfg$tunnel) "127.0.0.1" else cfg$workers_reach
-  locale <- locale_assignments(cfg$locale)
+  locale <- c(locale_assignments(cfg$locale), paste0("SSHCLUSTER_OUTPUT=", cfg$worker_output))
   remote <- paste(
     "exec sh -c", sq(cfg$read_script),
     "sshcluster", sq(rscript), sq(master), S$port, h, cfg$setup_timeout,
@@ -474,6 +475,7 @@ wait_readable <- function(nodes, cons = lapply(nodes, .subset2, "con")) {
     ready <- socketSelect(cons, timeout = 1)
     if (any(ready)) return(which.max(ready))
     S <- state_of(nodes[[1]])
+    relay(S)
     busy <- if (in_parallel_call())
       Filter(function(n) !is.null(n) && S$calls[[n$rank]] > 0L, unclass(S$cluster))
     # (plain lists: c() of a cluster object would be parallelly's c.cluster(), which
@@ -506,22 +508,45 @@ check_hosts <- function(nodes) {
 }
 
 # The exit status a host reported for a node's worker ("gone SLOT STATUS" on its
-# session's stdout), or NA. Each session's reports are read when they grow.
+# session's stdout), or NA.
 gone <- function(S, node) {
-  f <- paste0(S$sessions[[node$session]]$file, ".out")
-  size <- file.size(f)
-  seen <- S$report_sizes[[node$session]]
-  if (!is.na(size) && !identical(size, seen)) {
-    S$report_sizes[[node$session]] <- size
-    for (line in readLines(f, warn = FALSE)) {
-      words <- strsplit(line, " ", fixed = TRUE)[[1]]
-      if (length(words) == 3L && words[1] == "gone")
-        S$gone[[paste(node$session, words[2])]] <- words[3]
-    }
-  }
+  read_reports(S, node$session)
   status <- S$gone[[paste(node$session, node$slot)]]
   if (is.null(status)) NA_character_ else status
 }
+
+# Reads the whole lines session id's stdout got since the last look: "gone SLOT
+# STATUS" reports are remembered; with worker_output: console, what the workers
+# printed is printed here after the host's name (the host's "ready" aside).
+read_reports <- function(S, id) {
+  f <- paste0(S$sessions[[id]]$file, ".out")
+  size <- file.size(f)
+  seen <- S$report_sizes[[id]]
+  if (is.null(seen)) seen <- 0
+  if (is.na(size) || size <= seen) return(invisible())
+  con <- file(f, "rb")
+  on.exit(close(con))
+  seek(con, seen)
+  bytes <- readBin(con, "raw", size - seen)
+  ends <- which(bytes == as.raw(10L))
+  if (!length(ends)) return(invisible())  # (a line still being written)
+  S$report_sizes[[id]] <- seen + ends[length(ends)]
+  bytes <- bytes[seq_len(ends[length(ends)] - 1L)]
+  lines <- strsplit(rawToChar(bytes[bytes != as.raw(0L)]), "\n", fixed = TRUE)[[1]]
+  host <- S$config$machines[[S$sessions[[id]]$h]]$host
+  for (line in lines) {
+    words <- strsplit(line, " ", fixed = TRUE)[[1]]
+    if (length(words) == 3L && words[1] == "gone") {
+      S$gone[[paste(id, words[2])]] <- words[3]
+    } else if (S$console && !identical(line, "ready")) {
+      cat("[", host, "] ", line, "\n", sep = "")
+    }
+  }
+  invisible()
+}
+
+# With worker_output: console, prints what every session's workers printed so far.
+relay <- function(S) if (S$console) for (id in names(S$sessions)) read_reports(S, id)
 
 host_lost <- function(node) {
   S <- state_of(node)
@@ -594,6 +619,13 @@ read_value <- function(node) {
     S <- state_of(node)
     r <- .subset2(node, "rank")
     if (S$calls[r] > 0L) S$calls[r] <- 0L
+    if (S$console) read_reports(S, .subset2(node, "session"))
+    # A task that failed in parallel's own worker loop: its error text (which
+    # parallel's calls put in their error) names the worker; the class is kept.
+    if (identical(.subset2(value, "success"), FALSE) &&
+        inherits(.subset2(value, "value"), "try-error"))
+      value$value[1L] <- sub("(\n?)$", sprintf(" [worker %d on %s]\\1", node$slot,
+                                                node$host), value$value[1L])
   }
   value
 }
@@ -679,6 +711,7 @@ shutdown <- function(S, grace = 1) {
     try(close(S$listener), silent = TRUE)
     S$listener <- NULL
   }
+  if (isTRUE(S$console) && !is.null(S$dir)) try(relay(S), silent = TRUE)
   if (nzchar(Sys.getenv("SSHCLUSTER_KEEP_DIR")))
     file.copy(S$dir, Sys.getenv("SSHCLUSTER_KEEP_DIR"), recursive = TRUE)
   if (!is.null(S$dir)) unlink(S$dir, recursive = TRUE)
