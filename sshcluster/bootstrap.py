@@ -53,7 +53,7 @@ from sshcluster.connections import (
 )
 from sshcluster.errors import RenderError
 from sshcluster.files import atomic_write
-from sshcluster.inventory import AUTO, Host, Inventory, Launch, Register, Tunnel
+from sshcluster.inventory import AUTO, Host, Inventory, Launch, Register, Tunnel, worker_output
 from sshcluster.net import R_PORT_RANGE
 from sshcluster.quoting import r_string, shell_join
 
@@ -66,7 +66,8 @@ class RenderOptions:
 
     ``connect_timeout`` bounds each ssh connection attempt; ``extra_ssh_options`` are
     ``-o`` options (``"Name=value"``) added to every ssh command. ``launch``, ``tunnel``
-    and ``fork`` override the inventory's; ``register`` adds to the inventory's list.
+    ``fork`` and ``worker_output`` override the inventory's; ``register`` adds to the
+    inventory's list.
     """
 
     connect_timeout: int = CONNECT_TIMEOUT
@@ -76,6 +77,7 @@ class RenderOptions:
     tunnel: Tunnel | None = None
     fork: bool | None = None
     register: tuple[Register, ...] = ()
+    worker_output: str | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ class _Plan:
     tunnel: Tunnel
     fork: bool
     register: tuple[Register, ...]
+    worker_output: str
 
 
 def _plan(inventory: Inventory, opts: RenderOptions) -> _Plan:
@@ -97,7 +100,13 @@ def _plan(inventory: Inventory, opts: RenderOptions) -> _Plan:
                           hint="use the fast launch (the default) with the reverse tunnel")
     register = tuple(dict.fromkeys((*inventory.register, *opts.register)))
     fork = inventory.fork if opts.fork is None else opts.fork
-    return _Plan(launch=launch, tunnel=tunnel, fork=fork, register=register)
+    output = worker_output(opts.worker_output, lambda why: RenderError(
+        f"worker_output: {why}")) if opts.worker_output else inventory.worker_output
+    if launch == "classic" and output != "none":
+        raise RenderError("worker_output is for the fast launch",
+                          hint="use the fast launch, or makeCluster's own outfile")
+    return _Plan(launch=launch, tunnel=tunnel, fork=fork, register=register,
+                 worker_output=output)
 
 
 def launch_tunnel(inventory: Inventory, options: RenderOptions | None = None) -> Tunnel:
@@ -272,6 +281,15 @@ READ_SCRIPT = _R_SOURCES["read_script.sh"].rstrip("\n").rsplit("\n", 1)[-1]
 END_OF_SCRIPT = "# sshcluster: end of script"
 
 
+def worker_code() -> str:
+    """``R/worker.R`` as the workers run it, ``Rscript -e CODE``: without comment lines,
+    blank lines and indentation. (Rscript passes CODE on with each space and newline
+    written as three characters, and drops, with a warning, an expression that is then
+    10000 or more long: the workers would read their tokens as their program.)"""
+    lines = (line.strip() for line in _R_SOURCES["worker.R"].splitlines())
+    return "\n".join(line for line in lines if line and not line.startswith("#")) + "\n"
+
+
 def _r_items(items: Sequence[str], indent: str = "  ") -> list[str]:
     """R list items, one per line, commas between them."""
     return [f"{indent}{item}{',' if i < len(items) - 1 else ''}" for i, item in enumerate(items)]
@@ -335,9 +353,10 @@ def _fast(inventory: Inventory, opts: RenderOptions, plan: _Plan) -> list[str]:
             ("setup_timeout", _r_value(inventory.setup_timeout)),
             ("locale", _r_value(inventory.locale)),
             ("register", _r_value(plan.register)),
+            ("worker_output", _r_value(plan.worker_output)),
             ("remote_script", r_string(_R_SOURCES["remote.sh"])),
             ("supervisor_script", r_string(_R_SOURCES["supervisor.sh"])),
-            ("worker_code", r_string(_R_SOURCES["worker.R"])),
+            ("worker_code", r_string(worker_code())),
             ("read_script", r_string(READ_SCRIPT)),
             ("end_of_script", r_string(END_OF_SCRIPT)),
         ]),

@@ -197,6 +197,10 @@ def check_command(ctx: click.Context, inventory: str, timeout: float, concurrenc
               help="Fast launch: start one R per host and fork its workers from it "
                    "(default; one R start-up per host), or start every worker as a fresh "
                    "Rscript. Overrides the inventory's 'fork'.")
+@click.option("--worker-output", metavar="none|console|DIR",
+              help="Fast launch: where the workers' output goes: none (default), console "
+                   "(the primary's, each line after its host) or a file per host in the "
+                   "absolute directory DIR on the hosts. Overrides 'worker_output'.")
 @click.option("--future", "use_future", is_flag=True,
               help="Also run future::plan(future::cluster, workers = parallelCluster).")
 @click.option("--doparallel", "use_doparallel", is_flag=True,
@@ -214,8 +218,9 @@ def check_command(ctx: click.Context, inventory: str, timeout: float, concurrenc
 @click.option("--concurrency", type=click.IntRange(min=1), default=DEFAULT_CONCURRENCY,
               show_default=True, help="With --check: as for check.")
 def render(inventory: str, output: str | None, launch: str | None, tunnel: str | None,
-           fork: bool | None, use_future: bool, use_doparallel: bool, run_check: bool,
-           allow_partial: bool, timeout: float, accept_new: bool, concurrency: int) -> None:
+           fork: bool | None, worker_output: str | None, use_future: bool,
+           use_doparallel: bool, run_check: bool, allow_partial: bool, timeout: float,
+           accept_new: bool, concurrency: int) -> None:
     """Write the R bootstrap for INVENTORY.
 
     In an R session on the primary, source() the file to get `parallelCluster`,
@@ -240,6 +245,7 @@ def render(inventory: str, output: str | None, launch: str | None, tunnel: str |
         launch="classic" if launch == "classic" else "fast" if launch else None,
         tunnel="reverse" if tunnel == "reverse" else "none" if tunnel else None,
         fork=fork,
+        worker_output=worker_output,
         register=tuple(register),
     )
     if run_check:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -105,6 +106,9 @@ class Inventory:
     per worker). ``locale`` is the locale the workers run in (None: the primary's own
     ``LANG``/``LC_*``). ``reverse_ssh`` says whether the check fails a host whose worker
     cannot ssh back to the primary (``required``) or only warns (``optional``).
+    ``worker_output`` is where the fast launch's workers' output goes: ``none`` (the
+    default, as makeCluster's), ``console`` (the primary's, each line after its host's
+    name) or an absolute directory on the worker hosts (a file per host in it).
     ``path`` is the file it was read from, if any. ``check_note`` is what
     :func:`~sshcluster.preflight.verified_inventory` says about the check it came
     from (how many hosts were ready, which were left out), for the bootstrap's header.
@@ -122,6 +126,7 @@ class Inventory:
     setup_timeout: int = SETUP_TIMEOUT
     locale: str | None = None
     reverse_ssh: ReverseSsh = "optional"
+    worker_output: str = "none"
     path: str | None = field(default=None, compare=False)
     check_note: str | None = None
 
@@ -138,6 +143,18 @@ class Inventory:
 
 
 # --------------------------------------------------------------------------- validation
+
+
+def worker_output(value: Any, fail: Callable[[str], Exception]) -> str:
+    """A valid ``worker_output``: ``none``, ``console`` or an absolute directory (the
+    workers' R writes there; no control characters, which could not be passed whole);
+    else raises ``fail(reason)``."""
+    if value in ("none", "console") or (
+            isinstance(value, str) and value.startswith("/") and _SAFE_PATH.match(value)):
+        return str(value)
+    raise fail(f"expected none, console or an absolute directory on the worker hosts, got "
+               f"{describe(value)}")
+
 
 
 class _Reader(Reader):
@@ -160,7 +177,8 @@ _HOST_KEYS = ("host", "user", "ncore", "ssh_port", "identity_file", "rscript")
 _DEFAULT_KEYS = ("user", "ncore", "ssh_port", "identity_file", "rscript")
 _PRIMARY_KEYS = ("host", "user", "ssh_port")
 _TOP_KEYS = ("primary", "port", "defaults", "hosts", "known_hosts", "r_packages", "launch",
-             "tunnel", "fork", "register", "setup_timeout", "locale", "reverse_ssh")
+             "tunnel", "fork", "register", "setup_timeout", "locale", "reverse_ssh",
+             "worker_output")
 
 
 def _host_fields(reader: _Reader, m: Map, where: str,
@@ -247,6 +265,10 @@ def _read(doc: Any, reader: _Reader) -> Inventory:
                               f"{describe(value)}", line=reader.line_of(top, "locale"),
                               field="locale")
         how["locale"] = value
+    if "worker_output" in top:
+        how["worker_output"] = worker_output(
+            top["worker_output"], lambda why: reader.fail(
+                why, line=reader.line_of(top, "worker_output"), field="worker_output"))
     if "register" in top:
         raw = top["register"]
         rline = reader.line_of(top, "register")
@@ -357,6 +379,8 @@ def inventory_to_dict(inv: Inventory) -> dict[str, Any]:
         out["locale"] = inv.locale
     if inv.reverse_ssh != "optional":
         out["reverse_ssh"] = inv.reverse_ssh
+    if inv.worker_output != "none":
+        out["worker_output"] = inv.worker_output
     hosts = []
     for h in inv.hosts:
         item: dict[str, Any] = {"host": h.host}
@@ -397,4 +421,5 @@ __all__ = [
     "inventory_to_dict",
     "load_inventory",
     "parse_inventory",
+    "worker_output",
 ]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sshcluster import RenderError
-from sshcluster.bootstrap import RenderOptions, render, spec_entries, ssh_command
+from sshcluster import InventoryError, RenderError
+from sshcluster.bootstrap import RenderOptions, render, spec_entries, ssh_command, worker_code
 from sshcluster.inventory import Host, Inventory, Primary, parse_inventory
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -342,3 +342,34 @@ def test_connection_limits_are_known_at_render(tmp_path: Path) -> None:
     assert "--max-connections=207" in (tmp_path / "c.R").read_text()
     fits = parse_inventory("primary: p\nhosts:\n  - host: a\n    ncore: 121\n")
     assert "--max-connections=" not in render(fits).split("\n\n")[0]
+
+
+def test_the_worker_code_fits_on_rscripts_command_line(tmp_path: Path) -> None:
+    """Rscript drops an ``-e`` expression of 10000 characters or more once each space
+    and newline is written as three (then the workers read their tokens as their
+    program): the compacted worker code stays well under, and parses as R."""
+    code = worker_code()
+    assert len(code) + 2 * code.count(" ") + 2 * code.count("\n") < 8000
+    assert "#" not in [line[:1] for line in code.splitlines()]
+    out = subprocess.run(["Rscript", "-e", f"invisible(parse(text = {json.dumps(code)}))",
+                          "-e", "cat('parsed')"], capture_output=True, text=True, timeout=60)
+    assert out.stdout == "parsed", out.stderr
+
+
+def test_worker_output_is_read_and_checked() -> None:
+    """worker_output: none (default), console, or an absolute directory; the render option
+    overrides it; the classic launch refuses it."""
+    def inv(**top: object) -> Inventory:
+        return parse_inventory(json.dumps({"primary": {"host": "10.0.0.1"},
+                                           "hosts": [{"host": "10.0.0.2", "ncore": 1}],
+                                           **top}))
+    assert inv().worker_output == "none"
+    assert inv(worker_output="console").worker_output == "console"
+    assert inv(worker_output="/var/log/r").worker_output == "/var/log/r"
+    for bad in ("relative/dir", "", 3, "/a\nb"):
+        with pytest.raises(InventoryError, match="worker_output"):
+            inv(worker_output=bad)
+    assert "worker_output = \"console\"" in render(inv(), RenderOptions(worker_output="console"))
+    assert "worker_output = \"none\"" in render(inv())
+    with pytest.raises(RenderError, match="fast launch"):
+        render(inv(launch="classic"), RenderOptions(worker_output="console"))

@@ -24,7 +24,13 @@ import pytest
 import yaml
 
 import sshcluster
-from sshcluster.bootstrap import END_OF_SCRIPT, READ_SCRIPT, RenderOptions, write_bootstrap
+from sshcluster.bootstrap import (
+    END_OF_SCRIPT,
+    READ_SCRIPT,
+    RenderOptions,
+    worker_code,
+    write_bootstrap,
+)
 from sshcluster.inventory import load_inventory
 from sshcluster.testing import Testbed, TestHost, free_port
 from sshcluster.testing.fixtures import R_TIMEOUT, run_r_in_test, squatter
@@ -240,7 +246,7 @@ def test_sourcing_twice_stops_the_first_cluster(clean: Testbed, tmp_path: Path) 
             proc.stdin.flush()
             _, err = proc.communicate(timeout=R_TIMEOUT)
             assert proc.returncode == 0, err
-            assert "stopping the cluster that an earlier source() started" in err
+            assert "stopping the cluster that an earlier source() of this file started" in err
         finally:
             proc.kill()
 
@@ -328,7 +334,7 @@ def test_a_cluster_whose_names_were_removed_is_stopped_by_the_next_source(
         sshcluster_stop()
     """, tmp_path)
     assert out.returncode == 0, out.stderr
-    assert "stopping the cluster that an earlier source() started" in out.stderr
+    assert "stopping the cluster that an earlier source() of this file started" in out.stderr
     assert nothing_left(clean, marker=tmp_path, wait=5) == {}
 
 
@@ -480,7 +486,7 @@ def _script() -> bytes:
     """What the supervisor sends a host first: its script (the workers' R code in $code,
     then remote.sh) and the end-of-script line, as the R file writes it."""
     r_dir = Path(sshcluster.__file__).parent / "R"
-    return ("code=" + shlex.quote((r_dir / "worker.R").read_text()) + "\n" +
+    return ("code=" + shlex.quote(worker_code()) + "\n" +
             (r_dir / "remote.sh").read_text() + END_OF_SCRIPT + "\n").encode()
 
 

@@ -9,7 +9,9 @@
 # ---------------------------------------------------------------------------
 
 start_classic <- function(config) {
-  stop_previous()
+  S <- new.env()
+  S$key <- sourced_file()
+  again <- stop_previous(S$key)
   # The ssh commands carry the known_hosts option for OpenSSH >= 8.5; an older
   # ssh here gets the other form.
   words <- known_hosts_words(config$known_hosts)
@@ -26,15 +28,19 @@ start_classic <- function(config) {
                rshcmd = fix(config$rshcmd), homogeneous = FALSE)
   if (!is.na(config$port)) args$port <- config$port
   cl <- do.call(parallel::makeCluster, args)
-  stop_fn <- function() {
+  S$cluster <- cl
+  S$id <- basename(tempfile("classic"))
+  S$stop <- function() {
     # Node by node, so that one dead worker does not keep the others running.
     for (i in seq_along(cl)) try(parallel::stopCluster(cl[i]), silent = TRUE)
     if (identical(get0("parallelCluster", envir = globalenv(), inherits = FALSE), cl))
       rm("parallelCluster", envir = globalenv())
+    if (exists(S$id, envir = launches(), inherits = FALSE)) rm(list = S$id, envir = launches())
     invisible(NULL)
   }
+  assign(S$id, S, envir = launches())
   assign("parallelCluster", cl, envir = globalenv())
-  assign("sshcluster_stop", ours(stop_fn), envir = globalenv())
-  register(config$register, cl)
+  assign("sshcluster_stop", S$stop, envir = globalenv())
+  register(union(config$register, again), cl)
   invisible(cl)
 }

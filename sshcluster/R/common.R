@@ -14,27 +14,56 @@ launches <- function() {
   registry
 }
 
-# Sourcing a cluster file again stops the cluster an earlier source() started:
-# the one its sshcluster_stop() stops, and any other still running (its names
-# in the global environment may have been removed, the cluster lives on).
-stop_previous <- function() {
-  old <- get0("sshcluster_stop", envir = globalenv(), inherits = FALSE)
+# The file being source()d, as source() was given it, or "" where this code runs some
+# other way (Rscript FILE, eval(parse())): a launch is known by it.
+sourced_file <- function() {
+  for (i in rev(seq_len(sys.nframe()))) if (identical(sys.function(i), base::source)) {
+    f <- get0("ofile", envir = sys.frame(i), inherits = FALSE)
+    if (is.character(f) && length(f) == 1L) return(normalizePath(f, mustWork = FALSE))
+  }
+  ""
+}
+
+# Sourcing a cluster file again stops the cluster an earlier source() of the same file
+# started (also when its names in the global environment were removed: the cluster
+# lives on). Clusters of other files live on. Returns what was registered with the
+# stopped cluster ("doparallel", "future"), for the new cluster to take over.
+stop_previous <- function(key) {
   running <- mget(ls(launches()), envir = launches())
-  if ((is.function(old) && isTRUE(attr(old, "sshcluster"))) || length(running))
-    message("sshcluster: stopping the cluster that an earlier source() started")
-  if (is.function(old) && isTRUE(attr(old, "sshcluster"))) old()
-  for (S in running) if (is.function(S$stop)) S$stop()
+  mine <- Filter(function(S) identical(S$key, key) && is.function(S$stop), running)
+  if (!length(mine)) return(character())
+  message("sshcluster: stopping the cluster that an earlier source() of this file started")
+  found <- unique(unlist(lapply(mine, registered)))
+  for (S in mine) S$stop()
+  found
+}
+
+# Whether x is (a copy, from before a repair, of) launch S's cluster.
+belongs <- function(x, S) {
+  if (!inherits(x, "cluster")) return(FALSE)
+  if (inherits(x, "sshcluster"))
+    return(any(vapply(unclass(x), function(n) identical(n$launch, S$id), NA)))
+  identical(unclass(x), unclass(S$cluster))
+}
+
+# What foreach (doParallel) and future's plan() use now, if it is launch S's cluster:
+# a repair or a new source() registers its new cluster there again.
+registered <- function(S) {
+  found <- character()
+  if (isNamespaceLoaded("foreach")) {
+    globals <- get0(".foreachGlobals", envir = asNamespace("foreach"))
+    if (is.environment(globals) && belongs(globals$data, S)) found <- "doparallel"
+  }
+  if (isNamespaceLoaded("future")) {
+    workers <- tryCatch(formals(future::plan("next"))$workers, error = function(e) NULL)
+    if (belongs(workers, S)) found <- c(found, "future")
+  }
+  found
 }
 
 register <- function(what, cl) {
   if ("doparallel" %in% what) doParallel::registerDoParallel(cl)
   if ("future" %in% what) future::plan(future::cluster, workers = cl)
-}
-
-# Marks a function of ours, so that a later source() knows it may call it.
-ours <- function(f) {
-  attr(f, "sshcluster") <- TRUE
-  f
 }
 
 # The option that adds the inventory's known_hosts file, in the form this

@@ -50,9 +50,11 @@ RESERVED_CONNECTIONS <- 2L # left free for the user's own files
 # Starting
 
 start <- function(config) {
-  stop_previous()
   S <- new.env()
+  S$key <- sourced_file()
+  again <- stop_previous(S$key)
   S$config <- config
+  S$console <- identical(config$worker_output, "console")
   S$known_hosts <- known_hosts_words(config$known_hosts)
   S$limit <- connection_limit()
   check_connections(S, sum(vapply(config$machines, function(m) as.integer(m$ncore), 1L)))
@@ -82,16 +84,19 @@ start <- function(config) {
     message(sprintf("sshcluster: refused %d connection%s to port %d that did not prove %s a worker",
                     S$refused, if (S$refused == 1L) "" else "s", S$port,
                     if (S$refused == 1L) "itself" else "themselves"))
-  publish(S)
+  publish(S, again)
   invisible(S$cluster)
 }
 
-# What the global environment gets: the cluster and the two functions.
-publish <- function(S) {
+# What the global environment gets: the cluster and the two functions (a later
+# source() of another file replaces these names, not the cluster: keep them under
+# names of your own to use both). The inventory's registrations, and those that
+# followed the cluster this one replaces, are made.
+publish <- function(S, again) {
   assign("parallelCluster", S$cluster, envir = globalenv())
-  assign("sshcluster_stop", ours(function() invisible(stop_cluster(S))), envir = globalenv())
-  assign("sshcluster_repair", ours(function() repair(S)), envir = globalenv())
-  register(S$config$register, S$cluster)
+  assign("sshcluster_stop", function() invisible(stop_cluster(S)), envir = globalenv())
+  assign("sshcluster_repair", function() repair(S), envir = globalenv())
+  register(union(S$config$register, again), S$cluster)
 }
 
 # How many connections this R allows in all: as parallelly's availableConnections()
@@ -240,7 +245,7 @@ host_command <- function(S, h, id) {
   f <- function(ext) sq(paste0(file.path(S$dir, id), ext))
   rscript <- if (is.null(m$rscript)) "Rscript" else m$rscript
   master <- if (cfg$tunnel) "127.0.0.1" else cfg$workers_reach
-  locale <- locale_assignments(cfg$locale)
+  locale <- c(locale_assignments(cfg$locale), paste0("SSHCLUSTER_OUTPUT=", cfg$worker_output))
   port <- S$sessions[[id]]$port
   remote <- paste(
     "exec sh -c", sq(cfg$read_script),
@@ -469,8 +474,11 @@ registry <- launches()
 state_of <- function(node) {
   S <- registry[[.subset2(node, "launch")]]
   if (is.null(S))
-    stop(sprintf("sshcluster: the cluster of worker %d on %s was stopped", node$slot,
-                 node$host), call. = FALSE)
+    stop(sprintf(paste(
+      "sshcluster: the cluster of worker %d on %s was stopped; source() the file again",
+      "for a new one, then register the new parallelCluster again where you registered",
+      "this one (doParallel::registerDoParallel(), future::plan())"), node$slot,
+      node$host), call. = FALSE)
   S
 }
 
@@ -483,9 +491,12 @@ wait_readable <- function(nodes, cons = lapply(nodes, .subset2, "con")) {
     ready <- socketSelect(cons, timeout = 1)
     if (any(ready)) return(which.max(ready))
     S <- state_of(nodes[[1]])
+    relay(S)
     busy <- if (in_parallel_call())
-      Filter(function(n) !is.null(n) && S$calls[[n$rank]] > 0L, S$cluster)
-    check_hosts(c(nodes, busy))
+      Filter(function(n) !is.null(n) && S$calls[[n$rank]] > 0L, unclass(S$cluster))
+    # (plain lists: c() of a cluster object would be parallelly's c.cluster(), which
+    # warns about the nodes the two have in common, every second of the wait)
+    check_hosts(c(unclass(nodes), busy))
   }
 }
 
@@ -513,22 +524,45 @@ check_hosts <- function(nodes) {
 }
 
 # The exit status a host reported for a node's worker ("gone SLOT STATUS" on its
-# session's stdout), or NA. Each session's reports are read when they grow.
+# session's stdout), or NA.
 gone <- function(S, node) {
-  f <- paste0(S$sessions[[node$session]]$file, ".out")
-  size <- file.size(f)
-  seen <- S$report_sizes[[node$session]]
-  if (!is.na(size) && !identical(size, seen)) {
-    S$report_sizes[[node$session]] <- size
-    for (line in readLines(f, warn = FALSE)) {
-      words <- strsplit(line, " ", fixed = TRUE)[[1]]
-      if (length(words) == 3L && words[1] == "gone")
-        S$gone[[paste(node$session, words[2])]] <- words[3]
-    }
-  }
+  read_reports(S, node$session)
   status <- S$gone[[paste(node$session, node$slot)]]
   if (is.null(status)) NA_character_ else status
 }
+
+# Reads the whole lines session id's stdout got since the last look: "gone SLOT
+# STATUS" reports are remembered; with worker_output: console, what the workers
+# printed is printed here after the host's name (the host's "ready" aside).
+read_reports <- function(S, id) {
+  f <- paste0(S$sessions[[id]]$file, ".out")
+  size <- file.size(f)
+  seen <- S$report_sizes[[id]]
+  if (is.null(seen)) seen <- 0
+  if (is.na(size) || size <= seen) return(invisible())
+  con <- file(f, "rb")
+  on.exit(close(con))
+  seek(con, seen)
+  bytes <- readBin(con, "raw", size - seen)
+  ends <- which(bytes == as.raw(10L))
+  if (!length(ends)) return(invisible())  # (a line still being written)
+  S$report_sizes[[id]] <- seen + ends[length(ends)]
+  bytes <- bytes[seq_len(ends[length(ends)] - 1L)]
+  lines <- strsplit(rawToChar(bytes[bytes != as.raw(0L)]), "\n", fixed = TRUE)[[1]]
+  host <- S$config$machines[[S$sessions[[id]]$h]]$host
+  for (line in lines) {
+    words <- strsplit(line, " ", fixed = TRUE)[[1]]
+    if (length(words) == 3L && words[1] == "gone") {
+      S$gone[[paste(id, words[2])]] <- words[3]
+    } else if (S$console && !identical(line, "ready")) {
+      cat("[", host, "] ", line, "\n", sep = "")
+    }
+  }
+  invisible()
+}
+
+# With worker_output: console, prints what every session's workers printed so far.
+relay <- function(S) if (S$console) for (id in names(S$sessions)) read_reports(S, id)
 
 host_lost <- function(node) {
   S <- state_of(node)
@@ -570,11 +604,21 @@ con_ok <- function(con) {
   any(getAllConnections() == i) && identical(getConnection(i), con)
 }
 
+# A cluster object whose worker's connection is closed: one from before a repair
+# (which replaced that worker), or one that parallel::stopCluster() stopped.
 stale <- function(node) {
+  S <- registry[[.subset2(node, "launch")]]
+  now <- if (!is.null(S)) Filter(function(n) identical(n$rank, node$rank), unclass(S$cluster))
+  replaced <- !is.null(S) && !is.null(S$cluster) &&
+    !(length(now) && identical(now[[1]]$con, node$con))
   stop(structure(class = c("sshcluster_error", "error", "condition"), list(
-    message = sprintf(paste(
-      "sshcluster: the connection to worker %d on %s was closed (parallel::stopCluster()?);",
-      "source() the file again for a new cluster"), node$slot, node$host),
+    message = sprintf(paste0(
+      "sshcluster: the connection to worker %d on %s was closed (%s); ", if (replaced)
+        "use the cluster sshcluster_repair() returned (parallelCluster) and register it again where you registered this one: " else
+        "source() the file again for a new cluster, then register it again where you registered this one: ",
+      "doParallel::registerDoParallel(parallelCluster), future::plan(future::cluster, workers = parallelCluster)"),
+      node$slot, node$host, if (replaced) "this cluster object is from before sshcluster_repair(), which replaced it"
+      else "parallel::stopCluster()?"),
     call = NULL, hosts = node$host)))
 }
 
@@ -591,6 +635,13 @@ read_value <- function(node) {
     S <- state_of(node)
     r <- .subset2(node, "rank")
     if (S$calls[r] > 0L) S$calls[r] <- 0L
+    if (S$console) read_reports(S, .subset2(node, "session"))
+    # A task that failed in parallel's own worker loop: its error text (which
+    # parallel's calls put in their error) names the worker; the class is kept.
+    if (identical(.subset2(value, "success"), FALSE) &&
+        inherits(.subset2(value, "value"), "try-error"))
+      value$value[1L] <- sub("(\n?)$", sprintf(" [worker %d on %s]\\1", node$slot,
+                                                node$host), value$value[1L])
   }
   value
 }
@@ -659,8 +710,8 @@ stop_cluster <- function(S) {
   }
   S$cluster <- NULL
   shutdown(S, grace = 2)
-  cl <- get0("parallelCluster", envir = globalenv(), inherits = FALSE)
-  if (inherits(cl, "sshcluster")) rm("parallelCluster", envir = globalenv())
+  if (belongs(get0("parallelCluster", envir = globalenv(), inherits = FALSE), S))
+    rm("parallelCluster", envir = globalenv())
 }
 
 # Ends the supervisor (and with it every session; each host then stops what is
@@ -676,6 +727,7 @@ shutdown <- function(S, grace = 1) {
     try(close(S$listener), silent = TRUE)
     S$listener <- NULL
   }
+  if (isTRUE(S$console) && !is.null(S$dir)) try(relay(S), silent = TRUE)
   if (!is.null(S$dir)) unlink(S$dir, recursive = TRUE)
   S$dir <- NULL
   if (!is.null(S$id) && exists(S$id, envir = registry, inherits = FALSE))
@@ -696,6 +748,7 @@ DRAIN_SECONDS <- 5  # how long a worker may take to answer the repair's no-op ca
 repair <- function(S) {
   if (is.null(S$cluster))
     stop("sshcluster: this cluster was stopped; source() the file again", call. = FALSE)
+  follow <- registered(S)  # registrations of the cluster object as it was before
   nodes <- Filter(Negate(is.null), unclass(S$cluster))
   ranks <- vapply(nodes, `[[`, 1L, "rank")
   names(nodes) <- ranks
@@ -793,8 +846,11 @@ repair <- function(S) {
   message(sprintf("sshcluster_repair: %d of %d workers running:\n%s", length(all),
                   sum(vapply(machines, function(m) m$ncore, 1L)), paste(lines, collapse = "\n")))
   S$calls[] <- 0L
-  assign("parallelCluster", S$cluster, envir = globalenv())
-  register(S$config$register, S$cluster)
+  # (the global name only if it held this cluster: it may be another file's now)
+  current <- get0("parallelCluster", envir = globalenv(), inherits = FALSE)
+  if (is.null(current) || belongs(current, S))
+    assign("parallelCluster", S$cluster, envir = globalenv())
+  register(follow, S$cluster)
   invisible(S$cluster)
 }
 

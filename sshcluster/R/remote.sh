@@ -3,7 +3,8 @@
 # (ssh's command line, read_script.sh, reads it with $code, the workers' R code,
 # from the session's stdin first, then evaluates it with those arguments).
 # MODE is "tunnel" or "direct", START "fork" or "fresh"; NAME=VALUE pairs (the
-# primary's locale) are exported to R. Its stdin is the ssh session's: after the
+# primary's locale, and SSHCLUSTER_OUTPUT: where the workers' output goes) are
+# exported to R. Its stdin is the ssh session's: after the
 # script itself, one line of worker tokens (never on a command line, where other
 # users could read it), then, behind a reverse tunnel, "go", then a heartbeat line
 # every few seconds for as long as the primary's R session lives.
@@ -74,7 +75,10 @@ else
   trap 'exit 143' TERM
 fi
 rargs="--default-packages=datasets,utils,grDevices,graphics,stats,methods"
-exec 4>&1  # the session's stdout, for the "gone" reports; R's own stdout goes nowhere
+exec 4>&1  # the session's stdout, for the "gone" reports
+# R's own stdout (5): nowhere, or with worker_output: console the session's stdout,
+# which the primary prints after the host's name.
+if [ "${SSHCLUSTER_OUTPUT:-none}" = console ]; then exec 5>&4; else exec 5>/dev/null; fi
 n=0
 old=$IFS; IFS=,
 for t in $tokens; do n=$((n + 1)); done
@@ -83,7 +87,7 @@ for t in $tokens; do n=$((n + 1)); done
 if [ "$start" = fork ] && [ "$leader" ] && [ "$n" -le 256 ]; then
   IFS=$old
   printf '%s\n' "$tokens" |
-    "$r" "$rargs" -e "$code" "$master" "$port" "$machine" "$timeout" fork >/dev/null &
+    "$r" "$rargs" -e "$code" "$master" "$port" "$machine" "$timeout" fork >&5 &
   pids=$!
 else
   for t in $tokens; do
@@ -93,14 +97,14 @@ else
       # reaches both)
       (
         printf '%s\n' "$t" |
-          "$r" "$rargs" -e "$code" "$master" "$port" "$machine" "$timeout" fresh >/dev/null
+          "$r" "$rargs" -e "$code" "$master" "$port" "$machine" "$timeout" fresh >&5
         rc=$?
         echo "gone ${t%%:*} $rc" >&4
         exit $rc
       ) &
     else
       printf '%s\n' "$t" |
-        "$r" "$rargs" -e "$code" "$master" "$port" "$machine" "$timeout" fresh >/dev/null &
+        "$r" "$rargs" -e "$code" "$master" "$port" "$machine" "$timeout" fresh >&5 &
     fi
     pids="$pids $!"
   done

@@ -7,7 +7,12 @@
 # fixed-size exchange of raw bytes, checks that the primary knows the slot's
 # other token, and only then runs parallel's own worker loop. Nothing is
 # unserialized from a peer that has not proved itself.
-local({
+#
+# The code runs in a function, not in local(): local() evaluates in a frame that is
+# the global environment, and code that looks for parallel's 'master' node by
+# walking sys.frames() up to the global environment (future's relay of immediate
+# conditions, which progressr's updates are) would stop there, below workLoop().
+(function() {
   if (getRversion() < "4.1.0") {
     cat("sshcluster: R on ", Sys.info()[["nodename"]], " is ", as.character(getRversion()),
         "; the workers need R 4.1 or later\n", sep = "", file = stderr())
@@ -41,6 +46,17 @@ local({
     as.raw(strtoi(substring(hex, at, at + 1L), 16L))
   }
   int4 <- function(i) writeBin(as.integer(i), raw(), size = 4L, endian = "big")
+  # Where the workers' output goes (worker_output): nowhere, to this R's stdout,
+  # which the primary prints after the host's name (messages and warnings too), or
+  # to a file per host in a directory; one that cannot be written fails the host now.
+  output <- Sys.getenv("SSHCLUSTER_OUTPUT", "none")
+  if (!output %in% c("none", "console")) {
+    dir.create(output, recursive = TRUE, showWarnings = FALSE)
+    output <- file.path(output, paste0(Sys.info()[["nodename"]], ".log"))
+    if (file.access(dirname(output), 2L) != 0L)
+      fail("cannot write the workers' output to ", dirname(output), " on ",
+           Sys.info()[["nodename"]], " (worker_output)")
+  }
   where <- sprintf("R on %s cannot connect to the primary at %s port %d",
                    Sys.info()[["nodename"]], master, port)
 
@@ -91,7 +107,8 @@ local({
   work <- function(item) {
     con <- handshake(strsplit(item, ":", fixed = TRUE)[[1]])
     socketTimeout(con, 2592000)  # parallel's own worker timeout
-    sinkWorkerOutput("/dev/null")
+    if (output == "console") sink(stdout(), type = "message")
+    else sinkWorkerOutput(if (output == "none") "/dev/null" else output)
     workLoop(structure(list(con = con), class = "SOCKnode"))
     TRUE
   }
@@ -100,7 +117,7 @@ local({
     work(items[1])
   } else {
     # One R start-up for the whole host. Each fork gets its own tempdir() and an
-    # empty global environment (this code runs in local()), as a fresh R would.
+    # empty global environment (this code runs in a function), as a fresh R would.
     unlink(tempdir(), recursive = TRUE)
     child <- function(item) {
       tempdir(check = TRUE)
@@ -112,7 +129,9 @@ local({
       on.exit(close(stdin_null), add = TRUE)
       work(item)
     }
-    jobs <- lapply(items, function(item) parallel::mcparallel(child(item), silent = TRUE))
+    # (silent: a fork's stdout goes to /dev/null, unless the primary prints it)
+    jobs <- lapply(items, function(item) parallel::mcparallel(child(item),
+                                                              silent = output != "console"))
     # Report each worker that ends, at once, on the ssh session's stdout (the
     # script's descriptor 4): "gone SLOT STATUS".
     slots <- setNames(vapply(items, function(item) strsplit(item, ":", fixed = TRUE)[[1]][1],
@@ -135,4 +154,4 @@ local({
     }
     if (failed) quit(save = "no", status = 3L)
   }
-})
+})()
