@@ -424,10 +424,12 @@ def test_workers_that_never_connect_hit_the_setup_timeout(clean: Testbed, tmp_pa
     fake = tmp_path / "fake-Rscript"
     fake.write_text("#!/bin/sh\nexec sleep 300\n")
     fake.chmod(0o755)
-    f = _bootstrap(clean, tmp_path, setup_timeout=3,
+    # Long enough for the good hosts' workers to connect on a busy machine (3 s was not,
+    # under load, and they were named too).
+    f = _bootstrap(clean, tmp_path, setup_timeout=10,
                    host_fields={bad.address: {"rscript": str(fake)}})
     err = _launch_fails(clean, f, tmp_path)
-    assert "workers did not connect within 3 s" in err
+    assert "workers did not connect within 10 s" in err
     assert "0 of 2 workers connected when the launch stopped" in _line_for(err, bad)
     assert all(h.address + ":" not in err for h in clean.hosts[1:])
 
