@@ -69,6 +69,10 @@ start <- function(config) {
   ok <- FALSE
   on.exit(if (!ok) shutdown(S, grace = 0), add = TRUE)
   open_supervisor(S)
+  # R's exit closes the supervisor's pipe and waits for it to end; a process that R
+  # forked (mcparallel, a fork cluster) may hold that pipe open, so the end of the
+  # pipe would never come: the supervisor is told to stop instead.
+  reg.finalizer(S, function(S) shutdown(S, grace = 0), onexit = TRUE)
   n <- vapply(config$machines, function(m) as.integer(m$ncore), 1L)
   S$first <- cumsum(c(0L, n))[seq_along(n)]  # spec position before each machine
   S$cluster <- structure(vector("list", sum(n)), class = c("sshcluster", "SOCKcluster",
@@ -236,12 +240,19 @@ host_command <- function(S, h, id) {
   ssh <- paste(if (is.null(cfg$host_ssh[[h]])) cfg$ssh else cfg$host_ssh[[h]],
                S$known_hosts)
   destination <- paste(if (!is.null(m$user)) paste("-l", sq(m$user)), sq(m$host))
+  # A TERM (the supervisor's: its way to end a session, also once the directory
+  # and its pid files are gone) is passed on to ssh; a wait it cut short is waited
+  # again, so that .status holds ssh's own status.
   c("exec 3<&0",
+    "pid=''",
+    "trap '[ -n \"$pid\" ] && kill -s TERM \"$pid\" 2>/dev/null' TERM",
     paste(ssh, paste(OUR_SSH, collapse = " "), forward, destination, sq(remote),
           "<&3 >", f(".out"), "2>", f(".err"), "&"),
-    paste("echo $! >", f(".pid")),
-    "wait $!",
-    paste("echo $? >", f(".tmp"), "&& mv", f(".tmp"), f(".status")))
+    "pid=$!",
+    paste("echo \"$pid\" >", f(".pid")),
+    "wait \"$pid\"; rc=$?",
+    "while [ \"$rc\" -gt 128 ] && kill -s 0 \"$pid\" 2>/dev/null; do wait \"$pid\"; rc=$?; done",
+    paste("echo \"$rc\" >", f(".tmp"), "&& mv", f(".tmp"), f(".status")))
 }
 
 # NAME=VALUE for the workers' locale: the primary's own, unless the inventory
