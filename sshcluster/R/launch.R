@@ -199,9 +199,15 @@ start_host <- function(S, h, slots) {
   id
 }
 
-# One POSIX shell word: single quotes, a single quote written as '\''. (R's own
-# shQuote() switches to double quotes when the text has a single quote.)
-sq <- function(x) paste0("'", gsub("'", "'\\''", x, fixed = TRUE), "'")
+# One shell word: single quotes, a single quote written as '\'' and a ! as '\!'
+# (csh and tcsh expand ! even inside single quotes, and even in "csh -c"; every other
+# shell reads \! outside quotes as !). The same word in sh, bash, csh, tcsh and fish,
+# for text without a backslash (the inventory refuses one in what reaches a host).
+# (R's own shQuote() switches to double quotes when the text has a single quote.)
+sq <- function(x) {
+  x <- gsub("'", "'\\''", x, fixed = TRUE)
+  paste0("'", gsub("!", "'\\!'", x, fixed = TRUE), "'")
+}
 
 supervise <- function(S, command) {
   writeLines(command, S$supervisor)
@@ -227,14 +233,7 @@ host_command <- function(S, h, id) {
   cfg <- S$config
   m <- cfg$machines[[h]]
   f <- function(ext) sq(paste0(file.path(S$dir, id), ext))
-  rscript <- if (is.null(m$rscript)) "Rscript" else m$rscript
-  master <- if (cfg$tunnel) "127.0.0.1" else cfg$workers_reach
-  locale <- locale_assignments(cfg$locale)
-  remote <- paste(
-    "exec sh -c", sq(cfg$read_script),
-    "sshcluster", sq(rscript), sq(master), S$port, h, cfg$setup_timeout,
-    if (cfg$tunnel) "tunnel" else "direct", if (cfg$fork) "fork" else "fresh",
-    SILENCE_SECONDS, paste(sq(locale), collapse = " "))
+  remote <- remote_command(S, h)
   forward <- if (cfg$tunnel)
     sprintf("-o ExitOnForwardFailure=yes -R 127.0.0.1:%d:127.0.0.1:%d", S$port, S$port)
   ssh <- paste(if (is.null(cfg$host_ssh[[h]])) cfg$ssh else cfg$host_ssh[[h]],
@@ -255,12 +254,28 @@ host_command <- function(S, h, id) {
     paste("echo \"$rc\" >", f(".tmp"), "&& mv", f(".tmp"), f(".status")))
 }
 
+# The one line ssh hands machine h's login shell (sh, bash, csh, tcsh or fish): single-
+# quoted words only, and no value holds a backslash (the inventory refuses one; fish
+# reads \\ and \' inside single quotes), so every such shell reads the same words.
+remote_command <- function(S, h) {
+  cfg <- S$config
+  m <- cfg$machines[[h]]
+  rscript <- if (is.null(m$rscript)) "Rscript" else m$rscript
+  master <- if (cfg$tunnel) "127.0.0.1" else cfg$workers_reach
+  paste(
+    "exec sh -c", sq(cfg$read_script),
+    "sshcluster", sq(rscript), sq(master), S$port, h, cfg$setup_timeout,
+    if (cfg$tunnel) "tunnel" else "direct", if (cfg$fork) "fork" else "fresh",
+    SILENCE_SECONDS, paste(sq(locale_assignments(cfg$locale)), collapse = " "))
+}
+
 # NAME=VALUE for the workers' locale: the primary's own, unless the inventory
 # names one.
 locale_assignments <- function(locale) {
   if (!is.null(locale)) return(c(paste0("LANG=", locale), "LC_ALL="))
   values <- Sys.getenv(LOCALE_VARS)
-  values <- values[nzchar(values)]
+  # (only what a locale name holds: these reach every host's login shell)
+  values <- values[grepl("^[A-Za-z0-9_.@-]+$", values)]
   if (length(values)) paste0(names(values), "=", values) else character()
 }
 
