@@ -10,9 +10,10 @@
 #   that pipe and one socket per worker, as makeCluster() does. Each session's
 #   stdin carries the host's worker tokens, then a heartbeat: a host whose
 #   session ends or falls silent stops its workers (remote.sh).
-# * Every connection to the R port proves it holds a worker token in a fixed-
-#   size exchange of raw bytes before anything it sends is unserialized; the
-#   tokens are random bytes from the OS, one pair per worker slot.
+# * Every connection to the R port proves it holds its slot's key, by challenge
+#   and response in a fixed-size exchange of raw bytes (proof.R), before anything
+#   it sends is unserialized; the keys are random bytes from the OS, one per
+#   worker slot, and are never sent over the connection.
 # * The cluster's nodes have methods for parallel's recvData, recvOneData and
 #   sendData that wait in socketSelect() and look, every second, at whether
 #   the ssh session of each host is still there: a lost host is an error that
@@ -27,9 +28,7 @@ internals <- list(
   postNode = get("postNode", envir = parallel_ns)
 )
 
-HELLO_SIZE <- 32L          # "SCW1", machine, slot, pid (4 bytes each), token (16)
-MAGIC <- charToRaw("SCW1")
-TOKEN_SIZE <- 16L
+TOKEN_SIZE <- 16L          # each slot's key is its two tokens (see proof.R)
 HANDSHAKE_SECONDS <- 2     # a connection that has not proved itself by then is closed
 MAX_PENDING <- 32L         # connections proving themselves at one time
 ACCEPT_BURST <- 256L       # connections taken from the kernel's queue at one go
@@ -321,26 +320,39 @@ launch <- function(S, wanted, deadline, fail_fast) {
     if (!done) for (node in nodes) try(close(node$con), silent = TRUE)
   }, add = TRUE)
   lost <- character()
-  # One connection's turn: reads what it sent, admits or refuses it once its hello
-  # is whole, refuses it after HANDSHAKE_SECONDS. NULL: done with it.
+  # One connection's turn: reads what it sent; once its hello is whole, answers
+  # the challenge (or refuses a slot not expected); once its proof is whole,
+  # admits or refuses it; refuses it after HANDSHAKE_SECONDS. NULL: done with it.
   step <- function(p) {
-    p$hello <- read_available(p$con, p$hello)
-    start <- seq_len(min(4L, length(p$hello)))
-    if (!identical(p$hello[start], MAGIC[start])) {  # not a worker's hello: no more time
-      refuse(S, p$con)
-      return(NULL)
-    }
-    if (length(p$hello) == HELLO_SIZE) {
-      node <- admit(S, p, expected)
-      if (is.null(node)) {
+    if (is.null(p$expect)) {
+      p$hello <- read_available(p$con, p$hello, HELLO_SIZE)
+      start <- seq_len(min(4L, length(p$hello)))
+      if (!identical(p$hello[start], PROOF_MAGIC[start])) {  # not a worker: no more time
         refuse(S, p$con)
-      } else {
-        expected[[sprintf("%d.%d", node$h, node$slot)]] <<- NULL
-        nodes[[length(nodes) + 1L]] <<- node
+        return(NULL)
       }
-      return(NULL)
+      if (length(p$hello) == HELLO_SIZE) {
+        p <- challenge(S, p, expected)
+        if (is.null(p)) return(NULL)
+      }
+      got <- p$hello
     }
-    if (!is.null(attr(p$hello, "eof")) ||
+    if (!is.null(p$expect)) {
+      p$proof <- read_available(p$con, p$proof, MAC_SIZE)
+      if (length(p$proof) == MAC_SIZE) {
+        # (the slot is looked up again: another connection may have taken it since)
+        if (!same_bytes(p$proof, p$expect) || is.null(expected[[p$slot_id]])) {
+          refuse(S, p$con)
+        } else {
+          node <- admit(S, p, expected[[p$slot_id]])
+          expected[[p$slot_id]] <<- NULL
+          nodes[[length(nodes) + 1L]] <<- node
+        }
+        return(NULL)
+      }
+      got <- p$proof
+    }
+    if (!is.null(attr(got, "eof")) ||
         difftime(Sys.time(), p$since, units = "secs") > HANDSHAKE_SECONDS) {
       refuse(S, p$con)
       return(NULL)
@@ -383,7 +395,7 @@ launch <- function(S, wanted, deadline, fail_fast) {
       }
       con <- socketAccept(S$listener, blocking = TRUE, open = "a+b",
                           timeout = STALL_SECONDS, options = "no-delay")
-      p <- step(list(con = con, hello = raw(0), since = Sys.time()))
+      p <- step(list(con = con, hello = raw(0), proof = raw(0), since = Sys.time()))
       if (!is.null(p)) pending[[length(pending) + 1L]] <- p
       taken <- taken + 1L
       ready[1] <- socketSelect(list(S$listener), timeout = 0)
@@ -399,11 +411,11 @@ launch <- function(S, wanted, deadline, fail_fast) {
   nodes
 }
 
-# Reads what has arrived of a hello, without ever waiting for more: one byte at
-# a time while socketSelect() says there is one (a whole hello usually arrives
-# at once and is then in R's buffer).
-read_available <- function(con, have) {
-  while (length(have) < HELLO_SIZE && socketSelect(list(con), timeout = 0)) {
+# Reads what has arrived of a message of 'size' bytes, without ever waiting for
+# more: one byte at a time while socketSelect() says there is one (a whole
+# message usually arrives at once and is then in R's buffer).
+read_available <- function(con, have, size) {
+  while (length(have) < size && socketSelect(list(con), timeout = 0)) {
     b <- readBin(con, "raw", 1L)
     if (!length(b)) return(structure(have, eof = TRUE))
     have <- c(have, b)
@@ -416,22 +428,34 @@ refuse <- function(S, con) {
   close(con)
 }
 
-# A whole hello: admit it as a node if its token is the one its slot expects
-# (compared in constant time), else NULL.
-admit <- function(S, p, expected) {
-  hello <- p$hello
-  num <- function(at) readBin(hello[at:(at + 3L)], "integer", size = 4L, endian = "big")
-  if (!identical(hello[1:4], MAGIC)) return(NULL)
-  h <- num(5L)
-  slot <- num(9L)
-  e <- expected[[sprintf("%d.%d", h, slot)]]
-  if (is.null(e)) return(NULL)
-  token <- hex_bytes(e$worker)
-  if (sum(bitwXor(as.integer(hello[17:32]), as.integer(token))) != 0L) return(NULL)
-  writeBin(hex_bytes(e$primary), p$con)
+hello_int <- function(hello, at) readBin(hello[at:(at + 3L)], "integer", size = 4L,
+                                         endian = "big")
+
+# A whole hello for an expected slot: answers with a fresh nonce and the primary's
+# MAC, and returns the connection's state, now waiting for the worker's MAC; else
+# refuses it and returns NULL.
+challenge <- function(S, p, expected) {
+  p$slot_id <- sprintf("%d.%d", hello_int(p$hello, 5L), hello_int(p$hello, 9L))
+  e <- expected[[p$slot_id]]
+  if (is.null(e)) {
+    refuse(S, p$con)
+    return(NULL)
+  }
+  key <- c(hex_bytes(e$worker), hex_bytes(e$primary))
+  nonce <- random_bytes(NONCE_SIZE)
+  writeBin(c(nonce, proof_mac(key, "primary", p$hello, nonce)), p$con)
   flush(p$con)
+  p$expect <- proof_mac(key, "worker", p$hello, nonce)
+  p
+}
+
+# A connection that proved it holds the key of slot e: a node of the cluster.
+admit <- function(S, p, e) {
+  h <- hello_int(p$hello, 5L)
+  slot <- hello_int(p$hello, 9L)
   structure(list(con = p$con, host = S$config$machines[[h]]$host, rank = S$first[h] + slot,
-                 h = h, slot = slot, pid = num(13L), session = e$id, launch = S$id),
+                 h = h, slot = slot, pid = hello_int(p$hello, 13L), session = e$id,
+                 launch = S$id),
             class = c("sshcluster_node", "SOCKnode"))
 }
 
