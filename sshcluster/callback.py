@@ -49,8 +49,12 @@ if TYPE_CHECKING:  # probe embeds R_CALLBACK, so it imports this module
 NONCE_LIMIT = 64
 #: Seconds a connection has to present its nonce.
 HANDSHAKE_TIMEOUT = 3.0
-#: Connections served at once from one address, beyond one per host.
-PER_SOURCE_EXTRA = 16
+#: Connections waiting for their nonce at once from one address, beyond one per host.
+#: Each costs only a socket (or an ssh channel) for at most HANDSHAKE_TIMEOUT, and a new
+#: one closes the oldest: a host user holding and reopening connections would have to
+#: open this many between the genuine worker's connect and its nonce (16 was too few:
+#: a user of the host reopening 40 connections pushed the probe out).
+PER_SOURCE_EXTRA = 256
 #: Random ports tried in R's range when the inventory names none.
 PORT_TRIES = 50
 
