@@ -865,3 +865,32 @@ def test_a_fake_primary_learns_nothing_it_can_replay(tmp_path: Path, primary: st
                     assert b"did not accept this worker" in proc.stderr.read()
             finally:
                 proc.kill()
+
+
+def test_the_port_listens_only_while_workers_are_accepted(clean: Testbed, tmp_path: Path
+                                                         ) -> None:
+    """After the launch nothing accepts on R's port (no queue can be filled before a
+    repair); a repair that relaunches listens afresh, and stops again."""
+    port = free_port()
+    f = _bootstrap(clean, tmp_path, port=port, ncore=1)
+    out = run_r_in_test(f"""
+        probe <- function() tryCatch({{
+          con <- suppressWarnings(socketConnection("127.0.0.1", {port}, timeout = 5))
+          close(con); "accepted" }}, error = function(e) "refused")
+        source({str(f)!r})
+        cat("after-launch|", probe(), "\\n", sep = "")
+        pids <- unlist(parallel::clusterEvalQ(parallelCluster, Sys.getpid()))
+        system(sprintf("kill -9 %d", pids[1]))
+        Sys.sleep(1)
+        parallelCluster <- sshcluster_repair()
+        cat("repaired|", length(parallelCluster), "|",
+            sum(unlist(parallel::clusterEvalQ(parallelCluster, 1))), "\\n", sep = "")
+        cat("after-repair|", probe(), "\\n", sep = "")
+        sshcluster_stop()
+    """, tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = dict(ln.split("|", 1) for ln in out.stdout.splitlines() if "|" in ln)
+    n = len(clean.hosts)
+    assert lines["after-launch"] == "refused"
+    assert lines["repaired"] == f"{n}|{n}"
+    assert lines["after-repair"] == "refused"

@@ -128,12 +128,10 @@ check_connections <- function(S, workers) {
     call = NULL, hosts = character())))
 }
 
-# The launch directory (only this user can read it), the listening socket and
-# the supervisor.
+# The launch directory (only this user can read it) and the supervisor.
 open_supervisor <- function(S) {
   S$dir <- tempfile("sshcluster-")
   dir.create(S$dir, mode = "0700")
-  listen(S)
   script <- file.path(S$dir, "supervisor.sh")
   writeLines(S$config$supervisor_script, script)
   S$supervisor <- pipe(paste("exec sh", sq(script), sq(S$dir), HEARTBEAT_SECONDS,
@@ -306,6 +304,15 @@ read_text <- function(path, last = 4L) {
 # host whose session ends first stops everything with an error naming each
 # failed host; without, such hosts are left out. Returns the new nodes.
 launch <- function(S, wanted, deadline, fail_fast) {
+  # The port listens only while a launch (or a repair's relaunch) accepts workers:
+  # between launches nobody can queue connections on it (a queue filled before a
+  # repair would meet the relaunch). It listens before any host starts, so a
+  # worker's refused connection means a firewall, not "too early".
+  listen(S)
+  on.exit(if (!is.null(S$listener)) {
+    try(close(S$listener), silent = TRUE)
+    S$listener <- NULL
+  }, add = TRUE)
   ids <- character()
   for (h in seq_along(wanted))
     if (length(wanted[[h]])) ids <- c(ids, start_host(S, h, wanted[[h]]))
@@ -389,9 +396,13 @@ launch <- function(S, wanted, deadline, fail_fast) {
     while (ready[1] && taken < ACCEPT_BURST) {
       if (length(pending) >= MAX_PENDING || S$limit - length(getAllConnections()) < 1L) {
         if (!length(pending)) break
-        # the oldest makes room, after a last look at what it sent
-        if (!is.null(step(pending[[1]]))) refuse(S, pending[[1]]$con)
-        pending <- pending[-1]
+        # The oldest makes room, after a last look at what it sent: the oldest that
+        # has not sent a whole hello, if any. (A genuine worker, challenged, is busy
+        # with its answer for a moment: strangers that stall must not push it out.)
+        unproven <- which(vapply(pending, function(p) is.null(p$expect), NA))
+        victim <- if (length(unproven)) unproven[1] else 1L
+        if (!is.null(step(pending[[victim]]))) refuse(S, pending[[victim]]$con)
+        pending <- pending[-victim]
       }
       con <- socketAccept(S$listener, blocking = TRUE, open = "a+b",
                           timeout = STALL_SECONDS, options = "no-delay")
