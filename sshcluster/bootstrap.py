@@ -270,24 +270,31 @@ MIN_R_VERSION = "4.1.0"
 #: The launcher's R code and the scripts it runs, pasted as they are into the file.
 _R_SOURCES = {
     name: resources.files("sshcluster").joinpath("R").joinpath(name).read_text(encoding="utf-8")
-    for name in ("common.R", "launch.R", "classic.R", "worker.R", "remote.sh",
+    for name in ("common.R", "proof.R", "launch.R", "classic.R", "worker.R", "remote.sh",
                  "supervisor.sh", "read_script.sh")
 }
+
+
+def _compact(r_code: str) -> str:
+    """R code without its comment lines and indentation (none of its strings spans lines):
+    Rscript refuses an ``-e`` expression much longer than 10,000 characters."""
+    return "\n".join(line.strip() for line in r_code.splitlines()
+                     if line.strip() and not line.lstrip().startswith("#"))
+
+
+#: The code each worker runs (``Rscript -e``): the proof (shared with the primary), then
+#: the worker, in a function of their own (not local(): see R/worker.R). Compacted:
+#: Rscript passes the code on with each space and newline written as three characters,
+#: and drops, with a warning, an expression that is then 10000 or more long (the workers
+#: would read their tokens as their program).
+WORKER_CODE = "\n".join(["(function() {", _compact(_R_SOURCES["proof.R"]),
+                         _compact(_R_SOURCES["worker.R"]), "})()", ""])
 
 #: The command line ssh runs on each worker host (the last line of ``R/read_script.sh``):
 #: it reads the host's script from the session's stdin up to :data:`END_OF_SCRIPT`, and
 #: runs it only if it arrived whole, whatever the account's login shell.
 READ_SCRIPT = _R_SOURCES["read_script.sh"].rstrip("\n").rsplit("\n", 1)[-1]
 END_OF_SCRIPT = "# sshcluster: end of script"
-
-
-def worker_code() -> str:
-    """``R/worker.R`` as the workers run it, ``Rscript -e CODE``: without comment lines,
-    blank lines and indentation. (Rscript passes CODE on with each space and newline
-    written as three characters, and drops, with a warning, an expression that is then
-    10000 or more long: the workers would read their tokens as their program.)"""
-    lines = (line.strip() for line in _R_SOURCES["worker.R"].splitlines())
-    return "\n".join(line for line in lines if line and not line.startswith("#")) + "\n"
 
 
 def _r_items(items: Sequence[str], indent: str = "  ") -> list[str]:
@@ -338,6 +345,7 @@ def _fast(inventory: Inventory, opts: RenderOptions, plan: _Plan) -> list[str]:
     own = [_r_value(ssh if ssh != common else None) for ssh in per_host]
     port = "NA_integer_" if inventory.port is None else f"{inventory.port}L"
     return [
+        _R_SOURCES["proof.R"],
         _R_SOURCES["launch.R"],
         "# ssh never prompts, gives up on a dead host, and always verifies host keys.",
         *_call("start", [
@@ -356,7 +364,7 @@ def _fast(inventory: Inventory, opts: RenderOptions, plan: _Plan) -> list[str]:
             ("worker_output", _r_value(plan.worker_output)),
             ("remote_script", r_string(_R_SOURCES["remote.sh"])),
             ("supervisor_script", r_string(_R_SOURCES["supervisor.sh"])),
-            ("worker_code", r_string(worker_code())),
+            ("worker_code", r_string(WORKER_CODE)),
             ("read_script", r_string(READ_SCRIPT)),
             ("end_of_script", r_string(END_OF_SCRIPT)),
         ]),

@@ -15,9 +15,12 @@ The launch's workers connect back to the primary's port, so the check does the s
 * The listener accepts exactly the nonces it handed out, each once: it reads at most
   :data:`NONCE_LIMIT` bytes within :data:`HANDSHAKE_TIMEOUT` seconds, then answers
   ``ok`` or closes. At most :data:`PER_SOURCE_EXTRA` connections more than there are
-  hosts are served at a time from one address, so a stranger flooding it (long lines,
-  garbage, connections that stall) is turned away without a traceback and without
-  delaying the genuine hosts; the report's notes count what was turned away.
+  hosts wait for their nonce at a time from one address (every connection through a
+  host's forward counts as that host's): a new one makes room by closing the oldest still
+  waiting. A genuine worker sends its nonce as soon as it connects, so strangers holding
+  connections open (long lines, garbage, stalls; say, a user of the worker host on its
+  forwarded port) are turned away without a traceback and cannot crowd it out; the
+  report's notes count what was turned away.
 * :func:`callback_verdict` turns the worker's answer and the listener's own record into
   the step's result.
 """
@@ -46,8 +49,12 @@ if TYPE_CHECKING:  # probe embeds R_CALLBACK, so it imports this module
 NONCE_LIMIT = 64
 #: Seconds a connection has to present its nonce.
 HANDSHAKE_TIMEOUT = 3.0
-#: Connections served at once from one address, beyond one per host.
-PER_SOURCE_EXTRA = 16
+#: Connections waiting for their nonce at once from one address, beyond one per host.
+#: Each costs only a socket (or an ssh channel) for at most HANDSHAKE_TIMEOUT, and a new
+#: one closes the oldest: a host user holding and reopening connections would have to
+#: open this many between the genuine worker's connect and its nonce (16 was too few:
+#: a user of the host reopening 40 connections pushed the probe out).
+PER_SOURCE_EXTRA = 256
 #: Random ports tried in R's range when the inventory names none.
 PORT_TRIES = 50
 
@@ -92,7 +99,8 @@ class CallbackListener:
         self._server: asyncio.AbstractServer | None = None
         self._nonces: dict[str, str] = {}  # nonce -> host label
         self._confirmed: set[str] = set()
-        self._busy: Counter[str] = Counter()
+        # per source: the connections waiting for their nonce, oldest first -> close
+        self._waiting: dict[str, dict[object, Callable[[], Any]]] = {}
         self._turned_away: Counter[str] = Counter()
         self._open: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
 
@@ -191,15 +199,21 @@ class CallbackListener:
     async def _guarded(self, source: str, read: _Read, write: Callable[[bytes], Any],
                        close: Callable[[], Any]) -> None:
         """One connection: never raises, whatever the peer sends or does not send."""
+        waiting = self._waiting.setdefault(source, {})
+        me = object()
         try:
-            if self._busy[source] >= self._per_source:
-                self._turned_away[source] += 1
-                return
-            self._busy[source] += 1
+            if len(waiting) >= self._per_source:
+                # The oldest waiting makes room (its read then ends, and it is counted):
+                # turning the new one away instead would let idle strangers keep a
+                # genuine worker out.
+                close_oldest = waiting.pop(next(iter(waiting)))
+                with contextlib.suppress(OSError, asyncssh.Error):
+                    close_oldest()
+            waiting[me] = close
             try:
                 nonce = await asyncio.wait_for(_read_line(read), HANDSHAKE_TIMEOUT)
             finally:
-                self._busy[source] -= 1
+                waiting.pop(me, None)
             label = self._claim(nonce)
             if label is None:
                 self._turned_away[source] += 1

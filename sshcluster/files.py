@@ -12,7 +12,14 @@ directory that other users can write to (``/tmp``, a shared project directory):
   new one, never half of one;
 * a symlink is followed only when it belongs to the caller, as Linux's
   ``fs.protected_symlinks`` does in sticky directories: a link that someone else planted
-  (``/tmp/cluster.R -> ~/.bashrc``) is refused, never written through.
+  (``/tmp/cluster.R -> ~/.bashrc``) is refused, never written through;
+* a target that is not a regular file (a FIFO another user planted, a device, a socket)
+  is refused, never written into: a FIFO would hand the text (a private key) to whoever
+  reads it, or block the write for ever.
+
+Reading goes through :func:`read_regular`: a FIFO or device is refused at once (opened
+without blocking, then checked), never read (its writer would choose the content, or the
+read would wait for ever).
 
 Example::
 
@@ -63,15 +70,51 @@ def resolve_own_links(path: str | os.PathLike[str]) -> Path:
     raise UnsafePathError(f"{path}: too many levels of symlinks")
 
 
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular file is, in words."""
+    for test, name in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def read_regular(path: str | os.PathLike[str], *, limit: int = -1,
+                 owners: tuple[int, ...] | None = None) -> bytes:
+    """The bytes of the regular file ``path`` (at most ``limit``, all if negative).
+
+    The file is opened without blocking and checked with ``fstat`` before a byte is read:
+    anything but a regular file raises :class:`UnsafePathError` at once (a FIFO would wait
+    for a writer, or let another user choose what is read). With ``owners``, a file
+    owned by any other uid is refused too. Raises :class:`OSError` as ``open`` does
+    (``FileNotFoundError``, ``IsADirectoryError`` for a directory).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory", os.fspath(path))
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafePathError(
+                f"{os.fspath(path)} is {file_kind(st.st_mode)}, not a regular file; not reading it",
+                hint="name a regular file")
+        if owners is not None and st.st_uid not in owners:
+            raise UnsafePathError(
+                f"{os.fspath(path)} belongs to another user (uid {st.st_uid}); not reading it",
+                hint="use a file of your own, in a directory only you can write to")
+        return f.read(limit)
+
+
 def atomic_write(path: str | os.PathLike[str], data: str | bytes, *, mode: int = 0o644,
                  keep_mode: bool = False) -> Path:
     """Replace ``path`` whole with ``data``; return the path written (after own symlinks).
 
     ``mode`` is the new file's permission bits before the umask (``0o600`` for a secret:
     the umask can only remove bits). With ``keep_mode`` an existing file keeps its own
-    permissions. A target that exists and is not a regular file (``/dev/stdout``, a FIFO)
-    is written to in place, as there is nothing to replace. Raises :class:`OSError` when
-    the directory cannot be written and :class:`UnsafePathError` for a foreign symlink.
+    permissions. A target that exists and is not a regular file (a FIFO, a device) is
+    refused. Raises :class:`OSError` when the directory cannot be written and
+    :class:`UnsafePathError` for a foreign symlink or a target that is not a file.
     """
     raw = data.encode("utf-8") if isinstance(data, str) else data
     target = resolve_own_links(path)
@@ -82,10 +125,11 @@ def atomic_write(path: str | os.PathLike[str], data: str | bytes, *, mode: int =
     if st is not None and not stat.S_ISREG(st.st_mode):
         if stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(errno.EISDIR, "is a directory", str(target))
-        fd = os.open(target, os.O_WRONLY | os.O_NOFOLLOW)
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-        return target
+        # (the write below replaces the name, so a FIFO swapped in after this look is
+        # never written into either)
+        raise UnsafePathError(
+            f"{target} is {file_kind(st.st_mode)}, not a regular file; not writing into it",
+            hint="name a regular file (render: -o - for standard output)")
     if keep_mode and st is not None:
         mode = stat.S_IMODE(st.st_mode)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
@@ -108,10 +152,14 @@ def atomic_write(path: str | os.PathLike[str], data: str | bytes, *, mode: int =
 
 def append_line(path: str | os.PathLike[str], line: str, *, mode: int = 0o644) -> Path:
     """Add ``line`` at the end of the text file ``path`` (created if missing) by replacing
-    the file whole through :func:`atomic_write`; an existing file keeps its permissions."""
+    the file whole through :func:`atomic_write`; an existing file keeps its permissions.
+
+    The old content is read only from a regular file of the caller's (or root's): a file,
+    FIFO or device another user put there would choose what is kept (for known_hosts,
+    which host keys are trusted)."""
     target = resolve_own_links(path)
     try:
-        old: bytes | None = target.read_bytes()
+        old: bytes | None = read_regular(target, owners=(os.geteuid(), 0))
     except FileNotFoundError:
         old = None
     head = old or b""
@@ -122,4 +170,4 @@ def append_line(path: str | os.PathLike[str], line: str, *, mode: int = 0o644) -
                         keep_mode=old is not None)
 
 
-__all__ = ["append_line", "atomic_write", "resolve_own_links"]
+__all__ = ["append_line", "atomic_write", "file_kind", "read_regular", "resolve_own_links"]

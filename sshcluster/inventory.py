@@ -44,7 +44,9 @@ SETUP_TIMEOUT = 120
 
 _R_PACKAGE = re.compile(r"^[A-Za-z][A-Za-z0-9.]*$")
 _LOCALE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
-_SAFE_PATH = re.compile(r"^[^\x00-\x1f\x7f]+$")  # no control characters
+#: No control characters, and no backslash: the path reaches each host's login shell in
+#: single quotes, where fish (unlike sh and csh) reads \\ and \' as escapes.
+_SAFE_PATH = re.compile(r"^[^\x00-\x1f\x7f\\]+$")
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,10 @@ class _Reader(Reader):
                             what="a positive whole number (or 'auto')")
 
     def rscript(self, value: Any, where: str, line: int) -> str:
+        if isinstance(value, str) and "\\" in value:
+            raise self.fail("a backslash cannot reach every login shell alike (fish reads it "
+                            "as an escape even in quotes)", line=line, field=where,
+                            hint="write the path of Rscript without a backslash")
         if not isinstance(value, str) or not value or not _SAFE_PATH.match(value):
             raise self.fail(f"expected the path of Rscript on that host, got {describe(value)}",
                             line=line, field=where)

@@ -23,10 +23,11 @@ import hmac
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import asyncssh
 
+from sshcluster.errors import UnsafePathError
+from sshcluster.files import read_regular
 from sshcluster.net import known_hosts_name
 
 CA_MARKER = "@cert-authority"
@@ -135,8 +136,9 @@ class KnownHostsFiles:
         """The file's entries; None when it does not exist (or cannot be read)."""
         if path not in self._cache:
             try:
-                text = Path(path).read_text(encoding="utf-8", errors="replace")
-            except OSError:
+                # (a FIFO planted at the path is not read: it would wait, or choose keys)
+                text = read_regular(path).decode("utf-8", errors="replace")
+            except (OSError, UnsafePathError):
                 self._cache[path] = None
             else:
                 self._cache[path] = parse_known_hosts(text, path)

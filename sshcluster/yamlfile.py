@@ -31,7 +31,8 @@ from typing import Any
 
 import yaml
 
-from sshcluster.errors import InventoryError
+from sshcluster.errors import InventoryError, UnsafePathError
+from sshcluster.files import file_kind, read_regular
 
 #: The largest file read (an inventory of 10,000 hosts is under 1 MiB).
 MAX_BYTES = 4 * 1024 * 1024
@@ -221,8 +222,15 @@ def read_text(path: str | os.PathLike[str], *, example: str,
     missing file (how to get a first one)."""
     name = str(path)
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_BYTES + 1)
+        # (a FIFO or device is refused at once, never waited on)
+        raw = read_regular(path, limit=MAX_BYTES + 1)
+    except UnsafePathError:
+        try:
+            kind = file_kind(os.stat(path).st_mode)
+        except OSError:
+            kind = "not a regular file"
+        raise InventoryError(f"is {kind}, not {what}", path=name,
+                             hint=f"name a regular file (copy {example} and edit it)") from None
     except FileNotFoundError:
         raise InventoryError("no such file", path=name, hint=example) from None
     except IsADirectoryError:

@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from sshcluster import InventoryError, RenderError
-from sshcluster.bootstrap import RenderOptions, render, spec_entries, ssh_command, worker_code
+from sshcluster.bootstrap import (
+    WORKER_CODE,
+    RenderOptions,
+    render,
+    spec_entries,
+    ssh_command,
+)
 from sshcluster.inventory import Host, Inventory, Primary, parse_inventory
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -348,7 +354,7 @@ def test_the_worker_code_fits_on_rscripts_command_line(tmp_path: Path) -> None:
     """Rscript drops an ``-e`` expression of 10000 characters or more once each space
     and newline is written as three (then the workers read their tokens as their
     program): the compacted worker code stays well under, and parses as R."""
-    code = worker_code()
+    code = WORKER_CODE
     assert len(code) + 2 * code.count(" ") + 2 * code.count("\n") < 8000
     assert "#" not in [line[:1] for line in code.splitlines()]
     out = subprocess.run(["Rscript", "-e", f"invisible(parse(text = {json.dumps(code)}))",

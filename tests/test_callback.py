@@ -153,3 +153,30 @@ def test_a_port_in_use_is_reported_not_raised() -> None:
             assert second.error and f"port {first.port}" in second.error
 
     asyncio.run(main())
+
+
+def test_idle_strangers_from_the_workers_own_address_cannot_crowd_it_out(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A user of the worker host holds many connections open, saying nothing, from the
+    host's own address (through the forward, every connection counts as the host's):
+    the worker's callback, from that same address, still gets its answer."""
+    hosts = 1
+    held_count = hosts + callback.PER_SOURCE_EXTRA + 8
+
+    async def main() -> tuple[bytes, list[str]]:
+        async with CallbackListener(port=None, hosts=hosts) as lst:
+            lst.expect(NONCE, "node1")
+            held = []
+            for _ in range(held_count):
+                _, writer = await asyncio.open_connection("127.0.0.1", lst.port,
+                                                          local_addr=(GENUINE, 0))
+                held.append(writer)
+            await asyncio.sleep(0.2)  # all of them accepted and waiting
+            answer = await call_back(lst.port, f"{NONCE}\n".encode())
+            for writer in held:
+                writer.close()
+            return answer, lst.notes()
+
+    answer, notes = run_quietly(main, caplog)
+    assert answer == b"ok\n"
+    assert "turned away" in notes[0]

@@ -149,12 +149,85 @@ def test_append_line_keeps_mode_and_content(tmp_path: Path) -> None:
     assert stat.S_IMODE(fresh.stat().st_mode) == 0o600
 
 
-def test_non_regular_target_is_written_in_place(tmp_path: Path) -> None:
+def test_a_non_regular_target_is_refused(tmp_path: Path) -> None:
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE)
-    atomic_write(fifo, "through the pipe\n")
-    out, _ = reader.communicate(timeout=10)
-    assert out == b"through the pipe\n"
+    with pytest.raises(UnsafePathError, match="is a FIFO"):
+        atomic_write(fifo, "through the pipe\n")
+    with pytest.raises(UnsafePathError, match="is a character device"):
+        atomic_write("/dev/null", "x")
     with pytest.raises(IsADirectoryError):
         atomic_write(tmp_path, "x")
+
+
+def _planted_fifo(shared_dir: Path, name: str) -> Path:
+    fifo = shared_dir / name
+    _as_nobody("mkfifo", "-m", "666", str(fifo))
+    assert fifo.lstat().st_uid == NOBODY
+    return fifo
+
+
+def _fifo_reader(fifo: Path) -> subprocess.Popen[bytes]:
+    """The other user, reading whatever is written into ``fifo`` (until killed)."""
+    return subprocess.Popen(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
+                             "--clear-groups", "cat", str(fifo)], stdout=subprocess.PIPE)
+
+
+def test_a_planted_fifo_never_receives_a_key(shared_dir: Path) -> None:
+    """Another user's FIFO at the key's path, with the other user reading it: the key is
+    refused there, and nothing of it comes out of the FIFO."""
+    fifo = _planted_fifo(shared_dir, "rwork.pem")
+    reader = _fifo_reader(fifo)
+    try:
+        with pytest.raises(UnsafePathError, match="FIFO"):
+            atomic_write(fifo, "SECRET KEY\n", mode=0o600)
+    finally:
+        # (the reader's open waits for a writer: one empty write lets it see the end)
+        with open(os.open(fifo, os.O_WRONLY), "wb"):
+            pass
+        out, _ = reader.communicate(timeout=10)
+    assert out == b""
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+
+
+def test_append_line_reads_no_planted_fifo_nor_foreign_file(shared_dir: Path) -> None:
+    """known_hosts at a shared path: a FIFO another user writes into (to choose the
+    trusted keys) is refused without waiting for it, and so is a file of theirs."""
+    fifo = _planted_fifo(shared_dir, "known_hosts")
+    writer = subprocess.Popen(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
+                               "--clear-groups", "sh", "-c",
+                               f"echo 'evil ssh-ed25519 AAAAevil' > {fifo}"])
+    try:
+        with pytest.raises(UnsafePathError, match="FIFO"):
+            append_line(fifo, "good ssh-ed25519 AAAAgood")
+    finally:
+        writer.kill()
+        writer.wait(timeout=10)
+    other = shared_dir / "known_hosts2"
+    _as_nobody("sh", "-c", f"echo 'evil ssh-ed25519 AAAAevil' > {other}")
+    with pytest.raises(UnsafePathError, match="belongs to another user"):
+        append_line(other, "good ssh-ed25519 AAAAgood")
+    assert other.read_text() == "evil ssh-ed25519 AAAAevil\n"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_render_onto_a_fifo_or_device_is_a_clear_error(tmp_path: Path, kind: str) -> None:
+    """`render -o FIFO` (nobody reading it) and a FIFO or device as the inventory: an
+    error at once, no traceback, no hang (the subprocess timeout is only a hang guard)."""
+    inv = tmp_path / "hosts.yaml"
+    inv.write_text("primary: 10.0.0.1\nhosts:\n  - host: 10.0.0.2\n    ncore: 2\n")
+    special = tmp_path / "special"
+    if kind == "fifo":
+        os.mkfifo(special)
+    else:
+        special = Path("/dev/zero")
+    run = [sys.executable, "-m", "sshcluster", "render"]
+    out = subprocess.run([*run, str(inv), "-o", str(special)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert "not a regular file" in out.stderr and "Traceback" not in out.stderr
+    for command in (["render"], ["check"]):
+        out = subprocess.run([sys.executable, "-m", "sshcluster", *command, str(special)],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
+        assert ("a FIFO" if kind == "fifo" else "a character device") in out.stderr

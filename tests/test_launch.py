@@ -9,8 +9,11 @@ The classic launch still works. Every R run is bounded by a subprocess timeout.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import os
 import re
+import secrets
 import shlex
 import shutil
 import socket
@@ -27,8 +30,8 @@ import sshcluster
 from sshcluster.bootstrap import (
     END_OF_SCRIPT,
     READ_SCRIPT,
+    WORKER_CODE,
     RenderOptions,
-    worker_code,
     write_bootstrap,
 )
 from sshcluster.inventory import load_inventory
@@ -488,7 +491,7 @@ def _script() -> bytes:
     """What the supervisor sends a host first: its script (the workers' R code in $code,
     then remote.sh) and the end-of-script line, as the R file writes it."""
     r_dir = Path(sshcluster.__file__).parent / "R"
-    return ("code=" + shlex.quote(worker_code()) + "\n" +
+    return ("code=" + shlex.quote(WORKER_CODE) + "\n" +
             (r_dir / "remote.sh").read_text() + END_OF_SCRIPT + "\n").encode()
 
 
@@ -561,7 +564,7 @@ def test_remote_script_forks_only_where_it_can_stop_the_forks(tmp_path: Path, le
                 server.settimeout(30)
                 held = [server.accept()[0] for _ in range(3)]
                 hellos = [c.recv(32) for c in held]
-                assert all(h.startswith(b"SCW1") and len(h) == 32 for h in hellos)
+                assert all(h.startswith(b"SCW2") and len(h) == 32 for h in hellos)
                 tree = descendants(proc.pid)
                 r = {p for p in tree if process_name(p) == "R"}
                 parents = {parent_pid(p) for p in r}
@@ -796,3 +799,88 @@ def test_an_openssh_before_8_5_gets_the_known_hosts_file_another_way(
                          timeout=R_TIMEOUT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [h.hostname for h in clean.hosts[:2] for _ in range(2)]
+
+
+def _hmac_md5(key: bytes, message: bytes) -> bytes:
+    return hmac.new(key, message, hashlib.md5).digest()
+
+
+@pytest.mark.parametrize("primary", ["fake", "genuine"])
+def test_a_fake_primary_learns_nothing_it_can_replay(tmp_path: Path, primary: str) -> None:
+    """A worker meets whoever answers its connection. A fake primary (without the slot's
+    key) answers with bytes of its own: the worker sends nothing more and gives up, and
+    what the fake saw (the hellos) holds no byte of the key and a fresh nonce each time.
+    A genuine primary (the proof computed here, independently of the R code) gets the
+    worker's proof, which is tied to that connection's nonces."""
+    worker, primary_token = secrets.token_bytes(16), secrets.token_bytes(16)
+    key = worker + primary_token
+    stdin = _script() + f"1:{worker.hex()}:{primary_token.hex()}\n".encode()
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        with subprocess.Popen(_remote_argv("Rscript", port, start="fresh"),
+                              stdin=subprocess.PIPE, stderr=subprocess.PIPE,
+                              start_new_session=True) as proc:
+            try:
+                assert proc.stdin is not None
+                proc.stdin.write(stdin)
+                proc.stdin.flush()
+                server.settimeout(60)  # a hang guard
+                seen = []
+                for _ in range(2 if primary == "fake" else 1):
+                    conn = server.accept()[0]
+                    conn.settimeout(60)
+                    hello = b""
+                    while len(hello) < 32:
+                        hello += conn.recv(32 - len(hello))
+                    seen.append(hello)
+                    nonce = secrets.token_bytes(16)
+                    if primary == "fake":
+                        conn.sendall(nonce + secrets.token_bytes(16))
+                        rest = conn.recv(1024)
+                        assert rest == b""  # the worker closed, and sent nothing more
+                    else:
+                        conn.sendall(nonce + _hmac_md5(key, b"primary" + hello + nonce))
+                        proof = conn.recv(16)
+                        assert proof == _hmac_md5(key, b"worker" + hello + nonce)
+                    conn.close()
+                    if primary == "fake":
+                        break
+                for hello in seen:
+                    assert hello[:4] == b"SCW2"
+                    for secret in (worker, primary_token):
+                        assert not any(secret[i:i + 4] in hello for i in range(13))
+                if primary == "fake":
+                    assert proc.stderr is not None
+                    proc.wait(timeout=60)  # (the worker gives up by itself)
+                    assert b"did not accept this worker" in proc.stderr.read()
+            finally:
+                proc.kill()
+
+
+def test_the_port_listens_only_while_workers_are_accepted(clean: Testbed, tmp_path: Path
+                                                         ) -> None:
+    """After the launch nothing accepts on R's port (no queue can be filled before a
+    repair); a repair that relaunches listens afresh, and stops again."""
+    port = free_port()
+    f = _bootstrap(clean, tmp_path, port=port, ncore=1)
+    out = run_r_in_test(f"""
+        probe <- function() tryCatch({{
+          con <- suppressWarnings(socketConnection("127.0.0.1", {port}, timeout = 5))
+          close(con); "accepted" }}, error = function(e) "refused")
+        source({str(f)!r})
+        cat("after-launch|", probe(), "\\n", sep = "")
+        pids <- unlist(parallel::clusterEvalQ(parallelCluster, Sys.getpid()))
+        system(sprintf("kill -9 %d", pids[1]))
+        Sys.sleep(1)
+        parallelCluster <- sshcluster_repair()
+        cat("repaired|", length(parallelCluster), "|",
+            sum(unlist(parallel::clusterEvalQ(parallelCluster, 1))), "\\n", sep = "")
+        cat("after-repair|", probe(), "\\n", sep = "")
+        sshcluster_stop()
+    """, tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = dict(ln.split("|", 1) for ln in out.stdout.splitlines() if "|" in ln)
+    n = len(clean.hosts)
+    assert lines["after-launch"] == "refused"
+    assert lines["repaired"] == f"{n}|{n}"
+    assert lines["after-repair"] == "refused"

@@ -10,9 +10,10 @@
 #   that pipe and one socket per worker, as makeCluster() does. Each session's
 #   stdin carries the host's worker tokens, then a heartbeat: a host whose
 #   session ends or falls silent stops its workers (remote.sh).
-# * Every connection to the R port proves it holds a worker token in a fixed-
-#   size exchange of raw bytes before anything it sends is unserialized; the
-#   tokens are random bytes from the OS, one pair per worker slot.
+# * Every connection to the R port proves it holds its slot's key, by challenge
+#   and response in a fixed-size exchange of raw bytes (proof.R), before anything
+#   it sends is unserialized; the keys are random bytes from the OS, one per
+#   worker slot, and are never sent over the connection.
 # * The cluster's nodes have methods for parallel's recvData, recvOneData and
 #   sendData that wait in socketSelect() and look, every second, at whether
 #   the ssh session of each host is still there: a lost host is an error that
@@ -27,9 +28,7 @@ internals <- list(
   postNode = get("postNode", envir = parallel_ns)
 )
 
-HELLO_SIZE <- 32L          # "SCW1", machine, slot, pid (4 bytes each), token (16)
-MAGIC <- charToRaw("SCW1")
-TOKEN_SIZE <- 16L
+TOKEN_SIZE <- 16L          # each slot's key is its two tokens (see proof.R)
 HANDSHAKE_SECONDS <- 2     # a connection that has not proved itself by then is closed
 MAX_PENDING <- 32L         # connections proving themselves at one time
 ACCEPT_BURST <- 256L       # connections taken from the kernel's queue at one go
@@ -71,6 +70,10 @@ start <- function(config) {
   ok <- FALSE
   on.exit(if (!ok) shutdown(S, grace = 0), add = TRUE)
   open_supervisor(S)
+  # R's exit closes the supervisor's pipe and waits for it to end; a process that R
+  # forked (mcparallel, a fork cluster) may hold that pipe open, so the end of the
+  # pipe would never come: the supervisor is told to stop instead.
+  reg.finalizer(S, function(S) shutdown(S, grace = 0), onexit = TRUE)
   n <- vapply(config$machines, function(m) as.integer(m$ncore), 1L)
   S$first <- cumsum(c(0L, n))[seq_along(n)]  # spec position before each machine
   S$cluster <- structure(vector("list", sum(n)), class = c("sshcluster", "SOCKcluster",
@@ -130,12 +133,10 @@ check_connections <- function(S, workers) {
     call = NULL, hosts = character())))
 }
 
-# The launch directory (only this user can read it), the listening socket and
-# the supervisor.
+# The launch directory (only this user can read it) and the supervisor.
 open_supervisor <- function(S) {
   S$dir <- tempfile("sshcluster-")
   dir.create(S$dir, mode = "0700")
-  listen(S)
   script <- file.path(S$dir, "supervisor.sh")
   writeLines(S$config$supervisor_script, script)
   S$supervisor <- pipe(paste("exec sh", sq(script), sq(S$dir), HEARTBEAT_SECONDS,
@@ -215,9 +216,15 @@ session_port <- function(S, h) {
   free[strtoi(random_hex(3L), 16L) %% length(free) + 1L]
 }
 
-# One POSIX shell word: single quotes, a single quote written as '\''. (R's own
-# shQuote() switches to double quotes when the text has a single quote.)
-sq <- function(x) paste0("'", gsub("'", "'\\''", x, fixed = TRUE), "'")
+# One shell word: single quotes, a single quote written as '\'' and a ! as '\!'
+# (csh and tcsh expand ! even inside single quotes, and even in "csh -c"; every other
+# shell reads \! outside quotes as !). The same word in sh, bash, csh, tcsh and fish,
+# for text without a backslash (the inventory refuses one in what reaches a host).
+# (R's own shQuote() switches to double quotes when the text has a single quote.)
+sq <- function(x) {
+  x <- gsub("'", "'\\''", x, fixed = TRUE)
+  paste0("'", gsub("!", "'\\!'", x, fixed = TRUE), "'")
+}
 
 supervise <- function(S, command) {
   writeLines(command, S$supervisor)
@@ -243,26 +250,42 @@ host_command <- function(S, h, id) {
   cfg <- S$config
   m <- cfg$machines[[h]]
   f <- function(ext) sq(paste0(file.path(S$dir, id), ext))
-  rscript <- if (is.null(m$rscript)) "Rscript" else m$rscript
-  master <- if (cfg$tunnel) "127.0.0.1" else cfg$workers_reach
-  locale <- c(locale_assignments(cfg$locale), paste0("SSHCLUSTER_OUTPUT=", cfg$worker_output))
   port <- S$sessions[[id]]$port
-  remote <- paste(
-    "exec sh -c", sq(cfg$read_script),
-    "sshcluster", sq(rscript), sq(master), port, h, cfg$setup_timeout,
-    if (cfg$tunnel) "tunnel" else "direct", if (cfg$fork) "fork" else "fresh",
-    SILENCE_SECONDS, if (length(locale)) paste(sq(locale), collapse = " "))
+  remote <- remote_command(S, h, port)
   forward <- if (cfg$tunnel)
     sprintf("-o ExitOnForwardFailure=yes -R 127.0.0.1:%d:127.0.0.1:%d", port, S$port)
   ssh <- paste(if (is.null(cfg$host_ssh[[h]])) cfg$ssh else cfg$host_ssh[[h]],
                S$known_hosts)
   destination <- paste(if (!is.null(m$user)) paste("-l", sq(m$user)), sq(m$host))
+  # A TERM (the supervisor's: its way to end a session, also once the directory
+  # and its pid files are gone) is passed on to ssh; a wait it cut short is waited
+  # again, so that .status holds ssh's own status.
   c("exec 3<&0",
+    "pid=''",
+    "trap '[ -n \"$pid\" ] && kill -s TERM \"$pid\" 2>/dev/null' TERM",
     paste(ssh, paste(OUR_SSH, collapse = " "), forward, destination, sq(remote),
           "<&3 >", f(".out"), "2>", f(".err"), "&"),
-    paste("echo $! >", f(".pid")),
-    "wait $!",
-    paste("echo $? >", f(".tmp"), "&& mv", f(".tmp"), f(".status")))
+    "pid=$!",
+    paste("echo \"$pid\" >", f(".pid")),
+    "wait \"$pid\"; rc=$?",
+    "while [ \"$rc\" -gt 128 ] && kill -s 0 \"$pid\" 2>/dev/null; do wait \"$pid\"; rc=$?; done",
+    paste("echo \"$rc\" >", f(".tmp"), "&& mv", f(".tmp"), f(".status")))
+}
+
+# The one line ssh hands machine h's login shell (sh, bash, csh, tcsh or fish): single-
+# quoted words only, and no value holds a backslash (the inventory refuses one; fish
+# reads \\ and \' inside single quotes), so every such shell reads the same words.
+remote_command <- function(S, h, port) {
+  cfg <- S$config
+  m <- cfg$machines[[h]]
+  rscript <- if (is.null(m$rscript)) "Rscript" else m$rscript
+  master <- if (cfg$tunnel) "127.0.0.1" else cfg$workers_reach
+  env <- c(locale_assignments(cfg$locale), paste0("SSHCLUSTER_OUTPUT=", cfg$worker_output))
+  paste(
+    "exec sh -c", sq(cfg$read_script),
+    "sshcluster", sq(rscript), sq(master), port, h, cfg$setup_timeout,
+    if (cfg$tunnel) "tunnel" else "direct", if (cfg$fork) "fork" else "fresh",
+    SILENCE_SECONDS, paste(sq(env), collapse = " "))
 }
 
 # NAME=VALUE for the workers' locale: the primary's own, unless the inventory
@@ -270,7 +293,8 @@ host_command <- function(S, h, id) {
 locale_assignments <- function(locale) {
   if (!is.null(locale)) return(c(paste0("LANG=", locale), "LC_ALL="))
   values <- Sys.getenv(LOCALE_VARS)
-  values <- values[nzchar(values)]
+  # (only what a locale name holds: these reach every host's login shell)
+  values <- values[grepl("^[A-Za-z0-9_.@-]+$", values)]
   if (length(values)) paste0(names(values), "=", values) else character()
 }
 
@@ -302,6 +326,15 @@ read_text <- function(path, last = 4L) {
 # host whose session ends first stops everything with an error naming each
 # failed host; without, such hosts are left out. Returns the new nodes.
 launch <- function(S, wanted, deadline, fail_fast) {
+  # The port listens only while a launch (or a repair's relaunch) accepts workers:
+  # between launches nobody can queue connections on it (a queue filled before a
+  # repair would meet the relaunch). It listens before any host starts, so a
+  # worker's refused connection means a firewall, not "too early".
+  listen(S)
+  on.exit(if (!is.null(S$listener)) {
+    try(close(S$listener), silent = TRUE)
+    S$listener <- NULL
+  }, add = TRUE)
   ids <- character()
   for (h in seq_along(wanted))
     if (length(wanted[[h]])) ids <- c(ids, start_host(S, h, wanted[[h]]))
@@ -316,26 +349,39 @@ launch <- function(S, wanted, deadline, fail_fast) {
     if (!done) for (node in nodes) try(close(node$con), silent = TRUE)
   }, add = TRUE)
   lost <- character()
-  # One connection's turn: reads what it sent, admits or refuses it once its hello
-  # is whole, refuses it after HANDSHAKE_SECONDS. NULL: done with it.
+  # One connection's turn: reads what it sent; once its hello is whole, answers
+  # the challenge (or refuses a slot not expected); once its proof is whole,
+  # admits or refuses it; refuses it after HANDSHAKE_SECONDS. NULL: done with it.
   step <- function(p) {
-    p$hello <- read_available(p$con, p$hello)
-    start <- seq_len(min(4L, length(p$hello)))
-    if (!identical(p$hello[start], MAGIC[start])) {  # not a worker's hello: no more time
-      refuse(S, p$con)
-      return(NULL)
-    }
-    if (length(p$hello) == HELLO_SIZE) {
-      node <- admit(S, p, expected)
-      if (is.null(node)) {
+    if (is.null(p$expect)) {
+      p$hello <- read_available(p$con, p$hello, HELLO_SIZE)
+      start <- seq_len(min(4L, length(p$hello)))
+      if (!identical(p$hello[start], PROOF_MAGIC[start])) {  # not a worker: no more time
         refuse(S, p$con)
-      } else {
-        expected[[sprintf("%d.%d", node$h, node$slot)]] <<- NULL
-        nodes[[length(nodes) + 1L]] <<- node
+        return(NULL)
       }
-      return(NULL)
+      if (length(p$hello) == HELLO_SIZE) {
+        p <- challenge(S, p, expected)
+        if (is.null(p)) return(NULL)
+      }
+      got <- p$hello
     }
-    if (!is.null(attr(p$hello, "eof")) ||
+    if (!is.null(p$expect)) {
+      p$proof <- read_available(p$con, p$proof, MAC_SIZE)
+      if (length(p$proof) == MAC_SIZE) {
+        # (the slot is looked up again: another connection may have taken it since)
+        if (!same_bytes(p$proof, p$expect) || is.null(expected[[p$slot_id]])) {
+          refuse(S, p$con)
+        } else {
+          node <- admit(S, p, expected[[p$slot_id]])
+          expected[[p$slot_id]] <<- NULL
+          nodes[[length(nodes) + 1L]] <<- node
+        }
+        return(NULL)
+      }
+      got <- p$proof
+    }
+    if (!is.null(attr(got, "eof")) ||
         difftime(Sys.time(), p$since, units = "secs") > HANDSHAKE_SECONDS) {
       refuse(S, p$con)
       return(NULL)
@@ -372,13 +418,17 @@ launch <- function(S, wanted, deadline, fail_fast) {
     while (ready[1] && taken < ACCEPT_BURST) {
       if (length(pending) >= MAX_PENDING || S$limit - length(getAllConnections()) < 1L) {
         if (!length(pending)) break
-        # the oldest makes room, after a last look at what it sent
-        if (!is.null(step(pending[[1]]))) refuse(S, pending[[1]]$con)
-        pending <- pending[-1]
+        # The oldest makes room, after a last look at what it sent: the oldest that
+        # has not sent a whole hello, if any. (A genuine worker, challenged, is busy
+        # with its answer for a moment: strangers that stall must not push it out.)
+        unproven <- which(vapply(pending, function(p) is.null(p$expect), NA))
+        victim <- if (length(unproven)) unproven[1] else 1L
+        if (!is.null(step(pending[[victim]]))) refuse(S, pending[[victim]]$con)
+        pending <- pending[-victim]
       }
       con <- socketAccept(S$listener, blocking = TRUE, open = "a+b",
                           timeout = STALL_SECONDS, options = "no-delay")
-      p <- step(list(con = con, hello = raw(0), since = Sys.time()))
+      p <- step(list(con = con, hello = raw(0), proof = raw(0), since = Sys.time()))
       if (!is.null(p)) pending[[length(pending) + 1L]] <- p
       taken <- taken + 1L
       ready[1] <- socketSelect(list(S$listener), timeout = 0)
@@ -394,11 +444,11 @@ launch <- function(S, wanted, deadline, fail_fast) {
   nodes
 }
 
-# Reads what has arrived of a hello, without ever waiting for more: one byte at
-# a time while socketSelect() says there is one (a whole hello usually arrives
-# at once and is then in R's buffer).
-read_available <- function(con, have) {
-  while (length(have) < HELLO_SIZE && socketSelect(list(con), timeout = 0)) {
+# Reads what has arrived of a message of 'size' bytes, without ever waiting for
+# more: one byte at a time while socketSelect() says there is one (a whole
+# message usually arrives at once and is then in R's buffer).
+read_available <- function(con, have, size) {
+  while (length(have) < size && socketSelect(list(con), timeout = 0)) {
     b <- readBin(con, "raw", 1L)
     if (!length(b)) return(structure(have, eof = TRUE))
     have <- c(have, b)
@@ -411,22 +461,34 @@ refuse <- function(S, con) {
   close(con)
 }
 
-# A whole hello: admit it as a node if its token is the one its slot expects
-# (compared in constant time), else NULL.
-admit <- function(S, p, expected) {
-  hello <- p$hello
-  num <- function(at) readBin(hello[at:(at + 3L)], "integer", size = 4L, endian = "big")
-  if (!identical(hello[1:4], MAGIC)) return(NULL)
-  h <- num(5L)
-  slot <- num(9L)
-  e <- expected[[sprintf("%d.%d", h, slot)]]
-  if (is.null(e)) return(NULL)
-  token <- hex_bytes(e$worker)
-  if (sum(bitwXor(as.integer(hello[17:32]), as.integer(token))) != 0L) return(NULL)
-  writeBin(hex_bytes(e$primary), p$con)
+hello_int <- function(hello, at) readBin(hello[at:(at + 3L)], "integer", size = 4L,
+                                         endian = "big")
+
+# A whole hello for an expected slot: answers with a fresh nonce and the primary's
+# MAC, and returns the connection's state, now waiting for the worker's MAC; else
+# refuses it and returns NULL.
+challenge <- function(S, p, expected) {
+  p$slot_id <- sprintf("%d.%d", hello_int(p$hello, 5L), hello_int(p$hello, 9L))
+  e <- expected[[p$slot_id]]
+  if (is.null(e)) {
+    refuse(S, p$con)
+    return(NULL)
+  }
+  key <- c(hex_bytes(e$worker), hex_bytes(e$primary))
+  nonce <- random_bytes(NONCE_SIZE)
+  writeBin(c(nonce, proof_mac(key, "primary", p$hello, nonce)), p$con)
   flush(p$con)
+  p$expect <- proof_mac(key, "worker", p$hello, nonce)
+  p
+}
+
+# A connection that proved it holds the key of slot e: a node of the cluster.
+admit <- function(S, p, e) {
+  h <- hello_int(p$hello, 5L)
+  slot <- hello_int(p$hello, 9L)
   structure(list(con = p$con, host = S$config$machines[[h]]$host, rank = S$first[h] + slot,
-                 h = h, slot = slot, pid = num(13L), session = e$id, launch = S$id),
+                 h = h, slot = slot, pid = hello_int(p$hello, 13L), session = e$id,
+                 launch = S$id),
             class = c("sshcluster_node", "SOCKnode"))
 }
 

@@ -38,16 +38,21 @@ started() {
 rstart=$(started "$rpid")
 r_alive() { kill -s 0 "$rpid" 2>/dev/null && [ "$(started "$rpid")" = "$rstart" ]; }
 
-# The R session gone while its pipe lives on (see above): end every ssh session,
-# then this script.
+# The R session gone while its pipe lives on (see above), or its directory gone
+# (R's normal exit removes it before its end closes the pipe, and without it no
+# session's end can be seen): this script is told to end (USR1, below), and is
+# killed if it has not within 10 seconds.
 (
-  while r_alive && kill -s 0 "$me" 2>/dev/null; do sleep 2; done
-  kill -s 0 "$me" 2>/dev/null || exit 0
-  for f in "$dir"/*.pid; do
-    [ -e "$f" ] && kill -s TERM "$(cat "$f")" 2>/dev/null
-  done
+  while r_alive && kill -s 0 "$me" 2>/dev/null && [ -d "$dir" ]; do sleep 2; done
+  kill -s USR1 "$me" 2>/dev/null || exit 0
+  n=10
+  while [ "$n" -gt 0 ] && kill -s 0 "$me" 2>/dev/null; do sleep 1; n=$((n - 1)); done
   kill -s KILL "$me" 2>/dev/null
 ) &
+
+# Whether this script, the R session and the launch directory all still live:
+# every loop below ends when one is gone.
+live() { kill -s 0 "$me" 2>/dev/null && [ -d "$dir" ] && r_alive; }
 
 said_ready() {
   while IFS= read -r said; do [ "$said" = ready ] && return 0; done <"$1"
@@ -61,11 +66,12 @@ feed() {  # ID TOKENS MODE: what the host's session reads on its stdin
     # (any line: the user's login shell may print something first)
     until [ -s "$dir/$1.out" ] && said_ready "$dir/$1.out"; do
       [ -e "$dir/$1.status" ] && return
+      live || return
       sleep 0.05 2>/dev/null || sleep 1
     done
     echo go
   fi
-  while kill -s 0 "$me" 2>/dev/null && r_alive; do
+  while live; do
     echo . || return
     # (a second at a time: a feeder ends within one when this script does)
     n=$beat
@@ -73,34 +79,47 @@ feed() {  # ID TOKENS MODE: what the host's session reads on its stdin
   done
 }
 
+# Each session as ID:PID, PID that of its DIR/ID.sh (which passes a TERM on to
+# its ssh): kept here, since the directory's pid files may be gone.
 ids=''
+pid_of() {
+  for entry in $ids; do [ "${entry%%:*}" = "$1" ] && echo "${entry#*:}" && return; done
+}
+running() {
+  left=''
+  for entry in $ids; do kill -s 0 "${entry#*:}" 2>/dev/null && left="$left $entry"; done
+  [ -n "$left" ]
+}
+# Ending: give the sessions GRACE seconds (the workers were told to stop), then
+# TERM each session still running, then KILL its ssh and its script.
+finish() {
+  trap '' USR1
+  ticks=$(( ${1:-0} * 20 ))
+  while running && [ "$ticks" -gt 0 ]; do sleep 0.05 2>/dev/null || sleep 1; ticks=$((ticks - 1)); done
+  for signal in TERM KILL; do
+    running || break
+    for entry in $left; do
+      if [ "$signal" = KILL ]; then
+        pid=$(cat "$dir/${entry%%:*}.pid" 2>/dev/null) && kill -s KILL "$pid" 2>/dev/null
+      fi
+      kill -s "$signal" "${entry#*:}" 2>/dev/null
+    done
+    ticks=40
+    while running && [ "$ticks" -gt 0 ]; do sleep 0.05 2>/dev/null || sleep 1; ticks=$((ticks - 1)); done
+  done
+  exit 0
+}
+trap 'finish 0' USR1
+
 while IFS=' ' read -r cmd id tokens mode; do
   case $cmd in
     start)
       feed "$id" "$tokens" "$mode" | sh "$dir/$id.sh" &
-      ids="$ids $id" ;;
+      ids="$ids $id:$!" ;;
     kill)
-      pid=$(cat "$dir/$id.pid" 2>/dev/null) && kill -s TERM "$pid" 2>/dev/null ;;
+      pid=$(pid_of "$id") && [ -n "$pid" ] && kill -s TERM "$pid" 2>/dev/null ;;
     stop)
-      grace=$id
-      break ;;
+      finish "$id" ;;
   esac
 done
-
-# Ending: give the sessions GRACE seconds (the workers were told to stop), then
-# TERM each ssh still running, then KILL it.
-running() {
-  left=''
-  for id in $ids; do [ -e "$dir/$id.status" ] || left="$left $id"; done
-  [ -n "$left" ]
-}
-ticks=$(( ${grace:-0} * 20 ))
-while running && [ "$ticks" -gt 0 ]; do sleep 0.05 2>/dev/null || sleep 1; ticks=$((ticks - 1)); done
-for signal in TERM KILL; do
-  running || break
-  for id in $left; do
-    pid=$(cat "$dir/$id.pid" 2>/dev/null) && kill -s "$signal" "$pid" 2>/dev/null
-  done
-  ticks=40
-  while running && [ "$ticks" -gt 0 ]; do sleep 0.05 2>/dev/null || sleep 1; ticks=$((ticks - 1)); done
-done
+finish 0

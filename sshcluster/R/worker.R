@@ -3,15 +3,16 @@
 # Its stdin holds one line: the worker tokens, "slot:worker-token:primary-token"
 # separated by ",". A fresh worker gets one; the one R of a forking host gets all
 # of its host's and forks one worker per token.
-# Each worker connects to the primary, proves it holds its slot's token in a
-# fixed-size exchange of raw bytes, checks that the primary knows the slot's
-# other token, and only then runs parallel's own worker loop. Nothing is
-# unserialized from a peer that has not proved itself.
+# Each worker connects to the primary, and the two prove to each other that they
+# hold the slot's key (challenge and response, proof.R, pasted before this file),
+# and only then runs parallel's own worker loop. Nothing is unserialized from a
+# peer that has not proved itself, and the key itself is never sent.
 #
-# The code runs in a function, not in local(): local() evaluates in a frame that is
-# the global environment, and code that looks for parallel's 'master' node by
-# walking sys.frames() up to the global environment (future's relay of immediate
-# conditions, which progressr's updates are) would stop there, below workLoop().
+# The code runs in a function, not in local() (nor does the code around it): local()
+# evaluates in a frame that is the global environment, and code that looks for
+# parallel's 'master' node by walking sys.frames() up to the global environment
+# (future's relay of immediate conditions, which progressr's updates are) would stop
+# there, below workLoop().
 (function() {
   if (getRversion() < "4.1.0") {
     cat("sshcluster: R on ", Sys.info()[["nodename"]], " is ", as.character(getRversion()),
@@ -83,19 +84,30 @@
     }
   }
 
-  # Connects and proves the slot's token; a primary that closed the connection
-  # before answering (a flood of strangers made it drop the oldest waiting ones)
-  # is tried again until the setup deadline.
+  # Connects and proves it holds the slot's key (its two tokens) by challenge and
+  # response (proof.R): the primary proves it first, so a peer without the key
+  # learns nothing it could replay. A primary that closed the connection before
+  # answering (a flood of strangers made it drop the oldest waiting ones) is tried
+  # again until the setup deadline.
   handshake <- function(token) {
     deadline <- Sys.time() + timeout
+    key <- c(bytes(token[2]), bytes(token[3]))
     repeat {
       con <- connect()
-      writeBin(c(charToRaw("SCW1"), int4(machine), int4(as.integer(token[1])),
-                 int4(Sys.getpid()), bytes(token[2])), con)
+      hello <- c(PROOF_MAGIC, int4(machine), int4(as.integer(token[1])), int4(Sys.getpid()),
+                 random_bytes(NONCE_SIZE))
+      writeBin(hello, con)
       flush(con)
       socketTimeout(con, min(timeout, 60))
-      answer <- tryCatch(readBin(con, "raw", 16L), error = function(e) raw(0))
-      if (identical(answer, bytes(token[3]))) return(con)
+      answer <- tryCatch(readBin(con, "raw", NONCE_SIZE + MAC_SIZE), error = function(e) raw(0))
+      if (length(answer) == NONCE_SIZE + MAC_SIZE) {
+        nonce <- answer[seq_len(NONCE_SIZE)]
+        if (same_bytes(answer[-seq_len(NONCE_SIZE)], proof_mac(key, "primary", hello, nonce))) {
+          writeBin(proof_mac(key, "worker", hello, nonce), con)
+          flush(con)
+          return(con)
+        }
+      }
       close(con)
       if (length(answer) || Sys.time() > deadline)
         fail("the primary at ", master, " port ", port, " did not accept this worker ",

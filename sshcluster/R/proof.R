@@ -1,0 +1,59 @@
+# ---------------------------------------------------------------------------
+# The proof a worker and the primary give each other: pasted into both sides.
+#
+# Each worker slot has a key (its two tokens, 32 random bytes) that only the
+# primary and that slot's host know. A connection proves itself by challenge and
+# response, never by showing the key:
+#   worker  -> primary  hello: "SCW2", machine, slot, pid, a fresh nonce (16 bytes)
+#   primary -> worker   a fresh nonce (16) and MAC(key, "primary" + hello + nonce)
+#   worker  -> primary  MAC(key, "worker" + hello + nonce)
+# The worker checks the primary's MAC before it sends its own, so a peer without
+# the key (a fake primary, a squatter on a forwarded port) learns only nonces and
+# MACs of messages that never occur again: nothing it can replay, in this
+# launch or another. The two MACs differ in their first word, so one side's
+# answer is never a valid answer for the other.
+#
+# MAC is HMAC-MD5 (RFC 2104). Base R (4.1 onwards) has no hash of a raw vector
+# in memory, only tools::md5sum() of files, so each hash goes through a file in
+# R's own temporary directory (mode 0700: no other user can read it), removed at
+# once. HMAC-MD5 is still a sound MAC (the known MD5 collisions do not give
+# forgeries of HMAC with a secret key; RFC 6151), and it needs no package that a
+# worker host may not have.
+# ---------------------------------------------------------------------------
+
+PROOF_MAGIC <- charToRaw("SCW2")
+NONCE_SIZE <- 16L
+MAC_SIZE <- 16L
+HELLO_SIZE <- 32L          # magic, machine, slot, pid (4 bytes each), nonce (16)
+
+md5_raw <- function(bytes) {
+  f <- tempfile("proof-", tmpdir = tempdir(check = TRUE))
+  on.exit(unlink(f))
+  con <- file(f, "wb", raw = TRUE)
+  writeBin(bytes, con)
+  close(con)
+  hex <- unname(tools::md5sum(f))
+  at <- seq(1L, 31L, by = 2L)
+  as.raw(strtoi(substring(hex, at, at + 1L), 16L))
+}
+
+hmac_md5 <- function(key, message) {
+  if (length(key) > 64L) key <- md5_raw(key)
+  key <- c(key, raw(64L - length(key)))
+  inner <- md5_raw(c(xor(key, as.raw(0x36)), message))
+  md5_raw(c(xor(key, as.raw(0x5c)), inner))
+}
+
+# The MAC that 'side' ("primary" or "worker") gives for a hello and the primary's nonce.
+proof_mac <- function(key, side, hello, nonce) hmac_md5(key, c(charToRaw(side), hello, nonce))
+
+# Equal in constant time (the MACs are compared with what a peer sent).
+same_bytes <- function(a, b) length(a) == length(b) &&
+  sum(bitwXor(as.integer(a), as.integer(b))) == 0L
+
+# Fresh random bytes from the OS (R's own generator and .Random.seed untouched).
+random_bytes <- function(n) {
+  con <- file("/dev/urandom", "rb", raw = TRUE)
+  on.exit(close(con))
+  readBin(con, "raw", n)
+}
