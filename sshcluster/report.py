@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
 from rich import box
 from rich.console import Console
@@ -19,6 +19,9 @@ from rich.table import Table
 from rich.text import Text
 
 from sshcluster.inventory import Host
+
+if TYPE_CHECKING:  # (the packages sub-package builds on this module)
+    from sshcluster.packages.reference import Reference
 
 #: The steps of the check, in the order they run on each host.
 STEPS: tuple[str, ...] = (
@@ -77,6 +80,8 @@ class HostReport:
     r_version: str | None = None
     address: str | None = None
     seen_primary: str | None = None
+    packages: Mapping[str, str | None] = field(default_factory=dict)
+    r_platform: str | None = None
 
     @property
     def label(self) -> str:
@@ -134,6 +139,7 @@ class CheckReport:
     primary_rscript: str | None = None
     notes: tuple[str, ...] = ()
     seconds: float = 0.0
+    reference: Reference | None = None
 
     @property
     def ok(self) -> bool:
@@ -158,12 +164,18 @@ class CheckReport:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document of issue 3 as plain Python values."""
-        return {
+        doc: dict[str, Any] = {
             "ok": self.ok,
             "primary": self.primary,
             "port": self.port,
             "hosts": [h.to_dict() for h in self.hosts],
         }
+        if self.reference is not None:  # the host x package table (issue 22)
+            doc["reference"] = self.reference.to_dict()
+            for h, d in zip(self.hosts, doc["hosts"], strict=True):
+                d["r_platform"] = h.r_platform or ""
+                d["packages"] = {p: h.packages.get(p) for p in self.reference.names}
+        return doc
 
     def to_json(self, *, indent: int | None = 2) -> str:
         """The report as the JSON document that ``sshcluster check --json`` prints."""
@@ -290,6 +302,36 @@ def report_details(report: CheckReport) -> list[Text]:
     return lines
 
 
+def drift_lines(report: CheckReport) -> list[Text]:
+    """The package drift as a small table: only the packages some host has in another
+    version (or not at all), only the hosts that differ; ``-`` for not installed."""
+    ref = report.reference
+    if ref is None:
+        return []
+    want = ref.versions
+    hosts = [h for h in report.hosts if h.packages and any(
+        h.packages.get(p) != v for p, v in want.items())]
+    names = [p for p in ref.names if any(h.packages.get(p) != want[p] for h in hosts)]
+    if not names:
+        return []
+    width = max([len(ref.source), *(len(h.label) for h in hosts)]) + 2
+    cols = [max(len(p), len(want[p]), *(len(h.packages.get(p) or "-") for h in hosts)) + 2
+            for p in names]
+    pairs = list(zip(names, cols, strict=True))
+    lines = [Text("package drift:", style="bold"),
+             Text("".ljust(width) + "".join(p.ljust(c) for p, c in pairs)),
+             Text(ref.source.ljust(width) + "".join(want[p].ljust(c) for p, c in pairs),
+                  style="dim")]
+    for h in hosts:
+        line = Text(h.label.ljust(width))
+        for p, c in pairs:
+            v = h.packages.get(p)
+            line.append((v or "-").ljust(c), style="" if v == want[p] else
+                        "red" if v is None else "yellow")
+        lines.append(line)
+    return lines
+
+
 def print_report(report: CheckReport, console: Console) -> None:
     """Print the table, the details of what failed or warned, and the summary line."""
     if console.width < _short_width(report):
@@ -300,7 +342,7 @@ def print_report(report: CheckReport, console: Console) -> None:
         if console.width < _full_width(report):
             legend = ", ".join(f"{v}={k}" for k, v in SHORT_NAMES.items())
             console.print(Text(legend, style="dim"), soft_wrap=True)
-    details = report_details(report)
+    details = report_details(report) + drift_lines(report)
     if details:
         console.print()
         for line in details:
@@ -317,6 +359,7 @@ __all__ = [
     "HostReport",
     "Status",
     "StepResult",
+    "drift_lines",
     "print_report",
     "report_details",
     "report_lines",

@@ -27,6 +27,8 @@ from sshcluster.bootstrap import ssh_command
 from sshcluster.callback import CallbackListener, callback_verdict
 from sshcluster.errors import SshclusterError
 from sshcluster.inventory import AUTO, Host, Inventory
+from sshcluster.packages.drift import host_versions
+from sshcluster.packages.reference import Reference
 from sshcluster.probe import (
     VERDICTS,
     Facts,
@@ -66,6 +68,7 @@ class CheckContext:
     concurrency: int
     tunnel: bool = False
     primary_r_version: str | None = None
+    reference: Reference | None = None
 
     def remaining(self) -> float:
         """Seconds left until the deadline."""
@@ -97,8 +100,11 @@ class HostCheck:
 
     def remote_context(self) -> RemoteContext:
         """What the remote verdicts need besides the facts."""
+        inv = self.ctx.inventory
         return RemoteContext(self.host, self.ctx.primary_r_version,
-                             reverse_ssh_required=self.ctx.inventory.reverse_ssh == "required")
+                             reverse_ssh_required=inv.reverse_ssh == "required",
+                             reference=self.ctx.reference, packages=inv.packages,
+                             inventory_path=inv.path)
 
     async def close(self) -> None:
         """Close whatever the steps opened (idempotent)."""
@@ -303,7 +309,7 @@ async def _run_remote(hc: HostCheck) -> None:
         callback_host="127.0.0.1" if ctx.tunnel else None,
         primary_user=ctx.primary_user, primary_ssh_port=inv.primary.ssh_port,
         port=0 if listener.error or hc.tunnel_error else listener.port, token=hc.nonce,
-        budget=budget)
+        budget=budget, reference=ctx.reference, library_root=inv.library_of(hc.host))
     try:
         proc = await hc.conn.create_process("sh -s", encoding="utf-8", errors="replace",
                                             stderr=asyncssh.STDOUT)
@@ -448,7 +454,9 @@ def _report(hc: HostCheck, results: dict[str, StepResult], *, complete: bool) ->
     what = found(hc.facts)
     return HostReport(host=hc.host, checks={s.name: results[s.name] for s in STEPS},
                       ncore=what.ncore, rscript=what.rscript, r_version=what.r_version,
-                      address=hc.address, seen_primary=what.seen_primary)
+                      address=hc.address, seen_primary=what.seen_primary,
+                      packages=host_versions(hc.facts.all("PKGV")),
+                      r_platform=hc.facts.get("ENV_PLATFORM"))
 
 
 __all__ = ["STEPS", "TIMEOUT_HINTS", "CheckContext", "HostCheck", "Step", "run_host"]
