@@ -55,6 +55,7 @@ from sshcluster.inventory import (
     load_inventory,
     parse_inventory,
 )
+from sshcluster.packages import SyncReport, sync, sync_async
 from sshcluster.preflight import check, check_async, verified_inventory
 from sshcluster.report import CheckReport, HostReport, StepResult
 
@@ -75,6 +76,7 @@ __all__ = [
     "RenderOptions",
     "SshclusterError",
     "StepResult",
+    "SyncReport",
     "TestbedError",
     "UnsafePathError",
     "__version__",
@@ -84,6 +86,8 @@ __all__ = [
     "load_inventory",
     "parse_inventory",
     "render",
+    "sync",
+    "sync_async",
     "verified_inventory",
     "write_bootstrap",
 ]

@@ -76,6 +76,9 @@ class RenderOptions:
     tunnel: Tunnel | None = None
     fork: bool | None = None
     register: tuple[Register, ...] = ()
+    #: The content hash of the R package environment ``sshcluster sync`` gave the
+    #: hosts (``Reference.digest``): its library goes first on the workers' .libPaths().
+    library_digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -244,6 +247,11 @@ def render(inventory: Inventory, options: RenderOptions | None = None) -> str:
     ]
     lines += _fast(inventory, opts, plan) if plan.launch == "fast" else _classic(
         inventory, opts, plan)
+    if opts.library_digest:
+        roots = list(dict.fromkeys(inventory.library_of(h) for h in inventory.hosts))
+        lines += [_R_SOURCES["library.R"],
+                  f"use_library(parallelCluster, {_r_value(roots)}, "
+                  f"{r_string(opts.library_digest)})"]
     lines += ["})", ""]
     return "\n".join(lines)
 
@@ -254,7 +262,7 @@ MIN_R_VERSION = "4.1.0"
 #: The launcher's R code and the scripts it runs, pasted as they are into the file.
 _R_SOURCES = {
     name: resources.files("sshcluster").joinpath("R").joinpath(name).read_text(encoding="utf-8")
-    for name in ("common.R", "launch.R", "classic.R", "worker.R", "remote.sh",
+    for name in ("common.R", "launch.R", "classic.R", "worker.R", "library.R", "remote.sh",
                  "supervisor.sh", "read_script.sh")
 }
 
@@ -410,6 +418,11 @@ def _header(inventory: Inventory, opts: RenderOptions, plan: _Plan) -> list[str]
     ]
     if opts.note:
         lines += [f"# {_comment(line)}" for line in opts.note.splitlines()]
+    if opts.library_digest:
+        root = inventory.library_of(inventory.hosts[0]) if inventory.hosts else ""
+        lines += [f"# R packages: first from sshcluster's library {_comment(root)}/R-x.y/"
+                  f"{_comment(opts.library_digest)}", "# (made by 'sshcluster sync'; x.y is "
+                  "each worker's R)."]
     lines += [
         "#",
         "# Use:  source(\"this-file.R\")   then parallel::parLapply(parallelCluster, ...) etc.",

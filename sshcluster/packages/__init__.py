@@ -4,7 +4,16 @@
   ``r_packages`` and their hard dependencies, or an renv lockfile) and the name of the
   library sync makes for it;
 * :mod:`~sshcluster.packages.drift`: how a host differs from it (the check's
-  ``packages`` step).
+  ``packages`` step);
+* :mod:`~sshcluster.packages.sync`: give every host that environment, in a library of
+  sshcluster's own named by its content::
+
+    import sshcluster
+
+    inv = sshcluster.load_inventory("hosts.yaml")
+    report = sshcluster.sync(inv, progress=lambda host, what: print(host, what))
+    for host in report.failed:
+        print(host.label, host.detail)
 """
 
 from __future__ import annotations
@@ -18,14 +27,26 @@ from sshcluster.packages.reference import (
     reference,
     reference_for,
 )
+from sshcluster.packages.sync import (
+    SYNC_TIMEOUT,
+    HostSync,
+    SyncProgress,
+    SyncReport,
+    sync,
+    sync_async,
+)
 from sshcluster.requirements import Constraint, Packages
 
 __all__ = [
+    "SYNC_TIMEOUT",
     "Constraint",
     "Drift",
+    "HostSync",
     "Packages",
     "RPackage",
     "Reference",
+    "SyncProgress",
+    "SyncReport",
     "drift",
     "drift_verdict",
     "host_versions",
@@ -33,4 +54,6 @@ __all__ = [
     "primary_reference_async",
     "reference",
     "reference_for",
+    "sync",
+    "sync_async",
 ]
