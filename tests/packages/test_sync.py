@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,9 +19,11 @@ from typing import Any
 
 import pytest
 import yaml
+from click.testing import CliRunner
 
 import sshcluster
 from sshcluster.bootstrap import RenderOptions, write_bootstrap
+from sshcluster.cli import cli
 from sshcluster.inventory import load_inventory
 from sshcluster.packages import reference
 from sshcluster.testing import Testbed
@@ -226,3 +229,27 @@ def test_a_lockfile_is_installed_from_the_repository(
     after = sshcluster.check(inv, timeout=60)
     assert all(h.checks["packages"].status == "ok" for h in after.hosts), after.to_json()
     assert workers_see(tmp_path, path, f"{COMPILED}::f()") == [f"{COMPILED} 1.0"] * 2
+
+
+def test_hosts_sharing_the_directory_get_it_once_and_check_sees_it_incomplete(
+        testbed: Testbed, built: Built, primary_lib: Path, tmp_path: Path) -> None:
+    install(built, primary_lib, PURE, "2.0")
+    install(built, primary_lib, COMPILED, "1.0")
+    setups = [host_setup(tmp_path, i) for i in (1, 2, 3)]
+    for s in setups:  # one home, as on NFS
+        s["library"] = str(tmp_path / "nfs-home" / "lib")
+    path = inventory(testbed, tmp_path, entries(setups), {"r_packages": [COMPILED]})
+    result = CliRunner().invoke(cli, ["sync", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    outcomes = sorted(h["outcome"] for h in doc["hosts"])
+    assert outcomes == ["copied", "shared", "shared"], doc
+    sent = [h["sent"] for h in doc["hosts"] if h["outcome"] == "copied"]
+    assert doc["sent"] == sent[0] > 0
+    # A library that lost a package (by hand) is named by the check.
+    lib = Path(doc["hosts"][0]["library"])
+    shutil.rmtree(lib / PURE)
+    report = sshcluster.check(load_inventory(path), timeout=60)
+    for h in report.hosts:
+        step = h.checks["packages"]
+        assert step.status == "failed" and f"{lib} lacks {PURE}" in step.detail, step
