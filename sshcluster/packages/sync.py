@@ -357,9 +357,12 @@ async def sync_async(inventory: Inventory, *, progress: SyncProgress | None = No
     return report
 
 
-def sync(inventory: Inventory, **kwargs: object) -> SyncReport:
+def sync(inventory: Inventory, *, progress: SyncProgress | None = None,
+         timeout: float = SYNC_TIMEOUT, reference: Reference | None = None,
+         raise_on_failure: bool = False) -> SyncReport:
     """:func:`sync_async` from plain code; same arguments and result."""
-    return asyncio.run(sync_async(inventory, **kwargs))  # type: ignore[arg-type]
+    return asyncio.run(sync_async(inventory, progress=progress, timeout=timeout,
+                                  reference=reference, raise_on_failure=raise_on_failure))
 
 
 __all__ = ["SYNC_CONCURRENCY", "SYNC_TIMEOUT", "HostSync", "Outcome", "SyncProgress",

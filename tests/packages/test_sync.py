@@ -28,8 +28,15 @@ from sshcluster.inventory import load_inventory
 from sshcluster.packages import reference
 from sshcluster.testing import Testbed
 from sshcluster.testing.fixtures import run_r_in_test
-
-from .rpkgs import COMPILED, PURE, Built, build_all, install, shared_library, wrapper
+from sshcluster.testing.rpackages import (
+    COMPILED,
+    PURE,
+    Built,
+    build_all,
+    install,
+    shared_library,
+    wrapper,
+)
 
 LINKED = "sctlinked"
 

@@ -1,9 +1,15 @@
-"""Tiny R packages built in a test, a file:// repository of them, and per-host libraries.
+"""Tiny R packages built for a test, a file:// repository of them, and per-host libraries.
 
 Every test host shares this machine's filesystem, so each gets a library of its own
-through a wrapper ``rscript`` that sets ``R_LIBS`` (and, for the host that plays another
-R minor version, a profile that makes R report it); the primary's library is this
-process's ``R_LIBS``. Nothing here reaches the network: the repository is a directory.
+through a wrapper ``rscript`` that sets ``R_LIBS`` (and, for a host that plays another
+R minor version, a profile that makes R report it); the primary's library is the
+testing process's ``R_LIBS``. Nothing here reaches the network: the repository is a
+directory (``tools::write_PACKAGES``)::
+
+    built = build_all(tmp, {"mypkg": ("1.0", "2.0")}, compiled={"mypkg"},
+                      repo_versions={"mypkg": "2.0"})
+    install(built, tmp / "lib", "mypkg", "1.0")
+    rscript = wrapper(tmp / "Rscript-h1", tmp / "lib")   # the host's rscript:
 """
 
 from __future__ import annotations
@@ -12,6 +18,11 @@ import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from sshcluster.errors import TestbedError
+
+__all__ = ["COMPILED", "PURE", "Built", "build_all", "install", "shared_library", "wrapper",
+           "write_package"]
 
 #: The pure R package and the one with C code.
 PURE = "sctpure"
@@ -42,7 +53,9 @@ local({
 def _run(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
     done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=300,
                           env={**os.environ, **(env or {})})
-    assert done.returncode == 0, f"{argv}: {done.stdout}\n{done.stderr}"
+    if done.returncode != 0:
+        raise TestbedError(f"{' '.join(argv)} failed: {done.stdout[-2000:]}\n"
+                           f"{done.stderr[-2000:]}")
 
 
 def write_package(root: Path, name: str, version: str, *, compiled: bool = False,
@@ -93,10 +106,12 @@ class Built:
     repo: Path  # file://{repo} is the repository
 
     def tarball(self, name: str, version: str) -> Path:
+        """The source tarball of ``name`` at ``version``."""
         return self.root / "tarballs" / f"{name}_{version}.tar.gz"
 
     @property
     def url(self) -> str:
+        """The repository's ``file://`` URL."""
         return f"file://{self.repo}"
 
 
