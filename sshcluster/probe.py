@@ -94,7 +94,8 @@ def remote_script(
         environment, call = "", f"step_packages({r_vector(r_packages)})"
     else:
         environment = _ENVIRONMENT_R.rstrip()
-        call = (f"step_environment({r_vector(reference.names)}, {r_string(library_root)}, "
+        names = (*reference.names, *reference.absent)
+        call = (f"step_environment({r_vector(names)}, {r_string(library_root)}, "
                 f"{r_string(reference.digest)})")
     r_code = _R_CODE.format(callback=R_CALLBACK.rstrip(), environment=environment,
                             packages_call=call)

@@ -55,7 +55,9 @@ def drift(reference: Reference, versions: Mapping[str, str | None], r_version: s
           settings: Packages, incomplete: tuple[str, ...] = ()) -> Drift:
     """Compare one host's ``versions`` and R with the reference."""
     want = reference.versions
-    missing = tuple(p for p in reference.names if versions.get(p) is None)
+    # (a package the primary lacks too is still one the host must have)
+    missing = tuple(p for p in (*reference.names, *reference.absent)
+                    if versions.get(p) is None)
     other = tuple((p, v, want[p]) for p in reference.names
                   if (v := versions.get(p)) is not None and v != want[p])
     unmet = tuple(f"{c.package} {versions[c.package]} (wants {c.op} {c.version})"

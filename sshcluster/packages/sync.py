@@ -254,8 +254,18 @@ class _Syncer:
         key = (facts.get("SHARED_ID"), library or "")
         if key in self.shared:  # another host of the run writes this very directory
             first = await self.shared[key]
-            return HostSync(host, "shared" if first.ok else "failed",
-                            f"shares {library} with {first.label}", library=library)
+            if not first.ok:
+                return HostSync(host, "failed", f"shares {library} with {first.label}, "
+                                                "which failed", library=library)
+            out, _ = await self._ssh(host, "verify")
+            errors = _load_errors(out)
+            if errors or out.get("STATE") != "verified":
+                said = "; ".join(_load_error(p, e) for p, e in errors.items()) or _said(out)
+                return HostSync(host, "failed", f"shares {library} with {first.label}, but "
+                                                f"will not load on {host.label}: {said}",
+                                library=library, load_errors=errors)
+            return HostSync(host, "shared", f"shares {library} with {first.label}",
+                            library=library)
         self.shared[key] = done = asyncio.get_running_loop().create_future()
         try:
             result = await self._fill(host, facts, library)
@@ -278,7 +288,7 @@ class _Syncer:
                                       f"{facts.get('R_VERSION')}, {facts.get('PLATFORM')})")
             out, sent = await self._ssh(host, "install")
             outcome = "installed"
-        errors = {p: e for p, _, e in (x.partition("\t") for x in out.values.get("LOADFAIL", []))}
+        errors = _load_errors(out)
         if out.get("STATE") in ("complete", "there"):
             return HostSync(host, outcome, f"{len(self.ref.names)} packages in {library}",
                             sent, library)
@@ -300,6 +310,10 @@ class _Syncer:
 def _said(facts: _Facts) -> str:
     said = "; ".join([*facts.other[-3:], *facts.values.get("FAILED", [])[-1:]])
     return said or "no answer"
+
+
+def _load_errors(facts: _Facts) -> dict[str, str]:
+    return {p: e for p, _, e in (x.partition("\t") for x in facts.values.get("LOADFAIL", []))}
 
 
 def _load_error(package: str, error: str) -> str:

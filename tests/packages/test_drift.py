@@ -69,6 +69,14 @@ def test_missing_fails_naming_the_packages() -> None:
     assert r.hint and "sshcluster sync hosts.yaml" in r.hint
 
 
+def test_a_package_the_primary_lacks_too_must_still_be_on_the_host() -> None:
+    ref = Reference("the primary", "4.2.2", REF.packages, absent=("z",))
+    d = drift(ref, {"a": "1.0", "b": "2.1-3", "c": "0.5"}, "4.2.2", Packages())
+    assert d.missing == ("z",)
+    assert drift(ref, {"a": "1.0", "b": "2.1-3", "c": "0.5", "z": "9"}, "4.2.2",
+                 Packages()).none
+
+
 def test_other_version_warns_or_fails_when_exact() -> None:
     r = verdict({"a": "0.9", "b": "2.1-3", "c": "0.6"})
     assert r.status == "warning"

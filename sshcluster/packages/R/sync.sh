@@ -1,5 +1,5 @@
 # sshcluster sync: what runs on each host. sshcluster.packages.sync prepends the data as
-# shell variables: mode (probe, receive or install), rscript, root, digest, token,
+# shell variables: mode (probe, receive, install or verify), rscript, root, digest, token,
 # manifest (the packages, one per line), verify_r and install_r (R code), repos, pins.
 # Every answer is one KEY=value line. Nothing is ever written into the user's own R
 # libraries: only under $root, and a library appears there whole (a rename) or not at all.
@@ -50,7 +50,7 @@ prepare() {
 
 finish() {
   printf '%s\n' "$manifest" >"$tmp/SSHCLUSTER-MANIFEST"
-  "$rs" --default-packages=NULL -e "$verify_r" "$tmp" $pins 2>&1 |
+  "$rs" --default-packages=NULL -e "$verify_r" "$tmp/.verified" "$tmp" $pins 2>&1 |
     while IFS= read -r l; do say "$l"; done
   # (the verification's verdict: every package loaded, none missing)
   [ -f "$tmp/.verified" ] || fail "some packages do not load"
@@ -70,6 +70,13 @@ receive() {
   finish
 }
 
+# A host that shares the library another host just wrote: its own R loads it.
+verify() {
+  "$rs" --default-packages=NULL -e "$verify_r" "" "$target" $pins 2>&1 |
+    while IFS= read -r l; do say "$l"; done
+  say "STATE=verified"
+}
+
 install() {
   prepare
   "$rs" --default-packages=NULL -e "$install_r" "$tmp" "$repos" $pins 2>&1 |
@@ -81,4 +88,5 @@ case $mode in
   probe) probe "$@";;
   receive) receive;;
   install) install;;
+  verify) verify;;
 esac

@@ -1,11 +1,12 @@
 # sshcluster sync: every package of a new library loads, with the host's own R, before
-# the library is renamed into place. Arguments: the library, then name=version pins.
-# Prints HAVE=name version, and LOADFAIL=name<TAB>R's error for each that will not load;
-# writes LIB/.verified when all are there, at their pinned versions, and load.
+# the library is renamed into place. Arguments: a file to create when all is well (""
+# none), the library, then name=version pins. Prints HAVE=name version, and
+# LOADFAIL=name<TAB>R's error for each that will not load.
 local({
   a <- commandArgs(TRUE)
-  lib <- a[[1]]
-  pins <- do.call(rbind, strsplit(a[-1], "=", fixed = TRUE))
+  mark <- a[[1]]
+  lib <- a[[2]]
+  pins <- do.call(rbind, strsplit(a[-(1:2)], "=", fixed = TRUE))
   pk <- pins[, 1]
   want <- stats::setNames(pins[, 2], pk)
   .libPaths(c(lib, .libPaths()))
@@ -27,5 +28,5 @@ local({
       cat("LOADFAIL=", p, "\t", said, "\n", sep = "")
     }
   }
-  if (ok) invisible(file.create(file.path(lib, ".verified")))
+  if (ok && nzchar(mark)) invisible(file.create(mark))
 })
