@@ -24,8 +24,8 @@ from click.testing import CliRunner
 import sshcluster
 from sshcluster.bootstrap import RenderOptions, write_bootstrap
 from sshcluster.cli import cli
-from sshcluster.inventory import load_inventory
-from sshcluster.packages import reference
+from sshcluster.inventory import Host, load_inventory
+from sshcluster.packages import HostSync, Reference, RPackage, SyncReport, reference
 from sshcluster.testing import Testbed
 from sshcluster.testing.fixtures import run_r_in_test
 from sshcluster.testing.rpackages import (
@@ -260,3 +260,18 @@ def test_hosts_sharing_the_directory_get_it_once_and_check_sees_it_incomplete(
     for h in report.hosts:
         step = h.checks["packages"]
         assert step.status == "failed" and f"{lib} lacks {PURE}" in step.detail, step
+
+
+def test_the_report_gives_a_verdict_per_host_and_its_json() -> None:
+    ref = Reference("the primary", "4.2.2", (RPackage("a", "1.0", "/l/a"),))
+    report = SyncReport(ref, (
+        HostSync(Host("h1"), "copied", "1 packages in /x", sent=2000),
+        HostSync(Host("host-two"), "failed", "will not load on host-two: a needs ...",
+                 load_errors={"a": "libz.so: cannot open shared object file"})), 1.5)
+    assert not report.ok and [h.label for h in report.failed] == ["host-two"]
+    assert report.verdicts() == ["h1        copied: 1 packages in /x (2.0 KB sent)",
+                                 "host-two  FAILED: will not load on host-two: a needs ..."]
+    assert "1 of 2 hosts have the 1 packages" in report.summary()
+    doc = report.to_dict()
+    assert doc["sent"] == 2000 and doc["hosts"][1]["load_errors"] == {
+        "a": "libz.so: cannot open shared object file"}
