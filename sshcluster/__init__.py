@@ -39,6 +39,7 @@ from sshcluster.inventory import (
     load_inventory,
     parse_inventory,
 )
+from sshcluster.packages import SyncReport, sync, sync_async
 from sshcluster.preflight import check, check_async, verified_inventory
 from sshcluster.report import CheckReport, HostReport, StepResult
 
@@ -59,6 +60,7 @@ __all__ = [
     "RenderOptions",
     "SshclusterError",
     "StepResult",
+    "SyncReport",
     "TestbedError",
     "UnsafePathError",
     "__version__",
@@ -68,6 +70,8 @@ __all__ = [
     "load_inventory",
     "parse_inventory",
     "render",
+    "sync",
+    "sync_async",
     "verified_inventory",
     "write_bootstrap",
 ]

@@ -78,6 +78,9 @@ class RenderOptions:
     fork: bool | None = None
     register: tuple[Register, ...] = ()
     worker_output: str | None = None
+    #: The content hash of the R package environment ``sshcluster sync`` gave the
+    #: hosts (``Reference.digest``): its library goes first on the workers' .libPaths().
+    library_digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -260,6 +263,11 @@ def render(inventory: Inventory, options: RenderOptions | None = None) -> str:
     ]
     lines += _fast(inventory, opts, plan) if plan.launch == "fast" else _classic(
         inventory, opts, plan)
+    if opts.library_digest:
+        roots = list(dict.fromkeys(inventory.library_of(h) for h in inventory.hosts))
+        lines += [_R_SOURCES["library.R"],
+                  f"use_library(parallelCluster, {_r_value(roots)}, "
+                  f"{r_string(opts.library_digest)})"]
     lines += ["})", ""]
     return "\n".join(lines)
 
@@ -270,7 +278,8 @@ MIN_R_VERSION = "4.1.0"
 #: The launcher's R code and the scripts it runs, pasted as they are into the file.
 _R_SOURCES = {
     name: resources.files("sshcluster").joinpath("R").joinpath(name).read_text(encoding="utf-8")
-    for name in ("common.R", "proof.R", "launch.R", "classic.R", "worker.R", "remote.sh",
+    for name in ("common.R", "proof.R", "launch.R", "classic.R", "worker.R", "library.R",
+                 "remote.sh",
                  "supervisor.sh", "read_script.sh")
 }
 
@@ -450,6 +459,11 @@ def _header(inventory: Inventory, opts: RenderOptions, plan: _Plan) -> list[str]
     note = opts.note or inventory.check_note
     if note:
         lines += [f"# {_comment(line)}" for line in note.splitlines()]
+    if opts.library_digest:
+        root = inventory.library_of(inventory.hosts[0]) if inventory.hosts else ""
+        lines += [f"# R packages: first from sshcluster's library {_comment(root)}/R-x.y/"
+                  f"{_comment(opts.library_digest)}", "# (made by 'sshcluster sync'; x.y is "
+                  "each worker's R)."]
     lines += [
         "#",
         "# Use:  source(\"this-file.R\")   then parallel::parLapply(parallelCluster, ...) etc.",

@@ -25,7 +25,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from sshcluster import __version__, bootstrap
+from sshcluster import __version__, bootstrap, packages
 from sshcluster.ec2.cli import ec2_group
 from sshcluster.errors import CheckFailed, SshclusterError
 from sshcluster.helpformat import use_help_formatter
@@ -241,7 +241,9 @@ def render(inventory: str, output: str | None, launch: str | None, tunnel: str |
         register.append("future")
     if use_doparallel:
         register.append("doparallel")
+    ref = packages.reference(inv)
     options = bootstrap.RenderOptions(
+        library_digest=ref.digest if ref else None,
         launch="classic" if launch == "classic" else "fast" if launch else None,
         tunnel="reverse" if tunnel == "reverse" else "none" if tunnel else None,
         fork=fork,
@@ -286,6 +288,39 @@ def _checked(inv: Inventory, *, timeout: float, accept_new: bool, allow_partial:
     for host in report.failed:
         note(f"left out {host.label}: failed {', '.join(host.failed)}")
     return verified
+
+
+@cli.command("sync")
+@click.argument("inventory", type=click.Path(dir_okay=False))
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
+              default=packages.SYNC_TIMEOUT, show_default=True,
+              help="Seconds one host's sync may take; a host not done by then fails.")
+@click.option("--json", "as_json", is_flag=True, help="Print only a JSON report on stdout.")
+def sync_command(inventory: str, timeout: float, as_json: bool) -> None:
+    """Give every host of INVENTORY the primary's R packages, all hosts at once.
+
+    The packages are the r_packages and everything they need, as the primary has them
+    (or the inventory's lockfile:). A host with the primary's R minor version, platform
+    and OS gets the primary's installed builds over ssh; any other installs the pinned
+    versions from repos:. They go into a library of sshcluster's own on each host,
+    named by its content and put in place whole; the rendered file puts it first on
+    the workers' library path. Exit status: 0 every host has them, 1 some host failed.
+    """
+    inv = load_inventory(inventory)
+
+    def progress(label: str, what: str) -> None:
+        if not as_json:
+            click.echo(f"{label}: {what}", err=True)
+
+    report = packages.sync(inv, progress=progress, timeout=timeout)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        for line in report.verdicts():
+            click.echo(line)
+        click.secho(report.summary(), fg="green" if report.ok else "red", bold=True)
+    if not report.ok:
+        raise click.exceptions.Exit(1)
 
 
 @cli.command()

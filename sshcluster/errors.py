@@ -114,6 +114,20 @@ class UnsafePathError(SshclusterError):
     exit_code = 2
 
 
+class PackagesError(SshclusterError):
+    """The R package environment cannot be known or made: no reference, a lockfile that
+    cannot be read, a sync that could not run at all."""
+
+
+class SyncFailed(SshclusterError):
+    """``sync`` left some host without the environment; ``report`` (a
+    :class:`~sshcluster.packages.SyncReport`) holds every host's outcome."""
+
+    def __init__(self, message: str, *, report: object, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.report = report
+
+
 class EC2Error(SshclusterError):
     """AWS refused or failed a request; ``code`` is AWS's error code when there is one."""
 
@@ -169,9 +183,11 @@ __all__ = [
     "NoRegion",
     "NoSuchCluster",
     "OutputExistsError",
+    "PackagesError",
     "QuotingError",
     "RenderError",
     "SshclusterError",
+    "SyncFailed",
     "TestbedError",
     "UnsafePathError",
 ]

@@ -18,6 +18,14 @@ from typing import Any, Literal
 
 import yaml
 
+from sshcluster.requirements import (
+    PACKAGE_MODES,
+    Constraint,
+    PackageMode,
+    Packages,
+    read_package_settings,
+    read_r_packages,
+)
 from sshcluster.yamlfile import Map, Reader, Seq, describe, join_field, load_yaml, read_text
 
 #: ``ncore: auto`` — the core count is detected by ``sshcluster check``.
@@ -42,7 +50,8 @@ REGISTERS: tuple[Register, ...] = ("future", "doparallel")
 #: Default seconds for all workers to connect (R's own default setup_timeout).
 SETUP_TIMEOUT = 120
 
-_R_PACKAGE = re.compile(r"^[A-Za-z][A-Za-z0-9.]*$")
+#: Where ``sshcluster sync`` keeps its own R libraries on a host, by default.
+DEFAULT_LIBRARY = "~/.cache/sshcluster/lib"
 _LOCALE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 #: No control characters, and no backslash: the path reaches each host's login shell in
 #: single quotes, where fish (unlike sh and csh) reads \\ and \' as escapes.
@@ -64,6 +73,7 @@ class Host:
     ssh_port: int | None = None
     identity_file: str | None = None
     rscript: str | None = None
+    library: str | None = None
     line: int | None = field(default=None, compare=False)
     field_lines: tuple[tuple[str, int], ...] = field(default=(), compare=False)
 
@@ -129,8 +139,14 @@ class Inventory:
     locale: str | None = None
     reverse_ssh: ReverseSsh = "optional"
     worker_output: str = "none"
+    packages: Packages = field(default_factory=Packages)
+    library: str = DEFAULT_LIBRARY
     path: str | None = field(default=None, compare=False)
     check_note: str | None = None
+
+    def library_of(self, host: Host) -> str:
+        """The directory under which ``sync`` keeps its libraries on ``host``."""
+        return host.library or self.library
 
     @property
     def workers(self) -> int:
@@ -178,13 +194,21 @@ class _Reader(Reader):
                             line=line, field=where)
         return value
 
+    def remote_dir(self, value: Any, where: str, line: int) -> str:
+        # (a path on the hosts, not here: ~ is theirs, so it is not resolved)
+        if not isinstance(value, str) or not _SAFE_PATH.match(value) or "'" in value \
+                or not (value.startswith("/") or value.startswith("~/")):
+            raise self.fail(f"expected a directory on the hosts (/... or ~/..., no quotes), "
+                            f"got {describe(value)}", line=line, field=where)
+        return value.rstrip("/") or "/"
 
-_HOST_KEYS = ("host", "user", "ncore", "ssh_port", "identity_file", "rscript")
-_DEFAULT_KEYS = ("user", "ncore", "ssh_port", "identity_file", "rscript")
+
+_HOST_KEYS = ("host", "user", "ncore", "ssh_port", "identity_file", "rscript", "library")
+_DEFAULT_KEYS = ("user", "ncore", "ssh_port", "identity_file", "rscript", "library")
 _PRIMARY_KEYS = ("host", "user", "ssh_port")
 _TOP_KEYS = ("primary", "port", "defaults", "hosts", "known_hosts", "r_packages", "launch",
              "tunnel", "fork", "register", "setup_timeout", "locale", "reverse_ssh",
-             "worker_output")
+             "worker_output", "packages", "lockfile", "repos", "library")
 
 
 def _host_fields(reader: _Reader, m: Map, where: str,
@@ -206,6 +230,8 @@ def _host_fields(reader: _Reader, m: Map, where: str,
             out[key] = reader.path_value(value, name, line)
         elif key == "rscript":
             out[key] = reader.rscript(value, name, line)
+        elif key == "library":
+            out[key] = reader.remote_dir(value, name, line)
     return out
 
 
@@ -241,19 +267,16 @@ def _read(doc: Any, reader: _Reader) -> Inventory:
         if "known_hosts" in top else None
 
     r_packages: tuple[str, ...] = ()
+    pk: dict[str, Any] = {}
     if "r_packages" in top:
-        raw = top["r_packages"]
-        rline = reader.line_of(top, "r_packages")
-        if not isinstance(raw, Seq):
-            raise reader.fail(f"expected a list of R package names, got {describe(raw)}",
-                              line=rline, field="r_packages")
-        for i, pkg in enumerate(raw):
-            if not isinstance(pkg, str) or not _R_PACKAGE.match(pkg):
-                raise reader.fail(f"{describe(pkg)} is not an R package name",
-                                  line=raw.item_lines[i], field=f"r_packages[{i}]")
-        r_packages = tuple(raw)
+        r_packages, pk["constraints"] = read_r_packages(reader, top["r_packages"],
+                                                        reader.line_of(top, "r_packages"))
+    pk.update(read_package_settings(reader, top))
 
     how: dict[str, Any] = {}
+    if "library" in top:
+        how["library"] = reader.remote_dir(top["library"], "library",
+                                           reader.line_of(top, "library"))
     for name, choices in (("launch", LAUNCHES), ("tunnel", TUNNELS),
                           ("reverse_ssh", REVERSE_SSH)):
         if name in top:
@@ -328,7 +351,8 @@ def _read(doc: Any, reader: _Reader) -> Inventory:
         hosts.append(host)
 
     return Inventory(primary=primary, hosts=tuple(hosts), port=port, known_hosts=known_hosts,
-                     r_packages=r_packages, path=reader.path, **how)
+                     r_packages=r_packages, packages=Packages(**pk), path=reader.path,
+                     **how)
 
 
 def parse_inventory(text: str, path: str | None = None) -> Inventory:
@@ -370,7 +394,16 @@ def inventory_to_dict(inv: Inventory) -> dict[str, Any]:
     if inv.known_hosts:
         out["known_hosts"] = inv.known_hosts
     if inv.r_packages:
-        out["r_packages"] = list(inv.r_packages)
+        want = {c.package: f"{c.op} {c.version}" for c in inv.packages.constraints}
+        out["r_packages"] = [{p: want[p]} if p in want else p for p in inv.r_packages]
+    if inv.packages.mode != "match":
+        out["packages"] = inv.packages.mode
+    if inv.packages.lockfile:
+        out["lockfile"] = inv.packages.lockfile
+    if inv.packages.repos:
+        out["repos"] = list(inv.packages.repos)
+    if inv.library != DEFAULT_LIBRARY:
+        out["library"] = inv.library
     if inv.launch != "fast":
         out["launch"] = inv.launch
     if inv.tunnel is not None:
@@ -390,7 +423,7 @@ def inventory_to_dict(inv: Inventory) -> dict[str, Any]:
     hosts = []
     for h in inv.hosts:
         item: dict[str, Any] = {"host": h.host}
-        for name in ("user", "ssh_port", "identity_file", "rscript"):
+        for name in ("user", "ssh_port", "identity_file", "rscript", "library"):
             if getattr(h, name) is not None:
                 item[name] = getattr(h, name)
         item["ncore"] = AUTO if h.ncore is None else h.ncore
@@ -410,14 +443,19 @@ def dump_inventory(inv: Inventory, *, header: str | None = None) -> str:
 
 __all__ = [
     "AUTO",
+    "DEFAULT_LIBRARY",
     "LAUNCHES",
+    "PACKAGE_MODES",
     "REGISTERS",
     "REVERSE_SSH",
     "SETUP_TIMEOUT",
     "TUNNELS",
+    "Constraint",
     "Host",
     "Inventory",
     "Launch",
+    "PackageMode",
+    "Packages",
     "Primary",
     "Register",
     "ReverseSsh",

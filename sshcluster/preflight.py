@@ -47,6 +47,7 @@ from sshcluster.errors import CheckFailed, SshclusterError
 from sshcluster.inventory import AUTO, Host, Inventory
 from sshcluster.knownhosts import KnownHostsFiles
 from sshcluster.net import R_PORT_RANGE
+from sshcluster.packages.reference import Reference, reference_for
 from sshcluster.probe import REMOTE_STEPS
 from sshcluster.report import CheckReport, HostReport
 from sshcluster.sshconfig import SshConfigError, client_settings
@@ -91,8 +92,9 @@ async def check_async(
     each host's report as it completes. ``tunnel`` (default: the inventory's, which for
     the fast launch is the reverse tunnel) checks the callback as the tunnelled launch
     makes it: through an ssh reverse forward of the port, bound to 127.0.0.1 on each
-    host. Never raises for a
-    host's failure.
+    host. With ``r_packages`` (or a ``lockfile:``) the ``packages`` step compares each
+    host's versions with the primary's (or the lockfile's), see
+    :mod:`sshcluster.packages`. Never raises for a host's failure.
     """
     if timeout <= 0:
         raise SshclusterError(f"timeout must be positive, not {timeout}")
@@ -105,14 +107,15 @@ async def check_async(
         connector = Connector(config, KnownHostsFiles(), accept_new)
         async with CallbackListener(port=inventory.port, loopback_only=tunnel,
                                     hosts=len(inventory.hosts)) as listener:
-            r_version, connector.default_host_key_algs = await asyncio.gather(
-                _primary_r_version(), _default_host_key_algorithms())
+            r_version, connector.default_host_key_algs, reference = await asyncio.gather(
+                _primary_r_version(), _default_host_key_algorithms(),
+                reference_for(inventory))
             ctx = CheckContext(
                 inventory=inventory, timeout=timeout, deadline=t0 + timeout,
                 listener=listener, connector=connector,
                 primary_user=inventory.primary.user or getpass.getuser(),
                 slots=asyncio.Semaphore(concurrency), concurrency=concurrency,
-                tunnel=tunnel, primary_r_version=r_version)
+                tunnel=tunnel, primary_r_version=r_version, reference=reference)
 
             async def one(host: Host) -> HostReport:
                 report = await run_host(HostCheck(ctx, host, secrets.token_hex(16)))
@@ -127,8 +130,15 @@ async def check_async(
         primary=primary, port=listener.port, hosts=tuple(reports),
         primary_r_version=ctx.primary_r_version, primary_rscript=shutil.which("Rscript"),
         notes=(*([note] if note else []), *([connections] if connections else []),
-               *listener.notes()), seconds=loop.time() - t0,
-    )
+               *listener.notes(), *_absent_note(reference)), seconds=loop.time() - t0,
+        reference=reference)
+
+
+def _absent_note(reference: Reference | None) -> list[str]:
+    if reference is None or not reference.absent:
+        return []
+    return [f"the primary itself lacks {', '.join(reference.absent)} (needed by r_packages): "
+            "install them here first, so that sync can give them to the hosts"]
 
 
 @contextlib.contextmanager

@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from sshcluster.callback import R_CALLBACK, r_died
-from sshcluster.inventory import Host
-from sshcluster.quoting import r_vector, shell_quote
+from sshcluster.inventory import Host, Packages
+from sshcluster.packages.drift import drift, drift_verdict, host_versions
+from sshcluster.packages.reference import Reference
+from sshcluster.quoting import r_string, r_vector, shell_quote
 from sshcluster.report import StepResult
 
 #: Steps answered by the remote script, in report order.
@@ -48,8 +50,9 @@ step_packages <- function(pk) {{
       as.numeric(Sys.time() - t0, units = "secs"), "\\n", sep = "")
 }}
 {callback}
+{environment}
 step_rscript()
-step_packages({packages})
+{packages_call}
 if (a[2] != "0") step_callback(a[1], as.integer(a[2]), as.numeric(a[3]),
                                Sys.getenv("SSHCLUSTER_NONCE"))
 """
@@ -57,6 +60,9 @@ if (a[2] != "0") step_callback(a[1], as.integer(a[2]), as.numeric(a[3]),
 #: The shell part (``probe.sh``): one function per step. Python only prepends the data,
 #: as shell variables.
 _SH = resources.files("sshcluster").joinpath("probe.sh").read_text(encoding="utf-8")
+#: The packages step against a reference (``step_environment``).
+_ENVIRONMENT_R = resources.files("sshcluster.packages").joinpath("R").joinpath(
+    "environment.R").read_text(encoding="utf-8")
 
 
 def remote_script(
@@ -70,6 +76,8 @@ def remote_script(
     token: str,
     budget: float,
     callback_host: str | None = None,
+    reference: Reference | None = None,
+    library_root: str = "",
 ) -> str:
     """Return the script that ``sh -s`` runs on a worker (sent on its stdin).
 
@@ -77,10 +85,20 @@ def remote_script(
     ``SSH_CONNECTION``); ``port`` the callback port (0: do not call back); ``token`` the
     nonce to send; ``budget`` how many seconds the remote commands may take;
     ``callback_host`` where R calls back when that is not the primary's address (the
-    host's own 127.0.0.1, at the end of a reverse tunnel).
+    host's own 127.0.0.1, at the end of a reverse tunnel). With a ``reference``, the
+    packages step reports the version of each of its packages, looking first in
+    sshcluster's library for it under ``library_root``.
     """
     whole = max(1, int(budget))
-    r_code = _R_CODE.format(packages=r_vector(r_packages), callback=R_CALLBACK.rstrip())
+    if reference is None:
+        environment, call = "", f"step_packages({r_vector(r_packages)})"
+    else:
+        environment = _ENVIRONMENT_R.rstrip()
+        names = (*reference.names, *reference.absent)
+        call = (f"step_environment({r_vector(names)}, {r_string(library_root)}, "
+                f"{r_string(reference.digest)})")
+    r_code = _R_CODE.format(callback=R_CALLBACK.rstrip(), environment=environment,
+                            packages_call=call)
     data = {
         "budget": str(whole),
         "primary": primary or "",
@@ -182,6 +200,9 @@ class RemoteContext:
     host: Host
     primary_r_version: str | None = None
     reverse_ssh_required: bool = False
+    reference: Reference | None = None
+    packages: Packages = field(default_factory=Packages)
+    inventory_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -238,6 +259,13 @@ def packages_step(facts: Facts, ctx: RemoteContext, complete: bool) -> StepResul
         return StepResult("failed", LATE if not complete else r_died(facts))
     missing = [p for p in (facts.get("R_MISSING") or "").split(",") if p]
     secs = facts.number("T_PACKAGES") or 0.0
+    if ctx.reference is not None:
+        lacking = tuple(p for p in (facts.get("ENV_LIB_MISSING") or "").split(",") if p)
+        d = drift(ctx.reference, host_versions(facts.all("PKGV")), facts.get("ENV_R"),
+                  ctx.packages, lacking)
+        return drift_verdict(d, ctx.reference, ctx.host, ctx.packages,
+                             library=facts.get("ENV_LIB") or None, seconds=secs,
+                             inventory_path=ctx.inventory_path)
     if missing:
         return StepResult(
             "failed", f"not installed: {', '.join(missing)}", secs,

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from rich import box
 from rich.console import Console
@@ -21,6 +21,9 @@ from rich.text import Text
 
 from sshcluster.errors import InventoryError, SshclusterError
 from sshcluster.inventory import Host
+
+if TYPE_CHECKING:  # (the packages sub-package builds on this module)
+    from sshcluster.packages.reference import Reference
 
 #: The steps of the check, in the order they run on each host.
 STEPS: tuple[str, ...] = (
@@ -91,6 +94,8 @@ class HostReport:
     address: str | None = None
     seen_primary: str | None = None
     recorded_key: str | None = None
+    packages: Mapping[str, str | None] = field(default_factory=dict)
+    r_platform: str | None = None
 
     @property
     def label(self) -> str:
@@ -150,6 +155,7 @@ class CheckReport:
     primary_rscript: str | None = None
     notes: tuple[str, ...] = ()
     seconds: float = 0.0
+    reference: Reference | None = None
 
     @property
     def ok(self) -> bool:
@@ -175,7 +181,7 @@ class CheckReport:
     def to_dict(self) -> dict[str, Any]:
         """The document ``check --json`` prints, as plain Python values: ``schema`` (its
         version), ``ok``, the counts, ``primary`` and ``port``, ``notes`` and ``hosts``."""
-        return {
+        doc: dict[str, Any] = {
             "schema": SCHEMA_VERSION,
             "ok": self.ok,
             "counts": {
@@ -191,6 +197,12 @@ class CheckReport:
             "notes": list(self.notes),
             "hosts": [h.to_dict() for h in self.hosts],
         }
+        if self.reference is not None:  # the host x package table (issue 22)
+            doc["reference"] = self.reference.to_dict()
+            for h, d in zip(self.hosts, doc["hosts"], strict=True):
+                d["r_platform"] = h.r_platform or ""
+                d["packages"] = {p: h.packages.get(p) for p in self.reference.names}
+        return doc
 
     def to_json(self, *, indent: int | None = 2) -> str:
         """The report as the JSON document that ``sshcluster check --json`` prints."""
@@ -348,6 +360,36 @@ def report_details(report: CheckReport) -> list[Text]:
     return lines
 
 
+def drift_lines(report: CheckReport) -> list[Text]:
+    """The package drift as a small table: only the packages some host has in another
+    version (or not at all), only the hosts that differ; ``-`` for not installed."""
+    ref = report.reference
+    if ref is None:
+        return []
+    want = ref.versions
+    hosts = [h for h in report.hosts if h.packages and any(
+        h.packages.get(p) != v for p, v in want.items())]
+    names = [p for p in ref.names if any(h.packages.get(p) != want[p] for h in hosts)]
+    if not names:
+        return []
+    width = max([len(ref.source), *(len(h.label) for h in hosts)]) + 2
+    cols = [max(len(p), len(want[p]), *(len(h.packages.get(p) or "-") for h in hosts)) + 2
+            for p in names]
+    pairs = list(zip(names, cols, strict=True))
+    lines = [Text("package drift:", style="bold"),
+             Text("".ljust(width) + "".join(p.ljust(c) for p, c in pairs)),
+             Text(ref.source.ljust(width) + "".join(want[p].ljust(c) for p, c in pairs),
+                  style="dim")]
+    for h in hosts:
+        line = Text(h.label.ljust(width))
+        for p, c in pairs:
+            v = h.packages.get(p)
+            line.append((v or "-").ljust(c), style="" if v == want[p] else
+                        "red" if v is None else "yellow")
+        lines.append(line)
+    return lines
+
+
 def print_report(report: CheckReport, console: Console, *, table: bool = True) -> None:
     """Print the table (unless not ``table``), the details of what failed or warned, and
     the summary line."""
@@ -359,7 +401,7 @@ def print_report(report: CheckReport, console: Console, *, table: bool = True) -
         if console.width < _full_width(report):
             legend = ", ".join(f"{v}={k}" for k, v in SHORT_NAMES.items())
             console.print(Text(legend, style="dim"), soft_wrap=True)
-    details = report_details(report)
+    details = report_details(report) + drift_lines(report)
     if details:
         if table:
             console.print()
@@ -381,6 +423,7 @@ __all__ = [
     "Status",
     "StepResult",
     "check_schema",
+    "drift_lines",
     "error_document",
     "print_report",
     "report_details",

@@ -28,6 +28,8 @@ from sshcluster.callback import CallbackListener, callback_verdict
 from sshcluster.errors import SshclusterError
 from sshcluster.hints import DNS_HINT, TIMEOUT_HINTS, auth_hint, blame
 from sshcluster.inventory import AUTO, Host, Inventory
+from sshcluster.packages.drift import host_versions
+from sshcluster.packages.reference import Reference
 from sshcluster.probe import (
     VERDICTS,
     Facts,
@@ -57,6 +59,7 @@ class CheckContext:
     concurrency: int
     tunnel: bool = False
     primary_r_version: str | None = None
+    reference: Reference | None = None
 
     def remaining(self) -> float:
         """Seconds left until the deadline."""
@@ -88,8 +91,11 @@ class HostCheck:
 
     def remote_context(self) -> RemoteContext:
         """What the remote verdicts need besides the facts."""
+        inv = self.ctx.inventory
         return RemoteContext(self.host, self.ctx.primary_r_version,
-                             reverse_ssh_required=self.ctx.inventory.reverse_ssh == "required")
+                             reverse_ssh_required=inv.reverse_ssh == "required",
+                             reference=self.ctx.reference, packages=inv.packages,
+                             inventory_path=inv.path)
 
     async def close(self) -> None:
         """Close whatever the steps opened (idempotent)."""
@@ -291,7 +297,7 @@ async def _run_remote(hc: HostCheck) -> None:
         callback_host="127.0.0.1" if ctx.tunnel else None,
         primary_user=ctx.primary_user, primary_ssh_port=inv.primary.ssh_port,
         port=0 if listener.error or hc.tunnel_error else listener.port, token=hc.nonce,
-        budget=budget)
+        budget=budget, reference=ctx.reference, library_root=inv.library_of(hc.host))
     try:
         proc = await hc.conn.create_process("sh -s", encoding="utf-8", errors="replace",
                                             stderr=asyncssh.STDOUT)
@@ -439,7 +445,9 @@ def _report(hc: HostCheck, results: dict[str, StepResult], *, complete: bool) ->
                       ncore=what.ncore, rscript=what.rscript, r_version=what.r_version,
                       address=hc.address, seen_primary=what.seen_primary,
                       recorded_key=hc.decision.verdict.recorded
-                      if hc.decision and hc.decision.verdict else None)
+                      if hc.decision and hc.decision.verdict else None,
+                      packages=host_versions(hc.facts.all("PKGV")),
+                      r_platform=hc.facts.get("ENV_PLATFORM"))
 
 
 __all__ = ["STEPS", "TIMEOUT_HINTS", "CheckContext", "HostCheck", "Step", "run_host"]

@@ -1,0 +1,19 @@
+# sshcluster: the workers load the packages of `sshcluster sync` first. Each worker puts
+# sshcluster's library for this environment (ROOT/R-x.y/DIGEST, x.y its own R) first on
+# its .libPaths() when the library is there whole (its manifest is written before the
+# rename that puts it in place); a host without it keeps its own libraries, which
+# `sshcluster check` then names.
+use_library <- function(cl, roots, digest) {
+  parallel::clusterCall(cl, function(roots, digest) {
+    minor <- paste0("R-", R.version$major, ".", sub("[.].*", "", R.version$minor))
+    for (root in roots) {
+      lib <- file.path(path.expand(root), minor, digest)
+      if (file.exists(file.path(lib, "SSHCLUSTER-MANIFEST"))) {
+        .libPaths(c(lib, .libPaths()))
+        return(lib)
+      }
+    }
+    NA_character_
+  }, roots, digest)
+  invisible(cl)
+}

@@ -1,0 +1,92 @@
+# sshcluster sync: what runs on each host. sshcluster.packages.sync prepends the data as
+# shell variables: mode (probe, receive, install or verify), rscript, root, digest, token,
+# manifest (the packages, one per line), verify_r and install_r (R code), repos, pins.
+# Every answer is one KEY=value line. Nothing is ever written into the user's own R
+# libraries: only under $root, and a library appears there whole (a rename) or not at all.
+
+say() { printf '%s\n' "$1"; }
+fail() { say "FAILED=$1"; exit 1; }
+
+case $root in "~/"*) root=$HOME/${root#"~/"};; "~") root=$HOME;; esac
+rs=${rscript:-$(command -v Rscript 2>/dev/null)}
+[ -n "$rs" ] || fail "no Rscript on the PATH of a non-interactive shell: $PATH"
+
+# R's version and platform, and this library's place for this R minor version.
+facts=$("$rs" --default-packages=NULL -e 'cat(R.version$major, ".", R.version$minor, " ",
+  R.version$major, ".", sub("[.].*", "", R.version$minor), " ", R.version$platform, "\n", sep = "")') ||
+  fail "$rs did not run"
+set -- $facts
+base=$root/R-$2
+target=$base/$digest
+
+probe() {
+  say "R_VERSION=$1"
+  say "PLATFORM=$3"
+  os=
+  if [ -r /etc/os-release ]; then os=$(. /etc/os-release && echo "$ID $VERSION_ID"); fi
+  say "OS=$os"
+  mkdir -p "$base" || fail "cannot make $base"
+  # Hosts that share this directory (one home on NFS) read the same id: the first
+  # to link its token in place wins, atomically, and the library is sent once.
+  if [ ! -s "$root/.sshcluster-id" ]; then
+    printf '%s\n' "$token" >"$root/.id-$token" && ln "$root/.id-$token" "$root/.sshcluster-id" 2>/dev/null
+    rm -f "$root/.id-$token"
+  fi
+  say "SHARED_ID=$(cat "$root/.sshcluster-id")"
+  say "LIBRARY=$target"
+  if [ -f "$target/SSHCLUSTER-MANIFEST" ]; then say "STATE=complete"; else say "STATE=absent"; fi
+}
+
+# Whole or not at all: into a fresh directory next to the target, checked there by
+# loading every package, then renamed into place. An interruption leaves only the
+# .incoming- directory, which no R ever looks at (and the next sync removes).
+prepare() {
+  mkdir -p "$base" || fail "cannot make $base"
+  find "$base" -maxdepth 1 -name '.incoming-*' -mmin +60 -exec rm -rf {} + 2>/dev/null
+  tmp=$(mktemp -d "$base/.incoming-$digest-XXXXXX") || fail "cannot write in $base"
+  trap 'rm -rf "$tmp"' EXIT
+  trap 'exit 1' HUP INT TERM PIPE
+}
+
+finish() {
+  printf '%s\n' "$manifest" >"$tmp/SSHCLUSTER-MANIFEST"
+  "$rs" --default-packages=NULL -e "$verify_r" "$tmp/.verified" "$tmp" $pins 2>&1 |
+    while IFS= read -r l; do say "$l"; done
+  # (the verification's verdict: every package loaded, none missing)
+  [ -f "$tmp/.verified" ] || fail "some packages do not load"
+  rm -f "$tmp/.verified"
+  if [ -e "$target" ]; then
+    say "STATE=there"  # another sync got here first: the same content, by its name
+  else
+    mv "$tmp" "$target" || fail "cannot rename into $target"
+    trap - EXIT
+    say "STATE=complete"
+  fi
+}
+
+receive() {
+  prepare
+  gzip -dc | tar -xf - -C "$tmp" || fail "the package archive did not arrive whole"
+  finish
+}
+
+# A host that shares the library another host just wrote: its own R loads it.
+verify() {
+  "$rs" --default-packages=NULL -e "$verify_r" "" "$target" $pins 2>&1 |
+    while IFS= read -r l; do say "$l"; done
+  say "STATE=verified"
+}
+
+install() {
+  prepare
+  "$rs" --default-packages=NULL -e "$install_r" "$tmp" "$repos" $pins 2>&1 |
+    while IFS= read -r l; do say "$l"; done
+  finish
+}
+
+case $mode in
+  probe) probe "$@";;
+  receive) receive;;
+  install) install;;
+  verify) verify;;
+esac

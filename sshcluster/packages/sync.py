@@ -1,0 +1,383 @@
+"""``sync``: give every host the reference's R packages, all hosts at once.
+
+Per host, one ssh session asks what is there (``R/sync.sh``, mode ``probe``): R's
+version and platform, the OS release, whether sshcluster's library for this
+environment (``<library>/R-<x.y>/<digest>``) is already complete, and an id that hosts
+sharing that directory (one home on NFS) have in common. Then, once per directory:
+
+* **same platform as the primary** (R major.minor, ``R.version$platform``, OS release):
+  the primary's installed package directories, packed once (tar, gzip), are streamed
+  over ssh, as renv's cache or conda-pack ship builds;
+* **otherwise, or from a lockfile**: the pinned versions are installed from
+  ``repos:`` (default: the primary's ``getOption("repos")``) by the host's own R.
+
+Either way the packages land in a fresh directory, every one of them is loaded by the
+host's R there, and only then is the directory renamed into place: a library is there
+whole or not at all, and a package that will not load (a shared library missing on
+that host) is named with the library from R's error. The user's own libraries are never
+written. A host whose library is complete is sent nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import secrets
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from sshcluster.bootstrap import ssh_command
+from sshcluster.errors import PackagesError, SyncFailed
+from sshcluster.inventory import Host, Inventory
+from sshcluster.packages.reference import Reference, reference_for
+from sshcluster.quoting import shell_quote
+
+#: Seconds one host's sync may take (an install from source can take minutes).
+SYNC_TIMEOUT = 1800.0
+#: Hosts synced at the same time.
+SYNC_CONCURRENCY = 32
+
+Outcome = Literal["up to date", "copied", "installed", "shared", "failed"]
+
+#: Called with a host's label and what it is doing now (for progress displays).
+SyncProgress = Callable[[str, str], None]
+
+_R = resources.files("sshcluster.packages").joinpath("R")
+_SH = _R.joinpath("sync.sh").read_text(encoding="utf-8")
+_VERIFY_R = _R.joinpath("verify.R").read_text(encoding="utf-8")
+_INSTALL_R = _R.joinpath("install.R").read_text(encoding="utf-8")
+_MISSING_SO = re.compile(r"([^\s:'\"]+\.so[.0-9]*): cannot open shared object file")
+
+
+@dataclass(frozen=True)
+class HostSync:
+    """One host's outcome: ``outcome``, a sentence, the bytes sent to it, its library
+    (as the host names it), the packages that will not load (name: R's error)."""
+
+    host: Host
+    outcome: Outcome
+    detail: str = ""
+    sent: int = 0
+    library: str | None = None
+    seconds: float = 0.0
+    load_errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """The host as named in the inventory."""
+        return self.host.label
+
+    @property
+    def ok(self) -> bool:
+        """True when the host now has the environment."""
+        return self.outcome != "failed"
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """Every host's outcome of one ``sync``, and the reference it synced to."""
+
+    reference: Reference
+    hosts: tuple[HostSync, ...]
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when every host has the environment."""
+        return all(h.ok for h in self.hosts)
+
+    @property
+    def failed(self) -> tuple[HostSync, ...]:
+        """The hosts that did not get it."""
+        return tuple(h for h in self.hosts if not h.ok)
+
+    @property
+    def sent(self) -> int:
+        """Bytes sent to all hosts together."""
+        return sum(h.sent for h in self.hosts)
+
+    def __getitem__(self, label: str) -> HostSync:
+        for h in self.hosts:
+            if label in (h.label, h.host.host):
+                return h
+        raise KeyError(label)
+
+    def to_dict(self) -> dict[str, object]:
+        """The report as plain values (``sshcluster sync --json``)."""
+        return {"ok": self.ok, "library": self.reference.digest, "sent": self.sent,
+                "seconds": round(self.seconds, 3), "reference": self.reference.to_dict(),
+                "hosts": [{"host": h.label, "ok": h.ok, "outcome": h.outcome,
+                           "detail": h.detail, "sent": h.sent, "library": h.library or "",
+                           "load_errors": h.load_errors, "seconds": round(h.seconds, 3)}
+                          for h in self.hosts]}
+
+    def verdicts(self) -> list[str]:
+        """One line per host: its outcome, what it got, what was sent."""
+        width = max([4, *(len(h.label) for h in self.hosts)])
+        return [f"{h.label.ljust(width)}  {h.outcome.upper() if not h.ok else h.outcome}: "
+                f"{h.detail}" + (f" ({_size(h.sent)} sent)" if h.sent else "")
+                for h in self.hosts]
+
+    def summary(self) -> str:
+        """One line: how many hosts have the environment, what was sent, how long."""
+        n = len(self.hosts)
+        good = n - len(self.failed)
+        return (f"{good} of {n} host{'s' if n != 1 else ''} have the {len(self.reference.names)} "
+                f"packages of {self.reference.source} (library {self.reference.digest}); "
+                f"{_size(self.sent)} sent, {self.seconds:.1f} s")
+
+
+@dataclass
+class _Facts:
+    values: dict[str, list[str]] = field(default_factory=dict)
+    other: list[str] = field(default_factory=list)
+
+    def add(self, line: str) -> None:
+        key, eq, value = line.rstrip("\r\n").partition("=")
+        if eq and re.fullmatch(r"[A-Z_]+", key):
+            self.values.setdefault(key, []).append(value)
+        elif line.strip():
+            self.other.append(line.rstrip())
+
+    def get(self, key: str) -> str:
+        v = self.values.get(key)
+        return v[-1] if v else ""
+
+
+class _Syncer:
+    """One sync run: the inventory, the reference, the archive of the primary's builds
+    (packed once, on first need) and the shared directories already being synced."""
+
+    def __init__(self, inventory: Inventory, ref: Reference, progress: SyncProgress | None,
+                 timeout: float, workdir: Path) -> None:
+        self.inventory, self.ref, self.timeout = inventory, ref, timeout
+        self.progress = progress or (lambda label, what: None)
+        self.workdir = workdir
+        self.archive: asyncio.Task[Path] | None = None
+        self.shared: dict[tuple[str, str], asyncio.Future[HostSync]] = {}
+        self.slots = asyncio.Semaphore(SYNC_CONCURRENCY)
+
+    async def _ssh(self, host: Host, mode: str, stdin: Path | None = None) -> tuple[_Facts, int]:
+        """Run ``R/sync.sh`` in ``mode`` on ``host`` (``stdin``: a file to stream to it)."""
+        data = {
+            "mode": mode, "rscript": host.rscript or "",
+            "root": self.inventory.library_of(host), "digest": self.ref.digest,
+            "token": secrets.token_hex(8), "manifest": "\n".join(self.ref.names),
+            "verify_r": _VERIFY_R, "install_r": _INSTALL_R if mode == "install" else "",
+            "repos": " ".join(self.inventory.packages.repos or self.ref.repos),
+            "pins": " ".join(f"{p.name}={p.version}" for p in self.ref.packages),
+        }
+        script = "".join(f"{k}={shell_quote(v)}\n" for k, v in data.items()) + _SH
+        argv = [*ssh_command(self.inventory, host), *(["-l", host.user] if host.user else []),
+                "--", host.host, f"sh -c {shell_quote(script)}"]
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+        facts, sent = _Facts(), 0
+        try:
+            assert proc.stdin is not None and proc.stdout is not None
+
+            async def feed() -> None:
+                nonlocal sent
+                assert proc.stdin is not None
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    if stdin is not None:
+                        with stdin.open("rb") as f:
+                            while chunk := f.read(1 << 20):
+                                proc.stdin.write(chunk)
+                                sent += len(chunk)
+                                await proc.stdin.drain()
+                    proc.stdin.close()
+
+            async def read() -> None:
+                assert proc.stdout is not None
+                async for raw in proc.stdout:
+                    facts.add(raw.decode(errors="replace"))
+
+            await asyncio.gather(feed(), read(), proc.wait())
+        finally:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        return facts, sent
+
+    async def _archive(self) -> Path:
+        """The primary's builds of the reference's packages, as one tar.gz (made once)."""
+        path = self.workdir / f"{self.ref.digest}.tar.gz"
+
+        def pack() -> None:
+            with tarfile.open(path, "w:gz", compresslevel=1) as tar:
+                for p in self.ref.packages:
+                    assert p.path is not None
+                    tar.add(p.path, arcname=p.name)
+
+        await asyncio.to_thread(pack)
+        return path
+
+    def _same_platform(self, facts: _Facts) -> bool:
+        ref = self.ref
+        minor = ".".join(facts.get("R_VERSION").split(".")[:2])
+        return (all(p.path for p in ref.packages) and minor == ref.r_minor
+                and facts.get("PLATFORM") == ref.platform and facts.get("OS") == ref.os_release)
+
+    async def host(self, host: Host) -> HostSync:
+        """Sync one host; never raises for the host's failure."""
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        async with self.slots:
+            try:
+                result = await asyncio.wait_for(self._host(host), self.timeout)
+            except asyncio.TimeoutError:
+                result = HostSync(host, "failed", f"not done within {self.timeout:g} s")
+            except (OSError, PackagesError) as e:
+                result = HostSync(host, "failed", str(e))
+        result = replace(result, seconds=loop.time() - t0)
+        self.progress(host.label, f"{result.outcome}: {result.detail}" if result.detail
+                      else result.outcome)
+        return result
+
+    async def _host(self, host: Host) -> HostSync:
+        self.progress(host.label, "looking")
+        facts, _ = await self._ssh(host, "probe")
+        library = facts.get("LIBRARY") or None
+        if facts.get("FAILED") or not facts.get("STATE"):
+            return HostSync(host, "failed", _said(facts), library=library)
+        if facts.get("STATE") == "complete":
+            return HostSync(host, "up to date", f"{library} is complete", library=library)
+        key = (facts.get("SHARED_ID"), library or "")
+        if key in self.shared:  # another host of the run writes this very directory
+            first = await self.shared[key]
+            if not first.ok:
+                return HostSync(host, "failed", f"shares {library} with {first.label}, "
+                                                "which failed", library=library)
+            out, _ = await self._ssh(host, "verify")
+            errors = _load_errors(out)
+            if errors or out.get("STATE") != "verified":
+                said = "; ".join(_load_error(p, e) for p, e in errors.items()) or _said(out)
+                return HostSync(host, "failed", f"shares {library} with {first.label}, but "
+                                                f"will not load on {host.label}: {said}",
+                                library=library, load_errors=errors)
+            return HostSync(host, "shared", f"shares {library} with {first.label}",
+                            library=library)
+        self.shared[key] = done = asyncio.get_running_loop().create_future()
+        try:
+            result = await self._fill(host, facts, library)
+        except BaseException as e:
+            done.set_result(HostSync(host, "failed", f"{type(e).__name__}: {e}"))
+            raise
+        done.set_result(result)
+        return result
+
+    async def _fill(self, host: Host, facts: _Facts, library: str | None) -> HostSync:
+        if self._same_platform(facts):
+            if self.archive is None:
+                self.archive = asyncio.ensure_future(self._archive())
+            archive = await asyncio.shield(self.archive)
+            self.progress(host.label, f"sending {_size(archive.stat().st_size)}")
+            out, sent = await self._ssh(host, "receive", archive)
+            outcome: Outcome = "copied"
+        else:
+            self.progress(host.label, f"installing {len(self.ref.names)} packages (R "
+                                      f"{facts.get('R_VERSION')}, {facts.get('PLATFORM')})")
+            out, sent = await self._ssh(host, "install")
+            outcome = "installed"
+        errors = _load_errors(out)
+        if out.get("STATE") in ("complete", "there"):
+            return HostSync(host, outcome, f"{len(self.ref.names)} packages in {library}",
+                            sent, library)
+        if errors:
+            said = "; ".join(_load_error(p, e) for p, e in errors.items())
+            return HostSync(host, "failed", f"will not load on {host.label}: {said}; nothing "
+                                            "was put on the workers' library path", sent,
+                            library, load_errors=errors)
+        want = self.ref.versions
+        wrong = [f"{name} {v or 'missing'} (wanted {want[name]})" for name, _, v in
+                 (h.partition(" ") for h in out.values.get("HAVE", []))
+                 if name in want and v != want[name]]
+        if wrong:
+            return HostSync(host, "failed", f"not as pinned: {', '.join(wrong)} "
+                                            f"({_said(out)})", sent, library)
+        return HostSync(host, "failed", _said(out), sent, library)
+
+
+def _said(facts: _Facts) -> str:
+    said = "; ".join([*facts.other[-3:], *facts.values.get("FAILED", [])[-1:]])
+    return said or "no answer"
+
+
+def _load_errors(facts: _Facts) -> dict[str, str]:
+    return {p: e for p, _, e in (x.partition("\t") for x in facts.values.get("LOADFAIL", []))}
+
+
+def _load_error(package: str, error: str) -> str:
+    m = _MISSING_SO.search(error)
+    if m:
+        return f"{package} needs the shared library {m.group(1)}, which is missing there"
+    return f"{package}: {error[-300:]}"
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB"):
+        if n < 1000 or unit == "MB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return f"{n} B"
+
+
+@contextlib.contextmanager
+def _workdir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="sshcluster-sync-") as d:
+        yield Path(d)
+
+
+async def sync_async(inventory: Inventory, *, progress: SyncProgress | None = None,
+                     timeout: float = SYNC_TIMEOUT, reference: Reference | None = None,
+                     raise_on_failure: bool = False) -> SyncReport:
+    """Make every host of ``inventory`` have the reference's packages (see the module).
+
+    ``reference`` defaults to the inventory's (:func:`reference_for`). ``progress`` is
+    called with a host's label and what it does now. Returns every host's outcome;
+    with ``raise_on_failure``, a failed host raises :class:`SyncFailed` holding it.
+    """
+    ref = reference or await reference_for(inventory)
+    if ref is None:
+        raise PackagesError("nothing to sync: the inventory has no r_packages and no lockfile",
+                            hint="list the packages the workers need under r_packages:")
+    if ref.absent:
+        raise PackagesError(f"the primary lacks {', '.join(ref.absent)}, needed by r_packages",
+                            hint="install them here first; sync gives the hosts what the "
+                                 "primary has")
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    with _workdir() as workdir:
+        syncer = _Syncer(inventory, ref, progress, timeout, workdir)
+        try:
+            hosts = await asyncio.gather(*(syncer.host(h) for h in inventory.hosts))
+        finally:
+            if syncer.archive is not None and not syncer.archive.done():
+                syncer.archive.cancel()
+    report = SyncReport(ref, tuple(hosts), loop.time() - t0)
+    if raise_on_failure and not report.ok:
+        said = "; ".join(f"{h.label}: {h.detail}" for h in report.failed)
+        raise SyncFailed(f"{len(report.failed)} of {len(report.hosts)} hosts did not get the "
+                         f"packages: {said}", report=report)
+    return report
+
+
+def sync(inventory: Inventory, *, progress: SyncProgress | None = None,
+         timeout: float = SYNC_TIMEOUT, reference: Reference | None = None,
+         raise_on_failure: bool = False) -> SyncReport:
+    """:func:`sync_async` from plain code; same arguments and result."""
+    return asyncio.run(sync_async(inventory, progress=progress, timeout=timeout,
+                                  reference=reference, raise_on_failure=raise_on_failure))
+
+
+__all__ = ["SYNC_CONCURRENCY", "SYNC_TIMEOUT", "HostSync", "Outcome", "SyncProgress",
+           "SyncReport", "sync", "sync_async"]

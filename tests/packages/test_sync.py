@@ -1,0 +1,277 @@
+"""Drift named by the check and fixed by sync, on real test hosts with real R.
+
+Each host gets a library of its own (a wrapper rscript with its own R_LIBS) and a sync
+directory of its own (``library:``), so drift can exist; the primary's library is this
+process's R_LIBS. The packages are built here; the repository is a directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+import sshcluster
+from sshcluster.bootstrap import RenderOptions, write_bootstrap
+from sshcluster.cli import cli
+from sshcluster.inventory import Host, load_inventory
+from sshcluster.packages import HostSync, Reference, RPackage, SyncReport, reference
+from sshcluster.testing import Testbed
+from sshcluster.testing.fixtures import run_r_in_test
+from sshcluster.testing.rpackages import (
+    COMPILED,
+    PURE,
+    Built,
+    build_all,
+    install,
+    shared_library,
+    wrapper,
+)
+
+LINKED = "sctlinked"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    root = tmp_path_factory.mktemp("rpkgs")
+    shared_library(root, "sctdep")
+    return build_all(root, {PURE: ("1.0", "2.0"), COMPILED: ("1.0", "2.0"), LINKED: ("1.0",)},
+                     compiled={COMPILED, LINKED}, imports={COMPILED: (PURE,)},
+                     link={LINKED: "sctdep"},
+                     repo_versions={PURE: "2.0", COMPILED: "1.0", LINKED: "1.0"})
+
+
+@pytest.fixture
+def primary_lib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    lib = tmp_path / "primary-lib"
+    monkeypatch.setenv("R_LIBS", str(lib))
+    return lib
+
+
+def inventory(tb: Testbed, tmp_path: Path, hosts: list[dict[str, Any]],
+              extra: dict[str, Any]) -> Path:
+    """The testbed's inventory, each host with its own rscript and sync directory."""
+    path = tb.write_inventory(tmp_path / "hosts.yaml", ncore=1, extra=extra)
+    doc = yaml.safe_load(path.read_text())
+    for entry, more in zip(doc["hosts"], hosts, strict=False):
+        entry.update(more)
+    doc["hosts"] = doc["hosts"][:len(hosts)]
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def host_setup(tmp_path: Path, i: int, **kw: Any) -> dict[str, Any]:
+    """Host i's own R library (returned as ``lib``), wrapper and sync directory."""
+    lib = tmp_path / f"h{i}-lib"
+    lib.mkdir()
+    rs = wrapper(tmp_path / f"h{i}-Rscript", lib, **kw)
+    return {"rscript": str(rs), "library": str(tmp_path / f"h{i}-sync"), "lib": lib}
+
+
+def entries(setups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in s.items() if k != "lib"} for s in setups]
+
+
+def workers_see(tmp_path: Path, inv_path: Path, code: str) -> list[str]:
+    """What ``code`` gives on every worker, as the rendered file starts them."""
+    inv = load_inventory(inv_path)
+    ref = reference(inv)
+    assert ref is not None
+    out = tmp_path / "cluster.R"
+    write_bootstrap(inv, out, RenderOptions(library_digest=ref.digest))
+    assert f"/R-x.y/{ref.digest}" in out.read_text()  # named in the header
+    done = run_r_in_test(f'source("{out}")\n'
+                         f"x <- parallel::clusterEvalQ(parallelCluster, {code})\n"
+                         'cat(paste0("SEEN=", unlist(x)), sep = "\\n")\nsshcluster_stop()\n',
+                         tmp_path)
+    assert done.returncode == 0, done.stderr
+    return [line[5:] for line in done.stdout.splitlines() if line.startswith("SEEN=")]
+
+
+@pytest.fixture
+def drifted(testbed: Testbed, built: Built, primary_lib: Path, tmp_path: Path
+            ) -> Iterator[Path]:
+    """Primary: sctpure 2.0, sctcomp 1.0. h1 lacks sctcomp, h2 has an older sctpure,
+    h3 a newer sctcomp, h4 the same packages under what reports itself as R 4.1."""
+    install(built, primary_lib, PURE, "2.0")
+    install(built, primary_lib, COMPILED, "1.0")
+    setups = [host_setup(tmp_path, 1), host_setup(tmp_path, 2), host_setup(tmp_path, 3),
+              host_setup(tmp_path, 4, other_minor=True)]
+    install(built, setups[0]["lib"], PURE, "2.0")
+    install(built, setups[1]["lib"], PURE, "1.0")
+    install(built, setups[1]["lib"], COMPILED, "1.0", {"R_LIBS": str(setups[1]["lib"])})
+    install(built, setups[2]["lib"], PURE, "2.0")
+    install(built, setups[2]["lib"], COMPILED, "2.0", {"R_LIBS": str(setups[2]["lib"])})
+    install(built, setups[3]["lib"], PURE, "2.0")
+    install(built, setups[3]["lib"], COMPILED, "1.0", {"R_LIBS": str(setups[3]["lib"])})
+    yield inventory(testbed, tmp_path, entries(setups),
+                    {"r_packages": [COMPILED], "repos": [built.url]})
+
+
+def test_check_names_drift_sync_fixes_it_and_workers_load_the_primarys(
+        drifted: Path, tmp_path: Path, testbed: Testbed) -> None:
+    inv = load_inventory(drifted)
+    labels = [h.label for h in inv.hosts]
+    report = sshcluster.check(inv, timeout=60)
+    step = {h.label: report[h.label].checks["packages"] for h in inv.hosts}
+    assert step[labels[0]].status == "failed", step
+    assert f"not installed: {COMPILED}" in step[labels[0]].detail
+    assert step[labels[1]].status == "warning" and f"{PURE} 1.0 (the primary has 2.0)" in \
+        step[labels[1]].detail
+    assert step[labels[2]].status == "warning" and f"{COMPILED} 2.0 (the primary has 1.0)" in \
+        step[labels[2]].detail
+    assert step[labels[3]].status == "warning" and "R 4.1.3" in step[labels[3]].detail
+    doc = report.to_dict()
+    assert doc["reference"]["packages"] == {COMPILED: "1.0", PURE: "2.0"}
+    assert doc["hosts"][0]["packages"] == {COMPILED: None, PURE: "2.0"}
+
+    synced = sshcluster.sync(inv, timeout=300)
+    outcome = {h.label: h.outcome for h in synced.hosts}
+    assert synced.ok, synced.verdicts()
+    assert outcome == {labels[0]: "copied", labels[1]: "copied", labels[2]: "copied",
+                       labels[3]: "installed"}
+    ref = synced.reference
+    assert (tmp_path / "h1-sync" / "R-4.2" / ref.digest / COMPILED / "libs").is_dir()
+    assert (tmp_path / "h4-sync" / "R-4.1" / ref.digest / COMPILED / "libs").is_dir()
+    # The users' own libraries are untouched.
+    assert not (tmp_path / "h1-lib" / COMPILED).exists()
+    assert (tmp_path / "h2-lib" / PURE / "DESCRIPTION").read_text().count("Version: 1.0")
+
+    again = sshcluster.check(inv, timeout=60)
+    for label in labels[:3]:
+        assert again[label].checks["packages"].status == "ok", again[label].checks["packages"]
+        assert "from sshcluster's library" in again[label].checks["packages"].detail
+    assert again[labels[3]].checks["packages"].status == "warning"  # R 4.1, still named
+    assert "other versions" not in again[labels[3]].checks["packages"].detail
+
+    seen = workers_see(tmp_path, drifted, f"paste({PURE}::f(), {COMPILED}::f(), "
+                                          f"{COMPILED}::twice(21))")
+    assert seen == [f"{PURE} 2.0 {COMPILED} 1.0 42"] * 4
+
+    second = sshcluster.sync(inv, timeout=300)
+    assert second.ok and second.sent == 0
+    assert {h.outcome for h in second.hosts} == {"up to date"}
+
+
+@pytest.mark.slow
+def test_a_sync_killed_halfway_leaves_the_old_versions_loading(
+        testbed: Testbed, built: Built, primary_lib: Path, tmp_path: Path) -> None:
+    install(built, primary_lib, PURE, "2.0")
+    install(built, primary_lib, COMPILED, "1.0")
+    # A big file in the primary's build, so that the transfer takes a while.
+    (primary_lib / PURE / "ballast").write_bytes(os.urandom(200 * 1024 * 1024))
+    setups = [host_setup(tmp_path, 1)]
+    install(built, setups[0]["lib"], PURE, "1.0")
+    install(built, setups[0]["lib"], COMPILED, "1.0", {"R_LIBS": str(setups[0]["lib"])})
+    path = inventory(testbed, tmp_path, entries(setups), {"r_packages": [COMPILED]})
+    proc = subprocess.Popen([sys.executable, "-m", "sshcluster", "sync", str(path)],
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "sending" in line:
+            break
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    sync_dir = tmp_path / "h1-sync" / "R-4.2"
+    ref = reference(load_inventory(path))
+    assert ref is not None
+    # Either there whole (it finished first) or not at all; never a half on the path.
+    target = sync_dir / ref.digest
+    assert not target.exists(), "the 200 MB transfer finished before the kill"
+    assert [p.name for p in sync_dir.iterdir() if p.name == ref.digest] == []
+    seen = workers_see(tmp_path, path, f"paste({PURE}::f(), {COMPILED}::f())")
+    assert seen == [f"{PURE} 1.0 {COMPILED} 1.0"]
+    # The next sync finishes, and clears nothing the workers use.
+    done = sshcluster.sync(load_inventory(path), timeout=300)
+    assert done.ok, done.verdicts()
+    assert workers_see(tmp_path, path, f"{PURE}::f()") == [f"{PURE} 2.0"]
+
+
+def test_a_missing_shared_library_is_named_with_the_host(
+        testbed: Testbed, built: Built, primary_lib: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    libdir = built.root / "lib"
+    monkeypatch.setenv("LD_LIBRARY_PATH", str(libdir))
+    install(built, primary_lib, LINKED, "1.0", {"LD_LIBRARY_PATH": str(libdir)})
+    setups = [host_setup(tmp_path, 1, ld_path=libdir), host_setup(tmp_path, 2)]
+    path = inventory(testbed, tmp_path, entries(setups), {"r_packages": [LINKED]})
+    inv = load_inventory(path)
+    report = sshcluster.sync(inv, timeout=300)
+    good, bad = (report[h.label] for h in inv.hosts)
+    assert good.outcome == "copied", good.detail
+    assert bad.outcome == "failed"
+    assert f"will not load on {bad.label}" in bad.detail
+    assert f"{LINKED} needs the shared library libsctdep.so" in bad.detail
+    assert LINKED in bad.load_errors
+    # Nothing half-made on the workers' path there.
+    assert not (tmp_path / "h2-sync" / "R-4.2" / report.reference.digest).exists()
+
+
+def test_a_lockfile_is_installed_from_the_repository(
+        testbed: Testbed, built: Built, primary_lib: Path, tmp_path: Path) -> None:
+    lock = tmp_path / "renv.lock"
+    lock.write_text(json.dumps({
+        "R": {"Version": "4.2.2", "Repositories": [{"Name": "local", "URL": built.url}]},
+        "Packages": {PURE: {"Package": PURE, "Version": "2.0", "Source": "Repository"},
+                     COMPILED: {"Package": COMPILED, "Version": "1.0",
+                                "Source": "Repository"}}}))
+    setups = [host_setup(tmp_path, 1), host_setup(tmp_path, 2)]
+    path = inventory(testbed, tmp_path, entries(setups), {"lockfile": str(lock)})
+    inv = load_inventory(path)
+    before = sshcluster.check(inv, timeout=60)
+    assert all(h.checks["packages"].status == "failed" for h in before.hosts)
+    report = sshcluster.sync(inv, timeout=300)
+    assert report.ok, report.verdicts()
+    assert {h.outcome for h in report.hosts} == {"installed"}
+    after = sshcluster.check(inv, timeout=60)
+    assert all(h.checks["packages"].status == "ok" for h in after.hosts), after.to_json()
+    assert workers_see(tmp_path, path, f"{COMPILED}::f()") == [f"{COMPILED} 1.0"] * 2
+
+
+def test_hosts_sharing_the_directory_get_it_once_and_check_sees_it_incomplete(
+        testbed: Testbed, built: Built, primary_lib: Path, tmp_path: Path) -> None:
+    install(built, primary_lib, PURE, "2.0")
+    install(built, primary_lib, COMPILED, "1.0")
+    setups = [host_setup(tmp_path, i) for i in (1, 2, 3)]
+    for s in setups:  # one home, as on NFS
+        s["library"] = str(tmp_path / "nfs-home" / "lib")
+    path = inventory(testbed, tmp_path, entries(setups), {"r_packages": [COMPILED]})
+    result = CliRunner().invoke(cli, ["sync", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    outcomes = sorted(h["outcome"] for h in doc["hosts"])
+    assert outcomes == ["copied", "shared", "shared"], doc
+    sent = [h["sent"] for h in doc["hosts"] if h["outcome"] == "copied"]
+    assert doc["sent"] == sent[0] > 0
+    # A library that lost a package (by hand) is named by the check.
+    lib = Path(doc["hosts"][0]["library"])
+    shutil.rmtree(lib / PURE)
+    report = sshcluster.check(load_inventory(path), timeout=60)
+    for h in report.hosts:
+        step = h.checks["packages"]
+        assert step.status == "failed" and f"{lib} lacks {PURE}" in step.detail, step
+
+
+def test_the_report_gives_a_verdict_per_host_and_its_json() -> None:
+    ref = Reference("the primary", "4.2.2", (RPackage("a", "1.0", "/l/a"),))
+    report = SyncReport(ref, (
+        HostSync(Host("h1"), "copied", "1 packages in /x", sent=2000),
+        HostSync(Host("host-two"), "failed", "will not load on host-two: a needs ...",
+                 load_errors={"a": "libz.so: cannot open shared object file"})), 1.5)
+    assert not report.ok and [h.label for h in report.failed] == ["host-two"]
+    assert report.verdicts() == ["h1        copied: 1 packages in /x (2.0 KB sent)",
+                                 "host-two  FAILED: will not load on host-two: a needs ..."]
+    assert "1 of 2 hosts have the 1 packages" in report.summary()
+    doc = report.to_dict()
+    assert doc["sent"] == 2000 and doc["hosts"][1]["load_errors"] == {
+        "a": "libz.so: cannot open shared object file"}
