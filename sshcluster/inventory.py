@@ -37,6 +37,11 @@ REVERSE_SSH: tuple[ReverseSsh, ...] = ("optional", "required")
 #: What the bootstrap registers the cluster with, besides ``parallelCluster``.
 Register = Literal["future", "doparallel"]
 REGISTERS: tuple[Register, ...] = ("future", "doparallel")
+#: How ``push`` reaches the hosts: ``direct`` (the primary copies to each host, in
+#: parallel; the default) or ``chain`` / ``tree`` (the hosts can ssh to each other: the
+#: primary sends one stream and each host passes it on to the next).
+Fanout = Literal["direct", "chain", "tree"]
+FANOUTS: tuple[Fanout, ...] = ("direct", "chain", "tree")
 #: Default seconds for all workers to connect (R's own default setup_timeout).
 SETUP_TIMEOUT = 120
 
@@ -97,6 +102,11 @@ class Inventory:
     per worker). ``locale`` is the locale the workers run in (None: the primary's own
     ``LANG``/``LC_*``). ``reverse_ssh`` says whether the check fails a host whose worker
     cannot ssh back to the primary (``required``) or only warns (``optional``).
+    ``workdir`` is the directory the workers start in on every host (made if missing; a
+    relative path is relative to the login directory; None: the login directory itself)
+    and where ``push`` copies to by default. ``shared_dir`` is a directory every host
+    mounts from one file server (the check verifies it; ``push`` there sends one copy).
+    ``fanout`` is how ``push`` reaches the hosts (see :data:`Fanout`).
     ``path`` is the file it was read from, if any.
     """
 
@@ -112,6 +122,9 @@ class Inventory:
     setup_timeout: int = SETUP_TIMEOUT
     locale: str | None = None
     reverse_ssh: ReverseSsh = "optional"
+    workdir: str | None = None
+    shared_dir: str | None = None
+    fanout: Fanout = "direct"
     path: str | None = field(default=None, compare=False)
 
     @property
@@ -138,6 +151,13 @@ class _Reader(Reader):
         return self.integer(value, where, line, low=1, high=4096,
                             what="a positive whole number (or 'auto')")
 
+    def remote_path(self, value: Any, where: str, line: int) -> str:
+        # A path on the hosts, not here: nothing is expanded or resolved.
+        if not isinstance(value, str) or not value or not _SAFE_PATH.match(value):
+            raise self.fail(f"expected a directory path on the hosts, got {describe(value)}",
+                            line=line, field=where)
+        return value.rstrip("/") or "/"
+
     def rscript(self, value: Any, where: str, line: int) -> str:
         if not isinstance(value, str) or not value or not _SAFE_PATH.match(value):
             raise self.fail(f"expected the path of Rscript on that host, got {describe(value)}",
@@ -149,7 +169,8 @@ _HOST_KEYS = ("host", "user", "ncore", "ssh_port", "identity_file", "rscript")
 _DEFAULT_KEYS = ("user", "ncore", "ssh_port", "identity_file", "rscript")
 _PRIMARY_KEYS = ("host", "user", "ssh_port")
 _TOP_KEYS = ("primary", "port", "defaults", "hosts", "known_hosts", "r_packages", "launch",
-             "tunnel", "fork", "register", "setup_timeout", "locale", "reverse_ssh")
+             "tunnel", "fork", "register", "setup_timeout", "locale", "reverse_ssh",
+             "workdir", "shared_dir", "fanout")
 
 
 def _host_fields(reader: _Reader, m: Map, where: str) -> dict[str, Any]:
@@ -215,9 +236,12 @@ def _read(doc: Any, reader: _Reader) -> Inventory:
 
     how: dict[str, Any] = {}
     for name, choices in (("launch", LAUNCHES), ("tunnel", TUNNELS),
-                          ("reverse_ssh", REVERSE_SSH)):
+                          ("reverse_ssh", REVERSE_SSH), ("fanout", FANOUTS)):
         if name in top:
             how[name] = reader.choice(top[name], name, reader.line_of(top, name), choices)
+    for name in ("workdir", "shared_dir"):
+        if name in top:
+            how[name] = reader.remote_path(top[name], name, reader.line_of(top, name))
     if "fork" in top:
         how["fork"] = reader.boolean(top["fork"], "fork", reader.line_of(top, "fork"))
     if "setup_timeout" in top:
@@ -326,6 +350,11 @@ def inventory_to_dict(inv: Inventory) -> dict[str, Any]:
         out["locale"] = inv.locale
     if inv.reverse_ssh != "optional":
         out["reverse_ssh"] = inv.reverse_ssh
+    for name in ("workdir", "shared_dir"):
+        if getattr(inv, name) is not None:
+            out[name] = getattr(inv, name)
+    if inv.fanout != "direct":
+        out["fanout"] = inv.fanout
     hosts = []
     for h in inv.hosts:
         item: dict[str, Any] = {"host": h.host}
@@ -349,11 +378,13 @@ def dump_inventory(inv: Inventory, *, header: str | None = None) -> str:
 
 __all__ = [
     "AUTO",
+    "FANOUTS",
     "LAUNCHES",
     "REGISTERS",
     "REVERSE_SSH",
     "SETUP_TIMEOUT",
     "TUNNELS",
+    "Fanout",
     "Host",
     "Inventory",
     "Launch",

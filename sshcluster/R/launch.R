@@ -225,7 +225,9 @@ host_command <- function(S, h, id) {
   f <- function(ext) sq(paste0(file.path(S$dir, id), ext))
   rscript <- if (is.null(m$rscript)) "Rscript" else m$rscript
   master <- if (cfg$tunnel) "127.0.0.1" else cfg$workers_reach
-  locale <- locale_assignments(cfg$locale)
+  # (remote.sh makes the workdir and starts the workers in it)
+  locale <- c(locale_assignments(cfg$locale),
+              if (!is.null(cfg$workdir)) paste0("SSHCLUSTER_WORKDIR=", cfg$workdir))
   remote <- paste(
     "exec sh -c", sq(cfg$read_script),
     "sshcluster", sq(rscript), sq(master), S$port, h, cfg$setup_timeout,
