@@ -155,6 +155,14 @@ class ForeignCluster(EC2Error):
         super().__init__(message, hint=hint)
 
 
+class PushError(SshclusterError):
+    """A push cannot start: a source that cannot be read, no destination, a bad name.
+
+    (A host that fails during a push is not an exception: its verdict says why.)"""
+
+    exit_code = 2
+
+
 __all__ = [
     "CheckFailed",
     "EC2Error",
@@ -163,9 +171,11 @@ __all__ = [
     "InventoryError",
     "NoSuchCluster",
     "OutputExistsError",
+    "PushError",
     "QuotingError",
     "RenderError",
     "SshclusterError",
     "TestbedError",
     "UnsafePathError",
 ]
+
