@@ -88,11 +88,15 @@ def push(
                                        seconds=now() - t0, via="direct")
         else:
             senders.append((h, todo))
-    sent = [0]
-    if fan != "direct" and len(senders) > 1:
-        left = _chains(inventory, senders, manifest, dest, fan, progress, out, sent, t0)
-        senders = [(h, todo) for h, todo in senders if h.label in left]
-    _direct(inventory, senders, manifest, dest, progress, out, sent, t0)
+    sent = _Run()
+    try:
+        if fan != "direct" and len(senders) > 1:
+            left = _chains(inventory, senders, manifest, dest, fan, progress, out, sent, t0)
+            senders = [(h, todo) for h, todo in senders if h.label in left]
+        _direct(inventory, senders, manifest, dest, progress, out, sent, t0)
+    except BaseException:
+        sent.stop()  # Ctrl-C (or a bug): no session outlives the call
+        raise
     if shared:
         first = out[targets[0].label]
         for h in inventory.hosts[1:]:
@@ -101,7 +105,35 @@ def push(
                 f"shared_dir {inventory.shared_dir})" if first.ok else
                 f"not sent: the copy to {first.host} failed", via="shared_dir")
     return PushResult(dest, tuple(out[h.label] for h in inventory.hosts),
-                      manifest.skipped, sent[0], now() - t0, "shared_dir" if shared else fan)
+                      manifest.skipped, sent.bytes, now() - t0, "shared_dir" if shared else fan)
+
+
+class _Run:
+    """What one push has going: the bytes written to ssh so far, and every session and
+    archive, so that Ctrl-C, which only the main thread sees, can stop them all."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.bytes = 0
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.streams: list[Stream] = []
+        self.stopped = False
+
+    def add(self, proc: subprocess.Popen[bytes]) -> None:
+        with self.lock:
+            self.procs.append(proc)
+            if self.stopped:
+                proc.terminate()
+
+    def stop(self) -> None:
+        """Stop every archive and session (each host then drops what it unpacked)."""
+        with self.lock:
+            self.stopped = True
+            for stream in self.streams:
+                stream.cancel()
+            for p in self.procs:
+                if p.poll() is None:
+                    p.terminate()
 
 
 def _in_shared_dir(dest: str, shared: str | None) -> bool:
@@ -117,7 +149,7 @@ def _dirs(manifest: Manifest) -> list[Entry]:
 
 def _stream(inventory: Inventory, heads: Sequence[Host], words: Sequence[Sequence[str]],
             entries: list[Entry], manifest: Manifest, progress: Progress | None,
-            sent: list[int]) -> list[tuple[bytes, bytes]]:
+            sent: _Run) -> list[tuple[bytes, bytes]]:
     """One archive of ``entries`` to each of ``heads`` (running remote.sh with ``words``);
     their (stdout, stderr). Ctrl-C stops them all and is raised again."""
     size = sum(e.size for e in entries)
@@ -126,7 +158,7 @@ def _stream(inventory: Inventory, heads: Sequence[Host], words: Sequence[Sequenc
 
     def on_sent(i: int, n: int) -> None:
         with lock:
-            sent[0] += n - counts[i]
+            sent.bytes += n - counts[i]
             counts[i] = n
         if progress is not None:
             progress(heads[i].label, n, size)
@@ -135,7 +167,9 @@ def _stream(inventory: Inventory, heads: Sequence[Host], words: Sequence[Sequenc
     try:
         for h, w in zip(heads, words, strict=True):
             procs.append(Session(inventory, h).popen(w))
+            sent.add(procs[-1])
         stream = Stream(procs, script(), entries, _dirs(manifest), on_sent)
+        sent.streams.append(stream)
         stream.run()
         outs = []
         for p in procs:
@@ -186,7 +220,7 @@ def _collect(hosts: Sequence[Host], outs: Sequence[tuple[bytes, bytes]], dest: s
 
 def _direct(inventory: Inventory, senders: Sequence[tuple[Host, list[Entry]]],
             manifest: Manifest, dest: str, progress: Progress | None,
-            out: dict[str, HostPush], sent: list[int], t0: float) -> None:
+            out: dict[str, HostPush], sent: _Run, t0: float) -> None:
     """Hosts that lack the same files share one archive; the groups run at once."""
     groups: dict[tuple[str, ...], list[tuple[Host, list[Entry]]]] = {}
     for h, todo in senders:
@@ -202,19 +236,28 @@ def _direct(inventory: Inventory, senders: Sequence[tuple[Host, list[Entry]]],
             if _collect([h], [(stdout, stderr)], dest, sizes, "direct", out, t0):
                 why = stderr.decode(errors="replace").strip().splitlines()
                 out[h.label] = host_result(
-                    h, False, f"lost during the push: {why[-1] if why else 'ssh ended'}",
+                    h, False, f"{h.label} was lost during the push: "
+                    f"{why[-1] if why else 'ssh ended'}",
                     dest, files=0, size=0, seconds=now() - t0, via="direct")
 
-    if not groups:
+    if len(groups) <= 1:
+        for g in groups.values():
+            one(g)
         return
-    with ThreadPoolExecutor(max_workers=len(groups)) as pool:
+    pool = ThreadPoolExecutor(max_workers=len(groups))
+    try:
         for f in [pool.submit(one, g) for g in groups.values()]:
             f.result()
+    except BaseException:
+        sent.stop()  # before the wait below: Ctrl-C reaches this thread only
+        raise
+    finally:
+        pool.shutdown(wait=True)
 
 
 def _chains(inventory: Inventory, senders: Sequence[tuple[Host, list[Entry]]],
             manifest: Manifest, dest: str, fan: str, progress: Progress | None,
-            out: dict[str, HostPush], sent: list[int], t0: float) -> set[str]:
+            out: dict[str, HostPush], sent: _Run, t0: float) -> set[str]:
     """Send one archive down each chain; return the labels left without a verdict."""
     wanted = {e.rel for _, todo in senders for e in todo}
     entries = [e for e in manifest.files if e.rel in wanted]  # every host gets the union

@@ -40,10 +40,12 @@ receive) ;;
 esac
 
 label=$1; shift
-say() { printf 'sshcluster-push\t%s\t%s\n' "$label" "$(printf '%s' "$*" | tr '\n\t' '  ')"; }
+say() {  # STATUS [WHY]
+  printf 'sshcluster-push\t%s\t%s\t%s\n' "$label" "$1" "$(printf '%s' "${2-}" | tr '\n\t' '  ')"
+}
 q() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"; }
 work=$(mktemp -d "${TMPDIR:-/tmp}/sshcluster-push.XXXXXX") || {
-  say "failed	cannot make a directory in ${TMPDIR:-/tmp}"; exit 1; }
+  say failed "cannot make a directory in ${TMPDIR:-/tmp}"; exit 1; }
 stage=
 trap 'rm -rf -- "$work" ${stage:+"$stage"}' EXIT
 trap 'exit 130' INT TERM HUP
@@ -83,7 +85,7 @@ fi
 rc=$?
 
 if [ -z "$why" ] && [ "$rc" != 0 ]; then
-  why="tar: $(grep -v 'Exiting with failure' "$work/tar.err" | tail -n 3)"
+  why="$(grep -v 'Exiting with failure' "$work/tar.err" | head -n 3)"
 fi
 if [ -z "$why" ]; then
   ( cd "$stage" && sha256sum --quiet --strict -c .sshcluster-push-sums ) >"$work/sums" 2>&1 ||
@@ -99,7 +101,7 @@ if [ -z "$why" ]; then
       'for f; do mv -f -- "$f" "$0/$f" || exit 1; done' "$dest" {} + ) 2>"$work/err" ||
     why="cannot rename into $dest: $(tail -n 1 "$work/err")"
 fi
-if [ -z "$why" ]; then say "ok"; else say "failed	$why"; fi
+if [ -z "$why" ]; then say ok; else say failed "$why"; fi
 
 if [ -n "$next" ]; then
   wait "$next"

@@ -44,8 +44,11 @@ SMALL_TIMEOUT = 120
 #: Called with (host label, bytes written to its ssh so far, bytes expected).
 Progress = Callable[[str, int, int], None]
 
-_VERDICT = re.compile(r"^sshcluster-push\t([^\t]*)\t(ok|failed)(?:\t(.*))?$")
-_NO_SPACE = re.compile(r"tar: (?:\./)?(.+?): Cannot [a-z ]+: No space left on device")
+_VERDICT = re.compile(r"^sshcluster-push\t([^\t]*)\t(ok|failed)\t(.*)$")
+#: tar's words for the first file it could not write (a short write is a full disk when
+#: tar also says "No space left on device").
+_NO_SPACE = re.compile(r"tar: (?:\./)?(.+?): (?:Cannot [a-z ]+: No space left on device|"
+                       r"Wrote only \d+ of \d+ bytes)")
 
 
 def script() -> bytes:
@@ -100,7 +103,8 @@ def plan_host(session: Session, manifest: Manifest, dest: str,
     except subprocess.TimeoutExpired:
         return None, f"no answer to the listing within {SMALL_TIMEOUT} s"
     if listed.returncode != 0:
-        return None, _why_ssh(listed, listed.stderr)
+        return None, f"cannot list {dest} on {session.host.label}: " + _why_ssh(
+            listed, listed.stderr)
     remote = parse_listing(listed.stdout.decode(errors="replace"))
     doubtful = needs_hash(manifest, remote)
     same: list[str] = []
@@ -140,7 +144,7 @@ def verdicts(out: bytes) -> dict[str, tuple[bool, str]]:
 def failure(label: str, dest: str, why: str) -> tuple[str, str | None]:
     """A host's reason in the user's words, and the path it concerns (a full disk)."""
     m = _NO_SPACE.search(why)
-    if m:
+    if m and "No space left on device" in why:
         path = f"{dest.rstrip('/')}/{m.group(1)}"
         return f"no space left on device on {label} writing {path}", path
     return why, None
