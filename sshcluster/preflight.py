@@ -48,6 +48,7 @@ from sshcluster.inventory import AUTO, Host, Inventory
 from sshcluster.knownhosts import KnownHostsFiles
 from sshcluster.net import R_PORT_RANGE
 from sshcluster.probe import REMOTE_STEPS
+from sshcluster.push.shared import start_marker
 from sshcluster.report import CheckReport, HostReport
 from sshcluster.sshconfig import SshConfigError, client_settings
 from sshcluster.sshconnect import Connector
@@ -112,7 +113,7 @@ async def check_async(
                 listener=listener, connector=connector,
                 primary_user=inventory.primary.user or getpass.getuser(),
                 slots=asyncio.Semaphore(concurrency), concurrency=concurrency,
-                tunnel=tunnel, primary_r_version=r_version)
+                tunnel=tunnel, primary_r_version=r_version, shared=start_marker(inventory))
 
             async def one(host: Host) -> HostReport:
                 report = await run_host(HostCheck(ctx, host, secrets.token_hex(16)))
@@ -120,7 +121,11 @@ async def check_async(
                     progress(report)
                 return report
 
-            reports = await asyncio.gather(*(one(h) for h in inventory.hosts))
+            try:
+                reports = await asyncio.gather(*(one(h) for h in inventory.hosts))
+            finally:
+                if ctx.shared is not None:
+                    ctx.shared.remove_local()
     primary, note = _primary_address(inventory, reports)
     connections = workers_note(sum(r.workers for r in reports), ctx.primary_r_version)
     return CheckReport(

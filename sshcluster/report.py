@@ -32,6 +32,7 @@ STEPS: tuple[str, ...] = (
     "load",
     "reverse_ssh",
     "callback",
+    "shared_dir",
 )
 
 Status = Literal["ok", "failed", "skipped", "warning"]
@@ -59,6 +60,9 @@ class StepResult:
 
 
 SKIPPED = StepResult("skipped", "an earlier step failed")
+#: The ``shared_dir`` step of an inventory without one: its column is left out of the
+#: table when every host has this (the JSON keeps it).
+NO_SHARED_DIR = StepResult("ok", "no shared_dir in the inventory")
 
 
 @dataclass(frozen=True)
@@ -213,7 +217,7 @@ _STYLE: dict[str, tuple[str, str]] = {
 SHORT_NAMES = {
     "resolve": "dns", "connect": "tcp", "hostkey": "key", "auth": "auth", "rscript": "R",
     "packages": "pkgs", "cores": "cpu", "load": "load", "reverse_ssh": "back",
-    "callback": "call",
+    "callback": "call", "shared_dir": "nfs",
 }
 
 
@@ -228,12 +232,12 @@ def report_table(report: CheckReport, width: int | None = None) -> Table:
     table = Table(show_edge=False, pad_edge=False, header_style="bold",
                   box=box.SIMPLE_HEAD, padding=(0, 1))
     table.add_column("host", no_wrap=True, min_width=_label_width(report))
-    for step in STEPS:
+    for step in _shown(report):
         name = SHORT_NAMES[step] if short else step.replace("_", " ")
         table.add_column(name, justify="center", no_wrap=True)
     for h in report.hosts:
         cells = []
-        for step in STEPS:
+        for step in _shown(report):
             word, style = _STYLE[h.checks[step].status]
             cells.append(Text("FAIL" if short and word == "FAILED" else word, style=style))
         table.add_row(Text(h.label, style="" if h.ok else "red"), *cells)
@@ -256,16 +260,22 @@ def report_lines(report: CheckReport) -> list[Text]:
     return lines
 
 
+def _shown(report: CheckReport) -> list[str]:
+    """The table's steps: all, but shared_dir only where the inventory has one."""
+    return [s for s in STEPS if s != "shared_dir"
+            or any(h.checks[s] not in (NO_SHARED_DIR, SKIPPED) for h in report.hosts)]
+
+
 def _label_width(report: CheckReport) -> int:
     return max([4, *(len(h.label) for h in report.hosts)])
 
 
 def _full_width(report: CheckReport) -> int:
-    return _label_width(report) + sum(max(len(s), 6) + 2 for s in STEPS)
+    return _label_width(report) + sum(max(len(s), 6) + 2 for s in _shown(report))
 
 
 def _short_width(report: CheckReport) -> int:
-    return _label_width(report) + 1 + sum(max(len(SHORT_NAMES[s]), 4) + 2 for s in STEPS)
+    return _label_width(report) + 1 + sum(max(len(SHORT_NAMES[s]), 4) + 2 for s in _shown(report))
 
 
 def report_details(report: CheckReport) -> list[Text]:
@@ -311,6 +321,7 @@ def print_report(report: CheckReport, console: Console) -> None:
 
 
 __all__ = [
+    "NO_SHARED_DIR",
     "SKIPPED",
     "STEPS",
     "CheckReport",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from sshcluster.testing.hosts import TestHost, enter_argv, host_dir
@@ -37,12 +37,15 @@ class Servers:
     """
 
     def __init__(
-        self, workdir: Path, timeout: float, private: Mapping[str, str] | None = None
+        self, workdir: Path, timeout: float, private: Mapping[str, str] | None = None,
+        private_on: Collection[int] | None = None,
     ) -> None:
         self.workdir = workdir
         self.timeout = timeout
-        #: Private tmpfs directories (path: size) of every host's sshd and its sessions.
+        #: Private tmpfs directories (path: size) of the hosts' sshd and their sessions,
+        #: on the hosts with the indexes ``private_on`` (None: every host).
         self.private = dict(private or {})
+        self.private_on = None if private_on is None else frozenset(private_on)
         self._primary: subprocess.Popen[bytes] | None = None
         self._hosts: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -66,7 +69,8 @@ class Servers:
         """Start the sshd of ``host``, without waiting for it (see :meth:`wait`)."""
         d = host_dir(self.workdir, host)
         self._hosts[host.index] = popen_sshd(
-            d, enter_argv(self.workdir, host, sshd_argv(d), self.private)
+            d, enter_argv(self.workdir, host, sshd_argv(d), self.private
+                          if self.private_on is None or host.index in self.private_on else None)
         )
 
     def wait(self, host: TestHost, deadline: float) -> None:

@@ -91,7 +91,8 @@ class Testbed(faults.HostFaults):
     ``private_dirs`` are directories (absolute paths, or a mapping of path to tmpfs size,
     default ``PRIVATE_DIR_SIZE`` of :mod:`~sshcluster.testing.spec`) that each host's
     sshd, and so every ssh session, sees as a tmpfs of its own: what is written there
-    over ssh is on that host only (:meth:`run` runs outside them). With ``mesh``, every
+    over ssh is on that host only (:meth:`run` runs outside them); ``private_on`` limits
+    them to the hosts with those indexes (1-based). With ``mesh``, every
     host's root can ssh to every other host's address.
     ``primary_ssh_port`` is the port of the primary's sshd on the bridge address; by
     default 22, or a free port if 22 is taken there. ``timeout`` bounds the wait for
@@ -115,6 +116,7 @@ class Testbed(faults.HostFaults):
         primary_ssh_port: int | None = None,
         timeout: float = 60.0,
         private_dirs: Mapping[str, str] | Sequence[str] = (),
+        private_on: Sequence[int] | None = None,
         mesh: bool = False,
     ) -> None:
         #: The arguments, checked (a fresh name picked if none was given).
@@ -129,6 +131,7 @@ class Testbed(faults.HostFaults):
         #: Directories each host has a tmpfs of its own at (path: size), so that a copy to
         #: one host is not seen on another (they all share this machine's filesystem).
         self.private_dirs = private_dirs_spec(private_dirs)
+        self.private_on = private_on
         #: Whether every host's root can ssh to every other host (as push's chain needs).
         self.mesh = mesh
         #: Seconds spent in each phase of the last :meth:`up` / :meth:`down`.
@@ -278,7 +281,7 @@ class Testbed(faults.HostFaults):
             primary_config=wd / "primary" / "sshd_config",
         )  # fmt: skip
         save_state(self._state)
-        self._servers = Servers(wd, self.timeout, self.private_dirs)
+        self._servers = Servers(wd, self.timeout, self.private_dirs, self.private_on)
         self._up = True  # from here on the properties work; down() undoes the rest
 
         with ThreadPoolExecutor(max_workers=8) as pool:
