@@ -132,7 +132,8 @@ def check_command(ctx: click.Context, inventory: str, timeout: float, concurrenc
     """Check that every host of INVENTORY is ready to be an R worker.
 
     Per host, in order: resolve, connect, hostkey, auth, rscript, packages, cores,
-    load, reverse_ssh, callback. All hosts at once; the run ends within --timeout.
+    load, reverse_ssh, callback, and with shared_dir: / fanout: in the inventory,
+    shared_dir and fanout. All hosts at once; the run ends within --timeout.
     Exit status: 0 every host ready, 1 some host failed, 2 a wrong inventory or
     command line.
     """

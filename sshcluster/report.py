@@ -33,6 +33,7 @@ STEPS: tuple[str, ...] = (
     "reverse_ssh",
     "callback",
     "shared_dir",
+    "fanout",
 )
 
 Status = Literal["ok", "failed", "skipped", "warning"]
@@ -63,6 +64,9 @@ SKIPPED = StepResult("skipped", "an earlier step failed")
 #: The ``shared_dir`` step of an inventory without one: its column is left out of the
 #: table when every host has this (the JSON keeps it).
 NO_SHARED_DIR = StepResult("ok", "no shared_dir in the inventory")
+#: Likewise, the ``fanout`` step of an inventory whose push copies directly.
+NO_FANOUT = StepResult("ok", "fanout: direct (the hosts need not reach each other)")
+_NOT_ASKED = {"shared_dir": NO_SHARED_DIR, "fanout": NO_FANOUT}
 
 
 @dataclass(frozen=True)
@@ -217,7 +221,7 @@ _STYLE: dict[str, tuple[str, str]] = {
 SHORT_NAMES = {
     "resolve": "dns", "connect": "tcp", "hostkey": "key", "auth": "auth", "rscript": "R",
     "packages": "pkgs", "cores": "cpu", "load": "load", "reverse_ssh": "back",
-    "callback": "call", "shared_dir": "nfs",
+    "callback": "call", "shared_dir": "nfs", "fanout": "fan",
 }
 
 
@@ -261,9 +265,10 @@ def report_lines(report: CheckReport) -> list[Text]:
 
 
 def _shown(report: CheckReport) -> list[str]:
-    """The table's steps: all, but shared_dir only where the inventory has one."""
-    return [s for s in STEPS if s != "shared_dir"
-            or any(h.checks[s] not in (NO_SHARED_DIR, SKIPPED) for h in report.hosts)]
+    """The table's steps: all, but shared_dir and fanout only where the inventory
+    asks for them."""
+    return [s for s in STEPS if s not in _NOT_ASKED
+            or any(h.checks[s] not in (_NOT_ASKED[s], SKIPPED) for h in report.hosts)]
 
 
 def _label_width(report: CheckReport) -> int:
@@ -321,6 +326,7 @@ def print_report(report: CheckReport, console: Console) -> None:
 
 
 __all__ = [
+    "NO_FANOUT",
     "NO_SHARED_DIR",
     "SKIPPED",
     "STEPS",

@@ -35,6 +35,7 @@ from sshcluster.probe import (
     found,
     remote_script,
 )
+from sshcluster.push.fanout_check import fanout_step
 from sshcluster.push.shared import SharedMarker, shared_dir_step
 from sshcluster.report import SKIPPED, HostReport, StepResult
 from sshcluster.sshconfig import ClientSettings, client_settings
@@ -382,6 +383,7 @@ STEPS: tuple[Step, ...] = (
     Step("reverse_ssh", ("auth",), _remote("reverse_ssh"), _late_remote("reverse_ssh")),
     Step("callback", ("rscript",), callback, _callback_result),
     Step("shared_dir", ("auth",), shared_dir_step),
+    Step("fanout", ("auth",), fanout_step),
 )
 
 

@@ -9,6 +9,7 @@ from rich.console import Console
 
 from sshcluster.inventory import Host
 from sshcluster.report import (
+    NO_FANOUT,
     NO_SHARED_DIR,
     SKIPPED,
     STEPS,
@@ -34,6 +35,8 @@ def host_report(name: str, failed_at: str | None = None, warn: str | None = None
             checks[step] = StepResult("warning", "busy", 0.01)
         elif step == "shared_dir":
             checks[step] = NO_SHARED_DIR
+        elif step == "fanout":
+            checks[step] = NO_FANOUT
         else:
             checks[step] = StepResult("ok", "fine", 0.01)
     return HostReport(host=Host(name, ncore=ncore), checks=checks, ncore=2,
@@ -41,9 +44,9 @@ def host_report(name: str, failed_at: str | None = None, warn: str | None = None
                       r_version="4.2.2" if not failed_at else None)
 
 
-def test_steps_are_the_issues_ten_in_order_then_shared_dir() -> None:
+def test_steps_are_the_issues_ten_in_order_then_shared_dir_and_fanout() -> None:
     assert STEPS == ("resolve", "connect", "hostkey", "auth", "rscript", "packages", "cores",
-                     "load", "reverse_ssh", "callback", "shared_dir")
+                     "load", "reverse_ssh", "callback", "shared_dir", "fanout")
 
 
 def test_ok_failed_and_warnings() -> None:

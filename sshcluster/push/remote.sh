@@ -62,10 +62,14 @@ if [ $# -ge 4 ]; then
   rest=
   for w; do rest="$rest $(q "$w")"; done
   mkfifo "$work/fifo"
+  # AES-GCM first where this ssh knows the ^ form (AES-NI: several times chacha20's speed)
+  gcm=^aes128-gcm@openssh.com,aes256-gcm@openssh.com
+  ssh -G -o "Ciphers=$gcm" localhost >/dev/null 2>&1 || gcm=
+
   # The next host gets this same script, then the stream as it arrives here.
   { printf '%s\n# sshcluster: end of script\n' "$S"; cat "$work/fifo"; } |
     ssh -T -o BatchMode=yes -o StrictHostKeyChecking=yes -o ConnectTimeout=10 \
-      -o ServerAliveInterval=5 -o ServerAliveCountMax=3 -p "$nport" \
+      -o ServerAliveInterval=5 -o ServerAliveCountMax=3 ${gcm:+-o "Ciphers=$gcm"} -p "$nport" \
       ${nuser:+-l "$nuser"} -- "$nhost" \
       "exec sh -c $(q "$READ_SCRIPT") sshcluster-push receive $(q "$dest") $(q "$nlabel")$rest" \
       >"$work/next.out" 2>"$work/next.err" &
@@ -92,13 +96,15 @@ if [ -z "$why" ]; then
     why="verification failed: $(grep -v '^sha256sum: WARNING' "$work/sums" | head -n 3)"
 fi
 if [ -z "$why" ]; then
-  # Directories first (made, with their modes), then every file and link renamed.
+  # Directories first (made, with their modes), then every file and link renamed:
+  # one mv per directory (each file still its own rename), not one per file.
   ( cd "$stage" && rm -f .sshcluster-push-sums &&
     find . -mindepth 1 -type d -exec sh -c \
       'for d; do mkdir -p -- "$0/$d" && chmod "$(stat -c %a -- "$d")" -- "$0/$d" || exit 1
        done' "$dest" {} + &&
-    find . ! -type d -exec sh -c \
-      'for f; do mv -f -- "$f" "$0/$f" || exit 1; done' "$dest" {} + ) 2>"$work/err" ||
+    find . -type d -exec sh -c \
+      'for d; do find "$d" -mindepth 1 -maxdepth 1 ! -type d -print0 |
+       xargs -0 -r mv -f -t "$0/$d" -- || exit 1; done' "$dest" {} + ) 2>"$work/err" ||
     why="cannot rename into $dest: $(tail -n 1 "$work/err")"
 fi
 if [ -z "$why" ]; then say ok; else say failed "$why"; fi

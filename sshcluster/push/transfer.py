@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 
-from sshcluster.bootstrap import END_OF_SCRIPT, READ_SCRIPT, ssh_command
+from sshcluster.bootstrap import END_OF_SCRIPT, READ_SCRIPT, openssh_version, ssh_command
 from sshcluster.inventory import Host, Inventory
 from sshcluster.push.manifest import (
     Entry,
@@ -58,6 +58,15 @@ def script() -> bytes:
     return (f"READ_SCRIPT={shell_quote(READ_SCRIPT)}\n{text}{END_OF_SCRIPT}\n").encode()
 
 
+def fast_cipher() -> list[str]:
+    """AES-GCM ahead of ssh's default first choice (chacha20-poly1305): with AES-NI it
+    is several times faster, which a bulk copy feels. The ``^`` form puts it first and
+    keeps the rest of the list (OpenSSH 8.5 and later here)."""
+    if openssh_version() < (8, 5):
+        return []
+    return ["-o", "Ciphers=^aes128-gcm@openssh.com,aes256-gcm@openssh.com"]
+
+
 def remote_command(*words: str) -> str:
     """The command line a push session runs: read the script, run it with ``words``."""
     return f"exec sh -c {shell_quote(READ_SCRIPT)} sshcluster-push {shell_join(words)}"
@@ -73,7 +82,7 @@ class Session:
 
     def __init__(self, inventory: Inventory, host: Host) -> None:
         self.host = host
-        self.argv = [*ssh_command(inventory, host), *KEEPALIVE,
+        self.argv = [*ssh_command(inventory, host), *KEEPALIVE, *fast_cipher(),
                      *(["-l", host.user] if host.user else []), "--", host.host]
 
     def run(self, words: Sequence[str], stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:

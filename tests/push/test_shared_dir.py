@@ -5,6 +5,7 @@ mount" that every host sees; a host given a private tmpfs at that path lacks it.
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import sshcluster
@@ -46,3 +47,28 @@ def test_shared_dir_seen_on_every_host_then_missing_on_one(
     got = {p.relative_to(shared / "push").as_posix() for p in (shared / "push").rglob("*")
            if not p.is_dir()}
     assert got == set(local_state(data))
+
+
+def test_the_check_tells_whether_each_host_reaches_the_next_of_a_chain(
+    make_testbed: MakeTestbed, tmp_path: Path
+) -> None:
+    tb = make_testbed(3, mesh=True)
+    try:
+        # host 3 refuses host 2's ssh: 1 -> 2 works, 2 -> 3 does not
+        subprocess.run(["ip", "netns", "exec", tb.hosts[2].netns, "iptables", "-w", "5",
+                        "-I", "INPUT", "1", "-s", tb.hosts[1].address, "-p", "tcp",
+                        "--dport", "22", "-j", "REJECT", "--reject-with", "tcp-reset"],
+                       check=True)
+        inv = load_inventory(tb.write_inventory(tmp_path / "hosts.yaml",
+                                                extra={"fanout": "chain"}))
+        report = sshcluster.check(inv, timeout=60)
+    finally:
+        subprocess.run(["ip", "netns", "exec", tb.hosts[2].netns, "iptables", "-w", "5",
+                        "-F", "INPUT"], check=True)
+    steps = [h.checks["fanout"] for h in report.hosts]
+    assert steps[0].status == "ok" and tb.hosts[1].address in steps[0].detail
+    assert steps[1].status == "warning", steps[1]
+    assert steps[1].detail.startswith(f"{tb.hosts[1].address} cannot ssh to "
+                                      f"{tb.hosts[2].address}, the next host of the push chain")
+    assert steps[2] == sshcluster.StepResult("ok", "last in its chain (chain)", steps[2].seconds)
+    assert report.ok  # a warning: push copies to that host directly
