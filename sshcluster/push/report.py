@@ -23,11 +23,12 @@ def print_push(result: PushResult, console: Console) -> None:
     width = max((len(h.host) for h in result.hosts), default=0)
     for h in result.hosts:
         mark = "[green]ok    [/]" if h.ok else "[red]FAILED[/]"
-        console.print(f"{mark} {escape(h.host.ljust(width))}  {escape(h.detail)}")
+        console.print(f"{mark} {escape(h.host.ljust(width))}  {escape(h.detail)}",
+                      highlight=False)
     for path in result.skipped:
         console.print(f"[yellow]skipped[/] {escape(path)}: a symlink that leads outside its "
-                      "source (or not a file), not followed")
+                      "source (or not a file), not followed", highlight=False)
     ok = sum(h.ok for h in result.hosts)
     console.print(f"{ok}/{len(result.hosts)} hosts have the files in {escape(result.dest)}; "
                   f"{_size(result.bytes_out)} sent from here in {result.seconds:.1f} s "
-                  f"({result.fanout})")
+                  f"({result.fanout})", highlight=False)
