@@ -25,6 +25,7 @@ from sshcluster.errors import (
     InventoryError,
     NoSuchCluster,
     OutputExistsError,
+    PushError,
     QuotingError,
     RenderError,
     SshclusterError,
@@ -41,6 +42,10 @@ from sshcluster.inventory import (
 )
 from sshcluster.packages import SyncReport, sync, sync_async
 from sshcluster.preflight import check, check_async, verified_inventory
+
+# (The function takes the name of its sub-package here, so that sshcluster.push(...) is
+# the call; the sub-package's names are imported from sshcluster.push as usual.)
+from sshcluster.push import HostPush, PushResult, push
 from sshcluster.report import CheckReport, HostReport, StepResult
 
 __all__ = [
@@ -49,12 +54,15 @@ __all__ = [
     "EC2Error",
     "Host",
     "HostError",
+    "HostPush",
     "HostReport",
     "Inventory",
     "InventoryError",
     "NoSuchCluster",
     "OutputExistsError",
     "Primary",
+    "PushError",
+    "PushResult",
     "QuotingError",
     "RenderError",
     "RenderOptions",
@@ -69,6 +77,7 @@ __all__ = [
     "dump_inventory",
     "load_inventory",
     "parse_inventory",
+    "push",
     "render",
     "sync",
     "sync_async",

@@ -248,6 +248,8 @@ def render(inventory: Inventory, options: RenderOptions | None = None) -> str:
         "",
         "# The primary as the workers see it, and the machines with their R workers.",
         f"primary <- {r_string(primary)}",
+        *([f"workdir <- {r_string(inventory.workdir)}  # where the workers start, on every host"]
+          if inventory.workdir else []),
         "machineAddresses <- list(",
         *_r_items([_machine(inventory, h, opts, plan) for h in inventory.hosts]),
         ")",
@@ -369,6 +371,7 @@ def _fast(inventory: Inventory, opts: RenderOptions, plan: _Plan) -> list[str]:
             ("fork", _r_value(plan.fork)),
             ("setup_timeout", _r_value(inventory.setup_timeout)),
             ("locale", _r_value(inventory.locale)),
+            ("workdir", _r_value(inventory.workdir)),
             ("register", _r_value(plan.register)),
             ("worker_output", _r_value(plan.worker_output)),
             ("remote_script", r_string(_R_SOURCES["remote.sh"])),
@@ -395,6 +398,7 @@ def _classic(inventory: Inventory, opts: RenderOptions, plan: _Plan) -> list[str
             ("known_hosts", _known_hosts_forms(inventory)),
             ("port", port),
             ("register", _r_value(plan.register)),
+            ("workdir", _r_value(inventory.workdir)),
         ]),
     ]
 

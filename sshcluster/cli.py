@@ -18,11 +18,14 @@ import click
 from rich.console import Console
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     SpinnerColumn,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
+    TransferSpeedColumn,
 )
 
 from sshcluster import __version__, bootstrap, packages
@@ -30,14 +33,18 @@ from sshcluster.ec2.cli import ec2_group
 from sshcluster.errors import CheckFailed, SshclusterError
 from sshcluster.helpformat import use_help_formatter
 from sshcluster.inventory import (
+    FANOUTS,
     LAUNCHES,
     TUNNELS,
+    Fanout,
     Inventory,
     Register,
     example_inventory,
     load_inventory,
 )
 from sshcluster.preflight import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT, check, verified_inventory
+from sshcluster.push import push
+from sshcluster.push.report import print_push
 from sshcluster.report import CheckReport, error_document, print_report
 from sshcluster.testing.cli import testbed_group
 
@@ -161,7 +168,8 @@ def check_command(ctx: click.Context, inventory: str, timeout: float, concurrenc
     """Check that every host of INVENTORY is ready to be an R worker.
 
     Per host, in order: resolve, connect, hostkey, auth, rscript, packages, cores,
-    load, reverse_ssh, callback. All hosts at once; the run ends within --timeout.
+    load, reverse_ssh, callback, and with shared_dir: / fanout: in the inventory,
+    shared_dir and fanout. All hosts at once; the run ends within --timeout.
     Exit status: 0 every host ready, 1 some host failed, 2 a wrong inventory or
     command line.
     """
@@ -321,6 +329,51 @@ def sync_command(inventory: str, timeout: float, as_json: bool) -> None:
         click.secho(report.summary(), fg="green" if report.ok else "red", bold=True)
     if not report.ok:
         raise click.exceptions.Exit(1)
+
+
+@cli.command("push")
+@click.argument("inventory", type=click.Path(dir_okay=False))
+@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=False))
+@click.option("--to", "dest", metavar="DEST",
+              help="Directory on every host (default: the inventory's workdir); each "
+                   "SOURCE lands at DEST/its name.")
+@click.option("--fanout", type=click.Choice(FANOUTS),
+              help="direct: the primary copies to every host at once; chain / tree: the "
+                   "hosts pass the stream on to each other (they must reach each other "
+                   "by ssh). Overrides the inventory's 'fanout'.")
+@click.option("--json", "as_json", is_flag=True, help="Print only the JSON result on stdout.")
+@click.pass_context
+def push_command(ctx: click.Context, inventory: str, sources: tuple[str, ...],
+                 dest: str | None, fanout: str | None, as_json: bool) -> None:
+    """Copy SOURCES (files or directories) to every host of INVENTORY.
+
+    Only what changed is sent (size and modification time, then a content hash);
+    each file is verified on arrival and renamed into place, modes kept; symlinks that
+    lead outside a source are not followed. One verdict per host. Exit status: 0 every
+    host has the files, 1 some host failed, 2 a wrong inventory or command line.
+    """
+    inv = load_inventory(inventory)
+    fan: Fanout | None = "chain" if fanout == "chain" else "tree" if fanout == "tree" \
+        else "direct" if fanout else None
+    console = Console(stderr=True)
+    if console.is_terminal and not as_json:
+        with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                      TransferSpeedColumn(), console=console, transient=True) as bar:
+            tasks: dict[str, TaskID] = {}
+
+            def show(host: str, sent: int, total: int) -> None:
+                if host not in tasks:
+                    tasks[host] = bar.add_task(host, total=total)
+                bar.update(tasks[host], completed=sent)
+
+            result = push(inv, sources, dest, fanout=fan, progress=show)
+    else:
+        result = push(inv, sources, dest, fanout=fan)
+    if as_json:
+        click.echo(result.to_json())
+    else:
+        print_push(result, Console())
+    ctx.exit(0 if result.ok else 1)
 
 
 @cli.command()

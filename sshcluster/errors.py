@@ -174,6 +174,14 @@ class ForeignCluster(EC2Error):
         super().__init__(message, hint=hint)
 
 
+class PushError(SshclusterError):
+    """A push cannot start: a source that cannot be read, no destination, a bad name.
+
+    (A host that fails during a push is not an exception: its verdict says why.)"""
+
+    exit_code = 2
+
+
 __all__ = [
     "CheckFailed",
     "EC2Error",
@@ -184,6 +192,7 @@ __all__ = [
     "NoSuchCluster",
     "OutputExistsError",
     "PackagesError",
+    "PushError",
     "QuotingError",
     "RenderError",
     "SshclusterError",
@@ -191,3 +200,4 @@ __all__ = [
     "TestbedError",
     "UnsafePathError",
 ]
+

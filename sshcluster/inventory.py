@@ -47,6 +47,11 @@ REVERSE_SSH: tuple[ReverseSsh, ...] = ("optional", "required")
 #: What the bootstrap registers the cluster with, besides ``parallelCluster``.
 Register = Literal["future", "doparallel"]
 REGISTERS: tuple[Register, ...] = ("future", "doparallel")
+#: How ``push`` reaches the hosts: ``direct`` (the primary copies to each host, in
+#: parallel; the default) or ``chain`` / ``tree`` (the hosts can ssh to each other: the
+#: primary sends one stream and each host passes it on to the next).
+Fanout = Literal["direct", "chain", "tree"]
+FANOUTS: tuple[Fanout, ...] = ("direct", "chain", "tree")
 #: Default seconds for all workers to connect (R's own default setup_timeout).
 SETUP_TIMEOUT = 120
 
@@ -118,6 +123,11 @@ class Inventory:
     per worker). ``locale`` is the locale the workers run in (None: the primary's own
     ``LANG``/``LC_*``). ``reverse_ssh`` says whether the check fails a host whose worker
     cannot ssh back to the primary (``required``) or only warns (``optional``).
+    ``workdir`` is the directory the workers start in on every host (made if missing; a
+    relative path is relative to the login directory; None: the login directory itself)
+    and where ``push`` copies to by default. ``shared_dir`` is a directory every host
+    mounts from one file server (the check verifies it; ``push`` there sends one copy).
+    ``fanout`` is how ``push`` reaches the hosts (see :data:`Fanout`).
     ``worker_output`` is where the fast launch's workers' output goes: ``none`` (the
     default, as makeCluster's), ``console`` (the primary's, each line after its host's
     name) or an absolute directory on the worker hosts (a file per host in it).
@@ -141,6 +151,9 @@ class Inventory:
     worker_output: str = "none"
     packages: Packages = field(default_factory=Packages)
     library: str = DEFAULT_LIBRARY
+    workdir: str | None = None
+    shared_dir: str | None = None
+    fanout: Fanout = "direct"
     path: str | None = field(default=None, compare=False)
     check_note: str | None = None
 
@@ -184,6 +197,13 @@ class _Reader(Reader):
         return self.integer(value, where, line, low=1, high=4096,
                             what="a positive whole number (or 'auto')")
 
+    def remote_path(self, value: Any, where: str, line: int) -> str:
+        # A path on the hosts, not here: nothing is expanded or resolved.
+        if not isinstance(value, str) or not value or not _SAFE_PATH.match(value):
+            raise self.fail(f"expected a directory path on the hosts, got {describe(value)}",
+                            line=line, field=where)
+        return value.rstrip("/") or "/"
+
     def rscript(self, value: Any, where: str, line: int) -> str:
         if isinstance(value, str) and "\\" in value:
             raise self.fail("a backslash cannot reach every login shell alike (fish reads it "
@@ -208,7 +228,8 @@ _DEFAULT_KEYS = ("user", "ncore", "ssh_port", "identity_file", "rscript", "libra
 _PRIMARY_KEYS = ("host", "user", "ssh_port")
 _TOP_KEYS = ("primary", "port", "defaults", "hosts", "known_hosts", "r_packages", "launch",
              "tunnel", "fork", "register", "setup_timeout", "locale", "reverse_ssh",
-             "worker_output", "packages", "lockfile", "repos", "library")
+             "worker_output", "packages", "lockfile", "repos", "library", "workdir",
+             "shared_dir", "fanout")
 
 
 def _host_fields(reader: _Reader, m: Map, where: str,
@@ -278,9 +299,12 @@ def _read(doc: Any, reader: _Reader) -> Inventory:
         how["library"] = reader.remote_dir(top["library"], "library",
                                            reader.line_of(top, "library"))
     for name, choices in (("launch", LAUNCHES), ("tunnel", TUNNELS),
-                          ("reverse_ssh", REVERSE_SSH)):
+                          ("reverse_ssh", REVERSE_SSH), ("fanout", FANOUTS)):
         if name in top:
             how[name] = reader.choice(top[name], name, reader.line_of(top, name), choices)
+    for name in ("workdir", "shared_dir"):
+        if name in top:
+            how[name] = reader.remote_path(top[name], name, reader.line_of(top, name))
     if "fork" in top:
         how["fork"] = reader.boolean(top["fork"], "fork", reader.line_of(top, "fork"))
     if "setup_timeout" in top:
@@ -420,6 +444,11 @@ def inventory_to_dict(inv: Inventory) -> dict[str, Any]:
         out["reverse_ssh"] = inv.reverse_ssh
     if inv.worker_output != "none":
         out["worker_output"] = inv.worker_output
+    for name in ("workdir", "shared_dir"):
+        if getattr(inv, name) is not None:
+            out[name] = getattr(inv, name)
+    if inv.fanout != "direct":
+        out["fanout"] = inv.fanout
     hosts = []
     for h in inv.hosts:
         item: dict[str, Any] = {"host": h.host}
@@ -444,6 +473,7 @@ def dump_inventory(inv: Inventory, *, header: str | None = None) -> str:
 __all__ = [
     "AUTO",
     "DEFAULT_LIBRARY",
+    "FANOUTS",
     "LAUNCHES",
     "PACKAGE_MODES",
     "REGISTERS",
@@ -451,6 +481,7 @@ __all__ = [
     "SETUP_TIMEOUT",
     "TUNNELS",
     "Constraint",
+    "Fanout",
     "Host",
     "Inventory",
     "Launch",

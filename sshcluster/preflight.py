@@ -49,6 +49,7 @@ from sshcluster.knownhosts import KnownHostsFiles
 from sshcluster.net import R_PORT_RANGE
 from sshcluster.packages.reference import Reference, reference_for
 from sshcluster.probe import REMOTE_STEPS
+from sshcluster.push.shared import start_marker
 from sshcluster.report import CheckReport, HostReport
 from sshcluster.sshconfig import SshConfigError, client_settings
 from sshcluster.sshconnect import Connector
@@ -115,7 +116,8 @@ async def check_async(
                 listener=listener, connector=connector,
                 primary_user=inventory.primary.user or getpass.getuser(),
                 slots=asyncio.Semaphore(concurrency), concurrency=concurrency,
-                tunnel=tunnel, primary_r_version=r_version, reference=reference)
+                tunnel=tunnel, primary_r_version=r_version, reference=reference,
+                shared=start_marker(inventory))
 
             async def one(host: Host) -> HostReport:
                 report = await run_host(HostCheck(ctx, host, secrets.token_hex(16)))
@@ -123,7 +125,11 @@ async def check_async(
                     progress(report)
                 return report
 
-            reports = await asyncio.gather(*(one(h) for h in inventory.hosts))
+            try:
+                reports = await asyncio.gather(*(one(h) for h in inventory.hosts))
+            finally:
+                if ctx.shared is not None:
+                    ctx.shared.remove_local()
     primary, note = _primary_address(inventory, reports)
     connections = workers_note(sum(r.workers for r in reports), ctx.primary_r_version)
     return CheckReport(

@@ -37,6 +37,8 @@ STEPS: tuple[str, ...] = (
     "load",
     "reverse_ssh",
     "callback",
+    "shared_dir",
+    "fanout",
 )
 
 #: A step's outcome: ``ok``; ``warning`` (passed, but something is worth knowing; the
@@ -74,6 +76,12 @@ class StepResult:
 
 
 SKIPPED = StepResult("skipped", "an earlier step failed")
+#: The ``shared_dir`` step of an inventory without one: its column is left out of the
+#: table when every host has this (the JSON keeps it).
+NO_SHARED_DIR = StepResult("ok", "no shared_dir in the inventory")
+#: Likewise, the ``fanout`` step of an inventory whose push copies directly.
+NO_FANOUT = StepResult("ok", "fanout: direct (the hosts need not reach each other)")
+_NOT_ASKED = {"shared_dir": NO_SHARED_DIR, "fanout": NO_FANOUT}
 
 
 @dataclass(frozen=True)
@@ -281,7 +289,7 @@ _STYLE: dict[str, tuple[str, str]] = {
 SHORT_NAMES = {
     "resolve": "dns", "connect": "tcp", "hostkey": "key", "auth": "auth", "rscript": "R",
     "packages": "pkgs", "cores": "cpu", "load": "load", "reverse_ssh": "back",
-    "callback": "call",
+    "callback": "call", "shared_dir": "nfs", "fanout": "fan",
 }
 
 
@@ -296,12 +304,12 @@ def report_table(report: CheckReport, width: int | None = None) -> Table:
     table = Table(show_edge=False, pad_edge=False, header_style="bold",
                   box=box.SIMPLE_HEAD, padding=(0, 1))
     table.add_column("host", no_wrap=True, min_width=_label_width(report))
-    for step in STEPS:
+    for step in _shown(report):
         name = SHORT_NAMES[step] if short else step.replace("_", " ")
         table.add_column(name, justify="center", no_wrap=True)
     for h in report.hosts:
         cells = []
-        for step in STEPS:
+        for step in _shown(report):
             word, style = _STYLE[h.checks[step].status]
             cells.append(Text("FAIL" if short and word == "FAILED" else word, style=style))
         table.add_row(Text(h.label, style="" if h.ok else "red"), *cells)
@@ -324,16 +332,23 @@ def report_lines(report: CheckReport) -> list[Text]:
     return lines
 
 
+def _shown(report: CheckReport) -> list[str]:
+    """The table's steps: all, but shared_dir and fanout only where the inventory
+    asks for them."""
+    return [s for s in STEPS if s not in _NOT_ASKED
+            or any(h.checks[s] not in (_NOT_ASKED[s], SKIPPED) for h in report.hosts)]
+
+
 def _label_width(report: CheckReport) -> int:
     return max([4, *(len(h.label) for h in report.hosts)])
 
 
 def _full_width(report: CheckReport) -> int:
-    return _label_width(report) + sum(max(len(s), 6) + 2 for s in STEPS)
+    return _label_width(report) + sum(max(len(s), 6) + 2 for s in _shown(report))
 
 
 def _short_width(report: CheckReport) -> int:
-    return _label_width(report) + 1 + sum(max(len(SHORT_NAMES[s]), 4) + 2 for s in STEPS)
+    return _label_width(report) + 1 + sum(max(len(SHORT_NAMES[s]), 4) + 2 for s in _shown(report))
 
 
 def report_details(report: CheckReport) -> list[Text]:
@@ -414,6 +429,8 @@ def print_report(report: CheckReport, console: Console, *, table: bool = True) -
 
 
 __all__ = [
+    "NO_FANOUT",
+    "NO_SHARED_DIR",
     "SCHEMA_VERSION",
     "SKIPPED",
     "STATUSES",

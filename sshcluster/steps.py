@@ -38,6 +38,8 @@ from sshcluster.probe import (
     found,
     remote_script,
 )
+from sshcluster.push.fanout_check import fanout_step
+from sshcluster.push.shared import SharedMarker, shared_dir_step
 from sshcluster.report import SKIPPED, HostReport, StepResult
 from sshcluster.sshconfig import ClientSettings, client_settings
 from sshcluster.sshconnect import Connector, HostKeyDecision, close_all, host_decision
@@ -60,6 +62,7 @@ class CheckContext:
     tunnel: bool = False
     primary_r_version: str | None = None
     reference: Reference | None = None
+    shared: SharedMarker | None = None  # the marker of the inventory's shared_dir
 
     def remaining(self) -> float:
         """Seconds left until the deadline."""
@@ -373,6 +376,8 @@ STEPS: tuple[Step, ...] = (
     Step("load", ("auth",), _remote("load"), _late_remote("load")),
     Step("reverse_ssh", ("auth",), _remote("reverse_ssh"), _late_remote("reverse_ssh")),
     Step("callback", ("rscript",), callback, _callback_result),
+    Step("shared_dir", ("auth",), shared_dir_step),
+    Step("fanout", ("auth",), fanout_step),
 )
 
 
@@ -423,6 +428,8 @@ async def run_host(hc: HostCheck) -> HostReport:
         results[current.name] = StepResult(
             "failed", f"unexpected error: {type(e).__name__}: {e}")
     finally:
+        if ctx.shared is not None:  # (a host that never looks must not be waited for)
+            ctx.shared.looked(hc.host.label)
         ctx.slots.release()
         await hc.close()
     return _report(hc, results, complete=complete)

@@ -197,3 +197,24 @@ def test_reverse_ssh_is_optional_unless_required() -> None:
     with pytest.raises(InventoryError, match="line 3: reverse_ssh: expected one of") as e:
         parse_inventory(base + "reverse_ssh: requird\n")
     assert e.value.hint == "did you mean 'required'?"
+
+
+def test_workdir_shared_dir_and_fanout_are_read_and_dumped_back() -> None:
+    text = ("primary: p\nworkdir: data/run1/\nshared_dir: /nfs/team\nfanout: chain\n"
+            "hosts: [a]\n")
+    inv = parse_inventory(text, "h.yaml")
+    # host paths are the hosts': not resolved against this machine's directories
+    assert (inv.workdir, inv.shared_dir, inv.fanout) == ("data/run1", "/nfs/team", "chain")
+    assert parse_inventory(dump_inventory(inv), "h.yaml") == inv
+    assert parse_inventory("primary: p\nhosts: [a]\n").fanout == "direct"
+
+
+@pytest.mark.parametrize("text, field, line", [
+    ("primary: p\nhosts: [a]\nfanout: ring\n", "fanout", 3),
+    ("primary: p\nhosts: [a]\nworkdir: ''\n", "workdir", 3),
+    ("primary: p\nhosts: [a]\n\nshared_dir: [x]\n", "shared_dir", 4),
+])
+def test_bad_workdir_shared_dir_fanout(text: str, field: str, line: int) -> None:
+    with pytest.raises(InventoryError) as e:
+        parse_inventory(text, "h.yaml")
+    assert (e.value.field, e.value.line) == (field, line)

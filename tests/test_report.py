@@ -9,6 +9,8 @@ from rich.console import Console
 
 from sshcluster.inventory import Host
 from sshcluster.report import (
+    NO_FANOUT,
+    NO_SHARED_DIR,
     SKIPPED,
     STEPS,
     CheckReport,
@@ -31,6 +33,10 @@ def host_report(name: str, failed_at: str | None = None, warn: str | None = None
             failed = True
         elif step == warn:
             checks[step] = StepResult("warning", "busy", 0.01)
+        elif step == "shared_dir":
+            checks[step] = NO_SHARED_DIR
+        elif step == "fanout":
+            checks[step] = NO_FANOUT
         else:
             checks[step] = StepResult("ok", "fine", 0.01)
     return HostReport(host=Host(name, ncore=ncore), checks=checks, ncore=2,
@@ -38,9 +44,9 @@ def host_report(name: str, failed_at: str | None = None, warn: str | None = None
                       r_version="4.2.2" if not failed_at else None)
 
 
-def test_steps_are_the_issues_ten_in_order() -> None:
+def test_steps_are_the_issues_ten_in_order_then_shared_dir_and_fanout() -> None:
     assert STEPS == ("resolve", "connect", "hostkey", "auth", "rscript", "packages", "cores",
-                     "load", "reverse_ssh", "callback")
+                     "load", "reverse_ssh", "callback", "shared_dir", "fanout")
 
 
 def test_ok_failed_and_warnings() -> None:

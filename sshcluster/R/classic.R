@@ -28,6 +28,14 @@ start_classic <- function(config) {
                rshcmd = fix(config$rshcmd), homogeneous = FALSE)
   if (!is.na(config$port)) args$port <- config$port
   cl <- do.call(parallel::makeCluster, args)
+  # makeCluster() has no way to start a worker elsewhere than in the login
+  # directory, so each worker moves there before the user's first call.
+  if (!is.null(config$workdir))
+    parallel::clusterCall(cl, function(dir) {
+      dir.create(dir, recursive = TRUE, showWarnings = FALSE)
+      setwd(dir)
+      invisible(NULL)
+    }, config$workdir)
   S$cluster <- cl
   S$id <- basename(tempfile("classic"))
   S$stop <- function() {

@@ -280,7 +280,9 @@ remote_command <- function(S, h, port) {
   m <- cfg$machines[[h]]
   rscript <- if (is.null(m$rscript)) "Rscript" else m$rscript
   master <- if (cfg$tunnel) "127.0.0.1" else cfg$workers_reach
-  env <- c(locale_assignments(cfg$locale), paste0("SSHCLUSTER_OUTPUT=", cfg$worker_output))
+  # (remote.sh makes the workdir and starts the workers in it)
+  env <- c(locale_assignments(cfg$locale), paste0("SSHCLUSTER_OUTPUT=", cfg$worker_output),
+           if (!is.null(cfg$workdir)) paste0("SSHCLUSTER_WORKDIR=", cfg$workdir))
   paste(
     "exec sh -c", sq(cfg$read_script),
     "sshcluster", sq(rscript), sq(master), port, h, cfg$setup_timeout,

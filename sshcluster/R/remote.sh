@@ -28,6 +28,14 @@ command -v "$r" >/dev/null 2>&1 || {
   echo "sshcluster: $r not found on $(uname -n) (PATH=$PATH); set rscript: in the inventory" >&2
   exit 127
 }
+# The inventory's workdir: made if missing, and the workers start in it (a relative
+# one is relative to the login directory, where ssh starts us).
+if [ -n "${SSHCLUSTER_WORKDIR:-}" ]; then
+  mkdir -p -- "$SSHCLUSTER_WORKDIR" && cd -- "$SSHCLUSTER_WORKDIR" || {
+    echo "sshcluster: cannot make or enter workdir $SSHCLUSTER_WORKDIR on $(uname -n)" >&2
+    exit 126
+  }
+fi
 # Behind a reverse tunnel, start only once the primary has seen "ready": ssh has
 # then processed sshd's answer to its -R request, so the port is ours.
 if [ "$mode" = tunnel ]; then

@@ -18,7 +18,9 @@ from sshcluster.errors import TestbedError
 from sshcluster.testing.hosts import TestHost
 from sshcluster.testing.netns import run_command
 
-__all__ = ["Action", "allow", "cut_off", "hide_ssh", "reconnect", "reject", "slow_ssh"]
+__all__ = [
+    "Action", "HostFaults", "allow", "cut_off", "hide_ssh", "reconnect", "reject", "slow_ssh",
+]
 
 #: ``REJECT`` answers with a reset: a connect fails at once ("connection refused").
 #: ``DROP`` discards the packets: a connect hangs until it times out.
@@ -102,3 +104,47 @@ def slow_ssh(host: TestHost) -> None:
     them (after 1 s, then 2 s more, ...), so the host answers only once
     :func:`reconnect` removes the rule."""
     _iptables(host, ["-I", "INPUT", "1", *_SYN])
+
+
+class HostFaults:
+    """The faults above as methods of a :class:`~sshcluster.testing.Testbed`."""
+
+    _up: bool
+
+    @property
+    def primary_address(self) -> str:
+        raise NotImplementedError
+
+    def _need_up(self) -> object:
+        raise NotImplementedError
+
+    def reject(self, host: TestHost, port: int, *, action: Action = "REJECT") -> None:
+        """Block TCP from ``host`` to the primary's ``port``.
+
+        ``REJECT`` answers with a reset, so a connect fails at once with "connection
+        refused"; ``DROP`` discards the packets, so a connect hangs until it times out.
+        """
+        reject(host, self.primary_address, port, action)
+
+    def allow(self, host: TestHost, port: int) -> None:
+        """Remove every :meth:`reject` rule for ``port`` on ``host``."""
+        allow(host, self.primary_address, port)
+
+    def cut_off(self, host: TestHost) -> None:
+        """Drop every packet in and out of ``host`` (loopback aside), as when a machine
+        vanishes from the network; :meth:`reconnect` undoes it."""
+        self._need_up()
+        cut_off(host)
+
+    def slow_ssh(self, host: TestHost) -> None:
+        """Drop the SYNs of new connections to ``host``'s sshd until :meth:`reconnect`."""
+        self._need_up()
+        slow_ssh(host)
+
+    def hide_ssh(self, host: TestHost) -> None:
+        """Refuse the primary's connections to ``host``'s sshd, until :meth:`reconnect`."""
+        hide_ssh(host, self.primary_address)
+
+    def reconnect(self, host: TestHost) -> None:
+        """Undo :meth:`cut_off`, :meth:`slow_ssh` and :meth:`hide_ssh`."""
+        reconnect(host, self.primary_address if self._up else None)

@@ -8,7 +8,7 @@ namespace, with its hostname and its own ``/root/.ssh``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,10 +21,16 @@ __all__ = ["TestHost", "enter_argv", "host_dir"]
 # The mount namespace is a *slave* (not private) of the root one, so when a testbed
 # deletes a netns (an unmount of /run/netns/NAME) the copy here goes too, instead of
 # keeping that namespace and its veth alive for as long as this host runs.
+# Then, after a count N, N pairs "DIR SIZE": a private tmpfs of SIZE over each DIR (the
+# host's own disk there, as on a real machine), before the command.
 _ENTER = (
     'hostname "$1" && mount --bind "$2" /root/.ssh'
     ' && { [ ! -e /root/.bashrc ] || mount --bind "$3" /root/.bashrc; }'
-    ' && shift 3 && exec "$@"'
+    ' && shift 3 && n=$1 && shift'
+    ' && while [ "$n" -gt 0 ]; do mkdir -p "$1"'
+    ' && mount -t tmpfs -o "size=$2,mode=755" sshcluster-private "$1" || exit 1;'
+    ' shift 2; n=$((n - 1)); done'
+    ' && exec "$@"'
 )
 
 
@@ -52,11 +58,17 @@ def host_dir(workdir: Path, host: TestHost | int) -> Path:
     return workdir / f"h{index}"
 
 
-def enter_argv(workdir: Path, host: TestHost, argv: Sequence[str]) -> list[str]:
-    """``argv`` run in the host's network namespace with its hostname and /root/.ssh."""
+def enter_argv(
+    workdir: Path, host: TestHost, argv: Sequence[str], private: Mapping[str, str] | None = None
+) -> list[str]:
+    """``argv`` run in the host's network namespace with its hostname and /root/.ssh;
+    ``private`` maps directories to the size of a tmpfs of the host's own mounted there
+    (seen only by ``argv`` and what it starts)."""
     d = host_dir(workdir, host)
+    dirs = [x for path, size in (private or {}).items() for x in (path, size)]
     return [
         "ip", "netns", "exec", host.netns,
         "unshare", "--uts", "--mount", "--propagation", "slave",
-        "sh", "-c", _ENTER, "sh", host.hostname, str(d / "ssh"), str(d / "bashrc"), *argv,
+        "sh", "-c", _ENTER, "sh", host.hostname, str(d / "ssh"), str(d / "bashrc"),
+        str(len(dirs) // 2), *dirs, *argv,
     ]  # fmt: skip

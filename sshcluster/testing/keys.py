@@ -79,8 +79,10 @@ def write_ssh_files(
     user: str,
     primary_address: str,
     primary_port: int,
+    mesh: bool = False,
 ) -> None:
-    """Write the sshd configs, authorized_keys, known_hosts and ssh configs."""
+    """Write the sshd configs, authorized_keys, known_hosts and ssh configs; with
+    ``mesh``, every host's root can also ssh to every other host (by address)."""
     primary_dir = workdir / "primary"
     write_file(primary_dir / "authorized_keys", keys.worker + "\n")
     write_sshd_config(
@@ -90,12 +92,10 @@ def write_ssh_files(
         authorized_keys=str(primary_dir / "authorized_keys"),
         title=f"primary of {name}",
     )
-    write_file(
-        workdir / KNOWN_HOSTS,
-        "".join(
-            f"{known_hosts_name(h.address, h.ssh_port)} {keys.hosts[h.index]}\n" for h in hosts
-        ),
+    hosts_entries = "".join(
+        f"{known_hosts_name(h.address, h.ssh_port)} {keys.hosts[h.index]}\n" for h in hosts
     )
+    write_file(workdir / KNOWN_HOSTS, hosts_entries)
     worker_priv = (workdir / "hostkey" / "id_ed25519").read_text()
     primary_entry = f"{known_hosts_name(primary_address, primary_port)} {keys.primary}\n"
     ssh_client_config = (
@@ -114,10 +114,11 @@ def write_ssh_files(
         )
         write_file(d / "bashrc", FRESH_BASHRC)
         s = d / "ssh"
-        write_file(s / "authorized_keys", keys.client + "\n", 0o600)
+        authorized = keys.client + "\n" + (keys.worker + "\n" if mesh else "")
+        write_file(s / "authorized_keys", authorized, 0o600)
         write_file(s / "id_ed25519", worker_priv, 0o600)
         write_file(s / "id_ed25519.pub", keys.worker + "\n")
-        write_file(s / "known_hosts", primary_entry)
+        write_file(s / "known_hosts", primary_entry + (hosts_entries if mesh else ""))
         write_file(s / "config", ssh_client_config)
     write_file(
         workdir / SSH_CONFIG,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from sshcluster.testing.hosts import TestHost, enter_argv, host_dir
@@ -35,9 +36,16 @@ class Servers:
     ``timeout`` bounds the wait for a restarted sshd to answer.
     """
 
-    def __init__(self, workdir: Path, timeout: float) -> None:
+    def __init__(
+        self, workdir: Path, timeout: float, private: Mapping[str, str] | None = None,
+        private_on: Collection[int] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.timeout = timeout
+        #: Private tmpfs directories (path: size) of the hosts' sshd and their sessions,
+        #: on the hosts with the indexes ``private_on`` (None: every host).
+        self.private = dict(private or {})
+        self.private_on = None if private_on is None else frozenset(private_on)
         self._primary: subprocess.Popen[bytes] | None = None
         self._hosts: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -60,7 +68,10 @@ class Servers:
     def spawn(self, host: TestHost) -> None:
         """Start the sshd of ``host``, without waiting for it (see :meth:`wait`)."""
         d = host_dir(self.workdir, host)
-        self._hosts[host.index] = popen_sshd(d, enter_argv(self.workdir, host, sshd_argv(d)))
+        self._hosts[host.index] = popen_sshd(
+            d, enter_argv(self.workdir, host, sshd_argv(d), self.private
+                          if self.private_on is None or host.index in self.private_on else None)
+        )
 
     def wait(self, host: TestHost, deadline: float) -> None:
         """Wait until the sshd of ``host`` answers, or fail with the tail of its logs."""

@@ -15,9 +15,10 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sshcluster.errors import TestbedError
 from sshcluster.testing.hosts import TestHost
@@ -26,7 +27,17 @@ from sshcluster.testing.registry import state_path
 from sshcluster.testing.sshd import SSHD
 from sshcluster.testing.subnets import parse_subnet
 
-__all__ = ["MAX_HOSTS", "TestbedSpec", "require_root_and_netns"]
+__all__ = [
+    "MAX_HOSTS",
+    "PRIVATE_DIR_SIZE",
+    "TestbedSpec",
+    "inventory_data",
+    "private_dirs_spec",
+    "require_root_and_netns",
+]
+
+#: The size of each host's tmpfs at one of its ``private_dirs``, unless given.
+PRIVATE_DIR_SIZE = "256m"
 
 MAX_HOSTS = 253
 
@@ -174,3 +185,52 @@ def _check_ports(n: int, ports: Mapping[int, int]) -> None:
             raise TestbedError(f"host_ssh_ports names host {index}, not one of 1..{n}")
         if not 1 <= port <= 65535:
             raise TestbedError(f"host_ssh_ports: {port} is not a TCP port")
+
+
+def private_dirs_spec(private_dirs: Mapping[str, str] | Sequence[str]) -> dict[str, str]:
+    """A testbed's ``private_dirs`` as path: tmpfs size, checked."""
+    out = (dict(private_dirs) if isinstance(private_dirs, Mapping)
+           else dict.fromkeys(private_dirs, PRIVATE_DIR_SIZE))
+    for path, size in out.items():
+        if not path.startswith("/") or not re.fullmatch(r"[0-9]+[kmg%]?", size):
+            raise TestbedError(f"private_dirs: {path!r}: {size!r} must be an absolute "
+                               "path and a tmpfs size such as 64m")
+    return out
+
+
+def inventory_data(
+    hosts: Sequence[TestHost],
+    *,
+    primary_address: str,
+    primary_port: int,
+    user: str,
+    ncore: int,
+    port: int | None,
+    extra: Mapping[str, Any] | None,
+    keys: tuple[Path, Path] | None,
+) -> dict[str, Any]:
+    """The inventory of a testbed's hosts as plain data; ``keys`` is (known_hosts, client
+    key), or None to leave them out."""
+    primary: dict[str, Any] = {"host": primary_address, "user": user}
+    if primary_port != 22:
+        primary["ssh_port"] = primary_port
+    entries: list[dict[str, Any]] = []
+    for h in hosts:
+        entry: dict[str, Any] = {"host": h.address}
+        if h.ssh_port != 22:
+            entry["ssh_port"] = h.ssh_port
+        entries.append(entry)
+    data: dict[str, Any] = {
+        "primary": primary,
+        "known_hosts": str(keys[0]) if keys else "",
+        "defaults": {"user": user, "identity_file": str(keys[1]) if keys else "",
+                     "ncore": ncore},
+        "hosts": entries,
+    }
+    if not keys:
+        del data["known_hosts"], data["defaults"]["identity_file"]
+    if port is not None:
+        data["port"] = port
+    if extra:
+        data.update(extra)
+    return data

@@ -63,7 +63,12 @@ from sshcluster.testing.keys import CLIENT_KEY, KNOWN_HOSTS, SSH_CONFIG, make_ke
 from sshcluster.testing.netns import make_network, pids_in_netns, process_name, run_command
 from sshcluster.testing.registry import new_state, refuse_taken, save_state, teardown
 from sshcluster.testing.servers import Servers
-from sshcluster.testing.spec import TestbedSpec, require_root_and_netns
+from sshcluster.testing.spec import (
+    TestbedSpec,
+    inventory_data,
+    private_dirs_spec,
+    require_root_and_netns,
+)
 from sshcluster.testing.sshd import choose_port
 from sshcluster.testing.subnets import SubnetLock, lock_subnet
 
@@ -72,7 +77,7 @@ __all__ = ["TestHost", "Testbed"]
 log = logging.getLogger(__name__)
 
 
-class Testbed:
+class Testbed(faults.HostFaults):
     """N SSH hosts in network namespaces on this machine, plus the primary's sshd.
 
     ``n`` hosts (1..253) get the addresses ``.2`` .. ``.n+1`` of ``subnet`` (a CIDR
@@ -83,6 +88,12 @@ class Testbed:
     ``workdir`` holds keys, configs and logs; by default a new temporary directory that
     :meth:`down` removes (a given workdir is left in place, with its logs; one that a
     testbed which is still up uses is refused).
+    ``private_dirs`` are directories (absolute paths, or a mapping of path to tmpfs size,
+    default ``PRIVATE_DIR_SIZE`` of :mod:`~sshcluster.testing.spec`) that each host's
+    sshd, and so every ssh session, sees as a tmpfs of its own: what is written there
+    over ssh is on that host only (:meth:`run` runs outside them); ``private_on`` limits
+    them to the hosts with those indexes (1-based). With ``mesh``, every
+    host's root can ssh to every other host's address.
     ``primary_ssh_port`` is the port of the primary's sshd on the bridge address; by
     default 22, or a free port if 22 is taken there. ``host_ssh_ports`` maps a host's
     index to the port its sshd listens on instead of 22 (``{2: 2222}``: a host with its
@@ -107,6 +118,9 @@ class Testbed:
         primary_ssh_port: int | None = None,
         timeout: float = 60.0,
         host_ssh_ports: Mapping[int, int] | None = None,
+        private_dirs: Mapping[str, str] | Sequence[str] = (),
+        private_on: Sequence[int] | None = None,
+        mesh: bool = False,
     ) -> None:
         #: The arguments, checked (a fresh name picked if none was given).
         self.spec = TestbedSpec.make(
@@ -117,6 +131,12 @@ class Testbed:
         self.name = self.spec.name
         self.hostname_prefix = hostname_prefix
         self.timeout = timeout
+        #: Directories each host has a tmpfs of its own at (path: size), so that a copy to
+        #: one host is not seen on another (they all share this machine's filesystem).
+        self.private_dirs = private_dirs_spec(private_dirs)
+        self.private_on = private_on
+        #: Whether every host's root can ssh to every other host (as push's chain needs).
+        self.mesh = mesh
         #: Seconds spent in each phase of the last :meth:`up` / :meth:`down`.
         self.timings: dict[str, float] = {}
         self._reset()
@@ -264,7 +284,7 @@ class Testbed:
             primary_config=wd / "primary" / "sshd_config",
         )  # fmt: skip
         save_state(self._state)
-        self._servers = Servers(wd, self.timeout)
+        self._servers = Servers(wd, self.timeout, self.private_dirs, self.private_on)
         self._up = True  # from here on the properties work; down() undoes the rest
 
         with ThreadPoolExecutor(max_workers=8) as pool:
@@ -278,6 +298,7 @@ class Testbed:
         write_ssh_files(
             wd, public_keys, self._hosts, name=self.name, user=self.user,
             primary_address=self._primary_address, primary_port=self._primary_port,
+            mesh=self.mesh,
         )  # fmt: skip
         self.timings["keys+network"] = time.monotonic() - t0
 
@@ -348,37 +369,6 @@ class Testbed:
             what=f"{' '.join(argv)} on {host.hostname}",
         )
 
-    def reject(self, host: TestHost, port: int, *, action: faults.Action = "REJECT") -> None:
-        """Block TCP from ``host`` to the primary's ``port``.
-
-        ``REJECT`` answers with a reset, so a connect fails at once with "connection
-        refused"; ``DROP`` discards the packets, so a connect hangs until it times out.
-        """
-        faults.reject(host, self.primary_address, port, action)
-
-    def allow(self, host: TestHost, port: int) -> None:
-        """Remove every :meth:`reject` rule for ``port`` on ``host``."""
-        faults.allow(host, self.primary_address, port)
-
-    def cut_off(self, host: TestHost) -> None:
-        """Drop every packet in and out of ``host`` (loopback aside), as when a machine
-        vanishes from the network; :meth:`reconnect` undoes it."""
-        self._need_up()
-        faults.cut_off(host)
-
-    def slow_ssh(self, host: TestHost) -> None:
-        """Drop the SYNs of new connections to ``host``'s sshd until :meth:`reconnect`."""
-        self._need_up()
-        faults.slow_ssh(host)
-
-    def hide_ssh(self, host: TestHost) -> None:
-        """Refuse the primary's connections to ``host``'s sshd, until :meth:`reconnect`."""
-        faults.hide_ssh(host, self.primary_address)
-
-    def reconnect(self, host: TestHost) -> None:
-        """Undo :meth:`cut_off`, :meth:`slow_ssh` and :meth:`hide_ssh`."""
-        faults.reconnect(host, self.primary_address if self._up else None)
-
     def stop_sshd(self, host: TestHost) -> None:
         """Stop the host's sshd listener (sessions already open keep running)."""
         self._need_up().stop(host)
@@ -440,31 +430,11 @@ class Testbed:
         client key (for a client whose ``~/.ssh`` has them).
         """
         self._need_up()
-        primary: dict[str, Any] = {"host": self.primary_address, "user": self.user}
-        if self.primary_ssh_port != 22:
-            primary["ssh_port"] = self.primary_ssh_port
-        hosts: list[dict[str, Any]] = []
-        for h in self.hosts:
-            entry: dict[str, Any] = {"host": h.address}
-            if h.ssh_port != 22:
-                entry["ssh_port"] = h.ssh_port
-            hosts.append(entry)
-        data: dict[str, Any] = {
-            "primary": primary,
-            "known_hosts": str(self.known_hosts),
-            "defaults": {
-                "user": self.user,
-                "identity_file": str(self.identity_file),
-                "ncore": ncore,
-            },
-            "hosts": hosts,
-        }
-        if not keys:
-            del data["known_hosts"], data["defaults"]["identity_file"]
-        if port is not None:
-            data["port"] = port
-        if extra:
-            data.update(extra)
+        data = inventory_data(
+            self.hosts, primary_address=self.primary_address, primary_port=self.primary_ssh_port,
+            user=self.user, ncore=ncore, port=port, extra=extra,
+            keys=(self.known_hosts, self.identity_file) if keys else None,
+        )  # fmt: skip
         out = Path(path)
         text = "# written by sshcluster testbed\n" + yaml.safe_dump(data, sort_keys=False)
         out.write_text(text)

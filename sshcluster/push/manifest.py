@@ -1,0 +1,197 @@
+"""What a push sends: the files under each source, and which of them a host lacks.
+
+:func:`local_manifest` walks the sources once: every directory, regular file and
+symlink, with its size, modification time (whole seconds, as the hosts' listing shows
+it) and mode. A symlink is sent as a link, never followed; one that leads outside its
+source is left out and named in :attr:`Manifest.skipped` (on a host it would point at
+whatever lives there). :func:`changes` compares the manifest with a host's listing
+(:func:`parse_listing`): a file whose size and mtime match is unchanged; one whose size
+matches but mtime does not is looked at by content hash (:func:`needs_hash`); anything
+else is sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from sshcluster.errors import PushError
+
+__all__ = [
+    "Entry",
+    "Manifest",
+    "Remote",
+    "changes",
+    "file_hash",
+    "local_manifest",
+    "needs_hash",
+    "parse_listing",
+]
+
+Kind = Literal["d", "f", "l"]
+
+#: Bytes read at a time when hashing.
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One thing to send: ``rel`` is its path under the destination (``data/x.csv``),
+    ``source`` where it is here; ``target`` a symlink's target."""
+
+    rel: str
+    source: str
+    kind: Kind
+    size: int = 0
+    mtime: int = 0
+    mode: int = 0o644
+    target: str = ""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Every entry of the sources, directories first (parents before children)."""
+
+    entries: tuple[Entry, ...]
+    skipped: tuple[str, ...] = ()
+
+    @property
+    def files(self) -> tuple[Entry, ...]:
+        return tuple(e for e in self.entries if e.kind != "d")
+
+    @property
+    def size(self) -> int:
+        """Bytes of file content in all."""
+        return sum(e.size for e in self.entries if e.kind == "f")
+
+
+@dataclass(frozen=True)
+class Remote:
+    """One path as a host's listing shows it."""
+
+    kind: str
+    size: int
+    mtime: int
+    mode: int
+
+
+def _check_name(rel: str) -> None:
+    # The hosts' tools take one path per line (sha256sum's list, the listing).
+    if "\n" in rel or "\\" in rel:
+        raise PushError(f"cannot push {rel!r}: a file name with a newline or backslash",
+                        hint="rename the file")
+
+
+def local_manifest(sources: Sequence[str | os.PathLike[str]]) -> Manifest:
+    """Walk ``sources`` (files or directories); each lands at DEST/its base name."""
+    entries: list[Entry] = []
+    skipped: list[str] = []
+    seen: set[str] = set()
+    for src in sources:
+        root = Path(src)
+        try:
+            st = root.lstat()
+        except OSError as e:
+            raise PushError(f"cannot read {src}: {e.strerror or e}") from e
+        base = Path(os.path.abspath(root)).name
+        if not base or base in (".", ".."):
+            raise PushError(f"{src!s} has no name to land under",
+                            hint="name the directory itself, e.g. data rather than data/.")
+        if base in seen:
+            raise PushError(f"two sources would land at {base}", hint="rename one")
+        seen.add(base)
+        if not stat.S_ISDIR(st.st_mode):
+            entries += _entry(root, base, os.path.abspath(root), skipped)
+            continue
+        top = os.path.abspath(root)
+        for dirpath, dirnames, filenames in os.walk(root):  # never follows links
+            dirnames.sort()
+            here = Path(dirpath)
+            rel_dir = base if here == root else f"{base}/{here.relative_to(root).as_posix()}"
+            entries += _entry(here, rel_dir, top, skipped)
+            for name in sorted(filenames + [d for d in dirnames if (here / d).is_symlink()]):
+                entries += _entry(here / name, f"{rel_dir}/{name}", top, skipped)
+    return Manifest(tuple(entries), tuple(skipped))
+
+
+def _entry(path: Path, rel: str, top: str, skipped: list[str]) -> list[Entry]:
+    _check_name(rel)
+    try:
+        st = path.lstat()
+    except OSError as e:
+        raise PushError(f"cannot read {path}: {e.strerror or e}") from e
+    mode = stat.S_IMODE(st.st_mode)
+    if stat.S_ISDIR(st.st_mode):
+        return [Entry(rel, str(path), "d", mode=mode)]
+    if stat.S_ISLNK(st.st_mode):
+        # Judged by the words of the link, as the host will read them: an absolute
+        # target, or one that climbs out of the source, means something else there.
+        target = os.readlink(path)
+        lands = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)), target))
+        if os.path.isabs(target) or not lands.startswith(top + os.sep):
+            skipped.append(str(path))
+            return []
+        return [Entry(rel, str(path), "l", mtime=int(st.st_mtime), mode=0o777,
+                      target=target)]
+    if stat.S_ISREG(st.st_mode):
+        return [Entry(rel, str(path), "f", size=st.st_size, mtime=int(st.st_mtime),
+                      mode=mode)]
+    skipped.append(str(path))  # sockets, fifos, devices: nothing to copy
+    return []
+
+
+def parse_listing(text: str) -> dict[str, Remote]:
+    """A host's listing (``KIND SIZE MTIME MODE PATH`` per line, as remote.sh's ``scan``
+    prints it with GNU find) as a mapping of path to :class:`Remote`."""
+    out: dict[str, Remote] = {}
+    for line in text.splitlines():
+        parts = line.split(" ", 4)
+        if len(parts) != 5:
+            continue
+        kind, size, mtime, mode, rel = parts
+        try:
+            out[rel] = Remote(kind, int(size), int(float(mtime)), int(mode, 8))
+        except ValueError:
+            continue
+    return out
+
+
+def _same_meta(e: Entry, r: Remote | None) -> bool:
+    return r is not None and r.kind == e.kind and r.size == e.size and r.mode == e.mode
+
+
+def needs_hash(manifest: Manifest, remote: dict[str, Remote]) -> list[Entry]:
+    """Files whose size and mode match the host's but whose mtime does not: the content
+    hash decides."""
+    return [e for e in manifest.files if e.kind == "f" and _same_meta(e, remote.get(e.rel))
+            and remote[e.rel].mtime != e.mtime]
+
+
+def changes(manifest: Manifest, remote: dict[str, Remote],
+            same_content: Iterable[str] = ()) -> list[Entry]:
+    """The files and links a host lacks, given its listing and the paths whose content
+    hash matched (:func:`needs_hash`)."""
+    same = set(same_content)
+    out: list[Entry] = []
+    for e in manifest.files:
+        r = remote.get(e.rel)
+        if e.kind == "l":
+            if r is None or r.kind != "l" or r.mtime != e.mtime:
+                out.append(e)
+        elif not (_same_meta(e, r) and ((r is not None and r.mtime == e.mtime) or e.rel in same)):
+            out.append(e)
+    return out
+
+
+def file_hash(path: str) -> str:
+    """The SHA-256 of a file's content, as sha256sum prints it."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,119 @@
+# sshcluster push, on each host: POSIX sh and standard tools (GNU find, tar, sha256sum,
+# tee, mv), nothing else. The launch's read_script.sh has read this script from the
+# session's stdin into $S; what follows on stdin is for the mode:
+#   scan DEST TOP...     print "KIND SIZE MTIME MODE PATH" for every file and link
+#                        under DEST/TOP (nothing if DEST is missing)
+#   sums DEST            stdin: paths under DEST, one a line; print sha256sum lines
+#   touch DEST           stdin: "MTIME PATH" lines; set those modification times
+#   receive DEST LABEL [NEXT...]
+#                        stdin: a tar stream whose last member is .sshcluster-push-sums.
+#                        Unpacked into a staging directory inside DEST, checked against
+#                        the sums, then each file renamed into place: no reader ever sees
+#                        half a file under its final name. NEXT is the rest of a chain,
+#                        four words per host (LABEL HOST PORT USER): the stream goes on
+#                        to the first of them, with the others after it, as it arrives.
+#                        Prints one verdict line per host, this one's first:
+#                        "sshcluster-push<TAB>LABEL<TAB>ok" or "...<TAB>failed<TAB>WHY".
+# An ssh that ends (Ctrl-C on the primary, a lost link) ends the stream: tar fails, the
+# staging directory is removed, nothing is renamed.
+trap '' PIPE  # a write to a closed session fails, so that the EXIT trap still runs
+mode=$1; dest=$2; shift 2
+case $mode in
+scan)
+  cd -- "$dest" 2>/dev/null || exit 0
+  for top; do
+    if [ -e "$top" ] || [ -L "$top" ]; then
+      find "$top" \( -type f -o -type l \) -printf '%y %s %T@ %m %p\n'
+    fi
+  done
+  exit 0 ;;
+sums)
+  cd -- "$dest" || exit 1
+  tr '\n' '\0' | xargs -0 -r sha256sum --
+  exit 0 ;;
+touch)
+  cd -- "$dest" || exit 1
+  while read -r t p; do touch -m -h -d "@$t" -- "$p" || exit 1; done
+  exit 0 ;;
+receive) ;;
+*) echo "sshcluster push: unknown mode $mode" >&2; exit 2 ;;
+esac
+
+label=$1; shift
+say() {  # STATUS [WHY]
+  printf 'sshcluster-push\t%s\t%s\t%s\n' "$label" "$1" "$(printf '%s' "${2-}" | tr '\n\t' '  ')"
+}
+q() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"; }
+work=$(mktemp -d "${TMPDIR:-/tmp}/sshcluster-push.XXXXXX") || {
+  say failed "cannot make a directory in ${TMPDIR:-/tmp}"; exit 1; }
+stage=
+trap 'rm -rf -- "$work" ${stage:+"$stage"}' EXIT
+trap 'exit 130' INT TERM HUP
+why=
+if ! { mkdir -p -- "$dest" && stage=$(mktemp -d "$dest/.sshcluster-push.XXXXXX"); } \
+    2>"$work/err"; then
+  why="cannot write to $dest: $(tail -n 1 "$work/err")"
+  stage=
+fi
+
+next=
+if [ $# -ge 4 ]; then
+  nlabel=$1; nhost=$2; nport=$3; nuser=$4; shift 4
+  rest=
+  for w; do rest="$rest $(q "$w")"; done
+  mkfifo "$work/fifo"
+  # AES-GCM first where this ssh knows the ^ form (AES-NI: several times chacha20's speed)
+  gcm=^aes128-gcm@openssh.com,aes256-gcm@openssh.com
+  ssh -G -o "Ciphers=$gcm" localhost >/dev/null 2>&1 || gcm=
+
+  # The next host gets this same script, then the stream as it arrives here.
+  { printf '%s\n# sshcluster: end of script\n' "$S"; cat "$work/fifo"; } |
+    ssh -T -o BatchMode=yes -o StrictHostKeyChecking=yes -o ConnectTimeout=10 \
+      -o ServerAliveInterval=5 -o ServerAliveCountMax=3 ${gcm:+-o "Ciphers=$gcm"} -p "$nport" \
+      ${nuser:+-l "$nuser"} -- "$nhost" \
+      "exec sh -c $(q "$READ_SCRIPT") sshcluster-push receive $(q "$dest") $(q "$nlabel")$rest" \
+      >"$work/next.out" 2>"$work/next.err" &
+  next=$!
+fi
+
+# tee -p: a host whose own tar has given up (a full disk) still passes the stream on.
+if [ -n "$next" ] && [ -n "$stage" ]; then
+  tee -p "$work/fifo" | tar -C "$stage" -xpf - 2>"$work/tar.err"
+elif [ -n "$next" ]; then
+  cat >"$work/fifo"; false
+elif [ -n "$stage" ]; then
+  tar -C "$stage" -xpf - 2>"$work/tar.err"
+else
+  cat >/dev/null; false
+fi
+rc=$?
+
+if [ -z "$why" ] && [ "$rc" != 0 ]; then
+  why="$(grep -v 'Exiting with failure' "$work/tar.err" | head -n 3)"
+fi
+if [ -z "$why" ]; then
+  ( cd "$stage" && sha256sum --quiet --strict -c .sshcluster-push-sums ) >"$work/sums" 2>&1 ||
+    why="verification failed: $(grep -v '^sha256sum: WARNING' "$work/sums" | head -n 3)"
+fi
+if [ -z "$why" ]; then
+  # Directories first (made, with their modes), then every file and link renamed:
+  # one mv per directory (each file still its own rename), not one per file.
+  ( cd "$stage" && rm -f .sshcluster-push-sums &&
+    find . -mindepth 1 -type d -exec sh -c \
+      'for d; do mkdir -p -- "$0/$d" && chmod "$(stat -c %a -- "$d")" -- "$0/$d" || exit 1
+       done' "$dest" {} + &&
+    find . -type d -exec sh -c \
+      'for d; do find "$d" -mindepth 1 -maxdepth 1 ! -type d -print0 |
+       xargs -0 -r mv -f -t "$0/$d" -- || exit 1; done' "$dest" {} + ) 2>"$work/err" ||
+    why="cannot rename into $dest: $(tail -n 1 "$work/err")"
+fi
+if [ -z "$why" ]; then say ok; else say failed "$why"; fi
+
+if [ -n "$next" ]; then
+  wait "$next"
+  grep '^sshcluster-push	' "$work/next.out"
+  grep -q "^sshcluster-push	$nlabel	" "$work/next.out" ||
+    printf 'sshcluster-push\t%s\tfailed\tfrom %s: %s\n' "$nlabel" "$label" \
+      "$(tail -n 2 "$work/next.err" | tr '\n\t' '  ')"
+fi
+[ -z "$why" ]

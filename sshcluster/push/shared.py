@@ -1,0 +1,163 @@
+"""The check's ``shared_dir`` step: is the inventory's shared directory really one
+directory, seen the same on every host?
+
+A fresh marker file (a random name and content per check run) is written there once:
+by the primary when the primary has the directory, else by the first host, over its
+check's ssh connection. Every other host then reads it over its own connection and must
+find the same content; one that does not fails the step, and the message names the host
+and says what it has at that path instead (``df`` of the directory: another filesystem,
+or nothing). The writer removes the marker once every host has looked, or gave up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import asyncssh
+
+from sshcluster.inventory import Inventory
+from sshcluster.quoting import shell_quote
+from sshcluster.report import NO_SHARED_DIR, StepResult
+
+if TYPE_CHECKING:  # (steps imports this module)
+    from sshcluster.steps import HostCheck
+
+__all__ = ["SharedMarker", "shared_dir_step", "start_marker"]
+
+#: Seconds the writing host waits for the others to look, at most.
+_WAIT = 30.0
+
+
+@dataclass
+class SharedMarker:
+    """The marker of one check run: where, what, who wrote it, and who has looked."""
+
+    directory: str
+    name: str
+    content: str
+    writer: str  # "the primary", or the label of the first host
+    waiting: set[str]  # the hosts that have not looked yet
+    written: asyncio.Future[str | None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
+    all_looked: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def path(self) -> str:
+        return f"{self.directory.rstrip('/')}/{self.name}"
+
+    def looked(self, label: str) -> None:
+        """``label`` is done with the marker (or will never look: it failed before)."""
+        if label == self.writer and not self.written.done():
+            self.written.set_result(f"{label}, which was to write it, did not get that far")
+        self.waiting.discard(label)
+        if not self.waiting:
+            self.all_looked.set()
+
+    def remove_local(self) -> None:
+        """The primary's marker goes at the end of the check."""
+        if self.writer == "the primary":
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+
+
+def start_marker(inventory: Inventory) -> SharedMarker | None:
+    """The marker for ``inventory``'s ``shared_dir`` (None without one); written here at
+    once when this machine has the directory."""
+    d = inventory.shared_dir
+    if not d:
+        return None
+    labels = [h.label for h in inventory.hosts]
+    name = f".sshcluster-check-{secrets.token_hex(8)}"
+    marker = SharedMarker(d, name, secrets.token_hex(16), labels[0], set(labels))
+    if os.path.isabs(d) and os.path.isdir(d):
+        try:
+            with open(marker.path, "x") as f:
+                f.write(marker.content)
+        except OSError:
+            pass  # then the first host writes it
+        else:
+            marker.writer = "the primary"
+            marker.written.set_result(None)
+    return marker
+
+
+async def shared_dir_step(hc: HostCheck) -> StepResult:
+    """``shared_dir``: this host sees the marker, with the same content."""
+    m = hc.ctx.shared
+    label = hc.host.label
+    if m is None:
+        return NO_SHARED_DIR
+    assert hc.conn is not None
+    try:
+        if m.writer == label:
+            return await _write(hc, m)
+        return await _look(hc, m)
+    finally:
+        if m.writer != label:
+            m.looked(label)
+
+
+async def _write(hc: HostCheck, m: SharedMarker) -> StepResult:
+    assert hc.conn is not None
+    m.waiting.discard(m.writer)
+    tmp = shell_quote(m.path + ".tmp")
+    try:
+        r = await hc.conn.run(f"umask 022; printf %s {m.content} > {tmp} && "
+                              f"mv -f {tmp} {shell_quote(m.path)}",
+                              timeout=max(1.0, hc.ctx.remaining()))
+        failed = r.exit_status != 0
+        said = str(r.stderr or "").strip()
+    except (asyncssh.Error, OSError, asyncio.TimeoutError) as e:
+        failed, said = True, str(e) or type(e).__name__
+    if failed:
+        m.written.set_result(f"{m.writer} could not write it: {said}")
+        m.looked(m.writer)
+        return StepResult("failed", f"cannot write a marker in shared_dir {m.directory} on "
+                                    f"{m.writer}: {said}",
+                          hint="the primary does not have the directory, so the first host "
+                               "writes the marker: it must be writable there")
+    m.written.set_result(None)
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(m.all_looked.wait(),
+                               max(0.0, min(_WAIT, hc.ctx.remaining() - 1.0)))
+    with contextlib.suppress(asyncssh.Error, OSError, asyncio.TimeoutError):
+        await hc.conn.run(f"rm -f {shell_quote(m.path)}", timeout=5)
+    return StepResult("ok", f"wrote the marker in {m.directory} (the primary does not have "
+                            "it), for every other host to see")
+
+
+async def _look(hc: HostCheck, m: SharedMarker) -> StepResult:
+    assert hc.conn is not None
+    label = hc.host.label
+    try:
+        why = await asyncio.wait_for(asyncio.shield(m.written), hc.ctx.remaining())
+    except asyncio.TimeoutError:
+        return StepResult("failed", f"{m.writer} did not write the marker in shared_dir "
+                                    f"{m.directory} within the deadline")
+    if why:
+        return StepResult("failed", f"no marker in shared_dir {m.directory} to look for: {why}")
+    d = shell_quote(m.directory)
+    try:
+        r = await hc.conn.run(f"cat -- {shell_quote(m.path)} 2>/dev/null; echo; "
+                              f"df -P -- {d} 2>&1 | tail -n 1",
+                              timeout=max(1.0, hc.ctx.remaining()))
+        out = str(r.stdout or "").split("\n")
+    except (asyncssh.Error, OSError, asyncio.TimeoutError) as e:
+        return StepResult("failed", f"cannot read shared_dir {m.directory} on {label}: {e}")
+    if out and out[0] == m.content:
+        return StepResult("ok", f"sees the marker {m.writer} wrote in {m.directory}")
+    where = out[1].split() if len(out) > 1 else []
+    there = (f"there {m.directory} is on {where[0]}, mounted at {where[-1]}"
+             if len(where) >= 6 and where[-1].startswith("/")
+             else f"there {m.directory} does not exist")
+    seen = "a different marker" if out and out[0] else "no marker"
+    return StepResult(
+        "failed", f"{label} lacks the shared mount {m.directory}: it sees {seen} where "
+                  f"{m.writer} wrote one ({there})",
+        hint=f"mount the shared filesystem at {m.directory} on {label} (see /etc/fstab), or "
+             "remove shared_dir: from the inventory")

@@ -1,0 +1,183 @@
+"""The bytes of a push: one tar stream, made once, written to every host that needs it.
+
+:func:`tar_stream` writes the entries to send as a tar archive (modes and modification
+times kept, links as links) whose last member, ``.sshcluster-push-sums``, holds the
+SHA-256 of every file, computed while the file is read: each host checks what it
+unpacked against it (remote.sh). :class:`Fanout` runs the archive's writer in a thread
+and hands each chunk to one writer thread per ssh: a host that stalls fills only its
+own queue, and one whose ssh ends is dropped without stopping the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import io
+import queue
+import subprocess
+import tarfile
+import threading
+from collections.abc import Callable, Sequence
+from typing import IO
+
+from sshcluster.push.manifest import Entry
+
+__all__ = ["SUMS", "Fanout", "tar_stream"]
+
+#: The archive's last member: ``HASH  ./PATH`` lines, as ``sha256sum -c`` reads them.
+SUMS = ".sshcluster-push-sums"
+
+#: Bytes per chunk handed to the hosts' writers, and chunks a host may fall behind.
+CHUNK = 1 << 20
+_QUEUE = 16
+#: A pipe to ssh this big lets a writer hand over a whole chunk at once.
+_PIPE_SIZE = 1 << 20
+_F_SETPIPE_SZ = 1031
+
+
+class _HashingReader(io.RawIOBase):
+    """A file read once, for the archive and for its hash."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f = f
+        self.hash = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.f.read(size)
+        self.hash.update(data)
+        return data
+
+
+def tar_stream(entries: Sequence[Entry], dirs: Sequence[Entry], out: IO[bytes]) -> None:
+    """Write ``dirs`` (all of them: parents must exist, with their modes), then
+    ``entries``, then the sums, as a tar archive to ``out``."""
+    sums: list[str] = []
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.GNU_FORMAT,
+                      bufsize=CHUNK) as tar:
+        for e in [*dirs, *entries]:
+            ti = tarfile.TarInfo(e.rel)
+            ti.mode, ti.mtime, ti.uname, ti.gname = e.mode, e.mtime, "", ""
+            if e.kind == "d":
+                ti.type = tarfile.DIRTYPE
+                tar.addfile(ti)
+            elif e.kind == "l":
+                ti.type, ti.linkname = tarfile.SYMTYPE, e.target
+                tar.addfile(ti)
+            else:
+                with open(e.source, "rb") as f:
+                    ti.size = e.size
+                    reader = _HashingReader(f)
+                    tar.addfile(ti, reader)
+                    sums.append(f"{reader.hash.hexdigest()}  ./{e.rel}\n")
+        data = "".join(sums).encode()
+        ti = tarfile.TarInfo(SUMS)
+        ti.size, ti.mode = len(data), 0o600
+        tar.addfile(ti, io.BytesIO(data))
+
+
+class _Chunks(io.RawIOBase):
+    """What the archive writer writes to: whole chunks, handed to ``put``."""
+
+    def __init__(self, put: Callable[[bytes], None]) -> None:
+        self.put = put
+        self.buf = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: bytes) -> int:  # type: ignore[override]
+        self.buf += b
+        while len(self.buf) >= CHUNK:
+            self.put(bytes(self.buf[:CHUNK]))
+            del self.buf[:CHUNK]
+        return len(b)
+
+    def flush(self) -> None:
+        if self.buf:
+            self.put(bytes(self.buf))
+            self.buf.clear()
+
+
+class Fanout:
+    """Write one archive of ``entries`` to the stdin of each of ``procs`` (ssh processes
+    whose remote side reads it after the ``prefix`` bytes), each at its own pace.
+
+    ``sent(i, n)`` is called from host ``i``'s writer after each chunk it wrote (n bytes
+    in all so far). :meth:`run` returns once every writer is done; :meth:`cancel` stops
+    the archive early (the hosts then see a truncated stream and keep nothing).
+    """
+
+    def __init__(self, procs: Sequence[subprocess.Popen[bytes]], prefix: bytes,
+                 entries: Sequence[Entry], dirs: Sequence[Entry],
+                 sent: Callable[[int, int], None]) -> None:
+        self.procs = procs
+        self.prefix = prefix
+        self.entries = entries
+        self.dirs = dirs
+        self.sent = sent
+        self.queues: list[queue.Queue[bytes | None]] = [queue.Queue(_QUEUE) for _ in procs]
+        self.dead = [False] * len(procs)
+        self.error: BaseException | None = None
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    def _put(self, chunk: bytes) -> None:
+        if self._cancelled.is_set():
+            raise _Cancelled
+        for q in self.queues:
+            q.put(chunk)
+
+    def _produce(self) -> None:
+        sink = _Chunks(self._put)
+        try:
+            sink.put(self.prefix)
+            tar_stream(self.entries, self.dirs, sink)  # type: ignore[arg-type]
+            sink.flush()
+        except _Cancelled:
+            pass
+        except BaseException as e:  # reported by run(); the hosts see a cut stream
+            self.error = e
+        finally:
+            for q in self.queues:
+                q.put(None)
+
+    def _write(self, i: int) -> None:
+        proc, q = self.procs[i], self.queues[i]
+        assert proc.stdin is not None
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(proc.stdin.fileno(), _F_SETPIPE_SZ, _PIPE_SIZE)
+        total = 0
+        while (chunk := q.get()) is not None:
+            if self.dead[i]:
+                continue  # keep taking chunks, so that the others are not held up
+            try:
+                proc.stdin.write(chunk)
+                proc.stdin.flush()
+            except (BrokenPipeError, OSError, ValueError):
+                self.dead[i] = True
+                continue
+            total += len(chunk)
+            self.sent(i, total)
+        with contextlib.suppress(OSError, ValueError):
+            proc.stdin.close()
+
+    def run(self) -> None:
+        """Make the archive and write it to every host; returns when all are done."""
+        threads = [threading.Thread(target=self._write, args=(i,), daemon=True)
+                   for i in range(len(self.procs))]
+        producer = threading.Thread(target=self._produce, daemon=True)
+        for t in [*threads, producer]:
+            t.start()
+        for t in [producer, *threads]:
+            while t.is_alive():  # (a timeout, so that Ctrl-C reaches the main thread)
+                t.join(0.2)
+
+
+class _Cancelled(Exception):
+    pass

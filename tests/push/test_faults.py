@@ -1,0 +1,143 @@
+"""push when things go wrong, on real SSH test hosts: a host cut off mid-push, Ctrl-C
+mid-push, a full disk. In each, the other hosts finish (or stop cleanly), the failed
+host is named, and no host has a half-written file under its final name."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import sshcluster
+from sshcluster.inventory import load_inventory
+from sshcluster.testing import Testbed
+from sshcluster.testing.fixtures import MakeTestbed
+
+from .helpers import DEST, local_state, make_tree, remote_state
+
+pytestmark = pytest.mark.slow
+
+#: A hang guard: every push here ends well within this (keepalive: 15 s, plus copies).
+DEADLINE = 240
+
+
+def _staging(tb: Testbed, host: object, dest: str = DEST) -> str:
+    out = subprocess.run(tb.ssh_argv(host, f"ls -A {dest} 2>/dev/null"),  # type: ignore[arg-type]
+                         capture_output=True, text=True, timeout=60)
+    return " ".join(w for w in out.stdout.split() if w.startswith(".sshcluster-push"))
+
+
+def _wait_no_staging(tb: Testbed, host: object, seconds: float = 90) -> None:
+    deadline = time.monotonic() + seconds
+    while _staging(tb, host):
+        assert time.monotonic() < deadline, f"staging left on {host}"
+        time.sleep(0.2)
+
+
+def _cut_during(tb: Testbed, fanout: str, tmp_path: Path) -> sshcluster.PushResult:
+    inv = load_inventory(tb.write_inventory(tmp_path / "hosts.yaml",
+                                            extra={"workdir": DEST, "fanout": fanout}))
+    data = make_tree(tmp_path / "src", small=20, big=48 << 20)
+    victim = tb.hosts[1]
+    fired = threading.Event()
+
+    def progress(host: str, sent: int, total: int) -> None:
+        # the chain's head is the only host the primary writes to
+        if sent > 8 << 20 and not fired.is_set():
+            fired.set()
+            tb.cut_off(victim)
+
+    try:
+        result = sshcluster.push(inv, [data], progress=progress)
+    finally:
+        tb.reconnect(victim)
+    assert fired.is_set()
+    return result
+
+
+@pytest.mark.parametrize("fanout", ["direct", "chain"])
+def test_a_host_cut_off_mid_push_is_named_and_the_others_finish(
+    make_testbed: MakeTestbed, tmp_path: Path, fanout: str
+) -> None:
+    tb = make_testbed(3, private_dirs={"/srv": "128m"}, mesh=fanout == "chain")
+    t0 = time.monotonic()
+    result = _cut_during(tb, fanout, tmp_path)
+    assert time.monotonic() - t0 < DEADLINE
+    lost = result.hosts[1]
+    assert not lost.ok and lost.host == tb.hosts[1].address
+    assert tb.hosts[1].address in lost.detail, lost.detail
+    data = tmp_path / "src" / "data"
+    for i in (0, 2):
+        assert result.hosts[i].ok, result.to_json()
+        # In a chain, the host after the lost one was receiving from it: its staging
+        # goes once that connection ends (the cut host's FIN, resent after reconnect).
+        _wait_no_staging(tb, tb.hosts[i])
+        assert remote_state(tb, tb.hosts[i]) == local_state(data)
+    if fanout == "chain":  # the host after the lost one got a direct copy
+        assert result.hosts[2].via == "direct"
+    # the lost host: no file under its final name that is not whole
+    state = remote_state(tb, tb.hosts[1])
+    assert "data/big.bin" not in state
+
+
+def test_ctrl_c_mid_push_leaves_no_partial_file_under_its_final_name(
+    make_testbed: MakeTestbed, tmp_path: Path
+) -> None:
+    tb = make_testbed(2, private_dirs={"/srv": "256m"})
+    inv = tb.write_inventory(tmp_path / "hosts.yaml", extra={"workdir": DEST})
+    data = make_tree(tmp_path / "src", small=5, big=64 << 20)
+    # A slow link (100 Mbit/s from the primary), so that Ctrl-C lands mid-stream.
+    bridge = f"{tb.name}-br"
+    subprocess.run(["tc", "qdisc", "add", "dev", bridge, "root", "tbf", "rate", "100mbit",
+                    "burst", "128kb", "latency", "50ms"], check=True)
+    proc = subprocess.Popen([sys.executable, "-m", "sshcluster", "push", str(inv), str(data)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not all(_staging(tb, h) for h in tb.hosts):  # both are receiving
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the push never started"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        subprocess.run(["tc", "qdisc", "del", "dev", bridge, "root"], check=False)
+    assert proc.returncode != 0, err
+    for h in tb.hosts:
+        _wait_no_staging(tb, h)  # each host removes what it had unpacked
+        assert "data/big.bin" not in remote_state(tb, h)  # 10 s of data: far from done
+    # a push afterwards completes
+    result = sshcluster.push(load_inventory(inv), [data])
+    assert result.ok, result.to_json()
+
+
+def test_a_full_disk_names_the_host_and_the_path(
+    make_testbed: MakeTestbed, tmp_path: Path
+) -> None:
+    tb = make_testbed(3, private_dirs={"/srv": "8m"})
+    full = tb.hosts[1]
+    subprocess.run(tb.ssh_argv(full, "head -c 6000000 /dev/zero > /srv/filler"),
+                   check=True, timeout=60)
+    inv = load_inventory(tb.write_inventory(tmp_path / "hosts.yaml",
+                                            extra={"workdir": DEST}))
+    data = make_tree(tmp_path / "src", small=3, big=3 << 20)
+    result = sshcluster.push(inv, [data])
+    bad = result.hosts[1]
+    assert not bad.ok
+    assert bad.detail == (f"no space left on device on {full.address} writing "
+                          f"{DEST}/data/big.bin"), bad.detail
+    assert bad.path == f"{DEST}/data/big.bin"
+    for i in (0, 2):
+        assert result.hosts[i].ok
+        assert remote_state(tb, tb.hosts[i]) == local_state(data)
+    assert remote_state(tb, full) == {}  # nothing renamed, staging removed
+    assert os.path.exists(tmp_path / "src" / "data" / "big.bin")
