@@ -187,9 +187,11 @@ def test_unreadable_host_keys_fail_with_a_hint_and_clean_up(
         client: Any, ami: str, hosts: SshHosts, tmp_path: Path) -> None:
     address_of, _ = hosts.seams()
     with pytest.raises(EC2Error) as e:
-        # the default console reader: moto's console output has no host keys
+        # the default console reader: moto's console output has no host keys, so up
+        # waits out its deadline; long enough for the SSH servers to have answered on a
+        # busy machine (1.5 s was not: the error then named SSH instead)
         ec2.up(make_spec(ami, count=2), client=client, output=tmp_path / "hosts.yaml",
-               address_of=address_of, timeout=1.5, poll=0.1)
+               address_of=address_of, timeout=6, poll=0.1)
     assert "could not be read from their console output" in str(e.value)
     assert "--accept-new" in str(e.value)
     assert "cleaned up: terminated" in str(e.value)
