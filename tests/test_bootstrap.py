@@ -229,8 +229,10 @@ def test_no_environment_variable_changes_the_launch(options: RenderOptions) -> N
     text = text.replace(worker, "")
     reads = re.findall(r"Sys\.getenv\(([^)]*)\)", text)
     assert reads in ([], ["LOCALE_VARS"])
-    # SSHCLUSTER_OUTPUT is the launch's own word to each host (set on its command line)
-    assert set(re.findall(r"SSHCLUSTER_[A-Z_]+", text)) <= {"SSHCLUSTER_OUTPUT"}
+    # SSHCLUSTER_OUTPUT and _WORKDIR are the launch's own words to each host (on its
+    # command line)
+    ours = {"SSHCLUSTER_OUTPUT", "SSHCLUSTER_WORKDIR"}
+    assert set(re.findall(r"SSHCLUSTER_[A-Z_]+", text)) <= ours
 
 
 def test_auto_values_must_be_checked_first() -> None:
