@@ -60,7 +60,10 @@ feed() {  # ID TOKENS MODE: what the host's session reads on its stdin
   if [ "$3" = tunnel ]; then
     # (any line: the user's login shell may print something first)
     until [ -s "$dir/$1.out" ] && said_ready "$dir/$1.out"; do
+      # (nor once this script has ended: the launch directory, and with it the
+      # status file that would end this wait, may be gone)
       [ -e "$dir/$1.status" ] && return
+      kill -s 0 "$me" 2>/dev/null || return
       sleep 0.05 2>/dev/null || sleep 1
     done
     echo go
