@@ -1,14 +1,18 @@
-"""End to end on real SSH test hosts: the classic bootstrap gives a working R cluster."""
+"""End to end on real SSH test hosts: the classic bootstrap gives a working R cluster.
+
+(The launch matrix, test_launch_matrix.py, also runs it without known_hosts: in the
+inventory, on a host with its own ssh port.)"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sshcluster.bootstrap import write_bootstrap
+from sshcluster.bootstrap import RenderOptions, write_bootstrap
 from sshcluster.inventory import load_inventory
 from sshcluster.quoting import r_string
 from sshcluster.testing import Testbed
 from sshcluster.testing.fixtures import run_r_in_test
+from sshcluster.testing.leftovers import nothing_left
 
 
 def test_classic_bootstrap_runs_r_across_hosts(testbed: Testbed, tmp_path: Path) -> None:
@@ -16,7 +20,8 @@ def test_classic_bootstrap_runs_r_across_hosts(testbed: Testbed, tmp_path: Path)
     testbed.write_inventory(inv_path, ncore=2, port=11311)
     inventory = load_inventory(inv_path)
     cluster_r = tmp_path / "cluster.R"
-    write_bootstrap(inventory, cluster_r)
+    write_bootstrap(inventory, cluster_r, RenderOptions(launch="classic"))
+    assert "start_classic(" in cluster_r.read_text()
 
     proc = run_r_in_test(
         f"source({r_string(str(cluster_r))})\n"
@@ -41,5 +46,5 @@ def test_classic_bootstrap_runs_r_across_hosts(testbed: Testbed, tmp_path: Path)
     assert f"sum {sum(i * i for i in range(1, 101))} " in lines
     assert f"distinct {2 * n} " in lines
     assert lines[-1] == "stopped FALSE "
-    # stopCluster leaves no R worker behind on any host (give them a moment to exit).
-    assert testbed.leftovers("R", wait=10) == {}, "R workers left running"
+    # stopCluster leaves nothing behind on any host, nor on the primary.
+    assert nothing_left(testbed, marker=tmp_path) == {}

@@ -21,6 +21,8 @@ from sshcluster.inventory import load_inventory
 from sshcluster.testing import Testbed
 from sshcluster.testing.fixtures import R_TIMEOUT, run_r_in_test
 from sshcluster.testing.hosts import host_dir
+from sshcluster.testing.leftovers import launch_env, nothing_left
+from sshcluster.testing.modes import FAST_MODES
 
 pytestmark = pytest.mark.slow  # scale
 
@@ -62,10 +64,7 @@ def _cluster(tb: Testbed, tmp_path: Path, ncore: int, options: RenderOptions | N
     return out
 
 
-@pytest.mark.parametrize("options", [RenderOptions(fork=True, tunnel="none"),
-                                     RenderOptions(fork=False, tunnel="none"),
-                                     RenderOptions(tunnel="reverse")],
-                         ids=["fork", "fresh", "tunnel"])
+@pytest.mark.parametrize("options", list(FAST_MODES.values()), ids=list(FAST_MODES))
 def test_every_r_socket_of_the_cluster_has_no_delay(testbed: Testbed, tmp_path: Path,
                                                     options: RenderOptions) -> None:
     """On the primary's side and on each worker's, in every launch mode."""
@@ -77,8 +76,9 @@ def test_every_r_socket_of_the_cluster_has_no_delay(testbed: Testbed, tmp_path: 
         invisible(readLines(file("stdin"), n = 1))
         sshcluster_stop()
     """)
-    with subprocess.Popen(["Rscript", str(script)], stdin=subprocess.PIPE,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+    with subprocess.Popen(["Rscript", str(script)], env=launch_env(tmp_path),
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as proc:
         try:
             assert proc.stdout is not None and proc.stdin is not None
             primary, *workers = (int(p) for p in proc.stdout.readline().split())
@@ -92,6 +92,7 @@ def test_every_r_socket_of_the_cluster_has_no_delay(testbed: Testbed, tmp_path: 
             proc.kill()
     assert len(ours) == len(workers) == 8 and len(theirs) == 8
     assert all(s["nodelay"] for s in ours + theirs)
+    assert nothing_left(testbed, marker=tmp_path) == {}
 
 
 def test_120_workers_leave_connections_for_the_user(testbed: Testbed, tmp_path: Path) -> None:
@@ -113,7 +114,7 @@ def test_120_workers_leave_connections_for_the_user(testbed: Testbed, tmp_path: 
     assert lines["workers"].split() == ["120"]
     assert lines["sum"].split() == [str(240 * 241 // 2)]
     assert lines["files"].split() == ["one", "two"]
-    assert testbed.leftovers("R|sh|sleep", wait=10) == {}
+    assert nothing_left(testbed, marker=tmp_path) == {}
 
 
 @pytest.mark.parametrize("ncore", [31, 50])

@@ -10,7 +10,8 @@ cell also proves those two. The kinds of inventory:
 
 * ``known_hosts``: the inventory names the host keys and the client key;
 * ``user_ssh``: it names neither; they are in the user's own ``~/.ssh`` (config and
-  known_hosts), in a mount namespace of the test's (:class:`Client`);
+  known_hosts), in a mount namespace of the test's (:class:`Client`); R runs with a bare
+  environment, as cron gives one (no locale variables, no HOME);
 * ``primary_auto``: ``primary: auto``, filled in by the check where the launch needs it
   (``render --check``), left to the tunnel where it does not.
 

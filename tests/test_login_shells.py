@@ -26,6 +26,7 @@ from sshcluster.inventory import load_inventory
 from sshcluster.preflight import check
 from sshcluster.testing import Testbed
 from sshcluster.testing.fixtures import run_r_in_test, skip_or_fail
+from sshcluster.testing.leftovers import nothing_left
 
 SHELLS = ["tcsh", "fish"]
 
@@ -115,3 +116,4 @@ def test_the_check_and_the_launch_agree_on_a_non_posix_login_shell(
     while _processes_of(shell_user) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _processes_of(shell_user) == [], json.dumps(_processes_of(shell_user))
+    assert nothing_left(tb, marker=tmp_path) == {}

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from sshcluster.cli import cli
 from sshcluster.inventory import load_inventory
 from sshcluster.quoting import r_string
+from sshcluster.testing.leftovers import launch_env, nothing_left
 
 
 def _auto_inventory(testbed: Any, path: Path) -> Path:
@@ -38,9 +39,10 @@ def test_check_fills_in_auto_values_and_the_file_works(testbed: Any, tmp_path: P
     proc = subprocess.run(
         ["Rscript", "-e", f"source({r_string(str(out))}); cat(length(parallelCluster));"
                           " sshcluster_stop()"],
-        capture_output=True, text=True, timeout=120, check=False)
+        capture_output=True, text=True, timeout=120, check=False, env=launch_env(tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == str(cores * len(testbed.hosts))
+    assert nothing_left(testbed, marker=tmp_path) == {}
 
 
 def test_a_failed_host_stops_the_render_unless_allow_partial(testbed: Any,

@@ -37,6 +37,7 @@ from sshcluster.testing import (
     remove_testbed,
 )
 from sshcluster.testing.fixtures import TEST_PREFIX, MakeTestbed, fresh_name, skip_or_fail
+from sshcluster.testing.leftovers import nothing_left
 from sshcluster.testing.netns import alive
 
 T = TypeVar("T")
@@ -256,8 +257,8 @@ def test_r_psock_workers_run_on_the_hosts_and_connect_back(testbed: Testbed) -> 
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["node1", "node2"]
-    # stopCluster ended the workers: no orphan R left behind on any host.
-    assert testbed.leftovers("R", wait=20) == {}
+    # stopCluster ended the workers: nothing left behind on any host, nor an ssh here.
+    assert nothing_left(testbed, wait=20) == {}
 
 
 def test_down_all_leaves_a_live_testbed_alone(testbed: Testbed) -> None:

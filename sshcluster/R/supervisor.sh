@@ -66,6 +66,8 @@ feed() {  # ID TOKENS MODE: what the host's session reads on its stdin
     # (any line: the user's login shell may print something first)
     until [ -s "$dir/$1.out" ] && said_ready "$dir/$1.out"; do
       [ -e "$dir/$1.status" ] && return
+      # (nor once this script, R or the launch directory is gone: with the
+      # directory went the status file that would end this wait)
       live || return
       sleep 0.05 2>/dev/null || sleep 1
     done
