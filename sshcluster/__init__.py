@@ -6,6 +6,7 @@
     report = sshcluster.check(inv)                     # every host, all steps, one deadline
     ready = sshcluster.verified_inventory(report, inv)
     sshcluster.write_bootstrap(ready, "cluster.R")     # in R: source("cluster.R")
+    sshcluster.run(inv, "fit.R")                       # or all of it, with hosts leased
 
 EC2 lives in :mod:`sshcluster.ec2`, the local test hosts in :mod:`sshcluster.testing`.
 """
@@ -22,6 +23,7 @@ from sshcluster.errors import (
     CheckFailed,
     EC2Error,
     HostError,
+    HostLeased,
     InventoryError,
     NoSuchCluster,
     OutputExistsError,
@@ -39,6 +41,7 @@ from sshcluster.inventory import (
     load_inventory,
     parse_inventory,
 )
+from sshcluster.jobs import RunOptions, RunResult, run
 from sshcluster.preflight import check, check_async, verified_inventory
 from sshcluster.report import CheckReport, HostReport, StepResult
 
@@ -48,6 +51,7 @@ __all__ = [
     "EC2Error",
     "Host",
     "HostError",
+    "HostLeased",
     "HostReport",
     "Inventory",
     "InventoryError",
@@ -57,6 +61,8 @@ __all__ = [
     "QuotingError",
     "RenderError",
     "RenderOptions",
+    "RunOptions",
+    "RunResult",
     "SshclusterError",
     "StepResult",
     "TestbedError",
@@ -68,6 +74,7 @@ __all__ = [
     "load_inventory",
     "parse_inventory",
     "render",
+    "run",
     "verified_inventory",
     "write_bootstrap",
 ]

@@ -37,6 +37,7 @@ from sshcluster.inventory import (
     example_inventory,
     load_inventory,
 )
+from sshcluster.jobs.cli import jobs_command, run_command
 from sshcluster.preflight import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT, check, verified_inventory
 from sshcluster.report import CheckReport, error_document, print_report
 from sshcluster.testing.cli import testbed_group
@@ -368,6 +369,8 @@ cli.add_command(testbed_group)
 
 
 cli.add_command(ec2_group)
+cli.add_command(run_command)
+cli.add_command(jobs_command)
 use_help_formatter(cli)
 
 
