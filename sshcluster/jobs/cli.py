@@ -73,10 +73,12 @@ def run_command(ctx: click.Context, inventory: str, script: str, args: tuple[str
 @click.command("jobs")
 @click.argument("inventory", type=click.Path(dir_okay=False, path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="Print the leases as JSON.")
-def jobs_command(inventory: str, as_json: bool) -> None:
+@click.pass_context
+def jobs_command(ctx: click.Context, inventory: str, as_json: bool) -> None:
     """List the leases on the hosts of INVENTORY: which job holds each host.
 
     A lease lasts as long as its job's ssh session on the host ('sshcluster run').
+    Exit status 1 when a host could not be asked.
     """
     leases = list_leases(load_inventory(inventory))
     if as_json:
@@ -84,10 +86,13 @@ def jobs_command(inventory: str, as_json: bool) -> None:
             {"host": lease.host, "job": lease.holder.job if lease.holder else None,
              "who": lease.holder.who if lease.holder else None,
              "since": lease.holder.since if lease.holder else None,
-             "script": lease.holder.script if lease.holder else None}
+             "script": lease.holder.script if lease.holder else None,
+             "error": lease.error}
             for lease in leases], indent=2))
-        return
-    for lease in leases:
-        h = lease.holder
-        click.echo(f"{lease.host}\t" + (f"{h.job}\t{h.who}\tsince {h.since}\t{h.script}"
-                                         if h else "free"))
+    else:
+        for lease in leases:
+            h = lease.holder
+            click.echo(f"{lease.host}\t" + (
+                f"{h.job}\t{h.who}\tsince {h.since}\t{h.script}" if h
+                else f"error: {lease.error}" if lease.error else "free"))
+    ctx.exit(1 if any(lease.error for lease in leases) else 0)

@@ -203,8 +203,13 @@ def run(inventory: Inventory | str | os.PathLike[str], script: str | os.PathLike
         phases[name] = phases.get(name, 0.0) + now - mark
         mark = now
 
+    said: list[tuple[str, int, str]] = []
+
     def waiting(host: str, place: int, holder: JobInfo) -> None:
-        tell(f"waiting for {host}: place {place} in line, behind {describe(holder)}")
+        # The line is polled each second: say only what changed.
+        if not said or said[-1] != (host, place, holder.job):
+            said.append((host, place, holder.job))
+            tell(f"waiting for {host}: place {place} in line, behind {describe(holder)}")
 
     with signal_guard() as guard:
         try:
@@ -221,8 +226,9 @@ def run(inventory: Inventory | str | os.PathLike[str], script: str | os.PathLike
                 phase("lease")
                 write_bootstrap(ready, run_dir / "cluster.R", opts.render)
                 phase("render")
-                owner.start_r(opts.rscript, opts.args, copy.resolve(),
-                              stdout or sys.stdout.buffer, stderr or sys.stderr.buffer)
+                with guard.critical():  # a signal waits until R's pid is noted
+                    owner.start_r(opts.rscript, opts.args, copy.resolve(),
+                                  stdout or sys.stdout.buffer, stderr or sys.stderr.buffer)
                 state.status = owner.wait_r()
                 phase("script")
             except BaseException as e:

@@ -63,11 +63,13 @@ class JobInfo:
 
 @dataclass(frozen=True)
 class Lease:
-    """A host's lease as ``jobs`` lists it: ``holder`` None when the host is free."""
+    """A host's lease as ``jobs`` lists it: ``holder`` None when the host is free (or
+    could not be asked: ``error`` says why)."""
 
     host: str
     holder: JobInfo | None
     pid: int | None = None
+    error: str | None = None
 
 
 def describe(holder: JobInfo) -> str:
@@ -172,8 +174,16 @@ class Leases:
 
 def _take(lease: HostLease, deadline: float,
           on_wait: Callable[[str, int, JobInfo], None] | None) -> None:
+    ahead: JobInfo | None = None  # the holder while waiting in line
     while True:
-        line = lease.next(deadline)
+        try:
+            line = lease.next(deadline)
+        except HostError:
+            if ahead is None:
+                raise
+            raise HostLeased(f"{lease.label} is still leased to {describe(ahead)} "
+                             "(waited in line until the deadline)", host=lease.label,
+                             holder=ahead, hint="wait longer with --wait-timeout") from None
         if line == "leased":
             return
         if line.startswith("held "):
@@ -181,9 +191,11 @@ def _take(lease: HostLease, deadline: float,
             raise HostLeased(f"{lease.label} is leased to {describe(holder)}",
                              host=lease.label, holder=holder,
                              hint="wait for it with --wait, or run on other hosts")
-        if line.startswith("wait ") and on_wait is not None:
+        if line.startswith("wait "):
             place, _, rest = line[5:].partition(" ")
-            on_wait(lease.label, int(place), _parse_holder(rest)[0])
+            ahead = _parse_holder(rest)[0]
+            if on_wait is not None:
+                on_wait(lease.label, int(place), ahead)
 
 
 def acquire(inventory: Inventory, job: JobInfo, *, wait: bool = False,
@@ -225,17 +237,16 @@ def acquire(inventory: Inventory, job: JobInfo, *, wait: bool = False,
 
 def list_leases(inventory: Inventory) -> list[Lease]:
     """Who holds each host of ``inventory`` now (every host asked at once); a host that
-    cannot be asked raises :class:`HostError` after every host was asked."""
+    cannot be asked is listed with its ``error``."""
     deadline = time.monotonic() + LEASE_TIMEOUT
     sessions = [HostLease(inventory, h, "list", None) for h in inventory.hosts]
     out: list[Lease] = []
-    errors: list[HostError] = []
     try:
         for s in sessions:
             try:
                 line = s.next(deadline)
             except HostError as e:
-                errors.append(e)
+                out.append(Lease(s.label, None, error=e.message))
                 continue
             if line.startswith("held "):
                 holder, pid = _parse_holder(line[5:])
@@ -245,8 +256,6 @@ def list_leases(inventory: Inventory) -> list[Lease]:
     finally:
         for s in sessions:
             s.close()
-    if errors:
-        raise errors[0]
     return out
 
 

@@ -78,10 +78,3 @@ def test_the_python_call_returns_the_result(testbed: Testbed, tmp_path: Path,
     assert out.read_text().startswith("6.14")
     assert testbed.leftovers(LEFTOVER, wait=15) == {}
 
-
-def test_a_missing_script_is_a_usage_error(tmp_path: Path) -> None:
-    inv = tmp_path / "hosts.yaml"
-    inv.write_text("primary: {host: 127.0.0.1}\nhosts: [{host: 127.0.0.1}]\n")
-    done = sshcluster_cli(["run", str(inv), str(tmp_path / "nope.R")], tmp_path / "state")
-    assert done.returncode == 2
-    assert "nope.R" in done.stderr

@@ -5,14 +5,16 @@ who holds what; a lease dies with its session."""
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from sshcluster.errors import HostLeased
 from sshcluster.inventory import load_inventory
-from sshcluster.jobs import JobInfo, acquire, list_leases
+from sshcluster.jobs import JobInfo, Leases, acquire, list_leases
 from sshcluster.testing import Testbed
 from tests.jobs.helpers import JOB_TIMEOUT, LEFTOVER, inventory, sshcluster, start
 
@@ -103,3 +105,54 @@ def test_a_lease_ends_with_its_session(testbed: Testbed, tmp_path: Path) -> None
     finally:
         leases.release()
     assert testbed.leftovers(LEFTOVER, wait=15) == {}
+
+
+def test_waiters_take_the_host_in_their_order(testbed: Testbed, tmp_path: Path) -> None:
+    """Two jobs wait in line for one host: places 1 and 2, and they get it in that order
+    as each one before them releases it."""
+    inv = load_inventory(inventory(testbed, tmp_path / "hosts.yaml", hosts=[1]))
+    places: dict[str, list[int]] = {"b.R": [], "c.R": []}
+    got: list[str] = []
+    held: dict[str, Leases] = {}
+    errors: list[BaseException] = []
+
+    def wait_for(script: str) -> None:
+        try:
+            held[script] = acquire(
+                inv, JobInfo.new(script), wait=True, wait_timeout=JOB_TIMEOUT,
+                on_wait=lambda host, place, holder: places[script].append(place))
+            got.append(script)
+        except BaseException as e:  # reported by the test, not lost in the thread
+            errors.append(e)
+
+    first = acquire(inv, JobInfo.new("a.R"))
+    threads = {s: threading.Thread(target=wait_for, args=(s,), daemon=True)
+               for s in ("b.R", "c.R")}
+    try:
+        threads["b.R"].start()
+        _until(lambda: bool(places["b.R"]), "b.R to queue")
+        threads["c.R"].start()
+        _until(lambda: 2 in places["c.R"], "c.R to be second in line")
+        assert got == [] and places["b.R"][-1] == 1
+        first.release()
+        _until(lambda: got == ["b.R"], "b.R to take the host")
+        assert threads["c.R"].is_alive()
+        held["b.R"].release()
+        _until(lambda: got == ["b.R", "c.R"], "c.R to take the host")
+        assert 1 in places["c.R"] and not errors
+    finally:
+        first.release()
+        for t in threads.values():
+            t.join(JOB_TIMEOUT)
+        for leases in held.values():
+            leases.release()
+    assert list_leases(inv)[0].holder is None
+    assert testbed.leftovers(LEFTOVER, wait=15) == {}
+
+
+def _until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited in vain for {what}")
+        time.sleep(0.1)
