@@ -209,30 +209,61 @@ def acquire(inventory: Inventory, job: JobInfo, *, wait: bool = False,
     Without ``wait`` every host is asked at once. With it, the hosts are taken one
     after another in one order (sorted by name), so two waiting jobs never each hold
     what the other waits for."""
+    if not wait:
+        leases = ask(inventory, job)
+        settle(leases)
+        return leases
     leases = Leases()
+    deadline = time.monotonic() + wait_timeout
     try:
-        if not wait:
-            deadline = time.monotonic() + LEASE_TIMEOUT
-            started = [HostLease(inventory, h, "try", job) for h in inventory.hosts]
-            leases.held.extend(started)
-            errors: list[HostError] = []
-            for lease in started:
-                try:
-                    _take(lease, deadline, on_wait)
-                except HostError as e:
-                    errors.append(e)
-            if errors:  # the one naming another job first: that is what to act on
-                raise sorted(errors, key=lambda e: not isinstance(e, HostLeased))[0]
-        else:
-            deadline = time.monotonic() + wait_timeout
-            for h in sorted(inventory.hosts, key=lambda h: h.label):
-                lease = HostLease(inventory, h, "wait", job)
-                leases.held.append(lease)
-                _take(lease, deadline, on_wait)
+        for h in sorted(inventory.hosts, key=lambda h: h.label):
+            lease = HostLease(inventory, h, "wait", job)
+            leases.held.append(lease)
+            _take(lease, deadline, on_wait)
     except BaseException:
         leases.release()
         raise
     return leases
+
+
+def ask(inventory: Inventory, job: JobInfo) -> Leases:
+    """Ask every host of ``inventory`` for its lease at once, without waiting for the
+    answers (:func:`settle` does): so the job can check its hosts meanwhile. The caller
+    owns the returned :class:`Leases`."""
+    leases = Leases()
+    try:
+        for h in inventory.hosts:
+            leases.held.append(HostLease(inventory, h, "try", job))
+    except BaseException:
+        leases.release()
+        raise
+    return leases
+
+
+def settle(leases: Leases, keep: Sequence[str] | None = None) -> None:
+    """Wait for the answers :func:`ask` asked for; release the hosts not in ``keep``
+    (labels; None: keep all). A host leased to another job raises :class:`HostLeased`
+    naming it (first), a host that cannot be asked :class:`HostError`, each after every
+    lease was released."""
+    deadline = time.monotonic() + LEASE_TIMEOUT
+    errors: list[HostError] = []
+    try:
+        for lease in leases.held:
+            try:
+                _take(lease, deadline, None)
+            except HostError as e:
+                if keep is None or lease.label in keep:
+                    errors.append(e)
+        if errors:  # the one naming another job first: that is what to act on
+            raise sorted(errors, key=lambda e: not isinstance(e, HostLeased))[0]
+    except BaseException:
+        leases.release()
+        raise
+    if keep is not None:
+        unwanted = [x for x in leases.held if x.label not in keep]
+        leases.held = [x for x in leases.held if x.label in keep]
+        for lease in unwanted:
+            lease.close()
 
 
 def list_leases(inventory: Inventory) -> list[Lease]:
