@@ -30,7 +30,6 @@ from typing import BinaryIO
 
 from sshcluster import __version__
 from sshcluster.bootstrap import RenderOptions, write_bootstrap
-from sshcluster.ec2.signals import Interrupted, signal_guard, signal_name
 from sshcluster.errors import SshclusterError
 from sshcluster.inventory import Inventory, load_inventory
 from sshcluster.jobs.leases import (
@@ -188,6 +187,10 @@ def run(inventory: Inventory | str | os.PathLike[str], script: str | os.PathLike
     another job :class:`~sshcluster.errors.HostLeased` (both after the record was
     written). A signal (SIGINT, SIGTERM, SIGHUP) ends the job in order and returns a
     result with status 128 + the signal's number."""
+    # Here, not at the top: the ec2 package imports boto3, which `import sshcluster`
+    # should not pay for.
+    from sshcluster.ec2.signals import Interrupted, signal_guard, signal_name
+
     opts = options or RunOptions()
     def tell(message: str) -> None:
         if on_event is not None:
