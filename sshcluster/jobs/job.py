@@ -111,7 +111,8 @@ class _Job:
             # stops R and its cluster in order (not R and its supervisor at once).
             self.proc = subprocess.Popen(
                 [*_line_buffered(), rscript, str(driver), *args], env=env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                preexec_fn=_die_with_parent)
         assert self.proc.stdout is not None and self.proc.stderr is not None
         for src, dst in ((self.proc.stdout, out), (self.proc.stderr, err)):
             t = threading.Thread(target=self._tee, args=(src, dst), daemon=True)
@@ -157,6 +158,16 @@ class _Job:
     def close(self) -> None:
         with self.log_lock:
             self.log.close()
+
+
+def _die_with_parent() -> None:
+    """In the R session's process, before R starts: on Linux, SIGTERM it when this job's
+    process dies, even by SIGKILL (its leases are gone then: the job must go too)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _line_buffered() -> list[str]:

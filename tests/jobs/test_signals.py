@@ -63,3 +63,23 @@ def test_a_signal_mid_run_leaves_nothing(testbed: Testbed, tmp_path: Path,
         record = json.loads(next((state / "runs").glob("*/run.json")).read_text())
         assert record["status"] == 128 + signum
         assert record["signal"] == signal.Signals(signum).name
+
+
+def test_a_job_killed_outright_leaves_nothing(testbed: Testbed, tmp_path: Path) -> None:
+    """SIGKILL for the job's own process (no cleanup can run): its R session dies with
+    it, and with that the cluster, and the leases go with their ssh sessions."""
+    inv = inventory(testbed, tmp_path / "hosts.yaml", hosts=[0, 1])
+    script = tmp_path / "busy.R"
+    script.write_text(BUSY)
+    proc = start(["run", str(inv), str(script)], tmp_path / "state")
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "started\n"
+        proc.kill()  # the job's python process only, not its R session's group
+        proc.wait(JOB_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert testbed.leftovers(LEFTOVER, wait=30) == {}
+    assert all(lease.holder is None for lease in list_leases(load_inventory(inv)))
