@@ -143,6 +143,13 @@ class _Job:
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
+        else:
+            # R ended by itself, after its cluster's stop (or its supervisor saw it go):
+            # what is left of its group is the supervisor's watcher, asleep for up to
+            # 2 s, or ssh sessions on their way out. Ending them now ends the job ~2 s
+            # sooner; a host whose session ends stops its workers by itself.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(max(0.0, deadline - time.monotonic()))
