@@ -6,6 +6,7 @@
     report = sshcluster.check(inv)                     # every host, all steps, one deadline
     ready = sshcluster.verified_inventory(report, inv)
     sshcluster.write_bootstrap(ready, "cluster.R")     # in R: source("cluster.R")
+    sshcluster.run(inv, "fit.R")                       # or all of it, with hosts leased
 
 EC2 lives in :mod:`sshcluster.ec2`, the local test hosts in :mod:`sshcluster.testing`.
 """
@@ -22,6 +23,7 @@ from sshcluster.errors import (
     CheckFailed,
     EC2Error,
     HostError,
+    HostLeased,
     InventoryError,
     NoSuchCluster,
     OutputExistsError,
@@ -40,6 +42,7 @@ from sshcluster.inventory import (
     load_inventory,
     parse_inventory,
 )
+from sshcluster.jobs import RunOptions, RunResult, run
 from sshcluster.packages import SyncReport, sync, sync_async
 from sshcluster.preflight import check, check_async, verified_inventory
 
@@ -54,6 +57,7 @@ __all__ = [
     "EC2Error",
     "Host",
     "HostError",
+    "HostLeased",
     "HostPush",
     "HostReport",
     "Inventory",
@@ -66,6 +70,8 @@ __all__ = [
     "QuotingError",
     "RenderError",
     "RenderOptions",
+    "RunOptions",
+    "RunResult",
     "SshclusterError",
     "StepResult",
     "SyncReport",
@@ -79,6 +85,7 @@ __all__ = [
     "parse_inventory",
     "push",
     "render",
+    "run",
     "sync",
     "sync_async",
     "verified_inventory",

@@ -42,6 +42,7 @@ from sshcluster.inventory import (
     example_inventory,
     load_inventory,
 )
+from sshcluster.jobs.cli import jobs_command, run_command
 from sshcluster.preflight import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT, check, verified_inventory
 from sshcluster.push import push
 from sshcluster.push.report import print_push
@@ -465,6 +466,8 @@ cli.add_command(testbed_group)
 
 
 cli.add_command(ec2_group)
+cli.add_command(run_command)
+cli.add_command(jobs_command)
 use_help_formatter(cli)
 
 

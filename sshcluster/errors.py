@@ -201,3 +201,12 @@ __all__ = [
     "UnsafePathError",
 ]
 
+
+class HostLeased(HostError):
+    """A host is leased to another job (``sshcluster run``); ``holder`` says which job
+    holds it: ``job``, ``who``, ``since``, ``script`` (see :class:`sshcluster.jobs.Lease`)."""
+
+    def __init__(self, message: str, *, host: str, holder: Any,
+                 hint: str | None = None) -> None:
+        self.holder = holder
+        super().__init__(message, host=host, check="lease", hint=hint)

@@ -1,0 +1,73 @@
+# sshcluster's lease on one host: a job's own ssh session runs this script (after
+# lines that set MODE, JOB, WHO, SINCE and SCRIPT) and holds the host's lease for as
+# long as the session lasts.
+#   MODE try    take the lease or say who holds it:  "leased" | "held JOB<TAB>WHO..."
+#   MODE wait   wait in line for it, saying the place: "wait N JOB<TAB>WHO..." ... "leased"
+#   MODE list   say who holds it, take nothing:        "free" | "held JOB<TAB>WHO..."
+# The lease is a flock(1) on a file: the kernel drops it when this shell ends, so a job
+# that ends in any way (finished, crashed, killed, its ssh cut) releases its hosts. The
+# shell ends when its stdin (the ssh session) ends: the job closes it to release.
+# No child process may keep the lock's descriptor (9) open after this shell is gone,
+# so every external command runs with 9>&- (and 8>&-, the ticket in line).
+umask 077
+dir="${HOME:-/tmp}/.cache/sshcluster/leases"
+mkdir -p "$dir" 9>&- || { echo "error cannot create $dir"; exit 1; }
+command -v flock >/dev/null 2>&1 || { echo "error flock(1) not found (util-linux)"; exit 1; }
+# One lease file per machine, named after it: home directories shared over NFS hold
+# every host's file. The network namespace keeps apart hosts that share a kernel and a
+# hostname (containers, test hosts).
+ns=$(readlink /proc/self/ns/net 2>/dev/null | tr -dc 0-9)
+key="$(uname -n)${ns:+-$ns}"
+f="$dir/$key.lock"
+
+holder() {
+  # The holder's line; it writes it just after taking the lock, so try a few times.
+  i=0
+  while [ $i -lt 20 ]; do
+    h=$(head -n 1 "$f" 2>/dev/null 9>&- 8>&-)
+    [ -n "$h" ] && { printf '%s\n' "$h"; return; }
+    i=$((i + 1)); sleep 0.05 9>&- 8>&-
+  done
+  printf 'unknown\n'
+}
+
+if [ "$MODE" = list ]; then
+  [ -e "$f" ] || { echo free; exit 0; }
+  exec 9<"$f"
+  # A shared lock: free means nobody holds the exclusive one.
+  if flock -n -s 9; then echo free; else printf 'held %s\n' "$(holder)"; fi
+  exit 0
+fi
+
+exec 9>>"$f"
+if [ "$MODE" = wait ]; then
+  # A ticket in line: a file locked for as long as this shell waits. Names sort by
+  # the time they were made; a ticket nobody holds is of a waiter that has gone.
+  t="$dir/$key.q.$(date +%s%N 9>&-).$$"
+  exec 8>>"$t"
+  flock -n 8 9>&-
+  while :; do
+    ahead=0
+    for q in "$dir/$key".q.*; do
+      [ -e "$q" ] && [ "$q" != "$t" ] || continue
+      [ "$(expr "$q" \< "$t" 9>&- 8>&-)" = 1 ] || continue
+      if flock -n 7 7<"$q" 9>&- 8>&-; then rm -f "$q"; else ahead=$((ahead + 1)); fi
+    done
+    [ $ahead -eq 0 ] && flock -n 9 8>&- && break
+    # Writing to a session that has ended kills this shell (SIGPIPE): so a waiter that
+    # was stopped leaves the line.
+    printf 'wait %s %s\n' $((ahead + 1)) "$(holder)" || exit 1
+    sleep 1 9>&- 8>&-
+  done
+  rm -f "$t"
+  exec 8>&-
+elif ! flock -n 9 8>&-; then
+  printf 'held %s\n' "$(holder)"
+  exit 0
+fi
+: >"$f"
+printf '%s\t%s\t%s\t%s\t%s\n' "$JOB" "$WHO" "$SINCE" "$SCRIPT" "$$" >&9
+echo leased
+while IFS= read -r _; do :; done
+# Still holding the lock: the line goes before the lease does.
+: >"$f"

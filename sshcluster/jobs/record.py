@@ -1,0 +1,85 @@
+"""A job's run directory: what ran, where, how long each phase took, and how it ended.
+
+    RUNS/JOBID/script.R        a copy of the script as it was run
+    RUNS/JOBID/cluster.R       the bootstrap rendered for it
+    RUNS/JOBID/log             what the script printed (stdout and stderr, in order)
+    RUNS/JOBID/run.json        the summary (:class:`RunResult`, as ``--json`` prints it)
+
+RUNS is ``$SSHCLUSTER_STATE_DIR/runs``, else ``$XDG_STATE_HOME/sshcluster/runs``, else
+``~/.local/state/sshcluster/runs``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def runs_dir() -> Path:
+    """Where run directories live (see the module's text)."""
+    if os.environ.get("SSHCLUSTER_STATE_DIR"):
+        return Path(os.environ["SSHCLUSTER_STATE_DIR"]) / "runs"
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "sshcluster" / "runs"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a job ended. ``status`` is the script's own exit status (128 + N when a signal
+    N ended the job; 1 when the job failed before the script ran, ``error`` says why).
+    ``phases`` holds the seconds each phase took: check, lease, render, launch (the
+    bootstrap's source()), script (the user's script), stop, release."""
+
+    job: str
+    script: str
+    args: tuple[str, ...]
+    status: int
+    hosts: tuple[str, ...]
+    left_out: tuple[str, ...]
+    phases: dict[str, float]
+    started: str
+    run_dir: str
+    versions: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+    signal: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the script ran and exited with status 0."""
+        return self.status == 0 and self.error is None
+
+    @property
+    def wall(self) -> float:
+        """Seconds from the job's start to its end."""
+        return sum(self.phases.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary as JSON-ready data."""
+        data = asdict(self)
+        data["args"] = list(self.args)
+        data["hosts"] = list(self.hosts)
+        data["left_out"] = list(self.left_out)
+        data["phases"] = {k: round(v, 3) for k, v in self.phases.items()}
+        return data
+
+    def to_json(self) -> str:
+        """The summary, as ``sshcluster run --json`` prints it."""
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def write_record(result: RunResult) -> Path:
+    """Write ``run.json`` into the result's run directory; return its path."""
+    path = Path(result.run_dir) / "run.json"
+    path.write_text(result.to_json() + "\n")
+    return path
+
+
+def read_note(run_dir: Path, name: str) -> str | None:
+    """A note the job's R session wrote (``driver.R``), or None."""
+    try:
+        return (run_dir / name).read_text().strip() or None
+    except OSError:
+        return None

@@ -1,0 +1,158 @@
+"""Leases on real test hosts: a second job on an overlapping host refuses and names the
+first, or waits in line with --wait and starts when the first has ended; ``jobs`` lists
+who holds what; a lease dies with its session."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from sshcluster.errors import HostLeased
+from sshcluster.inventory import load_inventory
+from sshcluster.jobs import JobInfo, Leases, acquire, list_leases
+from sshcluster.testing import Testbed
+from tests.jobs.helpers import JOB_TIMEOUT, LEFTOVER, inventory, sshcluster, start
+
+#: Runs until the file named by its argument exists (up to a minute), holding its hosts.
+HOLD = """\
+flag <- commandArgs(TRUE)[1]
+cat("holding\\n")
+for (i in 1:600) { if (file.exists(flag)) break; Sys.sleep(0.1) }
+cat("released\\n")
+"""
+
+
+def _wait_for_line(proc_out: list[str], stream: object, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = stream.readline()  # type: ignore[attr-defined]
+        if not line:
+            break
+        proc_out.append(line)
+        if text in line:
+            return
+    pytest.fail(f"no {text!r} in time: {''.join(proc_out)}")
+
+
+def test_a_second_job_refuses_then_waits_in_line(testbed: Testbed, tmp_path: Path) -> None:
+    first_inv = inventory(testbed, tmp_path / "first.yaml", hosts=[0, 1, 2])
+    second_inv = inventory(testbed, tmp_path / "second.yaml", hosts=[2, 3])
+    hold = tmp_path / "hold.R"
+    hold.write_text(HOLD)
+    flag = tmp_path / "flag"
+    first = start(["run", str(first_inv), str(hold), "--", str(flag)], tmp_path / "state")
+    seen: list[str] = []
+    waiting = None
+    try:
+        assert first.stdout is not None
+        _wait_for_line(seen, first.stdout, "holding", JOB_TIMEOUT)
+        # jobs names the holder of the first three hosts, not of the fourth
+        listed = sshcluster(["jobs", "--json", str(second_inv)], tmp_path / "state")
+        assert listed.returncode == 0, listed.stderr
+        leases = {d["host"]: d for d in json.loads(listed.stdout)}
+        host3, host4 = testbed.hosts[2].address, testbed.hosts[3].address
+        assert leases[host3]["script"] == "hold.R" and leases[host4]["job"] is None
+        job = leases[host3]["job"]
+
+        second = sshcluster(["run", str(second_inv), str(hold), "--", str(flag)],
+                            tmp_path / "state")
+        assert second.returncode == 1
+        assert f"{host3} is leased to job {job}" in second.stderr
+        assert "script hold.R" in second.stderr and "holding" not in second.stdout
+        # Its leases are released: the fourth host is free again.
+        assert {lease.host: lease.holder for lease in
+                list_leases(load_inventory(second_inv))}[host4] is None
+
+        waiting = start(["run", "--wait", str(second_inv), str(hold), "--", str(flag)],
+                        tmp_path / "state")
+        assert waiting.stderr is not None
+        lines: list[str] = []
+        _wait_for_line(lines, waiting.stderr, f"place 1 in line, behind job {job}",
+                       JOB_TIMEOUT)
+        flag.touch()  # the first job ends, and the waiting one takes the hosts
+        out, err = waiting.communicate(timeout=JOB_TIMEOUT)
+        assert waiting.returncode == 0, err
+        assert "holding" in out and "released" in out
+        assert first.wait(JOB_TIMEOUT) == 0
+    finally:
+        flag.touch()
+        for proc in (first, waiting):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert testbed.leftovers(LEFTOVER, wait=15) == {}
+
+
+def test_a_lease_ends_with_its_session(testbed: Testbed, tmp_path: Path) -> None:
+    inv = load_inventory(inventory(testbed, tmp_path / "hosts.yaml", hosts=[0]))
+    leases = acquire(inv, JobInfo.new("one.R"))
+    try:
+        with pytest.raises(HostLeased) as info:
+            acquire(inv, JobInfo.new("two.R"))
+        assert info.value.holder.script == "one.R"
+        # The lease's ssh is killed, as a crashed job's would be: the host is free.
+        leases.held[0].proc.kill()
+        deadline = time.monotonic() + 30
+        while list_leases(inv)[0].holder is not None:
+            assert time.monotonic() < deadline, "the lease outlived its session"
+            time.sleep(0.2)
+        acquire(inv, JobInfo.new("three.R")).release()
+    finally:
+        leases.release()
+    assert testbed.leftovers(LEFTOVER, wait=15) == {}
+
+
+def test_waiters_take_the_host_in_their_order(testbed: Testbed, tmp_path: Path) -> None:
+    """Two jobs wait in line for one host: places 1 and 2, and they get it in that order
+    as each one before them releases it."""
+    inv = load_inventory(inventory(testbed, tmp_path / "hosts.yaml", hosts=[1]))
+    places: dict[str, list[int]] = {"b.R": [], "c.R": []}
+    got: list[str] = []
+    held: dict[str, Leases] = {}
+    errors: list[BaseException] = []
+
+    def wait_for(script: str) -> None:
+        try:
+            held[script] = acquire(
+                inv, JobInfo.new(script), wait=True, wait_timeout=JOB_TIMEOUT,
+                on_wait=lambda host, place, holder: places[script].append(place))
+            got.append(script)
+        except BaseException as e:  # reported by the test, not lost in the thread
+            errors.append(e)
+
+    first = acquire(inv, JobInfo.new("a.R"))
+    threads = {s: threading.Thread(target=wait_for, args=(s,), daemon=True)
+               for s in ("b.R", "c.R")}
+    try:
+        threads["b.R"].start()
+        _until(lambda: bool(places["b.R"]), "b.R to queue")
+        threads["c.R"].start()
+        _until(lambda: 2 in places["c.R"], "c.R to be second in line")
+        assert got == [] and places["b.R"][-1] == 1
+        first.release()
+        _until(lambda: got == ["b.R"], "b.R to take the host")
+        assert threads["c.R"].is_alive()
+        held["b.R"].release()
+        _until(lambda: got == ["b.R", "c.R"], "c.R to take the host")
+        assert not errors
+    finally:
+        first.release()
+        for t in threads.values():
+            t.join(JOB_TIMEOUT)
+        for leases in held.values():
+            leases.release()
+    assert list_leases(inv)[0].holder is None
+    assert testbed.leftovers(LEFTOVER, wait=15) == {}
+
+
+def _until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited in vain for {what}")
+        time.sleep(0.1)

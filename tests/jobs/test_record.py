@@ -1,0 +1,37 @@
+"""The run directory's place and the summary's shape (no hosts needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sshcluster.jobs import RunResult, runs_dir
+from sshcluster.jobs.record import read_note, write_record
+
+
+def test_runs_live_under_the_state_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SSHCLUSTER_STATE_DIR", str(tmp_path))
+    assert runs_dir() == tmp_path / "runs"
+    monkeypatch.delenv("SSHCLUSTER_STATE_DIR")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    assert runs_dir() == tmp_path / "xdg" / "sshcluster" / "runs"
+
+
+def test_the_summary_is_written_and_reads_back(tmp_path: Path) -> None:
+    result = RunResult(job="j1", script="fit.R", args=("1", "a b"), status=3,
+                       hosts=("h1", "h2:2222"), left_out=("h3",),
+                       phases={"check": 0.5, "script": 2.25}, started="2026-01-01T00:00:00",
+                       run_dir=str(tmp_path), versions={"sshcluster": "0.1.0"})
+    assert not result.ok and result.wall == 2.75
+    data = json.loads(write_record(result).read_text())
+    assert data["status"] == 3 and data["args"] == ["1", "a b"]
+    assert data["hosts"] == ["h1", "h2:2222"] and data["left_out"] == ["h3"]
+    assert data["signal"] is None and data["error"] is None
+
+
+def test_a_missing_note_is_none(tmp_path: Path) -> None:
+    assert read_note(tmp_path, "launched") is None
+    (tmp_path / "launched").write_text("12.5\n")
+    assert read_note(tmp_path, "launched") == "12.5"

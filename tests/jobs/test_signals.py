@@ -1,0 +1,85 @@
+"""A signal mid-run (Ctrl-C, SIGTERM, SIGHUP) ends the job in order: the exit status
+says which signal, and nothing of the job stays on any host: no R, no launch or lease
+script, no lease. ``SSHCLUSTER_SIGNAL_LOOPS=N`` repeats each case N times."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from sshcluster.inventory import load_inventory
+from sshcluster.jobs import list_leases
+from sshcluster.testing import Testbed
+from tests.jobs.helpers import JOB_TIMEOUT, LEFTOVER, inventory, start
+
+pytestmark = pytest.mark.slow  # signals
+
+LOOPS = int(os.environ.get("SSHCLUSTER_SIGNAL_LOOPS", "1"))
+
+#: Every worker busy for far longer than the test lets it run.
+BUSY = """\
+cat("started\\n")
+parallel::parLapply(parallelCluster, seq_along(parallelCluster), function(i) Sys.sleep(300))
+cat("never\\n")
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
+                         ids=["ctrl-c", "sigterm", "sighup"])
+def test_a_signal_mid_run_leaves_nothing(testbed: Testbed, tmp_path: Path,
+                                         signum: int) -> None:
+    inv = inventory(testbed, tmp_path / "hosts.yaml")
+    script = tmp_path / "busy.R"
+    script.write_text(BUSY)
+    for attempt in range(LOOPS):
+        state = tmp_path / f"state{attempt}"
+        proc = start(["run", str(inv), str(script)], state)
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            assert line == "started\n", f"attempt {attempt + 1}: {line!r} {proc.stderr}"
+            # Every worker runs its task: a process per worker on each host.
+            assert all(testbed.processes(h, "R") for h in testbed.hosts)
+            time.sleep(0.5)
+            # Ctrl-C in a terminal reaches the whole foreground process group.
+            if signum == signal.SIGINT:
+                os.killpg(proc.pid, signum)
+            else:
+                proc.send_signal(signum)
+            out, err = proc.communicate(timeout=JOB_TIMEOUT)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        assert proc.returncode == 128 + signum, f"attempt {attempt + 1}: {err}"
+        assert "never" not in out
+        assert testbed.leftovers(LEFTOVER, wait=15) == {}, f"attempt {attempt + 1}"
+        assert all(lease.holder is None for lease in list_leases(load_inventory(inv)))
+        record = json.loads(next((state / "runs").glob("*/run.json")).read_text())
+        assert record["status"] == 128 + signum
+        assert record["signal"] == signal.Signals(signum).name
+
+
+def test_a_job_killed_outright_leaves_nothing(testbed: Testbed, tmp_path: Path) -> None:
+    """SIGKILL for the job's own process (no cleanup can run): its R session dies with
+    it, and with that the cluster, and the leases go with their ssh sessions."""
+    inv = inventory(testbed, tmp_path / "hosts.yaml", hosts=[0, 1])
+    script = tmp_path / "busy.R"
+    script.write_text(BUSY)
+    proc = start(["run", str(inv), str(script)], tmp_path / "state")
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "started\n"
+        proc.kill()  # the job's python process only, not its R session's group
+        proc.wait(JOB_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert testbed.leftovers(LEFTOVER, wait=30) == {}
+    assert all(lease.holder is None for lease in list_leases(load_inventory(inv)))
