@@ -26,7 +26,12 @@ Measured in each (median of many calls, then the median over the runs):
   and returned;
 * 1,000 ``foreach`` tasks with doParallel, and 200 futures with ``future.apply`` (each
   after a smaller warm-up run, the median of three);
-* a 200 MB ``clusterExport()`` to every worker.
+* bulk data both ways: a 200 MB ``clusterExport()`` to every worker, and 8 MB
+  returned by every worker at once (``clusterEvalQ``).
+
+``--ssh-option Ciphers=aes128-gcm@openssh.com`` (any ``-o`` option, repeatable) adds
+options to our launches' ssh commands, to compare what the tunnel costs with another
+cipher.
 
 And, with no R anywhere, what the network and ssh alone cost: one-byte echoes from a test
 host to this machine, straight and through an ssh reverse forward (the floor under the
@@ -67,6 +72,7 @@ MEASURES = {  # name: (label, unit)
     "foreach": ("1,000 foreach tasks (doParallel)", "s"),
     "futures": ("200 futures (future.apply)", "s"),
     "export": ("200 MB clusterExport to every worker", "s"),
+    "return": ("8 MB returned by every worker", "s"),
 }
 R_TIMEOUT = 600
 #: Each method's ratio: ``tunnel`` to parallelly's own reverse tunnels, every other one
@@ -103,17 +109,20 @@ say("futures", median(replicate(3, seconds(future.apply::future_lapply(1:200, fu
 future::plan(future::sequential)
 big <- as.raw(seq_len(200e6) %% 256)
 say("export", seconds(parallel::clusterExport(cl, "big")))
+invisible(parallel::clusterEvalQ(cl, { rm(big); back <- as.raw(seq_len(8e6) %% 256); NULL }))
+say("return", median(replicate(3, seconds(parallel::clusterEvalQ(cl, back)))))
 """
 
 
-def _program(method: str, tb: Testbed, inventory: Path, workdir: Path) -> str:
+def _program(method: str, tb: Testbed, inventory: Path, workdir: Path,
+             ssh_options: tuple[str, ...] = ()) -> str:
     inv = load_inventory(inventory)
     n = inv.workers
     if method in ("direct", "tunnel", "classic"):
         f = workdir / f"{method}.R"
         write_bootstrap(inv, f, RenderOptions(
             launch="classic" if method == "classic" else "fast",
-            tunnel="none" if method == "direct" else None))
+            tunnel="none" if method == "direct" else None, extra_ssh_options=ssh_options))
         start, stop = f"source({r_string(str(f))})\ncl <- parallelCluster", "sshcluster_stop()"
     elif method in ("parallelly", "parallelly-direct"):
         opts = [shell_quote(w) for w in ssh_command(inv, inv.hosts[0])[1:]]
@@ -234,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3, help="runs per method")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    parser.add_argument("--ssh-option", action="append", default=[], metavar="NAME=VALUE",
+                        help="an -o option for our launches' ssh (repeatable)")
     args = parser.parse_args(argv)
     results: dict[str, list[dict[str, float]]] = {m: [] for m in args.methods}
     floors: list[dict[str, float]] = []
@@ -245,8 +256,8 @@ def main(argv: list[str] | None = None) -> int:
             floors.append(_echo_floor(tb, inventory))
             for method in args.methods:
                 print(f"run {rep + 1}/{args.reps}: {method}", file=sys.stderr, flush=True)
-                results[method].append(_run(_program(method, tb, inventory, workdir),
-                                            workdir))
+                results[method].append(_run(_program(method, tb, inventory, workdir,
+                                                     tuple(args.ssh_option)), workdir))
                 if tb.leftovers("R", wait=30):
                     raise RuntimeError(f"{method} left R workers on the test hosts")
     if args.json:
