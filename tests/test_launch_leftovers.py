@@ -83,9 +83,9 @@ def _supervisor(rpid: int, tmp: Path) -> int | None:
 
 def _r_code(bootstrap: Path, stage: str, way: str) -> str:
     """R that launches, prints UP once all are ready, then ends as ``way`` says. Before
-    then, an error is a time limit (4 s with no host ready, 10 s with one ready), and a
+    then, an error is a time limit (15 s with no host ready, 30 s with one ready), and a
     quit is R's own quit() once that error is caught."""
-    limit = {"none": 4, "some": 10}.get(stage)
+    limit = {"none": 15, "some": 30}.get(stage)
     head = f"setTimeLimit(elapsed = {limit})\n" if way in ("quit", "error") and limit else ""
     launch = f"source({str(bootstrap)!r})"
     if limit and way == "quit":
@@ -108,15 +108,14 @@ def _end_at(tb: Testbed, tmp: Path, bootstrap: Path, stage: str, way: str) -> No
         if stage == "all":
             assert proc.stdout is not None
             assert proc.stdout.readline() == "UP\n", proc.stderr.read() if proc.stderr else ""
+            supervisor = _supervisor(proc.pid, rtmp)
         else:
             # ready: the supervisor runs, and (some) the first host's workers run
-            while not (_supervisor(proc.pid, rtmp) and
+            while not ((supervisor := _supervisor(proc.pid, rtmp)) and
                        (stage == "none" or tb.processes(tb.hosts[0], "R"))):
                 assert proc.poll() is None and time.monotonic() < deadline, (
                     f"{stage}: the stage was not reached")
                 time.sleep(0.1)
-            time.sleep(0.5)
-        supervisor = _supervisor(proc.pid, rtmp)
         assert supervisor, f"{stage}: no supervisor"
         # (a pipe's /proc link opened for writing is a new write end of that pipe)
         held = os.open(f"/proc/{supervisor}/fd/0", os.O_WRONLY)
@@ -144,6 +143,7 @@ def _end_at(tb: Testbed, tmp: Path, bootstrap: Path, stage: str, way: str) -> No
             proc.communicate()
 
 
+@pytest.mark.timeout(900)  # twelve launches, each ended, then 5 s of watching
 @pytest.mark.parametrize("run", range(RUNS))
 @pytest.mark.parametrize("tunnel", ["reverse", "none"])
 def test_nothing_outlives_the_r_session(make_testbed: MakeTestbed, tmp_path: Path,
