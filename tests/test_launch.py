@@ -805,6 +805,7 @@ def _hmac_md5(key: bytes, message: bytes) -> bytes:
     return hmac.new(key, message, hashlib.md5).digest()
 
 
+@pytest.mark.slow  # the fake primary waits out the worker's setup deadline
 @pytest.mark.parametrize("primary", ["fake", "genuine"])
 def test_a_fake_primary_learns_nothing_it_can_replay(tmp_path: Path, primary: str) -> None:
     """A worker meets whoever answers its connection. A fake primary (without the slot's

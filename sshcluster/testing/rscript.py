@@ -63,13 +63,24 @@ def launcher_files(since: float, tmpdir: Path | str | None = None) -> str:
     this machine's R sessions (with their ``TMPDIR`` in ``tmpdir``, by default this
     process's) wrote since ``since`` (a :func:`time.time`), one a line."""
     lines = []
-    for d in Path(tmpdir or tempfile.gettempdir()).glob("Rtmp*/sshcluster-*"):
+    for d in _launch_dirs(Path(tmpdir or tempfile.gettempdir())):
         with contextlib.suppress(OSError):  # its session ended meanwhile
             for f in sorted(d.iterdir()):
                 with contextlib.suppress(OSError):
                     if f.stat().st_mtime >= since:
                         lines.append(f"{f}: {f.read_text(errors='replace').strip()!r}")
     return "\n".join(lines)
+
+
+def _launch_dirs(top: Path) -> list[Path]:
+    """``top/Rtmp*/sshcluster-*``, skipping what other R sessions remove meanwhile (a
+    glob over the whole pattern raised when a session's directory went mid-walk)."""
+    out: list[Path] = []
+    with contextlib.suppress(OSError):
+        for session in top.glob("Rtmp*"):
+            with contextlib.suppress(OSError):
+                out.extend(session.glob("sshcluster-*"))
+    return out
 
 
 def process_tree() -> str:
