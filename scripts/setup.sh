@@ -8,9 +8,9 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   r-base-core r-cran-parallelly r-cran-future r-cran-future.apply r-cran-doparallel
-  r-cran-foreach
+  r-cran-foreach r-cran-progressr
   openssh-server openssh-client iptables iproute2 procps util-linux python3-venv
-  tcsh fish
+  tcsh fish rsync
 )
 
 missing=()
