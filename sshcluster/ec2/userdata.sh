@@ -48,7 +48,43 @@ state=/var/lib/sshcluster
 status() { printf '%s\n' "$*" > "$state/status.new" && mv "$state/status.new" "$state/status"; }
 fail() { echo "sshcluster setup: failed: $*"; status "failed: $*"; exit 1; }
 export DEBIAN_FRONTEND=noninteractive
-apt_get() { apt-get -q -y -o DPkg::Lock::Timeout=600 "$@"; }
+# The image's own apt jobs (apt-daily, apt-daily-upgrade) run at first boot and hold
+# apt's locks for minutes; cloud-init orders its own stages after them, but this setup
+# runs detached, outside that order. DPkg::Lock::Timeout waits only for the dpkg lock,
+# not for the lists lock 'update' takes nor the archives lock, which fail at once
+# ("Could not get lock /var/lib/apt/lists/lock"). So: wait for those jobs, then retry
+# with backoff while a lock is held (and 'update' on any failure: the network can come
+# up late), for up to apt_patience seconds, naming the lock in the log.
+apt_patience=600
+apt_why=
+apt_jobs() {
+  systemctl is-active apt-daily.service apt-daily-upgrade.service 2>/dev/null \
+    | grep -qxE 'active|activating|deactivating|reloading'
+}
+apt_get() {
+  waited=0
+  while [ "$waited" -lt "$apt_patience" ] && apt_jobs; do
+    [ "$waited" -gt 0 ] || echo "sshcluster setup: waiting for the image's apt jobs" \
+      "(apt-daily.service, apt-daily-upgrade.service) to end"
+    sleep 5; waited=$((waited + 5))
+  done
+  delay=5; tried=0
+  while :; do
+    out=$(apt-get -q -y -o DPkg::Lock::Timeout=600 "$@" 2>&1); rc=$?
+    printf '%s\n' "$out"
+    [ "$rc" -eq 0 ] && return 0
+    lock=$(printf '%s\n' "$out" | sed -n 's|.*Could not get lock \(/[^ ]*\).*|\1|p' | head -n 1)
+    if [ -n "$lock" ]; then apt_why="${lock%.} is held by another apt process"
+    elif [ "$1" = update ]; then apt_why="apt-get update exited with status $rc"
+    else apt_why=; return "$rc"; fi
+    if [ "$tried" -ge "$apt_patience" ]; then
+      echo "sshcluster setup: gave up after $tried s: $apt_why"; return "$rc"
+    fi
+    echo "sshcluster setup: $apt_why; retrying in $delay s"
+    sleep "$delay"; tried=$((tried + delay)); delay=$((delay * 2))
+    [ "$delay" -le 60 ] || delay=60
+  done
+}
 updated=
 apt_update() { [ -n "$updated" ] || { apt_get update && updated=1; }; }
 echo "sshcluster setup: started $(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -57,21 +93,21 @@ if [ -f "$state/setup" ]; then
     || fail "the setup script exited with status $?"
 fi
 if ! command -v Rscript > /dev/null 2>&1; then
-  apt_update || fail "apt-get update"
+  apt_update || fail "apt-get update${apt_why:+ ($apt_why)}"
   apt_get install --no-install-recommends r-base-core || fail "installing R (r-base-core)"
 fi
 debs= ; from_cran=
 for p in $r_packages; do
   Rscript -e "quit(status = !requireNamespace('$p', quietly = TRUE))" > /dev/null 2>&1 && continue
   deb=r-cran-$(printf '%s' "$p" | tr 'A-Z' 'a-z')
-  apt_update || fail "apt-get update"
+  apt_update || fail "apt-get update${apt_why:+ ($apt_why)}"
   if apt-cache show "$deb" > /dev/null 2>&1; then debs="$debs $deb"; else from_cran="$from_cran $p"; fi
 done
 if [ -n "$debs" ]; then
   apt_get install --no-install-recommends $debs || fail "installing$debs"
 fi
 if [ -n "$from_cran" ]; then
-  apt_update || fail "apt-get update"
+  apt_update || fail "apt-get update${apt_why:+ ($apt_why)}"
   apt_get install --no-install-recommends r-base-dev || fail "installing r-base-dev (to build$from_cran)"
   SSHCLUSTER_PKGS="$from_cran" SSHCLUSTER_CRAN="$cran" Rscript -e '
     pkgs <- strsplit(trimws(Sys.getenv("SSHCLUSTER_PKGS")), " +")[[1]]
