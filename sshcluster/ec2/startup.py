@@ -55,6 +55,7 @@ from sshcluster.ec2.wait import (
     Step,
     console_reader,
     host_keys,
+    instance_watch,
     wait_running,
     wait_ssh,
 )
@@ -336,10 +337,11 @@ def _up(spec: EC2Spec, *, client: EC2Client, run: Run, plan: LaunchPlan, output:
 
     address_of = job.address_of or default_address(spec)
     endpoints = {i.id: address_of(i) for i in instances}
-    wait_ssh(endpoints, deadline=job.deadline, poll=job.poll, report=report)
+    watch = instance_watch(client, ids)  # an instance that ends while up waits fails it
+    wait_ssh(endpoints, deadline=job.deadline, poll=job.poll, report=report, watch=watch)
     keys = host_keys(instances, endpoints, console_text=job.console_text or
                      console_reader(client), accept_new=job.accept_new,
-                     deadline=job.deadline, poll=job.poll, report=report)
+                     deadline=job.deadline, poll=job.poll, report=report, watch=watch)
     inventory, steps = write_output(
         spec, run_id=run.run_id, expires=run.expires, output=output, known_hosts=known_hosts,
         key_file=key_file, ncore=plan.ncore(spec), instances=instances, endpoints=endpoints,
@@ -351,7 +353,7 @@ def _up(spec: EC2Spec, *, client: EC2Client, run: Run, plan: LaunchPlan, output:
             identity_file=str(key_file) if key_file else spec.identity_file)
         wait_ready(instances, endpoints, read_status=read_status,
                    deadline=time.monotonic() + job.setup_timeout, poll=job.poll,
-                   report=report, packages=spec.r_packages)
+                   report=report, packages=spec.r_packages, watch=watch)
     report(Step("done", len(ids), len(ids), f"wrote {output}"))
     return Cluster(spec.name, spec.region, run.run_id, run.expires, tuple(instances),
                    tuple(endpoints[i.id] for i in instances), inventory, output,

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 #: Where the setup's outcome is: ``running``, ``ready <R version>`` or ``failed: <what>``.
 STATUS_FILE = "/var/lib/sshcluster/status"
+#: ``armed <expiry>`` once the dead man's switch scheduled the shutdown at the expiry.
+EXPIRY_FILE = "/var/lib/sshcluster/expiry"
 #: The setup's log on the instance (readable by the login user).
 SETUP_LOG = "/var/log/sshcluster-setup.log"
 
@@ -58,4 +60,4 @@ def user_data(spec: EC2Spec, expires: datetime) -> str:
     return "\n".join(header) + "\n" + before + setup + after
 
 
-__all__ = ["SETUP_LOG", "STATUS_FILE", "user_data"]
+__all__ = ["EXPIRY_FILE", "SETUP_LOG", "STATUS_FILE", "user_data"]

@@ -9,7 +9,8 @@ mkdir -p "$state"
 # 1. The dead man's switch, first, so that nothing below can keep the instance alive:
 #    power off at the expiry (shutdown behaviour 'terminate' ends the instance and its
 #    bill). A reboot forgets a scheduled shutdown, so it is a per-boot script as well, and
-#    the time left is computed on the instance from the absolute expiry.
+#    the time left is computed on the instance from the absolute expiry. It records in
+#    $state/expiry that the shutdown is scheduled: 'up' fails an instance without that.
 switch=/var/lib/cloud/scripts/per-boot/sshcluster-expiry.sh
 mkdir -p "${switch%/*}"
 cat > "$switch" <<SSHCLUSTER_EXPIRY
@@ -18,8 +19,11 @@ cat > "$switch" <<SSHCLUSTER_EXPIRY
 PATH=/usr/sbin:/usr/bin:/sbin:/bin; export PATH
 expires=$expires
 left=\$(( (expires - \$(date +%s) + 59) / 60 ))
+rm -f $state/expiry
 if [ "\$left" -lt 1 ]; then shutdown -h now
-else shutdown -h "+\$left" "sshcluster: max_lifetime reached"; fi
+elif shutdown -h "+\$left" "sshcluster: max_lifetime reached"; then
+  echo "armed \$expires" > $state/expiry.new && mv $state/expiry.new $state/expiry
+fi
 SSHCLUSTER_EXPIRY
 chmod 755 "$switch"
 "$switch"
@@ -124,4 +128,5 @@ chmod 755 "$state/run-setup"
 echo running > "$state/status"
 touch "$log"
 chmod 644 "$log" "$state/status"
+[ ! -f "$state/expiry" ] || chmod 644 "$state/expiry"
 r_packages="$r_packages" cran="$cran" nohup setsid "$state/run-setup" >> "$log" 2>&1 < /dev/null &

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from sshcluster import ec2
+from sshcluster.ec2.ready import STATUS_COMMAND
 from sshcluster.ec2.userdata import SETUP_LOG, STATUS_FILE
 
 from .test_userdata_real import FakeInstance, spec_for
@@ -96,3 +97,20 @@ def test_the_setup_waits_for_the_apt_lists_lock_and_succeeds(
     updates = [x for x in asked if x.startswith("apt-get") and x.endswith(" update")]
     assert len(updates) >= 2  # refused while the lock was held, then done
     assert any(x.endswith(f"install --no-install-recommends r-cran-{PACKAGE}") for x in asked)
+
+
+@pytest.mark.parametrize("schedules", [True, False])
+def test_the_status_shows_whether_the_shutdown_is_scheduled(
+        make_testbed: Any, tmp_path: Path, schedules: bool) -> None:
+    tb = make_testbed(1)
+    # 'shutdown' (a link to systemctl) that schedules, or one that refuses as a host
+    # without systemd would; apt installs nothing
+    systemctl = 'case $(basename "$0") in shutdown) exit 0;; esac\nexit 1\n'
+    machine = FakeInstance(tb, tb.hosts[0], tmp_path / "node", fakes={
+        "systemctl": systemctl if schedules else "exit 1\n"})
+    spec = spec_for(tb, "ami-0123456789abcdef0", "")
+    machine.boot(ec2.user_data(spec, ec2.utcnow() + timedelta(hours=1)))
+    status = ec2.SetupStatus.parse(machine.inside(STATUS_COMMAND))
+    assert status.state in ("running", "ready")
+    assert "shutdown -h +" in machine.asked.read_text()
+    assert status.armed is schedules
