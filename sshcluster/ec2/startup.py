@@ -42,6 +42,7 @@ from sshcluster.ec2.records import (
     Record,
     default_owner,
     find_record,
+    my_owners,
     remove_record,
     save_record,
     state_dir,
@@ -192,8 +193,10 @@ def up(spec: EC2Spec, *, client: EC2Client | None = None, output: str | os.PathL
         output = Path(output)
         if not overwrite:
             refuse_foreign_output(output, spec)
-        return _guarded_up(spec, client=client, output=output, owner=owner or default_owner(),
-                           records=records or state_dir(), run_id=run_id, job=job,
+        records = records or state_dir()
+        return _guarded_up(spec, client=client, output=output,
+                           owner=owner or default_owner(records), records=records,
+                           run_id=run_id, job=job,
                            guard=guard, quotas=quotas, ssm=ssm)
 
 
@@ -204,7 +207,8 @@ def _guarded_up(spec: EC2Spec, *, client: EC2Client, output: Path, owner: str,
     # Only the caller's own instances of this name count: a colleague's cluster of the
     # same name in a shared account is theirs. Instances already shutting down (a down
     # just before) are on their way out.
-    existing = [i for i in cluster_instances(client, spec.name, owner=owner)
+    existing = [i for i in cluster_instances(client, spec.name,
+                                             owner=my_owners(owner, records))
                 if i.state != "shutting-down"]
     key_file = output.parent / f"{spec.name}.pem" if spec.key_name is None else None
     finished = False  # the run being continued was finished by an earlier up
@@ -224,8 +228,8 @@ def _guarded_up(spec: EC2Spec, *, client: EC2Client, output: Path, owner: str,
         run_id = run_id or secrets.token_hex(6)
         expires = utcnow() + spec.max_lifetime
     plan = plan_launch(client, spec, quotas=quotas, ssm=ssm, running_here=len(existing))
-    for text in plan.notes:
-        job.report(Step("note", 0, 0, f"not checked: {text}"))
+    for text in [*plan.warnings, *(f"not checked: {n}" for n in plan.notes)]:
+        job.report(Step("note", 0, 0, text))
     known_hosts = output.parent / f"{spec.name}.known_hosts"
     record = Record(spec.name, spec.region, run_id, owner, expires, "starting",
                     key_file=str(key_file.absolute()) if key_file else None,

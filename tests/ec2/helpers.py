@@ -179,3 +179,8 @@ def internet_gateway(client: Any) -> str:
     client.create_route(RouteTableId=main["RouteTableId"], DestinationCidrBlock="0.0.0.0/0",
                         GatewayId=gateway)
     return str(gateway)
+
+
+def state_files(state: Path) -> list[Path]:
+    """What the record directory holds besides the owner id (kept there for good)."""
+    return [p for p in state.iterdir() if p.name != "owner-id"] if state.is_dir() else []
