@@ -45,16 +45,12 @@ def remaining(deadline: float) -> float:
     return deadline - time.monotonic()
 
 
-#: GetConsoleOutput's answers to ``Latest=True`` on instances that do not support it
-#: (only Nitro instances keep the latest output; others have the buffered one).
-_NO_LATEST = ("UnsupportedOperation", "InvalidParameterValue", "InvalidParameter",
-              "InvalidParameterCombination")
-
-
 def console_reader(client: EC2Client) -> ConsoleText:
     """The default console seam: GetConsoleOutput with ``Latest=True`` (the output as it
     is now, not a snapshot that can lag by minutes), falling back to the buffered output
-    where AWS refuses ``Latest`` for that instance type."""
+    when AWS refuses ``Latest``, whatever its code (only Nitro instances keep the latest
+    output, and the codes of the refusal are not documented); once the buffered output
+    was read that way, ``Latest`` is not asked for again."""
     latest = [True]
 
     def read(instance_id: str) -> str:
@@ -63,12 +59,12 @@ def console_reader(client: EC2Client) -> ConsoleText:
                 with aws_errors("GetConsoleOutput"):
                     return client.get_console_output(InstanceId=instance_id,
                                                      Latest=True).get("Output", "")
-            except EC2Error as e:
-                if e.code not in _NO_LATEST:
-                    raise
-                latest[0] = False
+            except EC2Error:
+                pass  # the buffered output below; its own refusal is the one raised
         with aws_errors("GetConsoleOutput"):
-            return client.get_console_output(InstanceId=instance_id).get("Output", "")
+            text = client.get_console_output(InstanceId=instance_id).get("Output", "")
+        latest[0] = False
+        return text
 
     return read
 
