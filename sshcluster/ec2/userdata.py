@@ -47,6 +47,7 @@ def user_data(spec: EC2Spec, expires: datetime) -> str:
         f"expires={int(expires.timestamp())}",
         f"r_packages={shell_quote(' '.join(spec.r_packages))}",
         f"cran={shell_quote(spec.cran)}",
+        f"repos={shell_quote(spec.repos)}",
     ]
     setup = ""
     if spec.setup:

@@ -1,5 +1,5 @@
 # ---- sshcluster user data. The lines above set this cluster's data: expires (the
-# ---- expiry, seconds since 1970), r_packages, cran. Runs as root at first boot.
+# ---- expiry, seconds since 1970), r_packages, cran, repos. Runs as root at first boot.
 umask 022
 PATH=/usr/sbin:/usr/bin:/sbin:/bin; export PATH
 state=/var/lib/sshcluster
@@ -96,9 +96,12 @@ if [ -f "$state/setup" ]; then
   if [ "$(head -c 2 "$state/setup")" = "#!" ]; then "$state/setup"; else sh -e "$state/setup"; fi \
     || fail "the setup script exited with status $?"
 fi
+# r-recommended (Matrix, MASS, survival, ...) with R: without it a CRAN package that
+# imports one fetches CRAN's current version, which needs a newer R than the image's.
 if ! command -v Rscript > /dev/null 2>&1; then
   apt_update || fail "apt-get update${apt_why:+ ($apt_why)}"
-  apt_get install --no-install-recommends r-base-core || fail "installing R (r-base-core)"
+  apt_get install --no-install-recommends r-base-core r-recommended \
+    || fail "installing R (r-base-core r-recommended)"
 fi
 debs= ; from_cran=
 for p in $r_packages; do
@@ -112,10 +115,33 @@ if [ -n "$debs" ]; then
 fi
 if [ -n "$from_cran" ]; then
   apt_update || fail "apt-get update${apt_why:+ ($apt_why)}"
-  apt_get install --no-install-recommends r-base-dev || fail "installing r-base-dev (to build$from_cran)"
-  SSHCLUSTER_PKGS="$from_cran" SSHCLUSTER_CRAN="$cran" Rscript -e '
+  apt_get install --no-install-recommends r-base-dev r-recommended \
+    || fail "installing r-base-dev r-recommended (to build$from_cran)"
+  # repos=binaries: Posit Package Manager's Linux binaries for this distribution (it
+  # serves them to an R that names itself in the user agent), at a snapshot from before
+  # CRAN's packages moved past this R (R 4.1: Ubuntu 22.04, 4.2: Debian 12, 4.3: Ubuntu
+  # 24.04); a distribution it does not serve builds from the cran mirror.
+  from=$repos
+  if [ "$repos" = binaries ] || [ "$repos" = source ]; then from=$cran; fi
+  if [ "$repos" = binaries ]; then
+    codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
+    case $(Rscript -e 'cat(R.version$major, sub("[.].*", "", R.version$minor), sep = ".")') in
+      4.0|4.1) snapshot=2022-04-21;; 4.2) snapshot=2023-04-20;; 4.3) snapshot=2024-03-01;;
+      *) snapshot=latest;;
+    esac
+    case $codename in
+      focal|jammy|noble|bullseye|bookworm)
+        from="https://packagemanager.posit.co/cran/__linux__/$codename/$snapshot";;
+    esac
+  fi
+  echo "sshcluster setup: installing$from_cran from $from"
+  SSHCLUSTER_PKGS="$from_cran" SSHCLUSTER_CRAN="$from" Rscript -e '
+    options(HTTPUserAgent = sprintf("R/%s R (%s)", getRversion(), paste(getRversion(),
+      R.version["platform"], R.version["arch"], R.version["os"])))
     pkgs <- strsplit(trimws(Sys.getenv("SSHCLUSTER_PKGS")), " +")[[1]]
-    install.packages(pkgs, repos = Sys.getenv("SSHCLUSTER_CRAN"), Ncpus = parallel::detectCores())'
+    install.packages(pkgs, repos = Sys.getenv("SSHCLUSTER_CRAN"), Ncpus = parallel::detectCores())
+    for (p in pkgs) if (!requireNamespace(p, quietly = TRUE)) quit(status = 1)' \
+    || fail "installing$from_cran from $from"
 fi
 version=$(SSHCLUSTER_PKGS="$r_packages" Rscript -e '
   pkgs <- strsplit(trimws(Sys.getenv("SSHCLUSTER_PKGS")), " +")[[1]]
@@ -129,4 +155,4 @@ echo running > "$state/status"
 touch "$log"
 chmod 644 "$log" "$state/status"
 [ ! -f "$state/expiry" ] || chmod 644 "$state/expiry"
-r_packages="$r_packages" cran="$cran" nohup setsid "$state/run-setup" >> "$log" 2>&1 < /dev/null &
+r_packages="$r_packages" cran="$cran" repos="$repos" nohup setsid "$state/run-setup" >> "$log" 2>&1 < /dev/null &

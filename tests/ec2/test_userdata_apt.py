@@ -114,3 +114,27 @@ def test_the_status_shows_whether_the_shutdown_is_scheduled(
     assert status.state in ("running", "ready")
     assert "shutdown -h +" in machine.asked.read_text()
     assert status.armed is schedules
+
+
+def test_packages_built_from_cran_ask_for_r_recommended_first(
+        make_testbed: Any, tmp_path: Path) -> None:
+    tb = make_testbed(1)
+    # apt that installs nothing: refreshes, knows no r-cran-aptlockprobe, refuses installs
+    machine = FakeInstance(tb, tb.hosts[0], tmp_path / "node", fakes={
+        "apt-get": 'case " $* " in *" update "*) exit 0;; esac\n'
+                   'echo "E: Unable to locate package r-recommended" >&2\nexit 100\n'})
+    spec = spec_for(tb, "ami-0123456789abcdef0", "", r_packages=(PACKAGE,))
+    data = ec2.user_data(spec, ec2.utcnow() + timedelta(hours=1))
+    # the binary repository is only written into the user data, never fetched here
+    assert "repos=binaries" in data
+    assert 'https://packagemanager.posit.co/cran/__linux__/$codename/$snapshot' in data
+    machine.boot(data)
+    deadline = time.monotonic() + 60
+    while not machine.read(STATUS_FILE).startswith(("ready", "failed")):
+        assert time.monotonic() < deadline, machine.read(SETUP_LOG)
+        time.sleep(0.5)
+    assert machine.read(STATUS_FILE).strip() == (
+        f"failed: installing r-base-dev r-recommended (to build {PACKAGE})")
+    asked = machine.asked.read_text()
+    assert f"apt-cache show r-cran-{PACKAGE}" in asked
+    assert "install --no-install-recommends r-base-dev r-recommended" in asked
