@@ -124,6 +124,7 @@ class _Job:
     setup_timeout: float
     keep_on_failure: bool
     cleanup_timeout: float
+    verify: bool = False
 
 
 def default_address(spec: EC2Spec) -> AddressOf:
@@ -149,7 +150,7 @@ def up(spec: EC2Spec, *, client: EC2Client | None = None, output: str | os.PathL
        run_id: str | None = None, overwrite: bool = False, wait: bool = True,
        setup_timeout: float = SETUP_TIMEOUT, keep_on_failure: bool = False,
        cleanup_timeout: float = CLEANUP_TIMEOUT, quotas: Any = None,
-       ssm: Any = None) -> Cluster:
+       ssm: Any = None, verify: bool = False) -> Cluster:
     """Start the cluster, wait until every instance runs and answers on SSH, record its
     host keys, write an inventory to ``output``, and wait until every instance's setup
     has R and the spec's ``r_packages`` ready.
@@ -164,6 +165,8 @@ def up(spec: EC2Spec, *, client: EC2Client | None = None, output: str | os.PathL
     console output; if they cannot be read before the deadline, ``up`` fails, unless
     ``accept_new`` records the key each instance shows on its first connection.
     ``progress`` is called with a :class:`~sshcluster.ec2.wait.Step` as ``up`` goes on.
+    ``verify`` ends with the written inventory passing the preflight check and one R
+    computation on every instance (:mod:`sshcluster.ec2.verify`); else ``up`` fails.
 
     ``output`` is not overwritten unless it is an inventory ``up`` wrote for this
     cluster (its header says so), or ``overwrite``: else :class:`OutputExistsError` is
@@ -187,7 +190,7 @@ def up(spec: EC2Spec, *, client: EC2Client | None = None, output: str | os.PathL
 
     job = _Job(time.monotonic() + timeout, poll, accept_new, address_of, console_text,
                read_status, report, batch_size, wait, setup_timeout, keep_on_failure,
-               cleanup_timeout)
+               cleanup_timeout, verify)
     with signal_guard(note) as guard:
         client = client or make_client(spec.region)
         output = Path(output)
@@ -358,6 +361,11 @@ def _up(spec: EC2Spec, *, client: EC2Client, run: Run, plan: LaunchPlan, output:
         wait_ready(instances, endpoints, read_status=read_status,
                    deadline=time.monotonic() + job.setup_timeout, poll=job.poll,
                    report=report, packages=spec.r_packages, watch=watch)
+    if job.verify:
+        from sshcluster.ec2.verify import verify_inventory
+
+        report(Step("verify", 0, len(ids), "checking the inventory and computing in R"))
+        verify_inventory(output, len(ids))
     report(Step("done", len(ids), len(ids), f"wrote {output}"))
     return Cluster(spec.name, spec.region, run.run_id, run.expires, tuple(instances),
                    tuple(endpoints[i.id] for i in instances), inventory, output,
