@@ -71,7 +71,7 @@ from sshcluster.ec2.instances import (
 from sshcluster.ec2.launch import dry_run
 from sshcluster.ec2.plan import LaunchCheckFailed, LaunchPlan, plan_launch
 from sshcluster.ec2.ready import SetupFailed, SetupStatus
-from sshcluster.ec2.records import Record, default_owner, load_records, state_dir
+from sshcluster.ec2.records import Record, default_owner, load_records, my_owners, state_dir
 from sshcluster.ec2.regions import (
     RegionResults,
     Results,
@@ -163,6 +163,7 @@ __all__ = [
     "load_records",
     "load_spec",
     "make_client",
+    "my_owners",
     "next_steps",
     "parse_duration",
     "parse_spec",

@@ -92,6 +92,9 @@ HINTS: dict[str, str] = {
                    "where the type is offered (aws ec2 describe-instance-type-offerings "
                    "--location-type availability-zone --filters Name=instance-type,"
                    "Values=TYPE) or choose another type",
+    "InsufficientFreeAddressesInSubnet": "the subnet has no free IP addresses left; "
+                                         "sshcluster tries the other subnets it may use, "
+                                         "so set subnet_id to subnets with room",
     "PendingVerification": "AWS is still verifying this account for the region (new accounts "
                            "can take up to 4 hours); try again later, or ask AWS Support",
     "AuthFailure.ServiceLinkedRoleCreationNotPermitted":
@@ -123,8 +126,10 @@ STATE_REASON_HINTS: dict[str, str] = {
 }
 
 
-def hint_for(code: str) -> str | None:
-    """What to do about AWS error ``code``, if we know."""
+def hint_for(code: str, message: str = "") -> str | None:
+    """What to do about AWS error ``code`` (with AWS's ``message``), if we know."""
+    if code == "Unsupported" and "availability zone" not in message.lower():
+        return None  # not the zone: a configuration AWS does not support, as it says
     if code.startswith("InvalidAMIID"):
         return ("AMI ids are per region; look up the image id for this region "
                 "(e.g. with 'aws ec2 describe-images') and set 'image'")
@@ -159,7 +164,7 @@ def aws_error(exc: BaseException, operation: str) -> EC2Error:
         code = err.get("Code", "Unknown")
         message = err.get("Message", str(exc))
         return EC2Error(f"{operation}: {code}: {message}", code=code, operation=operation,
-                        hint=hint_for(code))
+                        hint=hint_for(code, message))
     if isinstance(exc, (botocore.exceptions.SSOTokenLoadError,
                         botocore.exceptions.UnauthorizedSSOTokenError,
                         botocore.exceptions.TokenRetrievalError,

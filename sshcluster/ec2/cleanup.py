@@ -20,7 +20,7 @@ Real AWS is slower than its stand-ins, and the removal is written for it:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -130,7 +130,8 @@ def _terminate(client: EC2Client, ids: list[str], *, deadline: float, poll: floa
 
 
 def remove_resources(client: EC2Client, name: str, *, run_id: str | None = None,
-                     owner: str | None = None, instance_ids: Iterable[str] = (),
+                     owner: str | Sequence[str] | None = None,
+                     instance_ids: Iterable[str] = (),
                      security_groups: Iterable[str | None] = (),
                      key_pairs: Iterable[str | None] = (), timeout: float = CLEANUP_TIMEOUT,
                      poll: float = 5.0) -> DownReport:

@@ -131,6 +131,9 @@ class _ProgressPrinter:
 @click.option("--keep-on-failure", is_flag=True,
               help="If the setup fails on an instance, keep the cluster to look at it "
                    "(default: end it). 'sshcluster ec2 down NAME' ends it.")
+@click.option("--verify", is_flag=True,
+              help="End with the inventory passing 'render --check' and one R computation "
+                   "on every instance; else the cluster is ended and up fails.")
 @click.option("--dry-run", is_flag=True,
               help="Ask EC2 whether it would work (DryRun=True); start nothing.")
 @click.option("--force", is_flag=True,
@@ -139,7 +142,7 @@ class _ProgressPrinter:
 @click.pass_context
 def ec2_up(ctx: click.Context, spec_file: str, output: str, accept_new: bool,
            timeout: float, setup_timeout: float, no_wait: bool, keep_on_failure: bool,
-           dry_run: bool, force: bool) -> None:
+           verify: bool, dry_run: bool, force: bool) -> None:
     """Start the cluster in SPEC and write an inventory for it.
 
     First checks what it can before starting anything (image, architecture, subnets,
@@ -175,7 +178,7 @@ def ec2_up(ctx: click.Context, spec_file: str, output: str, accept_new: bool,
                          setup_timeout=setup_timeout, wait=not no_wait,
                          keep_on_failure=keep_on_failure, progress=printer, overwrite=force,
                          address_of=seams.address_of, console_text=seams.console_text,
-                         read_status=seams.read_status)
+                         read_status=seams.read_status, verify=verify)
     except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP: cleaned up by now
         with contextlib.suppress(OSError):
             click.secho(f"error: {printer.aborted or 'interrupted'}", fg="red", err=True)

@@ -6,7 +6,9 @@ The Python API behind ``sshcluster ec2 ls | down`` (``gc`` is in
 ``up`` that died left behind; the records in :func:`~sshcluster.ec2.records.state_dir`
 tell ``ls`` which clusters this machine knows and which are orphans.
 
-Both act on the caller's own clusters (the ``sshcluster:owner`` tag, ``user@host``):
+Both act on the caller's own clusters (the ``sshcluster:owner`` tag: the caller's STS
+identity and a per-user id, :func:`~sshcluster.ec2.records.default_owner`, and the older
+owner tags of this machine's records):
 colleagues who share an AWS account and both call their cluster ``rwork`` do not end or
 list each other's. ``any_owner=True`` lifts that.
 """
@@ -35,6 +37,7 @@ from sshcluster.ec2.records import (
     default_owner,
     find_record,
     load_records,
+    my_owners,
     remove_record,
     state_dir,
 )
@@ -122,12 +125,12 @@ def list_clusters(*, client: EC2Client, records: Path | None = None, owner: str 
     ones while EC2 still lists them), and the orphaned ones this machine has a record of
     even before they have instances."""
     region = region_of(client)
-    owner = None if any_owner else owner or default_owner()
+    mine = None if any_owner else my_owners(owner or default_owner(records), records)
     here = {r.name: r for r in load_records(records or state_dir())
-            if r.region == region and (owner is None or r.owner == owner)}
+            if r.region == region and (mine is None or r.owner in mine)}
     # Two owners may each have a cluster of the same name (with any_owner, both show).
     by_name: dict[tuple[str, str | None], list[Instance]] = {}
-    for inst in describe_instances(client, cluster_filters(owner=owner)):
+    for inst in describe_instances(client, cluster_filters(owner=mine)):
         by_name.setdefault((inst.cluster or "?", inst.owner), []).append(inst)
     for name, record in here.items():
         if (name, record.owner) not in by_name and record.owner_gone():
@@ -175,24 +178,25 @@ def down(name: str, *, client: EC2Client | None = None, region: str | None = Non
     :class:`~sshcluster.ec2.cleanup.CleanupIncomplete` says what is left.
     """
     records = records or state_dir()
-    owner = owner or default_owner()
+    owner = owner or default_owner(records)
+    owners = my_owners(owner, records)  # and the older owner tags of this machine's records
     if client is None:
         client = make_client(resolve_region(region, name, records))
     where = region_of(client)
     record = find_record(records, where, name)
-    if record is not None and not any_owner and record.owner != owner:
+    if record is not None and not any_owner and record.owner not in owners:
         record = None  # another owner's record on this machine: not the caller's cluster
     everyone = cluster_instances(client, name, live=False)
-    mine = [i for i in everyone if any_owner or i.owner == owner]
+    mine = [i for i in everyone if any_owner or i.owner in owners]
     others = tuple(sorted({i.owner or "someone" for i in everyone
-                           if i.live and i.owner != owner}))
+                           if i.live and i.owner not in owners}))
     if others and not any_owner and record is None and not any(i.live for i in mine):
         raise ForeignCluster(
             f"cluster {name} in {where} belongs to {', '.join(others)}, not to {owner}; "
             "nothing was touched", name=name, region=where, owners=others,
             hint=f"ask {others[0]} to end it, or pass --any-owner to end it anyway")
     report = remove_resources(
-        client, name, owner=None if any_owner else owner, timeout=timeout, poll=poll,
+        client, name, owner=None if any_owner else owners, timeout=timeout, poll=poll,
         instance_ids=record.instance_ids if record else (),
         security_groups=(record.security_group,) if record else (),
         key_pairs=(record.key_pair,) if record else ())

@@ -26,7 +26,7 @@ from sshcluster.ec2.aws import aws_errors, make_client, region_of
 from sshcluster.ec2.cleanup import CLEANUP_TIMEOUT, DownReport
 from sshcluster.ec2.clusters import down, list_clusters
 from sshcluster.ec2.instances import TAG_CLUSTER, cluster_filters, format_time, utcnow
-from sshcluster.ec2.records import Record, default_owner, load_records, state_dir
+from sshcluster.ec2.records import Record, default_owner, load_records, my_owners, state_dir
 from sshcluster.ec2.regions import Results, each_region
 from sshcluster.errors import EC2Error, SshclusterError
 
@@ -75,11 +75,12 @@ def find_garbage(*, client: EC2Client, records: Path | None = None, owner: str |
     """The caller's garbage (``owner``, default :func:`default_owner`; everyone's with
     ``any_owner``) in the client's region: see the module's text for what counts."""
     now = now or utcnow()
-    owner = owner or default_owner()
-    scope = None if any_owner else owner
+    owner = owner or default_owner(records)
+    owners = my_owners(owner, records)  # and the older owner tags of this machine's records
+    scope = None if any_owner else owners
     region = region_of(client)
     here: dict[str, Record] = {r.name: r for r in load_records(records or state_dir())
-                               if r.region == region and (scope is None or r.owner == scope)}
+                               if r.region == region and (scope is None or r.owner in scope)}
     out = []
     statuses = list_clusters(client=client, records=records, owner=owner, any_owner=any_owner)
     for status in statuses:
@@ -93,7 +94,7 @@ def find_garbage(*, client: EC2Client, records: Path | None = None, owner: str |
             reason = "no valid expiry tag"
         elif status.expires <= now:
             reason = f"expired at {format_time(status.expires)}"
-        elif not status.known and status.owner == owner:
+        elif not status.known and status.owner in owners:
             reason = "started from this machine, but no record of it is left here"
         if reason:
             out.append(Garbage(status.name, reason, tuple(i.id for i in live), status.region,
@@ -116,7 +117,8 @@ def find_garbage(*, client: EC2Client, records: Path | None = None, owner: str |
             reason = "the 'sshcluster ec2 up' that started it is gone (killed)"
         else:
             reason = "its instances are gone, but not all of what was made for it"
-        out.append(Garbage(name, reason, (), region, owner=record.owner if record else scope,
+        out.append(Garbage(name, reason, (), region,
+                           owner=record.owner if record else None if any_owner else owner,
                            security_groups=tuple(groups.get(name, ())),
                            key_pairs=tuple(pairs.get(name, ())), record=record is not None))
     return tuple(out)

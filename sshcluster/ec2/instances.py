@@ -9,6 +9,7 @@ name), ``sshcluster:owner`` (``user@host`` of whoever started it), ``sshcluster:
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
@@ -97,9 +98,9 @@ def describe_instances(client: EC2Client, filters: list[FilterTypeDef]) -> list[
 
 
 def cluster_filters(name: str | None = None, *, run_id: str | None = None,
-                    owner: str | None = None) -> list[FilterTypeDef]:
+                    owner: str | Sequence[str] | None = None) -> list[FilterTypeDef]:
     """Filters for what sshcluster tagged: of cluster ``name`` (any, if None), of one
-    run, of one owner."""
+    run, of one owner (or of any of several)."""
     filters = make_filters(**({f"tag:{TAG_CLUSTER}": name} if name else
                               {"tag-key": TAG_CLUSTER}))
     if run_id:
@@ -110,7 +111,8 @@ def cluster_filters(name: str | None = None, *, run_id: str | None = None,
 
 
 def cluster_instances(client: EC2Client, name: str, *, live: bool = True,
-                      run_id: str | None = None, owner: str | None = None) -> list[Instance]:
+                      run_id: str | None = None, owner: str | Sequence[str] | None = None
+                      ) -> list[Instance]:
     """The instances of cluster ``name`` (of one run, of one owner), only live ones unless
     ``live`` is False."""
     filters = cluster_filters(name, run_id=run_id, owner=owner)

@@ -90,7 +90,17 @@ def ingress_rules(spec: EC2Spec, group_id: str) -> list[IpPermissionTypeDef]:
 
 
 #: AWS's answers for "not here, try another zone".
-CAPACITY_CODES = ("InsufficientInstanceCapacity", "InsufficientCapacity", "Unsupported")
+CAPACITY_CODES = ("InsufficientInstanceCapacity", "InsufficientCapacity",
+                  "InsufficientFreeAddressesInSubnet", "Unsupported")
+
+
+def fails_over(e: EC2Error) -> bool:
+    """Whether another subnet may take a refused batch: no capacity or no free address in
+    this one, or a type its zone does not offer. AWS also answers ``Unsupported`` for
+    configurations no other subnet changes; its message tells which."""
+    if e.code == "Unsupported":
+        return "availability zone" in e.message.lower()
+    return e.code in CAPACITY_CODES
 #: Seconds a NotFound right after creating something is retried (eventual consistency).
 NOT_FOUND_WAIT = 30.0
 
@@ -162,10 +172,22 @@ def run_instances_params(spec: EC2Spec, run: Run, plan: LaunchPlan, subnet: Subn
             "VolumeSize": spec.disk_gb, "VolumeType": "gp3", "DeleteOnTermination": True}}]
     if key_name:
         params["KeyName"] = key_name
+    if spec.address == "public" and subnet is not None:
+        # Ask for a public IP on the interface: a subnet need not auto-assign one. (An
+        # interface created with the instance is deleted with it: AWS's default.)
+        params["NetworkInterfaces"] = [{
+            "DeviceIndex": 0, "SubnetId": subnet.id, "AssociatePublicIpAddress": True,
+            **({"Groups": groups} if groups else {})}]
+        return _spot(spec, params)
     if groups:
         params["SecurityGroupIds"] = groups
     if subnet is not None:
         params["SubnetId"] = subnet.id
+    return _spot(spec, params)
+
+
+def _spot(spec: EC2Spec, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with the spot market's options when ``spec.spot``."""
     if spec.spot:
         # One-time and terminate: a persistent request would start new instances after
         # we terminate the old ones.
@@ -214,15 +236,16 @@ def launch(client: EC2Client, spec: EC2Spec, run: Run, plan: LaunchPlan, *,
                     started.changed()
                 break
             except EC2Error as e:
-                if dry_run or e.code not in CAPACITY_CODES or subnet is None:
+                if dry_run or not fails_over(e) or subnet is None:
                     raise
                 tried.append(f"{subnet.id} ({subnet.zone}): {e.code}")
                 current = (current + 1) % len(subnets)
                 if len(tried) >= len(subnets) or time.monotonic() >= deadline:
+                    said = e.message.removeprefix("RunInstances: ")
                     raise EC2Error(
                         f"RunInstances: no capacity for {n} x {spec.instance_type} in "
-                        f"any subnet tried: {'; '.join(tried)}", code=e.code,
-                        operation="RunInstances", hint=e.hint) from e
+                        f"any subnet tried: {'; '.join(tried)}\nAWS said (last): {said}",
+                        code=e.code, operation="RunInstances", hint=e.hint) from e
                 following = subnets[current]
                 if following is not None:
                     note(f"{e.code} in {subnet.zone}; trying {following.zone} "
@@ -250,7 +273,8 @@ def dry_run(spec: EC2Spec, *, client: EC2Client | None = None) -> tuple[str, ...
     EC2Error on the first that failed. ``client`` defaults to one for ``spec.region``."""
     client = client or make_client(spec.region)
     plan = plan_launch(client, spec)
-    passed = [*plan.passed, *(f"not checked: {n}" for n in plan.notes)]
+    passed = [*plan.passed, *(f"not checked: {n}" for n in plan.notes),
+              *(f"warning: {w}" for w in plan.warnings)]
     run = Run("dryrun", default_owner(), utcnow() + spec.max_lifetime)
     if spec.key_name is None:
         create_key_pair(client, spec, run, dry_run=True)

@@ -57,7 +57,7 @@ class LaunchPlan:
     """What the checks found: the image, the type's size, the subnets to try in turn.
 
     ``passed`` are the checks that passed and ``notes`` those that could not be made, one
-    line each (``up --dry-run`` prints them).
+    line each (``up --dry-run`` prints them); ``warnings`` what may go wrong later.
     """
 
     image: Image
@@ -67,6 +67,7 @@ class LaunchPlan:
     vpc: str
     passed: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
     def ncore(self, spec: EC2Spec) -> int:
         """R workers per instance: physical cores, or vCPUs with ``ncore: vcpus``."""
@@ -125,22 +126,42 @@ def _subnets(client: EC2Client, spec: EC2Spec) -> tuple[list[dict[str, Any]], st
     return sorted(cast("list[dict[str, Any]]", subnets), key=lambda s: s["AvailabilityZone"]), vpc
 
 
-def _internet_routes(client: EC2Client, vpc: str, subnet_ids: list[str]) -> dict[str, bool]:
-    """Per subnet: does its route table (its own, else the VPC's main one) send
-    0.0.0.0/0 to an internet gateway?"""
+def _internet_routes(client: EC2Client, vpc: str, subnet_ids: list[str]) -> dict[str, str]:
+    """Per subnet: where its route table (its own, else the VPC's main one) sends
+    0.0.0.0/0: ``igw`` (an internet gateway), ``nat`` (a NAT gateway), ``other`` (an
+    appliance, a transit gateway, ...) or ``""`` (nowhere)."""
     with aws_errors("DescribeRouteTables"):
         tables = client.describe_route_tables(Filters=make_filters(**{"vpc-id": vpc}))
-    main, own = None, {}
+    main, own = "", {}
     for table in tables["RouteTables"]:
-        to_igw = any(r.get("DestinationCidrBlock") == "0.0.0.0/0"
-                     and r.get("GatewayId", "").startswith("igw-")
-                     and r.get("State", "active") == "active" for r in table.get("Routes", []))
+        out = ""
+        for r in table.get("Routes", []):
+            if r.get("DestinationCidrBlock") != "0.0.0.0/0" or r.get("State",
+                                                                     "active") != "active":
+                continue
+            out = ("igw" if r.get("GatewayId", "").startswith("igw-") else
+                   "nat" if r.get("NatGatewayId") else "other")
         for assoc in table.get("Associations", []):
             if assoc.get("Main"):
-                main = to_igw
+                main = out
             elif assoc.get("SubnetId"):
-                own[assoc["SubnetId"]] = to_igw
-    return {s: own.get(s, bool(main)) for s in subnet_ids}
+                own[assoc["SubnetId"]] = out
+    return {s: own.get(s, main) for s in subnet_ids}
+
+
+def _no_way_out(spec: EC2Spec, usable: list[Any], routes: dict[str, str]) -> list[str]:
+    """With ``address: private``: a warning when no subnet lets an instance reach the
+    internet (a NAT gateway, or an internet gateway with a public IP), as the setup then
+    cannot install R or packages."""
+    if any(routes[s["SubnetId"]] in ("nat", "other") or (
+            routes[s["SubnetId"]] == "igw" and s.get("MapPublicIpOnLaunch"))
+           for s in usable):
+        return []
+    return [f"no subnet of {', '.join(s['SubnetId'] for s in usable)} reaches the internet "
+            "(0.0.0.0/0 to a NAT gateway, or to an internet gateway with public IPs): the "
+            "setup cannot install R or packages, so the image must already have R"
+            + (" and " + ", ".join(spec.r_packages) if spec.r_packages else "")
+            + "; or add a NAT gateway"]
 
 
 def plan_launch(client: EC2Client, spec: EC2Spec, *, quotas: Any = None, ssm: Any = None,
@@ -192,14 +213,17 @@ def plan_launch(client: EC2Client, spec: EC2Spec, *, quotas: Any = None, ssm: An
                         "subnet_id to a subnet there, or choose another type")
     if usable and spec.address == "public":
         routes = _internet_routes(client, vpc, [s["SubnetId"] for s in usable])
-        public = [s for s in usable if s.get("MapPublicIpOnLaunch") and routes[s["SubnetId"]]]
+        # A subnet that does not auto-assign public IPs will do: RunInstances asks for one
+        # on the network interface (AssociatePublicIpAddress).
+        public = [s for s in usable if routes[s["SubnetId"]] == "igw"]
         if not public:
-            s = usable[0]
-            why = ("does not give instances a public IP" if not s.get("MapPublicIpOnLaunch")
-                   else "has no route to an internet gateway (0.0.0.0/0 to igw-...)")
-            failures.append(f"subnet {s['SubnetId']} {why}: use a public subnet (auto-assign "
-                            "public IPv4, a route to an internet gateway), or set 'address: "
-                            "private' when this machine is inside the VPC")
+            failures.append(f"subnet {usable[0]['SubnetId']} has no route to an internet "
+                            "gateway (0.0.0.0/0 to igw-...): use a public subnet, or set "
+                            "'address: private' when this machine is inside the VPC")
+        asked = [s["SubnetId"] for s in public if not s.get("MapPublicIpOnLaunch")]
+        if asked:
+            passed.append(f"{', '.join(asked)} assign no public IPs by themselves: up asks "
+                         "for one on each instance's network interface")
         usable = public
     if usable:
         passed.append(f"{spec.instance_type} is offered in the zones of "
@@ -208,12 +232,28 @@ def plan_launch(client: EC2Client, spec: EC2Spec, *, quotas: Any = None, ssm: An
                       + (", public IPs and an internet gateway" if spec.address == "public"
                          else ""))
 
+    warnings = list(_warnings(spec, kind))
+    if usable and spec.address == "private":
+        warnings += _no_way_out(spec, usable, _internet_routes(
+            client, vpc, [s["SubnetId"] for s in usable]))
     _check_quota(client, spec, vcpus, running_here, quotas, passed, notes, failures)
     if failures:
         raise LaunchCheckFailed(tuple(failures))
     return LaunchPlan(image, vcpus, cores,
                       tuple(Subnet(s["SubnetId"], s["AvailabilityZone"], s["VpcId"])
-                            for s in usable), vpc, tuple(passed), tuple(notes))
+                            for s in usable), vpc, tuple(passed), tuple(notes),
+                      tuple(warnings))
+
+
+def _warnings(spec: EC2Spec, kind: Any) -> tuple[str, ...]:
+    """Older (Xen) types keep only a buffered console output, which can lag by minutes:
+    the host keys may not show before the deadline."""
+    if kind.get("Hypervisor") != "xen":
+        return ()
+    return (f"{spec.instance_type} is a Xen type: its console output is buffered and can "
+            "lag by minutes, so the host keys may not show before the deadline; choose a "
+            "Nitro type (t3, m5, c5 or newer), allow more time (--timeout), or pass "
+            "--accept-new",)
 
 
 def _check_quota(client: EC2Client, spec: EC2Spec, vcpus: int, running_here: int,

@@ -17,12 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sshcluster.ec2.instances import Endpoint, Instance
-from sshcluster.ec2.userdata import SETUP_LOG, STATUS_FILE
-from sshcluster.ec2.wait import Progress, Step, remaining
+from sshcluster.ec2.userdata import EXPIRY_FILE, SETUP_LOG, STATUS_FILE
+from sshcluster.ec2.wait import Progress, Step, Watch, remaining
 from sshcluster.errors import EC2Error
 
-#: What ``up`` runs on an instance: the status, and the log's tail if the setup failed.
-STATUS_COMMAND = (f"s=$(cat {STATUS_FILE} 2>/dev/null) || s=waiting; echo \"$s\"; "
+#: What ``up`` runs on an instance: whether the dead man's switch scheduled the shutdown
+#: (``expiry: armed <expiry>``, else ``expiry: none``), the status, and the log's tail if
+#: the setup failed.
+STATUS_COMMAND = (f"a=$(cat {EXPIRY_FILE} 2>/dev/null) || a=none; echo \"expiry: $a\"; "
+                  f"s=$(cat {STATUS_FILE} 2>/dev/null) || s=waiting; echo \"$s\"; "
                   f"case $s in failed*) tail -n 30 {SETUP_LOG} 2>&1;; esac")
 #: Seconds one status read may take.
 READ_TIMEOUT = 20.0
@@ -32,21 +35,34 @@ READ_TIMEOUT = 20.0
 class SetupStatus:
     """One instance's setup as its status file says: ``state`` is ``waiting`` (no status
     yet, or SSH not ready), ``running``, ``ready`` or ``failed``; ``detail`` is the rest
-    of the status line (R's version, what failed); ``log_tail`` the setup log's end."""
+    of the status line (R's version, what failed); ``log_tail`` the setup log's end;
+    ``expiry`` what the dead man's switch recorded (``armed <expiry>`` once the shutdown
+    is scheduled; empty when nothing was recorded)."""
 
     state: str
     detail: str = ""
     log_tail: str = ""
+    expiry: str = ""
+
+    @property
+    def armed(self) -> bool:
+        """True when the instance's shutdown at the expiry is scheduled."""
+        return self.expiry.startswith("armed")
 
     @classmethod
     def parse(cls, text: str) -> SetupStatus:
         """From the output of :data:`STATUS_COMMAND`."""
+        expiry = ""
+        if text.startswith("expiry: "):
+            line, _, text = text.partition("\n")
+            expiry = line.removeprefix("expiry: ").strip()
+            expiry = "" if expiry == "none" else expiry
         first, _, rest = text.partition("\n")
         word, _, detail = first.strip().partition(" ")
         state = word.rstrip(":")
         if state not in ("running", "ready", "failed"):
             state, detail = "waiting", first.strip()
-        return cls(state, detail.strip(), rest.rstrip())
+        return cls(state, detail.strip(), rest.rstrip(), expiry)
 
 
 #: Reads one instance's setup status (the seam for tests; default: over SSH).
@@ -100,9 +116,11 @@ async def _read(endpoint: Endpoint, user: str, known_hosts: Path,
 
 def wait_ready(instances: Sequence[Instance], endpoints: dict[str, Endpoint], *,
                read_status: ReadStatus, deadline: float, poll: float, report: Progress,
-               packages: Sequence[str] = ()) -> dict[str, SetupStatus]:
+               packages: Sequence[str] = (), watch: Watch = lambda: None
+               ) -> dict[str, SetupStatus]:
     """Wait until every instance's setup says ``ready``; return the statuses. Raises
-    :class:`SetupFailed` as soon as one says ``failed``, and EC2Error at the deadline."""
+    :class:`SetupFailed` as soon as one says ``failed``, and EC2Error at the deadline;
+    ``watch`` is called before each further round (and raises if an instance ended)."""
     total = len(instances)
     what = "R" + (f" and {len(packages)} R package{'s' if len(packages) != 1 else ''}"
                   if packages else "")
@@ -113,6 +131,7 @@ def wait_ready(instances: Sequence[Instance], endpoints: dict[str, Endpoint], *,
         for inst, status in zip(waiting, _read_all(waiting, endpoints, read_status),
                                 strict=True):
             statuses[inst.id] = status
+        _refuse_unarmed(statuses, total)
         ready = sum(1 for s in statuses.values() if s.state == "ready")
         report(Step("setup", ready, total, f"waiting for the setup: {what}"))
         failed = {i: s for i, s in statuses.items() if s.state == "failed"}
@@ -131,7 +150,22 @@ def wait_ready(instances: Sequence[Instance], endpoints: dict[str, Endpoint], *,
                 code="SetupTimeout",
                 hint="allow more time (--setup-timeout), or pass --no-wait and check later "
                      "with 'sshcluster render --check'")
+        watch()
         time.sleep(min(poll, max(0.0, remaining(deadline))))
+
+
+def _refuse_unarmed(statuses: dict[str, SetupStatus], total: int) -> None:
+    """Raise if an instance whose user data ran shows no scheduled shutdown: nothing would
+    end it at ``max_lifetime`` (an image that ignores the user data, a ``shutdown`` that
+    failed). Not a :class:`SetupFailed`, so that ``--keep-on-failure`` never keeps it."""
+    unarmed = sorted(i for i, s in statuses.items() if s.state != "waiting" and not s.armed)
+    if unarmed:
+        raise EC2Error(
+            f"{len(unarmed)} of {total} instances have no scheduled shutdown, so "
+            f"max_lifetime would not end them: {', '.join(unarmed)}",
+            code="LifetimeNotArmed",
+            hint="the image must run the user data with a working 'shutdown' (systemd); "
+                 "choose another image")
 
 
 def _read_all(instances: Sequence[Instance], endpoints: dict[str, Endpoint],

@@ -17,11 +17,13 @@ import contextlib
 import getpass
 import json
 import os
+import secrets
 import socket
 import subprocess
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from sshcluster.ec2.instances import format_time, parse_time
 from sshcluster.ec2.spec import is_region
@@ -108,13 +110,84 @@ def process_alive(identity: dict[str, str]) -> bool:
     return start is not None and (not identity.get("start") or start == identity["start"])
 
 
-def default_owner() -> str:
-    """``user@host`` of this machine: the ``sshcluster:owner`` tag of what it starts."""
+def legacy_owner() -> str:
+    """``user@host``: the owner tag of older sshcluster versions (host names change with
+    networks and OS updates, so it is only accepted, never written)."""
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = "unknown"
     return f"{user}@{socket.gethostname()}"
+
+
+#: The per-user id, created once in the state directory.
+OWNER_ID_FILE = "owner-id"
+_owners: dict[tuple[str, str], str] = {}
+
+
+def default_owner(records: Path | None = None, *, sts: Any = None) -> str:
+    """The ``sshcluster:owner`` tag of what this user starts: who AWS says the caller is
+    (STS GetCallerIdentity; an assumed role without its session name, which changes every
+    session) and a per-user id created once in the state directory ``records``, e.g.
+    ``123456789012:user/alice/3f9a1c2b``. Unlike ``user@host`` it survives a renamed
+    host; the id keeps two people who share an IAM identity apart. ``sts`` defaults to a
+    client for the default region (STS answers the same everywhere)."""
+    records = records or state_dir()
+    ident = _owner_id(records)
+    key = (str(records.absolute()), os.environ.get("AWS_PROFILE", ""))
+    if key not in _owners:
+        if sts is None:
+            from sshcluster.ec2.aws import make_service_client
+
+            sts = make_service_client("sts", os.environ.get("AWS_DEFAULT_REGION")
+                                      or os.environ.get("AWS_REGION") or "us-east-1")
+        from sshcluster.ec2.aws import aws_errors
+
+        with aws_errors("GetCallerIdentity"):
+            arn = str(sts.get_caller_identity()["Arn"])
+        _owners[key] = f"{principal(arn)}/{ident}"
+    return _owners[key]
+
+
+def principal(arn: str) -> str:
+    """``account:kind/name`` of an STS caller ARN; an assumed role's session name (the
+    last part, new every session) is left out."""
+    parts = arn.split(":", 5)
+    if len(parts) < 6:
+        return arn
+    account, resource = parts[4], parts[5]
+    if resource.startswith("assumed-role/"):
+        resource = "/".join(resource.split("/")[:2])
+    return f"{account}:{resource}"
+
+
+def _owner_id(records: Path) -> str:
+    path = records / OWNER_ID_FILE
+    with contextlib.suppress(OSError):
+        text = path.read_text(encoding="utf-8").strip()
+        if text:
+            return text
+    records.mkdir(parents=True, exist_ok=True)
+    fresh = secrets.token_hex(4)
+    try:  # created once: a concurrent first run keeps the one written first
+        with path.open("x", encoding="utf-8") as f:
+            f.write(fresh + "\n")
+    except FileExistsError:
+        return path.read_text(encoding="utf-8").strip() or fresh
+    return fresh
+
+
+def my_owners(owner: str, records: Path | None = None) -> tuple[str, ...]:
+    """``owner``, and, when it is this user's :func:`default_owner`, the owners this
+    machine's records were written under and this machine's ``user@host``: a cluster
+    started before the owner tag changed (an older version's ``user@host``, a host since
+    renamed) is still this user's, to list, end and collect. Another ``owner``, given
+    explicitly, is only itself."""
+    records = records or state_dir()
+    if owner != default_owner(records):
+        return (owner,)
+    found = {r.owner for r in load_records(records)} | {legacy_owner()}
+    return (owner, *sorted(found - {owner}))
 
 
 def state_dir() -> Path:
@@ -183,7 +256,10 @@ __all__ = [
     "boot_id",
     "default_owner",
     "find_record",
+    "legacy_owner",
     "load_records",
+    "my_owners",
+    "principal",
     "process_alive",
     "process_start",
     "record_path",

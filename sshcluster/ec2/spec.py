@@ -48,6 +48,7 @@ MAX_USER_DATA = 16 * 1024
 
 _R_PACKAGE = re.compile(r"^[A-Za-z][A-Za-z0-9.]*$")
 _URL = re.compile(r"^https?://[A-Za-z0-9._~:/%+-]+$")
+_REPOS = re.compile(r"^(?:binaries|source|https?://[A-Za-z0-9._~:/%+-]+)$")
 
 #: The CRAN mirror for packages Debian and Ubuntu do not package (``cran:``).
 DEFAULT_CRAN = "https://cloud.r-project.org"
@@ -60,7 +61,7 @@ NCORES = ("cores", "vcpus")
 _KEYS = ("name", "region", "image", "instance_type", "count", "user", "max_lifetime",
          "key_name", "identity_file", "subnet_id", "security_group_id", "spot", "setup",
          "ssh_cidr", "allow_ssh_from_anywhere", "port", "address", "primary", "r_packages",
-         "cran", "disk_gb", "ncore")
+         "cran", "repos", "disk_gb", "ncore")
 _REQUIRED = ("name", "region", "image", "instance_type", "count", "max_lifetime")
 
 
@@ -79,7 +80,10 @@ class EC2Spec:
     ``user`` defaults to such an image's login user. ``subnet_ids`` are the subnets to
     start in, tried in turn when AWS has no capacity in one (default: the default VPC's).
     ``r_packages`` are installed at first boot (Debian's/Ubuntu's ``r-cran-*`` where they
-    exist, else from ``cran``) and ``up`` waits until they load. ``disk_gb`` is the root
+    exist, else from ``repos``: ``binaries``, Posit Package Manager's Linux binaries for
+    the image's distribution at a snapshot that still supports its R, where it serves
+    that distribution, else ``cran``; ``source``, ``cran``; or a repository URL) and
+    ``up`` waits until they load. ``disk_gb`` is the root
     volume's size. ``ncore`` is ``cores`` (physical cores per instance) or ``vcpus``.
     """
 
@@ -103,6 +107,7 @@ class EC2Spec:
     primary: str = "auto"
     r_packages: tuple[str, ...] = ()
     cran: str = DEFAULT_CRAN
+    repos: str = "binaries"
     disk_gb: int = DEFAULT_DISK_GB
     ncore: str = "cores"
     path: str | None = field(default=None, compare=False)
@@ -274,6 +279,9 @@ def _read_spec(doc: Any, reader: Reader) -> EC2Spec:
     if "cran" in m:
         spec["cran"] = _text(reader, m, "cran", _URL, "the URL of a CRAN mirror",
                              hint=f"for example {DEFAULT_CRAN}")
+    if "repos" in m:
+        spec["repos"] = _text(reader, m, "repos", _REPOS,
+                              "binaries, source or the URL of an R package repository")
     if "disk_gb" in m:
         spec["disk_gb"] = reader.integer(m["disk_gb"], "ec2.disk_gb", line("disk_gb"), low=8,
                                          high=16384, what="a root volume size in GiB (8-16384)")

@@ -42,6 +42,7 @@ from sshcluster.ec2.records import (
     Record,
     default_owner,
     find_record,
+    my_owners,
     remove_record,
     save_record,
     state_dir,
@@ -55,6 +56,7 @@ from sshcluster.ec2.wait import (
     Step,
     console_reader,
     host_keys,
+    instance_watch,
     wait_running,
     wait_ssh,
 )
@@ -122,6 +124,7 @@ class _Job:
     setup_timeout: float
     keep_on_failure: bool
     cleanup_timeout: float
+    verify: bool = False
 
 
 def default_address(spec: EC2Spec) -> AddressOf:
@@ -147,7 +150,7 @@ def up(spec: EC2Spec, *, client: EC2Client | None = None, output: str | os.PathL
        run_id: str | None = None, overwrite: bool = False, wait: bool = True,
        setup_timeout: float = SETUP_TIMEOUT, keep_on_failure: bool = False,
        cleanup_timeout: float = CLEANUP_TIMEOUT, quotas: Any = None,
-       ssm: Any = None) -> Cluster:
+       ssm: Any = None, verify: bool = False) -> Cluster:
     """Start the cluster, wait until every instance runs and answers on SSH, record its
     host keys, write an inventory to ``output``, and wait until every instance's setup
     has R and the spec's ``r_packages`` ready.
@@ -162,6 +165,8 @@ def up(spec: EC2Spec, *, client: EC2Client | None = None, output: str | os.PathL
     console output; if they cannot be read before the deadline, ``up`` fails, unless
     ``accept_new`` records the key each instance shows on its first connection.
     ``progress`` is called with a :class:`~sshcluster.ec2.wait.Step` as ``up`` goes on.
+    ``verify`` ends with the written inventory passing the preflight check and one R
+    computation on every instance (:mod:`sshcluster.ec2.verify`); else ``up`` fails.
 
     ``output`` is not overwritten unless it is an inventory ``up`` wrote for this
     cluster (its header says so), or ``overwrite``: else :class:`OutputExistsError` is
@@ -185,14 +190,16 @@ def up(spec: EC2Spec, *, client: EC2Client | None = None, output: str | os.PathL
 
     job = _Job(time.monotonic() + timeout, poll, accept_new, address_of, console_text,
                read_status, report, batch_size, wait, setup_timeout, keep_on_failure,
-               cleanup_timeout)
+               cleanup_timeout, verify)
     with signal_guard(note) as guard:
         client = client or make_client(spec.region)
         output = Path(output)
         if not overwrite:
             refuse_foreign_output(output, spec)
-        return _guarded_up(spec, client=client, output=output, owner=owner or default_owner(),
-                           records=records or state_dir(), run_id=run_id, job=job,
+        records = records or state_dir()
+        return _guarded_up(spec, client=client, output=output,
+                           owner=owner or default_owner(records), records=records,
+                           run_id=run_id, job=job,
                            guard=guard, quotas=quotas, ssm=ssm)
 
 
@@ -203,7 +210,8 @@ def _guarded_up(spec: EC2Spec, *, client: EC2Client, output: Path, owner: str,
     # Only the caller's own instances of this name count: a colleague's cluster of the
     # same name in a shared account is theirs. Instances already shutting down (a down
     # just before) are on their way out.
-    existing = [i for i in cluster_instances(client, spec.name, owner=owner)
+    existing = [i for i in cluster_instances(client, spec.name,
+                                             owner=my_owners(owner, records))
                 if i.state != "shutting-down"]
     key_file = output.parent / f"{spec.name}.pem" if spec.key_name is None else None
     finished = False  # the run being continued was finished by an earlier up
@@ -223,8 +231,8 @@ def _guarded_up(spec: EC2Spec, *, client: EC2Client, output: Path, owner: str,
         run_id = run_id or secrets.token_hex(6)
         expires = utcnow() + spec.max_lifetime
     plan = plan_launch(client, spec, quotas=quotas, ssm=ssm, running_here=len(existing))
-    for text in plan.notes:
-        job.report(Step("note", 0, 0, f"not checked: {text}"))
+    for text in [*plan.warnings, *(f"not checked: {n}" for n in plan.notes)]:
+        job.report(Step("note", 0, 0, text))
     known_hosts = output.parent / f"{spec.name}.known_hosts"
     record = Record(spec.name, spec.region, run_id, owner, expires, "starting",
                     key_file=str(key_file.absolute()) if key_file else None,
@@ -336,10 +344,11 @@ def _up(spec: EC2Spec, *, client: EC2Client, run: Run, plan: LaunchPlan, output:
 
     address_of = job.address_of or default_address(spec)
     endpoints = {i.id: address_of(i) for i in instances}
-    wait_ssh(endpoints, deadline=job.deadline, poll=job.poll, report=report)
+    watch = instance_watch(client, ids)  # an instance that ends while up waits fails it
+    wait_ssh(endpoints, deadline=job.deadline, poll=job.poll, report=report, watch=watch)
     keys = host_keys(instances, endpoints, console_text=job.console_text or
                      console_reader(client), accept_new=job.accept_new,
-                     deadline=job.deadline, poll=job.poll, report=report)
+                     deadline=job.deadline, poll=job.poll, report=report, watch=watch)
     inventory, steps = write_output(
         spec, run_id=run.run_id, expires=run.expires, output=output, known_hosts=known_hosts,
         key_file=key_file, ncore=plan.ncore(spec), instances=instances, endpoints=endpoints,
@@ -351,7 +360,12 @@ def _up(spec: EC2Spec, *, client: EC2Client, run: Run, plan: LaunchPlan, output:
             identity_file=str(key_file) if key_file else spec.identity_file)
         wait_ready(instances, endpoints, read_status=read_status,
                    deadline=time.monotonic() + job.setup_timeout, poll=job.poll,
-                   report=report, packages=spec.r_packages)
+                   report=report, packages=spec.r_packages, watch=watch)
+    if job.verify:
+        from sshcluster.ec2.verify import verify_inventory
+
+        report(Step("verify", 0, len(ids), "checking the inventory and computing in R"))
+        verify_inventory(output, len(ids))
     report(Step("done", len(ids), len(ids), f"wrote {output}"))
     return Cluster(spec.name, spec.region, run.run_id, run.expires, tuple(instances),
                    tuple(endpoints[i.id] for i in instances), inventory, output,

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 #: Where the setup's outcome is: ``running``, ``ready <R version>`` or ``failed: <what>``.
 STATUS_FILE = "/var/lib/sshcluster/status"
+#: ``armed <expiry>`` once the dead man's switch scheduled the shutdown at the expiry.
+EXPIRY_FILE = "/var/lib/sshcluster/expiry"
 #: The setup's log on the instance (readable by the login user).
 SETUP_LOG = "/var/log/sshcluster-setup.log"
 
@@ -45,6 +47,7 @@ def user_data(spec: EC2Spec, expires: datetime) -> str:
         f"expires={int(expires.timestamp())}",
         f"r_packages={shell_quote(' '.join(spec.r_packages))}",
         f"cran={shell_quote(spec.cran)}",
+        f"repos={shell_quote(spec.repos)}",
     ]
     setup = ""
     if spec.setup:
@@ -58,4 +61,4 @@ def user_data(spec: EC2Spec, expires: datetime) -> str:
     return "\n".join(header) + "\n" + before + setup + after
 
 
-__all__ = ["SETUP_LOG", "STATUS_FILE", "user_data"]
+__all__ = ["EXPIRY_FILE", "SETUP_LOG", "STATUS_FILE", "user_data"]

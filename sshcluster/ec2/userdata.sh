@@ -1,5 +1,5 @@
 # ---- sshcluster user data. The lines above set this cluster's data: expires (the
-# ---- expiry, seconds since 1970), r_packages, cran. Runs as root at first boot.
+# ---- expiry, seconds since 1970), r_packages, cran, repos. Runs as root at first boot.
 umask 022
 PATH=/usr/sbin:/usr/bin:/sbin:/bin; export PATH
 state=/var/lib/sshcluster
@@ -9,7 +9,8 @@ mkdir -p "$state"
 # 1. The dead man's switch, first, so that nothing below can keep the instance alive:
 #    power off at the expiry (shutdown behaviour 'terminate' ends the instance and its
 #    bill). A reboot forgets a scheduled shutdown, so it is a per-boot script as well, and
-#    the time left is computed on the instance from the absolute expiry.
+#    the time left is computed on the instance from the absolute expiry. It records in
+#    $state/expiry that the shutdown is scheduled: 'up' fails an instance without that.
 switch=/var/lib/cloud/scripts/per-boot/sshcluster-expiry.sh
 mkdir -p "${switch%/*}"
 cat > "$switch" <<SSHCLUSTER_EXPIRY
@@ -18,8 +19,11 @@ cat > "$switch" <<SSHCLUSTER_EXPIRY
 PATH=/usr/sbin:/usr/bin:/sbin:/bin; export PATH
 expires=$expires
 left=\$(( (expires - \$(date +%s) + 59) / 60 ))
+rm -f $state/expiry
 if [ "\$left" -lt 1 ]; then shutdown -h now
-else shutdown -h "+\$left" "sshcluster: max_lifetime reached"; fi
+elif shutdown -h "+\$left" "sshcluster: max_lifetime reached"; then
+  echo "armed \$expires" > $state/expiry.new && mv $state/expiry.new $state/expiry
+fi
 SSHCLUSTER_EXPIRY
 chmod 755 "$switch"
 "$switch"
@@ -48,7 +52,43 @@ state=/var/lib/sshcluster
 status() { printf '%s\n' "$*" > "$state/status.new" && mv "$state/status.new" "$state/status"; }
 fail() { echo "sshcluster setup: failed: $*"; status "failed: $*"; exit 1; }
 export DEBIAN_FRONTEND=noninteractive
-apt_get() { apt-get -q -y -o DPkg::Lock::Timeout=600 "$@"; }
+# The image's own apt jobs (apt-daily, apt-daily-upgrade) run at first boot and hold
+# apt's locks for minutes; cloud-init orders its own stages after them, but this setup
+# runs detached, outside that order. DPkg::Lock::Timeout waits only for the dpkg lock,
+# not for the lists lock 'update' takes nor the archives lock, which fail at once
+# ("Could not get lock /var/lib/apt/lists/lock"). So: wait for those jobs, then retry
+# with backoff while a lock is held (and 'update' on any failure: the network can come
+# up late), for up to apt_patience seconds, naming the lock in the log.
+apt_patience=600
+apt_why=
+apt_jobs() {
+  systemctl is-active apt-daily.service apt-daily-upgrade.service 2>/dev/null \
+    | grep -qxE 'active|activating|deactivating|reloading'
+}
+apt_get() {
+  waited=0
+  while [ "$waited" -lt "$apt_patience" ] && apt_jobs; do
+    [ "$waited" -gt 0 ] || echo "sshcluster setup: waiting for the image's apt jobs" \
+      "(apt-daily.service, apt-daily-upgrade.service) to end"
+    sleep 5; waited=$((waited + 5))
+  done
+  delay=5; tried=0
+  while :; do
+    out=$(apt-get -q -y -o DPkg::Lock::Timeout=600 "$@" 2>&1); rc=$?
+    printf '%s\n' "$out"
+    [ "$rc" -eq 0 ] && return 0
+    lock=$(printf '%s\n' "$out" | sed -n 's|.*Could not get lock \(/[^ ]*\).*|\1|p' | head -n 1)
+    if [ -n "$lock" ]; then apt_why="${lock%.} is held by another apt process"
+    elif [ "$1" = update ]; then apt_why="apt-get update exited with status $rc"
+    else apt_why=; return "$rc"; fi
+    if [ "$tried" -ge "$apt_patience" ]; then
+      echo "sshcluster setup: gave up after $tried s: $apt_why"; return "$rc"
+    fi
+    echo "sshcluster setup: $apt_why; retrying in $delay s"
+    sleep "$delay"; tried=$((tried + delay)); delay=$((delay * 2))
+    [ "$delay" -le 60 ] || delay=60
+  done
+}
 updated=
 apt_update() { [ -n "$updated" ] || { apt_get update && updated=1; }; }
 echo "sshcluster setup: started $(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -56,26 +96,52 @@ if [ -f "$state/setup" ]; then
   if [ "$(head -c 2 "$state/setup")" = "#!" ]; then "$state/setup"; else sh -e "$state/setup"; fi \
     || fail "the setup script exited with status $?"
 fi
+# r-recommended (Matrix, MASS, survival, ...) with R: without it a CRAN package that
+# imports one fetches CRAN's current version, which needs a newer R than the image's.
 if ! command -v Rscript > /dev/null 2>&1; then
-  apt_update || fail "apt-get update"
-  apt_get install --no-install-recommends r-base-core || fail "installing R (r-base-core)"
+  apt_update || fail "apt-get update${apt_why:+ ($apt_why)}"
+  apt_get install --no-install-recommends r-base-core r-recommended \
+    || fail "installing R (r-base-core r-recommended)"
 fi
 debs= ; from_cran=
 for p in $r_packages; do
   Rscript -e "quit(status = !requireNamespace('$p', quietly = TRUE))" > /dev/null 2>&1 && continue
   deb=r-cran-$(printf '%s' "$p" | tr 'A-Z' 'a-z')
-  apt_update || fail "apt-get update"
+  apt_update || fail "apt-get update${apt_why:+ ($apt_why)}"
   if apt-cache show "$deb" > /dev/null 2>&1; then debs="$debs $deb"; else from_cran="$from_cran $p"; fi
 done
 if [ -n "$debs" ]; then
   apt_get install --no-install-recommends $debs || fail "installing$debs"
 fi
 if [ -n "$from_cran" ]; then
-  apt_update || fail "apt-get update"
-  apt_get install --no-install-recommends r-base-dev || fail "installing r-base-dev (to build$from_cran)"
-  SSHCLUSTER_PKGS="$from_cran" SSHCLUSTER_CRAN="$cran" Rscript -e '
+  apt_update || fail "apt-get update${apt_why:+ ($apt_why)}"
+  apt_get install --no-install-recommends r-base-dev r-recommended \
+    || fail "installing r-base-dev r-recommended (to build$from_cran)"
+  # repos=binaries: Posit Package Manager's Linux binaries for this distribution (it
+  # serves them to an R that names itself in the user agent), at a snapshot from before
+  # CRAN's packages moved past this R (R 4.1: Ubuntu 22.04, 4.2: Debian 12, 4.3: Ubuntu
+  # 24.04); a distribution it does not serve builds from the cran mirror.
+  from=$repos
+  if [ "$repos" = binaries ] || [ "$repos" = source ]; then from=$cran; fi
+  if [ "$repos" = binaries ]; then
+    codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
+    case $(Rscript -e 'cat(R.version$major, sub("[.].*", "", R.version$minor), sep = ".")') in
+      4.0|4.1) snapshot=2022-04-21;; 4.2) snapshot=2023-04-20;; 4.3) snapshot=2024-03-01;;
+      *) snapshot=latest;;
+    esac
+    case $codename in
+      focal|jammy|noble|bullseye|bookworm)
+        from="https://packagemanager.posit.co/cran/__linux__/$codename/$snapshot";;
+    esac
+  fi
+  echo "sshcluster setup: installing$from_cran from $from"
+  SSHCLUSTER_PKGS="$from_cran" SSHCLUSTER_CRAN="$from" Rscript -e '
+    options(HTTPUserAgent = sprintf("R/%s R (%s)", getRversion(), paste(getRversion(),
+      R.version["platform"], R.version["arch"], R.version["os"])))
     pkgs <- strsplit(trimws(Sys.getenv("SSHCLUSTER_PKGS")), " +")[[1]]
-    install.packages(pkgs, repos = Sys.getenv("SSHCLUSTER_CRAN"), Ncpus = parallel::detectCores())'
+    install.packages(pkgs, repos = Sys.getenv("SSHCLUSTER_CRAN"), Ncpus = parallel::detectCores())
+    for (p in pkgs) if (!requireNamespace(p, quietly = TRUE)) quit(status = 1)' \
+    || fail "installing$from_cran from $from"
 fi
 version=$(SSHCLUSTER_PKGS="$r_packages" Rscript -e '
   pkgs <- strsplit(trimws(Sys.getenv("SSHCLUSTER_PKGS")), " +")[[1]]
@@ -88,4 +154,5 @@ chmod 755 "$state/run-setup"
 echo running > "$state/status"
 touch "$log"
 chmod 644 "$log" "$state/status"
-r_packages="$r_packages" cran="$cran" nohup setsid "$state/run-setup" >> "$log" 2>&1 < /dev/null &
+[ ! -f "$state/expiry" ] || chmod 644 "$state/expiry"
+r_packages="$r_packages" cran="$cran" repos="$repos" nohup setsid "$state/run-setup" >> "$log" 2>&1 < /dev/null &

@@ -45,16 +45,12 @@ def remaining(deadline: float) -> float:
     return deadline - time.monotonic()
 
 
-#: GetConsoleOutput's answers to ``Latest=True`` on instances that do not support it
-#: (only Nitro instances keep the latest output; others have the buffered one).
-_NO_LATEST = ("UnsupportedOperation", "InvalidParameterValue", "InvalidParameter",
-              "InvalidParameterCombination")
-
-
 def console_reader(client: EC2Client) -> ConsoleText:
     """The default console seam: GetConsoleOutput with ``Latest=True`` (the output as it
     is now, not a snapshot that can lag by minutes), falling back to the buffered output
-    where AWS refuses ``Latest`` for that instance type."""
+    when AWS refuses ``Latest``, whatever its code (only Nitro instances keep the latest
+    output, and the codes of the refusal are not documented); once the buffered output
+    was read that way, ``Latest`` is not asked for again."""
     latest = [True]
 
     def read(instance_id: str) -> str:
@@ -63,12 +59,12 @@ def console_reader(client: EC2Client) -> ConsoleText:
                 with aws_errors("GetConsoleOutput"):
                     return client.get_console_output(InstanceId=instance_id,
                                                      Latest=True).get("Output", "")
-            except EC2Error as e:
-                if e.code not in _NO_LATEST:
-                    raise
-                latest[0] = False
+            except EC2Error:
+                pass  # the buffered output below; its own refusal is the one raised
         with aws_errors("GetConsoleOutput"):
-            return client.get_console_output(InstanceId=instance_id).get("Output", "")
+            text = client.get_console_output(InstanceId=instance_id).get("Output", "")
+        latest[0] = False
+        return text
 
     return read
 
@@ -89,13 +85,7 @@ def wait_running(client: EC2Client, ids: list[str], *, deadline: float,
         ended = [i for i in _describe(client, ids, deadline, poll)
                  if i.get("State", {}).get("Name") in ("shutting-down", "terminated")]
         if ended:
-            reason = ended[0].get("StateReason", {})
-            code = reason.get("Code", "unknown")
-            raise EC2Error(
-                f"instance {ended[0]['InstanceId']} ended instead of running"
-                + (f" ({len(ended)} of {len(ids)})" if len(ended) > 1 else "")
-                + f": {reason.get('Message', code)}", code=code, operation="RunInstances",
-                hint=STATE_REASON_HINTS.get(code)) from e
+            raise _ended(ended, len(ids), "ended instead of running") from e
         raise aws_error(e, "waiting for instance_running") from e
     except Exception as e:
         if is_boto_error(e):
@@ -103,6 +93,42 @@ def wait_running(client: EC2Client, ids: list[str], *, deadline: float,
         raise
     instances = [Instance.from_aws(i) for i in _describe(client, ids, deadline, poll)]
     return sorted(instances, key=lambda i: (i.batch, i.launch_index, i.id))
+
+
+def _ended(ended: list[InstanceTypeDef], total: int, what: str) -> EC2Error:
+    """The error for instances that ended: the first one's ``StateReason``, AWS's words."""
+    reason = ended[0].get("StateReason", {})
+    code = reason.get("Code", "unknown")
+    return EC2Error(f"instance {ended[0]['InstanceId']} {what}"
+                    + (f" ({len(ended)} of {total})" if len(ended) > 1 else "")
+                    + f": {reason.get('Message', code)}", code=code,
+                    operation="RunInstances", hint=STATE_REASON_HINTS.get(code))
+
+
+#: States of an instance that has stopped serving the cluster: reclaimed (spot), stopped
+#: or terminated by AWS or someone else.
+_GONE = ("shutting-down", "terminated", "stopping", "stopped")
+
+#: Called once a round by the waits that follow the launch; raises if an instance ended.
+Watch = Callable[[], None]
+
+
+def instance_watch(client: EC2Client, ids: list[str]) -> Watch:
+    """One DescribeInstances of ``ids`` per call, raising EC2Error with the
+    ``StateReason`` of any instance that ended: a spot instance reclaimed, capacity taken
+    back, a KMS key the caller may not use. The waits for SSH, the host keys and the setup
+    call it every round, so ``up`` fails at the next poll, not at its deadline."""
+
+    def watch() -> None:
+        with aws_errors("DescribeInstances"):
+            answer = client.describe_instances(InstanceIds=ids)
+        ended = [i for r in answer["Reservations"] for i in r["Instances"]
+                 if i.get("State", {}).get("Name") in _GONE]
+        if ended:
+            state = ended[0].get("State", {}).get("Name", "terminated")
+            raise _ended(ended, len(ids), f"went {state} while up waited")
+
+    return watch
 
 
 def _describe(client: EC2Client, ids: list[str], deadline: float,
@@ -115,8 +141,9 @@ def _describe(client: EC2Client, ids: list[str], deadline: float,
 
 
 def wait_ssh(endpoints: dict[str, Endpoint], *, deadline: float, poll: float,
-             report: Progress) -> None:
-    """Wait until every endpoint shows an SSH banner, probing them in parallel."""
+             report: Progress, watch: Watch = lambda: None) -> None:
+    """Wait until every endpoint shows an SSH banner, probing them in parallel;
+    ``watch`` is called before each further round."""
     waiting = dict(endpoints)
     total = len(endpoints)
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(32, total or 1))
@@ -139,6 +166,7 @@ def wait_ssh(endpoints: dict[str, Endpoint], *, deadline: float, poll: float,
                 [e.port for e in waiting.values()], [probe] * len(waiting)), strict=True))
             waiting = {i: e for i, e in waiting.items() if not answers[i]}
             if waiting:
+                watch()  # before waiting on: an instance that ended will never answer
                 time.sleep(min(poll, max(0.0, remaining(deadline))))
     finally:
         # An interrupt must not wait for probes still running.
@@ -147,9 +175,11 @@ def wait_ssh(endpoints: dict[str, Endpoint], *, deadline: float, poll: float,
 
 def host_keys(instances: Sequence[Instance], endpoints: dict[str, Endpoint], *,
               console_text: ConsoleText, accept_new: bool, deadline: float, poll: float,
-              report: Progress) -> dict[str, tuple[HostKey, ...]]:
+              report: Progress, watch: Watch = lambda: None
+              ) -> dict[str, tuple[HostKey, ...]]:
     """Every instance's host keys, from its console output; ``accept_new``: from the
-    first connection for those whose console shows none."""
+    first connection for those whose console shows none. ``watch`` is called before each
+    further round."""
     keys: dict[str, tuple[HostKey, ...]] = {}
     total = len(instances)
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(16, total or 1))
@@ -164,6 +194,7 @@ def host_keys(instances: Sequence[Instance], endpoints: dict[str, Endpoint], *,
             if _keys_done(instances, endpoints, keys, accept_new=accept_new,
                           deadline=deadline, report=report):
                 return keys
+            watch()
             time.sleep(min(poll, max(0.0, remaining(deadline))))
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
@@ -205,8 +236,10 @@ __all__ = [
     "ConsoleText",
     "Progress",
     "Step",
+    "Watch",
     "console_reader",
     "host_keys",
+    "instance_watch",
     "remaining",
     "wait_running",
     "wait_ssh",

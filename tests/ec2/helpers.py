@@ -83,7 +83,8 @@ class _AnyKey(asyncssh.SSHServer):
 class SshHosts:
     """asyncssh servers on 127.0.0.1, one per instance: SSH banner and a real host key;
     any command run there prints ``status[i]``, as the setup's status file would (by
-    default: ready)."""
+    default: ready), after the dead man's switch's record (armed, unless ``armed[i]`` is
+    False)."""
 
     def __init__(self, n: int) -> None:
         self.loop = asyncio.new_event_loop()
@@ -91,6 +92,7 @@ class SshHosts:
         self.thread.start()
         self.keys = [asyncssh.generate_private_key("ssh-ed25519") for _ in range(n)]
         self.status = [READY] * n
+        self.armed = [True] * n  # the dead man's switch scheduled the shutdown
         self.commands: list[str] = []
         self.servers = [self._run(self._listen(i, k)) for i, k in enumerate(self.keys)]
         self.ports = [s.sockets[0].getsockname()[1] for s in self.servers]
@@ -98,7 +100,8 @@ class SshHosts:
     async def _listen(self, index: int, key: asyncssh.SSHKey) -> asyncssh.SSHAcceptor:
         def answer(process: asyncssh.SSHServerProcess[str]) -> None:
             self.commands.append(process.command or "")
-            process.stdout.write(self.status[index] + "\n")
+            expiry = "armed 1767225600" if self.armed[index] else "none"
+            process.stdout.write(f"expiry: {expiry}\n{self.status[index]}\n")
             process.exit(0)
 
         return await asyncssh.listen("127.0.0.1", 0, server_host_keys=[key],
@@ -192,3 +195,8 @@ def internet_gateway(client: Any) -> str:
     client.create_route(RouteTableId=main["RouteTableId"], DestinationCidrBlock="0.0.0.0/0",
                         GatewayId=gateway)
     return str(gateway)
+
+
+def state_files(state: Path) -> list[Path]:
+    """What the record directory holds besides the owner id (kept there for good)."""
+    return [p for p in state.iterdir() if p.name != "owner-id"] if state.is_dir() else []

@@ -27,7 +27,7 @@ from sshcluster.ec2.signals import SignalGuard
 from sshcluster.errors import ForeignCluster
 
 from .faults import FaultProxy, batch_of
-from .helpers import REGION, SshHosts, do_up, live, make_spec, nothing_left, run
+from .helpers import REGION, SshHosts, do_up, live, make_spec, nothing_left, run, state_files
 
 
 def key_pairs(client: Any) -> list[str]:
@@ -42,7 +42,7 @@ def assert_nothing_left(client: Any, state: Path) -> None:
     assert nothing_left(client) == {}
     assert key_pairs(client) == []
     assert groups(client) == ["default"]
-    assert not state.exists() or list(state.iterdir()) == []
+    assert state_files(state) == []
 
 
 def default_vpc(client: Any) -> str:

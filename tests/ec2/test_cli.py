@@ -26,6 +26,7 @@ from .helpers import (
     nothing_left,
     run,
     spec_text,
+    state_files,
 )
 
 
@@ -83,7 +84,7 @@ def test_cli_dry_run_ls_json_down_gc(client: Any, ami: str, hosts: SshHosts,
 
 def test_cli_gc_asks_first(client: Any, ami: str, hosts: SshHosts, tmp_path: Path) -> None:
     do_up(make_spec(ami, count=1), client, hosts, tmp_path, owner=ec2.default_owner())
-    for record in (tmp_path / "state").iterdir():
+    for record in state_files(tmp_path / "state"):
         record.unlink()
     result = run("ec2", "gc", input="n\n")
     assert "no record of it is left here" in result.output

@@ -165,3 +165,41 @@ def test_the_commands_ec2_up_prints_take_its_inventory_to_r(
     assert [i for r in client.describe_instances(Filters=[
         {"Name": "instance-state-name", "Values": list(ec2.LIVE_STATES)}])["Reservations"]
         for i in r["Instances"]] == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("packages", ["[parallel]", "[notapkg]"])
+def test_up_verify_checks_the_inventory_and_computes_on_every_instance(
+        moto_url: str, testbed: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        packages: str) -> None:
+    # 'ec2 up --verify' with the default 'primary: auto': the written inventory must pass
+    # the check (through the reverse tunnel) and R must compute on every instance; a
+    # package no instance has fails the check, and up, which ends the cluster.
+    monkeypatch.setenv("SSHCLUSTER_STATE_DIR", str(tmp_path / "state"))
+    client, image = _moto_with_testbed_key(moto_url, testbed)
+    address_of, console_text = _seams(testbed)
+    seams = ec2.Seams(address_of=address_of, console_text=console_text)
+    monkeypatch.chdir(tmp_path)
+    n = len(testbed.hosts)
+    Path("ec2.yaml").write_text(
+        "ec2:\n  name: verify\n  region: us-east-1\n"
+        f"  image: {image}\n  instance_type: t3.medium\n  count: {n}\n  user: root\n"
+        f"  max_lifetime: 1h\n  key_name: testbed\n  identity_file: {testbed.identity_file}\n"
+        f"  ssh_cidr: {testbed.primary_address}/32\n  port: 11422\n  ncore: vcpus\n"
+        f"  r_packages: {packages}\n")
+    try:
+        up = CliRunner().invoke(cli, ["ec2", "up", "ec2.yaml", "--timeout", "60", "--no-wait",
+                                      "--verify"], obj=seams)
+    finally:
+        CliRunner().invoke(cli, ["ec2", "down", "verify"])
+    if packages == "[parallel]":
+        assert up.exit_code == 0, up.output
+        assert "checking the inventory and computing in R" in up.output
+    else:
+        assert up.exit_code == 1, up.output
+        said = " ".join(up.output.split())  # as the terminal wrapped it
+        assert "does not pass the check" in said and "4 failed (packages: " in said
+        assert "cleaned up: terminated: i-" in said
+    assert [i for r in client.describe_instances(Filters=[
+        {"Name": "instance-state-name", "Values": list(ec2.LIVE_STATES)}])["Reservations"]
+        for i in r["Instances"]] == []

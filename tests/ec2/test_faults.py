@@ -22,7 +22,7 @@ from sshcluster import ec2
 from sshcluster.errors import EC2Error
 
 from .faults import FaultProxy, batch_of
-from .helpers import REGION, SshHosts, do_up, make_spec, nothing_left
+from .helpers import REGION, SshHosts, do_up, make_spec, nothing_left, state_files
 
 CAPACITY = ("We currently do not have sufficient capacity in the Availability Zone you "
             "requested.")
@@ -45,7 +45,7 @@ def test_second_run_instances_refused_leaves_nothing_running(
     assert "deleted security groups" in message and "deleted key pairs" in message
     assert nothing_left(client) == {}  # the first batch's 2 instances were terminated
     assert client.describe_key_pairs()["KeyPairs"] == []
-    assert list((tmp_path / "state").iterdir()) == []
+    assert state_files(tmp_path / "state") == []
 
 
 def test_interrupt_while_waiting_leaves_nothing_running(client: Any, ami: str,

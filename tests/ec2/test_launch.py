@@ -27,7 +27,7 @@ from sshcluster.ec2.plan import LaunchCheckFailed
 from sshcluster.ec2.wait import console_reader
 
 from .faults import FaultProxy
-from .helpers import REGION, SshHosts, do_up, live, make_spec, nothing_left, spec_text
+from .helpers import REGION, SshHosts, do_up, live, make_spec, nothing_left, spec_text, state_files
 
 ARM_TYPE = "c7g.large"  # arm64: 2 vCPUs, 2 cores
 
@@ -146,7 +146,7 @@ def test_image_and_type_must_share_an_architecture(client: Any, ami: str, arm_am
     assert e.value.failures == (
         f"the image image {ami} is for x86_64, the instance type {ARM_TYPE} runs arm64: "
         f"choose a x86_64 instance type or an image for arm64",)
-    assert nothing_left(client) == {} and not (tmp_path / "state").exists()  # nothing started
+    assert nothing_left(client) == {} and not state_files(tmp_path / "state")  # nothing started
 
 
 def test_the_type_must_be_offered_in_the_subnets_zone(client: Any, ami: str,
@@ -166,15 +166,16 @@ def test_the_type_must_be_offered_in_the_subnets_zone(client: Any, ami: str,
                                               "us-east-1d", "us-east-1f"]
 
 
-def test_a_subnet_without_public_ips_or_internet_is_found_before_launch(
+def test_a_subnet_without_internet_is_found_before_launch(
         moto_url: str, client: Any, ami: str, tmp_path: Path) -> None:
     subnet = client.describe_subnets(Filters=[{"Name": "availability-zone",
                                                "Values": ["us-east-1a"]}])["Subnets"][0]
     client.modify_subnet_attribute(SubnetId=subnet["SubnetId"],
                                    MapPublicIpOnLaunch={"Value": False})
     spec = make_spec(ami, subnet_ids=(subnet["SubnetId"],))
-    with pytest.raises(LaunchCheckFailed, match="does not give instances a public IP"):
-        ec2.plan_launch(client, spec)
+    # no auto-assigned public IPs: up asks for one on the network interface
+    assert any("assign no public IPs by themselves" in x
+               for x in ec2.plan_launch(client, spec).passed)
     assert ec2.plan_launch(client, make_spec(ami, subnet_ids=(subnet["SubnetId"],),
                                              address="private")).subnets
     # moto's default VPC as it comes, without the internet gateway AWS's have
@@ -233,13 +234,19 @@ def test_dry_run_shows_every_check(client: Any, ami: str) -> None:
 # --------------------------------------------------------------------------- capacity
 
 
-@pytest.mark.parametrize("code", ["InsufficientInstanceCapacity", "Unsupported"])
+UNSUPPORTED_HERE = ("Your requested instance type (t3.medium) is not supported in your "
+                    "requested Availability Zone (us-east-1a).")
+
+
+@pytest.mark.parametrize("code", ["InsufficientInstanceCapacity", "Unsupported",
+                                  "InsufficientFreeAddressesInSubnet"])
 def test_no_capacity_in_one_zone_tries_the_next(
         client: Any, proxy: FaultProxy, ami: str, hosts: SshHosts, tmp_path: Path,
         code: str) -> None:
     plan = ec2.plan_launch(client, make_spec(ami))
     first, second = plan.subnets[:2]
-    refused = proxy.refuse("RunInstances", code, when=lambda p: p.get("SubnetId") == first.id)
+    refused = proxy.refuse("RunInstances", code, UNSUPPORTED_HERE,
+                           when=lambda p: p.get("NetworkInterface.1.SubnetId") == first.id)
     steps: list[ec2.Step] = []
     c = do_up(make_spec(ami, count=3), ec2.make_client(REGION, endpoint_url=proxy.url), hosts,
               tmp_path, batch_size=2, progress=steps.append)
@@ -254,13 +261,13 @@ def test_no_capacity_in_one_zone_tries_the_next(
 
 def test_no_capacity_anywhere_names_every_zone_tried_and_cleans_up(
         client: Any, proxy: FaultProxy, ami: str, hosts: SshHosts, tmp_path: Path) -> None:
-    proxy.refuse("RunInstances", "Unsupported", "The requested configuration is currently "
-                 "not supported.")
+    proxy.refuse("RunInstances", "Unsupported", UNSUPPORTED_HERE)
     with pytest.raises(ec2.EC2Error) as e:
         do_up(make_spec(ami), ec2.make_client(REGION, endpoint_url=proxy.url), hosts, tmp_path)
     text = str(e.value)
     assert text.startswith("RunInstances: no capacity for 3 x t3.medium in any subnet tried:")
-    assert text.count(": Unsupported") == 5
+    assert text.count(": Unsupported") == 5 + 1
+    assert f"AWS said (last): Unsupported: {UNSUPPORTED_HERE}" in text
     assert "describe-instance-type-offerings" in (e.value.hint or "")
     assert "cleaned up: deleted security groups" in text
     assert nothing_left(client) == {}

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from .faults import FaultProxy
-from .helpers import SshHosts, live, nothing_left, run, spec_text
+from .helpers import SshHosts, live, nothing_left, run, spec_text, state_files
 
 pytestmark = pytest.mark.slow  # signals and killed processes
 
@@ -95,7 +95,7 @@ def assert_nothing_left(client: Any, tmp_path: Path) -> None:
     assert [g["GroupName"] for g in client.describe_security_groups()["SecurityGroups"]] \
         == ["default"]
     state = tmp_path / "state"
-    assert not state.exists() or list(state.iterdir()) == []
+    assert state_files(state) == []
     assert not (tmp_path / "rwork.pem").exists()
 
 

@@ -11,7 +11,7 @@ from sshcluster import ec2
 from sshcluster.ec2 import parse_spec, user_data
 from sshcluster.errors import InventoryError
 
-from .helpers import ROOT, SPEC, make_spec
+from .helpers import ROOT, SPEC, make_spec, spec_text
 
 
 def test_user_data_arms_the_dead_mans_switch_before_the_setup(ami: str) -> None:
@@ -117,3 +117,15 @@ def test_user_data_keys_before_the_setup_and_valid_shell(ami: str, tmp_path: Pat
         out = subprocess.run([shell, "-n", str(tmp_path / "ud")], capture_output=True,
                              text=True, check=False)
         assert out.returncode == 0, out.stderr
+
+
+def test_repos_is_binaries_source_or_a_url(tmp_path: Path) -> None:
+    path = tmp_path / "ec2.yaml"
+    for value in ("binaries", "source", "https://example.org/cran"):
+        path.write_text(spec_text("ami-0123456789abcdef0", repos=value))
+        assert ec2.load_spec(path).repos == value
+    path.write_text(spec_text("ami-0123456789abcdef0"))
+    assert ec2.load_spec(path).repos == "binaries"
+    path.write_text(spec_text("ami-0123456789abcdef0", repos="ftp://x"))
+    with pytest.raises(InventoryError, match="binaries, source or the URL"):
+        ec2.load_spec(path)

@@ -16,7 +16,7 @@ from sshcluster import ec2
 from sshcluster.errors import EC2Error, OutputExistsError
 from sshcluster.inventory import load_inventory
 
-from .helpers import HAND_WRITTEN, SshHosts, do_up, live, make_spec, nothing_left
+from .helpers import HAND_WRITTEN, SshHosts, do_up, live, make_spec, nothing_left, state_files
 
 
 def test_up_writes_an_inventory_check_can_read(client: Any, ami: str, hosts: SshHosts,
@@ -90,7 +90,10 @@ def test_existing_key_pair_and_security_group_are_used_and_kept(
     c = do_up(spec, client, hosts, tmp_path, wait=False)  # no key to read the setup with
     (inst,) = live(client)
     assert inst["KeyName"] == "mine"
-    assert [g["GroupId"] for g in inst["SecurityGroups"]] == [group]
+    # on the network interface, where up asks for a public IP (moto shows the groups
+    # only there; AWS on the instance too)
+    (interface,) = inst["NetworkInterfaces"]
+    assert [g["GroupId"] for g in interface["Groups"]] == [group]
     assert c.key_file is None and not (tmp_path / "rwork.pem").exists()
     assert c.inventory.hosts[0].identity_file == "/home/me/.ssh/mine.pem"
     report = ec2.down("rwork", client=client)
@@ -154,7 +157,7 @@ def test_a_failed_retry_leaves_a_finished_cluster_alone(client: Any, ami: str,
 def test_a_cluster_of_another_run_is_not_adopted(client: Any, ami: str, hosts: SshHosts,
                                                 tmp_path: Path) -> None:
     do_up(make_spec(ami, count=1), client, hosts, tmp_path)
-    for record in (tmp_path / "state").iterdir():
+    for record in state_files(tmp_path / "state"):
         record.unlink()  # as if started from another machine
     with pytest.raises(EC2Error, match="already has 1 instance") as e:
         do_up(make_spec(ami, count=1), client, hosts, tmp_path)
@@ -265,7 +268,7 @@ def test_up_leaves_a_file_it_did_not_write_for_this_cluster_alone(
     assert "not overwritten, nothing started" in str(e.value)
     assert output.read_text() == existing
     assert nothing_left(client) == {}
-    assert not (tmp_path / "state").exists() and not (tmp_path / "rwork.pem").exists()
+    assert not state_files(tmp_path / "state") and not (tmp_path / "rwork.pem").exists()
 
     c = do_up(make_spec(ami, count=1), client, hosts, tmp_path, overwrite=True)
     assert load_inventory(output).hosts[0].ssh_port == c.endpoints[0].port

@@ -37,7 +37,8 @@ from .helpers import REGION, internet_gateway, nothing_left
 class FakeInstance:
     """A test host dressed as a fresh cloud instance, for its sshd's mount namespace."""
 
-    def __init__(self, testbed: Any, host: Any, workdir: Path) -> None:
+    def __init__(self, testbed: Any, host: Any, workdir: Path, *,
+                 fakes: dict[str, str] | None = None, mounts: str = "") -> None:
         self.testbed, self.host, self.dir = testbed, host, workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.pid = min(testbed.processes(host, "sshd"))
@@ -46,9 +47,14 @@ class FakeInstance:
         self.console = workdir / "console"
         self.console.write_text("")
         self.asked = workdir / "asked"  # what the stand-ins were asked to do
-        for name in ("systemctl", "apt-get", "apt-cache"):
+        # By default every stand-in writes down what it was asked and fails, except that
+        # 'shutdown' (a link to systemctl) schedules, as it does on an instance; ``fakes``
+        # replace a stand-in's body (after the line that writes down what was asked).
+        bodies = {"systemctl": 'case $(basename "$0") in shutdown) exit 0;; esac\nexit 1\n',
+                  "apt-get": "exit 1\n", "apt-cache": "exit 1\n", **(fakes or {})}
+        for name, body in bodies.items():
             fake = workdir / name
-            fake.write_text(f'#!/bin/sh\necho "$(basename "$0") $*" >> {self.asked}\nexit 1\n')
+            fake.write_text(f'#!/bin/sh\necho "$(basename "$0") $*" >> {self.asked}\n{body}')
             fake.chmod(0o755)
         (workdir / "ssh").mkdir(exist_ok=True)
         key = next(line.split(None, 1)[1] for line in
@@ -60,7 +66,7 @@ class FakeInstance:
             f"mount --bind {workdir}/ssh /etc/ssh; mount --bind {self.console} /dev/console; "
             f"mount --bind {workdir}/systemctl /usr/bin/systemctl; "
             f"mount --bind {workdir}/apt-get /usr/bin/apt-get; "
-            f"mount --bind {workdir}/apt-cache /usr/bin/apt-cache")
+            f"mount --bind {workdir}/apt-cache /usr/bin/apt-cache; {mounts}")
         self.booted = False
 
     def inside(self, script: str, *, check: bool = True) -> str:
