@@ -10,8 +10,8 @@ from typing import Any
 from sshcluster import ec2
 from sshcluster.ec2.records import OWNER_ID_FILE, principal, save_record
 
-from .helpers import SshHosts, do_up, live, make_spec
-from .test_cleanup import dead_process, nothing_left
+from .helpers import SshHosts, do_up, live, make_spec, nothing_left, state_files
+from .test_cleanup import dead_process
 
 OLD = "alice@alices-laptop.fritz.box"  # an older version's user@host, since renamed
 
@@ -57,4 +57,4 @@ def test_a_cluster_of_an_old_owner_is_still_collected(
     (garbage,) = ec2.find_garbage(client=client)  # the up that started it was killed
     assert garbage.name == "rwork" and garbage.owner == OLD and len(garbage.instance_ids) == 1
     ec2.collect_garbage([garbage], client=client)
-    nothing_left(client, tmp_path / "state")
+    assert nothing_left(client) == {} and not state_files(tmp_path / "state")
