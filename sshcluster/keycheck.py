@@ -372,7 +372,7 @@ def _revoked_by_file(policy: TrustPolicy, key: asyncssh.SSHKey,
                               "setting")
     if raw.startswith(b"SSHKRL\n\0"):
         return HostKeyVerdict(False, f"RevokedHostKeys {path} is a binary KRL, which the "
-                                     "check cannot read", "see the README: the check "
+                                     "check cannot read", "see docs/check.md: the check "
                                      "fails rather than guess")
     listed = {e.key.public_data for e in parse_known_hosts(
         "\n".join(f"* {line}" for line in raw.decode("utf-8", "replace").splitlines()), path)}

@@ -9,7 +9,7 @@ expands later (``IdentityFile``, ``CertificateFile``) are expanded here as ssh e
 them: ``~`` from the passwd database (not ``$HOME``), ``%`` tokens and ``${VAR}``.
 
 What the check cannot do as ssh would is listed by :meth:`ClientSettings.unsupported`:
-the check then fails the host rather than guess (see the README).
+the check then fails the host rather than guess (see docs/check.md).
 """
 
 from __future__ import annotations

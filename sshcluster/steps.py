@@ -131,7 +131,7 @@ async def resolve(hc: HostCheck) -> StepResult:
     if s.unsupported():
         return StepResult("failed", f"ssh would use {'; '.join(s.unsupported())} for "
                                     f"{host.label}, which the check cannot do as ssh does",
-                          hint="see 'What the check cannot mirror' in the README")
+                          hint="see 'What the check cannot mirror' in docs/check.md")
     hc.decision, hc.key_problem = host_decision(s, args, ctx.inventory.known_hosts,
                                                 ctx.connector.files, ctx.connector.accept_new)
     named = host.host if s.hostname == host.host else f"{host.host} is {s.hostname}"
@@ -223,7 +223,7 @@ async def hostkey(hc: HostCheck) -> StepResult:
     assert s is not None and decision is not None
     if hc.key_problem:
         return StepResult("failed", hc.key_problem,
-                          hint="see 'What the check cannot mirror' in the README")
+                          hint="see 'What the check cannot mirror' in docs/check.md")
     kw = await hc.ctx.connector.options(s, decision, hc.opened)
     sock, hc.sock = hc.sock, None  # the connection owns it now
     hc.handshake = asyncio.ensure_future(asyncssh.connect(sock=sock, **hc.route, **kw))
