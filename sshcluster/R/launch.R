@@ -29,7 +29,10 @@ internals <- list(
 )
 
 TOKEN_SIZE <- 16L          # each slot's key is its two tokens (see proof.R)
-HANDSHAKE_SECONDS <- 2     # a connection that has not proved itself by then is closed
+HANDSHAKE_SECONDS <- 2     # a connection that has not sent its hello by then is closed
+PROOF_SECONDS <- 5         # nor one challenged that has not proved itself by then (a
+                           # busy host's forked workers all hash at once; the worker
+                           # of a slow proof refused takes itself for admitted)
 MAX_PENDING <- 32L         # connections proving themselves at one time
 ACCEPT_BURST <- 256L       # connections taken from the kernel's queue at one go
 STALL_SECONDS <- 15        # a message that makes no progress for this long (R waits
@@ -353,7 +356,8 @@ launch <- function(S, wanted, deadline, fail_fast) {
   lost <- character()
   # One connection's turn: reads what it sent; once its hello is whole, answers
   # the challenge (or refuses a slot not expected); once its proof is whole,
-  # admits or refuses it; refuses it after HANDSHAKE_SECONDS. NULL: done with it.
+  # admits or refuses it; refuses it after HANDSHAKE_SECONDS without a hello, or
+  # PROOF_SECONDS without a proof. NULL: done with it.
   step <- function(p) {
     if (is.null(p$expect)) {
       p$hello <- read_available(p$con, p$hello, HELLO_SIZE)
@@ -383,8 +387,9 @@ launch <- function(S, wanted, deadline, fail_fast) {
       }
       got <- p$proof
     }
+    limit <- if (is.null(p$expect)) HANDSHAKE_SECONDS else PROOF_SECONDS
     if (!is.null(attr(got, "eof")) ||
-        difftime(Sys.time(), p$since, units = "secs") > HANDSHAKE_SECONDS) {
+        difftime(Sys.time(), p$since, units = "secs") > limit) {
       refuse(S, p$con)
       return(NULL)
     }
@@ -419,13 +424,21 @@ launch <- function(S, wanted, deadline, fail_fast) {
     taken <- 0L
     while (ready[1] && taken < ACCEPT_BURST) {
       if (length(pending) >= MAX_PENDING || S$limit - length(getAllConnections()) < 1L) {
-        if (!length(pending)) break
-        # The oldest makes room, after a last look at what it sent: the oldest that
-        # has not sent a whole hello, if any. (A genuine worker, challenged, is busy
-        # with its answer for a moment: strangers that stall must not push it out.)
+        # The oldest that has not sent a whole hello makes room, after a last look at
+        # what it sent. One that was challenged is never closed to make room: its
+        # worker may already have sent its proof and taken itself for admitted (its
+        # slot would stay empty till the deadline; 120 workers at once lost a few so).
+        # With only challenged ones waiting, the rest waits in the kernel's queue.
         unproven <- which(vapply(pending, function(p) is.null(p$expect), NA))
-        victim <- if (length(unproven)) unproven[1] else 1L
-        if (!is.null(step(pending[[victim]]))) refuse(S, pending[[victim]]$con)
+        if (!length(unproven)) break
+        victim <- unproven[1]
+        last <- step(pending[[victim]])
+        if (!is.null(last) && !is.null(last$expect)) {
+          # its hello came whole at this last look, and it was challenged: it stays
+          pending[[victim]] <- last
+          break
+        }
+        if (!is.null(last)) refuse(S, last$con)
         pending <- pending[-victim]
       }
       con <- socketAccept(S$listener, blocking = TRUE, open = "a+b",

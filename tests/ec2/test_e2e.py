@@ -123,22 +123,30 @@ def test_ec2_up_render_compute_down(moto_url: str, testbed: Any, tmp_path: Path,
     assert [i for r in live["Reservations"] for i in r["Instances"]] == []
 
 
+def _cli_spec(moto_url: str, testbed: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+              name: str, port: int, extra: str = "") -> tuple[Any, ec2.Seams]:
+    """A spec file ec2.yaml in ``tmp_path`` (the working directory from now on) for a
+    cluster ``name`` of the testbed's hosts, and the client and seams to start it."""
+    monkeypatch.setenv("SSHCLUSTER_STATE_DIR", str(tmp_path / "state"))
+    client, image = _moto_with_testbed_key(moto_url, testbed)
+    address_of, console_text = _seams(testbed)
+    monkeypatch.chdir(tmp_path)
+    Path("ec2.yaml").write_text(
+        f"ec2:\n  name: {name}\n  region: us-east-1\n"
+        f"  image: {image}\n  instance_type: t3.medium\n  count: {len(testbed.hosts)}\n"
+        f"  user: root\n  max_lifetime: 1h\n  key_name: testbed\n"
+        f"  identity_file: {testbed.identity_file}\n"
+        f"  ssh_cidr: {testbed.primary_address}/32\n  port: {port}\n  ncore: vcpus\n{extra}")
+    return client, ec2.Seams(address_of=address_of, console_text=console_text)
+
+
 def test_the_commands_ec2_up_prints_take_its_inventory_to_r(
         moto_url: str, testbed: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The workflow as a user follows it: 'sshcluster ec2 up' with the default
     # 'primary: auto', then exactly the commands it prints, then 'ec2 down'. The click
     # context object carries the seams (never moto's made-up addresses).
-    monkeypatch.setenv("SSHCLUSTER_STATE_DIR", str(tmp_path / "state"))
-    client, image = _moto_with_testbed_key(moto_url, testbed)
-    address_of, console_text = _seams(testbed)
-    seams = ec2.Seams(address_of=address_of, console_text=console_text)
-    monkeypatch.chdir(tmp_path)
+    client, seams = _cli_spec(moto_url, testbed, tmp_path, monkeypatch, "e2ecli", 11421)
     n = len(testbed.hosts)
-    Path("ec2.yaml").write_text(
-        "ec2:\n  name: e2ecli\n  region: us-east-1\n"
-        f"  image: {image}\n  instance_type: t3.medium\n  count: {n}\n  user: root\n"
-        f"  max_lifetime: 1h\n  key_name: testbed\n  identity_file: {testbed.identity_file}\n"
-        f"  ssh_cidr: {testbed.primary_address}/32\n  port: 11421\n  ncore: vcpus\n")
     try:
         up = CliRunner().invoke(cli, ["ec2", "up", "ec2.yaml", "--timeout", "60", "--no-wait"],
                                 obj=seams)
@@ -175,18 +183,8 @@ def test_up_verify_checks_the_inventory_and_computes_on_every_instance(
     # 'ec2 up --verify' with the default 'primary: auto': the written inventory must pass
     # the check (through the reverse tunnel) and R must compute on every instance; a
     # package no instance has fails the check, and up, which ends the cluster.
-    monkeypatch.setenv("SSHCLUSTER_STATE_DIR", str(tmp_path / "state"))
-    client, image = _moto_with_testbed_key(moto_url, testbed)
-    address_of, console_text = _seams(testbed)
-    seams = ec2.Seams(address_of=address_of, console_text=console_text)
-    monkeypatch.chdir(tmp_path)
-    n = len(testbed.hosts)
-    Path("ec2.yaml").write_text(
-        "ec2:\n  name: verify\n  region: us-east-1\n"
-        f"  image: {image}\n  instance_type: t3.medium\n  count: {n}\n  user: root\n"
-        f"  max_lifetime: 1h\n  key_name: testbed\n  identity_file: {testbed.identity_file}\n"
-        f"  ssh_cidr: {testbed.primary_address}/32\n  port: 11422\n  ncore: vcpus\n"
-        f"  r_packages: {packages}\n")
+    client, seams = _cli_spec(moto_url, testbed, tmp_path, monkeypatch, "verify", 11422,
+                              f"  r_packages: {packages}\n")
     try:
         up = CliRunner().invoke(cli, ["ec2", "up", "ec2.yaml", "--timeout", "60", "--no-wait",
                                       "--verify"], obj=seams)
