@@ -119,6 +119,14 @@ def launch_tunnel(inventory: Inventory, options: RenderOptions | None = None) ->
     return _plan(inventory, options or RenderOptions()).tunnel
 
 
+def launch_plan(inventory: Inventory, options: RenderOptions | None = None
+                ) -> tuple[Launch, str]:
+    """The launch (``fast``/``classic``) and the ``worker_output`` the rendered file will
+    use, from the options and the inventory."""
+    plan = _plan(inventory, options or RenderOptions())
+    return plan.launch, plan.worker_output
+
+
 def ssh_command(inventory: Inventory, host: Host | None = None,
                 options: RenderOptions | None = None, *, known_hosts: bool = True,
                 before_8_5: bool | None = None) -> list[str]:
@@ -512,6 +520,7 @@ __all__ = [
     "RenderOptions",
     "connection_note",
     "connections_needed",
+    "launch_plan",
     "render",
     "spec_entries",
     "ssh_command",

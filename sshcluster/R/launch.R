@@ -57,6 +57,9 @@ start <- function(config) {
   again <- stop_previous(S$key)
   S$config <- config
   S$console <- identical(config$worker_output, "console")
+  # Under 'sshcluster run' the workers' lines go to a log per host (in this
+  # directory) instead of this R's stdout, where the script's own output goes.
+  S$log_dir <- Sys.getenv("SSHCLUSTER_WORKER_LOGS")
   S$known_hosts <- known_hosts_words(config$known_hosts)
   S$limit <- connection_limit()
   check_connections(S, sum(vapply(config$machines, function(m) as.integer(m$ncore), 1L)))
@@ -632,7 +635,12 @@ read_reports <- function(S, id) {
     if (length(words) == 3L && words[1] == "gone") {
       S$gone[[paste(id, words[2])]] <- words[3]
     } else if (S$console && !identical(line, "ready")) {
-      cat("[", host, "] ", line, "\n", sep = "")
+      if (nzchar(S$log_dir)) {
+        cat(line, "\n", sep = "", append = TRUE,
+            file = file.path(S$log_dir, paste0(gsub("[^A-Za-z0-9._-]", "_", host), ".log")))
+      } else {
+        cat("[", host, "] ", line, "\n", sep = "")
+      }
     }
   }
   invisible()

@@ -36,13 +36,22 @@ def _note(message: str) -> None:
 @click.option("--accept-new", is_flag=True, help="As for check.")
 @click.option("--concurrency", type=click.IntRange(min=1), default=DEFAULT_CONCURRENCY,
               show_default=True, help="As for check.")
+@click.option("--results", "results", metavar="DIR",
+              type=click.Path(file_okay=False, path_type=str),
+              help="When the script has ended, bring the files the workers wrote under "
+                   "results/ (in their workdir) into DIR; a name found on several hosts "
+                   "goes to DIR/HOST/NAME for each.")
+@click.option("--worker-output", is_flag=True,
+              help="Show what the workers print (cat, message) live on stderr, each line "
+                   "after its host; it goes to the record's workers/HOST.log either way.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the job's summary as JSON on stdout (the script's stdout then "
                    "goes to stderr, so stdout holds only the JSON).")
 @click.pass_context
 def run_command(ctx: click.Context, inventory: str, script: str, args: tuple[str, ...],
                 allow_partial: bool, wait: bool, wait_timeout: float, timeout: float,
-                accept_new: bool, concurrency: int, as_json: bool) -> None:
+                accept_new: bool, concurrency: int, results: str | None,
+                worker_output: bool, as_json: bool) -> None:
     """Run the R SCRIPT on the cluster of INVENTORY, with its hosts leased.
 
     \b
@@ -59,7 +68,8 @@ def run_command(ctx: click.Context, inventory: str, script: str, args: tuple[str
     """
     options = RunOptions(args=args, allow_partial=allow_partial, wait=wait,
                          wait_timeout=wait_timeout, timeout=timeout,
-                         concurrency=concurrency, accept_new=accept_new)
+                         concurrency=concurrency, accept_new=accept_new, results=results,
+                         worker_output=worker_output)
     result = run(inventory, script, options, on_event=_note,
                  stdout=sys.stderr.buffer if as_json else None)
     if as_json:

@@ -42,6 +42,8 @@ from sshcluster.jobs.leases import (
     settle,
 )
 from sshcluster.jobs.record import RunResult, read_note, runs_dir, write_record
+from sshcluster.jobs.results import fetch_results
+from sshcluster.jobs.workerlog import WORKER_LOGS, WorkerRelay, job_render_options
 from sshcluster.preflight import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT, check, verified_inventory
 
 #: Seconds the R session (and its supervisor) may take to end once asked, before it is
@@ -72,6 +74,12 @@ class RunOptions:
     accept_new: bool = False
     render: RenderOptions = field(default_factory=RenderOptions)
     rscript: str = "Rscript"
+    #: Where the files the workers wrote under ``results/`` (in their workdir) come
+    #: back to, when the script has ended (None: they stay on the hosts).
+    results: str | None = None
+    #: Whether the workers' output is shown live (on stderr, each line after its
+    #: host); it goes to the run directory's ``workers/HOST.log`` either way.
+    worker_output: bool = False
 
 
 @dataclass
@@ -83,6 +91,7 @@ class _State:
     signal: str | None = None
     hosts: tuple[str, ...] = ()
     left_out: tuple[str, ...] = ()
+    results: dict[str, object] | None = None
 
 
 DRIVER = resources.files("sshcluster.jobs").joinpath("driver.R")
@@ -99,12 +108,14 @@ class _Job:
         self.log = open(run_dir / "log", "wb")  # noqa: SIM115 (closed by stop())
         self.log_lock = threading.Lock()
         self.started: float | None = None
+        self.relay: WorkerRelay | None = None
 
     def start_r(self, rscript: str, args: tuple[str, ...], script: Path, out: BinaryIO,
                 err: BinaryIO) -> None:
         env = dict(os.environ, SSHCLUSTER_RUN_DIR=str(self.run_dir),
                    SSHCLUSTER_BOOTSTRAP=str(self.run_dir / "cluster.R"),
-                   SSHCLUSTER_SCRIPT=str(script))
+                   SSHCLUSTER_SCRIPT=str(script),
+                   SSHCLUSTER_WORKER_LOGS=str(self.run_dir / WORKER_LOGS))
         self.started = time.time()  # the R session's notes are wall-clock times too
         with resources.as_file(DRIVER) as driver:
             # Its own session: a Ctrl-C in the terminal reaches the job, which then
@@ -161,6 +172,8 @@ class _Job:
         proc.wait()
         for t in self.tees:
             t.join(2.0)
+        if self.relay is not None:
+            self.relay.stop()
 
     def close(self) -> None:
         with self.log_lock:
@@ -268,7 +281,10 @@ def run(inventory: Inventory | str | os.PathLike[str], script: str | os.PathLike
                     owner.leases = acquire(ready, job, wait=True,
                                            wait_timeout=opts.wait_timeout, on_wait=waiting)
                 phase("lease")
-                write_bootstrap(ready, run_dir / "cluster.R", opts.render)
+                write_bootstrap(ready, run_dir / "cluster.R", job_render_options(ready, opts.render))
+                (run_dir / WORKER_LOGS).mkdir()
+                if opts.worker_output:
+                    owner.relay = WorkerRelay(run_dir / WORKER_LOGS, stderr or sys.stderr.buffer)
                 phase("render")
                 with guard.critical():  # a signal waits until R's pid is noted
                     owner.start_r(opts.rscript, opts.args, copy.resolve(),
@@ -289,6 +305,14 @@ def run(inventory: Inventory | str | os.PathLike[str], script: str | os.PathLike
             with guard.cleanup():
                 owner.stop_r()
                 phase("stop")
+                if opts.results is not None and owner.started is not None and state.hosts:
+                    # (still leased: no other job's workers write there yet)
+                    got = fetch_results(ready, opts.results)
+                    state.results = {"dir": got.dest, "files": got.files,
+                                     "errors": got.errors}
+                    tell(f"job {job.job}: {got.total} result files in {got.dest}" + "".join(
+                        f"; {h}: {why}" for h, why in got.errors.items()))
+                    phase("results")
                 if owner.leases is not None:
                     owner.leases.release()
                 phase("release")
@@ -318,4 +342,5 @@ def _result(job: JobInfo, source: Path, opts: RunOptions, run_dir: Path,
     return RunResult(
         job=job.job, script=str(source), args=opts.args, status=state.status,
         hosts=state.hosts, left_out=state.left_out, phases=phases, started=job.since,
-        run_dir=str(run_dir), versions=versions, error=state.error, signal=state.signal)
+        run_dir=str(run_dir), versions=versions, error=state.error, signal=state.signal,
+        results=state.results)

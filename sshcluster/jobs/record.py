@@ -31,7 +31,7 @@ class RunResult:
     """How a job ended. ``status`` is the script's own exit status (128 + N when a signal
     N ended the job; 1 when the job failed before the script ran, ``error`` says why).
     ``phases`` holds the seconds each phase took: check, lease, render, launch (the
-    bootstrap's source()), script (the user's script), stop, release."""
+    bootstrap's source()), script (the user's script), stop, results, release."""
 
     job: str
     script: str
@@ -45,6 +45,8 @@ class RunResult:
     versions: dict[str, str] = field(default_factory=dict)
     error: str | None = None
     signal: str | None = None
+    #: With ``--results``: ``dir``, ``files`` (per host) and ``errors`` (per host).
+    results: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:

@@ -1,0 +1,64 @@
+"""``sshcluster run --results`` and ``--worker-output`` on real test hosts: the files
+the workers wrote come back (kept apart by host where names collide), and what the
+workers printed is in a log per host and, with ``--worker-output``, on stderr."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from pathlib import Path
+
+import yaml
+
+from sshcluster.testing import Testbed
+from tests.jobs.helpers import LEFTOVER, inventory
+from tests.jobs.helpers import sshcluster as sshcluster_cli
+
+#: Each worker writes results/common.txt (the same name on every host) and a file
+#: named after its host; each prints a line.
+SCRIPT = """\
+invisible(parallel::clusterEvalQ(parallelCluster, {
+  node <- Sys.info()[["nodename"]]
+  dir.create("results/sub", recursive = TRUE, showWarnings = FALSE)
+  writeLines(node, "results/common.txt")
+  writeLines(node, file.path("results/sub", paste0(node, ".txt")))
+  cat("hello from", node, "\\n")
+  message("note from ", node)
+}))
+cat("script done\\n")
+"""
+
+
+def test_results_come_back_and_workers_output_is_logged(testbed: Testbed,
+                                                        tmp_path: Path) -> None:
+    inv = inventory(testbed, tmp_path / "hosts.yaml", hosts=[0, 1])
+    data = yaml.safe_load(inv.read_text())
+    workdir = f"/tmp/sshcluster-results-{uuid.uuid4().hex[:8]}"
+    data["workdir"] = workdir
+    inv.write_text(yaml.safe_dump(data))
+    script = tmp_path / "write.R"
+    script.write_text(SCRIPT)
+    out = tmp_path / "out"
+    try:
+        done = sshcluster_cli(["run", "--json", "--worker-output", "--results", str(out),
+                               str(inv), str(script)], tmp_path / "state")
+    finally:  # (the test hosts share this machine's /tmp)
+        shutil.rmtree(workdir, ignore_errors=True)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    # the two hosts share the filesystem, so both wrote the same workdir: every name
+    # is on both hosts and is kept apart by host
+    labels = [h["host"] for h in data["hosts"]]
+    assert summary["results"]["errors"] == {}
+    assert set(summary["results"]["files"]) == set(labels)
+    got = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert got == sorted(f"{label}/{name}" for label in labels
+                         for name in ("common.txt", "sub/node1.txt", "sub/node2.txt"))
+    # what the workers printed: live on stderr after the host, and in the logs
+    for label in labels:
+        assert f"[{label}] hello from node" in done.stderr
+        log = (Path(summary["run_dir"]) / "workers" / f"{label}.log").read_text()
+        assert log.count("hello from node") == 2 and log.count("note from node") == 2
+    assert "script done" in done.stderr
+    assert testbed.leftovers(LEFTOVER, wait=15) == {}
