@@ -281,7 +281,8 @@ def run(inventory: Inventory | str | os.PathLike[str], script: str | os.PathLike
                     owner.leases = acquire(ready, job, wait=True,
                                            wait_timeout=opts.wait_timeout, on_wait=waiting)
                 phase("lease")
-                write_bootstrap(ready, run_dir / "cluster.R", job_render_options(ready, opts.render))
+                write_bootstrap(ready, run_dir / "cluster.R",
+                                job_render_options(ready, opts.render))
                 (run_dir / WORKER_LOGS).mkdir()
                 if opts.worker_output:
                     owner.relay = WorkerRelay(run_dir / WORKER_LOGS, stderr or sys.stderr.buffer)

@@ -128,11 +128,11 @@ def fetch_results(inventory: Inventory, dest: str | os.PathLike[str],
                                      chosen))
         names = {h.label: _names(staging[h.label]) for h in chosen}
         seen: dict[str, int] = {}
-        for label, (_, problem) in zip(names, outcomes):
+        for label, (_, problem) in zip(names, outcomes, strict=True):
             if problem is None:
                 for name in names[label]:
                     seen[name] = seen.get(name, 0) + 1
-        for h, (_, problem) in zip(chosen, outcomes):
+        for h, (_, problem) in zip(chosen, outcomes, strict=True):
             if problem is not None:
                 report.errors[h.label] = problem
                 continue
