@@ -42,7 +42,13 @@ from sshcluster.inventory import (
     example_inventory,
     load_inventory,
 )
-from sshcluster.jobs.cli import jobs_command, run_command
+from sshcluster.jobs.cli import (
+    fetch_command,
+    jobs_command,
+    logs_command,
+    run_command,
+    stop_command,
+)
 from sshcluster.preflight import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT, check, verified_inventory
 from sshcluster.push import push
 from sshcluster.push.report import print_push
@@ -468,6 +474,9 @@ cli.add_command(testbed_group)
 cli.add_command(ec2_group)
 cli.add_command(run_command)
 cli.add_command(jobs_command)
+cli.add_command(logs_command)
+cli.add_command(stop_command)
+cli.add_command(fetch_command)
 use_help_formatter(cli)
 
 

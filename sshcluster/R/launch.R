@@ -216,7 +216,9 @@ start_host <- function(S, h, slots) {
 session_port <- function(S, h) {
   if (!S$config$tunnel) return(S$port)
   used <- c(S$port, unlist(lapply(Filter(function(s) s$h == h, S$sessions), `[[`, "port")))
-  if (length(used) == 1L) return(S$port)
+  # (A detached job's primary R runs on one of the hosts, where its own port is
+  # taken by itself: there every session asks for a port of its own.)
+  if (length(used) == 1L && !nzchar(Sys.getenv("SSHCLUSTER_DETACHED"))) return(S$port)
   range <- S$config$port_range
   free <- setdiff(seq(range[1], range[2]), used)
   free[strtoi(random_hex(3L), 16L) %% length(free) + 1L]

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
 
 import click
 
 from sshcluster.inventory import load_inventory
+from sshcluster.jobs.detached import (
+    fetch_job,
+    job_logs,
+    list_jobs,
+    start_detached,
+    stop_job,
+)
 from sshcluster.jobs.job import RunOptions, run
 from sshcluster.jobs.leases import WAIT_TIMEOUT, list_leases
 from sshcluster.preflight import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT
@@ -44,6 +52,14 @@ def _note(message: str) -> None:
 @click.option("--worker-output", is_flag=True,
               help="Show what the workers print (cat, message) live on stderr, each line "
                    "after its host; it goes to the record's workers/HOST.log either way.")
+@click.option("--detach", is_flag=True,
+              help="Run the job on a host of the cluster (--primary), under a supervisor "
+                   "there that outlives this connection; come back with 'sshcluster jobs', "
+                   "'logs', 'stop' and 'fetch'.")
+@click.option("--primary", "primary_host", metavar="HOST",
+              help="With --detach: the host whose supervisor runs the script (default: "
+                   "the first host that passed the check). It reaches the other hosts "
+                   "by ssh with its own keys and known_hosts.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the job's summary as JSON on stdout (the script's stdout then "
                    "goes to stderr, so stdout holds only the JSON).")
@@ -51,7 +67,8 @@ def _note(message: str) -> None:
 def run_command(ctx: click.Context, inventory: str, script: str, args: tuple[str, ...],
                 allow_partial: bool, wait: bool, wait_timeout: float, timeout: float,
                 accept_new: bool, concurrency: int, results: str | None,
-                worker_output: bool, as_json: bool) -> None:
+                worker_output: bool, detach: bool, primary_host: str | None,
+                as_json: bool) -> None:
     """Run the R SCRIPT on the cluster of INVENTORY, with its hosts leased.
 
     \b
@@ -65,11 +82,32 @@ def run_command(ctx: click.Context, inventory: str, script: str, args: tuple[str
     stops, the leases are released, and the exit status is the script's own (128+N
     after signal N). A record of the job (script, log, times, hosts, versions, status)
     is kept in ~/.local/state/sshcluster/runs/JOB ($SSHCLUSTER_STATE_DIR/runs).
+
+    \b
+    Detached (this machine may then sleep or go offline):
+      sshcluster run --detach hosts.yaml fit.R     prints the job's id, JOB
+      sshcluster jobs                              running, done, failed, lost
+      sshcluster logs -f JOB                       its output, as it comes
+      sshcluster fetch JOB --to out/               its results and record
+      sshcluster stop JOB                          it, its cluster, its leases
     """
+    if primary_host is not None and not detach:
+        raise click.UsageError("--primary is for --detach")
+    if detach and (results is not None or worker_output):
+        raise click.UsageError("a detached job's results and workers' logs come with "
+                               "'sshcluster fetch JOB'")
     options = RunOptions(args=args, allow_partial=allow_partial, wait=wait,
                          wait_timeout=wait_timeout, timeout=timeout,
                          concurrency=concurrency, accept_new=accept_new, results=results,
                          worker_output=worker_output)
+    if detach:
+        job = start_detached(inventory, script, options, primary=primary_host,
+                             on_event=_note)
+        if as_json:
+            click.echo(json.dumps(job.to_dict(), indent=2))
+        else:
+            click.echo(job.job)
+        ctx.exit(0)
     result = run(inventory, script, options, on_event=_note,
                  stdout=sys.stderr.buffer if as_json else None)
     if as_json:
@@ -81,15 +119,34 @@ def run_command(ctx: click.Context, inventory: str, script: str, args: tuple[str
 
 
 @click.command("jobs")
-@click.argument("inventory", type=click.Path(dir_okay=False, path_type=str))
-@click.option("--json", "as_json", is_flag=True, help="Print the leases as JSON.")
+@click.argument("inventory", required=False, type=click.Path(dir_okay=False, path_type=str))
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
 @click.pass_context
-def jobs_command(ctx: click.Context, inventory: str, as_json: bool) -> None:
-    """List the leases on the hosts of INVENTORY: which job holds each host.
+def jobs_command(ctx: click.Context, inventory: str | None, as_json: bool) -> None:
+    """List the jobs started from this machine, or with INVENTORY the leases on its
+    hosts (which job holds each host).
 
-    A lease lasts as long as its job's ssh session on the host ('sshcluster run').
-    Exit status 1 when a host could not be asked.
+    \b
+      sshcluster jobs               JOB  STATE  TIME  PRIMARY  SCRIPT
+      sshcluster jobs hosts.yaml    HOST  JOB  WHO  SINCE  SCRIPT (or "free")
+
+    A detached job's state comes from its primary host: leasing, waiting (in line
+    for a host), running, done, failed, stopped, or lost (its primary host cannot
+    be reached). A lease lasts as long as its job's session on the host. Exit
+    status 1 when a host could not be asked.
     """
+    if inventory is None:
+        jobs = list_jobs()
+        if as_json:
+            click.echo(json.dumps([asdict(j) for j in jobs], indent=2))
+        else:
+            for j in jobs:
+                took = f"{j.seconds:.0f}s" if j.seconds is not None else "-"
+                state = j.state + (f" ({j.status})" if j.state == "failed" and j.status
+                                   else "")
+                click.echo(f"{j.job}\t{state}\t{took}\t{j.primary}\t{j.script}"
+                           + (f"\t{j.detail}" if j.detail else ""))
+        ctx.exit(1 if any(j.state == "lost" for j in jobs) else 0)
     leases = list_leases(load_inventory(inventory))
     if as_json:
         click.echo(json.dumps([
@@ -106,3 +163,60 @@ def jobs_command(ctx: click.Context, inventory: str, as_json: bool) -> None:
                 f"{h.job}\t{h.who}\tsince {h.since}\t{h.script}" if h
                 else f"error: {lease.error}" if lease.error else "free"))
     ctx.exit(1 if any(lease.error for lease in leases) else 0)
+
+
+@click.command("logs")
+@click.argument("job")
+@click.option("-f", "--follow", is_flag=True,
+              help="Keep showing the log as it grows, until the job ends (Ctrl-C leaves "
+                   "the job running).")
+@click.pass_context
+def logs_command(ctx: click.Context, job: str, follow: bool) -> None:
+    """Show the log (the script's stdout and stderr) of the detached JOB.
+
+    The workers' own output is in the record after 'sshcluster fetch JOB'
+    (workers/HOST.log).
+    """
+    ctx.exit(0 if job_logs(job, sys.stdout.buffer, follow=follow) == 0 else 1)
+
+
+@click.command("stop")
+@click.argument("job")
+@click.option("--json", "as_json", is_flag=True, help="Print the job's state as JSON.")
+@click.pass_context
+def stop_command(ctx: click.Context, job: str, as_json: bool) -> None:
+    """Stop the detached JOB and everything it started: its R, its cluster's workers on
+    every host, its leases. Its supervisor stops them in order; whatever is left after
+    30 s is killed. A job that has already ended is left as it is.
+    """
+    status = stop_job(job)
+    if as_json:
+        click.echo(json.dumps(asdict(status), indent=2))
+    else:
+        click.echo(f"{status.job}\t{status.state}")
+    ctx.exit(1 if status.state == "lost" else 0)
+
+
+@click.command("fetch")
+@click.argument("job")
+@click.option("--to", "dest", metavar="DIR", type=click.Path(file_okay=False, path_type=str),
+              help="Where the results go (default: the job's record, runs/JOB/results).")
+@click.option("--json", "as_json", is_flag=True, help="Print the job's summary as JSON.")
+@click.pass_context
+def fetch_command(ctx: click.Context, job: str, dest: str | None, as_json: bool) -> None:
+    """Bring the detached JOB's results: the files its workers wrote under results/
+    (in their workdir) from every host, into DIR (a name found on several hosts goes to
+    DIR/HOST/NAME for each); and its log, its workers' logs and, once it has ended,
+    run.json into its record. Exit status 1 when a host could not be read.
+    """
+    status, results, result = fetch_job(job, dest)
+    if as_json:
+        click.echo(json.dumps({"state": asdict(status),
+                               "results": {"dir": results.dest, "files": results.files,
+                                           "errors": results.errors},
+                               "record": result.to_dict() if result else None}, indent=2))
+    else:
+        _note(f"job {job}: {status.state}; {results.total} result files in {results.dest}")
+        for host, why in results.errors.items():
+            _note(f"{host}: {why}")
+    ctx.exit(1 if results.errors else 0)

@@ -1,0 +1,525 @@
+"""Detached jobs: ``sshcluster run --detach``. The job's primary R runs on a host of the
+cluster, under a small supervisor there (``supervise.sh``) that outlives the user's
+connection; the user comes back with ``jobs``, ``logs``, ``stop`` and ``fetch``.
+
+    job = start_detached("hosts.yaml", "fit.R", RunOptions(args=("10",)))
+    job_status(job.job).state        # leasing, waiting, running, ended, lost ...
+    stop_job(job.job)                # stops R, its cluster and the leases
+    fetch_job(job.job)               # results/ from every host, the log, run.json
+
+What runs where:
+
+* This machine checks the hosts (as ``run`` does), renders the bootstrap *for the
+  primary host* (which reaches the other hosts with its own ssh keys and known_hosts,
+  as push's chain does), and copies the job's files to
+  ``~/.cache/sshcluster/jobs/JOB`` on the primary host, then starts the supervisor
+  there with ``setsid`` and waits only for its leases.
+* The supervisor takes every host's lease (a lease session from the primary host to
+  each host), runs the script in a fresh ``Rscript`` with ``parallelCluster`` ready,
+  and when R ends writes its status and releases the leases. It owns everything of
+  the job: stopped (``sshcluster stop``: SIGTERM, then SIGKILL for its process group
+  after :data:`STOP_GRACE` seconds) or killed outright, nothing of the job is left
+  on any host (R's end stops the cluster; the leases end with the supervisor).
+* The job's record here (``runs/JOB/detached.json``) says where it runs; ``fetch``
+  completes it with the log, the workers' logs and ``run.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from sshcluster import __version__
+from sshcluster.bootstrap import END_OF_SCRIPT, READ_SCRIPT, ssh_command, write_bootstrap
+from sshcluster.errors import HostError, HostLeased, SshclusterError
+from sshcluster.inventory import Host, Inventory, Primary, dump_inventory, load_inventory
+from sshcluster.jobs.leases import LEASE_SCRIPT, LEASE_TIMEOUT, JobInfo, describe
+from sshcluster.jobs.record import RunResult, runs_dir, write_record
+from sshcluster.jobs.remote import argv, run_script, script_input, settings
+from sshcluster.jobs.results import ResultsReport, fetch_results
+from sshcluster.jobs.workerlog import WORKER_LOGS, job_render_options
+from sshcluster.preflight import check, verified_inventory
+from sshcluster.quoting import shell_join, shell_quote
+
+SUPERVISOR = resources.files("sshcluster.jobs").joinpath("supervise.sh")
+DRIVER = resources.files("sshcluster.jobs").joinpath("driver.R")
+#: Where a detached job's files live on its primary host (relative to the login dir).
+JOBS_DIR = ".cache/sshcluster/jobs"
+#: Seconds the supervisor gives R to end once asked (then SIGKILL).
+STOP_TIMEOUT = 20
+#: Seconds ``stop`` waits for the supervisor to end in order before it kills the
+#: job's whole process group.
+STOP_GRACE = STOP_TIMEOUT + 10.0
+#: The supervisor's states that mean the job has not ended.
+LIVE = ("leasing", "waiting", "running")
+
+
+class JobError(SshclusterError):
+    """A detached job could not be started, found or asked; ``job`` names it."""
+
+    def __init__(self, message: str, *, job: str | None = None,
+                 hint: str | None = None) -> None:
+        self.job = job
+        super().__init__(message, hint=hint)
+
+
+class NoSuchJob(JobError):
+    """No record of that job on this machine."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class DetachedJob:
+    """Where a detached job runs: its ``primary`` host (label), the ``hosts`` it
+    leases, its ``remote_dir`` (on the primary host, relative to the login
+    directory) and its record here (``run_dir``, with ``inventory.yaml``)."""
+
+    job: str
+    script: str
+    args: tuple[str, ...]
+    primary: str
+    hosts: tuple[str, ...]
+    left_out: tuple[str, ...]
+    remote_dir: str
+    run_dir: str
+    started: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """As ``detached.json`` holds it."""
+        data = asdict(self)
+        data["args"], data["hosts"] = list(self.args), list(self.hosts)
+        data["left_out"] = list(self.left_out)
+        return data
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """What a job is doing. ``state``: ``leasing``, ``waiting`` (in line for a host),
+    ``running``, ``done`` (status 0), ``failed`` (a non-zero status, or the job could
+    not start: ``detail`` says why), ``stopped`` (by ``sshcluster stop``), ``lost``
+    (its primary host cannot be reached: ``detail`` has ssh's words) or ``gone`` (its
+    directory on the primary host is no longer there). ``seconds`` is how long it has
+    run (to its end, if it ended); ``status`` its exit status once ended."""
+
+    job: str
+    state: str
+    primary: str
+    script: str
+    seconds: float | None = None
+    status: int | None = None
+    detail: str | None = None
+    detached: bool = True
+
+    @property
+    def live(self) -> bool:
+        """Whether the job has not ended (as far as anyone can tell)."""
+        return self.state in (*LIVE, "lost")
+
+
+def _remote_dir(job: str) -> str:
+    return f"{JOBS_DIR}/{job}"
+
+
+def _enter(job: str) -> str:
+    return f'cd "$HOME"/{shell_quote(_remote_dir(job))} 2>/dev/null || {{ echo gone; exit 0; }}\n'
+
+
+def _primary_inventory(ready: Inventory, primary: Host) -> Inventory:
+    """The inventory as the primary host uses it: its own address as the primary's,
+    and its own ssh keys and known_hosts (this machine's paths mean nothing there)."""
+    return replace(ready, primary=Primary(host=primary.host), known_hosts=None,
+                   hosts=tuple(replace(h, identity_file=None) for h in ready.hosts))
+
+
+def _lease_command(inv: Inventory, host: Host, primary: Host) -> str:
+    if host.label == primary.label:  # its own lease: no ssh needed
+        return f"exec sh -c {shell_quote(READ_SCRIPT)}\n"
+    dest = ["-l", host.user, host.host] if host.user else [host.host]
+    words = [*ssh_command(inv, host), "-T", "-o", "ServerAliveInterval=5",
+             "-o", "ServerAliveCountMax=3", *dest, f"exec sh -c {shell_quote(READ_SCRIPT)}"]
+    return "exec " + shell_join(words) + "\n"
+
+
+def _lease_input(job: JobInfo, mode: str) -> str:
+    values = {"MODE": mode, "JOB": job.job, "WHO": job.who, "SINCE": job.since,
+              "SCRIPT": job.script}
+    clean = {k: " ".join(v.split()) for k, v in values.items()}
+    return settings(clean) + LEASE_SCRIPT + END_OF_SCRIPT + "\n"
+
+
+def _job_files(ready: Inventory, primary: Host, job: JobInfo, source: Path,
+               args: Sequence[str], wait: bool, wait_timeout: float) -> dict[str, bytes]:
+    pinv = _primary_inventory(ready, primary)
+    hosts = sorted(pinv.hosts, key=lambda h: h.label) if wait else list(pinv.hosts)
+    files: dict[str, bytes] = {
+        "supervise.sh": SUPERVISOR.read_bytes(),
+        "driver.R": DRIVER.read_bytes(),
+        "script.R": source.read_bytes(),
+        "args.sh": ("set --" + "".join(" " + shell_quote(a) for a in args) + "\n").encode(),
+        "hosts": "".join(h.label + "\n" for h in hosts).encode(),
+        "job.env": settings({
+            "JOB": job.job, "RSCRIPT": primary.rscript or "Rscript",
+            "MODE": "wait" if wait else "try", "N": str(len(hosts)),
+            "LEASE_TIMEOUT": str(int(wait_timeout if wait else LEASE_TIMEOUT)),
+            "STOP_TIMEOUT": str(STOP_TIMEOUT)}).encode(),
+    }
+    mode = "wait" if wait else "try"
+    for i, h in enumerate(hosts, 1):
+        files[f"lease.{i}.in"] = _lease_input(job, mode).encode()
+        files[f"lease.{i}.cmd"] = _lease_command(pinv, h, primary).encode()
+    return files
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in sorted(files.items()):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o600, int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+_START = """\
+umask 077
+command -v setsid >/dev/null 2>&1 || { echo "setsid(1) not found (util-linux)" >&2; exit 1; }
+mkdir -p "$HOME"/{dir} && cd "$HOME"/{dir} && tar -xf - || exit 1
+setsid -f sh ./supervise.sh </dev/null >supervisor.log 2>&1
+i=0
+while [ $i -lt {polls} ]; do
+  s=$(cat state 2>/dev/null)
+  case "$s" in running|waiting\\ *|refused\\ *|failed\\ *|ended) printf '%s\\n' "$s"; exit 0 ;; esac
+  sleep 0.1; i=$((i + 1))
+done
+echo "timeout"
+"""
+
+
+def start_detached(inventory: Inventory | str | os.PathLike[str],
+                   script: str | os.PathLike[str], options: Any = None, *,
+                   primary: str | None = None,
+                   on_event: Callable[[str], None] | None = None) -> DetachedJob:
+    """Start ``script`` as a detached job (see the module's text) on the hosts of
+    ``inventory`` that pass the check; ``primary`` names the host (its label) whose
+    supervisor runs it, by default the first. Returns once every host is leased to
+    it (or, with ``options.wait``, once it waits in line). A host leased to another
+    job raises :class:`~sshcluster.errors.HostLeased`; a failed check
+    :class:`~sshcluster.errors.CheckFailed`; a job that cannot start
+    :class:`JobError`."""
+    from sshcluster.jobs.job import RunError, RunOptions
+
+    opts = options or RunOptions()
+    tell = on_event or (lambda message: None)
+    inv = inventory if isinstance(inventory, Inventory) else load_inventory(inventory)
+    source = Path(script)
+    if not source.is_file():
+        raise RunError(f"{source}: no such script")
+    report = check(inv, timeout=opts.timeout, concurrency=opts.concurrency,
+                   accept_new=opts.accept_new)
+    ready = verified_inventory(report, inv, allow_partial=opts.allow_partial)
+    if primary is None:
+        host = ready.hosts[0]
+    else:
+        found = [h for h in ready.hosts if primary in (h.label, h.host)]
+        if not found:
+            raise JobError(f"--primary {primary}: not a host of the job (its hosts: "
+                           f"{', '.join(h.label for h in ready.hosts)})",
+                           hint="name one of the inventory's hosts that passed the check")
+        host = found[0]
+    job = JobInfo.new(str(source))
+    run_dir = runs_dir() / job.job
+    run_dir.mkdir(parents=True, mode=0o700)
+    shutil.copyfile(source, run_dir / "script.R")
+    render = job_render_options(ready, opts.render)
+    write_bootstrap(_primary_inventory(ready, host), run_dir / "cluster.R", render)
+    files = _job_files(ready, host, job, source, opts.args, opts.wait, opts.wait_timeout)
+    files["cluster.R"] = (run_dir / "cluster.R").read_bytes()
+    (run_dir / "inventory.yaml").write_text(dump_inventory(ready, header=f"job {job.job}"))
+    record = DetachedJob(job=job.job, script=str(source), args=tuple(opts.args),
+                         primary=host.label, hosts=tuple(h.label for h in ready.hosts),
+                         left_out=tuple(h.label for h in report.failed),
+                         remote_dir=_remote_dir(job.job), run_dir=str(run_dir),
+                         started=job.since)
+    (run_dir / "detached.json").write_text(json.dumps(record.to_dict(), indent=2) + "\n")
+    tell(f"job {job.job}: checked {len(ready.hosts)} hosts; starting on {host.label}")
+    # (with --wait it returns as soon as the job waits in line)
+    polls = int((LEASE_TIMEOUT + 10) * 10)
+    start = _START.replace("{dir}", shell_quote(_remote_dir(job.job))).replace(
+        "{polls}", str(polls))
+    out = run_script(ready, host, start, what="starting the job", data=_tar(files),
+                     timeout=polls / 10 + 30).decode(errors="replace").strip()
+    said = out.splitlines()[-1] if out else ""
+    if said.startswith("refused "):
+        where, _, rest = said[8:].partition(" ")
+        holder = _holder(rest)
+        _forget(ready, host, job.job)
+        raise HostLeased(f"{where} is leased to {describe(holder)}", host=where,
+                         holder=holder, hint="wait for it with --wait, or run on other hosts")
+    if said.startswith("failed "):
+        _forget(ready, host, job.job)
+        raise JobError(f"job {job.job} could not start: {said[7:]}", job=job.job,
+                       hint="the primary host must reach every host by ssh with its own "
+                            "keys and known_hosts (as push's chain does)")
+    if said == "timeout":
+        stop_job(job.job)
+        raise JobError(f"job {job.job}: its supervisor on {host.label} did not take the "
+                       "leases in time; stopped", job=job.job)
+    if said.startswith("waiting "):
+        tell(f"job {job.job}: waiting in line: {said[8:]}")
+    tell(f"job {job.job}: detached on {host.label}; follow it with 'sshcluster logs -f "
+         f"{job.job}', stop it with 'sshcluster stop {job.job}'")
+    return record
+
+
+def _holder(text: str) -> JobInfo:
+    parts = text.split("\t")
+    if len(parts) < 4:
+        return JobInfo(job="unknown", who="unknown", since="unknown", script="unknown")
+    return JobInfo(job=parts[0], who=parts[1], since=parts[2], script=parts[3])
+
+
+def _forget(inv: Inventory, host: Host, job: str) -> None:
+    """Remove a job that never ran: its directory on the primary host and its record."""
+    with contextlib.suppress(HostError):
+        run_script(inv, host, f'rm -rf "$HOME"/{shell_quote(_remote_dir(job))}\n',
+                   what="removing the job's directory")
+    shutil.rmtree(runs_dir() / job, ignore_errors=True)
+
+
+# ------------------------------------------------------------------- coming back
+
+
+def load_job(job: str) -> tuple[DetachedJob, Inventory, Host]:
+    """A detached job's record, the inventory it runs on and its primary host."""
+    path = runs_dir() / job / "detached.json"
+    if not _safe_id(job) or not path.is_file():
+        raise NoSuchJob(f"no detached job {job} on this machine (looked in {runs_dir()})",
+                        job=job, hint="'sshcluster jobs' lists them")
+    data = json.loads(path.read_text())
+    record = DetachedJob(**{**data, "args": tuple(data["args"]),
+                            "hosts": tuple(data["hosts"]),
+                            "left_out": tuple(data["left_out"])})
+    inv = load_inventory(runs_dir() / job / "inventory.yaml")
+    host = next(h for h in inv.hosts if h.label == record.primary)
+    return record, inv, host
+
+
+def _safe_id(job: str) -> bool:
+    return bool(job) and all(c.isalnum() or c == "-" for c in job)
+
+
+_STATUS = """\
+alive=no
+pid=$(cat pid 2>/dev/null)
+[ -n "$pid" ] && kill -s 0 "$pid" 2>/dev/null && alive=yes
+for f in state started ended status; do printf '%s\\t%s\\n' "$f" "$(cat $f 2>/dev/null)"; done
+stopped=$([ -e stopped ] && echo yes)
+printf 'alive\\t%s\\nstopped\\t%s\\nnow\\t%s\\n' "$alive" "$stopped" "$(date +%s)"
+"""
+
+
+def job_status(job: str) -> JobStatus:
+    """Ask a detached job's primary host what the job is doing (see :class:`JobStatus`)."""
+    record, inv, host = load_job(job)
+    base = JobStatus(job=job, state="lost", primary=record.primary,
+                     script=os.path.basename(record.script))
+    try:
+        out = run_script(inv, host, _enter(job) + _STATUS, what="asking about the job")
+    except HostError as e:
+        return replace(base, detail=e.message)
+    text = out.decode(errors="replace")
+    if text.strip() == "gone":
+        return replace(base, state="gone", detail=f"no {record.remote_dir} on {host.label}")
+    info = dict(line.split("\t", 1) for line in text.splitlines() if "\t" in line)
+    state, alive = info.get("state", ""), info.get("alive") == "yes"
+    started, ended, now = (_number(info.get(k)) for k in ("started", "ended", "now"))
+    seconds = ((ended or now or 0) - started) if started is not None else None
+    if state == "ended":
+        status = int(_number(info.get("status")) or 0)
+        name = "stopped" if info.get("stopped") == "yes" else "done" if status == 0 \
+            else "failed"
+        return replace(base, state=name, seconds=seconds, status=status)
+    if state.startswith(("refused ", "failed ")):
+        return replace(base, state="failed", seconds=seconds, detail=state.partition(" ")[2])
+    if not alive:
+        return replace(base, state="failed", seconds=seconds,
+                       detail="its supervisor ended without a status (killed?)")
+    word, _, rest = state.partition(" ")
+    return replace(base, state=word or "leasing", seconds=seconds, detail=rest or None)
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text) if text else None
+    except ValueError:
+        return None
+
+
+def list_jobs() -> list[JobStatus]:
+    """Every job recorded on this machine, newest first: detached ones as their primary
+    hosts say (asked at once), attached ones from their record."""
+    root = runs_dir()
+    dirs = sorted((p for p in root.glob("*") if p.is_dir()), reverse=True) \
+        if root.is_dir() else []
+    detached = [p.name for p in dirs if (p / "detached.json").is_file()]
+    with ThreadPoolExecutor(max(1, min(16, len(detached)))) as pool:
+        asked = dict(zip(detached, pool.map(job_status, detached), strict=True))
+    out: list[JobStatus] = []
+    for p in dirs:
+        if p.name in asked:
+            out.append(asked[p.name])
+        elif (p / "run.json").is_file():
+            data = json.loads((p / "run.json").read_text())
+            state = "done" if data["status"] == 0 and not data.get("error") else \
+                "stopped" if data.get("signal") else "failed"
+            out.append(JobStatus(job=p.name, state=state, primary="(here)",
+                                 script=os.path.basename(data["script"]),
+                                 seconds=sum(data["phases"].values()),
+                                 status=data["status"], detail=data.get("error"),
+                                 detached=False))
+    return out
+
+
+def job_logs(job: str, out: BinaryIO, *, follow: bool = False) -> int:
+    """Write a detached job's log (R's stdout and stderr) to ``out``; with ``follow``,
+    keep writing as it grows until the job ends. Returns ssh's exit status."""
+    record, inv, host = load_job(job)
+    follow_cmd = ('pid=$(cat pid 2>/dev/null)\n'
+                  'if [ -n "$pid" ] && kill -s 0 "$pid" 2>/dev/null; then\n'
+                  '  : >>log; exec tail -n +1 -f --pid="$pid" log\nfi\n') if follow else ""
+    script = _enter(job) + follow_cmd + "[ -e log ] && exec cat log\nexit 0\n"
+    proc = subprocess.Popen(argv(inv, host), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            start_new_session=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        proc.stdin.write(script_input(script))
+        proc.stdin.close()
+        while chunk := os.read(proc.stdout.fileno(), 65536):
+            if chunk == b"gone\n":
+                raise JobError(f"job {job}: no {record.remote_dir} on {host.label}", job=job)
+            out.write(chunk)
+            out.flush()
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        proc.wait()
+    if proc.returncode == 255:  # ssh's own failure (tail's and cat's are not ours to judge)
+        raise HostError(f"{host.label}: cannot read the log of job {job} (ssh failed)",
+                        host=host.label, check="logs")
+    return 0
+
+
+_STOP = """\
+pid=$(cat pid 2>/dev/null)
+[ -n "$pid" ] || { echo ended; exit 0; }
+if kill -s 0 "$pid" 2>/dev/null && [ "$(cat state 2>/dev/null)" != ended ]; then
+  kill -s TERM "$pid"
+  i=0
+  while kill -s 0 "$pid" 2>/dev/null && [ $i -lt {polls} ]; do sleep 0.2; i=$((i + 1)); done
+fi
+# Whatever is left of its process group (it is a session of its own) goes now.
+if kill -s 0 -- "-$pid" 2>/dev/null; then
+  kill -s KILL -- "-$pid" 2>/dev/null
+  echo killed
+else
+  echo stopped
+fi
+"""
+
+
+def stop_job(job: str) -> JobStatus:
+    """Stop a detached job and everything it started: SIGTERM for its supervisor (which
+    stops R, whose end stops the cluster, then releases the leases), and SIGKILL for
+    whatever is left of its process group after :data:`STOP_GRACE` seconds. Returns
+    the job's status afterwards. A primary host that cannot be reached raises
+    :class:`~sshcluster.errors.HostError`."""
+    _, inv, host = load_job(job)
+    script = _enter(job) + _STOP.replace("{polls}", str(int(STOP_GRACE * 5)))
+    run_script(inv, host, script, what="stopping the job", timeout=STOP_GRACE + 30)
+    return job_status(job)
+
+
+def fetch_job(job: str, dest: str | os.PathLike[str] | None = None) -> tuple[
+        JobStatus, ResultsReport, RunResult | None]:
+    """Bring a detached job's results (``results/`` from every host's workdir, into
+    ``dest``, by default ``runs/JOB/results``), its log and its workers' logs into its
+    record, and write ``run.json`` once it has ended. Works while it runs too (what
+    is there so far)."""
+    record, inv, host = load_job(job)
+    status = job_status(job)
+    run_dir = Path(record.run_dir)
+    if status.state not in ("lost", "gone"):
+        _fetch_files(inv, host, job, run_dir)
+    hosts = [h for h in inv.hosts if h.label in record.hosts]
+    results = fetch_results(inv, dest if dest is not None else run_dir / "results", hosts)
+    result = None
+    if not status.live and status.state != "gone":
+        result = _record(record, status, run_dir, results)
+        write_record(result)
+    return status, results, result
+
+
+def _fetch_files(inv: Inventory, host: Host, job: str, run_dir: Path) -> None:
+    script = _enter(job) + ("exec tar -cf - log supervisor.log workers r-version r-started "
+                            "launched script-done started leased ended status 2>/dev/null\n")
+    proc = subprocess.run(argv(inv, host), input=script_input(script), capture_output=True,
+                          timeout=300, start_new_session=True)
+    if not proc.stdout:
+        return
+    with tarfile.open(fileobj=io.BytesIO(proc.stdout), mode="r") as tar:
+        for member in tar:
+            if member.isfile() or member.isdir():
+                tar.extract(member, run_dir / "primary", filter="data")
+    workers = run_dir / "primary" / WORKER_LOGS
+    if workers.is_dir():
+        shutil.copytree(workers, run_dir / WORKER_LOGS, dirs_exist_ok=True)
+    if (run_dir / "primary" / "log").is_file():
+        shutil.copyfile(run_dir / "primary" / "log", run_dir / "log")
+
+
+def _record(record: DetachedJob, status: JobStatus, run_dir: Path,
+            results: ResultsReport) -> RunResult:
+    def note(name: str) -> float | None:
+        with contextlib.suppress(OSError, ValueError):
+            return float((run_dir / "primary" / name).read_text().strip())
+        return None
+
+    started, leased, r_started, launched, done, ended = (note(n) for n in (
+        "started", "leased", "r-started", "launched", "script-done", "ended"))
+    phases: dict[str, float] = {}
+    if started is not None and leased is not None:
+        phases["lease"] = leased - started
+    if leased is not None and r_started is not None:
+        phases["r_start"] = max(0.0, r_started - leased)
+    if r_started is not None and launched is not None:
+        phases["launch"] = launched - r_started
+    if launched is not None and done is not None:
+        phases["script"] = done - launched
+    if ended is not None:
+        last = done or launched or r_started or leased or started
+        if last is not None:
+            phases["stop"] = max(0.0, ended - last)
+    versions = {"sshcluster": __version__}
+    with contextlib.suppress(OSError):
+        versions["R"] = (run_dir / "primary" / "r-version").read_text().strip()
+    return RunResult(
+        job=record.job, script=record.script, args=record.args,
+        status=status.status if status.status is not None else 1, hosts=record.hosts,
+        left_out=record.left_out, phases=phases, started=record.started,
+        run_dir=str(run_dir), versions=versions,
+        error=status.detail if status.state == "failed" and status.status is None else None,
+        signal="SIGTERM" if status.state == "stopped" else None,
+        results={"dir": results.dest, "files": results.files, "errors": results.errors})

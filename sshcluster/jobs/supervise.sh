@@ -1,0 +1,116 @@
+# sshcluster run --detach: a job's supervisor on its primary host. It runs in the job's
+# directory (~/.cache/sshcluster/jobs/JOB), in a session of its own (setsid), so the
+# user's ssh connection may end: it owns everything of the job and stops it.
+#   job.env         JOB, RSCRIPT, MODE (try|wait), N (hosts), LEASE_TIMEOUT, STOP_TIMEOUT
+#   args.sh         "set -- ARGS..." (the script's commandArgs(TRUE))
+#   hosts           host I's label on line I
+#   lease.I.in      what host I's lease session reads (lease.sh and its settings)
+#   lease.I.cmd     the command that opens host I's lease session (ssh, or sh here)
+# It writes: pid, started, state (leasing | waiting HOST N WHO... | running | refused
+# HOST JOB<TAB>WHO... | failed WHY | ended), leased, ended, status, stopped, log (R's
+# stdout and stderr), workers/HOST.log and driver.R's notes.
+#
+# Who stops what: the leases last as long as this shell holds the fifo "hold" open for
+# writing (fd 9): each lease session reads it after its script, so when this shell ends,
+# however it ends, every lease session sees the end of its input and ends, and the
+# host's kernel drops the lock. R is this shell's child; if this shell is killed
+# outright, its watcher stops R, and R's end stops the cluster (the launch's own
+# supervisor ends every host's session, and each host stops its workers). No other
+# process holds fd 9 (every command runs with 9>&-).
+umask 077
+. ./job.env
+echo $$ >pid
+date +%s >started
+state() { printf '%s\n' "$*" >state.tmp && mv state.tmp state; }
+rpid=''
+stopping=''
+# SIGTERM (sshcluster stop), SIGINT, SIGHUP: stop R, then end as below.
+trap 'stopping=1; : >stopped; [ -n "$rpid" ] && kill -s TERM "$rpid" 2>/dev/null' TERM INT HUP
+state leasing
+rm -f hold && mkfifo hold && exec 9<>hold || { state "failed cannot make a fifo in $PWD"; exit 1; }
+
+start_lease() {
+  { cat "lease.$1.in"; exec cat <hold; } 9>&- | sh "lease.$1.cmd" >"lease.$1.out" 2>"lease.$1.err" 9>&- &
+  eval "lp_$1=\$!"
+}
+
+finish() {  # $1: the job's status
+  exec 9>&-  # the leases end with their input
+  [ -n "${wpid:-}" ] && kill -s TERM "$wpid" 2>/dev/null
+  i=1
+  while [ $i -le "$N" ]; do  # each lease session within 5 s, or it is ended
+    eval "p=\${lp_$i:-}"
+    k=0
+    while [ -n "$p" ] && kill -s 0 "$p" 2>/dev/null && [ $k -lt 50 ]; do sleep 0.1; k=$((k + 1)); done
+    [ -n "$p" ] && kill -s TERM "$p" 2>/dev/null
+    i=$((i + 1))
+  done
+  echo "$1" >status
+  date +%s >ended
+  state ended
+  exit 0
+}
+
+label() { sed -n "${1}p" hosts; }
+
+# Take the leases: all at once (try), or one host after another in one order (wait), so
+# that two waiting jobs never each hold what the other waits for.
+if [ "$MODE" = try ]; then
+  i=1; while [ $i -le "$N" ]; do start_lease $i; i=$((i + 1)); done
+fi
+deadline=$(( $(date +%s) + LEASE_TIMEOUT ))
+i=1
+while [ $i -le "$N" ]; do
+  [ "$MODE" = wait ] && start_lease $i
+  while :; do
+    [ -n "$stopping" ] && finish 143
+    line=$(tail -n 1 "lease.$i.out" 2>/dev/null)
+    case "$line" in
+      leased) break ;;
+      held\ *) state "refused $(label $i) ${line#held }"; finish 1 ;;
+      wait\ *) state "waiting $(label $i) ${line#wait }" ;;
+      error\ *) state "failed $(label $i): cannot take its lease: ${line#error }"; finish 1 ;;
+    esac
+    eval "p=\$lp_$i"
+    if ! kill -s 0 "$p" 2>/dev/null; then
+      [ "$(tail -n 1 "lease.$i.out" 2>/dev/null)" = leased ] && break
+      why=$(grep -v '^$' "lease.$i.err" 2>/dev/null | tail -n 1)
+      state "failed $(label $i): cannot take its lease from this host: ${why:-its session ended}"
+      finish 1
+    fi
+    if [ "$(date +%s)" -gt "$deadline" ]; then
+      state "failed $(label $i): no answer about its lease in time"; finish 1
+    fi
+    sleep 0.1
+  done
+  i=$((i + 1))
+done
+
+date +%s >leased
+mkdir -p workers
+. ./args.sh
+buffer=''
+command -v stdbuf >/dev/null 2>&1 && buffer='stdbuf -oL'
+SSHCLUSTER_RUN_DIR=$PWD SSHCLUSTER_BOOTSTRAP=$PWD/cluster.R SSHCLUSTER_SCRIPT=$PWD/script.R \
+  SSHCLUSTER_WORKER_LOGS=$PWD/workers SSHCLUSTER_DETACHED=$JOB \
+  $buffer "$RSCRIPT" driver.R "$@" </dev/null >log 2>&1 9>&- &
+rpid=$!
+state running
+# If this shell is killed outright, R must not outlive it.
+me=$$
+( while kill -s 0 "$me" 2>/dev/null && kill -s 0 "$rpid" 2>/dev/null; do sleep 1; done
+  kill -s 0 "$me" 2>/dev/null && exit 0
+  kill -s TERM "$rpid" 2>/dev/null
+  k=0
+  while kill -s 0 "$rpid" 2>/dev/null && [ $k -lt "$STOP_TIMEOUT" ]; do sleep 1; k=$((k + 1)); done
+  kill -s KILL "$rpid" 2>/dev/null ) </dev/null >/dev/null 2>&1 9>&- &
+wpid=$!
+wait "$rpid"; rc=$?
+stop_at=''
+while kill -s 0 "$rpid" 2>/dev/null; do  # a trap cut the wait short: R is stopping
+  [ -z "$stop_at" ] && stop_at=$(( $(date +%s) + STOP_TIMEOUT ))
+  [ "$(date +%s)" -gt "$stop_at" ] && kill -s KILL "$rpid" 2>/dev/null
+  sleep 0.2
+  wait "$rpid"; rc=$?
+done
+finish "$rc"
