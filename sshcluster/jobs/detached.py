@@ -413,9 +413,11 @@ def job_logs(job: str, out: BinaryIO, *, follow: bool = False) -> int:
             out.write(chunk)
             out.flush()
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-        proc.wait()
+        try:  # (the output has ended; ssh still reports the exit status)
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
     if proc.returncode == 255:  # ssh's own failure (tail's and cat's are not ours to judge)
         raise HostError(f"{host.label}: cannot read the log of job {job} (ssh failed)",
                         host=host.label, check="logs")
@@ -473,8 +475,9 @@ def fetch_job(job: str, dest: str | os.PathLike[str] | None = None) -> tuple[
 
 
 def _fetch_files(inv: Inventory, host: Host, job: str, run_dir: Path) -> None:
-    script = _enter(job) + ("exec tar -cf - log supervisor.log workers r-version r-started "
-                            "launched script-done started leased ended status 2>/dev/null\n")
+    script = _enter(job) + ("exec tar -cf - log supervisor.log workers r-version "
+                            "r-started launched script-done started leased r-ended ended "
+                            "status 2>/dev/null\n")
     proc = subprocess.run(argv(inv, host), input=script_input(script), capture_output=True,
                           timeout=300, start_new_session=True)
     if not proc.stdout:
@@ -497,8 +500,9 @@ def _record(record: DetachedJob, status: JobStatus, run_dir: Path,
             return float((run_dir / "primary" / name).read_text().strip())
         return None
 
-    started, leased, r_started, launched, done, ended = (note(n) for n in (
-        "started", "leased", "r-started", "launched", "script-done", "ended"))
+    started, leased, r_started, launched, done, r_ended, ended = (note(n) for n in (
+        "started", "leased", "r-started", "launched", "script-done", "r-ended", "ended"))
+    done = done or r_ended  # (a script that calls quit() notes no end of its own)
     phases: dict[str, float] = {}
     if started is not None and leased is not None:
         phases["lease"] = leased - started

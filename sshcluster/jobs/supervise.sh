@@ -7,7 +7,7 @@
 #   lease.I.in      what host I's lease session reads (lease.sh and its settings)
 #   lease.I.cmd     the command that opens host I's lease session (ssh, or sh here)
 # It writes: pid, started, state (leasing | waiting HOST N WHO... | running | refused
-# HOST JOB<TAB>WHO... | failed WHY | ended), leased, ended, status, stopped, log (R's
+# HOST JOB<TAB>WHO... | failed WHY | ended), leased, r-ended, ended, status, stopped, log (R's
 # stdout and stderr), workers/HOST.log and driver.R's notes.
 #
 # Who stops what: the leases last as long as this shell holds the fifo "hold" open for
@@ -20,7 +20,7 @@
 umask 077
 . ./job.env
 echo $$ >pid
-date +%s >started
+date +%s.%N >started
 state() { printf '%s\n' "$*" >state.tmp && mv state.tmp state; }
 rpid=''
 stopping=''
@@ -46,7 +46,7 @@ finish() {  # $1: the job's status
     i=$((i + 1))
   done
   echo "$1" >status
-  date +%s >ended
+  date +%s.%N >ended
   state ended
   exit 0
 }
@@ -86,7 +86,7 @@ while [ $i -le "$N" ]; do
   i=$((i + 1))
 done
 
-date +%s >leased
+date +%s.%N >leased
 mkdir -p workers
 . ./args.sh
 buffer=''
@@ -113,4 +113,5 @@ while kill -s 0 "$rpid" 2>/dev/null; do  # a trap cut the wait short: R is stopp
   sleep 0.2
   wait "$rpid"; rc=$?
 done
+date +%s.%N >r-ended
 finish "$rc"

@@ -1,0 +1,267 @@
+"""Detached jobs on real test hosts (``sshcluster run --detach``): the job runs on a host
+of the cluster under a supervisor there, outlives the user's connection, and ``jobs``,
+``logs``, ``stop`` and ``fetch`` find it afterwards. Stopped, or its supervisor killed
+outright, nothing of it is left on any host. ``SSHCLUSTER_DETACH_LOOPS=N`` repeats the
+stop and kill cases N times."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sshcluster.inventory import load_inventory
+from sshcluster.jobs import list_leases
+from sshcluster.testing import Testbed
+from sshcluster.testing.fixtures import build_testbed
+from tests.jobs.helpers import JOB_TIMEOUT, inventory, sshcluster, start
+
+#: What a detached job may leave on a host: besides the launch's, the supervisor's
+#: sh, its lease sessions' ssh and cat, logs' tail.
+DETACHED_LEFTOVER = "R|sh|sleep|bash|timeout|ssh|cat|tail|stdbuf"
+LOOPS = int(os.environ.get("SSHCLUSTER_DETACH_LOOPS", "1"))
+
+#: Writes a result on every host, prints, waits for a flag file (up to a minute).
+SCRIPT = """\
+flag <- commandArgs(TRUE)[1]
+cat("started", commandArgs(TRUE)[2], "\\n")
+invisible(parallel::clusterEvalQ(parallelCluster, {
+  dir.create("results", showWarnings = FALSE)
+  writeLines(Sys.info()[["nodename"]], file.path("results", paste0(Sys.getpid(), ".txt")))
+  cat("worker on", Sys.info()[["nodename"]], "\\n")
+}))
+for (i in 1:600) { if (file.exists(flag)) break; Sys.sleep(0.1) }
+cat("finished\\n")
+quit(status = as.integer(commandArgs(TRUE)[3]))
+"""
+
+#: Every worker busy for far longer than a test lets it run.
+BUSY = """\
+cat("started\\n")
+parallel::parLapply(parallelCluster, seq_along(parallelCluster), function(i) Sys.sleep(300))
+"""
+
+
+@pytest.fixture(scope="module")
+def mesh(request: pytest.FixtureRequest, testbed_env: None) -> Iterator[Testbed]:
+    """Three hosts whose root can ssh to each other (the primary host launches)."""
+    yield build_testbed(request, 3, mesh=True)
+
+
+def _inventory(tb: Testbed, tmp_path: Path, workdir: str | None = None) -> Path:
+    inv = inventory(tb, tmp_path / "hosts.yaml")
+    if workdir:
+        data = yaml.safe_load(inv.read_text())
+        data["workdir"] = workdir
+        inv.write_text(yaml.safe_dump(data))
+    return inv
+
+
+def _until_state(job: str, state: Path, wanted: set[str], timeout: float = JOB_TIMEOUT
+                 ) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while True:
+        listed = sshcluster(["jobs", "--json"], state)
+        assert listed.returncode in (0, 1), listed.stderr
+        mine = next(j for j in json.loads(listed.stdout) if j["job"] == job)
+        if mine["state"] in wanted:
+            return mine
+        assert time.monotonic() < deadline, f"job {job} still {mine}"
+        time.sleep(0.5)
+
+
+def _nothing_left(tb: Testbed, inv: Path) -> None:
+    at_once = tb.leftovers(DETACHED_LEFTOVER)
+    later = tb.leftovers(DETACHED_LEFTOVER, wait=30)
+    held = [lease.host for lease in list_leases(load_inventory(inv)) if lease.holder]
+    # (printed for loops of these tests: what was left at once, and 30 s later)
+    print(f"left: at once {sum(map(len, at_once.values()))} processes {at_once}, "
+          f"after 30 s {sum(map(len, later.values()))}, leases held {len(held)}")
+    assert later == {} and held == []
+
+
+def test_a_detached_job_outlives_its_user_and_is_fetched(mesh: Testbed, tmp_path: Path
+                                                         ) -> None:
+    workdir = f"/tmp/sshcluster-detached-{uuid.uuid4().hex[:8]}"
+    inv = _inventory(mesh, tmp_path, workdir)
+    script = tmp_path / "fit.R"
+    script.write_text(SCRIPT)
+    flag, state = tmp_path / "flag", tmp_path / "state"
+    try:
+        done = sshcluster(["run", "--detach", "--json", str(inv), str(script), "--",
+                           str(flag), "a b", "0"], state)
+        assert done.returncode == 0, done.stderr
+        job = json.loads(done.stdout)["job"]
+        first = mesh.hosts[0].address
+        assert json.loads(done.stdout)["primary"] == first
+        assert _until_state(job, state, {"running"})["primary"] == first
+        # Its R runs on the primary host; every host is leased to it.
+        leases = list_leases(load_inventory(inv))
+        assert {lease.holder.job if lease.holder else None for lease in leases} == {job}
+        # The user follows its log, and that connection is cut (killed outright).
+        follower = start(["logs", "-f", job], state)
+        assert follower.stdout is not None
+        assert follower.stdout.readline() == "started a b \n"
+        follower.kill()
+        follower.wait()
+        flag.touch()
+        ended = _until_state(job, state, {"done", "failed", "stopped", "lost"})
+        assert ended["state"] == "done" and ended["status"] == 0, ended
+        logs = sshcluster(["logs", job], state)
+        assert logs.returncode == 0 and logs.stdout.endswith("finished\n"), logs.stderr
+        out = tmp_path / "out"
+        fetched = sshcluster(["fetch", job, "--to", str(out), "--json"], state)
+        assert fetched.returncode == 0, fetched.stderr
+        summary = json.loads(fetched.stdout)
+        # 6 workers each wrote a file named after its pid; the hosts share /tmp here,
+        # so every name is on every host and is kept apart by host
+        got = [p for p in out.rglob("*.txt")]
+        assert len({p.name for p in got}) == 6
+        assert {p.parent.name for p in got} == {h.address for h in mesh.hosts}
+        record = summary["record"]
+        assert record["status"] == 0 and record["args"] == [str(flag), "a b", "0"]
+        assert {"lease", "launch", "script", "stop"} <= set(record["phases"])
+        run_dir = Path(record["run_dir"])
+        assert "finished" in (run_dir / "log").read_text()
+        assert "worker on node2" in (run_dir / "workers" / f"{mesh.hosts[1].address}.log"
+                                     ).read_text()
+    finally:
+        flag.touch()
+        shutil.rmtree(workdir, ignore_errors=True)
+    _nothing_left(mesh, inv)
+
+
+def test_a_failing_detached_job_s_status_and_a_refusal(mesh: Testbed, tmp_path: Path
+                                                       ) -> None:
+    inv = _inventory(mesh, tmp_path)
+    script = tmp_path / "fit.R"
+    script.write_text(SCRIPT)
+    flag, state = tmp_path / "flag", tmp_path / "state"
+    try:
+        done = sshcluster(["run", "--detach", str(inv), str(script), "--", str(flag), "x",
+                           "3"], state)
+        assert done.returncode == 0, done.stderr
+        job = done.stdout.strip()
+        _until_state(job, state, {"running"})
+        # A second job, attached or detached, on the same hosts refuses, naming the first.
+        for detach in (["--detach"], []):
+            second = sshcluster(["run", *detach, str(inv), str(script), "--", str(flag)],
+                                state)
+            assert second.returncode == 1, second.stderr
+            assert f"is leased to job {job}" in second.stderr and "script fit.R" in \
+                second.stderr
+        flag.touch()
+        ended = _until_state(job, state, {"done", "failed", "stopped", "lost"})
+        assert ended["state"] == "failed" and ended["status"] == 3, ended
+    finally:
+        flag.touch()
+    _nothing_left(mesh, inv)
+
+
+def _busy_job(tb: Testbed, tmp_path: Path, state: Path) -> tuple[Path, str]:
+    inv = _inventory(tb, tmp_path)
+    script = tmp_path / "busy.R"
+    script.write_text(BUSY)
+    done = sshcluster(["run", "--detach", "--primary", tb.hosts[1].address, str(inv),
+                       str(script)], state)
+    assert done.returncode == 0, done.stderr
+    job = done.stdout.strip()
+    _until_state(job, state, {"running"})
+    # every worker runs its task: R on every host
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while not all(len(tb.processes(h, "R")) >= 2 for h in tb.hosts):
+        assert time.monotonic() < deadline, "the workers did not start"
+        time.sleep(0.2)
+    return inv, job
+
+
+@pytest.mark.slow
+def test_stop_ends_a_detached_job_and_everything_it_started(mesh: Testbed, tmp_path: Path
+                                                            ) -> None:
+    for attempt in range(LOOPS):
+        state = tmp_path / f"state{attempt}"
+        inv, job = _busy_job(mesh, tmp_path, state)
+        stopped = sshcluster(["stop", "--json", job], state)
+        assert stopped.returncode == 0, stopped.stderr
+        assert json.loads(stopped.stdout)["state"] == "stopped", stopped.stdout
+        _nothing_left(mesh, inv)
+        # stopping it again is harmless
+        assert sshcluster(["stop", job], state).returncode == 0
+
+
+@pytest.mark.slow
+def test_a_supervisor_killed_outright_leaves_nothing(mesh: Testbed, tmp_path: Path) -> None:
+    """SIGKILL for the supervisor alone (no cleanup of its own can run): its watcher
+    stops R, R's end stops the cluster, and the leases end with the supervisor."""
+    for attempt in range(LOOPS):
+        state = tmp_path / f"state{attempt}"
+        inv, job = _busy_job(mesh, tmp_path, state)
+        supervisors = [pid for pid in mesh.processes(mesh.hosts[1], "sh")
+                       if b"supervise.sh" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        # (its subshells, the watcher among them, have the same command line)
+        top = [p for p in supervisors if _parent(p) not in supervisors]
+        assert len(top) == 1, supervisors
+        os.kill(top[0], signal.SIGKILL)
+        _nothing_left(mesh, inv)
+        listed = _until_state(job, state, {"failed", "done", "stopped"})
+        assert listed["state"] == "failed" and "supervisor" in str(listed["detail"])
+
+
+def test_a_job_whose_primary_host_is_lost_is_reported_lost(mesh: Testbed, tmp_path: Path
+                                                           ) -> None:
+    """A record whose primary host cannot be reached: ``jobs`` says lost, not running."""
+    inv = _inventory(mesh, tmp_path)
+    script = tmp_path / "fit.R"
+    script.write_text(SCRIPT)
+    flag, state = tmp_path / "flag", tmp_path / "state"
+    try:
+        done = sshcluster(["run", "--detach", str(inv), str(script), "--", str(flag), "x",
+                           "0"], state)
+        assert done.returncode == 0, done.stderr
+        job = done.stdout.strip()
+        record = state / "runs" / job / "inventory.yaml"
+        data = yaml.safe_load(record.read_text())
+        real = data["hosts"][0]["host"]
+        # the record's primary host now names an address with no sshd behind it
+        data["hosts"][0]["host"] = "127.0.0.9"
+        record.write_text(yaml.safe_dump(data))
+        meta = state / "runs" / job / "detached.json"
+        meta.write_text(meta.read_text().replace(f'"{real}"', '"127.0.0.9"'))
+        listed = sshcluster(["jobs", "--json"], state)
+        assert listed.returncode == 1
+        mine = next(j for j in json.loads(listed.stdout) if j["job"] == job)
+        assert mine["state"] == "lost" and "127.0.0.9" in mine["detail"]
+        # put it back: the job is still there, and ends as it should
+        record.write_text(record.read_text().replace("127.0.0.9", real))
+        meta.write_text(meta.read_text().replace('"127.0.0.9"', f'"{real}"'))
+        flag.touch()
+        assert _until_state(job, state, {"done", "failed"})["state"] == "done"
+    finally:
+        flag.touch()
+    _nothing_left(mesh, inv)
+
+
+def test_job_commands_name_unknown_jobs(tmp_path: Path) -> None:
+    for args in (["logs", "nope"], ["stop", "nope"], ["fetch", "nope"], ["logs", "../x"]):
+        done = subprocess.run([*_cli(), *args], capture_output=True, text=True,
+                              env=dict(os.environ, SSHCLUSTER_STATE_DIR=str(tmp_path)))
+        assert done.returncode == 2, done.stderr
+        assert "no detached job" in done.stderr and "Traceback" not in done.stderr
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _cli() -> list[str]:
+    import sys
+    return [sys.executable, "-m", "sshcluster"]
