@@ -78,6 +78,15 @@ class RenderOptions:
     fork: bool | None = None
     register: tuple[Register, ...] = ()
     worker_output: str | None = None
+    #: Whether the cluster takes its hosts' leases (None: the inventory's ``lease``);
+    #: ``sshcluster run`` renders with False, since the job holds them itself.
+    lease: bool | None = None
+    #: A directory (on the primary) for the workers' output lines, a file per host, in
+    #: place of the primary's stdout (``sshcluster run``'s record; ``~`` is expanded).
+    worker_logs: str | None = None
+    #: Behind the reverse tunnel, every host's session asks for a port of its own, not
+    #: the primary's: a detached job's primary R runs on one of the hosts.
+    own_ports: bool = False
     #: The content hash of the R package environment ``sshcluster sync`` gave the
     #: hosts (``Reference.digest``): its library goes first on the workers' .libPaths().
     library_digest: str | None = None
@@ -92,6 +101,7 @@ class _Plan:
     fork: bool
     register: tuple[Register, ...]
     worker_output: str
+    lease: bool
 
 
 def _plan(inventory: Inventory, opts: RenderOptions) -> _Plan:
@@ -108,8 +118,14 @@ def _plan(inventory: Inventory, opts: RenderOptions) -> _Plan:
     if launch == "classic" and output != "none":
         raise RenderError("worker_output is for the fast launch",
                           hint="use the fast launch, or makeCluster's own outfile")
+    lease = inventory.lease if opts.lease is None else opts.lease
+    if launch == "classic" and lease:
+        raise RenderError("lease: true is for the fast launch (its ssh session on each "
+                          "host holds the lease)",
+                          hint="use the fast launch, or 'sshcluster run', which leases "
+                               "the hosts for any launch")
     return _Plan(launch=launch, tunnel=tunnel, fork=fork, register=register,
-                 worker_output=output)
+                 worker_output=output, lease=lease)
 
 
 def launch_tunnel(inventory: Inventory, options: RenderOptions | None = None) -> Tunnel:
@@ -382,6 +398,9 @@ def _fast(inventory: Inventory, opts: RenderOptions, plan: _Plan) -> list[str]:
             ("workdir", _r_value(inventory.workdir)),
             ("register", _r_value(plan.register)),
             ("worker_output", _r_value(plan.worker_output)),
+            ("lease", _r_value(plan.lease)),
+            ("worker_logs", _r_value(opts.worker_logs)),
+            ("own_ports", _r_value(opts.own_ports)),
             ("remote_script", r_string(_R_SOURCES["remote.sh"])),
             ("supervisor_script", r_string(_R_SOURCES["supervisor.sh"])),
             ("worker_code", r_string(WORKER_CODE)),

@@ -127,7 +127,9 @@ class Inventory:
     relative path is relative to the login directory; None: the login directory itself)
     and where ``push`` copies to by default. ``shared_dir`` is a directory every host
     mounts from one file server (the check verifies it; ``push`` there sends one copy).
-    ``fanout`` is how ``push`` reaches the hosts (see :data:`Fanout`).
+    ``fanout`` is how ``push`` reaches the hosts (see :data:`Fanout`). With ``lease``,
+    a rendered file's cluster leases its hosts as ``sshcluster run`` does, for as long
+    as it lives (each host's session of the fast launch holds that host's lease).
     ``worker_output`` is where the fast launch's workers' output goes: ``none`` (the
     default, as makeCluster's), ``console`` (the primary's, each line after its host's
     name) or an absolute directory on the worker hosts (a file per host in it).
@@ -154,6 +156,7 @@ class Inventory:
     workdir: str | None = None
     shared_dir: str | None = None
     fanout: Fanout = "direct"
+    lease: bool = False
     path: str | None = field(default=None, compare=False)
     check_note: str | None = None
 
@@ -229,7 +232,7 @@ _PRIMARY_KEYS = ("host", "user", "ssh_port")
 _TOP_KEYS = ("primary", "port", "defaults", "hosts", "known_hosts", "r_packages", "launch",
              "tunnel", "fork", "register", "setup_timeout", "locale", "reverse_ssh",
              "worker_output", "packages", "lockfile", "repos", "library", "workdir",
-             "shared_dir", "fanout")
+             "shared_dir", "fanout", "lease")
 
 
 def _host_fields(reader: _Reader, m: Map, where: str,
@@ -307,6 +310,8 @@ def _read(doc: Any, reader: _Reader) -> Inventory:
             how[name] = reader.remote_path(top[name], name, reader.line_of(top, name))
     if "fork" in top:
         how["fork"] = reader.boolean(top["fork"], "fork", reader.line_of(top, "fork"))
+    if "lease" in top:
+        how["lease"] = reader.boolean(top["lease"], "lease", reader.line_of(top, "lease"))
     if "setup_timeout" in top:
         how["setup_timeout"] = reader.integer(
             top["setup_timeout"], "setup_timeout", reader.line_of(top, "setup_timeout"),
@@ -449,6 +454,8 @@ def inventory_to_dict(inv: Inventory) -> dict[str, Any]:
             out[name] = getattr(inv, name)
     if inv.fanout != "direct":
         out["fanout"] = inv.fanout
+    if inv.lease:
+        out["lease"] = True
     hosts = []
     for h in inv.hosts:
         item: dict[str, Any] = {"host": h.host}

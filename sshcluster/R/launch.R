@@ -59,11 +59,17 @@ start <- function(config) {
   S$console <- identical(config$worker_output, "console")
   # Under 'sshcluster run' the workers' lines go to a log per host (in this
   # directory) instead of this R's stdout, where the script's own output goes.
-  S$log_dir <- Sys.getenv("SSHCLUSTER_WORKER_LOGS")
+  S$log_dir <- if (is.null(config$worker_logs)) "" else path.expand(config$worker_logs)
   S$known_hosts <- known_hosts_words(config$known_hosts)
   S$limit <- connection_limit()
   check_connections(S, sum(vapply(config$machines, function(m) as.integer(m$ncore), 1L)))
   S$id <- random_hex(8L)
+  # lease: true: who holds the hosts, as 'sshcluster jobs' shows it (job, who, since,
+  # script; one line of tab-separated fields).
+  S$lease <- paste(paste0("R-", S$id),
+                   paste0(Sys.info()[["user"]], "@", Sys.info()[["nodename"]]),
+                   format(Sys.time(), "%Y-%m-%dT%H:%M:%S+00:00", tz = "UTC"),
+                   gsub("[[:space:]]+", " ", basename(S$key)), sep = "\t")
   S$stop <- function() stop_cluster(S)
   assign(S$id, S, envir = registry)
   S$refused <- 0L
@@ -218,7 +224,7 @@ session_port <- function(S, h) {
   used <- c(S$port, unlist(lapply(Filter(function(s) s$h == h, S$sessions), `[[`, "port")))
   # (A detached job's primary R runs on one of the hosts, where its own port is
   # taken by itself: there every session asks for a port of its own.)
-  if (length(used) == 1L && !nzchar(Sys.getenv("SSHCLUSTER_DETACHED"))) return(S$port)
+  if (length(used) == 1L && !isTRUE(S$config$own_ports)) return(S$port)
   range <- S$config$port_range
   free <- setdiff(seq(range[1], range[2]), used)
   free[strtoi(random_hex(3L), 16L) %% length(free) + 1L]
@@ -290,7 +296,8 @@ remote_command <- function(S, h, port) {
   master <- if (cfg$tunnel) "127.0.0.1" else cfg$workers_reach
   # (remote.sh makes the workdir and starts the workers in it)
   env <- c(locale_assignments(cfg$locale), paste0("SSHCLUSTER_OUTPUT=", cfg$worker_output),
-           if (!is.null(cfg$workdir)) paste0("SSHCLUSTER_WORKDIR=", cfg$workdir))
+           if (!is.null(cfg$workdir)) paste0("SSHCLUSTER_WORKDIR=", cfg$workdir),
+           if (isTRUE(cfg$lease)) paste0("SSHCLUSTER_LEASE=", S$lease))
   paste(
     "exec sh -c", sq(cfg$read_script),
     "sshcluster", sq(rscript), sq(master), port, h, cfg$setup_timeout,

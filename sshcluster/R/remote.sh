@@ -28,6 +28,31 @@ command -v "$r" >/dev/null 2>&1 || {
   echo "sshcluster: $r not found on $(uname -n) (PATH=$PATH); set rscript: in the inventory" >&2
   exit 127
 }
+# lease: true: this session holds the host's lease for as long as it lives, as a job's
+# lease session does (jobs/lease.sh: the same file, a flock the kernel drops when the
+# session's last process ends). A host leased to anyone else fails the launch,
+# naming the holder; an older session of this same cluster (a repair's host that was
+# cut off) ends within SILENCE seconds, so it is waited for.
+if [ -n "${SSHCLUSTER_LEASE:-}" ]; then
+  command -v flock >/dev/null 2>&1 || {
+    echo "sshcluster: flock(1) not found on $(uname -n): lease: true needs util-linux" >&2
+    exit 125
+  }
+  ldir="${HOME:-/tmp}/.cache/sshcluster/leases"
+  ns=$(readlink /proc/self/ns/net 2>/dev/null | tr -dc 0-9)
+  lf="$ldir/$(uname -n)${ns:+-$ns}.lock"
+  mkdir -p "$ldir" && exec 9>>"$lf" || { echo "sshcluster: cannot open $lf" >&2; exit 125; }
+  if ! flock -n 9; then
+    h=$(head -n 1 "$lf")
+    if [ "${h%%	*}" = "${SSHCLUSTER_LEASE%%	*}" ] && flock -w "$silence" 9; then :; else
+      h=$(printf '%s' "$h" | awk -F '\t' '{ printf "job %s (%s, since %s, script %s)", $1, $2, $3, $4 }')
+      echo "sshcluster: $(uname -n) is leased to ${h:-another job}; 'sshcluster jobs' lists the leases" >&2
+      exit 125
+    fi
+  fi
+  : >"$lf"
+  printf '%s\t%s\n' "$SSHCLUSTER_LEASE" "$$" >&9
+fi
 # The inventory's workdir: made if missing, and the workers start in it (a relative
 # one is relative to the login directory, where ssh starts us).
 if [ -n "${SSHCLUSTER_WORKDIR:-}" ]; then

@@ -243,7 +243,8 @@ def start_detached(inventory: Inventory | str | os.PathLike[str],
     run_dir = runs_dir() / job.job
     run_dir.mkdir(parents=True, mode=0o700)
     shutil.copyfile(source, run_dir / "script.R")
-    render = job_render_options(ready, opts.render)
+    render = job_render_options(ready, opts.render, f"~/{_remote_dir(job.job)}/{WORKER_LOGS}",
+                                own_ports=True)
     write_bootstrap(_primary_inventory(ready, host), run_dir / "cluster.R", render)
     files = _job_files(ready, host, job, source, opts.args, opts.wait, opts.wait_timeout)
     files["cluster.R"] = (run_dir / "cluster.R").read_bytes()

@@ -114,8 +114,7 @@ class _Job:
                 err: BinaryIO) -> None:
         env = dict(os.environ, SSHCLUSTER_RUN_DIR=str(self.run_dir),
                    SSHCLUSTER_BOOTSTRAP=str(self.run_dir / "cluster.R"),
-                   SSHCLUSTER_SCRIPT=str(script),
-                   SSHCLUSTER_WORKER_LOGS=str(self.run_dir / WORKER_LOGS))
+                   SSHCLUSTER_SCRIPT=str(script))
         self.started = time.time()  # the R session's notes are wall-clock times too
         with resources.as_file(DRIVER) as driver:
             # Its own session: a Ctrl-C in the terminal reaches the job, which then
@@ -281,8 +280,8 @@ def run(inventory: Inventory | str | os.PathLike[str], script: str | os.PathLike
                     owner.leases = acquire(ready, job, wait=True,
                                            wait_timeout=opts.wait_timeout, on_wait=waiting)
                 phase("lease")
-                write_bootstrap(ready, run_dir / "cluster.R",
-                                job_render_options(ready, opts.render))
+                write_bootstrap(ready, run_dir / "cluster.R", job_render_options(
+                    ready, opts.render, run_dir / WORKER_LOGS))
                 (run_dir / WORKER_LOGS).mkdir()
                 if opts.worker_output:
                     owner.relay = WorkerRelay(run_dir / WORKER_LOGS, stderr or sys.stderr.buffer)

@@ -92,7 +92,6 @@ mkdir -p workers
 buffer=''
 command -v stdbuf >/dev/null 2>&1 && buffer='stdbuf -oL'
 SSHCLUSTER_RUN_DIR=$PWD SSHCLUSTER_BOOTSTRAP=$PWD/cluster.R SSHCLUSTER_SCRIPT=$PWD/script.R \
-  SSHCLUSTER_WORKER_LOGS=$PWD/workers SSHCLUSTER_DETACHED=$JOB \
   $buffer "$RSCRIPT" driver.R "$@" </dev/null >log 2>&1 9>&- &
 rpid=$!
 state running

@@ -2,7 +2,7 @@
 
 The job's launch sends each worker's ``cat``/``message`` lines to its host's session
 (``worker_output: console``) and the primary's R appends them to ``workers/HOST.log``
-in the run directory (``SSHCLUSTER_WORKER_LOGS``), as each task's answer comes in
+in the run directory (the bootstrap's ``worker_logs``), as each task's answer comes in
 and when the cluster stops. :class:`WorkerRelay` follows those files and prints each
 new line after its host's name.
 """
@@ -10,6 +10,7 @@ new line after its host's name.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -24,13 +25,18 @@ WORKER_LOGS = "workers"
 POLL = 0.2
 
 
-def job_render_options(inventory: Inventory, options: RenderOptions) -> RenderOptions:
+def job_render_options(inventory: Inventory, options: RenderOptions,
+                       logs: str | os.PathLike[str], *, own_ports: bool = False
+                       ) -> RenderOptions:
     """``options`` for a job's bootstrap: the workers' output comes to the primary
-    (and so into the per-host logs) unless the inventory or the options send it to a
-    directory on the hosts; the classic launch has no such output."""
+    and into the per-host logs in ``logs`` unless the inventory or the options send it
+    to a directory on the hosts (the classic launch has no such output). The job holds
+    its hosts' leases itself, so its launch takes none. ``own_ports``: see
+    :class:`~sshcluster.bootstrap.RenderOptions`."""
+    options = replace(options, lease=False, own_ports=own_ports)
     launch, output = launch_plan(inventory, options)
     if launch == "fast" and output in ("none", "console"):
-        return replace(options, worker_output="console")
+        return replace(options, worker_output="console", worker_logs=str(logs))
     return options
 
 

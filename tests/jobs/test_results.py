@@ -57,7 +57,7 @@ def test_results_come_back_and_workers_output_is_logged(testbed: Testbed,
                          for name in ("common.txt", "sub/node1.txt", "sub/node2.txt"))
     # what the workers printed: live on stderr after the host, and in the logs
     for label in labels:
-        assert f"[{label}] hello from node" in done.stderr
+        assert f"[{label}] hello from node" in done.stderr, done.stderr
         log = (Path(summary["run_dir"]) / "workers" / f"{label}.log").read_text()
         assert log.count("hello from node") == 2 and log.count("note from node") == 2
     assert "script done" in done.stderr
