@@ -23,7 +23,9 @@ invisible(parallel::clusterEvalQ(parallelCluster, {
   dir.create("results/sub", recursive = TRUE, showWarnings = FALSE)
   writeLines(node, "results/common.txt")
   writeLines(node, file.path("results/sub", paste0(node, ".txt")))
-  cat("hello from", node, "\\n")
+  # (one string, one write: the pieces of cat("a", "b") from two workers on one host
+  # can interleave in the output they share)
+  cat(paste0("hello from ", node, "\\n"))
   message("note from ", node)
 }))
 cat("script done\\n")
