@@ -60,6 +60,13 @@ def _note(message: str) -> None:
               help="With --detach: the host whose supervisor runs the script (default: "
                    "the first host that passed the check). It reaches the other hosts "
                    "by ssh with its own keys and known_hosts.")
+@click.option("--ec2", "ec2_spec", is_flag=True,
+              help="INVENTORY is an EC2 spec: start its fleet for this job ('ec2 up'), "
+                   "run the job on it, then end it ('ec2 down'), also after a failure or "
+                   "a signal.")
+@click.option("--keep", is_flag=True,
+              help="With --ec2: keep the fleet after the job (it still ends at its "
+                   "max_lifetime); 'sshcluster ec2 down NAME' ends it.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the job's summary as JSON on stdout (the script's stdout then "
                    "goes to stderr, so stdout holds only the JSON).")
@@ -68,7 +75,7 @@ def run_command(ctx: click.Context, inventory: str, script: str, args: tuple[str
                 allow_partial: bool, wait: bool, wait_timeout: float, timeout: float,
                 accept_new: bool, concurrency: int, results: str | None,
                 worker_output: bool, detach: bool, primary_host: str | None,
-                as_json: bool) -> None:
+                ec2_spec: bool, keep: bool, as_json: bool) -> None:
     """Run the R SCRIPT on the cluster of INVENTORY, with its hosts leased.
 
     \b
@@ -84,6 +91,10 @@ def run_command(ctx: click.Context, inventory: str, script: str, args: tuple[str
     is kept in ~/.local/state/sshcluster/runs/JOB ($SSHCLUSTER_STATE_DIR/runs).
 
     \b
+    A fleet for one job (up, run, down; --keep keeps it):
+      sshcluster run --ec2 ec2.yaml fit.R
+
+    \b
     Detached (this machine may then sleep or go offline):
       sshcluster run --detach hosts.yaml fit.R     prints the job's id, JOB
       sshcluster jobs                              running, done, failed, lost
@@ -93,6 +104,11 @@ def run_command(ctx: click.Context, inventory: str, script: str, args: tuple[str
     """
     if primary_host is not None and not detach:
         raise click.UsageError("--primary is for --detach")
+    if keep and not ec2_spec:
+        raise click.UsageError("--keep is for --ec2")
+    if ec2_spec and detach:
+        raise click.UsageError("--ec2 runs attached: start the fleet with 'sshcluster ec2 "
+                               "up', then 'sshcluster run --detach' on its inventory")
     if detach and (results is not None or worker_output):
         raise click.UsageError("a detached job's results and workers' logs come with "
                                "'sshcluster fetch JOB'")
@@ -108,8 +124,20 @@ def run_command(ctx: click.Context, inventory: str, script: str, args: tuple[str
         else:
             click.echo(job.job)
         ctx.exit(0)
-    result = run(inventory, script, options, on_event=_note,
-                 stdout=sys.stderr.buffer if as_json else None)
+    out = sys.stderr.buffer if as_json else None
+    if ec2_spec:
+        from sshcluster import ec2
+        from sshcluster.ec2.signals import exit_status
+        from sshcluster.jobs.ec2job import run_ec2
+
+        try:
+            result = run_ec2(inventory, script, options, keep=keep, stdout=out,
+                             on_event=_note, seams=ctx.find_object(ec2.Seams))
+        except KeyboardInterrupt as e:  # during up or down: cleaned up by now
+            _note(f"error: {e or 'interrupted'}")
+            ctx.exit(exit_status(e))
+    else:
+        result = run(inventory, script, options, on_event=_note, stdout=out)
     if as_json:
         click.echo(result.to_json())
     else:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import urllib.request
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -200,3 +201,46 @@ def internet_gateway(client: Any) -> str:
 def state_files(state: Path) -> list[Path]:
     """What the record directory holds besides the owner id (kept there for good)."""
     return [p for p in state.iterdir() if p.name != "owner-id"] if state.is_dir() else []
+
+
+def host_keys(known_hosts: Path) -> dict[str, str]:
+    """address -> "type base64" from a known_hosts file of plain (unhashed) names."""
+    keys: dict[str, str] = {}
+    for line in known_hosts.read_text().splitlines():
+        name, kind, blob = line.split()[:3]
+        keys[name] = f"{kind} {blob}"
+    return keys
+
+
+def moto_with_testbed_key(moto_url: str, testbed: Any) -> tuple[Any, str]:
+    """A fresh moto, an EC2 client for it and an image id; the testbed's client key (the
+    test hosts trust it) is registered as key pair ``testbed``."""
+    urllib.request.urlopen(urllib.request.Request(f"{moto_url}/moto-api/reset",
+                                                  method="POST")).read()
+    client = ec2.make_client(REGION)
+    internet_gateway(client)
+    image = client.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    public = Path(f"{testbed.identity_file}.pub").read_text()
+    client.import_key_pair(KeyName="testbed", PublicKeyMaterial=public.encode())
+    return client, image
+
+
+def testbed_seams(testbed: Any) -> tuple[ec2.AddressOf, ec2.ConsoleText]:
+    """Instances onto the test hosts in order, and a cloud-init console with their keys."""
+    hosts = list(testbed.hosts)
+    keys = host_keys(testbed.known_hosts)
+    assigned: dict[str, Any] = {}
+
+    def address_of(inst: ec2.Instance) -> ec2.Endpoint:
+        host = assigned.setdefault(inst.id, hosts[len(assigned)])
+        return ec2.Endpoint(host.address, 22)
+
+    def console_text(instance_id: str) -> str:
+        host = assigned[instance_id]
+        return ("[   12.1] cloud-init[601]: Generating public/private ed25519 key pair.\r\n"
+                "-----BEGIN SSH HOST KEY KEYS-----\r\n"
+                f"{keys[host.address]} root@{host.hostname}\r\n"
+                "-----END SSH HOST KEY KEYS-----\r\n"
+                "[   12.4] cloud-init[601]: Cloud-init v. 23.1 finished\r\n")
+
+    return address_of, console_text

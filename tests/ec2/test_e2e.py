@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import shlex
 import subprocess
-import urllib.request
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -26,59 +25,16 @@ from sshcluster.inventory import load_inventory
 from sshcluster.preflight import check, verified_inventory
 from sshcluster.quoting import r_string
 
-from .helpers import REGION, internet_gateway
-
-
-def _host_keys(known_hosts: Path) -> dict[str, str]:
-    """address -> "type base64" from a known_hosts file of plain (unhashed) names."""
-    keys: dict[str, str] = {}
-    for line in known_hosts.read_text().splitlines():
-        name, kind, blob = line.split()[:3]
-        keys[name] = f"{kind} {blob}"
-    return keys
-
-
-def _moto_with_testbed_key(moto_url: str, testbed: Any) -> tuple[Any, str]:
-    """A fresh moto, an EC2 client for it and an image id; the testbed's client key (the
-    test hosts trust it) is registered as key pair ``testbed``."""
-    urllib.request.urlopen(urllib.request.Request(f"{moto_url}/moto-api/reset",
-                                                  method="POST")).read()
-    client = ec2.make_client(REGION)
-    internet_gateway(client)
-    image = client.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-    public = Path(f"{testbed.identity_file}.pub").read_text()
-    client.import_key_pair(KeyName="testbed", PublicKeyMaterial=public.encode())
-    return client, image
-
-
-def _seams(testbed: Any) -> tuple[ec2.AddressOf, ec2.ConsoleText]:
-    """Instances onto the test hosts in order, and a cloud-init console with their keys."""
-    hosts = list(testbed.hosts)
-    keys = _host_keys(testbed.known_hosts)
-    assigned: dict[str, Any] = {}
-
-    def address_of(inst: ec2.Instance) -> ec2.Endpoint:
-        host = assigned.setdefault(inst.id, hosts[len(assigned)])
-        return ec2.Endpoint(host.address, 22)
-
-    def console_text(instance_id: str) -> str:
-        host = assigned[instance_id]
-        return ("[   12.1] cloud-init[601]: Generating public/private ed25519 key pair.\r\n"
-                "-----BEGIN SSH HOST KEY KEYS-----\r\n"
-                f"{keys[host.address]} root@{host.hostname}\r\n"
-                "-----END SSH HOST KEY KEYS-----\r\n"
-                "[   12.4] cloud-init[601]: Cloud-init v. 23.1 finished\r\n")
-
-    return address_of, console_text
+from .helpers import REGION, host_keys, moto_with_testbed_key, testbed_seams
 
 
 def test_ec2_up_render_compute_down(moto_url: str, testbed: Any, tmp_path: Path,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SSHCLUSTER_STATE_DIR", str(tmp_path / "state"))
-    client, image = _moto_with_testbed_key(moto_url, testbed)
+    client, image = moto_with_testbed_key(moto_url, testbed)
     hosts = list(testbed.hosts)
-    keys = _host_keys(testbed.known_hosts)
-    address_of, console_text = _seams(testbed)
+    keys = host_keys(testbed.known_hosts)
+    address_of, console_text = testbed_seams(testbed)
     spec = ec2.EC2Spec(name="e2e", region=REGION, image=image, instance_type="t3.medium",
                    count=len(hosts), user="root", max_lifetime=timedelta(hours=1),
                    key_name="testbed", identity_file=str(testbed.identity_file),
@@ -113,7 +69,7 @@ def test_ec2_up_render_compute_down(moto_url: str, testbed: Any, tmp_path: Path,
         assert lines[1].strip() == "1275"
         # the known_hosts that up wrote is what the bootstrap verified the hosts with
         assert inventory.known_hosts is not None
-        assert set(_host_keys(Path(inventory.known_hosts)).values()) == set(keys.values())
+        assert set(host_keys(Path(inventory.known_hosts)).values()) == set(keys.values())
 
     # the context manager ended every instance it started
     live = client.describe_instances(Filters=[
@@ -128,8 +84,8 @@ def _cli_spec(moto_url: str, testbed: Any, tmp_path: Path, monkeypatch: pytest.M
     """A spec file ec2.yaml in ``tmp_path`` (the working directory from now on) for a
     cluster ``name`` of the testbed's hosts, and the client and seams to start it."""
     monkeypatch.setenv("SSHCLUSTER_STATE_DIR", str(tmp_path / "state"))
-    client, image = _moto_with_testbed_key(moto_url, testbed)
-    address_of, console_text = _seams(testbed)
+    client, image = moto_with_testbed_key(moto_url, testbed)
+    address_of, console_text = testbed_seams(testbed)
     monkeypatch.chdir(tmp_path)
     Path("ec2.yaml").write_text(
         f"ec2:\n  name: {name}\n  region: us-east-1\n"
