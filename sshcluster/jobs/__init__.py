@@ -5,15 +5,38 @@
     print(result.status, result.run_dir)
     sshcluster.jobs.list_leases(sshcluster.load_inventory("hosts.yaml"))
 
-See :mod:`sshcluster.jobs.job` (the job), :mod:`sshcluster.jobs.leases` (who holds a
-host) and :mod:`sshcluster.jobs.record` (the run directory).
+    job = sshcluster.jobs.start_detached("hosts.yaml", "fit.R")   # runs on a host
+    sshcluster.jobs.job_status(job.job).state
+    sshcluster.jobs.fetch_job(job.job, "out/")
+
+See :mod:`sshcluster.jobs.job` (the job), :mod:`sshcluster.jobs.detached` (detached
+jobs), :mod:`sshcluster.jobs.ec2job` (a fleet for one job), :mod:`sshcluster.jobs.leases`
+(who holds a host), :mod:`sshcluster.jobs.results` (what comes back),
+:mod:`sshcluster.jobs.workerlog` (what the workers print) and
+:mod:`sshcluster.jobs.record` (the run directory).
 """
 
 from __future__ import annotations
 
+from sshcluster.jobs.detached import (
+    DetachedJob,
+    JobError,
+    JobStatus,
+    NoSuchJob,
+    fetch_job,
+    job_logs,
+    job_status,
+    list_jobs,
+    start_detached,
+    stop_job,
+)
+from sshcluster.jobs.ec2job import run_ec2  # (boto3 is imported only when it runs)
 from sshcluster.jobs.job import RunError, RunOptions, run
 from sshcluster.jobs.leases import JobInfo, Lease, Leases, acquire, describe, list_leases
 from sshcluster.jobs.record import RunResult, runs_dir
+from sshcluster.jobs.results import ResultsReport, fetch_results
 
-__all__ = ["JobInfo", "Lease", "Leases", "RunError", "RunOptions", "RunResult", "acquire",
-           "describe", "list_leases", "run", "runs_dir"]
+__all__ = ["DetachedJob", "JobError", "JobInfo", "JobStatus", "Lease", "Leases",
+           "NoSuchJob", "ResultsReport", "RunError", "RunOptions", "RunResult", "acquire",
+           "describe", "fetch_job", "fetch_results", "job_logs", "job_status", "list_jobs",
+           "list_leases", "run", "run_ec2", "runs_dir", "start_detached", "stop_job"]
