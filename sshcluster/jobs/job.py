@@ -119,12 +119,17 @@ class _Job:
         with resources.as_file(DRIVER) as driver:
             # Its own session: a Ctrl-C in the terminal reaches the job, which then
             # stops R and its cluster in order (not R and its supervisor at once).
+            # Both streams to one place (--json): one pipe, so they stay in R's order.
+            same = out is err
             self.proc = subprocess.Popen(
                 [*_line_buffered(), rscript, str(driver), *args], env=env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                preexec_fn=_die_with_parent)
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        for src, dst in ((self.proc.stdout, out), (self.proc.stderr, err)):
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT if same else subprocess.PIPE,
+                start_new_session=True, preexec_fn=_die_with_parent)
+        assert self.proc.stdout is not None
+        pipes = [(self.proc.stdout, out)]
+        if self.proc.stderr is not None:
+            pipes.append((self.proc.stderr, err))
+        for src, dst in pipes:
             t = threading.Thread(target=self._tee, args=(src, dst), daemon=True)
             t.start()
             self.tees.append(t)
@@ -196,13 +201,29 @@ def _line_buffered() -> list[str]:
 
 
 def _group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs. Zombies do not count: an orphan
+    that has ended waits for init to reap it, which some inits do only now and then
+    (seen here: up to 2 s), and it holds nothing (no lease, no connection)."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    if not os.path.isdir("/proc/self"):
+        return True
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:  # (gone meanwhile)
+            continue
+        # after the name: state, ppid, pgrp
+        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
 
 
 def run(inventory: Inventory | str | os.PathLike[str], script: str | os.PathLike[str],
