@@ -279,7 +279,10 @@ def start_detached(inventory: Inventory | str | os.PathLike[str],
         raise JobError(f"job {job.job}: its supervisor on {host.label} did not take the "
                        "leases in time; stopped", job=job.job)
     if said.startswith("waiting "):
-        tell(f"job {job.job}: waiting in line: {said[8:]}")
+        where, _, rest = said[8:].partition(" ")
+        place, _, ahead = rest.partition(" ")
+        tell(f"job {job.job}: waiting for {where}: place {place} in line, behind "
+             f"{describe(_holder(ahead))}")
     tell(f"job {job.job}: detached on {host.label}; follow it with 'sshcluster logs -f "
          f"{job.job}', stop it with 'sshcluster stop {job.job}'")
     return record
@@ -359,6 +362,10 @@ def job_status(job: str) -> JobStatus:
         return replace(base, state="failed", seconds=seconds,
                        detail="its supervisor ended without a status (killed?)")
     word, _, rest = state.partition(" ")
+    if word == "waiting":  # HOST PLACE JOB<TAB>WHO<TAB>SINCE<TAB>SCRIPT<TAB>PID
+        where, _, rest = rest.partition(" ")
+        place, _, holder = rest.partition(" ")
+        rest = f"{where}: place {place} in line, behind {describe(_holder(holder))}"
     return replace(base, state=word or "leasing", seconds=seconds, detail=rest or None)
 
 

@@ -19,6 +19,14 @@ local({
   note <- function(name, value) writeLines(value, file.path(run_dir, name))
   note("r-version", paste(R.version$major, R.version$minor, sep = "."))
   note("r-started", format(as.numeric(Sys.time()), digits = 15))
+  # 'sshcluster run' starts R while it checks the hosts: wait for its word.
+  if (nzchar(Sys.getenv("SSHCLUSTER_WAIT_GO"))) {
+    Sys.unsetenv("SSHCLUSTER_WAIT_GO")
+    con <- file("stdin")
+    go <- readLines(con, n = 1L)
+    close(con)
+    if (!identical(go, "go")) quit(save = "no", status = 1L)
+  }
   source(Sys.getenv("SSHCLUSTER_BOOTSTRAP"), local = FALSE)
   note("launched", format(as.numeric(Sys.time()), digits = 15))
 })

@@ -108,13 +108,17 @@ class _Job:
         self.log = open(run_dir / "log", "wb")  # noqa: SIM115 (closed by stop())
         self.log_lock = threading.Lock()
         self.started: float | None = None
+        #: When R was told to go on (its bootstrap is ready), wall-clock time.
+        self.go_at: float | None = None
         self.relay: WorkerRelay | None = None
 
     def start_r(self, rscript: str, args: tuple[str, ...], script: Path, out: BinaryIO,
                 err: BinaryIO) -> None:
+        # R starts at once and waits for "go" on its stdin (:meth:`go`): so its own
+        # start-up overlaps the check, and the bootstrap need not exist yet.
         env = dict(os.environ, SSHCLUSTER_RUN_DIR=str(self.run_dir),
                    SSHCLUSTER_BOOTSTRAP=str(self.run_dir / "cluster.R"),
-                   SSHCLUSTER_SCRIPT=str(script))
+                   SSHCLUSTER_SCRIPT=str(script), SSHCLUSTER_WAIT_GO="1")
         self.started = time.time()  # the R session's notes are wall-clock times too
         with resources.as_file(DRIVER) as driver:
             # Its own session: a Ctrl-C in the terminal reaches the job, which then
@@ -122,7 +126,7 @@ class _Job:
             # Both streams to one place (--json): one pipe, so they stay in R's order.
             same = out is err
             self.proc = subprocess.Popen(
-                [*_line_buffered(), rscript, str(driver), *args], env=env, stdin=subprocess.DEVNULL,
+                [*_line_buffered(), rscript, str(driver), *args], env=env, stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT if same else subprocess.PIPE,
                 start_new_session=True, preexec_fn=_die_with_parent)
         assert self.proc.stdout is not None
@@ -133,6 +137,15 @@ class _Job:
             t = threading.Thread(target=self._tee, args=(src, dst), daemon=True)
             t.start()
             self.tees.append(t)
+
+    def go(self) -> None:
+        """Tell the waiting R session to source the bootstrap and run the script (its
+        stdin then ends, as Rscript's would with nothing on it)."""
+        assert self.proc is not None and self.proc.stdin is not None
+        self.go_at = time.time()
+        with contextlib.suppress(OSError):  # R ended already: wait_r() says how
+            self.proc.stdin.write(b"go\n")
+            self.proc.stdin.close()
 
     def _tee(self, src: BinaryIO, dst: BinaryIO) -> None:
         # Chunks as they come, not lines: a progress bar without newlines streams too.
@@ -283,11 +296,14 @@ def run(inventory: Inventory | str | os.PathLike[str], script: str | os.PathLike
     with signal_guard() as guard:
         try:
             try:
+                out, err = stdout or sys.stdout.buffer, stderr or sys.stderr.buffer
                 if not opts.wait:
-                    # The leases are asked for while the hosts are checked: one ssh
-                    # round trip per host less in the job's time.
-                    with guard.critical():
+                    # The leases are asked for, and R starts, while the hosts are
+                    # checked: one ssh round trip per host and R's start-up less in
+                    # the job's time. (With --wait, R starts once the hosts are ours.)
+                    with guard.critical():  # a signal waits until the pids are noted
                         owner.leases = ask(inv, job)
+                        owner.start_r(opts.rscript, opts.args, copy.resolve(), out, err)
                 report = check(inv, timeout=opts.timeout, concurrency=opts.concurrency,
                                accept_new=opts.accept_new)
                 ready = verified_inventory(report, inv, allow_partial=opts.allow_partial)
@@ -307,9 +323,10 @@ def run(inventory: Inventory | str | os.PathLike[str], script: str | os.PathLike
                 if opts.worker_output:
                     owner.relay = WorkerRelay(run_dir / WORKER_LOGS, stderr or sys.stderr.buffer)
                 phase("render")
-                with guard.critical():  # a signal waits until R's pid is noted
-                    owner.start_r(opts.rscript, opts.args, copy.resolve(),
-                                  stdout or sys.stdout.buffer, stderr or sys.stderr.buffer)
+                if owner.proc is None:
+                    with guard.critical():  # a signal waits until R's pid is noted
+                        owner.start_r(opts.rscript, opts.args, copy.resolve(), out, err)
+                owner.go()
                 state.status = owner.wait_r()
                 phase("script")
             except BaseException as e:
@@ -317,7 +334,7 @@ def run(inventory: Inventory | str | os.PathLike[str], script: str | os.PathLike
         except Interrupted as e:
             state.status, state.signal = e.exit_status, signal_name(e.signum)
             tell(f"job {job.job}: {signal_name(e.signum)}: stopping the cluster")
-            phase("script" if owner.proc is not None else "interrupted")
+            phase("script" if owner.go_at is not None else "interrupted")
         except SshclusterError as e:
             state.error = e.message
             phase("failed")
@@ -326,7 +343,7 @@ def run(inventory: Inventory | str | os.PathLike[str], script: str | os.PathLike
             with guard.cleanup():
                 owner.stop_r()
                 phase("stop")
-                if opts.results is not None and owner.started is not None and state.hosts:
+                if opts.results is not None and owner.go_at is not None and state.hosts:
                     # (still leased: no other job's workers write there yet)
                     got = fetch_results(ready, opts.results)
                     state.results = {"dir": got.dest, "files": got.files,
@@ -338,21 +355,21 @@ def run(inventory: Inventory | str | os.PathLike[str], script: str | os.PathLike
                     owner.leases.release()
                 phase("release")
                 owner.close()
-                result = _result(job, source, opts, run_dir, phases, state, owner.started)
+                result = _result(job, source, opts, run_dir, phases, state, owner.go_at)
                 write_record(result)
     return result
 
 
 def _result(job: JobInfo, source: Path, opts: RunOptions, run_dir: Path,
-            phases: dict[str, float], state: _State, popen: float | None) -> RunResult:
+            phases: dict[str, float], state: _State, go_at: float | None) -> RunResult:
     """The record, with R's start, the launch and the script's own time told apart by
-    the notes the R session wrote (``driver.R``; wall-clock times, as ``popen`` is)."""
+    the notes the R session wrote (``driver.R``; wall-clock times, as ``go_at`` is)."""
     started, launched, done = (read_note(run_dir, n) for n in ("r-started", "launched",
                                                                  "script-done"))
-    if "script" in phases and popen is not None and started and launched:
-        whole = phases["script"]  # from R's start to its end, as this process saw it
-        start = max(0.0, float(started) - popen)
-        launch = float(launched) - float(started)
+    if "script" in phases and go_at is not None and started and launched:
+        whole = phases["script"]  # from R's go to its end, as this process saw it
+        start = max(0.0, float(started) - go_at)  # (R's start-up not hidden by the check)
+        launch = float(launched) - max(float(started), go_at)
         own = (float(done) - float(launched)) if done else max(0.0, whole - start - launch)
         phases = {**{k: v for k, v in phases.items() if k != "script"},
                   "r_start": start, "launch": launch, "script": own}

@@ -167,6 +167,35 @@ def test_a_failing_detached_job_s_status_and_a_refusal(mesh: Testbed, tmp_path: 
     _nothing_left(mesh, inv)
 
 
+def test_a_detached_job_waits_in_line(mesh: Testbed, tmp_path: Path) -> None:
+    """--detach --wait: the second job returns at once, waiting in line behind the
+    first (jobs says so), and runs when the first has ended."""
+    inv = _inventory(mesh, tmp_path)
+    script = tmp_path / "fit.R"
+    script.write_text(SCRIPT)
+    flag, state = tmp_path / "flag", tmp_path / "state"
+    try:
+        first = sshcluster(["run", "--detach", str(inv), str(script), "--", str(flag), "1",
+                            "0"], state)
+        assert first.returncode == 0, first.stderr
+        job1 = first.stdout.strip()
+        _until_state(job1, state, {"running"})
+        second = sshcluster(["run", "--detach", "--wait", str(inv), str(script), "--",
+                             str(flag), "2", "0"], state)
+        assert second.returncode == 0, second.stderr
+        assert f"place 1 in line, behind job {job1}" in second.stderr
+        job2 = second.stdout.strip()
+        waiting = _until_state(job2, state, {"waiting"})
+        assert f"behind job {job1}" in str(waiting["detail"])
+        flag.touch()
+        for job in (job1, job2):
+            assert _until_state(job, state, {"done", "failed", "stopped"})["state"] == "done"
+        assert sshcluster(["logs", job2], state).stdout.startswith("started 2")
+    finally:
+        flag.touch()
+    _nothing_left(mesh, inv)
+
+
 def _busy_job(tb: Testbed, tmp_path: Path, state: Path) -> tuple[Path, str]:
     inv = _inventory(tb, tmp_path)
     script = tmp_path / "busy.R"
