@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from sshcluster.testing import Testbed
+from sshcluster.testing.fixtures import MakeTestbed
 from tests.jobs.helpers import LEFTOVER, inventory
 from tests.jobs.helpers import sshcluster as sshcluster_cli
 
@@ -64,3 +65,36 @@ def test_results_come_back_and_workers_output_is_logged(testbed: Testbed,
         assert log.count("hello from node") == 2 and log.count("note from node") == 2
     assert "script done" in done.stderr
     assert testbed.leftovers(LEFTOVER, wait=15) == {}
+
+
+def test_names_on_one_host_come_back_as_they_are(make_testbed: MakeTestbed,
+                                                 tmp_path: Path) -> None:
+    """Hosts with a workdir of their own (a tmpfs each): a name found on one host lands
+    at DIR/NAME, one found on both at DIR/HOST/NAME; a link a host holds is not
+    followed or copied, so nothing lands outside DIR."""
+    tb = make_testbed(2, private_dirs={"/srv": "16m"})
+    inv = inventory(tb, tmp_path / "hosts.yaml")
+    data = yaml.safe_load(inv.read_text())
+    data["workdir"] = "/srv/job"
+    inv.write_text(yaml.safe_dump(data))
+    script = tmp_path / "write.R"
+    script.write_text("""\
+invisible(parallel::clusterEvalQ(parallelCluster, {
+  node <- Sys.info()[["nodename"]]
+  dir.create("results", showWarnings = FALSE)
+  writeLines(node, file.path("results", paste0("only-", node, ".txt")))
+  writeLines(node, "results/both.txt")
+  if (!file.exists("results/escape")) file.symlink("/etc", "results/escape")
+}))
+""")
+    out = tmp_path / "out"
+    done = sshcluster_cli(["run", "--results", str(out), str(inv), str(script)],
+                          tmp_path / "state")
+    assert done.returncode == 0, done.stderr
+    a, b = (h["host"] for h in data["hosts"])
+    got = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    assert got == sorted(["only-node1.txt", "only-node2.txt", a, f"{a}/both.txt", b,
+                          f"{b}/both.txt"])
+    assert (out / a / "both.txt").read_text() == "node1\n"
+    assert (out / b / "both.txt").read_text() == "node2\n"
+    assert tb.leftovers(LEFTOVER, wait=15) == {}
