@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,7 +17,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from click.testing import CliRunner
 
+from sshcluster.cli import cli
 from sshcluster.inventory import load_inventory
 from sshcluster.jobs import list_leases
 from sshcluster.testing import Testbed
@@ -279,18 +280,17 @@ def test_a_job_whose_primary_host_is_lost_is_reported_lost(mesh: Testbed, tmp_pa
     _nothing_left(mesh, inv)
 
 
-def test_job_commands_name_unknown_jobs(tmp_path: Path) -> None:
+def test_job_commands_name_unknown_jobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                       ) -> None:
+    monkeypatch.setenv("SSHCLUSTER_STATE_DIR", str(tmp_path))
     for args in (["logs", "nope"], ["stop", "nope"], ["fetch", "nope"], ["logs", "../x"]):
-        done = subprocess.run([*_cli(), *args], capture_output=True, text=True,
-                              env=dict(os.environ, SSHCLUSTER_STATE_DIR=str(tmp_path)))
-        assert done.returncode == 2, done.stderr
-        assert "no detached job" in done.stderr and "Traceback" not in done.stderr
+        done = CliRunner().invoke(cli, args)
+        assert done.exit_code == 2, done.output
+        assert "no detached job" in done.output and done.exception is not None
+        assert isinstance(done.exception, SystemExit)  # a message, not a traceback
 
 
 def _parent(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
-def _cli() -> list[str]:
-    import sys
-    return [sys.executable, "-m", "sshcluster"]
