@@ -225,7 +225,7 @@ def moto_with_testbed_key(moto_url: str, testbed: Any) -> tuple[Any, str]:
     return client, image
 
 
-def testbed_seams(testbed: Any) -> tuple[ec2.AddressOf, ec2.ConsoleText]:
+def seams_onto_testbed(testbed: Any) -> tuple[ec2.AddressOf, ec2.ConsoleText]:
     """Instances onto the test hosts in order, and a cloud-init console with their keys."""
     hosts = list(testbed.hosts)
     keys = host_keys(testbed.known_hosts)

@@ -25,7 +25,7 @@ from sshcluster.inventory import load_inventory
 from sshcluster.preflight import check, verified_inventory
 from sshcluster.quoting import r_string
 
-from .helpers import REGION, host_keys, moto_with_testbed_key, testbed_seams
+from .helpers import REGION, host_keys, moto_with_testbed_key, seams_onto_testbed
 
 
 def test_ec2_up_render_compute_down(moto_url: str, testbed: Any, tmp_path: Path,
@@ -34,7 +34,7 @@ def test_ec2_up_render_compute_down(moto_url: str, testbed: Any, tmp_path: Path,
     client, image = moto_with_testbed_key(moto_url, testbed)
     hosts = list(testbed.hosts)
     keys = host_keys(testbed.known_hosts)
-    address_of, console_text = testbed_seams(testbed)
+    address_of, console_text = seams_onto_testbed(testbed)
     spec = ec2.EC2Spec(name="e2e", region=REGION, image=image, instance_type="t3.medium",
                    count=len(hosts), user="root", max_lifetime=timedelta(hours=1),
                    key_name="testbed", identity_file=str(testbed.identity_file),
@@ -85,7 +85,7 @@ def _cli_spec(moto_url: str, testbed: Any, tmp_path: Path, monkeypatch: pytest.M
     cluster ``name`` of the testbed's hosts, and the client and seams to start it."""
     monkeypatch.setenv("SSHCLUSTER_STATE_DIR", str(tmp_path / "state"))
     client, image = moto_with_testbed_key(moto_url, testbed)
-    address_of, console_text = testbed_seams(testbed)
+    address_of, console_text = seams_onto_testbed(testbed)
     monkeypatch.chdir(tmp_path)
     Path("ec2.yaml").write_text(
         f"ec2:\n  name: {name}\n  region: us-east-1\n"

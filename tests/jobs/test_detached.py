@@ -141,6 +141,7 @@ def test_a_detached_job_outlives_its_user_and_is_fetched(mesh: Testbed, tmp_path
     _nothing_left(mesh, inv)
 
 
+@pytest.mark.slow  # (the issue's cases beyond the first, each a job or two)
 def test_a_failing_detached_job_s_status_and_a_refusal(mesh: Testbed, tmp_path: Path
                                                        ) -> None:
     inv = _inventory(mesh, tmp_path)
@@ -168,6 +169,7 @@ def test_a_failing_detached_job_s_status_and_a_refusal(mesh: Testbed, tmp_path: 
     _nothing_left(mesh, inv)
 
 
+@pytest.mark.slow  # (the issue's cases beyond the first, each a job or two)
 def test_a_detached_job_waits_in_line(mesh: Testbed, tmp_path: Path) -> None:
     """--detach --wait: the second job returns at once, waiting in line behind the
     first (jobs says so), and runs when the first has ended."""
@@ -246,6 +248,7 @@ def test_a_supervisor_killed_outright_leaves_nothing(mesh: Testbed, tmp_path: Pa
         assert listed["state"] == "failed" and "supervisor" in str(listed["detail"])
 
 
+@pytest.mark.slow  # (the issue's cases beyond the first, each a job or two)
 def test_a_job_whose_primary_host_is_lost_is_reported_lost(mesh: Testbed, tmp_path: Path
                                                            ) -> None:
     """A record whose primary host cannot be reached: ``jobs`` says lost, not running."""

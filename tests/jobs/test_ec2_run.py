@@ -21,7 +21,7 @@ from sshcluster import ec2
 from sshcluster.cli import cli
 from sshcluster.jobs.ec2job import run_ec2
 from sshcluster.testing import Testbed
-from tests.ec2.helpers import moto_with_testbed_key, nothing_left, testbed_seams
+from tests.ec2.helpers import moto_with_testbed_key, nothing_left, seams_onto_testbed
 from tests.jobs.helpers import JOB_TIMEOUT, LEFTOVER
 
 pytestmark = pytest.mark.slow  # a fleet per test
@@ -31,7 +31,7 @@ def _spec(moto_url: str, testbed: Testbed, tmp_path: Path, monkeypatch: pytest.M
           name: str) -> tuple[Any, ec2.Seams, Path]:
     monkeypatch.setenv("SSHCLUSTER_STATE_DIR", str(tmp_path / "state"))
     client, image = moto_with_testbed_key(moto_url, testbed)
-    address_of, console_text = testbed_seams(testbed)
+    address_of, console_text = seams_onto_testbed(testbed)
     spec = tmp_path / "ec2.yaml"
     spec.write_text(
         f"ec2:\n  name: {name}\n  region: us-east-1\n  image: {image}\n"
