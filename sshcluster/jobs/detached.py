@@ -46,7 +46,7 @@ from sshcluster.bootstrap import END_OF_SCRIPT, READ_SCRIPT, ssh_command, write_
 from sshcluster.errors import HostError, HostLeased, SshclusterError
 from sshcluster.inventory import Host, Inventory, Primary, dump_inventory, load_inventory
 from sshcluster.jobs.leases import LEASE_SCRIPT, LEASE_TIMEOUT, JobInfo, describe
-from sshcluster.jobs.record import RunResult, runs_dir, write_record
+from sshcluster.jobs.record import RunResult, owner_alive, runs_dir, write_record
 from sshcluster.jobs.remote import argv, run_script, script_input, settings
 from sshcluster.jobs.results import ResultsReport, fetch_results
 from sshcluster.jobs.workerlog import WORKER_LOGS, job_render_options
@@ -398,6 +398,13 @@ def list_jobs() -> list[JobStatus]:
                                  seconds=sum(data["phases"].values()),
                                  status=data["status"], detail=data.get("error"),
                                  detached=False))
+        elif (p / "owner").is_file():  # an attached job without its record (yet)
+            alive = owner_alive(p)
+            out.append(JobStatus(
+                job=p.name, state="running" if alive else "failed", primary="(here)",
+                script=((p / "owner").read_text().splitlines()[1:] or [""])[0],
+                detached=False,
+                detail=None if alive else "its process ended without a record (killed?)"))
     return out
 
 

@@ -41,7 +41,7 @@ from sshcluster.jobs.leases import (
     describe,
     settle,
 )
-from sshcluster.jobs.record import RunResult, read_note, runs_dir, write_record
+from sshcluster.jobs.record import RunResult, read_note, runs_dir, write_owner, write_record
 from sshcluster.jobs.results import fetch_results
 from sshcluster.jobs.workerlog import WORKER_LOGS, WorkerRelay, job_render_options
 from sshcluster.preflight import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT, check, verified_inventory
@@ -272,6 +272,7 @@ def run(inventory: Inventory | str | os.PathLike[str], script: str | os.PathLike
     job = JobInfo.new(str(source))
     run_dir = runs_dir() / job.job
     run_dir.mkdir(parents=True, mode=0o700)
+    write_owner(run_dir, job.script)
     copy = run_dir / ("script" + (source.suffix or ".R"))
     shutil.copyfile(source, copy)
     phases: dict[str, float] = {}

@@ -79,6 +79,34 @@ def write_record(result: RunResult) -> Path:
     return path
 
 
+def _start_time(pid: int) -> str | None:
+    """When process ``pid`` started (Linux: field 22 of /proc/PID/stat), so that a new
+    process that got an old pid is not taken for the old one."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def write_owner(run_dir: Path, script: str) -> None:
+    """Note in ``run_dir`` which process runs the job (``owner``: its pid and start
+    time, then the script's name)."""
+    (run_dir / "owner").write_text(
+        f"{os.getpid()} {_start_time(os.getpid()) or ''}\n{os.path.basename(script)}\n")
+
+
+def owner_alive(run_dir: Path) -> bool:
+    """Whether the process that noted itself as the job's owner still runs."""
+    try:
+        first = (run_dir / "owner").read_text().splitlines()[0]
+        pid_text, _, start = first.strip().partition(" ")
+        pid = int(pid_text)
+        os.kill(pid, 0)
+    except (OSError, ValueError, IndexError):
+        return False
+    return not start or _start_time(pid) == start
+
+
 def read_note(run_dir: Path, name: str) -> str | None:
     """A note the job's R session wrote (``driver.R``), or None."""
     try:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from sshcluster.jobs import RunResult, runs_dir
-from sshcluster.jobs.record import read_note, write_record
+from sshcluster.jobs.detached import list_jobs
+from sshcluster.jobs.record import read_note, write_owner, write_record
 
 
 def test_runs_live_under_the_state_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -35,3 +37,22 @@ def test_a_missing_note_is_none(tmp_path: Path) -> None:
     assert read_note(tmp_path, "launched") is None
     (tmp_path / "launched").write_text("12.5\n")
     assert read_note(tmp_path, "launched") == "12.5"
+
+
+def test_jobs_lists_an_attached_job_that_runs_or_died(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """An attached job without its run.json: running while its process lives, failed
+    once that process is gone (a killed job writes no record)."""
+    monkeypatch.setenv("SSHCLUSTER_STATE_DIR", str(tmp_path))
+    alive = tmp_path / "runs" / "20260101-000000-aaaaaa"
+    dead = tmp_path / "runs" / "20260101-000000-bbbbbb"
+    for d in (alive, dead):
+        d.mkdir(parents=True)
+    write_owner(alive, "/x/fit.R")
+    proc = subprocess.Popen(["sleep", "0"])
+    proc.wait()
+    (dead / "owner").write_text(f"{proc.pid} 1\nfit.R\n")
+    jobs = {j.job: j for j in list_jobs()}
+    assert jobs[alive.name].state == "running" and jobs[alive.name].script == "fit.R"
+    assert jobs[dead.name].state == "failed"
+    assert "without a record" in str(jobs[dead.name].detail)
