@@ -200,7 +200,7 @@ def jobs_command(ctx: click.Context, inventory: str | None, as_json: bool) -> No
                    "the job running).")
 @click.pass_context
 def logs_command(ctx: click.Context, job: str, follow: bool) -> None:
-    """Show the log (the script's stdout and stderr) of the detached JOB.
+    """Show the log (the script's stdout and stderr) of JOB (detached or not).
 
     The workers' own output is in the record after 'sshcluster fetch JOB'
     (workers/HOST.log).

@@ -408,9 +408,29 @@ def list_jobs() -> list[JobStatus]:
     return out
 
 
+def _local_logs(run_dir: Path, out: BinaryIO, follow: bool) -> int:
+    """An attached job's log, from its record here; ``follow``: until its process ends."""
+    seen = 0
+    while True:
+        alive = follow and owner_alive(run_dir) and not (run_dir / "run.json").exists()
+        with contextlib.suppress(OSError), (run_dir / "log").open("rb") as f:
+            f.seek(seen)
+            chunk = f.read()
+            seen += len(chunk)
+            out.write(chunk)
+            out.flush()
+        if not alive:
+            return 0
+        time.sleep(0.2)
+
+
 def job_logs(job: str, out: BinaryIO, *, follow: bool = False) -> int:
-    """Write a detached job's log (R's stdout and stderr) to ``out``; with ``follow``,
-    keep writing as it grows until the job ends. Returns ssh's exit status."""
+    """Write a job's log (R's stdout and stderr) to ``out``; with ``follow``, keep
+    writing as it grows until the job ends. A detached job's comes from its primary
+    host, an attached one's from its record here. Returns 0."""
+    if _safe_id(job) and (runs_dir() / job / "log").is_file() \
+            and not (runs_dir() / job / "detached.json").is_file():
+        return _local_logs(runs_dir() / job, out, follow)
     record, inv, host = load_job(job)
     follow_cmd = ('pid=$(cat pid 2>/dev/null)\n'
                   'if [ -n "$pid" ] && kill -s 0 "$pid" 2>/dev/null; then\n'

@@ -7,7 +7,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from sshcluster.cli import cli
 from sshcluster.jobs import RunResult, runs_dir
 from sshcluster.jobs.detached import list_jobs
 from sshcluster.jobs.record import read_note, write_owner, write_record
@@ -56,3 +58,14 @@ def test_jobs_lists_an_attached_job_that_runs_or_died(tmp_path: Path,
     assert jobs[alive.name].state == "running" and jobs[alive.name].script == "fit.R"
     assert jobs[dead.name].state == "failed"
     assert "without a record" in str(jobs[dead.name].detail)
+
+
+def test_logs_shows_an_attached_job_s_log(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSHCLUSTER_STATE_DIR", str(tmp_path))
+    run_dir = tmp_path / "runs" / "20260101-000000-cccccc"
+    run_dir.mkdir(parents=True)
+    (run_dir / "log").write_bytes(b"line 1\nline 2\n")
+    (run_dir / "run.json").write_text("{}\n")
+    result = CliRunner().invoke(cli, ["logs", "-f", run_dir.name])
+    assert result.exit_code == 0 and result.output == "line 1\nline 2\n"
