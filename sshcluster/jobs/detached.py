@@ -45,6 +45,7 @@ from sshcluster import __version__
 from sshcluster.bootstrap import END_OF_SCRIPT, READ_SCRIPT, ssh_command, write_bootstrap
 from sshcluster.errors import HostError, HostLeased, SshclusterError
 from sshcluster.inventory import Host, Inventory, Primary, dump_inventory, load_inventory
+from sshcluster.jobs.job import RunError, RunOptions
 from sshcluster.jobs.leases import LEASE_SCRIPT, LEASE_TIMEOUT, JobInfo, describe
 from sshcluster.jobs.record import RunResult, owner_alive, runs_dir, write_record
 from sshcluster.jobs.remote import argv, run_script, script_input, settings
@@ -209,7 +210,7 @@ echo "timeout"
 
 
 def start_detached(inventory: Inventory | str | os.PathLike[str],
-                   script: str | os.PathLike[str], options: Any = None, *,
+                   script: str | os.PathLike[str], options: RunOptions | None = None, *,
                    primary: str | None = None,
                    on_event: Callable[[str], None] | None = None) -> DetachedJob:
     """Start ``script`` as a detached job (see the module's text) on the hosts of
@@ -219,8 +220,6 @@ def start_detached(inventory: Inventory | str | os.PathLike[str],
     job raises :class:`~sshcluster.errors.HostLeased`; a failed check
     :class:`~sshcluster.errors.CheckFailed`; a job that cannot start
     :class:`JobError`."""
-    from sshcluster.jobs.job import RunError, RunOptions
-
     opts = options or RunOptions()
     tell = on_event or (lambda message: None)
     inv = inventory if isinstance(inventory, Inventory) else load_inventory(inventory)
