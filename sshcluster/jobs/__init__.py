@@ -9,27 +9,18 @@
     sshcluster.jobs.job_status(job.job).state
     sshcluster.jobs.fetch_job(job.job, "out/")
 
-See :mod:`sshcluster.jobs.job` (the job), :mod:`sshcluster.jobs.detached` (detached
-jobs), :mod:`sshcluster.jobs.ec2job` (a fleet for one job), :mod:`sshcluster.jobs.leases`
-(who holds a host), :mod:`sshcluster.jobs.results` (what comes back),
+See :mod:`sshcluster.jobs.job` (the job), :mod:`sshcluster.jobs.detached` (starting a
+detached job), :mod:`sshcluster.jobs.control` (coming back to it),
+:mod:`sshcluster.jobs.ec2job` (a fleet for one job), :mod:`sshcluster.jobs.leases` (who
+holds a host), :mod:`sshcluster.jobs.results` (what comes back),
 :mod:`sshcluster.jobs.workerlog` (what the workers print) and
 :mod:`sshcluster.jobs.record` (the run directory).
 """
 
 from __future__ import annotations
 
-from sshcluster.jobs.detached import (
-    DetachedJob,
-    JobError,
-    JobStatus,
-    NoSuchJob,
-    fetch_job,
-    job_logs,
-    job_status,
-    list_jobs,
-    start_detached,
-    stop_job,
-)
+from sshcluster.jobs.control import fetch_job, job_logs, job_status, list_jobs, stop_job
+from sshcluster.jobs.detached import DetachedJob, JobError, JobStatus, NoSuchJob, start_detached
 from sshcluster.jobs.ec2job import run_ec2  # (boto3 is imported only when it runs)
 from sshcluster.jobs.job import RunError, RunOptions, run
 from sshcluster.jobs.leases import JobInfo, Lease, Leases, acquire, describe, list_leases

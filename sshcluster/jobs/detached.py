@@ -1,9 +1,10 @@
 """Detached jobs: ``sshcluster run --detach``. The job's primary R runs on a host of the
 cluster, under a small supervisor there (``supervise.sh``) that outlives the user's
-connection; the user comes back with ``jobs``, ``logs``, ``stop`` and ``fetch``.
+connection; the user comes back with ``jobs``, ``logs``, ``stop`` and ``fetch``
+(:mod:`sshcluster.jobs.control`).
 
     job = start_detached("hosts.yaml", "fit.R", RunOptions(args=("10",)))
-    job_status(job.job).state        # leasing, waiting, running, ended, lost ...
+    job_status(job.job).state        # leasing, waiting, running, done, lost ...
     stop_job(job.job)                # stops R, its cluster and the leases
     fetch_job(job.job)               # results/ from every host, the log, run.json
 
@@ -31,25 +32,21 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import tarfile
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-from sshcluster import __version__
 from sshcluster.bootstrap import END_OF_SCRIPT, READ_SCRIPT, ssh_command, write_bootstrap
 from sshcluster.errors import HostError, HostLeased, SshclusterError
 from sshcluster.inventory import Host, Inventory, Primary, dump_inventory, load_inventory
 from sshcluster.jobs.job import RunError, RunOptions
 from sshcluster.jobs.leases import LEASE_SCRIPT, LEASE_TIMEOUT, JobInfo, describe
-from sshcluster.jobs.record import RunResult, owner_alive, runs_dir, write_record
-from sshcluster.jobs.remote import argv, run_script, script_input, settings
-from sshcluster.jobs.results import ResultsReport, fetch_results
+from sshcluster.jobs.record import runs_dir
+from sshcluster.jobs.remote import run_script, settings
 from sshcluster.jobs.workerlog import WORKER_LOGS, job_render_options
 from sshcluster.preflight import check, verified_inventory
 from sshcluster.quoting import shell_join, shell_quote
@@ -130,12 +127,12 @@ class JobStatus:
         return self.state in (*LIVE, "lost")
 
 
-def _remote_dir(job: str) -> str:
+def remote_dir(job: str) -> str:
     return f"{JOBS_DIR}/{job}"
 
 
-def _enter(job: str) -> str:
-    return f'cd "$HOME"/{shell_quote(_remote_dir(job))} 2>/dev/null || {{ echo gone; exit 0; }}\n'
+def enter_script(job: str) -> str:
+    return f'cd "$HOME"/{shell_quote(remote_dir(job))} 2>/dev/null || {{ echo gone; exit 0; }}\n'
 
 
 def _primary_inventory(ready: Inventory, primary: Host) -> Inventory:
@@ -242,7 +239,7 @@ def start_detached(inventory: Inventory | str | os.PathLike[str],
     run_dir = runs_dir() / job.job
     run_dir.mkdir(parents=True, mode=0o700)
     shutil.copyfile(source, run_dir / "script.R")
-    render = job_render_options(ready, opts.render, f"~/{_remote_dir(job.job)}/{WORKER_LOGS}",
+    render = job_render_options(ready, opts.render, f"~/{remote_dir(job.job)}/{WORKER_LOGS}",
                                 own_ports=True)
     write_bootstrap(_primary_inventory(ready, host), run_dir / "cluster.R", render)
     files = _job_files(ready, host, job, source, opts.args, opts.wait, opts.wait_timeout)
@@ -251,20 +248,20 @@ def start_detached(inventory: Inventory | str | os.PathLike[str],
     record = DetachedJob(job=job.job, script=str(source), args=tuple(opts.args),
                          primary=host.label, hosts=tuple(h.label for h in ready.hosts),
                          left_out=tuple(h.label for h in report.failed),
-                         remote_dir=_remote_dir(job.job), run_dir=str(run_dir),
+                         remote_dir=remote_dir(job.job), run_dir=str(run_dir),
                          started=job.since)
     (run_dir / "detached.json").write_text(json.dumps(record.to_dict(), indent=2) + "\n")
     tell(f"job {job.job}: checked {len(ready.hosts)} hosts; starting on {host.label}")
     # (with --wait it returns as soon as the job waits in line)
     polls = int((LEASE_TIMEOUT + 10) * 10)
-    start = _START.replace("{dir}", shell_quote(_remote_dir(job.job))).replace(
+    start = _START.replace("{dir}", shell_quote(remote_dir(job.job))).replace(
         "{polls}", str(polls))
     out = run_script(ready, host, start, what="starting the job", data=_tar(files),
                      timeout=polls / 10 + 30).decode(errors="replace").strip()
     said = out.splitlines()[-1] if out else ""
     if said.startswith("refused "):
         where, _, rest = said[8:].partition(" ")
-        holder = _holder(rest)
+        holder = holder_of(rest)
         _forget(ready, host, job.job)
         raise HostLeased(f"{where} is leased to {describe(holder)}", host=where,
                          holder=holder, hint="wait for it with --wait, or run on other hosts")
@@ -274,20 +271,20 @@ def start_detached(inventory: Inventory | str | os.PathLike[str],
                        hint="the primary host must reach every host by ssh with its own "
                             "keys and known_hosts (as push's chain does)")
     if said == "timeout":
-        stop_job(job.job)
+        stop_remote(ready, host, job.job)
         raise JobError(f"job {job.job}: its supervisor on {host.label} did not take the "
                        "leases in time; stopped", job=job.job)
     if said.startswith("waiting "):
         where, _, rest = said[8:].partition(" ")
         place, _, ahead = rest.partition(" ")
         tell(f"job {job.job}: waiting for {where}: place {place} in line, behind "
-             f"{describe(_holder(ahead))}")
+             f"{describe(holder_of(ahead))}")
     tell(f"job {job.job}: detached on {host.label}; follow it with 'sshcluster logs -f "
          f"{job.job}', stop it with 'sshcluster stop {job.job}'")
     return record
 
 
-def _holder(text: str) -> JobInfo:
+def holder_of(text: str) -> JobInfo:
     parts = text.split("\t")
     if len(parts) < 4:
         return JobInfo(job="unknown", who="unknown", since="unknown", script="unknown")
@@ -297,18 +294,15 @@ def _holder(text: str) -> JobInfo:
 def _forget(inv: Inventory, host: Host, job: str) -> None:
     """Remove a job that never ran: its directory on the primary host and its record."""
     with contextlib.suppress(HostError):
-        run_script(inv, host, f'rm -rf "$HOME"/{shell_quote(_remote_dir(job))}\n',
+        run_script(inv, host, f'rm -rf "$HOME"/{shell_quote(remote_dir(job))}\n',
                    what="removing the job's directory")
     shutil.rmtree(runs_dir() / job, ignore_errors=True)
-
-
-# ------------------------------------------------------------------- coming back
 
 
 def load_job(job: str) -> tuple[DetachedJob, Inventory, Host]:
     """A detached job's record, the inventory it runs on and its primary host."""
     path = runs_dir() / job / "detached.json"
-    if not _safe_id(job) or not path.is_file():
+    if not valid_job_id(job) or not path.is_file():
         raise NoSuchJob(f"no detached job {job} on this machine (looked in {runs_dir()})",
                         job=job, hint="'sshcluster jobs' lists them")
     data = json.loads(path.read_text())
@@ -320,142 +314,8 @@ def load_job(job: str) -> tuple[DetachedJob, Inventory, Host]:
     return record, inv, host
 
 
-def _safe_id(job: str) -> bool:
+def valid_job_id(job: str) -> bool:
     return bool(job) and all(c.isalnum() or c == "-" for c in job)
-
-
-_STATUS = """\
-alive=no
-pid=$(cat pid 2>/dev/null)
-[ -n "$pid" ] && kill -s 0 "$pid" 2>/dev/null && alive=yes
-for f in state started ended status; do printf '%s\\t%s\\n' "$f" "$(cat $f 2>/dev/null)"; done
-stopped=$([ -e stopped ] && echo yes)
-printf 'alive\\t%s\\nstopped\\t%s\\nnow\\t%s\\n' "$alive" "$stopped" "$(date +%s)"
-"""
-
-
-def job_status(job: str) -> JobStatus:
-    """Ask a detached job's primary host what the job is doing (see :class:`JobStatus`)."""
-    record, inv, host = load_job(job)
-    base = JobStatus(job=job, state="lost", primary=record.primary,
-                     script=os.path.basename(record.script))
-    try:
-        out = run_script(inv, host, _enter(job) + _STATUS, what="asking about the job")
-    except HostError as e:
-        return replace(base, detail=e.message)
-    text = out.decode(errors="replace")
-    if text.strip() == "gone":
-        return replace(base, state="gone", detail=f"no {record.remote_dir} on {host.label}")
-    info = dict(line.split("\t", 1) for line in text.splitlines() if "\t" in line)
-    state, alive = info.get("state", ""), info.get("alive") == "yes"
-    started, ended, now = (_number(info.get(k)) for k in ("started", "ended", "now"))
-    seconds = ((ended or now or 0) - started) if started is not None else None
-    if state == "ended":
-        status = int(_number(info.get("status")) or 0)
-        name = "stopped" if info.get("stopped") == "yes" else "done" if status == 0 \
-            else "failed"
-        return replace(base, state=name, seconds=seconds, status=status)
-    if state.startswith(("refused ", "failed ")):
-        return replace(base, state="failed", seconds=seconds, detail=state.partition(" ")[2])
-    if not alive:
-        return replace(base, state="failed", seconds=seconds,
-                       detail="its supervisor ended without a status (killed?)")
-    word, _, rest = state.partition(" ")
-    if word == "waiting":  # HOST PLACE JOB<TAB>WHO<TAB>SINCE<TAB>SCRIPT<TAB>PID
-        where, _, rest = rest.partition(" ")
-        place, _, holder = rest.partition(" ")
-        rest = f"{where}: place {place} in line, behind {describe(_holder(holder))}"
-    return replace(base, state=word or "leasing", seconds=seconds, detail=rest or None)
-
-
-def _number(text: str | None) -> float | None:
-    try:
-        return float(text) if text else None
-    except ValueError:
-        return None
-
-
-def list_jobs() -> list[JobStatus]:
-    """Every job recorded on this machine, newest first: detached ones as their primary
-    hosts say (asked at once), attached ones from their record."""
-    root = runs_dir()
-    dirs = sorted((p for p in root.glob("*") if p.is_dir()), reverse=True) \
-        if root.is_dir() else []
-    detached = [p.name for p in dirs if (p / "detached.json").is_file()]
-    with ThreadPoolExecutor(max(1, min(16, len(detached)))) as pool:
-        asked = dict(zip(detached, pool.map(job_status, detached), strict=True))
-    out: list[JobStatus] = []
-    for p in dirs:
-        if p.name in asked:
-            out.append(asked[p.name])
-        elif (p / "run.json").is_file():
-            data = json.loads((p / "run.json").read_text())
-            state = "done" if data["status"] == 0 and not data.get("error") else \
-                "stopped" if data.get("signal") else "failed"
-            out.append(JobStatus(job=p.name, state=state, primary="(here)",
-                                 script=os.path.basename(data["script"]),
-                                 seconds=sum(data["phases"].values()),
-                                 status=data["status"], detail=data.get("error"),
-                                 detached=False))
-        elif (p / "owner").is_file():  # an attached job without its record (yet)
-            alive = owner_alive(p)
-            out.append(JobStatus(
-                job=p.name, state="running" if alive else "failed", primary="(here)",
-                script=((p / "owner").read_text().splitlines()[1:] or [""])[0],
-                detached=False,
-                detail=None if alive else "its process ended without a record (killed?)"))
-    return out
-
-
-def _local_logs(run_dir: Path, out: BinaryIO, follow: bool) -> int:
-    """An attached job's log, from its record here; ``follow``: until its process ends."""
-    seen = 0
-    while True:
-        alive = follow and owner_alive(run_dir) and not (run_dir / "run.json").exists()
-        with contextlib.suppress(OSError), (run_dir / "log").open("rb") as f:
-            f.seek(seen)
-            chunk = f.read()
-            seen += len(chunk)
-            out.write(chunk)
-            out.flush()
-        if not alive:
-            return 0
-        time.sleep(0.2)
-
-
-def job_logs(job: str, out: BinaryIO, *, follow: bool = False) -> int:
-    """Write a job's log (R's stdout and stderr) to ``out``; with ``follow``, keep
-    writing as it grows until the job ends. A detached job's comes from its primary
-    host, an attached one's from its record here. Returns 0."""
-    if _safe_id(job) and (runs_dir() / job / "log").is_file() \
-            and not (runs_dir() / job / "detached.json").is_file():
-        return _local_logs(runs_dir() / job, out, follow)
-    record, inv, host = load_job(job)
-    follow_cmd = ('pid=$(cat pid 2>/dev/null)\n'
-                  'if [ -n "$pid" ] && kill -s 0 "$pid" 2>/dev/null; then\n'
-                  '  : >>log; exec tail -n +1 -f --pid="$pid" log\nfi\n') if follow else ""
-    script = _enter(job) + follow_cmd + "[ -e log ] && exec cat log\nexit 0\n"
-    proc = subprocess.Popen(argv(inv, host), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            start_new_session=True)
-    assert proc.stdin is not None and proc.stdout is not None
-    try:
-        proc.stdin.write(script_input(script))
-        proc.stdin.close()
-        while chunk := os.read(proc.stdout.fileno(), 65536):
-            if chunk == b"gone\n":
-                raise JobError(f"job {job}: no {record.remote_dir} on {host.label}", job=job)
-            out.write(chunk)
-            out.flush()
-    finally:
-        try:  # (the output has ended; ssh still reports the exit status)
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    if proc.returncode == 255:  # ssh's own failure (tail's and cat's are not ours to judge)
-        raise HostError(f"{host.label}: cannot read the log of job {job} (ssh failed)",
-                        host=host.label, check="logs")
-    return 0
 
 
 _STOP = """\
@@ -476,88 +336,11 @@ fi
 """
 
 
-def stop_job(job: str) -> JobStatus:
-    """Stop a detached job and everything it started: SIGTERM for its supervisor (which
-    stops R, whose end stops the cluster, then releases the leases), and SIGKILL for
-    whatever is left of its process group after :data:`STOP_GRACE` seconds. Returns
-    the job's status afterwards. A primary host that cannot be reached raises
+def stop_remote(inv: Inventory, host: Host, job: str) -> None:
+    """Stop detached job ``job`` on its primary ``host`` and everything it started:
+    SIGTERM for its supervisor (which stops R, whose end stops the cluster, then
+    releases the leases), and SIGKILL for whatever is left of its process group after
+    :data:`STOP_GRACE` seconds. A host that cannot be reached raises
     :class:`~sshcluster.errors.HostError`."""
-    _, inv, host = load_job(job)
-    script = _enter(job) + _STOP.replace("{polls}", str(int(STOP_GRACE * 5)))
+    script = enter_script(job) + _STOP.replace("{polls}", str(int(STOP_GRACE * 5)))
     run_script(inv, host, script, what="stopping the job", timeout=STOP_GRACE + 30)
-    return job_status(job)
-
-
-def fetch_job(job: str, dest: str | os.PathLike[str] | None = None) -> tuple[
-        JobStatus, ResultsReport, RunResult | None]:
-    """Bring a detached job's results (``results/`` from every host's workdir, into
-    ``dest``, by default ``runs/JOB/results``), its log and its workers' logs into its
-    record, and write ``run.json`` once it has ended. Works while it runs too (what
-    is there so far)."""
-    record, inv, host = load_job(job)
-    status = job_status(job)
-    run_dir = Path(record.run_dir)
-    if status.state not in ("lost", "gone"):
-        _fetch_files(inv, host, job, run_dir)
-    hosts = [h for h in inv.hosts if h.label in record.hosts]
-    results = fetch_results(inv, dest if dest is not None else run_dir / "results", hosts)
-    result = None
-    if not status.live and status.state != "gone":
-        result = _record(record, status, run_dir, results)
-        write_record(result)
-    return status, results, result
-
-
-def _fetch_files(inv: Inventory, host: Host, job: str, run_dir: Path) -> None:
-    script = _enter(job) + ("exec tar -cf - log supervisor.log workers r-version "
-                            "r-started launched script-done started leased r-ended ended "
-                            "status 2>/dev/null\n")
-    proc = subprocess.run(argv(inv, host), input=script_input(script), capture_output=True,
-                          timeout=300, start_new_session=True)
-    if not proc.stdout:
-        return
-    with tarfile.open(fileobj=io.BytesIO(proc.stdout), mode="r") as tar:
-        for member in tar:
-            if member.isfile() or member.isdir():
-                tar.extract(member, run_dir / "primary", filter="data")
-    workers = run_dir / "primary" / WORKER_LOGS
-    if workers.is_dir():
-        shutil.copytree(workers, run_dir / WORKER_LOGS, dirs_exist_ok=True)
-    if (run_dir / "primary" / "log").is_file():
-        shutil.copyfile(run_dir / "primary" / "log", run_dir / "log")
-
-
-def _record(record: DetachedJob, status: JobStatus, run_dir: Path,
-            results: ResultsReport) -> RunResult:
-    def note(name: str) -> float | None:
-        with contextlib.suppress(OSError, ValueError):
-            return float((run_dir / "primary" / name).read_text().strip())
-        return None
-
-    started, leased, r_started, launched, done, r_ended, ended = (note(n) for n in (
-        "started", "leased", "r-started", "launched", "script-done", "r-ended", "ended"))
-    done = done or r_ended  # (a script that calls quit() notes no end of its own)
-    phases: dict[str, float] = {}
-    if started is not None and leased is not None:
-        phases["lease"] = leased - started
-    if leased is not None and r_started is not None:
-        phases["r_start"] = max(0.0, r_started - leased)
-    if r_started is not None and launched is not None:
-        phases["launch"] = launched - r_started
-    if launched is not None and done is not None:
-        phases["script"] = done - launched
-    if ended is not None:
-        last = done or launched or r_started or leased or started
-        if last is not None:
-            phases["stop"] = max(0.0, ended - last)
-    versions = {"sshcluster": __version__}
-    with contextlib.suppress(OSError):
-        versions["R"] = (run_dir / "primary" / "r-version").read_text().strip()
-    return RunResult(
-        job=record.job, script=record.script, args=record.args,
-        status=status.status if status.status is not None else 1, hosts=record.hosts,
-        left_out=record.left_out, phases=phases, started=record.started,
-        run_dir=str(run_dir), versions=versions,
-        error=status.detail if status.state == "failed" and status.status is None else None,
-        signal="SIGTERM" if status.state == "stopped" else None,
-        results={"dir": results.dest, "files": results.files, "errors": results.errors})

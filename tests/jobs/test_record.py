@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from sshcluster.cli import cli
 from sshcluster.jobs import RunResult, runs_dir
-from sshcluster.jobs.detached import list_jobs
+from sshcluster.jobs.control import list_jobs
 from sshcluster.jobs.record import read_note, write_owner, write_record
 
 

@@ -1,0 +1,263 @@
+"""Coming back to detached jobs (:mod:`sshcluster.jobs.detached`): what a job is doing
+(``jobs``), its log (``logs``), stopping it (``stop``) and bringing its results and
+record (``fetch``). Every command asks the job's primary host over ssh, from the
+record this machine keeps of the job; attached jobs are listed (and their logs shown)
+from their records here.
+
+    for status in list_jobs():
+        print(status.job, status.state, status.seconds)
+    stop_job("20261206-061021-77411b")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import BinaryIO
+
+from sshcluster import __version__
+from sshcluster.errors import HostError
+from sshcluster.inventory import Host, Inventory
+from sshcluster.jobs.detached import (
+    DetachedJob,
+    JobError,
+    JobStatus,
+    enter_script,
+    holder_of,
+    load_job,
+    stop_remote,
+    valid_job_id,
+)
+from sshcluster.jobs.leases import describe
+from sshcluster.jobs.record import RunResult, owner_alive, runs_dir, write_record
+from sshcluster.jobs.remote import argv, run_script, script_input
+from sshcluster.jobs.results import ResultsReport, fetch_results
+from sshcluster.jobs.workerlog import WORKER_LOGS
+
+_STATUS = """\
+alive=no
+pid=$(cat pid 2>/dev/null)
+[ -n "$pid" ] && kill -s 0 "$pid" 2>/dev/null && alive=yes
+for f in state started ended status; do printf '%s\\t%s\\n' "$f" "$(cat $f 2>/dev/null)"; done
+stopped=$([ -e stopped ] && echo yes)
+printf 'alive\\t%s\\nstopped\\t%s\\nnow\\t%s\\n' "$alive" "$stopped" "$(date +%s)"
+"""
+
+
+def job_status(job: str) -> JobStatus:
+    """Ask a detached job's primary host what the job is doing (see :class:`JobStatus`)."""
+    record, inv, host = load_job(job)
+    base = JobStatus(job=job, state="lost", primary=record.primary,
+                     script=os.path.basename(record.script))
+    try:
+        out = run_script(inv, host, enter_script(job) + _STATUS, what="asking about the job")
+    except HostError as e:
+        return replace(base, detail=e.message)
+    text = out.decode(errors="replace")
+    if text.strip() == "gone":
+        return replace(base, state="gone", detail=f"no {record.remote_dir} on {host.label}")
+    info = dict(line.split("\t", 1) for line in text.splitlines() if "\t" in line)
+    state, alive = info.get("state", ""), info.get("alive") == "yes"
+    started, ended, now = (_number(info.get(k)) for k in ("started", "ended", "now"))
+    seconds = ((ended or now or 0) - started) if started is not None else None
+    if state == "ended":
+        status = int(_number(info.get("status")) or 0)
+        name = "stopped" if info.get("stopped") == "yes" else "done" if status == 0 \
+            else "failed"
+        return replace(base, state=name, seconds=seconds, status=status)
+    if state.startswith(("refused ", "failed ")):
+        return replace(base, state="failed", seconds=seconds, detail=state.partition(" ")[2])
+    if not alive:
+        return replace(base, state="failed", seconds=seconds,
+                       detail="its supervisor ended without a status (killed?)")
+    word, _, rest = state.partition(" ")
+    if word == "waiting":  # HOST PLACE JOB<TAB>WHO<TAB>SINCE<TAB>SCRIPT<TAB>PID
+        where, _, rest = rest.partition(" ")
+        place, _, holder = rest.partition(" ")
+        rest = f"{where}: place {place} in line, behind {describe(holder_of(holder))}"
+    return replace(base, state=word or "leasing", seconds=seconds, detail=rest or None)
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text) if text else None
+    except ValueError:
+        return None
+
+
+def list_jobs() -> list[JobStatus]:
+    """Every job recorded on this machine, newest first: detached ones as their primary
+    hosts say (asked at once), attached ones from their record."""
+    root = runs_dir()
+    dirs = sorted((p for p in root.glob("*") if p.is_dir()), reverse=True) \
+        if root.is_dir() else []
+    detached = [p.name for p in dirs if (p / "detached.json").is_file()]
+    with ThreadPoolExecutor(max(1, min(16, len(detached)))) as pool:
+        asked = dict(zip(detached, pool.map(job_status, detached), strict=True))
+    out: list[JobStatus] = []
+    for p in dirs:
+        if p.name in asked:
+            out.append(asked[p.name])
+        elif (p / "run.json").is_file():
+            data = json.loads((p / "run.json").read_text())
+            state = "done" if data["status"] == 0 and not data.get("error") else \
+                "stopped" if data.get("signal") else "failed"
+            out.append(JobStatus(job=p.name, state=state, primary="(here)",
+                                 script=os.path.basename(data["script"]),
+                                 seconds=sum(data["phases"].values()),
+                                 status=data["status"], detail=data.get("error"),
+                                 detached=False))
+        elif (p / "owner").is_file():  # an attached job without its record (yet)
+            alive = owner_alive(p)
+            out.append(JobStatus(
+                job=p.name, state="running" if alive else "failed", primary="(here)",
+                script=((p / "owner").read_text().splitlines()[1:] or [""])[0],
+                detached=False,
+                detail=None if alive else "its process ended without a record (killed?)"))
+    return out
+
+
+def _local_logs(run_dir: Path, out: BinaryIO, follow: bool) -> int:
+    """An attached job's log, from its record here; ``follow``: until its process ends."""
+    seen = 0
+    while True:
+        alive = follow and owner_alive(run_dir) and not (run_dir / "run.json").exists()
+        with contextlib.suppress(OSError), (run_dir / "log").open("rb") as f:
+            f.seek(seen)
+            chunk = f.read()
+            seen += len(chunk)
+            out.write(chunk)
+            out.flush()
+        if not alive:
+            return 0
+        time.sleep(0.2)
+
+
+def job_logs(job: str, out: BinaryIO, *, follow: bool = False) -> int:
+    """Write a job's log (R's stdout and stderr) to ``out``; with ``follow``, keep
+    writing as it grows until the job ends. A detached job's comes from its primary
+    host, an attached one's from its record here. Returns 0."""
+    if valid_job_id(job) and (runs_dir() / job / "log").is_file() \
+            and not (runs_dir() / job / "detached.json").is_file():
+        return _local_logs(runs_dir() / job, out, follow)
+    record, inv, host = load_job(job)
+    follow_cmd = ('pid=$(cat pid 2>/dev/null)\n'
+                  'if [ -n "$pid" ] && kill -s 0 "$pid" 2>/dev/null; then\n'
+                  '  : >>log; exec tail -n +1 -f --pid="$pid" log\nfi\n') if follow else ""
+    script = enter_script(job) + follow_cmd + "[ -e log ] && exec cat log\nexit 0\n"
+    proc = subprocess.Popen(argv(inv, host), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            start_new_session=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        proc.stdin.write(script_input(script))
+        proc.stdin.close()
+        while chunk := os.read(proc.stdout.fileno(), 65536):
+            if chunk == b"gone\n":
+                raise JobError(f"job {job}: no {record.remote_dir} on {host.label}", job=job)
+            out.write(chunk)
+            out.flush()
+    finally:
+        try:  # (the output has ended; ssh still reports the exit status)
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc.returncode == 255:  # ssh's own failure (tail's and cat's are not ours to judge)
+        raise HostError(f"{host.label}: cannot read the log of job {job} (ssh failed)",
+                        host=host.label, check="logs")
+    return 0
+
+
+def fetch_job(job: str, dest: str | os.PathLike[str] | None = None) -> tuple[
+        JobStatus, ResultsReport, RunResult | None]:
+    """Bring a detached job's results (``results/`` from every host's workdir, into
+    ``dest``, by default ``runs/JOB/results``), its log and its workers' logs into its
+    record, and write ``run.json`` once it has ended. Works while it runs too (what
+    is there so far)."""
+    record, inv, host = load_job(job)
+    status = job_status(job)
+    run_dir = Path(record.run_dir)
+    if status.state not in ("lost", "gone"):
+        _fetch_files(inv, host, job, run_dir)
+    hosts = [h for h in inv.hosts if h.label in record.hosts]
+    results = fetch_results(inv, dest if dest is not None else run_dir / "results", hosts)
+    result = None
+    if not status.live and status.state != "gone":
+        result = _record(record, status, run_dir, results)
+        write_record(result)
+    return status, results, result
+
+
+def _fetch_files(inv: Inventory, host: Host, job: str, run_dir: Path) -> None:
+    script = enter_script(job) + ("exec tar -cf - log supervisor.log workers r-version "
+                            "r-started launched script-done started leased r-ended ended "
+                            "status 2>/dev/null\n")
+    proc = subprocess.run(argv(inv, host), input=script_input(script), capture_output=True,
+                          timeout=300, start_new_session=True)
+    if not proc.stdout:
+        return
+    with tarfile.open(fileobj=io.BytesIO(proc.stdout), mode="r") as tar:
+        for member in tar:
+            if member.isfile() or member.isdir():
+                tar.extract(member, run_dir / "primary", filter="data")
+    workers = run_dir / "primary" / WORKER_LOGS
+    if workers.is_dir():
+        shutil.copytree(workers, run_dir / WORKER_LOGS, dirs_exist_ok=True)
+    if (run_dir / "primary" / "log").is_file():
+        shutil.copyfile(run_dir / "primary" / "log", run_dir / "log")
+
+
+def _record(record: DetachedJob, status: JobStatus, run_dir: Path,
+            results: ResultsReport) -> RunResult:
+    def note(name: str) -> float | None:
+        with contextlib.suppress(OSError, ValueError):
+            return float((run_dir / "primary" / name).read_text().strip())
+        return None
+
+    started, leased, r_started, launched, done, r_ended, ended = (note(n) for n in (
+        "started", "leased", "r-started", "launched", "script-done", "r-ended", "ended"))
+    done = done or r_ended  # (a script that calls quit() notes no end of its own)
+    phases: dict[str, float] = {}
+    if started is not None and leased is not None:
+        phases["lease"] = leased - started
+    if leased is not None and r_started is not None:
+        phases["r_start"] = max(0.0, r_started - leased)
+    if r_started is not None and launched is not None:
+        phases["launch"] = launched - r_started
+    if launched is not None and done is not None:
+        phases["script"] = done - launched
+    if ended is not None:
+        last = done or launched or r_started or leased or started
+        if last is not None:
+            phases["stop"] = max(0.0, ended - last)
+    versions = {"sshcluster": __version__}
+    with contextlib.suppress(OSError):
+        versions["R"] = (run_dir / "primary" / "r-version").read_text().strip()
+    return RunResult(
+        job=record.job, script=record.script, args=record.args,
+        status=status.status if status.status is not None else 1, hosts=record.hosts,
+        left_out=record.left_out, phases=phases, started=record.started,
+        run_dir=str(run_dir), versions=versions,
+        error=status.detail if status.state == "failed" and status.status is None else None,
+        signal="SIGTERM" if status.state == "stopped" else None,
+        results={"dir": results.dest, "files": results.files, "errors": results.errors})
+
+
+def stop_job(job: str) -> JobStatus:
+    """Stop a detached job and everything it started: SIGTERM for its supervisor (which
+    stops R, whose end stops the cluster, then releases the leases), and SIGKILL for
+    whatever is left of its process group after :data:`STOP_GRACE` seconds. Returns
+    the job's status afterwards. A primary host that cannot be reached raises
+    :class:`~sshcluster.errors.HostError`."""
+    _, inv, host = load_job(job)
+    stop_remote(inv, host, job)
+    return job_status(job)
