@@ -14,7 +14,7 @@ from dataclasses import replace
 from sshcluster.inventory import Host
 from sshcluster.quoting import shell_join
 from sshcluster.report import StepResult
-from sshcluster.sshconfig import ClientSettings
+from sshcluster.ssh.config import ClientSettings
 
 #: Hints for a step still running at the deadline.
 TIMEOUT_HINTS = {

@@ -14,8 +14,8 @@
     ready = verified_inventory(report, inv, allow_partial=True)   # ncore: auto filled in
 
 Per host, in order: ``resolve`` (what OpenSSH's ``ssh -G`` says the launch's ssh will
-do, see :mod:`sshcluster.sshconfig`), ``connect`` (TCP, or ProxyJump / ProxyCommand),
-``hostkey`` (checked as ssh checks it, see :mod:`sshcluster.knownhosts`), ``auth``
+do, see :mod:`sshcluster.ssh.config`), ``connect`` (TCP, or ProxyJump / ProxyCommand),
+``hostkey`` (checked as ssh checks it, see :mod:`sshcluster.ssh.knownhosts`), ``auth``
 (non-interactive, with the keys ssh would offer), then one
 remote command (see :mod:`sshcluster.probe`) answers ``rscript``, ``packages``,
 ``cores``, ``load``, ``reverse_ssh`` and ``callback``. All hosts run at once (at most
@@ -45,14 +45,14 @@ from sshcluster.commands import run_command
 from sshcluster.connections import workers_note
 from sshcluster.errors import CheckFailed, SshclusterError
 from sshcluster.inventory import AUTO, Host, Inventory
-from sshcluster.knownhosts import KnownHostsFiles
 from sshcluster.net import R_PORT_RANGE
 from sshcluster.packages.reference import Reference, reference_for
 from sshcluster.probe import REMOTE_STEPS
 from sshcluster.push.shared import start_marker
 from sshcluster.report import CheckReport, HostReport
-from sshcluster.sshconfig import SshConfigError, client_settings
-from sshcluster.sshconnect import Connector
+from sshcluster.ssh.config import SshConfigError, client_settings
+from sshcluster.ssh.connect import Connector
+from sshcluster.ssh.knownhosts import KnownHostsFiles
 from sshcluster.steps import CheckContext, HostCheck, run_host
 
 #: Default per-run deadline in seconds.

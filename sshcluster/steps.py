@@ -23,7 +23,6 @@ from typing import Any
 
 import asyncssh
 
-from sshcluster.bootstrap import ssh_command
 from sshcluster.callback import CallbackListener, callback_verdict
 from sshcluster.errors import SshclusterError
 from sshcluster.hints import DNS_HINT, TIMEOUT_HINTS, auth_hint, blame
@@ -41,8 +40,9 @@ from sshcluster.probe import (
 from sshcluster.push.fanout_check import fanout_step
 from sshcluster.push.shared import SharedMarker, shared_dir_step
 from sshcluster.report import SKIPPED, HostReport, StepResult
-from sshcluster.sshconfig import ClientSettings, client_settings
-from sshcluster.sshconnect import Connector, HostKeyDecision, close_all, host_decision
+from sshcluster.ssh.command import ssh_command
+from sshcluster.ssh.config import ClientSettings, client_settings
+from sshcluster.ssh.connect import Connector, HostKeyDecision, close_all, host_decision
 
 
 @dataclass
@@ -245,8 +245,8 @@ async def hostkey(hc: HostCheck) -> StepResult:
                           hint=TIMEOUT_HINTS["hostkey"])
     error = hc.handshake.exception()
     if isinstance(error, asyncssh.HostKeyNotVerifiable) and verdict is not None:
-        result: StepResult = verdict.result()
-        return result
+        return StepResult("ok" if verdict.trusted else "failed", verdict.detail,
+                          hint=verdict.hint)
     if isinstance(error, asyncssh.KeyExchangeFailed):
         return StepResult("failed", f"no common key exchange or host key algorithm: "
                                     f"{error.reason}",

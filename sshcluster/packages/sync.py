@@ -32,11 +32,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from sshcluster.bootstrap import ssh_command
 from sshcluster.errors import PackagesError, SyncFailed
 from sshcluster.inventory import Host, Inventory
 from sshcluster.packages.reference import Reference, reference_for
 from sshcluster.quoting import shell_quote
+from sshcluster.ssh.command import ssh_command
 
 #: Seconds one host's sync may take (an install from source can take minutes).
 SYNC_TIMEOUT = 1800.0
