@@ -19,6 +19,17 @@ __version__ = "0.1.0"
 # First, before anything imports asyncssh; after __version__: bootstrap reads it.
 from sshcluster import quiet as _quiet  # noqa: F401
 from sshcluster.bootstrap import RenderOptions, render, write_bootstrap
+
+# (check and push: the function takes the name of its sub-package here, so that
+# sshcluster.check(...) is the call; the sub-package's names are imported from it as usual.)
+from sshcluster.check import (
+    CheckReport,
+    HostReport,
+    StepResult,
+    check,
+    check_async,
+    verified_inventory,
+)
 from sshcluster.errors import (
     CheckFailed,
     EC2Error,
@@ -44,12 +55,7 @@ from sshcluster.inventory import (
 )
 from sshcluster.jobs import RunOptions, RunResult, run
 from sshcluster.packages import SyncReport, sync, sync_async
-from sshcluster.preflight import check, check_async, verified_inventory
-
-# (The function takes the name of its sub-package here, so that sshcluster.push(...) is
-# the call; the sub-package's names are imported from sshcluster.push as usual.)
 from sshcluster.push import HostPush, PushResult, push
-from sshcluster.report import CheckReport, HostReport, StepResult
 
 __all__ = [
     "CheckFailed",

@@ -29,6 +29,13 @@ from rich.progress import (
 )
 
 from sshcluster import __version__, bootstrap, packages
+from sshcluster.check.preflight import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_TIMEOUT,
+    check,
+    verified_inventory,
+)
+from sshcluster.check.report import CheckReport, error_document, print_report
 from sshcluster.ec2.cli import ec2_group
 from sshcluster.errors import CheckFailed, SshclusterError
 from sshcluster.helpformat import use_help_formatter
@@ -43,10 +50,8 @@ from sshcluster.inventory import (
     load_inventory,
 )
 from sshcluster.jobs.cli import jobs_command, run_command
-from sshcluster.preflight import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT, check, verified_inventory
 from sshcluster.push import push
 from sshcluster.push.report import print_push
-from sshcluster.report import CheckReport, error_document, print_report
 from sshcluster.testing.cli import testbed_group
 
 

@@ -132,7 +132,7 @@ class Inventory:
     default, as makeCluster's), ``console`` (the primary's, each line after its host's
     name) or an absolute directory on the worker hosts (a file per host in it).
     ``path`` is the file it was read from, if any. ``check_note`` is what
-    :func:`~sshcluster.preflight.verified_inventory` says about the check it came
+    :func:`~sshcluster.check.preflight.verified_inventory` says about the check it came
     from (how many hosts were ready, which were left out), for the bootstrap's header.
     """
 

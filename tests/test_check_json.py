@@ -13,9 +13,7 @@ import pytest
 from click.testing import CliRunner
 from sshserver import keys, server_in_thread
 
-from sshcluster.cli import cli
-from sshcluster.inventory import Host
-from sshcluster.report import (
+from sshcluster.check.report import (
     SCHEMA_VERSION,
     STATUSES,
     STEPS,
@@ -24,6 +22,8 @@ from sshcluster.report import (
     StepResult,
     check_schema,
 )
+from sshcluster.cli import cli
+from sshcluster.inventory import Host
 from sshcluster.testing import free_port
 
 

@@ -21,9 +21,9 @@ import asyncssh
 import pytest
 from sshserver import LocalServer, keys
 
+from sshcluster.check.preflight import check_async
+from sshcluster.check.report import CheckReport, HostReport
 from sshcluster.inventory import Host, Inventory, Primary
-from sshcluster.preflight import check_async
-from sshcluster.report import CheckReport, HostReport
 from sshcluster.ssh.command import ssh_command
 from sshcluster.ssh.keycheck import decode_host_key
 from sshcluster.ssh.knownhosts import (

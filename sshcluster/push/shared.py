@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING
 
 import asyncssh
 
+from sshcluster.check.report import NO_SHARED_DIR, StepResult
 from sshcluster.inventory import Inventory
 from sshcluster.quoting import shell_quote
-from sshcluster.report import NO_SHARED_DIR, StepResult
 
 if TYPE_CHECKING:  # (steps imports this module)
-    from sshcluster.steps import HostCheck
+    from sshcluster.check.steps import HostCheck
 
 __all__ = ["SharedMarker", "shared_dir_step", "start_marker"]
 

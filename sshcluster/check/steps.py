@@ -4,8 +4,8 @@
 that order within the run's deadline and skips a step when one it needs failed (or was
 skipped). On the primary's side, ``resolve``, ``connect``, ``hostkey`` and ``auth`` each
 have their function here; the remote steps are answered by one script per host (see
-:mod:`sshcluster.probe`) whose facts each step's verdict reads, and ``callback`` also
-asks the listener of :mod:`sshcluster.callback` what it saw.
+:mod:`sshcluster.check.probe`) whose facts each step's verdict reads, and ``callback`` also
+asks the listener of :mod:`sshcluster.check.callback` what it saw.
 
 A :class:`HostCheck` holds what the steps of one host found and what they opened (the
 socket, the ssh connection); :func:`run_host` closes those whatever happens.
@@ -23,13 +23,9 @@ from typing import Any
 
 import asyncssh
 
-from sshcluster.callback import CallbackListener, callback_verdict
-from sshcluster.errors import SshclusterError
-from sshcluster.hints import DNS_HINT, TIMEOUT_HINTS, auth_hint, blame
-from sshcluster.inventory import AUTO, Host, Inventory
-from sshcluster.packages.drift import host_versions
-from sshcluster.packages.reference import Reference
-from sshcluster.probe import (
+from sshcluster.check.callback import CallbackListener, callback_verdict
+from sshcluster.check.hints import DNS_HINT, TIMEOUT_HINTS, auth_hint, blame
+from sshcluster.check.probe import (
     VERDICTS,
     Facts,
     RemoteContext,
@@ -37,9 +33,13 @@ from sshcluster.probe import (
     found,
     remote_script,
 )
+from sshcluster.check.report import SKIPPED, HostReport, StepResult
+from sshcluster.errors import SshclusterError
+from sshcluster.inventory import AUTO, Host, Inventory
+from sshcluster.packages.drift import host_versions
+from sshcluster.packages.reference import Reference
 from sshcluster.push.fanout_check import fanout_step
 from sshcluster.push.shared import SharedMarker, shared_dir_step
-from sshcluster.report import SKIPPED, HostReport, StepResult
 from sshcluster.ssh.command import ssh_command
 from sshcluster.ssh.config import ClientSettings, client_settings
 from sshcluster.ssh.connect import Connector, HostKeyDecision, close_all, host_decision

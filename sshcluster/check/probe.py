@@ -7,8 +7,8 @@ to the primary with R's own ``socketConnection``, while it also reads the core c
 load and memory and, in the background, ssh-es back to the primary. The script
 (``probe.sh``) and its R part have one function per step; every result comes back as one
 ``KEY=value`` line. :func:`parse_facts` collects them and one verdict function per step
-(:data:`VERDICTS`; the ``callback`` verdict is in :mod:`sshcluster.callback`) turns
-them into a :class:`~sshcluster.report.StepResult`. All are pure functions, tested
+(:data:`VERDICTS`; the ``callback`` verdict is in :mod:`sshcluster.check.callback`) turns
+them into a :class:`~sshcluster.check.report.StepResult`. All are pure functions, tested
 without any host.
 """
 
@@ -19,12 +19,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 
-from sshcluster.callback import R_CALLBACK, r_died
+from sshcluster.check.report import StepResult
 from sshcluster.inventory import Host, Packages
 from sshcluster.packages.drift import drift, drift_verdict, host_versions
 from sshcluster.packages.reference import Reference
 from sshcluster.quoting import r_string, r_vector, shell_quote
-from sshcluster.report import StepResult
 
 #: Steps answered by the remote script, in report order.
 REMOTE_STEPS = ("rscript", "packages", "cores", "load", "reverse_ssh", "callback")
@@ -33,33 +32,20 @@ REMOTE_STEPS = ("rscript", "packages", "cores", "load", "reverse_ssh", "callback
 #: total) gets a warning.
 LOW_MEMORY_MIB = 256
 
-# The R part: one function per step, one R start for all of them. Arguments: the address
-# to call back, the callback port (0: do not call back), the connect timeout in seconds;
-# the nonce comes in the environment. Every value that is not an argument is put in with
-# r_string.
-_R_CODE = """\
-a <- commandArgs(TRUE)
-step_rscript <- function() {{
-  cat("R_VERSION=", as.character(getRversion()), "\\nT_RSTART=",
-      proc.time()[["elapsed"]], "\\n", sep = "")
-}}
-step_packages <- function(pk) {{
-  t0 <- Sys.time()
-  found <- basename(find.package(pk, quiet = TRUE))
-  cat("R_MISSING=", paste(setdiff(pk, found), collapse = ","), "\\nT_PACKAGES=",
-      as.numeric(Sys.time() - t0, units = "secs"), "\\n", sep = "")
-}}
-{callback}
-{environment}
-step_rscript()
-{packages_call}
-if (a[2] != "0") step_callback(a[1], as.integer(a[2]), as.numeric(a[3]),
-                               Sys.getenv("SSHCLUSTER_NONCE"))
-"""
+# The R part (R/probe.R): one function per step, one R start for all of them. Arguments:
+# the address to call back, the callback port (0: do not call back), the connect timeout
+# in seconds; the nonce comes in the environment. Its ``#@name`` lines are where the
+# callback step (R/callback.R), the packages step against a reference and the packages
+# call go; every value that is not an argument is put in with r_string.
+_R = resources.files("sshcluster.check").joinpath("R")
+_R_CODE = _R.joinpath("probe.R").read_text(encoding="utf-8")
+#: The worker's side of the callback step (``step_callback``): connect, send the nonce,
+#: read the answer, report it as ``CALLBACK=`` and ``T_CALLBACK=`` lines.
+_R_CALLBACK = _R.joinpath("callback.R").read_text(encoding="utf-8")
 
 #: The shell part (``probe.sh``): one function per step. Python only prepends the data,
 #: as shell variables.
-_SH = resources.files("sshcluster").joinpath("probe.sh").read_text(encoding="utf-8")
+_SH = resources.files("sshcluster.check").joinpath("probe.sh").read_text(encoding="utf-8")
 #: The packages step against a reference (``step_environment``).
 _ENVIRONMENT_R = resources.files("sshcluster.packages").joinpath("R").joinpath(
     "environment.R").read_text(encoding="utf-8")
@@ -97,8 +83,8 @@ def remote_script(
         names = (*reference.names, *reference.absent)
         call = (f"step_environment({r_vector(names)}, {r_string(library_root)}, "
                 f"{r_string(reference.digest)})")
-    r_code = _R_CODE.format(callback=R_CALLBACK.rstrip(), environment=environment,
-                            packages_call=call)
+    r_code = (_R_CODE.replace("#@callback", _R_CALLBACK.rstrip(), 1)
+              .replace("#@environment", environment, 1).replace("#@packages", call, 1))
     data = {
         "budget": str(whole),
         "primary": primary or "",
@@ -175,6 +161,12 @@ class Facts:
             return max(0.0, float(parts[-1]) - float(parts[-2]))
         except (ValueError, IndexError):
             return 0.0
+
+
+def r_died(facts: Facts) -> str:
+    """Why R gave no answer: its exit status and last words."""
+    said = "; ".join(facts.other[-3:])
+    return f"R stopped early (exit status {facts.get('R_EXIT')}){': ' + said if said else ''}"
 
 
 def parse_facts(lines: Iterable[str]) -> Facts:
@@ -375,7 +367,7 @@ def _reverse_hint(rc: str, text: str, label: str, target: str) -> str:
 
 
 #: The remote steps that the script's facts alone decide (``callback`` also needs the
-#: primary's side: see :mod:`sshcluster.callback`).
+#: primary's side: see :mod:`sshcluster.check.callback`).
 VERDICTS: dict[str, Callable[[Facts, RemoteContext, bool], StepResult]] = {
     "rscript": rscript_step,
     "packages": packages_step,
