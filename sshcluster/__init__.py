@@ -13,10 +13,7 @@ EC2 lives in :mod:`sshcluster.ec2`, the local test hosts in :mod:`sshcluster.tes
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-
-# First, before anything imports asyncssh; after __version__: bootstrap reads it.
+# First, before anything imports asyncssh.
 from sshcluster import quiet as _quiet  # noqa: F401
 from sshcluster.bootstrap import RenderOptions, render, write_bootstrap
 
@@ -30,6 +27,7 @@ from sshcluster.check import (
     check_async,
     verified_inventory,
 )
+from sshcluster.dump import dump_inventory
 from sshcluster.errors import (
     CheckFailed,
     EC2Error,
@@ -49,13 +47,13 @@ from sshcluster.inventory import (
     Host,
     Inventory,
     Primary,
-    dump_inventory,
     load_inventory,
     parse_inventory,
 )
 from sshcluster.jobs import RunOptions, RunResult, run
 from sshcluster.packages import SyncReport, sync, sync_async
 from sshcluster.push import HostPush, PushResult, push
+from sshcluster.version import __version__
 
 __all__ = [
     "CheckFailed",

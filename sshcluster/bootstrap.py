@@ -40,7 +40,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 
-from sshcluster import __version__
 from sshcluster.connections import (
     R_CONNECTIONS,
     R_MAX_CONNECTIONS,
@@ -54,6 +53,7 @@ from sshcluster.inventory import AUTO, Host, Inventory, Launch, Register, Tunnel
 from sshcluster.net import R_PORT_RANGE
 from sshcluster.quoting import r_string, shell_join
 from sshcluster.ssh.command import CONNECT_TIMEOUT, known_hosts_option, ssh_command
+from sshcluster.version import __version__
 
 
 @dataclass(frozen=True)

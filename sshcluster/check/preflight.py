@@ -41,16 +41,17 @@ from pathlib import Path
 from typing import Any
 
 from sshcluster.check.callback import CallbackListener
+from sshcluster.check.context import CheckContext, HostCheck
 from sshcluster.check.probe import REMOTE_STEPS
 from sshcluster.check.report import CheckReport, HostReport
-from sshcluster.check.steps import CheckContext, HostCheck, run_host
+from sshcluster.check.steps import run_host
 from sshcluster.commands import run_command
 from sshcluster.connections import workers_note
 from sshcluster.errors import CheckFailed, SshclusterError
 from sshcluster.inventory import AUTO, Host, Inventory
 from sshcluster.net import R_PORT_RANGE
 from sshcluster.packages.reference import Reference, reference_for
-from sshcluster.push.shared import start_marker
+from sshcluster.push.marker import start_marker
 from sshcluster.ssh.config import SshConfigError, client_settings
 from sshcluster.ssh.connect import Connector
 from sshcluster.ssh.knownhosts import KnownHostsFiles

@@ -28,7 +28,6 @@ from importlib import resources
 from pathlib import Path
 from typing import BinaryIO
 
-from sshcluster import __version__
 from sshcluster.bootstrap import RenderOptions, write_bootstrap
 from sshcluster.check.preflight import (
     DEFAULT_CONCURRENCY,
@@ -48,6 +47,7 @@ from sshcluster.jobs.leases import (
     settle,
 )
 from sshcluster.jobs.record import RunResult, read_note, runs_dir, write_record
+from sshcluster.version import __version__
 
 #: Seconds the R session (and its supervisor) may take to end once asked, before it is
 #: killed: the supervisor's own stop is bounded well below this.

@@ -18,7 +18,7 @@ from sshcluster.check.report import NO_FANOUT, StepResult
 from sshcluster.quoting import shell_join
 
 if TYPE_CHECKING:  # (steps imports this module)
-    from sshcluster.check.steps import HostCheck
+    from sshcluster.check.context import HostCheck
 
 __all__ = ["fanout_step"]
 

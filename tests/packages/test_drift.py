@@ -10,8 +10,9 @@ import pytest
 from rich.console import Console
 
 from sshcluster.check.report import CheckReport, HostReport, StepResult, print_report
+from sshcluster.dump import dump_inventory
 from sshcluster.errors import InventoryError, PackagesError
-from sshcluster.inventory import Host, Packages, dump_inventory, parse_inventory
+from sshcluster.inventory import Host, Packages, parse_inventory
 from sshcluster.packages import Reference, RPackage, drift, drift_verdict, lockfile_reference
 from sshcluster.packages.reference import parse_reference
 
