@@ -11,7 +11,6 @@ from typing import Any
 import jsonschema
 import pytest
 from click.testing import CliRunner
-from sshserver import keys, server_in_thread
 
 from sshcluster.check.report import (
     SCHEMA_VERSION,
@@ -25,6 +24,7 @@ from sshcluster.check.report import (
 from sshcluster.cli import cli
 from sshcluster.inventory import Host
 from sshcluster.testing import free_port
+from sshcluster.testing.sshserver import keys, server_in_thread
 
 
 def validate(doc: Any) -> None:

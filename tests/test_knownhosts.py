@@ -19,7 +19,6 @@ from pathlib import Path
 
 import asyncssh
 import pytest
-from sshserver import LocalServer, keys
 
 from sshcluster.check.preflight import check_async
 from sshcluster.check.report import CheckReport, HostReport
@@ -33,6 +32,7 @@ from sshcluster.ssh.knownhosts import (
     order_host_key_algorithms,
     parse_known_hosts,
 )
+from sshcluster.testing.sshserver import LocalServer, keys
 
 
 def keygen(*args: str) -> subprocess.CompletedProcess[str]:
