@@ -1,5 +1,8 @@
-"""An inventory written back as YAML that :func:`~sshcluster.inventory.parse_inventory`
-reads as the same inventory (``ec2 up`` writes its hosts so, and the tests round-trip)."""
+"""An inventory written back as YAML, which reads back as the same inventory.
+
+:func:`~sshcluster.inventory.parse_inventory` reads what :func:`dump_inventory` writes
+as the inventory it was given (``ec2 up`` writes its hosts so, and the tests
+round-trip)."""
 
 from __future__ import annotations
 

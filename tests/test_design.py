@@ -9,6 +9,7 @@ functions and under ``if TYPE_CHECKING:``, since each is an arrow in the design.
 from __future__ import annotations
 
 import ast
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -170,3 +171,16 @@ def test_no_import_goes_up_a_layer() -> None:
 def test_every_module_is_small_enough_to_read(path: Path) -> None:
     lines = len(path.read_text(encoding="utf-8").splitlines())
     assert lines <= MAX_LINES, f"{module_name(path)} has {lines} lines: split it by idea"
+
+
+def test_the_readme_shows_the_real_tree() -> None:
+    """README.md's design tree is scripts/readme_tree.py's output for the package as it is
+    (run ``python3 scripts/readme_tree.py --write`` after adding or moving a module)."""
+    spec = importlib.util.spec_from_file_location(
+        "readme_tree", PACKAGE.parent / "scripts" / "readme_tree.py")
+    assert spec is not None and spec.loader is not None
+    readme_tree = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(readme_tree)
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    assert readme_tree.tree() in readme
+    assert readme_tree.readme_with_tree(readme) == readme
