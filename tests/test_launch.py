@@ -31,6 +31,7 @@ from sshcluster.bootstrap import (
     WORKER_CODE,
     RenderOptions,
 )
+from sshcluster.protocol import PROOF_MAGIC
 from sshcluster.testing import Testbed, TestHost, free_port
 from sshcluster.testing.cluster import interactive_r, write_cluster
 from sshcluster.testing.fixtures import R_TIMEOUT, run_r_in_test, squatter
@@ -516,7 +517,7 @@ def test_remote_script_forks_only_where_it_can_stop_the_forks(tmp_path: Path, le
                 server.settimeout(30)
                 held = [server.accept()[0] for _ in range(3)]
                 hellos = [c.recv(32) for c in held]
-                assert all(h.startswith(b"SCW2") and len(h) == 32 for h in hellos)
+                assert all(h.startswith(PROOF_MAGIC) and len(h) == 32 for h in hellos)
                 tree = descendants(proc.pid)
                 r = {p for p in tree if process_name(p) == "R"}
                 parents = {parent_pid(p) for p in r}
@@ -799,7 +800,7 @@ def test_a_fake_primary_learns_nothing_it_can_replay(tmp_path: Path, primary: st
                     if primary == "fake":
                         break
                 for hello in seen:
-                    assert hello[:4] == b"SCW2"
+                    assert hello[:4] == PROOF_MAGIC
                     for secret in (worker, primary_token):
                         assert not any(secret[i:i + 4] in hello for i in range(13))
                 if primary == "fake":

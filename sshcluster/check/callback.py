@@ -42,6 +42,7 @@ import asyncssh
 from sshcluster.check.probe import Facts, r_died
 from sshcluster.check.report import StepResult
 from sshcluster.net import R_PORT_RANGE
+from sshcluster.protocol import Fact
 
 #: The longest line a worker sends: a nonce is 32 hex digits and a newline.
 NONCE_LIMIT = 64
@@ -243,12 +244,12 @@ def callback_verdict(facts: Facts, *, complete: bool, target: str, listen_error:
                   "choose another 'port:' in the inventory (a port taken on a host cannot "
                   "be forwarded), and check that sshd there allows it "
                   "(AllowTcpForwarding yes)"))
-    if "CALLBACK" not in facts:
+    if Fact.CALLBACK not in facts:
         if not complete:
             return StepResult("failed", "no answer before the deadline")
         return StepResult("failed", r_died(facts))
-    answer = facts.get("CALLBACK") or ""
-    secs = facts.number("T_CALLBACK") or 0.0
+    answer = facts.get(Fact.CALLBACK) or ""
+    secs = facts.number(Fact.T_CALLBACK) or 0.0
     if answer == "ok":
         if not confirmed:
             return StepResult("failed", "the worker says it called back, but the primary did "

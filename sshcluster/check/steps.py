@@ -36,6 +36,7 @@ from sshcluster.check.report import SKIPPED, HostReport, StepResult
 from sshcluster.errors import SshclusterError
 from sshcluster.inventory import AUTO
 from sshcluster.packages.drift import host_versions
+from sshcluster.protocol import Fact
 from sshcluster.push.fanout_check import fanout_step
 from sshcluster.push.shared import shared_dir_step
 from sshcluster.ssh.command import ssh_command
@@ -263,7 +264,7 @@ def _callback_result(hc: HostCheck, complete: bool) -> StepResult:
     ctx = hc.ctx
     port = ctx.listener.port
     target = (f"127.0.0.1:{port} (the reverse tunnel)" if ctx.tunnel else
-              f"{hc.facts.get('PRIMARY') or 'the primary'}:{port}")
+              f"{hc.facts.get(Fact.PRIMARY) or 'the primary'}:{port}")
     return callback_verdict(
         hc.facts, complete=complete, target=target,
         listen_error=ctx.listener.error or hc.tunnel_error, tunnel=ctx.tunnel,
@@ -380,8 +381,8 @@ def _report(hc: HostCheck, results: dict[str, StepResult], *, complete: bool) ->
                       address=hc.address, seen_primary=what.seen_primary,
                       recorded_key=hc.decision.verdict.recorded
                       if hc.decision and hc.decision.verdict else None,
-                      packages=host_versions(hc.facts.all("PKGV")),
-                      r_platform=hc.facts.get("ENV_PLATFORM"))
+                      packages=host_versions(hc.facts.all(Fact.PKGV)),
+                      r_platform=hc.facts.get(Fact.ENV_PLATFORM))
 
 
 __all__ = ["STEPS", "TIMEOUT_HINTS", "CheckContext", "HostCheck", "Step", "run_host"]
