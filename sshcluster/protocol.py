@@ -68,6 +68,21 @@ class Fact:
     ENV_LIB_MISSING: Final = "ENV_LIB_MISSING"
 
 
+class SyncFact:
+    """The keys of the ``KEY=value`` lines ``sshcluster sync``'s remote script prints
+    (``packages/R/sync.sh`` and the R it runs, ``packages/R/verify.R``)."""
+
+    R_VERSION: Final = "R_VERSION"
+    PLATFORM: Final = "PLATFORM"
+    OS: Final = "OS"  # the host's /etc/os-release, as the reference names it
+    SHARED_ID: Final = "SHARED_ID"  # the library's file system, to tell shared ones apart
+    LIBRARY: Final = "LIBRARY"
+    STATE: Final = "STATE"  # complete, there, verified, ...
+    FAILED: Final = "FAILED"
+    HAVE: Final = "HAVE"  # one line per installed package: name, version
+    LOADFAIL: Final = "LOADFAIL"  # one line per package that does not load
+
+
 # --------------------------------------------------------------------------- the launch
 
 #: The R connections a launch holds on the primary besides one socket per worker: the
@@ -89,4 +104,5 @@ __all__ = [
     "STEPS",
     "USER_CONNECTIONS",
     "Fact",
+    "SyncFact",
 ]

@@ -11,7 +11,7 @@ from sshcluster import protocol
 from sshcluster.check.probe import VERDICTS
 from sshcluster.check.report import STEPS as REPORT_STEPS
 from sshcluster.check.steps import STEPS
-from sshcluster.protocol import Fact
+from sshcluster.protocol import Fact, SyncFact
 
 
 def _text(package: str, *path: str) -> str:
@@ -37,6 +37,13 @@ def test_every_fact_is_a_line_the_remote_script_prints() -> None:
                          _text("sshcluster.packages", "R", "environment.R")])
     facts = {v for k, v in vars(Fact).items() if k.isupper()}
     assert all(k == v for k, v in vars(Fact).items() if k.isupper())
+    assert [f for f in sorted(facts) if f"{f}=" not in sources] == []
+
+
+def test_every_sync_fact_is_a_line_the_sync_script_prints() -> None:
+    sources = "\n".join(_text("sshcluster.packages", "R", name) for name in
+                        ("sync.sh", "verify.R", "install.R", "reference.R"))
+    facts = {v for k, v in vars(SyncFact).items() if k.isupper()}
     assert [f for f in sorted(facts) if f"{f}=" not in sources] == []
 
 
