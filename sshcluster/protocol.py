@@ -91,7 +91,7 @@ LAUNCH_CONNECTIONS: Final = 2
 #: The R connections a launch leaves free for the user's own files.
 USER_CONNECTIONS: Final = 2
 #: The first bytes of a worker's hello (``PROOF_MAGIC`` of ``R/proof.R``).
-PROOF_MAGIC: Final = b"SCW2"
+PROOF_MAGIC: Final = b"SCW3"
 #: The line a host's session reports a worker's end with: ``gone SLOT STATUS``
 #: (``R/worker.R`` writes it, ``R/remote.sh`` for a worker that never started).
 GONE: Final = "gone"

@@ -758,20 +758,22 @@ def _hmac_md5(key: bytes, message: bytes) -> bytes:
     return hmac.new(key, message, hashlib.md5).digest()
 
 
-@pytest.mark.slow  # the fake primary waits out the worker's setup deadline
 @pytest.mark.parametrize("primary", ["fake", "genuine"])
 def test_a_fake_primary_learns_nothing_it_can_replay(tmp_path: Path, primary: str) -> None:
     """A worker meets whoever answers its connection. A fake primary (without the slot's
     key) answers with bytes of its own: the worker sends nothing more and gives up, and
     what the fake saw (the hellos) holds no byte of the key and a fresh nonce each time.
     A genuine primary (the proof computed here, independently of the R code) gets the
-    worker's proof, which is tied to that connection's nonces."""
+    worker's proof, which is tied to that connection's nonces; a worker that is not told
+    ADMITTED after its proof (its primary gave up on a late proof) connects and proves
+    itself again, and once admitted connects no more."""
     worker, primary_token = secrets.token_bytes(16), secrets.token_bytes(16)
     key = worker + primary_token
     stdin = _script() + f"1:{worker.hex()}:{primary_token.hex()}\n".encode()
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]
-        with subprocess.Popen(_remote_argv("Rscript", port, start="fresh"),
+        # (silence 3: the host's script ends 3 s after its worker gave up, not 40)
+        with subprocess.Popen(_remote_argv("Rscript", port, start="fresh", silence=3),
                               stdin=subprocess.PIPE, stderr=subprocess.PIPE,
                               start_new_session=True) as proc:
             try:
@@ -780,7 +782,7 @@ def test_a_fake_primary_learns_nothing_it_can_replay(tmp_path: Path, primary: st
                 proc.stdin.flush()
                 server.settimeout(60)  # a hang guard
                 seen = []
-                for _ in range(2 if primary == "fake" else 1):
+                for attempt in range(2):
                     conn = server.accept()[0]
                     conn.settimeout(60)
                     hello = b""
@@ -796,9 +798,19 @@ def test_a_fake_primary_learns_nothing_it_can_replay(tmp_path: Path, primary: st
                         conn.sendall(nonce + _hmac_md5(key, b"primary" + hello + nonce))
                         proof = conn.recv(16)
                         assert proof == _hmac_md5(key, b"worker" + hello + nonce)
+                        if attempt == 1:
+                            conn.sendall(b"\x06")  # ADMITTED
+                            admitted = conn
+                            break
                     conn.close()
                     if primary == "fake":
                         break
+                if primary == "genuine":
+                    assert len(seen) == 2 and seen[0][16:] != seen[1][16:]
+                    server.settimeout(3)
+                    with pytest.raises(TimeoutError):
+                        server.accept()  # (admitted: it connects no more)
+                    admitted.close()
                 for hello in seen:
                     assert hello[:4] == PROOF_MAGIC
                     for secret in (worker, primary_token):
