@@ -41,8 +41,12 @@ def entries(directory: Path) -> list[tuple[str, str]]:
         if init.exists():
             out.append((f"{d.name}/", summary(init)))
         else:
-            files = sorted(f.name for f in d.iterdir() if f.is_file())
+            files = sorted(f.name + ("/" if f.is_dir() else "") for f in d.iterdir()
+                           if f.name not in _SKIP)
             out.append((f"{d.name}/", " ".join(files)))
+            for sub in sorted(p for p in d.iterdir() if p.is_dir() and p.name not in _SKIP):
+                names = " ".join(sorted(f.name for f in sub.iterdir() if f.is_file()))
+                out.append((f"{d.name}/{sub.name}/", names))
     for f in sorted(p for p in directory.iterdir() if p.is_file() and p.name not in _SKIP):
         out.append((f.name, summary(f) if f.suffix == ".py" else ""))
     return out

@@ -12,7 +12,7 @@ Python supplies. Only ``parallelCluster``, ``sshcluster_stop`` and (fast launch)
 
 Two launches:
 
-* ``fast`` (the default, ``R/launch.R``): one ssh connection per host starts all of that
+* ``fast`` (the default, ``R/launch/*.R``): one ssh connection per host starts all of that
   host's workers at once, every connection to the R port proves it holds a per-worker
   secret before anything it sends is read, a failed or lost host is an error naming it
   with ssh's own message, and every ssh connection is a dead man's switch for its
@@ -51,6 +51,7 @@ from sshcluster.errors import RenderError
 from sshcluster.files import atomic_write
 from sshcluster.inventory import AUTO, Host, Inventory, Launch, Register, Tunnel, worker_output
 from sshcluster.net import R_PORT_RANGE
+from sshcluster.protocol import LAUNCH_CONNECTIONS, USER_CONNECTIONS
 from sshcluster.quoting import r_string, shell_join
 from sshcluster.ssh.command import CONNECT_TIMEOUT, known_hosts_option, ssh_command
 from sshcluster.version import __version__
@@ -207,10 +208,15 @@ MIN_R_VERSION = "4.1.0"
 #: The launcher's R code and the scripts it runs, pasted as they are into the file.
 _R_SOURCES = {
     name: resources.files("sshcluster").joinpath("R").joinpath(name).read_text(encoding="utf-8")
-    for name in ("common.R", "proof.R", "launch.R", "classic.R", "worker.R", "library.R",
-                 "remote.sh",
+    for name in ("common.R", "proof.R", "classic.R", "worker.R", "library.R", "remote.sh",
                  "supervisor.sh", "read_script.sh")
 }
+#: The fast launch's R code, one idea per file, pasted in this order.
+LAUNCH_FILES = ("start.R", "session.R", "accept.R", "node.R", "stop.R", "repair.R")
+_LAUNCH_R = "".join(
+    resources.files("sshcluster").joinpath("R").joinpath("launch").joinpath(name).read_text(
+        encoding="utf-8")
+    for name in LAUNCH_FILES)
 
 
 def _compact(r_code: str) -> str:
@@ -284,7 +290,7 @@ def _fast(inventory: Inventory, opts: RenderOptions, plan: _Plan) -> list[str]:
     port = "NA_integer_" if inventory.port is None else f"{inventory.port}L"
     return [
         _R_SOURCES["proof.R"],
-        _R_SOURCES["launch.R"],
+        _LAUNCH_R,
         "# ssh never prompts, gives up on a dead host, and always verifies host keys.",
         *_call("start", [
             ("machines", "machineAddresses"),
@@ -294,6 +300,7 @@ def _fast(inventory: Inventory, opts: RenderOptions, plan: _Plan) -> list[str]:
             ("known_hosts", _known_hosts_forms(inventory)),
             ("port", port),
             ("port_range", f"c({R_PORT_RANGE[0]}L, {R_PORT_RANGE[1]}L)"),
+            ("connections", f"c(launch = {LAUNCH_CONNECTIONS}L, user = {USER_CONNECTIONS}L)"),
             ("tunnel", _r_value(plan.tunnel == "reverse")),
             ("fork", _r_value(plan.fork)),
             ("setup_timeout", _r_value(inventory.setup_timeout)),

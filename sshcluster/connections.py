@@ -3,7 +3,7 @@
 Every PSOCK worker holds one R connection on the primary for as long as it runs, and R
 before 4.4 allows 128 in all (R 4.4 takes ``--max-connections=N``, up to 4096). These
 functions say, before anything starts, when an inventory needs more; the generated file
-checks again against the R it runs in (``R/launch.R``).
+checks again against the R it runs in (``R/launch/start.R``).
 """
 
 from __future__ import annotations

@@ -54,9 +54,18 @@ def test_the_hello_starts_with_the_magic_of_proof_r() -> None:
 
 
 def test_a_workers_end_is_reported_with_the_protocols_word() -> None:
+    proof = _text("sshcluster", "R", "proof.R")
     worker = _text("sshcluster", "R", "worker.R")
     remote = _text("sshcluster", "R", "remote.sh")
-    launch = _text("sshcluster", "R", "launch.R")
-    assert f'cat("{protocol.GONE}", slots[[pid]]' in worker
+    node = _text("sshcluster", "R", "launch", "node.R")
+    assert f'\nGONE <- "{protocol.GONE}"\n' in proof
+    assert "cat(GONE, slots[[pid]]" in worker
     assert f'echo "{protocol.GONE} ${{t%%:*}} $rc" >&4' in remote
-    assert f'words[1] == "{protocol.GONE}"' in launch
+    assert "words[1] == GONE" in node
+
+
+def test_the_launch_takes_its_connection_budget_from_python() -> None:
+    start = _text("sshcluster", "R", "launch", "start.R")
+    assert 'S$config$connections[["launch"]]' in start
+    assert 'S$config$connections[["user"]]' in start
+    assert not re.search(r"workers \+ \d", start)
