@@ -85,6 +85,8 @@ repair <- function(S) {
   })
   S$lost <- list()
   new <- launch(S, missing, deadline = Sys.time() + S$config$setup_timeout, fail_fast = FALSE)
+  if (length(new)) for (f in S$on_new_workers)
+    f(structure(new, class = c("sshcluster", "SOCKcluster", "cluster")))
   all <- c(unname(kept), new)
   all <- all[order(vapply(all, `[[`, 1L, "rank"))]
   S$cluster <- structure(all, class = c("sshcluster", "SOCKcluster", "cluster"))
@@ -115,6 +117,15 @@ repair <- function(S) {
     assign("parallelCluster", S$cluster, envir = globalenv())
   register(follow, S$cluster)
   invisible(S$cluster)
+}
+
+# What every worker a repair starts gets before the cluster is handed back (f(cl) with
+# the new workers as a cluster), as the first ones got it after the launch: the
+# library of `sshcluster sync` first on its .libPaths(), for one.
+on_new_workers <- function(cl, f) {
+  S <- state_of(cl[[1L]])
+  S$on_new_workers <- c(S$on_new_workers, list(f))
+  invisible(cl)
 }
 
 # Why machine h's newest session ended.

@@ -43,6 +43,7 @@ new_launch <- function(config, key) {
   S$next_id <- 0L
   S$sessions <- list()
   S$lost <- list()
+  S$on_new_workers <- list()  # f(cl) for the workers a repair starts
   S$dir <- NULL
   S$supervisor <- NULL
   S$listener <- NULL
