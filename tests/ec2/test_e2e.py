@@ -21,9 +21,9 @@ from click.testing import CliRunner
 
 from sshcluster import ec2
 from sshcluster.bootstrap import write_bootstrap
+from sshcluster.check.preflight import check, verified_inventory
 from sshcluster.cli import cli
 from sshcluster.inventory import load_inventory
-from sshcluster.preflight import check, verified_inventory
 from sshcluster.quoting import r_string
 
 from .helpers import REGION, internet_gateway
