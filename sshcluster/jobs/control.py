@@ -24,7 +24,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO
 
-from sshcluster import __version__
 from sshcluster.errors import HostError
 from sshcluster.inventory import Host, Inventory
 from sshcluster.jobs.detached import (
@@ -42,6 +41,7 @@ from sshcluster.jobs.record import RunResult, owner_alive, runs_dir, write_recor
 from sshcluster.jobs.remote import argv, run_script, script_input
 from sshcluster.jobs.results import ResultsReport, fetch_results
 from sshcluster.jobs.workerlog import WORKER_LOGS
+from sshcluster.version import __version__
 
 _STATUS = """\
 alive=no

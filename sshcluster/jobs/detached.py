@@ -40,16 +40,18 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from sshcluster.bootstrap import END_OF_SCRIPT, READ_SCRIPT, ssh_command, write_bootstrap
+from sshcluster.bootstrap import END_OF_SCRIPT, READ_SCRIPT, write_bootstrap
+from sshcluster.check.preflight import check, verified_inventory
+from sshcluster.dump import dump_inventory
 from sshcluster.errors import HostError, HostLeased, SshclusterError
-from sshcluster.inventory import Host, Inventory, Primary, dump_inventory, load_inventory
+from sshcluster.inventory import Host, Inventory, Primary, load_inventory
 from sshcluster.jobs.job import RunError, RunOptions
 from sshcluster.jobs.leases import LEASE_SCRIPT, LEASE_TIMEOUT, JobInfo, describe
 from sshcluster.jobs.record import runs_dir
 from sshcluster.jobs.remote import run_script, settings
 from sshcluster.jobs.workerlog import WORKER_LOGS, job_render_options
-from sshcluster.preflight import check, verified_inventory
 from sshcluster.quoting import shell_join, shell_quote
+from sshcluster.ssh.command import ssh_command
 
 SUPERVISOR = resources.files("sshcluster.jobs").joinpath("supervise.sh")
 DRIVER = resources.files("sshcluster.jobs").joinpath("driver.R")

@@ -11,10 +11,11 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Mapping
 
-from sshcluster.bootstrap import END_OF_SCRIPT, READ_SCRIPT, ssh_command
+from sshcluster.bootstrap import END_OF_SCRIPT, READ_SCRIPT
 from sshcluster.errors import HostError
 from sshcluster.inventory import Host, Inventory
 from sshcluster.quoting import shell_quote
+from sshcluster.ssh.command import ssh_command
 
 #: Seconds a short remote command may take (connection included).
 REMOTE_TIMEOUT = 30.0
