@@ -37,7 +37,6 @@ import os
 import textwrap
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from importlib import resources
 
 from sshcluster.connections import (
@@ -49,95 +48,13 @@ from sshcluster.connections import (
 )
 from sshcluster.errors import RenderError
 from sshcluster.files import atomic_write
-from sshcluster.inventory import AUTO, Host, Inventory, Launch, Register, Tunnel, worker_output
+from sshcluster.inventory import AUTO, Host, Inventory
+from sshcluster.launchplan import Plan, RenderOptions, launch_plan, launch_tunnel, plan_of
 from sshcluster.net import R_PORT_RANGE
 from sshcluster.protocol import LAUNCH_CONNECTIONS, USER_CONNECTIONS
 from sshcluster.quoting import r_string, shell_join
 from sshcluster.ssh.command import CONNECT_TIMEOUT, known_hosts_option, ssh_command
 from sshcluster.version import __version__
-
-
-@dataclass(frozen=True)
-class RenderOptions:
-    """How the bootstrap starts the cluster.
-
-    ``connect_timeout`` bounds each ssh connection attempt; ``extra_ssh_options`` are
-    ``-o`` options (``"Name=value"``) added to every ssh command. ``launch``, ``tunnel``
-    ``fork`` and ``worker_output`` override the inventory's; ``register`` adds to the
-    inventory's list.
-    """
-
-    connect_timeout: int = CONNECT_TIMEOUT
-    extra_ssh_options: tuple[str, ...] = ()
-    note: str | None = None
-    launch: Launch | None = None
-    tunnel: Tunnel | None = None
-    fork: bool | None = None
-    register: tuple[Register, ...] = ()
-    worker_output: str | None = None
-    #: Whether the cluster takes its hosts' leases (None: the inventory's ``lease``);
-    #: ``sshcluster run`` renders with False, since the job holds them itself.
-    lease: bool | None = None
-    #: A directory (on the primary) for the workers' output lines, a file per host, in
-    #: place of the primary's stdout (``sshcluster run``'s record; ``~`` is expanded).
-    worker_logs: str | None = None
-    #: Behind the reverse tunnel, every host's session asks for a port of its own, not
-    #: the primary's: a detached job's primary R runs on one of the hosts.
-    own_ports: bool = False
-    #: The content hash of the R package environment ``sshcluster sync`` gave the
-    #: hosts (``Reference.digest``): its library goes first on the workers' .libPaths().
-    library_digest: str | None = None
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """The options and the inventory's settings, merged."""
-
-    launch: Launch
-    tunnel: Tunnel
-    fork: bool
-    register: tuple[Register, ...]
-    worker_output: str
-    lease: bool
-
-
-def _plan(inventory: Inventory, opts: RenderOptions) -> _Plan:
-    launch = opts.launch or inventory.launch
-    asked = opts.tunnel or inventory.tunnel
-    tunnel = asked or ("none" if launch == "classic" else "reverse")
-    if launch == "classic" and asked == "reverse":
-        raise RenderError("the classic launch cannot use a reverse tunnel",
-                          hint="use the fast launch (the default) with the reverse tunnel")
-    register = tuple(dict.fromkeys((*inventory.register, *opts.register)))
-    fork = inventory.fork if opts.fork is None else opts.fork
-    output = worker_output(opts.worker_output, lambda why: RenderError(
-        f"worker_output: {why}")) if opts.worker_output else inventory.worker_output
-    if launch == "classic" and output != "none":
-        raise RenderError("worker_output is for the fast launch",
-                          hint="use the fast launch, or makeCluster's own outfile")
-    lease = inventory.lease if opts.lease is None else opts.lease
-    if launch == "classic" and lease:
-        raise RenderError("lease: true is for the fast launch (its ssh session on each "
-                          "host holds the lease)",
-                          hint="use the fast launch, or 'sshcluster run', which leases "
-                               "the hosts for any launch")
-    return _Plan(launch=launch, tunnel=tunnel, fork=fork, register=register,
-                 worker_output=output, lease=lease)
-
-
-def launch_tunnel(inventory: Inventory, options: RenderOptions | None = None) -> Tunnel:
-    """The tunnel the rendered file's launch will use, whatever sets it: an option, the
-    inventory, or the default (the reverse tunnel for the fast launch, none for the
-    classic one). The check takes its callback's route from it."""
-    return _plan(inventory, options or RenderOptions()).tunnel
-
-
-def launch_plan(inventory: Inventory, options: RenderOptions | None = None
-                ) -> tuple[Launch, str]:
-    """The launch (``fast``/``classic``) and the ``worker_output`` the rendered file will
-    use, from the options and the inventory."""
-    plan = _plan(inventory, options or RenderOptions())
-    return plan.launch, plan.worker_output
 
 
 def _known_hosts_forms(inventory: Inventory) -> str:
@@ -174,7 +91,7 @@ def render(inventory: Inventory, options: RenderOptions | None = None) -> str:
     options contradict each other.
     """
     opts = options or RenderOptions()
-    plan = _plan(inventory, opts)
+    plan = plan_of(inventory, opts)
     _require_known_ncore(inventory)
     if inventory.primary.host == AUTO and plan.tunnel != "reverse":
         raise RenderError(
@@ -270,7 +187,7 @@ def _r_items(items: Sequence[str], indent: str = "  ") -> list[str]:
     return [f"{indent}{item}{',' if i < len(items) - 1 else ''}" for i, item in enumerate(items)]
 
 
-def _machine(inventory: Inventory, host: Host, opts: RenderOptions, plan: _Plan) -> str:
+def _machine(inventory: Inventory, host: Host, opts: RenderOptions, plan: Plan) -> str:
     """One machineAddresses entry: ``list(host=, user=, ncore=)`` as users write it (plus the
     host's ``rscript``, and for the classic launch the fields makeCluster needs)."""
     fields = [f"host = {r_string(host.host)}"]
@@ -306,7 +223,7 @@ def _call(function: str, config: Sequence[tuple[str, str]]) -> list[str]:
     return [f"{function}(list(", *_r_items([f"{k} = {v}" for k, v in config]), "))"]
 
 
-def _fast(inventory: Inventory, opts: RenderOptions, plan: _Plan) -> list[str]:
+def _fast(inventory: Inventory, opts: RenderOptions, plan: Plan) -> list[str]:
     per_host = [shell_join(ssh_command(inventory, h, opts, known_hosts=False))
                 for h in inventory.hosts]
     common = Counter(per_host).most_common(1)[0][0]
@@ -344,7 +261,7 @@ def _fast(inventory: Inventory, opts: RenderOptions, plan: _Plan) -> list[str]:
     ]
 
 
-def _classic(inventory: Inventory, opts: RenderOptions, plan: _Plan) -> list[str]:
+def _classic(inventory: Inventory, opts: RenderOptions, plan: Plan) -> list[str]:
     port = "NA_integer_" if inventory.port is None else f"{inventory.port}L"
     return [
         _R_SOURCES["classic.R"],
@@ -405,7 +322,7 @@ def _require_known_ncore(inventory: Inventory) -> None:
         )
 
 
-def _header(inventory: Inventory, opts: RenderOptions, plan: _Plan) -> list[str]:
+def _header(inventory: Inventory, opts: RenderOptions, plan: Plan) -> list[str]:
     source = os.path.abspath(inventory.path) if inventory.path else "(an inventory in memory)"
     n_hosts = len(inventory.hosts)
     port = f"port {inventory.port}" if inventory.port is not None else "a port R picks"
@@ -466,6 +383,7 @@ __all__ = [
     "connection_note",
     "connections_needed",
     "launch_plan",
+    "launch_tunnel",
     "render",
     "spec_entries",
     "ssh_command",

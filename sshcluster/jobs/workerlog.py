@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO
 
-from sshcluster.bootstrap import RenderOptions, launch_plan
+from sshcluster.launchplan import RenderOptions, launch_plan
 from sshcluster.inventory import Inventory
 
 #: The run directory's folder of per-host worker logs.
