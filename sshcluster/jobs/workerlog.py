@@ -16,8 +16,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO
 
-from sshcluster.launchplan import RenderOptions, launch_plan
 from sshcluster.inventory import Inventory
+from sshcluster.launchplan import RenderOptions, launch_plan
 
 #: The run directory's folder of per-host worker logs.
 WORKER_LOGS = "workers"
