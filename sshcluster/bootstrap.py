@@ -154,9 +154,11 @@ def render(inventory: Inventory, options: RenderOptions | None = None) -> str:
     _require_known_ncore(inventory)
     if inventory.primary.host == AUTO and plan.tunnel != "reverse":
         raise RenderError(
-            f"{_where(inventory)}primary.host is 'auto'; the bootstrap needs the address the "
-            "workers connect to",
-            hint="run 'sshcluster render --check' to detect it, or write the address",
+            f"{_where(inventory)}primary is 'auto' (or left out), but with tunnel: none the "
+            "workers connect straight to the primary, so the file needs its address as they "
+            "see it",
+            hint="run 'sshcluster render --check' to detect it, write 'primary: ADDRESS', "
+                 "or leave tunnel: none out (the default reverse tunnel needs no address)",
         )
     lines = _header(inventory, opts, plan)
     note = connection_note(inventory)
