@@ -49,6 +49,7 @@ from sshcluster.inventory import (
 from sshcluster.jobs.cli import jobs_command, run_command
 from sshcluster.packages.cli import sync_command
 from sshcluster.push.cli import push_command
+from sshcluster.status.cli import status_command
 from sshcluster.testing.cli import testbed_group
 from sshcluster.version import __version__
 
@@ -377,6 +378,7 @@ cli.add_command(push_command)
 cli.add_command(sync_command)
 cli.add_command(run_command)
 cli.add_command(jobs_command)
+cli.add_command(status_command)
 use_help_formatter(cli)
 
 
