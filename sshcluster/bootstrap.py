@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 from sshcluster import __version__
+from sshcluster.containers.launch import container_config, container_script
 from sshcluster.connections import (
     R_CONNECTIONS,
     R_MAX_CONNECTIONS,
@@ -224,6 +225,9 @@ def render(inventory: Inventory, options: RenderOptions | None = None) -> str:
     opts = options or RenderOptions()
     plan = _plan(inventory, opts)
     _require_known_ncore(inventory)
+    if plan.launch == "classic" and any(h.container for h in inventory.hosts):
+        raise RenderError(f"{_where(inventory)}container: needs the fast launch",
+                          hint="remove 'launch: classic' (the fast launch is the default)")
     if inventory.primary.host == AUTO and plan.tunnel != "reverse":
         raise RenderError(
             f"{_where(inventory)}primary.host is 'auto'; the bootstrap needs the address the "
@@ -374,7 +378,9 @@ def _fast(inventory: Inventory, opts: RenderOptions, plan: _Plan) -> list[str]:
             ("workdir", _r_value(inventory.workdir)),
             ("register", _r_value(plan.register)),
             ("worker_output", _r_value(plan.worker_output)),
-            ("remote_script", r_string(_R_SOURCES["remote.sh"])),
+            # (containers: the host's container, and the functions that run it)
+            *container_config(inventory),
+            ("remote_script", r_string(container_script(inventory) + _R_SOURCES["remote.sh"])),
             ("supervisor_script", r_string(_R_SOURCES["supervisor.sh"])),
             ("worker_code", r_string(WORKER_CODE)),
             ("read_script", r_string(READ_SCRIPT)),

@@ -1,4 +1,13 @@
-"""Container images with R, built offline from this machine's own R, for tests.
+"""Container engines on test hosts, and images with R built offline, for tests.
+
+Every test host shares this machine's filesystem, so a rootful podman on each would
+share one image store (``/var/lib/containers``) and so could not lack an image that
+another host has. :data:`ENGINE_DIRS` gives each host a store of its own: pass it as a
+:class:`~sshcluster.testing.Testbed`'s ``private_dirs`` and each host's sshd (and so
+every ssh session, and the podman it runs) sees a tmpfs of its own at podman's storage,
+run and lock directories. :func:`on_host` runs a command there without ssh (also on a
+host that is cut off), :func:`containers_left` counts what the engine holds on each
+host, and :func:`load_image` gives hosts an image.
 
 No registry is reachable from a test, so a test image is made here: :func:`r_rootfs`
 copies this machine's R (``R.home()`` without the site library, ``/etc/R``,
@@ -23,8 +32,17 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from sshcluster.errors import TestbedError
+from sshcluster.testing.hosts import TestHost, host_dir
+from sshcluster.testing.netns import sshd_pids_using
+from sshcluster.testing.testbed import Testbed
 
-__all__ = ["MARKER_FILE", "import_image", "r_rootfs"]
+__all__ = ["ENGINE_DIRS", "MARKER_FILE", "containers_left", "import_image", "load_image",
+           "on_host", "r_rootfs", "save_image"]
+
+#: Each host's own podman (rootful): its image store, its run state, its locks
+#: (podman's lock table lives in /dev/shm).
+ENGINE_DIRS = {"/var/lib/containers": "2g", "/run/containers": "64m", "/run/libpod": "64m",
+               "/dev/shm": "64m"}
 
 #: Where the image's marker lies, inside the image.
 MARKER_FILE = "/etc/sshcluster-image"
@@ -131,3 +149,48 @@ def import_image(tree: Path, name: str, *, env: Mapping[str, str] | None = None,
                               capture_output=True, text=True, env=dict(env or os.environ),
                               check=True).stdout.strip()
     return image_id
+
+
+def on_host(tb: Testbed, host: TestHost, argv: list[str], *, timeout: float = 60,
+            stdin: int | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` on ``host`` as its ssh sessions run (its network, hostname and mount
+    namespaces: its own container store), without ssh."""
+    pids = sshd_pids_using(str(host_dir(tb.workdir, host)))
+    if not pids:
+        raise TestbedError(f"no sshd runs on {host.hostname}")
+    return subprocess.run(["nsenter", "-t", str(min(pids)), "-m", "-n", "-u", *argv],
+                          capture_output=True, text=True, timeout=timeout, stdin=stdin,
+                          check=False)
+
+
+def containers_left(tb: Testbed, engine: str = "podman") -> dict[str, list[str]]:
+    """The containers on each host of ``tb`` (by hostname; hosts with none left out)."""
+    left = {}
+    for h in tb.hosts:
+        out = on_host(tb, h, [engine, "ps", "-a", "--format", "{{.Names}} {{.Status}}"])
+        if out.returncode != 0:
+            raise TestbedError(f"{engine} ps on {h.hostname}: {out.stderr.strip()}")
+        names = out.stdout.split("\n")
+        if any(n.strip() for n in names):
+            left[h.hostname] = [n for n in names if n.strip()]
+    return left
+
+
+def save_image(name: str, archive: Path, *, env: Mapping[str, str] | None = None) -> Path:
+    """``podman save`` of ``name`` (docker-archive: the image id stays the same) to
+    ``archive``."""
+    out = subprocess.run(["podman", "save", "--format", "docker-archive", "-o", str(archive),
+                          name], capture_output=True, text=True, env=dict(env or os.environ),
+                         check=False, timeout=120)
+    if out.returncode != 0:
+        raise TestbedError(f"podman save {name}: {out.stderr.strip()}")
+    return archive
+
+
+def load_image(tb: Testbed, hosts: Iterable[TestHost], archive: Path) -> None:
+    """Load the image archive ``archive`` into the stores of ``hosts``."""
+    for h in hosts:
+        with archive.open("rb") as f:
+            out = on_host(tb, h, ["podman", "load", "-q"], stdin=f.fileno())
+        if out.returncode != 0:
+            raise TestbedError(f"podman load on {h.hostname}: {out.stderr.strip()}")

@@ -1,0 +1,40 @@
+"""What the rendered file's fast launch needs for the hosts' containers.
+
+The launch itself is the project's own (``R/launch.R``, ``R/remote.sh``): when any host
+has a container, the host script gets the functions of ``container.sh`` pasted in front
+of it, and the launch's config a per-machine list of container settings, which
+``launch.R`` hands each host's script as ``SSHCLUSTER_CONTAINER*`` variables. An
+inventory without ``container:`` renders exactly as before.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from sshcluster.inventory import Inventory
+from sshcluster.quoting import r_string
+
+__all__ = ["CONTAINER_SCRIPT", "container_config", "container_script"]
+
+#: The host-side functions (start, exec, remove).
+CONTAINER_SCRIPT = resources.files("sshcluster.containers").joinpath(
+    "container.sh").read_text(encoding="utf-8")
+
+
+def container_script(inventory: Inventory) -> str:
+    """The text to paste before the host script: the container functions, or nothing."""
+    return CONTAINER_SCRIPT if any(h.container for h in inventory.hosts) else ""
+
+
+def container_config(inventory: Inventory) -> list[tuple[str, str]]:
+    """The launch config's ``containers`` entry (one R list or NULL per machine), or
+    nothing when no host has a container."""
+    if not any(h.container for h in inventory.hosts):
+        return []
+    items = []
+    for h in inventory.hosts:
+        c = h.container
+        items.append("NULL" if c is None else (
+            f"list(engine = {r_string(c.engine)}, image = {r_string(c.image)}, "
+            f"pull = {r_string(c.pull)}, options = {r_string(c.options_line)})"))
+    return [("containers", f"list({', '.join(items)})")]
