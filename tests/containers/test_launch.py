@@ -135,11 +135,12 @@ def test_a_dead_primary_leaves_no_container(tb: Testbed, image: Image, tmp_path:
     assert processes == {}
 
 
-@pytest.mark.slow
 def test_a_host_cut_off_mid_call_removes_its_container(tb: Testbed, image: Image,
                                                        tmp_path: Path) -> None:
     """node1 vanishes from the network during a call: its watchdog hears no heartbeat
-    and removes the container on its side; the primary's stop removes node2's."""
+    and removes the container on its side, while the primary still waits for the call
+    (which would end when ssh gives up on node1); then the primary is killed, and
+    node2's container goes too."""
     f = _render(tb, tmp_path, image, silence=5)
     proc = _start(tb, tmp_path, f)
     cut = tb.hosts[0]
@@ -149,12 +150,11 @@ def test_a_host_cut_off_mid_call_removes_its_container(tb: Testbed, image: Image
         while "node1" in containers_left(tb) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert "node1" not in containers_left(tb), "node1's watchdog did not remove it"
-        out, err = proc.communicate(timeout=90)
+        assert proc.poll() is None
     finally:
+        proc.kill()
+        proc.communicate()
         tb.reconnect(cut)
-        if proc.poll() is None:
-            proc.kill()
-    assert "call ended" in out, err
     left, processes = _left(tb, tmp_path)
     assert left == {}
     # (the cut host's sshd still holds the session of a client that vanished, until TCP
