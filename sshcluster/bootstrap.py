@@ -44,7 +44,6 @@ from dataclasses import dataclass
 from importlib import resources
 
 from sshcluster import __version__
-from sshcluster.containers.launch import container_config, container_script
 from sshcluster.connections import (
     R_CONNECTIONS,
     R_MAX_CONNECTIONS,
@@ -52,6 +51,7 @@ from sshcluster.connections import (
     connections_needed,
     workers_note,
 )
+from sshcluster.containers.launch import container_config, container_script
 from sshcluster.errors import RenderError
 from sshcluster.files import atomic_write
 from sshcluster.inventory import AUTO, Host, Inventory, Launch, Register, Tunnel, worker_output

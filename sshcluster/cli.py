@@ -29,6 +29,7 @@ from rich.progress import (
 )
 
 from sshcluster import __version__, bootstrap, packages
+from sshcluster.containers.cli import image_group
 from sshcluster.ec2.cli import ec2_group
 from sshcluster.errors import CheckFailed, SshclusterError
 from sshcluster.helpformat import use_help_formatter
@@ -468,6 +469,7 @@ cli.add_command(testbed_group)
 cli.add_command(ec2_group)
 cli.add_command(run_command)
 cli.add_command(jobs_command)
+cli.add_command(image_group)  # (sshcluster/containers)
 use_help_formatter(cli)
 
 

@@ -25,6 +25,7 @@ import asyncssh
 
 from sshcluster.bootstrap import ssh_command
 from sshcluster.callback import CallbackListener, callback_verdict
+from sshcluster.containers.check import container_step
 from sshcluster.errors import SshclusterError
 from sshcluster.hints import DNS_HINT, TIMEOUT_HINTS, auth_hint, blame
 from sshcluster.inventory import AUTO, Host, Inventory
@@ -378,6 +379,7 @@ STEPS: tuple[Step, ...] = (
     Step("callback", ("rscript",), callback, _callback_result),
     Step("shared_dir", ("auth",), shared_dir_step),
     Step("fanout", ("auth",), fanout_step),
+    Step("container", ("auth",), container_step),  # (sshcluster/containers)
 )
 
 

@@ -69,7 +69,7 @@ def test_workers_run_in_the_container_and_stop_leaves_nothing(
     assert lines["wd"].strip() == "/tmp/sshcluster-wd"  # (mounted, and the workers in it)
     # forked from one R in the container, or one Rscript each: four processes (each
     # host's container has a pid namespace of its own, so pids repeat across hosts)
-    assert len(set(zip(lines["nodes"].split(), lines["pids"].split()))) == 4
+    assert len(set(zip(lines["nodes"].split(), lines["pids"].split(), strict=True))) == 4
     assert lines["sum"].strip() == "2870"
     left, processes = _left(tb, tmp_path)
     assert left == {}
