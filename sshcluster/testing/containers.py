@@ -56,6 +56,9 @@ _TOOLS = ("sh", "dash", "bash", "sleep", "cat", "uname", "sed", "rm", "mkdir", "
 #: R's packages that need libraries a worker never does (Tcl/Tk and X11).
 _SKIP_PACKAGES = ("tcltk",)
 
+#: What a package holds that loading it never reads.
+_SKIP_DIRS = ("doc", "html", "help", "tests", "demo", "po")
+
 _LDD_LINE = re.compile(r"(?:=>\s*)?(/\S+)\s+\(0x")
 
 
@@ -99,10 +102,15 @@ def r_rootfs(dest: Path, *, marker: str, files: Mapping[str, str] | None = None)
     (dest / "tmp").chmod(0o1777)
     for link in ("bin", "lib", "lib64", "sbin"):
         (dest / link).symlink_to(f"usr/{link}")
-    skip = {"site-library", *(f"library/{p}" for p in _SKIP_PACKAGES)}
-    shutil.copytree(r_home, dest / str(r_home).lstrip("/"), symlinks=True,
-                    ignore=lambda d, names: [n for n in names if os.path.relpath(
-                        os.path.join(d, n), r_home) in skip])
+    skip = {"site-library", "library/translations", *(f"library/{p}" for p in _SKIP_PACKAGES)}
+
+    def ignore(d: str, names: list[str]) -> list[str]:
+        rel = os.path.relpath(d, r_home)
+        docs = rel.startswith("library/") and rel.count("/") == 1  # (a package's own dirs)
+        return [n for n in names if os.path.normpath(os.path.join(rel, n)) in skip
+                or (docs and n in _SKIP_DIRS)]
+
+    shutil.copytree(r_home, dest / str(r_home).lstrip("/"), symlinks=True, ignore=ignore)
     for tree in ("/etc/R", "/usr/share/R"):
         if os.path.isdir(tree):
             shutil.copytree(tree, dest / tree.lstrip("/"), symlinks=True, dirs_exist_ok=True)
