@@ -4,6 +4,7 @@ failed launch, a host cut off mid-call, or the primary killed (kill -9, Ctrl-C).
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -20,6 +21,10 @@ from sshcluster.testing.fixtures import run_r_in_test
 from sshcluster.testing.leftovers import launch_env, nothing_left
 
 from .helpers import MARKER, Image, container_inventory
+
+#: How many times each case that ends a cluster runs (SSHCLUSTER_CONTAINER_RUNS=20 for a
+#: soak by hand; each run a test of its own).
+RUNS = range(int(os.environ.get("SSHCLUSTER_CONTAINER_RUNS", "1")))
 
 RUN = """
 source({file})
@@ -39,7 +44,11 @@ def _left(tb: Testbed, d: Path, wait: float = 20) -> tuple[dict[str, list[str]],
     deadline = time.monotonic() + wait
     while (left := containers_left(tb)) and time.monotonic() < deadline:
         time.sleep(0.5)
-    return left, nothing_left(tb, marker=d, wait=10)
+    processes = nothing_left(tb, marker=d, wait=10)
+    # (one line per case, for a soak's tally: pytest -s | grep 'containers left')
+    print(f"\ncontainers left: {sum(map(len, left.values()))}, processes left: "
+          f"{sum(map(len, processes.values()))}")
+    return left, processes
 
 
 def _render(tb: Testbed, d: Path, image: Image, *, fork: bool = True,
@@ -55,8 +64,9 @@ def _render(tb: Testbed, d: Path, image: Image, *, fork: bool = True,
 
 
 @pytest.mark.parametrize("fork", [True, False], ids=["fork", "no-fork"])
+@pytest.mark.parametrize("run", RUNS)
 def test_workers_run_in_the_container_and_stop_leaves_nothing(
-        tb: Testbed, image: Image, tmp_path: Path, fork: bool) -> None:
+        tb: Testbed, image: Image, tmp_path: Path, fork: bool, run: int) -> None:
     assert containers_left(tb) == {}
     f = _render(tb, tmp_path, image, fork=fork)
     r = run_r_in_test(RUN.format(file=r_string(str(f)), marker=r_string(MARKER_FILE)),
@@ -76,8 +86,9 @@ def test_workers_run_in_the_container_and_stop_leaves_nothing(
     assert processes == {}
 
 
-def test_a_failed_launch_leaves_no_container(tb: Testbed, image: Image, tmp_path: Path
-                                             ) -> None:
+@pytest.mark.parametrize("run", RUNS)
+def test_a_failed_launch_leaves_no_container(tb: Testbed, image: Image, tmp_path: Path,
+                                             run: int) -> None:
     """node2 has no such image and may not pull it: the launch fails naming node2 and
     what podman said, and node1's container, which had started, is removed too."""
     f = _render(tb, tmp_path, image, per_host={1: {"image": "localhost/absent:1"}})
@@ -120,14 +131,14 @@ def _start(tb: Testbed, d: Path, f: Path) -> subprocess.Popen[str]:
 
 
 @pytest.mark.parametrize("how", ["kill-9", "ctrl-c"])
+@pytest.mark.parametrize("run", RUNS)
 def test_a_dead_primary_leaves_no_container(tb: Testbed, image: Image, tmp_path: Path,
-                                            how: str) -> None:
+                                            how: str, run: int) -> None:
     f = _render(tb, tmp_path, image)
     proc = _start(tb, tmp_path, f)
     if how == "kill-9":
         proc.kill()
     else:  # (what a terminal's Ctrl-C sends: SIGINT to the whole foreground group)
-        import os
         os.killpg(proc.pid, signal.SIGINT)
     proc.communicate(timeout=60)
     left, processes = _left(tb, tmp_path, wait=30)
@@ -135,8 +146,9 @@ def test_a_dead_primary_leaves_no_container(tb: Testbed, image: Image, tmp_path:
     assert processes == {}
 
 
+@pytest.mark.parametrize("run", RUNS)
 def test_a_host_cut_off_mid_call_removes_its_container(tb: Testbed, image: Image,
-                                                       tmp_path: Path) -> None:
+                                                       tmp_path: Path, run: int) -> None:
     """node1 vanishes from the network during a call: its watchdog hears no heartbeat
     and removes the container on its side, while the primary still waits for the call
     (which would end when ssh gives up on node1); then the primary is killed, and
