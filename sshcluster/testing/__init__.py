@@ -18,7 +18,8 @@ The modules: :mod:`~sshcluster.testing.testbed` (:class:`Testbed`, :class:`TestH
 processes), :mod:`~sshcluster.testing.keys` and :mod:`~sshcluster.testing.sshd` (keys,
 ssh files, sshd configs), :mod:`~sshcluster.testing.servers` (the sshd processes),
 :mod:`~sshcluster.testing.faults` (iptables), :mod:`~sshcluster.testing.rscript`
-(running R) and :mod:`~sshcluster.testing.cli` (``sshcluster testbed up|down``).
+(running R), :mod:`~sshcluster.testing.containers` (a podman store per host, and R
+images built offline) and :mod:`~sshcluster.testing.cli` (``sshcluster testbed up|down``).
 """
 
 from __future__ import annotations
