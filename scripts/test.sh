@@ -6,9 +6,10 @@
 #   bash scripts/test.sh tests/test_inventory.py -k ncore   # pytest's own arguments
 #
 # The whole suite runs in two parts: the tests that need nothing of this machine, four at
-# a time (pytest-xdist), then those that build SSH test hosts or are slow, one at a time
-# (they time launches and faults on a 2-core machine). Each part prints its 25 slowest
-# tests. With CI=true the multi-host tests must run: if the test hosts cannot be built,
+# a time (pytest-xdist), then those that build SSH test hosts or are slow, two at a time
+# (each builds its own test hosts on a subnet of its own; most of their time is spent
+# waiting on timeouts, not on the CPU). Each part prints its 25 slowest tests. The
+# process tests run once each here; scripts/loop.sh runs them 20 times. With CI=true the multi-host tests must run: if the test hosts cannot be built,
 # the run fails instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,5 +38,5 @@ fi
 
 rc=0
 "${pytest[@]}" "${quick[@]}" --durations=25 || rc=$?
-"${pytest[@]}" -m "testbed or slow" --durations=25 || rc=$?
+"${pytest[@]}" -m "testbed or slow" -n 2 --durations=25 || rc=$?
 exit "$rc"

@@ -389,3 +389,26 @@ def test_worker_output_is_read_and_checked() -> None:
     assert "worker_output = \"none\"" in render(inv())
     with pytest.raises(RenderError, match="fast launch"):
         render(inv(launch="classic"), RenderOptions(worker_output="console"))
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ("sshcluster.heartbeat_seconds = 'ten'",
+     "option sshcluster.heartbeat_seconds must be one positive number of seconds"),
+    ("sshcluster.keepalive_count = 0",
+     "option sshcluster.keepalive_count must be one positive number \n"),
+    ("sshcluster.heartbeat_seconds = 5, sshcluster.silence_seconds = 6",
+     "option sshcluster.silence_seconds must be at least twice"),
+])
+def test_a_bad_timing_option_stops_before_anything_starts(tmp_path: Path, options: str,
+                                                          message: str) -> None:
+    """The timings a fault test may shorten (options() before source()) are checked
+    before any ssh starts: a bad value is named, and nothing of the launch runs."""
+    f = tmp_path / "cluster.R"
+    f.write_text(render(parse_inventory(MISSION), RenderOptions()))
+    out = subprocess.run(["Rscript", "-e", f"options({options})\n"
+                          "system <- system2 <- pipe <- function(...) stop('started')\n"
+                          f"r <- tryCatch(source({json.dumps(str(f))}), error = conditionMessage)\n"
+                          "cat(r, '\\n')"],
+                         capture_output=True, text=True, timeout=60)
+    assert message in out.stdout, out.stdout + out.stderr
+    assert "started" not in out.stdout

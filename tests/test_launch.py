@@ -564,7 +564,7 @@ def test_remote_script_forks_only_where_it_can_stop_the_forks(tmp_path: Path, le
                 server.settimeout(30)
                 held = [server.accept()[0] for _ in range(3)]
                 hellos = [c.recv(32) for c in held]
-                assert all(h.startswith(b"SCW2") and len(h) == 32 for h in hellos)
+                assert all(h.startswith(b"SCW3") and len(h) == 32 for h in hellos)
                 tree = descendants(proc.pid)
                 r = {p for p in tree if process_name(p) == "R"}
                 parents = {parent_pid(p) for p in r}
@@ -805,20 +805,22 @@ def _hmac_md5(key: bytes, message: bytes) -> bytes:
     return hmac.new(key, message, hashlib.md5).digest()
 
 
-@pytest.mark.slow  # the fake primary waits out the worker's setup deadline
 @pytest.mark.parametrize("primary", ["fake", "genuine"])
 def test_a_fake_primary_learns_nothing_it_can_replay(tmp_path: Path, primary: str) -> None:
     """A worker meets whoever answers its connection. A fake primary (without the slot's
     key) answers with bytes of its own: the worker sends nothing more and gives up, and
     what the fake saw (the hellos) holds no byte of the key and a fresh nonce each time.
     A genuine primary (the proof computed here, independently of the R code) gets the
-    worker's proof, which is tied to that connection's nonces."""
+    worker's proof, which is tied to that connection's nonces; a worker that is not told
+    ADMITTED after its proof (its primary gave up on a late proof) connects and proves
+    itself again, and once admitted connects no more."""
     worker, primary_token = secrets.token_bytes(16), secrets.token_bytes(16)
     key = worker + primary_token
     stdin = _script() + f"1:{worker.hex()}:{primary_token.hex()}\n".encode()
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]
-        with subprocess.Popen(_remote_argv("Rscript", port, start="fresh"),
+        # (silence 3: the host's script ends 3 s after its worker gave up, not 40)
+        with subprocess.Popen(_remote_argv("Rscript", port, start="fresh", silence=3),
                               stdin=subprocess.PIPE, stderr=subprocess.PIPE,
                               start_new_session=True) as proc:
             try:
@@ -827,7 +829,7 @@ def test_a_fake_primary_learns_nothing_it_can_replay(tmp_path: Path, primary: st
                 proc.stdin.flush()
                 server.settimeout(60)  # a hang guard
                 seen = []
-                for _ in range(2 if primary == "fake" else 1):
+                for attempt in range(2):
                     conn = server.accept()[0]
                     conn.settimeout(60)
                     hello = b""
@@ -843,11 +845,21 @@ def test_a_fake_primary_learns_nothing_it_can_replay(tmp_path: Path, primary: st
                         conn.sendall(nonce + _hmac_md5(key, b"primary" + hello + nonce))
                         proof = conn.recv(16)
                         assert proof == _hmac_md5(key, b"worker" + hello + nonce)
+                        if attempt == 1:
+                            conn.sendall(b"\x06")  # ADMITTED
+                            admitted = conn
+                            break
                     conn.close()
                     if primary == "fake":
                         break
+                if primary == "genuine":
+                    assert len(seen) == 2 and seen[0][16:] != seen[1][16:]
+                    server.settimeout(3)
+                    with pytest.raises(TimeoutError):
+                        server.accept()  # (admitted: it connects no more)
+                    admitted.close()
                 for hello in seen:
-                    assert hello[:4] == b"SCW2"
+                    assert hello[:4] == b"SCW3"
                     for secret in (worker, primary_token):
                         assert not any(secret[i:i + 4] in hello for i in range(13))
                 if primary == "fake":

@@ -32,17 +32,36 @@ TOKEN_SIZE <- 16L          # each slot's key is its two tokens (see proof.R)
 HANDSHAKE_SECONDS <- 2     # a connection that has not sent its hello by then is closed
 PROOF_SECONDS <- 5         # nor one challenged that has not proved itself by then (a
                            # busy host's forked workers all hash at once; the worker
-                           # of a slow proof refused takes itself for admitted)
+                           # of a proof refused as too late connects again)
 MAX_PENDING <- 32L         # connections proving themselves at one time
 ACCEPT_BURST <- 256L       # connections taken from the kernel's queue at one go
-STALL_SECONDS <- 15        # a message that makes no progress for this long (R waits
-                           # it out twice when writing) has failed
-HEARTBEAT_SECONDS <- 10    # the supervisor's heartbeat to every host
-SILENCE_SECONDS <- 40      # a host stops its workers after this long without one
-# Our own ssh options: keepalive (a silent host ends the session), no terminal, and no
-# connection shared with a master from the user's config (its keepalive and lifetime
-# would not be the cluster's).
-OUR_SSH <- c("-T", "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3",
+# How fast a lost host is noticed. These values are what users get; a test of a fault
+# may shorten them with options() before source() (sshcluster.heartbeat_seconds and so
+# on), and one test per fault keeps them.
+timing <- function(name, default, unit = " of seconds") {
+  value <- getOption(paste0("sshcluster.", name), default)
+  if (!is.numeric(value) || length(value) != 1L || is.na(value) || value <= 0)
+    stop(sprintf("sshcluster: option sshcluster.%s must be one positive number%s",
+                 name, unit), call. = FALSE)
+  value
+}
+HEARTBEAT_SECONDS <- timing("heartbeat_seconds", 10) # the supervisor's heartbeat to every host
+SILENCE_SECONDS <- timing("silence_seconds", 40)     # a host stops its workers after this
+                                                      # long without one
+STALL_SECONDS <- timing("stall_seconds", 15) # a message that makes no progress for this
+                                             # long (R waits it out twice when writing)
+                                             # has failed
+if (SILENCE_SECONDS < 2 * HEARTBEAT_SECONDS)
+  stop("sshcluster: option sshcluster.silence_seconds must be at least twice ",
+       "sshcluster.heartbeat_seconds (a host would stop its workers between two beats)",
+       call. = FALSE)
+# Our own ssh options: keepalive (a silent host ends the session after COUNT unanswered
+# probes INTERVAL seconds apart), no terminal, and no connection shared with a master
+# from the user's config (its keepalive and lifetime would not be the cluster's).
+OUR_SSH <- c("-T", "-o", sprintf("ServerAliveInterval=%d",
+                                 as.integer(ceiling(timing("keepalive_seconds", 5)))),
+             "-o", sprintf("ServerAliveCountMax=%d",
+                           as.integer(ceiling(timing("keepalive_count", 3, "")))),
              "-o", "ControlMaster=no", "-o", "ControlPath=none")
 LOCALE_VARS <- c("LANG", "LC_ALL", "LC_CTYPE", "LC_COLLATE", "LC_TIME", "LC_MONETARY",
                  "LC_MESSAGES", "LC_PAPER", "LC_MEASUREMENT")
@@ -442,10 +461,9 @@ launch <- function(S, wanted, deadline, fail_fast) {
     while (ready[1] && taken < ACCEPT_BURST) {
       if (length(pending) >= MAX_PENDING || S$limit - length(getAllConnections()) < 1L) {
         # The oldest that has not sent a whole hello makes room, after a last look at
-        # what it sent. One that was challenged is never closed to make room: its
-        # worker may already have sent its proof and taken itself for admitted (its
-        # slot would stay empty till the deadline; 120 workers at once lost a few so).
-        # With only challenged ones waiting, the rest waits in the kernel's queue.
+        # what it sent. One that was challenged is not closed to make room (its worker
+        # would have to start again). With only challenged ones waiting, the rest waits
+        # in the kernel's queue.
         unproven <- which(vapply(pending, function(p) is.null(p$expect), NA))
         if (!length(unproven)) break
         victim <- unproven[1]
@@ -514,8 +532,11 @@ challenge <- function(S, p, expected) {
   p
 }
 
-# A connection that proved it holds the key of slot e: a node of the cluster.
+# A connection that proved it holds the key of slot e: a node of the cluster. Its
+# worker is told so (till then it takes nothing for granted).
 admit <- function(S, p, e) {
+  writeBin(ADMITTED, p$con)
+  flush(p$con)
   h <- hello_int(p$hello, 5L)
   slot <- hello_int(p$hello, 9L)
   structure(list(con = p$con, host = S$config$machines[[h]]$host, rank = S$first[h] + slot,

@@ -4,9 +4,12 @@
 # Each worker slot has a key (its two tokens, 32 random bytes) that only the
 # primary and that slot's host know. A connection proves itself by challenge and
 # response, never by showing the key:
-#   worker  -> primary  hello: "SCW2", machine, slot, pid, a fresh nonce (16 bytes)
+#   worker  -> primary  hello: "SCW3", machine, slot, pid, a fresh nonce (16 bytes)
 #   primary -> worker   a fresh nonce (16) and MAC(key, "primary" + hello + nonce)
 #   worker  -> primary  MAC(key, "worker" + hello + nonce)
+#   primary -> worker   ADMITTED (one byte), once that MAC is checked
+# A worker that gets no ADMITTED (the primary gave up on a proof that came too
+# late, from a host too busy to hash in time) connects and proves itself again.
 # The worker checks the primary's MAC before it sends its own, so a peer without
 # the key (a fake primary, a squatter on a forwarded port) learns only nonces and
 # MACs of messages that never occur again: nothing it can replay, in this
@@ -21,7 +24,8 @@
 # worker host may not have.
 # ---------------------------------------------------------------------------
 
-PROOF_MAGIC <- charToRaw("SCW2")
+PROOF_MAGIC <- charToRaw("SCW3")
+ADMITTED <- as.raw(0x06L)  # ASCII ACK
 NONCE_SIZE <- 16L
 MAC_SIZE <- 16L
 HELLO_SIZE <- 32L          # magic, machine, slot, pid (4 bytes each), nonce (16)

@@ -87,8 +87,9 @@
   # Connects and proves it holds the slot's key (its two tokens) by challenge and
   # response (proof.R): the primary proves it first, so a peer without the key
   # learns nothing it could replay. A primary that closed the connection before
-  # answering (a flood of strangers made it drop the oldest waiting ones) is tried
-  # again until the setup deadline.
+  # answering (a flood of strangers made it drop the oldest waiting ones), or before
+  # it said ADMITTED (the proof came too late), is tried again until the setup
+  # deadline.
   handshake <- function(token) {
     deadline <- Sys.time() + timeout
     key <- c(bytes(token[2]), bytes(token[3]))
@@ -100,16 +101,18 @@
       flush(con)
       socketTimeout(con, min(timeout, 60))
       answer <- tryCatch(readBin(con, "raw", NONCE_SIZE + MAC_SIZE), error = function(e) raw(0))
-      if (length(answer) == NONCE_SIZE + MAC_SIZE) {
-        nonce <- answer[seq_len(NONCE_SIZE)]
-        if (same_bytes(answer[-seq_len(NONCE_SIZE)], proof_mac(key, "primary", hello, nonce))) {
-          writeBin(proof_mac(key, "worker", hello, nonce), con)
-          flush(con)
-          return(con)
-        }
+      nonce <- answer[seq_len(NONCE_SIZE)]
+      genuine <- length(answer) == NONCE_SIZE + MAC_SIZE &&
+        same_bytes(answer[-seq_len(NONCE_SIZE)], proof_mac(key, "primary", hello, nonce))
+      if (genuine) {
+        writeBin(proof_mac(key, "worker", hello, nonce), con)
+        flush(con)
+        ok <- tryCatch(readBin(con, "raw", 1L), error = function(e) raw(0))
+        if (identical(ok, ADMITTED)) return(con)
+        # (else our primary gave up on a proof that came too late: again)
       }
       close(con)
-      if (length(answer) || Sys.time() > deadline)
+      if ((length(answer) && !genuine) || Sys.time() > deadline)
         fail("the primary at ", master, " port ", port, " did not accept this worker ",
              "(a launch that has already ended?)")
       Sys.sleep(0.2)

@@ -161,6 +161,7 @@ def _no_way_out(spec: EC2Spec, usable: list[Any], routes: dict[str, str]) -> lis
             "(0.0.0.0/0 to a NAT gateway, or to an internet gateway with public IPs): the "
             "setup cannot install R or packages, so the image must already have R"
             + (" and " + ", ".join(spec.r_packages) if spec.r_packages else "")
+            + (" (and r_version: cran cannot work)" if spec.r_version == "cran" else "")
             + "; or add a NAT gateway"]
 
 

@@ -57,11 +57,15 @@ DEFAULT_CRAN = "https://cloud.r-project.org"
 DEFAULT_DISK_GB = 30
 #: What ``ncore`` the inventory gets: physical cores, or every vCPU (hyperthreads).
 NCORES = ("cores", "vcpus")
+#: Where R comes from (``r_version:``): the image's distribution (``image``: its R, or
+#: Debian's/Ubuntu's own package of it), or CRAN's apt repository for that distribution
+#: (``cran``: a current R, installed over the image's).
+R_VERSIONS = ("image", "cran")
 
 _KEYS = ("name", "region", "image", "instance_type", "count", "user", "max_lifetime",
          "key_name", "identity_file", "subnet_id", "security_group_id", "spot", "setup",
          "ssh_cidr", "allow_ssh_from_anywhere", "port", "address", "primary", "r_packages",
-         "cran", "repos", "disk_gb", "ncore")
+         "cran", "repos", "r_version", "disk_gb", "ncore")
 _REQUIRED = ("name", "region", "image", "instance_type", "count", "max_lifetime")
 
 
@@ -83,7 +87,8 @@ class EC2Spec:
     exist, else from ``repos``: ``binaries``, Posit Package Manager's Linux binaries for
     the image's distribution at a snapshot that still supports its R, where it serves
     that distribution, else ``cran``; ``source``, ``cran``; or a repository URL) and
-    ``up`` waits until they load. ``disk_gb`` is the root
+    ``up`` waits until they load. ``r_version`` is ``image`` (the distribution's R) or
+    ``cran`` (CRAN's apt repository for the distribution: a current R). ``disk_gb`` is the root
     volume's size. ``ncore`` is ``cores`` (physical cores per instance) or ``vcpus``.
     """
 
@@ -108,6 +113,7 @@ class EC2Spec:
     r_packages: tuple[str, ...] = ()
     cran: str = DEFAULT_CRAN
     repos: str = "binaries"
+    r_version: str = "image"
     disk_gb: int = DEFAULT_DISK_GB
     ncore: str = "cores"
     path: str | None = field(default=None, compare=False)
@@ -282,6 +288,14 @@ def _read_spec(doc: Any, reader: Reader) -> EC2Spec:
     if "repos" in m:
         spec["repos"] = _text(reader, m, "repos", _REPOS,
                               "binaries, source or the URL of an R package repository")
+    if "r_version" in m:
+        if m["r_version"] not in R_VERSIONS:
+            raise reader.fail(f"expected image or cran, got {describe(m['r_version'])}",
+                              line=line("r_version"), field="ec2.r_version",
+                              hint="image: the R of the image's Debian or Ubuntu (the "
+                                   "default); cran: a current R from CRAN's apt repository "
+                                   "for that distribution")
+        spec["r_version"] = m["r_version"]
     if "disk_gb" in m:
         spec["disk_gb"] = reader.integer(m["disk_gb"], "ec2.disk_gb", line("disk_gb"), low=8,
                                          high=16384, what="a root volume size in GiB (8-16384)")

@@ -30,6 +30,17 @@ EXPIRY_FILE = "/var/lib/sshcluster/expiry"
 #: The setup's log on the instance (readable by the login user).
 SETUP_LOG = "/var/log/sshcluster-setup.log"
 
+#: CRAN's apt repositories sign with these keys (``r_version: cran``), by the
+#: distribution's os-release ID: fetched by fingerprint from :data:`KEYSERVER` and
+#: refused unless the fingerprint matches (cran.r-project.org/bin/linux/debian and
+#: /ubuntu, "secure apt").
+CRAN_KEYS = {
+    "debian": "95C0FAF38DB3CCAD0C080A7BDC78B2DDEABC47B7",  # Johannes Ranke
+    "ubuntu": "E298A3A825C0D65DFD57CBB651716619E084DAB9",  # Michael Rutter
+}
+#: Where a key is fetched by its fingerprint.
+KEYSERVER = "https://keyserver.ubuntu.com/pks/lookup?op=get&options=mr&search=0x"
+
 _TEMPLATE = "userdata.sh"
 _SETUP_HERE = "#@setup@\n"
 
@@ -48,6 +59,9 @@ def user_data(spec: EC2Spec, expires: datetime) -> str:
         f"r_packages={shell_quote(' '.join(spec.r_packages))}",
         f"cran={shell_quote(spec.cran)}",
         f"repos={shell_quote(spec.repos)}",
+        f"r_version={shell_quote(spec.r_version)}",
+        f"cran_keys={shell_quote(' '.join(f'{k}={v}' for k, v in CRAN_KEYS.items()))}",
+        f"keyserver={shell_quote(KEYSERVER)}",
     ]
     setup = ""
     if spec.setup:
@@ -61,4 +75,4 @@ def user_data(spec: EC2Spec, expires: datetime) -> str:
     return "\n".join(header) + "\n" + before + setup + after
 
 
-__all__ = ["EXPIRY_FILE", "SETUP_LOG", "STATUS_FILE", "user_data"]
+__all__ = ["CRAN_KEYS", "EXPIRY_FILE", "KEYSERVER", "SETUP_LOG", "STATUS_FILE", "user_data"]

@@ -1,5 +1,6 @@
 # ---- sshcluster user data. The lines above set this cluster's data: expires (the
-# ---- expiry, seconds since 1970), r_packages, cran, repos. Runs as root at first boot.
+# ---- expiry, seconds since 1970), r_packages, cran, repos, r_version, cran_keys,
+# ---- keyserver. Runs as root at first boot.
 umask 022
 PATH=/usr/sbin:/usr/bin:/sbin:/bin; export PATH
 state=/var/lib/sshcluster
@@ -96,6 +97,39 @@ if [ -f "$state/setup" ]; then
   if [ "$(head -c 2 "$state/setup")" = "#!" ]; then "$state/setup"; else sh -e "$state/setup"; fi \
     || fail "the setup script exited with status $?"
 fi
+# r_version=cran: CRAN's apt repository for this Debian or Ubuntu release, whose signing
+# key is fetched by its fingerprint and refused unless that fingerprint matches.
+if [ "$r_version" = cran ]; then
+  id=$(. /etc/os-release 2>/dev/null && echo "${ID:-}")
+  codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
+  fpr=
+  for kv in $cran_keys; do [ "${kv%%=*}" != "$id" ] || fpr=${kv#*=}; done
+  [ -n "$fpr" ] && [ -n "$codename" ] \
+    || fail "r_version: cran needs Debian or Ubuntu; this image is ${id:-unknown}"
+  apt_update || fail "apt-get update${apt_why:+ ($apt_why)}"
+  need=
+  command -v gpg > /dev/null 2>&1 || need="$need gpg"
+  command -v curl > /dev/null 2>&1 || need="$need curl"
+  [ -z "$need" ] || apt_get install --no-install-recommends ca-certificates $need \
+    || fail "installing$need (to add CRAN's apt repository)"
+  gnupg=$(mktemp -d)
+  curl -fsSL --retry 5 "$keyserver$fpr" > "$gnupg/key.asc" \
+    || fail "fetching CRAN's signing key $fpr from ${keyserver%%/pks*}"
+  GNUPGHOME=$gnupg gpg --batch --quiet --import "$gnupg/key.asc" 2>/dev/null
+  GNUPGHOME=$gnupg gpg --batch --with-colons --fingerprint 2>/dev/null | grep -qx "fpr:*$fpr:" \
+    || fail "the key fetched from ${keyserver%%/pks*} is not CRAN's signing key $fpr"
+  mkdir -p /etc/apt/keyrings /etc/apt/sources.list.d \
+    && GNUPGHOME=$gnupg gpg --batch --export "$fpr" > /etc/apt/keyrings/sshcluster-cran.gpg \
+    && echo "deb [signed-by=/etc/apt/keyrings/sshcluster-cran.gpg]" \
+      "$cran/bin/linux/$id $codename-cran40/" > /etc/apt/sources.list.d/sshcluster-cran.list \
+    || fail "adding CRAN's apt repository"
+  rm -rf "$gnupg"
+  echo "sshcluster setup: R from $cran/bin/linux/$id $codename-cran40/"
+  updated=
+  apt_update || fail "apt-get update${apt_why:+ ($apt_why)}"
+  apt_get install --no-install-recommends r-base-core r-recommended \
+    || fail "installing R from CRAN (r-base-core r-recommended)"
+fi
 # r-recommended (Matrix, MASS, survival, ...) with R: without it a CRAN package that
 # imports one fetches CRAN's current version, which needs a newer R than the image's.
 if ! command -v Rscript > /dev/null 2>&1; then
@@ -155,4 +189,5 @@ echo running > "$state/status"
 touch "$log"
 chmod 644 "$log" "$state/status"
 [ ! -f "$state/expiry" ] || chmod 644 "$state/expiry"
-r_packages="$r_packages" cran="$cran" repos="$repos" nohup setsid "$state/run-setup" >> "$log" 2>&1 < /dev/null &
+r_packages="$r_packages" cran="$cran" repos="$repos" r_version="$r_version" \
+  cran_keys="$cran_keys" keyserver="$keyserver" nohup setsid "$state/run-setup" >> "$log" 2>&1 < /dev/null &

@@ -19,8 +19,20 @@ from sshcluster.testing.hosts import TestHost
 from sshcluster.testing.netns import run_command
 
 __all__ = [
-    "Action", "HostFaults", "allow", "cut_off", "hide_ssh", "reconnect", "reject", "slow_ssh",
+    "QUICK_NOTICE_R", "Action", "HostFaults", "allow", "cut_off", "hide_ssh", "reconnect",
+    "reject", "slow_ssh",
 ]
+
+#: R to run before ``source()`` of a cluster file, so that a lost host is noticed in a
+#: few seconds instead of the shipped 15-20 (ssh's keep-alive: 2 unanswered probes 2 s
+#: apart instead of 3 probes 5 s apart) and a cut-off host stops its workers after 6 s
+#: of silence instead of 40 (heartbeat 2 s instead of 10), and a message that makes no
+#: progress fails after 5 s instead of 15. Only for tests whose fault takes that long to
+#: notice; one test per fault keeps the shipped values (tests/test_cluster_faults.py's
+#: test_faults_are_named_and_repaired and test_a_big_send_to_a_cut_off_host_names_it).
+QUICK_NOTICE_R = ("options(sshcluster.keepalive_seconds = 2, sshcluster.keepalive_count = 2,"
+                  " sshcluster.heartbeat_seconds = 2, sshcluster.silence_seconds = 6,"
+                  " sshcluster.stall_seconds = 5)\n")
 
 #: ``REJECT`` answers with a reset: a connect fails at once ("connection refused").
 #: ``DROP`` discards the packets: a connect hangs until it times out.

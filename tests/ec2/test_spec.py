@@ -77,8 +77,9 @@ def test_the_fields_issue_15_added() -> None:
     assert spec.ncore == "vcpus"
     assert spec.subnet_ids == ("subnet-0123456789abcdef0", "subnet-0123456789abcdef1")
     defaults = parse_spec(SPEC)
-    assert (defaults.disk_gb, defaults.ncore, defaults.cran) == (
-        30, "cores", "https://cloud.r-project.org")
+    assert (defaults.disk_gb, defaults.ncore, defaults.cran, defaults.r_version) == (
+        30, "cores", "https://cloud.r-project.org", "image")
+    assert parse_spec(SPEC + "  r_version: cran\n").r_version == "cran"
     assert parse_spec(SPEC.replace("ami-0123456789abcdef0", "ubuntu-24.04").replace(
         "  user: ubuntu\n", "")).user == "ubuntu"
 
@@ -88,6 +89,7 @@ def test_the_fields_issue_15_added() -> None:
     ("  cran: ftp://cran.example.org\n", "ec2.cran: expected the URL of a CRAN mirror"),
     ("  disk_gb: 4\n", "ec2.disk_gb: expected a root volume size in GiB (8-16384)"),
     ("  ncore: threads\n", "ec2.ncore: expected cores or vcpus"),
+    ("  r_version: '4.4'\n", "ec2.r_version: expected image or cran"),
     ("  subnet_id: [subnet-0123456789abcdef0, sub]\n", "ec2.subnet_id[1]: expected a subnet"),
 ])
 def test_the_new_fields_are_checked_at_their_line(change: str, text: str) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -17,7 +18,7 @@ import pytest
 
 from sshcluster import ec2
 from sshcluster.ec2.ready import STATUS_COMMAND
-from sshcluster.ec2.userdata import SETUP_LOG, STATUS_FILE
+from sshcluster.ec2.userdata import CRAN_KEYS, SETUP_LOG, STATUS_FILE
 
 from .test_userdata_real import FakeInstance, spec_for
 
@@ -138,3 +139,66 @@ def test_packages_built_from_cran_ask_for_r_recommended_first(
     asked = machine.asked.read_text()
     assert f"apt-cache show r-cran-{PACKAGE}" in asked
     assert "install --no-install-recommends r-base-dev r-recommended" in asked
+
+
+def _signing_key(where: Path) -> tuple[str, str]:
+    """A fresh OpenPGP key (no passphrase) in its own GnuPG home: (fingerprint, the
+    armored public key), standing in for CRAN's signing key on the keyserver."""
+    home = where / "gnupg"
+    home.mkdir(mode=0o700)
+    env = {**os.environ, "GNUPGHOME": str(home)}
+    subprocess.run(["gpg", "--batch", "--quiet", "--passphrase", "", "--quick-gen-key",
+                    "CRAN stand-in <cran@example.org>", "ed25519", "sign", "1d"],
+                   env=env, check=True, capture_output=True, timeout=60)
+    colons = subprocess.run(["gpg", "--batch", "--with-colons", "--fingerprint"], env=env,
+                            check=True, capture_output=True, text=True, timeout=60).stdout
+    fpr = next(line.split(":")[9] for line in colons.splitlines() if line.startswith("fpr:"))
+    armored = subprocess.run(["gpg", "--batch", "--armor", "--export", fpr], env=env,
+                             check=True, capture_output=True, text=True, timeout=60).stdout
+    return fpr, armored
+
+
+@pytest.mark.parametrize("genuine", [True, False], ids=["cran-key", "another-key"])
+def test_r_version_cran_adds_crans_repository_with_its_checked_key(
+        make_testbed: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        genuine: bool) -> None:
+    """r_version: cran on a Debian instance: the signing key is fetched by fingerprint
+    and checked, the repository is written with that key alone (signed-by), and R comes
+    from it; a key with another fingerprint stops the setup before apt trusts anything."""
+    fpr, armored = _signing_key(tmp_path)
+    expected = fpr if genuine else "0" * 40
+    monkeypatch.setitem(CRAN_KEYS, "debian", expected)
+    served = tmp_path / "key.asc"
+    served.write_text(armored)
+    tb = make_testbed(1)
+    node = tmp_path / "node"
+    # (apt's own configuration is a tmpfs in the test host's mount namespace only)
+    machine = FakeInstance(tb, tb.hosts[0], node, fakes={
+        "apt-get": "exit 0\n", "curl": f"cat {served}\n"},
+        mounts=f"mount -t tmpfs tmpfs /etc/apt; mount --bind {node}/curl /usr/bin/curl")
+    spec = spec_for(tb, "ami-0123456789abcdef0", "", r_version="cran")
+    machine.boot(ec2.user_data(spec, ec2.utcnow() + timedelta(hours=1)))
+    deadline = time.monotonic() + 60
+    while not machine.read(STATUS_FILE).startswith(("ready", "failed")):
+        assert time.monotonic() < deadline, machine.read(SETUP_LOG)
+        time.sleep(0.5)
+    log, asked = machine.read(SETUP_LOG), machine.asked.read_text().splitlines()
+    assert any(x.startswith("curl ") and x.endswith(f"search=0x{expected}") for x in asked)
+    listing = machine.read("/etc/apt/sources.list.d/sshcluster-cran.list")
+    if not genuine:
+        assert machine.read(STATUS_FILE).strip() == (
+            f"failed: the key fetched from https://keyserver.ubuntu.com is not CRAN's "
+            f"signing key {expected}"), log
+        assert listing == "" and not any("r-base-core" in x for x in asked)
+        return
+    assert machine.read(STATUS_FILE).startswith("ready R version 4."), log
+    assert listing == ("deb [signed-by=/etc/apt/keyrings/sshcluster-cran.gpg] "
+                       "https://cloud.r-project.org/bin/linux/debian bookworm-cran40/\n")
+    keyring = machine.inside(f"GNUPGHOME={tmp_path / 'gnupg'} gpg --batch --with-colons "
+                             "--show-keys /etc/apt/keyrings/sshcluster-cran.gpg")
+    assert next(ln.split(":")[9] for ln in keyring.splitlines() if ln.startswith("fpr:")) == fpr
+    # R is installed after the update that reads the new repository
+    updates = [i for i, x in enumerate(asked) if x.endswith(" update")]
+    install = asked.index("apt-get -q -y -o DPkg::Lock::Timeout=600 install "
+                          "--no-install-recommends r-base-core r-recommended")
+    assert updates and updates[-1] < install
