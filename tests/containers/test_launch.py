@@ -5,7 +5,6 @@ failed launch, a host cut off mid-call, or the primary killed (kill -9, Ctrl-C).
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import time
@@ -52,19 +51,11 @@ def _left(tb: Testbed, d: Path, wait: float = 20) -> tuple[dict[str, list[str]],
     return left, processes
 
 
-def _render(tb: Testbed, d: Path, image: Image, *, fork: bool = True,
-            silence: int | None = None, **kw: object) -> Path:
+def _render(tb: Testbed, d: Path, image: Image, *, fork: bool = True, **kw: object) -> Path:
     inv = container_inventory(tb, d / "hosts.yaml", {"image": image.name, "pull": "never"},
                               workdir="/tmp/sshcluster-wd", **kw)  # type: ignore[arg-type]
     out = d / "cluster.R"
-    text = write_bootstrap(load_inventory(inv), out, RenderOptions(fork=fork))
-    if silence is not None:
-        # A host's watchdog fires after 40 s without a heartbeat (sent every 10 s): too
-        # long here. The same proportion, shorter: a beat every second, 5 s of silence.
-        for constant, value in (("SILENCE_SECONDS", silence), ("HEARTBEAT_SECONDS", 1)):
-            assert f"\n{constant} <- " in text
-            text = re.sub(f"\n{constant} <- [0-9]+", f"\n{constant} <- {value}", text)
-        out.write_text(text)
+    write_bootstrap(load_inventory(inv), out, RenderOptions(fork=fork))
     return out
 
 
@@ -107,6 +98,7 @@ def test_a_failed_launch_leaves_no_container(tb: Testbed, image: Image, tmp_path
 
 
 WAIT_THEN_SLEEP = """
+{options}
 source({file})
 invisible(parallel::clusterEvalQ(parallelCluster, readLines({marker})))
 writeLines("up", {flag})
@@ -116,11 +108,11 @@ sshcluster_stop()
 """
 
 
-def _start(tb: Testbed, d: Path, f: Path) -> subprocess.Popen[str]:
+def _start(tb: Testbed, d: Path, f: Path, options: str = "") -> subprocess.Popen[str]:
     flag = d / "up"
     script = d / "run.R"
     script.write_text(WAIT_THEN_SLEEP.format(file=r_string(str(f)), flag=r_string(str(flag)),
-                                             marker=r_string(MARKER_FILE)))
+                                             marker=r_string(MARKER_FILE), options=options))
     proc = subprocess.Popen(["Rscript", str(script)], env=launch_env(d), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
@@ -158,8 +150,11 @@ def test_a_host_cut_off_mid_call_removes_its_container(tb: Testbed, image: Image
     and removes the container on its side, while the primary still waits for the call
     (which would end when ssh gives up on node1); then the primary is killed, and
     node2's container goes too."""
-    f = _render(tb, tmp_path, image, silence=5)
-    proc = _start(tb, tmp_path, f)
+    f = _render(tb, tmp_path, image)
+    # (a host's watchdog fires after 40 s without a heartbeat, sent every 10 s: too long
+    # here; the same proportion, shorter)
+    proc = _start(tb, tmp_path, f, "options(sshcluster.heartbeat_seconds = 1, "
+                                   "sshcluster.silence_seconds = 5)")
     cut = tb.hosts[0]
     tb.cut_off(cut)
     try:
