@@ -58,9 +58,10 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from sshcluster.bootstrap import RenderOptions, ssh_command, write_bootstrap
+from sshcluster.bootstrap import RenderOptions, write_bootstrap
 from sshcluster.inventory import load_inventory
 from sshcluster.quoting import r_string, r_vector, shell_quote
+from sshcluster.ssh.command import ssh_command
 from sshcluster.testing import Testbed, run_r
 
 METHODS = ("tunnel", "direct", "classic", "parallelly", "parallelly-direct", "local",

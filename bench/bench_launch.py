@@ -35,9 +35,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from sshcluster.bootstrap import RenderOptions, ssh_command, write_bootstrap
+from sshcluster.bootstrap import RenderOptions, write_bootstrap
 from sshcluster.inventory import load_inventory
 from sshcluster.quoting import r_string, r_vector, shell_join, shell_quote
+from sshcluster.ssh.command import ssh_command
 from sshcluster.testing import Testbed, run_r
 
 METHODS = ("hand", "parallelly", "fast", "direct", "fresh", "classic", "floor")

@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 
 from sshcluster.bootstrap import write_bootstrap
+from sshcluster.check.preflight import check, verified_inventory
 from sshcluster.inventory import load_inventory
-from sshcluster.preflight import check, verified_inventory
 from sshcluster.quoting import r_string
 from sshcluster.testing import Testbed
 

@@ -13,12 +13,21 @@ EC2 lives in :mod:`sshcluster.ec2`, the local test hosts in :mod:`sshcluster.tes
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-
-# First, before anything imports asyncssh; after __version__: bootstrap reads it.
+# First, before anything imports asyncssh.
 from sshcluster import quiet as _quiet  # noqa: F401
 from sshcluster.bootstrap import RenderOptions, render, write_bootstrap
+
+# (check and push: the function takes the name of its sub-package here, so that
+# sshcluster.check(...) is the call; the sub-package's names are imported from it as usual.)
+from sshcluster.check import (
+    CheckReport,
+    HostReport,
+    StepResult,
+    check,
+    check_async,
+    verified_inventory,
+)
+from sshcluster.dump import dump_inventory
 from sshcluster.errors import (
     CheckFailed,
     EC2Error,
@@ -38,18 +47,13 @@ from sshcluster.inventory import (
     Host,
     Inventory,
     Primary,
-    dump_inventory,
     load_inventory,
     parse_inventory,
 )
 from sshcluster.jobs import RunOptions, RunResult, run
 from sshcluster.packages import SyncReport, sync, sync_async
-from sshcluster.preflight import check, check_async, verified_inventory
-
-# (The function takes the name of its sub-package here, so that sshcluster.push(...) is
-# the call; the sub-package's names are imported from sshcluster.push as usual.)
 from sshcluster.push import HostPush, PushResult, push
-from sshcluster.report import CheckReport, HostReport, StepResult
+from sshcluster.version import __version__
 
 __all__ = [
     "CheckFailed",

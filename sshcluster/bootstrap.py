@@ -12,7 +12,7 @@ Python supplies. Only ``parallelCluster``, ``sshcluster_stop`` and (fast launch)
 
 Two launches:
 
-* ``fast`` (the default, ``R/launch.R``): one ssh connection per host starts all of that
+* ``fast`` (the default, ``R/launch/*.R``): one ssh connection per host starts all of that
   host's workers at once, every connection to the R port proves it holds a per-worker
   secret before anything it sends is read, a failed or lost host is an error naming it
   with ssh's own message, and every ssh connection is a dead man's switch for its
@@ -33,17 +33,13 @@ Example::
 
 from __future__ import annotations
 
-import functools
 import os
-import re
-import subprocess
 import textwrap
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 
-from sshcluster import __version__
 from sshcluster.connections import (
     R_CONNECTIONS,
     R_MAX_CONNECTIONS,
@@ -51,15 +47,16 @@ from sshcluster.connections import (
     connections_needed,
     workers_note,
 )
-from sshcluster.containers.launch import container_config, container_script
+from sshcluster.containers.launch import container_config, container_script, refuse_classic
 from sshcluster.errors import RenderError
 from sshcluster.files import atomic_write
 from sshcluster.inventory import AUTO, Host, Inventory, Launch, Register, Tunnel, worker_output
 from sshcluster.net import R_PORT_RANGE
+from sshcluster.protocol import LAUNCH_CONNECTIONS, USER_CONNECTIONS
 from sshcluster.quoting import r_string, shell_join
+from sshcluster.ssh.command import CONNECT_TIMEOUT, known_hosts_option, ssh_command
+from sshcluster.version import __version__
 
-#: Seconds ssh waits for the TCP connection before giving up (OpenSSH ConnectTimeout).
-CONNECT_TIMEOUT = 10
 
 @dataclass(frozen=True)
 class RenderOptions:
@@ -120,63 +117,6 @@ def launch_tunnel(inventory: Inventory, options: RenderOptions | None = None) ->
     return _plan(inventory, options or RenderOptions()).tunnel
 
 
-def ssh_command(inventory: Inventory, host: Host | None = None,
-                options: RenderOptions | None = None, *, known_hosts: bool = True,
-                before_8_5: bool | None = None) -> list[str]:
-    """Return the ssh command (as argv words, without the destination) used to reach ``host``.
-
-    It never prompts (``BatchMode=yes``), gives up after ``connect_timeout`` seconds and
-    keeps host key checking on (``StrictHostKeyChecking=yes``). The inventory's
-    ``known_hosts`` file is added to the files the user's ssh config names, never put in
-    their place (see :func:`known_hosts_option`; ``known_hosts=False`` leaves it out,
-    ``before_8_5`` picks its form, by default for this machine's ssh).
-    """
-    opts = options or RenderOptions()
-    words = [
-        "ssh",
-        "-o", "BatchMode=yes",
-        "-o", f"ConnectTimeout={opts.connect_timeout}",
-        "-o", "StrictHostKeyChecking=yes",
-    ]
-    if known_hosts:
-        old = openssh_version() < (8, 5) if before_8_5 is None else before_8_5
-        words += known_hosts_option(inventory, before_8_5=old)
-    for extra in opts.extra_ssh_options:
-        words += ["-o", extra]
-    if host is not None:
-        if host.identity_file:
-            words += ["-i", _ssh_path(host.identity_file), "-o", "IdentitiesOnly=yes"]
-        if host.ssh_port and host.ssh_port != 22:
-            words += ["-p", str(host.ssh_port)]
-    return words
-
-
-def known_hosts_option(inventory: Inventory, *, before_8_5: bool) -> list[str]:
-    """The ssh option that adds the inventory's ``known_hosts`` file to the user's own
-    (nothing without one).
-
-    ssh reads every ``UserKnownHostsFile`` and ``GlobalKnownHostsFile`` and then the keys
-    ``KnownHostsCommand`` prints: here that file (nothing if it is missing, as for a
-    missing UserKnownHostsFile). OpenSSH before 8.5 has no KnownHostsCommand: there the
-    file joins OpenSSH's default global files instead, which still leaves the user's
-    own files alone.
-    """
-    if not inventory.known_hosts:
-        return []
-    path = _ssh_path(inventory.known_hosts)
-    if before_8_5:
-        return ["-o", f'GlobalKnownHostsFile=/etc/ssh/ssh_known_hosts '
-                      f'/etc/ssh/ssh_known_hosts2 "{path}"']
-    # KnownHostsCommand's arguments are split like a shell's words ("..." with \" and
-    # \\ escapes), then %-tokens and ${VAR} are expanded in each.
-    if "${" in path:
-        raise RenderError(f"the known_hosts path {path!r} contains '${{', which ssh "
-                          "would expand", hint="rename or link the file")
-    quoted = path.replace("\\", "\\\\")
-    return ["-o", "KnownHostsCommand=/bin/sh -c 'cat -- \"$0\" 2>/dev/null; exit 0' "
-                  f'"{quoted}"']
-
-
 def _known_hosts_forms(inventory: Inventory) -> str:
     """Both forms of :func:`known_hosts_option` as an R value; the file picks one when it
     is sourced, for the ssh it finds there."""
@@ -185,18 +125,6 @@ def _known_hosts_forms(inventory: Inventory) -> str:
     current = shell_join(known_hosts_option(inventory, before_8_5=False))
     legacy = shell_join(known_hosts_option(inventory, before_8_5=True))
     return f"c(current = {r_string(current)}, before_8_5 = {r_string(legacy)})"
-
-
-@functools.lru_cache(maxsize=1)
-def openssh_version() -> tuple[int, int]:
-    """The version of this machine's OpenSSH client (``ssh -V``), as (major, minor);
-    a recent one when it cannot be told."""
-    try:
-        out = subprocess.run(["ssh", "-V"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return (99, 0)
-    m = re.search(r"OpenSSH_(\d+)\.(\d+)", out.stderr + out.stdout)
-    return (int(m.group(1)), int(m.group(2))) if m else (99, 0)
 
 
 def spec_entries(inventory: Inventory) -> list[dict[str, str]]:
@@ -225,9 +153,7 @@ def render(inventory: Inventory, options: RenderOptions | None = None) -> str:
     opts = options or RenderOptions()
     plan = _plan(inventory, opts)
     _require_known_ncore(inventory)
-    if plan.launch == "classic" and any(h.container for h in inventory.hosts):
-        raise RenderError(f"{_where(inventory)}container: needs the fast launch",
-                          hint="remove 'launch: classic' (the fast launch is the default)")
+    refuse_classic(inventory, plan.launch)  # (containers)
     if inventory.primary.host == AUTO and plan.tunnel != "reverse":
         raise RenderError(
             f"{_where(inventory)}primary.host is 'auto'; the bootstrap needs the address the "
@@ -284,10 +210,15 @@ MIN_R_VERSION = "4.1.0"
 #: The launcher's R code and the scripts it runs, pasted as they are into the file.
 _R_SOURCES = {
     name: resources.files("sshcluster").joinpath("R").joinpath(name).read_text(encoding="utf-8")
-    for name in ("common.R", "proof.R", "launch.R", "classic.R", "worker.R", "library.R",
-                 "remote.sh",
+    for name in ("common.R", "proof.R", "classic.R", "worker.R", "library.R", "remote.sh",
                  "supervisor.sh", "read_script.sh")
 }
+#: The fast launch's R code, one idea per file, pasted in this order.
+LAUNCH_FILES = ("start.R", "session.R", "accept.R", "node.R", "stop.R", "repair.R")
+_LAUNCH_R = "".join(
+    resources.files("sshcluster").joinpath("R").joinpath("launch").joinpath(name).read_text(
+        encoding="utf-8")
+    for name in LAUNCH_FILES)
 
 
 def _compact(r_code: str) -> str:
@@ -361,7 +292,7 @@ def _fast(inventory: Inventory, opts: RenderOptions, plan: _Plan) -> list[str]:
     port = "NA_integer_" if inventory.port is None else f"{inventory.port}L"
     return [
         _R_SOURCES["proof.R"],
-        _R_SOURCES["launch.R"],
+        _LAUNCH_R,
         "# ssh never prompts, gives up on a dead host, and always verifies host keys.",
         *_call("start", [
             ("machines", "machineAddresses"),
@@ -371,6 +302,7 @@ def _fast(inventory: Inventory, opts: RenderOptions, plan: _Plan) -> list[str]:
             ("known_hosts", _known_hosts_forms(inventory)),
             ("port", port),
             ("port_range", f"c({R_PORT_RANGE[0]}L, {R_PORT_RANGE[1]}L)"),
+            ("connections", f"c(launch = {LAUNCH_CONNECTIONS}L, user = {USER_CONNECTIONS}L)"),
             ("tunnel", _r_value(plan.tunnel == "reverse")),
             ("fork", _r_value(plan.fork)),
             ("setup_timeout", _r_value(inventory.setup_timeout)),
@@ -378,8 +310,7 @@ def _fast(inventory: Inventory, opts: RenderOptions, plan: _Plan) -> list[str]:
             ("workdir", _r_value(inventory.workdir)),
             ("register", _r_value(plan.register)),
             ("worker_output", _r_value(plan.worker_output)),
-            # (containers: the host's container, and the functions that run it)
-            *container_config(inventory),
+            *container_config(inventory),  # (containers: each host's, and container.sh)
             ("remote_script", r_string(container_script(inventory) + _R_SOURCES["remote.sh"])),
             ("supervisor_script", r_string(_R_SOURCES["supervisor.sh"])),
             ("worker_code", r_string(WORKER_CODE)),
@@ -496,14 +427,6 @@ def _header(inventory: Inventory, opts: RenderOptions, plan: _Plan) -> list[str]
             "# that port, or use the fast launch.",
         ]
     return lines
-
-
-def _ssh_path(path: str) -> str:
-    """Escape a path for ssh's own config parsing: ssh expands ``%`` tokens in these paths."""
-    if '"' in path:
-        raise RenderError(f"the path {path!r} contains a double quote, which ssh cannot take",
-                          hint="rename or link the file to a path without quotes")
-    return path.replace("%", "%%")
 
 
 def _comment(text: str) -> str:

@@ -18,73 +18,42 @@ import click
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     SpinnerColumn,
-    TaskID,
     TextColumn,
     TimeElapsedColumn,
-    TransferSpeedColumn,
 )
 
-from sshcluster import __version__, bootstrap, packages
+from sshcluster import bootstrap, packages
+from sshcluster.check.preflight import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_TIMEOUT,
+    check,
+    verified_inventory,
+)
+from sshcluster.check.report import CheckReport, error_document, print_report
+from sshcluster.console import ErrorGroup, note, quiet
 from sshcluster.containers.cli import image_group
 from sshcluster.ec2.cli import ec2_group
 from sshcluster.errors import CheckFailed, SshclusterError
 from sshcluster.helpformat import use_help_formatter
 from sshcluster.inventory import (
-    FANOUTS,
     LAUNCHES,
     TUNNELS,
-    Fanout,
     Inventory,
     Register,
     example_inventory,
     load_inventory,
 )
 from sshcluster.jobs.cli import jobs_command, run_command
-from sshcluster.preflight import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT, check, verified_inventory
-from sshcluster.push import push
-from sshcluster.push.report import print_push
-from sshcluster.report import CheckReport, error_document, print_report
+from sshcluster.packages.cli import sync_command
+from sshcluster.push.cli import push_command
 from sshcluster.testing.cli import testbed_group
+from sshcluster.version import __version__
 
 
-class _Group(click.Group):
-    """A click group that turns library errors into a message and an exit status."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except SshclusterError as e:
-            if isinstance(e, CheckFailed):
-                print_report(e.report, Console(stderr=True))
-            print_error(e)
-            ctx.exit(e.exit_code)
-
-
-def print_error(e: SshclusterError, where: str | None = None) -> None:
-    """``error: [WHERE: ]MESSAGE`` and its hint, on stderr."""
-    click.secho(f"error: {where + ': ' if where else ''}{e.message}", fg="red", err=True)
-    if e.hint:
-        click.echo(f"hint: {e.hint}", err=True)
-
-
-def quiet() -> bool:
-    """Whether ``--quiet`` was given (to the ``sshcluster`` command itself)."""
-    ctx = click.get_current_context(silent=True)
-    return bool(ctx and ctx.find_root().params.get("quiet"))
-
-
-def note(message: str) -> None:
-    """An informational line on stderr (what was written, what was recorded), which
-    ``--quiet`` leaves out; errors and warnings are never left out."""
-    if not quiet():
-        click.echo(message, err=True)
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="sshcluster")
 @click.option("-q", "--quiet", is_flag=True,
               help="Print only results, warnings and errors: no progress, no notes on what "
@@ -300,84 +269,6 @@ def _checked(inv: Inventory, *, timeout: float, accept_new: bool, allow_partial:
     return verified
 
 
-@cli.command("sync")
-@click.argument("inventory", type=click.Path(dir_okay=False))
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
-              default=packages.SYNC_TIMEOUT, show_default=True,
-              help="Seconds one host's sync may take; a host not done by then fails.")
-@click.option("--json", "as_json", is_flag=True, help="Print only a JSON report on stdout.")
-def sync_command(inventory: str, timeout: float, as_json: bool) -> None:
-    """Give every host of INVENTORY the primary's R packages, all hosts at once.
-
-    The packages are the r_packages and everything they need, as the primary has them
-    (or the inventory's lockfile:). A host with the primary's R minor version, platform
-    and OS gets the primary's installed builds over ssh; any other installs the pinned
-    versions from repos:. They go into a library of sshcluster's own on each host,
-    named by its content and put in place whole; the rendered file puts it first on
-    the workers' library path. Exit status: 0 every host has them, 1 some host failed.
-    """
-    inv = load_inventory(inventory)
-
-    def progress(label: str, what: str) -> None:
-        if not as_json:
-            click.echo(f"{label}: {what}", err=True)
-
-    report = packages.sync(inv, progress=progress, timeout=timeout)
-    if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
-    else:
-        for line in report.verdicts():
-            click.echo(line)
-        click.secho(report.summary(), fg="green" if report.ok else "red", bold=True)
-    if not report.ok:
-        raise click.exceptions.Exit(1)
-
-
-@cli.command("push")
-@click.argument("inventory", type=click.Path(dir_okay=False))
-@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=False))
-@click.option("--to", "dest", metavar="DEST",
-              help="Directory on every host (default: the inventory's workdir); each "
-                   "SOURCE lands at DEST/its name.")
-@click.option("--fanout", type=click.Choice(FANOUTS),
-              help="direct: the primary copies to every host at once; chain / tree: the "
-                   "hosts pass the stream on to each other (they must reach each other "
-                   "by ssh). Overrides the inventory's 'fanout'.")
-@click.option("--json", "as_json", is_flag=True, help="Print only the JSON result on stdout.")
-@click.pass_context
-def push_command(ctx: click.Context, inventory: str, sources: tuple[str, ...],
-                 dest: str | None, fanout: str | None, as_json: bool) -> None:
-    """Copy SOURCES (files or directories) to every host of INVENTORY.
-
-    Only what changed is sent (size and modification time, then a content hash);
-    each file is verified on arrival and renamed into place, modes kept; symlinks that
-    lead outside a source are not followed. One verdict per host. Exit status: 0 every
-    host has the files, 1 some host failed, 2 a wrong inventory or command line.
-    """
-    inv = load_inventory(inventory)
-    fan: Fanout | None = "chain" if fanout == "chain" else "tree" if fanout == "tree" \
-        else "direct" if fanout else None
-    console = Console(stderr=True)
-    if console.is_terminal and not as_json:
-        with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                      TransferSpeedColumn(), console=console, transient=True) as bar:
-            tasks: dict[str, TaskID] = {}
-
-            def show(host: str, sent: int, total: int) -> None:
-                if host not in tasks:
-                    tasks[host] = bar.add_task(host, total=total)
-                bar.update(tasks[host], completed=sent)
-
-            result = push(inv, sources, dest, fanout=fan, progress=show)
-    else:
-        result = push(inv, sources, dest, fanout=fan)
-    if as_json:
-        click.echo(result.to_json())
-    else:
-        print_push(result, Console())
-    ctx.exit(0 if result.ok else 1)
-
-
 @cli.command()
 @click.option("--hosts", "n_hosts", default=4, show_default=True, type=click.IntRange(1, 64),
               help="How many local SSH test hosts to build.")
@@ -467,6 +358,8 @@ cli.add_command(testbed_group)
 
 
 cli.add_command(ec2_group)
+cli.add_command(push_command)
+cli.add_command(sync_command)
 cli.add_command(run_command)
 cli.add_command(jobs_command)
 cli.add_command(image_group)  # (sshcluster/containers)

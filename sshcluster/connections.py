@@ -3,22 +3,19 @@
 Every PSOCK worker holds one R connection on the primary for as long as it runs, and R
 before 4.4 allows 128 in all (R 4.4 takes ``--max-connections=N``, up to 4096). These
 functions say, before anything starts, when an inventory needs more; the generated file
-checks again against the R it runs in (``R/launch.R``).
+checks again against the R it runs in (``R/launch/start.R``).
 """
 
 from __future__ import annotations
 
 from sshcluster.errors import RenderError
 from sshcluster.inventory import Inventory
+from sshcluster.protocol import LAUNCH_CONNECTIONS, USER_CONNECTIONS
 
 #: R's connections: 128 in all before R 4.4 (stdin, stdout and stderr take three); R 4.4
 #: takes ``--max-connections=N``, up to 4096.
 R_CONNECTIONS = 128
 R_MAX_CONNECTIONS = 4096
-#: What a launch holds besides one socket per worker (the listening socket and the pipe to
-#: the supervisor of its ssh sessions), and what it leaves free for the user's own files.
-LAUNCH_CONNECTIONS = 2
-USER_CONNECTIONS = 2
 
 
 def connections_needed(workers: int) -> int:

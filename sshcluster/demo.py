@@ -1,7 +1,7 @@
 """The demo: a real R computation spread over local SSH test hosts.
 
 It builds the test hosts (:mod:`sshcluster.testing`), writes an inventory for them, checks
-them (:mod:`sshcluster.preflight`) and says what the check warned about, writes the R
+them (:mod:`sshcluster.check.preflight`) and says what the check warned about, writes the R
 bootstrap, runs a Monte Carlo stock-price simulation across the cluster with
 ``parLapply``, prints a summary and how many tasks each host ran, and tears the hosts
 down. Its files go to a temporary directory, removed at the end, unless a ``workdir`` is
@@ -17,11 +17,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sshcluster import bootstrap, preflight
+from sshcluster import bootstrap
+from sshcluster.check import preflight
+from sshcluster.check.report import STEPS, CheckReport
 from sshcluster.errors import SshclusterError, TestbedError
 from sshcluster.inventory import load_inventory
 from sshcluster.quoting import r_string
-from sshcluster.report import STEPS, CheckReport
 from sshcluster.testing import RTimeout, Testbed, require_root_and_netns, run_r
 
 #: The computation, after the bootstrap has made ``parallelCluster``.

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from sshcluster.errors import InventoryError, OutputExistsError
 from sshcluster.inventory import Inventory, parse_inventory
-from sshcluster.sshconfig import SshConfigError, client_settings
+from sshcluster.ssh.config import SshConfigError, client_settings
 from sshcluster.yamlfile import Reader
 
 #: The most hosts one ``--hosts`` may expand to (far above any cluster, far below what

@@ -16,10 +16,10 @@ from sshcluster.bootstrap import (
     RenderOptions,
     render,
     spec_entries,
-    ssh_command,
 )
 from sshcluster.inventory import Host, Inventory, Primary, parse_inventory
 from sshcluster.quoting import r_string
+from sshcluster.ssh.command import ssh_command
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSIC = RenderOptions(launch="classic")

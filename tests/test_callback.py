@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from sshcluster import callback
-from sshcluster.callback import NONCE_LIMIT, CallbackListener
+from sshcluster.check import callback
+from sshcluster.check.callback import NONCE_LIMIT, CallbackListener
 
 NONCE = "0123456789abcdef" * 2
 #: The genuine worker connects from another loopback address than the strangers.

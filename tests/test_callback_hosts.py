@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from sshcluster.check.preflight import check
 from sshcluster.inventory import load_inventory
-from sshcluster.preflight import check
 from sshcluster.testing import Testbed, free_port
 
 pytestmark = pytest.mark.testbed

@@ -11,11 +11,8 @@ from typing import Any
 import jsonschema
 import pytest
 from click.testing import CliRunner
-from sshserver import keys, server_in_thread
 
-from sshcluster.cli import cli
-from sshcluster.inventory import Host
-from sshcluster.report import (
+from sshcluster.check.report import (
     SCHEMA_VERSION,
     STATUSES,
     STEPS,
@@ -24,7 +21,10 @@ from sshcluster.report import (
     StepResult,
     check_schema,
 )
+from sshcluster.cli import cli
+from sshcluster.inventory import Host
 from sshcluster.testing import free_port
+from sshcluster.testing.sshserver import keys, server_in_thread
 
 
 def validate(doc: Any) -> None:

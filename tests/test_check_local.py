@@ -15,12 +15,12 @@ from typing import Any
 
 import asyncssh
 import pytest
-from sshserver import LocalServer, keys
 
+from sshcluster.check.preflight import check_async
+from sshcluster.check.report import CheckReport
 from sshcluster.inventory import Host, Inventory, Primary
-from sshcluster.preflight import check_async
-from sshcluster.report import CheckReport
 from sshcluster.testing import free_port
+from sshcluster.testing.sshserver import LocalServer, keys
 
 CONNECTION_STEPS = ("resolve", "connect", "hostkey", "auth")
 

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from sshcluster.bootstrap import RenderOptions, write_bootstrap
-from sshcluster.inventory import load_inventory
+from sshcluster.bootstrap import RenderOptions
 from sshcluster.testing import Testbed, TestHost
+from sshcluster.testing.cluster import write_cluster
 from sshcluster.testing.faults import QUICK_NOTICE_R
 from sshcluster.testing.fixtures import MakeTestbed, run_r_in_test
 from sshcluster.testing.leftovers import launch_env, nothing_left
@@ -43,13 +43,6 @@ NCORE = 2
 #: waits 3 times that, as a hang guard. test_future_sees_a_lost_host_through_the_tunnel
 #: shortens the timings (QUICK_NOTICE_R); the others keep the shipped ones.
 NOTICED = 60
-
-
-def _cluster_r(tb: Testbed, tmp_path: Path, options: RenderOptions) -> Path:
-    inv = tb.write_inventory(tmp_path / "hosts.yaml", ncore=2)
-    out = tmp_path / "cluster.R"
-    write_bootstrap(load_inventory(inv), out, options)
-    return out
 
 
 def _kill_session_script(tmp_path: Path, host: TestHost) -> Path:
@@ -68,7 +61,7 @@ def _kill_session_script(tmp_path: Path, host: TestHost) -> Path:
 def _start_scenario(tb: Testbed, tmp_path: Path, mode: str) -> subprocess.Popen[str]:
     """Start, in its own process group, an R session that meets every fault in turn on
     ``tb`` (see the module's docstring); it prints ``key|value|...`` lines."""
-    f = _cluster_r(tb, tmp_path, FAST_MODES[mode])
+    f = write_cluster(tb, tmp_path, options=FAST_MODES[mode])
     h2, h3 = tb.hosts[1], tb.hosts[2]
     iptables = f"ip netns exec {h3.netns} iptables -w 5"
     cut = tmp_path / "cut.sh"
@@ -213,7 +206,7 @@ def test_a_failed_launch_leaves_nothing_every_time(testbed: Testbed, tmp_path: P
     whatever moment, nothing it started survives."""
     tb = testbed
     bad = tb.hosts[2]
-    f = _cluster_r(tb, tmp_path, FAST_MODES[mode])
+    f = write_cluster(tb, tmp_path, options=FAST_MODES[mode])
     tb.stop_sshd(bad)
     try:
         for attempt in range(TRIES):
@@ -231,7 +224,7 @@ def test_a_big_send_to_a_cut_off_host_names_it(make_testbed: MakeTestbed, tmp_pa
     buffer gives up and names the host (not a bare 'error writing to connection'), and
     sshcluster_stop() does not wait for that buffer."""
     tb = make_testbed(2)
-    f = _cluster_r(tb, tmp_path, FAST_MODES["direct-fork"])
+    f = write_cluster(tb, tmp_path, options=FAST_MODES["direct-fork"])
     h2 = tb.hosts[1]
     # (the shipped timings: this is the test of a send stalled by a lost host)
     out = run_r_in_test(f"""
@@ -265,7 +258,7 @@ def test_future_sees_a_lost_host_through_the_tunnel(make_testbed: MakeTestbed, t
     workers' connections, so future_lapply() fails naming the host instead of waiting for
     tasks that would sleep for five minutes."""
     tb = make_testbed(2)
-    f = _cluster_r(tb, tmp_path, RenderOptions())
+    f = write_cluster(tb, tmp_path, options=RenderOptions())
     h2 = tb.hosts[1]
     cut = tmp_path / "cut.sh"
     cut.write_text(f"sleep 3\nip netns exec {h2.netns} iptables -w 5 -I INPUT 1 ! -i lo -j DROP\n"

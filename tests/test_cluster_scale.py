@@ -11,17 +11,16 @@ from __future__ import annotations
 import ctypes
 import os
 import socket
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from sshcluster.bootstrap import RenderOptions, write_bootstrap
-from sshcluster.inventory import load_inventory
+from sshcluster.bootstrap import RenderOptions
 from sshcluster.testing import Testbed
+from sshcluster.testing.cluster import interactive_r, write_cluster
 from sshcluster.testing.fixtures import R_TIMEOUT, run_r_in_test
 from sshcluster.testing.hosts import host_dir
-from sshcluster.testing.leftovers import launch_env, nothing_left
+from sshcluster.testing.leftovers import nothing_left
 from sshcluster.testing.modes import FAST_MODES
 
 pytestmark = pytest.mark.slow  # scale
@@ -56,40 +55,25 @@ def tcp_sockets(pid: int) -> list[dict[str, bool]]:
     return found
 
 
-def _cluster(tb: Testbed, tmp_path: Path, ncore: int, options: RenderOptions | None = None
-             ) -> Path:
-    inv = tb.write_inventory(tmp_path / "hosts.yaml", ncore=ncore)
-    out = tmp_path / "cluster.R"
-    write_bootstrap(load_inventory(inv), out, options)
-    return out
-
-
 @pytest.mark.parametrize("options", list(FAST_MODES.values()), ids=list(FAST_MODES))
 def test_every_r_socket_of_the_cluster_has_no_delay(testbed: Testbed, tmp_path: Path,
                                                     options: RenderOptions) -> None:
     """On the primary's side and on each worker's, in every launch mode."""
-    f = _cluster(testbed, tmp_path, 2, options)
-    script = tmp_path / "nodelay.R"
-    script.write_text(f"""
+    f = write_cluster(testbed, tmp_path, options=options, ncore=2)
+    with interactive_r(f"""
         source({str(f)!r})
         cat(Sys.getpid(), unlist(parallel::clusterEvalQ(parallelCluster, Sys.getpid())), "\\n")
         invisible(readLines(file("stdin"), n = 1))
         sshcluster_stop()
-    """)
-    with subprocess.Popen(["Rscript", str(script)], env=launch_env(tmp_path),
-                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True) as proc:
-        try:
-            assert proc.stdout is not None and proc.stdin is not None
-            primary, *workers = (int(p) for p in proc.stdout.readline().split())
-            ours = tcp_sockets(primary)
-            theirs = [s for w in workers for s in tcp_sockets(w)]
-            proc.stdin.write("done\n")
-            proc.stdin.flush()
-            _, err = proc.communicate(timeout=R_TIMEOUT)
-            assert proc.returncode == 0, err
-        finally:
-            proc.kill()
+    """, tmp_path, "nodelay.R") as proc:
+        assert proc.stdout is not None and proc.stdin is not None
+        primary, *workers = (int(p) for p in proc.stdout.readline().split())
+        ours = tcp_sockets(primary)
+        theirs = [s for w in workers for s in tcp_sockets(w)]
+        proc.stdin.write("done\n")
+        proc.stdin.flush()
+        _, err = proc.communicate(timeout=R_TIMEOUT)
+        assert proc.returncode == 0, err
     assert len(ours) == len(workers) == 8 and len(theirs) == 8
     assert all(s["nodelay"] for s in ours + theirs)
     assert nothing_left(testbed, marker=tmp_path) == {}
@@ -98,7 +82,7 @@ def test_every_r_socket_of_the_cluster_has_no_delay(testbed: Testbed, tmp_path: 
 def test_120_workers_leave_connections_for_the_user(testbed: Testbed, tmp_path: Path) -> None:
     """120 workers on one primary (4 hosts x 30) start, work, and leave the session two
     connections for its own files."""
-    f = _cluster(testbed, tmp_path, 30)
+    f = write_cluster(testbed, tmp_path, ncore=30)
     a, b = tmp_path / "a.txt", tmp_path / "b.txt"
     out = run_r_in_test(f"""
         source({str(f)!r})
@@ -125,7 +109,7 @@ def test_too_many_workers_are_refused_before_anything_starts(testbed: Testbed,
     numbers and what to do, and no host sees even an ssh login."""
     logs = [host_dir(testbed.workdir, h) / "sshd.log" for h in testbed.hosts]
     logins = [log.read_text().count("Accepted ") for log in logs]
-    f = _cluster(testbed, tmp_path, ncore)
+    f = write_cluster(testbed, tmp_path, ncore=ncore)
     out = run_r_in_test(f"source({str(f)!r})\ncat('UNEXPECTED')\n", tmp_path, timeout=30)
     assert out.returncode != 0 and "UNEXPECTED" not in out.stdout
     workers = 4 * ncore

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from sshcluster.check.report import STEPS, CheckReport, HostReport, StepResult
 from sshcluster.cli import cli
 from sshcluster.demo import warning_lines
 from sshcluster.inventory import Host
-from sshcluster.report import STEPS, CheckReport, HostReport, StepResult
 from sshcluster.testing.fixtures import skip_or_fail
 
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sshcluster.hostkeys import HostKey, parse_console_host_keys, write_known_hosts
+from sshcluster.ec2.hostkeys import HostKey, parse_console_host_keys, write_known_hosts
 
 DATA = Path(__file__).parent / "data" / "console"
 

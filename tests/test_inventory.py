@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from sshcluster import InventoryError
+from sshcluster.dump import dump_inventory
 from sshcluster.inventory import (
     Host,
     Inventory,
     Primary,
-    dump_inventory,
     load_inventory,
     parse_inventory,
 )

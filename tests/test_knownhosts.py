@@ -19,20 +19,20 @@ from pathlib import Path
 
 import asyncssh
 import pytest
-from sshserver import LocalServer, keys
 
-from sshcluster.bootstrap import ssh_command
+from sshcluster.check.preflight import check_async
+from sshcluster.check.report import CheckReport, HostReport
 from sshcluster.inventory import Host, Inventory, Primary
-from sshcluster.keycheck import decode_host_key
-from sshcluster.knownhosts import (
+from sshcluster.ssh.command import ssh_command
+from sshcluster.ssh.keycheck import decode_host_key
+from sshcluster.ssh.knownhosts import (
     TrustPolicy,
     hashed_name,
     host_matches,
     order_host_key_algorithms,
     parse_known_hosts,
 )
-from sshcluster.preflight import check_async
-from sshcluster.report import CheckReport, HostReport
+from sshcluster.testing.sshserver import LocalServer, keys
 
 
 def keygen(*args: str) -> subprocess.CompletedProcess[str]:

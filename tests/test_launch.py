@@ -21,10 +21,8 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 import sshcluster
 from sshcluster.bootstrap import (
@@ -32,35 +30,14 @@ from sshcluster.bootstrap import (
     READ_SCRIPT,
     WORKER_CODE,
     RenderOptions,
-    write_bootstrap,
 )
-from sshcluster.inventory import load_inventory
+from sshcluster.protocol import PROOF_MAGIC
 from sshcluster.testing import Testbed, TestHost, free_port
+from sshcluster.testing.cluster import interactive_r, write_cluster
 from sshcluster.testing.fixtures import R_TIMEOUT, run_r_in_test, squatter
 from sshcluster.testing.hosts import host_dir
-from sshcluster.testing.leftovers import launch_env, nothing_left
+from sshcluster.testing.leftovers import nothing_left
 from sshcluster.testing.netns import descendants, parent_pid, process_name
-
-
-def _bootstrap(testbed: Testbed, tmp_path: Path, name: str = "cluster.R",
-               options: RenderOptions | None = None, **inventory: Any) -> Path:
-    """Write an inventory for ``testbed`` (``inventory`` adds top-level keys; ``ncore``,
-    ``hosts``, ``host_fields`` and ``defaults_rscript`` are handled here) and its
-    bootstrap; return the R file."""
-    ncore = inventory.pop("ncore", 2)
-    hosts: list[TestHost] = list(inventory.pop("hosts", testbed.hosts))
-    host_fields: dict[str, dict[str, Any]] = inventory.pop("host_fields", {})
-    rscript: str | None = inventory.pop("defaults_rscript", None)
-    path = testbed.write_inventory(tmp_path / f"{name}.yaml", ncore=ncore, extra=inventory)
-    # Per-host fields are edited as data, then read back through the real loader.
-    data = yaml.safe_load(path.read_text())
-    data["hosts"] = [{"host": h.address, **host_fields.get(h.address, {})} for h in hosts]
-    if rscript:
-        data["defaults"]["rscript"] = rscript
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    out = tmp_path / name
-    write_bootstrap(load_inventory(path), out, options)
-    return out
 
 
 @pytest.fixture
@@ -81,7 +58,7 @@ def test_fast_launch_is_a_standard_cluster(clean: Testbed, tmp_path: Path, fork:
                                            ) -> None:
     """parallel's API, foreach/doParallel and future all work on parallelCluster."""
     tb = clean
-    f = _bootstrap(tb, tmp_path, options=RenderOptions(register=("future", "doparallel"),
+    f = write_cluster(tb, tmp_path, options=RenderOptions(register=("future", "doparallel"),
                                                        fork=fork))
     out = run_r_in_test(f"""
         source({str(f)!r})
@@ -134,7 +111,7 @@ def test_workers_are_separate_fresh_sessions(clean: Testbed, tmp_path: Path, for
                                              ) -> None:
     """Forked or not, each worker has its own pid, its own tempdir() (removed when it
     stops), its own random stream without any seeding, and a fresh R's search path."""
-    f = _bootstrap(clean, tmp_path, options=RenderOptions(fork=fork))
+    f = write_cluster(clean, tmp_path, options=RenderOptions(fork=fork))
     out = run_r_in_test(f"""
         source({str(f)!r})
         x <- parallel::clusterEvalQ(parallelCluster, local({{
@@ -171,9 +148,8 @@ def test_stop_cluster_alone_leaves_no_process_on_the_hosts(clean: Testbed, tmp_p
                                                           ) -> None:
     """stopCluster() ends the workers, and with them each host's ssh session, while the
     R session goes on; then sshcluster_stop() is a no-op."""
-    f = _bootstrap(clean, tmp_path)
-    script = tmp_path / "stop.R"
-    script.write_text(f"""
+    f = write_cluster(clean, tmp_path)
+    with interactive_r(f"""
         source({str(f)!r})
         cat("workers", length(parallelCluster), "\\n")
         parallel::stopCluster(parallelCluster)
@@ -182,30 +158,24 @@ def test_stop_cluster_alone_leaves_no_process_on_the_hosts(clean: Testbed, tmp_p
         sshcluster_stop()
         sshcluster_stop()
         cat("DONE\\n")
-    """)
-    with subprocess.Popen(["Rscript", str(script)], env=launch_env(tmp_path),
-                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True) as proc:
-        try:
-            assert proc.stdout is not None and proc.stdin is not None
-            lines = [proc.stdout.readline(), proc.stdout.readline()]
-            assert lines == ["workers 8 \n", "STOPPED\n"], proc.stderr
-            # (on the primary the supervisor lives on with R, until sshcluster_stop())
-            assert nothing_left(clean, wait=5) == {}
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-            out, err = proc.communicate(timeout=R_TIMEOUT)
-            assert proc.returncode == 0, err
-            assert out == "DONE\n"
-        finally:
-            proc.kill()
+    """, tmp_path, "stop.R") as proc:
+        assert proc.stdout is not None and proc.stdin is not None
+        lines = [proc.stdout.readline(), proc.stdout.readline()]
+        assert lines == ["workers 8 \n", "STOPPED\n"], proc.stderr
+        # (on the primary the supervisor lives on with R, until sshcluster_stop())
+        assert nothing_left(clean, wait=5) == {}
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=R_TIMEOUT)
+        assert proc.returncode == 0, err
+        assert out == "DONE\n"
 
 
 def test_stopping_also_stops_what_the_workers_started(clean: Testbed, tmp_path: Path
                                                      ) -> None:
     """A process a worker leaves in the background belongs to the host's session: it stops
     with the cluster."""
-    f = _bootstrap(clean, tmp_path)
+    f = write_cluster(clean, tmp_path)
     out = run_r_in_test(f"""
         source({str(f)!r})
         invisible(parallel::clusterEvalQ(parallelCluster, system("sleep 300", wait = FALSE)))
@@ -222,52 +192,40 @@ def test_stopping_also_stops_what_the_workers_started(clean: Testbed, tmp_path: 
 
 def test_sourcing_twice_stops_the_first_cluster(clean: Testbed, tmp_path: Path) -> None:
     """The second source() stops the first cluster: only the second one's workers run."""
-    f = _bootstrap(clean, tmp_path)
-    script = tmp_path / "twice.R"
-    script.write_text(f"""
+    f = write_cluster(clean, tmp_path)
+    with interactive_r(f"""
         pids <- function() unlist(parallel::clusterEvalQ(parallelCluster, Sys.getpid()))
         source({str(f)!r}); cat("first", pids(), "\\n")
         source({str(f)!r}); cat("second", pids(), "\\n")
         invisible(readLines(file("stdin"), n = 1))
         sshcluster_stop()
-    """)
-    with subprocess.Popen(["Rscript", str(script)], env=launch_env(tmp_path),
-                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True) as proc:
-        try:
-            assert proc.stdout is not None and proc.stdin is not None
-            first = {int(p) for p in proc.stdout.readline().split()[1:]}
-            second = {int(p) for p in proc.stdout.readline().split()[1:]}
-            assert len(first) == len(second) == 8 and not first & second
-            running = {p for h in clean.hosts for p in clean.processes(h, "R")}
-            # With fork (the default), each host's workers come from one R of their own.
-            parents = {parent_pid(p) for p in second}
-            assert {process_name(p) for p in parents} == {"R"}
-            assert len(parents) == len(clean.hosts)
-            assert running == second | parents
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-            _, err = proc.communicate(timeout=R_TIMEOUT)
-            assert proc.returncode == 0, err
-            assert "stopping the cluster that an earlier source() of this file started" in err
-        finally:
-            proc.kill()
+    """, tmp_path, "twice.R") as proc:
+        assert proc.stdout is not None and proc.stdin is not None
+        first = {int(p) for p in proc.stdout.readline().split()[1:]}
+        second = {int(p) for p in proc.stdout.readline().split()[1:]}
+        assert len(first) == len(second) == 8 and not first & second
+        running = {p for h in clean.hosts for p in clean.processes(h, "R")}
+        # With fork (the default), each host's workers come from one R of their own.
+        parents = {parent_pid(p) for p in second}
+        assert {process_name(p) for p in parents} == {"R"}
+        assert len(parents) == len(clean.hosts)
+        assert running == second | parents
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        _, err = proc.communicate(timeout=R_TIMEOUT)
+        assert proc.returncode == 0, err
+        assert "stopping the cluster that an earlier source() of this file started" in err
 
 
 @pytest.mark.parametrize("fork", [True, False], ids=["fork", "fresh"])
 def test_master_killed_leaves_no_worker(clean: Testbed, tmp_path: Path, fork: bool) -> None:
     """The ssh connections are a dead man's switch: kill -9 the R session, the workers go."""
-    f = _bootstrap(clean, tmp_path, options=RenderOptions(fork=fork))
-    script = tmp_path / "killed.R"
-    script.write_text(f'source({str(f)!r}); cat("READY\\n"); Sys.sleep(120)\n')
-    with subprocess.Popen(["Rscript", str(script)], env=launch_env(tmp_path),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
-        try:
-            assert proc.stdout is not None
-            assert proc.stdout.readline() == "READY\n"
-            assert all(clean.processes(h, "R") for h in clean.hosts)
-        finally:
-            proc.kill()
+    f = write_cluster(clean, tmp_path, options=RenderOptions(fork=fork))
+    with interactive_r(f'source({str(f)!r}); cat("READY\\n"); Sys.sleep(120)\n', tmp_path,
+                       "killed.R", stdin=False) as proc:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "READY\n"
+        assert all(clean.processes(h, "R") for h in clean.hosts)
     assert nothing_left(clean, marker=tmp_path, wait=5) == {}
 
 
@@ -276,22 +234,17 @@ def test_master_killed_while_its_child_lives_leaves_no_worker(clean: Testbed, tm
     """A process the R session started keeps a copy of its pipe to the supervisor (and of
     the workers' sockets) after R is killed: the supervisor watches R itself, so the
     workers still go, and so does everything on the primary but that child."""
-    f = _bootstrap(clean, tmp_path)
-    script = tmp_path / "killed.R"
-    script.write_text(f'source({str(f)!r}); system("sleep 121", wait = FALSE)\n'
-                      'cat("READY", Sys.getpid(), "\\n"); Sys.sleep(120)\n')
-    with subprocess.Popen(["Rscript", str(script)], env=launch_env(tmp_path),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
-        try:
-            assert proc.stdout is not None
-            ready, r_pid = proc.stdout.readline().split()
-            assert ready == "READY"
-            time.sleep(0.5)
-            child = [p for p in _all_pids() if _cmdline(p) == b"sleep\x00121\x00"]
-            supervisor = [p for p in descendants(int(r_pid)) if b"supervisor.sh" in _cmdline(p)]
-            assert child and supervisor
-        finally:
-            proc.kill()
+    f = write_cluster(clean, tmp_path)
+    with interactive_r(f'source({str(f)!r}); system("sleep 121", wait = FALSE)\n'
+                      'cat("READY", Sys.getpid(), "\\n"); Sys.sleep(120)\n', tmp_path,
+                       "killed.R", stdin=False) as proc:
+        assert proc.stdout is not None
+        ready, r_pid = proc.stdout.readline().split()
+        assert ready == "READY"
+        time.sleep(0.5)
+        child = [p for p in _all_pids() if _cmdline(p) == b"sleep\x00121\x00"]
+        supervisor = [p for p in descendants(int(r_pid)) if b"supervisor.sh" in _cmdline(p)]
+        assert child and supervisor
     try:
         assert nothing_left(clean, marker=tmp_path, wait=20) == {}
         assert _gone(set(supervisor))
@@ -306,7 +259,7 @@ def test_stop_after_stop_cluster_leaves_the_users_files_alone(clean: Testbed, tm
     """After parallel::stopCluster(), R gives the workers' connection numbers to the next
     connections opened; sshcluster_stop(), a repair or a new source() must not write to
     or close those."""
-    f = _bootstrap(clean, tmp_path, hosts=clean.hosts[:2])
+    f = write_cluster(clean, tmp_path, hosts=clean.hosts[:2])
     data = tmp_path / "mine.txt"
     out = run_r_in_test(f"""
         source({str(f)!r})
@@ -327,7 +280,7 @@ def test_stop_after_stop_cluster_leaves_the_users_files_alone(clean: Testbed, tm
 def test_a_cluster_whose_names_were_removed_is_stopped_by_the_next_source(
         clean: Testbed, tmp_path: Path) -> None:
     """rm(list = ls()) loses the handles, not the cluster: the next source() stops it."""
-    f = _bootstrap(clean, tmp_path, hosts=clean.hosts[:2])
+    f = write_cluster(clean, tmp_path, hosts=clean.hosts[:2])
     out = run_r_in_test(f"""
         source({str(f)!r})
         rm(list = ls())
@@ -365,7 +318,7 @@ def test_refused_ssh_fails_fast_and_names_the_host(clean: Testbed, tmp_path: Pat
                                                    ) -> None:
     """One host refuses; the workers the other hosts started are all stopped."""
     bad = clean.hosts[1]
-    f = _bootstrap(clean, tmp_path, options=RenderOptions(fork=fork))
+    f = write_cluster(clean, tmp_path, options=RenderOptions(fork=fork))
     clean.stop_sshd(bad)
     try:
         err = _launch_fails(clean, f, tmp_path)
@@ -381,7 +334,7 @@ def test_unknown_host_key_fails_fast(clean: Testbed, tmp_path: Path) -> None:
     known = tmp_path / "known_hosts"
     lines = clean.known_hosts.read_text().splitlines()
     known.write_text("".join(f"{ln}\n" for ln in lines if not ln.startswith(bad.address + " ")))
-    f = _bootstrap(clean, tmp_path, known_hosts=str(known))
+    f = write_cluster(clean, tmp_path, known_hosts=str(known))
     err = _launch_fails(clean, f, tmp_path)
     assert "Host key verification failed" in _line_for(err, bad)
 
@@ -391,14 +344,14 @@ def test_wrong_key_fails_fast(clean: Testbed, tmp_path: Path) -> None:
     key = tmp_path / "other_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True,
                    timeout=30)
-    f = _bootstrap(clean, tmp_path, host_fields={bad.address: {"identity_file": str(key)}})
+    f = write_cluster(clean, tmp_path, host_fields={bad.address: {"identity_file": str(key)}})
     err = _launch_fails(clean, f, tmp_path)
     assert "Permission denied" in _line_for(err, bad)
 
 
 def test_missing_rscript_fails_fast(clean: Testbed, tmp_path: Path) -> None:
     bad = clean.hosts[3]
-    f = _bootstrap(clean, tmp_path, host_fields={bad.address: {"rscript": "/opt/no R/Rscript"}})
+    f = write_cluster(clean, tmp_path, host_fields={bad.address: {"rscript": "/opt/no R/Rscript"}})
     err = _launch_fails(clean, f, tmp_path)
     line = _line_for(err, bad)
     assert "status 127" in line and "/opt/no R/Rscript not found on node4" in line
@@ -413,7 +366,7 @@ def test_r_that_cannot_start_fails_fast(clean: Testbed, tmp_path: Path, fork: bo
     broken.write_text("#!/bin/sh\necho 'Error: libR.so: cannot open shared object' >&2\n"
                       "exit 2\n")
     broken.chmod(0o755)
-    f = _bootstrap(clean, tmp_path, options=RenderOptions(fork=fork),
+    f = write_cluster(clean, tmp_path, options=RenderOptions(fork=fork),
                    host_fields={bad.address: {"rscript": str(broken)}})
     err = _launch_fails(clean, f, tmp_path)
     assert _line_for(err, bad).endswith(
@@ -429,7 +382,7 @@ def test_workers_that_never_connect_hit_the_setup_timeout(clean: Testbed, tmp_pa
     fake.chmod(0o755)
     # Long enough for the good hosts' workers to connect on a busy machine (3 s was not,
     # under load, and they were named too).
-    f = _bootstrap(clean, tmp_path, setup_timeout=10,
+    f = write_cluster(clean, tmp_path, setup_timeout=10,
                    host_fields={bad.address: {"rscript": str(fake)}})
     err = _launch_fails(clean, f, tmp_path)
     assert "workers did not connect within 10 s" in err
@@ -444,8 +397,8 @@ def test_blocked_port_fails_fast_and_the_reverse_tunnel_works(clean: Testbed, tm
                                                              ) -> None:
     bad = clean.hosts[1]
     port = free_port()
-    plain = _bootstrap(clean, tmp_path, "plain.R", port=port, tunnel="none")
-    tunnel = _bootstrap(clean, tmp_path, "tunnel.R", port=port)  # the default
+    plain = write_cluster(clean, tmp_path, "plain.R", port=port, tunnel="none")
+    tunnel = write_cluster(clean, tmp_path, "tunnel.R", port=port)  # the default
     clean.reject(bad, port)
     try:
         err = _launch_fails(clean, plain, tmp_path)
@@ -470,7 +423,7 @@ def test_dropped_packets_fail_within_seconds(clean: Testbed, tmp_path: Path) -> 
     """A black hole (DROP) to the primary's port: the reachability check times out."""
     bad = clean.hosts[0]
     port = free_port()
-    f = _bootstrap(clean, tmp_path, port=port, tunnel="none")
+    f = write_cluster(clean, tmp_path, port=port, tunnel="none")
     clean.reject(bad, port, action="DROP")
     try:
         err = _launch_fails(clean, f, tmp_path, within=20)
@@ -564,7 +517,7 @@ def test_remote_script_forks_only_where_it_can_stop_the_forks(tmp_path: Path, le
                 server.settimeout(30)
                 held = [server.accept()[0] for _ in range(3)]
                 hellos = [c.recv(32) for c in held]
-                assert all(h.startswith(b"SCW3") and len(h) == 32 for h in hellos)
+                assert all(h.startswith(PROOF_MAGIC) and len(h) == 32 for h in hellos)
                 tree = descendants(proc.pid)
                 r = {p for p in tree if process_name(p) == "R"}
                 parents = {parent_pid(p) for p in r}
@@ -650,7 +603,7 @@ def test_tunnel_with_a_login_shell_that_talks(clean: Testbed, tmp_path: Path) ->
     saved = bashrc.read_text()
     bashrc.write_text("echo 'Welcome to node1'\n" + saved)
     try:
-        f = _bootstrap(clean, tmp_path, hosts=clean.hosts[:2], tunnel="reverse")
+        f = write_cluster(clean, tmp_path, hosts=clean.hosts[:2], tunnel="reverse")
         out = run_r_in_test(f"""
             source({str(f)!r})
             cat(unlist(parallel::clusterEvalQ(parallelCluster, Sys.info()[["nodename"]])), "\\n")
@@ -666,7 +619,7 @@ def test_taken_tunnel_port_is_an_error_not_a_hijack(clean: Testbed, tmp_path: Pa
     """Someone listens on 127.0.0.1:PORT on a host: the forward fails and ssh says so."""
     bad = clean.hosts[2]
     port = free_port()
-    f = _bootstrap(clean, tmp_path, port=port, tunnel="reverse")
+    f = write_cluster(clean, tmp_path, port=port, tunnel="reverse")
     with squatter(bad, port):
         err = _launch_fails(clean, f, tmp_path)
     assert f"remote port forwarding failed for listen port {port}" in _line_for(err, bad)
@@ -676,7 +629,7 @@ def test_taken_tunnel_port_is_an_error_not_a_hijack(clean: Testbed, tmp_path: Pa
 
 
 def test_classic_launch_still_works(clean: Testbed, tmp_path: Path) -> None:
-    f = _bootstrap(clean, tmp_path, hosts=clean.hosts[:2],
+    f = write_cluster(clean, tmp_path, hosts=clean.hosts[:2],
                    options=RenderOptions(launch="classic"))
     assert "parallel::makeCluster(" in f.read_text()
     out = run_r_in_test(f"""
@@ -691,7 +644,7 @@ def test_classic_launch_still_works(clean: Testbed, tmp_path: Path) -> None:
 def test_error_is_a_classed_condition(clean: Testbed, tmp_path: Path) -> None:
     """Code can catch the launch error by class and see which hosts failed."""
     bad = clean.hosts[3]
-    f = _bootstrap(clean, tmp_path, host_fields={bad.address: {"rscript": "/nope/Rscript"}})
+    f = write_cluster(clean, tmp_path, host_fields={bad.address: {"rscript": "/nope/Rscript"}})
     out = run_r_in_test(f"""
         e <- tryCatch(source({str(f)!r}), sshcluster_error = function(e) e)
         cat(class(e)[1], e$hosts, "\\n")
@@ -710,7 +663,7 @@ def test_source_defines_only_the_documented_names(clean: Testbed, tmp_path: Path
     """The file runs in local(): the user's global environment gets the seed's names and
     the documented functions, nothing else; the user's own variables, options and random
     seed are left alone."""
-    f = _bootstrap(clean, tmp_path, hosts=clean.hosts[:2],
+    f = write_cluster(clean, tmp_path, hosts=clean.hosts[:2],
                    options=RenderOptions(launch="classic" if launch == "classic" else "fast"))
     out = run_r_in_test(f"""
         start <- launch <- rshcmd <- config <- S <- listen <- register <- "mine"
@@ -743,9 +696,9 @@ def test_workers_read_end_of_file_and_get_the_primary_locale(clean: Testbed, tmp
                                                             fork: bool) -> None:
     """A worker's stdin is at its end, forked or not (system("cat") returns); workers run
     in the primary's locale, or the inventory's."""
-    own = _bootstrap(clean, tmp_path, "own.R", hosts=clean.hosts[:2],
+    own = write_cluster(clean, tmp_path, "own.R", hosts=clean.hosts[:2],
                      options=RenderOptions(fork=fork))
-    named = _bootstrap(clean, tmp_path, "named.R", hosts=clean.hosts[:2],
+    named = write_cluster(clean, tmp_path, "named.R", hosts=clean.hosts[:2],
                        options=RenderOptions(fork=fork), locale="C")
     code = f"""
         for (f in c({str(own)!r}, {str(named)!r})) {{
@@ -786,7 +739,7 @@ def test_an_openssh_before_8_5_gets_the_known_hosts_file_another_way(
         'knownhostscommand" >&2; exit 255;; esac\n'
         f'exec {shutil.which("ssh")} "$@"\n')
     old_ssh.chmod(0o755)
-    f = _bootstrap(clean, tmp_path, hosts=clean.hosts[:2],
+    f = write_cluster(clean, tmp_path, hosts=clean.hosts[:2],
                    options=RenderOptions(launch="classic" if launch == "classic" else "fast"))
     script = tmp_path / "old.R"
     script.write_text(f"""
@@ -859,7 +812,7 @@ def test_a_fake_primary_learns_nothing_it_can_replay(tmp_path: Path, primary: st
                         server.accept()  # (admitted: it connects no more)
                     admitted.close()
                 for hello in seen:
-                    assert hello[:4] == b"SCW3"
+                    assert hello[:4] == PROOF_MAGIC
                     for secret in (worker, primary_token):
                         assert not any(secret[i:i + 4] in hello for i in range(13))
                 if primary == "fake":
@@ -875,7 +828,7 @@ def test_the_port_listens_only_while_workers_are_accepted(clean: Testbed, tmp_pa
     """After the launch nothing accepts on R's port (no queue can be filled before a
     repair); a repair that relaunches listens afresh, and stops again."""
     port = free_port()
-    f = _bootstrap(clean, tmp_path, port=port, ncore=1)
+    f = write_cluster(clean, tmp_path, port=port, ncore=1)
     out = run_r_in_test(f"""
         probe <- function() tryCatch({{
           con <- suppressWarnings(socketConnection("127.0.0.1", {port}, timeout = 5))

@@ -30,8 +30,8 @@ import pytest
 import yaml
 
 from sshcluster.bootstrap import RenderOptions, write_bootstrap
+from sshcluster.check.preflight import check, verified_inventory
 from sshcluster.inventory import load_inventory
-from sshcluster.preflight import check, verified_inventory
 from sshcluster.quoting import r_string
 from sshcluster.testing import Testbed
 from sshcluster.testing.client import Client

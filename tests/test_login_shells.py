@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from sshcluster.bootstrap import write_bootstrap
+from sshcluster.check.preflight import check
 from sshcluster.inventory import load_inventory
-from sshcluster.preflight import check
 from sshcluster.testing import Testbed
 from sshcluster.testing.fixtures import run_r_in_test, skip_or_fail
 from sshcluster.testing.leftovers import nothing_left

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import asyncssh
 from click.testing import CliRunner
-from sshserver import LocalServer, keys, server_in_thread
 
+from sshcluster.check.preflight import check_async
+from sshcluster.check.report import CheckReport, report_details
 from sshcluster.cli import cli
 from sshcluster.inventory import example_inventory, load_inventory, parse_inventory
-from sshcluster.preflight import check_async
-from sshcluster.report import CheckReport, report_details
 from sshcluster.testing import free_port
+from sshcluster.testing.sshserver import LocalServer, keys, server_in_thread
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -24,11 +24,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from sshcluster.check.preflight import check, verified_inventory
+from sshcluster.check.report import STEPS, CheckReport
 from sshcluster.cli import cli
 from sshcluster.errors import CheckFailed
 from sshcluster.inventory import Inventory, load_inventory
-from sshcluster.preflight import check, verified_inventory
-from sshcluster.report import STEPS, CheckReport
 from sshcluster.testing import Testbed, TestHost, free_port
 from sshcluster.testing.fixtures import build_testbed, squatter
 

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from sshcluster.callback import callback_verdict
-from sshcluster.inventory import Host
-from sshcluster.probe import (
+from sshcluster.check.callback import callback_verdict
+from sshcluster.check.probe import (
     VERDICTS,
     Facts,
     RemoteContext,
@@ -23,8 +22,9 @@ from sshcluster.probe import (
     parse_facts,
     remote_script,
 )
-from sshcluster.report import StepResult
-from sshcluster.steps import STEPS
+from sshcluster.check.report import StepResult
+from sshcluster.check.steps import STEPS
+from sshcluster.inventory import Host
 from sshcluster.testing.fixtures import skip_or_fail
 
 HAVE_R = shutil.which("Rscript") is not None

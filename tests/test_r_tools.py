@@ -10,14 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
-from sshcluster.bootstrap import RenderOptions, write_bootstrap
-from sshcluster.inventory import load_inventory
-from sshcluster.testing import Testbed, TestHost
+from sshcluster.bootstrap import RenderOptions
+from sshcluster.testing import Testbed
+from sshcluster.testing.cluster import write_cluster
 from sshcluster.testing.fixtures import run_r_in_test
 
 pytestmark = pytest.mark.testbed
@@ -31,23 +29,6 @@ MODES = {
     "direct": RenderOptions(tunnel="none"),
     "fresh": RenderOptions(fork=False),
 }
-
-
-def _bootstrap(tb: Testbed, tmp_path: Path, name: str = "cluster.R",
-               options: RenderOptions | None = None, hosts: list[TestHost] | None = None,
-               **inventory: Any) -> Path:
-    """An inventory for ``hosts`` of ``tb`` (all by default; ``inventory`` adds
-    top-level keys) and its bootstrap, through the real loader; returns the R file."""
-    path = tb.write_inventory(tmp_path / f"{name}.yaml", ncore=inventory.pop("ncore", 2),
-                              extra=inventory)
-    if hosts is not None:
-        data = yaml.safe_load(path.read_text())
-        keep = {h.address for h in hosts}
-        data["hosts"] = [h for h in data["hosts"] if h["host"] in keep]
-        path.write_text(yaml.safe_dump(data, sort_keys=False))
-    out = tmp_path / name
-    write_bootstrap(load_inventory(path), out, options)
-    return out
 
 
 def _lines(stdout: str) -> dict[str, str]:
@@ -67,7 +48,7 @@ def test_waits_warn_nothing_with_parallelly_loaded(clean: Testbed, tmp_path: Pat
     """Waits of several seconds in foreach, parLapplyLB and clusterApplyLB, with
     parallelly loaded and ``options(warn = 2)``: no warning, every result, and the
     cluster in step for the next call."""
-    f = _bootstrap(clean, tmp_path, options=RenderOptions(register=("doparallel",)))
+    f = write_cluster(clean, tmp_path, options=RenderOptions(register=("doparallel",)))
     out = run_r_in_test(f"""
         source({str(f)!r})
         suppressPackageStartupMessages({{ library(parallelly); library(foreach) }})
@@ -102,7 +83,7 @@ def test_progressr_gets_every_update_through_futures(clean: Testbed, tmp_path: P
     """progressr's updates are immediate conditions that future relays from the
     worker as they happen: a handler that counts them gets all 20, as on a local
     cluster; and an immediate condition of the user's own arrives too."""
-    f = _bootstrap(clean, tmp_path, options=MODES[mode])
+    f = write_cluster(clean, tmp_path, options=MODES[mode])
     out = run_r_in_test(f"""
         source({str(f)!r})
         suppressPackageStartupMessages(library(progressr))
@@ -146,7 +127,7 @@ def test_registrations_follow_a_repair_and_a_new_source(clean: Testbed, tmp_path
     a cluster object kept from before the repair says to register again. (Direct: through
     the tunnel, a worker relaunched on a host whose session lives on cannot forward
     the port again, and the repair goes on without it.)"""
-    f = _bootstrap(clean, tmp_path, options=RenderOptions(tunnel="none"))
+    f = write_cluster(clean, tmp_path, options=RenderOptions(tunnel="none"))
     out = run_r_in_test(f"""
         source({str(f)!r})
         suppressPackageStartupMessages({{ library(foreach); library(doParallel) }})
@@ -186,8 +167,8 @@ def test_two_files_two_clusters(clean: Testbed, tmp_path: Path) -> None:
     """Two files with different hosts in one session: both clusters compute; each stop
     stops only its own; sourcing one file again replaces only its own cluster; and
     nothing says it stops an earlier cluster when that one was stopped already."""
-    a = _bootstrap(clean, tmp_path, "a.R", hosts=clean.hosts[:2])
-    b = _bootstrap(clean, tmp_path, "b.R", hosts=clean.hosts[2:])
+    a = write_cluster(clean, tmp_path, "a.R", hosts=clean.hosts[:2])
+    b = write_cluster(clean, tmp_path, "b.R", hosts=clean.hosts[2:])
     names = {h.hostname for h in clean.hosts}
     out = run_r_in_test(f"""
         node <- function(cl) unique(unlist(parallel::clusterEvalQ(cl, Sys.info()[["nodename"]])))
@@ -232,7 +213,7 @@ def test_worker_output_reaches_the_console_after_its_host(clean: Testbed, tmp_pa
     """worker_output: console prints what the workers print (output, messages) on the
     primary's stdout, each line after its host; a task's error in parallel's own call
     names the worker and its host, and keeps its class."""
-    f = _bootstrap(clean, tmp_path, options=RenderOptions(worker_output="console"))
+    f = write_cluster(clean, tmp_path, options=RenderOptions(worker_output="console"))
     out = run_r_in_test(f"""
         source({str(f)!r})
         cl <- parallelCluster
@@ -259,7 +240,7 @@ def test_worker_output_to_a_file_per_host(clean: Testbed, tmp_path: Path) -> Non
     """worker_output: DIR writes each host's workers' output to DIR/NODENAME.log on
     that host (the test hosts share this machine's files)."""
     where = tmp_path / "out"
-    f = _bootstrap(clean, tmp_path, worker_output=str(where),
+    f = write_cluster(clean, tmp_path, worker_output=str(where),
                    options=RenderOptions(fork=False))
     out = run_r_in_test(f"""
         source({str(f)!r})

@@ -7,8 +7,7 @@ import json
 
 from rich.console import Console
 
-from sshcluster.inventory import Host
-from sshcluster.report import (
+from sshcluster.check.report import (
     NO_CONTAINER,
     NO_FANOUT,
     NO_SHARED_DIR,
@@ -20,6 +19,7 @@ from sshcluster.report import (
     print_report,
     report_table,
 )
+from sshcluster.inventory import Host
 
 
 def host_report(name: str, failed_at: str | None = None, warn: str | None = None,

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from sshcluster.bootstrap import ssh_command
 from sshcluster.inventory import Host, Inventory, Primary
-from sshcluster.sshconfig import (
+from sshcluster.ssh.command import ssh_command
+from sshcluster.ssh.config import (
     ClientSettings,
     SshConfigError,
     client_settings,
     expand_tokens,
 )
-from sshcluster.sshconnect import _split_hop, _ssh_reorders
+from sshcluster.ssh.connect import _split_hop, _ssh_reorders
 
 HOME = pwd.getpwuid(os.getuid()).pw_dir
 

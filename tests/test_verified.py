@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from sshcluster.bootstrap import RenderOptions, render, write_bootstrap
+from sshcluster.check.preflight import verified_inventory
+from sshcluster.check.report import SKIPPED, STEPS, CheckReport, HostReport, StepResult
 from sshcluster.errors import CheckFailed
 from sshcluster.inventory import Host, Inventory, Primary
-from sshcluster.preflight import verified_inventory
-from sshcluster.report import SKIPPED, STEPS, CheckReport, HostReport, StepResult
 
 
 def found(host: Host, *, rscript: str = "/usr/bin/Rscript", ncore: int = 4,

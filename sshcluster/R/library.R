@@ -4,7 +4,7 @@
 # rename that puts it in place); a host without it keeps its own libraries, which
 # `sshcluster check` then names.
 use_library <- function(cl, roots, digest) {
-  parallel::clusterCall(cl, function(roots, digest) {
+  first <- function(cl) parallel::clusterCall(cl, function(roots, digest) {
     minor <- paste0("R-", R.version$major, ".", sub("[.].*", "", R.version$minor))
     for (root in roots) {
       lib <- file.path(path.expand(root), minor, digest)
@@ -15,5 +15,8 @@ use_library <- function(cl, roots, digest) {
     }
     NA_character_
   }, roots, digest)
+  first(cl)
+  # the workers that sshcluster_repair() starts again get it first too (fast launch)
+  if (exists("on_new_workers", inherits = TRUE)) on_new_workers(cl, first)
   invisible(cl)
 }

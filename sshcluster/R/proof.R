@@ -29,6 +29,10 @@ ADMITTED <- as.raw(0x06L)  # ASCII ACK
 NONCE_SIZE <- 16L
 MAC_SIZE <- 16L
 HELLO_SIZE <- 32L          # magic, machine, slot, pid (4 bytes each), nonce (16)
+# Besides the proof, both sides share one word: a host reports a worker's end
+# on its session's stdout as "gone SLOT STATUS" (remote.sh for a worker that
+# never started).
+GONE <- "gone"
 
 md5_raw <- function(bytes) {
   f <- tempfile("proof-", tmpdir = tempdir(check = TRUE))

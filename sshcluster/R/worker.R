@@ -161,7 +161,7 @@
         ok <- isTRUE(done[[pid]])
         failed <- failed || !ok
         if (!is.null(report)) {
-          cat("gone", slots[[pid]], if (ok) 0L else 3L, "\n", file = report)
+          cat(GONE, slots[[pid]], if (ok) 0L else 3L, "\n", file = report)
           flush(report)
         }
       }

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING
 
 import asyncssh
 
+from sshcluster.check.report import NO_CONTAINER, HostReport, StepResult
 from sshcluster.quoting import shell_join
-from sshcluster.report import NO_CONTAINER, HostReport, StepResult
 
 if TYPE_CHECKING:
-    from sshcluster.steps import HostCheck
+    from sshcluster.check.context import HostCheck
 
 __all__ = ["NO_CONTAINER", "compare_digests", "container_step", "container_verdict"]
 

@@ -1,9 +1,9 @@
 """What the rendered file's fast launch needs for the hosts' containers.
 
-The launch itself is the project's own (``R/launch.R``, ``R/remote.sh``): when any host
+The launch itself is the project's own (``R/launch/``, ``R/remote.sh``): when any host
 has a container, the host script gets the functions of ``container.sh`` pasted in front
 of it, and the launch's config a per-machine list of container settings, which
-``launch.R`` hands each host's script as ``SSHCLUSTER_CONTAINER*`` variables. An
+``R/launch/session.R`` hands each host's script as ``SSHCLUSTER_CONTAINER*`` variables. An
 inventory without ``container:`` renders exactly as before.
 """
 
@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from importlib import resources
 
+from sshcluster.errors import RenderError
 from sshcluster.inventory import Inventory
 from sshcluster.quoting import r_string
 
-__all__ = ["CONTAINER_SCRIPT", "container_config", "container_script"]
+__all__ = ["CONTAINER_SCRIPT", "container_config", "container_script", "refuse_classic"]
 
 #: The host-side functions (start, exec, remove).
 CONTAINER_SCRIPT = resources.files("sshcluster.containers").joinpath(
@@ -38,3 +39,12 @@ def container_config(inventory: Inventory) -> list[tuple[str, str]]:
             f"list(engine = {r_string(c.engine)}, image = {r_string(c.image)}, "
             f"pull = {r_string(c.pull)}, options = {r_string(c.options_line)})"))
     return [("containers", f"list({', '.join(items)})")]
+
+
+def refuse_classic(inventory: Inventory, launch: str) -> None:
+    """Raise :class:`RenderError` for a container with the classic launch (R's own
+    ``makeCluster`` starts each worker with a plain ``Rscript``)."""
+    if launch == "classic" and any(h.container for h in inventory.hosts):
+        where = f"{inventory.path}: " if inventory.path else ""
+        raise RenderError(f"{where}container: needs the fast launch",
+                          hint="remove 'launch: classic' (the fast launch is the default)")

@@ -27,10 +27,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from sshcluster.bootstrap import END_OF_SCRIPT, READ_SCRIPT, ssh_command
+from sshcluster.bootstrap import END_OF_SCRIPT, READ_SCRIPT
 from sshcluster.errors import PushError
 from sshcluster.inventory import Host, Inventory
 from sshcluster.quoting import shell_join, shell_quote
+from sshcluster.ssh.command import ssh_command
 
 __all__ = ["HostImage", "ImagePush", "local_engine", "local_image_id", "push_image"]
 

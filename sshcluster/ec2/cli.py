@@ -13,9 +13,10 @@ from typing import Any
 import click
 
 from sshcluster import ec2
+from sshcluster.console import print_error
 from sshcluster.ec2.signals import exit_status
 from sshcluster.ec2.spec import NAME_RULE, REGION_RULE, is_cluster_name, is_region
-from sshcluster.errors import NoRegion, SshclusterError
+from sshcluster.errors import NoRegion
 
 
 @click.group("ec2")
@@ -32,12 +33,6 @@ def ec2_group() -> None:
     The spec format is documented in ec2.example.yaml. Credentials and the endpoint come
     from the usual AWS settings (AWS_PROFILE, AWS_ENDPOINT_URL, ...).
     """
-
-
-def _print_error(e: SshclusterError, where: str | None = None) -> None:
-    from sshcluster.cli import print_error  # the root command's, imported when it exists
-
-    print_error(e, where)
 
 
 def _region(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -213,7 +208,7 @@ def ec2_ls(region: str | None, any_owner: bool, as_json: bool) -> None:
                    "and no default AWS region; pass --region to look in one)")
         return
     for where, error in found.failed.items():
-        _print_error(error, where)
+        print_error(error, where)
     clusters = [c for listed in found.succeeded.values() for c in listed]
     if as_json:
         click.echo(json.dumps([c.to_dict(now) for c in clusters], indent=2))
@@ -258,7 +253,7 @@ def ec2_gc(region: str | None, any_owner: bool, yes: bool) -> None:
     """
     found = ec2.find_all_garbage(region=region, any_owner=any_owner)
     for where, error in found.failed.items():
-        _print_error(error, where)
+        print_error(error, where)
     garbage = [g for listed in found.succeeded.values() for g in listed]
     failed = bool(found.failed)
     if not garbage:
@@ -274,7 +269,7 @@ def ec2_gc(region: str | None, any_owner: bool, yes: bool) -> None:
     for g, report in collected.succeeded.items():
         click.echo(f"{report.name} ({g.region}): {report.summary()}")
     for g, error in collected.failed.items():
-        _print_error(error, f"{g.name} ({g.region})")
+        print_error(error, f"{g.name} ({g.region})")
     if failed or collected.failed:
         raise click.exceptions.Exit(1)
 

@@ -19,11 +19,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sshcluster.dump import dump_inventory
+from sshcluster.ec2.hostkeys import HostKey, write_known_hosts
 from sshcluster.ec2.instances import Endpoint, Instance, format_time
 from sshcluster.errors import OutputExistsError
 from sshcluster.files import atomic_write
-from sshcluster.hostkeys import HostKey, write_known_hosts
-from sshcluster.inventory import Host, Inventory, Primary, dump_inventory
+from sshcluster.inventory import Host, Inventory, Primary
 from sshcluster.quoting import r_string, shell_join
 
 if TYPE_CHECKING:

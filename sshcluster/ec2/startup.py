@@ -37,6 +37,7 @@ from sshcluster.ec2.launch import (
 )
 from sshcluster.ec2.output import next_steps, refuse_foreign_output, write_output
 from sshcluster.ec2.plan import LaunchPlan, plan_launch
+from sshcluster.ec2.prebuilt import by_sync, primary_reference, send_packages
 from sshcluster.ec2.ready import ReadStatus, SetupFailed, ssh_status_reader, wait_ready
 from sshcluster.ec2.records import (
     Record,
@@ -68,6 +69,7 @@ if TYPE_CHECKING:
     from mypy_boto3_ec2.client import EC2Client
 
     from sshcluster.ec2.spec import EC2Spec
+    from sshcluster.packages.reference import Reference
 
 #: Seconds ``up`` waits, by default, for the setup (R and the packages) on every instance.
 SETUP_TIMEOUT = 30 * 60.0
@@ -233,6 +235,10 @@ def _guarded_up(spec: EC2Spec, *, client: EC2Client, output: Path, owner: str,
     plan = plan_launch(client, spec, quotas=quotas, ssm=ssm, running_here=len(existing))
     for text in [*plan.warnings, *(f"not checked: {n}" for n in plan.notes)]:
         job.report(Step("note", 0, 0, text))
+    reference = primary_reference(spec) if job.wait else None
+    why = by_sync(spec, plan.image, reference)
+    if why:
+        job.report(Step("note", 0, 0, why))
     known_hosts = output.parent / f"{spec.name}.known_hosts"
     record = Record(spec.name, spec.region, run_id, owner, expires, "starting",
                     key_file=str(key_file.absolute()) if key_file else None,
@@ -256,7 +262,7 @@ def _guarded_up(spec: EC2Spec, *, client: EC2Client, output: Path, owner: str,
     try:
         cluster = _up(spec, client=client, run=Run(run_id, owner, expires), plan=plan,
                       output=output, known_hosts=known_hosts, key_file=key_file,
-                      started=started, job=job)
+                      started=started, job=job, sync_from=reference if why else None)
     except BaseException as caught:
         exc = guard.as_interrupt(caught)
         with guard.cleanup():  # first: a signal from here on is only noted
@@ -295,7 +301,8 @@ def _guarded_up(spec: EC2Spec, *, client: EC2Client, output: Path, owner: str,
 
 
 def _up(spec: EC2Spec, *, client: EC2Client, run: Run, plan: LaunchPlan, output: Path,
-        known_hosts: Path, key_file: Path | None, started: Started, job: _Job) -> Cluster:
+        known_hosts: Path, key_file: Path | None, started: Started, job: _Job,
+        sync_from: Reference | None = None) -> Cluster:
     filters = run_filters(spec, run)
     key_name = spec.key_name
     if key_name is None:
@@ -332,7 +339,9 @@ def _up(spec: EC2Spec, *, client: EC2Client, run: Run, plan: LaunchPlan, output:
             allow_ingress(client, spec, group, poll=min(job.poll, 1.0))
 
     report = job.report
-    launch(client, spec, run, plan, groups=groups, key_name=key_name,
+    # (packages sent by sync are not built at first boot: R alone is installed there)
+    launch(client, replace(spec, r_packages=()) if sync_from else spec, run, plan,
+           groups=groups, key_name=key_name,
            batch_size=job.batch_size, started=started, deadline=job.deadline,
            poll=min(job.poll, 1.0),
            report=lambda n: report(Step("launch", n, spec.count, f"started {n} of {spec.count}")),
@@ -360,7 +369,11 @@ def _up(spec: EC2Spec, *, client: EC2Client, run: Run, plan: LaunchPlan, output:
             identity_file=str(key_file) if key_file else spec.identity_file)
         wait_ready(instances, endpoints, read_status=read_status,
                    deadline=time.monotonic() + job.setup_timeout, poll=job.poll,
-                   report=report, packages=spec.r_packages, watch=watch)
+                   report=report, packages=() if sync_from else spec.r_packages,
+                   watch=watch)
+        if sync_from:
+            send_packages(inventory, sync_from, {endpoints[i.id].host: i.id for i in instances},
+                          report=lambda text: report(Step("sync", 0, len(ids), text)))
     if job.verify:
         from sshcluster.ec2.verify import verify_inventory
 

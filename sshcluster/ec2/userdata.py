@@ -16,12 +16,28 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 from importlib import resources
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from sshcluster.quoting import shell_quote
 
-if TYPE_CHECKING:
-    from sshcluster.ec2.spec import EC2Spec
+
+class UserDataSpec(Protocol):
+    """What the user data reads of a cluster's spec (an
+    :class:`~sshcluster.ec2.spec.EC2Spec`, which checks its size when it is read)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def setup(self) -> str | None: ...
+    @property
+    def r_packages(self) -> tuple[str, ...]: ...
+    @property
+    def cran(self) -> str: ...
+    @property
+    def repos(self) -> str: ...
+    @property
+    def r_version(self) -> str: ...
+
 
 #: Where the setup's outcome is: ``running``, ``ready <R version>`` or ``failed: <what>``.
 STATUS_FILE = "/var/lib/sshcluster/status"
@@ -49,7 +65,7 @@ def _template() -> str:
     return resources.files("sshcluster.ec2").joinpath(_TEMPLATE).read_text(encoding="utf-8")
 
 
-def user_data(spec: EC2Spec, expires: datetime) -> str:
+def user_data(spec: UserDataSpec, expires: datetime) -> str:
     """The instances' user data for ``spec``'s cluster, which ends at ``expires``."""
     header = [
         "#!/bin/sh",
@@ -75,4 +91,5 @@ def user_data(spec: EC2Spec, expires: datetime) -> str:
     return "\n".join(header) + "\n" + before + setup + after
 
 
-__all__ = ["CRAN_KEYS", "EXPIRY_FILE", "KEYSERVER", "SETUP_LOG", "STATUS_FILE", "user_data"]
+__all__ = ["CRAN_KEYS", "EXPIRY_FILE", "KEYSERVER", "SETUP_LOG", "STATUS_FILE", "UserDataSpec",
+           "user_data"]

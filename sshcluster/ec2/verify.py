@@ -9,9 +9,9 @@ import tempfile
 from pathlib import Path
 
 from sshcluster.bootstrap import write_bootstrap
+from sshcluster.check.preflight import check, verified_inventory
 from sshcluster.errors import EC2Error
 from sshcluster.inventory import load_inventory
-from sshcluster.preflight import check, verified_inventory
 from sshcluster.quoting import r_string
 
 #: Seconds the R computation may take, start-up of every worker included.

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from sshcluster.ec2.aws import STATE_REASON_HINTS, aws_error, aws_errors, is_boto_error, retry
+from sshcluster.ec2.hostkeys import HostKey, parse_console_host_keys, scan_host_key
 from sshcluster.ec2.instances import Endpoint, Instance
 from sshcluster.errors import EC2Error
-from sshcluster.hostkeys import HostKey, parse_console_host_keys, scan_host_key
 from sshcluster.net import ssh_banner
 
 if TYPE_CHECKING:

@@ -7,10 +7,10 @@ import sys
 
 import click
 
+from sshcluster.check.preflight import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT
 from sshcluster.inventory import load_inventory
 from sshcluster.jobs.job import RunOptions, run
 from sshcluster.jobs.leases import WAIT_TIMEOUT, list_leases
-from sshcluster.preflight import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT
 
 
 def _note(message: str) -> None:

@@ -28,8 +28,13 @@ from importlib import resources
 from pathlib import Path
 from typing import BinaryIO
 
-from sshcluster import __version__
 from sshcluster.bootstrap import RenderOptions, write_bootstrap
+from sshcluster.check.preflight import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_TIMEOUT,
+    check,
+    verified_inventory,
+)
 from sshcluster.errors import SshclusterError
 from sshcluster.inventory import Inventory, load_inventory
 from sshcluster.jobs.leases import (
@@ -42,7 +47,7 @@ from sshcluster.jobs.leases import (
     settle,
 )
 from sshcluster.jobs.record import RunResult, read_note, runs_dir, write_record
-from sshcluster.preflight import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT, check, verified_inventory
+from sshcluster.version import __version__
 
 #: Seconds the R session (and its supervisor) may take to end once asked, before it is
 #: killed: the supervisor's own stop is bounded well below this.

@@ -28,10 +28,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import resources
 
-from sshcluster.bootstrap import END_OF_SCRIPT, READ_SCRIPT, ssh_command
+from sshcluster.bootstrap import END_OF_SCRIPT, READ_SCRIPT
 from sshcluster.errors import HostError, HostLeased
 from sshcluster.inventory import Host, Inventory
 from sshcluster.quoting import shell_quote
+from sshcluster.ssh.command import ssh_command
 
 LEASE_SCRIPT = resources.files("sshcluster.jobs").joinpath("lease.sh").read_text("utf-8")
 #: Seconds to take (or look at) one host's lease: ssh's connection and the script.

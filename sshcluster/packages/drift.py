@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from sshcluster.check.report import StepResult
 from sshcluster.inventory import Host, Packages
 from sshcluster.packages.reference import Reference
-from sshcluster.report import StepResult
 
 #: How many package names a detail line lists before it says "and N more".
 SHOWN = 6

@@ -32,11 +32,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from sshcluster.bootstrap import ssh_command
 from sshcluster.errors import PackagesError, SyncFailed
 from sshcluster.inventory import Host, Inventory
 from sshcluster.packages.reference import Reference, reference_for
+from sshcluster.protocol import SyncFact
 from sshcluster.quoting import shell_quote
+from sshcluster.ssh.command import ssh_command
 
 #: Seconds one host's sync may take (an install from source can take minutes).
 SYNC_TIMEOUT = 1800.0
@@ -223,9 +224,10 @@ class _Syncer:
 
     def _same_platform(self, facts: _Facts) -> bool:
         ref = self.ref
-        minor = ".".join(facts.get("R_VERSION").split(".")[:2])
+        minor = ".".join(facts.get(SyncFact.R_VERSION).split(".")[:2])
         return (all(p.path for p in ref.packages) and minor == ref.r_minor
-                and facts.get("PLATFORM") == ref.platform and facts.get("OS") == ref.os_release)
+                and facts.get(SyncFact.PLATFORM) == ref.platform
+                and facts.get(SyncFact.OS) == ref.os_release)
 
     async def host(self, host: Host) -> HostSync:
         """Sync one host; never raises for the host's failure."""
@@ -246,12 +248,12 @@ class _Syncer:
     async def _host(self, host: Host) -> HostSync:
         self.progress(host.label, "looking")
         facts, _ = await self._ssh(host, "probe")
-        library = facts.get("LIBRARY") or None
-        if facts.get("FAILED") or not facts.get("STATE"):
+        library = facts.get(SyncFact.LIBRARY) or None
+        if facts.get(SyncFact.FAILED) or not facts.get(SyncFact.STATE):
             return HostSync(host, "failed", _said(facts), library=library)
-        if facts.get("STATE") == "complete":
+        if facts.get(SyncFact.STATE) == "complete":
             return HostSync(host, "up to date", f"{library} is complete", library=library)
-        key = (facts.get("SHARED_ID"), library or "")
+        key = (facts.get(SyncFact.SHARED_ID), library or "")
         if key in self.shared:  # another host of the run writes this very directory
             first = await self.shared[key]
             if not first.ok:
@@ -259,7 +261,7 @@ class _Syncer:
                                                 "which failed", library=library)
             out, _ = await self._ssh(host, "verify")
             errors = _load_errors(out)
-            if errors or out.get("STATE") != "verified":
+            if errors or out.get(SyncFact.STATE) != "verified":
                 said = "; ".join(_load_error(p, e) for p, e in errors.items()) or _said(out)
                 return HostSync(host, "failed", f"shares {library} with {first.label}, but "
                                                 f"will not load on {host.label}: {said}",
@@ -285,11 +287,12 @@ class _Syncer:
             outcome: Outcome = "copied"
         else:
             self.progress(host.label, f"installing {len(self.ref.names)} packages (R "
-                                      f"{facts.get('R_VERSION')}, {facts.get('PLATFORM')})")
+                                      f"{facts.get(SyncFact.R_VERSION)}, "
+                                      f"{facts.get(SyncFact.PLATFORM)})")
             out, sent = await self._ssh(host, "install")
             outcome = "installed"
         errors = _load_errors(out)
-        if out.get("STATE") in ("complete", "there"):
+        if out.get(SyncFact.STATE) in ("complete", "there"):
             return HostSync(host, outcome, f"{len(self.ref.names)} packages in {library}",
                             sent, library)
         if errors:
@@ -299,7 +302,7 @@ class _Syncer:
                             library, load_errors=errors)
         want = self.ref.versions
         wrong = [f"{name} {v or 'missing'} (wanted {want[name]})" for name, _, v in
-                 (h.partition(" ") for h in out.values.get("HAVE", []))
+                 (h.partition(" ") for h in out.values.get(SyncFact.HAVE, []))
                  if name in want and v != want[name]]
         if wrong:
             return HostSync(host, "failed", f"not as pinned: {', '.join(wrong)} "
@@ -308,12 +311,13 @@ class _Syncer:
 
 
 def _said(facts: _Facts) -> str:
-    said = "; ".join([*facts.other[-3:], *facts.values.get("FAILED", [])[-1:]])
+    said = "; ".join([*facts.other[-3:], *facts.values.get(SyncFact.FAILED, [])[-1:]])
     return said or "no answer"
 
 
 def _load_errors(facts: _Facts) -> dict[str, str]:
-    return {p: e for p, _, e in (x.partition("\t") for x in facts.values.get("LOADFAIL", []))}
+    lines = facts.values.get(SyncFact.LOADFAIL, [])
+    return {p: e for p, _, e in (x.partition("\t") for x in lines)}
 
 
 def _load_error(package: str, error: str) -> str:

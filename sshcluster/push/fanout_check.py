@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 
 import asyncssh
 
+from sshcluster.check.report import NO_FANOUT, StepResult
 from sshcluster.quoting import shell_join
-from sshcluster.report import NO_FANOUT, StepResult
 
 if TYPE_CHECKING:  # (steps imports this module)
-    from sshcluster.steps import HostCheck
+    from sshcluster.check.context import HostCheck
 
 __all__ = ["fanout_step"]
 

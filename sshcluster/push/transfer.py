@@ -5,7 +5,7 @@ mode and mtime, and by content hash where only the mtime differs (one more ssh, 
 then), then send what is missing as one tar stream (:mod:`sshcluster.push.stream`) that
 the host unpacks aside, verifies and renames into place (``remote.sh``).
 
-Every ssh is the launch's own (:func:`~sshcluster.bootstrap.ssh_command`: the user's ssh
+Every ssh is the launch's own (:func:`~sshcluster.ssh.command.ssh_command`: the user's ssh
 config, the inventory's known_hosts, host keys always checked, no prompts), with a
 keepalive so that a host lost mid-push ends its ssh instead of stalling.
 """
@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 
-from sshcluster.bootstrap import END_OF_SCRIPT, READ_SCRIPT, openssh_version, ssh_command
+from sshcluster.bootstrap import END_OF_SCRIPT, READ_SCRIPT
 from sshcluster.inventory import Host, Inventory
 from sshcluster.push.manifest import (
     Entry,
@@ -31,6 +31,7 @@ from sshcluster.push.manifest import (
 )
 from sshcluster.push.result import HostPush
 from sshcluster.quoting import shell_join, shell_quote
+from sshcluster.ssh.command import openssh_version, ssh_command
 
 __all__ = ["KEEPALIVE", "Progress", "Session", "remote_command", "script"]
 

@@ -18,12 +18,16 @@ The modules: :mod:`~sshcluster.testing.testbed` (:class:`Testbed`, :class:`TestH
 processes), :mod:`~sshcluster.testing.keys` and :mod:`~sshcluster.testing.sshd` (keys,
 ssh files, sshd configs), :mod:`~sshcluster.testing.servers` (the sshd processes),
 :mod:`~sshcluster.testing.faults` (iptables), :mod:`~sshcluster.testing.rscript`
-(running R), :mod:`~sshcluster.testing.containers` (a podman store per host, and R
-images built offline) and :mod:`~sshcluster.testing.cli` (``sshcluster testbed up|down``).
+(running R), :mod:`~sshcluster.testing.cluster` (a testbed's inventory and bootstrap in
+one call, an R session a test talks to), :mod:`~sshcluster.testing.sshserver` (a real SSH
+server inside the test process, no root needed), :mod:`~sshcluster.testing.containers` (a
+podman store per host, and R images built offline) and :mod:`~sshcluster.testing.cli`
+(``sshcluster testbed up|down``).
 """
 
 from __future__ import annotations
 
+from sshcluster.testing.cluster import interactive_r, write_cluster
 from sshcluster.testing.hosts import TestHost
 from sshcluster.testing.registry import (
     STATE_DIR,
@@ -36,6 +40,7 @@ from sshcluster.testing.registry import (
 from sshcluster.testing.rscript import RTimeout, run_r, run_r_code
 from sshcluster.testing.spec import MAX_HOSTS, TestbedSpec, require_root_and_netns
 from sshcluster.testing.sshd import free_port
+from sshcluster.testing.sshserver import LocalServer, ServerThread
 from sshcluster.testing.subnets import parse_subnet
 from sshcluster.testing.testbed import Testbed
 
@@ -43,17 +48,21 @@ __all__ = [
     "MAX_HOSTS",
     "STATE_DIR",
     "STATE_DIR_ENV",
+    "LocalServer",
     "RTimeout",
+    "ServerThread",
     "TestHost",
     "Testbed",
     "TestbedRecord",
     "TestbedSpec",
     "down_all",
     "free_port",
+    "interactive_r",
     "list_testbeds",
     "parse_subnet",
     "remove_testbed",
     "require_root_and_netns",
     "run_r",
     "run_r_code",
+    "write_cluster",
 ]

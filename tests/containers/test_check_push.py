@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from sshcluster.check import check
 from sshcluster.cli import cli
 from sshcluster.inventory import load_inventory
-from sshcluster.preflight import check
 from sshcluster.testing import Testbed
 from sshcluster.testing.containers import ENGINE_DIRS, containers_left, load_image, on_host
 from sshcluster.testing.fixtures import build_testbed

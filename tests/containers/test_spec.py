@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 
 from sshcluster.bootstrap import RenderOptions, render
+from sshcluster.check.report import HostReport, StepResult
 from sshcluster.containers import Container
 from sshcluster.containers.check import compare_digests, container_verdict
 from sshcluster.containers.launch import CONTAINER_SCRIPT
+from sshcluster.dump import dump_inventory
 from sshcluster.errors import InventoryError, RenderError
-from sshcluster.inventory import Host, dump_inventory, parse_inventory
-from sshcluster.report import HostReport, StepResult
+from sshcluster.inventory import Host, parse_inventory
 
 BASE = "primary: 10.0.0.1\n"
 

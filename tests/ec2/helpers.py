@@ -14,8 +14,6 @@ What stands in for what:
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -26,6 +24,7 @@ from click.testing import CliRunner, Result
 
 from sshcluster import ec2
 from sshcluster.cli import cli
+from sshcluster.testing.sshserver import LocalServer, ServerThread, Session
 
 REGION = "us-east-1"
 
@@ -66,20 +65,6 @@ def spec_text(ami: str, **fields: Any) -> str:
 READY = "ready R version 4.2.2 (2022-10-31)"
 
 
-class _AnyKey(asyncssh.SSHServer):
-    """Lets in any client key: these servers stand in for instances whose key pair only
-    ``up`` knows (moto made it)."""
-
-    def begin_auth(self, username: str) -> bool:
-        return True
-
-    def public_key_auth_supported(self) -> bool:
-        return True
-
-    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        return True
-
-
 class SshHosts:
     """asyncssh servers on 127.0.0.1, one per instance: SSH banner and a real host key;
     any command run there prints ``status[i]``, as the setup's status file would (by
@@ -87,35 +72,26 @@ class SshHosts:
     False)."""
 
     def __init__(self, n: int) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
+        self.thread = ServerThread()
         self.keys = [asyncssh.generate_private_key("ssh-ed25519") for _ in range(n)]
         self.status = [READY] * n
         self.armed = [True] * n  # the dead man's switch scheduled the shutdown
         self.commands: list[str] = []
-        self.servers = [self._run(self._listen(i, k)) for i, k in enumerate(self.keys)]
-        self.ports = [s.sockets[0].getsockname()[1] for s in self.servers]
+        self.servers = [self.thread.start(LocalServer(k, None, session=self._answer(i)))
+                        for i, k in enumerate(self.keys)]
+        self.ports = [s.port for s in self.servers]
 
-    async def _listen(self, index: int, key: asyncssh.SSHKey) -> asyncssh.SSHAcceptor:
+    def _answer(self, index: int) -> Session:
         def answer(process: asyncssh.SSHServerProcess[str]) -> None:
             self.commands.append(process.command or "")
             expiry = "armed 1767225600" if self.armed[index] else "none"
             process.stdout.write(f"expiry: {expiry}\n{self.status[index]}\n")
             process.exit(0)
 
-        return await asyncssh.listen("127.0.0.1", 0, server_host_keys=[key],
-                                     server_factory=_AnyKey, process_factory=answer)
-
-    def _run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
+        return answer
 
     def close(self) -> None:
-        for s in self.servers:
-            s.close()
-            self._run(s.wait_closed())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
+        self.thread.close(join=5)
 
     def public(self, i: int) -> str:
         return self.keys[i].export_public_key("openssh").decode().split()[1]

@@ -21,9 +21,9 @@ from click.testing import CliRunner
 
 from sshcluster import ec2
 from sshcluster.bootstrap import write_bootstrap
+from sshcluster.check.preflight import check, verified_inventory
 from sshcluster.cli import cli
 from sshcluster.inventory import load_inventory
-from sshcluster.preflight import check, verified_inventory
 from sshcluster.quoting import r_string
 
 from .helpers import REGION, internet_gateway
@@ -201,3 +201,54 @@ def test_up_verify_checks_the_inventory_and_computes_on_every_instance(
     assert [i for r in client.describe_instances(Filters=[
         {"Name": "instance-state-name", "Values": list(ec2.LIVE_STATES)}])["Reservations"]
         for i in r["Instances"]] == []
+
+
+def test_up_sends_the_primarys_builds_where_the_instances_run_its_platform(
+        moto_url: str, make_testbed: Any, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """debian-12 on x86_64 is this machine's platform (Debian 12, R 4.2): the first boot
+    is told to install R alone, and up ends by sending the primary's foreach (and its
+    dependencies) to every instance, whose library (a tmpfs of its own) then has them."""
+    import base64
+
+    from sshcluster.ec2.ready import SetupStatus
+
+    from .test_launch import seed_image_parameter
+
+    monkeypatch.setenv("SSHCLUSTER_STATE_DIR", str(tmp_path / "state"))
+    tb = make_testbed(2, private_dirs={"/root/.cache/sshcluster": "64m"})
+    client, _ = _moto_with_testbed_key(moto_url, tb)
+    image = next(i["ImageId"] for i in client.describe_images(Owners=["amazon"])["Images"]
+                 if i.get("Architecture") == "x86_64")
+    seed_image_parameter("/aws/service/debian/release/12/latest/amd64", image)
+    address_of, console_text = _seams(tb)
+    spec = ec2.EC2Spec(name="prebuilt", region=REGION, image="debian-12",
+                       instance_type="t3.medium", count=2, user="root",
+                       max_lifetime=timedelta(hours=1), key_name="testbed",
+                       identity_file=str(tb.identity_file),
+                       ssh_cidr=(f"{tb.primary_address}/32",), port=11421,
+                       primary=tb.primary_address, r_packages=("foreach",))
+    steps: list[ec2.Step] = []
+
+    def ready(instance: ec2.Instance, endpoint: ec2.Endpoint) -> SetupStatus:
+        return SetupStatus("ready", "R version 4.2.2", expiry="armed 1")
+
+    path = tmp_path / "hosts.yaml"
+    with ec2.cluster(spec, client=client, output=path, address_of=address_of,
+                     console_text=console_text, timeout=60, poll=0.1, read_status=ready,
+                     progress=steps.append) as cluster:
+        for instance in cluster.instances:
+            data = client.describe_instance_attribute(InstanceId=instance.id,
+                                                      Attribute="userData")
+            text = base64.b64decode(data["UserData"]["Value"]).decode()
+            assert "\nr_packages=''\n" in text  # nothing is built at first boot
+        inventory = load_inventory(path)
+        assert inventory.r_packages == ("foreach",)
+        report = check(inventory, timeout=60)
+        for host in report.hosts:
+            step = host.checks["packages"]
+            assert step.status == "ok" and "from sshcluster's library" in step.detail, step
+    notes = [s.message for s in steps if s.stage == "note"]
+    assert any("the instances run the primary's platform (debian 12, R 4.2, "
+               "x86_64-pc-linux-gnu)" in n for n in notes), notes
+    assert any(s.stage == "sync" and "copied" in s.message for s in steps), steps

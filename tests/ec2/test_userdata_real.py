@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from sshcluster import ec2
-from sshcluster.hostkeys import parse_console_host_keys
+from sshcluster.ec2.hostkeys import parse_console_host_keys
 
 from .helpers import REGION, internet_gateway, nothing_left
 

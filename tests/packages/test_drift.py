@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from sshcluster.check.report import CheckReport, HostReport, StepResult, print_report
+from sshcluster.dump import dump_inventory
 from sshcluster.errors import InventoryError, PackagesError
-from sshcluster.inventory import Host, Packages, dump_inventory, parse_inventory
+from sshcluster.inventory import Host, Packages, parse_inventory
 from sshcluster.packages import Reference, RPackage, drift, drift_verdict, lockfile_reference
 from sshcluster.packages.reference import parse_reference
-from sshcluster.report import CheckReport, HostReport, StepResult, print_report
 
 REF = Reference("the primary", "4.2.2", (RPackage("a", "1.0", "/l/a"),
                                         RPackage("b", "2.1-3", "/l/b"),
@@ -121,7 +122,7 @@ def test_lockfile_is_read_directly(tmp_path: Path) -> None:
 
 
 def _host(name: str, versions: dict[str, str | None]) -> HostReport:
-    from sshcluster.report import STEPS
+    from sshcluster.check.report import STEPS
     checks = {s: StepResult("ok") for s in STEPS}
     return HostReport(Host(name), checks, packages=versions, r_platform="p")
 

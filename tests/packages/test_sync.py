@@ -82,15 +82,23 @@ def entries(setups: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in s.items() if k != "lib"} for s in setups]
 
 
-def workers_see(tmp_path: Path, inv_path: Path, code: str) -> list[str]:
-    """What ``code`` gives on every worker, as the rendered file starts them."""
+def workers_see(tmp_path: Path, inv_path: Path, code: str, *, repaired: bool = False
+                ) -> list[str]:
+    """What ``code`` gives on every worker, as the rendered file starts them (or, with
+    ``repaired``, as sshcluster_repair() starts them again after every worker died)."""
     inv = load_inventory(inv_path)
     ref = reference(inv)
     assert ref is not None
     out = tmp_path / "cluster.R"
     write_bootstrap(inv, out, RenderOptions(library_digest=ref.digest))
     assert f"/R-x.y/{ref.digest}" in out.read_text()  # named in the header
-    done = run_r_in_test(f'source("{out}")\n'
+    repair = ("pids <- unlist(parallel::clusterEvalQ(parallelCluster, Sys.getpid()))\n"
+              "try(parallel::clusterEvalQ(parallelCluster, tools::pskill(Sys.getpid(), 9L)),"
+              " silent = TRUE)\n"
+              "Sys.sleep(1)\nparallelCluster <- sshcluster_repair()\n"
+              "stopifnot(!any(unlist(parallel::clusterEvalQ(parallelCluster, Sys.getpid()))"
+              " %in% pids))\n") if repaired else ""
+    done = run_r_in_test(f'source("{out}")\n{repair}'
                          f"x <- parallel::clusterEvalQ(parallelCluster, {code})\n"
                          'cat(paste0("SEEN=", unlist(x)), sep = "\\n")\nsshcluster_stop()\n',
                          tmp_path)
@@ -157,6 +165,9 @@ def test_check_names_drift_sync_fixes_it_and_workers_load_the_primarys(
     seen = workers_see(tmp_path, drifted, f"paste({PURE}::f(), {COMPILED}::f(), "
                                           f"{COMPILED}::twice(21))")
     assert seen == [f"{PURE} 2.0 {COMPILED} 1.0 42"] * 4
+    # workers that sshcluster_repair() starts again load them too
+    assert workers_see(tmp_path, drifted, f"paste({PURE}::f(), {COMPILED}::f())",
+                       repaired=True) == [f"{PURE} 2.0 {COMPILED} 1.0"] * 4
 
     second = sshcluster.sync(inv, timeout=300)
     assert second.ok and second.sent == 0

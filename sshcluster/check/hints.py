@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from sshcluster.check.report import StepResult
 from sshcluster.inventory import Host
 from sshcluster.quoting import shell_join
-from sshcluster.report import StepResult
-from sshcluster.sshconfig import ClientSettings
+from sshcluster.ssh.config import ClientSettings
 
 #: Hints for a step still running at the deadline.
 TIMEOUT_HINTS = {

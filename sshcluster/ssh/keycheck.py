@@ -1,7 +1,7 @@
 """The host key check, as OpenSSH makes it: trust exactly what ``ssh`` trusts.
 
 :func:`verify` is a port of OpenSSH 9's ``check_host_key`` and ``verify_host_key``
-(``sshconnect.c``) over a host's :class:`~sshcluster.knownhosts.TrustPolicy`: the key a
+(``sshconnect.c``) over a host's :class:`~sshcluster.ssh.knownhosts.TrustPolicy`: the key a
 server offers is looked up under ssh's name for the host; any matching key that is not
 the server's counts as a *changed* key, whatever its type; a host certificate is trusted
 through a matching ``@cert-authority`` when it is valid now, for that name, signed with
@@ -29,7 +29,8 @@ from pathlib import Path
 import asyncssh
 
 from sshcluster.files import append_line
-from sshcluster.knownhosts import (
+from sshcluster.net import known_hosts_name
+from sshcluster.ssh.knownhosts import (
     CA_MARKER,
     CERT_SUFFIX,
     REVOKED_MARKER,
@@ -39,8 +40,6 @@ from sshcluster.knownhosts import (
     hashed_name,
     parse_known_hosts,
 )
-from sshcluster.net import known_hosts_name
-from sshcluster.report import StepResult
 
 _HOST_CERT = 2  # SSH2_CERT_TYPE_HOST
 
@@ -55,10 +54,6 @@ class HostKeyVerdict:
     detail: str
     hint: str | None = None
     recorded: str | None = None
-
-    def result(self) -> StepResult:
-        """The ``hostkey`` step's result."""
-        return StepResult("ok" if self.trusted else "failed", self.detail, hint=self.hint)
 
 
 class Status(Enum):

@@ -1,7 +1,7 @@
 """Connecting as OpenSSH would: asyncssh given exactly what ``ssh -G`` says for a host.
 
-:func:`trust_policy` turns a host's :class:`~sshcluster.sshconfig.ClientSettings` into
-the :class:`~sshcluster.knownhosts.TrustPolicy` its host keys are checked with;
+:func:`trust_policy` turns a host's :class:`~sshcluster.ssh.config.ClientSettings` into
+the :class:`~sshcluster.ssh.knownhosts.TrustPolicy` its host keys are checked with;
 :class:`Connector` builds asyncssh's connect options from the same settings (the host
 name, port and user ssh uses, its identity files, certificates and agent, and the host
 key algorithms in ssh's order) and opens ``ProxyJump`` hops as ssh does (each hop
@@ -9,7 +9,7 @@ checked with its own settings, as the ``ssh -W`` that ssh starts for it would).
 
 asyncssh offers no hook that sees a host certificate whole, so :class:`HostKeyClient`
 takes over the connection's ``validate_server_host_key`` and decides with
-:func:`~sshcluster.knownhosts.verify`; asyncssh's own known_hosts is given nothing to
+:func:`~sshcluster.ssh.knownhosts.verify`; asyncssh's own known_hosts is given nothing to
 trust, so that anything slipping past the hook is refused, never accepted.
 """
 
@@ -29,9 +29,9 @@ from asyncssh.kex import get_kex_algs
 from asyncssh.mac import get_mac_algs
 from asyncssh.public_key import get_certificate_algs, get_public_key_algs
 
-from sshcluster.keycheck import HostKeyVerdict, verify
-from sshcluster.knownhosts import KnownHostsFiles, TrustPolicy, order_host_key_algorithms
-from sshcluster.sshconfig import ClientSettings, SshConfigError, client_settings
+from sshcluster.ssh.config import ClientSettings, SshConfigError, client_settings
+from sshcluster.ssh.keycheck import HostKeyVerdict, verify
+from sshcluster.ssh.knownhosts import KnownHostsFiles, TrustPolicy, order_host_key_algorithms
 
 #: The host key algorithms asyncssh can take, in any order.
 SUPPORTED_HOST_KEY_ALGS = frozenset(a.decode() for a in (*get_certificate_algs(),
@@ -47,7 +47,7 @@ _KNOWN_HOSTS_COMMAND = re.compile(
 
 def command_file(command: str | None) -> str | None:
     """The file of the launch's own KnownHostsCommand (see
-    :func:`~sshcluster.bootstrap.ssh_command`); None for any other command."""
+    :func:`~sshcluster.ssh.command.ssh_command`); None for any other command."""
     m = _KNOWN_HOSTS_COMMAND.match(command or "")
     if not m:
         return None

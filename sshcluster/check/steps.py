@@ -4,11 +4,12 @@
 that order within the run's deadline and skips a step when one it needs failed (or was
 skipped). On the primary's side, ``resolve``, ``connect``, ``hostkey`` and ``auth`` each
 have their function here; the remote steps are answered by one script per host (see
-:mod:`sshcluster.probe`) whose facts each step's verdict reads, and ``callback`` also
-asks the listener of :mod:`sshcluster.callback` what it saw.
+:mod:`sshcluster.check.probe`) whose facts each step's verdict reads, and ``callback`` also
+asks the listener of :mod:`sshcluster.check.callback` what it saw.
 
-A :class:`HostCheck` holds what the steps of one host found and what they opened (the
-socket, the ssh connection); :func:`run_host` closes those whatever happens.
+A :class:`~sshcluster.check.context.HostCheck` holds what the steps of one host found and
+what they opened (the socket, the ssh connection); :func:`run_host` closes those whatever
+happens.
 """
 
 from __future__ import annotations
@@ -19,102 +20,29 @@ import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any
 
 import asyncssh
 
-from sshcluster.bootstrap import ssh_command
-from sshcluster.callback import CallbackListener, callback_verdict
-from sshcluster.containers.check import container_step
-from sshcluster.errors import SshclusterError
-from sshcluster.hints import DNS_HINT, TIMEOUT_HINTS, auth_hint, blame
-from sshcluster.inventory import AUTO, Host, Inventory
-from sshcluster.packages.drift import host_versions
-from sshcluster.packages.reference import Reference
-from sshcluster.probe import (
+from sshcluster.check.callback import callback_verdict
+from sshcluster.check.context import CheckContext, HostCheck
+from sshcluster.check.hints import DNS_HINT, TIMEOUT_HINTS, auth_hint, blame
+from sshcluster.check.probe import (
     VERDICTS,
-    Facts,
-    RemoteContext,
     callback_timeout,
     found,
     remote_script,
 )
+from sshcluster.check.report import SKIPPED, HostReport, StepResult
+from sshcluster.containers.check import container_step
+from sshcluster.errors import SshclusterError
+from sshcluster.inventory import AUTO
+from sshcluster.packages.drift import host_versions
+from sshcluster.protocol import Fact
 from sshcluster.push.fanout_check import fanout_step
-from sshcluster.push.shared import SharedMarker, shared_dir_step
-from sshcluster.report import SKIPPED, HostReport, StepResult
-from sshcluster.sshconfig import ClientSettings, client_settings
-from sshcluster.sshconnect import Connector, HostKeyDecision, close_all, host_decision
-
-
-@dataclass
-class CheckContext:
-    """What every host's check shares: the inventory, the deadline (event-loop time),
-    the callback listener, the connector (ssh config, known_hosts, keys) and the
-    primary's facts."""
-
-    inventory: Inventory
-    timeout: float
-    deadline: float
-    listener: CallbackListener
-    connector: Connector
-    primary_user: str
-    slots: asyncio.Semaphore
-    concurrency: int
-    tunnel: bool = False
-    primary_r_version: str | None = None
-    reference: Reference | None = None
-    shared: SharedMarker | None = None  # the marker of the inventory's shared_dir
-
-    def remaining(self) -> float:
-        """Seconds left until the deadline."""
-        return max(0.0, self.deadline - asyncio.get_running_loop().time())
-
-
-class HostCheck:
-    """One host's check in progress: what its steps found and what they opened."""
-
-    def __init__(self, ctx: CheckContext, host: Host, nonce: str) -> None:
-        self.ctx = ctx
-        self.host = host
-        self.nonce = nonce
-        self.settings: ClientSettings | None = None
-        self.decision: HostKeyDecision | None = None
-        self.key_problem: str | None = None
-        self.connect_by = 0.0  # when ssh's ConnectTimeout would give up
-        self.candidates: list[tuple[int, tuple[Any, ...]]] = []
-        self.address: str | None = None
-        self.sock: socket.socket | None = None
-        self.route: dict[str, Any] = {}  # tunnel or proxy_command for asyncssh
-        self.handshake: asyncio.Task[asyncssh.SSHClientConnection] | None = None
-        self.conn: asyncssh.SSHClientConnection | None = None
-        self.tunnel_error: str | None = None
-        self.facts = Facts()
-        self.remote: asyncio.Task[None] | None = None
-        self.callback_timeout = 0
-        self.opened: list[Any] = []  # its jump host and agent connections
-
-    def remote_context(self) -> RemoteContext:
-        """What the remote verdicts need besides the facts."""
-        inv = self.ctx.inventory
-        return RemoteContext(self.host, self.ctx.primary_r_version,
-                             reverse_ssh_required=inv.reverse_ssh == "required",
-                             reference=self.ctx.reference, packages=inv.packages,
-                             inventory_path=inv.path)
-
-    async def close(self) -> None:
-        """Close whatever the steps opened (idempotent)."""
-        tasks = [t for t in (self.remote, self.handshake) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for outcome in await asyncio.gather(*tasks, return_exceptions=True):
-            if isinstance(outcome, asyncssh.SSHClientConnection):  # not handed to auth
-                outcome.abort()
-        if self.conn is not None:
-            self.conn.abort()
-        if self.sock is not None:
-            self.sock.close()
-        await close_all(self.opened)  # (after the connection that ran through them)
-
+from sshcluster.push.shared import shared_dir_step
+from sshcluster.ssh.command import ssh_command
+from sshcluster.ssh.config import client_settings
+from sshcluster.ssh.connect import host_decision
 
 # --------------------------------------------------------------------------- the steps
 
@@ -246,8 +174,8 @@ async def hostkey(hc: HostCheck) -> StepResult:
                           hint=TIMEOUT_HINTS["hostkey"])
     error = hc.handshake.exception()
     if isinstance(error, asyncssh.HostKeyNotVerifiable) and verdict is not None:
-        result: StepResult = verdict.result()
-        return result
+        return StepResult("ok" if verdict.trusted else "failed", verdict.detail,
+                          hint=verdict.hint)
     if isinstance(error, asyncssh.KeyExchangeFailed):
         return StepResult("failed", f"no common key exchange or host key algorithm: "
                                     f"{error.reason}",
@@ -337,7 +265,7 @@ def _callback_result(hc: HostCheck, complete: bool) -> StepResult:
     ctx = hc.ctx
     port = ctx.listener.port
     target = (f"127.0.0.1:{port} (the reverse tunnel)" if ctx.tunnel else
-              f"{hc.facts.get('PRIMARY') or 'the primary'}:{port}")
+              f"{hc.facts.get(Fact.PRIMARY) or 'the primary'}:{port}")
     return callback_verdict(
         hc.facts, complete=complete, target=target,
         listen_error=ctx.listener.error or hc.tunnel_error, tunnel=ctx.tunnel,
@@ -455,8 +383,8 @@ def _report(hc: HostCheck, results: dict[str, StepResult], *, complete: bool) ->
                       address=hc.address, seen_primary=what.seen_primary,
                       recorded_key=hc.decision.verdict.recorded
                       if hc.decision and hc.decision.verdict else None,
-                      packages=host_versions(hc.facts.all("PKGV")),
-                      r_platform=hc.facts.get("ENV_PLATFORM"))
+                      packages=host_versions(hc.facts.all(Fact.PKGV)),
+                      r_platform=hc.facts.get(Fact.ENV_PLATFORM))
 
 
 __all__ = ["STEPS", "TIMEOUT_HINTS", "CheckContext", "HostCheck", "Step", "run_host"]

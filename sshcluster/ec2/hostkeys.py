@@ -1,5 +1,5 @@
 """SSH host keys of new cloud instances, read from the console output and written to
-known_hosts (the check's own reading of known_hosts is :mod:`sshcluster.knownhosts`).
+known_hosts (the check's own reading of known_hosts is :mod:`sshcluster.ssh.knownhosts`).
 
 At first boot cloud-init prints the instance's public host keys to the serial console
 between ``-----BEGIN SSH HOST KEY KEYS-----`` and ``-----END SSH HOST KEY KEYS-----``.
@@ -136,8 +136,8 @@ def scan_host_key(host: str, port: int, timeout: float) -> HostKey | None:
     return HostKey(kind, blob)
 
 
-# How the check reads known_hosts is sshcluster.knownhosts; fingerprint stays importable.
-from sshcluster.knownhosts import fingerprint  # noqa: E402
+# How the check reads known_hosts is sshcluster.ssh.knownhosts; fingerprint stays importable.
+from sshcluster.ssh.knownhosts import fingerprint  # noqa: E402
 
 __all__ = ["BEGIN", "END", "KEY_TYPES", "HostKey", "fingerprint",
            "parse_console_host_keys", "scan_host_key", "write_known_hosts"]

@@ -1,5 +1,5 @@
 # The preflight check's remote script: one function per step, every answer one
-# KEY=value line. sshcluster.probe prepends the data as shell variables: budget,
+# KEY=value line. sshcluster.check.probe prepends the data as shell variables: budget,
 # primary, primary_user, primary_ssh_port, connect_timeout, rscript, r_code, nonce,
 # port, callback_host, callback_timeout. The nonce goes to R in its environment only:
 # the script comes on stdin, so it is never on a command line that `ps` shows.

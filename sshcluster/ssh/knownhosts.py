@@ -10,7 +10,7 @@ under (``HostKeyAlias``, else ``[host]:port`` for a port other than 22), every
 ``UserKnownHostsFile`` and ``GlobalKnownHostsFile``, and the inventory's ``known_hosts:``
 that the launch adds with ``KnownHostsCommand``. :func:`order_host_key_algorithms` asks
 the server for the key types known for the host first, as ssh does. The decision itself
-is :func:`sshcluster.keycheck.verify`.
+is :func:`sshcluster.ssh.keycheck.verify`.
 """
 
 from __future__ import annotations

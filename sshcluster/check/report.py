@@ -21,26 +21,10 @@ from rich.text import Text
 
 from sshcluster.errors import InventoryError, SshclusterError
 from sshcluster.inventory import Host
+from sshcluster.protocol import STEPS
 
 if TYPE_CHECKING:  # (the packages sub-package builds on this module)
     from sshcluster.packages.reference import Reference
-
-#: The steps of the check, in the order they run on each host.
-STEPS: tuple[str, ...] = (
-    "resolve",
-    "connect",
-    "hostkey",
-    "auth",
-    "rscript",
-    "packages",
-    "cores",
-    "load",
-    "reverse_ssh",
-    "callback",
-    "shared_dir",
-    "fanout",
-    "container",
-)
 
 #: A step's outcome: ``ok``; ``warning`` (passed, but something is worth knowing; the
 #: host is still ready); ``failed`` (the host is not ready); ``skipped`` (not run,

@@ -7,8 +7,8 @@ to the primary with R's own ``socketConnection``, while it also reads the core c
 load and memory and, in the background, ssh-es back to the primary. The script
 (``probe.sh``) and its R part have one function per step; every result comes back as one
 ``KEY=value`` line. :func:`parse_facts` collects them and one verdict function per step
-(:data:`VERDICTS`; the ``callback`` verdict is in :mod:`sshcluster.callback`) turns
-them into a :class:`~sshcluster.report.StepResult`. All are pure functions, tested
+(:data:`VERDICTS`; the ``callback`` verdict is in :mod:`sshcluster.check.callback`) turns
+them into a :class:`~sshcluster.check.report.StepResult`. All are pure functions, tested
 without any host.
 """
 
@@ -19,47 +19,31 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 
-from sshcluster.callback import R_CALLBACK, r_died
+from sshcluster.check.report import StepResult
 from sshcluster.inventory import Host, Packages
 from sshcluster.packages.drift import drift, drift_verdict, host_versions
 from sshcluster.packages.reference import Reference
+from sshcluster.protocol import REMOTE_STEPS, Fact
 from sshcluster.quoting import r_string, r_vector, shell_quote
-from sshcluster.report import StepResult
-
-#: Steps answered by the remote script, in report order.
-REMOTE_STEPS = ("rscript", "packages", "cores", "load", "reverse_ssh", "callback")
 
 #: A host whose available memory is below this many MiB (or below 5 % of its
 #: total) gets a warning.
 LOW_MEMORY_MIB = 256
 
-# The R part: one function per step, one R start for all of them. Arguments: the address
-# to call back, the callback port (0: do not call back), the connect timeout in seconds;
-# the nonce comes in the environment. Every value that is not an argument is put in with
-# r_string.
-_R_CODE = """\
-a <- commandArgs(TRUE)
-step_rscript <- function() {{
-  cat("R_VERSION=", as.character(getRversion()), "\\nT_RSTART=",
-      proc.time()[["elapsed"]], "\\n", sep = "")
-}}
-step_packages <- function(pk) {{
-  t0 <- Sys.time()
-  found <- basename(find.package(pk, quiet = TRUE))
-  cat("R_MISSING=", paste(setdiff(pk, found), collapse = ","), "\\nT_PACKAGES=",
-      as.numeric(Sys.time() - t0, units = "secs"), "\\n", sep = "")
-}}
-{callback}
-{environment}
-step_rscript()
-{packages_call}
-if (a[2] != "0") step_callback(a[1], as.integer(a[2]), as.numeric(a[3]),
-                               Sys.getenv("SSHCLUSTER_NONCE"))
-"""
+# The R part (R/probe.R): one function per step, one R start for all of them. Arguments:
+# the address to call back, the callback port (0: do not call back), the connect timeout
+# in seconds; the nonce comes in the environment. Its ``#@name`` lines are where the
+# callback step (R/callback.R), the packages step against a reference and the packages
+# call go; every value that is not an argument is put in with r_string.
+_R = resources.files("sshcluster.check").joinpath("R")
+_R_CODE = _R.joinpath("probe.R").read_text(encoding="utf-8")
+#: The worker's side of the callback step (``step_callback``): connect, send the nonce,
+#: read the answer, report it as ``CALLBACK=`` and ``T_CALLBACK=`` lines.
+_R_CALLBACK = _R.joinpath("callback.R").read_text(encoding="utf-8")
 
 #: The shell part (``probe.sh``): one function per step. Python only prepends the data,
 #: as shell variables.
-_SH = resources.files("sshcluster").joinpath("probe.sh").read_text(encoding="utf-8")
+_SH = resources.files("sshcluster.check").joinpath("probe.sh").read_text(encoding="utf-8")
 #: The packages step against a reference (``step_environment``).
 _ENVIRONMENT_R = resources.files("sshcluster.packages").joinpath("R").joinpath(
     "environment.R").read_text(encoding="utf-8")
@@ -97,8 +81,8 @@ def remote_script(
         names = (*reference.names, *reference.absent)
         call = (f"step_environment({r_vector(names)}, {r_string(library_root)}, "
                 f"{r_string(reference.digest)})")
-    r_code = _R_CODE.format(callback=R_CALLBACK.rstrip(), environment=environment,
-                            packages_call=call)
+    r_code = (_R_CODE.replace("#@callback", _R_CALLBACK.rstrip(), 1)
+              .replace("#@environment", environment, 1).replace("#@packages", call, 1))
     data = {
         "budget": str(whole),
         "primary": primary or "",
@@ -177,6 +161,12 @@ class Facts:
             return 0.0
 
 
+def r_died(facts: Facts) -> str:
+    """Why R gave no answer: its exit status and last words."""
+    said = "; ".join(facts.other[-3:])
+    return f"R stopped early (exit status {facts.get(Fact.R_EXIT)}){': ' + said if said else ''}"
+
+
 def parse_facts(lines: Iterable[str]) -> Facts:
     """Collect the remote script's output lines."""
     facts = Facts()
@@ -218,26 +208,26 @@ class Found:
 
 def found(facts: Facts) -> Found:
     """What the facts say about the host (None for what they do not say)."""
-    seen = (facts.get("SSH_CONNECTION") or "").split()
-    return Found(ncore=_ncore(facts), rscript=facts.get("RSCRIPT") or None,
-                 r_version=facts.get("R_VERSION") or None,
+    seen = (facts.get(Fact.SSH_CONNECTION) or "").split()
+    return Found(ncore=_ncore(facts), rscript=facts.get(Fact.RSCRIPT) or None,
+                 r_version=facts.get(Fact.R_VERSION) or None,
                  seen_primary=seen[0] if seen else None)
 
 
 def rscript_step(facts: Facts, ctx: RemoteContext, complete: bool) -> StepResult:
     """``rscript``: found, started, and its R version (a warning when it is not the
     primary's). ``complete`` is False when the deadline cut the script off."""
-    rscript = facts.get("RSCRIPT") or None
-    r_version = facts.get("R_VERSION") or None
-    lookup = facts.span("T_LOOKUP")
-    if facts.get("RSCRIPT_ERR"):
+    rscript = facts.get(Fact.RSCRIPT) or None
+    r_version = facts.get(Fact.R_VERSION) or None
+    lookup = facts.span(Fact.T_LOOKUP)
+    if facts.get(Fact.RSCRIPT_ERR):
         return StepResult(
-            "failed", facts.get("RSCRIPT_ERR") or "", lookup,
+            "failed", facts.get(Fact.RSCRIPT_ERR) or "", lookup,
             hint=("set the host's 'rscript:' in the inventory to the full path of Rscript "
                   "there (run 'command -v Rscript' in a login shell on the host to find it)"),
         )
     if r_version:
-        secs = lookup + (facts.number("T_RSTART") or 0.0)
+        secs = lookup + (facts.number(Fact.T_RSTART) or 0.0)
         detail = f"{rscript} (R {r_version})"
         if ctx.primary_r_version and ctx.primary_r_version != r_version:
             return StepResult(
@@ -246,8 +236,8 @@ def rscript_step(facts: Facts, ctx: RemoteContext, complete: bool) -> StepResult
                      "R may not work in another",
             )
         return StepResult("ok", detail, secs)
-    if rscript and "R_EXIT" in facts:
-        said = "; ".join(facts.other[-3:]) or f"exit status {facts.get('R_EXIT')}"
+    if rscript and Fact.R_EXIT in facts:
+        said = "; ".join(facts.other[-3:]) or f"exit status {facts.get(Fact.R_EXIT)}"
         return StepResult("failed", f"{rscript} did not run: {said}", lookup)
     return StepResult("failed", LATE if not complete else (
         "the check script gave no answer: " + ("; ".join(facts.other[-3:]) or "nothing")))
@@ -255,16 +245,16 @@ def rscript_step(facts: Facts, ctx: RemoteContext, complete: bool) -> StepResult
 
 def packages_step(facts: Facts, ctx: RemoteContext, complete: bool) -> StepResult:
     """``packages``: every ``r_packages:`` package is installed."""
-    if "R_MISSING" not in facts:
+    if Fact.R_MISSING not in facts:
         return StepResult("failed", LATE if not complete else r_died(facts))
-    missing = [p for p in (facts.get("R_MISSING") or "").split(",") if p]
-    secs = facts.number("T_PACKAGES") or 0.0
+    missing = [p for p in (facts.get(Fact.R_MISSING) or "").split(",") if p]
+    secs = facts.number(Fact.T_PACKAGES) or 0.0
     if ctx.reference is not None:
-        lacking = tuple(p for p in (facts.get("ENV_LIB_MISSING") or "").split(",") if p)
-        d = drift(ctx.reference, host_versions(facts.all("PKGV")), facts.get("ENV_R"),
+        lacking = tuple(p for p in (facts.get(Fact.ENV_LIB_MISSING) or "").split(",") if p)
+        d = drift(ctx.reference, host_versions(facts.all(Fact.PKGV)), facts.get(Fact.ENV_R),
                   ctx.packages, lacking)
         return drift_verdict(d, ctx.reference, ctx.host, ctx.packages,
-                             library=facts.get("ENV_LIB") or None, seconds=secs,
+                             library=facts.get(Fact.ENV_LIB) or None, seconds=secs,
                              inventory_path=ctx.inventory_path)
     if missing:
         return StepResult(
@@ -272,12 +262,12 @@ def packages_step(facts: Facts, ctx: RemoteContext, complete: bool) -> StepResul
             hint=f"install them on {ctx.host.host} (install.packages({r_vector(missing)}), "
                  "or the distribution's r-cran-* packages)",
         )
-    return StepResult("ok", "all present" if facts.get("R_MISSING") == "" else "", secs)
+    return StepResult("ok", "all present" if facts.get(Fact.R_MISSING) == "" else "", secs)
 
 
 def cores_step(facts: Facts, ctx: RemoteContext, complete: bool) -> StepResult:
     """``cores``: the core count; a warning when the inventory declares more."""
-    local = facts.span("T_LOCAL")
+    local = facts.span(Fact.T_LOCAL)
     ncore = _ncore(facts)
     if ncore is not None:
         host = ctx.host
@@ -286,7 +276,7 @@ def cores_step(facts: Facts, ctx: RemoteContext, complete: bool) -> StepResult:
                 "warning", f"ncore: {host.ncore} declared, but the host has {ncore} cores",
                 local, hint=f"set 'ncore: {ncore}' or 'ncore: auto' for {host.label}")
         return StepResult("ok", f"{ncore} cores", local)
-    if "NPROC" in facts:
+    if Fact.NPROC in facts:
         return StepResult("failed", "cannot count the cores (no nproc, getconf or sysctl on "
                                     "the host)", local)
     return StepResult("failed", LATE if not complete else "no answer")
@@ -294,22 +284,22 @@ def cores_step(facts: Facts, ctx: RemoteContext, complete: bool) -> StepResult:
 
 def load_step(facts: Facts, ctx: RemoteContext, complete: bool) -> StepResult:
     """``load``: load average and free memory; a warning when the host is busy."""
-    secs = facts.span("T_LOCAL")
+    secs = facts.span(Fact.T_LOCAL)
     ncore = _ncore(facts)
     load1: float | None = None
-    la = facts.get("LOADAVG")
+    la = facts.get(Fact.LOADAVG)
     if la:
         try:
             load1 = float(la.split()[0])
         except (ValueError, IndexError):
             load1 = None
-    elif facts.get("UPTIME"):
-        m = re.search(r"load averages?:\s*([0-9.]+)", facts.get("UPTIME") or "")
+    elif facts.get(Fact.UPTIME):
+        m = re.search(r"load averages?:\s*([0-9.]+)", facts.get(Fact.UPTIME) or "")
         load1 = float(m.group(1)) if m else None
-    total = facts.number("MEM_TOTAL_KB")
-    avail = facts.number("MEM_AVAIL_KB")
+    total = facts.number(Fact.MEM_TOTAL_KB)
+    avail = facts.number(Fact.MEM_AVAIL_KB)
     if load1 is None and avail is None:
-        if "T_LOCAL" in facts:
+        if Fact.T_LOCAL in facts:
             return StepResult("ok", "load and memory unknown on this system", secs)
         return StepResult("failed", LATE if not complete else "no answer")
     parts: list[str] = []
@@ -335,18 +325,18 @@ def reverse_ssh_step(facts: Facts, ctx: RemoteContext, complete: bool) -> StepRe
     No launch needs that login (the workers reach the primary over TCP, or through the
     primary's own ssh -R), so a failure is a warning unless the inventory says
     ``reverse_ssh: required``; the detail says which."""
-    v = facts.get("REVERSE")
+    v = facts.get(Fact.REVERSE)
     if v is None:
         return StepResult("failed" if ctx.reverse_ssh_required else "warning",
                           LATE if not complete else "no answer")
     rc = v.split()[0] if v.split() else ""
-    secs = facts.span("REVERSE")
-    target = facts.get("PRIMARY") or "the primary"
+    secs = facts.span(Fact.REVERSE)
+    target = facts.get(Fact.PRIMARY) or "the primary"
     need = ("required by the inventory (reverse_ssh: required)" if ctx.reverse_ssh_required
             else "the launch does not need it")
     if rc == "0":
         return StepResult("ok", f"ssh back to {target} works ({need})", secs)
-    errors = [e for e in facts.all("REVERSE_ERR") if e]
+    errors = [e for e in facts.all(Fact.REVERSE_ERR) if e]
     said = "; ".join(errors[-2:]) or f"ssh exit status {rc}"
     if rc == "124":
         said = "ssh back to the primary did not finish before the deadline"
@@ -375,7 +365,7 @@ def _reverse_hint(rc: str, text: str, label: str, target: str) -> str:
 
 
 #: The remote steps that the script's facts alone decide (``callback`` also needs the
-#: primary's side: see :mod:`sshcluster.callback`).
+#: primary's side: see :mod:`sshcluster.check.callback`).
 VERDICTS: dict[str, Callable[[Facts, RemoteContext, bool], StepResult]] = {
     "rscript": rscript_step,
     "packages": packages_step,
@@ -387,7 +377,7 @@ VERDICTS: dict[str, Callable[[Facts, RemoteContext, bool], StepResult]] = {
 
 def _ncore(facts: Facts) -> int | None:
     try:
-        n = int(facts.get("NPROC") or "")
+        n = int(facts.get(Fact.NPROC) or "")
     except ValueError:
         return None
     return n if n > 0 else None

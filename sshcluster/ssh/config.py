@@ -1,6 +1,6 @@
 """What OpenSSH will do for a host: its effective client settings, from ``ssh -G``.
 
-The launch runs ``ssh`` with the options :func:`~sshcluster.bootstrap.ssh_command`
+The launch runs ``ssh`` with the options :func:`~sshcluster.ssh.command.ssh_command`
 gives it, so the check asks that same ``ssh`` what it would do, without connecting:
 :func:`client_settings` runs ``ssh -G`` with the launch's options, the host's user and
 port (``Include``, ``Match``, ``Host``, ``HostName``, canonicalisation and the command

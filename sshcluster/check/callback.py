@@ -8,8 +8,8 @@ The launch's workers connect back to the primary's port, so the check does the s
 * With ``tunnel: reverse``, :meth:`CallbackListener.forward` asks each host's sshd to
   listen on the host's 127.0.0.1:PORT, as the launch's ``ssh -R`` does, and hands what
   arrives there to the same handshake, attributed to that host.
-* On the worker, :data:`R_CALLBACK` (part of the probe script, see
-  :mod:`sshcluster.probe`) connects with R's own ``socketConnection`` and writes the
+* On the worker, ``step_callback`` in ``R/callback.R`` (part of the probe script, see
+  :mod:`sshcluster.check.probe`) connects with R's own ``socketConnection`` and writes the
   host's nonce, which reached it on the ssh session's stdin (never in argv, where other
   users of the host could read it).
 * The listener accepts exactly the nonces it handed out, each once: it reads at most
@@ -35,15 +35,14 @@ import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncssh
 
+from sshcluster.check.probe import Facts, r_died
+from sshcluster.check.report import StepResult
 from sshcluster.net import R_PORT_RANGE
-from sshcluster.report import StepResult
-
-if TYPE_CHECKING:  # probe embeds R_CALLBACK, so it imports this module
-    from sshcluster.probe import Facts
+from sshcluster.protocol import Fact
 
 #: The longest line a worker sends: a nonce is 32 hex digits and a newline.
 NONCE_LIMIT = 64
@@ -57,25 +56,6 @@ HANDSHAKE_TIMEOUT = 3.0
 PER_SOURCE_EXTRA = 256
 #: Random ports tried in R's range when the inventory names none.
 PORT_TRIES = 50
-
-#: The worker's side, an R function of the probe script: connect, send the nonce, read
-#: the answer, report it as ``CALLBACK=`` and ``T_CALLBACK=`` lines.
-R_CALLBACK = """\
-step_callback <- function(host, port, timeout, nonce) {
-  t0 <- Sys.time()
-  r <- tryCatch({
-    con <- socketConnection(host, port, open = "a+b", blocking = TRUE, timeout = timeout)
-    writeLines(nonce, con)
-    flush(con)
-    x <- readLines(con, n = 1L)
-    close(con)
-    if (identical(x, "ok")) "ok" else paste("the primary answered:",
-                                           if (length(x)) x else "nothing")
-  }, error = function(e) conditionMessage(e), warning = function(w) conditionMessage(w))
-  cat("CALLBACK=", gsub("[\\r\\n]+", " ", r), "\\nT_CALLBACK=",
-      as.numeric(Sys.time() - t0, units = "secs"), "\\n", sep = "")
-}
-"""
 
 _Read = Callable[[int], Awaitable[bytes]]
 
@@ -252,12 +232,6 @@ async def _read_line(read: _Read) -> bytes | None:
     return None
 
 
-def r_died(facts: Facts) -> str:
-    """Why R gave no answer: its exit status and last words."""
-    said = "; ".join(facts.other[-3:])
-    return f"R stopped early (exit status {facts.get('R_EXIT')}){': ' + said if said else ''}"
-
-
 def callback_verdict(facts: Facts, *, complete: bool, target: str, listen_error: str | None,
                      tunnel: bool, timeout: float, confirmed: bool) -> StepResult:
     """The ``callback`` step: what the worker's R said, checked against what the
@@ -270,12 +244,12 @@ def callback_verdict(facts: Facts, *, complete: bool, target: str, listen_error:
                   "choose another 'port:' in the inventory (a port taken on a host cannot "
                   "be forwarded), and check that sshd there allows it "
                   "(AllowTcpForwarding yes)"))
-    if "CALLBACK" not in facts:
+    if Fact.CALLBACK not in facts:
         if not complete:
             return StepResult("failed", "no answer before the deadline")
         return StepResult("failed", r_died(facts))
-    answer = facts.get("CALLBACK") or ""
-    secs = facts.number("T_CALLBACK") or 0.0
+    answer = facts.get(Fact.CALLBACK) or ""
+    secs = facts.number(Fact.T_CALLBACK) or 0.0
     if answer == "ok":
         if not confirmed:
             return StepResult("failed", "the worker says it called back, but the primary did "
@@ -303,7 +277,6 @@ __all__ = [
     "HANDSHAKE_TIMEOUT",
     "NONCE_LIMIT",
     "PER_SOURCE_EXTRA",
-    "R_CALLBACK",
     "CallbackListener",
     "callback_verdict",
 ]

@@ -1,0 +1,136 @@
+# ---------------------------------------------------------------------------
+# Repairing: going on without lost hosts, and in step after an interrupted call
+
+DRAIN_SECONDS <- 5  # how long a worker may take to answer the repair's no-op call
+
+# Looks at every worker: drops the dead ones, discards results an interrupted
+# call left behind, restarts workers still busy with such a call, relaunches
+# workers on hosts that answer ssh again; reports what it did per host and
+# returns the cluster (also as parallelCluster). A healthy cluster is left as
+# it is. It never runs a task of yours again: that is for you to decide.
+repair <- function(S) {
+  if (is.null(S$cluster))
+    stop("sshcluster: this cluster was stopped; source() the file again", call. = FALSE)
+  follow <- registered(S)  # registrations of the cluster object as it was before
+  nodes <- Filter(Negate(is.null), unclass(S$cluster))
+  ranks <- vapply(nodes, `[[`, 1L, "rank")
+  names(nodes) <- ranks
+  state <- setNames(rep("ok", length(nodes)), ranks)
+  why <- setNames(rep("", length(nodes)), ranks)
+  discarded <- setNames(integer(length(nodes)), ranks)
+  drop <- function(r, reason) {
+    state[[r]] <<- "dead"
+    why[[r]] <<- reason
+  }
+  # 1. dead sessions, dead connections, results nobody read
+  for (r in names(nodes)) {
+    node <- nodes[[r]]
+    if (session_ended(S, node$session)) {
+      drop(r, session_reason(S, node$session))
+      next
+    }
+    while (state[[r]] == "ok" && socketSelect(list(node$con), timeout = 0)) {
+      v <- tryCatch(unserialize(node$con), error = identity)
+      if (inherits(v, "error")) drop(r, conditionMessage(v)) else discarded[[r]] <- discarded[[r]] + 1L
+    }
+  }
+  # 2. a no-op call to every live worker: it answers at once unless it is still
+  # busy with a call that was interrupted
+  marker <- random_hex(8L)
+  S$calls[] <- 0L  # the marker, not the count, tells who is in step now
+  for (r in names(nodes)[state == "ok"]) {
+    sent <- tryCatch({
+      internals$sendCall(nodes[[r]], identity, list(marker))
+      TRUE
+    }, error = function(e) conditionMessage(e))
+    if (!isTRUE(sent)) drop(r, sent)
+  }
+  waiting <- names(nodes)[state == "ok"]
+  deadline <- Sys.time() + DRAIN_SECONDS
+  while (length(waiting) && Sys.time() < deadline) {
+    ready <- socketSelect(lapply(nodes[waiting], `[[`, "con"), timeout = 0.2)
+    for (r in waiting[ready]) {
+      v <- tryCatch(unserialize(nodes[[r]]$con), error = identity)
+      if (inherits(v, "error")) {
+        drop(r, conditionMessage(v))
+      } else if (identical(v$value, marker)) {
+        state[[r]] <- "synced"
+      } else {
+        discarded[[r]] <- discarded[[r]] + 1L
+      }
+    }
+    waiting <- names(nodes)[state == "ok"]
+  }
+  state[waiting] <- "busy"
+  if (all(state == "synced") && length(nodes) == sum(vapply(S$config$machines,
+                                                            function(m) m$ncore, 1L))) {
+    S$calls[] <- 0L
+    message(sprintf("sshcluster_repair: all %d workers are healthy%s; nothing else to do",
+                    length(nodes), if (sum(discarded)) sprintf(" (%d results of an unfinished call discarded)", sum(discarded)) else ""))
+    return(invisible(S$cluster))
+  }
+  # 3. sessions with a busy worker end whole (their workers cannot be stopped
+  # one by one); their workers start again with the dead ones
+  restart_sessions <- unique(vapply(nodes[state == "busy"], `[[`, "", "session"))
+  for (id in restart_sessions) supervise(S, paste("kill", id))
+  again <- names(nodes)[state == "dead" | vapply(nodes, function(n) n$session %in%
+                                                    restart_sessions, NA)]
+  for (r in again) try(close(nodes[[r]]$con), silent = TRUE)
+  kept <- nodes[setdiff(names(nodes), again)]
+  # 4. relaunch every slot that has no worker, host by host
+  machines <- S$config$machines
+  missing <- lapply(seq_along(machines), function(h) {
+    have <- vapply(Filter(function(n) n$h == h, kept), `[[`, 1L, "slot")
+    setdiff(seq_len(machines[[h]]$ncore), have)
+  })
+  S$lost <- list()
+  new <- launch(S, missing, deadline = Sys.time() + S$config$setup_timeout, fail_fast = FALSE)
+  if (length(new)) for (f in S$on_new_workers)
+    f(structure(new, class = c("sshcluster", "SOCKcluster", "cluster")))
+  all <- c(unname(kept), new)
+  all <- all[order(vapply(all, `[[`, 1L, "rank"))]
+  S$cluster <- structure(all, class = c("sshcluster", "SOCKcluster", "cluster"))
+  # 5. what happened, per host
+  lines <- character()
+  for (h in seq_along(machines)) {
+    mine <- function(list) Filter(function(n) n$h == h, list)
+    before <- nodes[vapply(nodes, function(n) n$h == h, NA)]
+    dead <- sum(state[names(before)] == "dead")
+    busy <- sum(state[names(before)] == "busy")
+    back <- length(mine(new))
+    lines <- c(lines, sprintf("  %s: %s", machines[[h]]$host, paste(c(
+      sprintf("%d of %d workers running", length(mine(all)), machines[[h]]$ncore),
+      if (dead) sprintf("%d lost (%s)", dead, paste(unique(why[names(before)][state[names(before)] == "dead"]), collapse = "; ")),
+      if (busy) sprintf("%d still busy with an interrupted call, so its session was restarted", busy),
+      if (sum(discarded[names(before)])) sprintf("%d results of an unfinished call discarded", sum(discarded[names(before)])),
+      if (back) sprintf("%d started again", back),
+      if (length(missing[[h]]) > back) sprintf("%d could not be started (%s)", length(missing[[h]]) - back,
+                                          last_reason(S, h))
+    ), collapse = "; ")))
+  }
+  message(sprintf("sshcluster_repair: %d of %d workers running:\n%s", length(all),
+                  sum(vapply(machines, function(m) m$ncore, 1L)), paste(lines, collapse = "\n")))
+  S$calls[] <- 0L
+  # (the global name only if it held this cluster: it may be another file's now)
+  current <- get0("parallelCluster", envir = globalenv(), inherits = FALSE)
+  if (is.null(current) || belongs(current, S))
+    assign("parallelCluster", S$cluster, envir = globalenv())
+  register(follow, S$cluster)
+  invisible(S$cluster)
+}
+
+# What every worker a repair starts gets before the cluster is handed back (f(cl) with
+# the new workers as a cluster), as the first ones got it after the launch: the
+# library of `sshcluster sync` first on its .libPaths(), for one.
+on_new_workers <- function(cl, f) {
+  S <- state_of(cl[[1L]])
+  S$on_new_workers <- c(S$on_new_workers, list(f))
+  invisible(cl)
+}
+
+# Why machine h's newest session ended.
+last_reason <- function(S, h) {
+  ids <- names(S$sessions)[vapply(S$sessions, function(s) s$h == h, NA)]
+  id <- ids[length(ids)]
+  if (session_ended(S, id)) session_reason(S, id) else "its workers did not connect in time"
+}

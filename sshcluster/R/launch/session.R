@@ -1,0 +1,200 @@
+# ---------------------------------------------------------------------------
+# One host's session: its tokens, its ssh command, and the supervisor's protocol
+
+TOKEN_SIZE <- 16L          # each slot's key is its two tokens (see proof.R)
+
+# How fast a lost host is noticed. These values are what users get; a test of a fault
+# may shorten them with options() before source() (sshcluster.heartbeat_seconds and so
+# on), and one test per fault keeps them.
+timing <- function(name, default, unit = " of seconds") {
+  value <- getOption(paste0("sshcluster.", name), default)
+  if (!is.numeric(value) || length(value) != 1L || is.na(value) || value <= 0)
+    stop(sprintf("sshcluster: option sshcluster.%s must be one positive number%s",
+                 name, unit), call. = FALSE)
+  value
+}
+HEARTBEAT_SECONDS <- timing("heartbeat_seconds", 10) # the supervisor's heartbeat to every host
+SILENCE_SECONDS <- timing("silence_seconds", 40)     # a host stops its workers after this
+                                                      # long without one
+STALL_SECONDS <- timing("stall_seconds", 15) # a message that makes no progress for this
+                                             # long (R waits it out twice when writing)
+                                             # has failed
+if (SILENCE_SECONDS < 2 * HEARTBEAT_SECONDS)
+  stop("sshcluster: option sshcluster.silence_seconds must be at least twice ",
+       "sshcluster.heartbeat_seconds (a host would stop its workers between two beats)",
+       call. = FALSE)
+# Our own ssh options: keepalive (a silent host ends the session after COUNT unanswered
+# probes INTERVAL seconds apart), no terminal, and no connection shared with a master
+# from the user's config (its keepalive and lifetime would not be the cluster's).
+OUR_SSH <- c("-T", "-o", sprintf("ServerAliveInterval=%d",
+                                 as.integer(ceiling(timing("keepalive_seconds", 5)))),
+             "-o", sprintf("ServerAliveCountMax=%d",
+                           as.integer(ceiling(timing("keepalive_count", 3, "")))),
+             "-o", "ControlMaster=no", "-o", "ControlPath=none")
+LOCALE_VARS <- c("LANG", "LC_ALL", "LC_CTYPE", "LC_COLLATE", "LC_TIME", "LC_MONETARY",
+                 "LC_MESSAGES", "LC_PAPER", "LC_MEASUREMENT")
+
+# Random bytes from the OS, as hex; R's own generator (and the user's
+# .Random.seed) are not touched.
+random_hex <- function(n) {
+  con <- file("/dev/urandom", "rb", raw = TRUE)
+  on.exit(close(con))
+  paste(as.character(readBin(con, "raw", n)), collapse = "")
+}
+
+hex_bytes <- function(hex) {
+  at <- seq(1L, nchar(hex), by = 2L)
+  as.raw(strtoi(substring(hex, at, at + 1L), 16L))
+}
+
+# Starts a session on machine h for the given worker slots; returns its id.
+start_host <- function(S, h, slots) {
+  S$next_id <- S$next_id + 1L
+  id <- sprintf("%d.%d", h, S$next_id)
+  tokens <- lapply(slots, function(slot) list(
+    slot = slot, worker = random_hex(TOKEN_SIZE), primary = random_hex(TOKEN_SIZE)))
+  S$sessions[[id]] <- list(id = id, h = h, slots = slots, tokens = tokens,
+                           file = file.path(S$dir, id), port = session_port(S, h))
+  write_remote_script(S)
+  writeLines(host_command(S, h, id), paste0(file.path(S$dir, id), ".sh"))
+  line <- paste(vapply(tokens, function(t) paste(t$slot, t$worker, t$primary, sep = ":"),
+                       ""), collapse = ",")
+  supervise(S, paste("start", id, line, if (S$config$tunnel) "tunnel" else "direct"))
+  id
+}
+
+# The port a session's workers connect to on their host. Direct: the primary's
+# own. Behind a reverse tunnel each session asks its host's sshd to listen on a
+# port of its own: a host's first session on the primary's port, any later one
+# (a repair's) on a port that no earlier session to that host used, since a
+# sibling session may still hold its port, and so may the host's sshd for the
+# session of a host that was cut off, until it notices the cut.
+session_port <- function(S, h) {
+  if (!S$config$tunnel) return(S$port)
+  used <- c(S$port, unlist(lapply(Filter(function(s) s$h == h, S$sessions), `[[`, "port")))
+  if (length(used) == 1L) return(S$port)
+  range <- S$config$port_range
+  free <- setdiff(seq(range[1], range[2]), used)
+  free[strtoi(random_hex(3L), 16L) %% length(free) + 1L]
+}
+
+# One shell word: single quotes, a single quote written as '\'' and a ! as '\!'
+# (csh and tcsh expand ! even inside single quotes, and even in "csh -c"; every other
+# shell reads \! outside quotes as !). The same word in sh, bash, csh, tcsh and fish,
+# for text without a backslash (the inventory refuses one in what reaches a host).
+# (R's own shQuote() switches to double quotes when the text has a single quote.)
+sq <- function(x) {
+  x <- gsub("'", "'\\''", x, fixed = TRUE)
+  paste0("'", gsub("!", "'\\!'", x, fixed = TRUE), "'")
+}
+
+supervise <- function(S, command) {
+  writeLines(command, S$supervisor)
+  flush(S$supervisor)
+}
+
+# What every host's session reads first on its stdin (the supervisor sends it):
+# the host's script, with the workers' R code in $code, then the end-of-script
+# line. The command line ssh runs (cfg$read_script, see read_script.sh) only reads
+# and runs it, so that any login shell runs it alike. (Written again if a cleaner
+# of temporary files took it, for a repair's relaunch.)
+write_remote_script <- function(S) {
+  f <- file.path(S$dir, "remote.txt")
+  if (!file.exists(f))
+    writeLines(c(paste0("code=", sq(S$config$worker_code)), S$config$remote_script,
+                 S$config$end_of_script), f)
+}
+
+# The shell script that runs machine h's ssh for session id, and records its
+# pid and exit status. (Kept apart from the accept loop below, as parallelly
+# keeps makeNodePSOCK() apart from makeClusterPSOCK().)
+host_command <- function(S, h, id) {
+  cfg <- S$config
+  m <- cfg$machines[[h]]
+  f <- function(ext) sq(paste0(file.path(S$dir, id), ext))
+  port <- S$sessions[[id]]$port
+  remote <- remote_command(S, h, port)
+  forward <- if (cfg$tunnel)
+    sprintf("-o ExitOnForwardFailure=yes -R 127.0.0.1:%d:127.0.0.1:%d", port, S$port)
+  ssh <- paste(if (is.null(cfg$host_ssh[[h]])) cfg$ssh else cfg$host_ssh[[h]],
+               S$known_hosts)
+  destination <- paste(if (!is.null(m$user)) paste("-l", sq(m$user)), sq(m$host))
+  # A TERM (the supervisor's: its way to end a session, also once the directory
+  # and its pid files are gone) is passed on to ssh; a wait it cut short is waited
+  # again, so that .status holds ssh's own status.
+  c("exec 3<&0",
+    "pid=''",
+    "trap '[ -n \"$pid\" ] && kill -s TERM \"$pid\" 2>/dev/null' TERM",
+    paste(ssh, paste(OUR_SSH, collapse = " "), forward, destination, sq(remote),
+          "<&3 >", f(".out"), "2>", f(".err"), "&"),
+    "pid=$!",
+    paste("echo \"$pid\" >", f(".pid")),
+    "wait \"$pid\"; rc=$?",
+    "while [ \"$rc\" -gt 128 ] && kill -s 0 \"$pid\" 2>/dev/null; do wait \"$pid\"; rc=$?; done",
+    paste("echo \"$rc\" >", f(".tmp"), "&& mv", f(".tmp"), f(".status")))
+}
+
+# The one line ssh hands machine h's login shell (sh, bash, csh, tcsh or fish): single-
+# quoted words only, and no value holds a backslash (the inventory refuses one; fish
+# reads \\ and \' inside single quotes), so every such shell reads the same words.
+remote_command <- function(S, h, port) {
+  cfg <- S$config
+  m <- cfg$machines[[h]]
+  rscript <- if (is.null(m$rscript)) "Rscript" else m$rscript
+  master <- if (cfg$tunnel) "127.0.0.1" else cfg$workers_reach
+  # (remote.sh makes the workdir and starts the workers in it)
+  env <- c(locale_assignments(cfg$locale), paste0("SSHCLUSTER_OUTPUT=", cfg$worker_output),
+           if (!is.null(cfg$workdir)) paste0("SSHCLUSTER_WORKDIR=", cfg$workdir),
+           container_assignments(S, h))
+  paste(
+    "exec sh -c", sq(cfg$read_script),
+    "sshcluster", sq(rscript), sq(master), port, h, cfg$setup_timeout,
+    if (cfg$tunnel) "tunnel" else "direct", if (cfg$fork) "fork" else "fresh",
+    SILENCE_SECONDS, paste(sq(env), collapse = " "))
+}
+
+# NAME=VALUE for machine h's container (sshcluster/containers/container.sh), if it
+# has one. Its name: the cluster's (its launch directory's) and the host's, and the
+# session's, since a repair's session may start while the old one's is going.
+container_assignments <- function(S, h) {
+  box <- S$config$containers[[h]]
+  if (is.null(box)) return(character())
+  cluster <- sub("^sshcluster-", "", basename(S$dir))
+  host <- gsub("[^A-Za-z0-9_.-]", "-", S$config$machines[[h]]$host)
+  c(paste0("SSHCLUSTER_CONTAINER=", box$engine),
+    paste0("SSHCLUSTER_CONTAINER_IMAGE=", box$image),
+    paste0("SSHCLUSTER_CONTAINER_PULL=", box$pull),
+    paste0("SSHCLUSTER_CONTAINER_OPTIONS=", box$options),
+    paste0("SSHCLUSTER_CONTAINER_NAME=",
+           sprintf("sshcluster-%s-%s-%d", cluster, host, S$next_id)))
+}
+
+# NAME=VALUE for the workers' locale: the primary's own, unless the inventory
+# names one.
+locale_assignments <- function(locale) {
+  if (!is.null(locale)) return(c(paste0("LANG=", locale), "LC_ALL="))
+  values <- Sys.getenv(LOCALE_VARS)
+  # (only what a locale name holds: these reach every host's login shell)
+  values <- values[grepl("^[A-Za-z0-9_.@-]+$", values)]
+  if (length(values)) paste0(names(values), "=", values) else character()
+}
+
+session_ended <- function(S, id) file.exists(paste0(S$sessions[[id]]$file, ".status"))
+
+# What ssh said when session id ended: its status and its last words.
+session_reason <- function(S, id) {
+  f <- S$sessions[[id]]$file
+  status <- read_text(paste0(f, ".status"))
+  err <- read_text(paste0(f, ".err"))
+  sprintf("ssh exited with status %s%s", if (nzchar(status)) status else "?",
+          if (nzchar(err)) paste0(": ", err) else "")
+}
+
+# A file's last lines, each once, as one line. (ssh's stderr holds its own words
+# and sshcluster's, but may also hold whatever the workers' programs printed: the
+# end is what explains how the session ended.)
+read_text <- function(path, last = 4L) {
+  text <- if (file.exists(path)) readLines(path, warn = FALSE) else character()
+  text <- unique(trimws(text[nzchar(trimws(text))]))
+  paste(utils::tail(text, last), collapse = " / ")
+}

@@ -1,0 +1,38 @@
+# ---------------------------------------------------------------------------
+# Stopping
+
+# Tells every worker to stop, closes its connection, then ends the sessions.
+stop_cluster <- function(S) {
+  for (node in S$cluster) if (!is.null(node) && con_ok(node$con)) {
+    # (not to a host that is gone, nor into a full buffer: that could block)
+    if (!session_ended(S, node$session) &&
+        isTRUE(socketSelect(list(node$con), write = TRUE, timeout = 0)))
+      try(internals$postNode(node, "DONE"), silent = TRUE)
+    try(close(node$con), silent = TRUE)
+  }
+  S$cluster <- NULL
+  shutdown(S, grace = 2)
+  if (belongs(get0("parallelCluster", envir = globalenv(), inherits = FALSE), S))
+    rm("parallelCluster", envir = globalenv())
+}
+
+# Ends the supervisor (and with it every session; each host then stops what is
+# left of its workers), the listening socket and the launch directory.
+# 'grace' seconds are left for the sessions to end by themselves.
+shutdown <- function(S, grace = 1) {
+  if (!is.null(S$supervisor)) {
+    try(supervise(S, paste("stop", grace)), silent = TRUE)
+    try(close(S$supervisor), silent = TRUE)  # waits for the supervisor to end
+    S$supervisor <- NULL
+  }
+  if (!is.null(S$listener)) {
+    try(close(S$listener), silent = TRUE)
+    S$listener <- NULL
+  }
+  if (isTRUE(S$console) && !is.null(S$dir)) try(relay(S), silent = TRUE)
+  if (!is.null(S$dir)) unlink(S$dir, recursive = TRUE)
+  S$dir <- NULL
+  if (!is.null(S$id) && exists(S$id, envir = registry, inherits = FALSE))
+    rm(list = S$id, envir = registry)
+  invisible()
+}

@@ -1,0 +1,48 @@
+"""What every ``sshcluster`` command prints besides its result: errors with their hint,
+and notes that ``--quiet`` leaves out (the root command's and its sub-groups' alike)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from rich.console import Console
+
+from sshcluster.check.report import print_report
+from sshcluster.errors import CheckFailed, SshclusterError
+
+
+class ErrorGroup(click.Group):
+    """A click group that turns library errors into a message and an exit status."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SshclusterError as e:
+            if isinstance(e, CheckFailed):
+                print_report(e.report, Console(stderr=True))
+            print_error(e)
+            ctx.exit(e.exit_code)
+
+
+def print_error(e: SshclusterError, where: str | None = None) -> None:
+    """``error: [WHERE: ]MESSAGE`` and its hint, on stderr."""
+    click.secho(f"error: {where + ': ' if where else ''}{e.message}", fg="red", err=True)
+    if e.hint:
+        click.echo(f"hint: {e.hint}", err=True)
+
+
+def quiet() -> bool:
+    """Whether ``--quiet`` was given (to the ``sshcluster`` command itself)."""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and ctx.find_root().params.get("quiet"))
+
+
+def note(message: str) -> None:
+    """An informational line on stderr (what was written, what was recorded), which
+    ``--quiet`` leaves out; errors and warnings are never left out."""
+    if not quiet():
+        click.echo(message, err=True)
+
+
+__all__ = ["ErrorGroup", "note", "print_error", "quiet"]

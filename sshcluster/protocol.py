@@ -1,0 +1,109 @@
+"""What the Python side shares with the code it sends to the hosts, in one place.
+
+The R and shell code keeps its own side in one place each too: ``R/proof.R`` (pasted into
+both the primary's and the worker's R) for the launch's handshake, ``check/probe.sh`` and
+``check/R/*.R`` for the check's remote script. A value the Python side owns reaches R as
+data in the call the generated file makes (as the port range does, see
+:mod:`sshcluster.bootstrap`); tests/test_protocol.py checks that both sides agree.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# --------------------------------------------------------------------------- the check
+
+#: The steps of the check, in the order they run on each host (and the report's order).
+STEPS: Final[tuple[str, ...]] = (
+    "resolve",
+    "connect",
+    "hostkey",
+    "auth",
+    "rscript",
+    "packages",
+    "cores",
+    "load",
+    "reverse_ssh",
+    "callback",
+    "shared_dir",
+    "fanout",
+    "container",  # (sshcluster/containers)
+)
+#: The steps the check's remote script answers, in report order.
+REMOTE_STEPS: Final[tuple[str, ...]] = ("rscript", "packages", "cores", "load", "reverse_ssh",
+                                        "callback")
+
+
+class Fact:
+    """The keys of the ``KEY=value`` lines the check's remote script prints
+    (``check/probe.sh``, ``check/R/probe.R``, ``check/R/callback.R`` and the packages
+    step's ``packages/R/environment.R``)."""
+
+    # the shell part
+    RSCRIPT: Final = "RSCRIPT"  # the Rscript it found
+    RSCRIPT_ERR: Final = "RSCRIPT_ERR"  # why none was found or it did not start
+    T_LOOKUP: Final = "T_LOOKUP"  # uptime stamps around the search for Rscript
+    R_EXIT: Final = "R_EXIT"  # R's exit status, when it was not 0
+    SSH_CONNECTION: Final = "SSH_CONNECTION"  # the session's, as sshd set it
+    PRIMARY: Final = "PRIMARY"  # the address the host calls back
+    NPROC: Final = "NPROC"
+    LOADAVG: Final = "LOADAVG"
+    UPTIME: Final = "UPTIME"  # uptime's line, when there is no /proc/loadavg
+    MEM_TOTAL_KB: Final = "MEM_TOTAL_KB"
+    MEM_AVAIL_KB: Final = "MEM_AVAIL_KB"
+    T_LOCAL: Final = "T_LOCAL"  # uptime stamps around the local reads
+    REVERSE: Final = "REVERSE"  # the reverse ssh: uptime stamps and the outcome
+    REVERSE_ERR: Final = "REVERSE_ERR"
+    # the R part
+    R_VERSION: Final = "R_VERSION"
+    T_RSTART: Final = "T_RSTART"
+    R_MISSING: Final = "R_MISSING"  # comma-separated
+    T_PACKAGES: Final = "T_PACKAGES"
+    CALLBACK: Final = "CALLBACK"  # "ok", or what went wrong
+    T_CALLBACK: Final = "T_CALLBACK"
+    # the packages step against a reference
+    PKGV: Final = "PKGV"  # one line per package: name, version, library
+    ENV_R: Final = "ENV_R"
+    ENV_PLATFORM: Final = "ENV_PLATFORM"
+    ENV_LIB: Final = "ENV_LIB"
+    ENV_LIB_MISSING: Final = "ENV_LIB_MISSING"
+
+
+class SyncFact:
+    """The keys of the ``KEY=value`` lines ``sshcluster sync``'s remote script prints
+    (``packages/R/sync.sh`` and the R it runs, ``packages/R/verify.R``)."""
+
+    R_VERSION: Final = "R_VERSION"
+    PLATFORM: Final = "PLATFORM"
+    OS: Final = "OS"  # the host's /etc/os-release, as the reference names it
+    SHARED_ID: Final = "SHARED_ID"  # the library's file system, to tell shared ones apart
+    LIBRARY: Final = "LIBRARY"
+    STATE: Final = "STATE"  # complete, there, verified, ...
+    FAILED: Final = "FAILED"
+    HAVE: Final = "HAVE"  # one line per installed package: name, version
+    LOADFAIL: Final = "LOADFAIL"  # one line per package that does not load
+
+
+# --------------------------------------------------------------------------- the launch
+
+#: The R connections a launch holds on the primary besides one socket per worker: the
+#: listening socket and the pipe to the supervisor of its ssh sessions.
+LAUNCH_CONNECTIONS: Final = 2
+#: The R connections a launch leaves free for the user's own files.
+USER_CONNECTIONS: Final = 2
+#: The first bytes of a worker's hello (``PROOF_MAGIC`` of ``R/proof.R``).
+PROOF_MAGIC: Final = b"SCW3"
+#: The line a host's session reports a worker's end with: ``gone SLOT STATUS``
+#: (``R/worker.R`` writes it, ``R/remote.sh`` for a worker that never started).
+GONE: Final = "gone"
+
+__all__ = [
+    "GONE",
+    "LAUNCH_CONNECTIONS",
+    "PROOF_MAGIC",
+    "REMOTE_STEPS",
+    "STEPS",
+    "USER_CONNECTIONS",
+    "Fact",
+    "SyncFact",
+]
