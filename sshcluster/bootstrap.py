@@ -156,9 +156,11 @@ def render(inventory: Inventory, options: RenderOptions | None = None) -> str:
     refuse_classic(inventory, plan.launch)  # (containers)
     if inventory.primary.host == AUTO and plan.tunnel != "reverse":
         raise RenderError(
-            f"{_where(inventory)}primary.host is 'auto'; the bootstrap needs the address the "
-            "workers connect to",
-            hint="run 'sshcluster render --check' to detect it, or write the address",
+            f"{_where(inventory)}primary is 'auto' (or left out), but with tunnel: none the "
+            "workers connect straight to the primary, so the file needs its address as they "
+            "see it",
+            hint="run 'sshcluster render --check' to detect it, write 'primary: ADDRESS', "
+                 "or leave tunnel: none out (the default reverse tunnel needs no address)",
         )
     lines = _header(inventory, opts, plan)
     note = connection_note(inventory)
@@ -214,7 +216,8 @@ _R_SOURCES = {
                  "supervisor.sh", "read_script.sh")
 }
 #: The fast launch's R code, one idea per file, pasted in this order.
-LAUNCH_FILES = ("start.R", "session.R", "accept.R", "node.R", "stop.R", "repair.R")
+LAUNCH_FILES = ("start.R", "session.R", "accept.R", "node.R", "stop.R", "repair.R",
+                "show.R")
 _LAUNCH_R = "".join(
     resources.files("sshcluster").joinpath("R").joinpath("launch").joinpath(name).read_text(
         encoding="utf-8")

@@ -264,13 +264,13 @@ def _read(doc: Any, reader: _Reader) -> Inventory:
     if doc is None:
         raise reader.fail("the file is empty", line=None,
                           hint="'sshcluster example' prints an inventory with every field")
-    top = reader.mapping(doc, "", 1, _TOP_KEYS, required=("primary", "hosts"), hints={
-        "primary": "primary is this machine as the workers see it; 'primary: auto' lets "
-                   "the check detect it",
+    top = reader.mapping(doc, "", 1, _TOP_KEYS, required=("hosts",), hints={
         "hosts": "list the machines, e.g. 'hosts: [node1, node2]'"})
 
-    # primary: a plain address, or a mapping
-    raw_primary = top["primary"]
+    # primary: a plain address, or a mapping; left out, it is 'auto' (the workers come
+    # back through the reverse tunnel, which needs no address, and the check finds the
+    # address the hosts see for what does: tunnel: none, ssh_back)
+    raw_primary = top.get("primary", "auto")
     pline = reader.line_of(top, "primary")
     if isinstance(raw_primary, Map):
         pm = reader.mapping(raw_primary, "primary", pline, _PRIMARY_KEYS, required=("host",))

@@ -240,7 +240,7 @@ def test_no_environment_variable_changes_the_launch(options: RenderOptions) -> N
 def test_auto_values_must_be_checked_first() -> None:
     with pytest.raises(RenderError, match="ncore is 'auto' for a"):
         render(parse_inventory("primary: p\nhosts:\n  - host: a\n    ncore: auto\n"))
-    with pytest.raises(RenderError, match=r"primary\.host is 'auto'"):
+    with pytest.raises(RenderError, match=r"primary is 'auto'"):
         render(parse_inventory("primary: auto\ntunnel: none\nhosts: [a]\n"))
     # through the (default) tunnel the workers need not know the primary's address
     assert "primary <- \"127.0.0.1\"" in render(parse_inventory("primary: auto\nhosts: [a]\n"))

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from sshcluster import InventoryError
+from sshcluster.bootstrap import RenderOptions, render
 from sshcluster.dump import dump_inventory
+from sshcluster.errors import RenderError
 from sshcluster.inventory import (
     Host,
     Inventory,
@@ -88,7 +90,6 @@ def test_relative_paths_resolve_against_the_inventory_directory(tmp_path: Path) 
          "listed twice (first at line 3)"),
         ("primary: p\nhosts: []\n", 2, "hosts", "the list is empty"),
         ("primary: p\nhosts:\n", 2, "hosts", "the list is empty"),
-        ("hosts:\n  - a\n", 1, "", "'primary' is required"),
         ("primary: p\nhosts:\n  - host: a\n    ssh_port: 70000\n", 4, "hosts[0].ssh_port",
          "TCP port"),
         ("primary: p\nport: http\nhosts: [a]\n", 2, "port", "TCP port"),
@@ -218,3 +219,15 @@ def test_bad_workdir_shared_dir_fanout(text: str, field: str, line: int) -> None
     with pytest.raises(InventoryError) as e:
         parse_inventory(text, "h.yaml")
     assert (e.value.field, e.value.line) == (field, line)
+
+
+def test_primary_may_be_left_out_and_is_then_auto(tmp_path: Path) -> None:
+    """The reverse tunnel (the default) needs no address of the primary; left out,
+    primary is 'auto': the check finds what the hosts see where something needs it
+    (tunnel: none, ssh_back), and a file for tunnel: none without a check says so."""
+    inv = parse_inventory("hosts: [a, b]\n")
+    assert inv.primary.host == "auto"
+    text = render(inv, RenderOptions())
+    assert 'primary <- "127.0.0.1"' in text
+    with pytest.raises(RenderError, match="auto"):
+        render(parse_inventory("hosts: [a, b]\ntunnel: none\n"), RenderOptions())

@@ -22,6 +22,7 @@ must bring the cluster back to full size.
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,9 @@ say <- function(key, ...) cat(key, ..., "\\n", sep = "|")
 try_msg <- function(expr) tryCatch(expr, error = conditionMessage)
 size <- function() say("size", length(parallelCluster),
                        unlist(parallel::clusterEvalQ(parallelCluster, Sys.info()[["nodename"]])))
+shown <- function(key, cl) say(key, paste(capture.output(print(cl)), collapse = "~"))
+first <- parallelCluster
+shown("print", parallelCluster)
 # a worker killed while its sibling on the same host lives
 pids <- unlist(parallel::clusterEvalQ(parallelCluster, Sys.getpid()))
 system(sprintf("kill -9 %d", pids[{victim}]))
@@ -136,6 +140,8 @@ say("kill9", try_msg(parallel::parSapply(parallelCluster, 1:8, function(i) i)))
 parallelCluster <- sshcluster_repair()
 size()
 say("after-kill9", parallel::parSapply(parallelCluster, 1:8, function(i) i * 3))
+shown("print-old", first)
+shown("print-new", parallelCluster)
 # the host's ssh session killed; its old session's port may still be held on the host
 system({kill_sshd})
 say("sshd", try_msg(parallel::parSapply(parallelCluster, 1:8, function(i) {{
@@ -177,4 +183,18 @@ def test_repair_brings_back_full_size(tb: Testbed, tmp_path: Path, mode: str) ->
     assert [ln[1:] for ln in lines if ln[0] == "size"] == [full, full], r.stderr
     assert said["after-kill9"] == [str(3 * i) for i in range(1, 9)]
     assert said["after-sshd"] == [str(4 * i) for i in range(1, 9)]
+    # print(parallelCluster): how it was launched, and each host's workers and R
+    options = FAST_MODES[mode]
+    how = ("through ssh reverse tunnels" if options.tunnel == "reverse" else
+           "straight to this machine's port") + (", forked" if options.fork else ", one R each")
+    r_said = subprocess.run(["Rscript", "-e", "cat(R.version.string, R.version$platform, "
+                             "sep = ', ')"], capture_output=True, text=True, timeout=60).stdout
+    for key in ("print", "print-new"):
+        shown = said[key][0].split("~")
+        assert shown[0].startswith(f"sshcluster: {2 * NCORE} workers on 2 hosts, {how}, port ")
+        assert [ln.split()[:4] for ln in shown[1:]] == [
+            [h.address, str(NCORE), "of", str(NCORE)] for h in tb.hosts[:2]], shown
+        assert all(ln.endswith(r_said) for ln in shown[1:]), (shown, r_said)
+    assert said["print-old"][0].startswith(
+        f"sshcluster: a cluster of {2 * NCORE} workers that was stopped or replaced")
     assert nothing_left(tb, marker=tmp_path) == {}

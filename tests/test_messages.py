@@ -75,10 +75,15 @@ def test_example_prints_the_shipped_example_which_is_the_repository_file() -> No
 
 
 def test_a_missing_primary_says_what_it_is_for(tmp_path: Path) -> None:
-    inv, err, code = _render(tmp_path, "hosts:\n  - a\n")
+    """Left out, primary is 'auto': the default reverse tunnel needs no address; a
+    direct connection does, and the error says so."""
+    _, err, code = _render(tmp_path, "hosts:\n  - a\n")
+    assert code == 0, err
+    inv, err, code = _render(tmp_path, "hosts:\n  - a\ntunnel: none\n")
     assert code == 2
-    assert err.startswith(f"error: {inv} line 1: 'primary' is required\n")
-    assert "hint: primary is this machine as the workers see it; 'primary: auto'" in err
+    assert err.startswith(f"error: {inv}: primary is 'auto' (or left out), but with tunnel: "
+                          "none the workers connect straight to the primary"), err
+    assert "the default reverse tunnel needs no address" in err
 
 
 def test_an_empty_file_points_at_example(tmp_path: Path) -> None:

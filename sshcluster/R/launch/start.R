@@ -1,6 +1,6 @@
 # ---------------------------------------------------------------------------
 # sshcluster's fast launch and its running cluster, on the primary: start.R,
-# session.R, accept.R, node.R, stop.R and repair.R, pasted in that order.
+# session.R, accept.R, node.R, stop.R, repair.R and show.R, pasted in that order.
 #
 # The generated cluster.R runs these files inside local(), then calls
 # start(config): only the names start() assigns (parallelCluster,
@@ -48,6 +48,7 @@ new_launch <- function(config, key) {
   S$supervisor <- NULL
   S$listener <- NULL
   S$port <- NULL
+  S$about <- list()  # each host's R version and platform, by machine index (show.R)
   n <- vapply(config$machines, function(m) as.integer(m$ncore), 1L)
   S$first <- cumsum(c(0L, n))[seq_along(n)]  # spec position before each machine
   S$cluster <- structure(vector("list", sum(n)), class = c("sshcluster", "SOCKcluster",
@@ -73,6 +74,7 @@ start <- function(config) {
   wanted <- lapply(seq_along(n), function(h) seq_len(n[h]))
   got <- launch(S, wanted, deadline = Sys.time() + config$setup_timeout, fail_fast = TRUE)
   for (node in got) S$cluster[[node$rank]] <- node
+  S$about <- about_hosts(S)  # (for print(): one call to one worker per host)
   ok <- TRUE
   if (S$refused > 0L)
     message(sprintf("sshcluster: refused %d connection%s to port %d that did not prove %s a worker",
