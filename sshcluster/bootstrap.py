@@ -47,7 +47,7 @@ from sshcluster.connections import (
     connections_needed,
     workers_note,
 )
-from sshcluster.containers.launch import container_config, container_script, refuse_classic
+from sshcluster.containers.launch import container_config, refuse_classic
 from sshcluster.errors import RenderError
 from sshcluster.files import atomic_write
 from sshcluster.inventory import AUTO, Host, Inventory, Launch, Register, Tunnel, worker_output
@@ -195,8 +195,7 @@ def render(inventory: Inventory, options: RenderOptions | None = None) -> str:
         "local({",
         _R_SOURCES["common.R"],
     ]
-    lines += _fast(inventory, opts, plan) if plan.launch == "fast" else _classic(
-        inventory, opts, plan)
+    lines += (_fast if plan.launch == "fast" else _classic)(inventory, opts, plan)
     if opts.library_digest:
         roots = list(dict.fromkeys(inventory.library_of(h) for h in inventory.hosts))
         lines += [_R_SOURCES["library.R"],
@@ -313,8 +312,7 @@ def _fast(inventory: Inventory, opts: RenderOptions, plan: _Plan) -> list[str]:
             ("workdir", _r_value(inventory.workdir)),
             ("register", _r_value(plan.register)),
             ("worker_output", _r_value(plan.worker_output)),
-            *container_config(inventory),  # (containers: each host's, and container.sh)
-            ("remote_script", r_string(container_script(inventory) + _R_SOURCES["remote.sh"])),
+            *container_config(inventory, _R_SOURCES["remote.sh"]),  # remote_script (containers)
             ("supervisor_script", r_string(_R_SOURCES["supervisor.sh"])),
             ("worker_code", r_string(WORKER_CODE)),
             ("read_script", r_string(READ_SCRIPT)),

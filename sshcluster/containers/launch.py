@@ -27,18 +27,20 @@ def container_script(inventory: Inventory) -> str:
     return CONTAINER_SCRIPT if any(h.container for h in inventory.hosts) else ""
 
 
-def container_config(inventory: Inventory) -> list[tuple[str, str]]:
-    """The launch config's ``containers`` entry (one R list or NULL per machine), or
-    nothing when no host has a container."""
+def container_config(inventory: Inventory, remote_sh: str) -> list[tuple[str, str]]:
+    """The launch config's ``remote_script`` entry (``remote_sh``, the host script, behind
+    the container functions when a host has a container) and, then only, its
+    ``containers`` entry (one R list or NULL per machine)."""
+    script = [("remote_script", r_string(container_script(inventory) + remote_sh))]
     if not any(h.container for h in inventory.hosts):
-        return []
+        return script
     items = []
     for h in inventory.hosts:
         c = h.container
         items.append("NULL" if c is None else (
             f"list(engine = {r_string(c.engine)}, image = {r_string(c.image)}, "
             f"pull = {r_string(c.pull)}, options = {r_string(c.options_line)})"))
-    return [("containers", f"list({', '.join(items)})")]
+    return [("containers", f"list({', '.join(items)})"), *script]
 
 
 def refuse_classic(inventory: Inventory, launch: str) -> None:
