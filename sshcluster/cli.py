@@ -8,6 +8,7 @@ wrong. No traceback for a user's mistake.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -32,7 +33,7 @@ from sshcluster.check.preflight import (
     check,
     verified_inventory,
 )
-from sshcluster.check.report import CheckReport, error_document, print_report
+from sshcluster.check.report import CheckReport, HostReport, error_document, print_report
 from sshcluster.console import ErrorGroup, note, quiet
 from sshcluster.containers.cli import image_group
 from sshcluster.ec2.cli import ec2_group
@@ -91,8 +92,15 @@ def _run_check(inv: Inventory, *, timeout: float, concurrency: int, accept_new: 
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                       MofNCompleteColumn(), TimeElapsedColumn(), console=console,
                       transient=True) as bar:
-            task = bar.add_task("checking hosts", total=len(inv.hosts))
-            report = check(inv, progress=lambda _: bar.advance(task), **kwargs)
+            pending = [h.label for h in inv.hosts]
+            task = bar.add_task(pending_hosts(pending), total=len(inv.hosts))
+
+            def done(host: HostReport) -> None:
+                with contextlib.suppress(ValueError):
+                    pending.remove(host.label)
+                bar.update(task, advance=1, description=pending_hosts(pending))
+
+            report = check(inv, progress=done, **kwargs)
     else:
         report = check(inv, **kwargs)
     if accept_new:
@@ -102,6 +110,14 @@ def _run_check(inv: Inventory, *, timeout: float, concurrency: int, accept_new: 
         if not recorded:
             note("accept-new: recorded no host key (none was new)")
     return report
+
+
+def pending_hosts(pending: list[str], shown: int = 3) -> str:
+    """The progress line's words: which hosts the check still waits for."""
+    if not pending:
+        return "checking hosts"
+    more = f" and {len(pending) - shown} more" if len(pending) > shown else ""
+    return f"checking hosts; waiting for {', '.join(pending[:shown])}{more}"
 
 
 def _config_files(ctx: click.Context, param: click.Parameter,

@@ -344,3 +344,12 @@ def test_testbed_up_has_a_default_dir(tmp_path: Path, monkeypatch: pytest.Monkey
     result = CliRunner().invoke(cli, ["testbed", "up", "1", "--subnet", "foo"])
     assert result.exit_code == 2 and "is not an IPv4 network" in result.output
     assert "Missing option" not in result.output
+
+
+def test_the_check_progress_names_the_hosts_it_waits_for() -> None:
+    from sshcluster.cli import pending_hosts
+
+    assert pending_hosts(["a", "b"]) == "checking hosts; waiting for a, b"
+    assert pending_hosts(["a", "b", "c", "d", "e"]) == (
+        "checking hosts; waiting for a, b, c and 2 more")
+    assert pending_hosts([]) == "checking hosts"
