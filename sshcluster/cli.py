@@ -35,6 +35,7 @@ from sshcluster.check.preflight import (
 )
 from sshcluster.check.report import CheckReport, HostReport, error_document, print_report
 from sshcluster.console import ErrorGroup, note, quiet
+from sshcluster.containers.cli import image_group
 from sshcluster.ec2.cli import ec2_group
 from sshcluster.errors import CheckFailed, SshclusterError
 from sshcluster.helpformat import use_help_formatter
@@ -379,6 +380,7 @@ cli.add_command(sync_command)
 cli.add_command(run_command)
 cli.add_command(jobs_command)
 cli.add_command(status_command)
+cli.add_command(image_group)  # (sshcluster/containers)
 use_help_formatter(cli)
 
 
