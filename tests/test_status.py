@@ -37,6 +37,23 @@ def test_sessions_workers_and_strays_are_told_apart() -> None:
     assert sorted(p.pid for p in strays) == [20, 21]
 
 
+def test_a_container_no_live_session_names_is_stray() -> None:
+    from sshcluster.status.scan import _sorted
+
+    text = ("container podman sshcluster-ab12-h1-1\n"
+            "container podman sshcluster-cd34-h1-3\n"
+            "self 99\n"
+            "10 1 sshd: bob@notty\n"
+            "11 10 sh -c code=... sshcluster Rscript 127.0.0.1 11000 1 120 tunnel fork 40 "
+            "SSHCLUSTER_CONTAINER=podman SSHCLUSTER_CONTAINER_NAME=sshcluster-ab12-h1-1\n"
+            "98 1 sshd: bob@notty\n"
+            "99 98 ps -ww -u 1000 -o pid= -o ppid= -o args=\n")
+    seen = _sorted("h1", text)
+    assert seen.containers == ("sshcluster-ab12-h1-1",)
+    assert seen.stray_containers == ("podman:sshcluster-cd34-h1-3",)
+    assert [p.pid for p in seen.sessions] == [11] and not seen.strays
+
+
 def test_status_shows_a_live_cluster_and_ends_a_stray(testbed: Testbed, tmp_path: Path
                                                       ) -> None:
     inv = testbed.write_inventory(tmp_path / "hosts.yaml", ncore=2)

@@ -24,8 +24,10 @@ def status_command(inventory: str, kill_strays: bool, timeout: float, as_json: b
     On each host (all at once, one ssh session each): the launch sessions that are live
     (under a live sshd session) with their worker processes, and the strays: a launch
     script whose ssh session is gone, or a worker whose launch script is gone, as a
-    crashed session could leave them. On this machine: each cluster's supervisor, a
-    stray once its R session is gone. --kill-strays ends the hosts' strays.
+    crashed session could leave them; and the launch's containers (container: in the
+    inventory), stray once no live session names them. On this machine: each cluster's supervisor, a
+    stray once its R session is gone. --kill-strays ends the hosts' strays (and removes
+    stray containers).
 
     Exit status: 0 nothing stray is left and every host answered; 1 otherwise.
     """
@@ -37,6 +39,8 @@ def status_command(inventory: str, kill_strays: bool, timeout: float, as_json: b
             click.echo(host.summary())
             for p in host.strays:
                 click.echo(f"  stray {p.pid}: {p.command[:160]}")
+            for c in host.stray_containers:
+                click.echo(f"  stray container {c.split(':', 1)[1]} ({c.split(':', 1)[0]})")
         click.secho(f"{report.strays} stray process{'es' * (report.strays != 1)}"
                     + ("" if report.ok else "; run with --kill-strays to end them"
                        if report.strays else ""),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sshcluster.commands import run_command
@@ -17,8 +17,14 @@ from sshcluster.ssh.command import ssh_command
 #: Only processes in this session's network namespace count (``net PID`` lines): on a
 #: host that is all of the user's, but hosts that share one kernel (containers, test
 #: hosts) see each other's.
+#: Containers of the launch (label ``sshcluster=worker``): ``container ENGINE NAME``
+#: lines; with $2 set (``ENGINE:NAME`` words), those are removed first.
 REMOTE = (
     'if [ -n "$1" ]; then kill -TERM $1 2>/dev/null; sleep 1; kill -KILL $1 2>/dev/null; fi; '
+    'for c in $2; do "${c%%:*}" rm -f "${c#*:}" >/dev/null 2>&1; done; '
+    'for e in podman docker; do command -v $e >/dev/null 2>&1 && '
+    '$e ps --filter label=sshcluster=worker --format "{{.Names}}" 2>/dev/null '
+    '| while read -r n; do echo "container $e $n"; done; done; '
     'echo "self $$"; net=$(readlink /proc/$$/ns/net 2>/dev/null); '
     'if [ -n "$net" ]; then for d in /proc/[0-9]*; do '
     '[ "$(readlink $d/ns/net 2>/dev/null)" = "$net" ] && echo "net ${d#/proc/}"; done; fi; '
@@ -54,6 +60,9 @@ class HostStatus:
     strays: tuple[Process, ...] = ()
     killed: tuple[int, ...] = ()
     error: str | None = None
+    containers: tuple[str, ...] = ()
+    stray_containers: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
 
     def summary(self) -> str:
         if self.error:
@@ -61,15 +70,21 @@ class HostStatus:
         parts = [f"{len(self.sessions)} live session{'s' * (len(self.sessions) != 1)}",
                  f"{len(self.workers)} worker process{'es' * (len(self.workers) != 1)}",
                  f"{len(self.strays)} stray{'s' * (len(self.strays) != 1)}"]
-        if self.killed:
-            parts.append(f"{len(self.killed)} ended")
+        if self.containers or self.stray_containers:
+            parts.append(f"{len(self.containers)} live container"
+                         f"{'s' * (len(self.containers) != 1)}, "
+                         f"{len(self.stray_containers)} stray")
+        if self.killed or self.removed:
+            parts.append(f"{len(self.killed) + len(self.removed)} ended")
         return f"{self.label}: " + ", ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
         return {"host": self.label, "error": self.error,
                 "sessions": [p.to_dict() for p in self.sessions],
                 "workers": [p.to_dict() for p in self.workers],
-                "strays": [p.to_dict() for p in self.strays], "killed": list(self.killed)}
+                "strays": [p.to_dict() for p in self.strays], "killed": list(self.killed),
+                "containers": list(self.containers),
+                "stray_containers": list(self.stray_containers), "removed": list(self.removed)}
 
 
 @dataclass(frozen=True)
@@ -81,18 +96,28 @@ class StatusReport:
 
     @property
     def strays(self) -> int:
-        """Stray processes on the hosts."""
-        return sum(len(h.strays) for h in self.hosts)
+        """Stray processes and containers on the hosts."""
+        return sum(len(h.strays) + len(h.stray_containers) for h in self.hosts)
 
     @property
     def ok(self) -> bool:
         """True when every host answered and nothing is stray on them (a supervisor whose
         R session is gone ends by itself within seconds)."""
-        return not any(h.strays or h.error for h in self.hosts)
+        return not any(h.strays or h.stray_containers or h.error for h in self.hosts)
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "strays": self.strays, "primary": self.primary.to_dict(),
                 "hosts": [h.to_dict() for h in self.hosts]}
+
+
+def parse_containers(text: str) -> list[tuple[str, str]]:
+    """The ``container ENGINE NAME`` lines: (engine, name) each."""
+    out = []
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) == 3 and words[0] == "container":
+            out.append((words[1], words[2]))
+    return out
 
 
 def parse_ps(text: str) -> list[Process]:
@@ -107,6 +132,8 @@ def parse_ps(text: str) -> list[Process]:
             me = int(words[1])
         elif len(words) == 2 and words[0] == "net" and words[1].isdigit():
             net.add(int(words[1]))
+        elif words and words[0] == "container":
+            continue
         elif len(words) >= 2 and words[0].isdigit() and words[1].isdigit():
             out.append(Process(int(words[0]), int(words[1]), words[2] if len(words) > 2 else ""))
         elif out:  # a command line with a newline in it (ps prints it as it is)
@@ -156,6 +183,20 @@ def classify(processes: Iterable[Process], alive: set[int] | None = None
     return live, workers, strays
 
 
+def _sorted(label: str, text: str, **done: Any) -> HostStatus:
+    """A host's status from what REMOTE printed: a container is live while a live
+    session names it (SSHCLUSTER_CONTAINER_NAME=... on its command line)."""
+    live, workers, strays = classify(parse_ps(text))
+    named = " ".join(p.command for p in live)
+    boxes = parse_containers(text)
+    return HostStatus(label, tuple(live), tuple(workers), tuple(strays),
+                      containers=tuple(n for _, n in boxes
+                                       if f"SSHCLUSTER_CONTAINER_NAME={n}" in named),
+                      stray_containers=tuple(f"{e}:{n}" for e, n in boxes
+                                             if f"SSHCLUSTER_CONTAINER_NAME={n}" not in named),
+                      **done)
+
+
 async def _host(inventory: Inventory, host: Host, kill: bool, timeout: float) -> HostStatus:
     argv = [*ssh_command(inventory, host), *(["-l", host.user] if host.user else []), "--",
             host.host]
@@ -164,16 +205,18 @@ async def _host(inventory: Inventory, host: Host, kill: bool, timeout: float) ->
         if first.returncode != 0:
             return HostStatus(host.label, error=first.stderr.decode(errors="replace").strip()
                               or f"ssh exited with status {first.returncode}")
-        live, workers, strays = classify(parse_ps(first.stdout.decode(errors="replace")))
-        if not (kill and strays):
-            return HostStatus(host.label, tuple(live), tuple(workers), tuple(strays))
-        pids = " ".join(str(p.pid) for p in strays)
-        again = await run_command([*argv, f"sh -c '{REMOTE}' sc-status '{pids}'"],
+        seen = _sorted(host.label, first.stdout.decode(errors="replace"))
+        if not (kill and (seen.strays or seen.stray_containers)):
+            return seen
+        pids = " ".join(str(p.pid) for p in seen.strays)
+        boxes = " ".join(seen.stray_containers)
+        again = await run_command([*argv, f"sh -c '{REMOTE}' sc-status '{pids}' '{boxes}'"],
                                   timeout)
-        live, workers, left = classify(parse_ps(again.stdout.decode(errors="replace")))
-        return HostStatus(host.label, tuple(live), tuple(workers), tuple(left),
-                          killed=tuple(p.pid for p in strays if p.pid not in
-                                       {q.pid for q in left}))
+        after = _sorted(host.label, again.stdout.decode(errors="replace"))
+        left = {p.pid for p in after.strays}
+        return replace(after, killed=tuple(p.pid for p in seen.strays if p.pid not in left),
+                       removed=tuple(c for c in seen.stray_containers
+                                     if c not in after.stray_containers))
     except (OSError, asyncio.TimeoutError) as e:
         return HostStatus(host.label, error=str(e) or "no answer in time")
 
@@ -217,4 +260,4 @@ def status(inventory: Inventory, *, kill_strays: bool = False,
 
 
 __all__ = ["MARK", "REMOTE", "STATUS_TIMEOUT", "HostStatus", "Process", "StatusReport",
-           "classify", "parse_ps", "status", "status_async"]
+           "classify", "parse_containers", "parse_ps", "status", "status_async"]
