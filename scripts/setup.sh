@@ -11,6 +11,7 @@ APT_PACKAGES=(
   r-cran-foreach r-cran-progressr
   openssh-server openssh-client iptables iproute2 procps util-linux python3-venv
   tcsh fish rsync
+  podman runc
 )
 
 missing=()
@@ -30,6 +31,26 @@ if ((${#missing[@]})); then
   apt-get update -qq >/dev/null
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>"$apt_log" \
     || { cat "$apt_log" >&2; exit 1; }
+fi
+
+# Podman on this kind of machine (workers in a container, docs/containers.md): runc, as
+# crun refuses a hybrid cgroup layout; cgroupfs, with no systemd to ask; no default
+# ulimits, as setting RLIMIT_NPROC is refused. A drop-in of ours, rewritten when it differs.
+containers_conf=/etc/containers/containers.conf.d/50-sshcluster.conf
+containers_text='# written by sshcluster scripts/setup.sh (docs/containers.md)
+[containers]
+default_ulimits = []
+
+[engine]
+cgroup_manager = "cgroupfs"
+runtime = "runc"'
+if [[ $(cat "$containers_conf" 2>/dev/null) != "$containers_text" ]]; then
+  if [[ $(id -u) == 0 ]]; then
+    mkdir -p "$(dirname "$containers_conf")"
+    printf '%s\n' "$containers_text" >"$containers_conf"
+  else
+    echo "setup: as root, write $containers_conf for podman (see scripts/setup.sh)" >&2
+  fi
 fi
 
 PYTHON=${PYTHON:-python3}

@@ -46,6 +46,7 @@ from sshcluster.connections import (
     connections_needed,
     workers_note,
 )
+from sshcluster.containers.launch import container_config, refuse_classic
 from sshcluster.errors import RenderError
 from sshcluster.files import atomic_write
 from sshcluster.inventory import AUTO, Host, Inventory
@@ -93,6 +94,7 @@ def render(inventory: Inventory, options: RenderOptions | None = None) -> str:
     opts = options or RenderOptions()
     plan = plan_of(inventory, opts)
     _require_known_ncore(inventory)
+    refuse_classic(inventory, plan.launch)  # (containers)
     if inventory.primary.host == AUTO and plan.tunnel != "reverse":
         raise RenderError(
             f"{_where(inventory)}primary is 'auto' (or left out), but with tunnel: none the "
@@ -134,8 +136,7 @@ def render(inventory: Inventory, options: RenderOptions | None = None) -> str:
         "local({",
         _R_SOURCES["common.R"],
     ]
-    lines += _fast(inventory, opts, plan) if plan.launch == "fast" else _classic(
-        inventory, opts, plan)
+    lines += (_fast if plan.launch == "fast" else _classic)(inventory, opts, plan)
     if opts.library_digest:
         roots = list(dict.fromkeys(inventory.library_of(h) for h in inventory.hosts))
         lines += [_R_SOURCES["library.R"],
@@ -255,7 +256,7 @@ def _fast(inventory: Inventory, opts: RenderOptions, plan: Plan) -> list[str]:
             ("lease", _r_value(plan.lease)),
             ("worker_logs", _r_value(opts.worker_logs)),
             ("own_ports", _r_value(opts.own_ports)),
-            ("remote_script", r_string(_R_SOURCES["remote.sh"])),
+            *container_config(inventory, _R_SOURCES["remote.sh"]),  # remote_script (containers)
             ("supervisor_script", r_string(_R_SOURCES["supervisor.sh"])),
             ("worker_code", r_string(WORKER_CODE)),
             ("read_script", r_string(READ_SCRIPT)),

@@ -35,6 +35,7 @@ from sshcluster.check.preflight import (
 )
 from sshcluster.check.report import CheckReport, HostReport, error_document, print_report
 from sshcluster.console import ErrorGroup, note, quiet
+from sshcluster.containers.cli import image_group
 from sshcluster.ec2.cli import ec2_group
 from sshcluster.errors import CheckFailed, SshclusterError
 from sshcluster.helpformat import use_help_formatter
@@ -55,6 +56,7 @@ from sshcluster.jobs.cli import (
 )
 from sshcluster.packages.cli import sync_command
 from sshcluster.push.cli import push_command
+from sshcluster.status.cli import status_command
 from sshcluster.testing.cli import testbed_group
 from sshcluster.version import __version__
 
@@ -386,6 +388,8 @@ cli.add_command(jobs_command)
 cli.add_command(logs_command)
 cli.add_command(stop_command)
 cli.add_command(fetch_command)
+cli.add_command(status_command)
+cli.add_command(image_group)  # (sshcluster/containers)
 use_help_formatter(cli)
 
 

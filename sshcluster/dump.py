@@ -66,6 +66,10 @@ def inventory_to_dict(inv: Inventory) -> dict[str, Any]:
         for name in ("user", "ssh_port", "identity_file", "rscript", "library"):
             if getattr(h, name) is not None:
                 item[name] = getattr(h, name)
+        if h.container is not None:  # (containers: each host's in full)
+            c = h.container
+            item["container"] = {"image": c.image, "engine": c.engine,
+                                 "options": list(c.options), "pull": c.pull}
         item["ncore"] = AUTO if h.ncore is None else h.ncore
         hosts.append(item)
     out["hosts"] = hosts

@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+from sshcluster.containers.spec import Container, container_from, read_container
 from sshcluster.requirements import (
     PACKAGE_MODES,
     Constraint,
@@ -77,6 +78,8 @@ class Host:
     identity_file: str | None = None
     rscript: str | None = None
     library: str | None = None
+    #: The container its workers run in (``container:``, the host's over the top level's).
+    container: Container | None = None
     line: int | None = field(default=None, compare=False)
     field_lines: tuple[tuple[str, int], ...] = field(default=(), compare=False)
 
@@ -224,13 +227,14 @@ class _Reader(Reader):
         return value.rstrip("/") or "/"
 
 
-_HOST_KEYS = ("host", "user", "ncore", "ssh_port", "identity_file", "rscript", "library")
+_HOST_KEYS = ("host", "user", "ncore", "ssh_port", "identity_file", "rscript", "library",
+              "container")
 _DEFAULT_KEYS = ("user", "ncore", "ssh_port", "identity_file", "rscript", "library")
 _PRIMARY_KEYS = ("host", "user", "ssh_port")
 _TOP_KEYS = ("primary", "port", "defaults", "hosts", "known_hosts", "r_packages", "launch",
              "tunnel", "fork", "register", "setup_timeout", "locale", "reverse_ssh",
              "worker_output", "packages", "lockfile", "repos", "library", "workdir",
-             "shared_dir", "fanout", "lease")
+             "shared_dir", "fanout", "container", "lease")
 
 
 def _host_fields(reader: _Reader, m: Map, where: str,
@@ -254,6 +258,8 @@ def _host_fields(reader: _Reader, m: Map, where: str,
             out[key] = reader.rscript(value, name, line)
         elif key == "library":
             out[key] = reader.remote_dir(value, name, line)
+        elif key == "container":  # (merged with the top level's in _read)
+            out[key] = (value, line)
     return out
 
 
@@ -355,6 +361,11 @@ def _read(doc: Any, reader: _Reader) -> Inventory:
         raise reader.fail(f"expected a list of hosts, got {describe(raw_hosts)}", line=hline,
                           field="hosts")
 
+    # --- containers (sshcluster/containers): the top level's, then each host's over it
+    top_container = read_container(reader, top["container"], "container",
+                                   reader.line_of(top, "container")) \
+        if "container" in top else None
+    # ---
     hosts: list[Host] = []
     seen: dict[tuple[str, int], int] = {}
     for i, item in enumerate(raw_hosts):
@@ -367,6 +378,12 @@ def _read(doc: Any, reader: _Reader) -> Inventory:
         else:
             fields = {**defaults, "host": reader.hostname(item, where, line)}
             lines["host"] = line
+        if "container" in fields:  # (containers)
+            raw, cline = fields["container"]
+            fields["container"] = container_from(read_container(
+                reader, raw, join_field(where, "container"), cline, top_container))
+        elif top_container is not None:
+            fields["container"] = container_from(top_container)
         host = Host(line=line, field_lines=tuple(sorted(lines.items())), **fields)
         key = (host.host, host.ssh_port or 22)
         if key in seen:

@@ -27,6 +27,7 @@ STEPS: Final[tuple[str, ...]] = (
     "callback",
     "shared_dir",
     "fanout",
+    "container",  # (sshcluster/containers)
 )
 #: The steps the check's remote script answers, in report order.
 REMOTE_STEPS: Final[tuple[str, ...]] = ("rscript", "packages", "cores", "load", "reverse_ssh",

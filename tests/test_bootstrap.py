@@ -229,9 +229,13 @@ def test_no_environment_variable_changes_the_launch(options: RenderOptions) -> N
     text = text.replace(worker, "")
     reads = re.findall(r"Sys\.getenv\(([^)]*)\)", text)
     assert reads in ([], ["LOCALE_VARS"])
-    # SSHCLUSTER_OUTPUT, _WORKDIR and _LEASE are the launch's own words to each host
-    # (on its command line)
-    ours = {"SSHCLUSTER_OUTPUT", "SSHCLUSTER_WORKDIR", "SSHCLUSTER_LEASE"}
+    # SSHCLUSTER_OUTPUT and _WORKDIR are the launch's own words to each host (on its
+    # command line), and so are SSHCLUSTER_LEASE (lease: true) and SSHCLUSTER_CONTAINER*
+    # (a host's container: its engine, image, pull policy, options and name; see
+    # sshcluster/containers)
+    ours = {"SSHCLUSTER_OUTPUT", "SSHCLUSTER_WORKDIR", "SSHCLUSTER_CONTAINER",
+            "SSHCLUSTER_LEASE",
+            *(f"SSHCLUSTER_CONTAINER_{k}" for k in ("IMAGE", "PULL", "OPTIONS", "NAME"))}
     assert set(re.findall(r"SSHCLUSTER_[A-Z_]+", text)) <= ours
 
 

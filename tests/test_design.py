@@ -27,24 +27,27 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # What the inventory says, and what follows from it alone.
     ("nouns", ("sshcluster.requirements", "sshcluster.inventory", "sshcluster.dump",
                "sshcluster.connections",
-               "sshcluster.packages.reference")),
+               "sshcluster.packages.reference", "sshcluster.containers.spec")),
     # What OpenSSH does: config, connections, host keys, the ssh command line.
     ("ssh", ("sshcluster.ssh",)),
     # The preflight check, with the steps the sub-systems contribute to it.
     ("check", ("sshcluster.check", "sshcluster.preflight", "sshcluster.packages.drift",
                "sshcluster.push.shared", "sshcluster.push.marker",
-               "sshcluster.push.fanout_check")),
+               "sshcluster.push.fanout_check", "sshcluster.containers.check")),
     # The R bootstrap: the launch.
-    ("launch", ("sshcluster.bootstrap", "sshcluster.launchplan")),
+    ("launch", ("sshcluster.bootstrap", "sshcluster.launchplan",
+                "sshcluster.containers.launch")),
     # The sub-systems built on the check and the launch.
     ("subsystems", ("sshcluster.ec2", "sshcluster.packages", "sshcluster.push",
                     "sshcluster.jobs", "sshcluster.testing", "sshcluster.init",
+                    "sshcluster.containers",
                     "sshcluster.demo")),
     ("api", ("sshcluster",)),
     # The command line: the root command, and each sub-system's own commands.
     ("cli", ("sshcluster.cli", "sshcluster.__main__", "sshcluster.console",
              "sshcluster.ec2.cli", "sshcluster.jobs.cli", "sshcluster.packages.cli",
-             "sshcluster.push.cli", "sshcluster.push.report", "sshcluster.testing.cli")),
+             "sshcluster.push.cli", "sshcluster.push.report", "sshcluster.testing.cli",
+             "sshcluster.containers.cli")),
 )
 
 #: The most lines a Python module may have.

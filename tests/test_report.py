@@ -8,6 +8,7 @@ import json
 from rich.console import Console
 
 from sshcluster.check.report import (
+    NO_CONTAINER,
     NO_FANOUT,
     NO_SHARED_DIR,
     SKIPPED,
@@ -37,6 +38,8 @@ def host_report(name: str, failed_at: str | None = None, warn: str | None = None
             checks[step] = NO_SHARED_DIR
         elif step == "fanout":
             checks[step] = NO_FANOUT
+        elif step == "container":
+            checks[step] = NO_CONTAINER
         else:
             checks[step] = StepResult("ok", "fine", 0.01)
     return HostReport(host=Host(name, ncore=ncore), checks=checks, ncore=2,
@@ -46,7 +49,7 @@ def host_report(name: str, failed_at: str | None = None, warn: str | None = None
 
 def test_steps_are_the_issues_ten_in_order_then_shared_dir_and_fanout() -> None:
     assert STEPS == ("resolve", "connect", "hostkey", "auth", "rscript", "packages", "cores",
-                     "load", "reverse_ssh", "callback", "shared_dir", "fanout")
+                     "load", "reverse_ssh", "callback", "shared_dir", "fanout", "container")
 
 
 def test_ok_failed_and_warnings() -> None:

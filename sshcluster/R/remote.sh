@@ -24,7 +24,7 @@ shift 8
 trap '' HUP
 for kv in "$@"; do export "$kv"; done
 IFS= read -r tokens || exit 0
-command -v "$r" >/dev/null 2>&1 || {
+[ -n "${SSHCLUSTER_CONTAINER:-}" ] || command -v "$r" >/dev/null 2>&1 || {
   echo "sshcluster: $r not found on $(uname -n) (PATH=$PATH); set rscript: in the inventory" >&2
   exit 127
 }
@@ -69,6 +69,15 @@ if [ "$mode" = tunnel ]; then
 fi
 me=$$
 leader=''
+# --- containers (sshcluster/containers/container.sh, pasted before this script): the
+# workers run in a container of the host's, which every way out removes.
+in=''
+unbox=:
+if [ -n "${SSHCLUSTER_CONTAINER:-}" ]; then
+  sshcluster_container_engine || exit $?
+  unbox=sshcluster_container_remove
+fi
+# ---
 kill -s 0 -- "-$me" 2>/dev/null && leader=yes
 
 watchdog() {
@@ -83,6 +92,7 @@ watchdog() {
   else
     while IFS= read -r _ && kill -s 0 "$me" 2>/dev/null; do :; done
   fi
+  $unbox again
   if [ "$leader" ]; then
     kill -s TERM -- "-$me" 2>/dev/null
     sleep 2
@@ -100,13 +110,18 @@ pids=''
 # On the way out, stop what is left: the watchdog and, as the group leader,
 # everything the workers left behind; else each worker this script started.
 if [ "$leader" ]; then
-  trap 'trap "" TERM; kill -s KILL $watch 2>/dev/null; kill -s TERM -- "-$me" 2>/dev/null' EXIT
+  trap 'trap "" TERM; $unbox; kill -s KILL $watch 2>/dev/null; kill -s TERM -- "-$me" 2>/dev/null' EXIT
 else
   # Not under sshd (run by hand): only what this script knows of can be stopped,
   # so no forks, and TERM (the watchdog's) stops the workers too.
-  trap 'kill -s KILL $watch 2>/dev/null; kill -s TERM $pids 2>/dev/null' EXIT
+  trap '$unbox; kill -s KILL $watch 2>/dev/null; kill -s TERM $pids 2>/dev/null' EXIT
   trap 'exit 143' TERM
 fi
+if [ -n "${SSHCLUSTER_CONTAINER:-}" ]; then  # (containers)
+  sshcluster_container_start || exit $?
+  in=sshcluster_container_exec
+fi
+# ---
 rargs="--default-packages=datasets,utils,grDevices,graphics,stats,methods"
 exec 4>&1  # the session's stdout, for the "gone" reports
 # R's own stdout (5): nowhere, or with worker_output: console the session's stdout,
@@ -120,7 +135,7 @@ for t in $tokens; do n=$((n + 1)); done
 if [ "$start" = fork ] && [ "$leader" ] && [ "$n" -le 256 ]; then
   IFS=$old
   printf '%s\n' "$tokens" |
-    "$r" "$rargs" -e "$code" "$master" "$port" "$machine" "$timeout" fork >&5 &
+    $in "$r" "$rargs" -e "$code" "$master" "$port" "$machine" "$timeout" fork >&5 &
   pids=$!
 else
   for t in $tokens; do
@@ -130,14 +145,14 @@ else
       # reaches both)
       (
         printf '%s\n' "$t" |
-          "$r" "$rargs" -e "$code" "$master" "$port" "$machine" "$timeout" fresh >&5
+          $in "$r" "$rargs" -e "$code" "$master" "$port" "$machine" "$timeout" fresh >&5
         rc=$?
         echo "gone ${t%%:*} $rc" >&4
         exit $rc
       ) &
     else
       printf '%s\n' "$t" |
-        "$r" "$rargs" -e "$code" "$master" "$port" "$machine" "$timeout" fresh >&5 &
+        $in "$r" "$rargs" -e "$code" "$master" "$port" "$machine" "$timeout" fresh >&5 &
     fi
     pids="$pids $!"
   done

@@ -47,6 +47,7 @@ from sshcluster.check.report import CheckReport, HostReport
 from sshcluster.check.steps import run_host
 from sshcluster.commands import run_command
 from sshcluster.connections import workers_note
+from sshcluster.containers.check import compare_digests
 from sshcluster.errors import CheckFailed, SshclusterError
 from sshcluster.inventory import AUTO, Host, Inventory
 from sshcluster.net import R_PORT_RANGE
@@ -131,6 +132,7 @@ async def check_async(
             finally:
                 if ctx.shared is not None:
                     ctx.shared.remove_local()
+    reports = list(compare_digests(reports))  # (containers: the same image everywhere)
     primary, note = _primary_address(inventory, reports)
     connections = workers_note(sum(r.workers for r in reports), ctx.primary_r_version)
     return CheckReport(

@@ -66,7 +66,9 @@ SKIPPED = StepResult("skipped", "an earlier step failed")
 NO_SHARED_DIR = StepResult("ok", "no shared_dir in the inventory")
 #: Likewise, the ``fanout`` step of an inventory whose push copies directly.
 NO_FANOUT = StepResult("ok", "fanout: direct (the hosts need not reach each other)")
-_NOT_ASKED = {"shared_dir": NO_SHARED_DIR, "fanout": NO_FANOUT}
+#: (sshcluster/containers: the container step of a host without one)
+NO_CONTAINER = StepResult("ok", "no container in the inventory")
+_NOT_ASKED = {"shared_dir": NO_SHARED_DIR, "fanout": NO_FANOUT, "container": NO_CONTAINER}
 
 
 @dataclass(frozen=True)
@@ -274,7 +276,7 @@ _STYLE: dict[str, tuple[str, str]] = {
 SHORT_NAMES = {
     "resolve": "dns", "connect": "tcp", "hostkey": "key", "auth": "auth", "rscript": "R",
     "packages": "pkgs", "cores": "cpu", "load": "load", "reverse_ssh": "back",
-    "callback": "call", "shared_dir": "nfs", "fanout": "fan",
+    "callback": "call", "shared_dir": "nfs", "fanout": "fan", "container": "ctr",
 }
 
 
@@ -414,6 +416,7 @@ def print_report(report: CheckReport, console: Console, *, table: bool = True) -
 
 
 __all__ = [
+    "NO_CONTAINER",
     "NO_FANOUT",
     "NO_SHARED_DIR",
     "SCHEMA_VERSION",

@@ -33,6 +33,7 @@ from sshcluster.check.probe import (
     remote_script,
 )
 from sshcluster.check.report import SKIPPED, HostReport, StepResult
+from sshcluster.containers.check import container_step
 from sshcluster.errors import SshclusterError
 from sshcluster.inventory import AUTO
 from sshcluster.packages.drift import host_versions
@@ -306,6 +307,7 @@ STEPS: tuple[Step, ...] = (
     Step("callback", ("rscript",), callback, _callback_result),
     Step("shared_dir", ("auth",), shared_dir_step),
     Step("fanout", ("auth",), fanout_step),
+    Step("container", ("auth",), container_step),  # (sshcluster/containers)
 )
 
 

@@ -20,7 +20,8 @@ ssh files, sshd configs), :mod:`~sshcluster.testing.servers` (the sshd processes
 :mod:`~sshcluster.testing.faults` (iptables), :mod:`~sshcluster.testing.rscript`
 (running R), :mod:`~sshcluster.testing.cluster` (a testbed's inventory and bootstrap in
 one call, an R session a test talks to), :mod:`~sshcluster.testing.sshserver` (a real SSH
-server inside the test process, no root needed) and :mod:`~sshcluster.testing.cli`
+server inside the test process, no root needed), :mod:`~sshcluster.testing.containers` (a
+podman store per host, and R images built offline) and :mod:`~sshcluster.testing.cli`
 (``sshcluster testbed up|down``).
 """
 

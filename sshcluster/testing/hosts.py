@@ -14,7 +14,7 @@ from pathlib import Path
 
 __all__ = ["TestHost", "enter_argv", "host_dir"]
 
-# Runs inside `ip netns exec NS unshare --uts --mount`: give the host its hostname, its
+# Runs inside `nsenter --net=/run/netns/NS unshare --uts --mount`: give the host its hostname, its
 # own /root/.ssh and, like a freshly installed machine, Debian's default root ~/.bashrc
 # (this machine's own may run slow tools such as `pyenv init` in every ssh session), then
 # become the command. Arguments: hostname, ssh dir, bashrc, argv...
@@ -67,7 +67,9 @@ def enter_argv(
     d = host_dir(workdir, host)
     dirs = [x for path, size in (private or {}).items() for x in (path, size)]
     return [
-        "ip", "netns", "exec", host.netns,
+        # (nsenter, not `ip netns exec`: that one remounts /sys, and with it the cgroup
+        # mounts that a container engine on the host needs)
+        "nsenter", f"--net=/run/netns/{host.netns}",
         "unshare", "--uts", "--mount", "--propagation", "slave",
         "sh", "-c", _ENTER, "sh", host.hostname, str(d / "ssh"), str(d / "bashrc"),
         str(len(dirs) // 2), *dirs, *argv,

@@ -7,6 +7,8 @@ PROOF_SECONDS <- 5         # nor one challenged that has not proved itself by th
                            # of a proof refused as too late connects again)
 MAX_PENDING <- 32L         # connections proving themselves at one time
 ACCEPT_BURST <- 256L       # connections taken from the kernel's queue at one go
+WAITING_NOTE_SECONDS <- 5  # a launch still waiting after this long says for which hosts,
+                           # and again every as many seconds
 
 # Starts sessions for the wanted slots (a list: machine -> slots) and accepts
 # their workers until all are there or the deadline passes. With fail_fast, a
@@ -36,6 +38,7 @@ launch <- function(S, wanted, deadline, fail_fast) {
     if (!done) for (node in nodes) try(close(node$con), silent = TRUE)
   }, add = TRUE)
   lost <- character()
+  noted <- Sys.time()
   # One connection's turn: reads what it sent; once its hello is whole, answers
   # the challenge (or refuses a slot not expected); once its proof is whole,
   # admits or refuses it; refuses it after HANDSHAKE_SECONDS without a hello, or
@@ -97,6 +100,10 @@ launch <- function(S, wanted, deadline, fail_fast) {
       lost <- c(lost, open_ids)
       next
     }
+    if (difftime(Sys.time(), noted, units = "secs") >= WAITING_NOTE_SECONDS) {
+      note_waiting(S, expected, lost, deadline)
+      noted <- Sys.time()
+    }
     ready <- socketSelect(c(list(S$listener), lapply(pending, `[[`, "con")), timeout = 0.1)
     # Take every connection waiting, so that a flood cannot fill the kernel's queue
     # and keep genuine workers out. A new connection's hello is usually there
@@ -138,6 +145,22 @@ launch <- function(S, wanted, deadline, fail_fast) {
   nodes <- Filter(function(node) !(node$session %in% lost), nodes)
   done <- TRUE
   nodes
+}
+
+# Says which hosts the launch still waits for, and how many of their workers.
+note_waiting <- function(S, expected, lost, deadline) {
+  open <- Filter(function(e) !(e$id %in% lost), expected)
+  if (!length(open)) return(invisible())
+  h <- vapply(open, function(e) S$sessions[[e$id]]$h, 1L)
+  missing <- table(h)
+  hosts <- vapply(as.integer(names(missing)), function(i) sprintf("%s (%d of %d)",
+    S$config$machines[[i]]$host, missing[[as.character(i)]],
+    as.integer(S$config$machines[[i]]$ncore)), "")
+  shown <- if (length(hosts) > 5L) c(hosts[1:5], sprintf("and %d more", length(hosts) - 5L))
+           else hosts
+  message(sprintf("sshcluster: still waiting for workers from %s; setup_timeout in %d s",
+                  paste(shown, collapse = ", "),
+                  max(0L, as.integer(difftime(deadline, Sys.time(), units = "secs")))))
 }
 
 # Reads what has arrived of a message of 'size' bytes, without ever waiting for

@@ -147,12 +147,29 @@ remote_command <- function(S, h, port) {
   # (remote.sh makes the workdir and starts the workers in it)
   env <- c(locale_assignments(cfg$locale), paste0("SSHCLUSTER_OUTPUT=", cfg$worker_output),
            if (!is.null(cfg$workdir)) paste0("SSHCLUSTER_WORKDIR=", cfg$workdir),
+           container_assignments(S, h),
            if (isTRUE(cfg$lease)) paste0("SSHCLUSTER_LEASE=", S$lease))
   paste(
     "exec sh -c", sq(cfg$read_script),
     "sshcluster", sq(rscript), sq(master), port, h, cfg$setup_timeout,
     if (cfg$tunnel) "tunnel" else "direct", if (cfg$fork) "fork" else "fresh",
     SILENCE_SECONDS, paste(sq(env), collapse = " "))
+}
+
+# NAME=VALUE for machine h's container (sshcluster/containers/container.sh), if it
+# has one. Its name: the cluster's (its launch directory's) and the host's, and the
+# session's, since a repair's session may start while the old one's is going.
+container_assignments <- function(S, h) {
+  box <- S$config$containers[[h]]
+  if (is.null(box)) return(character())
+  cluster <- sub("^sshcluster-", "", basename(S$dir))
+  host <- gsub("[^A-Za-z0-9_.-]", "-", S$config$machines[[h]]$host)
+  c(paste0("SSHCLUSTER_CONTAINER=", box$engine),
+    paste0("SSHCLUSTER_CONTAINER_IMAGE=", box$image),
+    paste0("SSHCLUSTER_CONTAINER_PULL=", box$pull),
+    paste0("SSHCLUSTER_CONTAINER_OPTIONS=", box$options),
+    paste0("SSHCLUSTER_CONTAINER_NAME=",
+           sprintf("sshcluster-%s-%s-%d", cluster, host, S$next_id)))
 }
 
 # NAME=VALUE for the workers' locale: the primary's own, unless the inventory

@@ -1,0 +1,77 @@
+# sshcluster's container functions for a worker host: pasted before remote.sh when
+# the inventory names a container (sshcluster/containers). remote.sh calls them only
+# when SSHCLUSTER_CONTAINER (the engine: podman, docker or auto) is set, with
+#   SSHCLUSTER_CONTAINER_IMAGE    the image
+#   SSHCLUSTER_CONTAINER_PULL     missing, always or never (the engine's --pull)
+#   SSHCLUSTER_CONTAINER_OPTIONS  extra run arguments, as sh words
+#   SSHCLUSTER_CONTAINER_NAME     the container's name (the cluster's and the host's)
+# One container per session holds the host's workers: it runs `sleep infinity` and
+# each worker R is started in it with `ENGINE exec`. Its processes are the engine's
+# (conmon's, dockerd's), not the session's: the session's process group does not
+# reach them, so the container is removed by name, in a session of its own (setsid),
+# which the group kill of the watchdog cannot cut short.
+sshcluster_engine=''
+
+# Which engine: resolved before the watchdog starts, so that its copy knows too.
+sshcluster_container_engine() {
+  sshcluster_engine=$SSHCLUSTER_CONTAINER
+  if [ "$sshcluster_engine" = auto ]; then
+    if command -v podman >/dev/null 2>&1; then sshcluster_engine=podman
+    elif command -v docker >/dev/null 2>&1; then sshcluster_engine=docker
+    else
+      echo "sshcluster: neither podman nor docker is installed on $(uname -n); install one, or remove container: from the inventory" >&2
+      return 127
+    fi
+  fi
+  command -v "$sshcluster_engine" >/dev/null 2>&1 || {
+    echo "sshcluster: $sshcluster_engine is not installed on $(uname -n) (PATH=$PATH); install it, or set container.engine" >&2
+    return 127
+  }
+}
+
+sshcluster_container_start() {
+  wd=$(pwd -P)
+  uid=$(id -u)
+  # The login user inside: rootless podman maps it with keep-id; rootful podman and
+  # docker run as its uid and gid.
+  if [ "$sshcluster_engine" = podman ] && [ "$uid" != 0 ]; then
+    user_opt=--userns=keep-id
+  else
+    user_opt="--user=$uid:$(id -g)"
+  fi
+  eval "set -- $SSHCLUSTER_CONTAINER_OPTIONS"
+  "$sshcluster_engine" run -d --rm --name "$SSHCLUSTER_CONTAINER_NAME" \
+    --label sshcluster=worker --network host "$user_opt" \
+    --pull "$SSHCLUSTER_CONTAINER_PULL" --volume "$wd:$wd" --workdir "$wd" \
+    --entrypoint sleep "$@" "$SSHCLUSTER_CONTAINER_IMAGE" infinity >/dev/null || {
+    rc=$?
+    echo "sshcluster: $sshcluster_engine could not start $SSHCLUSTER_CONTAINER_IMAGE on $(uname -n); run 'sshcluster check' on the inventory" >&2
+    return "$rc"
+  }
+}
+
+# Runs "$@" (a worker's Rscript command) in the container, with the variables
+# remote.sh exported for R.
+sshcluster_container_exec() {
+  set -- "$SSHCLUSTER_CONTAINER_NAME" "$@"
+  for v in SSHCLUSTER_OUTPUT LANG LANGUAGE LC_ALL LC_CTYPE LC_COLLATE LC_TIME \
+      LC_MONETARY LC_MESSAGES LC_PAPER LC_MEASUREMENT LC_NUMERIC; do
+    eval "[ -n \"\${$v+set}\" ]" && set -- "--env=$v" "$@"
+  done
+  exec "$sshcluster_engine" exec -i "$@"
+}
+
+# Removes the container, whatever state it is in; quiet when there is none. With
+# "again" (the watchdog's), once more a few seconds later, from outside the session:
+# a `run` that the watchdog's group kill interrupted may have made it after all.
+sshcluster_container_remove() {
+  [ -n "$sshcluster_engine" ] || return 0
+  if [ "$sshcluster_engine" = podman ]; then t='-t 0'; else t=''; fi
+  command -v setsid >/dev/null 2>&1 && detach=setsid || detach=''
+  $detach "$sshcluster_engine" rm -f $t "$SSHCLUSTER_CONTAINER_NAME" </dev/null >/dev/null 2>&1
+  if [ "${1:-}" = again ] && [ -n "$detach" ]; then
+    setsid sh -c 'sleep 3; "$1" rm -f $2 "$3"' sshcluster "$sshcluster_engine" "$t" \
+      "$SSHCLUSTER_CONTAINER_NAME" </dev/null >/dev/null 2>&1 &
+  fi
+  return 0
+}

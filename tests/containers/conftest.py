@@ -1,0 +1,3 @@
+from tests.containers.helpers import image, tb
+
+__all__ = ["image", "tb"]

@@ -1,0 +1,100 @@
+"""``sshcluster status`` on real test hosts: a live cluster's sessions and workers, a
+stray left by a crashed session, and --kill-strays."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sshcluster.bootstrap import RenderOptions, write_bootstrap
+from sshcluster.inventory import load_inventory
+from sshcluster.status import Process, classify
+from sshcluster.testing import Testbed
+
+
+def _status(inv: Path, *extra: str) -> tuple[int, dict[str, Any]]:
+    out = subprocess.run([sys.executable, "-m", "sshcluster", "status", str(inv), "--json",
+                          *extra], capture_output=True, text=True, timeout=120)
+    return out.returncode, json.loads(out.stdout)
+
+
+def test_sessions_workers_and_strays_are_told_apart() -> None:
+    ps = [Process(10, 1, "sshd: bob@notty"),
+          Process(11, 10, "sh -c code=... sshcluster Rscript 127.0.0.1 11000 1 120"),
+          Process(12, 11, "/usr/lib/R/bin/exec/R --no-echo -e sshcluster-worker-code"),
+          Process(13, 12, "/usr/lib/R/bin/exec/R --no-echo -e sshcluster-worker-code"),
+          Process(20, 1, "sh -c code=... sshcluster Rscript 127.0.0.1 11000 2 120"),
+          Process(21, 1, "/usr/lib/R/bin/exec/R --no-echo -e sshcluster-worker-code"),
+          Process(30, 1, "vim notes.txt")]
+    live, workers, strays = classify(ps)
+    assert [p.pid for p in live] == [11]
+    assert sorted(p.pid for p in workers) == [12, 13]
+    assert sorted(p.pid for p in strays) == [20, 21]
+
+
+def test_a_container_no_live_session_names_is_stray() -> None:
+    from sshcluster.status.scan import _sorted
+
+    text = ("container podman sshcluster-ab12-h1-1\n"
+            "container podman sshcluster-cd34-h1-3\n"
+            "self 99\n"
+            "10 1 sshd: bob@notty\n"
+            "11 10 sh -c code=... sshcluster Rscript 127.0.0.1 11000 1 120 tunnel fork 40 "
+            "SSHCLUSTER_CONTAINER=podman SSHCLUSTER_CONTAINER_NAME=sshcluster-ab12-h1-1\n"
+            "98 1 sshd: bob@notty\n"
+            "99 98 ps -ww -u 1000 -o pid= -o ppid= -o args=\n")
+    seen = _sorted("h1", text)
+    assert seen.containers == ("sshcluster-ab12-h1-1",)
+    assert seen.stray_containers == ("podman:sshcluster-cd34-h1-3",)
+    assert [p.pid for p in seen.sessions] == [11] and not seen.strays
+
+
+def test_status_shows_a_live_cluster_and_ends_a_stray(testbed: Testbed, tmp_path: Path
+                                                      ) -> None:
+    inv = testbed.write_inventory(tmp_path / "hosts.yaml", ncore=2)
+    cluster = tmp_path / "cluster.R"
+    write_bootstrap(load_inventory(inv), cluster, RenderOptions())
+    go = tmp_path / "go"
+    r = subprocess.Popen(["Rscript", "-e", f"source({str(cluster)!r}); cat('UP\\n'); "
+                          f"while (!file.exists({str(go)!r})) Sys.sleep(0.1); "
+                          "sshcluster_stop()"],
+                         stdout=subprocess.PIPE, text=True, start_new_session=True)
+    host = testbed.hosts[0]
+    try:
+        assert r.stdout is not None and r.stdout.readline() == "UP\n"
+        code, doc = _status(inv)
+        assert code == 0 and doc["strays"] == 0, doc
+        for h in doc["hosts"]:
+            assert len(h["sessions"]) == 1 and len(h["workers"]) >= 2, h
+        assert any(p["command"].split()[1].endswith("supervisor.sh") and
+                   p["command"].split()[4] == str(r.pid) for p in doc["primary"]["sessions"])
+        # what a crashed session leaves: a launch script whose sshd session is gone
+        subprocess.run(testbed.ssh_argv(host, "setsid sh -c 'sleep 300' sshcluster "
+                                              "</dev/null >/dev/null 2>&1 &"),
+                       check=True, timeout=60)
+        time.sleep(0.5)
+        code, doc = _status(inv)
+        assert code == 1
+        strays = doc["hosts"][0]["strays"]
+        assert [s["command"] for s in strays] == ["sh -c sleep 300 sshcluster"], doc
+        assert all(not h["strays"] for h in doc["hosts"][1:])
+        code, doc = _status(inv, "--kill-strays")
+        assert code == 0, doc
+        assert doc["hosts"][0]["killed"] == [strays[0]["pid"]]
+        assert not testbed.processes(host, "sleep 300")
+        # the live cluster was left alone
+        assert all(len(h["sessions"]) == 1 for h in doc["hosts"])
+    finally:
+        go.touch()
+        try:
+            r.wait(timeout=60)
+        finally:
+            if r.poll() is None:
+                os.killpg(r.pid, 9)
+    code, doc = _status(inv)
+    assert code == 0 and all(not h["sessions"] for h in doc["hosts"]), doc
