@@ -128,9 +128,8 @@ class Inventory:
     relative path is relative to the login directory; None: the login directory itself)
     and where ``push`` copies to by default. ``shared_dir`` is a directory every host
     mounts from one file server (the check verifies it; ``push`` there sends one copy).
-    ``fanout`` is how ``push`` reaches the hosts (see :data:`Fanout`). With ``lease``,
-    a rendered file's cluster leases its hosts as ``sshcluster run`` does, for as long
-    as it lives (each host's session of the fast launch holds that host's lease).
+    ``fanout`` is how ``push`` reaches the hosts (see :data:`Fanout`). ``lease``: a
+    rendered file's cluster leases its hosts while it lives, as ``sshcluster run`` does.
     ``worker_output`` is where the fast launch's workers' output goes: ``none`` (the
     default, as makeCluster's), ``console`` (the primary's, each line after its host's
     name) or an absolute directory on the worker hosts (a file per host in it).
@@ -312,10 +311,9 @@ def _read(doc: Any, reader: _Reader) -> Inventory:
     for name in ("workdir", "shared_dir"):
         if name in top:
             how[name] = reader.remote_path(top[name], name, reader.line_of(top, name))
-    if "fork" in top:
-        how["fork"] = reader.boolean(top["fork"], "fork", reader.line_of(top, "fork"))
-    if "lease" in top:
-        how["lease"] = reader.boolean(top["lease"], "lease", reader.line_of(top, "lease"))
+    for name in ("fork", "lease"):
+        if name in top:
+            how[name] = reader.boolean(top[name], name, reader.line_of(top, name))
     if "setup_timeout" in top:
         how["setup_timeout"] = reader.integer(
             top["setup_timeout"], "setup_timeout", reader.line_of(top, "setup_timeout"),
