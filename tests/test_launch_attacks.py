@@ -20,6 +20,7 @@ running on any host or on the primary.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -31,6 +32,7 @@ import pytest
 
 from sshcluster.bootstrap import write_bootstrap
 from sshcluster.inventory import load_inventory
+from sshcluster.protocol import PROOF_MAGIC
 from sshcluster.testing import Testbed, free_port
 from sshcluster.testing.fixtures import run_r_in_test
 from sshcluster.testing.leftovers import nothing_left
@@ -38,7 +40,8 @@ from sshcluster.testing.leftovers import nothing_left
 NOBODY = "65534"
 
 ATTACKER = r"""
-import os, re, socket, struct, sys, time
+import hashlib, hmac, os, re, socket, struct, sys, time
+MAGIC = bytes.fromhex(os.environ["MAGIC"])
 mode, host, port, seconds, log_path = sys.argv[1:6]
 port, deadline = int(port), time.monotonic() + float(seconds)
 payload = open(sys.argv[6], "rb").read() if len(sys.argv) > 6 else b""
@@ -80,32 +83,69 @@ elif mode == "stall":
             held.remove(s)
             s.close()
 elif mode == "snoop":
+    import threading
     found = set()
+    ports = {port}
+    lock = threading.Lock()
+
+    def ports_seen():
+        with lock:
+            return set(ports)
+
+    def scan():  # (in a thread of its own: the offers go on while it reads /proc)
+        while time.monotonic() < deadline:
+            for pid in os.listdir("/proc"):
+                if pid.isdigit():
+                    for name in ("cmdline", "environ"):
+                        try:
+                            data = open(f"/proc/{pid}/{name}", "rb").read()
+                        except OSError:
+                            continue
+                        hexes = {m.decode() for m in re.findall(rb"[0-9a-f]{32}", data)}
+                        # (and the port the workers' command lines say they connect to:
+                        # behind the tunnel, the forward on this host)
+                        seen = {int(m) for m in re.findall(
+                            rb"sshcluster\0[^\0]*\0127\.0\.0\.1\0([0-9]+)\0", data)}
+                        with lock:
+                            found.update(hexes)
+                            ports.update(seen)
+
+    scanner = threading.Thread(target=scan, daemon=True)
+    scanner.start()
     while time.monotonic() < deadline:
-        for pid in os.listdir("/proc"):
-            if pid.isdigit():
-                for name in ("cmdline", "environ"):
-                    try:
-                        data = open(f"/proc/{pid}/{name}", "rb").read()
-                    except OSError:
-                        continue
-                    found.update(m.decode() for m in re.findall(rb"[0-9a-f]{32}", data))
-        # (a guess of its own too: it tries even where it finds nothing)
-        for token in [*sorted(found)[:50], os.urandom(16).hex()]:
-            for machine in (1, 2, 3):
-                for slot in (1, 2):
-                    try:
-                        s = connect()
-                        s.settimeout(1)
-                        s.sendall(b"SCW1" + struct.pack(">iii", machine, slot, os.getpid())
-                                  + bytes.fromhex(token[:32]))
-                        tried += 1  # (an offer made; the primary may be slow to refuse it)
-                        answer = s.recv(16)
-                        log.write(f"answer {len(answer)}\n")
-                        s.close()
-                    except OSError:
-                        pass
+        # (a guess of its own too: it tries even where it finds nothing). It speaks the
+        # protocol: a hello for a real slot, then, challenged, the MAC its guess gives
+        # (a found string as both tokens), and it looks for ADMITTED.
+        with lock:
+            tokens = [os.urandom(16).hex(), *sorted(found)[:50]]
+        for token in tokens:
+            key = bytes.fromhex(token[:32]) * 2
+            for machine, slot, to in [(m, k, t) for m in (1, 2, 3) for k in (1, 2)
+                                      for t in sorted(ports_seen())]:
+                try:
+                    s = socket.create_connection((host, to), timeout=1)
+                    s.settimeout(1)
+                    hello = (MAGIC + struct.pack(">iii", machine, slot, os.getpid())
+                             + os.urandom(16))
+                    s.sendall(hello)
+                    tried += 1  # (an offer made; the primary may be slow to refuse it)
+                    answer = b""
+                    while len(answer) < 32:
+                        got = s.recv(32 - len(answer))
+                        if not got:
+                            break
+                        answer += got
+                    if len(answer) == 32:
+                        log.write("challenged\n")
+                        s.sendall(hmac.new(key, b"worker" + hello + answer[:16],
+                                           hashlib.md5).digest())
+                        if s.recv(1) == b"\x06":
+                            log.write("admitted\n")
+                    s.close()
+                except OSError:
+                    pass
         time.sleep(0.05)
+    scanner.join()
     log.write("found " + " ".join(sorted(found)) + "\n")
 log.write(f"tried {tried}\n")
 """
@@ -133,7 +173,8 @@ def _attack(netns: str, mode: str, host: str, port: int, seconds: float, log: Pa
     if user:
         argv += ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"]
     return subprocess.Popen([*argv, "/usr/bin/python3", "-c", ATTACKER, mode, host, str(port),
-                             str(seconds), str(log), *extra])
+                             str(seconds), str(log), *extra],
+                            env={**os.environ, "MAGIC": PROOF_MAGIC.hex()})
 
 
 @pytest.fixture
@@ -228,5 +269,9 @@ def test_only_genuine_workers_get_in(testbed: Testbed, shared_tmp: Path, tunnel:
     snoop = logs["snoop"].read_text()
     found = set(next(ln for ln in snoop.splitlines() if ln.startswith("found")).split()[1:])
     assert not tokens & found
-    assert "answer 16" not in snoop
+    if not tunnel:
+        # (it got as far as the proof; behind the tunnel its offers through the forward
+        # were never answered within its 1 s wait, in every run so far: not understood)
+        assert "challenged" in snoop
+    assert "admitted" not in snoop  # ... and never further
     assert nothing_left(tb, marker=tmp_path) == {}
