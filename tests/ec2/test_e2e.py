@@ -122,7 +122,8 @@ def test_the_commands_ec2_up_prints_take_its_inventory_to_r(
         proc = subprocess.run(shlex.split(commands[1]), capture_output=True, text=True,
                               timeout=180, check=False)
         assert proc.returncode == 0, proc.stderr
-        assert f"socket cluster with {2 * n} nodes" in proc.stdout  # t3.medium: 2 vCPUs
+        # (print(parallelCluster): t3.medium has 2 vCPUs)
+        assert proc.stdout.startswith(f"sshcluster: {2 * n} workers on {n} hosts"), proc.stdout
     finally:
         down = CliRunner().invoke(cli, ["ec2", "down", "e2ecli"])
     assert down.exit_code == 0 and "terminated" in down.output
