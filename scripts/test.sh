@@ -9,8 +9,9 @@
 # a time (pytest-xdist), then those that build SSH test hosts or are slow, two at a time
 # (each builds its own test hosts on a subnet of its own; most of their time is spent
 # waiting on timeouts, not on the CPU). Each part prints its 25 slowest tests. The
-# process tests run once each here; scripts/loop.sh runs them 20 times. With CI=true the multi-host tests must run: if the test hosts cannot be built,
-# the run fails instead of skipping.
+# process tests run once each here; scripts/loop.sh runs them 20 times. With CI=true the
+# multi-host tests must run: if the test hosts cannot be built, the run fails instead of
+# skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

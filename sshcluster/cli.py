@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -124,7 +125,8 @@ def pending_hosts(pending: list[str], shown: int = 3) -> str:
     if not pending:
         return "checking hosts"
     more = f" and {len(pending) - shown} more" if len(pending) > shown else ""
-    return f"checking hosts; waiting for {', '.join(pending[:shown])}{more}"
+    # (escaped: rich would take a label such as [fe80::1]:2222 for markup)
+    return escape(f"checking hosts; waiting for {', '.join(pending[:shown])}{more}")
 
 
 def _config_files(ctx: click.Context, param: click.Parameter,

@@ -395,9 +395,13 @@ def test_worker_output_is_read_and_checked() -> None:
 
 @pytest.mark.parametrize(("options", "message"), [
     ("sshcluster.heartbeat_seconds = 'ten'",
-     "option sshcluster.heartbeat_seconds must be one positive number of seconds"),
+     "option sshcluster.heartbeat_seconds must be one whole number of seconds, 1 to 86400"),
+    ("sshcluster.heartbeat_seconds = 2.5",
+     "option sshcluster.heartbeat_seconds must be one whole number of seconds"),
+    ("sshcluster.silence_seconds = 1e6",
+     "option sshcluster.silence_seconds must be one whole number of seconds, 1 to 86400"),
     ("sshcluster.keepalive_count = 0",
-     "option sshcluster.keepalive_count must be one positive number \n"),
+     "option sshcluster.keepalive_count must be one whole number, 1 to 86400"),
     ("sshcluster.heartbeat_seconds = 5, sshcluster.silence_seconds = 6",
      "option sshcluster.silence_seconds must be at least twice"),
 ])

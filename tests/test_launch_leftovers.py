@@ -4,12 +4,12 @@ R ends before any host is ready (every host cut off: ssh hangs connecting), with
 hosts ready (one cut off) and after all are ready, in each of four ways: its own quit(), an
 error, ``kill -9`` and Ctrl-C (SIGINT to its whole process group). Each time another
 process holds the supervisor's pipe open, as a process that R started does (then only
-the R session's death, not the pipe's end, tells the supervisor). Five seconds after
-R is gone (looked at until then), no process of the launch is left on the primary (the
-supervisor, its feeders and their sleeps, the session scripts, ssh: found by what they
-hold in R's temporary directory, and their descendants) nor on any host.
-``SSHCLUSTER_LEFTOVER_RUNS`` repeats
-the whole matrix (each run a test of its own).
+the R session's death, not the pipe's end, tells the supervisor). Within five seconds
+of R's end no process of the launch is left on the primary (the supervisor, its feeders
+and their sleeps, the session scripts, ssh: found by what they hold in R's temporary
+directory, and their descendants) nor on any host, and none comes back in the second
+after. ``SSHCLUSTER_LEFTOVER_RUNS`` repeats the whole matrix (each run a test of its
+own).
 """
 
 from __future__ import annotations
@@ -133,11 +133,18 @@ def _end_at(tb: Testbed, tmp: Path, bootstrap: Path, stage: str, way: str) -> No
             ps = subprocess.run(["ps", "-o", "pid,ppid,stat,wchan:24,cmd", "-g", str(proc.pid)],
                                 capture_output=True, text=True).stdout
             pytest.fail(f"{stage}/{way}: R did not end:\n{ps}\n" + "\n".join(_ours(rtmp)))
-        # nothing is left five seconds after R is gone (looked at until then)
+        # nothing is left five seconds after R is gone (looked at until then), and
+        # nothing comes back a second after that
         settled = time.monotonic() + 5
+        clean_at = None
         while True:
             left, remote = _ours(rtmp), tb.leftovers(LEFTOVER)
-            if (not left and not remote) or time.monotonic() > settled:
+            if left or remote:
+                clean_at = None
+            elif clean_at is None:
+                clean_at = time.monotonic()
+            if (clean_at is not None and time.monotonic() - clean_at >= 1) or \
+                    time.monotonic() > settled + 1:
                 break
             time.sleep(0.25)
         assert left == [], f"{stage}/{way}: left on the primary:\n" + "\n".join(left)

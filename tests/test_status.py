@@ -24,16 +24,29 @@ def _status(inv: Path, *extra: str) -> tuple[int, dict[str, Any]]:
 
 
 def test_sessions_workers_and_strays_are_told_apart() -> None:
+    worker = "/usr/lib/R/bin/exec/R --no-echo -e (function()~+~{~n~PROOF_MAGIC~+~<-~+~x"
     ps = [Process(10, 1, "sshd: bob@notty"),
           Process(11, 10, "sh -c code=... sshcluster Rscript 127.0.0.1 11000 1 120"),
-          Process(12, 11, "/usr/lib/R/bin/exec/R --no-echo -e sshcluster-worker-code"),
-          Process(13, 12, "/usr/lib/R/bin/exec/R --no-echo -e sshcluster-worker-code"),
+          Process(12, 11, worker),
+          Process(13, 12, worker),
+          Process(14, 11, "bash --norc --noprofile -c while ... sshcluster 40 11"),
+          # OpenSSH 9.8 and later: the session process is sshd-session
+          Process(15, 1, "sshd-session: bob@notty"),
+          Process(16, 15, "sh -c code=... sshcluster Rscript 127.0.0.1 11001 1 120"),
+          # what a crashed session leaves: a script without its sshd, a worker without
+          # its script
           Process(20, 1, "sh -c code=... sshcluster Rscript 127.0.0.1 11000 2 120"),
-          Process(21, 1, "/usr/lib/R/bin/exec/R --no-echo -e sshcluster-worker-code"),
-          Process(30, 1, "vim notes.txt")]
+          Process(21, 1, worker),
+          # the user's own things that merely name sshcluster: never strays
+          Process(30, 1, "vim sshcluster.yaml"),
+          Process(31, 1, "sh /tmp/sshcluster-ab12/supervisor.sh /tmp/sshcluster-ab12 10 77"),
+          Process(32, 31, "ssh -T -o BatchMode=yes host sh -c 'x' sshcluster Rscript"),
+          # a worker in a launch's container: the container's, counted with those
+          Process(40, 1, "/usr/bin/conmon --api-version 1 -c abc"),
+          Process(41, 40, worker)]
     live, workers, strays = classify(ps)
-    assert [p.pid for p in live] == [11]
-    assert sorted(p.pid for p in workers) == [12, 13]
+    assert sorted(p.pid for p in live) == [11, 16]
+    assert sorted(p.pid for p in workers) == [12, 13, 14]
     assert sorted(p.pid for p in strays) == [20, 21]
 
 

@@ -41,7 +41,7 @@ sshcluster_container_start() {
   fi
   eval "set -- $SSHCLUSTER_CONTAINER_OPTIONS"
   "$sshcluster_engine" run -d --rm --name "$SSHCLUSTER_CONTAINER_NAME" \
-    --label sshcluster=worker --network host "$user_opt" \
+    --label sshcluster=worker --label "sshcluster.user=$(id -u)" --network host "$user_opt" \
     --pull "$SSHCLUSTER_CONTAINER_PULL" --volume "$wd:$wd" --workdir "$wd" \
     --entrypoint sleep "$@" "$SSHCLUSTER_CONTAINER_IMAGE" infinity >/dev/null || {
     rc=$?

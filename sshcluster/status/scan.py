@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -17,13 +17,15 @@ from sshcluster.ssh.command import ssh_command
 #: Only processes in this session's network namespace count (``net PID`` lines): on a
 #: host that is all of the user's, but hosts that share one kernel (containers, test
 #: hosts) see each other's.
-#: Containers of the launch (label ``sshcluster=worker``): ``container ENGINE NAME``
+#: This user's containers of the launch (labels ``sshcluster=worker`` and
+#: ``sshcluster.user=UID``: a docker daemon shows every user's): ``container ENGINE NAME``
 #: lines; with $2 set (``ENGINE:NAME`` words), those are removed first.
 REMOTE = (
     'if [ -n "$1" ]; then kill -TERM $1 2>/dev/null; sleep 1; kill -KILL $1 2>/dev/null; fi; '
     'for c in $2; do "${c%%:*}" rm -f "${c#*:}" >/dev/null 2>&1; done; '
     'for e in podman docker; do command -v $e >/dev/null 2>&1 && '
-    '$e ps --filter label=sshcluster=worker --format "{{.Names}}" 2>/dev/null '
+    '$e ps --filter label=sshcluster=worker --filter label=sshcluster.user=$(id -u) '
+    '--format "{{.Names}}" 2>/dev/null '
     '| while read -r n; do echo "container $e $n"; done; done; '
     'echo "self $$"; net=$(readlink /proc/$$/ns/net 2>/dev/null); '
     'if [ -n "$net" ]; then for d in /proc/[0-9]*; do '
@@ -148,36 +150,71 @@ def parse_ps(text: str) -> list[Process]:
             and (not net or p.pid in net)]
 
 
+#: What an sshd session process calls itself (OpenSSH 9.8 and later: sshd-session).
+SSHD_SESSION = ("sshd:", "sshd-session:")
+#: The processes a container engine runs a container's processes under: what runs in a
+#: launch's container is the container's, live while a live session names it.
+ENGINE_PARENTS = ("conmon", "containerd-shim", "containerd-shim-runc-v2")
+
+
+def _words(p: Process) -> list[str]:
+    return p.command.split()
+
+
 def _is_session_script(p: Process) -> bool:
-    # sh -c SCRIPT sshcluster RSCRIPT ...: the script's words, then $0
-    words = p.command.split()
+    """A host's launch script: ``sh -c SCRIPT sshcluster RSCRIPT MASTER PORT ...``."""
+    words = _words(p)
     return len(words) > 2 and words[0].rsplit("/", 1)[-1] in ("sh", "dash", "bash") \
         and words[1] == "-c" and f" {MARK} " in f" {p.command} " \
         and "supervisor.sh" not in p.command
+
+
+def _is_ours(p: Process) -> bool:
+    """One of the shapes a launch starts on a host, and nothing else of the user's that
+    merely names sshcluster (an ssh client, a supervisor, an editor): its script, the
+    script's watchdog (``bash --norc --noprofile -c ... sshcluster SILENCE PID``) and the
+    R workers (R running the worker code, which holds the hello's magic)."""
+    words = _words(p)
+    if not words:
+        return False
+    name = words[0].rsplit("/", 1)[-1]
+    if _is_session_script(p):
+        return True
+    if name == "bash" and words[1:3] == ["--norc", "--noprofile"] and \
+            f" {MARK} " in f" {p.command} ":
+        return True
+    return name in ("R", "Rscript") and "PROOF_MAGIC" in p.command
 
 
 def classify(processes: Iterable[Process], alive: set[int] | None = None
              ) -> tuple[list[Process], list[Process], list[Process]]:
     """Sort a host's processes into live sessions, their workers and strays. A session
     is live while its parent is an sshd session process; ``alive`` (all pids of the
-    host, default: those listed) tells which parents exist."""
+    host, default: those listed) tells which parents exist. What runs under a container
+    engine is left to the containers' own count."""
     procs = {p.pid: p for p in processes}
     pids = alive if alive is not None else set(procs)
     scripts = [p for p in procs.values() if _is_session_script(p)]
-    live = [p for p in scripts if p.ppid in procs and procs[p.ppid].command.startswith("sshd:")
-            and p.ppid in pids]
+    live = [p for p in scripts if p.ppid in procs and p.ppid in pids
+            and procs[p.ppid].command.startswith(SSHD_SESSION)]
     live_ids = {p.pid for p in live}
 
-    def under_live(p: Process) -> bool:
+    def ancestors(p: Process) -> Iterator[Process]:
         seen = set()
         while p.ppid in procs and p.pid not in seen:
             seen.add(p.pid)
-            if p.ppid in live_ids:
-                return True
             p = procs[p.ppid]
-        return False
+            yield p
 
-    ours = [p for p in procs.values() if MARK in p.command and p.pid not in live_ids]
+    def under_live(p: Process) -> bool:
+        return any(a.pid in live_ids for a in ancestors(p))
+
+    def in_container(p: Process) -> bool:
+        return any(_words(a) and _words(a)[0].rsplit("/", 1)[-1] in ENGINE_PARENTS
+                   for a in ancestors(p))
+
+    ours = [p for p in procs.values()
+            if _is_ours(p) and p.pid not in live_ids and not in_container(p)]
     workers = [p for p in ours if under_live(p)]
     strays = [p for p in ours if not under_live(p)]
     return live, workers, strays

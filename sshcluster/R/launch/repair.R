@@ -85,8 +85,21 @@ repair <- function(S) {
   })
   S$lost <- list()
   new <- launch(S, missing, deadline = Sys.time() + S$config$setup_timeout, fail_fast = FALSE)
-  if (length(new)) for (f in S$on_new_workers)
-    f(structure(new, class = c("sshcluster", "SOCKcluster", "cluster")))
+  # (the new workers get what the first ones got after the launch; if that fails, they
+  # are not kept: a worker without it would not be like the others)
+  for (f in S$on_new_workers) if (length(new)) {
+    failed <- tryCatch({
+      f(structure(new, class = c("sshcluster", "SOCKcluster", "cluster")))
+      NULL
+    }, error = conditionMessage)
+    if (!is.null(failed)) {
+      message("sshcluster_repair: the workers started again could not be set up (",
+              failed, "); they were stopped")
+      for (node in new) try(close(node$con), silent = TRUE)
+      S$calls[vapply(new, `[[`, 1L, "rank")] <- 0L
+      new <- list()
+    }
+  }
   all <- c(unname(kept), new)
   all <- all[order(vapply(all, `[[`, 1L, "rank"))]
   S$cluster <- structure(all, class = c("sshcluster", "SOCKcluster", "cluster"))

@@ -6,12 +6,14 @@ TOKEN_SIZE <- 16L          # each slot's key is its two tokens (see proof.R)
 # How fast a lost host is noticed. These values are what users get; a test of a fault
 # may shorten them with options() before source() (sshcluster.heartbeat_seconds and so
 # on), and one test per fault keeps them.
+# (Whole numbers: the host scripts count them down in the shell.)
 timing <- function(name, default, unit = " of seconds") {
   value <- getOption(paste0("sshcluster.", name), default)
-  if (!is.numeric(value) || length(value) != 1L || is.na(value) || value <= 0)
-    stop(sprintf("sshcluster: option sshcluster.%s must be one positive number%s",
+  if (!is.numeric(value) || length(value) != 1L || is.na(value) || value < 1 ||
+      value > 86400 || value != round(value))
+    stop(sprintf("sshcluster: option sshcluster.%s must be one whole number%s, 1 to 86400",
                  name, unit), call. = FALSE)
-  value
+  as.integer(value)
 }
 HEARTBEAT_SECONDS <- timing("heartbeat_seconds", 10) # the supervisor's heartbeat to every host
 SILENCE_SECONDS <- timing("silence_seconds", 40)     # a host stops its workers after this
@@ -27,9 +29,9 @@ if (SILENCE_SECONDS < 2 * HEARTBEAT_SECONDS)
 # probes INTERVAL seconds apart), no terminal, and no connection shared with a master
 # from the user's config (its keepalive and lifetime would not be the cluster's).
 OUR_SSH <- c("-T", "-o", sprintf("ServerAliveInterval=%d",
-                                 as.integer(ceiling(timing("keepalive_seconds", 5)))),
+                                 timing("keepalive_seconds", 5)),
              "-o", sprintf("ServerAliveCountMax=%d",
-                           as.integer(ceiling(timing("keepalive_count", 3, "")))),
+                           timing("keepalive_count", 3, "")),
              "-o", "ControlMaster=no", "-o", "ControlPath=none")
 LOCALE_VARS <- c("LANG", "LC_ALL", "LC_CTYPE", "LC_COLLATE", "LC_TIME", "LC_MONETARY",
                  "LC_MESSAGES", "LC_PAPER", "LC_MEASUREMENT")
