@@ -217,7 +217,11 @@ def classify(processes: Iterable[Process], alive: set[int] | None = None
             if _is_ours(p) and p.pid not in live_ids and not in_container(p)]
     workers = [p for p in ours if under_live(p)]
     strays = [p for p in ours if not under_live(p)]
-    return live, workers, strays
+    # (and whatever a stray started, whatever it runs: it goes with the stray)
+    stray_ids = {p.pid for p in strays}
+    strays += [p for p in procs.values() if p.pid not in stray_ids
+               and any(a.pid in stray_ids for a in ancestors(p))]
+    return live, workers, sorted(strays, key=lambda p: p.pid)
 
 
 def _sorted(label: str, text: str, **done: Any) -> HostStatus:

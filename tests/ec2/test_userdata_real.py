@@ -126,7 +126,11 @@ def test_the_host_keys_reach_the_console_before_a_slow_setup_ends(
     assert asked.startswith("shutdown -h +")
     assert abs(int(asked.split()[2][1:]) - left) <= 1
     assert "expires=" in machine.read("/var/lib/cloud/scripts/per-boot/sshcluster-expiry.sh")
-    assert "sshcluster setup: started" in machine.read("/var/log/sshcluster-setup.log")
+    # (the setup runs detached: its first line may come a moment after the user data ends)
+    deadline = time.monotonic() + 30
+    while "sshcluster setup: started" not in machine.read("/var/log/sshcluster-setup.log"):
+        assert time.monotonic() < deadline, machine.read("/var/log/sshcluster-setup.log")
+        time.sleep(0.2)
 
 
 def boot_on_first_address(client: Any, machines: list[FakeInstance]) -> ec2.Seams:
