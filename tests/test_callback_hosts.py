@@ -9,6 +9,7 @@ and opens a new one as soon as one is closed: the host's genuine callback must s
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,12 @@ def test_idle_connections_on_the_forward_do_not_fail_the_check(testbed: Testbed,
                                "/usr/bin/python3", "-c", HOLDER, str(port), "40",
                                str(shared)])
     try:
+        # (the holder is up, trying the port, before the check opens the forward: on a
+        # busy machine its start-up alone could outlast the whole check)
+        deadline = time.monotonic() + 30
+        while not shared.exists():
+            assert holder.poll() is None and time.monotonic() < deadline, "no holder"
+            time.sleep(0.05)
         report = check(inv, timeout=30)
     finally:
         holder.kill()
