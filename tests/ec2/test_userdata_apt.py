@@ -155,6 +155,9 @@ def _signing_key(where: Path) -> tuple[str, str]:
     fpr = next(line.split(":")[9] for line in colons.splitlines() if line.startswith("fpr:"))
     armored = subprocess.run(["gpg", "--batch", "--armor", "--export", fpr], env=env,
                              check=True, capture_output=True, text=True, timeout=60).stdout
+    # (the key's generation started a gpg-agent for that home: it must not outlive the test)
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], env=env,
+                   check=True, capture_output=True, timeout=60)
     return fpr, armored
 
 
@@ -194,8 +197,10 @@ def test_r_version_cran_adds_crans_repository_with_its_checked_key(
     assert machine.read(STATUS_FILE).startswith("ready R version 4."), log
     assert listing == ("deb [signed-by=/etc/apt/keyrings/sshcluster-cran.gpg] "
                        "https://cloud.r-project.org/bin/linux/debian bookworm-cran40/\n")
-    keyring = machine.inside(f"GNUPGHOME={tmp_path / 'gnupg'} gpg --batch --with-colons "
-                             "--show-keys /etc/apt/keyrings/sshcluster-cran.gpg")
+    home = tmp_path / "gnupg"
+    keyring = machine.inside(f"GNUPGHOME={home} gpg --batch --with-colons --show-keys "
+                             f"/etc/apt/keyrings/sshcluster-cran.gpg; gpgconf --homedir {home} "
+                             "--kill all")
     assert next(ln.split(":")[9] for ln in keyring.splitlines() if ln.startswith("fpr:")) == fpr
     # R is installed after the update that reads the new repository
     updates = [i for i, x in enumerate(asked) if x.endswith(" update")]
