@@ -155,17 +155,21 @@ class _Syncer:
     """One sync run: the inventory, the reference, the archive of the primary's builds
     (packed once, on first need) and the shared directories already being synced."""
 
-    def __init__(self, inventory: Inventory, ref: Reference, progress: SyncProgress | None,
-                 timeout: float, workdir: Path) -> None:
-        self.inventory, self.ref, self.timeout = inventory, ref, timeout
+    def __init__(self, inventory: Inventory, known: asyncio.Future[Reference],
+                 progress: SyncProgress | None, timeout: float, workdir: Path) -> None:
+        self.inventory, self.known, self.timeout = inventory, known, timeout
         self.progress = progress or (lambda label, what: None)
         self.workdir = workdir
         self.archive: asyncio.Task[Path] | None = None
         self.shared: dict[tuple[str, str], asyncio.Future[HostSync]] = {}
         self.slots = asyncio.Semaphore(SYNC_CONCURRENCY)
 
-    async def _ssh(self, host: Host, mode: str, stdin: Path | None = None) -> tuple[_Facts, int]:
-        """Run ``R/sync.sh`` in ``mode`` on ``host`` (``stdin``: a file to stream to it)."""
+    @property
+    def ref(self) -> Reference:
+        """The reference (known once the first probe's script is sent)."""
+        return self.known.result()
+
+    def _script(self, host: Host, mode: str) -> str:
         data = {
             "mode": mode, "rscript": host.rscript or "",
             "root": self.inventory.library_of(host), "digest": self.ref.digest,
@@ -174,9 +178,20 @@ class _Syncer:
             "repos": " ".join(self.inventory.packages.repos or self.ref.repos),
             "pins": " ".join(f"{p.name}={p.version}" for p in self.ref.packages),
         }
-        script = "".join(f"{k}={shell_quote(v)}\n" for k, v in data.items()) + _SH
+        return "".join(f"{k}={shell_quote(v)}\n" for k, v in data.items()) + _SH
+
+    async def _ssh(self, host: Host, mode: str, stdin: Path | None = None) -> tuple[_Facts, int]:
+        """Run ``R/sync.sh`` in ``mode`` on ``host`` (``stdin``: a file to stream to it).
+
+        The probe starts before the primary's reference is known: its ssh connection is
+        made meanwhile (most of an up-to-date sync's time), and the script goes over
+        stdin once the reference is there, as one ``{ ...; }`` that sh reads whole
+        before it runs any of it.
+        """
+        later = mode == "probe"
+        command = "sh -s" if later else f"sh -c {shell_quote(self._script(host, mode))}"
         argv = [*ssh_command(self.inventory, host), *(["-l", host.user] if host.user else []),
-                "--", host.host, f"sh -c {shell_quote(script)}"]
+                "--", host.host, command]
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT, start_new_session=True)
@@ -188,6 +203,14 @@ class _Syncer:
                 nonlocal sent
                 assert proc.stdin is not None
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    if later:
+                        await asyncio.wait([self.known])
+                        if self.known.exception() is not None:  # (sync_async raises it)
+                            proc.stdin.close()
+                            return
+                        self.progress(host.label, "looking")
+                        proc.stdin.write(f"{{\n{self._script(host, mode)}\n}}\n".encode())
+                        await proc.stdin.drain()
                     if stdin is not None:
                         with stdin.open("rb") as f:
                             while chunk := f.read(1 << 20):
@@ -246,7 +269,6 @@ class _Syncer:
         return result
 
     async def _host(self, host: Host) -> HostSync:
-        self.progress(host.label, "looking")
         facts, _ = await self._ssh(host, "probe")
         library = facts.get(SyncFact.LIBRARY) or None
         if facts.get(SyncFact.FAILED) or not facts.get(SyncFact.STATE):
@@ -335,6 +357,18 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+async def _usable(inventory: Inventory, reference: Reference | None) -> Reference:
+    ref = reference or await reference_for(inventory)
+    if ref is None:
+        raise PackagesError("nothing to sync: the inventory has no r_packages and no lockfile",
+                            hint="list the packages the workers need under r_packages:")
+    if ref.absent:
+        raise PackagesError(f"the primary lacks {', '.join(ref.absent)}, needed by r_packages",
+                            hint="install them here first; sync gives the hosts what the "
+                                 "primary has")
+    return ref
+
+
 @contextlib.contextmanager
 def _workdir() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="sshcluster-sync-") as d:
@@ -350,21 +384,20 @@ async def sync_async(inventory: Inventory, *, progress: SyncProgress | None = No
     called with a host's label and what it does now. Returns every host's outcome;
     with ``raise_on_failure``, a failed host raises :class:`SyncFailed` holding it.
     """
-    ref = reference or await reference_for(inventory)
-    if ref is None:
-        raise PackagesError("nothing to sync: the inventory has no r_packages and no lockfile",
-                            hint="list the packages the workers need under r_packages:")
-    if ref.absent:
-        raise PackagesError(f"the primary lacks {', '.join(ref.absent)}, needed by r_packages",
-                            hint="install them here first; sync gives the hosts what the "
-                                 "primary has")
     loop = asyncio.get_running_loop()
     t0 = loop.time()
+    # (the hosts' ssh connections are made while the primary's R reads the reference)
+    known = asyncio.ensure_future(_usable(inventory, reference))
     with _workdir() as workdir:
-        syncer = _Syncer(inventory, ref, progress, timeout, workdir)
+        syncer = _Syncer(inventory, known, progress, timeout, workdir)
+        each = asyncio.gather(*(syncer.host(h) for h in inventory.hosts))
         try:
-            hosts = await asyncio.gather(*(syncer.host(h) for h in inventory.hosts))
+            ref = await known
+            hosts = await each
         finally:
+            each.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await each
             if syncer.archive is not None and not syncer.archive.done():
                 syncer.archive.cancel()
     report = SyncReport(ref, tuple(hosts), loop.time() - t0)

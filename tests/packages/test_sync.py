@@ -273,6 +273,24 @@ def test_hosts_sharing_the_directory_get_it_once_and_check_sees_it_incomplete(
         assert step.status == "failed" and f"{lib} lacks {PURE}" in step.detail, step
 
 
+def test_a_package_the_primary_lacks_stops_the_sync_before_any_host_is_touched(
+        testbed: Testbed, built: Built, primary_lib: Path, tmp_path: Path) -> None:
+    """The hosts' connections are made while the primary reads its reference; when the
+    reference fails, they end without the script, and only our own words are printed."""
+    install(built, primary_lib, PURE, "2.0")
+    setups = [host_setup(tmp_path, 1), host_setup(tmp_path, 2)]
+    inv = inventory(testbed, tmp_path, entries(setups),
+                    {"r_packages": [PURE, "sctnosuchpackage"]})
+    done = subprocess.run([sys.executable, "-m", "sshcluster", "sync", str(inv)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done
+    assert done.stderr.splitlines() == [
+        "error: the primary lacks sctnosuchpackage, needed by r_packages",
+        "hint: install them here first; sync gives the hosts what the primary has"], done
+    for i in (1, 2):  # the probe never ran there: nothing was made
+        assert not (tmp_path / f"h{i}-sync").exists()
+
+
 def test_the_report_gives_a_verdict_per_host_and_its_json() -> None:
     ref = Reference("the primary", "4.2.2", (RPackage("a", "1.0", "/l/a"),))
     report = SyncReport(ref, (
