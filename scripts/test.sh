@@ -39,5 +39,5 @@ fi
 
 rc=0
 "${pytest[@]}" "${quick[@]}" --durations=25 || rc=$?
-"${pytest[@]}" -m "testbed or slow" -n 2 --durations=25 || rc=$?
+"${pytest[@]}" -m "testbed or slow" -n "${SSHCLUSTER_TESTBED_WORKERS:-2}" --durations=25 || rc=$?
 exit "$rc"

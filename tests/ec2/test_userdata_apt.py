@@ -62,8 +62,8 @@ def r_package(where: Path) -> Path:
 
 @pytest.fixture
 def locked(make_testbed: Any, tmp_path: Path) -> Iterator[tuple[FakeInstance, int]]:
-    """A fresh instance whose lists lock an apt job holds for 20 s from now; the pid of
-    that holder (its own session)."""
+    """A fresh instance whose lists lock an apt job holds until the test lets it go
+    (at most 120 s); the pid of that holder (its own session)."""
     tb = make_testbed(1)
     src = r_package(tmp_path / "src")
     machine = FakeInstance(
@@ -71,7 +71,7 @@ def locked(make_testbed: Any, tmp_path: Path) -> Iterator[tuple[FakeInstance, in
         fakes={"apt-get": f"SRC={src}\n{APT_GET}", "apt-cache": "exit 0\n"},
         mounts="mount -t tmpfs tmpfs /usr/local/lib/R/site-library")
     pid = int(machine.inside(
-        f"mkdir -p {LOCK.rsplit('/', 1)[0]}; setsid flock {LOCK} sleep 20 "
+        f"mkdir -p {LOCK.rsplit('/', 1)[0]}; setsid flock {LOCK} sleep 120 "
         "< /dev/null > /dev/null 2>&1 & echo $!").strip())
     try:
         yield machine, pid
@@ -83,17 +83,23 @@ def locked(make_testbed: Any, tmp_path: Path) -> Iterator[tuple[FakeInstance, in
 @pytest.mark.slow
 def test_the_setup_waits_for_the_apt_lists_lock_and_succeeds(
         locked: tuple[FakeInstance, int]) -> None:
-    machine, _ = locked
+    machine, holder = locked
     assert machine.inside(f"flock -n {LOCK} true || echo held").strip() == "held"
     spec = spec_for(machine.testbed, "ami-0123456789abcdef0", "", r_packages=(PACKAGE,))
     machine.boot(ec2.user_data(spec, ec2.utcnow() + timedelta(hours=1)))
-    deadline = time.monotonic() + 180  # the lock is held 20 s; the backoff ends by ~40 s
+    waiting = f"{LOCK} is held by another apt process; retrying in 5 s"
+    deadline = time.monotonic() + 100  # (hang guards; the holder ends by itself at 120 s)
+    while waiting not in machine.read(SETUP_LOG):  # the setup found the lock held...
+        assert time.monotonic() < deadline and not machine.read(STATUS_FILE).startswith(
+            ("ready", "failed")), machine.read(SETUP_LOG)
+        time.sleep(0.5)
+    os.killpg(holder, signal.SIGTERM)  # ...and the apt job that held it ends
+    deadline = time.monotonic() + 100
     while not machine.read(STATUS_FILE).startswith(("ready", "failed")):
         assert time.monotonic() < deadline, machine.read(SETUP_LOG)
         time.sleep(1)
     log = machine.read(SETUP_LOG)
     assert machine.read(STATUS_FILE).startswith("ready R version 4."), log
-    assert f"{LOCK} is held by another apt process; retrying in 5 s" in log
     asked = machine.asked.read_text().splitlines()
     updates = [x for x in asked if x.startswith("apt-get") and x.endswith(" update")]
     assert len(updates) >= 2  # refused while the lock was held, then done
