@@ -87,13 +87,18 @@ def main() -> None:
     ap.add_argument("--sources", type=Path, default=Path("/work/.mirror"),
                     help="directory with the cran+<name>/repo git mirrors")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--no-by-hand", action="store_true",
+                    help="only sync and the second sync (the by-hand installs take ~20 min)")
+    ap.add_argument("--again", type=int, default=1, metavar="N",
+                    help="run the second sync N times (each is timed and printed)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-sync-") as tmp, Testbed(args.hosts) as tb:
         work = Path(tmp)
         built = build_all(work / "own", {p: ("1.0",) for p in OWN}, compiled=COMPILED,
                           repo_versions={p: "1.0" for p in OWN})
         contrib = built.repo / "src" / "contrib"
-        debian_sources(args.sources, work / "debian-src", contrib)
+        if not args.no_by_hand:
+            debian_sources(args.sources, work / "debian-src", contrib)
         subprocess.run(["Rscript", "-e", f'tools::write_PACKAGES("{contrib}", type = "source")'],
                        check=True, capture_output=True)
         primary = work / "primary-lib"
@@ -117,8 +122,19 @@ def main() -> None:
         report = json.loads(first[2])
         n_pkgs = len(report["reference"]["packages"])
         archive = max(h["sent"] for h in report["hosts"])
-        second = timed(cli, bridge, env=env)
-        assert json.loads(second[2])["sent"] == 0
+        seconds = []
+        for _ in range(args.again):
+            second = timed(cli, bridge, env=env)
+            assert json.loads(second[2])["sent"] == 0
+            seconds.append(second[0])
+        print(f"{args.hosts} hosts, {n_pkgs} packages, load average "
+              f"{os.getloadavg()[0]:.1f}")
+        print(f"  sshcluster sync          {first[0]:7.1f} s  {first[1] / 1e6:7.1f} MB out "
+              f"(archive {archive / 1e6:.1f} MB per host)")
+        print("  second sync              " + ", ".join(f"{s:.2f}" for s in seconds) +
+              f" s  {second[1] / 1e6:7.3f} MB out")
+        if args.no_by_hand:
+            return
 
         names = DEBIAN + OWN
         r_names = "c(" + ", ".join(f'"{p}"' for p in names) + ")"
@@ -150,10 +166,7 @@ def main() -> None:
             "by_hand_sequential_s": seq[0], "by_hand_parallel_s": par[0],
             "by_hand_sequential_bytes": seq[1], "by_hand_parallel_bytes": par[1],
         }
-        print(f"{args.hosts} hosts, {n_pkgs} packages")
-        print(f"  sshcluster sync          {first[0]:7.1f} s  {first[1] / 1e6:7.1f} MB out "
-              f"(archive {archive / 1e6:.1f} MB per host; installed {one_copy / 1e6:.1f} MB)")
-        print(f"  second sync              {second[0]:7.2f} s  {second[1] / 1e6:7.3f} MB out")
+        print(f"  installed {one_copy / 1e6:.1f} MB per host")
         print(f"  by hand, host by host    {seq[0]:7.1f} s  ({seq[0] / first[0]:.0f}x sync)")
         print(f"  by hand, all at once     {par[0]:7.1f} s  ({par[0] / first[0]:.0f}x sync)")
         print(f"  bytes out / (archive x hosts) = {first[1] / (archive * args.hosts):.3f}; "
