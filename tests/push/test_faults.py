@@ -92,9 +92,10 @@ def test_ctrl_c_mid_push_leaves_no_partial_file_under_its_final_name(
     tb = make_testbed(2, private_dirs={"/srv": "256m"})
     inv = tb.write_inventory(tmp_path / "hosts.yaml", extra={"workdir": DEST})
     data = make_tree(tmp_path / "src", small=5, big=64 << 20)
-    # A slow link (100 Mbit/s from the primary), so that Ctrl-C lands mid-stream.
+    # A slow link (20 Mbit/s from the primary: 27 s for the data), so that Ctrl-C lands
+    # mid-stream also when this machine is slow to show both hosts receiving.
     bridge = f"{tb.name}-br"
-    subprocess.run(["tc", "qdisc", "add", "dev", bridge, "root", "tbf", "rate", "100mbit",
+    subprocess.run(["tc", "qdisc", "add", "dev", bridge, "root", "tbf", "rate", "20mbit",
                     "burst", "128kb", "latency", "50ms"], check=True)
     proc = subprocess.Popen([sys.executable, "-m", "sshcluster", "push", str(inv), str(data)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -114,7 +115,7 @@ def test_ctrl_c_mid_push_leaves_no_partial_file_under_its_final_name(
     assert proc.returncode != 0, err
     for h in tb.hosts:
         _wait_no_staging(tb, h)  # each host removes what it had unpacked
-        assert "data/big.bin" not in remote_state(tb, h)  # 10 s of data: far from done
+        assert "data/big.bin" not in remote_state(tb, h)  # 27 s of data: far from done
     # a push afterwards completes
     result = sshcluster.push(load_inventory(inv), [data])
     assert result.ok, result.to_json()
