@@ -129,3 +129,29 @@ def test_a_package_missing_in_the_image_fails_packages_naming_it(
         assert h["checks"]["callback"]["status"] == "ok"
         assert h["checks"]["container"]["status"] == "ok"
     assert containers_left(bare) == {}
+
+
+def test_the_callback_from_the_image_goes_straight_to_the_primary_without_a_tunnel(
+        bare: Testbed, image: Image, tmp_path: Path) -> None:
+    report = _check(bare, tmp_path / "hosts.yaml", image, tunnel="none")
+    for r in report.hosts:
+        assert r.ok, (r.label, r.checks)
+        step = r.checks["callback"]
+        assert step.detail == (f"R in {image.name} reached {bare.primary_address}:"
+                               f"{report.port}, nonce checked")
+
+
+def test_an_option_the_engine_refuses_fails_rscript_with_the_engines_words(
+        bare: Testbed, image: Image, tmp_path: Path) -> None:
+    inv = container_inventory(bare, tmp_path / "hosts.yaml",
+                              {"image": image.name, "pull": "never",
+                               "options": ["--no-such-option"]})
+    report = check(load_inventory(inv), ssh_config=[], timeout=60)
+    for r in report.hosts:
+        assert r.failed == ["rscript"], (r.label, r.checks)
+        step = r.checks["rscript"]
+        assert step.detail.startswith(f"Rscript does not start in {image.name}: ")
+        assert "no-such-option" in step.detail
+        assert r.checks["container"].status == "ok"
+        assert [r.checks[s].status for s in ("packages", "callback")] == ["skipped"] * 2
+    assert containers_left(bare) == {}
