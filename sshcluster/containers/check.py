@@ -110,8 +110,8 @@ def packages_in_image(facts: Facts, ctx: RemoteContext, complete: bool) -> StepR
     return dataclasses.replace(
         result, detail=f"in {c.image}: {result.detail}",
         hint=f"install them in the image, then give it to the hosts again ('sshcluster "
-             f"image push {c.image} INVENTORY', or a registry): the workers see the "
-             "image's packages, not the host's")
+             f"image push {c.image} INVENTORY', or a registry): the workers load the "
+             "image's packages")
 
 
 #: The verdicts of the R steps for a host with a container: (the ``callback`` step's is
