@@ -29,9 +29,11 @@ STEPS: Final[tuple[str, ...]] = (
     "fanout",
     "container",  # (sshcluster/containers)
 )
-#: The steps the check's remote script answers, in report order.
+#: The steps the check's remote script answers, in report order (``container``: for a
+#: host with a ``container:``, the same script checks the engine and the image first, and
+#: then runs the R steps inside the image).
 REMOTE_STEPS: Final[tuple[str, ...]] = ("rscript", "packages", "cores", "load", "reverse_ssh",
-                                        "callback")
+                                        "callback", "container")
 
 
 class Fact:
@@ -67,6 +69,15 @@ class Fact:
     ENV_PLATFORM: Final = "ENV_PLATFORM"
     ENV_LIB: Final = "ENV_LIB"
     ENV_LIB_MISSING: Final = "ENV_LIB_MISSING"
+    # a host with a container: (sshcluster/containers/probe.sh), before R runs in the image
+    CONTAINER_ENGINE: Final = "CONTAINER_ENGINE"  # podman or docker, as the launch picks it
+    CONTAINER_USER: Final = "CONTAINER_USER"  # the login user
+    CONTAINER_NOENGINE: Final = "CONTAINER_NOENGINE"  # the engine that is not installed
+    CONTAINER_UNUSABLE: Final = "CONTAINER_UNUSABLE"  # why the login user cannot use it
+    CONTAINER_ABSENT: Final = "CONTAINER_ABSENT"  # the image is not there (the pull policy)
+    CONTAINER_NOPULL: Final = "CONTAINER_NOPULL"  # why the pull failed
+    CONTAINER_IMAGE: Final = "CONTAINER_IMAGE"  # the image's id: R can be tried in it
+    T_CONTAINER: Final = "T_CONTAINER"  # uptime stamps around the container's checks
 
 
 class SyncFact:

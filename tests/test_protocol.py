@@ -11,6 +11,7 @@ from sshcluster import protocol
 from sshcluster.check.probe import VERDICTS
 from sshcluster.check.report import STEPS as REPORT_STEPS
 from sshcluster.check.steps import STEPS
+from sshcluster.containers.check import IN_IMAGE
 from sshcluster.protocol import Fact, SyncFact
 
 
@@ -22,7 +23,9 @@ def test_the_runner_runs_the_steps_in_the_protocols_order() -> None:
     assert tuple(s.name for s in STEPS) == protocol.STEPS == REPORT_STEPS
     assert [s for s in protocol.STEPS if s in protocol.REMOTE_STEPS] == list(
         protocol.REMOTE_STEPS)
-    assert {*VERDICTS, "callback"} == set(protocol.REMOTE_STEPS)
+    # (callback: also the listener's record; container: sshcluster/containers/check.py)
+    assert {*VERDICTS, "callback", "container"} == set(protocol.REMOTE_STEPS)
+    assert set(IN_IMAGE) <= set(VERDICTS)
 
 
 def test_the_schema_names_the_same_steps() -> None:
@@ -34,7 +37,8 @@ def test_every_fact_is_a_line_the_remote_script_prints() -> None:
     sources = "\n".join([_text("sshcluster.check", "probe.sh"),
                          _text("sshcluster.check", "R", "probe.R"),
                          _text("sshcluster.check", "R", "callback.R"),
-                         _text("sshcluster.packages", "R", "environment.R")])
+                         _text("sshcluster.packages", "R", "environment.R"),
+                         _text("sshcluster.containers", "probe.sh")])
     facts = {v for k, v in vars(Fact).items() if k.isupper()}
     assert all(k == v for k, v in vars(Fact).items() if k.isupper())
     assert [f for f in sorted(facts) if f"{f}=" not in sources] == []

@@ -233,10 +233,12 @@ async def _read_line(read: _Read) -> bytes | None:
 
 
 def callback_verdict(facts: Facts, *, complete: bool, target: str, listen_error: str | None,
-                     tunnel: bool, timeout: float, confirmed: bool) -> StepResult:
+                     tunnel: bool, timeout: float, confirmed: bool, who: str = "R"
+                     ) -> StepResult:
     """The ``callback`` step: what the worker's R said, checked against what the
     listener saw (``confirmed``). ``target`` names where R connected; ``timeout`` is the
-    connect timeout R was given (to tell a drop from a refusal)."""
+    connect timeout R was given (to tell a drop from a refusal); ``who`` names that R
+    (``R in IMAGE`` for a host with a container:)."""
     if listen_error:
         return StepResult(
             "failed", listen_error,
@@ -254,7 +256,7 @@ def callback_verdict(facts: Facts, *, complete: bool, target: str, listen_error:
         if not confirmed:
             return StepResult("failed", "the worker says it called back, but the primary did "
                                         "not see its nonce", secs)
-        return StepResult("ok", f"R reached {target}, nonce checked", secs)
+        return StepResult("ok", f"{who} reached {target}, nonce checked", secs)
     if timeout and secs >= timeout - 0.5:
         why = (f"no answer from {target} within {secs:.0f} s (packets dropped by a firewall, "
                "or a wrong primary address)")
@@ -262,7 +264,7 @@ def callback_verdict(facts: Facts, *, complete: bool, target: str, listen_error:
         why = (f"connection to {target} refused or unreachable ({answer}): a firewall "
                "rejects it, or the address is not the primary's")
     else:
-        why = f"R could not talk to {target}: {answer}"
+        why = f"{who} could not talk to {target}: {answer}"
     return StepResult(
         "failed", why, secs,
         hint=("ssh works, so launching with '--tunnel reverse' carries R's connection "

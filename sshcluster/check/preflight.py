@@ -16,13 +16,15 @@
 Per host, in order: ``resolve`` (what OpenSSH's ``ssh -G`` says the launch's ssh will
 do, see :mod:`sshcluster.ssh.config`), ``connect`` (TCP, or ProxyJump / ProxyCommand),
 ``hostkey`` (checked as ssh checks it, see :mod:`sshcluster.ssh.knownhosts`), ``auth``
-(non-interactive, with the keys ssh would offer), then one
-remote command (see :mod:`sshcluster.check.probe`) answers ``rscript``, ``packages``,
-``cores``, ``load``, ``reverse_ssh`` and ``callback``. All hosts run at once (at most
-``concurrency`` connections), and the whole run ends by ``timeout`` seconds, whatever
-the hosts do: a step cut off by the deadline fails, a step that could not run because
-an earlier one failed is skipped. The steps themselves are in :mod:`sshcluster.check.steps`,
-the callback listener in :mod:`sshcluster.check.callback`.
+(non-interactive, with the keys ssh would offer), then one remote command (see
+:mod:`sshcluster.check.probe`) answers ``rscript``, ``packages``, ``cores``, ``load``,
+``reverse_ssh``, ``callback`` and, for a host with a ``container:``, ``container`` (then
+R runs inside the image, see :mod:`sshcluster.containers.check`). All hosts run at once
+(at most ``concurrency`` connections), and the whole run ends by ``timeout`` seconds,
+whatever the hosts do: a step cut off by the deadline fails, a step that could not run
+because an earlier one failed is skipped. The steps themselves are in
+:mod:`sshcluster.check.steps`, the callback listener in
+:mod:`sshcluster.check.callback`.
 """
 
 from __future__ import annotations
@@ -234,11 +236,12 @@ def verified_inventory(report: CheckReport, inventory: Inventory, *,
     """The inventory as the check found it: ready to render.
 
     ``ncore: auto`` becomes the detected core count; a host whose Rscript is not where
-    the primary's is gets its own ``rscript``; ``primary.host: auto`` becomes the detected
-    address. A failed host raises :class:`CheckFailed` (with the report), unless
-    ``allow_partial``, which drops it (``report.failed`` says which). Its ``check_note``
-    says so, and :func:`~sshcluster.bootstrap.write_bootstrap` writes that into the
-    file's header, as ``sshcluster render --check`` does.
+    the primary's is gets its own ``rscript`` (not a host with a ``container:``);
+    ``primary.host: auto`` becomes the detected address. A failed host raises
+    :class:`CheckFailed` (with the report), unless ``allow_partial``, which drops it
+    (``report.failed`` says which). Its ``check_note`` says so, and
+    :func:`~sshcluster.bootstrap.write_bootstrap` writes that into the file's header, as
+    ``sshcluster render --check`` does.
     """
     by_label = {r.label: r for r in report.hosts}
     if report.failed and not allow_partial:
@@ -254,7 +257,8 @@ def verified_inventory(report: CheckReport, inventory: Inventory, *,
             continue
         ncore = h.ncore if h.ncore is not None else r.ncore
         rscript = h.rscript
-        if rscript is None and r.rscript and (
+        # (a container's Rscript is the image's: the launch runs what the check ran there)
+        if rscript is None and r.rscript and h.container is None and (
             (reference and r.rscript != reference) or (not reference and len(paths) > 1)
         ):
             rscript = r.rscript

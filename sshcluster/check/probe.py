@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from sshcluster.check.report import StepResult
+from sshcluster.containers.spec import Container
 from sshcluster.inventory import Host, Packages
 from sshcluster.packages.drift import drift, drift_verdict, host_versions
 from sshcluster.packages.reference import Reference
@@ -47,6 +48,11 @@ _SH = resources.files("sshcluster.check").joinpath("probe.sh").read_text(encodin
 #: The packages step against a reference (``step_environment``).
 _ENVIRONMENT_R = resources.files("sshcluster.packages").joinpath("R").joinpath(
     "environment.R").read_text(encoding="utf-8")
+#: For a host with a container: the launch's own container functions, then the check's
+#: (``step_container``, ``r_in_image``), before ``probe.sh``.
+_BOX = resources.files("sshcluster.containers")
+_CONTAINER_SH = "".join(_BOX.joinpath(f).read_text(encoding="utf-8")
+                        for f in ("container.sh", "probe.sh"))
 
 
 def remote_script(
@@ -62,6 +68,8 @@ def remote_script(
     callback_host: str | None = None,
     reference: Reference | None = None,
     library_root: str = "",
+    container: Container | None = None,
+    workdir: str | None = None,
 ) -> str:
     """Return the script that ``sh -s`` runs on a worker (sent on its stdin).
 
@@ -71,7 +79,9 @@ def remote_script(
     ``callback_host`` where R calls back when that is not the primary's address (the
     host's own 127.0.0.1, at the end of a reverse tunnel). With a ``reference``, the
     packages step reports the version of each of its packages, looking first in
-    sshcluster's library for it under ``library_root``.
+    sshcluster's library for it under ``library_root``. With a ``container``, the engine
+    and the image are checked first and R runs inside the image, as the launch's workers
+    do there (``workdir`` mounted, when it is on the host already).
     """
     whole = max(1, int(budget))
     if reference is None:
@@ -95,11 +105,16 @@ def remote_script(
         "port": str(int(port)),
         "callback_host": callback_host or "",
         "callback_timeout": str(callback_timeout(budget)),
+        "engine": container.engine if container else "",
+        "image": container.image if container else "",
+        "pull": container.pull if container else "",
+        "container_options": container.options_line if container else "",
+        "workdir": workdir or "",
     }
     # Wrapped in { ... } </dev/null so that sh reads it whole from stdin before anything
     # runs: nothing started by it can eat the rest of the script.
     assignments = "".join(f"{name}={shell_quote(value)}\n" for name, value in data.items())
-    return "{\n" + assignments + _SH + "} </dev/null\n"
+    return "{\n" + assignments + (_CONTAINER_SH if container else "") + _SH + "} </dev/null\n"
 
 
 def callback_timeout(budget: float) -> int:

@@ -1,8 +1,14 @@
 # The preflight check's remote script: one function per step, every answer one
 # KEY=value line. sshcluster.check.probe prepends the data as shell variables: budget,
 # primary, primary_user, primary_ssh_port, connect_timeout, rscript, r_code, nonce,
-# port, callback_host, callback_timeout. The nonce goes to R in its environment only:
-# the script comes on stdin, so it is never on a command line that `ps` shows.
+# port, callback_host, callback_timeout, engine (empty: no container). The nonce goes to
+# R in its environment only (in a container, on its stdin): the script comes on stdin,
+# so it is never on a command line that `ps` shows.
+#
+# For a host with a container: (engine set), the container's functions come before this
+# script (sshcluster/containers/container.sh and probe.sh): the engine and the image are
+# checked first, and R, its packages and the callback then run inside the image, as the
+# launch's workers do; R on the host itself is never asked for.
 
 tick() { _t=0; read -r _t _x </proc/uptime 2>/dev/null; }
 say() { printf '%s\n' "$1"; }
@@ -94,8 +100,10 @@ step_rscript() {
 step_r() {
   # Through a line reader: the background ssh above writes to the same stdout, and
   # only whole-line writes keep the two from mixing inside a line.
-  { SSHCLUSTER_NONCE=$nonce $to "$rs" --default-packages=NULL -e "$r_code" \
+  { if [ -n "$engine" ]; then r_in_image 2>&1; else
+      SSHCLUSTER_NONCE=$nonce $to "$rs" --default-packages=NULL -e "$r_code" \
 "${callback_host:-$primary}" "$port" "$callback_timeout" 2>&1
+    fi
     say "R_EXIT=$?"; } | while IFS= read -r l; do say "$l"; done
 }
 
@@ -106,7 +114,14 @@ step_cores
 step_load
 tick; say "T_LOCAL=$a $_t"
 a=$_t
-step_rscript
+if [ -n "$engine" ]; then  # (Rscript: the inventory's, or the image's on its PATH)
+  step_container && rs=${rscript:-Rscript} || rs=
+  tick; say "T_CONTAINER=$a $_t"
+  [ -z "$rs" ] || say "RSCRIPT=$rs"
+  a=$_t
+else
+  step_rscript
+fi
 tick; say "T_LOOKUP=$a $_t"
 [ -z "$rs" ] || step_r
 wait

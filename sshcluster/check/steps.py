@@ -33,7 +33,7 @@ from sshcluster.check.probe import (
     remote_script,
 )
 from sshcluster.check.report import SKIPPED, HostReport, StepResult
-from sshcluster.containers.check import container_step
+from sshcluster.containers.check import IN_IMAGE, container_verdict
 from sshcluster.errors import SshclusterError
 from sshcluster.inventory import AUTO
 from sshcluster.packages.drift import host_versions
@@ -229,7 +229,8 @@ async def _run_remote(hc: HostCheck) -> None:
         callback_host="127.0.0.1" if ctx.tunnel else None,
         primary_user=ctx.primary_user, primary_ssh_port=inv.primary.ssh_port,
         port=0 if listener.error or hc.tunnel_error else listener.port, token=hc.nonce,
-        budget=budget, reference=ctx.reference, library_root=inv.library_of(hc.host))
+        budget=budget, reference=ctx.reference, library_root=inv.library_of(hc.host),
+        container=hc.host.container, workdir=inv.workdir)
     try:
         proc = await hc.conn.create_process("sh -s", encoding="utf-8", errors="replace",
                                             stderr=asyncssh.STDOUT)
@@ -242,23 +243,29 @@ async def _run_remote(hc: HostCheck) -> None:
         hc.facts.other.append(f"the ssh session failed: {getattr(e, 'reason', '') or e}")
 
 
+def _verdict(name: str, hc: HostCheck, complete: bool) -> StepResult:
+    """The remote step ``name``'s verdict from what the script said (``complete``: all of
+    it). For a host with a container:, the R steps' verdicts speak of R in the image."""
+    verdict = (IN_IMAGE.get(name) if hc.host.container is not None else None) or (
+        container_verdict if name == "container" else VERDICTS[name])
+    return verdict(hc.facts, hc.remote_context(), complete)
+
+
 def _remote(name: str) -> Callable[[HostCheck], Awaitable[StepResult]]:
     """The step ``name``, answered by the probe script's facts."""
-    verdict = VERDICTS[name]
 
     async def step(hc: HostCheck) -> StepResult:
         if hc.remote is None:
             hc.remote = asyncio.ensure_future(_run_remote(hc))
         await asyncio.shield(hc.remote)
-        return verdict(hc.facts, hc.remote_context(), True)
+        return _verdict(name, hc, True)
 
     step.__name__ = name
     return step
 
 
 def _late_remote(name: str) -> Callable[[HostCheck, bool], StepResult]:
-    verdict = VERDICTS[name]
-    return lambda hc, complete: verdict(hc.facts, hc.remote_context(), complete)
+    return lambda hc, complete: _verdict(name, hc, complete)
 
 
 def _callback_result(hc: HostCheck, complete: bool) -> StepResult:
@@ -269,11 +276,13 @@ def _callback_result(hc: HostCheck, complete: bool) -> StepResult:
     return callback_verdict(
         hc.facts, complete=complete, target=target,
         listen_error=ctx.listener.error or hc.tunnel_error, tunnel=ctx.tunnel,
-        timeout=hc.callback_timeout, confirmed=ctx.listener.confirmed(hc.host.label))
+        timeout=hc.callback_timeout, confirmed=ctx.listener.confirmed(hc.host.label),
+        who=f"R in {hc.host.container.image}" if hc.host.container else "R")
 
 
 async def callback(hc: HostCheck) -> StepResult:
-    """``callback``: R on the worker reached the primary's port and its nonce arrived."""
+    """``callback``: R on the worker (in its image, for a host with a container:)
+    reached the primary's port and its nonce arrived."""
     if hc.remote is not None:
         await asyncio.shield(hc.remote)
     return _callback_result(hc, True)
@@ -307,7 +316,8 @@ STEPS: tuple[Step, ...] = (
     Step("callback", ("rscript",), callback, _callback_result),
     Step("shared_dir", ("auth",), shared_dir_step),
     Step("fanout", ("auth",), fanout_step),
-    Step("container", ("auth",), container_step),  # (sshcluster/containers)
+    Step("container", ("auth",), _remote("container"),  # (sshcluster/containers)
+         _late_remote("container")),
 )
 
 

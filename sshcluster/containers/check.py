@@ -1,109 +1,125 @@
-"""The check's ``container`` step, and the comparison of image digests across hosts.
+"""The check of a host with a ``container:``: the ``container`` step, the R steps as they
+run inside the image, and the comparison of image digests across hosts.
 
-For a host with a ``container:``, the step runs ``probe.sh`` on it over the check's ssh
-connection: the engine is installed and usable by the login user without a password
-(rootless podman, or a member of the docker group), the image is there or can be pulled
-under ``pull:``, and R in the image starts, with its version and whether each
-``r_packages`` package loads. Then :func:`compare_digests` looks at every host together:
-a host whose image has another digest (the image id) than most hosts' is failed and
-named, since the same image everywhere is the point of a container.
+For such a host the check's one remote script (:mod:`sshcluster.check.probe`) gets the
+launch's own container functions and ``probe.sh`` of this package in front: it checks
+that the engine is installed and usable by the login user without a password (rootless
+podman, or a member of the docker group) and that the image is there or can be pulled
+under ``pull:`` (the ``container`` step, :func:`container_verdict`); then it runs the
+check's R (its version, the ``r_packages``, the callback to the primary) inside the image,
+in a container made as the launch makes its own (host networking, the login user, the
+workdir mounted, the inventory's options). R on the host itself is never asked for: the
+launch never starts it. :data:`IN_IMAGE` holds the verdicts of the ``rscript`` and
+``packages`` steps for such a host, and :func:`compare_digests` then looks at every
+host together: a host whose image has another digest (the image id) than most hosts' is
+failed and named, since the same image everywhere is the point of a container.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import re
 from collections import defaultdict
-from collections.abc import Sequence
-from importlib import resources
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
 
-import asyncssh
-
+from sshcluster.check.probe import LATE, Facts, RemoteContext, packages_step, rscript_step
 from sshcluster.check.report import NO_CONTAINER, HostReport, StepResult
-from sshcluster.quoting import shell_join
+from sshcluster.protocol import Fact
 
-if TYPE_CHECKING:
-    from sshcluster.check.context import HostCheck
+__all__ = ["IN_IMAGE", "NO_CONTAINER", "compare_digests", "container_verdict",
+           "packages_in_image", "rscript_in_image"]
 
-__all__ = ["NO_CONTAINER", "compare_digests", "container_step", "container_verdict"]
-
-PROBE = resources.files("sshcluster.containers").joinpath("probe.sh").read_text(
-    encoding="utf-8")
 _DIGEST = re.compile(r"image sha256:([0-9a-f]{64})")
+#: The facts that say the container step failed before R could be tried in the image.
+_STOPPED = (Fact.CONTAINER_NOENGINE, Fact.CONTAINER_UNUSABLE, Fact.CONTAINER_ABSENT)
 
 
-async def container_step(hc: HostCheck) -> StepResult:
-    """``container``: the host's engine, its image and R inside it."""
-    c = hc.host.container
+def container_verdict(facts: Facts, ctx: RemoteContext, complete: bool) -> StepResult:
+    """``container``: the host's engine and its image (ok for a host without one)."""
+    c = ctx.host.container
     if c is None:
         return NO_CONTAINER
-    assert hc.conn is not None
-    budget = max(1, int(hc.ctx.remaining()) - 1)
-    args = [c.engine, c.image, c.pull, hc.host.rscript or "Rscript", str(budget),
-            *hc.ctx.inventory.r_packages]
-    try:
-        r = await hc.conn.run(f"sh -s {shell_join(args)}", input=PROBE,
-                              timeout=max(1.0, hc.ctx.remaining()))
-        said = str(r.stdout or "")
-    except asyncio.TimeoutError:
-        return StepResult("failed", "no answer within the deadline (a pull or the "
-                                    "engine's first start can take long)",
-                          hint="run the check again with a larger --timeout")
-    except (asyncssh.Error, OSError) as e:
-        return StepResult("failed", f"the ssh session failed: {e}")
-    return container_verdict(said, c.image, c.pull, hc.ctx.inventory.r_packages)
-
-
-def container_verdict(said: str, image: str, pull: str, r_packages: Sequence[str]
-                      ) -> StepResult:
-    """The step's verdict from what ``probe.sh`` printed."""
-    facts: dict[str, str] = {}
-    packages: dict[str, str] = {}
-    for line in said.splitlines():
-        name, _, value = line.partition("=")
-        if name == "PKG":
-            pkg, _, state = value.partition("=")
-            packages[pkg] = state
-        elif name:
-            facts.setdefault(name, value.strip())
-    if "NOENGINE" in facts:
-        return StepResult("failed", f"{facts['NOENGINE']} is not installed",
-                          hint="install podman (or docker), or set container.engine to the "
-                               "one the host has")
-    engine = facts.get("ENGINE", "the engine")
-    if "UNUSABLE" in facts:
+    image, secs = c.image, facts.span(Fact.T_CONTAINER)
+    if Fact.CONTAINER_NOENGINE in facts:
+        return StepResult("failed", f"{facts.get(Fact.CONTAINER_NOENGINE)} is not installed",
+                          secs, hint="install podman (or docker), or set container.engine to "
+                                     "the one the host has")
+    engine = facts.get(Fact.CONTAINER_ENGINE) or "the engine"
+    if Fact.CONTAINER_UNUSABLE in facts:
         return StepResult(
-            "failed", f"{engine} cannot be used by {facts.get('USER', 'the login user')}: "
-                      f"{facts['UNUSABLE']}",
+            "failed", f"{engine} cannot be used by "
+                      f"{facts.get(Fact.CONTAINER_USER) or 'the login user'}: "
+                      f"{facts.get(Fact.CONTAINER_UNUSABLE)}", secs,
             hint="rootless podman needs subuid/subgid entries for the user; docker needs "
                  "the user in the docker group (and the daemon running); no sudo is used")
-    if "ABSENT" in facts:
-        why = facts.get("NOPULL", "")
+    if Fact.CONTAINER_ABSENT in facts:
+        why = facts.get(Fact.CONTAINER_NOPULL)
         return StepResult(
-            "failed", f"{image} is not on the host" + (f" and cannot be pulled: {why}" if why
-                                                       else " (pull: never)"),
+            "failed", f"{image} is not on the host" + (
+                f" and cannot be pulled: {why}" if why
+                else f" (pull: {facts.get(Fact.CONTAINER_ABSENT)})"), secs,
             hint=f"send it with 'sshcluster image push {image} INVENTORY', or let the host "
                  "pull it (pull: missing) from a registry it reaches")
-    if "NOPULL" in facts:
+    if Fact.CONTAINER_NOPULL in facts:
         return StepResult("failed", f"pull: always, but {image} cannot be pulled: "
-                                    f"{facts['NOPULL']}",
+                                    f"{facts.get(Fact.CONTAINER_NOPULL)}", secs,
                           hint="use pull: missing, or make the registry reachable")
-    digest = facts.get("IMAGE", "?")
-    if "NOR" in facts or "RVERSION" not in facts:
-        return StepResult("failed", f"R does not start in {image}: "
-                                    f"{facts.get('NOR', 'no answer')}",
-                          hint="use an image with Rscript on its PATH (rocker/r-ver, "
-                               "r-base), or set rscript: to its path in the image")
-    missing = [p for p in r_packages if packages.get(p) != "ok"]
-    detail = f"{engine}, image sha256:{digest}, R {facts['RVERSION']}"
-    if missing:
-        return StepResult("failed", f"{detail}; in the image, {', '.join(missing)} "
-                                    "cannot be loaded",
-                          hint="install them in the image (and push it again)")
-    loaded = f", {len(r_packages)} r_packages load" if r_packages else ""
-    return StepResult("ok", detail + loaded)
+    digest = facts.get(Fact.CONTAINER_IMAGE)
+    if digest is None:
+        return StepResult("failed", LATE if not complete else "the check script gave no "
+                          "answer", secs, hint=None if complete else
+                          "a pull or the engine's first start can take long: run the check "
+                          "again with a larger --timeout")
+    return StepResult("ok", f"{engine}, image sha256:{digest}", secs)
+
+
+def rscript_in_image(facts: Facts, ctx: RemoteContext, complete: bool) -> StepResult:
+    """``rscript`` for a host with a container: R in the image (skipped when the
+    container step failed: R cannot be tried without the engine and the image)."""
+    c = ctx.host.container
+    assert c is not None
+    if Fact.CONTAINER_IMAGE not in facts:
+        if any(f in facts for f in _STOPPED):
+            return StepResult("skipped", f"R runs in {c.image}, which the container step "
+                                         "could not reach")
+        return StepResult("failed", LATE if not complete else "the check script gave no "
+                          f"answer: {'; '.join(facts.other[-3:]) or 'nothing'}")
+    rscript = facts.get(Fact.RSCRIPT) or "Rscript"
+    result = rscript_step(facts, ctx, complete)
+    if result.status in ("ok", "warning"):  # ("RSCRIPT (R x.y.z)...")
+        return dataclasses.replace(result, detail=f"{rscript} in {c.image}"
+                                                  f"{result.detail[len(rscript):]}")
+    said = "; ".join(facts.other[-3:]) or f"exit status {facts.get(Fact.R_EXIT)}"
+    return dataclasses.replace(
+        result, detail=f"{rscript} does not start in {c.image}: {said}"
+        if Fact.R_EXIT in facts else result.detail,
+        hint="use an image with Rscript on its PATH (rocker/r-ver, r-base), or set "
+             "rscript: to its path in the image; the engine's words above say when the "
+             "container's options are at fault")
+
+
+def packages_in_image(facts: Facts, ctx: RemoteContext, complete: bool) -> StepResult:
+    """``packages`` for a host with a container: the ``r_packages`` in the image."""
+    c = ctx.host.container
+    assert c is not None
+    result = packages_step(facts, ctx, complete)
+    if not result.detail or Fact.R_MISSING not in facts:
+        return result
+    if result.status == "ok":
+        return dataclasses.replace(result, detail=f"{result.detail}, in {c.image}")
+    return dataclasses.replace(
+        result, detail=f"in {c.image}: {result.detail}",
+        hint=f"install them in the image, then give it to the hosts again ('sshcluster "
+             f"image push {c.image} INVENTORY', or a registry): the workers load the "
+             "image's packages")
+
+
+#: The verdicts of the R steps for a host with a container: (the ``callback`` step's is
+#: the same for every host; its R runs in the image too).
+IN_IMAGE: dict[str, Callable[[Facts, RemoteContext, bool], StepResult]] = {
+    "rscript": rscript_in_image,
+    "packages": packages_in_image,
+}
 
 
 def compare_digests(reports: Sequence[HostReport]) -> tuple[HostReport, ...]:

@@ -29,16 +29,19 @@ sshcluster_container_engine() {
   }
 }
 
-sshcluster_container_start() {
-  wd=$(pwd -P)
-  uid=$(id -u)
-  # The login user inside: rootless podman maps it with keep-id; rootful podman and
-  # docker run as its uid and gid.
-  if [ "$sshcluster_engine" = podman ] && [ "$uid" != 0 ]; then
+# The login user inside (in $user_opt): rootless podman maps it with keep-id; rootful
+# podman and docker run as its uid and gid. (The check runs R in the image with it too.)
+sshcluster_container_user() {
+  if [ "$sshcluster_engine" = podman ] && [ "$(id -u)" != 0 ]; then
     user_opt=--userns=keep-id
   else
-    user_opt="--user=$uid:$(id -g)"
+    user_opt="--user=$(id -u):$(id -g)"
   fi
+}
+
+sshcluster_container_start() {
+  wd=$(pwd -P)
+  sshcluster_container_user
   eval "set -- $SSHCLUSTER_CONTAINER_OPTIONS"
   "$sshcluster_engine" run -d --rm --name "$SSHCLUSTER_CONTAINER_NAME" \
     --label sshcluster=worker --label "sshcluster.user=$(id -u)" --network host "$user_opt" \

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from sshcluster.check import check
+from sshcluster.check import StepResult, check
 from sshcluster.cli import cli
 from sshcluster.inventory import load_inventory
 from sshcluster.testing import Testbed
@@ -45,7 +45,8 @@ def hosts(request: pytest.FixtureRequest, testbed_env: None, image: Image) -> Te
     return tb
 
 
-def _check(tb: Testbed, path: Path, container: object, **kw: object) -> dict[str, object]:
+def _check(tb: Testbed, path: Path, container: object, **kw: object
+           ) -> dict[str, StepResult]:
     inv = load_inventory(container_inventory(tb, path, container, **kw))  # type: ignore[arg-type]
     report = check(inv, ssh_config=[], timeout=60)
     return {r.host.host: r.checks["container"] for r in report.hosts}
@@ -59,7 +60,6 @@ def test_the_check_names_the_host_with_another_digest_and_the_one_without_the_im
                    r_packages=["MASS"])
     assert steps[a1].status == "ok", steps[a1]
     assert f"image sha256:{image.id}" in steps[a1].detail
-    assert "R 4." in steps[a1].detail and "1 r_packages load" in steps[a1].detail
     # two hosts with the image, one digest each: the second is named, with node1
     assert steps[a2].status == "failed"
     assert f"not sha256:{image.id[:12]} as on {a1}" in steps[a2].detail
@@ -73,14 +73,25 @@ def test_the_check_names_the_host_with_another_digest_and_the_one_without_the_im
 def test_the_check_through_docker_finds_a_package_missing_and_docker_missing(
         hosts: Testbed, image: Image, tmp_path: Path) -> None:
     a1, _, a3 = (h.address for h in hosts.hosts)
-    steps = _check(hosts, tmp_path / "hosts.yaml",
-                   {"image": image.name, "engine": "docker", "pull": "never"},
-                   r_packages=["MASS", "foreach"])
-    assert steps[a1].status == "failed"
-    assert steps[a1].detail.startswith("docker, image sha256:")
-    assert "foreach cannot be loaded" in steps[a1].detail  # (not in the image)
-    assert steps[a3].status == "failed"
-    assert steps[a3].detail == "docker is not installed"
+    inv = load_inventory(container_inventory(
+        hosts, tmp_path / "hosts.yaml", {"image": image.name, "engine": "docker",
+                                         "pull": "never"}, r_packages=["MASS", "foreach"]))
+    reports = {r.host.host: r for r in check(inv, ssh_config=[], timeout=60).hosts}
+    one, three = reports[a1], reports[a3]
+    assert one.checks["container"].status == "ok"
+    assert one.checks["container"].detail.startswith("docker, image sha256:")
+    assert one.failed == ["packages"]  # (foreach is not in the image)
+    assert one.checks["packages"].detail.startswith(f"in {image.name}: ")
+    assert "foreach" in one.checks["packages"].detail
+    assert "MASS" not in one.checks["packages"].detail
+    assert one.checks["rscript"].detail.startswith(f"Rscript in {image.name} (R 4.")
+    assert one.checks["callback"].detail.startswith(f"R in {image.name} reached")
+    assert three.checks["container"].status == "failed"
+    assert three.checks["container"].detail == "docker is not installed"
+    # (R runs in the image, so the R steps wait for the container step)
+    assert [three.checks[s].status for s in ("rscript", "packages", "callback")] == [
+        "skipped"] * 3
+    assert "R runs in" in three.checks["rscript"].detail
 
 
 def test_image_push_sends_to_the_two_hosts_without_the_digest_only(

@@ -9,9 +9,15 @@ from pathlib import Path
 import pytest
 
 from sshcluster.bootstrap import RenderOptions, render
-from sshcluster.check.report import HostReport, StepResult
+from sshcluster.check.probe import Facts, RemoteContext, parse_facts, remote_script
+from sshcluster.check.report import NO_CONTAINER, HostReport, StepResult
 from sshcluster.containers import Container
-from sshcluster.containers.check import compare_digests, container_verdict
+from sshcluster.containers.check import (
+    compare_digests,
+    container_verdict,
+    packages_in_image,
+    rscript_in_image,
+)
 from sshcluster.containers.launch import CONTAINER_SCRIPT
 from sshcluster.dump import dump_inventory
 from sshcluster.errors import InventoryError, RenderError
@@ -90,36 +96,92 @@ def test_the_host_script_parses() -> None:
         subprocess.run(["sh", "-n", str(path)], check=True)
 
 
+def test_the_checks_script_for_a_host_with_a_container_parses() -> None:
+    script = remote_script(rscript=None, r_packages=[], primary="10.0.0.1", primary_user="u",
+                           primary_ssh_port=None, port=1, token="t", budget=5,
+                           container=Container("img", options=("-v", "/a b:/c")),
+                           workdir="wd")
+    subprocess.run(["sh", "-n"], input=script, text=True, check=True)
+    assert "sshcluster_container_user() {" in script and "r_in_image() {" in script
+    assert "container_options='-v '\"'\"'/a b:/c'\"'\"''" in script
+    plain = remote_script(rscript=None, r_packages=[], primary="10.0.0.1", primary_user="u",
+                          primary_ssh_port=None, port=1, token="t", budget=5)
+    assert "r_in_image() {" not in plain and "engine=''" in plain
+
+
 DIGEST_A, DIGEST_B = "a" * 64, "b" * 64
 
 
-def _said(digest: str, packages: dict[str, str] | None = None) -> str:
-    lines = ["ENGINE=podman", "USER=root", f"IMAGE={digest}", "RVERSION=4.2.2"]
-    lines += [f"PKG={p}={s}" for p, s in (packages or {}).items()]
-    return "\n".join(lines) + "\n"
+BOX = Host("h", container=Container("img"))
+
+
+def _facts(text: str) -> Facts:
+    return parse_facts(text.splitlines())
+
+
+def _said(digest: str, r: str = "") -> str:
+    return f"CONTAINER_ENGINE=podman\nCONTAINER_USER=root\nCONTAINER_IMAGE={digest}\n{r}"
 
 
 @pytest.mark.parametrize(("said", "status", "words"), [
-    ("NOENGINE=podman\n", "failed", "podman is not installed"),
-    ("ENGINE=docker\nUSER=alice\nUNUSABLE=permission denied\n", "failed",
-     "docker cannot be used by alice: permission denied"),
-    ("ENGINE=podman\nUSER=root\nABSENT=never\n", "failed", "is not on the host (pull: never)"),
-    ("ENGINE=podman\nUSER=root\nNOPULL=no route\nABSENT=missing\n", "failed",
-     "cannot be pulled: no route"),
-    ("ENGINE=podman\nUSER=root\nIMAGE=" + DIGEST_A + "\nNOR=exec: Rscript not found\n",
-     "failed", "R does not start in img: exec: Rscript not found"),
-    (_said(DIGEST_A, {"MASS": "ok", "foo": "missing"}), "failed", "foo cannot be loaded"),
-    (_said(DIGEST_A, {"MASS": "ok", "foo": "ok"}), "ok", "2 r_packages load"),
+    ("CONTAINER_NOENGINE=podman\n", "failed", "podman is not installed"),
+    ("CONTAINER_ENGINE=docker\nCONTAINER_USER=alice\nCONTAINER_UNUSABLE=permission denied\n",
+     "failed", "docker cannot be used by alice: permission denied"),
+    ("CONTAINER_ENGINE=podman\nCONTAINER_ABSENT=never\n", "failed",
+     "is not on the host (pull: never)"),
+    ("CONTAINER_ENGINE=podman\nCONTAINER_NOPULL=no route\nCONTAINER_ABSENT=missing\n",
+     "failed", "img is not on the host and cannot be pulled: no route"),
+    ("CONTAINER_ENGINE=podman\nCONTAINER_NOPULL=no route\nCONTAINER_IMAGE=" + DIGEST_A,
+     "failed", "pull: always, but img cannot be pulled: no route"),
+    (_said(DIGEST_A), "ok", f"podman, image sha256:{DIGEST_A}"),
 ])
-def test_verdicts(said: str, status: str, words: str) -> None:
-    result = container_verdict(said, "img", "missing", ["MASS", "foo"])
+def test_container_verdicts(said: str, status: str, words: str) -> None:
+    result = container_verdict(_facts(said), RemoteContext(BOX), True)
     assert result.status == status
     assert words in result.detail
     assert status == "ok" or result.hint
 
 
+def test_a_host_without_a_container_has_nothing_to_check() -> None:
+    assert container_verdict(_facts(""), RemoteContext(Host("h")), True) == NO_CONTAINER
+
+
+def test_r_in_the_image_is_skipped_when_the_container_step_failed() -> None:
+    for said in ("CONTAINER_NOENGINE=podman\n", "CONTAINER_ABSENT=never\n"):
+        result = rscript_in_image(_facts(said), RemoteContext(BOX), True)
+        assert result.status == "skipped"
+        assert "R runs in img" in result.detail
+    late = rscript_in_image(_facts("CONTAINER_ENGINE=podman\n"), RemoteContext(BOX), False)
+    assert late.status == "failed" and "deadline" in late.detail
+
+
+def test_r_in_the_image_is_named_as_such() -> None:
+    said = _said(DIGEST_A, "RSCRIPT=Rscript\nR_VERSION=4.2.2\nT_RSTART=0.1\n")
+    result = rscript_in_image(_facts(said), RemoteContext(BOX, "4.2.2"), True)
+    assert (result.status, result.detail) == ("ok", "Rscript in img (R 4.2.2)")
+    other = rscript_in_image(_facts(said), RemoteContext(BOX, "4.4.1"), True)
+    assert other.status == "warning"
+    assert other.detail == "Rscript in img (R 4.2.2); the primary has R 4.4.1"
+    broken = _said(DIGEST_A, "RSCRIPT=Rscript\nError: executable file `Rscript` not "
+                             "found in $PATH\nR_EXIT=127\n")
+    result = rscript_in_image(_facts(broken), RemoteContext(BOX), True)
+    assert result.status == "failed"
+    assert result.detail.startswith("Rscript does not start in img: Error: executable")
+    assert "rscript:" in (result.hint or "")
+
+
+def test_a_package_missing_in_the_image_is_named_with_the_image() -> None:
+    said = _said(DIGEST_A, "R_MISSING=foreach\nT_PACKAGES=0.01\n")
+    result = packages_in_image(_facts(said), RemoteContext(BOX), True)
+    assert result.status == "failed"
+    assert result.detail == "in img: not installed: foreach"
+    assert "image push img" in (result.hint or "")
+    ok = packages_in_image(_facts(_said(DIGEST_A, "R_MISSING=\n")), RemoteContext(BOX), True)
+    assert (ok.status, ok.detail) == ("ok", "all present, in img")
+
+
 def _report(name: str, digest: str) -> HostReport:
-    step = container_verdict(_said(digest), "img", "never", [])
+    step = container_verdict(_facts(_said(digest)), RemoteContext(BOX), True)
     return HostReport(host=Host(name, container=Container("img")),
                       checks={"container": step})
 
