@@ -205,8 +205,8 @@ class _Syncer:
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     if later:
                         await asyncio.wait([self.known])
-                        if self.known.exception() is not None:  # (sync_async raises it)
-                            proc.stdin.close()
+                        if self.known.cancelled() or self.known.exception() is not None:
+                            proc.kill()  # (no reference: sync_async raises its error)
                             return
                         self.progress(host.label, "looking")
                         proc.stdin.write(f"{{\n{self._script(host, mode)}\n}}\n".encode())
@@ -264,6 +264,8 @@ class _Syncer:
             except (OSError, PackagesError) as e:
                 result = HostSync(host, "failed", str(e))
         result = replace(result, seconds=loop.time() - t0)
+        if self.known.cancelled() or self.known.exception() is not None:
+            return result  # (never looked: sync_async raises the reference's error)
         self.progress(host.label, f"{result.outcome}: {result.detail}" if result.detail
                       else result.outcome)
         return result
@@ -392,7 +394,11 @@ async def sync_async(inventory: Inventory, *, progress: SyncProgress | None = No
         syncer = _Syncer(inventory, known, progress, timeout, workdir)
         each = asyncio.gather(*(syncer.host(h) for h in inventory.hosts))
         try:
-            ref = await known
+            try:
+                ref = await known
+            except PackagesError:
+                await each  # (each probe kills its ssh at once, spawned or not yet: _ssh)
+                raise
             hosts = await each
         finally:
             each.cancel()
