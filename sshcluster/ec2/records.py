@@ -50,6 +50,9 @@ class Record:
     image: str | None = None
     #: The ``up`` process that writes the record: host name, pid, start time, boot id.
     process: dict[str, str] = field(default_factory=dict)
+    #: The detached job the cluster was started for (``run --ec2 --detach``): it lives
+    #: until that job's results were fetched, or until its expiry.
+    job: str | None = None
 
     def owner_gone(self) -> bool:
         """True if this is a ``starting`` record whose ``up`` is known to be gone: it ran
