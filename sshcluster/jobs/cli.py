@@ -46,7 +46,8 @@ def _note(message: str) -> None:
                    "goes to DIR/HOST/NAME for each.")
 @click.option("--worker-output", is_flag=True,
               help="Show what the workers print (cat, message) live on stderr, each line "
-                   "after its host; it goes to the record's workers/HOST.log either way.")
+                   "after its host; it goes to the record's workers/HOST.log either way. "
+                   "With --detach: 'sshcluster logs JOB' shows those lines too.")
 @click.option("--detach", is_flag=True,
               help="Run the job on a host of the cluster (--primary), under a supervisor "
                    "there that outlives this connection; come back with 'sshcluster jobs', "
@@ -107,9 +108,8 @@ def run_command(ctx: click.Context, inventory: str, script: str, args: tuple[str
         raise click.UsageError("--primary is for --detach")
     if keep and not ec2_spec:
         raise click.UsageError("--keep is for --ec2")
-    if detach and (results is not None or worker_output):
-        raise click.UsageError("a detached job's results and workers' logs come with "
-                               "'sshcluster fetch JOB'")
+    if detach and results is not None:
+        raise click.UsageError("a detached job's results come with 'sshcluster fetch JOB'")
     options = RunOptions(args=args, allow_partial=allow_partial, wait=wait,
                          wait_timeout=wait_timeout, timeout=timeout,
                          concurrency=concurrency, accept_new=accept_new, results=results,
@@ -213,7 +213,9 @@ def jobs_command(ctx: click.Context, inventory: str | None, as_json: bool) -> No
 def logs_command(ctx: click.Context, job: str, follow: bool) -> None:
     """Show the log (the script's stdout and stderr) of JOB (detached or not).
 
-    The workers' own output is in the record after 'sshcluster fetch JOB'
+    A detached job started with --worker-output: what its workers print too, each line
+    after its host ("[HOST] line"), as it comes to the primary host. Otherwise the
+    workers' own output is in the record after 'sshcluster fetch JOB'
     (workers/HOST.log).
     """
     ctx.exit(0 if job_logs(job, sys.stdout.buffer, follow=follow) == 0 else 1)

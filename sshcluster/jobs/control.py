@@ -34,6 +34,7 @@ from typing import BinaryIO
 from sshcluster.errors import HostError, SshclusterError
 from sshcluster.inventory import Host, Inventory
 from sshcluster.jobs.detached import (
+    WORKER_LOG_NAMES,
     DetachedJob,
     JobError,
     JobStatus,
@@ -47,7 +48,7 @@ from sshcluster.jobs.detached import (
 from sshcluster.jobs.ec2job import fleet_of, release_fleet
 from sshcluster.jobs.leases import describe
 from sshcluster.jobs.record import RunResult, owner_alive, runs_dir, write_record
-from sshcluster.jobs.remote import argv, run_script, script_input
+from sshcluster.jobs.remote import argv, run_script, script_input, settings
 from sshcluster.jobs.results import ResultsReport, fetch_results
 from sshcluster.jobs.workerlog import WORKER_LOGS
 from sshcluster.quoting import shell_quote
@@ -179,6 +180,9 @@ def job_logs(job: str, out: BinaryIO, *, follow: bool = False) -> int:
                   'if [ -n "$pid" ] && kill -s 0 "$pid" 2>/dev/null; then\n'
                   '  : >>log; exec tail -n +1 -f --pid="$pid" log\nfi\n') if follow else ""
     script = enter_script(job) + follow_cmd + "[ -e log ] && exec cat log\nexit 0\n"
+    if record.worker_output:
+        script = enter_script(job) + settings({"FOLLOW": "yes" if follow else ""}) + \
+            _WITH_WORKERS.replace("{names}", WORKER_LOG_NAMES)
     proc = subprocess.Popen(argv(inv, host), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             start_new_session=True)
     assert proc.stdin is not None and proc.stdout is not None
@@ -200,6 +204,36 @@ def job_logs(job: str, out: BinaryIO, *, follow: bool = False) -> int:
         raise HostError(f"{host.label}: cannot read the log of job {job} (ssh failed)",
                         host=host.label, check="logs")
     return 0
+
+
+# The log and the workers' logs, in the order tail reads them; a worker's line goes
+# out after its host ("[HOST] line", HOST as the log's name). tail announces each
+# switch of file with "==> NAME <==" after an empty line, which is not the logs' own.
+_WITH_WORKERS = """\
+show() { if [ "$f" = log ]; then printf '%s\\n' "$1"; else printf '[%s] %s\\n' "$h" "$1"; fi; }
+set -- log
+while IFS= read -r name; do set -- "$@" "$name"; done <{names}
+: >>log
+pid=$(cat pid 2>/dev/null)
+how=
+if [ -n "$FOLLOW" ] && [ -n "$pid" ] && kill -s 0 "$pid" 2>/dev/null; then
+  how="-F -s 0.2 --pid=$pid"
+fi
+# shellcheck disable=SC2086
+tail -n +1 $how "$@" 2>/dev/null | {
+  f=log h= blank=
+  while IFS= read -r line || [ -n "$line" ]; do
+    case "$line" in
+      "==> "*" <==") f=${line#"==> "}; f=${f%" <=="}; h=${f##*/}; h=${h%.log}; blank=
+        continue ;;
+    esac
+    if [ -n "$blank" ]; then show ""; blank=; fi
+    if [ -z "$line" ]; then blank=1; else show "$line"; fi
+  done
+  if [ -n "$blank" ]; then show ""; fi
+}
+exit 0
+"""
 
 
 def fetch_job(job: str, dest: str | os.PathLike[str] | None = None, *,

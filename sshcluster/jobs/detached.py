@@ -31,6 +31,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import tarfile
 import time
@@ -57,6 +58,8 @@ SUPERVISOR = resources.files("sshcluster.jobs").joinpath("supervise.sh")
 DRIVER = resources.files("sshcluster.jobs").joinpath("driver.R")
 #: Where a detached job's files live on its primary host (relative to the login dir).
 JOBS_DIR = ".cache/sshcluster/jobs"
+#: The file in the job's directory that names its workers' logs, one a line.
+WORKER_LOG_NAMES = "worker-logs"
 #: Seconds the supervisor gives R to end once asked (then SIGKILL).
 STOP_TIMEOUT = 20
 #: Seconds ``stop`` waits for the supervisor to end in order before it kills the
@@ -96,6 +99,8 @@ class DetachedJob:
     remote_dir: str
     run_dir: str
     started: str
+    #: ``--worker-output``: ``logs`` shows what the workers print too.
+    worker_output: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """As ``detached.json`` holds it."""
@@ -287,12 +292,15 @@ def start_detached(inventory: Inventory | str | os.PathLike[str],
     files["cluster.R"] = (run_dir / "cluster.R").read_bytes()
     if access is not None:
         files[ACCESS_KEY], files[ACCESS_KNOWN_HOSTS] = access.key, access.known_hosts
+    # (the names the launch gives the workers' logs: see R/launch/node.R)
+    logs = dict.fromkeys(re.sub(r"[^A-Za-z0-9._-]", "_", h.host) + ".log" for h in pinv.hosts)
+    files[WORKER_LOG_NAMES] = "".join(f"{WORKER_LOGS}/{name}\n" for name in logs).encode()
     (run_dir / "inventory.yaml").write_text(dump_inventory(ready, header=f"job {job.job}"))
     record = DetachedJob(job=job.job, script=str(source), args=tuple(opts.args),
                          primary=host.label, hosts=tuple(h.label for h in ready.hosts),
                          left_out=tuple(h.label for h in report.failed),
                          remote_dir=remote_dir(job.job), run_dir=str(run_dir),
-                         started=job.since)
+                         started=job.since, worker_output=opts.worker_output)
     (run_dir / "detached.json").write_text(json.dumps(record.to_dict(), indent=2) + "\n")
     tell(f"job {job.job}: checked {len(ready.hosts)} hosts; starting on {host.label}")
     # (with --wait it returns as soon as the job waits in line)
