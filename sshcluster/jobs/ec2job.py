@@ -163,6 +163,8 @@ def start_ec2_detached(spec_file: str | os.PathLike[str], script: str | os.PathL
                 with contextlib.suppress(SshclusterError, OSError, StopIteration):
                     _, inv, host = load_job(job.job)  # (a supervisor that did start)
                     stop_remote(inv, host, job.job)
+                with contextlib.suppress(SshclusterError, OSError):
+                    _revoke(cluster.inventory, job.job)
                 ec2.down(spec.name, region=spec.region)
             if exc is not caught:
                 raise exc from None
@@ -243,6 +245,12 @@ def _each_host(inv: Inventory, script: str, values: Mapping[str, str],
         return dict(zip((h.label for h in inv.hosts), pool.map(one, inv.hosts), strict=True))
 
 
+def _revoke(inv: Inventory, job: str) -> None:
+    """The job's key off every host that can be reached (a host that cannot is gone,
+    or going: the fleet ends)."""
+    _each_host(inv, _REVOKE, {"MARK": _mark(job)}, "removing the job's key")
+
+
 def fleet_of(job: str) -> dict[str, Any] | None:
     """What the record of detached job ``job`` says of its fleet, or None (no fleet)."""
     path = runs_dir() / job / FLEET_FILE
@@ -258,9 +266,8 @@ def release_fleet(job: str, on_event: Callable[[str], None] | None = None) -> st
     if fleet is None or fleet.get("released"):
         return None
     tell = on_event or (lambda message: None)
-    with contextlib.suppress(SshclusterError, OSError):  # (a fleet already gone: nothing to revoke)
-        _each_host(load_inventory(fleet["inventory"]), _REVOKE, {"MARK": _mark(job)},
-                   "removing the job's key")
+    with contextlib.suppress(SshclusterError, OSError):
+        _revoke(load_inventory(fleet["inventory"]), job)
     if fleet.get("keep"):
         said = (f"cluster {fleet['name']} kept (--keep); end it with: sshcluster ec2 "
                 f"down {fleet['name']}")

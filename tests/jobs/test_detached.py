@@ -136,6 +136,13 @@ def test_a_detached_job_outlives_its_user_and_is_fetched(mesh: Testbed, tmp_path
         assert "finished" in (run_dir / "log").read_text()
         assert "worker on node2" in (run_dir / "workers" / f"{mesh.hosts[1].address}.log"
                                      ).read_text()
+        # the ended job is all here: its directory on the primary host is gone, and
+        # jobs and logs answer from the record
+        there = f"/root/.cache/sshcluster/jobs/{job}"
+        assert mesh.run(mesh.hosts[0], ["test", "-e", there], check=False).returncode == 1
+        listed = sshcluster(["jobs", "--json"], state)
+        assert [j["state"] for j in json.loads(listed.stdout) if j["job"] == job] == ["done"]
+        assert sshcluster(["logs", job], state).stdout.endswith("finished\n")
     finally:
         flag.touch()
         shutil.rmtree(workdir, ignore_errors=True)

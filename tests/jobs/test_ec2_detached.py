@@ -165,3 +165,18 @@ def test_stop_ends_a_detached_job_and_its_fleet(moto_url: str, testbed: Testbed,
         _end(job, client, runner, "jobstop")
     assert _job_keys(testbed) == []
     assert testbed.leftovers(DETACHED_LEFTOVER, wait=15) == {}
+
+
+def test_a_job_that_cannot_start_ends_its_fleet(moto_url: str, testbed: Testbed,
+                                                tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    client, seams, spec = _seams(moto_url, testbed, tmp_path, monkeypatch, "jobnot")
+    script = tmp_path / "fit.R"
+    script.write_text("cat(1)\n")
+    done = CliRunner().invoke(cli, ["run", "--ec2", "--detach", "--primary", "nohost",
+                                    str(spec), str(script)], obj=seams)
+    assert done.exit_code == 1, done.output
+    assert "--primary nohost: not a host of the job" in done.output
+    assert "ending cluster jobnot" in done.output
+    assert nothing_left(client) == {}
+    assert _job_keys(testbed) == []
