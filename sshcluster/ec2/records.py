@@ -212,6 +212,8 @@ def save_record(directory: Path, record: Record) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     data = {**asdict(record), "expires": format_time(record.expires),
             "instance_ids": list(record.instance_ids)}
+    if record.job is None:
+        del data["job"]  # (the records of clusters not started for a job stay as they were)
     atomic_write(record_path(directory, record.region, record.name),
                  json.dumps(data, indent=2) + "\n", mode=0o600)
 
