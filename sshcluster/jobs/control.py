@@ -125,7 +125,8 @@ def _final(run_dir: Path) -> JobStatus | None:
 
 def list_jobs() -> list[JobStatus]:
     """Every job recorded on this machine, newest first: detached ones as their primary
-    hosts say (asked at once), attached ones from their record."""
+    hosts say (asked at once), attached ones, and detached ones fetched after their
+    end, from their record."""
     root = runs_dir()
     dirs = sorted((p for p in root.glob("*") if p.is_dir()), reverse=True) \
         if root.is_dir() else []
@@ -139,8 +140,8 @@ def list_jobs() -> list[JobStatus]:
             out.append(asked[p.name])
         elif (p / "detached.json").is_file():
             out.append(job_status(p.name))  # (ended: from its record)
-        elif (p / "run.json").is_file():
-            out.append(_final(p))  # type: ignore[arg-type]
+        elif (final := _final(p)) is not None:
+            out.append(final)
         elif (p / "owner").is_file():  # an attached job without its record (yet)
             alive = owner_alive(p)
             out.append(JobStatus(
