@@ -196,7 +196,8 @@ def ec2_ls(region: str | None, any_owner: bool, as_json: bool) -> None:
 
     Without --region it looks in every region this machine has a cluster record in,
     and in your default region. A cluster whose 'up' was killed is shown as orphaned,
-    with the command that ends it.
+    with the command that ends it; one started for a detached job ('sshcluster run
+    --ec2 --detach') as "(job JOB)": 'sshcluster fetch JOB' or 'stop JOB' ends it.
     """
     import json
 
@@ -249,7 +250,8 @@ def ec2_gc(region: str | None, any_owner: bool, yes: bool) -> None:
     That is: past their expiry; orphaned (started here, no record left, or their 'up'
     was killed); or with their instances gone but a security group, key pair or record
     left. Without --region it looks where 'ec2 ls' looks: every region this machine has a
-    cluster record in, and your default region.
+    cluster record in, and your default region. A detached job's cluster is left alone
+    until its expiry, whether the job runs or waits for its results to be fetched.
     """
     found = ec2.find_all_garbage(region=region, any_owner=any_owner)
     for where, error in found.failed.items():
@@ -261,7 +263,8 @@ def ec2_gc(region: str | None, any_owner: bool, yes: bool) -> None:
             click.echo(f"nothing to collect in {', '.join(found.succeeded)}")
         raise click.exceptions.Exit(1 if failed else 0)
     for g in garbage:
-        click.echo(f"{g.name} ({g.region}): {g.reason}: {g.what}")
+        of_job = f", of job {g.job}" if g.job else ""
+        click.echo(f"{g.name} ({g.region}{of_job}): {g.reason}: {g.what}")
     if not yes and not click.confirm("Terminate these?", default=False):
         click.echo("nothing terminated")
         raise click.exceptions.Exit(1 if failed else 0)

@@ -56,7 +56,9 @@ class ClusterStatus:
     """One cluster as :func:`list_clusters` finds it: every instance, in any state.
 
     ``orphaned``: this machine's record of it says ``starting``, but the ``up`` that
-    wrote the record is gone (killed); ``sshcluster ec2 gc`` ends it.
+    wrote the record is gone (killed); ``sshcluster ec2 gc`` ends it. ``job``: the
+    detached job it was started for (``sshcluster run --ec2 --detach``), whose
+    ``fetch`` or ``stop`` ends it.
     """
 
     name: str
@@ -66,6 +68,7 @@ class ClusterStatus:
     known: bool  # a record of it exists on this machine
     region: str
     orphaned: bool = False
+    job: str | None = None
 
     @property
     def live(self) -> tuple[Instance, ...]:
@@ -83,6 +86,7 @@ class ClusterStatus:
             if self.expires else None,
             "known": self.known,
             "orphaned": self.orphaned,
+            "job": self.job,
             "instances": [{
                 "id": i.id, "state": i.state, "type": i.instance_type, "spot": i.spot,
                 "public_ip": i.public_ip, "private_ip": i.private_ip, "run_id": i.run_id,
@@ -102,6 +106,7 @@ def format_clusters(clusters: Iterable[ClusterStatus], now: datetime | None = No
     for c in clusters:
         left = format_duration(c.expires - now) if c.expires else "?"
         name = c.name + (" (orphaned)" if c.orphaned else "" if c.known else " (no record)")
+        name += f" (job {c.job})" if c.job else ""
         if not c.instances:
             rows.append((name, c.region, "-", "-", "-", "-", "-", left))
         for i in c.instances:
@@ -144,8 +149,10 @@ def list_clusters(*, client: EC2Client, records: Path | None = None, owner: str 
         expiries = [i.expires for i in current if i.expires]
         known = here.get(name) if here.get(name) and here[name].owner == who else None
         expires = min(expiries) if expiries else known.expires if known else None
+        job = next((i.job for i in current if i.job), None) or (known.job if known else None)
         out.append(ClusterStatus(name, who, expires, tuple(instances), known is not None,
-                                 region, orphaned=known is not None and known.owner_gone()))
+                                 region, orphaned=known is not None and known.owner_gone(),
+                                 job=job))
     return tuple(out)
 
 

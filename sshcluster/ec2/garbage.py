@@ -10,6 +10,10 @@ A cluster is garbage when
 * its instances are all gone (ended by their own timer, say) but its security group, key
   pair or record is still there.
 
+A cluster started for a detached job (``sshcluster run --ec2 --detach``) is no garbage
+while its expiry is ahead, whether its job still runs or has ended without its results
+fetched (``fetch`` ends it); past its expiry it is, as any other. Its ``job`` is shown.
+
 Like ``ls`` and ``down``, ``gc`` looks at the caller's own clusters only, unless
 ``any_owner``.
 """
@@ -47,6 +51,7 @@ class Garbage:
     security_groups: tuple[str, ...] = ()
     key_pairs: tuple[str, ...] = ()
     record: bool = False  # this machine has a record of it
+    job: str | None = None  # the detached job it was started for
 
     @property
     def what(self) -> str:
@@ -98,7 +103,7 @@ def find_garbage(*, client: EC2Client, records: Path | None = None, owner: str |
             reason = "started from this machine, but no record of it is left here"
         if reason:
             out.append(Garbage(status.name, reason, tuple(i.id for i in live), status.region,
-                               owner=status.owner, record=status.known))
+                               owner=status.owner, record=status.known, job=status.job))
 
     # What is left of clusters without live instances: groups, key pairs, records.
     filters = cluster_filters(owner=scope)
@@ -120,7 +125,8 @@ def find_garbage(*, client: EC2Client, records: Path | None = None, owner: str |
         out.append(Garbage(name, reason, (), region,
                            owner=record.owner if record else None if any_owner else owner,
                            security_groups=tuple(groups.get(name, ())),
-                           key_pairs=tuple(pairs.get(name, ())), record=record is not None))
+                           key_pairs=tuple(pairs.get(name, ())), record=record is not None,
+                           job=record.job if record else None))
     return tuple(out)
 
 

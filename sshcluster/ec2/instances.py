@@ -3,7 +3,8 @@
 Every resource sshcluster creates carries the tags ``sshcluster:cluster`` (the cluster's
 name), ``sshcluster:owner`` (``user@host`` of whoever started it), ``sshcluster:expires``
 (ISO 8601 UTC) and ``sshcluster:run`` (one ``up``); instances also carry
-``sshcluster:batch`` (which RunInstances call started them).
+``sshcluster:batch`` (which RunInstances call started them). A cluster started for one
+detached job (``sshcluster run --ec2 --detach``) carries ``sshcluster:job``, its id.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ TAG_OWNER = "sshcluster:owner"
 TAG_EXPIRES = "sshcluster:expires"
 TAG_RUN = "sshcluster:run"
 TAG_BATCH = "sshcluster:batch"
+TAG_JOB = "sshcluster:job"
 
 #: Instance states in which an instance may still cost money or come back.
 LIVE_STATES = ("pending", "running", "stopping", "stopped", "shutting-down")
@@ -59,6 +61,7 @@ class Instance:
     expires: datetime | None
     batch: int = 0  # which RunInstances call of its run started it
     launch_index: int = 0  # its place in that call's answer
+    job: str | None = None  # the detached job it was started for
 
     @classmethod
     def from_aws(cls, raw: InstanceTypeDef) -> Instance:
@@ -79,6 +82,7 @@ class Instance:
             expires=parse_time(tags.get(TAG_EXPIRES)),
             batch=int(tags[TAG_BATCH]) if tags.get(TAG_BATCH, "").isdigit() else 0,
             launch_index=raw.get("AmiLaunchIndex", 0),
+            job=tags.get(TAG_JOB),
         )
 
     @property
@@ -178,6 +182,7 @@ __all__ = [
     "TAG_BATCH",
     "TAG_CLUSTER",
     "TAG_EXPIRES",
+    "TAG_JOB",
     "TAG_OWNER",
     "TAG_RUN",
     "Endpoint",

@@ -21,6 +21,7 @@ from sshcluster.ec2.aws import call, make_client, make_filters, retry
 from sshcluster.ec2.instances import (
     TAG_BATCH,
     TAG_CLUSTER,
+    TAG_JOB,
     TAG_RUN,
     client_token,
     cluster_instances,
@@ -51,6 +52,13 @@ class Run:
     run_id: str
     owner: str
     expires: datetime
+    #: The detached job the cluster was started for (``run --ec2 --detach``), if any.
+    job: str | None = None
+
+    @property
+    def tags(self) -> dict[str, str]:
+        """The tags beyond the common ones: the job's, when there is one."""
+        return {TAG_JOB: self.job} if self.job else {}
 
 
 @dataclass
@@ -124,7 +132,7 @@ def create_key_pair(client: EC2Client, spec: EC2Spec, run: Run, *,
     name = f"sshcluster-{spec.name}-{run.run_id}"
     made = call(client.create_key_pair, "CreateKeyPair", dry_run=dry_run, KeyName=name,
                 KeyType="ed25519", TagSpecifications=tag_specifications(
-                    spec, run.owner, run.expires, run.run_id, "key-pair"))
+                    spec, run.owner, run.expires, run.run_id, "key-pair", extra=run.tags))
     return None if made is None else (name, made["KeyMaterial"])
 
 
@@ -136,7 +144,8 @@ def create_security_group(client: EC2Client, spec: EC2Spec, run: Run, vpc: str, 
                  GroupName=f"sshcluster-{spec.name}-{run.run_id}", VpcId=vpc,
                  Description=f"sshcluster cluster {spec.name}",
                  TagSpecifications=tag_specifications(spec, run.owner, run.expires,
-                                                      run.run_id, "security-group"))
+                                                      run.run_id, "security-group",
+                                                      extra=run.tags))
     return None if group is None else group["GroupId"]
 
 
@@ -165,7 +174,8 @@ def run_instances_params(spec: EC2Spec, run: Run, plan: LaunchPlan, subnet: Subn
         # IMDSv2 only: many organisations refuse RunInstances without it.
         "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
         "TagSpecifications": tag_specifications(spec, run.owner, run.expires, run.run_id,
-                                                *types, extra={TAG_BATCH: str(batch)}),
+                                                *types, extra={TAG_BATCH: str(batch),
+                                                                       **run.tags}),
     }
     if plan.image.root_device:
         params["BlockDeviceMappings"] = [{"DeviceName": plan.image.root_device, "Ebs": {

@@ -50,6 +50,9 @@ class Record:
     image: str | None = None
     #: The ``up`` process that writes the record: host name, pid, start time, boot id.
     process: dict[str, str] = field(default_factory=dict)
+    #: The detached job the cluster was started for (``run --ec2 --detach``): it lives
+    #: until that job's results were fetched, or until its expiry.
+    job: str | None = None
 
     def owner_gone(self) -> bool:
         """True if this is a ``starting`` record whose ``up`` is known to be gone: it ran
@@ -209,6 +212,8 @@ def save_record(directory: Path, record: Record) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     data = {**asdict(record), "expires": format_time(record.expires),
             "instance_ids": list(record.instance_ids)}
+    if record.job is None:
+        del data["job"]  # (the records of clusters not started for a job stay as they were)
     atomic_write(record_path(directory, record.region, record.name),
                  json.dumps(data, indent=2) + "\n", mode=0o600)
 

@@ -108,6 +108,9 @@ class Seams:
     address_of: AddressOf | None = None
     console_text: ConsoleText | None = None
     read_status: ReadStatus | None = None
+    #: Where the instances reach each other's sshd (a detached job's primary instance
+    #: reaches the others there); by default their private IP, port 22.
+    inner_address_of: AddressOf | None = None
 
 
 @dataclass(frozen=True)
@@ -152,7 +155,7 @@ def up(spec: EC2Spec, *, client: EC2Client | None = None, output: str | os.PathL
        run_id: str | None = None, overwrite: bool = False, wait: bool = True,
        setup_timeout: float = SETUP_TIMEOUT, keep_on_failure: bool = False,
        cleanup_timeout: float = CLEANUP_TIMEOUT, quotas: Any = None,
-       ssm: Any = None, verify: bool = False) -> Cluster:
+       ssm: Any = None, verify: bool = False, job_id: str | None = None) -> Cluster:
     """Start the cluster, wait until every instance runs and answers on SSH, record its
     host keys, write an inventory to ``output``, and wait until every instance's setup
     has R and the spec's ``r_packages`` ready.
@@ -169,6 +172,7 @@ def up(spec: EC2Spec, *, client: EC2Client | None = None, output: str | os.PathL
     ``progress`` is called with a :class:`~sshcluster.ec2.wait.Step` as ``up`` goes on.
     ``verify`` ends with the written inventory passing the preflight check and one R
     computation on every instance (:mod:`sshcluster.ec2.verify`); else ``up`` fails.
+    ``job_id`` marks the cluster (tags and record) as started for that detached job.
 
     ``output`` is not overwritten unless it is an inventory ``up`` wrote for this
     cluster (its header says so), or ``overwrite``: else :class:`OutputExistsError` is
@@ -201,13 +205,13 @@ def up(spec: EC2Spec, *, client: EC2Client | None = None, output: str | os.PathL
         records = records or state_dir()
         return _guarded_up(spec, client=client, output=output,
                            owner=owner or default_owner(records), records=records,
-                           run_id=run_id, job=job,
+                           run_id=run_id, job=job, job_id=job_id,
                            guard=guard, quotas=quotas, ssm=ssm)
 
 
 def _guarded_up(spec: EC2Spec, *, client: EC2Client, output: Path, owner: str,
                 records: Path, run_id: str | None, job: _Job, guard: SignalGuard,
-                quotas: Any, ssm: Any) -> Cluster:
+                quotas: Any, ssm: Any, job_id: str | None = None) -> Cluster:
     earlier = find_record(records, spec.region, spec.name)
     # Only the caller's own instances of this name count: a colleague's cluster of the
     # same name in a shared account is theirs. Instances already shutting down (a down
@@ -245,7 +249,7 @@ def _guarded_up(spec: EC2Spec, *, client: EC2Client, output: Path, owner: str,
                     known_hosts=str(known_hosts.absolute()),
                     inventory=str(output.absolute()),
                     instance_ids=tuple(i.id for i in existing), image=plan.image.id,
-                    process=this_process())
+                    process=this_process(), job=job_id)
     started = Started(instance_ids=list(record.instance_ids), critical=guard.critical)
 
     def remember(status: str = "starting") -> None:
@@ -260,7 +264,8 @@ def _guarded_up(spec: EC2Spec, *, client: EC2Client, output: Path, owner: str,
     # cluster that is still starting for an orphan.
     save_record(records, record)
     try:
-        cluster = _up(spec, client=client, run=Run(run_id, owner, expires), plan=plan,
+        cluster = _up(spec, client=client, run=Run(run_id, owner, expires, job_id),
+                      plan=plan,
                       output=output, known_hosts=known_hosts, key_file=key_file,
                       started=started, job=job, sync_from=reference if why else None)
     except BaseException as caught:

@@ -46,7 +46,8 @@ def _note(message: str) -> None:
                    "goes to DIR/HOST/NAME for each.")
 @click.option("--worker-output", is_flag=True,
               help="Show what the workers print (cat, message) live on stderr, each line "
-                   "after its host; it goes to the record's workers/HOST.log either way.")
+                   "after its host; it goes to the record's workers/HOST.log either way. "
+                   "With --detach: 'sshcluster logs JOB' shows those lines too.")
 @click.option("--detach", is_flag=True,
               help="Run the job on a host of the cluster (--primary), under a supervisor "
                    "there that outlives this connection; come back with 'sshcluster jobs', "
@@ -58,7 +59,8 @@ def _note(message: str) -> None:
 @click.option("--ec2", "ec2_spec", is_flag=True,
               help="INVENTORY is an EC2 spec: start its fleet for this job ('ec2 up'), "
                    "run the job on it, then end it ('ec2 down'), also after a failure or "
-                   "a signal.")
+                   "a signal. With --detach the fleet ends once 'fetch JOB' brought the "
+                   "ended job's results, or with 'stop JOB', or at its max_lifetime.")
 @click.option("--keep", is_flag=True,
               help="With --ec2: keep the fleet after the job (it still ends at its "
                    "max_lifetime); 'sshcluster ec2 down NAME' ends it.")
@@ -90,6 +92,11 @@ def run_command(ctx: click.Context, inventory: str, script: str, args: tuple[str
       sshcluster run --ec2 ec2.yaml fit.R
 
     \b
+    A fleet for one detached job (it ends once 'fetch' brought the ended job's
+    results, or with 'stop', or at its max_lifetime; --keep keeps it):
+      sshcluster run --ec2 --detach ec2.yaml fit.R
+
+    \b
     Detached (this machine may then sleep or go offline):
       sshcluster run --detach hosts.yaml fit.R     prints the job's id, JOB
       sshcluster jobs                              running, done, failed, lost
@@ -101,19 +108,28 @@ def run_command(ctx: click.Context, inventory: str, script: str, args: tuple[str
         raise click.UsageError("--primary is for --detach")
     if keep and not ec2_spec:
         raise click.UsageError("--keep is for --ec2")
-    if ec2_spec and detach:
-        raise click.UsageError("--ec2 runs attached: start the fleet with 'sshcluster ec2 "
-                               "up', then 'sshcluster run --detach' on its inventory")
-    if detach and (results is not None or worker_output):
-        raise click.UsageError("a detached job's results and workers' logs come with "
-                               "'sshcluster fetch JOB'")
+    if detach and results is not None:
+        raise click.UsageError("a detached job's results come with 'sshcluster fetch JOB'")
     options = RunOptions(args=args, allow_partial=allow_partial, wait=wait,
                          wait_timeout=wait_timeout, timeout=timeout,
                          concurrency=concurrency, accept_new=accept_new, results=results,
                          worker_output=worker_output)
-    if detach:
+    if detach and ec2_spec:
+        from sshcluster import ec2
+        from sshcluster.ec2.signals import exit_status
+        from sshcluster.jobs.ec2job import start_ec2_detached
+
+        try:
+            job = start_ec2_detached(inventory, script, options, keep=keep,
+                                     primary=primary_host, on_event=_note,
+                                     seams=ctx.find_object(ec2.Seams))
+        except KeyboardInterrupt as e:  # the fleet has ended by now
+            _note(f"error: {e or 'interrupted'}")
+            ctx.exit(exit_status(e))
+    elif detach:
         job = start_detached(inventory, script, options, primary=primary_host,
                              on_event=_note)
+    if detach:
         if as_json:
             click.echo(json.dumps(job.to_dict(), indent=2))
         else:
@@ -197,7 +213,9 @@ def jobs_command(ctx: click.Context, inventory: str | None, as_json: bool) -> No
 def logs_command(ctx: click.Context, job: str, follow: bool) -> None:
     """Show the log (the script's stdout and stderr) of JOB (detached or not).
 
-    The workers' own output is in the record after 'sshcluster fetch JOB'
+    A detached job started with --worker-output: what its workers print too, each line
+    after its host ("[HOST] line"), as it comes to the primary host. Otherwise the
+    workers' own output is in the record after 'sshcluster fetch JOB'
     (workers/HOST.log).
     """
     ctx.exit(0 if job_logs(job, sys.stdout.buffer, follow=follow) == 0 else 1)
@@ -210,9 +228,11 @@ def logs_command(ctx: click.Context, job: str, follow: bool) -> None:
 def stop_command(ctx: click.Context, job: str, as_json: bool) -> None:
     """Stop the detached JOB and everything it started: its R, its cluster's workers on
     every host, its leases. Its supervisor stops them in order; whatever is left after
-    30 s is killed. A job that has already ended is left as it is.
+    30 s is killed. A job that has already ended is left as it is. A job with an EC2
+    fleet of its own ('run --ec2 --detach'): what it has (log, results so far) comes
+    into its record, then the fleet ends (unless --keep was given at run).
     """
-    status = stop_job(job)
+    status = stop_job(job, on_event=_note)
     if as_json:
         click.echo(json.dumps(asdict(status), indent=2))
     else:
@@ -231,8 +251,12 @@ def fetch_command(ctx: click.Context, job: str, dest: str | None, as_json: bool)
     (in their workdir) from every host, into DIR (a name found on several hosts goes to
     DIR/HOST/NAME for each); and its log, its workers' logs and, once it has ended,
     run.json into its record. Exit status 1 when a host could not be read.
+
+    Once the ended job is all here, its directory on the primary host is removed (the
+    record keeps its log), and a fleet started for it ('run --ec2 --detach') ends,
+    unless --keep was given at run.
     """
-    status, results, result = fetch_job(job, dest)
+    status, results, result = fetch_job(job, dest, on_event=_note)
     if as_json:
         click.echo(json.dumps({"state": asdict(status),
                                "results": {"dir": results.dest, "files": results.files,

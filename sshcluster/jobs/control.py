@@ -2,7 +2,13 @@
 (``jobs``), its log (``logs``), stopping it (``stop``) and bringing its results and
 record (``fetch``). Every command asks the job's primary host over ssh, from the
 record this machine keeps of the job; attached jobs are listed (and their logs shown)
-from their records here.
+from their records here, and so are detached jobs once ``fetch`` brought them after
+their end (``run.json``): an ended job's state no longer changes.
+
+A ``fetch`` that brought everything of an ended job (its log and notes, and every
+host's results) removes the job's directory on the primary host, and ends the job's
+EC2 fleet (``run --ec2 --detach``, unless ``--keep``); ``stop`` of such a job brings
+what there is first, as the fleet ends with it.
 
     for status in list_jobs():
         print(status.job, status.state, status.seconds)
@@ -19,28 +25,33 @@ import shutil
 import subprocess
 import tarfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO
 
-from sshcluster.errors import HostError
+from sshcluster.errors import HostError, SshclusterError
 from sshcluster.inventory import Host, Inventory
 from sshcluster.jobs.detached import (
+    WORKER_LOG_NAMES,
     DetachedJob,
     JobError,
     JobStatus,
     enter_script,
     holder_of,
     load_job,
+    remote_dir,
     stop_remote,
     valid_job_id,
 )
+from sshcluster.jobs.ec2job import fleet_of, release_fleet
 from sshcluster.jobs.leases import describe
 from sshcluster.jobs.record import RunResult, owner_alive, runs_dir, write_record
-from sshcluster.jobs.remote import argv, run_script, script_input
+from sshcluster.jobs.remote import argv, run_script, script_input, settings
 from sshcluster.jobs.results import ResultsReport, fetch_results
 from sshcluster.jobs.workerlog import WORKER_LOGS
+from sshcluster.quoting import shell_quote
 from sshcluster.version import __version__
 
 _STATUS = """\
@@ -54,10 +65,14 @@ printf 'alive\\t%s\\nstopped\\t%s\\nnow\\t%s\\n' "$alive" "$stopped" "$(date +%s
 
 
 def job_status(job: str) -> JobStatus:
-    """Ask a detached job's primary host what the job is doing (see :class:`JobStatus`)."""
+    """Ask a detached job's primary host what the job is doing (see :class:`JobStatus`);
+    once ``fetch`` brought it after its end, its record here says."""
     record, inv, host = load_job(job)
     base = JobStatus(job=job, state="lost", primary=record.primary,
                      script=os.path.basename(record.script))
+    final = _final(Path(record.run_dir))
+    if final is not None:
+        return replace(final, primary=record.primary)
     try:
         out = run_script(inv, host, enter_script(job) + _STATUS, what="asking about the job")
     except HostError as e:
@@ -94,28 +109,39 @@ def _number(text: str | None) -> float | None:
         return None
 
 
+def _final(run_dir: Path) -> JobStatus | None:
+    """A job's state from its ``run.json``, or None when it has none."""
+    if not (run_dir / "run.json").is_file():
+        return None
+    data = json.loads((run_dir / "run.json").read_text())
+    state = "done" if data["status"] == 0 and not data.get("error") else \
+        "stopped" if data.get("signal") else "failed"
+    detached = (run_dir / "detached.json").is_file()
+    return JobStatus(job=run_dir.name, state=state, primary="(here)",
+                     script=os.path.basename(data["script"]),
+                     seconds=sum(data["phases"].values()), status=data["status"],
+                     detail=data.get("error"), detached=detached)
+
+
 def list_jobs() -> list[JobStatus]:
     """Every job recorded on this machine, newest first: detached ones as their primary
-    hosts say (asked at once), attached ones from their record."""
+    hosts say (asked at once), attached ones, and detached ones fetched after their
+    end, from their record."""
     root = runs_dir()
     dirs = sorted((p for p in root.glob("*") if p.is_dir()), reverse=True) \
         if root.is_dir() else []
-    detached = [p.name for p in dirs if (p / "detached.json").is_file()]
+    detached = [p.name for p in dirs if (p / "detached.json").is_file()
+                and not (p / "run.json").is_file()]
     with ThreadPoolExecutor(max(1, min(16, len(detached)))) as pool:
         asked = dict(zip(detached, pool.map(job_status, detached), strict=True))
     out: list[JobStatus] = []
     for p in dirs:
         if p.name in asked:
             out.append(asked[p.name])
-        elif (p / "run.json").is_file():
-            data = json.loads((p / "run.json").read_text())
-            state = "done" if data["status"] == 0 and not data.get("error") else \
-                "stopped" if data.get("signal") else "failed"
-            out.append(JobStatus(job=p.name, state=state, primary="(here)",
-                                 script=os.path.basename(data["script"]),
-                                 seconds=sum(data["phases"].values()),
-                                 status=data["status"], detail=data.get("error"),
-                                 detached=False))
+        elif (p / "detached.json").is_file():
+            out.append(job_status(p.name))  # (ended: from its record)
+        elif (final := _final(p)) is not None:
+            out.append(final)
         elif (p / "owner").is_file():  # an attached job without its record (yet)
             alive = owner_alive(p)
             out.append(JobStatus(
@@ -146,14 +172,18 @@ def job_logs(job: str, out: BinaryIO, *, follow: bool = False) -> int:
     """Write a job's log (R's stdout and stderr) to ``out``; with ``follow``, keep
     writing as it grows until the job ends. A detached job's comes from its primary
     host, an attached one's from its record here. Returns 0."""
-    if valid_job_id(job) and (runs_dir() / job / "log").is_file() \
-            and not (runs_dir() / job / "detached.json").is_file():
-        return _local_logs(runs_dir() / job, out, follow)
+    here = runs_dir() / job
+    if valid_job_id(job) and (here / "log").is_file() and (
+            not (here / "detached.json").is_file() or (here / "run.json").is_file()):
+        return _local_logs(here, out, follow)  # (attached, or detached, ended and fetched)
     record, inv, host = load_job(job)
     follow_cmd = ('pid=$(cat pid 2>/dev/null)\n'
                   'if [ -n "$pid" ] && kill -s 0 "$pid" 2>/dev/null; then\n'
                   '  : >>log; exec tail -n +1 -f --pid="$pid" log\nfi\n') if follow else ""
     script = enter_script(job) + follow_cmd + "[ -e log ] && exec cat log\nexit 0\n"
+    if record.worker_output:
+        script = enter_script(job) + settings({"FOLLOW": "yes" if follow else ""}) + \
+            _WITH_WORKERS.replace("{names}", WORKER_LOG_NAMES)
     proc = subprocess.Popen(argv(inv, host), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             start_new_session=True)
     assert proc.stdin is not None and proc.stdout is not None
@@ -177,17 +207,65 @@ def job_logs(job: str, out: BinaryIO, *, follow: bool = False) -> int:
     return 0
 
 
-def fetch_job(job: str, dest: str | os.PathLike[str] | None = None) -> tuple[
+# The log and the workers' logs, in the order tail reads them; a worker's line goes
+# out after its host ("[HOST] line", HOST as the log's name). tail announces each
+# switch of file with "==> NAME <==" after an empty line, which is not the logs' own.
+_WITH_WORKERS = """\
+show() { if [ "$f" = log ]; then printf '%s\\n' "$1"; else printf '[%s] %s\\n' "$h" "$1"; fi; }
+set -- log
+while IFS= read -r name; do set -- "$@" "$name"; done <{names}
+: >>log
+pid=$(cat pid 2>/dev/null)
+how=
+if [ -n "$FOLLOW" ] && [ -n "$pid" ] && kill -s 0 "$pid" 2>/dev/null; then
+  how="-F -s 0.2 --pid=$pid"
+fi
+# shellcheck disable=SC2086
+tail -n +1 $how "$@" 2>/dev/null | {
+  f=log h= blank=
+  while IFS= read -r line || [ -n "$line" ]; do
+    case "$line" in
+      "==> "*" <==") f=${line#"==> "}; f=${f%" <=="}; h=${f##*/}; h=${h%.log}; blank=
+        continue ;;
+    esac
+    if [ -n "$blank" ]; then show ""; blank=; fi
+    if [ -z "$line" ]; then blank=1; else show "$line"; fi
+  done
+  if [ -n "$blank" ]; then show ""; fi
+}
+exit 0
+"""
+
+
+def fetch_job(job: str, dest: str | os.PathLike[str] | None = None, *,
+              on_event: Callable[[str], None] | None = None) -> tuple[
         JobStatus, ResultsReport, RunResult | None]:
     """Bring a detached job's results (``results/`` from every host's workdir, into
     ``dest``, by default ``runs/JOB/results``), its log and its workers' logs into its
     record, and write ``run.json`` once it has ended. Works while it runs too (what
-    is there so far)."""
+    is there so far). Once everything of an ended job is here, its directory on the
+    primary host goes, and so does its EC2 fleet (unless ``--keep``); a fleet that has
+    ended so raises :class:`JobError` on a later fetch. ``on_event`` is told what
+    becomes of the fleet."""
     record, inv, host = load_job(job)
-    status = job_status(job)
     run_dir = Path(record.run_dir)
-    if status.state not in ("lost", "gone"):
-        _fetch_files(inv, host, job, run_dir)
+    fleet = fleet_of(job)
+    if fleet and fleet.get("released") and not fleet.get("keep"):
+        raise JobError(f"job {job}: its cluster {fleet['name']} has ended, after its "
+                       f"results were fetched; they are in its record, {run_dir}", job=job)
+    status, results, result = _fetch(record, inv, host, dest)
+    if result is not None and not results.errors:
+        _close(inv, host, job, on_event)
+    return status, results, result
+
+
+def _fetch(record: DetachedJob, inv: Inventory, host: Host,
+           dest: str | os.PathLike[str] | None) -> tuple[JobStatus, ResultsReport,
+                                                         RunResult | None]:
+    status = job_status(record.job)
+    run_dir = Path(record.run_dir)
+    if status.state not in ("lost", "gone") and not (run_dir / "closed").exists():
+        _fetch_files(inv, host, record.job, run_dir)
     hosts = [h for h in inv.hosts if h.label in record.hosts]
     results = fetch_results(inv, dest if dest is not None else run_dir / "results", hosts)
     result = None
@@ -195,6 +273,19 @@ def fetch_job(job: str, dest: str | os.PathLike[str] | None = None) -> tuple[
         result = _record(record, status, run_dir, results)
         write_record(result)
     return status, results, result
+
+
+def _close(inv: Inventory, host: Host, job: str,
+           on_event: Callable[[str], None] | None) -> None:
+    """An ended job that is all here: its directory on the primary host goes (the record
+    here keeps its log and notes), then its fleet's part in it."""
+    run_dir = runs_dir() / job
+    if not (run_dir / "closed").exists():
+        with contextlib.suppress(HostError):
+            run_script(inv, host, f'rm -rf "$HOME"/{shell_quote(remote_dir(job))}\n',
+                       what="removing the job's directory")
+            (run_dir / "closed").write_text(f"{time.time():.3f}\n")
+    release_fleet(job, on_event)
 
 
 def _fetch_files(inv: Inventory, host: Host, job: str, run_dir: Path) -> None:
@@ -252,12 +343,23 @@ def _record(record: DetachedJob, status: JobStatus, run_dir: Path,
         results={"dir": results.dest, "files": results.files, "errors": results.errors})
 
 
-def stop_job(job: str) -> JobStatus:
+def stop_job(job: str, *, on_event: Callable[[str], None] | None = None) -> JobStatus:
     """Stop a detached job and everything it started: SIGTERM for its supervisor (which
     stops R, whose end stops the cluster, then releases the leases), and SIGKILL for
-    whatever is left of its process group after :data:`STOP_GRACE` seconds. Returns
-    the job's status afterwards. A primary host that cannot be reached raises
-    :class:`~sshcluster.errors.HostError`."""
-    _, inv, host = load_job(job)
+    whatever is left of its process group after :data:`STOP_GRACE` seconds. A job with
+    an EC2 fleet of its own (:func:`~sshcluster.jobs.ec2job.start_ec2_detached`): what
+    there is (log, notes, results so far) comes into its record, then the fleet ends
+    (unless ``keep``; ``on_event`` is told). A job that ended and was fetched is left
+    as it is. Returns the job's status afterwards. A primary host that cannot be
+    reached raises :class:`~sshcluster.errors.HostError`."""
+    record, inv, host = load_job(job)
+    if (Path(record.run_dir) / "run.json").is_file():
+        return job_status(job)  # (ended, and fetched)
     stop_remote(inv, host, job)
+    if fleet_of(job) is None:
+        return job_status(job)
+    # Its fleet ends with it: what there is comes here first.
+    with contextlib.suppress(SshclusterError, OSError):
+        _fetch(record, inv, host, None)
+    _close(inv, host, job, on_event)
     return job_status(job)

@@ -31,10 +31,11 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import tarfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -57,6 +58,8 @@ SUPERVISOR = resources.files("sshcluster.jobs").joinpath("supervise.sh")
 DRIVER = resources.files("sshcluster.jobs").joinpath("driver.R")
 #: Where a detached job's files live on its primary host (relative to the login dir).
 JOBS_DIR = ".cache/sshcluster/jobs"
+#: The file in the job's directory that names its workers' logs, one a line.
+WORKER_LOG_NAMES = "worker-logs"
 #: Seconds the supervisor gives R to end once asked (then SIGKILL).
 STOP_TIMEOUT = 20
 #: Seconds ``stop`` waits for the supervisor to end in order before it kills the
@@ -96,6 +99,8 @@ class DetachedJob:
     remote_dir: str
     run_dir: str
     started: str
+    #: ``--worker-output``: ``logs`` shows what the workers print too.
+    worker_output: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """As ``detached.json`` holds it."""
@@ -103,6 +108,26 @@ class DetachedJob:
         data["args"], data["hosts"] = list(self.args), list(self.hosts)
         data["left_out"] = list(self.left_out)
         return data
+
+
+@dataclass(frozen=True)
+class PrimaryAccess:
+    """How a detached job's primary host reaches the other hosts when not with its own
+    ssh keys and known_hosts (an EC2 fleet's instances, :mod:`sshcluster.jobs.ec2job`):
+    ``addresses`` maps each host's label, as this machine reaches it, to the address
+    and port the primary host reaches it at; ``key`` is a private key every host
+    authorizes; ``known_hosts`` their host keys under those addresses; ``homes`` each
+    host's login directory (the files go to the job's directory there, and ssh takes
+    absolute paths)."""
+
+    addresses: Mapping[str, tuple[str, int]]
+    key: bytes
+    known_hosts: bytes
+    homes: Mapping[str, str]
+
+
+#: Where :class:`PrimaryAccess`'s files go in the job's directory on the primary host.
+ACCESS_KEY, ACCESS_KNOWN_HOSTS = "access_key", "access_known_hosts"
 
 
 @dataclass(frozen=True)
@@ -137,11 +162,24 @@ def enter_script(job: str) -> str:
     return f'cd "$HOME"/{shell_quote(remote_dir(job))} 2>/dev/null || {{ echo gone; exit 0; }}\n'
 
 
-def _primary_inventory(ready: Inventory, primary: Host) -> Inventory:
+def _primary_inventory(ready: Inventory, primary: Host, job: str,
+                       access: PrimaryAccess | None = None) -> Inventory:
     """The inventory as the primary host uses it: its own address as the primary's,
-    and its own ssh keys and known_hosts (this machine's paths mean nothing there)."""
-    return replace(ready, primary=Primary(host=primary.host), known_hosts=None,
-                   hosts=tuple(replace(h, identity_file=None) for h in ready.hosts))
+    and its own ssh keys and known_hosts (this machine's paths mean nothing there), or
+    ``access``'s addresses, key and known_hosts (in the job's directory there)."""
+    if access is None:
+        return replace(ready, primary=Primary(host=primary.host), known_hosts=None,
+                       hosts=tuple(replace(h, identity_file=None) for h in ready.hosts))
+    there = f"{access.homes[primary.label].rstrip('/')}/{remote_dir(job)}"
+
+    def inner(h: Host) -> Host:
+        address, port = access.addresses[h.label]
+        return replace(h, host=address, ssh_port=None if port == 22 else port,
+                       identity_file=f"{there}/{ACCESS_KEY}")
+
+    return replace(ready, primary=Primary(host=access.addresses[primary.label][0]),
+                   known_hosts=f"{there}/{ACCESS_KNOWN_HOSTS}",
+                   hosts=tuple(inner(h) for h in ready.hosts))
 
 
 def _lease_command(inv: Inventory, host: Host, primary: Host) -> str:
@@ -160,9 +198,8 @@ def _lease_input(job: JobInfo, mode: str) -> str:
     return settings(clean) + LEASE_SCRIPT + END_OF_SCRIPT + "\n"
 
 
-def _job_files(ready: Inventory, primary: Host, job: JobInfo, source: Path,
+def _job_files(pinv: Inventory, primary: Host, job: JobInfo, source: Path,
                args: Sequence[str], wait: bool, wait_timeout: float) -> dict[str, bytes]:
-    pinv = _primary_inventory(ready, primary)
     hosts = sorted(pinv.hosts, key=lambda h: h.label) if wait else list(pinv.hosts)
     files: dict[str, bytes] = {
         "supervise.sh": SUPERVISOR.read_bytes(),
@@ -210,13 +247,17 @@ echo "timeout"
 
 def start_detached(inventory: Inventory | str | os.PathLike[str],
                    script: str | os.PathLike[str], options: RunOptions | None = None, *,
-                   primary: str | None = None,
+                   primary: str | None = None, job: JobInfo | None = None,
+                   access: PrimaryAccess | None = None,
                    on_event: Callable[[str], None] | None = None) -> DetachedJob:
     """Start ``script`` as a detached job (see the module's text) on the hosts of
     ``inventory`` that pass the check; ``primary`` names the host (its label) whose
     supervisor runs it, by default the first. Returns once every host is leased to
-    it (or, with ``options.wait``, once it waits in line). A host leased to another
-    job raises :class:`~sshcluster.errors.HostLeased`; a failed check
+    it (or, with ``options.wait``, once it waits in line). ``job`` is the job's id and
+    owner when the caller made them first (an EC2 fleet is tagged with it before);
+    ``access``: how the primary host reaches the others, when not with its own keys
+    (:class:`PrimaryAccess`). A host leased to another job raises
+    :class:`~sshcluster.errors.HostLeased`; a failed check
     :class:`~sshcluster.errors.CheckFailed`; a job that cannot start
     :class:`JobError`."""
     opts = options or RunOptions()
@@ -237,21 +278,29 @@ def start_detached(inventory: Inventory | str | os.PathLike[str],
                            f"{', '.join(h.label for h in ready.hosts)})",
                            hint="name one of the inventory's hosts that passed the check")
         host = found[0]
-    job = JobInfo.new(str(source))
+    job = job or JobInfo.new(str(source))
     run_dir = runs_dir() / job.job
     run_dir.mkdir(parents=True, mode=0o700)
     shutil.copyfile(source, run_dir / "script.R")
     render = job_render_options(ready, opts.render, f"~/{remote_dir(job.job)}/{WORKER_LOGS}",
                                 own_ports=True)
-    write_bootstrap(_primary_inventory(ready, host), run_dir / "cluster.R", render)
-    files = _job_files(ready, host, job, source, opts.args, opts.wait, opts.wait_timeout)
+    pinv = _primary_inventory(ready, host, job.job, access)
+    write_bootstrap(pinv, run_dir / "cluster.R", render)
+    pindex = [h.label for h in ready.hosts].index(host.label)
+    files = _job_files(pinv, pinv.hosts[pindex], job, source, opts.args, opts.wait,
+                       opts.wait_timeout)
     files["cluster.R"] = (run_dir / "cluster.R").read_bytes()
+    if access is not None:
+        files[ACCESS_KEY], files[ACCESS_KNOWN_HOSTS] = access.key, access.known_hosts
+    # (the names the launch gives the workers' logs: see R/launch/node.R)
+    logs = dict.fromkeys(re.sub(r"[^A-Za-z0-9._-]", "_", h.host) + ".log" for h in pinv.hosts)
+    files[WORKER_LOG_NAMES] = "".join(f"{WORKER_LOGS}/{name}\n" for name in logs).encode()
     (run_dir / "inventory.yaml").write_text(dump_inventory(ready, header=f"job {job.job}"))
     record = DetachedJob(job=job.job, script=str(source), args=tuple(opts.args),
                          primary=host.label, hosts=tuple(h.label for h in ready.hosts),
                          left_out=tuple(h.label for h in report.failed),
                          remote_dir=remote_dir(job.job), run_dir=str(run_dir),
-                         started=job.since)
+                         started=job.since, worker_output=opts.worker_output)
     (run_dir / "detached.json").write_text(json.dumps(record.to_dict(), indent=2) + "\n")
     tell(f"job {job.job}: checked {len(ready.hosts)} hosts; starting on {host.label}")
     # (with --wait it returns as soon as the job waits in line)

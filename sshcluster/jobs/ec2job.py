@@ -6,18 +6,54 @@ still ends at the spec's ``max_lifetime``, as every ``ec2 up`` fleet does).
 
     result = run_ec2("ec2.yaml", "fit.R", RunOptions(args=("10",)))
     result.phases["ec2_up"], result.phases["ec2_down"]
+
+Detached (``run --ec2 --detach``, :func:`start_ec2_detached`): ``up`` with the fleet
+tagged and recorded as the job's (``sshcluster:job``), then the detached job on its
+first instance, which reaches the others with a key made for this job alone (its
+public half is added to each instance's ``authorized_keys``) and their host keys from
+the console, at their private addresses. If the job cannot start, or a signal comes,
+the fleet ends at once. Afterwards the fleet lives until ``fetch`` has brought the
+ended job's results or ``stop`` stopped it (:func:`release_fleet`, unless ``keep``),
+or until ``max_lifetime``: an ended job whose results are never fetched keeps its
+fleet until then (its instances power off; ``ec2 gc`` removes the rest).
+
+    job = start_ec2_detached("ec2.yaml", "fit.R")
+    fetch_job(job.job)               # once it ended: results, then the fleet ends
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import subprocess
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, BinaryIO
 
-from sshcluster.jobs.job import RunOptions, run
+from sshcluster.errors import HostError, SshclusterError
+from sshcluster.files import atomic_write
+from sshcluster.inventory import Inventory, load_inventory
+from sshcluster.jobs.detached import (
+    DetachedJob,
+    JobError,
+    PrimaryAccess,
+    load_job,
+    start_detached,
+    stop_remote,
+)
+from sshcluster.jobs.job import RunError, RunOptions, run
+from sshcluster.jobs.leases import JobInfo
 from sshcluster.jobs.record import RunResult, runs_dir, write_record
+from sshcluster.jobs.remote import run_script
+from sshcluster.net import known_hosts_name
+
+#: The file in a detached job's record that names its fleet.
+FLEET_FILE = "fleet.json"
 
 
 def run_ec2(spec_file: str | os.PathLike[str], script: str | os.PathLike[str],
@@ -39,18 +75,7 @@ def run_ec2(spec_file: str | os.PathLike[str], script: str | os.PathLike[str],
     spec = ec2.load_spec(spec_file)
     where = runs_dir() / "ec2" / spec.name
     where.mkdir(parents=True, exist_ok=True)
-    seam = seams or ec2.Seams()
-    said: set[tuple[str, int]] = set()
-
-    def progress(step: Any) -> None:  # (each stage's count once: up polls)
-        if (step.stage, step.done) not in said:
-            said.add((step.stage, step.done))
-            tell(f"ec2 up: {step.stage} {step.done}/{step.total} {step.message}".rstrip())
-
-    up_options: dict[str, Any] = {
-        "address_of": seam.address_of, "console_text": seam.console_text,
-        "read_status": seam.read_status, "timeout": up_timeout, "wait": wait_setup,
-        "progress": progress}
+    up_options = _up_options(seams or ec2.Seams(), up_timeout, wait_setup, tell)
     t0 = time.monotonic()
     tell(f"ec2: starting {spec.count} instances for the job (cluster {spec.name})")
     if keep:
@@ -74,6 +99,20 @@ def run_ec2(spec_file: str | os.PathLike[str], script: str | os.PathLike[str],
     return _with_ec2(result, t_up, time.monotonic() - t_end)
 
 
+def _up_options(seam: Any, up_timeout: float, wait_setup: bool,
+                tell: Callable[[str], None]) -> dict[str, Any]:
+    said: set[tuple[str, int]] = set()
+
+    def progress(step: Any) -> None:  # (each stage's count once: up polls)
+        if (step.stage, step.done) not in said:
+            said.add((step.stage, step.done))
+            tell(f"ec2 up: {step.stage} {step.done}/{step.total} {step.message}".rstrip())
+
+    return {"address_of": seam.address_of, "console_text": seam.console_text,
+            "read_status": seam.read_status, "timeout": up_timeout, "wait": wait_setup,
+            "progress": progress}
+
+
 def _with_ec2(result: RunResult, t_up: float, t_down: float | None) -> RunResult:
     phases = {"ec2_up": t_up, **result.phases}
     if t_down is not None:
@@ -81,3 +120,164 @@ def _with_ec2(result: RunResult, t_up: float, t_down: float | None) -> RunResult
     done = replace(result, phases=phases)
     write_record(done)
     return done
+
+
+def start_ec2_detached(spec_file: str | os.PathLike[str], script: str | os.PathLike[str],
+                       options: RunOptions | None = None, *, keep: bool = False,
+                       primary: str | None = None, seams: Any = None,
+                       up_timeout: float = 900.0, wait_setup: bool = True,
+                       on_event: Callable[[str], None] | None = None) -> DetachedJob:
+    """Start the fleet of the EC2 spec ``spec_file`` for one detached job, and the job
+    on it (see the module's text); returns once the job holds its hosts. ``primary``,
+    ``seams``, ``up_timeout`` and ``wait_setup`` are as for :func:`start_detached` and
+    :func:`run_ec2`. A job that cannot start, an error or a signal ends the fleet
+    before the exception propagates (a signal: :class:`~sshcluster.ec2.signals.Interrupted`)."""
+    from sshcluster import ec2
+    from sshcluster.ec2.signals import signal_guard
+
+    tell = on_event or (lambda message: None)
+    source = Path(script)
+    if not source.is_file():
+        raise RunError(f"{source}: no such script")
+    spec = ec2.load_spec(spec_file)
+    job = JobInfo.new(str(source))
+    where = runs_dir() / "ec2" / spec.name
+    where.mkdir(parents=True, exist_ok=True)
+    seam = seams or ec2.Seams()
+    tell(f"ec2: starting {spec.count} instances for job {job.job} (cluster {spec.name})")
+    with signal_guard() as guard:
+        cluster = ec2.up(spec, output=where / "hosts.yaml", job_id=job.job,
+                         **_up_options(seam, up_timeout, wait_setup, tell))
+        fleet = {"name": spec.name, "region": spec.region, "keep": keep,
+                 "inventory": str(cluster.inventory_path), "expires":
+                 ec2.format_time(cluster.expires), "released": None}
+        try:
+            access = grant_access(cluster, seam.inner_address_of, job.job)
+            record = start_detached(cluster.inventory_path, source, options, primary=primary,
+                                    job=job, access=access, on_event=on_event)
+            atomic_write(Path(record.run_dir) / FLEET_FILE, json.dumps(fleet, indent=2) + "\n")
+        except BaseException as caught:
+            exc = guard.as_interrupt(caught)
+            with guard.cleanup():
+                tell(f"ec2: ending cluster {spec.name} (job {job.job} did not start)")
+                with contextlib.suppress(SshclusterError, OSError, StopIteration):
+                    _, inv, host = load_job(job.job)  # (a supervisor that did start)
+                    stop_remote(inv, host, job.job)
+                with contextlib.suppress(SshclusterError, OSError):
+                    _revoke(cluster.inventory, job.job)
+                ec2.down(spec.name, region=spec.region)
+            if exc is not caught:
+                raise exc from None
+            raise
+    tell(f"ec2: cluster {spec.name} lives until 'sshcluster fetch {job.job}' brought the "
+         f"ended job's results" + (" (--keep: and after)" if keep else "") +
+         f", or 'sshcluster stop {job.job}', or at the latest until "
+         f"{ec2.format_time(cluster.expires)}")
+    return record
+
+
+def grant_access(cluster: Any, inner_address_of: Any, job: str) -> PrimaryAccess:
+    """Let the fleet's instances reach each other for detached job ``job``: a key made
+    for it (ssh-keygen, ed25519) that each instance's ``authorized_keys`` takes, their
+    host keys under the addresses they reach each other at (``inner_address_of``, by
+    default the private IP, port 22), and their login directories."""
+    from sshcluster.ec2 import Endpoint
+
+    def private(instance: Any) -> Endpoint:
+        if not instance.private_ip:
+            raise JobError(f"instance {instance.id} has no private IP", job=job)
+        return Endpoint(instance.private_ip, 22)
+
+    inner = inner_address_of or private
+    inv: Inventory = cluster.inventory
+    addresses: dict[str, tuple[str, int]] = {}
+    renamed: dict[str, str] = {}
+    for host, instance, outer in zip(inv.hosts, cluster.instances, cluster.endpoints,
+                                     strict=True):
+        e = inner(instance)
+        addresses[host.label] = (e.host, e.port)
+        renamed[known_hosts_name(outer.host, outer.port)] = known_hosts_name(e.host, e.port)
+    known = "".join(f"{renamed[name]} {rest}\n" for name, _, rest in (
+        line.partition(" ") for line in Path(cluster.known_hosts).read_text().splitlines())
+        if name in renamed)
+    with tempfile.TemporaryDirectory() as d:
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", _mark(job),
+                        "-f", f"{d}/key"], check=True, capture_output=True, timeout=30)
+        key, public = Path(d, "key").read_bytes(), Path(d, "key.pub").read_text().strip()
+    said = _each_host(inv, _AUTHORIZE, {"KEY": public}, "authorizing the job's key")
+    failed = {label: out for label, out in said.items() if isinstance(out, HostError)}
+    if failed:
+        raise JobError(f"job {job}: " + "; ".join(e.message for e in failed.values()), job=job)
+    homes = {label: out.decode().strip().splitlines()[-1] for label, out in said.items()
+             if isinstance(out, bytes)}
+    return PrimaryAccess(addresses=addresses, key=key, known_hosts=known.encode(), homes=homes)
+
+
+def _mark(job: str) -> str:
+    return f"sshcluster-job-{job}"
+
+
+_AUTHORIZE = """\
+umask 077
+mkdir -p "$HOME/.ssh" && printf '%s\\n' "$KEY" >>"$HOME/.ssh/authorized_keys" || exit 1
+printf '%s\\n' "$HOME"
+"""
+
+# In place (cat >, not mv): the file keeps its owner, mode and links.
+_REVOKE = """\
+f="$HOME/.ssh/authorized_keys"
+[ -f "$f" ] || exit 0
+grep -v -F -e " $MARK" "$f" >"$f.sshcluster-$$"
+[ $? -le 1 ] && cat "$f.sshcluster-$$" >"$f"
+rm -f "$f.sshcluster-$$"
+"""
+
+
+def _each_host(inv: Inventory, script: str, values: Mapping[str, str],
+               what: str) -> dict[str, bytes | HostError]:
+    def one(host: Any) -> bytes | HostError:
+        try:
+            return run_script(inv, host, script, values, what=what)
+        except HostError as e:
+            return e
+
+    with ThreadPoolExecutor(max(1, min(16, len(inv.hosts)))) as pool:
+        return dict(zip((h.label for h in inv.hosts), pool.map(one, inv.hosts), strict=True))
+
+
+def _revoke(inv: Inventory, job: str) -> None:
+    """The job's key off every host that can be reached (a host that cannot is gone,
+    or going: the fleet ends)."""
+    _each_host(inv, _REVOKE, {"MARK": _mark(job)}, "removing the job's key")
+
+
+def fleet_of(job: str) -> dict[str, Any] | None:
+    """What the record of detached job ``job`` says of its fleet, or None (no fleet)."""
+    path = runs_dir() / job / FLEET_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def release_fleet(job: str, on_event: Callable[[str], None] | None = None) -> str | None:
+    """The job's part of its fleet ends: its key leaves every instance's
+    ``authorized_keys``, and, unless the job was started with ``keep``, the fleet ends
+    (``ec2 down``). Once only. What was done, for the user (None: no fleet, or done
+    before)."""
+    fleet = fleet_of(job)
+    if fleet is None or fleet.get("released"):
+        return None
+    tell = on_event or (lambda message: None)
+    with contextlib.suppress(SshclusterError, OSError):
+        _revoke(load_inventory(fleet["inventory"]), job)
+    if fleet.get("keep"):
+        said = (f"cluster {fleet['name']} kept (--keep); end it with: sshcluster ec2 "
+                f"down {fleet['name']}")
+    else:
+        from sshcluster import ec2
+
+        tell(f"ec2: ending cluster {fleet['name']}")
+        report = ec2.down(fleet["name"], region=fleet["region"])
+        said = f"cluster {fleet['name']} ended: {report.summary()}"
+    fleet["released"] = time.time()
+    atomic_write(runs_dir() / job / FLEET_FILE, json.dumps(fleet, indent=2) + "\n")
+    tell(f"ec2: {said}")
+    return said

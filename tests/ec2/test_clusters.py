@@ -117,3 +117,33 @@ def test_every_region_is_asked_and_every_outcome_kept(client: Any, ami: str, hos
     assert found.failed["xx-nowhere-9"].operation == "DescribeInstances"  # type: ignore[attr-defined]
     garbage = ec2.find_all_garbage(region=REGION)
     assert garbage.ok and garbage.succeeded == {REGION: ()}
+
+
+def test_a_cluster_started_for_a_job_is_the_job_s(client: Any, ami: str, hosts: SshHosts,
+                                                  tmp_path: Path) -> None:
+    """``up(job_id=)`` (``run --ec2 --detach``): the tag ``sshcluster:job`` on every
+    resource and the job in the record; ``ls`` and ``gc`` show it, and ``gc`` leaves it
+    alone until its expiry."""
+    do_up(make_spec(ami, count=2), client, hosts, tmp_path, job_id="20261206-0900-abc123")
+    job = "20261206-0900-abc123"
+    tagged = [{"Name": "tag:sshcluster:job", "Values": [job]}]
+    assert len(live(client, **{"sshcluster:job": job})) == 2
+    assert len(client.describe_security_groups(Filters=tagged)["SecurityGroups"]) == 1
+    assert len(client.describe_key_pairs(Filters=tagged)["KeyPairs"]) == 1
+    (record,) = ec2.load_records()
+    assert record.job == job
+    (status,) = ec2.list_clusters(client=client)
+    assert status.job == job and status.to_dict(ec2.utcnow())["job"] == job
+    assert f"rwork (job {job})" in ec2.format_clusters([status])
+    assert ec2.find_garbage(client=client) == ()
+    (garbage,) = ec2.find_garbage(client=client, now=ec2.utcnow() + timedelta(hours=3))
+    assert garbage.job == job and garbage.reason.startswith("expired at")
+    ec2.down("rwork", client=client)
+    assert nothing_left(client) == {}
+    # a cluster started for no job says so nowhere
+    do_up(make_spec(ami, count=1), client, hosts, tmp_path)
+    (status,) = ec2.list_clusters(client=client)
+    assert status.job is None and "(job" not in ec2.format_clusters([status])
+    (path,) = (Path(ec2.state_dir())).glob("*--rwork.json")
+    assert '"job"' not in path.read_text()
+    ec2.down("rwork", client=client)

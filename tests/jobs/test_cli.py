@@ -52,7 +52,6 @@ def test_options_that_belong_to_others_are_usage_errors(tmp_path: Path) -> None:
     script.write_text("1\n")
     for extra, said in ((["--primary", "a"], "--primary is for --detach"),
                         (["--keep"], "--keep is for --ec2"),
-                        (["--ec2", "--detach"], "--ec2 runs attached"),
                         (["--detach", "--results", "out"], "sshcluster fetch JOB")):
         result = CliRunner().invoke(cli, ["run", *extra, str(inv), str(script)])
         assert result.exit_code == 2, (extra, result.output)

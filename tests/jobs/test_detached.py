@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -135,6 +136,55 @@ def test_a_detached_job_outlives_its_user_and_is_fetched(mesh: Testbed, tmp_path
         assert "finished" in (run_dir / "log").read_text()
         assert "worker on node2" in (run_dir / "workers" / f"{mesh.hosts[1].address}.log"
                                      ).read_text()
+        # the ended job is all here: its directory on the primary host is gone, and
+        # jobs and logs answer from the record
+        there = f"/root/.cache/sshcluster/jobs/{job}"
+        assert mesh.run(mesh.hosts[0], ["test", "-e", there], check=False).returncode == 1
+        listed = sshcluster(["jobs", "--json"], state)
+        assert [j["state"] for j in json.loads(listed.stdout) if j["job"] == job] == ["done"]
+        assert sshcluster(["logs", job], state).stdout.endswith("finished\n")
+    finally:
+        flag.touch()
+        shutil.rmtree(workdir, ignore_errors=True)
+    _nothing_left(mesh, inv)
+
+
+@pytest.mark.slow
+def test_logs_follows_the_workers_too_with_worker_output(mesh: Testbed, tmp_path: Path
+                                                         ) -> None:
+    """--detach --worker-output: 'logs -f' shows what the workers print, each line
+    after its host, with the script's own output, until the job ends. (A task's lines
+    come to the primary host as the task answers, or when the cluster stops.)"""
+    workdir = f"/tmp/sshcluster-detached-{uuid.uuid4().hex[:8]}"
+    inv = _inventory(mesh, tmp_path, workdir)
+    script = tmp_path / "fit.R"
+    # one string per line: two workers on a host share their output
+    script.write_text(SCRIPT.replace('cat("worker on", Sys.info()[["nodename"]], "\\n")',
+                                     'cat(paste0("worker on ", Sys.info()[["nodename"]], '
+                                     '"\\n"))'))
+    flag, state = tmp_path / "flag", tmp_path / "state"
+    try:
+        done = sshcluster(["run", "--detach", "--worker-output", str(inv), str(script),
+                           "--", str(flag), "w", "0"], state)
+        assert done.returncode == 0, done.stderr
+        job = done.stdout.strip()
+        follower = start(["logs", "-f", job], state)
+        guard = threading.Timer(JOB_TIMEOUT, follower.kill)
+        guard.start()
+        assert follower.stdout is not None
+        lines: list[str] = []
+        while "started w " not in lines:  # (the launch may say it waits, before)
+            line = follower.stdout.readline()
+            assert line, f"the log ended early: {lines}"
+            lines.append(line.rstrip("\n"))
+        flag.touch()
+        lines += follower.stdout.read().splitlines()
+        assert follower.wait() == 0
+        guard.cancel()
+        assert lines[-1] == "finished", lines
+        # each worker printed one line: two per host, each after its host
+        wanted = {f"[{h.address}] worker on {h.hostname}" for h in mesh.hosts}
+        assert sorted(x for x in lines if x.startswith("[")) == sorted([*wanted, *wanted])
     finally:
         flag.touch()
         shutil.rmtree(workdir, ignore_errors=True)

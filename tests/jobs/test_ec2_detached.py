@@ -1,0 +1,182 @@
+"""``sshcluster run --ec2 --detach``: a fleet for one detached job, on the EC2 stand-in
+(moto's HTTP server) with its instances mapped onto the local SSH test hosts (the seams
+of test_ec2_run.py; moto's made-up addresses are never contacted). The test hosts are
+not meshed: the primary instance reaches the other with the key made for the job.
+
+The fleet is the job's in ``ec2 ls`` and ``gc``; ``gc`` leaves it alone while its
+expiry is ahead and takes it once past; ``fetch`` of the ended job brings its results,
+then ends the fleet; ``stop`` ends the job and the fleet."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from sshcluster import ec2
+from sshcluster.cli import cli
+from sshcluster.jobs import job_status, release_fleet, stop_job
+from sshcluster.testing import Testbed
+from tests.ec2.helpers import nothing_left
+from tests.jobs.helpers import JOB_TIMEOUT
+from tests.jobs.test_detached import BUSY, DETACHED_LEFTOVER
+from tests.jobs.test_ec2_run import _spec
+
+pytestmark = pytest.mark.slow  # a fleet per test
+
+#: Each worker writes results/TAG-PID.txt (in the login directory, which the test hosts
+#: share), then the script waits for a flag file (up to a minute).
+SCRIPT = """\
+flag <- commandArgs(TRUE)[1]
+tag <- commandArgs(TRUE)[2]
+invisible(parallel::clusterCall(parallelCluster, function(tag) {
+  dir.create("results", showWarnings = FALSE)
+  name <- paste0(tag, "-", Sys.getpid(), ".txt")
+  writeLines(Sys.info()[["nodename"]], file.path("results", name))
+  cat("worker on", Sys.info()[["nodename"]], "\\n")
+}, tag))
+for (i in 1:600) { if (file.exists(flag)) break; Sys.sleep(0.1) }
+cat("finished\\n")
+"""
+
+
+def _seams(moto_url: str, testbed: Testbed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+           name: str) -> tuple[Any, ec2.Seams, Path]:
+    client, seams, spec = _spec(moto_url, testbed, tmp_path, monkeypatch, name)
+    # the instances reach each other where this machine reaches them: the test hosts
+    return client, ec2.Seams(address_of=seams.address_of, console_text=seams.console_text,
+                             read_status=seams.read_status,
+                             inner_address_of=seams.address_of), spec
+
+
+def _until(job: str, wanted: set[str]) -> str:
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while (state := job_status(job).state) not in wanted:
+        assert time.monotonic() < deadline, f"job {job} still {state}"
+        time.sleep(0.3)
+    return state
+
+
+def _end(job: str | None, client: Any, runner: CliRunner, name: str) -> None:
+    """After a failure: the job stopped, its key off the test hosts, its fleet ended."""
+    if job is not None:
+        with contextlib.suppress(Exception):
+            stop_job(job)
+        with contextlib.suppress(Exception):
+            release_fleet(job)
+    if nothing_left(client):
+        runner.invoke(cli, ["ec2", "down", name])
+
+
+def _job_keys(testbed: Testbed) -> list[str]:
+    """The lines of the test hosts' authorized_keys that a job added."""
+    return [line for h in testbed.hosts
+            for line in testbed.run(h, ["cat", "/root/.ssh/authorized_keys"]).stdout.splitlines()
+            if "sshcluster-job-" in line]
+
+
+def test_a_detached_job_s_fleet_lives_until_its_results_are_fetched(
+        moto_url: str, testbed: Testbed, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    client, seams, spec = _seams(moto_url, testbed, tmp_path, monkeypatch, "jobdet")
+    script, flag = tmp_path / "fit.R", tmp_path / "flag"
+    script.write_text(SCRIPT)
+    tag = f"jobdet{uuid.uuid4().hex[:8]}"
+    runner, job = CliRunner(), None
+    try:
+        done = runner.invoke(cli, ["run", "--ec2", "--detach", "--json", str(spec),
+                                   str(script), "--", str(flag), tag], obj=seams)
+        assert done.exit_code == 0, done.output
+        job = json.loads(done.stdout)["job"]
+        assert _until(job, {"running", "done", "failed"}) == "running"
+        listed = runner.invoke(cli, ["jobs", "--json"])
+        assert [j["state"] for j in json.loads(listed.stdout) if j["job"] == job] == \
+            ["running"]
+        # ls shows the fleet as the job's
+        shown = runner.invoke(cli, ["ec2", "ls", "--json"])
+        (fleet,) = json.loads(shown.stdout)
+        assert fleet["name"] == "jobdet" and fleet["job"] == job
+        assert len([i for i in fleet["instances"] if i["state"] == "running"]) == 2
+        assert f"jobdet (job {job})" in runner.invoke(cli, ["ec2", "ls"]).stdout
+        # gc leaves a running job's fleet alone while its expiry is ahead ...
+        gc = runner.invoke(cli, ["ec2", "gc", "--yes"])
+        assert gc.exit_code == 0 and "nothing to collect" in gc.stdout, gc.output
+        assert len(nothing_left(client)["instances"]) == 2
+        # ... and would take it once past (as any fleet's)
+        later = ec2.utcnow() + timedelta(hours=1, minutes=1)
+        (garbage,) = ec2.find_garbage(client=client, now=later)
+        assert garbage.job == job and garbage.reason.startswith("expired at")
+        flag.touch()
+        assert _until(job, {"done", "failed", "stopped", "lost"}) == "done"
+        # ended, results not fetched yet: the fleet waits for them
+        assert len(nothing_left(client)["instances"]) == 2
+        out = tmp_path / "out"
+        fetched = runner.invoke(cli, ["fetch", job, "--to", str(out), "--json"])
+        assert fetched.exit_code == 0, fetched.output
+        assert json.loads(fetched.stdout)["record"]["status"] == 0
+        # 2 hosts, 2 workers each (the hosts share the login directory here: each name
+        # is on both, and kept apart by host)
+        assert len({p.name for p in out.rglob(f"{tag}-*.txt")}) == 4
+        assert "ended" in fetched.stderr
+        assert nothing_left(client) == {}
+        # the record stays: jobs and logs answer from it
+        assert job_status(job).state == "done"
+        logs = runner.invoke(cli, ["logs", job])
+        assert logs.exit_code == 0 and logs.stdout.endswith("finished\n"), logs.output
+        again = runner.invoke(cli, ["fetch", job])
+        assert again.exit_code == 1 and "has ended" in again.output
+    finally:
+        flag.touch()
+        _end(job, client, runner, "jobdet")  # (first: a job cut short still writes)
+        for written in (Path.home() / "results").glob(f"{tag}-*.txt"):
+            written.unlink()
+    assert _job_keys(testbed) == []
+    assert testbed.leftovers(DETACHED_LEFTOVER, wait=15) == {}
+
+
+def test_stop_ends_a_detached_job_and_its_fleet(moto_url: str, testbed: Testbed,
+                                                tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    client, seams, spec = _seams(moto_url, testbed, tmp_path, monkeypatch, "jobstop")
+    script = tmp_path / "busy.R"
+    script.write_text(BUSY)
+    runner, job = CliRunner(), None
+    try:
+        done = runner.invoke(cli, ["run", "--ec2", "--detach", str(spec), str(script)],
+                             obj=seams)
+        assert done.exit_code == 0, done.output
+        job = done.stdout.strip()
+        assert _until(job, {"running", "done", "failed"}) == "running"
+        stopped = runner.invoke(cli, ["stop", "--json", job])
+        assert stopped.exit_code == 0, stopped.output
+        assert json.loads(stopped.stdout)["state"] == "stopped"
+        assert nothing_left(client) == {}
+        # stopping it again is harmless, and says the same
+        again = runner.invoke(cli, ["stop", job])
+        assert again.exit_code == 0 and again.stdout.split() == [job, "stopped"]
+    finally:
+        _end(job, client, runner, "jobstop")
+    assert _job_keys(testbed) == []
+    assert testbed.leftovers(DETACHED_LEFTOVER, wait=15) == {}
+
+
+def test_a_job_that_cannot_start_ends_its_fleet(moto_url: str, testbed: Testbed,
+                                                tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    client, seams, spec = _seams(moto_url, testbed, tmp_path, monkeypatch, "jobnot")
+    script = tmp_path / "fit.R"
+    script.write_text("cat(1)\n")
+    done = CliRunner().invoke(cli, ["run", "--ec2", "--detach", "--primary", "nohost",
+                                    str(spec), str(script)], obj=seams)
+    assert done.exit_code == 1, done.output
+    assert "--primary nohost: not a host of the job" in done.output
+    assert "ending cluster jobnot" in done.output
+    assert nothing_left(client) == {}
+    assert _job_keys(testbed) == []
