@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from sshcluster.errors import PackagesError, SyncFailed
 from sshcluster.inventory import Host, Inventory
@@ -257,8 +257,16 @@ class _Syncer:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         async with self.slots:
+            # (the probe's ssh starts now; the host's time starts with the reference)
+            work = asyncio.ensure_future(self._host(host))
             try:
-                result = await asyncio.wait_for(self._host(host), self.timeout)
+                first: list[asyncio.Future[Any]] = [self.known, work]
+                try:
+                    await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+                except asyncio.CancelledError:
+                    work.cancel()
+                    raise
+                result = await asyncio.wait_for(work, self.timeout)
             except asyncio.TimeoutError:
                 result = HostSync(host, "failed", f"not done within {self.timeout:g} s")
             except (OSError, PackagesError) as e:

@@ -291,6 +291,25 @@ def test_a_package_the_primary_lacks_stops_the_sync_before_any_host_is_touched(
         assert not (tmp_path / f"h{i}-sync").exists()
 
 
+def test_a_host_s_time_starts_when_the_primary_s_reference_is_known(
+        testbed: Testbed, built: Built, primary_lib: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probes' connections are made while the primary's R reads its reference, but a
+    slow primary is not counted against the hosts' time."""
+    install(built, primary_lib, PURE, "2.0")
+    slow = tmp_path / "slow-bin"
+    slow.mkdir()
+    real = shutil.which("Rscript")
+    (slow / "Rscript").write_text(f"#!/bin/sh\nsleep 6\nexec {real} \"$@\"\n")
+    (slow / "Rscript").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{slow}:{os.environ['PATH']}")
+    inv = load_inventory(inventory(testbed, tmp_path, entries([host_setup(tmp_path, 1)]),
+                                   {"r_packages": [PURE]}))
+    report = sshcluster.sync(inv, timeout=5)
+    assert report.ok, report.verdicts()
+    assert [h.outcome for h in report.hosts] == ["copied"]
+
+
 def test_the_report_gives_a_verdict_per_host_and_its_json() -> None:
     ref = Reference("the primary", "4.2.2", (RPackage("a", "1.0", "/l/a"),))
     report = SyncReport(ref, (
