@@ -28,6 +28,7 @@ from sshcluster.inventory import Host, load_inventory
 from sshcluster.packages import HostSync, Reference, RPackage, SyncReport, reference
 from sshcluster.testing import Testbed
 from sshcluster.testing.fixtures import run_r_in_test
+from sshcluster.testing.leftovers import nothing_left
 from sshcluster.testing.rpackages import (
     COMPILED,
     PURE,
@@ -289,6 +290,7 @@ def test_a_package_the_primary_lacks_stops_the_sync_before_any_host_is_touched(
         "hint: install them here first; sync gives the hosts what the primary has"], done
     for i in (1, 2):  # the probe never ran there: nothing was made
         assert not (tmp_path / f"h{i}-sync").exists()
+    assert nothing_left(testbed, wait=0) == {}  # no ssh of the probes, no shell on a host
 
 
 def test_a_host_s_time_starts_when_the_primary_s_reference_is_known(
