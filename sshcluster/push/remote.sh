@@ -61,26 +61,41 @@ if [ $# -ge 4 ]; then
   nlabel=$1; nhost=$2; nport=$3; nuser=$4; shift 4
   rest=
   for w; do rest="$rest $(q "$w")"; done
-  mkfifo "$work/fifo"
   # AES-GCM first where this ssh knows the ^ form (AES-NI: several times chacha20's speed)
   gcm=^aes128-gcm@openssh.com,aes256-gcm@openssh.com
   ssh -G -o "Ciphers=$gcm" localhost >/dev/null 2>&1 || gcm=
+  # A cheaper key exchange than sntrup761x25519 (OpenSSH 9.0-9.8's first), unless an
+  # ssh config chooses one: ML-KEM where this ssh has it, else X25519 (see transfer.py).
+  kex=
+  used=$(ssh -G -p "$nport" -- "$nhost" 2>/dev/null | grep '^kexalgorithms ')
+  case $used in "kexalgorithms sntrup761x25519"*)
+    if [ "$used" = "$(ssh -F /dev/null -G -- "$nhost" 2>/dev/null | grep '^kexalgorithms ')" ]
+    then
+      for k in mlkem768x25519-sha256 curve25519-sha256; do
+        if ssh -G -o "KexAlgorithms=^$k" localhost >/dev/null 2>&1; then kex=^$k; break; fi
+      done
+    fi ;;
+  esac
+  [ -n "$stage" ] && mkfifo "$work/fifo"
 
-  # The next host gets this same script, then the stream as it arrives here.
-  { printf '%s\n# sshcluster: end of script\n' "$S"; cat "$work/fifo"; } |
+  # The next host gets this same script, then the stream as it arrives here; tee -p: a
+  # host whose own tar has given up (a full disk) still passes the stream on.
+  # (fd 3: an asynchronous list's own stdin would be /dev/null)
+  exec 3<&0
+  { printf '%s\n# sshcluster: end of script\n' "$S"
+    if [ -n "$stage" ]; then tee -p "$work/fifo"; else cat; fi <&3; } |
     ssh -T -o BatchMode=yes -o StrictHostKeyChecking=yes -o ConnectTimeout=10 \
-      -o ServerAliveInterval=5 -o ServerAliveCountMax=3 ${gcm:+-o "Ciphers=$gcm"} -p "$nport" \
-      ${nuser:+-l "$nuser"} -- "$nhost" \
+      -o ServerAliveInterval=5 -o ServerAliveCountMax=3 ${gcm:+-o "Ciphers=$gcm"} \
+      ${kex:+-o "KexAlgorithms=$kex"} -p "$nport" ${nuser:+-l "$nuser"} -- "$nhost" \
       "exec sh -c $(q "$READ_SCRIPT") sshcluster-push receive $(q "$dest") $(q "$nlabel")$rest" \
       >"$work/next.out" 2>"$work/next.err" &
   next=$!
 fi
 
-# tee -p: a host whose own tar has given up (a full disk) still passes the stream on.
 if [ -n "$next" ] && [ -n "$stage" ]; then
-  tee -p "$work/fifo" | tar -C "$stage" -xpf - 2>"$work/tar.err"
+  tar -B -C "$stage" -xpf "$work/fifo" 2>"$work/tar.err"  # (-B: a pipe, read whole)
 elif [ -n "$next" ]; then
-  cat >"$work/fifo"; false
+  wait "$next"; false
 elif [ -n "$stage" ]; then
   tar -C "$stage" -xpf - 2>"$work/tar.err"
 else

@@ -12,6 +12,7 @@ keepalive so that a host lost mid-push ends its ssh instead of stalling.
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 import time
@@ -68,6 +69,38 @@ def fast_cipher() -> list[str]:
     return ["-o", "Ciphers=^aes128-gcm@openssh.com,aes256-gcm@openssh.com"]
 
 
+#: Key exchanges cheap enough to open many sessions at once: ML-KEM hybrid (post-quantum,
+#: OpenSSH 9.9 and later), else plain X25519.
+_FAST_KEX = ("mlkem768x25519-sha256", "curve25519-sha256")
+
+
+def _kex_line(argv: Sequence[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return next((ln for ln in out.splitlines() if ln.startswith("kexalgorithms ")), "")
+
+
+@functools.lru_cache(maxsize=256)
+def fast_kex(argv: tuple[str, ...]) -> tuple[str, ...]:
+    """A cheaper key exchange than OpenSSH 9.0-9.8's first choice, sntrup761x25519: its
+    key generation costs the client tens of milliseconds of CPU per session, which a
+    primary opening a session to every host at once (and a chain's every hop) feels.
+    ``argv`` is the whole ssh command up to the destination. Nothing when the user's or
+    the system's ssh config chooses the key exchange (``ssh -G`` shows a list other than
+    OpenSSH's own), when OpenSSH's own first choice is not sntrup761x25519 (10.0 and
+    later put ML-KEM first; before 9.0 X25519 was first), or when ssh cannot tell."""
+    used = _kex_line(["ssh", "-G", *argv[1:]])
+    if not used.startswith("kexalgorithms sntrup761x25519") or used != _kex_line(
+            ["ssh", "-F", "/dev/null", "-G", argv[-1]]):
+        return ()
+    for kex in _FAST_KEX:
+        if _kex_line(["ssh", "-G", "-o", f"KexAlgorithms=^{kex}", *argv[1:]]):
+            return ("-o", f"KexAlgorithms=^{kex}")
+    return ()
+
+
 def remote_command(*words: str) -> str:
     """The command line a push session runs: read the script, run it with ``words``."""
     return f"exec sh -c {shell_quote(READ_SCRIPT)} sshcluster-push {shell_join(words)}"
@@ -83,8 +116,9 @@ class Session:
 
     def __init__(self, inventory: Inventory, host: Host) -> None:
         self.host = host
-        self.argv = [*ssh_command(inventory, host), *KEEPALIVE, *fast_cipher(),
-                     *(["-l", host.user] if host.user else []), "--", host.host]
+        argv = [*ssh_command(inventory, host), *KEEPALIVE, *fast_cipher(),
+                *(["-l", host.user] if host.user else []), "--", host.host]
+        self.argv = [*argv[:-2], *fast_kex(tuple(argv)), *argv[-2:]]
 
     def run(self, words: Sequence[str], stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
         """Run a small mode of remote.sh (scan, sums, touch) and return its result."""

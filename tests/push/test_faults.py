@@ -120,15 +120,17 @@ def test_ctrl_c_mid_push_leaves_no_partial_file_under_its_final_name(
     assert result.ok, result.to_json()
 
 
+@pytest.mark.parametrize("fanout", ["direct", "chain"])
 def test_a_full_disk_names_the_host_and_the_path(
-    make_testbed: MakeTestbed, tmp_path: Path
+    make_testbed: MakeTestbed, tmp_path: Path, fanout: str
 ) -> None:
-    tb = make_testbed(3, private_dirs={"/srv": "8m"})
+    # chain: the full host is the middle one, which must still pass the stream on
+    tb = make_testbed(3, private_dirs={"/srv": "8m"}, mesh=fanout == "chain")
     full = tb.hosts[1]
     subprocess.run(tb.ssh_argv(full, "head -c 6000000 /dev/zero > /srv/filler"),
                    check=True, timeout=60)
     inv = load_inventory(tb.write_inventory(tmp_path / "hosts.yaml",
-                                            extra={"workdir": DEST}))
+                                            extra={"workdir": DEST, "fanout": fanout}))
     data = make_tree(tmp_path / "src", small=3, big=3 << 20)
     result = sshcluster.push(inv, [data])
     bad = result.hosts[1]
@@ -138,6 +140,7 @@ def test_a_full_disk_names_the_host_and_the_path(
     assert bad.path == f"{DEST}/data/big.bin"
     for i in (0, 2):
         assert result.hosts[i].ok
+        assert result.hosts[i].via == fanout  # (not a direct copy afterwards)
         assert remote_state(tb, tb.hosts[i]) == local_state(data)
     assert remote_state(tb, full) == {}  # nothing renamed, staging removed
     assert os.path.exists(tmp_path / "src" / "data" / "big.bin")
