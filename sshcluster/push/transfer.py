@@ -82,6 +82,19 @@ def _kex_line(argv: Sequence[str]) -> str:
     return next((ln for ln in out.splitlines() if ln.startswith("kexalgorithms ")), "")
 
 
+@functools.lru_cache(maxsize=1)
+def _kex_choice() -> tuple[str, str]:
+    """(OpenSSH's own key exchange list as ``ssh -G`` prints it, the option that puts a
+    cheaper one first, or "" for none)."""
+    own = _kex_line(["ssh", "-F", "/dev/null", "-G", "localhost"])
+    if own.startswith("kexalgorithms sntrup761x25519"):
+        for kex in _FAST_KEX:
+            option = f"KexAlgorithms=^{kex}"
+            if _kex_line(["ssh", "-F", "/dev/null", "-o", option, "-G", "localhost"]):
+                return own, option
+    return own, ""
+
+
 @functools.lru_cache(maxsize=256)
 def fast_kex(argv: tuple[str, ...]) -> tuple[str, ...]:
     """A cheaper key exchange than OpenSSH 9.0-9.8's first choice, sntrup761x25519: its
@@ -91,14 +104,10 @@ def fast_kex(argv: tuple[str, ...]) -> tuple[str, ...]:
     the system's ssh config chooses the key exchange (``ssh -G`` shows a list other than
     OpenSSH's own), when OpenSSH's own first choice is not sntrup761x25519 (10.0 and
     later put ML-KEM first; before 9.0 X25519 was first), or when ssh cannot tell."""
-    used = _kex_line(["ssh", "-G", *argv[1:]])
-    if not used.startswith("kexalgorithms sntrup761x25519") or used != _kex_line(
-            ["ssh", "-F", "/dev/null", "-G", argv[-1]]):
+    own, option = _kex_choice()
+    if not option or _kex_line(["ssh", "-G", *argv[1:]]) != own:
         return ()
-    for kex in _FAST_KEX:
-        if _kex_line(["ssh", "-G", "-o", f"KexAlgorithms=^{kex}", *argv[1:]]):
-            return ("-o", f"KexAlgorithms=^{kex}")
-    return ()
+    return ("-o", option)
 
 
 def remote_command(*words: str) -> str:
