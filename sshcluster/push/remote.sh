@@ -66,18 +66,6 @@ if [ $# -ge 4 ]; then
   # AES-GCM first where this ssh knows the ^ form (AES-NI: several times chacha20's speed)
   gcm=^aes128-gcm@openssh.com,aes256-gcm@openssh.com
   ssh -G -o "Ciphers=$gcm" localhost >/dev/null 2>&1 || gcm=
-  # A cheaper key exchange than sntrup761x25519 (OpenSSH 9.0-9.8's first), unless an
-  # ssh config chooses one: ML-KEM where this ssh has it, else X25519 (see transfer.py).
-  kex=
-  used=$(ssh -G -p "$nport" -- "$nhost" 2>/dev/null | grep '^kexalgorithms ')
-  case $used in "kexalgorithms sntrup761x25519"*)
-    if [ "$used" = "$(ssh -F /dev/null -G -- "$nhost" 2>/dev/null | grep '^kexalgorithms ')" ]
-    then
-      for k in mlkem768x25519-sha256 curve25519-sha256; do
-        if ssh -G -o "KexAlgorithms=^$k" localhost >/dev/null 2>&1; then kex=^$k; break; fi
-      done
-    fi ;;
-  esac
   [ -n "$stage" ] && mkfifo "$work/fifo"
 
   # The next host gets this same script, then the stream as it arrives here; tee -p: a
@@ -88,7 +76,7 @@ if [ $# -ge 4 ]; then
     if [ -n "$stage" ]; then tee -p "$work/fifo"; else cat; fi <&3; } |
     ssh -T -o BatchMode=yes -o StrictHostKeyChecking=yes -o ConnectTimeout=10 \
       -o ServerAliveInterval=5 -o ServerAliveCountMax=3 ${gcm:+-o "Ciphers=$gcm"} \
-      ${kex:+-o "KexAlgorithms=$kex"} -p "$nport" ${nuser:+-l "$nuser"} -- "$nhost" \
+      -p "$nport" ${nuser:+-l "$nuser"} -- "$nhost" \
       "exec sh -c $(q "$READ_SCRIPT") sshcluster-push receive $(q "$dest") $(q "$nlabel")$rest" \
       >"$work/next.out" 2>"$work/next.err" &
   next=$!

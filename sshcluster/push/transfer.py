@@ -99,7 +99,10 @@ def _kex_choice() -> tuple[str, str]:
 def fast_kex(argv: tuple[str, ...]) -> tuple[str, ...]:
     """A cheaper key exchange than OpenSSH 9.0-9.8's first choice, sntrup761x25519: its
     key generation costs the client tens of milliseconds of CPU per session, which a
-    primary opening a session to every host at once (and a chain's every hop) feels.
+    primary opening a session to every host at once feels (8 sessions: about 0.65 of
+    0.85 CPU-seconds, docs/speed.md). Only for sessions that carry no file content:
+    those keep the post-quantum default, as the launch's do (X25519 alone is not
+    post-quantum; ML-KEM, where ssh has it, is).
     ``argv`` is the whole ssh command up to the destination. Nothing when the user's or
     the system's ssh config chooses the key exchange (``ssh -G`` shows a list other than
     OpenSSH's own), when OpenSSH's own first choice is not sntrup761x25519 (10.0 and
@@ -125,13 +128,17 @@ class Session:
 
     def __init__(self, inventory: Inventory, host: Host) -> None:
         self.host = host
-        argv = [*ssh_command(inventory, host), *KEEPALIVE, *fast_cipher(),
-                *(["-l", host.user] if host.user else []), "--", host.host]
-        self.argv = [*argv[:-2], *fast_kex(tuple(argv)), *argv[-2:]]
+        self.argv = [*ssh_command(inventory, host), *KEEPALIVE, *fast_cipher(),
+                     *(["-l", host.user] if host.user else []), "--", host.host]
 
     def run(self, words: Sequence[str], stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
-        """Run a small mode of remote.sh (scan, sums, touch) and return its result."""
-        return subprocess.run([*self.argv, remote_command(*words)], input=script() + stdin,
+        """Run a small mode of remote.sh (scan, sums, touch) and return its result.
+
+        These sessions carry names, sizes, times and hashes, never a file's content: they
+        take the cheaper key exchange (:func:`fast_kex`), so that asking every host at
+        once what it holds costs little (an unchanged re-push is only these)."""
+        argv = [*self.argv[:-2], *fast_kex(tuple(self.argv)), *self.argv[-2:]]
+        return subprocess.run([*argv, remote_command(*words)], input=script() + stdin,
                               capture_output=True, timeout=SMALL_TIMEOUT, check=False)
 
     def popen(self, words: Sequence[str]) -> subprocess.Popen[bytes]:
