@@ -11,9 +11,9 @@
 #                        inside DEST, checked against the first (b2sum: several times
 #                        faster than sha256sum) or, without b2sum, the second, then each
 #                        file renamed into place: no reader ever sees half a file under
-#                        its final name. NEXT is the rest of a chain,
-#                        four words per host (LABEL HOST PORT USER): the stream goes on
-#                        to the first of them, with the others after it, as it arrives.
+#                        its final name. NEXT is the rest of a chain, four words per
+#                        host (LABEL HOST PORT USER): the stream goes on to the first of
+#                        them, with the others after it, as it arrives.
 #                        Prints one verdict line per host, this one's first:
 #                        "sshcluster-push<TAB>LABEL<TAB>ok" or "...<TAB>failed<TAB>WHY".
 # An ssh that ends (Ctrl-C on the primary, a lost link) ends the stream: tar fails, the
