@@ -1,17 +1,19 @@
-# sshcluster push, on each host: POSIX sh and standard tools (GNU find, tar, sha256sum,
-# tee, mv), nothing else. The launch's read_script.sh has read this script from the
-# session's stdin into $S; what follows on stdin is for the mode:
+# sshcluster push, on each host: POSIX sh and standard tools (GNU find, tar, sha256sum
+# or b2sum, tee, mv), nothing else. The launch's read_script.sh has read this script
+# from the session's stdin into $S; what follows on stdin is for the mode:
 #   scan DEST TOP...     print "KIND SIZE MTIME MODE PATH" for every file and link
 #                        under DEST/TOP (nothing if DEST is missing)
 #   sums DEST            stdin: paths under DEST, one a line; print sha256sum lines
 #   touch DEST           stdin: "MTIME PATH" lines; set those modification times
 #   receive DEST LABEL [NEXT...]
-#                        stdin: a tar stream whose last member is .sshcluster-push-sums.
-#                        Unpacked into a staging directory inside DEST, checked against
-#                        the sums, then each file renamed into place: no reader ever sees
-#                        half a file under its final name. NEXT is the rest of a chain,
-#                        four words per host (LABEL HOST PORT USER): the stream goes on
-#                        to the first of them, with the others after it, as it arrives.
+#                        stdin: a tar stream whose last members are .sshcluster-push-b2sums
+#                        and .sshcluster-push-sums. Unpacked into a staging directory
+#                        inside DEST, checked against the first (b2sum: several times
+#                        faster than sha256sum) or, without b2sum, the second, then each
+#                        file renamed into place: no reader ever sees half a file under
+#                        its final name. NEXT is the rest of a chain, four words per
+#                        host (LABEL HOST PORT USER): the stream goes on to the first of
+#                        them, with the others after it, as it arrives.
 #                        Prints one verdict line per host, this one's first:
 #                        "sshcluster-push<TAB>LABEL<TAB>ok" or "...<TAB>failed<TAB>WHY".
 # An ssh that ends (Ctrl-C on the primary, a lost link) ends the stream: tar fails, the
@@ -61,26 +63,29 @@ if [ $# -ge 4 ]; then
   nlabel=$1; nhost=$2; nport=$3; nuser=$4; shift 4
   rest=
   for w; do rest="$rest $(q "$w")"; done
-  mkfifo "$work/fifo"
   # AES-GCM first where this ssh knows the ^ form (AES-NI: several times chacha20's speed)
   gcm=^aes128-gcm@openssh.com,aes256-gcm@openssh.com
   ssh -G -o "Ciphers=$gcm" localhost >/dev/null 2>&1 || gcm=
+  [ -n "$stage" ] && mkfifo "$work/fifo"
 
-  # The next host gets this same script, then the stream as it arrives here.
-  { printf '%s\n# sshcluster: end of script\n' "$S"; cat "$work/fifo"; } |
+  # The next host gets this same script, then the stream as it arrives here; tee -p: a
+  # host whose own tar has given up (a full disk) still passes the stream on.
+  # (fd 3: an asynchronous list's own stdin would be /dev/null)
+  exec 3<&0
+  { printf '%s\n# sshcluster: end of script\n' "$S"
+    if [ -n "$stage" ]; then tee -p "$work/fifo"; else cat; fi <&3; } |
     ssh -T -o BatchMode=yes -o StrictHostKeyChecking=yes -o ConnectTimeout=10 \
-      -o ServerAliveInterval=5 -o ServerAliveCountMax=3 ${gcm:+-o "Ciphers=$gcm"} -p "$nport" \
-      ${nuser:+-l "$nuser"} -- "$nhost" \
+      -o ServerAliveInterval=5 -o ServerAliveCountMax=3 ${gcm:+-o "Ciphers=$gcm"} \
+      -p "$nport" ${nuser:+-l "$nuser"} -- "$nhost" \
       "exec sh -c $(q "$READ_SCRIPT") sshcluster-push receive $(q "$dest") $(q "$nlabel")$rest" \
       >"$work/next.out" 2>"$work/next.err" &
   next=$!
 fi
 
-# tee -p: a host whose own tar has given up (a full disk) still passes the stream on.
 if [ -n "$next" ] && [ -n "$stage" ]; then
-  tee -p "$work/fifo" | tar -C "$stage" -xpf - 2>"$work/tar.err"
+  tar -B -C "$stage" -xpf "$work/fifo" 2>"$work/tar.err"  # (-B: a pipe, read whole)
 elif [ -n "$next" ]; then
-  cat >"$work/fifo"; false
+  wait "$next"; false
 elif [ -n "$stage" ]; then
   tar -C "$stage" -xpf - 2>"$work/tar.err"
 else
@@ -92,13 +97,17 @@ if [ -z "$why" ] && [ "$rc" != 0 ]; then
   why="$(grep -v 'Exiting with failure' "$work/tar.err" | head -n 3)"
 fi
 if [ -z "$why" ]; then
-  ( cd "$stage" && sha256sum --quiet --strict -c .sshcluster-push-sums ) >"$work/sums" 2>&1 ||
-    why="verification failed: $(grep -v '^sha256sum: WARNING' "$work/sums" | head -n 3)"
+  sum=sha256sum list=.sshcluster-push-sums
+  if [ -f "$stage/.sshcluster-push-b2sums" ] && command -v b2sum >/dev/null 2>&1; then
+    sum=b2sum list=.sshcluster-push-b2sums
+  fi
+  ( cd "$stage" && $sum --quiet --strict -c $list ) >"$work/sums" 2>&1 ||
+    why="verification failed: $(grep -v "^$sum: WARNING" "$work/sums" | head -n 3)"
 fi
 if [ -z "$why" ]; then
   # Directories first (made, with their modes), then every file and link renamed:
   # one mv per directory (each file still its own rename), not one per file.
-  ( cd "$stage" && rm -f .sshcluster-push-sums &&
+  ( cd "$stage" && rm -f .sshcluster-push-sums .sshcluster-push-b2sums &&
     find . -mindepth 1 -type d -exec sh -c \
       'for d; do mkdir -p -- "$0/$d" && chmod "$(stat -c %a -- "$d")" -- "$0/$d" || exit 1
        done' "$dest" {} + &&

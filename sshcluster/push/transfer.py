@@ -12,6 +12,7 @@ keepalive so that a host lost mid-push ends its ssh instead of stalling.
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 import time
@@ -68,6 +69,50 @@ def fast_cipher() -> list[str]:
     return ["-o", "Ciphers=^aes128-gcm@openssh.com,aes256-gcm@openssh.com"]
 
 
+#: Key exchanges cheap enough to open many sessions at once: ML-KEM hybrid (post-quantum,
+#: OpenSSH 9.9 and later), else plain X25519.
+_FAST_KEX = ("mlkem768x25519-sha256", "curve25519-sha256")
+
+
+def _kex_line(argv: Sequence[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return next((ln for ln in out.splitlines() if ln.startswith("kexalgorithms ")), "")
+
+
+@functools.lru_cache(maxsize=1)
+def _kex_choice() -> tuple[str, str]:
+    """(OpenSSH's own key exchange list as ``ssh -G`` prints it, the option that puts a
+    cheaper one first, or "" for none)."""
+    own = _kex_line(["ssh", "-F", "/dev/null", "-G", "localhost"])
+    if own.startswith("kexalgorithms sntrup761x25519"):
+        for kex in _FAST_KEX:
+            option = f"KexAlgorithms=^{kex}"
+            if _kex_line(["ssh", "-F", "/dev/null", "-o", option, "-G", "localhost"]):
+                return own, option
+    return own, ""
+
+
+@functools.lru_cache(maxsize=256)
+def fast_kex(argv: tuple[str, ...]) -> tuple[str, ...]:
+    """A cheaper key exchange than OpenSSH 9.0-9.8's first choice, sntrup761x25519: its
+    key generation costs the client tens of milliseconds of CPU per session, which a
+    primary opening a session to every host at once feels (8 sessions: about 0.65 of
+    0.85 CPU-seconds, docs/speed.md). Only for sessions that carry no file content:
+    those keep the post-quantum default, as the launch's do (X25519 alone is not
+    post-quantum; ML-KEM, where ssh has it, is).
+    ``argv`` is the whole ssh command up to the destination. Nothing when the user's or
+    the system's ssh config chooses the key exchange (``ssh -G`` shows a list other than
+    OpenSSH's own), when OpenSSH's own first choice is not sntrup761x25519 (10.0 and
+    later put ML-KEM first; before 9.0 X25519 was first), or when ssh cannot tell."""
+    own, option = _kex_choice()
+    if not option or _kex_line(["ssh", "-G", *argv[1:]]) != own:
+        return ()
+    return ("-o", option)
+
+
 def remote_command(*words: str) -> str:
     """The command line a push session runs: read the script, run it with ``words``."""
     return f"exec sh -c {shell_quote(READ_SCRIPT)} sshcluster-push {shell_join(words)}"
@@ -87,8 +132,13 @@ class Session:
                      *(["-l", host.user] if host.user else []), "--", host.host]
 
     def run(self, words: Sequence[str], stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
-        """Run a small mode of remote.sh (scan, sums, touch) and return its result."""
-        return subprocess.run([*self.argv, remote_command(*words)], input=script() + stdin,
+        """Run a small mode of remote.sh (scan, sums, touch) and return its result.
+
+        These sessions carry names, sizes, times and hashes, never a file's content: they
+        take the cheaper key exchange (:func:`fast_kex`), so that asking every host at
+        once what it holds costs little (an unchanged re-push is only these)."""
+        argv = [*self.argv[:-2], *fast_kex(tuple(self.argv)), *self.argv[-2:]]
+        return subprocess.run([*argv, remote_command(*words)], input=script() + stdin,
                               capture_output=True, timeout=SMALL_TIMEOUT, check=False)
 
     def popen(self, words: Sequence[str]) -> subprocess.Popen[bytes]:

@@ -1,9 +1,11 @@
 """push when things go wrong, on real SSH test hosts: a host cut off mid-push, Ctrl-C
-mid-push, a full disk. In each, the other hosts finish (or stop cleanly), the failed
-host is named, and no host has a half-written file under its final name."""
+mid-push, a full disk, a file that arrives changed. In each, the other hosts finish (or
+stop cleanly), the failed host is named, and no host has a half-written file under its
+final name."""
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -16,6 +18,9 @@ import pytest
 
 import sshcluster
 from sshcluster.inventory import load_inventory
+from sshcluster.push.manifest import local_manifest
+from sshcluster.push.stream import tar_stream
+from sshcluster.push.transfer import Session, chain_words, script, verdicts
 from sshcluster.testing import Testbed
 from sshcluster.testing.fixtures import MakeTestbed
 
@@ -121,15 +126,17 @@ def test_ctrl_c_mid_push_leaves_no_partial_file_under_its_final_name(
     assert result.ok, result.to_json()
 
 
+@pytest.mark.parametrize("fanout", ["direct", "chain"])
 def test_a_full_disk_names_the_host_and_the_path(
-    make_testbed: MakeTestbed, tmp_path: Path
+    make_testbed: MakeTestbed, tmp_path: Path, fanout: str
 ) -> None:
-    tb = make_testbed(3, private_dirs={"/srv": "8m"})
+    # chain: the full host is the middle one, which must still pass the stream on
+    tb = make_testbed(3, private_dirs={"/srv": "8m"}, mesh=fanout == "chain")
     full = tb.hosts[1]
     subprocess.run(tb.ssh_argv(full, "head -c 6000000 /dev/zero > /srv/filler"),
                    check=True, timeout=60)
     inv = load_inventory(tb.write_inventory(tmp_path / "hosts.yaml",
-                                            extra={"workdir": DEST}))
+                                            extra={"workdir": DEST, "fanout": fanout}))
     data = make_tree(tmp_path / "src", small=3, big=3 << 20)
     result = sshcluster.push(inv, [data])
     bad = result.hosts[1]
@@ -139,6 +146,35 @@ def test_a_full_disk_names_the_host_and_the_path(
     assert bad.path == f"{DEST}/data/big.bin"
     for i in (0, 2):
         assert result.hosts[i].ok
+        assert result.hosts[i].via == fanout  # (not a direct copy afterwards)
         assert remote_state(tb, tb.hosts[i]) == local_state(data)
     assert remote_state(tb, full) == {}  # nothing renamed, staging removed
     assert os.path.exists(tmp_path / "src" / "data" / "big.bin")
+
+
+@pytest.mark.parametrize("fanout", ["direct", "chain"])
+def test_a_file_that_arrives_changed_fails_its_hash_and_is_not_renamed(
+    make_testbed: MakeTestbed, tmp_path: Path, fanout: str
+) -> None:
+    # An archive whose content no longer matches its sums (one byte of big.bin flipped
+    # on the way), fed to remote.sh's receive as the primary would; in a chain the
+    # second host gets the same bytes from the first.
+    tb = make_testbed(2, private_dirs={"/srv": "16m"}, mesh=fanout == "chain")
+    inv = load_inventory(tb.write_inventory(tmp_path / "hosts.yaml",
+                                            extra={"workdir": DEST}))
+    data = make_tree(tmp_path / "src", small=3, big=1 << 20)
+    manifest = local_manifest([data])
+    archive = io.BytesIO()
+    tar_stream(manifest.files, [e for e in manifest.entries if e.kind == "d"], archive)
+    raw = bytearray(archive.getvalue())
+    at = raw.find((data / "big.bin").read_bytes()[:4096]) + 1000
+    raw[at] ^= 0xFF
+    head, rest = inv.hosts[0], inv.hosts[1:] if fanout == "chain" else []
+    proc = Session(inv, head).popen(["receive", DEST, head.label, *chain_words(rest)])
+    out, _ = proc.communicate(script() + bytes(raw), timeout=DEADLINE)
+    found = verdicts(out)
+    assert sorted(found) == sorted(h.label for h in [head, *rest])
+    for ok, why in found.values():
+        assert not ok and why.startswith("verification failed: ./data/big.bin: FAILED"), why
+    for h in tb.hosts[:len(found)]:
+        assert remote_state(tb, h) == {}  # nothing renamed, staging removed
