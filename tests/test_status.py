@@ -15,6 +15,7 @@ from typing import Any
 from sshcluster.bootstrap import RenderOptions, write_bootstrap
 from sshcluster.inventory import load_inventory
 from sshcluster.status import Process, classify
+from sshcluster.status.scan import REMOTE, parse_starts
 from sshcluster.testing import Testbed
 
 
@@ -118,3 +119,34 @@ def test_status_shows_a_live_cluster_and_ends_a_stray(testbed: Testbed, tmp_path
                 os.killpg(r.pid, 9)
     code, doc = _status(inv)
     assert code == 0 and all(not h["sessions"] for h in doc["hosts"]), doc
+
+
+def test_a_stray_is_ended_only_while_its_pid_is_the_same_process(testbed: Testbed) -> None:
+    """--kill-strays names each pid with when that process started: a pid that the
+    kernel has given to another process since the look is left alone."""
+    host = testbed.hosts[0]
+
+    def remote(*args: str) -> str:
+        command = f"sh -c '{REMOTE}' sc-status " + " ".join(f"'{a}'" for a in args)
+        return subprocess.run(testbed.ssh_argv(host, command), capture_output=True,
+                              text=True, timeout=60, check=True).stdout
+
+    pid = int(subprocess.run(testbed.ssh_argv(
+        host, "setsid sleep 300 </dev/null >/dev/null 2>&1 & echo $!"), capture_output=True,
+        text=True, timeout=60, check=True).stdout)
+    try:
+        stamp = parse_starts(remote())[pid]
+        assert stamp.count("_") == 4, stamp
+        other = stamp[:-4] + str(int(stamp[-4:]) - 1)  # (the same moment, a year before)
+        remote(f"{pid}@{other}", "")
+        assert _in_netns(host.netns, pid)  # (another process by now: left alone)
+        remote(f"{pid}@{stamp}", "")
+        assert not _in_netns(host.netns, pid)
+    finally:
+        subprocess.run(["ip", "netns", "exec", host.netns, "kill", "-9", str(pid)],
+                       capture_output=True, timeout=30)
+
+
+def _in_netns(netns: str, pid: int) -> bool:
+    return str(pid) in subprocess.run(["ip", "netns", "pids", netns], capture_output=True,
+                                      text=True, timeout=30).stdout.split()

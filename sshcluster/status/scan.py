@@ -12,8 +12,11 @@ from sshcluster.commands import run_command
 from sshcluster.inventory import Host, Inventory
 from sshcluster.ssh.command import ssh_command
 
-#: What each host runs: the login user's processes, one ``PID PPID COMMAND`` line each;
-#: with KILL set (pids), those are ended first (TERM, a second, then KILL).
+#: What each host runs: the login user's processes, one ``PID PPID COMMAND`` line each,
+#: and when each started (``start PID STAMP``: ps's lstart, its words joined by ``_``);
+#: with $1 set (``PID@STAMP`` words), those are ended first (TERM, a second, then KILL),
+#: each only while the process of that pid is still the one that started then (a pid the
+#: kernel gave to another process since the look is left alone).
 #: Only processes in this session's network namespace count (``net PID`` lines): on a
 #: host that is all of the user's, but hosts that share one kernel (containers, test
 #: hosts) see each other's.
@@ -21,12 +24,18 @@ from sshcluster.ssh.command import ssh_command
 #: ``sshcluster.user=UID``: a docker daemon shows every user's): ``container ENGINE NAME``
 #: lines; with $2 set (``ENGINE:NAME`` words), those are removed first.
 REMOTE = (
-    'if [ -n "$1" ]; then kill -TERM $1 2>/dev/null; sleep 1; kill -KILL $1 2>/dev/null; fi; '
+    'st() { set -- $(LC_ALL=C ps -o lstart= -p "$1" 2>/dev/null); '
+    '[ $# -eq 5 ] && echo "$1_$2_$3_$4_$5"; }; '
+    'if [ -n "$1" ]; then for s in TERM KILL; do for w in $1; do p=${w%%@*}; '
+    '[ "$(st "$p")" = "${w#*@}" ] && kill -$s "$p" 2>/dev/null; done; '
+    '[ $s = KILL ] || sleep 1; done; fi; '
     'for c in $2; do "${c%%:*}" rm -f "${c#*:}" >/dev/null 2>&1; done; '
     'for e in podman docker; do command -v $e >/dev/null 2>&1 && '
     '$e ps --filter label=sshcluster=worker --filter label=sshcluster.user=$(id -u) '
     '--format "{{.Names}}" 2>/dev/null '
     '| while read -r n; do echo "container $e $n"; done; done; '
+    'LC_ALL=C ps -u "$(id -u)" -o pid= -o lstart= 2>/dev/null | '
+    'while read -r p a b c d e; do echo "start $p ${a}_${b}_${c}_${d}_${e}"; done; '
     'echo "self $$"; net=$(readlink /proc/$$/ns/net 2>/dev/null); '
     'if [ -n "$net" ]; then for d in /proc/[0-9]*; do '
     '[ "$(readlink $d/ns/net 2>/dev/null)" = "$net" ] && echo "net ${d#/proc/}"; done; fi; '
@@ -122,6 +131,16 @@ def parse_containers(text: str) -> list[tuple[str, str]]:
     return out
 
 
+def parse_starts(text: str) -> dict[int, str]:
+    """When each process started, from REMOTE's ``start PID STAMP`` lines."""
+    starts = {}
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) == 3 and words[0] == "start" and words[1].isdigit():
+            starts[int(words[1])] = words[2]
+    return starts
+
+
 def parse_ps(text: str) -> list[Process]:
     """``ps -o pid= -o ppid= -o args=`` lines as processes, without the listing itself
     and the processes it runs under (its ssh session: the line ``self PID`` names it)."""
@@ -134,7 +153,7 @@ def parse_ps(text: str) -> list[Process]:
             me = int(words[1])
         elif len(words) == 2 and words[0] == "net" and words[1].isdigit():
             net.add(int(words[1]))
-        elif words and words[0] == "container":
+        elif words and words[0] in ("container", "start"):
             continue
         elif len(words) >= 2 and words[0].isdigit() and words[1].isdigit():
             out.append(Process(int(words[0]), int(words[1]), words[2] if len(words) > 2 else ""))
@@ -249,7 +268,8 @@ async def _host(inventory: Inventory, host: Host, kill: bool, timeout: float) ->
         seen = _sorted(host.label, first.stdout.decode(errors="replace"))
         if not (kill and (seen.strays or seen.stray_containers)):
             return seen
-        pids = " ".join(str(p.pid) for p in seen.strays)
+        starts = parse_starts(first.stdout.decode(errors="replace"))
+        pids = " ".join(f"{p.pid}@{starts[p.pid]}" for p in seen.strays if p.pid in starts)
         boxes = " ".join(seen.stray_containers)
         again = await run_command([*argv, f"sh -c '{REMOTE}' sc-status '{pids}' '{boxes}'"],
                                   timeout)
@@ -301,4 +321,4 @@ def status(inventory: Inventory, *, kill_strays: bool = False,
 
 
 __all__ = ["MARK", "REMOTE", "STATUS_TIMEOUT", "HostStatus", "Process", "StatusReport",
-           "classify", "parse_containers", "parse_ps", "status", "status_async"]
+           "classify", "parse_containers", "parse_ps", "parse_starts", "status", "status_async"]
