@@ -13,21 +13,13 @@ EC2 lives in :mod:`sshcluster.ec2`, the local test hosts in :mod:`sshcluster.tes
 
 from __future__ import annotations
 
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
 # First, before anything imports asyncssh.
 from sshcluster import quiet as _quiet  # noqa: F401
-from sshcluster.bootstrap import RenderOptions, render, write_bootstrap
-
-# (check and push: the function takes the name of its sub-package here, so that
-# sshcluster.check(...) is the call; the sub-package's names are imported from it as usual.)
-from sshcluster.check import (
-    CheckReport,
-    HostReport,
-    StepResult,
-    check,
-    check_async,
-    verified_inventory,
-)
-from sshcluster.dump import dump_inventory
 from sshcluster.errors import (
     CheckFailed,
     EC2Error,
@@ -43,17 +35,59 @@ from sshcluster.errors import (
     TestbedError,
     UnsafePathError,
 )
-from sshcluster.inventory import (
-    Host,
-    Inventory,
-    Primary,
-    load_inventory,
-    parse_inventory,
-)
-from sshcluster.jobs import RunOptions, RunResult, run
-from sshcluster.packages import SyncReport, sync, sync_async
-from sshcluster.push import HostPush, PushResult, push
 from sshcluster.version import __version__
+
+if TYPE_CHECKING:
+    from sshcluster.bootstrap import RenderOptions, render, write_bootstrap
+    from sshcluster.check import (
+        CheckReport,
+        HostReport,
+        StepResult,
+        check,
+        check_async,
+        verified_inventory,
+    )
+    from sshcluster.dump import dump_inventory
+    from sshcluster.inventory import Host, Inventory, Primary, load_inventory, parse_inventory
+    from sshcluster.jobs import RunOptions, RunResult, run
+    from sshcluster.packages import SyncReport, sync, sync_async
+    from sshcluster.push import HostPush, PushResult, push
+
+#: The rest of the API, imported on first use (so that a command that needs no ssh
+#: library, or one sub-package, starts without importing them all): name -> module.
+_LAZY = {
+    **dict.fromkeys(("RenderOptions", "render", "write_bootstrap"), "sshcluster.bootstrap"),
+    **dict.fromkeys(("CheckReport", "HostReport", "StepResult", "check", "check_async",
+                     "verified_inventory"), "sshcluster.check"),
+    "dump_inventory": "sshcluster.dump",
+    **dict.fromkeys(("Host", "Inventory", "Primary", "load_inventory", "parse_inventory"),
+                    "sshcluster.inventory"),
+    **dict.fromkeys(("RunOptions", "RunResult", "run"), "sshcluster.jobs"),
+    **dict.fromkeys(("SyncReport", "sync", "sync_async"), "sshcluster.packages"),
+    **dict.fromkeys(("HostPush", "PushResult", "push"), "sshcluster.push"),
+}
+
+
+class _Package(types.ModuleType):
+    """``sshcluster``: the API's names are imported on first use. ``check`` and ``push``
+    are the functions, not the sub-packages of those names: importing a sub-package
+    does not rebind them."""
+
+    def __getattr__(self, name: str) -> Any:
+        where = _LAZY.get(name)
+        if where is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(where), name)
+        super().__setattr__(name, value)
+        return value
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("check", "push") and isinstance(value, types.ModuleType):
+            return  # (the import system binding the sub-package: the function stays)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "CheckFailed",

@@ -28,16 +28,8 @@ from rich.progress import (
 )
 
 from sshcluster import bootstrap, packages
-from sshcluster.check.preflight import (
-    DEFAULT_CONCURRENCY,
-    DEFAULT_TIMEOUT,
-    check,
-    verified_inventory,
-)
 from sshcluster.check.report import CheckReport, HostReport, error_document, print_report
 from sshcluster.console import ErrorGroup, note, quiet
-from sshcluster.containers.cli import image_group
-from sshcluster.ec2.cli import ec2_group
 from sshcluster.errors import CheckFailed, SshclusterError
 from sshcluster.helpformat import use_help_formatter
 from sshcluster.inventory import (
@@ -48,21 +40,27 @@ from sshcluster.inventory import (
     example_inventory,
     load_inventory,
 )
-from sshcluster.jobs.cli import (
-    fetch_command,
-    jobs_command,
-    logs_command,
-    run_command,
-    stop_command,
-)
-from sshcluster.packages.cli import sync_command
-from sshcluster.push.cli import push_command
-from sshcluster.status.cli import status_command
-from sshcluster.testing.cli import testbed_group
+from sshcluster.protocol import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT
 from sshcluster.version import __version__
 
+#: The sub-systems' commands, imported when asked for (see ErrorGroup).
+SUBCOMMANDS = {
+    "testbed": "sshcluster.testing.cli:testbed_group",
+    "ec2": "sshcluster.ec2.cli:ec2_group",
+    "push": "sshcluster.push.cli:push_command",
+    "sync": "sshcluster.packages.cli:sync_command",
+    "run": "sshcluster.jobs.cli:run_command",
+    "jobs": "sshcluster.jobs.cli:jobs_command",
+    "logs": "sshcluster.jobs.cli:logs_command",
+    "stop": "sshcluster.jobs.cli:stop_command",
+    "fetch": "sshcluster.jobs.cli:fetch_command",
+    "status": "sshcluster.status.cli:status_command",
+    "image": "sshcluster.containers.cli:image_group",  # (sshcluster/containers)
+}
 
-@click.group(cls=ErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
+
+@click.group(cls=ErrorGroup, lazy=SUBCOMMANDS,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="sshcluster")
 @click.option("-q", "--quiet", is_flag=True,
               help="Print only results, warnings and errors: no progress, no notes on what "
@@ -92,6 +90,8 @@ def _run_check(inv: Inventory, *, timeout: float, concurrency: int, accept_new: 
                tunnel: bool | None = None) -> CheckReport:
     """Run the preflight check, with a progress bar on stderr when it is a terminal; say
     how many host keys --accept-new recorded, and where."""
+    from sshcluster.check.preflight import check  # (asyncssh: only for the commands that check)
+
     console = Console(stderr=True)
     kwargs: dict[str, Any] = {"timeout": timeout, "concurrency": concurrency,
                               "accept_new": accept_new, "tunnel": tunnel,
@@ -288,6 +288,8 @@ def _checked(inv: Inventory, *, timeout: float, accept_new: bool, allow_partial:
     report = _run_check(inv, timeout=timeout, concurrency=concurrency,
                         accept_new=accept_new, ssh_config=(), show_progress=True,
                         tunnel=tunnel)
+    from sshcluster.check.preflight import verified_inventory
+
     verified = verified_inventory(report, inv, allow_partial=allow_partial)
     for host in report.failed:
         note(f"left out {host.label}: failed {', '.join(host.failed)}")
@@ -377,21 +379,6 @@ def init(output: str, hosts_spec: str | None, from_ssh_config: bool, ssh_config:
          f"(next: sshcluster check {output})")
 
 
-# ----------------------------------------------------------------------- testbed
-
-cli.add_command(testbed_group)
-
-
-cli.add_command(ec2_group)
-cli.add_command(push_command)
-cli.add_command(sync_command)
-cli.add_command(run_command)
-cli.add_command(jobs_command)
-cli.add_command(logs_command)
-cli.add_command(stop_command)
-cli.add_command(fetch_command)
-cli.add_command(status_command)
-cli.add_command(image_group)  # (sshcluster/containers)
 use_help_formatter(cli)
 
 

@@ -3,6 +3,8 @@ and notes that ``--quiet`` leaves out (the root command's and its sub-groups' al
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Mapping
 from typing import Any
 
 import click
@@ -10,10 +12,32 @@ from rich.console import Console
 
 from sshcluster.check.report import print_report
 from sshcluster.errors import CheckFailed, SshclusterError
+from sshcluster.helpformat import use_help_formatter
 
 
 class ErrorGroup(click.Group):
-    """A click group that turns library errors into a message and an exit status."""
+    """A click group that turns library errors into a message and an exit status.
+
+    ``lazy`` names commands by where they live (``name: "module:attribute"``): a
+    command's module is imported only when that command is asked for, so that
+    ``sshcluster sync`` does not import what ``check`` or ``ec2`` need.
+    """
+
+    def __init__(self, *args: Any, lazy: Mapping[str, str] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy and cmd_name not in self.commands:
+            module, _, attribute = self.lazy[cmd_name].partition(":")
+            command = getattr(importlib.import_module(module), attribute)
+            use_help_formatter(command)
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

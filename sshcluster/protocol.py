@@ -13,6 +13,14 @@ from typing import Final
 
 # --------------------------------------------------------------------------- the check
 
+#: Default per-run deadline of the check, in seconds.
+DEFAULT_TIMEOUT: Final = 10.0
+#: Default bound on hosts checked at the same time. Each host takes about a second, so 32
+#: at a time check hundreds of hosts within the default timeout; more at once mostly makes
+#: the workers' logins to the primary collide with its sshd's MaxStartups (10:30:100 by
+#: default), and on hosts that share a machine it thrashes.
+DEFAULT_CONCURRENCY: Final = 32
+
 #: The steps of the check, in the order they run on each host (and the report's order).
 STEPS: Final[tuple[str, ...]] = (
     "resolve",

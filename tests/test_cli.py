@@ -24,7 +24,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
     found: list[tuple[str, click.Command]] = []
-    for name, cmd in sorted(group.commands.items()):
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):  # (the root's sub-systems load when asked for)
+        cmd = group.get_command(ctx, name)
+        assert cmd is not None, name
         full = f"{prefix}{name}"
         found.append((full, cmd))
         if isinstance(cmd, click.Group):
@@ -68,8 +71,10 @@ def test_every_option_the_readme_shows_exists() -> None:
         for word in shlex.split(line)[1:]:
             if word == "--":  # the rest are the command's arguments (run's ARGS)
                 break
-            if isinstance(cmd, click.Group) and word in cmd.commands:
-                cmd = cmd.commands[word]
+            sub = cmd.get_command(click.Context(cmd), word) \
+                if isinstance(cmd, click.Group) else None
+            if sub is not None:
+                cmd = sub
             elif word.startswith("-") and word != "-":
                 names = {n for p in cmd.params for n in [*p.opts, *p.secondary_opts]}
                 assert word.split("=")[0] in names | {"--help", "-h"}, \

@@ -23,7 +23,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("sshcluster.errors", "sshcluster.quiet", "sshcluster.version",
               "sshcluster.protocol", "sshcluster.net", "sshcluster.files",
               "sshcluster.quoting", "sshcluster.commands", "sshcluster.yamlfile",
-              "sshcluster.helpformat")),
+              "sshcluster.helpformat", "sshcluster.lazy")),
     # What the inventory says, and what follows from it alone.
     ("nouns", ("sshcluster.requirements", "sshcluster.inventory", "sshcluster.dump",
                "sshcluster.connections",

@@ -13,7 +13,9 @@ from sshcluster.helpformat import first_sentence, wrap
 
 def _paths(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     found = [prefix]
-    for name, cmd in sorted(group.commands.items()):
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):  # (the root's sub-systems load when asked for)
+        cmd = group.get_command(ctx, name)
         if isinstance(cmd, click.Group):
             found += _paths(cmd, (*prefix, name))
         else:

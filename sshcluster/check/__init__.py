@@ -15,16 +15,27 @@
 
 from __future__ import annotations
 
-from sshcluster.check.preflight import (
-    DEFAULT_CONCURRENCY,
-    DEFAULT_TIMEOUT,
-    REMOTE_STEPS,
-    ProgressCallback,
-    check,
-    check_async,
-    verified_inventory,
-)
-from sshcluster.check.report import CheckReport, HostReport, StepResult
+from typing import TYPE_CHECKING
+
+from sshcluster.lazy import exports
+
+if TYPE_CHECKING:
+    from sshcluster.check.preflight import (
+        DEFAULT_CONCURRENCY,
+        DEFAULT_TIMEOUT,
+        REMOTE_STEPS,
+        ProgressCallback,
+        check,
+        check_async,
+        verified_inventory,
+    )
+    from sshcluster.check.report import CheckReport, HostReport, StepResult
+
+__getattr__ = exports(__name__, {
+    "preflight": ("DEFAULT_CONCURRENCY", "DEFAULT_TIMEOUT", "REMOTE_STEPS", "ProgressCallback",
+                  "check", "check_async", "verified_inventory"),
+    "report": ("CheckReport", "HostReport", "StepResult"),
+})
 
 __all__ = [
     "DEFAULT_CONCURRENCY",

@@ -54,18 +54,12 @@ from sshcluster.errors import CheckFailed, SshclusterError
 from sshcluster.inventory import AUTO, Host, Inventory
 from sshcluster.net import R_PORT_RANGE
 from sshcluster.packages.reference import Reference, reference_for
+from sshcluster.protocol import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT
 from sshcluster.push.marker import start_marker
 from sshcluster.ssh.config import SshConfigError, client_settings
 from sshcluster.ssh.connect import Connector
 from sshcluster.ssh.knownhosts import KnownHostsFiles
 
-#: Default per-run deadline in seconds.
-DEFAULT_TIMEOUT = 10.0
-#: Default bound on hosts checked at the same time. Each host takes about a second, so 32
-#: at a time check hundreds of hosts within the default timeout; more at once mostly makes
-#: the workers' logins to the primary collide with its sshd's MaxStartups (10:30:100 by
-#: default), and on hosts that share a machine it thrashes.
-DEFAULT_CONCURRENCY = 32
 #: The range R itself picks its PSOCK port from; used when the inventory has no ``port``.
 PORT_RANGE = R_PORT_RANGE
 

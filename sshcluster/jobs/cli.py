@@ -8,12 +8,12 @@ from dataclasses import asdict
 
 import click
 
-from sshcluster.check.preflight import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT
 from sshcluster.inventory import load_inventory
 from sshcluster.jobs.control import fetch_job, job_logs, list_jobs, stop_job
 from sshcluster.jobs.detached import start_detached
 from sshcluster.jobs.job import RunOptions, run
 from sshcluster.jobs.leases import WAIT_TIMEOUT, list_leases
+from sshcluster.protocol import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT
 
 
 def _note(message: str) -> None:

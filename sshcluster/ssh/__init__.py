@@ -11,11 +11,31 @@
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from sshcluster.ssh.command import CONNECT_TIMEOUT, known_hosts_option, openssh_version, ssh_command
 from sshcluster.ssh.config import ClientSettings, SshConfigError, client_settings
-from sshcluster.ssh.connect import Connector, HostKeyDecision, host_decision, trust_policy
-from sshcluster.ssh.keycheck import HostKeyVerdict, verify
-from sshcluster.ssh.knownhosts import KnownHostsFiles, TrustPolicy, fingerprint
+
+if TYPE_CHECKING:
+    from sshcluster.ssh.connect import Connector, HostKeyDecision, host_decision, trust_policy
+    from sshcluster.ssh.keycheck import HostKeyVerdict, verify
+    from sshcluster.ssh.knownhosts import KnownHostsFiles, TrustPolicy, fingerprint
+
+#: What needs asyncssh, imported when first asked for: the launch's and push's ssh
+#: command lines (command, config) are wanted without it.
+_LAZY = {
+    "Connector": "connect", "HostKeyDecision": "connect", "host_decision": "connect",
+    "trust_policy": "connect", "HostKeyVerdict": "keycheck", "verify": "keycheck",
+    "KnownHostsFiles": "knownhosts", "TrustPolicy": "knownhosts", "fingerprint": "knownhosts",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"sshcluster.ssh.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CONNECT_TIMEOUT",
