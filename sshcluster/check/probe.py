@@ -81,7 +81,8 @@ def remote_script(
     packages step reports the version of each of its packages, looking first in
     sshcluster's library for it under ``library_root``. With a ``container``, the engine
     and the image are checked first and R runs inside the image, as the launch's workers
-    do there (``workdir`` mounted, when it is on the host already).
+    do there (``workdir`` made as the launch makes it, and mounted; without one, the login
+    directory).
     """
     whole = max(1, int(budget))
     if reference is None:

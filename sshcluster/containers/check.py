@@ -8,11 +8,12 @@ podman, or a member of the docker group) and that the image is there or can be p
 under ``pull:`` (the ``container`` step, :func:`container_verdict`); then it runs the
 check's R (its version, the ``r_packages``, the callback to the primary) inside the image,
 in a container made as the launch makes its own (host networking, the login user, the
-workdir mounted, the inventory's options). R on the host itself is never asked for: the
-launch never starts it. :data:`IN_IMAGE` holds the verdicts of the ``rscript`` and
-``packages`` steps for such a host, and :func:`compare_digests` then looks at every
-host together: a host whose image has another digest (the image id) than most hosts' is
-failed and named, since the same image everywhere is the point of a container.
+workdir made as the launch makes it and mounted, the inventory's options). R on the host
+itself is never asked for: the launch never starts it. :data:`IN_IMAGE` holds the
+verdicts of the ``rscript`` and ``packages`` steps for such a host, and
+:func:`compare_digests` then looks at every host together: a host whose image has another
+digest (the image id) than most hosts' is failed and named, since the same image
+everywhere is the point of a container.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ __all__ = ["IN_IMAGE", "NO_CONTAINER", "compare_digests", "container_verdict",
            "packages_in_image", "rscript_in_image"]
 
 _DIGEST = re.compile(r"image sha256:([0-9a-f]{64})")
+#: What probe.sh says when the workdir cannot be made or entered (the launch fails then
+#: too), and the hint for it.
+_NO_WORKDIR_SAID = "sshcluster: cannot make or enter workdir"
+_NO_WORKDIR = ("make the workdir possible for the login user (a directory it can create "
+               "and enter), or set another workdir: the launch makes it and starts there")
 #: The facts that say the container step failed before R could be tried in the image.
 _STOPPED = (Fact.CONTAINER_NOENGINE, Fact.CONTAINER_UNUSABLE, Fact.CONTAINER_ABSENT)
 
@@ -93,9 +99,10 @@ def rscript_in_image(facts: Facts, ctx: RemoteContext, complete: bool) -> StepRe
     return dataclasses.replace(
         result, detail=f"{rscript} does not start in {c.image}: {said}"
         if Fact.R_EXIT in facts else result.detail,
-        hint="use an image with Rscript on its PATH (rocker/r-ver, r-base), or set "
-             "rscript: to its path in the image; the engine's words above say when the "
-             "container's options are at fault")
+        hint=_NO_WORKDIR if _NO_WORKDIR_SAID in said else
+        "use an image with Rscript on its PATH (rocker/r-ver, r-base), or set "
+        "rscript: to its path in the image; the engine's words above say when the "
+        "container's options are at fault")
 
 
 def packages_in_image(facts: Facts, ctx: RemoteContext, complete: bool) -> StepResult:

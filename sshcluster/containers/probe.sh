@@ -33,18 +33,26 @@ step_container() {
 }
 
 # Rscript ($rs) in the image with the check's R code, in a container made as the
-# launch makes its own: host networking (the callback goes where a worker's would), the
-# login user, the workdir (the inventory's, if it is there yet, else the login
-# directory) mounted and entered, the inventory's options. The nonce comes on stdin,
-# never on a command line or in the container's configuration. --rm: the container
-# goes when R ends, and R ends within the budget.
+# launch makes its own (container.sh, after remote.sh made and entered the workdir): host
+# networking, the login user, the same one directory mounted and entered (the
+# inventory's workdir, made here with mkdir -p as the launch makes it, a relative one
+# under the login directory; without one, the login directory), the inventory's
+# options. So R sees exactly the files the workers will: a library elsewhere under the
+# login directory is not there. The nonce comes on stdin, never on a command line or in
+# the container's configuration. Labelled as the check's (sshcluster=check), not a
+# launch's worker container. --rm: the container goes when R ends, and R ends within
+# the budget.
 r_in_image() {
   wd=$(pwd -P)
-  if [ -n "$workdir" ] && [ -d "$workdir" ]; then wd=$(cd -- "$workdir" && pwd -P); fi
+  if [ -n "$workdir" ]; then
+    wd=$(mkdir -p -- "$workdir" && cd -- "$workdir" && pwd -P) || {
+      echo "sshcluster: cannot make or enter workdir $workdir on $(uname -n)"; return 126; }
+  fi
   sshcluster_container_user
   eval "set -- $container_options"
-  printf '%s\n' "$nonce" | $to "$sshcluster_engine" run -i --rm --network host \
-    "$user_opt" --pull never --volume "$wd:$wd" --workdir "$wd" --entrypoint "$rs" "$@" \
+  printf '%s\n' "$nonce" | $to "$sshcluster_engine" run -i --rm --label sshcluster=check \
+    --label "sshcluster.user=$(id -u)" --network host "$user_opt" --pull never \
+    --volume "$wd:$wd" --workdir "$wd" --entrypoint "$rs" "$@" \
     "$image" --default-packages=NULL -e "$r_code" "${callback_host:-$primary}" "$port" \
     "$callback_timeout"
 }
