@@ -148,7 +148,8 @@ def start_ec2_detached(spec_file: str | os.PathLike[str], script: str | os.PathL
     with signal_guard() as guard:
         cluster = ec2.up(spec, output=where / "hosts.yaml", job_id=job.job,
                          **_up_options(seam, up_timeout, wait_setup, tell))
-        fleet = {"name": spec.name, "region": spec.region, "keep": keep,
+        fleet = {"name": spec.name, "region": spec.region, "run_id": cluster.run_id,
+                 "keep": keep,
                  "inventory": str(cluster.inventory_path), "expires":
                  ec2.format_time(cluster.expires), "released": None}
         try:
@@ -165,7 +166,7 @@ def start_ec2_detached(spec_file: str | os.PathLike[str], script: str | os.PathL
                     stop_remote(inv, host, job.job)
                 with contextlib.suppress(SshclusterError, OSError):
                     _revoke(cluster.inventory, job.job)
-                ec2.down(spec.name, region=spec.region)
+                _down_if_ours(fleet, job.job)
             if exc is not caught:
                 raise exc from None
             raise
@@ -251,6 +252,24 @@ def _revoke(inv: Inventory, job: str) -> None:
     _each_host(inv, _REVOKE, {"MARK": _mark(job)}, "removing the job's key")
 
 
+def _down_if_ours(fleet: Mapping[str, Any], job: str) -> str:
+    """``ec2 down`` of the job's fleet, only while this machine's record of the cluster
+    is still that fleet's (its run, its job): a cluster of that name started since, by
+    the user or for another job, is left alone. What became of it."""
+    from sshcluster import ec2
+    from sshcluster.ec2.records import find_record
+
+    name = fleet["name"]
+    record = find_record(ec2.state_dir(), fleet["region"], name)
+    if record is None:
+        return f"cluster {name} had ended already"
+    if record.job != job or (fleet.get("run_id") and record.run_id != fleet["run_id"]):
+        return (f"cluster {name} is no longer job {job}'s fleet (it is run {record.run_id}"
+                + (f", job {record.job}" if record.job else "") + "): left alone")
+    report = ec2.down(name, region=fleet["region"])
+    return f"cluster {name} ended: {report.summary()}"
+
+
 def fleet_of(job: str) -> dict[str, Any] | None:
     """What the record of detached job ``job`` says of its fleet, or None (no fleet)."""
     path = runs_dir() / job / FLEET_FILE
@@ -260,8 +279,9 @@ def fleet_of(job: str) -> dict[str, Any] | None:
 def release_fleet(job: str, on_event: Callable[[str], None] | None = None) -> str | None:
     """The job's part of its fleet ends: its key leaves every instance's
     ``authorized_keys``, and, unless the job was started with ``keep``, the fleet ends
-    (``ec2 down``). Once only. What was done, for the user (None: no fleet, or done
-    before)."""
+    (``ec2 down``), if this machine's record of the cluster is still the job's run (a
+    cluster of that name started since is left alone). Once only. What was done, for
+    the user (None: no fleet, or done before)."""
     fleet = fleet_of(job)
     if fleet is None or fleet.get("released"):
         return None
@@ -272,11 +292,8 @@ def release_fleet(job: str, on_event: Callable[[str], None] | None = None) -> st
         said = (f"cluster {fleet['name']} kept (--keep); end it with: sshcluster ec2 "
                 f"down {fleet['name']}")
     else:
-        from sshcluster import ec2
-
         tell(f"ec2: ending cluster {fleet['name']}")
-        report = ec2.down(fleet["name"], region=fleet["region"])
-        said = f"cluster {fleet['name']} ended: {report.summary()}"
+        said = _down_if_ours(fleet, job)
     fleet["released"] = time.time()
     atomic_write(runs_dir() / job / FLEET_FILE, json.dumps(fleet, indent=2) + "\n")
     tell(f"ec2: {said}")
