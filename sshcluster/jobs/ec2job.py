@@ -276,12 +276,14 @@ def fleet_of(job: str) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def release_fleet(job: str, on_event: Callable[[str], None] | None = None) -> str | None:
+def release_fleet(job: str, on_event: Callable[[str], None] | None = None, *,
+                  by: str = "fetch") -> str | None:
     """The job's part of its fleet ends: its key leaves every instance's
     ``authorized_keys``, and, unless the job was started with ``keep``, the fleet ends
     (``ec2 down``), if this machine's record of the cluster is still the job's run (a
     cluster of that name started since is left alone). Once only. What was done, for
-    the user (None: no fleet, or done before)."""
+    the user (None: no fleet, or done before). ``by``: what released it (``fetch``,
+    ``stop``), for a later fetch to say."""
     fleet = fleet_of(job)
     if fleet is None or fleet.get("released"):
         return None
@@ -294,7 +296,7 @@ def release_fleet(job: str, on_event: Callable[[str], None] | None = None) -> st
     else:
         tell(f"ec2: ending cluster {fleet['name']}")
         said = _down_if_ours(fleet, job)
-    fleet["released"] = time.time()
+    fleet["released"], fleet["released_by"] = time.time(), by
     atomic_write(runs_dir() / job / FLEET_FILE, json.dumps(fleet, indent=2) + "\n")
     tell(f"ec2: {said}")
     return said

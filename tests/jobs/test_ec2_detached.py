@@ -13,6 +13,7 @@ import contextlib
 import json
 import time
 import uuid
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,11 @@ from click.testing import CliRunner
 
 from sshcluster import ec2
 from sshcluster.cli import cli
+from sshcluster.dump import dump_inventory
+from sshcluster.inventory import load_inventory
 from sshcluster.jobs import job_status, release_fleet, stop_job
+from sshcluster.jobs.detached import load_job
+from sshcluster.jobs.record import runs_dir
 from sshcluster.testing import Testbed
 from tests.ec2.helpers import nothing_left
 from tests.jobs.helpers import JOB_TIMEOUT
@@ -180,3 +185,86 @@ def test_a_job_that_cannot_start_ends_its_fleet(moto_url: str, testbed: Testbed,
     assert "ending cluster jobnot" in done.output
     assert nothing_left(client) == {}
     assert _job_keys(testbed) == []
+
+
+def _unreachable(job: str, label: str) -> str:
+    """Host ``label`` of the job's inventory here refuses this machine (a user it does not
+    have: the same host label, no way in); the inventory as it was, to put back."""
+    path = runs_dir() / job / "inventory.yaml"
+    was = path.read_text()
+    inv = load_inventory(path)
+    hosts = tuple(replace(h, user="nobody-sshcluster") if h.label == label else h
+                  for h in inv.hosts)
+    path.write_text(dump_inventory(replace(inv, hosts=hosts)))
+    return was
+
+
+def test_stop_ends_the_fleet_a_partial_fetch_left(moto_url: str, testbed: Testbed,
+                                                  tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fetch of the ended job that cannot read a host writes run.json and leaves the
+    fleet running, saying so; stop then ends it."""
+    client, seams, spec = _seams(moto_url, testbed, tmp_path, monkeypatch, "jobpart")
+    script, flag = tmp_path / "fit.R", tmp_path / "flag"
+    script.write_text(SCRIPT)
+    tag = f"jobpart{uuid.uuid4().hex[:8]}"
+    runner, job = CliRunner(), None
+    try:
+        done = runner.invoke(cli, ["run", "--ec2", "--detach", str(spec), str(script),
+                                   "--", str(flag), tag], obj=seams)
+        assert done.exit_code == 0, done.output
+        job = done.stdout.strip()
+        flag.touch()
+        assert _until(job, {"done", "failed", "stopped", "lost"}) == "done"
+        _, inv, primary = load_job(job)
+        (other,) = [h.label for h in inv.hosts if h.label != primary.label]
+        _unreachable(job, other)
+        fetched = runner.invoke(cli, ["fetch", job, "--to", str(tmp_path / "out")])
+        assert fetched.exit_code == 1, fetched.output
+        assert "cluster jobpart is still running" in fetched.stderr
+        assert f"'sshcluster stop {job}'" in fetched.stderr
+        assert "'sshcluster ec2 down jobpart'" in fetched.stderr
+        assert (runs_dir() / job / "run.json").is_file()
+        assert len(nothing_left(client)["instances"]) == 2
+        stopped = runner.invoke(cli, ["stop", job])
+        assert stopped.exit_code == 0, stopped.output
+        assert stopped.stdout.split() == [job, "done"]
+        assert "cluster jobpart ended" in stopped.stderr
+        assert nothing_left(client) == {}
+        again = runner.invoke(cli, ["fetch", job])
+        assert again.exit_code == 1 and "has ended, by 'sshcluster stop'" in again.output
+    finally:
+        flag.touch()
+        _end(job, client, runner, "jobpart")
+        for written in (Path.home() / "results").glob(f"{tag}-*.txt"):
+            written.unlink()
+    assert _job_keys(testbed) == []
+    assert testbed.leftovers(DETACHED_LEFTOVER, wait=15) == {}
+
+
+def test_stop_ends_the_fleet_of_a_job_whose_primary_is_unreachable(
+        moto_url: str, testbed: Testbed, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    client, seams, spec = _seams(moto_url, testbed, tmp_path, monkeypatch, "jobgone")
+    script = tmp_path / "busy.R"
+    script.write_text(BUSY)
+    runner, job, was = CliRunner(), None, None
+    try:
+        done = runner.invoke(cli, ["run", "--ec2", "--detach", str(spec), str(script)],
+                             obj=seams)
+        assert done.exit_code == 0, done.output
+        job = done.stdout.strip()
+        assert _until(job, {"running", "done", "failed"}) == "running"
+        _, _, primary = load_job(job)
+        was = _unreachable(job, primary.label)
+        stopped = runner.invoke(cli, ["stop", job])
+        assert stopped.exit_code == 1, stopped.output
+        assert f"job {job}: not stopped there" in stopped.stderr
+        assert "cluster jobgone ended" in stopped.stderr
+        assert nothing_left(client) == {}
+    finally:
+        if job is not None and was is not None:  # (the test host is still there: stop it)
+            (runs_dir() / job / "inventory.yaml").write_text(was)
+        _end(job, client, runner, "jobgone")
+    assert _job_keys(testbed) == []
+    assert testbed.leftovers(DETACHED_LEFTOVER, wait=15) == {}
