@@ -36,7 +36,7 @@ import shutil
 import tarfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -118,10 +118,10 @@ class PrimaryAccess:
     and port the primary host reaches it at; ``key`` is a private key every host
     authorizes; ``known_hosts`` their host keys under those addresses; ``homes`` each
     host's login directory (the files go to the job's directory there, and ssh takes
-    absolute paths)."""
+    absolute paths). Its ``repr`` leaves the key out."""
 
     addresses: Mapping[str, tuple[str, int]]
-    key: bytes
+    key: bytes = field(repr=False)
     known_hosts: bytes
     homes: Mapping[str, str]
 
