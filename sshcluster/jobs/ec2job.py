@@ -205,7 +205,8 @@ def grant_access(cluster: Any, inner_address_of: Any, job: str) -> PrimaryAccess
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", _mark(job),
                         "-f", f"{d}/key"], check=True, capture_output=True, timeout=30)
         key, public = Path(d, "key").read_bytes(), Path(d, "key.pub").read_text().strip()
-    said = _each_host(inv, _AUTHORIZE, {"KEY": public}, "authorizing the job's key")
+    said = _each_host(inv, _AUTHORIZE, {"KEY": public, "OPTIONS": KEY_OPTIONS},
+                      "authorizing the job's key")
     failed = {label: out for label, out in said.items() if isinstance(out, HostError)}
     if failed:
         raise JobError(f"job {job}: " + "; ".join(e.message for e in failed.values()), job=job)
@@ -218,9 +219,14 @@ def _mark(job: str) -> str:
     return f"sshcluster-job-{job}"
 
 
+#: What the job's key may not do on the instances. Not ``restrict``: the launch's
+#: reverse tunnel (``ssh -R``) is a port forwarding.
+KEY_OPTIONS = "no-pty,no-agent-forwarding,no-X11-forwarding"
+
 _AUTHORIZE = """\
 umask 077
-mkdir -p "$HOME/.ssh" && printf '%s\\n' "$KEY" >>"$HOME/.ssh/authorized_keys" || exit 1
+f="$HOME/.ssh/authorized_keys"
+mkdir -p "$HOME/.ssh" && printf '%s %s\\n' "$OPTIONS" "$KEY" >>"$f" || exit 1
 printf '%s\\n' "$HOME"
 """
 

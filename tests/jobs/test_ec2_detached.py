@@ -110,6 +110,12 @@ def test_a_detached_job_s_fleet_lives_until_its_results_are_fetched(
         assert fleet["name"] == "jobdet" and fleet["job"] == job
         assert len([i for i in fleet["instances"] if i["state"] == "running"]) == 2
         assert f"jobdet (job {job})" in runner.invoke(cli, ["ec2", "ls"]).stdout
+        # the job's key: on the primary for the job alone, and limited on every host
+        key = f"/root/.cache/sshcluster/jobs/{job}/access_key"
+        host = testbed.hosts[0]  # (the test hosts share the login directory)
+        assert testbed.run(host, ["stat", "-c", "%a", key]).stdout.strip() == "600"
+        assert [line.split()[0] for line in _job_keys(testbed)] == \
+            ["no-pty,no-agent-forwarding,no-X11-forwarding"] * 2
         # gc leaves a running job's fleet alone while its expiry is ahead ...
         gc = runner.invoke(cli, ["ec2", "gc", "--yes"])
         assert gc.exit_code == 0 and "nothing to collect" in gc.stdout, gc.output
@@ -120,8 +126,10 @@ def test_a_detached_job_s_fleet_lives_until_its_results_are_fetched(
         assert garbage.job == job and garbage.reason.startswith("expired at")
         flag.touch()
         assert _until(job, {"done", "failed", "stopped", "lost"}) == "done"
-        # ended, results not fetched yet: the fleet waits for them
+        # ended, results not fetched yet: the fleet waits for them; the key is gone
         assert len(nothing_left(client)["instances"]) == 2
+        gone = testbed.run(host, ["sh", "-c", f"test -e {key} || echo gone"])
+        assert gone.stdout.strip() == "gone"
         out = tmp_path / "out"
         fetched = runner.invoke(cli, ["fetch", job, "--to", str(out), "--json"])
         assert fetched.exit_code == 0, fetched.output
