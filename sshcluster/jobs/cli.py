@@ -55,7 +55,8 @@ def _note(message: str) -> None:
 @click.option("--primary", "primary_host", metavar="HOST",
               help="With --detach: the host whose supervisor runs the script (default: "
                    "the first host that passed the check). It reaches the other hosts "
-                   "by ssh with its own keys and known_hosts.")
+                   "by ssh with its own keys and known_hosts. With --ec2: the number of "
+                   "the instance (1 to the spec's count), checked before the fleet starts.")
 @click.option("--ec2", "ec2_spec", is_flag=True,
               help="INVENTORY is an EC2 spec: start its fleet for this job ('ec2 up'), "
                    "run the job on it, then end it ('ec2 down'), also after a failure or "

@@ -357,9 +357,18 @@ def stop_job(job: str, *, on_event: Callable[[str], None] | None = None) -> JobS
     there is (log, notes, results so far) comes into its record, then the fleet ends
     (unless ``keep``; ``on_event`` is told), also when an earlier ``fetch`` of the
     ended job could not read every host (so left the fleet running). A job that ended
-    and was fetched is left as it is. Returns the job's status afterwards. A primary
+    and was fetched is left as it is; one whose start was killed after its fleet was up
+    has only its fleet, which ends. Returns the job's status afterwards. A primary
     host that cannot be reached raises :class:`~sshcluster.errors.HostError`, after
     the job's fleet ended all the same (what the other hosts have comes first)."""
+    if valid_job_id(job) and fleet_of(job) is not None and \
+            not (runs_dir() / job / "detached.json").is_file():
+        # Its start was killed after the fleet was up, before the job started: the fleet
+        # ends, and so does the record.
+        said = release_fleet(job, on_event, by="stop")
+        shutil.rmtree(runs_dir() / job, ignore_errors=True)
+        return JobStatus(job=job, state="failed", primary="-", script="-",
+                         detail=f"it never started; {said}")
     record, inv, host = load_job(job)
     fleet = fleet_of(job)
     unreleased = fleet is not None and not fleet.get("released")

@@ -280,7 +280,7 @@ def start_detached(inventory: Inventory | str | os.PathLike[str],
         host = found[0]
     job = job or JobInfo.new(str(source))
     run_dir = runs_dir() / job.job
-    run_dir.mkdir(parents=True, mode=0o700)
+    run_dir.mkdir(parents=True, mode=0o700, exist_ok=True)  # (an EC2 job's fleet.json)
     shutil.copyfile(source, run_dir / "script.R")
     render = job_render_options(ready, opts.render, f"~/{remote_dir(job.job)}/{WORKER_LOGS}",
                                 own_ports=True)

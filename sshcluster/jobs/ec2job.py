@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -128,10 +129,12 @@ def start_ec2_detached(spec_file: str | os.PathLike[str], script: str | os.PathL
                        up_timeout: float = 900.0, wait_setup: bool = True,
                        on_event: Callable[[str], None] | None = None) -> DetachedJob:
     """Start the fleet of the EC2 spec ``spec_file`` for one detached job, and the job
-    on it (see the module's text); returns once the job holds its hosts. ``primary``,
-    ``seams``, ``up_timeout`` and ``wait_setup`` are as for :func:`start_detached` and
-    :func:`run_ec2`. A job that cannot start, an error or a signal ends the fleet
-    before the exception propagates (a signal: :class:`~sshcluster.ec2.signals.Interrupted`)."""
+    on it (see the module's text); returns once the job holds its hosts. ``primary``:
+    which instance runs the job, its number (1 to the spec's ``count``; checked before
+    anything starts; by default the first). ``seams``, ``up_timeout`` and
+    ``wait_setup`` are as for :func:`run_ec2`. A job that cannot start, an error or a
+    signal ends the fleet and removes the job's record before the exception propagates
+    (a signal: :class:`~sshcluster.ec2.signals.Interrupted`)."""
     from sshcluster import ec2
     from sshcluster.ec2.signals import signal_guard
 
@@ -140,6 +143,10 @@ def start_ec2_detached(spec_file: str | os.PathLike[str], script: str | os.PathL
     if not source.is_file():
         raise RunError(f"{source}: no such script")
     spec = ec2.load_spec(spec_file)
+    if primary is not None and not (primary.isdigit() and 1 <= int(primary) <= spec.count):
+        raise JobError(f"--primary {primary}: not an instance of the fleet (its instances: "
+                       f"1 to {spec.count}); nothing was started",
+                       hint="with --ec2, --primary is the number of the instance")
     job = JobInfo.new(str(source))
     where = runs_dir() / "ec2" / spec.name
     where.mkdir(parents=True, exist_ok=True)
@@ -153,10 +160,13 @@ def start_ec2_detached(spec_file: str | os.PathLike[str], script: str | os.PathL
                  "inventory": str(cluster.inventory_path), "expires":
                  ec2.format_time(cluster.expires), "released": None}
         try:
+            # (first: a job killed from here on leaves a fleet its stop can end)
+            (runs_dir() / job.job).mkdir(parents=True, mode=0o700)
+            atomic_write(runs_dir() / job.job / FLEET_FILE, json.dumps(fleet, indent=2) + "\n")
             access = grant_access(cluster, seam.inner_address_of, job.job)
-            record = start_detached(cluster.inventory_path, source, options, primary=primary,
+            first = cluster.inventory.hosts[int(primary or 1) - 1].label
+            record = start_detached(cluster.inventory_path, source, options, primary=first,
                                     job=job, access=access, on_event=on_event)
-            atomic_write(Path(record.run_dir) / FLEET_FILE, json.dumps(fleet, indent=2) + "\n")
         except BaseException as caught:
             exc = guard.as_interrupt(caught)
             with guard.cleanup():
@@ -167,6 +177,7 @@ def start_ec2_detached(spec_file: str | os.PathLike[str], script: str | os.PathL
                 with contextlib.suppress(SshclusterError, OSError):
                     _revoke(cluster.inventory, job.job)
                 _down_if_ours(fleet, job.job)
+                shutil.rmtree(runs_dir() / job.job, ignore_errors=True)  # (never ran)
             if exc is not caught:
                 raise exc from None
             raise

@@ -181,7 +181,7 @@ def test_a_job_ends_only_its_own_fleet(client: Any, ami: str, hosts: SshHosts,
     """``release_fleet`` (a detached job's fetch or stop) ends the cluster only while this
     machine's record of it is the job's run: a cluster of that name started since (by
     the user, here) is left alone."""
-    from sshcluster.jobs import release_fleet
+    from sshcluster.jobs import release_fleet, stop_job
     from sshcluster.jobs.record import runs_dir
 
     def fleet_for(job: str, cluster: ec2.Cluster) -> None:
@@ -198,9 +198,11 @@ def test_a_job_ends_only_its_own_fleet(client: Any, ami: str, hosts: SshHosts,
     assert said is not None and "no longer job" in said and "left alone" in said
     assert [i["InstanceId"] for i in live(client)] == [mine.instances[0].id]
     ec2.down("rwork", client=client)
-    # the job's own fleet does end
+    # the job's own fleet does end: here, one whose start was killed after the fleet
+    # was up, before the job started (its record has the fleet alone), by its stop
     other = "20261206-0901-def456"
     fleet_for(other, do_up(make_spec(ami, count=1), client, hosts, tmp_path, job_id=other))
-    said = release_fleet(other)
-    assert said is not None and said.startswith("cluster rwork ended")
-    assert nothing_left(client) == {}
+    status = stop_job(other)
+    assert status.state == "failed" and status.detail is not None
+    assert "cluster rwork ended" in status.detail
+    assert nothing_left(client) == {} and not (runs_dir() / other).exists()

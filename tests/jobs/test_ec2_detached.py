@@ -26,7 +26,7 @@ from sshcluster.cli import cli
 from sshcluster.dump import dump_inventory
 from sshcluster.inventory import load_inventory
 from sshcluster.jobs import job_status, release_fleet, stop_job
-from sshcluster.jobs.detached import load_job
+from sshcluster.jobs.detached import JobError, load_job
 from sshcluster.jobs.record import runs_dir
 from sshcluster.testing import Testbed
 from tests.ec2.helpers import nothing_left
@@ -183,16 +183,59 @@ def test_stop_ends_a_detached_job_and_its_fleet(moto_url: str, testbed: Testbed,
 def test_a_job_that_cannot_start_ends_its_fleet(moto_url: str, testbed: Testbed,
                                                 tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Up, then the primary instance cannot reach the other at its inner address (a
+    closed port on its own loopback): the job fails to take its leases, the fleet ends,
+    and no record of the job is left (jobs would list it as lost)."""
     client, seams, spec = _seams(moto_url, testbed, tmp_path, monkeypatch, "jobnot")
+    loopback: dict[str, ec2.Endpoint] = {}  # (each instance its own: 127.0.0.2, ...)
+
+    def inner(instance: Any) -> ec2.Endpoint:
+        return loopback.setdefault(instance.id, ec2.Endpoint(f"127.0.0.{len(loopback) + 2}", 1))
+
+    closed = replace(seams, inner_address_of=inner)
     script = tmp_path / "fit.R"
     script.write_text("cat(1)\n")
-    done = CliRunner().invoke(cli, ["run", "--ec2", "--detach", "--primary", "nohost",
-                                    str(spec), str(script)], obj=seams)
+    done = CliRunner().invoke(cli, ["run", "--ec2", "--detach", str(spec), str(script)],
+                              obj=closed)
     assert done.exit_code == 1, done.output
-    assert "--primary nohost: not a host of the job" in done.output
+    assert "could not start" in done.output and "cannot take its lease" in done.output
     assert "ending cluster jobnot" in done.output
     assert nothing_left(client) == {}
     assert _job_keys(testbed) == []
+    assert [p.name for p in runs_dir().iterdir()] == ["ec2"]
+    assert runner_jobs() == []
+    assert testbed.leftovers(DETACHED_LEFTOVER, wait=15) == {}
+
+    # Before the job is sent: an instance without an inner address (the default seam's
+    # "no private IP"), after the record named the fleet; that record goes too.
+    def no_private_ip(instance: Any) -> ec2.Endpoint:
+        raise JobError(f"instance {instance.id} has no private IP")
+
+    done = CliRunner().invoke(cli, ["run", "--ec2", "--detach", str(spec), str(script)],
+                              obj=replace(seams, inner_address_of=no_private_ip))
+    assert done.exit_code == 1 and "has no private IP" in done.output, done.output
+    assert nothing_left(client) == {}
+    assert [p.name for p in runs_dir().iterdir()] == ["ec2"]
+
+
+def runner_jobs() -> list[str]:
+    return [j["job"] for j in json.loads(CliRunner().invoke(cli, ["jobs", "--json"]).stdout)]
+
+
+def test_a_bad_primary_costs_no_fleet(moto_url: str, testbed: Testbed, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    client, seams, spec = _seams(moto_url, testbed, tmp_path, monkeypatch, "jobprim")
+    script = tmp_path / "fit.R"
+    script.write_text("cat(1)\n")
+    for primary in ("3", "0", "10.0.0.1"):
+        done = CliRunner().invoke(cli, ["run", "--ec2", "--detach", "--primary", primary,
+                                        str(spec), str(script)], obj=seams)
+        assert done.exit_code == 1, done.output
+        assert f"--primary {primary}: not an instance of the fleet (its instances: 1 to 2)" \
+            in done.output
+        assert "nothing was started" in done.output
+    assert client.describe_instances()["Reservations"] == []  # (none, ever)
+
 
 
 def _unreachable(job: str, label: str) -> str:
@@ -218,13 +261,14 @@ def test_stop_ends_the_fleet_a_partial_fetch_left(moto_url: str, testbed: Testbe
     tag = f"jobpart{uuid.uuid4().hex[:8]}"
     runner, job = CliRunner(), None
     try:
-        done = runner.invoke(cli, ["run", "--ec2", "--detach", str(spec), str(script),
-                                   "--", str(flag), tag], obj=seams)
+        done = runner.invoke(cli, ["run", "--ec2", "--detach", "--primary", "2", str(spec),
+                                   str(script), "--", str(flag), tag], obj=seams)
         assert done.exit_code == 0, done.output
         job = done.stdout.strip()
         flag.touch()
         assert _until(job, {"done", "failed", "stopped", "lost"}) == "done"
         _, inv, primary = load_job(job)
+        assert primary.label == inv.hosts[1].label  # (--primary 2: the second instance)
         (other,) = [h.label for h in inv.hosts if h.label != primary.label]
         _unreachable(job, other)
         fetched = runner.invoke(cli, ["fetch", job, "--to", str(tmp_path / "out")])
