@@ -8,7 +8,8 @@ their end (``run.json``): an ended job's state no longer changes.
 A ``fetch`` that brought everything of an ended job (its log and notes, and every
 host's results) removes the job's directory on the primary host, and ends the job's
 EC2 fleet (``run --ec2 --detach``, unless ``--keep``); ``stop`` of such a job brings
-what there is first, as the fleet ends with it.
+what there is first, as the fleet ends with it (also a fleet that a fetch which could
+not read every host left running, and when the primary host cannot be reached).
 
     for status in list_jobs():
         print(status.job, status.state, status.seconds)
@@ -388,8 +389,10 @@ def stop_job(job: str, *, on_event: Callable[[str], None] | None = None) -> JobS
             raise
     if fleet is None:
         return job_status(job)
-    # Its fleet ends with it: what there is comes here first.
-    with contextlib.suppress(SshclusterError, OSError):
-        _fetch(record, inv, host, None)
+    # Its fleet ends with it: what there is comes here first (unless a fetch wrote its
+    # run.json, which says where its results went).
+    if not (Path(record.run_dir) / "run.json").is_file():
+        with contextlib.suppress(SshclusterError, OSError):
+            _fetch(record, inv, host, None)
     _close(inv, host, job, on_event, by="stop")
     return job_status(job)

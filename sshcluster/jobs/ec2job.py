@@ -8,12 +8,14 @@ still ends at the spec's ``max_lifetime``, as every ``ec2 up`` fleet does).
     result.phases["ec2_up"], result.phases["ec2_down"]
 
 Detached (``run --ec2 --detach``, :func:`start_ec2_detached`): ``up`` with the fleet
-tagged and recorded as the job's (``sshcluster:job``), then the detached job on its
+tagged and recorded as the job's (``sshcluster:job``; a name whose cluster exists is
+refused, as the job's fetch or stop ends its fleet), then the detached job on its
 first instance, which reaches the others with a key made for this job alone (its
 public half is added to each instance's ``authorized_keys``) and their host keys from
 the console, at their private addresses. If the job cannot start, or a signal comes,
 the fleet ends at once. Afterwards the fleet lives until ``fetch`` has brought the
-ended job's results or ``stop`` stopped it (:func:`release_fleet`, unless ``keep``),
+ended job's results or ``stop`` stopped it (:func:`release_fleet`, unless ``keep``;
+only the job's own run of that name),
 or until ``max_lifetime``: an ended job whose results are never fetched keeps its
 fleet until then (its instances power off; ``ec2 gc`` removes the rest).
 
