@@ -238,7 +238,9 @@ setsid -f sh ./supervise.sh </dev/null >supervisor.log 2>&1
 i=0
 while [ $i -lt {polls} ]; do
   s=$(cat state 2>/dev/null)
-  case "$s" in running|waiting\\ *|refused\\ *|failed\\ *|ended) printf '%s\\n' "$s"; exit 0 ;; esac
+  case "$s" in running|waiting\\ *|refused\\ *|failed\\ *) printf '%s\\n' "$s"; exit 0 ;; esac
+  # (ended before it was seen running: a refusal or failure says so in why)
+  [ "$s" = ended ] && { cat why 2>/dev/null || echo ended; exit 0; }
   sleep 0.1; i=$((i + 1))
 done
 echo "timeout"

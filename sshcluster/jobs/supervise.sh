@@ -7,7 +7,8 @@
 #   lease.I.in      what host I's lease session reads (lease.sh and its settings)
 #   lease.I.cmd     the command that opens host I's lease session (ssh, or sh here)
 # It writes: pid, started, state (leasing | waiting HOST N WHO... | running | refused
-# HOST JOB<TAB>WHO... | failed WHY | ended), leased, r-ended, ended, status, stopped, log (R's
+# HOST JOB<TAB>WHO... | failed WHY | ended; why: the refused/failed line it ended on),
+# leased, r-ended, ended, status, stopped, log (R's
 # stdout and stderr), workers/HOST.log and driver.R's notes. At its end it removes
 # access_key (the key an EC2 job's fleet authorizes for it), if any.
 #
@@ -51,6 +52,8 @@ finish() {  # $1: the job's status
   rm -f access_key
   echo "$1" >status
   date +%s.%N >ended
+  # A refusal or failure stays readable after "ended" replaced it (the start polls).
+  case "$(cat state 2>/dev/null)" in refused\ *|failed\ *) cp state why ;; esac
   state ended
   exit 0
 }
