@@ -172,7 +172,9 @@ def up(spec: EC2Spec, *, client: EC2Client | None = None, output: str | os.PathL
     ``progress`` is called with a :class:`~sshcluster.ec2.wait.Step` as ``up`` goes on.
     ``verify`` ends with the written inventory passing the preflight check and one R
     computation on every instance (:mod:`sshcluster.ec2.verify`); else ``up`` fails.
-    ``job_id`` marks the cluster (tags and record) as started for that detached job.
+    ``job_id`` marks the cluster (tags and record) as started for that detached job;
+    such an ``up`` refuses (:class:`~sshcluster.errors.EC2Error`) a name whose cluster
+    exists (instances or a record here), as the job's fetch or stop ends its fleet.
 
     ``output`` is not overwritten unless it is an inventory ``up`` wrote for this
     cluster (its header says so), or ``overwrite``: else :class:`OutputExistsError` is
@@ -219,6 +221,11 @@ def _guarded_up(spec: EC2Spec, *, client: EC2Client, output: Path, owner: str,
     existing = [i for i in cluster_instances(client, spec.name,
                                              owner=my_owners(owner, records))
                 if i.state != "shutting-down"]
+    if job_id is not None and (existing or earlier is not None):  # (its fetch ends it)
+        raise EC2Error(f"cluster {spec.name} already exists in {spec.region} ("
+                       f"{f'{len(existing)} instance(s)' if existing else 'a record here'}"
+                       "); a job's fleet must be a cluster of its own", hint="give the spec "
+                       f"another name, or end it first: sshcluster ec2 down {spec.name}")
     key_file = output.parent / f"{spec.name}.pem" if spec.key_name is None else None
     finished = False  # the run being continued was finished by an earlier up
     if existing:

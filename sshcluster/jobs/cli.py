@@ -55,7 +55,8 @@ def _note(message: str) -> None:
 @click.option("--primary", "primary_host", metavar="HOST",
               help="With --detach: the host whose supervisor runs the script (default: "
                    "the first host that passed the check). It reaches the other hosts "
-                   "by ssh with its own keys and known_hosts.")
+                   "by ssh with its own keys and known_hosts. With --ec2: the number of "
+                   "the instance (1 to the spec's count), checked before the fleet starts.")
 @click.option("--ec2", "ec2_spec", is_flag=True,
               help="INVENTORY is an EC2 spec: start its fleet for this job ('ec2 up'), "
                    "run the job on it, then end it ('ec2 down'), also after a failure or "
@@ -230,7 +231,9 @@ def stop_command(ctx: click.Context, job: str, as_json: bool) -> None:
     every host, its leases. Its supervisor stops them in order; whatever is left after
     30 s is killed. A job that has already ended is left as it is. A job with an EC2
     fleet of its own ('run --ec2 --detach'): what it has (log, results so far) comes
-    into its record, then the fleet ends (unless --keep was given at run).
+    into its record, then the fleet ends (unless --keep was given at run), also after
+    a fetch that could not read every host, and also when the primary host cannot be
+    reached (then the exit status is 1 and the error says so).
     """
     status = stop_job(job, on_event=_note)
     if as_json:
@@ -254,7 +257,8 @@ def fetch_command(ctx: click.Context, job: str, dest: str | None, as_json: bool)
 
     Once the ended job is all here, its directory on the primary host is removed (the
     record keeps its log), and a fleet started for it ('run --ec2 --detach') ends,
-    unless --keep was given at run.
+    unless --keep was given at run; when a host could not be read, the fleet keeps
+    running (fetch again, or 'sshcluster stop JOB' ends it).
     """
     status, results, result = fetch_job(job, dest, on_event=_note)
     if as_json:

@@ -8,7 +8,8 @@ their end (``run.json``): an ended job's state no longer changes.
 A ``fetch`` that brought everything of an ended job (its log and notes, and every
 host's results) removes the job's directory on the primary host, and ends the job's
 EC2 fleet (``run --ec2 --detach``, unless ``--keep``); ``stop`` of such a job brings
-what there is first, as the fleet ends with it.
+what there is first, as the fleet ends with it (also a fleet that a fetch which could
+not read every host left running, and when the primary host cannot be reached).
 
     for status in list_jobs():
         print(status.job, status.state, status.seconds)
@@ -251,11 +252,17 @@ def fetch_job(job: str, dest: str | os.PathLike[str] | None = None, *,
     run_dir = Path(record.run_dir)
     fleet = fleet_of(job)
     if fleet and fleet.get("released") and not fleet.get("keep"):
-        raise JobError(f"job {job}: its cluster {fleet['name']} has ended, after its "
-                       f"results were fetched; they are in its record, {run_dir}", job=job)
+        how = "by 'sshcluster stop'" if fleet.get("released_by") == "stop" else \
+            "after its results were fetched"
+        raise JobError(f"job {job}: its cluster {fleet['name']} has ended, {how}; what "
+                       f"came is in its record, {run_dir}", job=job)
     status, results, result = _fetch(record, inv, host, dest)
     if result is not None and not results.errors:
         _close(inv, host, job, on_event)
+    elif result is not None and fleet and not fleet.get("released") and on_event:
+        on_event(f"ec2: cluster {fleet['name']} is still running: not every host's results "
+                 f"came; fetch again, or end it with 'sshcluster stop {job}' or "
+                 f"'sshcluster ec2 down {fleet['name']}'")
     return status, results, result
 
 
@@ -276,7 +283,7 @@ def _fetch(record: DetachedJob, inv: Inventory, host: Host,
 
 
 def _close(inv: Inventory, host: Host, job: str,
-           on_event: Callable[[str], None] | None) -> None:
+           on_event: Callable[[str], None] | None, by: str = "fetch") -> None:
     """An ended job that is all here: its directory on the primary host goes (the record
     here keeps its log and notes), then its fleet's part in it."""
     run_dir = runs_dir() / job
@@ -285,7 +292,7 @@ def _close(inv: Inventory, host: Host, job: str,
             run_script(inv, host, f'rm -rf "$HOME"/{shell_quote(remote_dir(job))}\n',
                        what="removing the job's directory")
             (run_dir / "closed").write_text(f"{time.time():.3f}\n")
-    release_fleet(job, on_event)
+    release_fleet(job, on_event, by=by)
 
 
 def _fetch_files(inv: Inventory, host: Host, job: str, run_dir: Path) -> None:
@@ -349,17 +356,43 @@ def stop_job(job: str, *, on_event: Callable[[str], None] | None = None) -> JobS
     whatever is left of its process group after :data:`STOP_GRACE` seconds. A job with
     an EC2 fleet of its own (:func:`~sshcluster.jobs.ec2job.start_ec2_detached`): what
     there is (log, notes, results so far) comes into its record, then the fleet ends
-    (unless ``keep``; ``on_event`` is told). A job that ended and was fetched is left
-    as it is. Returns the job's status afterwards. A primary host that cannot be
-    reached raises :class:`~sshcluster.errors.HostError`."""
+    (unless ``keep``; ``on_event`` is told), also when an earlier ``fetch`` of the
+    ended job could not read every host (so left the fleet running). A job that ended
+    and was fetched is left as it is; one whose start was killed after its fleet was up
+    has only its fleet, which ends. Returns the job's status afterwards. A primary
+    host that cannot be reached raises :class:`~sshcluster.errors.HostError`, after
+    the job's fleet ended all the same (what the other hosts have comes first)."""
+    if valid_job_id(job) and fleet_of(job) is not None and \
+            not (runs_dir() / job / "detached.json").is_file():
+        # Its start was killed after the fleet was up, before the job started: the fleet
+        # ends, and so does the record.
+        said = release_fleet(job, on_event, by="stop")
+        shutil.rmtree(runs_dir() / job, ignore_errors=True)
+        return JobStatus(job=job, state="failed", primary="-", script="-",
+                         detail=f"it never started; {said}")
     record, inv, host = load_job(job)
-    if (Path(record.run_dir) / "run.json").is_file():
+    fleet = fleet_of(job)
+    unreleased = fleet is not None and not fleet.get("released")
+    if (Path(record.run_dir) / "run.json").is_file() and not unreleased:
         return job_status(job)  # (ended, and fetched)
-    stop_remote(inv, host, job)
-    if fleet_of(job) is None:
+    if not (Path(record.run_dir) / "run.json").is_file():
+        try:
+            stop_remote(inv, host, job)
+        except HostError as e:
+            if not unreleased:
+                raise
+            with contextlib.suppress(SshclusterError, OSError):
+                _fetch(record, inv, host, None)
+            said = release_fleet(job, on_event, by="stop")
+            e.message = (f"{e.message}\njob {job}: not stopped there (its primary host "
+                         f"cannot be reached); {said}")
+            raise
+    if fleet is None:
         return job_status(job)
-    # Its fleet ends with it: what there is comes here first.
-    with contextlib.suppress(SshclusterError, OSError):
-        _fetch(record, inv, host, None)
-    _close(inv, host, job, on_event)
+    # Its fleet ends with it: what there is comes here first (unless a fetch wrote its
+    # run.json, which says where its results went).
+    if not (Path(record.run_dir) / "run.json").is_file():
+        with contextlib.suppress(SshclusterError, OSError):
+            _fetch(record, inv, host, None)
+    _close(inv, host, job, on_event, by="stop")
     return job_status(job)

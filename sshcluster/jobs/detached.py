@@ -36,7 +36,7 @@ import shutil
 import tarfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -118,10 +118,10 @@ class PrimaryAccess:
     and port the primary host reaches it at; ``key`` is a private key every host
     authorizes; ``known_hosts`` their host keys under those addresses; ``homes`` each
     host's login directory (the files go to the job's directory there, and ssh takes
-    absolute paths)."""
+    absolute paths). Its ``repr`` leaves the key out."""
 
     addresses: Mapping[str, tuple[str, int]]
-    key: bytes
+    key: bytes = field(repr=False)
     known_hosts: bytes
     homes: Mapping[str, str]
 
@@ -238,7 +238,9 @@ setsid -f sh ./supervise.sh </dev/null >supervisor.log 2>&1
 i=0
 while [ $i -lt {polls} ]; do
   s=$(cat state 2>/dev/null)
-  case "$s" in running|waiting\\ *|refused\\ *|failed\\ *|ended) printf '%s\\n' "$s"; exit 0 ;; esac
+  case "$s" in running|waiting\\ *|refused\\ *|failed\\ *) printf '%s\\n' "$s"; exit 0 ;; esac
+  # (ended before it was seen running: a refusal or failure says so in why)
+  [ "$s" = ended ] && { cat why 2>/dev/null || echo ended; exit 0; }
   sleep 0.1; i=$((i + 1))
 done
 echo "timeout"
@@ -280,7 +282,7 @@ def start_detached(inventory: Inventory | str | os.PathLike[str],
         host = found[0]
     job = job or JobInfo.new(str(source))
     run_dir = runs_dir() / job.job
-    run_dir.mkdir(parents=True, mode=0o700)
+    run_dir.mkdir(parents=True, mode=0o700, exist_ok=True)  # (an EC2 job's fleet.json)
     shutil.copyfile(source, run_dir / "script.R")
     render = job_render_options(ready, opts.render, f"~/{remote_dir(job.job)}/{WORKER_LOGS}",
                                 own_ports=True)

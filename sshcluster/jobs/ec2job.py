@@ -8,12 +8,14 @@ still ends at the spec's ``max_lifetime``, as every ``ec2 up`` fleet does).
     result.phases["ec2_up"], result.phases["ec2_down"]
 
 Detached (``run --ec2 --detach``, :func:`start_ec2_detached`): ``up`` with the fleet
-tagged and recorded as the job's (``sshcluster:job``), then the detached job on its
+tagged and recorded as the job's (``sshcluster:job``; a name whose cluster exists is
+refused, as the job's fetch or stop ends its fleet), then the detached job on its
 first instance, which reaches the others with a key made for this job alone (its
 public half is added to each instance's ``authorized_keys``) and their host keys from
 the console, at their private addresses. If the job cannot start, or a signal comes,
 the fleet ends at once. Afterwards the fleet lives until ``fetch`` has brought the
-ended job's results or ``stop`` stopped it (:func:`release_fleet`, unless ``keep``),
+ended job's results or ``stop`` stopped it (:func:`release_fleet`, unless ``keep``;
+only the job's own run of that name),
 or until ``max_lifetime``: an ended job whose results are never fetched keeps its
 fleet until then (its instances power off; ``ec2 gc`` removes the rest).
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -128,10 +131,12 @@ def start_ec2_detached(spec_file: str | os.PathLike[str], script: str | os.PathL
                        up_timeout: float = 900.0, wait_setup: bool = True,
                        on_event: Callable[[str], None] | None = None) -> DetachedJob:
     """Start the fleet of the EC2 spec ``spec_file`` for one detached job, and the job
-    on it (see the module's text); returns once the job holds its hosts. ``primary``,
-    ``seams``, ``up_timeout`` and ``wait_setup`` are as for :func:`start_detached` and
-    :func:`run_ec2`. A job that cannot start, an error or a signal ends the fleet
-    before the exception propagates (a signal: :class:`~sshcluster.ec2.signals.Interrupted`)."""
+    on it (see the module's text); returns once the job holds its hosts. ``primary``:
+    which instance runs the job, its number (1 to the spec's ``count``; checked before
+    anything starts; by default the first). ``seams``, ``up_timeout`` and
+    ``wait_setup`` are as for :func:`run_ec2`. A job that cannot start, an error or a
+    signal ends the fleet and removes the job's record before the exception propagates
+    (a signal: :class:`~sshcluster.ec2.signals.Interrupted`)."""
     from sshcluster import ec2
     from sshcluster.ec2.signals import signal_guard
 
@@ -140,6 +145,10 @@ def start_ec2_detached(spec_file: str | os.PathLike[str], script: str | os.PathL
     if not source.is_file():
         raise RunError(f"{source}: no such script")
     spec = ec2.load_spec(spec_file)
+    if primary is not None and not (primary.isdigit() and 1 <= int(primary) <= spec.count):
+        raise JobError(f"--primary {primary}: not an instance of the fleet (its instances: "
+                       f"1 to {spec.count}); nothing was started",
+                       hint="with --ec2, --primary is the number of the instance")
     job = JobInfo.new(str(source))
     where = runs_dir() / "ec2" / spec.name
     where.mkdir(parents=True, exist_ok=True)
@@ -148,14 +157,18 @@ def start_ec2_detached(spec_file: str | os.PathLike[str], script: str | os.PathL
     with signal_guard() as guard:
         cluster = ec2.up(spec, output=where / "hosts.yaml", job_id=job.job,
                          **_up_options(seam, up_timeout, wait_setup, tell))
-        fleet = {"name": spec.name, "region": spec.region, "keep": keep,
+        fleet = {"name": spec.name, "region": spec.region, "run_id": cluster.run_id,
+                 "keep": keep,
                  "inventory": str(cluster.inventory_path), "expires":
                  ec2.format_time(cluster.expires), "released": None}
         try:
+            # (first: a job killed from here on leaves a fleet its stop can end)
+            (runs_dir() / job.job).mkdir(parents=True, mode=0o700)
+            atomic_write(runs_dir() / job.job / FLEET_FILE, json.dumps(fleet, indent=2) + "\n")
             access = grant_access(cluster, seam.inner_address_of, job.job)
-            record = start_detached(cluster.inventory_path, source, options, primary=primary,
+            first = cluster.inventory.hosts[int(primary or 1) - 1].label
+            record = start_detached(cluster.inventory_path, source, options, primary=first,
                                     job=job, access=access, on_event=on_event)
-            atomic_write(Path(record.run_dir) / FLEET_FILE, json.dumps(fleet, indent=2) + "\n")
         except BaseException as caught:
             exc = guard.as_interrupt(caught)
             with guard.cleanup():
@@ -165,7 +178,8 @@ def start_ec2_detached(spec_file: str | os.PathLike[str], script: str | os.PathL
                     stop_remote(inv, host, job.job)
                 with contextlib.suppress(SshclusterError, OSError):
                     _revoke(cluster.inventory, job.job)
-                ec2.down(spec.name, region=spec.region)
+                _down_if_ours(fleet, job.job)
+                shutil.rmtree(runs_dir() / job.job, ignore_errors=True)  # (never ran)
             if exc is not caught:
                 raise exc from None
             raise
@@ -204,7 +218,8 @@ def grant_access(cluster: Any, inner_address_of: Any, job: str) -> PrimaryAccess
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", _mark(job),
                         "-f", f"{d}/key"], check=True, capture_output=True, timeout=30)
         key, public = Path(d, "key").read_bytes(), Path(d, "key.pub").read_text().strip()
-    said = _each_host(inv, _AUTHORIZE, {"KEY": public}, "authorizing the job's key")
+    said = _each_host(inv, _AUTHORIZE, {"KEY": public, "OPTIONS": KEY_OPTIONS},
+                      "authorizing the job's key")
     failed = {label: out for label, out in said.items() if isinstance(out, HostError)}
     if failed:
         raise JobError(f"job {job}: " + "; ".join(e.message for e in failed.values()), job=job)
@@ -217,9 +232,14 @@ def _mark(job: str) -> str:
     return f"sshcluster-job-{job}"
 
 
+#: What the job's key may not do on the instances. Not ``restrict``: the launch's
+#: reverse tunnel (``ssh -R``) is a port forwarding.
+KEY_OPTIONS = "no-pty,no-agent-forwarding,no-X11-forwarding"
+
 _AUTHORIZE = """\
 umask 077
-mkdir -p "$HOME/.ssh" && printf '%s\\n' "$KEY" >>"$HOME/.ssh/authorized_keys" || exit 1
+f="$HOME/.ssh/authorized_keys"
+mkdir -p "$HOME/.ssh" && printf '%s %s\\n' "$OPTIONS" "$KEY" >>"$f" || exit 1
 printf '%s\\n' "$HOME"
 """
 
@@ -251,17 +271,38 @@ def _revoke(inv: Inventory, job: str) -> None:
     _each_host(inv, _REVOKE, {"MARK": _mark(job)}, "removing the job's key")
 
 
+def _down_if_ours(fleet: Mapping[str, Any], job: str) -> str:
+    """``ec2 down`` of the job's fleet, only while this machine's record of the cluster
+    is still that fleet's (its run, its job): a cluster of that name started since, by
+    the user or for another job, is left alone. What became of it."""
+    from sshcluster import ec2
+    from sshcluster.ec2.records import find_record
+
+    name = fleet["name"]
+    record = find_record(ec2.state_dir(), fleet["region"], name)
+    if record is None:
+        return f"cluster {name} had ended already"
+    if record.job != job or (fleet.get("run_id") and record.run_id != fleet["run_id"]):
+        return (f"cluster {name} is no longer job {job}'s fleet (it is run {record.run_id}"
+                + (f", job {record.job}" if record.job else "") + "): left alone")
+    report = ec2.down(name, region=fleet["region"])
+    return f"cluster {name} ended: {report.summary()}"
+
+
 def fleet_of(job: str) -> dict[str, Any] | None:
     """What the record of detached job ``job`` says of its fleet, or None (no fleet)."""
     path = runs_dir() / job / FLEET_FILE
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def release_fleet(job: str, on_event: Callable[[str], None] | None = None) -> str | None:
+def release_fleet(job: str, on_event: Callable[[str], None] | None = None, *,
+                  by: str = "fetch") -> str | None:
     """The job's part of its fleet ends: its key leaves every instance's
     ``authorized_keys``, and, unless the job was started with ``keep``, the fleet ends
-    (``ec2 down``). Once only. What was done, for the user (None: no fleet, or done
-    before)."""
+    (``ec2 down``), if this machine's record of the cluster is still the job's run (a
+    cluster of that name started since is left alone). Once only. What was done, for
+    the user (None: no fleet, or done before). ``by``: what released it (``fetch``,
+    ``stop``), for a later fetch to say."""
     fleet = fleet_of(job)
     if fleet is None or fleet.get("released"):
         return None
@@ -272,12 +313,9 @@ def release_fleet(job: str, on_event: Callable[[str], None] | None = None) -> st
         said = (f"cluster {fleet['name']} kept (--keep); end it with: sshcluster ec2 "
                 f"down {fleet['name']}")
     else:
-        from sshcluster import ec2
-
         tell(f"ec2: ending cluster {fleet['name']}")
-        report = ec2.down(fleet["name"], region=fleet["region"])
-        said = f"cluster {fleet['name']} ended: {report.summary()}"
-    fleet["released"] = time.time()
+        said = _down_if_ours(fleet, job)
+    fleet["released"], fleet["released_by"] = time.time(), by
     atomic_write(runs_dir() / job / FLEET_FILE, json.dumps(fleet, indent=2) + "\n")
     tell(f"ec2: {said}")
     return said

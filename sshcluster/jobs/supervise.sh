@@ -7,8 +7,10 @@
 #   lease.I.in      what host I's lease session reads (lease.sh and its settings)
 #   lease.I.cmd     the command that opens host I's lease session (ssh, or sh here)
 # It writes: pid, started, state (leasing | waiting HOST N WHO... | running | refused
-# HOST JOB<TAB>WHO... | failed WHY | ended), leased, r-ended, ended, status, stopped, log (R's
-# stdout and stderr), workers/HOST.log and driver.R's notes.
+# HOST JOB<TAB>WHO... | failed WHY | ended; why: the refused/failed line it ended on),
+# leased, r-ended, ended, status, stopped, log (R's
+# stdout and stderr), workers/HOST.log and driver.R's notes. At its end it removes
+# access_key (the key an EC2 job's fleet authorizes for it), if any.
 #
 # Who stops what: the leases last as long as this shell holds the fifo "hold" open for
 # writing (fd 9): each lease session reads it after its script, so when this shell ends,
@@ -45,8 +47,13 @@ finish() {  # $1: the job's status
     [ -n "$p" ] && kill -s TERM "$p" 2>/dev/null
     i=$((i + 1))
   done
+  # R has ended and so have the leases: nothing of the job opens an ssh connection any
+  # more, and the key made for it (run --ec2 --detach) need not wait for fetch or stop.
+  rm -f access_key
   echo "$1" >status
   date +%s.%N >ended
+  # A refusal or failure stays readable after "ended" replaced it (the start polls).
+  case "$(cat state 2>/dev/null)" in refused\ *|failed\ *) cp state why ;; esac
   state ended
   exit 0
 }

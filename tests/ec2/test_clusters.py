@@ -3,6 +3,7 @@ and collecting expired and orphaned ones, in every region with a record."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -147,3 +148,61 @@ def test_a_cluster_started_for_a_job_is_the_job_s(client: Any, ami: str, hosts: 
     (path,) = (Path(ec2.state_dir())).glob("*--rwork.json")
     assert '"job"' not in path.read_text()
     ec2.down("rwork", client=client)
+
+
+def test_a_job_s_fleet_never_takes_over_a_cluster_of_its_name(
+        client: Any, ami: str, hosts: SshHosts, tmp_path: Path) -> None:
+    """``up(job_id=)`` refuses a name whose cluster exists, the user's own (finished
+    by an earlier ``up``) or another job's, and leaves it and its record as they were:
+    the job's fetch or stop would end it."""
+    first = do_up(make_spec(ami, count=1), client, hosts, tmp_path)
+    for job in ("20261206-0900-abc123", "20261206-0901-def456"):
+        with pytest.raises(EC2Error) as e:
+            do_up(make_spec(ami, count=1), client, hosts, tmp_path, job_id=job)
+        assert "cluster rwork already exists" in e.value.message
+        assert "sshcluster ec2 down rwork" in str(e.value.hint)
+        (record,) = ec2.load_records()
+        assert record.run_id == first.run_id and record.job is None
+        assert [i["InstanceId"] for i in live(client)] == [first.instances[0].id]
+    ec2.down("rwork", client=client)
+    # a record alone (its instances gone another way) is a cluster too
+    job = do_up(make_spec(ami, count=1), client, hosts, tmp_path, job_id="20261206-0902-a1")
+    client.terminate_instances(InstanceIds=[job.instances[0].id])
+    with pytest.raises(EC2Error, match="a record here"):
+        do_up(make_spec(ami, count=1), client, hosts, tmp_path, job_id="20261206-0903-b2")
+    (record,) = ec2.load_records()
+    assert record.job == "20261206-0902-a1"
+    ec2.down("rwork", client=client)
+    assert nothing_left(client) == {}
+
+
+def test_a_job_ends_only_its_own_fleet(client: Any, ami: str, hosts: SshHosts,
+                                       tmp_path: Path) -> None:
+    """``release_fleet`` (a detached job's fetch or stop) ends the cluster only while this
+    machine's record of it is the job's run: a cluster of that name started since (by
+    the user, here) is left alone."""
+    from sshcluster.jobs import release_fleet, stop_job
+    from sshcluster.jobs.record import runs_dir
+
+    def fleet_for(job: str, cluster: ec2.Cluster) -> None:
+        (runs_dir() / job).mkdir(parents=True)
+        (runs_dir() / job / "fleet.json").write_text(json.dumps(
+            {"name": "rwork", "region": REGION, "run_id": cluster.run_id, "keep": False,
+             "inventory": str(tmp_path / "none.yaml"), "released": None}))
+
+    job = "20261206-0900-abc123"
+    fleet_for(job, do_up(make_spec(ami, count=1), client, hosts, tmp_path, job_id=job))
+    ec2.down("rwork", client=client)  # (the user ended it) ...
+    mine = do_up(make_spec(ami, count=1), client, hosts, tmp_path)  # ... and started theirs
+    said = release_fleet(job)
+    assert said is not None and "no longer job" in said and "left alone" in said
+    assert [i["InstanceId"] for i in live(client)] == [mine.instances[0].id]
+    ec2.down("rwork", client=client)
+    # the job's own fleet does end: here, one whose start was killed after the fleet
+    # was up, before the job started (its record has the fleet alone), by its stop
+    other = "20261206-0901-def456"
+    fleet_for(other, do_up(make_spec(ami, count=1), client, hosts, tmp_path, job_id=other))
+    status = stop_job(other)
+    assert status.state == "failed" and status.detail is not None
+    assert "cluster rwork ended" in status.detail
+    assert nothing_left(client) == {} and not (runs_dir() / other).exists()

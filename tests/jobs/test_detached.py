@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -347,3 +348,26 @@ def _parent(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
+
+
+def test_a_start_that_ends_before_it_is_seen_says_why(tmp_path: Path) -> None:
+    """The start polls the supervisor's state; a job refused or failed at once may reach
+    "ended" between two polls: the start still reads the refusal or failure (from
+    ``why``), not a job that ended. The real supervisor, here, with a lease that fails
+    at once (run to its end first, so the poll sees only "ended")."""
+    from sshcluster.jobs import detached
+
+    run = tmp_path / "job"
+    run.mkdir()
+    (run / "supervise.sh").write_bytes(detached.SUPERVISOR.read_bytes())
+    (run / "job.env").write_text("JOB=j1\nRSCRIPT=Rscript\nMODE=try\nN=1\nLEASE_TIMEOUT=20\n"
+                                 "STOP_TIMEOUT=5\n")
+    (run / "hosts").write_text("h1\n")
+    (run / "lease.1.in").write_text("")
+    (run / "lease.1.cmd").write_text("echo 'no way in' >&2\nexit 255\n")
+    subprocess.run(["sh", "./supervise.sh"], cwd=run, check=True, timeout=60)
+    assert (run / "state").read_text() == "ended\n"
+    poll = detached._START.split("2>&1\n", 1)[1].replace("{polls}", "10")
+    said = subprocess.run(["sh", "-c", poll], cwd=run, capture_output=True, text=True,
+                          timeout=30).stdout.strip()
+    assert said.startswith("failed h1: cannot take its lease from this host: no way in"), said

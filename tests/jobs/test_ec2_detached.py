@@ -13,6 +13,7 @@ import contextlib
 import json
 import time
 import uuid
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,11 @@ from click.testing import CliRunner
 
 from sshcluster import ec2
 from sshcluster.cli import cli
+from sshcluster.dump import dump_inventory
+from sshcluster.inventory import load_inventory
 from sshcluster.jobs import job_status, release_fleet, stop_job
+from sshcluster.jobs.detached import JobError, load_job
+from sshcluster.jobs.record import runs_dir
 from sshcluster.testing import Testbed
 from tests.ec2.helpers import nothing_left
 from tests.jobs.helpers import JOB_TIMEOUT
@@ -105,6 +110,12 @@ def test_a_detached_job_s_fleet_lives_until_its_results_are_fetched(
         assert fleet["name"] == "jobdet" and fleet["job"] == job
         assert len([i for i in fleet["instances"] if i["state"] == "running"]) == 2
         assert f"jobdet (job {job})" in runner.invoke(cli, ["ec2", "ls"]).stdout
+        # the job's key: on the primary for the job alone, and limited on every host
+        key = f"/root/.cache/sshcluster/jobs/{job}/access_key"
+        host = testbed.hosts[0]  # (the test hosts share the login directory)
+        assert testbed.run(host, ["stat", "-c", "%a", key]).stdout.strip() == "600"
+        assert [line.split()[0] for line in _job_keys(testbed)] == \
+            ["no-pty,no-agent-forwarding,no-X11-forwarding"] * 2
         # gc leaves a running job's fleet alone while its expiry is ahead ...
         gc = runner.invoke(cli, ["ec2", "gc", "--yes"])
         assert gc.exit_code == 0 and "nothing to collect" in gc.stdout, gc.output
@@ -115,8 +126,10 @@ def test_a_detached_job_s_fleet_lives_until_its_results_are_fetched(
         assert garbage.job == job and garbage.reason.startswith("expired at")
         flag.touch()
         assert _until(job, {"done", "failed", "stopped", "lost"}) == "done"
-        # ended, results not fetched yet: the fleet waits for them
+        # ended, results not fetched yet: the fleet waits for them; the key is gone
         assert len(nothing_left(client)["instances"]) == 2
+        gone = testbed.run(host, ["sh", "-c", f"test -e {key} || echo gone"])
+        assert gone.stdout.strip() == "gone"
         out = tmp_path / "out"
         fetched = runner.invoke(cli, ["fetch", job, "--to", str(out), "--json"])
         assert fetched.exit_code == 0, fetched.output
@@ -170,13 +183,140 @@ def test_stop_ends_a_detached_job_and_its_fleet(moto_url: str, testbed: Testbed,
 def test_a_job_that_cannot_start_ends_its_fleet(moto_url: str, testbed: Testbed,
                                                 tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Up, then the primary instance cannot reach the other at its inner address (a
+    closed port on its own loopback): the job fails to take its leases, the fleet ends,
+    and no record of the job is left (jobs would list it as lost)."""
     client, seams, spec = _seams(moto_url, testbed, tmp_path, monkeypatch, "jobnot")
+    loopback: dict[str, ec2.Endpoint] = {}  # (each instance its own: 127.0.0.2, ...)
+
+    def inner(instance: Any) -> ec2.Endpoint:
+        return loopback.setdefault(instance.id, ec2.Endpoint(f"127.0.0.{len(loopback) + 2}", 1))
+
+    closed = replace(seams, inner_address_of=inner)
     script = tmp_path / "fit.R"
     script.write_text("cat(1)\n")
-    done = CliRunner().invoke(cli, ["run", "--ec2", "--detach", "--primary", "nohost",
-                                    str(spec), str(script)], obj=seams)
+    done = CliRunner().invoke(cli, ["run", "--ec2", "--detach", str(spec), str(script)],
+                              obj=closed)
     assert done.exit_code == 1, done.output
-    assert "--primary nohost: not a host of the job" in done.output
+    assert "could not start" in done.output and "cannot take its lease" in done.output
     assert "ending cluster jobnot" in done.output
     assert nothing_left(client) == {}
     assert _job_keys(testbed) == []
+    assert [p.name for p in runs_dir().iterdir()] == ["ec2"]
+    assert runner_jobs() == []
+    assert testbed.leftovers(DETACHED_LEFTOVER, wait=15) == {}
+
+    # Before the job is sent: an instance without an inner address (the default seam's
+    # "no private IP"), after the record named the fleet; that record goes too.
+    def no_private_ip(instance: Any) -> ec2.Endpoint:
+        raise JobError(f"instance {instance.id} has no private IP")
+
+    done = CliRunner().invoke(cli, ["run", "--ec2", "--detach", str(spec), str(script)],
+                              obj=replace(seams, inner_address_of=no_private_ip))
+    assert done.exit_code == 1 and "has no private IP" in done.output, done.output
+    assert nothing_left(client) == {}
+    assert [p.name for p in runs_dir().iterdir()] == ["ec2"]
+
+
+def runner_jobs() -> list[str]:
+    return [j["job"] for j in json.loads(CliRunner().invoke(cli, ["jobs", "--json"]).stdout)]
+
+
+def test_a_bad_primary_costs_no_fleet(moto_url: str, testbed: Testbed, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    client, seams, spec = _seams(moto_url, testbed, tmp_path, monkeypatch, "jobprim")
+    script = tmp_path / "fit.R"
+    script.write_text("cat(1)\n")
+    for primary in ("3", "0", "10.0.0.1"):
+        done = CliRunner().invoke(cli, ["run", "--ec2", "--detach", "--primary", primary,
+                                        str(spec), str(script)], obj=seams)
+        assert done.exit_code == 1, done.output
+        assert f"--primary {primary}: not an instance of the fleet (its instances: 1 to 2)" \
+            in done.output
+        assert "nothing was started" in done.output
+    assert client.describe_instances()["Reservations"] == []  # (none, ever)
+
+
+
+def _unreachable(job: str, label: str) -> str:
+    """Host ``label`` of the job's inventory here refuses this machine (a user it does not
+    have: the same host label, no way in); the inventory as it was, to put back."""
+    path = runs_dir() / job / "inventory.yaml"
+    was = path.read_text()
+    inv = load_inventory(path)
+    hosts = tuple(replace(h, user="nobody-sshcluster") if h.label == label else h
+                  for h in inv.hosts)
+    path.write_text(dump_inventory(replace(inv, hosts=hosts)))
+    return was
+
+
+def test_stop_ends_the_fleet_a_partial_fetch_left(moto_url: str, testbed: Testbed,
+                                                  tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fetch of the ended job that cannot read a host writes run.json and leaves the
+    fleet running, saying so; stop then ends it."""
+    client, seams, spec = _seams(moto_url, testbed, tmp_path, monkeypatch, "jobpart")
+    script, flag = tmp_path / "fit.R", tmp_path / "flag"
+    script.write_text(SCRIPT)
+    tag = f"jobpart{uuid.uuid4().hex[:8]}"
+    runner, job = CliRunner(), None
+    try:
+        done = runner.invoke(cli, ["run", "--ec2", "--detach", "--primary", "2", str(spec),
+                                   str(script), "--", str(flag), tag], obj=seams)
+        assert done.exit_code == 0, done.output
+        job = done.stdout.strip()
+        flag.touch()
+        assert _until(job, {"done", "failed", "stopped", "lost"}) == "done"
+        _, inv, primary = load_job(job)
+        assert primary.label == inv.hosts[1].label  # (--primary 2: the second instance)
+        (other,) = [h.label for h in inv.hosts if h.label != primary.label]
+        _unreachable(job, other)
+        fetched = runner.invoke(cli, ["fetch", job, "--to", str(tmp_path / "out")])
+        assert fetched.exit_code == 1, fetched.output
+        assert "cluster jobpart is still running" in fetched.stderr
+        assert f"'sshcluster stop {job}'" in fetched.stderr
+        assert "'sshcluster ec2 down jobpart'" in fetched.stderr
+        assert (runs_dir() / job / "run.json").is_file()
+        assert len(nothing_left(client)["instances"]) == 2
+        stopped = runner.invoke(cli, ["stop", job])
+        assert stopped.exit_code == 0, stopped.output
+        assert stopped.stdout.split() == [job, "done"]
+        assert "cluster jobpart ended" in stopped.stderr
+        assert nothing_left(client) == {}
+        again = runner.invoke(cli, ["fetch", job])
+        assert again.exit_code == 1 and "has ended, by 'sshcluster stop'" in again.output
+    finally:
+        flag.touch()
+        _end(job, client, runner, "jobpart")
+        for written in (Path.home() / "results").glob(f"{tag}-*.txt"):
+            written.unlink()
+    assert _job_keys(testbed) == []
+    assert testbed.leftovers(DETACHED_LEFTOVER, wait=15) == {}
+
+
+def test_stop_ends_the_fleet_of_a_job_whose_primary_is_unreachable(
+        moto_url: str, testbed: Testbed, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    client, seams, spec = _seams(moto_url, testbed, tmp_path, monkeypatch, "jobgone")
+    script = tmp_path / "busy.R"
+    script.write_text(BUSY)
+    runner, job, was = CliRunner(), None, None
+    try:
+        done = runner.invoke(cli, ["run", "--ec2", "--detach", str(spec), str(script)],
+                             obj=seams)
+        assert done.exit_code == 0, done.output
+        job = done.stdout.strip()
+        assert _until(job, {"running", "done", "failed"}) == "running"
+        _, _, primary = load_job(job)
+        was = _unreachable(job, primary.label)
+        stopped = runner.invoke(cli, ["stop", job])
+        assert stopped.exit_code == 1, stopped.output
+        assert f"job {job}: not stopped there" in stopped.stderr
+        assert "cluster jobgone ended" in stopped.stderr
+        assert nothing_left(client) == {}
+    finally:
+        if job is not None and was is not None:  # (the test host is still there: stop it)
+            (runs_dir() / job / "inventory.yaml").write_text(was)
+        _end(job, client, runner, "jobgone")
+    assert _job_keys(testbed) == []
+    assert testbed.leftovers(DETACHED_LEFTOVER, wait=15) == {}

@@ -69,3 +69,17 @@ def test_logs_shows_an_attached_job_s_log(tmp_path: Path,
     (run_dir / "run.json").write_text("{}\n")
     result = CliRunner().invoke(cli, ["logs", "-f", run_dir.name])
     assert result.exit_code == 0 and result.output == "line 1\nline 2\n"
+
+
+def test_a_job_s_access_never_shows_its_private_key(tmp_path: Path) -> None:
+    """PrimaryAccess (run --ec2 --detach) in a log line or a traceback: no private key."""
+    from sshcluster.jobs.detached import PrimaryAccess
+
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")],
+                   check=True, timeout=30)
+    key = (tmp_path / "k").read_bytes()
+    access = PrimaryAccess(addresses={"h1": ("10.0.0.1", 22)}, key=key,
+                           known_hosts=b"10.0.0.1 ssh-ed25519 AAAA\n", homes={"h1": "/root"})
+    assert b"PRIVATE KEY" in key and access.key == key
+    assert "PRIVATE KEY" not in repr(access) and "PRIVATE KEY" not in str(access)
+    assert "10.0.0.1" in repr(access)
