@@ -21,7 +21,7 @@ from sshcluster.testing import Testbed, free_port
 pytestmark = pytest.mark.testbed
 
 HOLDER = r"""
-import socket, sys, time
+import os, socket, sys, time
 port, most, log = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 held, opened, end = [], 0, time.monotonic() + 90
 while time.monotonic() < end:
@@ -42,8 +42,9 @@ while time.monotonic() < end:
             opened += 1
         except OSError:
             break
-    with open(log, "w") as f:
+    with open(log + ".new", "w") as f:  # (whole or not at all: the test may read it any time)
         f.write(f"opened {opened}\n")
+    os.replace(log + ".new", log)
     time.sleep(0.01)
 """
 
@@ -74,6 +75,7 @@ def test_idle_connections_on_the_forward_do_not_fail_the_check(testbed: Testbed,
         holder.wait()
     said = shared.read_text() if shared.exists() else "(nothing)"
     shared.unlink(missing_ok=True)
+    Path(f"{shared}.new").unlink(missing_ok=True)
     step = report.hosts[0].checks["callback"]
     assert step.status == "ok", f"{step.detail} / holder: {said} / {report.notes}"
     # the holder really held its 40 connections on the port while the check ran (how many
