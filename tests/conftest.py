@@ -65,3 +65,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if TESTBED_FIXTURE in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.testbed)
+    # The slow tests first (a stable sort: each group keeps its order), so that with
+    # several workers (pytest-xdist) the longest ones start at once and the short ones
+    # fill in around them, instead of one long test starting last.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

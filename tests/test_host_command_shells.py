@@ -96,7 +96,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow  # a property test through five shells: about a minute
-@settings(max_examples=40, deadline=None,
+@settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @example(rscript=[h for h in HOSTILE if "\\" not in h], primary="10.0.0.1", locale=None)
 @example(rscript=["/usr/lib/R/bin/Rscript"], primary="primary-1.example", locale="C.UTF-8")

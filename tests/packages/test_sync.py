@@ -181,7 +181,7 @@ def test_a_sync_killed_halfway_leaves_the_old_versions_loading(
     install(built, primary_lib, PURE, "2.0")
     install(built, primary_lib, COMPILED, "1.0")
     # A big file in the primary's build, so that the transfer takes a while.
-    (primary_lib / PURE / "ballast").write_bytes(os.urandom(200 * 1024 * 1024))
+    (primary_lib / PURE / "ballast").write_bytes(os.urandom(64 * 1024 * 1024))
     setups = [host_setup(tmp_path, 1)]
     install(built, setups[0]["lib"], PURE, "1.0")
     install(built, setups[0]["lib"], COMPILED, "1.0", {"R_LIBS": str(setups[0]["lib"])})
@@ -199,7 +199,7 @@ def test_a_sync_killed_halfway_leaves_the_old_versions_loading(
     assert ref is not None
     # Either there whole (it finished first) or not at all; never a half on the path.
     target = sync_dir / ref.digest
-    assert not target.exists(), "the 200 MB transfer finished before the kill"
+    assert not target.exists(), "the 64 MB transfer finished before the kill"
     assert [p.name for p in sync_dir.iterdir() if p.name == ref.digest] == []
     seen = workers_see(tmp_path, path, f"paste({PURE}::f(), {COMPILED}::f())")
     assert seen == [f"{PURE} 1.0 {COMPILED} 1.0"]
