@@ -124,7 +124,7 @@ elif mode == "snoop":
                                       for t in sorted(ports_seen())]:
                 try:
                     s = socket.create_connection((host, to), timeout=1)
-                    s.settimeout(3)  # (the primary may be slow to answer on a busy machine)
+                    s.settimeout(1)
                     hello = (MAGIC + struct.pack(">iii", machine, slot, os.getpid())
                              + os.urandom(16))
                     s.sendall(hello)
@@ -271,7 +271,7 @@ def test_only_genuine_workers_get_in(testbed: Testbed, shared_tmp: Path, tunnel:
     assert not tokens & found
     if not tunnel:
         # (it got as far as the proof; behind the tunnel its offers through the forward
-        # were never answered within its 3 s wait, in every run so far: not understood)
+        # were never answered within its 1 s wait, in every run so far: not understood)
         assert "challenged" in snoop
     assert "admitted" not in snoop  # ... and never further
     assert nothing_left(tb, marker=tmp_path) == {}
