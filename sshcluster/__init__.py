@@ -14,6 +14,7 @@ EC2 lives in :mod:`sshcluster.ec2`, the local test hosts in :mod:`sshcluster.tes
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 import types
 from typing import TYPE_CHECKING, Any
@@ -75,11 +76,17 @@ class _Package(types.ModuleType):
 
     def __getattr__(self, name: str) -> Any:
         where = _LAZY.get(name)
-        if where is None:
+        if where is not None:
+            value = getattr(importlib.import_module(where), name)
+        elif not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}"):
+            value = importlib.import_module(f"{__name__}.{name}")  # (a sub-package, a module)
+        else:
             raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(where), name)
         super().__setattr__(name, value)
         return value
+
+    def __dir__(self) -> list[str]:
+        return sorted({*super().__dir__(), *_LAZY})
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in ("check", "push") and isinstance(value, types.ModuleType):

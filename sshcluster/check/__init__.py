@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sshcluster.lazy import exports
+from sshcluster.lazy import exports, listing
 
 if TYPE_CHECKING:
     from sshcluster.check.preflight import (
@@ -31,11 +31,13 @@ if TYPE_CHECKING:
     )
     from sshcluster.check.report import CheckReport, HostReport, StepResult
 
-__getattr__ = exports(__name__, {
+_NAMES = {
     "preflight": ("DEFAULT_CONCURRENCY", "DEFAULT_TIMEOUT", "REMOTE_STEPS", "ProgressCallback",
                   "check", "check_async", "verified_inventory"),
     "report": ("CheckReport", "HostReport", "StepResult"),
-})
+}
+__getattr__ = exports(__name__, _NAMES)
+__dir__ = listing(globals(), _NAMES)
 
 __all__ = [
     "DEFAULT_CONCURRENCY",

@@ -178,6 +178,12 @@ def start_ec2_detached(spec_file: str | os.PathLike[str], script: str | os.PathL
                     stop_remote(inv, host, job.job)
                 with contextlib.suppress(SshclusterError, OSError):
                     _revoke(cluster.inventory, job.job)
+                with contextlib.suppress(OSError):
+                    # (a failed start removed the job's record: the fleet's is kept until
+                    # the fleet is down, so that 'stop JOB' can still end it)
+                    (runs_dir() / job.job).mkdir(parents=True, mode=0o700, exist_ok=True)
+                    atomic_write(runs_dir() / job.job / FLEET_FILE,
+                                 json.dumps(fleet, indent=2) + "\n")
                 _down_if_ours(fleet, job.job)
                 shutil.rmtree(runs_dir() / job.job, ignore_errors=True)  # (never ran)
             if exc is not caught:

@@ -164,6 +164,11 @@ class _Syncer:
         self.shared: dict[tuple[str, str], asyncio.Future[HostSync]] = {}
         self.slots = asyncio.Semaphore(SYNC_CONCURRENCY)
 
+    def _no_reference(self) -> bool:
+        """Whether reading the reference failed (or was cancelled)."""
+        return self.known.done() and (self.known.cancelled()
+                                      or self.known.exception() is not None)
+
     @property
     def ref(self) -> Reference:
         """The reference (known once the first probe's script is sent)."""
@@ -205,8 +210,8 @@ class _Syncer:
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     if later:
                         await asyncio.wait([self.known])
-                        if self.known.cancelled() or self.known.exception() is not None:
-                            proc.kill()  # (no reference: sync_async raises its error)
+                        if self._no_reference():
+                            proc.kill()  # (sync_async raises the reference's error)
                             return
                         self.progress(host.label, "looking")
                         proc.stdin.write(f"{{\n{self._script(host, mode)}\n}}\n".encode())
@@ -257,6 +262,8 @@ class _Syncer:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         async with self.slots:
+            if self._no_reference():  # (a host that waited for a slot: nothing to start)
+                return HostSync(host, "failed", "no reference")
             # (the probe's ssh starts now; the host's time starts with the reference)
             work = asyncio.ensure_future(self._host(host))
             try:
@@ -272,7 +279,7 @@ class _Syncer:
             except (OSError, PackagesError) as e:
                 result = HostSync(host, "failed", str(e))
         result = replace(result, seconds=loop.time() - t0)
-        if self.known.cancelled() or self.known.exception() is not None:
+        if self._no_reference():
             return result  # (never looked: sync_async raises the reference's error)
         self.progress(host.label, f"{result.outcome}: {result.detail}" if result.detail
                       else result.outcome)
@@ -404,7 +411,7 @@ async def sync_async(inventory: Inventory, *, progress: SyncProgress | None = No
         try:
             try:
                 ref = await known
-            except PackagesError:
+            except BaseException:  # (its error, or Ctrl-C while the reference was read)
                 await each  # (each probe kills its ssh at once, spawned or not yet: _ssh)
                 raise
             hosts = await each

@@ -11,9 +11,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from sshcluster.lazy import exports, listing
 from sshcluster.ssh.command import CONNECT_TIMEOUT, known_hosts_option, openssh_version, ssh_command
 from sshcluster.ssh.config import ClientSettings, SshConfigError, client_settings
 
@@ -24,17 +24,13 @@ if TYPE_CHECKING:
 
 #: What needs asyncssh, imported when first asked for: the launch's and push's ssh
 #: command lines (command, config) are wanted without it.
-_LAZY = {
-    "Connector": "connect", "HostKeyDecision": "connect", "host_decision": "connect",
-    "trust_policy": "connect", "HostKeyVerdict": "keycheck", "verify": "keycheck",
-    "KnownHostsFiles": "knownhosts", "TrustPolicy": "knownhosts", "fingerprint": "knownhosts",
+_NAMES = {
+    "connect": ("Connector", "HostKeyDecision", "host_decision", "trust_policy"),
+    "keycheck": ("HostKeyVerdict", "verify"),
+    "knownhosts": ("KnownHostsFiles", "TrustPolicy", "fingerprint"),
 }
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"sshcluster.ssh.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = exports(__name__, _NAMES)
+__dir__ = listing(globals(), _NAMES)
 
 
 __all__ = [
