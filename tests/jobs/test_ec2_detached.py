@@ -87,13 +87,18 @@ def _job_keys(testbed: Testbed) -> list[str]:
             if "sshcluster-job-" in line]
 
 
+def _script(tmp_path: Path, prefix: str) -> tuple[Path, Path, str]:
+    """The job's script, the flag file that lets it end, and a tag for its result files."""
+    script = tmp_path / "fit.R"
+    script.write_text(SCRIPT)
+    return script, tmp_path / "flag", f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
 def test_a_detached_job_s_fleet_lives_until_its_results_are_fetched(
         moto_url: str, testbed: Testbed, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     client, seams, spec = _seams(moto_url, testbed, tmp_path, monkeypatch, "jobdet")
-    script, flag = tmp_path / "fit.R", tmp_path / "flag"
-    script.write_text(SCRIPT)
-    tag = f"jobdet{uuid.uuid4().hex[:8]}"
+    script, flag, tag = _script(tmp_path, "jobdet")
     runner, job = CliRunner(), None
     try:
         done = runner.invoke(cli, ["run", "--ec2", "--detach", "--json", str(spec),
@@ -256,9 +261,7 @@ def test_stop_ends_the_fleet_a_partial_fetch_left(moto_url: str, testbed: Testbe
     """A fetch of the ended job that cannot read a host writes run.json and leaves the
     fleet running, saying so; stop then ends it."""
     client, seams, spec = _seams(moto_url, testbed, tmp_path, monkeypatch, "jobpart")
-    script, flag = tmp_path / "fit.R", tmp_path / "flag"
-    script.write_text(SCRIPT)
-    tag = f"jobpart{uuid.uuid4().hex[:8]}"
+    script, flag, tag = _script(tmp_path, "jobpart")
     runner, job = CliRunner(), None
     try:
         done = runner.invoke(cli, ["run", "--ec2", "--detach", "--primary", "2", str(spec),
