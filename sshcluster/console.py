@@ -3,12 +3,21 @@ and notes that ``--quiet`` leaves out (the root command's and its sub-groups' al
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import click
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TransferSpeedColumn,
+)
 
 from sshcluster.check.report import print_report
 from sshcluster.errors import CheckFailed, SshclusterError
@@ -70,3 +79,26 @@ def note(message: str) -> None:
 
 
 __all__ = ["ErrorGroup", "note", "print_error", "quiet"]
+
+
+#: Called with a host's label, the bytes sent to it so far and the total.
+ByteProgress = Callable[[str, int, int], None]
+
+
+@contextlib.contextmanager
+def byte_bars(console: Console, show: bool) -> Iterator[ByteProgress | None]:
+    """One bar of bytes per host on ``console`` while the block runs (push, image push),
+    when ``show`` and the console is a terminal; else ``None``."""
+    if not (show and console.is_terminal):
+        yield None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), console=console, transient=True) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def update(host: str, sent: int, total: int) -> None:
+            if host not in tasks:
+                tasks[host] = bar.add_task(host, total=total)
+            bar.update(tasks[host], completed=sent)
+
+        yield update

@@ -284,6 +284,10 @@ def test_testbed_down_all_removes_only_testbeds_whose_owner_exited(
             result = CliRunner().invoke(cli, ["testbed", "down", "--all"])
             assert result.exit_code == 0, result.output
             assert result.stderr == f"removed 1 testbed: {cli_name}\n"
+            # Nothing outside its own state directory was touched (looked at at once: other
+            # tests running beside this one remove their own testbeds as they end).
+            assert all((STATE_DIR / f"{name}.json").exists() for name in others
+                       if not name.startswith(("sct", "sck")))
             assert f"{cli_name}-" not in _netns()
             assert [r.name for r in list_testbeds()] == [live.name]
             proc = subprocess.run(live.ssh_argv(live.hosts[0], "true"), timeout=60,
@@ -295,9 +299,6 @@ def test_testbed_down_all_removes_only_testbeds_whose_owner_exited(
     finally:
         if cli_name:
             remove_testbed(cli_name)
-    # Nothing outside its own state directory was touched.
-    assert all((STATE_DIR / f"{name}.json").exists() for name in others
-               if not name.startswith(("sct", "sck")))  # other test runs remove theirs
 
 
 def test_testbed_down_help_says_what_all_removes() -> None:

@@ -7,15 +7,8 @@ import json
 
 import click
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TransferSpeedColumn,
-)
 
+from sshcluster.console import byte_bars
 from sshcluster.containers.push import ImagePush, push_image
 from sshcluster.containers.spec import ENGINES
 from sshcluster.inventory import load_inventory
@@ -46,20 +39,8 @@ def push_command(ctx: click.Context, image: str, inventory: str, engine: str,
     """
     inv = load_inventory(inventory)
     err = Console(stderr=True)
-    if err.is_terminal and not as_json:
-        with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                      TransferSpeedColumn(), console=err, transient=True) as bar:
-            tasks: dict[str, TaskID] = {}
-
-            def show(host: str, sent: int, total: int) -> None:
-                if host not in tasks:
-                    tasks[host] = bar.add_task(host, total=total)
-                bar.update(tasks[host], completed=sent)
-
-            result = push_image(image, inv, engine=engine, progress=show,
-                                note=lambda m: err.print(m))
-    else:
-        result = push_image(image, inv, engine=engine,
+    with byte_bars(err, not as_json) as show:
+        result = push_image(image, inv, engine=engine, progress=show,
                             note=None if as_json else lambda m: err.print(m))
     if as_json:
         click.echo(json.dumps(_document(result), indent=2))

@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import click
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TransferSpeedColumn,
-)
 
+from sshcluster.console import byte_bars
 from sshcluster.inventory import FANOUTS, Fanout, load_inventory
 from sshcluster.push.api import push
 from sshcluster.push.report import print_push
@@ -42,20 +35,8 @@ def push_command(ctx: click.Context, inventory: str, sources: tuple[str, ...],
     inv = load_inventory(inventory)
     fan: Fanout | None = "chain" if fanout == "chain" else "tree" if fanout == "tree" \
         else "direct" if fanout else None
-    console = Console(stderr=True)
-    if console.is_terminal and not as_json:
-        with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                      TransferSpeedColumn(), console=console, transient=True) as bar:
-            tasks: dict[str, TaskID] = {}
-
-            def show(host: str, sent: int, total: int) -> None:
-                if host not in tasks:
-                    tasks[host] = bar.add_task(host, total=total)
-                bar.update(tasks[host], completed=sent)
-
-            result = push(inv, sources, dest, fanout=fan, progress=show)
-    else:
-        result = push(inv, sources, dest, fanout=fan)
+    with byte_bars(Console(stderr=True), not as_json) as show:
+        result = push(inv, sources, dest, fanout=fan, progress=show)
     if as_json:
         click.echo(result.to_json())
     else:
