@@ -159,18 +159,23 @@ def test_a_detached_job_s_fleet_lives_until_its_results_are_fetched(
     assert testbed.leftovers(DETACHED_LEFTOVER, wait=15) == {}
 
 
+def _busy_job(runner: CliRunner, seams: Any, spec: Path, tmp_path: Path) -> str:
+    """A detached EC2 job whose workers stay busy: its id."""
+    script = tmp_path / "busy.R"
+    script.write_text(BUSY)
+    done = runner.invoke(cli, ["run", "--ec2", "--detach", str(spec), str(script)],
+                         obj=seams)
+    assert done.exit_code == 0, done.output
+    return str(done.stdout.strip())
+
+
 def test_stop_ends_a_detached_job_and_its_fleet(moto_url: str, testbed: Testbed,
                                                 tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     client, seams, spec = _seams(moto_url, testbed, tmp_path, monkeypatch, "jobstop")
-    script = tmp_path / "busy.R"
-    script.write_text(BUSY)
     runner, job = CliRunner(), None
     try:
-        done = runner.invoke(cli, ["run", "--ec2", "--detach", str(spec), str(script)],
-                             obj=seams)
-        assert done.exit_code == 0, done.output
-        job = done.stdout.strip()
+        job = _busy_job(runner, seams, spec, tmp_path)
         assert _until(job, {"running", "done", "failed"}) == "running"
         stopped = runner.invoke(cli, ["stop", "--json", job])
         assert stopped.exit_code == 0, stopped.output
@@ -301,14 +306,9 @@ def test_stop_ends_the_fleet_of_a_job_whose_primary_is_unreachable(
         moto_url: str, testbed: Testbed, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     client, seams, spec = _seams(moto_url, testbed, tmp_path, monkeypatch, "jobgone")
-    script = tmp_path / "busy.R"
-    script.write_text(BUSY)
     runner, job, was = CliRunner(), None, None
     try:
-        done = runner.invoke(cli, ["run", "--ec2", "--detach", str(spec), str(script)],
-                             obj=seams)
-        assert done.exit_code == 0, done.output
-        job = done.stdout.strip()
+        job = _busy_job(runner, seams, spec, tmp_path)
         assert _until(job, {"running", "done", "failed"}) == "running"
         _, _, primary = load_job(job)
         was = _unreachable(job, primary.label)
