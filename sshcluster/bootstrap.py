@@ -52,7 +52,7 @@ from sshcluster.files import atomic_write
 from sshcluster.inventory import AUTO, Host, Inventory
 from sshcluster.launchplan import Plan, RenderOptions, launch_plan, launch_tunnel, plan_of
 from sshcluster.net import R_PORT_RANGE
-from sshcluster.protocol import LAUNCH_CONNECTIONS, USER_CONNECTIONS
+from sshcluster.protocol import LAUNCH_CONNECTIONS, RELAY_MOST_WORKERS, USER_CONNECTIONS
 from sshcluster.quoting import r_string, shell_join
 from sshcluster.ssh.command import CONNECT_TIMEOUT, known_hosts_option, ssh_command
 from sshcluster.version import __version__
@@ -171,13 +171,11 @@ def _compact(r_code: str) -> str:
                      if line.strip() and not line.lstrip().startswith("#"))
 
 
-#: The code each worker runs (``Rscript -e``): the proof (shared with the primary), then
-#: the worker, in a function of their own (not local(): see R/worker.R). Compacted:
-#: Rscript passes the code on with each space and newline written as three characters,
-#: and drops, with a warning, an expression that is then 10000 or more long (the workers
-#: would read their tokens as their program).
-WORKER_CODE = "\n".join(["(function() {", _compact(_R_SOURCES["proof.R"]),
-                         _compact(_R_SOURCES["worker.R"]), "})()", ""])
+#: The code each worker runs: a function (the proof, shared with the primary, then the
+#: worker; not local(): see R/worker.R) that ``R/remote.sh`` hands R in the environment
+#: and calls. Compacted: it reaches every host on each launch.
+WORKER_CODE = "\n".join(["function() {", _compact(_R_SOURCES["proof.R"]),
+                         _compact(_R_SOURCES["worker.R"]), "}", ""])
 
 #: The command line ssh runs on each worker host (the last line of ``R/read_script.sh``):
 #: it reads the host's script from the session's stdin up to :data:`END_OF_SCRIPT`, and
@@ -248,6 +246,8 @@ def _fast(inventory: Inventory, opts: RenderOptions, plan: Plan) -> list[str]:
             ("connections", f"c(launch = {LAUNCH_CONNECTIONS}L, user = {USER_CONNECTIONS}L)"),
             ("tunnel", _r_value(plan.tunnel == "reverse")),
             ("fork", _r_value(plan.fork)),
+            ("relay", _r_value(inventory.relay)),
+            ("relay_most", f"{RELAY_MOST_WORKERS}L"),
             ("setup_timeout", _r_value(inventory.setup_timeout)),
             ("locale", _r_value(inventory.locale)),
             ("workdir", _r_value(inventory.workdir)),

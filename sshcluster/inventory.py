@@ -124,12 +124,11 @@ class Inventory:
     per worker). ``locale`` is the locale the workers run in (None: the primary's own
     ``LANG``/``LC_*``). ``reverse_ssh`` says whether the check fails a host whose worker
     cannot ssh back to the primary (``required``) or only warns (``optional``).
-    ``workdir`` is the directory the workers start in on every host (made if missing; a
-    relative path is relative to the login directory; None: the login directory itself)
-    and where ``push`` copies to by default. ``shared_dir`` is a directory every host
-    mounts from one file server (the check verifies it; ``push`` there sends one copy).
-    ``fanout`` is how ``push`` reaches the hosts (see :data:`Fanout`). ``lease``: a
-    rendered file's cluster leases its hosts while it lives, as ``sshcluster run`` does.
+    ``workdir`` is the directory the workers start in on every host (made if missing;
+    relative to the login directory; None: that directory) and ``push``'s default
+    destination. ``shared_dir`` is a directory every host mounts from one file server.
+    ``fanout``: how ``push`` reaches the hosts. ``lease``: the cluster leases its hosts.
+    ``relay``: a host's forked workers share one connection (``false``: one each).
     ``worker_output`` is where the fast launch's workers' output goes: ``none`` (the
     default, as makeCluster's), ``console`` (the primary's, each line after its host's
     name) or an absolute directory on the worker hosts (a file per host in it).
@@ -157,6 +156,7 @@ class Inventory:
     shared_dir: str | None = None
     fanout: Fanout = "direct"
     lease: bool = False
+    relay: bool = True
     path: str | None = field(default=None, compare=False)
     check_note: str | None = None
 
@@ -233,7 +233,7 @@ _PRIMARY_KEYS = ("host", "user", "ssh_port")
 _TOP_KEYS = ("primary", "port", "defaults", "hosts", "known_hosts", "r_packages", "launch",
              "tunnel", "fork", "register", "setup_timeout", "locale", "reverse_ssh",
              "worker_output", "packages", "lockfile", "repos", "library", "workdir",
-             "shared_dir", "fanout", "container", "lease")
+             "shared_dir", "fanout", "container", "lease", "relay")
 
 
 def _host_fields(reader: _Reader, m: Map, where: str,
@@ -311,7 +311,7 @@ def _read(doc: Any, reader: _Reader) -> Inventory:
     for name in ("workdir", "shared_dir"):
         if name in top:
             how[name] = reader.remote_path(top[name], name, reader.line_of(top, name))
-    for name in ("fork", "lease"):
+    for name in ("fork", "lease", "relay"):
         if name in top:
             how[name] = reader.boolean(top[name], name, reader.line_of(top, name))
     if "setup_timeout" in top:

@@ -110,6 +110,9 @@ class SyncFact:
 LAUNCH_CONNECTIONS: Final = 2
 #: The R connections a launch leaves free for the user's own files.
 USER_CONNECTIONS: Final = 2
+#: The most workers one relay carries (``R/launch/session.R``): a host's relay holds an R
+#: connection per worker, of R's 128; a host with more gets a relay per this many.
+RELAY_MOST_WORKERS: Final = 100
 #: The first bytes of a worker's hello (``PROOF_MAGIC`` of ``R/proof.R``).
 PROOF_MAGIC: Final = b"SCW3"
 #: The line a host's session reports a worker's end with: ``gone SLOT STATUS``
@@ -120,6 +123,7 @@ __all__ = [
     "GONE",
     "LAUNCH_CONNECTIONS",
     "PROOF_MAGIC",
+    "RELAY_MOST_WORKERS",
     "REMOTE_STEPS",
     "STEPS",
     "USER_CONNECTIONS",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 
 from sshcluster import InventoryError, RenderError
 from sshcluster.bootstrap import (
+    _R_SOURCES,
     WORKER_CODE,
     RenderOptions,
     render,
@@ -227,14 +229,16 @@ def test_no_environment_variable_changes_the_launch(options: RenderOptions) -> N
     # (SSHCLUSTER_OUTPUT, where worker_output goes); the primary's side reads nothing.
     worker = r_string(WORKER_CODE)
     text = text.replace(worker, "")
+    # (the host script hands the workers' code to R in SSHCLUSTER_CODE)
+    text = text.replace('Sys.getenv(\\"SSHCLUSTER_CODE\\")', "")
     reads = re.findall(r"Sys\.getenv\(([^)]*)\)", text)
     assert reads in ([], ["LOCALE_VARS"])
     # SSHCLUSTER_OUTPUT and _WORKDIR are the launch's own words to each host (on its
     # command line), and so are SSHCLUSTER_LEASE (lease: true) and SSHCLUSTER_CONTAINER*
     # (a host's container: its engine, image, pull policy, options and name; see
-    # sshcluster/containers)
+    # sshcluster/containers); SSHCLUSTER_CODE is the workers' code, handed to R (remote.sh)
     ours = {"SSHCLUSTER_OUTPUT", "SSHCLUSTER_WORKDIR", "SSHCLUSTER_CONTAINER",
-            "SSHCLUSTER_LEASE",
+            "SSHCLUSTER_LEASE", "SSHCLUSTER_CODE",
             *(f"SSHCLUSTER_CONTAINER_{k}" for k in ("IMAGE", "PULL", "OPTIONS", "NAME"))}
     assert set(re.findall(r"SSHCLUSTER_[A-Z_]+", text)) <= ours
 
@@ -348,10 +352,17 @@ def test_connection_limits_are_known_at_render(tmp_path: Path) -> None:
         f"  - host: 10.0.{i // 250}.{i % 250 + 1}\n    ncore: 4096\n" for i in range(320)))
     res = CliRunner().invoke(cli, ["render", str(huge)])
     assert res.exit_code == 2
-    assert "1,310,720 workers need 1,310,727 R connections" in res.output
+    # (a relay per 100 workers: 41 connections per host)
+    assert "1,310,720 workers need 13,127 R connections" in res.output
     assert "Traceback" not in res.output
+    # behind the hosts' relays (the default), 200 workers on two hosts hold 2 connections
+    relayed = tmp_path / "relayed.yaml"
+    relayed.write_text("primary: 10.0.0.1\nhosts:\n  - host: a\n    ncore: 100\n"
+                       "  - host: b\n    ncore: 100\n")
+    res = CliRunner().invoke(cli, ["render", str(relayed), "-o", str(tmp_path / "r.R")])
+    assert res.exit_code == 0 and "warning" not in res.output, res.output
     big = tmp_path / "big.yaml"
-    big.write_text("primary: 10.0.0.1\nhosts:\n  - host: a\n    ncore: 100\n"
+    big.write_text("primary: 10.0.0.1\nrelay: false\nhosts:\n  - host: a\n    ncore: 100\n"
                    "  - host: b\n    ncore: 100\n")
     res = CliRunner().invoke(cli, ["render", str(big), "-o", str(tmp_path / "c.R")])
     assert res.exit_code == 0
@@ -362,16 +373,22 @@ def test_connection_limits_are_known_at_render(tmp_path: Path) -> None:
     assert "--max-connections=" not in render(fits).split("\n\n")[0]
 
 
-def test_the_worker_code_fits_on_rscripts_command_line(tmp_path: Path) -> None:
+def test_the_worker_code_reaches_r_whole(tmp_path: Path) -> None:
     """Rscript drops an ``-e`` expression of 10000 characters or more once each space
     and newline is written as three (then the workers read their tokens as their
-    program): the compacted worker code stays well under, and parses as R."""
+    program): the workers' code reaches R in the environment, and the host script's
+    ``-e`` only evaluates it and calls what it evaluates to, a function."""
     code = WORKER_CODE
-    assert len(code) + 2 * code.count(" ") + 2 * code.count("\n") < 8000
     assert "#" not in [line[:1] for line in code.splitlines()]
-    out = subprocess.run(["Rscript", "-e", f"invisible(parse(text = {json.dumps(code)}))",
-                          "-e", "cat('parsed')"], capture_output=True, text=True, timeout=60)
-    assert out.stdout == "parsed", out.stderr
+    remote = _R_SOURCES["remote.sh"]
+    boot = re.search(r"^boot='([^']*)'$", remote, re.M)
+    assert boot and len(boot.group(1)) < 200 and '-e "$boot"' in remote
+    out = subprocess.run(
+        ["Rscript", "-e", "f <- eval(parse(text = Sys.getenv('SSHCLUSTER_CODE')))",
+         "-e", "cat(class(f), length(formals(f)))"],
+        env={**os.environ, "SSHCLUSTER_CODE": code}, capture_output=True, text=True,
+        timeout=60)
+    assert out.stdout == "function 0", out.stderr
 
 
 def test_worker_output_is_read_and_checked() -> None:

@@ -70,19 +70,30 @@ def test_every_r_socket_of_the_cluster_has_no_delay(testbed: Testbed, tmp_path: 
         primary, *workers = (int(p) for p in proc.stdout.readline().split())
         ours = tcp_sockets(primary)
         theirs = [s for w in workers for s in tcp_sockets(w)]
+        between = [s for r in ({parent_of(w) for w in workers} if options.fork else set())
+                   for s in tcp_sockets(r)]
         proc.stdin.write("done\n")
         proc.stdin.flush()
         _, err = proc.communicate(timeout=R_TIMEOUT)
         assert proc.returncode == 0, err
-    assert len(ours) == len(workers) == 8 and len(theirs) == 8
-    assert all(s["nodelay"] for s in ours + theirs)
+    # forked workers: one connection per host, through its relay (whose own sockets
+    # are asked too); fresh ones: one each
+    assert len(workers) == 8 and len(theirs) == 8
+    assert len(ours) == (4 if options.fork else 8)
+    assert len(between) == (4 + 8 if options.fork else 0)
+    assert all(s["nodelay"] for s in ours + theirs + between)
     assert nothing_left(testbed, marker=tmp_path) == {}
 
 
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 def test_120_workers_leave_connections_for_the_user(testbed: Testbed, tmp_path: Path) -> None:
-    """120 workers on one primary (4 hosts x 30) start, work, and leave the session two
-    connections for its own files."""
-    f = write_cluster(testbed, tmp_path, ncore=30)
+    """120 workers on one primary (4 hosts x 30), each with a connection of its own
+    (relay: false), start, work, and leave the session two connections for its own
+    files."""
+    f = write_cluster(testbed, tmp_path, ncore=30, relay=False)
     a, b = tmp_path / "a.txt", tmp_path / "b.txt"
     out = run_r_in_test(f"""
         source({str(f)!r})
@@ -105,11 +116,12 @@ def test_120_workers_leave_connections_for_the_user(testbed: Testbed, tmp_path: 
 def test_too_many_workers_are_refused_before_anything_starts(testbed: Testbed,
                                                             tmp_path: Path, ncore: int
                                                             ) -> None:
-    """124 or 200 workers do not fit in R 4.2's 128 connections: source() stops with the
-    numbers and what to do, and no host sees even an ssh login."""
+    """124 or 200 workers with a connection each (relay: false) do not fit in R 4.2's
+    128 connections: source() stops with the numbers and what to do, and no host sees
+    even an ssh login."""
     logs = [host_dir(testbed.workdir, h) / "sshd.log" for h in testbed.hosts]
     logins = [log.read_text().count("Accepted ") for log in logs]
-    f = write_cluster(testbed, tmp_path, ncore=ncore)
+    f = write_cluster(testbed, tmp_path, ncore=ncore, relay=False)
     out = run_r_in_test(f"source({str(f)!r})\ncat('UNEXPECTED')\n", tmp_path, timeout=30)
     assert out.returncode != 0 and "UNEXPECTED" not in out.stdout
     workers = 4 * ncore

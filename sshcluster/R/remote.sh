@@ -123,6 +123,12 @@ if [ -n "${SSHCLUSTER_CONTAINER:-}" ]; then  # (containers)
 fi
 # ---
 rargs="--default-packages=datasets,utils,grDevices,graphics,stats,methods"
+# The workers' code is a function, in the environment (Rscript drops an -e expression
+# of 10,000 characters or more, counting each space and newline as three): the short
+# -e below evaluates it, then calls it, once that evaluation has returned (no frame
+# of eval() stays below the worker's: see worker.R).
+export SSHCLUSTER_CODE="$code"
+boot='(eval(parse(text = Sys.getenv("SSHCLUSTER_CODE"))))()'
 exec 4>&1  # the session's stdout, for the "gone" reports
 # R's own stdout (5): nowhere, or with worker_output: console the session's stdout,
 # which the primary prints after the host's name.
@@ -135,24 +141,25 @@ for t in $tokens; do n=$((n + 1)); done
 if [ "$start" = fork ] && [ "$leader" ] && [ "$n" -le 256 ]; then
   IFS=$old
   printf '%s\n' "$tokens" |
-    $in "$r" "$rargs" -e "$code" "$master" "$port" "$machine" "$timeout" fork >&5 &
+    $in "$r" "$rargs" -e "$boot" "$master" "$port" "$machine" "$timeout" fork >&5 &
   pids=$!
 else
   for t in $tokens; do
     IFS=$old
+    case $t in 0:*) continue ;; esac  # (a relay's token: these workers connect alone)
     if [ "$leader" ]; then
       # a subshell waits for the worker and reports its end (the group kill
       # reaches both)
       (
         printf '%s\n' "$t" |
-          $in "$r" "$rargs" -e "$code" "$master" "$port" "$machine" "$timeout" fresh >&5
+          $in "$r" "$rargs" -e "$boot" "$master" "$port" "$machine" "$timeout" fresh >&5
         rc=$?
         echo "gone ${t%%:*} $rc" >&4
         exit $rc
       ) &
     else
       printf '%s\n' "$t" |
-        $in "$r" "$rargs" -e "$code" "$master" "$port" "$machine" "$timeout" fresh >&5 &
+        $in "$r" "$rargs" -e "$boot" "$master" "$port" "$machine" "$timeout" fresh >&5 &
     fi
     pids="$pids $!"
   done

@@ -2,7 +2,8 @@
 #   Rscript -e CODE MASTER PORT MACHINE TIMEOUT fork|fresh
 # Its stdin holds one line: the worker tokens, "slot:worker-token:primary-token"
 # separated by ",". A fresh worker gets one; the one R of a forking host gets all
-# of its host's and forks one worker per token.
+# of its host's and forks one worker per token. A forking host's line may start with
+# a token for slot 0: that host's R is then the relay of its workers (see relay below).
 # Each worker connects to the primary, and the two prove to each other that they
 # hold the slot's key (challenge and response, proof.R, pasted before this file),
 # and only then runs parallel's own worker loop. Nothing is unserialized from a
@@ -28,6 +29,8 @@
   input <- file("stdin")
   items <- strsplit(readLines(input, n = 1L, warn = FALSE), ",", fixed = TRUE)[[1]]
   close(input)
+  relay_item <- if (fork && startsWith(items[1], "0:")) items[1]
+  if (!is.null(relay_item)) items <- items[-1]
 
   # parallel internals, named in one place: its worker loop and output sink, and
   # closing a file descriptor in a forked child.
@@ -119,13 +122,98 @@
     }
   }
 
-  work <- function(item) {
-    con <- handshake(strsplit(item, ":", fixed = TRUE)[[1]])
+  # parallel's worker loop, on its connection to the primary (native serialization,
+  # as parallelly's workers use by default: R's XDR costs every message a byte swap),
+  # or, behind this host's relay, on its connection to the relay.
+  work <- function(item, con = NULL) {
+    if (is.null(con)) con <- handshake(strsplit(item, ":", fixed = TRUE)[[1]])
     socketTimeout(con, 2592000)  # parallel's own worker timeout
     if (output == "console") sink(stdout(), type = "message")
     else sinkWorkerOutput(if (output == "none") "/dev/null" else output)
-    workLoop(structure(list(con = con), class = "SOCKnode"))
+    workLoop(structure(list(con = con), class = c(if (!is.null(relay_item))
+      "sshcluster_relayed", "SOCK0node", "SOCKnode")))
     TRUE
+  }
+
+  # --- The relay: this host's one connection to the primary carries every worker's
+  # messages. Primary to relay: a head (a worker's slot, the length of what follows)
+  # and a message for that worker; a negative slot: the last message again, for that
+  # worker (a broadcast crosses once per host); slot 0: an echo asked for. Relay to
+  # primary: the slot a message is from, its length and the message. Workers write
+  # to the relay a length and then the message (sendData below).
+  head8 <- function(len) writeBin(as.double(len), raw(), size = 8L, endian = "big")
+  registerS3method("sendData", "sshcluster_relayed", function(node, data) {
+    m <- serialize(data, NULL, xdr = FALSE)
+    if (length(m) < 65536L) writeBin(c(head8(length(m)), m), node$con) else {
+      writeBin(head8(length(m)), node$con)
+      writeBin(m, node$con)
+    }
+  }, envir = asNamespace("parallel"))
+  # Two connected sockets on this host: R has no socketpair(), so a listener on a
+  # random port takes one connection and keeps it only if it sends a fresh secret (a
+  # stranger's is closed); the listener is closed at once.
+  local_pair <- function() {
+    repeat {
+      port <- 20000L + sum(as.integer(random_bytes(2L)) * c(256L, 1L)) %% 40000L
+      l <- tryCatch(suppressWarnings(serverSocket(port)), error = function(e) NULL)
+      if (!is.null(l)) break
+    }
+    on.exit(close(l))
+    a <- socketConnection("127.0.0.1", port, blocking = TRUE, open = "a+b", timeout = 5,
+                          options = "no-delay")
+    secret <- random_bytes(16L)
+    writeBin(secret, a)
+    for (i in 1:20) {
+      b <- socketAccept(l, blocking = TRUE, open = "a+b", timeout = 5, options = "no-delay")
+      if (socketSelect(list(b), timeout = 2) && identical(readBin(b, "raw", 16L), secret))
+        return(list(a, b))
+      close(b)
+    }
+    fail("could not connect the relay on ", Sys.info()[["nodename"]], " to its workers")
+  }
+  relay <- function(ends, slots, pids, collect) {
+    P <- handshake(strsplit(relay_item, ":", fixed = TRUE)[[1]])
+    writeBin(c(int4(length(slots)), int4(rbind(slots, pids))), P)
+    flush(P)
+    socketTimeout(P, 2592000)
+    live <- rep(TRUE, length(ends))
+    last <- raw(0)
+    to_worker <- function(slot, m) {
+      k <- match(slot, slots)
+      if (!is.na(k) && live[k] && inherits(try(writeBin(m, ends[[k]]), silent = TRUE),
+                                           "try-error")) live[k] <<- FALSE
+    }
+    while (any(live)) {
+      ready <- socketSelect(c(list(P), ends[live]), timeout = 1)
+      if (ready[1]) {
+        h <- readBin(P, "raw", 12L)
+        if (length(h) < 12L) break  # the primary closed the connection
+        slot <- readBin(h[1:4], "integer", size = 4L, endian = "big")
+        len <- readBin(h[5:12], "double", size = 8L, endian = "big")
+        if (slot > 0L) {
+          last <- readBin(P, "raw", len)
+          if (length(last) < len) break
+          to_worker(slot, last)
+        } else if (slot < 0L) to_worker(-slot, last)
+        else writeBin(c(int4(0L), head8(0)), P)
+      }
+      for (k in which(live)[ready[-1]]) {
+        h <- readBin(ends[[k]], "raw", 8L)
+        m <- if (length(h) == 8L) readBin(ends[[k]], "raw", readBin(h, "double", size = 8L,
+                                                                    endian = "big"))
+        if (length(h) < 8L || length(m) < readBin(h, "double", size = 8L, endian = "big")) {
+          live[k] <- FALSE  # the worker ended
+          next
+        }
+        if (length(m) < 65536L) writeBin(c(int4(slots[k]), h, m), P) else {
+          writeBin(c(int4(slots[k]), h), P)
+          writeBin(m, P)
+        }
+      }
+      if (!all(live) || !ready[1]) collect(0)
+    }
+    close(P)
+    for (end in ends) close(end)
   }
 
   if (!fork) {
@@ -134,7 +222,8 @@
     # One R start-up for the whole host. Each fork gets its own tempdir() and an
     # empty global environment (this code runs in a function), as a fresh R would.
     unlink(tempdir(), recursive = TRUE)
-    child <- function(item) {
+    child <- function(item, con = NULL, others = list()) {
+      for (other in others) close(other)
       tempdir(check = TRUE)
       on.exit(unlink(tempdir(), recursive = TRUE))
       # mcparallel() gives a child a pipe from its parent as stdin, never closed:
@@ -142,11 +231,25 @@
       closeFD(0L)
       stdin_null <- file("/dev/null", "r")
       on.exit(close(stdin_null), add = TRUE)
-      work(item)
+      work(item, con)
     }
     # (silent: a fork's stdout goes to /dev/null, unless the primary prints it)
-    jobs <- lapply(items, function(item) parallel::mcparallel(child(item),
-                                                              silent = output != "console"))
+    ends <- list()
+    jobs <- list()
+    for (item in items) {
+      if (is.null(relay_item)) {
+        jobs[[length(jobs) + 1L]] <- parallel::mcparallel(child(item),
+                                                           silent = output != "console")
+        next
+      }
+      # The relay: a connection to each worker (its other end is the worker's only
+      # one), made before the fork; the worker holds none of the relay's ends.
+      pair <- local_pair()
+      jobs[[length(jobs) + 1L]] <- parallel::mcparallel(
+        child(item, pair[[1]], c(ends, pair[2])), silent = output != "console")
+      close(pair[[1]])
+      ends[[length(ends) + 1L]] <- pair[[2]]
+    }
     # Report each worker that ends, at once, on the ssh session's stdout (the
     # script's descriptor 4): "gone SLOT STATUS".
     slots <- setNames(vapply(items, function(item) strsplit(item, ":", fixed = TRUE)[[1]][1],
@@ -155,18 +258,21 @@
     # would end up in the last words that name why a host failed)
     report <- tryCatch(file("/dev/fd/4", "w", raw = TRUE), error = function(e) NULL)
     failed <- FALSE
-    while (length(jobs)) {
-      done <- suppressWarnings(parallel::mccollect(jobs, wait = FALSE, timeout = 1))
+    collect <- function(timeout) {
+      done <- suppressWarnings(parallel::mccollect(jobs, wait = FALSE, timeout = timeout))
       for (pid in names(done)) {
         ok <- isTRUE(done[[pid]])
-        failed <- failed || !ok
+        failed <<- failed || !ok
         if (!is.null(report)) {
           cat(GONE, slots[[pid]], if (ok) 0L else 3L, "\n", file = report)
           flush(report)
         }
       }
-      jobs <- Filter(function(j) !(as.character(j$pid) %in% names(done)), jobs)
+      jobs <<- Filter(function(j) !(as.character(j$pid) %in% names(done)), jobs)
     }
+    if (!is.null(relay_item)) relay(ends, as.integer(slots),
+                                    vapply(jobs, function(j) j$pid, 1L), collect)
+    while (length(jobs)) collect(1)
     if (failed) quit(save = "no", status = 3L)
   }
 })()

@@ -48,7 +48,7 @@ from sshcluster.check.probe import REMOTE_STEPS
 from sshcluster.check.report import CheckReport, HostReport
 from sshcluster.check.steps import run_host
 from sshcluster.commands import run_command
-from sshcluster.connections import workers_note
+from sshcluster.connections import host_links, workers_note
 from sshcluster.containers.check import compare_digests
 from sshcluster.errors import CheckFailed, SshclusterError
 from sshcluster.inventory import AUTO, Host, Inventory
@@ -130,7 +130,11 @@ async def check_async(
                     ctx.shared.remove_local()
     reports = list(compare_digests(reports))  # (containers: the same image everywhere)
     primary, note = _primary_address(inventory, reports)
-    connections = workers_note(sum(r.workers for r in reports), ctx.primary_r_version)
+    connections = workers_note(
+        sum(r.workers for r in reports), ctx.primary_r_version,
+        links=sum(r.workers if inventory.launch == "classic" else host_links(
+            r.workers, relay=inventory.relay, fork=inventory.fork, lease=inventory.lease)
+            for r in reports))
     return CheckReport(
         primary=primary, port=listener.port, hosts=tuple(reports),
         primary_r_version=ctx.primary_r_version, primary_rscript=shutil.which("Rscript"),

@@ -57,7 +57,7 @@ sshcluster_container_start() {
 # remote.sh exported for R.
 sshcluster_container_exec() {
   set -- "$SSHCLUSTER_CONTAINER_NAME" "$@"
-  for v in SSHCLUSTER_OUTPUT LANG LANGUAGE LC_ALL LC_CTYPE LC_COLLATE LC_TIME \
+  for v in SSHCLUSTER_OUTPUT SSHCLUSTER_CODE LANG LANGUAGE LC_ALL LC_CTYPE LC_COLLATE LC_TIME \
       LC_MONETARY LC_MESSAGES LC_PAPER LC_MEASUREMENT LC_NUMERIC; do
     eval "[ -n \"\${$v+set}\" ]" && set -- "--env=$v" "$@"
   done

@@ -25,8 +25,8 @@ launch <- function(S, wanted, deadline, fail_fast) {
     S$listener <- NULL
   }, add = TRUE)
   ids <- character()
-  for (h in seq_along(wanted))
-    if (length(wanted[[h]])) ids <- c(ids, start_host(S, h, wanted[[h]]))
+  for (h in seq_along(wanted)) for (part in relay_parts(S$config, wanted[[h]]))
+    if (length(part)) ids <- c(ids, start_host(S, h, part))
   expected <- list()
   for (id in ids) for (t in S$sessions[[id]]$tokens)
     expected[[sprintf("%d.%d", S$sessions[[id]]$h, t$slot)]] <- c(t, id = id)
@@ -61,11 +61,20 @@ launch <- function(S, wanted, deadline, fail_fast) {
       p$proof <- read_available(p$con, p$proof, MAC_SIZE)
       if (length(p$proof) == MAC_SIZE) {
         # (the slot is looked up again: another connection may have taken it since)
-        if (!same_bytes(p$proof, p$expect) || is.null(expected[[p$slot_id]])) {
+        e <- expected[[p$slot_id]]
+        if (!same_bytes(p$proof, p$expect) || is.null(e)) {
           refuse(S, p$con)
+        } else if (e$slot == 0L) {
+          # a host's relay: its workers' nodes all share its connection
+          got <- admit_relay(S, p, e)
+          if (length(got)) for (t in S$sessions[[e$id]]$tokens)
+            expected[[sprintf("%d.%d", S$sessions[[e$id]]$h, t$slot)]] <<- NULL
+          nodes <<- c(nodes, got)
         } else {
-          node <- admit(S, p, expected[[p$slot_id]])
+          node <- admit(S, p, e)
           expected[[p$slot_id]] <<- NULL
+          # (a host that could not fork: its workers came alone, and no relay will)
+          expected[[sprintf("%d.0", node$h)]] <<- NULL
           nodes[[length(nodes) + 1L]] <<- node
         }
         return(NULL)
@@ -149,7 +158,7 @@ launch <- function(S, wanted, deadline, fail_fast) {
 
 # Says which hosts the launch still waits for, and how many of their workers.
 note_waiting <- function(S, expected, lost, deadline) {
-  open <- Filter(function(e) !(e$id %in% lost), expected)
+  open <- Filter(function(e) !(e$id %in% lost) && e$slot > 0L, expected)
   if (!length(open)) return(invisible())
   h <- vapply(open, function(e) S$sessions[[e$id]]$h, 1L)
   missing <- table(h)
@@ -214,10 +223,37 @@ admit <- function(S, p, e) {
             class = c("sshcluster_node", "SOCKnode"))
 }
 
+# A host's relay that proved itself: it says which worker has which pid (a count,
+# then slot and pid for each), and each of its workers becomes a node on its
+# connection. A table that is not whole in time, or not the session's slots, is
+# refused (the host's workers then never arrive, and the launch names it).
+admit_relay <- function(S, p, e) {
+  writeBin(ADMITTED, p$con)
+  flush(p$con)
+  slots <- vapply(Filter(function(t) t$slot > 0L, S$sessions[[e$id]]$tokens), `[[`, 1L,
+                  "slot")
+  table <- if (socketSelect(list(p$con), timeout = PROOF_SECONDS))
+    tryCatch(readBin(p$con, "raw", 4L * (1L + 2L * length(slots))), error = function(e) raw(0))
+  if (length(table) != 4L * (1L + 2L * length(slots)) ||
+      !identical(readBin(table, "integer", n = length(table) %/% 4L, size = 4L,
+                         endian = "big")[c(1L, seq(2L, by = 2L, length.out = length(slots)))],
+                 c(length(slots), slots))) {
+    refuse(S, p$con)
+    return(list())
+  }
+  ints <- readBin(table, "integer", n = length(table) %/% 4L, size = 4L, endian = "big")
+  h <- hello_int(p$hello, 5L)
+  lapply(seq_along(slots), function(k) structure(list(
+    con = p$con, host = S$config$machines[[h]]$host, rank = S$first[h] + slots[k], h = h,
+    slot = slots[k], pid = ints[2L * k + 1L], session = e$id, launch = S$id, relay = TRUE),
+    class = c("sshcluster_node", "SOCKnode")))
+}
+
 # Stops everything started and signals an error naming each failed machine
 # with ssh's own message (or, on a timeout, each machine still missing
 # workers). The condition's 'hosts' lists those machines.
 launch_failed <- function(S, nodes, expected, ended, what) {
+  expected <- Filter(function(e) e$slot > 0L, expected)  # (not the relays)
   missing <- table(factor(vapply(expected, function(e) S$sessions[[e$id]]$h, 1L),
                           levels = seq_along(S$config$machines)))
   n <- vapply(S$config$machines, function(m) as.integer(m$ncore), 1L)

@@ -177,9 +177,11 @@ stale <- function(node) {
 # write is turned into an error that names the worker by a calling handler, which
 # costs a third of what tryCatch() does: worker_lost() signals the new error from
 # within the handler, so the original one never reaches the user.)
-read_value <- function(node) {
-  value <- withCallingHandlers(unserialize(.subset2(node, "con")),
-                               error = function(e) worker_lost(node, e))
+read_value <- function(node) received(node, withCallingHandlers(
+  unserialize(.subset2(node, "con")), error = function(e) worker_lost(node, e)))
+
+# What every answer goes through, read straight or through a host's relay.
+received <- function(node, value) {
   type <- .subset2(value, "type")
   if (length(type) == 1L && type == "VALUE") {
     S <- state_of(node)
@@ -203,6 +205,7 @@ SPIN <- 300L
 
 # One worker's answer: looked for SPIN times, then waited for (wait_readable).
 recvData.sshcluster_node <- function(node) {
+  if (!is.null(.subset2(node, "relay"))) return(relay_recv(node))
   cons <- list(.subset2(node, "con"))
   for (k in seq_len(SPIN)) if (socketSelect(cons, timeout = 0)) return(read_value(node))
   wait_readable(list(node), cons)
@@ -214,8 +217,29 @@ recvData.sshcluster_node <- function(node) {
 # would take a core that the workers on this machine, or its ssh processes, could use.
 recvOneData.sshcluster <- function(cl) {
   # (.subset2: no method lookup, once per task)
-  i <- wait_readable(cl, lapply(cl, .subset2, "con"))
-  list(node = i, value = read_value(cl[[i]]))
+  cons <- lapply(cl, .subset2, "con")
+  S <- state_of(cl[[1L]])
+  if (!S$relayed) {
+    i <- wait_readable(cl, cons)
+    return(list(node = i, value = read_value(cl[[i]])))
+  }
+  ranks <- vapply(cl, .subset2, 1L, "rank")
+  held <- which(lengths(S$inbox[ranks]) > 0L)
+  if (length(held)) return(list(node = held[1L], value = relay_held(S, cl[[held[1L]]])))
+  S$sent <- NULL
+  repeat {
+    i <- wait_readable(cl, cons)
+    node <- cl[[i]]
+    if (is.null(.subset2(node, "relay"))) return(list(node = i, value = read_value(node)))
+    f <- relay_read(node)
+    j <- match(S$first[.subset2(node, "h")] + f$slot, ranks)
+    if (f$slot > 0L && !is.na(j)) {
+      value <- received(cl[[j]], unserialize(f$message))
+      relay_echo(S)
+      return(list(node = j, value = value))
+    }
+    relay_hold(S, node, f)
+  }
 }
 
 # (A lost host is noticed by the wait for the answer: checking here too would cost
@@ -237,11 +261,134 @@ sendData.sshcluster_node <- function(node, data) {
   # A worker that is gone usually still takes the bytes (they wait in the kernel):
   # the wait for its answer is what names it. A big message to a host that is gone
   # fails after STALL_SECONDS without progress, and then names it too.
-  withCallingHandlers(serialize(data, con), error = function(e) worker_lost(node, e))
+  if (!is.null(.subset2(node, "relay"))) relay_send(node, data)
+  else withCallingHandlers(serialize(data, con, xdr = FALSE),
+                           error = function(e) worker_lost(node, e))
   invisible(NULL)
 }
 
+# parallel::stopCluster() closes each node's connection after its DONE: a host's
+# relay connection is closed with the last of its nodes.
+closeNode.sshcluster_node <- function(node) {
+  S <- registry[[.subset2(node, "launch")]]
+  if (!is.null(.subset2(node, "relay")) && !is.null(S)) {
+    S$closing <- c(S$closing, node$rank)
+    same <- Filter(function(n) !is.null(n) && identical(n$con, node$con), unclass(S$cluster))
+    if (!all(vapply(same, `[[`, 1L, "rank") %in% S$closing)) return(invisible())
+  }
+  if (con_ok(node$con)) close(node$con)
+  invisible()
+}
+
 for (method in c("recvData.sshcluster_node", "recvOneData.sshcluster",
-                 "sendData.sshcluster_node"))
+                 "sendData.sshcluster_node", "closeNode.sshcluster_node"))
   registerS3method(sub("[.].*", "", method), sub("^[^.]*[.]", "", method), get(method),
                    envir = parallel_ns)
+
+# ---------------------------------------------------------------------------
+# A host's relay: one connection carries all of that host's workers' messages
+# (worker.R's relay has the frames). A message that arrives for another worker
+# than the one waited for is held until that worker's answer is asked for.
+
+# The head of a frame: a worker's slot and the length of the message after it.
+relay_head <- function(slot, len)
+  c(writeBin(as.integer(slot), raw(), size = 4L, endian = "big"),
+    writeBin(as.double(len), raw(), size = 8L, endian = "big"))
+
+# One frame from a relay's connection: list(slot, message); slot 0 is an echo.
+relay_read <- function(node) withCallingHandlers({
+  con <- .subset2(node, "con")
+  h <- readBin(con, "raw", 12L)
+  if (length(h) < 12L) stop("the relay's connection was closed", call. = FALSE)
+  len <- readBin(h[5:12], "double", size = 8L, endian = "big")
+  m <- if (len > 0) readBin(con, "raw", len) else raw(0)
+  if (length(m) < len) stop("the relay's connection was closed mid-message", call. = FALSE)
+  list(slot = readBin(h[1:4], "integer", size = 4L, endian = "big"), message = m)
+}, error = function(e) worker_lost(node, e))
+
+# A frame for another worker than the one waited for is kept for it. future's
+# resolved() looks at a node's connection itself, and would never see an answer
+# held here: while any answer is held, each relay that has one is asked for an echo
+# (relay_echo, before a wait returns), so that its connection has something to read.
+relay_hold <- function(S, node, f) {
+  if (f$slot == 0L) {
+    id <- .subset2(node, "session")
+    S$echoes[[id]] <- max(0L, S$echoes[[id]] - 1L)
+  }
+  if (f$slot <= 0L) return(invisible())
+  r <- S$first[.subset2(node, "h")] + f$slot
+  S$inbox[[r]] <- c(S$inbox[[r]], list(f$message))
+  S$held <- S$held + 1L
+  invisible()
+}
+
+relay_echo <- function(S) {
+  if (S$held == 0L) return(invisible())
+  for (r in which(lengths(S$inbox) > 0L)) {
+    node <- S$cluster[[r]]
+    if (is.null(node) || isTRUE(S$echoes[[node$session]] > 0L)) next
+    S$echoes[[node$session]] <- 1L
+    try(writeBin(relay_head(0L, 0), node$con), silent = TRUE)
+  }
+  invisible()
+}
+
+relay_held <- function(S, node) {
+  r <- .subset2(node, "rank")
+  q <- S$inbox[[r]]
+  S$inbox[r] <- list(q[-1L])
+  S$held <- S$held - 1L
+  value <- received(node, unserialize(q[[1L]]))
+  relay_echo(S)
+  value
+}
+
+relay_recv <- function(node) {
+  S <- state_of(node)
+  if (length(S$inbox[[.subset2(node, "rank")]])) return(relay_held(S, node))
+  S$sent <- NULL
+  cons <- list(.subset2(node, "con"))
+  slot <- .subset2(node, "slot")
+  repeat {
+    k <- 0L
+    while (k < SPIN && !socketSelect(cons, timeout = 0)) k <- k + 1L
+    if (k == SPIN) wait_readable(list(node), cons)
+    f <- relay_read(node)
+    if (f$slot == slot) {
+      value <- received(node, unserialize(f$message))
+      relay_echo(S)
+      return(value)
+    }
+    relay_hold(S, node, f)
+  }
+}
+
+# A message to a worker behind a relay. The same value sent to several workers in
+# one of parallel's calls (clusterCall, clusterExport, clusterEvalQ, a clusterApply
+# whose arguments repeat) is serialized once, and crosses to each host once: to a
+# host that has it already, only its head goes, with the slot negated.
+relay_send <- function(node, data) {
+  S <- state_of(node)
+  con <- .subset2(node, "con")
+  slot <- .subset2(node, "slot")
+  id <- .subset2(node, "session")
+  sent <- S$sent
+  again <- FALSE
+  if (!is.null(sent) && identical(sent$data, data, num.eq = FALSE, single.NA = FALSE,
+                                  attrib.as.set = FALSE) && in_parallel_call()) {
+    m <- sent$message
+    again <- id %in% sent$at
+    if (!again) S$sent$at <- c(sent$at, id)
+  } else {
+    m <- serialize(data, NULL, xdr = FALSE)
+    S$sent <- list(data = data, message = m, at = id)
+  }
+  withCallingHandlers({
+    if (again) writeBin(relay_head(-slot, 0), con)
+    else if (length(m) < 65536L) writeBin(c(relay_head(slot, length(m)), m), con)
+    else {
+      writeBin(relay_head(slot, length(m)), con)
+      writeBin(m, con)
+    }
+  }, error = function(e) worker_lost(node, e))
+}

@@ -13,6 +13,9 @@ repair <- function(S) {
     stop("sshcluster: this cluster was stopped; source() the file again", call. = FALSE)
   follow <- registered(S)  # registrations of the cluster object as it was before
   nodes <- Filter(Negate(is.null), unclass(S$cluster))
+  if (length(nodes) && !any(vapply(nodes, function(n) con_ok(n$con), NA)))
+    stop("sshcluster: this cluster was stopped (parallel::stopCluster()); source() the ",
+         "file again", call. = FALSE)
   ranks <- vapply(nodes, `[[`, 1L, "rank")
   names(nodes) <- ranks
   state <- setNames(rep("ok", length(nodes)), ranks)
@@ -22,16 +25,41 @@ repair <- function(S) {
     state[[r]] <<- "dead"
     why[[r]] <<- reason
   }
-  # 1. dead sessions, dead connections, results nobody read
+  # One message from node's connection: the rank (as a name) it is from and the
+  # value, or an error. Behind a relay, the message may be another worker's: every
+  # worker on that connection is dropped on an error, and an echo is nobody's.
+  read_one <- function(node) {
+    r <- as.character(node$rank)
+    if (is.null(node$relay)) return(list(r = r, v = tryCatch(unserialize(node$con),
+                                                              error = identity)))
+    f <- tryCatch(relay_read(node), error = identity)
+    if (inherits(f, "error")) return(list(r = r, v = f, all = TRUE))
+    if (f$slot <= 0L) return(list(r = NA, v = NULL))  # (an echo)
+    list(r = as.character(S$first[node$h] + f$slot),
+         v = tryCatch(unserialize(f$message), error = identity))
+  }
+  lost_link <- function(node, v) for (n in nodes) if (identical(n$con, node$con))
+    drop(as.character(n$rank), conditionMessage(v))
+  # 1. dead sessions, dead connections, results nobody read (also those a relay's
+  # connection brought for other workers)
+  for (r in names(nodes)) discarded[[r]] <- length(S$inbox[[as.integer(r)]])
+  S$inbox[] <- list(NULL)
+  S$held <- 0L
+  S$echoes <- list()
   for (r in names(nodes)) {
     node <- nodes[[r]]
     if (session_ended(S, node$session)) {
       drop(r, session_reason(S, node$session))
       next
     }
+    status <- gone(S, node)
+    if (!is.na(status)) drop(r, sprintf("its host says the process ended (status %s)", status))
     while (state[[r]] == "ok" && socketSelect(list(node$con), timeout = 0)) {
-      v <- tryCatch(unserialize(node$con), error = identity)
-      if (inherits(v, "error")) drop(r, conditionMessage(v)) else discarded[[r]] <- discarded[[r]] + 1L
+      got <- read_one(node)
+      if (isTRUE(got$all)) lost_link(node, got$v)
+      else if (is.na(got$r) || !(got$r %in% names(nodes))) next
+      else if (inherits(got$v, "error")) drop(got$r, conditionMessage(got$v))
+      else discarded[[got$r]] <- discarded[[got$r]] + 1L
     }
   }
   # 2. a no-op call to every live worker: it answers at once unless it is still
@@ -48,15 +76,22 @@ repair <- function(S) {
   waiting <- names(nodes)[state == "ok"]
   deadline <- Sys.time() + DRAIN_SECONDS
   while (length(waiting) && Sys.time() < deadline) {
-    ready <- socketSelect(lapply(nodes[waiting], `[[`, "con"), timeout = 0.2)
-    for (r in waiting[ready]) {
-      v <- tryCatch(unserialize(nodes[[r]]$con), error = identity)
-      if (inherits(v, "error")) {
-        drop(r, conditionMessage(v))
-      } else if (identical(v$value, marker)) {
-        state[[r]] <- "synced"
+    cons <- lapply(nodes[waiting], `[[`, "con")
+    ready <- socketSelect(cons, timeout = 0.2)
+    # (one read per connection and round: a relay's is several workers')
+    for (r in waiting[ready & !duplicated(cons)]) {
+      if (state[[r]] != "ok") next
+      got <- read_one(nodes[[r]])
+      if (isTRUE(got$all)) {
+        lost_link(nodes[[r]], got$v)
+      } else if (is.na(got$r) || !(got$r %in% names(nodes))) {
+        next
+      } else if (inherits(got$v, "error")) {
+        drop(got$r, conditionMessage(got$v))
+      } else if (identical(got$v$value, marker) && state[[got$r]] == "ok") {
+        state[[got$r]] <- "synced"
       } else {
-        discarded[[r]] <- discarded[[r]] + 1L
+        discarded[[got$r]] <- discarded[[got$r]] + 1L
       }
     }
     waiting <- names(nodes)[state == "ok"]
@@ -71,7 +106,11 @@ repair <- function(S) {
   }
   # 3. sessions with a busy worker end whole (their workers cannot be stopped
   # one by one); their workers start again with the dead ones
-  restart_sessions <- unique(vapply(nodes[state == "busy"], `[[`, "", "session"))
+  # (a relay's session too when any of its workers is lost: its workers share one
+  # connection, which is closed with them)
+  restart_sessions <- unique(c(vapply(nodes[state == "busy"], `[[`, "", "session"),
+    vapply(Filter(function(n) !is.null(n$relay), nodes[state == "dead"]), `[[`, "",
+           "session")))
   for (id in restart_sessions) supervise(S, paste("kill", id))
   again <- names(nodes)[state == "dead" | vapply(nodes, function(n) n$session %in%
                                                     restart_sessions, NA)]

@@ -49,13 +49,29 @@ hex_bytes <- function(hex) {
   as.raw(strtoi(substring(hex, at, at + 1L), 16L))
 }
 
-# Starts a session on machine h for the given worker slots; returns its id.
+# Whether a session of n workers runs them behind its host's relay (one connection
+# for all of them; worker.R): with forked workers and more than one of them, unless
+# the inventory says relay: false. A relay's R holds a connection per worker, of
+# R's 128: a host with more workers gets a session (and a relay) per relay_most of
+# them (not with lease: true, whose lease is one session's).
+relayed <- function(config, n) isTRUE(config$relay) && isTRUE(config$fork) && n >= 2L &&
+  n <= config$relay_most
+relay_parts <- function(config, slots) {
+  if (length(slots) <= config$relay_most || !isTRUE(config$relay) || !isTRUE(config$fork) ||
+      isTRUE(config$lease)) return(list(slots))
+  unname(split(slots, ceiling(seq_along(slots) / config$relay_most)))
+}
+
+# Starts a session on machine h for the given worker slots; returns its id. Behind
+# a relay, the relay's own key is slot 0's.
 start_host <- function(S, h, slots) {
   S$next_id <- S$next_id + 1L
   id <- sprintf("%d.%d", h, S$next_id)
-  tokens <- lapply(slots, function(slot) list(
+  relay <- relayed(S$config, length(slots))
+  tokens <- lapply(c(if (relay) 0L, slots), function(slot) list(
     slot = slot, worker = random_hex(TOKEN_SIZE), primary = random_hex(TOKEN_SIZE)))
-  S$sessions[[id]] <- list(id = id, h = h, slots = slots, tokens = tokens,
+  if (relay) S$relayed <- TRUE
+  S$sessions[[id]] <- list(id = id, h = h, slots = slots, tokens = tokens, relay = relay,
                            file = file.path(S$dir, id), port = session_port(S, h))
   write_remote_script(S)
   writeLines(host_command(S, h, id), paste0(file.path(S$dir, id), ".sh"))

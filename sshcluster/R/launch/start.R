@@ -63,6 +63,14 @@ new_launch <- function(config, key) {
   S$cluster <- structure(vector("list", sum(n)), class = c("sshcluster", "SOCKcluster",
                                                            "cluster"))
   S$calls <- integer(sum(n))  # per worker: calls sent and not yet answered
+  # behind relays: answers held for the worker they are for (node.R), the message
+  # last sent (a broadcast's), and the nodes parallel::stopCluster() closed so far
+  S$relayed <- FALSE
+  S$inbox <- vector("list", sum(n))
+  S$held <- 0L       # answers in the inbox
+  S$echoes <- list() # echoes asked of each session's relay and not read yet
+  S$sent <- NULL
+  S$closing <- integer()
   S
 }
 
@@ -70,7 +78,10 @@ start <- function(config) {
   key <- sourced_file()
   again <- stop_previous(key)
   S <- new_launch(config, key)
-  check_connections(S, length(S$cluster))
+  n <- vapply(config$machines, function(m) as.integer(m$ncore), 1L)
+  check_connections(S, length(S$cluster),
+                    sum(vapply(n, function(k) sum(vapply(relay_parts(config, seq_len(k)),
+                      function(p) if (relayed(config, length(p))) 1L else length(p), 1L)), 1L)))
   assign(S$id, S, envir = registry)
   ok <- FALSE
   on.exit(if (!ok) shutdown(S, grace = 0), add = TRUE)
@@ -79,7 +90,6 @@ start <- function(config) {
   # forked (mcparallel, a fork cluster) may hold that pipe open, so the end of the
   # pipe would never come: the supervisor is told to stop instead.
   reg.finalizer(S, function(S) shutdown(S, grace = 0), onexit = TRUE)
-  n <- vapply(config$machines, function(m) as.integer(m$ncore), 1L)
   wanted <- lapply(seq_along(n), function(h) seq_len(n[h]))
   got <- launch(S, wanted, deadline = Sys.time() + config$setup_timeout, fail_fast = TRUE)
   for (node in got) S$cluster[[node$rank]] <- node
@@ -116,22 +126,26 @@ connection_limit <- function() {
   }, error = function(e) length(getAllConnections()))
 }
 
-# Stops before anything is started when the workers would not fit.
-check_connections <- function(S, workers) {
+# Stops before anything is started when the workers would not fit: they take one R
+# connection each, or one per host behind the hosts' relays ('links').
+check_connections <- function(S, workers, links = workers) {
   used <- length(getAllConnections())
   free <- S$limit - used
-  needed <- workers + S$config$connections[["launch"]]  # the listening socket and
-  reserved <- S$config$connections[["user"]]             # the supervisor's pipe
+  needed <- links + S$config$connections[["launch"]]  # the listening socket and
+  reserved <- S$config$connections[["user"]]           # the supervisor's pipe
   if (needed + reserved <= free) return(invisible())
   most <- max(0L, free - S$config$connections[["launch"]] - reserved)
   stop(structure(class = c("sshcluster_error", "error", "condition"), list(
     message = sprintf(paste0(
-      "sshcluster: %d workers need %d R connections (one each, plus the listening socket ",
+      "sshcluster: %d workers need %d R connections (%s, plus the listening socket ",
       "and the ssh supervisor), and %d more should stay free for your own files, but this ",
       "R session has %d free (%d in all, %d in use). Nothing was started.\n",
-      "  Use at most %d workers from this primary, or run R >= 4.4 started with ",
+      "  Use at most %d %s from this primary, or run R >= 4.4 started with ",
       "--max-connections=%d."),
-      workers, needed, reserved, free, S$limit, used, most,
+      workers, needed, if (links == workers) "one each" else
+        sprintf("%d: one per host behind its relay, one per worker otherwise", links),
+      reserved, free, S$limit, used, most,
+      if (links == workers) "workers" else "connections' worth of hosts",
       used + needed + reserved),
     call = NULL, hosts = character())))
 }

@@ -3,13 +3,15 @@
 
 # Tells every worker to stop, closes its connection, then ends the sessions.
 stop_cluster <- function(S) {
-  for (node in S$cluster) if (!is.null(node) && con_ok(node$con)) {
+  nodes <- Filter(function(node) !is.null(node) && con_ok(node$con), unclass(S$cluster))
+  for (node in nodes) {
     # (not to a host that is gone, nor into a full buffer: that could block)
     if (!session_ended(S, node$session) &&
         isTRUE(socketSelect(list(node$con), write = TRUE, timeout = 0)))
       try(internals$postNode(node, "DONE"), silent = TRUE)
-    try(close(node$con), silent = TRUE)
   }
+  # (after every DONE: the nodes behind a host's relay share its connection)
+  for (node in nodes) if (con_ok(node$con)) try(close(node$con), silent = TRUE)
   S$cluster <- NULL
   shutdown(S, grace = 2)
   if (belongs(get0("parallelCluster", envir = globalenv(), inherits = FALSE), S))

@@ -1,0 +1,157 @@
+"""The hosts' relays, on real sshd test hosts and real R: a host's forked workers share
+one connection to the primary through that host's R; a value sent to several of them in
+one call crosses to each host once (counted on the testbed's bridge, what left the
+primary); a primary on R 4.2 holds more workers than its 128 connections would; future's
+polling sees an answer that arrived while another worker's was awaited; a host lost
+among many is named; ``relay: false`` gives each worker its own connection again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from sshcluster.testing import Testbed
+from sshcluster.testing.cluster import interactive_r, write_cluster
+from sshcluster.testing.fixtures import R_TIMEOUT, run_r_in_test
+from sshcluster.testing.leftovers import nothing_left
+
+MB = 1 << 20
+
+
+def bridge_tx(tb: Testbed) -> int:
+    """The bytes the primary has sent into the testbed's bridge: to its hosts."""
+    return int(Path(f"/sys/class/net/{tb.name}-br/statistics/tx_bytes").read_text())
+
+
+def lines_of(stdout: str) -> dict[str, str]:
+    return dict(line.split(" ", 1) for line in stdout.splitlines() if " " in line)
+
+
+@pytest.mark.parametrize("relay", [True, False], ids=["relay", "no-relay"])
+def test_a_broadcast_crosses_to_each_host_once(testbed: Testbed, tmp_path: Path,
+                                               relay: bool) -> None:
+    """4 hosts x 3 forked workers: behind the relays the cluster holds 4 connections and a
+    16 MB clusterExport() sends about 4 copies (at most 1.3 x 4); with relay: false, 12
+    connections and 12 copies. Every worker has the value, parallel's calls, foreach and
+    a load-balanced apply give the same answers either way, and stop leaves nothing."""
+    f = write_cluster(testbed, tmp_path, ncore=3, **({} if relay else {"relay": False}))
+    with interactive_r(f"""
+        source({str(f)!r})
+        cons <- vapply(parallelCluster, function(n) as.integer(n$con), 1L)
+        cat("links", length(unique(cons)), "\\n")
+        x <- as.raw(sample(0:255, 16 * 2^20, replace = TRUE))
+        cat("go\\n")
+        invisible(readLines(file("stdin"), n = 1))
+        parallel::clusterExport(parallelCluster, "x")
+        cat("sent\\n")
+        cat("has", unique(unlist(parallel::clusterCall(parallelCluster,
+          function(s) sum(as.integer(x)) == s, sum(as.integer(x))))), "\\n")
+        cat("pids", length(unique(unlist(parallel::clusterEvalQ(parallelCluster,
+                                                                Sys.getpid())))), "\\n")
+        cat("lb", unlist(parallel::clusterApplyLB(parallelCluster, 1:30, function(i) i)), "\\n")
+        cat("static", unlist(parallel::clusterApply(parallelCluster, rep(7, 24),
+                                                    function(i) i + 1)), "\\n")
+        library(foreach)
+        doParallel::registerDoParallel(parallelCluster)
+        cat("foreach", foreach(i = 1:40, .combine = `+`) %dopar% i, "\\n")
+        sshcluster_stop()
+        cat("end ok\\n")
+    """, tmp_path, "broadcast.R") as proc:
+        assert proc.stdout is not None and proc.stdin is not None
+        links = proc.stdout.readline().split()
+        assert proc.stdout.readline().strip() == "go", proc.stderr.read() if proc.stderr else ""
+        before = bridge_tx(testbed)
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "sent"
+        sent = bridge_tx(testbed) - before
+        out, err = proc.communicate(timeout=R_TIMEOUT)
+        assert proc.returncode == 0, err
+    lines = lines_of(out)
+    assert links == ["links", "4" if relay else "12"]
+    copies = sent / (16 * MB)
+    if relay:
+        assert 4 <= copies <= 4 * 1.3, copies
+    else:
+        assert copies >= 12, copies
+    assert lines["has"].split() == ["TRUE"]
+    assert lines["pids"].split() == ["12"]
+    assert lines["lb"].split() == [str(i) for i in range(1, 31)]
+    assert lines["static"].split() == ["8"] * 24
+    assert lines["foreach"].split() == [str(40 * 41 // 2)]
+    assert lines["end"].split() == ["ok"]
+    assert nothing_left(testbed, marker=tmp_path) == {}
+
+
+def test_future_sees_an_answer_that_came_while_another_was_awaited(
+        testbed: Testbed, tmp_path: Path) -> None:
+    """Two futures on one host's two workers: the second answers while value() of the
+    first waits on the host's shared connection, so its answer is held on the primary;
+    polling resolved() on the second still ends (the relay is asked for an echo, so its
+    connection has something to read). It would poll forever otherwise."""
+    f = write_cluster(testbed, tmp_path, hosts=testbed.hosts[:1], ncore=2)
+    out = run_r_in_test(f"""
+        source({str(f)!r})
+        library(future)
+        plan(cluster, workers = parallelCluster)
+        f1 <- future({{ Sys.sleep(1); "one" }})
+        f2 <- future("two")
+        cat("first", value(f1), "\\n")
+        polls <- 0
+        while (!resolved(f2) && polls < 500) {{ polls <- polls + 1; Sys.sleep(0.01) }}
+        cat("resolved", resolved(f2), "\\n")
+        cat("second", value(f2), "\\n")
+        sshcluster_stop()
+    """, tmp_path, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = lines_of(out.stdout)
+    assert lines["first"].split() == ["one"]
+    assert lines["resolved"].split() == ["TRUE"]
+    assert lines["second"].split() == ["two"]
+    assert nothing_left(testbed, marker=tmp_path) == {}
+
+
+@pytest.mark.slow
+def test_160_workers_on_r_4_2_and_a_lost_host_among_them(testbed: Testbed,
+                                                         tmp_path: Path) -> None:
+    """4 hosts x 40 forked workers need 160 connections one each, past R 4.2's 128: behind
+    the relays the primary holds 4. parLapply() reaches every worker; when one host's
+    relay is killed, the next call names that host; stop leaves nothing."""
+    f = write_cluster(testbed, tmp_path, ncore=40)
+    with interactive_r(f"""
+        source({str(f)!r})
+        cat("version", as.character(getRversion()), "\\n")
+        cat("workers", length(parallelCluster), "\\n")
+        pids <- unlist(parallel::parLapply(parallelCluster, 1:320, function(i) Sys.getpid()))
+        cat("used", length(unique(pids)), "\\n")
+        cat("relay", parallel::clusterCall(parallelCluster[81], function()
+          as.integer(strsplit(readLines("/proc/self/stat"), " ")[[1]][4]))[[1]], "\\n")
+        invisible(readLines(file("stdin"), n = 1))
+        r <- tryCatch(parallel::parLapply(parallelCluster, 1:160, function(i) i),
+                      error = function(e) conditionMessage(e))
+        cat("lost", gsub("\\n", " ", r), "\\n")
+        sshcluster_stop()
+        cat("end ok\\n")
+    """, tmp_path, "many.R") as proc:
+        assert proc.stdout is not None and proc.stdin is not None
+        head = [proc.stdout.readline() for _ in range(4)]
+        lines = lines_of("".join(head))
+        assert lines.get("relay"), head
+        os.kill(int(lines["relay"]), signal.SIGKILL)  # (the third host's relay)
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=R_TIMEOUT)
+        assert proc.returncode == 0, err
+    lines.update(lines_of(out))
+    assert lines["version"].startswith("4.2")
+    assert lines["workers"].split() == ["160"]
+    assert lines["used"].split() == ["160"]
+    third = testbed.hosts[2].address
+    assert third in lines["lost"] and "sshcluster_repair()" in lines["lost"], lines["lost"]
+    assert not any(h.address in lines["lost"] for h in testbed.hosts if h.address != third)
+    assert lines["end"].split() == ["ok"]
+    assert nothing_left(testbed, marker=tmp_path) == {}
