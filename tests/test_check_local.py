@@ -18,6 +18,7 @@ import pytest
 
 from sshcluster.check.preflight import check_async
 from sshcluster.check.report import CheckReport
+from sshcluster.connections import host_links, workers_note
 from sshcluster.inventory import Host, Inventory, Primary
 from sshcluster.testing import free_port
 from sshcluster.testing.sshserver import LocalServer, keys
@@ -206,11 +207,13 @@ def test_cli_ssh_config_files(tmp_path: Path) -> None:
 
 def test_more_workers_than_r_connections_is_a_note(client_key: Path, tmp_path: Path) -> None:
     """The check says when the inventory needs more R connections than the primary's R
-    allows (R before 4.4: 128 in all), with the numbers and what to do."""
+    allows (R before 4.4: 128 in all), with the numbers and what to do: with a
+    connection per worker (relay: false; behind the relays 200 workers on a host take
+    two, see test_a_host_behind_relays_takes_a_connection_per_100_workers)."""
     async def main() -> CheckReport:
         async with LocalServer(keys().host_key, keys().client_key) as server:
             inv = inventory(server.port, client_key)
-            inv = Inventory(primary=inv.primary, hosts=tuple(
+            inv = Inventory(primary=inv.primary, relay=False, hosts=tuple(
                 Host(h.host, user=h.user, ncore=200, ssh_port=h.ssh_port,
                      identity_file=h.identity_file) for h in inv.hosts))
             known = tmp_path / "known_hosts"
@@ -223,6 +226,18 @@ def test_more_workers_than_r_connections_is_a_note(client_key: Path, tmp_path: P
     assert "--max-connections=207" in note and "at most 121 workers" in note
     if report.primary_r_version and report.primary_r_version < "4.4":
         assert f"this primary has R {report.primary_r_version}" in note
+
+
+def test_a_host_behind_relays_takes_a_connection_per_100_workers() -> None:
+    """What the check and render count on the primary, as R/launch/session.R decides: a
+    relay per host (per 100 workers), not with relay: false, fresh workers or one worker,
+    and one relay at most with lease: true (its one session holds the lease)."""
+    assert [host_links(n) for n in (1, 2, 100, 101, 200, 250)] == [1, 1, 1, 2, 2, 3]
+    assert host_links(200, relay=False) == host_links(200, fork=False) == 200
+    assert host_links(200, lease=True) == 200 and host_links(50, lease=True) == 1
+    assert workers_note(500, "4.2.2", links=25) is None
+    note = workers_note(500, "4.2.2", links=130)
+    assert note and note.startswith("500 workers need 137 R connections")
 
 
 def test_a_path_the_launch_cannot_carry_fails_resolve(tmp_path: Path) -> None:
