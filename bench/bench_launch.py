@@ -332,8 +332,14 @@ def _refused(tb: Testbed, workdir: Path, ncore: int) -> dict[str, object]:
             "leftovers": tb.leftovers("R")}
 
 
+def _loadavg() -> list[str]:
+    with open("/proc/loadavg") as load:
+        return load.read().split()[:3]
+
+
 def _scale(n_hosts: int, ncore: int, reps: int) -> dict[str, object]:
     workers = n_hosts * ncore
+    before = _loadavg()
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp, Testbed(n_hosts) as tb:
         workdir = Path(tmp)
         f = write_cluster(tb, workdir, "relay.R", ncore=ncore)
@@ -357,10 +363,8 @@ def _scale(n_hosts: int, ncore: int, reps: int) -> dict[str, object]:
               file=sys.stderr, flush=True)
         _wait_empty(tb)
         refused = _refused(tb, workdir, ncore)
-    with open("/proc/loadavg") as load:
-        loadavg = load.read().split()[:3]
     return {"scale": {"hosts": n_hosts, "ncore": ncore, "workers": workers}, "times": times,
-            "full": full, "refused": refused, "loadavg": loadavg}
+            "full": full, "refused": refused, "loadavg": {"before": before, "after": _loadavg()}}
 
 
 def _scale_table(r: dict[str, Any]) -> str:
@@ -388,7 +392,8 @@ def _scale_table(r: dict[str, Any]) -> str:
         f"R processes on the hosts: {full['r_on_hosts']}.",
         f"Lost host {full['lost_host']}: {full['lost_message']}",
         f"relay: false: {ref['message']}",
-        f"Load average at the end: {' '.join(r['loadavg'])}",
+        f"Load average (1, 5, 15 min) before: {' '.join(r['loadavg']['before'])}, "
+        f"at the end: {' '.join(r['loadavg']['after'])}",
     ]
     return "\n".join(rows)
 
