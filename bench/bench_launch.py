@@ -4,6 +4,7 @@ Run as root on a machine that can build SSH test hosts (see sshcluster.testing):
 
     .venv/bin/python bench/bench_launch.py            # 8/4, 32/8, 64/16 workers/hosts
     .venv/bin/python bench/bench_launch.py --reps 3 --sizes 8/4 32/8
+    .venv/bin/python bench/bench_launch.py --scale 25x20     # 500 workers, issue 27's goal
 
 Side by side in one run, interleaved, each launch in a fresh Rscript, timed inside R from
 just before the launch call to the moment the cluster object exists:
