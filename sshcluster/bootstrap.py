@@ -104,7 +104,7 @@ def render(inventory: Inventory, options: RenderOptions | None = None) -> str:
                  "or leave tunnel: none out (the default reverse tunnel needs no address)",
         )
     lines = _header(inventory, opts, plan)
-    note = connection_note(inventory)
+    note = connection_note(inventory, launch=plan.launch, fork=plan.fork, lease=plan.lease)
     if note:
         lines += ["#", *(f"# {line}" for line in textwrap.wrap(note, 86))]
     lines += [
@@ -388,6 +388,7 @@ __all__ = [
     "connections_needed",
     "launch_plan",
     "launch_tunnel",
+    "plan_of",
     "render",
     "spec_entries",
     "ssh_command",

@@ -265,7 +265,9 @@ def render(inventory: str, output: str | None, launch: str | None, tunnel: str |
         except CheckFailed as e:
             raise CheckFailed(f"not rendered: {e.message}", report=e.report,
                               hint=e.hint) from None
-    warning = bootstrap.connection_note(inv)
+    plan = bootstrap.plan_of(inv, options)
+    warning = bootstrap.connection_note(inv, launch=plan.launch, fork=plan.fork,
+                                        lease=plan.lease)
     if warning:
         click.secho(f"warning: {warning}", fg="yellow", err=True)
     if output is None or output == "-":

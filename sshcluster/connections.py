@@ -40,19 +40,27 @@ def host_links(ncore: int, *, relay: bool = True, fork: bool = True,
     return -(-ncore // RELAY_MOST_WORKERS)
 
 
-def links(inventory: Inventory) -> int:
+def links(inventory: Inventory, *, launch: str | None = None, fork: bool | None = None,
+          lease: bool | None = None) -> int:
     """The R connections all of ``inventory``'s workers hold on the primary (the fast
-    launch's relays, or one per worker for the classic launch)."""
-    if inventory.launch == "classic":
+    launch's relays, or one per worker for the classic launch); ``launch``, ``fork`` and
+    ``lease`` override the inventory's, as a render's options do (see
+    :func:`~sshcluster.launchplan.plan_of`)."""
+    if (launch or inventory.launch) == "classic":
         return inventory.workers
-    return sum(host_links(h.ncore or 0, relay=inventory.relay, fork=inventory.fork,
-                          lease=inventory.lease) for h in inventory.hosts)
+    fork = inventory.fork if fork is None else fork
+    lease = inventory.lease if lease is None else lease
+    return sum(host_links(h.ncore or 0, relay=inventory.relay, fork=fork, lease=lease)
+               for h in inventory.hosts)
 
 
-def connection_note(inventory: Inventory) -> str | None:
+def connection_note(inventory: Inventory, *, launch: str | None = None,
+                    fork: bool | None = None, lease: bool | None = None) -> str | None:
     """What to know when ``inventory`` needs more R connections than R allows by default
-    (None when it fits). Raises :class:`RenderError` when no R can hold it."""
-    needed = connections_needed(links(inventory))
+    (None when it fits), launched as ``launch``, ``fork`` and ``lease`` say (default: as
+    the inventory says). Raises :class:`RenderError` when no R can hold it."""
+    n = links(inventory, launch=launch, fork=fork, lease=lease)
+    needed = connections_needed(n)
     if needed > R_MAX_CONNECTIONS:
         where = f"{inventory.path}: " if inventory.path else ""
         raise RenderError(
@@ -61,7 +69,7 @@ def connection_note(inventory: Inventory) -> str | None:
             hint=f"give one primary at most {R_MAX_CONNECTIONS - connections_needed(0):,} "
                  "connections' worth of hosts (split the hosts over several inventories "
                  "and R sessions)")
-    return workers_note(inventory.workers, links=links(inventory))
+    return workers_note(inventory.workers, links=n)
 
 
 def workers_note(workers: int, r_version: str | None = None, *,

@@ -155,3 +155,53 @@ def test_160_workers_on_r_4_2_and_a_lost_host_among_them(testbed: Testbed,
     assert not any(h.address in lines["lost"] for h in testbed.hosts if h.address != third)
     assert lines["end"].split() == ["ok"]
     assert nothing_left(testbed, marker=tmp_path) == {}
+
+
+def test_big_messages_both_ways_at_once(testbed: Testbed, tmp_path: Path) -> None:
+    """Each host's first worker answers a tiny call at once with 60 MB it holds, while
+    the primary writes a 60 MB message for the host's second worker on the same
+    connection: the relay writes to the primary while the primary writes to the relay.
+    The primary reads while it writes, so neither waits on the other for good (each
+    would block, then R would leave half a frame behind, if each only wrote)."""
+    f = write_cluster(testbed, tmp_path, hosts=testbed.hosts[:2], ncore=2)
+    out = run_r_in_test(f"""
+        source({str(f)!r})
+        invisible(parallel::clusterEvalQ(parallelCluster,
+                                         ans <- as.raw(seq_len(60 * 2^20) %% 251)))
+        big <- as.raw(seq_len(60 * 2^20) %% 256)
+        back <- parallel::clusterApply(parallelCluster, list(0, big, 0, big),
+          function(x) if (identical(x, 0)) ans else length(x))
+        cat("sizes", vapply(back, length, 1), "\n")
+        cat("same", identical(back[[1]], as.raw(seq_len(60 * 2^20) %% 251)), back[[2]], "\n")
+        cat("again", unlist(parallel::clusterEvalQ(parallelCluster, 1L)), "\n")
+        sshcluster_stop()
+    """, tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = lines_of(out.stdout)
+    n = str(60 * 2**20)
+    assert lines["sizes"].split() == [n, "1", n, "1"]
+    assert lines["same"].split() == ["TRUE", n]
+    assert lines["again"].split() == ["1"] * 4
+    assert nothing_left(testbed, marker=tmp_path) == {}
+
+
+@pytest.mark.slow
+def test_a_host_of_101_workers_has_a_relay_and_a_worker_alone(testbed: Testbed,
+                                                             tmp_path: Path) -> None:
+    """A relay carries at most 100 workers: a host of 101 gets a relay for 100 of them
+    and a connection for the last one, in two sessions that the launch tells apart
+    (each relay proves its own key); all 101 work and stop leaves nothing."""
+    f = write_cluster(testbed, tmp_path, hosts=testbed.hosts[:1], ncore=101)
+    out = run_r_in_test(f"""
+        source({str(f)!r})
+        cons <- vapply(parallelCluster, function(n) as.integer(n$con), 1L)
+        cat("links", length(unique(cons)), "\\n")
+        cat("used", length(unique(unlist(parallel::parLapply(parallelCluster, 1:404,
+          function(i) Sys.getpid())))), "\\n")
+        sshcluster_stop()
+    """, tmp_path, timeout=180)
+    assert out.returncode == 0, out.stderr
+    lines = lines_of(out.stdout)
+    assert lines["links"].split() == ["2"]
+    assert lines["used"].split() == ["101"]
+    assert nothing_left(testbed, marker=tmp_path) == {}

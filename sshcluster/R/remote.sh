@@ -146,7 +146,7 @@ if [ "$start" = fork ] && [ "$leader" ] && [ "$n" -le 256 ]; then
 else
   for t in $tokens; do
     IFS=$old
-    case $t in 0:*) continue ;; esac  # (a relay's token: these workers connect alone)
+    case $t in -*) continue ;; esac  # (a relay's token: these workers connect alone)
     if [ "$leader" ]; then
       # a subshell waits for the worker and reports its end (the group kill
       # reaches both)

@@ -3,7 +3,8 @@
 # Its stdin holds one line: the worker tokens, "slot:worker-token:primary-token"
 # separated by ",". A fresh worker gets one; the one R of a forking host gets all
 # of its host's and forks one worker per token. A forking host's line may start with
-# a token for slot 0: that host's R is then the relay of its workers (see relay below).
+# a token for a slot below 1: that host's R is then the relay of its workers (see
+# relay below).
 # Each worker connects to the primary, and the two prove to each other that they
 # hold the slot's key (challenge and response, proof.R, pasted before this file),
 # and only then runs parallel's own worker loop. Nothing is unserialized from a
@@ -26,10 +27,11 @@
   machine <- as.integer(args[3])
   timeout <- as.numeric(args[4])
   fork <- identical(args[5], "fork")
+  Sys.unsetenv("SSHCLUSTER_CODE")  # (read: this R's programs need not carry it)
   input <- file("stdin")
   items <- strsplit(readLines(input, n = 1L, warn = FALSE), ",", fixed = TRUE)[[1]]
   close(input)
-  relay_item <- if (fork && startsWith(items[1], "0:")) items[1]
+  relay_item <- if (fork && startsWith(items[1], "-")) items[1]
   if (!is.null(relay_item)) items <- items[-1]
 
   # parallel internals, named in one place: its worker loop and output sink, and
@@ -165,8 +167,10 @@
     writeBin(secret, a)
     for (i in 1:20) {
       b <- socketAccept(l, blocking = TRUE, open = "a+b", timeout = 5, options = "no-delay")
-      if (socketSelect(list(b), timeout = 2) && identical(readBin(b, "raw", 16L), secret))
+      if (socketSelect(list(b), timeout = 2) && identical(readBin(b, "raw", 16L), secret)) {
+        socketTimeout(b, 2592000)  # (a worker may take its time between two halves)
         return(list(a, b))
+      }
       close(b)
     }
     fail("could not connect the relay on ", Sys.info()[["nodename"]], " to its workers")
@@ -178,13 +182,22 @@
     socketTimeout(P, 2592000)
     live <- rep(TRUE, length(ends))
     last <- raw(0)
+    # A worker the relay can no longer reach is ended, so that its host reports it
+    # (a write that makes no progress only warns in R).
+    drop <- function(k) {
+      live[k] <<- FALSE
+      tools::pskill(pids[k], tools::SIGKILL)
+    }
     to_worker <- function(slot, m) {
       k <- match(slot, slots)
-      if (!is.na(k) && live[k] && inherits(try(writeBin(m, ends[[k]]), silent = TRUE),
-                                           "try-error")) live[k] <<- FALSE
+      if (!is.na(k) && live[k] && !tryCatch({
+        writeBin(m, ends[[k]])
+        TRUE
+      }, warning = function(w) FALSE, error = function(e) FALSE)) drop(k)
     }
     while (any(live)) {
-      ready <- socketSelect(c(list(P), ends[live]), timeout = 1)
+      open <- which(live)
+      ready <- socketSelect(c(list(P), ends[open]), timeout = 1)
       if (ready[1]) {
         h <- readBin(P, "raw", 12L)
         if (length(h) < 12L) break  # the primary closed the connection
@@ -197,12 +210,13 @@
         } else if (slot < 0L) to_worker(-slot, last)
         else writeBin(c(int4(0L), head8(0)), P)
       }
-      for (k in which(live)[ready[-1]]) {
+      for (k in open[ready[-1]]) {
+        if (!live[k]) next
         h <- readBin(ends[[k]], "raw", 8L)
         m <- if (length(h) == 8L) readBin(ends[[k]], "raw", readBin(h, "double", size = 8L,
                                                                     endian = "big"))
         if (length(h) < 8L || length(m) < readBin(h, "double", size = 8L, endian = "big")) {
-          live[k] <- FALSE  # the worker ended
+          drop(k)  # the worker ended (or stalled mid-message)
           next
         }
         if (length(m) < 65536L) writeBin(c(int4(slots[k]), h, m), P) else {

@@ -25,8 +25,11 @@ launch <- function(S, wanted, deadline, fail_fast) {
     S$listener <- NULL
   }, add = TRUE)
   ids <- character()
-  for (h in seq_along(wanted)) for (part in relay_parts(S$config, wanted[[h]]))
-    if (length(part)) ids <- c(ids, start_host(S, h, part))
+  for (h in seq_along(wanted)) {
+    parts <- relay_parts(S$config, wanted[[h]])
+    for (k in seq_along(parts))
+      if (length(parts[[k]])) ids <- c(ids, start_host(S, h, parts[[k]], k))
+  }
   expected <- list()
   for (id in ids) for (t in S$sessions[[id]]$tokens)
     expected[[sprintf("%d.%d", S$sessions[[id]]$h, t$slot)]] <- c(t, id = id)
@@ -64,7 +67,7 @@ launch <- function(S, wanted, deadline, fail_fast) {
         e <- expected[[p$slot_id]]
         if (!same_bytes(p$proof, p$expect) || is.null(e)) {
           refuse(S, p$con)
-        } else if (e$slot == 0L) {
+        } else if (e$slot <= 0L) {
           # a host's relay: its workers' nodes all share its connection
           got <- admit_relay(S, p, e)
           if (length(got)) for (t in S$sessions[[e$id]]$tokens)
@@ -73,8 +76,9 @@ launch <- function(S, wanted, deadline, fail_fast) {
         } else {
           node <- admit(S, p, e)
           expected[[p$slot_id]] <<- NULL
-          # (a host that could not fork: its workers came alone, and no relay will)
-          expected[[sprintf("%d.0", node$h)]] <<- NULL
+          # (a host that could not fork: its workers came alone, and its relay will not)
+          for (t in S$sessions[[e$id]]$tokens) if (t$slot <= 0L)
+            expected[[sprintf("%d.%d", node$h, t$slot)]] <<- NULL
           nodes[[length(nodes) + 1L]] <<- node
         }
         return(NULL)

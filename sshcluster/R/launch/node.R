@@ -272,9 +272,12 @@ sendData.sshcluster_node <- function(node, data) {
 closeNode.sshcluster_node <- function(node) {
   S <- registry[[.subset2(node, "launch")]]
   if (!is.null(.subset2(node, "relay")) && !is.null(S)) {
-    S$closing <- c(S$closing, node$rank)
-    same <- Filter(function(n) !is.null(n) && identical(n$con, node$con), unclass(S$cluster))
-    if (!all(vapply(same, `[[`, 1L, "rank") %in% S$closing)) return(invisible())
+    # (by session and rank: a repair's new session reuses the ranks)
+    S$closing <- c(S$closing, paste(node$session, node$rank))
+    same <- Filter(function(n) !is.null(n) && identical(n$session, node$session),
+                   unclass(S$cluster))
+    if (!all(vapply(same, function(n) paste(n$session, n$rank), "") %in% S$closing))
+      return(invisible())
   }
   if (con_ok(node$con)) close(node$con)
   invisible()
@@ -295,16 +298,46 @@ relay_head <- function(slot, len)
   c(writeBin(as.integer(slot), raw(), size = 4L, endian = "big"),
     writeBin(as.double(len), raw(), size = 8L, endian = "big"))
 
-# One frame from a relay's connection: list(slot, message); slot 0 is an echo.
-relay_read <- function(node) withCallingHandlers({
+# One frame from a relay's connection: list(slot, message); slot 0 is an echo. A
+# frame that is not one (a slot that is not the session's, a length that is no
+# length) or a connection that fails loses the host (relay_broken).
+relay_read <- function(node) {
   con <- .subset2(node, "con")
-  h <- readBin(con, "raw", 12L)
-  if (length(h) < 12L) stop("the relay's connection was closed", call. = FALSE)
+  h <- relay_io(node, readBin(con, "raw", 12L))
+  if (length(h) < 12L) relay_broken(node, "its relay closed the connection")
+  slot <- readBin(h[1:4], "integer", size = 4L, endian = "big")
   len <- readBin(h[5:12], "double", size = 8L, endian = "big")
-  m <- if (len > 0) readBin(con, "raw", len) else raw(0)
-  if (length(m) < len) stop("the relay's connection was closed mid-message", call. = FALSE)
-  list(slot = readBin(h[1:4], "integer", size = 4L, endian = "big"), message = m)
-}, error = function(e) worker_lost(node, e))
+  S <- state_of(node)
+  if (is.na(slot) || is.na(len) || len < 0 || len > 2^52 || len != round(len) ||
+      (slot != 0L && !(slot %in% S$sessions[[.subset2(node, "session")]]$slots)))
+    relay_broken(node, "its relay sent what is not a message of its workers")
+  m <- if (len > 0) relay_io(node, readBin(con, "raw", len)) else raw(0)
+  if (length(m) < len) relay_broken(node, "its relay's connection ended mid-message")
+  list(slot = slot, message = m)
+}
+
+# Reading or writing a relay's connection: R only warns when a write makes no
+# progress for its timeout, and leaves part of a frame behind; any failure ends the
+# host's session (what follows on that connection could no longer be told apart).
+relay_io <- function(node, expr) withCallingHandlers(expr,
+  warning = function(w) relay_broken(node, conditionMessage(w)),
+  error = function(e) relay_broken(node, conditionMessage(e)))
+
+relay_broken <- function(node, why) {
+  S <- state_of(node)
+  id <- .subset2(node, "session")
+  if (is.null(S$ended[[id]])) {
+    S$ended[[id]] <- TRUE  # (remembered: a later send fails at once)
+    S$broken[[id]] <- why
+    try(supervise(S, paste("kill", id)), silent = TRUE)
+  }
+  if (!is.null(S$broken[[id]])) why <- S$broken[[id]]
+  same <- Filter(function(n) !is.null(n) && identical(n$session, id), unclass(S$cluster))
+  fail_node(node, sprintf(
+    "sshcluster: lost %s: %s. Its %d worker%s stopped; parallelCluster <- sshcluster_repair() goes on without %s.",
+    node$host, sub("[.]+$", "", why), length(same),
+    if (length(same) == 1L) " is" else "s are", if (length(same) == 1L) "it" else "them"))
+}
 
 # A frame for another worker than the one waited for is kept for it. future's
 # resolved() looks at a node's connection itself, and would never see an answer
@@ -366,29 +399,54 @@ relay_recv <- function(node) {
 # A message to a worker behind a relay. The same value sent to several workers in
 # one of parallel's calls (clusterCall, clusterExport, clusterEvalQ, a clusterApply
 # whose arguments repeat) is serialized once, and crosses to each host once: to a
-# host that has it already, only its head goes, with the slot negated.
+# host that has it already, only its head goes, with the slot negated. (What a relay
+# holds is recorded once the write is done; the record lasts until the next answer
+# is read, and serves only calls of parallel's own, which send to all their workers
+# before they read.)
 relay_send <- function(node, data) {
   S <- state_of(node)
-  con <- .subset2(node, "con")
   slot <- .subset2(node, "slot")
   id <- .subset2(node, "session")
+  if (!is.null(S$broken[[id]])) relay_broken(node, S$broken[[id]])
+  if (!is.null(S$ended[[id]])) host_lost(node)
   sent <- S$sent
-  again <- FALSE
   if (!is.null(sent) && identical(sent$data, data, num.eq = FALSE, single.NA = FALSE,
                                   attrib.as.set = FALSE) && in_parallel_call()) {
-    m <- sent$message
-    again <- id %in% sent$at
-    if (!again) S$sent$at <- c(sent$at, id)
-  } else {
-    m <- serialize(data, NULL, xdr = FALSE)
-    S$sent <- list(data = data, message = m, at = id)
+    if (id %in% sent$at) return(relay_write(S, node, relay_head(-slot, 0)))
+    relay_write(S, node, relay_head(slot, length(sent$message)), sent$message)
+    S$sent$at <- c(sent$at, id)
+    return(invisible())
   }
-  withCallingHandlers({
-    if (again) writeBin(relay_head(-slot, 0), con)
-    else if (length(m) < 65536L) writeBin(c(relay_head(slot, length(m)), m), con)
-    else {
-      writeBin(relay_head(slot, length(m)), con)
-      writeBin(m, con)
+  S$sent <- NULL
+  m <- serialize(data, NULL, xdr = FALSE)
+  relay_write(S, node, relay_head(slot, length(m)), m)
+  S$sent <- list(data = data, message = m, at = id)
+}
+
+# Writes a head and a message, never blocking on a relay that is itself blocked
+# writing to this primary (a big answer while a big message goes out): a message is
+# written a piece at a time, each once the connection takes more, and what arrives
+# meanwhile is read and held.
+RELAY_PIECE <- 65536L
+relay_write <- function(S, node, head, m = raw(0)) {
+  con <- .subset2(node, "con")
+  if (length(m) < RELAY_PIECE) return(invisible(relay_io(node, writeBin(c(head, m), con))))
+  relay_io(node, writeBin(head, con))
+  at <- 0
+  held <- S$held
+  moved <- Sys.time()
+  while (at < length(m)) {
+    while (socketSelect(list(con), timeout = 0)) relay_hold(S, node, relay_read(node))
+    if (!socketSelect(list(con), write = TRUE, timeout = 0.05)) {
+      if (difftime(Sys.time(), moved, units = "secs") > STALL_SECONDS)
+        relay_broken(node, sprintf("its relay took nothing for %d s", STALL_SECONDS))
+      next
     }
-  }, error = function(e) worker_lost(node, e))
+    n <- min(RELAY_PIECE, length(m) - at)
+    relay_io(node, writeBin(m[seq.int(at + 1, length.out = n)], con))
+    at <- at + n
+    moved <- Sys.time()
+  }
+  if (S$held > held) relay_echo(S)
+  invisible()
 }

@@ -63,12 +63,14 @@ relay_parts <- function(config, slots) {
 }
 
 # Starts a session on machine h for the given worker slots; returns its id. Behind
-# a relay, the relay's own key is slot 0's.
-start_host <- function(S, h, slots) {
+# a relay, the relay's own key is that of slot -part (part: which of the host's
+# relays it is, when relay_parts() gave the host several; the launch tells them
+# apart by it).
+start_host <- function(S, h, slots, part = 1L) {
   S$next_id <- S$next_id + 1L
   id <- sprintf("%d.%d", h, S$next_id)
   relay <- relayed(S$config, length(slots))
-  tokens <- lapply(c(if (relay) 0L, slots), function(slot) list(
+  tokens <- lapply(c(if (relay) -part, slots), function(slot) list(
     slot = slot, worker = random_hex(TOKEN_SIZE), primary = random_hex(TOKEN_SIZE)))
   if (relay) S$relayed <- TRUE
   S$sessions[[id]] <- list(id = id, h = h, slots = slots, tokens = tokens, relay = relay,

@@ -69,8 +69,9 @@ new_launch <- function(config, key) {
   S$inbox <- vector("list", sum(n))
   S$held <- 0L       # answers in the inbox
   S$echoes <- list() # echoes asked of each session's relay and not read yet
+  S$broken <- list() # why a session's relay connection was given up on
   S$sent <- NULL
-  S$closing <- integer()
+  S$closing <- character()
   S
 }
 
