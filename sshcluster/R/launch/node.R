@@ -261,7 +261,9 @@ sendData.sshcluster_node <- function(node, data) {
   # A worker that is gone usually still takes the bytes (they wait in the kernel):
   # the wait for its answer is what names it. A big message to a host that is gone
   # fails after STALL_SECONDS without progress, and then names it too.
-  if (!is.null(.subset2(node, "relay"))) relay_send(node, data)
+  # (parent.frame(3): the frame of the call that sent it, through postNode() and
+  # sendCall(): clusterCall()'s, for one; a broadcast is one such call's)
+  if (!is.null(.subset2(node, "relay"))) relay_send(node, data, parent.frame(3))
   else withCallingHandlers(serialize(data, con, xdr = FALSE),
                            error = function(e) worker_lost(node, e))
   invisible(NULL)
@@ -400,18 +402,19 @@ relay_recv <- function(node) {
 # one of parallel's calls (clusterCall, clusterExport, clusterEvalQ, a clusterApply
 # whose arguments repeat) is serialized once, and crosses to each host once: to a
 # host that has it already, only its head goes, with the slot negated. (What a relay
-# holds is recorded once the write is done; the record lasts until the next answer
-# is read, and serves only calls of parallel's own, which send to all their workers
-# before they read.)
-relay_send <- function(node, data) {
+# holds is recorded once the write is done; the record serves only the same call of
+# parallel's own (its frame, 'caller'), which sends to all its workers before it
+# reads: a later call may send the same environment with other contents.)
+relay_send <- function(node, data, caller) {
   S <- state_of(node)
   slot <- .subset2(node, "slot")
   id <- .subset2(node, "session")
   if (!is.null(S$broken[[id]])) relay_broken(node, S$broken[[id]])
   if (!is.null(S$ended[[id]])) host_lost(node)
   sent <- S$sent
-  if (!is.null(sent) && identical(sent$data, data, num.eq = FALSE, single.NA = FALSE,
-                                  attrib.as.set = FALSE) && in_parallel_call()) {
+  if (!is.null(sent) && identical(sent$caller, caller) &&
+      identical(sent$data, data, num.eq = FALSE, single.NA = FALSE,
+                attrib.as.set = FALSE) && in_parallel_call()) {
     if (id %in% sent$at) return(relay_write(S, node, relay_head(-slot, 0)))
     relay_write(S, node, relay_head(slot, length(sent$message)), sent$message)
     S$sent$at <- c(sent$at, id)
@@ -420,7 +423,7 @@ relay_send <- function(node, data) {
   S$sent <- NULL
   m <- serialize(data, NULL, xdr = FALSE)
   relay_write(S, node, relay_head(slot, length(m)), m)
-  S$sent <- list(data = data, message = m, at = id)
+  S$sent <- list(data = data, message = m, at = id, caller = caller)
 }
 
 # Writes a head and a message, never blocking on a relay that is itself blocked
