@@ -29,7 +29,9 @@ hosts (for ``local*``: on this machine):
   files), built there from the public sources, e.g.
   ``R CMD INSTALL -l ~/.cache/sshcluster-bench/Rlib nanonext`` and then ``mirai``.
 
-A method whose R packages are missing is left out, with a note.
+A method whose R packages are missing is left out, with a note. (future 1.31 cannot use
+mirai's cluster: it subsets it with ``[``, which mirai's cluster answers with a bare list;
+its futures row shows n/a.)
 
 Measured in each (median of many calls, then the median over the runs):
 
@@ -402,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     for method, packages in missing.items():
         print(f"left out {method}: R lacks {', '.join(packages)}", file=sys.stderr)
     methods = [m for m in args.methods if m not in missing]
+    if not methods:
+        print("no method left to run", file=sys.stderr)
+        return 1
     results: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
     floors: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as tmp, Testbed(args.hosts) as tb:
@@ -442,8 +447,9 @@ def main(argv: list[str] | None = None) -> int:
     print("| one-byte echo, no R (network and ssh alone) | " + " | ".join(cells) + " |")
     print("\n(x): the ratio to parallelly (the tunnels: to parallelly's default reverse "
           "tunnels; the rest: to parallelly-direct); below 1 is faster. n/a: not measured "
-          "(the bytes on this machine's own cluster, futures where future cannot use the "
-          "cluster).")
+          "(the bytes on this machine's own cluster; futures where future cannot use the "
+          "cluster: future 1.31 subsets it with `[`, which on mirai's cluster returns a "
+          "bare list).")
     for method, packages in missing.items():
         print(f"Left out {method}: R lacks {', '.join(packages)}.")
     print(f"ssh's reverse forward adds {floor['tunnel'] - floor['direct']:.3f} ms to a round "
