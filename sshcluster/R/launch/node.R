@@ -328,6 +328,13 @@ relay_io <- function(node, expr) withCallingHandlers(expr,
 relay_broken <- function(node, why) {
   S <- state_of(node)
   id <- .subset2(node, "session")
+  # The end of the ssh session (a cut-off host, behind a tunnel) breaks the relay's
+  # connection too: ssh's own words say more, given a moment to come.
+  if (is.null(S$broken[[id]]))
+    for (i in 1:20) {
+      if (session_ended(S, id)) host_lost(node)
+      Sys.sleep(0.1)
+    }
   if (is.null(S$ended[[id]])) {
     S$ended[[id]] <- TRUE  # (remembered: a later send fails at once)
     S$broken[[id]] <- why
@@ -441,8 +448,9 @@ relay_write <- function(S, node, head, m = raw(0)) {
   while (at < length(m)) {
     while (socketSelect(list(con), timeout = 0)) relay_hold(S, node, relay_read(node))
     if (!socketSelect(list(con), write = TRUE, timeout = 0.05)) {
-      if (difftime(Sys.time(), moved, units = "secs") > STALL_SECONDS)
-        relay_broken(node, sprintf("its relay took nothing for %d s", STALL_SECONDS))
+      # (as long as R waits out a write that makes no progress: twice STALL_SECONDS)
+      if (difftime(Sys.time(), moved, units = "secs") > 2 * STALL_SECONDS)
+        relay_broken(node, sprintf("its relay took nothing for %d s", 2L * STALL_SECONDS))
       next
     }
     n <- min(RELAY_PIECE, length(m) - at)
