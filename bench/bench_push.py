@@ -38,6 +38,10 @@ from sshcluster.testing import Testbed
 HOSTS = 8
 DEST = "/srv/bench"
 FILES = 2000
+#: The tools and data sets, as --tools and --data name them.
+TOOLS = {"chain": "push chain", "direct": "push direct", "scp": "scp -r, in turn",
+         "rsync": "rsync, all at once"}
+DATA = {"many": "2000 files", "one": "1 file"}
 
 
 def make_data(root: Path, size: int) -> dict[str, Path]:
@@ -55,6 +59,11 @@ def make_data(root: Path, size: int) -> dict[str, Path]:
         for _ in range(size // (1 << 20)):
             f.write(os.urandom(1 << 20))
     return {"2000 files": many, "1 file": one}
+
+
+def load() -> str:
+    """The 1-minute load average (other work on the machine skews the times)."""
+    return Path("/proc/loadavg").read_text().split()[0]
 
 
 def tx_bytes(bridge: str) -> int:
@@ -107,6 +116,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="MiB per data set (the issue's goal: 1024)")
     parser.add_argument("--caps", nargs="+", default=["none", "1gbit"],
                         help="link caps to run with (tc tbf rates, or none)")
+    parser.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS),
+                        help="tools to compare (the ratio column needs rsync)")
+    parser.add_argument("--data", nargs="+", choices=DATA, default=list(DATA),
+                        help="data sets to copy")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="copies per tool and data set (the rows in turn, N times)")
     args = parser.parse_args(argv)
     if shutil.which("rsync") is None:
         print("rsync is not installed (apt-get install rsync)", file=sys.stderr)
@@ -120,12 +135,14 @@ def main(argv: list[str] | None = None) -> int:
         invs = {fan: load_inventory(tb.write_inventory(
             Path(tmp) / f"{fan}.yaml", extra={"workdir": DEST, "fanout": fan}))
             for fan in ("chain", "direct")}
-        tools: dict[str, Callable[[Path], None]] = {
-            "push chain": lambda src: run_push(invs["chain"], src),
-            "push direct": lambda src: run_push(invs["direct"], src),
-            "scp -r, in turn": lambda src: run_scp(tb, src),
-            "rsync, all at once": lambda src: run_rsync(tb, src),
+        every: dict[str, Callable[[Path], None]] = {
+            "chain": lambda src: run_push(invs["chain"], src),
+            "direct": lambda src: run_push(invs["direct"], src),
+            "scp": lambda src: run_scp(tb, src),
+            "rsync": lambda src: run_rsync(tb, src),
         }
+        tools = {TOOLS[t]: every[t] for t in TOOLS if t in args.tools}
+        data = {DATA[d]: data[DATA[d]] for d in DATA if d in args.data}
         bridge = f"{tb.name}-br"
         for cap in args.caps:
             if cap != "none":
@@ -133,11 +150,13 @@ def main(argv: list[str] | None = None) -> int:
                                 cap, "burst", "128kb", "latency", "50ms"], check=True)
             try:
                 for label, src in data.items():
-                    for tool, run in tools.items():
-                        secs, sent = measure(tb, lambda r=run, s=src: r(s))  # type: ignore[misc]
-                        rows.append((cap, label, tool, secs, sent))
-                        print(f"{cap:6} {label:10} {tool:20} {secs:7.2f} s "
-                              f"{sent / size:5.2f}x data left the primary", flush=True)
+                    for _ in range(args.repeat):
+                        for tool, run in tools.items():
+                            secs, sent = measure(tb, lambda r=run, s=src: r(s))  # type: ignore[misc]
+                            rows.append((cap, label, tool, secs, sent))
+                            print(f"{cap:6} {label:10} {tool:20} {secs:7.2f} s "
+                                  f"{sent / size:5.2f}x data left the primary, load "
+                                  f"{load()}", flush=True)
                     # a push (nothing to send after rsync -a), then one with nothing changed
                     run_push(invs["chain"], src)
                     t0 = time.monotonic()
@@ -152,10 +171,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{HOSTS} hosts, {args.size_mb} MiB per data set\n")
     print("| link | data | tool | wall (s) | left the primary | vs rsync |")
     print("|---|---|---|---:|---:|---:|")
-    for cap, label, tool, secs, sent in rows:
-        ref = next(r[3] for r in rows if r[:2] == (cap, label) and r[2].startswith("rsync"))
+    for i, (cap, label, tool, secs, sent) in enumerate(rows):
+        # the ratio to the rsync row of the same round (the nearest one before or after)
+        refs = [(abs(j - i), r[3]) for j, r in enumerate(rows)
+                if r[:2] == (cap, label) and r[2].startswith("rsync")]
+        ratio = f"{secs / min(refs)[1]:.2f}" if refs else "-"
         print(f"| {cap} | {label} | {tool} | {secs:.2f} | "
-              f"{f'{sent / size:.2f}x' if sent else '-'} | {secs / ref:.2f} |")
+              f"{f'{sent / size:.2f}x' if sent else '-'} | {ratio} |")
     return 0
 
 

@@ -4,10 +4,11 @@
 times kept, links as links) whose last two members, ``.sshcluster-push-b2sums`` and
 ``.sshcluster-push-sums``, hold the BLAKE2b and the SHA-256 of every file, computed while
 the file is read: each host checks what it unpacked against one of them (remote.sh:
-``b2sum``, which is several times faster than coreutils' ``sha256sum``, where the host
-has it). :class:`Fanout` runs the archive's writer in a thread and hands each chunk to
-one writer thread per ssh: a host that stalls fills only its own queue, and one whose
-ssh ends is dropped without stopping the others.
+the SHA-256 by ``openssl`` where the host's CPU has SHA instructions, else ``b2sum``,
+which is several times faster than coreutils' ``sha256sum``, where the host has it).
+:class:`Fanout` runs the archive's writer in a thread and hands each chunk to one
+writer thread per ssh: a host that stalls fills only its own queue, and one whose ssh
+ends is dropped without stopping the others.
 """
 
 from __future__ import annotations

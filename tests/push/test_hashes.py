@@ -1,0 +1,73 @@
+"""The hash each host checks a push with, on a real SSH test host: SHA-256 by openssl
+where the CPU has SHA instructions, else b2sum, else sha256sum (remote.sh). With the
+tools before one hidden from the host's PATH, each must keep a whole archive and refuse
+one that arrived with a byte changed."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sshcluster.inventory import load_inventory
+from sshcluster.push.manifest import local_manifest
+from sshcluster.push.stream import tar_stream
+from sshcluster.push.transfer import Session, remote_command, script, verdicts
+from sshcluster.testing.fixtures import MakeTestbed
+
+from .helpers import DEST, local_state, make_tree, remote_state
+
+pytestmark = pytest.mark.slow
+
+
+def _path_without(bindir: Path, hidden: tuple[str, ...]) -> str:
+    """A directory of links to every command in /usr/bin and /bin but ``hidden``."""
+    bindir.mkdir()
+    for d in ("/usr/bin", "/bin"):
+        for name in os.listdir(d):
+            if name not in hidden and not os.path.lexists(bindir / name):
+                os.symlink(os.path.join(d, name), bindir / name)
+    return str(bindir)
+
+
+@pytest.mark.parametrize("hidden", [(), ("openssl",), ("openssl", "b2sum")],
+                         ids=["openssl-or-b2sum", "b2sum", "sha256sum"])
+def test_each_hash_keeps_a_whole_archive_and_refuses_a_changed_one(
+    make_testbed: MakeTestbed, tmp_path: Path, hidden: tuple[str, ...]
+) -> None:
+    tb = make_testbed(1, private_dirs={"/srv": "16m"})
+    inv = load_inventory(tb.write_inventory(tmp_path / "hosts.yaml",
+                                            extra={"workdir": DEST}))
+    host = inv.hosts[0]
+    path = _path_without(tmp_path / "bin", hidden)
+    for tool in hidden:  # (the host sees this machine's files: the same links)
+        out = subprocess.run(tb.ssh_argv(tb.hosts[0], f"PATH={path}; command -v {tool}"),
+                             capture_output=True, timeout=60)
+        assert out.returncode != 0, out.stdout
+    data = make_tree(tmp_path / "src", small=3, big=1 << 20)
+    manifest = local_manifest([data])
+    archive = io.BytesIO()
+    tar_stream(manifest.files, [e for e in manifest.entries if e.kind == "d"], archive)
+
+    def receive(raw: bytes) -> tuple[bool, str]:
+        session = Session(inv, host)
+        words = remote_command("receive", DEST, host.label)
+        proc = subprocess.run([*session.argv, f"PATH={path}; export PATH; {words}"],
+                              input=script() + raw, capture_output=True, timeout=120)
+        found = verdicts(proc.stdout)
+        assert list(found) == [host.label], proc.stderr
+        return found[host.label]
+
+    raw = bytearray(archive.getvalue())
+    at = raw.find((data / "big.bin").read_bytes()[:4096]) + 1000
+    raw[at] ^= 0xFF
+    ok, why = receive(bytes(raw))
+    assert not ok and why.startswith("verification failed: ./data/big.bin: FAILED"), why
+    assert remote_state(tb, tb.hosts[0]) == {}  # nothing renamed, staging removed
+
+    ok, why = receive(archive.getvalue())
+    assert ok, why
+    assert remote_state(tb, tb.hosts[0]) == local_state(data)
