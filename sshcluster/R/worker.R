@@ -127,30 +127,72 @@
   # parallel's worker loop, on its connection to the primary (native serialization,
   # as parallelly's workers use by default: R's XDR costs every message a byte swap),
   # or, behind this host's relay, on its connection to the relay.
-  work <- function(item, con = NULL) {
+  work <- function(item, con = NULL, relayed = NULL) {
     if (is.null(con)) con <- handshake(strsplit(item, ":", fixed = TRUE)[[1]])
     socketTimeout(con, 2592000)  # parallel's own worker timeout
     if (output == "console") sink(stdout(), type = "message")
     else sinkWorkerOutput(if (output == "none") "/dev/null" else output)
-    workLoop(structure(list(con = con), class = c(if (!is.null(relay_item))
+    workLoop(structure(c(list(con = con), relayed), class = c(if (!is.null(relayed))
       "sshcluster_relayed", "SOCK0node", "SOCKnode")))
     TRUE
   }
 
   # --- The relay: this host's one connection to the primary carries every worker's
   # messages. Primary to relay: a head (a worker's slot, the length of what follows)
-  # and a message for that worker; a negative slot: the last message again, for that
-  # worker (a broadcast crosses once per host); slot 0: an echo asked for. Relay to
-  # primary: the slot a message is from, its length and the message. Workers write
-  # to the relay a length and then the message (sendData below).
+  # and a message for that worker, which the relay hands on; a negative slot: the
+  # last message again, for that worker (a broadcast crosses once per host); slot 0:
+  # an echo asked for. To the primary: the slot a message is from, its length and the
+  # message; each worker writes its answers itself, on the connection it inherited
+  # from the relay, holding the host's lock (a byte in a pipe: whoever reads it holds
+  # the connection until it writes it back) for the whole frame. Slot 0 from the
+  # relay: an echo, or (once, after the forks) each worker's slot and pid.
   head8 <- function(len) writeBin(as.double(len), raw(), size = 8L, endian = "big")
-  registerS3method("sendData", "sshcluster_relayed", function(node, data) {
-    m <- serialize(data, NULL, xdr = FALSE)
-    if (length(m) < 65536L) writeBin(c(head8(length(m)), m), node$con) else {
-      writeBin(head8(length(m)), node$con)
-      writeBin(m, node$con)
+  locked <- function(lock, expr) {
+    readBin(lock, "raw", 1L)
+    on.exit({
+      writeBin(as.raw(1L), lock)
+      flush(lock)
+    })
+    expr
+  }
+  to_primary <- function(P, lock, slot, m) locked(lock, {
+    if (length(m) < 65536L) writeBin(c(int4(slot), head8(length(m)), m), P) else {
+      writeBin(c(int4(slot), head8(length(m))), P)
+      writeBin(m, P)
     }
-  }, envir = asNamespace("parallel"))
+  })
+  registerS3method("sendData", "sshcluster_relayed", function(node, data)
+    to_primary(node$out, node$lock, node$slot, serialize(data, NULL, xdr = FALSE)),
+    envir = asNamespace("parallel"))
+  # The lock: a pipe opened by name in a directory only this user can enter, whose
+  # name is gone at once (only this R and its forks hold it).
+  # (A second, non-blocking handle lets the relay take it only when it is free: the
+  # relay never waits for a worker, whose write may wait for the primary to read.)
+  host_lock <- function() {
+    d <- file.path(dirname(tempdir()), paste0("sshcluster-relay-", Sys.getpid(), "-",
+                                              paste(random_bytes(6L), collapse = "")))
+    dir.create(d, mode = "0700")
+    lock <- fifo(file.path(d, "lock"), open = "w+b", blocking = TRUE)
+    attr(lock, "try") <- fifo(file.path(d, "lock"), open = "w+b", blocking = FALSE)
+    unlink(d, recursive = TRUE)
+    writeBin(as.raw(1L), lock)
+    flush(lock)
+    lock
+  }
+  # Whole messages, read a few MB at a time (R reads one huge length from a socket
+  # several times slower).
+  read_raw <- function(con, len) {
+    if (len <= 4194304) return(readBin(con, "raw", len))
+    parts <- list()
+    got <- 0
+    while (got < len) {
+      part <- readBin(con, "raw", min(4194304, len - got))
+      if (!length(part)) break
+      parts[[length(parts) + 1L]] <- part
+      got <- got + length(part)
+    }
+    unlist(parts, use.names = FALSE)
+  }
   # Two connected sockets on this host: R has no socketpair(), so a listener on a
   # random port takes one connection and keeps it only if it sends a fresh secret (a
   # stranger's is closed); the listener is closed at once.
@@ -175,18 +217,15 @@
     }
     fail("could not connect the relay on ", Sys.info()[["nodename"]], " to its workers")
   }
-  relay <- function(ends, slots, pids, collect) {
-    P <- handshake(strsplit(relay_item, ":", fixed = TRUE)[[1]])
-    writeBin(c(int4(length(slots)), int4(rbind(slots, pids))), P)
-    flush(P)
-    socketTimeout(P, 2592000)
+  relay <- function(P, lock, ends, slots, pids, collect) {
+    to_primary(P, lock, 0L, int4(rbind(slots, pids)))
     live <- rep(TRUE, length(ends))
     last <- raw(0)
     # A worker the relay can no longer reach is ended, so that its host reports it
     # (a write that makes no progress only warns in R).
-    drop <- function(k) {
+    drop <- function(k, kill = TRUE) {
       live[k] <<- FALSE
-      tools::pskill(pids[k], tools::SIGKILL)
+      if (kill) tools::pskill(pids[k], tools::SIGKILL)
     }
     to_worker <- function(slot, m) {
       k <- match(slot, slots)
@@ -195,35 +234,33 @@
         TRUE
       }, warning = function(w) FALSE, error = function(e) FALSE)) drop(k)
     }
+    echoes <- 0L  # asked for and not yet sent (the lock was taken)
     while (any(live)) {
+      while (echoes > 0L && length(tryCatch(readBin(attr(lock, "try"), "raw", 1L),
+                                            error = function(e) raw(0)))) {
+        writeBin(c(int4(0L), head8(0)), P)
+        writeBin(as.raw(1L), lock)
+        flush(lock)
+        echoes <- echoes - 1L
+      }
       open <- which(live)
-      ready <- socketSelect(c(list(P), ends[open]), timeout = 1)
+      ready <- socketSelect(c(list(P), ends[open]), timeout = if (echoes) 0.02 else 1)
       if (ready[1]) {
         h <- readBin(P, "raw", 12L)
         if (length(h) < 12L) break  # the primary closed the connection
         slot <- readBin(h[1:4], "integer", size = 4L, endian = "big")
         len <- readBin(h[5:12], "double", size = 8L, endian = "big")
         if (slot > 0L) {
-          last <- readBin(P, "raw", len)
+          last <- read_raw(P, len)
           if (length(last) < len) break
           to_worker(slot, last)
         } else if (slot < 0L) to_worker(-slot, last)
-        else writeBin(c(int4(0L), head8(0)), P)
+        else echoes <- echoes + 1L
       }
-      for (k in open[ready[-1]]) {
-        if (!live[k]) next
-        h <- readBin(ends[[k]], "raw", 8L)
-        m <- if (length(h) == 8L) readBin(ends[[k]], "raw", readBin(h, "double", size = 8L,
-                                                                    endian = "big"))
-        if (length(h) < 8L || length(m) < readBin(h, "double", size = 8L, endian = "big")) {
-          drop(k)  # the worker ended (or stalled mid-message)
-          next
-        }
-        if (length(m) < 65536L) writeBin(c(int4(slots[k]), h, m), P) else {
-          writeBin(c(int4(slots[k]), h), P)
-          writeBin(m, P)
-        }
-      }
+      # (a worker writes nothing to the relay: its end is readable when it ends, and
+      # it may still be cleaning up)
+      for (k in open[ready[-1]])
+        if (live[k] && !length(readBin(ends[[k]], "raw", 1L))) drop(k, kill = FALSE)
       if (!all(live) || !ready[1]) collect(0)
     }
     close(P)
@@ -236,7 +273,7 @@
     # One R start-up for the whole host. Each fork gets its own tempdir() and an
     # empty global environment (this code runs in a function), as a fresh R would.
     unlink(tempdir(), recursive = TRUE)
-    child <- function(item, con = NULL, others = list()) {
+    child <- function(item, con = NULL, others = list(), relayed = NULL) {
       for (other in others) close(other)
       tempdir(check = TRUE)
       on.exit(unlink(tempdir(), recursive = TRUE))
@@ -245,11 +282,18 @@
       closeFD(0L)
       stdin_null <- file("/dev/null", "r")
       on.exit(close(stdin_null), add = TRUE)
-      work(item, con)
+      work(item, con, relayed)
     }
     # (silent: a fork's stdout goes to /dev/null, unless the primary prints it)
     ends <- list()
     jobs <- list()
+    # Behind a relay, its connection first: the workers inherit it, and the lock.
+    if (!is.null(relay_item)) {
+      P <- handshake(strsplit(relay_item, ":", fixed = TRUE)[[1]])
+      socketTimeout(P, 2592000)
+      lock <- host_lock()
+      unlink(tempdir(), recursive = TRUE)  # (the proof's hashes made it again)
+    }
     for (item in items) {
       if (is.null(relay_item)) {
         jobs[[length(jobs) + 1L]] <- parallel::mcparallel(child(item),
@@ -260,7 +304,8 @@
       # one), made before the fork; the worker holds none of the relay's ends.
       pair <- local_pair()
       jobs[[length(jobs) + 1L]] <- parallel::mcparallel(
-        child(item, pair[[1]], c(ends, pair[2])), silent = output != "console")
+        child(item, pair[[1]], c(ends, pair[2]), list(out = P, lock = lock, slot = as.integer(
+          strsplit(item, ":", fixed = TRUE)[[1]][1]))), silent = output != "console")
       close(pair[[1]])
       ends[[length(ends) + 1L]] <- pair[[2]]
     }
@@ -284,7 +329,7 @@
       }
       jobs <<- Filter(function(j) !(as.character(j$pid) %in% names(done)), jobs)
     }
-    if (!is.null(relay_item)) relay(ends, as.integer(slots),
+    if (!is.null(relay_item)) relay(P, lock, ends, as.integer(slots),
                                     vapply(jobs, function(j) j$pid, 1L), collect)
     while (length(jobs)) collect(1)
     if (failed) quit(save = "no", status = 3L)

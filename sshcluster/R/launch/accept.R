@@ -227,29 +227,18 @@ admit <- function(S, p, e) {
             class = c("sshcluster_node", "SOCKnode"))
 }
 
-# A host's relay that proved itself: it says which worker has which pid (a count,
-# then slot and pid for each), and each of its workers becomes a node on its
-# connection. A table that is not whole in time, or not the session's slots, is
-# refused (the host's workers then never arrive, and the launch names it).
+# A host's relay that proved itself: each of its session's workers becomes a node
+# on its connection. (Which pid each worker has comes later, in the relay's first
+# frame, once it has forked them: relay_hold().)
 admit_relay <- function(S, p, e) {
   writeBin(ADMITTED, p$con)
   flush(p$con)
   slots <- vapply(Filter(function(t) t$slot > 0L, S$sessions[[e$id]]$tokens), `[[`, 1L,
                   "slot")
-  table <- if (socketSelect(list(p$con), timeout = PROOF_SECONDS))
-    tryCatch(readBin(p$con, "raw", 4L * (1L + 2L * length(slots))), error = function(e) raw(0))
-  if (length(table) != 4L * (1L + 2L * length(slots)) ||
-      !identical(readBin(table, "integer", n = length(table) %/% 4L, size = 4L,
-                         endian = "big")[c(1L, seq(2L, by = 2L, length.out = length(slots)))],
-                 c(length(slots), slots))) {
-    refuse(S, p$con)
-    return(list())
-  }
-  ints <- readBin(table, "integer", n = length(table) %/% 4L, size = 4L, endian = "big")
   h <- hello_int(p$hello, 5L)
-  lapply(seq_along(slots), function(k) structure(list(
-    con = p$con, host = S$config$machines[[h]]$host, rank = S$first[h] + slots[k], h = h,
-    slot = slots[k], pid = ints[2L * k + 1L], session = e$id, launch = S$id, relay = TRUE),
+  lapply(slots, function(slot) structure(list(
+    con = p$con, host = S$config$machines[[h]]$host, rank = S$first[h] + slot, h = h,
+    slot = slot, pid = NA_integer_, session = e$id, launch = S$id, relay = TRUE),
     class = c("sshcluster_node", "SOCKnode")))
 }
 

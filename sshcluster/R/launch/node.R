@@ -137,7 +137,8 @@ worker_lost <- function(node, e) {
   }
   fail_node(node, sprintf(
     "sshcluster: worker %d on %s (pid %d) stopped: %s. parallelCluster <- sshcluster_repair() replaces it.",
-    node$slot, node$host, node$pid, conditionMessage(e)))
+    node$slot, node$host, if (is.na(node$pid)) S$pids[node$rank] else node$pid,
+    conditionMessage(e)))
 }
 
 fail_node <- function(node, message) {
@@ -313,9 +314,24 @@ relay_read <- function(node) {
   if (is.na(slot) || is.na(len) || len < 0 || len > 2^52 || len != round(len) ||
       (slot != 0L && !(slot %in% S$sessions[[.subset2(node, "session")]]$slots)))
     relay_broken(node, "its relay sent what is not a message of its workers")
-  m <- if (len > 0) relay_io(node, readBin(con, "raw", len)) else raw(0)
+  m <- if (len > 0) relay_io(node, read_raw(con, len)) else raw(0)
   if (length(m) < len) relay_broken(node, "its relay's connection ended mid-message")
   list(slot = slot, message = m)
+}
+
+# A whole message, read a few MB at a time (R reads one huge length from a socket
+# several times slower).
+read_raw <- function(con, len) {
+  if (len <= 4194304) return(readBin(con, "raw", len))
+  parts <- list()
+  got <- 0
+  while (got < len) {
+    part <- readBin(con, "raw", min(4194304, len - got))
+    if (!length(part)) break
+    parts[[length(parts) + 1L]] <- part
+    got <- got + length(part)
+  }
+  unlist(parts, use.names = FALSE)
 }
 
 # Reading or writing a relay's connection: R only warns when a write makes no
@@ -353,6 +369,7 @@ relay_broken <- function(node, why) {
 # held here: while any answer is held, each relay that has one is asked for an echo
 # (relay_echo, before a wait returns), so that its connection has something to read.
 relay_hold <- function(S, node, f) {
+  if (f$slot == 0L && length(f$message)) return(relay_pids(S, node, f$message))
   if (f$slot == 0L) {
     id <- .subset2(node, "session")
     S$echoes[[id]] <- max(0L, S$echoes[[id]] - 1L)
@@ -361,6 +378,17 @@ relay_hold <- function(S, node, f) {
   r <- S$first[.subset2(node, "h")] + f$slot
   S$inbox[[r]] <- c(S$inbox[[r]], list(f$message))
   S$held <- S$held + 1L
+  invisible()
+}
+
+# The relay's word on its workers' pids (slot and pid for each): for the messages
+# that name a worker.
+relay_pids <- function(S, node, m) {
+  ints <- readBin(m, "integer", n = length(m) %/% 4L, size = 4L, endian = "big")
+  slots <- S$sessions[[.subset2(node, "session")]]$slots
+  if (length(ints) != 2L * length(slots) || !all(ints[c(TRUE, FALSE)] %in% slots))
+    relay_broken(node, "its relay did not say which pid each of its workers has")
+  S$pids[S$first[.subset2(node, "h")] + ints[c(TRUE, FALSE)]] <- ints[c(FALSE, TRUE)]
   invisible()
 }
 
@@ -433,31 +461,17 @@ relay_send <- function(node, data, caller) {
   S$sent <- list(data = data, message = m, at = id, caller = caller)
 }
 
-# Writes a head and a message, never blocking on a relay that is itself blocked
-# writing to this primary (a big answer while a big message goes out): a message is
-# written a piece at a time, each once the connection takes more, and what arrives
-# meanwhile is read and held.
-RELAY_PIECE <- 65536L
+# Writes a head and a message. What has arrived is read first and held: a host's
+# workers write their answers on this connection themselves, and one that waits for
+# this primary to read never holds up the relay, which reads what is written to it
+# and hands it on (it never waits for a worker's lock; worker.R).
 relay_write <- function(S, node, head, m = raw(0)) {
   con <- .subset2(node, "con")
-  if (length(m) < RELAY_PIECE) return(invisible(relay_io(node, writeBin(c(head, m), con))))
-  relay_io(node, writeBin(head, con))
-  at <- 0
+  if (length(m) < 1048576L) return(invisible(relay_io(node, writeBin(c(head, m), con))))
   held <- S$held
-  moved <- Sys.time()
-  while (at < length(m)) {
-    while (socketSelect(list(con), timeout = 0)) relay_hold(S, node, relay_read(node))
-    if (!socketSelect(list(con), write = TRUE, timeout = 0.05)) {
-      # (as long as R waits out a write that makes no progress: twice STALL_SECONDS)
-      if (difftime(Sys.time(), moved, units = "secs") > 2 * STALL_SECONDS)
-        relay_broken(node, sprintf("its relay took nothing for %d s", 2L * STALL_SECONDS))
-      next
-    }
-    n <- min(RELAY_PIECE, length(m) - at)
-    relay_io(node, writeBin(m[seq.int(at + 1, length.out = n)], con))
-    at <- at + n
-    moved <- Sys.time()
-  }
+  while (socketSelect(list(con), timeout = 0)) relay_hold(S, node, relay_read(node))
+  relay_io(node, writeBin(head, con))
+  relay_io(node, writeBin(m, con))
   if (S$held > held) relay_echo(S)
   invisible()
 }

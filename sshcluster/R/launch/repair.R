@@ -34,7 +34,10 @@ repair <- function(S) {
                                                               error = identity)))
     f <- tryCatch(relay_read(node), error = identity)
     if (inherits(f, "error")) return(list(r = r, v = f, all = TRUE))
-    if (f$slot <= 0L) return(list(r = NA, v = NULL))  # (an echo)
+    if (f$slot <= 0L) {  # (an echo, or the relay's pids)
+      relay_hold(S, node, f)
+      return(list(r = NA, v = NULL))
+    }
     list(r = as.character(S$first[node$h] + f$slot),
          v = tryCatch(unserialize(f$message), error = identity))
   }
