@@ -205,3 +205,42 @@ def test_a_host_of_101_workers_has_a_relay_and_a_worker_alone(testbed: Testbed,
     assert lines["links"].split() == ["2"]
     assert lines["used"].split() == ["101"]
     assert nothing_left(testbed, marker=tmp_path) == {}
+
+
+def test_a_worker_that_dies_holding_the_hosts_lock_loses_the_host(
+        testbed: Testbed, tmp_path: Path) -> None:
+    """A host's workers write their answers under one lock: a worker killed while it
+    holds it would leave the others unable to answer for good. The relay notices that
+    the lock cannot be taken after a worker ended, and ends the host: the next call
+    names it within seconds instead of waiting for ever, and a repair brings it back."""
+    f = write_cluster(testbed, tmp_path, hosts=testbed.hosts[:1], ncore=2)
+    out = run_r_in_test(f"""
+        source({str(f)!r})
+        # worker 1 takes the lock (the one fifo it holds) and dies with it
+        invisible(tryCatch(parallel::clusterEvalQ(parallelCluster[1], {{
+          for (i in getAllConnections()) if (summary(getConnection(i))$class == "fifo") {{
+            invisible(readBin(getConnection(i), "raw", 1L)); break }}
+          tools::pskill(Sys.getpid(), tools::SIGKILL)
+        }}), error = function(e) NULL))
+        t0 <- Sys.time()
+        # (one worker's call, as future makes it: parallel's own calls stop at once on
+        # the lost worker 1, which they see busy)
+        r <- tryCatch({{
+          parallel:::sendCall(parallelCluster[[2]], identity, list("answer"))
+          parallel:::recvResult(parallelCluster[[2]])
+        }}, error = function(e) conditionMessage(e))
+        cat("second", gsub("\\n", " ", unlist(r)), "\\n")
+        cat("within", as.numeric(Sys.time() - t0, units = "secs") < 30, "\\n")
+        cl <- sshcluster_repair()
+        cat("repaired", unlist(parallel::clusterEvalQ(cl, 7L)), "\\n")
+        sshcluster_stop()
+    """, tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = lines_of(out.stdout)
+    host = testbed.hosts[0].address
+    # (with the relay's own words when ssh has ended by then, else "its relay closed
+    # the connection")
+    assert f"sshcluster: lost {host}: " in lines["second"], lines["second"]
+    assert lines["within"].split() == ["TRUE"]
+    assert lines["repaired"].split() == ["7", "7"]
+    assert nothing_left(testbed, marker=tmp_path) == {}

@@ -234,17 +234,35 @@
         TRUE
       }, warning = function(w) FALSE, error = function(e) FALSE)) drop(k)
     }
+    take <- function() length(tryCatch(readBin(attr(lock, "try"), "raw", 1L),
+                                       error = function(e) raw(0))) == 1L
+    give <- function() {
+      writeBin(as.raw(1L), lock)
+      flush(lock)
+    }
     echoes <- 0L  # asked for and not yet sent (the lock was taken)
+    # A worker that ended otherwise than by DONE may have held the lock: if it cannot
+    # be taken within a few seconds, the host's connection is given up (its other
+    # workers could never answer again; the primary names the host).
+    suspect <- NULL
     while (any(live)) {
-      while (echoes > 0L && length(tryCatch(readBin(attr(lock, "try"), "raw", 1L),
-                                            error = function(e) raw(0)))) {
+      while (echoes > 0L && take()) {
         writeBin(c(int4(0L), head8(0)), P)
-        writeBin(as.raw(1L), lock)
-        flush(lock)
+        give()
         echoes <- echoes - 1L
       }
+      if (!is.null(suspect)) {
+        if (take()) {
+          give()
+          suspect <- NULL
+        } else if (Sys.time() > suspect) {
+          fail("a worker on ", Sys.info()[["nodename"]], " ended while it held the ",
+               "connection to the primary; the host's other workers stop with it")
+        }
+      }
       open <- which(live)
-      ready <- socketSelect(c(list(P), ends[open]), timeout = if (echoes) 0.02 else 1)
+      ready <- socketSelect(c(list(P), ends[open]),
+                            timeout = if (echoes || !is.null(suspect)) 0.05 else 1)
       if (ready[1]) {
         h <- readBin(P, "raw", 12L)
         if (length(h) < 12L) break  # the primary closed the connection
@@ -261,7 +279,7 @@
       # it may still be cleaning up)
       for (k in open[ready[-1]])
         if (live[k] && !length(readBin(ends[[k]], "raw", 1L))) drop(k, kill = FALSE)
-      if (!all(live) || !ready[1]) collect(0)
+      if ((!all(live) || !ready[1]) && collect(0)) suspect <- Sys.time() + 5
     }
     close(P)
     for (end in ends) close(end)
@@ -319,8 +337,10 @@
     failed <- FALSE
     collect <- function(timeout) {
       done <- suppressWarnings(parallel::mccollect(jobs, wait = FALSE, timeout = timeout))
+      bad <- FALSE
       for (pid in names(done)) {
         ok <- isTRUE(done[[pid]])
+        bad <- bad || !ok
         failed <<- failed || !ok
         if (!is.null(report)) {
           cat(GONE, slots[[pid]], if (ok) 0L else 3L, "\n", file = report)
@@ -328,6 +348,7 @@
         }
       }
       jobs <<- Filter(function(j) !(as.character(j$pid) %in% names(done)), jobs)
+      invisible(bad)
     }
     if (!is.null(relay_item)) relay(P, lock, ends, as.integer(slots),
                                     vapply(jobs, function(j) j$pid, 1L), collect)
