@@ -160,9 +160,10 @@ def test_160_workers_on_r_4_2_and_a_lost_host_among_them(testbed: Testbed,
 def test_big_messages_both_ways_at_once(testbed: Testbed, tmp_path: Path) -> None:
     """Each host's first worker answers a tiny call at once with 60 MB it holds, while
     the primary writes a 60 MB message for the host's second worker on the same
-    connection: the relay writes to the primary while the primary writes to the relay.
-    The primary reads while it writes, so neither waits on the other for good (each
-    would block, then R would leave half a frame behind, if each only wrote)."""
+    connection: the host writes to the primary while the primary writes to the host.
+    Neither waits on the other for good (the relay reads and hands on what the primary
+    writes without ever waiting for a worker; with relays that forwarded answers and a
+    primary that only wrote, both sides blocked for good, shown by this test)."""
     f = write_cluster(testbed, tmp_path, hosts=testbed.hosts[:2], ncore=2)
     out = run_r_in_test(f"""
         source({str(f)!r})

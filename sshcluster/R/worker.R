@@ -147,20 +147,29 @@
   # the connection until it writes it back) for the whole frame. Slot 0 from the
   # relay: an echo, or (once, after the forks) each worker's slot and pid.
   head8 <- function(len) writeBin(as.double(len), raw(), size = 8L, endian = "big")
-  locked <- function(lock, expr) {
-    readBin(lock, "raw", 1L)
-    on.exit({
+  # A frame to the primary, holding the host's lock, taken and the frame written
+  # with interrupts held back (a lost token would silence the host). A write that
+  # fails part-way keeps the token: the stream is broken, and the relay, which then
+  # cannot take the lock once this worker has ended, gives up the host.
+  to_primary <- function(P, lock, slot, m) {
+    force(m)  # (serialized before the lock is taken)
+    held <- FALSE
+    on.exit(if (held) {
       writeBin(as.raw(1L), lock)
       flush(lock)
     })
-    expr
+    suspendInterrupts({
+      held <- length(readBin(lock, "raw", 1L)) == 1L
+      if (!held) stop("sshcluster: the host's lock is gone", call. = FALSE)
+      withCallingHandlers({
+        if (length(m) < 65536L) writeBin(c(int4(slot), head8(length(m)), m), P) else {
+          writeBin(c(int4(slot), head8(length(m))), P)
+          writeBin(m, P)
+        }
+      }, warning = function(w) held <<- FALSE, error = function(e) held <<- FALSE)
+    })
+    invisible()
   }
-  to_primary <- function(P, lock, slot, m) locked(lock, {
-    if (length(m) < 65536L) writeBin(c(int4(slot), head8(length(m)), m), P) else {
-      writeBin(c(int4(slot), head8(length(m))), P)
-      writeBin(m, P)
-    }
-  })
   registerS3method("sendData", "sshcluster_relayed", function(node, data)
     to_primary(node$out, node$lock, node$slot, serialize(data, NULL, xdr = FALSE)),
     envir = asNamespace("parallel"))
@@ -171,10 +180,12 @@
   host_lock <- function() {
     d <- file.path(dirname(tempdir()), paste0("sshcluster-relay-", Sys.getpid(), "-",
                                               paste(random_bytes(6L), collapse = "")))
-    dir.create(d, mode = "0700")
+    if (!dir.create(d, mode = "0700") || file.info(d)$mode != as.octmode("700"))
+      fail("could not make a private directory for the relay's lock on ",
+           Sys.info()[["nodename"]], " (", d, ")")
+    on.exit(unlink(d, recursive = TRUE))
     lock <- fifo(file.path(d, "lock"), open = "w+b", blocking = TRUE)
     attr(lock, "try") <- fifo(file.path(d, "lock"), open = "w+b", blocking = FALSE)
-    unlink(d, recursive = TRUE)
     writeBin(as.raw(1L), lock)
     flush(lock)
     lock
@@ -197,11 +208,12 @@
   # random port takes one connection and keeps it only if it sends a fresh secret (a
   # stranger's is closed); the listener is closed at once.
   local_pair <- function() {
-    repeat {
+    for (i in 1:200) {
       port <- 20000L + sum(as.integer(random_bytes(2L)) * c(256L, 1L)) %% 40000L
       l <- tryCatch(suppressWarnings(serverSocket(port)), error = function(e) NULL)
       if (!is.null(l)) break
     }
+    if (is.null(l)) fail("no free local port for the relay on ", Sys.info()[["nodename"]])
     on.exit(close(l))
     a <- socketConnection("127.0.0.1", port, blocking = TRUE, open = "a+b", timeout = 5,
                           options = "no-delay")
@@ -242,11 +254,18 @@
     }
     echoes <- 0L  # asked for and not yet sent (the lock was taken)
     # A worker that ended otherwise than by DONE may have held the lock: if it cannot
-    # be taken within a few seconds, the host's connection is given up (its other
-    # workers could never answer again; the primary names the host).
+    # be taken within 10 s, the host's connection is given up (its other workers
+    # could never answer again; the primary names the host). (Another worker that
+    # holds it that long, writing an answer the primary does not read, is taken for
+    # that: the host is then lost too, and named.)
     suspect <- NULL
     while (any(live)) {
+      # (and only while the connection takes it at once: the relay never blocks on it)
       while (echoes > 0L && take()) {
+        if (!socketSelect(list(P), write = TRUE, timeout = 0)) {
+          give()
+          break
+        }
         writeBin(c(int4(0L), head8(0)), P)
         give()
         echoes <- echoes - 1L
@@ -279,7 +298,7 @@
       # it may still be cleaning up)
       for (k in open[ready[-1]])
         if (live[k] && !length(readBin(ends[[k]], "raw", 1L))) drop(k, kill = FALSE)
-      if ((!all(live) || !ready[1]) && collect(0)) suspect <- Sys.time() + 5
+      if ((!all(live) || !ready[1]) && collect(0)) suspect <- Sys.time() + 10
     }
     close(P)
     for (end in ends) close(end)

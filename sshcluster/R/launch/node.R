@@ -468,10 +468,9 @@ relay_send <- function(node, data, caller) {
 relay_write <- function(S, node, head, m = raw(0)) {
   con <- .subset2(node, "con")
   if (length(m) < 1048576L) return(invisible(relay_io(node, writeBin(c(head, m), con))))
-  held <- S$held
   while (socketSelect(list(con), timeout = 0)) relay_hold(S, node, relay_read(node))
   relay_io(node, writeBin(head, con))
   relay_io(node, writeBin(m, con))
-  if (S$held > held) relay_echo(S)
+  relay_echo(S)  # (the reads may have taken an echo, or held answers)
   invisible()
 }
