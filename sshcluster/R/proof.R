@@ -65,3 +65,19 @@ random_bytes <- function(n) {
   on.exit(close(con))
   readBin(con, "raw", n)
 }
+
+# Besides the proof, both sides read a relay's frames (see worker.R): a whole message of
+# 'len' bytes, read a few MB at a time (R reads one huge length from a socket ten times
+# slower: 4.6 s against 0.3 s for 200 MB here).
+read_raw <- function(con, len) {
+  if (len <= 4194304) return(readBin(con, "raw", len))
+  parts <- list()
+  got <- 0
+  while (got < len) {
+    part <- readBin(con, "raw", min(4194304, len - got))
+    if (!length(part)) break
+    parts[[length(parts) + 1L]] <- part
+    got <- got + length(part)
+  }
+  unlist(parts, use.names = FALSE)
+}

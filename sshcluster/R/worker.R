@@ -190,20 +190,6 @@
     flush(lock)
     lock
   }
-  # Whole messages, read a few MB at a time (R reads one huge length from a socket
-  # several times slower).
-  read_raw <- function(con, len) {
-    if (len <= 4194304) return(readBin(con, "raw", len))
-    parts <- list()
-    got <- 0
-    while (got < len) {
-      part <- readBin(con, "raw", min(4194304, len - got))
-      if (!length(part)) break
-      parts[[length(parts) + 1L]] <- part
-      got <- got + length(part)
-    }
-    unlist(parts, use.names = FALSE)
-  }
   # Two connected sockets on this host: R has no socketpair(), so a listener on a
   # random port takes one connection and keeps it only if it sends a fresh secret (a
   # stranger's is closed); the listener is closed at once.

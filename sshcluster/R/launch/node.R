@@ -319,21 +319,6 @@ relay_read <- function(node) {
   list(slot = slot, message = m)
 }
 
-# A whole message, read a few MB at a time (R reads one huge length from a socket
-# several times slower).
-read_raw <- function(con, len) {
-  if (len <= 4194304) return(readBin(con, "raw", len))
-  parts <- list()
-  got <- 0
-  while (got < len) {
-    part <- readBin(con, "raw", min(4194304, len - got))
-    if (!length(part)) break
-    parts[[length(parts) + 1L]] <- part
-    got <- got + length(part)
-  }
-  unlist(parts, use.names = FALSE)
-}
-
 # Reading or writing a relay's connection: R only warns when a write makes no
 # progress for its timeout, and leaves part of a frame behind; any failure ends the
 # host's session (what follows on that connection could no longer be told apart).
