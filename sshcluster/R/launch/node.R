@@ -330,9 +330,10 @@ relay_broken <- function(node, why) {
   S <- state_of(node)
   id <- .subset2(node, "session")
   # The end of the ssh session (a cut-off host, behind a tunnel) breaks the relay's
-  # connection too: ssh's own words say more, given a moment to come.
+  # connection too: ssh's own words say more, given time to come (its keepalive gives
+  # up on a cut-off host about when a write to it stalls out).
   if (is.null(S$broken[[id]]))
-    for (i in 1:20) {
+    for (i in 1:100) {
       if (session_ended(S, id)) host_lost(node)
       Sys.sleep(0.1)
     }
