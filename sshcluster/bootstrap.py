@@ -156,8 +156,8 @@ _R_SOURCES = {
                  "supervisor.sh", "read_script.sh")
 }
 #: The fast launch's R code, one idea per file, pasted in this order.
-LAUNCH_FILES = ("start.R", "session.R", "accept.R", "node.R", "stop.R", "repair.R",
-                "show.R")
+LAUNCH_FILES = ("start.R", "session.R", "accept.R", "node.R", "future.R", "stop.R",
+                "repair.R", "show.R")
 _LAUNCH_R = "".join(
     resources.files("sshcluster").joinpath("R").joinpath("launch").joinpath(name).read_text(
         encoding="utf-8")

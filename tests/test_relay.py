@@ -115,6 +115,37 @@ def test_future_sees_an_answer_that_came_while_another_was_awaited(
     assert nothing_left(testbed, marker=tmp_path) == {}
 
 
+def test_future_resolved_does_not_wait_for_its_worker_behind_a_relay(
+        testbed: Testbed, tmp_path: Path) -> None:
+    """Two futures on one host's two workers, the second's answer there first: resolved()
+    on the first says FALSE at once (it read the second's answer off the host's shared
+    connection, and would then wait for its own worker's, and say TRUE 3 s later), and a
+    third future, which needs a free worker, goes to the second's (future asks resolved()
+    of each running future to find one; it took the first's, after waiting for it)."""
+    f = write_cluster(testbed, tmp_path, hosts=testbed.hosts[:1], ncore=2)
+    out = run_r_in_test(f"""
+        source({str(f)!r})
+        library(future)
+        plan(cluster, workers = parallelCluster)
+        f1 <- future({{ Sys.sleep(4); Sys.getpid() }})
+        f2 <- future(Sys.getpid())
+        Sys.sleep(1)
+        cat("first", resolved(f1), "\n")
+        f3 <- future(Sys.getpid())
+        cat("still", resolved(f1), "\n")
+        cat("third", if (value(f3) == value(f2)) "second's" else "other", "\n")
+        cat("values", value(f1) != value(f2), "\n")
+        sshcluster_stop()
+    """, tmp_path, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = lines_of(out.stdout)
+    assert lines["first"].split() == ["FALSE"]
+    assert lines["still"].split() == ["FALSE"]
+    assert lines["third"].strip() == "second's"
+    assert lines["values"].split() == ["TRUE"]
+    assert nothing_left(testbed, marker=tmp_path) == {}
+
+
 @pytest.mark.slow
 def test_160_workers_on_r_4_2_and_a_lost_host_among_them(testbed: Testbed,
                                                          tmp_path: Path) -> None:
