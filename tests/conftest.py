@@ -8,6 +8,7 @@ fixtures fail instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 from collections.abc import Iterator
@@ -22,22 +23,25 @@ pytest_plugins = ["sshcluster.testing.fixtures"]
 #: Where, under root's home, a job on the test hosts writes by default: its workers'
 #: results/ (a job without a workdir starts in the login directory), and sshcluster's own
 #: state (a detached job's directory on its primary host, the hosts' lease files, the
-#: bootstrap's library). The test hosts share this machine's filesystem, so "on a host"
-#: there is this machine's /root: a test must keep out of it.
-HOME_WATCHED = ("results", ".cache/sshcluster", ".cache/sshcluster/jobs",
-                ".cache/sshcluster/leases", ".cache/sshcluster/lib")
+#: bootstrap's library), and the primary's records (without SSHCLUSTER_STATE_DIR). The
+#: test hosts share this machine's filesystem, so "on a host" is this machine's /root: a
+#: test must keep out of it. (~/.cache/sshcluster itself may appear: each test host
+#: mounts its testbed's own directory there, see sshcluster.testing.hosts.)
+HOME_WATCHED = ("results", ".cache/sshcluster/jobs", ".cache/sshcluster/leases",
+                ".cache/sshcluster/lib", ".local/state/sshcluster")
 
 
 def home_entries() -> set[Path]:
-    """The :data:`HOME_WATCHED` directories of root's home that exist, and what is in
-    each (one level)."""
+    """The :data:`HOME_WATCHED` directories of root's home that exist, what is in each
+    (one level), and what is in ~/.cache/sshcluster."""
     home = Path(pwd.getpwnam("root").pw_dir)
     out: set[Path] = set()
+    # (a directory missing, or not readable when not root, where no testbed is made)
     for name in HOME_WATCHED:
-        try:
+        with contextlib.suppress(OSError):
             out |= {home / name, *(home / name).iterdir()}
-        except OSError:  # (missing; or not readable, when not root: no testbed then)
-            pass
+    with contextlib.suppress(OSError):
+        out |= set((home / ".cache/sshcluster").iterdir())
     return out
 
 
