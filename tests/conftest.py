@@ -8,12 +8,56 @@ fixtures fail instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pwd
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 pytest_plugins = ["sshcluster.testing.fixtures"]
+
+# --------------------------------------------------------------------------- nothing left
+
+#: Where, under root's home, a job on the test hosts writes by default: its workers'
+#: results/ (a job without a workdir starts in the login directory), and sshcluster's own
+#: state (a detached job's directory on its primary host, the hosts' lease files, the
+#: bootstrap's library), and the primary's records (without SSHCLUSTER_STATE_DIR). The
+#: test hosts share this machine's filesystem, so "on a host" is this machine's /root: a
+#: test must keep out of it. (~/.cache/sshcluster itself may appear: each test host
+#: mounts its testbed's own directory there, see sshcluster.testing.hosts.)
+HOME_WATCHED = ("results", ".cache/sshcluster/jobs", ".cache/sshcluster/leases",
+                ".cache/sshcluster/lib", ".local/state/sshcluster")
+
+
+def home_entries() -> set[Path]:
+    """The :data:`HOME_WATCHED` directories of root's home that exist, what is in each
+    (one level), and what is in ~/.cache/sshcluster."""
+    home = Path(pwd.getpwnam("root").pw_dir)
+    out: set[Path] = set()
+    # (a directory missing, or not readable when not root, where no testbed is made)
+    for name in HOME_WATCHED:
+        with contextlib.suppress(OSError):
+            out |= {home / name, *(home / name).iterdir()}
+    with contextlib.suppress(OSError):
+        out |= set((home / ".cache/sshcluster").iterdir())
+    return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_in_home() -> Iterator[None]:
+    """The session fails (an error at the teardown of its last test) if it left anything
+    new in root's home where jobs write (:data:`HOME_WATCHED`)."""
+    before = home_entries()
+    yield
+    new = sorted(home_entries() - before)
+    if new:
+        shown = ", ".join(map(str, new[:10])) + (f" and {len(new) - 10} more"
+                                                 if len(new) > 10 else "")
+        pytest.fail(f"the tests left {len(new)} new entries in root's home: {shown}",
+                    pytrace=False)
+
 
 # --------------------------------------------------------------------------- EC2 stand-in
 

@@ -3,7 +3,8 @@
 A :class:`TestHost` is a value; the files of host ``i`` live in ``WORKDIR/h<i>`` (its
 sshd's key, config and logs, its ``~/.bashrc`` and, in ``ssh/``, its ``/root/.ssh``).
 :func:`enter_argv` wraps a command so that it runs *on* the host: in its network
-namespace, with its hostname and its own ``/root/.ssh``.
+namespace, with its hostname, its own ``/root/.ssh``, and the testbed's
+``WORKDIR/cache`` as ``/root/.cache/sshcluster`` (:data:`HOME_CACHE`).
 """
 
 from __future__ import annotations
@@ -12,12 +13,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["TestHost", "enter_argv", "host_dir"]
+__all__ = ["HOME_CACHE", "TestHost", "enter_argv", "host_dir"]
+
+#: Where sshcluster keeps its state in a host's home (see ``_ENTER``).
+HOME_CACHE = "/root/.cache/sshcluster"
 
 # Runs inside `nsenter --net=/run/netns/NS unshare --uts --mount`: give the host its hostname, its
 # own /root/.ssh and, like a freshly installed machine, Debian's default root ~/.bashrc
 # (this machine's own may run slow tools such as `pyenv init` in every ssh session), then
-# become the command. Arguments: hostname, ssh dir, bashrc, argv...
+# become the command. Arguments: hostname, ssh dir, bashrc, cache dir, argv...
+# The hosts share this machine's filesystem, /root included: what sshcluster keeps on a
+# host under ~/.cache/sshcluster (a detached job's directory, the lease files, the
+# bootstrap's library) goes to the testbed's cache dir instead (one for all its hosts, as
+# /root is), so that it goes with the testbed rather than piling up in this machine's /root
+# (which keeps, at most, the empty mount point).
 # The mount namespace is a *slave* (not private) of the root one, so when a testbed
 # deletes a netns (an unmount of /run/netns/NAME) the copy here goes too, instead of
 # keeping that namespace and its veth alive for as long as this host runs.
@@ -26,7 +35,8 @@ __all__ = ["TestHost", "enter_argv", "host_dir"]
 _ENTER = (
     'hostname "$1" && mount --bind "$2" /root/.ssh'
     ' && { [ ! -e /root/.bashrc ] || mount --bind "$3" /root/.bashrc; }'
-    ' && shift 3 && n=$1 && shift'
+    f' && mkdir -p "$4" {HOME_CACHE} && mount --bind "$4" {HOME_CACHE}'
+    ' && shift 4 && n=$1 && shift'
     ' && while [ "$n" -gt 0 ]; do mkdir -p "$1"'
     ' && mount -t tmpfs -o "size=$2,mode=755" sshcluster-private "$1" || exit 1;'
     ' shift 2; n=$((n - 1)); done'
@@ -72,5 +82,5 @@ def enter_argv(
         "nsenter", f"--net=/run/netns/{host.netns}",
         "unshare", "--uts", "--mount", "--propagation", "slave",
         "sh", "-c", _ENTER, "sh", host.hostname, str(d / "ssh"), str(d / "bashrc"),
-        str(len(dirs) // 2), *dirs, *argv,
+        str(workdir / "cache"), str(len(dirs) // 2), *dirs, *argv,
     ]  # fmt: skip

@@ -9,7 +9,8 @@ Each host is
 * a network namespace (``<name>-h<i>``) with a veth pair on a per-testbed bridge and
   its own IPv4 address on the testbed's subnet (default: a free ``10.213.X.0/24``);
 * its own UTS namespace (hostname ``node<i>``) and mount namespace in which
-  ``/root/.ssh`` is a bind mount of the host's own directory in the workdir;
+  ``/root/.ssh`` is a bind mount of the host's own directory in the workdir, and
+  ``/root/.cache/sshcluster`` one of the testbed's ``WORKDIR/cache`` (shared by its hosts);
 * its own ed25519 host key and its own ``sshd`` on port 22 of its address.
 
 The *primary* is the root namespace: the bridge has the subnet's first address, and a

@@ -61,11 +61,13 @@ def mesh(request: pytest.FixtureRequest, testbed_env: None) -> Iterator[Testbed]
 
 
 def _inventory(tb: Testbed, tmp_path: Path, workdir: str | None = None) -> Path:
+    """The hosts' inventory, with a workdir: ``workdir``, by default one in ``tmp_path``
+    (without one, the workers' results/ would be in the login directory, which is this
+    machine's /root: the test hosts share its filesystem)."""
     inv = inventory(tb, tmp_path / "hosts.yaml")
-    if workdir:
-        data = yaml.safe_load(inv.read_text())
-        data["workdir"] = workdir
-        inv.write_text(yaml.safe_dump(data))
+    data = yaml.safe_load(inv.read_text())
+    data["workdir"] = workdir or str(tmp_path / "work")
+    inv.write_text(yaml.safe_dump(data))
     return inv
 
 

@@ -87,18 +87,34 @@ def _job_keys(testbed: Testbed) -> list[str]:
             if "sshcluster-job-" in line]
 
 
-def _script(tmp_path: Path, prefix: str) -> tuple[Path, Path, str]:
-    """The job's script, the flag file that lets it end, and a tag for its result files."""
+#: The workers' results/ (an EC2 cluster's inventory has no workdir: the login directory,
+#: which is this machine's /root, as the test hosts share its filesystem).
+RESULTS = Path("/root/results")
+
+
+def _forget_results(tag: str, made: bool) -> None:
+    """Remove the results the workers wrote for ``tag``, and results/ if the test ``made``
+    it and nothing else is in it."""
+    for written in RESULTS.glob(f"{tag}-*.txt"):
+        written.unlink()
+    if made:
+        with contextlib.suppress(OSError):
+            RESULTS.rmdir()
+
+
+def _script(tmp_path: Path, prefix: str) -> tuple[Path, Path, str, bool]:
+    """The job's script, the flag file that lets it end, a tag for its result files, and
+    whether results/ is yet to be made."""
     script = tmp_path / "fit.R"
     script.write_text(SCRIPT)
-    return script, tmp_path / "flag", f"{prefix}{uuid.uuid4().hex[:8]}"
+    return script, tmp_path / "flag", f"{prefix}{uuid.uuid4().hex[:8]}", not RESULTS.exists()
 
 
 def test_a_detached_job_s_fleet_lives_until_its_results_are_fetched(
         moto_url: str, testbed: Testbed, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     client, seams, spec = _seams(moto_url, testbed, tmp_path, monkeypatch, "jobdet")
-    script, flag, tag = _script(tmp_path, "jobdet")
+    script, flag, tag, made = _script(tmp_path, "jobdet")
     runner, job = CliRunner(), None
     try:
         done = runner.invoke(cli, ["run", "--ec2", "--detach", "--json", str(spec),
@@ -153,8 +169,7 @@ def test_a_detached_job_s_fleet_lives_until_its_results_are_fetched(
     finally:
         flag.touch()
         _end(job, client, runner, "jobdet")  # (first: a job cut short still writes)
-        for written in (Path.home() / "results").glob(f"{tag}-*.txt"):
-            written.unlink()
+        _forget_results(tag, made)
     assert _job_keys(testbed) == []
     assert testbed.leftovers(DETACHED_LEFTOVER, wait=15) == {}
 
@@ -266,7 +281,7 @@ def test_stop_ends_the_fleet_a_partial_fetch_left(moto_url: str, testbed: Testbe
     """A fetch of the ended job that cannot read a host writes run.json and leaves the
     fleet running, saying so; stop then ends it."""
     client, seams, spec = _seams(moto_url, testbed, tmp_path, monkeypatch, "jobpart")
-    script, flag, tag = _script(tmp_path, "jobpart")
+    script, flag, tag, made = _script(tmp_path, "jobpart")
     runner, job = CliRunner(), None
     try:
         done = runner.invoke(cli, ["run", "--ec2", "--detach", "--primary", "2", str(spec),
@@ -296,8 +311,7 @@ def test_stop_ends_the_fleet_a_partial_fetch_left(moto_url: str, testbed: Testbe
     finally:
         flag.touch()
         _end(job, client, runner, "jobpart")
-        for written in (Path.home() / "results").glob(f"{tag}-*.txt"):
-            written.unlink()
+        _forget_results(tag, made)
     assert _job_keys(testbed) == []
     assert testbed.leftovers(DETACHED_LEFTOVER, wait=15) == {}
 
