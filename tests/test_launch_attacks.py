@@ -263,6 +263,7 @@ def test_only_genuine_workers_get_in(testbed: Testbed, shared_tmp: Path, tunnel:
     for name, log in logs.items():  # shown with pytest -s: how hard each attacker tried
         print(name, log.read_text().splitlines()[-1])
     print(out.stderr.strip())
+    print("launch", out.stdout.split("launch ", 1)[-1].split()[0], "s")
     lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
     # The launch ended within its setup timeout, with exactly the genuine workers.
     assert float(lines["launch"]) < 30
