@@ -45,18 +45,32 @@ def home_entries() -> set[Path]:
     return out
 
 
-@pytest.fixture(scope="session", autouse=True)
-def nothing_left_in_home() -> Iterator[None]:
-    """The session fails (an error at the teardown of its last test) if it left anything
-    new in root's home where jobs write (:data:`HOME_WATCHED`)."""
-    before = home_entries()
-    yield
-    new = sorted(home_entries() - before)
+#: What root's home held where jobs write when the session started (the controller's
+#: record: with pytest-xdist, the workers' sessions start and end at other times).
+HOME_BEFORE = pytest.StashKey[set[Path]]()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not hasattr(session.config, "workerinput"):
+        session.config.stash[HOME_BEFORE] = home_entries()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The session fails if it left anything new in root's home where jobs write
+    (:data:`HOME_WATCHED`), checked once, after every test of every worker has ended."""
+    if hasattr(session.config, "workerinput") or HOME_BEFORE not in session.config.stash:
+        return
+    new = sorted(home_entries() - session.config.stash[HOME_BEFORE])
     if new:
         shown = ", ".join(map(str, new[:10])) + (f" and {len(new) - 10} more"
                                                  if len(new) > 10 else "")
-        pytest.fail(f"the tests left {len(new)} new entries in root's home: {shown}",
-                    pytrace=False)
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = f"the tests left {len(new)} new entries in root's home: {shown}"
+        if reporter is not None:
+            reporter.write_line(f"FAILED (home): {message}", red=True, bold=True)
+        else:
+            print(message)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 # --------------------------------------------------------------------------- EC2 stand-in

@@ -258,7 +258,12 @@ def test_only_genuine_workers_get_in(testbed: Testbed, shared_tmp: Path, tunnel:
         timer.cancel()
         tb.reconnect(slow)
         for a in attackers:
-            a.wait(timeout=60)
+            try:
+                a.wait(timeout=60)
+            except subprocess.TimeoutExpired:  # (never left behind: killed, then failed)
+                a.kill()
+                a.wait()
+                raise
     assert out.returncode == 0, out.stderr
     for name, log in logs.items():  # shown with pytest -s: how hard each attacker tried
         print(name, log.read_text().splitlines()[-1])

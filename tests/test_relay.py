@@ -121,7 +121,8 @@ def test_future_resolved_does_not_wait_for_its_worker_behind_a_relay(
     on the first says FALSE at once (it read the second's answer off the host's shared
     connection, and would then wait for its own worker's, and say TRUE 3 s later), and a
     third future, which needs a free worker, goes to the second's (future asks resolved()
-    of each running future to find one; it took the first's, after waiting for it)."""
+    of each running future to find one; it took the first's, after waiting for it).
+    With future's own tests' negative timeout, resolved() waits for the answer."""
     f = write_cluster(testbed, tmp_path, hosts=testbed.hosts[:1], ncore=2)
     out = run_r_in_test(f"""
         source({str(f)!r})
@@ -134,6 +135,9 @@ def test_future_resolved_does_not_wait_for_its_worker_behind_a_relay(
         f3 <- future(Sys.getpid())
         cat("still", resolved(f1), "\n")
         cat("third", if (value(f3) == value(f2)) "second's" else "other", "\n")
+        options(future.resolved.timeout = -1)  # (future's tests' way to wait for it)
+        cat("waited", suppressWarnings(resolved(f1)), "\n")
+        options(future.resolved.timeout = NULL)
         cat("values", value(f1) != value(f2), "\n")
         sshcluster_stop()
     """, tmp_path, timeout=60)
@@ -142,6 +146,7 @@ def test_future_resolved_does_not_wait_for_its_worker_behind_a_relay(
     assert lines["first"].split() == ["FALSE"]
     assert lines["still"].split() == ["FALSE"]
     assert lines["third"].strip() == "second's"
+    assert lines["waited"].split() == ["TRUE"]
     assert lines["values"].split() == ["TRUE"]
     assert nothing_left(testbed, marker=tmp_path) == {}
 

@@ -93,13 +93,13 @@ RESULTS = Path("/root/results")
 
 
 def _forget_results(tag: str, made: bool) -> None:
-    """Remove the results the workers wrote for ``tag``, and results/ if the test ``made``
-    it and nothing else is in it."""
+    """Remove the results the workers wrote for ``tag``, and results/ once nothing is in
+    it (also where another test, running at the same time, ``made`` it: whichever ends
+    last removes it; an empty results/ is nobody's data)."""
     for written in RESULTS.glob(f"{tag}-*.txt"):
         written.unlink()
-    if made:
-        with contextlib.suppress(OSError):
-            RESULTS.rmdir()
+    with contextlib.suppress(OSError):
+        RESULTS.rmdir()
 
 
 def _script(tmp_path: Path, prefix: str) -> tuple[Path, Path, str, bool]:

@@ -11,31 +11,46 @@
 # future's own receiveMessageFromWorker(), as future's resolved() would.
 # Every other future (other clusters' nodes, one not running) is future's own
 # resolved()'s. Put in place (teach_future) when future is loaded.
-# A future whose internals differ (no receiveMessageFromWorker(), signalEarly()) is
-# left alone: its resolved() may then wait, as it did before.
+# future 1.40 and later (whose clusters are backends), or a future without the
+# internals this uses (receiveMessageFromWorker(), signalEarly()), is left alone: its
+# resolved() may then wait, as it did before.
 # ---------------------------------------------------------------------------
 
-resolved_relayed <- function(x, run = TRUE, timeout = NULL, ...) {
-  ns <- asNamespace("future")
-  own <- attr(get("resolved.ClusterFuture", envir = ns), "sshcluster_original")
+# (made by teach_future around future's own resolved(), 'own', which gets every call
+# that is not for a worker behind a relay with exactly the arguments it was given)
+resolved_relayed <- function(own) function(x, run = TRUE, timeout = NULL, ...) {
+  given <- c(list(x), if (!missing(run)) list(run = run),
+             if (!missing(timeout)) list(timeout = timeout), list(...))
   node <- relayed_node(x)
   S <- if (!is.null(node)) registry[[.subset2(node, "launch")]]
-  if (is.null(timeout)) timeout <- getOption("future.cluster.resolved.timeout",
-                                             getOption("future.resolved.timeout", 0.01))
-  # (a negative timeout: future's own tests wait for the answer)
-  if (is.null(S) || !is.numeric(timeout) || timeout < 0)
-    return(own(x, run = run, timeout = timeout, ...))
+  if (is.null(S)) return(do.call(own, given))
+  ns <- asNamespace("future")
+  wait <- timeout
+  if (is.null(wait)) {
+    wait <- getOption("future.cluster.resolved.timeout",
+                      getOption("future.resolved.timeout", 0.01))
+    if (is.numeric(wait) && length(wait) == 1L && !is.na(wait) && wait < 0)
+      warning("Secret option 'future.resolved.timeout' is negative, which causes ",
+              "resolved() to wait until the future is resolved. This feature is only ",
+              "used for testing purposes of the future framework and must not be used ",
+              "elsewhere", immediate. = TRUE)
+  }
+  if (!is.numeric(wait) || length(wait) != 1L || is.na(wait)) return(do.call(own, given))
   r <- .subset2(node, "rank")
-  # (a connection that fails: future's own resolved() reads it, and names the host)
-  if (!relay_poll(S, node, if (length(S$inbox[[r]])) 0 else timeout))
-    return(own(x, run = run, timeout = timeout, ...))
+  # A negative wait: until the answer is there (future's own tests ask for that); its
+  # worker's messages are read as value() reads them, what is held first.
+  if (wait >= 0) {
+    # (a connection that fails: future's own resolved() reads it, and names the host)
+    if (!relay_poll(S, node, if (length(S$inbox[[r]])) 0 else wait))
+      return(do.call(own, given))
+  }
   for (count in seq_len(100L)) {  # (as many messages as future's own loop reads)
-    if (!length(S$inbox[[r]])) return(FALSE)
+    if (wait >= 0 && !length(S$inbox[[r]])) return(FALSE)
     if (inherits(ns$receiveMessageFromWorker(x), "FutureResult")) {
       ns$signalEarly(x, ...)
       return(TRUE)
     }
-    relay_poll(S, node, 0)
+    if (wait >= 0) relay_poll(S, node, 0)
   }
   FALSE
 }
@@ -58,6 +73,7 @@ relay_poll <- function(S, node, wait) {
       relay_hold(S, node, relay_read(node))
       if (!socketSelect(cons, timeout = 0)) break
     }
+    relay_echo(S)  # (what is held: for code that looks at the connections itself)
     TRUE
   }, error = function(e) FALSE)
 }
@@ -65,12 +81,14 @@ relay_poll <- function(S, node, wait) {
 teach_future <- function(...) {
   ns <- asNamespace("future")
   own <- get0("resolved.ClusterFuture", envir = ns, inherits = FALSE)
-  if (!is.function(own) || !is.function(ns$receiveMessageFromWorker) ||
-      !is.function(ns$signalEarly) || !all(c("x", "timeout") %in% names(formals(own))))
+  # (future 1.40 and later keep a cluster's workers in a backend: not this code's)
+  if (!is.function(own) || exists("ClusterFutureBackend", envir = ns, inherits = FALSE) ||
+      !is.function(ns$receiveMessageFromWorker) || !is.function(ns$signalEarly) ||
+      !all(c("x", "run", "timeout") %in% names(formals(own))))
     return(invisible(FALSE))
-  ours <- resolved_relayed
-  attr(ours, "sshcluster_original") <-
-    if (is.null(attr(own, "sshcluster_original"))) own else attr(own, "sshcluster_original")
+  if (!is.null(attr(own, "sshcluster_original"))) own <- attr(own, "sshcluster_original")
+  ours <- resolved_relayed(own)
+  attr(ours, "sshcluster_original") <- own
   # (future's own code finds its methods in its namespace; other code, in the table)
   locked <- bindingIsLocked("resolved.ClusterFuture", ns)
   if (locked) unlockBinding("resolved.ClusterFuture", ns)
