@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -190,6 +191,48 @@ def test_160_workers_on_r_4_2_and_a_lost_host_among_them(testbed: Testbed,
     assert third in lines["lost"] and "sshcluster_repair()" in lines["lost"], lines["lost"]
     assert not any(h.address in lines["lost"] for h in testbed.hosts if h.address != third)
     assert lines["end"].split() == ["ok"]
+    assert nothing_left(testbed, marker=tmp_path) == {}
+
+
+def test_an_export_interrupted_mid_message_loses_its_host_not_the_session(
+        testbed: Testbed, tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT) while a 300 MB clusterExport is on its way to the first host (the
+    primary's link capped, so that the message takes seconds): that host's connection
+    holds part of a message, and everything after it would be read as the rest of it.
+    A call to that host's other worker names the host as lost (it waited for good
+    before: its frame went into the cut-off message), and sshcluster_repair() brings
+    back every worker."""
+    f = write_cluster(testbed, tmp_path, hosts=testbed.hosts[:2], ncore=2)
+    bridge = f"{testbed.name}-br"
+    subprocess.run(["tc", "qdisc", "add", "dev", bridge, "root", "tbf", "rate", "800mbit",
+                    "burst", "128kb", "latency", "50ms"], check=True)
+    try:
+        out = run_r_in_test(f"""
+            source({str(f)!r})
+            big <- runif(37.5e6)  # (300 MB: about 3 s a host at the cap)
+            system(sprintf("(sleep 1.5; kill -INT %d)", Sys.getpid()), wait = FALSE)
+            r <- tryCatch({{ parallel::clusterExport(parallelCluster, "big"); "whole" }},
+                          interrupt = function(e) "interrupted")
+            cat("export", r, "\n")
+            # (the host's second worker: nothing was sent to it yet, no call is waiting)
+            r <- tryCatch(parallel::clusterEvalQ(parallelCluster[2], length(big)),
+                          error = function(e) conditionMessage(e))
+            cat("next", gsub("\n", " ", r), "\n")
+            parallelCluster <- sshcluster_repair()
+            small <- 1:10
+            parallel::clusterExport(parallelCluster, "small")
+            cat("after", unlist(parallel::clusterEvalQ(parallelCluster, sum(small))), "\n")
+            sshcluster_stop()
+        """, tmp_path, timeout=120)
+    finally:
+        subprocess.run(["tc", "qdisc", "del", "dev", bridge, "root"], check=False)
+    assert out.returncode == 0, out.stderr
+    lines = lines_of(out.stdout)
+    assert lines["export"].split() == ["interrupted"]
+    first = testbed.hosts[0].address
+    assert f"lost {first}" in lines["next"] and "sshcluster_repair()" in lines["next"], \
+        lines["next"]
+    assert lines["after"].split() == ["55"] * 4
     assert nothing_left(testbed, marker=tmp_path) == {}
 
 

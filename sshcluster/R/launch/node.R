@@ -118,9 +118,12 @@ host_lost <- function(node) {
   S <- state_of(node)
   S$ended[[node$session]] <- TRUE  # (remembered: a later send fails at once)
   same <- Filter(function(n) identical(n$session, node$session), S$cluster)
+  # (a host this primary gave up itself: its reason, not that of the ssh it ended)
+  why <- S$broken[[node$session]]
+  if (is.null(why)) why <- session_reason(S, node$session)
   fail_node(node, sprintf(
     "sshcluster: lost %s: %s. Its %d worker%s stopped; parallelCluster <- sshcluster_repair() goes on without %s.",
-    node$host, sub("[.]+$", "", session_reason(S, node$session)), length(same),
+    node$host, sub("[.]+$", "", why), length(same),
     if (length(same) == 1L) " is" else "s are", if (length(same) == 1L) "it" else "them"))
 }
 
@@ -306,6 +309,8 @@ relay_head <- function(slot, len)
 # length) or a connection that fails loses the host (relay_broken).
 relay_read <- function(node) {
   con <- .subset2(node, "con")
+  whole <- FALSE
+  on.exit(if (!whole) relay_cut(node, "a message from it was cut off part-way"))
   h <- relay_io(node, readBin(con, "raw", 12L))
   if (length(h) < 12L) relay_broken(node, "its relay closed the connection")
   slot <- readBin(h[1:4], "integer", size = 4L, endian = "big")
@@ -316,7 +321,23 @@ relay_read <- function(node) {
     relay_broken(node, "its relay sent what is not a message of its workers")
   m <- if (len > 0) relay_io(node, read_raw(con, len)) else raw(0)
   if (length(m) < len) relay_broken(node, "its relay's connection ended mid-message")
+  whole <- TRUE
   list(slot = slot, message = m)
+}
+
+# A frame cut off part-way (by an interrupt, Ctrl-C, in the middle of a big message's
+# read or write) leaves the host's connection out of step: what follows would be read
+# as the rest of it, and a call could wait for good. The host is given up (its
+# session ended) without a word here, where an interrupt is on its way: the next call
+# to one of its workers names it, and sshcluster_repair() starts them again.
+relay_cut <- function(node, why) {
+  S <- registry[[.subset2(node, "launch")]]
+  id <- .subset2(node, "session")
+  if (is.null(S) || !is.null(S$ended[[id]])) return(invisible())
+  S$ended[[id]] <- TRUE
+  S$broken[[id]] <- paste0(why, " (an interrupt?), which left its connection out of step")
+  try(supervise(S, paste("kill", id)), silent = TRUE)
+  invisible()
 }
 
 # Reading or writing a relay's connection: R only warns when a write makes no
@@ -453,10 +474,17 @@ relay_send <- function(node, data, caller) {
 # and hands it on (it never waits for a worker's lock; worker.R).
 relay_write <- function(S, node, head, m = raw(0)) {
   con <- .subset2(node, "con")
-  if (length(m) < 1048576L) return(invisible(relay_io(node, writeBin(c(head, m), con))))
+  whole <- FALSE
+  on.exit(if (!whole) relay_cut(node, "a message to it was cut off part-way"))
+  if (length(m) < 1048576L) {
+    relay_io(node, writeBin(c(head, m), con))
+    whole <- TRUE
+    return(invisible())
+  }
   while (socketSelect(list(con), timeout = 0)) relay_hold(S, node, relay_read(node))
   relay_io(node, writeBin(head, con))
   relay_io(node, writeBin(m, con))
+  whole <- TRUE
   relay_echo(S)  # (the reads may have taken an echo, or held answers)
   invisible()
 }
