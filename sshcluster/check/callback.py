@@ -23,6 +23,12 @@ The launch's workers connect back to the primary's port, so the check does the s
   report's notes count what was turned away.
 * :func:`callback_verdict` turns the worker's answer and the listener's own record into
   the step's result.
+* R's ``socketAccept()`` looks up the name of every address that connects (C's
+  ``gethostbyaddr()``, which nothing in R turns off) before it hands the connection
+  over, one connection at a time. Where that lookup is slow (a resolver that does not
+  answer, as on many networks without internet), the launch waits that long for each
+  connection. Straight to the primary (no tunnel), the listener looks up each host's
+  address as R will, and :func:`slow_lookup_warning` says so when it is slow.
 """
 
 from __future__ import annotations
@@ -32,6 +38,9 @@ import contextlib
 import errno
 import hmac
 import random
+import socket
+import threading
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -56,6 +65,33 @@ HANDSHAKE_TIMEOUT = 3.0
 PER_SOURCE_EXTRA = 256
 #: Random ports tried in R's range when the inventory names none.
 PORT_TRIES = 50
+#: Seconds past which the primary's lookup of a host's address (as R's accept makes it)
+#: is worth a warning, and how long the check waits for one to end.
+SLOW_LOOKUP = 1.0
+LOOKUP_WAIT = 2.5
+
+
+class NameLookup:
+    """The primary's lookup of ``address``'s name (as R's ``socketAccept()`` makes it), in
+    a thread of its own that nothing waits for at exit (a resolver that does not answer
+    may take many seconds)."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.started = time.monotonic()
+        self.seconds: float | None = None
+        threading.Thread(target=self._run, daemon=True, name="sshcluster-lookup").start()
+
+    def _run(self) -> None:
+        with contextlib.suppress(OSError, UnicodeError):
+            socket.gethostbyaddr(self.address)
+        self.seconds = time.monotonic() - self.started
+
+    async def wait(self) -> float:
+        """Seconds it took, or, past :data:`LOOKUP_WAIT`, how long it has taken so far."""
+        while self.seconds is None and time.monotonic() - self.started < LOOKUP_WAIT:
+            await asyncio.sleep(0.05)
+        return self.seconds if self.seconds is not None else time.monotonic() - self.started
 
 _Read = Callable[[int], Awaitable[bytes]]
 
@@ -83,6 +119,7 @@ class CallbackListener:
         self._waiting: dict[str, dict[object, Callable[[], Any]]] = {}
         self._turned_away: Counter[str] = Counter()
         self._open: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._lookups: dict[str, NameLookup] = {}  # host label -> its address's lookup
 
     async def __aenter__(self) -> CallbackListener:
         await self.start()
@@ -130,6 +167,15 @@ class CallbackListener:
         """Whether host ``label``'s nonce arrived."""
         return label in self._confirmed
 
+    async def lookup(self, label: str) -> tuple[str, float] | None:
+        """Host ``label``'s address and how long the primary took to look up its name,
+        if it came straight (not through a tunnel) and took over :data:`SLOW_LOOKUP`."""
+        found = self._lookups.get(label)
+        if found is None:
+            return None
+        seconds = await found.wait()
+        return (found.address, seconds) if seconds > SLOW_LOOKUP else None
+
     def notes(self) -> list[str]:
         """One line about the connections turned away, if there were any."""
         if not self._turned_away:
@@ -165,7 +211,8 @@ class CallbackListener:
         assert task is not None
         self._open[task] = writer
         try:
-            await self._guarded(source, reader.read, writer.write, writer.close)
+            await self._guarded(source, reader.read, writer.write, writer.close,
+                                tcp=source != "?")
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
         except asyncio.CancelledError:
@@ -177,8 +224,9 @@ class CallbackListener:
             del self._open[task]
 
     async def _guarded(self, source: str, read: _Read, write: Callable[[bytes], Any],
-                       close: Callable[[], Any]) -> None:
-        """One connection: never raises, whatever the peer sends or does not send."""
+                       close: Callable[[], Any], tcp: bool = False) -> None:
+        """One connection: never raises, whatever the peer sends or does not send
+        (``tcp``: straight from ``source``, an address, not through a tunnel)."""
         waiting = self._waiting.setdefault(source, {})
         me = object()
         try:
@@ -200,6 +248,8 @@ class CallbackListener:
                 write(b"no\n")
             else:
                 write(b"ok\n")
+                if tcp:
+                    self._lookups[label] = NameLookup(source)
         except (OSError, EOFError, ValueError, asyncio.TimeoutError, asyncssh.Error):
             self._turned_away[source] += 1
         finally:
@@ -216,6 +266,24 @@ class CallbackListener:
                 self._confirmed.add(label)
                 return label
         return None
+
+
+def slow_lookup_warning(ok: StepResult, address: str, seconds: float, label: str
+                        ) -> StepResult:
+    """The ``callback`` step of a host whose address the primary is slow to look up: it
+    works, but R's accept waits that long for each of its connections."""
+    took = (f"{seconds:.1f} s" if seconds < LOOKUP_WAIT
+            else f"more than {LOOKUP_WAIT:.0f} s (still going)")
+    return StepResult(
+        "warning",
+        f"{ok.detail}; but the primary took {took} to look up the name of {address}, and "
+        "R's accept looks up every connection's address before it takes the next: the "
+        "launch waits that long for each connection from this host (one for a host's "
+        "relay, one per worker with 'relay: false')", ok.seconds,
+        hint=(f"give the primary a quick answer for {address}: a line '{address} {label}' "
+              "in its /etc/hosts, a reverse DNS zone, or a resolver in /etc/resolv.conf "
+              "that answers; or carry R's traffic in the ssh sessions ('tunnel: reverse', "
+              "the default), whose connections come from 127.0.0.1"))
 
 
 async def _read_line(read: _Read) -> bytes | None:

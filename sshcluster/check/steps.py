@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 
 import asyncssh
 
-from sshcluster.check.callback import callback_verdict
+from sshcluster.check.callback import callback_verdict, slow_lookup_warning
 from sshcluster.check.context import CheckContext, HostCheck
 from sshcluster.check.hints import DNS_HINT, TIMEOUT_HINTS, auth_hint, blame
 from sshcluster.check.probe import (
@@ -285,7 +285,12 @@ async def callback(hc: HostCheck) -> StepResult:
     reached the primary's port and its nonce arrived."""
     if hc.remote is not None:
         await asyncio.shield(hc.remote)
-    return _callback_result(hc, True)
+    result = _callback_result(hc, True)
+    if result.status == "ok" and not hc.ctx.tunnel:
+        slow = await hc.ctx.listener.lookup(hc.host.label)
+        if slow is not None:
+            result = slow_lookup_warning(result, *slow, hc.host.label)
+    return result
 
 
 # --------------------------------------------------------------------------- the runner

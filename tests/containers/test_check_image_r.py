@@ -137,8 +137,10 @@ def test_the_callback_from_the_image_goes_straight_to_the_primary_without_a_tunn
     for r in report.hosts:
         assert r.ok, (r.label, r.checks)
         step = r.checks["callback"]
-        assert step.detail == (f"R in {image.name} reached {bare.primary_address}:"
-                               f"{report.port}, nonce checked")
+        # (a warning may follow, true where this machine's resolver is slow to name
+        # the host's address: tests/test_callback_lookup.py)
+        assert step.detail.startswith(f"R in {image.name} reached {bare.primary_address}:"
+                                      f"{report.port}, nonce checked"), step
 
 
 def test_an_option_the_engine_refuses_fails_rscript_with_the_engines_words(
