@@ -180,3 +180,32 @@ def test_idle_strangers_from_the_workers_own_address_cannot_crowd_it_out(
     answer, notes = run_quietly(main, caplog)
     assert answer == b"ok\n"
     assert "turned away" in notes[0]
+
+
+def test_a_slow_name_lookup_is_a_warning_that_says_how_slow(monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """The lookup R's accept will make, in a thread of its own: one that ends past
+    SLOW_LOOKUP is timed; one still going past LOOKUP_WAIT says so; a quick one is no
+    warning. (The real resolver: tests/test_callback_lookup.py.)"""
+    delays = {"10.0.0.1": 0.0, "10.0.0.2": 1.3, "10.0.0.3": 4.0}
+    monkeypatch.setattr(callback.socket, "gethostbyaddr",
+                        lambda a: time.sleep(delays[a]) or (a, [], [a]))
+    monkeypatch.setattr(callback, "SLOW_LOOKUP", 1.0)
+    monkeypatch.setattr(callback, "LOOKUP_WAIT", 2.0)
+
+    async def main() -> dict[str, Any]:
+        found = {a: callback.NameLookup(a) for a in delays}
+        return {a: await lookup.wait() for a, lookup in found.items()}
+
+    waited = asyncio.run(main())
+    assert waited["10.0.0.1"][1]
+    assert waited["10.0.0.2"][1] and waited["10.0.0.2"][0] >= 1.3
+    assert not waited["10.0.0.3"][1] and waited["10.0.0.3"][0] >= 2.0
+    ok = callback.StepResult("ok", "R reached 10.0.0.9:11000, nonce checked", 0.1)
+    slow = callback.slow_lookup_warning(ok, "10.0.0.2", 1.3, True, "node2")
+    assert slow.status == "warning" and slow.detail.startswith(ok.detail)
+    assert "took 1.3 s to look up the name of 10.0.0.2" in slow.detail
+    assert "'10.0.0.2 node2'" in (slow.hint or "")
+    going = callback.slow_lookup_warning(ok, "10.0.0.3", 2.0, False, "10.0.0.3")
+    assert "over 2.0 s (and still going)" in going.detail
+    assert "'10.0.0.3 NAME'" in (going.hint or "")

@@ -6,7 +6,8 @@ warning that names the address, the time and what to change.
 
 The primary here is a ``sshcluster check`` in a mount namespace of its own, whose
 /etc/resolv.conf names a resolver on 127.0.0.2 that takes every question and answers
-none (a bound UDP socket nobody reads), as on a network cut off from its DNS server.
+none (a bound UDP socket nobody reads), as on a network cut off from its DNS server; its
+/etc/nsswitch.conf asks /etc/hosts (which names only localhost) and then DNS.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from sshcluster.testing import Testbed
 
 
@@ -26,15 +29,23 @@ def test_a_primary_slow_to_name_its_hosts_warns_at_the_callback(testbed: Testbed
     inv = testbed.write_inventory(tmp_path / "hosts.yaml", ncore=2,
                                   extra={"tunnel": "none",
                                          "hosts": [{"host": host.address}]})
-    resolv = tmp_path / "resolv.conf"
-    resolv.write_text("nameserver 127.0.0.2\noptions timeout:2 attempts:1\n")
+    etc = {"resolv.conf": "nameserver 127.0.0.2\noptions timeout:2 attempts:1\n",
+           "nsswitch.conf": "hosts: files dns\n",
+           "hosts": "127.0.0.1 localhost\n"}
+    mounts = []
+    for name, text in etc.items():
+        (tmp_path / name).write_text(text)
+        mounts.append(f"mount --bind {tmp_path / name} /etc/{name}")
     silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        silent.bind(("127.0.0.2", 53))
+        try:
+            silent.bind(("127.0.0.2", 53))
+        except OSError as e:
+            pytest.fail(f"the silent resolver cannot listen on 127.0.0.2:53 (a DNS server "
+                        f"on every address of this machine?): {e}")
         out = subprocess.run(
-            ["unshare", "--mount", "--", "sh", "-c",
-             'mount --bind "$0" /etc/resolv.conf && exec "$@"', str(resolv),
-             sys.executable, "-m", "sshcluster", "check", str(inv), "--json",
+            ["unshare", "--mount", "--", "sh", "-c", " && ".join(mounts) + ' && exec "$@"',
+             "sh", sys.executable, "-m", "sshcluster", "check", str(inv), "--json",
              "--timeout", "60"],
             capture_output=True, text=True, timeout=120)
     finally:
@@ -46,5 +57,6 @@ def test_a_primary_slow_to_name_its_hosts_warns_at_the_callback(testbed: Testbed
     assert f"to look up the name of {host.address}" in step["detail"], step
     assert f"'{host.address} " in step["hint"] and "/etc/hosts" in step["hint"], step
     assert "tunnel: reverse" in step["hint"]
-    # the rest of the check is as it would be anywhere
-    assert all(s["status"] == "ok" for name, s in h["checks"].items() if name != "callback")
+    # the rest of the check is as it would be anywhere (the load step may warn of a busy
+    # machine)
+    assert h["failed"] == [], h

@@ -190,7 +190,9 @@ def test_missing_r_package(tb: Testbed, known_hosts: Path, tmp_path: Path) -> No
     report = run_check(inv)
     assert_only(report, 0, "packages")
     assert "parallelly" in report.hosts[0].checks["packages"].detail
-    assert report.hosts[0].checks["callback"].status == "ok"
+    # (a warning where this machine's resolver is slow to name the host: R's accept
+    # would wait for it too; tests/test_callback_lookup.py)
+    assert report.hosts[0].checks["callback"].status in ("ok", "warning")
 
 
 @pytest.mark.parametrize("action", ["REJECT", "DROP"])

@@ -196,21 +196,26 @@ def test_160_workers_on_r_4_2_and_a_lost_host_among_them(testbed: Testbed,
 
 def test_an_export_interrupted_mid_message_loses_its_host_not_the_session(
         testbed: Testbed, tmp_path: Path) -> None:
-    """Ctrl-C (SIGINT) while a 300 MB clusterExport is on its way to the first host (the
-    primary's link capped, so that the message takes seconds): that host's connection
-    holds part of a message, and everything after it would be read as the rest of it.
-    A call to that host's other worker names the host as lost (it waited for good
-    before: its frame went into the cut-off message), and sshcluster_repair() brings
-    back every worker."""
+    """Ctrl-C (SIGINT) while a 300 MB clusterExport is on its way to the first host (once
+    50 MB have left; the primary's link capped, so that the message takes seconds): that
+    host's connection holds part of a message, and everything after it would be read as
+    the rest of it. A call to that host's other worker names the host as lost (it waited
+    for good before: its frame went into the cut-off message), and sshcluster_repair()
+    brings back every worker."""
     f = write_cluster(testbed, tmp_path, hosts=testbed.hosts[:2], ncore=2)
     bridge = f"{testbed.name}-br"
+    tx = Path(f"/sys/class/net/{bridge}/statistics/tx_bytes")
     subprocess.run(["tc", "qdisc", "add", "dev", bridge, "root", "tbf", "rate", "800mbit",
                     "burst", "128kb", "latency", "50ms"], check=True)
     try:
         out = run_r_in_test(f"""
             source({str(f)!r})
             big <- runif(37.5e6)  # (300 MB: about 3 s a host at the cap)
-            system(sprintf("(sleep 1.5; kill -INT %d)", Sys.getpid()), wait = FALSE)
+            # (the interrupt once 50 MB of it have left for the first host)
+            system(sprintf(paste(
+                "(tx=%s; b=$(cat $tx); i=0; while [ $(($(cat $tx) - b)) -lt 50000000 ]",
+                "&& [ $i -lt 1200 ]; do sleep 0.05; i=$((i + 1)); done; kill -INT %d)"),
+              {str(tx)!r}, Sys.getpid()), wait = FALSE)
             r <- tryCatch({{ parallel::clusterExport(parallelCluster, "big"); "whole" }},
                           interrupt = function(e) "interrupted")
             cat("export", r, "\n")

@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import errno
 import hmac
+import ipaddress
 import random
 import socket
 import threading
@@ -87,11 +88,15 @@ class NameLookup:
             socket.gethostbyaddr(self.address)
         self.seconds = time.monotonic() - self.started
 
-    async def wait(self) -> float:
-        """Seconds it took, or, past :data:`LOOKUP_WAIT`, how long it has taken so far."""
-        while self.seconds is None and time.monotonic() - self.started < LOOKUP_WAIT:
+    async def wait(self, limit: float = LOOKUP_WAIT) -> tuple[float, bool]:
+        """Seconds it took, or, past ``limit`` seconds from its start (at most
+        :data:`LOOKUP_WAIT`), how long it has taken so far; and whether it ended."""
+        limit = min(limit, LOOKUP_WAIT)
+        while self.seconds is None and time.monotonic() - self.started < limit:
             await asyncio.sleep(0.05)
-        return self.seconds if self.seconds is not None else time.monotonic() - self.started
+        seconds = self.seconds
+        return (seconds, True) if seconds is not None else (
+            time.monotonic() - self.started, False)
 
 _Read = Callable[[int], Awaitable[bytes]]
 
@@ -167,14 +172,16 @@ class CallbackListener:
         """Whether host ``label``'s nonce arrived."""
         return label in self._confirmed
 
-    async def lookup(self, label: str) -> tuple[str, float] | None:
-        """Host ``label``'s address and how long the primary took to look up its name,
-        if it came straight (not through a tunnel) and took over :data:`SLOW_LOOKUP`."""
+    async def lookup(self, label: str, wait: float = LOOKUP_WAIT
+                     ) -> tuple[str, float, bool] | None:
+        """Host ``label``'s address, how long the primary took to look up its name and
+        whether that ended (waiting up to ``wait`` seconds), if it came straight (not
+        through a tunnel) and took over :data:`SLOW_LOOKUP`."""
         found = self._lookups.get(label)
         if found is None:
             return None
-        seconds = await found.wait()
-        return (found.address, seconds) if seconds > SLOW_LOOKUP else None
+        seconds, ended = await found.wait(wait)
+        return (found.address, seconds, ended) if seconds > SLOW_LOOKUP else None
 
     def notes(self) -> list[str]:
         """One line about the connections turned away, if there were any."""
@@ -268,22 +275,27 @@ class CallbackListener:
         return None
 
 
-def slow_lookup_warning(ok: StepResult, address: str, seconds: float, label: str
-                        ) -> StepResult:
+def slow_lookup_warning(ok: StepResult, address: str, seconds: float, ended: bool,
+                        name: str) -> StepResult:
     """The ``callback`` step of a host whose address the primary is slow to look up: it
-    works, but R's accept waits that long for each of its connections."""
-    took = (f"{seconds:.1f} s" if seconds < LOOKUP_WAIT
-            else f"more than {LOOKUP_WAIT:.0f} s (still going)")
+    works, but R's accept waits that long for each of its connections. ``name``: the
+    host's name in the inventory (an address there: a name is to be chosen)."""
+    took = f"{seconds:.1f} s" if ended else f"over {seconds:.1f} s (and still going)"
+    try:
+        ipaddress.ip_address(name)
+        line = f"'{address} NAME'"
+    except ValueError:
+        line = f"'{address} {name}'"
     return StepResult(
         "warning",
         f"{ok.detail}; but the primary took {took} to look up the name of {address}, and "
         "R's accept looks up every connection's address before it takes the next: the "
         "launch waits that long for each connection from this host (one for a host's "
         "relay, one per worker with 'relay: false')", ok.seconds,
-        hint=(f"give the primary a quick answer for {address}: a line '{address} {label}' "
-              "in its /etc/hosts, a reverse DNS zone, or a resolver in /etc/resolv.conf "
-              "that answers; or carry R's traffic in the ssh sessions ('tunnel: reverse', "
-              "the default), whose connections come from 127.0.0.1"))
+        hint=(f"give the primary a quick answer for {address}: a line {line} in its "
+              "/etc/hosts, a reverse DNS zone, or a resolver in /etc/resolv.conf that "
+              "answers; or carry R's traffic in the ssh sessions ('tunnel: reverse', the "
+              "default), whose connections come from 127.0.0.1"))
 
 
 async def _read_line(read: _Read) -> bytes | None:

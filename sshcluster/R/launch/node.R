@@ -335,7 +335,8 @@ relay_cut <- function(node, why) {
   id <- .subset2(node, "session")
   if (is.null(S) || !is.null(S$ended[[id]])) return(invisible())
   S$ended[[id]] <- TRUE
-  S$broken[[id]] <- paste0(why, " (an interrupt?), which left its connection out of step")
+  S$broken[[id]] <- if (!is.null(S$failing[[id]])) S$failing[[id]] else
+    paste0(why, " (an interrupt?), which left its connection out of step")
   try(supervise(S, paste("kill", id)), silent = TRUE)
   invisible()
 }
@@ -350,6 +351,8 @@ relay_io <- function(node, expr) withCallingHandlers(expr,
 relay_broken <- function(node, why) {
   S <- state_of(node)
   id <- .subset2(node, "session")
+  # (an interrupt while this waits below gives the host up for this reason: relay_cut)
+  if (is.null(S$failing[[id]])) S$failing[[id]] <- why
   # The end of the ssh session (a cut-off host, behind a tunnel) breaks the relay's
   # connection too: ssh's own words say more, given time to come (its keepalive gives
   # up on a cut-off host about when a write to it stalls out).

@@ -51,8 +51,10 @@ repair <- function(S) {
   S$echoes <- list()
   for (r in names(nodes)) {
     node <- nodes[[r]]
-    if (session_ended(S, node$session)) {
-      drop(r, session_reason(S, node$session))
+    # (or given up by this primary: a relay's connection out of step, not to be read)
+    if (!is.null(S$ended[[node$session]]) || session_ended(S, node$session)) {
+      drop(r, if (!is.null(S$broken[[node$session]])) S$broken[[node$session]]
+              else session_reason(S, node$session))
       next
     }
     status <- gone(S, node)

@@ -70,6 +70,7 @@ new_launch <- function(config, key) {
   S$held <- 0L       # answers in the inbox
   S$echoes <- list() # echoes asked of each session's relay and not read yet
   S$broken <- list() # why a session's relay connection was given up on
+  S$failing <- list() # why a relay connection failed, while ssh is given time to say more
   S$pids <- rep(NA_integer_, sum(n))  # behind relays: each worker's pid, as its relay says
   S$sent <- NULL
   S$closing <- character()
