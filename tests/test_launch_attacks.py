@@ -203,9 +203,9 @@ def shared_tmp() -> Iterator[Path]:
 def alone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The two modes' attacks never run at once (pytest-xdist may hand them to two
     workers): two launches and eight attackers on this machine's two cores starve the
-    launches of CPU, which is not what this test is about (so run, it failed 4 runs in 5,
-    before its snooper changed as after). A lock in the session's shared temporary
-    directory, held for the test."""
+    launches of CPU, which is not what this test is about (so run, it failed in 8 runs
+    of 10, and its version before the snooper's change in 3 of 3). A lock in the
+    session's shared temporary directory, held for the test."""
     lock = tmp_path_factory.getbasetemp().parent / "sshcluster-attack-test.lock"
     with open(lock, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
