@@ -12,7 +12,10 @@ hosts (for ``local*``: on this machine):
   forked workers, each host's workers relayed over one connection); ``direct``: the same
   with ``--tunnel none`` (straight to the primary's port); ``tunnel-norelay`` and
   ``direct-norelay``: the same inventory with ``relay: false`` (one connection per
-  worker, as before the relays); ``classic``: ``--launch classic`` (R's own makeCluster);
+  worker, as before the relays); ``tunnel-relayonly`` and ``direct-relayonly``: the
+  default inventory with ``options(sshcluster.lanes = FALSE)``, every message through
+  the hosts' relays (no lane per worker, as where the lanes would not fit in R's
+  connections); ``classic``: ``--launch classic`` (R's own makeCluster);
 * ``parallelly``: ``parallelly::makeClusterPSOCK()`` on the same workers as it is used by
   default for remote workers, through ssh reverse tunnels (``revtunnel = TRUE``);
   ``parallelly-direct``: the same with ``revtunnel = FALSE``, straight to the primary
@@ -85,7 +88,8 @@ from sshcluster.quoting import r_string, r_vector, shell_quote
 from sshcluster.ssh.command import ssh_command
 from sshcluster.testing import Testbed, run_r
 
-METHODS = ("tunnel", "direct", "tunnel-norelay", "direct-norelay", "classic", "parallelly",
+METHODS = ("tunnel", "direct", "tunnel-norelay", "direct-norelay", "tunnel-relayonly",
+           "direct-relayonly", "classic", "parallelly",
            "parallelly-direct", "mirai", "mirai-tunnel", "local", "local-nodelay")
 MEASURES = {  # name: (label, unit)
     "tiny": ("tiny clusterCall round trip", "ms"),
@@ -112,6 +116,7 @@ _EVERY = ("foreach", "doParallel", "future", "future.apply")
 #: Each method's ratio: the tunnels to parallelly's own reverse tunnels, every other one
 #: to parallelly's direct connections.
 _LIKE = {"tunnel": "parallelly", "tunnel-norelay": "parallelly", "mirai-tunnel": "parallelly",
+         "tunnel-relayonly": "parallelly", "direct-relayonly": "parallelly-direct",
          "direct": "parallelly-direct", "direct-norelay": "parallelly-direct",
          "classic": "parallelly-direct", "mirai": "parallelly-direct",
          "local": "parallelly-direct", "local-nodelay": "parallelly-direct"}
@@ -209,7 +214,7 @@ def _program(method: str, tb: Testbed, inventory: Path, workdir: Path,
     remote = not method.startswith("local")
     bridge = f"/sys/class/net/{tb.name}-br/statistics/tx_bytes"
     bridge_tx = f"bridge_tx <- {r_string(bridge) if remote else 'NA'}\n"
-    ours = method.removesuffix("-norelay")
+    ours = method.removesuffix("-norelay").removesuffix("-relayonly")
     if ours in ("direct", "tunnel", "classic"):
         f = workdir / f"{method}.R"
         write_bootstrap(
@@ -218,6 +223,8 @@ def _program(method: str, tb: Testbed, inventory: Path, workdir: Path,
                              tunnel="none" if ours == "direct" else None,
                              extra_ssh_options=ssh_options))
         start, stop = f"source({r_string(str(f))})\ncl <- parallelCluster", "sshcluster_stop()"
+        if method.endswith("-relayonly"):
+            start = f"options(sshcluster.lanes = FALSE)\n{start}"
     elif method in ("parallelly", "parallelly-direct"):
         opts = [shell_quote(w) for w in ssh_command(inv, inv.hosts[0])[1:]]
         workers = [h.host for h in inv.hosts for _ in range(h.ncore or 1)]

@@ -187,7 +187,8 @@ def test_repair_brings_back_full_size(tb: Testbed, tmp_path: Path, mode: str) ->
     options = FAST_MODES[mode]
     how = ("through ssh reverse tunnels" if options.tunnel == "reverse" else
            "straight to this machine's port") + (
-               ", forked, a connection per host (relays)" if options.fork else ", one R each")
+               ", forked, big messages once per host (relays)" if options.fork else
+               ", one R each")
     r_said = subprocess.run(["Rscript", "-e", "cat(R.version.string, R.version$platform, "
                              "sep = ', ')"], capture_output=True, text=True, timeout=60).stdout
     for key in ("print", "print-new"):

@@ -32,18 +32,27 @@ def lines_of(stdout: str) -> dict[str, str]:
     return dict(line.split(" ", 1) for line in stdout.splitlines() if " " in line)
 
 
-@pytest.mark.parametrize("relay", [True, False], ids=["relay", "no-relay"])
+#: R code that keeps every message of a host's workers on its relay's connection (no
+#: lanes), as a primary whose R connections would not hold a lane per worker does.
+RELAY_ONLY = "options(sshcluster.lanes = FALSE)"
+
+
+@pytest.mark.parametrize("mode", ["lanes", "relay", "no-relay"])
 def test_a_broadcast_crosses_to_each_host_once(testbed: Testbed, tmp_path: Path,
-                                               relay: bool) -> None:
-    """4 hosts x 3 forked workers: behind the relays the cluster holds 4 connections and a
-    16 MB clusterExport() sends about 4 copies (at most 1.3 x 4); with relay: false, 12
-    connections and 12 copies. Every worker has the value, parallel's calls, foreach and
-    a load-balanced apply give the same answers either way, and stop leaves nothing."""
-    f = write_cluster(testbed, tmp_path, ncore=3, **({} if relay else {"relay": False}))
+                                               mode: str) -> None:
+    """4 hosts x 3 forked workers: a 16 MB clusterExport() sends about 4 copies (at most
+    1.3 x 4) through the hosts' relays, with a lane per worker (12 workers' connections,
+    and 4 relays') as without (4 connections in all); with relay: false, 12 connections
+    and 12 copies. Every worker has the value, parallel's calls, foreach and a
+    load-balanced apply give the same answers each way, and stop leaves nothing."""
+    f = write_cluster(testbed, tmp_path, ncore=3,
+                      **({"relay": False} if mode == "no-relay" else {}))
     with interactive_r(f"""
+        {RELAY_ONLY if mode == "relay" else ""}
         source({str(f)!r})
         cons <- vapply(parallelCluster, function(n) as.integer(n$con), 1L)
         cat("links", length(unique(cons)), "\\n")
+        cat("bulk", length(environment(sshcluster_stop)$S$bulk), "\\n")
         x <- as.raw(sample(0:255, 16 * 2^20, replace = TRUE))
         cat("go\\n")
         invisible(readLines(file("stdin"), n = 1))
@@ -64,6 +73,7 @@ def test_a_broadcast_crosses_to_each_host_once(testbed: Testbed, tmp_path: Path,
     """, tmp_path, "broadcast.R") as proc:
         assert proc.stdout is not None and proc.stdin is not None
         links = proc.stdout.readline().split()
+        bulk = proc.stdout.readline().split()
         assert proc.stdout.readline().strip() == "go", proc.stderr.read() if proc.stderr else ""
         before = bridge_tx(testbed)
         proc.stdin.write("go\n")
@@ -73,9 +83,10 @@ def test_a_broadcast_crosses_to_each_host_once(testbed: Testbed, tmp_path: Path,
         out, err = proc.communicate(timeout=R_TIMEOUT)
         assert proc.returncode == 0, err
     lines = lines_of(out)
-    assert links == ["links", "4" if relay else "12"]
+    assert links == ["links", "4" if mode == "relay" else "12"]
+    assert bulk == ["bulk", "4" if mode == "lanes" else "0"]
     copies = sent / (16 * MB)
-    if relay:
+    if mode != "no-relay":
         assert 4 <= copies <= 4 * 1.3, copies
     else:
         assert copies >= 12, copies
@@ -93,9 +104,11 @@ def test_future_sees_an_answer_that_came_while_another_was_awaited(
     """Two futures on one host's two workers: the second answers while value() of the
     first waits on the host's shared connection, so its answer is held on the primary;
     polling resolved() on the second still ends (the relay is asked for an echo, so its
-    connection has something to read). It would poll forever otherwise."""
+    connection has something to read). It would poll forever otherwise. (Every message
+    on the relay's connection, as where lanes would not fit.)"""
     f = write_cluster(testbed, tmp_path, hosts=testbed.hosts[:1], ncore=2)
     out = run_r_in_test(f"""
+        {RELAY_ONLY}
         source({str(f)!r})
         library(future)
         plan(cluster, workers = parallelCluster)
@@ -116,16 +129,20 @@ def test_future_sees_an_answer_that_came_while_another_was_awaited(
     assert nothing_left(testbed, marker=tmp_path) == {}
 
 
+@pytest.mark.parametrize("mode", ["lanes", "relay"])
 def test_future_resolved_does_not_wait_for_its_worker_behind_a_relay(
-        testbed: Testbed, tmp_path: Path) -> None:
+        testbed: Testbed, tmp_path: Path, mode: str) -> None:
     """Two futures on one host's two workers, the second's answer there first: resolved()
     on the first says FALSE at once (it read the second's answer off the host's shared
     connection, and would then wait for its own worker's, and say TRUE 3 s later), and a
     third future, which needs a free worker, goes to the second's (future asks resolved()
     of each running future to find one; it took the first's, after waiting for it).
-    With future's own tests' negative timeout, resolved() waits for the answer."""
+    With future's own tests' negative timeout, resolved() waits for the answer. Each
+    way: with lanes (each worker answers on its own) and every message on the relay's
+    connection, as where lanes would not fit."""
     f = write_cluster(testbed, tmp_path, hosts=testbed.hosts[:1], ncore=2)
     out = run_r_in_test(f"""
+        {RELAY_ONLY if mode == "relay" else ""}
         source({str(f)!r})
         library(future)
         plan(cluster, workers = parallelCluster)
@@ -194,14 +211,16 @@ def test_160_workers_on_r_4_2_and_a_lost_host_among_them(testbed: Testbed,
     assert nothing_left(testbed, marker=tmp_path) == {}
 
 
+@pytest.mark.parametrize("mode", ["lanes", "relay"])
 def test_an_export_interrupted_mid_message_loses_its_host_not_the_session(
-        testbed: Testbed, tmp_path: Path) -> None:
+        testbed: Testbed, tmp_path: Path, mode: str) -> None:
     """Ctrl-C (SIGINT) while a 300 MB clusterExport is on its way to the first host (once
     50 MB have left; the primary's link capped, so that the message takes seconds): that
     host's connection holds part of a message, and everything after it would be read as
     the rest of it. A call to that host's other worker names the host as lost (it waited
     for good before: its frame went into the cut-off message), and sshcluster_repair()
-    brings back every worker."""
+    brings back every worker. Each way: with lanes (the big message goes through the
+    relay, the next call on the worker's lane) and every message on the relay's."""
     f = write_cluster(testbed, tmp_path, hosts=testbed.hosts[:2], ncore=2)
     bridge = f"{testbed.name}-br"
     tx = Path(f"/sys/class/net/{bridge}/statistics/tx_bytes")
@@ -209,6 +228,7 @@ def test_an_export_interrupted_mid_message_loses_its_host_not_the_session(
                     "burst", "128kb", "latency", "50ms"], check=True)
     try:
         out = run_r_in_test(f"""
+            {RELAY_ONLY if mode == "relay" else ""}
             source({str(f)!r})
             big <- runif(37.5e6)  # (300 MB: about 3 s a host at the cap)
             # (the interrupt once 50 MB of it have left for the first host)
@@ -247,9 +267,11 @@ def test_big_messages_both_ways_at_once(testbed: Testbed, tmp_path: Path) -> Non
     connection: the host writes to the primary while the primary writes to the host.
     Neither waits on the other for good (the relay reads and hands on what the primary
     writes without ever waiting for a worker; with relays that forwarded answers and a
-    primary that only wrote, both sides blocked for good, shown by this test)."""
+    primary that only wrote, both sides blocked for good, shown by this test). (Every
+    message on the relay's connection: with lanes, the answers take the workers' own.)"""
     f = write_cluster(testbed, tmp_path, hosts=testbed.hosts[:2], ncore=2)
     out = run_r_in_test(f"""
+        {RELAY_ONLY}
         source({str(f)!r})
         invisible(parallel::clusterEvalQ(parallelCluster,
                                          ans <- as.raw(seq_len(60 * 2^20) %% 251)))
@@ -297,9 +319,11 @@ def test_a_worker_that_dies_holding_the_hosts_lock_loses_the_host(
     """A host's workers write their answers under one lock: a worker killed while it
     holds it would leave the others unable to answer for good. The relay notices that
     the lock cannot be taken after a worker ended, and ends the host: the next call
-    names it within seconds instead of waiting for ever, and a repair brings it back."""
+    names it within seconds instead of waiting for ever, and a repair brings it back.
+    (Every message on the relay's connection: with lanes, the workers hold no lock.)"""
     f = write_cluster(testbed, tmp_path, hosts=testbed.hosts[:1], ncore=2)
     out = run_r_in_test(f"""
+        {RELAY_ONLY}
         source({str(f)!r})
         # worker 1 takes the lock (the one fifo it holds) and dies with it
         invisible(tryCatch(parallel::clusterEvalQ(parallelCluster[1], {{
@@ -328,4 +352,62 @@ def test_a_worker_that_dies_holding_the_hosts_lock_loses_the_host(
     assert f"sshcluster: lost {host}: " in lines["second"], lines["second"]
     assert lines["within"].split() == ["TRUE"]
     assert lines["repaired"].split() == ["7", "7"]
+    assert nothing_left(testbed, marker=tmp_path) == {}
+
+
+def test_lanes_a_worker_or_a_relay_lost(testbed: Testbed, tmp_path: Path) -> None:
+    """With lanes (each worker's own connection for its calls, the host's relay for big
+    messages): a killed worker is named and its host's other worker goes on answering on
+    its lane; the repair starts it again, and a big export then reaches every worker
+    through the relays in order with the lanes (a big value, a small one, a big one to
+    one worker; a clusterApply whose big arguments repeat). A killed relay: the next big
+    message names its host, and the repair brings the host back."""
+    f = write_cluster(testbed, tmp_path, hosts=testbed.hosts[:2], ncore=2)
+    out = run_r_in_test(f"""
+        source({str(f)!r})
+        cl <- parallelCluster
+        S <- environment(sshcluster_stop)$S
+        cat("lanes", S$lanes, length(S$bulk), length(unique(vapply(cl, function(n)
+          as.integer(n$con), 1L))), "\\n")
+        ppid <- function() as.integer(strsplit(readLines("/proc/self/stat"), " ")[[1]][4])
+        invisible(tryCatch(parallel::clusterEvalQ(cl[1],
+          tools::pskill(Sys.getpid(), tools::SIGKILL)), error = function(e) NULL))
+        cat("other", unlist(parallel::clusterEvalQ(cl[2], 2L)), "\\n")
+        r <- tryCatch(parallel::clusterEvalQ(cl[1], 1L), error = function(e) conditionMessage(e))
+        cat("named", gsub("\\n", " ", r), "\\n")
+        cl <- sshcluster_repair()
+        big <- as.raw(seq_len(4 * 2^20) %% 253)
+        parallel::clusterExport(cl, "big")
+        cat("export", unlist(parallel::clusterEvalQ(cl, sum(as.integer(big)))) ==
+          sum(as.integer(big)), "\\n")
+        one <- runif(2e5)
+        cat("order", unlist(parallel::clusterCall(cl[2], function(x) length(x), one)),
+          unlist(parallel::clusterCall(cl[2], function(x) x, 5L)),
+          unlist(parallel::clusterCall(cl[2], function(x) sum(x), one)) == sum(one), "\\n")
+        args <- list(one, 1, one, one)
+        cat("apply", unlist(parallel::clusterApply(cl, args, length)), "\\n")
+        relay <- parallel::clusterCall(cl[3], ppid)[[1]]
+        tools::pskill(relay, tools::SIGKILL)
+        r <- tryCatch(parallel::clusterExport(cl, "big"), error = function(e) conditionMessage(e))
+        cat("relay", gsub("\\n", " ", r), "\\n")
+        cl <- sshcluster_repair()
+        parallel::clusterExport(cl, "big")
+        cat("again", length(S$bulk), unlist(parallel::clusterEvalQ(cl, length(big))), "\\n")
+        sshcluster_stop()
+        cat("left", length(S$bulk), "\\n")
+    """, tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = lines_of(out.stdout)
+    assert lines["lanes"].split() == ["TRUE", "2", "4"]
+    assert lines["other"].split() == ["2"]
+    first = testbed.hosts[0].address
+    assert f"worker 1 on {first}" in lines["named"] and "sshcluster_repair()" in lines["named"], \
+        lines["named"]
+    assert lines["export"].split() == ["TRUE"] * 4
+    assert lines["order"].split() == ["200000", "5", "TRUE"]
+    assert lines["apply"].split() == ["200000", "1", "200000", "200000"]
+    second = testbed.hosts[1].address
+    assert f"lost {second}" in lines["relay"] and first not in lines["relay"], lines["relay"]
+    assert lines["again"].split() == ["2"] + [str(4 * 2**20)] * 4
+    assert lines["left"].split() == ["0"]
     assert nothing_left(testbed, marker=tmp_path) == {}

@@ -33,6 +33,10 @@ HELLO_SIZE <- 32L          # magic, machine, slot, pid (4 bytes each), nonce (16
 # on its session's stdout as "gone SLOT STATUS" (remote.sh for a worker that
 # never started).
 GONE <- "gone"
+# Where a host's workers each have their own connection besides its relay's (a
+# lane each; node.R), this value on a worker's lane says: the next message is on
+# your connection from the relay (a big one, sent to the host once).
+LANE_BULK <- "sshcluster:bulk"
 
 md5_raw <- function(bytes) {
   f <- tempfile("proof-", tmpdir = tempdir(check = TRUE))

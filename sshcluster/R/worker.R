@@ -33,6 +33,10 @@
   close(input)
   relay_item <- if (fork && startsWith(items[1], "-")) items[1]
   if (!is.null(relay_item)) items <- items[-1]
+  # (a relay's token ending in ":lanes": each worker also has a connection of its own,
+  # its lane, for everything but big messages, which come through the relay)
+  lanes <- !is.null(relay_item) &&
+    identical(strsplit(relay_item, ":", fixed = TRUE)[[1]][4], "lanes")
 
   # parallel internals, named in one place: its worker loop and output sink, and
   # closing a file descriptor in a forked child.
@@ -132,8 +136,9 @@
     socketTimeout(con, 2592000)  # parallel's own worker timeout
     if (output == "console") sink(stdout(), type = "message")
     else sinkWorkerOutput(if (output == "none") "/dev/null" else output)
-    workLoop(structure(c(list(con = con), relayed), class = c(if (!is.null(relayed))
-      "sshcluster_relayed", "SOCK0node", "SOCKnode")))
+    workLoop(structure(c(list(con = con), relayed), class = c(
+      if (!is.null(relayed$bulk)) "sshcluster_lane" else if (!is.null(relayed))
+        "sshcluster_relayed", "SOCK0node", "SOCKnode")))
     TRUE
   }
 
@@ -170,6 +175,12 @@
     })
     invisible()
   }
+  # A worker with a lane reads its messages there; a big one comes through the relay,
+  # announced on the lane (so a lane's order is the worker's order).
+  registerS3method("recvData", "sshcluster_lane", function(node) {
+    value <- unserialize(node$con)
+    if (identical(value, LANE_BULK)) unserialize(node$bulk) else value
+  }, envir = asNamespace("parallel"))
   registerS3method("sendData", "sshcluster_relayed", function(node, data)
     to_primary(node$out, node$lock, node$slot, serialize(data, NULL, xdr = FALSE)),
     envir = asNamespace("parallel"))
@@ -216,7 +227,8 @@
     fail("could not connect the relay on ", Sys.info()[["nodename"]], " to its workers")
   }
   relay <- function(P, lock, ends, slots, pids, collect) {
-    to_primary(P, lock, 0L, int4(rbind(slots, pids)))
+    # (behind lanes the primary knows its workers' pids from their own handshakes)
+    if (!lanes) to_primary(P, lock, 0L, int4(rbind(slots, pids)))
     live <- rep(TRUE, length(ends))
     last <- raw(0)
     # A worker the relay can no longer reach is ended, so that its host reports it
@@ -325,8 +337,11 @@
       }
       # The relay: a connection to each worker (its other end is the worker's only
       # one), made before the fork; the worker holds none of the relay's ends.
+      # With lanes, the worker connects to the primary itself, and does not hold the
+      # relay's connection.
       pair <- local_pair()
-      jobs[[length(jobs) + 1L]] <- parallel::mcparallel(
+      jobs[[length(jobs) + 1L]] <- parallel::mcparallel(if (lanes)
+        child(item, NULL, c(ends, pair[2], list(P)), list(bulk = pair[[1]])) else
         child(item, pair[[1]], c(ends, pair[2]), list(out = P, lock = lock, slot = as.integer(
           strsplit(item, ":", fixed = TRUE)[[1]][1]))), silent = output != "console")
       close(pair[[1]])

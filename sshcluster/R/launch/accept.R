@@ -39,6 +39,7 @@ launch <- function(S, wanted, deadline, fail_fast) {
   on.exit({
     for (p in pending) try(close(p$con), silent = TRUE)
     if (!done) for (node in nodes) try(close(node$con), silent = TRUE)
+    if (!done) close_bulk(S, ids)
   }, add = TRUE)
   lost <- character()
   noted <- Sys.time()
@@ -67,6 +68,12 @@ launch <- function(S, wanted, deadline, fail_fast) {
         e <- expected[[p$slot_id]]
         if (!same_bytes(p$proof, p$expect) || is.null(e)) {
           refuse(S, p$con)
+        } else if (e$slot <= 0L && isTRUE(S$sessions[[e$id]]$lanes)) {
+          # a host's relay, whose workers come with lanes of their own
+          writeBin(ADMITTED, p$con)
+          flush(p$con)
+          S$bulk[[e$id]] <- p$con
+          expected[[p$slot_id]] <<- NULL
         } else if (e$slot <= 0L) {
           # a host's relay: its workers' nodes all share its connection
           got <- admit_relay(S, p, e)
@@ -156,6 +163,7 @@ launch <- function(S, wanted, deadline, fail_fast) {
   # A session given up on (too slow) ends now, and so do the workers it did admit.
   for (id in lost) if (!session_ended(S, id)) supervise(S, paste("kill", id))
   nodes <- Filter(function(node) !(node$session %in% lost), nodes)
+  close_bulk(S, lost)
   done <- TRUE
   nodes
 }
@@ -223,8 +231,18 @@ admit <- function(S, p, e) {
   slot <- hello_int(p$hello, 9L)
   structure(list(con = p$con, host = S$config$machines[[h]]$host, rank = S$first[h] + slot,
                  h = h, slot = slot, pid = hello_int(p$hello, 13L), session = e$id,
-                 launch = S$id),
+                 launch = S$id, lane = if (isTRUE(S$sessions[[e$id]]$lanes)) TRUE),
             class = c("sshcluster_node", "SOCKnode"))
+}
+
+# Closes the relays' connections of sessions ids whose workers have lanes (the
+# connections a lane's big messages go through; node.R).
+close_bulk <- function(S, ids) {
+  for (id in intersect(ids, names(S$bulk))) {
+    if (con_ok(S$bulk[[id]])) try(close(S$bulk[[id]]), silent = TRUE)
+    S$bulk[[id]] <- NULL
+  }
+  invisible()
 }
 
 # A host's relay that proved itself: each of its session's workers becomes a node

@@ -211,7 +211,9 @@ SPIN <- 300L
 recvData.sshcluster_node <- function(node) {
   if (!is.null(.subset2(node, "relay"))) return(relay_recv(node))
   cons <- list(.subset2(node, "con"))
-  for (k in seq_len(SPIN)) if (socketSelect(cons, timeout = 0)) return(read_value(node))
+  # (not while other workers have calls to answer: they may need the core)
+  spin <- if (sum(state_of(node)$calls) > 1L) 0L else SPIN
+  for (k in seq_len(spin)) if (socketSelect(cons, timeout = 0)) return(read_value(node))
   wait_readable(list(node), cons)
   read_value(node)
 }
@@ -268,22 +270,75 @@ sendData.sshcluster_node <- function(node, data) {
   # (parent.frame(3): the frame of the call that sent it, through postNode() and
   # sendCall(): clusterCall()'s, for one; a broadcast is one such call's)
   if (!is.null(.subset2(node, "relay"))) relay_send(node, data, parent.frame(3))
+  else if (!is.null(.subset2(node, "lane"))) lane_send(node, data, parent.frame(3))
   else withCallingHandlers(serialize(data, con, xdr = FALSE),
                            error = function(e) worker_lost(node, e))
   invisible(NULL)
 }
 
+# A message to a worker with a lane (its own connection, besides its host's relay's):
+# a small one goes on the lane; a big one (BULK_BYTES or more) through the relay, so
+# that the same value sent to several of the host's workers in one call crosses once
+# (as relay_send), and the lane says so (LANE_BULK), which keeps the worker's order.
+# The worker answers on its lane.
+BULK_BYTES <- 65536L
+LANE_BULK_MESSAGE <- serialize(LANE_BULK, NULL, xdr = FALSE)
+
+lane_send <- function(node, data, caller) {
+  S <- state_of(node)
+  sent <- S$sent
+  if (is.null(sent)) {  # (the usual case: a small message, straight to the worker)
+    m <- serialize(data, NULL, xdr = FALSE)
+    if (length(m) < BULK_BYTES) return(lane_write(node, m))
+  }
+  id <- .subset2(node, "session")
+  bulk <- S$bulk[[id]]
+  if (is.null(bulk)) {  # (a host that could not fork: no relay)
+    S$sent <- NULL
+    return(lane_write(node, serialize(data, NULL, xdr = FALSE)))
+  }
+  if (!is.null(S$ended[[id]])) host_lost(node)
+  # the relay's connection, under this worker's name (its failures name this host)
+  via <- unclass(node)
+  via$con <- bulk
+  slot <- .subset2(node, "slot")
+  if (!is.null(sent) && identical(sent$caller, caller) &&
+      identical(sent$data, data, num.eq = FALSE, single.NA = FALSE,
+                attrib.as.set = FALSE) && in_parallel_call()) {
+    if (id %in% sent$at) relay_write(S, via, relay_head(-slot, 0))
+    else {
+      relay_write(S, via, relay_head(slot, length(sent$message)), sent$message)
+      S$sent$at <- c(sent$at, id)
+    }
+    return(lane_write(node, LANE_BULK_MESSAGE))
+  }
+  S$sent <- NULL
+  if (!is.null(sent)) m <- serialize(data, NULL, xdr = FALSE)
+  if (length(m) < BULK_BYTES) return(lane_write(node, m))
+  relay_write(S, via, relay_head(slot, length(m)), m)
+  S$sent <- list(data = data, message = m, at = id, caller = caller)
+  lane_write(node, LANE_BULK_MESSAGE)
+}
+
+lane_write <- function(node, m) withCallingHandlers(writeBin(m, .subset2(node, "con")),
+                                                    error = function(e) worker_lost(node, e))
+
 # parallel::stopCluster() closes each node's connection after its DONE: a host's
 # relay connection is closed with the last of its nodes.
 closeNode.sshcluster_node <- function(node) {
   S <- registry[[.subset2(node, "launch")]]
-  if (!is.null(.subset2(node, "relay")) && !is.null(S)) {
+  if (!is.null(S) && (!is.null(.subset2(node, "relay")) || !is.null(.subset2(node, "lane")))) {
     # (by session and rank: a repair's new session reuses the ranks)
     S$closing <- c(S$closing, paste(node$session, node$rank))
     same <- Filter(function(n) !is.null(n) && identical(n$session, node$session),
                    unclass(S$cluster))
-    if (!all(vapply(same, function(n) paste(n$session, n$rank), "") %in% S$closing))
+    last <- all(vapply(same, function(n) paste(n$session, n$rank), "") %in% S$closing)
+    if (!is.null(.subset2(node, "lane"))) {  # its lane now, its relay's with the last
+      if (con_ok(node$con)) close(node$con)
+      if (last) close_bulk(S, node$session)
       return(invisible())
+    }
+    if (!last) return(invisible())
   }
   if (con_ok(node$con)) close(node$con)
   invisible()

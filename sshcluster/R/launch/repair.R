@@ -147,6 +147,8 @@ repair <- function(S) {
   all <- c(unname(kept), new)
   all <- all[order(vapply(all, `[[`, 1L, "rank"))]
   S$cluster <- structure(all, class = c("sshcluster", "SOCKcluster", "cluster"))
+  # (the relay connections of sessions none of whose workers are left)
+  close_bulk(S, setdiff(names(S$bulk), vapply(all, `[[`, "", "session")))
   # 5. what happened, per host
   lines <- character()
   for (h in seq_along(machines)) {

@@ -49,9 +49,12 @@ hex_bytes <- function(hex) {
   as.raw(strtoi(substring(hex, at, at + 1L), 16L))
 }
 
-# Whether a session of n workers runs them behind its host's relay (one connection
-# for all of them; worker.R): with forked workers and more than one of them, unless
-# the inventory says relay: false. A relay's R holds a connection per worker, of
+# Whether a session of n workers runs them behind its host's relay (worker.R): with
+# forked workers and more than one of them, unless the inventory says relay: false.
+# The relay's connection carries a big message sent to several of them once; with
+# lanes (S$lanes, where R's connections allow it) each worker also has a connection
+# of its own, for everything else; without, the relay's carries all of their
+# messages. A relay's R holds a connection per worker, of
 # R's 128: a host with more workers gets a session (and a relay) per relay_most of
 # them (not with lease: true, whose lease is one session's).
 relayed <- function(config, n) isTRUE(config$relay) && isTRUE(config$fork) && n >= 2L &&
@@ -70,15 +73,18 @@ start_host <- function(S, h, slots, part = 1L) {
   S$next_id <- S$next_id + 1L
   id <- sprintf("%d.%d", h, S$next_id)
   relay <- relayed(S$config, length(slots))
+  lanes <- relay && S$lanes
   tokens <- lapply(c(if (relay) -part, slots), function(slot) list(
     slot = slot, worker = random_hex(TOKEN_SIZE), primary = random_hex(TOKEN_SIZE)))
-  if (relay) S$relayed <- TRUE
+  if (relay && !lanes) S$relayed <- TRUE
   S$sessions[[id]] <- list(id = id, h = h, slots = slots, tokens = tokens, relay = relay,
-                           file = file.path(S$dir, id), port = session_port(S, h))
+                           lanes = lanes, file = file.path(S$dir, id),
+                           port = session_port(S, h))
   write_remote_script(S)
   writeLines(host_command(S, h, id), paste0(file.path(S$dir, id), ".sh"))
-  line <- paste(vapply(tokens, function(t) paste(t$slot, t$worker, t$primary, sep = ":"),
-                       ""), collapse = ",")
+  # (the relay's token says "lanes" when its workers are to connect themselves too)
+  line <- paste(vapply(tokens, function(t) paste(c(t$slot, t$worker, t$primary,
+    if (lanes && t$slot <= 0L) "lanes"), collapse = ":"), ""), collapse = ",")
   supervise(S, paste("start", id, line, if (S$config$tunnel) "tunnel" else "direct"))
   id
 }

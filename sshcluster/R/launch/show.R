@@ -29,7 +29,8 @@ print.sshcluster <- function(x, ...) {
   how <- c(if (isTRUE(S$config$tunnel)) "through ssh reverse tunnels" else
              "straight to this machine's port",
            if (isTRUE(S$config$fork)) "forked" else "one R each",
-           if (isTRUE(S$relayed)) "a connection per host (relays)")
+           if (isTRUE(S$relayed)) "a connection per host (relays)" else
+             if (length(S$bulk)) "big messages once per host (relays)")
   cat(sprintf("sshcluster: %d workers on %d host%s, %s, port %d\n", length(nodes),
               length(machines), if (length(machines) == 1L) "" else "s",
               paste(how, collapse = ", "), S$port))

@@ -74,6 +74,8 @@ new_launch <- function(config, key) {
   S$pids <- rep(NA_integer_, sum(n))  # behind relays: each worker's pid, as its relay says
   S$sent <- NULL
   S$closing <- character()
+  S$lanes <- FALSE   # each relayed worker also has a connection of its own (start())
+  S$bulk <- list()   # with lanes: each session's relay connection, for big messages
   S
 }
 
@@ -82,9 +84,18 @@ start <- function(config) {
   again <- stop_previous(key)
   S <- new_launch(config, key)
   n <- vapply(config$machines, function(m) as.integer(m$ncore), 1L)
-  check_connections(S, length(S$cluster),
-                    sum(vapply(n, function(k) sum(vapply(relay_parts(config, seq_len(k)),
-                      function(p) if (relayed(config, length(p))) 1L else length(p), 1L)), 1L)))
+  relays <- sum(vapply(n, function(k) sum(vapply(relay_parts(config, seq_len(k)),
+    function(p) relayed(config, length(p)), NA)), 1L))
+  # Lanes where R's connections allow them (one per worker besides the relays'), and
+  # they take at most half of the connections this R has free: a worker's own calls
+  # then go straight to it, and only big messages through its host's relay. Else
+  # every message goes through the relay, one connection per host.
+  # (options(sshcluster.lanes = FALSE) keeps every message on the relays.)
+  S$lanes <- relays > 0L && !identical(getOption("sshcluster.lanes"), FALSE) &&
+    lanes_fit(S, length(S$cluster) + relays)
+  check_connections(S, length(S$cluster), if (S$lanes) length(S$cluster) + relays else
+    sum(vapply(n, function(k) sum(vapply(relay_parts(config, seq_len(k)),
+      function(p) if (relayed(config, length(p))) 1L else length(p), 1L)), 1L)))
   assign(S$id, S, envir = registry)
   ok <- FALSE
   on.exit(if (!ok) shutdown(S, grace = 0), add = TRUE)
@@ -131,6 +142,9 @@ connection_limit <- function() {
 
 # Stops before anything is started when the workers would not fit: they take one R
 # connection each, or one per host behind the hosts' relays ('links').
+lanes_fit <- function(S, links) links <= (S$limit - length(getAllConnections()) -
+  S$config$connections[["launch"]] - S$config$connections[["user"]]) / 2
+
 check_connections <- function(S, workers, links = workers) {
   used <- length(getAllConnections())
   free <- S$limit - used
