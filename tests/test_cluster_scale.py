@@ -76,11 +76,11 @@ def test_every_r_socket_of_the_cluster_has_no_delay(testbed: Testbed, tmp_path: 
         proc.stdin.flush()
         _, err = proc.communicate(timeout=R_TIMEOUT)
         assert proc.returncode == 0, err
-    # forked workers: one connection per host, through its relay (whose own sockets
-    # are asked too); fresh ones: one each
-    # (a forked worker also holds its relay's connection, on which it writes its answers)
+    # forked workers: a lane each and one connection per host through its relay (whose
+    # own sockets are asked too: the one to the primary, one to each worker); fresh
+    # ones: one each (a forked worker holds its lane and its end from the relay)
     assert len(workers) == 8 and len(theirs) == (16 if options.fork else 8)
-    assert len(ours) == (4 if options.fork else 8)
+    assert len(ours) == (8 + 4 if options.fork else 8)
     assert len(between) == (4 + 8 if options.fork else 0)
     assert all(s["nodelay"] for s in ours + theirs + between)
     assert nothing_left(testbed, marker=tmp_path) == {}

@@ -137,8 +137,8 @@
     if (output == "console") sink(stdout(), type = "message")
     else sinkWorkerOutput(if (output == "none") "/dev/null" else output)
     workLoop(structure(c(list(con = con), relayed), class = c(
-      if (!is.null(relayed$bulk)) "sshcluster_lane" else if (!is.null(relayed))
-        "sshcluster_relayed", "SOCK0node", "SOCKnode")))
+      if (!is.null(relayed$bulk)) "sshcluster_lane" else c(if (!is.null(relayed))
+        "sshcluster_relayed", "SOCK0node"), "SOCKnode")))
     TRUE
   }
 
@@ -177,10 +177,13 @@
   }
   # A worker with a lane reads its messages there; a big one comes through the relay,
   # announced on the lane (so a lane's order is the worker's order).
+  # (its own methods both ways: each call then finds its method at the first class)
   registerS3method("recvData", "sshcluster_lane", function(node) {
-    value <- unserialize(node$con)
-    if (identical(value, LANE_BULK)) unserialize(node$bulk) else value
+    value <- unserialize(.subset2(node, "con"))
+    if (identical(value, LANE_BULK)) unserialize(.subset2(node, "bulk")) else value
   }, envir = asNamespace("parallel"))
+  registerS3method("sendData", "sshcluster_lane", function(node, data)
+    serialize(data, .subset2(node, "con"), xdr = FALSE), envir = asNamespace("parallel"))
   registerS3method("sendData", "sshcluster_relayed", function(node, data)
     to_primary(node$out, node$lock, node$slot, serialize(data, NULL, xdr = FALSE)),
     envir = asNamespace("parallel"))

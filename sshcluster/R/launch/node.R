@@ -270,9 +270,14 @@ sendData.sshcluster_node <- function(node, data) {
   # (parent.frame(3): the frame of the call that sent it, through postNode() and
   # sendCall(): clusterCall()'s, for one; a broadcast is one such call's)
   if (!is.null(.subset2(node, "relay"))) relay_send(node, data, parent.frame(3))
-  else if (!is.null(.subset2(node, "lane"))) lane_send(node, data, parent.frame(3))
-  else withCallingHandlers(serialize(data, con, xdr = FALSE),
-                           error = function(e) worker_lost(node, e))
+  else if (!is.null(.subset2(node, "lane"))) {
+    # (the usual case, a small message with no broadcast under way, written here)
+    m <- if (is.null(registry[[.subset2(node, "launch")]]$sent))
+      serialize(data, NULL, xdr = FALSE)
+    if (is.null(m) || length(m) >= BULK_BYTES) lane_send(node, data, parent.frame(3), m)
+    else withCallingHandlers(writeBin(m, con), error = function(e) worker_lost(node, e))
+  } else withCallingHandlers(serialize(data, con, xdr = FALSE),
+                             error = function(e) worker_lost(node, e))
   invisible(NULL)
 }
 
@@ -284,18 +289,14 @@ sendData.sshcluster_node <- function(node, data) {
 BULK_BYTES <- 65536L
 LANE_BULK_MESSAGE <- serialize(LANE_BULK, NULL, xdr = FALSE)
 
-lane_send <- function(node, data, caller) {
+lane_send <- function(node, data, caller, m = NULL) {
   S <- state_of(node)
   sent <- S$sent
-  if (is.null(sent)) {  # (the usual case: a small message, straight to the worker)
-    m <- serialize(data, NULL, xdr = FALSE)
-    if (length(m) < BULK_BYTES) return(lane_write(node, m))
-  }
   id <- .subset2(node, "session")
   bulk <- S$bulk[[id]]
   if (is.null(bulk)) {  # (a host that could not fork: no relay)
     S$sent <- NULL
-    return(lane_write(node, serialize(data, NULL, xdr = FALSE)))
+    return(lane_write(node, if (is.null(m)) serialize(data, NULL, xdr = FALSE) else m))
   }
   if (!is.null(S$ended[[id]])) host_lost(node)
   # the relay's connection, under this worker's name (its failures name this host)
@@ -313,7 +314,7 @@ lane_send <- function(node, data, caller) {
     return(lane_write(node, LANE_BULK_MESSAGE))
   }
   S$sent <- NULL
-  if (!is.null(sent)) m <- serialize(data, NULL, xdr = FALSE)
+  if (is.null(m)) m <- serialize(data, NULL, xdr = FALSE)
   if (length(m) < BULK_BYTES) return(lane_write(node, m))
   relay_write(S, via, relay_head(slot, length(m)), m)
   S$sent <- list(data = data, message = m, at = id, caller = caller)
