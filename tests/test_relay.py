@@ -41,10 +41,12 @@ RELAY_ONLY = "options(sshcluster.lanes = FALSE)"
 def test_a_broadcast_crosses_to_each_host_once(testbed: Testbed, tmp_path: Path,
                                                mode: str) -> None:
     """4 hosts x 3 forked workers: a 16 MB clusterExport() sends about 4 copies (at most
-    1.3 x 4) through the hosts' relays, with a lane per worker (12 workers' connections,
-    and 4 relays') as without (4 connections in all); with relay: false, 12 connections
-    and 12 copies. Every worker has the value, parallel's calls, foreach and a
-    load-balanced apply give the same answers each way, and stop leaves nothing."""
+    1.3 x 4) through the hosts' relays, and so does a parallel::clusterCall() with that
+    value (12 before, where the call was made by its full name), with a lane per worker
+    (12 workers' connections, and 4 relays') as without (4 connections in all); with
+    relay: false, 12 connections and 12 copies. Every worker has the value, parallel's
+    calls, foreach and a load-balanced apply give the same answers each way, and stop
+    leaves nothing."""
     f = write_cluster(testbed, tmp_path, ncore=3,
                       **({"relay": False} if mode == "no-relay" else {}))
     with interactive_r(f"""
@@ -58,6 +60,8 @@ def test_a_broadcast_crosses_to_each_host_once(testbed: Testbed, tmp_path: Path,
         invisible(readLines(file("stdin"), n = 1))
         parallel::clusterExport(parallelCluster, "x")
         cat("sent\\n")
+        invisible(readLines(file("stdin"), n = 1))
+        cat("called", unique(unlist(parallel::clusterCall(parallelCluster, length, x))), "\\n")
         cat("has", unique(unlist(parallel::clusterCall(parallelCluster,
           function(s) sum(as.integer(x)) == s, sum(as.integer(x))))), "\\n")
         cat("pids", length(unique(unlist(parallel::clusterEvalQ(parallelCluster,
@@ -80,16 +84,23 @@ def test_a_broadcast_crosses_to_each_host_once(testbed: Testbed, tmp_path: Path,
         proc.stdin.flush()
         assert proc.stdout.readline().strip() == "sent"
         sent = bridge_tx(testbed) - before
+        before = bridge_tx(testbed)
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().split() == ["called", str(16 * MB)]
+        called = bridge_tx(testbed) - before
         out, err = proc.communicate(timeout=R_TIMEOUT)
         assert proc.returncode == 0, err
     lines = lines_of(out)
     assert links == ["links", "4" if mode == "relay" else "12"]
     assert bulk == ["bulk", "4" if mode == "lanes" else "0"]
-    copies = sent / (16 * MB)
+    copies, called_copies = sent / (16 * MB), called / (16 * MB)
     if mode != "no-relay":
         assert 4 <= copies <= 4 * 1.3, copies
+        # (the same through parallel::clusterCall() called by its full name)
+        assert 4 <= called_copies <= 4 * 1.3, called_copies
     else:
-        assert copies >= 12, copies
+        assert copies >= 12 and called_copies >= 12, (copies, called_copies)
     assert lines["has"].split() == ["TRUE"]
     assert lines["pids"].split() == ["12"]
     assert lines["lb"].split() == [str(i) for i in range(1, 31)]

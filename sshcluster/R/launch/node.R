@@ -49,11 +49,17 @@ wait_readable <- function(nodes, cons = lapply(nodes, .subset2, "con")) {
 # parLapply, clusterEvalQ, clusterExport, parLapplyLB, ... go through these): then
 # the call needs every worker it sent work to, and a lost one dooms it. (Others,
 # future for one, wait for one worker at a time, unrelated to the rest.)
-in_parallel_call <- function() {
-  heads <- vapply(sys.calls(), function(call)
-    if (is.name(call[[1]])) as.character(call[[1]]) else "", "")
-  any(heads %in% c("staticClusterApply", "dynamicClusterApply", "clusterCall"))
-}
+in_parallel_call <- function()
+  any(call_heads() %in% c("staticClusterApply", "dynamicClusterApply", "clusterCall"))
+
+# The names of the functions on the call stack (parallel::clusterCall(...) as
+# clusterCall: users call parallel's functions either way).
+call_heads <- function() vapply(sys.calls(), function(call) {
+  f <- call[[1L]]
+  if (is.call(f) && length(f) == 3L && (identical(f[[1L]], quote(`::`)) ||
+                                        identical(f[[1L]], quote(`:::`)))) f <- f[[3L]]
+  if (is.name(f)) as.character(f) else ""
+}, "")
 
 # Signals an error for the first node whose host's ssh session has ended, or
 # whose worker its host has reported gone.
@@ -282,10 +288,10 @@ sendData.sshcluster_node <- function(node, data) {
 }
 
 # A message to a worker with a lane (its own connection, besides its host's relay's):
-# a small one goes on the lane; a big one (BULK_BYTES or more) through the relay, so
-# that the same value sent to several of the host's workers in one call crosses once
-# (as relay_send), and the lane says so (LANE_BULK), which keeps the worker's order.
-# The worker answers on its lane.
+# a small one goes on the lane; a big one (BULK_BYTES or more) that may go to more of
+# the host's workers in the same call (broadcast_here) goes through the relay, so that
+# the same value crosses to the host once (as relay_send), and the lane says so
+# (LANE_BULK), which keeps the worker's order. The worker answers on its lane.
 BULK_BYTES <- 65536L
 LANE_BULK_MESSAGE <- serialize(LANE_BULK, NULL, xdr = FALSE)
 
@@ -315,10 +321,23 @@ lane_send <- function(node, data, caller, m = NULL) {
   }
   S$sent <- NULL
   if (is.null(m)) m <- serialize(data, NULL, xdr = FALSE)
-  if (length(m) < BULK_BYTES) return(lane_write(node, m))
+  if (length(m) < BULK_BYTES || !broadcast_here(node, caller)) return(lane_write(node, m))
   relay_write(S, via, relay_head(slot, length(m)), m)
   S$sent <- list(data = data, message = m, at = id, caller = caller)
   lane_write(node, LANE_BULK_MESSAGE)
+}
+
+# Whether a big message may go to more than one worker of node's host in one call: a
+# clusterCall() (and so clusterExport(), clusterEvalQ()) or clusterApply() (whose
+# arguments may repeat) over a cluster with more of that host's workers. Any other big
+# message (to one worker, a load-balanced task, a future's) goes on the lane: through
+# the relay it would only make one more hop.
+broadcast_here <- function(node, caller) {
+  if (!any(call_heads() %in% c("clusterCall", "staticClusterApply"))) return(FALSE)
+  cl <- get0("cl", envir = caller, inherits = FALSE)
+  if (!is.list(cl)) return(FALSE)
+  id <- .subset2(node, "session")
+  sum(vapply(cl, function(n) identical(.subset2(n, "session"), id), NA)) >= 2L
 }
 
 lane_write <- function(node, m) withCallingHandlers(writeBin(m, .subset2(node, "con")),
