@@ -149,8 +149,9 @@ def test_future_resolved_does_not_wait_for_its_worker_behind_a_relay(
     third future, which needs a free worker, goes to the second's (future asks resolved()
     of each running future to find one; it took the first's, after waiting for it).
     With future's own tests' negative timeout, resolved() waits for the answer. Each
-    way: with lanes (each worker answers on its own) and every message on the relay's
-    connection, as where lanes would not fit."""
+    way: every message on the relay's connection (as where lanes would not fit), where
+    the bug was; and with lanes, where each worker answers on its own connection, so
+    that the same must hold as with relay: false."""
     f = write_cluster(testbed, tmp_path, hosts=testbed.hosts[:1], ncore=2)
     out = run_r_in_test(f"""
         {RELAY_ONLY if mode == "relay" else ""}
@@ -369,9 +370,11 @@ def test_a_worker_that_dies_holding_the_hosts_lock_loses_the_host(
 def test_lanes_a_worker_or_a_relay_lost(testbed: Testbed, tmp_path: Path) -> None:
     """With lanes (each worker's own connection for its calls, the host's relay for big
     messages): a killed worker is named and its host's other worker goes on answering on
-    its lane; the repair starts it again, and a big export then reaches every worker
-    through the relays in order with the lanes (a big value, a small one, a big one to
-    one worker; a clusterApply whose big arguments repeat). A killed relay: the next big
+    its lane; the repair starts it again (alone, on a lane: its host's relay goes on
+    serving the other one), and a big export then reaches every worker. On the other
+    host, whose two workers share a relay, big broadcasts and small calls arrive in the
+    order sent (a big value, a small one, a big one; a clusterApply whose big arguments
+    repeat; parLapply's big chunks, which take the lanes). A killed relay: the next big
     message names its host, and the repair brings the host back."""
     f = write_cluster(testbed, tmp_path, hosts=testbed.hosts[:2], ncore=2)
     out = run_r_in_test(f"""
@@ -392,11 +395,14 @@ def test_lanes_a_worker_or_a_relay_lost(testbed: Testbed, tmp_path: Path) -> Non
         cat("export", unlist(parallel::clusterEvalQ(cl, sum(as.integer(big)))) ==
           sum(as.integer(big)), "\\n")
         one <- runif(2e5)
-        cat("order", unlist(parallel::clusterCall(cl[2], function(x) length(x), one)),
-          unlist(parallel::clusterCall(cl[2], function(x) x, 5L)),
-          unlist(parallel::clusterCall(cl[2], function(x) sum(x), one)) == sum(one), "\\n")
-        args <- list(one, 1, one, one)
+        two <- one[1:1e5]
+        cat("order", unlist(parallel::clusterCall(cl[3:4], function(x) length(x), one)),
+          unlist(parallel::clusterCall(cl[3:4], function(x) x, 5L)),
+          unlist(parallel::clusterCall(cl[3:4], function(x) sum(x), two)) == sum(two), "\\n")
+        args <- list(one, 1, two, two)
         cat("apply", unlist(parallel::clusterApply(cl, args, length)), "\\n")
+        chunks <- parallel::parLapply(cl, 1:8, function(i, v) sum(v) + i, v = one)
+        cat("chunks", unlist(chunks) == sum(one) + 1:8, "\\n")
         relay <- parallel::clusterCall(cl[3], ppid)[[1]]
         tools::pskill(relay, tools::SIGKILL)
         r <- tryCatch(parallel::clusterExport(cl, "big"), error = function(e) conditionMessage(e))
@@ -415,10 +421,42 @@ def test_lanes_a_worker_or_a_relay_lost(testbed: Testbed, tmp_path: Path) -> Non
     assert f"worker 1 on {first}" in lines["named"] and "sshcluster_repair()" in lines["named"], \
         lines["named"]
     assert lines["export"].split() == ["TRUE"] * 4
-    assert lines["order"].split() == ["200000", "5", "TRUE"]
-    assert lines["apply"].split() == ["200000", "1", "200000", "200000"]
+    assert lines["order"].split() == ["200000", "200000", "5", "5", "TRUE", "TRUE"]
+    assert lines["apply"].split() == ["200000", "1", "100000", "100000"]
+    assert lines["chunks"].split() == ["TRUE"] * 8
     second = testbed.hosts[1].address
     assert f"lost {second}" in lines["relay"] and first not in lines["relay"], lines["relay"]
     assert lines["again"].split() == ["2"] + [str(4 * 2**20)] * 4
     assert lines["left"].split() == ["0"]
+    assert nothing_left(testbed, marker=tmp_path) == {}
+
+
+def test_lanes_a_big_message_waits_for_a_slow_relay(testbed: Testbed, tmp_path: Path) -> None:
+    """With lanes, a worker reads a big message's word on its lane at once, then waits on
+    its relay's socket for the message itself, which the relay hands to the host's workers
+    one by one. A relay held up for 7 s (SIGSTOP, then SIGCONT) only delays the call.
+    (Before, the workers waited 5 s, their socket's timeout from the pairing, and then
+    failed, and were named as lost.)"""
+    f = write_cluster(testbed, tmp_path, hosts=testbed.hosts[:1], ncore=2)
+    out = run_r_in_test(f"""
+        source({str(f)!r})
+        cl <- parallelCluster
+        ppid <- function() as.integer(strsplit(readLines("/proc/self/stat"), " ")[[1]][4])
+        relay <- parallel::clusterCall(cl[1], ppid)[[1]]
+        x <- runif(3e4)  # (240 KB: through the relay)
+        system(sprintf("(kill -STOP %d; sleep 7; kill -CONT %d)", relay, relay), wait = FALSE)
+        Sys.sleep(1)
+        t0 <- Sys.time()
+        r <- tryCatch(parallel::clusterCall(cl, function(v) length(v), x),
+                      error = function(e) conditionMessage(e))
+        cat("got", gsub("\\n", " ", unlist(r)), "\\n")
+        cat("waited", as.numeric(Sys.time() - t0, units = "secs") > 4, "\\n")
+        cat("again", unlist(parallel::clusterEvalQ(cl, 1L)), "\\n")
+        sshcluster_stop()
+    """, tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = lines_of(out.stdout)
+    assert lines["got"].split() == ["30000", "30000"], lines["got"]
+    assert lines["waited"].split() == ["TRUE"]
+    assert lines["again"].split() == ["1", "1"]
     assert nothing_left(testbed, marker=tmp_path) == {}

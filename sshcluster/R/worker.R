@@ -134,6 +134,9 @@
   work <- function(item, con = NULL, relayed = NULL) {
     if (is.null(con)) con <- handshake(strsplit(item, ":", fixed = TRUE)[[1]])
     socketTimeout(con, 2592000)  # parallel's own worker timeout
+    # (and on the relay's socket of a worker with a lane: its marker may come long
+    # before the message, which the relay hands to the host's workers one by one)
+    if (!is.null(relayed$bulk)) socketTimeout(relayed$bulk, 2592000)
     if (output == "console") sink(stdout(), type = "message")
     else sinkWorkerOutput(if (output == "none") "/dev/null" else output)
     workLoop(structure(c(list(con = con), relayed), class = c(

@@ -217,8 +217,12 @@ SPIN <- 300L
 recvData.sshcluster_node <- function(node) {
   if (!is.null(.subset2(node, "relay"))) return(relay_recv(node))
   cons <- list(.subset2(node, "con"))
+  S <- state_of(node)
+  # (a broadcast's record is for its own call, whose sends are done once it reads: the
+  # serialized value is not kept longer)
+  if (!is.null(S$sent)) S$sent <- NULL
   # (not while other workers have calls to answer: they may need the core)
-  spin <- if (sum(state_of(node)$calls) > 1L) 0L else SPIN
+  spin <- if (sum(S$calls) > 1L) 0L else SPIN
   for (k in seq_len(spin)) if (socketSelect(cons, timeout = 0)) return(read_value(node))
   wait_readable(list(node), cons)
   read_value(node)
@@ -232,6 +236,7 @@ recvOneData.sshcluster <- function(cl) {
   cons <- lapply(cl, .subset2, "con")
   S <- state_of(cl[[1L]])
   if (!S$relayed) {
+    if (!is.null(S$sent)) S$sent <- NULL
     i <- wait_readable(cl, cons)
     return(list(node = i, value = read_value(cl[[i]])))
   }
@@ -312,19 +317,32 @@ lane_send <- function(node, data, caller, m = NULL) {
   if (!is.null(sent) && identical(sent$caller, caller) &&
       identical(sent$data, data, num.eq = FALSE, single.NA = FALSE,
                 attrib.as.set = FALSE) && in_parallel_call()) {
-    if (id %in% sent$at) relay_write(S, via, relay_head(-slot, 0))
-    else {
-      relay_write(S, via, relay_head(slot, length(sent$message)), sent$message)
-      S$sent$at <- c(sent$at, id)
-    }
-    return(lane_write(node, LANE_BULK_MESSAGE))
+    if (id %in% sent$at) return(bulk_to(S, via, node, relay_head(-slot, 0)))
+    bulk_to(S, via, node, relay_head(slot, length(sent$message)), sent$message)
+    S$sent$at <- c(sent$at, id)
+    return(invisible())
   }
   S$sent <- NULL
   if (is.null(m)) m <- serialize(data, NULL, xdr = FALSE)
   if (length(m) < BULK_BYTES || !broadcast_here(node, caller)) return(lane_write(node, m))
-  relay_write(S, via, relay_head(slot, length(m)), m)
+  bulk_to(S, via, node, relay_head(slot, length(m)), m)
   S$sent <- list(data = data, message = m, at = id, caller = caller)
-  lane_write(node, LANE_BULK_MESSAGE)
+}
+
+# A frame through the relay, then the lane's word for it. An interrupt (Ctrl-C) after
+# the one and before the other would leave the frame unread in the worker's pair, to be
+# taken for the next big message's: the host is then given up (its session ended), as
+# for a frame cut off part-way (relay_cut), and the next call to it names it.
+bulk_to <- function(S, via, node, head, m = raw(0)) {
+  marked <- FALSE
+  on.exit(if (!marked) relay_cut(via, "a message to it was cut off part-way"))
+  relay_write(S, via, head, m)
+  withCallingHandlers(writeBin(LANE_BULK_MESSAGE, .subset2(node, "con")), error = function(e) {
+    marked <<- TRUE  # (the worker is gone: named as such, its host kept)
+    worker_lost(node, e)
+  })
+  marked <- TRUE
+  invisible()
 }
 
 # Whether a big message may go to more than one worker of node's host in one call: a
@@ -333,11 +351,25 @@ lane_send <- function(node, data, caller, m = NULL) {
 # message (to one worker, a load-balanced task, a future's) goes on the lane: through
 # the relay it would only make one more hop.
 broadcast_here <- function(node, caller) {
-  if (!any(call_heads() %in% c("clusterCall", "staticClusterApply"))) return(FALSE)
+  heads <- call_heads()
+  if (!any(heads %in% c("clusterCall", "staticClusterApply"))) return(FALSE)
   cl <- get0("cl", envir = caller, inherits = FALSE)
   if (!is.list(cl)) return(FALSE)
   id <- .subset2(node, "session")
-  sum(vapply(cl, function(n) identical(.subset2(n, "session"), id), NA)) >= 2L
+  mine <- which(vapply(cl, function(n) identical(.subset2(n, "session"), id), NA))
+  argfun <- get0("argfun", envir = caller, inherits = FALSE)
+  if (!is.function(argfun)) return(length(mine) >= 2L)  # (clusterCall: one value to all)
+  # staticClusterApply (clusterApply, parLapply): each worker of this round gets its
+  # own argument, argfun(start + i - 1); through the relay only if a later worker of
+  # this host gets the same one in this round (parLapply's chunks never do).
+  start <- get0("start", envir = caller, inherits = FALSE)
+  jobs <- get0("jobs", envir = caller, inherits = FALSE)
+  i <- get0("i", envir = caller, inherits = FALSE)
+  if (!is.numeric(start) || !is.numeric(jobs) || !is.numeric(i)) return(FALSE)
+  later <- mine[mine > i & mine <= jobs]
+  if (!length(later)) return(FALSE)
+  arg <- argfun(start + i - 1L)
+  any(vapply(later, function(j) identical(argfun(start + j - 1L), arg), NA))
 }
 
 lane_write <- function(node, m) withCallingHandlers(writeBin(m, .subset2(node, "con")),

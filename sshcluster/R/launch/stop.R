@@ -13,6 +13,7 @@ stop_cluster <- function(S) {
   # (after every DONE: the nodes behind a host's relay share its connection)
   for (node in nodes) if (con_ok(node$con)) try(close(node$con), silent = TRUE)
   close_bulk(S, names(S$bulk))
+  S$sent <- NULL
   S$cluster <- NULL
   shutdown(S, grace = 2)
   if (belongs(get0("parallelCluster", envir = globalenv(), inherits = FALSE), S))
@@ -33,6 +34,7 @@ shutdown <- function(S, grace = 1) {
     S$listener <- NULL
   }
   close_bulk(S, names(S$bulk))
+  S$sent <- NULL
   if (isTRUE(S$console) && !is.null(S$dir)) try(relay(S), silent = TRUE)
   if (!is.null(S$dir)) unlink(S$dir, recursive = TRUE)
   S$dir <- NULL
