@@ -399,10 +399,24 @@ def test_lanes_a_worker_or_a_relay_lost(testbed: Testbed, tmp_path: Path) -> Non
         cat("order", unlist(parallel::clusterCall(cl[3:4], function(x) length(x), one)),
           unlist(parallel::clusterCall(cl[3:4], function(x) x, 5L)),
           unlist(parallel::clusterCall(cl[3:4], function(x) sum(x), two)) == sum(two), "\\n")
+        # (what goes through a relay: each frame's slot and length, counted here)
+        at <- environment(get("lane_send", envir = environment(sshcluster_stop)))
+        bulk_to <- get("bulk_to", envir = at)
+        frames <- character()
+        assign("bulk_to", function(S, via, node, head, m = raw(0)) {{
+          frames <<- c(frames, paste0(node$rank, if (length(m)) "+" else "-"))
+          bulk_to(S, via, node, head, m)
+        }}, envir = at)
         args <- list(one, 1, two, two)
         cat("apply", unlist(parallel::clusterApply(cl, args, length)), "\\n")
+        cat("relayed", frames, "\\n")
+        frames <- character()
         chunks <- parallel::parLapply(cl, 1:8, function(i, v) sum(v) + i, v = one)
         cat("chunks", unlist(chunks) == sum(one) + 1:8, "\\n")
+        big <- lapply(1:4, function(i) runif(2e4))  # (160 KB each, all different)
+        cat("parts", unlist(parallel::parLapply(cl, big, length)), "\\n")
+        cat("after", length(frames), "record", is.null(S$sent), "\\n")
+        assign("bulk_to", bulk_to, envir = at)
         relay <- parallel::clusterCall(cl[3], ppid)[[1]]
         tools::pskill(relay, tools::SIGKILL)
         r <- tryCatch(parallel::clusterExport(cl, "big"), error = function(e) conditionMessage(e))
@@ -423,7 +437,14 @@ def test_lanes_a_worker_or_a_relay_lost(testbed: Testbed, tmp_path: Path) -> Non
     assert lines["export"].split() == ["TRUE"] * 4
     assert lines["order"].split() == ["200000", "200000", "5", "5", "TRUE", "TRUE"]
     assert lines["apply"].split() == ["200000", "1", "100000", "100000"]
+    # (only the repeated argument, on the host whose two workers share a relay: once
+    # whole for worker 3, then its head again for worker 4)
+    assert lines["relayed"].split() == ["3+", "4-"], lines["relayed"]
     assert lines["chunks"].split() == ["TRUE"] * 8
+    assert lines["parts"].split() == ["20000"] * 4
+    # (parLapply's chunks, all different, took the lanes; the broadcast's record is not
+    # kept once a call has read its answers)
+    assert lines["after"].split() == ["0", "record", "TRUE"], lines["after"]
     second = testbed.hosts[1].address
     assert f"lost {second}" in lines["relay"] and first not in lines["relay"], lines["relay"]
     assert lines["again"].split() == ["2"] + [str(4 * 2**20)] * 4
@@ -442,6 +463,7 @@ def test_lanes_a_big_message_waits_for_a_slow_relay(testbed: Testbed, tmp_path: 
         source({str(f)!r})
         cl <- parallelCluster
         ppid <- function() as.integer(strsplit(readLines("/proc/self/stat"), " ")[[1]][4])
+        cat("lanes", environment(sshcluster_stop)$S$lanes, "\\n")
         relay <- parallel::clusterCall(cl[1], ppid)[[1]]
         x <- runif(3e4)  # (240 KB: through the relay)
         system(sprintf("(kill -STOP %d; sleep 7; kill -CONT %d)", relay, relay), wait = FALSE)
@@ -456,6 +478,7 @@ def test_lanes_a_big_message_waits_for_a_slow_relay(testbed: Testbed, tmp_path: 
     """, tmp_path, timeout=120)
     assert out.returncode == 0, out.stderr
     lines = lines_of(out.stdout)
+    assert lines["lanes"].split() == ["TRUE"]
     assert lines["got"].split() == ["30000", "30000"], lines["got"]
     assert lines["waited"].split() == ["TRUE"]
     assert lines["again"].split() == ["1", "1"]

@@ -305,10 +305,8 @@ lane_send <- function(node, data, caller, m = NULL) {
   sent <- S$sent
   id <- .subset2(node, "session")
   bulk <- S$bulk[[id]]
-  if (is.null(bulk)) {  # (a host that could not fork: no relay)
-    S$sent <- NULL
+  if (is.null(bulk))  # (a host that could not fork: no relay)
     return(lane_write(node, if (is.null(m)) serialize(data, NULL, xdr = FALSE) else m))
-  }
   if (!is.null(S$ended[[id]])) host_lost(node)
   # the relay's connection, under this worker's name (its failures name this host)
   via <- unclass(node)
@@ -322,9 +320,10 @@ lane_send <- function(node, data, caller, m = NULL) {
     S$sent$at <- c(sent$at, id)
     return(invisible())
   }
-  S$sent <- NULL
+  # (a message on the lane leaves the relays' record as it is: they hold what it says)
   if (is.null(m)) m <- serialize(data, NULL, xdr = FALSE)
   if (length(m) < BULK_BYTES || !broadcast_here(node, caller)) return(lane_write(node, m))
+  S$sent <- NULL
   bulk_to(S, via, node, relay_head(slot, length(m)), m)
   S$sent <- list(data = data, message = m, at = id, caller = caller)
 }
@@ -369,7 +368,8 @@ broadcast_here <- function(node, caller) {
   later <- mine[mine > i & mine <= jobs]
   if (!length(later)) return(FALSE)
   arg <- argfun(start + i - 1L)
-  any(vapply(later, function(j) identical(argfun(start + j - 1L), arg), NA))
+  any(vapply(later, function(j) identical(argfun(start + j - 1L), arg, num.eq = FALSE,
+    single.NA = FALSE, attrib.as.set = FALSE), NA))  # (as the record is matched)
 }
 
 lane_write <- function(node, m) withCallingHandlers(writeBin(m, .subset2(node, "con")),

@@ -142,12 +142,15 @@ connection_limit <- function() {
 
 # Stops before anything is started when the workers would not fit: they take one R
 # connection each, or one per host behind the hosts' relays ('links').
-lanes_fit <- function(S, links) links <= LANES_MOST && links <= (S$limit -
-  length(getAllConnections()) - S$config$connections[["launch"]] -
-  S$config$connections[["user"]]) / 2
-# (R waits on its sockets with select(), which stops at file descriptor 1024: an R
-# allowed thousands of connections keeps lanes to this many)
-LANES_MOST <- 500L
+lanes_fit <- function(S, links) {
+  used <- length(getAllConnections())
+  others <- S$config$connections[["launch"]] + S$config$connections[["user"]]
+  links <= (S$limit - used - others) / 2 && used + links + others <= LANES_MOST
+}
+# (R waits on its sockets with select(), which stops at file descriptor 1024: in an R
+# allowed thousands of connections, lanes only while all of its connections stay under
+# this many, with room for descriptors that are not R's)
+LANES_MOST <- 960L
 
 check_connections <- function(S, workers, links = workers) {
   used <- length(getAllConnections())
