@@ -74,6 +74,12 @@ def locked(make_testbed: Any, tmp_path: Path) -> Iterator[tuple[FakeInstance, in
         f"mkdir -p {LOCK.rsplit('/', 1)[0]}; setsid flock {LOCK} sleep 120 "
         "< /dev/null > /dev/null 2>&1 & echo $!").strip())
     try:
+        # (the holder runs in the background: on a busy machine it may not hold the lock
+        # yet when the test first looks)
+        deadline = time.monotonic() + 20
+        while machine.inside(f"flock -n {LOCK} true && echo free || echo held").strip() == "free":
+            assert time.monotonic() < deadline, "the apt job did not take the lock in 20 s"
+            time.sleep(0.1)
         yield machine, pid
     finally:
         with contextlib.suppress(ProcessLookupError):
