@@ -1,4 +1,4 @@
-"""The same data on 8 hosts: ``sshcluster push`` (chain, direct) against ``scp -r`` to
+"""The same data on 8 hosts: ``sshcluster push`` (chain, tree, direct) against ``scp -r`` to
 each host in turn and ``rsync`` to all hosts at once.
 
 Run as root on a machine that can build SSH test hosts (see sshcluster.testing), with
@@ -39,8 +39,8 @@ HOSTS = 8
 DEST = "/srv/bench"
 FILES = 2000
 #: The tools and data sets, as --tools and --data name them.
-TOOLS = {"chain": "push chain", "direct": "push direct", "scp": "scp -r, in turn",
-         "rsync": "rsync, all at once"}
+TOOLS = {"chain": "push chain", "tree": "push tree", "direct": "push direct",
+         "scp": "scp -r, in turn", "rsync": "rsync, all at once"}
 DATA = {"many": "2000 files", "one": "1 file"}
 
 
@@ -134,9 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         data = make_data(Path(tmp), size)
         invs = {fan: load_inventory(tb.write_inventory(
             Path(tmp) / f"{fan}.yaml", extra={"workdir": DEST, "fanout": fan}))
-            for fan in ("chain", "direct")}
+            for fan in ("chain", "tree", "direct")}
         every: dict[str, Callable[[Path], None]] = {
             "chain": lambda src: run_push(invs["chain"], src),
+            "tree": lambda src: run_push(invs["tree"], src),
             "direct": lambda src: run_push(invs["direct"], src),
             "scp": lambda src: run_scp(tb, src),
             "rsync": lambda src: run_rsync(tb, src),

@@ -1,6 +1,7 @@
 # sshcluster push, on each host: POSIX sh and standard tools (GNU find, tar, xargs,
-# awk, sha256sum or b2sum, openssl where present, tee, mv), nothing else. The launch's
-# read_script.sh has read this script from the session's stdin into $S; what follows
+# awk, sha256sum or b2sum, openssl and perl where present, tee, mv), nothing else. The
+# launch's read_script.sh has read this script from the session's stdin into $S (with
+# $READ_SCRIPT and $FORWARD_PL, forward.pl, set before it); what follows
 # on stdin is for the mode:
 #   scan DEST TOP...     print "KIND SIZE MTIME MODE PATH" for every file and link
 #                        under DEST/TOP (nothing if DEST is missing)
@@ -69,13 +70,24 @@ if [ $# -ge 4 ]; then
   gcm=^aes128-gcm@openssh.com,aes256-gcm@openssh.com
   ssh -G -o "Ciphers=$gcm" localhost >/dev/null 2>&1 || gcm=
   [ -n "$stage" ] && mkfifo "$work/fifo"
+  # The stream on to the next host and into this host's tar: forward.pl where perl and
+  # Linux's splice(2) and tee(2) numbers are known (no copy in between), else tee.
+  fwd=
+  if [ -n "$stage" ] && command -v perl >/dev/null 2>&1; then
+    case $(uname -s)/$(uname -m) in
+      Linux/x86_64) fwd="275 276" ;;
+      Linux/aarch64|Linux/arm64) fwd="76 77" ;;
+    esac
+  fi
 
-  # The next host gets this same script, then the stream as it arrives here; tee -p: a
-  # host whose own tar has given up (a full disk) still passes the stream on.
-  # (fd 3: an asynchronous list's own stdin would be /dev/null)
+  # The next host gets this same script, then the stream as it arrives here; tee -p (and
+  # forward.pl likewise): a host whose own tar has given up (a full disk) still passes
+  # the stream on. (fd 3: an asynchronous list's own stdin would be /dev/null)
   exec 3<&0
   { printf '%s\n# sshcluster: end of script\n' "$S"
-    if [ -n "$stage" ]; then tee -p "$work/fifo"; else cat; fi <&3; } |
+    if [ -z "$stage" ]; then cat
+    elif [ -n "$fwd" ]; then perl -e "$FORWARD_PL" $fwd "$work/fifo"
+    else tee -p "$work/fifo"; fi <&3; } |
     ssh -T -o BatchMode=yes -o StrictHostKeyChecking=yes -o ConnectTimeout=10 \
       -o ServerAliveInterval=5 -o ServerAliveCountMax=3 ${gcm:+-o "Ciphers=$gcm"} \
       -p "$nport" ${nuser:+-l "$nuser"} -- "$nhost" \

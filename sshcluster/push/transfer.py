@@ -54,10 +54,13 @@ _NO_SPACE = re.compile(r"tar: (?:\./)?(.+?): (?:Cannot [a-z ]+: No space left on
 
 
 def script() -> bytes:
-    """remote.sh as the hosts read it: the read-script line it passes on, then itself,
-    then the end-of-script line."""
-    text = resources.files("sshcluster.push").joinpath("remote.sh").read_text("utf-8")
-    return (f"READ_SCRIPT={shell_quote(READ_SCRIPT)}\n{text}{END_OF_SCRIPT}\n").encode()
+    """remote.sh as the hosts read it: the read-script line it passes on and the chain's
+    forwarder (forward.pl), then itself, then the end-of-script line."""
+    here = resources.files("sshcluster.push")
+    text = here.joinpath("remote.sh").read_text("utf-8")
+    forward = here.joinpath("forward.pl").read_text("utf-8")
+    return (f"READ_SCRIPT={shell_quote(READ_SCRIPT)}\nFORWARD_PL={shell_quote(forward)}\n"
+            f"{text}{END_OF_SCRIPT}\n").encode()
 
 
 def fast_cipher() -> list[str]:

@@ -213,7 +213,7 @@ def test_a_failing_detached_job_s_status_and_a_refusal(mesh: Testbed, tmp_path: 
                                 state)
             assert second.returncode == 1, second.stderr
             assert f"is leased to job {job}" in second.stderr and "script fit.R" in \
-                second.stderr
+                second.stderr, second.stderr
         flag.touch()
         ended = _until_state(job, state, {"done", "failed", "stopped", "lost"})
         assert ended["state"] == "failed" and ended["status"] == 3, ended

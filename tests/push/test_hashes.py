@@ -15,7 +15,7 @@ import pytest
 from sshcluster.inventory import load_inventory
 from sshcluster.push.manifest import local_manifest
 from sshcluster.push.stream import tar_stream
-from sshcluster.push.transfer import Session, remote_command, script, verdicts
+from sshcluster.push.transfer import Session, chain_words, remote_command, script, verdicts
 from sshcluster.testing.fixtures import MakeTestbed
 
 from .helpers import DEST, local_state, make_tree, remote_state
@@ -71,3 +71,29 @@ def test_each_hash_keeps_a_whole_archive_and_refuses_a_changed_one(
     ok, why = receive(archive.getvalue())
     assert ok, why
     assert remote_state(tb, tb.hosts[0]) == local_state(data)
+
+
+@pytest.mark.parametrize("hidden", [(), ("perl",)], ids=["forward.pl", "tee"])
+def test_a_chain_hop_passes_the_stream_on_with_or_without_perl(
+    make_testbed: MakeTestbed, tmp_path: Path, hidden: tuple[str, ...]
+) -> None:
+    """The first host of a chain passes the stream to the second with forward.pl
+    (splice and tee, no copy) where perl is there, else with coreutils' tee."""
+    tb = make_testbed(2, private_dirs={"/srv": "64m"}, mesh=True)
+    inv = load_inventory(tb.write_inventory(tmp_path / "hosts.yaml",
+                                            extra={"workdir": DEST, "fanout": "chain"}))
+    first, second = inv.hosts
+    path = _path_without(tmp_path / "bin", hidden)
+    data = make_tree(tmp_path / "src", small=20, big=24 << 20)
+    manifest = local_manifest([data])
+    archive = io.BytesIO()
+    tar_stream(manifest.files, [e for e in manifest.entries if e.kind == "d"], archive)
+    words = remote_command("receive", DEST, first.label, *chain_words([second]))
+    # only the first host's PATH lacks them: the second is started by the first's ssh
+    proc = subprocess.run([*Session(inv, first).argv, f"PATH={path}; export PATH; {words}"],
+                          input=script() + archive.getvalue(), capture_output=True,
+                          timeout=120)
+    found = verdicts(proc.stdout)
+    assert found == {first.label: (True, ""), second.label: (True, "")}, proc.stderr
+    for h in tb.hosts:
+        assert remote_state(tb, h) == local_state(data)
