@@ -36,6 +36,8 @@ SUMS = ".sshcluster-push-sums"
 #: Bytes per chunk handed to the hosts' writers, and chunks a host may fall behind.
 CHUNK = 1 << 20
 _QUEUE = 16
+#: A write at least this big is handed on as it is.
+_WHOLE = 64 << 10
 #: A pipe to ssh this big lets a writer hand over a whole chunk at once.
 _PIPE_SIZE = 1 << 20
 _F_SETPIPE_SZ = 1031
@@ -104,8 +106,9 @@ def _pad(put: Callable[[bytes], None], size: int, to: int = tarfile.BLOCKSIZE) -
 
 
 class _Chunks(io.RawIOBase):
-    """What the archive writer writes to: chunks of at least ``CHUNK`` bytes (a big
-    write as it is), handed to ``put``."""
+    """What the archive writer writes to: chunks of at least ``CHUNK`` bytes, handed to
+    ``put``; a write of ``_WHOLE`` bytes or more goes as it is (after what was
+    gathered), not copied into a chunk (a 512 KiB file's content was copied twice)."""
 
     def __init__(self, put: Callable[[bytes], None]) -> None:
         self.put = put
@@ -115,7 +118,7 @@ class _Chunks(io.RawIOBase):
         return True
 
     def write(self, b: bytes) -> int:  # type: ignore[override]
-        if len(b) >= CHUNK:
+        if len(b) >= _WHOLE:
             self.flush()
             self.put(b)
             return len(b)

@@ -12,6 +12,7 @@ import subprocess
 import threading
 from importlib import resources
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -38,12 +39,18 @@ class Reader(threading.Thread):
         self.got = bytearray()
 
     def run(self) -> None:
-        f = open(self.source, "rb") if isinstance(self.source, Path) else self.source
-        with f:  # type: ignore[attr-defined]
-            while chunk := f.read(1 << 16):  # type: ignore[attr-defined]
-                self.got += chunk
-                if self.stop_after is not None and len(self.got) >= self.stop_after:
-                    return
+        if isinstance(self.source, Path):
+            with open(self.source, "rb") as f:
+                self._drain(f)
+        else:
+            with self.source as f:  # type: ignore[attr-defined]
+                self._drain(f)
+
+    def _drain(self, f: IO[bytes]) -> None:
+        while chunk := f.read(1 << 16):
+            self.got += chunk
+            if self.stop_after is not None and len(self.got) >= self.stop_after:
+                return
 
 
 def _forward(tmp_path: Path, *, fifo_stops: int | None = None,
@@ -53,13 +60,11 @@ def _forward(tmp_path: Path, *, fifo_stops: int | None = None,
     os.mkfifo(fifo)
     local = Reader(fifo, fifo_stops)
     local.start()
-    if stdin_file:
-        (tmp_path / "in").write_bytes(DATA)
-        stdin = open(tmp_path / "in", "rb")
-    else:
-        stdin = subprocess.PIPE  # type: ignore[assignment]
-    proc = subprocess.Popen(["perl", "-e", FORWARD, *(numbers or NUMBERS), str(fifo)],
-                            stdin=stdin, stdout=subprocess.PIPE)
+    (tmp_path / "in").write_bytes(DATA)
+    with open(tmp_path / "in", "rb") as data:
+        proc = subprocess.Popen(["perl", "-e", FORWARD, *(numbers or NUMBERS), str(fifo)],
+                                stdin=data if stdin_file else subprocess.PIPE,
+                                stdout=subprocess.PIPE)
     out = Reader(proc.stdout, out_stops)
     out.start()
     if not stdin_file:
@@ -70,8 +75,6 @@ def _forward(tmp_path: Path, *, fifo_stops: int | None = None,
             proc.stdin.close()
         except BrokenPipeError:  # both outputs gone: the forwarder stopped reading
             pass
-    else:
-        stdin.close()
     rc = proc.wait(timeout=60)
     out.join(60)
     local.join(60)
@@ -102,7 +105,7 @@ def test_a_next_host_that_goes_leaves_this_host_everything(tmp_path: Path) -> No
 
 
 def test_both_gone_it_stops_reading(tmp_path: Path) -> None:
-    rc, out, local = _forward(tmp_path, fifo_stops=1 << 20, out_stops=2 << 20)
+    rc, _, _ = _forward(tmp_path, fifo_stops=1 << 20, out_stops=2 << 20)
     assert rc == 0  # and it ended, with 24 MiB still to come (else wait() times out)
 
 
