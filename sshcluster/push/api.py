@@ -78,8 +78,10 @@ def push(
     plans = plan_all(inventory, targets, manifest, dest)
     out: dict[str, HostPush] = {}
     senders: list[tuple[Host, list[Entry]]] = []
+    # the hosts that check with b2sum: only then does the archive carry BLAKE2b sums
+    b2 = {label for label, plan in plans.items() if plan.b2sum}
     for h in targets:
-        todo, why = plans[h.label]
+        todo, why, _ = plans[h.label]
         if todo is None:
             out[h.label] = host_result(h, False, why, dest, files=0, size=0,
                                        seconds=now() - t0, via="direct")
@@ -91,9 +93,10 @@ def push(
     sent = _Run()
     try:
         if fan != "direct" and len(senders) > 1:
-            left = _chains(inventory, senders, manifest, dest, fan, progress, out, sent, t0)
+            left = _chains(inventory, senders, manifest, dest, fan, progress, out, sent, t0,
+                           b2)
             senders = [(h, todo) for h, todo in senders if h.label in left]
-        _direct(inventory, senders, manifest, dest, progress, out, sent, t0)
+        _direct(inventory, senders, manifest, dest, progress, out, sent, t0, b2)
     except BaseException:
         sent.stop()  # Ctrl-C (or a bug): no session outlives the call
         raise
@@ -149,9 +152,10 @@ def _dirs(manifest: Manifest) -> list[Entry]:
 
 def _stream(inventory: Inventory, heads: Sequence[Host], words: Sequence[Sequence[str]],
             entries: list[Entry], manifest: Manifest, progress: Progress | None,
-            sent: _Run) -> list[tuple[bytes, bytes]]:
+            sent: _Run, b2sums: bool) -> list[tuple[bytes, bytes]]:
     """One archive of ``entries`` to each of ``heads`` (running remote.sh with ``words``);
-    their (stdout, stderr). Ctrl-C stops them all and is raised again."""
+    their (stdout, stderr). ``b2sums``: a host it reaches checks with b2sum. Ctrl-C
+    stops them all and is raised again."""
     size = sum(e.size for e in entries)
     lock = threading.Lock()
     counts = [0] * len(heads)
@@ -168,7 +172,7 @@ def _stream(inventory: Inventory, heads: Sequence[Host], words: Sequence[Sequenc
         for h, w in zip(heads, words, strict=True):
             procs.append(Session(inventory, h).popen(w))
             sent.add(procs[-1])
-        stream = Stream(procs, script(), entries, _dirs(manifest), on_sent)
+        stream = Stream(procs, script(), entries, _dirs(manifest), on_sent, b2sums)
         sent.streams.append(stream)
         stream.run()
         outs = []
@@ -220,7 +224,7 @@ def _collect(hosts: Sequence[Host], outs: Sequence[tuple[bytes, bytes]], dest: s
 
 def _direct(inventory: Inventory, senders: Sequence[tuple[Host, list[Entry]]],
             manifest: Manifest, dest: str, progress: Progress | None,
-            out: dict[str, HostPush], sent: _Run, t0: float) -> None:
+            out: dict[str, HostPush], sent: _Run, t0: float, b2: set[str]) -> None:
     """Hosts that lack the same files share one archive; the groups run at once."""
     groups: dict[tuple[str, ...], list[tuple[Host, list[Entry]]]] = {}
     for h, todo in senders:
@@ -230,7 +234,7 @@ def _direct(inventory: Inventory, senders: Sequence[tuple[Host, list[Entry]]],
         hosts = [h for h, _ in group]
         todo = group[0][1]
         outs = _stream(inventory, hosts, [["receive", dest, h.label] for h in hosts],
-                       todo, manifest, progress, sent)
+                       todo, manifest, progress, sent, any(h.label in b2 for h in hosts))
         sizes = {h.label: (len(todo), sum(e.size for e in todo)) for h in hosts}
         for h, (stdout, stderr) in zip(hosts, outs, strict=True):
             if _collect([h], [(stdout, stderr)], dest, sizes, "direct", out, t0):
@@ -257,7 +261,7 @@ def _direct(inventory: Inventory, senders: Sequence[tuple[Host, list[Entry]]],
 
 def _chains(inventory: Inventory, senders: Sequence[tuple[Host, list[Entry]]],
             manifest: Manifest, dest: str, fan: str, progress: Progress | None,
-            out: dict[str, HostPush], sent: _Run, t0: float) -> set[str]:
+            out: dict[str, HostPush], sent: _Run, t0: float, b2: set[str]) -> set[str]:
     """Send one archive down each chain; return the labels left without a verdict."""
     wanted = {e.rel for _, todo in senders for e in todo}
     entries = [e for e in manifest.files if e.rel in wanted]  # every host gets the union
@@ -265,7 +269,7 @@ def _chains(inventory: Inventory, senders: Sequence[tuple[Host, list[Entry]]],
     chains = [hosts] if fan == "chain" else [c for c in (hosts[0::2], hosts[1::2]) if c]
     outs = _stream(inventory, [c[0] for c in chains],
                    [["receive", dest, c[0].label, *chain_words(c[1:])] for c in chains],
-                   entries, manifest, progress, sent)
+                   entries, manifest, progress, sent, any(h.label in b2 for h in hosts))
     size = (len(entries), sum(e.size for e in entries))
     missing = set(_collect(hosts, outs, dest, dict.fromkeys((h.label for h in hosts), size),
                            fan, out, t0))

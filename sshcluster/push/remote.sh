@@ -3,13 +3,15 @@
 # launch's read_script.sh has read this script from the session's stdin into $S (with
 # $READ_SCRIPT and $FORWARD_PL, forward.pl, set before it); what follows
 # on stdin is for the mode:
-#   scan DEST TOP...     print "KIND SIZE MTIME MODE PATH" for every file and link
-#                        under DEST/TOP (nothing if DEST is missing)
+#   scan DEST TOP...     print "sshcluster-push-hash sha256|b2" (the hash receive checks
+#                        with), then "KIND SIZE MTIME MODE PATH" for every file and
+#                        link under DEST/TOP (nothing if DEST is missing)
 #   sums DEST            stdin: paths under DEST, one a line; print sha256sum lines
 #   touch DEST           stdin: "MTIME PATH" lines; set those modification times
 #   receive DEST LABEL [NEXT...]
 #                        stdin: a tar stream whose last members are .sshcluster-push-b2sums
-#                        and .sshcluster-push-sums. Unpacked into a staging directory
+#                        (where a host checks with b2sum) and .sshcluster-push-sums.
+#                        Unpacked into a staging directory
 #                        inside DEST, each file hashed (SHA-256 by openssl where the
 #                        CPU has SHA instructions, else b2sum, else sha256sum) and
 #                        checked against the list of that hash, then each file renamed
@@ -23,8 +25,25 @@
 # staging directory is removed, nothing is renamed.
 trap '' PIPE  # a write to a closed session fails, so that the EXIT trap still runs
 mode=$1; dest=$2; shift 2
+
+# The hash: SHA-256 by openssl where the CPU has SHA instructions (x86 sha_ni, arm64
+# sha2: twice b2sum's speed here), else b2sum (BLAKE2b: several times coreutils'
+# sha256sum, which uses no SHA instructions), else sha256sum. The list of sums it checks
+# against, and "sha256" or "b2" for the primary (which then computes only what it needs).
+pick_sum() {
+  sum=sha256sum list=.sshcluster-push-sums kind=sha256
+  if grep -qw -e sha_ni -e sha2 /proc/cpuinfo 2>/dev/null &&
+      openssl dgst -sha256 -r </dev/null >/dev/null 2>&1; then
+    sum="openssl dgst -sha256 -r"
+  elif command -v b2sum >/dev/null 2>&1; then
+    sum=b2sum list=.sshcluster-push-b2sums kind=b2
+  fi
+}
+
 case $mode in
 scan)
+  pick_sum
+  echo "sshcluster-push-hash $kind"
   cd -- "$dest" 2>/dev/null || exit 0
   for top; do
     if [ -e "$top" ] || [ -L "$top" ]; then
@@ -96,16 +115,7 @@ if [ $# -ge 4 ]; then
   next=$!
 fi
 
-# The hash: SHA-256 by openssl where the CPU has SHA instructions (x86 sha_ni, arm64
-# sha2: twice b2sum's speed here), else b2sum (BLAKE2b: several times coreutils'
-# sha256sum, which uses no SHA instructions), else sha256sum.
-sum=sha256sum list=.sshcluster-push-sums
-if grep -qw -e sha_ni -e sha2 /proc/cpuinfo 2>/dev/null &&
-    openssl dgst -sha256 -r </dev/null >/dev/null 2>&1; then
-  sum="openssl dgst -sha256 -r"
-elif command -v b2sum >/dev/null 2>&1; then
-  sum=b2sum list=.sshcluster-push-b2sums
-fi
+pick_sum
 # (-B: a pipe, read whole; -b 256: 128 KiB records, so a tenth of the system calls of
 # tar's 10 KiB, the content written to each file in pieces that size)
 if [ -n "$next" ] && [ -n "$stage" ]; then
@@ -121,6 +131,15 @@ rc=$?
 
 if [ -z "$why" ] && [ "$rc" != 0 ]; then
   why="$(grep -v 'Exiting with failure' "$work/tar.err" | head -n 3)"
+fi
+if [ -z "$why" ] && [ ! -f "$stage/$list" ]; then
+  # No BLAKE2b list: the primary was told (by scan) that this host checks SHA-256
+  if openssl dgst -sha256 -r </dev/null >/dev/null 2>&1; then
+    sum="openssl dgst -sha256 -r"
+  else
+    sum=sha256sum
+  fi
+  list=.sshcluster-push-sums
 fi
 if [ -z "$why" ]; then
   # Every file in the list hashed, and compared with the hash it was sent with.

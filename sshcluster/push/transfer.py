@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
+from typing import NamedTuple
 
 from sshcluster.bootstrap import END_OF_SCRIPT, READ_SCRIPT
 from sshcluster.inventory import Host, Inventory
@@ -34,7 +35,7 @@ from sshcluster.push.result import HostPush
 from sshcluster.quoting import shell_join, shell_quote
 from sshcluster.ssh.command import openssh_version, ssh_command
 
-__all__ = ["KEEPALIVE", "Progress", "Session", "remote_command", "script"]
+__all__ = ["KEEPALIVE", "Plan", "Progress", "Session", "remote_command", "script"]
 
 #: ssh options of every push session: no terminal, and a host that stops answering for
 #: 15 s ends the session (and so its part of the push) instead of stalling it.
@@ -46,6 +47,8 @@ SMALL_TIMEOUT = 120
 #: Called with (host label, bytes written to its ssh so far, bytes expected).
 Progress = Callable[[str, int, int], None]
 
+#: The first line of remote.sh's scan: the hash the host checks a push with.
+_HASH_LINE = re.compile(r"^sshcluster-push-hash (\S+)$", re.MULTILINE)
 _VERDICT = re.compile(r"^sshcluster-push\t([^\t]*)\t(ok|failed)\t(.*)$")
 #: tar's words for the first file it could not write (a short write is a full disk when
 #: tar also says "No space left on device").
@@ -157,18 +160,30 @@ def _why_ssh(result: subprocess.CompletedProcess[bytes] | None, err: bytes) -> s
                                   if result else "ssh ended")
 
 
+class Plan(NamedTuple):
+    """What one host lacks (None: it could not be asked, and ``why``), and whether it
+    checks with ``b2sum`` (so the archive it gets must hold the BLAKE2b sums)."""
+    todo: list[Entry] | None
+    why: str = ""
+    b2sum: bool = True
+
+
 def plan_host(session: Session, manifest: Manifest, dest: str,
-              hashes: dict[str, str]) -> tuple[list[Entry] | None, str]:
-    """What one host lacks (None: it could not be asked, and why)."""
+              hashes: dict[str, str]) -> Plan:
+    """What one host lacks, as its listing (remote.sh's scan) and, where only the
+    mtime differs, its hashes say."""
     tops = sorted({e.rel.split("/", 1)[0] for e in manifest.entries})
     try:
         listed = session.run(["scan", dest, *tops])
     except subprocess.TimeoutExpired:
-        return None, f"no answer to the listing within {SMALL_TIMEOUT} s"
+        return Plan(None, f"no answer to the listing within {SMALL_TIMEOUT} s")
     if listed.returncode != 0:
-        return None, f"cannot list {dest} on {session.host.label}: " + _why_ssh(
-            listed, listed.stderr)
-    remote = parse_listing(listed.stdout.decode(errors="replace"))
+        return Plan(None, f"cannot list {dest} on {session.host.label}: " + _why_ssh(
+            listed, listed.stderr))
+    text = listed.stdout.decode(errors="replace")
+    kind = _HASH_LINE.search(text)
+    b2sum = kind is None or kind.group(1) != "sha256"
+    remote = parse_listing(text)
     doubtful = needs_hash(manifest, remote)
     same: list[str] = []
     if doubtful:
@@ -179,7 +194,7 @@ def plan_host(session: Session, manifest: Manifest, dest: str,
         try:
             summed = session.run(["sums", dest], names)
         except subprocess.TimeoutExpired:
-            return None, f"no answer to the hashes within {SMALL_TIMEOUT} s"
+            return Plan(None, f"no answer to the hashes within {SMALL_TIMEOUT} s")
         theirs = {}
         for line in summed.stdout.decode(errors="replace").splitlines():
             digest, _, name = line.partition("  ")
@@ -191,7 +206,7 @@ def plan_host(session: Session, manifest: Manifest, dest: str,
             mtimes = {e.rel: e.mtime for e in doubtful}
             lines = "".join(f"{mtimes[r]} {r}\n" for r in same).encode()
             session.run(["touch", dest], lines)
-    return changes(manifest, remote, same), ""
+    return Plan(changes(manifest, remote, same), "", b2sum)
 
 
 def verdicts(out: bytes) -> dict[str, tuple[bool, str]]:
@@ -225,7 +240,7 @@ def host_result(host: Host, ok: bool, why: str, dest: str, *, files: int, size: 
 
 
 def plan_all(inventory: Inventory, hosts: Sequence[Host], manifest: Manifest, dest: str,
-             ) -> dict[str, tuple[list[Entry] | None, str]]:
+             ) -> dict[str, Plan]:
     """:func:`plan_host` for every host, all at once; by label."""
     hashes: dict[str, str] = {}
     with ThreadPoolExecutor(max_workers=min(32, len(hosts))) as pool:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -49,11 +51,20 @@ def test_each_hash_keeps_a_whole_archive_and_refuses_a_changed_one(
         assert out.returncode != 0, out.stdout
     data = make_tree(tmp_path / "src", small=3, big=1 << 20)
     manifest = local_manifest([data])
-    archive = io.BytesIO()
-    tar_stream(manifest.files, [e for e in manifest.entries if e.kind == "d"], archive)
+    session = Session(inv, host)
+
+    # The listing names the hash the host checks with: the primary computes the BLAKE2b
+    # only for a host that says b2.
+    with open("/proc/cpuinfo") as f:
+        sha_instructions = bool(re.search(r"\b(sha_ni|sha2)\b", f.read()))
+    kind = ("sha256" if sha_instructions and "openssl" not in hidden and shutil.which(
+        "openssl") else "b2" if "b2sum" not in hidden else "sha256")
+    scan = remote_command("scan", DEST, "data")
+    listed = subprocess.run([*session.argv, f"PATH={path}; export PATH; {scan}"],
+                            input=script(), capture_output=True, timeout=120)
+    assert listed.stdout.decode().splitlines()[0] == f"sshcluster-push-hash {kind}"
 
     def receive(raw: bytes) -> tuple[bool, str]:
-        session = Session(inv, host)
         words = remote_command("receive", DEST, host.label)
         proc = subprocess.run([*session.argv, f"PATH={path}; export PATH; {words}"],
                               input=script() + raw, capture_output=True, timeout=120)
@@ -61,16 +72,24 @@ def test_each_hash_keeps_a_whole_archive_and_refuses_a_changed_one(
         assert list(found) == [host.label], proc.stderr
         return found[host.label]
 
-    raw = bytearray(archive.getvalue())
-    at = raw.find((data / "big.bin").read_bytes()[:4096]) + 1000
-    raw[at] ^= 0xFF
-    ok, why = receive(bytes(raw))
-    assert not ok and why.startswith("verification failed: ./data/big.bin: FAILED"), why
-    assert remote_state(tb, tb.hosts[0]) == {}  # nothing renamed, staging removed
+    # With the BLAKE2b sums, and without them (a host that would check with b2sum then
+    # checks the SHA-256)
+    for b2sums in (True, False):
+        archive = io.BytesIO()
+        tar_stream(manifest.files, [e for e in manifest.entries if e.kind == "d"], archive,
+                   b2sums)
+        raw = bytearray(archive.getvalue())
+        at = raw.find((data / "big.bin").read_bytes()[:4096]) + 1000
+        raw[at] ^= 0xFF
+        ok, why = receive(bytes(raw))
+        assert not ok and why.startswith("verification failed: ./data/big.bin: FAILED"), why
+        assert remote_state(tb, tb.hosts[0]) == {}  # nothing renamed, staging removed
 
-    ok, why = receive(archive.getvalue())
-    assert ok, why
-    assert remote_state(tb, tb.hosts[0]) == local_state(data)
+        ok, why = receive(archive.getvalue())
+        assert ok, why
+        assert remote_state(tb, tb.hosts[0]) == local_state(data)
+        subprocess.run(tb.ssh_argv(tb.hosts[0], f"rm -rf {DEST}/data"), check=True,
+                       timeout=60)
 
 
 @pytest.mark.parametrize("hidden", [(), ("perl",)], ids=["forward.pl", "tee"])

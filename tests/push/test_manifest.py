@@ -1,14 +1,19 @@
-"""What a push sends: the local walk, and the comparison with a host's listing."""
+"""What a push sends: the local walk, the comparison with a host's listing, and the
+archive."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
+import tarfile
 from pathlib import Path
 
 import pytest
 
 from sshcluster.errors import PushError
 from sshcluster.push.manifest import changes, local_manifest, needs_hash, parse_listing
+from sshcluster.push.stream import B2SUMS, SUMS, tar_stream
 
 
 def test_walk_keeps_modes_and_inner_links_and_leaves_out_links_that_lead_outside(
@@ -72,3 +77,33 @@ def test_quick_check_then_hash(tmp_path: Path) -> None:
         "data/bigger", "data/mode", "data/newer", "data/touched"]
     assert sorted(e.rel for e in changes(m, remote, ["data/touched"])) == [
         "data/bigger", "data/mode", "data/newer"]
+
+
+@pytest.mark.parametrize("b2sums", [True, False])
+def test_the_archive_ends_with_the_sums_the_hosts_check(tmp_path: Path, b2sums: bool
+                                                        ) -> None:
+    """Every file's SHA-256, and its BLAKE2b only when a host checks with b2sum; the
+    content as it was, whether a file is bigger than a chunk, smaller, or empty."""
+    src = tmp_path / "data"
+    src.mkdir()
+    files = {"big.bin": os.urandom((1 << 20) + 3000), "small.txt": b"x,y\n1,2\n",
+             "mid.bin": os.urandom(200_000), "empty": b""}
+    for name, content in files.items():
+        (src / name).write_bytes(content)
+    manifest = local_manifest([src])
+    archive = io.BytesIO()
+    tar_stream(manifest.files, [e for e in manifest.entries if e.kind == "d"], archive,
+               b2sums)
+    archive.seek(0)
+    with tarfile.open(fileobj=archive) as tar:
+        names = tar.getnames()
+        assert names[-1] == SUMS and (B2SUMS in names) == b2sums
+        got = {n: tar.extractfile(n).read() for n in names  # type: ignore[union-attr]
+               if n.startswith("data/")}
+        sums = tar.extractfile(SUMS).read().decode()  # type: ignore[union-attr]
+        b2 = tar.extractfile(B2SUMS).read().decode() if b2sums else ""  # type: ignore[union-attr]
+    assert got == {f"data/{n}": c for n, c in files.items()}
+    for name, content in files.items():
+        assert f"{hashlib.sha256(content).hexdigest()}  ./data/{name}\n" in sums
+        if b2sums:
+            assert f"{hashlib.blake2b(content).hexdigest()}  ./data/{name}\n" in b2
