@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -179,7 +180,28 @@ def main(argv: list[str] | None = None) -> int:
         ratio = f"{secs / min(refs)[1]:.2f}" if refs else "-"
         print(f"| {cap} | {label} | {tool} | {secs:.2f} | "
               f"{f'{sent / size:.2f}x' if sent else '-'} | {ratio} |")
+    if args.repeat > 1:
+        summary(rows)
     return 0
+
+
+def summary(rows: list[tuple[str, str, str, float, int]]) -> None:
+    """Each tool's best and median of its copies, and their ratios to rsync's (this
+    machine's times move by tens of percent from one copy to the next)."""
+    print("\n| link | data | tool | copies | best (s) | median (s) | best vs rsync's best "
+          "| median vs rsync's median |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    groups: dict[tuple[str, str, str], list[float]] = {}
+    for cap, label, tool, secs, _ in rows:
+        groups.setdefault((cap, label, tool), []).append(secs)
+    for (cap, label, tool), times in groups.items():
+        ref = next((t for (c, d, name), t in groups.items()
+                    if (c, d) == (cap, label) and name.startswith("rsync")), None)
+        best, med = min(times), statistics.median(times)
+        ratios = (f"{best / min(ref):.2f} | {med / statistics.median(ref):.2f}" if ref
+                  else "- | -")
+        print(f"| {cap} | {label} | {tool} | {len(times)} | {best:.2f} | {med:.2f} | "
+              f"{ratios} |")
 
 
 if __name__ == "__main__":
