@@ -90,7 +90,8 @@ if [ $# -ge 4 ]; then
   ssh -G -o "Ciphers=$gcm" localhost >/dev/null 2>&1 || gcm=
   [ -n "$stage" ] && mkfifo "$work/fifo"
   # The stream on to the next host and into this host's tar: forward.pl where perl and
-  # Linux's splice(2) and tee(2) numbers are known (no copy in between), else tee.
+  # Linux's splice(2) and tee(2) numbers are known (no copy in between), else tee. (The
+  # shell opens the fifo for forward.pl: tar sees its end however perl ends.)
   fwd=
   if [ -n "$stage" ] && command -v perl >/dev/null 2>&1; then
     case $(uname -s)/$(uname -m) in
@@ -105,7 +106,7 @@ if [ $# -ge 4 ]; then
   exec 3<&0
   { printf '%s\n# sshcluster: end of script\n' "$S"
     if [ -z "$stage" ]; then cat
-    elif [ -n "$fwd" ]; then perl -e "$FORWARD_PL" $fwd "$work/fifo"
+    elif [ -n "$fwd" ]; then perl -e "$FORWARD_PL" $fwd "$work/fifo" 4>"$work/fifo"
     else tee -p "$work/fifo"; fi <&3; } |
     ssh -T -o BatchMode=yes -o StrictHostKeyChecking=yes -o ConnectTimeout=10 \
       -o ServerAliveInterval=5 -o ServerAliveCountMax=3 ${gcm:+-o "Ciphers=$gcm"} \

@@ -14,11 +14,11 @@ ends is dropped without stopping the others.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import hashlib
 import io
-import queue
 import subprocess
 import tarfile
 import threading
@@ -34,9 +34,9 @@ __all__ = ["B2SUMS", "SUMS", "Fanout", "tar_stream"]
 B2SUMS = ".sshcluster-push-b2sums"
 SUMS = ".sshcluster-push-sums"
 
-#: Bytes per chunk handed to the hosts' writers, and chunks a host may fall behind.
+#: Bytes per chunk handed to the hosts' writers, and bytes a host may fall behind.
 CHUNK = 1 << 20
-_QUEUE = 16
+_BACKLOG = 16 << 20
 #: A write at least this big is handed on as it is.
 _WHOLE = 64 << 10
 #: A pipe to ssh this big lets a writer hand over a whole chunk at once.
@@ -158,7 +158,7 @@ class Fanout:
         self.entries = entries
         self.dirs = dirs
         self.sent = sent
-        self.queues: list[queue.Queue[bytes | None]] = [queue.Queue(_QUEUE) for _ in procs]
+        self.queues = [_Backlog(_BACKLOG) for _ in procs]
         self.dead = [False] * len(procs)
         self.error: BaseException | None = None
         self._cancelled = threading.Event()
@@ -216,6 +216,36 @@ class Fanout:
         for t in [producer, *threads]:
             while t.is_alive():  # (a timeout, so that Ctrl-C reaches the main thread)
                 t.join(0.2)
+
+
+class _Backlog:
+    """A queue of chunks for one host's writer that holds at most ``limit`` bytes (and
+    always one chunk, however big): a host that stalls holds up the archive, and so
+    the others, only once it is that far behind."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.bytes = 0
+        self.items: collections.deque[bytes | None] = collections.deque()
+        self.cond = threading.Condition()
+
+    def put(self, chunk: bytes | None) -> None:
+        size = len(chunk) if chunk is not None else 0
+        with self.cond:
+            while self.items and self.bytes + size > self.limit:
+                self.cond.wait()
+            self.items.append(chunk)
+            self.bytes += size
+            self.cond.notify_all()
+
+    def get(self) -> bytes | None:
+        with self.cond:
+            while not self.items:
+                self.cond.wait()
+            chunk = self.items.popleft()
+            self.bytes -= len(chunk) if chunk is not None else 0
+            self.cond.notify_all()
+            return chunk
 
 
 class _Cancelled(Exception):

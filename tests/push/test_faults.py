@@ -97,7 +97,8 @@ def test_a_host_cut_off_mid_push_is_named_and_the_others_finish(
         assert result.hosts[2].via == "direct"
     # the lost host: no file under its final name that is not whole. Its session ends
     # when the primary's FIN, resent after the reconnect, reaches it, and the staging
-    # directory it then removes may vanish while find lists it: read until it holds still.
+    # directory it then removes may vanish while find lists it: read again until find
+    # gets through.
     state = _state_when_still(tb, tb.hosts[1])
     assert "data/big.bin" not in state
 

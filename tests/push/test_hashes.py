@@ -103,6 +103,14 @@ def test_a_chain_hop_passes_the_stream_on_with_or_without_perl(
                                             extra={"workdir": DEST, "fanout": "chain"}))
     first, second = inv.hosts
     path = _path_without(tmp_path / "bin", hidden)
+    ran = tmp_path / "perl-ran"
+    if not hidden:  # perl, noting each time it runs with pipes on stdin and stdout
+        real = shutil.which("perl")
+        shim = tmp_path / "bin" / "perl"
+        shim.unlink()
+        shim.write_text(f"#!/bin/sh\n[ -p /dev/stdin ] && [ -p /dev/stdout ] && "
+                        f"echo pipes >> {ran}\nexec {real} \"$@\"\n")
+        shim.chmod(0o755)
     data = make_tree(tmp_path / "src", small=20, big=24 << 20)
     manifest = local_manifest([data])
     archive = io.BytesIO()
@@ -116,3 +124,5 @@ def test_a_chain_hop_passes_the_stream_on_with_or_without_perl(
     assert found == {first.label: (True, ""), second.label: (True, "")}, proc.stderr
     for h in tb.hosts:
         assert remote_state(tb, h) == local_state(data)
+    # forward.pl ran, where it can splice (else it would have been tee)
+    assert (ran.read_text() if ran.exists() else "") == ("" if hidden else "pipes\n")
