@@ -15,9 +15,9 @@
 my ($splice, $tee, $path) = @ARGV;
 $SIG{PIPE} = "IGNORE";                              # a gone output: EPIPE, not death
 my ($EINTR, $EAGAIN, $EPIPE) = (4, 11, 32);          # Linux: the same on x86_64 and arm64
+my $splices = -p STDIN && -p STDOUT && $^O eq "linux" && length(pack("p", undef)) == 8;
 # (before perl opens descriptor 4, which it would close on exec: tee inherits it)
-exec "tee", "-p", $path
-  unless -p STDIN && -p STDOUT && $^O eq "linux" && length(pack("p", undef)) == 8;
+exec "tee", "-p", $path unless $splices;
 open(my $file, ">&=", 4) or exit 1;
 for my $h (\*STDIN, \*STDOUT, $file) {
   fcntl($h, 1031, 1 << 20);                         # F_SETPIPE_SZ: 1 MiB, if allowed
@@ -25,8 +25,12 @@ for my $h (\*STDIN, \*STDOUT, $file) {
   fcntl($h, 4, $fl & ~04000) if defined $fl;        # F_SETFL: not O_NONBLOCK
 }
 my ($out, $local, $buf) = (1, 1);
-sub again { my $e = $! + 0; $e == $EAGAIN || $e == $EINTR ?
-              select(undef, undef, undef, 0.001) + 1 : 0 }
+sub again {                                         # a wait, then true; or false
+  my $e = $! + 0;
+  return 0 unless $e == $EAGAIN || $e == $EINTR;
+  select(undef, undef, undef, 0.001);
+  1;
+}
 sub put {                                           # all of $_[1] to output $_[0]
   my ($which, $data) = @_;
   my ($alive, $h) = $which ? (\$local, $file) : (\$out, \*STDOUT);
@@ -47,6 +51,7 @@ sub copy_all {                                      # without splice() and tee()
   }
   exit 0;
 }
+copy_all() unless $splices;                         # (tee could not be run)
 while ($out || $local) {
   if (!$out) {                                      # FILE alone: move what comes
     my $m = syscall($splice, 0, 0, fileno($file), 0, 1 << 20, 0);

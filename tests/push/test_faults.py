@@ -45,15 +45,6 @@ def _wait_no_staging(tb: Testbed, host: object, seconds: float = 90) -> None:
         time.sleep(0.2)
 
 
-def _state_when_still(tb: Testbed, host: object) -> dict[str, tuple[str, str]]:
-    for _ in range(20):
-        try:
-            return remote_state(tb, host)  # type: ignore[arg-type]
-        except subprocess.CalledProcessError:
-            time.sleep(0.5)
-    return remote_state(tb, host)  # type: ignore[arg-type]
-
-
 def _cut_during(tb: Testbed, fanout: str, tmp_path: Path) -> sshcluster.PushResult:
     inv = load_inventory(tb.write_inventory(tmp_path / "hosts.yaml",
                                             extra={"workdir": DEST, "fanout": fanout}))
@@ -95,11 +86,11 @@ def test_a_host_cut_off_mid_push_is_named_and_the_others_finish(
         assert remote_state(tb, tb.hosts[i]) == local_state(data)
     if fanout == "chain":  # the host after the lost one got a direct copy
         assert result.hosts[2].via == "direct"
-    # the lost host: no file under its final name that is not whole. Its session ends
-    # when the primary's FIN, resent after the reconnect, reaches it, and the staging
-    # directory it then removes may vanish while find lists it: read again until find
-    # gets through.
-    state = _state_when_still(tb, tb.hosts[1])
+    # the lost host: no file under its final name that is not whole, once it has ended
+    # (its session ends when the primary's FIN, resent after the reconnect, reaches it;
+    # it then removes its staging directory)
+    _wait_no_staging(tb, tb.hosts[1])
+    state = remote_state(tb, tb.hosts[1])
     assert "data/big.bin" not in state
 
 

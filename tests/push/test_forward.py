@@ -65,9 +65,15 @@ def _forward(tmp_path: Path, *, fifo_stops: int | None = None,
     # as remote.sh runs it: the shell opens the fifo as descriptor 4
     argv = ["sh", "-c", 'exec perl -e "$1" "$2" "$3" "$4" 4>"$4"', "sh", FORWARD,
             *(numbers or NUMBERS), str(fifo)]
+    # a tee that notes it ran: forward.pl must run it only where it cannot splice
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "tee").write_text(
+        f"#!/bin/sh\necho tee >> {tmp_path / 'tee-ran'}\nexec {shutil.which('tee')} \"$@\"\n")
+    (tmp_path / "bin" / "tee").chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}
     with open(tmp_path / "in", "rb") as data:
         proc = subprocess.Popen(argv, stdin=data if stdin_file else subprocess.PIPE,
-                                stdout=subprocess.PIPE)
+                                stdout=subprocess.PIPE, env=env)
     out = Reader(proc.stdout, out_stops)
     out.start()
     if not stdin_file:
@@ -85,6 +91,7 @@ def _forward(tmp_path: Path, *, fifo_stops: int | None = None,
     out.join(60)
     local.join(60)
     assert not out.is_alive() and not local.is_alive()
+    assert (tmp_path / "tee-ran").exists() == stdin_file
     return rc, out, local
 
 

@@ -17,13 +17,13 @@ from sshcluster.push.stream import _WHOLE, CHUNK, Fanout, _Backlog, _Chunks, tar
 def test_chunks_keep_the_order_and_hand_big_writes_on_whole() -> None:
     got: list[bytes] = []
     sink = _Chunks(got.append)
-    small, big = b"h" * 512, os.urandom(_WHOLE)
-    for piece in (small, b"x" * 100, big, small, os.urandom(CHUNK + 1), small):
+    small, big, bigger = b"h" * 512, os.urandom(_WHOLE), os.urandom(CHUNK + 1)
+    for piece in (small, b"x" * 100, big, small, bigger, small):
         sink.write(piece)
     sink.flush()
     assert got[0] == small + b"x" * 100  # gathered, then handed on before the big one
     assert got[1] is big                  # as it was written: not copied
-    assert b"".join(got) == small + b"x" * 100 + big + small + got[3] + small
+    assert b"".join(got) == small + b"x" * 100 + big + small + bigger + small
     assert len(got) == 5
 
 
