@@ -1,9 +1,9 @@
 """The bytes of a push: one tar stream, made once, written to every host that needs it.
 
 :func:`tar_stream` writes the entries to send as a tar archive (modes and modification
-times kept, links as links) whose last two members, ``.sshcluster-push-b2sums`` and
-``.sshcluster-push-sums``, hold the BLAKE2b (only where a host needs it) and the
-SHA-256 of every file, computed while the file is read: each host checks what it
+times kept, links as links) whose last members, ``.sshcluster-push-b2sums`` (only where
+a host needs it) and ``.sshcluster-push-sums``, hold the BLAKE2b and the SHA-256 of
+every file, computed while the file is read: each host checks what it
 unpacked against one of them (remote.sh: the SHA-256 by ``openssl`` where the host's
 CPU has SHA instructions, else ``b2sum``, which is several times faster than coreutils'
 ``sha256sum``, where the host has it).
