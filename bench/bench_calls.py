@@ -15,7 +15,10 @@ hosts (for ``local*``: on this machine):
   worker, as before the relays); ``tunnel-relayonly`` and ``direct-relayonly``: the
   default inventory with ``options(sshcluster.lanes = FALSE)``, every message through
   the hosts' relays (no lane per worker, as where the lanes would not fit in R's
-  connections); ``classic``: ``--launch classic`` (R's own makeCluster);
+  connections); ``tunnel-stream`` and ``direct-stream``: the default with
+  ``options(sshcluster.relay_files = FALSE)``, the hosts' relays handing each big message
+  on through their workers' sockets (as where a host has no perl), not keeping it in a
+  file the workers read; ``classic``: ``--launch classic`` (R's own makeCluster);
 * ``parallelly``: ``parallelly::makeClusterPSOCK()`` on the same workers as it is used by
   default for remote workers, through ssh reverse tunnels (``revtunnel = TRUE``);
   ``parallelly-direct``: the same with ``revtunnel = FALSE``, straight to the primary
@@ -89,7 +92,7 @@ from sshcluster.ssh.command import ssh_command
 from sshcluster.testing import Testbed, run_r
 
 METHODS = ("tunnel", "direct", "tunnel-norelay", "direct-norelay", "tunnel-relayonly",
-           "direct-relayonly", "classic", "parallelly",
+           "direct-relayonly", "tunnel-stream", "direct-stream", "classic", "parallelly",
            "parallelly-direct", "mirai", "mirai-tunnel", "local", "local-nodelay")
 MEASURES = {  # name: (label, unit)
     "tiny": ("tiny clusterCall round trip", "ms"),
@@ -117,6 +120,7 @@ _EVERY = ("foreach", "doParallel", "future", "future.apply")
 #: to parallelly's direct connections.
 _LIKE = {"tunnel": "parallelly", "tunnel-norelay": "parallelly", "mirai-tunnel": "parallelly",
          "tunnel-relayonly": "parallelly", "direct-relayonly": "parallelly-direct",
+         "tunnel-stream": "parallelly", "direct-stream": "parallelly-direct",
          "direct": "parallelly-direct", "direct-norelay": "parallelly-direct",
          "classic": "parallelly-direct", "mirai": "parallelly-direct",
          "local": "parallelly-direct", "local-nodelay": "parallelly-direct"}
@@ -214,7 +218,7 @@ def _program(method: str, tb: Testbed, inventory: Path, workdir: Path,
     remote = not method.startswith("local")
     bridge = f"/sys/class/net/{tb.name}-br/statistics/tx_bytes"
     bridge_tx = f"bridge_tx <- {r_string(bridge) if remote else 'NA'}\n"
-    ours = method.removesuffix("-norelay").removesuffix("-relayonly")
+    ours = method.removesuffix("-norelay").removesuffix("-relayonly").removesuffix("-stream")
     if ours in ("direct", "tunnel", "classic"):
         f = workdir / f"{method}.R"
         write_bootstrap(
@@ -225,6 +229,8 @@ def _program(method: str, tb: Testbed, inventory: Path, workdir: Path,
         start, stop = f"source({r_string(str(f))})\ncl <- parallelCluster", "sshcluster_stop()"
         if method.endswith("-relayonly"):
             start = f"options(sshcluster.lanes = FALSE)\n{start}"
+        if method.endswith("-stream"):
+            start = f"options(sshcluster.relay_files = FALSE)\n{start}"
     elif method in ("parallelly", "parallelly-direct"):
         opts = [shell_quote(w) for w in ssh_command(inv, inv.hosts[0])[1:]]
         workers = [h.host for h in inv.hosts for _ in range(h.ncore or 1)]

@@ -153,7 +153,7 @@ MIN_R_VERSION = "4.1.0"
 _R_SOURCES = {
     name: resources.files("sshcluster").joinpath("R").joinpath(name).read_text(encoding="utf-8")
     for name in ("common.R", "proof.R", "classic.R", "worker.R", "library.R", "remote.sh",
-                 "supervisor.sh", "read_script.sh")
+                 "supervisor.sh", "read_script.sh", "relay.pl")
 }
 #: The fast launch's R code, one idea per file, pasted in this order.
 LAUNCH_FILES = ("start.R", "session.R", "accept.R", "node.R", "future.R", "stop.R",
@@ -174,8 +174,13 @@ def _compact(r_code: str) -> str:
 #: The code each worker runs: a function (the proof, shared with the primary, then the
 #: worker; not local(): see R/worker.R) that ``R/remote.sh`` hands R in the environment
 #: and calls. Compacted: it reaches every host on each launch.
-WORKER_CODE = "\n".join(["function() {", _compact(_R_SOURCES["proof.R"]),
-                         _compact(_R_SOURCES["worker.R"]), "}", ""])
+WORKER_CODE = "\n".join([
+    "function() {", _compact(_R_SOURCES["proof.R"]),
+    # (the relay for big messages behind lanes, perl's: one R string, its comments out)
+    "RELAY_PL <- " + r_string("\n".join(
+        line for line in _R_SOURCES["relay.pl"].splitlines()
+        if line.strip() and not line.lstrip().startswith("#")) + "\n"),
+    _compact(_R_SOURCES["worker.R"]), "}", ""])
 
 #: The command line ssh runs on each worker host (the last line of ``R/read_script.sh``):
 #: it reads the host's script from the session's stdin up to :data:`END_OF_SCRIPT`, and

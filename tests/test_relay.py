@@ -17,7 +17,8 @@ import pytest
 
 from sshcluster.testing import Testbed
 from sshcluster.testing.cluster import interactive_r, write_cluster
-from sshcluster.testing.fixtures import R_TIMEOUT, run_r_in_test
+from sshcluster.testing.fixtures import R_TIMEOUT, MakeTestbed, run_r_in_test
+from sshcluster.testing.hosts import host_dir
 from sshcluster.testing.leftovers import nothing_left
 
 MB = 1 << 20
@@ -456,19 +457,27 @@ def test_lanes_a_worker_or_a_relay_lost(testbed: Testbed, tmp_path: Path) -> Non
     assert nothing_left(testbed, marker=tmp_path) == {}
 
 
-def test_lanes_a_big_message_waits_for_a_slow_relay(testbed: Testbed, tmp_path: Path) -> None:
+@pytest.mark.parametrize("relay_files", [True, False], ids=["files", "stream"])
+def test_lanes_a_big_message_waits_for_a_slow_relay(testbed: Testbed, tmp_path: Path,
+                                                    relay_files: bool) -> None:
     """With lanes, a worker reads a big message's word on its lane at once, then waits on
-    its relay's socket for the message itself, which the relay hands to the host's workers
-    one by one. A relay held up for 7 s (SIGSTOP, then SIGCONT) only delays the call.
+    its relay's socket for the message itself (or, from relay.pl, for word of the file it
+    is in), which the relay hands to the host's workers one by one. A relay held up for
+    7 s (SIGSTOP, then SIGCONT: the host's R, or its relay.pl) only delays the call.
     (Before, the workers waited 5 s, their socket's timeout from the pairing, and then
     failed, and were named as lost.)"""
     f = write_cluster(testbed, tmp_path, hosts=testbed.hosts[:1], ncore=2)
     out = run_r_in_test(f"""
+        {"" if relay_files else "options(sshcluster.relay_files = FALSE)"}
         source({str(f)!r})
         cl <- parallelCluster
         ppid <- function() as.integer(strsplit(readLines("/proc/self/stat"), " ")[[1]][4])
         cat("lanes", environment(sshcluster_stop)$S$lanes, "\\n")
         relay <- parallel::clusterCall(cl[1], ppid)[[1]]
+        # (relay.pl: the host's R's child that is not one of its workers)
+        if ({"TRUE" if relay_files else "FALSE"})
+          relay <- as.integer(system(sprintf("pgrep -P %d -x perl", relay), intern = TRUE))
+        cat("relays", length(relay), "\\n")
         x <- runif(3e4)  # (240 KB: through the relay)
         system(sprintf("(kill -STOP %d; sleep 7; kill -CONT %d)", relay, relay), wait = FALSE)
         Sys.sleep(1)
@@ -483,7 +492,68 @@ def test_lanes_a_big_message_waits_for_a_slow_relay(testbed: Testbed, tmp_path: 
     assert out.returncode == 0, out.stderr
     lines = lines_of(out.stdout)
     assert lines["lanes"].split() == ["TRUE"]
+    assert lines["relays"].split() == ["1"]
     assert lines["got"].split() == ["30000", "30000"], lines["got"]
     assert lines["waited"].split() == ["TRUE"]
     assert lines["again"].split() == ["1", "1"]
     assert nothing_left(testbed, marker=tmp_path) == {}
+
+
+def test_lanes_big_messages_are_kept_in_a_file_on_the_host(make_testbed: MakeTestbed,
+                                                           tmp_path: Path) -> None:
+    """With lanes, the host's relay (relay.pl) keeps a big message once, in a file without
+    a name that its workers read: in /dev/shm (here a tmpfs of 4 MB of the host's own),
+    else, where it does not fit, in the directory of R's temporary files (TMPDIR, here a
+    tmpfs of 48 MB); only the newest is kept. A message no directory can take fails the
+    call that sent it, naming the host and why; the host's workers go on, and the next big
+    message arrives. Stop leaves nothing."""
+    tb = make_testbed(1, private_dirs={"/dev/shm": "4m", "/srv/rtmp": "48m"})
+    # (the host's shell gives its R that TMPDIR: its ~/.bashrc, written in place)
+    bashrc = host_dir(tb.workdir, tb.hosts[0]) / "bashrc"
+    with bashrc.open("r+") as rc:
+        rest = rc.read()
+        rc.seek(0)
+        rc.write(f"export TMPDIR=/srv/rtmp\n{rest}")
+    f = write_cluster(tb, tmp_path, ncore=2)
+    out = run_r_in_test(f"""
+        source({str(f)!r})
+        cl <- parallelCluster
+        ppid <- function() as.integer(strsplit(readLines("/proc/self/stat"), " ")[[1]][4])
+        relay <- parallel::clusterCall(cl[1], ppid)[[1]]
+        perl <- as.integer(system(sprintf("pgrep -P %d -x perl", relay), intern = TRUE))
+        cat("perl", length(perl), "\\n")
+        # (the files relay.pl holds: no name, in /dev/shm or /tmp as the host sees them)
+        kept <- function() {{
+          links <- Sys.readlink(list.files(sprintf("/proc/%d/fd", perl), full.names = TRUE))
+          sort(sub("/#.*", "", grep("^/(dev/shm|srv/rtmp)/#[0-9]+ [(]deleted[)]$", links,
+                                    value = TRUE)))
+        }}
+        sums <- function(name) unlist(parallel::clusterCall(cl, function(n)
+          sum(as.numeric(get(n, envir = globalenv()))), name))
+        a <- as.raw(seq_len(2e6) %% 251)
+        parallel::clusterExport(cl, "a")
+        cat("small", sums("a") == sum(as.numeric(a)), kept(), "\\n")
+        b <- as.raw(seq_len(12e6) %% 241)
+        parallel::clusterExport(cl, "b")
+        cat("bigger", sums("b") == sum(as.numeric(b)), kept(), "\\n")
+        huge <- as.raw(seq_len(60e6) %% 239)
+        r <- tryCatch(parallel::clusterExport(cl, "huge"), error = function(e) conditionMessage(e))
+        cat("huge", gsub("\\n", " ", r), "\\n")
+        cat("again", unlist(parallel::clusterEvalQ(cl, exists("huge"))), "\\n")
+        parallel::clusterExport(cl, "a")
+        cat("after", sums("a") == sum(as.numeric(a)), kept(), "\\n")
+        sshcluster_stop()
+        Sys.sleep(1)
+        cat("left", length(system(sprintf("ps -o pid= -p %d", perl), intern = TRUE)), "\\n")
+    """, tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = lines_of(out.stdout)
+    assert lines["perl"].split() == ["1"]
+    assert lines["small"].split() == ["TRUE", "TRUE", "/dev/shm"]
+    assert lines["bigger"].split() == ["TRUE", "TRUE", "/srv/rtmp"]
+    huge = lines["huge"]
+    assert f"could not be kept on {tb.hosts[0].hostname}" in huge and "no room" in huge, huge
+    assert lines["again"].split() == ["FALSE", "FALSE"]
+    assert lines["after"].split() == ["TRUE", "TRUE", "/dev/shm"]
+    assert lines["left"].split() == ["0"]
+    assert nothing_left(tb, marker=tmp_path) == {}

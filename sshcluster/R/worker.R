@@ -37,6 +37,12 @@
   # its lane, for everything but big messages, which come through the relay)
   lanes <- !is.null(relay_item) &&
     identical(strsplit(relay_item, ":", fixed = TRUE)[[1]][4], "lanes")
+  # With lanes, the relay for big messages is perl's (relay.pl, RELAY_PL): each message
+  # is kept once in a file, which the host's workers read where it is. Without perl, or
+  # /proc to name the descriptors it inherits, or told so ("stream" after "lanes"), it
+  # is this R, which hands each message on through each worker's socket.
+  stored <- lanes && !identical(strsplit(relay_item, ":", fixed = TRUE)[[1]][5], "stream") &&
+    nzchar(Sys.which("perl")) && dir.exists("/proc/self/fd")
 
   # parallel internals, named in one place: its worker loop and output sink, and
   # closing a file descriptor in a forked child.
@@ -183,8 +189,33 @@
   # (its own methods both ways: each call then finds its method at the first class)
   registerS3method("recvData", "sshcluster_lane", function(node) {
     value <- unserialize(.subset2(node, "con"))
-    if (identical(value, LANE_BULK)) unserialize(.subset2(node, "bulk")) else value
+    if (!identical(value, LANE_BULK)) return(value)
+    if (isTRUE(.subset2(node, "stored"))) stored_message(.subset2(node, "bulk"))
+    else unserialize(.subset2(node, "bulk"))
   }, envir = asNamespace("parallel"))
+  # A big message kept by relay.pl: its notice on the relay's socket, then the message
+  # read from its file (opened, then the relay told so: it may then let the file go).
+  # One the relay could not keep (no room on the host) fails the call that sent it,
+  # with the relay's reason, and the worker goes on.
+  stored_message <- function(bulk) {
+    h <- readBin(bulk, "raw", 16L)
+    if (length(h) < 16L) stop("sshcluster: the relay on ", Sys.info()[["nodename"]],
+                              " has ended", call. = FALSE)
+    kind <- readBin(h[1:4], "integer", size = 4L, endian = "big")
+    n <- readBin(h[5:8], "integer", size = 4L, endian = "big")
+    what <- rawToChar(read_raw(bulk, n))
+    con <- if (kind == 1L) tryCatch(file(what, "rb", raw = TRUE), error = function(e) e)
+    writeBin(as.raw(6L), bulk)
+    if (!inherits(con, "connection")) {
+      why <- if (kind == 1L) conditionMessage(con) else what
+      return(list(type = "EXEC", data = list(fun = stop, args = list(paste0(
+        "sshcluster: a message of ", format(readBin(h[9:16], "double", size = 8L,
+        endian = "big"), big.mark = ","), " bytes could not be kept on ",
+        Sys.info()[["nodename"]], ": ", why), call. = FALSE), return = TRUE, tag = NULL)))
+    }
+    on.exit(close(con))
+    unserialize(con)
+  }
   registerS3method("sendData", "sshcluster_lane", function(node, data)
     serialize(data, .subset2(node, "con"), xdr = FALSE), envir = asNamespace("parallel"))
   registerS3method("sendData", "sshcluster_relayed", function(node, data)
@@ -223,14 +254,35 @@
     secret <- random_bytes(16L)
     writeBin(secret, a)
     for (i in 1:20) {
+      before <- socket_fds()
       b <- socketAccept(l, blocking = TRUE, open = "a+b", timeout = 5, options = "no-delay")
+      fd <- setdiff(socket_fds(), before)
       if (socketSelect(list(b), timeout = 2) && identical(readBin(b, "raw", 16L), secret)) {
         socketTimeout(b, 2592000)  # (a worker may take its time between two halves)
-        return(list(a, b))
+        return(list(a, b, fd = fd))
       }
       close(b)
     }
     fail("could not connect the relay on ", Sys.info()[["nodename"]], " to its workers")
+  }
+  # The descriptors of this R's sockets (/proc/self/fd): relay.pl inherits the relay's,
+  # and is told which is which.
+  socket_fds <- function() {
+    if (!stored) return(character())
+    fds <- list.files("/proc/self/fd")
+    links <- Sys.readlink(file.path("/proc/self/fd", fds))
+    fds[!is.na(links) & startsWith(links, "socket:")]
+  }
+  # relay.pl, for big messages (stored): kept in a file on the host once, where its
+  # workers read it. A tmpfs first (/dev/shm), then R's temporary directory's parent.
+  relay_files <- function(pfd, fds, slots, pids) {
+    dirs <- c(if (file.access("/dev/shm", 3L) == 0L) "/dev/shm", dirname(tempdir()))
+    # (splice(2)'s number on a 64-bit Linux of these CPUs)
+    splice <- if (startsWith(R.version$os, "linux") && .Machine$sizeof.pointer == 8L)
+      switch(R.version$arch, x86_64 = 275L, aarch64 = 76L, 0L) else 0L
+    pipe(paste("exec", shQuote(Sys.which("perl")), "-e", shQuote(RELAY_PL), splice, pfd,
+               paste(shQuote(dirs), collapse = " "), "--",
+               paste(slots, fds, pids, sep = ":", collapse = " ")), "wb")
   }
   relay <- function(P, lock, ends, slots, pids, collect) {
     # (behind lanes the primary knows its workers' pids from their own handshakes)
@@ -330,7 +382,10 @@
     jobs <- list()
     # Behind a relay, its connection first: the workers inherit it, and the lock.
     if (!is.null(relay_item)) {
+      before <- socket_fds()
       P <- handshake(strsplit(relay_item, ":", fixed = TRUE)[[1]])
+      pfd <- setdiff(socket_fds(), before)
+      fds <- character()
       socketTimeout(P, 2592000)
       lock <- host_lock()
       unlink(tempdir(), recursive = TRUE)  # (the proof's hashes made it again)
@@ -347,11 +402,13 @@
       # relay's connection.
       pair <- local_pair()
       jobs[[length(jobs) + 1L]] <- parallel::mcparallel(if (lanes)
-        child(item, NULL, c(ends, pair[2], list(P)), list(bulk = pair[[1]])) else
+        child(item, NULL, c(ends, pair[2], list(P)), list(bulk = pair[[1]], stored = stored))
+        else
         child(item, pair[[1]], c(ends, pair[2]), list(out = P, lock = lock, slot = as.integer(
           strsplit(item, ":", fixed = TRUE)[[1]][1]))), silent = output != "console")
       close(pair[[1]])
       ends[[length(ends) + 1L]] <- pair[[2]]
+      fds <- c(fds, if (length(pair$fd) == 1L) pair$fd else NA)
     }
     # Report each worker that ends, at once, on the ssh session's stdout (the
     # script's descriptor 4): "gone SLOT STATUS".
@@ -376,9 +433,18 @@
       jobs <<- Filter(function(j) !(as.character(j$pid) %in% names(done)), jobs)
       invisible(bad)
     }
-    if (!is.null(relay_item)) relay(P, lock, ends, as.integer(slots),
-                                    vapply(jobs, function(j) j$pid, 1L), collect)
+    files <- NULL
+    if (!is.null(relay_item) && stored) {
+      # (the workers were told so: a relay.pl that cannot be told its descriptors fails)
+      if (length(pfd) != 1L || anyNA(fds))
+        fail("could not tell the relay on ", Sys.info()[["nodename"]], " its connections")
+      files <- relay_files(pfd, fds, slots, vapply(jobs, function(j) j$pid, 1L))
+      close(P)  # (relay.pl holds them now)
+      for (end in ends) close(end)
+    } else if (!is.null(relay_item)) relay(P, lock, ends, as.integer(slots),
+                                           vapply(jobs, function(j) j$pid, 1L), collect)
     while (length(jobs)) collect(1)
+    if (!is.null(files)) close(files)
     if (failed) quit(save = "no", status = 3L)
   }
 })()

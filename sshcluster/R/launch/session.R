@@ -82,9 +82,13 @@ start_host <- function(S, h, slots, part = 1L) {
                            port = session_port(S, h))
   write_remote_script(S)
   writeLines(host_command(S, h, id), paste0(file.path(S$dir, id), ".sh"))
-  # (the relay's token says "lanes" when its workers are to connect themselves too)
+  # (the relay's token says "lanes" when its workers are to connect themselves too, and
+  # then "stream" where options(sshcluster.relay_files = FALSE) has the relay hand big
+  # messages on through its workers' sockets, not keep them in a file they read)
   line <- paste(vapply(tokens, function(t) paste(c(t$slot, t$worker, t$primary,
-    if (lanes && t$slot <= 0L) "lanes"), collapse = ":"), ""), collapse = ",")
+    if (lanes && t$slot <= 0L) c("lanes", if (identical(
+      getOption("sshcluster.relay_files"), FALSE)) "stream")), collapse = ":"), ""),
+    collapse = ",")
   supervise(S, paste("start", id, line, if (S$config$tunnel) "tunnel" else "direct"))
   id
 }
