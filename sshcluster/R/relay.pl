@@ -1,55 +1,54 @@
 # sshcluster's relay for big messages on a host whose workers have lanes (R/worker.R
 # starts it from the host's R, which forked the workers, and pastes this file in):
-#   perl -e "$RELAY_PL" SPLICE PRIMARY DIR... -- SLOT:FD:PID...
+#   perl -e "$RELAY_PL" ARCH PRIMARY DIR... -- SLOT:FD...
 # PRIMARY is the descriptor of the host's connection to the primary, each FD that of
 # a worker's end of its pair with the relay (both inherited from the host's R); stdin
-# is a pipe from that R, whose end (the R gone) ends this relay too. SPLICE is the
-# number of Linux's splice(2) on this CPU (0: unknown).
+# is a pipe from that R, whose end (the R gone) ends this relay too. ARCH is R's name
+# for this CPU (x86_64, aarch64): the numbers of Linux's system calls used here.
 #
 # From the primary come frames (node.R's relay_head): a head of 12 bytes, a slot
 # (int32, big-endian) and a length (a double, big-endian), then that many bytes for
 # that worker; a negative slot: the last message again, for that worker; slot 0 asks
-# for an echo (a head of slot 0 and length 0 back). Each message is kept in a file
-# without a name: opened with O_TMPFILE in the first DIR that takes it (a tmpfs,
-# /dev/shm, first), where that fails (a full or small /dev/shm) the bytes so far are
-# copied to the next. A worker gets a notice: a kind (int32: 1 the message is in a
-# file, 2 it could not be kept), the length of what follows (int32), the message's
-# length (a double), then the file's path (/proc/PID/fd/N, which only this user can
-# open) or why it could not be kept. The worker opens the file, reads it where it
-# is (R's unserialize() reads a file in big blocks: a socket costs it a system call
-# per 4 KiB), and sends one byte back: the relay may then let the file go (when the
-# last worker told of it has opened it and a newer message came). Nothing is left
-# on the host whichever way this ends: the files have no name. A worker whose end
-# is gone (or that cannot be written to) is dropped; the relay ends when the
-# primary's connection or its stdin ends, or no worker is left. Only perl's
-# built-in functions: no module.
-my ($splice, $pfd, @rest) = @ARGV;
+# for an echo (a head of slot 0 and length 0 back). Each message is kept once, in a
+# file without a name (O_TMPFILE) in the first DIR (/dev/shm first) where it takes at
+# most half of the room left, its whole length reserved at once (fallocate): a shared
+# tmpfs is never filled up. A worker gets a notice: a kind (int32), the length of
+# what follows (int32), the message's length (a double), then, kind 1, the file's
+# path (/proc/PID/fd/N, which only this user can open). The worker opens the file,
+# reads it where it is (R's unserialize() reads a file in big blocks: a socket costs
+# it a system call per 4 KiB), and sends one byte back: the relay lets the file go
+# once the last worker told of it has opened it and a newer message came. A message
+# no DIR has room for is kept in this process's memory and follows its notice on the
+# worker's socket (kind 3), as the R relay hands messages on. Nothing is left on the
+# host whichever way this ends: the files have no name. A worker whose end is gone
+# is dropped (its host's R reports it); the relay ends when the primary's connection
+# or its stdin ends, or no worker is left. Only perl's built-in functions: no module.
+my ($arch, $pfd, @rest) = @ARGV;
 my @dirs;
 push @dirs, shift @rest while @rest && $rest[0] ne "--";
 my (undef, @workers) = @rest;
 $SIG{PIPE} = "IGNORE";
-my ($EINTR, $EAGAIN) = (4, 11);
-my $O_CREAT_EXCL_RDWR = 0100 | 0200 | 2;
-# O_TMPFILE: __O_TMPFILE with O_DIRECTORY, whose number differs between CPUs (x86,
-# arm64); the wrong one fails with EINVAL.
-my @O_TMPFILE = (020000000 | 0200000, 020000000 | 040000);
+my ($EINTR, $EAGAIN) = (4, 11);                     # Linux: the same on x86_64 and arm64
+# splice, statfs, fallocate; O_DIRECTORY (part of O_TMPFILE)
+my %calls = (x86_64 => [275, 137, 285, 0200000], aarch64 => [76, 43, 47, 040000]);
+my ($splice, $statfs, $fallocate, $dir_flag) = @{ $calls{$arch} || [0, 0, 0, 0] };
+($splice, $statfs, $fallocate) = (0, 0, 0) if $^O ne "linux" || length(pack("p", undef)) != 8;
+my $me = readlink("/proc/self") || $$;              # (this pid as /proc shows it)
 sub blocking {                                      # (R's sockets are non-blocking)
   my $fl = fcntl($_[0], 3, 0);                      # F_GETFL
   fcntl($_[0], 4, $fl & ~04000) if defined $fl;     # F_SETFL: not O_NONBLOCK
 }
 open(my $P, "+<&=", $pfd) or exit 2;
 blocking($P);
-my (%end, %pid, %queue, %file);
+my (%end, %queue, %file);
 for (@workers) {
-  my ($slot, $fd, $pid) = split /:/;
-  open(my $h, "+<&=", $fd) or next;
+  my ($slot, $fd) = split /:/;
+  open(my $h, "+<&=", $fd) or exit 2;               # (its host is then given up)
   blocking($h);
-  ($end{$slot}, $pid{$slot}, $queue{$slot}) = ($h, $pid, []);
+  ($end{$slot}, $queue{$slot}) = ($h, []);
 }
 my ($last, $next) = (undef, 0);
-# splice(2) (SPLICE, its number on this CPU; 0: none) through a pipe of 1 MiB if allowed
-$splice = 0 if $^O ne "linux" || length(pack("p", undef)) != 8;
-my ($pr, $pw);
+my ($pr, $pw);                                      # splice()'s pipe, 1 MiB if allowed
 $splice = 0 if $splice && !pipe($pr, $pw);
 fcntl($pw, 1031, 1 << 20) if $splice;               # F_SETPIPE_SZ
 
@@ -72,82 +71,79 @@ sub write_all {                                     # all of $_[1] to $_[0] (not
   }
   1;
 }
-sub unnamed {                                       # a file without a name in $_[0]
-  my ($dir) = @_;
-  my $fh;
-  for my $flags (@O_TMPFILE) { return $fh if sysopen($fh, $dir, 2 | $flags, 0600) }
-  # (a file system without O_TMPFILE: named, and its name removed at once)
-  for (1 .. 10) {
-    my $p = "$dir/.sshcluster-relay-$$-" . int(rand(1e9));
-    if (sysopen($fh, $p, $O_CREAT_EXCL_RDWR, 0600)) { unlink $p; return $fh }
+sub room {                                          # bytes free in a directory, or undef
+  return undef if !$statfs;
+  my $buf = "\0" x 256;
+  return undef if syscall($statfs, $_[0], $buf) != 0;
+  my (undef, $bsize, undef, undef, $avail) = unpack("q5", $buf);
+  $bsize * $avail;
+}
+# A file without a name for $len bytes in the first directory with room for it.
+sub unnamed {
+  my ($len) = @_;
+  for my $dir (@dirs) {
+    my $free = room($dir);
+    next if defined $free && $len > $free / 2;      # (a shared tmpfs is not filled up)
+    my $fh;
+    if (!($dir_flag && sysopen($fh, $dir, 2 | 020000000 | $dir_flag, 0600))) {
+      # (a file system without O_TMPFILE: named, and its name removed at once)
+      my $p = "$dir/.sshcluster-relay-$me-" . int(rand(1e9));
+      next if !sysopen($fh, $p, 0100 | 0200 | 2, 0600);   # O_CREAT|O_EXCL|O_RDWR
+      unlink $p;
+    }
+    return $fh if !$fallocate || $len == 0 || syscall($fallocate, fileno($fh), 0, 0, $len) == 0;
+    my $e = $! + 0;
+    return $fh if $e == 95 || $e == 38;            # EOPNOTSUPP, ENOSYS: written as it is
+    close $fh;                                      # (ENOSPC, EDQUOT, EFBIG: the next one)
   }
   undef;
 }
-sub move {                                          # the first $_[1] bytes of $_[0] to a
-  my ($old, $n, $new) = @_;                         # new file: true if all went
-  sysseek($old, 0, 0) or return 0;
-  my ($at, $buf) = (0);
-  while ($at < $n) {
-    my $r = sysread($old, $buf, 1 << 20);
-    next if !defined $r && again();
-    return 0 if !$r;
-    $r = $n - $at if $r > $n - $at;
-    write_all($new, substr($buf, 0, $r)) or return 0;
-    $at += $r;
-  }
-  1;
-}
-# The message being kept: its file, the directories not yet tried, why none took it,
-# and its bytes so far.
-my ($kept, @left, $why, $at);
-sub keep {                                          # $_[0] on at the end of the file: in
-  while ($kept && !write_all($kept, $_[0])) {       # the next directory where it is full
-    my ($err, $new) = ("$!");
-    while (!$new && @left) {
-      $new = unnamed(shift @left);
-      $new = undef if $new && !move($kept, $at, $new);
-    }
-    $kept = $new;
-    $why = "no room for the message in " . join(" or ", @dirs) . " ($err)" if !$kept;
-  }
-  $at += length $_[0];
-}
-# Reads a message of $len bytes from the primary into a new file: its id, or undef
-# when the primary's connection ended. A message no directory could take is read to
-# its end all the same, and kept as the reason (kind 2). With splice(), the bytes go
-# from the socket into a pipe and on into the file without passing through perl (a
+# Reads a message of $len bytes from the primary: into a new file, or into memory where
+# no directory has room for it (or a write to its file fails: what was written is read
+# back). Its id, or undef when the primary's connection ended. With splice(), the bytes
+# go from the socket into a pipe and on into the file without passing through perl (a
 # copy less, and none of perl's); where the kernel refuses, perl reads and writes.
 sub store {
   my ($len) = @_;
-  ($kept, $why, $at, @left) = (undef, "", 0, @dirs);
-  while (!$kept && @left) { my $d = shift @left; $kept = unnamed($d); $why = "$d: $!" if !$kept }
-  $why = "no directory would take it ($why)" if !$kept;
+  my $fh = unnamed($len);
+  my ($at, $mem, $chunk) = (0, $fh ? undef : "");
+  my $keep = sub {                                  # $_[0] on after the first $at bytes
+    if ($fh && !write_all($fh, $_[0])) {            # (a write that failed: into memory)
+      $mem = "";
+      $fh = undef if !sysseek($fh, 0, 0) || !defined($mem = read_all($fh, $at));
+      die "sshcluster: relay.pl could not read back its file\n" if !$fh;
+      close $fh;
+      $fh = undef;
+    }
+    $mem .= $_[0] if !$fh;
+    $at += length $_[0];
+  };
   while ($at < $len) {
     my $want = $len - $at < (1 << 20) ? $len - $at : 1 << 20;
-    my $chunk;
-    if ($splice) {
+    if ($splice && $fh) {
       my $n = syscall($splice, fileno($P), 0, fileno($pw), 0, $want, 0);
       next if $n < 0 && again();
       if ($n < 0) { $splice = 0; next }             # (refused: read and written)
       return undef if $n == 0;
       while ($n > 0) {
-        my $m = $kept ? syscall($splice, fileno($pr), 0, fileno($kept), 0, $n, 0) : -1;
-        next if $m < 0 && $kept && again();
+        my $m = $fh ? syscall($splice, fileno($pr), 0, fileno($fh), 0, $n, 0) : -1;
+        next if $m < 0 && $fh && again();
         if ($m > 0) { $n -= $m; $at += $m; next }
-        my $r = sysread($pr, $chunk, $n);           # (the file refused: full, or no splice)
+        my $r = sysread($pr, $chunk, $n);           # (the file refused: read, written)
+        next if !defined $r && again();
         return undef if !$r;
         $n -= $r;
-        keep($chunk);
+        $keep->($chunk);
       }
       next;
     }
     my $r = sysread($P, $chunk, $want);
     next if !defined $r && again();
     return undef if !$r;
-    keep($chunk);
+    $keep->($chunk);
   }
   my $id = $next++;
-  $file{$id} = { fh => $kept, len => $len, refs => 0, why => $why };
+  $file{$id} = { fh => $fh, mem => $mem, len => $len, refs => 0 };
   $id;
 }
 sub let_go {                                        # a file no one will open again
@@ -155,9 +151,8 @@ sub let_go {                                        # a file no one will open ag
   my $f = $file{$id};
   delete $file{$id} if $f && $f->{refs} <= 0 && (!defined $last || $id != $last);
 }
-sub drop {                                          # a worker gone: kill it (a write to it
-  my ($slot, $kill) = @_;                           # failed) and forget its files
-  kill "KILL", $pid{$slot} if $kill;
+sub drop {                                          # a worker gone: forget its files
+  my ($slot) = @_;
   close $end{$slot};
   delete $end{$slot};
   for my $id (@{ $queue{$slot} }) { $file{$id}{refs}-- if $file{$id}; let_go($id) }
@@ -165,12 +160,18 @@ sub drop {                                          # a worker gone: kill it (a 
 }
 sub notice {
   my ($slot, $id) = @_;
-  return if !$end{$slot} || !defined $id || !$file{$id};
-  my $f = $file{$id};
-  my ($kind, $what) = $f->{fh} ? (1, "/proc/$$/fd/" . fileno($f->{fh})) : (2, $f->{why});
+  my $f = defined $id ? $file{$id} : undef;
+  return if !$end{$slot};
+  exit 2 if !$f;                                    # (a head again with no message: cannot be)
+  if (!$f->{fh}) {                                  # in memory: the message follows
+    drop($slot) if !write_all($end{$slot}, pack("l> l> d>", 3, 0, $f->{len})) ||
+      !write_all($end{$slot}, $f->{mem});
+    return;
+  }
+  my $path = "/proc/$me/fd/" . fileno($f->{fh});
   $f->{refs}++;
   push @{ $queue{$slot} }, $id;
-  drop($slot, 1) if !write_all($end{$slot}, pack("l> l> d>", $kind, length $what, $f->{len}) . $what);
+  drop($slot) if !write_all($end{$slot}, pack("l> l> d>", 1, length $path, $f->{len}) . $path);
 }
 
 while (%end) {
@@ -189,7 +190,7 @@ while (%end) {
     next if !vec($rout, fileno($end{$slot}), 1);
     my $r = sysread($end{$slot}, my $acks, 4096);
     next if !defined $r && again();
-    if (!$r) { drop($slot, 0); next }
+    if (!$r) { drop($slot); next }
     for (1 .. $r) {
       my $id = shift @{ $queue{$slot} };
       next if !defined $id;
@@ -204,11 +205,11 @@ while (%end) {
   if ($slot == 0) { last if !write_all($P, pack("l> d>", 0, 0)); next }
   if ($slot > 0) {
     last if $len < 0 || $len > 2**52 || $len != int($len);
-    my $id = store($len);
-    last if !defined $id;
-    my $old = $last;
-    $last = $id;
+    my $old = $last;                                # (let go first: the room is the new one's)
+    $last = undef;
     let_go($old) if defined $old;
+    $last = store($len);
+    last if !defined $last;
   }
   notice(abs($slot), $last);
 }

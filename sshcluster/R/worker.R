@@ -37,12 +37,16 @@
   # its lane, for everything but big messages, which come through the relay)
   lanes <- !is.null(relay_item) &&
     identical(strsplit(relay_item, ":", fixed = TRUE)[[1]][4], "lanes")
-  # With lanes, the relay for big messages is perl's (relay.pl, RELAY_PL): each message
-  # is kept once in a file, which the host's workers read where it is. Without perl, or
-  # /proc to name the descriptors it inherits, or told so ("stream" after "lanes"), it
-  # is this R, which hands each message on through each worker's socket.
+  # With lanes, the relay for big messages is perl's (relay.pl, RELAY_PL) on Linux: each
+  # message is kept once in a file, which the host's workers read where it is. Without
+  # a perl that runs it, or where its descriptors cannot be told it, or told so
+  # ("stream" after "lanes"), it is this R, which hands each message on through each
+  # worker's socket. Which one is decided once the workers are forked, and each worker
+  # learns it from the first byte on its socket from the relay (bulk_mode).
   stored <- lanes && !identical(strsplit(relay_item, ":", fixed = TRUE)[[1]][5], "stream") &&
-    nzchar(Sys.which("perl")) && dir.exists("/proc/self/fd")
+    identical(Sys.info()[["sysname"]], "Linux") && nzchar(Sys.which("perl")) &&
+    dir.exists("/proc/self/fd")
+  bulk_mode <- NULL
 
   # parallel internals, named in one place: its worker loop and output sink, and
   # closing a file descriptor in a forked child.
@@ -190,29 +194,25 @@
   registerS3method("recvData", "sshcluster_lane", function(node) {
     value <- unserialize(.subset2(node, "con"))
     if (!identical(value, LANE_BULK)) return(value)
-    if (isTRUE(.subset2(node, "stored"))) stored_message(.subset2(node, "bulk"))
-    else unserialize(.subset2(node, "bulk"))
+    bulk <- .subset2(node, "bulk")
+    if (is.null(bulk_mode)) bulk_mode <<- rawToChar(read_raw(bulk, 1L))
+    if (identical(bulk_mode, "F")) stored_message(bulk) else unserialize(bulk)
   }, envir = asNamespace("parallel"))
-  # A big message kept by relay.pl: its notice on the relay's socket, then the message
-  # read from its file (opened, then the relay told so: it may then let the file go).
-  # One the relay could not keep (no room on the host) fails the call that sent it,
-  # with the relay's reason, and the worker goes on.
+  # A big message from relay.pl: its notice on the relay's socket, then (kind 1) the
+  # message read from its file (opened, then the relay told so: it may then let the
+  # file go), or (kind 3: no room for a file) the message itself, on that socket.
   stored_message <- function(bulk) {
-    h <- readBin(bulk, "raw", 16L)
+    h <- read_raw(bulk, 16L)
     if (length(h) < 16L) stop("sshcluster: the relay on ", Sys.info()[["nodename"]],
                               " has ended", call. = FALSE)
     kind <- readBin(h[1:4], "integer", size = 4L, endian = "big")
-    n <- readBin(h[5:8], "integer", size = 4L, endian = "big")
-    what <- rawToChar(read_raw(bulk, n))
-    con <- if (kind == 1L) tryCatch(file(what, "rb", raw = TRUE), error = function(e) e)
+    if (kind == 3L) return(unserialize(bulk))
+    path <- rawToChar(read_raw(bulk, readBin(h[5:8], "integer", size = 4L, endian = "big")))
+    con <- tryCatch(file(path, "rb", raw = TRUE), error = function(e) e)
     writeBin(as.raw(6L), bulk)
-    if (!inherits(con, "connection")) {
-      why <- if (kind == 1L) conditionMessage(con) else what
-      return(list(type = "EXEC", data = list(fun = stop, args = list(paste0(
-        "sshcluster: a message of ", format(readBin(h[9:16], "double", size = 8L,
-        endian = "big"), big.mark = ","), " bytes could not be kept on ",
-        Sys.info()[["nodename"]], ": ", why), call. = FALSE), return = TRUE, tag = NULL)))
-    }
+    if (!inherits(con, "connection")) stop("sshcluster: could not open a message that the ",
+      "relay on ", Sys.info()[["nodename"]], " kept (", conditionMessage(con), ")",
+      call. = FALSE)
     on.exit(close(con))
     unserialize(con)
   }
@@ -256,7 +256,7 @@
     for (i in 1:20) {
       before <- socket_fds()
       b <- socketAccept(l, blocking = TRUE, open = "a+b", timeout = 5, options = "no-delay")
-      fd <- setdiff(socket_fds(), before)
+      fd <- new_fd(before)
       if (socketSelect(list(b), timeout = 2) && identical(readBin(b, "raw", 16L), secret)) {
         socketTimeout(b, 2592000)  # (a worker may take its time between two halves)
         return(list(a, b, fd = fd))
@@ -265,24 +265,32 @@
     }
     fail("could not connect the relay on ", Sys.info()[["nodename"]], " to its workers")
   }
-  # The descriptors of this R's sockets (/proc/self/fd): relay.pl inherits the relay's,
-  # and is told which is which.
+  # This R's sockets, "FD socket:[INODE]" (/proc/self/fd): relay.pl inherits the
+  # relay's, and is told which descriptor is which. (A socket made between two looks is
+  # the one of the two that is new; a number reused meanwhile has another inode.)
   socket_fds <- function() {
     if (!stored) return(character())
     fds <- list.files("/proc/self/fd")
     links <- Sys.readlink(file.path("/proc/self/fd", fds))
-    fds[!is.na(links) & startsWith(links, "socket:")]
+    paste(fds, links)[!is.na(links) & startsWith(links, "socket:")]
+  }
+  new_fd <- function(before) {
+    fd <- sub(" .*", "", setdiff(socket_fds(), before))
+    if (length(fd) == 1L) fd else NA_character_
   }
   # relay.pl, for big messages (stored): kept in a file on the host once, where its
   # workers read it. A tmpfs first (/dev/shm), then R's temporary directory's parent.
-  relay_files <- function(pfd, fds, slots, pids) {
+  # NULL where this perl cannot run it (older than 5.10, which reads no big-endian
+  # doubles): the relay is then this R.
+  relay_files <- function(pfd, fds, slots) {
+    perl <- shQuote(Sys.which("perl"))
+    probe <- suppressWarnings(system(paste(perl, "-e", shQuote(
+      "exit(unpack(q(d>), pack(q(d>), 2.5)) == 2.5 ? 0 : 1)"), ">/dev/null 2>&1")))
+    if (!identical(probe, 0L)) return(NULL)
     dirs <- c(if (file.access("/dev/shm", 3L) == 0L) "/dev/shm", dirname(tempdir()))
-    # (splice(2)'s number on a 64-bit Linux of these CPUs)
-    splice <- if (startsWith(R.version$os, "linux") && .Machine$sizeof.pointer == 8L)
-      switch(R.version$arch, x86_64 = 275L, aarch64 = 76L, 0L) else 0L
-    pipe(paste("exec", shQuote(Sys.which("perl")), "-e", shQuote(RELAY_PL), splice, pfd,
+    pipe(paste("exec", perl, "-e", shQuote(RELAY_PL), shQuote(R.version$arch), pfd,
                paste(shQuote(dirs), collapse = " "), "--",
-               paste(slots, fds, pids, sep = ":", collapse = " ")), "wb")
+               paste(slots, fds, sep = ":", collapse = " ")), "wb")
   }
   relay <- function(P, lock, ends, slots, pids, collect) {
     # (behind lanes the primary knows its workers' pids from their own handshakes)
@@ -384,7 +392,7 @@
     if (!is.null(relay_item)) {
       before <- socket_fds()
       P <- handshake(strsplit(relay_item, ":", fixed = TRUE)[[1]])
-      pfd <- setdiff(socket_fds(), before)
+      pfd <- new_fd(before)
       fds <- character()
       socketTimeout(P, 2592000)
       lock <- host_lock()
@@ -402,13 +410,12 @@
       # relay's connection.
       pair <- local_pair()
       jobs[[length(jobs) + 1L]] <- parallel::mcparallel(if (lanes)
-        child(item, NULL, c(ends, pair[2], list(P)), list(bulk = pair[[1]], stored = stored))
-        else
+        child(item, NULL, c(ends, pair[2], list(P)), list(bulk = pair[[1]])) else
         child(item, pair[[1]], c(ends, pair[2]), list(out = P, lock = lock, slot = as.integer(
           strsplit(item, ":", fixed = TRUE)[[1]][1]))), silent = output != "console")
       close(pair[[1]])
       ends[[length(ends) + 1L]] <- pair[[2]]
-      fds <- c(fds, if (length(pair$fd) == 1L) pair$fd else NA)
+      fds <- c(fds, pair$fd)
     }
     # Report each worker that ends, at once, on the ssh session's stdout (the
     # script's descriptor 4): "gone SLOT STATUS".
@@ -434,11 +441,14 @@
       invisible(bad)
     }
     files <- NULL
-    if (!is.null(relay_item) && stored) {
-      # (the workers were told so: a relay.pl that cannot be told its descriptors fails)
-      if (length(pfd) != 1L || anyNA(fds))
-        fail("could not tell the relay on ", Sys.info()[["nodename"]], " its connections")
-      files <- relay_files(pfd, fds, slots, vapply(jobs, function(j) j$pid, 1L))
+    if (lanes) {
+      # relay.pl where it can run and be told its descriptors, else this R; each worker
+      # is told which by the first byte on its socket from the relay.
+      if (stored && !is.na(pfd) && !anyNA(fds)) files <- relay_files(pfd, fds, slots)
+      for (end in ends) tryCatch(writeBin(charToRaw(if (is.null(files)) "S" else "F"), end),
+                                 error = function(e) NULL)
+    }
+    if (!is.null(files)) {
       close(P)  # (relay.pl holds them now)
       for (end in ends) close(end)
     } else if (!is.null(relay_item)) relay(P, lock, ends, as.integer(slots),
