@@ -11,7 +11,7 @@ APT_PACKAGES=(
   r-cran-foreach r-cran-progressr
   r-cran-cli r-cran-crayon r-cran-prettyunits r-cran-sessioninfo  # (future.tests, in the tests)
   openssh-server openssh-client iptables iproute2 procps util-linux python3-venv
-  tcsh fish rsync
+  tcsh fish rsync strace
   podman runc
 )
 

@@ -554,3 +554,45 @@ def test_lanes_big_messages_are_kept_in_a_file_on_the_host(make_testbed: MakeTes
     assert lines["after"].split() == ["TRUE", "TRUE", "/dev/shm"]
     assert lines["left"].split() == ["0"]
     assert nothing_left(tb, marker=tmp_path) == {}
+
+
+def test_lanes_where_perl_cannot_run_the_relay(make_testbed: MakeTestbed,
+                                               tmp_path: Path) -> None:
+    """A host whose perl fails (here one that exits at once: first on its PATH): its R
+    relays big messages itself, and each worker learns so from the first byte on its
+    socket from the relay; a big export and a 1 MB call to both reach them whole."""
+    tb = make_testbed(1)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "perl").write_text("#!/bin/sh\nexit 2\n")
+    (fake / "perl").chmod(0o755)
+    bashrc = host_dir(tb.workdir, tb.hosts[0]) / "bashrc"
+    with bashrc.open("r+") as rc:
+        rest = rc.read()
+        rc.seek(0)
+        rc.write(f'export PATH="{fake}:$PATH"\n{rest}')
+    f = write_cluster(tb, tmp_path, ncore=2)
+    out = run_r_in_test(f"""
+        source({str(f)!r})
+        cl <- parallelCluster
+        cat("which", unlist(parallel::clusterEvalQ(cl, Sys.which("perl"))) ==
+          {str(fake / "perl")!r}, "\\n")
+        ppid <- function() as.integer(strsplit(readLines("/proc/self/stat"), " ")[[1]][4])
+        relay <- parallel::clusterCall(cl[1], ppid)[[1]]
+        kids <- suppressWarnings(system(sprintf("pgrep -P %d -x perl", relay), intern = TRUE))
+        cat("perl", length(kids), "\\n")
+        x <- as.raw(seq_len(20e6) %% 251)
+        parallel::clusterExport(cl, "x")
+        cat("export", unlist(parallel::clusterEvalQ(cl, sum(as.numeric(x)))) ==
+          sum(as.numeric(x)), "\\n")
+        y <- runif(131072)
+        cat("call", unlist(parallel::clusterCall(cl, function(v) sum(v), y)) == sum(y), "\\n")
+        sshcluster_stop()
+    """, tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = lines_of(out.stdout)
+    assert lines["which"].split() == ["TRUE", "TRUE"]
+    assert lines["perl"].split() == ["0"]
+    assert lines["export"].split() == ["TRUE", "TRUE"]
+    assert lines["call"].split() == ["TRUE", "TRUE"]
+    assert nothing_left(tb, marker=tmp_path) == {}

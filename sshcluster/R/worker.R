@@ -44,8 +44,8 @@
   # worker's socket. Which one is decided once the workers are forked, and each worker
   # learns it from the first byte on its socket from the relay (bulk_mode).
   stored <- lanes && !identical(strsplit(relay_item, ":", fixed = TRUE)[[1]][5], "stream") &&
-    identical(Sys.info()[["sysname"]], "Linux") && nzchar(Sys.which("perl")) &&
-    dir.exists("/proc/self/fd")
+    identical(Sys.info()[["sysname"]], "Linux") && R.version$arch %in% c("x86_64", "aarch64") &&
+    nzchar(Sys.which("perl")) && dir.exists("/proc/self/fd")
   bulk_mode <- NULL
 
   # parallel internals, named in one place: its worker loop and output sink, and
@@ -199,20 +199,20 @@
     if (identical(bulk_mode, "F")) stored_message(bulk) else unserialize(bulk)
   }, envir = asNamespace("parallel"))
   # A big message from relay.pl: its notice on the relay's socket, then (kind 1) the
-  # message read from its file (opened, then the relay told so: it may then let the
-  # file go), or (kind 3: no room for a file) the message itself, on that socket.
+  # message read from its file (opened, then the relay told so, ACK: it may then let
+  # the file go; a file that cannot be opened, NAK: the relay sends it on the socket),
+  # or (kind 3: no room for a file) the message itself, on that socket.
   stored_message <- function(bulk) {
     h <- read_raw(bulk, 16L)
-    if (length(h) < 16L) stop("sshcluster: the relay on ", Sys.info()[["nodename"]],
-                              " has ended", call. = FALSE)
-    kind <- readBin(h[1:4], "integer", size = 4L, endian = "big")
+    kind <- if (length(h) == 16L) readBin(h[1:4], "integer", size = 4L, endian = "big")
+    if (!isTRUE(kind %in% c(1L, 3L)))
+      stop("sshcluster: the relay on ", Sys.info()[["nodename"]], " has ended", call. = FALSE)
     if (kind == 3L) return(unserialize(bulk))
     path <- rawToChar(read_raw(bulk, readBin(h[5:8], "integer", size = 4L, endian = "big")))
-    con <- tryCatch(file(path, "rb", raw = TRUE), error = function(e) e)
-    writeBin(as.raw(6L), bulk)
-    if (!inherits(con, "connection")) stop("sshcluster: could not open a message that the ",
-      "relay on ", Sys.info()[["nodename"]], " kept (", conditionMessage(con), ")",
-      call. = FALSE)
+    con <- tryCatch(file(path, "rb", raw = TRUE), error = function(e) NULL)
+    writeBin(as.raw(if (is.null(con)) 21L else 6L), bulk)
+    if (is.null(con))
+      return(unserialize(read_raw(bulk, readBin(h[9:16], "double", size = 8L, endian = "big"))))
     on.exit(close(con))
     unserialize(con)
   }
@@ -280,17 +280,21 @@
   }
   # relay.pl, for big messages (stored): kept in a file on the host once, where its
   # workers read it. A tmpfs first (/dev/shm), then R's temporary directory's parent.
-  # NULL where this perl cannot run it (older than 5.10, which reads no big-endian
-  # doubles): the relay is then this R.
+  # Its pipe and pid once it says it is ready (it has then told each worker, "F"), or
+  # NULL where it cannot run (a perl older than 5.10, which reads no big-endian
+  # doubles; one that fails): the relay is then this R.
   relay_files <- function(pfd, fds, slots) {
-    perl <- shQuote(Sys.which("perl"))
-    probe <- suppressWarnings(system(paste(perl, "-e", shQuote(
-      "exit(unpack(q(d>), pack(q(d>), 2.5)) == 2.5 ? 0 : 1)"), ">/dev/null 2>&1")))
-    if (!identical(probe, 0L)) return(NULL)
     dirs <- c(if (file.access("/dev/shm", 3L) == 0L) "/dev/shm", dirname(tempdir()))
-    pipe(paste("exec", perl, "-e", shQuote(RELAY_PL), shQuote(R.version$arch), pfd,
-               paste(shQuote(dirs), collapse = " "), "--",
-               paste(slots, fds, sep = ":", collapse = " ")), "wb")
+    con <- tryCatch(pipe(paste(
+      "exec", shQuote(Sys.which("perl")), "-e", shQuote(RELAY_PL), shQuote(R.version$arch),
+      pfd, paste(shQuote(dirs), collapse = " "), "--",
+      paste(slots, fds, sep = ":", collapse = " "), "2>/dev/null"), "r"), error = function(e) NULL)
+    said <- if (!is.null(con)) tryCatch(readLines(con, n = 1L, warn = FALSE),
+                                        error = function(e) character())
+    if (length(said) == 1L && grepl("^ready [0-9]+$", said))
+      return(list(con = con, pid = as.integer(sub("ready ", "", said, fixed = TRUE))))
+    if (!is.null(con)) close(con)
+    NULL
   }
   relay <- function(P, lock, ends, slots, pids, collect) {
     # (behind lanes the primary knows its workers' pids from their own handshakes)
@@ -445,8 +449,8 @@
       # relay.pl where it can run and be told its descriptors, else this R; each worker
       # is told which by the first byte on its socket from the relay.
       if (stored && !is.na(pfd) && !anyNA(fds)) files <- relay_files(pfd, fds, slots)
-      for (end in ends) tryCatch(writeBin(charToRaw(if (is.null(files)) "S" else "F"), end),
-                                 error = function(e) NULL)
+      if (is.null(files))
+        for (end in ends) tryCatch(writeBin(charToRaw("S"), end), error = function(e) NULL)
     }
     if (!is.null(files)) {
       close(P)  # (relay.pl holds them now)
@@ -454,7 +458,11 @@
     } else if (!is.null(relay_item)) relay(P, lock, ends, as.integer(slots),
                                            vapply(jobs, function(j) j$pid, 1L), collect)
     while (length(jobs)) collect(1)
-    if (!is.null(files)) close(files)
+    if (!is.null(files)) {
+      # (its own child, not yet waited for: the pid is still relay.pl's)
+      tools::pskill(files$pid, tools::SIGTERM)
+      close(files$con)
+    }
     if (failed) quit(save = "no", status = 3L)
   }
 })()
