@@ -53,7 +53,7 @@ from sshcluster.inventory import AUTO, Host, Inventory
 from sshcluster.launchplan import Plan, RenderOptions, launch_plan, launch_tunnel, plan_of
 from sshcluster.net import R_PORT_RANGE
 from sshcluster.protocol import LAUNCH_CONNECTIONS, RELAY_MOST_WORKERS, USER_CONNECTIONS
-from sshcluster.quoting import r_string, shell_join
+from sshcluster.quoting import r_long_string, r_string, shell_join
 from sshcluster.ssh.command import CONNECT_TIMEOUT, known_hosts_option, ssh_command
 from sshcluster.version import __version__
 
@@ -262,8 +262,8 @@ def _fast(inventory: Inventory, opts: RenderOptions, plan: Plan) -> list[str]:
             ("worker_logs", _r_value(opts.worker_logs)),
             ("own_ports", _r_value(opts.own_ports)),
             *container_config(inventory, _R_SOURCES["remote.sh"]),  # remote_script (containers)
-            ("supervisor_script", r_string(_R_SOURCES["supervisor.sh"])),
-            ("worker_code", r_string(WORKER_CODE)),
+            ("supervisor_script", r_long_string(_R_SOURCES["supervisor.sh"])),
+            ("worker_code", r_long_string(WORKER_CODE)),
             ("read_script", r_string(READ_SCRIPT)),
             ("end_of_script", r_string(END_OF_SCRIPT)),
         ]),

@@ -26,6 +26,22 @@ _R_ESCAPES = {
 }
 
 
+#: The most characters of a value in one line of :func:`r_long_string` (each at most 12
+#: bytes once escaped: a line stays under the 4,095 bytes R reads of it at a time).
+R_PIECE = 256
+
+
+def r_long_string(value: str) -> str:
+    """Return an R expression whose value is ``value``: :func:`r_string` for a short one,
+    a ``paste0()`` of pieces, one per line, for a long one. R reads a file that Rscript
+    runs 4,095 bytes of a line at a time, and a literal cut there in the middle of an
+    escape does not parse (``source()`` reads whole lines)."""
+    if len(value) <= R_PIECE:
+        return r_string(value)
+    pieces = [r_string(value[i:i + R_PIECE]) for i in range(0, len(value), R_PIECE)]
+    return "paste0(\n" + ",\n".join(pieces) + ")"
+
+
 def r_string(value: str) -> str:
     """Return an R string literal (double-quoted, ASCII only) whose value is ``value``.
 
@@ -79,4 +95,4 @@ def shell_join(words: Iterable[str]) -> str:
     return " ".join(shell_quote(w) for w in words)
 
 
-__all__ = ["r_string", "r_vector", "shell_join", "shell_quote"]
+__all__ = ["r_long_string", "r_string", "r_vector", "shell_join", "shell_quote"]

@@ -20,8 +20,9 @@ from sshcluster.bootstrap import (
     spec_entries,
 )
 from sshcluster.inventory import Host, Inventory, Primary, parse_inventory
-from sshcluster.quoting import r_string
+from sshcluster.quoting import r_long_string
 from sshcluster.ssh.command import ssh_command
+from sshcluster.testing.modes import LAUNCH_MODES
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSIC = RenderOptions(launch="classic")
@@ -227,7 +228,7 @@ def test_no_environment_variable_changes_the_launch(options: RenderOptions) -> N
     text = render(parse_inventory(MISSION), options)
     # The workers' own code reads what the launch itself hands each host's command line
     # (SSHCLUSTER_OUTPUT, where worker_output goes); the primary's side reads nothing.
-    worker = r_string(WORKER_CODE)
+    worker = r_long_string(WORKER_CODE)
     text = text.replace(worker, "")
     # (the host script hands the workers' code to R in SSHCLUSTER_CODE)
     text = text.replace('Sys.getenv(\\"SSHCLUSTER_CODE\\")', "")
@@ -435,3 +436,24 @@ def test_a_bad_timing_option_stops_before_anything_starts(tmp_path: Path, option
                          capture_output=True, text=True, timeout=60)
     assert message in out.stdout, out.stdout + out.stderr
     assert "started" not in out.stdout
+
+
+@pytest.mark.parametrize("options", list(LAUNCH_MODES.values()), ids=list(LAUNCH_MODES))
+def test_rscript_reads_the_file_whole(tmp_path: Path, options: RenderOptions) -> None:
+    """No line of the generated file is as long as the 4,095 bytes R reads of a line at a
+    time when Rscript runs a file (an escape cut there did not parse: the host's script
+    and the workers' code are pieces, one per line), and run that way (its start() call
+    replaced by one that prints what it got) the workers' code and the supervisor's
+    script arrive whole."""
+    text = render(parse_inventory(MISSION), options)
+    assert max(len(line.encode()) for line in text.splitlines()) < 4095
+    if "\nstart(list(" not in text:
+        return  # (the classic launch: R's makeCluster, no script of ours)
+    f = tmp_path / "cluster.R"
+    f.write_text(text.replace("\nstart(list(", (
+        "\nshow <- function(config) cat(nchar(config$worker_code),"
+        " nchar(config$supervisor_script), '\\n')\nshow(list(")), encoding="ascii")
+    out = subprocess.run(["Rscript", str(f)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(len(WORKER_CODE)),
+                                  str(len(_R_SOURCES["supervisor.sh"]))]

@@ -13,7 +13,7 @@ from importlib import resources
 
 from sshcluster.errors import RenderError
 from sshcluster.inventory import Inventory
-from sshcluster.quoting import r_string
+from sshcluster.quoting import r_long_string, r_string
 
 __all__ = ["CONTAINER_SCRIPT", "container_config", "container_script", "refuse_classic"]
 
@@ -31,7 +31,7 @@ def container_config(inventory: Inventory, remote_sh: str) -> list[tuple[str, st
     """The launch config's ``remote_script`` entry (``remote_sh``, the host script, behind
     the container functions when a host has a container) and, then only, its
     ``containers`` entry (one R list or NULL per machine)."""
-    script = [("remote_script", r_string(container_script(inventory) + remote_sh))]
+    script = [("remote_script", r_long_string(container_script(inventory) + remote_sh))]
     if not any(h.container for h in inventory.hosts):
         return script
     items = []
