@@ -65,7 +65,7 @@ def _known_hosts_forms(inventory: Inventory) -> str:
         return "NULL"
     current = shell_join(known_hosts_option(inventory, before_8_5=False))
     legacy = shell_join(known_hosts_option(inventory, before_8_5=True))
-    return f"c(current = {r_string(current)}, before_8_5 = {r_string(legacy)})"
+    return f"c(current = {r_long_string(current)},\n  before_8_5 = {r_long_string(legacy)})"
 
 
 def spec_entries(inventory: Inventory) -> list[dict[str, str]]:
@@ -121,8 +121,8 @@ def render(inventory: Inventory, options: RenderOptions | None = None) -> str:
         "",
         "# The primary as the workers see it, and the machines with their R workers.",
         f"primary <- {r_string(primary)}",
-        *([f"workdir <- {r_string(inventory.workdir)}  # where the workers start, on every host"]
-          if inventory.workdir else []),
+        *([f"workdir <- {r_long_string(inventory.workdir)}"
+           "  # where the workers start, on every host"] if inventory.workdir else []),
         "machineAddresses <- list(",
         *_r_items([_machine(inventory, h, opts, plan) for h in inventory.hosts]),
         ")",
@@ -143,7 +143,19 @@ def render(inventory: Inventory, options: RenderOptions | None = None) -> str:
                   f"use_library(parallelCluster, {_r_value(roots)}, "
                   f"{r_string(opts.library_digest)})"]
     lines += ["})", ""]
-    return "\n".join(lines)
+    text = "\n".join(lines)
+    longest = max(len(line.encode()) for line in text.splitlines())
+    if longest >= RSCRIPT_LINE:  # (long values are pieces: only a huge one gets here)
+        raise RenderError(
+            f"{_where(inventory)}a value of the inventory makes a line of {longest:,} bytes in "
+            f"the file, and Rscript reads at most {RSCRIPT_LINE - 1:,} bytes of a line",
+            hint="shorten the longest value (a path, a host's ssh options)")
+    return text
+
+
+#: Rscript reads a file it runs this many bytes of a line at a time, less one: a string
+#: literal cut there in the middle of an escape does not parse (quoting.r_long_string).
+RSCRIPT_LINE = 4096
 
 
 #: The oldest R the generated file runs on.
@@ -204,7 +216,7 @@ def _machine(inventory: Inventory, host: Host, opts: RenderOptions, plan: Plan) 
     if plan.launch == "classic":
         own_ssh = ssh_command(inventory, host, opts, before_8_5=False)
         if own_ssh != ssh_command(inventory, None, opts, before_8_5=False):
-            fields.append(f"rshcmd = {r_string(shell_join(own_ssh))}")
+            fields.append(f"rshcmd = {r_long_string(shell_join(own_ssh))}")
         if host.rscript:
             # R uses a node's own rscript only when the node is "homogeneous".
             fields += [f"rscript = {r_string(host.rscript)}", "homogeneous = TRUE"]
@@ -234,7 +246,7 @@ def _fast(inventory: Inventory, opts: RenderOptions, plan: Plan) -> list[str]:
     per_host = [shell_join(ssh_command(inventory, h, opts, known_hosts=False))
                 for h in inventory.hosts]
     common = Counter(per_host).most_common(1)[0][0]
-    own = [_r_value(ssh if ssh != common else None) for ssh in per_host]
+    own = ["NULL" if ssh == common else r_long_string(ssh) for ssh in per_host]
     port = "NA_integer_" if inventory.port is None else f"{inventory.port}L"
     return [
         _R_SOURCES["proof.R"],
@@ -243,8 +255,8 @@ def _fast(inventory: Inventory, opts: RenderOptions, plan: Plan) -> list[str]:
         *_call("start", [
             ("machines", "machineAddresses"),
             ("workers_reach", r_string("127.0.0.1") if plan.tunnel == "reverse" else "primary"),
-            ("ssh", r_string(common)),
-            ("host_ssh", f"list({', '.join(own)})"),
+            ("ssh", r_long_string(common)),
+            ("host_ssh", "list(\n" + ",\n".join(own) + ")"),
             ("known_hosts", _known_hosts_forms(inventory)),
             ("port", port),
             ("port_range", f"c({R_PORT_RANGE[0]}L, {R_PORT_RANGE[1]}L)"),
@@ -280,7 +292,7 @@ def _classic(inventory: Inventory, opts: RenderOptions, plan: Plan) -> list[str]
         *_call("start_classic", [
             ("master", "primary"),
             ("spec", "spec"),
-            ("rshcmd", r_string(shell_join(ssh_command(inventory, None, opts,
+            ("rshcmd", r_long_string(shell_join(ssh_command(inventory, None, opts,
                                                        before_8_5=False)))),
             ("known_hosts", _known_hosts_forms(inventory)),
             ("port", port),

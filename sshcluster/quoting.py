@@ -26,8 +26,9 @@ _R_ESCAPES = {
 }
 
 
-#: The most characters of a value in one line of :func:`r_long_string` (each at most 12
-#: bytes once escaped: a line stays under the 4,095 bytes R reads of it at a time).
+#: The most characters of a value in one line of :func:`r_long_string` (each at most 10
+#: bytes once escaped, ``\U{10ffff}``: a line stays under the 4,095 bytes R reads of it
+#: at a time).
 R_PIECE = 256
 
 

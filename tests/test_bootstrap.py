@@ -230,6 +230,8 @@ def test_no_environment_variable_changes_the_launch(options: RenderOptions) -> N
     # (SSHCLUSTER_OUTPUT, where worker_output goes); the primary's side reads nothing.
     worker = r_long_string(WORKER_CODE)
     text = text.replace(worker, "")
+    # (a long string's pieces joined again, so that no name is cut in two)
+    text = text.replace('",\n"', "")
     # (the host script hands the workers' code to R in SSHCLUSTER_CODE)
     text = text.replace('Sys.getenv(\\"SSHCLUSTER_CODE\\")', "")
     reads = re.findall(r"Sys\.getenv\(([^)]*)\)", text)
@@ -438,22 +440,43 @@ def test_a_bad_timing_option_stops_before_anything_starts(tmp_path: Path, option
     assert "started" not in out.stdout
 
 
+#: 40 hosts, each with ssh options of its own (a port, a key under a path with a quote
+#: and a non-ASCII letter, which the file writes as escapes) and a container whose
+#: options have quotes: the values of all hosts together are far over 4,095 bytes.
+MANY = "primary: 10.0.0.1\nknown_hosts: /srv/kn'own/h\u00f6sts\nhosts:\n" + "".join(
+    f"  - host: h{i}.example\n    ncore: 2\n    ssh_port: {2200 + i}\n"
+    f"    identity_file: \"/home/zo\u00eb/it's key/{'x' * 30}{i}\"\n"
+    f"    container: {{image: \"r:{i}\", options: [--label, \"it's \\\"{i}\\\"\"]}}\n"
+    for i in range(40))
+
+
+@pytest.mark.parametrize("inventory", ["mission", "many"])
 @pytest.mark.parametrize("options", list(LAUNCH_MODES.values()), ids=list(LAUNCH_MODES))
-def test_rscript_reads_the_file_whole(tmp_path: Path, options: RenderOptions) -> None:
+def test_rscript_reads_the_file_whole(tmp_path: Path, options: RenderOptions,
+                                      inventory: str) -> None:
     """No line of the generated file is as long as the 4,095 bytes R reads of a line at a
-    time when Rscript runs a file (an escape cut there did not parse: the host's script
-    and the workers' code are pieces, one per line), and run that way (its start() call
-    replaced by one that prints what it got) the workers' code and the supervisor's
-    script arrive whole."""
-    text = render(parse_inventory(MISSION), options)
+    time when Rscript runs a file (an escape cut there did not parse: long values are
+    pieces, one per line, and each host's own ssh options and container a line of its
+    own), and run that way (its start() call replaced by one that prints what it got)
+    the workers' code, the supervisor's script and each host's values arrive whole."""
+    inv = parse_inventory(MISSION if inventory == "mission" else MANY)
+    if inventory == "many" and options.launch == "classic":
+        return  # (containers are refused there: the fast launch only)
+    text = render(inv, options)
     assert max(len(line.encode()) for line in text.splitlines()) < 4095
     if "\nstart(list(" not in text:
         return  # (the classic launch: R's makeCluster, no script of ours)
     f = tmp_path / "cluster.R"
     f.write_text(text.replace("\nstart(list(", (
         "\nshow <- function(config) cat(nchar(config$worker_code),"
-        " nchar(config$supervisor_script), '\\n')\nshow(list(")), encoding="ascii")
-    out = subprocess.run(["Rscript", str(f)], capture_output=True, text=True, timeout=60)
+        " nchar(config$supervisor_script), length(config$host_ssh),"
+        " vapply(config$containers, function(c) if (is.null(c)) '-' else c$options, ''),"
+        " sep = '\\n')\nshow(list(")), encoding="ascii")
+    out = subprocess.run(["Rscript", str(f)], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "LANG": "C.UTF-8"})
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == [str(len(WORKER_CODE)),
-                                  str(len(_R_SOURCES["supervisor.sh"]))]
+    lines = out.stdout.splitlines()
+    assert lines[:3] == [str(len(WORKER_CODE)), str(len(_R_SOURCES["supervisor.sh"])),
+                         str(len(inv.hosts))]
+    assert lines[3:] == [c.options_line if c else "-" for c in (h.container for h in inv.hosts)
+                         ] or not any(h.container for h in inv.hosts)

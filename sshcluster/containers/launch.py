@@ -38,9 +38,9 @@ def container_config(inventory: Inventory, remote_sh: str) -> list[tuple[str, st
     for h in inventory.hosts:
         c = h.container
         items.append("NULL" if c is None else (
-            f"list(engine = {r_string(c.engine)}, image = {r_string(c.image)}, "
-            f"pull = {r_string(c.pull)}, options = {r_string(c.options_line)})"))
-    return [("containers", f"list({', '.join(items)})"), *script]
+            f"list(engine = {r_long_string(c.engine)}, image = {r_long_string(c.image)},\n"
+            f"  pull = {r_string(c.pull)}, options = {r_long_string(c.options_line)})"))
+    return [("containers", "list(\n" + ",\n".join(items) + ")"), *script]
 
 
 def refuse_classic(inventory: Inventory, launch: str) -> None:

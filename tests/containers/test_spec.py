@@ -74,13 +74,15 @@ def test_options_reach_the_hosts_shell_as_the_same_words() -> None:
 
 
 def test_only_an_inventory_with_a_container_renders_differently() -> None:
-    plain = render(parse_inventory(BASE + "hosts: [a, b]\n"))
-    boxed = render(parse_inventory(BASE + "hosts: [a, b]\ncontainer: localhost/r:1\n"))
+    # (a long string's pieces, one per line, joined again)
+    plain = render(parse_inventory(BASE + "hosts: [a, b]\n")).replace('",\n"', "")
+    boxed = render(parse_inventory(BASE + "hosts: [a, b]\ncontainer: localhost/r:1\n")
+                   ).replace('",\n"', "")
     # (remote.sh names the functions, but only container.sh defines them)
     assert "sshcluster_container_start() {" not in plain
     assert "containers = list(" not in plain
     assert "sshcluster_container_start() {" in boxed
-    assert 'containers = list(list(engine = "auto", image = "localhost/r:1"' in boxed
+    assert 'containers = list(\nlist(engine = "auto", image = "localhost/r:1"' in boxed
     assert len(boxed) > len(plain) + len(CONTAINER_SCRIPT) // 2
 
 
