@@ -33,6 +33,16 @@ def lines_of(stdout: str) -> dict[str, str]:
     return dict(line.split(" ", 1) for line in stdout.splitlines() if " " in line)
 
 
+def first_in_bashrc(tb: Testbed, line: str) -> None:
+    """Put ``line`` first in the (first) test host's ~/.bashrc, which its ssh sessions'
+    shell reads (written in place: the host sees it through a bind mount)."""
+    bashrc = host_dir(tb.workdir, tb.hosts[0]) / "bashrc"
+    with bashrc.open("r+") as rc:
+        rest = rc.read()
+        rc.seek(0)
+        rc.write(f"{line}\n{rest}")
+
+
 #: R code that keeps every message of a host's workers on its relay's connection (no
 #: lanes), as a primary whose R connections would not hold a lane per worker does.
 RELAY_ONLY = "options(sshcluster.lanes = FALSE)"
@@ -504,16 +514,13 @@ def test_lanes_big_messages_are_kept_in_a_file_on_the_host(make_testbed: MakeTes
     """With lanes, the host's relay (relay.pl) keeps a big message once, in a file without
     a name that its workers read: in /dev/shm (here a tmpfs of 4 MB of the host's own)
     where it takes at most half the room left, else in the directory of R's temporary
-    files (TMPDIR, here a tmpfs of 48 MB); only the newest is kept. A message neither has
+    files (TMPDIR, here a tmpfs of 48 MB); once its workers have read it, only the newest
+    is kept. A message neither has
     room for is kept in relay.pl's memory and handed to each worker on its socket. Stop
     leaves nothing."""
     tb = make_testbed(1, private_dirs={"/dev/shm": "4m", "/srv/rtmp": "48m"})
-    # (the host's shell gives its R that TMPDIR: its ~/.bashrc, written in place)
-    bashrc = host_dir(tb.workdir, tb.hosts[0]) / "bashrc"
-    with bashrc.open("r+") as rc:
-        rest = rc.read()
-        rc.seek(0)
-        rc.write(f"export TMPDIR=/srv/rtmp\n{rest}")
+    # (the host's shell gives its R that TMPDIR)
+    first_in_bashrc(tb, "export TMPDIR=/srv/rtmp")
     f = write_cluster(tb, tmp_path, ncore=2)
     out = run_r_in_test(f"""
         source({str(f)!r})
@@ -566,11 +573,7 @@ def test_lanes_where_perl_cannot_run_the_relay(make_testbed: MakeTestbed,
     fake.mkdir()
     (fake / "perl").write_text("#!/bin/sh\nexit 2\n")
     (fake / "perl").chmod(0o755)
-    bashrc = host_dir(tb.workdir, tb.hosts[0]) / "bashrc"
-    with bashrc.open("r+") as rc:
-        rest = rc.read()
-        rc.seek(0)
-        rc.write(f'export PATH="{fake}:$PATH"\n{rest}')
+    first_in_bashrc(tb, f'export PATH="{fake}:$PATH"')
     f = write_cluster(tb, tmp_path, ncore=2)
     out = run_r_in_test(f"""
         source({str(f)!r})
