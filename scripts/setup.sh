@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   r-base-core r-cran-parallelly r-cran-future r-cran-future.apply r-cran-doparallel
   r-cran-foreach r-cran-progressr
+  r-cran-mass  # (a package the container tests' image has: R's own library, not Debian's r-base-core)
   r-cran-cli r-cran-crayon r-cran-prettyunits r-cran-sessioninfo  # (future.tests, in the tests)
   openssh-server openssh-client iptables iproute2 procps util-linux python3-venv
   tcsh fish rsync strace
