@@ -18,6 +18,7 @@ import shlex
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -556,9 +557,26 @@ def test_a_silent_primary_stops_the_workers(tmp_path: Path) -> None:
             try:
                 assert proc.stdin is not None
                 proc.stdin.write(_tokens(2))
-                proc.stdin.flush()  # ... and then nothing, but no EOF either
-                server.settimeout(30)
-                held = [server.accept()[0] for _ in range(2)]
+                proc.stdin.flush()
+                # heartbeats until both workers are in (on a loaded machine their start
+                # may take longer than the silence) ...
+                connected = threading.Event()
+
+                def beat() -> None:
+                    assert proc.stdin is not None
+                    while not connected.wait(1):
+                        proc.stdin.write(b"\n")
+                        proc.stdin.flush()
+
+                beats = threading.Thread(target=beat, daemon=True)
+                beats.start()
+                server.settimeout(60)
+                try:
+                    held = [server.accept()[0] for _ in range(2)]
+                finally:
+                    connected.set()
+                    beats.join()
+                # ... and then nothing, but no EOF either
                 tree = descendants(proc.pid)
                 assert len([p for p in tree if process_name(p) == "R"]) == 3
                 proc.wait(timeout=30)
