@@ -5,7 +5,8 @@ the same bytes. Every value reaches R through :func:`~sshcluster.quoting.r_strin
 the ssh command through :func:`~sshcluster.quoting.shell_quote`.
 
 The file is R source: a version check, the names R users know from the hand-written
-snippet (``primary``, ``machineAddresses``, ``spec``), then, inside ``local()``, the
+snippet (``primary``, ``machineAddresses``, ``spec``), then, in an environment of its own
+(as ``local()`` would, but in short statements: :mod:`sshcluster.statements`), the
 launcher's R code (``sshcluster/R/*.R``, pasted as it is) and one call with the data
 Python supplies. Only ``parallelCluster``, ``sshcluster_stop`` and (fast launch)
 ``sshcluster_repair`` reach the user's global environment besides those three.
@@ -55,6 +56,7 @@ from sshcluster.net import R_PORT_RANGE
 from sshcluster.protocol import LAUNCH_CONNECTIONS, RELAY_MOST_WORKERS, USER_CONNECTIONS
 from sshcluster.quoting import r_long_string, r_string, shell_join
 from sshcluster.ssh.command import CONNECT_TIMEOUT, known_hosts_option, ssh_command
+from sshcluster.statements import in_own_environment
 from sshcluster.version import __version__
 
 
@@ -133,16 +135,15 @@ def render(inventory: Inventory, options: RenderOptions | None = None) -> str:
         "})",
         "spec <- unlist(spec, recursive = FALSE)",
         "",
-        "local({",
-        _R_SOURCES["common.R"],
     ]
-    lines += (_fast if plan.launch == "fast" else _classic)(inventory, opts, plan)
+    code, call = (_fast if plan.launch == "fast" else _classic)(inventory, opts, plan)
+    code = [_R_SOURCES["common.R"], *code]
     if opts.library_digest:
         roots = list(dict.fromkeys(inventory.library_of(h) for h in inventory.hosts))
-        lines += [_R_SOURCES["library.R"],
-                  f"use_library(parallelCluster, {_r_value(roots)}, "
-                  f"{r_string(opts.library_digest)})"]
-    lines += ["})", ""]
+        code.append(_R_SOURCES["library.R"])
+        call += [f"use_library(parallelCluster, {_r_value(roots)}, "
+                 f"{r_string(opts.library_digest)})"]
+    lines += in_own_environment("\n".join(code), call)
     text = "\n".join(lines)
     longest = max(len(line.encode()) for line in text.splitlines())
     if longest >= RSCRIPT_LINE:  # (long values are pieces: only a huge one gets here)
@@ -242,15 +243,15 @@ def _call(function: str, config: Sequence[tuple[str, str]]) -> list[str]:
     return [f"{function}(list(", *_r_items([f"{k} = {v}" for k, v in config]), "))"]
 
 
-def _fast(inventory: Inventory, opts: RenderOptions, plan: Plan) -> list[str]:
+def _fast(inventory: Inventory, opts: RenderOptions, plan: Plan
+          ) -> tuple[list[str], list[str]]:
+    """The fast launch's code, and its call."""
     per_host = [shell_join(ssh_command(inventory, h, opts, known_hosts=False))
                 for h in inventory.hosts]
     common = Counter(per_host).most_common(1)[0][0]
     own = ["NULL" if ssh == common else r_long_string(ssh) for ssh in per_host]
     port = "NA_integer_" if inventory.port is None else f"{inventory.port}L"
-    return [
-        _R_SOURCES["proof.R"],
-        _LAUNCH_R,
+    return [_R_SOURCES["proof.R"], _LAUNCH_R], [
         "# ssh never prompts, gives up on a dead host, and always verifies host keys.",
         *_call("start", [
             ("machines", "machineAddresses"),
@@ -282,10 +283,11 @@ def _fast(inventory: Inventory, opts: RenderOptions, plan: Plan) -> list[str]:
     ]
 
 
-def _classic(inventory: Inventory, opts: RenderOptions, plan: Plan) -> list[str]:
+def _classic(inventory: Inventory, opts: RenderOptions, plan: Plan
+             ) -> tuple[list[str], list[str]]:
+    """The classic launch's code, and its call."""
     port = "NA_integer_" if inventory.port is None else f"{inventory.port}L"
-    return [
-        _R_SOURCES["classic.R"],
+    return [_R_SOURCES["classic.R"]], [
         "# ssh never prompts, gives up on a dead host, and always verifies host keys.",
         "# homogeneous = FALSE: each worker runs the Rscript on its own PATH (or the",
         "# per-host rscript above), not the primary's R path.",

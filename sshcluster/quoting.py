@@ -29,17 +29,30 @@ _R_ESCAPES = {
 #: The most characters of a value in one line of :func:`r_long_string` (each at most 10
 #: bytes once escaped, ``\U{10ffff}``: a line stays under the 4,095 bytes R reads of it
 #: at a time).
-R_PIECE = 256
+R_PIECE = 2048
 
 
 def r_long_string(value: str) -> str:
     """Return an R expression whose value is ``value``: :func:`r_string` for a short one,
-    a ``paste0()`` of pieces, one per line, for a long one. R reads a file that Rscript
-    runs 4,095 bytes of a line at a time, and a literal cut there in the middle of an
-    escape does not parse (``source()`` reads whole lines)."""
-    if len(value) <= R_PIECE:
-        return r_string(value)
-    pieces = [r_string(value[i:i + R_PIECE]) for i in range(0, len(value), R_PIECE)]
+    a ``paste0()`` of pieces of at most :data:`R_PIECE` bytes as written (escapes
+    whole), one per line, for a long one. R reads a file that Rscript runs 4,095 bytes
+    of a line at a time, and a literal cut there in the middle of an escape does not
+    parse (``source()`` reads whole lines); and the fewer lines a statement has, the
+    sooner Rscript has parsed it (it parses it again for each line)."""
+    whole = r_string(value)
+    if len(whole) <= R_PIECE:
+        return whole
+    pieces: list[str] = []
+    piece: list[str] = []
+    size = 2  # (the quotes)
+    for ch in value:
+        written = r_string(ch)[1:-1]
+        if size + len(written) > R_PIECE:
+            pieces.append('"' + "".join(piece) + '"')
+            piece, size = [], 2
+        piece.append(written)
+        size += len(written)
+    pieces.append('"' + "".join(piece) + '"')
     return "paste0(\n" + ",\n".join(pieces) + ")"
 
 

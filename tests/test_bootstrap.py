@@ -20,7 +20,7 @@ from sshcluster.bootstrap import (
     spec_entries,
 )
 from sshcluster.inventory import Host, Inventory, Primary, parse_inventory
-from sshcluster.quoting import r_long_string
+from sshcluster.quoting import r_long_string, r_string
 from sshcluster.ssh.command import ssh_command
 from sshcluster.testing.modes import LAUNCH_MODES
 
@@ -59,17 +59,19 @@ hand <- unlist(hand, recursive=FALSE)
 
 
 #: R: evaluate a generated file's top level (primary, machineAddresses, spec), and the
-#: data its local() block passes to start() or start_classic() as `config`, without
-#: starting anything.
+#: data its last statement passes to start() or start_classic() as `config`, without
+#: defining or starting anything of the launcher's (its statements are evalq()s).
 EVAL_DATA = """
 eval_data <- function(path) {
   env <- new.env()
   for (e in parse(path)) {
-    if (is.call(e) && identical(e[[1]], as.name("local"))) {
-      block <- e[[2]]
-      call <- block[[length(block)]]
-      env$entry <- as.character(call[[1]])
-      env$config <- eval(call[[2]], env)
+    if (is.call(e) && identical(e[[1]], as.name("evalq"))) {
+      block <- as.list(e[[2]])[-1L]
+      for (call in block) if (is.call(call) &&
+                              as.character(call[[1]]) %in% c("start", "start_classic")) {
+        env$entry <- as.character(call[[1]])
+        env$config <- eval(call[[2]], env)
+      }
     } else eval(e, env)
   }
   env
@@ -464,6 +466,16 @@ def test_rscript_reads_the_file_whole(tmp_path: Path, options: RenderOptions,
         return  # (containers are refused there: the fast launch only)
     text = render(inv, options)
     assert max(len(line.encode()) for line in text.splitlines()) < 4095
+    # Rscript parses a statement again from its start for each line it adds to it (a
+    # local() of the whole launcher took it seconds): every statement is short
+    whole = tmp_path / "whole.R"
+    whole.write_text(text, encoding="ascii")
+    spans = subprocess.run(["Rscript", "-e", (
+        f"e <- parse({r_string(str(whole))}, keep.source = TRUE)\n"
+        "n <- vapply(attr(e, 'srcref'), function(s) s[3L] - s[1L] + 1L, 1L)\n"
+        "cat(length(e), max(n), '\\n')")], capture_output=True, text=True, timeout=60)
+    count, longest = map(int, spans.stdout.split())
+    assert count > 5 and longest <= 250, spans.stdout + spans.stderr
     if "\nstart(list(" not in text:
         return  # (the classic launch: R's makeCluster, no script of ours)
     f = tmp_path / "cluster.R"
@@ -471,11 +483,14 @@ def test_rscript_reads_the_file_whole(tmp_path: Path, options: RenderOptions,
         "\nshow <- function(config) cat(nchar(config$worker_code),"
         " nchar(config$supervisor_script), length(config$host_ssh),"
         " vapply(config$containers, function(c) if (is.null(c)) '-' else c$options, ''),"
-        " sep = '\\n')\nshow(list(")), encoding="ascii")
+        " sep = '\\n')\nshow(list(")) + "cat(ls(all.names = TRUE), '\\n')\n", encoding="ascii")
     out = subprocess.run(["Rscript", str(f)], capture_output=True, text=True, timeout=60,
                          env={**os.environ, "LANG": "C.UTF-8"})
     assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
+    *lines, names = out.stdout.splitlines()
+    # (the launcher's environment is gone from the caller's once the file has run)
+    assert [n for n in names.split() if n != ".Random.seed"] == [
+        "machineAddresses", "primary", "spec"], names
     assert lines[:3] == [str(len(WORKER_CODE)), str(len(_R_SOURCES["supervisor.sh"])),
                          str(len(inv.hosts))]
     assert lines[3:] == [c.options_line if c else "-" for c in (h.container for h in inv.hosts)

@@ -35,7 +35,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
                "sshcluster.push.shared", "sshcluster.push.marker",
                "sshcluster.push.fanout_check", "sshcluster.containers.check")),
     # The R bootstrap: the launch.
-    ("launch", ("sshcluster.bootstrap", "sshcluster.launchplan",
+    ("launch", ("sshcluster.bootstrap", "sshcluster.launchplan", "sshcluster.statements",
                 "sshcluster.containers.launch")),
     # The sub-systems built on the check and the launch.
     ("subsystems", ("sshcluster.ec2", "sshcluster.packages", "sshcluster.push",

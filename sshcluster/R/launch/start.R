@@ -2,9 +2,10 @@
 # sshcluster's fast launch and its running cluster, on the primary: start.R,
 # session.R, accept.R, node.R, stop.R, repair.R and show.R, pasted in that order.
 #
-# The generated cluster.R runs these files inside local(), then calls
-# start(config): only the names start() assigns (parallelCluster,
-# sshcluster_stop, sshcluster_repair) reach the global environment.
+# The generated cluster.R runs these files in an environment of their own (as
+# local() would, in short statements: bootstrap.py), then calls start(config):
+# only the names start() assigns (parallelCluster, sshcluster_stop,
+# sshcluster_repair) reach the global environment.
 #
 # * One supervisor process (supervisor.sh) holds one ssh session per host; the
 #   R session holds one pipe to it, so a cluster costs R the listening socket,
