@@ -26,9 +26,8 @@ _R_ESCAPES = {
 }
 
 
-#: The most characters of a value in one line of :func:`r_long_string` (each at most 10
-#: bytes once escaped, ``\U{10ffff}``: a line stays under the 4,095 bytes R reads of it
-#: at a time).
+#: The most bytes of a value, as written (escapes whole), in one line of
+#: :func:`r_long_string`: a line stays under the 4,095 bytes R reads of it at a time.
 R_PIECE = 2048
 
 

@@ -11,11 +11,12 @@ evaluates the launcher's code where ``local()`` would, in parts of about
 from __future__ import annotations
 
 #: The environment the launcher's code is defined in while the file runs (the one name
-#: of ours besides those the module's docstring lists; the last statement removes it).
+#: of ours besides those the bootstrap's docstring lists; the last statement, or an
+#: error in any, removes it).
 LAUNCH_ENV = ".sshcluster_launch"
 
-#: Lines of the launcher's code in one statement of the file, at most (bar a longer
-#: definition): see :func:`in_own_environment`.
+#: Lines of the launcher's code in one statement of the file, at least: a part ends at
+#: the next place it can (see :func:`_r_parts`), mostly within a few lines.
 STATEMENT_LINES = 40
 
 
@@ -24,14 +25,22 @@ def in_own_environment(code: str, call: list[str]) -> list[str]:
     environment of their own, as ``local()`` would, but as many short statements:
     Rscript, R's console and R CMD BATCH parse a statement again from its start for each
     line they add to it, so that one ``local({...})`` of 2,000 lines took them seconds
-    (``source()`` parses a file once). The last statement takes the environment out of
-    the caller's (whatever it does)."""
+    (``source()`` parses a file once).
+
+    As in ``local()``, an error stops the rest: each part runs only while the
+    environment is there, and an error in a part takes it out of the caller's (R's
+    console goes on to the next statement after an error; source() and Rscript stop).
+    The last statement takes it out before its call runs, whatever that call does."""
+    gone = (f"error = function(e) rm({LAUNCH_ENV}, "
+            "envir = parent.env(parent.env(environment())))")
     out = [f"{LAUNCH_ENV} <- new.env()  # (the launcher's code, defined below, part by part)"]
     for part in _r_parts(code, STATEMENT_LINES):
-        out += ["evalq({", part, f"}}, {LAUNCH_ENV})"]
+        out += [f"if (exists({LAUNCH_ENV!r}, inherits = FALSE)) evalq(withCallingHandlers({{",
+                part, f"}}, {gone}), {LAUNCH_ENV})"]
     take = (f"local({{ e <- {LAUNCH_ENV}; rm({LAUNCH_ENV}, envir = parent.env(environment()));"
             " e })")
-    return [*out, "evalq({", *call, f"}}, {take})", ""]
+    return [*out, f"if (exists({LAUNCH_ENV!r}, inherits = FALSE)) evalq({{", *call,
+            f"}}, {take})", ""]
 
 
 def _r_parts(code: str, most: int) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -22,6 +23,7 @@ from sshcluster.bootstrap import (
 from sshcluster.inventory import Host, Inventory, Primary, parse_inventory
 from sshcluster.quoting import r_long_string, r_string
 from sshcluster.ssh.command import ssh_command
+from sshcluster.statements import LAUNCH_ENV
 from sshcluster.testing.modes import LAUNCH_MODES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,8 +67,10 @@ EVAL_DATA = """
 eval_data <- function(path) {
   env <- new.env()
   for (e in parse(path)) {
+    if (is.call(e) && identical(e[[1]], as.name("if")) && is.call(e[[3]]) &&
+        identical(e[[3]][[1]], as.name("evalq"))) e <- e[[3]]  # (a part of the launcher's)
     if (is.call(e) && identical(e[[1]], as.name("evalq"))) {
-      block <- as.list(e[[2]])[-1L]
+      block <- if (identical(e[[2]][[1]], as.name("{"))) as.list(e[[2]])[-1L]
       for (call in block) if (is.call(call) &&
                               as.character(call[[1]]) %in% c("start", "start_classic")) {
         env$entry <- as.character(call[[1]])
@@ -427,19 +431,32 @@ def test_worker_output_is_read_and_checked() -> None:
     ("sshcluster.heartbeat_seconds = 5, sshcluster.silence_seconds = 6",
      "option sshcluster.silence_seconds must be at least twice"),
 ])
+@pytest.mark.parametrize("how", ["source", "console"])
 def test_a_bad_timing_option_stops_before_anything_starts(tmp_path: Path, options: str,
-                                                          message: str) -> None:
+                                                          message: str, how: str) -> None:
     """The timings a fault test may shorten (options() before source()) are checked
-    before any ssh starts: a bad value is named, and nothing of the launch runs."""
+    before any ssh starts: a bad value is named, and nothing of the launch runs, whether
+    the file is source()d or its lines are given to R's console (which goes on to the
+    next statement after an error); nothing of the launcher's is left behind."""
     f = tmp_path / "cluster.R"
-    f.write_text(render(parse_inventory(MISSION), RenderOptions()))
-    out = subprocess.run(["Rscript", "-e", f"options({options})\n"
-                          "system <- system2 <- pipe <- function(...) stop('started')\n"
-                          f"r <- tryCatch(source({json.dumps(str(f))}), error = conditionMessage)\n"
-                          "cat(r, '\\n')"],
-                         capture_output=True, text=True, timeout=60)
-    assert message in out.stdout, out.stdout + out.stderr
-    assert "started" not in out.stdout
+    text = render(parse_inventory(MISSION), RenderOptions())
+    f.write_text(text)
+    head = f"options({options})\nsystem <- system2 <- pipe <- function(...) stop('started')\n"
+    tail = "cat('LEFT', ls(all.names = TRUE), '\\n')\n"
+    if how == "source":
+        out = subprocess.run(["Rscript", "-e", head + (
+            f"r <- tryCatch(source({json.dumps(str(f))}), error = conditionMessage)\n"
+            "cat(r, '\\n')\n") + tail], capture_output=True, text=True, timeout=60)
+        said = out.stdout
+    else:
+        out = subprocess.run(["R", "--interactive", "--no-save", "--quiet"],
+                             input=head + text + tail, capture_output=True, text=True,
+                             timeout=60)
+        said = out.stderr  # (its stdout echoes the input)
+    assert message in said, said
+    assert "started" not in said and "not found" not in said, said
+    left = [ln for ln in out.stdout.splitlines() if ln.startswith("LEFT")]
+    assert len(left) == 1 and LAUNCH_ENV not in left[0], said
 
 
 #: 40 hosts, each with ssh options of its own (a port, a key under a path with a quote
@@ -468,14 +485,20 @@ def test_rscript_reads_the_file_whole(tmp_path: Path, options: RenderOptions,
     assert max(len(line.encode()) for line in text.splitlines()) < 4095
     # Rscript parses a statement again from its start for each line it adds to it (a
     # local() of the whole launcher took it seconds): every statement is short
-    whole = tmp_path / "whole.R"
+    # (and so with the library a sync made, which brings library.R)
+    whole, synced = tmp_path / "whole.R", tmp_path / "synced.R"
     whole.write_text(text, encoding="ascii")
+    synced.write_text(render(inv, dataclasses.replace(options, library_digest="0" * 64)),
+                      encoding="ascii")
     spans = subprocess.run(["Rscript", "-e", (
-        f"e <- parse({r_string(str(whole))}, keep.source = TRUE)\n"
-        "n <- vapply(attr(e, 'srcref'), function(s) s[3L] - s[1L] + 1L, 1L)\n"
-        "cat(length(e), max(n), '\\n')")], capture_output=True, text=True, timeout=60)
-    count, longest = map(int, spans.stdout.split())
-    assert count > 5 and longest <= 250, spans.stdout + spans.stderr
+        f"for (f in c({r_string(str(whole))}, {r_string(str(synced))})) {{\n"
+        "  e <- parse(f, keep.source = TRUE)\n"
+        "  n <- vapply(attr(e, 'srcref'), function(s) s[3L] - s[1L] + 1L, 1L)\n"
+        "  cat(length(e), max(n), '\\n') }")], capture_output=True, text=True, timeout=60)
+    for line in (spans.stdout.splitlines() or [""]):
+        count, longest = map(int, line.split())
+        assert count > 5 and longest <= 250, spans.stdout + spans.stderr
+    assert spans.stdout.count("\n") == 2, spans.stdout + spans.stderr
     if "\nstart(list(" not in text:
         return  # (the classic launch: R's makeCluster, no script of ours)
     f = tmp_path / "cluster.R"

@@ -682,9 +682,9 @@ def test_error_is_a_classed_condition(clean: Testbed, tmp_path: Path) -> None:
 @pytest.mark.parametrize("launch", ["fast", "classic"])
 def test_source_defines_only_the_documented_names(clean: Testbed, tmp_path: Path, launch: str
                                                   ) -> None:
-    """The file runs in local(): the user's global environment gets the seed's names and
-    the documented functions, nothing else; the user's own variables, options and random
-    seed are left alone."""
+    """The file runs in an environment of its own: the user's global environment gets the
+    seed's names and the documented functions, nothing else; the user's own variables,
+    options and random seed are left alone."""
     f = write_cluster(clean, tmp_path, hosts=clean.hosts[:2],
                    options=RenderOptions(launch="classic" if launch == "classic" else "fast"))
     out = run_r_in_test(f"""
