@@ -36,7 +36,8 @@ import pytest
 
 from sshcluster.errors import TestbedError
 from sshcluster.testing.hosts import TestHost
-from sshcluster.testing.registry import down_all
+from sshcluster.testing.netns import link_names
+from sshcluster.testing.registry import down_all, state_path
 from sshcluster.testing.rscript import RTimeout, run_r_code
 from sshcluster.testing.spec import require_root_and_netns
 from sshcluster.testing.testbed import Testbed
@@ -68,8 +69,14 @@ MakeTestbed = Callable[..., Testbed]
 
 
 def fresh_name() -> str:
-    """A fresh testbed name for a test (:data:`TEST_PREFIX` + 4 hex digits)."""
-    return TEST_PREFIX + secrets.token_hex(2)
+    """A fresh testbed name for a test (:data:`TEST_PREFIX` + 6 hex digits), not one that
+    exists on this machine: a run builds hundreds, several at once (with 4 hex digits two
+    alike met in a run here, and the second failed to build)."""
+    for _ in range(100):
+        name = TEST_PREFIX + secrets.token_hex(3)
+        if not state_path(name).exists() and f"{name}-br" not in link_names():
+            return name
+    raise TestbedError("could not find an unused testbed name")
 
 
 def skip_or_fail(reason: str) -> NoReturn:
