@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import subprocess
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -36,10 +35,9 @@ import pytest
 
 from sshcluster.errors import TestbedError
 from sshcluster.testing.hosts import TestHost
-from sshcluster.testing.netns import link_names
-from sshcluster.testing.registry import down_all, state_path
+from sshcluster.testing.registry import down_all
 from sshcluster.testing.rscript import RTimeout, run_r_code
-from sshcluster.testing.spec import require_root_and_netns
+from sshcluster.testing.spec import new_name, require_root_and_netns
 from sshcluster.testing.testbed import Testbed
 
 __all__ = [
@@ -72,11 +70,7 @@ def fresh_name() -> str:
     """A fresh testbed name for a test (:data:`TEST_PREFIX` + 6 hex digits), not one that
     exists on this machine: a run builds hundreds, several at once (with 4 hex digits two
     alike met in a run here, and the second failed to build)."""
-    for _ in range(100):
-        name = TEST_PREFIX + secrets.token_hex(3)
-        if not state_path(name).exists() and f"{name}-br" not in link_names():
-            return name
-    raise TestbedError("could not find an unused testbed name")
+    return new_name(TEST_PREFIX, 6)
 
 
 def skip_or_fail(reason: str) -> NoReturn:

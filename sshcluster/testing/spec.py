@@ -32,6 +32,7 @@ __all__ = [
     "PRIVATE_DIR_SIZE",
     "TestbedSpec",
     "inventory_data",
+    "new_name",
     "private_dirs_spec",
     "require_root_and_netns",
 ]
@@ -72,11 +73,12 @@ def require_root_and_netns() -> None:
         ) from e
 
 
-def _new_name() -> str:
-    """A testbed name not used by any state file, namespace or link on this machine."""
+def new_name(prefix: str = "sc", digits: int = 4) -> str:
+    """A testbed name (``prefix`` and ``digits`` hex digits) not used by any state file
+    or namespace on this machine."""
     taken_ns = netns_names()
     for _ in range(100):
-        name = "sc" + secrets.token_hex(2)
+        name = prefix + secrets.token_hex(digits // 2)
         if not state_path(name).exists() and f"{name}-h1" not in taken_ns:
             return name
     raise TestbedError("could not find an unused testbed name", hint="pass name=")
@@ -125,7 +127,7 @@ class TestbedSpec:
         _check_ports(n, host_ssh_ports or {})
         return cls(
             n=n,
-            name=name or _new_name(),
+            name=name or new_name(),
             hostname_prefix=hostname_prefix,
             subnet=subnet,
             primary_ssh_port=primary_ssh_port,
