@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from sshcluster.bootstrap import render
 from sshcluster.cli import cli
 from sshcluster.inventory import load_inventory
-from sshcluster.testing import STATE_DIR, STATE_DIR_ENV, Testbed, list_testbeds, remove_testbed
+from sshcluster.testing import STATE_DIR_ENV, Testbed, list_testbeds, remove_testbed
 from sshcluster.testing.fixtures import MakeTestbed, fresh_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -273,21 +273,24 @@ def test_testbed_up_refuses_a_dir_that_a_testbed_uses(testbed_env: None, tmp_pat
 def test_testbed_down_all_removes_only_testbeds_whose_owner_exited(
     testbed_env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Testbeds of their own: a state directory that no other testbed of this machine is in.
-    others = {r.name for r in list_testbeds() if not r.owner_alive}
+    # Testbeds of their own: a state directory that no other testbed of this machine is in,
+    # and beside it another, with a testbed whose owner has exited too.
     env = {STATE_DIR_ENV: str(tmp_path / "state")}
+    other_env = {**os.environ, STATE_DIR_ENV: str(tmp_path / "other-state")}
+    other, other_name = _cli_up(tmp_path / "other", env=other_env)
+    assert other.returncode == 0 and other_name, other.stderr
     monkeypatch.setenv(STATE_DIR_ENV, env[STATE_DIR_ENV])
     made, cli_name = _cli_up(tmp_path / "cli", env=env)  # its owner has exited
-    assert made.returncode == 0 and cli_name, made.stderr
     try:
+        assert made.returncode == 0 and cli_name, made.stderr
         with Testbed(1, name=fresh_name()) as live:  # its owner, this process, runs
             result = CliRunner().invoke(cli, ["testbed", "down", "--all"])
             assert result.exit_code == 0, result.output
             assert result.stderr == f"removed 1 testbed: {cli_name}\n"
-            # Nothing outside its own state directory was touched (looked at at once: other
-            # tests running beside this one remove their own testbeds as they end).
-            assert all((STATE_DIR / f"{name}.json").exists() for name in others
-                       if not name.startswith(("sct", "sck")))
+            # Nothing outside its own state directory was touched: the other directory's
+            # testbed keeps its record and its namespace.
+            assert (tmp_path / "other-state" / f"{other_name}.json").exists()
+            assert f"{other_name}-" in _netns()
             assert f"{cli_name}-" not in _netns()
             assert [r.name for r in list_testbeds()] == [live.name]
             proc = subprocess.run(live.ssh_argv(live.hosts[0], "true"), timeout=60,
@@ -299,6 +302,10 @@ def test_testbed_down_all_removes_only_testbeds_whose_owner_exited(
     finally:
         if cli_name:
             remove_testbed(cli_name)
+        gone = subprocess.run([sys.executable, "-m", "sshcluster", "testbed", "down", "--name",
+                               other_name], env=other_env, capture_output=True, text=True,
+                              timeout=120, check=False)
+    assert gone.returncode == 0 and f"{other_name}-" not in _netns(), gone.stderr
 
 
 def test_testbed_down_help_says_what_all_removes() -> None:

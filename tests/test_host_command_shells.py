@@ -13,6 +13,7 @@ try to create, never appears).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -95,6 +96,13 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("home")
 
 
+def test_the_examples_reach_the_shells() -> None:
+    """The property test's own examples are inventories the shells then read (a refusal
+    would let them pass without reaching a shell)."""
+    assert len(_inventory([h for h in HOSTILE if "\\" not in h], "10.0.0.1", None).hosts) > 10
+    assert _inventory(["/usr/lib/R/bin/Rscript"], "primary-1.example", "C.UTF-8").hosts
+
+
 @pytest.mark.slow  # a property test through five shells: about a minute
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -109,10 +117,16 @@ def test_every_login_shell_reads_the_same_words(home: Path, tmp_path: Path,
     try:
         inv = _inventory(rscript, primary, locale)
     except InventoryError as e:
-        # refused at the edge, with a message that names the field
+        # refused at the edge, with a message that names the field: a host's rscript only
+        # for a backslash (any other path reaches the shells), else the primary's name or
+        # the locale
         assert e.field, str(e)
-        if any("\\" in r for r in rscript):
-            assert "backslash" in str(e) or e.field != "hosts[0].rscript"
+        at = re.fullmatch(r"hosts\[(\d+)\]\.rscript", e.field)
+        if at:
+            assert "\\" in rscript[int(at.group(1))] and "backslash" in str(e), str(e)
+        else:
+            assert e.field in ("primary.host", "locale"), str(e)
+        event(f"refused: {e.field}")
         return
     event("the shells ran it")
     lines = _command_lines(inv, tmp_path)

@@ -73,9 +73,33 @@ def test_no_usable_keys(text: str) -> None:
     assert parse_console_host_keys(text) == ()
 
 
-@given(st.text())
+SAMPLES = [sample(name) for name in ("ubuntu-22.04-crlf.txt", "debian-ec2-prefix.txt",
+                                     "reboot-and-partial.txt", "no-keys-yet.txt")]
+#: What consoles hold: the block's markers, key lines (real and broken), a reboot, the
+#: prefixes syslog and the kernel put in front, line ends of both kinds.
+PIECES = st.sampled_from([
+    "-----BEGIN SSH HOST KEY KEYS-----", "-----END SSH HOST KEY KEYS-----",
+    *(ln for text in SAMPLES[:2] for ln in text.splitlines() if ln.count(" ") >= 1 and
+      any(t in ln for t in ("ssh-ed25519 AAAA", "ecdsa-sha2-nistp256 AAAA", "ssh-rsa AAAA"))),
+    "ssh-ed25519 ", "ssh-rsa ", "ecdsa-sha2-nistp256 ", "AAAA", "!!!!", "=", " ", "\t",
+    "reboot: Restarting system", "ec2: ", "[   12.345678] ", "cloud-init[812]: ", "\n", "\r\n",
+])
+#: Whole consoles cut anywhere, and consoles made of those pieces and any text.
+CONSOLES = st.one_of(
+    st.text(),
+    st.builds(lambda text, i, j: text[min(i, j):max(i, j)], st.sampled_from(SAMPLES),
+              st.integers(0, 20000), st.integers(0, 20000)),
+    st.lists(st.one_of(PIECES, st.text(max_size=8)), max_size=60).map("".join),
+)
+
+
+@given(CONSOLES)
 def test_never_raises_on_any_text(text: str) -> None:
-    parse_console_host_keys(text)
+    """Whatever the console holds, the parser answers, and each key it finds is one of
+    the three kinds, read whole from a line of that text."""
+    for key in parse_console_host_keys(text):
+        assert key.type in ("ecdsa-sha2-nistp256", "ssh-ed25519", "ssh-rsa"), key
+        assert key.blob and key.blob in text and f"{key.type} {key.blob}" in text, key
 
 
 def test_known_hosts_file(tmp_path: Path) -> None:

@@ -99,4 +99,5 @@ def test_a_flood_does_not_keep_genuine_workers_out(testbed: Testbed, tmp_path: P
     assert out.returncode == 0, f"{flood_said}\n{out.stderr}"
     lines = dict(ln.split("|", 1) for ln in out.stdout.splitlines() if "|" in ln)
     assert lines["workers"] == "4", flood_said
+    assert lines["hosts"].split() == sorted(h.hostname for h in hosts), flood_said
     assert "refused" in out.stderr, flood_said

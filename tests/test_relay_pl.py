@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from sshcluster.testing.fixtures import skip_or_fail
+
 RELAY_PL = (Path(__file__).parents[1] / "sshcluster" / "R" / "relay.pl").read_text()
 #: R's name for this CPU, as worker.R passes it (relay.pl knows x86_64 and aarch64).
 ARCH = os.uname().machine
@@ -139,7 +141,7 @@ def test_a_message_kept_once_read_by_each_worker_and_let_go(start, tmp_path: Pat
     stays for a head that may still name it. The bytes went through splice() (strace),
     or, told not to, through perl."""
     if shutil.which("strace") is None:
-        pytest.skip("strace(1) missing: scripts/setup.sh installs it")
+        skip_or_fail("strace(1) missing: scripts/setup.sh installs it")
     trace = tmp_path / "trace"
     files = tmp_path / "files"
     files.mkdir()
@@ -206,7 +208,7 @@ def test_a_cpu_whose_calls_it_does_not_know_keeps_no_file(start, tmp_path: Path)
 def _small_tmpfs(small: Path) -> list[str]:
     """relay.pl run where ``small`` is a tmpfs of 1 MB of its own."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
-        pytest.skip("needs root and unshare(1) for a tmpfs of its own")
+        skip_or_fail("needs root and unshare(1) for a tmpfs of its own")
     small.mkdir()
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
             'mount -t tmpfs -o size=1m none "$1" && shift && exec "$@"', "sh", str(small)]

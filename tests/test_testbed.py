@@ -391,9 +391,7 @@ def test_down_removes_everything(make_testbed: MakeTestbed) -> None:
 
 
 def test_up_32_hosts(make_testbed: MakeTestbed) -> None:
-    t = time.monotonic()
     tb = make_testbed(32)
-    assert time.monotonic() - t < 30  # (a hang guard: up in a few seconds)
     # up() saw every sshd answer; check each host's own hostname directly, and a sample
     # over ssh (an ssh costs ~0.3 s of CPU here, mostly key exchange).
     assert [tb.run(h, ["hostname"]).stdout.strip() for h in tb.hosts] == [

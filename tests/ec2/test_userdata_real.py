@@ -112,14 +112,13 @@ def test_the_host_keys_reach_the_console_before_a_slow_setup_ends(
     machine = machines[0]
     spec = spec_for(machine.testbed, "ami-0123456789abcdef0", "sleep 30\n")
     expires = ec2.utcnow() + timedelta(hours=1)
-    started = time.monotonic()
     machine.boot(ec2.user_data(spec, expires))
-    assert time.monotonic() - started < 10  # the user data does not wait for the setup
     keys = parse_console_host_keys(machine.console.read_text())
     (line,) = [x for x in Path(machine.testbed.known_hosts).read_text().splitlines()
                if x.split()[0] == machine.host.address]
     assert [f"{k.type} {k.blob}" for k in keys] == [line.split(None, 1)[1]]
-    assert machine.read("/var/lib/sshcluster/status").strip() == "running"  # setup goes on
+    # the user data did not wait for the setup, which goes on
+    assert machine.read("/var/lib/sshcluster/status").strip() == "running"
     # the dead man's switch ran first, and stays armed for a reboot
     asked = machine.asked.read_text()
     left = round((expires - ec2.utcnow()).total_seconds() / 60)
