@@ -80,7 +80,12 @@ while [ $i -le "$N" ]; do
     esac
     eval "p=\$lp_$i"
     if ! kill -s 0 "$p" 2>/dev/null; then
-      [ "$(tail -n 1 "lease.$i.out" 2>/dev/null)" = leased ] && break
+      # Its last word may have come just before it ended, after the look above (a
+      # refusal: the session says "held ..." and ends): that word is the answer.
+      case "$(tail -n 1 "lease.$i.out" 2>/dev/null)" in
+        leased) break ;;
+        held\ *|error\ *) continue ;;
+      esac
       why=$(grep -v '^$' "lease.$i.err" 2>/dev/null | tail -n 1)
       state "failed $(label $i): cannot take its lease from this host: ${why:-its session ended}"
       finish 1

@@ -355,6 +355,37 @@ def _parent(pid: int) -> int:
 
 
 
+def test_a_refusal_said_as_the_lease_session_ends_is_a_refusal(tmp_path: Path) -> None:
+    """A lease session that says "held ..." (another job holds the host) and ends at once
+    may end between the supervisor's look at what it said and its look at whether it
+    runs: that is still a refusal naming the job that holds the host, not a session that
+    ended for no reason. The real supervisor, here, made slow to look by a tail(1) that
+    takes half a second after it has read (a loaded machine), and a lease session that
+    answers after a fifth of one; in a full run, a second job was once told "its session
+    ended" instead of whose lease it met."""
+    from sshcluster.jobs import detached
+
+    run = tmp_path / "job"
+    run.mkdir()
+    (run / "supervise.sh").write_bytes(detached.SUPERVISOR.read_bytes())
+    (run / "job.env").write_text("JOB=j2\nRSCRIPT=Rscript\nMODE=try\nN=1\nLEASE_TIMEOUT=20\n"
+                                 "STOP_TIMEOUT=5\n")
+    (run / "hosts").write_text("h1\n")
+    (run / "lease.1.in").write_text("")
+    (run / "lease.1.cmd").write_text("sleep 0.2\nprintf 'held j1\\tscript fit.R\\n'\n")
+    slow = tmp_path / "bin"
+    slow.mkdir()
+    tail = slow / "tail"
+    tail.write_text(f'#!/bin/sh\n{shutil.which("tail")} "$@"\nstatus=$?\nsleep 0.5\n'
+                    'exit $status\n')
+    tail.chmod(0o755)
+    subprocess.run(["sh", "./supervise.sh"], cwd=run, check=True, timeout=60,
+                   env={**os.environ, "PATH": f"{slow}:{os.environ['PATH']}"})
+    assert (run / "state").read_text() == "ended\n"
+    assert (run / "why").read_text() == "refused h1 j1\tscript fit.R\n"
+    assert (run / "status").read_text() == "1\n"
+
+
 def test_a_start_that_ends_before_it_is_seen_says_why(tmp_path: Path) -> None:
     """The start polls the supervisor's state; a job refused or failed at once may reach
     "ended" between two polls: the start still reads the refusal or failure (from
