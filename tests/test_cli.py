@@ -278,10 +278,11 @@ def test_testbed_down_all_removes_only_testbeds_whose_owner_exited(
     env = {STATE_DIR_ENV: str(tmp_path / "state")}
     other_env = {**os.environ, STATE_DIR_ENV: str(tmp_path / "other-state")}
     other, other_name = _cli_up(tmp_path / "other", env=other_env)
-    assert other.returncode == 0 and other_name, other.stderr
-    monkeypatch.setenv(STATE_DIR_ENV, env[STATE_DIR_ENV])
-    made, cli_name = _cli_up(tmp_path / "cli", env=env)  # its owner has exited
+    cli_name = None
     try:
+        assert other.returncode == 0 and other_name, other.stderr
+        monkeypatch.setenv(STATE_DIR_ENV, env[STATE_DIR_ENV])
+        made, cli_name = _cli_up(tmp_path / "cli", env=env)  # its owner has exited
         assert made.returncode == 0 and cli_name, made.stderr
         with Testbed(1, name=fresh_name()) as live:  # its owner, this process, runs
             result = CliRunner().invoke(cli, ["testbed", "down", "--all"])
@@ -300,11 +301,16 @@ def test_testbed_down_all_removes_only_testbeds_whose_owner_exited(
             assert again.stderr == "removed 0 testbeds\n"
         cli_name = None
     finally:
-        if cli_name:
-            remove_testbed(cli_name)
-        gone = subprocess.run([sys.executable, "-m", "sshcluster", "testbed", "down", "--name",
-                               other_name], env=other_env, capture_output=True, text=True,
-                              timeout=120, check=False)
+        try:
+            if cli_name:
+                remove_testbed(cli_name)
+        finally:
+            # (its record is in this test's own directory: nothing else would find it)
+            if other_name:
+                gone = subprocess.run(
+                    [sys.executable, "-m", "sshcluster", "testbed", "down", "--name",
+                     other_name], env=other_env, capture_output=True, text=True,
+                    timeout=120, check=False)
     assert gone.returncode == 0 and f"{other_name}-" not in _netns(), gone.stderr
 
 

@@ -87,8 +87,9 @@ PIECES = st.sampled_from([
 #: Whole consoles cut anywhere, and consoles made of those pieces and any text.
 CONSOLES = st.one_of(
     st.text(),
-    st.builds(lambda text, i, j: text[min(i, j):max(i, j)], st.sampled_from(SAMPLES),
-              st.integers(0, 20000), st.integers(0, 20000)),
+    st.sampled_from(SAMPLES).flatmap(lambda text: st.builds(
+        lambda i, j: text[min(i, j):max(i, j)], st.integers(0, len(text)),
+        st.integers(0, len(text)))),
     st.lists(st.one_of(PIECES, st.text(max_size=8)), max_size=60).map("".join),
 )
 

@@ -359,10 +359,10 @@ def test_a_refusal_said_as_the_lease_session_ends_is_a_refusal(tmp_path: Path) -
     """A lease session that says "held ..." (another job holds the host) and ends at once
     may end between the supervisor's look at what it said and its look at whether it
     runs: that is still a refusal naming the job that holds the host, not a session that
-    ended for no reason. The real supervisor, here, made slow to look by a tail(1) that
-    takes half a second after it has read (a loaded machine), and a lease session that
-    answers after a fifth of one; in a full run, a second job was once told "its session
-    ended" instead of whose lease it met."""
+    ended for no reason (in a full run, a second job was once told "its session ended"
+    instead of whose lease it met). The real supervisor, here, made slow to look by a
+    tail(1) that takes a second after it has read (a loaded machine), and a session that
+    answers only once that tail has read: its answer comes between the two looks."""
     from sshcluster.jobs import detached
 
     run = tmp_path / "job"
@@ -372,12 +372,13 @@ def test_a_refusal_said_as_the_lease_session_ends_is_a_refusal(tmp_path: Path) -
                                  "STOP_TIMEOUT=5\n")
     (run / "hosts").write_text("h1\n")
     (run / "lease.1.in").write_text("")
-    (run / "lease.1.cmd").write_text("sleep 0.2\nprintf 'held j1\\tscript fit.R\\n'\n")
+    (run / "lease.1.cmd").write_text("while [ ! -e tail.ran ]; do sleep 0.01; done\n"
+                                     "printf 'held j1\\tscript fit.R\\n'\n")
     slow = tmp_path / "bin"
     slow.mkdir()
     tail = slow / "tail"
-    tail.write_text(f'#!/bin/sh\n{shutil.which("tail")} "$@"\nstatus=$?\nsleep 0.5\n'
-                    'exit $status\n')
+    tail.write_text(f'#!/bin/sh\n{shutil.which("tail")} "$@"\nstatus=$?\n: >tail.ran\n'
+                    'sleep 1\nexit $status\n')
     tail.chmod(0o755)
     subprocess.run(["sh", "./supervise.sh"], cwd=run, check=True, timeout=60,
                    env={**os.environ, "PATH": f"{slow}:{os.environ['PATH']}"})
