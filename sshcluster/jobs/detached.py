@@ -47,7 +47,13 @@ from sshcluster.dump import dump_inventory
 from sshcluster.errors import HostError, HostLeased, SshclusterError
 from sshcluster.inventory import Host, Inventory, Primary, load_inventory
 from sshcluster.jobs.job import RunError, RunOptions
-from sshcluster.jobs.leases import LEASE_SCRIPT, LEASE_TIMEOUT, JobInfo, describe
+from sshcluster.jobs.leases import (
+    LEASE_SCRIPT,
+    LEASE_TIMEOUT,
+    JobInfo,
+    describe,
+    leased_elsewhere,
+)
 from sshcluster.jobs.record import runs_dir
 from sshcluster.jobs.remote import run_script, settings
 from sshcluster.jobs.workerlog import WORKER_LOGS, job_render_options
@@ -270,6 +276,8 @@ def start_detached(inventory: Inventory | str | os.PathLike[str],
         raise RunError(f"{source}: no such script")
     report = check(inv, timeout=opts.timeout, concurrency=opts.concurrency,
                    accept_new=opts.accept_new)
+    if not opts.allow_partial:
+        leased_elsewhere(inv, report, job.job if job else None, wait=opts.wait)
     ready = verified_inventory(report, inv, allow_partial=opts.allow_partial)
     if primary is None:
         host = ready.hosts[0]

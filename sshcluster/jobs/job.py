@@ -44,6 +44,7 @@ from sshcluster.jobs.leases import (
     acquire,
     ask,
     describe,
+    leased_elsewhere,
     settle,
 )
 from sshcluster.jobs.record import RunResult, read_note, runs_dir, write_owner, write_record
@@ -312,6 +313,8 @@ def run(inventory: Inventory | str | os.PathLike[str], script: str | os.PathLike
                         owner.start_r(opts.rscript, opts.args, copy.resolve(), out, err)
                 report = check(inv, timeout=opts.timeout, concurrency=opts.concurrency,
                                accept_new=opts.accept_new)
+                if not opts.allow_partial:
+                    leased_elsewhere(inv, report, job.job, wait=opts.wait)
                 ready = verified_inventory(report, inv, allow_partial=opts.allow_partial)
                 state.hosts = tuple(h.label for h in ready.hosts)
                 state.left_out = tuple(h.label for h in report.failed)

@@ -24,11 +24,12 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from importlib import resources
 
 from sshcluster.bootstrap import END_OF_SCRIPT, READ_SCRIPT
+from sshcluster.check.report import CheckReport
 from sshcluster.errors import HostError, HostLeased
 from sshcluster.inventory import Host, Inventory
 from sshcluster.quoting import shell_quote
@@ -289,6 +290,32 @@ def list_leases(inventory: Inventory) -> list[Lease]:
         for s in sessions:
             s.close()
     return out
+
+
+#: The check's steps after which a host answers ssh: its lease can be asked at once.
+_REACHED = ("resolve", "connect", "hostkey", "auth")
+
+
+def leased_elsewhere(inventory: Inventory, report: CheckReport, job: str | None, *,
+                     wait: bool) -> None:
+    """A host that failed the check while another job runs there may have failed for
+    that job's sake: its cluster holds the inventory's port there (a detached job's
+    primary R listens on it), so the check's callback cannot forward it. Raise
+    :class:`HostLeased` naming the first failed host (that ssh reached) leased to a job
+    other than ``job``: whose host it is says more than the check's step. Nothing
+    when there is none."""
+    asked = {r.label for r in report.failed if not set(r.failed) & set(_REACHED)}
+    if not asked:
+        return
+    hosts = tuple(h for h in inventory.hosts if h.label in asked)
+    for lease in list_leases(replace(inventory, hosts=hosts)):
+        if lease.holder is not None and lease.holder.job != job:
+            raise HostLeased(
+                f"{lease.host} is leased to {describe(lease.holder)}, and failed the "
+                "check while that job runs there", host=lease.host, holder=lease.holder,
+                hint="run again once that job has ended (sshcluster jobs INVENTORY shows "
+                     "who holds each host)" if wait else
+                     "wait for it with --wait, or run on other hosts")
 
 
 def holders(leases: Sequence[Lease]) -> dict[str, list[str]]:

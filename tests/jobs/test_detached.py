@@ -210,7 +210,8 @@ def test_a_failing_detached_job_s_status_and_a_refusal(mesh: Testbed, tmp_path: 
         assert done.returncode == 0, done.stderr
         job = done.stdout.strip()
         _until_state(job, state, {"running"})
-        # A second job, attached or detached, on the same hosts refuses, naming the first.
+        # A second job, attached or detached, on the same hosts refuses, naming the first
+        # (whether the lease or the check stops it first).
         for detach in (["--detach"], []):
             second = sshcluster(["run", *detach, str(inv), str(script), "--", str(flag)],
                                 state)

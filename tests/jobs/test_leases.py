@@ -12,10 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from sshcluster.check.preflight import check
 from sshcluster.errors import HostLeased
 from sshcluster.inventory import load_inventory
 from sshcluster.jobs import JobInfo, Leases, acquire, list_leases
-from sshcluster.testing import Testbed
+from sshcluster.jobs.leases import leased_elsewhere
+from sshcluster.testing import Testbed, free_port
+from sshcluster.testing.fixtures import squatter
 from tests.jobs.helpers import JOB_TIMEOUT, LEFTOVER, inventory, sshcluster, start
 
 #: Runs until the file named by its argument exists (up to a minute), holding its hosts.
@@ -156,3 +159,35 @@ def _until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> N
         if time.monotonic() > deadline:
             pytest.fail(f"waited in vain for {what}")
         time.sleep(0.1)
+
+
+def test_a_check_failed_on_a_host_another_job_holds_names_that_job(testbed: Testbed,
+                                                                    tmp_path: Path) -> None:
+    """A host that fails the check while another job holds it (here its callback: the
+    port taken there, as a detached job's primary R takes it while its cluster starts)
+    is named as that job's: the job that asks says whose host it is. Not for the job
+    that holds it, and not for a host the check could not reach by ssh."""
+    port = free_port()
+    inv = load_inventory(testbed.write_inventory(tmp_path / "hosts.yaml", ncore=2, port=port))
+    held = testbed.hosts[0]
+    holder = JobInfo.new("fit.R")
+    leases = acquire(inv, holder)
+    try:
+        with squatter(held, port):
+            report = check(inv, timeout=30)
+        assert [r.label for r in report.failed] == [held.address]
+        assert report.failed[0].failed == ["callback"]
+        with pytest.raises(HostLeased) as e:
+            leased_elsewhere(inv, report, JobInfo.new("other.R").job, wait=False)
+        assert e.value.holder == holder and e.value.host == held.address
+        assert str(e.value).startswith(f"{held.address} is leased to job {holder.job} ")
+        assert "failed the check while that job runs there" in str(e.value)
+        assert "--wait" in (e.value.hint or "")
+        with pytest.raises(HostLeased) as e:
+            leased_elsewhere(inv, report, None, wait=True)
+        assert "run again once that job has ended" in (e.value.hint or "")
+        leased_elsewhere(inv, report, holder.job, wait=False)  # its own: nothing
+    finally:
+        leases.release()
+    # a free host that failed the check: nothing to say beyond the check's own words
+    leased_elsewhere(inv, report, None, wait=False)
