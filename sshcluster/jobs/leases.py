@@ -268,10 +268,11 @@ def settle(leases: Leases, keep: Sequence[str] | None = None) -> None:
             lease.close()
 
 
-def list_leases(inventory: Inventory) -> list[Lease]:
-    """Who holds each host of ``inventory`` now (every host asked at once); a host that
-    cannot be asked is listed with its ``error``."""
-    deadline = time.monotonic() + LEASE_TIMEOUT
+def list_leases(inventory: Inventory, timeout: float = LEASE_TIMEOUT) -> list[Lease]:
+    """Who holds each host of ``inventory`` now (every host asked at once, answering
+    within ``timeout`` seconds); a host that cannot be asked is listed with its
+    ``error``."""
+    deadline = time.monotonic() + timeout
     sessions = [HostLease(inventory, h, "list", None) for h in inventory.hosts]
     out: list[Lease] = []
     try:
@@ -292,8 +293,8 @@ def list_leases(inventory: Inventory) -> list[Lease]:
     return out
 
 
-#: The check's steps after which a host answers ssh: its lease can be asked at once.
-_REACHED = ("resolve", "connect", "hostkey", "auth")
+#: The check's steps that another job on a host can fail: its cluster holds the port.
+_BECAUSE_OF_A_JOB = ("callback",)
 
 
 def leased_elsewhere(inventory: Inventory, report: CheckReport, job: str | None, *,
@@ -301,18 +302,20 @@ def leased_elsewhere(inventory: Inventory, report: CheckReport, job: str | None,
     """A host that failed the check while another job runs there may have failed for
     that job's sake: its cluster holds the inventory's port there (a detached job's
     primary R listens on it), so the check's callback cannot forward it. Raise
-    :class:`HostLeased` naming the first failed host (that ssh reached) leased to a job
-    other than ``job``: whose host it is says more than the check's step. Nothing
-    when there is none."""
-    asked = {r.label for r in report.failed if not set(r.failed) & set(_REACHED)}
+    :class:`HostLeased` naming the first host that failed only such a step and is leased
+    to a job other than ``job``: whose host it is says more than the step. Nothing when
+    there is none. (Those hosts answered ssh and ran R in the check: their leases are
+    asked at once.)"""
+    asked = {r.label for r in report.failed if set(r.failed) <= set(_BECAUSE_OF_A_JOB)}
     if not asked:
         return
     hosts = tuple(h for h in inventory.hosts if h.label in asked)
-    for lease in list_leases(replace(inventory, hosts=hosts)):
+    for lease in list_leases(replace(inventory, hosts=hosts), timeout=10.0):
         if lease.holder is not None and lease.holder.job != job:
             raise HostLeased(
                 f"{lease.host} is leased to {describe(lease.holder)}, and failed the "
-                "check while that job runs there", host=lease.host, holder=lease.holder,
+                "check's callback while that job runs there (its cluster may hold the "
+                "port there)", host=lease.host, holder=lease.holder,
                 hint="run again once that job has ended (sshcluster jobs INVENTORY shows "
                      "who holds each host)" if wait else
                      "wait for it with --wait, or run on other hosts")
