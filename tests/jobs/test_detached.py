@@ -356,6 +356,22 @@ def _parent(pid: int) -> int:
 
 
 
+def _supervisor_dir(tmp_path: Path, job: str, lease_cmd: str) -> Path:
+    """A run directory for the real supervisor (supervise.sh) of ``job``, one host (h1)
+    leased through ``lease_cmd`` (a shell script here, ssh in a real job)."""
+    from sshcluster.jobs import detached
+
+    run = tmp_path / "job"
+    run.mkdir()
+    (run / "supervise.sh").write_bytes(detached.SUPERVISOR.read_bytes())
+    (run / "job.env").write_text(f"JOB={job}\nRSCRIPT=Rscript\nMODE=try\nN=1\n"
+                                 "LEASE_TIMEOUT=20\nSTOP_TIMEOUT=5\n")
+    (run / "hosts").write_text("h1\n")
+    (run / "lease.1.in").write_text("")
+    (run / "lease.1.cmd").write_text(lease_cmd)
+    return run
+
+
 def test_a_refusal_said_as_the_lease_session_ends_is_a_refusal(tmp_path: Path) -> None:
     """A lease session that says "held ..." (another job holds the host) and ends at once
     may end between the supervisor's look at what it said and its look at whether it
@@ -364,17 +380,8 @@ def test_a_refusal_said_as_the_lease_session_ends_is_a_refusal(tmp_path: Path) -
     instead of whose lease it met). The real supervisor, here, made slow to look by a
     tail(1) that takes a second after it has read (a loaded machine), and a session that
     answers only once that tail has read: its answer comes between the two looks."""
-    from sshcluster.jobs import detached
-
-    run = tmp_path / "job"
-    run.mkdir()
-    (run / "supervise.sh").write_bytes(detached.SUPERVISOR.read_bytes())
-    (run / "job.env").write_text("JOB=j2\nRSCRIPT=Rscript\nMODE=try\nN=1\nLEASE_TIMEOUT=20\n"
-                                 "STOP_TIMEOUT=5\n")
-    (run / "hosts").write_text("h1\n")
-    (run / "lease.1.in").write_text("")
-    (run / "lease.1.cmd").write_text("while [ ! -e tail.ran ]; do sleep 0.01; done\n"
-                                     "printf 'held j1\\tscript fit.R\\n'\n")
+    run = _supervisor_dir(tmp_path, "j2", "while [ ! -e tail.ran ]; do sleep 0.01; done\n"
+                                        "printf 'held j1\\tscript fit.R\\n'\n")
     slow = tmp_path / "bin"
     slow.mkdir()
     tail = slow / "tail"
@@ -395,14 +402,7 @@ def test_a_start_that_ends_before_it_is_seen_says_why(tmp_path: Path) -> None:
     at once (run to its end first, so the poll sees only "ended")."""
     from sshcluster.jobs import detached
 
-    run = tmp_path / "job"
-    run.mkdir()
-    (run / "supervise.sh").write_bytes(detached.SUPERVISOR.read_bytes())
-    (run / "job.env").write_text("JOB=j1\nRSCRIPT=Rscript\nMODE=try\nN=1\nLEASE_TIMEOUT=20\n"
-                                 "STOP_TIMEOUT=5\n")
-    (run / "hosts").write_text("h1\n")
-    (run / "lease.1.in").write_text("")
-    (run / "lease.1.cmd").write_text("echo 'no way in' >&2\nexit 255\n")
+    run = _supervisor_dir(tmp_path, "j1", "echo 'no way in' >&2\nexit 255\n")
     subprocess.run(["sh", "./supervise.sh"], cwd=run, check=True, timeout=60)
     assert (run / "state").read_text() == "ended\n"
     poll = detached._START.split("2>&1\n", 1)[1].replace("{polls}", "10")
