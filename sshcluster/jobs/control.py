@@ -114,14 +114,21 @@ def _final(run_dir: Path) -> JobStatus | None:
     """A job's state from its ``run.json``, or None when it has none."""
     if not (run_dir / "run.json").is_file():
         return None
-    data = json.loads((run_dir / "run.json").read_text())
-    state = "done" if data["status"] == 0 and not data.get("error") else \
-        "stopped" if data.get("signal") else "failed"
     detached = (run_dir / "detached.json").is_file()
-    return JobStatus(job=run_dir.name, state=state, primary="(here)",
-                     script=os.path.basename(data["script"]),
-                     seconds=sum(data["phases"].values()), status=data["status"],
-                     detail=data.get("error"), detached=detached)
+    try:
+        data = json.loads((run_dir / "run.json").read_text())
+        state = "done" if data["status"] == 0 and not data.get("error") else \
+            "stopped" if data.get("signal") else "failed"
+        return JobStatus(job=run_dir.name, state=state, primary="(here)",
+                         script=os.path.basename(str(data["script"])),
+                         seconds=float(sum(data["phases"].values())),
+                         status=data["status"], detail=data.get("error"), detached=detached)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+        # (a record cut short, by a full disk say, or written by hand: the job is
+        # listed, and says so, rather than every listing failing)
+        return JobStatus(job=run_dir.name, state="unknown", primary="(here)", script="?",
+                         detail=f"its record {run_dir / 'run.json'} cannot be read",
+                         detached=detached)
 
 
 def list_jobs() -> list[JobStatus]:

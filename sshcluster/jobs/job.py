@@ -48,7 +48,7 @@ from sshcluster.jobs.leases import (
     settle,
 )
 from sshcluster.jobs.record import RunResult, read_note, runs_dir, write_owner, write_record
-from sshcluster.jobs.results import fetch_results
+from sshcluster.jobs.results import fetch_results, results_dir
 from sshcluster.jobs.workerlog import WORKER_LOGS, WorkerRelay, job_render_options
 from sshcluster.version import __version__
 
@@ -275,6 +275,8 @@ def run(inventory: Inventory | str | os.PathLike[str], script: str | os.PathLike
     if shutil.which(opts.rscript) is None:
         raise RunError(f"{opts.rscript} not found on this machine (the primary)",
                        hint="install R, or put Rscript on the PATH")
+    if opts.results is not None:
+        results_dir(opts.results)  # (before the job starts: its results need somewhere)
     job = JobInfo.new(str(source))
     run_dir = runs_dir() / job.job
     run_dir.mkdir(parents=True, mode=0o700)
@@ -354,11 +356,17 @@ def run(inventory: Inventory | str | os.PathLike[str], script: str | os.PathLike
                 phase("stop")
                 if opts.results is not None and owner.go_at is not None and state.hosts:
                     # (still leased: no other job's workers write there yet)
-                    got = fetch_results(ready, opts.results)
-                    state.results = {"dir": got.dest, "files": got.files,
-                                     "errors": got.errors}
-                    tell(f"job {job.job}: {got.total} result files in {got.dest}" + "".join(
-                        f"; {h}: {why}" for h, why in got.errors.items()))
+                    try:
+                        got = fetch_results(ready, opts.results)
+                    except SshclusterError as e:  # (the directory went since the start)
+                        state.results = {"dir": str(opts.results), "files": {},
+                                         "errors": {"*": e.message}}
+                        tell(f"job {job.job}: no results: {e.message}")
+                    else:
+                        state.results = {"dir": got.dest, "files": got.files,
+                                         "errors": got.errors}
+                        tell(f"job {job.job}: {got.total} result files in {got.dest}" +
+                             "".join(f"; {h}: {why}" for h, why in got.errors.items()))
                     phase("results")
                 if owner.leases is not None:
                     owner.leases.release()

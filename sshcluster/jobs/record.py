@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sshcluster.files import atomic_write
+
 
 def runs_dir() -> Path:
     """Where run directories live (see the module's text)."""
@@ -75,7 +77,8 @@ class RunResult:
 def write_record(result: RunResult) -> Path:
     """Write ``run.json`` into the result's run directory; return its path."""
     path = Path(result.run_dir) / "run.json"
-    path.write_text(result.to_json() + "\n")
+    # (whole or not at all: a full disk or a kill mid-write leaves no half a record)
+    atomic_write(path, result.to_json() + "\n", mode=0o600)
     return path
 
 
