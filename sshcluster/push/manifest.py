@@ -1,10 +1,11 @@
 """What a push sends: the files under each source, and which of them a host lacks.
 
-:func:`local_manifest` walks the sources once: every directory, regular file and
-symlink, with its size, modification time (whole seconds, as the hosts' listing shows
-it) and mode. A symlink is sent as a link, never followed; one that leads outside its
-source is left out and named in :attr:`Manifest.skipped` (on a host it would point at
-whatever lives there). :func:`changes` compares the manifest with a host's listing
+:func:`local_manifest` walks the sources once: every directory, regular file and symlink,
+with its size, modification time (whole seconds, as the hosts' listing shows it) and mode.
+A symlink is sent as a link, never followed; one that leads outside its source is left out
+and named in :attr:`Manifest.skipped` (on a host it would point at whatever lives there).
+A source itself (named on the command line) that is a link is followed, as ``cp`` and
+``rsync`` follow it. :func:`changes` compares the manifest with a host's listing
 (:func:`parse_listing`): a file whose size and mtime match is unchanged; one whose size
 matches but mtime does not is looked at by content hash (:func:`needs_hash`); anything
 else is sent.
@@ -95,9 +96,12 @@ def local_manifest(sources: Sequence[str | os.PathLike[str]]) -> Manifest:
     for src in sources:
         root = Path(src)
         try:
-            st = root.lstat()
+            # (a source named on the command line is followed if it is a link, as cp
+            # and rsync follow it: `push data` where data -> /mnt/big/data sends the data)
+            st = root.stat()
         except OSError as e:
-            raise PushError(f"cannot read {src}: {e.strerror or e}") from e
+            raise PushError(f"cannot read {src}: {e.strerror or e}" + (
+                " (a link to nothing)" if root.is_symlink() else "")) from e
         base = Path(os.path.abspath(root)).name
         if not base or base in (".", ".."):
             raise PushError(f"{src!s} has no name to land under",
@@ -106,23 +110,24 @@ def local_manifest(sources: Sequence[str | os.PathLike[str]]) -> Manifest:
             raise PushError(f"two sources would land at {base}", hint="rename one")
         seen.add(base)
         if not stat.S_ISDIR(st.st_mode):
-            entries += _entry(root, base, os.path.abspath(root), skipped)
+            entries += _entry(root, base, os.path.abspath(root), skipped, follow=True)
             continue
         top = os.path.abspath(root)
         for dirpath, dirnames, filenames in os.walk(root):  # never follows links
             dirnames.sort()
             here = Path(dirpath)
             rel_dir = base if here == root else f"{base}/{here.relative_to(root).as_posix()}"
-            entries += _entry(here, rel_dir, top, skipped)
+            entries += _entry(here, rel_dir, top, skipped, follow=here == root)
             for name in sorted(filenames + [d for d in dirnames if (here / d).is_symlink()]):
                 entries += _entry(here / name, f"{rel_dir}/{name}", top, skipped)
     return Manifest(tuple(entries), tuple(skipped))
 
 
-def _entry(path: Path, rel: str, top: str, skipped: list[str]) -> list[Entry]:
+def _entry(path: Path, rel: str, top: str, skipped: list[str], *,
+           follow: bool = False) -> list[Entry]:
     _check_name(rel)
     try:
-        st = path.lstat()
+        st = path.stat() if follow else path.lstat()
     except OSError as e:
         raise PushError(f"cannot read {path}: {e.strerror or e}") from e
     mode = stat.S_IMODE(st.st_mode)

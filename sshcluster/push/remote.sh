@@ -47,7 +47,7 @@ scan)
   cd -- "$dest" 2>/dev/null || exit 0
   for top; do
     if [ -e "$top" ] || [ -L "$top" ]; then
-      find "$top" \( -type f -o -type l \) -printf '%y %s %T@ %m %p\n'
+      find -H "$top" \( -type f -o -type l \) -printf '%y %s %T@ %m %p\n'
     fi
   done
   exit 0 ;;

@@ -6,14 +6,18 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
 
+from sshcluster.bootstrap import READ_SCRIPT
 from sshcluster.errors import PushError
 from sshcluster.push.manifest import changes, local_manifest, needs_hash, parse_listing
 from sshcluster.push.stream import B2SUMS, SUMS, tar_stream
+from sshcluster.push.transfer import script
+from sshcluster.quoting import shell_join, shell_quote
 
 
 def test_walk_keeps_modes_and_inner_links_and_leaves_out_links_that_lead_outside(
@@ -107,3 +111,42 @@ def test_the_archive_ends_with_the_sums_the_hosts_check(tmp_path: Path, b2sums: 
         assert f"{hashlib.sha256(content).hexdigest()}  ./data/{name}\n" in sums
         if b2sums:
             assert f"{hashlib.blake2b(content).hexdigest()}  ./data/{name}\n" in b2
+
+
+def test_a_source_that_is_a_link_is_followed_as_cp_follows_it(tmp_path: Path) -> None:
+    """`push data` where data -> /mnt/big/data sends the data (it used to send nothing
+    and every host said it had it all); a file named by a link sends the file; a link
+    to nothing is a clear error."""
+    real = tmp_path / "big" / "data"
+    (real / "sub").mkdir(parents=True)
+    (real / "a.csv").write_text("a\n")
+    (real / "sub" / "b.csv").write_text("bb\n")
+    os.symlink("../sub/b.csv", real / "sub" / "inner")  # (inner links: still links)
+    os.symlink(real, tmp_path / "data")
+    os.symlink(real / "a.csv", tmp_path / "model.csv")
+    os.symlink(tmp_path / "nothing", tmp_path / "dangling")
+    m = local_manifest([tmp_path / "data", tmp_path / "model.csv"])
+    kinds = {e.rel: e.kind for e in m.entries}
+    assert kinds == {"data": "d", "data/a.csv": "f", "data/sub": "d", "data/sub/b.csv": "f",
+                     "data/sub/inner": "l", "model.csv": "f"}
+    assert m.skipped == () and m.size == 2 + 3 + 2
+    with pytest.raises(PushError, match="a link to nothing"):
+        local_manifest([tmp_path / "dangling"])
+
+
+def test_the_host_s_listing_follows_a_destination_that_is_a_link(tmp_path: Path) -> None:
+    """On a host, DEST/data may be a link to a directory (the received files then land
+    through it): its listing shows the files there, so what is unchanged is not sent
+    again on every push. (remote.sh's scan run here, as a host's sh runs it.)"""
+    dest = tmp_path / "dest"
+    (tmp_path / "scratch" / "data").mkdir(parents=True)
+    (tmp_path / "scratch" / "data" / "x.csv").write_text("x\n")
+    dest.mkdir()
+    os.symlink("../scratch/data", dest / "data")
+    listed = subprocess.run(
+        ["sh", "-c", f"exec sh -c {shell_quote(READ_SCRIPT)} sshcluster-push "
+         f"{shell_join(['scan', str(dest), 'data'])}"],
+        input=script(), capture_output=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    remote = parse_listing(listed.stdout.decode().split("\n", 1)[1])
+    assert set(remote) == {"data/x.csv"} and remote["data/x.csv"].kind == "f"
