@@ -44,6 +44,10 @@ if [ "$MODE" = wait ]; then
   # A ticket in line: a file locked for as long as this shell waits. Names sort by
   # the time they were made; a ticket nobody holds is of a waiter that has gone.
   t="$dir/$key.q.$(date +%s%N 9>&-).$$"
+  # (a waiter that is stopped takes its ticket with it; one killed outright leaves it,
+  # unlocked, and the next waiter removes it)
+  trap 'rm -f "$t"' EXIT
+  trap 'exit 1' TERM HUP INT PIPE
   exec 8>>"$t"
   flock -n 8 9>&-
   while :; do
@@ -51,7 +55,8 @@ if [ "$MODE" = wait ]; then
     for q in "$dir/$key".q.*; do
       [ -e "$q" ] && [ "$q" != "$t" ] || continue
       [ "$(expr "$q" \< "$t" 9>&- 8>&-)" = 1 ] || continue
-      if flock -n 7 7<"$q" 9>&- 8>&-; then rm -f "$q"; else ahead=$((ahead + 1)); fi
+      # (opened for writing: over NFS an exclusive lock needs it)
+      if flock -n 7 7>>"$q" 9>&- 8>&-; then rm -f "$q"; else ahead=$((ahead + 1)); fi
     done
     [ $ahead -eq 0 ] && flock -n 9 8>&- && break
     # Writing to a session that has ended kills this shell (SIGPIPE): so a waiter that
@@ -60,6 +65,7 @@ if [ "$MODE" = wait ]; then
     sleep 1 9>&- 8>&-
   done
   rm -f "$t"
+  trap - EXIT TERM HUP INT PIPE
   exec 8>&-
 elif ! flock -n 9 8>&-; then
   printf 'held %s\n' "$(holder)"

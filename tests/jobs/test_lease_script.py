@@ -1,0 +1,128 @@
+"""lease.sh run here by sh, as a host's session runs it (its stdin the session's): the
+line of waiters (tickets) with a waiter that is stopped, one killed outright, and a
+home directory on NFS, where an exclusive lock needs a file open for writing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sshcluster.bootstrap import END_OF_SCRIPT, READ_SCRIPT
+from sshcluster.jobs.leases import LEASE_SCRIPT
+from sshcluster.quoting import shell_quote
+
+#: flock(1) as an NFS mount makes it: flock(2) becomes a POSIX lock there, and an
+#: exclusive one on a descriptor open only for reading fails with EBADF (flock(2),
+#: "NFS details"); util-linux's flock then exits 65. (No NFS server here: this
+#: stands in for one, with the one rule that matters, and hands every other call on.)
+NFS_FLOCK = """#!/bin/sh
+shared=''
+for a; do case $a in -s|--shared) shared=1;; esac; done
+for a; do case $a in [0-9]|[0-9][0-9]) fd=$a;; esac; done
+if [ -z "$shared" ] && [ -n "${fd:-}" ]; then
+  flags=$(sed -n 's/^flags:[[:space:]]*//p' /proc/$$/fdinfo/$fd 2>/dev/null)
+  if [ -n "$flags" ] && [ $(( 0$flags & 3 )) -eq 0 ]; then
+    echo "flock: $fd: Bad file descriptor" >&2
+    exit 65
+  fi
+fi
+exec REAL "$@"
+"""
+
+
+class Session:
+    """One lease session: sh reading lease.sh from its stdin, which stays open."""
+
+    def __init__(self, home: Path, mode: str, job: str, path: str) -> None:
+        env = {"HOME": str(home), "PATH": path, "LC_ALL": "C"}
+        self.proc = subprocess.Popen(["sh", "-c", READ_SCRIPT], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     env=env, text=True, start_new_session=True)
+        assert self.proc.stdin is not None
+        settings = "".join(f"{k}={shell_quote(v)}\n" for k, v in (
+            ("MODE", mode), ("JOB", job), ("WHO", "me@here"), ("SINCE", "now"),
+            ("SCRIPT", "x.R")))
+        self.proc.stdin.write(settings + LEASE_SCRIPT + END_OF_SCRIPT + "\n")
+        self.proc.stdin.flush()
+
+    def line(self) -> str:
+        assert self.proc.stdout is not None
+        return self.proc.stdout.readline().strip()
+
+    def until(self, word: str, limit: int = 60) -> str:
+        for _ in range(limit):
+            got = self.line()
+            if got.split(" ", 1)[0] == word or not got:
+                return got
+        return got
+
+    def end(self) -> None:
+        if self.proc.poll() is None:
+            with_stdin = self.proc.stdin
+            if with_stdin is not None:
+                with_stdin.close()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def _tickets(home: Path) -> list[str]:
+    d = home / ".cache" / "sshcluster" / "leases"
+    return sorted(p.name for p in d.glob("*.q.*")) if d.is_dir() else []
+
+
+def _path(tmp_path: Path, nfs: bool) -> str:
+    path = os.environ["PATH"]
+    if not nfs:
+        return path
+    real = subprocess.run(["sh", "-c", "command -v flock"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    bin_dir = tmp_path / "nfs-bin"
+    bin_dir.mkdir()
+    (bin_dir / "flock").write_text(NFS_FLOCK.replace("REAL", real))
+    (bin_dir / "flock").chmod(0o755)
+    return f"{bin_dir}:{path}"
+
+
+@pytest.mark.parametrize("nfs", [False, True], ids=["local", "nfs"])
+def test_waiters_that_left_do_not_keep_the_line(tmp_path: Path, nfs: bool) -> None:
+    """A waiter stopped by a signal takes its ticket with it; one killed outright leaves
+    its ticket, which the next waiter clears (on NFS too): once the holder is gone,
+    the next waiter takes the host at once."""
+    home = tmp_path / "home"
+    home.mkdir()
+    path = _path(tmp_path, nfs)
+    sessions: list[Session] = []
+    try:
+        holder = Session(home, "try", "job-a", path)
+        sessions.append(holder)
+        assert holder.line() == "leased"
+        stopped = Session(home, "wait", "job-b", path)
+        sessions.append(stopped)
+        assert stopped.line().startswith("wait 1 job-a")
+        assert len(_tickets(home)) == 1
+        os.killpg(stopped.proc.pid, signal.SIGTERM)
+        stopped.proc.wait(10)
+        assert _tickets(home) == []  # (the trap took it)
+        killed = Session(home, "wait", "job-c", path)
+        sessions.append(killed)
+        assert killed.line().startswith("wait 1 job-a")
+        os.killpg(killed.proc.pid, signal.SIGKILL)
+        killed.proc.wait(10)
+        assert len(_tickets(home)) == 1  # (nothing runs in a process killed so)
+        waiter = Session(home, "wait", "job-d", path)
+        sessions.append(waiter)
+        # its place: first in line, the dead ticket cleared
+        assert waiter.line().startswith("wait 1 job-a")
+        holder.end()
+        assert waiter.until("leased") == "leased"
+        assert _tickets(home) == []
+    finally:
+        for s in sessions:
+            s.end()
