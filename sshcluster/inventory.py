@@ -125,7 +125,8 @@ class Inventory:
     ``LANG``/``LC_*``). ``reverse_ssh`` says whether the check fails a host whose worker
     cannot ssh back to the primary (``required``) or only warns (``optional``).
     ``workdir`` is the directory the workers start in on every host (made if missing;
-    relative to the login directory; None: that directory) and ``push``'s default
+    relative to the login directory, as ``~/x`` is, which is read as ``x``; None: that
+    directory) and ``push``'s default
     destination. ``shared_dir`` is a directory every host mounts from one file server.
     ``fanout``: how ``push`` reaches the hosts. ``lease``: the cluster leases its hosts.
     ``relay``: a host's forked workers share one connection (``false``: one each).
@@ -201,10 +202,19 @@ class _Reader(Reader):
                             what="a positive whole number (or 'auto')")
 
     def remote_path(self, value: Any, where: str, line: int) -> str:
-        # A path on the hosts, not here: nothing is expanded or resolved.
+        # A path on the hosts, not here: nothing is resolved. ~ is the login directory,
+        # where ssh starts (the user's home), so ~/x is written x: every user of the path
+        # (the launch, push, results, containers, the classic launch's R) then reads it
+        # alike, relative to where it starts.
         if not isinstance(value, str) or not value or not _SAFE_PATH.match(value):
             raise self.fail(f"expected a directory path on the hosts, got {describe(value)}",
                             line=line, field=where)
+        if value == "~" or value.startswith("~/"):
+            return value[2:].strip("/") or "."
+        if value.startswith("~"):
+            raise self.fail(f"{value.split('/')[0]} (another user's home) is not expanded "
+                            "on the hosts", line=line, field=where,
+                            hint="write the whole path, from /")
         return value.rstrip("/") or "/"
 
     def rscript(self, value: Any, where: str, line: int) -> str:

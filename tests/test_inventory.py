@@ -231,3 +231,20 @@ def test_primary_may_be_left_out_and_is_then_auto(tmp_path: Path) -> None:
     assert 'primary <- "127.0.0.1"' in text
     with pytest.raises(RenderError, match="auto"):
         render(parse_inventory("hosts: [a, b]\ntunnel: none\n"), RenderOptions())
+
+
+@pytest.mark.parametrize("value, read", [("~/work/", "work"), ("~", "."), ("~/", "."),
+                                         ("~//a/b", "a/b"), ("/srv/x/", "/srv/x"),
+                                         ("rel", "rel")])
+def test_a_workdir_under_home_reads_as_relative_to_the_login_directory(value: str,
+                                                                        read: str) -> None:
+    """~/x and x are one place on a host (ssh starts in the home directory): read one
+    way, every user of the path (launch, push, results) means the same directory."""
+    inv = parse_inventory(f"hosts: [a]\nworkdir: '{value}'\nshared_dir: '{value}'\n")
+    assert (inv.workdir, inv.shared_dir) == (read, read)
+
+
+def test_another_user_s_home_is_refused_with_its_line() -> None:
+    with pytest.raises(InventoryError, match="another user's home") as e:
+        parse_inventory("hosts: [a]\n\nworkdir: ~bob/work\n", "h.yaml")
+    assert (e.value.field, e.value.line) == ("workdir", 3)

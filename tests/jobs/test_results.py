@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -98,3 +99,34 @@ invisible(parallel::clusterEvalQ(parallelCluster, {
     assert (out / a / "both.txt").read_text() == "node1\n"
     assert (out / b / "both.txt").read_text() == "node2\n"
     assert tb.leftovers(LEFTOVER, wait=15) == {}
+
+
+def test_a_workdir_under_home_written_with_a_tilde(testbed: Testbed, tmp_path: Path) -> None:
+    """workdir: ~/NAME: the workers start in the home directory's NAME, and that is
+    where the results are read from (the launch once made a directory named ~ there,
+    while the results were looked for in $HOME/NAME: none came, and no error)."""
+    inv = inventory(testbed, tmp_path / "hosts.yaml", hosts=[0])
+    data = yaml.safe_load(inv.read_text())
+    name = f"sshcluster-tilde-{uuid.uuid4().hex[:8]}"
+    data["workdir"] = f"~/{name}"
+    inv.write_text(yaml.safe_dump(data))
+    home = subprocess.run(testbed.ssh_argv(testbed.hosts[0], "echo $HOME"), capture_output=True,
+                          text=True, timeout=60, check=True).stdout.strip()
+    assert home.startswith("/")
+    script = tmp_path / "write.R"
+    script.write_text("""\
+invisible(parallel::clusterEvalQ(parallelCluster, {
+  dir.create("results", showWarnings = FALSE)
+  writeLines(getwd(), "results/where.txt")
+}))
+""")
+    out = tmp_path / "out"
+    try:
+        done = sshcluster_cli(["run", "--results", str(out), str(inv), str(script)],
+                              tmp_path / "state")
+        assert done.returncode == 0, done.stderr
+        assert (out / "where.txt").read_text() == f"{home}/{name}\n"
+        assert not (Path(home) / "~").exists()
+    finally:  # (the test hosts share this machine's files)
+        shutil.rmtree(Path(home) / name, ignore_errors=True)
+    assert testbed.leftovers(LEFTOVER, wait=15) == {}
