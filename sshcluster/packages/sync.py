@@ -32,6 +32,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+from sshcluster.bootstrap import END_OF_SCRIPT, READ_SCRIPT
 from sshcluster.errors import PackagesError, SyncFailed
 from sshcluster.inventory import Host, Inventory
 from sshcluster.packages.reference import Reference, reference_for
@@ -194,7 +195,9 @@ class _Syncer:
         before it runs any of it.
         """
         later = mode == "probe"
-        command = "sh -s" if later else f"sh -c {shell_quote(self._script(host, mode))}"
+        # (the script never on the command line, where a csh or fish login shell would
+        # misread it: on stdin, ahead of the data, read whole by READ_SCRIPT)
+        command = "sh -s" if later else f"exec sh -c {shell_quote(READ_SCRIPT)}"
         argv = [*ssh_command(self.inventory, host), *(["-l", host.user] if host.user else []),
                 "--", host.host, command]
         proc = await asyncio.create_subprocess_exec(
@@ -215,6 +218,10 @@ class _Syncer:
                             return
                         self.progress(host.label, "looking")
                         proc.stdin.write(f"{{\n{self._script(host, mode)}\n}}\n".encode())
+                        await proc.stdin.drain()
+                    else:
+                        proc.stdin.write(f"{self._script(host, mode)}\n{END_OF_SCRIPT}\n"
+                                         .encode())
                         await proc.stdin.drain()
                     if stdin is not None:
                         with stdin.open("rb") as f:
