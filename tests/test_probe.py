@@ -301,3 +301,48 @@ def test_reverse_ssh_login_without_a_remote_shell(says: str, status: str,
     args = (tmp_path / "args").read_text().split()
     assert args[-4:] == ["-s", "--", "10.0.0.1", "sshcluster-check"]
     assert {"BatchMode=yes", "alice", "2222"} <= set(args)
+
+
+def test_reverse_ssh_is_seen_through_a_quiet_ssh_config(tmp_path: Path) -> None:
+    """A worker whose ssh config says LogLevel QUIET: OpenSSH says nothing of the
+    refused subsystem then, and the login that worked was taken for a failure. The
+    stand-in says what OpenSSH says at the log level the real ssh works out (ssh -G)
+    from the probe's options and that config."""
+    real = shutil.which("ssh")
+    if real is None:
+        skip_or_fail("no ssh client")
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text("Host *\n  LogLevel QUIET\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "ssh"
+    fake.write_text(f'#!/bin/sh\nlevel=$({real} -G "$@" 2>/dev/null | sed -n "s/^loglevel //p")\n'
+                    f'echo "$level" > {tmp_path}/level\n'
+                    '[ "$level" = QUIET ] || echo "subsystem request failed on channel 0" >&2\n'
+                    'exit 255\n')
+    fake.chmod(0o755)
+    script = remote_script(rscript="/nonexistent", r_packages=[], primary="10.0.0.1",
+                           primary_user="alice", primary_ssh_port=2222, port=0, token="t",
+                           budget=5)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(home),
+           "SSH_CONNECTION": "10.0.0.1 1 10.0.0.2 22"}
+    out = subprocess.run(["sh", "-s"], input=script, capture_output=True, text=True, env=env,
+                         timeout=30)
+    facts = parse_facts(out.stdout.splitlines())
+    assert (tmp_path / "level").read_text().strip() != "QUIET"
+    assert verdicts(Host("h"), facts)["reverse_ssh"].status == "ok"
+
+
+def test_cores_are_counted_whatever_omp_num_threads_says(tmp_path: Path) -> None:
+    """HPC and BLAS setups set OMP_NUM_THREADS=1 in rc files; GNU nproc obeys it, R's
+    workers do not: the check counts the cores the host lets this user run on."""
+    script = remote_script(rscript="/nonexistent", r_packages=[], primary=None,
+                           primary_user="nobody", primary_ssh_port=1, port=0, token="t",
+                           budget=5)
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "OMP_NUM_THREADS": "1",
+           "OMP_THREAD_LIMIT": "1", "SSH_CONNECTION": "127.0.0.1 40000 127.0.0.1 22"}
+    out = subprocess.run(["sh", "-s"], input=script, capture_output=True, text=True,
+                         env=env, timeout=30, cwd=tmp_path)
+    facts = parse_facts(out.stdout.splitlines())
+    assert int(facts.get("NPROC") or 0) == len(os.sched_getaffinity(0))

@@ -33,7 +33,9 @@ step_reverse_ssh() {
       # A subsystem nobody has: sshd refuses it right after the login succeeded, so
       # this proves host key, non-interactive auth and a session channel without
       # starting the primary user's shell (and its rc files) at all.
-      err=$($to ssh -o BatchMode=yes -o ConnectTimeout="$connect_timeout" $kex \
+      # (LogLevel ERROR: the refusal is said by ssh's fatal(), which a LogLevel QUIET
+      # in the host's ssh config would silence)
+      err=$($to ssh -o BatchMode=yes -o LogLevel=ERROR -o ConnectTimeout="$connect_timeout" $kex \
 -l "$primary_user" ${primary_ssh_port:+-p "$primary_ssh_port"} \
 -s -- "$primary" sshcluster-check 2>&1 </dev/null)
       rc=$?
@@ -60,7 +62,9 @@ step_reverse_ssh() {
 
 # cores and load: shell builtins and /proc only.
 step_cores() {
-  n=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null)
+  # (GNU nproc obeys OMP_NUM_THREADS and OMP_THREAD_LIMIT, which HPC and BLAS setups
+  # set in rc files: the cores are what is asked here)
+  n=$(OMP_NUM_THREADS= OMP_THREAD_LIMIT= nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null)
   say "NPROC=$n"
 }
 
