@@ -387,8 +387,12 @@ if kill -s 0 "$pid" 2>/dev/null && [ "$(cat state 2>/dev/null)" != ended ]; then
   i=0
   while kill -s 0 "$pid" 2>/dev/null && [ $i -lt {polls} ]; do sleep 0.2; i=$((i + 1)); done
 fi
-# Whatever is left of its process group (it is a session of its own) goes now.
-if kill -s 0 -- "-$pid" 2>/dev/null; then
+# Whatever is left of its process group (it is a session of its own) goes now. Once
+# the supervisor has ended, its pid may be another process's: then only a group
+# without its leader (what the job left behind) is the job's.
+if [ "$(cat state 2>/dev/null)" = ended ] && kill -s 0 "$pid" 2>/dev/null; then
+  echo stopped
+elif kill -s 0 -- "-$pid" 2>/dev/null; then
   kill -s KILL -- "-$pid" 2>/dev/null
   echo killed
 else
