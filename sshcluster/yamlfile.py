@@ -81,19 +81,28 @@ class _TooBig(Exception):
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> Map:
+    # The mapping's own keys, apart from what a merge key (<<: *base) brings: flattened,
+    # the merged pairs come first, and a key of its own then overrides one merged (as
+    # YAML says); twice a key of its own is a mistake.
+    own = {id(k) for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"}
     loader.flatten_mapping(node)
     result = Map()
     result.line = node.start_mark.line + 1
     result.key_lines = {}
+    merged: set[Any] = set()
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
         line = key_node.start_mark.line + 1
         try:
-            duplicate = key in result
+            duplicate = key in result and key not in merged
         except TypeError:  # unhashable key such as a list
             raise yaml.constructor.ConstructorError(
                 None, None, "a key must be a plain word", key_node.start_mark
             ) from None
+        if id(key_node) in own:
+            merged.discard(key)
+        else:
+            merged.add(key)
         if duplicate:
             raise _DuplicateKey(describe(key, quote=False), line)
         result[key] = loader.construct_object(value_node, deep=True)
@@ -108,7 +117,17 @@ def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> Seq:
     return result
 
 
+class _BaseSixty(Exception):
+    def __init__(self, text: str, line: int) -> None:
+        self.text = text
+        self.line = line
+
+
 def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> int:
+    if ":" in str(node.value):
+        # YAML 1.1 reads 1:00 as 60 (base 60), and an unquoted IPv6 address such as
+        # 1:2:3:4:5:6:7:8 as a number too: never what an inventory means.
+        raise _BaseSixty(str(node.value), node.start_mark.line + 1)
     if len(str(node.value)) > MAX_NUMBER_CHARS:
         raise _TooBig(f"a number with {len(str(node.value))} characters is no setting",
                       node.start_mark.line + 1)
@@ -119,6 +138,16 @@ def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> int:
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 _Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
+def _construct_float(loader: _Loader, node: yaml.ScalarNode) -> float:
+    if ":" in str(node.value):
+        raise _BaseSixty(str(node.value), node.start_mark.line + 1)
+    value: float = yaml.SafeLoader.construct_yaml_float(loader, node)
+    return value
+
+
+_Loader.add_constructor("tag:yaml.org,2002:float", _construct_float)
 
 
 def _measure(root: yaml.Node) -> None:
@@ -169,8 +198,9 @@ def load_yaml(text: str, reader: Reader) -> Any:
     if len(text) > MAX_BYTES:
         raise reader.fail(f"the file is {len(text):,} characters long, more than any "
                           f"inventory ({MAX_BYTES:,})", line=None)
-    loader = _Loader(text)
+    loader = None
     try:
+        loader = _Loader(text)  # (checks every character: ReaderError below)
         node = loader.get_single_node()
         if node is None:
             return None
@@ -180,6 +210,9 @@ def load_yaml(text: str, reader: Reader) -> Any:
         raise reader.fail(f"key '{e.key}' appears twice", line=e.line) from None
     except _TooBig as e:
         raise reader.fail(f"refused: {e.problem}", line=e.line) from None
+    except _BaseSixty as e:
+        raise reader.fail(f"{e.text} would be read as a number in base 60 (YAML 1.1)",
+                          line=e.line, hint=f"quote it if it is text: '{e.text}'") from None
     except RecursionError:
         raise reader.fail(f"refused: values are nested more than {MAX_DEPTH} deep",
                           line=None) from None
@@ -195,11 +228,20 @@ def load_yaml(text: str, reader: Reader) -> Any:
         problem = describe(e.problem or str(e), limit=200, quote=False)
         raise reader.fail(f"not valid YAML: {problem}", line=line,
                           hint="check the indentation and quoting near that line") from None
+    except yaml.reader.ReaderError as e:
+        # A control character (a NUL, an escape pasted from a terminal): named, with
+        # its line, never a traceback.
+        char = e.character if isinstance(e.character, str) else chr(e.character or 0)
+        raise reader.fail(f"not valid YAML: the character {char!r} (U+{ord(char):04X}) is "
+                          "not allowed in YAML", line=text[:e.position].count("\n") + 1,
+                          hint="remove it (a control character pasted from a terminal?)"
+                          ) from None
     except (yaml.YAMLError, ValueError) as e:
         raise reader.fail(f"not valid YAML: {describe(str(e), limit=200, quote=False)}",
                           line=None) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _tab_line(text: str, line: int | None) -> int | None:
@@ -242,8 +284,10 @@ def read_text(path: str | os.PathLike[str], *, example: str,
                              path=name)
     try:
         return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InventoryError("is not a UTF-8 text file", path=name) from None
+    except UnicodeDecodeError as e:
+        raise InventoryError(f"is not a UTF-8 text file (byte 0x{raw[e.start]:02x} is not "
+                             "UTF-8)", path=name, line=raw[:e.start].count(b"\n") + 1,
+                             hint="save the file as UTF-8") from None
 
 
 class Reader:
@@ -332,7 +376,12 @@ class Reader:
         if isinstance(value, bool) or value is None or isinstance(value, (Map, Seq)):
             raise self.fail(f"expected a host name or address, got {describe(value)}",
                             line=line, field=where)
-        text = str(value)
+        if not isinstance(value, str):
+            # (YAML made a number or a date of it: 010 is 8, 10.10 is 10.1)
+            raise self.fail(f"expected a host name or address, got {describe(value)}, "
+                            "which YAML read as a number or a date", line=line, field=where,
+                            hint="quote the host name: host: \"...\"")
+        text = value
         if allow_auto and text == "auto":
             return text
         if text.startswith("[") and text.endswith("]"):

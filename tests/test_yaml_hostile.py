@@ -105,3 +105,51 @@ def test_error_value_is_shortened() -> None:
         parse_inventory("primary: 10.0.0.1\nhosts:\n  - host: 10.0.0.2\n    user: '"
                         + "é" * 10_000 + "'\n")
     assert len(str(e.value)) < 400 and "..." in str(e.value)
+
+
+@pytest.mark.parametrize("raw, line, says", [
+    (b"hosts:\n  - host: a\n\x1a", 3, "U+001A"),  # a Ctrl-Z at the end
+    (b"hosts:\n  - host: a\x1b[0m\n", 2, "U+001B"),  # a colour pasted from a terminal
+    (b"hosts:\n  - host: a\n  - host: b\x00\n", 3, "U+0000"),
+    (b"hosts:\n  - host: a\n  - host: caf\xe9\n", 3, "byte 0xe9 is not UTF-8"),
+])
+def test_a_character_yaml_refuses_is_named_with_its_line(raw: bytes, line: int, says: str,
+                                                         tmp_path: Path) -> None:
+    path = tmp_path / "hosts.yaml"
+    path.write_bytes(raw)
+    for args in (["render", str(path), "-o", str(tmp_path / "c.R")],
+                 ["check", str(path), "--json"]):
+        out = _cli(*args)
+        assert out.returncode == 2, out.stderr[-2000:]
+        assert "Traceback" not in out.stderr
+        assert f"{path} line {line}" in out.stderr + out.stdout and says in out.stderr + out.stdout
+
+
+@pytest.mark.parametrize("text, line, says", [
+    ("hosts:\n  - host: 1:2:3:4:5:6:7:8\n", 2, "base 60"),  # an IPv6 address, unquoted
+    ("hosts:\n  - host: a\n    ssh_port: 1:00\n", 3, "base 60"),
+    ("hosts:\n  - host: 010\n", 2, "read as a number or a date"),  # (octal 8)
+    ("hosts:\n  - host: 2024-01-02\n", 2, "read as a number or a date"),
+    ("hosts: [a, 10.10]\n", 1, "read as a number or a date"),
+])
+def test_what_yaml_makes_a_number_is_never_taken_for_a_host(text: str, line: int,
+                                                            says: str) -> None:
+    """010 would be host 8, 1:00 port 60, 1:2:3:4:5:6:7:8 a 13-digit host: each is refused
+    with its line and a hint to quote it."""
+    with pytest.raises(InventoryError, match=says) as e:
+        parse_inventory(text, "h.yaml")
+    assert e.value.line == line and "quote" in str(e.value.hint)
+
+
+def test_a_merged_key_is_overridden_by_the_mapping_s_own() -> None:
+    """<<: *base, then host: of its own: YAML's rule (the mapping's own key wins); the
+    same key twice in the mapping itself is still a mistake."""
+    inv = parse_inventory("hosts:\n  - &gpu\n    host: g1\n    ncore: 8\n"
+                          "  - <<: *gpu\n    host: g2\n"
+                          "  - {<<: [*gpu, {user: bob}], host: g3, ncore: 4}\n")
+    assert [(h.host, h.ncore, h.user) for h in inv.hosts] == [("g1", 8, None), ("g2", 8, None),
+                                                              ("g3", 4, "bob")]
+    with pytest.raises(InventoryError, match="'host' appears twice") as e:
+        parse_inventory("hosts:\n  - &gpu\n    host: g1\n  - <<: *gpu\n    host: g2\n"
+                        "    host: g3\n", "h.yaml")
+    assert e.value.line == 6
