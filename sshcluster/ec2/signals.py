@@ -77,6 +77,10 @@ class SignalGuard:
         if threading.current_thread() is not threading.main_thread():
             return False
         for signum in SIGNALS:
+            # A signal this process was started ignoring stays ignored: under nohup
+            # (SIGHUP ignored), logging out must not stop the work.
+            if signal.getsignal(signum) is signal.SIG_IGN:
+                continue
             self._saved[signum] = signal.signal(signum, self._handle)
         return True
 
