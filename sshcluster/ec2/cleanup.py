@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sshcluster.ec2.aws import aws_errors, make_filters, retry
+from sshcluster.ec2.aws import aws_errors, make_filters, region_of, retry
 from sshcluster.ec2.instances import cluster_filters, cluster_instances, describe_instances
 from sshcluster.errors import EC2Error
 
@@ -54,6 +54,9 @@ class DownReport:
     deleted_key_pairs: tuple[str, ...] = ()
     removed_files: tuple[str, ...] = ()
     left: tuple[str, ...] = ()
+    #: The region it is in (named in :attr:`next_command`: without it, ``down`` would
+    #: look in the default region once no record of the cluster is left).
+    region: str | None = None
 
     @property
     def removed_anything(self) -> bool:
@@ -70,7 +73,8 @@ class DownReport:
     @property
     def next_command(self) -> str:
         """The command that removes what is left."""
-        return f"sshcluster ec2 down {self.name}"
+        return f"sshcluster ec2 down {self.name}" + (f" --region {self.region}"
+                                                     if self.region else "")
 
     def summary(self) -> str:
         """One line for people."""
@@ -192,7 +196,7 @@ def remove_resources(client: EC2Client, name: str, *, run_id: str | None = None,
             elif outcome:
                 left.append(f"security group {group} ({outcome})")
     return DownReport(name, tuple(ids), tuple(spot_ids), tuple(deleted), tuple(pairs),
-                      left=tuple(left))
+                      left=tuple(left), region=region_of(client))
 
 
 def _delete_group(client: EC2Client, group: str, *, deadline: float,

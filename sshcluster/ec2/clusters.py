@@ -180,9 +180,11 @@ def down(name: str, *, client: EC2Client | None = None, region: str | None = Non
     ``any_owner``. A name that never was a cluster there raises
     :class:`~sshcluster.errors.NoSuchCluster`, which names the clusters that do exist.
 
-    The cleanup is bounded by ``timeout``; the key pair, the key file and the record go
-    even when the security group is still in use then, and
-    :class:`~sshcluster.ec2.cleanup.CleanupIncomplete` says what is left.
+    The cleanup is bounded by ``timeout``; what is still there then (a security group
+    still in use, an instance not terminated yet) raises
+    :class:`~sshcluster.ec2.cleanup.CleanupIncomplete`, which says what is left and the
+    command (with ``--region``) that finishes; the record and the key file stay until
+    then.
     """
     records = records or state_dir()
     owner = owner or default_owner(records)
@@ -207,11 +209,13 @@ def down(name: str, *, client: EC2Client | None = None, region: str | None = Non
         instance_ids=record.instance_ids if record else (),
         security_groups=(record.security_group,) if record else (),
         key_pairs=(record.key_pair,) if record else ())
+    if not report.complete:
+        # The record stays until nothing is left: it is what tells a later down, ls
+        # and gc of this machine which region to look in.
+        raise CleanupIncomplete(report)
     report = replace(report, removed_files=forget(records, record))
     if record is None and not report.removed_anything and not mine:
         raise _no_such_cluster(name, where, region, records)
-    if not report.complete:
-        raise CleanupIncomplete(report)
     return report
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sshcluster.ec2.aws import aws_errors, make_client
+from sshcluster.ec2.aws import aws_errors, make_client, region_of
 from sshcluster.ec2.cleanup import CLEANUP_TIMEOUT, remove_resources
 from sshcluster.ec2.clusters import down
 from sshcluster.ec2.instances import Endpoint, Instance, cluster_instances, utcnow
@@ -44,6 +45,7 @@ from sshcluster.ec2.records import (
     default_owner,
     find_record,
     my_owners,
+    process_alive,
     remove_record,
     save_record,
     state_dir,
@@ -215,6 +217,16 @@ def _guarded_up(spec: EC2Spec, *, client: EC2Client, output: Path, owner: str,
                 records: Path, run_id: str | None, job: _Job, guard: SignalGuard,
                 quotas: Any, ssm: Any, job_id: str | None = None) -> Cluster:
     earlier = find_record(records, spec.region, spec.name)
+    if (earlier is not None and earlier.status == "starting" and earlier.process
+            and earlier.process.get("host") == socket.gethostname()
+            and earlier.process.get("pid") != str(os.getpid())
+            and process_alive(earlier.process)):
+        # Another up of this cluster runs here: continuing its run, or failing over it,
+        # would end or orphan what it is starting.
+        raise EC2Error(f"an 'sshcluster ec2 up' of cluster {spec.name} is still running on "
+                       f"this machine (pid {earlier.process['pid']})",
+                       hint="wait for it to finish, or stop it (Ctrl-C in its terminal, or "
+                            f"kill {earlier.process['pid']}): it ends what it started")
     # Only the caller's own instances of this name count: a colleague's cluster of the
     # same name in a shared account is theirs. Instances already shutting down (a down
     # just before) are on their way out.
@@ -287,9 +299,14 @@ def _guarded_up(spec: EC2Spec, *, client: EC2Client, output: Path, owner: str,
             else:
                 if key_file:
                     started.files.append(key_file)  # its key pair goes with the run
-                undone = _undo(client, spec.name, run_id, owner, started,
-                               timeout=job.cleanup_timeout, poll=job.poll)
-                remove_record(records, spec.region, spec.name)
+                undone, complete = _undo(client, spec.name, run_id, owner, started,
+                                         timeout=job.cleanup_timeout, poll=job.poll)
+                if complete:
+                    remove_record(records, spec.region, spec.name)
+                else:
+                    # (kept as it is, "starting", with what was made: once this process
+                    # has ended, ls shows it orphaned and gc ends it; down finds its region)
+                    remember()
             if isinstance(exc, Interrupted):
                 what = f"interrupted by {signal_name(exc.signum)}"
             else:
@@ -398,24 +415,24 @@ def _up(spec: EC2Spec, *, client: EC2Client, run: Run, plan: LaunchPlan, output:
 
 
 def _undo(client: EC2Client, name: str, run_id: str, owner: str, started: Started, *,
-          timeout: float, poll: float) -> str:
+          timeout: float, poll: float) -> tuple[str, bool]:
     """Remove everything of run ``run_id``: the ids ``started`` recorded, plus anything
     tagged with the run (a RunInstances whose answer was lost still tagged its
-    instances). Returns what to tell the user."""
+    instances). Returns what to tell the user, and whether nothing is left."""
     try:
         report = remove_resources(client, name, run_id=run_id, owner=owner,
                                   instance_ids=started.instance_ids,
                                   security_groups=(started.security_group,),
                                   key_pairs=(started.key_pair,), timeout=timeout, poll=poll)
     except SshclusterError as e:
-        return (f"cleanup failed ({e.message}); run 'sshcluster ec2 down {name}' to remove "
-                "what is left")
-    for path in started.files:
-        path.unlink(missing_ok=True)
+        return (f"cleanup failed ({e.message}); run 'sshcluster ec2 down {name} --region "
+                f"{region_of(client)}' to remove what is left", False)
     if not report.complete:
         return (f"cleaned up in part: {report.summary()}; run '{report.next_command}' in a "
-                "minute to remove the rest")
-    return f"cleaned up: {report.summary()}"
+                "minute to remove the rest", False)
+    for path in started.files:
+        path.unlink(missing_ok=True)
+    return f"cleaned up: {report.summary()}", True
 
 
 @contextmanager

@@ -88,13 +88,39 @@ def test_a_group_still_in_use_at_the_deadline_is_reported_and_the_rest_removed(
     assert report.left == (f"security group {group} (still in use (DependencyViolation) at "
                            "the deadline)",)
     assert sorted(report.terminated) == sorted(i.id for i in c.instances)
-    assert "sshcluster ec2 down rwork" in str(e.value)
-    # the key pair, the instances, the key file and the record went anyway
-    assert set(nothing_left(client)) == {"security groups"}
-    assert not (tmp_path / "rwork.pem").exists() and ec2.load_records() == []
-    # and the command it names finishes the job, without a record
+    assert f"sshcluster ec2 down rwork --region {REGION}" in str(e.value)
+    # the key pair and the instances went; the record stays (it tells a later down,
+    # ls and gc the region), and so does the key file, until nothing is left
+    assert set(nothing_left(client)) == {"security groups", "records"}
+    assert [r.region for r in ec2.load_records()] == [REGION]
+    # and the command it names finishes the job, record and all
     again = ec2.down("rwork", client=client)
     assert again.deleted_security_groups == (group,) and again.complete
+    assert not (tmp_path / "rwork.pem").exists() and ec2.load_records() == []
+    assert_nothing_left(client, tmp_path / "state")
+
+
+def test_a_failed_up_whose_cleanup_fails_keeps_its_record(
+        client: Any, proxy: FaultProxy, ami: str, hosts: SshHosts, tmp_path: Path) -> None:
+    """The up fails (no capacity for its second batch), and so does its cleanup (the
+    credentials expired, say): the record stays, with the instances it made, so that the
+    command it names (with --region), ls and gc find them; once the process is gone, gc
+    counts them orphaned."""
+    proxy.refuse("RunInstances", "InsufficientInstanceCapacity", "no capacity",
+                 when=lambda p: batch_of(p) == "1")
+    proxy.refuse("TerminateInstances", "ExpiredToken", "The security token included in "
+                 "the request is expired")
+    via_proxy = ec2.make_client(REGION, endpoint_url=proxy.url)
+    with pytest.raises(ec2.EC2Error) as e:
+        do_up(make_spec(ami, count=3), via_proxy, hosts, tmp_path, batch_size=2)
+    assert f"'sshcluster ec2 down rwork --region {REGION}'" in str(e.value)
+    (record,) = ec2.load_records()
+    assert record.region == REGION and record.status == "starting"
+    running = [i["InstanceId"] for i in live(client, **{"sshcluster:cluster": "rwork"})]
+    assert len(running) == 2 and sorted(record.instance_ids) == sorted(running)
+    assert [c.name for c in ec2.list_clusters(client=client)] == ["rwork"]
+    report = ec2.down("rwork", client=client)
+    assert sorted(report.terminated) == sorted(running) and report.complete
     assert_nothing_left(client, tmp_path / "state")
 
 

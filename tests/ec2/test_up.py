@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 import shlex
+import socket
 import stat
+import subprocess
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,7 @@ import pytest
 import yaml
 
 from sshcluster import ec2
+from sshcluster.ec2.records import process_start, save_record
 from sshcluster.errors import EC2Error, OutputExistsError
 from sshcluster.inventory import load_inventory
 
@@ -152,6 +156,30 @@ def test_a_failed_retry_leaves_a_finished_cluster_alone(client: Any, ami: str,
         i.id for i in first.instances)
     assert (tmp_path / "rwork.pem").exists()
     assert [r.status for r in ec2.load_records()] == ["up"]
+
+
+def test_an_up_of_a_cluster_whose_up_still_runs_here_is_refused(
+        client: Any, ami: str, hosts: SshHosts, tmp_path: Path) -> None:
+    """Another up of the same cluster runs on this machine (its record says starting,
+    its process lives): a second up neither continues its run nor, failing, ends what
+    that one is starting; it refuses and touches nothing."""
+    first = do_up(make_spec(ami, count=1), client, hosts, tmp_path)
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        identity = {"host": socket.gethostname(), "pid": str(other.pid),
+                    "start": process_start(other.pid) or ""}
+        (record,) = ec2.load_records()
+        save_record(tmp_path / "state", replace(record, status="starting", process=identity))
+        with pytest.raises(EC2Error, match=f"still running on this machine .pid {other.pid}"):
+            do_up(make_spec(ami, count=2), client, hosts, tmp_path)
+        assert [i["InstanceId"] for i in live(client)] == [i.id for i in first.instances]
+        assert ec2.load_records()[0].process == identity
+    finally:
+        other.kill()
+        other.wait()
+    # once that process is gone, the run is continued as before
+    second = do_up(make_spec(ami, count=1), client, hosts, tmp_path)
+    assert second.run_id == first.run_id
 
 
 def test_a_cluster_of_another_run_is_not_adopted(client: Any, ami: str, hosts: SshHosts,
