@@ -256,3 +256,28 @@ def test_worker_output_to_a_file_per_host(clean: Testbed, tmp_path: Path) -> Non
         text = (where / f"{h.hostname}.log").read_text()
         assert text.count(f"said {h.hostname}\n") == 2, text
         assert text.count("noted\n") == 2, text
+
+
+def test_worker_output_that_is_not_utf8_loses_no_line(clean: Testbed, tmp_path: Path) -> None:
+    """A worker prints bytes that are not UTF-8 (Latin-1 text, say) in a UTF-8 session:
+    that line and every other line read with it are printed (they were all lost, as
+    one NA, and with them the host's reports of workers that ended)."""
+    f = write_cluster(clean, tmp_path, options=RenderOptions(worker_output="console"))
+    out = run_r_in_test(f"""
+        source({str(f)!r})
+        invisible(parallel::clusterEvalQ(parallelCluster, {{
+          cat("before\\n")
+          cat(rawToChar(as.raw(c(0x63, 0x61, 0x66, 0xe9, 0x0a))))
+          cat("after\\n")
+        }}))
+        Sys.sleep(1)
+        invisible(parallel::clusterEvalQ(parallelCluster, 1))
+        sshcluster_stop()
+    """, tmp_path, env={"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"})
+    assert out.returncode == 0, out.stderr
+    raw = out.stdout
+    for h in clean.hosts:
+        assert raw.count(f"[{h.address}] before\n") == 2, raw
+        assert raw.count(f"[{h.address}] after\n") == 2, raw
+        assert raw.count(f"[{h.address}] caf\\xe9\n") == 2, raw
+    assert "] NA\n" not in raw

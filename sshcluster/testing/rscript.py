@@ -106,7 +106,9 @@ def run_r(
     started = time.time()
     pipe = subprocess.PIPE if capture else None
     try:
+        # (bytes that are not UTF-8, a worker's Latin-1 text say, shown as \xNN escapes)
         proc = subprocess.Popen(["Rscript", str(script)], stdout=pipe, stderr=pipe, text=True,
+                                errors="backslashreplace",
                                 env=None if env is None else {**os.environ, **env})
     except FileNotFoundError:
         raise SshclusterError("Rscript is not installed",

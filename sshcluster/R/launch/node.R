@@ -99,10 +99,13 @@ read_reports <- function(S, id) {
   if (!length(ends)) return(invisible())  # (a line still being written)
   S$report_sizes[[id]] <- seen + ends[length(ends)]
   bytes <- bytes[seq_len(ends[length(ends)] - 1L)]
-  lines <- strsplit(rawToChar(bytes[bytes != as.raw(0L)]), "\n", fixed = TRUE)[[1]]
+  # (as bytes: a line that is not valid text here, Latin-1 in a UTF-8 session, would
+  # make the whole piece NA, and a "gone" report in it would be lost)
+  lines <- strsplit(rawToChar(bytes[bytes != as.raw(0L)]), "\n", fixed = TRUE,
+                    useBytes = TRUE)[[1]]
   host <- S$config$machines[[S$sessions[[id]]$h]]$host
   for (line in lines) {
-    words <- strsplit(line, " ", fixed = TRUE)[[1]]
+    words <- strsplit(line, " ", fixed = TRUE, useBytes = TRUE)[[1]]
     if (length(words) == 3L && words[1] == GONE) {
       S$gone[[paste(id, words[2])]] <- words[3]
     } else if (S$console && !identical(line, "ready")) {
