@@ -114,7 +114,7 @@ USER_CONNECTIONS: Final = 2
 #: connection per worker, of R's 128; a host with more gets a relay per this many.
 RELAY_MOST_WORKERS: Final = 100
 #: The first bytes of a worker's hello (``PROOF_MAGIC`` of ``R/proof.R``).
-PROOF_MAGIC: Final = b"SCW3"
+PROOF_MAGIC: Final = b"SCW4"
 #: The line a host's session reports a worker's end with: ``gone SLOT STATUS``
 #: (``R/worker.R`` writes it, ``R/remote.sh`` for a worker that never started).
 GONE: Final = "gone"

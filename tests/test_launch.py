@@ -521,8 +521,8 @@ def test_remote_script_forks_only_where_it_can_stop_the_forks(tmp_path: Path, le
                 # Workers connect, say hello and wait for the primary's answer.
                 server.settimeout(30)
                 held = [server.accept()[0] for _ in range(3)]
-                hellos = [c.recv(32) for c in held]
-                assert all(h.startswith(PROOF_MAGIC) and len(h) == 32 for h in hellos)
+                hellos = [c.recv(48) for c in held]
+                assert all(h.startswith(PROOF_MAGIC) and len(h) == 48 for h in hellos)
                 tree = descendants(proc.pid)
                 r = {p for p in tree if process_name(p) == "R"}
                 parents = {parent_pid(p) for p in r}
@@ -808,8 +808,10 @@ def test_a_fake_primary_learns_nothing_it_can_replay(tmp_path: Path, primary: st
                     conn = server.accept()[0]
                     conn.settimeout(60)
                     hello = b""
-                    while len(hello) < 32:
-                        hello += conn.recv(32 - len(hello))
+                    while len(hello) < 48:
+                        hello += conn.recv(48 - len(hello))
+                    # (its last 16 bytes: the MAC of the rest, which only the key gives)
+                    assert hello[32:] == _hmac_md5(key, b"hello" + hello[:32])
                     seen.append(hello)
                     nonce = secrets.token_bytes(16)
                     if primary == "fake":
@@ -828,7 +830,7 @@ def test_a_fake_primary_learns_nothing_it_can_replay(tmp_path: Path, primary: st
                     if primary == "fake":
                         break
                 if primary == "genuine":
-                    assert len(seen) == 2 and seen[0][16:] != seen[1][16:]
+                    assert len(seen) == 2 and seen[0][16:32] != seen[1][16:32]
                     server.settimeout(3)
                     with pytest.raises(TimeoutError):
                         server.accept()  # (admitted: it connects no more)

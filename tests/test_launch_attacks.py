@@ -15,8 +15,8 @@ one slow host (its sshd's SYNs dropped for a few seconds) keeps open:
 In the direct mode and the tunnel (the default) the launch must end within its setup timeout
 with exactly the genuine workers, no attacker code may run, the worker tokens must appear
 on no command line, every attacker must really have tried, and nothing may be left
-running on any host or on the primary. The local user's offers must reach the primary's
-proof (behind the tunnel, through the forward) and be refused there.
+running on any host or on the primary. The local user's offers must reach the primary
+(behind the tunnel, through the forward) and be refused at their hello, never challenged.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ import hashlib, hmac, os, re, socket, struct, sys, time
 MAGIC = bytes.fromhex(os.environ["MAGIC"])
 mode, host, port, seconds, log_path = sys.argv[1:6]
 port, deadline = int(port), time.monotonic() + float(seconds)
-payload = open(sys.argv[6], "rb").read() if len(sys.argv) > 6 else b""
+payload = open(sys.argv[6], "rb").read() if mode == "promise" else b""
 log = open(log_path, "a", buffering=1)
 tried = 0
 
@@ -84,6 +84,39 @@ elif mode == "stall":
         for s in closed:
             held.remove(s)
             s.close()
+elif mode == "hellos":
+    # Well-formed hellos for the slots a stranger can guess (machine and slot are small
+    # numbers), with a MAC it cannot have: a new connection every 1/RATE s, each held
+    # open for as long as the primary keeps it (a hello that earned a challenge was kept
+    # 5 s and never closed to make room: 32 of them kept genuine workers out).
+    rate = float(sys.argv[6])
+    held = []
+    n = most = 0
+    while time.monotonic() < deadline:
+        try:
+            s = connect()
+            n += 1
+            head = (MAGIC + struct.pack(">iii", 1 + n % 2, 1 + n % 2, os.getpid())
+                    + os.urandom(16))
+            s.sendall(head + os.urandom(16))
+            s.setblocking(False)
+            held.append(s)
+            tried += 1
+        except OSError:
+            pass
+        for s in list(held):  # (the ones the primary closed go; the rest stay open)
+            try:
+                if s.recv(64) == b"":
+                    held.remove(s)
+                    s.close()
+            except BlockingIOError:
+                pass
+            except OSError:
+                held.remove(s)
+                s.close()
+        most = max(most, len(held))
+        time.sleep(1 / rate)
+    log.write(f"most held at once {most}\n")
 elif mode == "snoop":
     import threading
     found = set()
@@ -115,7 +148,8 @@ elif mode == "snoop":
         key = bytes.fromhex(token[:32]) * 2
         try:
             s = socket.create_connection((host, to), timeout=30)
-            hello = MAGIC + struct.pack(">iii", machine, slot, os.getpid()) + os.urandom(16)
+            head = MAGIC + struct.pack(">iii", machine, slot, os.getpid()) + os.urandom(16)
+            hello = head + hmac.new(key, b"hello" + head, hashlib.md5).digest()
             s.sendall(hello)
             with lock:
                 tried += 1  # (an offer made; the primary may be slow to refuse it)
@@ -125,7 +159,10 @@ elif mode == "snoop":
                 if not got:
                     break
                 answer += got
-            if len(answer) == 32:
+            if len(answer) < 32:
+                with lock:  # (its hello's MAC, under its guess, was refused)
+                    log.write("refused at its hello\n")
+            else:
                 with lock:
                     log.write("challenged\n")
                 s.sendall(hmac.new(key, b"worker" + hello + answer[:16], hashlib.md5).digest())
@@ -305,8 +342,72 @@ def test_only_genuine_workers_get_in(alone: None, testbed: Testbed, shared_tmp: 
     found = set(next(ln for ln in snoop.splitlines() if ln.startswith("found")).split()[1:])
     assert not tokens & found
     print("snoop challenged", snoop.count("challenged"), "refused", snoop.count("refused"))
-    # It got as far as the proof (behind the tunnel: through the forward on its own
-    # host), was refused there, and never got further.
-    assert "challenged" in snoop and "refused" in snoop
-    assert "admitted" not in snoop
+    # Its hellos (behind the tunnel: through the forward on its own host) were refused
+    # at once, without a key: it was never challenged, let alone admitted.
+    assert "refused at its hello" in snoop
+    assert "challenged" not in snoop and "admitted" not in snoop
+    assert nothing_left(tb, marker=tmp_path) == {}
+
+
+def test_hellos_without_the_key_hold_no_place(alone: None, testbed: Testbed,
+                                              shared_tmp: Path) -> None:
+    """A local user on a worker host sends well-formed hellos for the slots anyone can
+    guess through the tunnel's forward there, 70 a second, and holds each connection
+    open: a hello whose MAC is not the slot's is refused at once. (It earned a challenge,
+    and a place among the 32 connections proving themselves for 5 s, never closed to make
+    room: here hundreds were open at once, and genuine workers that came meanwhile waited
+    behind them, at a higher rate until the launch failed.)
+
+    Behind the tunnel R accepts a connection in about 5 ms (its own name lookup of
+    127.0.0.1 included). In the direct mode a stranger's address that DNS does not know
+    costs R's accept tens of ms, and a stranger who connects faster than that keeps
+    workers waiting whatever they send: docs/security.md says so."""
+    tb = testbed
+    tmp_path = shared_tmp
+    assert nothing_left(tb, wait=10) == {}
+    workers = tb.hosts[:2]
+    port = free_port()
+    inv = tb.write_inventory(tmp_path / "hosts.yaml", ncore=2, port=port,
+                             extra={"setup_timeout": 20, "tunnel": "reverse",
+                                    "hosts": [{"host": h.address} for h in workers]})
+    cluster_r = tmp_path / "cluster.R"
+    write_bootstrap(load_inventory(inv), cluster_r)
+    log = tmp_path / "hellos.log"
+    log.touch()
+    log.chmod(0o666)
+    attacker = _attack(workers[0].netns, "hellos", "127.0.0.1", port, 14, log, "70",
+                       user=NOBODY)
+    # One host slow to answer ssh for 6 s holds the launch open meanwhile: the other's
+    # workers, already there, and then its own, must get in during the attack.
+    slow = workers[1]
+    tb.slow_ssh(slow)
+    timer = threading.Timer(6, tb.reconnect, args=(slow,))
+    timer.start()
+    try:
+        out = run_r_in_test(f"""
+            source({str(cluster_r)!r})
+            cat("nodes", vapply(parallel::clusterEvalQ(parallelCluster,
+                                Sys.info()[["nodename"]]), identity, ""), "\\n")
+            sshcluster_stop()
+        """, tmp_path, timeout=120)
+    finally:
+        timer.cancel()
+        tb.reconnect(slow)
+        try:
+            attacker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            attacker.kill()
+            attacker.wait()
+            raise
+    said = log.read_text()
+    print(said.strip())
+    assert out.returncode == 0, out.stderr
+    nodes = out.stdout.split("nodes", 1)[1].split()
+    assert nodes == [h.hostname for h in workers for _ in range(2)]
+    assert "refused" in out.stderr
+    tried = int(said.split("tried ")[-1].split()[0])
+    assert tried > 200, said  # (it really flooded)
+    # Each was refused as it came (held 5 s each, hundreds were open at once)
+    most = int(said.split("most held at once ")[-1].split()[0])
+    assert most < 50, said
     assert nothing_left(tb, marker=tmp_path) == {}

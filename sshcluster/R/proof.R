@@ -4,7 +4,8 @@
 # Each worker slot has a key (its two tokens, 32 random bytes) that only the
 # primary and that slot's host know. A connection proves itself by challenge and
 # response, never by showing the key:
-#   worker  -> primary  hello: "SCW3", machine, slot, pid, a fresh nonce (16 bytes)
+#   worker  -> primary  hello: "SCW4", machine, slot, pid, a fresh nonce (16 bytes),
+#                       and MAC(key, "hello" + those 32 bytes)
 #   primary -> worker   a fresh nonce (16) and MAC(key, "primary" + hello + nonce)
 #   worker  -> primary  MAC(key, "worker" + hello + nonce)
 #   primary -> worker   ADMITTED (one byte), once that MAC is checked
@@ -13,8 +14,12 @@
 # The worker checks the primary's MAC before it sends its own, so a peer without
 # the key (a fake primary, a squatter on a forwarded port) learns only nonces and
 # MACs of messages that never occur again: nothing it can replay, in this
-# launch or another. The two MACs differ in their first word, so one side's
-# answer is never a valid answer for the other.
+# launch or another. The MACs differ in their first word, so one side's
+# answer is never a valid answer for the other. The hello's own MAC lets the primary
+# refuse at once a hello from a peer without the key (and a hello seen before, by
+# its nonce): a stranger who sends hellos for the slots it can guess (machine and
+# slot are small numbers) holds no place among the connections proving themselves,
+# which genuine workers then wait behind.
 #
 # MAC is HMAC-MD5 (RFC 2104). Base R (4.1 onwards) has no hash of a raw vector
 # in memory, only tools::md5sum() of files, so each hash goes through a file in
@@ -24,11 +29,11 @@
 # worker host may not have.
 # ---------------------------------------------------------------------------
 
-PROOF_MAGIC <- charToRaw("SCW3")
+PROOF_MAGIC <- charToRaw("SCW4")
 ADMITTED <- as.raw(0x06L)  # ASCII ACK
 NONCE_SIZE <- 16L
 MAC_SIZE <- 16L
-HELLO_SIZE <- 32L          # magic, machine, slot, pid (4 bytes each), nonce (16)
+HELLO_SIZE <- 48L          # magic, machine, slot, pid (4 bytes each), nonce (16), MAC (16)
 # Besides the proof, both sides share one word: a host reports a worker's end
 # on its session's stdout as "gone SLOT STATUS" (remote.sh for a worker that
 # never started).
@@ -58,6 +63,9 @@ hmac_md5 <- function(key, message) {
 
 # The MAC that 'side' ("primary" or "worker") gives for a hello and the primary's nonce.
 proof_mac <- function(key, side, hello, nonce) hmac_md5(key, c(charToRaw(side), hello, nonce))
+
+# A hello: its first 32 bytes, then their MAC.
+hello_of <- function(key, head) c(head, hmac_md5(key, c(charToRaw("hello"), head)))
 
 # Equal in constant time (the MACs are compared with what a peer sent).
 same_bytes <- function(a, b) length(a) == length(b) &&

@@ -114,8 +114,8 @@
     key <- c(bytes(token[2]), bytes(token[3]))
     repeat {
       con <- connect()
-      hello <- c(PROOF_MAGIC, int4(machine), int4(as.integer(token[1])), int4(Sys.getpid()),
-                 random_bytes(NONCE_SIZE))
+      hello <- hello_of(key, c(PROOF_MAGIC, int4(machine), int4(as.integer(token[1])),
+                               int4(Sys.getpid()), random_bytes(NONCE_SIZE)))
       writeBin(hello, con)
       flush(con)
       socketTimeout(con, min(timeout, 60))

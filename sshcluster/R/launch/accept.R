@@ -215,6 +215,15 @@ challenge <- function(S, p, expected) {
     return(NULL)
   }
   key <- c(hex_bytes(e$worker), hex_bytes(e$primary))
+  # A hello without the slot's MAC (a stranger's), or one seen before (its nonce: a
+  # replay), is refused at once: only a peer with the key is challenged and waited for.
+  head <- p$hello[seq_len(HELLO_SIZE - MAC_SIZE)]
+  seen <- paste(p$slot_id, paste(head[17:32], collapse = ""))
+  if (!same_bytes(p$hello, hello_of(key, head)) || !is.null(S$hellos[[seen]])) {
+    refuse(S, p$con)
+    return(NULL)
+  }
+  S$hellos[[seen]] <- TRUE
   nonce <- random_bytes(NONCE_SIZE)
   writeBin(c(nonce, proof_mac(key, "primary", p$hello, nonce)), p$con)
   flush(p$con)
