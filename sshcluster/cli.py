@@ -37,7 +37,6 @@ from sshcluster.inventory import (
     TUNNELS,
     Inventory,
     Register,
-    example_inventory,
     load_inventory,
 )
 from sshcluster.protocol import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT
@@ -335,6 +334,7 @@ def example() -> None:
     \b
       sshcluster example > hosts.yaml     # then edit the hosts
     """
+    from sshcluster.init import example_inventory  # (as the init command does)
     click.echo(example_inventory(), nl=False)
 
 

@@ -24,6 +24,7 @@ import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from sshcluster.errors import InventoryError, OutputExistsError
@@ -229,5 +230,12 @@ def write_inventory(path: str | os.PathLike[str], hosts: Sequence[str] = (), *,
     return written
 
 
-__all__ = ["MAX_HOSTS", "Written", "expand_hosts", "inventory_text", "ssh_config_aliases",
-           "write_inventory"]
+def example_inventory() -> str:
+    """The documented example inventory (every field, with comments), as shipped in the
+    package: what ``sshcluster example`` prints."""
+    return resources.files("sshcluster").joinpath("examples").joinpath(
+        "hosts.example.yaml").read_text(encoding="utf-8")
+
+
+__all__ = ["MAX_HOSTS", "Written", "example_inventory", "expand_hosts", "inventory_text",
+           "ssh_config_aliases", "write_inventory"]

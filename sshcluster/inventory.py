@@ -12,7 +12,6 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -125,9 +124,9 @@ class Inventory:
     ``LANG``/``LC_*``). ``reverse_ssh`` says whether the check fails a host whose worker
     cannot ssh back to the primary (``required``) or only warns (``optional``).
     ``workdir`` is the directory the workers start in on every host (made if missing;
-    relative to the login directory, as ``~/x`` is, which is read as ``x``; None: that
-    directory) and ``push``'s default
-    destination. ``shared_dir`` is a directory every host mounts from one file server.
+    relative to the login directory, as ``~/x`` is, read as ``x``; None: that directory)
+    and ``push``'s default destination. ``shared_dir`` is a directory every host mounts
+    from one file server.
     ``fanout``: how ``push`` reaches the hosts. ``lease``: the cluster leases its hosts.
     ``relay``: a host's forked workers share one connection (``false``: one each).
     ``worker_output`` is where the fast launch's workers' output goes: ``none`` (the
@@ -191,7 +190,6 @@ def worker_output(value: Any, fail: Callable[[str], Exception]) -> str:
                f"{describe(value)}")
 
 
-
 class _Reader(Reader):
     """The inventory's own fields: core counts and Rscript paths."""
 
@@ -202,19 +200,16 @@ class _Reader(Reader):
                             what="a positive whole number (or 'auto')")
 
     def remote_path(self, value: Any, where: str, line: int) -> str:
-        # A path on the hosts, not here: nothing is resolved. ~ is the login directory,
-        # where ssh starts (the user's home), so ~/x is written x: every user of the path
-        # (the launch, push, results, containers, the classic launch's R) then reads it
-        # alike, relative to where it starts.
+        # A path on the hosts, not resolved here. ~/x is x: ssh starts in the home
+        # directory, and every user of the path (launch, push, results) reads it alike.
         if not isinstance(value, str) or not value or not _SAFE_PATH.match(value):
             raise self.fail(f"expected a directory path on the hosts, got {describe(value)}",
                             line=line, field=where)
         if value == "~" or value.startswith("~/"):
             return value[2:].strip("/") or "."
         if value.startswith("~"):
-            raise self.fail(f"{value.split('/')[0]} (another user's home) is not expanded "
-                            "on the hosts", line=line, field=where,
-                            hint="write the whole path, from /")
+            raise self.fail(f"{value.split('/')[0]} (another user's home) is not expanded on "
+                            "the hosts", line=line, field=where, hint="write the whole path")
         return value.rstrip("/") or "/"
 
     def rscript(self, value: Any, where: str, line: int) -> str:
@@ -425,13 +420,6 @@ MISSING_HINT = ("write one with 'sshcluster init --hosts a,b' or start from "
                 "'sshcluster example > hosts.yaml'")
 
 
-def example_inventory() -> str:
-    """The documented example inventory (every field, with comments), as shipped in the
-    package: what ``sshcluster example`` prints."""
-    return resources.files("sshcluster").joinpath("examples").joinpath(
-        "hosts.example.yaml").read_text(encoding="utf-8")
-
-
 __all__ = [
     "AUTO",
     "DEFAULT_LIBRARY",
@@ -453,7 +441,6 @@ __all__ = [
     "Register",
     "ReverseSsh",
     "Tunnel",
-    "example_inventory",
     "load_inventory",
     "parse_inventory",
     "worker_output",

@@ -75,15 +75,15 @@ class _DuplicateKey(Exception):
 
 
 class _TooBig(Exception):
-    def __init__(self, problem: str, line: int | None) -> None:
+    def __init__(self, problem: str, line: int | None, hint: str | None = None) -> None:
         self.problem = problem
         self.line = line
+        self.hint = hint
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> Map:
-    # The mapping's own keys, apart from what a merge key (<<: *base) brings: flattened,
-    # the merged pairs come first, and a key of its own then overrides one merged (as
-    # YAML says); twice a key of its own is a mistake.
+    # Flattened, a merge key's (<<: *base) pairs come first; a key of the mapping's own
+    # overrides one merged (as YAML says), but twice a key of its own is a mistake.
     own = {id(k) for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"}
     loader.flatten_mapping(node)
     result = Map()
@@ -99,10 +99,7 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> Map:
             raise yaml.constructor.ConstructorError(
                 None, None, "a key must be a plain word", key_node.start_mark
             ) from None
-        if id(key_node) in own:
-            merged.discard(key)
-        else:
-            merged.add(key)
+        (merged.discard if id(key_node) in own else merged.add)(key)
         if duplicate:
             raise _DuplicateKey(describe(key, quote=False), line)
         result[key] = loader.construct_object(value_node, deep=True)
@@ -117,36 +114,32 @@ def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> Seq:
     return result
 
 
-class _BaseSixty(Exception):
-    def __init__(self, text: str, line: int) -> None:
-        self.text = text
-        self.line = line
-
-
-def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> int:
+def _decimal(node: yaml.ScalarNode) -> None:
+    # YAML 1.1 reads 1:00 as 60 (base 60), and an unquoted IPv6 address such as
+    # 1:2:3:4:5:6:7:8 as a number too: never what an inventory means.
     if ":" in str(node.value):
-        # YAML 1.1 reads 1:00 as 60 (base 60), and an unquoted IPv6 address such as
-        # 1:2:3:4:5:6:7:8 as a number too: never what an inventory means.
-        raise _BaseSixty(str(node.value), node.start_mark.line + 1)
+        raise _TooBig(f"{node.value} would be read as a number in base 60 (YAML 1.1)",
+                      node.start_mark.line + 1, f"quote it if it is text: '{node.value}'")
     if len(str(node.value)) > MAX_NUMBER_CHARS:
         raise _TooBig(f"a number with {len(str(node.value))} characters is no setting",
                       node.start_mark.line + 1)
+
+
+def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> int:
+    _decimal(node)
     value: int = yaml.SafeLoader.construct_yaml_int(loader, node)
+    return value
+
+
+def _construct_float(loader: _Loader, node: yaml.ScalarNode) -> float:
+    _decimal(node)
+    value: float = yaml.SafeLoader.construct_yaml_float(loader, node)
     return value
 
 
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 _Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
-
-
-def _construct_float(loader: _Loader, node: yaml.ScalarNode) -> float:
-    if ":" in str(node.value):
-        raise _BaseSixty(str(node.value), node.start_mark.line + 1)
-    value: float = yaml.SafeLoader.construct_yaml_float(loader, node)
-    return value
-
-
 _Loader.add_constructor("tag:yaml.org,2002:float", _construct_float)
 
 
@@ -209,10 +202,7 @@ def load_yaml(text: str, reader: Reader) -> Any:
     except _DuplicateKey as e:
         raise reader.fail(f"key '{e.key}' appears twice", line=e.line) from None
     except _TooBig as e:
-        raise reader.fail(f"refused: {e.problem}", line=e.line) from None
-    except _BaseSixty as e:
-        raise reader.fail(f"{e.text} would be read as a number in base 60 (YAML 1.1)",
-                          line=e.line, hint=f"quote it if it is text: '{e.text}'") from None
+        raise reader.fail(f"refused: {e.problem}", line=e.line, hint=e.hint) from None
     except RecursionError:
         raise reader.fail(f"refused: values are nested more than {MAX_DEPTH} deep",
                           line=None) from None
@@ -228,9 +218,7 @@ def load_yaml(text: str, reader: Reader) -> Any:
         problem = describe(e.problem or str(e), limit=200, quote=False)
         raise reader.fail(f"not valid YAML: {problem}", line=line,
                           hint="check the indentation and quoting near that line") from None
-    except yaml.reader.ReaderError as e:
-        # A control character (a NUL, an escape pasted from a terminal): named, with
-        # its line, never a traceback.
+    except yaml.reader.ReaderError as e:  # (a NUL, a terminal's escape: never a traceback)
         char = e.character if isinstance(e.character, str) else chr(e.character or 0)
         raise reader.fail(f"not valid YAML: the character {char!r} (U+{ord(char):04X}) is "
                           "not allowed in YAML", line=text[:e.position].count("\n") + 1,
@@ -285,9 +273,8 @@ def read_text(path: str | os.PathLike[str], *, example: str,
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise InventoryError(f"is not a UTF-8 text file (byte 0x{raw[e.start]:02x} is not "
-                             "UTF-8)", path=name, line=raw[:e.start].count(b"\n") + 1,
-                             hint="save the file as UTF-8") from None
+        raise InventoryError(f"is not a UTF-8 text file (byte 0x{raw[e.start]:02x})", path=name,
+                             line=raw[:e.start].count(b"\n") + 1, hint="save it as UTF-8") from None
 
 
 class Reader:

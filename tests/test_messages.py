@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from sshcluster.check.preflight import check_async
 from sshcluster.check.report import CheckReport, report_details
 from sshcluster.cli import cli
-from sshcluster.inventory import example_inventory, load_inventory, parse_inventory
+from sshcluster.init import example_inventory
+from sshcluster.inventory import load_inventory, parse_inventory
 from sshcluster.testing import free_port
 from sshcluster.testing.sshserver import LocalServer, keys, server_in_thread
 

@@ -111,7 +111,7 @@ def test_error_value_is_shortened() -> None:
     (b"hosts:\n  - host: a\n\x1a", 3, "U+001A"),  # a Ctrl-Z at the end
     (b"hosts:\n  - host: a\x1b[0m\n", 2, "U+001B"),  # a colour pasted from a terminal
     (b"hosts:\n  - host: a\n  - host: b\x00\n", 3, "U+0000"),
-    (b"hosts:\n  - host: a\n  - host: caf\xe9\n", 3, "byte 0xe9 is not UTF-8"),
+    (b"hosts:\n  - host: a\n  - host: caf\xe9\n", 3, "not a UTF-8 text file (byte 0xe9)"),
 ])
 def test_a_character_yaml_refuses_is_named_with_its_line(raw: bytes, line: int, says: str,
                                                          tmp_path: Path) -> None:

@@ -26,10 +26,12 @@ from typing import TYPE_CHECKING
 
 from sshcluster.ec2.aws import aws_errors, make_filters, region_of, retry
 from sshcluster.ec2.instances import cluster_filters, cluster_instances, describe_instances
-from sshcluster.errors import EC2Error
+from sshcluster.errors import EC2Error, SshclusterError
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2.client import EC2Client
+
+    from sshcluster.ec2.launch import Started
 
 #: Seconds a cleanup may take, in all, by default (AWS usually needs one or two minutes
 #: to terminate instances and release their network interfaces).
@@ -216,5 +218,26 @@ def _delete_group(client: EC2Client, group: str, *, deadline: float,
     return None
 
 
+def undo_run(client: EC2Client, name: str, run_id: str, owner: str, started: Started, *,
+             timeout: float, poll: float) -> tuple[str, bool]:
+    """Remove everything of run ``run_id``: the ids ``started`` recorded, plus anything
+    tagged with the run (a RunInstances whose answer was lost still tagged its
+    instances). Returns what to tell the user, and whether nothing is left."""
+    try:
+        report = remove_resources(client, name, run_id=run_id, owner=owner,
+                                  instance_ids=started.instance_ids,
+                                  security_groups=(started.security_group,),
+                                  key_pairs=(started.key_pair,), timeout=timeout, poll=poll)
+    except SshclusterError as e:
+        return (f"cleanup failed ({e.message}); run 'sshcluster ec2 down {name} --region "
+                f"{region_of(client)}' to remove what is left", False)
+    if not report.complete:
+        return (f"cleaned up in part: {report.summary()}; run '{report.next_command}' in a "
+                "minute to remove the rest", False)
+    for path in started.files:
+        path.unlink(missing_ok=True)
+    return f"cleaned up: {report.summary()}", True
+
+
 __all__ = ["CLEANUP_TIMEOUT", "CleanupIncomplete", "DownReport", "remove_resources",
-           "wait_terminated"]
+           "undo_run", "wait_terminated"]

@@ -23,8 +23,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sshcluster.ec2.aws import aws_errors, make_client, region_of
-from sshcluster.ec2.cleanup import CLEANUP_TIMEOUT, remove_resources
+from sshcluster.ec2.aws import aws_errors, make_client
+from sshcluster.ec2.cleanup import CLEANUP_TIMEOUT, undo_run
 from sshcluster.ec2.clusters import down
 from sshcluster.ec2.instances import Endpoint, Instance, cluster_instances, utcnow
 from sshcluster.ec2.launch import (
@@ -299,7 +299,7 @@ def _guarded_up(spec: EC2Spec, *, client: EC2Client, output: Path, owner: str,
             else:
                 if key_file:
                     started.files.append(key_file)  # its key pair goes with the run
-                undone, complete = _undo(client, spec.name, run_id, owner, started,
+                undone, complete = undo_run(client, spec.name, run_id, owner, started,
                                          timeout=job.cleanup_timeout, poll=job.poll)
                 if complete:
                     remove_record(records, spec.region, spec.name)
@@ -412,27 +412,6 @@ def _up(spec: EC2Spec, *, client: EC2Client, run: Run, plan: LaunchPlan, output:
     return Cluster(spec.name, spec.region, run.run_id, run.expires, tuple(instances),
                    tuple(endpoints[i.id] for i in instances), inventory, output,
                    known_hosts, key_file, steps, image=plan.image.id, ready=job.wait)
-
-
-def _undo(client: EC2Client, name: str, run_id: str, owner: str, started: Started, *,
-          timeout: float, poll: float) -> tuple[str, bool]:
-    """Remove everything of run ``run_id``: the ids ``started`` recorded, plus anything
-    tagged with the run (a RunInstances whose answer was lost still tagged its
-    instances). Returns what to tell the user, and whether nothing is left."""
-    try:
-        report = remove_resources(client, name, run_id=run_id, owner=owner,
-                                  instance_ids=started.instance_ids,
-                                  security_groups=(started.security_group,),
-                                  key_pairs=(started.key_pair,), timeout=timeout, poll=poll)
-    except SshclusterError as e:
-        return (f"cleanup failed ({e.message}); run 'sshcluster ec2 down {name} --region "
-                f"{region_of(client)}' to remove what is left", False)
-    if not report.complete:
-        return (f"cleaned up in part: {report.summary()}; run '{report.next_command}' in a "
-                "minute to remove the rest", False)
-    for path in started.files:
-        path.unlink(missing_ok=True)
-    return f"cleaned up: {report.summary()}", True
 
 
 @contextmanager
