@@ -355,7 +355,7 @@ def test_accept_new_records_where_ssh_then_finds_it(where: str, material: Materi
 
 
 @pytest.mark.parametrize("case", ["both known", "jump host unknown", "target key wrong",
-                                  "ProxyCommand"])
+                                  "ProxyCommand", "ProxyCommand %k ${UNSET}"])
 def test_behind_a_jump_host_same_verdict_as_openssh(case: str, material: Material,
                                                    tmp_path: Path) -> None:
     """ProxyJump, hop by hop: the jump host's key is checked with its own settings, the
@@ -377,6 +377,11 @@ def test_behind_a_jump_host_same_verdict_as_openssh(case: str, material: Materia
             config = tmp_path / "config"
             proxy = (f"ProxyCommand ssh -F {config} -p {jump.port} -W %h:%p 127.0.0.1"
                      if case == "ProxyCommand" else f"ProxyJump 127.0.0.1:{jump.port}")
+            if case.startswith("ProxyCommand %k"):
+                # ssh expands %k (the HostKeyAlias, else the name given) and leaves an
+                # unset ${VAR} to the shell, where it is empty
+                proxy = (f"ProxyCommand env SSHCLUSTER_ALIAS=%k ssh -F {config} "
+                         f"-p {jump.port} -W %h:%p 127.0.0.1 ${{SSHCLUSTER_NEVER_SET}}")
             config.write_text(
                 f"Host target\n  HostName 127.0.0.1\n  Port {target.port}\n  {proxy}\n"
                 f"Host *\n  UserKnownHostsFile {tmp_path}/user\n"
@@ -396,9 +401,10 @@ def test_behind_a_jump_host_same_verdict_as_openssh(case: str, material: Materia
 
     ssh_ok, report = asyncio.run(run())
     checks = report.hosts[0].checks
-    assert ssh_ok == (case in ("both known", "ProxyCommand"))
+    command = case.startswith("ProxyCommand")
+    assert ssh_ok == (case == "both known" or command)
     assert (checks["auth"].status == "ok") == ssh_ok
-    assert f"reached through {'ProxyCommand' if case == 'ProxyCommand' else 'ProxyJump'}" \
+    assert f"reached through {'ProxyCommand' if command else 'ProxyJump'}" \
         in checks["resolve"].detail
     if case == "jump host unknown":
         assert checks["connect"].status == "failed"

@@ -105,8 +105,10 @@ class ClientSettings:
         """The ProxyCommand as ssh runs it: through ``$SHELL -c exec ...``, tokens
         expanded."""
         assert self.proxy_command
+        # (as ssh's expand_proxy_command: %k is the HostKeyAlias, else the name given)
         command = expand_tokens(self.proxy_command, {
-            "h": self.hostname, "n": self.host_arg, "p": str(self.port), "r": self.user})
+            "h": self.hostname, "k": self.host_key_alias or self.host_arg,
+            "n": self.host_arg, "p": str(self.port), "r": self.user}, variables=False)
         return [os.environ.get("SHELL") or "/bin/sh", "-c", f"exec {command}"]
 
 
@@ -238,12 +240,13 @@ def _tokens(*, host_arg: str, hostname: str, port: int, user: str,
     }
 
 
-def expand_tokens(text: str, tokens: Mapping[str, str]) -> str:
+def expand_tokens(text: str, tokens: Mapping[str, str], *, variables: bool = True) -> str:
     """``%x`` tokens (``%%`` is ``%``) and ``${VAR}`` expanded in one pass, as ssh does;
-    an unknown token or an unset variable raises ValueError, as ssh refuses them."""
+    an unknown token or an unset variable raises ValueError, as ssh refuses them. Without
+    ``variables``, ``${VAR}`` stays for the shell (ProxyCommand's, which ssh runs)."""
     out, i = [], 0
     while i < len(text):
-        if text.startswith("${", i):
+        if variables and text.startswith("${", i):
             end = text.find("}", i)
             name = text[i + 2:end] if end > 0 else ""
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or name not in os.environ:
