@@ -12,9 +12,11 @@ all refuse it. The inventories name no known_hosts and no key, as a user's would
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,16 +57,18 @@ class Verdicts:
     launch_said: dict[str, str] = field(default_factory=dict)
 
 
-def verdicts(tb: Testbed, client: Client, host: str) -> Verdicts:
+def verdicts(tb: Testbed, client: Client, host: str,
+             env: dict[str, str] | None = None) -> Verdicts:
     """The check's, each launch's and plain ssh's verdict on ``host`` (as the inventory
-    names it) with ``client``'s setup."""
+    names it) with ``client``'s setup (and ``env``: an agent's socket, say)."""
     inventory = client.root / "hosts.yaml"
     tb.write_inventory(inventory, ncore=1, keys=False)
     doc = yaml.safe_load(inventory.read_text())
     doc["hosts"] = [{"host": host}]
     inventory.write_text(yaml.safe_dump(doc, sort_keys=False))
     sshcluster = [sys.executable, "-m", "sshcluster"]
-    check = client.run(*sshcluster, "check", str(inventory), "--json", "--timeout", "20")
+    check = client.run(*sshcluster, "check", str(inventory), "--json", "--timeout", "20",
+                       env=env)
     report = json.loads(check.stdout)
     launches = {}
     for name, options in LAUNCHES.items():
@@ -72,8 +76,9 @@ def verdicts(tb: Testbed, client: Client, host: str) -> Verdicts:
         rendered = client.run(*sshcluster, "render", str(inventory), "-o", str(cluster),
                               *options)
         assert rendered.returncode == 0, rendered.stderr
-        launches[name] = client.run("Rscript", "-e", R_LAUNCH.format(file=r_string(str(cluster))))
-    ssh = client.run("ssh", "-o", "BatchMode=yes", host, "true", timeout=60)
+        launches[name] = client.run("Rscript", "-e", R_LAUNCH.format(file=r_string(str(cluster))),
+                                    env=env)
+    ssh = client.run("ssh", "-o", "BatchMode=yes", host, "true", timeout=60, env=env)
     failed = {h["host"]: {s: c["detail"] for s, c in h["checks"].items()
                           if c["status"] == "failed"} for h in report["hosts"]}
     said = "".join(f"launch {name}: {out.stdout}{out.stderr[-2000:]}\n"
@@ -263,3 +268,54 @@ def test_the_inventory_known_hosts_adds_to_the_configs_file(tb: Testbed, keys: K
     launch = client.run("Rscript", "-e", R_LAUNCH.format(file=r_string(str(cluster))))
     assert launch.returncode == 0, launch.stderr
     assert sorted(launch.stdout.split()) == [h1.hostname, h2.hostname]
+
+
+AGENT_CASES = ["IdentityFile names the .pub of a key only the agent holds",
+               "a key with a passphrase, in the agent, and no .pub file"]
+
+
+@pytest.mark.parametrize("name", AGENT_CASES)
+def test_an_agent_s_key_chosen_by_identity_file_is_used_as_ssh_uses_it(
+        name: str, tb: Testbed, keys: Keys, tmp_path: Path) -> None:
+    """IdentitiesOnly with the key in an agent (a password manager's, say): ssh takes
+    the public key from the IdentityFile itself when it is one, else from FILE.pub, else
+    from the private key file's unencrypted head. The check offered nothing, and failed
+    auth, where ssh and the launch logged in."""
+    h1 = tb.hosts[0]
+    client = Client(tmp_path)
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if sock.exists():
+                break
+            time.sleep(0.05)
+        env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
+        subprocess.run(["ssh-add", str(keys.client)], env=env, check=True, capture_output=True)
+        home = client.home
+        if name.startswith("IdentityFile names the .pub"):
+            shutil.copy(f"{keys.client}.pub", home / "id_cluster.pub")
+            identity = "~/.ssh/id_cluster.pub"
+        else:
+            shutil.copy(keys.client, home / "id_cluster")
+            (home / "id_cluster").chmod(0o600)
+            subprocess.run(["ssh-keygen", "-q", "-p", "-P", "", "-N", "a passphrase", "-f",
+                            str(home / "id_cluster")], check=True, capture_output=True)
+            identity = "~/.ssh/id_cluster"
+        assert not (home / "id_cluster.pub").exists() or identity.endswith(".pub")
+        (home / "config").write_text(f"Host *\n  IdentityFile {identity}\n"
+                                     "  IdentitiesOnly yes\n")
+        (home / "known_hosts").write_text(f"{h1.address} {keys.host[h1.address]}\n")
+        v = verdicts(tb, client, h1.address, env=env)
+        assert v.ssh, v.said
+        assert v.check, v.said
+        assert v.launch == dict.fromkeys(LAUNCHES, True), v.said
+        # and without the agent, all three refuse it alike
+        none = verdicts(tb, client, h1.address, env={k: x for k, x in env.items()
+                                                       if k != "SSH_AUTH_SOCK"})
+        assert not none.ssh and not none.check, none.said
+        assert none.launch == dict.fromkeys(LAUNCHES, False), none.said
+    finally:
+        agent.kill()
+        agent.wait()

@@ -16,6 +16,7 @@ trust, so that anything slipping past the hook is refused, never accepted.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import re
 from collections.abc import Sequence
@@ -190,6 +191,9 @@ class Connector:
             pairs = list(asyncssh.load_keypairs([path], certlist=certificates,
                                                 ignore_encrypted=True))
         except (OSError, ValueError, asyncssh.KeyImportError) as e:
+            with contextlib.suppress(OSError, ValueError, asyncssh.KeyImportError):
+                asyncssh.read_public_key(path)
+                return []  # (a public key: ssh signs with the agent's copy of it)
             said = str(e)
             self.skipped[path] = ("has a passphrase, which BatchMode cannot ask for"
                                   if "assphrase" in said or "bcrypt" in said or
@@ -201,10 +205,7 @@ class Connector:
 
     async def _agent_copies(self, settings: ClientSettings, opened: list[Any],
                             ) -> list[asyncssh.SSHKeyPair]:
-        wanted = set()
-        for path in settings.identity_files:
-            with contextlib.suppress(OSError, ValueError, asyncssh.KeyImportError):
-                wanted.add(asyncssh.read_public_key(path + ".pub").public_data)
+        wanted = {key for key in map(identity_public_key, settings.identity_files) if key}
         if not wanted:
             return []
         try:
@@ -297,6 +298,41 @@ def _ssh_reorders(algorithms: Sequence[str], default: Sequence[str]) -> bool:
     common = [a for a in algorithms if a in default]
     return (common == [d for d in default if d in common]
             and list(algorithms[:len(common)]) == common)
+
+
+def identity_public_key(path: str) -> bytes | None:
+    """The public key an IdentityFile stands for, as ssh finds it (sshkey_load_public):
+    the file itself when it is a public key (IdentityFile ~/.ssh/x.pub, as password
+    managers' agents are set up), else FILE.pub, else the public key an OpenSSH private
+    key file holds unencrypted in its head (a key with a passphrase, loaded in the agent,
+    whose .pub is gone)."""
+    for candidate in (path, path + ".pub"):
+        with contextlib.suppress(OSError, ValueError, asyncssh.KeyImportError):
+            return bytes(asyncssh.read_public_key(candidate).public_data)
+    try:
+        text = Path(path).read_text(encoding="ascii", errors="strict")[:65536]
+    except (OSError, ValueError):
+        return None
+    found = re.search(r"-----BEGIN OPENSSH PRIVATE KEY-----(.*?)-----END OPENSSH PRIVATE "
+                      r"KEY-----", text, re.S)
+    try:
+        blob = base64.b64decode("".join(found.group(1).split()) if found else "",
+                                validate=True)
+        magic = b"openssh-key-v1\0"
+        if not blob.startswith(magic):
+            return None
+        at = len(magic)
+        for _ in range(3):  # cipher, kdf, kdf options
+            at += 4 + int.from_bytes(blob[at:at + 4], "big")
+        if int.from_bytes(blob[at:at + 4], "big") < 1:  # (how many keys)
+            return None
+        size = int.from_bytes(blob[at + 4:at + 8], "big")
+        public = blob[at + 8:at + 8 + size]
+        kind = public[4:4 + int.from_bytes(public[:4], "big")].decode("ascii")
+        key = asyncssh.import_public_key(f"{kind} {base64.b64encode(public).decode()}")
+        return bytes(key.public_data)
+    except (ValueError, UnicodeDecodeError, asyncssh.KeyImportError):
+        return None
 
 
 __all__ = [
