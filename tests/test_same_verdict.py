@@ -197,6 +197,11 @@ def setup(name: str, tb: Testbed, keys: Keys, client: Client) -> tuple[str, bool
         (home / "config").write_text(f"Host *\n  CheckHostIP yes\n{identity}")
         (home / "known_hosts").write_text(f"node1.cluster.test {key(h1)}\n")
         return "node1.cluster.test", True
+    if name == "PubkeyAcceptedAlgorithms without the key's type":
+        (home / "config").write_text(f"Host *\n  PubkeyAcceptedAlgorithms ecdsa-sha2-nistp256\n"
+                                     f"{identity}")
+        (home / "known_hosts").write_text(f"{h1.address} {key(h1)}\n")
+        return h1.address, False
     if name == "an identity given only in the config":
         (home / "config").write_text(f"Host {h1.address}\n  IdentityFile ~/.ssh/id_cluster\n")
         (home / "known_hosts").write_text(f"{h1.address} {key(h1)}\n")
@@ -216,6 +221,7 @@ CASES = [
     "the same host without its ProxyJump",
     "a wrong key in the config's file",
     "an identity given only in the config",
+    "PubkeyAcceptedAlgorithms without the key's type",
     "CheckHostIP, and another key known for the address",
     "CheckHostIP, the address unknown",
 ]
@@ -231,10 +237,10 @@ def test_check_launch_and_ssh_agree(name: str, tb: Testbed, keys: Keys,
     assert v.check == accepted, v.said
     assert v.launch == dict.fromkeys(LAUNCHES, accepted), v.said
     if not accepted:
-        # Refused for the same reason: the host key, or (no ProxyJump) for want of a
-        # route; each launch names the host with ssh's own words, as ssh says them.
+        # Refused for the same reason: the host key, (no ProxyJump) for want of a route,
+        # or no key ssh may offer; each launch names the host with ssh's own words.
         why = "Host key verification failed" if "hostkey" in v.check_failed else None
-        assert v.check_failed & {"hostkey", "connect"}, v.said
+        assert v.check_failed & {"hostkey", "connect", "auth"}, v.said
         for name, err in v.launch_said.items():
             assert f"{host}: ssh exited with status 255" in err, f"{name}: {v.said}"
             if why:

@@ -41,6 +41,10 @@ _ALGORITHMS = {
     "kexalgorithms": ("kex_algs", frozenset(a.decode() for a in get_kex_algs())),
     "ciphers": ("encryption_algs", frozenset(a.decode() for a in get_encryption_algs())),
     "macs": ("mac_algs", frozenset(a.decode() for a in get_mac_algs())),
+    # (the signatures a user key may make: OpenSSH 8.8 and later leave out ssh-rsa,
+    # which asyncssh would fall back to with a server that names none)
+    "pubkeyacceptedalgorithms": ("signature_algs",
+                                 frozenset(a.decode() for a in get_public_key_algs())),
 }
 _KNOWN_HOSTS_COMMAND = re.compile(
     r"""^/bin/sh -c 'cat -- "\$0" 2>/dev/null; exit 0' "((?:[^"\\]|\\.)*)"$""")
