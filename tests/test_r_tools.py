@@ -8,6 +8,7 @@ in one session, and the workers' output where the user asked for it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -281,3 +282,38 @@ def test_worker_output_that_is_not_utf8_loses_no_line(clean: Testbed, tmp_path: 
         assert raw.count(f"[{h.address}] after\n") == 2, raw
         assert raw.count(f"[{h.address}] caf\\xe9\n") == 2, raw
     assert "] NA\n" not in raw
+
+
+@pytest.mark.parametrize("plant", ["a directory anyone may write", "a link in its place",
+                                   "a file of another user's"])
+def test_worker_output_never_goes_where_another_user_chose(clean: Testbed, tmp_path: Path,
+                                                           plant: str) -> None:
+    """worker_output: DIR where another user could have chosen where the output goes (a
+    directory anyone may write, a link or another user's file in the log's place): the
+    launch fails on that host, naming the file and why, and writes nothing through."""
+    where = tmp_path / "out"
+    where.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("mine\n")
+    if plant == "a directory anyone may write":
+        where.chmod(0o777)
+        why = "anyone may write that directory"
+    elif plant == "a link in its place":
+        for h in clean.hosts:
+            (where / f"{h.hostname}.log").symlink_to(victim)
+        why = "is a symbolic link"
+    else:
+        for h in clean.hosts:
+            (where / f"{h.hostname}.log").write_text("")
+            os.chown(where / f"{h.hostname}.log", 65534, 65534)
+        why = "belongs to nobody"
+    f = write_cluster(clean, tmp_path, worker_output=str(where))
+    out = run_r_in_test(f"""
+        r <- tryCatch(source({str(f)!r}), error = function(e) conditionMessage(e))
+        cat("RESULT", if (is.character(r)) "failed" else "started", "\\n")
+        cat(if (is.character(r)) r, "\\n")
+    """, tmp_path)
+    assert "RESULT failed" in out.stdout, out.stdout + out.stderr
+    said = out.stdout + out.stderr
+    assert "will not write the workers' output" in said and why in said, said
+    assert victim.read_text() == "mine\n"

@@ -69,13 +69,28 @@
   # Where the workers' output goes (worker_output): nowhere, to this R's stdout,
   # which the primary prints after the host's name (messages and warnings too), or
   # to a file per host in a directory; one that cannot be written fails the host now.
+  # Another user must not choose where it goes: not in a directory anyone may write
+  # (without the sticky bit), and not into a file (or link) someone else put there.
   output <- Sys.getenv("SSHCLUSTER_OUTPUT", "none")
   if (!output %in% c("none", "console")) {
     dir.create(output, recursive = TRUE, showWarnings = FALSE)
-    output <- file.path(output, paste0(Sys.info()[["nodename"]], ".log"))
-    if (file.access(dirname(output), 2L) != 0L)
-      fail("cannot write the workers' output to ", dirname(output), " on ",
+    log <- file.path(output, paste0(Sys.info()[["nodename"]], ".log"))
+    if (file.access(output, 2L) != 0L)
+      fail("cannot write the workers' output to ", output, " on ",
            Sys.info()[["nodename"]], " (worker_output)")
+    mode <- as.integer(file.info(output, extra_cols = FALSE)$mode)
+    link <- Sys.readlink(log)  # (NA: no such file; "": not a link)
+    link <- !is.na(link) && nzchar(link)
+    owner <- if (file.exists(log) || link) file.info(log)$uname
+      else Sys.info()[["effective_user"]]
+    why <- if (bitwAnd(mode, 2L) && !bitwAnd(mode, 512L)) "anyone may write that directory"
+      else if (link) paste(log, "is a symbolic link")
+      else if (!identical(owner, Sys.info()[["effective_user"]]))
+        paste(log, "belongs to", if (is.na(owner)) "someone else" else owner)
+    if (!is.null(why))
+      fail("will not write the workers' output to ", log, " on ", Sys.info()[["nodename"]],
+           ": ", why, " (worker_output: a directory of your own)")
+    output <- log
   }
   where <- sprintf("R on %s cannot connect to the primary at %s port %d",
                    Sys.info()[["nodename"]], master, port)
