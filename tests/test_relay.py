@@ -514,7 +514,7 @@ def test_lanes_big_messages_are_kept_in_a_file_on_the_host(make_testbed: MakeTes
     """With lanes, the host's relay (relay.pl) keeps a big message once, in a file without
     a name that its workers read: in /dev/shm (here a tmpfs of 4 MB of the host's own)
     where it takes at most half the room left, else in the directory of R's temporary
-    files (TMPDIR, here a tmpfs of 48 MB); once its workers have read it, only the newest
+    files (the session's own in TMPDIR, here a tmpfs of 48 MB); once its workers have read it, only the newest
     is kept. A message neither has
     room for is kept in relay.pl's memory and handed to each worker on its socket. Stop
     leaves nothing."""
@@ -532,8 +532,10 @@ def test_lanes_big_messages_are_kept_in_a_file_on_the_host(make_testbed: MakeTes
         # (the files relay.pl holds: no name, in /dev/shm or /tmp as the host sees them)
         kept <- function() {{
           links <- Sys.readlink(list.files(sprintf("/proc/%d/fd", perl), full.names = TRUE))
-          sort(sub("/#.*", "", grep("^/(dev/shm|srv/rtmp)/#[0-9]+ [(]deleted[)]$", links,
-                                    value = TRUE)))
+          # (in TMPDIR: in the session's own directory there, sshcluster-workers.*)
+          sort(sub("(/sshcluster-workers[.][^/]+)?/#.*", "", grep(
+            "^/(dev/shm|srv/rtmp(/sshcluster-workers[.][^/]+)?)/#[0-9]+ [(]deleted[)]$",
+            links, value = TRUE)))
         }}
         sums <- function(name) unlist(parallel::clusterCall(cl, function(n)
           sum(as.numeric(get(n, envir = globalenv()))), name))

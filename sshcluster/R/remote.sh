@@ -61,6 +61,14 @@ if [ -n "${SSHCLUSTER_WORKDIR:-}" ]; then
     exit 126
   }
 fi
+# The workers' temporary files (their tempdir()s, what they write there) go in a
+# directory of this session's, removed however the session ends: R removes its own when
+# it quits, not when it is killed. (In a container, the container's /tmp goes with it.)
+sess=''
+if [ -z "${SSHCLUSTER_CONTAINER:-}" ]; then
+  sess=$(umask 077 && mktemp -d "${TMPDIR:-/tmp}/sshcluster-workers.XXXXXX" 2>/dev/null) &&
+    export TMPDIR="$sess" || sess=''
+fi
 # Behind a reverse tunnel, start only once the primary has seen "ready": ssh has
 # then processed sshd's answer to its -R request, so the port is ours.
 if [ "$mode" = tunnel ]; then
@@ -81,8 +89,8 @@ fi
 kill -s 0 -- "-$me" 2>/dev/null && leader=yes
 
 watchdog() {
-  # Immune to the group TERM below, so that it lives to send the group KILL.
-  trap '' TERM INT
+  # Immune to the group's signals below, so that it lives to send the group KILL.
+  trap '' TERM INT USR2
   if command -v bash >/dev/null 2>&1; then
     bash --norc --noprofile -c \
       'while IFS= read -r -t "$1" _; do kill -s 0 "$2" 2>/dev/null || exit 0; done' \
@@ -94,8 +102,13 @@ watchdog() {
   fi
   $unbox again
   if [ "$leader" ]; then
+    # USR2 first: R quits as asked, and removes its tempdir() and the files the
+    # user's code made there (TERM ends it where it stands, and leaves them).
+    kill -s USR2 -- "-$me" 2>/dev/null
+    sleep 1
     kill -s TERM -- "-$me" 2>/dev/null
     sleep 2
+    [ -z "$sess" ] || rm -rf -- "$sess"
     kill -s KILL -- "-$me" 2>/dev/null
   else
     kill -s TERM "$me" 2>/dev/null
@@ -110,11 +123,18 @@ pids=''
 # On the way out, stop what is left: the watchdog and, as the group leader,
 # everything the workers left behind; else each worker this script started.
 if [ "$leader" ]; then
-  trap 'trap "" TERM; $unbox; kill -s KILL $watch 2>/dev/null; kill -s TERM -- "-$me" 2>/dev/null' EXIT
+  # (and 2 s later KILL, for whatever the workers started that shrugs TERM off: sent by
+  # a subshell of the group that ignores TERM, whose output goes nowhere, so that the
+  # session ends now)
+  trap 'trap "" TERM; $unbox; kill -s KILL $watch 2>/dev/null
+    (trap "" TERM; sleep 2; [ -z "$sess" ] || rm -rf -- "$sess"; kill -s KILL -- "-$me") \
+      </dev/null >/dev/null 2>&1 &
+    kill -s TERM -- "-$me" 2>/dev/null' EXIT
 else
   # Not under sshd (run by hand): only what this script knows of can be stopped,
   # so no forks, and TERM (the watchdog's) stops the workers too.
-  trap '$unbox; kill -s KILL $watch 2>/dev/null; kill -s TERM $pids 2>/dev/null' EXIT
+  trap '$unbox; kill -s KILL $watch 2>/dev/null; kill -s TERM $pids 2>/dev/null
+    [ -z "$sess" ] || rm -rf -- "$sess"' EXIT
   trap 'exit 143' TERM
 fi
 if [ -n "${SSHCLUSTER_CONTAINER:-}" ]; then  # (containers)
