@@ -63,7 +63,7 @@ from sshcluster.ec2.wait import (
     wait_running,
     wait_ssh,
 )
-from sshcluster.errors import EC2Error, SshclusterError
+from sshcluster.errors import EC2Error, InventoryError, SshclusterError
 from sshcluster.files import atomic_write
 from sshcluster.inventory import Inventory
 
@@ -201,6 +201,10 @@ def up(spec: EC2Spec, *, client: EC2Client | None = None, output: str | os.PathL
     job = _Job(time.monotonic() + timeout, poll, accept_new, address_of, console_text,
                read_status, report, batch_size, wait, setup_timeout, keep_on_failure,
                cleanup_timeout, verify)
+    if spec.identity_file and not os.access(spec.identity_file, os.R_OK):  # (before anything)
+        raise InventoryError(f"{spec.identity_file} cannot be read here",
+                             field="ec2.identity_file", hint=f"name the private key of key "
+                             f"pair {spec.key_name}" if spec.key_name else None)
     with signal_guard(note) as guard:
         client = client or make_client(spec.region)
         output = Path(output)

@@ -17,7 +17,7 @@ import yaml
 
 from sshcluster import ec2
 from sshcluster.ec2.records import process_start, save_record
-from sshcluster.errors import EC2Error, OutputExistsError
+from sshcluster.errors import EC2Error, InventoryError, OutputExistsError
 from sshcluster.inventory import load_inventory
 
 from .helpers import HAND_WRITTEN, SshHosts, do_up, live, make_spec, nothing_left, state_files
@@ -87,10 +87,11 @@ def test_everything_is_tagged_and_set_to_end_itself(client: Any, ami: str, hosts
 
 def test_existing_key_pair_and_security_group_are_used_and_kept(
         client: Any, ami: str, hosts: SshHosts, tmp_path: Path) -> None:
-    client.create_key_pair(KeyName="mine")
+    key = tmp_path / "mine.pem"
+    key.write_text(client.create_key_pair(KeyName="mine")["KeyMaterial"])
     group = client.create_security_group(GroupName="mine", Description="mine")["GroupId"]
     spec = make_spec(ami, count=1, key_name="mine", security_group_id=group,
-                     identity_file="/home/me/.ssh/mine.pem", ssh_cidr=())
+                     identity_file=str(key), ssh_cidr=())
     c = do_up(spec, client, hosts, tmp_path, wait=False)  # no key to read the setup with
     (inst,) = live(client)
     assert inst["KeyName"] == "mine"
@@ -99,7 +100,7 @@ def test_existing_key_pair_and_security_group_are_used_and_kept(
     (interface,) = inst["NetworkInterfaces"]
     assert [g["GroupId"] for g in interface["Groups"]] == [group]
     assert c.key_file is None and not (tmp_path / "rwork.pem").exists()
-    assert c.inventory.hosts[0].identity_file == "/home/me/.ssh/mine.pem"
+    assert c.inventory.hosts[0].identity_file == str(key)
     report = ec2.down("rwork", client=client)
     assert report.deleted_key_pairs == () and report.deleted_security_groups == ()
     assert client.describe_key_pairs(KeyNames=["mine"])["KeyPairs"]
@@ -200,6 +201,19 @@ def test_dry_run_starts_nothing(client: Any, ami: str) -> None:
     assert client.describe_key_pairs()["KeyPairs"] == []
     names = [g["GroupName"] for g in client.describe_security_groups()["SecurityGroups"]]
     assert names == ["default"]
+
+
+def test_a_key_file_that_cannot_be_read_is_refused_before_anything_starts(
+        client: Any, ami: str, hosts: SshHosts, tmp_path: Path) -> None:
+    """key_name with an identity_file that is not there: refused at once (exit 2 from the
+    CLI), instead of a fleet waiting out the setup's deadline for logins that cannot
+    work."""
+    spec = make_spec(ami, key_name="mine", identity_file=str(tmp_path / "missing.pem"))
+    with pytest.raises(InventoryError, match=r"missing\.pem cannot be read here") as e:
+        do_up(spec, client, hosts, tmp_path)
+    assert "key pair mine" in str(e.value.hint) and e.value.exit_code == 2
+    assert e.value.field == "ec2.identity_file"
+    assert nothing_left(client) == {} and state_files(tmp_path / "state") == []
 
 
 def test_the_context_manager_ends_everything_on_an_exception(
