@@ -514,8 +514,8 @@ def test_lanes_big_messages_are_kept_in_a_file_on_the_host(make_testbed: MakeTes
     """With lanes, the host's relay (relay.pl) keeps a big message once, in a file without
     a name that its workers read: in /dev/shm (here a tmpfs of 4 MB of the host's own)
     where it takes at most half the room left, else in the directory of R's temporary
-    files (the session's own in TMPDIR, here a tmpfs of 48 MB); once its workers have read it, only the newest
-    is kept. A message neither has
+    files (the session's own in TMPDIR, here a tmpfs of 48 MB); once its workers have
+    read it, only the newest is kept. A message neither has
     room for is kept in relay.pl's memory and handed to each worker on its socket. Stop
     leaves nothing."""
     tb = make_testbed(1, private_dirs={"/dev/shm": "4m", "/srv/rtmp": "48m"})
