@@ -162,15 +162,14 @@ def up(spec: EC2Spec, *, client: EC2Client | None = None, output: str | os.PathL
     host keys, write an inventory to ``output``, and wait until every instance's setup
     has R and the spec's ``r_packages`` ready.
 
-    ``client`` defaults to one for ``spec.region`` (``quotas``, ``ssm``: Service Quotas
-    and SSM clients for the checks before the launch). ``timeout`` is one deadline for
-    the launch, SSH and the host keys (seconds); ``setup_timeout`` is the setup's own,
-    and ``wait=False`` does not wait for the setup at all. ``address_of`` maps an
-    instance to where this machine reaches its sshd (default :func:`default_address`);
-    ``console_text`` returns an instance's console output (default GetConsoleOutput);
-    ``read_status`` reads its setup's status (default: over SSH). Host keys come from the
-    console output; if they cannot be read before the deadline, ``up`` fails, unless
-    ``accept_new`` records the key each instance shows on its first connection.
+    ``client`` defaults to one for ``spec.region`` (``quotas``, ``ssm``: Service Quotas and
+    SSM clients for the checks before the launch). ``timeout``: one deadline (s) for the
+    launch, SSH and the host keys; ``setup_timeout`` the setup's (``wait=False``: no wait
+    for it). ``address_of`` maps an instance to where this machine reaches its sshd
+    (default :func:`default_address`), ``console_text`` gives its console output (default
+    GetConsoleOutput), ``read_status`` its setup's status (default: over SSH). Host keys
+    come from the console output; ``up`` fails if they cannot be read before the
+    deadline, unless ``accept_new`` records the key an instance shows at first.
     ``progress`` is called with a :class:`~sshcluster.ec2.wait.Step` as ``up`` goes on.
     ``verify`` ends with the written inventory passing the preflight check and one R
     computation on every instance (:mod:`sshcluster.ec2.verify`); else ``up`` fails.
@@ -178,19 +177,17 @@ def up(spec: EC2Spec, *, client: EC2Client | None = None, output: str | os.PathL
     such an ``up`` refuses (:class:`~sshcluster.errors.EC2Error`) a name whose cluster
     exists (instances or a record here), as the job's fetch or stop ends its fleet.
 
-    ``output`` is not overwritten unless it is an inventory ``up`` wrote for this
-    cluster (its header says so), or ``overwrite``: else :class:`OutputExistsError` is
-    raised before anything starts.
+    ``output`` is not overwritten unless ``up`` wrote it for this cluster (its header says
+    so), or ``overwrite``: else :class:`OutputExistsError`, before anything starts.
 
-    A retried ``up`` of a cluster whose record and instances are still there continues
-    that run (same ClientTokens) instead of starting a second fleet. On any failure,
-    Ctrl-C, SIGTERM or SIGHUP (in the main thread; see :mod:`sshcluster.ec2.signals`)
-    everything this run started is terminated and deleted, within ``cleanup_timeout``
-    seconds and without obeying a further signal half-way, before the error (saying what
-    was removed) or the KeyboardInterrupt (:class:`~sshcluster.ec2.signals.Interrupted`
-    for a signal, with its ``signum``) propagates; only a cluster that an earlier ``up``
-    finished is left as it is, and, with ``keep_on_failure``, one whose setup failed
-    (:class:`~sshcluster.ec2.ready.SetupFailed`).
+    A retried ``up`` (its record and instances still there) continues that run, same
+    ClientTokens, instead of starting a second fleet. On any failure, Ctrl-C, SIGTERM or
+    SIGHUP (main thread; :mod:`sshcluster.ec2.signals`) what this run started is ended
+    within ``cleanup_timeout`` s, a further signal noted, before the error (saying what
+    was removed; a cleanup that failed keeps the record) or the KeyboardInterrupt
+    (:class:`~sshcluster.ec2.signals.Interrupted` for a signal) propagates; a cluster an
+    earlier ``up`` finished is left as it is, and, with ``keep_on_failure``, one whose
+    setup failed (:class:`~sshcluster.ec2.ready.SetupFailed`).
     """
     report: Progress = progress or (lambda step: None)
 
@@ -432,8 +429,7 @@ def cluster(spec: EC2Spec, *, client: EC2Client | None = None,
     report: Progress = options.get("progress") or (lambda step: None)
 
     def note(signum: int) -> None:
-        report(Step("note", 0, 0, f"{signal_name(signum)} received: ending the cluster "
-                                  "first"))
+        report(Step("note", 0, 0, f"{signal_name(signum)} received: ending the cluster first"))
 
     with signal_guard(note) as guard:
         started = up(spec, client=client, output=output, records=records, **options)
@@ -441,10 +437,14 @@ def cluster(spec: EC2Spec, *, client: EC2Client | None = None,
             yield started
         finally:
             with guard.cleanup():
-                down(spec.name, client=client, records=records, owner=options.get("owner"),
-                     timeout=options.get("cleanup_timeout", CLEANUP_TIMEOUT))
+                try:
+                    down(spec.name, client=client, records=records, owner=options.get(
+                        "owner"), timeout=options.get("cleanup_timeout", CLEANUP_TIMEOUT))
+                except SshclusterError as e:  # (expired credentials, say: it still runs)
+                    raise EC2Error(f"cluster {spec.name} may still be running: ending it "
+                                   f"failed: {e.message}", hint=f"run 'sshcluster ec2 down "
+                                   f"{spec.name} --region {spec.region}'") from e
         guard.raise_noted()
 
 
-__all__ = ["SETUP_TIMEOUT", "Cluster", "Seams", "cluster", "default_address", "next_steps",
-           "up"]
+__all__ = ["SETUP_TIMEOUT", "Cluster", "Seams", "cluster", "default_address", "next_steps", "up"]

@@ -352,3 +352,21 @@ def test_signals_outside_the_main_thread_are_left_alone() -> None:
     t.start()
     t.join()
     assert outcome == [False]
+
+
+def test_a_cluster_block_whose_down_fails_says_it_may_still_run(
+        client: Any, proxy: FaultProxy, ami: str, hosts: SshHosts, tmp_path: Path) -> None:
+    """ec2.cluster()'s down at the block's end fails (the credentials expired during a
+    long job): the error says the cluster may still be running and names the command,
+    with its region, that ends it (it said only AWS's words before)."""
+    address_of, console_text = hosts.seams()
+    via_proxy = ec2.make_client(REGION, endpoint_url=proxy.url)
+    with pytest.raises(ec2.EC2Error, match="may still be running") as e, ec2.cluster(
+            make_spec(ami, count=1), client=via_proxy, output=tmp_path / "hosts.yaml",
+            address_of=address_of, console_text=console_text, timeout=20, poll=0.1):
+        proxy.refuse("TerminateInstances", "ExpiredToken", "The security token included in "
+                     "the request is expired")
+    assert f"sshcluster ec2 down rwork --region {REGION}" in str(e.value.hint)
+    assert len(live(client)) == 1
+    assert ec2.down("rwork", client=client).complete
+    assert_nothing_left(client, tmp_path / "state")
