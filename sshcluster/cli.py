@@ -29,7 +29,7 @@ from rich.progress import (
 
 from sshcluster import bootstrap, packages
 from sshcluster.check.report import CheckReport, HostReport, error_document, print_report
-from sshcluster.console import ErrorGroup, note, quiet
+from sshcluster.console import ErrorGroup, json_flag, note, quiet
 from sshcluster.errors import CheckFailed, SshclusterError
 from sshcluster.helpformat import use_help_formatter
 from sshcluster.inventory import (
@@ -149,7 +149,7 @@ def _config_files(ctx: click.Context, param: click.Parameter,
 @click.option("--accept-new", is_flag=True,
               help="Record the host key of a host known_hosts does not list yet (like "
                    "OpenSSH's StrictHostKeyChecking=accept-new). A changed key still fails.")
-@click.option("--json", "as_json", is_flag=True,
+@click.option("--json", "as_json", is_flag=True, callback=json_flag,
               help="Print only the JSON report on stdout (its JSON Schema: "
                    "sshcluster/schema/check.schema.json); a wrong inventory is a JSON "
                    "error document too (exit 2).")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -19,7 +20,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from sshcluster.check.report import print_report
+from sshcluster.check.report import error_document, print_report
 from sshcluster.errors import CheckFailed, SshclusterError
 from sshcluster.helpformat import use_help_formatter
 
@@ -54,8 +55,23 @@ class ErrorGroup(click.Group):
         except SshclusterError as e:
             if isinstance(e, CheckFailed):
                 print_report(e.report, Console(stderr=True))
+            if ctx.meta.get(JSON_META):  # (a script reads stdout: an error is JSON too)
+                click.echo(json.dumps(error_document(e), indent=2))
             print_error(e)
             ctx.exit(e.exit_code)
+
+
+#: Set in the context's meta (shared by a command's context and its groups') when the
+#: command was given --json.
+JSON_META = "sshcluster.json"
+
+
+def json_flag(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    """The callback of every ``--json`` option: an error the command raises is then also
+    printed on stdout, as ``check --json`` prints it (``ok`` false, ``error``)."""
+    if value:
+        ctx.meta[JSON_META] = True
+    return value
 
 
 def print_error(e: SshclusterError, where: str | None = None) -> None:
@@ -78,7 +94,7 @@ def note(message: str) -> None:
         click.echo(message, err=True)
 
 
-__all__ = ["ErrorGroup", "note", "print_error", "quiet"]
+__all__ = ["JSON_META", "ErrorGroup", "json_flag", "note", "print_error", "quiet"]
 
 
 #: Called with a host's label, the bytes sent to it so far and the total.

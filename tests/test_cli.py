@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -372,3 +373,30 @@ def test_the_check_progress_names_the_hosts_it_waits_for() -> None:
     assert pending_hosts(["a", "b", "c", "d", "e"]) == (
         "checking hosts; waiting for a, b, c and 2 more")
     assert pending_hosts([]) == "checking hosts"
+
+
+@pytest.mark.parametrize("case", ["status, no inventory", "push, no inventory",
+                                  "sync, no inventory", "run, a host that fails the check",
+                                  "jobs fetch, no such job"])
+def test_json_is_json_when_the_command_fails(case: str, tmp_path: Path) -> None:
+    """--json on stdout when the command fails, as check --json: ok false and the error
+    (a script that parses stdout got nothing, or text)."""
+    missing = str(tmp_path / "missing.yaml")
+    bad = tmp_path / "hosts.yaml"
+    # (127.0.0.1 port 1: nothing listens, the check fails at once)
+    bad.write_text("hosts:\n  - host: 127.0.0.1\n    ssh_port: 1\n    ncore: 1\n")
+    script = tmp_path / "job.R"
+    script.write_text("1\n")
+    args = {"status, no inventory": ["status", missing, "--json"],
+            "push, no inventory": ["push", missing, str(script), "--json"],
+            "sync, no inventory": ["sync", missing, "--json"],
+            "run, a host that fails the check": ["run", "--json", "--timeout", "10", str(bad),
+                                                 str(script)],
+            "jobs fetch, no such job": ["fetch", "nosuchjob", "--json"]}[case]
+    done = subprocess.run([sys.executable, "-m", "sshcluster", *args], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "NO_COLOR": "1",
+                                                       STATE_DIR_ENV: str(tmp_path / "state")})
+    assert done.returncode in (1, 2), done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["ok"] is False and doc["error"]["message"], doc
+    assert "Traceback" not in done.stderr and "error: " in done.stderr

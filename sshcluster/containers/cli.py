@@ -8,7 +8,7 @@ import json
 import click
 from rich.console import Console
 
-from sshcluster.console import byte_bars
+from sshcluster.console import byte_bars, json_flag
 from sshcluster.containers.push import ImagePush, push_image
 from sshcluster.containers.spec import ENGINES
 from sshcluster.inventory import load_inventory
@@ -26,7 +26,8 @@ def image_group() -> None:
 @click.argument("inventory", type=click.Path(dir_okay=False))
 @click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
               help="The engine whose image store holds IMAGE on this machine.")
-@click.option("--json", "as_json", is_flag=True, help="Print only the JSON result on stdout.")
+@click.option("--json", "as_json", is_flag=True, callback=json_flag,
+              help="Print only the JSON result on stdout.")
 @click.pass_context
 def push_command(ctx: click.Context, image: str, inventory: str, engine: str,
                  as_json: bool) -> None:

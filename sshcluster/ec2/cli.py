@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from sshcluster import ec2
-from sshcluster.console import print_error
+from sshcluster.console import json_flag, print_error
 from sshcluster.ec2.signals import exit_status
 from sshcluster.ec2.spec import NAME_RULE, REGION_RULE, is_cluster_name, is_region
 from sshcluster.errors import NoRegion
@@ -190,7 +190,8 @@ def ec2_up(ctx: click.Context, spec_file: str, output: str, accept_new: bool,
 @ec2_group.command("ls")
 @_regions_option
 @_any_owner_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--json", "as_json", is_flag=True, callback=json_flag,
+              help="Print JSON instead of a table.")
 def ec2_ls(region: str | None, any_owner: bool, as_json: bool) -> None:
     """List your clusters and their instances, in every state.
 

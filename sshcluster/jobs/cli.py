@@ -8,6 +8,7 @@ from dataclasses import asdict
 
 import click
 
+from sshcluster.console import json_flag
 from sshcluster.inventory import load_inventory
 from sshcluster.jobs.control import fetch_job, job_logs, list_jobs, stop_job
 from sshcluster.jobs.detached import start_detached
@@ -65,7 +66,7 @@ def _note(message: str) -> None:
 @click.option("--keep", is_flag=True,
               help="With --ec2: keep the fleet after the job (it still ends at its "
                    "max_lifetime); 'sshcluster ec2 down NAME' ends it.")
-@click.option("--json", "as_json", is_flag=True,
+@click.option("--json", "as_json", is_flag=True, callback=json_flag,
               help="Print the job's summary as JSON on stdout (the script's stdout then "
                    "goes to stderr, so stdout holds only the JSON).")
 @click.pass_context
@@ -160,7 +161,7 @@ def run_command(ctx: click.Context, inventory: str, script: str, args: tuple[str
 
 @click.command("jobs")
 @click.argument("inventory", required=False, type=click.Path(dir_okay=False, path_type=str))
-@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+@click.option("--json", "as_json", is_flag=True, callback=json_flag, help="Print the list as JSON.")
 @click.pass_context
 def jobs_command(ctx: click.Context, inventory: str | None, as_json: bool) -> None:
     """List the jobs started from this machine, or with INVENTORY the leases on its
@@ -224,7 +225,8 @@ def logs_command(ctx: click.Context, job: str, follow: bool) -> None:
 
 @click.command("stop")
 @click.argument("job")
-@click.option("--json", "as_json", is_flag=True, help="Print the job's state as JSON.")
+@click.option("--json", "as_json", is_flag=True, callback=json_flag,
+              help="Print the job's state as JSON.")
 @click.pass_context
 def stop_command(ctx: click.Context, job: str, as_json: bool) -> None:
     """Stop the detached JOB and everything it started: its R, its cluster's workers on
@@ -247,7 +249,8 @@ def stop_command(ctx: click.Context, job: str, as_json: bool) -> None:
 @click.argument("job")
 @click.option("--to", "dest", metavar="DIR", type=click.Path(file_okay=False, path_type=str),
               help="Where the results go (default: the job's record, runs/JOB/results).")
-@click.option("--json", "as_json", is_flag=True, help="Print the job's summary as JSON.")
+@click.option("--json", "as_json", is_flag=True, callback=json_flag,
+              help="Print the job's summary as JSON.")
 @click.pass_context
 def fetch_command(ctx: click.Context, job: str, dest: str | None, as_json: bool) -> None:
     """Bring the detached JOB's results: the files its workers wrote under results/

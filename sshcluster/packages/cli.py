@@ -6,6 +6,7 @@ import json
 
 import click
 
+from sshcluster.console import json_flag
 from sshcluster.inventory import load_inventory
 from sshcluster.packages.sync import SYNC_TIMEOUT, sync
 
@@ -15,7 +16,8 @@ from sshcluster.packages.sync import SYNC_TIMEOUT, sync
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
               default=SYNC_TIMEOUT, show_default=True,
               help="Seconds one host's sync may take; a host not done by then fails.")
-@click.option("--json", "as_json", is_flag=True, help="Print only a JSON report on stdout.")
+@click.option("--json", "as_json", is_flag=True, callback=json_flag,
+              help="Print only a JSON report on stdout.")
 def sync_command(inventory: str, timeout: float, as_json: bool) -> None:
     """Give every host of INVENTORY the primary's R packages, all hosts at once.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.console import Console
 
-from sshcluster.console import byte_bars
+from sshcluster.console import byte_bars, json_flag
 from sshcluster.inventory import FANOUTS, Fanout, load_inventory
 from sshcluster.push.api import push
 from sshcluster.push.report import print_push
@@ -21,7 +21,8 @@ from sshcluster.push.report import print_push
               help="direct: the primary copies to every host at once; chain / tree: the "
                    "hosts pass the stream on to each other (they must reach each other "
                    "by ssh). Overrides the inventory's 'fanout'.")
-@click.option("--json", "as_json", is_flag=True, help="Print only the JSON result on stdout.")
+@click.option("--json", "as_json", is_flag=True, callback=json_flag,
+              help="Print only the JSON result on stdout.")
 @click.pass_context
 def push_command(ctx: click.Context, inventory: str, sources: tuple[str, ...],
                  dest: str | None, fanout: str | None, as_json: bool) -> None:

@@ -6,6 +6,7 @@ import json
 
 import click
 
+from sshcluster.console import json_flag
 from sshcluster.inventory import load_inventory
 from sshcluster.status.scan import STATUS_TIMEOUT, status
 
@@ -17,7 +18,8 @@ from sshcluster.status.scan import STATUS_TIMEOUT, status
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
               default=STATUS_TIMEOUT, show_default=True,
               help="Seconds each host may take to answer.")
-@click.option("--json", "as_json", is_flag=True, help="Print only a JSON report on stdout.")
+@click.option("--json", "as_json", is_flag=True, callback=json_flag,
+              help="Print only a JSON report on stdout.")
 def status_command(inventory: str, kill_strays: bool, timeout: float, as_json: bool) -> None:
     """Show what of sshcluster runs on each host of INVENTORY, and on this machine.
 
