@@ -116,7 +116,8 @@ def find_garbage(*, client: EC2Client, records: Path | None = None, owner: str |
     with_live = {s.name for s in statuses if s.live}
     for name in sorted({*groups, *pairs, *here} - with_live):
         record = here.get(name)
-        if record is not None and record.status == "starting" and not record.owner_gone():
+        if record is not None and record.status == "starting" and not record.owner_gone() \
+                and record.expires > now:
             continue  # an up that is still running: it creates these before instances
         if record is not None and record.owner_gone():
             reason = "the 'sshcluster ec2 up' that started it is gone (killed)"

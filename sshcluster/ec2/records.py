@@ -91,20 +91,40 @@ def process_start(pid: int) -> str | None:
     return None
 
 
+def machine_id() -> str | None:
+    """This machine's lasting id (systemd's machine-id), or None: unlike its host name,
+    which moves with networks and OS updates, it stays."""
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        with contextlib.suppress(OSError):
+            found = Path(path).read_text().strip()
+            if found:
+                return found
+    return None
+
+
 def this_process() -> dict[str, str]:
     """The identity of this process, as a record keeps it."""
     me = {"host": socket.gethostname(), "pid": str(os.getpid()),
           "start": process_start(os.getpid()) or ""}
-    boot = boot_id()
-    if boot:
-        me["boot_id"] = boot
+    for key, value in (("boot_id", boot_id()), ("machine", machine_id())):
+        if value:
+            me[key] = value
     return me
+
+
+def on_this_machine(identity: dict[str, str]) -> bool:
+    """Whether the process ``identity`` names ran on this machine: by its machine id,
+    else (an older record, a system without one) by its host name."""
+    if identity.get("machine") and machine_id():
+        return identity["machine"] == machine_id()
+    return identity.get("host") == socket.gethostname()
 
 
 def process_alive(identity: dict[str, str]) -> bool:
     """False if the process ``identity`` names (see :func:`this_process`) is known to be
-    gone; True while it runs, and when that cannot be told from here."""
-    if identity.get("host") != socket.gethostname() or not identity.get("pid", "").isdigit():
+    gone; True while it runs, and when that cannot be told from here (another
+    machine's)."""
+    if not on_this_machine(identity) or not identity.get("pid", "").isdigit():
         return True
     boot = boot_id()
     if boot and identity.get("boot_id") and identity["boot_id"] != boot:
@@ -263,7 +283,9 @@ __all__ = [
     "find_record",
     "legacy_owner",
     "load_records",
+    "machine_id",
     "my_owners",
+    "on_this_machine",
     "principal",
     "process_alive",
     "process_start",

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,6 +44,7 @@ from sshcluster.ec2.records import (
     default_owner,
     find_record,
     my_owners,
+    on_this_machine,
     process_alive,
     remove_record,
     save_record,
@@ -219,7 +219,7 @@ def _guarded_up(spec: EC2Spec, *, client: EC2Client, output: Path, owner: str,
                 quotas: Any, ssm: Any, job_id: str | None = None) -> Cluster:
     earlier = find_record(records, spec.region, spec.name)
     if (earlier is not None and earlier.status == "starting" and earlier.process
-            and earlier.process.get("host") == socket.gethostname()
+            and on_this_machine(earlier.process)
             and earlier.process.get("pid") != str(os.getpid())
             and process_alive(earlier.process)):
         # Another up of this cluster runs here: continuing its run, or failing over it,

@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import subprocess
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -204,7 +205,10 @@ def test_a_killed_up_is_collected_at_once(client: Any, ami: str, hosts: SshHosts
 @pytest.mark.parametrize(("process", "orphaned"), [
     ({"pid": str(os.getpid()), "start": "1"}, True),  # a pid reused by another process
     ({"boot_id": "another-boot"}, True),  # the machine rebooted since
-    ({"host": "another-machine"}, False),  # cannot tell from here: not garbage
+    ({"machine": "another-machine"}, False),  # cannot tell from here: not garbage
+    ({"machine": "", "host": "another-machine"}, False),  # (an older record: by name)
+    ({"host": "renamed"}, False),  # this very process, on a machine renamed since: alive
+    ({"host": "renamed", "pid": "dead"}, True),  # gone, on a machine renamed since
     ({}, False),  # this very process: alive
 ])
 def test_only_a_gone_owner_process_makes_an_orphan(
@@ -213,6 +217,9 @@ def test_only_a_gone_owner_process_makes_an_orphan(
     do_up(make_spec(ami, count=1), client, hosts, tmp_path)
     (record,) = ec2.load_records()
     identity = {**this_process(), **process}
+    if identity["pid"] == "dead":
+        identity = {**dead_process(), **{k: v for k, v in process.items() if k != "pid"}}
+    identity = {k: v for k, v in identity.items() if v}
     save_record(tmp_path / "state", ec2.Record(**{**record.__dict__, "status": "starting",
                                                   "process": identity}))
     assert ec2.load_records()[0].owner_gone() is orphaned
@@ -256,6 +263,23 @@ def test_a_running_up_is_not_garbage(client: Any, ami: str, tmp_path: Path) -> N
         "rwork", REGION, run_.run_id, run_.owner, run_.expires, "starting",
         security_group=group, process=this_process()))
     assert ec2.find_garbage(client=client) == ()
+
+
+def test_a_starting_record_past_its_expiry_is_garbage(client: Any, ami: str,
+                                                      tmp_path: Path) -> None:
+    """A record still 'starting' whose up cannot be judged from here (another machine's,
+    by its id) is left alone while the cluster may live, and collected once its expiry
+    has passed (it was skipped for ever)."""
+    spec = make_spec(ami)
+    run_ = Run("0123456789ab", ec2.default_owner(), ec2.utcnow() - timedelta(minutes=1))
+    group = create_security_group(client, spec, run_, default_vpc(client))
+    save_record(tmp_path / "state", ec2.Record(
+        "rwork", REGION, run_.run_id, run_.owner, run_.expires, "starting",
+        security_group=group, process={**this_process(), "machine": "another-machine"}))
+    (garbage,) = ec2.find_garbage(client=client)
+    assert garbage.security_groups == (group,) and garbage.record
+    ec2.collect_garbage([garbage], client=client)
+    assert_nothing_left(client, tmp_path / "state")
 
 
 # --------------------------------------------------------------------------- two owners
