@@ -47,7 +47,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("cli", ("sshcluster.cli", "sshcluster.__main__", "sshcluster.console",
              "sshcluster.ec2.cli", "sshcluster.jobs.cli", "sshcluster.packages.cli",
              "sshcluster.push.cli", "sshcluster.push.report", "sshcluster.testing.cli",
-             "sshcluster.containers.cli")),
+             "sshcluster.containers.cli", "sshcluster.status.cli")),
 )
 
 #: The most lines a Python module may have.
