@@ -61,14 +61,6 @@ if [ -n "${SSHCLUSTER_WORKDIR:-}" ]; then
     exit 126
   }
 fi
-# The workers' temporary files (their tempdir()s, what they write there) go in a
-# directory of this session's, removed however the session ends: R removes its own when
-# it quits, not when it is killed. (In a container, the container's /tmp goes with it.)
-sess=''
-if [ -z "${SSHCLUSTER_CONTAINER:-}" ]; then
-  sess=$(umask 077 && mktemp -d "${TMPDIR:-/tmp}/sshcluster-workers.XXXXXX" 2>/dev/null) &&
-    export TMPDIR="$sess" || sess=''
-fi
 # Behind a reverse tunnel, start only once the primary has seen "ready": ssh has
 # then processed sshd's answer to its -R request, so the port is ours.
 if [ "$mode" = tunnel ]; then
@@ -114,6 +106,15 @@ watchdog() {
     kill -s TERM "$me" 2>/dev/null
   fi
 }
+# The workers' temporary files (their tempdir()s, what they write there) go in a
+# directory of this session's, removed however the session ends (made here, just before
+# the watchdog and the exit trap that remove it): R removes its own when
+# it quits, not when it is killed. (In a container, the container's /tmp goes with it.)
+sess=''
+if [ -z "${SSHCLUSTER_CONTAINER:-}" ]; then
+  sess=$(umask 077 && mktemp -d "${TMPDIR:-/tmp}/sshcluster-workers.XXXXXX" 2>/dev/null) &&
+    export TMPDIR="$sess" || sess=''
+fi
 # (A background job's stdin is /dev/null unless it is redirected by name.)
 exec 3<&0
 watchdog <&3 &
