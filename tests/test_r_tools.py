@@ -297,7 +297,7 @@ def test_worker_output_never_goes_where_another_user_chose(clean: Testbed, tmp_p
     victim.write_text("mine\n")
     if plant == "a directory anyone may write":
         where.chmod(0o777)
-        why = "anyone may write that directory"
+        why = "others may write that directory"
     elif plant == "a link in its place":
         for h in clean.hosts:
             (where / f"{h.hostname}.log").symlink_to(victim)

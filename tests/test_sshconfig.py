@@ -6,6 +6,7 @@ import asyncio
 import os
 import pwd
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,32 @@ def test_jump_hops_and_host_key_algorithm_lists() -> None:
     assert _ssh_reorders(["a-cert", "a", "c", "extra"], default)  # -b..., +extra
     assert not _ssh_reorders(["c", "a"], default)  # written out: as it is
     assert not _ssh_reorders(["extra", "a"], default)  # ^extra
+
+
+def test_the_public_key_of_an_identity_file_as_ssh_finds_it(tmp_path: Path) -> None:
+    """The IdentityFile itself when it is a public key, else FILE.pub, else the head of
+    an OpenSSH private key file (even one with a passphrase); a broken file is no key,
+    never an exception."""
+    import base64
+    import struct
+
+    from sshcluster.ssh.connect import identity_public_key
+
+    key = tmp_path / "id"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "pass phrase", "-f", str(key)],
+                   check=True)
+    public = base64.b64decode((tmp_path / "id.pub").read_text().split()[1])
+    expected = identity_public_key(str(tmp_path / "id.pub"))
+    assert expected is not None and expected in public
+    assert identity_public_key(str(key)) == expected  # (through id.pub)
+    (tmp_path / "id.pub").unlink()
+    assert identity_public_key(str(key)) == expected  # (from the encrypted file's head)
+    def s(b: bytes) -> bytes:
+        return struct.pack(">I", len(b)) + b
+    negative = s(b"ssh-rsa") + s(b"\xff") + s(b"\x00\xc1" + b"\x01" * 64)
+    (tmp_path / "bad.pub").write_text("ssh-rsa " + base64.b64encode(negative).decode() + "\n")
+    text = key.read_text()
+    (tmp_path / "cut").write_text(text[:len(text) // 3] + "\n-----END OPENSSH PRIVATE KEY-----\n")
+    (tmp_path / "noise").write_bytes(b"\xff\xfe not a key")
+    for name in ("bad.pub", "cut", "noise", "missing"):
+        assert identity_public_key(str(tmp_path / name)) is None, name

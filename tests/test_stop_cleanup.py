@@ -57,7 +57,9 @@ def test_a_process_that_ignores_term_ends_with_the_cluster(testbed: Testbed, tmp
 def test_a_killed_primary_leaves_no_worker_tempdir(testbed: Testbed, tmp_path: Path,
                                                    fork: bool) -> None:
     """The primary's R is killed (kill -9) while every worker holds a file in its
-    tempdir(): once the hosts have stopped their workers, no such directory is left."""
+    tempdir(): once the hosts have stopped their workers, no such directory is left
+    (each lives in the session's own directory, which the host removes whatever ended
+    its workers; this does not tell R's own removal, on the watchdog's USR2, from it)."""
     f = write_cluster(testbed, tmp_path, options=RenderOptions(fork=fork))
     script = tmp_path / "hold.R"
     script.write_text(f"""

@@ -110,11 +110,17 @@ watchdog() {
 # directory of this session's, removed however the session ends (made here, just before
 # the watchdog and the exit trap that remove it): R removes its own when
 # it quits, not when it is killed. (In a container, the container's /tmp goes with it.)
+# A program a worker starts that must outlive the cluster (with setsid) finds the host's
+# own in SSHCLUSTER_HOST_TMPDIR.
 sess=''
 if [ -z "${SSHCLUSTER_CONTAINER:-}" ]; then
+  export SSHCLUSTER_HOST_TMPDIR="${TMPDIR:-/tmp}"
   sess=$(umask 077 && mktemp -d "${TMPDIR:-/tmp}/sshcluster-workers.XXXXXX" 2>/dev/null) &&
     export TMPDIR="$sess" || sess=''
 fi
+# The watchdog's USR2 is for R (which sets its own handler whatever it inherits): a
+# shell that runs its exit trap on a signal (bash as sh) would send TERM at once.
+trap '' USR2
 # (A background job's stdin is /dev/null unless it is redirected by name.)
 exec 3<&0
 watchdog <&3 &
@@ -129,7 +135,7 @@ if [ "$leader" ]; then
   # session ends now)
   trap 'trap "" TERM; $unbox; kill -s KILL $watch 2>/dev/null
     (trap "" TERM; sleep 2; [ -z "$sess" ] || rm -rf -- "$sess"; kill -s KILL -- "-$me") \
-      </dev/null >/dev/null 2>&1 &
+      </dev/null >/dev/null 2>&1 4>&- 5>&- 9>&- &
     kill -s TERM -- "-$me" 2>/dev/null' EXIT
 else
   # Not under sshd (run by hand): only what this script knows of can be stopped,

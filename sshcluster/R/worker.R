@@ -81,12 +81,14 @@
     mode <- as.integer(file.info(output, extra_cols = FALSE)$mode)
     link <- Sys.readlink(log)  # (NA: no such file; "": not a link)
     link <- !is.na(link) && nzchar(link)
-    owner <- if (file.exists(log) || link) file.info(log)$uname
-      else Sys.info()[["effective_user"]]
-    why <- if (bitwAnd(mode, 2L) && !bitwAnd(mode, 512L)) "anyone may write that directory"
+    # (by uid: a uid with no name, in a container say, is still this user's)
+    me <- file.info(tempdir(), extra_cols = TRUE)$uid
+    info <- if (file.exists(log) || link) file.info(log, extra_cols = TRUE)
+    why <- if (bitwAnd(mode, 18L) && !bitwAnd(mode, 512L))
+      "others may write that directory (group or all)"
       else if (link) paste(log, "is a symbolic link")
-      else if (!identical(owner, Sys.info()[["effective_user"]]))
-        paste(log, "belongs to", if (is.na(owner)) "someone else" else owner)
+      else if (!is.null(info) && !identical(info$uid, me))
+        paste(log, "belongs to", if (is.na(info$uname)) "someone else" else info$uname)
     if (!is.null(why))
       fail("will not write the workers' output to ", log, " on ", Sys.info()[["nodename"]],
            ": ", why, " (worker_output: a directory of your own)")

@@ -113,10 +113,13 @@ def this_process() -> dict[str, str]:
 
 
 def on_this_machine(identity: dict[str, str]) -> bool:
-    """Whether the process ``identity`` names ran on this machine: by its machine id,
-    else (an older record, a system without one) by its host name."""
+    """Whether the process ``identity`` names ran on this machine: its machine id and
+    either its host name or its boot (cloned machines share a machine id; a renamed one
+    keeps it); without a machine id (an older record), by its host name."""
     if identity.get("machine") and machine_id():
-        return identity["machine"] == machine_id()
+        return identity["machine"] == machine_id() and (
+            identity.get("host") == socket.gethostname()
+            or (bool(identity.get("boot_id")) and identity.get("boot_id") == boot_id()))
     return identity.get("host") == socket.gethostname()
 
 

@@ -195,7 +195,8 @@ class Connector:
             pairs = list(asyncssh.load_keypairs([path], certlist=certificates,
                                                 ignore_encrypted=True))
         except (OSError, ValueError, asyncssh.KeyImportError) as e:
-            with contextlib.suppress(OSError, ValueError, asyncssh.KeyImportError):
+            with contextlib.suppress(OSError, ValueError, ArithmeticError,
+                                     asyncssh.KeyImportError):
                 asyncssh.read_public_key(path)
                 return []  # (a public key: ssh signs with the agent's copy of it)
             said = str(e)
@@ -311,7 +312,8 @@ def identity_public_key(path: str) -> bytes | None:
     key file holds unencrypted in its head (a key with a passphrase, loaded in the agent,
     whose .pub is gone)."""
     for candidate in (path, path + ".pub"):
-        with contextlib.suppress(OSError, ValueError, asyncssh.KeyImportError):
+        with contextlib.suppress(OSError, ValueError, ArithmeticError,
+                                 asyncssh.KeyImportError):
             return bytes(asyncssh.read_public_key(candidate).public_data)
     try:
         text = Path(path).read_text(encoding="ascii", errors="strict")[:65536]
@@ -335,7 +337,7 @@ def identity_public_key(path: str) -> bytes | None:
         kind = public[4:4 + int.from_bytes(public[:4], "big")].decode("ascii")
         key = asyncssh.import_public_key(f"{kind} {base64.b64encode(public).decode()}")
         return bytes(key.public_data)
-    except (ValueError, UnicodeDecodeError, asyncssh.KeyImportError):
+    except (ValueError, ArithmeticError, asyncssh.KeyImportError):  # (a broken file)
         return None
 
 

@@ -209,6 +209,8 @@ def test_a_killed_up_is_collected_at_once(client: Any, ami: str, hosts: SshHosts
     ({"machine": "", "host": "another-machine"}, False),  # (an older record: by name)
     ({"host": "renamed"}, False),  # this very process, on a machine renamed since: alive
     ({"host": "renamed", "pid": "dead"}, True),  # gone, on a machine renamed since
+    # a clone of this machine (same machine id, another name and boot): cannot tell
+    ({"host": "clone", "boot_id": "another-boot"}, False),
     ({}, False),  # this very process: alive
 ])
 def test_only_a_gone_owner_process_makes_an_orphan(
