@@ -317,9 +317,14 @@ def test_reverse_ssh_is_seen_through_a_quiet_ssh_config(tmp_path: Path) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "ssh"
-    fake.write_text(f'#!/bin/sh\nlevel=$({real} -G "$@" 2>/dev/null | sed -n "s/^loglevel //p")\n'
+    # (ssh reads ~/.ssh/config from the passwd database's home, not $HOME: the stand-in
+    # names the test's config to ssh -G as the host user's own)
+    fake.write_text(f'#!/bin/sh\nlevel=$({real} -G -F "$HOME/.ssh/config" "$@" 2>/dev/null '
+                    '| sed -n "s/^loglevel //p")\n'
                     f'echo "$level" > {tmp_path}/level\n'
-                    '[ "$level" = QUIET ] || echo "subsystem request failed on channel 0" >&2\n'
+                    # (ssh -G names QUIET SILENT)
+                    'case $level in QUIET|SILENT) ;; *) echo "subsystem request failed on '
+                    'channel 0" >&2 ;; esac\n'
                     'exit 255\n')
     fake.chmod(0o755)
     script = remote_script(rscript="/nonexistent", r_packages=[], primary="10.0.0.1",
@@ -330,7 +335,7 @@ def test_reverse_ssh_is_seen_through_a_quiet_ssh_config(tmp_path: Path) -> None:
     out = subprocess.run(["sh", "-s"], input=script, capture_output=True, text=True, env=env,
                          timeout=30)
     facts = parse_facts(out.stdout.splitlines())
-    assert (tmp_path / "level").read_text().strip() != "QUIET"
+    assert (tmp_path / "level").read_text().strip() == "ERROR"
     assert verdicts(Host("h"), facts)["reverse_ssh"].status == "ok"
 
 
