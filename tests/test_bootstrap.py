@@ -245,9 +245,10 @@ def test_no_environment_variable_changes_the_launch(options: RenderOptions) -> N
     # SSHCLUSTER_OUTPUT and _WORKDIR are the launch's own words to each host (on its
     # command line), and so are SSHCLUSTER_LEASE (lease: true) and SSHCLUSTER_CONTAINER*
     # (a host's container: its engine, image, pull policy, options and name; see
-    # sshcluster/containers); SSHCLUSTER_CODE is the workers' code, handed to R (remote.sh)
+    # sshcluster/containers); SSHCLUSTER_CODE is the workers' code, handed to R (remote.sh),
+    # and SSHCLUSTER_HOST_TMPDIR the host's own TMPDIR, set for the workers (never read)
     ours = {"SSHCLUSTER_OUTPUT", "SSHCLUSTER_WORKDIR", "SSHCLUSTER_CONTAINER",
-            "SSHCLUSTER_LEASE", "SSHCLUSTER_CODE",
+            "SSHCLUSTER_LEASE", "SSHCLUSTER_CODE", "SSHCLUSTER_HOST_TMPDIR",
             *(f"SSHCLUSTER_CONTAINER_{k}" for k in ("IMAGE", "PULL", "OPTIONS", "NAME"))}
     assert set(re.findall(r"SSHCLUSTER_[A-Z_]+", text)) <= ours
 
