@@ -129,13 +129,18 @@ exec 0</dev/null 3<&-
 pids=''
 # On the way out, stop what is left: the watchdog and, as the group leader,
 # everything the workers left behind; else each worker this script started.
+# The reaper: 2 s after the group's TERM, the session's temporary files go, and KILL
+# for whatever the workers started that shrugs TERM off. A process of the group (so its
+# id stays the group's) that ignores TERM, holds none of the session's descriptors (the
+# session ends now), and whose command line is not the session's (status would take it
+# for a stray session).
+reaper() {
+  trap '' TERM
+  exec sh -c 'sleep 2; [ -z "$1" ] || rm -rf -- "$1"; kill -s KILL -- "-$2"' \
+    sshcluster-reaper "$sess" "$me" </dev/null >/dev/null 2>&1 4>&- 5>&- 9>&-
+}
 if [ "$leader" ]; then
-  # (and 2 s later KILL, for whatever the workers started that shrugs TERM off: sent by
-  # a subshell of the group that ignores TERM, whose output goes nowhere, so that the
-  # session ends now)
-  trap 'trap "" TERM; $unbox; kill -s KILL $watch 2>/dev/null
-    (trap "" TERM; sleep 2; [ -z "$sess" ] || rm -rf -- "$sess"; kill -s KILL -- "-$me") \
-      </dev/null >/dev/null 2>&1 4>&- 5>&- 9>&- &
+  trap 'trap "" TERM; $unbox; kill -s KILL $watch 2>/dev/null; reaper &
     kill -s TERM -- "-$me" 2>/dev/null' EXIT
 else
   # Not under sshd (run by hand): only what this script knows of can be stopped,

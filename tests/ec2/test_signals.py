@@ -25,6 +25,8 @@ from typing import Any
 
 import pytest
 
+from tests.jobs.helpers import signals_as_in_a_terminal
+
 from .faults import FaultProxy
 from .helpers import SshHosts, live, nothing_left, run, spec_text, state_files
 
@@ -76,7 +78,7 @@ def start_up(tmp_path: Path, ami: str, endpoint: str, ports: list[int]) -> Up:
     proc = subprocess.Popen(
         [sys.executable, str(CLI), ",".join(map(str, ports)), "ec2", "up", "ec2.yaml",
          "--timeout", "120"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True)
+        stderr=subprocess.PIPE, text=True, preexec_fn=signals_as_in_a_terminal)
     lines: queue.Queue[str] = queue.Queue()
 
     def read() -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -36,11 +37,19 @@ def env(state: Path) -> dict[str, str]:
     return dict(os.environ, SSHCLUSTER_STATE_DIR=str(state), NO_COLOR="1")
 
 
+def signals_as_in_a_terminal() -> None:
+    """(a child's preexec_fn) SIGHUP and SIGINT at their defaults, as a command typed in a
+    terminal gets them: a test run under nohup, or in the background of a script, would
+    else hand its children SIGHUP or SIGINT ignored, which sshcluster leaves ignored."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(args: Sequence[str], state: Path) -> subprocess.Popen[str]:
     """``sshcluster ARGS`` in its own process group, stdout and stderr piped."""
     return subprocess.Popen([sys.executable, "-m", "sshcluster", *args], env=env(state),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=signals_as_in_a_terminal)
 
 
 def sshcluster(args: Sequence[str], state: Path,

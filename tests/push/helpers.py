@@ -48,9 +48,12 @@ def local_state(data: Path) -> dict[str, tuple[str, str]]:
 
 def remote_state(tb: Testbed, host: TestHost, dest: str = DEST) -> dict[str, tuple[str, str]]:
     """The same, as ``host`` holds it under ``dest`` (staging leftovers included)."""
+    # (a file that goes while it is listed, a staging directory the host is removing, is
+    # not there)
     script = (f"cd {dest} && find . -mindepth 1 ! -type d -printf '%m %y %P\\n' | "
               "while read -r m y p; do if [ $y = l ]; then echo \"$m $p -> $(readlink $p)\";"
-              " else echo \"$m $p $(sha256sum < $p | cut -d' ' -f1)\"; fi; done")
+              " elif s=$(sha256sum < $p 2>/dev/null); then echo \"$m $p ${s%% *}\"; fi;"
+              " done")
     out = subprocess.run(tb.ssh_argv(host, script), capture_output=True, text=True,
                          timeout=60, check=True).stdout
     state = {}
