@@ -55,10 +55,10 @@ SETUP_TIMEOUT = 120
 
 #: Where ``sshcluster sync`` keeps its own R libraries on a host, by default.
 DEFAULT_LIBRARY = "~/.cache/sshcluster/lib"
-_LOCALE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+_LOCALE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}\Z")
 #: No control characters, and no backslash: the path reaches each host's login shell in
 #: single quotes, where fish (unlike sh and csh) reads \\ and \' as escapes.
-_SAFE_PATH = re.compile(r"^[^\x00-\x1f\x7f\\]+$")
+_SAFE_PATH = re.compile(r"^[^\x00-\x1f\x7f\\]+\Z")
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from typing import Any, Literal
 
 from sshcluster.yamlfile import Map, Reader, Seq, describe
 
-_R_PACKAGE = re.compile(r"^[A-Za-z][A-Za-z0-9.]*$")
-_CONSTRAINT = re.compile(r"^\s*(>=|<=|==|>|<)\s*([0-9]+(?:[.-][0-9]+)*)\s*$")
+_R_PACKAGE = re.compile(r"^[A-Za-z][A-Za-z0-9.]*\Z")
+_CONSTRAINT = re.compile(r"^\s*(>=|<=|==|>|<)\s*([0-9]+(?:[.-][0-9]+)*)\s*\Z")
 #: How strictly the check compares package versions with the reference: ``match`` (a
 #: different version warns) or ``exact`` (it fails the host).
 PackageMode = Literal["match", "exact"]
@@ -106,7 +106,7 @@ def read_package_settings(reader: Reader, top: Map) -> dict[str, Any]:
         raw = top["repos"]
         raw = Seq([raw]) if isinstance(raw, str) else raw
         if not isinstance(raw, list) or not raw or not all(
-                isinstance(r, str) and re.match(r"^(https?|file)://[^\s'\"\\]+$", r)
+                isinstance(r, str) and re.match(r"^(https?|file)://[^\s'\"\\]+\Z", r)
                 for r in raw):
             raise reader.fail(f"expected repository URLs (https://..., file:///...), got "
                               f"{describe(top['repos'])}", line=reader.line_of(top, "repos"),

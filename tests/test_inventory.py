@@ -109,6 +109,15 @@ def test_relative_paths_resolve_against_the_inventory_directory(tmp_path: Path) 
         ("primary: p\nhosts: [a]\nfork: 'no'\n", 3, "fork", "expected true or false, got 'no'"),
         ("primary: p\nlaunch: classic\ntunnel: reverse\nhosts: [a]\n", 3, "tunnel",
          "the classic launch cannot use a reverse tunnel"),
+        # A newline at the end of a value (a quoted "\n") is not taken for the end of it
+        # (it would break a login shell's command line, and the check's labels).
+        ('primary: p\nhosts:\n  - host: "node1\\n"\n', 3, "hosts[0].host",
+         "not a valid host"),
+        ('primary: p\nhosts:\n  - host: a\n    user: "alice\\n"\n', 4, "hosts[0].user",
+         "not a valid user"),
+        ('primary: p\nrscript: "/usr/bin/Rscript\\n"\nhosts: [a]\n', 2, "rscript", ""),
+        ('primary: p\nr_packages: ["data.table\\n"]\nhosts: [a]\n', 2, "r_packages[0]",
+         "not an R package"),
     ],
 )
 def test_every_mistake_names_file_line_and_field(

@@ -28,10 +28,10 @@ PULLS: tuple[Pull, ...] = ("missing", "always", "never")
 CONTAINER_KEYS = ("image", "engine", "options", "pull")
 
 # An image reference: [registry[:port]/]path[:tag][@sha256:hex], or an image id.
-_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")
+_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}\Z")
 # What an option may hold: it reaches the host's shell, single-quoted (no backslash:
 # fish reads it as an escape even in quotes; no control characters).
-_OPTION = re.compile(r"^[^\x00-\x1f\x7f\\]+$")
+_OPTION = re.compile(r"^[^\x00-\x1f\x7f\\]+\Z")
 
 
 @dataclass(frozen=True)

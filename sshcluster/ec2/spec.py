@@ -23,14 +23,14 @@ from sshcluster.ec2.userdata import user_data
 from sshcluster.net import R_PORT_RANGE
 from sshcluster.yamlfile import Map, Reader, Seq, describe, load_yaml, read_text
 
-_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
-_REGION = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-\d{1,2}$")
-_AMI = re.compile(r"^ami-[0-9a-f]{8,17}$")
-_INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9-]+$")
-_SUBNET = re.compile(r"^subnet-[0-9a-f]{8,17}$")
-_SECURITY_GROUP = re.compile(r"^sg-[0-9a-f]{8,17}$")
-_KEY_NAME = re.compile(r"^[\x20-\x7e]{1,255}$")
-_DURATION = re.compile(r"^(?:(?P<d>\d+)d)?(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m(?:in)?)?$")
+_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?\Z")
+_REGION = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-\d{1,2}\Z")
+_AMI = re.compile(r"^ami-[0-9a-f]{8,17}\Z")
+_INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9-]+\Z")
+_SUBNET = re.compile(r"^subnet-[0-9a-f]{8,17}\Z")
+_SECURITY_GROUP = re.compile(r"^sg-[0-9a-f]{8,17}\Z")
+_KEY_NAME = re.compile(r"^[\x20-\x7e]{1,255}\Z")
+_DURATION = re.compile(r"^(?:(?P<d>\d+)d)?(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m(?:in)?)?\Z")
 
 #: What a cluster name and a region look like, as messages say it.
 NAME_RULE = ("a cluster name of lower-case letters, digits and '-' (at most 32, starting "
@@ -46,9 +46,9 @@ MAX_LIFETIME = timedelta(days=7)
 MAX_USER_DATA = 16 * 1024
 
 
-_R_PACKAGE = re.compile(r"^[A-Za-z][A-Za-z0-9.]*$")
-_URL = re.compile(r"^https?://[A-Za-z0-9._~:/%+-]+$")
-_REPOS = re.compile(r"^(?:binaries|source|https?://[A-Za-z0-9._~:/%+-]+)$")
+_R_PACKAGE = re.compile(r"^[A-Za-z][A-Za-z0-9.]*\Z")
+_URL = re.compile(r"^https?://[A-Za-z0-9._~:/%+-]+\Z")
+_REPOS = re.compile(r"^(?:binaries|source|https?://[A-Za-z0-9._~:/%+-]+)\Z")
 
 #: The CRAN mirror for packages Debian and Ubuntu do not package (``cran:``).
 DEFAULT_CRAN = "https://cloud.r-project.org"
@@ -354,8 +354,7 @@ def parse_spec(text: str, path: str | None = None) -> EC2Spec:
 def load_spec(path: str | os.PathLike[str]) -> EC2Spec:
     """Read and validate the spec file at ``path``. Raises InventoryError."""
     return parse_spec(read_text(path, what="a spec file",
-                                example="copy ec2.example.yaml (in sshcluster's "
-                                        "repository) and edit it"),
+                                example="start from 'sshcluster ec2 example > ec2.yaml'"),
                       str(path))
 
 
