@@ -28,8 +28,8 @@ from rich.progress import (
 )
 
 from sshcluster import bootstrap, packages
-from sshcluster.check.report import CheckReport, HostReport, error_document, print_report
-from sshcluster.console import ErrorGroup, json_flag, note, quiet
+from sshcluster.check.report import CheckReport, HostReport, print_report
+from sshcluster.console import ErrorGroup, error_document, json_flag, note, quiet
 from sshcluster.errors import CheckFailed, SshclusterError
 from sshcluster.helpformat import use_help_formatter
 from sshcluster.inventory import (
@@ -385,8 +385,25 @@ use_help_formatter(cli)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of the ``sshcluster`` console script."""
-    cli.main(args=list(argv) if argv is not None else None, prog_name="sshcluster")
+    """Entry point of the ``sshcluster`` console script.
+
+    Standard output that is closed, or that cannot be written (a full disk, an I/O
+    error), is an error (exit status 1) with a message on stderr, not a traceback, and
+    never a success with the result lost: a script must be able to tell."""
+    if sys.stdout is None:  # (how Python starts when descriptor 1 is closed)
+        click.echo("error: standard output is closed; redirect it instead "
+                   "(> FILE, or > /dev/null to discard what sshcluster prints)", err=True)
+        sys.exit(1)
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="sshcluster")
+    except OSError as e:  # (click itself handles a closed pipe, EPIPE)
+        with contextlib.suppress(OSError):
+            click.echo(f"error: {e.filename}: {e.strerror or e}" if e.filename else
+                       f"error: cannot write the output: {e.strerror or e}", err=True)
+        # (what is still buffered would fail again as Python exits, with a traceback)
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,9 +20,10 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from sshcluster.check.report import error_document, print_report
-from sshcluster.errors import CheckFailed, SshclusterError
+from sshcluster.check.report import SCHEMA_VERSION, CheckReport, print_report
+from sshcluster.errors import CheckFailed, InventoryError, SshclusterError
 from sshcluster.helpformat import use_help_formatter
+from sshcluster.quoting import printable
 
 
 class ErrorGroup(click.Group):
@@ -50,8 +51,17 @@ class ErrorGroup(click.Group):
         return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
+        asks_json = _asks_json(ctx)  # (click empties the group's words as it goes on)
         try:
             return super().invoke(ctx)
+        except click.UsageError as e:
+            # A command line click refused (a missing file, a bad value), with --json
+            # asked for: a script reads stdout, so the refusal is JSON too; click then
+            # prints the usage on stderr and exits 2, as always.
+            if not ctx.meta.get(_USAGE_SHOWN) and (ctx.meta.get(JSON_META) or asks_json):
+                click.echo(json.dumps(usage_document(e.format_message()), indent=2))
+                ctx.meta[_USAGE_SHOWN] = True  # (once, not again in each enclosing group)
+            raise
         except SshclusterError as e:
             if isinstance(e, CheckFailed):
                 print_report(e.report, Console(stderr=True))
@@ -61,9 +71,49 @@ class ErrorGroup(click.Group):
             ctx.exit(e.exit_code)
 
 
+def _asks_json(ctx: click.Context) -> bool:
+    """Whether the command line of this group's command has --json among its options
+    (before any ``--``: what follows is the user's script's)."""
+    # (the subcommand's words: click 8.2 keeps the first in _protected_args, and warns
+    # that protected_args will go)
+    first = getattr(ctx, "_protected_args", None)
+    words = [*(first if first is not None else ctx.protected_args), *ctx.args]
+    return "--json" in (words[:words.index("--")] if "--" in words else words)
+
+
+_USAGE_SHOWN = "sshcluster.usage_shown"
+
 #: Set in the context's meta (shared by a command's context and its groups') when the
 #: command was given --json.
 JSON_META = "sshcluster.json"
+
+
+def error_document(e: SshclusterError) -> dict[str, Any]:
+    """What ``check --json`` prints instead of a report when there is none to print (a
+    wrong inventory): ``ok`` false and the ``error`` with its file, line and field."""
+    error: dict[str, Any] = {
+        "kind": "inventory" if isinstance(e, InventoryError) else "error",
+        "message": e.message, "hint": e.hint,
+        "path": None, "line": None, "field": None,
+    }
+    if isinstance(e, InventoryError):
+        error.update(path=e.path, line=e.line, field=e.field, problem=e.problem)
+    # (the host and step a host's error names; the AWS code of an EC2 one; a failed
+    # check's whole report, every host's outcome, as check --json prints it)
+    for name in ("host", "check", "code"):
+        if isinstance(getattr(e, name, None), str):
+            error[name] = getattr(e, name)
+    if isinstance(getattr(e, "report", None), CheckReport):
+        error["report"] = e.report.to_dict()  # type: ignore[attr-defined]
+    error["exit_code"] = e.exit_code
+    return {"schema": SCHEMA_VERSION, "ok": False, "error": error}
+
+
+def usage_document(message: str) -> dict[str, Any]:
+    """The error document of a command line click refused (exit status 2)."""
+    return {"schema": SCHEMA_VERSION, "ok": False, "error": {
+        "kind": "usage", "message": message, "hint": None, "path": None, "line": None,
+        "field": None, "exit_code": 2}}
 
 
 def json_flag(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
@@ -76,9 +126,11 @@ def json_flag(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
 
 def print_error(e: SshclusterError, where: str | None = None) -> None:
     """``error: [WHERE: ]MESSAGE`` and its hint, on stderr."""
-    click.secho(f"error: {where + ': ' if where else ''}{e.message}", fg="red", err=True)
+    # (a message may hold what a host printed: shown, never acted on by the terminal)
+    click.secho(printable(f"error: {where + ': ' if where else ''}{e.message}"), fg="red",
+                err=True)
     if e.hint:
-        click.echo(f"hint: {e.hint}", err=True)
+        click.echo(printable(f"hint: {e.hint}"), err=True)
 
 
 def quiet() -> bool:
@@ -94,7 +146,8 @@ def note(message: str) -> None:
         click.echo(message, err=True)
 
 
-__all__ = ["JSON_META", "ErrorGroup", "json_flag", "note", "print_error", "quiet"]
+__all__ = ["JSON_META", "ErrorGroup", "error_document", "json_flag", "note", "print_error",
+           "quiet", "usage_document"]
 
 
 #: Called with a host's label, the bytes sent to it so far and the total.

@@ -20,7 +20,7 @@ from pathlib import Path
 from sshcluster import bootstrap
 from sshcluster.check import preflight
 from sshcluster.check.report import STEPS, CheckReport
-from sshcluster.errors import SshclusterError, TestbedError
+from sshcluster.errors import RenderError, SshclusterError, TestbedError
 from sshcluster.inventory import load_inventory
 from sshcluster.quoting import r_string
 from sshcluster.testing import RTimeout, Testbed, require_root_and_netns, run_r
@@ -90,7 +90,11 @@ def run_demo(hosts: int = 4, ncore: int = 2, tasks: int = 1000,
     """
     with tempfile.TemporaryDirectory(prefix="sshcluster-demo-") as tmp:
         base = workdir.resolve() if workdir else Path(tmp)
-        base.mkdir(parents=True, exist_ok=True)
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RenderError(f"cannot make {base}: {e.strerror or e}",
+                              hint="--keep names a directory to make, or one to reuse") from None
         try:
             require_root_and_netns()
         except TestbedError as e:

@@ -39,7 +39,9 @@ MAX_HOSTS = 10_000
 MAX_INCLUDE_DEPTH = 16
 
 _RANGE = re.compile(r"\[([^\[\]]*)\]")
-_ITEM = re.compile(r"^(\d+)(?:-(\d+))?$")
+_ITEM = re.compile(r"^(\d{1,9})(?:-(\d{1,9}))?\Z")
+#: Ranges in one name at most (node[1-4]-gpu[0-1] has two).
+MAX_RANGES = 8
 
 
 def expand_hosts(spec: str) -> list[str]:
@@ -48,6 +50,8 @@ def expand_hosts(spec: str) -> list[str]:
     in order, each name once. Raises :class:`InventoryError` naming ``--hosts``."""
     names: list[str] = []
     for part in _split_top(spec):
+        if part.count("[") > MAX_RANGES:
+            raise _bad(f"{part.strip()[:40]!r} has more than {MAX_RANGES} ranges")
         names += _expand(part.strip())
         if len(names) > MAX_HOSTS:
             raise _bad(f"expands to more than {MAX_HOSTS:,} hosts")
@@ -56,7 +60,7 @@ def expand_hosts(spec: str) -> list[str]:
     if not unique:
         raise _bad("no host names given", hint="e.g. --hosts node1,node2 or "
                                                "--hosts 'node[01-16]'")
-    return [reader.hostname(name, "host", 0) for name in unique]
+    return [reader.hostname(name, "host", None) for name in unique]
 
 
 def _split_top(spec: str) -> list[str]:
@@ -81,7 +85,8 @@ def _expand(name: str) -> list[str]:
     for item in match.group(1).split(","):
         m = _ITEM.match(item.strip())
         if m is None:
-            raise _bad(f"[{match.group(1)}] in {name!r} is not a range such as [01-16]")
+            raise _bad(f"[{match.group(1)[:40]}] in {name[:40]!r} is not a range such as "
+                       "[01-16] (numbers of at most 9 digits)")
         first, last = m.group(1), m.group(2) or m.group(1)
         if int(last) < int(first):
             raise _bad(f"[{match.group(1)}] in {name!r} counts down")

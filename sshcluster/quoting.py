@@ -1,6 +1,7 @@
-"""The two quoting functions: every string that reaches R or a shell goes through one of them.
+"""The quoting functions: every string that reaches R or a shell goes through one of them.
 
-``r_string`` makes an R string literal; ``shell_quote`` makes one POSIX shell word.
+``r_string`` makes an R string literal; ``shell_quote`` makes one POSIX shell word;
+``printable`` makes text from a host or a record safe to show on a terminal.
 Both are total over the strings they accept and refuse (with :class:`QuotingError`)
 the few they cannot represent, rather than producing something that means
 another thing.
@@ -108,4 +109,19 @@ def shell_join(words: Iterable[str]) -> str:
     return " ".join(shell_quote(w) for w in words)
 
 
-__all__ = ["r_long_string", "r_string", "r_vector", "shell_join", "shell_quote"]
+#: Control characters a terminal acts on (C0 but newline and tab, DEL, C1), each shown
+#: as its escape: a host's output or a record's field cannot move the cursor, retitle
+#: the window or forge a line of ours.
+_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7f, *range(0x80, 0xa0)]
+             if c not in (0x0a, 0x09)}
+
+
+def printable(text: str, *, newlines: bool = True) -> str:
+    """``text`` with the control characters a terminal would act on escaped (``\\x1b``);
+    with ``newlines`` false, a newline too (for one line of a table)."""
+    out = text.translate(_CONTROLS)
+    return out if newlines else out.replace("\n", "\\n")
+
+
+__all__ = ["printable", "r_long_string", "r_string", "r_vector", "shell_join",
+           "shell_quote"]

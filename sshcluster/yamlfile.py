@@ -44,10 +44,10 @@ MAX_DEPTH = 32
 #: The most characters of a number (integers with more digits are no setting).
 MAX_NUMBER_CHARS = 40
 
-_SAFE_PATH = re.compile(r"^[^\x00-\x1f\x7f]+$")
-_HOSTNAME = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
-_NUMBER = re.compile(r"^\s*[+-]?[0-9]+\s*$")
-_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\$?$")
+_SAFE_PATH = re.compile(r"^[^\x00-\x1f\x7f]+\Z")
+_HOSTNAME = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?\Z")
+_NUMBER = re.compile(r"^\s*[+-]?[0-9]+\s*\Z")
+_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\$?\Z")
 
 
 class Map(dict[Any, Any]):
@@ -260,7 +260,7 @@ def read_text(path: str | os.PathLike[str], *, example: str,
         except OSError:
             kind = "not a regular file"
         raise InventoryError(f"is {kind}, not {what}", path=name,
-                             hint=f"name a regular file (copy {example} and edit it)") from None
+                             hint=f"name a regular file; {example}") from None
     except FileNotFoundError:
         raise InventoryError("no such file", path=name, hint=example) from None
     except IsADirectoryError:
@@ -357,7 +357,7 @@ class Reader:
                             field=where)
         return value
 
-    def hostname(self, value: Any, where: str, line: int, *, allow_auto: bool = False) -> str:
+    def hostname(self, value: Any, where: str, line: int | None, *, allow_auto: bool = False) -> str:  # noqa: E501
         """``value`` as an IP address (normalised), a host name or an ssh alias; with
         ``allow_auto`` also ``auto``. Nothing a shell or ssh could take for an option."""
         if isinstance(value, bool) or value is None or isinstance(value, (Map, Seq)):

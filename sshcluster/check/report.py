@@ -19,9 +19,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from sshcluster.errors import InventoryError, SshclusterError
 from sshcluster.inventory import Host
 from sshcluster.protocol import STEPS
+from sshcluster.quoting import printable
 
 if TYPE_CHECKING:  # (the packages sub-package builds on this module)
     from sshcluster.packages.reference import Reference
@@ -249,19 +249,6 @@ def check_schema() -> dict[str, Any]:
     return schema
 
 
-def error_document(e: SshclusterError) -> dict[str, Any]:
-    """What ``check --json`` prints instead of a report when there is none to print (a
-    wrong inventory): ``ok`` false and the ``error`` with its file, line and field."""
-    error: dict[str, Any] = {
-        "kind": "inventory" if isinstance(e, InventoryError) else "error",
-        "message": e.message, "hint": e.hint,
-        "path": None, "line": None, "field": None,
-    }
-    if isinstance(e, InventoryError):
-        error.update(path=e.path, line=e.line, field=e.field, problem=e.problem)
-    return {"schema": SCHEMA_VERSION, "ok": False, "error": error}
-
-
 # --------------------------------------------------------------------------- rendering
 
 _STYLE: dict[str, tuple[str, str]] = {
@@ -351,10 +338,10 @@ def report_details(report: CheckReport) -> list[Text]:
             line.append(f"{h.label}", style="bold")
             line.append(f" {step} ", style=style)
             line.append("failed" if r.status == "failed" else "warning", style=style)
-            line.append(f": {r.detail}")
+            line.append(f": {printable(r.detail or '')}")  # (what a host printed)
             lines.append(line)
             if r.hint:
-                lines.append(Text(f"    hint: {r.hint}", style="cyan"))
+                lines.append(Text(f"    hint: {printable(r.hint)}", style="cyan"))
             if r.line is not None:
                 lines.append(Text(f"    inventory: line {r.line} ({r.field}:)", style="cyan"))
     for note in report.notes:
@@ -429,7 +416,6 @@ __all__ = [
     "StepResult",
     "check_schema",
     "drift_lines",
-    "error_document",
     "print_report",
     "report_details",
     "report_lines",

@@ -187,6 +187,20 @@ def ec2_up(ctx: click.Context, spec_file: str, output: str, accept_new: bool,
     click.echo(f"end it with: sshcluster ec2 down {cluster.name}")
 
 
+@ec2_group.command("example")
+def ec2_example() -> None:
+    """Print the documented example cluster spec: every field, with comments.
+
+    \b
+      sshcluster ec2 example > ec2.yaml     # then edit the image, type, count
+      sshcluster ec2 up ec2.yaml --dry-run
+    """
+    from importlib import resources
+
+    click.echo(resources.files("sshcluster").joinpath("examples").joinpath(
+        "ec2.example.yaml").read_text(encoding="utf-8"), nl=False)
+
+
 @ec2_group.command("ls")
 @_regions_option
 @_any_owner_option

@@ -15,6 +15,7 @@ from sshcluster.jobs.detached import start_detached
 from sshcluster.jobs.job import RunOptions, run
 from sshcluster.jobs.leases import WAIT_TIMEOUT, list_leases
 from sshcluster.protocol import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT
+from sshcluster.quoting import printable
 
 
 def _note(message: str) -> None:
@@ -185,8 +186,10 @@ def jobs_command(ctx: click.Context, inventory: str | None, as_json: bool) -> No
                 took = f"{j.seconds:.0f}s" if j.seconds is not None else "-"
                 state = j.state + (f" ({j.status})" if j.state == "failed" and j.status
                                    else "")
-                click.echo(f"{j.job}\t{state}\t{took}\t{j.primary}\t{j.script}"
-                           + (f"\t{j.detail}" if j.detail else ""))
+                # (the script's name, the detail and the leases' fields come from
+                # records and hosts: shown, never acted on by the terminal)
+                click.echo(printable(f"{j.job}\t{state}\t{took}\t{j.primary}\t{j.script}"
+                                     + (f"\t{j.detail}" if j.detail else ""), newlines=False))
         ctx.exit(1 if any(j.state == "lost" for j in jobs) else 0)
     leases = list_leases(load_inventory(inventory))
     if as_json:
@@ -200,9 +203,9 @@ def jobs_command(ctx: click.Context, inventory: str | None, as_json: bool) -> No
     else:
         for lease in leases:
             h = lease.holder
-            click.echo(f"{lease.host}\t" + (
+            click.echo(printable(f"{lease.host}\t" + (
                 f"{h.job}\t{h.who}\tsince {h.since}\t{h.script}" if h
-                else f"error: {lease.error}" if lease.error else "free"))
+                else f"error: {lease.error}" if lease.error else "free"), newlines=False))
     ctx.exit(1 if any(lease.error for lease in leases) else 0)
 
 
@@ -218,7 +221,8 @@ def logs_command(ctx: click.Context, job: str, follow: bool) -> None:
     A detached job started with --worker-output: what its workers print too, each line
     after its host ("[HOST] line"), as it comes to the primary host. Otherwise the
     workers' own output is in the record after 'sshcluster fetch JOB'
-    (workers/HOST.log).
+    (workers/HOST.log). Exit status: 0 shown; 1 the log could not be read or written;
+    2 no such JOB.
     """
     ctx.exit(0 if job_logs(job, sys.stdout.buffer, follow=follow) == 0 else 1)
 
@@ -235,7 +239,8 @@ def stop_command(ctx: click.Context, job: str, as_json: bool) -> None:
     fleet of its own ('run --ec2 --detach'): what it has (log, results so far) comes
     into its record, then the fleet ends (unless --keep was given at run), also after
     a fetch that could not read every host, and also when the primary host cannot be
-    reached (then the exit status is 1 and the error says so).
+    reached (then the exit status is 1 and the error says so). No such JOB: exit
+    status 2.
     """
     status = stop_job(job, on_event=_note)
     if as_json:
@@ -256,7 +261,8 @@ def fetch_command(ctx: click.Context, job: str, dest: str | None, as_json: bool)
     """Bring the detached JOB's results: the files its workers wrote under results/
     (in their workdir) from every host, into DIR (a name found on several hosts goes to
     DIR/HOST/NAME for each); and its log, its workers' logs and, once it has ended,
-    run.json into its record. Exit status 1 when a host could not be read.
+    run.json into its record. Exit status 1 when a host could not be read, 2 when
+    there is no such JOB.
 
     Once the ended job is all here, its directory on the primary host is removed (the
     record keeps its log), and a fleet started for it ('run --ec2 --detach') ends,

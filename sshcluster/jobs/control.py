@@ -21,7 +21,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -86,7 +88,8 @@ def job_status(job: str) -> JobStatus:
     started, ended, now = (_number(info.get(k)) for k in ("started", "ended", "now"))
     seconds = ((ended or now or 0) - started) if started is not None else None
     if state == "ended":
-        status = int(_number(info.get("status")) or 0)
+        status = int(_number(info.get("status")) or 0) if re.fullmatch(
+            r"[0-9]{1,3}", info.get("status", "").strip()) else 255
         name = "stopped" if info.get("stopped") == "yes" else "done" if status == 0 \
             else "failed"
         return replace(base, state=name, seconds=seconds, status=status)
@@ -104,10 +107,13 @@ def job_status(job: str) -> JobStatus:
 
 
 def _number(text: str | None) -> float | None:
+    """A time or count a host wrote, or None for one that is no finite number (a JSON
+    document cannot hold NaN or infinity, and ``jobs --json`` prints these)."""
     try:
-        return float(text) if text else None
+        value = float(text) if text else None
     except ValueError:
         return None
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _final(run_dir: Path) -> JobStatus | None:
@@ -121,14 +127,28 @@ def _final(run_dir: Path) -> JobStatus | None:
             "stopped" if data.get("signal") else "failed"
         return JobStatus(job=run_dir.name, state=state, primary="(here)",
                          script=os.path.basename(str(data["script"])),
-                         seconds=float(sum(data["phases"].values())),
-                         status=data["status"], detail=data.get("error"), detached=detached)
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+                         seconds=_finite(float(sum(data["phases"].values()))),
+                         status=_status(data["status"]),
+                         detail=None if data.get("error") is None else str(data["error"]),
+                         detached=detached)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError,
+            OverflowError):
         # (a record cut short, by a full disk say, or written by hand: the job is
         # listed, and says so, rather than every listing failing)
         return JobStatus(job=run_dir.name, state="unknown", primary="(here)", script="?",
                          detail=f"its record {run_dir / 'run.json'} cannot be read",
                          detached=detached)
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _status(value: object) -> int:
+    """An exit status from a record, which must be one (a hand-edited one is not)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
+        raise ValueError(f"not an exit status: {value!r}")
+    return value
 
 
 def list_jobs() -> list[JobStatus]:
@@ -152,9 +172,13 @@ def list_jobs() -> list[JobStatus]:
             out.append(final)
         elif (p / "owner").is_file():  # an attached job without its record (yet)
             alive = owner_alive(p)
+            try:
+                lines = (p / "owner").read_text(errors="replace").splitlines()
+            except OSError:
+                lines = []
             out.append(JobStatus(
                 job=p.name, state="running" if alive else "failed", primary="(here)",
-                script=((p / "owner").read_text().splitlines()[1:] or [""])[0],
+                script=(lines[1:] or ["?"])[0],
                 detached=False,
                 detail=None if alive else "its process ended without a record (killed?)"))
     return out
@@ -165,12 +189,15 @@ def _local_logs(run_dir: Path, out: BinaryIO, follow: bool) -> int:
     seen = 0
     while True:
         alive = follow and owner_alive(run_dir) and not (run_dir / "run.json").exists()
+        chunk = b""
         with contextlib.suppress(OSError), (run_dir / "log").open("rb") as f:
             f.seek(seen)
             chunk = f.read()
-            seen += len(chunk)
-            out.write(chunk)
-            out.flush()
+        # (a failed write, a full disk, is the caller's error: only the log's own
+        # absence is nothing to show)
+        seen += len(chunk)
+        out.write(chunk)
+        out.flush()
         if not alive:
             return 0
         time.sleep(0.2)

@@ -26,7 +26,8 @@ def sync_command(inventory: str, timeout: float, as_json: bool) -> None:
     and OS gets the primary's installed builds over ssh; any other installs the pinned
     versions from repos:. They go into a library of sshcluster's own on each host,
     named by its content and put in place whole; the rendered file puts it first on
-    the workers' library path. Exit status: 0 every host has them, 1 some host failed.
+    the workers' library path. Exit status: 0 every host has them, 1 some host failed,
+    2 a wrong inventory or command line.
     """
     inv = load_inventory(inventory)
 

@@ -31,7 +31,8 @@ def status_command(inventory: str, kill_strays: bool, timeout: float, as_json: b
     stray once its R session is gone. --kill-strays ends the hosts' strays (and removes
     stray containers).
 
-    Exit status: 0 nothing stray is left and every host answered; 1 otherwise.
+    Exit status: 0 nothing stray is left and every host answered; 1 otherwise; 2 a wrong
+    inventory or command line.
     """
     report = status(load_inventory(inventory), kill_strays=kill_strays, timeout=timeout)
     if as_json:
