@@ -14,7 +14,7 @@ package names, the CRAN mirror, the setup script as a quoted here-document).
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
+from datetime import datetime, timezone
 from importlib import resources
 from typing import Protocol
 
@@ -65,13 +65,15 @@ def _template() -> str:
     return resources.files("sshcluster.ec2").joinpath(_TEMPLATE).read_text(encoding="utf-8")
 
 
-def user_data(spec: UserDataSpec, expires: datetime) -> str:
-    """The instances' user data for ``spec``'s cluster, which ends at ``expires``."""
+def user_data(spec: UserDataSpec, expires: datetime, *, now: datetime | None = None) -> str:
+    """The instances' user data for ``spec``'s cluster, which ends at ``expires``: the
+    instance counts the time left from ``now`` (this machine's clock) on its own clock."""
+    left = max(0, int((expires - (now or datetime.now(timezone.utc))).total_seconds()))
     header = [
         "#!/bin/sh",
         f"# Written by sshcluster for cluster {spec.name}; expires "
         f"{expires.astimezone().isoformat(timespec='seconds')}.",
-        f"expires={int(expires.timestamp())}",
+        f"lifetime={left}",
         f"r_packages={shell_quote(' '.join(spec.r_packages))}",
         f"cran={shell_quote(spec.cran)}",
         f"repos={shell_quote(spec.repos)}",

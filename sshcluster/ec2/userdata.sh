@@ -1,11 +1,15 @@
-# ---- sshcluster user data. The lines above set this cluster's data: expires (the
-# ---- expiry, seconds since 1970), r_packages, cran, repos, r_version, cran_keys,
+# ---- sshcluster user data. The lines above set this cluster's data: lifetime (the
+# ---- seconds left to the cluster's expiry when 'up' wrote this), r_packages, cran, repos, r_version, cran_keys,
 # ---- keyserver. Runs as root at first boot.
 umask 022
 PATH=/usr/sbin:/usr/bin:/sbin:/bin; export PATH
 state=/var/lib/sshcluster
 log=/var/log/sshcluster-setup.log
 mkdir -p "$state"
+# The expiry on this instance's clock (which AWS keeps right), from the time left: the
+# primary's clock may be off, and an absolute time from it would give the instance that
+# much more life, or power it off at once (a primary hours behind).
+expires=$(( $(date +%s) + lifetime ))
 
 # 1. The dead man's switch, first, so that nothing below can keep the instance alive:
 #    power off at the expiry (shutdown behaviour 'terminate' ends the instance and its

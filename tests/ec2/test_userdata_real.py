@@ -132,6 +132,19 @@ def test_the_host_keys_reach_the_console_before_a_slow_setup_ends(
         time.sleep(0.2)
 
 
+def test_the_switch_counts_the_lifetime_on_the_instance_s_clock(
+        machines: list[FakeInstance]) -> None:
+    """A primary whose clock is 3 hours behind: the instance (whose clock AWS keeps
+    right) still lives the cluster's hour, and is not powered off at once."""
+    machine = machines[0]
+    spec = spec_for(machine.testbed, "ami-0123456789abcdef0", "true\n")
+    primary_now = ec2.utcnow() - timedelta(hours=3)
+    machine.boot(ec2.user_data(spec, primary_now + timedelta(hours=1), now=primary_now))
+    asked = machine.asked.read_text()
+    assert asked.startswith("shutdown -h +"), asked
+    assert abs(int(asked.split()[2][1:]) - 60) <= 1
+
+
 def boot_on_first_address(client: Any, machines: list[FakeInstance]) -> ec2.Seams:
     """The seams: each instance is the next test host, booted with the user data moto
     holds for it when ``up`` first asks where it is; its console is the host's."""
