@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -394,8 +395,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         click.echo("error: standard output is closed; redirect it instead "
                    "(> FILE, or > /dev/null to discard what sshcluster prints)", err=True)
         sys.exit(1)
+    signalled = _terminate_as_ctrl_c()
     try:
         cli.main(args=list(argv) if argv is not None else None, prog_name="sshcluster")
+    except SystemExit as e:
+        # (click's "Aborted!" is exit status 1: after SIGTERM or SIGHUP, 128 + it)
+        if signalled and e.code == 1:
+            sys.exit(128 + signalled[0])
+        raise
     except OSError as e:  # (click itself handles a closed pipe, EPIPE)
         with contextlib.suppress(OSError):
             click.echo(f"error: {e.filename}: {e.strerror or e}" if e.filename else
@@ -404,6 +411,28 @@ def main(argv: Sequence[str] | None = None) -> None:
         with contextlib.suppress(OSError, ValueError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
+
+
+def _terminate_as_ctrl_c() -> list[int]:
+    """SIGTERM (``kill``, a CI timeout) and SIGHUP (a closed terminal) end any command as
+    Ctrl-C does, so that its cleanup runs: the temporary files it made (a sync's bundle
+    of packages), its ssh sessions. (Python's default ends the process where it stands.)
+    A signal this process was started ignoring (nohup) stays ignored; ``run`` and ``ec2
+    up`` put guards of their own over these. A second such signal ends the process at
+    once. Returns the list the signal is noted in."""
+    noted: list[int] = []
+
+    def interrupt(signum: int, frame: object) -> None:
+        if noted:  # a second one while the first's cleanup runs: ends it, as before
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        noted.append(signum)
+        raise KeyboardInterrupt
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            signal.signal(signum, interrupt)
+    return noted
 
 
 if __name__ == "__main__":  # pragma: no cover

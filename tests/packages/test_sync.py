@@ -176,8 +176,12 @@ def test_check_names_drift_sync_fixes_it_and_workers_load_the_primarys(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
 def test_a_sync_killed_halfway_leaves_the_old_versions_loading(
-        testbed: Testbed, built: Built, primary_lib: Path, tmp_path: Path) -> None:
+        testbed: Testbed, built: Built, primary_lib: Path, tmp_path: Path,
+        how: signal.Signals) -> None:
+    """Killed (SIGKILL), or stopped (SIGTERM, as Ctrl-C: its cleanup runs, and its
+    bundle of packages in the temporary directory goes)."""
     install(built, primary_lib, PURE, "2.0")
     install(built, primary_lib, COMPILED, "1.0")
     # A big file in the primary's build, so that the transfer takes a while.
@@ -186,14 +190,23 @@ def test_a_sync_killed_halfway_leaves_the_old_versions_loading(
     install(built, setups[0]["lib"], PURE, "1.0")
     install(built, setups[0]["lib"], COMPILED, "1.0", {"R_LIBS": str(setups[0]["lib"])})
     path = inventory(testbed, tmp_path, entries(setups), {"r_packages": [COMPILED]})
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "sshcluster", "sync", str(path)],
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "TMPDIR": str(tmp)})
     assert proc.stderr is not None
     for line in proc.stderr:
         if "sending" in line:
             break
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    if how == signal.SIGKILL:
+        os.killpg(proc.pid, signal.SIGKILL)
+    else:
+        proc.send_signal(how)
+    proc.communicate(timeout=60)
+    if how == signal.SIGTERM:
+        assert proc.returncode == 128 + signal.SIGTERM
+        assert [p.name for p in tmp.iterdir() if p.name.startswith("sshcluster-sync-")] == []
     sync_dir = tmp_path / "h1-sync" / "R-4.2"
     ref = reference(load_inventory(path))
     assert ref is not None
