@@ -29,9 +29,11 @@ def settings(config: Path, host: str, *args: str) -> ClientSettings:
 
 
 def test_include_match_and_tokens(tmp_path: Path) -> None:
+    (tmp_path / "with space").mkdir()
+    (tmp_path / "with space" / "kh").write_text("")  # (read as one path: it exists)
     (tmp_path / "extra.conf").write_text(
         "Host alias1\n  HostName 10.9.9.9\n  Port 2200\n  User zed\n"
-        "  UserKnownHostsFile ~/kh/%h_%p \"/tmp/with space/kh\" %d/x_%r_%n\n"
+        f"  UserKnownHostsFile ~/kh/%h_%p \"{tmp_path}/with space/kh\" %d/x_%r_%n\n"
         "  IdentityFile ~/.ssh/id_%h_%r\n  CertificateFile %d/cert-%p\n"
         "  IdentityAgent none\n  HostKeyAlias MyAlias\n")
     (tmp_path / "config").write_text(
@@ -40,7 +42,7 @@ def test_include_match_and_tokens(tmp_path: Path) -> None:
         "  GlobalKnownHostsFile none\n  StrictHostKeyChecking accept-new\n")
     s = settings(tmp_path / "config", "alias1")
     assert (s.hostname, s.port, s.user) == ("10.9.9.9", 2200, "zed")
-    assert s.user_known_hosts == (f"{HOME}/kh/10.9.9.9_2200", "/tmp/with space/kh",
+    assert s.user_known_hosts == (f"{HOME}/kh/10.9.9.9_2200", f"{tmp_path}/with space/kh",
                                   f"{HOME}/x_zed_alias1")
     assert s.global_known_hosts == ()
     assert s.identity_files == (f"{HOME}/.ssh/id_10.9.9.9_zed",)
@@ -49,6 +51,67 @@ def test_include_match_and_tokens(tmp_path: Path) -> None:
     assert s.host_key_alias == "myalias"
     assert s.strict_host_key_checking == "accept-new"
     assert not s.proxied and s.unsupported() == []
+
+
+def test_known_hosts_files_as_ssh_opens_them(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """ssh -G prints GlobalKnownHostsFile as written (ssh expands its ~ only when it opens
+    the files: from the passwd home, and ~user from that user's), and every list of files
+    unquoted: a relative path is a file of its own, opened in the current directory, and
+    a path with a space in it is one path when it exists."""
+    monkeypatch.chdir(tmp_path)
+    root = pwd.getpwnam("root").pw_dir
+    (tmp_path / "my kh").write_text("")
+    (tmp_path / "config").write_text(
+        "Host h\n  GlobalKnownHostsFile ~/.ssh/g1 ~root/g2 rel_g ~\n"
+        f"  UserKnownHostsFile ~/.ssh/a rel_b \"{tmp_path}/my kh\" rel_c\n")
+    s = settings(tmp_path / "config", "h")
+    assert s.global_known_hosts == (f"{HOME}/.ssh/g1", f"{root}/g2", "rel_g", f"{HOME}/")
+    assert s.user_known_hosts == (f"{HOME}/.ssh/a", "rel_b", f"{tmp_path}/my kh", "rel_c")
+    assert s.unsupported() == []
+    (tmp_path / "config").write_text("Host h\n  GlobalKnownHostsFile ~nosuchuser9/kh\n")
+    with pytest.raises(SshConfigError, match="nosuchuser9"):
+        settings(tmp_path / "config", "h")
+    # A path with a space whose pieces exist too: ssh may read either, the check says so.
+    (tmp_path / "my").write_text("")
+    (tmp_path / "config").write_text(f"Host h\n  UserKnownHostsFile \"{tmp_path}/my kh\"\n")
+    said = settings(tmp_path / "config", "h").unsupported()
+    assert len(said) == 1 and said[0].startswith(f"UserKnownHostsFile {tmp_path}/my kh")
+
+
+def test_a_key_pinned_in_a_global_file_under_home_is_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GlobalKnownHostsFile ~/pinned pins a key: another key is a changed key, never
+    recorded as new by --accept-new."""
+    import base64
+
+    import asyncssh
+
+    from sshcluster.ssh import config as config_module
+    from sshcluster.ssh.connect import host_decision
+    from sshcluster.ssh.keycheck import verify
+    from sshcluster.ssh.knownhosts import KnownHostsFiles
+
+    home = tmp_path / "home"
+    home.mkdir()
+    me = pwd.getpwuid(os.getuid())
+    monkeypatch.setattr(config_module, "_passwd", lambda: pwd.struct_passwd(
+        (me.pw_name, "x", me.pw_uid, me.pw_gid, "", str(home), "/bin/sh")))
+    pinned = asyncssh.generate_private_key("ssh-ed25519")
+    attacker = asyncssh.generate_private_key("ssh-ed25519")
+    (home / "pinned").write_text(f"h.example {pinned.export_public_key().decode()}")
+    (tmp_path / "config").write_text(
+        f"Host h.example\n  GlobalKnownHostsFile ~/pinned\n"
+        f"  UserKnownHostsFile {tmp_path}/user\n")
+    s = settings(tmp_path / "config", "h.example", "-o", "StrictHostKeyChecking=yes")
+    assert s.global_known_hosts == (f"{home}/pinned",)
+    decision, problem = host_decision(s, [], None, KnownHostsFiles(), True)
+    assert problem is None
+    offered = base64.b64decode(attacker.export_public_key().split()[1])
+    verdict, key = verify(decision.policy, offered, "10.0.0.5", accept_new=True)
+    assert key is None and not verdict.trusted, verdict
+    assert "HOST KEY CHANGED" in verdict.detail and f"{home}/pinned" in verdict.detail
+    assert not (tmp_path / "user").exists()  # nothing recorded
 
 
 def test_the_launch_options_win_over_the_config(tmp_path: Path) -> None:

@@ -5,8 +5,9 @@ gives it, so the check asks that same ``ssh`` what it would do, without connecti
 :func:`client_settings` runs ``ssh -G`` with the launch's options, the host's user and
 port (``Include``, ``Match``, ``Host``, ``HostName``, canonicalisation and the command
 line all applied by OpenSSH itself) and returns a :class:`ClientSettings`. Paths ssh
-expands later (``IdentityFile``, ``CertificateFile``) are expanded here as ssh expands
-them: ``~`` from the passwd database (not ``$HOME``), ``%`` tokens and ``${VAR}``.
+expands later (``IdentityFile``, ``CertificateFile``; ``GlobalKnownHostsFile``, of which
+ssh expands only ``~``) are expanded here as ssh expands them: ``~`` from the passwd
+database (not ``$HOME``), ``%`` tokens and ``${VAR}``.
 
 What the check cannot do as ssh would is listed by :meth:`ClientSettings.unsupported`:
 the check then fails the host rather than guess (see docs/check.md).
@@ -20,7 +21,7 @@ import os
 import pwd
 import re
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from sshcluster.commands import run_command
@@ -76,6 +77,8 @@ class ClientSettings:
     address_family: str
     bind_address: str | None
     raw: Mapping[str, tuple[str, ...]]
+    #: Settings whose list of files can be read two ways (see :func:`_paths`).
+    unclear_paths: tuple[str, ...] = ()
 
     @property
     def proxied(self) -> bool:
@@ -99,6 +102,10 @@ class ClientSettings:
                        "line then, and the launch gives one)")
         if self.get("sessiontype") == "none":
             out.append("SessionType none (the launch needs a session)")
+        for keyword in self.unclear_paths:
+            out.append(f"{keyword} {self.get(keyword.lower())} (ssh -G prints its files "
+                       "unquoted, and both a path with spaces and its pieces exist, so "
+                       "which ssh reads cannot be told)")
         return out
 
     def proxy_argv(self) -> list[str]:
@@ -122,19 +129,37 @@ def parse_ssh_g(text: str) -> dict[str, tuple[str, ...]]:
     return {k: tuple(v) for k, v in out.items()}
 
 
-def _paths(value: str) -> tuple[str, ...]:
-    """A one-line list of files as ``ssh -G`` prints it: space-separated, unquoted. A
-    word that does not start a path (``/`` or ``~``) belongs to the previous one (a path
-    with a space in it)."""
+def _paths(value: str, expand: Callable[[str], str] = str) -> tuple[tuple[str, ...], bool]:
+    """A one-line list of files as ``ssh -G`` prints it, and whether that reading is
+    unsure. ``ssh -G`` separates the files with spaces and quotes none, so a path with a
+    space in it looks like several, and a relative path (which ssh opens relative to the
+    current directory) like the rest of the path before it. Words are joined into one
+    path only where the joined path exists: a file that is missing gives ssh no keys
+    either way. Unsure: a joined path exists and so does one of its pieces, so ssh may
+    read either. ``expand`` is what ssh does to a path before it opens it."""
     if not value or value == "none":
-        return ()
+        return (), False
+
+    def exists(words: Sequence[str]) -> bool:
+        try:
+            return os.path.exists(expand(" ".join(words)))
+        except (KeyError, ValueError):  # (~nosuchuser: ssh refuses it, said later)
+            return False
+
+    words = value.split(" ")
     paths: list[str] = []
-    for word in value.split(" "):
-        if paths and not word.startswith(("/", "~")):
-            paths[-1] += " " + word
-        else:
-            paths.append(word)
-    return tuple(paths)
+    unsure = False
+    start = 0
+    while start < len(words):
+        end = next((j for j in range(len(words), start + 1, -1)
+                    if exists(words[start:j])), start + 1)
+        if end > start + 1 and (
+                any(exists(words[start:k]) for k in range(start + 1, end))
+                or any(exists([w]) for w in words[start + 1:end])):
+            unsure = True
+        paths.append(" ".join(words[start:end]))
+        start = end
+    return tuple(p for p in paths if p), unsure
 
 
 def settings_from(raw: Mapping[str, tuple[str, ...]], host_arg: str) -> ClientSettings:
@@ -167,12 +192,17 @@ def settings_from(raw: Mapping[str, tuple[str, ...]], host_arg: str) -> ClientSe
     else:
         agent = agent_value
     timeout = one("connecttimeout", "none")
+    # (ssh -G prints UserKnownHostsFile expanded, GlobalKnownHostsFile as written: ssh
+    # expands its ~ only when it opens the files)
+    user_files, unclear_user = _paths(one("userknownhostsfile"))
+    global_files, unclear_global = _paths(one("globalknownhostsfile"), tilde_expand)
+    unclear = ("UserKnownHostsFile",) * unclear_user + ("GlobalKnownHostsFile",) * unclear_global
     return ClientSettings(
         host_arg=host_arg, hostname=hostname, port=port, user=user,
         identity_files=identities, certificate_files=certificates,
         identities_only=one("identitiesonly") == "yes", identity_agent=agent,
-        user_known_hosts=_paths(one("userknownhostsfile")),
-        global_known_hosts=_paths(one("globalknownhostsfile")),
+        user_known_hosts=user_files,
+        global_known_hosts=tuple(tilde_expand(p) for p in global_files),
         known_hosts_command=optional("knownhostscommand"),
         strict_host_key_checking=_STRICT.get(one("stricthostkeychecking"), "ask"),
         host_key_alias=alias.lower() if alias else None,
@@ -187,7 +217,7 @@ def settings_from(raw: Mapping[str, tuple[str, ...]], host_arg: str) -> ClientSe
         no_host_auth_localhost=one("nohostauthenticationforlocalhost") == "yes",
         address_family=one("addressfamily", "any"),
         bind_address=optional("bindaddress"),
-        raw=dict(raw),
+        raw=dict(raw), unclear_paths=unclear,
     )
 
 
@@ -216,8 +246,9 @@ async def client_settings(destination: str, args: Sequence[str] = (), *,
         return settings_from(parse_ssh_g(done.stdout.decode(errors="replace")), destination)
     except (ValueError, KeyError) as e:  # a token or ~user ssh would refuse too
         raise SshConfigError(f"ssh would refuse a path in its config for {destination}: {e}",
-                             host=destination, hint="fix that IdentityFile or "
-                                                    "CertificateFile") from None
+                             host=destination, hint="fix that path (IdentityFile, "
+                                                    "CertificateFile, GlobalKnownHostsFile) "
+                                                    "in the ssh config") from None
 
 
 # --------------------------------------------------------------------------- tokens
@@ -268,14 +299,21 @@ def expand_tokens(text: str, tokens: Mapping[str, str], *, variables: bool = Tru
     return "".join(out)
 
 
+def tilde_expand(path: str) -> str:
+    """``path`` with its leading ``~`` expanded as OpenSSH's tilde_expand_filename does:
+    ``~`` and ``~/x`` from this user's passwd home (not ``$HOME``), ``~user`` and
+    ``~user/x`` from that user's; KeyError for a user who does not exist (ssh refuses
+    the path then)."""
+    if not path.startswith("~"):
+        return path
+    user, _, rest = path[1:].partition("/")
+    home = pwd.getpwnam(user).pw_dir if user else _passwd().pw_dir
+    return home + ("" if home.endswith("/") else "/") + rest.lstrip("/")
+
+
 def expand_path(path: str, tokens: Mapping[str, str]) -> str:
-    """``path`` with ``~`` (the passwd home, as ssh's tilde_expand_filename) and tokens
-    expanded."""
-    if path.startswith("~"):
-        head, sep, rest = path[1:].partition("/")
-        home = pwd.getpwnam(head).pw_dir if head else _passwd().pw_dir
-        path = home.rstrip("/") + "/" + rest if sep else home
-    return expand_tokens(path, tokens)
+    """``path`` with ``~`` (see :func:`tilde_expand`) and tokens expanded."""
+    return expand_tokens(tilde_expand(path), tokens)
 
 
 __all__ = [
@@ -287,4 +325,5 @@ __all__ = [
     "expand_tokens",
     "parse_ssh_g",
     "settings_from",
+    "tilde_expand",
 ]
