@@ -23,7 +23,7 @@ import pytest
 from sshcluster.check.preflight import check_async
 from sshcluster.check.report import CheckReport, HostReport
 from sshcluster.inventory import Host, Inventory, Primary
-from sshcluster.ssh.command import ssh_command
+from sshcluster.ssh.command import openssh_version, ssh_command
 from sshcluster.ssh.keycheck import decode_host_key
 from sshcluster.ssh.knownhosts import (
     TrustPolicy,
@@ -123,6 +123,46 @@ def test_key_types_known_for_the_host_are_asked_for_first(tmp_path: Path) -> Non
     assert order(f"node2 {rsa}\n") == algs  # another host's keys change nothing
 
 
+@pytest.mark.parametrize("openssh", [(9, 2), (9, 6)])
+def test_known_hosts_command_keys_order_under_the_name_ssh_uses(tmp_path: Path,
+                                                                openssh: tuple[int, int]) -> None:
+    """The keys KnownHostsCommand prints (the inventory's file) count for the order
+    under [host]:port, or the HostKeyAlias, from OpenSSH 9.6 on, as ssh then checks the
+    key with them; before 9.6 ssh looked them up there under the bare host name."""
+    rsa = public(new_key(tmp_path / "r", "rsa"))
+    algs = ["ssh-ed25519", "rsa-sha2-512"]
+    kh = tmp_path / "inv"
+
+    def order(text: str, alias: str | None = None) -> list[str]:
+        kh.write_text(text)
+        return order_host_key_algorithms(TrustPolicy(
+            hostname="node1", port=2222, alias=alias, command_files=(str(kh),),
+            openssh=openssh), algs)
+
+    recent = openssh >= (9, 6)
+    rsa_first = ["rsa-sha2-512", "ssh-ed25519"]
+    assert order(f"[node1]:2222 {rsa}\n") == (rsa_first if recent else algs)
+    assert order(f"myalias {rsa}\n", alias="myalias") == (rsa_first if recent else algs)
+    assert order(f"node1 {rsa}\n") == (algs if recent else rsa_first)
+
+
+def test_the_port_less_retry_does_not_read_the_known_hosts_command(tmp_path: Path) -> None:
+    """A key not found under [host]:port is looked for under the plain host name in the
+    files, but not in what KnownHostsCommand prints: ssh does not run it for that retry."""
+    from sshcluster.ssh.keycheck import verify
+
+    new_key(tmp_path / "k")
+    blob = base64.b64decode(public(tmp_path / "k").split()[1])
+    line = f"node1 {public(tmp_path / 'k')}\n"
+    (tmp_path / "files").write_text(line)
+    (tmp_path / "inv").write_text(line)
+    in_file = TrustPolicy(hostname="node1", port=2222, user_files=(str(tmp_path / "files"),))
+    in_command = TrustPolicy(hostname="node1", port=2222,
+                             command_files=(str(tmp_path / "inv"),))
+    assert verify(in_file, blob, "10.0.0.5")[0].trusted
+    assert not verify(in_command, blob, "10.0.0.5")[0].trusted
+
+
 # --------------------------------------------------------------------------- verdicts
 
 
@@ -174,6 +214,8 @@ SETUPS = {
                         certificate="valid"),
     "only the RSA key known (ssh asks for it first)": Setup(
         {"user": "[127.0.0.1]:{port} {rsa}\n"}, host_keys=("key", "rsa")),
+    "inventory known_hosts has only the RSA key": Setup(
+        {"inv": "[127.0.0.1]:{port} {rsa}\n"}, host_keys=("key", "rsa"), known_hosts="inv"),
     "RSA known, HostKeyAlgorithms ed25519 only": Setup(
         {"user": "[127.0.0.1]:{port} {rsa}\n"}, host_keys=("key", "rsa"),
         config="HostKeyAlgorithms ssh-ed25519\n"),
@@ -294,7 +336,10 @@ EXPECTED_OK = {"user file", "hashed", "global file only", "second user file via 
                "negated pattern, the port-less name still matches",
                "inventory known_hosts with another key, the user's file the right one",
                "identity from the inventory",
-               "inventory known_hosts missing, the user's file knows the key"}
+               "inventory known_hosts missing, the user's file knows the key",
+               # (ssh asks for the key types KnownHostsCommand knows first from 9.6 on)
+               *(["inventory known_hosts has only the RSA key"]
+                 if openssh_version() >= (9, 6) else [])}
 
 
 @pytest.mark.parametrize("name", list(SETUPS))

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from sshcluster.commands import run_command
 from sshcluster.errors import SshclusterError
+from sshcluster.ssh.command import openssh_version
 
 #: Seconds ``ssh -G`` may take (it reads files and may run ``Match exec`` commands).
 SSH_G_TIMEOUT = 10.0
@@ -49,7 +50,8 @@ class ClientSettings:
 
     Paths are expanded; ``identity_agent`` is None for ``IdentityAgent none`` (and the
     ``SSH_AUTH_SOCK`` of this process when unset); ``proxy_command`` keeps its ``%``
-    tokens (see :meth:`proxy_argv`); ``raw`` has every key ``ssh -G`` printed.
+    tokens (see :meth:`proxy_argv`); ``raw`` has every key ``ssh -G`` printed;
+    ``openssh`` is the version of the ssh that printed them, whose rules apply.
     """
 
     host_arg: str
@@ -79,6 +81,7 @@ class ClientSettings:
     raw: Mapping[str, tuple[str, ...]]
     #: Settings whose list of files can be read two ways (see :func:`_paths`).
     unclear_paths: tuple[str, ...] = ()
+    openssh: tuple[int, int] = (99, 0)
 
     @property
     def proxied(self) -> bool:
@@ -162,8 +165,12 @@ def _paths(value: str, expand: Callable[[str], str] = str) -> tuple[tuple[str, .
     return tuple(p for p in paths if p), unsure
 
 
-def settings_from(raw: Mapping[str, tuple[str, ...]], host_arg: str) -> ClientSettings:
-    """:class:`ClientSettings` from parsed ``ssh -G`` output for ``host_arg``."""
+def settings_from(raw: Mapping[str, tuple[str, ...]], host_arg: str, *,
+                  version: tuple[int, int] | None = None) -> ClientSettings:
+    """:class:`ClientSettings` from parsed ``ssh -G`` output for ``host_arg``, printed by
+    OpenSSH ``version`` (by default this machine's ssh)."""
+    version = version or openssh_version()
+
     def one(key: str, default: str = "") -> str:
         values = raw.get(key)
         return values[0] if values else default
@@ -217,7 +224,7 @@ def settings_from(raw: Mapping[str, tuple[str, ...]], host_arg: str) -> ClientSe
         no_host_auth_localhost=one("nohostauthenticationforlocalhost") == "yes",
         address_family=one("addressfamily", "any"),
         bind_address=optional("bindaddress"),
-        raw=dict(raw), unclear_paths=unclear,
+        raw=dict(raw), unclear_paths=unclear, openssh=version,
     )
 
 

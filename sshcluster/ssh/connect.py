@@ -72,7 +72,7 @@ def trust_policy(settings: ClientSettings, files: KnownHostsFiles, *,
         ca_sign_algorithms=settings.ca_signature_algorithms,
         revoked_keys_file=settings.revoked_host_keys,
         no_host_auth_localhost=settings.no_host_auth_localhost, record_to=record_to,
-        files=files)
+        openssh=settings.openssh, files=files)
 
 
 def host_decision(settings: ClientSettings, launch_args: Sequence[str],

@@ -163,7 +163,8 @@ class TrustPolicy:
     ``HostKeyAlias``; ``user_files``, ``global_files`` and ``command_files`` (the
     inventory's file, added by ``KnownHostsCommand``) are read in that order.
     ``strict`` is ``StrictHostKeyChecking`` (yes, ask, accept-new, no); ``record_to``
-    where a key accepted as new is recorded (None: nowhere).
+    where a key accepted as new is recorded (None: nowhere); ``openssh`` the version of
+    ssh whose rules apply (some changed in 9.6 and 10.3).
     """
 
     hostname: str
@@ -180,6 +181,7 @@ class TrustPolicy:
     revoked_keys_file: str | None = None
     no_host_auth_localhost: bool = False
     record_to: str | None = None
+    openssh: tuple[int, int] = (99, 0)
     files: KnownHostsFiles = field(default_factory=KnownHostsFiles, compare=False)
 
     @property
@@ -203,9 +205,12 @@ class TrustPolicy:
 def order_host_key_algorithms(policy: TrustPolicy, algorithms: Sequence[str]) -> list[str]:
     """``algorithms`` in the order OpenSSH's order_hostkeyalgs asks the server for them:
     as they are when a key of the first one's type is known, else the types known for
-    the host first (certificate types first when it has a ``@cert-authority``)."""
+    the host first (certificate types first when it has a ``@cert-authority``). The keys
+    KnownHostsCommand prints count under the name the files are read with; before
+    OpenSSH 9.6 ssh looked them up here under the bare host name (bz3643)."""
+    command_name = policy.name() if policy.openssh >= (9, 6) else policy.hostname
     entries = (policy.files.matching(policy.user_files + policy.global_files, policy.name())
-               + policy.files.matching(policy.command_files, policy.hostname))
+               + policy.files.matching(policy.command_files, command_name))
     known = {plain_type(e.key.get_algorithm()) for e in entries if e.marker == ""}
     if not algorithms or plain_type(algorithms[0]) in known:
         return list(algorithms)
