@@ -91,6 +91,60 @@ def test_lines_ssh_skips_are_skipped(tmp_path: Path) -> None:
     assert not host_matches("node1", "|1|short|x")  # a bad hash matches nothing
 
 
+def test_markers_and_certificates_read_as_ssh_keygen_reads_them(tmp_path: Path) -> None:
+    """A marker ends at the first space of the line (at a tab only when the line has no
+    space), is case-sensitive and comes once; a certificate on a line is read, and stands
+    for the plain key inside it. ssh-keygen -F finds exactly the lines the check reads."""
+    key = public(new_key(tmp_path / "k"))
+    ca, host = new_key(tmp_path / "ca"), new_key(tmp_path / "host")
+    assert keygen("-s", str(ca), "-I", "h", "-h", "-n", "h7", f"{host}.pub").returncode == 0
+    cert = " ".join(Path(f"{host}-cert.pub").read_text().split()[:2])
+    lines = {"h2": f"@cert-authority\th2 {key}", "h3": "\t".join(["@revoked", "h3", *key.split()]),
+             "h4": f"@CERT-AUTHORITY h4 {key}", "h5": f"@revoked @revoked h5 {key}",
+             "h6": f"@revoked\t h6 {key}", "h7": f"@revoked h7 {cert}", "h8": f"h8 {cert}"}
+    path = tmp_path / "kh"
+    path.write_text("".join(f"{line}\n" for line in lines.values()))
+    entries = parse_known_hosts(path.read_text(), str(path))
+    for name in lines:
+        openssh = keygen("-F", name, "-f", str(path)).returncode == 0
+        assert any(host_matches(name, e.hosts) for e in entries) == openssh, name
+    found = {e.hosts: e for e in entries}
+    assert set(found) == {"h3", "h7", "h8"} and found["h3"].marker == "@revoked"
+    plain = asyncssh.read_public_key(f"{host}.pub").public_data
+    assert found["h7"].certificate and found["h7"].key.public_data == plain
+
+
+def test_revoked_host_keys_read_as_ssh_reads_them(tmp_path: Path) -> None:
+    """RevokedHostKeys: ssh stops at the first line that is not a key and then refuses
+    every host key (the check names the file and line), a key listed before that line
+    is revoked, and a binary KRL, which the check cannot read, fails the host."""
+    from sshcluster.ssh.keycheck import verify
+
+    key = public(new_key(tmp_path / "k"))
+    other = public(new_key(tmp_path / "o"))
+    blob = base64.b64decode(key.split()[1])
+    (tmp_path / "kh").write_text(f"node1 {key}\n")
+    revoked = tmp_path / "revoked"
+
+    def verdict(text: str | None = None) -> str:
+        if text is not None:
+            revoked.write_text(text)
+        policy = TrustPolicy(hostname="node1", port=22, user_files=(str(tmp_path / "kh"),),
+                             revoked_keys_file=str(revoked))
+        v, _ = verify(policy, blob, "10.0.0.5")
+        return "trusted" if v.trusted else v.detail
+
+    assert verdict(f"# comment\n\n\t{other} a comment\n") == "trusted"
+    said = verdict(f"{other}\nnode1 {key}\n")  # (a known_hosts line)
+    assert said.startswith(f"RevokedHostKeys {revoked} line 2 is not a public key")
+    assert said.endswith("ssh stops reading there and refuses every host key")
+    assert f"{revoked} line 2 is not a public key" in verdict(f"{other}\nssh-ed25519 !!\n")
+    assert f"{revoked} line 1 is not a public key" in verdict("ssh-ed25519\n")
+    assert verdict(f"{key}\nbroken\n").endswith(f"revoked by RevokedHostKeys {revoked} line 1")
+    assert keygen("-k", "-f", str(revoked), str(tmp_path / "k.pub")).returncode == 0
+    assert "is a binary KRL" in verdict()
+
+
 def test_a_host_certificate_made_by_ssh_keygen(tmp_path: Path) -> None:
     ca = new_key(tmp_path / "ca")
     host = new_key(tmp_path / "host", "ecdsa")
@@ -221,6 +275,18 @@ SETUPS = {
         config="HostKeyAlgorithms ssh-ed25519\n"),
     "RevokedHostKeys": Setup({"user": "[127.0.0.1]:{port} {key}\n", "revoked": "{key}\n"},
                              config="RevokedHostKeys {dir}/revoked\n"),
+    "RevokedHostKeys with comments and another key": Setup(
+        {"user": "[127.0.0.1]:{port} {key}\n", "revoked": "# old\n\n  {other} old key\n"},
+        config="RevokedHostKeys {dir}/revoked\n"),
+    "RevokedHostKeys with a known_hosts line (ssh stops there)": Setup(
+        {"user": "[127.0.0.1]:{port} {key}\n", "revoked": "{other}\nsomehost {other}\n"},
+        config="RevokedHostKeys {dir}/revoked\n"),
+    "RevokedHostKeys lists the key's certificate": Setup(
+        {"user": "[127.0.0.1]:{port} {key}\n", "revoked": "{hostcert}\n"},
+        config="RevokedHostKeys {dir}/revoked\n"),
+    "@revoked certificate": Setup({"user": "[127.0.0.1]:{port} {key}\n@revoked * {hostcert}\n"}),
+    "@cert-authority and a tab (a bad line)": Setup({"user": "@cert-authority\t* {ca}\n"},
+                                                   certificate="valid"),
     "NoHostAuthenticationForLocalhost": Setup(
         {"user": ""}, config="NoHostAuthenticationForLocalhost yes\n"),
     "inventory known_hosts, odd path": Setup(
@@ -288,6 +354,7 @@ def write_setup(setup: Setup, d: Path, port: int, m: Material) -> Path:
         "ca": lambda: public(m.ca),
         "dir": lambda: str(d),
         "hashed": lambda: hashed_name(f"[127.0.0.1]:{port}"),
+        "hostcert": lambda: m.certificate("valid").export_certificate().decode().strip(),
     }
     values = {k: f() for k, f in fill.items()}
     for name, text in {"user": "", "global": "", **setup.files}.items():
@@ -337,6 +404,7 @@ EXPECTED_OK = {"user file", "hashed", "global file only", "second user file via 
                "inventory known_hosts with another key, the user's file the right one",
                "identity from the inventory",
                "inventory known_hosts missing, the user's file knows the key",
+               "RevokedHostKeys with comments and another key",
                # (ssh asks for the key types KnownHostsCommand knows first from 9.6 on)
                *(["inventory known_hosts has only the RSA key"]
                  if openssh_version() >= (9, 6) else [])}
