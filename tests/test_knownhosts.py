@@ -270,6 +270,12 @@ SETUPS = {
         {"user": "[127.0.0.1]:{port} {rsa}\n"}, host_keys=("key", "rsa")),
     "inventory known_hosts has only the RSA key": Setup(
         {"inv": "[127.0.0.1]:{port} {rsa}\n"}, host_keys=("key", "rsa"), known_hosts="inv"),
+    "RSA known, HostKeyAlgorithms written out in the default order": Setup(
+        {"user": "[127.0.0.1]:{port} {rsa}\n"}, host_keys=("key", "rsa"),
+        config="HostKeyAlgorithms {default_algs}\n"),
+    "RSA known, HostKeyAlgorithms changed with -": Setup(
+        {"user": "[127.0.0.1]:{port} {rsa}\n"}, host_keys=("key", "rsa"),
+        config="HostKeyAlgorithms -rsa-sha2-256\n"),
     "RSA known, HostKeyAlgorithms ed25519 only": Setup(
         {"user": "[127.0.0.1]:{port} {rsa}\n"}, host_keys=("key", "rsa"),
         config="HostKeyAlgorithms ssh-ed25519\n"),
@@ -355,6 +361,9 @@ def write_setup(setup: Setup, d: Path, port: int, m: Material) -> Path:
         "dir": lambda: str(d),
         "hashed": lambda: hashed_name(f"[127.0.0.1]:{port}"),
         "hostcert": lambda: m.certificate("valid").export_certificate().decode().strip(),
+        "default_algs": lambda: subprocess.run(
+            ["ssh", "-G", "-F", "none", "h"], capture_output=True, text=True, check=True,
+        ).stdout.split("hostkeyalgorithms ")[1].split()[0],
     }
     values = {k: f() for k, f in fill.items()}
     for name, text in {"user": "", "global": "", **setup.files}.items():
@@ -405,6 +414,7 @@ EXPECTED_OK = {"user file", "hashed", "global file only", "second user file via 
                "identity from the inventory",
                "inventory known_hosts missing, the user's file knows the key",
                "RevokedHostKeys with comments and another key",
+               "RSA known, HostKeyAlgorithms changed with -",
                # (ssh asks for the key types KnownHostsCommand knows first from 9.6 on)
                *(["inventory known_hosts has only the RSA key"]
                  if openssh_version() >= (9, 6) else [])}

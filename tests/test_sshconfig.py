@@ -176,10 +176,31 @@ def test_jump_hops_and_host_key_algorithm_lists() -> None:
     assert _split_hop("hop2") == (None, "hop2", None)
     assert _split_hop("ssh://al@[::1]:22") == ("al", "::1", 22)
     default = ["a-cert", "b-cert", "a", "b", "c"]
-    assert _ssh_reorders(default, default)
-    assert _ssh_reorders(["a-cert", "a", "c", "extra"], default)  # -b..., +extra
-    assert not _ssh_reorders(["c", "a"], default)  # written out: as it is
-    assert not _ssh_reorders(["extra", "a"], default)  # ^extra
+    assert _ssh_reorders(default, default, listed=False)  # unset
+    assert _ssh_reorders(["a-cert", "a", "c", "extra"], default, listed=False)  # -b, +extra
+    # A list of one's own somewhere in the config: kept as written, unless what ssh -G
+    # shows could be the default or + or - changes to it (then it cannot be told).
+    assert _ssh_reorders(default, default) is None
+    assert _ssh_reorders(["a-cert", "a", "c", "extra"], default) is None
+    assert _ssh_reorders(["c", "a"], default) is False  # written out: as it is
+    assert _ssh_reorders(["extra", "a"], default) is False  # ^extra
+
+
+def test_whether_the_config_lists_host_key_algorithms_of_its_own(tmp_path: Path) -> None:
+    """ssh asks for the key types known for a host first only when HostKeyAlgorithms is
+    unset or changed with + or -; ssh -G shows only the resulting list, so the check
+    reads the config files ssh read (Include too) and the command line for it."""
+    (tmp_path / "inc").write_text("Host *\n  # HostKeyAlgorithms ssh-ed25519 (a comment)\n"
+                                  "  HostKeyAlgorithms=+ssh-rsa\n")
+    (tmp_path / "config").write_text(f"Include {tmp_path}/inc\nHost h\n"
+                                     "  hostkeyalgorithms \"-ssh-ed25519\"\n")
+    assert not settings(tmp_path / "config", "h").host_key_algorithms_listed
+    assert settings(tmp_path / "config", "h", "-o",
+                    "HostKeyAlgorithms=ssh-ed25519").host_key_algorithms_listed
+    (tmp_path / "inc").write_text("Match host other\n  HostKeyAlgorithms ^ssh-rsa\n")
+    assert settings(tmp_path / "config", "h").host_key_algorithms_listed  # (may apply)
+    (tmp_path / "config").write_text("Host h\n  User u\n")
+    assert not settings(tmp_path / "config", "h").host_key_algorithms_listed
 
 
 def test_the_public_key_of_an_identity_file_as_ssh_finds_it(tmp_path: Path) -> None:

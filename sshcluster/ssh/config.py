@@ -22,7 +22,8 @@ import pwd
 import re
 import socket
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from sshcluster.commands import run_command
 from sshcluster.errors import SshclusterError
@@ -82,6 +83,10 @@ class ClientSettings:
     #: Settings whose list of files can be read two ways (see :func:`_paths`).
     unclear_paths: tuple[str, ...] = ()
     openssh: tuple[int, int] = (99, 0)
+    #: Whether the config or the command line may set HostKeyAlgorithms to a list of its
+    #: own, rather than leave it unset or change OpenSSH's default with + or - (ssh asks
+    #: for the known key types first only then; ssh -G shows just the resulting list).
+    host_key_algorithms_listed: bool = True
 
     @property
     def proxied(self) -> bool:
@@ -232,7 +237,8 @@ async def client_settings(destination: str, args: Sequence[str] = (), *,
                           config: str | None = None, ssh: str = "ssh") -> ClientSettings:
     """Ask ``ssh -G [-F config] ARGS destination`` what ssh would do; raise
     :class:`SshConfigError` with ssh's own message if it cannot say."""
-    argv = [ssh, "-G", *(["-F", config] if config else []), *args, "--", destination]
+    # (-v: ssh names each config file it reads, see _lists_host_key_algorithms)
+    argv = [ssh, "-G", "-v", *(["-F", config] if config else []), *args, "--", destination]
     try:
         done = await run_command(argv, SSH_G_TIMEOUT)
     except FileNotFoundError:
@@ -243,19 +249,48 @@ async def client_settings(destination: str, args: Sequence[str] = (), *,
         raise SshConfigError(f"'ssh -G {destination}' did not answer within "
                              f"{SSH_G_TIMEOUT:g} s", host=destination,
                              hint="a Match exec command in the ssh config may hang") from None
+    stderr = done.stderr.decode(errors="replace").splitlines()
     if done.returncode != 0:
-        said = "; ".join(line for line in done.stderr.decode(errors="replace").splitlines()
-                         if line and "Pseudo-terminal" not in line)
+        said = "; ".join(line for line in stderr if line and "Pseudo-terminal" not in line
+                         and not line.startswith(("debug", "OpenSSH_")))
         raise SshConfigError(f"ssh cannot use its config for {destination}: "
                              f"{said or f'exit status {done.returncode}'}",
                              host=destination, hint="fix the ssh config line it names")
+    files = [line.partition(_READING)[2] for line in stderr if _READING in line]
     try:
-        return settings_from(parse_ssh_g(done.stdout.decode(errors="replace")), destination)
+        settings = settings_from(parse_ssh_g(done.stdout.decode(errors="replace")),
+                                 destination)
+        return replace(settings, host_key_algorithms_listed=(
+            _lists_host_key_algorithms(files, args)))
     except (ValueError, KeyError) as e:  # a token or ~user ssh would refuse too
         raise SshConfigError(f"ssh would refuse a path in its config for {destination}: {e}",
                              host=destination, hint="fix that path (IdentityFile, "
                                                     "CertificateFile, GlobalKnownHostsFile) "
                                                     "in the ssh config") from None
+
+
+_READING = "debug1: Reading configuration data "
+_HOST_KEY_ALGORITHMS = re.compile(
+    r'^\s*(?:-o\s*)?"?hostkeyalgorithms"?(?:\s*=\s*|\s+)"?([^\s"]*)', re.I)
+
+
+def _lists_host_key_algorithms(files: Sequence[str], args: Sequence[str]) -> bool:
+    """Whether any config file ssh read, or the command line, may set HostKeyAlgorithms
+    to a list of its own: a line that names it with a value not starting with + or -
+    (a commented line does not count; a file that cannot be read does)."""
+    texts = list(args)
+    for path in files:
+        try:
+            texts += Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            return True
+    for text in texts:
+        if "hostkeyalgorithms" not in text.lower() or text.lstrip().startswith("#"):
+            continue
+        m = _HOST_KEY_ALGORITHMS.match(text)
+        if not m or not m.group(1).startswith(("+", "-")):
+            return True
+    return False
 
 
 # --------------------------------------------------------------------------- tokens
