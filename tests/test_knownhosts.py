@@ -130,7 +130,7 @@ def test_revoked_host_keys_read_as_ssh_reads_them(tmp_path: Path) -> None:
         if text is not None:
             revoked.write_text(text)
         policy = TrustPolicy(hostname="node1", port=22, user_files=(str(tmp_path / "kh"),),
-                             revoked_keys_file=str(revoked))
+                             revoked_keys_files=(str(revoked),))
         v, _ = verify(policy, blob, "10.0.0.5")
         return "trusted" if v.trusted else v.detail
 
@@ -143,6 +143,34 @@ def test_revoked_host_keys_read_as_ssh_reads_them(tmp_path: Path) -> None:
     assert verdict(f"{key}\nbroken\n").endswith(f"revoked by RevokedHostKeys {revoked} line 1")
     assert keygen("-k", "-f", str(revoked), str(tmp_path / "k.pub")).returncode == 0
     assert "is a binary KRL" in verdict()
+
+
+@pytest.mark.parametrize("openssh", [(10, 2), (10, 3)])
+def test_certificate_principals_as_the_version_of_ssh_matches_them(
+        tmp_path: Path, openssh: tuple[int, int]) -> None:
+    """Before OpenSSH 10.3 a host certificate without principals is valid for any host,
+    and a principal must be the host's name; from 10.3 it needs principals, matched as
+    patterns with * and ?."""
+    from sshcluster.ssh.keycheck import verify
+
+    ca, host = new_key(tmp_path / "ca"), new_key(tmp_path / "host")
+    (tmp_path / "kh").write_text(f"@cert-authority * {public(ca)}\n")
+
+    def trusted(*principals: str) -> bool:
+        names = ["-n", ",".join(principals)] if principals else []
+        assert keygen("-s", str(ca), "-I", "h", "-h", *names, f"{host}.pub").returncode == 0
+        blob = base64.b64decode(Path(f"{host}-cert.pub").read_text().split()[1])
+        policy = TrustPolicy(hostname="node1.example", port=22, openssh=openssh,
+                             user_files=(str(tmp_path / "kh"),))
+        verdict, _ = verify(policy, blob, "10.0.0.5")
+        return verdict.trusted and "certificate" in verdict.detail
+
+    recent = openssh >= (10, 3)
+    assert trusted("node1.example")
+    assert trusted() == (not recent)
+    assert trusted("*.example", "other") == recent
+    assert trusted("node?.example") == recent
+    assert not trusted("NODE1.example")
 
 
 def test_a_host_certificate_made_by_ssh_keygen(tmp_path: Path) -> None:

@@ -18,8 +18,9 @@ from sshcluster.ssh.config import (
     SshConfigError,
     client_settings,
     expand_tokens,
+    split_hop,
 )
-from sshcluster.ssh.connect import _split_hop, _ssh_reorders
+from sshcluster.ssh.connect import _ssh_reorders
 
 HOME = pwd.getpwuid(os.getuid()).pw_dir
 
@@ -171,10 +172,52 @@ def test_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
     assert socket.gethostname()  # %l and %L come from it
 
 
+def test_the_proxy_jump_token_and_connection_hash_from_openssh_9_6(tmp_path: Path) -> None:
+    """OpenSSH 9.6 added %j, the host of ProxyJump's last hop (empty without one), and
+    hashes it into %C; before, %j is an unknown token, which ssh refuses."""
+    import hashlib
+
+    from sshcluster.ssh.config import parse_ssh_g, settings_from
+
+    (tmp_path / "config").write_text(
+        "Host h\n  HostName h.example\n  User u\n  ProxyJump a@j1:2022,[::1]:22\n"
+        "  IdentityFile /k/%C\n  CertificateFile /c/%j\nHost g\n  CertificateFile /c/x%j\n")
+    argv = ["ssh", "-G", "-F", str(tmp_path / "config")]
+    raw = {host: parse_ssh_g(subprocess.run([*argv, host], capture_output=True, text=True,
+                                            check=True).stdout) for host in ("h", "g")}
+    local = socket.gethostname()
+    s = settings_from(raw["h"], "h", version=(9, 6))
+    assert s.identity_files == (
+        "/k/" + hashlib.sha1(f"{local}h.example22u::1".encode()).hexdigest(),)
+    assert s.certificate_files == ("/c/::1",)
+    assert settings_from(raw["g"], "g", version=(9, 6)).certificate_files == ("/c/x",)
+    with pytest.raises(ValueError, match="unknown token %j"):
+        settings_from(raw["h"], "h", version=(9, 2))
+    (tmp_path / "config").write_text("Host h\n  HostName h.example\n  User u\n"
+                                     "  IdentityFile /k/%C\n")
+    old = settings_from(parse_ssh_g(subprocess.run([*argv, "h"], capture_output=True,
+                                                   text=True, check=True).stdout),
+                        "h", version=(9, 2))
+    assert old.identity_files == (
+        "/k/" + hashlib.sha1(f"{local}h.example22u".encode()).hexdigest(),)
+
+
+def test_revoked_host_keys_is_a_list_from_openssh_10_3() -> None:
+    """ssh -G prints RevokedHostKeys's files space-separated from OpenSSH 10.3 on, when
+    it takes several; before, the setting is one path, spaces and all."""
+    from sshcluster.ssh.config import settings_from
+
+    raw = {"revokedhostkeys": ("/r/one /r/two",)}
+    assert settings_from(raw, "h", version=(10, 3)).revoked_host_keys == ("/r/one", "/r/two")
+    assert settings_from(raw, "h", version=(10, 2)).revoked_host_keys == ("/r/one /r/two",)
+    assert settings_from({"revokedhostkeys": ("none",)}, "h",
+                         version=(10, 3)).revoked_host_keys == ()
+
+
 def test_jump_hops_and_host_key_algorithm_lists() -> None:
-    assert _split_hop("bob@hop1:2022") == ("bob", "hop1", 2022)
-    assert _split_hop("hop2") == (None, "hop2", None)
-    assert _split_hop("ssh://al@[::1]:22") == ("al", "::1", 22)
+    assert split_hop("bob@hop1:2022") == ("bob", "hop1", 2022)
+    assert split_hop("hop2") == (None, "hop2", None)
+    assert split_hop("ssh://al@[::1]:22") == ("al", "::1", 22)
     default = ["a-cert", "b-cert", "a", "b", "c"]
     assert _ssh_reorders(default, default, listed=False)  # unset
     assert _ssh_reorders(["a-cert", "a", "c", "extra"], default, listed=False)  # -b, +extra

@@ -75,7 +75,7 @@ class ClientSettings:
     connect_timeout: float | None
     host_key_algorithms: tuple[str, ...]
     ca_signature_algorithms: tuple[str, ...]
-    revoked_host_keys: str | None
+    revoked_host_keys: tuple[str, ...]
     no_host_auth_localhost: bool
     address_family: str
     bind_address: str | None
@@ -188,8 +188,10 @@ def settings_from(raw: Mapping[str, tuple[str, ...]], host_arg: str, *,
     hostname = one("hostname") or host_arg
     port = int(one("port", "22") or 22)
     alias = optional("hostkeyalias")
+    jump = optional("proxyjump")
     tokens = _tokens(host_arg=host_arg, hostname=hostname, port=port, user=user,
-                     alias=alias)
+                     alias=alias, jump_host=split_hop(jump)[1] if jump else None,
+                     version=version)
     identities = tuple(expand_path(p, tokens) for p in raw.get("identityfile", ())
                        if p.lower() != "none")
     certificates = tuple(expand_path(p, tokens) for p in raw.get("certificatefile", ())
@@ -209,6 +211,11 @@ def settings_from(raw: Mapping[str, tuple[str, ...]], host_arg: str, *,
     user_files, unclear_user = _paths(one("userknownhostsfile"))
     global_files, unclear_global = _paths(one("globalknownhostsfile"), tilde_expand)
     unclear = ("UserKnownHostsFile",) * unclear_user + ("GlobalKnownHostsFile",) * unclear_global
+    # (RevokedHostKeys is one path before OpenSSH 10.3, spaces and all; a list from 10.3)
+    revoked_value = optional("revokedhostkeys")
+    revoked, unclear_revoked = (_paths(one("revokedhostkeys")) if version >= (10, 3)
+                                else ((revoked_value,) if revoked_value else (), False))
+    unclear += ("RevokedHostKeys",) * unclear_revoked
     return ClientSettings(
         host_arg=host_arg, hostname=hostname, port=port, user=user,
         identity_files=identities, certificate_files=certificates,
@@ -225,7 +232,7 @@ def settings_from(raw: Mapping[str, tuple[str, ...]], host_arg: str, *,
         host_key_algorithms=tuple(a for a in one("hostkeyalgorithms").split(",") if a),
         ca_signature_algorithms=tuple(a for a in one("casignaturealgorithms").split(",")
                                       if a),
-        revoked_host_keys=optional("revokedhostkeys"),
+        revoked_host_keys=revoked,
         no_host_auth_localhost=one("nohostauthenticationforlocalhost") == "yes",
         address_family=one("addressfamily", "any"),
         bind_address=optional("bindaddress"),
@@ -300,17 +307,37 @@ def _passwd() -> pwd.struct_passwd:
     return pwd.getpwuid(os.getuid())
 
 
-def _tokens(*, host_arg: str, hostname: str, port: int, user: str,
-            alias: str | None) -> dict[str, str]:
-    """ssh's DEFAULT_CLIENT_PERCENT_EXPAND_ARGS for this connection."""
+def _tokens(*, host_arg: str, hostname: str, port: int, user: str, alias: str | None,
+            jump_host: str | None = None, version: tuple[int, int] = (99, 0),
+            ) -> dict[str, str]:
+    """ssh's DEFAULT_CLIENT_PERCENT_EXPAND_ARGS for this connection. From OpenSSH 9.6 on
+    ``%j`` is the host of ProxyJump's last hop (empty without one), and ``%C`` hashes it
+    too (ssh_connection_hash)."""
     pw = _passwd()
     local = socket.gethostname()
-    return {
-        "C": hashlib.sha1(f"{local}{hostname}{port}{user}".encode()).hexdigest(),
+    jump = (jump_host or "") if version >= (9, 6) else ""
+    tokens = {
+        "C": hashlib.sha1(f"{local}{hostname}{port}{user}{jump}".encode()).hexdigest(),
         "L": local.split(".")[0], "i": str(pw.pw_uid), "k": alias or host_arg,
         "l": local, "n": host_arg, "p": str(port), "d": pw.pw_dir, "h": hostname,
         "r": user, "u": pw.pw_name,
     }
+    if version >= (9, 6):
+        tokens["j"] = jump
+    return tokens
+
+
+def split_hop(hop: str) -> tuple[str | None, str, int | None]:
+    """User, host and port of ``[user@]host[:port]`` or ``ssh://[user@]host[:port]``,
+    the last hop of a ProxyJump list (``ssh -G`` puts a numeric host in brackets)."""
+    hop = hop.rpartition(",")[2].removeprefix("ssh://")
+    user, _, hostport = hop.rpartition("@")
+    m = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?|([^:]+)(?::(\d+))?", hostport)
+    if not m:
+        return user or None, hostport, None
+    host = m.group(1) or m.group(3)
+    port = m.group(2) or m.group(4)
+    return user or None, host, int(port) if port else None
 
 
 def expand_tokens(text: str, tokens: Mapping[str, str], *, variables: bool = True) -> str:
@@ -367,5 +394,6 @@ __all__ = [
     "expand_tokens",
     "parse_ssh_g",
     "settings_from",
+    "split_hop",
     "tilde_expand",
 ]

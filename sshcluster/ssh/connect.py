@@ -30,7 +30,7 @@ from asyncssh.kex import get_kex_algs
 from asyncssh.mac import get_mac_algs
 from asyncssh.public_key import get_certificate_algs, get_public_key_algs
 
-from sshcluster.ssh.config import ClientSettings, SshConfigError, client_settings
+from sshcluster.ssh.config import ClientSettings, SshConfigError, client_settings, split_hop
 from sshcluster.ssh.keyblob import ssh_string
 from sshcluster.ssh.keycheck import HostKeyVerdict, verify
 from sshcluster.ssh.knownhosts import KnownHostsFiles, TrustPolicy, order_host_key_algorithms
@@ -71,7 +71,7 @@ def trust_policy(settings: ClientSettings, files: KnownHostsFiles, *,
         check_host_ip=settings.check_host_ip, proxied=settings.proxied,
         hash_known_hosts=settings.hash_known_hosts,
         ca_sign_algorithms=settings.ca_signature_algorithms,
-        revoked_keys_file=settings.revoked_host_keys,
+        revoked_keys_files=settings.revoked_host_keys,
         no_host_auth_localhost=settings.no_host_auth_localhost, record_to=record_to,
         openssh=settings.openssh, files=files)
 
@@ -271,7 +271,7 @@ class Connector:
         as ssh does; the connection to the last hop, or None and why not. Each hop's
         connection (and agent) is added to ``opened``, for its owner to close."""
         rest, _, last = spec.rpartition(",")
-        user, host, port = _split_hop(last)
+        user, host, port = split_hop(last)
         args = [*(["-l", user] if user else []), *(["-p", str(port)] if port else []),
                 *(["-J", rest] if rest else [])]
         try:
@@ -319,18 +319,6 @@ async def close_all(opened: list[Any]) -> None:
 
 def _now() -> float:
     return asyncio.get_running_loop().time()
-
-
-def _split_hop(hop: str) -> tuple[str | None, str, int | None]:
-    """``[user@]host[:port]`` or ``ssh://[user@]host[:port]`` of a ProxyJump hop."""
-    hop = hop.removeprefix("ssh://")
-    user, _, hostport = hop.rpartition("@")
-    m = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?|([^:]+)(?::(\d+))?", hostport)
-    if not m:
-        return user or None, hostport, None
-    host = m.group(1) or m.group(3)
-    port = m.group(2) or m.group(4)
-    return user or None, host, int(port) if port else None
 
 
 def _ssh_reorders(algorithms: Sequence[str], default: Sequence[str], *,

@@ -18,6 +18,7 @@ Every :class:`HostKeyVerdict` names the files looked in, and the file and line f
 from __future__ import annotations
 
 import base64
+import fnmatch
 import ipaddress
 import struct
 import time
@@ -158,7 +159,8 @@ def _read_certificate(data: bytes, algorithm: str) -> HostCertificate:
 def _certificate_problem(cert: HostCertificate, name: str,
                          policy: TrustPolicy) -> str | None:
     """Why OpenSSH's sshkey_cert_check_host refuses ``cert`` for ``name`` (None: it
-    does not)."""
+    does not). Before 10.3 a certificate without principals is valid for any host, and a
+    principal must equal the name."""
     now = int(time.time())
     if cert.cert is None:
         return "the certificate cannot be read (a bad signature or critical options)"
@@ -168,7 +170,13 @@ def _certificate_problem(cert: HostCertificate, name: str,
         return "the certificate is not yet valid"
     if now >= cert.valid_before:
         return "the certificate has expired"
-    if cert.principals and name not in cert.principals:
+    if policy.openssh >= (10, 3):  # principals required, and matched as * ? patterns
+        if not cert.principals:
+            return "the certificate lists no principals"
+        if not any(fnmatch.fnmatchcase(name, p.replace("[", "[[]")) for p in cert.principals):
+            return (f"{name} matches no principal of the certificate "
+                    f"({', '.join(cert.principals)})")
+    elif cert.principals and name not in cert.principals:
         return f"{name} is not a principal of the certificate ({', '.join(cert.principals)})"
     if cert.critical:
         return "the certificate has critical options"
@@ -314,7 +322,7 @@ def verify(policy: TrustPolicy, data: bytes, address: str | None, *,
         key, cert = decode_host_key(data)
     except (ValueError, asyncssh.KeyImportError) as e:
         return HostKeyVerdict(False, f"the server's host key cannot be read: {e}"), None
-    revoked = _revoked_by_file(policy, key, cert)
+    revoked = _revoked_by_files(policy, key, cert)
     if revoked is not None:
         return revoked, None
     strict = "accept-new" if accept_new and policy.strict in ("yes", "ask") else policy.strict
@@ -324,23 +332,21 @@ def verify(policy: TrustPolicy, data: bytes, address: str | None, *,
     return verdict, key if verdict.trusted else None
 
 
-def _revoked_by_file(policy: TrustPolicy, key: asyncssh.SSHKey,
+def _revoked_by_files(policy: TrustPolicy, key: asyncssh.SSHKey,
                      cert: HostCertificate | None) -> HostKeyVerdict | None:
     """Why ssh refuses the key by RevokedHostKeys (sshkey_check_revoked), if it does: a
     line that lists it or its certificate's CA, or a file ssh cannot read to the end."""
-    path = policy.revoked_keys_file
-    if not path:
-        return None
     refused = {key.public_data} | ({cert.ca.public_data} if cert else set())
-    try:
-        for line, listed in revoked_keys(path):
-            if listed.public_data in refused:
-                return HostKeyVerdict(
-                    False, f"the server's key {fingerprint(key)} is revoked by "
-                           f"RevokedHostKeys {path} line {line}",
-                    "a revoked key is never accepted: ask the host's owner why")
-    except RevokedKeysError as e:
-        return HostKeyVerdict(False, e.message, e.hint)
+    for path in policy.revoked_keys_files:  # (several from OpenSSH 10.3; in order)
+        try:
+            for line, listed in revoked_keys(path):
+                if listed.public_data in refused:
+                    return HostKeyVerdict(
+                        False, f"the server's key {fingerprint(key)} is revoked by "
+                               f"RevokedHostKeys {path} line {line}",
+                        "a revoked key is never accepted: ask the host's owner why")
+        except RevokedKeysError as e:
+            return HostKeyVerdict(False, e.message, e.hint)
     return None
 
 

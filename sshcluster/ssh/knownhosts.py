@@ -203,7 +203,7 @@ class TrustPolicy:
     proxied: bool = False
     hash_known_hosts: bool = False
     ca_sign_algorithms: tuple[str, ...] = ()
-    revoked_keys_file: str | None = None
+    revoked_keys_files: tuple[str, ...] = ()
     no_host_auth_localhost: bool = False
     record_to: str | None = None
     openssh: tuple[int, int] = (99, 0)
