@@ -23,7 +23,7 @@ import pytest
 from sshcluster.check.preflight import check_async
 from sshcluster.check.report import CheckReport, HostReport
 from sshcluster.inventory import Host, Inventory, Primary
-from sshcluster.ssh.command import ssh_command
+from sshcluster.ssh.command import openssh_version, ssh_command
 from sshcluster.ssh.keycheck import decode_host_key
 from sshcluster.ssh.knownhosts import (
     TrustPolicy,
@@ -91,6 +91,88 @@ def test_lines_ssh_skips_are_skipped(tmp_path: Path) -> None:
     assert not host_matches("node1", "|1|short|x")  # a bad hash matches nothing
 
 
+def test_markers_and_certificates_read_as_ssh_keygen_reads_them(tmp_path: Path) -> None:
+    """A marker ends at the first space of the line (at a tab only when the line has no
+    space), is case-sensitive and comes once; a certificate on a line is read, and stands
+    for the plain key inside it. ssh-keygen -F finds exactly the lines the check reads."""
+    key = public(new_key(tmp_path / "k"))
+    ca, host = new_key(tmp_path / "ca"), new_key(tmp_path / "host")
+    assert keygen("-s", str(ca), "-I", "h", "-h", "-n", "h7", f"{host}.pub").returncode == 0
+    cert = " ".join(Path(f"{host}-cert.pub").read_text().split()[:2])
+    lines = {"h2": f"@cert-authority\th2 {key}", "h3": "\t".join(["@revoked", "h3", *key.split()]),
+             "h4": f"@CERT-AUTHORITY h4 {key}", "h5": f"@revoked @revoked h5 {key}",
+             "h6": f"@revoked\t h6 {key}", "h7": f"@revoked h7 {cert}", "h8": f"h8 {cert}"}
+    path = tmp_path / "kh"
+    path.write_text("".join(f"{line}\n" for line in lines.values()))
+    entries = parse_known_hosts(path.read_text(), str(path))
+    for name in lines:
+        openssh = keygen("-F", name, "-f", str(path)).returncode == 0
+        assert any(host_matches(name, e.hosts) for e in entries) == openssh, name
+    found = {e.hosts: e for e in entries}
+    assert set(found) == {"h3", "h7", "h8"} and found["h3"].marker == "@revoked"
+    plain = asyncssh.read_public_key(f"{host}.pub").public_data
+    assert found["h7"].certificate and found["h7"].key.public_data == plain
+
+
+def test_revoked_host_keys_read_as_ssh_reads_them(tmp_path: Path) -> None:
+    """RevokedHostKeys: ssh stops at the first line that is not a key and then refuses
+    every host key (the check names the file and line), a key listed before that line
+    is revoked, and a binary KRL, which the check cannot read, fails the host."""
+    from sshcluster.ssh.keycheck import verify
+
+    key = public(new_key(tmp_path / "k"))
+    other = public(new_key(tmp_path / "o"))
+    blob = base64.b64decode(key.split()[1])
+    (tmp_path / "kh").write_text(f"node1 {key}\n")
+    revoked = tmp_path / "revoked"
+
+    def verdict(text: str | None = None) -> str:
+        if text is not None:
+            revoked.write_text(text)
+        policy = TrustPolicy(hostname="node1", port=22, user_files=(str(tmp_path / "kh"),),
+                             revoked_keys_files=(str(revoked),))
+        v, _ = verify(policy, blob, "10.0.0.5")
+        return "trusted" if v.trusted else v.detail
+
+    assert verdict(f"# comment\n\n\t{other} a comment\n") == "trusted"
+    said = verdict(f"{other}\nnode1 {key}\n")  # (a known_hosts line)
+    assert said.startswith(f"RevokedHostKeys {revoked} line 2 is not a public key")
+    assert said.endswith("ssh stops reading there and refuses every host key")
+    assert f"{revoked} line 2 is not a public key" in verdict(f"{other}\nssh-ed25519 !!\n")
+    assert f"{revoked} line 1 is not a public key" in verdict("ssh-ed25519\n")
+    assert verdict(f"{key}\nbroken\n").endswith(f"revoked by RevokedHostKeys {revoked} line 1")
+    assert keygen("-k", "-f", str(revoked), str(tmp_path / "k.pub")).returncode == 0
+    assert "is a binary KRL" in verdict()
+
+
+@pytest.mark.parametrize("openssh", [(10, 2), (10, 3)])
+def test_certificate_principals_as_the_version_of_ssh_matches_them(
+        tmp_path: Path, openssh: tuple[int, int]) -> None:
+    """Before OpenSSH 10.3 a host certificate without principals is valid for any host,
+    and a principal must be the host's name; from 10.3 it needs principals, matched as
+    patterns with * and ?."""
+    from sshcluster.ssh.keycheck import verify
+
+    ca, host = new_key(tmp_path / "ca"), new_key(tmp_path / "host")
+    (tmp_path / "kh").write_text(f"@cert-authority * {public(ca)}\n")
+
+    def trusted(*principals: str) -> bool:
+        names = ["-n", ",".join(principals)] if principals else []
+        assert keygen("-s", str(ca), "-I", "h", "-h", *names, f"{host}.pub").returncode == 0
+        blob = base64.b64decode(Path(f"{host}-cert.pub").read_text().split()[1])
+        policy = TrustPolicy(hostname="node1.example", port=22, openssh=openssh,
+                             user_files=(str(tmp_path / "kh"),))
+        verdict, _ = verify(policy, blob, "10.0.0.5")
+        return verdict.trusted and "certificate" in verdict.detail
+
+    recent = openssh >= (10, 3)
+    assert trusted("node1.example")
+    assert trusted() == (not recent)
+    assert trusted("*.example", "other") == recent
+    assert trusted("node?.example") == recent
+    assert not trusted("NODE1.example")
+
+
 def test_a_host_certificate_made_by_ssh_keygen(tmp_path: Path) -> None:
     ca = new_key(tmp_path / "ca")
     host = new_key(tmp_path / "host", "ecdsa")
@@ -121,6 +203,46 @@ def test_key_types_known_for_the_host_are_asked_for_first(tmp_path: Path) -> Non
     assert order(f"node1 {rsa}\n") == [algs[1], algs[3], algs[4], algs[0], algs[2]]
     assert order(f"@cert-authority * {ed}\nnode1 {rsa}\n")[:2] == algs[:2]
     assert order(f"node2 {rsa}\n") == algs  # another host's keys change nothing
+
+
+@pytest.mark.parametrize("openssh", [(9, 2), (9, 6)])
+def test_known_hosts_command_keys_order_under_the_name_ssh_uses(tmp_path: Path,
+                                                                openssh: tuple[int, int]) -> None:
+    """The keys KnownHostsCommand prints (the inventory's file) count for the order
+    under [host]:port, or the HostKeyAlias, from OpenSSH 9.6 on, as ssh then checks the
+    key with them; before 9.6 ssh looked them up there under the bare host name."""
+    rsa = public(new_key(tmp_path / "r", "rsa"))
+    algs = ["ssh-ed25519", "rsa-sha2-512"]
+    kh = tmp_path / "inv"
+
+    def order(text: str, alias: str | None = None) -> list[str]:
+        kh.write_text(text)
+        return order_host_key_algorithms(TrustPolicy(
+            hostname="node1", port=2222, alias=alias, command_files=(str(kh),),
+            openssh=openssh), algs)
+
+    recent = openssh >= (9, 6)
+    rsa_first = ["rsa-sha2-512", "ssh-ed25519"]
+    assert order(f"[node1]:2222 {rsa}\n") == (rsa_first if recent else algs)
+    assert order(f"myalias {rsa}\n", alias="myalias") == (rsa_first if recent else algs)
+    assert order(f"node1 {rsa}\n") == (algs if recent else rsa_first)
+
+
+def test_the_port_less_retry_does_not_read_the_known_hosts_command(tmp_path: Path) -> None:
+    """A key not found under [host]:port is looked for under the plain host name in the
+    files, but not in what KnownHostsCommand prints: ssh does not run it for that retry."""
+    from sshcluster.ssh.keycheck import verify
+
+    new_key(tmp_path / "k")
+    blob = base64.b64decode(public(tmp_path / "k").split()[1])
+    line = f"node1 {public(tmp_path / 'k')}\n"
+    (tmp_path / "files").write_text(line)
+    (tmp_path / "inv").write_text(line)
+    in_file = TrustPolicy(hostname="node1", port=2222, user_files=(str(tmp_path / "files"),))
+    in_command = TrustPolicy(hostname="node1", port=2222,
+                             command_files=(str(tmp_path / "inv"),))
+    assert verify(in_file, blob, "10.0.0.5")[0].trusted
+    assert not verify(in_command, blob, "10.0.0.5")[0].trusted
 
 
 # --------------------------------------------------------------------------- verdicts
@@ -174,11 +296,31 @@ SETUPS = {
                         certificate="valid"),
     "only the RSA key known (ssh asks for it first)": Setup(
         {"user": "[127.0.0.1]:{port} {rsa}\n"}, host_keys=("key", "rsa")),
+    "inventory known_hosts has only the RSA key": Setup(
+        {"inv": "[127.0.0.1]:{port} {rsa}\n"}, host_keys=("key", "rsa"), known_hosts="inv"),
+    "RSA known, HostKeyAlgorithms written out in the default order": Setup(
+        {"user": "[127.0.0.1]:{port} {rsa}\n"}, host_keys=("key", "rsa"),
+        config="HostKeyAlgorithms {default_algs}\n"),
+    "RSA known, HostKeyAlgorithms changed with -": Setup(
+        {"user": "[127.0.0.1]:{port} {rsa}\n"}, host_keys=("key", "rsa"),
+        config="HostKeyAlgorithms -rsa-sha2-256\n"),
     "RSA known, HostKeyAlgorithms ed25519 only": Setup(
         {"user": "[127.0.0.1]:{port} {rsa}\n"}, host_keys=("key", "rsa"),
         config="HostKeyAlgorithms ssh-ed25519\n"),
     "RevokedHostKeys": Setup({"user": "[127.0.0.1]:{port} {key}\n", "revoked": "{key}\n"},
                              config="RevokedHostKeys {dir}/revoked\n"),
+    "RevokedHostKeys with comments and another key": Setup(
+        {"user": "[127.0.0.1]:{port} {key}\n", "revoked": "# old\n\n  {other} old key\n"},
+        config="RevokedHostKeys {dir}/revoked\n"),
+    "RevokedHostKeys with a known_hosts line (ssh stops there)": Setup(
+        {"user": "[127.0.0.1]:{port} {key}\n", "revoked": "{other}\nsomehost {other}\n"},
+        config="RevokedHostKeys {dir}/revoked\n"),
+    "RevokedHostKeys lists the key's certificate": Setup(
+        {"user": "[127.0.0.1]:{port} {key}\n", "revoked": "{hostcert}\n"},
+        config="RevokedHostKeys {dir}/revoked\n"),
+    "@revoked certificate": Setup({"user": "[127.0.0.1]:{port} {key}\n@revoked * {hostcert}\n"}),
+    "@cert-authority and a tab (a bad line)": Setup({"user": "@cert-authority\t* {ca}\n"},
+                                                   certificate="valid"),
     "NoHostAuthenticationForLocalhost": Setup(
         {"user": ""}, config="NoHostAuthenticationForLocalhost yes\n"),
     "inventory known_hosts, odd path": Setup(
@@ -246,6 +388,10 @@ def write_setup(setup: Setup, d: Path, port: int, m: Material) -> Path:
         "ca": lambda: public(m.ca),
         "dir": lambda: str(d),
         "hashed": lambda: hashed_name(f"[127.0.0.1]:{port}"),
+        "hostcert": lambda: m.certificate("valid").export_certificate().decode().strip(),
+        "default_algs": lambda: subprocess.run(
+            ["ssh", "-G", "-F", "none", "h"], capture_output=True, text=True, check=True,
+        ).stdout.split("hostkeyalgorithms ")[1].split()[0],
     }
     values = {k: f() for k, f in fill.items()}
     for name, text in {"user": "", "global": "", **setup.files}.items():
@@ -294,7 +440,12 @@ EXPECTED_OK = {"user file", "hashed", "global file only", "second user file via 
                "negated pattern, the port-less name still matches",
                "inventory known_hosts with another key, the user's file the right one",
                "identity from the inventory",
-               "inventory known_hosts missing, the user's file knows the key"}
+               "inventory known_hosts missing, the user's file knows the key",
+               "RevokedHostKeys with comments and another key",
+               "RSA known, HostKeyAlgorithms changed with -",
+               # (ssh asks for the key types KnownHostsCommand knows first from 9.6 on)
+               *(["inventory known_hosts has only the RSA key"]
+                 if openssh_version() >= (9, 6) else [])}
 
 
 @pytest.mark.parametrize("name", list(SETUPS))

@@ -18,8 +18,9 @@ from sshcluster.ssh.config import (
     SshConfigError,
     client_settings,
     expand_tokens,
+    split_hop,
 )
-from sshcluster.ssh.connect import _split_hop, _ssh_reorders
+from sshcluster.ssh.connect import _ssh_reorders
 
 HOME = pwd.getpwuid(os.getuid()).pw_dir
 
@@ -29,9 +30,11 @@ def settings(config: Path, host: str, *args: str) -> ClientSettings:
 
 
 def test_include_match_and_tokens(tmp_path: Path) -> None:
+    (tmp_path / "with space").mkdir()
+    (tmp_path / "with space" / "kh").write_text("")  # (read as one path: it exists)
     (tmp_path / "extra.conf").write_text(
         "Host alias1\n  HostName 10.9.9.9\n  Port 2200\n  User zed\n"
-        "  UserKnownHostsFile ~/kh/%h_%p \"/tmp/with space/kh\" %d/x_%r_%n\n"
+        f"  UserKnownHostsFile ~/kh/%h_%p \"{tmp_path}/with space/kh\" %d/x_%r_%n\n"
         "  IdentityFile ~/.ssh/id_%h_%r\n  CertificateFile %d/cert-%p\n"
         "  IdentityAgent none\n  HostKeyAlias MyAlias\n")
     (tmp_path / "config").write_text(
@@ -40,7 +43,7 @@ def test_include_match_and_tokens(tmp_path: Path) -> None:
         "  GlobalKnownHostsFile none\n  StrictHostKeyChecking accept-new\n")
     s = settings(tmp_path / "config", "alias1")
     assert (s.hostname, s.port, s.user) == ("10.9.9.9", 2200, "zed")
-    assert s.user_known_hosts == (f"{HOME}/kh/10.9.9.9_2200", "/tmp/with space/kh",
+    assert s.user_known_hosts == (f"{HOME}/kh/10.9.9.9_2200", f"{tmp_path}/with space/kh",
                                   f"{HOME}/x_zed_alias1")
     assert s.global_known_hosts == ()
     assert s.identity_files == (f"{HOME}/.ssh/id_10.9.9.9_zed",)
@@ -49,6 +52,67 @@ def test_include_match_and_tokens(tmp_path: Path) -> None:
     assert s.host_key_alias == "myalias"
     assert s.strict_host_key_checking == "accept-new"
     assert not s.proxied and s.unsupported() == []
+
+
+def test_known_hosts_files_as_ssh_opens_them(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """ssh -G prints GlobalKnownHostsFile as written (ssh expands its ~ only when it opens
+    the files: from the passwd home, and ~user from that user's), and every list of files
+    unquoted: a relative path is a file of its own, opened in the current directory, and
+    a path with a space in it is one path when it exists."""
+    monkeypatch.chdir(tmp_path)
+    root = pwd.getpwnam("root").pw_dir
+    (tmp_path / "my kh").write_text("")
+    (tmp_path / "config").write_text(
+        "Host h\n  GlobalKnownHostsFile ~/.ssh/g1 ~root/g2 rel_g ~\n"
+        f"  UserKnownHostsFile ~/.ssh/a rel_b \"{tmp_path}/my kh\" rel_c\n")
+    s = settings(tmp_path / "config", "h")
+    assert s.global_known_hosts == (f"{HOME}/.ssh/g1", f"{root}/g2", "rel_g", f"{HOME}/")
+    assert s.user_known_hosts == (f"{HOME}/.ssh/a", "rel_b", f"{tmp_path}/my kh", "rel_c")
+    assert s.unsupported() == []
+    (tmp_path / "config").write_text("Host h\n  GlobalKnownHostsFile ~nosuchuser9/kh\n")
+    with pytest.raises(SshConfigError, match="nosuchuser9"):
+        settings(tmp_path / "config", "h")
+    # A path with a space whose pieces exist too: ssh may read either, the check says so.
+    (tmp_path / "my").write_text("")
+    (tmp_path / "config").write_text(f"Host h\n  UserKnownHostsFile \"{tmp_path}/my kh\"\n")
+    said = settings(tmp_path / "config", "h").unsupported()
+    assert len(said) == 1 and said[0].startswith(f"UserKnownHostsFile {tmp_path}/my kh")
+
+
+def test_a_key_pinned_in_a_global_file_under_home_is_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GlobalKnownHostsFile ~/pinned pins a key: another key is a changed key, never
+    recorded as new by --accept-new."""
+    import base64
+
+    import asyncssh
+
+    from sshcluster.ssh import config as config_module
+    from sshcluster.ssh.connect import host_decision
+    from sshcluster.ssh.keycheck import verify
+    from sshcluster.ssh.knownhosts import KnownHostsFiles
+
+    home = tmp_path / "home"
+    home.mkdir()
+    me = pwd.getpwuid(os.getuid())
+    monkeypatch.setattr(config_module, "_passwd", lambda: pwd.struct_passwd(
+        (me.pw_name, "x", me.pw_uid, me.pw_gid, "", str(home), "/bin/sh")))
+    pinned = asyncssh.generate_private_key("ssh-ed25519")
+    attacker = asyncssh.generate_private_key("ssh-ed25519")
+    (home / "pinned").write_text(f"h.example {pinned.export_public_key().decode()}")
+    (tmp_path / "config").write_text(
+        f"Host h.example\n  GlobalKnownHostsFile ~/pinned\n"
+        f"  UserKnownHostsFile {tmp_path}/user\n")
+    s = settings(tmp_path / "config", "h.example", "-o", "StrictHostKeyChecking=yes")
+    assert s.global_known_hosts == (f"{home}/pinned",)
+    decision, problem = host_decision(s, [], None, KnownHostsFiles(), True)
+    assert problem is None
+    offered = base64.b64decode(attacker.export_public_key().split()[1])
+    verdict, key = verify(decision.policy, offered, "10.0.0.5", accept_new=True)
+    assert key is None and not verdict.trusted, verdict
+    assert "HOST KEY CHANGED" in verdict.detail and f"{home}/pinned" in verdict.detail
+    assert not (tmp_path / "user").exists()  # nothing recorded
 
 
 def test_the_launch_options_win_over_the_config(tmp_path: Path) -> None:
@@ -108,15 +172,78 @@ def test_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
     assert socket.gethostname()  # %l and %L come from it
 
 
+def test_the_proxy_jump_token_and_connection_hash_from_openssh_9_6(tmp_path: Path) -> None:
+    """OpenSSH 9.6 added %j, the host of ProxyJump's last hop (empty without one), and
+    hashes it into %C; before, %j is an unknown token, which ssh refuses."""
+    import hashlib
+
+    from sshcluster.ssh.config import parse_ssh_g, settings_from
+
+    (tmp_path / "config").write_text(
+        "Host h\n  HostName h.example\n  User u\n  ProxyJump a@j1:2022,[::1]:22\n"
+        "  IdentityFile /k/%C\n  CertificateFile /c/%j\nHost g\n  CertificateFile /c/x%j\n")
+    argv = ["ssh", "-G", "-F", str(tmp_path / "config")]
+    raw = {host: parse_ssh_g(subprocess.run([*argv, host], capture_output=True, text=True,
+                                            check=True).stdout) for host in ("h", "g")}
+    local = socket.gethostname()
+    s = settings_from(raw["h"], "h", version=(9, 6))
+    assert s.identity_files == (
+        "/k/" + hashlib.sha1(f"{local}h.example22u::1".encode()).hexdigest(),)
+    assert s.certificate_files == ("/c/::1",)
+    assert settings_from(raw["g"], "g", version=(9, 6)).certificate_files == ("/c/x",)
+    with pytest.raises(ValueError, match="unknown token %j"):
+        settings_from(raw["h"], "h", version=(9, 2))
+    (tmp_path / "config").write_text("Host h\n  HostName h.example\n  User u\n"
+                                     "  IdentityFile /k/%C\n")
+    old = settings_from(parse_ssh_g(subprocess.run([*argv, "h"], capture_output=True,
+                                                   text=True, check=True).stdout),
+                        "h", version=(9, 2))
+    assert old.identity_files == (
+        "/k/" + hashlib.sha1(f"{local}h.example22u".encode()).hexdigest(),)
+
+
+def test_revoked_host_keys_is_a_list_from_openssh_10_3() -> None:
+    """ssh -G prints RevokedHostKeys's files space-separated from OpenSSH 10.3 on, when
+    it takes several; before, the setting is one path, spaces and all."""
+    from sshcluster.ssh.config import settings_from
+
+    raw = {"revokedhostkeys": ("/r/one /r/two",)}
+    assert settings_from(raw, "h", version=(10, 3)).revoked_host_keys == ("/r/one", "/r/two")
+    assert settings_from(raw, "h", version=(10, 2)).revoked_host_keys == ("/r/one /r/two",)
+    assert settings_from({"revokedhostkeys": ("none",)}, "h",
+                         version=(10, 3)).revoked_host_keys == ()
+
+
 def test_jump_hops_and_host_key_algorithm_lists() -> None:
-    assert _split_hop("bob@hop1:2022") == ("bob", "hop1", 2022)
-    assert _split_hop("hop2") == (None, "hop2", None)
-    assert _split_hop("ssh://al@[::1]:22") == ("al", "::1", 22)
+    assert split_hop("bob@hop1:2022") == ("bob", "hop1", 2022)
+    assert split_hop("hop2") == (None, "hop2", None)
+    assert split_hop("ssh://al@[::1]:22") == ("al", "::1", 22)
     default = ["a-cert", "b-cert", "a", "b", "c"]
-    assert _ssh_reorders(default, default)
-    assert _ssh_reorders(["a-cert", "a", "c", "extra"], default)  # -b..., +extra
-    assert not _ssh_reorders(["c", "a"], default)  # written out: as it is
-    assert not _ssh_reorders(["extra", "a"], default)  # ^extra
+    assert _ssh_reorders(default, default, listed=False)  # unset
+    assert _ssh_reorders(["a-cert", "a", "c", "extra"], default, listed=False)  # -b, +extra
+    # A list of one's own somewhere in the config: kept as written, unless what ssh -G
+    # shows could be the default or + or - changes to it (then it cannot be told).
+    assert _ssh_reorders(default, default) is None
+    assert _ssh_reorders(["a-cert", "a", "c", "extra"], default) is None
+    assert _ssh_reorders(["c", "a"], default) is False  # written out: as it is
+    assert _ssh_reorders(["extra", "a"], default) is False  # ^extra
+
+
+def test_whether_the_config_lists_host_key_algorithms_of_its_own(tmp_path: Path) -> None:
+    """ssh asks for the key types known for a host first only when HostKeyAlgorithms is
+    unset or changed with + or -; ssh -G shows only the resulting list, so the check
+    reads the config files ssh read (Include too) and the command line for it."""
+    (tmp_path / "inc").write_text("Host *\n  # HostKeyAlgorithms ssh-ed25519 (a comment)\n"
+                                  "  HostKeyAlgorithms=+ssh-rsa\n")
+    (tmp_path / "config").write_text(f"Include {tmp_path}/inc\nHost h\n"
+                                     "  hostkeyalgorithms \"-ssh-ed25519\"\n")
+    assert not settings(tmp_path / "config", "h").host_key_algorithms_listed
+    assert settings(tmp_path / "config", "h", "-o",
+                    "HostKeyAlgorithms=ssh-ed25519").host_key_algorithms_listed
+    (tmp_path / "inc").write_text("Match host other\n  HostKeyAlgorithms ^ssh-rsa\n")
+    assert settings(tmp_path / "config", "h").host_key_algorithms_listed  # (may apply)
+    (tmp_path / "config").write_text("Host h\n  User u\n")
+    assert not settings(tmp_path / "config", "h").host_key_algorithms_listed
 
 
 def test_the_public_key_of_an_identity_file_as_ssh_finds_it(tmp_path: Path) -> None:

@@ -5,8 +5,9 @@
 * :mod:`~sshcluster.ssh.config`: the user's client configuration, as ``ssh -G`` prints it;
 * :mod:`~sshcluster.ssh.connect`: asyncssh connections made as ssh would make them
   (ProxyJump, ProxyCommand, identities, host key algorithms);
-* :mod:`~sshcluster.ssh.knownhosts` and :mod:`~sshcluster.ssh.keycheck`: host keys,
-  read and checked as OpenSSH reads and checks them.
+* :mod:`~sshcluster.ssh.knownhosts`, :mod:`~sshcluster.ssh.revoked` and
+  :mod:`~sshcluster.ssh.keycheck`: host keys, read and checked as OpenSSH reads and
+  checks them (:mod:`~sshcluster.ssh.keyblob`: a key or certificate from its blob).
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ gives it, so the check asks that same ``ssh`` what it would do, without connecti
 :func:`client_settings` runs ``ssh -G`` with the launch's options, the host's user and
 port (``Include``, ``Match``, ``Host``, ``HostName``, canonicalisation and the command
 line all applied by OpenSSH itself) and returns a :class:`ClientSettings`. Paths ssh
-expands later (``IdentityFile``, ``CertificateFile``) are expanded here as ssh expands
-them: ``~`` from the passwd database (not ``$HOME``), ``%`` tokens and ``${VAR}``.
+expands later (``IdentityFile``, ``CertificateFile``; ``GlobalKnownHostsFile``, of which
+ssh expands only ``~``) are expanded here as ssh expands them: ``~`` from the passwd
+database (not ``$HOME``), ``%`` tokens and ``${VAR}``.
 
 What the check cannot do as ssh would is listed by :meth:`ClientSettings.unsupported`:
 the check then fails the host rather than guess (see docs/check.md).
@@ -20,11 +21,13 @@ import os
 import pwd
 import re
 import socket
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from sshcluster.commands import run_command
 from sshcluster.errors import SshclusterError
+from sshcluster.ssh.command import openssh_version
 
 #: Seconds ``ssh -G`` may take (it reads files and may run ``Match exec`` commands).
 SSH_G_TIMEOUT = 10.0
@@ -48,7 +51,8 @@ class ClientSettings:
 
     Paths are expanded; ``identity_agent`` is None for ``IdentityAgent none`` (and the
     ``SSH_AUTH_SOCK`` of this process when unset); ``proxy_command`` keeps its ``%``
-    tokens (see :meth:`proxy_argv`); ``raw`` has every key ``ssh -G`` printed.
+    tokens (see :meth:`proxy_argv`); ``raw`` has every key ``ssh -G`` printed;
+    ``openssh`` is the version of the ssh that printed them, whose rules apply.
     """
 
     host_arg: str
@@ -71,11 +75,18 @@ class ClientSettings:
     connect_timeout: float | None
     host_key_algorithms: tuple[str, ...]
     ca_signature_algorithms: tuple[str, ...]
-    revoked_host_keys: str | None
+    revoked_host_keys: tuple[str, ...]
     no_host_auth_localhost: bool
     address_family: str
     bind_address: str | None
     raw: Mapping[str, tuple[str, ...]]
+    #: Settings whose list of files can be read two ways (see :func:`_paths`).
+    unclear_paths: tuple[str, ...] = ()
+    openssh: tuple[int, int] = (99, 0)
+    #: Whether the config or the command line may set HostKeyAlgorithms to a list of its
+    #: own, rather than leave it unset or change OpenSSH's default with + or - (ssh asks
+    #: for the known key types first only then; ssh -G shows just the resulting list).
+    host_key_algorithms_listed: bool = True
 
     @property
     def proxied(self) -> bool:
@@ -99,6 +110,10 @@ class ClientSettings:
                        "line then, and the launch gives one)")
         if self.get("sessiontype") == "none":
             out.append("SessionType none (the launch needs a session)")
+        for keyword in self.unclear_paths:
+            out.append(f"{keyword} {self.get(keyword.lower())} (ssh -G prints its files "
+                       "unquoted, and both a path with spaces and its pieces exist, so "
+                       "which ssh reads cannot be told)")
         return out
 
     def proxy_argv(self) -> list[str]:
@@ -122,23 +137,45 @@ def parse_ssh_g(text: str) -> dict[str, tuple[str, ...]]:
     return {k: tuple(v) for k, v in out.items()}
 
 
-def _paths(value: str) -> tuple[str, ...]:
-    """A one-line list of files as ``ssh -G`` prints it: space-separated, unquoted. A
-    word that does not start a path (``/`` or ``~``) belongs to the previous one (a path
-    with a space in it)."""
+def _paths(value: str, expand: Callable[[str], str] = str) -> tuple[tuple[str, ...], bool]:
+    """A one-line list of files as ``ssh -G`` prints it, and whether that reading is
+    unsure. ``ssh -G`` separates the files with spaces and quotes none, so a path with a
+    space in it looks like several, and a relative path (which ssh opens relative to the
+    current directory) like the rest of the path before it. Words are joined into one
+    path only where the joined path exists: a file that is missing gives ssh no keys
+    either way. Unsure: a joined path exists and so does one of its pieces, so ssh may
+    read either. ``expand`` is what ssh does to a path before it opens it."""
     if not value or value == "none":
-        return ()
+        return (), False
+
+    def exists(words: Sequence[str]) -> bool:
+        try:
+            return os.path.exists(expand(" ".join(words)))
+        except (KeyError, ValueError):  # (~nosuchuser: ssh refuses it, said later)
+            return False
+
+    words = value.split(" ")
     paths: list[str] = []
-    for word in value.split(" "):
-        if paths and not word.startswith(("/", "~")):
-            paths[-1] += " " + word
-        else:
-            paths.append(word)
-    return tuple(paths)
+    unsure = False
+    start = 0
+    while start < len(words):
+        end = next((j for j in range(len(words), start + 1, -1)
+                    if exists(words[start:j])), start + 1)
+        if end > start + 1 and (
+                any(exists(words[start:k]) for k in range(start + 1, end))
+                or any(exists([w]) for w in words[start + 1:end])):
+            unsure = True
+        paths.append(" ".join(words[start:end]))
+        start = end
+    return tuple(p for p in paths if p), unsure
 
 
-def settings_from(raw: Mapping[str, tuple[str, ...]], host_arg: str) -> ClientSettings:
-    """:class:`ClientSettings` from parsed ``ssh -G`` output for ``host_arg``."""
+def settings_from(raw: Mapping[str, tuple[str, ...]], host_arg: str, *,
+                  version: tuple[int, int] | None = None) -> ClientSettings:
+    """:class:`ClientSettings` from parsed ``ssh -G`` output for ``host_arg``, printed by
+    OpenSSH ``version`` (by default this machine's ssh)."""
+    version = version or openssh_version()
+
     def one(key: str, default: str = "") -> str:
         values = raw.get(key)
         return values[0] if values else default
@@ -151,8 +188,10 @@ def settings_from(raw: Mapping[str, tuple[str, ...]], host_arg: str) -> ClientSe
     hostname = one("hostname") or host_arg
     port = int(one("port", "22") or 22)
     alias = optional("hostkeyalias")
+    jump = optional("proxyjump")
     tokens = _tokens(host_arg=host_arg, hostname=hostname, port=port, user=user,
-                     alias=alias)
+                     alias=alias, jump_host=split_hop(jump)[1] if jump else None,
+                     version=version)
     identities = tuple(expand_path(p, tokens) for p in raw.get("identityfile", ())
                        if p.lower() != "none")
     certificates = tuple(expand_path(p, tokens) for p in raw.get("certificatefile", ())
@@ -167,12 +206,22 @@ def settings_from(raw: Mapping[str, tuple[str, ...]], host_arg: str) -> ClientSe
     else:
         agent = agent_value
     timeout = one("connecttimeout", "none")
+    # (ssh -G prints UserKnownHostsFile expanded, GlobalKnownHostsFile as written: ssh
+    # expands its ~ only when it opens the files)
+    user_files, unclear_user = _paths(one("userknownhostsfile"))
+    global_files, unclear_global = _paths(one("globalknownhostsfile"), tilde_expand)
+    unclear = ("UserKnownHostsFile",) * unclear_user + ("GlobalKnownHostsFile",) * unclear_global
+    # (RevokedHostKeys is one path before OpenSSH 10.3, spaces and all; a list from 10.3)
+    revoked_value = optional("revokedhostkeys")
+    revoked, unclear_revoked = (_paths(one("revokedhostkeys")) if version >= (10, 3)
+                                else ((revoked_value,) if revoked_value else (), False))
+    unclear += ("RevokedHostKeys",) * unclear_revoked
     return ClientSettings(
         host_arg=host_arg, hostname=hostname, port=port, user=user,
         identity_files=identities, certificate_files=certificates,
         identities_only=one("identitiesonly") == "yes", identity_agent=agent,
-        user_known_hosts=_paths(one("userknownhostsfile")),
-        global_known_hosts=_paths(one("globalknownhostsfile")),
+        user_known_hosts=user_files,
+        global_known_hosts=tuple(tilde_expand(p) for p in global_files),
         known_hosts_command=optional("knownhostscommand"),
         strict_host_key_checking=_STRICT.get(one("stricthostkeychecking"), "ask"),
         host_key_alias=alias.lower() if alias else None,
@@ -183,11 +232,11 @@ def settings_from(raw: Mapping[str, tuple[str, ...]], host_arg: str) -> ClientSe
         host_key_algorithms=tuple(a for a in one("hostkeyalgorithms").split(",") if a),
         ca_signature_algorithms=tuple(a for a in one("casignaturealgorithms").split(",")
                                       if a),
-        revoked_host_keys=optional("revokedhostkeys"),
+        revoked_host_keys=revoked,
         no_host_auth_localhost=one("nohostauthenticationforlocalhost") == "yes",
         address_family=one("addressfamily", "any"),
         bind_address=optional("bindaddress"),
-        raw=dict(raw),
+        raw=dict(raw), unclear_paths=unclear, openssh=version,
     )
 
 
@@ -195,7 +244,8 @@ async def client_settings(destination: str, args: Sequence[str] = (), *,
                           config: str | None = None, ssh: str = "ssh") -> ClientSettings:
     """Ask ``ssh -G [-F config] ARGS destination`` what ssh would do; raise
     :class:`SshConfigError` with ssh's own message if it cannot say."""
-    argv = [ssh, "-G", *(["-F", config] if config else []), *args, "--", destination]
+    # (-v: ssh names each config file it reads, see _lists_host_key_algorithms)
+    argv = [ssh, "-G", "-v", *(["-F", config] if config else []), *args, "--", destination]
     try:
         done = await run_command(argv, SSH_G_TIMEOUT)
     except FileNotFoundError:
@@ -206,18 +256,48 @@ async def client_settings(destination: str, args: Sequence[str] = (), *,
         raise SshConfigError(f"'ssh -G {destination}' did not answer within "
                              f"{SSH_G_TIMEOUT:g} s", host=destination,
                              hint="a Match exec command in the ssh config may hang") from None
+    stderr = done.stderr.decode(errors="replace").splitlines()
     if done.returncode != 0:
-        said = "; ".join(line for line in done.stderr.decode(errors="replace").splitlines()
-                         if line and "Pseudo-terminal" not in line)
+        said = "; ".join(line for line in stderr if line and "Pseudo-terminal" not in line
+                         and not line.startswith(("debug", "OpenSSH_")))
         raise SshConfigError(f"ssh cannot use its config for {destination}: "
                              f"{said or f'exit status {done.returncode}'}",
                              host=destination, hint="fix the ssh config line it names")
+    files = [line.partition(_READING)[2] for line in stderr if _READING in line]
     try:
-        return settings_from(parse_ssh_g(done.stdout.decode(errors="replace")), destination)
+        settings = settings_from(parse_ssh_g(done.stdout.decode(errors="replace")),
+                                 destination)
+        return replace(settings, host_key_algorithms_listed=(
+            _lists_host_key_algorithms(files, args)))
     except (ValueError, KeyError) as e:  # a token or ~user ssh would refuse too
         raise SshConfigError(f"ssh would refuse a path in its config for {destination}: {e}",
-                             host=destination, hint="fix that IdentityFile or "
-                                                    "CertificateFile") from None
+                             host=destination, hint="fix that path (IdentityFile, "
+                                                    "CertificateFile, GlobalKnownHostsFile) "
+                                                    "in the ssh config") from None
+
+
+_READING = "debug1: Reading configuration data "
+_HOST_KEY_ALGORITHMS = re.compile(
+    r'^\s*(?:-o\s*)?"?hostkeyalgorithms"?(?:\s*=\s*|\s+)"?([^\s"]*)', re.I)
+
+
+def _lists_host_key_algorithms(files: Sequence[str], args: Sequence[str]) -> bool:
+    """Whether any config file ssh read, or the command line, may set HostKeyAlgorithms
+    to a list of its own: a line that names it with a value not starting with + or -
+    (a commented line does not count; a file that cannot be read does)."""
+    texts = list(args)
+    for path in files:
+        try:
+            texts += Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            return True
+    for text in texts:
+        if "hostkeyalgorithms" not in text.lower() or text.lstrip().startswith("#"):
+            continue
+        m = _HOST_KEY_ALGORITHMS.match(text)
+        if not m or not m.group(1).startswith(("+", "-")):
+            return True
+    return False
 
 
 # --------------------------------------------------------------------------- tokens
@@ -227,17 +307,37 @@ def _passwd() -> pwd.struct_passwd:
     return pwd.getpwuid(os.getuid())
 
 
-def _tokens(*, host_arg: str, hostname: str, port: int, user: str,
-            alias: str | None) -> dict[str, str]:
-    """ssh's DEFAULT_CLIENT_PERCENT_EXPAND_ARGS for this connection."""
+def _tokens(*, host_arg: str, hostname: str, port: int, user: str, alias: str | None,
+            jump_host: str | None = None, version: tuple[int, int] = (99, 0),
+            ) -> dict[str, str]:
+    """ssh's DEFAULT_CLIENT_PERCENT_EXPAND_ARGS for this connection. From OpenSSH 9.6 on
+    ``%j`` is the host of ProxyJump's last hop (empty without one), and ``%C`` hashes it
+    too (ssh_connection_hash)."""
     pw = _passwd()
     local = socket.gethostname()
-    return {
-        "C": hashlib.sha1(f"{local}{hostname}{port}{user}".encode()).hexdigest(),
+    jump = (jump_host or "") if version >= (9, 6) else ""
+    tokens = {
+        "C": hashlib.sha1(f"{local}{hostname}{port}{user}{jump}".encode()).hexdigest(),
         "L": local.split(".")[0], "i": str(pw.pw_uid), "k": alias or host_arg,
         "l": local, "n": host_arg, "p": str(port), "d": pw.pw_dir, "h": hostname,
         "r": user, "u": pw.pw_name,
     }
+    if version >= (9, 6):
+        tokens["j"] = jump
+    return tokens
+
+
+def split_hop(hop: str) -> tuple[str | None, str, int | None]:
+    """User, host and port of ``[user@]host[:port]`` or ``ssh://[user@]host[:port]``,
+    the last hop of a ProxyJump list (``ssh -G`` puts a numeric host in brackets)."""
+    hop = hop.rpartition(",")[2].removeprefix("ssh://")
+    user, _, hostport = hop.rpartition("@")
+    m = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?|([^:]+)(?::(\d+))?", hostport)
+    if not m:
+        return user or None, hostport, None
+    host = m.group(1) or m.group(3)
+    port = m.group(2) or m.group(4)
+    return user or None, host, int(port) if port else None
 
 
 def expand_tokens(text: str, tokens: Mapping[str, str], *, variables: bool = True) -> str:
@@ -268,14 +368,21 @@ def expand_tokens(text: str, tokens: Mapping[str, str], *, variables: bool = Tru
     return "".join(out)
 
 
+def tilde_expand(path: str) -> str:
+    """``path`` with its leading ``~`` expanded as OpenSSH's tilde_expand_filename does:
+    ``~`` and ``~/x`` from this user's passwd home (not ``$HOME``), ``~user`` and
+    ``~user/x`` from that user's; KeyError for a user who does not exist (ssh refuses
+    the path then)."""
+    if not path.startswith("~"):
+        return path
+    user, _, rest = path[1:].partition("/")
+    home = pwd.getpwnam(user).pw_dir if user else _passwd().pw_dir
+    return home + ("" if home.endswith("/") else "/") + rest.lstrip("/")
+
+
 def expand_path(path: str, tokens: Mapping[str, str]) -> str:
-    """``path`` with ``~`` (the passwd home, as ssh's tilde_expand_filename) and tokens
-    expanded."""
-    if path.startswith("~"):
-        head, sep, rest = path[1:].partition("/")
-        home = pwd.getpwnam(head).pw_dir if head else _passwd().pw_dir
-        path = home.rstrip("/") + "/" + rest if sep else home
-    return expand_tokens(path, tokens)
+    """``path`` with ``~`` (see :func:`tilde_expand`) and tokens expanded."""
+    return expand_tokens(tilde_expand(path), tokens)
 
 
 __all__ = [
@@ -287,4 +394,6 @@ __all__ = [
     "expand_tokens",
     "parse_ssh_g",
     "settings_from",
+    "split_hop",
+    "tilde_expand",
 ]

@@ -30,7 +30,8 @@ from asyncssh.kex import get_kex_algs
 from asyncssh.mac import get_mac_algs
 from asyncssh.public_key import get_certificate_algs, get_public_key_algs
 
-from sshcluster.ssh.config import ClientSettings, SshConfigError, client_settings
+from sshcluster.ssh.config import ClientSettings, SshConfigError, client_settings, split_hop
+from sshcluster.ssh.keyblob import ssh_string
 from sshcluster.ssh.keycheck import HostKeyVerdict, verify
 from sshcluster.ssh.knownhosts import KnownHostsFiles, TrustPolicy, order_host_key_algorithms
 
@@ -70,9 +71,9 @@ def trust_policy(settings: ClientSettings, files: KnownHostsFiles, *,
         check_host_ip=settings.check_host_ip, proxied=settings.proxied,
         hash_known_hosts=settings.hash_known_hosts,
         ca_sign_algorithms=settings.ca_signature_algorithms,
-        revoked_keys_file=settings.revoked_host_keys,
+        revoked_keys_files=settings.revoked_host_keys,
         no_host_auth_localhost=settings.no_host_auth_localhost, record_to=record_to,
-        files=files)
+        openssh=settings.openssh, files=files)
 
 
 def host_decision(settings: ClientSettings, launch_args: Sequence[str],
@@ -101,12 +102,44 @@ def host_decision(settings: ClientSettings, launch_args: Sequence[str],
 @dataclass
 class HostKeyDecision:
     """Where :class:`HostKeyClient` leaves its verdict, and marks the end of the key
-    exchange (authentication begins)."""
+    exchange (authentication begins). ``either_order``: the two orders ssh may ask for
+    host key types in, when ssh -G cannot tell which (see :func:`_ssh_reorders`)."""
 
     policy: TrustPolicy
     accept_new: bool
     verdict: HostKeyVerdict | None = None
     kex_done: asyncio.Event = field(default_factory=asyncio.Event)
+    either_order: tuple[tuple[str, ...], ...] = ()
+
+
+def _unsure_order(decision: HostKeyDecision, conn: asyncssh.SSHClientConnection,
+                  ) -> tuple[HostKeyVerdict, None] | None:
+    """The host's failure when ssh may ask for host key types in either of two orders
+    and the server would show another key in each (None: the same key either way, so
+    the check sees the key ssh sees)."""
+    if not decision.either_order:
+        return None
+    # The server's KEXINIT: its type, a cookie, its key exchange and host key algorithms.
+    # (asyncssh keeps it, but has no public way to read it.)
+    kexinit = getattr(conn, "_server_kexinit", b"")
+    try:
+        listed, _ = ssh_string(kexinit, ssh_string(kexinit, 17)[1])
+        offered = listed.decode("ascii").split(",")
+    except (ValueError, UnicodeError):
+        offered = []
+    picks = [next((a for a in order if a in offered), "?") for order in decision.either_order]
+    if offered and picks[0] == picks[1]:
+        return None
+    policy = decision.policy
+    return HostKeyVerdict(
+        False, f"ssh may ask {policy.name()} for either of two host key types: "
+               "HostKeyAlgorithms is set in the ssh config and gives OpenSSH's default "
+               "order, and ssh -G cannot tell whether ssh asks for the key types known "
+               f"for the host (in {', '.join(policy.consulted) or 'no file'}) first "
+               "(unset, or changed with + or -) or keeps the list as written; the server "
+               f"would show its {picks[0]} key one way and its {picks[1]} key the other",
+        "leave HostKeyAlgorithms unset, change it with + or - only, or write it in another "
+        "order than OpenSSH's default (see docs/check.md)"), None
 
 
 class HostKeyClient(asyncssh.SSHClient):
@@ -120,8 +153,8 @@ class HostKeyClient(asyncssh.SSHClient):
         address = None if self.decision.policy.proxied or not peer else str(peer[0])
 
         def validate(key_data: bytes) -> asyncssh.SSHKey:
-            verdict, key = verify(self.decision.policy, key_data, address,
-                                  accept_new=self.decision.accept_new)
+            verdict, key = _unsure_order(self.decision, conn) or verify(
+                self.decision.policy, key_data, address, accept_new=self.decision.accept_new)
             self.decision.verdict = verdict
             if key is None:
                 raise asyncssh.HostKeyNotVerifiable(verdict.detail)
@@ -153,8 +186,14 @@ class Connector:
         An agent connection it opens is added to ``opened``, for its owner to close
         (:func:`close_all`)."""
         order = settings.host_key_algorithms
-        if _ssh_reorders(order, self.default_host_key_algs):
-            order = tuple(order_host_key_algorithms(decision.policy, order))
+        reordered = tuple(order_host_key_algorithms(decision.policy, order))
+        reorders = _ssh_reorders(order, self.default_host_key_algs,
+                                 listed=settings.host_key_algorithms_listed)
+        if reorders:
+            order = reordered
+        elif reorders is None and reordered != order:
+            decision.either_order = tuple(
+                tuple(a for a in o if a in SUPPORTED_HOST_KEY_ALGS) for o in (order, reordered))
         kw: dict[str, Any] = {
             "host": settings.hostname, "port": settings.port, "username": settings.user,
             "config": [],  # everything comes from ssh -G, nothing from asyncssh's reading
@@ -232,7 +271,7 @@ class Connector:
         as ssh does; the connection to the last hop, or None and why not. Each hop's
         connection (and agent) is added to ``opened``, for its owner to close."""
         rest, _, last = spec.rpartition(",")
-        user, host, port = _split_hop(last)
+        user, host, port = split_hop(last)
         args = [*(["-l", user] if user else []), *(["-p", str(port)] if port else []),
                 *(["-J", rest] if rest else [])]
         try:
@@ -282,27 +321,21 @@ def _now() -> float:
     return asyncio.get_running_loop().time()
 
 
-def _split_hop(hop: str) -> tuple[str | None, str, int | None]:
-    """``[user@]host[:port]`` or ``ssh://[user@]host[:port]`` of a ProxyJump hop."""
-    hop = hop.removeprefix("ssh://")
-    user, _, hostport = hop.rpartition("@")
-    m = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?|([^:]+)(?::(\d+))?", hostport)
-    if not m:
-        return user or None, hostport, None
-    host = m.group(1) or m.group(3)
-    port = m.group(2) or m.group(4)
-    return user or None, host, int(port) if port else None
-
-
-def _ssh_reorders(algorithms: Sequence[str], default: Sequence[str]) -> bool:
-    """Whether ssh puts the host's known key types first: when HostKeyAlgorithms is its
-    default list, or that list with algorithms left out or added at the end (ssh -G
-    shows only the result, so a list written out in the default's order counts too)."""
-    if not default:
+def _ssh_reorders(algorithms: Sequence[str], default: Sequence[str], *,
+                  listed: bool = True) -> bool | None:
+    """Whether ssh asks for the host's known key types first (sshconnect2.c ssh_kex2):
+    when HostKeyAlgorithms is unset or changes OpenSSH's default with + or -; a list of
+    one's own, or one with ^, keeps its order. ``ssh -G`` shows only the resulting list:
+    when nothing ``listed`` a list of its own, ssh reorders; a list that is not the
+    default with algorithms left out or added at the end was written out, and is kept;
+    otherwise (a list written out in the default's order) it cannot be told (None)."""
+    if not listed:
         return True
     common = [a for a in algorithms if a in default]
-    return (common == [d for d in default if d in common]
-            and list(algorithms[:len(common)]) == common)
+    if default and not (common == [d for d in default if d in common]
+                        and list(algorithms[:len(common)]) == common):
+        return False
+    return None
 
 
 def identity_public_key(path: str) -> bytes | None:

@@ -18,6 +18,7 @@ Every :class:`HostKeyVerdict` names the files looked in, and the file and line f
 from __future__ import annotations
 
 import base64
+import fnmatch
 import ipaddress
 import struct
 import time
@@ -30,16 +31,22 @@ import asyncssh
 
 from sshcluster.files import append_line
 from sshcluster.net import known_hosts_name
+from sshcluster.ssh.keyblob import (
+    CERT_SUFFIX,
+    all_ssh_strings,
+    certificate_key,
+    ssh_string,
+    ssh_strings,
+)
 from sshcluster.ssh.knownhosts import (
     CA_MARKER,
-    CERT_SUFFIX,
     REVOKED_MARKER,
     Entry,
     TrustPolicy,
     fingerprint,
     hashed_name,
-    parse_known_hosts,
 )
+from sshcluster.ssh.revoked import RevokedKeysError, revoked_keys
 
 _HOST_CERT = 2  # SSH2_CERT_TYPE_HOST
 
@@ -72,7 +79,8 @@ class _Lookup:
 def _lookup(entries: Sequence[Entry], key: asyncssh.SSHKey,
             ca: asyncssh.SSHKey | None) -> _Lookup:
     """OpenSSH's check_key_in_hostkeys: for a certificate (signed by ``ca``) its CA, for
-    a plain key the key itself (any other key there means CHANGED); then @revoked."""
+    a plain key the key itself (any other key there, or a certificate, means CHANGED);
+    then @revoked (a certificate there revokes the plain key inside it)."""
     result = _Lookup(Status.NEW)
     for e in entries:
         if e.marker != (CA_MARKER if ca else ""):
@@ -81,7 +89,7 @@ def _lookup(entries: Sequence[Entry], key: asyncssh.SSHKey,
             if e.key.public_data == ca.public_data:
                 result = _Lookup(Status.OK, e)
                 break
-        elif e.key.public_data == key.public_data:
+        elif e.key.public_data == key.public_data and not e.certificate:
             result = _Lookup(Status.OK, e)
             break
         else:
@@ -113,40 +121,28 @@ class HostCertificate:
 
 def decode_host_key(data: bytes) -> tuple[asyncssh.SSHKey, HostCertificate | None]:
     """The plain key a server offered, and its certificate if it offered one."""
-    algorithm = _strings(data, 1)[0].decode("ascii", "replace")
+    algorithm = ssh_strings(data, 1)[0].decode("ascii", "replace")
     if not algorithm.endswith(CERT_SUFFIX):
         return asyncssh.import_public_key(f"{algorithm} {base64.b64encode(data).decode()}"), None
     cert = _read_certificate(data, algorithm)
     return cert.key, cert
 
 
-_KEY_FIELDS = {"ssh-ed25519": 1, "ssh-rsa": 2, "sk-ssh-ed25519@openssh.com": 2,
-               "sk-ecdsa-sha2-nistp256@openssh.com": 3}
-
-
 def _read_certificate(data: bytes, algorithm: str) -> HostCertificate:
-    plain = algorithm[: -len(CERT_SUFFIX)]
-    n_fields = _KEY_FIELDS.get(plain, 2)  # ecdsa-*: curve and point
-    pos = 0
-    items: list[bytes] = []
-    for _ in range(2 + n_fields):  # algorithm, nonce, the key's fields
-        item, pos = _string(data, pos)
-        items.append(item)
-    key_blob = b"".join(struct.pack(">I", len(i)) + i for i in [plain.encode(), *items[2:]])
-    key = asyncssh.import_public_key(f"{plain} {base64.b64encode(key_blob).decode()}")
+    key, pos = certificate_key(data)
     pos += 8  # serial
     (cert_type,) = struct.unpack(">I", data[pos:pos + 4])
     pos += 4
-    _, pos = _string(data, pos)  # key id
-    principals_blob, pos = _string(data, pos)
+    _, pos = ssh_string(data, pos)  # key id
+    principals_blob, pos = ssh_string(data, pos)
     valid_after, valid_before = struct.unpack(">QQ", data[pos:pos + 16])
     pos += 16
-    critical, pos = _string(data, pos)
+    critical, pos = ssh_string(data, pos)
     for _ in range(2):  # extensions, reserved
-        _, pos = _string(data, pos)
-    ca_blob, pos = _string(data, pos)
-    signature, pos = _string(data, pos)
-    ca_type = _strings(ca_blob, 1)[0].decode("ascii", "replace")
+        _, pos = ssh_string(data, pos)
+    ca_blob, pos = ssh_string(data, pos)
+    signature, pos = ssh_string(data, pos)
+    ca_type = ssh_strings(ca_blob, 1)[0].decode("ascii", "replace")
     ca = asyncssh.import_public_key(f"{ca_type} {base64.b64encode(ca_blob).decode()}")
     try:
         cert: asyncssh.SSHCertificate | None = asyncssh.import_certificate(
@@ -155,40 +151,16 @@ def _read_certificate(data: bytes, algorithm: str) -> HostCertificate:
         cert = None  # a bad signature, or critical options asyncssh refuses: not valid
     return HostCertificate(
         cert=cert, key=key, ca=ca, cert_type=cert_type,
-        principals=tuple(p.decode("utf-8", "replace") for p in _all_strings(principals_blob)),
+        principals=tuple(p.decode("utf-8", "replace") for p in all_ssh_strings(principals_blob)),
         valid_after=valid_after, valid_before=valid_before, critical=critical,
-        signature_algorithm=_strings(signature, 1)[0].decode("ascii", "replace"))
-
-
-def _string(data: bytes, pos: int) -> tuple[bytes, int]:
-    if pos + 4 > len(data):
-        raise ValueError("truncated key blob")
-    (n,) = struct.unpack(">I", data[pos:pos + 4])
-    if pos + 4 + n > len(data):
-        raise ValueError("truncated key blob")
-    return data[pos + 4:pos + 4 + n], pos + 4 + n
-
-
-def _strings(data: bytes, count: int) -> list[bytes]:
-    out, pos = [], 0
-    for _ in range(count):
-        item, pos = _string(data, pos)
-        out.append(item)
-    return out
-
-
-def _all_strings(data: bytes) -> list[bytes]:
-    out, pos = [], 0
-    while pos < len(data):
-        item, pos = _string(data, pos)
-        out.append(item)
-    return out
+        signature_algorithm=ssh_strings(signature, 1)[0].decode("ascii", "replace"))
 
 
 def _certificate_problem(cert: HostCertificate, name: str,
                          policy: TrustPolicy) -> str | None:
     """Why OpenSSH's sshkey_cert_check_host refuses ``cert`` for ``name`` (None: it
-    does not)."""
+    does not). Before 10.3 a certificate without principals is valid for any host, and a
+    principal must equal the name."""
     now = int(time.time())
     if cert.cert is None:
         return "the certificate cannot be read (a bad signature or critical options)"
@@ -198,7 +170,13 @@ def _certificate_problem(cert: HostCertificate, name: str,
         return "the certificate is not yet valid"
     if now >= cert.valid_before:
         return "the certificate has expired"
-    if cert.principals and name not in cert.principals:
+    if policy.openssh >= (10, 3):  # principals required, and matched as * ? patterns
+        if not cert.principals:
+            return "the certificate lists no principals"
+        if not any(fnmatch.fnmatchcase(name, p.replace("[", "[[]")) for p in cert.principals):
+            return (f"{name} matches no principal of the certificate "
+                    f"({', '.join(cert.principals)})")
+    elif cert.principals and name not in cert.principals:
         return f"{name} is not a principal of the certificate ({', '.join(cert.principals)})"
     if cert.critical:
         return "the certificate has critical options"
@@ -344,7 +322,7 @@ def verify(policy: TrustPolicy, data: bytes, address: str | None, *,
         key, cert = decode_host_key(data)
     except (ValueError, asyncssh.KeyImportError) as e:
         return HostKeyVerdict(False, f"the server's host key cannot be read: {e}"), None
-    revoked = _revoked_by_file(policy, key, cert)
+    revoked = _revoked_by_files(policy, key, cert)
     if revoked is not None:
         return revoked, None
     strict = "accept-new" if accept_new and policy.strict in ("yes", "ask") else policy.strict
@@ -354,27 +332,21 @@ def verify(policy: TrustPolicy, data: bytes, address: str | None, *,
     return verdict, key if verdict.trusted else None
 
 
-def _revoked_by_file(policy: TrustPolicy, key: asyncssh.SSHKey,
+def _revoked_by_files(policy: TrustPolicy, key: asyncssh.SSHKey,
                      cert: HostCertificate | None) -> HostKeyVerdict | None:
-    path = policy.revoked_keys_file
-    if not path:
-        return None
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as e:
-        return HostKeyVerdict(False, f"RevokedHostKeys {path} cannot be read: {e.strerror}",
-                              "ssh refuses every host key then too; fix the file or the "
-                              "setting")
-    if raw.startswith(b"SSHKRL\n\0"):
-        return HostKeyVerdict(False, f"RevokedHostKeys {path} is a binary KRL, which the "
-                                     "check cannot read", "see docs/check.md: the check "
-                                     "fails rather than guess")
-    listed = {e.key.public_data for e in parse_known_hosts(
-        "\n".join(f"* {line}" for line in raw.decode("utf-8", "replace").splitlines()), path)}
-    if key.public_data in listed or (cert and cert.ca.public_data in listed):
-        return HostKeyVerdict(False, f"the server's key {fingerprint(key)} is revoked by "
-                                     f"RevokedHostKeys {path}",
-                              "a revoked key is never accepted: ask the host's owner why")
+    """Why ssh refuses the key by RevokedHostKeys (sshkey_check_revoked), if it does: a
+    line that lists it or its certificate's CA, or a file ssh cannot read to the end."""
+    refused = {key.public_data} | ({cert.ca.public_data} if cert else set())
+    for path in policy.revoked_keys_files:  # (several from OpenSSH 10.3; in order)
+        try:
+            for line, listed in revoked_keys(path):
+                if listed.public_data in refused:
+                    return HostKeyVerdict(
+                        False, f"the server's key {fingerprint(key)} is revoked by "
+                               f"RevokedHostKeys {path} line {line}",
+                        "a revoked key is never accepted: ask the host's owner why")
+        except RevokedKeysError as e:
+            return HostKeyVerdict(False, e.message, e.hint)
     return None
 
 

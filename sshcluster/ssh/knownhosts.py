@@ -2,9 +2,9 @@
 ssh settings make of them.
 
 :func:`parse_known_hosts` reads a file as ssh does (markers ``@cert-authority`` and
-``@revoked``, hashed names, comma-separated patterns with ``*``, ``?`` and ``!``; lines
-ssh would skip are skipped), :func:`host_matches` matches a name as ssh does, and
-:class:`KnownHostsFiles` reads each file once per check run. A :class:`TrustPolicy` is
+``@revoked``, hashed names, comma-separated patterns with ``*``, ``?`` and ``!``,
+certificates; lines ssh would skip are skipped), :func:`host_matches` matches a name as
+ssh does, and :class:`KnownHostsFiles` reads each file once per check run. A :class:`TrustPolicy` is
 what one host's effective settings say about host keys: the name its keys are filed
 under (``HostKeyAlias``, else ``[host]:port`` for a port other than 22), every
 ``UserKnownHostsFile`` and ``GlobalKnownHostsFile``, and the inventory's ``known_hosts:``
@@ -21,6 +21,7 @@ import fnmatch
 import hashlib
 import hmac
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -29,10 +30,12 @@ import asyncssh
 from sshcluster.errors import UnsafePathError
 from sshcluster.files import read_regular
 from sshcluster.net import known_hosts_name
+from sshcluster.ssh.keyblob import CERT_SUFFIX, read_key
 
 CA_MARKER = "@cert-authority"
 REVOKED_MARKER = "@revoked"
-CERT_SUFFIX = "-cert-v01@openssh.com"
+#: OpenSSH's check_markers copies a marker into a buffer of this size.
+_MARKER_SIZE = 32
 
 
 def fingerprint(key: asyncssh.SSHKey) -> str:
@@ -55,13 +58,16 @@ def plain_type(algorithm: str) -> str:
 class Entry:
     """One valid known_hosts line: its marker (``""``, ``@cert-authority`` or
     ``@revoked``), its host field as written (patterns or a hashed name), its key, and
-    where it is."""
+    where it is. ``certificate``: the line holds a certificate, and ``key`` is the plain
+    key inside it (as a CA or a revoked key it counts as that key; as a host's key it
+    matches no key a server offers, as in ssh, where it equals no plain key)."""
 
     marker: str
     hosts: str
     key: asyncssh.SSHKey
     file: str
     line: int
+    certificate: bool = False
 
     @property
     def where(self) -> str:
@@ -72,22 +78,41 @@ def parse_known_hosts(text: str, path: str) -> list[Entry]:
     """The valid entries of a known_hosts file; lines OpenSSH would skip are skipped."""
     entries = []
     for number, raw in enumerate(text.splitlines(), 1):
-        words = raw.split()
-        if not words or words[0].startswith("#"):
+        line = raw.lstrip(" \t")
+        if not line or line.startswith("#"):
             continue
-        marker = ""
-        if words[0].startswith("@"):
-            if words[0] not in (CA_MARKER, REVOKED_MARKER):
-                continue
-            marker, words = words[0], words[1:]
-        if len(words) < 3:
+        split = _marker(line)
+        if split is None:
+            continue
+        marker, rest = split
+        words = re.split(r"[ \t]+", rest, maxsplit=3)
+        if len(words) < 3 or not words[2] or words[1].startswith("#"):
             continue
         try:
-            key = asyncssh.import_public_key(f"{words[1]} {words[2]}")
-        except (asyncssh.KeyImportError, ValueError):
+            # (a certificate's signature is checked where it would make the check
+            # trust more, as a CA; where it can only make it refuse, it is not)
+            key, certificate = read_key(words[1], words[2], checked=marker == CA_MARKER)
+        except ValueError:
             continue
-        entries.append(Entry(marker, words[0], key, path, number))
+        entries.append(Entry(marker, words[0], key, path, number, certificate))
     return entries
+
+
+def _marker(line: str) -> tuple[str, str] | None:
+    """The marker of a known_hosts line and the rest of it, as OpenSSH's check_markers
+    finds them: a marker ends at the first space of the line (at a tab only when the
+    line has no space), so ``@cert-authority<TAB>host key`` is a bad line, which ssh
+    skips (None). Markers are case-sensitive, and a line has one at most."""
+    marker = ""
+    while line.startswith("@"):
+        end = line.find(" ")
+        if end < 0:
+            end = line.find("\t")
+        if marker or end <= 1 or end >= _MARKER_SIZE or \
+                line[:end] not in (CA_MARKER, REVOKED_MARKER):
+            return None
+        marker, line = line[:end], line[end:].lstrip(" \t")
+    return marker, line
 
 
 def host_matches(name: str, hosts: str) -> bool:
@@ -163,7 +188,8 @@ class TrustPolicy:
     ``HostKeyAlias``; ``user_files``, ``global_files`` and ``command_files`` (the
     inventory's file, added by ``KnownHostsCommand``) are read in that order.
     ``strict`` is ``StrictHostKeyChecking`` (yes, ask, accept-new, no); ``record_to``
-    where a key accepted as new is recorded (None: nowhere).
+    where a key accepted as new is recorded (None: nowhere); ``openssh`` the version of
+    ssh whose rules apply (some changed in 9.6 and 10.3).
     """
 
     hostname: str
@@ -177,9 +203,10 @@ class TrustPolicy:
     proxied: bool = False
     hash_known_hosts: bool = False
     ca_sign_algorithms: tuple[str, ...] = ()
-    revoked_keys_file: str | None = None
+    revoked_keys_files: tuple[str, ...] = ()
     no_host_auth_localhost: bool = False
     record_to: str | None = None
+    openssh: tuple[int, int] = (99, 0)
     files: KnownHostsFiles = field(default_factory=KnownHostsFiles, compare=False)
 
     @property
@@ -203,10 +230,14 @@ class TrustPolicy:
 def order_host_key_algorithms(policy: TrustPolicy, algorithms: Sequence[str]) -> list[str]:
     """``algorithms`` in the order OpenSSH's order_hostkeyalgs asks the server for them:
     as they are when a key of the first one's type is known, else the types known for
-    the host first (certificate types first when it has a ``@cert-authority``)."""
+    the host first (certificate types first when it has a ``@cert-authority``). The keys
+    KnownHostsCommand prints count under the name the files are read with; before
+    OpenSSH 9.6 ssh looked them up here under the bare host name (bz3643)."""
+    command_name = policy.name() if policy.openssh >= (9, 6) else policy.hostname
     entries = (policy.files.matching(policy.user_files + policy.global_files, policy.name())
-               + policy.files.matching(policy.command_files, policy.hostname))
-    known = {plain_type(e.key.get_algorithm()) for e in entries if e.marker == ""}
+               + policy.files.matching(policy.command_files, command_name))
+    known = {plain_type(e.key.get_algorithm()) for e in entries
+             if e.marker == "" and not e.certificate}
     if not algorithms or plain_type(algorithms[0]) in known:
         return list(algorithms)
     has_ca = any(e.marker == CA_MARKER for e in entries)
