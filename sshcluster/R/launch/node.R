@@ -515,12 +515,20 @@ relay_pids <- function(S, node, m) {
 relay_echo <- function(S) {
   if (S$held == 0L) return(invisible())
   for (r in which(lengths(S$inbox) > 0L)) {
-    node <- S$cluster[[r]]
-    if (is.null(node) || isTRUE(S$echoes[[node$session]] > 0L)) next
+    node <- node_of(S, r)
+    # (never to a connection closed since: its number may be a file of the user's now)
+    if (is.null(node) || isTRUE(S$echoes[[node$session]] > 0L) || !con_ok(node$con)) next
     S$echoes[[node$session]] <- 1L
     try(writeBin(relay_head(0L, 0), node$con), silent = TRUE)
   }
   invisible()
+}
+
+# The cluster's node of rank r, or NULL. (A rank is no position in S$cluster: a repair
+# that goes on without a host keeps only the other hosts' nodes.)
+node_of <- function(S, r) {
+  for (node in unclass(S$cluster)) if (!is.null(node) && node$rank == r) return(node)
+  NULL
 }
 
 relay_held <- function(S, node) {
