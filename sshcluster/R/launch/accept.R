@@ -20,8 +20,8 @@ launch <- function(S, wanted, deadline, fail_fast) {
   # repair would meet the relaunch). It listens before any host starts, so a
   # worker's refused connection means a firewall, not "too early".
   listen(S)
-  on.exit(if (!is.null(S$listener)) {
-    try(close(S$listener), silent = TRUE)
+  on.exit({
+    if (!is.null(S$listener) && con_ok(S$listener)) try(close(S$listener), silent = TRUE)
     S$listener <- NULL
   }, add = TRUE)
   ids <- character()

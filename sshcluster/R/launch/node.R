@@ -171,6 +171,11 @@ con_ok <- function(con) {
 # (which replaced that worker), or one that parallel::stopCluster() stopped.
 stale <- function(node) {
   S <- registry[[.subset2(node, "launch")]]
+  if (!is.null(S) && !supervisor_ok(S))
+    stop(structure(class = c("sshcluster_error", "error", "condition"), list(
+      message = sprintf("%s (the connection to worker %d on %s is one of them)",
+                        SUPERVISOR_CLOSED, node$slot, node$host),
+      call = NULL, hosts = node$host)))
   now <- if (!is.null(S)) Filter(function(n) identical(n$rank, node$rank), unclass(S$cluster))
   replaced <- !is.null(S) && !is.null(S$cluster) &&
     !(length(now) && identical(now[[1]]$con, node$con))

@@ -11,6 +11,7 @@ DRAIN_SECONDS <- 5  # how long a worker may take to answer the repair's no-op ca
 repair <- function(S) {
   if (is.null(S$cluster))
     stop("sshcluster: this cluster was stopped; source() the file again", call. = FALSE)
+  if (!supervisor_ok(S)) stop(SUPERVISOR_CLOSED, call. = FALSE)
   follow <- registered(S)  # registrations of the cluster object as it was before
   nodes <- Filter(Negate(is.null), unclass(S$cluster))
   if (length(nodes) && !any(vapply(nodes, function(n) con_ok(n$con), NA)))
