@@ -79,3 +79,58 @@ def test_answers_out_of_order_after_a_repair_without_a_host(make_testbed: MakeTe
             if k == "apply"] == ["1 0", "1 0"], out.stdout
     assert said["lb"].split() == ["1", "0", "0", "0"]
     assert nothing_left(tb, marker=tmp_path) == {}
+
+
+def test_a_repair_interrupted_while_workers_start_again(make_testbed: MakeTestbed,
+                                                        tmp_path: Path) -> None:
+    """An interrupted call leaves every worker busy; the repair restarts both hosts'
+    sessions, and is interrupted (Ctrl-C) while it waits for the first host's new
+    workers (that host's sshd slow to answer: its SYNs dropped). A call then says that
+    the repair did not finish (not that parallel::stopCluster() was called), and a second
+    repair, once the host answers again, brings back every worker (it said the cluster
+    "was stopped (parallel::stopCluster())" before); nothing is left."""
+    tb = make_testbed(2)
+    h1 = tb.hosts[0]
+    f = write_cluster(tb, tmp_path)
+    syn = f"ip netns exec {h1.netns} iptables -w 5 {{}} INPUT -p tcp --dport 22 --syn -j DROP"
+    try:
+        out = run_r_in_test(f"""
+            say <- function(key, ...) cat(key, "|", ..., "\\n", sep = "")
+            source({str(f)!r})
+            dir <- environment(sshcluster_stop)$S$dir
+            system(sprintf("sh -c 'sleep 2; kill -INT %d'", Sys.getpid()), wait = FALSE)
+            say("call", tryCatch(parallel::parLapply(parallelCluster, 1:4, function(i)
+              Sys.sleep(100)), interrupt = function(e) "interrupted"))
+            system({syn.format("-I")!r})
+            # (Ctrl-C once the repair has started a host's session again, and a second
+            # later: the other host's workers may be back, not the first host's)
+            system(sprintf(paste(
+              "sh -c 'i=0; while [ $(ls %s | grep -c [.]pid$) -lt 3 ] && [ $i -lt 600 ];",
+              "do sleep 0.1; i=$((i + 1)); done; sleep 1; kill -INT %d'"), dir, Sys.getpid()),
+              wait = FALSE)
+            say("repair", tryCatch(sshcluster_repair(), interrupt = function(e) "interrupted"))
+            say("after", gsub("\\n", " ", tryCatch(parallel::clusterEvalQ(parallelCluster, 1),
+                                                  error = conditionMessage)))
+            system({syn.format("-D")!r})
+            said <- character()
+            parallelCluster <- withCallingHandlers(sshcluster_repair(), message = function(m) {{
+              said <<- c(said, conditionMessage(m))
+              invokeRestart("muffleMessage")
+            }})
+            say("again", gsub("\\n", " ", paste(said, collapse = " ")))
+            say("size", length(parallelCluster))
+            say("sum", sum(parallel::parSapply(parallelCluster, 1:8, function(i) i)))
+            sshcluster_stop()
+        """, tmp_path, timeout=180)
+    finally:
+        tb.reconnect(h1)
+    assert out.returncode == 0, f"{out.stdout}\n{out.stderr}"
+    said = lines_of(out.stdout)
+    assert said["call"] == "interrupted"
+    assert said["repair"] == "interrupted", out.stderr
+    assert "stopCluster" not in said["after"], said["after"]
+    assert "did not finish" in said["after"] and "sshcluster_repair()" in said["after"]
+    assert "4 of 4 workers running" in said["again"], said["again"]
+    assert said["size"] == "4"
+    assert said["sum"] == "36"
+    assert nothing_left(tb, marker=tmp_path) == {}

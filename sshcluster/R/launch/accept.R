@@ -40,6 +40,8 @@ launch <- function(S, wanted, deadline, fail_fast) {
     for (p in pending) try(close(p$con), silent = TRUE)
     if (!done) for (node in nodes) try(close(node$con), silent = TRUE)
     if (!done) close_bulk(S, ids)
+    # (an interrupt, Ctrl-C: the sessions started for them end too)
+    if (!done) for (id in ids) try(supervise(S, paste("kill", id)), silent = TRUE)
   }, add = TRUE)
   lost <- character()
   noted <- Sys.time()
