@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from sshcluster.bootstrap import RenderOptions
 from sshcluster.testing import Testbed, TestHost
 from sshcluster.testing.cluster import write_cluster
 from sshcluster.testing.fixtures import MakeTestbed, run_r_in_test
@@ -60,6 +61,7 @@ def test_answers_out_of_order_after_a_repair_without_a_host(make_testbed: MakeTe
             say("lost", gsub("\\n", " ", r))
             parallelCluster <- sshcluster_repair()
             say("size", length(parallelCluster))
+            say("print", paste(capture.output(print(parallelCluster)), collapse = "~"))
             for (k in 1:2) {{
               r <- tryCatch(unlist(parallel::clusterApply(parallelCluster, c(1, 0),
                 function(s) {{ Sys.sleep(s); s }})), error = conditionMessage)
@@ -75,6 +77,9 @@ def test_answers_out_of_order_after_a_repair_without_a_host(make_testbed: MakeTe
     said = lines_of(out.stdout)
     assert f"lost {h1.address}" in said["lost"], said["lost"]
     assert said["size"] == "2"
+    # (the whole cluster shows the host it went on without too)
+    assert [ln.split()[:4] for ln in said["print"].split("~")[1:]] == [
+        [h1.address, "0", "of", "2"], [tb.hosts[1].address, "2", "of", "2"]], said["print"]
     assert [v for k, v in (ln.split("|", 1) for ln in out.stdout.splitlines())
             if k == "apply"] == ["1 0", "1 0"], out.stdout
     assert said["lb"].split() == ["1", "0", "0", "0"]
@@ -134,3 +139,43 @@ def test_a_repair_interrupted_while_workers_start_again(make_testbed: MakeTestbe
     assert said["size"] == "4"
     assert said["sum"] == "36"
     assert nothing_left(tb, marker=tmp_path) == {}
+
+
+def test_print_decides_per_node(testbed: Testbed, tmp_path: Path) -> None:
+    """print() of a part of the cluster shows its hosts only, with their workers in it
+    (it said the cluster "was stopped or replaced" before); of a cluster object from
+    before a repair that replaced one worker, how many of its nodes are stale."""
+    f = write_cluster(testbed, tmp_path, hosts=testbed.hosts[:2],
+                      options=RenderOptions(fork=False))
+    h1, h2 = testbed.hosts[0], testbed.hosts[1]
+    out = run_r_in_test(f"""
+        say <- function(key, cl) cat(key, "|", paste(capture.output(print(cl)),
+                                                     collapse = "~"), "\n", sep = "")
+        source({str(f)!r})
+        say("first", parallelCluster[1:2])
+        say("spread", parallelCluster[c(1, 3)])
+        say("lb", parallel::parLapply(parallelCluster[1:2], 1:2, function(i) i)[[2]])
+        old <- parallelCluster
+        try(parallel::clusterCall(parallelCluster[3], function() tools::pskill(Sys.getpid(), 9L)),
+            silent = TRUE)
+        parallelCluster <- suppressMessages(sshcluster_repair())
+        say("old", old)
+        say("kept", old[1:2])
+        say("new", parallelCluster)
+        sshcluster_stop()
+        say("stopped", old[1:2])
+    """, tmp_path)
+    assert out.returncode == 0, out.stderr
+    said = {k: v.strip().split("~") for k, v in lines_of(out.stdout).items()}
+    assert said["first"][0].startswith("sshcluster: 2 workers on 1 host, "), said["first"]
+    assert [ln.split()[:4] for ln in said["first"][1:]] == [[h1.address, "2", "of", "2"]]
+    assert said["spread"][0].startswith("sshcluster: 2 workers on 2 hosts, ")
+    assert [ln.split()[:4] for ln in said["spread"][1:]] == [
+        [h1.address, "1", "of", "2"], [h2.address, "1", "of", "2"]], said["spread"]
+    assert said["lb"] == ["[1] 2"]
+    assert said["old"] == ["sshcluster: a cluster of 4 workers of which 1 was stopped or "
+                           "replaced; source() the file again (or use sshcluster_repair()'s)"]
+    assert said["kept"][0].startswith("sshcluster: 2 workers on 1 host, ")
+    assert said["new"][0].startswith("sshcluster: 4 workers on 2 hosts, ")
+    assert said["stopped"][0].startswith("sshcluster: a cluster of 2 workers that was stopped")
+    assert nothing_left(testbed, marker=tmp_path) == {}
