@@ -17,6 +17,7 @@ from sshcluster.bootstrap import RenderOptions
 from sshcluster.testing import Testbed
 from sshcluster.testing.cluster import write_cluster
 from sshcluster.testing.fixtures import run_r_in_test
+from sshcluster.testing.leftovers import nothing_left
 
 pytestmark = pytest.mark.testbed
 
@@ -90,3 +91,51 @@ def test_a_killed_primary_leaves_no_worker_tempdir(testbed: Testbed, tmp_path: P
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_after_close_all_connections_the_users_files_are_left_alone(testbed: Testbed,
+                                                                    tmp_path: Path) -> None:
+    """closeAllConnections() closes the cluster's pipe to its ssh sessions (which ends
+    them: the hosts stop their workers), and R gives its number to the next file opened.
+    A call and sshcluster_repair() say what happened; the next source(), sshcluster_stop()
+    and R's exit leave the user's files alone (they wrote "stop" into one and closed it
+    before), and stop what the cluster had started."""
+    f = write_cluster(testbed, tmp_path, hosts=testbed.hosts[:2])
+    out = run_r_in_test(f"""
+        say <- function(key, ...) cat(key, "|", ..., "\\n", sep = "")
+        mine <- function(tag) lapply(1:6, function(i) {{
+          con <- file(file.path({str(tmp_path)!r}, sprintf("%s-%d.txt", tag, i)), "w")
+          writeLines(tag, con)
+          flush(con)
+          con
+        }})
+        still <- function(cons, tag) all(vapply(cons, function(con) !inherits(try({{
+          writeLines(paste(tag, "again"), con)
+          flush(con)
+        }}, silent = TRUE), "try-error"), NA))
+        source({str(f)!r})
+        closeAllConnections()
+        a <- mine("a")
+        say("call", tryCatch(parallel::clusterEvalQ(parallelCluster, 1), error = conditionMessage))
+        say("repair", tryCatch(sshcluster_repair(), error = conditionMessage))
+        source({str(f)!r})  # (stops the cluster of the first source())
+        say("a", still(a, "a"))
+        say("workers", sum(unlist(parallel::clusterEvalQ(parallelCluster, 1))))
+        closeAllConnections()
+        b <- mine("b")
+        sshcluster_stop()
+        say("b", still(b, "b"))
+        source({str(f)!r})
+        closeAllConnections()
+        c <- mine("c")  # (left open: R's exit ends the cluster)
+    """, tmp_path)
+    assert out.returncode == 0, out.stderr
+    said = dict(line.split("|", 1) for line in out.stdout.splitlines() if "|" in line)
+    for key in ("call", "repair"):
+        assert "closeAllConnections()" in said[key] and "source() the file again" in said[key]
+    assert said["a"] == "TRUE" and said["b"] == "TRUE"
+    assert said["workers"] == "4"
+    for tag, lines in (("a", ["a", "a again"]), ("b", ["b", "b again"]), ("c", ["c"])):
+        for i in range(1, 7):
+            assert (tmp_path / f"{tag}-{i}.txt").read_text().splitlines() == lines, (tag, i)
+    assert nothing_left(testbed, marker=tmp_path) == {}

@@ -20,8 +20,8 @@ launch <- function(S, wanted, deadline, fail_fast) {
   # repair would meet the relaunch). It listens before any host starts, so a
   # worker's refused connection means a firewall, not "too early".
   listen(S)
-  on.exit(if (!is.null(S$listener)) {
-    try(close(S$listener), silent = TRUE)
+  on.exit({
+    if (!is.null(S$listener) && con_ok(S$listener)) try(close(S$listener), silent = TRUE)
     S$listener <- NULL
   }, add = TRUE)
   ids <- character()
@@ -40,6 +40,8 @@ launch <- function(S, wanted, deadline, fail_fast) {
     for (p in pending) try(close(p$con), silent = TRUE)
     if (!done) for (node in nodes) try(close(node$con), silent = TRUE)
     if (!done) close_bulk(S, ids)
+    # (an interrupt, Ctrl-C: the sessions started for them end too)
+    if (!done) for (id in ids) try(supervise(S, paste("kill", id)), silent = TRUE)
   }, add = TRUE)
   lost <- character()
   noted <- Sys.time()

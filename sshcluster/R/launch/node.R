@@ -168,12 +168,25 @@ con_ok <- function(con) {
 }
 
 # A cluster object whose worker's connection is closed: one from before a repair
-# (which replaced that worker), or one that parallel::stopCluster() stopped.
+# (which replaced that worker, or stopped it and was interrupted before it started it
+# again), or one that parallel::stopCluster() stopped.
 stale <- function(node) {
   S <- registry[[.subset2(node, "launch")]]
+  if (!is.null(S) && !supervisor_ok(S))
+    stop(structure(class = c("sshcluster_error", "error", "condition"), list(
+      message = sprintf("%s (the connection to worker %d on %s is one of them)",
+                        SUPERVISOR_CLOSED, node$slot, node$host),
+      call = NULL, hosts = node$host)))
   now <- if (!is.null(S)) Filter(function(n) identical(n$rank, node$rank), unclass(S$cluster))
   replaced <- !is.null(S) && !is.null(S$cluster) &&
     !(length(now) && identical(now[[1]]$con, node$con))
+  if (replaced && !length(now) && isTRUE(S$repairing))
+    stop(structure(class = c("sshcluster_error", "error", "condition"), list(
+      message = sprintf(paste(
+        "sshcluster: the connection to worker %d on %s was closed by an sshcluster_repair()",
+        "that did not finish (interrupted?); parallelCluster <- sshcluster_repair() starts",
+        "it again"), node$slot, node$host),
+      call = NULL, hosts = node$host)))
   stop(structure(class = c("sshcluster_error", "error", "condition"), list(
     message = sprintf(paste0(
       "sshcluster: the connection to worker %d on %s was closed (%s); ", if (replaced)
@@ -382,9 +395,10 @@ lane_write <- function(node, m) withCallingHandlers(writeBin(m, .subset2(node, "
 # relay connection is closed with the last of its nodes.
 closeNode.sshcluster_node <- function(node) {
   S <- registry[[.subset2(node, "launch")]]
+  # (by session and rank: a repair's new session reuses the ranks; a repair tells by
+  # them a cluster that parallel::stopCluster() stopped)
+  if (!is.null(S)) S$closing <- c(S$closing, paste(node$session, node$rank))
   if (!is.null(S) && (!is.null(.subset2(node, "relay")) || !is.null(.subset2(node, "lane")))) {
-    # (by session and rank: a repair's new session reuses the ranks)
-    S$closing <- c(S$closing, paste(node$session, node$rank))
     same <- Filter(function(n) !is.null(n) && identical(n$session, node$session),
                    unclass(S$cluster))
     last <- all(vapply(same, function(n) paste(n$session, n$rank), "") %in% S$closing)
@@ -515,12 +529,20 @@ relay_pids <- function(S, node, m) {
 relay_echo <- function(S) {
   if (S$held == 0L) return(invisible())
   for (r in which(lengths(S$inbox) > 0L)) {
-    node <- S$cluster[[r]]
-    if (is.null(node) || isTRUE(S$echoes[[node$session]] > 0L)) next
+    node <- node_of(S, r)
+    # (never to a connection closed since: its number may be a file of the user's now)
+    if (is.null(node) || isTRUE(S$echoes[[node$session]] > 0L) || !con_ok(node$con)) next
     S$echoes[[node$session]] <- 1L
     try(writeBin(relay_head(0L, 0), node$con), silent = TRUE)
   }
   invisible()
+}
+
+# The cluster's node of rank r, or NULL. (A rank is no position in S$cluster: a repair
+# that goes on without a host keeps only the other hosts' nodes.)
+node_of <- function(S, r) {
+  for (node in unclass(S$cluster)) if (!is.null(node) && node$rank == r) return(node)
+  NULL
 }
 
 relay_held <- function(S, node) {

@@ -11,9 +11,12 @@ DRAIN_SECONDS <- 5  # how long a worker may take to answer the repair's no-op ca
 repair <- function(S) {
   if (is.null(S$cluster))
     stop("sshcluster: this cluster was stopped; source() the file again", call. = FALSE)
+  if (!supervisor_ok(S)) stop(SUPERVISOR_CLOSED, call. = FALSE)
   follow <- registered(S)  # registrations of the cluster object as it was before
   nodes <- Filter(Negate(is.null), unclass(S$cluster))
-  if (length(nodes) && !any(vapply(nodes, function(n) con_ok(n$con), NA)))
+  # (a worker whose connection something else closed is started again below)
+  if (length(nodes) && all(vapply(nodes, function(n) !con_ok(n$con) &&
+                                    paste(n$session, n$rank) %in% S$closing, NA)))
     stop("sshcluster: this cluster was stopped (parallel::stopCluster()); source() the ",
          "file again", call. = FALSE)
   ranks <- vapply(nodes, `[[`, 1L, "rank")
@@ -55,6 +58,11 @@ repair <- function(S) {
     if (!is.null(S$ended[[node$session]]) || session_ended(S, node$session)) {
       drop(r, if (!is.null(S$broken[[node$session]])) S$broken[[node$session]]
               else session_reason(S, node$session))
+      next
+    }
+    # (not read, nor written to below: its number may be a file of the user's now)
+    if (!con_ok(node$con)) {
+      drop(r, "its connection was closed")
       next
     }
     status <- gone(S, node)
@@ -102,6 +110,9 @@ repair <- function(S) {
     waiting <- names(nodes)[state == "ok"]
   }
   state[waiting] <- "busy"
+  # (a worker that answered the marker has no call left to answer, also if what follows
+  # is interrupted)
+  S$calls[as.integer(names(state)[state == "synced"])] <- 0L
   if (all(state == "synced") && length(nodes) == sum(vapply(S$config$machines,
                                                             function(m) m$ncore, 1L))) {
     S$calls[] <- 0L
@@ -119,8 +130,15 @@ repair <- function(S) {
   for (id in restart_sessions) supervise(S, paste("kill", id))
   again <- names(nodes)[state == "dead" | vapply(nodes, function(n) n$session %in%
                                                     restart_sessions, NA)]
-  for (r in again) try(close(nodes[[r]]$con), silent = TRUE)
   kept <- nodes[setdiff(names(nodes), again)]
+  # From here the cluster holds only the workers kept: an interrupt (Ctrl-C) while the
+  # others start again leaves a cluster that the next repair completes, and a call to
+  # a worker stopped here says so (stale()).
+  S$repairing <- TRUE
+  suspendInterrupts({
+    S$cluster <- structure(unname(kept), class = c("sshcluster", "SOCKcluster", "cluster"))
+    for (r in again) if (con_ok(nodes[[r]]$con)) try(close(nodes[[r]]$con), silent = TRUE)
+  })
   # 4. relaunch every slot that has no worker, host by host
   machines <- S$config$machines
   missing <- lapply(seq_along(machines), function(h) {
@@ -128,6 +146,9 @@ repair <- function(S) {
     setdiff(seq_len(machines[[h]]$ncore), have)
   })
   S$lost <- list()
+  new <- list()
+  joined <- FALSE
+  on.exit(if (!joined) end_new(S, new), add = TRUE)  # (an interrupt, before they join)
   new <- launch(S, missing, deadline = Sys.time() + S$config$setup_timeout, fail_fast = FALSE)
   # (the new workers get what the first ones got after the launch; if that fails, they
   # are not kept: a worker without it would not be like the others)
@@ -139,7 +160,7 @@ repair <- function(S) {
     if (!is.null(failed)) {
       message("sshcluster_repair: the workers started again could not be set up (",
               failed, "); they were stopped")
-      for (node in new) try(close(node$con), silent = TRUE)
+      end_new(S, new)
       S$calls[vapply(new, `[[`, 1L, "rank")] <- 0L
       new <- list()
     }
@@ -147,6 +168,8 @@ repair <- function(S) {
   all <- c(unname(kept), new)
   all <- all[order(vapply(all, `[[`, 1L, "rank"))]
   S$cluster <- structure(all, class = c("sshcluster", "SOCKcluster", "cluster"))
+  joined <- TRUE
+  S$repairing <- FALSE
   # (the relay connections of sessions none of whose workers are left)
   close_bulk(S, setdiff(names(S$bulk), vapply(all, `[[`, "", "session")))
   # 5. what happened, per host
@@ -176,6 +199,15 @@ repair <- function(S) {
     assign("parallelCluster", S$cluster, envir = globalenv())
   register(follow, S$cluster)
   invisible(S$cluster)
+}
+
+# Stops the workers a repair started and does not keep: closes their connections and
+# ends their sessions (started for them alone).
+end_new <- function(S, new) {
+  for (node in new) if (con_ok(node$con)) try(close(node$con), silent = TRUE)
+  ids <- unique(vapply(new, `[[`, "", "session"))
+  close_bulk(S, ids)
+  for (id in ids) try(supervise(S, paste("kill", id)), silent = TRUE)
 }
 
 # What every worker a repair starts gets before the cluster is handed back (f(cl) with

@@ -121,9 +121,26 @@ sq <- function(x) {
 }
 
 supervise <- function(S, command) {
+  if (!supervisor_ok(S)) stop(SUPERVISOR_CLOSED, call. = FALSE)
   writeLines(command, S$supervisor)
   flush(S$supervisor)
 }
+
+# Whether the pipe to the supervisor is still open and still ours; it is forgotten if
+# not. The user's closeAllConnections() closes it, and R then gives its number to the
+# next connection opened, a file of the user's, say: a command (or the "stop" of
+# sshcluster_stop(), a new source() or R's exit) would go into that file, and the close
+# after it would close the file. Nothing is lost by forgetting it: R's close of the pipe
+# ended the supervisor's stdin (and waited for the supervisor to end), and on that end
+# the supervisor ends every session, whose hosts then stop their workers
+# (supervisor.sh, remote.sh).
+supervisor_ok <- function(S) {
+  if (!is.null(S$supervisor) && !con_ok(S$supervisor)) S$supervisor <- NULL
+  !is.null(S$supervisor)
+}
+SUPERVISOR_CLOSED <- paste(
+  "sshcluster: this cluster's connections were closed (closeAllConnections()?), which",
+  "ended its ssh sessions and stopped its workers; source() the file again for a new cluster")
 
 # What every host's session reads first on its stdin (the supervisor sends it):
 # the host's script, with the workers' R code in $code, then the end-of-script

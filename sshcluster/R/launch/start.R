@@ -75,6 +75,7 @@ new_launch <- function(config, key) {
   S$pids <- rep(NA_integer_, sum(n))  # behind relays: each worker's pid, as its relay says
   S$sent <- NULL
   S$closing <- character()
+  S$repairing <- FALSE # a repair stopped workers and has not started them again yet
   S$lanes <- FALSE   # each relayed worker also has a connection of its own (start())
   S$bulk <- list()   # with lanes: each session's relay connection, for big messages
   S

@@ -23,16 +23,16 @@ stop_cluster <- function(S) {
 # Ends the supervisor (and with it every session; each host then stops what is
 # left of its workers), the listening socket and the launch directory.
 # 'grace' seconds are left for the sessions to end by themselves.
+# (Only the pipe and the socket that are still ours: after the user's
+# closeAllConnections() their numbers may be files of the user's; supervisor_ok().)
 shutdown <- function(S, grace = 1) {
-  if (!is.null(S$supervisor)) {
+  if (supervisor_ok(S)) {
     try(supervise(S, paste("stop", grace)), silent = TRUE)
     try(close(S$supervisor), silent = TRUE)  # waits for the supervisor to end
-    S$supervisor <- NULL
   }
-  if (!is.null(S$listener)) {
-    try(close(S$listener), silent = TRUE)
-    S$listener <- NULL
-  }
+  S$supervisor <- NULL
+  if (!is.null(S$listener) && con_ok(S$listener)) try(close(S$listener), silent = TRUE)
+  S$listener <- NULL
   close_bulk(S, names(S$bulk))
   S$sent <- NULL
   if (isTRUE(S$console) && !is.null(S$dir)) try(relay(S), silent = TRUE)
