@@ -70,6 +70,24 @@ def test_a_container_no_live_session_names_is_stray() -> None:
     assert [p.pid for p in seen.sessions] == [11] and not seen.strays
 
 
+def test_a_container_whose_name_begins_a_live_one_s_is_still_stray() -> None:
+    """Session 1's container, left, while session 12 of the same cluster (after repairs)
+    runs: its name is the start of the live one's, and it is still a stray."""
+    from sshcluster.status.scan import _sorted
+
+    text = ("container podman sshcluster-ab12-h1-1\n"
+            "container podman sshcluster-ab12-h1-12\n"
+            "self 99\n"
+            "10 1 sshd: bob@notty\n"
+            "11 10 sh -c code=... sshcluster Rscript 127.0.0.1 11000 1 120 tunnel fork 40 "
+            "SSHCLUSTER_CONTAINER=podman SSHCLUSTER_CONTAINER_NAME=sshcluster-ab12-h1-12\n"
+            "98 1 sshd: bob@notty\n"
+            "99 98 ps -ww -u 1000 -o pid= -o ppid= -o args=\n")
+    seen = _sorted("h1", text)
+    assert seen.containers == ("sshcluster-ab12-h1-12",)
+    assert seen.stray_containers == ("podman:sshcluster-ab12-h1-1",)
+
+
 def test_status_shows_a_live_cluster_and_ends_a_stray(testbed: Testbed, tmp_path: Path
                                                       ) -> None:
     inv = testbed.write_inventory(tmp_path / "hosts.yaml", ncore=2)

@@ -57,7 +57,9 @@ def container_verdict(facts: Facts, ctx: RemoteContext, complete: bool) -> StepR
                       f"{facts.get(Fact.CONTAINER_USER) or 'the login user'}: "
                       f"{facts.get(Fact.CONTAINER_UNUSABLE)}", secs,
             hint="rootless podman needs subuid/subgid entries for the user; docker needs "
-                 "the user in the docker group (and the daemon running); no sudo is used")
+                 "the user in the docker group (root's power on the host, shared with its "
+                 "other members: prefer rootless podman) and the daemon running; no sudo "
+                 "is used")
     if Fact.CONTAINER_ABSENT in facts:
         why = facts.get(Fact.CONTAINER_NOPULL)
         return StepResult(

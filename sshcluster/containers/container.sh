@@ -43,7 +43,10 @@ sshcluster_container_start() {
   wd=$(pwd -P)
   sshcluster_container_user
   eval "set -- $SSHCLUSTER_CONTAINER_OPTIONS"
-  "$sshcluster_engine" run -d --rm --name "$SSHCLUSTER_CONTAINER_NAME" \
+  # (--stop-timeout=0: its `sleep`, as the container's first process, ignores TERM, so a
+  # removal kills at once instead of waiting out the engine's 10 s; podman before 4.0 and
+  # docker have no `rm -t`, and every engine has this)
+  "$sshcluster_engine" run -d --rm --stop-timeout=0 --name "$SSHCLUSTER_CONTAINER_NAME" \
     --label sshcluster=worker --label "sshcluster.user=$(id -u)" --network host "$user_opt" \
     --pull "$SSHCLUSTER_CONTAINER_PULL" --volume "$wd:$wd" --workdir "$wd" \
     --entrypoint sleep "$@" "$SSHCLUSTER_CONTAINER_IMAGE" infinity >/dev/null || {
@@ -67,13 +70,14 @@ sshcluster_container_exec() {
 # Removes the container, whatever state it is in; quiet when there is none. With
 # "again" (the watchdog's), once more a few seconds later, from outside the session:
 # a `run` that the watchdog's group kill interrupted may have made it after all.
+# (`rm -f` with no -t: podman before 4.0 refuses -t, and that refusal, unseen, left every
+# container running; the container's stop timeout of 0 makes the removal quick anyway.)
 sshcluster_container_remove() {
   [ -n "$sshcluster_engine" ] || return 0
-  if [ "$sshcluster_engine" = podman ]; then t='-t 0'; else t=''; fi
   command -v setsid >/dev/null 2>&1 && detach=setsid || detach=''
-  $detach "$sshcluster_engine" rm -f $t "$SSHCLUSTER_CONTAINER_NAME" </dev/null >/dev/null 2>&1
+  $detach "$sshcluster_engine" rm -f "$SSHCLUSTER_CONTAINER_NAME" </dev/null >/dev/null 2>&1
   if [ "${1:-}" = again ] && [ -n "$detach" ]; then
-    setsid sh -c 'sleep 3; "$1" rm -f $2 "$3"' sshcluster "$sshcluster_engine" "$t" \
+    setsid sh -c 'sleep 3; "$1" rm -f "$2"' sshcluster "$sshcluster_engine" \
       "$SSHCLUSTER_CONTAINER_NAME" </dev/null >/dev/null 2>&1 &
   fi
   return 0

@@ -31,7 +31,7 @@ REMOTE = (
     '[ $s = KILL ] || sleep 1; done; fi; '
     'for c in $2; do "${c%%:*}" rm -f "${c#*:}" >/dev/null 2>&1; done; '
     'for e in podman docker; do command -v $e >/dev/null 2>&1 && '
-    '$e ps --filter label=sshcluster=worker --filter label=sshcluster.user=$(id -u) '
+    '$e ps -a --filter label=sshcluster=worker --filter label=sshcluster.user=$(id -u) '
     '--format "{{.Names}}" 2>/dev/null '
     '| while read -r n; do echo "container $e $n"; done; done; '
     'LC_ALL=C ps -u "$(id -u)" -o pid= -o lstart= 2>/dev/null | '
@@ -247,7 +247,9 @@ def _sorted(label: str, text: str, **done: Any) -> HostStatus:
     """A host's status from what REMOTE printed: a container is live while a live
     session names it (SSHCLUSTER_CONTAINER_NAME=... on its command line)."""
     live, workers, strays = classify(parse_ps(text))
-    named = " ".join(p.command for p in live)
+    # (whole words: session 1's name is the start of session 12's)
+    named = {word for p in live for word in p.command.split()
+             if word.startswith("SSHCLUSTER_CONTAINER_NAME=")}
     boxes = parse_containers(text)
     return HostStatus(label, tuple(live), tuple(workers), tuple(strays),
                       containers=tuple(n for _, n in boxes

@@ -16,8 +16,14 @@ from sshcluster.bootstrap import RenderOptions, write_bootstrap
 from sshcluster.inventory import load_inventory
 from sshcluster.quoting import r_string
 from sshcluster.testing import Testbed
-from sshcluster.testing.containers import MARKER_FILE, containers_left
-from sshcluster.testing.fixtures import run_r_in_test
+from sshcluster.testing.containers import (
+    ENGINE_DIRS,
+    MARKER_FILE,
+    containers_left,
+    load_image,
+    on_host,
+)
+from sshcluster.testing.fixtures import build_testbed, run_r_in_test
 from sshcluster.testing.leftovers import launch_env, nothing_left
 
 from .helpers import MARKER, Image, container_inventory
@@ -93,6 +99,44 @@ def test_a_failed_launch_leaves_no_container(tb: Testbed, image: Image, tmp_path
     assert tb.hosts[1].address in r.stderr
     assert "localhost/absent:1" in r.stderr, r.stderr
     left, processes = _left(tb, tmp_path)
+    assert left == {}
+    assert processes == {}
+
+
+#: podman 3.x, as far as removal goes: `rm` knows no --time/-t (from podman 4.0 only).
+PODMAN3 = """#!/bin/sh
+if [ "$1" = rm ]; then
+  for a in "$@"; do case $a in -t|-t*|--time|--time=*|-ft*|-tf*)
+    echo "Error: unknown shorthand flag: 't' in $a" >&2; exit 125;; esac; done
+fi
+exec /usr/bin/podman "$@"
+"""
+
+
+@pytest.fixture(scope="module")
+def tb3(request: pytest.FixtureRequest, testbed_env: None, image: Image) -> Testbed:
+    """Two hosts whose podman refuses `rm -t`, as podman 3 (Debian 11, Ubuntu 22.04)."""
+    bed = build_testbed(request, 2, private_dirs={**ENGINE_DIRS, "/usr/local/bin": "1m"})
+    load_image(bed, bed.hosts, image.archive)
+    shim = bed.workdir / "podman3"
+    shim.write_text(PODMAN3)
+    for h in bed.hosts:
+        out = on_host(bed, h, ["install", "-m", "755", str(shim), "/usr/local/bin/podman"])
+        assert out.returncode == 0, out.stderr
+        assert on_host(bed, h, ["sh", "-lc", "command -v podman"]).stdout.strip() == \
+            "/usr/local/bin/podman"
+    return bed
+
+
+def test_a_podman_without_rm_t_still_has_its_containers_removed(
+        tb3: Testbed, image: Image, tmp_path: Path) -> None:
+    """Every way out removes the container with `rm -f`, which podman 3 knows (it
+    refused `rm -f -t 0`, unseen, and every container stayed)."""
+    f = _render(tb3, tmp_path, image)
+    r = run_r_in_test(RUN.format(file=r_string(str(f)), marker=r_string(MARKER_FILE)),
+                      tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    left, processes = _left(tb3, tmp_path)
     assert left == {}
     assert processes == {}
 
