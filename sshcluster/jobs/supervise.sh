@@ -1,7 +1,8 @@
 # sshcluster run --detach: a job's supervisor on its primary host. It runs in the job's
 # directory (~/.cache/sshcluster/jobs/JOB), in a session of its own (setsid), so the
 # user's ssh connection may end: it owns everything of the job and stops it.
-#   job.env         JOB, RSCRIPT, MODE (try|wait), N (hosts), LEASE_TIMEOUT, STOP_TIMEOUT
+#   job.env         JOB, RSCRIPT, MODE (try|wait), N (hosts), LEASE_TIMEOUT, STOP_TIMEOUT,
+#                   HEARTBEAT (seconds between the lines each lease session hears)
 #   args.sh         "set -- ARGS..." (the script's commandArgs(TRUE))
 #   hosts           host I's label on line I
 #   lease.I.in      what host I's lease session reads (lease.sh and its settings)
@@ -15,8 +16,10 @@
 # Who stops what: the leases last as long as this shell holds the fifo "hold" open for
 # writing (fd 9): each lease session reads it after its script, so when this shell ends,
 # however it ends, every lease session sees the end of its input and ends, and the
-# host's kernel drops the lock. R is this shell's child; if this shell is killed
-# outright, its watcher stops R, and R's end stops the cluster (the launch's own
+# host's kernel drops the lock. Meanwhile each hears a line every HEARTBEAT seconds: a
+# host cut off from this one without a word (every packet dropped) ends its lease by
+# itself once those lines stop (lease.sh). R is this shell's child; if this shell is
+# killed outright, its watcher stops R, and R's end stops the cluster (the launch's own
 # supervisor ends every host's session, and each host stops its workers). No other
 # process holds fd 9 (every command runs with 9>&-).
 umask 077
@@ -31,8 +34,21 @@ trap 'stopping=1; : >stopped; [ -n "$rpid" ] && kill -s TERM "$rpid" 2>/dev/null
 state leasing
 rm -f hold && mkfifo hold && exec 9<>hold || { state "failed cannot make a fifo in $PWD"; exit 1; }
 
+# What host I's lease session reads: its script, then a line every HEARTBEAT seconds
+# until this shell lets go of the fifo (its end: the ticker is stopped at once, and
+# its sleep holds none of the session's input).
+feed() {
+  cat "lease.$1.in"
+  while echo; do sleep "$HEARTBEAT" </dev/null >/dev/null 2>&1; done &
+  cat <hold
+  kill -s TERM $! 2>/dev/null
+}
+
 start_lease() {
-  { cat "lease.$1.in"; exec cat <hold; } 9>&- | sh "lease.$1.cmd" >"lease.$1.out" 2>"lease.$1.err" 9>&- &
+  # (9 closed by exec: a redirection on the function's call would keep a copy of it,
+  # which dash saves on another descriptor while the function runs, and so the fifo
+  # would never end for the feed's own cat)
+  ( exec 9>&-; feed "$1" ) | sh "lease.$1.cmd" >"lease.$1.out" 2>"lease.$1.err" 9>&- &
   eval "lp_$1=\$!"
 }
 
