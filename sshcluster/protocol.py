@@ -119,9 +119,22 @@ PROOF_MAGIC: Final = b"SCW4"
 #: (``R/worker.R`` writes it, ``R/remote.sh`` for a worker that never started).
 GONE: Final = "gone"
 
+# --------------------------------------------------------------------------- the leases
+
+#: Seconds without a line from its holder after which a host's lease session
+#: (``jobs/lease.sh``) ends, releasing the host or leaving the line: the holder (a
+#: job's own process, a detached job's supervisor) is gone, or cut off by a network that
+#: drops every packet, so that no end of its connection ever reaches the host.
+LEASE_SILENCE: Final = 40
+#: Seconds between a holder's lines: a quarter of the silence, so that a line or two
+#: late (a loaded machine) never ends a lease.
+LEASE_HEARTBEAT: Final = LEASE_SILENCE // 4
+
 __all__ = [
     "GONE",
     "LAUNCH_CONNECTIONS",
+    "LEASE_HEARTBEAT",
+    "LEASE_SILENCE",
     "PROOF_MAGIC",
     "RELAY_MOST_WORKERS",
     "REMOTE_STEPS",

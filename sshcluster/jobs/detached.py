@@ -52,13 +52,14 @@ from sshcluster.jobs.leases import (
     LEASE_TIMEOUT,
     JobInfo,
     describe,
+    lease_timing,
     leased_elsewhere,
 )
 from sshcluster.jobs.record import runs_dir
 from sshcluster.jobs.remote import run_script, settings
 from sshcluster.jobs.workerlog import WORKER_LOGS, job_render_options
 from sshcluster.quoting import shell_join, shell_quote
-from sshcluster.ssh.command import ssh_command
+from sshcluster.ssh.command import SESSION_OPTIONS, ssh_command
 
 SUPERVISOR = resources.files("sshcluster.jobs").joinpath("supervise.sh")
 DRIVER = resources.files("sshcluster.jobs").joinpath("driver.R")
@@ -192,14 +193,14 @@ def _lease_command(inv: Inventory, host: Host, primary: Host) -> str:
     if host.label == primary.label:  # its own lease: no ssh needed
         return f"exec sh -c {shell_quote(READ_SCRIPT)}\n"
     dest = ["-l", host.user, host.host] if host.user else [host.host]
-    words = [*ssh_command(inv, host), "-T", "-o", "ServerAliveInterval=5",
-             "-o", "ServerAliveCountMax=3", *dest, f"exec sh -c {shell_quote(READ_SCRIPT)}"]
+    words = [*ssh_command(inv, host), *SESSION_OPTIONS, *dest,
+             f"exec sh -c {shell_quote(READ_SCRIPT)}"]
     return "exec " + shell_join(words) + "\n"
 
 
 def _lease_input(job: JobInfo, mode: str) -> str:
     values = {"MODE": mode, "JOB": job.job, "WHO": job.who, "SINCE": job.since,
-              "SCRIPT": job.script}
+              "SCRIPT": job.script, "SILENCE": str(lease_timing()[1])}
     clean = {k: " ".join(v.split()) for k, v in values.items()}
     return settings(clean) + LEASE_SCRIPT + END_OF_SCRIPT + "\n"
 
@@ -217,7 +218,7 @@ def _job_files(pinv: Inventory, primary: Host, job: JobInfo, source: Path,
             "JOB": job.job, "RSCRIPT": primary.rscript or "Rscript",
             "MODE": "wait" if wait else "try", "N": str(len(hosts)),
             "LEASE_TIMEOUT": str(int(wait_timeout if wait else LEASE_TIMEOUT)),
-            "STOP_TIMEOUT": str(STOP_TIMEOUT)}).encode(),
+            "STOP_TIMEOUT": str(STOP_TIMEOUT), "HEARTBEAT": str(lease_timing()[0])}).encode(),
     }
     mode = "wait" if wait else "try"
     for i, h in enumerate(hosts, 1):

@@ -1,12 +1,15 @@
 # sshcluster's lease on one host: a job's own ssh session runs this script (after
-# lines that set MODE, JOB, WHO, SINCE and SCRIPT) and holds the host's lease for as
-# long as the session lasts.
+# lines that set MODE, JOB, WHO, SINCE, SCRIPT and SILENCE) and holds the host's lease
+# for as long as the session lasts.
 #   MODE try    take the lease or say who holds it:  "leased" | "held JOB<TAB>WHO..."
 #   MODE wait   wait in line for it, saying the place: "wait N JOB<TAB>WHO..." ... "leased"
 #   MODE list   say who holds it, take nothing:        "free" | "held JOB<TAB>WHO..."
 # The lease is a flock(1) on a file: the kernel drops it when this shell ends, so a job
 # that ends in any way (finished, crashed, killed, its ssh cut) releases its hosts. The
-# shell ends when its stdin (the ssh session) ends: the job closes it to release.
+# shell ends when its stdin (the ssh session) ends: the job closes it to release. Its
+# holder also writes a line every few seconds: after SILENCE seconds without one the
+# shell ends too (in line, it leaves the line), since a holder cut off by a network
+# that drops every packet sends no end, and sshd may never notice (TCP keepalive: 2 h).
 # No child process may keep the lock's descriptor (9) open after this shell is gone,
 # so every external command runs with 9>&- (and 8>&-, the ticket in line).
 umask 077
@@ -31,6 +34,32 @@ holder() {
   printf 'unknown\n'
 }
 
+# The dead man's switch, in the background (a child, holding no lock: the lease goes
+# with this shell): it reads the holder's lines and ends at the end of them, or after
+# SILENCE seconds without one (bash's read -t; else coreutils' timeout; else, on a host
+# with neither, only at their end).
+listen() {
+  if [ "${SILENCE:-0}" -gt 0 ] 2>/dev/null && command -v bash >/dev/null 2>&1; then
+    exec bash --norc --noprofile -c 'while IFS= read -r -t "$1" _; do :; done' \
+      sshcluster-lease "$SILENCE"
+  elif [ "${SILENCE:-0}" -gt 0 ] 2>/dev/null && command -v timeout >/dev/null 2>&1; then
+    # (--foreground where it exists: else timeout takes a process group of its own)
+    fg=''
+    timeout --foreground 1 sleep 0 </dev/null >/dev/null 2>&1 && fg=--foreground
+    while timeout $fg "$SILENCE" sh -c 'IFS= read -r _'; do :; done
+  else
+    while IFS= read -r _; do :; done
+  fi
+}
+heard=''
+start_listening() {
+  # (A background job's stdin is /dev/null unless it is redirected by name.)
+  exec 3<&0
+  listen <&3 >/dev/null 2>&1 3<&- 8>&- 9>&- &
+  heard=$!
+  exec 0</dev/null 3<&-
+}
+
 if [ "$MODE" = list ]; then
   [ -e "$f" ] || { echo free; exit 0; }
   exec 9<"$f"
@@ -46,10 +75,11 @@ if [ "$MODE" = wait ]; then
   t="$dir/$key.q.$(date +%s%N 9>&-).$$"
   # (a waiter that is stopped takes its ticket with it; one killed outright leaves it,
   # unlocked, and the next waiter removes it)
-  trap 'rm -f "$t"' EXIT
+  trap 'rm -f "$t"; kill -s TERM $heard 2>/dev/null' EXIT
   trap 'exit 1' TERM HUP INT PIPE
   exec 8>>"$t"
   flock -n 8 9>&-
+  start_listening
   while :; do
     ahead=0
     for q in "$dir/$key".q.*; do
@@ -63,6 +93,8 @@ if [ "$MODE" = wait ]; then
     # was stopped leaves the line.
     printf 'wait %s %s\n' $((ahead + 1)) "$(holder)" || exit 1
     sleep 1 9>&- 8>&-
+    # A waiter whose holder fell silent leaves the line too.
+    kill -s 0 "$heard" 2>/dev/null || exit 1
   done
   rm -f "$t"
   trap - EXIT TERM HUP INT PIPE
@@ -70,10 +102,12 @@ if [ "$MODE" = wait ]; then
 elif ! flock -n 9 8>&-; then
   printf 'held %s\n' "$(holder)"
   exit 0
+else
+  start_listening
 fi
 : >"$f"
 printf '%s\t%s\t%s\t%s\t%s\n' "$JOB" "$WHO" "$SINCE" "$SCRIPT" "$$" >&9
 echo leased
-while IFS= read -r _; do :; done
+wait "$heard"
 # Still holding the lock: the line goes before the lease does.
 : >"$f"

@@ -4,7 +4,11 @@ unknowingly.
 A lease is held by the job's own ssh session on the host, running ``lease.sh``: a
 ``flock`` on a file under ``~/.cache/sshcluster/leases/`` that the kernel drops when the
 session ends, however it ends (the job finished, crashed or was killed, or its ssh was
-cut). So there is nothing to clean up after a crash, and a lease cannot be leaked.
+cut). So there is nothing to clean up after a crash, and a lease cannot be leaked. The
+job writes a line to each session every :data:`~sshcluster.protocol.LEASE_HEARTBEAT`
+seconds; a session that hears nothing for :data:`~sshcluster.protocol.LEASE_SILENCE`
+seconds ends by itself, for a job cut off without a word (a network that drops every
+packet) never ends its ssh connection as far as the host can tell.
 
     with acquire(inventory, JobInfo.new("fit.R")) as leases:   # HostLeased if taken
         ...                                                     # released here
@@ -32,8 +36,9 @@ from sshcluster.bootstrap import END_OF_SCRIPT, READ_SCRIPT
 from sshcluster.check.report import CheckReport
 from sshcluster.errors import HostError, HostLeased
 from sshcluster.inventory import Host, Inventory
+from sshcluster.protocol import LEASE_HEARTBEAT, LEASE_SILENCE
 from sshcluster.quoting import shell_quote
-from sshcluster.ssh.command import ssh_command
+from sshcluster.ssh.command import SESSION_OPTIONS, ssh_command
 
 LEASE_SCRIPT = resources.files("sshcluster.jobs").joinpath("lease.sh").read_text("utf-8")
 #: Seconds to take (or look at) one host's lease: ssh's connection and the script.
@@ -42,6 +47,18 @@ LEASE_TIMEOUT = 30.0
 RELEASE_TIMEOUT = 5.0
 #: Seconds ``--wait`` waits in line for a host by default: a day.
 WAIT_TIMEOUT = 24 * 60 * 60.0
+#: The environment variable that shortens a lease's silence (seconds; the tests set
+#: it): the heartbeat is then a quarter of it.
+SILENCE_ENV = "SSHCLUSTER_LEASE_SILENCE"
+
+
+def lease_timing() -> tuple[int, int]:
+    """(heartbeat, silence): the seconds between a holder's lines to its lease
+    sessions, and the seconds without one after which a session ends."""
+    value = os.environ.get(SILENCE_ENV, "")
+    if value.isdigit() and int(value) >= 2:
+        return max(1, int(value) // 4), int(value)
+    return LEASE_HEARTBEAT, LEASE_SILENCE
 
 
 @dataclass(frozen=True)
@@ -102,21 +119,39 @@ class HostLease:
         self.host = host
         self.label = host.label
         info = job or JobInfo(job="", who="", since="", script="")
+        heartbeat, silence = lease_timing()
         settings = "".join(f"{k}={shell_quote(_clean(v))}\n" for k, v in (
             ("MODE", mode), ("JOB", info.job), ("WHO", info.who), ("SINCE", info.since),
-            ("SCRIPT", info.script)))
+            ("SCRIPT", info.script), ("SILENCE", str(silence))))
         dest = ["-l", host.user, host.host] if host.user else [host.host]
-        argv = [*ssh_command(inventory, host), *dest, f"exec sh -c {shell_quote(READ_SCRIPT)}"]
+        argv = [*ssh_command(inventory, host), *SESSION_OPTIONS, *dest,
+                f"exec sh -c {shell_quote(READ_SCRIPT)}"]
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, start_new_session=True,
                                      text=True)
         self.lines: queue.Queue[str | None] = queue.Queue()
+        self._closed = threading.Event()
+        self._writing = threading.Lock()  # (the heartbeat's and close()'s)
         threading.Thread(target=self._read, daemon=True).start()
-        assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.write(settings + LEASE_SCRIPT + END_OF_SCRIPT + "\n")
-            self.proc.stdin.flush()
-        except OSError:  # ssh ended already: next() reports it with ssh's words
+        # (if ssh ended already, next() reports it with ssh's words)
+        if self._write(settings + LEASE_SCRIPT + END_OF_SCRIPT + "\n"):
+            threading.Thread(target=self._beat, args=(heartbeat,), daemon=True).start()
+
+    def _write(self, text: str) -> bool:
+        with self._writing:
+            if self._closed.is_set() or self.proc.stdin is None:
+                return False
+            try:
+                self.proc.stdin.write(text)
+                self.proc.stdin.flush()
+            except (OSError, ValueError):
+                return False
+            return True
+
+    def _beat(self, every: int) -> None:
+        # The session's dead man's switch: a line every few seconds for as long as this
+        # process lives and the lease is held (see lease.sh).
+        while not self._closed.wait(every) and self._write("\n"):
             pass
 
     def _read(self) -> None:
@@ -143,9 +178,11 @@ class HostLease:
 
     def close(self) -> None:
         """End the session (releasing the lease), within :data:`RELEASE_TIMEOUT`."""
-        if self.proc.stdin is not None:
-            with contextlib.suppress(OSError):
-                self.proc.stdin.close()
+        with self._writing:
+            self._closed.set()
+            if self.proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    self.proc.stdin.close()
         try:
             self.proc.wait(RELEASE_TIMEOUT)
         except subprocess.TimeoutExpired:

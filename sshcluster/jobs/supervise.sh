@@ -1,7 +1,8 @@
 # sshcluster run --detach: a job's supervisor on its primary host. It runs in the job's
 # directory (~/.cache/sshcluster/jobs/JOB), in a session of its own (setsid), so the
 # user's ssh connection may end: it owns everything of the job and stops it.
-#   job.env         JOB, RSCRIPT, MODE (try|wait), N (hosts), LEASE_TIMEOUT, STOP_TIMEOUT
+#   job.env         JOB, RSCRIPT, MODE (try|wait), N (hosts), LEASE_TIMEOUT, STOP_TIMEOUT,
+#                   HEARTBEAT (seconds between the lines each lease session hears)
 #   args.sh         "set -- ARGS..." (the script's commandArgs(TRUE))
 #   hosts           host I's label on line I
 #   lease.I.in      what host I's lease session reads (lease.sh and its settings)
@@ -15,8 +16,10 @@
 # Who stops what: the leases last as long as this shell holds the fifo "hold" open for
 # writing (fd 9): each lease session reads it after its script, so when this shell ends,
 # however it ends, every lease session sees the end of its input and ends, and the
-# host's kernel drops the lock. R is this shell's child; if this shell is killed
-# outright, its watcher stops R, and R's end stops the cluster (the launch's own
+# host's kernel drops the lock. Meanwhile each hears a line every HEARTBEAT seconds: a
+# host cut off from this one without a word (every packet dropped) ends its lease by
+# itself once those lines stop (lease.sh). R is this shell's child; if this shell is
+# killed outright, its watcher stops R, and R's end stops the cluster (the launch's own
 # supervisor ends every host's session, and each host stops its workers). No other
 # process holds fd 9 (every command runs with 9>&-).
 umask 077
@@ -25,20 +28,52 @@ echo $$ >pid
 date +%s.%N >started
 state() { printf '%s\n' "$*" >state.tmp && mv state.tmp state; }
 rpid=''
+spid=''
 stopping=''
+
+# R is asked to quit first (USR2: it runs its exit finalizers, which stop the cluster,
+# and removes its tempdir, with the launch's directory in it; TERM would end it where
+# it stands and leave them); TERM 2 s later, KILL once STOP_TIMEOUT seconds have
+# passed. (In the background: the caller waits for R.)
+stop_r() {
+  kill -s USR2 "$rpid" 2>/dev/null || exit 0
+  k=0
+  while kill -s 0 "$rpid" 2>/dev/null; do
+    [ $k -ge "$STOP_TIMEOUT" ] && { kill -s KILL "$rpid" 2>/dev/null; exit 0; }
+    sleep 1
+    k=$((k + 1))
+    [ $k -eq 2 ] && kill -s TERM "$rpid" 2>/dev/null
+  done
+}
+
 # SIGTERM (sshcluster stop), SIGINT, SIGHUP: stop R, then end as below.
-trap 'stopping=1; : >stopped; [ -n "$rpid" ] && kill -s TERM "$rpid" 2>/dev/null' TERM INT HUP
+trap 'stopping=1; : >stopped; [ -n "$rpid" ] && [ -z "$spid" ] &&
+  { stop_r </dev/null >/dev/null 2>&1 9>&- & spid=$!; }' TERM INT HUP
 state leasing
 rm -f hold && mkfifo hold && exec 9<>hold || { state "failed cannot make a fifo in $PWD"; exit 1; }
 
+# What host I's lease session reads: its script, then a line every HEARTBEAT seconds
+# until this shell lets go of the fifo (its end: the ticker is stopped at once, and
+# its sleep holds none of the session's input).
+feed() {
+  cat "lease.$1.in"
+  while echo; do sleep "$HEARTBEAT" </dev/null >/dev/null 2>&1; done &
+  cat <hold
+  kill -s TERM $! 2>/dev/null
+}
+
 start_lease() {
-  { cat "lease.$1.in"; exec cat <hold; } 9>&- | sh "lease.$1.cmd" >"lease.$1.out" 2>"lease.$1.err" 9>&- &
+  # (9 closed by exec: a redirection on the function's call would keep a copy of it,
+  # which dash saves on another descriptor while the function runs, and so the fifo
+  # would never end for the feed's own cat)
+  ( exec 9>&-; feed "$1" ) | sh "lease.$1.cmd" >"lease.$1.out" 2>"lease.$1.err" 9>&- &
   eval "lp_$1=\$!"
 }
 
 finish() {  # $1: the job's status
   exec 9>&-  # the leases end with their input
   [ -n "${wpid:-}" ] && kill -s TERM "$wpid" 2>/dev/null
+  [ -n "$spid" ] && kill -s TERM "$spid" 2>/dev/null
   i=1
   while [ $i -le "$N" ]; do  # each lease session within 5 s, or it is ended
     eval "p=\${lp_$i:-}"
@@ -111,18 +146,12 @@ state running
 me=$$
 ( while kill -s 0 "$me" 2>/dev/null && kill -s 0 "$rpid" 2>/dev/null; do sleep 1; done
   kill -s 0 "$me" 2>/dev/null && exit 0
-  kill -s TERM "$rpid" 2>/dev/null
-  k=0
-  while kill -s 0 "$rpid" 2>/dev/null && [ $k -lt "$STOP_TIMEOUT" ]; do sleep 1; k=$((k + 1)); done
-  kill -s KILL "$rpid" 2>/dev/null ) </dev/null >/dev/null 2>&1 9>&- &
+  stop_r ) </dev/null >/dev/null 2>&1 9>&- &
 wpid=$!
+# A trap cuts the wait short: R is stopping (stop_r), so wait again.
 wait "$rpid"; rc=$?
-stop_at=''
-while kill -s 0 "$rpid" 2>/dev/null; do  # a trap cut the wait short: R is stopping
-  [ -z "$stop_at" ] && stop_at=$(( $(date +%s) + STOP_TIMEOUT ))
-  [ "$(date +%s)" -gt "$stop_at" ] && kill -s KILL "$rpid" 2>/dev/null
-  sleep 0.2
-  wait "$rpid"; rc=$?
-done
+while kill -s 0 "$rpid" 2>/dev/null; do wait "$rpid"; rc=$?; done
 date +%s.%N >r-ended
+# (a stopped R quits with status 0 on USR2: a stopped job's status is TERM's, as before)
+[ -n "$stopping" ] && rc=143
 finish "$rc"

@@ -17,6 +17,13 @@ from sshcluster.inventory import Host, Inventory
 
 #: Seconds ssh waits for the TCP connection before giving up (OpenSSH ConnectTimeout).
 CONNECT_TIMEOUT = 10
+#: The ssh options of a session that lasts (a lease's), as the launch's (OUR_SSH of
+#: ``R/launch/session.R``): no terminal; a host that stops answering for 15 s ends the
+#: session; and never the user's ControlMaster, neither becoming one (a lease's ssh
+#: would then carry the user's later sessions, and outlive the lease) nor using one
+#: (the lease would end with the user's master, and its keepalive would not be its own).
+SESSION_OPTIONS = ("-T", "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3",
+                   "-o", "ControlMaster=no", "-o", "ControlPath=none")
 
 
 class CommandOptions(Protocol):
@@ -107,5 +114,5 @@ def _ssh_path(path: str) -> str:
     return path.replace("%", "%%")
 
 
-__all__ = ["CONNECT_TIMEOUT", "CommandOptions", "known_hosts_option", "openssh_version",
-           "ssh_command"]
+__all__ = ["CONNECT_TIMEOUT", "SESSION_OPTIONS", "CommandOptions", "known_hosts_option",
+           "openssh_version", "ssh_command"]

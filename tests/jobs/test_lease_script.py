@@ -1,12 +1,17 @@
 """lease.sh run here by sh, as a host's session runs it (its stdin the session's): the
 line of waiters (tickets) with a waiter that is stopped, one killed outright, and a
-home directory on NFS, where an exclusive lock needs a file open for writing."""
+home directory on NFS, where an exclusive lock needs a file open for writing; a holder
+that falls silent (its stdin neither ends nor says anything) loses its lease, or its
+place in line, after the silence (with bash, and with timeout(1) where there is no bash)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -37,7 +42,8 @@ exec REAL "$@"
 class Session:
     """One lease session: sh reading lease.sh from its stdin, which stays open."""
 
-    def __init__(self, home: Path, mode: str, job: str, path: str) -> None:
+    def __init__(self, home: Path, mode: str, job: str, path: str,
+                 silence: int = 600) -> None:
         env = {"HOME": str(home), "PATH": path, "LC_ALL": "C"}
         self.proc = subprocess.Popen(["sh", "-c", READ_SCRIPT], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -45,9 +51,20 @@ class Session:
         assert self.proc.stdin is not None
         settings = "".join(f"{k}={shell_quote(v)}\n" for k, v in (
             ("MODE", mode), ("JOB", job), ("WHO", "me@here"), ("SINCE", "now"),
-            ("SCRIPT", "x.R")))
+            ("SCRIPT", "x.R"), ("SILENCE", str(silence))))
         self.proc.stdin.write(settings + LEASE_SCRIPT + END_OF_SCRIPT + "\n")
         self.proc.stdin.flush()
+        self.quiet = threading.Event()
+
+    def beat(self, every: float) -> None:
+        """Write a line every ``every`` seconds, as a holder does, until :attr:`quiet`."""
+        def run() -> None:
+            while not self.quiet.wait(every):
+                assert self.proc.stdin is not None
+                self.proc.stdin.write("\n")
+                self.proc.stdin.flush()
+
+        threading.Thread(target=run, daemon=True).start()
 
     def line(self) -> str:
         assert self.proc.stdout is not None
@@ -61,6 +78,7 @@ class Session:
         return got
 
     def end(self) -> None:
+        self.quiet.set()
         if self.proc.poll() is None:
             with_stdin = self.proc.stdin
             if with_stdin is not None:
@@ -126,3 +144,79 @@ def test_waiters_that_left_do_not_keep_the_line(tmp_path: Path, nfs: bool) -> No
     finally:
         for s in sessions:
             s.end()
+
+
+#: What lease.sh runs besides sh's builtins: a PATH of only these has no bash.
+TOOLS = ("sh", "mkdir", "flock", "readlink", "tr", "uname", "head", "sleep", "date", "expr",
+         "rm", "timeout")
+
+
+def _reader_path(tmp_path: Path, reader: str) -> str:
+    """The PATH for a session whose dead man's switch reads with ``reader``: bash's
+    read -t (this machine's PATH), or timeout(1) (a PATH without bash)."""
+    if reader == "bash":
+        return os.environ["PATH"]
+    tools = tmp_path / "no-bash"
+    tools.mkdir()
+    for tool in TOOLS:
+        (tools / tool).symlink_to(shutil.which(tool) or tool)
+    return str(tools)
+
+
+def _lease_free(home: Path, path: str) -> bool:
+    look = Session(home, "list", "", path)
+    try:
+        return look.line() == "free"
+    finally:
+        look.end()
+
+
+def _ends_within(session: Session, seconds: float) -> bool:
+    try:
+        session.proc.wait(seconds)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("reader", ["bash", "timeout"])
+def test_a_holder_that_falls_silent_loses_its_lease(tmp_path: Path, reader: str) -> None:
+    """A holder that writes a line every half second keeps its lease past the silence
+    (4 s); once it stops writing, without ending its session (a network that drops
+    every packet), the session ends by itself and the host is free."""
+    home = tmp_path / "home"
+    home.mkdir()
+    path = _reader_path(tmp_path, reader)
+    holder = Session(home, "try", "job-a", path, silence=4)
+    try:
+        holder.beat(0.5)
+        assert holder.line() == "leased"
+        time.sleep(9)  # (more than twice the silence)
+        assert holder.proc.poll() is None and not _lease_free(home, path)
+        holder.quiet.set()
+        assert _ends_within(holder, 60), "the silent holder kept its lease"
+        assert _lease_free(home, path)
+    finally:
+        holder.end()
+
+
+@pytest.mark.parametrize("reader", ["bash", "timeout"])
+def test_a_waiter_whose_holder_falls_silent_leaves_the_line(tmp_path: Path,
+                                                            reader: str) -> None:
+    """A job waiting in line whose own holder falls silent (it never writes, never ends
+    its session) leaves the line after the silence, taking its ticket with it."""
+    home = tmp_path / "home"
+    home.mkdir()
+    path = _reader_path(tmp_path, reader)
+    holder = Session(home, "try", "job-a", path)
+    waiter = Session(home, "wait", "job-b", path, silence=3)
+    try:
+        assert holder.line() == "leased"
+        assert waiter.line().startswith("wait 1 job-a")
+        assert len(_tickets(home)) == 1
+        assert _ends_within(waiter, 60), "the silent waiter stayed in line"
+        assert _tickets(home) == []
+        assert holder.proc.poll() is None  # (the holder's lease is its own)
+    finally:
+        waiter.end()
+        holder.end()

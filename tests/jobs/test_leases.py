@@ -1,10 +1,14 @@
 """Leases on real test hosts: a second job on an overlapping host refuses and names the
 first, or waits in line with --wait and starts when the first has ended; ``jobs`` lists
-who holds what; a lease dies with its session."""
+who holds what; a lease dies with its session, and with its holder's silence (the lease's
+ssh stopped: a network that drops every packet), in line too."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -16,7 +20,7 @@ from sshcluster.check.preflight import check
 from sshcluster.errors import HostLeased
 from sshcluster.inventory import load_inventory
 from sshcluster.jobs import JobInfo, Leases, acquire, list_leases
-from sshcluster.jobs.leases import leased_elsewhere
+from sshcluster.jobs.leases import SILENCE_ENV, HostLease, leased_elsewhere
 from sshcluster.testing import Testbed, free_port
 from sshcluster.testing.fixtures import squatter
 from tests.jobs.helpers import JOB_TIMEOUT, LEFTOVER, inventory, sshcluster, start
@@ -195,3 +199,61 @@ def test_a_check_failed_on_a_host_another_job_holds_names_that_job(testbed: Test
         assert time.monotonic() < deadline, "the lease was never released"
         time.sleep(0.2)
     leased_elsewhere(inv, report, None, wait=False)
+
+
+def _stopped(lease: HostLease) -> None:
+    """The lease's ssh stopped (SIGSTOP): its host hears nothing more, and no end."""
+    os.killpg(lease.proc.pid, signal.SIGSTOP)
+
+
+def _resumed(lease: HostLease) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(lease.proc.pid, signal.SIGCONT)
+    lease.close()
+
+
+def test_a_lease_whose_holder_falls_silent_is_released(
+        testbed: Testbed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job's heartbeat keeps its lease past the silence (4 s here); once its lease's
+    ssh is stopped (nothing more reaches the host, and no end either), the host ends
+    the lease by itself."""
+    monkeypatch.setenv(SILENCE_ENV, "4")
+    inv = load_inventory(inventory(testbed, tmp_path / "hosts.yaml", hosts=[0]))
+    leases = acquire(inv, JobInfo.new("one.R"))
+    try:
+        time.sleep(9)  # (more than twice the silence)
+        assert list_leases(inv)[0].holder is not None, "a beating holder lost its lease"
+        _stopped(leases.held[0])
+        _until(lambda: list_leases(inv)[0].holder is None, "the silent lease to end")
+    finally:
+        for lease in leases.held:
+            _resumed(lease)
+        leases.release()
+    assert testbed.leftovers(LEFTOVER, wait=15) == {}
+
+
+def test_a_waiter_whose_holder_falls_silent_leaves_the_line(
+        testbed: Testbed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two jobs wait in line behind a third; the first waiter's ssh is stopped: it
+    leaves the line after the silence, and the second waiter moves up to place 1."""
+    monkeypatch.setenv(SILENCE_ENV, "4")
+    inv = load_inventory(inventory(testbed, tmp_path / "hosts.yaml", hosts=[1]))
+    host = inv.hosts[0]
+    first = acquire(inv, JobInfo.new("a.R"))
+    waiters: list[HostLease] = []
+    try:
+        deadline = time.monotonic() + JOB_TIMEOUT
+        waiters.append(HostLease(inv, host, "wait", JobInfo.new("b.R")))
+        assert waiters[0].next(deadline).startswith("wait 1 ")
+        waiters.append(HostLease(inv, host, "wait", JobInfo.new("c.R")))
+        line = waiters[1].next(deadline)
+        while not line.startswith("wait 2 "):  # (until it has seen the first waiter)
+            line = waiters[1].next(deadline)
+        _stopped(waiters[0])
+        while not line.startswith("wait 1 "):
+            line = waiters[1].next(deadline)
+    finally:
+        for lease in waiters:
+            _resumed(lease)
+        first.release()
+    assert testbed.leftovers(LEFTOVER, wait=15) == {}

@@ -1,0 +1,120 @@
+"""A detached job's supervisor (supervise.sh) run here by sh, in a job directory of its
+own, its one lease taken here too (lease.sh, as the primary host's own lease runs it),
+through a stand-in for the network (a cat the test can stop): stopped, it asks its R to
+quit first, and R leaves no temporary directory; its lease sessions hear a line every
+HEARTBEAT seconds, so they outlive the silence, and end once the lines stop coming."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from sshcluster.bootstrap import READ_SCRIPT
+from sshcluster.inventory import parse_inventory
+from sshcluster.jobs import detached
+from sshcluster.jobs.leases import SILENCE_ENV, JobInfo
+from sshcluster.quoting import shell_quote
+
+#: Writes its tempdir() to a file, then waits to be stopped (up to a minute).
+SCRIPT = """\
+writeLines(tempdir(), "tmpdir")
+for (i in 1:600) Sys.sleep(0.1)
+"""
+#: A hang guard: R starts here in seconds.
+DEADLINE = 60.0
+#: One host (the supervisor's own: its lease session runs here, no ssh).
+INVENTORY = parse_inventory("primary: 127.0.0.1\nhosts: [{host: 127.0.0.1}]\n")
+
+
+def _job_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The job's directory, as the start writes it: one host, leased through a relay
+    (relay.pid names it) that stands in for the ssh connection."""
+    monkeypatch.setenv(SILENCE_ENV, "4")
+    run = tmp_path / "job"
+    run.mkdir()
+    script = tmp_path / "s.R"
+    script.write_text(SCRIPT)
+    files = detached._job_files(INVENTORY, INVENTORY.hosts[0], JobInfo.new("s.R"), script,
+                                (), False, 20.0)
+    for name, data in files.items():
+        (run / name).write_bytes(data)
+    (run / "lease.1.cmd").write_text(
+        "sh -c 'echo $$ >relay.pid; exec cat' | exec sh -c "
+        f"{shell_quote(READ_SCRIPT)}\n")
+    (run / "cluster.R").write_text("")
+    return run
+
+
+@pytest.fixture
+def supervisor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+               ) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """The supervisor running, its R started (its job directory beside it)."""
+    run = _job_dir(tmp_path, monkeypatch)
+    home, rtmp = tmp_path / "home", tmp_path / "rtmp"
+    home.mkdir()
+    rtmp.mkdir()
+    env = {**os.environ, "HOME": str(home), "TMPDIR": str(rtmp)}
+    proc = subprocess.Popen(["sh", "./supervise.sh"], cwd=run, env=env,
+                            start_new_session=True)
+    try:
+        _until(lambda: (run / "tmpdir").is_file(), run / "state")
+        yield proc, run
+    finally:
+        # (its whole session: R, the lease session, the relay, stopped or not)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _until(condition: Callable[[], bool], state: Path) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not condition():
+        assert time.monotonic() < deadline, state.read_text()
+        time.sleep(0.1)
+
+
+def _lease_held(home: Path) -> bool:
+    locks = list((home / ".cache/sshcluster/leases").glob("*.lock"))
+    assert len(locks) == 1
+    free = subprocess.run(["flock", "-n", str(locks[0]), "true"], timeout=30)
+    return free.returncode != 0
+
+
+def test_a_stopped_job_s_r_leaves_no_temporary_directory(
+        supervisor: tuple[subprocess.Popen[bytes], Path]) -> None:
+    """``sshcluster stop`` (TERM for the supervisor): R is asked to quit (USR2) and
+    removes its tempdir, saving no workspace; the job is recorded as stopped, with
+    TERM's status."""
+    proc, run = supervisor
+    temp = Path((run / "tmpdir").read_text().strip())
+    assert temp.is_dir() and temp.name.startswith("Rtmp")
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(DEADLINE)
+    assert (run / "state").read_text() == "ended\n"
+    assert (run / "stopped").exists() and (run / "status").read_text() == "143\n"
+    assert not temp.exists()
+    assert list(temp.parent.glob("Rtmp*")) == []
+    assert not (run / ".RData").exists()  # (R saves none as it quits)
+
+
+def test_the_lease_lives_on_the_heartbeat_and_ends_without_it(
+        supervisor: tuple[subprocess.Popen[bytes], Path], tmp_path: Path) -> None:
+    """The lease outlives its silence (4 s) while the supervisor writes to it; once its
+    connection stops carrying anything (the relay stopped: no line, and no end), the
+    host's lease session ends by itself and the host is free."""
+    proc, run = supervisor
+    home = tmp_path / "home"
+    time.sleep(9)  # (more than twice the silence)
+    assert proc.poll() is None and _lease_held(home)
+    os.kill(int((run / "relay.pid").read_text()), signal.SIGSTOP)
+    deadline = time.monotonic() + DEADLINE
+    while _lease_held(home):
+        assert time.monotonic() < deadline, "the lease outlived its silent holder"
+        time.sleep(0.2)
