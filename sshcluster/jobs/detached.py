@@ -241,7 +241,11 @@ _START = """\
 umask 077
 command -v setsid >/dev/null 2>&1 || { echo "setsid(1) not found (util-linux)" >&2; exit 1; }
 mkdir -p "$HOME"/{dir} && cd "$HOME"/{dir} && tar -xf - || exit 1
-setsid -f sh ./supervise.sh </dev/null >supervisor.log 2>&1
+# (-f forks; a setsid without it, util-linux before 2.31 or BusyBox's, runs it in the
+# background, where it is no group leader, so it gets a session of its own all the same)
+if setsid -f true 2>/dev/null; then setsid -f sh ./supervise.sh </dev/null >supervisor.log 2>&1
+else setsid sh ./supervise.sh </dev/null >supervisor.log 2>&1 &
+fi
 i=0
 while [ $i -lt {polls} ]; do
   s=$(cat state 2>/dev/null)
@@ -334,6 +338,7 @@ def start_detached(inventory: Inventory | str | os.PathLike[str],
                             "keys and known_hosts (as push's chain does)")
     if said == "timeout":
         stop_remote(ready, host, job.job)
+        _forget(ready, host, job.job)  # (it never ran: its directory and access key go)
         raise JobError(f"job {job.job}: its supervisor on {host.label} did not take the "
                        "leases in time; stopped", job=job.job)
     if said.startswith("waiting "):

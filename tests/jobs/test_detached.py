@@ -409,3 +409,35 @@ def test_a_start_that_ends_before_it_is_seen_says_why(tmp_path: Path) -> None:
     said = subprocess.run(["sh", "-c", poll], cwd=run, capture_output=True, text=True,
                           timeout=30).stdout.strip()
     assert said.startswith("failed h1: cannot take its lease from this host: no way in"), said
+
+
+@pytest.mark.parametrize("setsid_f", [True, False], ids=["setsid -f", "no setsid -f"])
+def test_the_supervisor_starts_in_a_session_of_its_own_with_any_setsid(
+        tmp_path: Path, setsid_f: bool) -> None:
+    """The start runs the supervisor with setsid: with util-linux's -f, or with a setsid
+    that has none (util-linux before 2.31, BusyBox), where it ran nothing and the start
+    waited out its polls. Here the start's script after its unpacking, with a stand-in
+    supervisor that says where it runs."""
+    from sshcluster.jobs import detached
+
+    run = tmp_path / "job"
+    run.mkdir()
+    (run / "supervise.sh").write_text(
+        'sid=$(ps -o sid= -p $$ | tr -d " ")\n'
+        '[ "$sid" = "$$" ] && echo own > session || echo "shared $sid" > session\n'
+        "echo running > state\nsleep 2\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    real = shutil.which("setsid")
+    assert real is not None
+    if not setsid_f:
+        fake = bin_dir / "setsid"
+        fake.write_text('#!/bin/sh\ncase "$1" in -f) echo "setsid: invalid option -- '
+                        f"'f'\" >&2; exit 1;; esac\nexec {real} \"$@\"\n")
+        fake.chmod(0o755)
+    poll = detached._START.split("tar -xf - || exit 1\n", 1)[1].replace("{polls}", "100")
+    said = subprocess.run(["sh", "-c", poll], cwd=run, capture_output=True, text=True,
+                          timeout=60, env={**os.environ,
+                                           "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert said.stdout.strip() == "running", said.stdout + said.stderr
+    assert (run / "session").read_text() == "own\n"
