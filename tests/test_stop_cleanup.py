@@ -60,13 +60,17 @@ def test_a_killed_primary_leaves_no_worker_tempdir(testbed: Testbed, tmp_path: P
     """The primary's R is killed (kill -9) while every worker holds a file in its
     tempdir(): once the hosts have stopped their workers, no such directory is left
     (each lives in the session's own directory, which the host removes whatever ended
-    its workers; this does not tell R's own removal, on the watchdog's USR2, from it)."""
-    f = write_cluster(testbed, tmp_path, options=RenderOptions(fork=fork))
+    its workers; this does not tell R's own removal, on the watchdog's USR2, from it).
+    The workers' global environments changed (as clusterExport() changes them): R saves
+    a changed workspace as it quits on USR2, and none is written to the workdir, where
+    it would overwrite the user's .RData."""
+    work = tmp_path / "work"
+    f = write_cluster(testbed, tmp_path, options=RenderOptions(fork=fork), workdir=str(work))
     script = tmp_path / "hold.R"
     script.write_text(f"""
         source({str(f)!r})
         d <- parallel::clusterEvalQ(parallelCluster, {{
-          writeLines("x", file.path(tempdir(), "mark")); tempdir() }})
+          kept <- 1; writeLines("x", file.path(tempdir(), "mark")); tempdir() }})
         cat("DIRS", unlist(d), "\\n")
         invisible(parallel::clusterEvalQ(parallelCluster, {{ Sys.sleep(0) }}))
         Sys.sleep(600)
@@ -87,6 +91,7 @@ def test_a_killed_primary_leaves_no_worker_tempdir(testbed: Testbed, tmp_path: P
             time.sleep(0.25)
         assert [d for d in dirs if d.exists()] == []
         assert testbed.leftovers("R", wait=10) == {}
+        assert work.is_dir() and not (work / ".RData").exists()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

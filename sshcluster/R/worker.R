@@ -28,6 +28,15 @@
   timeout <- as.numeric(args[4])
   fork <- identical(args[5], "fork")
   Sys.unsetenv("SSHCLUSTER_CODE")  # (read: this R's programs need not carry it)
+  # The host's watchdog stops the workers with USR2 (R quits and removes its tempdir()),
+  # on which R also saves the workspace, if it changed (clusterExport() changes it), to
+  # .RData in the working directory: the workdir, or the login directory, where the
+  # user's own .RData would be overwritten, by every worker at once. A worker saves none,
+  # as Rscript saves none.
+  base <- baseenv()
+  unlockBinding("sys.save.image", base)
+  assign("sys.save.image", function(name) invisible(NULL), envir = base)
+  lockBinding("sys.save.image", base)
   input <- file("stdin")
   items <- strsplit(readLines(input, n = 1L, warn = FALSE), ",", fixed = TRUE)[[1]]
   close(input)
