@@ -59,10 +59,13 @@ def test_known_hosts_files_as_ssh_opens_them(tmp_path: Path,
     """ssh -G prints GlobalKnownHostsFile as written (ssh expands its ~ only when it opens
     the files: from the passwd home, and ~user from that user's), and every list of files
     unquoted: a relative path is a file of its own, opened in the current directory, and
-    a path with a space in it is one path when it exists."""
+    a path with a space in it is one path when it exists, or when nothing there does (a
+    home directory with a space, before its first known host)."""
     monkeypatch.chdir(tmp_path)
     root = pwd.getpwnam("root").pw_dir
     (tmp_path / "my kh").write_text("")
+    for name in ("rel_g", "rel_b", "rel_c"):
+        (tmp_path / name).write_text("")
     (tmp_path / "config").write_text(
         "Host h\n  GlobalKnownHostsFile ~/.ssh/g1 ~root/g2 rel_g ~\n"
         f"  UserKnownHostsFile ~/.ssh/a rel_b \"{tmp_path}/my kh\" rel_c\n")
@@ -70,6 +73,12 @@ def test_known_hosts_files_as_ssh_opens_them(tmp_path: Path,
     assert s.global_known_hosts == (f"{HOME}/.ssh/g1", f"{root}/g2", "rel_g", f"{HOME}/")
     assert s.user_known_hosts == (f"{HOME}/.ssh/a", "rel_b", f"{tmp_path}/my kh", "rel_c")
     assert s.unsupported() == []
+    spaced = tmp_path / "John Smith"
+    (tmp_path / "config").write_text(
+        f"Host h\n  UserKnownHostsFile \"{spaced}/.ssh/known_hosts\" "
+        f"\"{spaced}/.ssh/known_hosts2\"\n")
+    assert settings(tmp_path / "config", "h").user_known_hosts == (
+        f"{spaced}/.ssh/known_hosts", f"{spaced}/.ssh/known_hosts2")
     (tmp_path / "config").write_text("Host h\n  GlobalKnownHostsFile ~nosuchuser9/kh\n")
     with pytest.raises(SshConfigError, match="nosuchuser9"):
         settings(tmp_path / "config", "h")
@@ -244,6 +253,11 @@ def test_whether_the_config_lists_host_key_algorithms_of_its_own(tmp_path: Path)
     assert settings(tmp_path / "config", "h").host_key_algorithms_listed  # (may apply)
     (tmp_path / "config").write_text("Host h\n  User u\n")
     assert not settings(tmp_path / "config", "h").host_key_algorithms_listed
+    # another host's list (an old switch's ssh-rsa) is not this host's
+    (tmp_path / "config").write_text("Host oldswitch\n  HostKeyAlgorithms ssh-rsa\n"
+                                     "Host h other\n  User u\n")
+    assert not settings(tmp_path / "config", "h").host_key_algorithms_listed
+    assert settings(tmp_path / "config", "oldswitch").host_key_algorithms_listed
 
 
 def test_the_public_key_of_an_identity_file_as_ssh_finds_it(tmp_path: Path) -> None:

@@ -142,9 +142,10 @@ def _paths(value: str, expand: Callable[[str], str] = str) -> tuple[tuple[str, .
     unsure. ``ssh -G`` separates the files with spaces and quotes none, so a path with a
     space in it looks like several, and a relative path (which ssh opens relative to the
     current directory) like the rest of the path before it. Words are joined into one
-    path only where the joined path exists: a file that is missing gives ssh no keys
-    either way. Unsure: a joined path exists and so does one of its pieces, so ssh may
-    read either. ``expand`` is what ssh does to a path before it opens it."""
+    path where the joined path exists, or where neither it nor the later words exist (a
+    file that is missing gives ssh no keys either way; it is where keys are recorded).
+    Unsure: a joined path exists and so does one of its pieces, so ssh may read either.
+    ``expand`` is what ssh does to a path before it opens it."""
     if not value or value == "none":
         return (), False
 
@@ -161,6 +162,14 @@ def _paths(value: str, expand: Callable[[str], str] = str) -> tuple[tuple[str, .
     while start < len(words):
         end = next((j for j in range(len(words), start + 1, -1)
                     if exists(words[start:j])), start + 1)
+        # Nothing there yet (a known_hosts file before its first key): a word that is no
+        # path of its own (not absolute, not ~, and missing) goes on the path before
+        # it, as a space in it, where --accept-new records: ssh -G prints these files
+        # expanded, so a relative word is rarer than a space.
+        if end == start + 1 and not exists(words[start:end]):
+            while end < len(words) and not words[end].startswith(("/", "~")) \
+                    and not exists([words[end]]):
+                end += 1
         if end > start + 1 and (
                 any(exists(words[start:k]) for k in range(start + 1, end))
                 or any(exists([w]) for w in words[start + 1:end])):
@@ -264,11 +273,13 @@ async def client_settings(destination: str, args: Sequence[str] = (), *,
                              f"{said or f'exit status {done.returncode}'}",
                              host=destination, hint="fix the ssh config line it names")
     files = [line.partition(_READING)[2] for line in stderr if _READING in line]
+    applied = {(m.group(1), int(m.group(2))) for line in stderr
+               if (m := _APPLYING.match(line))}
     try:
         settings = settings_from(parse_ssh_g(done.stdout.decode(errors="replace")),
                                  destination)
         return replace(settings, host_key_algorithms_listed=(
-            _lists_host_key_algorithms(files, args)))
+            _lists_host_key_algorithms(files, args, applied)))
     except (ValueError, KeyError) as e:  # a token or ~user ssh would refuse too
         raise SshConfigError(f"ssh would refuse a path in its config for {destination}: {e}",
                              host=destination, hint="fix that path (IdentityFile, "
@@ -277,20 +288,34 @@ async def client_settings(destination: str, args: Sequence[str] = (), *,
 
 
 _READING = "debug1: Reading configuration data "
+#: ssh -v's word on each Host line that matched (Match lines it does not name so).
+_APPLYING = re.compile(r"^debug1: (.+) line (\d+): Applying options for ")
+_BLOCK = re.compile(r"^\s*(host|match)(?:\s|=)", re.I)
 _HOST_KEY_ALGORITHMS = re.compile(
     r'^\s*(?:-o\s*)?"?hostkeyalgorithms"?(?:\s*=\s*|\s+)"?([^\s"]*)', re.I)
 
 
-def _lists_host_key_algorithms(files: Sequence[str], args: Sequence[str]) -> bool:
+def _lists_host_key_algorithms(files: Sequence[str], args: Sequence[str],
+                               applied: set[tuple[str, int]] | None = None) -> bool:
     """Whether any config file ssh read, or the command line, may set HostKeyAlgorithms
-    to a list of its own: a line that names it with a value not starting with + or -
-    (a commented line does not count; a file that cannot be read does)."""
+    for this host to a list of its own: a line that names it with a value not starting
+    with + or - (a commented line does not count; a file that cannot be read does).
+    Lines under a Host line ssh did not apply (``applied``: file and line of those it
+    did) are another host's; under a Match line they count (ssh -v does not say)."""
     texts = list(args)
     for path in files:
         try:
-            texts += Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+            lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
         except OSError:
             return True
+        active = True
+        for number, line in enumerate(lines, 1):
+            block = _BLOCK.match(line)
+            if block:
+                active = block.group(1).lower() == "match" or applied is None \
+                    or (path, number) in applied
+            elif active:
+                texts.append(line)
     for text in texts:
         if "hostkeyalgorithms" not in text.lower() or text.lstrip().startswith("#"):
             continue
