@@ -28,11 +28,29 @@ IFS= read -r tokens || exit 0
   echo "sshcluster: $r not found on $(uname -n) (PATH=$PATH); set rscript: in the inventory" >&2
   exit 127
 }
+# The inventory's workdir: made if missing, and the workers start in it (a relative
+# one is relative to the login directory, where ssh starts us).
+if [ -n "${SSHCLUSTER_WORKDIR:-}" ]; then
+  mkdir -p -- "$SSHCLUSTER_WORKDIR" && cd -- "$SSHCLUSTER_WORKDIR" || {
+    echo "sshcluster: cannot make or enter workdir $SSHCLUSTER_WORKDIR on $(uname -n)" >&2
+    exit 126
+  }
+fi
+# Behind a reverse tunnel, start only once the primary has seen "ready": ssh has
+# then processed sshd's answer to its -R request, so the port is ours.
+if [ "$mode" = tunnel ]; then
+  echo ready
+  IFS= read -r go || exit 0
+fi
 # lease: true: this session holds the host's lease for as long as it lives, as a job's
 # lease session does (jobs/lease.sh: the same file, a flock the kernel drops when the
-# session's last process ends). A host leased to anyone else fails the launch,
-# naming the holder; an older session of this same cluster (a repair's host that was
-# cut off) ends within SILENCE seconds, so it is waited for.
+# session's last process ends). Taken only now, past the last read without a watchdog
+# ("go" above): a primary cut off before it would else keep the host leased for good.
+# Only this shell and its watchdog hold the lock's descriptor (9): the workers and
+# whatever they start (a program of theirs that outlives the cluster) run with 9>&-.
+# A host leased to anyone else fails the launch, naming the holder; an older session
+# of this same cluster (a repair's host that was cut off) ends within SILENCE
+# seconds, so it is waited for.
 if [ -n "${SSHCLUSTER_LEASE:-}" ]; then
   command -v flock >/dev/null 2>&1 || {
     echo "sshcluster: flock(1) not found on $(uname -n): lease: true needs util-linux" >&2
@@ -52,20 +70,6 @@ if [ -n "${SSHCLUSTER_LEASE:-}" ]; then
   fi
   : >"$lf"
   printf '%s\t%s\n' "$SSHCLUSTER_LEASE" "$$" >&9
-fi
-# The inventory's workdir: made if missing, and the workers start in it (a relative
-# one is relative to the login directory, where ssh starts us).
-if [ -n "${SSHCLUSTER_WORKDIR:-}" ]; then
-  mkdir -p -- "$SSHCLUSTER_WORKDIR" && cd -- "$SSHCLUSTER_WORKDIR" || {
-    echo "sshcluster: cannot make or enter workdir $SSHCLUSTER_WORKDIR on $(uname -n)" >&2
-    exit 126
-  }
-fi
-# Behind a reverse tunnel, start only once the primary has seen "ready": ssh has
-# then processed sshd's answer to its -R request, so the port is ours.
-if [ "$mode" = tunnel ]; then
-  echo ready
-  IFS= read -r go || exit 0
 fi
 me=$$
 leader=''
@@ -88,11 +92,17 @@ watchdog() {
       'while IFS= read -r -t "$1" _; do kill -s 0 "$2" 2>/dev/null || exit 0; done' \
       sshcluster "$silence" "$me"
   elif command -v timeout >/dev/null 2>&1; then
-    while timeout "$silence" sh -c 'IFS= read -r _' && kill -s 0 "$me" 2>/dev/null; do :; done
+    # --foreground where it exists: else GNU timeout moves itself and its reader to a
+    # process group of their own, out of reach of the group kill below, and they
+    # outlive the session by up to SILENCE seconds (holding its output open, so sshd
+    # does not close it either).
+    fg=''
+    timeout --foreground 1 sleep 0 </dev/null >/dev/null 2>&1 && fg=--foreground
+    while timeout $fg "$silence" sh -c 'IFS= read -r _' && kill -s 0 "$me" 2>/dev/null; do :; done
   else
     while IFS= read -r _ && kill -s 0 "$me" 2>/dev/null; do :; done
   fi
-  $unbox again
+  $unbox again 9>&-
   if [ "$leader" ]; then
     # USR2 first: R quits as asked, and removes its tempdir() and the files the
     # user's code made there (TERM ends it where it stands, and leaves them).
@@ -150,7 +160,7 @@ else
   trap 'exit 143' TERM
 fi
 if [ -n "${SSHCLUSTER_CONTAINER:-}" ]; then  # (containers)
-  sshcluster_container_start || exit $?
+  sshcluster_container_start 9>&- || exit $?
   in=sshcluster_container_exec
 fi
 # ---
@@ -173,7 +183,7 @@ for t in $tokens; do n=$((n + 1)); done
 if [ "$start" = fork ] && [ "$leader" ] && [ "$n" -le 256 ]; then
   IFS=$old
   printf '%s\n' "$tokens" |
-    $in "$r" "$rargs" -e "$boot" "$master" "$port" "$machine" "$timeout" fork >&5 &
+    $in "$r" "$rargs" -e "$boot" "$master" "$port" "$machine" "$timeout" fork >&5 9>&- &
   pids=$!
 else
   for t in $tokens; do
@@ -184,14 +194,14 @@ else
       # reaches both)
       (
         printf '%s\n' "$t" |
-          $in "$r" "$rargs" -e "$boot" "$master" "$port" "$machine" "$timeout" fresh >&5
+          $in "$r" "$rargs" -e "$boot" "$master" "$port" "$machine" "$timeout" fresh >&5 9>&-
         rc=$?
         echo "gone ${t%%:*} $rc" >&4
         exit $rc
       ) &
     else
       printf '%s\n' "$t" |
-        $in "$r" "$rargs" -e "$boot" "$master" "$port" "$machine" "$timeout" fresh >&5 &
+        $in "$r" "$rargs" -e "$boot" "$master" "$port" "$machine" "$timeout" fresh >&5 9>&- &
     fi
     pids="$pids $!"
   done
