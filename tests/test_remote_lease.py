@@ -43,7 +43,10 @@ def _stand_in(tmp_path: Path, body: str) -> Path:
 @contextlib.contextmanager
 def _session(argv: list[str], home: Path, path: str | None = None
              ) -> Iterator[subprocess.Popen[bytes]]:
-    env = {**os.environ, "HOME": str(home), **({"PATH": path} if path else {})}
+    # (TMPDIR: the session's own directory goes there, not in this machine's /tmp,
+    # should the group kill below take the reaper that removes it)
+    env = {**os.environ, "HOME": str(home), "TMPDIR": str(home),
+           **({"PATH": path} if path else {})}
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             env=env, start_new_session=True)
     try:
