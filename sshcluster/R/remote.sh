@@ -91,7 +91,9 @@ watchdog() {
     bash --norc --noprofile -c \
       'while IFS= read -r -t "$1" _; do kill -s 0 "$2" 2>/dev/null || exit 0; done' \
       sshcluster "$silence" "$me"
-  elif command -v timeout >/dev/null 2>&1; then
+  elif timeout 1 sleep 0 </dev/null >/dev/null 2>&1; then
+    # (a timeout that takes "timeout SECONDS COMMAND": BusyBox's before 1.30 wants -t,
+    # and failing at once would end the session at once)
     # --foreground where it exists: else GNU timeout moves itself and its reader to a
     # process group of their own, out of reach of the group kill below, and they
     # outlive the session by up to SILENCE seconds (holding its output open, so sshd

@@ -42,7 +42,8 @@ listen() {
   if [ "${SILENCE:-0}" -gt 0 ] 2>/dev/null && command -v bash >/dev/null 2>&1; then
     exec bash --norc --noprofile -c 'while IFS= read -r -t "$1" _; do :; done' \
       sshcluster-lease "$SILENCE"
-  elif [ "${SILENCE:-0}" -gt 0 ] 2>/dev/null && command -v timeout >/dev/null 2>&1; then
+  elif [ "${SILENCE:-0}" -gt 0 ] 2>/dev/null && timeout 1 sleep 0 </dev/null >/dev/null 2>&1
+  then  # (not BusyBox's before 1.30, which wants -t: it would end the lease at once)
     # (--foreground where it exists: else timeout takes a process group of its own)
     fg=''
     timeout --foreground 1 sleep 0 </dev/null >/dev/null 2>&1 && fg=--foreground

@@ -220,3 +220,27 @@ def test_a_waiter_whose_holder_falls_silent_leaves_the_line(tmp_path: Path,
     finally:
         waiter.end()
         holder.end()
+
+
+def test_a_timeout_that_wants_t_leaves_the_lease_to_the_session_s_end(tmp_path: Path
+                                                                       ) -> None:
+    """No bash, and a timeout(1) that takes only "timeout -t SECONDS" (BusyBox before
+    1.30): the switch cannot time a read, so the lease lasts until the session ends, as
+    without timeout(1); it must not end at once (its timeout failing at once ended it)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    path = _reader_path(tmp_path, "timeout")
+    old = Path(path) / "timeout"
+    old.unlink()
+    old.write_text('#!/bin/sh\n[ "$1" = -t ] || { echo "timeout: invalid option" >&2; '
+                   'exit 1; }\nshift 2\nexec "$@"\n')
+    old.chmod(0o755)
+    holder = Session(home, "try", "job-a", path, silence=2)
+    try:
+        holder.beat(0.5)
+        assert holder.line() == "leased"
+        time.sleep(5)
+        assert holder.proc.poll() is None and not _lease_free(home, path)
+    finally:
+        holder.end()
+    assert _ends_within(holder, 60) and _lease_free(home, path)
