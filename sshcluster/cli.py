@@ -9,6 +9,7 @@ wrong. No traceback for a user's mistake.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -404,13 +405,19 @@ def main(argv: Sequence[str] | None = None) -> None:
             sys.exit(128 + signalled[0])
         raise
     except OSError as e:  # (click itself handles a closed pipe, EPIPE)
+        if e.filename is not None or e.errno not in _OUTPUT_ERRORS:
+            raise  # (not standard output's: a defect, to be seen as one)
         with contextlib.suppress(OSError):
-            click.echo(f"error: {e.filename}: {e.strerror or e}" if e.filename else
-                       f"error: cannot write the output: {e.strerror or e}", err=True)
+            click.echo(f"error: cannot write the output: {e.strerror or e}", err=True)
         # (what is still buffered would fail again as Python exits, with a traceback)
         with contextlib.suppress(OSError, ValueError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
+
+
+#: How writing standard output fails: a full disk or quota, an I/O error, a file too
+#: big, a descriptor not open for writing.
+_OUTPUT_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG, errno.EBADF}
 
 
 def _terminate_as_ctrl_c() -> list[int]:

@@ -335,7 +335,8 @@ def _read_spec(doc: Any, reader: Reader) -> EC2Spec:
             line=m.line, field="ec2",
             hint="give the address range you connect from, e.g. 'ssh_cidr: 203.0.113.7/32'")
     result = EC2Spec(**spec)
-    size = len(user_data(result, datetime(2000, 1, 1).astimezone()).encode())
+    start = datetime(2000, 1, 1).astimezone()  # (the lifetime's digits, as up writes them)
+    size = len(user_data(result, start + result.max_lifetime, now=start).encode())
     if size > MAX_USER_DATA:
         raise reader.fail(f"the setup script makes the user data {size} bytes; EC2 takes "
                           f"at most {MAX_USER_DATA}", line=line("setup"), field="ec2.setup",
