@@ -405,7 +405,7 @@ def test_a_start_that_ends_before_it_is_seen_says_why(tmp_path: Path) -> None:
     run = _supervisor_dir(tmp_path, "j1", "echo 'no way in' >&2\nexit 255\n")
     subprocess.run(["sh", "./supervise.sh"], cwd=run, check=True, timeout=60)
     assert (run / "state").read_text() == "ended\n"
-    poll = detached._START.split("2>&1\n", 1)[1].replace("{polls}", "10")
+    poll = detached._START.split("\nfi\n", 1)[1].replace("{polls}", "10")  # (after the start)
     said = subprocess.run(["sh", "-c", poll], cwd=run, capture_output=True, text=True,
                           timeout=30).stdout.strip()
     assert said.startswith("failed h1: cannot take its lease from this host: no way in"), said
