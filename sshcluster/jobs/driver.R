@@ -14,18 +14,6 @@ local({
     Sys.unsetenv("_STDBUF_O")
   }
 })
-# sshcluster stops this R with USR2 (R quits, running its exit finalizers, which stop
-# the cluster, and removing its tempdir); but on USR2 R also saves the workspace, if it
-# changed, to .RData in the working directory: the user's, whose own .RData it would
-# overwrite. A job's R saves no workspace as it quits, as Rscript saves none; it still
-# closes its connections first, as R's own save does (the cluster's supervisor sees
-# its pipe end, and stops the hosts' sessions at once).
-local({
-  base <- baseenv()
-  unlockBinding("sys.save.image", base)
-  assign("sys.save.image", function(name) closeAllConnections(), envir = base)
-  lockBinding("sys.save.image", base)
-})
 local({
   run_dir <- Sys.getenv("SSHCLUSTER_RUN_DIR")
   note <- function(name, value) writeLines(value, file.path(run_dir, name))

@@ -55,8 +55,6 @@ from sshcluster.version import __version__
 #: Seconds the R session (and its supervisor) may take to end once asked, before it is
 #: killed: the supervisor's own stop is bounded well below this.
 STOP_TIMEOUT = 20.0
-#: Seconds R may take to quit on USR2 before it is sent TERM.
-QUIT_GRACE = 2.0
 
 
 class RunError(SshclusterError):
@@ -170,24 +168,15 @@ class _Job:
         return self.proc.wait()
 
     def stop_r(self) -> None:
-        """End the R session (SIGUSR2; SIGTERM after :data:`QUIT_GRACE`; then SIGKILL
-        for its whole group after :data:`STOP_TIMEOUT`). Its supervisor sees R go and
-        ends every host's ssh session; each host then stops its workers (the launch's
-        dead man's switch)."""
+        """End the R session (SIGTERM, then SIGKILL for its whole group after
+        :data:`STOP_TIMEOUT`). Its supervisor sees R go and ends every host's ssh
+        session; each host then stops its workers (the launch's dead man's switch)."""
         proc = self.proc
         if proc is None:
             return
         if proc.poll() is None:
-            # USR2 first: R quits as asked, running its exit finalizers (the cluster's
-            # stop) and removing its tempdir, with the launch's directory in it. TERM
-            # would end it where it stands and leave them behind.
             with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGUSR2)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(QUIT_GRACE)
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
+                proc.send_signal(signal.SIGTERM)
         else:
             # R ended by itself, after its cluster's stop (or its supervisor saw it go):
             # what is left of its group is the supervisor's watcher, asleep for up to
@@ -215,14 +204,13 @@ class _Job:
 
 
 def _die_with_parent() -> None:
-    """In the R session's process, before R starts: on Linux, SIGUSR2 it when this job's
-    process dies, even by SIGKILL (its leases are gone then: the job must go too). R
-    quits on USR2 and removes its tempdir, as on the way :meth:`_Job.stop_r` stops it."""
+    """In the R session's process, before R starts: on Linux, SIGTERM it when this job's
+    process dies, even by SIGKILL (its leases are gone then: the job must go too)."""
     if sys.platform.startswith("linux"):
         import ctypes
 
         pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGUSR2)
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _line_buffered() -> list[str]:

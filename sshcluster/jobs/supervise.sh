@@ -28,27 +28,9 @@ echo $$ >pid
 date +%s.%N >started
 state() { printf '%s\n' "$*" >state.tmp && mv state.tmp state; }
 rpid=''
-spid=''
 stopping=''
-
-# R is asked to quit first (USR2: it runs its exit finalizers, which stop the cluster,
-# and removes its tempdir, with the launch's directory in it; TERM would end it where
-# it stands and leave them); TERM 2 s later, KILL once STOP_TIMEOUT seconds have
-# passed. (In the background: the caller waits for R.)
-stop_r() {
-  kill -s USR2 "$rpid" 2>/dev/null || exit 0
-  k=0
-  while kill -s 0 "$rpid" 2>/dev/null; do
-    [ $k -ge "$STOP_TIMEOUT" ] && { kill -s KILL "$rpid" 2>/dev/null; exit 0; }
-    sleep 1
-    k=$((k + 1))
-    [ $k -eq 2 ] && kill -s TERM "$rpid" 2>/dev/null
-  done
-}
-
 # SIGTERM (sshcluster stop), SIGINT, SIGHUP: stop R, then end as below.
-trap 'stopping=1; : >stopped; [ -n "$rpid" ] && [ -z "$spid" ] &&
-  { stop_r </dev/null >/dev/null 2>&1 9>&- & spid=$!; }' TERM INT HUP
+trap 'stopping=1; : >stopped; [ -n "$rpid" ] && kill -s TERM "$rpid" 2>/dev/null' TERM INT HUP
 state leasing
 rm -f hold && mkfifo hold && exec 9<>hold || { state "failed cannot make a fifo in $PWD"; exit 1; }
 
@@ -73,7 +55,6 @@ start_lease() {
 finish() {  # $1: the job's status
   exec 9>&-  # the leases end with their input
   [ -n "${wpid:-}" ] && kill -s TERM "$wpid" 2>/dev/null
-  [ -n "$spid" ] && kill -s TERM "$spid" 2>/dev/null
   i=1
   while [ $i -le "$N" ]; do  # each lease session within 5 s, or it is ended
     eval "p=\${lp_$i:-}"
@@ -146,12 +127,18 @@ state running
 me=$$
 ( while kill -s 0 "$me" 2>/dev/null && kill -s 0 "$rpid" 2>/dev/null; do sleep 1; done
   kill -s 0 "$me" 2>/dev/null && exit 0
-  stop_r ) </dev/null >/dev/null 2>&1 9>&- &
+  kill -s TERM "$rpid" 2>/dev/null
+  k=0
+  while kill -s 0 "$rpid" 2>/dev/null && [ $k -lt "$STOP_TIMEOUT" ]; do sleep 1; k=$((k + 1)); done
+  kill -s KILL "$rpid" 2>/dev/null ) </dev/null >/dev/null 2>&1 9>&- &
 wpid=$!
-# A trap cuts the wait short: R is stopping (stop_r), so wait again.
 wait "$rpid"; rc=$?
-while kill -s 0 "$rpid" 2>/dev/null; do wait "$rpid"; rc=$?; done
+stop_at=''
+while kill -s 0 "$rpid" 2>/dev/null; do  # a trap cut the wait short: R is stopping
+  [ -z "$stop_at" ] && stop_at=$(( $(date +%s) + STOP_TIMEOUT ))
+  [ "$(date +%s)" -gt "$stop_at" ] && kill -s KILL "$rpid" 2>/dev/null
+  sleep 0.2
+  wait "$rpid"; rc=$?
+done
 date +%s.%N >r-ended
-# (a stopped R quits with status 0 on USR2: a stopped job's status is TERM's, as before)
-[ -n "$stopping" ] && rc=143
 finish "$rc"

@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -45,12 +45,9 @@ def signals_as_in_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def start(args: Sequence[str], state: Path, more_env: Mapping[str, str] | None = None,
-          cwd: Path | None = None) -> subprocess.Popen[str]:
-    """``sshcluster ARGS`` in its own process group, stdout and stderr piped (with
-    ``more_env`` in its environment, in ``cwd``)."""
-    return subprocess.Popen([sys.executable, "-m", "sshcluster", *args],
-                            env={**env(state), **(more_env or {})}, cwd=cwd,
+def start(args: Sequence[str], state: Path) -> subprocess.Popen[str]:
+    """``sshcluster ARGS`` in its own process group, stdout and stderr piped."""
+    return subprocess.Popen([sys.executable, "-m", "sshcluster", *args], env=env(state),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, preexec_fn=signals_as_in_a_terminal)
 

@@ -1,8 +1,8 @@
 """A detached job's supervisor (supervise.sh) run here by sh, in a job directory of its
 own, its one lease taken here too (lease.sh, as the primary host's own lease runs it),
-through a stand-in for the network (a cat the test can stop): stopped, it asks its R to
-quit first, and R leaves no temporary directory; its lease sessions hear a line every
-HEARTBEAT seconds, so they outlive the silence, and end once the lines stop coming."""
+through a stand-in for the network (a cat the test can stop): its lease sessions hear a
+line every HEARTBEAT seconds, so they outlive the silence, and end once the lines stop
+coming."""
 
 from __future__ import annotations
 
@@ -85,23 +85,6 @@ def _lease_held(home: Path) -> bool:
     assert len(locks) == 1
     free = subprocess.run(["flock", "-n", str(locks[0]), "true"], timeout=30)
     return free.returncode != 0
-
-
-def test_a_stopped_job_s_r_leaves_no_temporary_directory(
-        supervisor: tuple[subprocess.Popen[bytes], Path]) -> None:
-    """``sshcluster stop`` (TERM for the supervisor): R is asked to quit (USR2) and
-    removes its tempdir, saving no workspace; the job is recorded as stopped, with
-    TERM's status."""
-    proc, run = supervisor
-    temp = Path((run / "tmpdir").read_text().strip())
-    assert temp.is_dir() and temp.name.startswith("Rtmp")
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(DEADLINE)
-    assert (run / "state").read_text() == "ended\n"
-    assert (run / "stopped").exists() and (run / "status").read_text() == "143\n"
-    assert not temp.exists()
-    assert list(temp.parent.glob("Rtmp*")) == []
-    assert not (run / ".RData").exists()  # (R saves none as it quits)
 
 
 def test_the_lease_lives_on_the_heartbeat_and_ends_without_it(
