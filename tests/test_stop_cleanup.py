@@ -60,10 +60,9 @@ def test_a_killed_primary_leaves_no_worker_tempdir(testbed: Testbed, tmp_path: P
     """The primary's R is killed (kill -9) while every worker holds a file in its
     tempdir(): once the hosts have stopped their workers, no such directory is left
     (each lives in the session's own directory, which the host removes whatever ended
-    its workers; this does not tell R's own removal, on the watchdog's USR2, from it).
-    The workers' global environments changed (as clusterExport() changes them): R saves
-    a changed workspace as it quits on USR2, and none is written to the workdir, where
-    it would overwrite the user's .RData."""
+    its workers). The workers' global environments changed (as clusterExport() changes
+    them), and no workspace is written to the workdir, where it would overwrite the
+    user's .RData."""
     work = tmp_path / "work"
     f = write_cluster(testbed, tmp_path, options=RenderOptions(fork=fork), workdir=str(work))
     script = tmp_path / "hold.R"

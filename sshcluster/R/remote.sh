@@ -106,10 +106,9 @@ watchdog() {
   fi
   $unbox again 9>&-
   if [ "$leader" ]; then
-    # USR2 first: R quits as asked, and removes its tempdir() and the files the
-    # user's code made there (TERM ends it where it stands, and leaves them).
-    kill -s USR2 -- "-$me" 2>/dev/null
-    sleep 1
+    # TERM (not USR2, on which R runs its whole exit inside its signal handler, and
+    # aborts about one time in three): the workers' temporary files go with the
+    # session's directory below, whatever ended them.
     kill -s TERM -- "-$me" 2>/dev/null
     sleep 2
     [ -z "$sess" ] || rm -rf -- "$sess"
@@ -130,8 +129,8 @@ if [ -z "${SSHCLUSTER_CONTAINER:-}" ]; then
   sess=$(umask 077 && mktemp -d "${TMPDIR:-/tmp}/sshcluster-workers.XXXXXX" 2>/dev/null) &&
     export TMPDIR="$sess" || sess=''
 fi
-# The watchdog's USR2 is for R (which sets its own handler whatever it inherits): a
-# shell that runs its exit trap on a signal (bash as sh) would send TERM at once.
+# A USR2 to the group (tooling of the user's) must not end this script without its exit
+# trap (R sets its own handler whatever it inherits).
 trap '' USR2
 # (A background job's stdin is /dev/null unless it is redirected by name.)
 exec 3<&0

@@ -28,11 +28,10 @@
   timeout <- as.numeric(args[4])
   fork <- identical(args[5], "fork")
   Sys.unsetenv("SSHCLUSTER_CODE")  # (read: this R's programs need not carry it)
-  # The host's watchdog stops the workers with USR2 (R quits and removes its tempdir()),
-  # on which R also saves the workspace, if it changed (clusterExport() changes it), to
-  # .RData in the working directory: the workdir, or the login directory, where the
-  # user's own .RData would be overwritten, by every worker at once. A worker saves none,
-  # as Rscript saves none.
+  # On USR2 (sent by someone's own tooling, say) R quits and saves the workspace, if it
+  # changed (clusterExport() changes it), to .RData in the working directory: the
+  # workdir, or the login directory, where the user's own .RData would be overwritten,
+  # by every worker at once. A worker saves none, as Rscript saves none.
   base <- baseenv()
   unlockBinding("sys.save.image", base)
   assign("sys.save.image", function(name) invisible(NULL), envir = base)
