@@ -209,16 +209,19 @@ def test_a_waiter_whose_holder_falls_silent_leaves_the_line(tmp_path: Path,
     home.mkdir()
     path = _reader_path(tmp_path, reader)
     holder = Session(home, "try", "job-a", path)
-    waiter = Session(home, "wait", "job-b", path, silence=3)
+    waiter = None
     try:
         assert holder.line() == "leased"
+        # (started once the holder has the lease: else the waiter may take it first)
+        waiter = Session(home, "wait", "job-b", path, silence=3)
         assert waiter.line().startswith("wait 1 job-a")
         assert len(_tickets(home)) == 1
         assert _ends_within(waiter, 60), "the silent waiter stayed in line"
         assert _tickets(home) == []
         assert holder.proc.poll() is None  # (the holder's lease is its own)
     finally:
-        waiter.end()
+        if waiter is not None:
+            waiter.end()
         holder.end()
 
 
