@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -117,14 +118,19 @@ class _Job:
         #: When R was told to go on (its bootstrap is ready), wall-clock time.
         self.go_at: float | None = None
         self.relay: WorkerRelay | None = None
+        #: The R session's TMPDIR: a directory of the job's own, removed once R and all
+        #: it started are gone (R stopped by a signal leaves its tempdir(), with the
+        #: launch's directory in it).
+        self.tmp: str | None = None
 
     def start_r(self, rscript: str, args: tuple[str, ...], script: Path, out: BinaryIO,
                 err: BinaryIO) -> None:
         # R starts at once and waits for "go" on its stdin (:meth:`go`): so its own
         # start-up overlaps the check, and the bootstrap need not exist yet.
+        self.tmp = tempfile.mkdtemp(prefix="sshcluster-job-")
         env = dict(os.environ, SSHCLUSTER_RUN_DIR=str(self.run_dir),
                    SSHCLUSTER_BOOTSTRAP=str(self.run_dir / "cluster.R"),
-                   SSHCLUSTER_SCRIPT=str(script), SSHCLUSTER_WAIT_GO="1")
+                   SSHCLUSTER_SCRIPT=str(script), SSHCLUSTER_WAIT_GO="1", TMPDIR=self.tmp)
         self.started = time.time()  # the R session's notes are wall-clock times too
         with resources.as_file(DRIVER) as driver:
             # Its own session: a Ctrl-C in the terminal reaches the job, which then
@@ -201,6 +207,8 @@ class _Job:
     def close(self) -> None:
         with self.log_lock:
             self.log.close()
+        if self.tmp is not None:  # (R and all it started are gone: stop_r() ran)
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def _die_with_parent() -> None:

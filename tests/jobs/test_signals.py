@@ -32,7 +32,13 @@ cat("never\\n")
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
                          ids=["ctrl-c", "sigterm", "sighup"])
 def test_a_signal_mid_run_leaves_nothing(testbed: Testbed, tmp_path: Path,
-                                         signum: int) -> None:
+                                         signum: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing on the hosts, no lease, and nothing in the TMPDIR the job was given: its
+    R's tempdir() (with the launch's directory in it), which R stopped by a signal
+    leaves, goes with a directory of the job's own."""
+    rtmp = tmp_path / "rtmp"
+    rtmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(rtmp))
     inv = inventory(testbed, tmp_path / "hosts.yaml")
     script = tmp_path / "busy.R"
     script.write_text(BUSY)
@@ -63,6 +69,7 @@ def test_a_signal_mid_run_leaves_nothing(testbed: Testbed, tmp_path: Path,
         record = json.loads(next((state / "runs").glob("*/run.json")).read_text())
         assert record["status"] == 128 + signum
         assert record["signal"] == signal.Signals(signum).name
+        assert list(rtmp.iterdir()) == []
 
 
 def test_a_job_killed_outright_leaves_nothing(testbed: Testbed, tmp_path: Path) -> None:
