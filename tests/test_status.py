@@ -53,18 +53,22 @@ def test_sessions_workers_and_strays_are_told_apart() -> None:
     assert sorted(p.pid for p in strays) == [20, 21, 22]
 
 
+def _listing(containers: list[str], live: str) -> str:
+    """What a host's status script prints: podman's ``containers`` and one live session
+    whose container is ``live``."""
+    return ("".join(f"container podman {c}\n" for c in containers) + "self 99\n"
+            "10 1 sshd: bob@notty\n"
+            "11 10 sh -c code=... sshcluster Rscript 127.0.0.1 11000 1 120 tunnel fork 40 "
+            f"SSHCLUSTER_CONTAINER=podman SSHCLUSTER_CONTAINER_NAME={live}\n"
+            "98 1 sshd: bob@notty\n"
+            "99 98 ps -ww -u 1000 -o pid= -o ppid= -o args=\n")
+
+
 def test_a_container_no_live_session_names_is_stray() -> None:
     from sshcluster.status.scan import _sorted
 
-    text = ("container podman sshcluster-ab12-h1-1\n"
-            "container podman sshcluster-cd34-h1-3\n"
-            "self 99\n"
-            "10 1 sshd: bob@notty\n"
-            "11 10 sh -c code=... sshcluster Rscript 127.0.0.1 11000 1 120 tunnel fork 40 "
-            "SSHCLUSTER_CONTAINER=podman SSHCLUSTER_CONTAINER_NAME=sshcluster-ab12-h1-1\n"
-            "98 1 sshd: bob@notty\n"
-            "99 98 ps -ww -u 1000 -o pid= -o ppid= -o args=\n")
-    seen = _sorted("h1", text)
+    seen = _sorted("h1", _listing(["sshcluster-ab12-h1-1", "sshcluster-cd34-h1-3"],
+                                  live="sshcluster-ab12-h1-1"))
     assert seen.containers == ("sshcluster-ab12-h1-1",)
     assert seen.stray_containers == ("podman:sshcluster-cd34-h1-3",)
     assert [p.pid for p in seen.sessions] == [11] and not seen.strays
@@ -75,15 +79,8 @@ def test_a_container_whose_name_begins_a_live_one_s_is_still_stray() -> None:
     runs: its name is the start of the live one's, and it is still a stray."""
     from sshcluster.status.scan import _sorted
 
-    text = ("container podman sshcluster-ab12-h1-1\n"
-            "container podman sshcluster-ab12-h1-12\n"
-            "self 99\n"
-            "10 1 sshd: bob@notty\n"
-            "11 10 sh -c code=... sshcluster Rscript 127.0.0.1 11000 1 120 tunnel fork 40 "
-            "SSHCLUSTER_CONTAINER=podman SSHCLUSTER_CONTAINER_NAME=sshcluster-ab12-h1-12\n"
-            "98 1 sshd: bob@notty\n"
-            "99 98 ps -ww -u 1000 -o pid= -o ppid= -o args=\n")
-    seen = _sorted("h1", text)
+    seen = _sorted("h1", _listing(["sshcluster-ab12-h1-1", "sshcluster-ab12-h1-12"],
+                                  live="sshcluster-ab12-h1-12"))
     assert seen.containers == ("sshcluster-ab12-h1-12",)
     assert seen.stray_containers == ("podman:sshcluster-ab12-h1-1",)
 
