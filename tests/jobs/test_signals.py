@@ -72,9 +72,13 @@ def test_a_signal_mid_run_leaves_nothing(testbed: Testbed, tmp_path: Path,
         assert list(rtmp.iterdir()) == []
 
 
-def test_a_job_killed_outright_leaves_nothing(testbed: Testbed, tmp_path: Path) -> None:
+def test_a_job_killed_outright_leaves_nothing(testbed: Testbed, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """SIGKILL for the job's own process (no cleanup can run): its R session dies with
     it, and with that the cluster, and the leases go with their ssh sessions."""
+    # (its R's temporary directory stays, with nothing of the job left to remove it: in
+    # the test's own directory, not this machine's /tmp)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
     inv = inventory(testbed, tmp_path / "hosts.yaml", hosts=[0, 1])
     script = tmp_path / "busy.R"
     script.write_text(BUSY)
