@@ -178,13 +178,19 @@ class HostLease:
 
     def close(self) -> None:
         """End the session (releasing the lease), within :data:`RELEASE_TIMEOUT`."""
-        with self._writing:
-            self._closed.set()
-            if self.proc.stdin is not None:
-                with contextlib.suppress(OSError):
-                    self.proc.stdin.close()
+        self._closed.set()  # (no write starts after this)
+        # A write under way (the heartbeat's, into an ssh that reads nothing) is waited
+        # for no longer than the release itself: ssh is then killed, which ends it.
+        deadline = time.monotonic() + RELEASE_TIMEOUT
+        if self._writing.acquire(timeout=RELEASE_TIMEOUT):
+            try:
+                if self.proc.stdin is not None:
+                    with contextlib.suppress(OSError):
+                        self.proc.stdin.close()
+            finally:
+                self._writing.release()
         try:
-            self.proc.wait(RELEASE_TIMEOUT)
+            self.proc.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
