@@ -85,6 +85,9 @@ class Fact:
     CONTAINER_ABSENT: Final = "CONTAINER_ABSENT"  # the image is not there (the pull policy)
     CONTAINER_NOPULL: Final = "CONTAINER_NOPULL"  # why the pull failed
     CONTAINER_IMAGE: Final = "CONTAINER_IMAGE"  # the image's id: R can be tried in it
+    CONTAINER_KEEPER: Final = "CONTAINER_KEEPER"  # the launch's keeper, tried in the image
+    CONTAINER_KEEPER_STATE: Final = "CONTAINER_KEEPER_STATE"  # its container, once R ran
+    CONTAINER_KEEPER_ERR: Final = "CONTAINER_KEEPER_ERR"  # why it did not start, or stay
     T_CONTAINER: Final = "T_CONTAINER"  # uptime stamps around the container's checks
 
 

@@ -8,7 +8,8 @@
 # For a host with a container: (engine set), the container's functions come before this
 # script (sshcluster/containers/container.sh and probe.sh): the engine and the image are
 # checked first, and R, its packages and the callback then run inside the image, as the
-# launch's workers do; R on the host itself is never asked for.
+# launch's workers do, while the launch's container (its keeper) is tried beside it; R
+# on the host itself is never asked for.
 
 tick() { _t=0; read -r _t _x </proc/uptime 2>/dev/null; }
 say() { printf '%s\n' "$1"; }
@@ -127,6 +128,12 @@ else
   step_rscript
 fi
 tick; say "T_LOOKUP=$a $_t"
+kstart=''
+if [ -n "$engine" ] && [ -n "$rs" ]; then  # (the launch's keeper tried while R runs)
+  container_wd
+  [ -z "$wd" ] || keeper_start
+fi
 [ -z "$rs" ] || step_r
+[ -z "$kstart" ] || keeper_look
 wait
 say "DONE=1"

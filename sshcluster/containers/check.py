@@ -78,7 +78,47 @@ def container_verdict(facts: Facts, ctx: RemoteContext, complete: bool) -> StepR
                           "answer", secs, hint=None if complete else
                           "a pull or the engine's first start can take long: run the check "
                           "again with a larger --timeout")
-    return StepResult("ok", f"{engine}, image sha256:{digest}", secs)
+    kept = _keeper(facts, ctx, complete, secs)
+    return kept or StepResult("ok", f"{engine}, image sha256:{digest}", secs)
+
+
+def _keeper(facts: Facts, ctx: RemoteContext, complete: bool,
+            secs: float) -> StepResult | None:
+    """The launch's keeper (``container.sh``: the command that holds a host's container
+    open for its workers), as probe.sh tried it in the image: None when it ran on, or
+    was not tried (a workdir that cannot be made fails ``rscript``, as the launch), or
+    its container did not start where R's did not either: the ``rscript`` step then
+    gives the engine's words (an ``options`` word it refuses refuses both)."""
+    keeper = facts.get(Fact.CONTAINER_KEEPER)
+    state = facts.get(Fact.CONTAINER_KEEPER_STATE)
+    if keeper is None or (state or "").startswith("running"):
+        return None
+    if state is None and Fact.CONTAINER_KEEPER_ERR in facts and Fact.R_VERSION not in facts:
+        return None
+    assert ctx.host.container is not None
+    image = ctx.host.container.image
+    said = (facts.get(Fact.CONTAINER_KEEPER_ERR) or "").strip()
+    program = keeper.split()[0]
+    if state is None and Fact.CONTAINER_KEEPER_ERR not in facts:
+        return StepResult("failed", LATE if not complete else "the check script gave no "
+                          f"answer on the launch's `{keeper}` in {image}", secs,
+                          hint=None if complete else "the engine can take long to start a "
+                          "container: run the check again with a larger --timeout")
+    where = f"in {ctx.inventory_path}" if ctx.inventory_path else "in the inventory"
+    hint = (f"the launch holds each host's container open with `{keeper}`, which needs "
+            f"GNU coreutils' {program} in the image (BusyBox's has no 'infinity'): add it "
+            f"to {image} (Alpine: apk add coreutils) and give the hosts the image again, "
+            f"or set container.image {where} to an image that has it (any Debian, "
+            "Ubuntu or Rocker image)")
+    if state is None:
+        return StepResult("failed", f"{image} cannot hold the workers: the launch's "
+                                    f"`{keeper}` does not start in it: {said}", secs,
+                          hint=hint)
+    status, _, code = state.partition(" ")  # ("exited 1"; "gone": removed meanwhile)
+    how = f"{status}, exit status {code}" if code else status
+    return StepResult("failed", f"{image} cannot hold the workers: the launch's "
+                                f"`{keeper}` did not stay up in it ({how})" +
+                                (f": {said}" if said else ""), secs, hint=hint)
 
 
 def rscript_in_image(facts: Facts, ctx: RemoteContext, complete: bool) -> StepResult:

@@ -5,12 +5,19 @@
 #   SSHCLUSTER_CONTAINER_PULL     missing, always or never (the engine's --pull)
 #   SSHCLUSTER_CONTAINER_OPTIONS  extra run arguments, as sh words
 #   SSHCLUSTER_CONTAINER_NAME     the container's name (the cluster's and the host's)
-# One container per session holds the host's workers: it runs `sleep infinity` and
+# One container per session holds the host's workers: it runs its keeper (below) and
 # each worker R is started in it with `ENGINE exec`. Its processes are the engine's
 # (conmon's, dockerd's), not the session's: the session's process group does not
 # reach them, so the container is removed by name, in a session of its own (setsid),
 # which the group kill of the watchdog cannot cut short.
 sshcluster_engine=''
+# The keeper: the container's own command, which only holds it open for the workers'
+# `exec`s (the program, then its words after the image). It is the image's program, not
+# the host's: the check (probe.sh) starts it in the image as the launch does, since an
+# image whose sleep has no `infinity` (BusyBox's) or no sleep at all would pass every
+# other step and fail here.
+sshcluster_keeper=sleep
+sshcluster_keeper_args=infinity
 
 # Which engine: resolved before the watchdog starts, so that its copy knows too.
 sshcluster_container_engine() {
@@ -39,17 +46,27 @@ sshcluster_container_user() {
   fi
 }
 
-sshcluster_container_start() {
+# `ENGINE run -d` of the container that holds the workers, in the current directory
+# (mounted and entered), its keeper as its command: the launch's (label worker), and the
+# check's trial of it (label check). $1: the label; the rest: engine options that differ
+# between the two (--rm, --pull), before the inventory's. Prints the container's id.
+sshcluster_container_run() {
+  label=$1; shift
   wd=$(pwd -P)
   sshcluster_container_user
-  eval "set -- $SSHCLUSTER_CONTAINER_OPTIONS"
-  # (--stop-timeout=0: its `sleep`, as the container's first process, ignores TERM, so a
+  eval "set -- \"\$@\" $SSHCLUSTER_CONTAINER_OPTIONS"
+  # (--stop-timeout=0: its keeper, as the container's first process, ignores TERM, so a
   # removal kills at once instead of waiting out the engine's 10 s; podman before 4.0 and
-  # docker have no `rm -t`, and every engine has this)
-  "$sshcluster_engine" run -d --rm --stop-timeout=0 --name "$SSHCLUSTER_CONTAINER_NAME" \
-    --label sshcluster=worker --label "sshcluster.user=$(id -u)" --network host "$user_opt" \
-    --pull "$SSHCLUSTER_CONTAINER_PULL" --volume "$wd:$wd" --workdir "$wd" \
-    --entrypoint sleep "$@" "$SSHCLUSTER_CONTAINER_IMAGE" infinity >/dev/null || {
+  # docker have no `rm -t`, and every engine has this; the keeper's words unquoted:
+  # split as sh splits them)
+  "$sshcluster_engine" run -d --stop-timeout=0 --name "$SSHCLUSTER_CONTAINER_NAME" \
+    --label "sshcluster=$label" --label "sshcluster.user=$(id -u)" --network host \
+    "$user_opt" --volume "$wd:$wd" --workdir "$wd" --entrypoint "$sshcluster_keeper" "$@" \
+    "$SSHCLUSTER_CONTAINER_IMAGE" $sshcluster_keeper_args
+}
+
+sshcluster_container_start() {
+  sshcluster_container_run worker --rm --pull "$SSHCLUSTER_CONTAINER_PULL" >/dev/null || {
     rc=$?
     echo "sshcluster: $sshcluster_engine could not start $SSHCLUSTER_CONTAINER_IMAGE on $(uname -n); run 'sshcluster check' on the inventory" >&2
     return "$rc"

@@ -32,22 +32,27 @@ step_container() {
   say "CONTAINER_IMAGE=${have#sha256:}"
 }
 
+# The one directory the launch's container mounts and enters (wd; empty when it cannot
+# be made): the inventory's workdir, made here with mkdir -p as the launch makes it, a
+# relative one under the login directory; without one, the login directory.
+container_wd() {
+  wd=$(pwd -P)
+  if [ -n "$workdir" ]; then
+    wd=$(mkdir -p -- "$workdir" && cd -- "$workdir" && pwd -P) || wd=''
+  fi
+}
+
 # Rscript ($rs) in the image with the check's R code, in a container made as the
 # launch makes its own (container.sh, after remote.sh made and entered the workdir): host
-# networking, the login user, the same one directory mounted and entered (the
-# inventory's workdir, made here with mkdir -p as the launch makes it, a relative one
-# under the login directory; without one, the login directory), the inventory's
-# options. So R sees exactly the files the workers will: a library elsewhere under the
+# networking, the login user, the same one directory mounted and entered (wd), the
+# inventory's options. So R sees exactly the files the workers will: a library elsewhere under the
 # login directory is not there. The nonce comes on stdin, never on a command line or in
 # the container's configuration. Labelled as the check's (sshcluster=check), not a
 # launch's worker container. --rm: the container goes when R ends, and R ends within
 # the budget.
 r_in_image() {
-  wd=$(pwd -P)
-  if [ -n "$workdir" ]; then
-    wd=$(mkdir -p -- "$workdir" && cd -- "$workdir" && pwd -P) || {
-      echo "sshcluster: cannot make or enter workdir $workdir on $(uname -n)"; return 126; }
-  fi
+  [ -n "$wd" ] || {
+    echo "sshcluster: cannot make or enter workdir $workdir on $(uname -n)"; return 126; }
   sshcluster_container_user
   eval "set -- $container_options"
   printf '%s\n' "$nonce" | $to "$sshcluster_engine" run -i --rm --label sshcluster=check \
@@ -55,4 +60,44 @@ r_in_image() {
     --volume "$wd:$wd" --workdir "$wd" --entrypoint "$rs" "$@" \
     "$image" --default-packages=NULL -e "$r_code" "${callback_host:-$primary}" "$port" \
     "$callback_timeout"
+}
+
+# The launch's keeper (container.sh), tried in the image: keeper_start starts the
+# container exactly as the launch starts its own (sshcluster_container_run; only its
+# name, its label check, and --pull never: the image is here by now), in the background
+# while R runs in the image; keeper_look, once R has ended, says whether it still runs,
+# or why not (the engine's words, or what the keeper said before it ended), and removes
+# it. No --rm, so that what an ended keeper said can be read. A guard in a session of
+# its own removes it after the budget should this script be cut off first.
+keeper_start() {
+  kname="sshcluster-check-$(id -u)-$$-$(date +%s 2>/dev/null)"
+  say "CONTAINER_KEEPER=$sshcluster_keeper $sshcluster_keeper_args"
+  command -v setsid >/dev/null 2>&1 && detach=setsid || detach=''
+  $detach sh -c 'sleep "$1"; "$2" rm -f "$3"' sshcluster-guard "$budget" \
+    "$sshcluster_engine" "$kname" </dev/null >/dev/null 2>&1 &
+  kguard=$!
+  (
+    cd -- "$wd" || exit 1
+    SSHCLUSTER_CONTAINER_NAME=$kname SSHCLUSTER_CONTAINER_IMAGE=$image
+    SSHCLUSTER_CONTAINER_OPTIONS=$container_options
+    out=$(sshcluster_container_run check --pull never </dev/null 2>&1 >/dev/null) || {
+      say "CONTAINER_KEEPER_ERR=$(printf '%s' "$out" | tr '\n' ' ' | cut -c1-300)"; exit 1; }
+  ) &
+  kstart=$!
+}
+
+keeper_look() {
+  e=$sshcluster_engine
+  if wait "$kstart"; then
+    st=$($to "$e" container inspect --format '{{.State.Status}} {{.State.ExitCode}}' \
+      "$kname" </dev/null 2>/dev/null) || st='gone'
+    case $st in
+      running*) ;;
+      *) out=$($to "$e" logs "$kname" </dev/null 2>&1 | tail -n 3)
+         [ -z "$out" ] || say "CONTAINER_KEEPER_ERR=$(printf '%s' "$out" | tr '\n' ' ' | cut -c1-300)";;
+    esac
+    say "CONTAINER_KEEPER_STATE=$st"
+  fi
+  $to "$e" rm -f "$kname" </dev/null >/dev/null 2>&1
+  kill -s KILL -- "-$kguard" 2>/dev/null || kill -s KILL "$kguard" 2>/dev/null
 }

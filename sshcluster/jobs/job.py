@@ -284,7 +284,9 @@ def run(inventory: Inventory | str | os.PathLike[str], script: str | os.PathLike
         raise RunError(f"{opts.rscript} not found on this machine (the primary)",
                        hint="install R, or put Rscript on the PATH")
     if opts.results is not None:
-        results_dir(opts.results)  # (before the job starts: its results need somewhere)
+        # Before the job starts, its results need somewhere; but a job that is then
+        # refused must leave no directory behind: made only when results come.
+        results_dir(opts.results, keep=False)
     job = JobInfo.new(str(source))
     run_dir = runs_dir() / job.job
     run_dir.mkdir(parents=True, mode=0o700)

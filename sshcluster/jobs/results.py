@@ -18,6 +18,7 @@ once, and every host's outcome is kept.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -46,19 +47,49 @@ class ResultsError(SshclusterError):
     exit_code = 2
 
 
-def results_dir(dest: str | os.PathLike[str]) -> Path:
-    """``dest``, made if missing, once it is known that results can be written there
-    (before a job starts, so that its results have somewhere to go)."""
-    out = Path(dest)
+_WHERE = "name a directory you can write with --results / --to"
+
+
+def _make(path: Path, made: list[Path]) -> None:
+    """``path`` and its missing parents made (as ``mkdir -p``), each one made here noted
+    in ``made``, outermost first."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ResultsError(f"cannot make the results' directory {out}: "
-                           f"{e.strerror or e}", hint="name a directory you can write "
-                           "with --results / --to") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise ResultsError(f"cannot write in the results' directory {out}",
-                           hint="name a directory you can write with --results / --to")
+        path.mkdir()
+    except FileNotFoundError:
+        if path.parent == path:
+            raise
+        _make(path.parent, made)
+        path.mkdir()
+    except FileExistsError:
+        if path.is_dir():
+            return
+        raise NotADirectoryError(errno.ENOTDIR, "it is there and not a directory") from None
+    made.append(path)
+
+
+def results_dir(dest: str | os.PathLike[str], *, keep: bool = True) -> Path:
+    """``dest``, made if missing, once it is known that results can be written there.
+    With ``keep=False`` it only proves that: what it made for the proof (``dest`` and
+    any missing parents) is removed again at once, so a job that is then refused (a
+    failed check, a leased host) leaves the file system as it was; its results' own
+    directory is made when they come (:func:`fetch_results`)."""
+    out = Path(dest)
+    made: list[Path] = []
+    try:
+        try:
+            _make(out, made)
+        except OSError as e:
+            raise ResultsError(f"cannot make the results' directory {out}: "
+                               f"{e.strerror or e}", hint=_WHERE) from None
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise ResultsError(f"cannot write in the results' directory {out}", hint=_WHERE)
+    finally:
+        if not keep:
+            for path in reversed(made):
+                try:
+                    path.rmdir()
+                except OSError:  # (something came in meanwhile: not ours to remove)
+                    break
     return out
 
 

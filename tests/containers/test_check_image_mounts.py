@@ -149,14 +149,21 @@ def test_while_the_checks_r_runs_its_nonce_is_in_no_command_line_nor_the_contain
         for hs in status(inventory).hosts:
             assert hs.error is None, hs
             assert (hs.containers, hs.stray_containers, hs.strays) == ((), (), ()), hs
-        # one container per host, labelled as the check's, without the nonce
+        # two containers per host (R's, and the launch's keeper tried beside it), each
+        # labelled as the check's, without the nonce
         for h in tb.hosts:
-            ids = on_host(tb, h, ["podman", "ps", "-q", "--filter", "label=sshcluster=check",
-                                  "--filter", "label=sshcluster.user=0"]).stdout.split()
-            assert len(ids) == 1, (h.hostname, ids)
-            seen = on_host(tb, h, ["podman", "inspect", ids[0]])
-            assert seen.returncode == 0 and '"sshcluster": "check"' in seen.stdout
-            assert not [n for n in nonces if n in seen.stdout]
+            while True:  # (the keeper's `run -d` goes on in the background while R runs)
+                ids = on_host(tb, h, ["podman", "ps", "-q", "--filter",
+                                      "label=sshcluster=check", "--filter",
+                                      "label=sshcluster.user=0"]).stdout.split()
+                if len(ids) == 2 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            assert len(ids) == 2, (h.hostname, ids)
+            for one in ids:
+                seen = on_host(tb, h, ["podman", "inspect", one])
+                assert seen.returncode == 0 and '"sshcluster": "check"' in seen.stdout
+                assert not [n for n in nonces if n in seen.stdout]
     finally:
         (workdir / "go").write_text("")
         runner.join(120)

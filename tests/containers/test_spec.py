@@ -144,6 +144,63 @@ def test_container_verdicts(said: str, status: str, words: str) -> None:
     assert status == "ok" or result.hint
 
 
+KEEPER = "CONTAINER_KEEPER=sleep infinity\n"
+
+
+@pytest.mark.parametrize(("said", "status", "words"), [
+    (KEEPER + "CONTAINER_KEEPER_STATE=running 0\n", "ok", f"image sha256:{DIGEST_A}"),
+    (KEEPER + "CONTAINER_KEEPER_ERR=sleep: invalid number 'infinity' \n"
+              "CONTAINER_KEEPER_STATE=exited 1\n", "failed",
+     "img cannot hold the workers: the launch's `sleep infinity` did not stay up in it "
+     "(exited, exit status 1): sleep: invalid number 'infinity'"),
+    (KEEPER + "CONTAINER_KEEPER_STATE=gone\n", "failed",
+     "img cannot hold the workers: the launch's `sleep infinity` did not stay up in it "
+     "(gone)"),
+    (KEEPER + "CONTAINER_KEEPER_ERR=Error: executable file `sleep` not found\n"
+              "R_VERSION=4.2.2\n", "failed",
+     "img cannot hold the workers: the launch's `sleep infinity` does not start in it: "
+     "Error: executable file `sleep` not found"),
+    # (R did not start either: an options word refused by both, which rscript names)
+    (KEEPER + "CONTAINER_KEEPER_ERR=Error: unknown flag: --no-such-option\n", "ok",
+     f"image sha256:{DIGEST_A}"),
+    (KEEPER, "failed", "the check script gave no answer on the launch's `sleep infinity`"),
+    ("", "ok", f"image sha256:{DIGEST_A}"),  # (not tried: a workdir fails rscript)
+])
+def test_the_launchs_keeper_tried_in_the_image(said: str, status: str, words: str) -> None:
+    """The container step fails when the launch's keeper does not start in the image,
+    or does not stay up there, saying what it said and what to change."""
+    result = container_verdict(_facts(_said(DIGEST_A, said)),
+                               RemoteContext(BOX, inventory_path="hosts.yaml"), True)
+    assert (result.status, result.detail) == (status, result.detail)
+    assert words in result.detail and not result.detail.endswith(" ")
+    if status == "failed" and "no answer" not in words:
+        assert result.hint is not None
+        assert "container.image in hosts.yaml" in result.hint and "img" in result.hint
+
+
+def test_the_keeper_cut_off_by_the_deadline_says_so() -> None:
+    result = container_verdict(_facts(_said(DIGEST_A, KEEPER)), RemoteContext(BOX), False)
+    assert result.status == "failed" and "deadline" in result.detail
+    assert result.hint is not None and "--timeout" in result.hint
+
+
+def test_the_launch_and_the_check_start_the_container_with_one_keeper() -> None:
+    """The keeper is spelled once, in container.sh, and both the launch's start and
+    the check's trial run the one function that uses it."""
+    script = remote_script(rscript=None, r_packages=[], primary="10.0.0.1", primary_user="u",
+                           primary_ssh_port=None, port=1, token="t", budget=5,
+                           container=Container("img"))
+    for text in (CONTAINER_SCRIPT, script):
+        assert text.count("sshcluster_keeper=sleep\n") == 1
+        assert text.count("sshcluster_keeper_args=infinity\n") == 1
+        code = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+        assert [line for line in code if "infinity" in line] == [
+            "sshcluster_keeper_args=infinity"]
+    assert "sshcluster_container_run worker --rm" in CONTAINER_SCRIPT
+    assert "sshcluster_container_run check --pull never" in script
+    assert script.count(" run -d ") == 1  # (the one in sshcluster_container_run)
+
+
 def test_a_host_without_a_container_has_nothing_to_check() -> None:
     assert container_verdict(_facts(""), RemoteContext(Host("h")), True) == NO_CONTAINER
 

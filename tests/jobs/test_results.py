@@ -1,6 +1,8 @@
 """``sshcluster run --results`` and ``--worker-output`` on real test hosts: the files
 the workers wrote come back (kept apart by host where names collide), and what the
-workers printed is in a log per host and, with ``--worker-output``, on stderr."""
+workers printed is in a log per host and, with ``--worker-output``, on stderr. A job that
+is refused (its check fails, a host is leased to another job) makes no results'
+directory."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from sshcluster.inventory import load_inventory
+from sshcluster.jobs import JobInfo, acquire
 from sshcluster.testing import Testbed
 from sshcluster.testing.fixtures import MakeTestbed
 from tests.jobs.helpers import LEFTOVER, inventory
@@ -129,4 +133,48 @@ invisible(parallel::clusterEvalQ(parallelCluster, {
         assert not (Path(home) / "~").exists()
     finally:  # (the test hosts share this machine's files)
         shutil.rmtree(Path(home) / name, ignore_errors=True)
+    assert testbed.leftovers(LEFTOVER, wait=15) == {}
+
+
+def _refused(inv: Path, tmp_path: Path) -> str:
+    """``sshcluster run --results DIR`` twice, each time for a job that is refused: DIR
+    under directories that are not there yet (none of them may be made), and DIR an
+    empty directory the user already had (it stays, empty). Returns the last stderr."""
+    script = tmp_path / "never.R"
+    script.write_text('writeLines("ran", "ran.txt")\n')
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    said = ""
+    for out in (tmp_path / "new" / "deeper" / "out", kept):
+        done = sshcluster_cli(["run", "--results", str(out), str(inv), str(script)],
+                              tmp_path / "state")
+        assert done.returncode == 1, done.stderr
+        assert "Traceback" not in done.stderr
+        said = done.stdout + done.stderr
+    assert not (tmp_path / "new").exists()
+    assert kept.is_dir() and not list(kept.iterdir())
+    return said
+
+
+def test_a_job_its_check_refuses_makes_no_results_directory(testbed: Testbed,
+                                                              tmp_path: Path) -> None:
+    """The check fails (a host's Rscript is not there): the job never runs, and
+    --results DIR is not made (nor its parents); a DIR that was there stays."""
+    inv = inventory(testbed, tmp_path / "hosts.yaml", hosts=[0])
+    data = yaml.safe_load(inv.read_text())
+    data["hosts"][0]["rscript"] = "/nonexistent/bin/Rscript"
+    inv.write_text(yaml.safe_dump(data))
+    assert "/nonexistent/bin/Rscript" in _refused(inv, tmp_path)
+    assert testbed.leftovers(LEFTOVER, wait=15) == {}
+
+
+def test_a_job_refused_for_a_leased_host_makes_no_results_directory(testbed: Testbed,
+                                                                    tmp_path: Path) -> None:
+    """A host is leased to another job: the job is refused, naming it, and --results
+    DIR is not made (nor its parents); a DIR that was there stays."""
+    inv = inventory(testbed, tmp_path / "hosts.yaml", hosts=[0, 1])
+    holder = JobInfo.new("holder.R")
+    with acquire(load_inventory(inventory(testbed, tmp_path / "one.yaml", hosts=[1])),
+                 holder):
+        assert f"is leased to job {holder.job}" in _refused(inv, tmp_path)
     assert testbed.leftovers(LEFTOVER, wait=15) == {}

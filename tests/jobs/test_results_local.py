@@ -19,6 +19,7 @@ from sshcluster.cli import cli
 from sshcluster.inventory import Host, Inventory, load_inventory
 from sshcluster.jobs import results
 from sshcluster.jobs.control import list_jobs
+from sshcluster.jobs.job import RunOptions, run
 
 #: A sender: writes a tar of FILES (name -> text), sleeping PAUSE seconds before each
 #: member, then ends.
@@ -148,3 +149,57 @@ def test_a_record_cut_short_is_listed_as_unknown(tmp_path: Path,
     shown = CliRunner().invoke(cli, ["jobs"])
     assert shown.exit_code == 0, shown.output
     assert bad.name in shown.output and good.name in shown.output
+
+
+
+def _inventory_never_reached(tmp_path: Path) -> Path:
+    inv = tmp_path / "never.yaml"
+    # (never reached: refused first; and were it reached, it is this machine)
+    inv.write_text("hosts:\n  - host: 127.0.0.1\n    ssh_port: 9\n")
+    return inv
+
+
+def test_results_naming_a_file_is_refused_as_not_a_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--results naming a file that is there: refused at once, before any host is
+    asked, saying it is not a directory (the command line's own check, and the Python
+    call's); the file is left as it was."""
+    monkeypatch.setenv("SSHCLUSTER_STATE_DIR", str(tmp_path / "state"))
+    script = tmp_path / "job.R"
+    script.write_text("1\n")
+    taken = tmp_path / "taken"
+    taken.write_text("a file\n")
+    inv = _inventory_never_reached(tmp_path)
+    done = CliRunner().invoke(cli, ["run", "--results", str(taken), str(inv), str(script)])
+    assert done.exit_code == 2 and "is a file" in done.output, done.output
+    with pytest.raises(results.ResultsError) as e:
+        run(inv, script, RunOptions(results=str(taken)))
+    assert e.value.message == (f"cannot make the results' directory {taken}: it is there "
+                            "and not a directory")
+    assert taken.read_text() == "a file\n"
+    assert not (tmp_path / "state" / "runs").exists()
+
+
+def test_the_results_directory_is_proven_and_not_left(tmp_path: Path) -> None:
+    """Before a job starts, the results' directory is proven by making it (and its
+    missing parents) and removing again what was made; one that was there stays."""
+    deep = tmp_path / "a" / "b" / "out"
+    assert results.results_dir(deep, keep=False) == deep
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "had").mkdir()
+    results.results_dir(tmp_path / "had" / "x" / "y", keep=False)
+    assert (tmp_path / "had").is_dir() and not list((tmp_path / "had").iterdir())
+    results.results_dir(tmp_path / "had", keep=False)
+    assert (tmp_path / "had").is_dir()
+    # (keep=True, as fetch_results asks for it: made, with its parents)
+    results.results_dir(deep)
+    assert deep.is_dir()
+
+
+def test_a_job_whose_script_is_missing_makes_no_results_directory(tmp_path: Path) -> None:
+    """No such script: refused (exit 2) before anything, and --results DIR not made."""
+    done = CliRunner().invoke(cli, ["run", "--results", str(tmp_path / "new" / "out"),
+                                    str(_inventory_never_reached(tmp_path)),
+                                    str(tmp_path / "missing.R")])
+    assert done.exit_code == 2, done.output
+    assert not (tmp_path / "new").exists()
