@@ -113,7 +113,9 @@ def local_manifest(sources: Sequence[str | os.PathLike[str]]) -> Manifest:
             entries += _entry(root, base, os.path.abspath(root), skipped, follow=True)
             continue
         top = os.path.abspath(root)
-        for dirpath, dirnames, filenames in os.walk(root):  # never follows links
+        # (never follows links; a directory it cannot list stops the push: left out, the
+        # hosts would be told nothing about what it holds)
+        for dirpath, dirnames, filenames in os.walk(root, onerror=_unreadable):
             dirnames.sort()
             here = Path(dirpath)
             rel_dir = base if here == root else f"{base}/{here.relative_to(root).as_posix()}"
@@ -121,6 +123,12 @@ def local_manifest(sources: Sequence[str | os.PathLike[str]]) -> Manifest:
             for name in sorted(filenames + [d for d in dirnames if (here / d).is_symlink()]):
                 entries += _entry(here / name, f"{rel_dir}/{name}", top, skipped)
     return Manifest(tuple(entries), tuple(skipped))
+
+
+def _unreadable(e: OSError) -> None:
+    raise PushError(f"cannot read the directory {e.filename}: {e.strerror or e}",
+                    hint="make it readable (and searchable) for this user, or push "
+                         "without it") from e
 
 
 def _entry(path: Path, rel: str, top: str, skipped: list[str], *,
