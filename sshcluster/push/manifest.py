@@ -28,6 +28,8 @@ __all__ = [
     "Manifest",
     "Remote",
     "changes",
+    "decode_names",
+    "encode_names",
     "file_hash",
     "local_manifest",
     "needs_hash",
@@ -79,6 +81,18 @@ class Remote:
     size: int
     mtime: int
     mode: int
+
+
+def encode_names(text: str) -> bytes:
+    """Text of file names as the hosts' tools take it: a name that is not UTF-8 here
+    (read by Python as lone surrogates) goes as the bytes it was, as tar's headers send it."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+def decode_names(data: bytes) -> str:
+    """What a host printed about file names, with names that are not UTF-8 as Python's
+    walk reads them here (lone surrogates), so that the two compare equal."""
+    return data.decode("utf-8", "surrogateescape")
 
 
 def _check_name(rel: str) -> None:
@@ -152,10 +166,24 @@ def _entry(path: Path, rel: str, top: str, skipped: list[str], *,
         return [Entry(rel, str(path), "l", mtime=int(st.st_mtime), mode=0o777,
                       target=target)]
     if stat.S_ISREG(st.st_mode):
+        _check_readable(path, follow)
         return [Entry(rel, str(path), "f", size=st.st_size, mtime=int(st.st_mtime),
                       mode=mode)]
     skipped.append(str(path))  # sockets, fifos, devices: nothing to copy
     return []
+
+
+def _check_readable(path: Path, follow: bool) -> None:
+    # Found now, not once the archive reaches this file (every host would have had the
+    # files before it, and no verdict). O_NONBLOCK: a file swapped for a fifo meanwhile
+    # does not hang the walk.
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+                     | (0 if follow else os.O_NOFOLLOW))
+    except OSError as e:
+        raise PushError(f"cannot read {path}: {e.strerror or e}",
+                        hint="make it readable for this user, or push without it") from e
+    os.close(fd)
 
 
 def parse_listing(text: str) -> dict[str, Remote]:

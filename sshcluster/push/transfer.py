@@ -27,6 +27,8 @@ from sshcluster.push.manifest import (
     Entry,
     Manifest,
     changes,
+    decode_names,
+    encode_names,
     file_hash,
     needs_hash,
     parse_listing,
@@ -180,7 +182,7 @@ def plan_host(session: Session, manifest: Manifest, dest: str,
     if listed.returncode != 0:
         return Plan(None, f"cannot list {dest} on {session.host.label}: " + _why_ssh(
             listed, listed.stderr))
-    text = listed.stdout.decode(errors="replace")
+    text = decode_names(listed.stdout)
     kind = _HASH_LINE.search(text)
     b2sum = kind is None or kind.group(1) != "sha256"
     remote = parse_listing(text)
@@ -190,13 +192,13 @@ def plan_host(session: Session, manifest: Manifest, dest: str,
         for e in doubtful:
             if e.rel not in hashes:
                 hashes[e.rel] = file_hash(e.source)
-        names = "".join(f"{e.rel}\n" for e in doubtful).encode()
+        names = encode_names("".join(f"{e.rel}\n" for e in doubtful))
         try:
             summed = session.run(["sums", dest], names)
         except subprocess.TimeoutExpired:
             return Plan(None, f"no answer to the hashes within {SMALL_TIMEOUT} s")
         theirs = {}
-        for line in summed.stdout.decode(errors="replace").splitlines():
+        for line in decode_names(summed.stdout).splitlines():
             digest, _, name = line.partition("  ")
             theirs[name] = digest
         same = [e.rel for e in doubtful if theirs.get(e.rel) == hashes[e.rel]]
@@ -204,7 +206,7 @@ def plan_host(session: Session, manifest: Manifest, dest: str,
             # Same content, other mtime: set theirs to ours, so that next time the
             # quick check alone says "unchanged".
             mtimes = {e.rel: e.mtime for e in doubtful}
-            lines = "".join(f"{mtimes[r]} {r}\n" for r in same).encode()
+            lines = encode_names("".join(f"{mtimes[r]} {r}\n" for r in same))
             session.run(["touch", dest], lines)
     return Plan(changes(manifest, remote, same), "", b2sum)
 

@@ -5,10 +5,13 @@ sent, naming the path; never left out while the push says "ok"."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import sshcluster
+from sshcluster.inventory import load_inventory
 from sshcluster.testing import Testbed
 from sshcluster.testing.fixtures import MakeTestbed
 
@@ -53,3 +56,50 @@ def test_an_unreadable_directory_stops_the_push_before_anything_is_sent(
     assert f"cannot read the directory {data / 'locked'}: Permission denied" in out.stderr
     assert "Traceback" not in out.stderr
     assert _ls(tb, tb.hosts[0]) == ""
+
+
+def test_an_unreadable_file_stops_the_push_before_anything_is_sent(
+    make_testbed: MakeTestbed, tmp_path: Path
+) -> None:
+    tb = make_testbed(1, private_dirs={"/srv": "16m"})
+    inv = _inventory(tb, tmp_path)
+    data = tmp_path / "src" / "data"
+    data.mkdir(parents=True)
+    (data / "a.csv").write_text("a\n")
+    (data / "z.csv").write_text("z\n")
+    (data / "z.csv").chmod(0o000)
+    out = _push_cli(inv, data)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert f"cannot read {data / 'z.csv'}: Permission denied" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert _ls(tb, tb.hosts[0]) == ""  # not a.csv either: nothing was sent
+
+
+def test_names_that_are_not_utf8_arrive_as_the_same_bytes_and_are_then_unchanged(
+    make_testbed: MakeTestbed, tmp_path: Path
+) -> None:
+    tb = make_testbed(2, private_dirs={"/srv": "16m"})
+    inv = load_inventory(_inventory(tb, tmp_path))
+    data = tmp_path / "src" / "data"
+    (data / os.fsdecode(b"d\xff")).mkdir(parents=True)
+    latin1 = data / os.fsdecode(b"caf\xe9.csv")
+    latin1.write_text("x\n1\n")
+    (data / os.fsdecode(b"d\xff") / "\u00e9t\u00e9.csv").write_text("y\n2\n")
+
+    first = sshcluster.push(inv, [data])
+    assert first.ok, first.to_json()
+    assert {h.detail for h in first.hosts} == {"2 files, 8 bytes sent"}
+    for h in tb.hosts:
+        got = subprocess.run(tb.ssh_argv(h, f"cd {DEST} && find data -type f | sort && "
+                                            "cat data/caf*.csv"),
+                             capture_output=True, timeout=60, check=True).stdout
+        assert got == (b"data/caf\xe9.csv\ndata/d\xff/\xc3\xa9t\xc3\xa9.csv\nx\n1\n")
+    assert {h.detail for h in sshcluster.push(inv, [data]).hosts} == {"unchanged"}
+    # a new mtime: the hosts hash it (its name goes to them and back), then set theirs
+    os.utime(latin1, (1_700_000_000, 1_700_000_000))
+    again = sshcluster.push(inv, [data])
+    assert again.ok and again.bytes_out == 0, again.to_json()
+    for h in tb.hosts:
+        got = subprocess.run(tb.ssh_argv(h, f"stat -c %Y {DEST}/data/caf*.csv"),
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+        assert got.strip() == "1700000000"
