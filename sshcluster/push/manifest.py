@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,9 +97,15 @@ def decode_names(data: bytes) -> str:
 
 
 def _check_name(rel: str) -> None:
-    # The hosts' tools take one path per line (sha256sum's list, the listing).
-    if "\n" in rel or "\\" in rel:
-        raise PushError(f"cannot push {rel!r}: a file name with a newline or backslash",
+    # The hosts' tools take one path per line (sha256sum's list, the listing), and
+    # sha256sum and b2sum escape a name with a backslash, a newline or a carriage return
+    # (so its line would match no name we sent). No control character at all: a name
+    # that moves a terminal's cursor is no name for data either.
+    bad = next((c for c in rel if c == "\\" or unicodedata.category(c) == "Cc"), None)
+    if bad is not None:
+        what = {"\n": "a newline", "\\": "a backslash"}.get(
+            bad, f"a control character ({bad!r})")
+        raise PushError(f"cannot push {rel!r}: a file name with {what}",
                         hint="rename the file")
 
 
@@ -190,7 +197,7 @@ def parse_listing(text: str) -> dict[str, Remote]:
     """A host's listing (``KIND SIZE MTIME MODE PATH`` per line, as remote.sh's ``scan``
     prints it with GNU find) as a mapping of path to :class:`Remote`."""
     out: dict[str, Remote] = {}
-    for line in text.splitlines():
+    for line in text.split("\n"):  # (not splitlines: a name may hold U+2028, say)
         parts = line.split(" ", 4)
         if len(parts) != 5:
             continue

@@ -198,7 +198,7 @@ def plan_host(session: Session, manifest: Manifest, dest: str,
         except subprocess.TimeoutExpired:
             return Plan(None, f"no answer to the hashes within {SMALL_TIMEOUT} s")
         theirs = {}
-        for line in decode_names(summed.stdout).splitlines():
+        for line in decode_names(summed.stdout).split("\n"):
             digest, _, name = line.partition("  ")
             theirs[name] = digest
         same = [e.rel for e in doubtful if theirs.get(e.rel) == hashes[e.rel]]
@@ -214,7 +214,7 @@ def plan_host(session: Session, manifest: Manifest, dest: str,
 def verdicts(out: bytes) -> dict[str, tuple[bool, str]]:
     """The verdict lines remote.sh printed, by host label."""
     found: dict[str, tuple[bool, str]] = {}
-    for line in out.decode(errors="replace").splitlines():
+    for line in out.decode(errors="replace").split("\n"):  # (a host's words may hold U+2028)
         m = _VERDICT.match(line)
         if m:
             found[m.group(1)] = (m.group(2) == "ok", m.group(3) or "")

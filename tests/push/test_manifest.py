@@ -57,6 +57,19 @@ def test_a_single_file_lands_under_its_name_and_two_sources_may_not_collide(
     (tmp_path / "a" / "bad\nname").write_text("")
     with pytest.raises(PushError, match="newline"):
         local_manifest([tmp_path / "a"])
+    (tmp_path / "a" / "bad\nname").unlink()
+    for ch, said in [("\r", r"\('\\r'\)"), ("\x1b", r"\('\\x1b'\)"), ("\x0b", r"\('\\x0b'\)"),
+                     ("\x85", r"\('\\x85'\)"), ("\x7f", r"\('\\x7f'\)"), ("\\", "a backslash")]:
+        (tmp_path / "a" / f"bad{ch}name").write_text("")
+        with pytest.raises(PushError, match=f"a/bad.*name': a file name with .*{said}"):
+            local_manifest([tmp_path / "a"])
+        (tmp_path / "a" / f"bad{ch}name").unlink()
+
+
+def test_a_listing_is_split_on_newlines_only() -> None:
+    names = ["data/a\u2028b", "data/c\u2029d", "data/e\x85f", "data/g\x0ch", "data/i\x1ej"]
+    text = "sshcluster-push-hash b2\n" + "".join(f"f 1 2 644 {n}\n" for n in names)
+    assert sorted(parse_listing(text)) == sorted(names)
 
 
 def test_quick_check_then_hash(tmp_path: Path) -> None:

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import sshcluster
 from sshcluster.inventory import load_inventory
 from sshcluster.testing import Testbed
@@ -103,3 +105,29 @@ def test_names_that_are_not_utf8_arrive_as_the_same_bytes_and_are_then_unchanged
         got = subprocess.run(tb.ssh_argv(h, f"stat -c %Y {DEST}/data/caf*.csv"),
                              capture_output=True, text=True, timeout=60, check=True).stdout
         assert got.strip() == "1700000000"
+
+
+def test_control_characters_are_refused_and_other_line_breaks_are_just_names(
+    make_testbed: MakeTestbed, tmp_path: Path
+) -> None:
+    tb = make_testbed(1, private_dirs={"/srv": "16m"})
+    inv = load_inventory(_inventory(tb, tmp_path))
+    data = tmp_path / "src" / "data"
+    data.mkdir(parents=True)
+    # U+2028, U+2029: no control characters, but Python's splitlines() splits on them
+    (data / "a\u2028b.csv").write_text("1\n")
+    (data / "c\u2029d.csv").write_text("2\n")
+    first = sshcluster.push(inv, [data])
+    assert first.ok and first.hosts[0].detail == "2 files, 4 bytes sent", first.to_json()
+    assert sshcluster.push(inv, [data]).hosts[0].detail == "unchanged"
+    os.utime(data / "a\u2028b.csv", (1_700_000_000, 1_700_000_000))  # hashed, then touched
+    again = sshcluster.push(inv, [data])
+    assert again.ok and again.bytes_out == 0, again.to_json()
+    assert sshcluster.push(inv, [data]).hosts[0].detail == "unchanged"
+
+    # a carriage return: sha256sum would print the name escaped, failing every push
+    (data / "e\rf.csv").write_text("3\n")
+    with pytest.raises(sshcluster.PushError, match=r"'data/e\\rf\.csv': a file name with a "
+                                                   r"control character \('\\r'\)"):
+        sshcluster.push(inv, [data])
+    assert "e\rf" not in _ls(tb, tb.hosts[0])
