@@ -131,18 +131,19 @@ def local_manifest(sources: Sequence[str | os.PathLike[str]]) -> Manifest:
             raise PushError(f"two sources would land at {base}", hint="rename one")
         seen.add(base)
         if not stat.S_ISDIR(st.st_mode):
-            entries += _entry(root, base, os.path.abspath(root), skipped, follow=True)
+            entries += _entry(root, base, ("", ""), skipped, follow=True)  # (no link)
             continue
         top = os.path.abspath(root)
+        tops = (top, os.path.realpath(root))
         # (never follows links; a directory it cannot list stops the push: left out, the
         # hosts would be told nothing about what it holds)
         for dirpath, dirnames, filenames in os.walk(root, onerror=_unreadable):
             dirnames.sort()
             here = Path(dirpath)
             rel_dir = base if here == root else f"{base}/{here.relative_to(root).as_posix()}"
-            entries += _entry(here, rel_dir, top, skipped, follow=here == root)
+            entries += _entry(here, rel_dir, tops, skipped, follow=here == root)
             for name in sorted(filenames + [d for d in dirnames if (here / d).is_symlink()]):
-                entries += _entry(here / name, f"{rel_dir}/{name}", top, skipped)
+                entries += _entry(here / name, f"{rel_dir}/{name}", tops, skipped)
     return Manifest(tuple(entries), tuple(skipped))
 
 
@@ -152,8 +153,10 @@ def _unreadable(e: OSError) -> None:
                          "without it") from e
 
 
-def _entry(path: Path, rel: str, top: str, skipped: list[str], *,
+def _entry(path: Path, rel: str, tops: tuple[str, str], skipped: list[str], *,
            follow: bool = False) -> list[Entry]:
+    """``path`` as an entry (none: left out, and in ``skipped``); ``tops``: its source's
+    absolute path, as given and with every link resolved."""
     _check_name(rel)
     try:
         st = path.stat() if follow else path.lstat()
@@ -164,10 +167,14 @@ def _entry(path: Path, rel: str, top: str, skipped: list[str], *,
         return [Entry(rel, str(path), "d", mode=mode)]
     if stat.S_ISLNK(st.st_mode):
         # Judged by the words of the link, as the host will read them: an absolute
-        # target, or one that climbs out of the source, means something else there.
+        # target, or one that climbs out of the source, means something else there. And
+        # by where it leads once every link on the way is followed: words that stay
+        # inside may still lead out through another link (x -> a/up/../z, a/up -> ..).
         target = os.readlink(path)
+        top, real_top = tops
         lands = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)), target))
-        if os.path.isabs(target) or not lands.startswith(top + os.sep):
+        if (os.path.isabs(target) or not lands.startswith(top + os.sep)
+                or not os.path.realpath(path).startswith(real_top + os.sep)):
             skipped.append(str(path))
             return []
         return [Entry(rel, str(path), "l", mtime=int(st.st_mtime), mode=0o777,

@@ -42,6 +42,27 @@ def test_walk_keeps_modes_and_inner_links_and_leaves_out_links_that_lead_outside
     assert m.size == 2
 
 
+def test_a_link_whose_words_stay_inside_but_that_leads_out_through_another_is_left_out(
+    tmp_path: Path,
+) -> None:
+    d = tmp_path / "data"
+    (d / "a" / "b" / "c").mkdir(parents=True)
+    (tmp_path / "z").write_text("not data\n")
+    os.symlink("..", d / "a" / "b" / "c" / "up")  # d/a/b: inside
+    # lexically d/a/z; followed, up is d/a/b, so the three .. climb to tmp_path/z
+    os.symlink("a/b/c/up/../../../z", d / "out")
+    os.symlink("out", d / "via")  # a chain: via -> out -> outside
+    os.symlink("a/b/c/up/../x", d / "in")  # d/a/x: inside both ways
+    assert os.path.realpath(d / "out") == str(tmp_path / "z")
+    m = local_manifest([d])
+    assert [e.rel for e in m.entries if e.kind == "l"] == ["data/in", "data/a/b/c/up"]
+    assert sorted(m.skipped) == [str(d / "out"), str(d / "via")]
+    # a source reached through a link is judged inside itself, not its link's directory
+    os.symlink(d, tmp_path / "alias")
+    m = local_manifest([tmp_path / "alias"])
+    assert [e.rel for e in m.entries if e.kind == "l"] == ["alias/in", "alias/a/b/c/up"]
+
+
 def test_a_single_file_lands_under_its_name_and_two_sources_may_not_collide(
     tmp_path: Path,
 ) -> None:
