@@ -15,9 +15,10 @@ from __future__ import annotations
 import functools
 import re
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import resources
 from typing import NamedTuple
 
@@ -170,8 +171,29 @@ class Plan(NamedTuple):
     b2sum: bool = True
 
 
-def plan_host(session: Session, manifest: Manifest, dest: str,
-              hashes: dict[str, str]) -> Plan:
+class Hashes:
+    """The SHA-256 of each file, computed once however many hosts ask for it, and at
+    once: the first to ask hashes it, the others wait for that."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sums: dict[str, Future[str]] = {}
+
+    def __call__(self, e: Entry) -> str:
+        with self._lock:
+            mine = e.rel not in self._sums
+            if mine:
+                self._sums[e.rel] = Future()
+            sum_ = self._sums[e.rel]
+        if mine:
+            try:
+                sum_.set_result(file_hash(e.source))
+            except BaseException as err:
+                sum_.set_exception(err)
+        return sum_.result()
+
+
+def plan_host(session: Session, manifest: Manifest, dest: str, hashes: Hashes) -> Plan:
     """What one host lacks, as its listing (remote.sh's scan) and, where only the
     mtime differs, its hashes say."""
     tops = sorted({e.rel.split("/", 1)[0] for e in manifest.entries})
@@ -189,9 +211,7 @@ def plan_host(session: Session, manifest: Manifest, dest: str,
     doubtful = needs_hash(manifest, remote)
     same: list[str] = []
     if doubtful:
-        for e in doubtful:
-            if e.rel not in hashes:
-                hashes[e.rel] = file_hash(e.source)
+        ours = {e.rel: hashes(e) for e in doubtful}
         names = encode_names("".join(f"{e.rel}\n" for e in doubtful))
         try:
             summed = session.run(["sums", dest], names)
@@ -201,7 +221,7 @@ def plan_host(session: Session, manifest: Manifest, dest: str,
         for line in decode_names(summed.stdout).split("\n"):
             digest, _, name = line.partition("  ")
             theirs[name] = digest
-        same = [e.rel for e in doubtful if theirs.get(e.rel) == hashes[e.rel]]
+        same = [e.rel for e in doubtful if theirs.get(e.rel) == ours[e.rel]]
         if same:
             # Same content, other mtime: set theirs to ours, so that next time the
             # quick check alone says "unchanged".
@@ -244,7 +264,7 @@ def host_result(host: Host, ok: bool, why: str, dest: str, *, files: int, size: 
 def plan_all(inventory: Inventory, hosts: Sequence[Host], manifest: Manifest, dest: str,
              ) -> dict[str, Plan]:
     """:func:`plan_host` for every host, all at once; by label."""
-    hashes: dict[str, str] = {}
+    hashes = Hashes()
     with ThreadPoolExecutor(max_workers=min(32, len(hosts))) as pool:
         plans = pool.map(lambda h: plan_host(Session(inventory, h), manifest, dest, hashes),
                          hosts)
