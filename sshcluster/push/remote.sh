@@ -110,7 +110,7 @@ if [ $# -ge 4 ]; then
     else tee -p "$work/fifo"; fi <&3; } |
     ssh -T -o BatchMode=yes -o StrictHostKeyChecking=yes -o ConnectTimeout=10 \
       -o ServerAliveInterval=5 -o ServerAliveCountMax=3 ${gcm:+-o "Ciphers=$gcm"} \
-      -p "$nport" ${nuser:+-l "$nuser"} -- "$nhost" \
+      ${nport:+-p "$nport"} ${nuser:+-l "$nuser"} -- "$nhost" \
       "exec sh -c $(q "$READ_SCRIPT") sshcluster-push receive $(q "$dest") $(q "$nlabel")$rest" \
       >"$work/next.out" 2>"$work/next.err" &
   next=$!

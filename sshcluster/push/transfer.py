@@ -128,8 +128,10 @@ def remote_command(*words: str) -> str:
 
 
 def chain_words(hosts: Sequence[Host]) -> list[str]:
-    """The hosts after the first of a chain, as remote.sh's receive takes them."""
-    return [w for h in hosts for w in (h.label, h.host, str(h.ssh_port or 22), h.user or "")]
+    """The hosts after the first of a chain, as remote.sh's receive takes them (no port:
+    the host's ssh config's, else 22)."""
+    return [w for h in hosts
+            for w in (h.label, h.host, str(h.ssh_port) if h.ssh_port else "", h.user or "")]
 
 
 class Session:

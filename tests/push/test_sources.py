@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from sshcluster.inventory import load_inventory
 from sshcluster.testing import Testbed
 from sshcluster.testing.fixtures import MakeTestbed
 
-from .helpers import DEST
+from .helpers import DEST, SSHCLUSTER, cli_env
 
 #: Run a command as this user (root) without the capabilities that let root read what
 #: its mode forbids: as any other user would meet an unreadable file.
@@ -30,8 +29,8 @@ def _inventory(tb: Testbed, tmp_path: Path, **extra: object) -> Path:
 
 
 def _push_cli(inv: Path, *sources: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*NO_DAC, sys.executable, "-m", "sshcluster", "push", str(inv),
-                           *map(str, sources)], capture_output=True, text=True, timeout=120)
+    return subprocess.run([*NO_DAC, *SSHCLUSTER, "push", str(inv), *map(str, sources)],
+                          capture_output=True, text=True, timeout=120, env=cli_env())
 
 
 def _ls(tb: Testbed, host: object, dest: str = DEST) -> str:
