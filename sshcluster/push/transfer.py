@@ -36,13 +36,15 @@ from sshcluster.push.manifest import (
 )
 from sshcluster.push.result import HostPush
 from sshcluster.quoting import shell_join, shell_quote
-from sshcluster.ssh.command import openssh_version, ssh_command
+from sshcluster.ssh.command import SESSION_OPTIONS, openssh_version, ssh_command
 
 __all__ = ["KEEPALIVE", "Plan", "Progress", "Session", "remote_command", "script"]
 
-#: ssh options of every push session: no terminal, and a host that stops answering for
-#: 15 s ends the session (and so its part of the push) instead of stalling it.
-KEEPALIVE = ("-T", "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3")
+#: ssh options of every push session, a lease's: no terminal; a host that stops
+#: answering for 15 s ends the session (and so its part of the push) instead of stalling
+#: it; and never the user's ControlMaster (riding one, a session would have neither this
+#: keepalive nor the cipher; becoming one, with ControlPersist, it would outlive the push).
+KEEPALIVE = SESSION_OPTIONS
 
 #: Seconds a listing, hash or touch session may take (a hang guard).
 SMALL_TIMEOUT = 120
@@ -135,7 +137,7 @@ def chain_words(hosts: Sequence[Host]) -> list[str]:
 
 
 class Session:
-    """How the primary reaches one host: the launch's ssh with the keepalive."""
+    """How the primary reaches one host: the launch's ssh with :data:`KEEPALIVE`."""
 
     def __init__(self, inventory: Inventory, host: Host) -> None:
         self.host = host

@@ -74,3 +74,28 @@ def test_a_port_set_only_in_the_ssh_config_is_used_down_the_chain(
     step = asyncio.run(fanout_step(hc))  # type: ignore[arg-type]
     assert (step.status, step.detail) == (
         "ok", f"passes a push on to {inv.hosts[-1].label} (ssh works)"), step
+
+
+def test_the_user_s_control_master_is_neither_used_nor_left_behind(
+    make_testbed: MakeTestbed, tmp_path: Path
+) -> None:
+    tb = make_testbed(2, private_dirs={"/srv": "16m"})
+    inventory = tb.write_inventory(tmp_path / "hosts.yaml", extra={"workdir": DEST})
+    client = Client(tmp_path / "client")
+    client.trust(tb)
+    (client.home / "config").write_text(
+        "Host *\n  ControlMaster auto\n  ControlPath ~/.ssh/cm-%C\n  ControlPersist 30\n"
+        + (client.home / "config").read_text())
+    data = make_tree(tmp_path / "src", small=5, big=1 << 20)
+    try:
+        for _ in range(2):  # sending, then asking only (the listing sessions)
+            out = client.run(*PUSH, str(inventory), str(data), "--json", timeout=120,
+                             env=cli_env())
+            assert out.returncode == 0, out.stdout + out.stderr
+            assert sorted(p.name for p in client.home.glob("cm-*")) == []
+    finally:  # (a master the push left: gone now, not in 30 s)
+        for h in tb.hosts:
+            client.run("ssh", "-o", "ControlPath=~/.ssh/cm-%C", "-O", "exit", h.address,
+                       timeout=30)
+    for h in tb.hosts:
+        assert remote_state(tb, h) == local_state(data)
