@@ -23,6 +23,7 @@ from importlib import resources
 from typing import NamedTuple
 
 from sshcluster.bootstrap import END_OF_SCRIPT, READ_SCRIPT
+from sshcluster.errors import PushError
 from sshcluster.inventory import Host, Inventory
 from sshcluster.push.manifest import (
     Entry,
@@ -151,14 +152,26 @@ class Session:
         take the cheaper key exchange (:func:`fast_kex`), so that asking every host at
         once what it holds costs little (an unchanged re-push is only these)."""
         argv = [*self.argv[:-2], *fast_kex(tuple(self.argv)), *self.argv[-2:]]
-        return subprocess.run([*argv, remote_command(*words)], input=script() + stdin,
-                              capture_output=True, timeout=SMALL_TIMEOUT, check=False)
+        try:
+            return subprocess.run([*argv, remote_command(*words)], input=script() + stdin,
+                                  capture_output=True, timeout=SMALL_TIMEOUT, check=False)
+        except FileNotFoundError as e:
+            raise _no_ssh() from e
 
     def popen(self, words: Sequence[str]) -> subprocess.Popen[bytes]:
         """Start remote.sh's receive; the caller writes the script, then the stream."""
-        return subprocess.Popen([*self.argv, remote_command(*words)], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True)  # Ctrl-C is ours to handle
+        try:
+            return subprocess.Popen([*self.argv, remote_command(*words)],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE,
+                                    start_new_session=True)  # Ctrl-C is ours to handle
+        except FileNotFoundError as e:
+            raise _no_ssh() from e
+
+
+def _no_ssh() -> PushError:
+    return PushError("ssh is not installed on this machine (no ssh on PATH)",
+                     hint="install the OpenSSH client (the openssh-client package)")
 
 
 def _why_ssh(result: subprocess.CompletedProcess[bytes] | None, err: bytes) -> str:
@@ -192,6 +205,8 @@ class Hashes:
         if mine:
             try:
                 sum_.set_result(file_hash(e.source))
+            except OSError as err:  # (gone, or made unreadable, since the walk)
+                sum_.set_exception(PushError(f"cannot read {e.source}: {err.strerror or err}"))
             except BaseException as err:
                 sum_.set_exception(err)
         return sum_.result()
@@ -231,7 +246,11 @@ def plan_host(session: Session, manifest: Manifest, dest: str, hashes: Hashes) -
             # quick check alone says "unchanged".
             mtimes = {e.rel: e.mtime for e in doubtful}
             lines = encode_names("".join(f"{mtimes[r]} {r}\n" for r in same))
-            session.run(["touch", dest], lines)
+            try:
+                session.run(["touch", dest], lines)
+            except subprocess.TimeoutExpired:
+                return Plan(None, f"no answer to setting modification times within "
+                                  f"{SMALL_TIMEOUT} s")
     return Plan(changes(manifest, remote, same), "", b2sum)
 
 
