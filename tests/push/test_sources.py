@@ -15,6 +15,7 @@ import sshcluster
 from sshcluster.inventory import load_inventory
 from sshcluster.testing import Testbed
 from sshcluster.testing.fixtures import MakeTestbed
+from sshcluster.testing.hosts import host_dir
 
 from .helpers import DEST, SSHCLUSTER, cli_env
 
@@ -130,3 +131,24 @@ def test_control_characters_are_refused_and_other_line_breaks_are_just_names(
                                                    r"control character \('\\r'\)"):
         sshcluster.push(inv, [data])
     assert "e\rf" not in _ls(tb, tb.hosts[0])
+
+
+def test_what_a_host_says_and_odd_local_names_reach_the_terminal_escaped(
+    make_testbed: MakeTestbed, tmp_path: Path
+) -> None:
+    tb = make_testbed(1, private_dirs={"/srv": "16m"})
+    inv = _inventory(tb, tmp_path)
+    # the host's own words: its TMPDIR, in the reason it gives for failing
+    bashrc = host_dir(tb.workdir, tb.hosts[0]) / "bashrc"
+    bashrc.write_text("export TMPDIR=$'/nowhere\\e]0;owned\\a\\e[2J'\n" + bashrc.read_text())
+    data = tmp_path / "src" / "data"
+    data.mkdir(parents=True)
+    (data / "a.csv").write_text("a\n")
+    os.symlink("/etc/passwd", data / os.fsdecode(b"caf\xe9"))  # left out, and named
+    out = subprocess.run([*SSHCLUSTER, "push", str(inv), str(data)], capture_output=True,
+                         timeout=120, env=cli_env())
+    assert out.returncode == 1, out
+    assert b"\x1b" not in out.stdout and b"\x07" not in out.stdout, out.stdout
+    text = " ".join(out.stdout.decode().split())  # (rich wraps long lines)
+    assert "cannot make a directory in /nowhere\\x1b]0;owned\\x07\\x1b[2J" in text, text
+    assert f"skipped {data}/caf\\xe9: a symlink" in text, text
