@@ -202,7 +202,8 @@ def _check_readable(path: Path, follow: bool) -> None:
 
 def parse_listing(text: str) -> dict[str, Remote]:
     """A host's listing (``KIND SIZE MTIME MODE PATH`` per line, as remote.sh's ``scan``
-    prints it with GNU find) as a mapping of path to :class:`Remote`."""
+    prints it with GNU find: directories, files and links) as a mapping of path to
+    :class:`Remote`."""
     out: dict[str, Remote] = {}
     for line in text.split("\n"):  # (not splitlines: a name may hold U+2028, say)
         parts = line.split(" ", 4)
@@ -229,13 +230,17 @@ def needs_hash(manifest: Manifest, remote: dict[str, Remote]) -> list[Entry]:
 
 def changes(manifest: Manifest, remote: dict[str, Remote],
             same_content: Iterable[str] = ()) -> list[Entry]:
-    """The files and links a host lacks, given its listing and the paths whose content
-    hash matched (:func:`needs_hash`)."""
+    """The directories, files and links a host lacks, given its listing and the paths
+    whose content hash matched (:func:`needs_hash`). A directory is lacking where the
+    host has none, or one of another mode: an empty one too, which no file brings."""
     same = set(same_content)
     out: list[Entry] = []
-    for e in manifest.files:
+    for e in manifest.entries:
         r = remote.get(e.rel)
-        if e.kind == "l":
+        if e.kind == "d":
+            if r is None or r.kind != "d" or r.mode != e.mode:
+                out.append(e)
+        elif e.kind == "l":
             if r is None or r.kind != "l" or r.mtime != e.mtime:
                 out.append(e)
         elif not (_same_meta(e, r) and ((r is not None and r.mtime == e.mtime) or e.rel in same)):

@@ -274,10 +274,12 @@ def failure(label: str, dest: str, why: str) -> tuple[str, str | None]:
 
 
 def host_result(host: Host, ok: bool, why: str, dest: str, *, files: int, size: int,
-                seconds: float, via: str) -> HostPush:
-    """One host's verdict as :class:`HostPush`."""
+                seconds: float, via: str, dirs: int = 0) -> HostPush:
+    """One host's verdict as :class:`HostPush` (``files``, ``size``: the files and links
+    sent, and their bytes; ``dirs``: the directories it lacked)."""
     if ok:
         detail = (f"{files} file{'s' if files != 1 else ''}, {size} bytes sent" if files
+                  else f"{dirs} director{'ies' if dirs != 1 else 'y'} made" if dirs
                   else "unchanged")
         return HostPush(host.label, True, detail, files, size, seconds, via)
     reason, path = failure(host.label, dest, why)

@@ -100,7 +100,8 @@ def test_quick_check_then_hash(tmp_path: Path) -> None:
         (d / name).write_text("12345\n")
         os.utime(d / name, (1_700_000_000, 1_700_000_000))
     m = local_manifest([d])
-    listing = ("f 6 1700000000.25 644 data/same\n"
+    listing = (f"d 4096 1700000000.0 {d.stat().st_mode & 0o777:o} data\n"
+               "f 6 1700000000.25 644 data/same\n"
                "f 6 1700000000.0 644 data/newer\n"
                "f 7 1700000000.0 644 data/bigger\n"
                "f 6 1600000000.0 644 data/touched\n"
@@ -115,6 +116,15 @@ def test_quick_check_then_hash(tmp_path: Path) -> None:
         "data/bigger", "data/mode", "data/newer", "data/touched"]
     assert sorted(e.rel for e in changes(m, remote, ["data/touched"])) == [
         "data/bigger", "data/mode", "data/newer"]
+    # a directory the host lacks, or has with another mode, is sent (an empty one too)
+    (d / "out").mkdir()
+    m = local_manifest([d])
+    assert [e.rel for e in changes(m, remote) if e.kind == "d"] == ["data/out"]
+    del remote["data"]
+    assert [e.rel for e in changes(m, remote) if e.kind == "d"] == ["data", "data/out"]
+    remote["data"] = parse_listing("d 4096 1 700 data")["data"]
+    assert [e.rel for e in changes(m, remote) if e.kind == "d"] == (
+        ["data/out"] if d.stat().st_mode & 0o777 == 0o700 else ["data", "data/out"])
 
 
 @pytest.mark.parametrize("b2sums", [True, False])
@@ -183,4 +193,5 @@ def test_the_host_s_listing_follows_a_destination_that_is_a_link(tmp_path: Path)
         input=script(), capture_output=True, timeout=60)
     assert listed.returncode == 0, listed.stderr
     remote = parse_listing(listed.stdout.decode().split("\n", 1)[1])
-    assert set(remote) == {"data/x.csv"} and remote["data/x.csv"].kind == "f"
+    assert set(remote) == {"data", "data/x.csv"}
+    assert (remote["data"].kind, remote["data/x.csv"].kind) == ("d", "f")

@@ -152,3 +152,33 @@ def test_what_a_host_says_and_odd_local_names_reach_the_terminal_escaped(
     text = " ".join(out.stdout.decode().split())  # (rich wraps long lines)
     assert "cannot make a directory in /nowhere\\x1b]0;owned\\x07\\x1b[2J" in text, text
     assert f"skipped {data}/caf\\xe9: a symlink" in text, text
+
+
+@pytest.mark.parametrize("fanout", ["direct", "chain"])
+def test_an_empty_directory_added_later_is_made_and_a_directory_s_mode_follows_ours(
+    make_testbed: MakeTestbed, tmp_path: Path, fanout: str
+) -> None:
+    tb = make_testbed(2, private_dirs={"/srv": "16m"}, mesh=fanout == "chain")
+    inv = load_inventory(_inventory(tb, tmp_path, fanout=fanout))
+    data = tmp_path / "src" / "data"
+    (data / "sub").mkdir(parents=True)
+    (data / "sub" / "a.csv").write_text("a\n")
+    assert sshcluster.push(inv, [data]).ok
+
+    (data / "output" / "plots").mkdir(parents=True)  # where the jobs will write
+    for d in (data / "output", data / "output" / "plots"):
+        d.chmod(0o755)
+    second = sshcluster.push(inv, [data])
+    assert [h.detail for h in second.hosts] == ["2 directories made"] * 2, second.to_json()
+    (data / "sub").chmod(0o700)
+    third = sshcluster.push(inv, [data])
+    assert [h.detail for h in third.hosts] == ["1 directory made"] * 2, third.to_json()
+    assert {h.via for h in third.hosts} == {fanout}
+    for h in tb.hosts:
+        got = subprocess.run(tb.ssh_argv(h, f"cd {DEST} && find data -printf '%m %y %p\\n'"
+                                            " | sort -k3"),
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+        assert got.splitlines() == [
+            f"{(data.stat().st_mode & 0o777):o} d data", "755 d data/output",
+            "755 d data/output/plots", "700 d data/sub", "644 f data/sub/a.csv"], got
+    assert {h.detail for h in sshcluster.push(inv, [data]).hosts} == {"unchanged"}
