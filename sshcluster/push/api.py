@@ -153,9 +153,11 @@ def _dirs(manifest: Manifest) -> list[Entry]:
 def _stream(inventory: Inventory, heads: Sequence[Host], words: Sequence[Sequence[str]],
             entries: list[Entry], manifest: Manifest, progress: Progress | None,
             sent: _Run, b2sums: bool) -> list[tuple[bytes, bytes]]:
-    """One archive of ``entries`` to each of ``heads`` (running remote.sh with ``words``);
+    """One archive of ``entries`` (and every directory: those in ``entries`` are the
+    hosts' reason to get one) to each of ``heads`` (running remote.sh with ``words``);
     their (stdout, stderr). ``b2sums``: a host it reaches checks with b2sum. Ctrl-C
     stops them all and is raised again."""
+    entries = [e for e in entries if e.kind != "d"]
     size = sum(e.size for e in entries)
     lock = threading.Lock()
     counts = [0] * len(heads)
@@ -203,8 +205,14 @@ def _stream(inventory: Inventory, heads: Sequence[Host], words: Sequence[Sequenc
                     f.close()
 
 
+def _counts(todo: Sequence[Entry]) -> tuple[int, int, int]:
+    """Files (and links) and their bytes, and directories, of what a host lacks."""
+    files = [e for e in todo if e.kind != "d"]
+    return len(files), sum(e.size for e in files), len(todo) - len(files)
+
+
 def _collect(hosts: Sequence[Host], outs: Sequence[tuple[bytes, bytes]], dest: str,
-             sizes: dict[str, tuple[int, int]], via: str, out: dict[str, HostPush],
+             sizes: dict[str, tuple[int, int, int]], via: str, out: dict[str, HostPush],
              t0: float) -> list[str]:
     """Record the verdicts found in ``outs``; the labels of ``hosts`` that have none."""
     found: dict[str, tuple[bool, str]] = {}
@@ -214,9 +222,9 @@ def _collect(hosts: Sequence[Host], outs: Sequence[tuple[bytes, bytes]], dest: s
     for h in hosts:
         if h.label in found:
             ok, why = found[h.label]
-            files, size = sizes[h.label]
+            files, size, dirs = sizes[h.label]
             out[h.label] = host_result(h, ok, why, dest, files=files, size=size,
-                                       seconds=now() - t0, via=via)
+                                       seconds=now() - t0, via=via, dirs=dirs)
         else:
             missing.append(h.label)
     return missing
@@ -235,7 +243,7 @@ def _direct(inventory: Inventory, senders: Sequence[tuple[Host, list[Entry]]],
         todo = group[0][1]
         outs = _stream(inventory, hosts, [["receive", dest, h.label] for h in hosts],
                        todo, manifest, progress, sent, any(h.label in b2 for h in hosts))
-        sizes = {h.label: (len(todo), sum(e.size for e in todo)) for h in hosts}
+        sizes = dict.fromkeys((h.label for h in hosts), _counts(todo))
         for h, (stdout, stderr) in zip(hosts, outs, strict=True):
             if _collect([h], [(stdout, stderr)], dest, sizes, "direct", out, t0):
                 why = stderr.decode(errors="replace").strip().splitlines()
@@ -270,8 +278,8 @@ def _chains(inventory: Inventory, senders: Sequence[tuple[Host, list[Entry]]],
     outs = _stream(inventory, [c[0] for c in chains],
                    [["receive", dest, c[0].label, *chain_words(c[1:])] for c in chains],
                    entries, manifest, progress, sent, any(h.label in b2 for h in hosts))
-    size = (len(entries), sum(e.size for e in entries))
-    missing = set(_collect(hosts, outs, dest, dict.fromkeys((h.label for h in hosts), size),
+    counts = _counts([e for e in manifest.entries if e.rel in wanted])
+    missing = set(_collect(hosts, outs, dest, dict.fromkeys((h.label for h in hosts), counts),
                            fan, out, t0))
     # A host the one before it could not reach gets a direct copy, as does one left
     # without a verdict by a host lost before it.

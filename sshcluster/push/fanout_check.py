@@ -38,7 +38,8 @@ async def fanout_step(hc: HostCheck) -> StepResult:
         return StepResult("ok", f"last in its chain ({inv.fanout})")
     nxt = hosts[i + step]
     argv = ["ssh", "-T", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
-            "-o", f"ConnectTimeout={_CONNECT}", "-p", str(nxt.ssh_port or 22),
+            "-o", f"ConnectTimeout={_CONNECT}",
+            *(["-p", str(nxt.ssh_port)] if nxt.ssh_port else []),  # (else the host's config's)
             *(["-l", nxt.user] if nxt.user else []), "--", nxt.host, "true"]
     assert hc.conn is not None
     try:

@@ -4,8 +4,8 @@
 # $READ_SCRIPT and $FORWARD_PL, forward.pl, set before it); what follows
 # on stdin is for the mode:
 #   scan DEST TOP...     print "sshcluster-push-hash sha256|b2" (the hash receive checks
-#                        with), then "KIND SIZE MTIME MODE PATH" for every file and
-#                        link under DEST/TOP (nothing if DEST is missing)
+#                        with), then "KIND SIZE MTIME MODE PATH" for every file,
+#                        link and directory under DEST/TOP (nothing if DEST is missing)
 #   sums DEST            stdin: paths under DEST, one a line; print sha256sum lines
 #   touch DEST           stdin: "MTIME PATH" lines; set those modification times
 #   receive DEST LABEL [NEXT...]
@@ -47,7 +47,7 @@ scan)
   cd -- "$dest" 2>/dev/null || exit 0
   for top; do
     if [ -e "$top" ] || [ -L "$top" ]; then
-      find -H "$top" \( -type f -o -type l \) -printf '%y %s %T@ %m %p\n'
+      find -H "$top" \( -type f -o -type l -o -type d \) -printf '%y %s %T@ %m %p\n'
     fi
   done
   exit 0 ;;
@@ -110,7 +110,7 @@ if [ $# -ge 4 ]; then
     else tee -p "$work/fifo"; fi <&3; } |
     ssh -T -o BatchMode=yes -o StrictHostKeyChecking=yes -o ConnectTimeout=10 \
       -o ServerAliveInterval=5 -o ServerAliveCountMax=3 ${gcm:+-o "Ciphers=$gcm"} \
-      -p "$nport" ${nuser:+-l "$nuser"} -- "$nhost" \
+      ${nport:+-p "$nport"} ${nuser:+-l "$nuser"} -- "$nhost" \
       "exec sh -c $(q "$READ_SCRIPT") sshcluster-push receive $(q "$dest") $(q "$nlabel")$rest" \
       >"$work/next.out" 2>"$work/next.err" &
   next=$!

@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from sshcluster.push.result import PushResult
+from sshcluster.quoting import printable
 
 __all__ = ["print_push"]
 
@@ -18,17 +19,26 @@ def _size(n: float) -> str:
     return f"{n:.1f} GB"  # pragma: no cover - the loop returns
 
 
+def _shown(text: str) -> str:
+    """``text`` for one line of the terminal: what a host said, or a local path, with no
+    control character a terminal would act on (an escape sequence a host printed shows
+    as ``\\x1b[...``), and a name that is not UTF-8 with its bytes as ``\\xe9``; then
+    escaped for rich's markup."""
+    safe = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return escape(printable(safe, newlines=False))
+
+
 def print_push(result: PushResult, console: Console) -> None:
     """Print one verdict per host, the symlinks left out and the totals."""
-    width = max((len(h.host) for h in result.hosts), default=0)
-    for h in result.hosts:
+    hosts = [_shown(h.host) for h in result.hosts]
+    width = max((len(h) for h in hosts), default=0)
+    for h, host in zip(result.hosts, hosts, strict=True):
         mark = "[green]ok    [/]" if h.ok else "[red]FAILED[/]"
-        console.print(f"{mark} {escape(h.host.ljust(width))}  {escape(h.detail)}",
-                      highlight=False)
+        console.print(f"{mark} {host.ljust(width)}  {_shown(h.detail)}", highlight=False)
     for path in result.skipped:
-        console.print(f"[yellow]skipped[/] {escape(path)}: a symlink that leads outside its "
+        console.print(f"[yellow]skipped[/] {_shown(path)}: a symlink that leads outside its "
                       "source (or not a file), not followed", highlight=False)
     ok = sum(h.ok for h in result.hosts)
-    console.print(f"{ok}/{len(result.hosts)} hosts have the files in {escape(result.dest)}; "
+    console.print(f"{ok}/{len(result.hosts)} hosts have the files in {_shown(result.dest)}; "
                   f"{_size(result.bytes_out)} sent from here in {result.seconds:.1f} s "
                   f"({result.fanout})", highlight=False)

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import IO
 
-from sshcluster.push.manifest import Entry
+from sshcluster.push.manifest import Entry, encode_names
 
 __all__ = ["B2SUMS", "SUMS", "Fanout", "tar_stream"]
 
@@ -97,7 +97,7 @@ def tar_stream(entries: Sequence[Entry], dirs: Sequence[Entry], out: IO[bytes],
                     b2lines.append(f"{b2.hexdigest()}  ./{e.rel}\n")
             _pad(put, e.size)
     for name, lines in ((B2SUMS, b2lines), (SUMS, sums))[0 if b2sums else 1:]:
-        data = "".join(lines).encode()
+        data = encode_names("".join(lines))
         ti = tarfile.TarInfo(name)
         ti.size, ti.mode = len(data), 0o600
         header(ti)

@@ -15,31 +15,37 @@ from __future__ import annotations
 import functools
 import re
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import resources
 from typing import NamedTuple
 
 from sshcluster.bootstrap import END_OF_SCRIPT, READ_SCRIPT
+from sshcluster.errors import PushError
 from sshcluster.inventory import Host, Inventory
 from sshcluster.push.manifest import (
     Entry,
     Manifest,
     changes,
+    decode_names,
+    encode_names,
     file_hash,
     needs_hash,
     parse_listing,
 )
 from sshcluster.push.result import HostPush
 from sshcluster.quoting import shell_join, shell_quote
-from sshcluster.ssh.command import openssh_version, ssh_command
+from sshcluster.ssh.command import SESSION_OPTIONS, openssh_version, ssh_command
 
 __all__ = ["KEEPALIVE", "Plan", "Progress", "Session", "remote_command", "script"]
 
-#: ssh options of every push session: no terminal, and a host that stops answering for
-#: 15 s ends the session (and so its part of the push) instead of stalling it.
-KEEPALIVE = ("-T", "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3")
+#: ssh options of every push session, a lease's: no terminal; a host that stops
+#: answering for 15 s ends the session (and so its part of the push) instead of stalling
+#: it; and never the user's ControlMaster (riding one, a session would have neither this
+#: keepalive nor the cipher; becoming one, with ControlPersist, it would outlive the push).
+KEEPALIVE = SESSION_OPTIONS
 
 #: Seconds a listing, hash or touch session may take (a hang guard).
 SMALL_TIMEOUT = 120
@@ -125,12 +131,14 @@ def remote_command(*words: str) -> str:
 
 
 def chain_words(hosts: Sequence[Host]) -> list[str]:
-    """The hosts after the first of a chain, as remote.sh's receive takes them."""
-    return [w for h in hosts for w in (h.label, h.host, str(h.ssh_port or 22), h.user or "")]
+    """The hosts after the first of a chain, as remote.sh's receive takes them (no port:
+    the host's ssh config's, else 22)."""
+    return [w for h in hosts
+            for w in (h.label, h.host, str(h.ssh_port) if h.ssh_port else "", h.user or "")]
 
 
 class Session:
-    """How the primary reaches one host: the launch's ssh with the keepalive."""
+    """How the primary reaches one host: the launch's ssh with :data:`KEEPALIVE`."""
 
     def __init__(self, inventory: Inventory, host: Host) -> None:
         self.host = host
@@ -144,14 +152,26 @@ class Session:
         take the cheaper key exchange (:func:`fast_kex`), so that asking every host at
         once what it holds costs little (an unchanged re-push is only these)."""
         argv = [*self.argv[:-2], *fast_kex(tuple(self.argv)), *self.argv[-2:]]
-        return subprocess.run([*argv, remote_command(*words)], input=script() + stdin,
-                              capture_output=True, timeout=SMALL_TIMEOUT, check=False)
+        try:
+            return subprocess.run([*argv, remote_command(*words)], input=script() + stdin,
+                                  capture_output=True, timeout=SMALL_TIMEOUT, check=False)
+        except FileNotFoundError as e:
+            raise _no_ssh() from e
 
     def popen(self, words: Sequence[str]) -> subprocess.Popen[bytes]:
         """Start remote.sh's receive; the caller writes the script, then the stream."""
-        return subprocess.Popen([*self.argv, remote_command(*words)], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True)  # Ctrl-C is ours to handle
+        try:
+            return subprocess.Popen([*self.argv, remote_command(*words)],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE,
+                                    start_new_session=True)  # Ctrl-C is ours to handle
+        except FileNotFoundError as e:
+            raise _no_ssh() from e
+
+
+def _no_ssh() -> PushError:
+    return PushError("ssh is not installed on this machine (no ssh on PATH)",
+                     hint="install the OpenSSH client (the openssh-client package)")
 
 
 def _why_ssh(result: subprocess.CompletedProcess[bytes] | None, err: bytes) -> str:
@@ -168,8 +188,31 @@ class Plan(NamedTuple):
     b2sum: bool = True
 
 
-def plan_host(session: Session, manifest: Manifest, dest: str,
-              hashes: dict[str, str]) -> Plan:
+class Hashes:
+    """The SHA-256 of each file, computed once however many hosts ask for it, and at
+    once: the first to ask hashes it, the others wait for that."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sums: dict[str, Future[str]] = {}
+
+    def __call__(self, e: Entry) -> str:
+        with self._lock:
+            mine = e.rel not in self._sums
+            if mine:
+                self._sums[e.rel] = Future()
+            sum_ = self._sums[e.rel]
+        if mine:
+            try:
+                sum_.set_result(file_hash(e.source))
+            except OSError as err:  # (gone, or made unreadable, since the walk)
+                sum_.set_exception(PushError(f"cannot read {e.source}: {err.strerror or err}"))
+            except BaseException as err:
+                sum_.set_exception(err)
+        return sum_.result()
+
+
+def plan_host(session: Session, manifest: Manifest, dest: str, hashes: Hashes) -> Plan:
     """What one host lacks, as its listing (remote.sh's scan) and, where only the
     mtime differs, its hashes say."""
     tops = sorted({e.rel.split("/", 1)[0] for e in manifest.entries})
@@ -180,39 +223,41 @@ def plan_host(session: Session, manifest: Manifest, dest: str,
     if listed.returncode != 0:
         return Plan(None, f"cannot list {dest} on {session.host.label}: " + _why_ssh(
             listed, listed.stderr))
-    text = listed.stdout.decode(errors="replace")
+    text = decode_names(listed.stdout)
     kind = _HASH_LINE.search(text)
     b2sum = kind is None or kind.group(1) != "sha256"
     remote = parse_listing(text)
     doubtful = needs_hash(manifest, remote)
     same: list[str] = []
     if doubtful:
-        for e in doubtful:
-            if e.rel not in hashes:
-                hashes[e.rel] = file_hash(e.source)
-        names = "".join(f"{e.rel}\n" for e in doubtful).encode()
+        ours = {e.rel: hashes(e) for e in doubtful}
+        names = encode_names("".join(f"{e.rel}\n" for e in doubtful))
         try:
             summed = session.run(["sums", dest], names)
         except subprocess.TimeoutExpired:
             return Plan(None, f"no answer to the hashes within {SMALL_TIMEOUT} s")
         theirs = {}
-        for line in summed.stdout.decode(errors="replace").splitlines():
+        for line in decode_names(summed.stdout).split("\n"):
             digest, _, name = line.partition("  ")
             theirs[name] = digest
-        same = [e.rel for e in doubtful if theirs.get(e.rel) == hashes[e.rel]]
+        same = [e.rel for e in doubtful if theirs.get(e.rel) == ours[e.rel]]
         if same:
             # Same content, other mtime: set theirs to ours, so that next time the
             # quick check alone says "unchanged".
             mtimes = {e.rel: e.mtime for e in doubtful}
-            lines = "".join(f"{mtimes[r]} {r}\n" for r in same).encode()
-            session.run(["touch", dest], lines)
+            lines = encode_names("".join(f"{mtimes[r]} {r}\n" for r in same))
+            try:
+                session.run(["touch", dest], lines)
+            except subprocess.TimeoutExpired:
+                return Plan(None, f"no answer to setting modification times within "
+                                  f"{SMALL_TIMEOUT} s")
     return Plan(changes(manifest, remote, same), "", b2sum)
 
 
 def verdicts(out: bytes) -> dict[str, tuple[bool, str]]:
     """The verdict lines remote.sh printed, by host label."""
     found: dict[str, tuple[bool, str]] = {}
-    for line in out.decode(errors="replace").splitlines():
+    for line in out.decode(errors="replace").split("\n"):  # (a host's words may hold U+2028)
         m = _VERDICT.match(line)
         if m:
             found[m.group(1)] = (m.group(2) == "ok", m.group(3) or "")
@@ -229,10 +274,12 @@ def failure(label: str, dest: str, why: str) -> tuple[str, str | None]:
 
 
 def host_result(host: Host, ok: bool, why: str, dest: str, *, files: int, size: int,
-                seconds: float, via: str) -> HostPush:
-    """One host's verdict as :class:`HostPush`."""
+                seconds: float, via: str, dirs: int = 0) -> HostPush:
+    """One host's verdict as :class:`HostPush` (``files``, ``size``: the files and links
+    sent, and their bytes; ``dirs``: the directories it lacked)."""
     if ok:
         detail = (f"{files} file{'s' if files != 1 else ''}, {size} bytes sent" if files
+                  else f"{dirs} director{'ies' if dirs != 1 else 'y'} made" if dirs
                   else "unchanged")
         return HostPush(host.label, True, detail, files, size, seconds, via)
     reason, path = failure(host.label, dest, why)
@@ -242,7 +289,7 @@ def host_result(host: Host, ok: bool, why: str, dest: str, *, files: int, size: 
 def plan_all(inventory: Inventory, hosts: Sequence[Host], manifest: Manifest, dest: str,
              ) -> dict[str, Plan]:
     """:func:`plan_host` for every host, all at once; by label."""
-    hashes: dict[str, str] = {}
+    hashes = Hashes()
     with ThreadPoolExecutor(max_workers=min(32, len(hosts))) as pool:
         plans = pool.map(lambda h: plan_host(Session(inventory, h), manifest, dest, hashes),
                          hosts)

@@ -6,12 +6,24 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import sys
 from pathlib import Path
 
+import sshcluster
 from sshcluster.testing import Testbed
 from sshcluster.testing.hosts import TestHost
 
 DEST = "/srv/push"
+
+#: ``sshcluster`` as a command, this checkout's from any directory.
+SSHCLUSTER = [sys.executable, "-m", "sshcluster"]
+
+
+def cli_env() -> dict[str, str]:
+    """The environment for :data:`SSHCLUSTER`: this checkout's package first."""
+    here = str(Path(sshcluster.__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [here, *filter(None, [os.environ.get("PYTHONPATH")])])}
 
 
 def make_tree(root: Path, *, small: int = 200, big: int = 8 << 20) -> Path:

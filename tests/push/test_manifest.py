@@ -42,6 +42,27 @@ def test_walk_keeps_modes_and_inner_links_and_leaves_out_links_that_lead_outside
     assert m.size == 2
 
 
+def test_a_link_whose_words_stay_inside_but_that_leads_out_through_another_is_left_out(
+    tmp_path: Path,
+) -> None:
+    d = tmp_path / "data"
+    (d / "a" / "b" / "c").mkdir(parents=True)
+    (tmp_path / "z").write_text("not data\n")
+    os.symlink("..", d / "a" / "b" / "c" / "up")  # d/a/b: inside
+    # lexically d/a/z; followed, up is d/a/b, so the three .. climb to tmp_path/z
+    os.symlink("a/b/c/up/../../../z", d / "out")
+    os.symlink("out", d / "via")  # a chain: via -> out -> outside
+    os.symlink("a/b/c/up/../x", d / "in")  # d/a/x: inside both ways
+    assert os.path.realpath(d / "out") == str(tmp_path / "z")
+    m = local_manifest([d])
+    assert [e.rel for e in m.entries if e.kind == "l"] == ["data/in", "data/a/b/c/up"]
+    assert sorted(m.skipped) == [str(d / "out"), str(d / "via")]
+    # a source reached through a link is judged inside itself, not its link's directory
+    os.symlink(d, tmp_path / "alias")
+    m = local_manifest([tmp_path / "alias"])
+    assert [e.rel for e in m.entries if e.kind == "l"] == ["alias/in", "alias/a/b/c/up"]
+
+
 def test_a_single_file_lands_under_its_name_and_two_sources_may_not_collide(
     tmp_path: Path,
 ) -> None:
@@ -57,6 +78,19 @@ def test_a_single_file_lands_under_its_name_and_two_sources_may_not_collide(
     (tmp_path / "a" / "bad\nname").write_text("")
     with pytest.raises(PushError, match="newline"):
         local_manifest([tmp_path / "a"])
+    (tmp_path / "a" / "bad\nname").unlink()
+    for ch, said in [("\r", r"\('\\r'\)"), ("\x1b", r"\('\\x1b'\)"), ("\x0b", r"\('\\x0b'\)"),
+                     ("\x85", r"\('\\x85'\)"), ("\x7f", r"\('\\x7f'\)"), ("\\", "a backslash")]:
+        (tmp_path / "a" / f"bad{ch}name").write_text("")
+        with pytest.raises(PushError, match=f"a/bad.*name': a file name with .*{said}"):
+            local_manifest([tmp_path / "a"])
+        (tmp_path / "a" / f"bad{ch}name").unlink()
+
+
+def test_a_listing_is_split_on_newlines_only() -> None:
+    names = ["data/a\u2028b", "data/c\u2029d", "data/e\x85f", "data/g\x0ch", "data/i\x1ej"]
+    text = "sshcluster-push-hash b2\n" + "".join(f"f 1 2 644 {n}\n" for n in names)
+    assert sorted(parse_listing(text)) == sorted(names)
 
 
 def test_quick_check_then_hash(tmp_path: Path) -> None:
@@ -66,7 +100,8 @@ def test_quick_check_then_hash(tmp_path: Path) -> None:
         (d / name).write_text("12345\n")
         os.utime(d / name, (1_700_000_000, 1_700_000_000))
     m = local_manifest([d])
-    listing = ("f 6 1700000000.25 644 data/same\n"
+    listing = (f"d 4096 1700000000.0 {d.stat().st_mode & 0o777:o} data\n"
+               "f 6 1700000000.25 644 data/same\n"
                "f 6 1700000000.0 644 data/newer\n"
                "f 7 1700000000.0 644 data/bigger\n"
                "f 6 1600000000.0 644 data/touched\n"
@@ -81,6 +116,15 @@ def test_quick_check_then_hash(tmp_path: Path) -> None:
         "data/bigger", "data/mode", "data/newer", "data/touched"]
     assert sorted(e.rel for e in changes(m, remote, ["data/touched"])) == [
         "data/bigger", "data/mode", "data/newer"]
+    # a directory the host lacks, or has with another mode, is sent (an empty one too)
+    (d / "out").mkdir()
+    m = local_manifest([d])
+    assert [e.rel for e in changes(m, remote) if e.kind == "d"] == ["data/out"]
+    del remote["data"]
+    assert [e.rel for e in changes(m, remote) if e.kind == "d"] == ["data", "data/out"]
+    remote["data"] = parse_listing("d 4096 1 700 data")["data"]
+    assert [e.rel for e in changes(m, remote) if e.kind == "d"] == (
+        ["data/out"] if d.stat().st_mode & 0o777 == 0o700 else ["data", "data/out"])
 
 
 @pytest.mark.parametrize("b2sums", [True, False])
@@ -149,4 +193,5 @@ def test_the_host_s_listing_follows_a_destination_that_is_a_link(tmp_path: Path)
         input=script(), capture_output=True, timeout=60)
     assert listed.returncode == 0, listed.stderr
     remote = parse_listing(listed.stdout.decode().split("\n", 1)[1])
-    assert set(remote) == {"data/x.csv"} and remote["data/x.csv"].kind == "f"
+    assert set(remote) == {"data", "data/x.csv"}
+    assert (remote["data"].kind, remote["data/x.csv"].kind) == ("d", "f")
