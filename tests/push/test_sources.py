@@ -145,8 +145,9 @@ def test_what_a_host_says_and_odd_local_names_reach_the_terminal_escaped(
     data.mkdir(parents=True)
     (data / "a.csv").write_text("a\n")
     os.symlink("/etc/passwd", data / os.fsdecode(b"caf\xe9"))  # left out, and named
+    # (wide: rich would fold a long path, the test's directory under pytest-xdist, mid-word)
     out = subprocess.run([*SSHCLUSTER, "push", str(inv), str(data)], capture_output=True,
-                         timeout=120, env=cli_env())
+                         timeout=120, env={**cli_env(), "COLUMNS": "1000"})
     assert out.returncode == 1, out
     assert b"\x1b" not in out.stdout and b"\x07" not in out.stdout, out.stdout
     text = " ".join(out.stdout.decode().split())  # (rich wraps long lines)
