@@ -53,6 +53,7 @@ from sshcluster.jobs.leases import describe
 from sshcluster.jobs.record import RunResult, owner_alive, runs_dir, write_record
 from sshcluster.jobs.remote import argv, run_script, script_input, settings
 from sshcluster.jobs.results import ResultsReport, fetch_results
+from sshcluster.jobs.tmpdir import sweep
 from sshcluster.jobs.workerlog import WORKER_LOGS
 from sshcluster.quoting import shell_quote
 from sshcluster.version import __version__
@@ -154,7 +155,9 @@ def _status(value: object) -> int:
 def list_jobs() -> list[JobStatus]:
     """Every job recorded on this machine, newest first: detached ones as their primary
     hosts say (asked at once), attached ones, and detached ones fetched after their
-    end, from their record."""
+    end, from their record. The R temporary directories that attached jobs killed
+    outright left here go (:func:`~sshcluster.jobs.tmpdir.sweep`)."""
+    sweep()
     root = runs_dir()
     dirs = sorted((p for p in root.glob("*") if p.is_dir()), reverse=True) \
         if root.is_dir() else []

@@ -20,7 +20,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -50,6 +49,7 @@ from sshcluster.jobs.leases import (
 )
 from sshcluster.jobs.record import RunResult, read_note, runs_dir, write_owner, write_record
 from sshcluster.jobs.results import fetch_results, results_dir
+from sshcluster.jobs.tmpdir import JobTmp, sweep
 from sshcluster.jobs.workerlog import WORKER_LOGS, WorkerRelay, job_render_options
 from sshcluster.version import __version__
 
@@ -120,17 +120,19 @@ class _Job:
         self.relay: WorkerRelay | None = None
         #: The R session's TMPDIR: a directory of the job's own, removed once R and all
         #: it started are gone (R stopped by a signal leaves its tempdir(), with the
-        #: launch's directory in it).
-        self.tmp: str | None = None
+        #: launch's directory in it); locked by this process and R while they live, so
+        #: that a later job removes it if this one is killed outright (:mod:`.tmpdir`).
+        self.tmp: JobTmp | None = None
 
     def start_r(self, rscript: str, args: tuple[str, ...], script: Path, out: BinaryIO,
                 err: BinaryIO) -> None:
         # R starts at once and waits for "go" on its stdin (:meth:`go`): so its own
         # start-up overlaps the check, and the bootstrap need not exist yet.
-        self.tmp = tempfile.mkdtemp(prefix="sshcluster-job-")
+        self.tmp = JobTmp.make()
         env = dict(os.environ, SSHCLUSTER_RUN_DIR=str(self.run_dir),
                    SSHCLUSTER_BOOTSTRAP=str(self.run_dir / "cluster.R"),
-                   SSHCLUSTER_SCRIPT=str(script), SSHCLUSTER_WAIT_GO="1", TMPDIR=self.tmp)
+                   SSHCLUSTER_SCRIPT=str(script), SSHCLUSTER_WAIT_GO="1",
+                   TMPDIR=self.tmp.path)
         self.started = time.time()  # the R session's notes are wall-clock times too
         with resources.as_file(DRIVER) as driver:
             # Its own session: a Ctrl-C in the terminal reaches the job, which then
@@ -140,7 +142,8 @@ class _Job:
             self.proc = subprocess.Popen(
                 [*_line_buffered(), rscript, str(driver), *args], env=env, stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT if same else subprocess.PIPE,
-                start_new_session=True, preexec_fn=_die_with_parent)
+                start_new_session=True, preexec_fn=_die_with_parent,
+                pass_fds=(self.tmp.fd,))  # (R and all it starts hold the lock too)
         assert self.proc.stdout is not None
         pipes = [(self.proc.stdout, out)]
         if self.proc.stderr is not None:
@@ -208,7 +211,7 @@ class _Job:
         with self.log_lock:
             self.log.close()
         if self.tmp is not None:  # (R and all it started are gone: stop_r() ran)
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp.remove()
 
 
 def _die_with_parent() -> None:
@@ -287,6 +290,7 @@ def run(inventory: Inventory | str | os.PathLike[str], script: str | os.PathLike
         # Before the job starts, its results need somewhere; but a job that is then
         # refused must leave no directory behind: made only when results come.
         results_dir(opts.results, keep=False)
+    sweep()  # (the R temporary directories of earlier jobs killed outright)
     job = JobInfo.new(str(source))
     run_dir = runs_dir() / job.job
     run_dir.mkdir(parents=True, mode=0o700)

@@ -11,7 +11,8 @@
 # HOST JOB<TAB>WHO... | failed WHY | ended; why: the refused/failed line it ended on),
 # leased, r-ended, ended, status, stopped, log (R's
 # stdout and stderr), workers/HOST.log and driver.R's notes. At its end it removes
-# access_key (the key an EC2 job's fleet authorizes for it), if any.
+# access_key (the key an EC2 job's fleet authorizes for it), if any, and tmp (R's
+# TMPDIR, see below).
 #
 # Who stops what: the leases last as long as this shell holds the fifo "hold" open for
 # writing (fd 9): each lease session reads it after its script, so when this shell ends,
@@ -22,6 +23,12 @@
 # killed outright, its watcher stops R, and R's end stops the cluster (the launch's own
 # supervisor ends every host's session, and each host stops its workers). No other
 # process holds fd 9 (every command runs with 9>&-).
+#
+# R's temporary files (its tempdir(), with the launch's directory in it) go in tmp, a
+# directory of the job's own: R ended by a signal (a stop) leaves its tempdir behind.
+# R, and everything it starts, inherit fd 8, a lock on tmp/.lock that nothing else
+# holds: once that lock is free they are all gone, and tmp goes (drop_tmp), however R
+# ended; if this shell was killed outright, its watcher removes it.
 umask 077
 . ./job.env
 echo $$ >pid
@@ -55,6 +62,7 @@ start_lease() {
 finish() {  # $1: the job's status
   exec 9>&-  # the leases end with their input
   [ -n "${wpid:-}" ] && kill -s TERM "$wpid" 2>/dev/null
+  drop_tmp  # (while the lease sessions end)
   i=1
   while [ $i -le "$N" ]; do  # each lease session within 5 s, or it is ended
     eval "p=\${lp_$i:-}"
@@ -75,6 +83,18 @@ finish() {  # $1: the job's status
 }
 
 label() { sed -n "${1}p" hosts; }
+
+# Remove tmp once nothing holds its lock (R and all it started are gone: the launch's
+# own supervisor ends its sessions within seconds of R's end), or after 10 s: what R
+# started and left running loses it then, as it would lose R's own tempdir at R's end.
+drop_tmp() {
+  [ -d tmp ] || return 0
+  k=0
+  while ! flock -n tmp/.lock true 2>/dev/null && [ $k -lt 100 ]; do
+    sleep 0.1; k=$((k + 1))
+  done
+  rm -rf tmp
+}
 
 # Take the leases: all at once (try), or one host after another in one order (wait), so
 # that two waiting jobs never each hold what the other waits for.
@@ -119,9 +139,13 @@ mkdir -p workers
 . ./args.sh
 buffer=''
 command -v stdbuf >/dev/null 2>&1 && buffer='stdbuf -oL'
+# (the lock taken before R starts: the lease sessions, started earlier, hold none of it)
+mkdir tmp && : >tmp/.lock && exec 8<tmp/.lock && flock -n 8 ||
+  { state "failed cannot make R's temporary directory in $PWD"; finish 1; }
 SSHCLUSTER_RUN_DIR=$PWD SSHCLUSTER_BOOTSTRAP=$PWD/cluster.R SSHCLUSTER_SCRIPT=$PWD/script.R \
-  $buffer "$RSCRIPT" driver.R "$@" </dev/null >log 2>&1 9>&- &
+  TMPDIR=$PWD/tmp $buffer "$RSCRIPT" driver.R "$@" </dev/null >log 2>&1 9>&- &
 rpid=$!
+exec 8<&-  # (R's now, and its children's)
 state running
 # If this shell is killed outright, R must not outlive it.
 me=$$
@@ -130,7 +154,8 @@ me=$$
   kill -s TERM "$rpid" 2>/dev/null
   k=0
   while kill -s 0 "$rpid" 2>/dev/null && [ $k -lt "$STOP_TIMEOUT" ]; do sleep 1; k=$((k + 1)); done
-  kill -s KILL "$rpid" 2>/dev/null ) </dev/null >/dev/null 2>&1 9>&- &
+  kill -s KILL "$rpid" 2>/dev/null
+  drop_tmp ) </dev/null >/dev/null 2>&1 9>&- &
 wpid=$!
 wait "$rpid"; rc=$?
 stop_at=''

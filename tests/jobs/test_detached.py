@@ -52,6 +52,8 @@ BUSY = """\
 cat("started\\n")
 parallel::parLapply(parallelCluster, seq_along(parallelCluster), function(i) Sys.sleep(300))
 """
+#: BUSY, saying where its R's temporary directory is first.
+BUSY_TEMP = 'cat("started", tempdir(), "\\n")\n' + BUSY.split("\n", 1)[1]
 
 
 @pytest.fixture(scope="module")
@@ -259,7 +261,7 @@ def test_a_detached_job_waits_in_line(mesh: Testbed, tmp_path: Path) -> None:
 def _busy_job(tb: Testbed, tmp_path: Path, state: Path) -> tuple[Path, str]:
     inv = _inventory(tb, tmp_path)
     script = tmp_path / "busy.R"
-    script.write_text(BUSY)
+    script.write_text(BUSY_TEMP)
     done = sshcluster(["run", "--detach", "--primary", tb.hosts[1].address, str(inv),
                        str(script)], state)
     assert done.returncode == 0, done.stderr
@@ -273,15 +275,40 @@ def _busy_job(tb: Testbed, tmp_path: Path, state: Path) -> tuple[Path, str]:
     return inv, job
 
 
+def _r_tempdir(job: str, state: Path) -> str:
+    """The job's R's tempdir(), as BUSY_TEMP said it in the job's log."""
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while True:
+        log = sshcluster(["logs", job], state).stdout
+        said = [line.split()[1] for line in log.splitlines() if line.startswith("started ")]
+        if said:
+            return said[0]
+        assert time.monotonic() < deadline, log
+        time.sleep(0.2)
+
+
+def _no_r_tempdir(tb: Testbed, job: str, temp: str) -> None:
+    """Neither the job's R's tempdir() (R stopped by a signal leaves it) nor the
+    directory it was made in (the job's TMPDIR) is left on its primary host."""
+    there = f"/root/.cache/sshcluster/jobs/{job}"
+    for path in (temp, f"{there}/tmp"):
+        assert tb.run(tb.hosts[1], ["test", "-e", path], check=False).returncode == 1, path
+    assert temp.startswith(f"{there}/tmp/Rtmp"), temp
+
+
 @pytest.mark.slow
 def test_stop_ends_a_detached_job_and_everything_it_started(mesh: Testbed, tmp_path: Path
                                                             ) -> None:
+    """Its R, its cluster, its leases, and its R's temporary directory."""
     for attempt in range(LOOPS):
         state = tmp_path / f"state{attempt}"
         inv, job = _busy_job(mesh, tmp_path, state)
+        temp = _r_tempdir(job, state)
+        assert mesh.run(mesh.hosts[1], ["test", "-d", temp], check=False).returncode == 0
         stopped = sshcluster(["stop", "--json", job], state)
         assert stopped.returncode == 0, stopped.stderr
         assert json.loads(stopped.stdout)["state"] == "stopped", stopped.stdout
+        _no_r_tempdir(mesh, job, temp)  # (as soon as the job has ended)
         _nothing_left(mesh, inv)
         # stopping it again is harmless
         assert sshcluster(["stop", job], state).returncode == 0
@@ -294,6 +321,7 @@ def test_a_supervisor_killed_outright_leaves_nothing(mesh: Testbed, tmp_path: Pa
     for attempt in range(LOOPS):
         state = tmp_path / f"state{attempt}"
         inv, job = _busy_job(mesh, tmp_path, state)
+        temp = _r_tempdir(job, state)
         supervisors = [pid for pid in mesh.processes(mesh.hosts[1], "sh")
                        if b"supervise.sh" in Path(f"/proc/{pid}/cmdline").read_bytes()]
         # (its subshells, the watcher among them, have the same command line)
@@ -301,6 +329,7 @@ def test_a_supervisor_killed_outright_leaves_nothing(mesh: Testbed, tmp_path: Pa
         assert len(top) == 1, supervisors
         os.kill(top[0], signal.SIGKILL)
         _nothing_left(mesh, inv)
+        _no_r_tempdir(mesh, job, temp)  # (its watcher removed it, once all had ended)
         listed = _until_state(job, state, {"failed", "done", "stopped"})
         assert listed["state"] == "failed" and "supervisor" in str(listed["detail"])
 

@@ -15,7 +15,7 @@ import pytest
 from sshcluster.inventory import load_inventory
 from sshcluster.jobs import list_leases
 from sshcluster.testing import Testbed
-from tests.jobs.helpers import JOB_TIMEOUT, LEFTOVER, inventory, start
+from tests.jobs.helpers import JOB_TIMEOUT, LEFTOVER, inventory, sshcluster, start
 
 pytestmark = pytest.mark.slow  # signals
 
@@ -75,9 +75,11 @@ def test_a_signal_mid_run_leaves_nothing(testbed: Testbed, tmp_path: Path,
 def test_a_job_killed_outright_leaves_nothing(testbed: Testbed, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """SIGKILL for the job's own process (no cleanup can run): its R session dies with
-    it, and with that the cluster, and the leases go with their ssh sessions."""
-    # (its R's temporary directory stays, with nothing of the job left to remove it: in
-    # the test's own directory, not this machine's /tmp)
+    it, and with that the cluster, and the leases go with their ssh sessions. Its R's
+    temporary directory stays, with nothing of the job left to remove it, until the
+    next job: that one removes it (its lock is free once R and all it started are
+    gone)."""
+    # (in the test's own directory, not this machine's /tmp)
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     inv = inventory(testbed, tmp_path / "hosts.yaml", hosts=[0, 1])
     script = tmp_path / "busy.R"
@@ -94,3 +96,30 @@ def test_a_job_killed_outright_leaves_nothing(testbed: Testbed, tmp_path: Path,
             proc.wait()
     assert testbed.leftovers(LEFTOVER, wait=30) == {}
     assert all(lease.holder is None for lease in list_leases(load_inventory(inv)))
+    left = list(tmp_path.glob("sshcluster-job-*"))
+    assert len(left) == 1 and list(left[0].glob("Rtmp*")), left
+    deadline = time.monotonic() + 30
+    while _with_tmpdir(left[0]):  # (its R, and what R started, on their way out)
+        assert time.monotonic() < deadline, _with_tmpdir(left[0])
+        time.sleep(0.2)
+    assert left[0].is_dir()
+    script.write_text('cat("next\\n")\n')
+    after = sshcluster(["run", str(inv), str(script)], tmp_path / "state")
+    assert after.returncode == 0 and after.stdout == "next\n", after.stderr
+    assert list(tmp_path.glob("sshcluster-job-*")) == []
+    assert testbed.leftovers(LEFTOVER, wait=30) == {}
+
+
+def _with_tmpdir(path: Path) -> list[int]:
+    """The processes here whose TMPDIR is ``path``."""
+    want = b"\0TMPDIR=" + bytes(path) + b"\0"
+    pids = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                environ = b"\0" + Path(entry.path, "environ").read_bytes()
+            except OSError:
+                continue
+            if want in environ:
+                pids.append(int(entry.name))
+    return pids

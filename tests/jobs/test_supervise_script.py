@@ -2,7 +2,8 @@
 own, its one lease taken here too (lease.sh, as the primary host's own lease runs it),
 through a stand-in for the network (a cat the test can stop): its lease sessions hear a
 line every HEARTBEAT seconds, so they outlive the silence, and end once the lines stop
-coming."""
+coming. Its R's temporary directory is one of the job's own, removed however R ended,
+once R and everything it started are gone."""
 
 from __future__ import annotations
 
@@ -33,14 +34,14 @@ DEADLINE = 60.0
 INVENTORY = parse_inventory("primary: 127.0.0.1\nhosts: [{host: 127.0.0.1}]\n")
 
 
-def _job_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def _job_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: str = SCRIPT) -> Path:
     """The job's directory, as the start writes it: one host, leased through a relay
-    (relay.pid names it) that stands in for the ssh connection."""
+    (relay.pid names it) that stands in for the ssh connection; ``code`` its script."""
     monkeypatch.setenv(SILENCE_ENV, "4")
     run = tmp_path / "job"
     run.mkdir()
     script = tmp_path / "s.R"
-    script.write_text(SCRIPT)
+    script.write_text(code)
     files = detached._job_files(INVENTORY, INVENTORY.hosts[0], JobInfo.new("s.R"), script,
                                 (), False, 20.0)
     for name, data in files.items():
@@ -101,3 +102,50 @@ def test_the_lease_lives_on_the_heartbeat_and_ends_without_it(
     while _lease_held(home):
         assert time.monotonic() < deadline, "the lease outlived its silent holder"
         time.sleep(0.2)
+
+
+def test_a_stopped_job_s_r_leaves_no_temporary_directory(
+        supervisor: tuple[subprocess.Popen[bytes], Path], tmp_path: Path) -> None:
+    """``sshcluster stop`` (TERM for the supervisor): R, ended by the signal, leaves its
+    tempdir; it was in the job's tmp, which the supervisor removes."""
+    proc, run = supervisor
+    temp = Path((run / "tmpdir").read_text().strip())
+    assert temp.parent == run / "tmp" and temp.name.startswith("Rtmp") and temp.is_dir()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(DEADLINE)
+    assert (run / "state").read_text() == "ended\n"
+    assert (run / "stopped").exists() and (run / "status").read_text() == "143\n"
+    assert not (run / "tmp").exists()
+    assert list((tmp_path / "rtmp").iterdir()) == []  # (the TMPDIR it was given: unused)
+
+
+#: Ends at once (an error, or status 0), with a child of its own that outlives it by
+#: 2 s, writing into the job's TMPDIR as it goes, then noting its end.
+ENDS = """\
+writeLines(tempdir(), "tmpdir")
+system(sprintf("(sleep 2; echo late >%s/late; date +%%s.%%N >child-ended)",
+               shQuote(Sys.getenv("TMPDIR"))), wait = FALSE)
+{end}
+"""
+
+
+@pytest.mark.parametrize(("end", "status"), [("quit(status = 0L)", 0), ('stop("no")', 1)],
+                         ids=["done", "error"])
+def test_the_temporary_directory_goes_once_all_r_started_is_gone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, end: str, status: int) -> None:
+    """R ended by itself, what it started still running: the job's tmp goes only once
+    that has ended too (it holds the directory's lock), before the job says it ended."""
+    run = _job_dir(tmp_path, monkeypatch, ENDS.replace("{end}", end))
+    home, rtmp = tmp_path / "home", tmp_path / "rtmp"
+    home.mkdir()
+    rtmp.mkdir()
+    subprocess.run(["sh", "./supervise.sh"], cwd=run, timeout=DEADLINE, check=True,
+                   env={**os.environ, "HOME": str(home), "TMPDIR": str(rtmp)})
+    assert (run / "state").read_text() == "ended\n"
+    assert (run / "status").read_text() == f"{status}\n"
+    assert Path((run / "tmpdir").read_text().strip()).parent == run / "tmp"
+    assert (run / "child-ended").is_file(), "the job ended before what its R started"
+    assert float((run / "r-ended").read_text()) + 1 < float((run / "child-ended").read_text())
+    assert float((run / "ended").read_text()) > float((run / "child-ended").read_text())
+    assert not (run / "tmp").exists()
+    assert list(rtmp.iterdir()) == []
