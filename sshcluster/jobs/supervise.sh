@@ -11,8 +11,8 @@
 # HOST JOB<TAB>WHO... | failed WHY | ended; why: the refused/failed line it ended on),
 # leased, r-ended, ended, status, stopped, log (R's
 # stdout and stderr), workers/HOST.log and driver.R's notes. At its end it removes
-# access_key (the key an EC2 job's fleet authorizes for it), if any, and tmp (R's
-# TMPDIR, see below).
+# access_key (the key an EC2 job's fleet authorizes for it), if any, and R's TMPDIR
+# (see below).
 #
 # Who stops what: the leases last as long as this shell holds the fifo "hold" open for
 # writing (fd 9): each lease session reads it after its script, so when this shell ends,
@@ -24,11 +24,12 @@
 # supervisor ends every host's session, and each host stops its workers). No other
 # process holds fd 9 (every command runs with 9>&-).
 #
-# R's temporary files (its tempdir(), with the launch's directory in it) go in tmp, a
-# directory of the job's own: R ended by a signal (a stop) leaves its tempdir behind.
-# R, and everything it starts, inherit fd 8, a lock on tmp/.lock that nothing else
-# holds: once that lock is free they are all gone, and tmp goes (drop_tmp), however R
-# ended; if this shell was killed outright, its watcher removes it.
+# R's temporary files (its tempdir(), with the launch's directory in it) go in a
+# directory of the job's own, made in the host's TMPDIR (else /tmp), where R would have
+# made its own ($tmp): R ended by a signal (a stop) leaves its tempdir behind. R, and
+# everything it starts, inherit fd 8, a lock on $tmp/.lock that nothing else holds: once
+# that lock is free they are all gone, and $tmp goes (drop_tmp), however R ended; if
+# this shell was killed outright, its watcher removes it.
 umask 077
 . ./job.env
 echo $$ >pid
@@ -84,16 +85,17 @@ finish() {  # $1: the job's status
 
 label() { sed -n "${1}p" hosts; }
 
-# Remove tmp once nothing holds its lock (R and all it started are gone: the launch's
+# Remove $tmp once nothing holds its lock (R and all it started are gone: the launch's
 # own supervisor ends its sessions within seconds of R's end), or after 10 s: what R
 # started and left running loses it then, as it would lose R's own tempdir at R's end.
+tmp=''
 drop_tmp() {
-  [ -d tmp ] || return 0
+  [ -n "$tmp" ] && [ -d "$tmp" ] || return 0
   k=0
-  while ! flock -n tmp/.lock true 2>/dev/null && [ $k -lt 100 ]; do
+  while ! flock -n "$tmp/.lock" true 2>/dev/null && [ $k -lt 100 ]; do
     sleep 0.1; k=$((k + 1))
   done
-  rm -rf tmp
+  rm -rf -- "$tmp"
 }
 
 # Take the leases: all at once (try), or one host after another in one order (wait), so
@@ -140,10 +142,11 @@ mkdir -p workers
 buffer=''
 command -v stdbuf >/dev/null 2>&1 && buffer='stdbuf -oL'
 # (the lock taken before R starts: the lease sessions, started earlier, hold none of it)
-mkdir tmp && : >tmp/.lock && exec 8<tmp/.lock && flock -n 8 ||
-  { state "failed cannot make R's temporary directory in $PWD"; finish 1; }
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/sshcluster-job.XXXXXX") && : >"$tmp/.lock" &&
+  exec 8<"$tmp/.lock" && flock -n 8 ||
+  { state "failed cannot make R's temporary directory in ${TMPDIR:-/tmp}"; finish 1; }
 SSHCLUSTER_RUN_DIR=$PWD SSHCLUSTER_BOOTSTRAP=$PWD/cluster.R SSHCLUSTER_SCRIPT=$PWD/script.R \
-  TMPDIR=$PWD/tmp $buffer "$RSCRIPT" driver.R "$@" </dev/null >log 2>&1 9>&- &
+  TMPDIR=$tmp $buffer "$RSCRIPT" driver.R "$@" </dev/null >log 2>&1 9>&- &
 rpid=$!
 exec 8<&-  # (R's now, and its children's)
 state running

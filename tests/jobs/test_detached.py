@@ -289,11 +289,13 @@ def _r_tempdir(job: str, state: Path) -> str:
 
 def _no_r_tempdir(tb: Testbed, job: str, temp: str) -> None:
     """Neither the job's R's tempdir() (R stopped by a signal leaves it) nor the
-    directory it was made in (the job's TMPDIR) is left on its primary host."""
-    there = f"/root/.cache/sshcluster/jobs/{job}"
-    for path in (temp, f"{there}/tmp"):
+    directory it was made in (the job's TMPDIR, in the host's) is left on its primary
+    host."""
+    mine = os.path.dirname(temp)
+    assert os.path.basename(mine).startswith("sshcluster-job."), temp
+    assert os.path.basename(temp).startswith("Rtmp"), temp
+    for path in (temp, mine):
         assert tb.run(tb.hosts[1], ["test", "-e", path], check=False).returncode == 1, path
-    assert temp.startswith(f"{there}/tmp/Rtmp"), temp
 
 
 @pytest.mark.slow

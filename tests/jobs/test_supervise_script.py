@@ -107,16 +107,18 @@ def test_the_lease_lives_on_the_heartbeat_and_ends_without_it(
 def test_a_stopped_job_s_r_leaves_no_temporary_directory(
         supervisor: tuple[subprocess.Popen[bytes], Path], tmp_path: Path) -> None:
     """``sshcluster stop`` (TERM for the supervisor): R, ended by the signal, leaves its
-    tempdir; it was in the job's tmp, which the supervisor removes."""
+    tempdir; it was in a directory of the job's own in the TMPDIR the supervisor was
+    given, which the supervisor removes."""
     proc, run = supervisor
     temp = Path((run / "tmpdir").read_text().strip())
-    assert temp.parent == run / "tmp" and temp.name.startswith("Rtmp") and temp.is_dir()
+    assert temp.parent.parent == tmp_path / "rtmp", temp
+    assert temp.parent.name.startswith("sshcluster-job.") and temp.name.startswith("Rtmp")
+    assert temp.is_dir()
     proc.send_signal(signal.SIGTERM)
     proc.wait(DEADLINE)
     assert (run / "state").read_text() == "ended\n"
     assert (run / "stopped").exists() and (run / "status").read_text() == "143\n"
-    assert not (run / "tmp").exists()
-    assert list((tmp_path / "rtmp").iterdir()) == []  # (the TMPDIR it was given: unused)
+    assert list((tmp_path / "rtmp").iterdir()) == []
 
 
 #: Ends at once (an error, or status 0), with a child of its own that outlives it by
@@ -143,9 +145,8 @@ def test_the_temporary_directory_goes_once_all_r_started_is_gone(
                    env={**os.environ, "HOME": str(home), "TMPDIR": str(rtmp)})
     assert (run / "state").read_text() == "ended\n"
     assert (run / "status").read_text() == f"{status}\n"
-    assert Path((run / "tmpdir").read_text().strip()).parent == run / "tmp"
+    assert Path((run / "tmpdir").read_text().strip()).parent.parent == rtmp
     assert (run / "child-ended").is_file(), "the job ended before what its R started"
     assert float((run / "r-ended").read_text()) + 1 < float((run / "child-ended").read_text())
     assert float((run / "ended").read_text()) > float((run / "child-ended").read_text())
-    assert not (run / "tmp").exists()
     assert list(rtmp.iterdir()) == []
