@@ -23,8 +23,11 @@
 #                        "sshcluster-push<TAB>LABEL<TAB>ok" or "...<TAB>failed<TAB>WHY".
 # An ssh that ends (Ctrl-C on the primary, a lost link) ends the stream: tar fails, the
 # staging directory is removed, nothing is renamed.
+# A relative DEST is relative to the login directory, where ssh starts this script.
 trap '' PIPE  # a write to a closed session fails, so that the EXIT trap still runs
+unset CDPATH  # (cd to a relative DEST goes there, not to a directory CDPATH names)
 mode=$1; dest=$2; shift 2
+case $dest in -*) dest=./$dest ;; esac  # (cd - is another directory)
 
 # The hash: SHA-256 by openssl where the CPU has SHA instructions (x86 sha_ni, arm64
 # sha2: twice b2sum's speed here), else b2sum (BLAKE2b: several times coreutils'
@@ -74,8 +77,11 @@ stage=
 trap 'rm -rf -- "$work" ${stage:+"$stage"}' EXIT
 trap 'exit 130' INT TERM HUP
 why=
-if ! { mkdir -p -- "$dest" && stage=$(mktemp -d "$dest/.sshcluster-push.XXXXXX"); } \
-    2>"$work/err"; then
+# DEST made if missing, then entered: $top is its real path, and everything below it is
+# reached from there (a relative DEST is relative to where this shell started, not to
+# where it is later). DEST itself may be a link, the user's own: it is followed, once.
+if ! { mkdir -p -- "$dest" && cd -P -- "$dest" && top=$PWD && pre=${top%/} &&
+    stage=$(mktemp -d "$pre/.sshcluster-push.XXXXXX"); } 2>"$work/err"; then
   why="cannot write to $dest: $(tail -n 1 "$work/err")"
   stage=
 fi
@@ -161,10 +167,10 @@ if [ -z "$why" ]; then
   ( cd "$stage" && rm -f .sshcluster-push-sums .sshcluster-push-b2sums &&
     find . -mindepth 1 -type d -exec sh -c \
       'for d; do mkdir -p -- "$0/$d" && chmod "$(stat -c %a -- "$d")" -- "$0/$d" || exit 1
-       done' "$dest" {} + &&
+       done' "$pre" {} + &&
     find . -type d -exec sh -c \
       'for d; do find "$d" -mindepth 1 -maxdepth 1 ! -type d -print0 |
-       xargs -0 -r mv -f -t "$0/$d" -- || exit 1; done' "$dest" {} + ) 2>"$work/err" ||
+       xargs -0 -r mv -f -t "$0/$d" -- || exit 1; done' "$pre" {} + ) 2>"$work/err" ||
     why="cannot rename into $dest: $(tail -n 1 "$work/err")"
 fi
 if [ -z "$why" ]; then say ok; else say failed "$why"; fi
