@@ -24,6 +24,8 @@
 # An ssh that ends (Ctrl-C on the primary, a lost link) ends the stream: tar fails, the
 # staging directory is removed, nothing is renamed.
 # A relative DEST is relative to the login directory, where ssh starts this script.
+# Below DEST no symbolic link is followed: receive refuses one where it needs a
+# directory (whoever can write in DEST could plant one to send the copy elsewhere).
 trap '' PIPE  # a write to a closed session fails, so that the EXIT trap still runs
 unset CDPATH  # (cd to a relative DEST goes there, not to a directory CDPATH names)
 mode=$1; dest=$2; shift 2
@@ -122,6 +124,46 @@ if [ $# -ge 4 ]; then
   next=$!
 fi
 
+# cd to DEST/REL ("": DEST itself) by its real path, and only if it is that directory:
+# a symbolic link there, or one on the way (put there since), is refused, never followed.
+enter() {
+  if [ -z "$1" ]; then p=$top; else p=$pre/$1; fi
+  if [ -L "$p" ]; then
+    printf '%s is a symbolic link (to %s): refused, a push does not follow one below DEST' \
+      "$p" "$(readlink -- "$p")" >"$work/refused"
+  elif ! cd -P -- "$p" 2>/dev/null; then
+    if [ -d "$p" ]; then echo "cannot enter $p"; else echo "$p is not a directory"; fi \
+      >"$work/refused"
+  elif [ "$PWD" != "$p" ]; then
+    printf '%s leads to %s (a symbolic link on the way): refused' "$p" "$PWD" \
+      >"$work/refused"
+  else
+    return 0
+  fi
+  return 1
+}
+# Into DEST: every directory of the stage made there (or found), parents first; only
+# then every file and link renamed into its directory, one mv per directory (each file
+# still its own rename), not one per file; then each directory given its mode,
+# deepest first.
+place() {
+  cd -- "$stage" && rm -f .sshcluster-push-sums .sshcluster-push-b2sums &&
+    find . -mindepth 1 -type d -printf '%m %P\n' >"$work/dirs" || return
+  while IFS= read -r l; do
+    d=${l#* }
+    case $d in */*) enter "${d%/*}" ;; *) enter "" ;; esac || exit
+    if [ ! -L "${d##*/}" ] && [ ! -d "${d##*/}" ]; then mkdir -m 700 -- "${d##*/}" || exit; fi
+    enter "$d" || exit
+  done <"$work/dirs" || return
+  { echo "- "; cat "$work/dirs"; } | while IFS= read -r l; do
+    enter "${l#* }" &&
+      find "$stage/${l#* }" -mindepth 1 -maxdepth 1 ! -type d -exec mv -f -t . -- {} + ||
+      exit
+  done || return
+  awk '{ l[NR] = $0 } END { for (i = NR; i > 0; i--) print l[i] }' "$work/dirs" |
+    while IFS= read -r l; do enter "${l#* }" && chmod "${l%% *}" . || exit; done
+}
+
 pick_sum
 # (-B: a pipe, read whole; -b 256: 128 KiB records, so a tenth of the system calls of
 # tar's 10 KiB, the content written to each file in pieces that size)
@@ -162,15 +204,8 @@ if [ -z "$why" ]; then
     why="verification failed: $(head -n 3 "$work/sums")"
 fi
 if [ -z "$why" ]; then
-  # Directories first (made, with their modes), then every file and link renamed:
-  # one mv per directory (each file still its own rename), not one per file.
-  ( cd "$stage" && rm -f .sshcluster-push-sums .sshcluster-push-b2sums &&
-    find . -mindepth 1 -type d -exec sh -c \
-      'for d; do mkdir -p -- "$0/$d" && chmod "$(stat -c %a -- "$d")" -- "$0/$d" || exit 1
-       done' "$pre" {} + &&
-    find . -type d -exec sh -c \
-      'for d; do find "$d" -mindepth 1 -maxdepth 1 ! -type d -print0 |
-       xargs -0 -r mv -f -t "$0/$d" -- || exit 1; done' "$pre" {} + ) 2>"$work/err" ||
+  ( place ) 2>"$work/err" ||
+    why=$(cat "$work/refused" 2>/dev/null) ||
     why="cannot rename into $dest: $(tail -n 1 "$work/err")"
 fi
 if [ -z "$why" ]; then say ok; else say failed "$why"; fi

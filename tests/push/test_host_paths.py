@@ -1,0 +1,66 @@
+"""push and what a host holds at the destination, on real SSH test hosts: a symbolic
+link where the push needs a directory is refused, never followed."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import sshcluster
+from sshcluster.inventory import load_inventory
+from sshcluster.testing import Testbed
+from sshcluster.testing.fixtures import MakeTestbed
+
+from .helpers import DEST, local_state, make_tree, remote_state
+
+
+def _inventory(tb: Testbed, tmp_path: Path) -> sshcluster.Inventory:
+    return load_inventory(tb.write_inventory(tmp_path / "hosts.yaml", extra={"workdir": DEST}))
+
+
+def _on_host(tb: Testbed, host: object, command: str) -> str:
+    return subprocess.run(tb.ssh_argv(host, command),  # type: ignore[arg-type]
+                          capture_output=True, text=True, timeout=60, check=True).stdout
+
+
+def _listing(tb: Testbed, host: object, path: str) -> str:
+    """Every entry under ``path`` with its mode and, for a file, its content."""
+    return _on_host(tb, host, f"cd {path} && find . -printf '%m %y %p\\n' -name '*' "
+                    "-type f -exec cat {} \\; | sort")
+
+
+def test_a_symbolic_link_where_a_directory_goes_is_refused_not_followed(
+    make_testbed: MakeTestbed, tmp_path: Path
+) -> None:
+    tb = make_testbed(2, private_dirs={"/srv": "16m"})
+    inv = _inventory(tb, tmp_path)
+    data = make_tree(tmp_path / "src", small=5, big=4096)
+    first, second = tb.hosts
+    # Another directory, which a push to DEST must leave as it is, and a link to it:
+    # where DEST/data goes on the first host, where DEST/data/d3 goes on the second.
+    for h, link in ((first, f"{DEST}/data"), (second, f"{DEST}/data/d3")):
+        _on_host(tb, h, f"mkdir -p /srv/else {link} && echo mine > /srv/else/big.bin && "
+                 f"chmod 700 /srv/else && rmdir {link} && ln -s /srv/else {link}")
+    before = {h.index: _listing(tb, h, "/srv/else") for h in tb.hosts}
+
+    result = sshcluster.push(inv, [data])
+    for h, link in zip(result.hosts, (f"{DEST}/data", f"{DEST}/data/d3"), strict=True):
+        assert not h.ok
+        assert h.detail == (f"{link} is a symbolic link (to /srv/else): refused, a push does "
+                            "not follow one below DEST"), h.detail
+    for h in tb.hosts:
+        assert _listing(tb, h, "/srv/else") == before[h.index], h.hostname
+        assert ".sshcluster-push" not in _on_host(tb, h, f"ls -A {DEST}")
+    # (the refusal comes before any file is renamed)
+    assert _on_host(tb, second, f"find {DEST} ! -type d ! -name d3") == ""
+
+    # Once the links are gone: a link where a file goes is replaced by the file (a
+    # rename does not follow it), and the file it led to is left as it was.
+    for h in tb.hosts:
+        _on_host(tb, h, f"rm {DEST}/data {DEST}/data/d3 2>/dev/null; mkdir -p {DEST}/data && "
+                 f"ln -s /srv/else/big.bin {DEST}/data/big.bin")
+    result = sshcluster.push(inv, [data])
+    assert result.ok, result.to_json()
+    for h in tb.hosts:
+        assert remote_state(tb, h) == local_state(data)
+        assert _listing(tb, h, "/srv/else") == before[h.index], h.hostname
