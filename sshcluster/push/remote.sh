@@ -73,10 +73,17 @@ say() {  # STATUS [WHY]
   printf 'sshcluster-push\t%s\t%s\t%s\n' "$label" "$1" "$(printf '%s' "${2-}" | tr '\n\t' '  ')"
 }
 q() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"; }
+# Remove a staging directory, its read-only directories included (a source's 0555
+# directory is one there, as tar leaves it).
+clear_stage() {
+  rm -rf -- "$1" 2>/dev/null && return
+  [ -L "$1" ] || chmod -R u+rwx -- "$1" 2>/dev/null
+  rm -rf -- "$1"
+}
 work=$(mktemp -d "${TMPDIR:-/tmp}/sshcluster-push.XXXXXX") || {
   say failed "cannot make a directory in ${TMPDIR:-/tmp}"; exit 1; }
 stage=
-trap 'rm -rf -- "$work" ${stage:+"$stage"}' EXIT
+trap 'rm -rf -- "$work"; [ -z "$stage" ] || clear_stage "$stage"' EXIT
 trap 'exit 130' INT TERM HUP
 why=
 # DEST made if missing, then entered: $top is its real path, and everything below it is
@@ -142,18 +149,21 @@ enter() {
   fi
   return 1
 }
-# Into DEST: every directory of the stage made there (or found), parents first; only
-# then every file and link renamed into its directory, one mv per directory (each file
-# still its own rename), not one per file; then each directory given its mode,
-# deepest first.
+# Into DEST: every directory of the stage made there (or found), parents first, and
+# writable by its owner until the end; only then every file and link renamed into its
+# directory, one mv per directory (each file still its own rename), not one per file;
+# then each directory given its mode, deepest first (a 0555 one takes nothing in, a
+# 0444 one cannot be entered). The stage's own directories are made writable first
+# (tar leaves them with their modes: nothing could be renamed out of a 0555 one).
 place() {
   cd -- "$stage" && rm -f .sshcluster-push-sums .sshcluster-push-b2sums &&
-    find . -mindepth 1 -type d -printf '%m %P\n' >"$work/dirs" || return
+    find . -mindepth 1 -type d -printf '%m %P\n' >"$work/dirs" &&
+    find . -mindepth 1 -type d ! -perm -u=rwx -exec chmod u+rwx -- {} \; || return
   while IFS= read -r l; do
     d=${l#* }
     case $d in */*) enter "${d%/*}" ;; *) enter "" ;; esac || exit
     if [ ! -L "${d##*/}" ] && [ ! -d "${d##*/}" ]; then mkdir -m 700 -- "${d##*/}" || exit; fi
-    enter "$d" || exit
+    enter "$d" && { [ -w . ] || chmod u+w .; } || exit
   done <"$work/dirs" || return
   { echo "- "; cat "$work/dirs"; } | while IFS= read -r l; do
     enter "${l#* }" &&
@@ -166,13 +176,15 @@ place() {
 
 pick_sum
 # (-B: a pipe, read whole; -b 256: 128 KiB records, so a tenth of the system calls of
-# tar's 10 KiB, the content written to each file in pieces that size)
+# tar's 10 KiB, the content written to each file in pieces that size. The directories
+# come first in the stream, their files later: each gets its mode at the end, so that
+# a 0555 one still takes its files when tar is not root.)
 if [ -n "$next" ] && [ -n "$stage" ]; then
-  tar -B -b 256 -C "$stage" -xpf "$work/fifo" 2>"$work/tar.err"
+  tar -B -b 256 --delay-directory-restore -C "$stage" -xpf "$work/fifo" 2>"$work/tar.err"
 elif [ -n "$next" ]; then
   wait "$next"; false
 elif [ -n "$stage" ]; then
-  tar -B -b 256 -C "$stage" -xpf - 2>"$work/tar.err"
+  tar -B -b 256 --delay-directory-restore -C "$stage" -xpf - 2>"$work/tar.err"
 else
   cat >/dev/null; false
 fi

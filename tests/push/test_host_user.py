@@ -1,10 +1,13 @@
 """push as an ordinary user (not root) on real SSH test hosts, each with a login
 directory of its own (a private tmpfs there, as on real machines): a relative DEST
-(``workdir: ~/work``, ``~``, ``.``, ``~/x``) is relative to it."""
+(``workdir: ~/work``, ``~``, ``.``, ``~/x``) is relative to it, and a source's read-only
+directories arrive with their modes, take a changed file the next time, and leave no
+staging directory behind, also when the push fails."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import secrets
 import shutil
@@ -18,6 +21,9 @@ import pytest
 
 import sshcluster
 from sshcluster.inventory import load_inventory
+from sshcluster.push.manifest import local_manifest
+from sshcluster.push.stream import tar_stream
+from sshcluster.push.transfer import Session, script, verdicts
 from sshcluster.testing import Testbed
 from sshcluster.testing.fixtures import MakeTestbed
 
@@ -109,3 +115,59 @@ def test_a_relative_dest_is_in_the_login_directory(
             assert "~" not in _on_host(tb, h, f"ls -A {home}").split(), dest
     with pytest.raises(sshcluster.PushError, match="another user's home"):
         sshcluster.push(inv, [single], dest="~root/x")
+
+
+def test_read_only_directories_arrive_and_take_changes(
+    make_testbed: MakeTestbed, tmp_path: Path, host_user: tuple[str, Path]
+) -> None:
+    user, home = host_user
+    tb = _testbed(make_testbed, user, home, 2)
+    inv = _inventory(tb, tmp_path, user, workdir=f"{home}/work")
+    data = make_tree(tmp_path / "src", small=20, big=1 << 20)
+    for d in (data / "d3" / "e1", data / "d3", data):
+        d.chmod(0o555)
+
+    def dir_modes(h: object) -> dict[str, str]:
+        out = _on_host(tb, h, f"cd {home}/work && find data -type d -printf '%m %p\\n'")
+        return {p: m for m, p in (line.split(" ", 1) for line in out.splitlines())}
+
+    want_dirs = {str(p.relative_to(data.parent)): oct(p.stat().st_mode & 0o777)[2:]
+                 for p in [data, *data.rglob("*")] if p.is_dir()}
+    for _ in range(2):  # the second push: into read-only directories already there
+        result = sshcluster.push(inv, [data])
+        assert result.ok, result.to_json()
+        for h in tb.hosts:
+            assert remote_state(tb, h, f"{home}/work") == local_state(data), h.hostname
+            assert dir_modes(h) == want_dirs
+            assert ".sshcluster-push" not in _on_host(tb, h, f"ls -A {home}/work")
+        f = data / "d3" / "e1" / "f10.csv"
+        (data / "d3" / "e1").chmod(0o755)
+        f.write_text("changed\n")
+        os.utime(f, (time.time() + 5, time.time() + 5))
+        (data / "d3" / "e1").chmod(0o555)
+    assert result.hosts[0].detail == "1 file, 8 bytes sent"
+
+
+def test_a_failed_push_of_read_only_directories_leaves_no_staging(
+    make_testbed: MakeTestbed, tmp_path: Path, host_user: tuple[str, Path]
+) -> None:
+    # An archive whose content does not match its sums (one byte flipped), fed to
+    # remote.sh as the primary would: verification fails, and the staging directory,
+    # with its 0555 directories, must go.
+    user, home = host_user
+    tb = _testbed(make_testbed, user, home, 1)
+    inv = _inventory(tb, tmp_path, user)
+    data = make_tree(tmp_path / "src", small=5, big=1 << 20)
+    for d in (data / "d3" / "e0", data):
+        d.chmod(0o555)
+    manifest = local_manifest([data])
+    archive = io.BytesIO()
+    tar_stream(manifest.files, [e for e in manifest.entries if e.kind == "d"], archive)
+    raw = bytearray(archive.getvalue())
+    raw[raw.find((data / "big.bin").read_bytes()[:4096]) + 1000] ^= 0xFF
+    head = inv.hosts[0]
+    proc = Session(inv, head).popen(["receive", "work", head.label])
+    out, err = proc.communicate(script() + bytes(raw), timeout=120)
+    assert _on_host(tb, tb.hosts[0], f"ls -A {home}/work") == "", err
+    ok, why = verdicts(out)[head.label]
+    assert not ok and why.startswith("verification failed: ./data/big.bin: FAILED"), why
