@@ -50,11 +50,12 @@ scan)
   pick_sum
   echo "sshcluster-push-hash $kind"
   cd -- "$dest" 2>/dev/null || exit 0
+  # (./TOP: a name that starts with - is not an expression to find; the ./ goes again)
   for top; do
     if [ -e "$top" ] || [ -L "$top" ]; then
-      find -H "$top" \( -type f -o -type l \) -printf '%y %s %T@ %m %p\n'
+      find -H "./$top" \( -type f -o -type l \) -printf '%y %s %T@ %m %p\n'
     fi
-  done
+  done | sed 's|^\(\([^ ]* \)\{4\}\)\./|\1|'
   exit 0 ;;
 sums)
   cd -- "$dest" || exit 1

@@ -1,8 +1,10 @@
 """push and what a host holds at the destination, on real SSH test hosts: a symbolic
-link where the push needs a directory is refused, never followed."""
+link where the push needs a directory (refused, never followed), names that start with
+``-``."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -64,3 +66,20 @@ def test_a_symbolic_link_where_a_directory_goes_is_refused_not_followed(
     for h in tb.hosts:
         assert remote_state(tb, h) == local_state(data)
         assert _listing(tb, h, "/srv/else") == before[h.index], h.hostname
+
+
+def test_names_that_start_with_a_dash_are_sent_once(
+    make_testbed: MakeTestbed, tmp_path: Path
+) -> None:
+    tb = make_testbed(1, private_dirs={"/srv": "16m"})
+    inv = _inventory(tb, tmp_path)
+    src = tmp_path / "src"
+    make_tree(src, small=5, big=4096).rename(src / "-data")
+    (src / "-model.rds").write_bytes(os.urandom(3000))
+    sources = [src / "-data", src / "-model.rds"]
+    result = sshcluster.push(inv, sources)
+    assert result.ok, result.to_json()
+    assert result.bytes_out > 3000
+    again = sshcluster.push(inv, sources)
+    assert again.ok and again.bytes_out == 0, again.to_json()
+    assert again.hosts[0].detail == "unchanged"
