@@ -63,8 +63,11 @@ sums)
   exit 0 ;;
 touch)
   cd -- "$dest" || exit 1
-  while read -r t p; do touch -m -h -d "@$t" -- "$p" || exit 1; done
-  exit 0 ;;
+  # (the path is all after the first space, spaces at either end included; one that
+  # cannot be touched does not stop the others)
+  bad=0
+  while IFS= read -r l; do touch -m -h -d "@${l%% *}" -- "${l#* }" || bad=1; done
+  exit $bad ;;
 receive) ;;
 *) echo "sshcluster push: unknown mode $mode" >&2; exit 2 ;;
 esac

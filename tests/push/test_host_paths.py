@@ -1,11 +1,12 @@
 """push and what a host holds at the destination, on real SSH test hosts: a symbolic
 link where the push needs a directory (refused, never followed), names that start with
-``-``."""
+``-`` or have spaces at either end."""
 
 from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import sshcluster
@@ -83,3 +84,27 @@ def test_names_that_start_with_a_dash_are_sent_once(
     again = sshcluster.push(inv, sources)
     assert again.ok and again.bytes_out == 0, again.to_json()
     assert again.hosts[0].detail == "unchanged"
+
+
+def test_names_with_spaces_at_either_end_get_the_times_of_ours(
+    make_testbed: MakeTestbed, tmp_path: Path
+) -> None:
+    # Same content, other mtime: the hash says unchanged, and the host's mtime is set
+    # to ours, for every such file, whatever its name.
+    tb = make_testbed(1, private_dirs={"/srv": "16m"})
+    inv = _inventory(tb, tmp_path)
+    data = tmp_path / "src" / "data"
+    data.mkdir(parents=True)
+    names = ["  both  ", " lead.csv", "mid  dle.csv", "trail.csv ", "z.csv"]
+    for i, name in enumerate(names):
+        (data / name).write_text(f"{i}\n")
+    assert sshcluster.push(inv, [data]).ok
+    later = int(time.time()) + 100
+    for name in names:
+        os.utime(data / name, (later, later))
+    second = sshcluster.push(inv, [data])
+    assert second.ok and second.bytes_out == 0, second.to_json()
+    out = _on_host(tb, tb.hosts[0], f"cd {DEST} && find data -type f -printf '%T@ %p|\\n'")
+    times = {line[line.index(" ") + 1:-1]: int(float(line.split(" ")[0]))
+             for line in out.splitlines()}
+    assert times == {f"data/{n}": later for n in names}
