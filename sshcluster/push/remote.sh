@@ -84,6 +84,21 @@ clear_stage() {
   [ -L "$1" ] || chmod -R u+rwx -- "$1" 2>/dev/null
   rm -rf -- "$1"
 }
+# Staging directories of this user's that a push killed outright (SIGKILL, a crash of
+# the host) left in DEST: removed once nothing in one has changed for $stale seconds
+# (six hours). By the change time, which tar cannot set back: a push that is still
+# writing into its staging directory shows there. ($SSHCLUSTER_PUSH_STALE: for tests)
+sweep() {
+  stale=${SSHCLUSTER_PUSH_STALE:-21600}
+  touch -d "@$(($(date +%s) - stale))" "$work/stale" || return 0
+  find "$top" -mindepth 1 -maxdepth 1 -name '.sshcluster-push.??????' -type d \
+      -user "$(id -u)" ! -cnewer "$work/stale" -print 2>/dev/null |
+    while IFS= read -r old; do
+      [ -n "$(find "$old" -cnewer "$work/stale" -print -quit 2>/dev/null)" ] ||
+        clear_stage "$old" 2>/dev/null
+    done
+  return 0
+}
 work=$(mktemp -d "${TMPDIR:-/tmp}/sshcluster-push.XXXXXX") || {
   say failed "cannot make a directory in ${TMPDIR:-/tmp}"; exit 1; }
 stage=
@@ -93,7 +108,7 @@ why=
 # DEST made if missing, then entered: $top is its real path, and everything below it is
 # reached from there (a relative DEST is relative to where this shell started, not to
 # where it is later). DEST itself may be a link, the user's own: it is followed, once.
-if ! { mkdir -p -- "$dest" && cd -P -- "$dest" && top=$PWD && pre=${top%/} &&
+if ! { mkdir -p -- "$dest" && cd -P -- "$dest" && top=$PWD && pre=${top%/} && sweep &&
     stage=$(mktemp -d "$pre/.sshcluster-push.XXXXXX"); } 2>"$work/err"; then
   why="cannot write to $dest: $(tail -n 1 "$work/err")"
   stage=

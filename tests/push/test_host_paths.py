@@ -1,16 +1,22 @@
 """push and what a host holds at the destination, on real SSH test hosts: a symbolic
 link where the push needs a directory (refused, never followed), names that start with
-``-`` or have spaces at either end."""
+``-`` or have spaces at either end, and the staging directories a push killed outright
+left behind (removed by a later push, but never a live one)."""
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import sshcluster
 from sshcluster.inventory import load_inventory
+from sshcluster.push.manifest import local_manifest
+from sshcluster.push.stream import tar_stream
+from sshcluster.push.transfer import Session, script, verdicts
 from sshcluster.testing import Testbed
 from sshcluster.testing.fixtures import MakeTestbed
 
@@ -30,6 +36,13 @@ def _listing(tb: Testbed, host: object, path: str) -> str:
     """Every entry under ``path`` with its mode and, for a file, its content."""
     return _on_host(tb, host, f"cd {path} && find . -printf '%m %y %p\\n' -name '*' "
                     "-type f -exec cat {} \\; | sort")
+
+
+def _archive(sources: list[Path]) -> bytes:
+    manifest = local_manifest(sources)
+    out = io.BytesIO()
+    tar_stream(manifest.files, [e for e in manifest.entries if e.kind == "d"], out)
+    return out.getvalue()
 
 
 def test_a_symbolic_link_where_a_directory_goes_is_refused_not_followed(
@@ -108,3 +121,63 @@ def test_names_with_spaces_at_either_end_get_the_times_of_ours(
     times = {line[line.index(" ") + 1:-1]: int(float(line.split(" ")[0]))
              for line in out.splitlines()}
     assert times == {f"data/{n}": later for n in names}
+
+
+def test_staging_left_by_a_killed_push_goes_but_not_a_live_one(
+    make_testbed: MakeTestbed, tmp_path: Path
+) -> None:
+    tb = make_testbed(1, private_dirs={"/srv": "128m"})
+    inv = _inventory(tb, tmp_path)
+    host, label = tb.hosts[0], inv.hosts[0].label
+    # What a push killed outright (SIGKILL, a crash of the host) leaves: its staging
+    # directory, here with a read-only directory in it; and one of another user's.
+    old, others = f"{DEST}/.sshcluster-push.Old123", f"{DEST}/.sshcluster-push.Other1"
+    _on_host(tb, host, f"mkdir -p {old}/data/ro {others} && echo x > {old}/data/ro/f && "
+             f"chmod 555 {old}/data/ro {old}/data && chown nobody {others}")
+    small = make_tree(tmp_path / "a", small=3, big=4096)
+    # not after seconds: a push now leaves it
+    assert sshcluster.push(inv, [small]).ok
+    assert old in _on_host(tb, host, f"ls -d {DEST}/.sshcluster-push.*")
+
+    # A live push, its archive still arriving (a piece every 0.3 s): its staging
+    # directory is older than the limit, but what is written into it is not.
+    big = tmp_path / "b" / "big"
+    big.mkdir(parents=True)
+    (big / "x.bin").write_bytes(os.urandom(24 << 20))
+    raw = script() + _archive([big])
+    live = Session(inv, inv.hosts[0]).popen(["receive", DEST, label])
+    assert live.stdin is not None
+    done = threading.Event()
+
+    def feed() -> None:
+        assert live.stdin is not None
+        at = 1 << 20
+        live.stdin.write(raw[:at])
+        while not done.is_set() and at < len(raw) - (1 << 20):
+            live.stdin.write(raw[at:at + (128 << 10)])
+            live.stdin.flush()
+            at += 128 << 10
+            time.sleep(0.3)
+        live.stdin.write(raw[at:])  # (the rest: communicate() below ends it)
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    try:
+        time.sleep(6)  # the leftovers, and the live one's directory, are 5 s old and more
+        # a push that counts 3 s as stale (the default is hours)
+        sweeper = Session(inv, inv.hosts[0]).popen(["receive", DEST, label])
+        out, err = sweeper.communicate(b"SSHCLUSTER_PUSH_STALE=3\n" + script() +
+                                       _archive([tmp_path / "a" / "data"]), timeout=120)
+        assert verdicts(out) == {label: (True, "")}, err
+        left = _on_host(tb, host, f"ls -A {DEST}").split()
+    finally:
+        done.set()
+        feeder.join()
+        out, err = live.communicate(timeout=120)
+    assert verdicts(out) == {label: (True, "")}, err
+    assert ".sshcluster-push.Old123" not in left
+    assert ".sshcluster-push.Other1" in left  # not this user's
+    assert len([n for n in left if n.startswith(".sshcluster-push.")]) == 2, left  # + live
+    assert remote_state(tb, host)["big/x.bin"] == local_state(big)["big/x.bin"]
+    assert _on_host(tb, host, f"ls -A {DEST}").split() == [
+        ".sshcluster-push.Other1", "big", "data"]
