@@ -65,7 +65,7 @@ def push(
         assert result.ok, [h.detail for h in result.failed]
     """
     t0 = now()
-    dest = dest or inventory.workdir
+    dest = _host_path(dest or inventory.workdir)
     if not dest:
         raise PushError("no destination: give one, or set workdir: in the inventory",
                         hint="sshcluster push hosts.yaml data --to /srv/work")
@@ -137,6 +137,19 @@ class _Run:
             for p in self.procs:
                 if p.poll() is None:
                     p.terminate()
+
+
+def _host_path(dest: str | None) -> str | None:
+    """``dest`` as the hosts take it: ``~`` and ``~/x`` are the login directory and
+    ``x`` in it, a relative path (ssh starts there; the inventory reads ``workdir`` so),
+    since the hosts' sh is given the path quoted and would make a directory named ``~``.
+    ``~user`` is refused."""
+    if not dest or not dest.startswith("~"):
+        return dest
+    if dest == "~" or dest.startswith("~/"):
+        return dest[2:].strip("/") or "."
+    raise PushError(f"{dest.split('/')[0]} (another user's home) is not expanded on the "
+                    "hosts", hint="write the whole path")
 
 
 def _in_shared_dir(dest: str, shared: str | None) -> bool:

@@ -23,8 +23,13 @@
 #                        "sshcluster-push<TAB>LABEL<TAB>ok" or "...<TAB>failed<TAB>WHY".
 # An ssh that ends (Ctrl-C on the primary, a lost link) ends the stream: tar fails, the
 # staging directory is removed, nothing is renamed.
+# A relative DEST is relative to the login directory, where ssh starts this script.
+# Below DEST no symbolic link is followed: receive refuses one where it needs a
+# directory (whoever can write in DEST could plant one to send the copy elsewhere).
 trap '' PIPE  # a write to a closed session fails, so that the EXIT trap still runs
+unset CDPATH  # (cd to a relative DEST goes there, not to a directory CDPATH names)
 mode=$1; dest=$2; shift 2
+case $dest in -*) dest=./$dest ;; esac  # (cd - is another directory)
 
 # The hash: SHA-256 by openssl where the CPU has SHA instructions (x86 sha_ni, arm64
 # sha2: twice b2sum's speed here), else b2sum (BLAKE2b: several times coreutils'
@@ -45,11 +50,12 @@ scan)
   pick_sum
   echo "sshcluster-push-hash $kind"
   cd -- "$dest" 2>/dev/null || exit 0
+  # (./TOP: a name that starts with - is not an expression to find; the ./ goes again)
   for top; do
     if [ -e "$top" ] || [ -L "$top" ]; then
-      find -H "$top" \( -type f -o -type l -o -type d \) -printf '%y %s %T@ %m %p\n'
+      find -H "./$top" \( -type f -o -type l -o -type d \) -printf '%y %s %T@ %m %p\n'
     fi
-  done
+  done | sed 's|^\(\([^ ]* \)\{4\}\)\./|\1|'
   exit 0 ;;
 sums)
   cd -- "$dest" || exit 1
@@ -57,8 +63,11 @@ sums)
   exit 0 ;;
 touch)
   cd -- "$dest" || exit 1
-  while read -r t p; do touch -m -h -d "@$t" -- "$p" || exit 1; done
-  exit 0 ;;
+  # (the path is all after the first space, spaces at either end included; one that
+  # cannot be touched does not stop the others)
+  bad=0
+  while IFS= read -r l; do touch -m -h -d "@${l%% *}" -- "${l#* }" || bad=1; done
+  exit $bad ;;
 receive) ;;
 *) echo "sshcluster push: unknown mode $mode" >&2; exit 2 ;;
 esac
@@ -68,14 +77,39 @@ say() {  # STATUS [WHY]
   printf 'sshcluster-push\t%s\t%s\t%s\n' "$label" "$1" "$(printf '%s' "${2-}" | tr '\n\t' '  ')"
 }
 q() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"; }
+# Remove a staging directory, its read-only directories included (a source's 0555
+# directory is one there, as tar leaves it).
+clear_stage() {
+  rm -rf -- "$1" 2>/dev/null && return
+  [ -L "$1" ] || chmod -R u+rwx -- "$1" 2>/dev/null
+  rm -rf -- "$1"
+}
+# Staging directories of this user's that a push killed outright (SIGKILL, a crash of
+# the host) left in DEST: removed once nothing in one has changed for $stale seconds
+# (six hours). By the change time, which tar cannot set back: a push that is still
+# writing into its staging directory shows there. ($SSHCLUSTER_PUSH_STALE: for tests)
+sweep() {
+  stale=${SSHCLUSTER_PUSH_STALE:-21600}
+  touch -d "@$(($(date +%s) - stale))" "$work/stale" || return 0
+  find "$top" -mindepth 1 -maxdepth 1 -name '.sshcluster-push.??????' -type d \
+      -user "$(id -u)" ! -cnewer "$work/stale" -print 2>/dev/null |
+    while IFS= read -r old; do
+      [ -n "$(find "$old" -cnewer "$work/stale" -print -quit 2>/dev/null)" ] ||
+        clear_stage "$old" 2>/dev/null
+    done
+  return 0
+}
 work=$(mktemp -d "${TMPDIR:-/tmp}/sshcluster-push.XXXXXX") || {
   say failed "cannot make a directory in ${TMPDIR:-/tmp}"; exit 1; }
 stage=
-trap 'rm -rf -- "$work" ${stage:+"$stage"}' EXIT
+trap 'rm -rf -- "$work"; [ -z "$stage" ] || clear_stage "$stage"' EXIT
 trap 'exit 130' INT TERM HUP
 why=
-if ! { mkdir -p -- "$dest" && stage=$(mktemp -d "$dest/.sshcluster-push.XXXXXX"); } \
-    2>"$work/err"; then
+# DEST made if missing, then entered: $top is its real path, and everything below it is
+# reached from there (a relative DEST is relative to where this shell started, not to
+# where it is later). DEST itself may be a link, the user's own: it is followed, once.
+if ! { mkdir -p -- "$dest" && cd -P -- "$dest" && top=$PWD && pre=${top%/} && sweep &&
+    stage=$(mktemp -d "$pre/.sshcluster-push.XXXXXX"); } 2>"$work/err"; then
   why="cannot write to $dest: $(tail -n 1 "$work/err")"
   stage=
 fi
@@ -116,15 +150,60 @@ if [ $# -ge 4 ]; then
   next=$!
 fi
 
+# cd to DEST/REL ("": DEST itself) by its real path, and only if it is that directory:
+# a symbolic link there, or one on the way (put there since), is refused, never followed.
+enter() {
+  if [ -z "$1" ]; then p=$top; else p=$pre/$1; fi
+  if [ -L "$p" ]; then
+    printf '%s is a symbolic link (to %s): refused, a push does not follow one below DEST' \
+      "$p" "$(readlink -- "$p")" >"$work/refused"
+  elif ! cd -P -- "$p" 2>/dev/null; then
+    if [ -d "$p" ]; then echo "cannot enter $p"; else echo "$p is not a directory"; fi \
+      >"$work/refused"
+  elif [ "$PWD" != "$p" ]; then
+    printf '%s leads to %s (a symbolic link on the way): refused' "$p" "$PWD" \
+      >"$work/refused"
+  else
+    return 0
+  fi
+  return 1
+}
+# Into DEST: every directory of the stage made there (or found), parents first, and
+# writable by its owner until the end; only then every file and link renamed into its
+# directory, one mv per directory (each file still its own rename), not one per file;
+# then each directory given its mode, deepest first (a 0555 one takes nothing in, a
+# 0444 one cannot be entered). The stage's own directories are made writable first
+# (tar leaves them with their modes: nothing could be renamed out of a 0555 one).
+place() {
+  cd -- "$stage" && rm -f .sshcluster-push-sums .sshcluster-push-b2sums &&
+    find . -mindepth 1 -type d -printf '%m %P\n' >"$work/dirs" &&
+    find . -mindepth 1 -type d ! -perm -u=rwx -exec chmod u+rwx -- {} \; || return
+  while IFS= read -r l; do
+    d=${l#* }
+    case $d in */*) enter "${d%/*}" ;; *) enter "" ;; esac || exit
+    if [ ! -L "${d##*/}" ] && [ ! -d "${d##*/}" ]; then mkdir -m 700 -- "${d##*/}" || exit; fi
+    enter "$d" && { [ -w . ] || chmod u+w .; } || exit
+  done <"$work/dirs" || return
+  { echo "- "; cat "$work/dirs"; } | while IFS= read -r l; do
+    enter "${l#* }" &&
+      find "$stage/${l#* }" -mindepth 1 -maxdepth 1 ! -type d -exec mv -f -t . -- {} + ||
+      exit
+  done || return
+  awk '{ l[NR] = $0 } END { for (i = NR; i > 0; i--) print l[i] }' "$work/dirs" |
+    while IFS= read -r l; do enter "${l#* }" && chmod "${l%% *}" . || exit; done
+}
+
 pick_sum
 # (-B: a pipe, read whole; -b 256: 128 KiB records, so a tenth of the system calls of
-# tar's 10 KiB, the content written to each file in pieces that size)
+# tar's 10 KiB, the content written to each file in pieces that size. The directories
+# come first in the stream, their files later: each gets its mode at the end, so that
+# a 0555 one still takes its files when tar is not root.)
 if [ -n "$next" ] && [ -n "$stage" ]; then
-  tar -B -b 256 -C "$stage" -xpf "$work/fifo" 2>"$work/tar.err"
+  tar -B -b 256 --delay-directory-restore -C "$stage" -xpf "$work/fifo" 2>"$work/tar.err"
 elif [ -n "$next" ]; then
   wait "$next"; false
 elif [ -n "$stage" ]; then
-  tar -B -b 256 -C "$stage" -xpf - 2>"$work/tar.err"
+  tar -B -b 256 --delay-directory-restore -C "$stage" -xpf - 2>"$work/tar.err"
 else
   cat >/dev/null; false
 fi
@@ -156,15 +235,8 @@ if [ -z "$why" ]; then
     why="verification failed: $(head -n 3 "$work/sums")"
 fi
 if [ -z "$why" ]; then
-  # Directories first (made, with their modes), then every file and link renamed:
-  # one mv per directory (each file still its own rename), not one per file.
-  ( cd "$stage" && rm -f .sshcluster-push-sums .sshcluster-push-b2sums &&
-    find . -mindepth 1 -type d -exec sh -c \
-      'for d; do mkdir -p -- "$0/$d" && chmod "$(stat -c %a -- "$d")" -- "$0/$d" || exit 1
-       done' "$dest" {} + &&
-    find . -type d -exec sh -c \
-      'for d; do find "$d" -mindepth 1 -maxdepth 1 ! -type d -print0 |
-       xargs -0 -r mv -f -t "$0/$d" -- || exit 1; done' "$dest" {} + ) 2>"$work/err" ||
+  ( place ) 2>"$work/err" ||
+    why=$(cat "$work/refused" 2>/dev/null) ||
     why="cannot rename into $dest: $(tail -n 1 "$work/err")"
 fi
 if [ -z "$why" ]; then say ok; else say failed "$why"; fi

@@ -179,9 +179,10 @@ def test_a_source_that_is_a_link_is_followed_as_cp_follows_it(tmp_path: Path) ->
 
 
 def test_the_host_s_listing_follows_a_destination_that_is_a_link(tmp_path: Path) -> None:
-    """On a host, DEST/data may be a link to a directory (the received files then land
-    through it): its listing shows the files there, so what is unchanged is not sent
-    again on every push. (remote.sh's scan run here, as a host's sh runs it.)"""
+    """On a host, DEST/data may be a link to a directory: its listing shows the files
+    there, so what is unchanged is not sent again on every push (a push that has
+    something to write there is refused: receive follows no link below DEST).
+    (remote.sh's scan run here, as a host's sh runs it.)"""
     dest = tmp_path / "dest"
     (tmp_path / "scratch" / "data").mkdir(parents=True)
     (tmp_path / "scratch" / "data" / "x.csv").write_text("x\n")
