@@ -2,8 +2,9 @@
 
 Per host, one ssh session asks what is there (``R/sync.sh``, mode ``probe``): R's
 version and platform, the OS release, whether sshcluster's library for this
-environment (``<library>/R-<x.y>/<digest>``) is already complete, and an id that hosts
-sharing that directory (one home on NFS) have in common. Then, once per directory:
+environment on a host like this one (``<library>/R-<x.y>/<platform>/<os>/<digest>``,
+``R/library_dir.R``) is already complete, and an id that hosts sharing that directory
+(one home on NFS) have in common. Then, once per directory:
 
 * **same platform as the primary** (R major.minor, ``R.version$platform``, OS release):
   the primary's installed package directories, packed once (tar, gzip), are streamed
@@ -52,6 +53,8 @@ SyncProgress = Callable[[str, str], None]
 _R = resources.files("sshcluster.packages").joinpath("R")
 _SH = _R.joinpath("sync.sh").read_text(encoding="utf-8")
 _VERIFY_R = _R.joinpath("verify.R").read_text(encoding="utf-8")
+_WHERE_R = resources.files("sshcluster").joinpath("R").joinpath("library_dir.R").read_text(
+    encoding="utf-8")
 _INSTALL_R = _R.joinpath("install.R").read_text(encoding="utf-8")
 _MISSING_SO = re.compile(r"([^\s:'\"]+\.so[.0-9]*): cannot open shared object file")
 
@@ -101,7 +104,8 @@ class _Syncer:
             "mode": mode, "rscript": host.rscript or "",
             "root": self.inventory.library_of(host), "digest": self.ref.digest,
             "token": secrets.token_hex(8), "manifest": "\n".join(self.ref.names),
-            "verify_r": _VERIFY_R, "install_r": _INSTALL_R if mode == "install" else "",
+            "where_r": _WHERE_R, "verify_r": _VERIFY_R,
+            "install_r": _INSTALL_R if mode == "install" else "",
             "repos": " ".join(self.inventory.packages.repos or self.ref.repos),
             "pins": " ".join(f"{p.name}={p.version}" for p in self.ref.packages),
         }

@@ -92,7 +92,7 @@ def workers_see(tmp_path: Path, inv_path: Path, code: str, *, repaired: bool = F
     assert ref is not None
     out = tmp_path / "cluster.R"
     write_bootstrap(inv, out, RenderOptions(library_digest=ref.digest))
-    assert f"/R-x.y/{ref.digest}" in out.read_text()  # named in the header
+    assert f"/R-x.y/PLATFORM/OS/{ref.digest}" in out.read_text()  # named in the header
     repair = ("pids <- unlist(parallel::clusterEvalQ(parallelCluster, Sys.getpid()))\n"
               "try(parallel::clusterEvalQ(parallelCluster, tools::pskill(Sys.getpid(), 9L)),"
               " silent = TRUE)\n"
@@ -150,8 +150,8 @@ def test_check_names_drift_sync_fixes_it_and_workers_load_the_primarys(
     assert outcome == {labels[0]: "copied", labels[1]: "copied", labels[2]: "copied",
                        labels[3]: "installed"}
     ref = synced.reference
-    assert (tmp_path / "h1-sync" / "R-4.2" / ref.digest / COMPILED / "libs").is_dir()
-    assert (tmp_path / "h4-sync" / "R-4.1" / ref.digest / COMPILED / "libs").is_dir()
+    assert Path(ref.library(str(tmp_path / "h1-sync")), COMPILED, "libs").is_dir()
+    assert Path(ref.library(str(tmp_path / "h4-sync"), "4.1"), COMPILED, "libs").is_dir()
     # The users' own libraries are untouched.
     assert not (tmp_path / "h1-lib" / COMPILED).exists()
     assert (tmp_path / "h2-lib" / PURE / "DESCRIPTION").read_text().count("Version: 1.0")
@@ -207,11 +207,11 @@ def test_a_sync_killed_halfway_leaves_the_old_versions_loading(
     if how == signal.SIGTERM:
         assert proc.returncode == 128 + signal.SIGTERM
         assert [p.name for p in tmp.iterdir() if p.name.startswith("sshcluster-sync-")] == []
-    sync_dir = tmp_path / "h1-sync" / "R-4.2"
     ref = reference(load_inventory(path))
     assert ref is not None
     # Either there whole (it finished first) or not at all; never a half on the path.
-    target = sync_dir / ref.digest
+    target = Path(ref.library(str(tmp_path / "h1-sync")))
+    sync_dir = target.parent
     assert not target.exists(), "the 64 MB transfer finished before the kill"
     assert [p.name for p in sync_dir.iterdir() if p.name == ref.digest] == []
     seen = workers_see(tmp_path, path, f"paste({PURE}::f(), {COMPILED}::f())")
@@ -239,7 +239,7 @@ def test_a_missing_shared_library_is_named_with_the_host(
     assert f"{LINKED} needs the shared library libsctdep.so" in bad.detail
     assert LINKED in bad.load_errors
     # Nothing half-made on the workers' path there.
-    assert not (tmp_path / "h2-sync" / "R-4.2" / report.reference.digest).exists()
+    assert not Path(report.reference.library(str(tmp_path / "h2-sync"))).exists()
 
 
 def test_a_lockfile_is_installed_from_the_repository(
@@ -338,3 +338,36 @@ def test_the_report_gives_a_verdict_per_host_and_its_json() -> None:
     doc = report.to_dict()
     assert doc["sent"] == 2000 and doc["hosts"][1]["load_errors"] == {
         "a": "libz.so: cannot open shared object file"}
+
+
+OTHER_PLATFORM = "aarch64-unknown-linux-gnu"
+
+
+def test_hosts_of_two_platforms_on_one_home_get_a_library_each(
+        testbed: Testbed, built: Built, primary_lib: Path, tmp_path: Path) -> None:
+    """One home on NFS, an x86_64 host and an arm64 one: each gets a library built for
+    its own platform. Faked: the second host is this machine too, its R only reports
+    another R.version$platform (a profile), so what it installs is still x86_64 code."""
+    install(built, primary_lib, PURE, "2.0")
+    install(built, primary_lib, COMPILED, "1.0")
+    setups = [host_setup(tmp_path, 1), host_setup(tmp_path, 2, platform=OTHER_PLATFORM)]
+    for s in setups:
+        s["library"] = str(tmp_path / "nfs-home" / "lib")
+    path = inventory(testbed, tmp_path, entries(setups),
+                     {"r_packages": [COMPILED], "repos": [built.url]})
+    inv = load_inventory(path)
+    first = sshcluster.sync(inv, timeout=300)
+    assert first.ok, first.verdicts()
+    assert [first[h.label].outcome for h in inv.hosts] == ["copied", "installed"]
+    libs = [first[h.label].library for h in inv.hosts]
+    assert libs[0] != libs[1] and OTHER_PLATFORM in (libs[1] or ""), libs
+    assert all((Path(lib or "") / COMPILED / "DESCRIPTION").exists() for lib in libs)
+    again = sshcluster.sync(inv, timeout=300)
+    assert {h.outcome for h in again.hosts} == {"up to date"}, again.verdicts()
+    checked = sshcluster.check(inv, timeout=60)
+    for h in inv.hosts:
+        step = checked[h.label].checks["packages"]
+        assert step.status == "ok" and "from sshcluster's library" in step.detail, step
+    seen = workers_see(tmp_path, path, f"paste({COMPILED}::f(), "
+                                       "sub('/sctcomp$', '', find.package('sctcomp')))")
+    assert seen == [f"{COMPILED} 1.0 {lib}" for lib in libs]

@@ -1,6 +1,7 @@
 # sshcluster sync: what runs on each host. sshcluster.packages.sync prepends the data as
 # shell variables: mode (probe, receive, install or verify), rscript, root, digest, token,
-# manifest (the packages, one per line), verify_r and install_r (R code), repos, pins.
+# manifest (the packages, one per line), where_r, verify_r and install_r (R code), repos,
+# pins.
 # Every answer is one KEY=value line. Nothing is ever written into the user's own R
 # libraries: only under $root, and a library appears there whole (a rename) or not at all.
 
@@ -11,13 +12,17 @@ case $root in "~/"*) root=$HOME/${root#"~/"};; "~") root=$HOME;; esac
 rs=${rscript:-$(command -v Rscript 2>/dev/null)}
 [ -n "$rs" ] || fail "no Rscript on the PATH of a non-interactive shell: $PATH"
 
-# R's version and platform, and this library's place for this R minor version.
-facts=$("$rs" --default-packages=NULL -e 'cat(R.version$major, ".", R.version$minor, " ",
-  R.version$major, ".", sub("[.].*", "", R.version$minor), " ", R.version$platform, "\n", sep = "")') ||
-  fail "$rs did not run"
-set -- $facts
-base=$root/R-$2
-target=$base/$digest
+# R's version and platform, and this library's place for this R minor version, platform
+# and OS release (where_r: R/library_dir.R, as the check and the workers name it).
+facts=$("$rs" --default-packages=NULL -e "$where_r" -e 'cat(R.version$major, ".", R.version$minor, " ",
+  R.version$major, ".", sub("[.].*", "", R.version$minor), " ", R.version$platform, "\n",
+  sshcluster_library_dir(commandArgs(TRUE)[[1]], commandArgs(TRUE)[[2]]), "\n", sep = "")' \
+  "$root" "$digest") || fail "$rs did not run"
+target=${facts#*"
+"}
+set -- ${facts%%"
+"*}
+base=${target%/*}
 
 probe() {
   say "R_VERSION=$1"
