@@ -233,7 +233,8 @@ class _Syncer:
             out, _ = await self._ssh(host, "verify")
             errors = _load_errors(out)
             if errors or out.get(SyncFact.STATE) != "verified":
-                said = "; ".join(_load_error(p, e) for p, e in errors.items()) or _said(out)
+                said = "; ".join([*(_load_error(p, e) for p, e in errors.items()),
+                                  *self._wrong(out)]) or _said(out)
                 return HostSync(host, "failed", f"shares {library} with {first.label}, but "
                                                 f"will not load on {host.label}: {said}",
                                 library=library, load_errors=errors)
@@ -271,14 +272,19 @@ class _Syncer:
             return HostSync(host, "failed", f"will not load on {host.label}: {said}; nothing "
                                             "was put on the workers' library path", sent,
                             library, load_errors=errors)
-        want = self.ref.versions
-        wrong = [f"{name} {v or 'missing'} (wanted {want[name]})" for name, _, v in
-                 (h.partition(" ") for h in out.values.get(SyncFact.HAVE, []))
-                 if name in want and v != want[name]]
+        wrong = self._wrong(out)
         if wrong:
             return HostSync(host, "failed", f"not as pinned: {', '.join(wrong)} "
                                             f"({_said(out)})", sent, library)
         return HostSync(host, "failed", _said(out), sent, library)
+
+
+    def _wrong(self, out: _Facts) -> list[str]:
+        """The packages the host's R found at another version than the pinned one."""
+        want = self.ref.versions
+        return [f"{name} {v or 'missing'} (wanted {want[name]})" for name, _, v in
+                (h.partition(" ") for h in out.values.get(SyncFact.HAVE, []))
+                if name in want and v != want[name]]
 
 
 def _said(facts: _Facts) -> str:

@@ -147,17 +147,19 @@ def install(built: Built, lib: Path, name: str, version: str,
 
 
 def wrapper(path: Path, lib: Path, *, other_minor: bool = False,
-            platform: str | None = None, ld_path: Path | None = None) -> Path:
+            platform: str | None = None, ld_path: Path | None = None,
+            profile: str = "") -> Path:
     """An ``rscript`` for one host: its own library (``R_LIBS``), optionally a
     profile that makes R report 4.1.3 or another ``R.version$platform`` (only R says
-    so: its builds are still this machine's), and ``LD_LIBRARY_PATH``."""
+    so: its builds are still this machine's) and runs the R code ``profile`` too, and
+    ``LD_LIBRARY_PATH``."""
     env = [f"R_LIBS={lib}"]
-    if other_minor or platform:
-        profile = path.with_suffix(".Rprofile")
+    if other_minor or platform or profile:
         change = (_OTHER_MINOR if other_minor else "") + (
             f'  v$platform <- "{platform}"\n' if platform else "")
-        profile.write_text(_PROFILE % change.rstrip("\n"))
-        env.append(f"R_PROFILE_USER={profile}")
+        code = _PROFILE % change.rstrip("\n") if change else ""
+        path.with_suffix(".Rprofile").write_text(code + profile)
+        env.append(f"R_PROFILE_USER={path.with_suffix('.Rprofile')}")
     if ld_path:
         env.append(f"LD_LIBRARY_PATH={ld_path}")
     path.write_text("#!/bin/sh\n" + "".join(f"export {e}\n" for e in env)

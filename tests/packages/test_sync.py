@@ -371,3 +371,38 @@ def test_hosts_of_two_platforms_on_one_home_get_a_library_each(
     seen = workers_see(tmp_path, path, f"paste({COMPILED}::f(), "
                                        "sub('/sctcomp$', '', find.package('sctcomp')))")
     assert seen == [f"{COMPILED} 1.0 {lib}" for lib in libs]
+
+
+# R code for a host's profile: when sctcomp loads, R dies (as on a .so built for another
+# CPU), or the shared library's sctpure changes its version under it.
+_CRASH = (f'setHook(packageEvent("{COMPILED}", "onLoad"), '
+          "function(...) tools::pskill(Sys.getpid(), 11L))\n")
+_CHANGE = (f'setHook(packageEvent("{COMPILED}", "onLoad"), function(...) {{\n'
+           f'  f <- file.path(.libPaths()[[1]], "{PURE}", "DESCRIPTION")\n'
+           '  d <- read.dcf(f)\n  d[, "Version"] <- "9.9"\n  write.dcf(d, f)\n})\n')
+
+
+@pytest.mark.parametrize(("profile", "said"), [(_CRASH, "some packages do not load"),
+                                               (_CHANGE, f"{PURE} 9.9 (wanted 2.0)")])
+def test_a_host_sharing_a_library_its_r_cannot_load_fails(
+        testbed: Testbed, built: Built, primary_lib: Path, tmp_path: Path, profile: str,
+        said: str) -> None:
+    """The second host of one home only loads what the first wrote: its R dying there,
+    or a version that is not the pinned one, fails it. (Its R is 2 s slower to start, so
+    the first host is the one that receives the library, and the first's R takes 6 s to
+    load it, so that the second finds it not there yet.)"""
+    install(built, primary_lib, PURE, "2.0")
+    install(built, primary_lib, COMPILED, "1.0")
+    slow = f'setHook(packageEvent("{COMPILED}", "onLoad"), function(...) Sys.sleep(6))\n'
+    setups = [host_setup(tmp_path, 1, profile=slow),
+              host_setup(tmp_path, 2, profile="Sys.sleep(2)\n" + profile)]
+    for s in setups:
+        s["library"] = str(tmp_path / "nfs-home" / "lib")
+    path = inventory(testbed, tmp_path, entries(setups), {"r_packages": [COMPILED]})
+    inv = load_inventory(path)
+    report = sshcluster.sync(inv, timeout=300)
+    first, second = (report[h.label] for h in inv.hosts)
+    assert first.outcome == "copied", report.verdicts()
+    assert second.outcome == "failed", report.verdicts()
+    assert f"will not load on {second.label}" in second.detail and said in second.detail, \
+        second.detail

@@ -75,10 +75,15 @@ receive() {
   finish
 }
 
-# A host that shares the library another host just wrote: its own R loads it.
+# A host that shares the library another host just wrote: its own R loads it, every
+# package at its pinned version, or the host fails (an R that dies loading a package
+# leaves no verdict either). The verdict goes next to the library, never into it.
 verify() {
-  "$rs" --default-packages=NULL -e "$verify_r" "" "$target" $pins 2>&1 |
+  mark=$base/.verified-$token
+  "$rs" --default-packages=NULL -e "$verify_r" "$mark" "$target" $pins 2>&1 |
     while IFS= read -r l; do say "$l"; done
+  [ -f "$mark" ] || fail "some packages do not load"
+  rm -f "$mark"
   say "STATE=verified"
 }
 
