@@ -406,3 +406,34 @@ def test_a_host_sharing_a_library_its_r_cannot_load_fails(
     assert second.outcome == "failed", report.verdicts()
     assert f"will not load on {second.label}" in second.detail and said in second.detail, \
         second.detail
+
+
+def test_sync_repairs_a_library_the_check_fails(
+        testbed: Testbed, built: Built, primary_lib: Path, tmp_path: Path) -> None:
+    """A package removed from sshcluster's library on a host (remove.packages()), or
+    another version of it there: the check names it and sync puts the whole library
+    back, instead of calling it up to date."""
+    install(built, primary_lib, PURE, "2.0")
+    install(built, primary_lib, COMPILED, "1.0")
+    path = inventory(testbed, tmp_path, entries([host_setup(tmp_path, 1)]),
+                     {"r_packages": [COMPILED], "packages": "exact"})
+    inv = load_inventory(path)
+    label = inv.hosts[0].label
+    assert sshcluster.sync(inv, timeout=300)[label].outcome == "copied"
+    lib = Path(sshcluster.sync(inv, timeout=300)[label].library or "")
+    for harm in ("removed", "other version"):
+        if harm == "removed":
+            shutil.rmtree(lib / PURE)
+        else:
+            desc = lib / PURE / "DESCRIPTION"
+            desc.write_text(desc.read_text().replace("Version: 2.0", "Version: 1.9"))
+        step = sshcluster.check(inv, timeout=60)[label].checks["packages"]
+        assert step.status == "failed" and "sshcluster sync" in (step.hint or ""), step
+        again = sshcluster.sync(inv, timeout=300)
+        assert again[label].outcome == "copied", again.verdicts()
+        assert again[label].library == str(lib)
+        assert (lib / PURE / "DESCRIPTION").read_text().count("Version: 2.0") == 1
+        assert not [p.name for p in lib.parent.iterdir() if p.name != lib.name]
+        after = sshcluster.check(inv, timeout=60)[label].checks["packages"]
+        assert after.status == "ok", after
+    assert sshcluster.sync(inv, timeout=300)[label].outcome == "up to date"

@@ -12,12 +12,27 @@ case $root in "~/"*) root=$HOME/${root#"~/"};; "~") root=$HOME;; esac
 rs=${rscript:-$(command -v Rscript 2>/dev/null)}
 [ -n "$rs" ] || fail "no Rscript on the PATH of a non-interactive shell: $PATH"
 
-# R's version and platform, and this library's place for this R minor version, platform
-# and OS release (where_r: R/library_dir.R, as the check and the workers name it).
-facts=$("$rs" --default-packages=NULL -e "$where_r" -e 'cat(R.version$major, ".", R.version$minor, " ",
-  R.version$major, ".", sub("[.].*", "", R.version$minor), " ", R.version$platform, "\n",
-  sshcluster_library_dir(commandArgs(TRUE)[[1]], commandArgs(TRUE)[[2]]), "\n", sep = "")' \
-  "$root" "$digest") || fail "$rs did not run"
+# Whether a library is whole: its manifest, and every package's DESCRIPTION at the pinned
+# version, as the check finds them (a package removed from it by hand is found missing).
+whole_r='sshcluster_whole <- function(lib, pins) {
+  ok <- file.exists(file.path(lib, "SSHCLUSTER-MANIFEST"))
+  for (p in strsplit(pins, "=", fixed = TRUE)) {
+    f <- file.path(lib, p[[1]], "DESCRIPTION")
+    ok <- ok && file.exists(f) && identical(tryCatch(read.dcf(f, "Version")[[1]],
+                                                     error = function(e) ""), p[[2]])
+  }
+  ok
+}'
+
+# R's version and platform, this library's place for this R minor version, platform and
+# OS release (where_r: R/library_dir.R, as the check and the workers name it), and
+# whether it is whole there.
+facts=$("$rs" --default-packages=NULL -e "$where_r" -e "$whole_r" -e 'a <- commandArgs(TRUE)
+  lib <- sshcluster_library_dir(a[[1]], a[[2]])
+  cat(R.version$major, ".", R.version$minor, " ", R.version$major, ".",
+      sub("[.].*", "", R.version$minor), " ", R.version$platform, " ",
+      if (sshcluster_whole(lib, a[-(1:2)])) "complete" else "absent", "\n", lib, "\n", sep = "")' \
+  "$root" "$digest" $pins) || fail "$rs did not run"
 target=${facts#*"
 "}
 set -- ${facts%%"
@@ -39,7 +54,7 @@ probe() {
   fi
   say "SHARED_ID=$(cat "$root/.sshcluster-id")"
   say "LIBRARY=$target"
-  if [ -f "$target/SSHCLUSTER-MANIFEST" ]; then say "STATE=complete"; else say "STATE=absent"; fi
+  say "STATE=$4"
 }
 
 # Whole or not at all: into a fresh directory next to the target, checked there by
@@ -47,7 +62,8 @@ probe() {
 # .incoming- directory, which no R ever looks at (and the next sync removes).
 prepare() {
   mkdir -p "$base" || fail "cannot make $base"
-  find "$base" -maxdepth 1 -name '.incoming-*' -mmin +60 -exec rm -rf {} + 2>/dev/null
+  find "$base" -maxdepth 1 \( -name '.incoming-*' -o -name '.broken-*' \) -mmin +60 \
+    -exec rm -rf {} + 2>/dev/null
   tmp=$(mktemp -d "$base/.incoming-$digest-XXXXXX") || fail "cannot write in $base"
   trap 'rm -rf "$tmp"' EXIT
   trap 'exit 1' HUP INT TERM PIPE
@@ -60,6 +76,12 @@ finish() {
   # (the verification's verdict: every package loaded, none missing)
   [ -f "$tmp/.verified" ] || fail "some packages do not load"
   rm -f "$tmp/.verified"
+  if [ -e "$target" ] &&
+    ! "$rs" --default-packages=NULL -e "$whole_r" -e 'a <- commandArgs(TRUE)
+      quit(status = if (sshcluster_whole(a[[1]], a[-1])) 0 else 1)' "$target" $pins; then
+    # Not whole (a package removed by hand): out of the way, then replaced.
+    mv "$target" "$base/.broken-$digest-$token" 2>/dev/null && rm -rf "$base/.broken-$digest-$token"
+  fi
   if [ -e "$target" ]; then
     say "STATE=there"  # another sync got here first: the same content, by its name
   else
