@@ -40,7 +40,7 @@ from sshcluster.packages.outcome import HostSync, Outcome, SyncReport, size
 from sshcluster.packages.reference import Reference, reference_for
 from sshcluster.protocol import SyncFact
 from sshcluster.quoting import shell_quote
-from sshcluster.ssh.command import ssh_command
+from sshcluster.ssh.command import SESSION_OPTIONS, ssh_command
 
 #: Seconds one host's sync may take (an install from source can take minutes).
 SYNC_TIMEOUT = 1800.0
@@ -123,8 +123,10 @@ class _Syncer:
         # (the script never on the command line, where a csh or fish login shell would
         # misread it: on stdin, ahead of the data, read whole by READ_SCRIPT)
         command = "sh -s" if later else f"exec sh -c {shell_quote(READ_SCRIPT)}"
-        argv = [*ssh_command(self.inventory, host), *(["-l", host.user] if host.user else []),
-                "--", host.host, command]
+        # (SESSION_OPTIONS: a host that stops answering ends its session in about 15 s,
+        # and never through the user's ControlMaster)
+        argv = [*ssh_command(self.inventory, host), *SESSION_OPTIONS,
+                *(["-l", host.user] if host.user else []), "--", host.host, command]
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT, start_new_session=True)

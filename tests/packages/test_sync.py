@@ -7,12 +7,15 @@ process's R_LIBS. The packages are built here; the repository is a directory.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -437,3 +440,33 @@ def test_sync_repairs_a_library_the_check_fails(
         after = sshcluster.check(inv, timeout=60)[label].checks["packages"]
         assert after.status == "ok", after
     assert sshcluster.sync(inv, timeout=300)[label].outcome == "up to date"
+
+
+def test_a_host_that_vanishes_mid_probe_fails_in_seconds_not_at_the_timeout(
+        testbed: Testbed, built: Built, primary_lib: Path, tmp_path: Path) -> None:
+    """Cut off (every packet dropped) while its probe runs: ssh's keepalive ends the
+    session in about 15 s; the others' sync does not wait for the 120 s timeout."""
+    install(built, primary_lib, PURE, "2.0")
+    setups = [host_setup(tmp_path, 1), host_setup(tmp_path, 2, profile="Sys.sleep(40)\n")]
+    inv = load_inventory(inventory(testbed, tmp_path, entries(setups), {"r_packages": [PURE]}))
+    victim = testbed.hosts[1]
+    label = inv.hosts[1].label
+    looking = threading.Event()
+
+    def progress(host: str, what: str) -> None:
+        if host == label and what == "looking":
+            looking.set()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        done = pool.submit(sshcluster.sync, inv, progress=progress, timeout=120)
+        try:
+            assert looking.wait(60)
+            time.sleep(2)  # (its R is running the probe now)
+            testbed.cut_off(victim)
+            report = done.result(timeout=150)
+        finally:
+            testbed.reconnect(victim)
+    assert report[inv.hosts[0].label].outcome == "copied", report.verdicts()
+    assert report[label].outcome == "failed"
+    assert "not done within" not in report[label].detail, report[label].detail
+    assert report.seconds < 60, report.verdicts()
