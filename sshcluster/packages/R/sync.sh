@@ -76,19 +76,23 @@ finish() {
   # (the verification's verdict: every package loaded, none missing)
   [ -f "$tmp/.verified" ] || fail "some packages do not load"
   rm -f "$tmp/.verified"
-  if [ -e "$target" ] &&
-    ! "$rs" --default-packages=NULL -e "$whole_r" -e 'a <- commandArgs(TRUE)
-      quit(status = if (sshcluster_whole(a[[1]], a[-1])) 0 else 1)' "$target" $pins; then
-    # Not whole (a package removed by hand): out of the way, then replaced.
-    mv "$target" "$base/.broken-$digest-$token" 2>/dev/null && rm -rf "$base/.broken-$digest-$token"
-  fi
-  if [ -e "$target" ]; then
-    say "STATE=there"  # another sync got here first: the same content, by its name
-  else
-    mv "$tmp" "$target" || fail "cannot rename into $target"
-    trap - EXIT
-    say "STATE=complete"
-  fi
+  # Into place with rename(2) (R's file.rename), which never puts one directory inside
+  # another: when another sync got there first, this one's copy is discarded. A library
+  # there that is not whole (a package removed by hand) is moved out of the way first.
+  broken=$base/.broken-$digest-$token
+  state=$("$rs" --default-packages=NULL -e "$whole_r" -e 'a <- commandArgs(TRUE)
+    if (file.exists(a[[2]]) && !sshcluster_whole(a[[2]], a[-(1:3)]))
+      invisible(file.rename(a[[2]], a[[3]]))
+    cat("\n", if (file.rename(a[[1]], a[[2]])) "complete" else if (file.exists(a[[2]])) "there",
+        sep = "")' "$tmp" "$target" "$broken" $pins 2>/dev/null)
+  rm -rf "$broken"
+  case $state in  # (its last line: a profile of the user's may print)
+    *"
+complete") trap - EXIT; say "STATE=complete";;
+    *"
+there") say "STATE=there";;  # another sync got here first: the same content, by its name
+    *) fail "cannot rename into $target";;
+  esac
 }
 
 receive() {
