@@ -8,6 +8,7 @@ from typing import Literal
 
 from sshcluster.inventory import Host
 from sshcluster.packages.reference import Reference
+from sshcluster.quoting import printable
 
 Outcome = Literal["up to date", "copied", "installed", "shared", "failed"]
 
@@ -75,11 +76,12 @@ class SyncReport:
                           for h in self.hosts]}
 
     def verdicts(self) -> list[str]:
-        """One line per host: its outcome, what it got, what was sent."""
+        """One line per host: its outcome, what it got, what was sent (the host's words
+        with their control characters escaped)."""
         width = max([4, *(len(h.label) for h in self.hosts)])
         return [f"{h.label.ljust(width)}  {h.outcome.upper() if not h.ok else h.outcome}: "
-                f"{h.detail}" + (f" ({size(h.sent)} sent)" if h.sent else "")
-                for h in self.hosts]
+                f"{printable(h.detail, newlines=False)}"  # (what the host said)
+                + (f" ({size(h.sent)} sent)" if h.sent else "") for h in self.hosts]
 
     def summary(self) -> str:
         """One line: how many hosts have the environment, what was sent, how long."""

@@ -470,3 +470,18 @@ def test_a_host_that_vanishes_mid_probe_fails_in_seconds_not_at_the_timeout(
     assert report[label].outcome == "failed"
     assert "not done within" not in report[label].detail, report[label].detail
     assert report.seconds < 60, report.verdicts()
+
+
+def test_what_a_host_says_is_printed_with_its_control_characters_escaped(
+        testbed: Testbed, built: Built, primary_lib: Path, tmp_path: Path) -> None:
+    """A package's load error (the host's words) with terminal escapes in it: the
+    verdict and the progress lines show them as \\x1b, never send them to the terminal."""
+    install(built, primary_lib, PURE, "2.0")
+    hook = 'loadNamespace <- function(...) stop("\\033]0;owned\\007\\033[2J gone")\n'
+    path = inventory(testbed, tmp_path, entries([host_setup(tmp_path, 1, profile=hook)]),
+                     {"r_packages": [PURE]})
+    result = CliRunner().invoke(cli, ["sync", str(path)])
+    assert result.exit_code == 1, result.output
+    said = result.output + result.stderr
+    assert "will not load" in said and "\\x1b[2J gone" in said, said
+    assert "\x1b" not in said and "\x07" not in said
