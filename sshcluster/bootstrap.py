@@ -140,7 +140,7 @@ def render(inventory: Inventory, options: RenderOptions | None = None) -> str:
     code = [_R_SOURCES["common.R"], *code]
     if opts.library_digest:
         roots = list(dict.fromkeys(inventory.library_of(h) for h in inventory.hosts))
-        code.append(_R_SOURCES["library.R"])
+        code += [_R_SOURCES["library_dir.R"], _R_SOURCES["library.R"]]
         call += [f"use_library(parallelCluster, {_r_value(roots)}, "
                  f"{r_string(opts.library_digest)})"]
     lines += in_own_environment("\n".join(code), call)
@@ -165,8 +165,8 @@ MIN_R_VERSION = "4.1.0"
 #: The launcher's R code and the scripts it runs, pasted as they are into the file.
 _R_SOURCES = {
     name: resources.files("sshcluster").joinpath("R").joinpath(name).read_text(encoding="utf-8")
-    for name in ("common.R", "proof.R", "classic.R", "worker.R", "library.R", "remote.sh",
-                 "supervisor.sh", "read_script.sh", "relay.pl")
+    for name in ("common.R", "proof.R", "classic.R", "worker.R", "library_dir.R", "library.R",
+                 "remote.sh", "supervisor.sh", "read_script.sh", "relay.pl")
 }
 #: The fast launch's R code, one idea per file, pasted in this order.
 LAUNCH_FILES = ("start.R", "session.R", "accept.R", "node.R", "future.R", "stop.R",
@@ -367,8 +367,8 @@ def _header(inventory: Inventory, opts: RenderOptions, plan: Plan) -> list[str]:
     if opts.library_digest:
         root = inventory.library_of(inventory.hosts[0]) if inventory.hosts else ""
         lines += [f"# R packages: first from sshcluster's library {_comment(root)}/R-x.y/"
-                  f"{_comment(opts.library_digest)}", "# (made by 'sshcluster sync'; x.y is "
-                  "each worker's R)."]
+                  f"PLATFORM/OS/{_comment(opts.library_digest)}", "# (made by 'sshcluster "
+                  "sync'; x.y, PLATFORM and OS are each worker's R and OS release)."]
     lines += [
         "#",
         "# Use:  source(\"this-file.R\")   then parallel::parLapply(parallelCluster, ...) etc.",

@@ -1,20 +1,21 @@
 # sshcluster: the workers load the packages of `sshcluster sync` first. Each worker puts
-# sshcluster's library for this environment (ROOT/R-x.y/DIGEST, x.y its own R) first on
-# its .libPaths() when the library is there whole (its manifest is written before the
-# rename that puts it in place); a host without it keeps its own libraries, which
-# `sshcluster check` then names.
+# sshcluster's library for this environment (ROOT/R-x.y/PLATFORM/OS/DIGEST for its own R
+# and OS: R/library_dir.R) first on its .libPaths() when the library is there whole (its
+# manifest is written before the rename that puts it in place); a host without it keeps
+# its own libraries, which `sshcluster check` then names.
 use_library <- function(cl, roots, digest) {
-  first <- function(cl) parallel::clusterCall(cl, function(roots, digest) {
-    minor <- paste0("R-", R.version$major, ".", sub("[.].*", "", R.version$minor))
+  where <- sshcluster_library_dir  # (R/library_dir.R: base R only)
+  environment(where) <- baseenv()
+  first <- function(cl) parallel::clusterCall(cl, function(roots, digest, where) {
     for (root in roots) {
-      lib <- file.path(path.expand(root), minor, digest)
+      lib <- where(root, digest)
       if (file.exists(file.path(lib, "SSHCLUSTER-MANIFEST"))) {
         .libPaths(c(lib, .libPaths()))
         return(lib)
       }
     }
     NA_character_
-  }, roots, digest)
+  }, roots, digest, where)
   first(cl)
   # the workers that sshcluster_repair() starts again get it first too (fast launch)
   if (exists("on_new_workers", inherits = TRUE)) on_new_workers(cl, first)

@@ -45,9 +45,13 @@ _R_CALLBACK = _R.joinpath("callback.R").read_text(encoding="utf-8")
 #: The shell part (``probe.sh``): one function per step. Python only prepends the data,
 #: as shell variables.
 _SH = resources.files("sshcluster.check").joinpath("probe.sh").read_text(encoding="utf-8")
-#: The packages step against a reference (``step_environment``).
-_ENVIRONMENT_R = resources.files("sshcluster.packages").joinpath("R").joinpath(
-    "environment.R").read_text(encoding="utf-8")
+#: The packages step against a reference (``step_environment``, and where the library
+#: is: ``sshcluster_library_dir``).
+_ENVIRONMENT_R = "".join([
+    resources.files("sshcluster").joinpath("R").joinpath("library_dir.R").read_text(
+        encoding="utf-8"),
+    resources.files("sshcluster.packages").joinpath("R").joinpath(
+        "environment.R").read_text(encoding="utf-8")])
 #: For a host with a container: the launch's own container functions, then the check's
 #: (``step_container``, ``r_in_image``), before ``probe.sh``.
 _BOX = resources.files("sshcluster.containers")

@@ -9,6 +9,7 @@ import click
 from sshcluster.console import json_flag
 from sshcluster.inventory import load_inventory
 from sshcluster.packages.sync import SYNC_TIMEOUT, sync
+from sshcluster.quoting import printable
 
 
 @click.command("sync")
@@ -33,7 +34,7 @@ def sync_command(inventory: str, timeout: float, as_json: bool) -> None:
 
     def progress(label: str, what: str) -> None:
         if not as_json:
-            click.echo(f"{label}: {what}", err=True)
+            click.echo(printable(f"{label}: {what}", newlines=False), err=True)
 
     report = sync(inv, progress=progress, timeout=timeout)
     if as_json:

@@ -5,7 +5,8 @@ their recursive hard dependencies (Depends, Imports, LinkingTo) as the primary's
 them installed (``R/reference.R``), base packages left out. With ``lockfile:`` it is an
 renv lockfile instead, read as JSON (renv need not be installed). A reference names the
 library ``sync`` makes for it on each host (:meth:`Reference.library`): a hash of its
-packages and versions, so the same environment has the same name everywhere.
+packages and versions, so the same environment has the same name everywhere, in a
+directory for the host's R minor version, platform and OS release.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from importlib import resources
@@ -80,10 +82,18 @@ class Reference:
                                                                   key=lambda p: p.name))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    def library(self, root: str, r_minor: str | None = None) -> str:
+    def library(self, root: str, r_minor: str | None = None, platform: str | None = None,
+                os_release: str | None = None) -> str:
         """sshcluster's library for this environment under ``root`` on a host with R
-        ``r_minor`` (default: the reference's)."""
-        return f"{root}/R-{r_minor or self.r_minor}/{self.digest}"
+        ``r_minor``, ``R.version$platform`` and OS release (``ID VERSION_ID``), by
+        default the reference's: ``root/R-x.y/PLATFORM/OS/DIGEST``, as
+        ``R/library_dir.R`` names it on the host."""
+        def word(text: str) -> str:
+            return re.sub(r"^[.]", "_", re.sub(r"[^A-Za-z0-9._+-]", "_", text))
+
+        os_word = "-".join((os_release or self.os_release or "").split())
+        return (f"{root}/R-{r_minor or self.r_minor}/{word(platform or self.platform or '')}/"
+                f"{word(os_word) if os_word else 'unknown'}/{self.digest}")
 
     def to_dict(self) -> dict[str, Any]:
         """The reference as it appears in the check's JSON document."""

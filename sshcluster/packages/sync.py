@@ -2,8 +2,9 @@
 
 Per host, one ssh session asks what is there (``R/sync.sh``, mode ``probe``): R's
 version and platform, the OS release, whether sshcluster's library for this
-environment (``<library>/R-<x.y>/<digest>``) is already complete, and an id that hosts
-sharing that directory (one home on NFS) have in common. Then, once per directory:
+environment on a host like this one (``<library>/R-<x.y>/<platform>/<os>/<digest>``,
+``R/library_dir.R``) is already complete, and an id that hosts sharing that directory
+(one home on NFS) have in common. Then, once per directory:
 
 * **same platform as the primary** (R major.minor, ``R.version$platform``, OS release):
   the primary's installed package directories, packed once (tar, gzip), are streamed
@@ -30,22 +31,21 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from sshcluster.bootstrap import END_OF_SCRIPT, READ_SCRIPT
 from sshcluster.errors import PackagesError, SyncFailed
 from sshcluster.inventory import Host, Inventory
+from sshcluster.packages.outcome import HostSync, Outcome, SyncReport, size
 from sshcluster.packages.reference import Reference, reference_for
 from sshcluster.protocol import SyncFact
 from sshcluster.quoting import shell_quote
-from sshcluster.ssh.command import ssh_command
+from sshcluster.ssh.command import SESSION_OPTIONS, ssh_command
 
 #: Seconds one host's sync may take (an install from source can take minutes).
 SYNC_TIMEOUT = 1800.0
 #: Hosts synced at the same time.
 SYNC_CONCURRENCY = 32
-
-Outcome = Literal["up to date", "copied", "installed", "shared", "failed"]
 
 #: Called with a host's label and what it is doing now (for progress displays).
 SyncProgress = Callable[[str, str], None]
@@ -53,86 +53,10 @@ SyncProgress = Callable[[str, str], None]
 _R = resources.files("sshcluster.packages").joinpath("R")
 _SH = _R.joinpath("sync.sh").read_text(encoding="utf-8")
 _VERIFY_R = _R.joinpath("verify.R").read_text(encoding="utf-8")
+_WHERE_R = resources.files("sshcluster").joinpath("R").joinpath("library_dir.R").read_text(
+    encoding="utf-8")
 _INSTALL_R = _R.joinpath("install.R").read_text(encoding="utf-8")
 _MISSING_SO = re.compile(r"([^\s:'\"]+\.so[.0-9]*): cannot open shared object file")
-
-
-@dataclass(frozen=True)
-class HostSync:
-    """One host's outcome: ``outcome``, a sentence, the bytes sent to it, its library
-    (as the host names it), the packages that will not load (name: R's error)."""
-
-    host: Host
-    outcome: Outcome
-    detail: str = ""
-    sent: int = 0
-    library: str | None = None
-    seconds: float = 0.0
-    load_errors: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        """The host as named in the inventory."""
-        return self.host.label
-
-    @property
-    def ok(self) -> bool:
-        """True when the host now has the environment."""
-        return self.outcome != "failed"
-
-
-@dataclass(frozen=True)
-class SyncReport:
-    """Every host's outcome of one ``sync``, and the reference it synced to."""
-
-    reference: Reference
-    hosts: tuple[HostSync, ...]
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        """True when every host has the environment."""
-        return all(h.ok for h in self.hosts)
-
-    @property
-    def failed(self) -> tuple[HostSync, ...]:
-        """The hosts that did not get it."""
-        return tuple(h for h in self.hosts if not h.ok)
-
-    @property
-    def sent(self) -> int:
-        """Bytes sent to all hosts together."""
-        return sum(h.sent for h in self.hosts)
-
-    def __getitem__(self, label: str) -> HostSync:
-        for h in self.hosts:
-            if label in (h.label, h.host.host):
-                return h
-        raise KeyError(label)
-
-    def to_dict(self) -> dict[str, object]:
-        """The report as plain values (``sshcluster sync --json``)."""
-        return {"ok": self.ok, "library": self.reference.digest, "sent": self.sent,
-                "seconds": round(self.seconds, 3), "reference": self.reference.to_dict(),
-                "hosts": [{"host": h.label, "ok": h.ok, "outcome": h.outcome,
-                           "detail": h.detail, "sent": h.sent, "library": h.library or "",
-                           "load_errors": h.load_errors, "seconds": round(h.seconds, 3)}
-                          for h in self.hosts]}
-
-    def verdicts(self) -> list[str]:
-        """One line per host: its outcome, what it got, what was sent."""
-        width = max([4, *(len(h.label) for h in self.hosts)])
-        return [f"{h.label.ljust(width)}  {h.outcome.upper() if not h.ok else h.outcome}: "
-                f"{h.detail}" + (f" ({_size(h.sent)} sent)" if h.sent else "")
-                for h in self.hosts]
-
-    def summary(self) -> str:
-        """One line: how many hosts have the environment, what was sent, how long."""
-        n = len(self.hosts)
-        good = n - len(self.failed)
-        return (f"{good} of {n} host{'s' if n != 1 else ''} have the {len(self.reference.names)} "
-                f"packages of {self.reference.source} (library {self.reference.digest}); "
-                f"{_size(self.sent)} sent, {self.seconds:.1f} s")
 
 
 @dataclass
@@ -180,7 +104,8 @@ class _Syncer:
             "mode": mode, "rscript": host.rscript or "",
             "root": self.inventory.library_of(host), "digest": self.ref.digest,
             "token": secrets.token_hex(8), "manifest": "\n".join(self.ref.names),
-            "verify_r": _VERIFY_R, "install_r": _INSTALL_R if mode == "install" else "",
+            "where_r": _WHERE_R, "verify_r": _VERIFY_R,
+            "install_r": _INSTALL_R if mode == "install" else "",
             "repos": " ".join(self.inventory.packages.repos or self.ref.repos),
             "pins": " ".join(f"{p.name}={p.version}" for p in self.ref.packages),
         }
@@ -198,8 +123,10 @@ class _Syncer:
         # (the script never on the command line, where a csh or fish login shell would
         # misread it: on stdin, ahead of the data, read whole by READ_SCRIPT)
         command = "sh -s" if later else f"exec sh -c {shell_quote(READ_SCRIPT)}"
-        argv = [*ssh_command(self.inventory, host), *(["-l", host.user] if host.user else []),
-                "--", host.host, command]
+        # (SESSION_OPTIONS: a host that stops answering ends its session in about 15 s,
+        # and never through the user's ControlMaster)
+        argv = [*ssh_command(self.inventory, host), *SESSION_OPTIONS,
+                *(["-l", host.user] if host.user else []), "--", host.host, command]
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT, start_new_session=True)
@@ -308,7 +235,8 @@ class _Syncer:
             out, _ = await self._ssh(host, "verify")
             errors = _load_errors(out)
             if errors or out.get(SyncFact.STATE) != "verified":
-                said = "; ".join(_load_error(p, e) for p, e in errors.items()) or _said(out)
+                said = "; ".join([*(_load_error(p, e) for p, e in errors.items()),
+                                  *self._wrong(out)]) or _said(out)
                 return HostSync(host, "failed", f"shares {library} with {first.label}, but "
                                                 f"will not load on {host.label}: {said}",
                                 library=library, load_errors=errors)
@@ -328,7 +256,7 @@ class _Syncer:
             if self.archive is None:
                 self.archive = asyncio.ensure_future(self._archive())
             archive = await asyncio.shield(self.archive)
-            self.progress(host.label, f"sending {_size(archive.stat().st_size)}")
+            self.progress(host.label, f"sending {size(archive.stat().st_size)}")
             out, sent = await self._ssh(host, "receive", archive)
             outcome: Outcome = "copied"
         else:
@@ -346,14 +274,19 @@ class _Syncer:
             return HostSync(host, "failed", f"will not load on {host.label}: {said}; nothing "
                                             "was put on the workers' library path", sent,
                             library, load_errors=errors)
-        want = self.ref.versions
-        wrong = [f"{name} {v or 'missing'} (wanted {want[name]})" for name, _, v in
-                 (h.partition(" ") for h in out.values.get(SyncFact.HAVE, []))
-                 if name in want and v != want[name]]
+        wrong = self._wrong(out)
         if wrong:
             return HostSync(host, "failed", f"not as pinned: {', '.join(wrong)} "
                                             f"({_said(out)})", sent, library)
         return HostSync(host, "failed", _said(out), sent, library)
+
+
+    def _wrong(self, out: _Facts) -> list[str]:
+        """The packages the host's R found at another version than the pinned one."""
+        want = self.ref.versions
+        return [f"{name} {v or 'missing'} (wanted {want[name]})" for name, _, v in
+                (h.partition(" ") for h in out.values.get(SyncFact.HAVE, []))
+                if name in want and v != want[name]]
 
 
 def _said(facts: _Facts) -> str:
@@ -371,14 +304,6 @@ def _load_error(package: str, error: str) -> str:
     if m:
         return f"{package} needs the shared library {m.group(1)}, which is missing there"
     return f"{package}: {error[-300:]}"
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB"):
-        if n < 1000 or unit == "MB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000  # type: ignore[assignment]
-    return f"{n} B"
 
 
 async def _usable(inventory: Inventory, reference: Reference | None) -> Reference:

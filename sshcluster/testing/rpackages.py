@@ -35,13 +35,16 @@ _C_CODE = """\
 SEXP sct_twice(SEXP x) { return Rf_ScalarReal(2 * Rf_asReal(x) + %(extra)s); }
 """
 
-# A profile that makes R report another minor version: R.version is what getRversion()
-# and every version check read.
+# A profile that makes R report another minor version, or another platform: R.version
+# is what getRversion() and every version check read.
 _OTHER_MINOR = """\
-local({
-  v <- R.version
   v$minor <- "1.3"
   v$version.string <- "R version 4.1.3"
+"""
+_PROFILE = """\
+local({
+  v <- R.version
+%s
   be <- baseenv()
   unlockBinding("R.version", be)
   assign("R.version", v, envir = be)
@@ -144,14 +147,19 @@ def install(built: Built, lib: Path, name: str, version: str,
 
 
 def wrapper(path: Path, lib: Path, *, other_minor: bool = False,
-            ld_path: Path | None = None) -> Path:
+            platform: str | None = None, ld_path: Path | None = None,
+            profile: str = "") -> Path:
     """An ``rscript`` for one host: its own library (``R_LIBS``), optionally a
-    profile that makes R report 4.1.3, and ``LD_LIBRARY_PATH``."""
+    profile that makes R report 4.1.3 or another ``R.version$platform`` (only R says
+    so: its builds are still this machine's) and runs the R code ``profile`` too, and
+    ``LD_LIBRARY_PATH``."""
     env = [f"R_LIBS={lib}"]
-    if other_minor:
-        profile = path.with_suffix(".Rprofile")
-        profile.write_text(_OTHER_MINOR)
-        env.append(f"R_PROFILE_USER={profile}")
+    if other_minor or platform or profile:
+        change = (_OTHER_MINOR if other_minor else "") + (
+            f'  v$platform <- "{platform}"\n' if platform else "")
+        code = _PROFILE % change.rstrip("\n") if change else ""
+        path.with_suffix(".Rprofile").write_text(code + profile)
+        env.append(f"R_PROFILE_USER={path.with_suffix('.Rprofile')}")
     if ld_path:
         env.append(f"LD_LIBRARY_PATH={ld_path}")
     path.write_text("#!/bin/sh\n" + "".join(f"export {e}\n" for e in env)

@@ -4,6 +4,8 @@ drift verdict and the host x package table (pure functions, no host)."""
 from __future__ import annotations
 
 import json
+import subprocess
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -98,7 +100,34 @@ def test_reference_names_a_library_by_its_content() -> None:
     same = Reference("x", "4.2.1", tuple(reversed(REF.packages)))
     other = Reference("x", "4.2.1", (RPackage("a", "1.1"), *REF.packages[1:]))
     assert same.digest == REF.digest != other.digest
-    assert REF.library("~/.cache/sshcluster/lib") == f"~/.cache/sshcluster/lib/R-4.2/{REF.digest}"
+    assert REF.library("~/l", platform="x86_64-pc-linux-gnu", os_release="ubuntu 22.04") == \
+        f"~/l/R-4.2/x86_64-pc-linux-gnu/ubuntu-22.04/{REF.digest}"
+    assert REF.library("~/l", platform="p q") == f"~/l/R-4.2/p_q/unknown/{REF.digest}"
+
+
+@pytest.mark.parametrize("release", [['ID=ubuntu', 'VERSION_ID="22.04"', 'NAME="Ubuntu"'],
+                                     ["ID='arch'"], [], None])
+def test_the_host_names_its_library_as_the_reference_does(release: list[str] | None) -> None:
+    """The hosts' R (``R/library_dir.R``: sync, the check and the workers) and Python
+    agree on the directory; the OS release is faked (R's file functions replaced)."""
+    lines = "NULL" if release is None else \
+        "c(" + ", ".join(json.dumps(x) for x in release) + ")"
+    fake = ("file.exists <- function(f) !is.null(LINES)\n"
+            f"readLines <- function(f, warn) LINES\nLINES <- {lines}\n")
+    code = (resources.files("sshcluster").joinpath("R/library_dir.R").read_text()
+            + fake + 'cat(sshcluster_library_dir("/r", "d"), R.version$platform, sep = "\\n")')
+    done = subprocess.run(["Rscript", "--vanilla", "-e", code], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    where, platform = done.stdout.splitlines()
+    r_minor = where.split("/")[2][2:]
+    os_words = {"ID": "", "VERSION_ID": ""}
+    for line in release or []:
+        key, _, value = line.partition("=")
+        os_words[key] = value.strip("\"'")
+    os_release = f"{os_words['ID']} {os_words['VERSION_ID']}".strip()
+    ref = Reference("x", f"{r_minor}.0", (), platform, os_release or None)
+    assert where == ref.library("/r").replace(ref.digest, "d")
 
 
 def test_primary_reference_output_is_parsed() -> None:

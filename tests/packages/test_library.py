@@ -12,7 +12,7 @@ INV = parse_inventory("primary: 10.0.0.1\nr_packages: [digest]\nlibrary: /scratc
 def test_the_library_is_named_in_the_header_and_used_after_the_start() -> None:
     text = render(INV, RenderOptions(library_digest="0123456789abcdef"))
     header = text[:text.index("\n\n")]
-    assert "/scratch/lib/R-x.y/0123456789abcdef" in header
+    assert "/scratch/lib/R-x.y/PLATFORM/OS/0123456789abcdef" in header
     call = 'use_library(parallelCluster, c("/scratch/lib", "~/l"), "0123456789abcdef")'
     assert call in text
     assert text.index(call) > text.index("start(list(")

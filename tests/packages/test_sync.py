@@ -7,12 +7,15 @@ process's R_LIBS. The packages are built here; the repository is a directory.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -92,7 +95,7 @@ def workers_see(tmp_path: Path, inv_path: Path, code: str, *, repaired: bool = F
     assert ref is not None
     out = tmp_path / "cluster.R"
     write_bootstrap(inv, out, RenderOptions(library_digest=ref.digest))
-    assert f"/R-x.y/{ref.digest}" in out.read_text()  # named in the header
+    assert f"/R-x.y/PLATFORM/OS/{ref.digest}" in out.read_text()  # named in the header
     repair = ("pids <- unlist(parallel::clusterEvalQ(parallelCluster, Sys.getpid()))\n"
               "try(parallel::clusterEvalQ(parallelCluster, tools::pskill(Sys.getpid(), 9L)),"
               " silent = TRUE)\n"
@@ -150,8 +153,8 @@ def test_check_names_drift_sync_fixes_it_and_workers_load_the_primarys(
     assert outcome == {labels[0]: "copied", labels[1]: "copied", labels[2]: "copied",
                        labels[3]: "installed"}
     ref = synced.reference
-    assert (tmp_path / "h1-sync" / "R-4.2" / ref.digest / COMPILED / "libs").is_dir()
-    assert (tmp_path / "h4-sync" / "R-4.1" / ref.digest / COMPILED / "libs").is_dir()
+    assert Path(ref.library(str(tmp_path / "h1-sync")), COMPILED, "libs").is_dir()
+    assert Path(ref.library(str(tmp_path / "h4-sync"), "4.1"), COMPILED, "libs").is_dir()
     # The users' own libraries are untouched.
     assert not (tmp_path / "h1-lib" / COMPILED).exists()
     assert (tmp_path / "h2-lib" / PURE / "DESCRIPTION").read_text().count("Version: 1.0")
@@ -207,11 +210,11 @@ def test_a_sync_killed_halfway_leaves_the_old_versions_loading(
     if how == signal.SIGTERM:
         assert proc.returncode == 128 + signal.SIGTERM
         assert [p.name for p in tmp.iterdir() if p.name.startswith("sshcluster-sync-")] == []
-    sync_dir = tmp_path / "h1-sync" / "R-4.2"
     ref = reference(load_inventory(path))
     assert ref is not None
     # Either there whole (it finished first) or not at all; never a half on the path.
-    target = sync_dir / ref.digest
+    target = Path(ref.library(str(tmp_path / "h1-sync")))
+    sync_dir = target.parent
     assert not target.exists(), "the 64 MB transfer finished before the kill"
     assert [p.name for p in sync_dir.iterdir() if p.name == ref.digest] == []
     seen = workers_see(tmp_path, path, f"paste({PURE}::f(), {COMPILED}::f())")
@@ -239,7 +242,7 @@ def test_a_missing_shared_library_is_named_with_the_host(
     assert f"{LINKED} needs the shared library libsctdep.so" in bad.detail
     assert LINKED in bad.load_errors
     # Nothing half-made on the workers' path there.
-    assert not (tmp_path / "h2-sync" / "R-4.2" / report.reference.digest).exists()
+    assert not Path(report.reference.library(str(tmp_path / "h2-sync"))).exists()
 
 
 def test_a_lockfile_is_installed_from_the_repository(
@@ -338,3 +341,147 @@ def test_the_report_gives_a_verdict_per_host_and_its_json() -> None:
     doc = report.to_dict()
     assert doc["sent"] == 2000 and doc["hosts"][1]["load_errors"] == {
         "a": "libz.so: cannot open shared object file"}
+
+
+OTHER_PLATFORM = "aarch64-unknown-linux-gnu"
+
+
+def test_hosts_of_two_platforms_on_one_home_get_a_library_each(
+        testbed: Testbed, built: Built, primary_lib: Path, tmp_path: Path) -> None:
+    """One home on NFS, an x86_64 host and an arm64 one: each gets a library built for
+    its own platform. Faked: the second host is this machine too, its R only reports
+    another R.version$platform (a profile), so what it installs is still x86_64 code."""
+    install(built, primary_lib, PURE, "2.0")
+    install(built, primary_lib, COMPILED, "1.0")
+    setups = [host_setup(tmp_path, 1), host_setup(tmp_path, 2, platform=OTHER_PLATFORM)]
+    for s in setups:
+        s["library"] = str(tmp_path / "nfs-home" / "lib")
+    path = inventory(testbed, tmp_path, entries(setups),
+                     {"r_packages": [COMPILED], "repos": [built.url]})
+    inv = load_inventory(path)
+    first = sshcluster.sync(inv, timeout=300)
+    assert first.ok, first.verdicts()
+    assert [first[h.label].outcome for h in inv.hosts] == ["copied", "installed"]
+    libs = [first[h.label].library for h in inv.hosts]
+    assert libs[0] != libs[1] and OTHER_PLATFORM in (libs[1] or ""), libs
+    assert all((Path(lib or "") / COMPILED / "DESCRIPTION").exists() for lib in libs)
+    again = sshcluster.sync(inv, timeout=300)
+    assert {h.outcome for h in again.hosts} == {"up to date"}, again.verdicts()
+    checked = sshcluster.check(inv, timeout=60)
+    for h in inv.hosts:
+        step = checked[h.label].checks["packages"]
+        assert step.status == "ok" and "from sshcluster's library" in step.detail, step
+    seen = workers_see(tmp_path, path, f"paste({COMPILED}::f(), "
+                                       "sub('/sctcomp$', '', find.package('sctcomp')))")
+    assert seen == [f"{COMPILED} 1.0 {lib}" for lib in libs]
+
+
+# R code for a host's profile: when sctcomp loads, R dies (as on a .so built for another
+# CPU), or the shared library's sctpure changes its version under it.
+_CRASH = (f'setHook(packageEvent("{COMPILED}", "onLoad"), '
+          "function(...) tools::pskill(Sys.getpid(), 11L))\n")
+_CHANGE = (f'setHook(packageEvent("{COMPILED}", "onLoad"), function(...) {{\n'
+           f'  f <- file.path(.libPaths()[[1]], "{PURE}", "DESCRIPTION")\n'
+           '  d <- read.dcf(f)\n  d[, "Version"] <- "9.9"\n  write.dcf(d, f)\n})\n')
+
+
+@pytest.mark.parametrize(("profile", "said"), [(_CRASH, "some packages do not load"),
+                                               (_CHANGE, f"{PURE} 9.9 (wanted 2.0)")])
+def test_a_host_sharing_a_library_its_r_cannot_load_fails(
+        testbed: Testbed, built: Built, primary_lib: Path, tmp_path: Path, profile: str,
+        said: str) -> None:
+    """The second host of one home only loads what the first wrote: its R dying there,
+    or a version that is not the pinned one, fails it. (Its R is 2 s slower to start, so
+    the first host is the one that receives the library, and the first's R takes 6 s to
+    load it, so that the second finds it not there yet.)"""
+    install(built, primary_lib, PURE, "2.0")
+    install(built, primary_lib, COMPILED, "1.0")
+    slow = f'setHook(packageEvent("{COMPILED}", "onLoad"), function(...) Sys.sleep(6))\n'
+    setups = [host_setup(tmp_path, 1, profile=slow),
+              host_setup(tmp_path, 2, profile="Sys.sleep(2)\n" + profile)]
+    for s in setups:
+        s["library"] = str(tmp_path / "nfs-home" / "lib")
+    path = inventory(testbed, tmp_path, entries(setups), {"r_packages": [COMPILED]})
+    inv = load_inventory(path)
+    report = sshcluster.sync(inv, timeout=300)
+    first, second = (report[h.label] for h in inv.hosts)
+    assert first.outcome == "copied", report.verdicts()
+    assert second.outcome == "failed", report.verdicts()
+    assert f"will not load on {second.label}" in second.detail and said in second.detail, \
+        second.detail
+
+
+def test_sync_repairs_a_library_the_check_fails(
+        testbed: Testbed, built: Built, primary_lib: Path, tmp_path: Path) -> None:
+    """A package removed from sshcluster's library on a host (remove.packages()), or
+    another version of it there: the check names it and sync puts the whole library
+    back, instead of calling it up to date."""
+    install(built, primary_lib, PURE, "2.0")
+    install(built, primary_lib, COMPILED, "1.0")
+    path = inventory(testbed, tmp_path, entries([host_setup(tmp_path, 1)]),
+                     {"r_packages": [COMPILED], "packages": "exact"})
+    inv = load_inventory(path)
+    label = inv.hosts[0].label
+    assert sshcluster.sync(inv, timeout=300)[label].outcome == "copied"
+    lib = Path(sshcluster.sync(inv, timeout=300)[label].library or "")
+    for harm in ("removed", "other version"):
+        if harm == "removed":
+            shutil.rmtree(lib / PURE)
+        else:
+            desc = lib / PURE / "DESCRIPTION"
+            desc.write_text(desc.read_text().replace("Version: 2.0", "Version: 1.9"))
+        step = sshcluster.check(inv, timeout=60)[label].checks["packages"]
+        assert step.status == "failed" and "sshcluster sync" in (step.hint or ""), step
+        again = sshcluster.sync(inv, timeout=300)
+        assert again[label].outcome == "copied", again.verdicts()
+        assert again[label].library == str(lib)
+        assert (lib / PURE / "DESCRIPTION").read_text().count("Version: 2.0") == 1
+        assert not [p.name for p in lib.parent.iterdir() if p.name != lib.name]
+        after = sshcluster.check(inv, timeout=60)[label].checks["packages"]
+        assert after.status == "ok", after
+    assert sshcluster.sync(inv, timeout=300)[label].outcome == "up to date"
+
+
+def test_a_host_that_vanishes_mid_probe_fails_in_seconds_not_at_the_timeout(
+        testbed: Testbed, built: Built, primary_lib: Path, tmp_path: Path) -> None:
+    """Cut off (every packet dropped) while its probe runs: ssh's keepalive ends the
+    session in about 15 s; the others' sync does not wait for the 120 s timeout."""
+    install(built, primary_lib, PURE, "2.0")
+    setups = [host_setup(tmp_path, 1), host_setup(tmp_path, 2, profile="Sys.sleep(40)\n")]
+    inv = load_inventory(inventory(testbed, tmp_path, entries(setups), {"r_packages": [PURE]}))
+    victim = testbed.hosts[1]
+    label = inv.hosts[1].label
+    looking = threading.Event()
+
+    def progress(host: str, what: str) -> None:
+        if host == label and what == "looking":
+            looking.set()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        done = pool.submit(sshcluster.sync, inv, progress=progress, timeout=120)
+        try:
+            assert looking.wait(60)
+            time.sleep(2)  # (its R is running the probe now)
+            testbed.cut_off(victim)
+            report = done.result(timeout=150)
+        finally:
+            testbed.reconnect(victim)
+    assert report[inv.hosts[0].label].outcome == "copied", report.verdicts()
+    assert report[label].outcome == "failed"
+    assert "not done within" not in report[label].detail, report[label].detail
+    assert report.seconds < 60, report.verdicts()
+
+
+def test_what_a_host_says_is_printed_with_its_control_characters_escaped(
+        testbed: Testbed, built: Built, primary_lib: Path, tmp_path: Path) -> None:
+    """A package's load error (the host's words) with terminal escapes in it: the
+    verdict and the progress lines show them as \\x1b, never send them to the terminal."""
+    install(built, primary_lib, PURE, "2.0")
+    hook = 'loadNamespace <- function(...) stop("\\033]0;owned\\007\\033[2J gone")\n'
+    path = inventory(testbed, tmp_path, entries([host_setup(tmp_path, 1, profile=hook)]),
+                     {"r_packages": [PURE]})
+    result = CliRunner().invoke(cli, ["sync", str(path)])
+    assert result.exit_code == 1, result.output
+    said = result.output + result.stderr
+    assert "will not load" in said and "\\x1b[2J gone" in said, said
+    assert "\x1b" not in said and "\x07" not in said

@@ -1,17 +1,18 @@
 # sshcluster: what a host has of the cluster's R environment (the check's packages step).
 # step_environment(pk, root, digest): pk the packages of the reference; sshcluster's
-# own library for this environment is root/R-x.y/digest on this host (x.y its own R). Prints ENV_R, ENV_PLATFORM, ENV_LIB
-# (the library, when it is there), ENV_LIB_MISSING (packages it lacks), one PKGV line
+# own library for this environment is root/R-x.y/PLATFORM/OS/digest on this host (its own
+# R's and OS release: sshcluster_library_dir, R/library_dir.R). Prints ENV_R,
+# ENV_PLATFORM, ENV_LIB (the library, when it is there), ENV_LIB_MISSING (packages it
+# lacks), one PKGV line
 # per package (name, then its version, or nothing when it is not installed) and
 # R_MISSING (the ones not installed, comma-separated).
 step_environment <- function(pk, root, digest) {
   t0 <- Sys.time()
-  rx <- paste(R.version$major, sub("\\..*", "", R.version$minor), sep = ".")
   cat("ENV_R=", paste(R.version$major, R.version$minor, sep = "."), "\n",
       "ENV_PLATFORM=", R.version$platform, "\n", sep = "")
   libs <- .libPaths()
   if (nzchar(digest)) {
-    lib <- file.path(path.expand(root), paste0("R-", rx), digest)
+    lib <- sshcluster_library_dir(root, digest)
     if (dir.exists(lib)) {
       # Complete when every package its manifest lists is in it, as the workers see it.
       listed <- readLines(file.path(lib, "SSHCLUSTER-MANIFEST"), warn = FALSE)

@@ -1,6 +1,7 @@
 # sshcluster sync: what runs on each host. sshcluster.packages.sync prepends the data as
 # shell variables: mode (probe, receive, install or verify), rscript, root, digest, token,
-# manifest (the packages, one per line), verify_r and install_r (R code), repos, pins.
+# manifest (the packages, one per line), where_r, verify_r and install_r (R code), repos,
+# pins.
 # Every answer is one KEY=value line. Nothing is ever written into the user's own R
 # libraries: only under $root, and a library appears there whole (a rename) or not at all.
 
@@ -11,13 +12,32 @@ case $root in "~/"*) root=$HOME/${root#"~/"};; "~") root=$HOME;; esac
 rs=${rscript:-$(command -v Rscript 2>/dev/null)}
 [ -n "$rs" ] || fail "no Rscript on the PATH of a non-interactive shell: $PATH"
 
-# R's version and platform, and this library's place for this R minor version.
-facts=$("$rs" --default-packages=NULL -e 'cat(R.version$major, ".", R.version$minor, " ",
-  R.version$major, ".", sub("[.].*", "", R.version$minor), " ", R.version$platform, "\n", sep = "")') ||
-  fail "$rs did not run"
-set -- $facts
-base=$root/R-$2
-target=$base/$digest
+# Whether a library is whole: its manifest, and every package's DESCRIPTION at the pinned
+# version, as the check finds them (a package removed from it by hand is found missing).
+whole_r='sshcluster_whole <- function(lib, pins) {
+  ok <- file.exists(file.path(lib, "SSHCLUSTER-MANIFEST"))
+  for (p in strsplit(pins, "=", fixed = TRUE)) {
+    f <- file.path(lib, p[[1]], "DESCRIPTION")
+    ok <- ok && file.exists(f) && identical(tryCatch(read.dcf(f, "Version")[[1]],
+                                                     error = function(e) ""), p[[2]])
+  }
+  ok
+}'
+
+# R's version and platform, this library's place for this R minor version, platform and
+# OS release (where_r: R/library_dir.R, as the check and the workers name it), and
+# whether it is whole there.
+facts=$("$rs" --default-packages=NULL -e "$where_r" -e "$whole_r" -e 'a <- commandArgs(TRUE)
+  lib <- sshcluster_library_dir(a[[1]], a[[2]])
+  cat(R.version$major, ".", R.version$minor, " ", R.version$major, ".",
+      sub("[.].*", "", R.version$minor), " ", R.version$platform, " ",
+      if (sshcluster_whole(lib, a[-(1:2)])) "complete" else "absent", "\n", lib, "\n", sep = "")' \
+  "$root" "$digest" $pins) || fail "$rs did not run"
+target=${facts#*"
+"}
+set -- ${facts%%"
+"*}
+base=${target%/*}
 
 probe() {
   say "R_VERSION=$1"
@@ -34,7 +54,7 @@ probe() {
   fi
   say "SHARED_ID=$(cat "$root/.sshcluster-id")"
   say "LIBRARY=$target"
-  if [ -f "$target/SSHCLUSTER-MANIFEST" ]; then say "STATE=complete"; else say "STATE=absent"; fi
+  say "STATE=$4"
 }
 
 # Whole or not at all: into a fresh directory next to the target, checked there by
@@ -42,7 +62,8 @@ probe() {
 # .incoming- directory, which no R ever looks at (and the next sync removes).
 prepare() {
   mkdir -p "$base" || fail "cannot make $base"
-  find "$base" -maxdepth 1 -name '.incoming-*' -mmin +60 -exec rm -rf {} + 2>/dev/null
+  find "$base" -maxdepth 1 \( -name '.incoming-*' -o -name '.broken-*' \) -mmin +60 \
+    -exec rm -rf {} + 2>/dev/null
   tmp=$(mktemp -d "$base/.incoming-$digest-XXXXXX") || fail "cannot write in $base"
   trap 'rm -rf "$tmp"' EXIT
   trap 'exit 1' HUP INT TERM PIPE
@@ -55,13 +76,23 @@ finish() {
   # (the verification's verdict: every package loaded, none missing)
   [ -f "$tmp/.verified" ] || fail "some packages do not load"
   rm -f "$tmp/.verified"
-  if [ -e "$target" ]; then
-    say "STATE=there"  # another sync got here first: the same content, by its name
-  else
-    mv "$tmp" "$target" || fail "cannot rename into $target"
-    trap - EXIT
-    say "STATE=complete"
-  fi
+  # Into place with rename(2) (R's file.rename), which never puts one directory inside
+  # another: when another sync got there first, this one's copy is discarded. A library
+  # there that is not whole (a package removed by hand) is moved out of the way first.
+  broken=$base/.broken-$digest-$token
+  state=$("$rs" --default-packages=NULL -e "$whole_r" -e 'a <- commandArgs(TRUE)
+    if (file.exists(a[[2]]) && !sshcluster_whole(a[[2]], a[-(1:3)]))
+      invisible(file.rename(a[[2]], a[[3]]))
+    cat("\n", if (file.rename(a[[1]], a[[2]])) "complete" else if (file.exists(a[[2]])) "there",
+        sep = "")' "$tmp" "$target" "$broken" $pins 2>/dev/null)
+  rm -rf "$broken"
+  case $state in  # (its last line: a profile of the user's may print)
+    *"
+complete") trap - EXIT; say "STATE=complete";;
+    *"
+there") say "STATE=there";;  # another sync got here first: the same content, by its name
+    *) fail "cannot rename into $target";;
+  esac
 }
 
 receive() {
@@ -70,10 +101,15 @@ receive() {
   finish
 }
 
-# A host that shares the library another host just wrote: its own R loads it.
+# A host that shares the library another host just wrote: its own R loads it, every
+# package at its pinned version, or the host fails (an R that dies loading a package
+# leaves no verdict either). The verdict goes next to the library, never into it.
 verify() {
-  "$rs" --default-packages=NULL -e "$verify_r" "" "$target" $pins 2>&1 |
+  mark=$base/.verified-$token
+  "$rs" --default-packages=NULL -e "$verify_r" "$mark" "$target" $pins 2>&1 |
     while IFS= read -r l; do say "$l"; done
+  [ -f "$mark" ] || fail "some packages do not load"
+  rm -f "$mark"
   say "STATE=verified"
 }
 
