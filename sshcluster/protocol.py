@@ -132,6 +132,10 @@ LEASE_SILENCE: Final = 40
 #: Seconds between a holder's lines: a quarter of the silence, so that a line or two
 #: late (a loaded machine) never ends a lease.
 LEASE_HEARTBEAT: Final = LEASE_SILENCE // 4
+#: Seconds a push waits for a host to take any more of its archive before giving that
+#: host up (its receiving end stuck: a hung disk or network mount, a stopped process;
+#: ssh's keepalive sees only a dead connection): its ssh is ended, the others go on.
+PUSH_STALL: Final = 300
 
 __all__ = [
     "GONE",
@@ -139,6 +143,7 @@ __all__ = [
     "LEASE_HEARTBEAT",
     "LEASE_SILENCE",
     "PROOF_MAGIC",
+    "PUSH_STALL",
     "RELAY_MOST_WORKERS",
     "REMOTE_STEPS",
     "STEPS",

@@ -24,6 +24,7 @@ from sshcluster.inventory import Fanout, Host, Inventory
 from sshcluster.push.manifest import Entry, Manifest, local_manifest
 from sshcluster.push.result import HostPush, PushResult
 from sshcluster.push.stream import Fanout as Stream
+from sshcluster.push.stream import stall_seconds
 from sshcluster.push.transfer import (
     Progress,
     Session,
@@ -195,8 +196,13 @@ def _stream(inventory: Inventory, heads: Sequence[Host], words: Sequence[Sequenc
             while p.poll() is None:  # (short waits, so that Ctrl-C is seen)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     p.wait(0.2)
+        for i, p in enumerate(procs):
             assert p.stdout is not None and p.stderr is not None
-            outs.append((p.stdout.read(), p.stderr.read()))
+            err = p.stderr.read()
+            if stream.stalled[i]:  # (the last line: the reason given)
+                err += (f"\nit took no more of the data for {stall_seconds()} s (its disk or a "
+                        "mount there stuck?), so the push gave it up").encode()
+            outs.append((p.stdout.read(), err))
         if stream.error is not None:
             raise PushError(f"reading the sources failed: {stream.error}") from stream.error
         return outs

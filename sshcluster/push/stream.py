@@ -9,7 +9,8 @@ CPU has SHA instructions, else ``b2sum``, which is several times faster than cor
 ``sha256sum``, where the host has it).
 :class:`Fanout` runs the archive's writer in a thread and hands each chunk to one
 writer thread per ssh: a host that stalls fills only its own queue, and one whose ssh
-ends is dropped without stopping the others.
+ends is dropped without stopping the others. A host that takes nothing more for
+:data:`~sshcluster.protocol.PUSH_STALL` seconds is given up: its ssh is ended.
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ import contextlib
 import fcntl
 import hashlib
 import io
+import os
 import subprocess
 import tarfile
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import IO
 
+from sshcluster.protocol import PUSH_STALL
 from sshcluster.push.manifest import Entry, encode_names
 
 __all__ = ["B2SUMS", "SUMS", "Fanout", "tar_stream"]
@@ -42,6 +46,18 @@ _WHOLE = 64 << 10
 #: A pipe to ssh this big lets a writer hand over a whole chunk at once.
 _PIPE_SIZE = 1 << 20
 _F_SETPIPE_SZ = 1031
+#: Bytes per write into a host's pipe: a write that returns is progress, so a slow link
+#: is never taken for a stuck host (at least this much in PUSH_STALL seconds).
+_PIECE = 64 << 10
+#: The environment variable that sets another :data:`~sshcluster.protocol.PUSH_STALL`
+#: (the tests' few seconds).
+STALL_ENV = "SSHCLUSTER_PUSH_STALL"
+
+
+def stall_seconds() -> int:
+    """Seconds without progress after which a host's push is given up."""
+    value = os.environ.get(STALL_ENV, "")
+    return int(value) if value.isdigit() and int(value) >= 1 else PUSH_STALL
 
 
 def tar_stream(entries: Sequence[Entry], dirs: Sequence[Entry], out: IO[bytes],
@@ -160,6 +176,10 @@ class Fanout:
         self.sent = sent
         self.queues = [_Backlog(_BACKLOG) for _ in procs]
         self.dead = [False] * len(procs)
+        #: When each writer's write under way began (None: none under way), and the hosts
+        #: given up for taking nothing for stall_seconds().
+        self.writing: list[float | None] = [None] * len(procs)
+        self.stalled = [False] * len(procs)
         self.error: BaseException | None = None
         self._cancelled = threading.Event()
 
@@ -196,11 +216,16 @@ class Fanout:
             if self.dead[i]:
                 continue  # keep taking chunks, so that the others are not held up
             try:
-                proc.stdin.write(chunk)
-                proc.stdin.flush()
+                view = memoryview(chunk)
+                for at in range(0, len(view), _PIECE):
+                    self.writing[i] = time.monotonic()
+                    proc.stdin.write(view[at:at + _PIECE])
+                    proc.stdin.flush()
             except (BrokenPipeError, OSError, ValueError):
                 self.dead[i] = True
                 continue
+            finally:
+                self.writing[i] = None
             total += len(chunk)
             self.sent(i, total)
         with contextlib.suppress(OSError, ValueError):
@@ -213,9 +238,21 @@ class Fanout:
         producer = threading.Thread(target=self._produce, daemon=True)
         for t in [*threads, producer]:
             t.start()
+        stall = stall_seconds()
         for t in [producer, *threads]:
             while t.is_alive():  # (a timeout, so that Ctrl-C reaches the main thread)
                 t.join(0.2)
+                self._give_up_stuck(stall)
+
+    def _give_up_stuck(self, stall: float) -> None:
+        # A host whose pipe took nothing for `stall` seconds: its ssh is ended, which
+        # ends the write (its writer then drops it, as one whose ssh ended).
+        now = time.monotonic()
+        for i, since in enumerate(self.writing):
+            if since is not None and now - since > stall and not self.stalled[i]:
+                self.stalled[i] = True
+                with contextlib.suppress(OSError):
+                    self.procs[i].kill()
 
 
 class _Backlog:

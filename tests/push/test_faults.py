@@ -1,11 +1,14 @@
-"""push when things go wrong, on real SSH test hosts: a host cut off mid-push, Ctrl-C
-mid-push, a full disk, a file that arrives changed. In each, the other hosts finish (or
+"""push when things go wrong, on real SSH test hosts: a host cut off mid-push, a host
+that stops taking the data (its receiving end stuck), Ctrl-C mid-push, a full disk, a
+file that arrives changed. In each, the other hosts finish (or
 stop cleanly), the failed host is named, and no host has a half-written file under its
 final name."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import os
 import signal
 import subprocess
@@ -19,12 +22,12 @@ import pytest
 import sshcluster
 from sshcluster.inventory import load_inventory
 from sshcluster.push.manifest import local_manifest
-from sshcluster.push.stream import tar_stream
+from sshcluster.push.stream import STALL_ENV, tar_stream
 from sshcluster.push.transfer import Session, chain_words, script, verdicts
 from sshcluster.testing import Testbed
 from sshcluster.testing.fixtures import MakeTestbed
 
-from .helpers import DEST, local_state, make_tree, remote_state
+from .helpers import DEST, SSHCLUSTER, cli_env, local_state, make_tree, remote_state
 
 pytestmark = pytest.mark.slow
 
@@ -92,6 +95,45 @@ def test_a_host_cut_off_mid_push_is_named_and_the_others_finish(
     _wait_no_staging(tb, tb.hosts[1])
     state = remote_state(tb, tb.hosts[1])
     assert "data/big.bin" not in state
+
+
+def test_a_host_that_stops_taking_the_data_is_given_up_and_the_others_finish(
+    make_testbed: MakeTestbed, tmp_path: Path
+) -> None:
+    """A host whose receiving end is stuck (here its tar stopped, as by a hung disk or
+    mount: sshd and the connection stay up, so ssh's keepalive never fires) takes no
+    more of the archive: once it has taken nothing for the stall limit (3 s here), the
+    push ends its ssh and names it, and the other host gets everything."""
+    tb = make_testbed(2, private_dirs={"/srv": "256m"})
+    inv = tb.write_inventory(tmp_path / "hosts.yaml", extra={"workdir": DEST})
+    # (more than the pipes, ssh's windows and the sockets between can hold)
+    data = make_tree(tmp_path / "src", small=20, big=96 << 20)
+    victim = tb.hosts[1]
+    proc = subprocess.Popen([*SSHCLUSTER, "push", "--json", str(inv), str(data)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**cli_env(), STALL_ENV: "3"})
+    try:
+        deadline = time.monotonic() + 60
+        while not (tars := tb.processes(victim, "tar")):  # its receive has begun
+            assert time.monotonic() < deadline and proc.poll() is None, "no receive"
+            time.sleep(0.05)
+        for pid in tars:  # (its own: the hosts share this machine's processes)
+            os.kill(pid, signal.SIGSTOP)
+        # (a hang guard: without the stall limit this push never ended)
+        out, err = proc.communicate(timeout=DEADLINE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in tb.processes(victim, "tar"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 1, err
+    hosts = {h["host"]: h for h in json.loads(out)["hosts"]}
+    stuck = hosts[victim.address]
+    assert not stuck["ok"] and "took no more of the data for 3 s" in stuck["detail"], stuck
+    assert hosts[tb.hosts[0].address]["ok"], hosts
+    assert remote_state(tb, tb.hosts[0]) == local_state(tmp_path / "src" / "data")
 
 
 def test_ctrl_c_mid_push_leaves_no_partial_file_under_its_final_name(
