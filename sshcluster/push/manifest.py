@@ -238,7 +238,8 @@ def changes(manifest: Manifest, remote: dict[str, Remote],
     for e in manifest.entries:
         r = remote.get(e.rel)
         if e.kind == "d":
-            if r is None or r.kind != "d" or r.mode != e.mode:
+            # (permissions only: a directory in a set-group-ID DEST has that bit too)
+            if r is None or r.kind != "d" or (r.mode ^ e.mode) & 0o1777:
                 out.append(e)
         elif e.kind == "l":
             if r is None or r.kind != "l" or r.mtime != e.mtime:

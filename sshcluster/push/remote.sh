@@ -181,7 +181,10 @@ place() {
   while IFS= read -r l; do
     d=${l#* }
     case $d in */*) enter "${d%/*}" ;; *) enter "" ;; esac || exit
-    if [ ! -L "${d##*/}" ] && [ ! -d "${d##*/}" ]; then mkdir -m 700 -- "${d##*/}" || exit; fi
+    # (another receive into DEST, a host sharing it over NFS, may make it meanwhile)
+    if [ ! -L "${d##*/}" ] && [ ! -d "${d##*/}" ]; then
+      mkdir -m 700 -- "${d##*/}" 2>/dev/null || [ -d "${d##*/}" ] || exit
+    fi
     enter "$d" && { [ -w . ] || chmod u+w .; } || exit
   done <"$work/dirs" || return
   { echo "- "; cat "$work/dirs"; } | while IFS= read -r l; do
@@ -190,7 +193,12 @@ place() {
       exit
   done || return
   awk '{ l[NR] = $0 } END { for (i = NR; i > 0; i--) print l[i] }' "$work/dirs" |
-    while IFS= read -r l; do enter "${l#* }" && chmod "${l%% *}" . || exit; done
+    while IFS= read -r l; do
+      # (only where the permissions differ: a directory in a set-group-ID DEST keeps
+      # that bit, and one of a colleague's there cannot be changed, nor need be)
+      enter "${l#* }" && { [ $(($(printf '0%s' "$(stat -c %a .)") & 01777)) = \
+        $((0${l%% *} & 01777)) ] || chmod "${l%% *}" .; } || exit
+    done
 }
 
 pick_sum

@@ -181,3 +181,39 @@ def test_staging_left_by_a_killed_push_goes_but_not_a_live_one(
     assert remote_state(tb, host)["big/x.bin"] == local_state(big)["big/x.bin"]
     assert _on_host(tb, host, f"ls -A {DEST}").split() == [
         ".sshcluster-push.Other1", "big", "data"]
+
+
+def test_hosts_that_share_dest_both_place_every_directory(
+    make_testbed: MakeTestbed, tmp_path: Path
+) -> None:
+    """Two hosts that see one DEST (a home shared over NFS, without ``shared_dir``) get
+    the same archive at once and make its directories side by side: a directory the other
+    made meanwhile is taken as it is, not a failure."""
+    tb = make_testbed(2)  # (no private /srv: both hosts see this machine's files)
+    dest = tmp_path / "shared-dest"
+    inv = load_inventory(tb.write_inventory(tmp_path / "hosts.yaml",
+                                            extra={"workdir": str(dest)}))
+    data = tmp_path / "src" / "data"
+    for i in range(150):
+        (data / f"d{i:03}" / "sub").mkdir(parents=True)
+        (data / f"d{i:03}" / "sub" / "f.txt").write_text(f"{i}\n")
+    result = sshcluster.push(inv, [data], fanout="direct")
+    assert result.ok, result.to_json()
+    assert sorted(p.relative_to(dest) for p in dest.rglob("f.txt")) == sorted(
+        p.relative_to(data.parent) for p in data.rglob("f.txt"))
+
+
+def test_a_set_group_id_dest_is_unchanged_on_the_second_push(
+    make_testbed: MakeTestbed, tmp_path: Path
+) -> None:
+    """In a set-group-ID DEST (a group's project directory) every directory made there
+    has that bit too: it is no difference from ours, so a second push has nothing to do."""
+    tb = make_testbed(1, private_dirs={"/srv": "16m"})
+    inv = _inventory(tb, tmp_path)
+    _on_host(tb, tb.hosts[0], f"mkdir -p {DEST} && chmod 2775 {DEST}")
+    data = make_tree(tmp_path / "src", small=5, big=4096)
+    first = sshcluster.push(inv, [data])
+    assert first.ok, first.to_json()
+    assert _on_host(tb, tb.hosts[0], f"stat -c %a {DEST}/data").strip() == "2755"
+    again = sshcluster.push(inv, [data])
+    assert again.ok and again.hosts[0].detail == "unchanged", again.to_json()
