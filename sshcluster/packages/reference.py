@@ -103,12 +103,19 @@ class Reference:
 
 
 def os_release(text: str) -> str | None:
-    """``ID VERSION_ID`` of an /etc/os-release text (None when it names neither)."""
+    """``ID VERSION_ID`` of an /etc/os-release text (None when it names neither), the
+    release as its ABI goes (as ``R/library_dir.R`` and ``R/sync.sh`` take it): the
+    major version only in the Red Hat, Fedora and SUSE families (9.3 and 9.4 are one),
+    else at most two parts (Alpine's 3.19.1 is 3.19)."""
     fields: dict[str, str] = {}
     for line in text.splitlines():
         key, _, value = line.partition("=")
-        fields[key.strip()] = value.strip().strip('"')
-    said = " ".join(v for v in (fields.get("ID"), fields.get("VERSION_ID")) if v)
+        fields[key.strip()] = value.strip().strip("\"'")
+    version = fields.get("VERSION_ID", "")
+    family = f"{fields.get('ID', '')} {fields.get('ID_LIKE', '')}".split()
+    version = (version.split(".")[0] if {"rhel", "fedora", "suse"} & set(family)
+               else ".".join(version.split(".")[:2]))
+    said = " ".join(v for v in (fields.get("ID"), version) if v)
     return said or None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from sshcluster.dump import dump_inventory
 from sshcluster.errors import InventoryError, PackagesError
 from sshcluster.inventory import Host, Packages, parse_inventory
 from sshcluster.packages import Reference, RPackage, drift, drift_verdict, lockfile_reference
-from sshcluster.packages.reference import parse_reference
+from sshcluster.packages.reference import os_release, parse_reference
 
 REF = Reference("the primary", "4.2.2", (RPackage("a", "1.0", "/l/a"),
                                         RPackage("b", "2.1-3", "/l/b"),
@@ -106,7 +107,12 @@ def test_reference_names_a_library_by_its_content() -> None:
 
 
 @pytest.mark.parametrize("release", [['ID=ubuntu', 'VERSION_ID="22.04"', 'NAME="Ubuntu"'],
-                                     ["ID='arch'"], [], None])
+                                     ["ID='arch'"], [], None,
+                                     ['ID="rocky"', 'ID_LIKE="rhel centos fedora"',
+                                      'VERSION_ID="9.3"'],
+                                     ["ID=alpine", "VERSION_ID=3.19.1"],
+                                     ['ID="opensuse-leap"', 'ID_LIKE="suse opensuse"',
+                                      'VERSION_ID="15.5"']])
 def test_the_host_names_its_library_as_the_reference_does(release: list[str] | None) -> None:
     """The hosts' R (``R/library_dir.R``: sync, the check and the workers) and Python
     agree on the directory; the OS release is faked (R's file functions replaced)."""
@@ -121,13 +127,32 @@ def test_the_host_names_its_library_as_the_reference_does(release: list[str] | N
     assert done.returncode == 0, done.stderr
     where, platform = done.stdout.splitlines()
     r_minor = where.split("/")[2][2:]
-    os_words = {"ID": "", "VERSION_ID": ""}
-    for line in release or []:
-        key, _, value = line.partition("=")
-        os_words[key] = value.strip("\"'")
-    os_release = f"{os_words['ID']} {os_words['VERSION_ID']}".strip()
-    ref = Reference("x", f"{r_minor}.0", (), platform, os_release or None)
+    ref = Reference("x", f"{r_minor}.0", (), platform, os_release("\n".join(release or [])))
     assert where == ref.library("/r").replace(ref.digest, "d")
+
+
+@pytest.mark.parametrize(("release", "said"), [
+    ('ID="rocky"\nID_LIKE="rhel centos fedora"\nVERSION_ID="9.3"', "rocky 9"),
+    ("ID=ol\nID_LIKE=fedora\nVERSION_ID=9.4", "ol 9"),
+    ('ID="sles"\nID_LIKE="suse"\nVERSION_ID="15.5"', "sles 15"),
+    ("ID=alpine\nVERSION_ID=3.19.1", "alpine 3.19"),
+    ('ID=ubuntu\nID_LIKE=debian\nVERSION_ID="24.04"', "ubuntu 24.04"),
+    ('ID=debian\nVERSION_ID="12"', "debian 12"), ("ID=arch", "arch"), ("", None)])
+def test_an_os_release_is_named_as_its_abi_goes(release: str, said: str | None) -> None:
+    """A point release that keeps the ABI (Rocky 9.3 and 9.4, SLES 15.5, Alpine 3.19.1)
+    gives the same library as the release it updates: a routine update moves no host
+    off its synced library. The host's sync.sh takes it the same way."""
+    assert os_release(release) == said
+    sync = resources.files("sshcluster").joinpath("packages/R/sync.sh").read_text()
+    start = sync.index("os=$(. /etc/os-release")
+    end = sync.index('echo "${ID:-} $v")', start) + len('echo "${ID:-} $v")')
+    probe = sync[start:end].replace("/etc/os-release", '"$1"') + '; echo "$os"'
+    with tempfile.NamedTemporaryFile("w", suffix=".os-release") as f:
+        f.write(release + "\n")
+        f.flush()
+        done = subprocess.run(["sh", "-c", probe, "sh", f.name], capture_output=True,
+                              text=True, timeout=30)
+    assert done.stdout.strip() == (said or ""), done.stderr
 
 
 def test_primary_reference_output_is_parsed() -> None:

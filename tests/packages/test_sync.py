@@ -485,3 +485,18 @@ def test_what_a_host_says_is_printed_with_its_control_characters_escaped(
     said = result.output + result.stderr
     assert "will not load" in said and "\\x1b[2J gone" in said, said
     assert "\x1b" not in said and "\x07" not in said
+
+
+def test_a_profile_that_prints_changes_nothing(
+        testbed: Testbed, built: Built, primary_lib: Path, tmp_path: Path) -> None:
+    """A host whose R profile prints (``cat()`` in ~/.Rprofile, as many do) syncs as any
+    other: what sync reads of R is its own last lines (before, the profile's line was
+    taken for R's version, and the library's place for a mangled path)."""
+    install(built, primary_lib, PURE, "2.0")
+    setups = [host_setup(tmp_path, 1, profile='cat("Profile loaded\\n")\n')]
+    path = inventory(testbed, tmp_path, entries(setups), {"r_packages": [PURE]})
+    report = sshcluster.sync(load_inventory(path), timeout=300)
+    assert report.ok, report.verdicts()
+    lib = report.hosts[0].library or ""
+    assert lib.startswith(str(tmp_path / "h1-sync" / "R-")) and "Profile" not in lib, lib
+    assert sshcluster.sync(load_inventory(path), timeout=300).hosts[0].outcome == "up to date"

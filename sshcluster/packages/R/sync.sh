@@ -33,17 +33,27 @@ facts=$("$rs" --default-packages=NULL -e "$where_r" -e "$whole_r" -e 'a <- comma
       sub("[.].*", "", R.version$minor), " ", R.version$platform, " ",
       if (sshcluster_whole(lib, a[-(1:2)])) "complete" else "absent", "\n", lib, "\n", sep = "")' \
   "$root" "$digest" $pins) || fail "$rs did not run"
-target=${facts#*"
+# (its last two lines: a profile of the user's may print before them)
+target=${facts##*"
 "}
-set -- ${facts%%"
+facts=${facts%"
 "*}
+set -- ${facts##*"
+"}
 base=${target%/*}
 
 probe() {
   say "R_VERSION=$1"
   say "PLATFORM=$3"
   os=
-  if [ -r /etc/os-release ]; then os=$(. /etc/os-release && echo "$ID $VERSION_ID"); fi
+  # (the release as its ABI goes, as R/library_dir.R takes it)
+  if [ -r /etc/os-release ]; then
+    os=$(. /etc/os-release && v=${VERSION_ID:-} &&
+      case " ${ID:-} ${ID_LIKE:-} " in
+        *" rhel "*|*" fedora "*|*" suse "*) v=${v%%.*} ;;
+        *) case $v in *.*.*) v=$(printf '%s' "$v" | cut -d. -f1,2) ;; esac ;;
+      esac && echo "${ID:-} $v")
+  fi
   say "OS=$os"
   mkdir -p "$base" || fail "cannot make $base"
   # Hosts that share this directory (one home on NFS) read the same id: the first
