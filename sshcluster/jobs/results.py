@@ -53,18 +53,20 @@ _WHERE = "name a directory you can write with --results / --to"
 def _make(path: Path, made: list[Path]) -> None:
     """``path`` and its missing parents made (as ``mkdir -p``), each one made here noted
     in ``made``, outermost first."""
-    try:
-        path.mkdir()
-    except FileNotFoundError:
-        if path.parent == path:
-            raise
-        _make(path.parent, made)
-        path.mkdir()
-    except FileExistsError:
-        if path.is_dir():
-            return
-        raise NotADirectoryError(errno.ENOTDIR, "it is there and not a directory") from None
-    made.append(path)
+    for again in (False, True):
+        try:
+            path.mkdir()
+        except FileNotFoundError:
+            if again or path.parent == path:
+                raise
+            _make(path.parent, made)
+            continue
+        except FileExistsError:  # (also NEW/.. once NEW is made, or made meanwhile)
+            if path.is_dir():
+                return
+            raise NotADirectoryError(errno.ENOTDIR, "it is there and not a directory") from None
+        made.append(path)
+        return
 
 
 def results_dir(dest: str | os.PathLike[str], *, keep: bool = True) -> Path:

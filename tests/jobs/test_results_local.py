@@ -194,6 +194,12 @@ def test_the_results_directory_is_proven_and_not_left(tmp_path: Path) -> None:
     # (keep=True, as fetch_results asks for it: made, with its parents)
     results.results_dir(deep)
     assert deep.is_dir()
+    # a path that climbs back out of a directory it makes (new/../out): as mkdir -p
+    back = tmp_path / "new" / ".." / "out"
+    results.results_dir(back, keep=False)
+    assert not (tmp_path / "new").exists() and not (tmp_path / "out").exists()
+    results.results_dir(back)
+    assert (tmp_path / "out").is_dir()
 
 
 def test_a_job_whose_script_is_missing_makes_no_results_directory(tmp_path: Path) -> None:
