@@ -70,8 +70,9 @@ WORKER_LOG_NAMES = "worker-logs"
 #: Seconds the supervisor gives R to end once asked (then SIGKILL).
 STOP_TIMEOUT = 20
 #: Seconds ``stop`` waits for the supervisor to end in order before it kills the
-#: job's whole process group.
-STOP_GRACE = STOP_TIMEOUT + 10.0
+#: job's whole process group: R's STOP_TIMEOUT, then up to 10 s for what R started to
+#: let go of its temporary directory (supervise.sh's drop_tmp), and the leases' end.
+STOP_GRACE = STOP_TIMEOUT + 20.0
 #: The supervisor's states that mean the job has not ended.
 LIVE = ("leasing", "waiting", "running")
 
