@@ -474,6 +474,14 @@ def _gone(pids: set[int], within: float = 10) -> bool:
     return True
 
 
+def _files_left(tmp: Path, within: float = 10) -> list[str]:
+    """What is still in a host's TMPDIR (the reaper removes it a moment after the end)."""
+    deadline = time.monotonic() + within
+    while (left := sorted(p.name for p in tmp.iterdir())) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
 def _tokens(n: int) -> bytes:
     """The host's script, then its line of worker tokens: a session's stdin."""
     line = ",".join(f"{i}:{'0' * 32}:{'1' * 32}" for i in range(1, n + 1)) + "\n"
@@ -547,13 +555,15 @@ def test_a_silent_primary_stops_the_workers(tmp_path: Path) -> None:
     Without bash the watchdog times its reads with timeout(1)."""
     tools = tmp_path / "bin"
     tools.mkdir()
-    for tool in ("Rscript", "uname", "timeout", "sleep", "cat", "sh"):
+    for tool in ("Rscript", "uname", "timeout", "sleep", "cat", "sh", "mktemp", "rm"):
         (tools / tool).symlink_to(shutil.which(tool) or tool)
+    tmp = tmp_path / "tmp"  # (the host's TMPDIR: the workers' files go with them)
+    tmp.mkdir()
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]
         with subprocess.Popen(_remote_argv("Rscript", port, silence=3),
                               stdin=subprocess.PIPE, start_new_session=True,
-                              env={"PATH": str(tools)}) as proc:
+                              env={"PATH": str(tools), "TMPDIR": str(tmp)}) as proc:
             try:
                 assert proc.stdin is not None
                 proc.stdin.write(_tokens(2))
@@ -581,6 +591,9 @@ def test_a_silent_primary_stops_the_workers(tmp_path: Path) -> None:
                 assert len([p for p in tree if process_name(p) == "R"]) == 3
                 proc.wait(timeout=30)
                 assert _gone(tree)
+                # (R leaves its temporary directory behind when it is killed: the
+                # host's session directory holds them, and goes)
+                assert _files_left(tmp) == []
                 for c in held:
                     c.close()
             finally:
