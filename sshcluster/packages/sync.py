@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import re
 import secrets
 import tarfile
@@ -44,6 +45,9 @@ from sshcluster.ssh.command import SESSION_OPTIONS, ssh_command
 
 #: Seconds one host's sync may take (an install from source can take minutes).
 SYNC_TIMEOUT = 1800.0
+#: Seconds past a sync's timeout that its ``.incoming-`` directory on a host is left
+#: alone by other syncs (its host may still be finishing when the primary gives up).
+INCOMING_MARGIN = 600
 #: Hosts synced at the same time.
 SYNC_CONCURRENCY = 32
 
@@ -108,6 +112,8 @@ class _Syncer:
             "install_r": _INSTALL_R if mode == "install" else "",
             "repos": " ".join(self.inventory.packages.repos or self.ref.repos),
             "pins": " ".join(f"{p.name}={p.version}" for p in self.ref.packages),
+            # (how long its .incoming- directory is to be left alone on the host)
+            "lifetime": str(math.ceil(self.timeout) + INCOMING_MARGIN),
         }
         return "".join(f"{k}={shell_quote(v)}\n" for k, v in data.items()) + _SH
 

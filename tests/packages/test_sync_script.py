@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 from sshcluster.packages import Reference, RPackage
@@ -70,3 +71,65 @@ def test_the_second_of_two_syncs_finishing_together_discards_its_copy(tmp_path: 
     assert (target / "OTHER").exists()  # the other's copy, left as it was
     assert sorted(p.name for p in target.iterdir()) == ["OTHER", "SSHCLUSTER-MANIFEST", PURE]
     assert [p.name for p in target.parent.iterdir()] == [target.name]  # ours discarded
+
+
+def test_a_sync_sweeps_only_the_copies_no_sync_may_still_be_writing(tmp_path: Path) -> None:
+    """Each sync's .incoming- directory says until when its sync may still write it: a
+    second sync removes those past it (and, from syncs before this scheme, those an hour
+    old), never a live one of a sync with a long --timeout, however old."""
+    built = build_all(tmp_path / "rpkgs", {PURE: ("2.0",)}, compiled=set(),
+                      repo_versions={PURE: "2.0"})
+    primary = tmp_path / "primary-lib"
+    install(built, primary, PURE, "2.0")
+    ref = Reference("the primary", "4.2.2", (RPackage(PURE, "2.0", str(primary / PURE)),))
+    archive = tmp_path / "a.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(primary / PURE, arcname=PURE)
+    root = tmp_path / "lib"
+    bin_dir = tmp_path / "bin"  # (a mktemp that notes the names asked for)
+    bin_dir.mkdir()
+    (bin_dir / "mktemp").write_text(
+        f'#!/bin/sh\necho "$@" >>{shell_quote(str(tmp_path / "mktemp.log"))}\n'
+        f'exec {shell_quote(shutil.which("mktemp") or "mktemp")} "$@"\n')
+    (bin_dir / "mktemp").chmod(0o755)
+
+    def sync_sh(mode: str, lifetime: int, stdin: Path | None = None) -> str:
+        data = {"mode": mode, "rscript": shutil.which("Rscript") or "Rscript",
+                "root": str(root), "digest": ref.digest, "token": "0123456789abcdef",
+                "manifest": PURE, "where_r": _WHERE_R, "verify_r": _VERIFY_R,
+                "install_r": "", "repos": "", "pins": f"{PURE}=2.0",
+                "lifetime": str(lifetime)}
+        script = tmp_path / "sync.sh"
+        script.write_text("".join(f"{k}={shell_quote(v)}\n" for k, v in data.items()) + _SH)
+        with (stdin or Path(os.devnull)).open("rb") as f:
+            done = subprocess.run(["sh", str(script)], stdin=f, capture_output=True,
+                                  text=True, timeout=120,
+                                  env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+        assert done.returncode == 0, done
+        return done.stdout
+
+    [target] = [line.split("=", 1)[1] for line in sync_sh("probe", 60).splitlines()
+                if line.startswith("LIBRARY=")]
+    base = Path(target).parent
+    now = int(time.time())
+    hours_ago = now - 2 * 3600
+    planted = {  # name: (its mtime, whether a sync now may remove it)
+        f".incoming-{ref.digest}-until{now + 3 * 3600}-live01": (hours_ago, False),
+        f".incoming-{ref.digest}-until{now - 5}-dead01": (now, True),
+        f".incoming-{ref.digest}-old001": (hours_ago, True),  # (from before: its age)
+        f".incoming-{ref.digest}-new001": (now, False),
+        f".broken-{ref.digest}-0123456789abcdef": (hours_ago, True),
+    }
+    for name, (mtime, _) in planted.items():
+        (base / name).mkdir()
+        (base / name / "x").write_text("x")
+        os.utime(base / name, (mtime, mtime))
+    before = int(time.time())
+    assert "STATE=complete" in sync_sh("receive", 7200, archive).splitlines()
+    after = int(time.time())
+    left = {p.name for p in base.iterdir()}
+    assert left == {Path(target).name} | {n for n, (_, gone) in planted.items() if not gone}
+    # (and its own copy's name said how long it might take: a sweep left it alone)
+    [template] = [a for a in (tmp_path / "mktemp.log").read_text().split() if "incoming" in a]
+    until = int(template.rsplit("-until", 1)[1].split("-")[0])
+    assert before + 7200 <= until <= after + 7200

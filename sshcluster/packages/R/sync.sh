@@ -1,7 +1,7 @@
 # sshcluster sync: what runs on each host. sshcluster.packages.sync prepends the data as
 # shell variables: mode (probe, receive, install or verify), rscript, root, digest, token,
 # manifest (the packages, one per line), where_r, verify_r and install_r (R code), repos,
-# pins.
+# pins, lifetime (the seconds this sync may take: its timeout, and a margin).
 # Every answer is one KEY=value line. Nothing is ever written into the user's own R
 # libraries: only under $root, and a library appears there whole (a rename) or not at all.
 
@@ -69,12 +69,26 @@ probe() {
 
 # Whole or not at all: into a fresh directory next to the target, checked there by
 # loading every package, then renamed into place. An interruption leaves only the
-# .incoming- directory, which no R ever looks at (and the next sync removes).
+# .incoming- directory, which no R ever looks at (and a later sync removes). Its name
+# says until when (this host's clock, seconds) its sync may still be writing it: a sync
+# with a long --timeout (a big install from source) is never swept away by another.
 prepare() {
   mkdir -p "$base" || fail "cannot make $base"
-  find "$base" -maxdepth 1 \( -name '.incoming-*' -o -name '.broken-*' \) -mmin +60 \
-    -exec rm -rf {} + 2>/dev/null
-  tmp=$(mktemp -d "$base/.incoming-$digest-XXXXXX") || fail "cannot write in $base"
+  now=$(date +%s)
+  for old in "$base"/.incoming-* "$base"/.broken-*; do
+    [ -d "$old" ] || continue
+    until=${old##*/.incoming-*-until}
+    case $until in
+      "$old") # (no deadline in its name: a sync from before, or a .broken- copy)
+        [ -n "$(find "$old" -maxdepth 0 -mmin +60 2>/dev/null)" ] || continue;;
+      *) until=${until%%-*}
+        case $until in ''|*[!0-9]*) continue;; esac
+        [ "$now" -gt "$until" ] || continue;;
+    esac
+    rm -rf "$old" 2>/dev/null
+  done
+  tmp=$(mktemp -d "$base/.incoming-$digest-until$((now + ${lifetime:-3600}))-XXXXXX") ||
+    fail "cannot write in $base"
   trap 'rm -rf "$tmp"' EXIT
   trap 'exit 1' HUP INT TERM PIPE
 }
