@@ -13,10 +13,10 @@ from typing import Any
 import click
 
 from sshcluster import ec2
-from sshcluster.console import json_flag, print_error
+from sshcluster.console import error_document, json_flag, print_error
 from sshcluster.ec2.signals import exit_status
 from sshcluster.ec2.spec import NAME_RULE, REGION_RULE, is_cluster_name, is_region
-from sshcluster.errors import NoRegion
+from sshcluster.errors import EC2Error, NoRegion
 
 
 @click.group("ec2")
@@ -205,7 +205,9 @@ def ec2_example() -> None:
 @_regions_option
 @_any_owner_option
 @click.option("--json", "as_json", is_flag=True, callback=json_flag,
-              help="Print JSON instead of a table.")
+              help="Print JSON instead of a table: a list of clusters; if a region could "
+                   "not be listed, an object with 'ok' false, the 'clusters' found and "
+                   "each region's error in 'errors'.")
 def ec2_ls(region: str | None, any_owner: bool, as_json: bool) -> None:
     """List your clusters and their instances, in every state.
 
@@ -213,6 +215,10 @@ def ec2_ls(region: str | None, any_owner: bool, as_json: bool) -> None:
     and in your default region. A cluster whose 'up' was killed is shown as orphaned,
     with the command that ends it; one started for a detached job ('sshcluster run
     --ec2 --detach') as "(job JOB)": 'sshcluster fetch JOB' or 'stop JOB' ends it.
+
+    A region that cannot be listed (credentials refused, no network, no such region)
+    is named with its error, and the exit status is 1: what runs there is unknown,
+    and the list is only of the other regions.
     """
     import json
 
@@ -227,13 +233,34 @@ def ec2_ls(region: str | None, any_owner: bool, as_json: bool) -> None:
         print_error(error, where)
     clusters = [c for listed in found.succeeded.values() for c in listed]
     if as_json:
-        click.echo(json.dumps([c.to_dict(now) for c in clusters], indent=2))
+        listed = [c.to_dict(now) for c in clusters]
+        click.echo(json.dumps(_incomplete(found, listed) if found.failed else listed,
+                              indent=2))
     elif clusters:
         click.echo(ec2.format_clusters(clusters, now))
     elif found.succeeded:
         click.echo(f"no clusters in {', '.join(found.succeeded)}")
     if found.failed:
+        if not as_json:
+            click.echo(f"not listed: {', '.join(found.failed)} (see the error above); "
+                       "clusters there, if any, are not shown")
         raise click.exceptions.Exit(1)
+
+
+def _incomplete(found: ec2.Results[str, Any], clusters: list[dict[str, Any]]
+                ) -> dict[str, Any]:
+    """What ``ls --json`` prints when a region could not be listed: the error document
+    every command prints (``ok`` false, ``error``), the clusters of the regions that
+    answered, which those are, and each failed region's error."""
+    failed = ", ".join(found.failed)
+    problem = EC2Error(
+        f"could not list the clusters in {failed}" + (
+            f"; the clusters listed are those in {', '.join(found.succeeded)} only"
+            if found.succeeded else ""),
+        hint="see each region's error in 'errors', then run 'sshcluster ec2 ls' again")
+    return {**error_document(problem), "clusters": clusters,
+            "listed_regions": list(found.succeeded),
+            "errors": {where: error_document(e)["error"] for where, e in found.failed.items()}}
 
 
 @ec2_group.command("down")

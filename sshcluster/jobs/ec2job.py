@@ -49,10 +49,11 @@ from sshcluster.jobs.detached import (
     start_detached,
     stop_remote,
 )
-from sshcluster.jobs.job import RunError, RunOptions, run
+from sshcluster.jobs.job import RunError, RunOptions, check_here, run
 from sshcluster.jobs.leases import JobInfo
 from sshcluster.jobs.record import RunResult, runs_dir, write_record
 from sshcluster.jobs.remote import run_script
+from sshcluster.jobs.results import ResultsError
 from sshcluster.net import known_hosts_name
 
 #: The file in a detached job's record that names its fleet.
@@ -68,7 +69,9 @@ def run_ec2(spec_file: str | os.PathLike[str], script: str | os.PathLike[str],
     alone (see the module's text); the fleet's inventory is kept in
     ``runs/ec2/NAME/hosts.yaml``. ``seams`` (an :class:`sshcluster.ec2.Seams`) says how
     to reach the instances when not EC2's own way (tests); ``up_timeout`` and
-    ``wait_setup`` are ``ec2 up``'s ``--timeout`` and not ``--no-wait``. A signal
+    ``wait_setup`` are ``ec2 up``'s ``--timeout`` and not ``--no-wait``. What the job
+    needs here (the script, Rscript, ``options.results``) is checked before any
+    instance starts (:func:`~sshcluster.jobs.job.check_here`). A signal
     during ``up`` raises :class:`~sshcluster.ec2.signals.Interrupted` once ``up`` has
     cleaned up; during the job, the result says which signal ended it."""
     from sshcluster import ec2  # (boto3 only when asked for)
@@ -76,6 +79,10 @@ def run_ec2(spec_file: str | os.PathLike[str], script: str | os.PathLike[str],
 
     tell = on_event or (lambda message: None)
     spec = ec2.load_spec(spec_file)
+    try:  # (what the job would find wrong here once the fleet is up: not worth a fleet)
+        check_here(script, options or RunOptions())
+    except (RunError, ResultsError) as e:
+        raise type(e)(f"{e.message}; no instance was started", hint=e.hint) from None
     where = runs_dir() / "ec2" / spec.name
     where.mkdir(parents=True, exist_ok=True)
     up_options = _up_options(seams or ec2.Seams(), up_timeout, wait_setup, tell)

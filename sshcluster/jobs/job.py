@@ -256,6 +256,24 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
+def check_here(script: str | os.PathLike[str], options: RunOptions) -> Path:
+    """What a job needs on this machine, checked before anything is started for it (a
+    lease, R, an EC2 fleet): the script, the primary's Rscript, and somewhere to write
+    the results (``options.results``). The script's path; else
+    :class:`RunError` or :class:`~sshcluster.jobs.results.ResultsError` (exit status 2)."""
+    source = Path(script)
+    if not source.is_file():
+        raise RunError(f"{source}: no such script")
+    if shutil.which(options.rscript) is None:
+        raise RunError(f"{options.rscript} not found on this machine (the primary)",
+                       hint="install R, or put Rscript on the PATH")
+    if options.results is not None:
+        # Before the job starts, its results need somewhere; but a job that is then
+        # refused must leave no directory behind: made only when results come.
+        results_dir(options.results, keep=False)
+    return source
+
+
 def run(inventory: Inventory | str | os.PathLike[str], script: str | os.PathLike[str],
         options: RunOptions | None = None, *, stdout: BinaryIO | None = None,
         stderr: BinaryIO | None = None,
@@ -280,16 +298,7 @@ def run(inventory: Inventory | str | os.PathLike[str], script: str | os.PathLike
                 on_event(message)
 
     inv = inventory if isinstance(inventory, Inventory) else load_inventory(inventory)
-    source = Path(script)
-    if not source.is_file():
-        raise RunError(f"{source}: no such script")
-    if shutil.which(opts.rscript) is None:
-        raise RunError(f"{opts.rscript} not found on this machine (the primary)",
-                       hint="install R, or put Rscript on the PATH")
-    if opts.results is not None:
-        # Before the job starts, its results need somewhere; but a job that is then
-        # refused must leave no directory behind: made only when results come.
-        results_dir(opts.results, keep=False)
+    source = check_here(script, opts)
     sweep()  # (the R temporary directories of earlier jobs killed outright)
     job = JobInfo.new(str(source))
     run_dir = runs_dir() / job.job

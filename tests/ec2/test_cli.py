@@ -13,7 +13,9 @@ from click.testing import CliRunner
 
 from sshcluster import ec2
 from sshcluster.cli import cli
+from sshcluster.ec2.aws import HINTS
 
+from .faults import FaultProxy
 from .helpers import (
     HAND_WRITTEN,
     ROOT,
@@ -249,9 +251,47 @@ def test_cli_ls_goes_on_past_a_region_that_fails(client: Any, ami: str, hosts: S
     result = run("ec2", "ls", "--json")
     assert result.exit_code == 1
     assert result.stderr.startswith("error: xx-nowhere-9: DescribeInstances: ")
-    assert [c["name"] for c in json.loads(result.stdout)] == ["rwork"]
+    found = json.loads(result.stdout)  # (not a list: a script must not take it as all)
+    assert (found["ok"], found["listed_regions"], list(found["errors"])) == (
+        False, ["us-east-1"], ["xx-nowhere-9"])
+    assert [c["name"] for c in found["clusters"]] == ["rwork"]
+    assert found["errors"]["xx-nowhere-9"]["message"].startswith("DescribeInstances: ")
+    assert found["error"]["message"] == ("could not list the clusters in xx-nowhere-9; the "
+                                         "clusters listed are those in us-east-1 only")
+    table = run("ec2", "ls")
+    assert table.exit_code == 1 and "rwork" in table.stdout
+    assert table.stdout.splitlines()[-1] == ("not listed: xx-nowhere-9 (see the error "
+                                             "above); clusters there, if any, are not shown")
     result = run("ec2", "gc")
     assert result.exit_code == 1 and "nothing to collect in us-east-1" in result.stdout
+
+
+def test_cli_ls_of_a_region_that_refuses_is_no_empty_list(
+        client: Any, proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The only region asked refuses the credentials: no "[]" (no clusters, no bill) but
+    the error, in the JSON too, and exit status 1."""
+    proxy.refuse("DescribeInstances", "AuthFailure", "AWS was not able to validate the "
+                 "provided access credentials", status=401)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    result = run("ec2", "ls", "--json")
+    assert result.exit_code == 1
+    found = json.loads(result.stdout)
+    assert (found["ok"], found["clusters"], found["listed_regions"]) == (False, [], [])
+    assert found["error"]["message"] == "could not list the clusters in us-east-1"
+    assert found["error"]["exit_code"] == 1
+    error = found["errors"]["us-east-1"]
+    assert error["code"] == "AuthFailure"
+    assert error["message"] == ("DescribeInstances: AuthFailure: AWS was not able to "
+                                "validate the provided access credentials")
+    assert error["hint"] == HINTS["AuthFailure"]
+    assert result.stderr.startswith("error: us-east-1: DescribeInstances: AuthFailure: ")
+
+    table = run("ec2", "ls")
+    assert table.exit_code == 1
+    assert table.stdout == ("not listed: us-east-1 (see the error above); clusters there, "
+                            "if any, are not shown\n")
+    assert "error: us-east-1: DescribeInstances: AuthFailure: " in table.stderr
+    assert f"hint: {HINTS['AuthFailure']}" in table.stderr
 
 
 def test_cli_up_waits_for_the_setup_unless_told_not_to(

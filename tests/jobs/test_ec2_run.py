@@ -11,6 +11,7 @@ import os
 import signal
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,19 @@ from click.testing import CliRunner
 
 from sshcluster import ec2
 from sshcluster.cli import cli
+from sshcluster.errors import SshclusterError
 from sshcluster.jobs.ec2job import run_ec2
+from sshcluster.jobs.job import RunError, RunOptions
+from sshcluster.jobs.results import ResultsError
 from sshcluster.testing import Testbed
-from tests.ec2.helpers import moto_with_testbed_key, nothing_left, seams_onto_testbed
+from tests.ec2.helpers import (
+    REGION,
+    internet_gateway,
+    moto_with_testbed_key,
+    nothing_left,
+    seams_onto_testbed,
+)
 from tests.jobs.helpers import JOB_TIMEOUT, LEFTOVER
-
-pytestmark = pytest.mark.slow  # a fleet per test
 
 
 def _spec(moto_url: str, testbed: Testbed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -44,6 +52,7 @@ def _spec(moto_url: str, testbed: Testbed, tmp_path: Path, monkeypatch: pytest.M
                              read_status=lambda inst, endpoint: ready), spec
 
 
+@pytest.mark.slow  # a fleet per test (here and below)
 @pytest.mark.parametrize(("body", "status"), [("cat('sum', sum(parallel::parSapply("
                                                 "parallelCluster, 1:10, identity)), '\\n')", 0),
                                                ("quit(status = 4)", 4)])
@@ -65,6 +74,7 @@ def test_a_fleet_for_one_job_is_gone_after_it(moto_url: str, testbed: Testbed,
     assert testbed.leftovers(LEFTOVER, wait=15) == {}
 
 
+@pytest.mark.slow
 def test_a_signal_mid_job_ends_the_fleet(moto_url: str, testbed: Testbed, tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     client, seams, spec = _spec(moto_url, testbed, tmp_path, monkeypatch, "jobsig")
@@ -89,6 +99,7 @@ def test_a_signal_mid_job_ends_the_fleet(moto_url: str, testbed: Testbed, tmp_pa
     assert testbed.leftovers(LEFTOVER, wait=15) == {}
 
 
+@pytest.mark.slow
 def test_keep_keeps_the_fleet(moto_url: str, testbed: Testbed, tmp_path: Path,
                               monkeypatch: pytest.MonkeyPatch) -> None:
     client, seams, spec = _spec(moto_url, testbed, tmp_path, monkeypatch, "jobkeep")
@@ -102,4 +113,76 @@ def test_keep_keeps_the_fleet(moto_url: str, testbed: Testbed, tmp_path: Path,
         assert len(nothing_left(client).get("instances", [])) == 2
     finally:
         assert CliRunner().invoke(cli, ["ec2", "down", "jobkeep"]).exit_code == 0
+    assert nothing_left(client) == {}
+
+
+def _never_reached(inst: ec2.Instance) -> ec2.Endpoint:
+    # (a fleet that did start is ended by up at once: moto's made-up addresses are
+    # never contacted)
+    raise SshclusterError(f"instance {inst.id} was started")
+
+
+def _moto_spec(moto_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[
+        Any, Path]:
+    """A fresh moto in which the spec would start (its image, a default VPC with a way
+    out), and the spec."""
+    monkeypatch.setenv("SSHCLUSTER_STATE_DIR", str(tmp_path / "state"))
+    urllib.request.urlopen(urllib.request.Request(f"{moto_url}/moto-api/reset",
+                                                  method="POST")).read()
+    client = ec2.make_client(REGION)
+    internet_gateway(client)
+    image = client.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    spec = tmp_path / "ec2.yaml"
+    spec.write_text(f"ec2:\n  name: early\n  region: {REGION}\n  image: {image}\n"
+                    "  instance_type: t3.medium\n  count: 2\n  user: root\n"
+                    "  max_lifetime: 1h\n  ssh_cidr: 203.0.113.7/32\n")
+    return client, spec
+
+
+@pytest.mark.parametrize("results", ["taken/out", "taken/a/b", "/sys/sshcluster-results"])
+def test_a_results_directory_that_cannot_be_made_costs_no_fleet(
+        moto_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, results: str) -> None:
+    """--results under a file, or where no directory can be made (sysfs refuses even
+    root): refused (exit status 2) before any instance starts."""
+    client, spec = _moto_spec(moto_url, tmp_path, monkeypatch)
+    (tmp_path / "taken").write_text("a file\n")
+    script = tmp_path / "fit.R"
+    script.write_text("cat(1)\n")
+    out = tmp_path / results
+    done = CliRunner().invoke(cli, ["run", "--ec2", "--results", str(out), str(spec),
+                                    str(script)], obj=ec2.Seams(address_of=_never_reached))
+    assert done.exit_code == 2, done.output
+    assert "Traceback" not in done.output
+    first, hint = done.stderr.splitlines()
+    assert first.startswith(f"error: cannot make the results' directory {out}: ")
+    assert first.endswith("; no instance was started")
+    assert hint == "hint: name a directory you can write with --results / --to"
+    assert client.describe_instances()["Reservations"] == []  # (none, ever)
+    assert nothing_left(client) == {}
+    assert (tmp_path / "taken").read_text() == "a file\n" and not out.exists()
+
+
+@pytest.mark.parametrize(("what", "error", "message"), [
+    ("results", ResultsError, "cannot make the results' directory {tmp}/taken/out: "
+                              "Not a directory; no instance was started"),
+    ("script", RunError, "{tmp}/missing.R: no such script; no instance was started"),
+    ("rscript", RunError, "{tmp}/no/Rscript not found on this machine (the primary); no "
+                          "instance was started")])
+def test_what_can_be_checked_here_is_checked_before_the_fleet(
+        moto_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, what: str,
+        error: type[SshclusterError], message: str) -> None:
+    client, spec = _moto_spec(moto_url, tmp_path, monkeypatch)
+    (tmp_path / "taken").write_text("a file\n")
+    script = tmp_path / "fit.R"
+    script.write_text("cat(1)\n")
+    options = RunOptions(results=str(tmp_path / "taken" / "out") if what == "results"
+                         else None,
+                         rscript=str(tmp_path / "no" / "Rscript") if what == "rscript"
+                         else "Rscript")
+    with pytest.raises(error) as e:
+        run_ec2(spec, tmp_path / "missing.R" if what == "script" else script, options,
+                seams=ec2.Seams(address_of=_never_reached), up_timeout=30)
+    assert e.value.message == message.format(tmp=tmp_path)
+    assert e.value.exit_code == 2
+    assert client.describe_instances()["Reservations"] == []  # (none, ever)
     assert nothing_left(client) == {}
