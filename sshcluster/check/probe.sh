@@ -3,7 +3,9 @@
 # primary, primary_user, primary_ssh_port, connect_timeout, rscript, r_code, nonce,
 # port, callback_host, callback_timeout, engine (empty: no container). The nonce goes to
 # R in its environment only (in a container, on its stdin): the script comes on stdin,
-# so it is never on a command line that `ps` shows.
+# so it is never on a command line that `ps` shows. The script's own stdin is done with
+# before it runs (sshcluster.check.probe wraps it in { ... } </dev/null), so R gets a
+# stdin of its own: see r_boot.
 #
 # For a host with a container: (engine set), the container's functions come before this
 # script (sshcluster/containers/container.sh and probe.sh): the engine and the image are
@@ -15,6 +17,16 @@ tick() { _t=0; read -r _t _x </proc/uptime 2>/dev/null; }
 say() { printf '%s\n' "$1"; }
 to=
 command -v timeout >/dev/null 2>&1 && to="timeout $budget"
+# R's code comes on its stdin (r_stdin), never in -e: R drops an -e expression of
+# 10,000 characters or more (each space counting as three), and the code grows with the
+# reference's packages. The short -e reads one line first (the nonce in a container,
+# where it comes on stdin; empty when it is in the environment), then parses the rest
+# and runs it as -e would have: in the global environment, commandArgs() unchanged.
+r_boot='local({i <- file("stdin", "r"); n <- readLines(i, 1L)
+if (length(n) && nzchar(n)) Sys.setenv(SSHCLUSTER_NONCE = n)
+e <- parse(i, keep.source = FALSE); close(i); for (x in e) eval(x, globalenv())})'
+# What R reads on stdin: the line r_boot reads first ($1), then the code.
+r_stdin() { printf '%s\n%s\n' "$1" "$r_code"; }
 
 # Where the primary is, as this host sees it (the client end of SSH_CONNECTION).
 step_primary() {
@@ -106,7 +118,7 @@ step_r() {
   # Through a line reader: the background ssh above writes to the same stdout, and
   # only whole-line writes keep the two from mixing inside a line.
   { if [ -n "$engine" ]; then r_in_image 2>&1; else
-      SSHCLUSTER_NONCE=$nonce $to "$rs" --default-packages=NULL -e "$r_code" \
+      r_stdin '' | SSHCLUSTER_NONCE=$nonce $to "$rs" --default-packages=NULL -e "$r_boot" \
 "${callback_host:-$primary}" "$port" "$callback_timeout" 2>&1
     fi
     say "R_EXIT=$?"; } | while IFS= read -r l; do say "$l"; done

@@ -47,18 +47,19 @@ container_wd() {
 # networking, the login user, the same one directory mounted and entered (wd), the
 # inventory's options. So R sees exactly the files the workers will: a library elsewhere under the
 # login directory is not there. The nonce comes on stdin, never on a command line or in
-# the container's configuration. Labelled as the check's (sshcluster=check), not a
-# launch's worker container. --rm: the container goes when R ends, and R ends within
-# the budget.
+# the container's configuration, and the R code after it (r_stdin and r_boot, in the
+# check's probe.sh: not in -e, which R drops when it is long). Labelled as the check's
+# (sshcluster=check), not a launch's worker container. --rm: the container goes when R
+# ends, and R ends within the budget.
 r_in_image() {
   [ -n "$wd" ] || {
     echo "sshcluster: cannot make or enter workdir $workdir on $(uname -n)"; return 126; }
   sshcluster_container_user
   eval "set -- $container_options"
-  printf '%s\n' "$nonce" | $to "$sshcluster_engine" run -i --rm --label sshcluster=check \
+  r_stdin "$nonce" | $to "$sshcluster_engine" run -i --rm --label sshcluster=check \
     --label "sshcluster.user=$(id -u)" --network host "$user_opt" --pull never \
     --volume "$wd:$wd" --workdir "$wd" --entrypoint "$rs" "$@" \
-    "$image" --default-packages=NULL -e "$r_code" "${callback_host:-$primary}" "$port" \
+    "$image" --default-packages=NULL -e "$r_boot" "${callback_host:-$primary}" "$port" \
     "$callback_timeout"
 }
 

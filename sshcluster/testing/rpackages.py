@@ -14,15 +14,17 @@ directory (``tools::write_PACKAGES``)::
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from sshcluster.errors import TestbedError
 
-__all__ = ["COMPILED", "PURE", "Built", "build_all", "install", "shared_library", "wrapper",
-           "write_package"]
+__all__ = ["COMPILED", "PURE", "Built", "build_all", "install", "installed_here",
+           "many_packages", "shared_library", "wrapper", "write_lockfile", "write_package"]
 
 #: The pure R package and the one with C code.
 PURE = "sctpure"
@@ -166,3 +168,33 @@ def wrapper(path: Path, lib: Path, *, other_minor: bool = False,
                     + 'exec /usr/bin/Rscript "$@"\n')
     path.chmod(0o755)
     return path
+
+
+def many_packages(n: int, prefix: str = "sctmany") -> dict[str, str]:
+    """``n`` package names that no library has (``sctmany000`` ...), each at 1.0: a
+    reference as long as a big project's renv.lock."""
+    return {f"{prefix}{i:03d}": "1.0" for i in range(n)}
+
+
+def write_lockfile(path: Path, versions: Mapping[str, str], r_version: str = "4.2.2",
+                   repos: tuple[str, ...] = ()) -> Path:
+    """An renv lockfile at ``path`` naming ``versions`` (package: version)."""
+    path.write_text(json.dumps({
+        "R": {"Version": r_version,
+              "Repositories": [{"Name": f"repo{i}", "URL": u} for i, u in enumerate(repos)]},
+        "Packages": {name: {"Package": name, "Version": v, "Source": "Repository"}
+                     for name, v in versions.items()}}, indent=2))
+    return path
+
+
+def installed_here(package: str) -> tuple[str, str]:
+    """This machine's R version and the version of ``package`` it has installed (the test
+    hosts, and the test image, share this machine's R and its libraries)."""
+    done = subprocess.run(
+        ["Rscript", "--vanilla", "-e",
+         f'cat(format(getRversion()), utils::packageDescription("{package}")$Version)'],
+        capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise TestbedError(f"cannot read the version of {package} here: {done.stderr[-2000:]}")
+    r_version, version = done.stdout.split()
+    return r_version, version

@@ -21,6 +21,7 @@ from sshcluster.check import check
 from sshcluster.check.report import CheckReport, check_schema
 from sshcluster.cli import cli
 from sshcluster.inventory import load_inventory
+from sshcluster.packages.drift import SHOWN
 from sshcluster.quoting import r_string
 from sshcluster.testing import Testbed
 from sshcluster.testing.containers import (
@@ -32,6 +33,7 @@ from sshcluster.testing.containers import (
 )
 from sshcluster.testing.fixtures import build_testbed, run_r_in_test
 from sshcluster.testing.leftovers import launch_env, nothing_left
+from sshcluster.testing.rpackages import installed_here, many_packages, write_lockfile
 
 from .helpers import MARKER, Image, container_inventory
 
@@ -128,6 +130,27 @@ def test_a_package_missing_in_the_image_fails_packages_naming_it(
         assert h["checks"]["rscript"]["status"] == "ok"
         assert h["checks"]["callback"]["status"] == "ok"
         assert h["checks"]["container"]["status"] == "ok"
+    assert containers_left(bare) == {}
+
+
+def test_a_lockfile_of_600_packages_gets_the_missing_ones_named_in_the_image(
+        bare: Testbed, image: Image, tmp_path: Path) -> None:
+    """The check's R code grows with the reference, and R drops a long -e: it reaches R
+    in the image on the container's stdin, after the nonce."""
+    r_version, mass = installed_here("MASS")
+    absent = many_packages(600)
+    lock = write_lockfile(tmp_path / "renv.lock", {**absent, "MASS": mass},
+                          r_version=r_version)
+    report = _check(bare, tmp_path / "hosts.yaml", image, lockfile=str(lock))
+    names = sorted(absent)
+    for r in report.hosts:
+        assert r.failed == ["packages"], (r.label, r.checks)
+        assert r.checks["rscript"].detail.endswith(f"(R {r_version})"), r.checks["rscript"]
+        assert r.checks["callback"].detail.startswith(f"R in {image.name} reached")
+        step = r.checks["packages"]
+        assert step.detail == (f"in {image.name}: not installed: "
+                               f"{', '.join(names[:SHOWN])} and {len(names) - SHOWN} more")
+        assert r.packages == {**dict.fromkeys(absent), "MASS": mass}
     assert containers_left(bare) == {}
 
 

@@ -13,8 +13,7 @@ step_packages <- function(pk) {
 #@environment
 step_rscript()
 #@packages
-# (the nonce: in the environment, or, in a container, the first line on stdin)
+# (the nonce: in the environment; in a container, probe.sh's r_boot put it there from
+# the first line on stdin)
 if (a[2] != "0") step_callback(a[1], as.integer(a[2]), as.numeric(a[3]),
-                               if (nzchar(Sys.getenv("SSHCLUSTER_NONCE")))
-                                 Sys.getenv("SSHCLUSTER_NONCE")
-                               else readLines(file("stdin"), n = 1L, warn = FALSE))
+                               Sys.getenv("SSHCLUSTER_NONCE"))
