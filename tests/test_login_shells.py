@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import json
 import pwd
-import secrets
 import shutil
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +22,7 @@ from sshcluster.bootstrap import write_bootstrap
 from sshcluster.check.preflight import check
 from sshcluster.inventory import load_inventory
 from sshcluster.testing import Testbed
+from sshcluster.testing.accounts import authorize, processes_of, throwaway_account
 from sshcluster.testing.fixtures import run_r_in_test, skip_or_fail
 from sshcluster.testing.leftovers import nothing_left
 
@@ -38,32 +36,8 @@ def shell_user(request: pytest.FixtureRequest) -> Iterator[str]:
     shell = shutil.which(request.param)
     if shell is None:
         skip_or_fail(f"{request.param} is not installed (scripts/setup.sh installs it)")
-    name = f"sc{request.param[:4]}{secrets.token_hex(2)}"
-    home = Path(tempfile.mkdtemp(prefix=f"sshcluster-{name}-"))
-    try:
-        subprocess.run(["useradd", "--no-create-home", "--home-dir", str(home), "--shell",
-                        shell, "--user-group",
-                        # no password, but not locked: sshd refuses a locked account ("!")
-                        "--password", "*", name],
-                       check=True, capture_output=True)
-        try:
-            shutil.chown(home, user=name)
-            home.chmod(0o755)
-            yield name
-        finally:
-            # (userdel refuses while a process of the account runs)
-            deadline = time.monotonic() + 15
-            while _processes_of(name) and time.monotonic() < deadline:
-                subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
-                time.sleep(0.1)
-            subprocess.run(["userdel", name], check=True, capture_output=True)
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
-
-
-def _processes_of(user: str) -> list[str]:
-    out = subprocess.run(["pgrep", "-a", "-u", user], capture_output=True, text=True)
-    return out.stdout.splitlines()
+    with throwaway_account(shell, f"sc{request.param[:4]}") as (name, _):
+        yield name
 
 
 def test_the_check_and_the_launch_agree_on_a_non_posix_login_shell(
@@ -73,12 +47,7 @@ def test_the_check_and_the_launch_agree_on_a_non_posix_login_shell(
     assert account.pw_shell.endswith(("tcsh", "fish"))
     # The testbed's client key may log in to that account (its hosts' sshd reads
     # ~/.ssh/authorized_keys).
-    ssh_dir = Path(account.pw_dir) / ".ssh"
-    ssh_dir.mkdir(mode=0o700)
-    pub = Path(f"{tb.identity_file}.pub").read_text()
-    (ssh_dir / "authorized_keys").write_text(pub)
-    for p in (ssh_dir, ssh_dir / "authorized_keys"):
-        shutil.chown(p, user=shell_user)
+    authorize(Path(account.pw_dir), shell_user, tb.identity_file)
     hosts = tb.hosts[:2]
     inv_path = tb.write_inventory(tmp_path / "hosts.yaml", ncore=2, extra={
         "defaults": {"user": shell_user, "identity_file": str(tb.identity_file),
@@ -113,7 +82,7 @@ def test_the_check_and_the_launch_agree_on_a_non_posix_login_shell(
 
     # Nothing of that account's is left running on any host.
     deadline = time.monotonic() + 15
-    while _processes_of(shell_user) and time.monotonic() < deadline:
+    while processes_of(shell_user) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _processes_of(shell_user) == [], json.dumps(_processes_of(shell_user))
+    assert processes_of(shell_user) == [], json.dumps(processes_of(shell_user))
     assert nothing_left(tb, marker=tmp_path) == {}

@@ -81,7 +81,13 @@
   # (without the sticky bit), and not into a file (or link) someone else put there.
   output <- Sys.getenv("SSHCLUSTER_OUTPUT", "none")
   if (!output %in% c("none", "console")) {
-    dir.create(output, recursive = TRUE, showWarnings = FALSE)
+    # (made 0755 whatever the host's umask: Ubuntu's and Red Hat's sessions have 002,
+    # and a directory the group may write would then be refused below)
+    made <- character()
+    for (d in Reduce(function(a, b) file.path(a, b), strsplit(output, "/", fixed = TRUE)[[1]][-1],
+                     accumulate = TRUE, ""))
+      if (!dir.exists(d) && dir.create(d, showWarnings = FALSE)) made <- c(made, d)
+    Sys.chmod(made, "0755", use_umask = FALSE)
     log <- file.path(output, paste0(Sys.info()[["nodename"]], ".log"))
     if (file.access(output, 2L) != 0L)
       fail("cannot write the workers' output to ", output, " on ",
@@ -99,7 +105,7 @@
         paste(log, "belongs to", if (is.na(info$uname)) "someone else" else info$uname)
     if (!is.null(why))
       fail("will not write the workers' output to ", log, " on ", Sys.info()[["nodename"]],
-           ": ", why, " (worker_output: a directory of your own)")
+           ": ", why, " (worker_output: a directory of your own; chmod go-w it)")
     output <- log
   }
   where <- sprintf("R on %s cannot connect to the primary at %s port %d",

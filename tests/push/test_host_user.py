@@ -9,10 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import secrets
-import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +22,7 @@ from sshcluster.push.manifest import local_manifest
 from sshcluster.push.stream import tar_stream
 from sshcluster.push.transfer import Session, script, verdicts
 from sshcluster.testing import Testbed
+from sshcluster.testing.accounts import throwaway_account
 from sshcluster.testing.fixtures import MakeTestbed
 
 from .helpers import local_state, make_tree, remote_state
@@ -35,31 +33,8 @@ def host_user(root: None) -> Iterator[tuple[str, Path]]:
     """A throwaway account (login shell /bin/sh) and its login directory's path. The test
     hosts share this machine's accounts; :func:`_testbed` gives each host its own login
     directory there."""
-    name = f"scpush{secrets.token_hex(3)}"
-    home = Path(tempfile.mkdtemp(prefix=f"sshcluster-{name}-"))
-    home.chmod(0o755)  # (the mount point: the account must reach its tmpfs)
-    try:
-        subprocess.run(["useradd", "--no-create-home", "--home-dir", str(home), "--shell",
-                        "/bin/sh", "--user-group",
-                        # no password, but not locked: sshd refuses a locked account ("!")
-                        "--password", "*", name], check=True, capture_output=True)
-        try:
-            yield name, home
-        finally:
-            # (userdel refuses while a process of the account runs: its sessions end
-            # with the testbed's hosts)
-            deadline = time.monotonic() + 15
-            while _pids(name) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            for pid in _pids(name):
-                subprocess.run(["kill", "-KILL", pid], capture_output=True)
-            subprocess.run(["userdel", name], check=True, capture_output=True)
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
-
-
-def _pids(user: str) -> list[str]:
-    return subprocess.run(["pgrep", "-u", user], capture_output=True, text=True).stdout.split()
+    with throwaway_account("/bin/sh", "scpush") as account:
+        yield account
 
 
 def _testbed(make_testbed: MakeTestbed, user: str, home: Path, n: int) -> Testbed:
