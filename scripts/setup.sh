@@ -13,6 +13,7 @@ APT_PACKAGES=(
   r-cran-cli r-cran-crayon r-cran-prettyunits r-cran-sessioninfo  # (future.tests, in the tests)
   openssh-server openssh-client iptables iproute2 procps util-linux python3-venv
   tcsh fish rsync strace
+  busybox  # (a host whose sh is BusyBox's ash, in the tests)
   podman runc
 )
 

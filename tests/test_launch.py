@@ -35,7 +35,7 @@ from sshcluster.bootstrap import (
 from sshcluster.protocol import PROOF_MAGIC
 from sshcluster.testing import Testbed, TestHost, free_port
 from sshcluster.testing.cluster import interactive_r, write_cluster
-from sshcluster.testing.fixtures import R_TIMEOUT, run_r_in_test, squatter
+from sshcluster.testing.fixtures import R_TIMEOUT, run_r_in_test, skip_or_fail, squatter
 from sshcluster.testing.hosts import host_dir
 from sshcluster.testing.leftovers import nothing_left
 from sshcluster.testing.netns import descendants, parent_pid, process_name
@@ -511,16 +511,28 @@ def test_a_script_that_did_not_arrive_whole_runs_nothing(tmp_path: Path, cut: in
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("shell", ["sh", "busybox"])
 @pytest.mark.parametrize("leader", [True, False], ids=["group-leader", "not-leader"])
-def test_remote_script_forks_only_where_it_can_stop_the_forks(tmp_path: Path, leader: bool
-                                                              ) -> None:
+def test_remote_script_forks_only_where_it_can_stop_the_forks(tmp_path: Path, leader: bool,
+                                                              shell: str) -> None:
     """Run the per-host script directly. As the leader of its process group (what sshd
     gives it) it forks the workers from one R; otherwise it starts one Rscript per worker,
     since only a group kill reaches forks it does not know. Either way, the EOF of its
-    stdin (the dead man's switch) stops every process it started."""
+    stdin (the dead man's switch) stops every process it started. Also where sh is
+    BusyBox's ash (Alpine), whose kill wants no "--" before a process group."""
+    argv, env = _remote_argv("Rscript", free_port()), None
+    if shell == "busybox":
+        busybox = shutil.which("busybox")
+        if busybox is None:
+            skip_or_fail("busybox is not installed (scripts/setup.sh installs it)")
+        tools = tmp_path / "bin"
+        tools.mkdir()
+        (tools / "sh").symlink_to(busybox)  # (BusyBox runs as the name it is called by)
+        argv[0] = str(tools / "sh")
+        env = {**os.environ, "PATH": f"{tools}:{os.environ['PATH']}"}
     with socket.create_server(("127.0.0.1", 0)) as server:
-        port = server.getsockname()[1]
-        with subprocess.Popen(_remote_argv("Rscript", port), stdin=subprocess.PIPE,
+        argv[argv.index("127.0.0.1") + 1] = str(server.getsockname()[1])
+        with subprocess.Popen(argv, stdin=subprocess.PIPE, env=env,
                               stderr=subprocess.PIPE, start_new_session=leader) as proc:
             try:
                 assert proc.stdin is not None

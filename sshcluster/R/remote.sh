@@ -82,7 +82,11 @@ if [ -n "${SSHCLUSTER_CONTAINER:-}" ]; then
   unbox=sshcluster_container_remove
 fi
 # ---
-kill -s 0 -- "-$me" 2>/dev/null && leader=yes
+# A signal to a process group: POSIX's "kill -s SIG -- -PGID", which BusyBox's kill
+# refuses ("invalid number '--'"), then BusyBox's "kill -s SIG -PGID", which dash
+# refuses (as an option).
+group_kill() { kill -s "$1" -- "-$2" 2>/dev/null || kill -s "$1" "-$2" 2>/dev/null; }
+group_kill 0 "$me" && leader=yes
 
 watchdog() {
   # Immune to the group's signals below, so that it lives to send the group KILL.
@@ -109,10 +113,10 @@ watchdog() {
     # TERM (not USR2, on which R runs its whole exit inside its signal handler, and
     # aborts about one time in three): the workers' temporary files go with the
     # session's directory below, whatever ended them.
-    kill -s TERM -- "-$me" 2>/dev/null
+    group_kill TERM "$me"
     sleep 2
     [ -z "$sess" ] || rm -rf -- "$sess"
-    kill -s KILL -- "-$me" 2>/dev/null
+    group_kill KILL "$me"
   else
     kill -s TERM "$me" 2>/dev/null
   fi
@@ -147,12 +151,13 @@ pids=''
 # for a stray session).
 reaper() {
   trap '' TERM
-  exec sh -c 'sleep 2; [ -z "$1" ] || rm -rf -- "$1"; kill -s KILL -- "-$2"' \
+  exec sh -c 'sleep 2; [ -z "$1" ] || rm -rf -- "$1"
+    kill -s KILL -- "-$2" 2>/dev/null || kill -s KILL "-$2"' \
     sshcluster-reaper "$sess" "$me" </dev/null >/dev/null 2>&1 4>&- 5>&- 9>&-
 }
 if [ "$leader" ]; then
   trap 'trap "" TERM; $unbox; kill -s KILL $watch 2>/dev/null; reaper &
-    kill -s TERM -- "-$me" 2>/dev/null' EXIT
+    group_kill TERM "$me"' EXIT
 else
   # Not under sshd (run by hand): only what this script knows of can be stopped,
   # so no forks, and TERM (the watchdog's) stops the workers too.

@@ -399,8 +399,9 @@ fi
 # without its leader (what the job left behind) is the job's.
 if [ "$(cat state 2>/dev/null)" = ended ] && kill -s 0 "$pid" 2>/dev/null; then
   echo stopped
-elif kill -s 0 -- "-$pid" 2>/dev/null; then
-  kill -s KILL -- "-$pid" 2>/dev/null
+elif kill -s 0 -- "-$pid" 2>/dev/null || kill -s 0 "-$pid" 2>/dev/null; then
+  # (the second form: BusyBox's kill, which refuses "--"; dash refuses it)
+  kill -s KILL -- "-$pid" 2>/dev/null || kill -s KILL "-$pid" 2>/dev/null
   echo killed
 else
   echo stopped
