@@ -487,16 +487,24 @@ def test_what_a_host_says_is_printed_with_its_control_characters_escaped(
     assert "\x1b" not in said and "\x07" not in said
 
 
+@pytest.mark.parametrize("profile", ['cat("Profile loaded\\n")\n', 'cat("Welcome")\n',
+                                     '.Last <- function() cat("Profile says bye\\n")\n'],
+                         ids=["a line", "no end of line", "at the end"])
 def test_a_profile_that_prints_changes_nothing(
-        testbed: Testbed, built: Built, primary_lib: Path, tmp_path: Path) -> None:
-    """A host whose R profile prints (``cat()`` in ~/.Rprofile, as many do) syncs as any
-    other: what sync reads of R is its own last lines (before, the profile's line was
-    taken for R's version, and the library's place for a mangled path)."""
+        testbed: Testbed, built: Built, primary_lib: Path, tmp_path: Path, profile: str
+) -> None:
+    """A host whose R profile prints (``cat()`` in ~/.Rprofile, as many do: a line, words
+    with no end of line, or a ``.Last()`` that prints as R ends) syncs as any other, and
+    gets the primary's builds: what sync reads of R is its own marked lines (before, the
+    profile's words were taken for R's version, which made the host build every package
+    from source, or the library's place for a mangled path)."""
     install(built, primary_lib, PURE, "2.0")
-    setups = [host_setup(tmp_path, 1, profile='cat("Profile loaded\\n")\n')]
+    setups = [host_setup(tmp_path, 1, profile=profile)]
     path = inventory(testbed, tmp_path, entries(setups), {"r_packages": [PURE]})
     report = sshcluster.sync(load_inventory(path), timeout=300)
     assert report.ok, report.verdicts()
+    assert report.hosts[0].outcome == "copied", report.verdicts()
     lib = report.hosts[0].library or ""
     assert lib.startswith(str(tmp_path / "h1-sync" / "R-")) and "Profile" not in lib, lib
+    assert "Welcome" not in lib, lib
     assert sshcluster.sync(load_inventory(path), timeout=300).hosts[0].outcome == "up to date"

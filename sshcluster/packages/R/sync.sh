@@ -27,19 +27,26 @@ whole_r='sshcluster_whole <- function(lib, pins) {
 # R's version and platform, this library's place for this R minor version, platform and
 # OS release (where_r: R/library_dir.R, as the check and the workers name it), and
 # whether it is whole there.
-facts=$("$rs" --default-packages=NULL -e "$where_r" -e "$whole_r" -e 'a <- commandArgs(TRUE)
+out=$("$rs" --default-packages=NULL -e "$where_r" -e "$whole_r" -e 'a <- commandArgs(TRUE)
   lib <- sshcluster_library_dir(a[[1]], a[[2]])
-  cat(R.version$major, ".", R.version$minor, " ", R.version$major, ".",
+  cat("\nSSHCLUSTER-FACTS ", R.version$major, ".", R.version$minor, " ", R.version$major, ".",
       sub("[.].*", "", R.version$minor), " ", R.version$platform, " ",
-      if (sshcluster_whole(lib, a[-(1:2)])) "complete" else "absent", "\n", lib, "\n", sep = "")' \
+      if (sshcluster_whole(lib, a[-(1:2)])) "complete" else "absent",
+      "\nSSHCLUSTER-LIBRARY ", lib, "\n", sep = "")' \
   "$root" "$digest" $pins) || fail "$rs did not run"
-# (its last two lines: a profile of the user's may print before them)
-target=${facts##*"
-"}
-facts=${facts%"
-"*}
-set -- ${facts##*"
-"}
+# (by their marks, each at a line's start: a profile of the user's may print before them,
+# with or without an end of line, and a .Last() of the user's after them)
+facts='' target=''
+while IFS= read -r l; do
+  case $l in
+    "SSHCLUSTER-FACTS "*) facts=${l#"SSHCLUSTER-FACTS "};;
+    "SSHCLUSTER-LIBRARY "*) target=${l#"SSHCLUSTER-LIBRARY "};;
+  esac
+done <<EOF
+$out
+EOF
+[ -n "$facts" ] && [ -n "$target" ] || fail "$rs did not say where the library goes"
+set -- $facts
 base=${target%/*}
 
 probe() {
@@ -52,7 +59,7 @@ probe() {
       case " ${ID:-} ${ID_LIKE:-} " in
         *" rhel "*|*" fedora "*|*" suse "*) v=${v%%.*} ;;
         *) case $v in *.*.*) v=$(printf '%s' "$v" | cut -d. -f1,2) ;; esac ;;
-      esac && echo "${ID:-} $v")
+      esac && o=${ID:-} && { [ -z "$v" ] || o=${o:+$o }$v; } && echo "$o")
   fi
   say "OS=$os"
   mkdir -p "$base" || fail "cannot make $base"
@@ -107,14 +114,14 @@ finish() {
   state=$("$rs" --default-packages=NULL -e "$whole_r" -e 'a <- commandArgs(TRUE)
     if (file.exists(a[[2]]) && !sshcluster_whole(a[[2]], a[-(1:3)]))
       invisible(file.rename(a[[2]], a[[3]]))
-    cat("\n", if (file.rename(a[[1]], a[[2]])) "complete" else if (file.exists(a[[2]])) "there",
-        sep = "")' "$tmp" "$target" "$broken" $pins 2>/dev/null)
+    cat("\nSSHCLUSTER-RENAMED ", if (file.rename(a[[1]], a[[2]])) "complete"
+        else if (file.exists(a[[2]])) "there", "\n", sep = "")' "$tmp" "$target" "$broken" $pins 2>/dev/null)
   rm -rf "$broken"
-  case $state in  # (its last line: a profile of the user's may print)
+  case $state in  # (its marked line: a profile or a .Last() of the user's may print)
     *"
-complete") trap - EXIT; say "STATE=complete";;
+SSHCLUSTER-RENAMED complete"*) trap - EXIT; say "STATE=complete";;
     *"
-there") say "STATE=there";;  # another sync got here first: the same content, by its name
+SSHCLUSTER-RENAMED there"*) say "STATE=there";;  # another sync got here first: the same content
     *) fail "cannot rename into $target";;
   esac
 }
