@@ -160,3 +160,35 @@ def test_without_bash_the_watchdog_s_reader_ends_with_the_session(tmp_path: Path
         _until(lambda: not _of_session(proc.pid), "the session's processes to end")
         assert not _held(home)
 
+
+
+#: flock(1) where file locks cannot be had at all (a home on NFS without a lock
+#: service: flock(2) fails with ENOLCK, and util-linux's flock exits 71). No NFS server
+#: here: this stands in for that one answer.
+NO_LOCKS_FLOCK = '#!/bin/sh\necho "flock: 9: No locks available" >&2\nexit 71\n'
+
+
+def no_locks_path(tmp_path: Path) -> str:
+    """A PATH whose flock(1) always fails as on such a home."""
+    bin_dir = tmp_path / "no-locks"
+    bin_dir.mkdir()
+    (bin_dir / "flock").write_text(NO_LOCKS_FLOCK)
+    (bin_dir / "flock").chmod(0o755)
+    return f"{bin_dir}:{os.environ['PATH']}"
+
+
+def test_a_home_without_file_locks_is_no_lease_of_another_job(tmp_path: Path) -> None:
+    """A lock that cannot be taken at all fails the host as that, naming why, and starts
+    no worker: it is not a host "leased to another job" (which it was called before)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    rscript = _stand_in(tmp_path, f"touch {home}/started\nexec sleep 300\n")
+    env = {**os.environ, "HOME": str(home), "TMPDIR": str(home),
+           "PATH": no_locks_path(tmp_path)}
+    done = subprocess.run(_argv(rscript), input=_tokens(1), capture_output=True, env=env,
+                          timeout=DEADLINE, start_new_session=True)
+    assert done.returncode == 125, done
+    said = done.stderr.decode()
+    assert "cannot lock" in said and "file locks do not work there" in said, said
+    assert "leased to" not in said
+    assert not (home / "started").exists()

@@ -60,7 +60,11 @@ if [ -n "${SSHCLUSTER_LEASE:-}" ]; then
   ns=$(readlink /proc/self/ns/net 2>/dev/null | tr -dc 0-9)
   lf="$ldir/$(uname -n)${ns:+-$ns}.lock"
   mkdir -p "$ldir" && exec 9>>"$lf" || { echo "sshcluster: cannot open $lf" >&2; exit 125; }
-  if ! flock -n 9; then
+  rc=0; flock -n 9 || rc=$?
+  if [ $rc -gt 1 ]; then  # (1: held; else no lock can be taken there: ENOLCK on NFS)
+    echo "sshcluster: cannot lock $lf on $(uname -n) (flock exit $rc): file locks do not work there (a home on NFS without a lock service?); lease: false in the inventory goes without" >&2
+    exit 125
+  elif [ $rc -eq 1 ]; then
     h=$(head -n 1 "$lf")
     if [ "${h%%	*}" = "${SSHCLUSTER_LEASE%%	*}" ] && flock -w "$silence" 9; then :; else
       h=$(printf '%s' "$h" | awk -F '\t' '{ printf "job %s (%s, since %s, script %s)", $1, $2, $3, $4 }')

@@ -23,6 +23,14 @@ ns=$(readlink /proc/self/ns/net 2>/dev/null | tr -dc 0-9)
 key="$(uname -n)${ns:+-$ns}"
 f="$dir/$key.lock"
 
+# flock -n exits 1 when another holds the lock; anything else is a lock that cannot be
+# taken at all (ENOLCK: a home on NFS without a lock service), never "leased".
+lock_error() {
+  printf 'error cannot lock %s on %s (flock exit %s): file locks do not work there (a home on NFS without a lock service?)\n' \
+    "$f" "$(uname -n 9>&- 8>&-)" "$1"
+  exit 1
+}
+
 holder() {
   # The holder's line; it writes it just after taking the lock, so try a few times.
   i=0
@@ -65,7 +73,8 @@ if [ "$MODE" = list ]; then
   [ -e "$f" ] || { echo free; exit 0; }
   exec 9<"$f"
   # A shared lock: free means nobody holds the exclusive one.
-  if flock -n -s 9; then echo free; else printf 'held %s\n' "$(holder)"; fi
+  rc=0; flock -n -s 9 || rc=$?
+  case $rc in 0) echo free;; 1) printf 'held %s\n' "$(holder)";; *) lock_error $rc;; esac
   exit 0
 fi
 
@@ -89,7 +98,11 @@ if [ "$MODE" = wait ]; then
       # (opened for writing: over NFS an exclusive lock needs it)
       if flock -n 7 7>>"$q" 9>&- 8>&-; then rm -f "$q"; else ahead=$((ahead + 1)); fi
     done
-    [ $ahead -eq 0 ] && flock -n 9 8>&- && break
+    if [ $ahead -eq 0 ]; then
+      rc=0; flock -n 9 8>&- || rc=$?
+      [ $rc -eq 0 ] && break
+      [ $rc -eq 1 ] || lock_error $rc
+    fi
     # Writing to a session that has ended kills this shell (SIGPIPE): so a waiter that
     # was stopped leaves the line.
     printf 'wait %s %s\n' $((ahead + 1)) "$(holder)" || exit 1
@@ -100,11 +113,13 @@ if [ "$MODE" = wait ]; then
   rm -f "$t"
   trap - EXIT TERM HUP INT PIPE
   exec 8>&-
-elif ! flock -n 9 8>&-; then
-  printf 'held %s\n' "$(holder)"
-  exit 0
 else
-  start_listening
+  rc=0; flock -n 9 8>&- || rc=$?
+  case $rc in
+    0) start_listening;;
+    1) printf 'held %s\n' "$(holder)"; exit 0;;
+    *) lock_error $rc;;
+  esac
 fi
 : >"$f"
 printf '%s\t%s\t%s\t%s\t%s\n' "$JOB" "$WHO" "$SINCE" "$SCRIPT" "$$" >&9

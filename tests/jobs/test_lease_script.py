@@ -19,6 +19,7 @@ import pytest
 from sshcluster.bootstrap import END_OF_SCRIPT, READ_SCRIPT
 from sshcluster.jobs.leases import LEASE_SCRIPT
 from sshcluster.quoting import shell_quote
+from tests.test_remote_lease import no_locks_path
 
 #: flock(1) as an NFS mount makes it: flock(2) becomes a POSIX lock there, and an
 #: exclusive one on a descriptor open only for reading fails with EBADF (flock(2),
@@ -247,3 +248,24 @@ def test_a_timeout_that_wants_t_leaves_the_lease_to_the_session_s_end(tmp_path: 
     finally:
         holder.end()
     assert _ends_within(holder, 60) and _lease_free(home, path)
+
+
+@pytest.mark.parametrize("mode", ["try", "wait", "list"])
+def test_a_home_without_file_locks_is_an_error_not_a_holder(tmp_path: Path, mode: str) -> None:
+    """Where file locks cannot be had at all (ENOLCK: a home on NFS without a lock
+    service), each mode says so as an error naming why: not "held" by some unknown job,
+    and no wait in line for a lease nobody holds."""
+    home = tmp_path / "home"
+    home.mkdir()
+    path = no_locks_path(tmp_path)
+    if mode == "list":  # (with no lease file yet, "free" is true without a lock)
+        Session(home, "try", "job-0", path).end()
+        assert list((home / ".cache/sshcluster/leases").glob("*.lock"))
+    session = Session(home, mode, "job-a", path)
+    try:
+        said = session.line()
+        assert said.startswith("error cannot lock "), said
+        assert "file locks do not work there" in said
+        assert _ends_within(session, 10)
+    finally:
+        session.end()
