@@ -33,7 +33,9 @@
 umask 077
 . ./job.env
 echo $$ >pid
-date +%s.%N >started
+# The time, in seconds, to the nanosecond where date can (BusyBox's prints %N as is).
+now() { t=$(date +%s.%N 9>&- 8>&-); case $t in *[!0-9.]*) date +%s 9>&- 8>&-;; *) echo "$t";; esac; }
+now >started
 state() { printf '%s\n' "$*" >state.tmp && mv state.tmp state; }
 rpid=''
 stopping=''
@@ -76,7 +78,7 @@ finish() {  # $1: the job's status
   # more, and the key made for it (run --ec2 --detach) need not wait for fetch or stop.
   rm -f access_key
   echo "$1" >status
-  date +%s.%N >ended
+  now >ended
   # A refusal or failure stays readable after "ended" replaced it (the start polls).
   case "$(cat state 2>/dev/null)" in refused\ *|failed\ *) cp state why ;; esac
   state ended
@@ -136,7 +138,7 @@ while [ $i -le "$N" ]; do
   i=$((i + 1))
 done
 
-date +%s.%N >leased
+now >leased
 mkdir -p workers
 . ./args.sh
 buffer=''
@@ -168,5 +170,5 @@ while kill -s 0 "$rpid" 2>/dev/null; do  # a trap cut the wait short: R is stopp
   sleep 0.2
   wait "$rpid"; rc=$?
 done
-date +%s.%N >r-ended
+now >r-ended
 finish "$rc"

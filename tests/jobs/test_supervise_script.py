@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -22,6 +23,7 @@ from sshcluster.inventory import parse_inventory
 from sshcluster.jobs import detached
 from sshcluster.jobs.leases import SILENCE_ENV, JobInfo
 from sshcluster.quoting import shell_quote
+from sshcluster.testing.fixtures import skip_or_fail
 
 #: Writes its tempdir() to a file, then waits to be stopped (up to a minute).
 SCRIPT = """\
@@ -57,11 +59,20 @@ def _job_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: str = SCRIPT
 def supervisor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                ) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
     """The supervisor running, its R started (its job directory beside it)."""
+    with _running(tmp_path, monkeypatch) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def _running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str | None = None
+             ) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """The supervisor of a job directory of :func:`_job_dir`, with ``path`` its PATH,
+    once its R has started; its whole session killed at the end."""
     run = _job_dir(tmp_path, monkeypatch)
     home, rtmp = tmp_path / "home", tmp_path / "rtmp"
     home.mkdir()
     rtmp.mkdir()
-    env = {**os.environ, "HOME": str(home), "TMPDIR": str(rtmp)}
+    env = {**os.environ, "HOME": str(home), "TMPDIR": str(rtmp), **({"PATH": path} if path else {})}
     proc = subprocess.Popen(["sh", "./supervise.sh"], cwd=run, env=env,
                             start_new_session=True)
     try:
@@ -150,3 +161,19 @@ def test_the_temporary_directory_goes_once_all_r_started_is_gone(
     assert float((run / "r-ended").read_text()) < float((run / "child-ended").read_text())
     assert float((run / "ended").read_text()) > float((run / "child-ended").read_text())
     assert list(rtmp.iterdir()) == []
+
+
+def test_its_times_are_numbers_where_date_has_no_nanoseconds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a host whose date(1) is BusyBox's, which prints %N as it is, the supervisor's
+    times are still numbers (``1796666009.%N`` was no time, and the job's phases and
+    duration were lost)."""
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        skip_or_fail("busybox is not installed (scripts/setup.sh installs it)")
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "date").symlink_to(busybox)  # (BusyBox runs as the name it is called by)
+    with _running(tmp_path, monkeypatch, f"{tools}:{os.environ['PATH']}") as (_, run):
+        for name in ("started", "leased"):
+            assert float((run / name).read_text()) > 1.7e9, name
