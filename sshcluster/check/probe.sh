@@ -16,7 +16,9 @@
 tick() { _t=0; read -r _t _x </proc/uptime 2>/dev/null; }
 say() { printf '%s\n' "$1"; }
 to=
-command -v timeout >/dev/null 2>&1 && to="timeout $budget"
+# (a timeout that takes "timeout SECONDS COMMAND", as the launch's: BusyBox's before
+# 1.30 wants -t, and would fail R's start and the reverse ssh at once)
+timeout 1 true </dev/null >/dev/null 2>&1 && to="timeout $budget"
 # R's code comes on its stdin (r_stdin), never in -e: R drops an -e expression of
 # 10,000 characters or more (each space counting as three), and the code grows with the
 # reference's packages. The short -e reads one line first (the nonce in a container,
