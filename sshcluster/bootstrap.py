@@ -166,7 +166,7 @@ MIN_R_VERSION = "4.1.0"
 _R_SOURCES = {
     name: resources.files("sshcluster").joinpath("R").joinpath(name).read_text(encoding="utf-8")
     for name in ("common.R", "proof.R", "classic.R", "worker.R", "library_dir.R", "library.R",
-                 "remote.sh", "supervisor.sh", "read_script.sh", "relay.pl")
+                 "locale.sh", "remote.sh", "supervisor.sh", "read_script.sh", "relay.pl")
 }
 #: The fast launch's R code, one idea per file, pasted in this order.
 LAUNCH_FILES = ("start.R", "session.R", "accept.R", "node.R", "future.R", "stop.R",
@@ -274,7 +274,8 @@ def _fast(inventory: Inventory, opts: RenderOptions, plan: Plan
             ("lease", _r_value(plan.lease)),
             ("worker_logs", _r_value(opts.worker_logs)),
             ("own_ports", _r_value(opts.own_ports)),
-            *container_config(inventory, _R_SOURCES["remote.sh"]),  # remote_script (containers)
+            # remote_script (containers); locale.sh is the check's too
+            *container_config(inventory, _R_SOURCES["locale.sh"] + _R_SOURCES["remote.sh"]),
             ("supervisor_script", r_long_string(_R_SOURCES["supervisor.sh"])),
             ("worker_code", r_long_string(WORKER_CODE)),
             ("read_script", r_string(READ_SCRIPT)),
