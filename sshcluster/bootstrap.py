@@ -52,7 +52,7 @@ from sshcluster.errors import RenderError
 from sshcluster.files import atomic_write
 from sshcluster.inventory import AUTO, Host, Inventory
 from sshcluster.launchplan import Plan, RenderOptions, launch_plan, launch_tunnel, plan_of
-from sshcluster.net import R_PORT_RANGE
+from sshcluster.net import R_PORT_RANGE, r_address
 from sshcluster.protocol import LAUNCH_CONNECTIONS, RELAY_MOST_WORKERS, USER_CONNECTIONS
 from sshcluster.quoting import r_long_string, r_string, shell_join
 from sshcluster.ssh.command import CONNECT_TIMEOUT, known_hosts_option, ssh_command
@@ -117,8 +117,10 @@ def render(inventory: Inventory, options: RenderOptions | None = None) -> str:
         ", as.character(getRversion()), call. = FALSE)",
     ]
     # (through the tunnel the workers reach 127.0.0.1 on their own host; the primary's
-    # own address, where the inventory knows it, is still what users mean by it)
-    primary = inventory.primary.host if inventory.primary.host != AUTO else "127.0.0.1"
+    # own address, where the inventory knows it, is still what users mean by it; an
+    # IPv4-mapped one as its IPv4 address, which R's IPv4-only sockets can reach)
+    primary = r_address(inventory.primary.host) if inventory.primary.host != AUTO \
+        else "127.0.0.1"
     lines += [
         "",
         "# The primary as the workers see it, and the machines with their R workers.",

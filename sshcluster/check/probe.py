@@ -23,6 +23,7 @@ from sshcluster.check.locale import locale_hint, locale_warning, r_locale_error
 from sshcluster.check.report import StepResult
 from sshcluster.containers.spec import Container
 from sshcluster.inventory import Host, Packages
+from sshcluster.net import r_address
 from sshcluster.packages.drift import drift, drift_verdict, host_versions
 from sshcluster.packages.reference import Reference
 from sshcluster.protocol import REMOTE_STEPS, Fact
@@ -240,7 +241,7 @@ def found(facts: Facts) -> Found:
     seen = (facts.get(Fact.SSH_CONNECTION) or "").split()
     return Found(ncore=_ncore(facts), rscript=facts.get(Fact.RSCRIPT) or None,
                  r_version=facts.get(Fact.R_VERSION) or None,
-                 seen_primary=seen[0] if seen else None)
+                 seen_primary=r_address(seen[0]) if seen else None)
 
 
 def rscript_step(facts: Facts, ctx: RemoteContext, complete: bool) -> StepResult:

@@ -35,6 +35,9 @@ step_primary() {
   say "SSH_CONNECTION=$SSH_CONNECTION"
   set -- $SSH_CONNECTION
   [ -n "$primary" ] || primary=${1:-}
+  # (an IPv4 client as a dual-stack sshd reports it, ::ffff:192.0.2.1: R's sockets are
+  # IPv4 only, and take the IPv4 address)
+  case $primary in *:*.*) primary=${primary##*:} ;; esac
   say "PRIMARY=$primary"
 }
 
