@@ -52,7 +52,7 @@ from sshcluster.errors import RenderError
 from sshcluster.files import atomic_write
 from sshcluster.inventory import AUTO, Host, Inventory
 from sshcluster.launchplan import Plan, RenderOptions, launch_plan, launch_tunnel, plan_of
-from sshcluster.net import R_PORT_RANGE
+from sshcluster.net import R_PORT_RANGE, r_address
 from sshcluster.protocol import LAUNCH_CONNECTIONS, RELAY_MOST_WORKERS, USER_CONNECTIONS
 from sshcluster.quoting import r_long_string, r_string, shell_join
 from sshcluster.ssh.command import CONNECT_TIMEOUT, known_hosts_option, ssh_command
@@ -117,8 +117,10 @@ def render(inventory: Inventory, options: RenderOptions | None = None) -> str:
         ", as.character(getRversion()), call. = FALSE)",
     ]
     # (through the tunnel the workers reach 127.0.0.1 on their own host; the primary's
-    # own address, where the inventory knows it, is still what users mean by it)
-    primary = inventory.primary.host if inventory.primary.host != AUTO else "127.0.0.1"
+    # own address, where the inventory knows it, is still what users mean by it; an
+    # IPv4-mapped one as its IPv4 address, which R's IPv4-only sockets can reach)
+    primary = r_address(inventory.primary.host) if inventory.primary.host != AUTO \
+        else "127.0.0.1"
     lines += [
         "",
         "# The primary as the workers see it, and the machines with their R workers.",
@@ -166,7 +168,7 @@ MIN_R_VERSION = "4.1.0"
 _R_SOURCES = {
     name: resources.files("sshcluster").joinpath("R").joinpath(name).read_text(encoding="utf-8")
     for name in ("common.R", "proof.R", "classic.R", "worker.R", "library_dir.R", "library.R",
-                 "remote.sh", "supervisor.sh", "read_script.sh", "relay.pl")
+                 "locale.sh", "remote.sh", "supervisor.sh", "read_script.sh", "relay.pl")
 }
 #: The fast launch's R code, one idea per file, pasted in this order.
 LAUNCH_FILES = ("start.R", "session.R", "accept.R", "node.R", "future.R", "stop.R",
@@ -274,7 +276,8 @@ def _fast(inventory: Inventory, opts: RenderOptions, plan: Plan
             ("lease", _r_value(plan.lease)),
             ("worker_logs", _r_value(opts.worker_logs)),
             ("own_ports", _r_value(opts.own_ports)),
-            *container_config(inventory, _R_SOURCES["remote.sh"]),  # remote_script (containers)
+            # remote_script (containers); locale.sh is the check's too
+            *container_config(inventory, _R_SOURCES["locale.sh"] + _R_SOURCES["remote.sh"]),
             ("supervisor_script", r_long_string(_R_SOURCES["supervisor.sh"])),
             ("worker_code", r_long_string(WORKER_CODE)),
             ("read_script", r_string(READ_SCRIPT)),

@@ -108,6 +108,7 @@ class Primary:
     host: str
     user: str | None = None
     ssh_port: int | None = None
+    line: int | None = field(default=None, compare=False)  # where host is written
 
 
 @dataclass(frozen=True)
@@ -283,14 +284,15 @@ def _read(doc: Any, reader: _Reader) -> Inventory:
         pm = reader.mapping(raw_primary, "primary", pline, _PRIMARY_KEYS, required=("host",))
         primary = Primary(
             host=reader.hostname(pm["host"], "primary.host", reader.line_of(pm, "host"),
-                                 allow_auto=True),
+                                 allow_auto=True), line=reader.line_of(pm, "host"),
             user=reader.user(pm["user"], "primary.user", reader.line_of(pm, "user"))
             if "user" in pm else None,
             ssh_port=reader.port(pm["ssh_port"], "primary.ssh_port",
                                  reader.line_of(pm, "ssh_port")) if "ssh_port" in pm else None,
         )
     else:
-        primary = Primary(host=reader.hostname(raw_primary, "primary", pline, allow_auto=True))
+        primary = Primary(host=reader.hostname(raw_primary, "primary", pline, allow_auto=True),
+                          line=pline)
 
     port = reader.port(top["port"], "port", reader.line_of(top, "port")) if "port" in top \
         else None

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from sshcluster.errors import RenderError
 from sshcluster.inventory import Inventory, Launch, Register, Tunnel, worker_output
+from sshcluster.primary import refuse_ipv6_primary
 from sshcluster.ssh.command import CONNECT_TIMEOUT
 
 
@@ -66,6 +67,8 @@ def plan_of(inventory: Inventory, opts: RenderOptions) -> Plan:
     if launch == "classic" and asked == "reverse":
         raise RenderError("the classic launch cannot use a reverse tunnel",
                           hint="use the fast launch (the default) with the reverse tunnel")
+    if tunnel == "none":
+        refuse_ipv6_primary(inventory, asked="--tunnel none" if opts.tunnel else None)
     register = tuple(dict.fromkeys((*inventory.register, *opts.register)))
     fork = inventory.fork if opts.fork is None else opts.fork
     output = worker_output(opts.worker_output, lambda why: RenderError(

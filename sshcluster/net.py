@@ -3,11 +3,13 @@
 * :func:`known_hosts_name`: how OpenSSH names a host in known_hosts (``[host]:port``
   when the port is not 22);
 * :data:`R_PORT_RANGE`: the ports R's PSOCK clusters pick from, and so do we;
-* :func:`ssh_banner`: whether an SSH server answers on an address and port.
+* :func:`ssh_banner`: whether an SSH server answers on an address and port;
+* :func:`r_address` and :func:`is_ipv6`: what R's sockets can connect to (IPv4 only).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 
 #: R's ``parallel`` picks the PSOCK port at random in this range (``R_PARALLEL_PORT``
@@ -40,3 +42,26 @@ def ssh_banner(host: str, port: int, timeout: float) -> bool:
 
 
 __all__ = ["R_PORT_RANGE", "known_hosts_name", "ssh_banner"]
+
+
+def r_address(address: str) -> str:
+    """``address`` as R's sockets can connect to it: an IPv4-mapped IPv6 address
+    (``::ffff:192.0.2.1``, as a dual-stack sshd reports an IPv4 client) as its IPv4
+    address; anything else as it is."""
+    try:
+        ip = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return address
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return str(mapped) if mapped is not None else address
+
+
+def is_ipv6(address: str) -> bool:
+    """Whether ``address`` is an IPv6 literal that R cannot connect to: R's
+    ``socketConnection()`` and ``serverSocket()`` use IPv4 sockets (PF_INET and
+    gethostbyname), so ``socketConnection("::1", 9)`` cannot be opened."""
+    try:
+        ip = ipaddress.ip_address(r_address(address).strip("[]"))
+    except ValueError:
+        return False
+    return ip.version == 6

@@ -54,6 +54,7 @@ class Fact:
     RSCRIPT_ERR: Final = "RSCRIPT_ERR"  # why none was found or it did not start
     T_LOOKUP: Final = "T_LOOKUP"  # uptime stamps around the search for Rscript
     R_EXIT: Final = "R_EXIT"  # R's exit status, when it was not 0
+    LOCALE: Final = "LOCALE"  # a locale the host lacks: NAME VALUE STAND-IN (R/locale.sh)
     SSH_CONNECTION: Final = "SSH_CONNECTION"  # the session's, as sshd set it
     PRIMARY: Final = "PRIMARY"  # the address the host calls back
     NPROC: Final = "NPROC"
@@ -116,6 +117,11 @@ USER_CONNECTIONS: Final = 2
 #: The most workers one relay carries (``R/launch/session.R``): a host's relay holds an R
 #: connection per worker, of R's 128; a host with more gets a relay per this many.
 RELAY_MOST_WORKERS: Final = 100
+#: The locale variables the launch hands each host (``LOCALE_VARS`` in
+#: ``R/launch/session.R``), and the check's R starts with.
+LOCALE_VARS: Final[tuple[str, ...]] = (
+    "LANG", "LC_ALL", "LC_CTYPE", "LC_COLLATE", "LC_TIME", "LC_MONETARY", "LC_MESSAGES",
+    "LC_PAPER", "LC_MEASUREMENT")
 #: The first bytes of a worker's hello (``PROOF_MAGIC`` of ``R/proof.R``).
 PROOF_MAGIC: Final = b"SCW4"
 #: The line a host's session reports a worker's end with: ``gone SLOT STATUS``
@@ -142,6 +148,7 @@ __all__ = [
     "LAUNCH_CONNECTIONS",
     "LEASE_HEARTBEAT",
     "LEASE_SILENCE",
+    "LOCALE_VARS",
     "PROOF_MAGIC",
     "PUSH_STALL",
     "RELAY_MOST_WORKERS",

@@ -26,7 +26,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
               "sshcluster.helpformat", "sshcluster.lazy")),
     # What the inventory says, and what follows from it alone.
     ("nouns", ("sshcluster.requirements", "sshcluster.inventory", "sshcluster.dump",
-               "sshcluster.connections",
+               "sshcluster.connections", "sshcluster.primary",
                "sshcluster.packages.reference", "sshcluster.containers.spec")),
     # What OpenSSH does: config, connections, host keys, the ssh command line.
     ("ssh", ("sshcluster.ssh",)),

@@ -38,7 +38,8 @@ def test_every_fact_is_a_line_the_remote_script_prints() -> None:
                          _text("sshcluster.check", "R", "probe.R"),
                          _text("sshcluster.check", "R", "callback.R"),
                          _text("sshcluster.packages", "R", "environment.R"),
-                         _text("sshcluster.containers", "probe.sh")])
+                         _text("sshcluster.containers", "probe.sh"),
+                         _text("sshcluster", "R", "locale.sh")])
     facts = {v for k, v in vars(Fact).items() if k.isupper()}
     assert all(k == v for k, v in vars(Fact).items() if k.isupper())
     assert [f for f in sorted(facts) if f"{f}=" not in sources] == []

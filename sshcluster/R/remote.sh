@@ -4,7 +4,8 @@
 # from the session's stdin first, then evaluates it with those arguments).
 # MODE is "tunnel" or "direct", START "fork" or "fresh"; NAME=VALUE pairs (the
 # primary's locale, and SSHCLUSTER_OUTPUT: where the workers' output goes) are
-# exported to R. Its stdin is the ssh session's: after the
+# exported to R (a locale this host lacks replaced by C.UTF-8 or C: locale.sh, pasted
+# before this script, as it is before the check's). Its stdin is the ssh session's: after the
 # script itself, one line of worker tokens (never on a command line, where other
 # users could read it), then, behind a reverse tunnel, "go", then a heartbeat line
 # every few seconds for as long as the primary's R session lives.
@@ -23,6 +24,8 @@ shift 8
 # sshd may hang the session up; the watchdog decides when to stop, not a HUP.
 trap '' HUP
 for kv in "$@"; do export "$kv"; done
+# (in a container, what counts is the image's locales, not the host's)
+[ -n "${SSHCLUSTER_CONTAINER:-}" ] || sshcluster_locales "$@" >/dev/null
 IFS= read -r tokens || exit 0
 [ -n "${SSHCLUSTER_CONTAINER:-}" ] || command -v "$r" >/dev/null 2>&1 || {
   echo "sshcluster: $r not found on $(uname -n) (PATH=$PATH); set rscript: in the inventory" >&2

@@ -51,7 +51,7 @@ import asyncssh
 
 from sshcluster.check.probe import Facts, r_died
 from sshcluster.check.report import StepResult
-from sshcluster.net import R_PORT_RANGE
+from sshcluster.net import R_PORT_RANGE, is_ipv6
 from sshcluster.protocol import Fact
 
 #: The longest line a worker sends: a nonce is 32 hex digits and a newline.
@@ -326,6 +326,15 @@ def callback_verdict(facts: Facts, *, complete: bool, target: str, listen_error:
                   "choose another 'port:' in the inventory (a port taken on a host cannot "
                   "be forwarded), and check that sshd there allows it "
                   "(AllowTcpForwarding yes)"))
+    seen = facts.get(Fact.PRIMARY) or ""
+    if not tunnel and is_ipv6(seen):
+        return StepResult(
+            "failed", f"{who} cannot connect to the primary's IPv6 address {seen} (where this "
+                      "host's ssh came from): R's sockets are IPv4 only",
+            facts.number(Fact.T_CALLBACK) or 0.0,
+            hint="use the reverse tunnel (tunnel: reverse, the default: the workers connect "
+                 "to 127.0.0.1 on their side), or set primary.host to the primary's IPv4 "
+                 "address")
     if Fact.CALLBACK not in facts:
         if not complete:
             return StepResult("failed", "no answer before the deadline")

@@ -54,6 +54,7 @@ from sshcluster.errors import CheckFailed, SshclusterError
 from sshcluster.inventory import AUTO, Host, Inventory
 from sshcluster.net import R_PORT_RANGE
 from sshcluster.packages.reference import Reference, reference_for
+from sshcluster.primary import refuse_ipv6_primary
 from sshcluster.protocol import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT
 from sshcluster.push.marker import start_marker
 from sshcluster.ssh.config import SshConfigError, client_settings
@@ -102,6 +103,9 @@ async def check_async(
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     tunnel = inventory.effective_tunnel == "reverse" if tunnel is None else tunnel
+    if not tunnel:  # (R on each host would call back to an address it cannot reach)
+        refuse_ipv6_primary(inventory, asked=None if inventory.effective_tunnel == "none"
+                            else "--tunnel none")
     with _config_file(ssh_config) as config:
         connector = Connector(config, KnownHostsFiles(), accept_new)
         async with CallbackListener(port=inventory.port, loopback_only=tunnel,

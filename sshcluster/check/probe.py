@@ -19,9 +19,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 
+from sshcluster.check.locale import locale_hint, locale_warning, r_locale_error
 from sshcluster.check.report import StepResult
 from sshcluster.containers.spec import Container
 from sshcluster.inventory import Host, Packages
+from sshcluster.net import r_address
 from sshcluster.packages.drift import drift, drift_verdict, host_versions
 from sshcluster.packages.reference import Reference
 from sshcluster.protocol import REMOTE_STEPS, Fact
@@ -52,6 +54,10 @@ _ENVIRONMENT_R = "".join([
         encoding="utf-8"),
     resources.files("sshcluster.packages").joinpath("R").joinpath(
         "environment.R").read_text(encoding="utf-8")])
+#: The launch's own choice of the workers' locale on a host (``sshcluster_locales``),
+#: before ``probe.sh``, so that the check's R starts as the launch's workers do.
+_LOCALE_SH = resources.files("sshcluster").joinpath("R").joinpath("locale.sh").read_text(
+    encoding="utf-8")
 #: For a host with a container: the launch's own container functions, then the check's
 #: (``step_container``, ``r_in_image``), before ``probe.sh``.
 _BOX = resources.files("sshcluster.containers")
@@ -74,6 +80,7 @@ def remote_script(
     library_root: str = "",
     container: Container | None = None,
     workdir: str | None = None,
+    locale: Sequence[str] = (),
 ) -> str:
     """Return the script that ``sh -s`` runs on a worker (sent on its stdin).
 
@@ -86,7 +93,8 @@ def remote_script(
     sshcluster's library for it under ``library_root``. With a ``container``, the engine
     and the image are checked first and R runs inside the image, as the launch's workers
     do there (``workdir`` made as the launch makes it, and mounted; without one, the login
-    directory).
+    directory). ``locale`` holds the ``NAME=VALUE`` pairs the launch hands the host
+    (:func:`sshcluster.check.locale.launch_locale`): R starts with them.
     """
     whole = max(1, int(budget))
     if reference is None:
@@ -115,11 +123,13 @@ def remote_script(
         "pull": container.pull if container else "",
         "container_options": container.options_line if container else "",
         "workdir": workdir or "",
+        "locale": " ".join(locale),
     }
     # Wrapped in { ... } </dev/null so that sh reads it whole from stdin before anything
     # runs: nothing started by it can eat the rest of the script.
     assignments = "".join(f"{name}={shell_quote(value)}\n" for name, value in data.items())
-    return "{\n" + assignments + (_CONTAINER_SH if container else "") + _SH + "} </dev/null\n"
+    return ("{\n" + assignments + (_CONTAINER_SH if container else "") + _LOCALE_SH + _SH
+            + "} </dev/null\n")
 
 
 def callback_timeout(budget: float) -> int:
@@ -231,7 +241,7 @@ def found(facts: Facts) -> Found:
     seen = (facts.get(Fact.SSH_CONNECTION) or "").split()
     return Found(ncore=_ncore(facts), rscript=facts.get(Fact.RSCRIPT) or None,
                  r_version=facts.get(Fact.R_VERSION) or None,
-                 seen_primary=seen[0] if seen else None)
+                 seen_primary=r_address(seen[0]) if seen else None)
 
 
 def rscript_step(facts: Facts, ctx: RemoteContext, complete: bool) -> StepResult:
@@ -255,10 +265,17 @@ def rscript_step(facts: Facts, ctx: RemoteContext, complete: bool) -> StepResult
                 hint="use the same R version everywhere: objects and packages built by one "
                      "R may not work in another",
             )
+        # (the workers' locale: R started with what the launch hands the host)
+        odd = locale_warning(facts.all(Fact.LOCALE), facts.other, ctx.host.label)
+        if odd is not None:
+            return StepResult("warning", f"{detail}; {odd.detail}", secs, hint=odd.hint)
         return StepResult("ok", detail, secs)
     if rscript and Fact.R_EXIT in facts:
         said = "; ".join(facts.other[-3:]) or f"exit status {facts.get(Fact.R_EXIT)}"
-        return StepResult("failed", f"{rscript} did not run: {said}", lookup)
+        return StepResult("failed", f"{rscript} did not run: {said}", lookup,
+                          hint=locale_hint(ctx.host.label, [v.split()[1] for v in
+                                                            facts.all(Fact.LOCALE)])
+                          if r_locale_error(facts.other) else None)
     return StepResult("failed", LATE if not complete else (
         "the check script gave no answer: " + ("; ".join(facts.other[-3:]) or "nothing")))
 

@@ -1,7 +1,9 @@
 # The preflight check's remote script: one function per step, every answer one
 # KEY=value line. sshcluster.check.probe prepends the data as shell variables: budget,
 # primary, primary_user, primary_ssh_port, connect_timeout, rscript, r_code, nonce,
-# port, callback_host, callback_timeout, engine (empty: no container). The nonce goes to
+# port, callback_host, callback_timeout, engine (empty: no container), locale (the
+# NAME=VALUE pairs the launch hands the host; R/locale.sh, pasted before this script,
+# exports them as the launch does, for R only). The nonce goes to
 # R in its environment only (in a container, on its stdin): the script comes on stdin,
 # so it is never on a command line that `ps` shows. The script's own stdin is done with
 # before it runs (sshcluster.check.probe wraps it in { ... } </dev/null), so R gets a
@@ -35,6 +37,9 @@ step_primary() {
   say "SSH_CONNECTION=$SSH_CONNECTION"
   set -- $SSH_CONNECTION
   [ -n "$primary" ] || primary=${1:-}
+  # (an IPv4 client as a dual-stack sshd reports it, ::ffff:192.0.2.1: R's sockets are
+  # IPv4 only, and take the IPv4 address)
+  case $primary in *:*.*) primary=${primary##*:} ;; esac
   say "PRIMARY=$primary"
 }
 
@@ -119,7 +124,9 @@ step_rscript() {
 step_r() {
   # Through a line reader: the background ssh above writes to the same stdout, and
   # only whole-line writes keep the two from mixing inside a line.
+  # (in a container the launch hands the image these variables as they are)
   { if [ -n "$engine" ]; then r_in_image 2>&1; else
+      sshcluster_locales $locale
       r_stdin '' | SSHCLUSTER_NONCE=$nonce $to "$rs" --default-packages=NULL -e "$r_boot" \
 "${callback_host:-$primary}" "$port" "$callback_timeout" 2>&1
     fi

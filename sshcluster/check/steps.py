@@ -26,6 +26,7 @@ import asyncssh
 from sshcluster.check.callback import callback_verdict, slow_lookup_warning
 from sshcluster.check.context import CheckContext, HostCheck
 from sshcluster.check.hints import DNS_HINT, TIMEOUT_HINTS, auth_hint, blame
+from sshcluster.check.locale import launch_locale
 from sshcluster.check.probe import (
     VERDICTS,
     callback_timeout,
@@ -230,7 +231,7 @@ async def _run_remote(hc: HostCheck) -> None:
         primary_user=ctx.primary_user, primary_ssh_port=inv.primary.ssh_port,
         port=0 if listener.error or hc.tunnel_error else listener.port, token=hc.nonce,
         budget=budget, reference=ctx.reference, library_root=inv.library_of(hc.host),
-        container=hc.host.container, workdir=inv.workdir)
+        container=hc.host.container, workdir=inv.workdir, locale=launch_locale(inv.locale))
     try:
         proc = await hc.conn.create_process("sh -s", encoding="utf-8", errors="replace",
                                             stderr=asyncssh.STDOUT)

@@ -56,6 +56,7 @@ r_in_image() {
     echo "sshcluster: cannot make or enter workdir $workdir on $(uname -n)"; return 126; }
   sshcluster_container_user
   eval "set -- $container_options"
+  for kv in $locale; do set -- "--env=$kv" "$@"; done  # (the launch's, as it hands them)
   r_stdin "$nonce" | $to "$sshcluster_engine" run -i --rm --label sshcluster=check \
     --label "sshcluster.user=$(id -u)" --network host "$user_opt" --pull never \
     --volume "$wd:$wd" --workdir "$wd" --entrypoint "$rs" "$@" \

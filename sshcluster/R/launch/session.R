@@ -220,7 +220,8 @@ container_assignments <- function(S, h) {
 }
 
 # NAME=VALUE for the workers' locale: the primary's own, unless the inventory
-# names one.
+# names one. (A host that lacks it gives its workers C.UTF-8 or C instead: locale.sh.
+# The check starts its R with the same, see sshcluster/check/locale.py.)
 locale_assignments <- function(locale) {
   if (!is.null(locale)) return(c(paste0("LANG=", locale), "LC_ALL="))
   values <- Sys.getenv(LOCALE_VARS)

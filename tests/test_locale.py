@@ -1,0 +1,186 @@
+"""The workers' locale: a host that lacks the primary's.
+
+The launch hands each host the primary's ``LANG`` and ``LC_*``. A host that lacks that
+locale must give its workers one it has (C.UTF-8, else C), or R warns at every start,
+and a ``~/.Rprofile`` with ``options(warn = 2)`` kills every worker. The check starts its
+R with the same variables, through the same host script (``R/locale.sh``), so that it
+says what the launch will do. The primary's locale here is one no machine has
+(``en_ZZ``: no such territory), so the test hosts, which share this machine's files,
+lack it too.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from sshcluster.bootstrap import write_bootstrap
+from sshcluster.check.locale import launch_locale
+from sshcluster.check.preflight import check
+from sshcluster.check.probe import RemoteContext, parse_facts, remote_script, rscript_step
+from sshcluster.inventory import Host, load_inventory
+from sshcluster.protocol import LOCALE_VARS
+from sshcluster.testing import Testbed
+from sshcluster.testing.fixtures import run_r_in_test, skip_or_fail
+from sshcluster.testing.leftovers import nothing_left
+
+MISSING = "en_ZZ.UTF-8"
+LOCALE_SH = resources.files("sshcluster").joinpath("R", "locale.sh").read_text("utf-8")
+#: A ~/.Rprofile as some users have it, and a line that shows the locale R started in.
+RPROFILE = 'options(warn = 2)\ncat("SEEN=", Sys.getenv("LANG"), "\\n", sep = "")\n'
+
+
+def _have(locale: str) -> bool:
+    out = subprocess.run(["locale"], env={**os.environ, "LC_ALL": locale},
+                         capture_output=True, text=True, check=False)
+    return out.stderr.strip() == ""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _missing_here() -> None:
+    if shutil.which("locale") is None:
+        skip_or_fail("needs locale(1) (libc-bin)")
+    # (else the host has it, and nothing here could fail)
+    assert not _have(MISSING), f"{MISSING} is installed on this machine"
+
+
+@pytest.mark.parametrize("shell", ["dash", "bash"])
+def test_a_locale_the_host_lacks_becomes_one_it_has(shell: str) -> None:
+    if shutil.which(shell) is None:
+        skip_or_fail(f"needs {shell}")
+    argv = [shell, "--posix"] if shell == "bash" else [shell]
+    script = (LOCALE_SH + 'sshcluster_locales "$@"\n'
+              'printf "LANG<%s> LC_ALL<%s> LC_TIME<%s> OTHER<%s>\\n" '
+              '"$LANG" "${LC_ALL-unset}" "$LC_TIME" "$OTHER"\n')
+    out = subprocess.run([*argv, "-c", script, "sh", f"LANG={MISSING}", "LC_ALL=",
+                          "LC_TIME=C.UTF-8", "OTHER=a b"],
+                         env={"PATH": os.environ["PATH"]}, capture_output=True, text=True,
+                         check=True)
+    stand_in = "C.UTF-8" if _have("C.UTF-8") else "C"
+    assert out.stdout.splitlines() == [
+        f"LOCALE=LANG {MISSING} {stand_in}",
+        f"LANG<{stand_in}> LC_ALL<> LC_TIME<C.UTF-8> OTHER<a b>"]
+
+
+def test_the_check_sends_what_the_launch_sends() -> None:
+    r = (resources.files("sshcluster").joinpath("R", "launch", "session.R")
+         .read_text("utf-8"))
+    assert all(f'"{name}"' in r for name in LOCALE_VARS)
+    assert launch_locale(None, {"LANG": MISSING, "LC_TIME": "x;rm", "LC_ALL": ""}) == [
+        f"LANG={MISSING}"]
+    assert launch_locale("C.UTF-8", {"LANG": MISSING}) == ["LANG=C.UTF-8", "LC_ALL="]
+
+
+def test_the_checks_r_starts_in_the_launchs_locale(tmp_path: Path) -> None:
+    if shutil.which("Rscript") is None:
+        skip_or_fail("needs Rscript")
+    (tmp_path / ".Rprofile").write_text(RPROFILE)
+    script = remote_script(rscript=None, r_packages=[], primary="127.0.0.1",
+                           primary_user="nobody", primary_ssh_port=1, port=0, token="t",
+                           budget=5, locale=[f"LANG={MISSING}", "LC_ALL="])
+    out = subprocess.run(["sh", "-s"], input=script, capture_output=True, text=True,
+                         env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
+                         timeout=60, cwd=tmp_path, check=True)
+    facts = parse_facts(out.stdout.splitlines())
+    assert facts.get("R_EXIT") == "0", facts.other
+    assert facts.get("SEEN") == "C.UTF-8"
+    step = rscript_step(facts, RemoteContext(Host("h1", ncore=None)), True)
+    assert step.status == "warning"
+    assert f"h1 has no locale LANG={MISSING}: its workers run in C.UTF-8" in step.detail
+    assert step.hint is not None and f"generate {MISSING} on h1" in step.hint
+
+
+def test_r_that_dies_of_its_locale_gets_a_hint() -> None:
+    facts = parse_facts([
+        "RSCRIPT=/usr/bin/Rscript", f"LOCALE=LANG {MISSING} C",
+        'Error: (converted from warning) Setting LC_CTYPE failed, using "C"',
+        "Execution halted", "R_EXIT=1"])
+    step = rscript_step(facts, RemoteContext(Host("h1", ncore=None)), True)
+    assert step.status == "failed"
+    assert step.hint is not None and f"generate {MISSING} on h1" in step.hint
+
+
+@pytest.fixture
+def warn2_user() -> Iterator[str]:
+    """A throwaway account (login shell sh) whose ~/.Rprofile has options(warn = 2), with
+    a home of its own that sshd can reach (pytest's temporary directories are root's)."""
+    name = f"scloc{secrets.token_hex(2)}"
+    home = Path(tempfile.mkdtemp(prefix=f"sshcluster-{name}-"))
+    try:
+        subprocess.run(["useradd", "--no-create-home", "--home-dir", str(home), "--shell",
+                        "/bin/sh", "--user-group",
+                        # no password, but not locked: sshd refuses a locked account ("!")
+                        "--password", "*", name], check=True, capture_output=True)
+        try:
+            (home / ".Rprofile").write_text(RPROFILE)
+            shutil.chown(home / ".Rprofile", user=name)
+            shutil.chown(home, user=name)
+            home.chmod(0o755)
+            yield name
+        finally:
+            deadline = time.monotonic() + 15  # (userdel refuses while it has a process)
+            while _processes_of(name) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
+            subprocess.run(["userdel", name], check=True, capture_output=True)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _processes_of(user: str) -> list[str]:
+    return subprocess.run(["pgrep", "-u", user], capture_output=True,
+                          text=True).stdout.split()
+
+
+def test_the_check_warns_and_the_launch_works_where_the_primarys_locale_is_missing(
+        testbed: Testbed, tmp_path: Path, warn2_user: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    tb = testbed
+    ssh_dir = Path(pwd.getpwnam(warn2_user).pw_dir) / ".ssh"
+    ssh_dir.mkdir(mode=0o700)
+    (ssh_dir / "authorized_keys").write_text(Path(f"{tb.identity_file}.pub").read_text())
+    for p in (ssh_dir, ssh_dir / "authorized_keys"):
+        shutil.chown(p, user=warn2_user)
+    hosts = tb.hosts[:2]
+    inv_path = tb.write_inventory(tmp_path / "hosts.yaml", ncore=2, extra={
+        "defaults": {"user": warn2_user, "identity_file": str(tb.identity_file), "ncore": 2},
+        "hosts": [{"host": h.address, "ssh_port": h.ssh_port} for h in hosts]})
+    ssh_config = tmp_path / "ssh_config"
+    ssh_config.write_text("Host *\n  GlobalKnownHostsFile /dev/null\n"
+                          "  IdentitiesOnly yes\n  IdentityAgent none\n")
+    inv = load_inventory(inv_path)
+    primary_locale = {"LANG": MISSING, "LC_ALL": ""}
+    for name, value in primary_locale.items():
+        monkeypatch.setenv(name, value)
+
+    # The check: each host passes, with a warning that names the locale.
+    report = check(inv, timeout=30, ssh_config=[str(ssh_config)])
+    for h in report.hosts:
+        assert h.ok, (h.label, {s: (r.status, r.detail) for s, r in h.checks.items()
+                                if r.status == "failed"})
+        rs = h.checks["rscript"]
+        assert rs.status == "warning", (rs.status, rs.detail)
+        assert f"no locale LANG={MISSING}: its workers run in C.UTF-8" in rs.detail
+        assert rs.hint is not None and "LANG=C.UTF-8" in rs.hint
+
+    # The launch, from a primary R in that locale: its workers start, in C.UTF-8.
+    cluster_r = tmp_path / "cluster.R"
+    write_bootstrap(inv, cluster_r)
+    out = run_r_in_test(
+        f'source("{cluster_r}")\n'
+        "got <- parallel::clusterEvalQ(parallelCluster, Sys.getlocale('LC_CTYPE'))\n"
+        "cat('RESULT', unique(unlist(got)), length(got), '\\n')\n"
+        "sshcluster_stop()\n", tmp_path, env=primary_locale)
+    assert out.returncode == 0, out.stderr
+    assert "RESULT C.UTF-8 4" in out.stdout, out.stdout
+    assert nothing_left(tb, marker=tmp_path) == {}
