@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import os
 import pwd
-import secrets
 import shutil
 import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -31,6 +28,7 @@ from sshcluster.check.probe import RemoteContext, parse_facts, remote_script, rs
 from sshcluster.inventory import Host, load_inventory
 from sshcluster.protocol import LOCALE_VARS
 from sshcluster.testing import Testbed
+from sshcluster.testing.accounts import authorize, throwaway_account
 from sshcluster.testing.fixtures import run_r_in_test, skip_or_fail
 from sshcluster.testing.leftovers import nothing_left
 
@@ -114,43 +112,17 @@ def test_r_that_dies_of_its_locale_gets_a_hint() -> None:
 def warn2_user() -> Iterator[str]:
     """A throwaway account (login shell sh) whose ~/.Rprofile has options(warn = 2), with
     a home of its own that sshd can reach (pytest's temporary directories are root's)."""
-    name = f"scloc{secrets.token_hex(2)}"
-    home = Path(tempfile.mkdtemp(prefix=f"sshcluster-{name}-"))
-    try:
-        subprocess.run(["useradd", "--no-create-home", "--home-dir", str(home), "--shell",
-                        "/bin/sh", "--user-group",
-                        # no password, but not locked: sshd refuses a locked account ("!")
-                        "--password", "*", name], check=True, capture_output=True)
-        try:
-            (home / ".Rprofile").write_text(RPROFILE)
-            shutil.chown(home / ".Rprofile", user=name)
-            shutil.chown(home, user=name)
-            home.chmod(0o755)
-            yield name
-        finally:
-            deadline = time.monotonic() + 15  # (userdel refuses while it has a process)
-            while _processes_of(name) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
-            subprocess.run(["userdel", name], check=True, capture_output=True)
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
-
-
-def _processes_of(user: str) -> list[str]:
-    return subprocess.run(["pgrep", "-u", user], capture_output=True,
-                          text=True).stdout.split()
+    with throwaway_account("/bin/sh", "scloc") as (name, home):
+        (home / ".Rprofile").write_text(RPROFILE)
+        shutil.chown(home / ".Rprofile", user=name)
+        yield name
 
 
 def test_the_check_warns_and_the_launch_works_where_the_primarys_locale_is_missing(
         testbed: Testbed, tmp_path: Path, warn2_user: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
     tb = testbed
-    ssh_dir = Path(pwd.getpwnam(warn2_user).pw_dir) / ".ssh"
-    ssh_dir.mkdir(mode=0o700)
-    (ssh_dir / "authorized_keys").write_text(Path(f"{tb.identity_file}.pub").read_text())
-    for p in (ssh_dir, ssh_dir / "authorized_keys"):
-        shutil.chown(p, user=warn2_user)
+    authorize(Path(pwd.getpwnam(warn2_user).pw_dir), warn2_user, tb.identity_file)
     hosts = tb.hosts[:2]
     inv_path = tb.write_inventory(tmp_path / "hosts.yaml", ncore=2, extra={
         "defaults": {"user": warn2_user, "identity_file": str(tb.identity_file), "ncore": 2},
