@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Mapping
@@ -74,9 +75,17 @@ class Client:
     def run(self, *argv: str, timeout: float = 90, env: Mapping[str, str] | None = None
             ) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` with this setup; raises ``subprocess.TimeoutExpired`` after
-        ``timeout`` seconds (the command is killed)."""
+        ``timeout`` seconds (the command is killed). ``python -m sshcluster`` in it (a
+        launch's too) is the sshcluster this process imported, from any directory."""
         return subprocess.run(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c", _ENTER, "sh",
              str(self.home), str(self.etc), str(self.hosts), *argv],
             capture_output=True, text=True, timeout=timeout, check=False, cwd=self.root,
-            env=None if env is None else dict(env))  # fmt: skip
+            env=_with_this_sshcluster(os.environ if env is None else env))  # fmt: skip
+
+
+def _with_this_sshcluster(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` with this sshcluster's checkout first on PYTHONPATH (an editable install
+    elsewhere, a worktree's tests: the command in its own directory would import that)."""
+    here = str(Path(__file__).resolve().parents[2])
+    return {**env, "PYTHONPATH": os.pathsep.join([here, *filter(None, [env.get("PYTHONPATH")])])}
