@@ -21,6 +21,7 @@ from sshcluster.packages.reference import Reference
 from sshcluster.push.marker import SharedMarker
 from sshcluster.ssh.config import ClientSettings
 from sshcluster.ssh.connect import Connector, HostKeyDecision, close_all
+from sshcluster.ssh.identities import KeyOffer
 
 
 @dataclass
@@ -62,6 +63,7 @@ class HostCheck:
         self.address: str | None = None
         self.sock: socket.socket | None = None
         self.route: dict[str, Any] = {}  # tunnel or proxy_command for asyncssh
+        self.offer: KeyOffer | None = None  # the keys ssh would offer, as the check does
         self.handshake: asyncio.Task[asyncssh.SSHClientConnection] | None = None
         self.conn: asyncssh.SSHClientConnection | None = None
         self.tunnel_error: str | None = None

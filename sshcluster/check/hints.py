@@ -10,11 +10,13 @@ on the host's own line, where it would go.
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 from sshcluster.check.report import StepResult
 from sshcluster.inventory import Host
 from sshcluster.quoting import shell_join
-from sshcluster.ssh.config import ClientSettings
+from sshcluster.ssh.config import ClientSettings, tilde_expand
+from sshcluster.ssh.identities import KeyOffer
 
 #: Hints for a step still running at the deadline.
 TIMEOUT_HINTS = {
@@ -40,7 +42,7 @@ def blame(step: str, host: Host, result: StepResult) -> StepResult:
     """``result`` with the inventory line and field to change, if it failed and one is
     to blame."""
     fields = BLAME.get(step)
-    if result.status != "failed" or not fields:
+    if result.status != "failed" or not fields or result.field:  # (the step knows)
         return result
     for name in fields:
         line = host.line_of(name)
@@ -79,4 +81,55 @@ def auth_hint(host: Host, settings: ClientSettings, path: str | None) -> str:
             f"{ssh_test_command(host, settings)}")
 
 
-__all__ = ["BLAME", "DNS_HINT", "TIMEOUT_HINTS", "auth_hint", "blame", "ssh_test_command"]
+def missing_identity(host: Host) -> str | None:
+    """The inventory's ``identity_file`` when it does not exist: ssh (``-i``) then
+    warns, and offers its default keys (``~/.ssh/id_*``) in its place."""
+    if not host.identity_file:
+        return None
+    try:
+        there = Path(tilde_expand(host.identity_file)).exists()
+    except (KeyError, ValueError):  # (~nosuchuser: ssh -G refused it at resolve)
+        there = False
+    return None if there else host.identity_file
+
+
+def auth_refused(host: Host, settings: ClientSettings, offer: KeyOffer, reason: str,
+                 path: str | None) -> StepResult:
+    """``auth`` refused: which keys ssh offered and which it passed over, and why; the
+    hint names the key to add to the agent and the ``identity_file:`` line to fix when
+    the inventory's key is the one ssh could not use."""
+    why = "" if reason.lower().startswith("permission denied") else f"{reason}; "
+    missing = missing_identity(host)
+    if missing:
+        why += (f"identity_file {missing} does not exist, so ssh offers its default keys "
+                "instead; ")
+    who = f"{settings.user}@{settings.hostname}"
+    if offer.keys:
+        detail = f"permission denied for {who} ({why}{offer.described()})"
+    else:
+        detail = (f"permission denied for {who}: ssh has no key it can offer ({why}"
+                  f"{offer.passed_over() or 'no identity file, no agent key'})")
+    ours = None if missing or not host.identity_file else tilde_expand(host.identity_file)
+    line = host.line_of("identity_file")
+    inventory = path or "the inventory"
+    fix = (f"fix 'identity_file: {host.identity_file}' on line {line} of {inventory}"
+           if line is not None else
+           f"fix identity_file: for {host.label} in {inventory}")
+    agent = offer.needs_agent()
+    blamed = bool(missing) or (ours is not None and any(p == ours for p, _ in offer.unusable))
+    if agent:
+        hint = (f"add the key to the ssh agent (ssh-add {shell_join(list(agent))}"
+                "), whose copy the launch's ssh then uses"
+                + (f", or {fix}" if blamed else ""))
+    elif blamed:
+        hint = f"{fix} (ssh offers its default keys in its place)" if missing else fix
+    else:
+        return StepResult("failed", detail, hint=auth_hint(host, settings, path))
+    hint += f"; test with {ssh_test_command(host, settings)}"
+    if blamed and line is not None:
+        return StepResult("failed", detail, hint=hint, line=line, field="identity_file")
+    return StepResult("failed", detail, hint=hint)
+
+
+__all__ = ["BLAME", "DNS_HINT", "TIMEOUT_HINTS", "auth_hint", "auth_refused", "blame",
+           "missing_identity", "ssh_test_command"]

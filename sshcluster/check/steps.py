@@ -25,7 +25,13 @@ import asyncssh
 
 from sshcluster.check.callback import callback_verdict, slow_lookup_warning
 from sshcluster.check.context import CheckContext, HostCheck
-from sshcluster.check.hints import DNS_HINT, TIMEOUT_HINTS, auth_hint, blame
+from sshcluster.check.hints import (
+    DNS_HINT,
+    TIMEOUT_HINTS,
+    auth_refused,
+    blame,
+    missing_identity,
+)
 from sshcluster.check.locale import launch_locale
 from sshcluster.check.probe import (
     VERDICTS,
@@ -44,6 +50,7 @@ from sshcluster.push.shared import shared_dir_step
 from sshcluster.ssh.command import ssh_command
 from sshcluster.ssh.config import client_settings
 from sshcluster.ssh.connect import host_decision
+from sshcluster.ssh.identities import KeyOffer
 
 # --------------------------------------------------------------------------- the steps
 
@@ -154,7 +161,8 @@ async def hostkey(hc: HostCheck) -> StepResult:
     if hc.key_problem:
         return StepResult("failed", hc.key_problem,
                           hint="see 'What the check cannot mirror' in docs/check.md")
-    kw = await hc.ctx.connector.options(s, decision, hc.opened)
+    hc.offer = await hc.ctx.connector.key_offer(s, hc.opened)
+    kw = await hc.ctx.connector.options(s, decision, hc.opened, hc.offer)
     sock, hc.sock = hc.sock, None  # the connection owns it now
     hc.handshake = asyncio.ensure_future(asyncssh.connect(sock=sock, **hc.route, **kw))
     kex = asyncio.ensure_future(decision.kex_done.wait())
@@ -186,23 +194,29 @@ async def hostkey(hc: HostCheck) -> StepResult:
 
 
 async def auth(hc: HostCheck) -> StepResult:
-    """``auth``: non-interactive login as ssh's user, with the keys ssh would offer."""
+    """``auth``: non-interactive login as ssh's user, with the keys ssh would offer, in
+    its order (see :mod:`sshcluster.ssh.identities`)."""
     assert hc.handshake is not None and hc.settings is not None
     s = hc.settings
     try:
         hc.conn = await hc.handshake
     except asyncssh.PermissionDenied as e:
-        skipped = hc.ctx.connector.skipped
-        tried = [f"{f} ({skipped[f]})" if f in skipped else f
-                 for f in (*s.identity_files, *s.certificate_files)]
-        agent = "" if s.identities_only or not s.identity_agent else "the ssh agent, "
-        why = "" if e.reason.lower().startswith("permission denied") else f"{e.reason}; "
-        return StepResult(
-            "failed", f"permission denied for {s.user}@{s.hostname} ({why}tried "
-                      f"{agent}{', '.join(tried) or 'no identity file'})",
-            hint=auth_hint(hc.host, s, hc.ctx.inventory.path))
+        return auth_refused(hc.host, s, hc.offer or KeyOffer(), e.reason,
+                            hc.ctx.inventory.path)
     except (asyncssh.Error, OSError) as e:
         return _connection_failed(e)
+    missing = missing_identity(hc.host)
+    if missing:  # (ssh logs in, but not with the key the inventory names)
+        line = hc.host.line_of("identity_file")
+        return StepResult(
+            "warning", f"logged in as {s.user}, but identity_file {missing} does not exist: "
+                       f"ssh offers its default keys instead ({hc.offer.described()})"
+                       if hc.offer else f"logged in as {s.user}, but identity_file "
+                       f"{missing} does not exist",
+            hint=f"fix 'identity_file: {hc.host.identity_file}'"
+                 + (f" on line {line} of {hc.ctx.inventory.path or 'the inventory'}"
+                    if line is not None else ""),
+            line=line, field="identity_file")
     return StepResult("ok", f"logged in as {s.user}")
 
 

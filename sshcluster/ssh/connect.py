@@ -16,12 +16,10 @@ trust, so that anything slipping past the hook is refused, never accepted.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import asyncssh
@@ -31,6 +29,7 @@ from asyncssh.mac import get_mac_algs
 from asyncssh.public_key import get_certificate_algs, get_public_key_algs
 
 from sshcluster.ssh.config import ClientSettings, SshConfigError, client_settings, split_hop
+from sshcluster.ssh.identities import KeyFiles, KeyOffer, identity_public_key, key_offer
 from sshcluster.ssh.keyblob import ssh_string
 from sshcluster.ssh.keycheck import HostKeyVerdict, verify
 from sshcluster.ssh.knownhosts import KnownHostsFiles, TrustPolicy, order_host_key_algorithms
@@ -177,14 +176,16 @@ class Connector:
     files: KnownHostsFiles
     accept_new: bool
     default_host_key_algs: tuple[str, ...] = ()
-    _keys: dict[str, list[asyncssh.SSHKeyPair]] = field(default_factory=dict)
-    #: Identity files ssh would skip too, and why (a passphrase, unreadable).
-    skipped: dict[str, str] = field(default_factory=dict)
+    key_files: KeyFiles = field(default_factory=KeyFiles)
+
     async def options(self, settings: ClientSettings, decision: HostKeyDecision,
-                      opened: list[Any]) -> dict[str, Any]:
-        """asyncssh connect options for ssh's ``settings`` (without sock/tunnel/proxy).
-        An agent connection it opens is added to ``opened``, for its owner to close
+                      opened: list[Any], offer: KeyOffer | None = None) -> dict[str, Any]:
+        """asyncssh connect options for ssh's ``settings`` (without sock/tunnel/proxy),
+        offering the keys of ``offer`` (by default :meth:`key_offer`'s). An agent
+        connection it opens is added to ``opened``, for its owner to close
         (:func:`close_all`)."""
+        if offer is None:
+            offer = await self.key_offer(settings, opened)
         order = settings.host_key_algorithms
         reordered = tuple(order_host_key_algorithms(decision.policy, order))
         reorders = _ssh_reorders(order, self.default_host_key_algs,
@@ -200,9 +201,10 @@ class Connector:
             "known_hosts": ([], [], []),  # the hook decides; asyncssh trusts nothing
             "server_host_key_algs": [a for a in order if a in SUPPORTED_HOST_KEY_ALGS],
             "client_factory": lambda: HostKeyClient(decision),
-            "client_keys": await self.client_keys(settings, opened),
-            "agent_path": None if settings.identities_only else settings.identity_agent,
-            "public_key_auth": settings.get("pubkeyauthentication", "true") != "false",
+            # Exactly ssh's keys, agent keys among them: asyncssh would add every agent
+            # key in front of them, and load ~/.ssh/id_* for an empty list (None: none).
+            "client_keys": list(offer.keys) or None, "agent_path": None,
+            "public_key_auth": bool(offer.keys),
             "password_auth": False, "kbdint_auth": False, "gss_auth": False,
             "host_based_auth": False, "connect_timeout": None,
         }
@@ -212,58 +214,11 @@ class Connector:
                 kw[name] = wanted
         return kw
 
-    async def client_keys(self, settings: ClientSettings, opened: list[Any],
-                          ) -> list[asyncssh.SSHKeyPair]:
-        """The keys ssh offers: the identity files it can read without a passphrase
-        (with their certificates), and with IdentitiesOnly the agent's copies of them."""
-        certificates = [c for c in settings.certificate_files if Path(c).is_file()]
-        keys: list[asyncssh.SSHKeyPair] = []
-        for path in settings.identity_files:
-            cache = f"{path}\0{':'.join(certificates)}"
-            if cache not in self._keys:
-                self._keys[cache] = self._load(path, certificates)
-            keys += self._keys[cache]
-        if settings.identities_only and settings.identity_agent:
-            keys += await self._agent_copies(settings, opened)
-        return keys
-
-    def _load(self, path: str, certificates: list[str]) -> list[asyncssh.SSHKeyPair]:
-        if not Path(path).exists():
-            return []  # ssh passes over missing identity files (the defaults) silently
-        try:
-            pairs = list(asyncssh.load_keypairs([path], certlist=certificates,
-                                                ignore_encrypted=True))
-        except (OSError, ValueError, asyncssh.KeyImportError) as e:
-            with contextlib.suppress(OSError, ValueError, ArithmeticError,
-                                     asyncssh.KeyImportError):
-                asyncssh.read_public_key(path)
-                return []  # (a public key: ssh signs with the agent's copy of it)
-            said = str(e)
-            self.skipped[path] = ("has a passphrase, which BatchMode cannot ask for"
-                                  if "assphrase" in said or "bcrypt" in said or
-                                  "ncrypt" in said else f"cannot be read: {said}")
-            return []
-        if not pairs:
-            self.skipped[path] = "has a passphrase, which BatchMode cannot ask for"
-        return pairs
-
-    async def _agent_copies(self, settings: ClientSettings, opened: list[Any],
-                            ) -> list[asyncssh.SSHKeyPair]:
-        wanted = {key for key in map(identity_public_key, settings.identity_files) if key}
-        if not wanted:
-            return []
-        try:
-            agent = await asyncssh.connect_agent(settings.identity_agent or "")
-        except (OSError, asyncssh.Error):
-            return []
-        if agent is None:
-            return []
-        opened.append(agent)
-        try:
-            pairs = await agent.get_keys()
-        except (OSError, asyncssh.Error):
-            return []
-        return [k for k in pairs if k.public_data in wanted]
+    async def key_offer(self, settings: ClientSettings, opened: list[Any]) -> KeyOffer:
+        """The keys ssh with ``settings`` offers, in its order (see
+        :mod:`sshcluster.ssh.identities`); an agent connection it opens is added to
+        ``opened``."""
+        return await key_offer(settings, self.key_files, opened)
 
     async def jump(self, spec: str, deadline: float, opened: list[Any],
                    ) -> tuple[asyncssh.SSHClientConnection | None, str]:
@@ -282,7 +237,8 @@ class Connector:
         decision = HostKeyDecision(
             trust_policy(settings, self.files, record_to=files[0] if files else None),
             self.accept_new)
-        kw = await self.options(settings, decision, opened)
+        offer = await self.key_offer(settings, opened)
+        kw = await self.options(settings, decision, opened, offer)
         tunnel: asyncssh.SSHClientConnection | None = None
         if settings.proxy_jump:
             tunnel, why = await self.jump(settings.proxy_jump, deadline, opened)
@@ -301,7 +257,8 @@ class Connector:
             return None, f"{name}: " + (decision.verdict.detail if decision.verdict
                                         else e.reason)
         except asyncssh.PermissionDenied as e:
-            return None, f"{name}: permission denied for {settings.user} ({e.reason})"
+            return None, (f"{name}: permission denied for {settings.user} ({e.reason}; "
+                          f"{offer.described()})")
         except (asyncssh.Error, OSError) as e:
             return None, f"{name}: {getattr(e, 'reason', '') or e}"
         opened.append(conn)  # (the hops before it already are)
@@ -338,42 +295,6 @@ def _ssh_reorders(algorithms: Sequence[str], default: Sequence[str], *,
     return None
 
 
-def identity_public_key(path: str) -> bytes | None:
-    """The public key an IdentityFile stands for, as ssh finds it (sshkey_load_public):
-    the file itself when it is a public key (IdentityFile ~/.ssh/x.pub, as password
-    managers' agents are set up), else FILE.pub, else the public key an OpenSSH private
-    key file holds unencrypted in its head (a key with a passphrase, loaded in the agent,
-    whose .pub is gone)."""
-    for candidate in (path, path + ".pub"):
-        with contextlib.suppress(OSError, ValueError, ArithmeticError,
-                                 asyncssh.KeyImportError):
-            return bytes(asyncssh.read_public_key(candidate).public_data)
-    try:
-        text = Path(path).read_text(encoding="ascii", errors="strict")[:65536]
-    except (OSError, ValueError):
-        return None
-    found = re.search(r"-----BEGIN OPENSSH PRIVATE KEY-----(.*?)-----END OPENSSH PRIVATE "
-                      r"KEY-----", text, re.S)
-    try:
-        blob = base64.b64decode("".join(found.group(1).split()) if found else "",
-                                validate=True)
-        magic = b"openssh-key-v1\0"
-        if not blob.startswith(magic):
-            return None
-        at = len(magic)
-        for _ in range(3):  # cipher, kdf, kdf options
-            at += 4 + int.from_bytes(blob[at:at + 4], "big")
-        if int.from_bytes(blob[at:at + 4], "big") < 1:  # (how many keys)
-            return None
-        size = int.from_bytes(blob[at + 4:at + 8], "big")
-        public = blob[at + 8:at + 8 + size]
-        kind = public[4:4 + int.from_bytes(public[:4], "big")].decode("ascii")
-        key = asyncssh.import_public_key(f"{kind} {base64.b64encode(public).decode()}")
-        return bytes(key.public_data)
-    except (ValueError, ArithmeticError, asyncssh.KeyImportError):  # (a broken file)
-        return None
-
-
 __all__ = [
     "SUPPORTED_HOST_KEY_ALGS",
     "Connector",
@@ -381,6 +302,7 @@ __all__ = [
     "HostKeyDecision",
     "command_file",
     "host_decision",
+    "identity_public_key",
     "trust_policy",
 ]
 
