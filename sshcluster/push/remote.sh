@@ -6,8 +6,12 @@
 #   scan DEST TOP...     print "sshcluster-push-hash sha256|b2" (the hash receive checks
 #                        with), then "KIND SIZE MTIME MODE PATH" for every file,
 #                        link and directory under DEST/TOP (nothing if DEST is missing)
-#   sums DEST            stdin: paths under DEST, one a line; print sha256sum lines
+#   sums DEST EVERY      stdin: paths under DEST, one a line; print sha256sum lines
 #   touch DEST           stdin: "MTIME PATH" lines; set those modification times
+#                        These three print "sshcluster-push-progress VALUE" lines on
+#                        stderr, VALUE changing as the work moves (sums: every EVERY
+#                        seconds, the bytes its hash has read): the primary gives a host
+#                        up once its progress has not moved for its stall limit.
 #   receive DEST LABEL [NEXT...]
 #                        stdin: a tar stream whose last members are .sshcluster-push-b2sums
 #                        (where a host checks with b2sum) and .sshcluster-push-sums.
@@ -45,8 +49,11 @@ pick_sum() {
   fi
 }
 
+progress() { printf 'sshcluster-push-progress %s\n' "$1" >&2; }
+
 case $mode in
 scan)
+  progress start
   pick_sum
   echo "sshcluster-push-hash $kind"
   cd -- "$dest" 2>/dev/null || exit 0
@@ -58,15 +65,35 @@ scan)
   done | sed 's|^\(\([^ ]* \)\{4\}\)\./|\1|'
   exit 0 ;;
 sums)
+  progress start
   cd -- "$dest" || exit 1
-  tr '\n' '\0' | xargs -0 -r sha256sum --
+  # Beside the hashing, every $1 seconds: the bytes the running sha256sum has read (its
+  # pid in $pidf, written as xargs starts it), as Linux counts them (/proc/PID/io; a
+  # host without it reports a new value only with each sha256sum xargs starts). A
+  # report that cannot be written (the primary gone) stops the hashing.
+  pidf=$(mktemp "${TMPDIR:-/tmp}/sshcluster-push.XXXXXX") || exit 1
+  trap 'rm -f -- "$pidf"' EXIT
+  ( trap - EXIT
+    while sleep "${1:-5}" >/dev/null 2>&1; do
+      pid=$(cat -- "$pidf" 2>/dev/null)
+      got=$(sed -n 's/^rchar: //p' "/proc/${pid:-0}/io" 2>/dev/null)
+      progress "${pid:-none} ${got:-?}" || {
+        [ -z "$pid" ] || { kill "$pid"; kill -s CONT "$pid"; } 2>/dev/null; exit 0; }
+    done ) &
+  reports=$!
+  tr '\n' '\0' | xargs -0 -r sh -c 'echo $$ >"$0" && exec sha256sum -- "$@"' "$pidf"
+  kill "$reports" 2>/dev/null
   exit 0 ;;
 touch)
+  progress start
   cd -- "$dest" || exit 1
   # (the path is all after the first space, spaces at either end included; one that
   # cannot be touched does not stop the others)
-  bad=0
-  while IFS= read -r l; do touch -m -h -d "@${l%% *}" -- "${l#* }" || bad=1; done
+  bad=0 n=0
+  while IFS= read -r l; do
+    touch -m -h -d "@${l%% *}" -- "${l#* }" || bad=1
+    n=$((n + 1)); [ $((n % 200)) != 0 ] || progress "$n"
+  done
   exit $bad ;;
 receive) ;;
 *) echo "sshcluster push: unknown mode $mode" >&2; exit 2 ;;
