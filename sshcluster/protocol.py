@@ -142,6 +142,10 @@ PUSH_STALL: Final = 300
 #: progress has not moved for :data:`PUSH_STALL` seconds, however long the whole takes
 #: (hashing a re-timestamped 200 GB takes its time; a stopped or stuck one never ends).
 PUSH_REPORTS_PER_STALL: Final = 4
+#: Seconds a host's receive waits for another push into the same DEST there to end (a
+#: lock in DEST, ``push/remote.sh``) before that host fails, naming DEST: half the stall
+#: limit, since a host that waits reads none of the data meanwhile.
+PUSH_LOCK_WAIT: Final = PUSH_STALL // 2
 #: The first word of those progress lines (on the session's stderr).
 PUSH_PROGRESS: Final = "sshcluster-push-progress"
 #: Seconds a push session may take to say its first word (the ssh login, the script
@@ -155,6 +159,7 @@ __all__ = [
     "LEASE_SILENCE",
     "PROOF_MAGIC",
     "PUSH_FIRST_ANSWER",
+    "PUSH_LOCK_WAIT",
     "PUSH_PROGRESS",
     "PUSH_REPORTS_PER_STALL",
     "PUSH_STALL",

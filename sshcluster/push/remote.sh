@@ -1,7 +1,7 @@
 # sshcluster push, on each host: POSIX sh and standard tools (GNU find, tar, xargs,
 # awk, sha256sum or b2sum, openssl and perl where present, tee, mv), nothing else. The
 # launch's read_script.sh has read this script from the session's stdin into $S (with
-# $READ_SCRIPT and $FORWARD_PL, forward.pl, set before it); what follows
+# $READ_SCRIPT, $FORWARD_PL, forward.pl, and $PUSH_LOCK_WAIT set before it); what follows
 # on stdin is for the mode:
 #   scan DEST TOP...     print "sshcluster-push-hash sha256|b2" (the hash receive checks
 #                        with), then "KIND SIZE MTIME MODE PATH" for every file,
@@ -23,6 +23,8 @@
 #                        name. NEXT is the rest of a chain, four words per host (LABEL
 #                        HOST PORT USER): the stream goes on to the first of them, with
 #                        the others after it, as it arrives.
+#                        One receive into a DEST at a time: another waits for
+#                        its lock (see lock below), then fails.
 #                        Prints one verdict line per host, this one's first:
 #                        "sshcluster-push<TAB>LABEL<TAB>ok" or "...<TAB>failed<TAB>WHY".
 # An ssh that ends (Ctrl-C on the primary, a lost link) ends the stream: tar fails, the
@@ -126,10 +128,50 @@ sweep() {
     done
   return 0
 }
+# One receive into DEST at a time (two pushes from two terminals, or from hosts that
+# share DEST over NFS: their renames would interleave). The lock: flock(1) on
+# DEST/.sshcluster-push.lock (util-linux's or BusyBox's; the kernel lets it go however
+# the push ends; the file is removed at the end, so a lock taken on a file that was
+# removed meanwhile is taken again), else a directory made by mkdir,
+# DEST/.sshcluster-push.lockdir, with its holder's host and pid in it (removed at the
+# end; one whose holder is gone from this host is taken over). Waited for
+# $PUSH_LOCK_WAIT seconds at most (the primary's share of its stall limit: meanwhile
+# nothing of the stream is read). Neither name is a staging directory's
+# (.sshcluster-push.??????): the sweep leaves them alone.
+lockf= lockdir=
+lock() {
+  waited=0
+  if command -v flock >/dev/null 2>&1; then
+    while :; do
+      { command exec 9>>"$pre/.sshcluster-push.lock"; } 2>"$work/err" || return 1
+      if flock -n 9; then
+        { [ ! -e "/proc/$$/fd/9" ] || [ "/proc/$$/fd/9" -ef "$pre/.sshcluster-push.lock" ]
+        } && { lockf=$pre/.sshcluster-push.lock; return 0; }
+      fi
+      [ "$waited" -lt "${PUSH_LOCK_WAIT:-60}" ] || return 2
+      sleep 1; waited=$((waited + 1))
+    done
+  fi
+  held=$pre/.sshcluster-push.lockdir
+  until mkdir -- "$held" 2>"$work/err"; do
+    [ -d "$held" ] || return 1
+    holder= pid=
+    read -r holder pid <"$held/owner" 2>/dev/null
+    if [ "$holder" = "$(uname -n)" ] && [ -n "$pid" ] &&
+        ! kill -0 "$pid" 2>/dev/null && [ ! -d "/proc/$pid" ]; then
+      rm -rf -- "$held"; continue
+    fi
+    [ "$waited" -lt "${PUSH_LOCK_WAIT:-60}" ] || return 2
+    sleep 1; waited=$((waited + 1))
+  done
+  lockdir=$held
+  echo "$(uname -n) $$" >"$held/owner"
+}
 work=$(mktemp -d "${TMPDIR:-/tmp}/sshcluster-push.XXXXXX") || {
   say failed "cannot make a directory in ${TMPDIR:-/tmp}"; exit 1; }
 stage=
-trap 'rm -rf -- "$work"; [ -z "$stage" ] || clear_stage "$stage"' EXIT
+trap 'rm -rf -- "$work"; [ -z "$stage" ] || clear_stage "$stage"
+  [ -z "$lockf" ] || rm -f -- "$lockf"; [ -z "$lockdir" ] || rm -rf -- "$lockdir"' EXIT
 trap 'exit 130' INT TERM HUP
 why=
 # DEST made if missing, then entered: $top is its real path, and everything below it is
@@ -139,6 +181,14 @@ if ! { mkdir -p -- "$dest" && cd -P -- "$dest" && top=$PWD && pre=${top%/} && sw
     stage=$(mktemp -d "$pre/.sshcluster-push.XXXXXX"); } 2>"$work/err"; then
   why="cannot write to $dest: $(tail -n 1 "$work/err")"
   stage=
+fi
+if [ -n "$stage" ]; then
+  lock
+  case $? in
+  1) why="cannot lock $dest: $(tail -n 1 "$work/err")" ;;
+  2) why="another push to $dest is running on $label (waited ${PUSH_LOCK_WAIT:-60} s for it): try again once it has ended" ;;
+  esac
+  [ -z "$why" ] || { clear_stage "$stage"; stage=; }
 fi
 
 next=

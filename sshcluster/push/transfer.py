@@ -36,6 +36,7 @@ from sshcluster.push.manifest import (
     parse_listing,
 )
 from sshcluster.push.result import HostPush
+from sshcluster.push.stream import lock_seconds
 from sshcluster.push.watch import Answer, Stalled, progress_every, run_watched
 from sshcluster.quoting import shell_join, shell_quote
 from sshcluster.ssh.command import SESSION_OPTIONS, openssh_version, ssh_command
@@ -61,13 +62,14 @@ _NO_SPACE = re.compile(r"tar: (?:\./)?(.+?): (?:Cannot [a-z ]+: No space left on
 
 
 def script() -> bytes:
-    """remote.sh as the hosts read it: the read-script line it passes on and the chain's
-    forwarder (forward.pl), then itself, then the end-of-script line."""
+    """remote.sh as the hosts read it: the read-script line it passes on, the chain's
+    forwarder (forward.pl) and the seconds to wait for another push into DEST, then
+    itself, then the end-of-script line."""
     here = resources.files("sshcluster.push")
     text = here.joinpath("remote.sh").read_text("utf-8")
     forward = here.joinpath("forward.pl").read_text("utf-8")
     return (f"READ_SCRIPT={shell_quote(READ_SCRIPT)}\nFORWARD_PL={shell_quote(forward)}\n"
-            f"{text}{END_OF_SCRIPT}\n").encode()
+            f"PUSH_LOCK_WAIT={lock_seconds()}\n{text}{END_OF_SCRIPT}\n").encode()
 
 
 def fast_cipher() -> list[str]:
