@@ -1,7 +1,8 @@
 # sshcluster push, on each host: POSIX sh and standard tools (GNU find, tar, xargs,
 # awk, sha256sum or b2sum, openssl and perl where present, tee, mv), nothing else. The
 # launch's read_script.sh has read this script from the session's stdin into $S (with
-# $READ_SCRIPT, $FORWARD_PL, forward.pl, and $PUSH_LOCK_WAIT set before it); what follows
+# $READ_SCRIPT, $FORWARD_PL, forward.pl, $PUSH_LOCK_WAIT and $SESSION_OPTIONS, the
+# primary's own ssh options for a session, set before it); what follows
 # on stdin is for the mode:
 #   scan DEST TOP...     print "sshcluster-push-hash sha256|b2" (the hash receive checks
 #                        with), then "KIND SIZE MTIME MODE PATH" for every file,
@@ -211,6 +212,8 @@ if [ $# -ge 4 ]; then
     esac
   fi
 
+  # (ssh with the primary's session options: a keepalive, and never the user's
+  # ControlMaster here, which with ControlPersist would outlive the push)
   # The next host gets this same script, then the stream as it arrives here; tee -p (and
   # forward.pl likewise): a host whose own tar has given up (a full disk) still passes
   # the stream on. (fd 3: an asynchronous list's own stdin would be /dev/null)
@@ -219,8 +222,8 @@ if [ $# -ge 4 ]; then
     if [ -z "$stage" ]; then cat
     elif [ -n "$fwd" ]; then perl -e "$FORWARD_PL" $fwd "$work/fifo" 4>"$work/fifo"
     else tee -p "$work/fifo"; fi <&3; } |
-    ssh -T -o BatchMode=yes -o StrictHostKeyChecking=yes -o ConnectTimeout=10 \
-      -o ServerAliveInterval=5 -o ServerAliveCountMax=3 ${gcm:+-o "Ciphers=$gcm"} \
+    ssh $SESSION_OPTIONS -o BatchMode=yes -o StrictHostKeyChecking=yes \
+      -o ConnectTimeout=10 ${gcm:+-o "Ciphers=$gcm"} \
       ${nport:+-p "$nport"} ${nuser:+-l "$nuser"} -- "$nhost" \
       "exec sh -c $(q "$READ_SCRIPT") sshcluster-push receive $(q "$dest") $(q "$nlabel")$rest" \
       >"$work/next.out" 2>"$work/next.err" &
