@@ -1,8 +1,9 @@
 # sshcluster push, on each host: POSIX sh and standard tools (GNU find, tar, xargs,
 # awk, sha256sum or b2sum, openssl and perl where present, tee, mv), nothing else. The
 # launch's read_script.sh has read this script from the session's stdin into $S (with
-# $READ_SCRIPT, $FORWARD_PL, forward.pl, $PUSH_LOCK_WAIT and $SESSION_OPTIONS, the
-# primary's own ssh options for a session, set before it); what follows
+# $READ_SCRIPT, $FORWARD_PL, forward.pl, $PUSH_LOCK_WAIT, $PUSH_ID (the push's own,
+# for the lock) and $SESSION_OPTIONS, the primary's own ssh options for a session, set
+# before it); what follows
 # on stdin is for the mode:
 #   scan DEST TOP...     print "sshcluster-push-hash sha256|b2" (the hash receive checks
 #                        with), then "KIND SIZE MTIME MODE PATH" for every file,
@@ -140,14 +141,33 @@ sweep() {
 # nothing of the stream is read). Neither name is a staging directory's
 # (.sshcluster-push.??????): the sweep leaves them alone.
 lockf= lockdir=
+# Whether the holder, as its lock says ("PUSH_ID HOST PID LABEL"), is this same push
+# ($PUSH_ID, the primary's): then for this host it is a chain's receive left behind by
+# a host lost before it, which the direct copy now under way replaces: it is ended (and
+# the lock then taken); for another host that shares DEST both place the same files,
+# side by side: no lock is needed between them (0: go on without it).
+same_push() {
+  id= holder= pid= who=
+  read -r id holder pid who <"$1" 2>/dev/null
+  [ -n "${PUSH_ID:-}" ] && [ "$id" = "$PUSH_ID" ] || return 1
+  [ "$who" = "$label" ] && [ "$holder" = "$(uname -n)" ] || return 0
+  kill "$pid" 2>/dev/null
+  return 1
+}
 lock() {
   waited=0
   if command -v flock >/dev/null 2>&1; then
     while :; do
       { command exec 9>>"$pre/.sshcluster-push.lock"; } 2>"$work/err" || return 1
       if flock -n 9; then
-        { [ ! -e "/proc/$$/fd/9" ] || [ "/proc/$$/fd/9" -ef "$pre/.sshcluster-push.lock" ]
-        } && { lockf=$pre/.sshcluster-push.lock; return 0; }
+        if [ ! -e "/proc/$$/fd/9" ] || [ "/proc/$$/fd/9" -ef "$pre/.sshcluster-push.lock" ]
+        then
+          lockf=$pre/.sshcluster-push.lock
+          printf '%s %s %s %s\n' "${PUSH_ID:--}" "$(uname -n)" "$$" "$label" >"$lockf"
+          return 0
+        fi
+      elif same_push "$pre/.sshcluster-push.lock"; then
+        exec 9>&-; return 0
       fi
       [ "$waited" -lt "${PUSH_LOCK_WAIT:-60}" ] || return 2
       sleep 1; waited=$((waited + 1))
@@ -156,8 +176,7 @@ lock() {
   held=$pre/.sshcluster-push.lockdir
   until mkdir -- "$held" 2>"$work/err"; do
     [ -d "$held" ] || return 1
-    holder= pid=
-    read -r holder pid <"$held/owner" 2>/dev/null
+    ! same_push "$held/owner" || return 0
     if [ "$holder" = "$(uname -n)" ] && [ -n "$pid" ] &&
         ! kill -0 "$pid" 2>/dev/null && [ ! -d "/proc/$pid" ]; then
       rm -rf -- "$held"; continue
@@ -166,7 +185,7 @@ lock() {
     sleep 1; waited=$((waited + 1))
   done
   lockdir=$held
-  echo "$(uname -n) $$" >"$held/owner"
+  printf '%s %s %s %s\n' "${PUSH_ID:--}" "$(uname -n)" "$$" "$label" >"$held/owner"
 }
 work=$(mktemp -d "${TMPDIR:-/tmp}/sshcluster-push.XXXXXX") || {
   say failed "cannot make a directory in ${TMPDIR:-/tmp}"; exit 1; }

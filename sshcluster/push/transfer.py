@@ -61,16 +61,17 @@ _NO_SPACE = re.compile(r"tar: (?:\./)?(.+?): (?:Cannot [a-z ]+: No space left on
                        r"Wrote only \d+ of \d+ bytes)")
 
 
-def script() -> bytes:
+def script(push_id: str = "") -> bytes:
     """remote.sh as the hosts read it: the read-script line it passes on, the chain's
-    forwarder (forward.pl), the seconds to wait for another push into DEST and the
-    ssh options of a session (the chain's hops use the primary's own), then itself,
-    then the end-of-script line."""
+    forwarder (forward.pl), the seconds to wait for another push into DEST, the push's
+    own ``push_id`` (hex: a receive of the same push is not waited for) and the ssh
+    options of a session (the chain's hops use the primary's own), then itself, then
+    the end-of-script line."""
     here = resources.files("sshcluster.push")
     text = here.joinpath("remote.sh").read_text("utf-8")
     forward = here.joinpath("forward.pl").read_text("utf-8")
     return (f"READ_SCRIPT={shell_quote(READ_SCRIPT)}\nFORWARD_PL={shell_quote(forward)}\n"
-            f"PUSH_LOCK_WAIT={lock_seconds()}\n"
+            f"PUSH_LOCK_WAIT={lock_seconds()}\nPUSH_ID={shell_quote(push_id)}\n"
             f"SESSION_OPTIONS={shell_quote(' '.join(SESSION_OPTIONS))}\n"
             f"{text}{END_OF_SCRIPT}\n").encode()
 
