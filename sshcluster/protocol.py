@@ -142,6 +142,21 @@ LEASE_HEARTBEAT: Final = LEASE_SILENCE // 4
 #: host up (its receiving end stuck: a hung disk or network mount, a stopped process;
 #: ssh's keepalive sees only a dead connection): its ssh is ended, the others go on.
 PUSH_STALL: Final = 300
+#: The same limit holds for a host's listing, hashing and setting of modification times
+#: (``push/remote.sh``'s scan, sums and touch): it reports its progress this many times
+#: per stall limit (``sshcluster-push-progress`` lines), and is given up once that
+#: progress has not moved for :data:`PUSH_STALL` seconds, however long the whole takes
+#: (hashing a re-timestamped 200 GB takes its time; a stopped or stuck one never ends).
+PUSH_REPORTS_PER_STALL: Final = 4
+#: Seconds a host's receive waits for another push into the same DEST there to end (a
+#: lock in DEST, ``push/remote.sh``) before that host fails, naming DEST: half the stall
+#: limit, since a host that waits reads none of the data meanwhile.
+PUSH_LOCK_WAIT: Final = PUSH_STALL // 2
+#: The first word of those progress lines (on the session's stderr).
+PUSH_PROGRESS: Final = "sshcluster-push-progress"
+#: Seconds a push session may take to say its first word (the ssh login, the script
+#: read): the hang guard until progress can be seen.
+PUSH_FIRST_ANSWER: Final = 120
 
 __all__ = [
     "GONE",
@@ -150,6 +165,10 @@ __all__ = [
     "LEASE_SILENCE",
     "LOCALE_VARS",
     "PROOF_MAGIC",
+    "PUSH_FIRST_ANSWER",
+    "PUSH_LOCK_WAIT",
+    "PUSH_PROGRESS",
+    "PUSH_REPORTS_PER_STALL",
     "PUSH_STALL",
     "RELAY_MOST_WORKERS",
     "REMOTE_STEPS",

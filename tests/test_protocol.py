@@ -74,3 +74,8 @@ def test_the_launch_takes_its_connection_budget_from_python() -> None:
     assert 'S$config$connections[["launch"]]' in start
     assert 'S$config$connections[["user"]]' in start
     assert not re.search(r"workers \+ \d", start)
+
+
+def test_a_push_host_reports_progress_with_the_protocols_word() -> None:
+    script = _text("sshcluster.push", "remote.sh")
+    assert f"printf '{protocol.PUSH_PROGRESS} %s\\n'" in script

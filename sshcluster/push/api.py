@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import subprocess
 import threading
 from collections.abc import Sequence
@@ -122,6 +123,8 @@ class _Run:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.streams: list[Stream] = []
         self.stopped = False
+        #: Tells the hosts' receives of this push from another push's (the lock in DEST).
+        self.id = secrets.token_hex(8)
 
     def add(self, proc: subprocess.Popen[bytes]) -> None:
         with self.lock:
@@ -188,7 +191,7 @@ def _stream(inventory: Inventory, heads: Sequence[Host], words: Sequence[Sequenc
         for h, w in zip(heads, words, strict=True):
             procs.append(Session(inventory, h).popen(w))
             sent.add(procs[-1])
-        stream = Stream(procs, script(), entries, _dirs(manifest), on_sent, b2sums)
+        stream = Stream(procs, script(sent.id), entries, _dirs(manifest), on_sent, b2sums)
         sent.streams.append(stream)
         stream.run()
         outs = []

@@ -127,6 +127,10 @@ def local_manifest(sources: Sequence[str | os.PathLike[str]]) -> Manifest:
         if not base or base in (".", ".."):
             raise PushError(f"{src!s} has no name to land under",
                             hint="name the directory itself, e.g. data rather than data/.")
+        if base.startswith(".sshcluster-push"):
+            # (the push's own names in DEST: its lock, its staging directories)
+            raise PushError(f"cannot push {src!s}: {base} is a name push keeps for itself "
+                            "in DEST", hint="rename it")
         if base in seen:
             raise PushError(f"two sources would land at {base}", hint="rename one")
         seen.add(base)

@@ -1,13 +1,19 @@
 # sshcluster push, on each host: POSIX sh and standard tools (GNU find, tar, xargs,
 # awk, sha256sum or b2sum, openssl and perl where present, tee, mv), nothing else. The
 # launch's read_script.sh has read this script from the session's stdin into $S (with
-# $READ_SCRIPT and $FORWARD_PL, forward.pl, set before it); what follows
+# $READ_SCRIPT, $FORWARD_PL, forward.pl, $PUSH_LOCK_WAIT, $PUSH_ID (the push's own,
+# for the lock) and $SESSION_OPTIONS, the primary's own ssh options for a session, set
+# before it); what follows
 # on stdin is for the mode:
 #   scan DEST TOP...     print "sshcluster-push-hash sha256|b2" (the hash receive checks
 #                        with), then "KIND SIZE MTIME MODE PATH" for every file,
 #                        link and directory under DEST/TOP (nothing if DEST is missing)
-#   sums DEST            stdin: paths under DEST, one a line; print sha256sum lines
+#   sums DEST EVERY      stdin: paths under DEST, one a line; print sha256sum lines
 #   touch DEST           stdin: "MTIME PATH" lines; set those modification times
+#                        These three print "sshcluster-push-progress VALUE" lines on
+#                        stderr, VALUE changing as the work moves (sums: every EVERY
+#                        seconds, the bytes its hash has read): the primary gives a host
+#                        up once its progress has not moved for its stall limit.
 #   receive DEST LABEL [NEXT...]
 #                        stdin: a tar stream whose last members are .sshcluster-push-b2sums
 #                        (where a host checks with b2sum) and .sshcluster-push-sums.
@@ -19,6 +25,8 @@
 #                        name. NEXT is the rest of a chain, four words per host (LABEL
 #                        HOST PORT USER): the stream goes on to the first of them, with
 #                        the others after it, as it arrives.
+#                        One receive into a DEST at a time: another waits for
+#                        its lock (see lock below), then fails.
 #                        Prints one verdict line per host, this one's first:
 #                        "sshcluster-push<TAB>LABEL<TAB>ok" or "...<TAB>failed<TAB>WHY".
 # An ssh that ends (Ctrl-C on the primary, a lost link) ends the stream: tar fails, the
@@ -45,8 +53,11 @@ pick_sum() {
   fi
 }
 
+progress() { printf 'sshcluster-push-progress %s\n' "$1" >&2; }
+
 case $mode in
 scan)
+  progress start
   pick_sum
   echo "sshcluster-push-hash $kind"
   cd -- "$dest" 2>/dev/null || exit 0
@@ -58,15 +69,35 @@ scan)
   done | sed 's|^\(\([^ ]* \)\{4\}\)\./|\1|'
   exit 0 ;;
 sums)
+  progress start
   cd -- "$dest" || exit 1
-  tr '\n' '\0' | xargs -0 -r sha256sum --
+  # Beside the hashing, every $1 seconds: the bytes the running sha256sum has read (its
+  # pid in $pidf, written as xargs starts it), as Linux counts them (/proc/PID/io; a
+  # host without it reports a new value only with each sha256sum xargs starts). A
+  # report that cannot be written (the primary gone) stops the hashing.
+  pidf=$(mktemp "${TMPDIR:-/tmp}/sshcluster-push.XXXXXX") || exit 1
+  trap 'rm -f -- "$pidf"' EXIT
+  ( trap - EXIT
+    while sleep "${1:-5}" >/dev/null 2>&1; do
+      pid=$(cat -- "$pidf" 2>/dev/null)
+      got=$(sed -n 's/^rchar: //p' "/proc/${pid:-0}/io" 2>/dev/null)
+      progress "${pid:-none} ${got:-?}" || {
+        [ -z "$pid" ] || { kill "$pid"; kill -s CONT "$pid"; } 2>/dev/null; exit 0; }
+    done ) &
+  reports=$!
+  tr '\n' '\0' | xargs -0 -r sh -c 'echo $$ >"$0" && exec sha256sum -- "$@"' "$pidf"
+  kill "$reports" 2>/dev/null
   exit 0 ;;
 touch)
+  progress start
   cd -- "$dest" || exit 1
   # (the path is all after the first space, spaces at either end included; one that
   # cannot be touched does not stop the others)
-  bad=0
-  while IFS= read -r l; do touch -m -h -d "@${l%% *}" -- "${l#* }" || bad=1; done
+  bad=0 n=0
+  while IFS= read -r l; do
+    touch -m -h -d "@${l%% *}" -- "${l#* }" || bad=1
+    n=$((n + 1)); [ $((n % 200)) != 0 ] || progress "$n"
+  done
   exit $bad ;;
 receive) ;;
 *) echo "sshcluster push: unknown mode $mode" >&2; exit 2 ;;
@@ -99,10 +130,68 @@ sweep() {
     done
   return 0
 }
+# One receive into DEST at a time (two pushes from two terminals, or from hosts that
+# share DEST over NFS: their renames would interleave). The lock: flock(1) on
+# DEST/.sshcluster-push.lock (util-linux's or BusyBox's; the kernel lets it go however
+# the push ends; the file is removed at the end, so a lock taken on a file that was
+# removed meanwhile is taken again), else a directory made by mkdir,
+# DEST/.sshcluster-push.lockdir, with its holder's host and pid in it (removed at the
+# end; one whose holder is gone from this host is taken over). Waited for
+# $PUSH_LOCK_WAIT seconds at most (the primary's share of its stall limit: meanwhile
+# nothing of the stream is read). Neither name is a staging directory's
+# (.sshcluster-push.??????): the sweep leaves them alone.
+lockf= lockdir=
+# Whether the holder, as its lock says ("PUSH_ID HOST PID LABEL"), is this same push
+# ($PUSH_ID, the primary's): then for this host it is a chain's receive left behind by
+# a host lost before it, which the direct copy now under way replaces: it is ended (and
+# the lock then taken); for another host that shares DEST both place the same files,
+# side by side: no lock is needed between them (0: go on without it).
+same_push() {
+  id= holder= pid= who=
+  read -r id holder pid who <"$1" 2>/dev/null
+  [ -n "${PUSH_ID:-}" ] && [ "$id" = "$PUSH_ID" ] || return 1
+  [ "$who" = "$label" ] && [ "$holder" = "$(uname -n)" ] || return 0
+  kill "$pid" 2>/dev/null
+  return 1
+}
+lock() {
+  waited=0
+  if command -v flock >/dev/null 2>&1; then
+    while :; do
+      { command exec 9>>"$pre/.sshcluster-push.lock"; } 2>"$work/err" || return 1
+      if flock -n 9; then
+        if [ ! -e "/proc/$$/fd/9" ] || [ "/proc/$$/fd/9" -ef "$pre/.sshcluster-push.lock" ]
+        then
+          lockf=$pre/.sshcluster-push.lock
+          printf '%s %s %s %s\n' "${PUSH_ID:--}" "$(uname -n)" "$$" "$label" >"$lockf"
+          return 0
+        fi
+      elif same_push "$pre/.sshcluster-push.lock"; then
+        exec 9>&-; return 0
+      fi
+      [ "$waited" -lt "${PUSH_LOCK_WAIT:-60}" ] || return 2
+      sleep 1; waited=$((waited + 1))
+    done
+  fi
+  held=$pre/.sshcluster-push.lockdir
+  until mkdir -- "$held" 2>"$work/err"; do
+    [ -d "$held" ] || return 1
+    ! same_push "$held/owner" || return 0
+    if [ "$holder" = "$(uname -n)" ] && [ -n "$pid" ] &&
+        ! kill -0 "$pid" 2>/dev/null && [ ! -d "/proc/$pid" ]; then
+      rm -rf -- "$held"; continue
+    fi
+    [ "$waited" -lt "${PUSH_LOCK_WAIT:-60}" ] || return 2
+    sleep 1; waited=$((waited + 1))
+  done
+  lockdir=$held
+  printf '%s %s %s %s\n' "${PUSH_ID:--}" "$(uname -n)" "$$" "$label" >"$held/owner"
+}
 work=$(mktemp -d "${TMPDIR:-/tmp}/sshcluster-push.XXXXXX") || {
   say failed "cannot make a directory in ${TMPDIR:-/tmp}"; exit 1; }
 stage=
-trap 'rm -rf -- "$work"; [ -z "$stage" ] || clear_stage "$stage"' EXIT
+trap 'rm -rf -- "$work"; [ -z "$stage" ] || clear_stage "$stage"
+  [ -z "$lockf" ] || rm -f -- "$lockf"; [ -z "$lockdir" ] || rm -rf -- "$lockdir"' EXIT
 trap 'exit 130' INT TERM HUP
 why=
 # DEST made if missing, then entered: $top is its real path, and everything below it is
@@ -112,6 +201,14 @@ if ! { mkdir -p -- "$dest" && cd -P -- "$dest" && top=$PWD && pre=${top%/} && sw
     stage=$(mktemp -d "$pre/.sshcluster-push.XXXXXX"); } 2>"$work/err"; then
   why="cannot write to $dest: $(tail -n 1 "$work/err")"
   stage=
+fi
+if [ -n "$stage" ]; then
+  lock
+  case $? in
+  1) why="cannot lock $dest: $(tail -n 1 "$work/err")" ;;
+  2) why="another push to $dest is running on $label (waited ${PUSH_LOCK_WAIT:-60} s for it): try again once it has ended" ;;
+  esac
+  [ -z "$why" ] || { clear_stage "$stage"; stage=; }
 fi
 
 next=
@@ -134,6 +231,8 @@ if [ $# -ge 4 ]; then
     esac
   fi
 
+  # (ssh with the primary's session options: a keepalive, and never the user's
+  # ControlMaster here, which with ControlPersist would outlive the push)
   # The next host gets this same script, then the stream as it arrives here; tee -p (and
   # forward.pl likewise): a host whose own tar has given up (a full disk) still passes
   # the stream on. (fd 3: an asynchronous list's own stdin would be /dev/null)
@@ -142,8 +241,8 @@ if [ $# -ge 4 ]; then
     if [ -z "$stage" ]; then cat
     elif [ -n "$fwd" ]; then perl -e "$FORWARD_PL" $fwd "$work/fifo" 4>"$work/fifo"
     else tee -p "$work/fifo"; fi <&3; } |
-    ssh -T -o BatchMode=yes -o StrictHostKeyChecking=yes -o ConnectTimeout=10 \
-      -o ServerAliveInterval=5 -o ServerAliveCountMax=3 ${gcm:+-o "Ciphers=$gcm"} \
+    ssh $SESSION_OPTIONS -o BatchMode=yes -o StrictHostKeyChecking=yes \
+      -o ConnectTimeout=10 ${gcm:+-o "Ciphers=$gcm"} \
       ${nport:+-p "$nport"} ${nuser:+-l "$nuser"} -- "$nhost" \
       "exec sh -c $(q "$READ_SCRIPT") sshcluster-push receive $(q "$dest") $(q "$nlabel")$rest" \
       >"$work/next.out" 2>"$work/next.err" &

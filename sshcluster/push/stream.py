@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import IO
 
-from sshcluster.protocol import PUSH_STALL
+from sshcluster.protocol import PUSH_LOCK_WAIT, PUSH_STALL
 from sshcluster.push.manifest import Entry, encode_names
 
 __all__ = ["B2SUMS", "SUMS", "Fanout", "tar_stream"]
@@ -58,6 +58,13 @@ def stall_seconds() -> int:
     """Seconds without progress after which a host's push is given up."""
     value = os.environ.get(STALL_ENV, "")
     return int(value) if value.isdigit() and int(value) >= 1 else PUSH_STALL
+
+
+def lock_seconds() -> int:
+    """Seconds a host waits for another push into the same DEST there: the same share of
+    :func:`stall_seconds` as :data:`~sshcluster.protocol.PUSH_LOCK_WAIT` of
+    :data:`~sshcluster.protocol.PUSH_STALL`."""
+    return max(1, stall_seconds() * PUSH_LOCK_WAIT // PUSH_STALL)
 
 
 def tar_stream(entries: Sequence[Entry], dirs: Sequence[Entry], out: IO[bytes],

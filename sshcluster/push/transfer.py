@@ -36,6 +36,8 @@ from sshcluster.push.manifest import (
     parse_listing,
 )
 from sshcluster.push.result import HostPush
+from sshcluster.push.stream import lock_seconds
+from sshcluster.push.watch import Answer, Stalled, progress_every, run_watched
 from sshcluster.quoting import shell_join, shell_quote
 from sshcluster.ssh.command import SESSION_OPTIONS, openssh_version, ssh_command
 
@@ -46,9 +48,6 @@ __all__ = ["KEEPALIVE", "Plan", "Progress", "Session", "remote_command", "script
 #: it; and never the user's ControlMaster (riding one, a session would have neither this
 #: keepalive nor the cipher; becoming one, with ControlPersist, it would outlive the push).
 KEEPALIVE = SESSION_OPTIONS
-
-#: Seconds a listing, hash or touch session may take (a hang guard).
-SMALL_TIMEOUT = 120
 
 #: Called with (host label, bytes written to its ssh so far, bytes expected).
 Progress = Callable[[str, int, int], None]
@@ -62,13 +61,18 @@ _NO_SPACE = re.compile(r"tar: (?:\./)?(.+?): (?:Cannot [a-z ]+: No space left on
                        r"Wrote only \d+ of \d+ bytes)")
 
 
-def script() -> bytes:
-    """remote.sh as the hosts read it: the read-script line it passes on and the chain's
-    forwarder (forward.pl), then itself, then the end-of-script line."""
+def script(push_id: str = "") -> bytes:
+    """remote.sh as the hosts read it: the read-script line it passes on, the chain's
+    forwarder (forward.pl), the seconds to wait for another push into DEST, the push's
+    own ``push_id`` (hex: a receive of the same push is not waited for) and the ssh
+    options of a session (the chain's hops use the primary's own), then itself, then
+    the end-of-script line."""
     here = resources.files("sshcluster.push")
     text = here.joinpath("remote.sh").read_text("utf-8")
     forward = here.joinpath("forward.pl").read_text("utf-8")
     return (f"READ_SCRIPT={shell_quote(READ_SCRIPT)}\nFORWARD_PL={shell_quote(forward)}\n"
+            f"PUSH_LOCK_WAIT={lock_seconds()}\nPUSH_ID={shell_quote(push_id)}\n"
+            f"SESSION_OPTIONS={shell_quote(' '.join(SESSION_OPTIONS))}\n"
             f"{text}{END_OF_SCRIPT}\n").encode()
 
 
@@ -145,16 +149,16 @@ class Session:
         self.argv = [*ssh_command(inventory, host), *KEEPALIVE, *fast_cipher(),
                      *(["-l", host.user] if host.user else []), "--", host.host]
 
-    def run(self, words: Sequence[str], stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
-        """Run a small mode of remote.sh (scan, sums, touch) and return its result.
+    def run(self, words: Sequence[str], stdin: bytes = b"") -> Answer:
+        """Run a small mode of remote.sh (scan, sums, touch) and return its result;
+        :class:`~sshcluster.push.watch.Stalled` when the host's progress stopped.
 
         These sessions carry names, sizes, times and hashes, never a file's content: they
         take the cheaper key exchange (:func:`fast_kex`), so that asking every host at
         once what it holds costs little (an unchanged re-push is only these)."""
         argv = [*self.argv[:-2], *fast_kex(tuple(self.argv)), *self.argv[-2:]]
         try:
-            return subprocess.run([*argv, remote_command(*words)], input=script() + stdin,
-                                  capture_output=True, timeout=SMALL_TIMEOUT, check=False)
+            return run_watched([*argv, remote_command(*words)], script() + stdin)
         except FileNotFoundError as e:
             raise _no_ssh() from e
 
@@ -174,7 +178,7 @@ def _no_ssh() -> PushError:
                      hint="install the OpenSSH client (the openssh-client package)")
 
 
-def _why_ssh(result: subprocess.CompletedProcess[bytes] | None, err: bytes) -> str:
+def _why_ssh(result: Answer | None, err: bytes) -> str:
     said = err.decode(errors="replace").strip().splitlines()
     return said[-1] if said else (f"ssh ended with status {result.returncode}"
                                   if result else "ssh ended")
@@ -216,10 +220,11 @@ def plan_host(session: Session, manifest: Manifest, dest: str, hashes: Hashes) -
     """What one host lacks, as its listing (remote.sh's scan) and, where only the
     mtime differs, its hashes say."""
     tops = sorted({e.rel.split("/", 1)[0] for e in manifest.entries})
+    label = session.host.label
     try:
         listed = session.run(["scan", dest, *tops])
-    except subprocess.TimeoutExpired:
-        return Plan(None, f"no answer to the listing within {SMALL_TIMEOUT} s")
+    except Stalled as e:
+        return Plan(None, _stalled(e, label, f"listing {dest}"))
     if listed.returncode != 0:
         return Plan(None, f"cannot list {dest} on {session.host.label}: " + _why_ssh(
             listed, listed.stderr))
@@ -233,9 +238,10 @@ def plan_host(session: Session, manifest: Manifest, dest: str, hashes: Hashes) -
         ours = {e.rel: hashes(e) for e in doubtful}
         names = encode_names("".join(f"{e.rel}\n" for e in doubtful))
         try:
-            summed = session.run(["sums", dest], names)
-        except subprocess.TimeoutExpired:
-            return Plan(None, f"no answer to the hashes within {SMALL_TIMEOUT} s")
+            summed = session.run(["sums", dest, str(progress_every())], names)
+        except Stalled as e:
+            return Plan(None, _stalled(e, label, f"hashing the files in {dest} whose "
+                                                 "modification time differs"))
         theirs = {}
         for line in decode_names(summed.stdout).split("\n"):
             digest, _, name = line.partition("  ")
@@ -248,10 +254,16 @@ def plan_host(session: Session, manifest: Manifest, dest: str, hashes: Hashes) -
             lines = encode_names("".join(f"{mtimes[r]} {r}\n" for r in same))
             try:
                 session.run(["touch", dest], lines)
-            except subprocess.TimeoutExpired:
-                return Plan(None, f"no answer to setting modification times within "
-                                  f"{SMALL_TIMEOUT} s")
+            except Stalled as e:
+                return Plan(None, _stalled(e, label, f"setting modification times in {dest}"))
     return Plan(changes(manifest, remote, same), "", b2sum)
+
+
+def _stalled(e: Stalled, label: str, doing: str) -> str:
+    if not e.answered:
+        return f"no answer from {label} within {e.seconds} s ({doing})"
+    return (f"{label} made no progress {doing} for {e.seconds} s (a process stopped, or "
+            "its disk or a mount there stuck?), so the push gave it up")
 
 
 def verdicts(out: bytes) -> dict[str, tuple[bool, str]]:

@@ -26,6 +26,16 @@ def cli_env() -> dict[str, str]:
         [here, *filter(None, [os.environ.get("PYTHONPATH")])])}
 
 
+def path_without(bindir: Path, hidden: tuple[str, ...]) -> str:
+    """A directory of links to every command in /usr/bin and /bin but ``hidden``."""
+    bindir.mkdir()
+    for d in ("/usr/bin", "/bin"):
+        for name in os.listdir(d):
+            if name not in hidden and not os.path.lexists(bindir / name):
+                os.symlink(os.path.join(d, name), bindir / name)
+    return str(bindir)
+
+
 def make_tree(root: Path, *, small: int = 200, big: int = 8 << 20) -> Path:
     """``root/data``: ``small`` small files in nested directories, one of ``big`` bytes,
     a private file, a link inside and one leading outside."""

@@ -6,7 +6,6 @@ one that arrived with a byte changed."""
 from __future__ import annotations
 
 import io
-import os
 import re
 import shutil
 import subprocess
@@ -20,19 +19,9 @@ from sshcluster.push.stream import tar_stream
 from sshcluster.push.transfer import Session, chain_words, remote_command, script, verdicts
 from sshcluster.testing.fixtures import MakeTestbed, skip_or_fail
 
-from .helpers import DEST, local_state, make_tree, remote_state
+from .helpers import DEST, local_state, make_tree, path_without, remote_state
 
 pytestmark = pytest.mark.slow
-
-
-def _path_without(bindir: Path, hidden: tuple[str, ...]) -> str:
-    """A directory of links to every command in /usr/bin and /bin but ``hidden``."""
-    bindir.mkdir()
-    for d in ("/usr/bin", "/bin"):
-        for name in os.listdir(d):
-            if name not in hidden and not os.path.lexists(bindir / name):
-                os.symlink(os.path.join(d, name), bindir / name)
-    return str(bindir)
 
 
 @pytest.mark.parametrize("hidden", [(), ("openssl",), ("openssl", "b2sum")],
@@ -44,7 +33,7 @@ def test_each_hash_keeps_a_whole_archive_and_refuses_a_changed_one(
     inv = load_inventory(tb.write_inventory(tmp_path / "hosts.yaml",
                                             extra={"workdir": DEST}))
     host = inv.hosts[0]
-    path = _path_without(tmp_path / "bin", hidden)
+    path = path_without(tmp_path / "bin", hidden)
     for tool in hidden:  # (the host sees this machine's files: the same links)
         out = subprocess.run(tb.ssh_argv(tb.hosts[0], f"PATH={path}; command -v {tool}"),
                              capture_output=True, timeout=60)
@@ -102,7 +91,7 @@ def test_a_chain_hop_passes_the_stream_on_with_or_without_perl(
     inv = load_inventory(tb.write_inventory(tmp_path / "hosts.yaml",
                                             extra={"workdir": DEST, "fanout": "chain"}))
     first, second = inv.hosts
-    path = _path_without(tmp_path / "bin", hidden)
+    path = path_without(tmp_path / "bin", hidden)
     # perl noting each time it runs with pipes on stdin and stdout, and tee each time
     # it runs (forward.pl runs tee where it cannot splice)
     ran = tmp_path / "ran"

@@ -12,10 +12,12 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 import sshcluster
 from sshcluster.inventory import load_inventory
 from sshcluster.push.manifest import local_manifest
-from sshcluster.push.stream import tar_stream
+from sshcluster.push.stream import STALL_ENV, tar_stream
 from sshcluster.push.transfer import Session, script, verdicts
 from sshcluster.testing import Testbed
 from sshcluster.testing.fixtures import MakeTestbed
@@ -124,7 +126,7 @@ def test_names_with_spaces_at_either_end_get_the_times_of_ours(
 
 
 def test_staging_left_by_a_killed_push_goes_but_not_a_live_one(
-    make_testbed: MakeTestbed, tmp_path: Path
+    make_testbed: MakeTestbed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tb = make_testbed(1, private_dirs={"/srv": "128m"})
     inv = _inventory(tb, tmp_path)
@@ -164,11 +166,15 @@ def test_staging_left_by_a_killed_push_goes_but_not_a_live_one(
     feeder.start()
     try:
         time.sleep(6)  # the leftovers, and the live one's directory, are 5 s old and more
-        # a push that counts 3 s as stale (the default is hours)
+        # a push that counts 3 s as stale (the default is hours); it sweeps, then waits
+        # for the live one's lock in DEST (1 s, with a stall limit of 2 s) and gives up
+        monkeypatch.setenv(STALL_ENV, "2")
         sweeper = Session(inv, inv.hosts[0]).popen(["receive", DEST, label])
         out, err = sweeper.communicate(b"SSHCLUSTER_PUSH_STALE=3\n" + script() +
                                        _archive([tmp_path / "a" / "data"]), timeout=120)
-        assert verdicts(out) == {label: (True, "")}, err
+        assert verdicts(out) == {label: (False, f"another push to {DEST} is running on "
+                                                f"{label} (waited 1 s for it): try again "
+                                                "once it has ended")}, err
         left = _on_host(tb, host, f"ls -A {DEST}").split()
     finally:
         done.set()
@@ -177,7 +183,9 @@ def test_staging_left_by_a_killed_push_goes_but_not_a_live_one(
     assert verdicts(out) == {label: (True, "")}, err
     assert ".sshcluster-push.Old123" not in left
     assert ".sshcluster-push.Other1" in left  # not this user's
-    assert len([n for n in left if n.startswith(".sshcluster-push.")]) == 2, left  # + live
+    # + the live one's staging directory, and its lock
+    assert len([n for n in left if n.startswith(".sshcluster-push.")]) == 3, left
+    assert ".sshcluster-push.lock" in left
     assert remote_state(tb, host)["big/x.bin"] == local_state(big)["big/x.bin"]
     assert _on_host(tb, host, f"ls -A {DEST}").split() == [
         ".sshcluster-push.Other1", "big", "data"]

@@ -196,3 +196,11 @@ def test_the_host_s_listing_follows_a_destination_that_is_a_link(tmp_path: Path)
     remote = parse_listing(listed.stdout.decode().split("\n", 1)[1])
     assert set(remote) == {"data", "data/x.csv"}
     assert (remote["data"].kind, remote["data/x.csv"].kind) == ("d", "f")
+
+
+def test_a_source_named_as_push_s_own_files_in_dest_is_refused(tmp_path: Path) -> None:
+    # (DEST/.sshcluster-push.lock is the lock a push holds there: never a user's file)
+    lock = tmp_path / ".sshcluster-push.lock"
+    lock.write_text("x\n")
+    with pytest.raises(PushError, match=r"\.sshcluster-push\.lock is a name push keeps"):
+        local_manifest([lock])

@@ -15,7 +15,7 @@ import pytest
 
 import sshcluster
 from sshcluster.inventory import load_inventory
-from sshcluster.push import api, transfer
+from sshcluster.push import api, transfer, watch
 from sshcluster.testing import Testbed
 from sshcluster.testing.fixtures import MakeTestbed
 
@@ -94,20 +94,21 @@ def test_a_host_that_stops_answering_when_told_the_mtimes_fails_alone(
     real = transfer.Session.run
 
     def run(self: transfer.Session, words: list[str], stdin: bytes = b""
-            ) -> subprocess.CompletedProcess[bytes]:
+            ) -> watch.Answer:
         if words[0] == "touch" and self.host.host == victim.address:
             tb.cut_off(victim)
         return real(self, words, stdin)
 
     monkeypatch.setattr(transfer.Session, "run", run)
-    monkeypatch.setattr(transfer, "SMALL_TIMEOUT", 3)
+    monkeypatch.setattr(watch, "PUSH_FIRST_ANSWER", 3)
     try:
         result = sshcluster.push(inv, [data])
     finally:
         tb.reconnect(victim)
     assert [(h.ok, h.detail) for h in result.hosts] == [
         (True, "unchanged"),
-        (False, "no answer to setting modification times within 3 s")], result.to_json()
+        (False, f"no answer from {inv.hosts[1].label} within 3 s (setting modification "
+                f"times in {DEST})")], result.to_json()
 
 
 def test_no_ssh_on_this_machine_is_an_error_not_a_traceback(

@@ -4,7 +4,10 @@ ssh config (the primary's and the hosts', for a chain) is the port every hop use
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import signal
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -97,5 +100,36 @@ def test_the_user_s_control_master_is_neither_used_nor_left_behind(
         for h in tb.hosts:
             client.run("ssh", "-o", "ControlPath=~/.ssh/cm-%C", "-O", "exit", h.address,
                        timeout=30)
+    for h in tb.hosts:
+        assert remote_state(tb, h) == local_state(data)
+
+
+def test_a_chain_hop_neither_uses_nor_leaves_the_host_s_control_master(
+    make_testbed: MakeTestbed, tmp_path: Path
+) -> None:
+    """The first host of a chain, whose own ssh config says ControlMaster auto and
+    ControlPersist, passes the push on with the primary's session options: no master
+    of its ssh is left there afterwards."""
+    tb = make_testbed(2, private_dirs={"/srv": "16m"}, mesh=True)
+    inventory = tb.write_inventory(tmp_path / "hosts.yaml",
+                                   extra={"workdir": DEST, "fanout": "chain"})
+    first = tb.hosts[0]
+    ssh_dir = host_dir(tb.workdir, first) / "ssh"  # its /root/.ssh
+    config = ssh_dir / "config"
+    config.write_text("Host *\n  ControlMaster auto\n  ControlPath ~/.ssh/cm-%C\n"
+                      "  ControlPersist 60\n" + config.read_text())
+    data = make_tree(tmp_path / "src", small=5, big=1 << 20)
+    try:
+        out = subprocess.run([*PUSH, str(inventory), str(data), "--json"],
+                             capture_output=True, text=True, timeout=120, env=cli_env())
+        assert out.returncode == 0, out.stdout + out.stderr
+        doc = json.loads(out.stdout)
+        assert [h["via"] for h in doc["hosts"]] == ["chain"] * 2, out.stdout
+        assert sorted(p.name for p in ssh_dir.glob("cm-*")) == []
+        assert tb.leftovers("ssh", wait=10) == {}  # (a master would stay 60 s)
+    finally:  # (a master the push left: gone now, not in 60 s)
+        for pid in tb.processes(first, "ssh"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
     for h in tb.hosts:
         assert remote_state(tb, h) == local_state(data)
