@@ -36,6 +36,8 @@ start_classic <- function(config) {
       setwd(dir)
       invisible(NULL)
     }, config$workdir)
+  # `sshcluster sync`'s library first, before register() loads anything (R/library.R)
+  if (!is.null(config$library)) use_library(cl, config$library)
   S$cluster <- cl
   S$id <- basename(tempfile("classic"))
   S$stop <- function() {
