@@ -112,6 +112,9 @@ start <- function(config) {
   # `sshcluster sync`'s library first on every worker, before anything is loaded there
   # (publish() registers future, which loads it and its dependencies: R/library.R)
   if (!is.null(config$library)) use_library(S$cluster, config$library)
+  # a worker or the primary without future or doParallel: named now, and the launch
+  # fails whole (publish() registers after ok, below)
+  check_register(union(config$register, again), S$cluster)
   S$about <- about_hosts(S)  # (for print(): one call to one worker per host)
   ok <- TRUE
   if (S$refused > 0L)
