@@ -1,8 +1,10 @@
 """The R bootstrap: an R file that a user ``source()``s on the primary to get ``parallelCluster``.
 
 :func:`render` is a pure function of the inventory and the options: the same inputs give
-the same bytes. Every value reaches R through :func:`~sshcluster.quoting.r_string` and
-the ssh command through :func:`~sshcluster.quoting.shell_quote`.
+the same bytes (with ``r_packages``, the primary's versions of them name sync's library:
+:func:`~sshcluster.launchplan.with_library`). Every value reaches R through
+:func:`~sshcluster.quoting.r_string` and the ssh command through
+:func:`~sshcluster.quoting.shell_quote`.
 
 The file is R source: a version check, the names R users know from the hand-written
 snippet (``primary``, ``machineAddresses``, ``spec``), then, in an environment of its own
@@ -51,7 +53,14 @@ from sshcluster.containers.launch import container_config, refuse_classic
 from sshcluster.errors import RenderError
 from sshcluster.files import atomic_write
 from sshcluster.inventory import AUTO, Host, Inventory
-from sshcluster.launchplan import Plan, RenderOptions, launch_plan, launch_tunnel, plan_of
+from sshcluster.launchplan import (
+    Plan,
+    RenderOptions,
+    launch_plan,
+    launch_tunnel,
+    plan_of,
+    with_library,
+)
 from sshcluster.net import R_PORT_RANGE, r_address
 from sshcluster.protocol import LAUNCH_CONNECTIONS, RELAY_MOST_WORKERS, USER_CONNECTIONS
 from sshcluster.quoting import r_long_string, r_string, shell_join
@@ -89,11 +98,15 @@ def spec_entries(inventory: Inventory) -> list[dict[str, str]]:
 def render(inventory: Inventory, options: RenderOptions | None = None) -> str:
     """Return the text of the R bootstrap file for ``inventory``.
 
+    With ``r_packages`` or a ``lockfile``, the workers load their packages first from
+    the library ``sshcluster sync`` made for them: unless the options name it (or
+    None), its name is read here (:func:`~sshcluster.launchplan.with_library`).
+
     Raises :class:`RenderError` when the inventory still has ``ncore: auto`` or
     ``primary: auto`` (run ``sshcluster render --check`` to fill them in), or when the
     options contradict each other.
     """
-    opts = options or RenderOptions()
+    opts = with_library(inventory, options or RenderOptions())
     plan = plan_of(inventory, opts)
     _require_known_ncore(inventory)
     refuse_classic(inventory, plan.launch)  # (containers)
@@ -140,11 +153,8 @@ def render(inventory: Inventory, options: RenderOptions | None = None) -> str:
     ]
     code, call = (_fast if plan.launch == "fast" else _classic)(inventory, opts, plan)
     code = [_R_SOURCES["common.R"], *code]
-    if opts.library_digest:
-        roots = list(dict.fromkeys(inventory.library_of(h) for h in inventory.hosts))
+    if opts.library_digest:  # (start() puts it first, before it registers anything)
         code += [_R_SOURCES["library_dir.R"], _R_SOURCES["library.R"]]
-        call += [f"use_library(parallelCluster, {_r_value(roots)}, "
-                 f"{r_string(opts.library_digest)})"]
     lines += in_own_environment("\n".join(code), call)
     text = "\n".join(lines)
     longest = max(len(line.encode()) for line in text.splitlines())
@@ -241,6 +251,15 @@ def _r_value(value: str | int | bool | Sequence[str] | None) -> str:
     return f"c({', '.join(r_string(v) for v in value)})" if value else "character(0)"
 
 
+def _library(inventory: Inventory, opts: RenderOptions) -> tuple[str, str]:
+    """The config field that names sync's library: each host's root and the digest."""
+    if not opts.library_digest:
+        return ("library", "NULL")
+    roots = list(dict.fromkeys(inventory.library_of(h) for h in inventory.hosts))
+    return ("library", f"list(roots = {_r_value(roots)}, "
+                       f"digest = {r_string(opts.library_digest)})")
+
+
 def _call(function: str, config: Sequence[tuple[str, str]]) -> list[str]:
     return [f"{function}(list(", *_r_items([f"{k} = {v}" for k, v in config]), "))"]
 
@@ -271,6 +290,7 @@ def _fast(inventory: Inventory, opts: RenderOptions, plan: Plan
             ("setup_timeout", _r_value(inventory.setup_timeout)),
             ("locale", _r_value(inventory.locale)),
             ("workdir", _r_value(inventory.workdir)),
+            _library(inventory, opts),
             ("register", _r_value(plan.register)),
             ("worker_output", _r_value(plan.worker_output)),
             ("lease", _r_value(plan.lease)),
@@ -301,8 +321,9 @@ def _classic(inventory: Inventory, opts: RenderOptions, plan: Plan
                                                        before_8_5=False)))),
             ("known_hosts", _known_hosts_forms(inventory)),
             ("port", port),
-            ("register", _r_value(plan.register)),
             ("workdir", _r_value(inventory.workdir)),
+            _library(inventory, opts),
+            ("register", _r_value(plan.register)),
         ]),
     ]
 
@@ -414,6 +435,7 @@ __all__ = [
     "render",
     "spec_entries",
     "ssh_command",
+    "with_library",
     "workers_note",
     "write_bootstrap",
 ]

@@ -29,7 +29,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from sshcluster import bootstrap, packages
+from sshcluster import bootstrap
 from sshcluster.check.report import CheckReport, HostReport, print_report
 from sshcluster.console import ErrorGroup, error_document, json_flag, note, quiet
 from sshcluster.errors import CheckFailed, SshclusterError
@@ -246,9 +246,7 @@ def render(inventory: str, output: str | None, launch: str | None, tunnel: str |
         register.append("future")
     if use_doparallel:
         register.append("doparallel")
-    ref = packages.reference(inv)
     options = bootstrap.RenderOptions(
-        library_digest=ref.digest if ref else None,
         launch="classic" if launch == "classic" else "fast" if launch else None,
         tunnel="reverse" if tunnel == "reverse" else "none" if tunnel else None,
         fork=fork,
@@ -260,12 +258,14 @@ def render(inventory: str, output: str | None, launch: str | None, tunnel: str |
         # options', else the inventory's, else the default's.
         route = bootstrap.launch_tunnel(inv, options) == "reverse"
         try:
-            inv = _checked(inv, timeout=timeout, accept_new=accept_new,
-                           allow_partial=allow_partial, concurrency=concurrency,
-                           tunnel=route)
+            inv, options = _checked(inv, options, timeout=timeout, accept_new=accept_new,
+                                    allow_partial=allow_partial, concurrency=concurrency,
+                                    tunnel=route)
         except CheckFailed as e:
             raise CheckFailed(f"not rendered: {e.message}", report=e.report,
                               hint=e.hint) from None
+    else:
+        options = bootstrap.with_library(inv, options)
     plan = bootstrap.plan_of(inv, options)
     warning = bootstrap.connection_note(inv, launch=plan.launch, fork=plan.fork,
                                         lease=plan.lease)
@@ -280,10 +280,11 @@ def render(inventory: str, output: str | None, launch: str | None, tunnel: str |
          f"{'(checked)' if run_check else '(not checked)'} (in R: source({output!r}))")
 
 
-def _checked(inv: Inventory, *, timeout: float, accept_new: bool, allow_partial: bool,
-             concurrency: int, tunnel: bool | None) -> Inventory:
+def _checked(inv: Inventory, options: bootstrap.RenderOptions, *, timeout: float,
+             accept_new: bool, allow_partial: bool, concurrency: int, tunnel: bool | None
+             ) -> tuple[Inventory, bootstrap.RenderOptions]:
     """Check ``inv``; return the verified inventory (its ``check_note`` goes into the
-    file's header).
+    file's header) and ``options`` with the library of the check's reference.
 
     The check reads the default ssh config (~/.ssh/config), as the generated file's ssh
     does: a host that only another config file names would pass the check and then fail
@@ -296,7 +297,7 @@ def _checked(inv: Inventory, *, timeout: float, accept_new: bool, allow_partial:
     verified = verified_inventory(report, inv, allow_partial=allow_partial)
     for host in report.failed:
         note(f"left out {host.label}: failed {', '.join(host.failed)}")
-    return verified
+    return verified, bootstrap.with_library(inv, options, report)
 
 
 @cli.command()

@@ -8,12 +8,20 @@ once: a classic launch cannot use a reverse tunnel, worker output or leases.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from sshcluster.errors import RenderError
 from sshcluster.inventory import Inventory, Launch, Register, Tunnel, worker_output
 from sshcluster.primary import refuse_ipv6_primary
 from sshcluster.ssh.command import CONNECT_TIMEOUT
+
+if TYPE_CHECKING:
+    from sshcluster.check.report import CheckReport
+
+#: :attr:`RenderOptions.library_digest`'s default: the library ``sshcluster sync`` makes
+#: for the inventory's own ``r_packages`` or ``lockfile`` (:func:`with_library`).
+INVENTORY_LIBRARY = "auto"
 
 
 @dataclass(frozen=True)
@@ -44,8 +52,10 @@ class RenderOptions:
     #: the primary's: a detached job's primary R runs on one of the hosts.
     own_ports: bool = False
     #: The content hash of the R package environment ``sshcluster sync`` gave the
-    #: hosts (``Reference.digest``): its library goes first on the workers' .libPaths().
-    library_digest: str | None = None
+    #: hosts (``Reference.digest``): its library goes first on the workers' .libPaths(),
+    #: before anything is loaded there. By default (:data:`INVENTORY_LIBRARY`) the
+    #: inventory's own (:func:`with_library`); None: the hosts' own libraries only.
+    library_digest: str | None = INVENTORY_LIBRARY
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,30 @@ class Plan:
     register: tuple[Register, ...]
     worker_output: str
     lease: bool
+
+
+def with_library(inventory: Inventory, options: RenderOptions,
+                 checked: CheckReport | None = None) -> RenderOptions:
+    """``options`` with the library the workers load their packages from first settled:
+    by default (:data:`INVENTORY_LIBRARY`) the one ``sshcluster sync`` makes for the
+    inventory's ``r_packages`` or ``lockfile`` (the digest of its reference, as sync and
+    the check name it), none when the inventory names no packages; a digest or None the
+    caller gave stays. ``checked``: the check of this inventory, whose reference is used
+    as it is (the primary's R then lists its packages once per job, not twice); without
+    it the reference is read here (the lockfile, or one Rscript run on the primary).
+
+    Every rendering path goes through here (:func:`~sshcluster.bootstrap.render` does
+    for a caller that did not), so the file and sync never disagree on the library."""
+    if options.library_digest != INVENTORY_LIBRARY:
+        return options
+    if checked is not None:
+        ref = checked.reference
+    else:
+        # (here: the packages package imports the bootstrap, which imports this module)
+        from sshcluster.packages.reference import reference
+
+        ref = reference(inventory)
+    return replace(options, library_digest=ref.digest if ref else None)
 
 
 def plan_of(inventory: Inventory, opts: RenderOptions) -> Plan:
@@ -101,4 +135,5 @@ def launch_plan(inventory: Inventory, options: RenderOptions | None = None
     return plan.launch, plan.worker_output
 
 
-__all__ = ["Plan", "RenderOptions", "launch_plan", "launch_tunnel", "plan_of"]
+__all__ = ["INVENTORY_LIBRARY", "Plan", "RenderOptions", "launch_plan", "launch_tunnel",
+           "plan_of", "with_library"]

@@ -36,6 +36,17 @@ start_classic <- function(config) {
       setwd(dir)
       invisible(NULL)
     }, config$workdir)
+  # `sshcluster sync`'s library first, before register() loads anything (R/library.R);
+  # a host without what register() needs is named, and the cluster stopped
+  ready <- tryCatch({
+    if (!is.null(config$library)) use_library(cl, config$library)
+    check_register(union(config$register, again), cl)
+    NULL
+  }, error = function(e) e)
+  if (!is.null(ready)) {
+    for (i in seq_along(cl)) try(parallel::stopCluster(cl[i]), silent = TRUE)
+    stop(ready)
+  }
   S$cluster <- cl
   S$id <- basename(tempfile("classic"))
   S$stop <- function() {

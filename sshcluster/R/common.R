@@ -61,6 +61,44 @@ registered <- function(S) {
   found
 }
 
+# The packages each registration loads, on the primary and on every worker.
+REGISTER_NEEDS <- list(doparallel = c("doParallel", "foreach"), future = "future")
+
+# Loads the packages the registrations `what` need, here and on every worker of cl (the
+# launch calls it once sshcluster's library is first there), and stops naming each
+# host that cannot, with R's reason: not future's or foreach's own error later, about
+# one worker. Returns cl; a package is loaded once in each R, so nothing is lost.
+check_register <- function(what, cl) {
+  needs <- unique(unlist(REGISTER_NEEDS[intersect(what, names(REGISTER_NEEDS))]))
+  if (!length(needs)) return(invisible(cl))
+  load <- function(needs) vapply(needs, function(p) tryCatch({
+    loadNamespace(p)
+    ""
+  }, error = function(e) conditionMessage(e)), "")
+  environment(load) <- baseenv()  # (sent to the workers: nothing of the launch's)
+  said <- c(list(load(needs)), parallel::clusterCall(cl, load, needs))
+  where <- c("this machine (the primary)", vapply(cl, function(node) {
+    host <- node[["host"]]
+    if (is.character(host) && length(host) == 1L) host else "?"
+  }, ""))
+  lines <- character()
+  for (i in seq_along(said)) for (p in needs[nzchar(said[[i]])])
+    lines <- c(lines, sprintf("  %s: %s: %s", where[[i]], p,
+                              gsub("[[:space:]]+", " ", said[[i]][[p]])))
+  lines <- unique(lines)
+  if (length(lines)) {
+    them <- if (length(needs) > 1L) "them" else "it"
+    stop(sprintf(paste0(
+      "sshcluster: register: %s needs %s here and on every worker; R could not load ",
+      "%s on:\n%s\nInstall %s there (or add %s to r_packages and run 'sshcluster sync'), ",
+      "or leave the registration out"),
+      paste(intersect(what, names(REGISTER_NEEDS)), collapse = ", "),
+      paste(needs, collapse = " and "), them, paste(lines, collapse = "\n"), them, them),
+      call. = FALSE)
+  }
+  invisible(cl)
+}
+
 register <- function(what, cl) {
   if ("doparallel" %in% what) doParallel::registerDoParallel(cl)
   if ("future" %in% what) future::plan(future::cluster, workers = cl)

@@ -2,8 +2,12 @@
 # sshcluster's library for this environment (ROOT/R-x.y/PLATFORM/OS/DIGEST for its own R
 # and OS: R/library_dir.R) first on its .libPaths() when the library is there whole (its
 # manifest is written before the rename that puts it in place); a host without it keeps
-# its own libraries, which `sshcluster check` then names.
-use_library <- function(cl, roots, digest) {
+# its own libraries, which `sshcluster check` then names. The launch calls this as soon
+# as its workers are there, before anything is registered (future::plan() loads future
+# and its dependencies on the workers) or the user's code runs: a package a worker has
+# loaded stays as it is whatever .libPaths() says later. `library` is
+# list(roots = each host's ROOT, digest = DIGEST).
+use_library <- function(cl, library) {
   where <- sshcluster_library_dir  # (R/library_dir.R: base R only)
   environment(where) <- baseenv()
   first <- function(cl) parallel::clusterCall(cl, function(roots, digest, where) {
@@ -15,7 +19,7 @@ use_library <- function(cl, roots, digest) {
       }
     }
     NA_character_
-  }, roots, digest, where)
+  }, library$roots, library$digest, where)
   first(cl)
   # the workers that sshcluster_repair() starts again get it first too (fast launch)
   if (exists("on_new_workers", inherits = TRUE)) on_new_workers(cl, first)

@@ -8,7 +8,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from sshcluster.bootstrap import write_bootstrap
+from sshcluster.bootstrap import RenderOptions, with_library, write_bootstrap
 from sshcluster.check.preflight import check, verified_inventory
 from sshcluster.errors import EC2Error
 from sshcluster.inventory import load_inventory
@@ -42,7 +42,8 @@ def verify_inventory(inventory_path: Path, instances: int, *, timeout: float = 6
                        hint="see 'sshcluster render --check' on it")
     with tempfile.TemporaryDirectory(prefix="sshcluster-verify-") as tmp:
         cluster_r = Path(tmp) / "cluster.R"
-        write_bootstrap(verified_inventory(report, inventory), cluster_r)
+        write_bootstrap(verified_inventory(report, inventory), cluster_r,
+                        with_library(inventory, RenderOptions(), report))
         script = Path(tmp) / "verify.R"
         script.write_text(_SCRIPT.format(cluster=r_string(str(cluster_r))), encoding="utf-8")
         try:

@@ -299,7 +299,7 @@ def start_detached(inventory: Inventory | str | os.PathLike[str],
     run_dir.mkdir(parents=True, mode=0o700, exist_ok=True)  # (an EC2 job's fleet.json)
     shutil.copyfile(source, run_dir / "script.R")
     render = job_render_options(ready, opts.render, f"~/{remote_dir(job.job)}/{WORKER_LOGS}",
-                                own_ports=True)
+                                checked=report, own_ports=True)
     pinv = _primary_inventory(ready, host, job.job, access)
     write_bootstrap(pinv, run_dir / "cluster.R", render)
     pindex = [h.label for h in ready.hosts].index(host.label)

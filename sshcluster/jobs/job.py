@@ -352,7 +352,7 @@ def run(inventory: Inventory | str | os.PathLike[str], script: str | os.PathLike
                                            wait_timeout=opts.wait_timeout, on_wait=waiting)
                 phase("lease")
                 write_bootstrap(ready, run_dir / "cluster.R", job_render_options(
-                    ready, opts.render, run_dir / WORKER_LOGS))
+                    ready, opts.render, run_dir / WORKER_LOGS, checked=report))
                 (run_dir / WORKER_LOGS).mkdir()
                 if opts.worker_output:
                     owner.relay = WorkerRelay(run_dir / WORKER_LOGS, stderr or sys.stderr.buffer)

@@ -14,10 +14,13 @@ import os
 import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from sshcluster.inventory import Inventory
-from sshcluster.launchplan import RenderOptions, launch_plan
+from sshcluster.launchplan import RenderOptions, launch_plan, with_library
+
+if TYPE_CHECKING:
+    from sshcluster.check.report import CheckReport
 
 #: The run directory's folder of per-host worker logs.
 WORKER_LOGS = "workers"
@@ -26,14 +29,17 @@ POLL = 0.2
 
 
 def job_render_options(inventory: Inventory, options: RenderOptions,
-                       logs: str | os.PathLike[str], *, own_ports: bool = False
-                       ) -> RenderOptions:
+                       logs: str | os.PathLike[str], *, checked: CheckReport,
+                       own_ports: bool = False) -> RenderOptions:
     """``options`` for a job's bootstrap: the workers' output comes to the primary
     and into the per-host logs in ``logs`` unless the inventory or the options send it
     to a directory on the hosts (the classic launch has no such output). The job holds
-    its hosts' leases itself, so its launch takes none. ``own_ports``: see
-    :class:`~sshcluster.bootstrap.RenderOptions`."""
-    options = replace(options, lease=False, own_ports=own_ports)
+    its hosts' leases itself, so its launch takes none. The workers load their
+    packages first from sync's library for the inventory's packages, as named by the
+    reference of the job's own check ``checked`` (the one the check compared the hosts
+    with). ``own_ports``: see :class:`~sshcluster.bootstrap.RenderOptions`."""
+    options = replace(with_library(inventory, options, checked), lease=False,
+                      own_ports=own_ports)
     launch, output = launch_plan(inventory, options)
     if launch == "fast" and output in ("none", "console"):
         return replace(options, worker_output="console", worker_logs=str(logs))

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +19,9 @@ from sshcluster.testing import Testbed
 #: What a job may leave on a host: R (workers), sh (the launch's and the lease's
 #: scripts), sleep, bash.
 LEFTOVER = "R|sh|sleep|bash"
+#: What a detached job may leave on a host: besides the launch's, the supervisor's
+#: sh, its lease sessions' ssh and cat, logs' tail.
+DETACHED_LEFTOVER = "R|sh|sleep|bash|timeout|ssh|cat|tail|stdbuf"
 #: Seconds a job on the test hosts takes at most (a hang guard, well above what it takes).
 JOB_TIMEOUT = 180.0
 
@@ -57,3 +62,18 @@ def sshcluster(args: Sequence[str], state: Path,
     """``sshcluster ARGS``, to its end (killed and failed after ``timeout``)."""
     return subprocess.run([sys.executable, "-m", "sshcluster", *args], env=env(state),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def until_state(job: str, state: Path, wanted: set[str], timeout: float = JOB_TIMEOUT
+                ) -> dict[str, object]:
+    """Detached job ``job``'s entry in ``jobs --json`` once its state is one of
+    ``wanted`` (polled; the test fails after ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        listed = sshcluster(["jobs", "--json"], state)
+        assert listed.returncode in (0, 1), listed.stderr
+        mine = next(j for j in json.loads(listed.stdout) if j["job"] == job)
+        if mine["state"] in wanted:
+            return mine
+        assert time.monotonic() < deadline, f"job {job} still {mine}"
+        time.sleep(0.5)

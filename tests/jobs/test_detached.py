@@ -26,11 +26,15 @@ from sshcluster.inventory import load_inventory
 from sshcluster.jobs import list_leases
 from sshcluster.testing import Testbed
 from sshcluster.testing.fixtures import build_testbed
-from tests.jobs.helpers import JOB_TIMEOUT, inventory, sshcluster, start
+from tests.jobs.helpers import (
+    DETACHED_LEFTOVER,
+    JOB_TIMEOUT,
+    inventory,
+    sshcluster,
+    start,
+    until_state,
+)
 
-#: What a detached job may leave on a host: besides the launch's, the supervisor's
-#: sh, its lease sessions' ssh and cat, logs' tail.
-DETACHED_LEFTOVER = "R|sh|sleep|bash|timeout|ssh|cat|tail|stdbuf"
 LOOPS = int(os.environ.get("SSHCLUSTER_DETACH_LOOPS", "1"))
 
 #: Writes a result on every host, prints, waits for a flag file (up to a minute).
@@ -73,19 +77,6 @@ def _inventory(tb: Testbed, tmp_path: Path, workdir: str | None = None) -> Path:
     return inv
 
 
-def _until_state(job: str, state: Path, wanted: set[str], timeout: float = JOB_TIMEOUT
-                 ) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    while True:
-        listed = sshcluster(["jobs", "--json"], state)
-        assert listed.returncode in (0, 1), listed.stderr
-        mine = next(j for j in json.loads(listed.stdout) if j["job"] == job)
-        if mine["state"] in wanted:
-            return mine
-        assert time.monotonic() < deadline, f"job {job} still {mine}"
-        time.sleep(0.5)
-
-
 def _nothing_left(tb: Testbed, inv: Path) -> None:
     at_once = tb.leftovers(DETACHED_LEFTOVER)
     later = tb.leftovers(DETACHED_LEFTOVER, wait=30)
@@ -110,7 +101,7 @@ def test_a_detached_job_outlives_its_user_and_is_fetched(mesh: Testbed, tmp_path
         job = json.loads(done.stdout)["job"]
         first = mesh.hosts[0].address
         assert json.loads(done.stdout)["primary"] == first
-        assert _until_state(job, state, {"running"})["primary"] == first
+        assert until_state(job, state, {"running"})["primary"] == first
         # Its R runs on the primary host; every host is leased to it.
         leases = list_leases(load_inventory(inv))
         assert {lease.holder.job if lease.holder else None for lease in leases} == {job}
@@ -124,7 +115,7 @@ def test_a_detached_job_outlives_its_user_and_is_fetched(mesh: Testbed, tmp_path
         follower.kill()
         follower.wait()
         flag.touch()
-        ended = _until_state(job, state, {"done", "failed", "stopped", "lost"})
+        ended = until_state(job, state, {"done", "failed", "stopped", "lost"})
         assert ended["state"] == "done" and ended["status"] == 0, ended
         logs = sshcluster(["logs", job], state)
         assert logs.returncode == 0 and logs.stdout.endswith("finished\n"), logs.stderr
@@ -211,7 +202,7 @@ def test_a_failing_detached_job_s_status_and_a_refusal(mesh: Testbed, tmp_path: 
                            "3"], state)
         assert done.returncode == 0, done.stderr
         job = done.stdout.strip()
-        _until_state(job, state, {"running"})
+        until_state(job, state, {"running"})
         # A second job, attached or detached, on the same hosts refuses, naming the first
         # (whether the lease or the check stops it first).
         for detach in (["--detach"], []):
@@ -221,7 +212,7 @@ def test_a_failing_detached_job_s_status_and_a_refusal(mesh: Testbed, tmp_path: 
             assert f"is leased to job {job}" in second.stderr and "script fit.R" in \
                 second.stderr, second.stderr
         flag.touch()
-        ended = _until_state(job, state, {"done", "failed", "stopped", "lost"})
+        ended = until_state(job, state, {"done", "failed", "stopped", "lost"})
         assert ended["state"] == "failed" and ended["status"] == 3, ended
     finally:
         flag.touch()
@@ -241,17 +232,17 @@ def test_a_detached_job_waits_in_line(mesh: Testbed, tmp_path: Path) -> None:
                             "0"], state)
         assert first.returncode == 0, first.stderr
         job1 = first.stdout.strip()
-        _until_state(job1, state, {"running"})
+        until_state(job1, state, {"running"})
         second = sshcluster(["run", "--detach", "--wait", str(inv), str(script), "--",
                              str(flag), "2", "0"], state)
         assert second.returncode == 0, second.stderr
         assert f"place 1 in line, behind job {job1}" in second.stderr
         job2 = second.stdout.strip()
-        waiting = _until_state(job2, state, {"waiting"})
+        waiting = until_state(job2, state, {"waiting"})
         assert f"behind job {job1}" in str(waiting["detail"])
         flag.touch()
         for job in (job1, job2):
-            assert _until_state(job, state, {"done", "failed", "stopped"})["state"] == "done"
+            assert until_state(job, state, {"done", "failed", "stopped"})["state"] == "done"
         assert sshcluster(["logs", job2], state).stdout.startswith("started 2")
     finally:
         flag.touch()
@@ -266,7 +257,7 @@ def _busy_job(tb: Testbed, tmp_path: Path, state: Path) -> tuple[Path, str]:
                        str(script)], state)
     assert done.returncode == 0, done.stderr
     job = done.stdout.strip()
-    _until_state(job, state, {"running"})
+    until_state(job, state, {"running"})
     # every worker runs its task: R on every host
     deadline = time.monotonic() + JOB_TIMEOUT
     while not all(len(tb.processes(h, "R")) >= 2 for h in tb.hosts):
@@ -332,7 +323,7 @@ def test_a_supervisor_killed_outright_leaves_nothing(mesh: Testbed, tmp_path: Pa
         os.kill(top[0], signal.SIGKILL)
         _nothing_left(mesh, inv)
         _no_r_tempdir(mesh, job, temp)  # (its watcher removed it, once all had ended)
-        listed = _until_state(job, state, {"failed", "done", "stopped"})
+        listed = until_state(job, state, {"failed", "done", "stopped"})
         assert listed["state"] == "failed" and "supervisor" in str(listed["detail"])
 
 
@@ -365,7 +356,7 @@ def test_a_job_whose_primary_host_is_lost_is_reported_lost(mesh: Testbed, tmp_pa
         record.write_text(record.read_text().replace("127.0.0.9", real))
         meta.write_text(meta.read_text().replace('"127.0.0.9"', f'"{real}"'))
         flag.touch()
-        assert _until_state(job, state, {"done", "failed"})["state"] == "done"
+        assert until_state(job, state, {"done", "failed"})["state"] == "done"
     finally:
         flag.touch()
     _nothing_left(mesh, inv)

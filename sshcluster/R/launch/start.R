@@ -109,6 +109,12 @@ start <- function(config) {
   wanted <- lapply(seq_along(n), function(h) seq_len(n[h]))
   got <- launch(S, wanted, deadline = Sys.time() + config$setup_timeout, fail_fast = TRUE)
   for (node in got) S$cluster[[node$rank]] <- node
+  # `sshcluster sync`'s library first on every worker, before anything is loaded there
+  # (publish() registers future, which loads it and its dependencies: R/library.R)
+  if (!is.null(config$library)) use_library(S$cluster, config$library)
+  # a worker or the primary without future or doParallel: named now, and the launch
+  # fails whole (publish() registers after ok, below)
+  check_register(union(config$register, again), S$cluster)
   S$about <- about_hosts(S)  # (for print(): one call to one worker per host)
   ok <- TRUE
   if (S$refused > 0L)
