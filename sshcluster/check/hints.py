@@ -38,9 +38,10 @@ BLAME: dict[str, tuple[str, ...]] = {
 
 def blame(step: str, host: Host, result: StepResult) -> StepResult:
     """``result`` with the inventory line and field to change, if it failed and one is
-    to blame."""
+    to blame (a field the step itself named, a top-level one such as ``workdir``, is
+    kept)."""
     fields = BLAME.get(step)
-    if result.status != "failed" or not fields:
+    if result.status != "failed" or not fields or result.field:
         return result
     for name in fields:
         line = host.line_of(name)
