@@ -62,7 +62,13 @@ from sshcluster.launchplan import (
     with_library,
 )
 from sshcluster.net import R_PORT_RANGE, r_address
-from sshcluster.protocol import LAUNCH_CONNECTIONS, RELAY_MOST_WORKERS, USER_CONNECTIONS
+from sshcluster.protocol import (
+    HOST_SHELL,
+    LAUNCH_CONNECTIONS,
+    RELAY_MOST_WORKERS,
+    USER_CONNECTIONS,
+    WORKER_SHARED_R,
+)
 from sshcluster.quoting import r_long_string, r_string, shell_join
 from sshcluster.ssh.command import CONNECT_TIMEOUT, known_hosts_option, ssh_command
 from sshcluster.statements import in_own_environment
@@ -177,9 +183,13 @@ MIN_R_VERSION = "4.1.0"
 #: The launcher's R code and the scripts it runs, pasted as they are into the file.
 _R_SOURCES = {
     name: resources.files("sshcluster").joinpath("R").joinpath(name).read_text(encoding="utf-8")
-    for name in ("common.R", "proof.R", "classic.R", "worker.R", "library_dir.R", "library.R",
-                 "locale.sh", "remote.sh", "supervisor.sh", "read_script.sh", "relay.pl")
+    for name in ("common.R", "proof.R", "classic.R", *WORKER_SHARED_R, "worker.R",
+                 "library_dir.R", "library.R", *HOST_SHELL, "remote.sh", "supervisor.sh",
+                 "read_script.sh", "relay.pl")
 }
+#: The fast launch's host script: the shell functions it shares with the check's, then
+#: ``R/remote.sh``.
+REMOTE_SCRIPT = "".join(_R_SOURCES[name] for name in (*HOST_SHELL, "remote.sh"))
 #: The fast launch's R code, one idea per file, pasted in this order.
 LAUNCH_FILES = ("start.R", "session.R", "accept.R", "node.R", "future.R", "stop.R",
                 "repair.R", "show.R")
@@ -200,7 +210,8 @@ def _compact(r_code: str) -> str:
 #: worker; not local(): see R/worker.R) that ``R/remote.sh`` hands R in the environment
 #: and calls. Compacted: it reaches every host on each launch.
 WORKER_CODE = "\n".join([
-    "function() {", _compact(_R_SOURCES["proof.R"]),
+    "function() {", *(_compact(_R_SOURCES[name]) for name in WORKER_SHARED_R),
+    _compact(_R_SOURCES["proof.R"]),
     # (the relay for big messages behind lanes, perl's: one R string, its comments out)
     "RELAY_PL <- " + r_string("\n".join(
         line for line in _R_SOURCES["relay.pl"].splitlines()
@@ -296,8 +307,8 @@ def _fast(inventory: Inventory, opts: RenderOptions, plan: Plan
             ("lease", _r_value(plan.lease)),
             ("worker_logs", _r_value(opts.worker_logs)),
             ("own_ports", _r_value(opts.own_ports)),
-            # remote_script (containers); locale.sh is the check's too
-            *container_config(inventory, _R_SOURCES["locale.sh"] + _R_SOURCES["remote.sh"]),
+            # remote_script (containers); its shell functions are the check's too
+            *container_config(inventory, REMOTE_SCRIPT),
             ("supervisor_script", r_long_string(_R_SOURCES["supervisor.sh"])),
             ("worker_code", r_long_string(WORKER_CODE)),
             ("read_script", r_string(READ_SCRIPT)),

@@ -33,6 +33,8 @@ STEPS: Final[tuple[str, ...]] = (
     "load",
     "reverse_ssh",
     "callback",
+    "worker_output",
+    "lease",
     "shared_dir",
     "fanout",
     "container",  # (sshcluster/containers)
@@ -41,19 +43,22 @@ STEPS: Final[tuple[str, ...]] = (
 #: host with a ``container:``, the same script checks the engine and the image first, and
 #: then runs the R steps inside the image).
 REMOTE_STEPS: Final[tuple[str, ...]] = ("rscript", "packages", "cores", "load", "reverse_ssh",
-                                        "callback", "container")
+                                        "callback", "worker_output", "lease", "container")
 
 
 class Fact:
     """The keys of the ``KEY=value`` lines the check's remote script prints
-    (``check/probe.sh``, ``check/R/probe.R``, ``check/R/callback.R`` and the packages
-    step's ``packages/R/environment.R``)."""
+    (``check/probe.sh``, ``check/R/probe.R``, ``check/R/callback.R``, the packages
+    step's ``packages/R/environment.R``, and the launch's code they share)."""
 
     # the shell part
     RSCRIPT: Final = "RSCRIPT"  # the Rscript it found
     RSCRIPT_ERR: Final = "RSCRIPT_ERR"  # why none was found or it did not start
     T_LOOKUP: Final = "T_LOOKUP"  # uptime stamps around the search for Rscript
     R_EXIT: Final = "R_EXIT"  # R's exit status, when it was not 0
+    WORKDIR_ERR: Final = "WORKDIR_ERR"  # why the workdir cannot be made or entered
+    LEASE: Final = "LEASE"  # flock's lot: 0 free, 1 held by another, else no locks here
+    LEASE_SAID: Final = "LEASE_SAID"  # the holder, or why no lock can be had
     LOCALE: Final = "LOCALE"  # a locale the host lacks: NAME VALUE STAND-IN (R/locale.sh)
     SSH_CONNECTION: Final = "SSH_CONNECTION"  # the session's, as sshd set it
     PRIMARY: Final = "PRIMARY"  # the address the host calls back
@@ -68,6 +73,9 @@ class Fact:
     # the R part
     R_VERSION: Final = "R_VERSION"
     T_RSTART: Final = "T_RSTART"
+    R_TOO_OLD: Final = "R_TOO_OLD"  # why this R cannot run the workers (R/r_version.R)
+    OUTPUT_LOG: Final = "OUTPUT_LOG"  # worker_output: the host's file (R/worker_output.R)
+    OUTPUT_ERR: Final = "OUTPUT_ERR"  # why the workers would refuse worker_output
     R_MISSING: Final = "R_MISSING"  # comma-separated
     T_PACKAGES: Final = "T_PACKAGES"
     CALLBACK: Final = "CALLBACK"  # "ok", or what went wrong
@@ -122,6 +130,15 @@ RELAY_MOST_WORKERS: Final = 100
 LOCALE_VARS: Final[tuple[str, ...]] = (
     "LANG", "LC_ALL", "LC_CTYPE", "LC_COLLATE", "LC_TIME", "LC_MONETARY", "LC_MESSAGES",
     "LC_PAPER", "LC_MEASUREMENT")
+#: The files of ``sshcluster/R`` pasted, in this order, before both the fast launch's host
+#: script (``R/remote.sh``) and the check's (``check/probe.sh``): the check tries what
+#: the launch does on a host with the launch's own shell code (the workers' locale, the
+#: workdir, the lease).
+HOST_SHELL: Final[tuple[str, ...]] = ("locale.sh", "workdir.sh", "lease.sh")
+#: The files of ``sshcluster/R`` pasted, in this order, into both the workers' R code
+#: (before ``R/worker.R``) and the check's R (before ``check/R/probe.R``): the oldest R
+#: the workers run on, and the test of ``worker_output``'s directory.
+WORKER_SHARED_R: Final[tuple[str, ...]] = ("r_version.R", "worker_output.R")
 #: The first bytes of a worker's hello (``PROOF_MAGIC`` of ``R/proof.R``).
 PROOF_MAGIC: Final = b"SCW4"
 #: The line a host's session reports a worker's end with: ``gone SLOT STATUS``
@@ -160,6 +177,7 @@ PUSH_FIRST_ANSWER: Final = 120
 
 __all__ = [
     "GONE",
+    "HOST_SHELL",
     "LAUNCH_CONNECTIONS",
     "LEASE_HEARTBEAT",
     "LEASE_SILENCE",
@@ -174,6 +192,7 @@ __all__ = [
     "REMOTE_STEPS",
     "STEPS",
     "USER_CONNECTIONS",
+    "WORKER_SHARED_R",
     "Fact",
     "SyncFact",
 ]

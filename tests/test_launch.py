@@ -29,6 +29,7 @@ import sshcluster
 from sshcluster.bootstrap import (
     END_OF_SCRIPT,
     READ_SCRIPT,
+    REMOTE_SCRIPT,
     WORKER_CODE,
     RenderOptions,
 )
@@ -447,10 +448,10 @@ def _remote_argv(rscript: str, port: int, start: str = "fork", silence: int = 40
 
 def _script() -> bytes:
     """What the supervisor sends a host first: its script (the workers' R code in $code,
-    then remote.sh) and the end-of-script line, as the R file writes it."""
-    r_dir = Path(sshcluster.__file__).parent / "R"
-    return ("code=" + shlex.quote(WORKER_CODE) + "\n" +
-            (r_dir / "remote.sh").read_text() + END_OF_SCRIPT + "\n").encode()
+    then remote.sh after the shell functions it shares with the check) and the
+    end-of-script line, as the R file writes it."""
+    return ("code=" + shlex.quote(WORKER_CODE) + "\n" + REMOTE_SCRIPT + END_OF_SCRIPT
+            + "\n").encode()
 
 
 def _all_pids() -> list[int]:

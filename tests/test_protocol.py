@@ -24,7 +24,8 @@ def test_the_runner_runs_the_steps_in_the_protocols_order() -> None:
     assert [s for s in protocol.STEPS if s in protocol.REMOTE_STEPS] == list(
         protocol.REMOTE_STEPS)
     # (callback: also the listener's record; container: sshcluster/containers/check.py)
-    assert {*VERDICTS, "callback", "container"} == set(protocol.REMOTE_STEPS)
+    assert {*VERDICTS, "callback", "worker_output", "lease", "container"} == set(
+        protocol.REMOTE_STEPS)
     assert set(IN_IMAGE) <= set(VERDICTS)
 
 

@@ -10,7 +10,9 @@ from rich.console import Console
 from sshcluster.check.report import (
     NO_CONTAINER,
     NO_FANOUT,
+    NO_LEASE,
     NO_SHARED_DIR,
+    NO_WORKER_OUTPUT,
     SKIPPED,
     STEPS,
     CheckReport,
@@ -40,6 +42,10 @@ def host_report(name: str, failed_at: str | None = None, warn: str | None = None
             checks[step] = NO_FANOUT
         elif step == "container":
             checks[step] = NO_CONTAINER
+        elif step == "worker_output":
+            checks[step] = NO_WORKER_OUTPUT
+        elif step == "lease":
+            checks[step] = NO_LEASE
         else:
             checks[step] = StepResult("ok", "fine", 0.01)
     return HostReport(host=Host(name, ncore=ncore), checks=checks, ncore=2,
@@ -47,9 +53,10 @@ def host_report(name: str, failed_at: str | None = None, warn: str | None = None
                       r_version="4.2.2" if not failed_at else None)
 
 
-def test_steps_are_the_issues_ten_in_order_then_shared_dir_and_fanout() -> None:
+def test_steps_are_the_issues_ten_in_order_then_the_launchs_and_the_subsystems() -> None:
     assert STEPS == ("resolve", "connect", "hostkey", "auth", "rscript", "packages", "cores",
-                     "load", "reverse_ssh", "callback", "shared_dir", "fanout", "container")
+                     "load", "reverse_ssh", "callback", "worker_output", "lease", "shared_dir",
+                     "fanout", "container")
 
 
 def test_ok_failed_and_warnings() -> None:

@@ -5,9 +5,9 @@
 # MODE is "tunnel" or "direct", START "fork" or "fresh"; NAME=VALUE pairs (the
 # primary's locale, and SSHCLUSTER_OUTPUT: where the workers' output goes) are
 # exported to R (a locale this host lacks replaced by C.UTF-8 or C: locale.sh, pasted
-# before this script, as it is before the check's). Its stdin is the ssh session's: after the
-# script itself, one line of worker tokens (never on a command line, where other
-# users could read it), then, behind a reverse tunnel, "go", then a heartbeat line
+# before this script with workdir.sh and lease.sh, as they are before the check's). Its
+# stdin is the ssh session's: after the script itself, one line of worker tokens (never
+# on a command line, where other users could read it), then, behind a reverse tunnel, "go", then a heartbeat line
 # every few seconds for as long as the primary's R session lives.
 #
 # Nothing this script starts may outlive the session. A watchdog, started before
@@ -31,13 +31,10 @@ IFS= read -r tokens || exit 0
   echo "sshcluster: $r not found on $(uname -n) (PATH=$PATH); set rscript: in the inventory" >&2
   exit 127
 }
-# The inventory's workdir: made if missing, and the workers start in it (a relative
-# one is relative to the login directory, where ssh starts us).
+# The inventory's workdir: made if missing, and the workers start in it (workdir.sh,
+# pasted before this script, as it is before the check's).
 if [ -n "${SSHCLUSTER_WORKDIR:-}" ]; then
-  mkdir -p -- "$SSHCLUSTER_WORKDIR" && cd -- "$SSHCLUSTER_WORKDIR" || {
-    echo "sshcluster: cannot make or enter workdir $SSHCLUSTER_WORKDIR on $(uname -n)" >&2
-    exit 126
-  }
+  sshcluster_workdir "$SSHCLUSTER_WORKDIR" || exit 126
 fi
 # Behind a reverse tunnel, start only once the primary has seen "ready": ssh has
 # then processed sshd's answer to its -R request, so the port is ours.
@@ -55,23 +52,13 @@ fi
 # of this same cluster (a repair's host that was cut off) ends within SILENCE
 # seconds, so it is waited for.
 if [ -n "${SSHCLUSTER_LEASE:-}" ]; then
-  command -v flock >/dev/null 2>&1 || {
-    echo "sshcluster: flock(1) not found on $(uname -n): lease: true needs util-linux" >&2
-    exit 125
-  }
-  ldir="${HOME:-/tmp}/.cache/sshcluster/leases"
-  ns=$(readlink /proc/self/ns/net 2>/dev/null | tr -dc 0-9)
-  lf="$ldir/$(uname -n)${ns:+-$ns}.lock"
-  mkdir -p "$ldir" && exec 9>>"$lf" || { echo "sshcluster: cannot open $lf" >&2; exit 125; }
-  rc=0; flock -n 9 || rc=$?
-  if [ $rc -gt 1 ]; then  # (1: held; else no lock can be taken there: ENOLCK on NFS)
-    echo "sshcluster: cannot lock $lf on $(uname -n) (flock exit $rc): file locks do not work there (a home on NFS without a lock service?); lease: false in the inventory goes without" >&2
-    exit 125
-  elif [ $rc -eq 1 ]; then
+  # (lease.sh, pasted before this script, as it is before the check's)
+  rc=0; sshcluster_lease_try || rc=$?
+  [ $rc -le 1 ] || exit 125
+  if [ $rc -eq 1 ]; then
     h=$(head -n 1 "$lf")
     if [ "${h%%	*}" = "${SSHCLUSTER_LEASE%%	*}" ] && flock -w "$silence" 9; then :; else
-      h=$(printf '%s' "$h" | awk -F '\t' '{ printf "job %s (%s, since %s, script %s)", $1, $2, $3, $4 }')
-      echo "sshcluster: $(uname -n) is leased to ${h:-another job}; 'sshcluster jobs' lists the leases" >&2
+      echo "sshcluster: $(uname -n) is leased to $(sshcluster_lease_holder "$h"); 'sshcluster jobs' lists the leases" >&2
       exit 125
     fi
   fi

@@ -16,9 +16,10 @@
 # (future's relay of immediate conditions, which progressr's updates are) would stop
 # there, below workLoop().
 (function() {
-  if (getRversion() < "4.1.0") {
-    cat("sshcluster: R on ", Sys.info()[["nodename"]], " is ", as.character(getRversion()),
-        "; the workers need R 4.1 or later\n", sep = "", file = stderr())
+  # (r_version.R, pasted before this file, as it is into the check's R)
+  old_r <- r_too_old()
+  if (!is.null(old_r)) {
+    cat("sshcluster: ", old_r, "\n", sep = "", file = stderr())
     quit(save = "no", status = 3L)
   }
   args <- commandArgs(TRUE)
@@ -76,37 +77,13 @@
   int4 <- function(i) writeBin(as.integer(i), raw(), size = 4L, endian = "big")
   # Where the workers' output goes (worker_output): nowhere, to this R's stdout,
   # which the primary prints after the host's name (messages and warnings too), or
-  # to a file per host in a directory; one that cannot be written fails the host now.
-  # Another user must not choose where it goes: not in a directory anyone may write
-  # (without the sticky bit), and not into a file (or link) someone else put there.
+  # to a file per host in a directory (worker_output.R, pasted before this file, as it
+  # is into the check's R): one it refuses fails the host now.
   output <- Sys.getenv("SSHCLUSTER_OUTPUT", "none")
   if (!output %in% c("none", "console")) {
-    # (made 0755 whatever the host's umask: Ubuntu's and Red Hat's sessions have 002,
-    # and a directory the group may write would then be refused below)
-    made <- character()
-    for (d in Reduce(function(a, b) file.path(a, b), strsplit(output, "/", fixed = TRUE)[[1]][-1],
-                     accumulate = TRUE, ""))
-      if (!dir.exists(d) && dir.create(d, showWarnings = FALSE)) made <- c(made, d)
-    Sys.chmod(made, "0755", use_umask = FALSE)
-    log <- file.path(output, paste0(Sys.info()[["nodename"]], ".log"))
-    if (file.access(output, 2L) != 0L)
-      fail("cannot write the workers' output to ", output, " on ",
-           Sys.info()[["nodename"]], " (worker_output)")
-    mode <- as.integer(file.info(output, extra_cols = FALSE)$mode)
-    link <- Sys.readlink(log)  # (NA: no such file; "": not a link)
-    link <- !is.na(link) && nzchar(link)
-    # (by uid: a uid with no name, in a container say, is still this user's)
-    me <- file.info(tempdir(), extra_cols = TRUE)$uid
-    info <- if (file.exists(log) || link) file.info(log, extra_cols = TRUE)
-    why <- if (bitwAnd(mode, 18L) && !bitwAnd(mode, 512L))
-      "others may write that directory (group or all)"
-      else if (link) paste(log, "is a symbolic link")
-      else if (!is.null(info) && !identical(info$uid, me))
-        paste(log, "belongs to", if (is.na(info$uname)) "someone else" else info$uname)
-    if (!is.null(why))
-      fail("will not write the workers' output to ", log, " on ", Sys.info()[["nodename"]],
-           ": ", why, " (worker_output: a directory of your own; chmod go-w it)")
-    output <- log
+    out_to <- output_log(output)
+    if (!is.null(out_to$why)) fail(out_to$why)
+    output <- out_to$log
   }
   where <- sprintf("R on %s cannot connect to the primary at %s port %d",
                    Sys.info()[["nodename"]], master, port)

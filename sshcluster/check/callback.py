@@ -49,7 +49,7 @@ from typing import Any
 
 import asyncssh
 
-from sshcluster.check.probe import Facts, r_died
+from sshcluster.check.facts import Facts, r_died
 from sshcluster.check.report import StepResult
 from sshcluster.net import R_PORT_RANGE, is_ipv6
 from sshcluster.protocol import Fact

@@ -78,7 +78,8 @@ class HostCheck:
         return RemoteContext(self.host, self.ctx.primary_r_version,
                              reverse_ssh_required=inv.reverse_ssh == "required",
                              reference=self.ctx.reference, packages=inv.packages,
-                             inventory_path=inv.path)
+                             inventory_path=inv.path, launch=inv.launch, workdir=inv.workdir,
+                             worker_output=inv.worker_output, lease=inv.lease)
 
     async def close(self) -> None:
         """Close whatever the steps opened (idempotent)."""

@@ -40,7 +40,8 @@ BLAME: dict[str, tuple[str, ...]] = {
 
 def blame(step: str, host: Host, result: StepResult) -> StepResult:
     """``result`` with the inventory line and field to change, if it failed and one is
-    to blame."""
+    to blame (a field the step itself named, a top-level one such as ``workdir``, is
+    kept)."""
     fields = BLAME.get(step)
     if result.status != "failed" or not fields or result.field:  # (the step knows)
         return result

@@ -15,10 +15,11 @@ without any host.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 
+from sshcluster.check.facts import Facts, parse_facts, r_died
 from sshcluster.check.locale import locale_hint, locale_warning, r_locale_error
 from sshcluster.check.report import StepResult
 from sshcluster.containers.spec import Container
@@ -26,7 +27,7 @@ from sshcluster.inventory import Host, Packages
 from sshcluster.net import r_address
 from sshcluster.packages.drift import drift, drift_verdict, host_versions
 from sshcluster.packages.reference import Reference
-from sshcluster.protocol import REMOTE_STEPS, Fact
+from sshcluster.protocol import HOST_SHELL, REMOTE_STEPS, WORKER_SHARED_R, Fact
 from sshcluster.quoting import r_string, r_vector, shell_quote
 
 #: A host whose available memory is below this many MiB (or below 5 % of its
@@ -39,7 +40,10 @@ LOW_MEMORY_MIB = 256
 # callback step (R/callback.R), the packages step against a reference and the packages
 # call go; every value that is not an argument is put in with r_string.
 _R = resources.files("sshcluster.check").joinpath("R")
-_R_CODE = _R.joinpath("probe.R").read_text(encoding="utf-8")
+_LAUNCH = resources.files("sshcluster").joinpath("R")
+#: (the launch's own R that the workers' code and the check's share: WORKER_SHARED_R)
+_R_CODE = "".join([*(_LAUNCH.joinpath(f).read_text(encoding="utf-8") for f in WORKER_SHARED_R),
+                   _R.joinpath("probe.R").read_text(encoding="utf-8")])
 #: The worker's side of the callback step (``step_callback``): connect, send the nonce,
 #: read the answer, report it as ``CALLBACK=`` and ``T_CALLBACK=`` lines.
 _R_CALLBACK = _R.joinpath("callback.R").read_text(encoding="utf-8")
@@ -54,10 +58,10 @@ _ENVIRONMENT_R = "".join([
         encoding="utf-8"),
     resources.files("sshcluster.packages").joinpath("R").joinpath(
         "environment.R").read_text(encoding="utf-8")])
-#: The launch's own choice of the workers' locale on a host (``sshcluster_locales``),
-#: before ``probe.sh``, so that the check's R starts as the launch's workers do.
-_LOCALE_SH = resources.files("sshcluster").joinpath("R").joinpath("locale.sh").read_text(
-    encoding="utf-8")
+#: The launch's own shell functions (HOST_SHELL: the workers' locale, the workdir, the
+#: lease), before ``probe.sh``, so that the check tries them as the launch does and its R
+#: starts as the launch's workers do.
+_HOST_SH = "".join(_LAUNCH.joinpath(f).read_text(encoding="utf-8") for f in HOST_SHELL)
 #: For a host with a container: the launch's own container functions, then the check's
 #: (``step_container``, ``r_in_image``), before ``probe.sh``.
 _BOX = resources.files("sshcluster.containers")
@@ -81,6 +85,8 @@ def remote_script(
     container: Container | None = None,
     workdir: str | None = None,
     locale: Sequence[str] = (),
+    worker_output: str = "none",
+    lease: bool = False,
 ) -> str:
     """Return the script that ``sh -s`` runs on a worker (sent on its stdin).
 
@@ -94,7 +100,10 @@ def remote_script(
     and the image are checked first and R runs inside the image, as the launch's workers
     do there (``workdir`` made as the launch makes it, and mounted; without one, the login
     directory). ``locale`` holds the ``NAME=VALUE`` pairs the launch hands the host
-    (:func:`sshcluster.check.locale.launch_locale`): R starts with them.
+    (:func:`sshcluster.check.locale.launch_locale`): R starts with them. Without a
+    container, R starts in ``workdir`` too, made and entered as the launch does. A
+    ``worker_output`` directory is tried as the workers try it, and with ``lease`` the
+    host's lease as the launch takes it (and let go of at once).
     """
     whole = max(1, int(budget))
     if reference is None:
@@ -105,7 +114,9 @@ def remote_script(
         call = (f"step_environment({r_vector(names)}, {r_string(library_root)}, "
                 f"{r_string(reference.digest)})")
     r_code = (_R_CODE.replace("#@callback", _R_CALLBACK.rstrip(), 1)
-              .replace("#@environment", environment, 1).replace("#@packages", call, 1))
+              .replace("#@environment", environment, 1).replace("#@packages", call, 1)
+              .replace("#@output", "" if worker_output in ("none", "console") else
+                       f"step_worker_output({r_string(worker_output)})", 1))
     data = {
         "budget": str(whole),
         "primary": primary or "",
@@ -124,85 +135,18 @@ def remote_script(
         "container_options": container.options_line if container else "",
         "workdir": workdir or "",
         "locale": " ".join(locale),
+        "lease": "1" if lease else "",
     }
     # Wrapped in { ... } </dev/null so that sh reads it whole from stdin before anything
     # runs: nothing started by it can eat the rest of the script.
     assignments = "".join(f"{name}={shell_quote(value)}\n" for name, value in data.items())
-    return ("{\n" + assignments + (_CONTAINER_SH if container else "") + _LOCALE_SH + _SH
+    return ("{\n" + assignments + (_CONTAINER_SH if container else "") + _HOST_SH + _SH
             + "} </dev/null\n")
 
 
 def callback_timeout(budget: float) -> int:
     """Seconds R waits for the primary to accept its callback, out of ``budget``."""
     return max(1, int(budget) - 1)
-
-
-# --------------------------------------------------------------------------- facts
-
-_LINE = re.compile(r"^([A-Z][A-Z0-9_]*)=(.*)$")
-
-
-@dataclass
-class Facts:
-    """What the remote script reported so far: ``KEY=value`` lines, and any other lines
-    (error messages from R or the shell) in ``other``."""
-
-    values: dict[str, list[str]] = field(default_factory=dict)
-    other: list[str] = field(default_factory=list)
-
-    def add(self, line: str) -> None:
-        """Record one output line."""
-        line = line.rstrip("\r\n")
-        m = _LINE.match(line)
-        if m:
-            self.values.setdefault(m.group(1), []).append(m.group(2))
-        elif line.strip():
-            self.other.append(line)
-
-    def get(self, key: str) -> str | None:
-        """The last value reported for ``key``, or None."""
-        v = self.values.get(key)
-        return v[-1] if v else None
-
-    def all(self, key: str) -> list[str]:
-        """Every value reported for ``key``."""
-        return self.values.get(key, [])
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.values
-
-    def number(self, key: str) -> float | None:
-        """The value of ``key`` as a number, or None."""
-        v = self.get(key)
-        try:
-            return float(v) if v is not None else None
-        except ValueError:
-            return None
-
-    def span(self, key: str) -> float:
-        """Seconds between the two uptime stamps of ``key`` (``"start end"``), or 0."""
-        v = self.get(key)
-        if not v:
-            return 0.0
-        parts = v.split()
-        try:
-            return max(0.0, float(parts[-1]) - float(parts[-2]))
-        except (ValueError, IndexError):
-            return 0.0
-
-
-def r_died(facts: Facts) -> str:
-    """Why R gave no answer: its exit status and last words."""
-    said = "; ".join(facts.other[-3:])
-    return f"R stopped early (exit status {facts.get(Fact.R_EXIT)}){': ' + said if said else ''}"
-
-
-def parse_facts(lines: Iterable[str]) -> Facts:
-    """Collect the remote script's output lines."""
-    facts = Facts()
-    for line in lines:
-        facts.add(line)
-    return facts
 
 
 # --------------------------------------------------------------------------- verdicts
@@ -215,7 +159,7 @@ LATE = "no answer before the deadline"
 class RemoteContext:
     """What the remote verdicts need besides the facts: the inventory's ``host``, the
     primary's own R version (None: no R on the primary), and whether the inventory
-    says ``reverse_ssh: required``."""
+    says ``reverse_ssh: required``; and what the launch does on the host."""
 
     host: Host
     primary_r_version: str | None = None
@@ -223,6 +167,12 @@ class RemoteContext:
     reference: Reference | None = None
     packages: Packages = field(default_factory=Packages)
     inventory_path: str | None = None
+    #: The inventory's launch (the fast one's workers need R 4.1, the classic's do not),
+    #: ``workdir``, ``worker_output`` and ``lease``.
+    launch: str = "fast"
+    workdir: str | None = None
+    worker_output: str = "none"
+    lease: bool = False
 
 
 @dataclass(frozen=True)
@@ -256,9 +206,22 @@ def rscript_step(facts: Facts, ctx: RemoteContext, complete: bool) -> StepResult
             hint=("set the host's 'rscript:' in the inventory to the full path of Rscript "
                   "there (run 'command -v Rscript' in a login shell on the host to find it)"),
         )
+    if Fact.WORKDIR_ERR in facts:  # (R/workdir.sh: the launch fails there too)
+        return StepResult(
+            "failed", f"R not started: {'; '.join(facts.all(Fact.WORKDIR_ERR))}", lookup,
+            hint=f"make 'workdir: {ctx.workdir}' possible for the login user on "
+                 f"{ctx.host.label} (a directory it can create and enter), or set another "
+                 "workdir: in the inventory: the launch makes it and starts the workers there",
+            field="workdir")
     if r_version:
         secs = lookup + (facts.number(Fact.T_RSTART) or 0.0)
         detail = f"{rscript} (R {r_version})"
+        if facts.get(Fact.R_TOO_OLD) and ctx.launch == "fast":  # (R/r_version.R)
+            return StepResult(
+                "failed", f"{detail}: {facts.get(Fact.R_TOO_OLD)}", secs,
+                hint=f"set the host's 'rscript:' in the inventory to a newer R on "
+                     f"{ctx.host.label} (or install one there); 'launch: classic' starts "
+                     "R's own workers, which run on older R too")
         if ctx.primary_r_version and ctx.primary_r_version != r_version:
             return StepResult(
                 "warning", f"{detail}; the primary has R {ctx.primary_r_version}", secs,

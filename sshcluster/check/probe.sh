@@ -3,7 +3,9 @@
 # primary, primary_user, primary_ssh_port, connect_timeout, rscript, r_code, nonce,
 # port, callback_host, callback_timeout, engine (empty: no container), locale (the
 # NAME=VALUE pairs the launch hands the host; R/locale.sh, pasted before this script,
-# exports them as the launch does, for R only). The nonce goes to
+# exports them as the launch does, for R only), workdir (R/workdir.sh makes and enters
+# it as the launch does), lease (non-empty: lease: true, tried with R/lease.sh). The
+# nonce goes to
 # R in its environment only (in a container, on its stdin): the script comes on stdin,
 # so it is never on a command line that `ps` shows. The script's own stdin is done with
 # before it runs (sshcluster.check.probe wraps it in { ... } </dev/null), so R gets a
@@ -120,6 +122,28 @@ step_rscript() {
   say "RSCRIPT=$rs"
 }
 
+# workdir: made and entered as the launch makes and enters it (workdir.sh), so that R
+# starts there, reading its .Rprofile and .Renviron as the workers do. (Tried in a
+# subshell first, for what it says when it cannot.)
+step_workdir() {
+  [ -n "$workdir" ] || return 0
+  err=$(sshcluster_workdir "$workdir" 2>&1 >/dev/null) && sshcluster_workdir "$workdir" &&
+    return 0
+  printf '%s\n' "$err" | while IFS= read -r l; do [ -n "$l" ] && say "WORKDIR_ERR=$l"; done
+  return 1
+}
+
+# lease: the launch's lock on the host's lease file (lease.sh), taken in a subshell,
+# which lets go of it as it ends: at once. LEASE=0: it can be taken; 1: held (LEASE_SAID
+# names the holder); else file locks cannot be had here (LEASE_SAID says why).
+step_lease() {
+  out=$(sshcluster_lease_try 2>&1; rc=$?
+        [ $rc -ne 1 ] || sshcluster_lease_holder "$(head -n 1 "$lf")"; exit $rc)
+  rc=$?
+  printf '%s\n' "$out" | while IFS= read -r l; do [ -n "$l" ] && say "LEASE_SAID=$l"; done
+  say "LEASE=$rc"
+}
+
 # rscript (its version), packages and callback: one R start answers all three.
 step_r() {
   # Through a line reader: the background ssh above writes to the same stdout, and
@@ -147,8 +171,10 @@ if [ -n "$engine" ]; then  # (Rscript: the inventory's, or the image's on its PA
   a=$_t
 else
   step_rscript
+  [ -z "$rs" ] || step_workdir || rs=
 fi
 tick; say "T_LOOKUP=$a $_t"
+[ -z "$lease" ] || step_lease
 kstart=''
 if [ -n "$engine" ] && [ -n "$rs" ]; then  # (the launch's keeper tried while R runs)
   container_wd

@@ -68,7 +68,11 @@ NO_SHARED_DIR = StepResult("ok", "no shared_dir in the inventory")
 NO_FANOUT = StepResult("ok", "fanout: direct (the hosts need not reach each other)")
 #: (sshcluster/containers: the container step of a host without one)
 NO_CONTAINER = StepResult("ok", "no container in the inventory")
-_NOT_ASKED = {"shared_dir": NO_SHARED_DIR, "fanout": NO_FANOUT, "container": NO_CONTAINER}
+#: (the ``worker_output`` and ``lease`` steps where the inventory asks neither)
+NO_WORKER_OUTPUT = StepResult("ok", "no worker_output directory in the inventory")
+NO_LEASE = StepResult("ok", "lease: false")
+_NOT_ASKED = {"shared_dir": NO_SHARED_DIR, "fanout": NO_FANOUT, "container": NO_CONTAINER,
+              "worker_output": NO_WORKER_OUTPUT, "lease": NO_LEASE}
 
 
 @dataclass(frozen=True)
@@ -263,7 +267,8 @@ _STYLE: dict[str, tuple[str, str]] = {
 SHORT_NAMES = {
     "resolve": "dns", "connect": "tcp", "hostkey": "key", "auth": "auth", "rscript": "R",
     "packages": "pkgs", "cores": "cpu", "load": "load", "reverse_ssh": "back",
-    "callback": "call", "shared_dir": "nfs", "fanout": "fan", "container": "ctr",
+    "callback": "call", "worker_output": "out", "lease": "lease", "shared_dir": "nfs",
+    "fanout": "fan", "container": "ctr",
 }
 
 
@@ -307,8 +312,8 @@ def report_lines(report: CheckReport) -> list[Text]:
 
 
 def _shown(report: CheckReport) -> list[str]:
-    """The table's steps: all, but shared_dir and fanout only where the inventory
-    asks for them."""
+    """The table's steps: all, but those of _NOT_ASKED (shared_dir, fanout, ...) only
+    where the inventory asks for them."""
     return [s for s in STEPS if s not in _NOT_ASKED
             or any(h.checks[s] not in (_NOT_ASKED[s], SKIPPED) for h in report.hosts)]
 
@@ -405,7 +410,9 @@ def print_report(report: CheckReport, console: Console, *, table: bool = True) -
 __all__ = [
     "NO_CONTAINER",
     "NO_FANOUT",
+    "NO_LEASE",
     "NO_SHARED_DIR",
+    "NO_WORKER_OUTPUT",
     "SCHEMA_VERSION",
     "SKIPPED",
     "STATUSES",

@@ -40,6 +40,7 @@ from sshcluster.check.probe import (
     remote_script,
 )
 from sshcluster.check.report import SKIPPED, HostReport, StepResult
+from sshcluster.check.session import lease_step, worker_output_step
 from sshcluster.containers.check import IN_IMAGE, container_verdict
 from sshcluster.errors import SshclusterError
 from sshcluster.inventory import AUTO
@@ -48,7 +49,7 @@ from sshcluster.protocol import Fact
 from sshcluster.push.fanout_check import fanout_step
 from sshcluster.push.shared import shared_dir_step
 from sshcluster.ssh.command import ssh_command
-from sshcluster.ssh.config import client_settings
+from sshcluster.ssh.config import BREAKS_LAUNCH_HINT, client_settings
 from sshcluster.ssh.connect import host_decision
 from sshcluster.ssh.identities import KeyOffer
 
@@ -69,6 +70,10 @@ async def resolve(hc: HostCheck) -> StepResult:
         return StepResult("failed", f"ssh would use {'; '.join(s.unsupported())} for "
                                     f"{host.label}, which the check cannot do as ssh does",
                           hint="see 'What the check cannot mirror' in docs/check.md")
+    breaks = s.breaks_launch(tunnel=ctx.tunnel, script=ctx.inventory.launch == "fast")
+    if breaks:
+        return StepResult("failed", f"ssh would use {'; '.join(breaks)} for {host.label}, "
+                                    "which breaks the launch", hint=BREAKS_LAUNCH_HINT)
     hc.decision, hc.key_problem = host_decision(s, args, ctx.inventory.known_hosts,
                                                 ctx.connector.files, ctx.connector.accept_new)
     named = host.host if s.hostname == host.host else f"{host.host} is {s.hostname}"
@@ -245,7 +250,9 @@ async def _run_remote(hc: HostCheck) -> None:
         primary_user=ctx.primary_user, primary_ssh_port=inv.primary.ssh_port,
         port=0 if listener.error or hc.tunnel_error else listener.port, token=hc.nonce,
         budget=budget, reference=ctx.reference, library_root=inv.library_of(hc.host),
-        container=hc.host.container, workdir=inv.workdir, locale=launch_locale(inv.locale))
+        container=hc.host.container, workdir=inv.workdir, locale=launch_locale(inv.locale),
+        worker_output=inv.worker_output if inv.launch == "fast" else "none",
+        lease=inv.lease and inv.launch == "fast")
     try:
         proc = await hc.conn.create_process("sh -s", encoding="utf-8", errors="replace",
                                             stderr=asyncssh.STDOUT)
@@ -262,8 +269,13 @@ def _verdict(name: str, hc: HostCheck, complete: bool) -> StepResult:
     """The remote step ``name``'s verdict from what the script said (``complete``: all of
     it). For a host with a container:, the R steps' verdicts speak of R in the image."""
     verdict = (IN_IMAGE.get(name) if hc.host.container is not None else None) or (
-        container_verdict if name == "container" else VERDICTS[name])
+        _VERDICTS[name])
     return verdict(hc.facts, hc.remote_context(), complete)
+
+
+#: Each remote step's verdict (for a host with a container:, IN_IMAGE's go first).
+_VERDICTS = {**VERDICTS, "worker_output": worker_output_step, "lease": lease_step,
+             "container": container_verdict}
 
 
 def _remote(name: str) -> Callable[[HostCheck], Awaitable[StepResult]]:
@@ -329,6 +341,9 @@ STEPS: tuple[Step, ...] = (
     Step("load", ("auth",), _remote("load"), _late_remote("load")),
     Step("reverse_ssh", ("auth",), _remote("reverse_ssh"), _late_remote("reverse_ssh")),
     Step("callback", ("rscript",), callback, _callback_result),
+    Step("worker_output", ("rscript",), _remote("worker_output"),
+         _late_remote("worker_output")),
+    Step("lease", ("auth",), _remote("lease"), _late_remote("lease")),
     Step("shared_dir", ("auth",), shared_dir_step),
     Step("fanout", ("auth",), fanout_step),
     Step("container", ("auth",), _remote("container"),  # (sshcluster/containers)

@@ -33,12 +33,12 @@ step_container() {
 }
 
 # The one directory the launch's container mounts and enters (wd; empty when it cannot
-# be made): the inventory's workdir, made here with mkdir -p as the launch makes it, a
+# be made): the inventory's workdir, made here as the launch makes it (R/workdir.sh), a
 # relative one under the login directory; without one, the login directory.
 container_wd() {
   wd=$(pwd -P)
   if [ -n "$workdir" ]; then
-    wd=$(mkdir -p -- "$workdir" && cd -- "$workdir" && pwd -P) || wd=''
+    wd=$(sshcluster_workdir "$workdir" 2>/dev/null && pwd -P) || wd=''
   fi
 }
 

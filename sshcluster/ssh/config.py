@@ -10,7 +10,9 @@ ssh expands only ``~``) are expanded here as ssh expands them: ``~`` from the pa
 database (not ``$HOME``), ``%`` tokens and ``${VAR}``.
 
 What the check cannot do as ssh would is listed by :meth:`ClientSettings.unsupported`:
-the check then fails the host rather than guess (see docs/check.md).
+the check then fails the host rather than guess (see docs/check.md). What ssh would do
+that breaks the launch, while the check's own connection works, is listed by
+:meth:`ClientSettings.breaks_launch`: the check fails the host for that too.
 """
 
 from __future__ import annotations
@@ -31,6 +33,13 @@ from sshcluster.ssh.command import openssh_version
 
 #: Seconds ``ssh -G`` may take (it reads files and may run ``Match exec`` commands).
 SSH_G_TIMEOUT = 10.0
+
+#: What :meth:`ClientSettings.breaks_launch` says of ``ForkAfterAuthentication yes``.
+FORK_AFTER_AUTHENTICATION = ("ForkAfterAuthentication yes (ssh would go to the background, "
+                             "and the launch would take its sessions for ended)")
+#: The hint for a setting of the ssh config that breaks the launch.
+BREAKS_LAUNCH_HINT = ("set it to 'no' for this host in the ssh config, or leave it out: the "
+                      "launch's ssh reads the same config")
 
 _STRICT = {"true": "yes", "yes": "yes", "false": "no", "no": "no", "off": "no",
            "ask": "ask", "accept-new": "accept-new"}
@@ -115,6 +124,18 @@ class ClientSettings:
                        "unquoted, and both a path with spaces and its pieces exist, so "
                        "which ssh reads cannot be told)")
         return out
+
+    def breaks_launch(self, *, tunnel: bool = True, script: bool = True) -> list[str]:
+        """Settings with which ssh would break the launch while the check's own connection
+        works: the reverse tunnel's forward (``tunnel``) or the host's script sent on its
+        stdin (``script``: the fast launch) would be lost, or ssh would go to the
+        background (which ``ssh -G`` refuses without a command: :func:`client_settings`)."""
+        out = [*(["ClearAllForwardings yes (it drops the launch's reverse tunnel, ssh -R)"]
+                 if tunnel and self.get("clearallforwardings") == "yes" else []),
+               *(["StdinNull yes (the launch sends each host its script on ssh's stdin)"]
+                 if script and self.get("stdinnull") == "yes" else [])]
+        return out + [FORK_AFTER_AUTHENTICATION] * (self.get("forkafterauthentication")
+                                                    == "yes")
 
     def proxy_argv(self) -> list[str]:
         """The ProxyCommand as ssh runs it: through ``$SHELL -c exec ...``, tokens
@@ -269,6 +290,9 @@ async def client_settings(destination: str, args: Sequence[str] = (), *,
     if done.returncode != 0:
         said = "; ".join(line for line in stderr if line and "Pseudo-terminal" not in line
                          and not line.startswith(("debug", "OpenSSH_")))
+        if "Cannot fork into background" in said:  # (ssh -G with -f, and no command)
+            raise SshConfigError(f"ssh would use {FORK_AFTER_AUTHENTICATION} for "
+                                 f"{destination}", host=destination, hint=BREAKS_LAUNCH_HINT)
         raise SshConfigError(f"ssh cannot use its config for {destination}: "
                              f"{said or f'exit status {done.returncode}'}",
                              host=destination, hint="fix the ssh config line it names")
@@ -411,6 +435,8 @@ def expand_path(path: str, tokens: Mapping[str, str]) -> str:
 
 
 __all__ = [
+    "BREAKS_LAUNCH_HINT",
+    "FORK_AFTER_AUTHENTICATION",
     "SSH_G_TIMEOUT",
     "ClientSettings",
     "SshConfigError",

@@ -2,6 +2,16 @@ a <- commandArgs(TRUE)
 step_rscript <- function() {
   cat("R_VERSION=", as.character(getRversion()), "\nT_RSTART=",
       proc.time()[["elapsed"]], "\n", sep = "")
+  # (the workers' own test: r_version.R, pasted before this file)
+  old <- r_too_old()
+  if (!is.null(old)) cat("R_TOO_OLD=", old, "\n", sep = "")
+}
+# worker_output: DIR, tried as the workers try it (worker_output.R, pasted before this
+# file); nothing is written to the file.
+step_worker_output <- function(output) {
+  to <- output_log(output)
+  if (is.null(to$why)) cat("OUTPUT_LOG=", to$log, "\n", sep = "")
+  else cat("OUTPUT_ERR=", gsub("[\r\n]+", " ", to$why), "\n", sep = "")
 }
 step_packages <- function(pk) {
   t0 <- Sys.time()
@@ -12,6 +22,7 @@ step_packages <- function(pk) {
 #@callback
 #@environment
 step_rscript()
+#@output
 #@packages
 # (the nonce: in the environment; in a container, probe.sh's r_boot put it there from
 # the first line on stdin)
