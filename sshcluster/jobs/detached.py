@@ -57,7 +57,7 @@ from sshcluster.jobs.leases import (
 )
 from sshcluster.jobs.record import runs_dir
 from sshcluster.jobs.remote import run_script, settings
-from sshcluster.jobs.workerlog import WORKER_LOGS, job_render_options
+from sshcluster.jobs.workerlog import WORKER_LOGS, checked_as_a_job, job_render_options
 from sshcluster.quoting import shell_join, shell_quote
 from sshcluster.ssh.command import SESSION_OPTIONS, ssh_command
 
@@ -280,7 +280,7 @@ def start_detached(inventory: Inventory | str | os.PathLike[str],
     source = Path(script)
     if not source.is_file():
         raise RunError(f"{source}: no such script")
-    report = check(inv, timeout=opts.timeout, concurrency=opts.concurrency,
+    report = check(checked_as_a_job(inv), timeout=opts.timeout, concurrency=opts.concurrency,
                    accept_new=opts.accept_new)
     if not opts.allow_partial:
         leased_elsewhere(inv, report, job.job if job else None, wait=opts.wait)

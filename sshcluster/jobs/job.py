@@ -50,7 +50,12 @@ from sshcluster.jobs.leases import (
 from sshcluster.jobs.record import RunResult, read_note, runs_dir, write_owner, write_record
 from sshcluster.jobs.results import fetch_results, results_dir
 from sshcluster.jobs.tmpdir import JobTmp, sweep
-from sshcluster.jobs.workerlog import WORKER_LOGS, WorkerRelay, job_render_options
+from sshcluster.jobs.workerlog import (
+    WORKER_LOGS,
+    WorkerRelay,
+    checked_as_a_job,
+    job_render_options,
+)
 from sshcluster.version import __version__
 
 #: Seconds the R session (and its supervisor) may take to end once asked, before it is
@@ -336,8 +341,8 @@ def run(inventory: Inventory | str | os.PathLike[str], script: str | os.PathLike
                     with guard.critical():  # a signal waits until the pids are noted
                         owner.leases = ask(inv, job)
                         owner.start_r(opts.rscript, opts.args, copy.resolve(), out, err)
-                report = check(inv, timeout=opts.timeout, concurrency=opts.concurrency,
-                               accept_new=opts.accept_new)
+                report = check(checked_as_a_job(inv), timeout=opts.timeout,
+                               concurrency=opts.concurrency, accept_new=opts.accept_new)
                 if not opts.allow_partial:
                     leased_elsewhere(inv, report, job.job, wait=opts.wait)
                 ready = verified_inventory(report, inv, allow_partial=opts.allow_partial)

@@ -28,6 +28,13 @@ WORKER_LOGS = "workers"
 POLL = 0.2
 
 
+def checked_as_a_job(inventory: Inventory) -> Inventory:
+    """The inventory a job's check checks: its launch takes no lease (the job holds its
+    hosts' leases itself, from before the check when it does not wait in line), so the
+    check does not try the launch's (it would find the job's own lease holding it)."""
+    return replace(inventory, lease=False)
+
+
 def job_render_options(inventory: Inventory, options: RenderOptions,
                        logs: str | os.PathLike[str], *, checked: CheckReport,
                        own_ports: bool = False) -> RenderOptions:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 import sshcluster
 from sshcluster.jobs import list_leases
@@ -78,3 +79,23 @@ def test_the_python_call_returns_the_result(testbed: Testbed, tmp_path: Path,
     assert out.read_text().startswith("6.14")
     assert testbed.leftovers(LEFTOVER, wait=15) == {}
 
+
+
+@pytest.mark.parametrize("wait", [False, True], ids=["leases-while-checking", "wait"])
+def test_an_inventory_with_lease_true_runs(testbed: Testbed, tmp_path: Path,
+                                           wait: bool) -> None:
+    """``lease: true`` in the inventory: a job leases its hosts itself, so its check does
+    not try the launch's lease (it found the job's own lease sessions holding it, and
+    failed every host as "leased to" this very job)."""
+    inv = inventory(testbed, tmp_path / "hosts.yaml", hosts=[0, 1])
+    data = yaml.safe_load(inv.read_text())
+    data["lease"] = True
+    inv.write_text(yaml.safe_dump(data, sort_keys=False))
+    script = tmp_path / "sum.R"
+    script.write_text("cat(sum(unlist(parallel::parLapply(parallelCluster, 1:4, sqrt))), '\\n')\n")
+    done = sshcluster_cli(["run", *(["--wait"] if wait else []), str(inv), str(script)],
+                          tmp_path / "state")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("6.14"), done.stdout
+    assert testbed.leftovers(LEFTOVER, wait=15) == {}
+    assert all(lease.holder is None for lease in list_leases(sshcluster.load_inventory(inv)))
