@@ -139,6 +139,7 @@ CASES = {
     "identity_file with a passphrase, in the agent": True,
     "identity_file the working key, six other keys in the agent": True,
     "the agent holds the failing default keys, the working one is only a file": True,
+    "the agent holds six other keys, then a default file's": True,
 }
 
 
@@ -169,6 +170,15 @@ def test_check_offers_the_keys_ssh_offers(name: str, tb: Testbed, keys: Keys,
         agent = Agent(tmp_path)
         for key in keys.wrong:
             agent.add(key)
+    elif name.startswith("the agent holds six other keys"):
+        # ssh offers the agent's key that a default identity file names first, then the
+        # agent's others: offering them in the agent's order would take sshd's
+        # MaxAuthTries (6) before the working one.
+        agent = Agent(tmp_path)
+        for key in keys.wrong[:6]:
+            agent.add(key)
+        agent.add(keys.good)
+        put(keys.good, dot_ssh / "id_ed25519")
     else:
         # ssh offers the agent's four keys (each one of its default files), then
         # id_ed25519: the fifth try, within sshd's MaxAuthTries (6). Offering the four

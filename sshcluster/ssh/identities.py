@@ -1,10 +1,10 @@
 """The keys ssh offers a server, and in which order, for the check to offer the same.
 
-OpenSSH (``sshconnect2.c``, ``pubkey_prepare``) offers, under ``BatchMode``: first each
-key the agent holds, in the agent's order, where an identity file of the same public key
-takes the agent's key's place (its private key signed by the agent, never asked for a
-passphrase); with ``IdentitiesOnly`` only those, the agent's other keys left out. Then
-the identity files the agent does not hold, in ``ssh -G``'s order: those it can read
+OpenSSH (``sshconnect2.c``, ``pubkey_prepare``) offers, under ``BatchMode``: first the
+keys the agent holds that an identity file names (the same public key), in the agent's
+order (each signed by the agent, never asked for a passphrase); then, unless
+``IdentitiesOnly``, the agent's other keys, in its order. Then the identity files the
+agent does not hold, in ``ssh -G``'s order: those it can read
 without a passphrase. A file that is missing, needs a passphrase (which ``BatchMode``
 cannot ask for) or is only a public key is passed over.
 
@@ -118,16 +118,21 @@ async def key_offer(settings: ClientSettings, files: KeyFiles, opened: list[Any]
     offered: list[str] = []
     agent_keys = await _agent_keys(settings.identity_agent, opened)
     if agent_keys:
+        # (OpenSSH's pubkey_prepare: the agent's keys that an identity file names first,
+        # then, unless IdentitiesOnly, the agent's others; each group in the agent's order)
         public = {p: identity_public_key(p) for p in paths}
+        others: list[tuple[asyncssh.SSHKeyPair, str]] = []
         for key in agent_keys:
             path = next((p for p in paths if p not in taken and public[p] is not None
                          and public[p] == key.public_data), None)
             if path is not None:
                 taken.add(path)
-            elif settings.identities_only:
-                continue
-            keys.append(key)
-            offered.append(path or f"the agent's {_comment(key)}")
+                keys.append(key)
+                offered.append(path)
+            elif not settings.identities_only:
+                others.append((key, f"the agent's {_comment(key)}"))
+        keys += [key for key, _ in others]
+        offered += [said for _, said in others]
     unusable: list[tuple[str, str]] = []
     for path in paths:
         if path in taken:
