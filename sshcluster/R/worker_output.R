@@ -6,13 +6,15 @@
 # put there. Returns list(log = the file), or list(why = the sentence that refuses it).
 output_log <- function(output) {
   node <- Sys.info()[["nodename"]]
-  # (made 0755 whatever the host's umask: Ubuntu's and Red Hat's sessions have 002,
-  # and a directory the group may write would then be refused below)
+  # (made as the host's umask says, but never writable by the group or others:
+  # Ubuntu's and Red Hat's sessions have umask 002, and a directory the group may write
+  # would then be refused below; a umask of 077 keeps them the user's alone)
   made <- character()
   for (d in Reduce(function(a, b) file.path(a, b), strsplit(output, "/", fixed = TRUE)[[1]][-1],
                    accumulate = TRUE, ""))
     if (!dir.exists(d) && dir.create(d, showWarnings = FALSE)) made <- c(made, d)
-  Sys.chmod(made, "0755", use_umask = FALSE)
+  Sys.chmod(made, as.octmode(bitwAnd(511L, bitwNot(bitwOr(as.integer(Sys.umask(NA)), 18L)))),
+            use_umask = FALSE)
   log <- file.path(output, paste0(node, ".log"))
   if (file.access(output, 2L) != 0L)
     return(list(why = paste0("cannot write the workers' output to ", output, " on ", node,
