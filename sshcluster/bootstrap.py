@@ -1,10 +1,11 @@
 """The R bootstrap: an R file that a user ``source()``s on the primary to get ``parallelCluster``.
 
-:func:`render` is a pure function of the inventory and the options: the same inputs give
-the same bytes (with ``r_packages``, the primary's versions of them name sync's library:
-:func:`~sshcluster.launchplan.with_library`). Every value reaches R through
-:func:`~sshcluster.quoting.r_string` and the ssh command through
-:func:`~sshcluster.quoting.shell_quote`.
+:func:`render` gives the same bytes for the same inventory and options. With
+``r_packages`` (and no library named in the options) it reads the primary's versions of
+them, which name sync's library, with one Rscript run on the primary
+(:func:`~sshcluster.launchplan.with_library`); with a ``lockfile``, from the file.
+Every value reaches R through :func:`~sshcluster.quoting.r_string` and the ssh command
+through :func:`~sshcluster.quoting.shell_quote`.
 
 The file is R source: a version check, the names R users know from the hand-written
 snippet (``primary``, ``machineAddresses``, ``spec``), then, in an environment of its own

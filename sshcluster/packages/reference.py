@@ -12,6 +12,7 @@ directory for the host's R minor version, platform and OS release.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import json
 import re
@@ -199,8 +200,15 @@ async def reference_for(inventory: Inventory, *, rscript: str | None = None
 
 
 def reference(inventory: Inventory, *, rscript: str | None = None) -> Reference | None:
-    """:func:`reference_for` from plain code."""
-    return asyncio.run(reference_for(inventory, rscript=rscript))
+    """:func:`reference_for` from plain code, also from code that a running event loop
+    called (a Jupyter notebook's, an async caller's): there it runs in a thread of its
+    own, its own loop, and this call waits for it (the primary's Rscript, seconds)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(reference_for(inventory, rscript=rscript))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, reference_for(inventory, rscript=rscript)).result()
 
 
 __all__ = [

@@ -3,6 +3,7 @@ default the library of the inventory's own packages (no caller has to ask for it
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -51,3 +52,17 @@ def test_write_bootstrap_names_the_lockfile_s_library_by_itself(tmp_path: Path) 
     assert f'digest = "{digest}")' in text
     assert f"/R-x.y/PLATFORM/OS/{digest}" in text[:text.index("\n\n")]
     assert sshcluster.render(inv) == text
+
+
+def test_write_bootstrap_works_from_a_running_event_loop(tmp_path: Path) -> None:
+    """From code a running event loop called (a Jupyter notebook's cell, an async
+    program), the library of the inventory's r_packages is read as from plain code: the
+    primary's R, in a thread of its own (asyncio.run() there raised RuntimeError)."""
+    inv = parse_inventory("primary: 10.0.0.1\nr_packages: [parallel]\nhosts: [a]\n")
+    plain = sshcluster.render(inv)
+    assert 'digest = "' in plain
+
+    async def in_a_loop() -> str:
+        return sshcluster.write_bootstrap(inv, tmp_path / "cluster.R")
+
+    assert asyncio.run(in_a_loop()) == plain
