@@ -176,8 +176,6 @@ def render(inventory: Inventory, options: RenderOptions | None = None) -> str:
 #: Rscript reads a file it runs this many bytes of a line at a time, less one: a string
 #: literal cut there in the middle of an escape does not parse (quoting.r_long_string).
 RSCRIPT_LINE = 4096
-
-
 #: The oldest R the generated file runs on.
 MIN_R_VERSION = "4.1.0"
 
@@ -194,10 +192,8 @@ REMOTE_SCRIPT = "".join(_R_SOURCES[name] for name in (*HOST_SHELL, "remote.sh"))
 #: The fast launch's R code, one idea per file, pasted in this order.
 LAUNCH_FILES = ("start.R", "session.R", "accept.R", "node.R", "future.R", "stop.R",
                 "repair.R", "show.R")
-_LAUNCH_R = "".join(
-    resources.files("sshcluster").joinpath("R").joinpath("launch").joinpath(name).read_text(
-        encoding="utf-8")
-    for name in LAUNCH_FILES)
+_LAUNCH_R = "".join(resources.files("sshcluster").joinpath("R").joinpath("launch").joinpath(
+    name).read_text(encoding="utf-8") for name in LAUNCH_FILES)
 
 
 def _compact(r_code: str) -> str:

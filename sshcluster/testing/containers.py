@@ -127,6 +127,11 @@ def r_rootfs(dest: Path, *, marker: str, files: Mapping[str, str] | None = None)
     for lib in _libraries(elves):
         _copy_file(lib, dest)
     # R's libraries (BLAS, LAPACK) are found through R's own ldpaths too
+    # This machine's locales (C.UTF-8 at least), as an image made for R holds its own:
+    # the workers get the primary's LANG and LC_* there.
+    if os.path.isdir("/usr/lib/locale"):
+        shutil.copytree("/usr/lib/locale", dest / "usr/lib/locale", symlinks=True,
+                        dirs_exist_ok=True)
     (dest / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
     (dest / "etc/group").write_text("root:x:0:\n")
     (dest / MARKER_FILE.lstrip("/")).write_text(marker + "\n")
