@@ -75,9 +75,16 @@ sums)
   # pid in $pidf, written as xargs starts it), as Linux counts them (/proc/PID/io; a
   # host without it reports a new value only with each sha256sum xargs starts). A
   # report that cannot be written (the primary gone) stops the hashing.
+  # A signal (HUP, INT, TERM) ends it all through the EXIT trap: the reporter, the
+  # hashing, and the pid file, whose pid would otherwise be one to kill once reused.
+  # (The hashing runs in the background, with wait: a trap runs only once the command
+  # in the foreground has ended. fd 3: an asynchronous list's own stdin is /dev/null.)
   pidf=$(mktemp "${TMPDIR:-/tmp}/sshcluster-push.XXXXXX") || exit 1
-  trap 'rm -f -- "$pidf"' EXIT
-  ( trap - EXIT
+  reports= hashing=
+  trap 'for k in $hashing $(cat -- "$pidf" 2>/dev/null) $reports; do kill "$k"; done \
+    2>/dev/null; rm -f -- "$pidf"' EXIT
+  trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM
+  ( trap - EXIT HUP INT TERM
     while sleep "${1:-5}" >/dev/null 2>&1; do
       pid=$(cat -- "$pidf" 2>/dev/null)
       got=$(sed -n 's/^rchar: //p' "/proc/${pid:-0}/io" 2>/dev/null)
@@ -85,8 +92,11 @@ sums)
         [ -z "$pid" ] || { kill "$pid"; kill -s CONT "$pid"; } 2>/dev/null; exit 0; }
     done ) &
   reports=$!
-  tr '\n' '\0' | xargs -0 -r sh -c 'echo $$ >"$0" && exec sha256sum -- "$@"' "$pidf"
-  kill "$reports" 2>/dev/null
+  exec 3<&0
+  tr '\n' '\0' <&3 | xargs -0 -r sh -c 'echo $$ >"$0" && exec sha256sum -- "$@"' "$pidf" &
+  hashing=$!
+  wait "$hashing"; hashing=
+  kill "$reports" 2>/dev/null; reports=; : >"$pidf"
   exit 0 ;;
 touch)
   progress start
@@ -132,54 +142,120 @@ sweep() {
 }
 # One receive into DEST at a time (two pushes from two terminals, or from hosts that
 # share DEST over NFS: their renames would interleave). The lock: flock(1) on
-# DEST/.sshcluster-push.lock (util-linux's or BusyBox's; the kernel lets it go however
-# the push ends; the file is removed at the end, so a lock taken on a file that was
-# removed meanwhile is taken again), else a directory made by mkdir,
-# DEST/.sshcluster-push.lockdir, with its holder's host and pid in it (removed at the
-# end; one whose holder is gone from this host is taken over). Waited for
-# $PUSH_LOCK_WAIT seconds at most (the primary's share of its stall limit: meanwhile
-# nothing of the stream is read). Neither name is a staging directory's
-# (.sshcluster-push.??????): the sweep leaves them alone.
+# DEST/.sshcluster-push.lock where the host has flock and Linux's /proc/PID/fd
+# (util-linux's or BusyBox's flock; the kernel lets it go however the push ends; the
+# file is removed at the end, so a lock taken on a file that was removed meanwhile is
+# taken again), else a directory made by mkdir, DEST/.sshcluster-push.lockdir, with its
+# holder's host and pid in it (removed at the end; one whose holder is gone from this
+# host is taken over). Waited for $PUSH_LOCK_WAIT seconds at most (the primary's share
+# of its stall limit: meanwhile nothing of the stream is read); another user's lock is
+# waited for, never opened. Whoever can write in DEST could plant a link there, or a
+# lock of theirs that every push would wait on: the file is made only where nothing is
+# (noclobber: O_EXCL, which follows no link), 0600, opened for reading only (never
+# made, never truncated through its name), and then, by what the descriptor names in
+# /proc, it must be that very path, a regular file of this user's; the push id is
+# written through that descriptor. A link, or anything but a regular file (a directory
+# for the lockdir), there fails the host, naming it. Neither name is a staging
+# directory's (.sshcluster-push.??????): the sweep leaves them alone.
 lockf= lockdir=
-# Whether the holder, as its lock says ("PUSH_ID HOST PID LABEL"), is this same push
-# ($PUSH_ID, the primary's): then for this host it is a chain's receive left behind by
-# a host lost before it, which the direct copy now under way replaces: it is ended (and
-# the lock then taken); for another host that shares DEST both place the same files,
-# side by side: no lock is needed between them (0: go on without it).
+lock_refused() {  # PATH WHAT
+  why="$1 is $2: refused, a push takes its lock in DEST only with a file or directory it made itself; remove it and push again"
+}
+# Whether the holder, as its lock says ("PUSH_ID HOST PID LABEL", read from stdin), is
+# this same push ($PUSH_ID, the primary's): then for this host it is a chain's receive
+# left behind by a host lost before it, which the direct copy now under way replaces:
+# it is ended (and the lock then taken); for another host that shares DEST both place
+# the same files, side by side: no lock is needed between them (0: go on without it).
 same_push() {
   id= holder= pid= who=
-  read -r id holder pid who <"$1" 2>/dev/null
+  read -r id holder pid who
   [ -n "${PUSH_ID:-}" ] && [ "$id" = "$PUSH_ID" ] || return 1
   [ "$who" = "$label" ] && [ "$holder" = "$(uname -n)" ] || return 0
   kill "$pid" 2>/dev/null
   return 1
 }
+# The file descriptor 9 opened on, as /proc says: "ok" (PATH itself, a regular file of
+# this user's), "gone" (PATH was removed since: its holder has ended) or anything else.
+opened() {
+  o=$(readlink "/proc/$$/fd/9" 2>/dev/null)
+  if [ "$o" = "$1 (deleted)" ]; then echo gone
+  elif [ "$o" = "$1" ] && [ -f "/proc/$$/fd/9" ] && [ -O "/proc/$$/fd/9" ]; then echo ok
+  else echo "${o:-unknown}"; fi
+}
+# 0 locked (or no lock needed), 1 cannot (why in $work/err), 2 waited in vain, 3 refused
+# (why in $why)
 lock() {
-  waited=0
-  if command -v flock >/dev/null 2>&1; then
+  waited=0 other=
+  if command -v flock >/dev/null 2>&1 && [ -d "/proc/$$/fd" ]; then
+    lk=$pre/.sshcluster-push.lock
     while :; do
-      { command exec 9>>"$pre/.sshcluster-push.lock"; } 2>"$work/err" || return 1
-      if flock -n 9; then
-        if [ ! -e "/proc/$$/fd/9" ] || [ "/proc/$$/fd/9" -ef "$pre/.sshcluster-push.lock" ]
-        then
-          lockf=$pre/.sshcluster-push.lock
-          printf '%s %s %s %s\n' "${PUSH_ID:--}" "$(uname -n)" "$$" "$label" >"$lockf"
-          return 0
-        fi
-      elif same_push "$pre/.sshcluster-push.lock"; then
-        exec 9>&-; return 0
+      : >"$work/err"
+      [ -e "$lk" ] || [ -L "$lk" ] || (umask 077; set -C; : >"$lk") 2>"$work/err"
+      if [ -L "$lk" ]; then
+        lock_refused "$lk" "a symbolic link (to $(readlink -- "$lk"))"; return 3
+      elif [ ! -e "$lk" ]; then
+        [ ! -s "$work/err" ] || return 1  # (else removed at once by its holder)
+      elif [ ! -f "$lk" ]; then
+        lock_refused "$lk" "not a regular file"; return 3
+      elif [ ! -O "$lk" ]; then
+        other="; its lock, $lk, is another user's"
+      else
+        { command exec 9<"$lk"; } 2>"$work/err" || return 1
+        case $(opened "$lk") in
+        ok) if flock -n 9; then
+              case $(opened "$lk") in
+              ok) lockf=$lk
+                  # (one an older push left may be readable by others: no more)
+                  chmod 600 "/proc/$$/fd/9" 2>/dev/null
+                  printf '%s %s %s %s\n' "${PUSH_ID:--}" "$(uname -n)" "$$" "$label" \
+                    >"/proc/$$/fd/9"
+                  return 0 ;;
+              esac
+            elif same_push <&9; then
+              exec 9<&-; return 0
+            fi ;;
+        gone) ;;
+        *) exec 9<&-
+           lock_refused "$lk" "not what was opened there (that was $(opened "$lk"))"
+           return 3 ;;
+        esac
+        exec 9<&-
       fi
       [ "$waited" -lt "${PUSH_LOCK_WAIT:-60}" ] || return 2
       sleep 1; waited=$((waited + 1))
     done
   fi
   held=$pre/.sshcluster-push.lockdir
-  until mkdir -- "$held" 2>"$work/err"; do
-    [ -d "$held" ] || return 1
-    ! same_push "$held/owner" || return 0
-    if [ "$holder" = "$(uname -n)" ] && [ -n "$pid" ] &&
-        ! kill -0 "$pid" 2>/dev/null && [ ! -d "/proc/$pid" ]; then
-      rm -rf -- "$held"; continue
+  until mkdir -m 700 -- "$held" 2>"$work/err"; do
+    if [ -L "$held" ]; then
+      lock_refused "$held" "a symbolic link (to $(readlink -- "$held"))"; return 3
+    elif [ ! -e "$held" ]; then
+      return 1
+    elif [ ! -d "$held" ]; then
+      lock_refused "$held" "not a directory"; return 3
+    elif [ ! -O "$held" ]; then
+      other="; its lock, $held, is another user's"
+    else
+      # (this user's own, 0700: nobody else put the owner file there)
+      seen=$(cat -- "$held/owner" 2>/dev/null)
+      ! same_push <<EOF || return 0
+$seen
+EOF
+      if [ "$holder" = "$(uname -n)" ] && [ -n "$pid" ] &&
+          ! kill -0 "$pid" 2>/dev/null && [ ! -d "/proc/$pid" ]; then
+        # Taken over by a rename to a name of this receive's own: of two that found it
+        # stale, one renames it; the other finds the new holder's there (another owner
+        # line, or none yet) and puts it back.
+        gone=$held.$(uname -n).$$
+        if mv -T -- "$held" "$gone" 2>/dev/null; then
+          if [ ! -L "$gone" ] && [ "$(cat -- "$gone/owner" 2>/dev/null)" = "$seen" ]; then
+            rm -rf -- "$gone"
+          elif [ ! -e "$held" ] && [ ! -L "$held" ]; then
+            mv -T -- "$gone" "$held"
+          fi
+        fi
+        continue
+      fi
     fi
     [ "$waited" -lt "${PUSH_LOCK_WAIT:-60}" ] || return 2
     sleep 1; waited=$((waited + 1))
@@ -190,7 +266,16 @@ lock() {
 work=$(mktemp -d "${TMPDIR:-/tmp}/sshcluster-push.XXXXXX") || {
   say failed "cannot make a directory in ${TMPDIR:-/tmp}"; exit 1; }
 stage=
-trap 'rm -rf -- "$work"; [ -z "$stage" ] || clear_stage "$stage"
+# The long children (tar, the hashing, the chain's forwarder and ssh) run in the
+# background, waited for, so that a signal's trap runs at once (a POSIX shell runs it
+# only once the command in the foreground has ended), and without the lock's fd 9: the
+# lock goes with this shell. The EXIT trap ends them (a stopped one too) before the
+# staging directory and the lock go: a receive ended by the direct copy of its own push
+# (see same_push) lets go of DEST at once.
+kid= fwdpid= nextpid=
+trap 'for k in $kid $fwdpid $nextpid; do kill "$k"; kill -s CONT "$k"; wait "$k"
+  done 2>/dev/null
+  rm -rf -- "$work"; [ -z "$stage" ] || clear_stage "$stage"
   [ -z "$lockf" ] || rm -f -- "$lockf"; [ -z "$lockdir" ] || rm -rf -- "$lockdir"' EXIT
 trap 'exit 130' INT TERM HUP
 why=
@@ -206,12 +291,13 @@ if [ -n "$stage" ]; then
   lock
   case $? in
   1) why="cannot lock $dest: $(tail -n 1 "$work/err")" ;;
-  2) why="another push to $dest is running on $label (waited ${PUSH_LOCK_WAIT:-60} s for it): try again once it has ended" ;;
+  2) why="another push to $dest is running on $label (waited ${PUSH_LOCK_WAIT:-60} s for it$other): try again once it has ended" ;;
   esac
   [ -z "$why" ] || { clear_stage "$stage"; stage=; }
 fi
 
 next=
+exec 3<&0  # (the stream, for the children in the background)
 if [ $# -ge 4 ]; then
   nlabel=$1; nhost=$2; nport=$3; nuser=$4; shift 4
   rest=
@@ -235,18 +321,19 @@ if [ $# -ge 4 ]; then
   # ControlMaster here, which with ControlPersist would outlive the push)
   # The next host gets this same script, then the stream as it arrives here; tee -p (and
   # forward.pl likewise): a host whose own tar has given up (a full disk) still passes
-  # the stream on. (fd 3: an asynchronous list's own stdin would be /dev/null)
-  exec 3<&0
+  # the stream on. (Through the fifo up: two jobs, each with its pid for the EXIT trap.)
+  mkfifo "$work/up"
   { printf '%s\n# sshcluster: end of script\n' "$S"
-    if [ -z "$stage" ]; then cat
-    elif [ -n "$fwd" ]; then perl -e "$FORWARD_PL" $fwd "$work/fifo" 4>"$work/fifo"
-    else tee -p "$work/fifo"; fi <&3; } |
-    ssh $SESSION_OPTIONS -o BatchMode=yes -o StrictHostKeyChecking=yes \
+    if [ -z "$stage" ]; then exec cat
+    elif [ -n "$fwd" ]; then exec perl -e "$FORWARD_PL" $fwd "$work/fifo" 4>"$work/fifo"
+    else exec tee -p "$work/fifo"; fi; } <&3 >"$work/up" 9>&- &
+  fwdpid=$!
+  ssh $SESSION_OPTIONS -o BatchMode=yes -o StrictHostKeyChecking=yes \
       -o ConnectTimeout=10 ${gcm:+-o "Ciphers=$gcm"} \
       ${nport:+-p "$nport"} ${nuser:+-l "$nuser"} -- "$nhost" \
       "exec sh -c $(q "$READ_SCRIPT") sshcluster-push receive $(q "$dest") $(q "$nlabel")$rest" \
-      >"$work/next.out" 2>"$work/next.err" &
-  next=$!
+      <"$work/up" >"$work/next.out" 2>"$work/next.err" 9>&- &
+  next=$! nextpid=$!
 fi
 
 # cd to DEST/REL ("": DEST itself) by its real path, and only if it is that directory:
@@ -305,16 +392,17 @@ pick_sum
 # tar's 10 KiB, the content written to each file in pieces that size. The directories
 # come first in the stream, their files later: each gets its mode at the end, so that
 # a 0555 one still takes its files when tar is not root.)
-if [ -n "$next" ] && [ -n "$stage" ]; then
-  tar -B -b 256 --delay-directory-restore -C "$stage" -xpf "$work/fifo" 2>"$work/tar.err"
+if [ -n "$stage" ]; then
+  if [ -n "$next" ]; then from=$work/fifo; else from=-; fi
+  tar -B -b 256 --delay-directory-restore -C "$stage" -xpf "$from" <&3 2>"$work/tar.err" \
+    9>&- &
+  kid=$!
+  wait "$kid"; rc=$? kid=
 elif [ -n "$next" ]; then
-  wait "$next"; false
-elif [ -n "$stage" ]; then
-  tar -B -b 256 --delay-directory-restore -C "$stage" -xpf - 2>"$work/tar.err"
+  wait "$next"; rc=1 nextpid=
 else
-  cat >/dev/null; false
+  cat >/dev/null; rc=1
 fi
-rc=$?
 
 if [ -z "$why" ] && [ "$rc" != 0 ]; then
   why="$(grep -v 'Exiting with failure' "$work/tar.err" | head -n 3)"
@@ -331,7 +419,9 @@ fi
 if [ -z "$why" ]; then
   # Every file in the list hashed, and compared with the hash it was sent with.
   ( cd "$stage" && awk '{ print substr($0, index($0, "  ") + 2) }' $list |
-    xargs -d '\n' -r $sum -- ) >"$work/got" 2>"$work/hash.err"
+    xargs -d '\n' -r $sum -- ) >"$work/got" 2>"$work/hash.err" 9>&- &
+  kid=$!
+  wait "$kid"; kid=
   awk -v got="$work/got" '
     BEGIN { while ((getline l < got) > 0) {  # "HASH  PATH", or openssl'"'"'s "HASH *PATH"
       i = index(l, " "); h[substr(l, i + 2)] = substr(l, 1, i - 1) } }
@@ -349,7 +439,8 @@ fi
 if [ -z "$why" ]; then say ok; else say failed "$why"; fi
 
 if [ -n "$next" ]; then
-  wait "$next"
+  wait "$next"; nextpid=
+  wait "$fwdpid"; fwdpid=
   grep '^sshcluster-push	' "$work/next.out"
   grep -q "^sshcluster-push	$nlabel	" "$work/next.out" ||
     printf 'sshcluster-push\t%s\tfailed\tfrom %s: %s\n' "$nlabel" "$label" \
