@@ -39,7 +39,8 @@ _OTHER_R = """local({
 """
 
 
-def test_the_second_of_two_syncs_finishing_together_discards_its_copy(tmp_path: Path) -> None:
+def _reference_and_archive(tmp_path: Path) -> tuple[Reference, Path]:
+    """The primary's reference for PURE 2.0 and the archive a sync sends of it."""
     built = build_all(tmp_path / "rpkgs", {PURE: ("2.0",)}, compiled=set(),
                       repo_versions={PURE: "2.0"})
     primary = tmp_path / "primary-lib"
@@ -48,6 +49,11 @@ def test_the_second_of_two_syncs_finishing_together_discards_its_copy(tmp_path: 
     archive = tmp_path / "a.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(primary / PURE, arcname=PURE)
+    return ref, archive
+
+
+def test_the_second_of_two_syncs_finishing_together_discards_its_copy(tmp_path: Path) -> None:
+    ref, archive = _reference_and_archive(tmp_path)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "mv").write_text(_OTHER_MV % {"mv": shutil.which("mv")})
@@ -77,14 +83,7 @@ def test_a_sync_sweeps_only_the_copies_no_sync_may_still_be_writing(tmp_path: Pa
     """Each sync's .incoming- directory says until when its sync may still write it: a
     second sync removes those past it (and, from syncs before this scheme, those an hour
     old), never a live one of a sync with a long --timeout, however old."""
-    built = build_all(tmp_path / "rpkgs", {PURE: ("2.0",)}, compiled=set(),
-                      repo_versions={PURE: "2.0"})
-    primary = tmp_path / "primary-lib"
-    install(built, primary, PURE, "2.0")
-    ref = Reference("the primary", "4.2.2", (RPackage(PURE, "2.0", str(primary / PURE)),))
-    archive = tmp_path / "a.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(primary / PURE, arcname=PURE)
+    ref, archive = _reference_and_archive(tmp_path)
     root = tmp_path / "lib"
     bin_dir = tmp_path / "bin"  # (a mktemp that notes the names asked for)
     bin_dir.mkdir()
