@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import sshcluster
@@ -83,3 +85,17 @@ def remote_state(tb: Testbed, host: TestHost, dest: str = DEST) -> dict[str, tup
         mode, rel, rest = line.split(" ", 2)
         state[rel] = (mode, rest)
     return state
+
+
+def stop_once_running(tb: Testbed, host: TestHost, name: str,
+                      proc: subprocess.Popen[bytes]) -> list[int]:
+    """Waits (up to 60 s, while ``proc`` runs) for ``host``'s processes called ``name``,
+    then stops them (SIGSTOP) and returns their pids. (Its own: the hosts share this
+    machine's processes, so a pkill would hit the other hosts' too.)"""
+    deadline = time.monotonic() + 60
+    while not (pids := tb.processes(host, name)):
+        assert time.monotonic() < deadline and proc.poll() is None, f"no {name} on {host}"
+        time.sleep(0.05)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    return pids

@@ -27,7 +27,15 @@ from sshcluster.push.transfer import Session, chain_words, script, verdicts
 from sshcluster.testing import Testbed
 from sshcluster.testing.fixtures import MakeTestbed
 
-from .helpers import DEST, SSHCLUSTER, cli_env, local_state, make_tree, remote_state
+from .helpers import (
+    DEST,
+    SSHCLUSTER,
+    cli_env,
+    local_state,
+    make_tree,
+    remote_state,
+    stop_once_running,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -113,12 +121,7 @@ def test_a_host_that_stops_taking_the_data_is_given_up_and_the_others_finish(
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**cli_env(), STALL_ENV: "3"})
     try:
-        deadline = time.monotonic() + 60
-        while not (tars := tb.processes(victim, "tar")):  # its receive has begun
-            assert time.monotonic() < deadline and proc.poll() is None, "no receive"
-            time.sleep(0.05)
-        for pid in tars:  # (its own: the hosts share this machine's processes)
-            os.kill(pid, signal.SIGSTOP)
+        stop_once_running(tb, victim, "tar", proc)  # (once its receive has begun)
         # (a hang guard: without the stall limit this push never ended)
         out, err = proc.communicate(timeout=DEADLINE)
     finally:

@@ -24,7 +24,15 @@ from sshcluster.testing import Testbed
 from sshcluster.testing.fixtures import MakeTestbed
 from sshcluster.testing.hosts import TestHost, host_dir
 
-from .helpers import DEST, SSHCLUSTER, cli_env, local_state, path_without, remote_state
+from .helpers import (
+    DEST,
+    SSHCLUSTER,
+    cli_env,
+    local_state,
+    path_without,
+    remote_state,
+    stop_once_running,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -63,13 +71,7 @@ def _held(tb: Testbed, host: TestHost, push: subprocess.Popen[str]) -> Iterator[
                     "burst", "128kb", "latency", "50ms"], check=True)
     stopped: list[int] = []
     try:
-        deadline = time.monotonic() + 60
-        while not (tars := tb.processes(host, "tar")):
-            assert time.monotonic() < deadline and push.poll() is None, "no receive"
-            time.sleep(0.05)
-        for pid in tars:  # (its own: the hosts share this machine's processes)
-            os.kill(pid, signal.SIGSTOP)
-            stopped.append(pid)
+        stopped += stop_once_running(tb, host, "tar", push)
         subprocess.run(["tc", "qdisc", "del", "dev", bridge, "root"], check=True)
         yield
     finally:

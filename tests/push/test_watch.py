@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ from sshcluster.testing import Testbed
 from sshcluster.testing.fixtures import MakeTestbed
 from sshcluster.testing.hosts import host_dir
 
-from .helpers import DEST, SSHCLUSTER, cli_env, local_state, remote_state
+from .helpers import DEST, SSHCLUSTER, cli_env, local_state, remote_state, stop_once_running
 
 pytestmark = pytest.mark.slow
 
@@ -112,12 +111,7 @@ def test_a_host_whose_hashing_stops_is_named_and_the_others_go_on(
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**cli_env(), STALL_ENV: str(STALL)})
     try:
-        deadline = time.monotonic() + 60
-        while not (hashing := tb.processes(victim, "sha256sum")):
-            assert time.monotonic() < deadline and proc.poll() is None, "no hashing"
-            time.sleep(0.05)
-        for pid in hashing:  # (its own: the hosts share this machine's processes)
-            os.kill(pid, signal.SIGSTOP)
+        stop_once_running(tb, victim, "sha256sum", proc)
         out, err = proc.communicate(timeout=DEADLINE)
         # the host ends the stopped hash once the primary is gone
         assert tb.leftovers("sha256sum", wait=30) == {}
