@@ -79,10 +79,13 @@ sums)
   # hashing, and the pid file, whose pid would otherwise be one to kill once reused.
   # (The hashing runs in the background, with wait: a trap runs only once the command
   # in the foreground has ended. fd 3: an asynchronous list's own stdin is /dev/null.)
+  # The reporter and xargs get KILL (children not yet waited for: never a reused pid):
+  # dash loses a TERM that comes before a new child has dropped the inherited trap.
   pidf=$(mktemp "${TMPDIR:-/tmp}/sshcluster-push.XXXXXX") || exit 1
   reports= hashing=
-  trap 'for k in $hashing $(cat -- "$pidf" 2>/dev/null) $reports; do kill "$k"; done \
-    2>/dev/null; rm -f -- "$pidf"' EXIT
+  trap 'for k in $hashing $reports; do kill -s KILL "$k"; done 2>/dev/null
+    for k in $(cat -- "$pidf" 2>/dev/null); do kill "$k"; done 2>/dev/null
+    rm -f -- "$pidf"' EXIT
   trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM
   ( trap - EXIT HUP INT TERM
     while sleep "${1:-5}" >/dev/null 2>&1; do
@@ -96,7 +99,7 @@ sums)
   tr '\n' '\0' <&3 | xargs -0 -r sh -c 'echo $$ >"$0" && exec sha256sum -- "$@"' "$pidf" &
   hashing=$!
   wait "$hashing"; hashing=
-  kill "$reports" 2>/dev/null; reports=; : >"$pidf"
+  kill -s KILL "$reports" 2>/dev/null; reports=; : >"$pidf"
   exit 0 ;;
 touch)
   progress start
@@ -269,12 +272,11 @@ stage=
 # The long children (tar, the hashing, the chain's forwarder and ssh) run in the
 # background, waited for, so that a signal's trap runs at once (a POSIX shell runs it
 # only once the command in the foreground has ended), and without the lock's fd 9: the
-# lock goes with this shell. The EXIT trap ends them (a stopped one too) before the
-# staging directory and the lock go: a receive ended by the direct copy of its own push
-# (see same_push) lets go of DEST at once.
+# lock goes with this shell. The EXIT trap ends them (a stopped one too; with KILL, as
+# sums does its reporter) before the staging directory and the lock go: a receive ended
+# by the direct copy of its own push (see same_push) lets go of DEST at once.
 kid= fwdpid= nextpid=
-trap 'for k in $kid $fwdpid $nextpid; do kill "$k"; kill -s CONT "$k"; wait "$k"
-  done 2>/dev/null
+trap 'for k in $kid $fwdpid $nextpid; do kill -s KILL "$k"; wait "$k"; done 2>/dev/null
   rm -rf -- "$work"; [ -z "$stage" ] || clear_stage "$stage"
   [ -z "$lockf" ] || rm -f -- "$lockf"; [ -z "$lockdir" ] || rm -rf -- "$lockdir"' EXIT
 trap 'exit 130' INT TERM HUP
