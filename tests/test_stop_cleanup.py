@@ -6,6 +6,7 @@ and the files a worker made in its tempdir() when the primary's R is killed outr
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import time
@@ -22,36 +23,39 @@ from sshcluster.testing.leftovers import nothing_left
 pytestmark = pytest.mark.testbed
 
 #: The test hosts share this machine's process table and files: the stubborn process is
-#: found by its command line.
-STUBBORN = "sleep 3333"
+#: found by its command line, one of its own for each test (the suite runs tests side
+#: by side: a shared one was counted, and killed, by the other test too).
+def _stubborn() -> str:
+    return f"sleep {3000 + secrets.randbelow(10**6)}"
 
 
-def _stubborn_left() -> list[str]:
-    out = subprocess.run(["pgrep", "-afx", STUBBORN], capture_output=True, text=True)
+def _stubborn_left(stubborn: str) -> list[str]:
+    out = subprocess.run(["pgrep", "-afx", stubborn], capture_output=True, text=True)
     return [line for line in out.stdout.splitlines() if "pgrep" not in line]
 
 
 @pytest.mark.parametrize("fork", [True, False], ids=["fork", "fresh"])
 def test_a_process_that_ignores_term_ends_with_the_cluster(testbed: Testbed, tmp_path: Path,
                                                            fork: bool) -> None:
+    stubborn = _stubborn()
     f = write_cluster(testbed, tmp_path, options=RenderOptions(fork=fork))
     out = run_r_in_test(f"""
         source({str(f)!r})
         invisible(parallel::clusterEvalQ(parallelCluster, system2(
-          "sh", c("-c", shQuote("trap '' TERM; exec {STUBBORN}")), wait = FALSE)))
+          "sh", c("-c", shQuote("trap '' TERM; exec {stubborn}")), wait = FALSE)))
         Sys.sleep(0.5)
-        cat("RUNNING", length(system("pgrep -fx '{STUBBORN}'", intern = TRUE)), "\\n")
+        cat("RUNNING", length(system("pgrep -fx '{stubborn}'", intern = TRUE)), "\\n")
         sshcluster_stop()
     """, tmp_path)
     try:
         assert out.returncode == 0, out.stderr
         assert "RUNNING 8" in out.stdout, out.stdout
         deadline = time.monotonic() + 15
-        while _stubborn_left() and time.monotonic() < deadline:
+        while _stubborn_left(stubborn) and time.monotonic() < deadline:
             time.sleep(0.25)
-        assert _stubborn_left() == []
+        assert _stubborn_left(stubborn) == []
     finally:
-        subprocess.run(["pkill", "-KILL", "-f", STUBBORN], capture_output=True)
+        subprocess.run(["pkill", "-KILL", "-fx", stubborn], capture_output=True)
 
 
 @pytest.mark.parametrize("fork", [True, False], ids=["fork", "fresh"])
