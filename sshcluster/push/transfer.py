@@ -12,8 +12,10 @@ keepalive so that a host lost mid-push ends its ssh instead of stalling.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import re
+import shutil
 import subprocess
 import threading
 import time
@@ -40,6 +42,7 @@ from sshcluster.push.stream import lock_seconds
 from sshcluster.push.watch import Answer, Stalled, progress_every, run_watched
 from sshcluster.quoting import shell_join, shell_quote
 from sshcluster.ssh.command import SESSION_OPTIONS, openssh_version, ssh_command
+from sshcluster.ssh.config import SshConfigError, client_settings
 
 __all__ = ["KEEPALIVE", "Plan", "Progress", "Session", "remote_command", "script"]
 
@@ -162,6 +165,22 @@ class Session:
         except FileNotFoundError as e:
             raise _no_ssh() from e
 
+    def refused_by_config(self) -> str:
+        """Why the user's ssh config keeps this host's sessions from working, as the
+        check's ``resolve`` step says it of the launch ("": nothing does): ``StdinNull
+        yes`` (the script, sent on ssh's stdin, would never arrive), ``ForkAfterAuthentication
+        yes``. One ``ssh -G`` (no connection)."""
+        if shutil.which("ssh") is None:
+            raise _no_ssh()
+        try:
+            s = asyncio.run(client_settings(self.host.host, self.argv[1:-2]))
+        except SshConfigError as e:
+            return f"{e.message} ({e.hint})" if e.hint else e.message
+        breaks = s.breaks_launch(tunnel=False, script=True)
+        return (f"ssh would use {'; '.join(breaks)} for {self.host.label}, which breaks "
+                "the push as it does the launch (set it to 'no' for this host in the ssh "
+                "config, or leave it out)") if breaks else ""
+
     def popen(self, words: Sequence[str]) -> subprocess.Popen[bytes]:
         """Start remote.sh's receive; the caller writes the script, then the stream."""
         try:
@@ -221,6 +240,9 @@ def plan_host(session: Session, manifest: Manifest, dest: str, hashes: Hashes) -
     mtime differs, its hashes say."""
     tops = sorted({e.rel.split("/", 1)[0] for e in manifest.entries})
     label = session.host.label
+    refused = session.refused_by_config()
+    if refused:
+        return Plan(None, refused)
     try:
         listed = session.run(["scan", dest, *tops])
     except Stalled as e:
