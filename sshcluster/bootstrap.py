@@ -60,6 +60,7 @@ from sshcluster.launchplan import (
     launch_plan,
     launch_tunnel,
     plan_of,
+    r_register,
     with_library,
 )
 from sshcluster.net import R_PORT_RANGE, r_address
@@ -77,8 +78,7 @@ from sshcluster.version import __version__
 
 
 def _known_hosts_forms(inventory: Inventory) -> str:
-    """Both forms of :func:`known_hosts_option` as an R value; the file picks one when it
-    is sourced, for the ssh it finds there."""
+    """Both forms of :func:`known_hosts_option` as an R value: the file picks one."""
     if not inventory.known_hosts:
         return "NULL"
     current = shell_join(known_hosts_option(inventory, before_8_5=False))
@@ -299,7 +299,7 @@ def _fast(inventory: Inventory, opts: RenderOptions, plan: Plan
             ("locale", _r_value(inventory.locale)),
             ("workdir", _r_value(inventory.workdir)),
             _library(inventory, opts),
-            ("register", _r_value(plan.register)),
+            ("register", r_register(plan.register)),
             ("worker_output", _r_value(plan.worker_output)),
             ("lease", _r_value(plan.lease)),
             ("worker_logs", _r_value(opts.worker_logs)),
@@ -331,7 +331,7 @@ def _classic(inventory: Inventory, opts: RenderOptions, plan: Plan
             ("port", port),
             ("workdir", _r_value(inventory.workdir)),
             _library(inventory, opts),
-            ("register", _r_value(plan.register)),
+            ("register", r_register(plan.register)),
         ]),
     ]
 

@@ -9,6 +9,7 @@ wrong. No traceback for a user's mistake.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import os
@@ -289,7 +290,9 @@ def _checked(inv: Inventory, options: bootstrap.RenderOptions, *, timeout: float
     The check reads the default ssh config (~/.ssh/config), as the generated file's ssh
     does: a host that only another config file names would pass the check and then fail
     the launch, so render has no -F."""
-    report = _run_check(inv, timeout=timeout, concurrency=concurrency,
+    # (with the options' registrations: the check looks for the packages each loads)
+    checked = dataclasses.replace(inv, register=bootstrap.plan_of(inv, options).register)
+    report = _run_check(checked, timeout=timeout, concurrency=concurrency,
                         accept_new=accept_new, ssh_config=(), show_progress=True,
                         tunnel=tunnel)
     from sshcluster.check.preflight import verified_inventory

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 from sshcluster.errors import RenderError
 from sshcluster.inventory import Inventory, Launch, Register, Tunnel, worker_output
 from sshcluster.primary import refuse_ipv6_primary
+from sshcluster.protocol import REGISTER_NEEDS
+from sshcluster.quoting import r_string
 from sshcluster.ssh.command import CONNECT_TIMEOUT
 
 if TYPE_CHECKING:
@@ -22,6 +24,15 @@ if TYPE_CHECKING:
 #: :attr:`RenderOptions.library_digest`'s default: the library ``sshcluster sync`` makes
 #: for the inventory's own ``r_packages`` or ``lockfile`` (:func:`with_library`).
 INVENTORY_LIBRARY = "auto"
+
+
+def r_register(register: tuple[Register, ...]) -> str:
+    """The bootstrap's ``register`` field: the registrations, and what each needs (the R
+    code asks of a previous cluster's registrations too)."""
+    def vec(v: tuple[str, ...]) -> str:
+        return f"c({', '.join(r_string(x) for x in v)})" if v else "character(0)"
+    needs = ", ".join(f"{k} = {vec(v)}" for k, v in REGISTER_NEEDS.items())
+    return f"list(what = {vec(register)}, needs = list({needs}))"
 
 
 @dataclass(frozen=True)
@@ -136,4 +147,4 @@ def launch_plan(inventory: Inventory, options: RenderOptions | None = None
 
 
 __all__ = ["INVENTORY_LIBRARY", "Plan", "RenderOptions", "launch_plan", "launch_tunnel",
-           "plan_of", "with_library"]
+           "plan_of", "r_register", "with_library"]

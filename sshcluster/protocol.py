@@ -9,6 +9,7 @@ data in the call the generated file makes (as the port range does, see
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
 # --------------------------------------------------------------------------- the check
@@ -174,6 +175,18 @@ PUSH_PROGRESS: Final = "sshcluster-push-progress"
 #: Seconds a push session may take to say its first word (the ssh login, the script
 #: read): the hang guard until progress can be seen.
 PUSH_FIRST_ANSWER: Final = 120
+#: The R packages each registration (the inventory's ``register:``) loads, on the
+#: primary and on every worker: the launch stops naming a host that cannot load them
+#: (``R/common.R``'s check_register, which gets this from the bootstrap's config), and
+#: the check fails that host's ``packages`` step.
+REGISTER_NEEDS: Final[dict[str, tuple[str, ...]]] = {
+    "doparallel": ("doParallel", "foreach"), "future": ("future",)}
+
+
+def register_needs(register: Sequence[str]) -> tuple[str, ...]:
+    """The packages the registrations ``register`` need, each once."""
+    return tuple(dict.fromkeys(p for r in register for p in REGISTER_NEEDS[r]))
+
 
 __all__ = [
     "GONE",
@@ -188,6 +201,7 @@ __all__ = [
     "PUSH_PROGRESS",
     "PUSH_REPORTS_PER_STALL",
     "PUSH_STALL",
+    "REGISTER_NEEDS",
     "RELAY_MOST_WORKERS",
     "REMOTE_STEPS",
     "STEPS",
@@ -195,4 +209,5 @@ __all__ = [
     "WORKER_SHARED_R",
     "Fact",
     "SyncFact",
+    "register_needs",
 ]

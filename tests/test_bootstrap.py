@@ -94,10 +94,12 @@ def _eval_generated(text: str, tmp_path: Path, extra: str) -> str:
 
 
 def _config(text: str, tmp_path: Path) -> dict[str, str]:
-    """The scalar and character fields of the generated file's start() data, as text."""
+    """The scalar and character fields of the generated file's start() data, as text
+    (``register``: the registrations, without what each needs)."""
     out = _eval_generated(text, tmp_path, (
         "cat('entry=', d$entry, '\\n', sep = '')\n"
         "for (k in names(d$config)) { v <- d$config[[k]]\n"
+        "  if (k == 'register') v <- v$what\n"
         "  if (is.atomic(v) && length(v) <= 2 && !any(grepl('\\n', v)))\n"
         "    cat(k, '=', paste(v, collapse = ' '), '\\n', sep = '') }\n"))
     return dict(line.split("=", 1) for line in out.splitlines())

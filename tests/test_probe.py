@@ -19,6 +19,7 @@ from sshcluster.check.probe import (
     Facts,
     RemoteContext,
     found,
+    packages_step,
     parse_facts,
     remote_script,
 )
@@ -125,6 +126,34 @@ def test_script_reports_everything_and_calls_back(listener: Listener, tmp_path: 
     assert steps["cores"].status == "ok"
     what = found(facts)
     assert what.ncore == int(facts.get("NPROC") or 0) and what.seen_primary == "127.0.0.1"
+
+
+def test_the_packages_a_registration_loads_are_looked_for(tmp_path: Path) -> None:
+    """``register: [future, doparallel]``: the script looks for future, doParallel and
+    foreach besides ``r_packages``, and the verdict names the registration that needs
+    each (here an R that sees only its own library lacks all three)."""
+    need_r()
+    bare = tmp_path / "Rscript"
+    bare.write_text("#!/bin/sh\nexport R_LIBS_SITE=/nonexistent R_LIBS_USER=/nonexistent\n"
+                    f'exec {shutil.which("Rscript")} "$@"\n')
+    bare.chmod(0o755)
+    script = remote_script(rscript=str(bare), r_packages=["parallel", "foreach"],
+                           primary="127.0.0.1", primary_user="nobody", primary_ssh_port=1,
+                           port=0, token="t", budget=20, register=("future", "doparallel"))
+    facts = run_script(script, tmp_path)
+    assert facts.get("R_MISSING") == "foreach,future,doParallel"
+    ctx = RemoteContext(Host("h"), register=("future", "doparallel"))
+    step = packages_step(facts, ctx, True)
+    assert step.status == "failed"
+    assert step.detail == ("not installed: foreach, future, doParallel (register: future "
+                           "needs future; register: doparallel needs doParallel and "
+                           "foreach)"), step
+    # without the registrations, only what r_packages names
+    alone = run_script(remote_script(
+        rscript=str(bare), r_packages=["parallel"], primary="127.0.0.1",
+        primary_user="nobody", primary_ssh_port=1, port=0, token="t", budget=20), tmp_path)
+    assert alone.get("R_MISSING") == ""
+    assert packages_step(alone, RemoteContext(Host("h")), True).status == "ok"
 
 
 def test_the_nonce_is_on_no_command_line(tmp_path: Path) -> None:

@@ -4,12 +4,16 @@ stops whole (real test hosts, real R)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
+import sshcluster
 from sshcluster.bootstrap import RenderOptions
-from sshcluster.inventory import Launch
+from sshcluster.inventory import Launch, load_inventory
 from sshcluster.testing import Testbed
 from sshcluster.testing.cluster import write_cluster
 from sshcluster.testing.fixtures import run_r_in_test
@@ -42,3 +46,39 @@ def test_a_host_without_doparallel_is_named_and_the_launch_stops(
     assert f"{testbed.hosts[0].address}:" not in said, said
     assert "r_packages" in said and "sshcluster sync" in said
     assert nothing_left(testbed, marker=tmp_path) == {}
+
+
+@pytest.mark.parametrize("r_packages", [None, ["parallel"]], ids=["own", "synced"])
+def test_the_check_fails_a_host_without_what_register_loads(
+        testbed: Testbed, tmp_path: Path, r_packages: list[str] | None) -> None:
+    """The check says so before any launch: the host's ``packages`` step fails, naming
+    each registration and what it needs, with and without ``r_packages`` (whose
+    reference the step compares otherwise). ``render --check --future`` looks for what
+    its own registration needs."""
+    bare, fine = testbed.hosts[1], testbed.hosts[0]
+    extra = {"r_packages": r_packages} if r_packages else {}
+    f = write_cluster(testbed, tmp_path, ncore=1, hosts=testbed.hosts[:2],
+                      register=["future", "doparallel"], **extra,
+                      host_fields={bare.address: {"rscript": str(without_site_library(
+                          tmp_path / "bare-Rscript"))}})
+    report = sshcluster.check(load_inventory(f"{f}.yaml"), timeout=60)
+    by_host = {h.host.host: h for h in report.hosts}
+    assert by_host[fine.address].failed == [], by_host[fine.address].checks
+    step = by_host[bare.address].checks["packages"]
+    assert by_host[bare.address].failed == ["packages"], by_host[bare.address].checks
+    assert "register: future needs future" in step.detail, step
+    assert "register: doparallel needs doParallel and foreach" in step.detail, step
+    assert "future" in (step.hint or ""), step
+
+    # The same inventory without register:, and the registration on render's command line
+    plain = tmp_path / "plain.yaml"
+    data = yaml.safe_load(Path(f"{f}.yaml").read_text())
+    del data["register"]
+    plain.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert sshcluster.check(load_inventory(plain), timeout=60).failed == ()
+    done = subprocess.run([sys.executable, "-m", "sshcluster", "render", "--check", "--future",
+                           "--timeout", "60", "-o", str(tmp_path / "out.R"), str(plain)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "register: future needs future" in done.stdout + done.stderr, done
+    assert not (tmp_path / "out.R").exists()

@@ -40,7 +40,7 @@ start_classic <- function(config) {
   # a host without what register() needs is named, and the cluster stopped
   ready <- tryCatch({
     if (!is.null(config$library)) use_library(cl, config$library)
-    check_register(union(config$register, again), cl)
+    check_register(union(config$register$what, again), cl, config$register$needs)
     NULL
   }, error = function(e) e)
   if (!is.null(ready)) {
@@ -60,6 +60,6 @@ start_classic <- function(config) {
   assign(S$id, S, envir = launches())
   assign("parallelCluster", cl, envir = globalenv())
   assign("sshcluster_stop", S$stop, envir = globalenv())
-  register(union(config$register, again), cl)
+  register(union(config$register$what, again), cl)
   invisible(cl)
 }

@@ -79,7 +79,8 @@ class HostCheck:
                              reverse_ssh_required=inv.reverse_ssh == "required",
                              reference=self.ctx.reference, packages=inv.packages,
                              inventory_path=inv.path, launch=inv.launch, workdir=inv.workdir,
-                             worker_output=inv.worker_output, lease=inv.lease)
+                             worker_output=inv.worker_output, lease=inv.lease,
+                             register=inv.register)
 
     async def close(self) -> None:
         """Close whatever the steps opened (idempotent)."""

@@ -27,7 +27,14 @@ from sshcluster.inventory import Host, Packages
 from sshcluster.net import r_address
 from sshcluster.packages.drift import drift, drift_verdict, host_versions
 from sshcluster.packages.reference import Reference
-from sshcluster.protocol import HOST_SHELL, REMOTE_STEPS, WORKER_SHARED_R, Fact
+from sshcluster.protocol import (
+    HOST_SHELL,
+    REGISTER_NEEDS,
+    REMOTE_STEPS,
+    WORKER_SHARED_R,
+    Fact,
+    register_needs,
+)
 from sshcluster.quoting import r_string, r_vector, shell_quote
 
 #: A host whose available memory is below this many MiB (or below 5 % of its
@@ -87,6 +94,7 @@ def remote_script(
     locale: Sequence[str] = (),
     worker_output: str = "none",
     lease: bool = False,
+    register: Sequence[str] = (),
 ) -> str:
     """Return the script that ``sh -s`` runs on a worker (sent on its stdin).
 
@@ -103,14 +111,17 @@ def remote_script(
     (:func:`sshcluster.check.locale.launch_locale`): R starts with them. Without a
     container, R starts in ``workdir`` too, made and entered as the launch does. A
     ``worker_output`` directory is tried as the workers try it, and with ``lease`` the
-    host's lease as the launch takes it (and let go of at once).
+    host's lease as the launch takes it (and let go of at once). The packages step looks
+    for the packages the registrations ``register`` load too.
     """
     whole = max(1, int(budget))
+    needs = register_needs(register)
     if reference is None:
-        environment, call = "", f"step_packages({r_vector(r_packages)})"
+        wanted = tuple(dict.fromkeys((*r_packages, *needs)))
+        environment, call = "", f"step_packages({r_vector(wanted)})"
     else:
         environment = _ENVIRONMENT_R.rstrip()
-        names = (*reference.names, *reference.absent)
+        names = tuple(dict.fromkeys((*reference.names, *reference.absent, *needs)))
         call = (f"step_environment({r_vector(names)}, {r_string(library_root)}, "
                 f"{r_string(reference.digest)})")
     r_code = (_R_CODE.replace("#@callback", _R_CALLBACK.rstrip(), 1)
@@ -173,6 +184,8 @@ class RemoteContext:
     workdir: str | None = None
     worker_output: str = "none"
     lease: bool = False
+    #: The inventory's ``register:`` (the launch loads what each needs on every worker).
+    register: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -244,7 +257,8 @@ def rscript_step(facts: Facts, ctx: RemoteContext, complete: bool) -> StepResult
 
 
 def packages_step(facts: Facts, ctx: RemoteContext, complete: bool) -> StepResult:
-    """``packages``: every ``r_packages:`` package is installed."""
+    """``packages``: every ``r_packages:`` package is installed, and every package a
+    ``register:`` entry loads."""
     if Fact.R_MISSING not in facts:
         return StepResult("failed", LATE if not complete else r_died(facts))
     missing = [p for p in (facts.get(Fact.R_MISSING) or "").split(",") if p]
@@ -253,16 +267,36 @@ def packages_step(facts: Facts, ctx: RemoteContext, complete: bool) -> StepResul
         lacking = tuple(p for p in (facts.get(Fact.ENV_LIB_MISSING) or "").split(",") if p)
         d = drift(ctx.reference, host_versions(facts.all(Fact.PKGV)), facts.get(Fact.ENV_R),
                   ctx.packages, lacking)
-        return drift_verdict(d, ctx.reference, ctx.host, ctx.packages,
-                             library=facts.get(Fact.ENV_LIB) or None, seconds=secs,
-                             inventory_path=ctx.inventory_path)
+        verdict = drift_verdict(d, ctx.reference, ctx.host, ctx.packages,
+                                library=facts.get(Fact.ENV_LIB) or None, seconds=secs,
+                                inventory_path=ctx.inventory_path)
+        listed = {*ctx.reference.names, *ctx.reference.absent}
+        unlisted = [p for p in missing if p not in listed]
+        if not unlisted:
+            return verdict
+        why = _registered_without(unlisted, ctx)
+        return StepResult("failed", "; ".join(
+            [why, *([verdict.detail] if verdict.status == "failed" else [])]), secs,
+            hint=f"add {', '.join(unlisted)} to r_packages and run 'sshcluster sync "
+                 f"{ctx.inventory_path or 'INVENTORY'}', or leave the registration out "
+                 "(register: in the inventory)")
     if missing:
+        why = _registered_without(missing, ctx)
         return StepResult(
-            "failed", f"not installed: {', '.join(missing)}", secs,
+            "failed", f"not installed: {', '.join(missing)}" + (f" ({why})" if why else ""),
+            secs,
             hint=f"install them on {ctx.host.host} (install.packages({r_vector(missing)}), "
                  "or the distribution's r-cran-* packages)",
         )
     return StepResult("ok", "all present" if facts.get(Fact.R_MISSING) == "" else "", secs)
+
+
+def _registered_without(missing: Sequence[str], ctx: RemoteContext) -> str:
+    """What the launch's registrations need of ``missing``: "register: future needs
+    future" ("" when none needs any)."""
+    said = [f"register: {r} needs {' and '.join(needs)}" for r in ctx.register
+            if (needs := [p for p in REGISTER_NEEDS[r] if p in missing])]
+    return "; ".join(said)
 
 
 def cores_step(facts: Facts, ctx: RemoteContext, complete: bool) -> StepResult:

@@ -252,7 +252,7 @@ async def _run_remote(hc: HostCheck) -> None:
         budget=budget, reference=ctx.reference, library_root=inv.library_of(hc.host),
         container=hc.host.container, workdir=inv.workdir, locale=launch_locale(inv.locale),
         worker_output=inv.worker_output if inv.launch == "fast" else "none",
-        lease=inv.lease and inv.launch == "fast")
+        lease=inv.lease and inv.launch == "fast", register=inv.register)
     try:
         proc = await hc.conn.create_process("sh -s", encoding="utf-8", errors="replace",
                                             stderr=asyncssh.STDOUT)

@@ -114,7 +114,8 @@ start <- function(config) {
   if (!is.null(config$library)) use_library(S$cluster, config$library)
   # a worker or the primary without future or doParallel: named now, and the launch
   # fails whole (publish() registers after ok, below)
-  check_register(union(config$register, again), S$cluster)
+  check_register(union(config$register$what, again), S$cluster,
+                 config$register$needs)
   S$about <- about_hosts(S)  # (for print(): one call to one worker per host)
   ok <- TRUE
   if (S$refused > 0L)
@@ -133,7 +134,7 @@ publish <- function(S, again) {
   assign("parallelCluster", S$cluster, envir = globalenv())
   assign("sshcluster_stop", function() invisible(stop_cluster(S)), envir = globalenv())
   assign("sshcluster_repair", function() repair(S), envir = globalenv())
-  register(union(S$config$register, again), S$cluster)
+  register(union(S$config$register$what, again), S$cluster)
 }
 
 # How many connections this R allows in all: as parallelly's availableConnections()
