@@ -112,8 +112,9 @@ def plan_of(inventory: Inventory, opts: RenderOptions) -> Plan:
     if launch == "classic" and asked == "reverse":
         raise RenderError("the classic launch cannot use a reverse tunnel",
                           hint="use the fast launch (the default) with the reverse tunnel")
-    if tunnel == "none":
-        refuse_ipv6_primary(inventory, asked="--tunnel none" if opts.tunnel else None)
+    if tunnel == "none":  # (named as the user chose it: the options', else the inventory's)
+        refuse_ipv6_primary(inventory, asked="--tunnel none" if opts.tunnel else None if (
+            inventory.tunnel or inventory.launch == "classic") else "--launch classic")
     register = tuple(dict.fromkeys((*inventory.register, *opts.register)))
     fork = inventory.fork if opts.fork is None else opts.fork
     output = worker_output(opts.worker_output, lambda why: RenderError(

@@ -57,6 +57,10 @@ def test_an_ipv6_primary_is_fine_behind_the_reverse_tunnel(tmp_path: Path) -> No
     assert "parallelCluster" in render(inv)
     with pytest.raises(InventoryError, match="--tunnel none"):
         render(inv, RenderOptions(tunnel="none"))
+    # (named as chosen: on the command line, not as an inventory key it does not hold)
+    with pytest.raises(InventoryError, match="with --launch classic R's workers") as e:
+        render(inv, RenderOptions(launch="classic"))
+    assert "launch: classic" not in e.value.message
 
 
 def test_an_ipv4_mapped_primary_renders_as_its_ipv4_address(tmp_path: Path) -> None:
