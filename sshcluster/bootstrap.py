@@ -264,8 +264,8 @@ def _library(inventory: Inventory, opts: RenderOptions) -> tuple[str, str]:
     if not opts.library_digest:
         return ("library", "NULL")
     roots = list(dict.fromkeys(inventory.library_of(h) for h in inventory.hosts))
-    return ("library", f"list(roots = {_r_value(roots)}, "
-                       f"digest = {r_string(opts.library_digest)})")
+    return ("library", f"list(roots = {_r_value(roots)}, digest = "
+                       f"{r_string(opts.library_digest)}, here = {_r_value(opts.own_ports)})")
 
 
 def _call(function: str, config: Sequence[tuple[str, str]]) -> list[str]:

@@ -59,8 +59,9 @@ class RenderOptions:
     #: A directory (on the primary) for the workers' output lines, a file per host, in
     #: place of the primary's stdout (``sshcluster run``'s record; ``~`` is expanded).
     worker_logs: str | None = None
-    #: Behind the reverse tunnel, every host's session asks for a port of its own, not
-    #: the primary's: a detached job's primary R runs on one of the hosts.
+    #: The primary R runs on one of the hosts (a detached job's): behind the reverse
+    #: tunnel every host's session asks for a port of its own, not the primary's, and
+    #: that R puts sync's library first too, as its workers do.
     own_ports: bool = False
     #: The content hash of the R package environment ``sshcluster sync`` gave the
     #: hosts (``Reference.digest``): its library goes first on the workers' .libPaths(),

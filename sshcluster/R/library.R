@@ -6,11 +6,12 @@
 # as its workers are there, before anything is registered (future::plan() loads future
 # and its dependencies on the workers) or the user's code runs: a package a worker has
 # loaded stays as it is whatever .libPaths() says later. `library` is
-# list(roots = each host's ROOT, digest = DIGEST).
+# list(roots = each host's ROOT, digest = DIGEST, here = TRUE where this R runs on one
+# of the hosts: a detached job's, whose script then loads sync's packages too).
 use_library <- function(cl, library) {
   where <- sshcluster_library_dir  # (R/library_dir.R: base R only)
   environment(where) <- baseenv()
-  first <- function(cl) parallel::clusterCall(cl, function(roots, digest, where) {
+  put_first <- function(roots, digest, where) {
     for (root in roots) {
       lib <- where(root, digest)
       if (file.exists(file.path(lib, "SSHCLUSTER-MANIFEST"))) {
@@ -19,7 +20,11 @@ use_library <- function(cl, library) {
       }
     }
     NA_character_
-  }, library$roots, library$digest, where)
+  }
+  environment(put_first) <- baseenv()  # (sent to the workers: nothing of the launch's)
+  if (isTRUE(library$here)) put_first(library$roots, library$digest, where)
+  first <- function(cl) parallel::clusterCall(cl, put_first, library$roots, library$digest,
+                                              where)
   first(cl)
   # the workers that sshcluster_repair() starts again get it first too (fast launch)
   if (exists("on_new_workers", inherits = TRUE)) on_new_workers(cl, first)

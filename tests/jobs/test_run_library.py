@@ -133,12 +133,15 @@ def test_run_s_workers_load_the_synced_versions_and_future_from_them(
     assert mesh.leftovers(DETACHED_LEFTOVER, wait=15) == {}
 
 
-def test_a_detached_job_s_workers_load_the_synced_versions(
+def test_a_detached_job_s_workers_and_primary_load_the_synced_versions(
         mesh: Testbed, built: Built, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The workers of a detached job, and its primary R, which runs on one of the hosts:
+    the script's own packageVersion("sctpure") there is 2.0 too, not that host's 1.0."""
     inv, _ = synced(mesh, built, tmp_path, monkeypatch, {"r_packages": [PURE]})
     script = tmp_path / "versions.R"
-    script.write_text(REPORT)
+    script.write_text(REPORT + 'cat("PRIMARY=", format(utils::packageVersion("sctpure")), '
+                               '"\\n", sep = "")\n')
     state = tmp_path / "state"
     done = sshcluster_cli(["run", "--detach", "--json", str(inv), str(script)], state)
     assert done.returncode == 0, done.stderr
@@ -147,6 +150,7 @@ def test_a_detached_job_s_workers_load_the_synced_versions(
     logs = sshcluster_cli(["logs", job], state)
     assert ended["state"] == "done", (ended, logs.stdout, logs.stderr)
     assert [r[0] for r in seen(logs.stdout)] == ["2.0"] * 3, logs.stdout
+    assert "PRIMARY=2.0" in logs.stdout.splitlines(), logs.stdout
     assert sshcluster_cli(["fetch", job, "--to", str(tmp_path / "got")], state).returncode == 0
     assert mesh.leftovers(DETACHED_LEFTOVER, wait=15) == {}
 
