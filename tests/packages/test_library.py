@@ -14,7 +14,8 @@ from sshcluster.packages import lockfile_reference
 
 INV = parse_inventory("primary: 10.0.0.1\nr_packages: [digest]\nlibrary: /scratch/lib\n"
                       "hosts: [a, {host: b, library: '~/l'}]\n")
-LIBRARY = 'library = list(roots = c("/scratch/lib", "~/l"), digest = "0123456789abcdef")'
+LIBRARY = ('library = list(roots = c("/scratch/lib", "~/l"), digest = "0123456789abcdef", '
+           'here = FALSE)')
 
 
 def test_the_library_is_named_in_the_header_and_first_before_registering() -> None:
@@ -49,7 +50,7 @@ def test_write_bootstrap_names_the_lockfile_s_library_by_itself(tmp_path: Path) 
     inv = parse_inventory(f"primary: 10.0.0.1\nlockfile: {lock}\nhosts: [a]\n")
     digest = lockfile_reference(str(lock)).digest
     text = sshcluster.write_bootstrap(inv, tmp_path / "cluster.R")
-    assert f'digest = "{digest}")' in text
+    assert f'digest = "{digest}", here = FALSE)' in text
     assert f"/R-x.y/PLATFORM/OS/{digest}" in text[:text.index("\n\n")]
     assert sshcluster.render(inv) == text
 
