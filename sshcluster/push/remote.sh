@@ -54,6 +54,11 @@ pick_sum() {
 }
 
 progress() { printf 'sshcluster-push-progress %s\n' "$1" >&2; }
+# Whether pid $1 is still this shell's child (Linux's /proc; elsewhere taken as so): a
+# child that has ended was collected by whatever this shell waited for since, and its
+# pid may be another process's now.
+mine() { [ ! -d /proc/self ] || [ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null |
+  cut -d ' ' -f 2)" = "$$" ]; }
 
 case $mode in
 scan)
@@ -79,11 +84,11 @@ sums)
   # hashing, and the pid file, whose pid would otherwise be one to kill once reused.
   # (The hashing runs in the background, with wait: a trap runs only once the command
   # in the foreground has ended. fd 3: an asynchronous list's own stdin is /dev/null.)
-  # The reporter and xargs get KILL (children not yet waited for: never a reused pid):
-  # dash loses a TERM that comes before a new child has dropped the inherited trap.
+  # The reporter and xargs get KILL, while still this shell's children (mine): dash
+  # loses a TERM that comes before a new child has dropped the inherited trap.
   pidf=$(mktemp "${TMPDIR:-/tmp}/sshcluster-push.XXXXXX") || exit 1
   reports= hashing=
-  trap 'for k in $hashing $reports; do kill -s KILL "$k"; done 2>/dev/null
+  trap 'for k in $hashing $reports; do mine "$k" && kill -s KILL "$k"; done 2>/dev/null
     for k in $(cat -- "$pidf" 2>/dev/null); do kill "$k"; done 2>/dev/null
     rm -f -- "$pidf"' EXIT
   trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM
@@ -99,7 +104,7 @@ sums)
   tr '\n' '\0' <&3 | xargs -0 -r sh -c 'echo $$ >"$0" && exec sha256sum -- "$@"' "$pidf" &
   hashing=$!
   wait "$hashing"; hashing=
-  kill -s KILL "$reports" 2>/dev/null; reports=; : >"$pidf"
+  ! mine "$reports" || kill -s KILL "$reports" 2>/dev/null; reports=; : >"$pidf"
   exit 0 ;;
 touch)
   progress start
@@ -272,11 +277,15 @@ stage=
 # The long children (tar, the hashing, the chain's forwarder and ssh) run in the
 # background, waited for, so that a signal's trap runs at once (a POSIX shell runs it
 # only once the command in the foreground has ended), and without the lock's fd 9: the
-# lock goes with this shell. The EXIT trap ends them (a stopped one too; with KILL, as
-# sums does its reporter) before the staging directory and the lock go: a receive ended
-# by the direct copy of its own push (see same_push) lets go of DEST at once.
+# lock goes with this shell. The EXIT trap ends those still running (mine) before the
+# staging directory and the lock go: a receive ended by the direct copy of its own push
+# (see same_push) lets go of DEST at once. KILL, as sums does its reporter, but TERM (and
+# CONT: a stopped one too) for the next hop's ssh, which then ends its ProxyCommand.
 kid= fwdpid= nextpid=
-trap 'for k in $kid $fwdpid $nextpid; do kill -s KILL "$k"; wait "$k"; done 2>/dev/null
+trap 'for k in $kid $fwdpid; do mine "$k" && kill -s KILL "$k" && wait "$k"; done \
+  2>/dev/null
+  if [ -n "$nextpid" ] && mine "$nextpid"; then
+    kill "$nextpid"; kill -s CONT "$nextpid"; wait "$nextpid"; fi 2>/dev/null
   rm -rf -- "$work"; [ -z "$stage" ] || clear_stage "$stage"
   [ -z "$lockf" ] || rm -f -- "$lockf"; [ -z "$lockdir" ] || rm -rf -- "$lockdir"' EXIT
 trap 'exit 130' INT TERM HUP
