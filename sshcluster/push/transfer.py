@@ -12,10 +12,8 @@ keepalive so that a host lost mid-push ends its ssh instead of stalling.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import re
-import shutil
 import subprocess
 import threading
 import time
@@ -42,7 +40,6 @@ from sshcluster.push.stream import lock_seconds
 from sshcluster.push.watch import Answer, Stalled, progress_every, run_watched
 from sshcluster.quoting import shell_join, shell_quote
 from sshcluster.ssh.command import SESSION_OPTIONS, openssh_version, ssh_command
-from sshcluster.ssh.config import SshConfigError, client_settings
 
 __all__ = ["KEEPALIVE", "Plan", "Progress", "Session", "remote_command", "script"]
 
@@ -86,6 +83,17 @@ def fast_cipher() -> list[str]:
     if openssh_version() < (8, 5):
         return []
     return ["-o", "Ciphers=^aes128-gcm@openssh.com,aes256-gcm@openssh.com"]
+
+
+def own_stdin() -> list[str]:
+    """``StdinNull yes`` or ``ForkAfterAuthentication yes`` in the user's ssh config (for
+    interactive use) would take ssh's stdin from a push session, which sends the host
+    its script there, or send ssh to the background: both are set back to ``no`` where
+    this ssh knows them (OpenSSH 8.7 and later; an older one refuses them in a config
+    too). A command line's ``-o`` comes before the config."""
+    if openssh_version() < (8, 7):
+        return []
+    return ["-o", "StdinNull=no", "-o", "ForkAfterAuthentication=no"]
 
 
 #: Key exchanges cheap enough to open many sessions at once: ML-KEM hybrid (post-quantum,
@@ -149,7 +157,7 @@ class Session:
 
     def __init__(self, inventory: Inventory, host: Host) -> None:
         self.host = host
-        self.argv = [*ssh_command(inventory, host), *KEEPALIVE, *fast_cipher(),
+        self.argv = [*ssh_command(inventory, host), *KEEPALIVE, *fast_cipher(), *own_stdin(),
                      *(["-l", host.user] if host.user else []), "--", host.host]
 
     def run(self, words: Sequence[str], stdin: bytes = b"") -> Answer:
@@ -164,22 +172,6 @@ class Session:
             return run_watched([*argv, remote_command(*words)], script() + stdin)
         except FileNotFoundError as e:
             raise _no_ssh() from e
-
-    def refused_by_config(self) -> str:
-        """Why the user's ssh config keeps this host's sessions from working, as the
-        check's ``resolve`` step says it of the launch ("": nothing does): ``StdinNull
-        yes`` (the script, sent on ssh's stdin, would never arrive), ``ForkAfterAuthentication
-        yes``. One ``ssh -G`` (no connection)."""
-        if shutil.which("ssh") is None:
-            raise _no_ssh()
-        try:
-            s = asyncio.run(client_settings(self.host.host, self.argv[1:-2]))
-        except SshConfigError as e:
-            return f"{e.message} ({e.hint})" if e.hint else e.message
-        breaks = s.breaks_launch(tunnel=False, script=True)
-        return (f"ssh would use {'; '.join(breaks)} for {self.host.label}, which breaks "
-                "the push as it does the launch (set it to 'no' for this host in the ssh "
-                "config, or leave it out)") if breaks else ""
 
     def popen(self, words: Sequence[str]) -> subprocess.Popen[bytes]:
         """Start remote.sh's receive; the caller writes the script, then the stream."""
@@ -240,9 +232,6 @@ def plan_host(session: Session, manifest: Manifest, dest: str, hashes: Hashes) -
     mtime differs, its hashes say."""
     tops = sorted({e.rel.split("/", 1)[0] for e in manifest.entries})
     label = session.host.label
-    refused = session.refused_by_config()
-    if refused:
-        return Plan(None, refused)
     try:
         listed = session.run(["scan", dest, *tops])
     except Stalled as e:

@@ -135,34 +135,25 @@ def test_a_chain_hop_neither_uses_nor_leaves_the_host_s_control_master(
         assert remote_state(tb, h) == local_state(data)
 
 
-def test_a_config_that_keeps_the_script_from_the_host_is_named_before_any_session(
+def test_a_config_that_would_take_ssh_s_stdin_or_fork_it_does_not_apply_to_push(
     make_testbed: MakeTestbed, tmp_path: Path
 ) -> None:
-    """``StdinNull yes`` for one host (ssh's stdin is /dev/null: push's script, sent
-    there, never arrives) and ``ForkAfterAuthentication yes`` for another: each is
-    failed naming the setting, as the check's resolve step does for the launch; the
-    third host gets its files."""
+    """``StdinNull yes`` for one host (ssh's stdin /dev/null: push's script, sent there,
+    never arrived: "the script for this host did not arrive whole") and
+    ``ForkAfterAuthentication yes`` for another, as a user may set them for interactive
+    use: push's sessions set both back, and every host gets its files."""
     tb = make_testbed(3, private_dirs={"/srv": "16m"})
     inventory = tb.write_inventory(tmp_path / "hosts.yaml", extra={"workdir": DEST})
     client = Client(tmp_path / "client")
     client.trust(tb)
-    null, fork, fine = tb.hosts
+    null, fork, _ = tb.hosts
     (client.home / "config").write_text(
         f"Host {null.address}\n  StdinNull yes\nHost {fork.address}\n"
         f"  ForkAfterAuthentication yes\n" + (client.home / "config").read_text())
     data = make_tree(tmp_path / "src", small=3, big=1 << 16)
-    out = client.run(*PUSH, str(inventory), str(data), "--json", timeout=120, env=cli_env())
-    assert out.returncode == 1, out.stdout + out.stderr
-    assert "Traceback" not in out.stderr, out.stderr
-    hosts = {h["host"]: h for h in json.loads(out.stdout)["hosts"]}
-    said = hosts[null.address]["detail"]
-    assert not hosts[null.address]["ok"] and "StdinNull yes" in said, said
-    assert "set it to 'no' for this host in the ssh config" in said, said
-    said = hosts[fork.address]["detail"]
-    assert not hosts[fork.address]["ok"] and "ForkAfterAuthentication yes" in said, said
-    assert hosts[fine.address]["ok"], hosts[fine.address]
-    assert remote_state(tb, fine) == local_state(data)
-    for h in (null, fork):  # (not even DEST made)
-        there = subprocess.run(tb.ssh_argv(h, f"ls -A {DEST} 2>/dev/null"),
-                               capture_output=True, text=True, timeout=60)
-        assert there.stdout == "", (h.hostname, there.stdout)
+    for _ in range(2):  # sending, then asking only (the listing sessions)
+        out = client.run(*PUSH, str(inventory), str(data), "--json", timeout=120,
+                         env=cli_env())
+        assert out.returncode == 0, out.stdout + out.stderr
+    for h in tb.hosts:
+        assert remote_state(tb, h) == local_state(data), h.hostname
