@@ -150,8 +150,11 @@ def test_ctrl_c_mid_push_leaves_no_partial_file_under_its_final_name(
     bridge = f"{tb.name}-br"
     subprocess.run(["tc", "qdisc", "add", "dev", bridge, "root", "tbf", "rate", "20mbit",
                     "burst", "128kb", "latency", "50ms"], check=True)
+    # (SIGINT as a terminal's: a suite started in the background has it ignored, and
+    # Python then keeps it so)
     proc = subprocess.Popen([sys.executable, "-m", "sshcluster", "push", str(inv), str(data)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         while not all(_staging(tb, h) for h in tb.hosts):  # both are receiving
