@@ -78,6 +78,7 @@ class Fact:
     OUTPUT_LOG: Final = "OUTPUT_LOG"  # worker_output: the host's file (R/worker_output.R)
     OUTPUT_ERR: Final = "OUTPUT_ERR"  # why the workers would refuse worker_output
     R_MISSING: Final = "R_MISSING"  # comma-separated
+    R_NOLOAD: Final = "R_NOLOAD"  # one line per package register: needs that does not load
     T_PACKAGES: Final = "T_PACKAGES"
     CALLBACK: Final = "CALLBACK"  # "ok", or what went wrong
     T_CALLBACK: Final = "T_CALLBACK"

@@ -156,6 +156,31 @@ def test_the_packages_a_registration_loads_are_looked_for(tmp_path: Path) -> Non
     assert packages_step(alone, RemoteContext(Host("h")), True).status == "ok"
 
 
+def test_a_registered_package_that_is_there_but_does_not_load_is_named(
+        tmp_path: Path) -> None:
+    """Found is not loadable: a future whose directory is there (a DESCRIPTION only, as
+    a package whose build is for another R or lacks a dependency looks to find.package)
+    fails the step with R's own reason, as the launch's loadNamespace would fail."""
+    need_r()
+    lib = tmp_path / "lib"
+    (lib / "future").mkdir(parents=True)
+    (lib / "future" / "DESCRIPTION").write_text("Package: future\nVersion: 9.9\n")
+    bare = tmp_path / "Rscript"
+    bare.write_text(f"#!/bin/sh\nexport R_LIBS_SITE=/nonexistent R_LIBS_USER=/nonexistent "
+                    f"R_LIBS={lib}\nexec {shutil.which('Rscript')} \"$@\"\n")
+    bare.chmod(0o755)
+    script = remote_script(rscript=str(bare), r_packages=[], primary="127.0.0.1",
+                           primary_user="nobody", primary_ssh_port=1, port=0, token="t",
+                           budget=20, register=("future",))
+    facts = run_script(script, tmp_path)
+    assert facts.get("R_MISSING") == ""  # (found)
+    step = packages_step(facts, RemoteContext(Host("h"), register=("future",)), True)
+    assert step.status == "failed", step
+    assert step.detail.startswith("future does not load: "), step
+    assert step.detail.endswith("(register: future needs future)"), step
+    assert "install.packages" in (step.hint or "")
+
+
 def test_the_nonce_is_on_no_command_line(tmp_path: Path) -> None:
     # What any user of the host could read with ps: the script comes on stdin, and the
     # nonce reaches R in its environment.

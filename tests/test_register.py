@@ -4,6 +4,8 @@ stops whole (real test hosts, real R)."""
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,10 +15,11 @@ import yaml
 
 import sshcluster
 from sshcluster.bootstrap import RenderOptions
-from sshcluster.inventory import Launch, load_inventory
+from sshcluster.check.preflight import _primary_loads
+from sshcluster.inventory import Launch, load_inventory, parse_inventory
 from sshcluster.testing import Testbed
 from sshcluster.testing.cluster import write_cluster
-from sshcluster.testing.fixtures import run_r_in_test
+from sshcluster.testing.fixtures import run_r_in_test, skip_or_fail
 from sshcluster.testing.leftovers import nothing_left
 
 
@@ -82,3 +85,22 @@ def test_the_check_fails_a_host_without_what_register_loads(
     assert done.returncode == 1, (done.stdout, done.stderr)
     assert "register: future needs future" in done.stdout + done.stderr, done
     assert not (tmp_path / "out.R").exists()
+
+
+def test_the_check_notes_what_this_machine_s_r_cannot_load(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The launch loads what register: needs on the primary too: the check's note says
+    when this machine's R cannot (here an R that sees only its own library), and says
+    nothing when it can."""
+    if shutil.which("Rscript") is None:
+        skip_or_fail("no Rscript on this machine")
+    inv = parse_inventory("hosts: [a]\nregister: [future, doparallel]\n")
+    assert asyncio.run(_primary_loads(inv, 60)) == []
+    monkeypatch.setenv("R_LIBS_SITE", "/nonexistent")
+    monkeypatch.setenv("R_LIBS_USER", "/nonexistent")
+    monkeypatch.delenv("R_LIBS", raising=False)
+    [note] = asyncio.run(_primary_loads(inv, 60))
+    assert note.startswith("this machine's R cannot load what register: needs (future: "
+                           "there is no package called"), note
+    assert "; doParallel: " in note and "; foreach: " in note, note
+    assert asyncio.run(_primary_loads(parse_inventory("hosts: [a]\n"), 60)) == []

@@ -55,7 +55,7 @@ from sshcluster.inventory import AUTO, Host, Inventory
 from sshcluster.net import R_PORT_RANGE
 from sshcluster.packages.reference import Reference, reference_for
 from sshcluster.primary import refuse_ipv6_primary
-from sshcluster.protocol import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT
+from sshcluster.protocol import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT, register_needs
 from sshcluster.push.marker import start_marker
 from sshcluster.ssh.config import SshConfigError, client_settings
 from sshcluster.ssh.connect import Connector
@@ -127,11 +127,15 @@ async def check_async(
                     progress(report)
                 return report
 
+            primary_loads = asyncio.ensure_future(_primary_loads(inventory, timeout))
             try:
                 reports = await asyncio.gather(*(one(h) for h in inventory.hosts))
             finally:
                 if ctx.shared is not None:
                     ctx.shared.remove_local()
+                if not primary_loads.done():
+                    primary_loads.cancel()
+            loads_note = await primary_loads if not primary_loads.cancelled() else []
     reports = list(compare_digests(reports))  # (containers: the same image everywhere)
     primary, note = _primary_address(inventory, reports)
     connections = workers_note(
@@ -143,7 +147,8 @@ async def check_async(
         primary=primary, port=listener.port, hosts=tuple(reports),
         primary_r_version=ctx.primary_r_version, primary_rscript=shutil.which("Rscript"),
         notes=(*([note] if note else []), *([connections] if connections else []),
-               *listener.notes(), *_absent_note(reference)), seconds=loop.time() - t0,
+               *listener.notes(), *_absent_note(reference), *loads_note),
+        seconds=loop.time() - t0,
         reference=reference)
 
 
@@ -152,6 +157,32 @@ def _absent_note(reference: Reference | None) -> list[str]:
         return []
     return [f"the primary itself lacks {', '.join(reference.absent)} (needed by r_packages): "
             "install them here first, so that sync can give them to the hosts"]
+
+
+#: The mark of the lines _primary_loads reads (a profile of the user's may print).
+_NOLOAD = "SSHCLUSTER-NOLOAD "
+
+
+async def _primary_loads(inventory: Inventory, timeout: float) -> list[str]:
+    """A note when this machine's own R cannot load what ``register:`` needs: the
+    launch loads it on the primary too, and stops there (no host is to blame)."""
+    needs = register_needs(inventory.register)
+    rscript = shutil.which("Rscript")
+    if not needs or not rscript:
+        return []
+    code = ("for (p in commandArgs(TRUE)) tryCatch(loadNamespace(p), error = function(e) "
+            f"cat('\\n{_NOLOAD}', p, ': ', gsub('[[:space:]]+', ' ', conditionMessage(e)), "
+            "'\\n', sep = ''))")
+    try:
+        done = await run_command([rscript, "-e", code, *needs], timeout=timeout)
+    except (OSError, asyncio.TimeoutError):
+        return []
+    said = [line[len(_NOLOAD):] for line in done.stdout.decode(errors="replace").splitlines()
+            if line.startswith(_NOLOAD)]
+    if not said:
+        return []
+    return [f"this machine's R cannot load what register: needs ({'; '.join(said)}): the "
+            "launch loads it on the primary too, and stops there; install it here first"]
 
 
 @contextlib.contextmanager

@@ -25,11 +25,16 @@ from sshcluster.check.report import StepResult
 from sshcluster.containers.spec import Container
 from sshcluster.inventory import Host, Packages
 from sshcluster.net import r_address
-from sshcluster.packages.drift import drift, drift_verdict, host_versions
+from sshcluster.packages.drift import (
+    drift,
+    drift_verdict,
+    host_versions,
+    not_loading,
+    registered_without,
+)
 from sshcluster.packages.reference import Reference
 from sshcluster.protocol import (
     HOST_SHELL,
-    REGISTER_NEEDS,
     REMOTE_STEPS,
     WORKER_SHARED_R,
     Fact,
@@ -119,11 +124,15 @@ def remote_script(
     if reference is None:
         wanted = tuple(dict.fromkeys((*r_packages, *needs)))
         environment, call = "", f"step_packages({r_vector(wanted)})"
+        if needs:
+            call += f"\nstep_loads({r_vector(needs)})"
     else:
         environment = _ENVIRONMENT_R.rstrip()
         names = tuple(dict.fromkeys((*reference.names, *reference.absent, *needs)))
         call = (f"step_environment({r_vector(names)}, {r_string(library_root)}, "
                 f"{r_string(reference.digest)})")
+        if needs:
+            call = f"step_loads({r_vector(needs)}, {call})"
     r_code = (_R_CODE.replace("#@callback", _R_CALLBACK.rstrip(), 1)
               .replace("#@environment", environment, 1).replace("#@packages", call, 1)
               .replace("#@output", "" if worker_output in ("none", "console") else
@@ -258,11 +267,13 @@ def rscript_step(facts: Facts, ctx: RemoteContext, complete: bool) -> StepResult
 
 def packages_step(facts: Facts, ctx: RemoteContext, complete: bool) -> StepResult:
     """``packages``: every ``r_packages:`` package is installed, and every package a
-    ``register:`` entry loads."""
+    ``register:`` entry loads is installed and loads (as the launch loads it)."""
     if Fact.R_MISSING not in facts:
         return StepResult("failed", LATE if not complete else r_died(facts))
     missing = [p for p in (facts.get(Fact.R_MISSING) or "").split(",") if p]
     secs = facts.number(Fact.T_PACKAGES) or 0.0
+    broken = {p: why for p, _, why in (v.partition(" ") for v in facts.all(Fact.R_NOLOAD))
+              if p not in missing}
     if ctx.reference is not None:
         lacking = tuple(p for p in (facts.get(Fact.ENV_LIB_MISSING) or "").split(",") if p)
         d = drift(ctx.reference, host_versions(facts.all(Fact.PKGV)), facts.get(Fact.ENV_R),
@@ -272,31 +283,25 @@ def packages_step(facts: Facts, ctx: RemoteContext, complete: bool) -> StepResul
                                 inventory_path=ctx.inventory_path)
         listed = {*ctx.reference.names, *ctx.reference.absent}
         unlisted = [p for p in missing if p not in listed]
-        if not unlisted:
+        if not unlisted and not broken:
             return verdict
-        why = _registered_without(unlisted, ctx)
+        why = "; ".join(filter(None, [
+            f"not installed: {', '.join(unlisted)} ({registered_without(unlisted, ctx.register)})"
+            if unlisted else "", not_loading(broken, ctx.register)]))
         return StepResult("failed", "; ".join(
-            [why, *([verdict.detail] if verdict.status == "failed" else [])]), secs,
-            hint=f"add {', '.join(unlisted)} to r_packages and run 'sshcluster sync "
-                 f"{ctx.inventory_path or 'INVENTORY'}', or leave the registration out "
-                 "(register: in the inventory)")
-    if missing:
-        why = _registered_without(missing, ctx)
-        return StepResult(
-            "failed", f"not installed: {', '.join(missing)}" + (f" ({why})" if why else ""),
-            secs,
-            hint=f"install them on {ctx.host.host} (install.packages({r_vector(missing)}), "
-                 "or the distribution's r-cran-* packages)",
-        )
+            [why, *([verdict.detail] if verdict.status != "ok" and verdict.detail else [])]),
+            secs, hint=f"add {', '.join([*unlisted, *broken])} to r_packages (or the lockfile) "
+                       f"and run 'sshcluster sync {ctx.inventory_path or 'INVENTORY'}', "
+                       "or leave the registration out (register: in the inventory)")
+    if missing or broken:
+        said = registered_without(missing, ctx.register)
+        names = [*missing, *broken]
+        return StepResult("failed", "; ".join(filter(None, [
+            f"not installed: {', '.join(missing)}" + (f" ({said})" if said else "")
+            if missing else "", not_loading(broken, ctx.register)])), secs,
+            hint=f"install them on {ctx.host.host} (install.packages({r_vector(names)}), "
+                 "or the distribution's r-cran-* packages)")
     return StepResult("ok", "all present" if facts.get(Fact.R_MISSING) == "" else "", secs)
-
-
-def _registered_without(missing: Sequence[str], ctx: RemoteContext) -> str:
-    """What the launch's registrations need of ``missing``: "register: future needs
-    future" ("" when none needs any)."""
-    said = [f"register: {r} needs {' and '.join(needs)}" for r in ctx.register
-            if (needs := [p for p in REGISTER_NEEDS[r] if p in missing])]
-    return "; ".join(said)
 
 
 def cores_step(facts: Facts, ctx: RemoteContext, complete: bool) -> StepResult:

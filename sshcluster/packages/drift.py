@@ -12,12 +12,13 @@ the :class:`~sshcluster.packages.reference.Reference`, tested without any host:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from sshcluster.check.report import StepResult
 from sshcluster.inventory import Host, Packages
 from sshcluster.packages.reference import Reference
+from sshcluster.protocol import REGISTER_NEEDS
 
 #: How many package names a detail line lists before it says "and N more".
 SHOWN = 6
@@ -103,4 +104,22 @@ def drift_verdict(d: Drift, reference: Reference, host: Host, settings: Packages
                             f"has them{where}", seconds)
 
 
-__all__ = ["SHOWN", "Drift", "drift", "drift_verdict", "host_versions"]
+def registered_without(missing: Sequence[str], register: Sequence[str]) -> str:
+    """What the registrations ``register`` need of ``missing``: "register: future needs
+    future" ("" when none needs any)."""
+    said = [f"register: {r} needs {' and '.join(needs)}" for r in register
+            if (needs := [p for p in REGISTER_NEEDS[r] if p in missing])]
+    return "; ".join(said)
+
+
+def not_loading(broken: Mapping[str, str], register: Sequence[str]) -> str:
+    """Packages the registrations need that are there but do not load, with R's reason
+    (``broken``: by package)."""
+    if not broken:
+        return ""
+    return "; ".join(f"{p} does not load: {why}" for p, why in broken.items()) + (
+        f" ({registered_without(list(broken), register)})")
+
+
+__all__ = ["SHOWN", "Drift", "drift", "drift_verdict", "host_versions", "not_loading",
+           "registered_without"]

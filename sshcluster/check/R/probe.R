@@ -19,6 +19,19 @@ step_packages <- function(pk) {
   cat("R_MISSING=", paste(setdiff(pk, found), collapse = ","), "\nT_PACKAGES=",
       as.numeric(Sys.time() - t0, units = "secs"), "\n", sep = "")
 }
+# What the registrations (register:) need, loaded as the launch loads it (R/common.R's
+# check_register): found is not loadable (a dependency missing, a build for another R).
+# `libs`: sshcluster's library first where the launch puts it (step_environment's).
+step_loads <- function(pk, libs = .libPaths()) {
+  .libPaths(libs)
+  for (p in pk) {
+    why <- tryCatch({
+      loadNamespace(p)
+      ""
+    }, error = function(e) conditionMessage(e))
+    if (nzchar(why)) cat("R_NOLOAD=", p, " ", gsub("[[:space:]]+", " ", why), "\n", sep = "")
+  }
+}
 #@callback
 #@environment
 step_rscript()
