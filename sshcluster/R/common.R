@@ -61,13 +61,13 @@ registered <- function(S) {
   found
 }
 
-# Loads the packages the registrations `what` need (`all`: the packages of each, from
+# Loads the packages the registrations `what` need (`needs_of`: the packages of each, from
 # the config), here and on every worker of cl (the launch calls it once sshcluster's
 # library is first there), and stops naming each host that cannot, with R's reason:
 # not future's or foreach's own error later, about one worker. Returns cl; a package
 # is loaded once in each R, so nothing is lost.
-check_register <- function(what, cl, all) {
-  needs <- unique(unlist(all[intersect(what, names(all))]))
+check_register <- function(what, cl, needs_of) {
+  needs <- unique(unlist(needs_of[intersect(what, names(needs_of))]))
   if (!length(needs)) return(invisible(cl))
   load <- function(needs) vapply(needs, function(p) tryCatch({
     loadNamespace(p)
@@ -90,7 +90,7 @@ check_register <- function(what, cl, all) {
       "sshcluster: register: %s needs %s here and on every worker; R could not load ",
       "%s on:\n%s\nInstall %s there (or add %s to r_packages and run 'sshcluster sync'), ",
       "or leave the registration out"),
-      paste(intersect(what, names(all)), collapse = ", "),
+      paste(intersect(what, names(needs_of)), collapse = ", "),
       paste(needs, collapse = " and "), them, paste(lines, collapse = "\n"), them, them),
       call. = FALSE)
   }
