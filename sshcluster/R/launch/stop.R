@@ -27,7 +27,12 @@ stop_cluster <- function(S) {
 # closeAllConnections() their numbers may be files of the user's; supervisor_ok().)
 shutdown <- function(S, grace = 1) {
   if (supervisor_ok(S)) {
-    try(supervise(S, paste("stop", grace)), silent = TRUE)
+    # (tried again when an error cut it short: a session's setTimeLimit() signals again
+    # and again once reached, also here; without the word, the close below would wait
+    # for ever on a supervisor whose pipe a forked process still holds)
+    for (i in 1:3)
+      if (!inherits(try(supervise(S, paste("stop", grace)), silent = TRUE), "try-error") ||
+          !supervisor_ok(S)) break
     try(close(S$supervisor), silent = TRUE)  # waits for the supervisor to end
   }
   S$supervisor <- NULL
