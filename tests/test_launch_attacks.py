@@ -406,7 +406,9 @@ def test_hellos_without_the_key_hold_no_place(alone: None, testbed: Testbed,
     assert nodes == [h.hostname for h in workers for _ in range(2)]
     assert "refused" in out.stderr
     tried = int(said.split("tried ")[-1].split()[0])
-    assert tried > 200, said  # (it really flooded)
+    # (it really flooded: well past the 32 places and the 50 below, whatever the load;
+    # a loaded CI machine let it try 178 in its 14 s)
+    assert tried > 100, said
     # Each was refused as it came (held 5 s each, hundreds were open at once)
     most = int(said.split("most held at once ")[-1].split()[0])
     assert most < 50, said
