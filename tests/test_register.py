@@ -5,6 +5,7 @@ stops whole (real test hosts, real R)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import sshcluster
 from sshcluster.bootstrap import RenderOptions
 from sshcluster.check.preflight import _primary_loads
 from sshcluster.inventory import Launch, load_inventory, parse_inventory
-from sshcluster.testing import Testbed
+from sshcluster.testing import Testbed, free_port
 from sshcluster.testing.cluster import write_cluster
 from sshcluster.testing.fixtures import run_r_in_test, skip_or_fail
 from sshcluster.testing.leftovers import nothing_left
@@ -104,3 +105,24 @@ def test_the_check_notes_what_this_machine_s_r_cannot_load(
                            "there is no package called"), note
     assert "; doParallel: " in note and "; foreach: " in note, note
     assert asyncio.run(_primary_loads(parse_inventory("hosts: [a]\n"), 60)) == []
+
+
+def test_the_note_waits_for_this_machine_s_r_when_it_is_the_last_to_answer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """This machine's R can take longer than every host's check (here an Rscript that
+    answers after 2 s, and a host on 127.0.0.1 whose port refuses at once): the check
+    waits for it and still gives its note (it cancelled it, and raised, before)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    rscript = bindir / "Rscript"
+    rscript.write_text('#!/bin/sh\n[ "$1" = --version ] && { echo "R version 4.2.2"; exit 0; }\n'
+                       'sleep 2\nprintf "\\nSSHCLUSTER-NOLOAD future: broken\\n"\n')
+    rscript.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    port = free_port("127.0.0.1")
+    inv = parse_inventory(f"hosts:\n  - host: 127.0.0.1\n    ssh_port: {port}\n"
+                          "register: [future]\n")
+    report = sshcluster.check(inv, timeout=30)
+    assert report.hosts[0].failed, report.hosts[0].checks  # (nothing listens there)
+    assert any(n.startswith("this machine's R cannot load what register: needs (future: "
+                            "broken)") for n in report.notes), report.notes

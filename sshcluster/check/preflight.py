@@ -130,12 +130,13 @@ async def check_async(
             primary_loads = asyncio.ensure_future(_primary_loads(inventory, timeout))
             try:
                 reports = await asyncio.gather(*(one(h) for h in inventory.hosts))
+            except BaseException:
+                primary_loads.cancel()
+                raise
             finally:
                 if ctx.shared is not None:
                     ctx.shared.remove_local()
-                if not primary_loads.done():
-                    primary_loads.cancel()
-            loads_note = await primary_loads if not primary_loads.cancelled() else []
+            loads_note = await primary_loads  # (this machine's R may take the longest)
     reports = list(compare_digests(reports))  # (containers: the same image everywhere)
     primary, note = _primary_address(inventory, reports)
     connections = workers_note(
