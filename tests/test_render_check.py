@@ -14,11 +14,12 @@ from click.testing import CliRunner
 from sshcluster.cli import cli
 from sshcluster.inventory import load_inventory
 from sshcluster.quoting import r_string
+from sshcluster.testing import free_port
 from sshcluster.testing.leftovers import launch_env, nothing_left
 
 
 def _auto_inventory(testbed: Any, path: Path) -> Path:
-    testbed.write_inventory(path, port=11460)
+    testbed.write_inventory(path, port=free_port())  # (not one in R's range: taken at times)
     data = yaml.safe_load(path.read_text())
     data["primary"]["host"] = "auto"
     data["defaults"]["ncore"] = "auto"
@@ -47,7 +48,7 @@ def test_check_fills_in_auto_values_and_the_file_works(testbed: Any, tmp_path: P
 
 def test_a_failed_host_stops_the_render_unless_allow_partial(testbed: Any,
                                                              tmp_path: Path) -> None:
-    inv_path = testbed.write_inventory(tmp_path / "hosts.yaml", ncore=1, port=11461)
+    inv_path = testbed.write_inventory(tmp_path / "hosts.yaml", ncore=1, port=free_port())
     down = testbed.hosts[1]
     out = tmp_path / "cluster.R"
     testbed.stop_sshd(down)
