@@ -454,6 +454,31 @@ def _script() -> bytes:
             + "\n").encode()
 
 
+@contextlib.contextmanager
+def _heartbeat(proc: subprocess.Popen[bytes]) -> Iterator[None]:
+    """Feeds the host's script its heartbeat (a line a second) for as long as the block
+    runs: its watchdog stops the workers after SILENCE seconds without one, which on a
+    loaded machine may come before a worker has even started."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        assert proc.stdin is not None
+        while not stop.wait(1):
+            try:
+                proc.stdin.write(b"\n")
+                proc.stdin.flush()
+            except (BrokenPipeError, ValueError):
+                return  # (the script has ended: the test says whether it should have)
+
+    beats = threading.Thread(target=beat, daemon=True)
+    beats.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        beats.join()
+
+
 def _all_pids() -> list[int]:
     return [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit()]
 
@@ -583,22 +608,9 @@ def test_a_silent_primary_stops_the_workers(tmp_path: Path) -> None:
                 proc.stdin.flush()
                 # heartbeats until both workers are in (on a loaded machine their start
                 # may take longer than the silence) ...
-                connected = threading.Event()
-
-                def beat() -> None:
-                    assert proc.stdin is not None
-                    while not connected.wait(1):
-                        proc.stdin.write(b"\n")
-                        proc.stdin.flush()
-
-                beats = threading.Thread(target=beat, daemon=True)
-                beats.start()
                 server.settimeout(60)
-                try:
+                with _heartbeat(proc):
                     held = [server.accept()[0] for _ in range(2)]
-                finally:
-                    connected.set()
-                    beats.join()
                 # ... and then nothing, but no EOF either
                 tree = descendants(proc.pid)
                 assert len([p for p in tree if process_name(p) == "R"]) == 3
@@ -824,12 +836,17 @@ def test_a_fake_primary_learns_nothing_it_can_replay(tmp_path: Path, primary: st
         with subprocess.Popen(_remote_argv("Rscript", port, start="fresh", silence=3),
                               stdin=subprocess.PIPE, stderr=subprocess.PIPE,
                               start_new_session=True) as proc:
+            beating = contextlib.ExitStack()
             try:
                 assert proc.stdin is not None
                 proc.stdin.write(stdin)
                 proc.stdin.flush()
                 server.settimeout(60)  # a hang guard
                 seen = []
+                # (the heartbeat until the worker is done with the primary: with silence 3
+                # alone, a worker slow to start on a loaded machine was stopped before it
+                # connected)
+                beating.enter_context(_heartbeat(proc))
                 for attempt in range(2):
                     conn = server.accept()[0]
                     conn.settimeout(60)
@@ -867,9 +884,11 @@ def test_a_fake_primary_learns_nothing_it_can_replay(tmp_path: Path, primary: st
                         assert not any(secret[i:i + 4] in hello for i in range(13))
                 if primary == "fake":
                     assert proc.stderr is not None
+                    beating.close()
                     proc.wait(timeout=60)  # (the worker gives up by itself)
                     assert b"did not accept this worker" in proc.stderr.read()
             finally:
+                beating.close()
                 proc.kill()
 
 
