@@ -28,7 +28,9 @@ pytest_plugins = ["sshcluster.testing.fixtures"]
 #: test must keep out of it. (~/.cache/sshcluster itself may appear: each test host
 #: mounts its testbed's own directory there, see sshcluster.testing.hosts.)
 HOME_WATCHED = ("results", ".cache/sshcluster/jobs", ".cache/sshcluster/leases",
-                ".cache/sshcluster/lib", ".local/state/sshcluster")
+                ".cache/sshcluster/lib", ".local/state/sshcluster",
+                # (and what is in these: a new job's record where runs/ already exists)
+                ".local/state/sshcluster/runs", ".local/state/sshcluster/ec2")
 
 
 def home_entries() -> set[Path]:

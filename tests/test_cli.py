@@ -394,8 +394,11 @@ def test_json_is_json_when_the_command_fails(case: str, tmp_path: Path) -> None:
                                                  str(script)],
             "jobs fetch, no such job": ["fetch", "nosuchjob", "--json"]}[case]
     done = subprocess.run([sys.executable, "-m", "sshcluster", *args], capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "NO_COLOR": "1",
-                                                       STATE_DIR_ENV: str(tmp_path / "state")})
+                          text=True, timeout=120, env={
+                              **os.environ, "NO_COLOR": "1",
+                              STATE_DIR_ENV: str(tmp_path / "state"),
+                              # (the run's record: not in root's home)
+                              "SSHCLUSTER_STATE_DIR": str(tmp_path / "records")})
     assert done.returncode in (1, 2), done.stderr
     doc = json.loads(done.stdout)
     assert doc["ok"] is False and doc["error"]["message"], doc
