@@ -290,8 +290,8 @@ def _checked(inv: Inventory, options: bootstrap.RenderOptions, *, timeout: float
     The check reads the default ssh config (~/.ssh/config), as the generated file's ssh
     does: a host that only another config file names would pass the check and then fail
     the launch, so render has no -F."""
-    # (with the options' registrations: the check looks for the packages each loads)
-    checked = dataclasses.replace(inv, register=bootstrap.plan_of(inv, options).register)
+    plan = bootstrap.plan_of(inv, options)  # (as its launch; what its registrations load)
+    checked = dataclasses.replace(inv, register=plan.register, launch=plan.launch)
     report = _run_check(checked, timeout=timeout, concurrency=concurrency,
                         accept_new=accept_new, ssh_config=(), show_progress=True,
                         tunnel=tunnel)

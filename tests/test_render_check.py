@@ -125,3 +125,29 @@ def test_render_check_takes_the_route_of_the_launch_that_will_run(
     assert result.exit_code == 1, result.output
     assert f"1 failed (callback: {blocked.address})" in result.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("args", [[], ["--launch", "classic"], ["--launch", "fast"]])
+def test_render_check_checks_for_the_launch_the_file_will_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str]) -> None:
+    """What the check tries depends on the launch (the classic one's R starts as ssh
+    leaves it, the fast one's needs R 4.1 and the script on ssh's stdin): --launch is
+    the launch the check is told of. (Only that is looked at here: the check itself,
+    stood in for, would need hosts.)"""
+    from sshcluster import cli as cli_module
+
+    inv = tmp_path / "hosts.yaml"
+    inv.write_text("primary: 127.0.0.1\nlaunch: fast\nhosts:\n  - host: 127.0.0.2\n")
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def run_check(checked: Any, **_: Any) -> Any:
+        seen.append(checked)
+        raise Stop
+
+    monkeypatch.setattr(cli_module, "_run_check", run_check)
+    result = CliRunner().invoke(cli, ["render", str(inv), "--check", *args])
+    assert isinstance(result.exception, Stop), result.output
+    assert [i.launch for i in seen] == [args[1] if args else "fast"]
