@@ -329,7 +329,7 @@ def _classic(inventory: Inventory, opts: RenderOptions, plan: Plan
                                                        before_8_5=False)))),
             ("known_hosts", _known_hosts_forms(inventory)),
             ("port", port),
-            ("workdir", _r_value(inventory.workdir)),
+            ("workdir", _r_value(inventory.workdir)), ("locale", _r_value(inventory.locale)),
             _library(inventory, opts),
             ("register", r_register(plan.register)),
         ]),

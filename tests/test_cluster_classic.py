@@ -48,3 +48,29 @@ def test_classic_bootstrap_runs_r_across_hosts(testbed: Testbed, tmp_path: Path)
     assert lines[-1] == "stopped FALSE "
     # stopCluster leaves nothing behind on any host, nor on the primary.
     assert nothing_left(testbed, marker=tmp_path) == {}
+
+
+def test_a_classic_launch_that_fails_after_makecluster_stops_its_workers(
+        testbed: Testbed, tmp_path: Path) -> None:
+    """What the classic launch does on the workers after makeCluster() (the workdir, the
+    locale, sync's library, what register: needs) stops the cluster when it fails: here
+    a workdir no host can make. R goes on with none of the launch's connections open
+    (they were left to R's garbage collector before)."""
+    inv_path = tmp_path / "hosts.yaml"
+    testbed.write_inventory(inv_path, ncore=1, port=11313,
+                            extra={"workdir": "/proc/sshcluster-no-such-dir"})
+    cluster_r = tmp_path / "cluster.R"
+    write_bootstrap(load_inventory(inv_path), cluster_r, RenderOptions(launch="classic"))
+    proc = run_r_in_test(
+        f"e <- tryCatch(source({r_string(str(cluster_r))}), error = conditionMessage)\n"
+        "cat('error', e, '\\n')\n"
+        "cat('connections', nrow(showConnections()), '\\n')\n"
+        "cat('cluster', exists('parallelCluster'), '\\n')\n",
+        tmp_path, timeout=180)
+    assert proc.returncode == 0, f"R failed:\n{proc.stdout}\n{proc.stderr}"
+    lines = proc.stdout.splitlines()
+    assert any(ln.startswith("error ") and "working directory" in ln for ln in lines), lines
+    assert "connections 0 " in lines and "cluster FALSE " in lines
+    # (stopped by the launch, not left to R's garbage collector, which says so)
+    assert "closing unused connection" not in proc.stderr, proc.stderr
+    assert nothing_left(testbed, marker=tmp_path) == {}

@@ -751,15 +751,18 @@ def test_source_defines_only_the_documented_names(clean: Testbed, tmp_path: Path
     assert "parallelCluster" not in lines["after"].split()
 
 
-@pytest.mark.parametrize("fork", [True, False], ids=["fork", "fresh"])
+@pytest.mark.parametrize("options", [RenderOptions(fork=True), RenderOptions(fork=False),
+                                     RenderOptions(launch="classic")],
+                         ids=["fork", "fresh", "classic"])
 def test_workers_read_end_of_file_and_get_the_primary_locale(clean: Testbed, tmp_path: Path,
-                                                            fork: bool) -> None:
+                                                            options: RenderOptions) -> None:
     """A worker's stdin is at its end, forked or not (system("cat") returns); workers run
-    in the primary's locale, or the inventory's."""
-    own = write_cluster(clean, tmp_path, "own.R", hosts=clean.hosts[:2],
-                     options=RenderOptions(fork=fork))
+    in the primary's locale, or the inventory's, whatever the launch (the classic one's
+    workers take it once started: its ssh passes the primary's LANG only where the
+    host's sshd accepts it, and never the inventory's)."""
+    own = write_cluster(clean, tmp_path, "own.R", hosts=clean.hosts[:2], options=options)
     named = write_cluster(clean, tmp_path, "named.R", hosts=clean.hosts[:2],
-                       options=RenderOptions(fork=fork), locale="C")
+                          options=options, locale="C")
     code = f"""
         for (f in c({str(own)!r}, {str(named)!r})) {{
           source(f)

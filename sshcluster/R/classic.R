@@ -28,17 +28,20 @@ start_classic <- function(config) {
                rshcmd = fix(config$rshcmd), homogeneous = FALSE)
   if (!is.na(config$port)) args$port <- config$port
   cl <- do.call(parallel::makeCluster, args)
-  # makeCluster() has no way to start a worker elsewhere than in the login
-  # directory, so each worker moves there before the user's first call.
-  if (!is.null(config$workdir))
-    parallel::clusterCall(cl, function(dir) {
-      dir.create(dir, recursive = TRUE, showWarnings = FALSE)
-      setwd(dir)
-      invisible(NULL)
-    }, config$workdir)
-  # `sshcluster sync`'s library first, before register() loads anything (R/library.R);
-  # a host without what register() needs is named, and the cluster stopped
   ready <- tryCatch({
+    # makeCluster() has no way to start a worker elsewhere than in the login
+    # directory, so each worker moves there before the user's first call;
+    if (!is.null(config$workdir))
+      parallel::clusterCall(cl, function(dir) {
+        dir.create(dir, recursive = TRUE, showWarnings = FALSE)
+        setwd(dir)
+        invisible(NULL)
+      }, config$workdir)
+    # nor of giving it a locale: each takes the one the fast launch gives its workers
+    # (the inventory's locale:, else the primary's);
+    parallel::clusterCall(cl, classic_locale, locale_assignments(config$locale))
+    # `sshcluster sync`'s library first, before register() loads anything (R/library.R);
+    # a host without what register() needs is named. Whatever fails stops the cluster.
     if (!is.null(config$library)) use_library(cl, config$library)
     check_register(union(config$register$what, again), cl, config$register$needs)
     NULL
@@ -63,3 +66,29 @@ start_classic <- function(config) {
   register(union(config$register$what, again), cl)
   invisible(cl)
 }
+
+# Run on each classic worker: what R/locale.sh and R's start do for a fast launch's
+# worker. Each NAME=VALUE is set, a locale this host lacks replaced by C.UTF-8 (else C),
+# then every category R sets at its start is set again from the environment, which
+# also holds what ssh passed (SendEnv). (Its environment is the base one: clusterCall()
+# sends a function's environment along.)
+classic_locale <- function(assignments) {
+  has <- function(value) {
+    if (value %in% c("", "C", "POSIX")) return(TRUE)
+    old <- Sys.getlocale("LC_CTYPE")
+    ok <- nzchar(suppressWarnings(Sys.setlocale("LC_CTYPE", value)))
+    suppressWarnings(Sys.setlocale("LC_CTYPE", old))
+    ok
+  }
+  for (kv in assignments) {
+    name <- sub("=.*", "", kv)
+    value <- substring(kv, nchar(name) + 2L)
+    if (!has(value)) value <- if (has("C.UTF-8")) "C.UTF-8" else "C"
+    do.call(Sys.setenv, structure(list(value), names = name))
+  }
+  # (LC_ALL: R's LC_CTYPE, LC_COLLATE, LC_MONETARY and LC_TIME; LC_NUMERIC stays C)
+  for (category in c("LC_ALL", "LC_MESSAGES", "LC_PAPER", "LC_MEASUREMENT"))
+    try(suppressWarnings(Sys.setlocale(category, "")), silent = TRUE)
+  invisible(NULL)
+}
+environment(classic_locale) <- baseenv()

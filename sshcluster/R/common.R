@@ -113,3 +113,18 @@ known_hosts_words <- function(forms) {
                              (as.integer(m[2]) == 8L && as.integer(m[3]) < 5L))
   forms[[if (old) "before_8_5" else "current"]]
 }
+
+# The locale variables the launch hands each host (LOCALE_VARS in sshcluster/protocol.py).
+LOCALE_VARS <- c("LANG", "LC_ALL", "LC_CTYPE", "LC_COLLATE", "LC_TIME", "LC_MONETARY",
+                 "LC_MESSAGES", "LC_PAPER", "LC_MEASUREMENT")
+# NAME=VALUE for the workers' locale: the primary's own, unless the inventory
+# names one. (A host that lacks it gives its workers C.UTF-8 or C instead: locale.sh
+# in the fast launch, classic_locale() in the classic one. The check starts its R
+# with the same, see sshcluster/check/locale.py.)
+locale_assignments <- function(locale) {
+  if (!is.null(locale)) return(c(paste0("LANG=", locale), "LC_ALL="))
+  values <- Sys.getenv(LOCALE_VARS)
+  # (only what a locale name holds: these reach every host's login shell)
+  values <- values[grepl("^[A-Za-z0-9_.@-]+$", values)]
+  if (length(values)) paste0(names(values), "=", values) else character()
+}

@@ -33,8 +33,6 @@ OUR_SSH <- c("-T", "-o", sprintf("ServerAliveInterval=%d",
              "-o", sprintf("ServerAliveCountMax=%d",
                            timing("keepalive_count", 3, "")),
              "-o", "ControlMaster=no", "-o", "ControlPath=none")
-LOCALE_VARS <- c("LANG", "LC_ALL", "LC_CTYPE", "LC_COLLATE", "LC_TIME", "LC_MONETARY",
-                 "LC_MESSAGES", "LC_PAPER", "LC_MEASUREMENT")
 
 # Random bytes from the OS, as hex; R's own generator (and the user's
 # .Random.seed) are not touched.
@@ -217,17 +215,6 @@ container_assignments <- function(S, h) {
     paste0("SSHCLUSTER_CONTAINER_OPTIONS=", box$options),
     paste0("SSHCLUSTER_CONTAINER_NAME=",
            sprintf("sshcluster-%s-%s-%d", cluster, host, S$next_id)))
-}
-
-# NAME=VALUE for the workers' locale: the primary's own, unless the inventory
-# names one. (A host that lacks it gives its workers C.UTF-8 or C instead: locale.sh.
-# The check starts its R with the same, see sshcluster/check/locale.py.)
-locale_assignments <- function(locale) {
-  if (!is.null(locale)) return(c(paste0("LANG=", locale), "LC_ALL="))
-  values <- Sys.getenv(LOCALE_VARS)
-  # (only what a locale name holds: these reach every host's login shell)
-  values <- values[grepl("^[A-Za-z0-9_.@-]+$", values)]
-  if (length(values)) paste0(names(values), "=", values) else character()
 }
 
 session_ended <- function(S, id) file.exists(paste0(S$sessions[[id]]$file, ".status"))
