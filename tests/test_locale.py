@@ -11,17 +11,20 @@ lack it too.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
 import pytest
 
-from sshcluster.bootstrap import write_bootstrap
+from sshcluster.bootstrap import RenderOptions, write_bootstrap
 from sshcluster.check.locale import launch_locale
 from sshcluster.check.preflight import check
 from sshcluster.check.probe import RemoteContext, parse_facts, remote_script, rscript_step
@@ -71,8 +74,7 @@ def test_a_locale_the_host_lacks_becomes_one_it_has(shell: str) -> None:
 
 
 def test_the_check_sends_what_the_launch_sends() -> None:
-    r = (resources.files("sshcluster").joinpath("R", "launch", "session.R")
-         .read_text("utf-8"))
+    r = resources.files("sshcluster").joinpath("R", "common.R").read_text("utf-8")
     assert all(f'"{name}"' in r for name in LOCALE_VARS)
     assert launch_locale(None, {"LANG": MISSING, "LC_TIME": "x;rm", "LC_ALL": ""}) == [
         f"LANG={MISSING}"]
@@ -155,4 +157,64 @@ def test_the_check_warns_and_the_launch_works_where_the_primarys_locale_is_missi
         "sshcluster_stop()\n", tmp_path, env=primary_locale)
     assert out.returncode == 0, out.stderr
     assert "RESULT C.UTF-8 4" in out.stdout, out.stdout
+    assert nothing_left(tb, marker=tmp_path) == {}
+
+
+def test_the_classic_launchs_r_starts_in_what_ssh_sends_and_the_check_starts_in_it_too(
+        testbed: Testbed, tmp_path: Path, warn2_user: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The classic launch's workers start R in the session ssh opens: with the primary's
+    LANG where ssh sends it (Debian's ssh_config: SendEnv LANG LC_*) and the host's sshd
+    takes it (AcceptEnv), so a host that lacks that locale ends every worker whose
+    ~/.Rprofile has options(warn = 2), whatever the inventory's locale:. The check's
+    session sends what ssh sends, and its R starts as the classic workers' do: it fails
+    the host, and its hint does not offer 'locale:'. (The fast launch hands its workers
+    the locale before R starts: the test above.)"""
+    tb = testbed
+    authorize(Path(pwd.getpwnam(warn2_user).pw_dir), warn2_user, tb.identity_file)
+    host = tb.hosts[0]
+    inv_path = tb.write_inventory(tmp_path / "hosts.yaml", ncore=1, extra={
+        "defaults": {"user": warn2_user, "identity_file": str(tb.identity_file), "ncore": 1},
+        "hosts": [{"host": host.address, "ssh_port": host.ssh_port}],
+        "launch": "classic", "setup_timeout": 15, "locale": "C.UTF-8"})
+    ssh_config = tmp_path / "ssh_config"
+    ssh_config.write_text("Host *\n  GlobalKnownHostsFile /dev/null\n"
+                          "  IdentitiesOnly yes\n  IdentityAgent none\n  SendEnv LANG LC_*\n")
+    inv = load_inventory(inv_path)
+    monkeypatch.setenv("LANG", MISSING)
+    monkeypatch.delenv("LC_ALL", raising=False)
+
+    (h,) = check(inv, timeout=30, ssh_config=[str(ssh_config)]).hosts
+    rs = h.checks["rscript"]
+    assert rs.status == "failed", (rs.status, rs.detail)
+    assert "Setting LC_CTYPE failed" in rs.detail, rs.detail
+    assert rs.hint is not None and f"generate the primary's locale on {host.address}" in rs.hint
+    assert "'locale:'" not in rs.hint
+
+    # The classic launch, its ssh sending LANG as the check's session did: its worker
+    # dies as the check's R did (makeCluster itself waits for it for ever: stopped here).
+    cluster_r = tmp_path / "cluster.R"
+    write_bootstrap(inv, cluster_r, RenderOptions(extra_ssh_options=("SendEnv=LANG LC_*",)))
+    said = tmp_path / "launch.err"
+    with said.open("wb") as err, subprocess.Popen(
+            ["Rscript", "-e", f'source("{cluster_r}")'], stdout=subprocess.DEVNULL,
+            stderr=err, start_new_session=True,
+            env={**os.environ, "LANG": MISSING, "LC_ALL": ""}) as proc:
+        try:
+            deadline = time.monotonic() + 60
+            while b"Execution halted" not in said.read_bytes() and proc.poll() is None \
+                    and time.monotonic() < deadline:
+                time.sleep(0.2)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert "(converted from warning) Setting LC_CTYPE failed" in said.read_text(), \
+        said.read_text()[-2000:]
+
+    # Without LANG sent, R starts: the check passes the host (the inventory's locale,
+    # which the workers take once started, is one the host has).
+    ssh_config.write_text(ssh_config.read_text().replace("  SendEnv LANG LC_*\n", ""))
+    (h,) = check(inv, timeout=30, ssh_config=[str(ssh_config)]).hosts
+    assert h.ok, {s: (r.status, r.detail) for s, r in h.checks.items()}
+    assert h.checks["rscript"].status == "ok", h.checks["rscript"].detail
     assert nothing_left(tb, marker=tmp_path) == {}

@@ -287,3 +287,24 @@ def test_the_public_key_of_an_identity_file_as_ssh_finds_it(tmp_path: Path) -> N
     (tmp_path / "noise").write_bytes(b"\xff\xfe not a key")
     for name in ("bad.pub", "cut", "noise", "missing"):
         assert identity_public_key(str(tmp_path / name)) is None, name
+
+
+def test_the_environment_ssh_sends_is_what_the_checks_session_sends(tmp_path: Path) -> None:
+    """SendEnv's patterns (as ssh -G prints them, a removal applied: it removes patterns,
+    not the names they match) pick variables from the environment; SetEnv's pairs come
+    after them, and win."""
+    from sshcluster.ssh.environment import sent_environment
+
+    (tmp_path / "config").write_text(
+        "Host *\n  SendEnv LANG LC_* R_?IBS XYZ\n  SendEnv -XYZ -LC_TIME\n"
+        "  SetEnv LANG=C.UTF-8 FOO=\"a b\"\n")
+    s = settings(tmp_path / "config", "h")
+    environ = {"LANG": "en_GB.UTF-8", "LC_CTYPE": "de_DE.UTF-8", "LC_TIME": "fr_FR",
+               "R_LIBS": "/x", "R_LIBS_USER": "/y", "PATH": "/bin", "LC_ALL": "",
+               "LC_ODD": "bad\udcff", "XYZ": "1"}
+    assert sent_environment(s, environ) == {
+        "LANG": "C.UTF-8", "LC_CTYPE": "de_DE.UTF-8", "LC_TIME": "fr_FR", "R_LIBS": "/x",
+        "LC_ALL": "", "FOO": "a b"}
+    # (without SendEnv or SetEnv, nothing)
+    (tmp_path / "none").write_text("Host *\n  User u\n")
+    assert sent_environment(settings(tmp_path / "none", "h"), environ) == {}

@@ -34,12 +34,13 @@ def launch_locale(locale: str | None, environ: Mapping[str, str] | None = None) 
             if env.get(name) and _NAME.match(env[name])]
 
 
-def locale_hint(host: str, names: list[str]) -> str:
-    """How to give ``host`` the locale(s) ``names``."""
+def locale_hint(host: str, names: list[str], launch: str = "fast") -> str:
+    """How to give ``host`` the locale(s) ``names`` (for the classic launch, whose R
+    starts in what ssh sends before it takes ``locale:``, that key does not help)."""
     which = ", ".join(dict.fromkeys(names)) or "the primary's locale"
     return (f"generate {which} on {host} (locale-gen, or localedef), or start R on the "
-            "primary with LANG set to a locale every host has (LANG=C.UTF-8), or set "
-            "'locale:' in the inventory")
+            "primary with LANG set to a locale every host has (LANG=C.UTF-8)" + (
+                ", or set 'locale:' in the inventory" if launch != "classic" else ""))
 
 
 def locale_warning(facts_lines: list[str], other: list[str], host: str) -> StepResult | None:

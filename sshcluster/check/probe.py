@@ -97,6 +97,7 @@ def remote_script(
     container: Container | None = None,
     workdir: str | None = None,
     locale: Sequence[str] = (),
+    locale_later: bool = False,
     worker_output: str = "none",
     lease: bool = False,
     register: Sequence[str] = (),
@@ -113,7 +114,9 @@ def remote_script(
     and the image are checked first and R runs inside the image, as the launch's workers
     do there (``workdir`` made as the launch makes it, and mounted; without one, the login
     directory). ``locale`` holds the ``NAME=VALUE`` pairs the launch hands the host
-    (:func:`sshcluster.check.locale.launch_locale`): R starts with them. Without a
+    (:func:`sshcluster.check.locale.launch_locale`): R starts with them, or, with
+    ``locale_later`` (the classic launch, whose workers take them once started), in the
+    session's own environment, the host's lack of them reported all the same. Without a
     container, R starts in ``workdir`` too, made and entered as the launch does. A
     ``worker_output`` directory is tried as the workers try it, and with ``lease`` the
     host's lease as the launch takes it (and let go of at once). The packages step looks
@@ -155,6 +158,7 @@ def remote_script(
         "container_options": container.options_line if container else "",
         "workdir": workdir or "",
         "locale": " ".join(locale),
+        "locale_later": "1" if locale_later else "",
         "lease": "1" if lease else "",
     }
     # Wrapped in { ... } </dev/null so that sh reads it whole from stdin before anything
@@ -258,9 +262,8 @@ def rscript_step(facts: Facts, ctx: RemoteContext, complete: bool) -> StepResult
     if rscript and Fact.R_EXIT in facts:
         said = "; ".join(facts.other[-3:]) or f"exit status {facts.get(Fact.R_EXIT)}"
         return StepResult("failed", f"{rscript} did not run: {said}", lookup,
-                          hint=locale_hint(ctx.host.label, [v.split()[1] for v in
-                                                            facts.all(Fact.LOCALE)])
-                          if r_locale_error(facts.other) else None)
+                          hint=locale_hint(ctx.host.label, [v.split()[1] for v in facts.all(
+                              Fact.LOCALE)], ctx.launch) if r_locale_error(facts.other) else None)
     return StepResult("failed", LATE if not complete else (
         "the check script gave no answer: " + ("; ".join(facts.other[-3:]) or "nothing")))
 

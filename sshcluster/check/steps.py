@@ -51,6 +51,7 @@ from sshcluster.push.shared import shared_dir_step
 from sshcluster.ssh.command import ssh_command
 from sshcluster.ssh.config import BREAKS_LAUNCH_HINT, client_settings
 from sshcluster.ssh.connect import host_decision
+from sshcluster.ssh.environment import sent_environment
 from sshcluster.ssh.identities import KeyOffer
 
 # --------------------------------------------------------------------------- the steps
@@ -233,7 +234,7 @@ def _connection_failed(error: BaseException | None) -> StepResult:
 
 async def _run_remote(hc: HostCheck) -> None:
     """Run the probe script once on the host, collecting its facts as they come."""
-    assert hc.conn is not None
+    assert hc.conn is not None and hc.settings is not None
     ctx = hc.ctx
     listener = ctx.listener
     if ctx.tunnel and not listener.error:
@@ -251,11 +252,15 @@ async def _run_remote(hc: HostCheck) -> None:
         port=0 if listener.error or hc.tunnel_error else listener.port, token=hc.nonce,
         budget=budget, reference=ctx.reference, library_root=inv.library_of(hc.host),
         container=hc.host.container, workdir=inv.workdir, locale=launch_locale(inv.locale),
+        locale_later=inv.launch == "classic",
         worker_output=inv.worker_output if inv.launch == "fast" else "none",
         lease=inv.lease and inv.launch == "fast", register=inv.register)
     try:
+        # (with the variables the launch's ssh sends, SendEnv and SetEnv: R and the
+        # host's shell start in what the launch's get)
         proc = await hc.conn.create_process("sh -s", encoding="utf-8", errors="replace",
-                                            stderr=asyncssh.STDOUT)
+                                            stderr=asyncssh.STDOUT,
+                                            env=sent_environment(hc.settings))
         proc.stdin.write(script)
         proc.stdin.write_eof()
         async for line in proc.stdout:

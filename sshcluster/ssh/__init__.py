@@ -3,6 +3,7 @@
 * :mod:`~sshcluster.ssh.command`: the ssh command line the launch (and the check's
   ``ssh`` step, push and sync) runs;
 * :mod:`~sshcluster.ssh.config`: the user's client configuration, as ``ssh -G`` prints it;
+* :mod:`~sshcluster.ssh.environment`: the variables ssh sends a server (SendEnv, SetEnv);
 * :mod:`~sshcluster.ssh.connect`: asyncssh connections made as ssh would make them
   (ProxyJump, ProxyCommand, identities, host key algorithms);
 * :mod:`~sshcluster.ssh.knownhosts`, :mod:`~sshcluster.ssh.revoked` and

@@ -87,6 +87,7 @@ def sshd_config(
 ) -> str:
     """The sshd_config of a test sshd listening on ``listen:port``."""
     # MaxStartups/MaxSessions: R opens one ssh session per worker, many at once.
+    # AcceptEnv: as Debian's, Ubuntu's and Red Hat's sshd (their ssh sends LANG, LC_*).
     return f"""\
 # written by sshcluster testbed: {title}
 ListenAddress {listen}:{port}
@@ -106,6 +107,7 @@ PrintLastLog no
 LogLevel INFO
 MaxStartups 100:30:200
 MaxSessions 100
+AcceptEnv LANG LC_*
 Subsystem sftp internal-sftp
 """
 
