@@ -128,7 +128,7 @@ USER_CONNECTIONS: Final = 2
 #: connection per worker, of R's 128; a host with more gets a relay per this many.
 RELAY_MOST_WORKERS: Final = 100
 #: The locale variables the launch hands each host (``LOCALE_VARS`` in
-#: ``R/launch/session.R``), and the check's R starts with.
+#: ``R/common.R``), and the check's R starts with.
 LOCALE_VARS: Final[tuple[str, ...]] = (
     "LANG", "LC_ALL", "LC_CTYPE", "LC_COLLATE", "LC_TIME", "LC_MONETARY", "LC_MESSAGES",
     "LC_PAPER", "LC_MEASUREMENT")

@@ -775,7 +775,9 @@ def test_workers_read_end_of_file_and_get_the_primary_locale(clean: Testbed, tmp
     """
     script = tmp_path / "locale.R"
     script.write_text(code)
-    env = {**os.environ, "LANG": "C.UTF-8"}
+    # (LC_CTYPE too, which ssh sends (Debian's SendEnv LC_*) and the test hosts' sshd
+    # takes, as Debian's does: the inventory's locale must win over it)
+    env = {**os.environ, "LANG": "C.UTF-8", "LC_CTYPE": "C.UTF-8"}
     env.pop("LC_ALL", None)
     out = subprocess.run(["Rscript", str(script)], capture_output=True, text=True, env=env,
                          timeout=R_TIMEOUT)

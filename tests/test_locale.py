@@ -17,6 +17,7 @@ import pwd
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from importlib import resources
@@ -78,7 +79,29 @@ def test_the_check_sends_what_the_launch_sends() -> None:
     assert all(f'"{name}"' in r for name in LOCALE_VARS)
     assert launch_locale(None, {"LANG": MISSING, "LC_TIME": "x;rm", "LC_ALL": ""}) == [
         f"LANG={MISSING}"]
-    assert launch_locale("C.UTF-8", {"LANG": MISSING}) == ["LANG=C.UTF-8", "LC_ALL="]
+    # (the inventory's: every other variable emptied, so that none ssh sent wins over it)
+    assert launch_locale("C.UTF-8", {"LANG": MISSING}) == [
+        "LANG=C.UTF-8", *(f"{name}=" for name in LOCALE_VARS[1:])]
+    assert "LC_CTYPE=" in launch_locale("C.UTF-8")
+
+
+@pytest.mark.parametrize(("environ", "python", "primary"), [
+    ({}, "C.UTF-8", "None"), ({"LANG": "C"}, "C.UTF-8", "None"),
+    ({"LANG": "C.UTF-8"}, "None", "None"), ({"LC_ALL": "C.UTF-8"}, "None", "None"),
+    ({"LC_CTYPE": "C.UTF-8"}, "C.UTF-8", "C.UTF-8")])
+def test_the_primarys_locale_is_the_users_not_pythons(environ: dict[str, str], python: str,
+                                                        primary: str) -> None:
+    """Python started in the C locale puts LC_CTYPE=C.UTF-8 in its own environment (PEP
+    538); the primary's R never gets it, so neither the check nor the launch's locale
+    counts it. One the user set is kept."""
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(("LC_", "LANG", "PYTHONCOERCE"))}
+    out = subprocess.run(
+        [sys.executable, "-c", "import os; from sshcluster.ssh.environment import "
+         "primary_environ; print(os.environ.get('LC_CTYPE'), "
+         "primary_environ().get('LC_CTYPE'))"],
+        env={**base, **environ}, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [python, primary]
 
 
 def test_the_checks_r_starts_in_the_launchs_locale(tmp_path: Path) -> None:
@@ -181,8 +204,9 @@ def test_the_classic_launchs_r_starts_in_what_ssh_sends_and_the_check_starts_in_
     ssh_config.write_text("Host *\n  GlobalKnownHostsFile /dev/null\n"
                           "  IdentitiesOnly yes\n  IdentityAgent none\n  SendEnv LANG LC_*\n")
     inv = load_inventory(inv_path)
+    for name in [n for n in os.environ if n.startswith("LC_")]:
+        monkeypatch.delenv(name)
     monkeypatch.setenv("LANG", MISSING)
-    monkeypatch.delenv("LC_ALL", raising=False)
 
     (h,) = check(inv, timeout=30, ssh_config=[str(ssh_config)]).hosts
     rs = h.checks["rscript"]
@@ -198,8 +222,7 @@ def test_the_classic_launchs_r_starts_in_what_ssh_sends_and_the_check_starts_in_
     said = tmp_path / "launch.err"
     with said.open("wb") as err, subprocess.Popen(
             ["Rscript", "-e", f'source("{cluster_r}")'], stdout=subprocess.DEVNULL,
-            stderr=err, start_new_session=True,
-            env={**os.environ, "LANG": MISSING, "LC_ALL": ""}) as proc:
+            stderr=err, start_new_session=True, env={**os.environ, "LANG": MISSING}) as proc:
         try:
             deadline = time.monotonic() + 60
             while b"Execution halted" not in said.read_bytes() and proc.poll() is None \

@@ -86,8 +86,10 @@ classic_locale <- function(assignments) {
     if (!has(value)) value <- if (has("C.UTF-8")) "C.UTF-8" else "C"
     do.call(Sys.setenv, structure(list(value), names = name))
   }
-  # (LC_ALL: R's LC_CTYPE, LC_COLLATE, LC_MONETARY and LC_TIME; LC_NUMERIC stays C)
-  for (category in c("LC_ALL", "LC_MESSAGES", "LC_PAPER", "LC_MEASUREMENT"))
+  # (each on its own, as R's start sets them: R's LC_ALL sets none of the others when
+  # LC_CTYPE fails; LC_NUMERIC stays C)
+  for (category in c("LC_CTYPE", "LC_COLLATE", "LC_MONETARY", "LC_TIME", "LC_MESSAGES",
+                     "LC_PAPER", "LC_MEASUREMENT"))
     try(suppressWarnings(Sys.setlocale(category, "")), silent = TRUE)
   invisible(NULL)
 }

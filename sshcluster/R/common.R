@@ -122,7 +122,10 @@ LOCALE_VARS <- c("LANG", "LC_ALL", "LC_CTYPE", "LC_COLLATE", "LC_TIME", "LC_MONE
 # in the fast launch, classic_locale() in the classic one. The check starts its R
 # with the same, see sshcluster/check/locale.py.)
 locale_assignments <- function(locale) {
-  if (!is.null(locale)) return(c(paste0("LANG=", locale), "LC_ALL="))
+  # (the inventory's in LANG, every other variable emptied: one that ssh sent, SendEnv
+  # LC_*, would else win over it)
+  if (!is.null(locale))
+    return(c(paste0("LANG=", locale), paste0(setdiff(LOCALE_VARS, "LANG"), "=")))
   values <- Sys.getenv(LOCALE_VARS)
   # (only what a locale name holds: these reach every host's login shell)
   values <- values[grepl("^[A-Za-z0-9_.@-]+$", values)]

@@ -9,12 +9,12 @@ launch sends, :func:`locale_warning` what the check says of a host that lacks it
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 
 from sshcluster.check.report import StepResult
 from sshcluster.protocol import LOCALE_VARS
+from sshcluster.ssh.environment import primary_environ
 
 # (only what a locale name holds: these reach every host's login shell)
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]+\Z")
@@ -25,19 +25,23 @@ _R_SAYS = "Setting LC_"
 
 def launch_locale(locale: str | None, environ: Mapping[str, str] | None = None) -> list[str]:
     """``NAME=VALUE`` for the workers' locale, as ``locale_assignments()`` in
-    ``R/launch/session.R`` makes them: the inventory's ``locale`` or, without one, the
-    primary's own variables (``environ``, this process's by default)."""
+    ``R/common.R`` makes them: the inventory's ``locale`` in ``LANG``, every other
+    variable emptied (one ssh sent, ``SendEnv LC_*``, would else win over it), or,
+    without one, the primary's own variables (``environ``, the primary's by default:
+    :func:`sshcluster.ssh.environment.primary_environ`)."""
     if locale is not None:
-        return [f"LANG={locale}", "LC_ALL="]
-    env = os.environ if environ is None else environ
+        return [f"LANG={locale}", *(f"{name}=" for name in LOCALE_VARS if name != "LANG")]
+    env = primary_environ() if environ is None else environ
     return [f"{name}={env[name]}" for name in LOCALE_VARS
             if env.get(name) and _NAME.match(env[name])]
 
 
 def locale_hint(host: str, names: list[str], launch: str = "fast") -> str:
-    """How to give ``host`` the locale(s) ``names`` (for the classic launch, whose R
-    starts in what ssh sends before it takes ``locale:``, that key does not help)."""
-    which = ", ".join(dict.fromkeys(names)) or "the primary's locale"
+    """How to give ``host`` the locale(s) ``names``. (For the classic launch, whose R
+    starts in what ssh sends before it takes ``locale:``, what R could not set is the
+    primary's locale, and that key does not help.)"""
+    which = ", ".join(dict.fromkeys(names)) if names and launch != "classic" else \
+        "the primary's locale"
     return (f"generate {which} on {host} (locale-gen, or localedef), or start R on the "
             "primary with LANG set to a locale every host has (LANG=C.UTF-8)" + (
                 ", or set 'locale:' in the inventory" if launch != "classic" else ""))

@@ -97,7 +97,7 @@ def remote_script(
     container: Container | None = None,
     workdir: str | None = None,
     locale: Sequence[str] = (),
-    locale_later: bool = False,
+    classic: bool = False,
     worker_output: str = "none",
     lease: bool = False,
     register: Sequence[str] = (),
@@ -114,10 +114,11 @@ def remote_script(
     and the image are checked first and R runs inside the image, as the launch's workers
     do there (``workdir`` made as the launch makes it, and mounted; without one, the login
     directory). ``locale`` holds the ``NAME=VALUE`` pairs the launch hands the host
-    (:func:`sshcluster.check.locale.launch_locale`): R starts with them, or, with
-    ``locale_later`` (the classic launch, whose workers take them once started), in the
-    session's own environment, the host's lack of them reported all the same. Without a
-    container, R starts in ``workdir`` too, made and entered as the launch does. A
+    (:func:`sshcluster.check.locale.launch_locale`): R starts with them. Without a
+    container, R starts in ``workdir`` too, made and entered as the launch does; with
+    ``classic`` (the classic launch, whose workers take both once started) R starts in the
+    session's own environment and login directory, the host's lack of the locale
+    reported all the same. A
     ``worker_output`` directory is tried as the workers try it, and with ``lease`` the
     host's lease as the launch takes it (and let go of at once). The packages step looks
     for the packages the registrations ``register`` load too.
@@ -158,7 +159,7 @@ def remote_script(
         "container_options": container.options_line if container else "",
         "workdir": workdir or "",
         "locale": " ".join(locale),
-        "locale_later": "1" if locale_later else "",
+        "classic": "1" if classic else "",
         "lease": "1" if lease else "",
     }
     # Wrapped in { ... } </dev/null so that sh reads it whole from stdin before anything

@@ -3,8 +3,8 @@
 # primary, primary_user, primary_ssh_port, connect_timeout, rscript, r_code, nonce,
 # port, callback_host, callback_timeout, engine (empty: no container), locale (the
 # NAME=VALUE pairs the launch hands the host; R/locale.sh, pasted before this script,
-# exports them as the launch does, for R only; with locale_later, the classic launch,
-# only reports the ones the host lacks), workdir (R/workdir.sh makes and enters
+# exports them as the launch does, for R only; with classic, the classic launch, whose
+# workers take them once started, only reports the ones the host lacks), workdir (R/workdir.sh makes and enters
 # it as the launch does), lease (non-empty: lease: true, tried with R/lease.sh). The
 # nonce goes to
 # R in its environment only (in a container, on its stdin): the script comes on stdin,
@@ -152,8 +152,8 @@ step_r() {
   # (in a container the launch hands the image these variables as they are)
   { if [ -n "$engine" ]; then r_in_image 2>&1; else
       # (the classic launch's R starts as ssh leaves it: its workers take the locale
-      # afterwards, so the lack of it is only reported)
-      if [ -n "$locale_later" ]; then (sshcluster_locales $locale); else
+      # once started, so the lack of it is only reported)
+      if [ -n "$classic" ]; then (sshcluster_locales $locale); else
         sshcluster_locales $locale; fi
       r_stdin '' | SSHCLUSTER_NONCE=$nonce $to "$rs" --default-packages=NULL -e "$r_boot" \
 "${callback_host:-$primary}" "$port" "$callback_timeout" 2>&1
@@ -175,7 +175,11 @@ if [ -n "$engine" ]; then  # (Rscript: the inventory's, or the image's on its PA
   a=$_t
 else
   step_rscript
+  login=$PWD
   [ -z "$rs" ] || step_workdir || rs=
+  # (the classic launch's workers start in the login directory, reading its .Rprofile
+  # and .Renviron, and move to the workdir once started)
+  [ -z "$classic" ] || cd -- "$login" || rs=
 fi
 tick; say "T_LOOKUP=$a $_t"
 [ -z "$lease" ] || step_lease

@@ -252,7 +252,7 @@ async def _run_remote(hc: HostCheck) -> None:
         port=0 if listener.error or hc.tunnel_error else listener.port, token=hc.nonce,
         budget=budget, reference=ctx.reference, library_root=inv.library_of(hc.host),
         container=hc.host.container, workdir=inv.workdir, locale=launch_locale(inv.locale),
-        locale_later=inv.launch == "classic",
+        classic=inv.launch == "classic",
         worker_output=inv.worker_output if inv.launch == "fast" else "none",
         lease=inv.lease and inv.launch == "fast", register=inv.register)
     try:

@@ -11,27 +11,62 @@ check's must too, or it would miss that a host lacks that locale.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
-from fnmatch import fnmatchcase
+from pathlib import Path
 
 from sshcluster.ssh.config import ClientSettings
+
+#: What Python (PEP 538) puts in LC_CTYPE, in its own environment, when it starts in the C
+#: locale: its children get it, R (the primary of the launch) does not.
+_COERCED = ("C.UTF-8", "C.utf8", "UTF-8")
+
+
+def primary_environ() -> dict[str, str]:
+    """This process's environment as the user's shell gave it, which the primary's R
+    gets too: without the ``LC_CTYPE`` Python sets when it starts in the C locale (one of
+    those values beside an empty or C ``LANG`` and no ``LC_ALL``, which the environment
+    this process started with, where ``/proc`` shows it, did not hold)."""
+    env = dict(os.environ)
+    if (env.get("LC_CTYPE") in _COERCED and not env.get("LC_ALL")
+            and env.get("LANG", "") in ("", "C", "POSIX") and not _started_with("LC_CTYPE")):
+        del env["LC_CTYPE"]
+    return env
+
+
+def _started_with(name: str) -> bool:
+    """Whether this process started with variable ``name`` (False where it cannot be
+    told)."""
+    try:
+        start = Path("/proc/self/environ").read_bytes()
+    except OSError:
+        return False
+    return any(v.startswith(name.encode() + b"=") for v in start.split(b"\0"))
 
 
 def sent_environment(settings: ClientSettings, environ: Mapping[str, str] | None = None
                      ) -> dict[str, str]:
-    """The variables ssh with ``settings`` sends from ``environ`` (this process's by
-    default): ``SendEnv``'s in the environment's order, then ``SetEnv``'s, a later value
-    of a name replacing an earlier one as the server's does. A value that is not UTF-8
-    text is left out (asyncssh sends text)."""
-    env = os.environ if environ is None else environ
-    patterns = [p for value in settings.raw.get("sendenv", ()) for p in value.split()]
-    out = {name: value for name, value in env.items()
-           if any(fnmatchcase(name, p) for p in patterns)}
+    """The variables ssh with ``settings`` sends from ``environ`` (by default the
+    primary's: :func:`primary_environ`): ``SendEnv``'s in the environment's order, then
+    ``SetEnv``'s, a later value of a name replacing an earlier one as the server's does.
+    A value that is not UTF-8 text is left out (asyncssh sends text)."""
+    if environ is None:
+        environ = primary_environ()
+    patterns = [_pattern(p) for value in settings.raw.get("sendenv", ())
+                for p in value.split()]
+    out = {name: value for name, value in environ.items()
+           if any(p.fullmatch(name) for p in patterns)}
     for pair in settings.raw.get("setenv", ()):
         name, sep, value = pair.partition("=")
         if sep and name:
             out[name] = value
     return {k: v for k, v in out.items() if _text(k) and _text(v)}
+
+
+def _pattern(pattern: str) -> re.Pattern[str]:
+    """OpenSSH's ``match_pattern``: ``*`` and ``?``, nothing else special."""
+    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c)
+                              for c in pattern), re.DOTALL)
 
 
 def _text(s: str) -> bool:
@@ -42,4 +77,4 @@ def _text(s: str) -> bool:
     return True
 
 
-__all__ = ["sent_environment"]
+__all__ = ["primary_environ", "sent_environment"]
