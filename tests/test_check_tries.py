@@ -180,6 +180,25 @@ def test_the_checks_r_starts_in_the_workdir_as_the_workers_do(
     assert nothing_left(tb, marker=tmp_path) == {}
 
 
+def test_the_classic_launchs_r_starts_in_the_login_directory_and_the_checks_too(
+        testbed: Testbed, tmp_path: Path) -> None:
+    """The classic launch's workers start where ssh starts them (the login directory) and
+    move to the workdir once started: a workdir's .Rprofile that stops R (see above) does
+    not run in them, and the check's R for the classic launch starts there too, and passes
+    the host (it failed it, as for the fast launch)."""
+    tb = testbed
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / ".Rprofile").write_text('cat("this project stops R\\n")\nquit(status = 7L)\n')
+    inv = _inventory(tb, tmp_path, workdir=str(project), launch="classic")
+    for h in _check(inv, tmp_path).hosts:
+        assert h.ok, _said(h)
+    out = _launch(inv, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert f"RESULT {project} 2" in out.stdout
+    assert nothing_left(tb, marker=tmp_path) == {}
+
+
 # --------------------------------------------------------------------------- worker_output
 
 
