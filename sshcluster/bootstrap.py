@@ -72,7 +72,7 @@ from sshcluster.protocol import (
     WORKER_SHARED_R,
 )
 from sshcluster.quoting import r_long_string, r_string, shell_join
-from sshcluster.ssh.command import CONNECT_TIMEOUT, known_hosts_option, ssh_command
+from sshcluster.ssh.command import CONNECT_TIMEOUT, known_hosts_option, rendered_ssh_command
 from sshcluster.statements import in_own_environment
 from sshcluster.version import __version__
 
@@ -235,8 +235,8 @@ def _machine(inventory: Inventory, host: Host, opts: RenderOptions, plan: Plan) 
         fields.append(f"user = {r_string(host.user)}")
     fields.append(f"ncore = {host.ncore}L")
     if plan.launch == "classic":
-        own_ssh = ssh_command(inventory, host, opts, before_8_5=False)
-        if own_ssh != ssh_command(inventory, None, opts, before_8_5=False):
+        own_ssh = rendered_ssh_command(inventory, host, opts)
+        if own_ssh != rendered_ssh_command(inventory, None, opts):
             fields.append(f"rshcmd = {r_long_string(shell_join(own_ssh))}")
         if host.rscript:
             # R uses a node's own rscript only when the node is "homogeneous".
@@ -275,7 +275,7 @@ def _call(function: str, config: Sequence[tuple[str, str]]) -> list[str]:
 def _fast(inventory: Inventory, opts: RenderOptions, plan: Plan
           ) -> tuple[list[str], list[str]]:
     """The fast launch's code, and its call."""
-    per_host = [shell_join(ssh_command(inventory, h, opts, known_hosts=False))
+    per_host = [shell_join(rendered_ssh_command(inventory, h, opts, known_hosts=False))
                 for h in inventory.hosts]
     common = Counter(per_host).most_common(1)[0][0]
     own = ["NULL" if ssh == common else r_long_string(ssh) for ssh in per_host]
@@ -325,8 +325,7 @@ def _classic(inventory: Inventory, opts: RenderOptions, plan: Plan
         *_call("start_classic", [
             ("master", "primary"),
             ("spec", "spec"),
-            ("rshcmd", r_long_string(shell_join(ssh_command(inventory, None, opts,
-                                                       before_8_5=False)))),
+            ("rshcmd", r_long_string(shell_join(rendered_ssh_command(inventory, None, opts)))),
             ("known_hosts", _known_hosts_forms(inventory)),
             ("port", port),
             ("workdir", _r_value(inventory.workdir)), ("locale", _r_value(inventory.locale)),
@@ -442,7 +441,6 @@ __all__ = [
     "plan_of",
     "render",
     "spec_entries",
-    "ssh_command",
     "with_library",
     "workers_note",
     "write_bootstrap",

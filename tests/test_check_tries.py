@@ -292,23 +292,18 @@ def test_a_host_leased_to_another_job_fails_lease(testbed: Testbed, tmp_path: Pa
 
 @pytest.mark.parametrize("setting", ["ClearAllForwardings", "StdinNull",
                                      "ForkAfterAuthentication"])
-def test_an_ssh_setting_that_breaks_the_launch_fails_resolve(
+def test_an_ssh_setting_for_interactive_use_is_set_back(
         testbed: Testbed, tmp_path: Path, setting: str) -> None:
+    """ClearAllForwardings, StdinNull or ForkAfterAuthentication in a user's config (for
+    interactive use) would break the launch (the reverse tunnel, the host's script on
+    ssh's stdin, ssh in the background): the launch's ssh sets them back (its -o comes
+    before the config), and the check resolves the host as that ssh does, and passes it.
+    (It failed the host before; tests/test_same_verdict.py runs the launch with them in
+    a user's own ~/.ssh/config.)"""
     tb = testbed
     inv = _inventory(tb, tmp_path, hosts=[{"host": tb.hosts[0].address,
                                            "ssh_port": tb.hosts[0].ssh_port}])
-
-    # The launch with that setting for its ssh (as a user's config would give it)
-    out = _launch(inv, tmp_path, options=RenderOptions(extra_ssh_options=(f"{setting}=yes",)))
-    assert out.returncode != 0, out.stdout
-
     (h,) = _check(inv, tmp_path, f"  {setting} yes\n").hosts
-    step = h.checks["resolve"]
-    assert step.status == "failed", _said(h)
-    assert f"{setting} yes" in step.detail
-    assert step.hint is not None and "ssh config" in step.hint
-
-    # Without it, the host passes.
-    (h,) = _check(inv, tmp_path).hosts
     assert h.ok, _said(h)
+    assert h.checks["resolve"].status == "ok", _said(h)
     assert nothing_left(tb, marker=tmp_path) == {}

@@ -202,6 +202,11 @@ def setup(name: str, tb: Testbed, keys: Keys, client: Client) -> tuple[str, bool
                                      f"{identity}")
         (home / "known_hosts").write_text(f"{h1.address} {key(h1)}\n")
         return h1.address, False
+    if name == "settings for interactive use: StdinNull, ForkAfterAuthentication, no forwards":
+        (home / "config").write_text(f"Host *\n  StdinNull yes\n  ForkAfterAuthentication yes\n"
+                                     f"  ClearAllForwardings yes\n{identity}")
+        (home / "known_hosts").write_text(f"{h1.address} {key(h1)}\n")
+        return h1.address, True
     if name == "an identity given only in the config":
         (home / "config").write_text(f"Host {h1.address}\n  IdentityFile ~/.ssh/id_cluster\n")
         (home / "known_hosts").write_text(f"{h1.address} {key(h1)}\n")
@@ -224,6 +229,7 @@ CASES = [
     "PubkeyAcceptedAlgorithms without the key's type",
     "CheckHostIP, and another key known for the address",
     "CheckHostIP, the address unknown",
+    "settings for interactive use: StdinNull, ForkAfterAuthentication, no forwards",
 ]
 
 

@@ -308,3 +308,14 @@ def test_the_environment_ssh_sends_is_what_the_checks_session_sends(tmp_path: Pa
     # (without SendEnv or SetEnv, nothing)
     (tmp_path / "none").write_text("Host *\n  User u\n")
     assert sent_environment(settings(tmp_path / "none", "h"), environ) == {}
+
+
+def test_the_overrides_are_the_launchs_words_too() -> None:
+    """The rendered file's R sets back the same settings as the Python side's ssh."""
+    from importlib import resources
+
+    from sshcluster.ssh.command import SESSION_OVERRIDES, SESSION_OVERRIDES_8_7
+
+    r = resources.files("sshcluster").joinpath("R", "common.R").read_text("utf-8")
+    assert f'"{" ".join(SESSION_OVERRIDES)}"' in r
+    assert f'"{" ".join(SESSION_OVERRIDES_8_7)}"' in r

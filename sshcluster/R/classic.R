@@ -16,10 +16,12 @@ start_classic <- function(config) {
   # ssh here gets the other form.
   words <- known_hosts_words(config$known_hosts)
   # Without known_hosts: in the inventory there is nothing to swap: the keys come
-  # from the user's own ssh setup.
-  fix <- function(cmd) if (is.null(cmd) || is.null(config$known_hosts) ||
-                           identical(words, config$known_hosts[["current"]]))
-    cmd else sub(config$known_hosts[["current"]], words, cmd, fixed = TRUE)
+  # from the user's own ssh setup. (And what a config may set for interactive use,
+  # set back after the command's other options, as the fast launch does.)
+  overrides <- ssh_overrides()
+  fix <- function(cmd) if (is.null(cmd)) cmd else paste(
+    if (is.null(config$known_hosts) || identical(words, config$known_hosts[["current"]]))
+      cmd else sub(config$known_hosts[["current"]], words, cmd, fixed = TRUE), overrides)
   spec <- lapply(config$spec, function(entry) {
     entry$rshcmd <- fix(entry$rshcmd)
     entry

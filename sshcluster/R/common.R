@@ -102,16 +102,33 @@ register <- function(what, cl) {
   if ("future" %in% what) future::plan(future::cluster, workers = cl)
 }
 
+# Whether this machine's ssh is an OpenSSH older than major.minor (FALSE when its
+# version cannot be told: a recent one is assumed).
+ssh_before <- function(major, minor) {
+  version <- tryCatch(system2("ssh", "-V", stdout = TRUE, stderr = TRUE),
+                      error = function(e) "", warning = function(w) "")
+  m <- regmatches(version, regexec("OpenSSH_([0-9]+)[.]([0-9]+)", version))[[1]]
+  length(m) == 3L && (as.integer(m[2]) < major ||
+                      (as.integer(m[2]) == major && as.integer(m[3]) < minor))
+}
+
 # The option that adds the inventory's known_hosts file, in the form this
 # machine's ssh takes (KnownHostsCommand came with OpenSSH 8.5); "" without one.
 known_hosts_words <- function(forms) {
   if (is.null(forms)) return("")
-  version <- tryCatch(system2("ssh", "-V", stdout = TRUE, stderr = TRUE),
-                      error = function(e) "", warning = function(w) "")
-  m <- regmatches(version, regexec("OpenSSH_([0-9]+)[.]([0-9]+)", version))[[1]]
-  old <- length(m) == 3L && (as.integer(m[2]) < 8L ||
-                             (as.integer(m[2]) == 8L && as.integer(m[3]) < 5L))
-  forms[[if (old) "before_8_5" else "current"]]
+  forms[[if (ssh_before(8L, 5L)) "before_8_5" else "current"]]
+}
+
+# What a user's ssh config may set for interactive use that would break the launch,
+# set back (a command line's -o comes first, and ssh keeps the first value):
+# ClearAllForwardings (it drops the reverse tunnel), and where this ssh knows them
+# (OpenSSH 8.7), StdinNull (the host's script goes on ssh's stdin) and
+# ForkAfterAuthentication (ssh would go to the background). The same words as
+# SESSION_OVERRIDES in sshcluster/ssh/command.py.
+ssh_overrides <- function() {
+  paste(c("-o ClearAllForwardings=no",
+          if (!ssh_before(8L, 7L)) "-o StdinNull=no -o ForkAfterAuthentication=no"),
+        collapse = " ")
 }
 
 # The locale variables the launch hands each host (LOCALE_VARS in sshcluster/protocol.py).

@@ -85,17 +85,6 @@ def fast_cipher() -> list[str]:
     return ["-o", "Ciphers=^aes128-gcm@openssh.com,aes256-gcm@openssh.com"]
 
 
-def own_stdin() -> list[str]:
-    """``StdinNull yes`` or ``ForkAfterAuthentication yes`` in the user's ssh config (for
-    interactive use) would take ssh's stdin from a push session, which sends the host
-    its script there, or send ssh to the background: both are set back to ``no`` where
-    this ssh knows them (OpenSSH 8.7 and later; an older one refuses them in a config
-    too). A command line's ``-o`` comes before the config."""
-    if openssh_version() < (8, 7):
-        return []
-    return ["-o", "StdinNull=no", "-o", "ForkAfterAuthentication=no"]
-
-
 #: Key exchanges cheap enough to open many sessions at once: ML-KEM hybrid (post-quantum,
 #: OpenSSH 9.9 and later), else plain X25519.
 _FAST_KEX = ("mlkem768x25519-sha256", "curve25519-sha256")
@@ -157,7 +146,7 @@ class Session:
 
     def __init__(self, inventory: Inventory, host: Host) -> None:
         self.host = host
-        self.argv = [*ssh_command(inventory, host), *KEEPALIVE, *fast_cipher(), *own_stdin(),
+        self.argv = [*ssh_command(inventory, host), *KEEPALIVE, *fast_cipher(),
                      *(["-l", host.user] if host.user else []), "--", host.host]
 
     def run(self, words: Sequence[str], stdin: bytes = b"") -> Answer:

@@ -39,14 +39,17 @@ class CommandOptions(Protocol):
 
 def ssh_command(inventory: Inventory, host: Host | None = None,
                 options: CommandOptions | None = None, *, known_hosts: bool = True,
-                before_8_5: bool | None = None) -> list[str]:
+                before_8_5: bool | None = None, overrides: bool = True) -> list[str]:
     """Return the ssh command (as argv words, without the destination) used to reach ``host``.
 
     It never prompts (``BatchMode=yes``), gives up after ``connect_timeout`` seconds and
     keeps host key checking on (``StrictHostKeyChecking=yes``). The inventory's
     ``known_hosts`` file is added to the files the user's ssh config names, never put in
     their place (see :func:`known_hosts_option`; ``known_hosts=False`` leaves it out,
-    ``before_8_5`` picks its form, by default for this machine's ssh).
+    ``before_8_5`` picks its form, by default for this machine's ssh). It also sets back
+    what a config may hold for interactive use (:func:`session_overrides`), unless
+    ``overrides`` is False: the rendered file's R adds those itself, for the ssh of the
+    machine it runs on.
     """
     timeout = options.connect_timeout if options else CONNECT_TIMEOUT
     words = [
@@ -58,6 +61,8 @@ def ssh_command(inventory: Inventory, host: Host | None = None,
     if known_hosts:
         old = openssh_version() < (8, 5) if before_8_5 is None else before_8_5
         words += known_hosts_option(inventory, before_8_5=old)
+    if overrides:
+        words += session_overrides()
     for extra in options.extra_ssh_options if options else ():
         words += ["-o", extra]
     if host is not None:
@@ -66,6 +71,16 @@ def ssh_command(inventory: Inventory, host: Host | None = None,
         if host.ssh_port and host.ssh_port != 22:
             words += ["-p", str(host.ssh_port)]
     return words
+
+
+def rendered_ssh_command(inventory: Inventory, host: Host | None = None,
+                         options: CommandOptions | None = None, *, known_hosts: bool = True
+                         ) -> list[str]:
+    """:func:`ssh_command` as the rendered file holds it: the known_hosts option in its
+    current form (the file's R swaps it for an older ssh's) and without the overrides,
+    which the file's R adds for the ssh of the machine it runs on."""
+    return ssh_command(inventory, host, options, known_hosts=known_hosts, before_8_5=False,
+                       overrides=False)
 
 
 def known_hosts_option(inventory: Inventory, *, before_8_5: bool) -> list[str]:
@@ -94,6 +109,22 @@ def known_hosts_option(inventory: Inventory, *, before_8_5: bool) -> list[str]:
                   f'"{quoted}"']
 
 
+#: What a user's ssh config may set for interactive use that would break our sessions,
+#: set back by our command lines (a command line's -o comes before the config, and ssh
+#: keeps the first value): ClearAllForwardings (it drops the launch's reverse tunnel),
+#: then, where ssh knows them (OpenSSH 8.7 and later; an older one refuses them, in a
+#: config too), StdinNull (our scripts go on ssh's stdin) and ForkAfterAuthentication
+#: (ssh would go to the background). ``ssh_overrides()`` in ``R/common.R`` holds the same.
+SESSION_OVERRIDES = ("-o", "ClearAllForwardings=no")
+SESSION_OVERRIDES_8_7 = ("-o", "StdinNull=no", "-o", "ForkAfterAuthentication=no")
+
+
+def session_overrides() -> list[str]:
+    """:data:`SESSION_OVERRIDES` for this machine's ssh."""
+    return [*SESSION_OVERRIDES, *(SESSION_OVERRIDES_8_7 if openssh_version() >= (8, 7)
+                                  else ())]
+
+
 @functools.lru_cache(maxsize=1)
 def openssh_version() -> tuple[int, int]:
     """The version of this machine's OpenSSH client (``ssh -V``), as (major, minor);
@@ -114,5 +145,6 @@ def _ssh_path(path: str) -> str:
     return path.replace("%", "%%")
 
 
-__all__ = ["CONNECT_TIMEOUT", "SESSION_OPTIONS", "CommandOptions", "known_hosts_option",
-           "openssh_version", "ssh_command"]
+__all__ = ["CONNECT_TIMEOUT", "SESSION_OPTIONS", "SESSION_OVERRIDES", "SESSION_OVERRIDES_8_7",
+           "CommandOptions", "known_hosts_option", "openssh_version", "rendered_ssh_command",
+           "session_overrides", "ssh_command"]

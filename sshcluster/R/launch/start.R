@@ -36,7 +36,7 @@ new_launch <- function(config, key) {
   # Under 'sshcluster run' the workers' lines go to a log per host (in this
   # directory) instead of this R's stdout, where the script's own output goes.
   S$log_dir <- if (is.null(config$worker_logs)) "" else path.expand(config$worker_logs)
-  S$known_hosts <- known_hosts_words(config$known_hosts)
+  S$known_hosts <- paste(known_hosts_words(config$known_hosts), ssh_overrides())
   S$limit <- connection_limit()
   S$id <- random_hex(8L)
   # lease: true: who holds the hosts, as 'sshcluster jobs' shows it (job, who, since,
