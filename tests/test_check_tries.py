@@ -25,6 +25,7 @@ from sshcluster.check.preflight import check
 from sshcluster.check.report import CheckReport, HostReport
 from sshcluster.inventory import Inventory, load_inventory
 from sshcluster.quoting import r_string
+from sshcluster.ssh.command import openssh_version
 from sshcluster.testing import Testbed
 from sshcluster.testing.fixtures import run_r_in_test
 from sshcluster.testing.leftovers import nothing_left
@@ -290,20 +291,41 @@ def test_a_host_leased_to_another_job_fails_lease(testbed: Testbed, tmp_path: Pa
 # --------------------------------------------------------------------------- ssh config
 
 
-@pytest.mark.parametrize("setting", ["ClearAllForwardings", "StdinNull",
-                                     "ForkAfterAuthentication"])
+@pytest.mark.parametrize("setting", ["StdinNull", "ForkAfterAuthentication"])
 def test_an_ssh_setting_for_interactive_use_is_set_back(
         testbed: Testbed, tmp_path: Path, setting: str) -> None:
-    """ClearAllForwardings, StdinNull or ForkAfterAuthentication in a user's config (for
-    interactive use) would break the launch (the reverse tunnel, the host's script on
-    ssh's stdin, ssh in the background): the launch's ssh sets them back (its -o comes
-    before the config), and the check resolves the host as that ssh does, and passes it.
-    (It failed the host before; tests/test_same_verdict.py runs the launch with them in
-    a user's own ~/.ssh/config.)"""
+    """StdinNull or ForkAfterAuthentication in a user's config (for interactive use) would
+    break the launch (the host's script on ssh's stdin, ssh in the background): the
+    launch's ssh sets them back (its -o comes before the config), and the check resolves
+    the host as that ssh does, and passes it (it failed the host before;
+    tests/test_same_verdict.py runs the launch with them in a user's own ~/.ssh/config)."""
+    if openssh_version() < (8, 7):
+        pytest.skip("OpenSSH 8.7 or later knows these settings")
     tb = testbed
     inv = _inventory(tb, tmp_path, hosts=[{"host": tb.hosts[0].address,
                                            "ssh_port": tb.hosts[0].ssh_port}])
     (h,) = _check(inv, tmp_path, f"  {setting} yes\n").hosts
     assert h.ok, _said(h)
     assert h.checks["resolve"].status == "ok", _said(h)
+    assert nothing_left(tb, marker=tmp_path) == {}
+
+
+def test_clear_all_forwardings_fails_resolve_behind_the_reverse_tunnel(
+        testbed: Testbed, tmp_path: Path) -> None:
+    """ClearAllForwardings yes drops the reverse tunnel's -R: the launch fails, and so does
+    the check's resolve. (It is not set back, as the two above are: that would bring back
+    the forwards of the user's config that it clears.)"""
+    tb = testbed
+    inv = _inventory(tb, tmp_path, hosts=[{"host": tb.hosts[0].address,
+                                           "ssh_port": tb.hosts[0].ssh_port}])
+    out = _launch(inv, tmp_path, options=RenderOptions(
+        extra_ssh_options=("ClearAllForwardings=yes",)))
+    assert out.returncode != 0, out.stdout
+    (h,) = _check(inv, tmp_path, "  ClearAllForwardings yes\n").hosts
+    step = h.checks["resolve"]
+    assert step.status == "failed", _said(h)
+    assert "ClearAllForwardings yes" in step.detail
+    assert step.hint is not None and "ssh config" in step.hint
+    (h,) = _check(inv, tmp_path).hosts
+    assert h.ok, _said(h)
     assert nothing_left(tb, marker=tmp_path) == {}

@@ -41,6 +41,10 @@ from sshcluster.testing.hosts import host_dir
 from sshcluster.testing.leftovers import nothing_left
 from sshcluster.testing.netns import descendants, parent_pid, process_name
 
+#: ssh sends the primary's locale, as Debian's ssh_config makes it (the test hosts' sshd
+#: takes it, as Debian's does).
+SEND_LOCALE = ("SendEnv=LANG LC_*",)
+
 
 @pytest.fixture
 def clean(testbed: Testbed, tmp_path: Path) -> Iterator[Testbed]:
@@ -751,9 +755,11 @@ def test_source_defines_only_the_documented_names(clean: Testbed, tmp_path: Path
     assert "parallelCluster" not in lines["after"].split()
 
 
-@pytest.mark.parametrize("options", [RenderOptions(fork=True), RenderOptions(fork=False),
-                                     RenderOptions(launch="classic")],
-                         ids=["fork", "fresh", "classic"])
+@pytest.mark.parametrize("options", [
+    RenderOptions(fork=True, extra_ssh_options=SEND_LOCALE),
+    RenderOptions(fork=False, extra_ssh_options=SEND_LOCALE),
+    RenderOptions(launch="classic", extra_ssh_options=SEND_LOCALE)],
+    ids=["fork", "fresh", "classic"])
 def test_workers_read_end_of_file_and_get_the_primary_locale(clean: Testbed, tmp_path: Path,
                                                             options: RenderOptions) -> None:
     """A worker's stdin is at its end, forked or not (system("cat") returns); workers run

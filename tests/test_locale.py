@@ -87,8 +87,10 @@ def test_the_check_sends_what_the_launch_sends() -> None:
 
 @pytest.mark.parametrize(("environ", "python", "primary"), [
     ({}, "C.UTF-8", "None"), ({"LANG": "C"}, "C.UTF-8", "None"),
+    ({"LANG": MISSING}, "C.UTF-8", "None"),
     ({"LANG": "C.UTF-8"}, "None", "None"), ({"LC_ALL": "C.UTF-8"}, "None", "None"),
-    ({"LC_CTYPE": "C.UTF-8"}, "C.UTF-8", "C.UTF-8")])
+    ({"LC_CTYPE": "C.UTF-8"}, "C.UTF-8", "C.UTF-8"), ({"LC_CTYPE": "C"}, "C.UTF-8", "C"),
+    ({"LC_CTYPE": MISSING}, "C.UTF-8", MISSING)])
 def test_the_primarys_locale_is_the_users_not_pythons(environ: dict[str, str], python: str,
                                                         primary: str) -> None:
     """Python started in the C locale puts LC_CTYPE=C.UTF-8 in its own environment (PEP

@@ -314,8 +314,7 @@ def test_the_overrides_are_the_launchs_words_too() -> None:
     """The rendered file's R sets back the same settings as the Python side's ssh."""
     from importlib import resources
 
-    from sshcluster.ssh.command import SESSION_OVERRIDES, SESSION_OVERRIDES_8_7
+    from sshcluster.ssh.command import SESSION_OVERRIDES_8_7
 
     r = resources.files("sshcluster").joinpath("R", "common.R").read_text("utf-8")
-    assert f'"{" ".join(SESSION_OVERRIDES)}"' in r
     assert f'"{" ".join(SESSION_OVERRIDES_8_7)}"' in r

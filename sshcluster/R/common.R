@@ -120,15 +120,12 @@ known_hosts_words <- function(forms) {
 }
 
 # What a user's ssh config may set for interactive use that would break the launch,
-# set back (a command line's -o comes first, and ssh keeps the first value):
-# ClearAllForwardings (it drops the reverse tunnel), and where this ssh knows them
-# (OpenSSH 8.7), StdinNull (the host's script goes on ssh's stdin) and
+# set back (a command line's -o comes first, and ssh keeps the first value) where this
+# ssh knows them (OpenSSH 8.7): StdinNull (the host's script goes on ssh's stdin) and
 # ForkAfterAuthentication (ssh would go to the background). The same words as
-# SESSION_OVERRIDES in sshcluster/ssh/command.py.
+# SESSION_OVERRIDES_8_7 in sshcluster/ssh/command.py.
 ssh_overrides <- function() {
-  paste(c("-o ClearAllForwardings=no",
-          if (!ssh_before(8L, 7L)) "-o StdinNull=no -o ForkAfterAuthentication=no"),
-        collapse = " ")
+  if (ssh_before(8L, 7L)) "" else "-o StdinNull=no -o ForkAfterAuthentication=no"
 }
 
 # The locale variables the launch hands each host (LOCALE_VARS in sshcluster/protocol.py).

@@ -194,7 +194,9 @@ def _lease_command(inv: Inventory, host: Host, primary: Host) -> str:
     if host.label == primary.label:  # its own lease: no ssh needed
         return f"exec sh -c {shell_quote(READ_SCRIPT)}\n"
     dest = ["-l", host.user, host.host] if host.user else [host.host]
-    words = [*ssh_command(inv, host), *SESSION_OPTIONS, *dest,
+    # (run by the primary host's ssh, whose version is not this machine's: without the
+    # overrides that only OpenSSH 8.7 and later take)
+    words = [*ssh_command(inv, host, overrides=False), *SESSION_OPTIONS, *dest,
              f"exec sh -c {shell_quote(READ_SCRIPT)}"]
     return "exec " + shell_join(words) + "\n"
 

@@ -56,6 +56,7 @@ from sshcluster.jobs.workerlog import (
     checked_as_a_job,
     job_render_options,
 )
+from sshcluster.ssh.environment import primary_environ
 from sshcluster.version import __version__
 
 #: Seconds the R session (and its supervisor) may take to end once asked, before it is
@@ -134,7 +135,8 @@ class _Job:
         # R starts at once and waits for "go" on its stdin (:meth:`go`): so its own
         # start-up overlaps the check, and the bootstrap need not exist yet.
         self.tmp = JobTmp.make()
-        env = dict(os.environ, SSHCLUSTER_RUN_DIR=str(self.run_dir),
+        # (the user's environment: not the LC_CTYPE Python sets itself, see primary_environ)
+        env = dict(primary_environ(), SSHCLUSTER_RUN_DIR=str(self.run_dir),
                    SSHCLUSTER_BOOTSTRAP=str(self.run_dir / "cluster.R"),
                    SSHCLUSTER_SCRIPT=str(script), SSHCLUSTER_WAIT_GO="1",
                    TMPDIR=self.tmp.path)

@@ -61,8 +61,6 @@ def ssh_command(inventory: Inventory, host: Host | None = None,
     if known_hosts:
         old = openssh_version() < (8, 5) if before_8_5 is None else before_8_5
         words += known_hosts_option(inventory, before_8_5=old)
-    if overrides:
-        words += session_overrides()
     for extra in options.extra_ssh_options if options else ():
         words += ["-o", extra]
     if host is not None:
@@ -70,6 +68,8 @@ def ssh_command(inventory: Inventory, host: Host | None = None,
             words += ["-i", _ssh_path(host.identity_file), "-o", "IdentitiesOnly=yes"]
         if host.ssh_port and host.ssh_port != 22:
             words += ["-p", str(host.ssh_port)]
+    if overrides:  # (after the options' own -o, which win over them, as in the R file)
+        words += session_overrides()
     return words
 
 
@@ -111,18 +111,18 @@ def known_hosts_option(inventory: Inventory, *, before_8_5: bool) -> list[str]:
 
 #: What a user's ssh config may set for interactive use that would break our sessions,
 #: set back by our command lines (a command line's -o comes before the config, and ssh
-#: keeps the first value): ClearAllForwardings (it drops the launch's reverse tunnel),
-#: then, where ssh knows them (OpenSSH 8.7 and later; an older one refuses them, in a
-#: config too), StdinNull (our scripts go on ssh's stdin) and ForkAfterAuthentication
-#: (ssh would go to the background). ``ssh_overrides()`` in ``R/common.R`` holds the same.
-SESSION_OVERRIDES = ("-o", "ClearAllForwardings=no")
+#: keeps the first value), where ssh knows them (OpenSSH 8.7 and later; an older one
+#: refuses them, in a config too): StdinNull (our scripts go on ssh's stdin) and
+#: ForkAfterAuthentication (ssh would go to the background). ``ssh_overrides()`` in
+#: ``R/common.R`` holds the same. (Not ClearAllForwardings: set back, it would bring
+#: back the forwards of the user's config that it clears; the check fails a host whose
+#: config clears the launch's reverse tunnel.)
 SESSION_OVERRIDES_8_7 = ("-o", "StdinNull=no", "-o", "ForkAfterAuthentication=no")
 
 
 def session_overrides() -> list[str]:
-    """:data:`SESSION_OVERRIDES` for this machine's ssh."""
-    return [*SESSION_OVERRIDES, *(SESSION_OVERRIDES_8_7 if openssh_version() >= (8, 7)
-                                  else ())]
+    """:data:`SESSION_OVERRIDES_8_7` where this machine's ssh knows them."""
+    return list(SESSION_OVERRIDES_8_7) if openssh_version() >= (8, 7) else []
 
 
 @functools.lru_cache(maxsize=1)
@@ -145,6 +145,6 @@ def _ssh_path(path: str) -> str:
     return path.replace("%", "%%")
 
 
-__all__ = ["CONNECT_TIMEOUT", "SESSION_OPTIONS", "SESSION_OVERRIDES", "SESSION_OVERRIDES_8_7",
+__all__ = ["CONNECT_TIMEOUT", "SESSION_OPTIONS", "SESSION_OVERRIDES_8_7",
            "CommandOptions", "known_hosts_option", "openssh_version", "rendered_ssh_command",
            "session_overrides", "ssh_command"]

@@ -24,24 +24,32 @@ _COERCED = ("C.UTF-8", "C.utf8", "UTF-8")
 
 def primary_environ() -> dict[str, str]:
     """This process's environment as the user's shell gave it, which the primary's R
-    gets too: without the ``LC_CTYPE`` Python sets when it starts in the C locale (one of
-    those values beside an empty or C ``LANG`` and no ``LC_ALL``, which the environment
-    this process started with, where ``/proc`` shows it, did not hold)."""
+    gets too: not the ``LC_CTYPE`` Python set when it started in the C locale (one of
+    those values, which it writes over the user's LC_CTYPE too). Where ``/proc`` shows
+    the environment this process started with, LC_CTYPE is taken from there (or left
+    out); elsewhere it is left out beside an empty or C ``LANG`` and no ``LC_ALL``."""
     env = dict(os.environ)
-    if (env.get("LC_CTYPE") in _COERCED and not env.get("LC_ALL")
-            and env.get("LANG", "") in ("", "C", "POSIX") and not _started_with("LC_CTYPE")):
+    if env.get("LC_CTYPE") not in _COERCED or env.get("LC_ALL"):
+        return env
+    start = _start_environ()
+    if start is not None:
+        if "LC_CTYPE" in start:
+            env["LC_CTYPE"] = start["LC_CTYPE"]
+        else:
+            del env["LC_CTYPE"]
+    elif env.get("LANG", "") in ("", "C", "POSIX"):
         del env["LC_CTYPE"]
     return env
 
 
-def _started_with(name: str) -> bool:
-    """Whether this process started with variable ``name`` (False where it cannot be
-    told)."""
+def _start_environ() -> dict[str, str] | None:
+    """The environment this process started with (None where it cannot be read)."""
     try:
-        start = Path("/proc/self/environ").read_bytes()
+        raw = Path("/proc/self/environ").read_bytes()
     except OSError:
-        return False
-    return any(v.startswith(name.encode() + b"=") for v in start.split(b"\0"))
+        return None
+    pairs = (v.decode("utf-8", "surrogateescape").partition("=") for v in raw.split(b"\0"))
+    return {k: v for k, sep, v in pairs if sep}
 
 
 def sent_environment(settings: ClientSettings, environ: Mapping[str, str] | None = None
