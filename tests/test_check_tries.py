@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import socket
 import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -307,6 +308,34 @@ def test_an_ssh_setting_for_interactive_use_is_set_back(
     (h,) = _check(inv, tmp_path, f"  {setting} yes\n").hosts
     assert h.ok, _said(h)
     assert h.checks["resolve"].status == "ok", _said(h)
+    assert nothing_left(tb, marker=tmp_path) == {}
+
+
+def test_a_forward_of_the_ssh_config_is_named_behind_the_reverse_tunnel(
+        testbed: Testbed, tmp_path: Path) -> None:
+    """A LocalForward of the user's config is made by the launch's ssh too. Behind the
+    reverse tunnel (ExitOnForwardFailure) the launch fails when that port is taken (an
+    open ssh of the user's, or the session to another host): the check warns, naming the
+    forward (and passes the host: the port may well be free then). Without the tunnel, a
+    forward that fails is only a warning of ssh's, and the check says nothing."""
+    tb = testbed
+    host = {"host": tb.hosts[0].address, "ssh_port": tb.hosts[0].ssh_port}
+    inv = _inventory(tb, tmp_path, hosts=[host])
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        out = _launch(inv, tmp_path, options=RenderOptions(
+            extra_ssh_options=(f"LocalForward=127.0.0.1:{port} 127.0.0.1:22",)))
+        assert out.returncode != 0, out.stdout
+        assert f"{port}" in out.stderr, out.stderr
+        (h,) = _check(inv, tmp_path, f"  LocalForward 127.0.0.1:{port} 127.0.0.1:22\n").hosts
+    assert h.ok, _said(h)
+    step = h.checks["resolve"]
+    assert step.status == "warning", _said(h)
+    assert "localforward" in step.detail and f"{port}" in step.detail, step.detail
+    assert step.hint is not None and "tunnel: none" in step.hint
+    direct = _inventory(tb, tmp_path, "direct.yaml", hosts=[host], tunnel="none")
+    (h,) = _check(direct, tmp_path, "  LocalForward 1 127.0.0.1:22\n").hosts
+    assert h.ok and h.checks["resolve"].status == "ok", _said(h)
     assert nothing_left(tb, marker=tmp_path) == {}
 
 

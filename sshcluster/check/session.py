@@ -3,14 +3,18 @@
 code, ``R/worker_output.R``) and ``lease`` (the host's lease, tried with the launch's own
 shell code, ``R/lease.sh``, and let go of at once). Each is ``ok`` with a fixed result
 where the inventory does not ask for it. Pure functions of the remote script's facts.
+And what the session's ssh makes besides the reverse tunnel (:func:`forwards_warning`).
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from sshcluster.check.facts import Facts, r_died
 from sshcluster.check.probe import LATE, RemoteContext
 from sshcluster.check.report import NO_LEASE, NO_WORKER_OUTPUT, StepResult
 from sshcluster.protocol import Fact
+from sshcluster.ssh.config import ClientSettings
 
 
 def worker_output_step(facts: Facts, ctx: RemoteContext, complete: bool) -> StepResult:
@@ -55,4 +59,25 @@ def lease_step(facts: Facts, ctx: RemoteContext, complete: bool) -> StepResult:
         + ", or set 'lease: false' in the inventory", field="lease")
 
 
-__all__ = ["lease_step", "worker_output_step"]
+#: The forwards of an ssh config, as ``ssh -G`` names them.
+_FORWARDS = ("localforward", "remoteforward", "dynamicforward")
+
+
+def forwards_warning(result: StepResult, settings: ClientSettings | None, tunnel: bool
+                     ) -> StepResult:
+    """``resolve``'s ``result``, a warning when ssh with ``settings`` would also make the
+    config's own forwards behind the reverse tunnel (``tunnel``): the launch's ssh then
+    ends when one cannot be made (``ExitOnForwardFailure``: a port already taken, by an
+    open ssh of the user's, or by the launch's session to another host)."""
+    forwards = [f"{k} {v}" for k in _FORWARDS for v in (settings.raw.get(k, ())
+                                                        if settings else ())]
+    if result.status != "ok" or not forwards or not tunnel:
+        return result
+    return replace(result, status="warning", detail=(
+        f"{result.detail}; the launch's ssh also makes the ssh config's "
+        f"{'; '.join(forwards)}, and fails if one cannot be made (a port already taken)"),
+        hint="keep these forwards to a Host alias of your own for interactive use, or use "
+             "'tunnel: none'")
+
+
+__all__ = ["forwards_warning", "lease_step", "worker_output_step"]

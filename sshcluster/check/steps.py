@@ -40,7 +40,7 @@ from sshcluster.check.probe import (
     remote_script,
 )
 from sshcluster.check.report import SKIPPED, HostReport, StepResult
-from sshcluster.check.session import lease_step, worker_output_step
+from sshcluster.check.session import forwards_warning, lease_step, worker_output_step
 from sshcluster.containers.check import IN_IMAGE, container_verdict
 from sshcluster.errors import SshclusterError
 from sshcluster.inventory import AUTO
@@ -59,7 +59,12 @@ from sshcluster.ssh.identities import KeyOffer
 
 async def resolve(hc: HostCheck) -> StepResult:
     """``resolve``: what ssh makes of the host (``ssh -G`` with the launch's options,
-    the host's user and port), and the addresses of the name it connects to."""
+    the host's user and port), and the addresses of the name it connects to; a warning
+    for the config's own forwards behind the reverse tunnel (:func:`forwards_warning`)."""
+    return forwards_warning(await _resolve(hc), hc.settings, hc.ctx.tunnel)
+
+
+async def _resolve(hc: HostCheck) -> StepResult:
     host, ctx = hc.host, hc.ctx
     try:  # (a path the launch's ssh command cannot carry is a RenderError)
         args = ssh_command(ctx.inventory, host)[1:] + (["-l", host.user] if host.user else [])
