@@ -27,7 +27,7 @@ from sshcluster.check.report import CheckReport, HostReport
 from sshcluster.inventory import Inventory, load_inventory
 from sshcluster.quoting import r_string
 from sshcluster.ssh.command import openssh_version
-from sshcluster.testing import Testbed
+from sshcluster.testing import Testbed, free_port
 from sshcluster.testing.fixtures import run_r_in_test
 from sshcluster.testing.leftovers import nothing_left
 
@@ -192,7 +192,7 @@ def test_the_classic_launchs_r_starts_in_the_login_directory_and_the_checks_too(
     project = tmp_path / "project"
     project.mkdir()
     (project / ".Rprofile").write_text('cat("this project stops R\\n")\nquit(status = 7L)\n')
-    inv = _inventory(tb, tmp_path, workdir=str(project), launch="classic")
+    inv = _inventory(tb, tmp_path, workdir=str(project), launch="classic", port=free_port())
     for h in _check(inv, tmp_path).hosts:
         assert h.ok, _said(h)
     out = _launch(inv, tmp_path)

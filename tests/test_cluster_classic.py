@@ -10,14 +10,14 @@ from pathlib import Path
 from sshcluster.bootstrap import RenderOptions, write_bootstrap
 from sshcluster.inventory import load_inventory
 from sshcluster.quoting import r_string
-from sshcluster.testing import Testbed
+from sshcluster.testing import Testbed, free_port
 from sshcluster.testing.fixtures import run_r_in_test
 from sshcluster.testing.leftovers import nothing_left
 
 
 def test_classic_bootstrap_runs_r_across_hosts(testbed: Testbed, tmp_path: Path) -> None:
     inv_path = tmp_path / "hosts.yaml"
-    testbed.write_inventory(inv_path, ncore=2, port=11311)
+    testbed.write_inventory(inv_path, ncore=2, port=free_port())
     inventory = load_inventory(inv_path)
     cluster_r = tmp_path / "cluster.R"
     write_bootstrap(inventory, cluster_r, RenderOptions(launch="classic"))
@@ -57,7 +57,7 @@ def test_a_classic_launch_that_fails_after_makecluster_stops_its_workers(
     a workdir no host can make. R goes on with none of the launch's connections open
     (they were left to R's garbage collector before)."""
     inv_path = tmp_path / "hosts.yaml"
-    testbed.write_inventory(inv_path, ncore=1, port=11313,
+    testbed.write_inventory(inv_path, ncore=1, port=free_port(),
                             extra={"workdir": "/proc/sshcluster-no-such-dir"})
     cluster_r = tmp_path / "cluster.R"
     write_bootstrap(load_inventory(inv_path), cluster_r, RenderOptions(launch="classic"))

@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from sshcluster.bootstrap import END_OF_SCRIPT, RenderOptions, render
+from sshcluster.check.locale import launch_locale
 from sshcluster.errors import InventoryError
 from sshcluster.inventory import Inventory, parse_inventory
 
@@ -131,7 +132,7 @@ def test_every_login_shell_reads_the_same_words(home: Path, tmp_path: Path,
     event("the shells ran it")
     lines = _command_lines(inv, tmp_path)
     assert len(lines) == len(rscript)
-    locale_words = [f"LANG={locale}", "LC_ALL="] if locale else None
+    locale_words = launch_locale(locale) if locale else None
     for h, (line, r) in enumerate(zip(lines, rscript, strict=True), start=1):
         for shell in SHELLS:
             words = _words(shell, line, home)

@@ -31,7 +31,7 @@ from sshcluster.check.preflight import check
 from sshcluster.check.probe import RemoteContext, parse_facts, remote_script, rscript_step
 from sshcluster.inventory import Host, load_inventory
 from sshcluster.protocol import LOCALE_VARS
-from sshcluster.testing import Testbed
+from sshcluster.testing import Testbed, free_port
 from sshcluster.testing.accounts import authorize, throwaway_account
 from sshcluster.testing.fixtures import run_r_in_test, skip_or_fail
 from sshcluster.testing.leftovers import nothing_left
@@ -201,7 +201,7 @@ def test_the_classic_launchs_r_starts_in_what_ssh_sends_and_the_check_starts_in_
     inv_path = tb.write_inventory(tmp_path / "hosts.yaml", ncore=1, extra={
         "defaults": {"user": warn2_user, "identity_file": str(tb.identity_file), "ncore": 1},
         "hosts": [{"host": host.address, "ssh_port": host.ssh_port}],
-        "launch": "classic", "setup_timeout": 15, "locale": "C.UTF-8"})
+        "launch": "classic", "locale": "C.UTF-8", "port": free_port()})
     ssh_config = tmp_path / "ssh_config"
     ssh_config.write_text("Host *\n  GlobalKnownHostsFile /dev/null\n"
                           "  IdentitiesOnly yes\n  IdentityAgent none\n  SendEnv LANG LC_*\n")

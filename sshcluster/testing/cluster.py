@@ -22,6 +22,7 @@ from sshcluster.bootstrap import RenderOptions, write_bootstrap
 from sshcluster.inventory import load_inventory
 from sshcluster.testing.hosts import TestHost
 from sshcluster.testing.leftovers import launch_env
+from sshcluster.testing.sshd import free_port
 from sshcluster.testing.testbed import Testbed
 
 
@@ -36,8 +37,12 @@ def write_cluster(tb: Testbed, directory: Path, name: str = "cluster.R",
 
     ``hosts`` keeps only those hosts, ``host_fields`` adds fields to a host's entry (by
     address), ``defaults_rscript`` sets ``defaults.rscript``; the other keyword arguments
-    are top-level keys of the inventory.
+    are top-level keys of the inventory. A classic launch without a ``port`` gets a free
+    one: makeCluster()'s own pick, at random in 11000-11999, may be another test's.
     """
+    if "port" not in inventory and "classic" in (inventory.get("launch"),
+                                                 options and options.launch):
+        inventory["port"] = free_port()
     path = tb.write_inventory(directory / f"{name}.yaml", ncore=ncore, extra=inventory)
     if hosts is not None or host_fields or defaults_rscript:
         # Per-host fields are edited as data, then read back through the real loader.
