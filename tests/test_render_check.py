@@ -83,7 +83,7 @@ def test_allow_partial_needs_check(tmp_path: Path) -> None:
 def test_render_check_with_the_tunnel_checks_through_it(testbed: Any, tmp_path: Path) -> None:
     """A host that cannot reach the primary's port fails `render --check --tunnel none`;
     through the tunnel (the default) the check calls back through ssh too."""
-    port = 11463
+    port = free_port()  # (not in R's range, where another test's cluster may be)
     inv_path = testbed.write_inventory(tmp_path / "hosts.yaml", ncore=1, port=port)
     blocked = testbed.hosts[0]
     out = tmp_path / "cluster.R"
@@ -108,7 +108,7 @@ def test_render_check_takes_the_route_of_the_launch_that_will_run(
     one without the tunnel), whatever setting says so, is checked straight too: a host
     that cannot reach the primary's port fails the check, and no file is written. (The
     check of `--launch classic` used to go through the tunnel, and pass.)"""
-    port = 11464
+    port = free_port()
     extra = {"option": {}, "inventory launch": {"launch": "classic"},
              "inventory tunnel": {"tunnel": "none"}}[source]
     inv_path = testbed.write_inventory(tmp_path / "hosts.yaml", ncore=1, port=port,

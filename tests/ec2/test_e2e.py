@@ -24,6 +24,7 @@ from sshcluster.check.preflight import check, verified_inventory
 from sshcluster.cli import cli
 from sshcluster.inventory import load_inventory
 from sshcluster.quoting import r_string
+from sshcluster.testing import free_port
 
 from .helpers import REGION, host_keys, moto_with_testbed_key, seams_onto_testbed
 
@@ -38,7 +39,7 @@ def test_ec2_up_render_compute_down(moto_url: str, testbed: Any, tmp_path: Path,
     spec = ec2.EC2Spec(name="e2e", region=REGION, image=image, instance_type="t3.medium",
                    count=len(hosts), user="root", max_lifetime=timedelta(hours=1),
                    key_name="testbed", identity_file=str(testbed.identity_file),
-                   ssh_cidr=(f"{testbed.primary_address}/32",), port=11420,
+                   ssh_cidr=(f"{testbed.primary_address}/32",), port=free_port(),
                    primary=testbed.primary_address, ncore="vcpus")
     inventory_path = tmp_path / "hosts.yaml"
     with ec2.cluster(spec, client=client, output=inventory_path, address_of=address_of,
@@ -101,7 +102,7 @@ def test_the_commands_ec2_up_prints_take_its_inventory_to_r(
     # The workflow as a user follows it: 'sshcluster ec2 up' with the default
     # 'primary: auto', then exactly the commands it prints, then 'ec2 down'. The click
     # context object carries the seams (never moto's made-up addresses).
-    client, seams = _cli_spec(moto_url, testbed, tmp_path, monkeypatch, "e2ecli", 11421)
+    client, seams = _cli_spec(moto_url, testbed, tmp_path, monkeypatch, "e2ecli", free_port())
     n = len(testbed.hosts)
     try:
         up = CliRunner().invoke(cli, ["ec2", "up", "ec2.yaml", "--timeout", "60", "--no-wait"],
@@ -140,7 +141,7 @@ def test_up_verify_checks_the_inventory_and_computes_on_every_instance(
     # 'ec2 up --verify' with the default 'primary: auto': the written inventory must pass
     # the check (through the reverse tunnel) and R must compute on every instance; a
     # package no instance has fails the check, and up, which ends the cluster.
-    client, seams = _cli_spec(moto_url, testbed, tmp_path, monkeypatch, "verify", 11422,
+    client, seams = _cli_spec(moto_url, testbed, tmp_path, monkeypatch, "verify", free_port(),
                               f"  r_packages: {packages}\n")
     try:
         up = CliRunner().invoke(cli, ["ec2", "up", "ec2.yaml", "--timeout", "60", "--no-wait",
@@ -183,7 +184,7 @@ def test_up_sends_the_primarys_builds_where_the_instances_run_its_platform(
                        instance_type="t3.medium", count=2, user="root",
                        max_lifetime=timedelta(hours=1), key_name="testbed",
                        identity_file=str(tb.identity_file),
-                       ssh_cidr=(f"{tb.primary_address}/32",), port=11421,
+                       ssh_cidr=(f"{tb.primary_address}/32",), port=free_port(),
                        primary=tb.primary_address, r_packages=("foreach",))
     steps: list[ec2.Step] = []
 

@@ -10,6 +10,7 @@ Each host has a library of its own with ``sctpure`` 1.0 (a wrapper rscript with 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ import yaml
 import sshcluster
 from sshcluster.bootstrap import RenderOptions, write_bootstrap
 from sshcluster.inventory import Launch, load_inventory
-from sshcluster.testing import Testbed
+from sshcluster.testing import Testbed, free_port
 from sshcluster.testing.fixtures import build_testbed, run_r_in_test
 from sshcluster.testing.rpackages import PURE, Built, build_all, install, wrapper
 from tests.jobs.helpers import DETACHED_LEFTOVER, until_state
@@ -165,6 +166,8 @@ def test_the_python_api_s_file_puts_the_library_first_before_future_loads(
     inv_path, libraries = synced(mesh, built, tmp_path, monkeypatch,
                                  {"r_packages": [PURE, "future"]})
     inv = load_inventory(inv_path)
+    if launch == "classic":  # (makeCluster's own random port may be another test's)
+        inv = dataclasses.replace(inv, port=free_port())
     ref = reference_module.reference(inv)
     assert ref is not None
     for i, options in enumerate([
